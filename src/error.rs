@@ -1,0 +1,271 @@
+//! The one error type of the public API.
+//!
+//! Owns: the `Error` enum and its conversions. Every variant names the offsets, sizes or limits
+//! that make the problem checkable, so a message is enough to act on.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use txheap_recovery::RecoveryError;
+
+/// Everything that can go wrong in txheap.
+///
+/// ```
+/// use txheap::{Error, Heap, Options};
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("e.heap");
+/// std::fs::write(&path, b"not a heap").unwrap();
+/// match Heap::open(&path, Options::new()) {
+///     Err(Error::NotATxheap { .. }) => {}
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system call failed; `op` names it and `offset` the file offset involved.
+    Io {
+        /// The operation that failed (for example `"pwrite log frame"`).
+        op: &'static str,
+        /// The file offset the operation was at.
+        offset: u64,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// Another handle (in this or another process) holds the file's lock.
+    Locked {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file exists already (returned by [`crate::Heap::create`]).
+    AlreadyExists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is not a txheap file (no superblock magic); it was not modified.
+    NotATxheap {
+        /// What was found instead.
+        detail: String,
+    },
+    /// The file is shorter than its superblock says it must be; it was not modified.
+    Truncated {
+        /// The file's length.
+        len: u64,
+        /// The length the superblock requires.
+        needed: u64,
+    },
+    /// The file's metadata is damaged at `offset`.
+    Corrupt {
+        /// Where the damage is.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// The file was written by a newer format version than this library reads.
+    UnsupportedVersion {
+        /// The file's version.
+        found: u32,
+        /// The newest version this library reads.
+        supported: u32,
+    },
+    /// An option is out of its range.
+    InvalidOptions {
+        /// Which option and why.
+        what: String,
+    },
+    /// The heap cannot grow to hold the allocation within its `max_size`.
+    OutOfSpace {
+        /// Bytes requested.
+        requested: u64,
+        /// The heap's maximum file size.
+        max_size: u64,
+    },
+    /// The transaction's redo frame does not fit in the log region.
+    TransactionTooLarge {
+        /// Bytes the frame needs.
+        bytes: u64,
+        /// The log region's capacity.
+        log_capacity: u64,
+    },
+    /// A pointer or range lies outside the heap's allocated area.
+    OutOfBounds {
+        /// The pointer's offset.
+        offset: u64,
+        /// Bytes accessed.
+        len: u64,
+        /// End of the valid area at this moment.
+        heap_end: u64,
+    },
+    /// A pointer is not aligned for the type read through it.
+    Misaligned {
+        /// The pointer's offset.
+        offset: u64,
+        /// The alignment required.
+        align: u64,
+    },
+    /// A write through a pointer that does not lie inside a live allocation (it would hit
+    /// allocator metadata or free space).
+    NotAllocated {
+        /// The pointer's offset.
+        offset: u64,
+        /// Bytes accessed.
+        len: u64,
+    },
+    /// A null pointer was dereferenced or freed.
+    NullPointer,
+    /// A type's alignment is larger than the heap supports.
+    UnsupportedAlignment {
+        /// The alignment asked for.
+        align: u64,
+        /// The largest supported.
+        max: u64,
+    },
+    /// `free` was given a pointer that is not the start of a live allocation.
+    InvalidFree {
+        /// The pointer's offset.
+        offset: u64,
+        /// Why it was refused (double free, interior pointer, ...).
+        why: &'static str,
+    },
+    /// `root::<T>()` was called with a type other than the one the root was created with.
+    RootTypeMismatch {
+        /// Size and fingerprint stored in the file.
+        stored_size: u64,
+        /// Fingerprint stored in the file.
+        stored_fingerprint: u64,
+        /// Size of the type asked for.
+        requested_size: u64,
+        /// Fingerprint of the type asked for.
+        requested_fingerprint: u64,
+    },
+    /// The root type is larger than the root area.
+    RootTooLarge {
+        /// Size of the type.
+        size: u64,
+        /// Size of the root area.
+        max: u64,
+    },
+    /// A reader asked for the root before any transaction created it.
+    NoRoot,
+    /// A barrier or write failed earlier; the heap accepts no more commits or reads.
+    /// Reopen the file to recover the committed state.
+    Poisoned {
+        /// What failed first.
+        cause: String,
+    },
+    /// A write was attempted through a read-only handle.
+    ReadOnly,
+    /// `transaction` was called while this thread already runs a transaction, or a `read`
+    /// closure, on this heap (it would deadlock).
+    NestedTransaction,
+}
+
+/// Shorthand for `Result<T, txheap::Error>`.
+///
+/// ```
+/// fn f() -> txheap::Result<u32> { Ok(1) }
+/// assert_eq!(f().unwrap(), 1);
+/// ```
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(op: &'static str, offset: u64, source: io::Error) -> Error {
+        Error::Io { op, offset, source }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { op, offset, source } => write!(f, "{op} at offset {offset} failed: {source}"),
+            Error::Locked { path } => write!(
+                f,
+                "{} is locked by another open handle (in this or another process)",
+                path.display()
+            ),
+            Error::AlreadyExists { path } => write!(f, "{} already exists", path.display()),
+            Error::NotATxheap { detail } => write!(f, "not a txheap file: {detail}"),
+            Error::Truncated { len, needed } => write!(
+                f,
+                "file is truncated: {len} bytes, but its superblock requires at least {needed}"
+            ),
+            Error::Corrupt { offset, what } => write!(f, "corrupt file at offset {offset}: {what}"),
+            Error::UnsupportedVersion { found, supported } => write!(
+                f,
+                "file format version {found} is newer than the supported version {supported}"
+            ),
+            Error::InvalidOptions { what } => write!(f, "invalid options: {what}"),
+            Error::OutOfSpace { requested, max_size } => write!(
+                f,
+                "out of space: {requested} bytes requested, heap file may not exceed max_size {max_size}"
+            ),
+            Error::TransactionTooLarge { bytes, log_capacity } => write!(
+                f,
+                "transaction needs a {bytes}-byte redo frame; the log region holds {log_capacity} bytes"
+            ),
+            Error::OutOfBounds { offset, len, heap_end } => write!(
+                f,
+                "pointer {offset}+{len} is outside the heap (valid area ends at {heap_end})"
+            ),
+            Error::Misaligned { offset, align } => {
+                write!(f, "pointer {offset} is not aligned to {align} bytes")
+            }
+            Error::NotAllocated { offset, len } => write!(
+                f,
+                "write to {offset}+{len} is not inside a live allocation (allocator metadata or free space)"
+            ),
+            Error::NullPointer => write!(f, "null pointer"),
+            Error::UnsupportedAlignment { align, max } => {
+                write!(f, "alignment {align} is larger than the supported {max}")
+            }
+            Error::InvalidFree { offset, why } => write!(f, "invalid free of {offset}: {why}"),
+            Error::RootTypeMismatch {
+                stored_size,
+                stored_fingerprint,
+                requested_size,
+                requested_fingerprint,
+            } => write!(
+                f,
+                "root type mismatch: file holds a {stored_size}-byte root (fingerprint {stored_fingerprint:#018x}), \
+                 asked for a {requested_size}-byte type (fingerprint {requested_fingerprint:#018x})"
+            ),
+            Error::RootTooLarge { size, max } => {
+                write!(f, "root type of {size} bytes exceeds the {max}-byte root area")
+            }
+            Error::NoRoot => write!(f, "the heap has no root yet (create it with Tx::root)"),
+            Error::Poisoned { cause } => write!(
+                f,
+                "heap is poisoned after an I/O failure ({cause}); reopen it to recover"
+            ),
+            Error::ReadOnly => write!(f, "heap was opened read-only"),
+            Error::NestedTransaction => {
+                write!(f, "a transaction or read closure is already running on this heap in this thread")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<RecoveryError> for Error {
+    fn from(e: RecoveryError) -> Error {
+        match e {
+            RecoveryError::Io { op, offset, source } => Error::Io { op, offset, source },
+            RecoveryError::NotATxheap { detail } => Error::NotATxheap { detail },
+            RecoveryError::Truncated { len, needed } => Error::Truncated { len, needed },
+            RecoveryError::Corrupt { offset, what } => Error::Corrupt { offset, what },
+            RecoveryError::UnsupportedVersion { found, supported } => {
+                Error::UnsupportedVersion { found, supported }
+            }
+            RecoveryError::InvalidGeometry { what } => Error::InvalidOptions { what },
+        }
+    }
+}

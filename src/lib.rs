@@ -1,0 +1,71 @@
+//! # txheap
+//!
+//! A persistent heap: your program's data structures live in one memory-mapped file, and every
+//! change to them is a crash-safe transaction. Allocation, free and every write happen inside
+//! [`Heap::transaction`]; the transaction's writes are appended to a redo log inside the same
+//! file as one checksummed frame and made durable *before* the heap is changed in place. Opening
+//! the file replays committed frames and discards a torn tail, so after `kill -9` or a power cut
+//! the heap equals a prefix of the committed transactions that holds every acknowledged one.
+//!
+//! ```
+//! use txheap::{Heap, Options, PPtr};
+//!
+//! #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+//! #[repr(C)]
+//! struct Node { value: u64, next: PPtr<Node> }
+//!
+//! #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+//! #[repr(C)]
+//! struct Root { head: PPtr<Node> }
+//!
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("lib.heap");
+//! let heap = Heap::open_or_create(&path, Options::new())?;
+//! for value in 0..3 {
+//!     heap.transaction(|tx| {
+//!         let root = tx.root::<Root>()?;
+//!         let head = tx.get(root)?.head;
+//!         let node = tx.alloc(Node { value, next: head })?;
+//!         tx.get_mut(root)?.head = node;
+//!         Ok(())
+//!     })?;
+//! }
+//! let values = heap.read(|r| {
+//!     let mut out = Vec::new();
+//!     let mut p = r.get(r.root::<Root>()?)?.head;
+//!     while !p.is_null() {
+//!         let n = r.get(p)?;
+//!         out.push(n.value);
+//!         p = n.next;
+//!     }
+//!     Ok(out)
+//! })?;
+//! assert_eq!(values, [2, 1, 0]);
+//! # Ok::<(), txheap::Error>(())
+//! ```
+//!
+//! Layers (each module says what it owns): `sys` (the mapping and syscalls: most `unsafe`),
+//! `storage` (the write/barrier choke point), `stage` (a transaction's staged bytes), `alloc`
+//! (chunks, runs, bitmaps), `tx` (staged writes to a frame), `heap` (lifecycle, commit,
+//! checkpoint, readers). The frame format is in the `txheap-log` crate and superblock selection,
+//! replay and checkpoint in `txheap-recovery`. See `docs/ARCHITECTURE.md` and `docs/FORMAT.md`.
+
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod alloc;
+mod error;
+mod heap;
+mod pptr;
+mod stage;
+mod storage;
+mod sys;
+mod tx;
+
+pub use alloc::ClassStats;
+pub use bytemuck;
+pub use error::{Error, Result};
+pub use heap::{Durability, Heap, Options, Reader, Stats, ROOT_AREA_LEN};
+pub use pptr::{PPtr, PSlice};
+pub use storage::IoCounters;
+pub use tx::Tx;

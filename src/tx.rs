@@ -1,0 +1,441 @@
+//! The transaction: the only place that turns user writes into a redo frame.
+//!
+//! Owns: a transaction's staged writes, its view of the heap header, and the commit sequence
+//! (stage -> frame -> log -> barrier -> apply). May not: write the file directly (it goes through
+//! the writer's storage) or change allocator indexes except through the allocator's journaled
+//! operations, which roll back when the transaction is dropped without committing.
+
+use bytemuck::Pod;
+
+use crate::alloc::{HeapHeader, TxMem, CHUNK};
+use crate::error::{Error, Result};
+use crate::heap::{check_root, fingerprint, writer_parts, Inner, Writer, ROOT_AREA_LEN};
+use crate::pptr::{PPtr, PSlice};
+use crate::stage::Stage;
+use crate::storage::FileStorage;
+use txheap_recovery::Storage;
+
+/// Bytes of frame overhead counted per staged range when checking the log's capacity early.
+const RANGE_OVERHEAD: u64 = 16 + 8;
+
+/// A transaction in progress, given to [`crate::Heap::transaction`]'s closure. Reads see the
+/// transaction's own writes; nothing is visible to others until it commits.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let heap = txheap::Heap::create(dir.path().join("tx.heap"), txheap::Options::new())?;
+/// heap.transaction(|tx| {
+///     let p = tx.alloc(1u32)?;
+///     *tx.get_mut(p)? += 1;
+///     assert_eq!(*tx.get(p)?, 2); // read your own writes
+///     tx.free(p)
+/// })?;
+/// # Ok::<(), txheap::Error>(())
+/// ```
+pub struct Tx<'h> {
+    inner: &'h Inner,
+    w: &'h mut Writer,
+    stage: Stage,
+    header: HeapHeader,
+    done: bool,
+}
+
+impl std::fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx").field("chunk_count", &self.header.chunk_count).finish_non_exhaustive()
+    }
+}
+
+/// The allocator's window onto the transaction.
+struct Mem<'x> {
+    inner: &'x Inner,
+    stage: &'x mut Stage,
+    storage: &'x mut FileStorage,
+}
+
+fn fill_from(inner: &Inner) -> impl FnMut(u64, &mut [u8]) + '_ {
+    move |start, buf| {
+        // SAFETY: staged ranges lie inside the checked heap area (or its 64-byte aligned
+        // surroundings, which stay inside the 4096-aligned root area or chunk area), which is
+        // mapped; the writer lock is held by the running transaction and the apply step has not
+        // started, so nothing changes the mapping.
+        buf.copy_from_slice(unsafe { inner.map.slice(start, buf.len()) })
+    }
+}
+
+fn stage_limit(inner: &Inner, stage: &mut Stage, more: u64) -> Result<()> {
+    let bytes = stage.staged_bytes() + more + RANGE_OVERHEAD;
+    if bytes > inner.geo.log_len {
+        return Err(Error::TransactionTooLarge { bytes, log_capacity: inner.geo.log_len });
+    }
+    Ok(())
+}
+
+impl TxMem for Mem<'_> {
+    fn read(&self, off: u64, buf: &mut [u8]) {
+        let mut fill = fill_from(self.inner);
+        match self.stage.read(off, buf.len() as u64, &mut fill) {
+            Some(b) => buf.copy_from_slice(b),
+            None => fill(off, buf),
+        }
+    }
+
+    fn write(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
+        stage_limit(self.inner, self.stage, bytes.len() as u64)?;
+        let mut fill = fill_from(self.inner);
+        self.stage.write(off, bytes.len() as u64, &mut fill).copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn ensure_chunks(&mut self, chunk_count: u64) -> Result<()> {
+        let need = self.inner.geo.chunk_area + chunk_count * CHUNK;
+        self.storage.grow(need).map_err(|e| Error::io("grow file (posix_fallocate)", need, e))?;
+        self.inner.map.extend(need).map_err(|e| Error::io("map grown file", need, e))
+    }
+
+    fn max_size(&self) -> u64 {
+        self.inner.geo.max_size
+    }
+}
+
+impl<'h> Tx<'h> {
+    pub(crate) fn new(inner: &'h Inner, w: &'h mut Writer) -> Tx<'h> {
+        let header = w.header;
+        debug_assert_eq!(header.chunk_count, w.alloc.chunk_count);
+        Tx { inner, w, stage: Stage::default(), header, done: false }
+    }
+
+    // ---- checked access ----------------------------------------------------------------
+
+    fn view(&self, off: u64, len: u64, align: u64) -> Result<&[u8]> {
+        self.inner.geo.check(self.header.chunk_count, off, len, align)?;
+        let mut fill = fill_from(self.inner);
+        match self.stage.read(off, len, &mut fill) {
+            Some(b) => Ok(b),
+            // SAFETY: checked in bounds above; see `fill_from` for why nothing changes it.
+            None => Ok(unsafe { self.inner.map.slice(off, len as usize) }),
+        }
+    }
+
+    fn view_mut(&mut self, off: u64, len: u64, align: u64) -> Result<&mut [u8]> {
+        self.inner.geo.check(self.header.chunk_count, off, len, align)?;
+        if off >= self.inner.geo.chunk_area {
+            self.w.alloc.check_writable(off, len)?;
+        }
+        stage_limit(self.inner, &mut self.stage, len)?;
+        let mut fill = fill_from(self.inner);
+        Ok(self.stage.write(off, len, &mut fill))
+    }
+
+    fn mem_op<R>(&mut self, f: impl FnOnce(&mut crate::alloc::Allocator, &mut Mem<'_>) -> Result<R>) -> Result<R> {
+        let (alloc, storage) = writer_parts(self.w);
+        let mut mem = Mem { inner: self.inner, stage: &mut self.stage, storage };
+        let r = f(alloc, &mut mem);
+        self.header.chunk_count = self.w.alloc.chunk_count;
+        r
+    }
+
+    /// Read the object `p` points to (bounds- and alignment-checked; sees this transaction's
+    /// writes).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("g.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let p = tx.alloc((3u32, 4u32))?;
+    ///     assert_eq!(tx.get(p)?.1, 4);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn get<T: Pod>(&self, p: PPtr<T>) -> Result<&T> {
+        let (size, align) = (std::mem::size_of::<T>() as u64, std::mem::align_of::<T>() as u64);
+        let b = self.view(p.offset(), size, align)?;
+        bytemuck::try_from_bytes(b).map_err(|_| Error::Misaligned { offset: p.offset(), align })
+    }
+
+    /// Change the object `p` points to. Only the bytes staged here go to the log.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("gm.heap"), txheap::Options::new())?;
+    /// let p = heap.transaction(|tx| tx.alloc(1u64))?;
+    /// heap.transaction(|tx| { *tx.get_mut(p)? = 2; Ok(()) })?;
+    /// assert_eq!(heap.read(|r| r.get(p).copied())?, 2);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn get_mut<T: Pod>(&mut self, p: PPtr<T>) -> Result<&mut T> {
+        let (size, align) = (std::mem::size_of::<T>() as u64, std::mem::align_of::<T>() as u64);
+        let b = self.view_mut(p.offset(), size, align)?;
+        bytemuck::try_from_bytes_mut(b).map_err(|_| Error::Misaligned { offset: p.offset(), align })
+    }
+
+    /// Overwrite the object `p` points to.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("set.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| { let p = tx.alloc(0u8)?; tx.set(p, 5)?; assert_eq!(*tx.get(p)?, 5); Ok(()) })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn set<T: Pod>(&mut self, p: PPtr<T>, value: T) -> Result<()> {
+        *self.get_mut(p)? = value;
+        Ok(())
+    }
+
+    /// Read the elements of `s`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("sl.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| { let s = tx.alloc_slice(&[1u8, 2])?; assert_eq!(tx.slice(s)?, &[1, 2]); Ok(()) })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn slice<T: Pod>(&self, s: PSlice<T>) -> Result<&[T]> {
+        if s.is_empty() {
+            return Ok(&[]);
+        }
+        let align = std::mem::align_of::<T>() as u64;
+        let len = s.byte_len().ok_or(Error::OutOfBounds { offset: s.offset(), len: u64::MAX, heap_end: 0 })?;
+        let b = self.view(s.offset(), len, align)?;
+        bytemuck::try_cast_slice(b).map_err(|_| Error::Misaligned { offset: s.offset(), align })
+    }
+
+    /// Change the elements of `s`. For a large slice where only a part changes, prefer
+    /// [`Tx::write_slice`], which stages (and logs) only that part.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("slm.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| { let s = tx.alloc_slice_zeroed::<u32>(3)?; tx.slice_mut(s)?[1] = 7; assert_eq!(tx.slice(s)?, &[0, 7, 0]); Ok(()) })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn slice_mut<T: Pod>(&mut self, s: PSlice<T>) -> Result<&mut [T]> {
+        if s.is_empty() {
+            return Ok(&mut []);
+        }
+        let align = std::mem::align_of::<T>() as u64;
+        let len = s.byte_len().ok_or(Error::OutOfBounds { offset: s.offset(), len: u64::MAX, heap_end: 0 })?;
+        let b = self.view_mut(s.offset(), len, align)?;
+        bytemuck::try_cast_slice_mut(b).map_err(|_| Error::Misaligned { offset: s.offset(), align })
+    }
+
+    /// Write `values` into `s` starting at element `start`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("ws.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| { let s = tx.alloc_slice_zeroed::<u8>(1 << 20)?; tx.write_slice(s, 1000, b"abc")?; assert_eq!(&tx.slice(s)?[1000..1003], b"abc"); Ok(()) })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn write_slice<T: Pod>(&mut self, s: PSlice<T>, start: u64, values: &[T]) -> Result<()> {
+        let n = values.len() as u64;
+        let oob = Error::OutOfBounds { offset: s.offset(), len: start.saturating_add(n), heap_end: s.len() };
+        if start.checked_add(n).is_none_or(|e| e > s.len()) {
+            return Err(oob);
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let first = s.get(start).ok_or(oob)?;
+        let part = PSlice::<T>::from_raw_parts(first.offset(), n);
+        self.slice_mut(part)?.copy_from_slice(values);
+        Ok(())
+    }
+
+    // ---- allocation ----------------------------------------------------------------------
+
+    fn alloc_raw(&mut self, size: u64, align: u64) -> Result<u64> {
+        self.mem_op(|a, m| a.alloc(m, size, align))
+    }
+
+    /// Allocate a `T` holding `value`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("a.heap"), txheap::Options::new())?;
+    /// let p = heap.transaction(|tx| tx.alloc([7u64; 4]))?;
+    /// assert_eq!(heap.read(|r| Ok(r.get(p)?[3]))?, 7);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn alloc<T: Pod>(&mut self, value: T) -> Result<PPtr<T>> {
+        let p = PPtr::from_offset(self.alloc_raw(std::mem::size_of::<T>() as u64, std::mem::align_of::<T>() as u64)?);
+        *self.get_mut(p)? = value;
+        Ok(p)
+    }
+
+    /// Allocate a zeroed `T`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("az.heap"), txheap::Options::new())?;
+    /// let p = heap.transaction(|tx| tx.alloc_zeroed::<[u32; 8]>())?;
+    /// assert_eq!(heap.read(|r| r.get(p).copied())?, [0; 8]);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn alloc_zeroed<T: Pod>(&mut self) -> Result<PPtr<T>> {
+        self.alloc(T::zeroed())
+    }
+
+    /// Allocate `len` zeroed `T`s (any size up to the heap's limit and the log's capacity).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("asz.heap"), txheap::Options::new())?;
+    /// let s = heap.transaction(|tx| tx.alloc_slice_zeroed::<u64>(100_000))?;
+    /// assert_eq!(s.len(), 100_000);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn alloc_slice_zeroed<T: Pod>(&mut self, len: u64) -> Result<PSlice<T>> {
+        let size = (std::mem::size_of::<T>() as u64)
+            .checked_mul(len)
+            .ok_or(Error::OutOfSpace { requested: u64::MAX, max_size: self.inner.geo.max_size })?;
+        stage_limit(self.inner, &mut self.stage, size)?;
+        let off = self.alloc_raw(size, std::mem::align_of::<T>() as u64)?;
+        let s = PSlice::from_raw_parts(off, len);
+        if size > 0 {
+            self.view_mut(off, size, 1)?.fill(0);
+        }
+        Ok(s)
+    }
+
+    /// Allocate a copy of `values`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("as.heap"), txheap::Options::new())?;
+    /// let s = heap.transaction(|tx| tx.alloc_slice(&[1.5f64, 2.5]))?;
+    /// assert_eq!(heap.read(|r| Ok(r.slice(s)?[1]))?, 2.5);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn alloc_slice<T: Pod>(&mut self, values: &[T]) -> Result<PSlice<T>> {
+        let size = std::mem::size_of_val(values) as u64;
+        stage_limit(self.inner, &mut self.stage, size)?;
+        let off = self.alloc_raw(size, std::mem::align_of::<T>() as u64)?;
+        let s = PSlice::from_raw_parts(off, values.len() as u64);
+        if size > 0 {
+            self.slice_mut(s)?.copy_from_slice(values);
+        }
+        Ok(s)
+    }
+
+    /// Free the allocation `p` points to. It is reusable by later transactions once this one
+    /// commits. Freeing anything but the start of a live allocation is an [`Error::InvalidFree`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("fr.heap"), txheap::Options::new())?;
+    /// let p = heap.transaction(|tx| tx.alloc(1u64))?;
+    /// heap.transaction(|tx| tx.free(p))?;
+    /// assert!(matches!(heap.transaction(|tx| tx.free(p)), Err(txheap::Error::InvalidFree { .. })));
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn free<T>(&mut self, p: PPtr<T>) -> Result<()> {
+        if p.is_null() {
+            return Err(Error::NullPointer);
+        }
+        self.mem_op(|a, m| a.free(m, p.offset()))
+    }
+
+    /// Free the allocation `s` points to.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("fs.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| { let s = tx.alloc_slice(b"xyz")?; tx.free_slice(s) })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn free_slice<T>(&mut self, s: PSlice<T>) -> Result<()> {
+        self.free(s.as_ptr())
+    }
+
+    /// The usable size in bytes of the allocation starting at `p` (its block size for small
+    /// objects), or `None` if `p` is not the start of a live allocation's chunk.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("us.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| { let p = tx.alloc([0u8; 20])?; assert_eq!(tx.usable_size(p), Some(32)); Ok(()) })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn usable_size<T>(&self, p: PPtr<T>) -> Option<u64> {
+        self.w.alloc.usable_size(p.offset())
+    }
+
+    /// The root object: created zeroed on first use; afterwards its size and type fingerprint
+    /// must match ([`Error::RootTypeMismatch`] otherwise). At most 4096 bytes.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("root.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| { let r = tx.root::<[u64; 2]>()?; assert_eq!(*tx.get(r)?, [0, 0]); Ok(()) })?;
+    /// assert!(matches!(heap.transaction(|tx| tx.root::<u32>()), Err(txheap::Error::RootTypeMismatch { .. })));
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn root<T: Pod>(&mut self) -> Result<PPtr<T>> {
+        let p = PPtr::from_offset(self.inner.geo.root_offset);
+        if !check_root::<T>(&self.header)? {
+            let size = std::mem::size_of::<T>() as u64;
+            debug_assert!(size <= ROOT_AREA_LEN);
+            self.header.root_size = size;
+            self.header.root_fingerprint = fingerprint::<T>();
+            self.header.root_align = std::mem::align_of::<T>() as u32;
+            if size > 0 {
+                self.view_mut(p.offset(), size, 1)?.fill(0);
+            }
+        }
+        Ok(p)
+    }
+
+    // ---- commit --------------------------------------------------------------------------
+
+    /// Commit: frame, log, barrier, apply. Consumes the transaction; on error it rolls back.
+    pub(crate) fn commit(mut self) -> Result<()> {
+        let inner = self.inner;
+        self.mem_op(|a, m| a.prepare_commit(m))?;
+        if self.header != self.w.header {
+            let at = inner.geo.heap_offset;
+            let enc = self.header.encode();
+            self.mem_op(|_, m| m.write(at, &enc))?;
+        }
+        if self.stage.is_empty() {
+            self.w.alloc.commit();
+            self.done = true;
+            return Ok(());
+        }
+        // The frame: every staged range, user data and allocator metadata alike.
+        let w = &mut *self.w;
+        w.frame.clear();
+        for (off, bytes) in self.stage.ranges() {
+            // A range longer than u32::MAX cannot be staged (the log is smaller), but say so.
+            w.frame
+                .push_range(off, bytes)
+                .map_err(|_| Error::TransactionTooLarge { bytes: bytes.len() as u64, log_capacity: inner.geo.log_len })?;
+        }
+        w.ensure_log_room(inner, w.frame.encoded_len() as u64)?;
+        w.append_frame(inner)?;
+        // The frame is in the log (and durable under Full): from here on the transaction is
+        // committed; apply it where readers will see it.
+        {
+            let mut view = inner.view.write().unwrap_or_else(|e| e.into_inner());
+            for (off, bytes) in self.stage.ranges() {
+                self.w.apply_range(inner, off, bytes)?;
+            }
+            view.header = self.header;
+        }
+        self.done = true;
+        self.w.finish_commit(inner, self.header)
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.w.alloc.rollback();
+            debug_assert_eq!(self.w.alloc.chunk_count, self.w.header.chunk_count);
+        }
+        #[cfg(debug_assertions)]
+        self.w.alloc.check_invariants();
+    }
+}
+

@@ -1,0 +1,488 @@
+//! Behaviour of the public API: lifecycle, transactions, abort, growth, readers, locking.
+
+use std::sync::Arc;
+
+use txheap::{Durability, Error, Heap, Options, PPtr, PSlice};
+
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct Root {
+    head: PPtr<Node>,
+    count: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct Node {
+    value: u64,
+    next: PPtr<Node>,
+}
+
+fn tmp() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.heap");
+    (dir, path)
+}
+
+fn small() -> Options {
+    Options::new().initial_size(1 << 20).log_size(256 << 10).max_size(256 << 20)
+}
+
+fn push(heap: &Heap, value: u64) -> txheap::Result<()> {
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let head = tx.get(root)?.head;
+        let node = tx.alloc(Node { value, next: head })?;
+        let r = tx.get_mut(root)?;
+        r.head = node;
+        r.count += 1;
+        Ok(())
+    })
+}
+
+fn values(heap: &Heap) -> Vec<u64> {
+    heap.read(|r| {
+        let root = match r.root::<Root>() {
+            Ok(root) => root,
+            Err(Error::NoRoot) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        let mut p = r.get(root)?.head;
+        while !p.is_null() {
+            let n = r.get(p)?;
+            out.push(n.value);
+            p = n.next;
+        }
+        Ok(out)
+    })
+    .unwrap()
+}
+
+#[test]
+fn reopen_cycles_keep_every_commit() {
+    let (_d, path) = tmp();
+    for round in 0..5u64 {
+        let heap = Heap::open_or_create(&path, small()).unwrap();
+        assert_eq!(values(&heap).len() as u64, round * 20);
+        for i in 0..20 {
+            push(&heap, round * 20 + i).unwrap();
+        }
+        if round % 2 == 0 {
+            heap.close().unwrap();
+        } // else: dropped without close (quiet checkpoint)
+    }
+    let heap = Heap::open(&path, small()).unwrap();
+    let v = values(&heap);
+    assert_eq!(v, (0..100).rev().collect::<Vec<_>>());
+}
+
+#[test]
+fn crash_image_after_each_commit_recovers_exactly_that_prefix() {
+    // Copying the file while the writer holds it gives what SIGKILL leaves: the page cache's
+    // bytes, with frames in the log that no checkpoint has covered yet.
+    for durability in [Durability::Full, Durability::None] {
+        let (d, path) = tmp();
+        let heap = Heap::create(&path, small().durability(durability)).unwrap();
+        for i in 0..40u64 {
+            push(&heap, i).unwrap();
+            if i % 7 == 3 {
+                let copy = d.path().join(format!("crash-{i}.heap"));
+                std::fs::copy(&path, &copy).unwrap();
+                // A read-only open replays into its private view and must not write the file.
+                let before = std::fs::read(&copy).unwrap();
+                let ro = Heap::open_read_only(&copy).unwrap();
+                assert_eq!(values(&ro), (0..=i).rev().collect::<Vec<_>>(), "{durability:?} read-only at {i}");
+                drop(ro);
+                assert_eq!(std::fs::read(&copy).unwrap(), before, "read-only open wrote the file");
+                let rec = Heap::open(&copy, small()).unwrap();
+                assert_eq!(values(&rec), (0..=i).rev().collect::<Vec<_>>(), "{durability:?} at {i}");
+                push(&rec, 1000).unwrap();
+                drop(rec);
+                let again = Heap::open(&copy, small()).unwrap();
+                assert_eq!(values(&again)[0], 1000);
+            }
+        }
+    }
+}
+
+#[test]
+fn abort_by_err_leaves_no_trace() {
+    let (_d, path) = tmp();
+    let heap = Heap::create(&path, small()).unwrap();
+    push(&heap, 1).unwrap();
+    let stats_before = heap.stats().unwrap();
+    let r: txheap::Result<()> = heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        for i in 0..100 {
+            let n = tx.alloc(Node { value: 1000 + i, next: PPtr::null() })?;
+            tx.get_mut(root)?.head = n;
+        }
+        tx.alloc_slice_zeroed::<u8>(3 << 20)?; // forces growth
+        Err(Error::NoRoot)
+    });
+    assert!(matches!(r, Err(Error::NoRoot)));
+    assert_eq!(values(&heap), vec![1]);
+    let after = heap.stats().unwrap();
+    assert_eq!(after.used_bytes, stats_before.used_bytes);
+    assert_eq!(after.heap_bytes, stats_before.heap_bytes);
+    assert_eq!(after.commits, stats_before.commits);
+    // The aborted allocations are reusable: the same allocation pattern lands at the same place.
+    let first = heap.transaction(|tx| tx.alloc(Node { value: 9, next: PPtr::null() })).unwrap();
+    heap.close().unwrap();
+    let heap = Heap::open(&path, small()).unwrap();
+    assert_eq!(values(&heap), vec![1]);
+    assert_eq!(heap.read(|r| r.get(first).map(|n| n.value)).unwrap(), 9);
+}
+
+#[test]
+fn abort_by_panic_leaves_no_trace() {
+    let (_d, path) = tmp();
+    let heap = Heap::create(&path, small()).unwrap();
+    push(&heap, 1).unwrap();
+    let bytes_before = heap.stats().unwrap().used_bytes;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = heap.transaction(|tx| {
+            let root = tx.root::<Root>()?;
+            let n = tx.alloc(Node { value: 77, next: PPtr::null() })?;
+            tx.get_mut(root)?.head = n;
+            panic!("boom");
+            #[allow(unreachable_code)]
+            Ok(())
+        });
+    }));
+    assert!(r.is_err());
+    assert_eq!(values(&heap), vec![1]);
+    assert_eq!(heap.stats().unwrap().used_bytes, bytes_before);
+    assert!(!heap.is_poisoned());
+    push(&heap, 2).unwrap();
+    drop(heap);
+    let heap = Heap::open(&path, small()).unwrap();
+    assert_eq!(values(&heap), vec![2, 1]);
+}
+
+#[test]
+fn growth_past_initial_size_and_large_objects() {
+    let (_d, path) = tmp();
+    let heap = Heap::create(&path, small()).unwrap();
+    let initial = std::fs::metadata(&path).unwrap().len();
+    let mut slices = Vec::new();
+    for i in 0..12u8 {
+        let s = heap
+            .transaction(|tx| {
+                let s = tx.alloc_slice_zeroed::<u8>(100_000 + i as u64 * 7_919)?;
+                tx.slice_mut(s)?.fill(i + 1);
+                Ok(s)
+            })
+            .unwrap();
+        slices.push(s);
+    }
+    assert!(std::fs::metadata(&path).unwrap().len() > initial);
+    drop(heap);
+    let heap = Heap::open(&path, small()).unwrap();
+    for (i, s) in slices.iter().enumerate() {
+        let ok = heap.read(|r| Ok(r.slice(*s)?.iter().all(|&b| b == i as u8 + 1))).unwrap();
+        assert!(ok, "slice {i} damaged");
+    }
+    // Free all, then one allocation as big as all of them reuses the space (coalescing).
+    let heap_bytes = heap.stats().unwrap().heap_bytes;
+    heap.transaction(|tx| slices.iter().try_for_each(|s| tx.free_slice(*s))).unwrap();
+    let st = heap.stats().unwrap();
+    assert_eq!(st.used_bytes, 0);
+    assert!(st.largest_free_extent >= 12 * 100_000);
+    heap.transaction(|tx| tx.alloc_slice_zeroed::<u8>(12 * 100_000).map(|_| ())).unwrap();
+    assert_eq!(heap.stats().unwrap().heap_bytes, heap_bytes, "freed space was not reused");
+}
+
+#[test]
+fn out_of_space_is_an_error_not_a_crash() {
+    let (_d, path) = tmp();
+    let opts = Options::new().log_size(64 << 10).max_size((64 << 10) + 8192 + 8192 + 4 * (256 << 10));
+    let heap = Heap::create(&path, opts).unwrap();
+    let r = heap.transaction(|tx| tx.alloc_slice_zeroed::<u8>(5 << 20));
+    assert!(matches!(r, Err(Error::OutOfSpace { .. }) | Err(Error::TransactionTooLarge { .. })), "{r:?}");
+    let r = heap.transaction(|tx| {
+        for _ in 0..4 {
+            tx.alloc_slice_zeroed::<u8>(8 << 10)?;
+        }
+        Ok(())
+    });
+    assert!(r.is_ok(), "{r:?}");
+    // Filling the heap with small objects ends in OutOfSpace.
+    let r = heap.transaction(|tx| loop {
+        tx.alloc([0u8; 4096])?;
+    });
+    let r: txheap::Result<()> = r;
+    assert!(matches!(r, Err(Error::OutOfSpace { .. }) | Err(Error::TransactionTooLarge { .. })), "{r:?}");
+    assert!(!heap.is_poisoned());
+}
+
+#[test]
+fn transaction_too_large_for_log() {
+    let (_d, path) = tmp();
+    let heap = Heap::create(&path, Options::new().log_size(64 << 10)).unwrap();
+    let r = heap.transaction(|tx| tx.alloc_slice_zeroed::<u8>(1 << 20).map(|_| ()));
+    match r {
+        Err(Error::TransactionTooLarge { log_capacity, .. }) => assert_eq!(log_capacity, 64 << 10),
+        other => panic!("{other:?}"),
+    }
+    push(&heap, 5).unwrap();
+    assert_eq!(values(&heap), vec![5]);
+}
+
+#[test]
+fn read_your_own_writes_with_overlapping_types() {
+    let (_d, path) = tmp();
+    let heap = Heap::create(&path, small()).unwrap();
+    heap.transaction(|tx| {
+        let s = tx.alloc_slice_zeroed::<u8>(1000)?;
+        tx.write_slice(s, 100, &[1, 2, 3, 4, 5, 6, 7, 8])?;
+        let as_u64: PPtr<u64> = PPtr::from_offset(s.offset() + 96);
+        // bytes 96..104: four zeros then 1,2,3,4
+        assert_eq!(*tx.get(as_u64)?, u64::from_le_bytes([0, 0, 0, 0, 1, 2, 3, 4]));
+        tx.set(as_u64, u64::MAX)?;
+        assert_eq!(&tx.slice(s)?[96..108], &[255, 255, 255, 255, 255, 255, 255, 255, 5, 6, 7, 8]);
+        // A read spanning two staged areas with a committed gap between them.
+        tx.write_slice(s, 300, &[9])?;
+        let big = tx.slice(PSlice::<u8>::from_raw_parts(s.offset() + 90, 300))?;
+        assert_eq!(big[6], 255);
+        assert_eq!(big[210], 9);
+        assert_eq!(big[0], 0);
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn freed_blocks_are_reused_only_after_commit() {
+    let (_d, path) = tmp();
+    let heap = Heap::create(&path, small()).unwrap();
+    let a = heap.transaction(|tx| tx.alloc(1u64)).unwrap();
+    heap.transaction(|tx| {
+        tx.free(a)?;
+        let b = tx.alloc(2u64)?;
+        assert_ne!(a, b, "a block freed in this transaction was handed out again before commit");
+        Ok(())
+    })
+    .unwrap();
+    let c = heap.transaction(|tx| tx.alloc(3u64)).unwrap();
+    assert_eq!(a, c, "the committed free was not reused");
+}
+
+#[test]
+fn invalid_frees_and_pointers_are_errors() {
+    let (_d, path) = tmp();
+    let heap = Heap::create(&path, small()).unwrap();
+    let p = heap.transaction(|tx| tx.alloc([0u64; 4])).unwrap();
+    let r = heap.transaction(|tx| tx.free(PPtr::<u64>::from_offset(p.offset() + 8)));
+    assert!(matches!(r, Err(Error::InvalidFree { .. })), "{r:?}");
+    let r = heap.transaction(|tx| tx.free(PPtr::<u64>::null()));
+    assert!(matches!(r, Err(Error::NullPointer)), "{r:?}");
+    let r = heap.transaction(|tx| tx.free(PPtr::<u64>::from_offset(1 << 40)));
+    assert!(matches!(r, Err(Error::OutOfBounds { .. })), "{r:?}");
+    let r = heap.read(|r| r.get(PPtr::<u64>::from_offset(p.offset() + 4)).copied());
+    assert!(matches!(r, Err(Error::Misaligned { align: 8, .. })), "{r:?}");
+    let r = heap.read(|r| r.get(PPtr::<u64>::from_offset(u64::MAX - 3)).copied());
+    assert!(matches!(r, Err(Error::Misaligned { .. }) | Err(Error::OutOfBounds { .. })), "{r:?}");
+    let r = heap.read(|r| r.get(PPtr::<u64>::from_offset(1 << 40)).copied());
+    assert!(matches!(r, Err(Error::OutOfBounds { .. })), "{r:?}");
+    let r = heap.read(|r| r.get(PPtr::<u64>::from_offset(8)).copied()); // inside the superblock
+    assert!(matches!(r, Err(Error::OutOfBounds { .. })), "{r:?}");
+    // Writing through a pointer into allocator metadata is refused.
+    let chunk_start = p.offset() & !((256 << 10) - 1);
+    let r = heap.transaction(|tx| tx.set(PPtr::<u64>::from_offset(chunk_start), 0));
+    assert!(r.is_err(), "a write into a chunk header was accepted: {r:?}");
+    heap.transaction(|tx| tx.free(p)).unwrap();
+    let r = heap.transaction(|tx| tx.free(p));
+    assert!(matches!(r, Err(Error::InvalidFree { .. })), "double free: {r:?}");
+    let r = heap.transaction(|tx| {
+        let q = tx.alloc(1u8)?;
+        tx.free(q)?;
+        tx.free(q)
+    });
+    assert!(matches!(r, Err(Error::InvalidFree { .. })), "double free in one tx: {r:?}");
+    assert!(!heap.is_poisoned());
+}
+
+#[test]
+fn root_type_is_checked_on_reopen() {
+    let (_d, path) = tmp();
+    {
+        let heap = Heap::create(&path, small()).unwrap();
+        push(&heap, 1).unwrap();
+    }
+    let heap = Heap::open(&path, small()).unwrap();
+    let r = heap.transaction(|tx| tx.root::<[u64; 2]>().map(|_| ()));
+    assert!(matches!(r, Err(Error::RootTypeMismatch { .. })), "{r:?}");
+    let r = heap.read(|r| r.root::<Node>().map(|_| ()));
+    assert!(matches!(r, Err(Error::RootTypeMismatch { .. })), "{r:?}");
+    let r = heap.transaction(|tx| tx.root::<[u8; 5000]>().map(|_| ()));
+    assert!(matches!(r, Err(Error::RootTooLarge { .. })), "{r:?}");
+    assert_eq!(values(&heap), vec![1]);
+}
+
+#[test]
+fn second_open_is_locked_and_read_only_opens_share() {
+    let (_d, path) = tmp();
+    let heap = Heap::create(&path, small()).unwrap();
+    assert!(matches!(Heap::open(&path, small()), Err(Error::Locked { .. })));
+    assert!(matches!(Heap::open_read_only(&path), Err(Error::Locked { .. })));
+    push(&heap, 3).unwrap();
+    heap.close().unwrap();
+    let a = Heap::open_read_only(&path).unwrap();
+    let b = Heap::open_read_only(&path).unwrap();
+    assert!(matches!(Heap::open(&path, small()), Err(Error::Locked { .. })));
+    assert_eq!(values(&a), vec![3]);
+    assert_eq!(values(&b), vec![3]);
+    assert!(matches!(a.transaction(|tx| tx.alloc(1u8)), Err(Error::ReadOnly)));
+}
+
+#[test]
+fn nested_transaction_is_an_error() {
+    let (_d, path) = tmp();
+    let heap = Heap::create(&path, small()).unwrap();
+    let r = heap.transaction(|_tx| heap.transaction(|_| Ok(())));
+    assert!(matches!(r, Err(Error::NestedTransaction)), "{r:?}");
+    let r = heap.read(|_r| heap.transaction(|_| Ok(())));
+    assert!(matches!(r, Err(Error::NestedTransaction)), "{r:?}");
+    // A read inside a transaction is fine (it sees committed state).
+    heap.transaction(|_tx| heap.read(|_| Ok(()))).unwrap();
+}
+
+#[test]
+fn several_heaps_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let heaps: Vec<Heap> = (0..4).map(|i| Heap::create(dir.path().join(format!("{i}.heap")), small()).unwrap()).collect();
+    for (i, h) in heaps.iter().enumerate() {
+        for v in 0..=i as u64 {
+            push(h, v * 10 + i as u64).unwrap();
+        }
+    }
+    // A transaction on one heap may run inside a transaction on another.
+    heaps[0]
+        .transaction(|_| {
+            push(&heaps[1], 99)?;
+            Ok(())
+        })
+        .unwrap();
+    for (i, h) in heaps.iter().enumerate() {
+        let v = values(h);
+        assert_eq!(v.len(), i + 1 + usize::from(i == 1));
+    }
+}
+
+#[test]
+fn readers_run_beside_the_writer_and_see_committed_state_only() {
+    let (_d, path) = tmp();
+    let heap = Arc::new(Heap::create(&path, small()).unwrap());
+    push(&heap, 0).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let heap = heap.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // The committed invariant: count == list length, values descending from count-1.
+                    heap.read(|r| {
+                        let root = r.root::<Root>()?;
+                        let root = *r.get(root)?;
+                        let mut p = root.head;
+                        let mut n = 0;
+                        let mut expect = root.count;
+                        while !p.is_null() {
+                            let node = r.get(p)?;
+                            expect -= 1;
+                            assert_eq!(node.value, expect, "reader saw a torn or uncommitted list");
+                            p = node.next;
+                            n += 1;
+                        }
+                        assert_eq!(n, root.count);
+                        Ok(())
+                    })
+                    .unwrap();
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    // A long transaction: readers must keep going meanwhile (they do not wait for the writer).
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        for _ in 0..200 {
+            let r = *tx.get(root)?;
+            let n = tx.alloc(Node { value: r.count, next: r.head })?;
+            let rm = tx.get_mut(root)?;
+            rm.head = n;
+            rm.count += 1;
+        }
+        Ok(())
+    })
+    .unwrap();
+    for i in 0..300 {
+        let _ = i;
+        heap.transaction(|tx| {
+            let root = tx.root::<Root>()?;
+            let r = *tx.get(root)?;
+            let n = tx.alloc(Node { value: r.count, next: r.head })?;
+            let rm = tx.get_mut(root)?;
+            rm.head = n;
+            rm.count += 1;
+            Ok(())
+        })
+        .unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads: u64 = readers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(reads > 0);
+    assert_eq!(values(&heap).len(), 501);
+}
+
+#[test]
+fn durability_none_survives_reopen_and_flush() {
+    let (_d, path) = tmp();
+    let opts = small().durability(Durability::None);
+    {
+        let heap = Heap::create(&path, opts.clone()).unwrap();
+        for i in 0..2000 {
+            push(&heap, i).unwrap();
+        }
+        heap.flush().unwrap();
+        for i in 2000..2100 {
+            push(&heap, i).unwrap();
+        }
+        let st = heap.stats().unwrap();
+        assert!(st.checkpoints > 0, "a 256 KiB log must have filled up");
+        assert_eq!(st.io.range_barriers + st.io.full_barriers > 0, true);
+    }
+    let heap = Heap::open(&path, opts).unwrap();
+    assert_eq!(values(&heap), (0..2100).rev().collect::<Vec<_>>());
+}
+
+#[test]
+fn full_durability_barrier_count_per_commit() {
+    let (_d, path) = tmp();
+    let heap = Heap::create(&path, Options::new().log_size(4 << 20)).unwrap();
+    push(&heap, 0).unwrap();
+    let before = heap.stats().unwrap().io;
+    for i in 1..=200 {
+        push(&heap, i).unwrap();
+    }
+    let after = heap.stats().unwrap().io;
+    assert_eq!(after.range_barriers - before.range_barriers, 200, "one log barrier per commit");
+    assert_eq!(after.full_barriers, before.full_barriers, "no fdatasync in the commit path");
+}
+
+#[test]
+fn durability_none_has_no_barrier_per_commit() {
+    let (_d, path) = tmp();
+    let heap = Heap::create(&path, Options::new().log_size(4 << 20).durability(Durability::None)).unwrap();
+    let before = heap.stats().unwrap().io;
+    for i in 0..200 {
+        push(&heap, i).unwrap();
+    }
+    let after = heap.stats().unwrap().io;
+    assert_eq!(after.range_barriers + after.full_barriers, before.range_barriers + before.full_barriers);
+}

@@ -1,0 +1,293 @@
+//! Bad input: foreign, empty, truncated, bit-flipped and newer-version files. Each case asserts
+//! the error kind (or a correct recovery) and that a file that was refused is unchanged.
+
+use std::path::Path;
+
+use txheap::{Durability, Error, Heap, Options, PPtr};
+
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct Root {
+    head: PPtr<Node>,
+    count: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct Node {
+    value: u64,
+    next: PPtr<Node>,
+}
+
+const LOG_LEN: u64 = 64 << 10;
+const LOG_OFFSET: u64 = 8192;
+
+fn opts() -> Options {
+    Options::new().initial_size(1 << 20).log_size(LOG_LEN).max_size(64 << 20)
+}
+
+fn push(heap: &Heap, value: u64) {
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let head = tx.get(root)?.head;
+        let node = tx.alloc(Node { value, next: head })?;
+        let r = tx.get_mut(root)?;
+        r.head = node;
+        r.count += 1;
+        Ok(())
+    })
+    .unwrap();
+}
+
+fn values(heap: &Heap) -> txheap::Result<Vec<u64>> {
+    heap.read(|r| {
+        let mut out = Vec::new();
+        let mut p = r.get(r.root::<Root>()?)?.head;
+        while !p.is_null() {
+            let n = r.get(p)?;
+            out.push(n.value);
+            p = n.next;
+            if out.len() > 10_000 {
+                return Err(Error::Corrupt { offset: p.offset(), what: "list cycle".into() });
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// A cleanly closed heap holding 0..n, and its bytes.
+fn clean_heap(dir: &Path, n: u64) -> (std::path::PathBuf, Vec<u8>) {
+    let path = dir.join("clean.heap");
+    let heap = Heap::create(&path, opts()).unwrap();
+    for i in 0..n {
+        push(&heap, i);
+    }
+    heap.close().unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    (path, bytes)
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn expect_refused(path: &Path, check: impl Fn(&Error) -> bool) {
+    let before = std::fs::read(path).unwrap();
+    for writable in [true, false] {
+        let r = if writable { Heap::open(path, opts()) } else { Heap::open_read_only(path) };
+        match r {
+            Err(e) => assert!(check(&e), "unexpected error for {}: {e}", path.display()),
+            Ok(_) => panic!("{} was accepted", path.display()),
+        }
+        assert_eq!(std::fs::read(path).unwrap(), before, "refused file {} was modified", path.display());
+    }
+}
+
+#[test]
+fn empty_random_and_foreign_files_are_not_txheap_files() {
+    let d = tempfile::tempdir().unwrap();
+    let empty = write(d.path(), "empty", b"");
+    expect_refused(&empty, |e| matches!(e, Error::NotATxheap { .. }));
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let random: Vec<u8> = (0..(1 << 20))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let r = write(d.path(), "random", &random);
+    expect_refused(&r, |e| matches!(e, Error::NotATxheap { .. }));
+    let text = write(d.path(), "text", &b"hello, this is not a heap\n".repeat(1000));
+    expect_refused(&text, |e| matches!(e, Error::NotATxheap { .. }));
+    let elf = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    let elf = write(d.path(), "elf", &elf);
+    expect_refused(&elf, |e| matches!(e, Error::NotATxheap { .. }));
+    // A directory and a missing file give Io errors naming the open.
+    assert!(matches!(Heap::open(d.path().join("missing"), opts()), Err(Error::Io { op: "open", .. })));
+}
+
+#[test]
+fn truncated_files_are_refused_unchanged() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, bytes) = clean_heap(d.path(), 10);
+    let heap_offset = LOG_OFFSET + LOG_LEN;
+    for len in [1, 64, 127, 128, 4096, 8191, 8192, 9000, heap_offset, heap_offset + 100, heap_offset + 8191] {
+        let p = write(d.path(), &format!("trunc-{len}"), &bytes[..len as usize]);
+        expect_refused(&p, |e| match e {
+            Error::Truncated { len: l, needed } => *l == len && *needed > len,
+            Error::NotATxheap { .. } | Error::Corrupt { .. } => len < 128,
+            _ => false,
+        });
+    }
+    // Cut inside the chunk area: the heap header's chunk count needs more bytes.
+    let cut = heap_offset + 8192 + 1000;
+    let p = write(d.path(), "trunc-chunks", &bytes[..cut as usize]);
+    let before = std::fs::read(&p).unwrap();
+    let r = Heap::open_read_only(&p);
+    assert!(matches!(r, Err(Error::Truncated { .. })), "{r:?}");
+    assert_eq!(std::fs::read(&p).unwrap(), before);
+}
+
+#[test]
+fn every_superblock_bit_flip_gives_an_error_or_the_same_heap() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, bytes) = clean_heap(d.path(), 10);
+    let expected: Vec<u64> = (0..10).rev().collect();
+    let mut refused = 0;
+    let mut fell_back = 0;
+    for slot in [0usize, 4096] {
+        for i in 0..128 {
+            let mut b = bytes.clone();
+            b[slot + i] ^= 1 << (i % 8);
+            let p = write(d.path(), "flip", &b);
+            match Heap::open_read_only(&p) {
+                Ok(h) => {
+                    assert_eq!(values(&h).unwrap(), expected, "flip at {}", slot + i);
+                    fell_back += 1;
+                }
+                Err(e) => {
+                    assert!(
+                        matches!(e, Error::Corrupt { .. } | Error::NotATxheap { .. } | Error::UnsupportedVersion { .. }),
+                        "flip at {}: {e}",
+                        slot + i
+                    );
+                    refused += 1;
+                }
+            }
+            assert_eq!(std::fs::read(&p).unwrap(), b, "read-only open wrote the file");
+        }
+    }
+    // After the close's checkpoint both slots are valid, so a flip in either falls back to the other.
+    assert!(fell_back >= 128, "fell back {fell_back}, refused {refused}");
+}
+
+#[test]
+fn both_superblocks_damaged_is_corrupt() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, mut bytes) = clean_heap(d.path(), 3);
+    bytes[20] ^= 0xff;
+    bytes[4096 + 20] ^= 0xff;
+    let p = write(d.path(), "both", &bytes);
+    expect_refused(&p, |e| matches!(e, Error::Corrupt { .. }));
+}
+
+#[test]
+fn newer_format_version_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, mut bytes) = clean_heap(d.path(), 3);
+    // Make both slots claim version 2 with valid checksums.
+    for slot in [0usize, 4096] {
+        bytes[slot + 8..slot + 12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc(&bytes[slot..slot + 124]);
+        bytes[slot + 124..slot + 128].copy_from_slice(&crc.to_le_bytes());
+    }
+    let p = write(d.path(), "v2", &bytes);
+    expect_refused(&p, |e| matches!(e, Error::UnsupportedVersion { found: 2, supported: 1 }));
+}
+
+fn crc(b: &[u8]) -> u32 {
+    // CRC-32/ISO-HDLC, bitwise, to check the format independently of the implementation.
+    let mut c = 0xffff_ffffu32;
+    for &x in b {
+        c ^= x as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { (c >> 1) ^ 0xedb8_8320 } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+#[test]
+fn heap_header_and_chunk_header_damage_is_corrupt() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, bytes) = clean_heap(d.path(), 3);
+    let heap_offset = (LOG_OFFSET + LOG_LEN) as usize;
+    let chunk0 = heap_offset + 8192;
+    for at in [heap_offset + 3, heap_offset + 9, heap_offset + 61, chunk0 + 1, chunk0 + 5, chunk0 + 33] {
+        let mut b = bytes.clone();
+        b[at] ^= 0x04;
+        let p = write(d.path(), "hdr", &b);
+        expect_refused(&p, |e| matches!(e, Error::Corrupt { offset, .. } if *offset as usize <= at));
+    }
+}
+
+/// A power-cut image: every byte as of the last checkpoint (a fresh, closed heap), except the
+/// log region, which holds the frames of `n` later commits. So nothing is visible unless replayed.
+fn crash_image(dir: &Path, n: u64) -> Vec<u8> {
+    let path = dir.join("live.heap");
+    Heap::create(&path, opts().durability(Durability::Full)).unwrap().close().unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let heap = Heap::open(&path, opts()).unwrap();
+    for i in 0..n {
+        push(&heap, i);
+    }
+    let after = std::fs::read(&path).unwrap();
+    drop(heap);
+    assert_eq!(before.len(), after.len(), "the workload must not grow the file");
+    let mut image = before;
+    let log = LOG_OFFSET as usize..(LOG_OFFSET + LOG_LEN) as usize;
+    image[log.clone()].copy_from_slice(&after[log]);
+    image
+}
+
+#[test]
+fn every_log_byte_flip_recovers_a_committed_prefix() {
+    let d = tempfile::tempdir().unwrap();
+    let n = 12;
+    let bytes = crash_image(d.path(), n);
+    // Where the frames end: the first all-zero 32 bytes after LOG_OFFSET.
+    let log = &bytes[LOG_OFFSET as usize..(LOG_OFFSET + LOG_LEN) as usize];
+    let used = (0..log.len() / 8).map(|i| i * 8).find(|&i| log[i..i + 32].iter().all(|&b| b == 0)).unwrap();
+    assert!(used > 0, "the crash image has no frames in its log");
+    let mut shorter = 0;
+    for i in 0..used {
+        let mut b = bytes.clone();
+        b[LOG_OFFSET as usize + i] ^= 1 << (i % 8);
+        let p = write(d.path(), "logflip", &b);
+        let h = Heap::open_read_only(&p).unwrap_or_else(|e| panic!("flip at log byte {i}: {e}"));
+        let v = match values(&h) {
+            Ok(v) => v,
+            Err(Error::NoRoot) => Vec::new(),
+            Err(e) => panic!("flip at log byte {i}: {e}"),
+        };
+        let k = v.len() as u64;
+        assert_eq!(v, (0..k).rev().collect::<Vec<_>>(), "flip at log byte {i} gave a non-prefix");
+        if k < n {
+            shorter += 1;
+        }
+        drop(h);
+        assert_eq!(std::fs::read(&p).unwrap(), b);
+    }
+    assert_eq!(shorter, used, "every flip inside a frame must cut the log there");
+}
+
+#[test]
+fn every_truncation_of_the_log_tail_recovers_a_committed_prefix() {
+    let d = tempfile::tempdir().unwrap();
+    let n = 12;
+    let bytes = crash_image(d.path(), n);
+    let log = &bytes[LOG_OFFSET as usize..(LOG_OFFSET + LOG_LEN) as usize];
+    let used = (0..log.len() / 8).map(|i| i * 8).find(|&i| log[i..i + 32].iter().all(|&b| b == 0)).unwrap();
+    let mut last = 0;
+    // Zero the log from `cut` on: what a power cut leaves when later sectors never arrived.
+    for cut in (0..=used).step_by(8) {
+        let mut b = bytes.clone();
+        b[LOG_OFFSET as usize + cut..LOG_OFFSET as usize + used].fill(0);
+        let p = write(d.path(), "cut", &b);
+        let h = Heap::open(&p, opts()).unwrap();
+        let v = match values(&h) {
+            Ok(v) => v,
+            Err(Error::NoRoot) => Vec::new(),
+            Err(e) => panic!("cut {cut}: {e}"),
+        };
+        let k = v.len() as u64;
+        assert_eq!(v, (0..k).rev().collect::<Vec<_>>(), "cut {cut}");
+        assert!(k >= last, "a longer log recovered fewer transactions");
+        last = k;
+    }
+    assert_eq!(last, n);
+}
