@@ -25,7 +25,9 @@ struct Root {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "list.heap".to_string());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "list.heap".to_string());
     let heap = Heap::open_or_create(&path, Options::new())?;
 
     let len = heap.read(|r| match r.root::<Root>() {
@@ -38,7 +40,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for value in 0..10u64 {
             heap.transaction(|tx| {
                 let root = tx.root::<Root>()?;
-                let node = tx.alloc(Node { value, next: PPtr::null() })?;
+                let node = tx.alloc(Node {
+                    value,
+                    next: PPtr::null(),
+                })?;
                 let tail = tx.get(root)?.tail;
                 if tail.is_null() {
                     tx.get_mut(root)?.head = node;

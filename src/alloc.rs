@@ -77,7 +77,11 @@ impl RunGeom {
             let bitmap = n.div_ceil(64) * 8;
             let data = (CHUNK_HEADER_LEN + bitmap).div_ceil(64) * 64;
             if data + n * bs <= CHUNK {
-                return RunGeom { block_size: bs, block_count: n, data_offset: data };
+                return RunGeom {
+                    block_size: bs,
+                    block_count: n,
+                    data_offset: data,
+                };
             }
             n -= 1;
         }
@@ -90,7 +94,9 @@ impl RunGeom {
 /// The smallest class fitting `size` bytes at `align` (a power of two up to [`MAX_ALIGN`]).
 pub(crate) fn class_for(size: u64, align: u64) -> Option<usize> {
     let size = size.max(1);
-    CLASSES.iter().position(|&bs| bs as u64 >= size && bs as u64 % align.max(16) == 0)
+    CLASSES
+        .iter()
+        .position(|&bs| bs as u64 >= size && bs as u64 % align.max(16) == 0)
 }
 
 fn crc(bytes: &[u8]) -> u32 {
@@ -147,7 +153,9 @@ impl ChunkHeader {
         let stored = u32_at(32);
         let computed = crc(&b[0..32]);
         if stored != computed {
-            return Err(corrupt(format!("chunk header crc {stored:#010x} != computed {computed:#010x}")));
+            return Err(corrupt(format!(
+                "chunk header crc {stored:#010x} != computed {computed:#010x}"
+            )));
         }
         if b[36..64].iter().any(|&x| x != 0) {
             return Err(corrupt("chunk header reserved bytes are not zero".into()));
@@ -168,11 +176,15 @@ impl ChunkHeader {
         }
         // Every field must be exactly what `encode` writes for this header.
         if h.encode()[..32] != b[..32] {
-            return Err(corrupt(format!("chunk header fields inconsistent with {h:?}")));
+            return Err(corrupt(format!(
+                "chunk header fields inconsistent with {h:?}"
+            )));
         }
         if let ChunkHeader::Large { chunks, size } = h {
             if size == 0 || size > chunks as u64 * CHUNK - LARGE_DATA_OFFSET {
-                return Err(corrupt(format!("large object of {size} bytes in {chunks} chunks")));
+                return Err(corrupt(format!(
+                    "large object of {size} bytes in {chunks} chunks"
+                )));
             }
         }
         Ok(h)
@@ -212,7 +224,9 @@ impl HeapHeader {
         let stored = u32::from_le_bytes(b[60..64].try_into().expect("4 bytes"));
         let computed = crc(&b[0..60]);
         if stored != computed {
-            return Err(corrupt(format!("heap header crc {stored:#010x} != computed {computed:#010x}")));
+            return Err(corrupt(format!(
+                "heap header crc {stored:#010x} != computed {computed:#010x}"
+            )));
         }
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
         let h = HeapHeader {
@@ -326,10 +340,17 @@ impl Allocator {
 
     /// Rebuild from the chunk headers: time proportional to the number of extents plus the
     /// bitmaps of runs, never to the data.
-    pub(crate) fn rebuild(chunk_area: u64, chunk_count: u64, read: &dyn Fn(u64, &mut [u8])) -> Result<Allocator> {
+    pub(crate) fn rebuild(
+        chunk_area: u64,
+        chunk_count: u64,
+        read: &dyn Fn(u64, &mut [u8]),
+    ) -> Result<Allocator> {
         let mut a = Allocator::empty(chunk_area, chunk_count);
         if chunk_count > u32::MAX as u64 {
-            return Err(Error::Corrupt { offset: chunk_area, what: format!("chunk count {chunk_count} too large") });
+            return Err(Error::Corrupt {
+                offset: chunk_area,
+                what: format!("chunk count {chunk_count} too large"),
+            });
         }
         let mut c: u64 = 0;
         let mut hdr = [0u8; CHUNK_HEADER_LEN as usize];
@@ -342,7 +363,9 @@ impl Allocator {
             if c + n > chunk_count {
                 return Err(Error::Corrupt {
                     offset: at,
-                    what: format!("extent of {n} chunks at chunk {c} runs past the chunk count {chunk_count}"),
+                    what: format!(
+                        "extent of {n} chunks at chunk {c} runs past the chunk count {chunk_count}"
+                    ),
                 });
             }
             match h {
@@ -361,13 +384,23 @@ impl Allocator {
                         if valid < 64 && word >> valid != 0 {
                             return Err(Error::Corrupt {
                                 offset: at + CHUNK_HEADER_LEN + w as u64 * 8,
-                                what: format!("run bitmap marks blocks past the run's {} blocks", g.block_count),
+                                what: format!(
+                                    "run bitmap marks blocks past the run's {} blocks",
+                                    g.block_count
+                                ),
                             });
                         }
                         used += word.count_ones() as u64;
                     }
                     let free = g.block_count - used;
-                    a.runs.insert(c as u32, RunState { class, free, hint: 0 });
+                    a.runs.insert(
+                        c as u32,
+                        RunState {
+                            class,
+                            free,
+                            hint: 0,
+                        },
+                    );
                     if free > 0 {
                         a.partial[class].insert(c as u32);
                     }
@@ -424,7 +457,10 @@ impl Allocator {
     /// Allocate `size` bytes at `align`; returns the object's file offset.
     pub(crate) fn alloc(&mut self, mem: &mut dyn TxMem, size: u64, align: u64) -> Result<u64> {
         if !align.is_power_of_two() || align > MAX_ALIGN {
-            return Err(Error::UnsupportedAlignment { align, max: MAX_ALIGN });
+            return Err(Error::UnsupportedAlignment {
+                align,
+                max: MAX_ALIGN,
+            });
         }
         match class_for(size, align) {
             Some(class) if size <= SMALL_MAX => self.alloc_small(mem, class),
@@ -446,7 +482,12 @@ impl Allocator {
             let word_off = base + CHUNK_HEADER_LEN + w * 8;
             let word = read_u64(mem, word_off);
             let valid = (g.block_count - w * 64).min(64);
-            let mut avail = !word & if valid == 64 { u64::MAX } else { (1u64 << valid) - 1 };
+            let mut avail = !word
+                & if valid == 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << valid) - 1
+                };
             while avail != 0 {
                 let bit = avail.trailing_zeros() as u64;
                 avail &= avail - 1;
@@ -464,7 +505,10 @@ impl Allocator {
         }
         Err(Error::Corrupt {
             offset: base,
-            what: format!("run counted {} free blocks but its bitmap has none", self.runs[&c].free),
+            what: format!(
+                "run counted {} free blocks but its bitmap has none",
+                self.runs[&c].free
+            ),
         })
     }
 
@@ -473,8 +517,18 @@ impl Allocator {
         let g = RunGeom::of_class(class);
         let at = self.chunk_offset(c);
         mem.write(at, &ChunkHeader::Run { class }.encode())?;
-        mem.write(at + CHUNK_HEADER_LEN, &vec![0u8; (g.bitmap_words() * 8) as usize])?;
-        self.runs.insert(c, RunState { class, free: g.block_count, hint: 0 });
+        mem.write(
+            at + CHUNK_HEADER_LEN,
+            &vec![0u8; (g.bitmap_words() * 8) as usize],
+        )?;
+        self.runs.insert(
+            c,
+            RunState {
+                class,
+                free: g.block_count,
+                hint: 0,
+            },
+        );
         self.partial[class].insert(c);
         self.undo.push(Undo::RunAdded(c));
         Ok(c)
@@ -482,8 +536,14 @@ impl Allocator {
 
     fn alloc_large(&mut self, mem: &mut dyn TxMem, size: u64) -> Result<u64> {
         let max_size = mem.max_size();
-        let too_big = || Error::OutOfSpace { requested: size, max_size };
-        let chunks = size.checked_add(LARGE_DATA_OFFSET).ok_or_else(too_big)?.div_ceil(CHUNK);
+        let too_big = || Error::OutOfSpace {
+            requested: size,
+            max_size,
+        };
+        let chunks = size
+            .checked_add(LARGE_DATA_OFFSET)
+            .ok_or_else(too_big)?
+            .div_ceil(CHUNK);
         let chunks = u32::try_from(chunks).map_err(|_| too_big())?;
         let s = self.alloc_extent(mem, chunks)?;
         let at = self.chunk_offset(s);
@@ -498,13 +558,20 @@ impl Allocator {
         if self.free_by_len.range((n, 0)..).next().is_none() {
             self.grow(mem, n)?;
         }
-        let &(len, s) = self.free_by_len.range((n, 0)..).next().expect("grow made room");
+        let &(len, s) = self
+            .free_by_len
+            .range((n, 0)..)
+            .next()
+            .expect("grow made room");
         self.remove_extent(s, len);
         self.undo.push(Undo::ExtentRemoved(s, len));
         if len > n {
             self.insert_extent(s + n, len - n);
             self.undo.push(Undo::ExtentInserted(s + n, len - n));
-            mem.write(self.chunk_offset(s + n), &ChunkHeader::Free { chunks: len - n }.encode())?;
+            mem.write(
+                self.chunk_offset(s + n),
+                &ChunkHeader::Free { chunks: len - n }.encode(),
+            )?;
         }
         Ok(s)
     }
@@ -522,7 +589,10 @@ impl Allocator {
         let max = (max_size.saturating_sub(self.chunk_area) / CHUNK).min(u32::MAX as u64);
         let new_cc = (cc + need.max(GROW_MIN_CHUNKS).max(cc / 4)).min(max);
         if new_cc < cc + need {
-            return Err(Error::OutOfSpace { requested: n as u64 * CHUNK, max_size });
+            return Err(Error::OutOfSpace {
+                requested: n as u64 * CHUNK,
+                max_size,
+            });
         }
         mem.ensure_chunks(new_cc)?;
         self.undo.push(Undo::ChunkCount(cc));
@@ -538,14 +608,19 @@ impl Allocator {
         let len = (new_cc - start as u64) as u32;
         self.insert_extent(start, len);
         self.undo.push(Undo::ExtentInserted(start, len));
-        mem.write(self.chunk_offset(start), &ChunkHeader::Free { chunks: len }.encode())
+        mem.write(
+            self.chunk_offset(start),
+            &ChunkHeader::Free { chunks: len }.encode(),
+        )
     }
 
     /// Free the allocation starting at `off`. The space is reusable after commit.
     pub(crate) fn free(&mut self, mem: &mut dyn TxMem, off: u64) -> Result<()> {
         let invalid = |why| Error::InvalidFree { offset: off, why };
         if off < self.chunk_area {
-            return Err(invalid("not inside the chunk area (the root cannot be freed)"));
+            return Err(invalid(
+                "not inside the chunk area (the root cannot be freed)",
+            ));
         }
         let c64 = (off - self.chunk_area) / CHUNK;
         if c64 >= self.chunk_count {
@@ -559,7 +634,9 @@ impl Allocator {
         let base = self.chunk_offset(c);
         if let Some(rs) = self.runs.get(&c) {
             let g = RunGeom::of_class(rs.class);
-            let rel = off.checked_sub(base + g.data_offset).ok_or_else(|| invalid("points into a run header"))?;
+            let rel = off
+                .checked_sub(base + g.data_offset)
+                .ok_or_else(|| invalid("points into a run header"))?;
             if rel % g.block_size != 0 || rel / g.block_size >= g.block_count {
                 return Err(invalid("not the start of a block"));
             }
@@ -603,14 +680,22 @@ impl Allocator {
     /// of a large extent, so that a user write cannot hit chunk headers, bitmaps or free chunks.
     pub(crate) fn check_writable(&self, off: u64, len: u64) -> Result<()> {
         let not = Error::NotAllocated { offset: off, len };
-        let Some(rel) = off.checked_sub(self.chunk_area) else { return Err(not) };
-        let Ok(c) = u32::try_from(rel / CHUNK) else { return Err(not) };
+        let Some(rel) = off.checked_sub(self.chunk_area) else {
+            return Err(not);
+        };
+        let Ok(c) = u32::try_from(rel / CHUNK) else {
+            return Err(not);
+        };
         let end = off + len;
         if let Some(rs) = self.runs.get(&c) {
             let g = RunGeom::of_class(rs.class);
             let base = self.chunk_offset(c);
             let data = base + g.data_offset;
-            return if off >= data && end <= data + g.block_count * g.block_size { Ok(()) } else { Err(not) };
+            return if off >= data && end <= data + g.block_count * g.block_size {
+                Ok(())
+            } else {
+                Err(not)
+            };
         }
         match self.large.range(..=c).next_back() {
             Some((&s, &(_, size)))
@@ -639,7 +724,10 @@ impl Allocator {
         for c in emptied {
             let class = self.runs[&c].class;
             if self.partial[class].iter().any(|&o| o != c) {
-                mem.write(self.chunk_offset(c), &ChunkHeader::Free { chunks: 1 }.encode())?;
+                mem.write(
+                    self.chunk_offset(c),
+                    &ChunkHeader::Free { chunks: 1 }.encode(),
+                )?;
                 self.deferred.push(Deferred::RunReleased(c));
             }
         }
@@ -691,8 +779,13 @@ impl Allocator {
 
     /// Numbers for [`crate::Stats`]: (used bytes, free bytes, largest free extent, per class).
     pub(crate) fn stats(&self) -> (u64, u64, u64, Vec<ClassStats>) {
-        let mut classes: Vec<ClassStats> =
-            CLASSES.iter().map(|&bs| ClassStats { block_size: bs as u64, ..Default::default() }).collect();
+        let mut classes: Vec<ClassStats> = CLASSES
+            .iter()
+            .map(|&bs| ClassStats {
+                block_size: bs as u64,
+                ..Default::default()
+            })
+            .collect();
         let mut used = 0;
         let mut free = 0;
         for rs in self.runs.values() {
@@ -721,7 +814,10 @@ impl Allocator {
         let mut covered = vec![0u8; self.chunk_count as usize];
         let mut mark = |s: u32, n: u32, what: &str| {
             for c in s..s + n {
-                assert!((c as u64) < self.chunk_count, "{what} chunk {c} past chunk count");
+                assert!(
+                    (c as u64) < self.chunk_count,
+                    "{what} chunk {c} past chunk count"
+                );
                 assert_eq!(covered[c as usize], 0, "chunk {c} owned twice ({what})");
                 covered[c as usize] = 1;
             }
@@ -744,7 +840,10 @@ impl Allocator {
                 assert!(rs.free > 0);
             }
         }
-        assert!(covered.iter().all(|&x| x == 1), "a chunk belongs to nothing");
+        assert!(
+            covered.iter().all(|&x| x == 1),
+            "a chunk belongs to nothing"
+        );
     }
 }
 
@@ -788,20 +887,34 @@ mod tests {
         for h in [
             ChunkHeader::Free { chunks: 3 },
             ChunkHeader::Run { class: 5 },
-            ChunkHeader::Large { chunks: 2, size: 300_000 },
+            ChunkHeader::Large {
+                chunks: 2,
+                size: 300_000,
+            },
         ] {
             let b = h.encode();
             assert_eq!(ChunkHeader::decode(&b, 0).unwrap(), h);
             for i in 0..64 {
                 let mut d = b;
                 d[i] ^= 0x10;
-                assert!(ChunkHeader::decode(&d, 0).is_err(), "flip at {i} accepted for {h:?}");
+                assert!(
+                    ChunkHeader::decode(&d, 0).is_err(),
+                    "flip at {i} accepted for {h:?}"
+                );
             }
         }
-        let hh = HeapHeader { chunk_count: 9, root_size: 16, root_fingerprint: 77, root_align: 8 };
+        let hh = HeapHeader {
+            chunk_count: 9,
+            root_size: 16,
+            root_fingerprint: 77,
+            root_align: 8,
+        };
         assert_eq!(HeapHeader::decode(&hh.encode(), 0).unwrap(), hh);
         let mut d = hh.encode();
         d[9] ^= 1;
-        assert!(matches!(HeapHeader::decode(&d, 5), Err(Error::Corrupt { offset: 5, .. })));
+        assert!(matches!(
+            HeapHeader::decode(&d, 5),
+            Err(Error::Corrupt { offset: 5, .. })
+        ));
     }
 }

@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use bytemuck::Pod;
 use txheap_recovery::txheap_log::FrameBuilder;
-use txheap_recovery::{self as recovery, Slot, Storage, Superblock, HEAP_META_LEN, LOG_LEN_MIN, LOG_OFFSET, PAGE_SIZE};
+use txheap_recovery::{
+    self as recovery, Slot, Storage, Superblock, HEAP_META_LEN, LOG_LEN_MIN, LOG_OFFSET, PAGE_SIZE,
+};
 
 use crate::alloc::{Allocator, ClassStats, HeapHeader, CHUNK, HEAP_HEADER_LEN, MAX_ALIGN};
 use crate::error::{Error, Result};
@@ -67,7 +69,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { initial_size: 4 << 20, max_size: 16 << 30, log_size: 16 << 20, durability: Durability::Full }
+        Options {
+            initial_size: 4 << 20,
+            max_size: 16 << 30,
+            log_size: 16 << 20,
+            durability: Durability::Full,
+        }
     }
 }
 
@@ -160,7 +167,10 @@ impl Options {
             ));
         }
         if self.initial_size > self.max_size {
-            return bad(format!("initial_size {} exceeds max_size {}", self.initial_size, self.max_size));
+            return bad(format!(
+                "initial_size {} exceeds max_size {}",
+                self.initial_size, self.max_size
+            ));
         }
         Ok(())
     }
@@ -236,14 +246,22 @@ impl Geometry {
             return Err(Error::Misaligned { offset: off, align });
         }
         let heap_end = self.chunk_area + chunk_count * CHUNK;
-        let oob = Error::OutOfBounds { offset: off, len, heap_end };
+        let oob = Error::OutOfBounds {
+            offset: off,
+            len,
+            heap_end,
+        };
         let end = off.checked_add(len).ok_or(oob)?;
         let in_root = off >= self.root_offset && end <= self.root_offset + ROOT_AREA_LEN;
         let in_chunks = off >= self.chunk_area && end <= heap_end;
         if in_root || in_chunks {
             Ok(())
         } else {
-            Err(Error::OutOfBounds { offset: off, len, heap_end })
+            Err(Error::OutOfBounds {
+                offset: off,
+                len,
+                heap_end,
+            })
         }
     }
 }
@@ -366,7 +384,9 @@ fn thread_token() -> usize {
 fn lock_file(file: &File, path: &Path, exclusive: bool) -> Result<()> {
     match sys::try_flock(file, exclusive) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(Error::Locked { path: path.to_path_buf() }),
+        Ok(false) => Err(Error::Locked {
+            path: path.to_path_buf(),
+        }),
         Err(e) => Err(Error::io("flock", 0, e)),
     }
 }
@@ -389,10 +409,16 @@ pub(crate) fn check_root<T: Pod>(header: &HeapHeader) -> Result<bool> {
     let size = std::mem::size_of::<T>() as u64;
     let align = std::mem::align_of::<T>() as u64;
     if size > ROOT_AREA_LEN {
-        return Err(Error::RootTooLarge { size, max: ROOT_AREA_LEN });
+        return Err(Error::RootTooLarge {
+            size,
+            max: ROOT_AREA_LEN,
+        });
     }
     if align > MAX_ALIGN {
-        return Err(Error::UnsupportedAlignment { align, max: MAX_ALIGN });
+        return Err(Error::UnsupportedAlignment {
+            align,
+            max: MAX_ALIGN,
+        });
     }
     if header.root_size == 0 && header.root_fingerprint == 0 {
         return Ok(false);
@@ -425,13 +451,17 @@ impl Heap {
         let path = path.as_ref();
         options.validate()?;
         if path.symlink_metadata().is_ok() {
-            return Err(Error::AlreadyExists { path: path.to_path_buf() });
+            return Err(Error::AlreadyExists {
+                path: path.to_path_buf(),
+            });
         }
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = path.file_name().ok_or_else(|| Error::InvalidOptions { what: format!("{} has no file name", path.display()) })?;
+        let name = path.file_name().ok_or_else(|| Error::InvalidOptions {
+            what: format!("{} has no file name", path.display()),
+        })?;
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let tmp = dir.join(format!(
             ".{}.txheap-new-{}-{}",
@@ -439,7 +469,12 @@ impl Heap {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&tmp).map_err(|e| Error::io("create temporary file", 0, e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("create temporary file", 0, e))?;
         let built = (|| -> Result<()> {
             lock_file(&file, path, true)?;
             let file = Arc::new(file.try_clone().map_err(|e| Error::io("dup", 0, e))?);
@@ -447,15 +482,21 @@ impl Heap {
             let sb = recovery::format(&mut st, options.log_size, options.max_size)?;
             let geo = Geometry::of(&sb);
             let header = HeapHeader::default();
-            st.write_at(geo.heap_offset, &header.encode()).map_err(|e| Error::io("write heap header", geo.heap_offset, e))?;
+            st.write_at(geo.heap_offset, &header.encode())
+                .map_err(|e| Error::io("write heap header", geo.heap_offset, e))?;
             let zeros = vec![0u8; (HEAP_META_LEN - HEAP_HEADER_LEN) as usize];
-            st.write_at(geo.heap_offset + HEAP_HEADER_LEN, &zeros).map_err(|e| Error::io("write root area", geo.heap_offset, e))?;
+            st.write_at(geo.heap_offset + HEAP_HEADER_LEN, &zeros)
+                .map_err(|e| Error::io("write root area", geo.heap_offset, e))?;
             let len = options.initial_size.max(geo.chunk_area);
-            st.grow(len).map_err(|e| Error::io("preallocate (posix_fallocate)", geo.chunk_area, e))?;
-            st.barrier_all().map_err(|e| Error::io("fdatasync new file", 0, e))?;
+            st.grow(len)
+                .map_err(|e| Error::io("preallocate (posix_fallocate)", geo.chunk_area, e))?;
+            st.barrier_all()
+                .map_err(|e| Error::io("fdatasync new file", 0, e))?;
             std::fs::hard_link(&tmp, path).map_err(|e| {
                 if e.kind() == io::ErrorKind::AlreadyExists {
-                    Error::AlreadyExists { path: path.to_path_buf() }
+                    Error::AlreadyExists {
+                        path: path.to_path_buf(),
+                    }
                 } else {
                     Error::io("link new file into place", 0, e)
                 }
@@ -464,7 +505,9 @@ impl Heap {
         })();
         let _ = std::fs::remove_file(&tmp);
         built?;
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("fsync directory", 0, e))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("fsync directory", 0, e))?;
         Self::from_file(path, file, options.durability, false)
     }
 
@@ -481,7 +524,11 @@ impl Heap {
     /// ```
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Heap> {
         let path = path.as_ref();
-        let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::io("open", 0, e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("open", 0, e))?;
         lock_file(&file, path, true)?;
         Self::from_file(path, file, options.durability, false)
     }
@@ -517,46 +564,68 @@ impl Heap {
     /// ```
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Heap> {
         let path = path.as_ref();
-        let file = OpenOptions::new().read(true).open(path).map_err(|e| Error::io("open", 0, e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .open(path)
+            .map_err(|e| Error::io("open", 0, e))?;
         lock_file(&file, path, false)?;
         Self::from_file(path, file, Durability::Full, true)
     }
 
     fn from_file(path: &Path, file: File, durability: Durability, read_only: bool) -> Result<Heap> {
         let file = Arc::new(file);
-        let mut storage = FileStorage::new(file.clone(), 0).map_err(|e| Error::io("storage", 0, e))?;
+        let mut storage =
+            FileStorage::new(file.clone(), 0).map_err(|e| Error::io("storage", 0, e))?;
         let (sb, slot, log_tail, next_txid, map) = if read_only {
             let (sb, slot) = recovery::select_superblock(&storage)?;
             let len = storage.len().map_err(|e| Error::io("stat", 0, e))?;
             if len < sb.min_file_len() {
-                return Err(Error::Truncated { len, needed: sb.min_file_len() });
+                return Err(Error::Truncated {
+                    len,
+                    needed: sb.min_file_len(),
+                });
             }
-            let map = Mapping::new(&*file, sb.max_size, len.min(sb.max_size), true).map_err(|e| Error::io("map file", 0, e))?;
-            let mut apply = |off: u64, bytes: &[u8]| -> std::result::Result<(), recovery::RecoveryError> {
-                let end = off + bytes.len() as u64;
-                if end > map.mapped_len() {
-                    return Err(recovery::RecoveryError::Truncated { len, needed: end });
-                }
-                // SAFETY: in bounds (checked above), the mapping is writable and private, and no
-                // slice into it exists yet (the heap is not built).
-                unsafe { map.write_private(off, bytes) };
-                Ok(())
-            };
+            let map = Mapping::new(&*file, sb.max_size, len.min(sb.max_size), true)
+                .map_err(|e| Error::io("map file", 0, e))?;
+            let mut apply =
+                |off: u64, bytes: &[u8]| -> std::result::Result<(), recovery::RecoveryError> {
+                    let end = off + bytes.len() as u64;
+                    if end > map.mapped_len() {
+                        return Err(recovery::RecoveryError::Truncated { len, needed: end });
+                    }
+                    // SAFETY: in bounds (checked above), the mapping is writable and private, and no
+                    // slice into it exists yet (the heap is not built).
+                    unsafe { map.write_private(off, bytes) };
+                    Ok(())
+                };
             let scan = recovery::scan_log(&storage, &sb, &mut apply)?;
             (sb, slot, scan.end_offset, scan.next_txid, map)
         } else {
             let rec = recovery::recover(&mut storage)?;
             let sb = rec.superblock;
-            let (tail, txid) = if rec.checkpointed { (0, sb.next_txid) } else { (rec.scan.end_offset, rec.scan.next_txid) };
+            let (tail, txid) = if rec.checkpointed {
+                (0, sb.next_txid)
+            } else {
+                (rec.scan.end_offset, rec.scan.next_txid)
+            };
             let mut hb = [0u8; HEAP_HEADER_LEN as usize];
-            storage.read_at(sb.heap_offset(), &mut hb).map_err(|e| Error::io("read heap header", sb.heap_offset(), e))?;
+            storage
+                .read_at(sb.heap_offset(), &mut hb)
+                .map_err(|e| Error::io("read heap header", sb.heap_offset(), e))?;
             let header = HeapHeader::decode(&hb, sb.heap_offset())?;
             let needed = Self::needed_len(&sb, &header)?;
             // Committed frames may reference chunks whose growth did not survive a power cut.
-            storage.grow(needed).map_err(|e| Error::io("grow file to its chunk count", needed, e))?;
+            storage
+                .grow(needed)
+                .map_err(|e| Error::io("grow file to its chunk count", needed, e))?;
             let len = storage.len().map_err(|e| Error::io("stat", 0, e))?;
-            let map = Mapping::new(&*file, sb.max_size, len.min(sb.max_size), durability == Durability::None)
-                .map_err(|e| Error::io("map file", 0, e))?;
+            let map = Mapping::new(
+                &*file,
+                sb.max_size,
+                len.min(sb.max_size),
+                durability == Durability::None,
+            )
+            .map_err(|e| Error::io("map file", 0, e))?;
             (sb, rec.slot, tail, txid, map)
         };
         let geo = Geometry::of(&sb);
@@ -567,14 +636,22 @@ impl Heap {
         let header = HeapHeader::decode(&hb, geo.heap_offset)?;
         let needed = Self::needed_len(&sb, &header)?;
         if map.mapped_len() < needed {
-            return Err(Error::Truncated { len: map.mapped_len(), needed });
+            return Err(Error::Truncated {
+                len: map.mapped_len(),
+                needed,
+            });
         }
         let read = |off: u64, buf: &mut [u8]| {
             // SAFETY: as above; the allocator reads chunk headers below `needed`, which is mapped.
             buf.copy_from_slice(unsafe { map.slice(off, buf.len()) })
         };
         let alloc = Allocator::rebuild(geo.chunk_area, header.chunk_count, &read)?;
-        let storage = if read_only { storage } else { FileStorage::new(file.clone(), geo.heap_offset).map_err(|e| Error::io("map log for msync", 0, e))? };
+        let storage = if read_only {
+            storage
+        } else {
+            FileStorage::new(file.clone(), geo.heap_offset)
+                .map_err(|e| Error::io("map log for msync", 0, e))?
+        };
         let writer = Writer {
             storage,
             sb,
@@ -615,7 +692,10 @@ impl Heap {
             .filter(|&n| n <= sb.max_size);
         needed.ok_or_else(|| Error::Corrupt {
             offset: sb.heap_offset(),
-            what: format!("chunk count {} exceeds max_size {}", header.chunk_count, sb.max_size),
+            what: format!(
+                "chunk count {} exceeds max_size {}",
+                header.chunk_count, sb.max_size
+            ),
         })
     }
 
@@ -653,13 +733,18 @@ impl Heap {
     /// });
     /// assert!(matches!(r, Err(AppError::Invalid)));
     /// ```
-    pub fn transaction_with<R, E: From<Error>>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R, E>) -> Result<R, E> {
+    pub fn transaction_with<R, E: From<Error>>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
         let inner = &self.inner;
         if inner.read_only {
             return Err(Error::ReadOnly.into());
         }
         let me = thread_token();
-        if inner.writer_thread.load(Ordering::Acquire) == me || ReadingMark::active(inner as *const Inner as usize) {
+        if inner.writer_thread.load(Ordering::Acquire) == me
+            || ReadingMark::active(inner as *const Inner as usize)
+        {
             return Err(Error::NestedTransaction.into());
         }
         let mut w = self.lock_writer()?;
@@ -701,7 +786,11 @@ impl Heap {
         let _mark = ReadingMark::new(&self.inner as *const Inner as usize);
         let guard = self.inner.view.read().unwrap_or_else(|e| e.into_inner());
         let header = guard.header;
-        let r = Reader { inner: &self.inner, header, _guard: guard };
+        let r = Reader {
+            inner: &self.inner,
+            header,
+            _guard: guard,
+        };
         f(&r)
     }
 
@@ -825,7 +914,11 @@ impl Heap {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn is_poisoned(&self) -> bool {
-        self.inner.poison.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.inner
+            .poison
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 }
 
@@ -845,7 +938,9 @@ impl Inner {
 
     pub(crate) fn check_poison(&self) -> Result<()> {
         match &*self.poison.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
+            Some(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -866,10 +961,14 @@ impl Writer {
         let at = inner.geo.log_offset + self.log_tail;
         let frame = self.frame.finish(self.sb.generation, self.next_txid);
         self.in_commit = true;
-        self.storage.write_at(at, frame).map_err(|e| inner.fail("pwrite log frame", at, e))?;
+        self.storage
+            .write_at(at, frame)
+            .map_err(|e| inner.fail("pwrite log frame", at, e))?;
         match inner.durability {
             Durability::Full => {
-                self.storage.barrier(at, len).map_err(|e| inner.fail("msync log frame", at, e))?;
+                self.storage
+                    .barrier(at, len)
+                    .map_err(|e| inner.fail("msync log frame", at, e))?;
             }
             Durability::None => {
                 let (a, _) = self.unsynced.unwrap_or((at, at));
@@ -884,7 +983,10 @@ impl Writer {
     /// Make room for a frame of `len` bytes, checkpointing if the log is too full.
     pub(crate) fn ensure_log_room(&mut self, inner: &Inner, len: u64) -> Result<()> {
         if len > inner.geo.log_len {
-            return Err(Error::TransactionTooLarge { bytes: len, log_capacity: inner.geo.log_len });
+            return Err(Error::TransactionTooLarge {
+                bytes: len,
+                log_capacity: inner.geo.log_len,
+            });
         }
         if self.log_tail + len > inner.geo.log_len {
             self.checkpoint(inner)?;
@@ -899,7 +1001,10 @@ impl Writer {
     /// The caller holds the view lock for writing.
     pub(crate) fn apply_range(&mut self, inner: &Inner, off: u64, bytes: &[u8]) -> Result<()> {
         match inner.durability {
-            Durability::Full => self.storage.write_at(off, bytes).map_err(|e| inner.fail("pwrite heap range", off, e)),
+            Durability::Full => self
+                .storage
+                .write_at(off, bytes)
+                .map_err(|e| inner.fail("pwrite heap range", off, e)),
             Durability::None => {
                 // SAFETY: the range passed the bounds check at staging time, so it is mapped; the
                 // mapping is writable under `None`; the caller holds the writer lock and the view
@@ -928,7 +1033,9 @@ impl Writer {
     /// Barrier the log written since the last barrier, then move private pages to the file.
     fn flush(&mut self, inner: &Inner) -> Result<()> {
         if let Some((a, b)) = self.unsynced.take() {
-            self.storage.barrier(a, b - a).map_err(|e| inner.fail("msync log", a, e))?;
+            self.storage
+                .barrier(a, b - a)
+                .map_err(|e| inner.fail("msync log", a, e))?;
         }
         if self.pending_pages.is_empty() {
             return Ok(());
@@ -945,9 +1052,12 @@ impl Writer {
             // SAFETY: pages we wrote privately, inside the mapping; the writer lock and the view
             // write lock are held, so nothing changes them while pwrite copies them.
             let bytes = unsafe { inner.map.slice(off, len as usize) };
-            self.storage.write_at(off, bytes).map_err(|e| inner.fail("pwrite heap pages", off, e))?;
+            self.storage
+                .write_at(off, bytes)
+                .map_err(|e| inner.fail("pwrite heap pages", off, e))?;
             // SAFETY: as above; `bytes` is not used after this point.
-            unsafe { inner.map.discard_private(off, len) }.map_err(|e| inner.fail("madvise", off, e))?;
+            unsafe { inner.map.discard_private(off, len) }
+                .map_err(|e| inner.fail("madvise", off, e))?;
         }
         Ok(())
     }
@@ -955,11 +1065,14 @@ impl Writer {
     /// Flush, then barrier the heap and switch the superblock: the log is empty afterwards.
     fn checkpoint(&mut self, inner: &Inner) -> Result<()> {
         self.flush(inner)?;
-        let (sb, slot) = recovery::checkpoint(&mut self.storage, &self.sb, self.slot, self.next_txid).map_err(|e| {
-            let e = Error::from(e);
-            inner.poison(&format!("checkpoint: {e}"));
-            e
-        })?;
+        let (sb, slot) =
+            recovery::checkpoint(&mut self.storage, &self.sb, self.slot, self.next_txid).map_err(
+                |e| {
+                    let e = Error::from(e);
+                    inner.poison(&format!("checkpoint: {e}"));
+                    e
+                },
+            )?;
         self.sb = sb;
         self.slot = slot;
         self.log_tail = 0;
@@ -986,13 +1099,17 @@ pub struct Reader<'h> {
 
 impl std::fmt::Debug for Reader<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("chunk_count", &self.header.chunk_count).finish_non_exhaustive()
+        f.debug_struct("Reader")
+            .field("chunk_count", &self.header.chunk_count)
+            .finish_non_exhaustive()
     }
 }
 
 impl<'h> Reader<'h> {
     fn bytes(&self, off: u64, len: u64, align: u64) -> Result<&[u8]> {
-        self.inner.geo.check(self.header.chunk_count, off, len, align)?;
+        self.inner
+            .geo
+            .check(self.header.chunk_count, off, len, align)?;
         // SAFETY: in bounds of the committed heap, which is mapped; we hold the view lock for
         // reading for as long as `self` (and so the slice) lives, so nothing changes these bytes.
         Ok(unsafe { self.inner.map.slice(off, len as usize) })
@@ -1009,8 +1126,15 @@ impl<'h> Reader<'h> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn get<T: Pod>(&self, p: PPtr<T>) -> Result<&T> {
-        let b = self.bytes(p.offset(), std::mem::size_of::<T>() as u64, std::mem::align_of::<T>() as u64)?;
-        bytemuck::try_from_bytes(b).map_err(|_| Error::Misaligned { offset: p.offset(), align: std::mem::align_of::<T>() as u64 })
+        let b = self.bytes(
+            p.offset(),
+            std::mem::size_of::<T>() as u64,
+            std::mem::align_of::<T>() as u64,
+        )?;
+        bytemuck::try_from_bytes(b).map_err(|_| Error::Misaligned {
+            offset: p.offset(),
+            align: std::mem::align_of::<T>() as u64,
+        })
     }
 
     /// The elements `s` points to.
@@ -1026,9 +1150,16 @@ impl<'h> Reader<'h> {
         if s.is_empty() {
             return Ok(&[]);
         }
-        let len = s.byte_len().ok_or(Error::OutOfBounds { offset: s.offset(), len: u64::MAX, heap_end: 0 })?;
+        let len = s.byte_len().ok_or(Error::OutOfBounds {
+            offset: s.offset(),
+            len: u64::MAX,
+            heap_end: 0,
+        })?;
         let b = self.bytes(s.offset(), len, std::mem::align_of::<T>() as u64)?;
-        bytemuck::try_cast_slice(b).map_err(|_| Error::Misaligned { offset: s.offset(), align: std::mem::align_of::<T>() as u64 })
+        bytemuck::try_cast_slice(b).map_err(|_| Error::Misaligned {
+            offset: s.offset(),
+            align: std::mem::align_of::<T>() as u64,
+        })
     }
 
     /// The root object's pointer; [`Error::NoRoot`] before the first `Tx::root`, and

@@ -32,7 +32,10 @@ impl<T> PPtr<T> {
     /// assert_eq!(txheap::PPtr::<u32>::null().offset(), 0);
     /// ```
     pub const fn null() -> Self {
-        PPtr { offset: 0, _type: PhantomData }
+        PPtr {
+            offset: 0,
+            _type: PhantomData,
+        }
     }
 
     /// A pointer from a raw file offset. Safe: nothing is dereferenced until a checked access.
@@ -42,7 +45,10 @@ impl<T> PPtr<T> {
     /// assert_eq!(p.offset(), 4096);
     /// ```
     pub const fn from_offset(offset: u64) -> Self {
-        PPtr { offset, _type: PhantomData }
+        PPtr {
+            offset,
+            _type: PhantomData,
+        }
     }
 
     /// The file offset this pointer holds.
@@ -71,7 +77,10 @@ impl<T> PPtr<T> {
     /// assert_eq!(q.offset(), 64);
     /// ```
     pub const fn cast<U>(self) -> PPtr<U> {
-        PPtr { offset: self.offset, _type: PhantomData }
+        PPtr {
+            offset: self.offset,
+            _type: PhantomData,
+        }
     }
 }
 
@@ -109,7 +118,12 @@ impl<T> Hash for PPtr<T> {
 }
 impl<T> fmt::Debug for PPtr<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PPtr<{}>({:#x})", std::any::type_name::<T>(), self.offset)
+        write!(
+            f,
+            "PPtr<{}>({:#x})",
+            std::any::type_name::<T>(),
+            self.offset
+        )
     }
 }
 // SAFETY: repr(transparent) over a u64 (PhantomData is a ZST): all-zero is valid (null).
@@ -140,7 +154,11 @@ impl<T> PSlice<T> {
     /// assert_eq!(txheap::PSlice::<u8>::empty().len(), 0);
     /// ```
     pub const fn empty() -> Self {
-        PSlice { offset: 0, len: 0, _type: PhantomData }
+        PSlice {
+            offset: 0,
+            len: 0,
+            _type: PhantomData,
+        }
     }
 
     /// A slice from a raw offset and element count. Safe: accesses are checked.
@@ -150,7 +168,11 @@ impl<T> PSlice<T> {
     /// assert_eq!((s.offset(), s.len()), (4096, 3));
     /// ```
     pub const fn from_raw_parts(offset: u64, len: u64) -> Self {
-        PSlice { offset, len, _type: PhantomData }
+        PSlice {
+            offset,
+            len,
+            _type: PhantomData,
+        }
     }
 
     /// File offset of the first element.
@@ -191,7 +213,9 @@ impl<T> PSlice<T> {
         if i >= self.len {
             return None;
         }
-        let off = (std::mem::size_of::<T>() as u64).checked_mul(i)?.checked_add(self.offset)?;
+        let off = (std::mem::size_of::<T>() as u64)
+            .checked_mul(i)?
+            .checked_add(self.offset)?;
         Some(PPtr::from_offset(off))
     }
 
@@ -229,7 +253,13 @@ impl<T> PartialEq for PSlice<T> {
 impl<T> Eq for PSlice<T> {}
 impl<T> fmt::Debug for PSlice<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PSlice<{}>({:#x}, len {})", std::any::type_name::<T>(), self.offset, self.len)
+        write!(
+            f,
+            "PSlice<{}>({:#x}, len {})",
+            std::any::type_name::<T>(),
+            self.offset,
+            self.len
+        )
     }
 }
 // SAFETY: repr(C) of two u64 and a ZST: no padding, all-zero is the empty slice.

@@ -49,7 +49,12 @@ impl Drop for Buf {
     fn drop(&mut self) {
         // SAFETY: ptr/lines came from Box::into_raw of a boxed slice of exactly `lines` Lines, and
         // this is the only owner.
-        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.lines))) }
+        unsafe {
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.ptr.as_ptr(),
+                self.lines,
+            )))
+        }
     }
 }
 
@@ -139,7 +144,12 @@ impl Stage {
 
     /// The transaction's view of `[off, off+len)`, or `None` if no staged range overlaps it (the
     /// caller then reads the committed bytes). `fill(start, buf)` copies committed bytes.
-    pub(crate) fn read(&self, off: u64, len: u64, fill: &mut dyn FnMut(u64, &mut [u8])) -> Option<&[u8]> {
+    pub(crate) fn read(
+        &self,
+        off: u64,
+        len: u64,
+        fill: &mut dyn FnMut(u64, &mut [u8]),
+    ) -> Option<&[u8]> {
         if len == 0 {
             return None;
         }
@@ -158,12 +168,19 @@ impl Stage {
         // SAFETY: [off, off+len) lies inside this buffer (found or merged to cover [a, b)). The
         // buffer lives until a `&mut self` call (which cannot happen while the returned borrow of
         // `self` lives), and it is only written through `write`, which takes `&mut self`.
-        Some(unsafe { std::slice::from_raw_parts(buf.base().add((off - start) as usize), len as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts(buf.base().add((off - start) as usize), len as usize)
+        })
     }
 
     /// Stage `[off, off+len)` for writing and return it; bytes not written before are copied from
     /// the committed state by `fill`.
-    pub(crate) fn write(&mut self, off: u64, len: u64, fill: &mut dyn FnMut(u64, &mut [u8])) -> &mut [u8] {
+    pub(crate) fn write(
+        &mut self,
+        off: u64,
+        len: u64,
+        fill: &mut dyn FnMut(u64, &mut [u8]),
+    ) -> &mut [u8] {
         if len == 0 {
             return &mut [];
         }
@@ -177,7 +194,9 @@ impl Stage {
         let buf = &inner.ranges[&start];
         // SAFETY: in bounds as in `read`; `&mut self` guarantees no other slice of this buffer is
         // alive, and the returned borrow keeps it so.
-        unsafe { std::slice::from_raw_parts_mut(buf.base().add((off - start) as usize), len as usize) }
+        unsafe {
+            std::slice::from_raw_parts_mut(buf.base().add((off - start) as usize), len as usize)
+        }
     }
 
     /// Every staged range in offset order.
@@ -185,7 +204,9 @@ impl Stage {
         let inner = self.inner.get_mut();
         inner.ranges.iter().map(|(&s, buf)| {
             // SAFETY: a live buffer of buf.len() bytes; shared for the `&mut self` borrow.
-            (s, unsafe { std::slice::from_raw_parts(buf.base() as *const u8, buf.len() as usize) })
+            (s, unsafe {
+                std::slice::from_raw_parts(buf.base() as *const u8, buf.len() as usize)
+            })
         })
     }
 }

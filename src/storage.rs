@@ -39,8 +39,16 @@ impl FileStorage {
     /// `window_len`: bytes at the start of the file (superblocks + log) that range barriers may
     /// cover; 0 for none (every barrier becomes `fdatasync`).
     pub(crate) fn new(file: Arc<File>, window_len: u64) -> io::Result<FileStorage> {
-        let window = if window_len > 0 { Some(SyncWindow::new(&*file, window_len)?) } else { None };
-        Ok(FileStorage { file, window, counters: IoCounters::default() })
+        let window = if window_len > 0 {
+            Some(SyncWindow::new(&*file, window_len)?)
+        } else {
+            None
+        };
+        Ok(FileStorage {
+            file,
+            window,
+            counters: IoCounters::default(),
+        })
     }
 }
 

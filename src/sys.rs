@@ -20,7 +20,11 @@ fn last_err() -> io::Error {
 /// Take a `flock` on the file without blocking. Returns `Ok(false)` when another open file
 /// description holds a conflicting lock.
 pub(crate) fn try_flock(fd: &impl AsRawFd, exclusive: bool) -> io::Result<bool> {
-    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    } | libc::LOCK_NB;
     // SAFETY: flock only reads its integer arguments; an invalid fd yields EBADF, not UB.
     let rc = unsafe { libc::flock(fd.as_raw_fd(), op) };
     if rc == 0 {
@@ -37,7 +41,8 @@ pub(crate) fn try_flock(fd: &impl AsRawFd, exclusive: bool) -> io::Result<bool> 
 /// Allocate disk blocks for `[offset, offset+len)`, extending the file if needed, so that a later
 /// store or write there cannot fail for lack of space (ENOSPC comes back here, not as SIGBUS).
 pub(crate) fn fallocate(fd: &impl AsRawFd, offset: u64, len: u64) -> io::Result<()> {
-    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let l = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: posix_fallocate takes integers only; it returns an errno value instead of setting errno.
     let rc = unsafe { libc::posix_fallocate(fd.as_raw_fd(), off, l) };
@@ -74,7 +79,12 @@ impl Mapping {
     /// Reserve `reserved` bytes of address space and map the first `len` bytes of `fd` there.
     /// `writable` allows `write_private` (PROT_WRITE on the private mapping); otherwise any store
     /// into the mapping faults at once.
-    pub(crate) fn new(fd: &impl AsRawFd, reserved: u64, len: u64, writable: bool) -> io::Result<Mapping> {
+    pub(crate) fn new(
+        fd: &impl AsRawFd,
+        reserved: u64,
+        len: u64,
+        writable: bool,
+    ) -> io::Result<Mapping> {
         // SAFETY: sysconf has no memory-safety preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         if page != PAGE as libc::c_long {
@@ -83,7 +93,8 @@ impl Mapping {
                 format!("txheap needs a {PAGE}-byte page size, the OS reports {page}"),
             ));
         }
-        let reserved = usize::try_from(reserved).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let reserved =
+            usize::try_from(reserved).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         if reserved == 0 || reserved % PAGE != 0 || len > reserved as u64 {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
@@ -102,8 +113,15 @@ impl Mapping {
         if p == libc::MAP_FAILED {
             return Err(last_err());
         }
-        let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
-        let m = Mapping { base, reserved, mapped: AtomicUsize::new(0), fd: fd.as_raw_fd(), writable };
+        let base =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
+        let m = Mapping {
+            base,
+            reserved,
+            mapped: AtomicUsize::new(0),
+            fd: fd.as_raw_fd(),
+            writable,
+        };
         m.extend(len)?;
         Ok(m)
     }
@@ -125,13 +143,17 @@ impl Mapping {
     /// least that long (blocks allocated), and holds the writer lock, so extends do not race.
     pub(crate) fn extend(&self, new_len: u64) -> io::Result<()> {
         let old = self.mapped.load(Ordering::Acquire);
-        let new_len = usize::try_from(new_len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let new_len =
+            usize::try_from(new_len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let new_len = new_len.div_ceil(PAGE) * PAGE;
         if new_len <= old {
             return Ok(());
         }
         if new_len > self.reserved {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "mapping beyond the reservation"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "mapping beyond the reservation",
+            ));
         }
         // SAFETY: [old, new_len) lies inside our own reservation and is still PROT_NONE: no
         // reference into it exists, so replacing it with MAP_FIXED aliases nothing in use.
@@ -160,7 +182,10 @@ impl Mapping {
     /// transaction's closure (changes happen only under both the writer lock and the view lock
     /// for writing). Nothing outside this process changes the file (the `flock` contract).
     pub(crate) unsafe fn slice(&self, off: u64, len: usize) -> &[u8] {
-        debug_assert!(off + len as u64 <= self.mapped_len(), "slice past the mapping");
+        debug_assert!(
+            off + len as u64 <= self.mapped_len(),
+            "slice past the mapping"
+        );
         // SAFETY: in bounds of the mapped part (precondition), which is readable, initialised
         // (file-backed) memory that nobody mutates while the slice lives (precondition).
         unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(off as usize), len) }
@@ -178,7 +203,11 @@ impl Mapping {
         // destination (precondition); source and destination cannot overlap since `bytes` is
         // never a slice of the mapping itself when called (it comes from a frame buffer).
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.as_ptr().add(off as usize), bytes.len())
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.base.as_ptr().add(off as usize),
+                bytes.len(),
+            )
         }
     }
 
@@ -193,7 +222,11 @@ impl Mapping {
         // SAFETY: a page-aligned range inside our mapping; MADV_DONTNEED on a private file mapping
         // only replaces private copies with the file's contents, and nobody holds a reference.
         let rc = unsafe {
-            libc::madvise(self.base.as_ptr().add(off as usize).cast(), len as usize, libc::MADV_DONTNEED)
+            libc::madvise(
+                self.base.as_ptr().add(off as usize).cast(),
+                len as usize,
+                libc::MADV_DONTNEED,
+            )
         };
         if rc == 0 {
             Ok(())
@@ -231,11 +264,21 @@ impl SyncWindow {
         let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: a new shared read-only mapping of the first `len` bytes of our file at an address
         // the kernel picks; it aliases nothing and is never dereferenced.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd(), 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
         if p == libc::MAP_FAILED {
             return Err(last_err());
         }
-        let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
+        let base =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
         Ok(SyncWindow { base, len })
     }
 
@@ -248,11 +291,20 @@ impl SyncWindow {
         let start = (off as usize / PAGE) * PAGE;
         let end = ((off + len) as usize).div_ceil(PAGE) * PAGE;
         if end > self.len || start >= end {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "msync range outside the window"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "msync range outside the window",
+            ));
         }
         // SAFETY: a page-aligned range inside our own mapping; msync does not access memory
         // through it on our behalf in a way that could alias Rust references (none exist).
-        let rc = unsafe { libc::msync(self.base.as_ptr().add(start).cast(), end - start, libc::MS_SYNC) };
+        let rc = unsafe {
+            libc::msync(
+                self.base.as_ptr().add(start).cast(),
+                end - start,
+                libc::MS_SYNC,
+            )
+        };
         if rc == 0 {
             Ok(())
         } else {

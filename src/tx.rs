@@ -42,7 +42,9 @@ pub struct Tx<'h> {
 
 impl std::fmt::Debug for Tx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tx").field("chunk_count", &self.header.chunk_count).finish_non_exhaustive()
+        f.debug_struct("Tx")
+            .field("chunk_count", &self.header.chunk_count)
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,7 +68,10 @@ fn fill_from(inner: &Inner) -> impl FnMut(u64, &mut [u8]) + '_ {
 fn stage_limit(inner: &Inner, stage: &mut Stage, more: u64) -> Result<()> {
     let bytes = stage.staged_bytes() + more + RANGE_OVERHEAD;
     if bytes > inner.geo.log_len {
-        return Err(Error::TransactionTooLarge { bytes, log_capacity: inner.geo.log_len });
+        return Err(Error::TransactionTooLarge {
+            bytes,
+            log_capacity: inner.geo.log_len,
+        });
     }
     Ok(())
 }
@@ -83,14 +88,21 @@ impl TxMem for Mem<'_> {
     fn write(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
         stage_limit(self.inner, self.stage, bytes.len() as u64)?;
         let mut fill = fill_from(self.inner);
-        self.stage.write(off, bytes.len() as u64, &mut fill).copy_from_slice(bytes);
+        self.stage
+            .write(off, bytes.len() as u64, &mut fill)
+            .copy_from_slice(bytes);
         Ok(())
     }
 
     fn ensure_chunks(&mut self, chunk_count: u64) -> Result<()> {
         let need = self.inner.geo.chunk_area + chunk_count * CHUNK;
-        self.storage.grow(need).map_err(|e| Error::io("grow file (posix_fallocate)", need, e))?;
-        self.inner.map.extend(need).map_err(|e| Error::io("map grown file", need, e))
+        self.storage
+            .grow(need)
+            .map_err(|e| Error::io("grow file (posix_fallocate)", need, e))?;
+        self.inner
+            .map
+            .extend(need)
+            .map_err(|e| Error::io("map grown file", need, e))
     }
 
     fn max_size(&self) -> u64 {
@@ -102,13 +114,21 @@ impl<'h> Tx<'h> {
     pub(crate) fn new(inner: &'h Inner, w: &'h mut Writer) -> Tx<'h> {
         let header = w.header;
         debug_assert_eq!(header.chunk_count, w.alloc.chunk_count);
-        Tx { inner, w, stage: Stage::default(), header, done: false }
+        Tx {
+            inner,
+            w,
+            stage: Stage::default(),
+            header,
+            done: false,
+        }
     }
 
     // ---- checked access ----------------------------------------------------------------
 
     fn view(&self, off: u64, len: u64, align: u64) -> Result<&[u8]> {
-        self.inner.geo.check(self.header.chunk_count, off, len, align)?;
+        self.inner
+            .geo
+            .check(self.header.chunk_count, off, len, align)?;
         let mut fill = fill_from(self.inner);
         match self.stage.read(off, len, &mut fill) {
             Some(b) => Ok(b),
@@ -118,7 +138,9 @@ impl<'h> Tx<'h> {
     }
 
     fn view_mut(&mut self, off: u64, len: u64, align: u64) -> Result<&mut [u8]> {
-        self.inner.geo.check(self.header.chunk_count, off, len, align)?;
+        self.inner
+            .geo
+            .check(self.header.chunk_count, off, len, align)?;
         if off >= self.inner.geo.chunk_area {
             self.w.alloc.check_writable(off, len)?;
         }
@@ -127,9 +149,16 @@ impl<'h> Tx<'h> {
         Ok(self.stage.write(off, len, &mut fill))
     }
 
-    fn mem_op<R>(&mut self, f: impl FnOnce(&mut crate::alloc::Allocator, &mut Mem<'_>) -> Result<R>) -> Result<R> {
+    fn mem_op<R>(
+        &mut self,
+        f: impl FnOnce(&mut crate::alloc::Allocator, &mut Mem<'_>) -> Result<R>,
+    ) -> Result<R> {
         let (alloc, storage) = writer_parts(self.w);
-        let mut mem = Mem { inner: self.inner, stage: &mut self.stage, storage };
+        let mut mem = Mem {
+            inner: self.inner,
+            stage: &mut self.stage,
+            storage,
+        };
         let r = f(alloc, &mut mem);
         self.header.chunk_count = self.w.alloc.chunk_count;
         r
@@ -142,16 +171,22 @@ impl<'h> Tx<'h> {
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("g.heap"), txheap::Options::new())?;
     /// heap.transaction(|tx| {
-    ///     let p = tx.alloc((3u32, 4u32))?;
-    ///     assert_eq!(tx.get(p)?.1, 4);
+    ///     let p = tx.alloc([3u32, 4u32])?;
+    ///     assert_eq!(tx.get(p)?[1], 4);
     ///     Ok(())
     /// })?;
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn get<T: Pod>(&self, p: PPtr<T>) -> Result<&T> {
-        let (size, align) = (std::mem::size_of::<T>() as u64, std::mem::align_of::<T>() as u64);
+        let (size, align) = (
+            std::mem::size_of::<T>() as u64,
+            std::mem::align_of::<T>() as u64,
+        );
         let b = self.view(p.offset(), size, align)?;
-        bytemuck::try_from_bytes(b).map_err(|_| Error::Misaligned { offset: p.offset(), align })
+        bytemuck::try_from_bytes(b).map_err(|_| Error::Misaligned {
+            offset: p.offset(),
+            align,
+        })
     }
 
     /// Change the object `p` points to. Only the bytes staged here go to the log.
@@ -165,9 +200,15 @@ impl<'h> Tx<'h> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn get_mut<T: Pod>(&mut self, p: PPtr<T>) -> Result<&mut T> {
-        let (size, align) = (std::mem::size_of::<T>() as u64, std::mem::align_of::<T>() as u64);
+        let (size, align) = (
+            std::mem::size_of::<T>() as u64,
+            std::mem::align_of::<T>() as u64,
+        );
         let b = self.view_mut(p.offset(), size, align)?;
-        bytemuck::try_from_bytes_mut(b).map_err(|_| Error::Misaligned { offset: p.offset(), align })
+        bytemuck::try_from_bytes_mut(b).map_err(|_| Error::Misaligned {
+            offset: p.offset(),
+            align,
+        })
     }
 
     /// Overwrite the object `p` points to.
@@ -196,9 +237,16 @@ impl<'h> Tx<'h> {
             return Ok(&[]);
         }
         let align = std::mem::align_of::<T>() as u64;
-        let len = s.byte_len().ok_or(Error::OutOfBounds { offset: s.offset(), len: u64::MAX, heap_end: 0 })?;
+        let len = s.byte_len().ok_or(Error::OutOfBounds {
+            offset: s.offset(),
+            len: u64::MAX,
+            heap_end: 0,
+        })?;
         let b = self.view(s.offset(), len, align)?;
-        bytemuck::try_cast_slice(b).map_err(|_| Error::Misaligned { offset: s.offset(), align })
+        bytemuck::try_cast_slice(b).map_err(|_| Error::Misaligned {
+            offset: s.offset(),
+            align,
+        })
     }
 
     /// Change the elements of `s`. For a large slice where only a part changes, prefer
@@ -215,9 +263,16 @@ impl<'h> Tx<'h> {
             return Ok(&mut []);
         }
         let align = std::mem::align_of::<T>() as u64;
-        let len = s.byte_len().ok_or(Error::OutOfBounds { offset: s.offset(), len: u64::MAX, heap_end: 0 })?;
+        let len = s.byte_len().ok_or(Error::OutOfBounds {
+            offset: s.offset(),
+            len: u64::MAX,
+            heap_end: 0,
+        })?;
         let b = self.view_mut(s.offset(), len, align)?;
-        bytemuck::try_cast_slice_mut(b).map_err(|_| Error::Misaligned { offset: s.offset(), align })
+        bytemuck::try_cast_slice_mut(b).map_err(|_| Error::Misaligned {
+            offset: s.offset(),
+            align,
+        })
     }
 
     /// Write `values` into `s` starting at element `start`.
@@ -230,7 +285,11 @@ impl<'h> Tx<'h> {
     /// ```
     pub fn write_slice<T: Pod>(&mut self, s: PSlice<T>, start: u64, values: &[T]) -> Result<()> {
         let n = values.len() as u64;
-        let oob = Error::OutOfBounds { offset: s.offset(), len: start.saturating_add(n), heap_end: s.len() };
+        let oob = Error::OutOfBounds {
+            offset: s.offset(),
+            len: start.saturating_add(n),
+            heap_end: s.len(),
+        };
         if start.checked_add(n).is_none_or(|e| e > s.len()) {
             return Err(oob);
         }
@@ -259,7 +318,10 @@ impl<'h> Tx<'h> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn alloc<T: Pod>(&mut self, value: T) -> Result<PPtr<T>> {
-        let p = PPtr::from_offset(self.alloc_raw(std::mem::size_of::<T>() as u64, std::mem::align_of::<T>() as u64)?);
+        let p = PPtr::from_offset(self.alloc_raw(
+            std::mem::size_of::<T>() as u64,
+            std::mem::align_of::<T>() as u64,
+        )?);
         *self.get_mut(p)? = value;
         Ok(p)
     }
@@ -289,7 +351,10 @@ impl<'h> Tx<'h> {
     pub fn alloc_slice_zeroed<T: Pod>(&mut self, len: u64) -> Result<PSlice<T>> {
         let size = (std::mem::size_of::<T>() as u64)
             .checked_mul(len)
-            .ok_or(Error::OutOfSpace { requested: u64::MAX, max_size: self.inner.geo.max_size })?;
+            .ok_or(Error::OutOfSpace {
+                requested: u64::MAX,
+                max_size: self.inner.geo.max_size,
+            })?;
         stage_limit(self.inner, &mut self.stage, size)?;
         let off = self.alloc_raw(size, std::mem::align_of::<T>() as u64)?;
         let s = PSlice::from_raw_parts(off, len);
@@ -410,7 +475,10 @@ impl<'h> Tx<'h> {
             // A range longer than u32::MAX cannot be staged (the log is smaller), but say so.
             w.frame
                 .push_range(off, bytes)
-                .map_err(|_| Error::TransactionTooLarge { bytes: bytes.len() as u64, log_capacity: inner.geo.log_len })?;
+                .map_err(|_| Error::TransactionTooLarge {
+                    bytes: bytes.len() as u64,
+                    log_capacity: inner.geo.log_len,
+                })?;
         }
         w.ensure_log_room(inner, w.frame.encoded_len() as u64)?;
         w.append_frame(inner)?;
@@ -438,4 +506,3 @@ impl Drop for Tx<'_> {
         self.w.alloc.check_invariants();
     }
 }
-

@@ -25,7 +25,10 @@ fn tmp() -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 fn small() -> Options {
-    Options::new().initial_size(1 << 20).log_size(256 << 10).max_size(256 << 20)
+    Options::new()
+        .initial_size(1 << 20)
+        .log_size(8 << 20)
+        .max_size(256 << 20)
 }
 
 fn push(heap: &Heap, value: u64) -> txheap::Result<()> {
@@ -92,11 +95,23 @@ fn crash_image_after_each_commit_recovers_exactly_that_prefix() {
                 // A read-only open replays into its private view and must not write the file.
                 let before = std::fs::read(&copy).unwrap();
                 let ro = Heap::open_read_only(&copy).unwrap();
-                assert_eq!(values(&ro), (0..=i).rev().collect::<Vec<_>>(), "{durability:?} read-only at {i}");
+                assert_eq!(
+                    values(&ro),
+                    (0..=i).rev().collect::<Vec<_>>(),
+                    "{durability:?} read-only at {i}"
+                );
                 drop(ro);
-                assert_eq!(std::fs::read(&copy).unwrap(), before, "read-only open wrote the file");
+                assert_eq!(
+                    std::fs::read(&copy).unwrap(),
+                    before,
+                    "read-only open wrote the file"
+                );
                 let rec = Heap::open(&copy, small()).unwrap();
-                assert_eq!(values(&rec), (0..=i).rev().collect::<Vec<_>>(), "{durability:?} at {i}");
+                assert_eq!(
+                    values(&rec),
+                    (0..=i).rev().collect::<Vec<_>>(),
+                    "{durability:?} at {i}"
+                );
                 push(&rec, 1000).unwrap();
                 drop(rec);
                 let again = Heap::open(&copy, small()).unwrap();
@@ -115,7 +130,10 @@ fn abort_by_err_leaves_no_trace() {
     let r: txheap::Result<()> = heap.transaction(|tx| {
         let root = tx.root::<Root>()?;
         for i in 0..100 {
-            let n = tx.alloc(Node { value: 1000 + i, next: PPtr::null() })?;
+            let n = tx.alloc(Node {
+                value: 1000 + i,
+                next: PPtr::null(),
+            })?;
             tx.get_mut(root)?.head = n;
         }
         tx.alloc_slice_zeroed::<u8>(3 << 20)?; // forces growth
@@ -128,7 +146,14 @@ fn abort_by_err_leaves_no_trace() {
     assert_eq!(after.heap_bytes, stats_before.heap_bytes);
     assert_eq!(after.commits, stats_before.commits);
     // The aborted allocations are reusable: the same allocation pattern lands at the same place.
-    let first = heap.transaction(|tx| tx.alloc(Node { value: 9, next: PPtr::null() })).unwrap();
+    let first = heap
+        .transaction(|tx| {
+            tx.alloc(Node {
+                value: 9,
+                next: PPtr::null(),
+            })
+        })
+        .unwrap();
     heap.close().unwrap();
     let heap = Heap::open(&path, small()).unwrap();
     assert_eq!(values(&heap), vec![1]);
@@ -144,7 +169,10 @@ fn abort_by_panic_leaves_no_trace() {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let _ = heap.transaction(|tx| {
             let root = tx.root::<Root>()?;
-            let n = tx.alloc(Node { value: 77, next: PPtr::null() })?;
+            let n = tx.alloc(Node {
+                value: 77,
+                next: PPtr::null(),
+            })?;
             tx.get_mut(root)?.head = n;
             panic!("boom");
             #[allow(unreachable_code)]
@@ -181,26 +209,43 @@ fn growth_past_initial_size_and_large_objects() {
     drop(heap);
     let heap = Heap::open(&path, small()).unwrap();
     for (i, s) in slices.iter().enumerate() {
-        let ok = heap.read(|r| Ok(r.slice(*s)?.iter().all(|&b| b == i as u8 + 1))).unwrap();
+        let ok = heap
+            .read(|r| Ok(r.slice(*s)?.iter().all(|&b| b == i as u8 + 1)))
+            .unwrap();
         assert!(ok, "slice {i} damaged");
     }
     // Free all, then one allocation as big as all of them reuses the space (coalescing).
     let heap_bytes = heap.stats().unwrap().heap_bytes;
-    heap.transaction(|tx| slices.iter().try_for_each(|s| tx.free_slice(*s))).unwrap();
+    heap.transaction(|tx| slices.iter().try_for_each(|s| tx.free_slice(*s)))
+        .unwrap();
     let st = heap.stats().unwrap();
     assert_eq!(st.used_bytes, 0);
     assert!(st.largest_free_extent >= 12 * 100_000);
-    heap.transaction(|tx| tx.alloc_slice_zeroed::<u8>(12 * 100_000).map(|_| ())).unwrap();
-    assert_eq!(heap.stats().unwrap().heap_bytes, heap_bytes, "freed space was not reused");
+    heap.transaction(|tx| tx.alloc_slice_zeroed::<u8>(12 * 100_000).map(|_| ()))
+        .unwrap();
+    assert_eq!(
+        heap.stats().unwrap().heap_bytes,
+        heap_bytes,
+        "freed space was not reused"
+    );
 }
 
 #[test]
 fn out_of_space_is_an_error_not_a_crash() {
     let (_d, path) = tmp();
-    let opts = Options::new().log_size(64 << 10).max_size((64 << 10) + 8192 + 8192 + 4 * (256 << 10));
+    let opts = Options::new()
+        .initial_size(0)
+        .log_size(64 << 10)
+        .max_size((64 << 10) + 8192 + 8192 + 4 * (256 << 10));
     let heap = Heap::create(&path, opts).unwrap();
     let r = heap.transaction(|tx| tx.alloc_slice_zeroed::<u8>(5 << 20));
-    assert!(matches!(r, Err(Error::OutOfSpace { .. }) | Err(Error::TransactionTooLarge { .. })), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(Error::OutOfSpace { .. }) | Err(Error::TransactionTooLarge { .. })
+        ),
+        "{r:?}"
+    );
     let r = heap.transaction(|tx| {
         for _ in 0..4 {
             tx.alloc_slice_zeroed::<u8>(8 << 10)?;
@@ -213,7 +258,13 @@ fn out_of_space_is_an_error_not_a_crash() {
         tx.alloc([0u8; 4096])?;
     });
     let r: txheap::Result<()> = r;
-    assert!(matches!(r, Err(Error::OutOfSpace { .. }) | Err(Error::TransactionTooLarge { .. })), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(Error::OutOfSpace { .. }) | Err(Error::TransactionTooLarge { .. })
+        ),
+        "{r:?}"
+    );
     assert!(!heap.is_poisoned());
 }
 
@@ -239,9 +290,15 @@ fn read_your_own_writes_with_overlapping_types() {
         tx.write_slice(s, 100, &[1, 2, 3, 4, 5, 6, 7, 8])?;
         let as_u64: PPtr<u64> = PPtr::from_offset(s.offset() + 96);
         // bytes 96..104: four zeros then 1,2,3,4
-        assert_eq!(*tx.get(as_u64)?, u64::from_le_bytes([0, 0, 0, 0, 1, 2, 3, 4]));
+        assert_eq!(
+            *tx.get(as_u64)?,
+            u64::from_le_bytes([0, 0, 0, 0, 1, 2, 3, 4])
+        );
         tx.set(as_u64, u64::MAX)?;
-        assert_eq!(&tx.slice(s)?[96..108], &[255, 255, 255, 255, 255, 255, 255, 255, 5, 6, 7, 8]);
+        assert_eq!(
+            &tx.slice(s)?[96..108],
+            &[255, 255, 255, 255, 255, 255, 255, 255, 5, 6, 7, 8]
+        );
         // A read spanning two staged areas with a committed gap between them.
         tx.write_slice(s, 300, &[9])?;
         let big = tx.slice(PSlice::<u8>::from_raw_parts(s.offset() + 90, 300))?;
@@ -261,7 +318,10 @@ fn freed_blocks_are_reused_only_after_commit() {
     heap.transaction(|tx| {
         tx.free(a)?;
         let b = tx.alloc(2u64)?;
-        assert_ne!(a, b, "a block freed in this transaction was handed out again before commit");
+        assert_ne!(
+            a, b,
+            "a block freed in this transaction was handed out again before commit"
+        );
         Ok(())
     })
     .unwrap();
@@ -281,9 +341,18 @@ fn invalid_frees_and_pointers_are_errors() {
     let r = heap.transaction(|tx| tx.free(PPtr::<u64>::from_offset(1 << 40)));
     assert!(matches!(r, Err(Error::OutOfBounds { .. })), "{r:?}");
     let r = heap.read(|r| r.get(PPtr::<u64>::from_offset(p.offset() + 4)).copied());
-    assert!(matches!(r, Err(Error::Misaligned { align: 8, .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::Misaligned { align: 8, .. })),
+        "{r:?}"
+    );
     let r = heap.read(|r| r.get(PPtr::<u64>::from_offset(u64::MAX - 3)).copied());
-    assert!(matches!(r, Err(Error::Misaligned { .. }) | Err(Error::OutOfBounds { .. })), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(Error::Misaligned { .. }) | Err(Error::OutOfBounds { .. })
+        ),
+        "{r:?}"
+    );
     let r = heap.read(|r| r.get(PPtr::<u64>::from_offset(1 << 40)).copied());
     assert!(matches!(r, Err(Error::OutOfBounds { .. })), "{r:?}");
     let r = heap.read(|r| r.get(PPtr::<u64>::from_offset(8)).copied()); // inside the superblock
@@ -291,16 +360,25 @@ fn invalid_frees_and_pointers_are_errors() {
     // Writing through a pointer into allocator metadata is refused.
     let chunk_start = p.offset() & !((256 << 10) - 1);
     let r = heap.transaction(|tx| tx.set(PPtr::<u64>::from_offset(chunk_start), 0));
-    assert!(r.is_err(), "a write into a chunk header was accepted: {r:?}");
+    assert!(
+        r.is_err(),
+        "a write into a chunk header was accepted: {r:?}"
+    );
     heap.transaction(|tx| tx.free(p)).unwrap();
     let r = heap.transaction(|tx| tx.free(p));
-    assert!(matches!(r, Err(Error::InvalidFree { .. })), "double free: {r:?}");
+    assert!(
+        matches!(r, Err(Error::InvalidFree { .. })),
+        "double free: {r:?}"
+    );
     let r = heap.transaction(|tx| {
         let q = tx.alloc(1u8)?;
         tx.free(q)?;
         tx.free(q)
     });
-    assert!(matches!(r, Err(Error::InvalidFree { .. })), "double free in one tx: {r:?}");
+    assert!(
+        matches!(r, Err(Error::InvalidFree { .. })),
+        "double free in one tx: {r:?}"
+    );
     assert!(!heap.is_poisoned());
 }
 
@@ -325,16 +403,28 @@ fn root_type_is_checked_on_reopen() {
 fn second_open_is_locked_and_read_only_opens_share() {
     let (_d, path) = tmp();
     let heap = Heap::create(&path, small()).unwrap();
-    assert!(matches!(Heap::open(&path, small()), Err(Error::Locked { .. })));
-    assert!(matches!(Heap::open_read_only(&path), Err(Error::Locked { .. })));
+    assert!(matches!(
+        Heap::open(&path, small()),
+        Err(Error::Locked { .. })
+    ));
+    assert!(matches!(
+        Heap::open_read_only(&path),
+        Err(Error::Locked { .. })
+    ));
     push(&heap, 3).unwrap();
     heap.close().unwrap();
     let a = Heap::open_read_only(&path).unwrap();
     let b = Heap::open_read_only(&path).unwrap();
-    assert!(matches!(Heap::open(&path, small()), Err(Error::Locked { .. })));
+    assert!(matches!(
+        Heap::open(&path, small()),
+        Err(Error::Locked { .. })
+    ));
     assert_eq!(values(&a), vec![3]);
     assert_eq!(values(&b), vec![3]);
-    assert!(matches!(a.transaction(|tx| tx.alloc(1u8)), Err(Error::ReadOnly)));
+    assert!(matches!(
+        a.transaction(|tx| tx.alloc(1u8)),
+        Err(Error::ReadOnly)
+    ));
 }
 
 #[test]
@@ -352,7 +442,9 @@ fn nested_transaction_is_an_error() {
 #[test]
 fn several_heaps_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let heaps: Vec<Heap> = (0..4).map(|i| Heap::create(dir.path().join(format!("{i}.heap")), small()).unwrap()).collect();
+    let heaps: Vec<Heap> = (0..4)
+        .map(|i| Heap::create(dir.path().join(format!("{i}.heap")), small()).unwrap())
+        .collect();
     for (i, h) in heaps.iter().enumerate() {
         for v in 0..=i as u64 {
             push(h, v * 10 + i as u64).unwrap();
@@ -413,7 +505,10 @@ fn readers_run_beside_the_writer_and_see_committed_state_only() {
         let root = tx.root::<Root>()?;
         for _ in 0..200 {
             let r = *tx.get(root)?;
-            let n = tx.alloc(Node { value: r.count, next: r.head })?;
+            let n = tx.alloc(Node {
+                value: r.count,
+                next: r.head,
+            })?;
             let rm = tx.get_mut(root)?;
             rm.head = n;
             rm.count += 1;
@@ -426,7 +521,10 @@ fn readers_run_beside_the_writer_and_see_committed_state_only() {
         heap.transaction(|tx| {
             let root = tx.root::<Root>()?;
             let r = *tx.get(root)?;
-            let n = tx.alloc(Node { value: r.count, next: r.head })?;
+            let n = tx.alloc(Node {
+                value: r.count,
+                next: r.head,
+            })?;
             let rm = tx.get_mut(root)?;
             rm.head = n;
             rm.count += 1;
@@ -443,7 +541,7 @@ fn readers_run_beside_the_writer_and_see_committed_state_only() {
 #[test]
 fn durability_none_survives_reopen_and_flush() {
     let (_d, path) = tmp();
-    let opts = small().durability(Durability::None);
+    let opts = small().log_size(256 << 10).durability(Durability::None);
     {
         let heap = Heap::create(&path, opts.clone()).unwrap();
         for i in 0..2000 {
@@ -455,7 +553,7 @@ fn durability_none_survives_reopen_and_flush() {
         }
         let st = heap.stats().unwrap();
         assert!(st.checkpoints > 0, "a 256 KiB log must have filled up");
-        assert_eq!(st.io.range_barriers + st.io.full_barriers > 0, true);
+        assert!(st.io.range_barriers + st.io.full_barriers > 0);
     }
     let heap = Heap::open(&path, opts).unwrap();
     assert_eq!(values(&heap), (0..2100).rev().collect::<Vec<_>>());
@@ -471,18 +569,34 @@ fn full_durability_barrier_count_per_commit() {
         push(&heap, i).unwrap();
     }
     let after = heap.stats().unwrap().io;
-    assert_eq!(after.range_barriers - before.range_barriers, 200, "one log barrier per commit");
-    assert_eq!(after.full_barriers, before.full_barriers, "no fdatasync in the commit path");
+    assert_eq!(
+        after.range_barriers - before.range_barriers,
+        200,
+        "one log barrier per commit"
+    );
+    assert_eq!(
+        after.full_barriers, before.full_barriers,
+        "no fdatasync in the commit path"
+    );
 }
 
 #[test]
 fn durability_none_has_no_barrier_per_commit() {
     let (_d, path) = tmp();
-    let heap = Heap::create(&path, Options::new().log_size(4 << 20).durability(Durability::None)).unwrap();
+    let heap = Heap::create(
+        &path,
+        Options::new()
+            .log_size(4 << 20)
+            .durability(Durability::None),
+    )
+    .unwrap();
     let before = heap.stats().unwrap().io;
     for i in 0..200 {
         push(&heap, i).unwrap();
     }
     let after = heap.stats().unwrap().io;
-    assert_eq!(after.range_barriers + after.full_barriers, before.range_barriers + before.full_barriers);
+    assert_eq!(
+        after.range_barriers + after.full_barriers,
+        before.range_barriers + before.full_barriers
+    );
 }

@@ -23,7 +23,10 @@ const LOG_LEN: u64 = 64 << 10;
 const LOG_OFFSET: u64 = 8192;
 
 fn opts() -> Options {
-    Options::new().initial_size(1 << 20).log_size(LOG_LEN).max_size(64 << 20)
+    Options::new()
+        .initial_size(4 << 20)
+        .log_size(LOG_LEN)
+        .max_size(64 << 20)
 }
 
 fn push(heap: &Heap, value: u64) {
@@ -48,7 +51,10 @@ fn values(heap: &Heap) -> txheap::Result<Vec<u64>> {
             out.push(n.value);
             p = n.next;
             if out.len() > 10_000 {
-                return Err(Error::Corrupt { offset: p.offset(), what: "list cycle".into() });
+                return Err(Error::Corrupt {
+                    offset: p.offset(),
+                    what: "list cycle".into(),
+                });
             }
         }
         Ok(out)
@@ -76,12 +82,21 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
 fn expect_refused(path: &Path, check: impl Fn(&Error) -> bool) {
     let before = std::fs::read(path).unwrap();
     for writable in [true, false] {
-        let r = if writable { Heap::open(path, opts()) } else { Heap::open_read_only(path) };
+        let r = if writable {
+            Heap::open(path, opts())
+        } else {
+            Heap::open_read_only(path)
+        };
         match r {
             Err(e) => assert!(check(&e), "unexpected error for {}: {e}", path.display()),
             Ok(_) => panic!("{} was accepted", path.display()),
         }
-        assert_eq!(std::fs::read(path).unwrap(), before, "refused file {} was modified", path.display());
+        assert_eq!(
+            std::fs::read(path).unwrap(),
+            before,
+            "refused file {} was modified",
+            path.display()
+        );
     }
 }
 
@@ -101,13 +116,20 @@ fn empty_random_and_foreign_files_are_not_txheap_files() {
         .collect();
     let r = write(d.path(), "random", &random);
     expect_refused(&r, |e| matches!(e, Error::NotATxheap { .. }));
-    let text = write(d.path(), "text", &b"hello, this is not a heap\n".repeat(1000));
+    let text = write(
+        d.path(),
+        "text",
+        &b"hello, this is not a heap\n".repeat(1000),
+    );
     expect_refused(&text, |e| matches!(e, Error::NotATxheap { .. }));
     let elf = std::fs::read(std::env::current_exe().unwrap()).unwrap();
     let elf = write(d.path(), "elf", &elf);
     expect_refused(&elf, |e| matches!(e, Error::NotATxheap { .. }));
     // A directory and a missing file give Io errors naming the open.
-    assert!(matches!(Heap::open(d.path().join("missing"), opts()), Err(Error::Io { op: "open", .. })));
+    assert!(matches!(
+        Heap::open(d.path().join("missing"), opts()),
+        Err(Error::Io { op: "open", .. })
+    ));
 }
 
 #[test]
@@ -115,7 +137,19 @@ fn truncated_files_are_refused_unchanged() {
     let d = tempfile::tempdir().unwrap();
     let (_, bytes) = clean_heap(d.path(), 10);
     let heap_offset = LOG_OFFSET + LOG_LEN;
-    for len in [1, 64, 127, 128, 4096, 8191, 8192, 9000, heap_offset, heap_offset + 100, heap_offset + 8191] {
+    for len in [
+        1,
+        64,
+        127,
+        128,
+        4096,
+        8191,
+        8192,
+        9000,
+        heap_offset,
+        heap_offset + 100,
+        heap_offset + 8191,
+    ] {
         let p = write(d.path(), &format!("trunc-{len}"), &bytes[..len as usize]);
         expect_refused(&p, |e| match e {
             Error::Truncated { len: l, needed } => *l == len && *needed > len,
@@ -151,14 +185,23 @@ fn every_superblock_bit_flip_gives_an_error_or_the_same_heap() {
                 }
                 Err(e) => {
                     assert!(
-                        matches!(e, Error::Corrupt { .. } | Error::NotATxheap { .. } | Error::UnsupportedVersion { .. }),
+                        matches!(
+                            e,
+                            Error::Corrupt { .. }
+                                | Error::NotATxheap { .. }
+                                | Error::UnsupportedVersion { .. }
+                        ),
                         "flip at {}: {e}",
                         slot + i
                     );
                     refused += 1;
                 }
             }
-            assert_eq!(std::fs::read(&p).unwrap(), b, "read-only open wrote the file");
+            assert_eq!(
+                std::fs::read(&p).unwrap(),
+                b,
+                "read-only open wrote the file"
+            );
         }
     }
     // After the close's checkpoint both slots are valid, so a flip in either falls back to the other.
@@ -186,7 +229,15 @@ fn newer_format_version_is_refused() {
         bytes[slot + 124..slot + 128].copy_from_slice(&crc.to_le_bytes());
     }
     let p = write(d.path(), "v2", &bytes);
-    expect_refused(&p, |e| matches!(e, Error::UnsupportedVersion { found: 2, supported: 1 }));
+    expect_refused(&p, |e| {
+        matches!(
+            e,
+            Error::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            }
+        )
+    });
 }
 
 fn crc(b: &[u8]) -> u32 {
@@ -195,7 +246,11 @@ fn crc(b: &[u8]) -> u32 {
     for &x in b {
         c ^= x as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 { (c >> 1) ^ 0xedb8_8320 } else { c >> 1 };
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xedb8_8320
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -207,11 +262,21 @@ fn heap_header_and_chunk_header_damage_is_corrupt() {
     let (_, bytes) = clean_heap(d.path(), 3);
     let heap_offset = (LOG_OFFSET + LOG_LEN) as usize;
     let chunk0 = heap_offset + 8192;
-    for at in [heap_offset + 3, heap_offset + 9, heap_offset + 61, chunk0 + 1, chunk0 + 5, chunk0 + 33] {
+    for at in [
+        heap_offset + 3,
+        heap_offset + 9,
+        heap_offset + 61,
+        chunk0 + 1,
+        chunk0 + 5,
+        chunk0 + 33,
+    ] {
         let mut b = bytes.clone();
         b[at] ^= 0x04;
         let p = write(d.path(), "hdr", &b);
-        expect_refused(&p, |e| matches!(e, Error::Corrupt { offset, .. } if *offset as usize <= at));
+        expect_refused(
+            &p,
+            |e| matches!(e, Error::Corrupt { offset, .. } if *offset as usize <= at),
+        );
     }
 }
 
@@ -219,7 +284,10 @@ fn heap_header_and_chunk_header_damage_is_corrupt() {
 /// log region, which holds the frames of `n` later commits. So nothing is visible unless replayed.
 fn crash_image(dir: &Path, n: u64) -> Vec<u8> {
     let path = dir.join("live.heap");
-    Heap::create(&path, opts().durability(Durability::Full)).unwrap().close().unwrap();
+    Heap::create(&path, opts().durability(Durability::Full))
+        .unwrap()
+        .close()
+        .unwrap();
     let before = std::fs::read(&path).unwrap();
     let heap = Heap::open(&path, opts()).unwrap();
     for i in 0..n {
@@ -227,7 +295,11 @@ fn crash_image(dir: &Path, n: u64) -> Vec<u8> {
     }
     let after = std::fs::read(&path).unwrap();
     drop(heap);
-    assert_eq!(before.len(), after.len(), "the workload must not grow the file");
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "the workload must not grow the file"
+    );
     let mut image = before;
     let log = LOG_OFFSET as usize..(LOG_OFFSET + LOG_LEN) as usize;
     image[log.clone()].copy_from_slice(&after[log]);
@@ -241,7 +313,10 @@ fn every_log_byte_flip_recovers_a_committed_prefix() {
     let bytes = crash_image(d.path(), n);
     // Where the frames end: the first all-zero 32 bytes after LOG_OFFSET.
     let log = &bytes[LOG_OFFSET as usize..(LOG_OFFSET + LOG_LEN) as usize];
-    let used = (0..log.len() / 8).map(|i| i * 8).find(|&i| log[i..i + 32].iter().all(|&b| b == 0)).unwrap();
+    let used = (0..log.len() / 8)
+        .map(|i| i * 8)
+        .find(|&i| log[i..i + 32].iter().all(|&b| b == 0))
+        .unwrap();
     assert!(used > 0, "the crash image has no frames in its log");
     let mut shorter = 0;
     for i in 0..used {
@@ -255,14 +330,21 @@ fn every_log_byte_flip_recovers_a_committed_prefix() {
             Err(e) => panic!("flip at log byte {i}: {e}"),
         };
         let k = v.len() as u64;
-        assert_eq!(v, (0..k).rev().collect::<Vec<_>>(), "flip at log byte {i} gave a non-prefix");
+        assert_eq!(
+            v,
+            (0..k).rev().collect::<Vec<_>>(),
+            "flip at log byte {i} gave a non-prefix"
+        );
         if k < n {
             shorter += 1;
         }
         drop(h);
         assert_eq!(std::fs::read(&p).unwrap(), b);
     }
-    assert_eq!(shorter, used, "every flip inside a frame must cut the log there");
+    assert_eq!(
+        shorter, used,
+        "every flip inside a frame must cut the log there"
+    );
 }
 
 #[test]
@@ -271,7 +353,10 @@ fn every_truncation_of_the_log_tail_recovers_a_committed_prefix() {
     let n = 12;
     let bytes = crash_image(d.path(), n);
     let log = &bytes[LOG_OFFSET as usize..(LOG_OFFSET + LOG_LEN) as usize];
-    let used = (0..log.len() / 8).map(|i| i * 8).find(|&i| log[i..i + 32].iter().all(|&b| b == 0)).unwrap();
+    let used = (0..log.len() / 8)
+        .map(|i| i * 8)
+        .find(|&i| log[i..i + 32].iter().all(|&b| b == 0))
+        .unwrap();
     let mut last = 0;
     // Zero the log from `cut` on: what a power cut leaves when later sectors never arrived.
     for cut in (0..=used).step_by(8) {

@@ -1,1 +1,851 @@
-//! placeholder
+//! # txheap-log: the redo frame format
+//!
+//! Owns: encoding, verifying and scanning frames. Knows bytes and checksums only: no I/O, no
+//! allocator, no superblock. `docs/FORMAT.md` draws the same layout.
+//!
+//! ## Frame
+//! ```text
+//! 0      4            8           16     24           28     32
+//! | magic | range_count | generation | txid | payload_len | crc32 | payload (payload_len bytes)
+//! ```
+//! All integers little-endian. `magic` is `0x52465854` ("TXFR"). `payload_len` is a multiple of
+//! 8. `crc32` (CRC-32/ISO-HDLC) covers header bytes 0..28 followed by the payload. The payload is
+//! `range_count` ranges back to back, each `offset: u64, len: u32, reserved: u32 = 0`, then
+//! `len` bytes, then zero padding to a multiple of 8.
+//!
+//! ## Replay rule
+//! Frames sit back to back from the start of the log region. Starting with the superblock's
+//! generation and `next_txid`, a frame is *committed* iff its magic matches, its generation
+//! equals the current one, its txid equals the expected one (which then advances by one), its
+//! whole length fits in the rest of the region, its crc matches, and its ranges consume the
+//! payload exactly with zero reserved fields and zero padding. Replay applies committed frames
+//! in order and stops at the first frame that is not committed; nothing after it counts.
+//!
+//! ```
+//! use txheap_log::{scan, FrameBuilder};
+//! let mut b = FrameBuilder::new();
+//! b.push_range(4096, b"hello").unwrap();
+//! let mut region = vec![0u8; 1024];
+//! let f = b.finish(7, 1).to_vec();
+//! region[..f.len()].copy_from_slice(&f);
+//! let frames: Vec<_> = scan(&region, 7, 1).collect();
+//! assert_eq!(frames.len(), 1);
+//! assert_eq!(frames[0].ranges().next().unwrap().bytes, b"hello");
+//! ```
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+/// Frame magic: the bytes "TXFR" read little-endian.
+pub const FRAME_MAGIC: u32 = 0x5246_5854;
+/// Bytes of a frame header.
+pub const FRAME_HEADER_LEN: usize = 32;
+/// Bytes of a range header inside the payload.
+pub const RANGE_HEADER_LEN: usize = 16;
+/// Frames and ranges are padded to this alignment.
+pub const FRAME_ALIGN: usize = 8;
+/// The longest single range.
+pub const RANGE_LEN_MAX: usize = u32::MAX as usize;
+/// The longest payload (its length is a u32).
+pub const PAYLOAD_LEN_MAX: usize = (u32::MAX as usize) & !(FRAME_ALIGN - 1);
+
+fn pad(n: usize) -> usize {
+    n.div_ceil(FRAME_ALIGN) * FRAME_ALIGN
+}
+
+/// Why a range could not be added to a frame.
+///
+/// ```
+/// use txheap_log::{FrameBuilder, FrameError};
+/// assert!(matches!(FrameBuilder::new().push_range(0, &[]), Ok(())));
+/// let e = FrameError::RangeTooLong { len: 5, max: 4 };
+/// assert!(e.to_string().contains("5"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// A range longer than [`RANGE_LEN_MAX`].
+    RangeTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// More ranges than a u32 counts.
+    TooManyRanges {
+        /// The limit.
+        max: u32,
+    },
+    /// The payload would exceed [`PAYLOAD_LEN_MAX`].
+    PayloadTooLong {
+        /// The payload length it would have.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::RangeTooLong { len, max } => {
+                write!(f, "range of {len} bytes exceeds the {max}-byte limit")
+            }
+            FrameError::TooManyRanges { max } => write!(f, "a frame holds at most {max} ranges"),
+            FrameError::PayloadTooLong { len, max } => {
+                write!(f, "payload of {len} bytes exceeds the {max}-byte limit")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Builds one frame in a reusable buffer.
+///
+/// ```
+/// let mut b = txheap_log::FrameBuilder::new();
+/// b.push_range(100, &[1, 2, 3]).unwrap();
+/// assert_eq!(b.range_count(), 1);
+/// assert_eq!(b.encoded_len(), 32 + 16 + 8);
+/// let frame = b.finish(1, 1);
+/// assert_eq!(frame.len(), 56);
+/// ```
+#[derive(Debug, Clone)]
+pub struct FrameBuilder {
+    buf: Vec<u8>,
+    count: u32,
+}
+
+impl Default for FrameBuilder {
+    fn default() -> Self {
+        FrameBuilder {
+            buf: vec![0; FRAME_HEADER_LEN],
+            count: 0,
+        }
+    }
+}
+
+impl FrameBuilder {
+    /// An empty builder.
+    ///
+    /// ```
+    /// assert!(txheap_log::FrameBuilder::new().is_empty());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forget all ranges, keeping the buffer's capacity.
+    ///
+    /// ```
+    /// let mut b = txheap_log::FrameBuilder::new();
+    /// b.push_range(0, b"x").unwrap();
+    /// b.clear();
+    /// assert!(b.is_empty());
+    /// ```
+    pub fn clear(&mut self) {
+        self.buf.truncate(FRAME_HEADER_LEN);
+        self.buf[..].fill(0);
+        self.count = 0;
+    }
+
+    /// Append a range that writes `bytes` at `offset`.
+    ///
+    /// ```
+    /// let mut b = txheap_log::FrameBuilder::new();
+    /// b.push_range(8192, b"abc").unwrap();
+    /// ```
+    pub fn push_range(&mut self, offset: u64, bytes: &[u8]) -> Result<(), FrameError> {
+        self.push_range_zeroed(offset, bytes.len())?
+            .copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Append a range of `len` zero bytes at `offset` and return it to fill in place.
+    ///
+    /// ```
+    /// let mut b = txheap_log::FrameBuilder::new();
+    /// b.push_range_zeroed(0, 4).unwrap().copy_from_slice(&[9; 4]);
+    /// ```
+    pub fn push_range_zeroed(&mut self, offset: u64, len: usize) -> Result<&mut [u8], FrameError> {
+        if len > RANGE_LEN_MAX {
+            return Err(FrameError::RangeTooLong {
+                len,
+                max: RANGE_LEN_MAX,
+            });
+        }
+        if self.count == u32::MAX {
+            return Err(FrameError::TooManyRanges { max: u32::MAX });
+        }
+        let payload = self.buf.len() - FRAME_HEADER_LEN;
+        let new_payload = payload + RANGE_HEADER_LEN + pad(len);
+        if new_payload > PAYLOAD_LEN_MAX {
+            return Err(FrameError::PayloadTooLong {
+                len: new_payload,
+                max: PAYLOAD_LEN_MAX,
+            });
+        }
+        self.buf.extend_from_slice(&offset.to_le_bytes());
+        self.buf.extend_from_slice(&(len as u32).to_le_bytes());
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        let start = self.buf.len();
+        self.buf.resize(start + pad(len), 0);
+        self.count += 1;
+        Ok(&mut self.buf[start..start + len])
+    }
+
+    /// Ranges so far.
+    ///
+    /// ```
+    /// assert_eq!(txheap_log::FrameBuilder::new().range_count(), 0);
+    /// ```
+    pub fn range_count(&self) -> u32 {
+        self.count
+    }
+
+    /// Whether no range was added.
+    ///
+    /// ```
+    /// assert!(txheap_log::FrameBuilder::new().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes the finished frame occupies (header plus padded payload).
+    ///
+    /// ```
+    /// assert_eq!(txheap_log::FrameBuilder::new().encoded_len(), 32);
+    /// ```
+    pub fn encoded_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Write the header (with the crc) and return the whole frame.
+    ///
+    /// ```
+    /// let mut b = txheap_log::FrameBuilder::new();
+    /// let f = b.finish(3, 9);
+    /// assert_eq!(&f[0..4], b"TXFR");
+    /// ```
+    pub fn finish(&mut self, generation: u64, txid: u64) -> &[u8] {
+        let payload_len = (self.buf.len() - FRAME_HEADER_LEN) as u32;
+        debug_assert_eq!(payload_len as usize % FRAME_ALIGN, 0);
+        self.buf[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+        self.buf[4..8].copy_from_slice(&self.count.to_le_bytes());
+        self.buf[8..16].copy_from_slice(&generation.to_le_bytes());
+        self.buf[16..24].copy_from_slice(&txid.to_le_bytes());
+        self.buf[24..28].copy_from_slice(&payload_len.to_le_bytes());
+        let crc = frame_crc(&self.buf[..28], &self.buf[FRAME_HEADER_LEN..]);
+        self.buf[28..32].copy_from_slice(&crc.to_le_bytes());
+        &self.buf
+    }
+}
+
+fn frame_crc(header28: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(header28);
+    h.update(payload);
+    h.finalize()
+}
+
+/// A parsed frame header.
+///
+/// ```
+/// let mut b = txheap_log::FrameBuilder::new();
+/// let f = b.finish(1, 5).to_vec();
+/// let h = txheap_log::parse_header(f[..32].try_into().unwrap(), 1, 5, 32).unwrap();
+/// assert_eq!((h.txid, h.frame_len()), (5, 32));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Number of ranges.
+    pub range_count: u32,
+    /// Log generation.
+    pub generation: u64,
+    /// Transaction id.
+    pub txid: u64,
+    /// Payload bytes after the header.
+    pub payload_len: u32,
+    /// Stored crc.
+    pub crc: u32,
+}
+
+impl FrameHeader {
+    /// Header plus payload bytes.
+    ///
+    /// ```
+    /// let h = txheap_log::FrameHeader { range_count: 0, generation: 1, txid: 1, payload_len: 8, crc: 0 };
+    /// assert_eq!(h.frame_len(), 40);
+    /// ```
+    pub fn frame_len(&self) -> u64 {
+        FRAME_HEADER_LEN as u64 + self.payload_len as u64
+    }
+}
+
+/// Why a scan stopped: the end of the committed log.
+///
+/// ```
+/// use txheap_log::StopReason;
+/// assert!(StopReason::Malformed { what: "x" }.is_malformed());
+/// assert!(!StopReason::RegionEnd.is_malformed());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// Fewer than a header's bytes remain.
+    RegionEnd,
+    /// No frame magic.
+    BadMagic {
+        /// What was there.
+        found: u32,
+    },
+    /// A frame of another generation (stale).
+    OtherGeneration {
+        /// Its generation.
+        found: u64,
+    },
+    /// Not the next transaction id.
+    TxidMismatch {
+        /// Expected.
+        expected: u64,
+        /// Found.
+        found: u64,
+    },
+    /// Payload length not a multiple of 8.
+    BadLength {
+        /// The length.
+        payload_len: u32,
+    },
+    /// The frame runs past the region's end (torn).
+    Truncated {
+        /// Bytes it needs.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+    },
+    /// Checksum mismatch (torn or damaged).
+    BadCrc {
+        /// Stored.
+        stored: u32,
+        /// Computed.
+        computed: u32,
+    },
+    /// The crc matched but the ranges are broken: not a torn write but a hostile or buggy frame.
+    Malformed {
+        /// What is wrong.
+        what: &'static str,
+    },
+}
+
+impl StopReason {
+    /// Whether this is [`StopReason::Malformed`].
+    ///
+    /// ```
+    /// assert!(!txheap_log::StopReason::BadMagic { found: 0 }.is_malformed());
+    /// ```
+    pub fn is_malformed(&self) -> bool {
+        matches!(self, StopReason::Malformed { .. })
+    }
+}
+
+/// Where and why a scan stopped.
+///
+/// ```
+/// let s = txheap_log::Stop { offset: 64, reason: txheap_log::StopReason::RegionEnd };
+/// assert!(s.to_string().contains("64"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    /// Offset from the region's start.
+    pub offset: u64,
+    /// Why.
+    pub reason: StopReason,
+}
+
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "log ends at offset {}: {:?}", self.offset, self.reason)
+    }
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[i..i + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Check a header's magic, generation, txid, length and fit (`remaining`: bytes of the region
+/// from this frame's start). The crc is checked by [`verify_frame`].
+///
+/// ```
+/// let h = [0u8; 32];
+/// assert!(matches!(txheap_log::parse_header(&h, 1, 1, 32), Err(txheap_log::StopReason::BadMagic { found: 0 })));
+/// ```
+pub fn parse_header(
+    bytes: &[u8; FRAME_HEADER_LEN],
+    generation: u64,
+    expected_txid: u64,
+    remaining: u64,
+) -> Result<FrameHeader, StopReason> {
+    let magic = u32_at(bytes, 0);
+    if magic != FRAME_MAGIC {
+        return Err(StopReason::BadMagic { found: magic });
+    }
+    let h = FrameHeader {
+        range_count: u32_at(bytes, 4),
+        generation: u64_at(bytes, 8),
+        txid: u64_at(bytes, 16),
+        payload_len: u32_at(bytes, 24),
+        crc: u32_at(bytes, 28),
+    };
+    if h.generation != generation {
+        return Err(StopReason::OtherGeneration {
+            found: h.generation,
+        });
+    }
+    if h.txid != expected_txid {
+        return Err(StopReason::TxidMismatch {
+            expected: expected_txid,
+            found: h.txid,
+        });
+    }
+    if h.payload_len as usize % FRAME_ALIGN != 0 {
+        return Err(StopReason::BadLength {
+            payload_len: h.payload_len,
+        });
+    }
+    if h.frame_len() > remaining {
+        return Err(StopReason::Truncated {
+            needed: h.frame_len(),
+            available: remaining,
+        });
+    }
+    Ok(h)
+}
+
+/// Check the crc, then that the ranges consume the payload exactly.
+///
+/// ```
+/// let mut b = txheap_log::FrameBuilder::new();
+/// b.push_range(1, b"z").unwrap();
+/// let f = b.finish(1, 1).to_vec();
+/// let hb: &[u8; 32] = f[..32].try_into().unwrap();
+/// let h = txheap_log::parse_header(hb, 1, 1, f.len() as u64).unwrap();
+/// let frame = txheap_log::verify_frame(hb, &h, &f[32..]).unwrap();
+/// assert_eq!(frame.ranges().count(), 1);
+/// ```
+pub fn verify_frame<'a>(
+    header_bytes: &[u8; FRAME_HEADER_LEN],
+    header: &FrameHeader,
+    payload: &'a [u8],
+) -> Result<Frame<'a>, StopReason> {
+    if payload.len() as u64 != header.payload_len as u64 {
+        return Err(StopReason::Truncated {
+            needed: header.payload_len as u64,
+            available: payload.len() as u64,
+        });
+    }
+    let computed = frame_crc(&header_bytes[..28], payload);
+    if computed != header.crc {
+        return Err(StopReason::BadCrc {
+            stored: header.crc,
+            computed,
+        });
+    }
+    let mut at = 0usize;
+    for _ in 0..header.range_count {
+        if payload.len() - at < RANGE_HEADER_LEN {
+            return Err(StopReason::Malformed {
+                what: "range header runs past the payload",
+            });
+        }
+        let len = u32_at(payload, at + 8) as usize;
+        if u32_at(payload, at + 12) != 0 {
+            return Err(StopReason::Malformed {
+                what: "range reserved field is not zero",
+            });
+        }
+        at += RANGE_HEADER_LEN;
+        if payload.len() - at < pad(len) {
+            return Err(StopReason::Malformed {
+                what: "range bytes run past the payload",
+            });
+        }
+        if payload[at + len..at + pad(len)].iter().any(|&b| b != 0) {
+            return Err(StopReason::Malformed {
+                what: "range padding is not zero",
+            });
+        }
+        at += pad(len);
+    }
+    if at != payload.len() {
+        return Err(StopReason::Malformed {
+            what: "ranges do not fill the payload",
+        });
+    }
+    Ok(Frame {
+        header: *header,
+        payload,
+    })
+}
+
+/// A committed frame.
+///
+/// ```
+/// let mut b = txheap_log::FrameBuilder::new();
+/// b.push_range(9, b"ab").unwrap();
+/// let f = b.finish(2, 3).to_vec();
+/// let frame = txheap_log::scan(&f, 2, 3).next().unwrap();
+/// assert_eq!(frame.header.txid, 3);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    /// Its header.
+    pub header: FrameHeader,
+    payload: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    /// Its ranges, in order.
+    ///
+    /// ```
+    /// let mut b = txheap_log::FrameBuilder::new();
+    /// b.push_range(9, b"ab").unwrap();
+    /// let f = b.finish(1, 1).to_vec();
+    /// let r = txheap_log::scan(&f, 1, 1).next().unwrap().ranges().next().unwrap();
+    /// assert_eq!((r.offset, r.bytes), (9, &b"ab"[..]));
+    /// ```
+    pub fn ranges(&self) -> Ranges<'a> {
+        Ranges {
+            payload: self.payload,
+            at: 0,
+            left: self.header.range_count,
+        }
+    }
+
+    /// The raw payload.
+    ///
+    /// ```
+    /// let mut b = txheap_log::FrameBuilder::new();
+    /// let f = b.finish(1, 1).to_vec();
+    /// assert!(txheap_log::scan(&f, 1, 1).next().unwrap().payload().is_empty());
+    /// ```
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+}
+
+/// One redo range: write `bytes` at file `offset`.
+///
+/// ```
+/// let r = txheap_log::Range { offset: 1, bytes: b"x" };
+/// assert_eq!(r.bytes.len(), 1);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range<'a> {
+    /// File offset.
+    pub offset: u64,
+    /// The bytes.
+    pub bytes: &'a [u8],
+}
+
+/// Iterator over a verified frame's ranges.
+///
+/// ```
+/// let mut b = txheap_log::FrameBuilder::new();
+/// b.push_range(1, b"a").unwrap();
+/// b.push_range(2, b"b").unwrap();
+/// let f = b.finish(1, 1).to_vec();
+/// assert_eq!(txheap_log::scan(&f, 1, 1).next().unwrap().ranges().count(), 2);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Ranges<'a> {
+    payload: &'a [u8],
+    at: usize,
+    left: u32,
+}
+
+impl<'a> Iterator for Ranges<'a> {
+    type Item = Range<'a>;
+    fn next(&mut self) -> Option<Range<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        debug_assert!(
+            self.payload.len() - self.at >= RANGE_HEADER_LEN,
+            "verified frame"
+        );
+        let offset = u64_at(self.payload, self.at);
+        let len = u32_at(self.payload, self.at + 8) as usize;
+        let start = self.at + RANGE_HEADER_LEN;
+        self.at = start + pad(len);
+        self.left -= 1;
+        Some(Range {
+            offset,
+            bytes: &self.payload[start..start + len],
+        })
+    }
+}
+
+/// Scan an in-memory log region from its start.
+///
+/// ```
+/// let region = vec![0u8; 4096];
+/// let mut s = txheap_log::scan(&region, 1, 1);
+/// assert!(s.next().is_none());
+/// assert_eq!(s.end_offset(), 0);
+/// ```
+pub fn scan(region: &[u8], generation: u64, first_txid: u64) -> Scan<'_> {
+    Scan {
+        region,
+        generation,
+        next_txid: first_txid,
+        at: 0,
+        stop: None,
+    }
+}
+
+/// Iterator over the committed frames of a region; see [`scan`].
+///
+/// ```
+/// let mut s = txheap_log::scan(&[], 1, 1);
+/// assert!(s.next().is_none());
+/// assert_eq!(s.stop().unwrap().reason, txheap_log::StopReason::RegionEnd);
+/// ```
+#[derive(Debug)]
+pub struct Scan<'a> {
+    region: &'a [u8],
+    generation: u64,
+    next_txid: u64,
+    at: usize,
+    stop: Option<Stop>,
+}
+
+impl<'a> Scan<'a> {
+    /// Why the scan ended (after it ended).
+    ///
+    /// ```
+    /// let s = txheap_log::scan(&[], 1, 1);
+    /// assert!(s.stop().is_none()); // not iterated yet
+    /// ```
+    pub fn stop(&self) -> Option<&Stop> {
+        self.stop.as_ref()
+    }
+
+    /// Offset just past the last committed frame returned.
+    ///
+    /// ```
+    /// assert_eq!(txheap_log::scan(&[], 1, 1).end_offset(), 0);
+    /// ```
+    pub fn end_offset(&self) -> u64 {
+        self.at as u64
+    }
+
+    /// The transaction id the next frame would need.
+    ///
+    /// ```
+    /// assert_eq!(txheap_log::scan(&[], 1, 4).next_txid(), 4);
+    /// ```
+    pub fn next_txid(&self) -> u64 {
+        self.next_txid
+    }
+}
+
+impl<'a> Iterator for Scan<'a> {
+    type Item = Frame<'a>;
+    fn next(&mut self) -> Option<Frame<'a>> {
+        if self.stop.is_some() {
+            return None;
+        }
+        let rest = &self.region[self.at..];
+        let result = (|| {
+            let hb: &[u8; FRAME_HEADER_LEN] = rest
+                .get(..FRAME_HEADER_LEN)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(StopReason::RegionEnd)?;
+            let h = parse_header(hb, self.generation, self.next_txid, rest.len() as u64)?;
+            let payload = &rest[FRAME_HEADER_LEN..h.frame_len() as usize];
+            verify_frame(hb, &h, payload)
+        })();
+        match result {
+            Ok(frame) => {
+                self.at += frame.header.frame_len() as usize;
+                self.next_txid += 1;
+                Some(frame)
+            }
+            Err(reason) => {
+                self.stop = Some(Stop {
+                    offset: self.at as u64,
+                    reason,
+                });
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn build(
+        frames: &[Vec<(u64, Vec<u8>)>],
+        generation: u64,
+        first: u64,
+        region_len: usize,
+    ) -> (Vec<u8>, Vec<usize>) {
+        let mut region = vec![0u8; region_len];
+        let mut ends = Vec::new();
+        let mut at = 0;
+        let mut b = FrameBuilder::new();
+        for (i, ranges) in frames.iter().enumerate() {
+            b.clear();
+            for (off, bytes) in ranges {
+                b.push_range(*off, bytes).unwrap();
+            }
+            let f = b.finish(generation, first + i as u64);
+            region[at..at + f.len()].copy_from_slice(f);
+            at += f.len();
+            ends.push(at);
+        }
+        (region, ends)
+    }
+
+    fn frames_strategy() -> impl Strategy<Value = Vec<Vec<(u64, Vec<u8>)>>> {
+        prop::collection::vec(
+            prop::collection::vec(
+                (any::<u64>(), prop::collection::vec(any::<u8>(), 0..40)),
+                0..4,
+            ),
+            1..6,
+        )
+    }
+
+    fn collect(region: &[u8], g: u64, t: u64) -> Vec<Vec<(u64, Vec<u8>)>> {
+        scan(region, g, t)
+            .map(|f| f.ranges().map(|r| (r.offset, r.bytes.to_vec())).collect())
+            .collect()
+    }
+
+    #[test]
+    fn each_stop_reason() {
+        let (region, ends) = build(&[vec![(1, b"abc".to_vec())], vec![(2, vec![])]], 5, 10, 200);
+        let mut s = scan(&region, 5, 10);
+        assert_eq!(s.by_ref().count(), 2);
+        assert_eq!(s.stop().unwrap().reason, StopReason::BadMagic { found: 0 });
+        assert_eq!(s.end_offset(), ends[1] as u64);
+        let mut s = scan(&region, 6, 10);
+        assert_eq!(s.by_ref().count(), 0);
+        assert_eq!(
+            s.stop().unwrap().reason,
+            StopReason::OtherGeneration { found: 5 }
+        );
+        let mut s = scan(&region, 5, 11);
+        s.by_ref().count();
+        assert_eq!(
+            s.stop().unwrap().reason,
+            StopReason::TxidMismatch {
+                expected: 11,
+                found: 10
+            }
+        );
+        let mut s = scan(&region[..ends[0] - 1], 5, 10);
+        s.by_ref().count();
+        assert!(matches!(
+            s.stop().unwrap().reason,
+            StopReason::Truncated { .. }
+        ));
+        let mut s = scan(&region[..20], 5, 10);
+        s.by_ref().count();
+        assert_eq!(s.stop().unwrap().reason, StopReason::RegionEnd);
+        let mut bad = region.clone();
+        bad[40] ^= 1;
+        let mut s = scan(&bad, 5, 10);
+        s.by_ref().count();
+        assert!(matches!(
+            s.stop().unwrap().reason,
+            StopReason::BadCrc { .. }
+        ));
+        let mut odd = region.clone();
+        odd[24] = 3;
+        let mut s = scan(&odd, 5, 10);
+        s.by_ref().count();
+        assert_eq!(
+            s.stop().unwrap().reason,
+            StopReason::BadLength {
+                payload_len: 3 + (odd[25] as u32) * 256
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_when_crc_matches_a_broken_structure() {
+        let (mut region, ends) = build(&[vec![(1, b"abc".to_vec())]], 1, 1, 128);
+        region[32 + 12] = 1; // reserved field
+        let crc = frame_crc(&region[..28], &region[32..ends[0]]);
+        region[28..32].copy_from_slice(&crc.to_le_bytes());
+        let mut s = scan(&region, 1, 1);
+        assert_eq!(s.by_ref().count(), 0);
+        assert!(s.stop().unwrap().reason.is_malformed());
+        // A range length that runs past the payload.
+        let (mut region, ends) = build(&[vec![(1, b"abc".to_vec())]], 1, 1, 128);
+        region[32 + 8] = 200;
+        let crc = frame_crc(&region[..28], &region[32..ends[0]]);
+        region[28..32].copy_from_slice(&crc.to_le_bytes());
+        let mut s = scan(&region, 1, 1);
+        s.by_ref().count();
+        assert!(s.stop().unwrap().reason.is_malformed());
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(frames in frames_strategy(), g in any::<u64>(), t in 0u64..1 << 60) {
+            let (region, _) = build(&frames, g, t, 8192);
+            prop_assert_eq!(collect(&region, g, t), frames);
+        }
+
+        #[test]
+        fn any_truncation_is_a_prefix(frames in frames_strategy(), cut in any::<prop::sample::Index>()) {
+            let (region, ends) = build(&frames, 1, 1, 8192);
+            let cut = cut.index(ends.last().unwrap() + 1);
+            let got = collect(&region[..cut], 1, 1);
+            let fit = ends.iter().filter(|&&e| e <= cut).count();
+            prop_assert_eq!(&got[..], &frames[..fit]);
+        }
+
+        #[test]
+        fn any_byte_flip_in_frame_k_keeps_exactly_frames_before_k(
+            frames in frames_strategy(), pos in any::<prop::sample::Index>(), x in 1u8..=255,
+        ) {
+            let (mut region, ends) = build(&frames, 1, 1, 8192);
+            let p = pos.index(*ends.last().unwrap());
+            region[p] ^= x;
+            let k = ends.iter().position(|&e| p < e).unwrap();
+            prop_assert_eq!(&collect(&region, 1, 1)[..], &frames[..k]);
+        }
+
+        #[test]
+        fn stale_or_garbage_tail_never_extends(frames in frames_strategy(), junk in prop::collection::vec(any::<u8>(), 0..300)) {
+            let (mut region, ends) = build(&frames, 2, 1, 8192);
+            let end = *ends.last().unwrap();
+            region[end..end + junk.len()].copy_from_slice(&junk);
+            // A stale frame of generation 1 with the right next txid after the tail.
+            let (stale, _) = build(&[vec![(5, vec![1, 2, 3])]], 1, frames.len() as u64 + 1, 64);
+            let mut r2 = region.clone();
+            r2[end..end + 64].copy_from_slice(&stale);
+            prop_assert_eq!(&collect(&region, 2, 1)[..], &frames[..]);
+            prop_assert_eq!(&collect(&r2, 2, 1)[..], &frames[..]);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), g in 0u64..3, t in 0u64..3) {
+            let _ = scan(&bytes, g, t).count();
+        }
+    }
+}

@@ -1,1 +1,873 @@
-//! placeholder
+//! # txheap-recovery: superblocks, log replay and checkpoint
+//!
+//! Owns: the superblock format and the selection rule, scanning the log through the storage
+//! choke point, replaying committed frames, the checkpoint that empties the log, and formatting a
+//! new file. Knows the log and the superblock; knows nothing of the allocator or of user types.
+//! Every byte it touches goes through [`Storage`], so a recording implementation can observe
+//! every write and barrier (the crash simulator's hook). `docs/FORMAT.md` is the byte-level
+//! specification; `docs/ARCHITECTURE.md` states the protocols as numbered steps.
+//!
+//! ```
+//! use txheap_recovery::{format, recover, MemStorage};
+//! let mut s = MemStorage::new();
+//! let sb = format(&mut s, 65536, 1 << 20).unwrap();
+//! let r = recover(&mut s).unwrap();
+//! assert_eq!(r.superblock, sb);
+//! assert_eq!(r.scan.frames, 0);
+//! ```
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::io;
+
+pub use txheap_log;
+use txheap_log::{parse_header, verify_frame, Stop, StopReason, FRAME_HEADER_LEN};
+
+/// Unit of every region boundary.
+pub const PAGE_SIZE: u64 = 4096;
+/// Bytes of each of the two superblock slots.
+pub const SUPERBLOCK_SLOT_LEN: u64 = 4096;
+/// Bytes of an encoded superblock (at the start of its slot).
+pub const SUPERBLOCK_ENCODED_LEN: usize = 128;
+/// Superblock magic.
+pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"TXHEAPSB";
+/// The format version this crate reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Where the log region starts.
+pub const LOG_OFFSET: u64 = 8192;
+/// The smallest log region.
+pub const LOG_LEN_MIN: u64 = 65536;
+/// Allocator chunk size (recorded in the superblock).
+pub const CHUNK_SIZE: u64 = 262144;
+/// Heap header page plus root area page, before chunk 0.
+pub const HEAP_META_LEN: u64 = 8192;
+/// Bytes of zeroes written per call when formatting the log.
+const ZERO_WRITE_LEN: usize = 1 << 20;
+
+/// The one choke point through which every byte of the file is read, written and made durable.
+///
+/// ```
+/// use txheap_recovery::{MemStorage, Storage};
+/// let mut s = MemStorage::new();
+/// s.write_at(10, b"ab").unwrap();
+/// let mut b = [0u8; 2];
+/// s.read_at(10, &mut b).unwrap();
+/// assert_eq!(&b, b"ab");
+/// ```
+pub trait Storage {
+    /// Current file length.
+    fn len(&self) -> io::Result<u64>;
+    /// Read exactly `buf.len()` bytes at `offset` (`UnexpectedEof` past the end).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Write `bytes` at `offset`; may extend the file.
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Make `[offset, offset+len)` durable.
+    fn barrier(&mut self, offset: u64, len: u64) -> io::Result<()>;
+    /// Make every write so far durable, including the file's length.
+    fn barrier_all(&mut self) -> io::Result<()>;
+    /// Ensure the file is at least `new_len` bytes with blocks allocated (never shrinks).
+    fn grow(&mut self, new_len: u64) -> io::Result<()>;
+}
+
+/// An in-memory [`Storage`] for tests and simulators.
+///
+/// ```
+/// use txheap_recovery::{MemStorage, Storage};
+/// let mut s = MemStorage::from_bytes(vec![1, 2, 3]);
+/// s.barrier_all().unwrap();
+/// assert_eq!(s.barrier_count(), 1);
+/// assert_eq!(s.bytes(), &[1, 2, 3]);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemStorage {
+    bytes: Vec<u8>,
+    barriers: u64,
+}
+
+impl MemStorage {
+    /// Empty storage.
+    ///
+    /// ```
+    /// assert!(txheap_recovery::MemStorage::new().bytes().is_empty());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Storage holding `bytes`.
+    ///
+    /// ```
+    /// assert_eq!(txheap_recovery::MemStorage::from_bytes(vec![7]).bytes(), &[7]);
+    /// ```
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        MemStorage { bytes, barriers: 0 }
+    }
+    /// The current bytes.
+    ///
+    /// ```
+    /// assert_eq!(txheap_recovery::MemStorage::new().bytes().len(), 0);
+    /// ```
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+    /// Take the bytes.
+    ///
+    /// ```
+    /// assert_eq!(txheap_recovery::MemStorage::from_bytes(vec![1]).into_bytes(), vec![1]);
+    /// ```
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+    /// Barriers issued so far.
+    ///
+    /// ```
+    /// assert_eq!(txheap_recovery::MemStorage::new().barrier_count(), 0);
+    /// ```
+    pub fn barrier_count(&self) -> u64 {
+        self.barriers
+    }
+}
+
+impl Storage for MemStorage {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.bytes.len() as u64)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.bytes.len() as u64);
+        match end {
+            Some(end) => {
+                buf.copy_from_slice(&self.bytes[offset as usize..end as usize]);
+                Ok(())
+            }
+            None => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+        }
+    }
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let end = offset
+            .checked_add(bytes.len() as u64)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let end = usize::try_from(end).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        if end > self.bytes.len() {
+            self.bytes.resize(end, 0);
+        }
+        self.bytes[offset as usize..end].copy_from_slice(bytes);
+        Ok(())
+    }
+    fn barrier(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
+        self.barriers += 1;
+        Ok(())
+    }
+    fn barrier_all(&mut self) -> io::Result<()> {
+        self.barriers += 1;
+        Ok(())
+    }
+    fn grow(&mut self, new_len: u64) -> io::Result<()> {
+        let n =
+            usize::try_from(new_len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        if n > self.bytes.len() {
+            self.bytes.resize(n, 0);
+        }
+        Ok(())
+    }
+}
+
+/// What can go wrong in recovery.
+///
+/// ```
+/// let e = txheap_recovery::RecoveryError::Truncated { len: 5, needed: 9 };
+/// assert!(e.to_string().contains("9"));
+/// ```
+#[derive(Debug)]
+pub enum RecoveryError {
+    /// A storage call failed.
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The offset.
+        offset: u64,
+        /// The error.
+        source: io::Error,
+    },
+    /// No superblock magic in either slot.
+    NotATxheap {
+        /// What was found.
+        detail: String,
+    },
+    /// The file is shorter than its superblock requires.
+    Truncated {
+        /// File length.
+        len: u64,
+        /// Required length.
+        needed: u64,
+    },
+    /// Damaged metadata or a hostile frame.
+    Corrupt {
+        /// Where.
+        offset: u64,
+        /// What.
+        what: String,
+    },
+    /// A newer format.
+    UnsupportedVersion {
+        /// The file's version.
+        found: u32,
+        /// Ours.
+        supported: u32,
+    },
+    /// Bad arguments to [`format`].
+    InvalidGeometry {
+        /// What is wrong.
+        what: String,
+    },
+}
+
+impl fmt::Display for RecoveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecoveryError::Io { op, offset, source } => {
+                write!(f, "{op} at offset {offset} failed: {source}")
+            }
+            RecoveryError::NotATxheap { detail } => write!(f, "not a txheap file: {detail}"),
+            RecoveryError::Truncated { len, needed } => {
+                write!(
+                    f,
+                    "file is truncated: {len} bytes, its superblock requires at least {needed}"
+                )
+            }
+            RecoveryError::Corrupt { offset, what } => {
+                write!(f, "corrupt file at offset {offset}: {what}")
+            }
+            RecoveryError::UnsupportedVersion { found, supported } => {
+                write!(
+                    f,
+                    "format version {found} is newer than the supported {supported}"
+                )
+            }
+            RecoveryError::InvalidGeometry { what } => write!(f, "invalid geometry: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for RecoveryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RecoveryError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn io_err(op: &'static str, offset: u64) -> impl FnOnce(io::Error) -> RecoveryError {
+    move |source| RecoveryError::Io { op, offset, source }
+}
+
+/// A superblock slot.
+///
+/// ```
+/// use txheap_recovery::Slot;
+/// assert_eq!(Slot::A.other(), Slot::B);
+/// assert_eq!(Slot::B.offset(), 4096);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// At offset 0.
+    A,
+    /// At offset 4096.
+    B,
+}
+
+impl Slot {
+    /// The slot's file offset.
+    ///
+    /// ```
+    /// assert_eq!(txheap_recovery::Slot::A.offset(), 0);
+    /// ```
+    pub fn offset(self) -> u64 {
+        match self {
+            Slot::A => 0,
+            Slot::B => SUPERBLOCK_SLOT_LEN,
+        }
+    }
+    /// The other slot.
+    ///
+    /// ```
+    /// assert_eq!(txheap_recovery::Slot::B.other(), txheap_recovery::Slot::A);
+    /// ```
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+/// Why one slot is not usable.
+///
+/// ```
+/// let e = txheap_recovery::Superblock::decode(&[0u8; 128], 0).unwrap_err();
+/// assert_eq!(e, txheap_recovery::SlotError::NoMagic);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotError {
+    /// No magic.
+    NoMagic,
+    /// Checksum mismatch.
+    BadCrc {
+        /// Stored.
+        stored: u32,
+        /// Computed.
+        computed: u32,
+    },
+    /// A valid slot of another version.
+    UnsupportedVersion {
+        /// Its version.
+        found: u32,
+    },
+    /// A field breaks a rule of FORMAT.md.
+    BadField {
+        /// Which and why.
+        what: String,
+    },
+}
+
+impl fmt::Display for SlotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SlotError::NoMagic => write!(f, "no superblock magic"),
+            SlotError::BadCrc { stored, computed } => {
+                write!(f, "crc {stored:#010x} != computed {computed:#010x}")
+            }
+            SlotError::UnsupportedVersion { found } => write!(f, "format version {found}"),
+            SlotError::BadField { what } => write!(f, "{what}"),
+        }
+    }
+}
+
+/// The current superblock: where the log is, which generation of frames counts.
+///
+/// ```
+/// let sb = txheap_recovery::Superblock::new(65536, 1 << 20);
+/// assert_eq!(sb.heap_offset(), 8192 + 65536);
+/// let enc = sb.encode();
+/// assert_eq!(txheap_recovery::Superblock::decode(&enc, 0).unwrap(), sb);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Superblock {
+    /// Higher is newer.
+    pub seq: u64,
+    /// Frames count only with this generation.
+    pub generation: u64,
+    /// Transaction id of this generation's first frame.
+    pub next_txid: u64,
+    /// Bytes of the log region.
+    pub log_len: u64,
+    /// Largest file size.
+    pub max_size: u64,
+}
+
+impl Superblock {
+    /// A fresh superblock: seq 1, generation 1, next_txid 1.
+    ///
+    /// ```
+    /// assert_eq!(txheap_recovery::Superblock::new(65536, 1 << 20).seq, 1);
+    /// ```
+    pub fn new(log_len: u64, max_size: u64) -> Superblock {
+        Superblock {
+            seq: 1,
+            generation: 1,
+            next_txid: 1,
+            log_len,
+            max_size,
+        }
+    }
+    /// Start of the log region.
+    ///
+    /// ```
+    /// assert_eq!(txheap_recovery::Superblock::new(65536, 1 << 20).log_offset(), 8192);
+    /// ```
+    pub fn log_offset(&self) -> u64 {
+        LOG_OFFSET
+    }
+    /// Start of the heap region.
+    ///
+    /// ```
+    /// assert_eq!(txheap_recovery::Superblock::new(65536, 1 << 20).heap_offset(), 73728);
+    /// ```
+    pub fn heap_offset(&self) -> u64 {
+        LOG_OFFSET + self.log_len
+    }
+    /// Start of chunk 0.
+    ///
+    /// ```
+    /// assert_eq!(txheap_recovery::Superblock::new(65536, 1 << 20).chunk_area_offset(), 73728 + 8192);
+    /// ```
+    pub fn chunk_area_offset(&self) -> u64 {
+        self.heap_offset() + HEAP_META_LEN
+    }
+    /// The shortest valid file.
+    ///
+    /// ```
+    /// let sb = txheap_recovery::Superblock::new(65536, 1 << 20);
+    /// assert_eq!(sb.min_file_len(), sb.chunk_area_offset());
+    /// ```
+    pub fn min_file_len(&self) -> u64 {
+        self.chunk_area_offset()
+    }
+
+    /// Encode with magic, version, constants and crc.
+    ///
+    /// ```
+    /// let b = txheap_recovery::Superblock::new(65536, 1 << 20).encode();
+    /// assert_eq!(&b[..8], b"TXHEAPSB");
+    /// ```
+    pub fn encode(&self) -> [u8; SUPERBLOCK_ENCODED_LEN] {
+        let mut b = [0u8; SUPERBLOCK_ENCODED_LEN];
+        b[0..8].copy_from_slice(&SUPERBLOCK_MAGIC);
+        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[16..24].copy_from_slice(&self.seq.to_le_bytes());
+        b[24..32].copy_from_slice(&self.generation.to_le_bytes());
+        b[32..40].copy_from_slice(&self.next_txid.to_le_bytes());
+        b[40..48].copy_from_slice(&LOG_OFFSET.to_le_bytes());
+        b[48..56].copy_from_slice(&self.log_len.to_le_bytes());
+        b[56..64].copy_from_slice(&self.heap_offset().to_le_bytes());
+        b[64..72].copy_from_slice(&self.max_size.to_le_bytes());
+        b[72..76].copy_from_slice(&(CHUNK_SIZE as u32).to_le_bytes());
+        b[76..80].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+        let crc = crc32fast::hash(&b[..124]);
+        b[124..128].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decode and check magic, crc, version and every geometry rule.
+    ///
+    /// ```
+    /// let mut b = txheap_recovery::Superblock::new(65536, 1 << 20).encode();
+    /// b[20] ^= 1;
+    /// assert!(matches!(txheap_recovery::Superblock::decode(&b, 0), Err(txheap_recovery::SlotError::BadCrc { .. })));
+    /// ```
+    pub fn decode(
+        bytes: &[u8; SUPERBLOCK_ENCODED_LEN],
+        _slot_offset: u64,
+    ) -> Result<Superblock, SlotError> {
+        if bytes[0..8] != SUPERBLOCK_MAGIC {
+            return Err(SlotError::NoMagic);
+        }
+        let stored = u32::from_le_bytes(bytes[124..128].try_into().expect("4"));
+        let computed = crc32fast::hash(&bytes[..124]);
+        if stored != computed {
+            return Err(SlotError::BadCrc { stored, computed });
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4"));
+        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8"));
+        let version = u32_at(8);
+        if version != FORMAT_VERSION {
+            return Err(SlotError::UnsupportedVersion { found: version });
+        }
+        let sb = Superblock {
+            seq: u64_at(16),
+            generation: u64_at(24),
+            next_txid: u64_at(32),
+            log_len: u64_at(48),
+            max_size: u64_at(64),
+        };
+        let bad = |what: String| Err(SlotError::BadField { what });
+        if u32_at(12) != 0 {
+            return bad(format!("flags {:#x} are not zero", u32_at(12)));
+        }
+        if u64_at(40) != LOG_OFFSET {
+            return bad(format!("log_offset {} is not {LOG_OFFSET}", u64_at(40)));
+        }
+        if sb.log_len % PAGE_SIZE != 0 || sb.log_len < LOG_LEN_MIN || sb.log_len > u64::MAX / 4 {
+            return bad(format!(
+                "log_len {} is not a multiple of {PAGE_SIZE} of at least {LOG_LEN_MIN}",
+                sb.log_len
+            ));
+        }
+        if u64_at(56) != sb.heap_offset() {
+            return bad(format!(
+                "heap_offset {} is not log_offset + log_len",
+                u64_at(56)
+            ));
+        }
+        if sb.max_size % PAGE_SIZE != 0 || sb.max_size < sb.min_file_len() {
+            return bad(format!(
+                "max_size {} is below {} or not page-aligned",
+                sb.max_size,
+                sb.min_file_len()
+            ));
+        }
+        if u32_at(72) as u64 != CHUNK_SIZE || u32_at(76) as u64 != PAGE_SIZE {
+            return bad(format!(
+                "chunk_size {} / page_size {} unsupported",
+                u32_at(72),
+                u32_at(76)
+            ));
+        }
+        if bytes[80..124].iter().any(|&b| b != 0) {
+            return bad("reserved bytes are not zero".into());
+        }
+        Ok(sb)
+    }
+}
+
+fn read_slot<S: Storage + ?Sized>(
+    storage: &S,
+    slot: Slot,
+    file_len: u64,
+) -> Result<Result<Superblock, SlotError>, RecoveryError> {
+    let mut b = [0u8; SUPERBLOCK_ENCODED_LEN];
+    if file_len < slot.offset() + SUPERBLOCK_ENCODED_LEN as u64 {
+        // A short file: whatever bytes exist, zero-padded.
+        let avail = file_len.saturating_sub(slot.offset()) as usize;
+        if avail > 0 {
+            storage
+                .read_at(slot.offset(), &mut b[..avail])
+                .map_err(io_err("read superblock", slot.offset()))?;
+        }
+    } else {
+        storage
+            .read_at(slot.offset(), &mut b)
+            .map_err(io_err("read superblock", slot.offset()))?;
+    }
+    Ok(Superblock::decode(&b, slot.offset()))
+}
+
+/// Read both slots and pick the current superblock. Never writes.
+///
+/// ```
+/// use txheap_recovery::{format, select_superblock, MemStorage, Slot};
+/// let mut s = MemStorage::new();
+/// format(&mut s, 65536, 1 << 20).unwrap();
+/// assert_eq!(select_superblock(&s).unwrap().1, Slot::A);
+/// assert!(select_superblock(&MemStorage::from_bytes(vec![0; 9000])).is_err());
+/// ```
+pub fn select_superblock<S: Storage + ?Sized>(
+    storage: &S,
+) -> Result<(Superblock, Slot), RecoveryError> {
+    let len = storage.len().map_err(io_err("stat", 0))?;
+    let a = read_slot(storage, Slot::A, len)?;
+    let b = read_slot(storage, Slot::B, len)?;
+    let newest = |x: &Result<Superblock, SlotError>| match x {
+        Ok(sb) => Some(sb.seq),
+        _ => None,
+    };
+    // A valid-crc slot of another version: refuse if it is at least as new as any usable slot.
+    for (r, slot) in [(&a, Slot::A), (&b, Slot::B)] {
+        if let Err(SlotError::UnsupportedVersion { found }) = r {
+            let _ = slot;
+            let other_usable = matches!(a, Ok(_)) || matches!(b, Ok(_));
+            if !other_usable {
+                return Err(RecoveryError::UnsupportedVersion {
+                    found: *found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+        }
+    }
+    let chosen = match (newest(&a), newest(&b)) {
+        (Some(x), Some(y)) if y > x => Some(Slot::B),
+        (Some(_), _) => Some(Slot::A),
+        (None, Some(_)) => Some(Slot::B),
+        (None, None) => None,
+    };
+    match chosen {
+        Some(Slot::A) => Ok((a.expect("valid"), Slot::A)),
+        Some(Slot::B) => Ok((b.expect("valid"), Slot::B)),
+        None => {
+            if a == Err(SlotError::NoMagic) && b == Err(SlotError::NoMagic) {
+                Err(RecoveryError::NotATxheap {
+                    detail: format!("no superblock magic at offset 0 or 4096 ({len}-byte file)"),
+                })
+            } else {
+                let (slot, e) = match &a {
+                    Err(SlotError::NoMagic) => (Slot::B, b.expect_err("invalid")),
+                    Err(e) => (Slot::A, e.clone()),
+                    Ok(_) => unreachable!("no valid slot"),
+                };
+                Err(RecoveryError::Corrupt {
+                    offset: slot.offset(),
+                    what: format!("no valid superblock: {e}"),
+                })
+            }
+        }
+    }
+}
+
+/// The outcome of a log scan.
+///
+/// ```
+/// use txheap_recovery::{format, recover, MemStorage};
+/// let mut s = MemStorage::new();
+/// format(&mut s, 65536, 1 << 20).unwrap();
+/// let scan = recover(&mut s).unwrap().scan;
+/// assert_eq!((scan.frames, scan.end_offset, scan.next_txid), (0, 0, 1));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogScan {
+    /// Committed frames found.
+    pub frames: u64,
+    /// Bytes of their ranges.
+    pub range_bytes: u64,
+    /// Where the next frame goes (relative to the log's start).
+    pub end_offset: u64,
+    /// The next transaction id.
+    pub next_txid: u64,
+    /// Why the scan stopped.
+    pub stop: Stop,
+}
+
+/// Scan the log and call `apply` for each range of each committed frame, in order. Never
+/// writes by itself. A crc-valid frame that is malformed or writes outside the heap is `Corrupt`.
+///
+/// ```
+/// use txheap_recovery::{format, scan_log, MemStorage, Storage};
+/// use txheap_recovery::txheap_log::FrameBuilder;
+/// let mut s = MemStorage::new();
+/// let sb = format(&mut s, 65536, 1 << 20).unwrap();
+/// let mut b = FrameBuilder::new();
+/// b.push_range(sb.heap_offset() + 100, b"hi").unwrap();
+/// let f = b.finish(sb.generation, sb.next_txid).to_vec();
+/// s.write_at(sb.log_offset(), &f).unwrap();
+/// let mut seen = Vec::new();
+/// let scan = scan_log(&s, &sb, &mut |off, bytes| { seen.push((off, bytes.to_vec())); Ok(()) }).unwrap();
+/// assert_eq!(scan.frames, 1);
+/// assert_eq!(seen, vec![(sb.heap_offset() + 100, b"hi".to_vec())]);
+/// ```
+pub fn scan_log<S: Storage + ?Sized>(
+    storage: &S,
+    sb: &Superblock,
+    apply: &mut dyn FnMut(u64, &[u8]) -> Result<(), RecoveryError>,
+) -> Result<LogScan, RecoveryError> {
+    let mut at = 0u64;
+    let mut txid = sb.next_txid;
+    let mut frames = 0;
+    let mut range_bytes = 0;
+    let mut payload = Vec::new();
+    let stop = loop {
+        let remaining = sb.log_len - at;
+        let abs = sb.log_offset() + at;
+        if remaining < FRAME_HEADER_LEN as u64 {
+            break Stop {
+                offset: at,
+                reason: StopReason::RegionEnd,
+            };
+        }
+        let mut hb = [0u8; FRAME_HEADER_LEN];
+        storage
+            .read_at(abs, &mut hb)
+            .map_err(io_err("read log frame header", abs))?;
+        let h = match parse_header(&hb, sb.generation, txid, remaining) {
+            Ok(h) => h,
+            Err(reason) => break Stop { offset: at, reason },
+        };
+        payload.resize(h.payload_len as usize, 0);
+        storage
+            .read_at(abs + FRAME_HEADER_LEN as u64, &mut payload)
+            .map_err(io_err("read log frame payload", abs))?;
+        let frame = match verify_frame(&hb, &h, &payload) {
+            Ok(f) => f,
+            Err(reason) if reason.is_malformed() => {
+                return Err(RecoveryError::Corrupt {
+                    offset: abs,
+                    what: format!(
+                        "log frame {txid} has a valid checksum but is malformed: {reason:?}"
+                    ),
+                })
+            }
+            Err(reason) => break Stop { offset: at, reason },
+        };
+        for r in frame.ranges() {
+            let end = r.offset.checked_add(r.bytes.len() as u64);
+            if r.offset < sb.heap_offset() || end.is_none_or(|e| e > sb.max_size) {
+                return Err(RecoveryError::Corrupt {
+                    offset: abs,
+                    what: format!(
+                        "log frame {txid} writes {}+{} outside the heap [{}, {})",
+                        r.offset,
+                        r.bytes.len(),
+                        sb.heap_offset(),
+                        sb.max_size
+                    ),
+                });
+            }
+        }
+        for r in frame.ranges() {
+            apply(r.offset, r.bytes)?;
+            range_bytes += r.bytes.len() as u64;
+        }
+        frames += 1;
+        txid += 1;
+        at += h.frame_len();
+    };
+    Ok(LogScan {
+        frames,
+        range_bytes,
+        end_offset: at,
+        next_txid: txid,
+        stop,
+    })
+}
+
+/// Checkpoint: `barrier_all`, then write the other slot with `seq + 1`, `generation + 1` and
+/// `next_txid`, then barrier it. The log is empty afterwards.
+///
+/// ```
+/// use txheap_recovery::{checkpoint, format, select_superblock, MemStorage, Slot};
+/// let mut s = MemStorage::new();
+/// let sb = format(&mut s, 65536, 1 << 20).unwrap();
+/// let (nsb, slot) = checkpoint(&mut s, &sb, Slot::A, 5).unwrap();
+/// assert_eq!((nsb.seq, nsb.generation, nsb.next_txid, slot), (2, 2, 5, Slot::B));
+/// assert_eq!(select_superblock(&s).unwrap(), (nsb, Slot::B));
+/// ```
+pub fn checkpoint<S: Storage + ?Sized>(
+    storage: &mut S,
+    current: &Superblock,
+    current_slot: Slot,
+    next_txid: u64,
+) -> Result<(Superblock, Slot), RecoveryError> {
+    storage
+        .barrier_all()
+        .map_err(io_err("fdatasync before checkpoint", 0))?;
+    let next = Superblock {
+        seq: current.seq + 1,
+        generation: current.generation + 1,
+        next_txid,
+        log_len: current.log_len,
+        max_size: current.max_size,
+    };
+    let slot = current_slot.other();
+    storage
+        .write_at(slot.offset(), &next.encode())
+        .map_err(io_err("write superblock", slot.offset()))?;
+    storage
+        .barrier(slot.offset(), SUPERBLOCK_ENCODED_LEN as u64)
+        .map_err(io_err("barrier superblock", slot.offset()))?;
+    Ok((next, slot))
+}
+
+/// The outcome of [`recover`].
+///
+/// ```
+/// use txheap_recovery::{format, recover, MemStorage};
+/// let mut s = MemStorage::new();
+/// format(&mut s, 65536, 1 << 20).unwrap();
+/// assert!(!recover(&mut s).unwrap().checkpointed);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    /// The current superblock after recovery.
+    pub superblock: Superblock,
+    /// Its slot.
+    pub slot: Slot,
+    /// The scan.
+    pub scan: LogScan,
+    /// Whether a checkpoint was written (frames were replayed).
+    pub checkpointed: bool,
+}
+
+/// Writable open: select; check the length (before any write); replay committed frames with
+/// `write_at`; checkpoint if anything was replayed.
+///
+/// ```
+/// use txheap_recovery::{format, recover, MemStorage, Storage};
+/// use txheap_recovery::txheap_log::FrameBuilder;
+/// let mut s = MemStorage::new();
+/// let sb = format(&mut s, 65536, 1 << 20).unwrap();
+/// let mut b = FrameBuilder::new();
+/// b.push_range(sb.heap_offset(), b"x").unwrap();
+/// let f = b.finish(1, 1).to_vec();
+/// s.write_at(sb.log_offset(), &f).unwrap();
+/// let r = recover(&mut s).unwrap();
+/// assert!(r.checkpointed);
+/// assert_eq!(s.bytes()[sb.heap_offset() as usize], b'x');
+/// assert_eq!(recover(&mut s).unwrap().scan.frames, 0);
+/// ```
+pub fn recover<S: Storage + ?Sized>(storage: &mut S) -> Result<Recovered, RecoveryError> {
+    let (sb, slot) = select_superblock(storage)?;
+    let len = storage.len().map_err(io_err("stat", 0))?;
+    if len < sb.min_file_len() {
+        return Err(RecoveryError::Truncated {
+            len,
+            needed: sb.min_file_len(),
+        });
+    }
+    // Collect every committed range before writing any, so a hostile frame later in the log is
+    // refused before a byte of the file changes. (At most the log's size is held.)
+    let mut ranges: Vec<(u64, Vec<u8>)> = Vec::new();
+    let scan = scan_log(&*storage, &sb, &mut |off, bytes| {
+        ranges.push((off, bytes.to_vec()));
+        Ok(())
+    })?;
+    for (off, bytes) in &ranges {
+        storage
+            .write_at(*off, bytes)
+            .map_err(io_err("replay range", *off))?;
+    }
+    if scan.frames == 0 {
+        return Ok(Recovered {
+            superblock: sb,
+            slot,
+            scan,
+            checkpointed: false,
+        });
+    }
+    let (nsb, nslot) = checkpoint(storage, &sb, slot, scan.next_txid)?;
+    Ok(Recovered {
+        superblock: nsb,
+        slot: nslot,
+        scan,
+        checkpointed: true,
+    })
+}
+
+/// Write a fresh file's superblocks and zeroed log, then `barrier_all`.
+///
+/// ```
+/// let mut s = txheap_recovery::MemStorage::new();
+/// let sb = txheap_recovery::format(&mut s, 65536, 1 << 20).unwrap();
+/// assert_eq!(s.bytes().len() as u64, sb.heap_offset());
+/// assert!(txheap_recovery::format(&mut s, 1000, 1 << 20).is_err());
+/// ```
+pub fn format<S: Storage + ?Sized>(
+    storage: &mut S,
+    log_len: u64,
+    max_size: u64,
+) -> Result<Superblock, RecoveryError> {
+    let bad = |what: String| Err(RecoveryError::InvalidGeometry { what });
+    if log_len % PAGE_SIZE != 0 || log_len < LOG_LEN_MIN || log_len > u64::MAX / 4 {
+        return bad(format!(
+            "log_len {log_len} must be a multiple of {PAGE_SIZE} and at least {LOG_LEN_MIN}"
+        ));
+    }
+    let sb = Superblock::new(log_len, max_size);
+    if max_size % PAGE_SIZE != 0 || max_size < sb.min_file_len() {
+        return bad(format!(
+            "max_size {max_size} must be a multiple of {PAGE_SIZE} and at least {}",
+            sb.min_file_len()
+        ));
+    }
+    let zeros = vec![0u8; ZERO_WRITE_LEN];
+    let mut at = LOG_OFFSET;
+    while at < sb.heap_offset() {
+        let n = (sb.heap_offset() - at).min(ZERO_WRITE_LEN as u64) as usize;
+        storage
+            .write_at(at, &zeros[..n])
+            .map_err(io_err("zero log region", at))?;
+        at += n as u64;
+    }
+    let mut slot_b = vec![0u8; SUPERBLOCK_SLOT_LEN as usize];
+    storage
+        .write_at(Slot::B.offset(), &slot_b)
+        .map_err(io_err("write superblock", Slot::B.offset()))?;
+    slot_b[..SUPERBLOCK_ENCODED_LEN].copy_from_slice(&sb.encode());
+    storage
+        .write_at(Slot::A.offset(), &slot_b)
+        .map_err(io_err("write superblock", 0))?;
+    storage
+        .barrier_all()
+        .map_err(io_err("fdatasync new file", 0))?;
+    Ok(sb)
+}
