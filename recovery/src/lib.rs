@@ -827,12 +827,13 @@ pub fn recover<S: Storage + ?Sized>(storage: &mut S) -> Result<Recovered, Recove
     })
 }
 
-/// Write a fresh file's superblocks and zeroed log, then `barrier_all`.
+/// Write a fresh file's superblocks and zeroed log, extend it to `min_file_len`, then
+/// `barrier_all`.
 ///
 /// ```
 /// let mut s = txheap_recovery::MemStorage::new();
 /// let sb = txheap_recovery::format(&mut s, 65536, 1 << 20).unwrap();
-/// assert_eq!(s.bytes().len() as u64, sb.heap_offset());
+/// assert_eq!(s.bytes().len() as u64, sb.min_file_len());
 /// assert!(txheap_recovery::format(&mut s, 1000, 1 << 20).is_err());
 /// ```
 pub fn format<S: Storage + ?Sized>(
@@ -862,6 +863,10 @@ pub fn format<S: Storage + ?Sized>(
             .map_err(io_err("zero log region", at))?;
         at += n as u64;
     }
+    // The heap metadata pages (heap header, root area) start zeroed; the caller fills them in.
+    storage
+        .grow(sb.min_file_len())
+        .map_err(io_err("allocate heap metadata", sb.heap_offset()))?;
     let mut slot_b = vec![0u8; SUPERBLOCK_SLOT_LEN as usize];
     storage
         .write_at(Slot::B.offset(), &slot_b)

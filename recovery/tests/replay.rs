@@ -1,0 +1,261 @@
+//! Recovery against a model: superblock selection, replay of any damaged log tail to a committed
+//! prefix, hostile frames refused without writing, and no replay after a checkpoint.
+
+use proptest::prelude::*;
+use txheap_recovery::txheap_log::FrameBuilder;
+use txheap_recovery::{
+    checkpoint, format, recover, select_superblock, MemStorage, RecoveryError, Slot, Storage,
+    Superblock,
+};
+
+const LOG: u64 = 65536;
+const MAX: u64 = 1 << 20;
+const HEAP_SPAN: u64 = 32768;
+
+type Frame = Vec<(u64, Vec<u8>)>;
+
+fn fresh() -> (MemStorage, Superblock) {
+    let mut s = MemStorage::new();
+    let sb = format(&mut s, LOG, MAX).unwrap();
+    s.grow(sb.heap_offset() + 8192 + HEAP_SPAN).unwrap();
+    (s, sb)
+}
+
+/// Append frames to the log; return each frame's end offset (relative to the log).
+fn append(s: &mut MemStorage, sb: &Superblock, frames: &[Frame]) -> Vec<u64> {
+    let mut b = FrameBuilder::new();
+    let mut at = 0;
+    let mut ends = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        b.clear();
+        for (off, bytes) in f {
+            b.push_range(sb.heap_offset() + off, bytes).unwrap();
+        }
+        let enc = b.finish(sb.generation, sb.next_txid + i as u64).to_vec();
+        s.write_at(sb.log_offset() + at, &enc).unwrap();
+        at += enc.len() as u64;
+        ends.push(at);
+    }
+    ends
+}
+
+/// The heap bytes after applying the first `k` frames to `base`.
+fn model(base: &[u8], sb: &Superblock, frames: &[Frame], k: usize) -> Vec<u8> {
+    let mut m = base.to_vec();
+    for f in &frames[..k] {
+        for (off, bytes) in f {
+            let at = (sb.heap_offset() + off) as usize;
+            m[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+    }
+    m[sb.heap_offset() as usize..].to_vec()
+}
+
+fn frames() -> impl Strategy<Value = Vec<Frame>> {
+    let range = (
+        0u64..HEAP_SPAN - 64,
+        prop::collection::vec(any::<u8>(), 1..64),
+    );
+    prop::collection::vec(prop::collection::vec(range, 1..4), 1..8)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_truncation_of_the_log_tail_replays_a_committed_prefix(fs in frames(), cut in any::<prop::sample::Index>()) {
+        let (mut s, sb) = fresh();
+        let base = s.bytes().to_vec();
+        let ends = append(&mut s, &sb, &fs);
+        let used = *ends.last().unwrap();
+        let cut = cut.index(used as usize + 1) as u64;
+        // The sectors after `cut` never arrived: zeroes, as the log was formatted. A frame
+        // survives iff every byte of it from `cut` on was zero already (padding, zero data).
+        let mut old = vec![0u8; (used - cut) as usize];
+        s.read_at(sb.log_offset() + cut, &mut old).unwrap();
+        s.write_at(sb.log_offset() + cut, &vec![0u8; old.len()]).unwrap();
+        let mut start = 0;
+        let mut k = 0;
+        for &e in &ends {
+            let intact = e <= cut || old[(start.max(cut) - cut) as usize..(e - cut) as usize].iter().all(|&b| b == 0);
+            if !intact {
+                break;
+            }
+            k += 1;
+            start = e;
+        }
+        let r = recover(&mut s).unwrap();
+        prop_assert_eq!(r.scan.frames, k as u64);
+        prop_assert_eq!(&s.bytes()[sb.heap_offset() as usize..], &model(&base, &sb, &fs, k)[..]);
+        prop_assert_eq!(r.checkpointed, k > 0);
+    }
+
+    #[test]
+    fn any_byte_corruption_in_frame_k_replays_exactly_frames_before_k(
+        fs in frames(), pos in any::<prop::sample::Index>(), x in 1u8..=255,
+    ) {
+        let (mut s, sb) = fresh();
+        let base = s.bytes().to_vec();
+        let ends = append(&mut s, &sb, &fs);
+        let p = pos.index(*ends.last().unwrap() as usize) as u64;
+        let mut b = [0u8; 1];
+        s.read_at(sb.log_offset() + p, &mut b).unwrap();
+        s.write_at(sb.log_offset() + p, &[b[0] ^ x]).unwrap();
+        let k = ends.iter().position(|&e| p < e).unwrap();
+        let r = recover(&mut s).unwrap();
+        prop_assert_eq!(r.scan.frames, k as u64);
+        prop_assert_eq!(&s.bytes()[sb.heap_offset() as usize..], &model(&base, &sb, &fs, k)[..]);
+    }
+
+    #[test]
+    fn random_files_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..20000)) {
+        let before = bytes.clone();
+        let mut s = MemStorage::from_bytes(bytes);
+        if recover(&mut s).is_err() {
+            prop_assert_eq!(s.bytes(), &before[..]);
+        }
+    }
+
+    #[test]
+    fn recovery_is_idempotent_and_checkpoint_stops_replay(fs in frames()) {
+        let (mut s, sb) = fresh();
+        append(&mut s, &sb, &fs);
+        let r1 = recover(&mut s).unwrap();
+        prop_assert_eq!(r1.scan.frames, fs.len() as u64);
+        prop_assert_eq!(r1.superblock.generation, sb.generation + 1);
+        prop_assert_eq!(r1.superblock.next_txid, sb.next_txid + fs.len() as u64);
+        // A later change to the heap must survive another open: old frames are not replayed.
+        let at = sb.heap_offset() + fs[0][0].0;
+        s.write_at(at, &[0xAB]).unwrap();
+        let r2 = recover(&mut s).unwrap();
+        prop_assert_eq!(r2.scan.frames, 0);
+        let mut b = [0u8; 1];
+        s.read_at(at, &mut b).unwrap();
+        prop_assert_eq!(b[0], 0xAB);
+    }
+}
+
+fn with_slot(s: &mut MemStorage, slot: Slot, sb: &Superblock) {
+    s.write_at(slot.offset(), &sb.encode()).unwrap();
+}
+
+#[test]
+fn selection_prefers_the_valid_slot_with_the_higher_seq() {
+    let (mut s, sb) = fresh();
+    assert_eq!(select_superblock(&s).unwrap(), (sb, Slot::A));
+    let newer = Superblock {
+        seq: 2,
+        generation: 2,
+        ..sb
+    };
+    with_slot(&mut s, Slot::B, &newer);
+    assert_eq!(select_superblock(&s).unwrap(), (newer, Slot::B));
+    // Tear B: A wins again.
+    s.write_at(Slot::B.offset() + 20, &[0xFF]).unwrap();
+    assert_eq!(select_superblock(&s).unwrap(), (sb, Slot::A));
+    // A newer in A, older in B.
+    let newest = Superblock {
+        seq: 3,
+        generation: 3,
+        ..sb
+    };
+    with_slot(&mut s, Slot::B, &newer);
+    with_slot(&mut s, Slot::A, &newest);
+    assert_eq!(select_superblock(&s).unwrap(), (newest, Slot::A));
+}
+
+#[test]
+fn selection_errors_name_the_problem() {
+    let (mut s, _) = fresh();
+    s.write_at(20, &[0xFF]).unwrap(); // tear A; B is all zero
+    assert!(matches!(
+        select_superblock(&s),
+        Err(RecoveryError::Corrupt { offset: 0, .. })
+    ));
+    let zeros = MemStorage::from_bytes(vec![0; 100_000]);
+    assert!(matches!(
+        select_superblock(&zeros),
+        Err(RecoveryError::NotATxheap { .. })
+    ));
+    let short = MemStorage::from_bytes(vec![1, 2, 3]);
+    assert!(matches!(
+        select_superblock(&short),
+        Err(RecoveryError::NotATxheap { .. })
+    ));
+    // A valid-crc slot of version 2 and nothing else usable.
+    let (mut s, sb) = fresh();
+    let mut enc = sb.encode();
+    enc[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32fast::hash(&enc[..124]);
+    enc[124..128].copy_from_slice(&crc.to_le_bytes());
+    s.write_at(0, &enc).unwrap();
+    assert!(matches!(
+        select_superblock(&s),
+        Err(RecoveryError::UnsupportedVersion {
+            found: 2,
+            supported: 1
+        })
+    ));
+}
+
+#[test]
+fn truncated_file_is_refused_before_any_write() {
+    let (s, sb) = fresh();
+    let mut bytes = s.into_bytes();
+    bytes.truncate((sb.heap_offset() + 100) as usize);
+    let before = bytes.clone();
+    let mut s = MemStorage::from_bytes(bytes);
+    assert!(matches!(
+        recover(&mut s),
+        Err(RecoveryError::Truncated { .. })
+    ));
+    assert_eq!(s.bytes(), &before[..]);
+}
+
+#[test]
+fn hostile_frames_are_corrupt_and_nothing_is_written() {
+    for bad_offset in [0u64, 100, LOG + 8192 - 1, MAX, u64::MAX - 3] {
+        let (mut s, sb) = fresh();
+        // A good frame first, then one writing outside [heap_offset, max_size).
+        let mut b = FrameBuilder::new();
+        b.push_range(sb.heap_offset() + 10, b"good").unwrap();
+        let f1 = b.finish(sb.generation, sb.next_txid).to_vec();
+        b.clear();
+        b.push_range(bad_offset, b"evil").unwrap();
+        let f2 = b.finish(sb.generation, sb.next_txid + 1).to_vec();
+        s.write_at(sb.log_offset(), &f1).unwrap();
+        s.write_at(sb.log_offset() + f1.len() as u64, &f2).unwrap();
+        let before = s.bytes().to_vec();
+        let r = recover(&mut s);
+        assert!(
+            matches!(r, Err(RecoveryError::Corrupt { .. })),
+            "offset {bad_offset}: {r:?}"
+        );
+        assert_eq!(
+            s.bytes(),
+            &before[..],
+            "offset {bad_offset}: recovery wrote before refusing"
+        );
+    }
+}
+
+#[test]
+fn checkpoint_alternates_slots_and_survives_a_torn_slot_write() {
+    let (mut s, sb) = fresh();
+    let (sb2, slot2) = checkpoint(&mut s, &sb, Slot::A, 7).unwrap();
+    assert_eq!(slot2, Slot::B);
+    let (sb3, slot3) = checkpoint(&mut s, &sb2, slot2, 9).unwrap();
+    assert_eq!(
+        (slot3, sb3.seq, sb3.generation, sb3.next_txid),
+        (Slot::A, 3, 3, 9)
+    );
+    // A torn write of the next checkpoint (into B) leaves A current.
+    let sb4 = Superblock {
+        seq: 4,
+        generation: 4,
+        ..sb3
+    };
+    let enc = sb4.encode();
+    s.write_at(Slot::B.offset(), &enc[..60]).unwrap();
+    assert_eq!(select_superblock(&s).unwrap(), (sb3, Slot::A));
+}
