@@ -667,6 +667,15 @@ impl Allocator {
         }
     }
 
+    /// If `off` is the data start of a live large object: its extent's data area
+    /// `[off, end of the extent's last chunk)`.
+    pub(crate) fn large_extent(&self, off: u64) -> Option<(u64, u64)> {
+        let c = u32::try_from(off.checked_sub(self.chunk_area)? / CHUNK).ok()?;
+        let &(chunks, _) = self.large.get(&c)?;
+        (off == self.chunk_offset(c) + LARGE_DATA_OFFSET)
+            .then(|| (off, self.chunk_offset(c) + chunks as u64 * CHUNK))
+    }
+
     /// The usable size of the allocation at `off` (for `realloc`-like helpers and checks).
     pub(crate) fn usable_size(&self, off: u64) -> Option<u64> {
         let c = u32::try_from(off.checked_sub(self.chunk_area)? / CHUNK).ok()?;
@@ -809,7 +818,7 @@ impl Allocator {
     }
 
     /// Check the indexes against each other (tests and debug builds).
-    #[cfg(any(test, debug_assertions))]
+    #[cfg(debug_assertions)]
     pub(crate) fn check_invariants(&self) {
         let mut covered = vec![0u8; self.chunk_count as usize];
         let mut mark = |s: u32, n: u32, what: &str| {

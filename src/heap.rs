@@ -929,6 +929,10 @@ impl Drop for Heap {
 }
 
 impl Inner {
+    pub(crate) fn durability(&self) -> Durability {
+        self.durability
+    }
+
     pub(crate) fn poison(&self, cause: &str) {
         let mut p = self.poison.lock().unwrap_or_else(|e| e.into_inner());
         if p.is_none() {
@@ -955,7 +959,7 @@ impl Inner {
 impl Writer {
     /// Write a finished frame to the log and, under `Full`, barrier it. Returns after the frame
     /// is in the log (and durable under `Full`). The caller has made room (`ensure_log_room`).
-    pub(crate) fn append_frame(&mut self, inner: &Inner) -> Result<()> {
+    pub(crate) fn append_frame(&mut self, inner: &Inner, barrier_all: bool) -> Result<()> {
         let len = self.frame.encoded_len() as u64;
         debug_assert!(self.log_tail + len <= inner.geo.log_len);
         let at = inner.geo.log_offset + self.log_tail;
@@ -965,6 +969,11 @@ impl Writer {
             .write_at(at, frame)
             .map_err(|e| inner.fail("pwrite log frame", at, e))?;
         match inner.durability {
+            Durability::Full if barrier_all => {
+                self.storage
+                    .barrier_all()
+                    .map_err(|e| inner.fail("fdatasync log frame and in-place data", at, e))?;
+            }
             Durability::Full => {
                 self.storage
                     .barrier(at, len)
@@ -978,6 +987,19 @@ impl Writer {
         self.log_tail += len;
         self.next_txid += 1;
         Ok(())
+    }
+
+    /// Bytes of the log holding frames since the last checkpoint.
+    pub(crate) fn log_tail(&self) -> u64 {
+        self.log_tail
+    }
+
+    /// Write bytes of a freshly allocated large extent in place (before the frame's barrier).
+    pub(crate) fn write_in_place(&mut self, inner: &Inner, off: u64, bytes: &[u8]) -> Result<()> {
+        debug_assert_eq!(self.log_tail, 0, "in-place writes need an empty log");
+        self.storage
+            .write_at(off, bytes)
+            .map_err(|e| inner.fail("pwrite in place", off, e))
     }
 
     /// Make room for a frame of `len` bytes, checkpointing if the log is too full.
@@ -1063,7 +1085,7 @@ impl Writer {
     }
 
     /// Flush, then barrier the heap and switch the superblock: the log is empty afterwards.
-    fn checkpoint(&mut self, inner: &Inner) -> Result<()> {
+    pub(crate) fn checkpoint(&mut self, inner: &Inner) -> Result<()> {
         self.flush(inner)?;
         let (sb, slot) =
             recovery::checkpoint(&mut self.storage, &self.sb, self.slot, self.next_txid).map_err(

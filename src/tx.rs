@@ -9,7 +9,9 @@ use bytemuck::Pod;
 
 use crate::alloc::{HeapHeader, TxMem, CHUNK};
 use crate::error::{Error, Result};
-use crate::heap::{check_root, fingerprint, writer_parts, Inner, Writer, ROOT_AREA_LEN};
+use crate::heap::{
+    check_root, fingerprint, writer_parts, Durability, Inner, Writer, ROOT_AREA_LEN,
+};
 use crate::pptr::{PPtr, PSlice};
 use crate::stage::Stage;
 use crate::storage::FileStorage;
@@ -37,6 +39,11 @@ pub struct Tx<'h> {
     w: &'h mut Writer,
     stage: Stage,
     header: HeapHeader,
+    /// Data areas of large extents this transaction allocated (under `Durability::Full`): bytes
+    /// staged inside them are written in place at commit instead of through the log.
+    fresh: Vec<(u64, u64)>,
+    /// Bytes staged inside `fresh` (approximate; only for the early size check).
+    fresh_staged: u64,
     done: bool,
 }
 
@@ -53,6 +60,12 @@ struct Mem<'x> {
     inner: &'x Inner,
     stage: &'x mut Stage,
     storage: &'x mut FileStorage,
+    exempt: u64,
+}
+
+/// Whether `[off, off+len)` lies inside one of `areas`.
+fn inside(areas: &[(u64, u64)], off: u64, len: u64) -> bool {
+    areas.iter().any(|&(a, b)| a <= off && off + len <= b)
 }
 
 fn fill_from(inner: &Inner) -> impl FnMut(u64, &mut [u8]) + '_ {
@@ -65,8 +78,10 @@ fn fill_from(inner: &Inner) -> impl FnMut(u64, &mut [u8]) + '_ {
     }
 }
 
-fn stage_limit(inner: &Inner, stage: &mut Stage, more: u64) -> Result<()> {
-    let bytes = stage.staged_bytes() + more + RANGE_OVERHEAD;
+/// Fail early if the bytes that will go through the log (staged bytes, less `exempt` bytes that
+/// are written in place instead) plus `more` cannot fit in the log. The exact check is at commit.
+fn stage_limit(inner: &Inner, stage: &mut Stage, exempt: u64, more: u64) -> Result<()> {
+    let bytes = stage.staged_bytes().saturating_sub(exempt) + more + RANGE_OVERHEAD;
     if bytes > inner.geo.log_len {
         return Err(Error::TransactionTooLarge {
             bytes,
@@ -86,7 +101,7 @@ impl TxMem for Mem<'_> {
     }
 
     fn write(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
-        stage_limit(self.inner, self.stage, bytes.len() as u64)?;
+        stage_limit(self.inner, self.stage, self.exempt, bytes.len() as u64)?;
         let mut fill = fill_from(self.inner);
         self.stage
             .write(off, bytes.len() as u64, &mut fill)
@@ -119,6 +134,8 @@ impl<'h> Tx<'h> {
             w,
             stage: Stage::default(),
             header,
+            fresh: Vec::new(),
+            fresh_staged: 0,
             done: false,
         }
     }
@@ -144,7 +161,11 @@ impl<'h> Tx<'h> {
         if off >= self.inner.geo.chunk_area {
             self.w.alloc.check_writable(off, len)?;
         }
-        stage_limit(self.inner, &mut self.stage, len)?;
+        if inside(&self.fresh, off, len) {
+            self.fresh_staged += len;
+        } else {
+            stage_limit(self.inner, &mut self.stage, self.fresh_staged, len)?;
+        }
         let mut fill = fill_from(self.inner);
         Ok(self.stage.write(off, len, &mut fill))
     }
@@ -158,6 +179,7 @@ impl<'h> Tx<'h> {
             inner: self.inner,
             stage: &mut self.stage,
             storage,
+            exempt: self.fresh_staged,
         };
         let r = f(alloc, &mut mem);
         self.header.chunk_count = self.w.alloc.chunk_count;
@@ -305,7 +327,16 @@ impl<'h> Tx<'h> {
     // ---- allocation ----------------------------------------------------------------------
 
     fn alloc_raw(&mut self, size: u64, align: u64) -> Result<u64> {
-        self.mem_op(|a, m| a.alloc(m, size, align))
+        let off = self.mem_op(|a, m| a.alloc(m, size, align))?;
+        // A large extent taken from free space is unreachable unless this transaction commits, so
+        // its bytes may be written in place (DESIGN.md section 6). Only under Full, where every
+        // committed free is already durable; see `commit` for the log-empty rule.
+        if self.inner.durability() == Durability::Full {
+            if let Some(area) = self.w.alloc.large_extent(off) {
+                self.fresh.push(area);
+            }
+        }
+        Ok(off)
     }
 
     /// Allocate a `T` holding `value`.
@@ -355,7 +386,6 @@ impl<'h> Tx<'h> {
                 requested: u64::MAX,
                 max_size: self.inner.geo.max_size,
             })?;
-        stage_limit(self.inner, &mut self.stage, size)?;
         let off = self.alloc_raw(size, std::mem::align_of::<T>() as u64)?;
         let s = PSlice::from_raw_parts(off, len);
         if size > 0 {
@@ -375,7 +405,6 @@ impl<'h> Tx<'h> {
     /// ```
     pub fn alloc_slice<T: Pod>(&mut self, values: &[T]) -> Result<PSlice<T>> {
         let size = std::mem::size_of_val(values) as u64;
-        stage_limit(self.inner, &mut self.stage, size)?;
         let off = self.alloc_raw(size, std::mem::align_of::<T>() as u64)?;
         let s = PSlice::from_raw_parts(off, values.len() as u64);
         if size > 0 {
@@ -468,10 +497,17 @@ impl<'h> Tx<'h> {
             self.done = true;
             return Ok(());
         }
-        // The frame: every staged range, user data and allocator metadata alike.
+        // The frame: every staged range, user data and allocator metadata alike, except bytes
+        // inside large extents this transaction allocated (`fresh`), which go in place.
+        let fresh = std::mem::take(&mut self.fresh);
         let w = &mut *self.w;
         w.frame.clear();
+        let mut direct = false;
         for (off, bytes) in self.stage.ranges() {
+            if inside(&fresh, off, bytes.len() as u64) {
+                direct = true;
+                continue;
+            }
             // A range longer than u32::MAX cannot be staged (the log is smaller), but say so.
             w.frame
                 .push_range(off, bytes)
@@ -480,14 +516,30 @@ impl<'h> Tx<'h> {
                     log_capacity: inner.geo.log_len,
                 })?;
         }
+        if direct && w.log_tail() > 0 {
+            // An older frame in the log may have written into this extent while it was a live
+            // object; replaying it after a crash would overwrite the in-place bytes. So the log
+            // must be empty before in-place writes.
+            w.checkpoint(inner)?;
+        }
         w.ensure_log_room(inner, w.frame.encoded_len() as u64)?;
-        w.append_frame(inner)?;
+        if direct {
+            for (off, bytes) in self.stage.ranges() {
+                if inside(&fresh, off, bytes.len() as u64) {
+                    w.write_in_place(inner, off, bytes)?;
+                }
+            }
+        }
+        // One barrier: msync of the frame, or fdatasync when bytes were written in place too.
+        w.append_frame(inner, direct)?;
         // The frame is in the log (and durable under Full): from here on the transaction is
         // committed; apply it where readers will see it.
         {
             let mut view = inner.view.write().unwrap_or_else(|e| e.into_inner());
             for (off, bytes) in self.stage.ranges() {
-                self.w.apply_range(inner, off, bytes)?;
+                if !inside(&fresh, off, bytes.len() as u64) {
+                    self.w.apply_range(inner, off, bytes)?;
+                }
             }
             view.header = self.header;
         }

@@ -272,13 +272,76 @@ fn out_of_space_is_an_error_not_a_crash() {
 fn transaction_too_large_for_log() {
     let (_d, path) = tmp();
     let heap = Heap::create(&path, Options::new().log_size(64 << 10)).unwrap();
-    let r = heap.transaction(|tx| tx.alloc_slice_zeroed::<u8>(1 << 20).map(|_| ()));
+    // Small objects always go through the log: 2,000 of 64 bytes cannot fit in 64 KiB.
+    let r = heap.transaction(|tx| (0..2000).try_for_each(|i| tx.alloc([i as u64; 8]).map(|_| ())));
     match r {
         Err(Error::TransactionTooLarge { log_capacity, .. }) => assert_eq!(log_capacity, 64 << 10),
         other => panic!("{other:?}"),
     }
+    // Under Durability::None large objects go through the log too.
+    drop(heap);
+    let heap = Heap::open(&path, Options::new().durability(Durability::None)).unwrap();
+    let r = heap.transaction(|tx| tx.alloc_slice_zeroed::<u8>(1 << 20).map(|_| ()));
+    assert!(matches!(r, Err(Error::TransactionTooLarge { .. })), "{r:?}");
     push(&heap, 5).unwrap();
     assert_eq!(values(&heap), vec![5]);
+}
+
+#[test]
+fn large_objects_bigger_than_the_log_are_written_in_place() {
+    let (d, path) = tmp();
+    let heap = Heap::create(&path, Options::new().log_size(64 << 10)).unwrap();
+    push(&heap, 1).unwrap(); // the log is not empty: the big commit must checkpoint first
+    let before = heap.stats().unwrap();
+    let len = 24u64 << 20;
+    let s = heap
+        .transaction(|tx| {
+            let s = tx.alloc_slice_zeroed::<u32>(len / 4)?;
+            let pattern: Vec<u32> = (0..(len / 4) as u32).collect();
+            tx.slice_mut(s)?.copy_from_slice(&pattern);
+            let root = tx.root::<Root>()?;
+            tx.get_mut(root)?.count = 777;
+            Ok(s)
+        })
+        .unwrap();
+    let after = heap.stats().unwrap();
+    assert_eq!(
+        after.checkpoints,
+        before.checkpoints + 1,
+        "in-place writes need an empty log"
+    );
+    // Checkpoint: fdatasync + msync of the superblock. Commit: one fdatasync covering the frame
+    // and the in-place bytes, no msync of the log.
+    assert_eq!(after.io.full_barriers, before.io.full_barriers + 2);
+    assert_eq!(after.io.range_barriers, before.io.range_barriers + 1);
+    assert!(
+        after.log_used < 4096,
+        "the 24 MiB went in place, not through the log ({} bytes logged)",
+        after.log_used
+    );
+    let ok = |h: &Heap| {
+        h.read(|r| {
+            Ok(r.slice(s)?.iter().enumerate().all(|(i, &v)| v == i as u32)
+                && r.get(r.root::<Root>()?)?.count == 777)
+        })
+        .unwrap()
+    };
+    assert!(ok(&heap));
+    // What a kill -9 right after the commit leaves: the file as it is now.
+    let copy = d.path().join("copy.heap");
+    std::fs::copy(&path, &copy).unwrap();
+    let crashed = Heap::open(&copy, Options::new()).unwrap();
+    assert!(ok(&crashed));
+    drop(crashed);
+    drop(heap);
+    let heap = Heap::open(&path, Options::new()).unwrap();
+    assert!(ok(&heap));
+    // Freed, the space is reused by the next large object.
+    let heap_bytes = heap.stats().unwrap().heap_bytes;
+    heap.transaction(|tx| tx.free_slice(s)).unwrap();
+    heap.transaction(|tx| tx.alloc_slice_zeroed::<u8>(len).map(|_| ()))
+        .unwrap();
+    assert_eq!(heap.stats().unwrap().heap_bytes, heap_bytes);
 }
 
 #[test]

@@ -314,30 +314,17 @@ fn kill9_campaign() {
         started.elapsed().as_secs_f64()
     );
     eprintln!("  where the kill landed          full   none");
-    eprintln!(
-        "  before open (or no file yet)  {:>5}  {:>5}",
-        landed[0].before_recovery, landed[1].before_recovery
-    );
-    eprintln!(
-        "  inside open / recovery        {:>5}  {:>5}",
-        landed[0].in_open_or_recovery, landed[1].in_open_or_recovery
-    );
-    eprintln!(
-        "  opened, no commit yet         {:>5}  {:>5}",
-        landed[0].open_no_ack, landed[1].open_no_ack
-    );
-    eprintln!(
-        "  after acknowledged commits    {:>5}  {:>5}",
-        landed[0].after_acks, landed[1].after_acks
-    );
-    eprintln!(
-        "  in-flight tx found committed  {:>5}  {:>5}",
-        landed[0].in_flight_committed, landed[1].in_flight_committed
-    );
-    eprintln!(
-        "  transactions committed        {:>5}  {:>5}",
-        landed[0].acks, landed[1].acks
-    );
+    let rows: [(&str, fn(&Landed) -> u64); 6] = [
+        ("before open (or no file yet)", |l| l.before_recovery),
+        ("inside open / recovery", |l| l.in_open_or_recovery),
+        ("opened, no commit yet", |l| l.open_no_ack),
+        ("after acknowledged commits", |l| l.after_acks),
+        ("in-flight tx found committed", |l| l.in_flight_committed),
+        ("transactions committed", |l| l.acks),
+    ];
+    for (what, f) in rows {
+        eprintln!("  {what:<29} {:>5}  {:>5}", f(&landed[0]), f(&landed[1]));
+    }
     assert!(
         iters < 50 || total(|l| l.after_acks) >= iters / 2,
         "too few kills landed among commits"

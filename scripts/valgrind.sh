@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run the test binaries that reach txheap's unsafe code (mapping, staging, syscalls) under
+# valgrind memcheck; any memcheck error fails the run (exit 99).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v valgrind >/dev/null 2>&1; then
+  echo "valgrind not found: installing it (Debian package)"
+  (apt-get update -qq && apt-get install -y -qq valgrind) >/dev/null
+fi
+cargo test -p txheap --no-run --message-format=json 2>/dev/null \
+  | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 > /tmp/txheap-test-bins.txt
+status=0
+for bin in $(grep -E '/deps/(txheap|api|bad_input|alloc_prop)-' /tmp/txheap-test-bins.txt); do
+  echo "== valgrind $(basename "$bin")"
+  # --fair-sched: reader threads that never make a syscall otherwise starve the writer under
+  # valgrind's big lock (the readers-beside-writer test then takes minutes instead of seconds).
+  if ! valgrind --error-exitcode=99 --leak-check=no --fair-sched=yes -q "$bin" --test-threads=1 -q; then
+    echo "memcheck FAILED for $bin"
+    status=1
+  fi
+done
+exit $status
