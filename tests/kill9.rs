@@ -314,7 +314,8 @@ fn kill9_campaign() {
         started.elapsed().as_secs_f64()
     );
     eprintln!("  where the kill landed          full   none");
-    let rows: [(&str, fn(&Landed) -> u64); 6] = [
+    type Row = (&'static str, fn(&Landed) -> u64);
+    let rows: [Row; 6] = [
         ("before open (or no file yet)", |l| l.before_recovery),
         ("inside open / recovery", |l| l.in_open_or_recovery),
         ("opened, no commit yet", |l| l.open_no_ack),
