@@ -905,6 +905,26 @@ impl Heap {
         self.inner.durability
     }
 
+    /// Make the writer's next I/O calls fail with EIO (feature `fault-injection`, for tests).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("fi.heap"), txheap::Options::new())?;
+    /// heap.inject_faults(txheap::FaultPlan { fail_barrier_after: Some(0), ..Default::default() });
+    /// assert!(heap.transaction(|tx| tx.alloc(1u8)).is_err());
+    /// assert!(heap.is_poisoned());
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_faults(&self, plan: crate::FaultPlan) {
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .storage
+            .faults = plan;
+    }
+
     /// Whether an I/O failure has poisoned this handle (see [`Error::Poisoned`]).
     ///
     /// ```

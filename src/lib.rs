@@ -67,5 +67,7 @@ pub use bytemuck;
 pub use error::{Error, Result};
 pub use heap::{Durability, Heap, Options, Reader, Stats, ROOT_AREA_LEN};
 pub use pptr::{PPtr, PSlice};
+#[cfg(feature = "fault-injection")]
+pub use storage::FaultPlan;
 pub use storage::IoCounters;
 pub use tx::Tx;

@@ -28,11 +28,43 @@ pub struct IoCounters {
     pub full_barriers: u64,
 }
 
+/// Injected failures (feature `fault-injection`): the `n`-th next call of a kind fails with EIO.
+///
+/// ```
+/// let plan = txheap::FaultPlan { fail_barrier_after: Some(0), ..Default::default() };
+/// assert_eq!(plan.fail_write_after, None);
+/// ```
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// Fail the barrier (msync or fdatasync) after this many more succeed.
+    pub fail_barrier_after: Option<u64>,
+    /// Fail the write (pwrite) after this many more succeed.
+    pub fail_write_after: Option<u64>,
+}
+
+#[cfg(feature = "fault-injection")]
+fn trip(counter: &mut Option<u64>) -> io::Result<()> {
+    match counter {
+        Some(0) => {
+            *counter = None;
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+        Some(n) => {
+            *n -= 1;
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct FileStorage {
     file: Arc<File>,
     window: Option<SyncWindow>,
     pub(crate) counters: IoCounters,
+    #[cfg(feature = "fault-injection")]
+    pub(crate) faults: FaultPlan,
 }
 
 impl FileStorage {
@@ -48,7 +80,14 @@ impl FileStorage {
             file,
             window,
             counters: IoCounters::default(),
+            #[cfg(feature = "fault-injection")]
+            faults: FaultPlan::default(),
         })
+    }
+
+    fn fdatasync(&mut self) -> io::Result<()> {
+        self.counters.full_barriers += 1;
+        self.file.sync_data()
     }
 }
 
@@ -62,6 +101,8 @@ impl Storage for FileStorage {
     }
 
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        #[cfg(feature = "fault-injection")]
+        trip(&mut self.faults.fail_write_after)?;
         self.counters.writes += 1;
         self.counters.bytes_written += bytes.len() as u64;
         // write_all_at retries short writes and EINTR; any other error comes back.
@@ -69,18 +110,21 @@ impl Storage for FileStorage {
     }
 
     fn barrier(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        #[cfg(feature = "fault-injection")]
+        trip(&mut self.faults.fail_barrier_after)?;
         match &self.window {
             Some(w) if offset.checked_add(len).is_some_and(|end| end <= w.len()) => {
                 self.counters.range_barriers += 1;
                 w.sync(offset, len)
             }
-            _ => self.barrier_all(),
+            _ => self.fdatasync(),
         }
     }
 
     fn barrier_all(&mut self) -> io::Result<()> {
-        self.counters.full_barriers += 1;
-        self.file.sync_data()
+        #[cfg(feature = "fault-injection")]
+        trip(&mut self.faults.fail_barrier_after)?;
+        self.fdatasync()
     }
 
     fn grow(&mut self, new_len: u64) -> io::Result<()> {
