@@ -205,6 +205,14 @@ pub struct Stats {
     pub log_capacity: u64,
     /// Bytes of the log holding frames since the last checkpoint.
     pub log_used: u64,
+    /// The file's maximum size (fixed at create).
+    pub max_size: u64,
+    /// The current superblock's sequence number (one more per checkpoint).
+    pub superblock_seq: u64,
+    /// The current log generation.
+    pub log_generation: u64,
+    /// The id the next committed transaction will get.
+    pub next_txid: u64,
     /// Transactions committed through this handle.
     pub commits: u64,
     /// Checkpoints through this handle.
@@ -874,6 +882,10 @@ impl Heap {
             classes,
             log_capacity: self.inner.geo.log_len,
             log_used: w.log_tail,
+            max_size: self.inner.geo.max_size,
+            superblock_seq: w.sb.seq,
+            log_generation: w.sb.generation,
+            next_txid: w.next_txid,
             commits: w.commits,
             checkpoints: w.checkpoints,
             io: w.storage.counters,
