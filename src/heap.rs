@@ -59,12 +59,14 @@ pub enum Durability {
 /// let o = Options::new().initial_size(8 << 20).max_size(1 << 30).log_size(4 << 20);
 /// assert_eq!(o.get_max_size(), 1 << 30);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Options {
     initial_size: u64,
     max_size: u64,
     log_size: u64,
     durability: Durability,
+    #[cfg(feature = "test-hooks")]
+    trace: Option<crate::Trace>,
 }
 
 impl Default for Options {
@@ -74,6 +76,8 @@ impl Default for Options {
             max_size: 16 << 30,
             log_size: 16 << 20,
             durability: Durability::Full,
+            #[cfg(feature = "test-hooks")]
+            trace: None,
         }
     }
 }
@@ -125,6 +129,19 @@ impl Options {
         self.durability = d;
         self
     }
+    /// Record every write, barrier and growth of the file by the opened handle (feature
+    /// `test-hooks`, for the crash simulator).
+    ///
+    /// ```
+    /// let trace = txheap::Trace::default();
+    /// let o = txheap::Options::new().record(trace.clone());
+    /// ```
+    #[cfg(feature = "test-hooks")]
+    pub fn record(mut self, trace: crate::Trace) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
     /// The configured maximum size.
     ///
     /// ```
@@ -516,7 +533,7 @@ impl Heap {
         File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| Error::io("fsync directory", 0, e))?;
-        Self::from_file(path, file, options.durability, false)
+        Self::from_file(path, file, &options, false)
     }
 
     /// Open an existing heap for writing, running recovery: committed frames are replayed, a
@@ -538,7 +555,7 @@ impl Heap {
             .open(path)
             .map_err(|e| Error::io("open", 0, e))?;
         lock_file(&file, path, true)?;
-        Self::from_file(path, file, options.durability, false)
+        Self::from_file(path, file, &options, false)
     }
 
     /// Open `path` if it exists, else create it.
@@ -577,13 +594,23 @@ impl Heap {
             .open(path)
             .map_err(|e| Error::io("open", 0, e))?;
         lock_file(&file, path, false)?;
-        Self::from_file(path, file, Durability::Full, true)
+        Self::from_file(path, file, &Options::new(), true)
     }
 
-    fn from_file(path: &Path, file: File, durability: Durability, read_only: bool) -> Result<Heap> {
+    fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Result<Heap> {
+        let durability = options.durability;
         let file = Arc::new(file);
-        let mut storage =
-            FileStorage::new(file.clone(), 0).map_err(|e| Error::io("storage", 0, e))?;
+        let new_storage = |window: u64| -> Result<FileStorage> {
+            #[allow(unused_mut)]
+            let mut st =
+                FileStorage::new(file.clone(), window).map_err(|e| Error::io("storage", 0, e))?;
+            #[cfg(feature = "test-hooks")]
+            {
+                st.trace = options.trace.clone();
+            }
+            Ok(st)
+        };
+        let mut storage = new_storage(0)?;
         let (sb, slot, log_tail, next_txid, map) = if read_only {
             let (sb, slot) = recovery::select_superblock(&storage)?;
             let len = storage.len().map_err(|e| Error::io("stat", 0, e))?;
@@ -657,8 +684,7 @@ impl Heap {
         let storage = if read_only {
             storage
         } else {
-            FileStorage::new(file.clone(), geo.heap_offset)
-                .map_err(|e| Error::io("map log for msync", 0, e))?
+            new_storage(geo.heap_offset)?
         };
         let writer = Writer {
             storage,
@@ -917,7 +943,7 @@ impl Heap {
         self.inner.durability
     }
 
-    /// Make the writer's next I/O calls fail with EIO (feature `fault-injection`, for tests).
+    /// Make the writer's next I/O calls fail with EIO (feature `test-hooks`, for tests).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -927,7 +953,7 @@ impl Heap {
     /// assert!(heap.is_poisoned());
     /// # Ok::<(), txheap::Error>(())
     /// ```
-    #[cfg(feature = "fault-injection")]
+    #[cfg(feature = "test-hooks")]
     pub fn inject_faults(&self, plan: crate::FaultPlan) {
         self.inner
             .writer
@@ -991,7 +1017,7 @@ impl Inner {
 impl Writer {
     /// Write a finished frame to the log and, under `Full`, barrier it. Returns after the frame
     /// is in the log (and durable under `Full`). The caller has made room (`ensure_log_room`).
-    pub(crate) fn append_frame(&mut self, inner: &Inner, barrier_all: bool) -> Result<()> {
+    pub(crate) fn append_frame(&mut self, inner: &Inner) -> Result<()> {
         let len = self.frame.encoded_len() as u64;
         debug_assert!(self.log_tail + len <= inner.geo.log_len);
         let at = inner.geo.log_offset + self.log_tail;
@@ -1001,11 +1027,6 @@ impl Writer {
             .write_at(at, frame)
             .map_err(|e| inner.fail("pwrite log frame", at, e))?;
         match inner.durability {
-            Durability::Full if barrier_all => {
-                self.storage
-                    .barrier_all()
-                    .map_err(|e| inner.fail("fdatasync log frame and in-place data", at, e))?;
-            }
             Durability::Full => {
                 self.storage
                     .barrier(at, len)
@@ -1026,12 +1047,18 @@ impl Writer {
         self.log_tail
     }
 
-    /// Write bytes of a freshly allocated large extent in place (before the frame's barrier).
+    /// Write bytes of a freshly allocated large extent in place (before the frame exists).
     pub(crate) fn write_in_place(&mut self, inner: &Inner, off: u64, bytes: &[u8]) -> Result<()> {
-        debug_assert_eq!(self.log_tail, 0, "in-place writes need an empty log");
         self.storage
             .write_at(off, bytes)
             .map_err(|e| inner.fail("pwrite in place", off, e))
+    }
+
+    /// `fdatasync`: make every write so far durable.
+    pub(crate) fn barrier_all(&mut self, inner: &Inner) -> Result<()> {
+        self.storage
+            .barrier_all()
+            .map_err(|e| inner.fail("fdatasync in-place data", 0, e))
     }
 
     /// Make room for a frame of `len` bytes, checkpointing if the log is too full.

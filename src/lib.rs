@@ -67,7 +67,7 @@ pub use bytemuck;
 pub use error::{Error, Result};
 pub use heap::{Durability, Heap, Options, Reader, Stats, ROOT_AREA_LEN};
 pub use pptr::{PPtr, PSlice};
-#[cfg(feature = "fault-injection")]
-pub use storage::FaultPlan;
 pub use storage::IoCounters;
+#[cfg(feature = "test-hooks")]
+pub use storage::{FaultPlan, Trace, TraceEvent};
 pub use tx::Tx;

@@ -28,13 +28,13 @@ pub struct IoCounters {
     pub full_barriers: u64,
 }
 
-/// Injected failures (feature `fault-injection`): the `n`-th next call of a kind fails with EIO.
+/// Injected failures (feature `test-hooks`): the `n`-th next call of a kind fails with EIO.
 ///
 /// ```
 /// let plan = txheap::FaultPlan { fail_barrier_after: Some(0), ..Default::default() };
 /// assert_eq!(plan.fail_write_after, None);
 /// ```
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "test-hooks")]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct FaultPlan {
     /// Fail the barrier (msync or fdatasync) after this many more succeed.
@@ -43,7 +43,7 @@ pub struct FaultPlan {
     pub fail_write_after: Option<u64>,
 }
 
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "test-hooks")]
 fn trip(counter: &mut Option<u64>) -> io::Result<()> {
     match counter {
         Some(0) => {
@@ -58,13 +58,61 @@ fn trip(counter: &mut Option<u64>) -> io::Result<()> {
     }
 }
 
+/// One recorded operation on the file (feature `test-hooks`), in the order they happened.
+///
+/// ```
+/// let e = txheap::TraceEvent::Mark(3);
+/// assert_eq!(e, txheap::TraceEvent::Mark(3));
+/// ```
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceEvent {
+    /// `pwrite` of `bytes` at `offset` (returned success).
+    Write {
+        /// File offset.
+        offset: u64,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// A range barrier: `[offset, offset+len)` (page-rounded) is durable.
+    Barrier {
+        /// Start, rounded down to a page.
+        offset: u64,
+        /// Length, rounded up to whole pages.
+        len: u64,
+    },
+    /// `fdatasync`: everything is durable.
+    BarrierAll,
+    /// The file was extended to `len` bytes (blocks allocated, reading zero).
+    Grow {
+        /// New length.
+        len: u64,
+    },
+    /// A marker the workload adds (for example: transaction `n` was acknowledged).
+    Mark(u64),
+}
+
+/// A shared, growing record of the file's operations (feature `test-hooks`).
+#[cfg(feature = "test-hooks")]
+pub type Trace = Arc<std::sync::Mutex<Vec<TraceEvent>>>;
+
+/// Record an event when the `test-hooks` feature is on; compiles to nothing otherwise.
+macro_rules! record {
+    ($st:expr, $ev:expr) => {
+        #[cfg(feature = "test-hooks")]
+        $st.record(|| $ev);
+    };
+}
+
 #[derive(Debug)]
 pub(crate) struct FileStorage {
     file: Arc<File>,
     window: Option<SyncWindow>,
     pub(crate) counters: IoCounters,
-    #[cfg(feature = "fault-injection")]
+    #[cfg(feature = "test-hooks")]
     pub(crate) faults: FaultPlan,
+    #[cfg(feature = "test-hooks")]
+    pub(crate) trace: Option<Trace>,
 }
 
 impl FileStorage {
@@ -80,14 +128,25 @@ impl FileStorage {
             file,
             window,
             counters: IoCounters::default(),
-            #[cfg(feature = "fault-injection")]
+            #[cfg(feature = "test-hooks")]
             faults: FaultPlan::default(),
+            #[cfg(feature = "test-hooks")]
+            trace: None,
         })
     }
 
     fn fdatasync(&mut self) -> io::Result<()> {
         self.counters.full_barriers += 1;
-        self.file.sync_data()
+        self.file.sync_data()?;
+        record!(self, TraceEvent::BarrierAll);
+        Ok(())
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn record(&self, event: impl FnOnce() -> TraceEvent) {
+        if let Some(t) = &self.trace {
+            t.lock().unwrap_or_else(|e| e.into_inner()).push(event());
+        }
     }
 }
 
@@ -101,28 +160,46 @@ impl Storage for FileStorage {
     }
 
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        #[cfg(feature = "fault-injection")]
+        #[cfg(feature = "test-hooks")]
         trip(&mut self.faults.fail_write_after)?;
         self.counters.writes += 1;
         self.counters.bytes_written += bytes.len() as u64;
         // write_all_at retries short writes and EINTR; any other error comes back.
-        self.file.write_all_at(bytes, offset)
+        self.file.write_all_at(bytes, offset)?;
+        record!(
+            self,
+            TraceEvent::Write {
+                offset,
+                bytes: bytes.to_vec()
+            }
+        );
+        Ok(())
     }
 
     fn barrier(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        #[cfg(feature = "fault-injection")]
+        #[cfg(feature = "test-hooks")]
         trip(&mut self.faults.fail_barrier_after)?;
         match &self.window {
             Some(w) if offset.checked_add(len).is_some_and(|end| end <= w.len()) => {
                 self.counters.range_barriers += 1;
-                w.sync(offset, len)
+                w.sync(offset, len)?;
+                // msync works on whole pages: record the pages it made durable.
+                record!(self, {
+                    let page = sys::PAGE as u64;
+                    let start = offset / page * page;
+                    TraceEvent::Barrier {
+                        offset: start,
+                        len: (offset + len).div_ceil(page) * page - start,
+                    }
+                });
+                Ok(())
             }
             _ => self.fdatasync(),
         }
     }
 
     fn barrier_all(&mut self) -> io::Result<()> {
-        #[cfg(feature = "fault-injection")]
+        #[cfg(feature = "test-hooks")]
         trip(&mut self.faults.fail_barrier_after)?;
         self.fdatasync()
     }
@@ -132,6 +209,8 @@ impl Storage for FileStorage {
         if new_len <= len {
             return Ok(());
         }
-        sys::fallocate(&*self.file, len, new_len - len)
+        sys::fallocate(&*self.file, len, new_len - len)?;
+        record!(self, TraceEvent::Grow { len: new_len });
+        Ok(())
     }
 }

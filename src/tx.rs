@@ -516,22 +516,28 @@ impl<'h> Tx<'h> {
                     log_capacity: inner.geo.log_len,
                 })?;
         }
-        if direct && w.log_tail() > 0 {
-            // An older frame in the log may have written into this extent while it was a live
-            // object; replaying it after a crash would overwrite the in-place bytes. So the log
-            // must be empty before in-place writes.
-            w.checkpoint(inner)?;
-        }
-        w.ensure_log_room(inner, w.frame.encoded_len() as u64)?;
         if direct {
+            // In-place bytes must be durable *before* the frame can be: otherwise a power cut
+            // could keep a complete frame (the commit replays) and lose part of the bytes.
             for (off, bytes) in self.stage.ranges() {
                 if inside(&fresh, off, bytes.len() as u64) {
                     w.write_in_place(inner, off, bytes)?;
                 }
             }
+            if w.log_tail() > 0 {
+                // An older frame in the log may have written into this extent while it was a
+                // live object; replaying it after a crash would overwrite the in-place bytes. So
+                // the log must be empty, and the checkpoint's fdatasync also makes the in-place
+                // bytes durable. (Until its superblock switch, a crash recovers the old state:
+                // the extent is free, the bytes garbage in free space.)
+                w.checkpoint(inner)?;
+            } else {
+                w.barrier_all(inner)?;
+            }
         }
-        // One barrier: msync of the frame, or fdatasync when bytes were written in place too.
-        w.append_frame(inner, direct)?;
+        w.ensure_log_room(inner, w.frame.encoded_len() as u64)?;
+        // The commit point: the frame, made durable by msync of its pages.
+        w.append_frame(inner)?;
         // The frame is in the log (and durable under Full): from here on the transaction is
         // committed; apply it where readers will see it.
         {

@@ -1,7 +1,7 @@
-//! Injected I/O failures in the commit and checkpoint paths (feature `fault-injection`): the
+//! Injected I/O failures in the commit and checkpoint paths (feature `test-hooks`): the
 //! failing transaction is not acknowledged, the heap is poisoned (no commit or read is ever
 //! reported after a failed barrier), and reopening recovers a committed prefix.
-#![cfg(feature = "fault-injection")]
+#![cfg(feature = "test-hooks")]
 
 use txheap::{Error, FaultPlan, Heap, Options};
 

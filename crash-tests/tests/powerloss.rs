@@ -1,0 +1,57 @@
+//! Power-loss simulation in CI: short workloads under both durabilities, a crash at every
+//! recorded write and barrier, the two extreme images and seeded random ones at each.
+
+use crash_tests::{record, simulate};
+use txheap::Durability;
+
+fn run(
+    durability: Durability,
+    seeds: std::ops::Range<u64>,
+    txns: u64,
+    samples: usize,
+) -> (u64, u64) {
+    let dir = tempfile::tempdir_in(if std::path::Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    })
+    .unwrap();
+    let (mut images, mut instants) = (0, 0);
+    for seed in seeds {
+        let rec = record(&dir.path().join("live.heap"), seed, durability, txns);
+        let t = simulate(&rec, dir.path(), samples, seed * 7919);
+        eprintln!(
+            "{durability:?} seed {seed}: {} events, {} crash instants, {} images, in-flight landed {}, acked lost {}, violations {}",
+            rec.events.len(), t.instants, t.images, t.in_flight_landed, t.lost_acked, t.violations.len()
+        );
+        if let Some(v) = t.violations.first() {
+            panic!(
+                "{durability:?} seed {seed}: crash at event {} (image {}): {}  [{} violations]",
+                v.at_event,
+                v.image,
+                v.what,
+                t.violations.len()
+            );
+        }
+        if durability == Durability::Full {
+            assert_eq!(t.lost_acked, 0);
+        }
+        images += t.images;
+        instants += t.instants;
+    }
+    (images, instants)
+}
+
+#[test]
+fn power_loss_full() {
+    let (images, instants) = run(Durability::Full, 1..4, 25, 6);
+    eprintln!("Full: {images} images over {instants} instants");
+    assert!(images > 1000);
+}
+
+#[test]
+fn power_loss_none() {
+    let (images, instants) = run(Durability::None, 1..4, 25, 6);
+    eprintln!("None: {images} images over {instants} instants");
+    assert!(images > 300);
+}
