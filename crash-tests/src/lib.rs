@@ -64,6 +64,14 @@ pub struct Node {
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// A generator seeded from any `seed` (splitmix64, so nearby seeds give unrelated streams).
+    pub fn seeded(seed: u64) -> Rng {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
     /// Next value.
     pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
@@ -80,8 +88,7 @@ impl Rng {
 /// Payload size of transaction `value` under `seed`: mostly small, some large objects (which take
 /// the in-place path under `Durability::Full`).
 pub fn payload_size(seed: u64, value: u64) -> u64 {
-    let mut r = Rng((seed ^ value.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
-    r.next_u64();
+    let mut r = Rng::seeded(seed ^ value.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     match r.below(8) {
         0 => 70_000 + r.below(200_000),
         1 | 2 => 100 + r.below(5_000),
@@ -230,7 +237,7 @@ pub fn record(path: &Path, seed: u64, durability: Durability, txns: u64) -> Reco
     let base = std::fs::read(path).unwrap();
     let trace = Trace::default();
     let heap = Heap::open(path, options(durability).record(trace.clone())).unwrap();
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::seeded(seed);
     let mut done = 0;
     while done < txns {
         let abort = rng.below(8) == 0;
@@ -417,7 +424,7 @@ pub struct Totals {
 pub fn simulate(rec: &Recording, dir: &Path, samples: usize, sample_seed: u64) -> Totals {
     let mut disk = Disk::new(&rec.base);
     let mut totals = Totals::default();
-    let mut rng = Rng(sample_seed | 1);
+    let mut rng = Rng::seeded(sample_seed);
     let path = dir.join("image.heap");
     for (t, e) in rec.events.iter().enumerate() {
         disk.apply(e);

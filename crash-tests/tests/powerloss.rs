@@ -44,14 +44,14 @@ fn run(
 
 #[test]
 fn power_loss_full() {
-    let (images, instants) = run(Durability::Full, 1..4, 25, 6);
+    let (images, instants) = run(Durability::Full, 1..7, 25, 6);
     eprintln!("Full: {images} images over {instants} instants");
     assert!(images > 1000);
 }
 
 #[test]
 fn power_loss_none() {
-    let (images, instants) = run(Durability::None, 1..4, 25, 6);
+    let (images, instants) = run(Durability::None, 1..7, 25, 6);
     eprintln!("None: {images} images over {instants} instants");
     assert!(images > 300);
 }
