@@ -288,6 +288,15 @@ enum Deferred {
 }
 
 /// Per-class numbers for [`crate::Stats`].
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let heap = txheap::Heap::create(dir.path().join("cs.heap"), txheap::Options::new())?;
+/// heap.transaction(|tx| tx.alloc([0u8; 100]).map(|_| ()))?;
+/// let c = heap.stats()?.classes.into_iter().find(|c| c.used_blocks > 0).unwrap();
+/// assert_eq!((c.block_size, c.used_blocks, c.runs), (112, 1, 1));
+/// # Ok::<(), txheap::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ClassStats {
     /// Block size of the class in bytes.

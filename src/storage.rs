@@ -16,6 +16,17 @@ use txheap_recovery::Storage;
 use crate::sys::{self, SyncWindow};
 
 /// Counters a test or a benchmark can read to see what the commit path costs.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let heap = txheap::Heap::create(dir.path().join("io.heap"), txheap::Options::new())?;
+/// let before = heap.stats()?.io;
+/// heap.transaction(|tx| tx.alloc(1u64).map(|_| ()))?;
+/// let after = heap.stats()?.io;
+/// assert_eq!(after.range_barriers - before.range_barriers, 1); // one msync per commit
+/// assert_eq!(after.full_barriers, before.full_barriers);
+/// # Ok::<(), txheap::Error>(())
+/// ```
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct IoCounters {
     /// `pwrite` calls.

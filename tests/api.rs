@@ -663,3 +663,12 @@ fn durability_none_has_no_barrier_per_commit() {
         before.range_barriers + before.full_barriers
     );
 }
+
+#[test]
+fn heap_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Heap>();
+    check::<PPtr<Node>>();
+    check::<PSlice<u8>>();
+    check::<Error>();
+}

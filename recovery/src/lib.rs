@@ -218,7 +218,7 @@ pub enum RecoveryError {
         /// Ours.
         supported: u32,
     },
-    /// Bad arguments to [`format`].
+    /// Bad arguments to [`format()`].
     InvalidGeometry {
         /// What is wrong.
         what: String,
