@@ -7,7 +7,7 @@
 
 use bytemuck::Pod;
 
-use crate::alloc::{HeapHeader, TxMem, CHUNK};
+use crate::alloc::{HeapHeader, TxMem, CHUNK, CHUNK_HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::heap::{
     check_root, fingerprint, writer_parts, Durability, Inner, Writer, ROOT_AREA_LEN,
@@ -66,6 +66,36 @@ struct Mem<'x> {
 /// Whether `[off, off+len)` lies inside one of `areas`.
 fn inside(areas: &[(u64, u64)], off: u64, len: u64) -> bool {
     areas.iter().any(|&(a, b)| a <= off && off + len <= b)
+}
+
+/// Split a staged range into pieces `(offset, bytes, in_place)`. Bytes inside a fresh extent go
+/// in place, except the first 64 bytes of every chunk: free extents are coalesced only in
+/// memory, so on disk an interior chunk of a fresh extent may still start with a `FREE` header
+/// that recovery walks if this transaction does not commit. Those bytes go through the log.
+fn pieces<'b>(
+    fresh: &[(u64, u64)],
+    chunk_area: u64,
+    off: u64,
+    bytes: &'b [u8],
+) -> Vec<(u64, &'b [u8], bool)> {
+    let len = bytes.len() as u64;
+    if !inside(fresh, off, len) {
+        return vec![(off, bytes, false)];
+    }
+    let mut out = Vec::new();
+    let end = off + len;
+    let mut p = off;
+    while p < end {
+        let rel = p - chunk_area;
+        let (q, in_place) = if rel % CHUNK < CHUNK_HEADER_LEN {
+            ((p - rel % CHUNK + CHUNK_HEADER_LEN).min(end), false)
+        } else {
+            ((p - rel % CHUNK + CHUNK).min(end), true)
+        };
+        out.push((p, &bytes[(p - off) as usize..(q - off) as usize], in_place));
+        p = q;
+    }
+    out
 }
 
 fn fill_from(inner: &Inner) -> impl FnMut(u64, &mut [u8]) + '_ {
@@ -498,30 +528,36 @@ impl<'h> Tx<'h> {
             return Ok(());
         }
         // The frame: every staged range, user data and allocator metadata alike, except bytes
-        // inside large extents this transaction allocated (`fresh`), which go in place.
+        // inside large extents this transaction allocated (`fresh`), which go in place; but the
+        // first 64 bytes of every chunk always go through the log (see `pieces`).
         let fresh = std::mem::take(&mut self.fresh);
+        let chunk_area = inner.geo.chunk_area;
         let w = &mut *self.w;
         w.frame.clear();
         let mut direct = false;
         for (off, bytes) in self.stage.ranges() {
-            if inside(&fresh, off, bytes.len() as u64) {
-                direct = true;
-                continue;
+            for (at, piece, in_place) in pieces(&fresh, chunk_area, off, bytes) {
+                if in_place {
+                    direct = true;
+                    continue;
+                }
+                // A range longer than u32::MAX cannot be staged (the log is smaller), but say so.
+                w.frame
+                    .push_range(at, piece)
+                    .map_err(|_| Error::TransactionTooLarge {
+                        bytes: piece.len() as u64,
+                        log_capacity: inner.geo.log_len,
+                    })?;
             }
-            // A range longer than u32::MAX cannot be staged (the log is smaller), but say so.
-            w.frame
-                .push_range(off, bytes)
-                .map_err(|_| Error::TransactionTooLarge {
-                    bytes: bytes.len() as u64,
-                    log_capacity: inner.geo.log_len,
-                })?;
         }
         if direct {
             // In-place bytes must be durable *before* the frame can be: otherwise a power cut
             // could keep a complete frame (the commit replays) and lose part of the bytes.
             for (off, bytes) in self.stage.ranges() {
-                if inside(&fresh, off, bytes.len() as u64) {
-                    w.write_in_place(inner, off, bytes)?;
+                for (at, piece, in_place) in pieces(&fresh, chunk_area, off, bytes) {
+                    if in_place {
+                        w.write_in_place(inner, at, piece)?;
+                    }
                 }
             }
             if w.log_tail() > 0 {
@@ -543,8 +579,10 @@ impl<'h> Tx<'h> {
         {
             let mut view = inner.view.write().unwrap_or_else(|e| e.into_inner());
             for (off, bytes) in self.stage.ranges() {
-                if !inside(&fresh, off, bytes.len() as u64) {
-                    self.w.apply_range(inner, off, bytes)?;
+                for (at, piece, in_place) in pieces(&fresh, chunk_area, off, bytes) {
+                    if !in_place {
+                        self.w.apply_range(inner, at, piece)?;
+                    }
                 }
             }
             view.header = self.header;

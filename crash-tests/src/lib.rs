@@ -333,6 +333,11 @@ impl Disk {
         }
     }
 
+    /// Each undecided sector and how many states it passed through since its last barrier.
+    pub fn pending_sectors(&self) -> Vec<(u64, usize)> {
+        self.pending.iter().map(|(&s, v)| (s, v.len())).collect()
+    }
+
     /// Sectors that may be in more than one state after a crash now.
     pub fn undecided_sectors(&self) -> usize {
         self.pending.len()

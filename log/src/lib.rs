@@ -6,10 +6,11 @@
 //! ## Frame
 //! ```text
 //! 0      4            8           16     24           28     32
-//! | magic | range_count | generation | txid | payload_len | crc32 | payload (payload_len bytes)
+//! | magic | range_count | generation | txid | payload_len | check | payload (payload_len bytes)
 //! ```
 //! All integers little-endian. `magic` is `0x52465854` ("TXFR"). `payload_len` is a multiple of
-//! 8. `crc32` (CRC-32/ISO-HDLC) covers header bytes 0..28 followed by the payload. The payload is
+//! 8. `check`, the low 32 bits of XXH3-64, covers header bytes 0..28 followed by the payload (not
+//! CRC32: see `frame_crc` for why). The payload is
 //! `range_count` ranges back to back, each `offset: u64, len: u32, reserved: u32 = 0`, then
 //! `len` bytes, then zero padding to a multiple of 8.
 //!
@@ -244,11 +245,17 @@ impl FrameBuilder {
     }
 }
 
+/// The frame checksum: the low 32 bits of XXH3-64 over header bytes 0..28 and the payload.
+///
+/// Not CRC32: CRC is linear, and a record followed by its own CRC32 leaves a fixed residue, so an
+/// outer CRC32 cannot tell one valid CRC32-protected record from another at the same place. A
+/// torn frame whose stale sector held an older, valid chunk header (they carry CRC32s) passed a
+/// CRC32 frame check in the power-loss simulator. User data that embeds CRC32s would do the same.
 fn frame_crc(header28: &[u8], payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(header28);
     h.update(payload);
-    h.finalize()
+    h.digest() as u32
 }
 
 /// A parsed frame header.
