@@ -14,6 +14,10 @@
 //! states: the two extremes (nothing since the barriers; everything, as a SIGKILL leaves it)
 //! and seeded random choices.
 //!
+//! Power cuts during recovery: for some crash images the simulator records recovery's own writes
+//! and barriers, cuts power again at every one of them, and recovers once more; the result must
+//! be exactly what the uninterrupted recovery gave.
+//!
 //! ## The check
 //! The image is written to a file (on tmpfs), opened (recovery runs), and must hold a committed
 //! prefix: the workload's counter `c` and list must be intact (every node and payload byte as
@@ -409,6 +413,57 @@ pub fn check_image(
     Ok(c)
 }
 
+/// Power cuts *during recovery*: recover `image` while recording recovery's own writes and
+/// barriers (and the close that follows), then cut power at every recorded instant (two extreme
+/// images and `samples` random ones each) and recover again: the result must be exactly the state
+/// the uninterrupted recovery gave. Returns (that counter, images checked).
+pub fn check_recovery_crashes(
+    dir: &Path,
+    image: &[u8],
+    rec: &Recording,
+    samples: usize,
+    rng: &mut Rng,
+) -> Result<(u64, u64), String> {
+    let path = dir.join("recovering.heap");
+    std::fs::write(&path, image).map_err(|e| e.to_string())?;
+    let trace = Trace::default();
+    let heap = Heap::open(&path, options(rec.durability).record(trace.clone()))
+        .map_err(|e| format!("recovery failed: {e}"))?;
+    let c0 = verify(&heap, rec.seed)?;
+    heap.close()
+        .map_err(|e| format!("close after recovery failed: {e}"))?;
+    let events = std::mem::take(&mut *trace.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut disk = Disk::new(image);
+    let again = dir.join("recovered-again.heap");
+    let mut images = 0;
+    for (t, e) in events.iter().enumerate() {
+        disk.apply(e);
+        let n = if disk.undecided_sectors() == 0 {
+            1
+        } else {
+            samples + 2
+        };
+        for i in 0..n {
+            let img = match i {
+                0 => disk.image(|_, _| 0),
+                1 => disk.image(|_, v| v),
+                _ => disk.image(|_, v| rng.below(v as u64 + 1) as usize),
+            };
+            images += 1;
+            std::fs::write(&again, &img).map_err(|e| e.to_string())?;
+            let heap = Heap::open(&again, options(rec.durability)).map_err(|e| {
+                format!("power cut at recovery event {t} (image {i}): recovery failed: {e}")
+            })?;
+            let c = verify(&heap, rec.seed)
+                .map_err(|e| format!("power cut at recovery event {t} (image {i}): {e}"))?;
+            if c != c0 {
+                return Err(format!("power cut at recovery event {t} (image {i}): recovered {c}, the uninterrupted recovery gave {c0}"));
+            }
+        }
+    }
+    Ok((c0, images))
+}
+
 /// Totals of a simulation.
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
@@ -420,13 +475,22 @@ pub struct Totals {
     pub in_flight_landed: u64,
     /// Images recovered to fewer than `acked` (allowed under `None` only).
     pub lost_acked: u64,
+    /// Images cut during the recovery of another image.
+    pub recovery_images: u64,
     /// The violations found.
     pub violations: Vec<Violation>,
 }
 
 /// Simulate power cuts at every event of `rec` with `samples` random images per instant (plus
-/// the two extremes). Images are recovered in `dir`.
-pub fn simulate(rec: &Recording, dir: &Path, samples: usize, sample_seed: u64) -> Totals {
+/// the two extremes). Images are recovered in `dir`. Every `recovery_every`-th instant (0: never)
+/// the newest image is also recovered with power cuts during its recovery.
+pub fn simulate(
+    rec: &Recording,
+    dir: &Path,
+    samples: usize,
+    sample_seed: u64,
+    recovery_every: u64,
+) -> Totals {
     let mut disk = Disk::new(&rec.base);
     let mut totals = Totals::default();
     let mut rng = Rng::seeded(sample_seed);
@@ -463,6 +527,16 @@ pub fn simulate(rec: &Recording, dir: &Path, samples: usize, sample_seed: u64) -
                     at_event: t,
                     image: i,
                 }),
+            }
+            if i == 1 && recovery_every > 0 && totals.instants % recovery_every == 0 {
+                match check_recovery_crashes(dir, &img, rec, 2, &mut rng) {
+                    Ok((_, n)) => totals.recovery_images += n,
+                    Err(what) => totals.violations.push(Violation {
+                        what,
+                        at_event: t,
+                        image: i,
+                    }),
+                }
             }
         }
     }

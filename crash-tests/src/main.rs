@@ -46,8 +46,8 @@ fn main() {
     for d in &durabilities {
         for seed in seeds.clone() {
             let rec = record(&dir.path().join("live.heap"), seed, *d, txns);
-            let t = simulate(&rec, dir.path(), samples, seed.wrapping_mul(7919));
-            images += t.images;
+            let t = simulate(&rec, dir.path(), samples, seed.wrapping_mul(7919), 10);
+            images += t.images + t.recovery_images;
             instants += t.instants;
             landed += t.in_flight_landed;
             println!(

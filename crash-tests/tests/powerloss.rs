@@ -19,10 +19,10 @@ fn run(
     let (mut images, mut instants) = (0, 0);
     for seed in seeds {
         let rec = record(&dir.path().join("live.heap"), seed, durability, txns);
-        let t = simulate(&rec, dir.path(), samples, seed * 7919);
+        let t = simulate(&rec, dir.path(), samples, seed * 7919, 10);
         eprintln!(
-            "{durability:?} seed {seed}: {} events, {} crash instants, {} images, in-flight landed {}, acked lost {}, violations {}",
-            rec.events.len(), t.instants, t.images, t.in_flight_landed, t.lost_acked, t.violations.len()
+            "{durability:?} seed {seed}: {} events, {} crash instants, {} images (+{} cut during recovery), in-flight landed {}, acked lost {}, violations {}",
+            rec.events.len(), t.instants, t.images, t.recovery_images, t.in_flight_landed, t.lost_acked, t.violations.len()
         );
         if let Some(v) = t.violations.first() {
             panic!(
@@ -36,7 +36,8 @@ fn run(
         if durability == Durability::Full {
             assert_eq!(t.lost_acked, 0);
         }
-        images += t.images;
+        assert!(t.recovery_images > 0, "no power cut landed inside recovery");
+        images += t.images + t.recovery_images;
         instants += t.instants;
     }
     (images, instants)
