@@ -572,6 +572,19 @@ impl<'h> Tx<'h> {
             }
         }
         w.ensure_log_room(inner, w.frame.encoded_len() as u64)?;
+        #[cfg(feature = "test-hooks")]
+        if txheap_recovery::sabotage::active(txheap_recovery::sabotage::APPLY_BEFORE_LOG) {
+            // Broken on purpose (crash tests only): heap pages change before the frame exists.
+            for (off, bytes) in self.stage.ranges() {
+                for (at, piece, in_place) in pieces(&fresh, chunk_area, off, bytes) {
+                    if !in_place {
+                        w.storage
+                            .write_at(at, piece)
+                            .map_err(|e| inner.fail("sabotage apply", at, e))?;
+                    }
+                }
+            }
+        }
         // The commit point: the frame, made durable by msync of its pages.
         w.append_frame(inner)?;
         // The frame is in the log (and durable under Full): from here on the transaction is

@@ -25,6 +25,60 @@ use std::io;
 pub use txheap_log;
 use txheap_log::{parse_header, verify_frame, Stop, StopReason, FRAME_HEADER_LEN};
 
+/// Test-only switches that break the protocol on purpose (feature `test-hooks`), so that the
+/// crash tests can show they catch each broken variant. Never enabled in normal builds.
+///
+/// ```
+/// # #[cfg(feature = "test-hooks")] {
+/// use txheap_recovery::sabotage;
+/// sabotage::set(sabotage::SKIP_CHECKSUM);
+/// assert!(sabotage::active(sabotage::SKIP_CHECKSUM));
+/// sabotage::set(0);
+/// # }
+/// ```
+#[cfg(feature = "test-hooks")]
+pub mod sabotage {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static MASK: AtomicU32 = AtomicU32::new(0);
+    /// txheap applies a commit's ranges to the heap before writing and barriering its frame.
+    pub const APPLY_BEFORE_LOG: u32 = 1;
+    /// Recovery replays frames whose checksum does not match.
+    pub const SKIP_CHECKSUM: u32 = 2;
+    /// Recovery replays frames of any generation and transaction id.
+    pub const REPLAY_OLD_GENERATION: u32 = 4;
+    /// A checkpoint writes and barriers the superblock before the heap barrier.
+    pub const SUPERBLOCK_BEFORE_HEAP_BARRIER: u32 = 8;
+    /// Set the active switches (0: none).
+    pub fn set(mask: u32) {
+        MASK.store(mask, Ordering::SeqCst);
+    }
+    /// Whether `bit` is active.
+    pub fn active(bit: u32) -> bool {
+        MASK.load(Ordering::SeqCst) & bit != 0
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+fn sabotaged(bit: u32) -> bool {
+    sabotage::active(bit)
+}
+#[cfg(not(feature = "test-hooks"))]
+fn sabotaged(_bit: u32) -> bool {
+    false
+}
+#[cfg(not(feature = "test-hooks"))]
+const REPLAY_OLD_GENERATION: u32 = 0;
+#[cfg(feature = "test-hooks")]
+use sabotage::REPLAY_OLD_GENERATION;
+#[cfg(not(feature = "test-hooks"))]
+const SKIP_CHECKSUM: u32 = 0;
+#[cfg(feature = "test-hooks")]
+use sabotage::SKIP_CHECKSUM;
+#[cfg(not(feature = "test-hooks"))]
+const SUPERBLOCK_BEFORE_HEAP_BARRIER: u32 = 0;
+#[cfg(feature = "test-hooks")]
+use sabotage::SUPERBLOCK_BEFORE_HEAP_BARRIER;
+
 /// Unit of every region boundary.
 pub const PAGE_SIZE: u64 = 4096;
 /// Bytes of each of the two superblock slots.
@@ -663,7 +717,15 @@ pub fn scan_log<S: Storage + ?Sized>(
         storage
             .read_at(abs, &mut hb)
             .map_err(io_err("read log frame header", abs))?;
-        let h = match parse_header(&hb, sb.generation, txid, remaining) {
+        if sabotaged(REPLAY_OLD_GENERATION) && hb[0..4] == txheap_log::FRAME_MAGIC.to_le_bytes() {
+            txid = u64::from_le_bytes(hb[16..24].try_into().expect("8 bytes"));
+        }
+        let generation = if sabotaged(REPLAY_OLD_GENERATION) {
+            u64::from_le_bytes(hb[8..16].try_into().expect("8 bytes"))
+        } else {
+            sb.generation
+        };
+        let h = match parse_header(&hb, generation, txid, remaining) {
             Ok(h) => h,
             Err(reason) => break Stop { offset: at, reason },
         };
@@ -671,6 +733,14 @@ pub fn scan_log<S: Storage + ?Sized>(
         storage
             .read_at(abs + FRAME_HEADER_LEN as u64, &mut payload)
             .map_err(io_err("read log frame payload", abs))?;
+        let mut hb = hb;
+        let mut h = h;
+        if sabotaged(SKIP_CHECKSUM) {
+            if let Err(StopReason::BadCrc { computed, .. }) = verify_frame(&hb, &h, &payload) {
+                hb[28..32].copy_from_slice(&computed.to_le_bytes());
+                h.crc = computed;
+            }
+        }
         let frame = match verify_frame(&hb, &h, &payload) {
             Ok(f) => f,
             Err(reason) if reason.is_malformed() => {
@@ -732,9 +802,11 @@ pub fn checkpoint<S: Storage + ?Sized>(
     current_slot: Slot,
     next_txid: u64,
 ) -> Result<(Superblock, Slot), RecoveryError> {
-    storage
-        .barrier_all()
-        .map_err(io_err("fdatasync before checkpoint", 0))?;
+    if !sabotaged(SUPERBLOCK_BEFORE_HEAP_BARRIER) {
+        storage
+            .barrier_all()
+            .map_err(io_err("fdatasync before checkpoint", 0))?;
+    }
     let next = Superblock {
         seq: current.seq + 1,
         generation: current.generation + 1,
@@ -749,6 +821,11 @@ pub fn checkpoint<S: Storage + ?Sized>(
     storage
         .barrier(slot.offset(), SUPERBLOCK_ENCODED_LEN as u64)
         .map_err(io_err("barrier superblock", slot.offset()))?;
+    if sabotaged(SUPERBLOCK_BEFORE_HEAP_BARRIER) {
+        storage
+            .barrier_all()
+            .map_err(io_err("fdatasync after checkpoint", 0))?;
+    }
     Ok((next, slot))
 }
 
