@@ -733,7 +733,6 @@ pub fn scan_log<S: Storage + ?Sized>(
         storage
             .read_at(abs + FRAME_HEADER_LEN as u64, &mut payload)
             .map_err(io_err("read log frame payload", abs))?;
-        let mut hb = hb;
         let mut h = h;
         if sabotaged(SKIP_CHECKSUM) {
             if let Err(StopReason::BadCrc { computed, .. }) = verify_frame(&hb, &h, &payload) {
