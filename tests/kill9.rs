@@ -4,7 +4,7 @@
 //! torn, and the allocator's figures match what is reachable.
 //!
 //! The test binary re-executes itself as the child (`child_worker`, inert without its env vars).
-//! `TXHEAP_KILL9_ITERS` sets the number of kills (default 120); `TXHEAP_KILL9_SEED` the seed.
+//! `TXHEAP_KILL9_ITERS` sets the number of kills (default 1000); `TXHEAP_KILL9_SEED` the seed.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -211,7 +211,7 @@ fn kill9_campaign() {
     let iters: u64 = std::env::var("TXHEAP_KILL9_ITERS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(120);
+        .unwrap_or(1000);
     let seed: u64 = std::env::var("TXHEAP_KILL9_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
