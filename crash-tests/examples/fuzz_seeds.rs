@@ -11,7 +11,7 @@ fn main() {
         .log_size(64 << 10)
         .max_size(1 << 30);
     let heap = Heap::create(&p, opts).unwrap();
-    std::fs::copy(&p, out.join("fresh.heap")).unwrap();
+    std::fs::copy(&p, out.join("fresh.img")).unwrap();
     for i in 0..3u64 {
         heap.transaction(|tx| {
             let r = tx.root::<[u64; 8]>()?;
@@ -19,10 +19,10 @@ fn main() {
             Ok(())
         })
         .unwrap();
-        std::fs::copy(&p, out.join(format!("frames-{i}.heap"))).unwrap();
+        std::fs::copy(&p, out.join(format!("frames-{i}.img"))).unwrap();
     }
     drop(heap);
-    std::fs::copy(&p, out.join("closed.heap")).unwrap();
+    std::fs::copy(&p, out.join("closed.img")).unwrap();
     for e in std::fs::read_dir(&out).unwrap() {
         let e = e.unwrap();
         println!("{} {}", e.path().display(), e.metadata().unwrap().len());
