@@ -1026,11 +1026,13 @@ impl Writer {
         self.storage
             .write_at(at, frame)
             .map_err(|e| inner.fail("pwrite log frame", at, e))?;
+        failpoint!("commit.after_log_write");
         match inner.durability {
             Durability::Full => {
                 self.storage
                     .barrier(at, len)
                     .map_err(|e| inner.fail("msync log frame", at, e))?;
+                failpoint!("commit.after_log_barrier");
             }
             Durability::None => {
                 let (a, _) = self.unsynced.unwrap_or((at, at));

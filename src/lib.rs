@@ -53,6 +53,15 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+/// Pass a named crash point (feature `test-hooks`: `TXHEAP_FAILPOINT=name:n` aborts the process
+/// the n-th time); compiles to nothing otherwise.
+macro_rules! failpoint {
+    ($name:expr) => {
+        #[cfg(feature = "test-hooks")]
+        txheap_recovery::sabotage::failpoint($name);
+    };
+}
+
 mod alloc;
 mod error;
 mod heap;

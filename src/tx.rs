@@ -144,6 +144,7 @@ impl TxMem for Mem<'_> {
         self.storage
             .grow(need)
             .map_err(|e| Error::io("grow file (posix_fallocate)", need, e))?;
+        failpoint!("grow.after_fallocate");
         self.inner
             .map
             .extend(need)
@@ -560,6 +561,7 @@ impl<'h> Tx<'h> {
                     }
                 }
             }
+            failpoint!("commit.after_in_place");
             if w.log_tail() > 0 {
                 // An older frame in the log may have written into this extent while it was a
                 // live object; replaying it after a crash would overwrite the in-place bytes. So
@@ -595,6 +597,7 @@ impl<'h> Tx<'h> {
                 for (at, piece, in_place) in pieces(&fresh, chunk_area, off, bytes) {
                     if !in_place {
                         self.w.apply_range(inner, at, piece)?;
+                        failpoint!("commit.mid_apply");
                     }
                 }
             }

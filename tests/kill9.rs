@@ -13,6 +13,19 @@ use std::time::{Duration, Instant};
 
 use txheap::{Durability, Error, Heap, Options, PPtr, PSlice};
 
+/// The named crash points (feature `test-hooks`, `TXHEAP_FAILPOINT=name:n`).
+const FAILPOINTS: [&str; 9] = [
+    "commit.after_log_write",
+    "commit.after_log_barrier",
+    "commit.mid_apply",
+    "commit.after_in_place",
+    "grow.after_fallocate",
+    "checkpoint.after_heap_barrier",
+    "checkpoint.after_superblock",
+    "recovery.mid_replay",
+    "recovery.after_replay",
+];
+
 /// Nodes kept in the list; older ones are freed (with their payloads) as new ones arrive.
 const KEEP: u64 = 24;
 const CHECK: u64 = 0x5EED_F00D_CAFE_D00D;
@@ -227,19 +240,30 @@ fn kill9_campaign() {
     let mut rng = Rng(seed | 1);
     let mut landed = [Landed::default(), Landed::default()];
     let mut open_time = [Duration::from_millis(5), Duration::from_millis(5)];
+    let mut fp_hits: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
     let started = Instant::now();
     for i in 0..iters {
         let (k, name) = if i % 2 == 0 { (0, "full") } else { (1, "none") };
         let path = dir.path().join(format!("{name}.heap"));
-        let mut child = Command::new(&exe)
-            .args(["--exact", "child_worker", "--nocapture", "--test-threads=1"])
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--exact", "child_worker", "--nocapture", "--test-threads=1"])
             .env("TXHEAP_KILL9_CHILD", &path)
             .env("TXHEAP_KILL9_CHILD_SEED", rng.next().to_string())
             .env("TXHEAP_KILL9_CHILD_DURABILITY", name)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        // With test-hooks, a third of the runs die at a named failpoint instead of a timer.
+        let failpoint = (cfg!(feature = "test-hooks") && rng.below(3) == 0).then(|| {
+            let fp = FAILPOINTS[rng.below(FAILPOINTS.len() as u64) as usize];
+            let count = 1 + if fp.starts_with("commit.after_log") || fp == "commit.mid_apply" {
+                rng.below(40)
+            } else {
+                rng.below(4)
+            };
+            cmd.env("TXHEAP_FAILPOINT", format!("{fp}:{count}"));
+            fp
+        });
+        let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel::<(Instant, String)>();
         let reader = std::thread::spawn(move || {
@@ -258,8 +282,29 @@ fn kill9_campaign() {
         } else {
             open_time[k] + Duration::from_micros(5_000 + rng.below(55_000))
         };
-        std::thread::sleep(delay);
-        child.kill().unwrap(); // SIGKILL
+        let mut died_at_failpoint = false;
+        if let Some(fp) = failpoint {
+            let deadline = Instant::now() + Duration::from_millis(400);
+            let status = loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    break Some(st);
+                }
+                if Instant::now() > deadline {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            };
+            use std::os::unix::process::ExitStatusExt;
+            died_at_failpoint = status.and_then(|s| s.signal()) == Some(libc::SIGABRT);
+            let e = fp_hits.entry(fp).or_insert((0, 0));
+            e.0 += 1;
+            e.1 += u64::from(died_at_failpoint);
+        } else {
+            std::thread::sleep(delay);
+        }
+        if !died_at_failpoint {
+            let _ = child.kill(); // SIGKILL
+        }
         child.wait().unwrap();
         reader.join().unwrap();
         let lines: Vec<(Instant, String)> = rx.try_iter().collect();
@@ -284,7 +329,11 @@ fn kill9_campaign() {
             landed[k].before_recovery += 1;
             continue;
         }
-        let heap = Heap::open(&path, opts(Durability::Full)).unwrap_or_else(|e| {
+        // Check a copy, and leave the crashed file as it is: the next child recovers it, so its
+        // recovery replays real frames (and may itself be killed, and recovered again later).
+        let copy = dir.path().join(format!("{name}-check.heap"));
+        std::fs::copy(&path, &copy).unwrap();
+        let heap = Heap::open(&copy, opts(Durability::Full)).unwrap_or_else(|e| {
             panic!("seed {seed} iteration {i} ({name}): reopen after kill failed: {e}")
         });
         let counter =
@@ -307,6 +356,7 @@ fn kill9_campaign() {
         }
         l.acks = counter;
         heap.close().unwrap();
+        std::fs::remove_file(&copy).unwrap();
     }
     let total = |f: fn(&Landed) -> u64| f(&landed[0]) + f(&landed[1]);
     eprintln!(
@@ -326,8 +376,19 @@ fn kill9_campaign() {
     for (what, f) in rows {
         eprintln!("  {what:<29} {:>5}  {:>5}", f(&landed[0]), f(&landed[1]));
     }
+    if !fp_hits.is_empty() {
+        eprintln!("  failpoint                      armed   died there");
+        for (fp, (armed, hit)) in &fp_hits {
+            eprintln!("  {fp:<29} {armed:>5}  {hit:>5}");
+        }
+        let (armed, hit) = fp_hits.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1));
+        assert!(
+            iters < 300 || hit * 3 >= armed,
+            "too few failpoint kills: {hit} of {armed}"
+        );
+    }
     assert!(
-        iters < 50 || total(|l| l.after_acks) >= iters / 2,
+        iters < 50 || total(|l| l.after_acks) >= iters / 3,
         "too few kills landed among commits"
     );
     assert!(

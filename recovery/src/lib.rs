@@ -56,6 +56,33 @@ pub mod sabotage {
     pub fn active(bit: u32) -> bool {
         MASK.load(Ordering::SeqCst) & bit != 0
     }
+
+    /// A named crash point: with `TXHEAP_FAILPOINT=name:n` in the environment, the process aborts
+    /// (no destructors, no flush: like SIGKILL) the `n`-th time it passes `name`.
+    pub fn failpoint(name: &str) {
+        use std::sync::atomic::AtomicU64;
+        use std::sync::OnceLock;
+        static PLAN: OnceLock<Option<(String, u64)>> = OnceLock::new();
+        static HITS: AtomicU64 = AtomicU64::new(0);
+        let plan = PLAN.get_or_init(|| {
+            let v = std::env::var("TXHEAP_FAILPOINT").ok()?;
+            let (n, c) = v.split_once(':')?;
+            Some((n.to_string(), c.parse().ok()?))
+        });
+        if let Some((n, count)) = plan {
+            if n == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *count {
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// Pass a named crash point (feature `test-hooks`; a no-op otherwise).
+macro_rules! failpoint {
+    ($name:expr) => {
+        #[cfg(feature = "test-hooks")]
+        sabotage::failpoint($name);
+    };
 }
 
 #[cfg(feature = "test-hooks")]
@@ -806,6 +833,7 @@ pub fn checkpoint<S: Storage + ?Sized>(
             .barrier_all()
             .map_err(io_err("fdatasync before checkpoint", 0))?;
     }
+    failpoint!("checkpoint.after_heap_barrier");
     let next = Superblock {
         seq: current.seq + 1,
         generation: current.generation + 1,
@@ -825,6 +853,7 @@ pub fn checkpoint<S: Storage + ?Sized>(
             .barrier_all()
             .map_err(io_err("fdatasync after checkpoint", 0))?;
     }
+    failpoint!("checkpoint.after_superblock");
     Ok((next, slot))
 }
 
@@ -885,7 +914,9 @@ pub fn recover<S: Storage + ?Sized>(storage: &mut S) -> Result<Recovered, Recove
         storage
             .write_at(*off, bytes)
             .map_err(io_err("replay range", *off))?;
+        failpoint!("recovery.mid_replay");
     }
+    failpoint!("recovery.after_replay");
     if scan.frames == 0 {
         return Ok(Recovered {
             superblock: sb,
