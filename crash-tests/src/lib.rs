@@ -26,6 +26,8 @@
 //! transaction acknowledged before `t`; under `Durability::None`, `c <= acked + 1` (a power cut
 //! may lose acknowledged transactions, never tear one).
 
+pub mod ops;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
