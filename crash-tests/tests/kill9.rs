@@ -11,9 +11,13 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use txheap::{Durability, Error, Heap, Options, PPtr, PSlice};
+use crash_tests::{options, step, verify, Rng};
+use txheap::{Durability, Error, Heap};
 
-/// The named crash points (feature `test-hooks`, `TXHEAP_FAILPOINT=name:n`).
+/// The workload's seed (payload sizes derive from it; the parent needs it to verify).
+const WORKLOAD_SEED: u64 = 0x6b69_6c6c;
+
+/// The named crash points (`TXHEAP_FAILPOINT=name:n`).
 const FAILPOINTS: [&str; 9] = [
     "commit.after_log_write",
     "commit.after_log_barrier",
@@ -25,52 +29,6 @@ const FAILPOINTS: [&str; 9] = [
     "recovery.mid_replay",
     "recovery.after_replay",
 ];
-
-/// Nodes kept in the list; older ones are freed (with their payloads) as new ones arrive.
-const KEEP: u64 = 24;
-const CHECK: u64 = 0x5EED_F00D_CAFE_D00D;
-
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C)]
-struct Root {
-    counter: u64,
-    head: PPtr<Node>,
-    len: u64,
-}
-
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C)]
-struct Node {
-    value: u64,
-    next: PPtr<Node>,
-    payload: PSlice<u8>,
-    check: u64,
-}
-
-fn opts(durability: Durability) -> Options {
-    Options::new()
-        .initial_size(1 << 20)
-        .log_size(1 << 20)
-        .max_size(1 << 30)
-        .durability(durability)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn payload_byte(value: u64) -> u8 {
-    (value % 251) as u8 + 1
-}
 
 /// The child: open (recovering), then commit forever, printing `ACK n` after each commit.
 #[test]
@@ -89,124 +47,21 @@ fn child_worker() {
     let mut out = std::io::stdout().lock();
     writeln!(out, "RECOVERING").unwrap();
     out.flush().unwrap();
-    let heap = Heap::open_or_create(&path, opts(durability)).unwrap();
+    let heap = Heap::open_or_create(&path, options(durability)).unwrap();
     writeln!(out, "OPENED").unwrap();
     out.flush().unwrap();
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::seeded(seed);
     loop {
-        let size = match rng.below(10) {
-            0 => 70_000 + rng.below(230_000), // large extent, maybe several chunks
-            1 | 2 => 200 + rng.below(8_000),
-            _ => 1 + rng.below(200),
-        };
         let abort = rng.below(10) == 0;
-        let r = heap.transaction(|tx| {
-            let root = tx.root::<Root>()?;
-            let mut rt = *tx.get(root)?;
-            let n = rt.counter + 1;
-            let payload = tx.alloc_slice_zeroed::<u8>(size)?;
-            tx.slice_mut(payload)?.fill(payload_byte(n));
-            let node = tx.alloc(Node {
-                value: n,
-                next: rt.head,
-                payload,
-                check: n ^ CHECK,
-            })?;
-            rt.head = node;
-            rt.counter = n;
-            rt.len += 1;
-            if rt.len > KEEP {
-                // Cut the list after KEEP nodes and free the rest.
-                let mut p = rt.head;
-                for _ in 1..KEEP {
-                    p = tx.get(p)?.next;
-                }
-                let mut rest = tx.get(p)?.next;
-                tx.get_mut(p)?.next = PPtr::null();
-                while !rest.is_null() {
-                    let dead = *tx.get(rest)?;
-                    tx.free_slice(dead.payload)?;
-                    tx.free(rest)?;
-                    rest = dead.next;
-                }
-                rt.len = KEEP;
-            }
-            *tx.get_mut(root)? = rt;
-            if abort {
-                return Err(Error::NoRoot); // a deliberate abort: must leave no trace
-            }
-            Ok(n)
-        });
-        match r {
+        match step(&heap, WORKLOAD_SEED, abort) {
             Ok(n) => {
                 writeln!(out, "ACK {n}").unwrap();
                 out.flush().unwrap();
             }
-            Err(Error::NoRoot) => {}
+            Err(Error::NoRoot) if abort => {}
             Err(e) => panic!("child transaction failed: {e}"),
         }
     }
-}
-
-/// Check the reopened heap; returns the counter.
-fn verify(heap: &Heap) -> Result<u64, String> {
-    let (counter, nodes) = heap
-        .read(|r| {
-            let root = match r.root::<Root>() {
-                Ok(root) => *r.get(root)?,
-                Err(Error::NoRoot) => return Ok((0, Vec::new())),
-                Err(e) => return Err(e),
-            };
-            let mut nodes = Vec::new();
-            let mut p = root.head;
-            while !p.is_null() && nodes.len() <= KEEP as usize {
-                let n = *r.get(p)?;
-                let intact = n.check == n.value ^ CHECK
-                    && r.slice(n.payload)?
-                        .iter()
-                        .all(|&b| b == payload_byte(n.value));
-                nodes.push((p, n, intact));
-                p = n.next;
-            }
-            assert_eq!(
-                root.len as usize,
-                nodes.len(),
-                "root.len disagrees with the list"
-            );
-            Ok((root.counter, nodes))
-        })
-        .map_err(|e| format!("reading the recovered heap: {e}"))?;
-    let expect: Vec<u64> = (counter.saturating_sub(KEEP) + 1..=counter).rev().collect();
-    let got: Vec<u64> = nodes.iter().map(|(_, n, _)| n.value).collect();
-    if got != expect {
-        return Err(format!("list holds {got:?}, expected {expect:?}"));
-    }
-    if let Some((_, n, _)) = nodes.iter().find(|(_, _, ok)| !ok) {
-        return Err(format!(
-            "node {} is torn (check word or payload bytes wrong)",
-            n.value
-        ));
-    }
-    // Everything the allocator counts as used is reachable, and nothing reachable is free.
-    let reachable: u64 = heap
-        .transaction(|tx| {
-            let mut sum = 0;
-            for (p, n, _) in &nodes {
-                sum += tx.usable_size(*p).ok_or(Error::NullPointer)?;
-                sum += tx
-                    .usable_size(n.payload.as_ptr())
-                    .ok_or(Error::NullPointer)?;
-            }
-            Ok(sum)
-        })
-        .map_err(|e| format!("a reachable block is not allocated: {e}"))?;
-    let used = heap.stats().map_err(|e| e.to_string())?.used_bytes;
-    if used != reachable {
-        return Err(format!(
-            "allocator counts {used} bytes used, {reachable} reachable (leak or lost block)"
-        ));
-    }
-    Ok(counter)
 }
 
 #[derive(Default, Debug)]
@@ -237,7 +92,7 @@ fn kill9_campaign() {
     eprintln!("kill9: seed {seed} (rerun with TXHEAP_KILL9_SEED={seed}), {iters} kills");
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::seeded(seed);
     let mut landed = [Landed::default(), Landed::default()];
     let mut open_time = [Duration::from_millis(5), Duration::from_millis(5)];
     let mut fp_hits: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
@@ -248,12 +103,12 @@ fn kill9_campaign() {
         let mut cmd = Command::new(&exe);
         cmd.args(["--exact", "child_worker", "--nocapture", "--test-threads=1"])
             .env("TXHEAP_KILL9_CHILD", &path)
-            .env("TXHEAP_KILL9_CHILD_SEED", rng.next().to_string())
+            .env("TXHEAP_KILL9_CHILD_SEED", rng.next_u64().to_string())
             .env("TXHEAP_KILL9_CHILD_DURABILITY", name)
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        // With test-hooks, a third of the runs die at a named failpoint instead of a timer.
-        let failpoint = (cfg!(feature = "test-hooks") && rng.below(3) == 0).then(|| {
+        // A third of the runs die at a named failpoint instead of a timer.
+        let failpoint = (rng.below(3) == 0).then(|| {
             let fp = FAILPOINTS[rng.below(FAILPOINTS.len() as u64) as usize];
             let count = 1 + if fp.starts_with("commit.after_log") || fp == "commit.mid_apply" {
                 rng.below(40)
@@ -333,11 +188,11 @@ fn kill9_campaign() {
         // recovery replays real frames (and may itself be killed, and recovered again later).
         let copy = dir.path().join(format!("{name}-check.heap"));
         std::fs::copy(&path, &copy).unwrap();
-        let heap = Heap::open(&copy, opts(Durability::Full)).unwrap_or_else(|e| {
+        let heap = Heap::open(&copy, options(Durability::Full)).unwrap_or_else(|e| {
             panic!("seed {seed} iteration {i} ({name}): reopen after kill failed: {e}")
         });
         let counter =
-            verify(&heap).unwrap_or_else(|e| panic!("seed {seed} iteration {i} ({name}): {e}"));
+            verify(&heap, WORKLOAD_SEED).unwrap_or_else(|e| panic!("seed {seed} iteration {i} ({name}): {e}"));
         // Acknowledged transactions from earlier runs count too: the counter never goes back.
         let floor = last_ack.unwrap_or(0).max(landed[k].acks);
         assert!(
