@@ -191,8 +191,8 @@ fn kill9_campaign() {
         let heap = Heap::open(&copy, options(Durability::Full)).unwrap_or_else(|e| {
             panic!("seed {seed} iteration {i} ({name}): reopen after kill failed: {e}")
         });
-        let counter =
-            verify(&heap, WORKLOAD_SEED).unwrap_or_else(|e| panic!("seed {seed} iteration {i} ({name}): {e}"));
+        let counter = verify(&heap, WORKLOAD_SEED)
+            .unwrap_or_else(|e| panic!("seed {seed} iteration {i} ({name}): {e}"));
         // Acknowledged transactions from earlier runs count too: the counter never goes back.
         let floor = last_ack.unwrap_or(0).max(landed[k].acks);
         assert!(
