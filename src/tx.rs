@@ -68,21 +68,22 @@ fn inside(areas: &[(u64, u64)], off: u64, len: u64) -> bool {
     areas.iter().any(|&(a, b)| a <= off && off + len <= b)
 }
 
-/// Split a staged range into pieces `(offset, bytes, in_place)`. Bytes inside a fresh extent go
-/// in place, except the first 64 bytes of every chunk: free extents are coalesced only in
-/// memory, so on disk an interior chunk of a fresh extent may still start with a `FREE` header
+/// Call `f(offset, bytes, in_place)` for the pieces of a staged range. Bytes inside a fresh
+/// extent go in place, except the first 64 bytes of every chunk: free extents are coalesced only
+/// in memory, so on disk an interior chunk of a fresh extent may still start with a `FREE` header
 /// that recovery walks if this transaction does not commit. Those bytes go through the log.
-fn pieces<'b>(
+/// Allocates nothing (it runs for every range of every commit).
+fn for_each_piece(
     fresh: &[(u64, u64)],
     chunk_area: u64,
     off: u64,
-    bytes: &'b [u8],
-) -> Vec<(u64, &'b [u8], bool)> {
+    bytes: &[u8],
+    mut f: impl FnMut(u64, &[u8], bool) -> Result<()>,
+) -> Result<()> {
     let len = bytes.len() as u64;
     if !inside(fresh, off, len) {
-        return vec![(off, bytes, false)];
+        return f(off, bytes, false);
     }
-    let mut out = Vec::new();
     let end = off + len;
     let mut p = off;
     while p < end {
@@ -92,10 +93,10 @@ fn pieces<'b>(
         } else {
             ((p - rel % CHUNK + CHUNK).min(end), true)
         };
-        out.push((p, &bytes[(p - off) as usize..(q - off) as usize], in_place));
+        f(p, &bytes[(p - off) as usize..(q - off) as usize], in_place)?;
         p = q;
     }
-    out
+    Ok(())
 }
 
 fn fill_from(inner: &Inner) -> impl FnMut(u64, &mut [u8]) + '_ {
@@ -537,10 +538,10 @@ impl<'h> Tx<'h> {
         w.frame.clear();
         let mut direct = false;
         for (off, bytes) in self.stage.ranges() {
-            for (at, piece, in_place) in pieces(&fresh, chunk_area, off, bytes) {
+            for_each_piece(&fresh, chunk_area, off, bytes, |at, piece, in_place| {
                 if in_place {
                     direct = true;
-                    continue;
+                    return Ok(());
                 }
                 // A range longer than u32::MAX cannot be staged (the log is smaller), but say so.
                 w.frame
@@ -548,18 +549,19 @@ impl<'h> Tx<'h> {
                     .map_err(|_| Error::TransactionTooLarge {
                         bytes: piece.len() as u64,
                         log_capacity: inner.geo.log_len,
-                    })?;
-            }
+                    })
+            })?;
         }
         if direct {
             // In-place bytes must be durable *before* the frame can be: otherwise a power cut
             // could keep a complete frame (the commit replays) and lose part of the bytes.
             for (off, bytes) in self.stage.ranges() {
-                for (at, piece, in_place) in pieces(&fresh, chunk_area, off, bytes) {
+                for_each_piece(&fresh, chunk_area, off, bytes, |at, piece, in_place| {
                     if in_place {
                         w.write_in_place(inner, at, piece)?;
                     }
-                }
+                    Ok(())
+                })?;
             }
             failpoint!("commit.after_in_place");
             if w.log_tail() > 0 {
@@ -578,13 +580,14 @@ impl<'h> Tx<'h> {
         if txheap_recovery::sabotage::active(txheap_recovery::sabotage::APPLY_BEFORE_LOG) {
             // Broken on purpose (crash tests only): heap pages change before the frame exists.
             for (off, bytes) in self.stage.ranges() {
-                for (at, piece, in_place) in pieces(&fresh, chunk_area, off, bytes) {
+                for_each_piece(&fresh, chunk_area, off, bytes, |at, piece, in_place| {
                     if !in_place {
                         w.storage
                             .write_at(at, piece)
                             .map_err(|e| inner.fail("sabotage apply", at, e))?;
                     }
-                }
+                    Ok(())
+                })?;
             }
         }
         // The commit point: the frame, made durable by msync of its pages.
@@ -593,13 +596,15 @@ impl<'h> Tx<'h> {
         // committed; apply it where readers will see it.
         {
             let mut view = inner.view.write().unwrap_or_else(|e| e.into_inner());
+            let w = &mut *self.w;
             for (off, bytes) in self.stage.ranges() {
-                for (at, piece, in_place) in pieces(&fresh, chunk_area, off, bytes) {
+                for_each_piece(&fresh, chunk_area, off, bytes, |at, piece, in_place| {
                     if !in_place {
-                        self.w.apply_range(inner, at, piece)?;
+                        w.apply_range(inner, at, piece)?;
                         failpoint!("commit.mid_apply");
                     }
-                }
+                    Ok(())
+                })?;
             }
             view.header = self.header;
         }
