@@ -13,6 +13,7 @@ fn main() {
     let mut samples = 20usize;
     let mut txns = 30u64;
     let mut durabilities = vec![Durability::Full, Durability::None];
+    let mut exhaustive3 = false;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -23,6 +24,10 @@ fn main() {
                 seeds = a.parse().unwrap()..b.parse().unwrap();
             }
             "--samples" => samples = v.parse().unwrap(),
+            "--exhaustive3" => {
+                exhaustive3 = true;
+                i -= 1;
+            }
             "--txns" => txns = v.parse().unwrap(),
             "--durability" => {
                 durabilities = match v.as_str() {
@@ -42,6 +47,38 @@ fn main() {
     })
     .unwrap();
     let start = Instant::now();
+    if exhaustive3 {
+        // Every workload of 1, 2 and 3 operations over every kind, both durabilities.
+        use crash_tests::ops::{check_ops, OPS};
+        let mut workloads: Vec<Vec<crash_tests::ops::Op>> = Vec::new();
+        for &a in &OPS {
+            workloads.push(vec![a]);
+            for &b in &OPS {
+                workloads.push(vec![a, b]);
+                for &c in &OPS {
+                    workloads.push(vec![a, b, c]);
+                }
+            }
+        }
+        let mut images = 0;
+        for d in &durabilities {
+            for (i, w) in workloads.iter().enumerate() {
+                let (n, bad) = check_ops(dir.path(), w, *d, 8, 3, i as u64);
+                images += n;
+                if let Some(v) = bad.first() {
+                    println!("VIOLATION {v}");
+                    std::process::exit(1);
+                }
+            }
+            println!(
+                "{d:?}: {} workloads, {images} images so far, 0 violations, {:.0} s",
+                workloads.len(),
+                start.elapsed().as_secs_f64()
+            );
+        }
+        println!("done: exhaustive 1-3 operation workloads, {images} crash images, 0 violations");
+        return;
+    }
     let (mut images, mut instants, mut landed) = (0u64, 0u64, 0u64);
     for d in &durabilities {
         for seed in seeds.clone() {
