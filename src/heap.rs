@@ -475,6 +475,7 @@ impl Heap {
     pub fn create(path: impl AsRef<Path>, options: Options) -> Result<Heap> {
         let path = path.as_ref();
         options.validate()?;
+        phase!(CREATE);
         if path.symlink_metadata().is_ok() {
             return Err(Error::AlreadyExists {
                 path: path.to_path_buf(),
@@ -598,6 +599,7 @@ impl Heap {
     }
 
     fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Result<Heap> {
+        phase!(OPEN);
         let durability = options.durability;
         let file = Arc::new(file);
         let new_storage = |window: u64| -> Result<FileStorage> {
@@ -637,6 +639,7 @@ impl Heap {
             (sb, slot, scan.end_offset, scan.next_txid, map)
         } else {
             let rec = recovery::recover(&mut storage)?;
+            phase!(OPEN_REBUILD);
             let sb = rec.superblock;
             let (tail, txid) = if rec.checkpointed {
                 (0, sb.next_txid)
@@ -701,6 +704,7 @@ impl Heap {
             commits: 0,
             checkpoints: 0,
         };
+        phase!(IDLE);
         Ok(Heap {
             inner: Inner {
                 path: path.to_path_buf(),
@@ -787,9 +791,11 @@ impl Heap {
         impl Drop for Owner<'_> {
             fn drop(&mut self) {
                 self.0.store(0, Ordering::Release);
+                phase!(IDLE);
             }
         }
         let _owner = Owner(&inner.writer_thread);
+        phase!(TX_BODY);
         let mut tx = Tx::new(inner, &mut w);
         let value = f(&mut tx)?; // on Err or panic, dropping `tx` rolls back
         tx.commit()?;
@@ -1023,12 +1029,14 @@ impl Writer {
         let at = inner.geo.log_offset + self.log_tail;
         let frame = self.frame.finish(self.sb.generation, self.next_txid);
         self.in_commit = true;
+        phase!(LOG_WRITE);
         self.storage
             .write_at(at, frame)
             .map_err(|e| inner.fail("pwrite log frame", at, e))?;
         failpoint!("commit.after_log_write");
         match inner.durability {
             Durability::Full => {
+                phase!(LOG_BARRIER);
                 self.storage
                     .barrier(at, len)
                     .map_err(|e| inner.fail("msync log frame", at, e))?;
@@ -1115,6 +1123,7 @@ impl Writer {
 
     /// Barrier the log written since the last barrier, then move private pages to the file.
     fn flush(&mut self, inner: &Inner) -> Result<()> {
+        phase!(FLUSH);
         if let Some((a, b)) = self.unsynced.take() {
             self.storage
                 .barrier(a, b - a)
@@ -1148,6 +1157,7 @@ impl Writer {
     /// Flush, then barrier the heap and switch the superblock: the log is empty afterwards.
     pub(crate) fn checkpoint(&mut self, inner: &Inner) -> Result<()> {
         self.flush(inner)?;
+        phase!(CHECKPOINT);
         let (sb, slot) =
             recovery::checkpoint(&mut self.storage, &self.sb, self.slot, self.next_txid).map_err(
                 |e| {

@@ -62,6 +62,15 @@ macro_rules! failpoint {
     };
 }
 
+/// Record the protocol phase the process enters (feature `test-hooks`: see
+/// `txheap_recovery::phase`); compiles to nothing otherwise.
+macro_rules! phase {
+    ($p:ident) => {
+        #[cfg(feature = "test-hooks")]
+        txheap_recovery::phase::enter(txheap_recovery::phase::$p);
+    };
+}
+
 mod alloc;
 mod error;
 mod heap;

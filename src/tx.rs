@@ -142,14 +142,18 @@ impl TxMem for Mem<'_> {
 
     fn ensure_chunks(&mut self, chunk_count: u64) -> Result<()> {
         let need = self.inner.geo.chunk_area + chunk_count * CHUNK;
+        phase!(GROW);
         self.storage
             .grow(need)
             .map_err(|e| Error::io("grow file (posix_fallocate)", need, e))?;
         failpoint!("grow.after_fallocate");
-        self.inner
+        let mapped = self
+            .inner
             .map
             .extend(need)
-            .map_err(|e| Error::io("map grown file", need, e))
+            .map_err(|e| Error::io("map grown file", need, e));
+        phase!(TX_BODY);
+        mapped
     }
 
     fn max_size(&self) -> u64 {
@@ -518,6 +522,7 @@ impl<'h> Tx<'h> {
     /// Commit: frame, log, barrier, apply. Consumes the transaction; on error it rolls back.
     pub(crate) fn commit(mut self) -> Result<()> {
         let inner = self.inner;
+        phase!(COMMIT_ENCODE);
         self.mem_op(|a, m| a.prepare_commit(m))?;
         if self.header != self.w.header {
             let at = inner.geo.heap_offset;
@@ -553,6 +558,7 @@ impl<'h> Tx<'h> {
             })?;
         }
         if direct {
+            phase!(IN_PLACE);
             // In-place bytes must be durable *before* the frame can be: otherwise a power cut
             // could keep a complete frame (the commit replays) and lose part of the bytes.
             for (off, bytes) in self.stage.ranges() {
@@ -596,6 +602,7 @@ impl<'h> Tx<'h> {
         // committed; apply it where readers will see it.
         {
             let mut view = inner.view.write().unwrap_or_else(|e| e.into_inner());
+            phase!(APPLY);
             let w = &mut *self.w;
             for (off, bytes) in self.stage.ranges() {
                 for_each_piece(&fresh, chunk_area, off, bytes, |at, piece, in_place| {

@@ -26,6 +26,7 @@
 //! transaction acknowledged before `t`; under `Durability::None`, `c <= acked + 1` (a power cut
 //! may lose acknowledged transactions, never tear one).
 
+pub mod kill9;
 pub mod ops;
 
 use std::collections::BTreeMap;
@@ -273,11 +274,17 @@ pub struct Disk {
     durable: Vec<u8>,
     /// For each sector written since its last barrier: its states after each such write.
     pending: BTreeMap<u64, Vec<Vec<u8>>>,
+    /// Sectors whose durable bytes changed, in order (an [`ImageFile`] consumes this).
+    durable_changes: Vec<u64>,
     /// Last acknowledged transaction so far.
     pub acked: u64,
     /// Barriers seen so far.
     pub barriers: u64,
 }
+
+/// A crash image: for each undecided sector (in sector order), 0 for its durable state or `i`
+/// for its state after the `i`-th write since its last barrier.
+pub type Choice = Vec<u16>;
 
 impl Disk {
     /// The disk holding `base`, all durable.
@@ -286,9 +293,20 @@ impl Disk {
             current: base.to_vec(),
             durable: base.to_vec(),
             pending: BTreeMap::new(),
+            durable_changes: Vec::new(),
             acked: 0,
             barriers: 0,
         }
+    }
+
+    /// The file's length at this instant.
+    pub fn len(&self) -> u64 {
+        self.durable.len() as u64
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.durable.is_empty()
     }
 
     fn ensure_len(&mut self, len: u64) {
@@ -304,6 +322,14 @@ impl Disk {
     fn sector(&self, s: u64) -> &[u8] {
         let a = (s * SECTOR) as usize;
         &self.current[a..(a + SECTOR as usize).min(self.current.len())]
+    }
+
+    fn make_durable(&mut self, s: u64) {
+        let a = (s * SECTOR) as usize;
+        let b = (a + SECTOR as usize).min(self.current.len());
+        let (cur, dur) = (&self.current[a..b], &mut self.durable[a..b]);
+        dur.copy_from_slice(cur);
+        self.durable_changes.push(s);
     }
 
     /// Apply one recorded event.
@@ -322,17 +348,17 @@ impl Disk {
                 self.barriers += 1;
                 for s in offset / SECTOR..(offset + len).div_ceil(SECTOR) {
                     if self.pending.remove(&s).is_some() {
-                        let a = (s * SECTOR) as usize;
-                        let b = (a + SECTOR as usize).min(self.current.len());
-                        let (cur, dur) = (&self.current[a..b], &mut self.durable[a..b]);
-                        dur.copy_from_slice(cur);
+                        self.make_durable(s);
                     }
                 }
             }
             TraceEvent::BarrierAll => {
                 self.barriers += 1;
-                self.durable.clone_from(&self.current);
+                let all: Vec<u64> = self.pending.keys().copied().collect();
                 self.pending.clear();
+                for s in all {
+                    self.make_durable(s);
+                }
             }
             TraceEvent::Grow { len } => self.ensure_len(*len),
             TraceEvent::Mark(n) => self.acked = *n,
@@ -349,19 +375,202 @@ impl Disk {
         self.pending.len()
     }
 
-    /// A crash image: `choose(sector, versions)` picks 0 (the durable state) or `i` (the state
-    /// after the `i`-th write since the last barrier) for each undecided sector.
-    pub fn image(&self, mut choose: impl FnMut(u64, usize) -> usize) -> Vec<u8> {
+    /// How many distinct crash images this instant allows (saturating at `u64::MAX`).
+    pub fn image_space(&self) -> u64 {
+        self.pending
+            .values()
+            .map(|v| v.len() as u64 + 1)
+            .try_fold(1u64, |a, b| a.checked_mul(b))
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The crash images to check at this instant: every one when there are at most `max`,
+    /// else both extremes (nothing since the barriers; everything, as SIGKILL leaves it) and
+    /// distinct random ones up to `max` in all.
+    pub fn choices(&self, max: usize, rng: &mut Rng) -> Vec<Choice> {
+        let radix: Vec<u64> = self.pending.values().map(|v| v.len() as u64 + 1).collect();
+        let space = self.image_space();
+        if space <= max as u64 {
+            return (0..space)
+                .map(|mut k| {
+                    radix
+                        .iter()
+                        .map(|r| {
+                            let c = (k % r) as u16;
+                            k /= r;
+                            c
+                        })
+                        .collect()
+                })
+                .collect();
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut out: Vec<Choice> = vec![
+            vec![0; radix.len()],
+            radix.iter().map(|r| (r - 1) as u16).collect(),
+        ];
+        seen.extend(out.iter().cloned());
+        let mut tries = 0;
+        while out.len() < max && tries < max * 4 {
+            tries += 1;
+            let c: Choice = radix.iter().map(|r| rng.below(*r) as u16).collect();
+            if seen.insert(c.clone()) {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// The whole image for `choice` (see [`Disk::choices`]).
+    pub fn image_of(&self, choice: &[u16]) -> Vec<u8> {
         let mut img = self.durable.clone();
-        for (&s, versions) in &self.pending {
-            let k = choose(s, versions.len());
+        for ((&s, versions), &k) in self.pending.iter().zip(choice) {
             if k > 0 {
                 let a = (s * SECTOR) as usize;
-                let v = &versions[k - 1];
+                let v = &versions[k as usize - 1];
                 img[a..a + v.len()].copy_from_slice(v);
             }
         }
         img
+    }
+
+    /// A crash image: `choose(sector, versions)` picks 0 (the durable state) or `i` (the state
+    /// after the `i`-th write since the last barrier) for each undecided sector.
+    pub fn image(&self, mut choose: impl FnMut(u64, usize) -> usize) -> Vec<u8> {
+        let choice: Choice = self
+            .pending
+            .iter()
+            .map(|(&s, v)| choose(s, v.len()) as u16)
+            .collect();
+        self.image_of(&choice)
+    }
+}
+
+const PAGE: u64 = 4096;
+
+/// A file on tmpfs that holds one crash image after another, rewriting only the pages that
+/// differ from what it holds: the pages of undecided sectors, of sectors made durable since the
+/// last image, and of every write that recovery made to the previous image (taken from its
+/// recorded trace). Every `verify_every`-th image is read back whole and compared with the
+/// image built from scratch, so a page the mirror got wrong cannot go unnoticed.
+#[derive(Debug)]
+pub struct ImageFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    /// What the file holds, as far as this struct knows (pages in `stale` excepted).
+    mirror: Vec<u8>,
+    file_len: u64,
+    stale: std::collections::BTreeSet<u64>,
+    last_overrides: Vec<u64>,
+    seen_changes: usize,
+    written: u64,
+    /// Read back and compare every this many images (0: never).
+    pub verify_every: u64,
+    /// Pages written so far.
+    pub pages_written: u64,
+}
+
+impl ImageFile {
+    /// A file at `path` holding `disk`'s durable image.
+    pub fn new(path: &Path, disk: &Disk) -> std::io::Result<ImageFile> {
+        std::fs::write(path, &disk.durable)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        Ok(ImageFile {
+            path: path.to_path_buf(),
+            file,
+            mirror: disk.durable.clone(),
+            file_len: disk.len(),
+            stale: Default::default(),
+            last_overrides: Vec::new(),
+            seen_changes: disk.durable_changes.len(),
+            written: 0,
+            verify_every: 64,
+            pages_written: 0,
+        })
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Make the file hold `disk`'s image for `choice`.
+    pub fn write(&mut self, disk: &Disk, choice: &[u16]) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        let io = |e: std::io::Error| format!("image file: {e}");
+        let len = disk.len();
+        if self.file_len != len {
+            self.file.set_len(len).map_err(io)?;
+            self.file_len = len;
+        }
+        if self.mirror.len() as u64 != len {
+            self.mirror.resize(len as usize, 0);
+        }
+        // Pages recovery wrote: the mirror holds their old bytes, so write them whatever it says.
+        let stale = std::mem::take(&mut self.stale);
+        let mut pages = stale.clone();
+        pages.extend(self.last_overrides.drain(..));
+        for &s in &disk.durable_changes[self.seen_changes..] {
+            pages.insert(s * SECTOR / PAGE);
+        }
+        self.seen_changes = disk.durable_changes.len();
+        let mut overrides: BTreeMap<u64, (u64, &[u8])> = BTreeMap::new();
+        for ((&s, versions), &k) in disk.pending.iter().zip(choice) {
+            if k > 0 {
+                overrides.insert(s, (s, &versions[k as usize - 1]));
+                let p = s * SECTOR / PAGE;
+                pages.insert(p);
+                self.last_overrides.push(p);
+            }
+        }
+        let mut want = [0u8; PAGE as usize];
+        for p in pages {
+            let a = p * PAGE;
+            if a >= len {
+                continue;
+            }
+            let b = (a + PAGE).min(len);
+            let want = &mut want[..(b - a) as usize];
+            want.copy_from_slice(&disk.durable[a as usize..b as usize]);
+            for (_, (s, v)) in overrides.range(a / SECTOR..b.div_ceil(SECTOR)) {
+                let o = (s * SECTOR - a) as usize;
+                want[o..o + v.len()].copy_from_slice(v);
+            }
+            let have = &mut self.mirror[a as usize..b as usize];
+            if have != want || stale.contains(&p) {
+                self.file.write_all_at(want, a).map_err(io)?;
+                have.copy_from_slice(want);
+                self.pages_written += 1;
+            }
+        }
+        self.written += 1;
+        if self.verify_every > 0 && self.written % self.verify_every == 0 {
+            let on_file = std::fs::read(&self.path).map_err(io)?;
+            if on_file != disk.image_of(choice) {
+                return Err("simulator bug: the image file does not hold the image".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Note what happened to the file since [`ImageFile::write`]: `events` recorded while
+    /// recovering and checking it. Their pages are rewritten before the next image.
+    pub fn touched(&mut self, events: &[TraceEvent]) -> Result<(), String> {
+        for e in events {
+            if let TraceEvent::Write { offset, bytes } = e {
+                let end = offset + bytes.len() as u64;
+                self.stale.extend(offset / PAGE..end.div_ceil(PAGE));
+            }
+        }
+        self.file_len = self
+            .file
+            .metadata()
+            .map_err(|e| format!("image file: {e}"))?
+            .len();
+        Ok(())
     }
 }
 
@@ -385,8 +594,20 @@ pub fn check_image(
     deep: bool,
 ) -> Result<u64, String> {
     std::fs::write(path, image).map_err(|e| e.to_string())?;
-    let heap =
-        Heap::open(path, options(rec.durability)).map_err(|e| format!("recovery failed: {e}"))?;
+    check_file(path, rec, acked, deep, &Trace::default())
+}
+
+/// Recover the crash image that `path` holds and check it against the workload, recording
+/// every write recovery (and the check) makes into `trace`. Returns the counter.
+pub fn check_file(
+    path: &Path,
+    rec: &Recording,
+    acked: u64,
+    deep: bool,
+    trace: &Trace,
+) -> Result<u64, String> {
+    let opts = || options(rec.durability).record(trace.clone());
+    let heap = Heap::open(path, opts()).map_err(|e| format!("recovery failed: {e}"))?;
     let c = verify(&heap, rec.seed)?;
     if c > acked + 1 {
         return Err(format!(
@@ -403,8 +624,7 @@ pub fn check_image(
         step(&heap, rec.seed, false).map_err(|e| format!("commit after recovery failed: {e}"))?;
         heap.close()
             .map_err(|e| format!("close after recovery failed: {e}"))?;
-        let heap = Heap::open(path, options(rec.durability))
-            .map_err(|e| format!("second reopen failed: {e}"))?;
+        let heap = Heap::open(path, opts()).map_err(|e| format!("second reopen failed: {e}"))?;
         let c2 = verify(&heap, rec.seed)?;
         if c2 != c + 1 {
             return Err(format!(
@@ -415,10 +635,20 @@ pub fn check_image(
     Ok(c)
 }
 
+/// Check the image in `file` (just written from `disk`), then tell `file` what recovery wrote.
+fn check_in(file: &mut ImageFile, rec: &Recording, acked: u64, deep: bool) -> Result<u64, String> {
+    let trace = Trace::default();
+    let r = check_file(file.path(), rec, acked, deep, &trace);
+    let events = std::mem::take(&mut *trace.lock().unwrap_or_else(|e| e.into_inner()));
+    file.touched(&events)?;
+    r
+}
+
 /// Power cuts *during recovery*: recover `image` while recording recovery's own writes and
-/// barriers (and the close that follows), then cut power at every recorded instant (two extreme
-/// images and `samples` random ones each) and recover again: the result must be exactly the state
-/// the uninterrupted recovery gave. Returns (that counter, images checked).
+/// barriers (and the close that follows), then cut power at every recorded instant (every
+/// image when there are at most `samples + 2`, else both extremes and `samples` random ones)
+/// and recover again: the result must be exactly the state the uninterrupted recovery gave.
+/// Returns (that counter, images checked).
 pub fn check_recovery_crashes(
     dir: &Path,
     image: &[u8],
@@ -436,27 +666,15 @@ pub fn check_recovery_crashes(
         .map_err(|e| format!("close after recovery failed: {e}"))?;
     let events = std::mem::take(&mut *trace.lock().unwrap_or_else(|e| e.into_inner()));
     let mut disk = Disk::new(image);
-    let again = dir.join("recovered-again.heap");
+    let mut file =
+        ImageFile::new(&dir.join("recovered-again.heap"), &disk).map_err(|e| e.to_string())?;
     let mut images = 0;
     for (t, e) in events.iter().enumerate() {
         disk.apply(e);
-        let n = if disk.undecided_sectors() == 0 {
-            1
-        } else {
-            samples + 2
-        };
-        for i in 0..n {
-            let img = match i {
-                0 => disk.image(|_, _| 0),
-                1 => disk.image(|_, v| v),
-                _ => disk.image(|_, v| rng.below(v as u64 + 1) as usize),
-            };
+        for (i, choice) in disk.choices(samples + 2, rng).iter().enumerate() {
             images += 1;
-            std::fs::write(&again, &img).map_err(|e| e.to_string())?;
-            let heap = Heap::open(&again, options(rec.durability)).map_err(|e| {
-                format!("power cut at recovery event {t} (image {i}): recovery failed: {e}")
-            })?;
-            let c = verify(&heap, rec.seed)
+            file.write(&disk, choice)?;
+            let c = check_in(&mut file, rec, c0, false)
                 .map_err(|e| format!("power cut at recovery event {t} (image {i}): {e}"))?;
             if c != c0 {
                 return Err(format!("power cut at recovery event {t} (image {i}): recovered {c}, the uninterrupted recovery gave {c0}"));
@@ -496,26 +714,30 @@ pub fn simulate(
     let mut disk = Disk::new(&rec.base);
     let mut totals = Totals::default();
     let mut rng = Rng::seeded(sample_seed);
-    let path = dir.join("image.heap");
+    let mut file = match ImageFile::new(&dir.join("image.heap"), &disk) {
+        Ok(f) => f,
+        Err(e) => {
+            totals.violations.push(Violation {
+                what: format!("cannot create the image file: {e}"),
+                at_event: 0,
+                image: 0,
+            });
+            return totals;
+        }
+    };
     for (t, e) in rec.events.iter().enumerate() {
         disk.apply(e);
         if matches!(e, TraceEvent::Mark(_)) {
             continue; // same disk state as the previous instant
         }
         totals.instants += 1;
-        let n = if disk.undecided_sectors() == 0 {
-            1
-        } else {
-            samples + 2
-        };
-        for i in 0..n {
-            let img = match i {
-                0 => disk.image(|_, _| 0),
-                1 => disk.image(|_, v| v),
-                _ => disk.image(|_, v| rng.below(v as u64 + 1) as usize),
-            };
+        let choices = disk.choices(samples + 2, &mut rng);
+        for (i, choice) in choices.iter().enumerate() {
             totals.images += 1;
-            match check_image(&path, &img, rec, disk.acked, i < 2) {
+            let checked = file
+                .write(&disk, choice)
+                .and_then(|()| check_in(&mut file, rec, disk.acked, i < 2));
+            match checked {
                 Ok(c) => {
                     if c == disk.acked + 1 {
                         totals.in_flight_landed += 1;
@@ -531,6 +753,7 @@ pub fn simulate(
                 }),
             }
             if i == 1 && recovery_every > 0 && totals.instants % recovery_every == 0 {
+                let img = disk.image_of(choice);
                 match check_recovery_crashes(dir, &img, rec, 2, &mut rng) {
                     Ok((_, n)) => totals.recovery_images += n,
                     Err(what) => totals.violations.push(Violation {

@@ -1,34 +1,92 @@
-//! The long power-loss campaign:
+//! The long crash campaigns.
+//!
+//! Power-loss simulator:
 //! `cargo run --release -p crash-tests -- [--seeds A..B] [--samples N] [--txns T] [--durability full|none|both]`
-//! Prints one line per seed and the totals; exits non-zero on the first violation, printing the
-//! seed, the event and the image index that reproduce it.
+//! or `-- --exhaustive3`. Prints one line per seed and the totals; exits non-zero on the first
+//! violation, printing the seed, the event and the image index that reproduce it.
+//!
+//! kill -9 campaign: `cargo run --release -p crash-tests -- kill9 [--kills N] [--seed S]`
+//! (the binary re-executes itself as the child). Prints a progress bar, then the histogram of
+//! where the kills landed; exits non-zero on the first violation, with the seed.
 
 use std::time::Instant;
 
-use crash_tests::{record, simulate};
+use crash_tests::{kill9, record, simulate};
 use txheap::Durability;
 
+fn usage(msg: &str) -> ! {
+    eprintln!("{msg}\nusage: crash-tests [--seeds A..B] [--samples N] [--txns T] [--durability full|none|both] [--exhaustive3]\n       crash-tests kill9 [--kills N] [--seed S]");
+    std::process::exit(2)
+}
+
+fn num<T: std::str::FromStr>(flag: &str, v: &str) -> T {
+    v.parse()
+        .unwrap_or_else(|_| usage(&format!("{flag} needs a number, not {v:?}")))
+}
+
+fn kill9_main(args: &[String]) {
+    let mut kills = 100_000u64;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let mut i = 0;
+    while i < args.len() {
+        let v = args.get(i + 1).map(String::as_str).unwrap_or("");
+        match args[i].as_str() {
+            "--kills" => kills = num("--kills", v),
+            "--seed" => seed = num("--seed", v),
+            other => usage(&format!("unknown argument {other}")),
+        }
+        i += 2;
+    }
+    eprintln!("kill9: seed {seed}, {kills} kills (rerun: crash-tests kill9 --kills {kills} --seed {seed})");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let exe = std::env::current_exe().expect("current_exe");
+    let cfg = kill9::Config {
+        kills,
+        seed,
+        progress_lines: 100,
+    };
+    match kill9::run(dir.path(), &cfg, &|| std::process::Command::new(&exe)) {
+        Ok(rep) => {
+            print!("{}", rep.table());
+            println!("done: {} kills, 0 violations", rep.kills);
+        }
+        Err(e) => {
+            println!("VIOLATION {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() {
+    kill9::child_main(); // never returns when started as the kill9 campaign's child
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("kill9") {
+        kill9_main(&args[1..]);
+        return;
+    }
     let mut seeds = 1..101u64;
     let mut samples = 20usize;
     let mut txns = 30u64;
     let mut durabilities = vec![Durability::Full, Durability::None];
     let mut exhaustive3 = false;
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
         match args[i].as_str() {
             "--seeds" => {
-                let (a, b) = v.split_once("..").expect("--seeds A..B");
-                seeds = a.parse().unwrap()..b.parse().unwrap();
+                let (a, b) = v
+                    .split_once("..")
+                    .unwrap_or_else(|| usage("--seeds takes A..B"));
+                seeds = num("--seeds", a)..num("--seeds", b);
             }
-            "--samples" => samples = v.parse().unwrap(),
+            "--samples" => samples = num("--samples", &v),
             "--exhaustive3" => {
                 exhaustive3 = true;
                 i -= 1;
             }
-            "--txns" => txns = v.parse().unwrap(),
+            "--txns" => txns = num("--txns", &v),
             "--durability" => {
                 durabilities = match v.as_str() {
                     "full" => vec![Durability::Full],
@@ -36,7 +94,7 @@ fn main() {
                     _ => vec![Durability::Full, Durability::None],
                 }
             }
-            other => panic!("unknown argument {other}"),
+            other => usage(&format!("unknown argument {other}")),
         }
         i += 2;
     }

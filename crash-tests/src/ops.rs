@@ -7,7 +7,7 @@ use std::path::Path;
 
 use txheap::{Durability, Error, Heap, PSlice, Trace, TraceEvent};
 
-use crate::{options, Disk, Rng};
+use crate::{options, Disk, ImageFile, Rng};
 
 /// The kinds of operation a workload step can be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,8 +173,8 @@ pub fn check_ops(
 ) -> (u64, Vec<String>) {
     let live = dir.join("ops-live.heap");
     let (base, events, states) = record_ops(&live, ops, durability);
-    let path = dir.join("ops-image.heap");
     let mut disk = Disk::new(&base);
+    let mut file = ImageFile::new(&dir.join("ops-image.heap"), &disk).expect("image file");
     let mut rng = Rng::seeded(seed);
     let (mut images, mut bad) = (0u64, Vec::new());
     for (t, e) in events.iter().enumerate() {
@@ -182,35 +182,23 @@ pub fn check_ops(
         if matches!(e, TraceEvent::Mark(_)) {
             continue;
         }
-        let pending = disk.pending_sectors();
-        let combos: u64 = pending
-            .iter()
-            .map(|&(_, v)| v as u64 + 1)
-            .try_fold(1u64, |a, b| a.checked_mul(b))
-            .unwrap_or(u64::MAX);
-        let mut imgs: Vec<Vec<u8>> = Vec::new();
-        if pending.len() <= exhaustive_sectors && combos <= 256 {
-            for mut k in 0..combos {
-                imgs.push(disk.image(|s, v| {
-                    let _ = s;
-                    let c = (k % (v as u64 + 1)) as usize;
-                    k /= v as u64 + 1;
-                    c
-                }));
-            }
+        let max = if disk.undecided_sectors() <= exhaustive_sectors && disk.image_space() <= 256 {
+            256
         } else {
-            imgs.push(disk.image(|_, _| 0));
-            imgs.push(disk.image(|_, v| v));
-            for _ in 0..samples {
-                imgs.push(disk.image(|_, v| rng.below(v as u64 + 1) as usize));
-            }
-        }
-        for img in imgs {
+            samples + 2
+        };
+        for choice in disk.choices(max, &mut rng) {
             images += 1;
-            std::fs::write(&path, &img).unwrap();
-            let got = Heap::open(&path, options(durability))
-                .map_err(|e| format!("recovery failed: {e}"))
-                .and_then(|h| read_state(&h));
+            let trace = Trace::default();
+            let got = file.write(&disk, &choice).and_then(|()| {
+                Heap::open(file.path(), options(durability).record(trace.clone()))
+                    .map_err(|e| format!("recovery failed: {e}"))
+                    .and_then(|h| read_state(&h))
+            });
+            let events = std::mem::take(&mut *trace.lock().unwrap_or_else(|e| e.into_inner()));
+            if let Err(e) = file.touched(&events) {
+                bad.push(e);
+            }
             let ok = match &got {
                 // States can repeat (alloc then free): any matching committed state in bounds.
                 Ok(st) => states.iter().enumerate().any(|(k, s)| {

@@ -77,6 +77,102 @@ pub mod sabotage {
     }
 }
 
+/// Where a process is in the protocol, for the kill -9 campaign (feature `test-hooks`).
+///
+/// With `TXHEAP_PHASE_FILE=path` in the environment, every phase change writes the phase's
+/// number (4 bytes, little-endian) at offset 0 of that file with `pwrite`. A parent that
+/// SIGKILLs the process reads the file afterwards and knows where the kill landed; it can also
+/// poll the file and aim a kill at a phase. Without the variable, `enter` does nothing.
+///
+/// ```
+/// use txheap_recovery::phase;
+/// assert_eq!(phase::name(phase::APPLY), "apply (after the log barrier)");
+/// phase::enter(phase::IDLE); // no TXHEAP_PHASE_FILE: nothing happens
+/// ```
+#[cfg(feature = "test-hooks")]
+pub mod phase {
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+    use std::sync::OnceLock;
+
+    /// Between transactions (or in a read).
+    pub const IDLE: u32 = 0;
+    /// Creating a new file.
+    pub const CREATE: u32 = 1;
+    /// Opening: superblock selection and log scan, before any replay write.
+    pub const OPEN: u32 = 2;
+    /// Recovery: replaying committed frames into the heap.
+    pub const RECOVERY_REPLAY: u32 = 3;
+    /// Recovery: the checkpoint that makes the replayed state durable.
+    pub const RECOVERY_CHECKPOINT: u32 = 4;
+    /// Opening, after recovery: growing to the chunk count, mapping, allocator rebuild.
+    pub const OPEN_REBUILD: u32 = 5;
+    /// Inside a transaction's closure: staging only, the file does not change.
+    pub const TX_BODY: u32 = 6;
+    /// Growing the file (`posix_fallocate` and mapping) for a transaction.
+    pub const GROW: u32 = 7;
+    /// Commit: encoding the frame (the file does not change yet).
+    pub const COMMIT_ENCODE: u32 = 8;
+    /// Commit: writing a large object in place and making it durable, before its frame.
+    pub const IN_PLACE: u32 = 9;
+    /// Commit: writing the frame to the log, before its barrier.
+    pub const LOG_WRITE: u32 = 10;
+    /// Commit: inside the log barrier.
+    pub const LOG_BARRIER: u32 = 11;
+    /// Commit: applying the committed ranges to the heap.
+    pub const APPLY: u32 = 12;
+    /// `Durability::None`: barrier of the unsynced log, then private pages to the file.
+    pub const FLUSH: u32 = 13;
+    /// Checkpoint: heap barrier and superblock switch.
+    pub const CHECKPOINT: u32 = 14;
+    /// Number of phases.
+    pub const COUNT: usize = 15;
+
+    const NAMES: [&str; COUNT] = [
+        "idle (between transactions)",
+        "create",
+        "open (before replay)",
+        "recovery: replay",
+        "recovery: checkpoint",
+        "open: map and rebuild",
+        "transaction body",
+        "growth",
+        "commit: encode frame",
+        "commit: in-place object",
+        "commit: log write (before barrier)",
+        "commit: log barrier",
+        "apply (after the log barrier)",
+        "flush (None)",
+        "checkpoint",
+    ];
+
+    /// The phase's name ("?" for an unknown number).
+    pub fn name(phase: u32) -> &'static str {
+        NAMES.get(phase as usize).copied().unwrap_or("?")
+    }
+
+    /// Record that the process enters `phase`.
+    pub fn enter(phase: u32) {
+        static FILE: OnceLock<Option<File>> = OnceLock::new();
+        let file = FILE.get_or_init(|| {
+            let path = std::env::var_os("TXHEAP_PHASE_FILE")?;
+            std::fs::OpenOptions::new().write(true).open(path).ok()
+        });
+        if let Some(f) = file {
+            // Best effort: a test aid, never a reason to fail the operation being traced.
+            let _ = f.write_at(&phase.to_le_bytes(), 0);
+        }
+    }
+}
+
+/// Enter a phase (feature `test-hooks`; a no-op otherwise).
+macro_rules! phase {
+    ($p:ident) => {
+        #[cfg(feature = "test-hooks")]
+        phase::enter(phase::$p);
+    };
+}
+
 /// Pass a named crash point (feature `test-hooks`; a no-op otherwise).
 macro_rules! failpoint {
     ($name:expr) => {
@@ -910,6 +1006,9 @@ pub fn recover<S: Storage + ?Sized>(storage: &mut S) -> Result<Recovered, Recove
         ranges.push((off, bytes.to_vec()));
         Ok(())
     })?;
+    if !ranges.is_empty() {
+        phase!(RECOVERY_REPLAY);
+    }
     for (off, bytes) in &ranges {
         storage
             .write_at(*off, bytes)
@@ -925,6 +1024,7 @@ pub fn recover<S: Storage + ?Sized>(storage: &mut S) -> Result<Recovered, Recove
             checkpointed: false,
         });
     }
+    phase!(RECOVERY_CHECKPOINT);
     let (nsb, nslot) = checkpoint(storage, &sb, slot, scan.next_txid)?;
     Ok(Recovered {
         superblock: nsb,
