@@ -697,8 +697,42 @@ pub struct Totals {
     pub lost_acked: u64,
     /// Images cut during the recovery of another image.
     pub recovery_images: u64,
+    /// Images checked in each barrier window (the crash instants between two barriers), and
+    /// whether that was every image the window allows (each instant's image space was at most
+    /// the sample count).
+    pub window_images: Vec<(u64, bool)>,
     /// The violations found.
     pub violations: Vec<Violation>,
+}
+
+impl Totals {
+    /// Add another simulation's totals.
+    pub fn add(&mut self, o: Totals) {
+        self.images += o.images;
+        self.instants += o.instants;
+        self.in_flight_landed += o.in_flight_landed;
+        self.lost_acked += o.lost_acked;
+        self.recovery_images += o.recovery_images;
+        self.window_images.extend(o.window_images);
+        self.violations.extend(o.violations);
+    }
+
+    /// Barrier windows: (all, enumerated completely, fewest images in a sampled window, median
+    /// images per window).
+    pub fn window_summary(&self) -> (usize, usize, u64, u64) {
+        let exhausted = self.window_images.iter().filter(|w| w.1).count();
+        let sampled_min = self
+            .window_images
+            .iter()
+            .filter(|w| !w.1)
+            .map(|w| w.0)
+            .min()
+            .unwrap_or(0);
+        let mut all: Vec<u64> = self.window_images.iter().map(|w| w.0).collect();
+        all.sort_unstable();
+        let median = all.get(all.len() / 2).copied().unwrap_or(0);
+        (all.len(), exhausted, sampled_min, median)
+    }
 }
 
 /// Simulate power cuts at every event of `rec` with `samples` random images per instant (plus
@@ -711,6 +745,56 @@ pub fn simulate(
     sample_seed: u64,
     recovery_every: u64,
 ) -> Totals {
+    simulate_windows(rec, dir, samples, 0, sample_seed, recovery_every)
+}
+
+/// [`simulate`], with at least `window_target` images per barrier window where the window
+/// allows that many: an instant gets `max(samples + 2, window_target / instants in its
+/// window)` images (all of them when it has fewer).
+pub fn simulate_windows(
+    rec: &Recording,
+    dir: &Path,
+    samples: usize,
+    window_target: usize,
+    sample_seed: u64,
+    recovery_every: u64,
+) -> Totals {
+    // Per-instant image budgets: a dry pass finds each instant's image space, then each
+    // barrier window's `window_target` is water-filled over its instants (an instant with a
+    // small space is taken whole, the others share what remains equally).
+    let mut budget: Vec<usize> = Vec::new();
+    {
+        let mut dry = Disk::new(&rec.base);
+        let mut windows: Vec<Vec<u64>> = vec![Vec::new()];
+        for e in &rec.events {
+            let barriers = dry.barriers;
+            dry.apply(e);
+            if dry.barriers != barriers {
+                windows.push(Vec::new());
+            }
+            if !matches!(e, TraceEvent::Mark(_)) {
+                windows
+                    .last_mut()
+                    .expect("one window")
+                    .push(dry.image_space());
+            }
+        }
+        for spaces in windows {
+            let mut order: Vec<usize> = (0..spaces.len()).collect();
+            order.sort_by_key(|&i| spaces[i]);
+            let mut caps = vec![0u64; spaces.len()];
+            let mut left = window_target as u64;
+            for (k, &i) in order.iter().enumerate() {
+                let level = left.div_ceil((spaces.len() - k) as u64);
+                caps[i] = spaces[i].min(level);
+                left = left.saturating_sub(caps[i]);
+            }
+            budget.extend(
+                caps.iter()
+                    .map(|&c| (samples + 2).max(usize::try_from(c).unwrap_or(usize::MAX))),
+            );
+        }
+    }
     let mut disk = Disk::new(&rec.base);
     let mut totals = Totals::default();
     let mut rng = Rng::seeded(sample_seed);
@@ -725,13 +809,22 @@ pub fn simulate(
             return totals;
         }
     };
+    let (mut window, mut window_exhausted) = (0u64, true);
     for (t, e) in rec.events.iter().enumerate() {
+        let barriers = disk.barriers;
         disk.apply(e);
+        if disk.barriers != barriers && window > 0 {
+            totals.window_images.push((window, window_exhausted));
+            (window, window_exhausted) = (0, true);
+        }
         if matches!(e, TraceEvent::Mark(_)) {
             continue; // same disk state as the previous instant
         }
+        let max = budget[totals.instants as usize];
         totals.instants += 1;
-        let choices = disk.choices(samples + 2, &mut rng);
+        let choices = disk.choices(max, &mut rng);
+        window += choices.len() as u64;
+        window_exhausted &= disk.image_space() == choices.len() as u64;
         for (i, choice) in choices.iter().enumerate() {
             totals.images += 1;
             let checked = file
@@ -764,6 +857,9 @@ pub fn simulate(
                 }
             }
         }
+    }
+    if window > 0 {
+        totals.window_images.push((window, window_exhausted));
     }
     totals
 }

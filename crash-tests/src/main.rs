@@ -1,7 +1,9 @@
 //! The long crash campaigns.
 //!
 //! Power-loss simulator:
-//! `cargo run --release -p crash-tests -- [--seeds A..B] [--samples N] [--txns T] [--durability full|none|both]`
+//! `cargo run --release -p crash-tests -- [--seeds A..B] [--samples N] [--txns T] [--durability full|none|both] [--jobs J] [--window-images W]`
+//! (`--window-images W`: at least W images per barrier window where the window allows that many;
+//! smaller windows are enumerated completely)
 //! or `-- --exhaustive3`. Prints one line per seed and the totals; exits non-zero on the first
 //! violation, printing the seed, the event and the image index that reproduce it.
 //!
@@ -11,11 +13,11 @@
 
 use std::time::Instant;
 
-use crash_tests::{kill9, record, simulate};
+use crash_tests::{kill9, record, simulate_windows};
 use txheap::Durability;
 
 fn usage(msg: &str) -> ! {
-    eprintln!("{msg}\nusage: crash-tests [--seeds A..B] [--samples N] [--txns T] [--durability full|none|both] [--exhaustive3]\n       crash-tests kill9 [--kills N] [--seed S]");
+    eprintln!("{msg}\nusage: crash-tests [--seeds A..B] [--samples N] [--txns T] [--durability full|none|both] [--jobs J] [--window-images W] [--exhaustive3]\n       crash-tests kill9 [--kills N] [--seed S]");
     std::process::exit(2)
 }
 
@@ -71,6 +73,8 @@ fn main() {
     let mut txns = 30u64;
     let mut durabilities = vec![Durability::Full, Durability::None];
     let mut exhaustive3 = false;
+    let mut jobs = 2usize;
+    let mut window_images = 0usize;
     let mut i = 0;
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
@@ -87,6 +91,8 @@ fn main() {
                 i -= 1;
             }
             "--txns" => txns = num("--txns", &v),
+            "--jobs" => jobs = num("--jobs", &v),
+            "--window-images" => window_images = num("--window-images", &v),
             "--durability" => {
                 durabilities = match v.as_str() {
                     "full" => vec![Durability::Full],
@@ -137,23 +143,43 @@ fn main() {
         println!("done: exhaustive 1-3 operation workloads, {images} crash images, 0 violations");
         return;
     }
-    let (mut images, mut instants, mut landed) = (0u64, 0u64, 0u64);
-    for d in &durabilities {
-        for seed in seeds.clone() {
-            let rec = record(&dir.path().join("live.heap"), seed, *d, txns);
-            let t = simulate(&rec, dir.path(), samples, seed.wrapping_mul(7919), 10);
-            images += t.images + t.recovery_images;
-            instants += t.instants;
-            landed += t.in_flight_landed;
-            println!(
-                "{d:?} seed {seed}: {} events, {} instants, {} images, in-flight landed {}, acked lost {}, violations {}  [total {images} images, {:.0} s]",
-                rec.events.len(), t.instants, t.images, t.in_flight_landed, t.lost_acked, t.violations.len(), start.elapsed().as_secs_f64()
-            );
-            if let Some(v) = t.violations.first() {
-                println!("VIOLATION {d:?} seed {seed} txns {txns} samples {samples}: crash at event {} image {}: {}", v.at_event, v.image, v.what);
-                std::process::exit(1);
-            }
+    // Seeds are shared out to `jobs` threads, each with its own files; lines print as seeds end.
+    let all: Vec<(Durability, u64)> = durabilities
+        .iter()
+        .flat_map(|d| seeds.clone().map(move |s| (*d, s)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let totals = std::sync::Mutex::new(crash_tests::Totals::default());
+    std::thread::scope(|scope| {
+        for job in 0..jobs {
+            let (all, next, totals, dir) = (&all, &next, &totals, dir.path().join(job.to_string()));
+            scope.spawn(move || {
+                std::fs::create_dir_all(&dir).expect("job directory");
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(&(d, seed)) = all.get(k) else { break };
+                    let rec = record(&dir.join("live.heap"), seed, d, txns);
+                    let t = simulate_windows(&rec, &dir, samples, window_images, seed.wrapping_mul(7919), 10);
+                    let (windows, exhausted, wmin, wmed) = t.window_summary();
+                    let line = format!(
+                        "{d:?} seed {seed}: {} events, {} instants, {} images (+{} cut inside recovery), {windows} barrier windows ({exhausted} enumerated completely; sampled windows got at least {wmin} images; median {wmed}), in-flight landed {}, acked lost {}, violations {}",
+                        rec.events.len(), t.instants, t.images, t.recovery_images, t.in_flight_landed, t.lost_acked, t.violations.len()
+                    );
+                    if let Some(v) = t.violations.first() {
+                        println!("VIOLATION {d:?} seed {seed} txns {txns} samples {samples}: crash at event {} image {}: {}", v.at_event, v.image, v.what);
+                        std::process::exit(1);
+                    }
+                    let mut all_t = totals.lock().unwrap_or_else(|e| e.into_inner());
+                    all_t.add(t);
+                    println!("{line}  [total {} images, {:.0} s]", all_t.images + all_t.recovery_images, start.elapsed().as_secs_f64());
+                }
+            });
         }
-    }
-    println!("done: {images} crash images over {instants} crash instants, in-flight commit landed in {landed}, 0 violations, {:.0} s", start.elapsed().as_secs_f64());
+    });
+    let t = totals.into_inner().unwrap_or_else(|e| e.into_inner());
+    let (windows, exhausted, wmin, wmed) = t.window_summary();
+    println!(
+        "done: {} crash images ({} cut inside recovery) over {} crash instants and {windows} barrier windows ({exhausted} enumerated completely; sampled windows got at least {wmin} images; median {wmed}), in-flight commit landed in {}, acked lost (None only) {}, 0 violations, {:.0} s",
+        t.images + t.recovery_images, t.recovery_images, t.instants, t.in_flight_landed, t.lost_acked, start.elapsed().as_secs_f64()
+    );
 }
