@@ -156,8 +156,8 @@ pub enum Error {
     },
     /// A write was attempted through a read-only handle.
     ReadOnly,
-    /// `transaction` was called while this thread already runs a transaction, or a `read`
-    /// closure, on this heap (it would deadlock).
+    /// `transaction`, `flush`, `checkpoint`, `stats` or `close` was called while this thread
+    /// already runs a transaction, or a `read` closure, on this heap (it would deadlock).
     NestedTransaction,
 }
 
@@ -240,7 +240,7 @@ impl fmt::Display for Error {
             ),
             Error::ReadOnly => write!(f, "heap was opened read-only"),
             Error::NestedTransaction => {
-                write!(f, "a transaction or read closure is already running on this heap in this thread")
+                write!(f, "a transaction or read closure is already running on this heap in this thread (transaction, flush, checkpoint, stats and close would deadlock)")
             }
         }
     }

@@ -169,11 +169,16 @@ impl Options {
 
     fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::InvalidOptions { what });
-        if self.log_size % PAGE_SIZE != 0 || self.log_size < LOG_LEN_MIN {
+        // The largest log (and file) this format addresses: offsets stay far from overflow.
+        const SIZE_LIMIT: u64 = 1 << 56;
+        if self.log_size % PAGE_SIZE != 0 || !(LOG_LEN_MIN..=SIZE_LIMIT).contains(&self.log_size) {
             return bad(format!(
-                "log_size {} must be a multiple of {PAGE_SIZE} and at least {LOG_LEN_MIN}",
+                "log_size {} must be a multiple of {PAGE_SIZE}, at least {LOG_LEN_MIN} and at most {SIZE_LIMIT}",
                 self.log_size
             ));
+        }
+        if self.max_size > SIZE_LIMIT {
+            return bad(format!("max_size {} exceeds {SIZE_LIMIT}", self.max_size));
         }
         let meta = LOG_OFFSET + self.log_size + HEAP_META_LEN;
         if self.max_size % PAGE_SIZE != 0 || self.max_size < meta + CHUNK {
@@ -377,24 +382,29 @@ impl std::fmt::Debug for Heap {
 thread_local! {
     /// Heaps (by address) whose `read` closure is running on this thread: a transaction on one of
     /// them would wait forever for its own read lock, so it is refused instead.
-    static READING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+    static READING: std::cell::RefCell<Vec<(usize, HeapHeader)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// This thread is inside a `read` closure of the heap at `.0` (which holds the view lock and
+/// saw `header`).
 struct ReadingMark(usize);
 impl ReadingMark {
-    fn new(addr: usize) -> ReadingMark {
-        READING.with(|r| r.borrow_mut().push(addr));
+    fn new(addr: usize, header: HeapHeader) -> ReadingMark {
+        READING.with(|r| r.borrow_mut().push((addr, header)));
         ReadingMark(addr)
     }
+    fn header(addr: usize) -> Option<HeapHeader> {
+        READING.with(|r| r.borrow().iter().find(|(a, _)| *a == addr).map(|(_, h)| *h))
+    }
     fn active(addr: usize) -> bool {
-        READING.with(|r| r.borrow().contains(&addr))
+        Self::header(addr).is_some()
     }
 }
 impl Drop for ReadingMark {
     fn drop(&mut self) {
         READING.with(|r| {
             let mut r = r.borrow_mut();
-            if let Some(i) = r.iter().rposition(|&a| a == self.0) {
+            if let Some(i) = r.iter().rposition(|&(a, _)| a == self.0) {
                 r.remove(i);
             }
         });
@@ -652,7 +662,25 @@ impl Heap {
                 .map_err(|e| Error::io("read heap header", sb.heap_offset(), e))?;
             let header = HeapHeader::decode(&hb, sb.heap_offset())?;
             let needed = Self::needed_len(&sb, &header)?;
-            // Committed frames may reference chunks whose growth did not survive a power cut.
+            // Committed frames may reference chunks whose growth did not survive a power cut:
+            // grow the file to the chunk count. But first walk the chunk headers as they are
+            // (bytes past the end read as zeros, which no valid header is), so that a damaged
+            // heap header is refused before the file changes, not after it grew.
+            let cur = storage.len().map_err(|e| Error::io("stat", 0, e))?;
+            if needed > cur {
+                let read = |off: u64, buf: &mut [u8]| {
+                    use std::os::unix::fs::FileExt;
+                    buf.fill(0);
+                    let mut done = 0;
+                    while done < buf.len() {
+                        match file.read_at(&mut buf[done..], off + done as u64) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => done += n,
+                        }
+                    }
+                };
+                Allocator::rebuild(Geometry::of(&sb).chunk_area, header.chunk_count, &read)?;
+            }
             storage
                 .grow(needed)
                 .map_err(|e| Error::io("grow file to its chunk count", needed, e))?;
@@ -823,15 +851,38 @@ impl Heap {
     /// ```
     pub fn read<R>(&self, f: impl FnOnce(&Reader<'_>) -> Result<R>) -> Result<R> {
         self.inner.check_poison()?;
-        let _mark = ReadingMark::new(&self.inner as *const Inner as usize);
+        let addr = &self.inner as *const Inner as usize;
+        if let Some(header) = ReadingMark::header(addr) {
+            // A read inside a read on this thread: the outer one holds the view lock, so the
+            // state cannot change; taking the lock again could deadlock behind a waiting writer.
+            return f(&Reader {
+                inner: &self.inner,
+                header,
+                _guard: None,
+            });
+        }
         let guard = self.inner.view.read().unwrap_or_else(|e| e.into_inner());
+        // A commit that failed half-way through applying poisoned the heap while we waited.
+        self.inner.check_poison()?;
         let header = guard.header;
-        let r = Reader {
+        let _mark = ReadingMark::new(addr, header);
+        f(&Reader {
             inner: &self.inner,
             header,
-            _guard: guard,
-        };
-        f(&r)
+            _guard: Some(guard),
+        })
+    }
+
+    /// Refuse an operation that needs the writer (or the view lock for writing) while this
+    /// thread runs a transaction or a read on this heap: it would deadlock.
+    fn refuse_reentry(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.writer_thread.load(Ordering::Acquire) == thread_token()
+            || ReadingMark::active(inner as *const Inner as usize)
+        {
+            return Err(Error::NestedTransaction);
+        }
+        Ok(())
     }
 
     /// Make every committed transaction durable (a no-op cost under `Durability::Full`, one
@@ -849,6 +900,7 @@ impl Heap {
         if self.inner.read_only {
             return Ok(());
         }
+        self.refuse_reentry()?;
         let mut w = self.lock_writer()?;
         w.flush(&self.inner)
     }
@@ -868,6 +920,7 @@ impl Heap {
         if self.inner.read_only {
             return Ok(());
         }
+        self.refuse_reentry()?;
         let mut w = self.lock_writer()?;
         w.checkpoint(&self.inner)
     }
@@ -885,7 +938,11 @@ impl Heap {
     }
 
     fn close_inner(&self) -> Result<()> {
-        if self.inner.read_only || self.inner.closed.swap(true, Ordering::AcqRel) {
+        if self.inner.read_only {
+            return Ok(());
+        }
+        self.refuse_reentry()?;
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         let mut w = self.lock_writer()?;
@@ -903,6 +960,7 @@ impl Heap {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn stats(&self) -> Result<Stats> {
+        self.refuse_reentry()?;
         let w = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
         let (used, free, largest, classes) = w.alloc.stats();
         Ok(Stats {
@@ -1187,7 +1245,8 @@ impl Writer {
 pub struct Reader<'h> {
     inner: &'h Inner,
     header: HeapHeader,
-    _guard: RwLockReadGuard<'h, View>,
+    /// `None` for a read nested in another read of the same heap (which holds the lock).
+    _guard: Option<RwLockReadGuard<'h, View>>,
 }
 
 impl std::fmt::Debug for Reader<'_> {
@@ -1204,7 +1263,9 @@ impl<'h> Reader<'h> {
             .geo
             .check(self.header.chunk_count, off, len, align)?;
         // SAFETY: in bounds of the committed heap, which is mapped; we hold the view lock for
-        // reading for as long as `self` (and so the slice) lives, so nothing changes these bytes.
+        // reading for as long as `self` (and so the slice) lives, and every change to the heap's
+        // bytes in the file or the mapping (apply, in-place writes, flush) happens under the
+        // view lock for writing, so nothing changes these bytes.
         Ok(unsafe { self.inner.map.slice(off, len as usize) })
     }
 

@@ -4,10 +4,12 @@
 //! own writes at any offset, any overlap, any type. May not: touch the file or the mapping; the
 //! caller passes a `fill` function that copies committed bytes.
 //!
-//! Why `unsafe` here: a shared read (`&self`) may have to merge staged ranges into a new buffer
-//! while slices returned by earlier shared reads are still alive. Old buffers are therefore
-//! retired, not freed, until the next exclusive (`&mut self`) call, and buffers are held as raw
-//! pointers so that moving them never invalidates the slices.
+//! Why `unsafe` here: a shared read (`&self`) that overlaps staged ranges only partly must
+//! compose its view (committed bytes with the staged ones laid over) in a new buffer while
+//! slices returned by earlier shared reads are still alive. Such views are retired, not freed,
+//! until the next exclusive (`&mut self`) call, and buffers are held as raw pointers so that
+//! moving them never invalidates the slices. A read never changes the staged ranges, so it
+//! never changes what the frame logs.
 
 use std::cell::UnsafeCell;
 use std::collections::BTreeMap;
@@ -94,9 +96,34 @@ impl Inner {
         }
     }
 
+    /// A scratch buffer holding the transaction's view of `[a, b)`: committed bytes with every
+    /// overlapping staged range laid over them. The staged ranges are left as they are (a read
+    /// must not grow what the frame logs); the buffer is retired, so it lives until the next
+    /// exclusive call.
+    fn compose(&mut self, a: u64, b: u64, fill: &mut dyn FnMut(u64, &mut [u8])) -> *const u8 {
+        let view = Buf::zeroed(b - a);
+        // SAFETY: `view` is freshly allocated, `b - a` bytes, and nothing else refers to it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(view.base(), (b - a) as usize) };
+        fill(a, dst);
+        for (&s, buf) in self.ranges.range(..b).rev() {
+            let e = s + buf.len();
+            if e <= a {
+                break;
+            }
+            let (lo, hi) = (s.max(a), e.min(b));
+            // SAFETY: `buf` is a live buffer of buf.len() bytes; we only read it.
+            let src = unsafe { std::slice::from_raw_parts(buf.base(), buf.len() as usize) };
+            dst[(lo - a) as usize..(hi - a) as usize]
+                .copy_from_slice(&src[(lo - s) as usize..(hi - s) as usize]);
+        }
+        let base = view.base() as *const u8;
+        self.retired.push(view);
+        base
+    }
+
     /// Replace every range overlapping `[a, b)` by one buffer covering their union and `[a, b)`.
     /// Returns the new range's start. Old buffers go to `retired` when `retire`, else are freed.
-    fn merge(&mut self, a: u64, b: u64, fill: &mut dyn FnMut(u64, &mut [u8]), retire: bool) -> u64 {
+    fn merge(&mut self, a: u64, b: u64, fill: &mut dyn FnMut(u64, &mut [u8])) -> u64 {
         let mut starts = Vec::new();
         for (&s, buf) in self.ranges.range(..b).rev() {
             if s + buf.len() <= a {
@@ -121,9 +148,6 @@ impl Inner {
             let src = unsafe { std::slice::from_raw_parts(old.base(), old.len() as usize) };
             dst[at..at + src.len()].copy_from_slice(src);
             self.bytes -= old.len();
-            if retire {
-                self.retired.push(old);
-            }
         }
         self.bytes += new.len();
         self.ranges.insert(start, new);
@@ -159,18 +183,17 @@ impl Stage {
         // allocations, not into `Inner`, and those allocations are neither freed nor written
         // here (merge only reads them and moves their raw pointers to `retired`).
         let inner = unsafe { &mut *self.inner.get() };
-        let start = match inner.find(a, b) {
+        let (base, start) = match inner.find(a, b) {
             Ok(None) => return None,
-            Ok(Some((s, _))) => s,
-            Err(()) => inner.merge(a, b, fill, true),
+            Ok(Some((s, buf))) => (buf.base() as *const u8, s),
+            Err(()) => (inner.compose(a, b, fill), a),
         };
-        let buf = &inner.ranges[&start];
-        // SAFETY: [off, off+len) lies inside this buffer (found or merged to cover [a, b)). The
-        // buffer lives until a `&mut self` call (which cannot happen while the returned borrow of
-        // `self` lives), and it is only written through `write`, which takes `&mut self`.
-        Some(unsafe {
-            std::slice::from_raw_parts(buf.base().add((off - start) as usize), len as usize)
-        })
+        // SAFETY: [off, off+len) lies inside this buffer (a staged range covering [a, b), or a
+        // composed view of exactly [a, b)). The buffer lives until a `&mut self` call (which
+        // cannot happen while the returned borrow of `self` lives): staged ranges are only
+        // replaced by `write` (`&mut self`), composed views are retired until then, and
+        // neither is written through any `&self` path.
+        Some(unsafe { std::slice::from_raw_parts(base.add((off - start) as usize), len as usize) })
     }
 
     /// Stage `[off, off+len)` for writing and return it; bytes not written before are copied from
@@ -189,7 +212,7 @@ impl Stage {
         let (a, b) = (align_down(off), align_up(off + len));
         let start = match inner.find(a, b) {
             Ok(Some((s, _))) => s,
-            _ => inner.merge(a, b, fill, false),
+            _ => inner.merge(a, b, fill),
         };
         let buf = &inner.ranges[&start];
         // SAFETY: in bounds as in `read`; `&mut self` guarantees no other slice of this buffer is
@@ -238,8 +261,15 @@ mod tests {
         let b = st.read(0, 400, &mut committed).unwrap();
         assert_eq!(a, &[1; 8]);
         assert_eq!(&b[300..304], &[2; 4]);
+        // Reading never changes what is staged (and so what the frame logs).
         let ranges: Vec<_> = st.ranges().map(|(s, r)| (s, r.len())).collect();
-        assert_eq!(ranges, vec![(0, 448)]);
-        assert_eq!(st.staged_bytes(), 448);
+        assert_eq!(ranges, vec![(64, 64), (256, 64)]);
+        assert_eq!(st.staged_bytes(), 128);
+        // A write spanning both merges them (with the committed bytes between).
+        st.write(120, 150, &mut committed)[0] = 7;
+        let ranges: Vec<_> = st.ranges().map(|(s, r)| (s, r.len())).collect();
+        assert_eq!(ranges, vec![(64, 256)]);
+        let v = st.read(64, 256, &mut committed).unwrap();
+        assert_eq!((v[36], v[56], v[150], v[236]), (1, 7, 214, 2));
     }
 }

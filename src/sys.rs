@@ -64,6 +64,8 @@ pub(crate) struct Mapping {
     base: NonNull<u8>,
     reserved: usize,
     mapped: AtomicUsize,
+    /// A failed extend could not re-reserve its range: no extend may map over it again.
+    broken: std::sync::atomic::AtomicBool,
     fd: RawFd,
     writable: bool,
 }
@@ -119,6 +121,7 @@ impl Mapping {
             base,
             reserved,
             mapped: AtomicUsize::new(0),
+            broken: std::sync::atomic::AtomicBool::new(false),
             fd: fd.as_raw_fd(),
             writable,
         };
@@ -155,6 +158,11 @@ impl Mapping {
                 "mapping beyond the reservation",
             ));
         }
+        if self.broken.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "an earlier failed mapping left a hole in the reservation; reopen the heap",
+            ));
+        }
         // SAFETY: [old, new_len) lies inside our own reservation and is still PROT_NONE: no
         // reference into it exists, so replacing it with MAP_FIXED aliases nothing in use.
         let p = unsafe {
@@ -168,7 +176,27 @@ impl Mapping {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(last_err());
+            let err = last_err();
+            // A failed MAP_FIXED may already have unmapped part of the range: claim it back as
+            // PROT_NONE so the reservation has no hole another allocation could land in (a later
+            // extend maps over the reservation with MAP_FIXED).
+            // SAFETY: the same range of our own reservation as above, still unreferenced.
+            let back = unsafe {
+                libc::mmap(
+                    self.base.as_ptr().add(old).cast(),
+                    new_len - old,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if back == libc::MAP_FAILED {
+                // Without the range reserved, extending over it later could clobber a foreign
+                // mapping: refuse every later extend.
+                self.broken.store(true, Ordering::Release);
+            }
+            return Err(err);
         }
         self.mapped.store(new_len, Ordering::Release);
         Ok(())

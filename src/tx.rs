@@ -561,13 +561,28 @@ impl<'h> Tx<'h> {
             phase!(IN_PLACE);
             // In-place bytes must be durable *before* the frame can be: otherwise a power cut
             // could keep a complete frame (the commit replays) and lose part of the bytes.
-            for (off, bytes) in self.stage.ranges() {
-                for_each_piece(&fresh, chunk_area, off, bytes, |at, piece, in_place| {
-                    if in_place {
-                        w.write_in_place(inner, at, piece)?;
-                    }
-                    Ok(())
-                })?;
+            // The frame must fit the log at all before anything is written (a transaction that
+            // is too large must fail without touching the file).
+            if w.frame.encoded_len() as u64 > inner.geo.log_len {
+                return Err(Error::TransactionTooLarge {
+                    bytes: w.frame.encoded_len() as u64,
+                    log_capacity: inner.geo.log_len,
+                });
+            }
+            {
+                // The pwrites are visible through the mapping at once (MAP_PRIVATE pages not yet
+                // copied show the page cache), and a reader may hold a slice over this extent
+                // through a stale pointer from before it was freed: hold the view lock for
+                // writing so that no reader's bytes change under it.
+                let _view = inner.view.write().unwrap_or_else(|e| e.into_inner());
+                for (off, bytes) in self.stage.ranges() {
+                    for_each_piece(&fresh, chunk_area, off, bytes, |at, piece, in_place| {
+                        if in_place {
+                            w.write_in_place(inner, at, piece)?;
+                        }
+                        Ok(())
+                    })?;
+                }
             }
             failpoint!("commit.after_in_place");
             if w.log_tail() > 0 {

@@ -214,6 +214,9 @@ pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"TXHEAPSB";
 pub const FORMAT_VERSION: u32 = 1;
 /// Where the log region starts.
 pub const LOG_OFFSET: u64 = 8192;
+/// The largest `seq`, `generation` or `next_txid` a superblock may hold (2^62: a billion
+/// checkpoints or transactions a second for over a century).
+pub const COUNTER_MAX: u64 = 1 << 62;
 /// The smallest log region.
 pub const LOG_LEN_MIN: u64 = 65536;
 /// Allocator chunk size (recorded in the superblock).
@@ -503,6 +506,9 @@ pub enum SlotError {
     UnsupportedVersion {
         /// Its version.
         found: u32,
+        /// Its sequence number (every version keeps magic, version and seq where version 1 has
+        /// them), so that a newer slot of an unknown version is never overruled by an older one.
+        seq: u64,
     },
     /// A field breaks a rule of FORMAT.md.
     BadField {
@@ -518,7 +524,9 @@ impl fmt::Display for SlotError {
             SlotError::BadCrc { stored, computed } => {
                 write!(f, "crc {stored:#010x} != computed {computed:#010x}")
             }
-            SlotError::UnsupportedVersion { found } => write!(f, "format version {found}"),
+            SlotError::UnsupportedVersion { found, seq } => {
+                write!(f, "format version {found} (seq {seq})")
+            }
             SlotError::BadField { what } => write!(f, "{what}"),
         }
     }
@@ -642,7 +650,10 @@ impl Superblock {
         let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8"));
         let version = u32_at(8);
         if version != FORMAT_VERSION {
-            return Err(SlotError::UnsupportedVersion { found: version });
+            return Err(SlotError::UnsupportedVersion {
+                found: version,
+                seq: u64_at(16),
+            });
         }
         let sb = Superblock {
             seq: u64_at(16),
@@ -652,6 +663,17 @@ impl Superblock {
             max_size: u64_at(64),
         };
         let bad = |what: String| Err(SlotError::BadField { what });
+        // Counters only ever grow by one per checkpoint or transaction; a value this large
+        // cannot come from use, and would overflow when incremented.
+        for (name, v) in [
+            ("seq", sb.seq),
+            ("generation", sb.generation),
+            ("next_txid", sb.next_txid),
+        ] {
+            if v > COUNTER_MAX {
+                return bad(format!("{name} {v} exceeds {COUNTER_MAX}"));
+            }
+        }
         if u32_at(12) != 0 {
             return bad(format!("flags {:#x} are not zero", u32_at(12)));
         }
@@ -732,12 +754,13 @@ pub fn select_superblock<S: Storage + ?Sized>(
         Ok(sb) => Some(sb.seq),
         _ => None,
     };
-    // A valid-crc slot of another version: refuse if it is at least as new as any usable slot.
-    for (r, slot) in [(&a, Slot::A), (&b, Slot::B)] {
-        if let Err(SlotError::UnsupportedVersion { found }) = r {
-            let _ = slot;
-            let other_usable = a.is_ok() || b.is_ok();
-            if !other_usable {
+    // A valid-crc slot of another version: refuse if it is at least as new as every usable
+    // slot. (Falling back to an older slot of our version would let the next checkpoint, which
+    // writes the other slot, overwrite the newer one.)
+    let usable_seq = newest(&a).max(newest(&b));
+    for r in [&a, &b] {
+        if let Err(SlotError::UnsupportedVersion { found, seq }) = r {
+            if usable_seq.is_none_or(|u| *seq >= u) {
                 return Err(RecoveryError::UnsupportedVersion {
                     found: *found,
                     supported: FORMAT_VERSION,
@@ -930,9 +953,23 @@ pub fn checkpoint<S: Storage + ?Sized>(
             .map_err(io_err("fdatasync before checkpoint", 0))?;
     }
     failpoint!("checkpoint.after_heap_barrier");
+    let bump = |v: u64, name: &str| {
+        v.checked_add(1)
+            .filter(|n| *n <= COUNTER_MAX)
+            .ok_or_else(|| RecoveryError::Corrupt {
+                offset: current_slot.offset(),
+                what: format!("superblock {name} {v} cannot grow past {COUNTER_MAX}"),
+            })
+    };
+    if next_txid > COUNTER_MAX {
+        return Err(RecoveryError::Corrupt {
+            offset: current_slot.offset(),
+            what: format!("next_txid {next_txid} exceeds {COUNTER_MAX}"),
+        });
+    }
     let next = Superblock {
-        seq: current.seq + 1,
-        generation: current.generation + 1,
+        seq: bump(current.seq, "seq")?,
+        generation: bump(current.generation, "generation")?,
         next_txid,
         log_len: current.log_len,
         max_size: current.max_size,
