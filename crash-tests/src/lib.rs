@@ -103,6 +103,13 @@ pub fn payload_size(seed: u64, value: u64) -> u64 {
     }
 }
 
+/// Whether every byte of `s` is `b` (compared 4 KiB at a time with `memcmp`: a byte-at-a-time
+/// loop over multi-megabyte objects was most of the checker's time).
+pub fn all_bytes(s: &[u8], b: u8) -> bool {
+    let pattern = [b; 4096];
+    s.chunks(pattern.len()).all(|c| c == &pattern[..c.len()])
+}
+
 /// Payload byte of transaction `value`.
 pub fn payload_byte(value: u64) -> u8 {
     (value % 251) as u8 + 1
@@ -175,7 +182,7 @@ pub fn verify(heap: &Heap, seed: u64) -> Result<u64, String> {
                 let bytes = r.slice(n.payload)?;
                 let intact = n.check == n.value ^ CHECK
                     && n.payload.len() == payload_size(seed, n.value)
-                    && bytes.iter().all(|&b| b == payload_byte(n.value));
+                    && all_bytes(bytes, payload_byte(n.value));
                 nodes.push((p, n, intact));
                 p = n.next;
             }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use txheap::{Durability, Error, Heap, PSlice, Trace, TraceEvent};
 
-use crate::{options, Disk, ImageFile, Rng};
+use crate::{all_bytes, options, Disk, ImageFile, Rng};
 
 /// The kinds of operation a workload step can be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ fn read_state(heap: &Heap) -> Result<State, String> {
         for i in 0..(t.n as usize).min(SLOTS) {
             let s = r.slice(t.items[i])?;
             let b = t.bytes[i] as u8;
-            if !s.iter().all(|&x| x == b) {
+            if !all_bytes(s, b) {
                 return Err(Error::Corrupt {
                     offset: t.items[i].offset(),
                     what: format!("object {i} is torn"),
