@@ -1,0 +1,568 @@
+//! The parent side: check the machine, run every case of every workload as a separate child
+//! process, round after round in alternation (A B C … A B C …), parse the children's `RESULT`
+//! lines, and print the tables (markdown), the ratios and the goals; optionally write the SVG
+//! chart.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::chart::{self, Bar};
+use crate::plan::{self, Case, Counts, Metric, Role, Target, Workload, CASES, GOALS};
+use crate::sample::{median, Sample};
+use crate::BoxResult;
+
+/// The parent's command-line options.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `--quick`: fewer operations per child.
+    pub quick: bool,
+    /// Rounds per workload (at least 5).
+    pub rounds: usize,
+    /// Where to write the SVG chart.
+    pub svg: Option<PathBuf>,
+    /// Directory on the filesystem to measure (a temporary directory is made inside).
+    pub dir: Option<PathBuf>,
+    /// Only these workloads (all when empty).
+    pub only: Vec<Workload>,
+}
+
+/// Fewest rounds allowed.
+pub const MIN_ROUNDS: usize = 5;
+
+/// All samples of one case.
+struct Row {
+    case: &'static Case,
+    samples: Vec<Sample>,
+}
+
+impl Row {
+    fn med(&self, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+        let v: Vec<f64> = self.samples.iter().filter_map(f).collect();
+        median(&v)
+    }
+
+    fn range(&self, f: impl Fn(&Sample) -> f64) -> (f64, f64) {
+        self.samples
+            .iter()
+            .map(f)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                (lo.min(x), hi.max(x))
+            })
+    }
+
+    /// The compared figure of one sample.
+    fn figure(metric: Metric, s: &Sample) -> f64 {
+        match metric {
+            Metric::Rate => s.rate(),
+            Metric::Time => s.secs,
+            Metric::ByteRate => s.byte_rate(),
+        }
+    }
+
+    /// Median of the compared figure over rounds.
+    fn value(&self) -> f64 {
+        let m = self.case.workload.metric();
+        self.med(|s| Some(Row::figure(m, s))).unwrap_or(f64::NAN)
+    }
+}
+
+/// Filesystem type of the mount holding `path`, from /proc/self/mounts (longest mount point
+/// that is a prefix of the canonical path).
+pub fn filesystem_of(path: &Path) -> BoxResult<(String, String)> {
+    let canon = path.canonicalize()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let mut best: Option<(String, String)> = None;
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 3 {
+            continue;
+        }
+        let (dev, mnt, fstype) = (f[0], f[1].replace("\\040", " "), f[2]);
+        if canon.starts_with(&mnt) && best.as_ref().is_none_or(|(m, _)| mnt.len() >= m.len()) {
+            best = Some((mnt, format!("{fstype} on {dev}")));
+        }
+    }
+    best.ok_or_else(|| format!("no mount found for {}", canon.display()).into())
+}
+
+fn first_line_with(path: &str, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// The current UTC date and time, `YYYY-MM-DD HH:MM UTC`.
+fn utc_now() -> String {
+    utc_date(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
+}
+
+/// `secs` since the Unix epoch as `YYYY-MM-DD HH:MM UTC`.
+fn utc_date(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
+/// A count: an integer, with thousands separators from 1000 on.
+pub fn fmt_count(x: f64) -> String {
+    if x.abs() >= 1000.0 {
+        fmt_num(x)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// A number with thousands separators (>= 1000) or 3 significant digits.
+pub fn fmt_num(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".to_string();
+    }
+    if x.abs() >= 1000.0 {
+        let s = format!("{:.0}", x.abs());
+        let mut out = String::new();
+        for (i, ch) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(ch);
+        }
+        if x < 0.0 {
+            out.insert(0, '-');
+        }
+        out
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn fmt_figure(workload: Workload, x: f64) -> String {
+    match workload.metric() {
+        Metric::Rate => format!("{} {}", fmt_num(x), workload.unit()),
+        Metric::Time => format!("{} ms", fmt_num(x * 1e3)),
+        Metric::ByteRate => format!("{} MB/s", fmt_num(x / 1e6)),
+    }
+}
+
+fn spawn(exe: &Path, mode: &str, case: &Case, ops: u64, dir: &Path) -> BoxResult<Option<Sample>> {
+    let mut cmd = Command::new(exe);
+    cmd.arg(mode)
+        .arg(case.engine)
+        .arg(case.workload.name())
+        .arg("--ops")
+        .arg(ops.to_string())
+        .arg("--dir")
+        .arg(dir);
+    for var in plan::CONTROLLED_ENV {
+        cmd.env_remove(var);
+    }
+    for (k, v) in case.env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let fail = |why: &str| -> Box<dyn std::error::Error> {
+        format!(
+            "child `{mode} {} {}` {why}\n--- its stderr ---\n{}--- its stdout ---\n{}",
+            case.engine,
+            case.workload.name(),
+            stderr,
+            stdout
+        )
+        .into()
+    };
+    if !out.status.success() {
+        return Err(fail(&format!("failed ({})", out.status)));
+    }
+    if mode == "--setup" {
+        if !stdout.lines().any(|l| l.trim() == "SETUP ok") {
+            return Err(fail("printed no `SETUP ok` line"));
+        }
+        for line in stderr.lines() {
+            eprintln!("    {line}");
+        }
+        return Ok(None);
+    }
+    let sample = stdout
+        .lines()
+        .find_map(Sample::parse)
+        .ok_or_else(|| fail("printed no RESULT line"))?;
+    if sample.engine != case.engine || sample.workload != case.workload.name() {
+        return Err(fail("printed a RESULT line for another case"));
+    }
+    Ok(Some(sample))
+}
+
+/// Run everything and print the report.
+pub fn run(cfg: &Config) -> BoxResult<()> {
+    if cfg.rounds < MIN_ROUNDS {
+        return Err(format!("--rounds must be at least {MIN_ROUNDS}").into());
+    }
+    let counts = if cfg.quick {
+        Counts::QUICK
+    } else {
+        Counts::FULL
+    };
+    let workloads: Vec<Workload> = Workload::ALL
+        .into_iter()
+        .filter(|w| cfg.only.is_empty() || cfg.only.contains(w))
+        .collect();
+    let cases: Vec<&'static Case> = CASES
+        .iter()
+        .filter(|c| workloads.contains(&c.workload))
+        .collect();
+
+    // A missing peer is an error before anything runs, not a silent skip.
+    if cases.iter().any(|c| c.engine.starts_with("pmdk")) {
+        crate::sys::Pmem::load()?;
+    }
+
+    let base = cfg.dir.clone().unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    std::fs::create_dir_all(&base)?;
+    let (mount, fs) = filesystem_of(&base)?;
+    if fs.starts_with("tmpfs") || fs.starts_with("ramfs") {
+        return Err(format!(
+            "{} is on {fs}: fdatasync there measures nothing; pass --dir DIR on a real disk",
+            base.display()
+        )
+        .into());
+    }
+    let work = tempfile::Builder::new()
+        .prefix("txheap-bench-")
+        .tempdir_in(&base)?;
+    let exe = std::env::current_exe()?;
+
+    let command: Vec<String> = std::env::args().collect();
+    let cpu = first_line_with("/proc/cpuinfo", "model name").unwrap_or_else(|| "?".into());
+    let mem = first_line_with("/proc/meminfo", "MemTotal")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or("?".into(), |kb| format!("{:.1} GiB", kb / (1 << 20) as f64));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("# txheap benchmark results\n");
+    println!("- date: {}", utc_now());
+    println!("- machine: {cpus} CPUs ({cpu}), {mem} RAM, kernel {kernel}");
+    println!(
+        "- filesystem: {fs} (mounted at {mount}), files in {}",
+        work.path().display()
+    );
+    println!(
+        "- command: `{}` ({} run, {} rounds, each case a separate process, cases alternated within each round)",
+        command.join(" "),
+        if cfg.quick { "quick" } else { "full" },
+        cfg.rounds
+    );
+    println!(
+        "- counts per child: W1 {} commits, W2 {} commits, W3 {} allocations, W5-open heap {} nodes, W5-replay log {} MiB, memcpy {} × 64 MiB",
+        fmt_num(counts.w1 as f64),
+        fmt_num(counts.w2 as f64),
+        fmt_num(counts.w3 as f64),
+        fmt_num(counts.open_nodes as f64),
+        counts.replay_log_bytes >> 20,
+        counts.memcpy
+    );
+    println!();
+
+    let started = Instant::now();
+    let mut rows: Vec<Row> = Vec::new();
+    for &w in &workloads {
+        let wcases: Vec<&'static Case> =
+            cases.iter().copied().filter(|c| c.workload == w).collect();
+        let mut wrows: Vec<Row> = wcases
+            .iter()
+            .map(|&case| Row {
+                case,
+                samples: Vec::new(),
+            })
+            .collect();
+        // Set-ups needed once per run.
+        for case in &wcases {
+            if case.setup.is_some_and(|s| !s.each_round) {
+                let dir = work.path().join(format!("{}-{}", w.name(), case.engine));
+                std::fs::create_dir_all(&dir)?;
+                eprintln!("[{}] set-up for {} ...", w.name(), case.engine);
+                spawn(&exe, "--setup", case, counts.setup_ops(case), &dir)?;
+            }
+        }
+        for round in 0..cfg.rounds {
+            for (i, case) in wcases.iter().enumerate() {
+                let shared = case.setup.is_some_and(|s| !s.each_round);
+                let dir = if shared {
+                    work.path().join(format!("{}-{}", w.name(), case.engine))
+                } else {
+                    let d = work
+                        .path()
+                        .join(format!("{}-{}-r{round}", w.name(), case.engine));
+                    std::fs::create_dir_all(&d)?;
+                    d
+                };
+                if case.setup.is_some_and(|s| s.each_round) {
+                    spawn(&exe, "--setup", case, counts.setup_ops(case), &dir)?;
+                }
+                let s = spawn(&exe, "--child", case, counts.ops(case), &dir)?
+                    .ok_or("child printed nothing")?;
+                eprintln!(
+                    "[{} round {}/{}] {:<22} {:>16}  p50 {:>8} us  p99 {:>8} us  ({:.1} s elapsed)",
+                    w.name(),
+                    round + 1,
+                    cfg.rounds,
+                    case.engine,
+                    fmt_figure(w, Row::figure(w.metric(), &s)),
+                    s.p50_us.map_or("-".into(), fmt_num),
+                    s.p99_us.map_or("-".into(), fmt_num),
+                    started.elapsed().as_secs_f64()
+                );
+                wrows[i].samples.push(s);
+                if !shared {
+                    std::fs::remove_dir_all(&dir)?;
+                }
+            }
+        }
+        print_workload(w, &wrows);
+        rows.extend(wrows);
+    }
+
+    let bars = print_goals(&workloads, &rows);
+    println!(
+        "\nTotal time {:.0} s. Ratios are txheap's median ÷ the row's median (higher is better for txheap); \
+         median/min/max are over rounds; p50/p99 are per-operation latencies inside each child, median over rounds.",
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &cfg.svg {
+        let title = format!(
+            "txheap ÷ peer or limit ({} run, {}, {cpus} CPUs, {fs})",
+            if cfg.quick { "quick" } else { "full" },
+            utc_now()
+        );
+        chart::write_svg(path, &title, &bars)?;
+        println!("Chart written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn subject_of(rows: &[Row], w: Workload) -> Option<&Row> {
+    rows.iter()
+        .find(|r| r.case.workload == w && r.case.role == Role::Subject)
+}
+
+fn print_workload(w: Workload, rows: &[Row]) {
+    let subject = subject_of(rows, w).map(Row::value);
+    let n = rows.first().map_or(0, |r| r.samples.len());
+    println!("## {} — {}\n", w.name(), w.title());
+    println!("{n} rounds; N = operations timed per child.\n");
+    println!("| engine | role | setting | N | median | min – max | median secs | p50 µs | p99 µs | txheap ÷ this | goal |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let m = w.metric();
+        let (lo, hi) = r.range(|s| Row::figure(m, s));
+        let v = r.value();
+        let ratio = match (r.case.role, subject, m) {
+            (Role::Subject, _, _) | (_, _, Metric::Time) | (_, None, _) => "—".to_string(),
+            (_, Some(sv), _) => format!("{:.2}x", sv / v),
+        };
+        let goal = match (plan::ratio_goal(w, r.case.engine), subject) {
+            (Some(g), Some(sv)) => {
+                format!("≥ {g:.2}x: {}", if sv / v >= g { "met" } else { "not met" })
+            }
+            _ => String::new(),
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} – {} | {} | {} | {} | {} | {} |",
+            r.case.engine,
+            r.case.role.name(),
+            r.case.setting.replace('|', "\\|"),
+            r.med(|s| Some(s.ops as f64)).map_or("-".into(), fmt_count),
+            fmt_figure(w, v),
+            fmt_num(if m == Metric::Time {
+                lo * 1e3
+            } else if m == Metric::ByteRate {
+                lo / 1e6
+            } else {
+                lo
+            }),
+            fmt_num(if m == Metric::Time {
+                hi * 1e3
+            } else if m == Metric::ByteRate {
+                hi / 1e6
+            } else {
+                hi
+            }),
+            r.med(|s| Some(s.secs))
+                .map_or("-".into(), |x| format!("{x:.3}")),
+            r.med(|s| s.p50_us).map_or("-".into(), fmt_num),
+            r.med(|s| s.p99_us).map_or("-".into(), fmt_num),
+            ratio,
+            goal
+        );
+    }
+    if w == Workload::W5Replay {
+        if let Some(s) = subject_of(rows, w) {
+            let frames = s.med(|x| Some(x.ops as f64)).unwrap_or(0.0);
+            let bytes = s.med(|x| Some(x.bytes as f64)).unwrap_or(0.0);
+            println!(
+                "\nReplayed log: {} frames, {:.1} MiB ({:.0} bytes per frame), median over rounds.",
+                fmt_num(frames),
+                bytes / (1 << 20) as f64,
+                bytes / frames.max(1.0)
+            );
+        }
+    }
+    if w == Workload::W5Open {
+        if let Some(s) = subject_of(rows, w) {
+            let bytes = s.med(|x| Some(x.bytes as f64)).unwrap_or(0.0);
+            println!("\nHeap file: {:.0} MiB.", bytes / (1 << 20) as f64);
+        }
+    }
+    println!();
+}
+
+/// Print the goals table; return the chart's bars (every ratio, with its goal if any).
+fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
+    let mut bars = Vec::new();
+    for &w in workloads {
+        let Some(subject) = subject_of(rows, w) else {
+            continue;
+        };
+        if w.metric() == Metric::Time {
+            continue;
+        }
+        for r in rows
+            .iter()
+            .filter(|r| r.case.workload == w && r.case.role != Role::Subject)
+        {
+            bars.push(Bar {
+                label: format!("{} vs {}", w.name(), r.case.engine),
+                ratio: subject.value() / r.value(),
+                goal: plan::ratio_goal(w, r.case.engine),
+                limit: r.case.role == Role::Limit,
+            });
+        }
+    }
+    // Absolute goals as bars too: goal ÷ measured for times, measured ÷ goal for rates.
+    for g in GOALS.iter().filter(|g| workloads.contains(&g.workload)) {
+        let Some(sv) = subject_of(rows, g.workload).map(Row::value) else {
+            continue;
+        };
+        let (label, ratio) = match g.target {
+            Target::SecsAtMost(x) => (
+                format!("{}: {} ms ÷ open time", g.workload.name(), fmt_num(x * 1e3)),
+                x / sv,
+            ),
+            Target::BytesPerSecAtLeast(x) => (
+                format!("{}: MB/s ÷ {} MB/s", g.workload.name(), fmt_num(x / 1e6)),
+                sv / x,
+            ),
+            Target::RatioAtLeast(_) => continue,
+        };
+        bars.push(Bar {
+            label,
+            ratio,
+            goal: Some(1.0),
+            limit: false,
+        });
+    }
+    println!("## Goals\n");
+    println!("| workload | goal | measured | status |");
+    println!("|---|---|---|---|");
+    for g in GOALS.iter().filter(|g| workloads.contains(&g.workload)) {
+        let Some(subject) = subject_of(rows, g.workload) else {
+            continue;
+        };
+        let sv = subject.value();
+        let (goal, measured, met) = match (g.target, g.versus) {
+            (Target::RatioAtLeast(x), Some(v)) => {
+                let Some(other) = rows
+                    .iter()
+                    .find(|r| r.case.workload == g.workload && r.case.engine == v)
+                else {
+                    continue;
+                };
+                let ratio = sv / other.value();
+                let goal = if x < 1.0 {
+                    format!("txheap within {:.0}x of {v} (ratio ≥ {x:.2})", 1.0 / x)
+                } else {
+                    format!("txheap ≥ {x:.1}x {v}")
+                };
+                (goal, format!("{ratio:.2}x"), ratio >= x)
+            }
+            (Target::SecsAtMost(x), _) => (
+                format!("open < {} ms", fmt_num(x * 1e3)),
+                format!("{} ms", fmt_num(sv * 1e3)),
+                sv <= x,
+            ),
+            (Target::BytesPerSecAtLeast(x), _) => (
+                format!("replay ≥ {} MB/s", fmt_num(x / 1e6)),
+                format!("{} MB/s", fmt_num(sv / 1e6)),
+                sv >= x,
+            ),
+            (Target::RatioAtLeast(_), None) => continue,
+        };
+        println!(
+            "| {} | {goal} | {measured} | {} |",
+            g.workload.name(),
+            if met { "met" } else { "not met" }
+        );
+    }
+    bars
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_formatted_readably() {
+        assert_eq!(fmt_num(1234567.8), "1,234,568");
+        assert_eq!(fmt_num(1000.0), "1,000");
+        assert_eq!(fmt_num(999.4), "999");
+        assert_eq!(fmt_num(12.345), "12.3");
+        assert_eq!(fmt_num(0.1234), "0.12");
+        assert_eq!(fmt_num(-2500.0), "-2,500");
+        assert_eq!(fmt_num(f64::NAN), "-");
+        assert_eq!(fmt_count(1.0), "1");
+        assert_eq!(fmt_count(246_784.0), "246,784");
+    }
+
+    #[test]
+    fn utc_dates_of_known_instants() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_date(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(utc_date(1_700_000_000), "2023-11-14 22:13 UTC");
+        assert_eq!(utc_date(4_102_444_799), "2099-12-31 23:59 UTC");
+    }
+
+    #[test]
+    fn filesystem_of_root_is_found() {
+        let (mnt, fs) = filesystem_of(Path::new("/")).unwrap();
+        assert_eq!(mnt, "/");
+        assert!(!fs.is_empty());
+    }
+}

@@ -1,0 +1,595 @@
+//! What is measured: the workloads, the table of cases (engine × workload, with each engine's
+//! setting and how its child runs), how many operations each child does, and the goals.
+//!
+//! Adding an engine or a workload is adding rows to [`CASES`] (and, for a new workload, a
+//! [`Workload`] variant and its counts).
+
+use std::path::Path;
+
+use crate::engines::{limits, lmdb, pmdk, redb_engine, sqlite, txheap_engine, Opener};
+use crate::sample::Sample;
+use crate::{w5, BoxResult};
+
+/// A workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// One durable transaction per 64-byte node (or key-value pair), 1 thread.
+    W1,
+    /// W1 with non-durable commits.
+    W2,
+    /// One transaction of 1,000,000 allocations (or inserts).
+    W3,
+    /// Opening a 1 GiB txheap heap whose log is empty.
+    W5Open,
+    /// Opening a txheap heap whose log holds 64 MiB of committed frames (replay).
+    W5Replay,
+}
+
+/// How a workload's figure is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Operations per second (higher is better).
+    Rate,
+    /// Seconds for the whole operation (lower is better).
+    Time,
+    /// Bytes per second (higher is better).
+    ByteRate,
+}
+
+impl Workload {
+    /// Every workload, in the order they run.
+    pub const ALL: [Workload; 5] = [
+        Workload::W1,
+        Workload::W2,
+        Workload::W3,
+        Workload::W5Open,
+        Workload::W5Replay,
+    ];
+
+    /// Short name, used on the command line and in `RESULT` lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::W1 => "W1",
+            Workload::W2 => "W2",
+            Workload::W3 => "W3",
+            Workload::W5Open => "W5-open",
+            Workload::W5Replay => "W5-replay",
+        }
+    }
+
+    /// The workload named `s` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Workload> {
+        Workload::ALL
+            .into_iter()
+            .find(|w| w.name().eq_ignore_ascii_case(s))
+    }
+
+    /// One-line description.
+    pub fn title(self) -> &'static str {
+        match self {
+            Workload::W1 => {
+                "durable commits, 1 thread: each transaction allocates a 64-byte node and links it from the root (key-value stores: insert an 8-byte key with a 64-byte value)"
+            }
+            Workload::W2 => "W1 with non-durable commits (each store's fastest setting)",
+            Workload::W3 => {
+                "one transaction of N allocations of 64 bytes, linked (key-value stores: N inserts in one transaction)"
+            }
+            Workload::W5Open => {
+                "Heap::open of a txheap heap holding 64-byte nodes (1 GiB of them in the full run, 256 MiB with --quick) with an empty log, in a fresh process, page cache warm"
+            }
+            Workload::W5Replay => {
+                "open of a txheap heap whose log holds 64 MiB of committed W1-style frames (replay + checkpoint), fresh process"
+            }
+        }
+    }
+
+    /// The figure compared between engines.
+    pub fn metric(self) -> Metric {
+        match self {
+            Workload::W1 | Workload::W2 | Workload::W3 => Metric::Rate,
+            Workload::W5Open => Metric::Time,
+            Workload::W5Replay => Metric::ByteRate,
+        }
+    }
+
+    /// Unit of [`Metric::Rate`] figures.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Workload::W1 | Workload::W2 => "tx/s",
+            Workload::W3 => "allocs/s",
+            Workload::W5Open => "opens/s",
+            Workload::W5Replay => "frames/s",
+        }
+    }
+}
+
+/// What a case is in its workload's comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// txheap: the row every other row is compared with.
+    Subject,
+    /// Another store.
+    Peer,
+    /// A machine limit.
+    Limit,
+}
+
+impl Role {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Subject => "subject",
+            Role::Peer => "peer",
+            Role::Limit => "limit",
+        }
+    }
+}
+
+/// Arguments of a child process.
+#[derive(Debug, Clone)]
+pub struct ChildArgs<'a> {
+    /// Engine name.
+    pub engine: &'a str,
+    /// Workload.
+    pub workload: Workload,
+    /// Operations to time (or, for a set-up child, the amount of data to make).
+    pub ops: u64,
+    /// The child's directory on the benchmark filesystem.
+    pub dir: &'a Path,
+}
+
+/// How a case's child process runs.
+#[derive(Clone, Copy)]
+pub enum Run {
+    /// `ops` transactions of one insert each, each one timed.
+    Commits(Opener),
+    /// One transaction of `ops` inserts, timed as a whole.
+    OneTx(Opener),
+    /// A measurement of its own.
+    Custom(fn(&ChildArgs<'_>) -> BoxResult<Sample>),
+}
+
+/// A set-up child, run before the measuring child (not timed).
+#[derive(Clone, Copy)]
+pub struct Setup {
+    /// Makes the data in the case's directory; `ops` is the amount (see [`Counts`]).
+    pub run: fn(&ChildArgs<'_>) -> BoxResult<()>,
+    /// Run before every round (the measurement consumes the data) or once per run.
+    pub each_round: bool,
+}
+
+/// One engine in one workload.
+#[derive(Clone, Copy)]
+pub struct Case {
+    /// Workload.
+    pub workload: Workload,
+    /// Engine name (unique within the workload).
+    pub engine: &'static str,
+    /// Subject, peer or limit.
+    pub role: Role,
+    /// The setting, in words.
+    pub setting: &'static str,
+    /// How the child measures.
+    pub run: Run,
+    /// A set-up child, if the data must exist before the measuring process starts.
+    pub setup: Option<Setup>,
+    /// Environment variables set for this case's children (all others of these are removed).
+    pub env: &'static [(&'static str, &'static str)],
+    /// At most [`Counts::capped`] operations per child, for a store too slow for the workload's
+    /// count (its rate is still per operation, so it stays comparable; the table shows N per
+    /// row).
+    pub capped: bool,
+}
+
+/// Environment variables that any case may set; removed from every other child's environment.
+pub const CONTROLLED_ENV: &[&str] = &["PMEM_IS_PMEM_FORCE"];
+
+const fn case(
+    workload: Workload,
+    engine: &'static str,
+    role: Role,
+    setting: &'static str,
+    run: Run,
+) -> Case {
+    Case {
+        workload,
+        engine,
+        role,
+        setting,
+        run,
+        setup: None,
+        env: &[],
+        capped: false,
+    }
+}
+
+fn malloc(a: &ChildArgs<'_>) -> BoxResult<Sample> {
+    limits::malloc(a.engine, a.workload.name(), a.ops)
+}
+
+fn memcpy(a: &ChildArgs<'_>) -> BoxResult<Sample> {
+    limits::memcpy(a.engine, a.workload.name(), a.ops)
+}
+
+use Role::{Limit, Peer, Subject};
+use Run::{Commits, Custom, OneTx};
+use Workload::{W5Open, W5Replay, W1, W2, W3};
+
+/// Every case, in the order each round runs them (A B C ... A B C ...).
+pub static CASES: &[Case] = &[
+    // W1: durable commits.
+    case(
+        W1,
+        "txheap",
+        Subject,
+        "Durability::Full, default options (16 MiB log)",
+        Commits(txheap_engine::full),
+    ),
+    case(
+        W1,
+        "lmdb",
+        Peer,
+        "heed 0.23, default flags (sync at commit)",
+        Commits(lmdb::durable),
+    ),
+    case(
+        W1,
+        "redb",
+        Peer,
+        "redb 4.6, Durability::Immediate",
+        Commits(redb_engine::immediate),
+    ),
+    case(
+        W1,
+        "sqlite",
+        Peer,
+        "rusqlite 0.41 bundled, WAL, synchronous=FULL",
+        Commits(sqlite::full),
+    ),
+    Case {
+        capped: true,
+        ..case(
+            W1,
+            "pmdk",
+            Peer,
+            "libpmemobj 1.12 on a regular file (msync); N capped",
+            Commits(pmdk::pool),
+        )
+    },
+    case(
+        W1,
+        "limit-pwrite",
+        Limit,
+        "4 KiB in-place pwrite + fdatasync, preallocated file",
+        Commits(limits::pwrite),
+    ),
+    case(
+        W1,
+        "limit-append",
+        Limit,
+        "4 KiB append pwrite + fdatasync",
+        Commits(limits::append),
+    ),
+    case(
+        W1,
+        "limit-msync",
+        Limit,
+        "store into 1 page of MAP_SHARED + msync(MS_SYNC)",
+        Commits(limits::msync),
+    ),
+    // W2: non-durable commits.
+    case(
+        W2,
+        "txheap",
+        Subject,
+        "Durability::None, default options",
+        Commits(txheap_engine::none),
+    ),
+    case(
+        W2,
+        "lmdb-writemap-nosync",
+        Peer,
+        "WRITE_MAP | NO_SYNC",
+        Commits(lmdb::writemap_nosync),
+    ),
+    case(W2, "lmdb-nosync", Peer, "NO_SYNC", Commits(lmdb::nosync)),
+    case(
+        W2,
+        "redb-none",
+        Peer,
+        "Durability::None",
+        Commits(redb_engine::none),
+    ),
+    case(
+        W2,
+        "sqlite-off",
+        Peer,
+        "WAL, synchronous=OFF",
+        Commits(sqlite::off),
+    ),
+    Case {
+        env: &[("PMEM_IS_PMEM_FORCE", "1")],
+        ..case(
+            W2,
+            "pmdk-forced",
+            Peer,
+            "libpmemobj with PMEM_IS_PMEM_FORCE=1 (cache flushes, no msync)",
+            Commits(pmdk::pool),
+        )
+    },
+    case(
+        W2,
+        "limit-malloc",
+        Limit,
+        "malloc(64) + first write, linked (volatile)",
+        Custom(malloc),
+    ),
+    // W3: one transaction of N allocations.
+    case(
+        W3,
+        "txheap",
+        Subject,
+        "Durability::Full, log_size 256 MiB",
+        OneTx(txheap_engine::full_big_log),
+    ),
+    case(W3, "lmdb", Peer, "default flags", OneTx(lmdb::durable)),
+    case(
+        W3,
+        "redb",
+        Peer,
+        "Durability::Immediate",
+        OneTx(redb_engine::immediate),
+    ),
+    case(
+        W3,
+        "sqlite",
+        Peer,
+        "WAL, synchronous=FULL",
+        OneTx(sqlite::full),
+    ),
+    Case {
+        capped: true,
+        ..case(
+            W3,
+            "pmdk",
+            Peer,
+            "pmemobj_tx_alloc × N in one transaction on a regular file (about 2 msyncs per allocation, so N is capped)",
+            OneTx(pmdk::pool),
+        )
+    },
+    Case {
+        env: &[("PMEM_IS_PMEM_FORCE", "1")],
+        ..case(
+            W3,
+            "pmdk-forced",
+            Peer,
+            "the same with PMEM_IS_PMEM_FORCE=1 (not durable on this disk)",
+            OneTx(pmdk::pool),
+        )
+    },
+    case(
+        W3,
+        "limit-malloc",
+        Limit,
+        "N × malloc(64) + first write, linked",
+        Custom(malloc),
+    ),
+    // W5: open and recovery.
+    Case {
+        setup: Some(Setup {
+            run: w5::setup_open,
+            each_round: false,
+        }),
+        ..case(
+            W5Open,
+            "txheap",
+            Subject,
+            "Heap::open, empty log",
+            Custom(w5::measure_open),
+        )
+    },
+    Case {
+        setup: Some(Setup {
+            run: w5::setup_replay,
+            each_round: true,
+        }),
+        ..case(
+            W5Replay,
+            "txheap",
+            Subject,
+            "Heap::open replaying the log",
+            Custom(w5::measure_replay),
+        )
+    },
+    case(
+        W5Replay,
+        "limit-memcpy",
+        Limit,
+        "memcpy of 64 MiB buffers",
+        Custom(memcpy),
+    ),
+];
+
+/// The case for `engine` in `workload`.
+pub fn find(workload: Workload, engine: &str) -> Option<&'static Case> {
+    CASES
+        .iter()
+        .find(|c| c.workload == workload && c.engine == engine)
+}
+
+/// Operations per child (and data per set-up child).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// W1 commits per child.
+    pub w1: u64,
+    /// W2 commits per child.
+    pub w2: u64,
+    /// W3 allocations in the one transaction.
+    pub w3: u64,
+    /// 64 MiB copies per memcpy child.
+    pub memcpy: u64,
+    /// 64-byte nodes in the W5 open heap (16 Mi = 1 GiB).
+    pub open_nodes: u64,
+    /// Log bytes the W5 replay set-up writes before stopping without a checkpoint.
+    pub replay_log_bytes: u64,
+    /// Operations per child for capped cases: durable PMDK on a regular file issues several
+    /// `msync`s per transaction (W1) and about two per `pmemobj_tx_alloc` (W3), so the
+    /// workloads' counts would take from minutes to hours.
+    pub capped: u64,
+}
+
+impl Counts {
+    /// The full run (documented in benches/README.md).
+    pub const FULL: Counts = Counts {
+        w1: 2_000,
+        w2: 100_000,
+        w3: 1_000_000,
+        memcpy: 16,
+        open_nodes: 16 << 20,
+        replay_log_bytes: 64 << 20,
+        capped: 500,
+    };
+    /// `--quick`: fewer operations per child and a 256 MiB heap for W5-open; same rounds.
+    pub const QUICK: Counts = Counts {
+        w1: 200,
+        w2: 20_000,
+        w3: 200_000,
+        memcpy: 4,
+        open_nodes: 4 << 20,
+        replay_log_bytes: 64 << 20,
+        capped: 100,
+    };
+
+    /// Operations for a measuring child of `case`.
+    pub fn ops(&self, case: &Case) -> u64 {
+        let n = match (case.workload, case.engine) {
+            (_, "limit-memcpy") => self.memcpy,
+            (W1, _) => self.w1,
+            (W2, _) => self.w2,
+            (W3, _) => self.w3,
+            (W5Open, _) | (W5Replay, _) => 1,
+        };
+        if case.capped {
+            n.min(self.capped)
+        } else {
+            n
+        }
+    }
+
+    /// Amount of data for a set-up child of `case`.
+    pub fn setup_ops(&self, case: &Case) -> u64 {
+        match case.workload {
+            W5Open => self.open_nodes,
+            W5Replay => self.replay_log_bytes,
+            _ => 0,
+        }
+    }
+}
+
+/// What a goal asks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// txheap's figure ÷ the other row's is at least this.
+    RatioAtLeast(f64),
+    /// txheap's median time is at most this many seconds.
+    SecsAtMost(f64),
+    /// txheap's median throughput is at least this many bytes per second.
+    BytesPerSecAtLeast(f64),
+}
+
+/// A goal of the issue (measured against, not tuned to).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Goal {
+    /// Workload.
+    pub workload: Workload,
+    /// The row compared with, for ratio goals.
+    pub versus: Option<&'static str>,
+    /// The target.
+    pub target: Target,
+}
+
+const fn ratio(workload: Workload, versus: &'static str, at_least: f64) -> Goal {
+    Goal {
+        workload,
+        versus: Some(versus),
+        target: Target::RatioAtLeast(at_least),
+    }
+}
+
+/// The issue's goals.
+pub static GOALS: &[Goal] = &[
+    ratio(W1, "limit-pwrite", 0.9),
+    ratio(W1, "sqlite", 1.0),
+    ratio(W1, "lmdb", 1.5),
+    ratio(W1, "redb", 1.5),
+    ratio(W1, "pmdk", 5.0),
+    ratio(W2, "lmdb-writemap-nosync", 2.0),
+    ratio(W2, "pmdk-forced", 3.0),
+    ratio(W3, "lmdb", 2.0),
+    ratio(W3, "pmdk", 2.0),
+    // The same PMDK goal against its non-durable figure: durable PMDK on a regular file is
+    // bound by its msyncs, which makes the first comparison say little about allocation.
+    ratio(W3, "pmdk-forced", 2.0),
+    ratio(W3, "limit-malloc", 1.0 / 3.0),
+    Goal {
+        workload: W5Open,
+        versus: None,
+        target: Target::SecsAtMost(0.010),
+    },
+    Goal {
+        workload: W5Replay,
+        versus: None,
+        target: Target::BytesPerSecAtLeast(500e6),
+    },
+];
+
+/// The ratio goal of `workload` against `versus`, if any.
+pub fn ratio_goal(workload: Workload, versus: &str) -> Option<f64> {
+    GOALS.iter().find_map(|g| match g.target {
+        Target::RatioAtLeast(r) if g.workload == workload && g.versus == Some(versus) => Some(r),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_workload_has_exactly_one_subject_and_unique_engines() {
+        for w in Workload::ALL {
+            let cases: Vec<_> = CASES.iter().filter(|c| c.workload == w).collect();
+            assert_eq!(
+                cases.iter().filter(|c| c.role == Role::Subject).count(),
+                1,
+                "{}",
+                w.name()
+            );
+            for (i, a) in cases.iter().enumerate() {
+                assert!(cases[i + 1..].iter().all(|b| b.engine != a.engine));
+            }
+        }
+    }
+
+    #[test]
+    fn every_ratio_goal_names_a_case_and_workload_names_parse() {
+        for g in GOALS {
+            if let Some(v) = g.versus {
+                assert!(find(g.workload, v).is_some(), "{} {v}", g.workload.name());
+            }
+        }
+        for w in Workload::ALL {
+            assert_eq!(Workload::parse(&w.name().to_lowercase()), Some(w));
+        }
+        assert_eq!(Workload::parse("W4"), None);
+    }
+
+    #[test]
+    fn quick_counts_are_smaller_and_nonzero() {
+        let (q, f) = (Counts::QUICK, Counts::FULL);
+        assert!(q.w1 > 0 && q.w1 <= f.w1 && q.w2 <= f.w2 && q.w3 <= f.w3);
+        for c in CASES {
+            assert!(q.ops(c) > 0 && f.ops(c) > 0);
+        }
+    }
+}

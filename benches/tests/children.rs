@@ -1,0 +1,109 @@
+//! Runs the built `txheap-bench` binary the way the parent does: every case listed by `--list`
+//! as its own child process (set-up child first where the case has one) with small counts, and
+//! checks the one `RESULT` line each prints.
+//!
+//! PMDK cases need `libpmemobj.so.1`; where it is missing, the child must fail with the message
+//! that says how to install it (and the case is then not measured here).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_txheap-bench");
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .env_remove("PMEM_IS_PMEM_FORCE")
+        .output()
+        .expect("spawn txheap-bench")
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+#[test]
+fn every_case_runs_as_a_child_process() {
+    let list = Command::new(BIN).arg("--list").output().unwrap();
+    assert!(list.status.success());
+    let list = String::from_utf8(list.stdout).unwrap();
+    let cases: Vec<Vec<&str>> = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("CASE "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(cases.len() >= 20, "{list}");
+    for case in &cases {
+        let [engine, workload, _role, setup] = case[..] else {
+            panic!("bad case line {case:?}");
+        };
+        let dir = tempfile::tempdir().unwrap();
+        if setup != "none" {
+            let amount = if workload == "W5-replay" {
+                "262144"
+            } else {
+                "5000"
+            };
+            let out = run(&["--setup", engine, workload, "--ops", amount], dir.path());
+            assert!(
+                out.status.success(),
+                "set-up {engine} {workload}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).contains("SETUP ok"));
+        }
+        let ops = if engine == "limit-memcpy" { "1" } else { "30" };
+        let out = run(&["--child", engine, workload, "--ops", ops], dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if engine.starts_with("pmdk") && stderr.contains("cannot load libpmemobj.so.1") {
+            assert!(stderr.contains("apt-get install libpmemobj1"), "{stderr}");
+            assert!(!out.status.success());
+            eprintln!("{engine} {workload}: libpmemobj.so.1 missing here; error message checked");
+            continue;
+        }
+        assert!(out.status.success(), "{engine} {workload}: {stderr}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.starts_with("RESULT "))
+            .collect();
+        assert_eq!(lines.len(), 1, "{stdout}");
+        let line = lines[0];
+        assert_eq!(field(line, "engine"), engine);
+        assert_eq!(field(line, "workload"), workload);
+        let n: u64 = field(line, "ops").parse().unwrap();
+        let secs: f64 = field(line, "secs").parse().unwrap();
+        assert!(n > 0 && secs > 0.0, "{line}");
+        if workload == "W1" || workload == "W2" {
+            assert_eq!(n, 30, "{line}");
+            if engine != "limit-malloc" {
+                let p50: f64 = field(line, "p50_us").parse().unwrap();
+                let p99: f64 = field(line, "p99_us").parse().unwrap();
+                assert!(0.0 < p50 && p50 <= p99, "{line}");
+            }
+        }
+        if workload == "W5-replay" && engine == "txheap" {
+            let bytes: u64 = field(line, "bytes").parse().unwrap();
+            assert!(bytes >= 262_144, "{line}");
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_fail_with_usage() {
+    let out = Command::new(BIN).args(["--only", "W9"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown workload W9"));
+    let out = Command::new(BIN).args(["--rounds", "3"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 5"));
+    let out = Command::new(BIN)
+        .args(["--child", "nosuch", "W1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
