@@ -270,6 +270,21 @@ pub fn run(cfg: &Config) -> BoxResult<()> {
     println!("# txheap benchmark results\n");
     println!("- date: {}", utc_now());
     println!("- machine: {cpus} CPUs ({cpu}), {mem} RAM, kernel {kernel}");
+    let source = Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("?".into(), |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        });
+    println!("- txheap source: git {source} (as built into this binary)");
     println!(
         "- filesystem: {fs} (mounted at {mount}), files in {}",
         work.path().display()
