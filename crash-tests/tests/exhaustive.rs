@@ -40,5 +40,6 @@ fn every_workload_of_up_to_two_operations_and_some_of_three() {
         }
     }
     eprintln!("exhaustive: {n} workloads, {images} crash images, 0 violations");
-    assert!(images > 5000);
+    // About 39,000 distinct images: a drop means lost coverage.
+    assert!(images >= 35_000, "only {images} images");
 }

@@ -47,12 +47,14 @@ fn run(
 fn power_loss_full() {
     let (images, instants) = run(Durability::Full, 1..7, 25, 6);
     eprintln!("Full: {images} images over {instants} instants");
-    assert!(images > 1000);
+    // About 37,700 distinct images (with those cut inside recovery): a drop means lost coverage.
+    assert!(images >= 30_000, "only {images} images");
 }
 
 #[test]
 fn power_loss_none() {
     let (images, instants) = run(Durability::None, 1..7, 25, 6);
     eprintln!("None: {images} images over {instants} instants");
-    assert!(images > 300);
+    // About 14,600 distinct images (with those cut inside recovery).
+    assert!(images >= 10_000, "only {images} images");
 }
