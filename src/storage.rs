@@ -52,6 +52,9 @@ pub struct FaultPlan {
     pub fail_barrier_after: Option<u64>,
     /// Fail the write (pwrite) after this many more succeed.
     pub fail_write_after: Option<u64>,
+    /// Make the write after this many more succeed a *short* write: its first half reaches the
+    /// file, then it fails with ENOSPC (what a `pwrite` that runs out of space part-way does).
+    pub short_write_after: Option<u64>,
 }
 
 #[cfg(feature = "test-hooks")]
@@ -173,6 +176,19 @@ impl Storage for FileStorage {
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
         #[cfg(feature = "test-hooks")]
         trip(&mut self.faults.fail_write_after)?;
+        #[cfg(feature = "test-hooks")]
+        if trip(&mut self.faults.short_write_after).is_err() {
+            let half = &bytes[..bytes.len() / 2];
+            self.file.write_all_at(half, offset)?;
+            record!(
+                self,
+                TraceEvent::Write {
+                    offset,
+                    bytes: half.to_vec()
+                }
+            );
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         self.counters.writes += 1;
         self.counters.bytes_written += bytes.len() as u64;
         // write_all_at retries short writes and EINTR; any other error comes back.

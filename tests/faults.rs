@@ -120,6 +120,67 @@ fn failed_apply_after_a_durable_frame_recovers_the_transaction() {
 }
 
 #[test]
+fn short_write_of_the_log_frame_is_a_torn_tail() {
+    // Every transaction fills a 512-byte root with its number, so no part of a frame's payload
+    // is zero: half of the frame reaches the file, then ENOSPC. (With a mostly-zero payload
+    // the missing half can equal the zeroed log, leaving a complete frame that rightly replays.)
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short.heap");
+    let fill = |heap: &Heap, n: u64| {
+        heap.transaction(|tx| {
+            let root = tx.root::<[u64; 64]>()?;
+            *tx.get_mut(root)? = [n; 64];
+            Ok(())
+        })
+    };
+    let heap = Heap::create(&path, Options::new()).unwrap();
+    for n in 1..=10 {
+        fill(&heap, n).unwrap();
+    }
+    heap.inject_faults(FaultPlan {
+        short_write_after: Some(0),
+        ..Default::default()
+    });
+    match fill(&heap, 11) {
+        Err(Error::Io {
+            op: "pwrite log frame",
+            source,
+            ..
+        }) => assert_eq!(source.raw_os_error(), Some(libc::ENOSPC)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(fill(&heap, 12), Err(Error::Poisoned { .. })));
+    drop(heap);
+    let heap = Heap::open(&path, Options::new()).unwrap();
+    let root = heap.read(|r| Ok(*r.get(r.root::<[u64; 64]>()?)?)).unwrap();
+    assert_eq!(root, [10; 64], "a half-written frame must not replay");
+    fill(&heap, 11).unwrap();
+}
+
+#[test]
+fn short_write_while_applying_is_repaired_by_replay() {
+    // The frame is durable; the first apply range is half written: recovery replays it whole.
+    let (r, c) = run(
+        FaultPlan {
+            short_write_after: Some(1),
+            ..Default::default()
+        },
+        Options::new(),
+    );
+    assert!(
+        matches!(
+            &r,
+            Err(Error::Io {
+                op: "pwrite heap range",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(c, 11, "the frame was durable, so recovery must replay it");
+}
+
+#[test]
 fn failed_checkpoint_keeps_every_commit() {
     // Fail the checkpoint's first barrier (before the superblock), then its second (after the
     // superblock write): either way every acknowledged commit survives.
