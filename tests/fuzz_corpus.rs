@@ -1,6 +1,7 @@
-//! Replay the minimized fuzz corpus (`fuzz/corpus-min/`, from `cargo fuzz cmin`) and the seeds on
-//! the stable toolchain: each image opens to a usable heap or gives a clear error, never a
-//! panic, and a refused image is never modified.
+//! Replay the fuzz seeds, the minimized fuzz corpus (`fuzz/corpus-min/`, a libFuzzer `-merge=1`
+//! of a fuzz run's corpus) and any crash reproducers (`fuzz/regressions/`) on the stable
+//! toolchain, doing what `fuzz/fuzz_targets/open_recover.rs` does: each image opens to a usable
+//! heap or gives a clear error, never a panic, and a refused image is never modified.
 
 use txheap::{Heap, Options};
 
@@ -10,7 +11,7 @@ fn replay_fuzz_corpus() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("image.heap");
     let (mut n, mut opened) = (0, 0);
-    for sub in ["seeds", "corpus-min"] {
+    for sub in ["seeds", "corpus-min", "regressions"] {
         let Ok(entries) = std::fs::read_dir(root.join(sub)) else {
             continue;
         };
@@ -37,6 +38,7 @@ fn replay_fuzz_corpus() {
             // not panic.
             if let Ok(h) = Heap::open(&path, Options::new()) {
                 let _ = h.transaction(|tx| tx.alloc([7u8; 100]).map(|_| ()));
+                let _ = h.transaction(|tx| tx.alloc_slice_zeroed::<u8>(100_000).map(|_| ()));
                 let _ = h.close();
             }
         }
