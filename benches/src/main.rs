@@ -17,6 +17,7 @@
 //! malloc, LMDB's open, PMDK loaded with dlopen).
 
 #![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 mod chart;

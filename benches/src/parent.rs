@@ -284,7 +284,7 @@ pub fn run(cfg: &Config) -> BoxResult<()> {
         .map_or("?".into(), |o| {
             String::from_utf8_lossy(&o.stdout).trim().to_string()
         });
-    println!("- txheap source: git {source} (as built into this binary)");
+    println!("- txheap source: git {source} (the tree this binary was built from)");
     println!(
         "- filesystem: {fs} (mounted at {mount}), files in {}",
         work.path().display()
@@ -521,10 +521,10 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
                     continue;
                 };
                 let ratio = sv / other.value();
-                let goal = if x < 1.0 {
+                let goal = if x < 0.5 {
                     format!("txheap within {:.0}x of {v} (ratio ≥ {x:.2})", 1.0 / x)
                 } else {
-                    format!("txheap ≥ {x:.1}x {v}")
+                    format!("txheap ≥ {x:.2}x {v}")
                 };
                 (goal, format!("{ratio:.2}x"), ratio >= x)
             }

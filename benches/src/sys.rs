@@ -243,7 +243,7 @@ impl Pmem {
                 Ok(p)
             }
         };
-        // SAFETY (all transmutes below): each symbol is the libpmemobj 1.x function of that
+        // SAFETY: (all transmutes below) each symbol is the libpmemobj 1.x function of that
         // name, whose C prototype (checked against /usr/include/libpmemobj/{pool_base,base,tx_base}.h
         // of libpmemobj-dev 1.12) matches the Rust fn-pointer type of the field it fills:
         // PMEMobjpool* and void* as *mut c_void, size_t as usize, uint64_t as u64, int as
