@@ -217,9 +217,9 @@ fn a_read_inside_a_transaction_does_not_grow_its_log_frame() {
 fn absurd_options_are_errors_not_overflow() {
     let (_d, p) = tmp("opts.heap");
     for o in [
-        Options::new().log_size(u64::MAX & !4095),
-        Options::new().max_size(u64::MAX & !4095),
-        Options::new().log_size(1 << 60).max_size(u64::MAX & !4095),
+        Options::new().log_size(!4095u64),
+        Options::new().max_size(!4095u64),
+        Options::new().log_size(1 << 60).max_size(!4095u64),
     ] {
         match Heap::create(&p, o) {
             Err(Error::InvalidOptions { .. }) => {}

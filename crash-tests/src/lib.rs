@@ -691,6 +691,10 @@ pub fn check_recovery_crashes(
     Ok((c0, images))
 }
 
+/// Random images per instant of a recovery cut by power (plus both extremes). Recovery writes
+/// few, large page runs, each covering many sectors: many images per instant.
+pub const RECOVERY_SAMPLES: usize = 24;
+
 /// Totals of a simulation.
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
@@ -854,7 +858,7 @@ pub fn simulate_windows(
             }
             if i == 1 && recovery_every > 0 && totals.instants % recovery_every == 0 {
                 let img = disk.image_of(choice);
-                match check_recovery_crashes(dir, &img, rec, 2, &mut rng) {
+                match check_recovery_crashes(dir, &img, rec, RECOVERY_SAMPLES, &mut rng) {
                     Ok((_, n)) => totals.recovery_images += n,
                     Err(what) => totals.violations.push(Violation {
                         what,
