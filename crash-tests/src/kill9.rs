@@ -255,6 +255,20 @@ pub fn run(dir: &Path, cfg: &Config, child: &dyn Fn() -> Command) -> Result<Repo
         let aim = (30..55)
             .contains(&how)
             .then(|| AIMED[rng.below(AIMED.len() as u64) as usize]);
+        // A file grows only early in its life (the workload's size levels off), and is created
+        // only once: start a fresh file when the kill is meant for growth, and every 50th visit.
+        let fresh = failpoint == Some("grow.after_fallocate")
+            || aim == Some(phase::GROW)
+            || (i / 2) % 50 == 49;
+        if fresh {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            acks_so_far[k] = 0;
+            last_in_recovery[k] = false;
+        }
         let mut proc = cmd
             .spawn()
             .map_err(|e| format!("spawning the child: {e}"))?;
