@@ -103,6 +103,16 @@ pub fn payload_size(seed: u64, value: u64) -> u64 {
     }
 }
 
+/// Print a summary line to the process's stderr *uncaptured*: the test harness captures
+/// `eprintln!` of passing tests, and CI's log must show what a crash test covered (how many
+/// images, where the kills landed), not only that it passed.
+pub fn report(text: &str) {
+    use std::io::Write;
+    let mut e = std::io::stderr().lock();
+    let _ = e.write_all(text.as_bytes());
+    let _ = e.write_all(b"\n");
+}
+
 /// Whether every byte of `s` is `b` (compared 4 KiB at a time with `memcmp`: a byte-at-a-time
 /// loop over multi-megabyte objects was most of the checker's time).
 pub fn all_bytes(s: &[u8], b: u8) -> bool {

@@ -51,7 +51,9 @@ fn every_broken_variant_is_caught() {
     assert_eq!(clean, 0, "the unbroken protocol must pass: {what}");
     for (name, mask) in variants {
         let (n, what) = violations(mask, 1..6);
-        eprintln!("{name}: caught ({n} violations; first: {what})");
+        crash_tests::report(&format!(
+            "broken variant \"{name}\": caught ({n} violations; first: {what})"
+        ));
         assert!(
             n > 0,
             "the simulator did not catch the broken variant: {name}"

@@ -45,7 +45,7 @@ fn kill9_campaign() {
         progress_lines: 10,
     };
     let rep = kill9::run(dir.path(), &cfg, &child).unwrap_or_else(|e| panic!("{e}"));
-    eprint!("{}", rep.table());
+    crash_tests::report(&format!("seed {seed}\n{}", rep.table()));
     assert_eq!(rep.kills, kills);
     if kills >= 1000 {
         // The dangerous windows were hit, measured by the phase the child died in.

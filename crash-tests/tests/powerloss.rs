@@ -46,7 +46,9 @@ fn run(
 #[test]
 fn power_loss_full() {
     let (images, instants) = run(Durability::Full, 1..7, 25, 6);
-    eprintln!("Full: {images} images over {instants} instants");
+    crash_tests::report(&format!(
+        "power loss, Full: {images} images over {instants} crash instants, 0 violations"
+    ));
     // About 39,100 distinct images (with those cut inside recovery): a drop means lost coverage.
     assert!(images >= 30_000, "only {images} images");
 }
@@ -54,7 +56,9 @@ fn power_loss_full() {
 #[test]
 fn power_loss_none() {
     let (images, instants) = run(Durability::None, 1..7, 25, 6);
-    eprintln!("None: {images} images over {instants} instants");
+    crash_tests::report(&format!(
+        "power loss, None: {images} images over {instants} crash instants, 0 violations"
+    ));
     // About 9,000 distinct images (with those cut inside recovery).
     assert!(images >= 8_000, "only {images} images");
 }
