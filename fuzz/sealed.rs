@@ -1,0 +1,1029 @@
+//! Structured, checksum-resealing mutation of valid heap images, and the checks run on them.
+//!
+//! Shared by the fuzz target `fuzz/fuzz_targets/open_recover_sealed.rs` (nightly, libFuzzer) and
+//! the stable test `tests/fuzz_sealed_corpus.rs` (which replays the committed corpus through
+//! exactly this code), each with `#[path]`; it uses only crates both have: `txheap`,
+//! `txheap_log`, `txheap_recovery`, `crc32fast` and `libc`.
+//!
+//! An input is `[seed selector][op; OP_LEN]...`. The selector picks one of [`SEEDS`] (valid
+//! images, embedded); each 16-byte op mutates one field of one structure of the image, found by
+//! parsing its current state (superblock slots, log frames and their ranges, heap header, chunk
+//! headers, run bitmaps), or appends a frame built with `txheap_log::FrameBuilder`, or changes the
+//! file's length. Then [`seal`] recomputes every checksum, so the image gets past the checksum
+//! checks that refuse nearly every blind mutation (layouts: `docs/FORMAT.md`):
+//!
+//! - each superblock slot with the magic: CRC32 of bytes 0..124 at 124..128 (any version);
+//! - the heap header at `heap_offset` if it has its magic: CRC32 of 0..60 at 60..64;
+//! - every chunk position `heap_offset + 8192 + i * 262144` in the file whose tag is `FREE`,
+//!   `RUN\0` or `LRGE`: CRC32 of 0..32 at 32..36;
+//! - log frames, walked from `log_offset` by their `payload_len` (stopping at the first without
+//!   the magic, with a length not a multiple of 8 or running past the log region): first the heap
+//!   and chunk headers carried whole inside their ranges (as above, at their file offsets), then
+//!   the frame check (XXH3-64 low 32 bits over header bytes 0..28 and the payload). The check is
+//!   computed by the log crate itself: `verify_frame` reports the computed value in `BadCrc`.
+//!
+//! `heap_offset` comes from the newest slot with the magic and a plausible `log_len` (else the
+//! seed's). An op may also leave a checksum broken on purpose (a post-seal byte flip).
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use txheap::{Error, Heap, Options};
+use txheap_recovery::{
+    Storage, CHUNK_SIZE, COUNTER_MAX, HEAP_META_LEN, LOG_LEN_MIN, LOG_OFFSET, PAGE_SIZE,
+    SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_MAGIC, SUPERBLOCK_SLOT_LEN,
+};
+
+/// Bytes per op.
+pub const OP_LEN: usize = 16;
+/// Ops after this many are ignored.
+pub const MAX_OPS: usize = 64;
+/// Files may not grow past this (`RLIMIT_FSIZE`, see [`limit_file_size`]): a hostile but valid
+/// `max_size` and chunk count would otherwise make each execution fallocate gigabytes of tmpfs.
+pub const FILE_SIZE_LIMIT: u64 = 128 << 20;
+
+/// The seed images: the five of `fuzz/seeds/` (no chunks yet) and three of
+/// `fuzz/seeds-sealed/` (runs, large objects, free extents, generation 2 in slot B; frames in the
+/// log), written by `tests/fuzz_sealed_corpus.rs` (`write_sealed_seeds`).
+pub static SEEDS: [(&str, &[u8]); 8] = [
+    ("fresh", include_bytes!("seeds/fresh.img")),
+    ("frames-0", include_bytes!("seeds/frames-0.img")),
+    ("frames-1", include_bytes!("seeds/frames-1.img")),
+    ("frames-2", include_bytes!("seeds/frames-2.img")),
+    ("closed", include_bytes!("seeds/closed.img")),
+    ("runs-live", include_bytes!("seeds-sealed/runs-live.img")),
+    (
+        "extents-live",
+        include_bytes!("seeds-sealed/extents-live.img"),
+    ),
+    ("gen2-live", include_bytes!("seeds-sealed/gen2-live.img")),
+];
+
+const SB_LEN: usize = SUPERBLOCK_ENCODED_LEN;
+const SLOTS: [usize; 2] = [0, SUPERBLOCK_SLOT_LEN as usize];
+const LOG_OFF: usize = LOG_OFFSET as usize;
+const CHUNK: usize = CHUNK_SIZE as usize;
+const META: usize = HEAP_META_LEN as usize;
+const FRAME_HDR: usize = txheap_log::FRAME_HEADER_LEN;
+const RANGE_HDR: usize = txheap_log::RANGE_HEADER_LEN;
+const HEAP_MAGIC: &[u8; 8] = b"TXHEAPHH";
+const HEAP_HDR: usize = 64;
+const CHUNK_HDR: usize = 64;
+const TAGS: [&[u8; 4]; 3] = [b"FREE", b"RUN\0", b"LRGE"];
+const NCLASSES: usize = 44;
+const ROOT_AREA: usize = 4096;
+/// An image never grows past its seed's length plus this (keeps executions fast).
+const GROW_LIMIT: usize = 4 << 20;
+
+// ---- little-endian helpers -------------------------------------------------------------------
+
+fn get(img: &[u8], off: usize, width: usize) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(s) = img.get(off..off.saturating_add(width)) {
+        b[..width].copy_from_slice(s);
+    }
+    u64::from_le_bytes(b)
+}
+
+fn put(img: &mut [u8], off: usize, width: usize, v: u64) {
+    if let Some(s) = img.get_mut(off..off.saturating_add(width)) {
+        s.copy_from_slice(&v.to_le_bytes()[..width]);
+    }
+}
+
+fn mask(v: u64, width: usize) -> u64 {
+    if width >= 8 {
+        v
+    } else {
+        v & ((1u64 << (width * 8)) - 1)
+    }
+}
+
+// ---- layout ----------------------------------------------------------------------------------
+
+/// A superblock slot's fields as stored (not validated).
+#[derive(Debug, Clone, Copy, Default)]
+struct SbFields {
+    seq: u64,
+    generation: u64,
+    next_txid: u64,
+    log_len: u64,
+    max_size: u64,
+}
+
+#[derive(Debug, Clone)]
+struct RangeLoc {
+    /// File offset of the range header.
+    hdr: usize,
+    /// File offset of its bytes.
+    data: usize,
+    len: usize,
+    /// Where the bytes go.
+    target: u64,
+}
+
+#[derive(Debug, Clone)]
+struct FrameLoc {
+    off: usize,
+    len: usize,
+    generation: u64,
+    txid: u64,
+    ranges: Vec<RangeLoc>,
+}
+
+/// The image's structures as they are now.
+#[derive(Debug, Clone)]
+struct Layout {
+    len: usize,
+    sb: SbFields,
+    heap: usize,
+    log_end: usize,
+    frames: Vec<FrameLoc>,
+    /// End of the committed frames (what replay would accept) and the next txid there.
+    tail: usize,
+    expected_txid: u64,
+    /// Chunk positions whose header lies inside the file.
+    chunks: usize,
+}
+
+fn read_sb(img: &[u8], slot: usize) -> Option<SbFields> {
+    if img.len() < slot + SB_LEN || img[slot..slot + 8] != SUPERBLOCK_MAGIC {
+        return None;
+    }
+    Some(SbFields {
+        seq: get(img, slot + 16, 8),
+        generation: get(img, slot + 24, 8),
+        next_txid: get(img, slot + 32, 8),
+        log_len: get(img, slot + 48, 8),
+        max_size: get(img, slot + 64, 8),
+    })
+}
+
+fn layout(img: &[u8], default_log_len: usize) -> Layout {
+    let len = img.len();
+    let plausible = |s: &SbFields| {
+        s.log_len % PAGE_SIZE == 0
+            && s.log_len >= LOG_LEN_MIN
+            && s.log_len <= (len as u64).saturating_sub(LOG_OFFSET + HEAP_HDR as u64)
+    };
+    let slots: Vec<SbFields> = SLOTS
+        .iter()
+        .filter_map(|&s| read_sb(img, s))
+        .filter(plausible)
+        .collect();
+    let mut sb = slots.first().copied().unwrap_or(SbFields {
+        seq: 1,
+        generation: 1,
+        next_txid: 1,
+        log_len: default_log_len as u64,
+        max_size: 0,
+    });
+    for s in &slots {
+        if s.seq > sb.seq {
+            sb = *s;
+        }
+    }
+    let heap = LOG_OFF + sb.log_len as usize;
+    let log_end = heap.min(len);
+    let mut frames = Vec::new();
+    let mut at = LOG_OFF;
+    while at + FRAME_HDR <= log_end && get(img, at, 4) == txheap_log::FRAME_MAGIC as u64 {
+        let pl = get(img, at + 24, 4) as usize;
+        if pl % 8 != 0 || at + FRAME_HDR + pl > log_end {
+            break;
+        }
+        let end = at + FRAME_HDR + pl;
+        let mut ranges = Vec::new();
+        let mut r = at + FRAME_HDR;
+        for _ in 0..get(img, at + 4, 4) {
+            if end - r < RANGE_HDR {
+                break;
+            }
+            let rl = get(img, r + 8, 4) as usize;
+            if end - r - RANGE_HDR < rl.div_ceil(8) * 8 {
+                break;
+            }
+            ranges.push(RangeLoc {
+                hdr: r,
+                data: r + RANGE_HDR,
+                len: rl,
+                target: get(img, r, 8),
+            });
+            r += RANGE_HDR + rl.div_ceil(8) * 8;
+        }
+        frames.push(FrameLoc {
+            off: at,
+            len: end - at,
+            generation: get(img, at + 8, 8),
+            txid: get(img, at + 16, 8),
+            ranges,
+        });
+        at = end;
+    }
+    let (mut tail, mut expected_txid) = (LOG_OFF, sb.next_txid);
+    for f in &frames {
+        if f.generation != sb.generation || f.txid != expected_txid {
+            break;
+        }
+        tail = f.off + f.len;
+        expected_txid = expected_txid.wrapping_add(1);
+    }
+    let chunk_area = heap + META;
+    let chunks = if len >= chunk_area + CHUNK_HDR {
+        (len - chunk_area - CHUNK_HDR) / CHUNK + 1
+    } else {
+        0
+    };
+    Layout {
+        len,
+        sb,
+        heap,
+        log_end,
+        frames,
+        tail,
+        expected_txid,
+        chunks,
+    }
+}
+
+// ---- sealing ---------------------------------------------------------------------------------
+
+fn seal_heap_header(b: &mut [u8]) {
+    if b.len() >= HEAP_HDR && &b[..8] == HEAP_MAGIC {
+        let c = crc32fast::hash(&b[..60]);
+        b[60..64].copy_from_slice(&c.to_le_bytes());
+    }
+}
+
+fn seal_chunk_header(b: &mut [u8]) {
+    if b.len() >= CHUNK_HDR && TAGS.iter().any(|t| &b[..4] == *t) {
+        let c = crc32fast::hash(&b[..32]);
+        b[32..36].copy_from_slice(&c.to_le_bytes());
+    }
+}
+
+/// The frame check of `header[..28]` and `payload`, computed by `txheap_log::verify_frame` (the
+/// function replay uses): it reports the computed value when the stored one differs, and gets
+/// past the check (to `Ok` or `Malformed`) only when they are equal.
+pub fn frame_check(header: &[u8; FRAME_HDR], payload: &[u8]) -> u32 {
+    let h = txheap_log::FrameHeader {
+        range_count: get(header, 4, 4) as u32,
+        generation: get(header, 8, 8),
+        txid: get(header, 16, 8),
+        payload_len: payload.len() as u32,
+        crc: get(header, 28, 4) as u32,
+    };
+    match txheap_log::verify_frame(header, &h, payload) {
+        Err(txheap_log::StopReason::BadCrc { computed, .. }) => computed,
+        Ok(_) | Err(txheap_log::StopReason::Malformed { .. }) => h.crc,
+        Err(other) => panic!("verify_frame did not reach the checksum: {other:?}"),
+    }
+}
+
+/// Recompute every checksum of `img` (see the module comment for which and where).
+pub fn seal(img: &mut [u8], default_log_len: usize) {
+    for slot in SLOTS {
+        if img.len() >= slot + SB_LEN && img[slot..slot + 8] == SUPERBLOCK_MAGIC {
+            let c = crc32fast::hash(&img[slot..slot + 124]);
+            img[slot + 124..slot + 128].copy_from_slice(&c.to_le_bytes());
+        }
+    }
+    let lay = layout(img, default_log_len);
+    let (heap, chunk_area) = (lay.heap, lay.heap + META);
+    if let Some(b) = img.get_mut(heap..heap + HEAP_HDR) {
+        seal_heap_header(b);
+    }
+    for i in 0..lay.chunks {
+        let at = chunk_area + i * CHUNK;
+        seal_chunk_header(&mut img[at..at + CHUNK_HDR]);
+    }
+    for f in &lay.frames {
+        for r in &f.ranges {
+            let (t, end) = (r.target as u128, r.target as u128 + r.len as u128);
+            let rel = |file_off: usize| (file_off as u128 - t) as usize;
+            if t <= heap as u128 && heap as u128 + HEAP_HDR as u128 <= end {
+                let at = r.data + rel(heap);
+                seal_heap_header(&mut img[at..at + HEAP_HDR]);
+            }
+            // Chunk boundaries inside [t, end - 64].
+            let first = if t <= chunk_area as u128 {
+                0
+            } else {
+                (t - chunk_area as u128).div_ceil(CHUNK as u128)
+            };
+            let mut b = chunk_area as u128 + first * CHUNK as u128;
+            while b + CHUNK_HDR as u128 <= end {
+                let at = r.data + rel(b as usize);
+                seal_chunk_header(&mut img[at..at + CHUNK_HDR]);
+                b += CHUNK as u128;
+            }
+        }
+        let hdr: [u8; FRAME_HDR] = img[f.off..f.off + FRAME_HDR].try_into().unwrap();
+        let c = frame_check(&hdr, &img[f.off + FRAME_HDR..f.off + f.len]);
+        put(img, f.off + 28, 4, c as u64);
+    }
+}
+
+// ---- ops -------------------------------------------------------------------------------------
+
+const INTERESTING: [u64; 40] = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    7,
+    8,
+    15,
+    16,
+    43,
+    44,
+    63,
+    64,
+    127,
+    128,
+    255,
+    256,
+    4095,
+    4096,
+    8192,
+    65535,
+    65536,
+    CHUNK_SIZE - 1,
+    CHUNK_SIZE,
+    CHUNK_SIZE + 1,
+    (1 << 31) - 1,
+    1 << 31,
+    (1 << 32) - 1,
+    1 << 32,
+    COUNTER_MAX - 1,
+    COUNTER_MAX,
+    COUNTER_MAX + 1,
+    1 << 63,
+    u64::MAX - 1,
+    u64::MAX,
+    0x5246_5854, // frame magic
+    0x4545_5246, // "FREE"
+    0x004e_5552, // "RUN\0"
+    0x4547_524c, // "LRGE"
+    i64::MAX as u64,
+];
+
+fn run_geom(class: usize) -> (u64, u64, u64) {
+    let mut classes = [0u64; NCLASSES];
+    for (i, c) in classes.iter_mut().enumerate().take(8) {
+        *c = 16 * (i as u64 + 1);
+    }
+    let (mut i, mut base) = (8, 128u64);
+    while i < NCLASSES {
+        for k in 1..=4 {
+            classes[i] = base + base / 4 * k;
+            i += 1;
+        }
+        base *= 2;
+    }
+    let bs = classes[class];
+    let mut n = (CHUNK as u64 - CHUNK_HDR as u64) / bs;
+    loop {
+        let data = (CHUNK_HDR as u64 + n.div_ceil(64) * 8).div_ceil(64) * 64;
+        if data + n * bs <= CHUNK as u64 {
+            return (bs, n, data);
+        }
+        n -= 1;
+    }
+}
+
+struct Op {
+    region: u8,
+    a: u8,
+    b: u8,
+    p: u16,
+    q: u8,
+    mode: u8,
+    w: u8,
+    v: [u8; 8],
+}
+
+impl Op {
+    fn parse(b: &[u8]) -> Op {
+        Op {
+            region: b[0],
+            a: b[1],
+            b: b[2],
+            p: u16::from_le_bytes([b[3], b[4]]),
+            q: b[5],
+            mode: b[6],
+            w: b[7],
+            v: b[8..16].try_into().unwrap(),
+        }
+    }
+    fn raw(&self) -> u64 {
+        u64::from_le_bytes(self.v)
+    }
+    fn delta(&self) -> u64 {
+        self.v[1] as i8 as i64 as u64
+    }
+    /// A new value for a `width`-byte field holding `cur`.
+    fn value(&self, cur: u64, width: usize, other: Option<u64>, ctx: &[u64]) -> u64 {
+        let pick = |t: &[u64]| t[self.v[0] as usize % t.len()];
+        mask(
+            match self.mode % 8 {
+                1 => pick(&INTERESTING),
+                2 => cur.wrapping_add(self.v[0] as i8 as i64 as u64),
+                3 => pick(ctx).wrapping_add(self.delta()),
+                4 => cur ^ (1u64 << (self.v[0] as usize % (width * 8))),
+                5 => other.unwrap_or(cur).wrapping_add(self.delta()),
+                6 => pick(&INTERESTING).wrapping_add(self.delta()),
+                _ => self.raw(),
+            },
+            width,
+        )
+    }
+    fn width(&self) -> usize {
+        1 << (self.w % 4)
+    }
+}
+
+fn context(img: &[u8], lay: &Layout, seed_len: usize) -> Vec<u64> {
+    let chunk_area = (lay.heap + META) as u64;
+    let hh_count = get(img, lay.heap + 8, 8);
+    vec![
+        lay.len as u64,
+        lay.heap as u64,
+        chunk_area,
+        lay.sb.log_len,
+        lay.sb.max_size,
+        lay.chunks as u64,
+        lay.sb.generation,
+        lay.sb.next_txid,
+        lay.sb.seq,
+        lay.expected_txid,
+        (lay.tail - LOG_OFF) as u64,
+        hh_count,
+        chunk_area.wrapping_add(hh_count.wrapping_mul(CHUNK_SIZE)),
+        chunk_area + lay.chunks as u64 * CHUNK_SIZE,
+        lay.frames.len() as u64,
+        seed_len as u64,
+        LOG_OFFSET,
+        COUNTER_MAX,
+    ]
+}
+
+/// Mutate the field `(off, width)` of the image, `other` being the same field of a sibling.
+fn field(img: &mut [u8], op: &Op, off: usize, width: usize, other: Option<usize>, ctx: &[u64]) {
+    let fits = |o: usize| o.checked_add(width).is_some_and(|e| e <= img.len());
+    if !fits(off) {
+        return;
+    }
+    let cur = get(img, off, width);
+    let other = other.filter(|&o| fits(o)).map(|o| get(img, o, width));
+    let v = op.value(cur, width, other, ctx);
+    put(img, off, width, v);
+}
+
+fn apply(img: &mut Vec<u8>, op: &Op, seed_len: usize, post: &mut Vec<(usize, u8)>) {
+    let lay = layout(img, SEED_LOG_LEN);
+    let ctx = context(img, &lay, seed_len);
+    let chunk_area = lay.heap + META;
+    let chunk_at = |i: usize| chunk_area + i * CHUNK;
+    let nchunks = lay.chunks.max(1);
+    match op.region % 16 {
+        // Superblock field (slot a & 1), or the whole slot copied from the other one.
+        0 | 1 => {
+            const F: [(usize, usize); 13] = [
+                (0, 8),
+                (8, 4),
+                (12, 4),
+                (16, 8),
+                (24, 8),
+                (32, 8),
+                (40, 8),
+                (48, 8),
+                (56, 8),
+                (64, 8),
+                (72, 4),
+                (76, 4),
+                (80, 4),
+            ];
+            let (slot, other) = (SLOTS[op.a as usize & 1], SLOTS[(op.a as usize + 1) & 1]);
+            let k = op.b as usize % (F.len() + 1);
+            if k == F.len() {
+                if img.len() >= SLOTS[1] + SB_LEN {
+                    img.copy_within(other..other + SB_LEN, slot);
+                }
+                return;
+            }
+            let (mut off, width) = F[k];
+            if off == 80 {
+                off += op.p as usize % 40; // reserved bytes 80..124
+            }
+            field(img, op, slot + off, width, Some(other + off), &ctx);
+        }
+        // Frame header field; index len() is the position after the last frame.
+        2 | 3 => {
+            const F: [(usize, usize); 6] = [(0, 4), (4, 4), (8, 8), (16, 8), (24, 4), (28, 4)];
+            let i = op.a as usize % (lay.frames.len() + 1);
+            let at = lay
+                .frames
+                .get(i)
+                .map_or(lay.frames.last().map_or(LOG_OFF, |f| f.off + f.len), |f| {
+                    f.off
+                });
+            if at + FRAME_HDR > lay.log_end {
+                return;
+            }
+            let prev = i.checked_sub(1).map(|j| lay.frames[j].off);
+            let (off, width) = F[op.b as usize % F.len()];
+            field(img, op, at + off, width, prev.map(|p| p + off), &ctx);
+        }
+        // Range header field.
+        4 => {
+            let Some(f) = pick(&lay.frames, op.a) else {
+                return;
+            };
+            let Some(r) = pick(&f.ranges, op.q) else {
+                return;
+            };
+            const F: [(usize, usize); 3] = [(0, 8), (8, 4), (12, 4)];
+            let (off, width) = F[op.b as usize % F.len()];
+            let j = f.ranges.iter().position(|x| x.hdr == r.hdr).unwrap();
+            let prev = j.checked_sub(1).map(|j| f.ranges[j].hdr + off);
+            field(img, op, r.hdr + off, width, prev, &ctx);
+        }
+        // Range bytes (also the heap and chunk headers a range carries).
+        5 => {
+            let Some(f) = pick(&lay.frames, op.a) else {
+                return;
+            };
+            let Some(r) = pick(&f.ranges, op.q) else {
+                return;
+            };
+            if r.len == 0 {
+                return;
+            }
+            let width = op.width().min(r.len);
+            let mut pos = op.p as usize % (r.len - width + 1);
+            if op.w & 4 != 0 {
+                pos -= pos % width;
+            }
+            // The same place in the image, for copy-mode.
+            let other = usize::try_from(r.target)
+                .ok()
+                .and_then(|t| t.checked_add(pos));
+            field(img, op, r.data + pos, width, other, &ctx);
+        }
+        // Heap header field.
+        6 => {
+            const F: [(usize, usize); 9] = [
+                (0, 8),
+                (8, 8),
+                (16, 8),
+                (24, 8),
+                (32, 4),
+                (36, 8),
+                (44, 8),
+                (52, 8),
+                (60, 4),
+            ];
+            let (off, width) = F[op.b as usize % F.len()];
+            field(img, op, lay.heap + off, width, None, &ctx);
+        }
+        // Chunk header field.
+        7 | 8 => {
+            const F: [(usize, usize); 12] = [
+                (0, 4),
+                (4, 4),
+                (8, 4),
+                (12, 4),
+                (16, 4),
+                (20, 4),
+                (24, 8),
+                (32, 4),
+                (36, 8),
+                (44, 8),
+                (52, 8),
+                (60, 4),
+            ];
+            let i = (op.a as usize | (op.q as usize) << 8) % nchunks;
+            let (off, width) = F[op.b as usize % F.len()];
+            let other = (i > 0).then(|| chunk_at(0) + off);
+            field(img, op, chunk_at(i) + off, width, other, &ctx);
+        }
+        // A whole consistent chunk header: free extent, run, large extent, or a copy.
+        9 => {
+            let i = (op.a as usize | (op.q as usize) << 8) % nchunks;
+            let at = chunk_at(i);
+            if at + CHUNK_HDR > img.len() {
+                return;
+            }
+            let cur_chunks = get(img, at + 4, 4);
+            let mut h = [0u8; CHUNK_HDR];
+            match op.b % 4 {
+                0 => {
+                    h[..4].copy_from_slice(b"FREE");
+                    put(&mut h, 4, 4, op.value(cur_chunks, 4, None, &ctx));
+                }
+                1 => {
+                    let class = op.v[2] as usize % NCLASSES;
+                    let (bs, n, data) = run_geom(class);
+                    h[..4].copy_from_slice(b"RUN\0");
+                    put(&mut h, 4, 4, 1);
+                    put(&mut h, 8, 4, class as u64);
+                    put(&mut h, 12, 4, bs);
+                    put(&mut h, 16, 4, n);
+                    put(&mut h, 20, 4, data);
+                    if op.w & 1 != 0 {
+                        let bm = at + CHUNK_HDR;
+                        let end = (bm + n.div_ceil(64) as usize * 8).min(img.len());
+                        img[bm.min(end)..end].fill(0);
+                    }
+                }
+                2 => {
+                    let chunks = op.value(cur_chunks, 4, None, &ctx);
+                    let room = (chunks * CHUNK_SIZE).saturating_sub(64).max(1);
+                    h[..4].copy_from_slice(b"LRGE");
+                    put(&mut h, 4, 4, chunks);
+                    put(&mut h, 20, 4, 64);
+                    put(&mut h, 24, 8, get(&op.v, 4, 4) % room + 1);
+                }
+                _ => {
+                    let j = op.p as usize % nchunks;
+                    if chunk_at(j) + CHUNK_HDR <= img.len() {
+                        h.copy_from_slice(&img[chunk_at(j)..chunk_at(j) + CHUNK_HDR]);
+                    }
+                }
+            }
+            img[at..at + CHUNK_HDR].copy_from_slice(&h);
+        }
+        // A run bitmap word.
+        10 => {
+            let i = (op.a as usize | (op.q as usize) << 8) % nchunks;
+            let at = chunk_at(i) + CHUNK_HDR + 8 * (op.p as usize % 512);
+            field(img, op, at, 8, Some(chunk_at(i) + CHUNK_HDR), &ctx);
+        }
+        // Append a frame with one range copying part of the heap's current metadata (replayed
+        // as it is unless later ops change it), or add that range to the last committed frame.
+        11 | 12 => append_frame(img, op, &lay, &ctx),
+        // Raw bytes in the heap area (root area, objects, bitmaps) or anywhere.
+        13 => {
+            let base = if op.q & 1 == 0 {
+                lay.heap.min(img.len())
+            } else {
+                0
+            };
+            let span = img.len() - base;
+            let width = op.width();
+            if span < width {
+                return;
+            }
+            let off =
+                base + (get(&op.v, 4, 4) as usize | (op.p as usize) << 32) % (span - width + 1);
+            field(img, op, off, width, None, &ctx);
+        }
+        // File length.
+        14 => {
+            let l = img.len();
+            let n = get(&op.v, 0, 4) as usize;
+            let new = match op.b % 4 {
+                0 => l.saturating_sub(n % (2 * CHUNK) + 1),
+                1 => l + n % (2 * CHUNK) + 1,
+                2 => ctx[op.v[4] as usize % ctx.len()].wrapping_add(op.v[5] as i8 as i64 as u64)
+                    as usize,
+                _ => (l as i64 + op.v[4] as i8 as i64 * PAGE_SIZE as i64).max(0) as usize,
+            };
+            img.resize(new.min(seed_len + GROW_LIMIT), 0);
+        }
+        // Flip a byte after sealing (leaves one checksum broken).
+        _ => {
+            if !img.is_empty() {
+                post.push((get(&op.v, 0, 8) as usize % img.len(), op.v[7] | 1));
+            }
+        }
+    }
+}
+
+fn pick<T>(v: &[T], i: u8) -> Option<&T> {
+    (!v.is_empty()).then(|| &v[i as usize % v.len()])
+}
+
+fn append_frame(img: &mut [u8], op: &Op, lay: &Layout, ctx: &[u64]) {
+    let chunk_area = lay.heap + META;
+    let nchunks = lay.chunks.max(1);
+    let ci = chunk_area + (op.a as usize % nchunks) * CHUNK;
+    let (target, len) = match op.b % 8 {
+        0 => (lay.heap as u64, HEAP_HDR),
+        1 => (ci as u64, CHUNK_HDR),
+        2 => (
+            (ci + CHUNK_HDR + 8 * (op.p as usize % 256)) as u64,
+            8 * (1 + op.v[7] as usize % 4),
+        ),
+        3 => (
+            (lay.heap + ROOT_AREA + ((op.p as usize % ROOT_AREA) & !7)) as u64,
+            8 * (1 + op.v[7] as usize % 8),
+        ),
+        4 => {
+            let span = lay.len.saturating_sub(lay.heap).max(1);
+            (
+                (lay.heap + get(&op.v, 2, 4) as usize % span) as u64,
+                1 + op.v[6] as usize % 64,
+            )
+        }
+        5 => (ci as u64, CHUNK_HDR + 64),
+        6 => (op.value(0, 8, None, ctx), 1 + op.v[6] as usize % 16),
+        _ => (0, 0),
+    };
+    let mut bytes = vec![0u8; len];
+    if let Ok(t) = usize::try_from(target) {
+        for (k, b) in bytes.iter_mut().enumerate() {
+            *b = img.get(t.wrapping_add(k)).copied().unwrap_or(0);
+        }
+    }
+    let mut fb = txheap_log::FrameBuilder::new();
+    // Extend the last committed frame instead of appending after it.
+    let last = lay
+        .frames
+        .iter()
+        .find(|f| f.off + f.len == lay.tail && lay.tail > LOG_OFF);
+    let (at, generation, txid) = match last {
+        Some(f) if op.w & 1 != 0 => {
+            for r in &f.ranges {
+                let _ = fb.push_range(r.target, &img[r.data..r.data + r.len]);
+            }
+            (f.off, f.generation, f.txid)
+        }
+        _ => {
+            let (g, t) = (lay.sb.generation, lay.expected_txid);
+            match op.q % 8 {
+                6 => (lay.tail, g, t.wrapping_add(1)),
+                7 => (lay.tail, g.wrapping_add(1), t),
+                _ => (lay.tail, g, t),
+            }
+        }
+    };
+    if op.b % 8 != 7 {
+        let _ = fb.push_range(target, &bytes);
+    }
+    let frame = fb.finish(generation, txid);
+    if at + frame.len() <= lay.log_end {
+        img[at..at + frame.len()].copy_from_slice(frame);
+    }
+}
+
+/// Every seed has a 64 KiB log; used when no slot gives a plausible one.
+const SEED_LOG_LEN: usize = 65536;
+
+/// The image an input describes: its seed, mutated by its ops, sealed, then post-seal flips.
+pub fn build(data: &[u8]) -> Vec<u8> {
+    let mut img = Vec::new();
+    build_into(data, &mut img);
+    img
+}
+
+/// [`build`] into a reused buffer (the fuzz target's: no 2 MiB allocation per execution).
+pub fn build_into(data: &[u8], img: &mut Vec<u8>) {
+    let (sel, ops) = data.split_first().map_or((0, &[][..]), |(s, o)| (*s, o));
+    let seed = SEEDS[sel as usize % SEEDS.len()].1;
+    img.clear();
+    img.extend_from_slice(seed);
+    let mut post = Vec::new();
+    for op in ops.chunks_exact(OP_LEN).take(MAX_OPS) {
+        apply(img, &Op::parse(op), seed.len(), &mut post);
+    }
+    seal(img, SEED_LOG_LEN);
+    for (off, x) in post {
+        if let Some(b) = img.get_mut(off) {
+            *b ^= x;
+        }
+    }
+}
+
+// ---- checks ----------------------------------------------------------------------------------
+
+/// Make growth past [`FILE_SIZE_LIMIT`] fail with `EFBIG` (an `Error::Io`) instead of filling
+/// memory or disk; SIGXFSZ is ignored so the write returns the error. Once per process.
+pub fn limit_file_size() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: plain libc calls with valid arguments; no Rust state is involved.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: FILE_SIZE_LIMIT,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+        }
+    });
+}
+
+/// Storage for simulating writable recovery in memory, with the same size limit as the file.
+struct CappedMem(Vec<u8>);
+
+impl Storage for CappedMem {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let s = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.0.get(o..o.checked_add(buf.len())?))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(s);
+        Ok(())
+    }
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        let end = offset.saturating_add(bytes.len() as u64);
+        if end > FILE_SIZE_LIMIT {
+            return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+        }
+        if end as usize > self.0.len() {
+            self.0.resize(end as usize, 0);
+        }
+        self.0[offset as usize..end as usize].copy_from_slice(bytes);
+        Ok(())
+    }
+    fn barrier(&mut self, _: u64, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn barrier_all(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn grow(&mut self, new_len: u64) -> std::io::Result<()> {
+        if new_len > FILE_SIZE_LIMIT {
+            return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+        }
+        if new_len as usize > self.0.len() {
+            self.0.resize(new_len as usize, 0);
+        }
+        Ok(())
+    }
+}
+
+/// What `txheap_recovery::recover` alone leaves of `image` (its replay and checkpoint).
+pub fn recovered(image: &[u8]) -> Vec<u8> {
+    let mut s = CappedMem(image.to_vec());
+    let _ = txheap_recovery::recover(&mut s);
+    s.0
+}
+
+/// What happened to one image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// `open_read_only` succeeded.
+    pub read_only_opened: bool,
+    /// `open` succeeded.
+    pub opened: bool,
+    /// The first transaction committed.
+    pub committed: bool,
+    /// `open` failed (not with an I/O error) after recovery had replayed frames into the file
+    /// and checkpointed it: the file is left exactly as recovery wrote it.
+    pub refused_after_recovery: Option<String>,
+}
+
+/// The large object each opened heap gets (memcmp'd, not compared byte by byte).
+static BIG: [u8; 100_000] = [0x3C; 100_000];
+
+/// Run the checks on `image` at `path` (a scratch file). Panics on a violated property:
+///
+/// - no panic inside the library;
+/// - `open_read_only` never changes the file, whether it succeeds or fails;
+/// - a failed `open` leaves the file unchanged, unless it failed with `Error::Io` (the harness's
+///   `RLIMIT_FSIZE` gives `EFBIG`; mapping a huge `max_size` gives `ENOMEM`). If
+///   `allow_refused_after_recovery`, a file left exactly as the library's own recovery would leave
+///   it is reported in [`Outcome::refused_after_recovery`] instead;
+/// - an opened heap's reads, stats and transactions return `Ok` or an `Error`; a committed
+///   transaction's objects read back as written, in the same handle and after `close` and a
+///   read-only reopen (which must succeed);
+/// - stats are consistent: used + free <= heap bytes, largest free extent <= free bytes.
+pub fn check(path: &Path, image: &[u8], allow_refused_after_recovery: bool) -> Outcome {
+    limit_file_size();
+    let mut out = Outcome::default();
+    write_file(path, image);
+    match Heap::open_read_only(path) {
+        Ok(h) => {
+            out.read_only_opened = true;
+            use_heap(&h);
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+    assert!(file_equals(path, image), "open_read_only changed the file");
+    let h = match Heap::open(path, Options::new()) {
+        Ok(h) => h,
+        Err(e) => {
+            if !file_equals(path, image) && !matches!(e, Error::Io { .. }) {
+                let after = std::fs::read(path).unwrap();
+                let by_recovery = after == recovered(image);
+                if !(by_recovery && allow_refused_after_recovery) {
+                    panic!(
+                        "open failed ({e}) but changed the file ({} -> {} bytes; {})",
+                        image.len(),
+                        after.len(),
+                        if by_recovery {
+                            "exactly as recovery's replay and checkpoint left it"
+                        } else {
+                            "not as recovery alone would leave it"
+                        }
+                    );
+                }
+                out.refused_after_recovery = Some(e.to_string());
+            }
+            return out;
+        }
+    };
+    out.opened = true;
+    use_heap(&h);
+    let tx = h.transaction(|tx| {
+        let a = tx.alloc([0xA5u8; 100])?;
+        let b = tx.alloc([0x5Au64; 5])?;
+        let big = tx.alloc_slice(&BIG)?;
+        Ok((a, b, big))
+    });
+    if let Ok((a, b, big)) = tx {
+        out.committed = true;
+        let same = h.read(|r| {
+            Ok(*r.get(a)? == [0xA5u8; 100]
+                && *r.get(b)? == [0x5Au64; 5]
+                && r.slice(big)? == BIG.as_slice())
+        });
+        assert!(
+            matches!(same, Ok(true)),
+            "committed objects do not read back: {same:?}"
+        );
+        let _ = h.transaction(|tx| {
+            let r = tx.root::<[u64; 8]>()?;
+            let x = &mut tx.get_mut(r)?[0];
+            *x = x.wrapping_add(1);
+            Ok(())
+        });
+        let _ = h.transaction(|tx| tx.free(a));
+        let _ = h.transaction(|tx| tx.alloc([1u8; 3000]).map(|_| ()));
+        use_heap(&h);
+        if h.close().is_ok() {
+            let h = Heap::open_read_only(path)
+                .unwrap_or_else(|e| panic!("a heap closed cleanly does not reopen: {e}"));
+            let same = h.read(|r| Ok(*r.get(b)? == [0x5Au64; 5]));
+            assert!(
+                matches!(same, Ok(true)),
+                "a committed object is lost after close: {same:?}"
+            );
+        }
+    } else {
+        let _ = h.transaction(|tx| tx.alloc([7u8; 16]).map(|_| ()));
+        let _ = h.close();
+    }
+    out
+}
+
+/// Write `image` as the whole file, reusing its pages (tmpfs frees them on truncation).
+fn write_file(path: &Path, image: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
+    f.set_len(image.len() as u64).unwrap();
+    f.write_all_at(image, 0).unwrap();
+}
+
+/// Whether the file holds exactly `image` (compared a block at a time, without reading it whole).
+fn file_equals(path: &Path, image: &[u8]) -> bool {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    if f.metadata().unwrap().len() != image.len() as u64 {
+        return false;
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = 0;
+    while at < image.len() {
+        let n = (image.len() - at).min(buf.len());
+        f.read_exact(&mut buf[..n]).unwrap();
+        if buf[..n] != image[at..at + n] {
+            return false;
+        }
+        at += n;
+    }
+    true
+}
+
+fn use_heap(h: &Heap) {
+    if let Ok(s) = h.stats() {
+        assert!(
+            s.used_bytes
+                .checked_add(s.free_bytes)
+                .is_some_and(|n| n <= s.heap_bytes),
+            "stats: used {} + free {} > heap {}",
+            s.used_bytes,
+            s.free_bytes,
+            s.heap_bytes
+        );
+        assert!(s.largest_free_extent <= s.free_bytes, "stats: {s:?}");
+    }
+    let _ = h.read(|r| r.root::<[u64; 8]>().and_then(|p| r.get(p).copied()));
+    let _ = h.read(|r| {
+        r.root::<[u8; 4096]>()
+            .and_then(|p| r.get(p).map(|x| x[4095]))
+    });
+}
