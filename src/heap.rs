@@ -549,7 +549,10 @@ impl Heap {
 
     /// Open an existing heap for writing, running recovery: committed frames are replayed, a
     /// torn tail is discarded, and the result is durable before this returns. A file that is not
-    /// a txheap file, or is damaged, gives an error and is not modified.
+    /// a txheap file, or whose superblocks or log are damaged, gives an error and is not
+    /// modified. Known gap: if the log held committed frames and the heap metadata behind them
+    /// is damaged, the error comes after the frames were replayed and checkpointed (the file
+    /// then holds the committed state; nothing acknowledged is lost).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
