@@ -860,7 +860,8 @@ impl Storage for CappedMem {
     }
 }
 
-/// What `txheap_recovery::recover` alone leaves of `image` (its replay and checkpoint).
+/// What `txheap_recovery::recover` alone leaves of `image` (its replay and checkpoint): used to
+/// say, when a refused open changed the file, whether recovery's writes are the change.
 pub fn recovered(image: &[u8]) -> Vec<u8> {
     let mut s = CappedMem(image.to_vec());
     let _ = txheap_recovery::recover(&mut s);
@@ -876,9 +877,6 @@ pub struct Outcome {
     pub opened: bool,
     /// The first transaction committed.
     pub committed: bool,
-    /// `open` failed (not with an I/O error) after recovery had replayed frames into the file
-    /// and checkpointed it: the file is left exactly as recovery wrote it.
-    pub refused_after_recovery: Option<String>,
 }
 
 /// The large object each opened heap gets (memcmp'd, not compared byte by byte).
@@ -889,14 +887,12 @@ static BIG: [u8; 100_000] = [0x3C; 100_000];
 /// - no panic inside the library;
 /// - `open_read_only` never changes the file, whether it succeeds or fails;
 /// - a failed `open` leaves the file unchanged, unless it failed with `Error::Io` (the harness's
-///   `RLIMIT_FSIZE` gives `EFBIG`; mapping a huge `max_size` gives `ENOMEM`). If
-///   `allow_refused_after_recovery`, a file left exactly as the library's own recovery would leave
-///   it is reported in [`Outcome::refused_after_recovery`] instead;
+///   `RLIMIT_FSIZE` gives `EFBIG`; mapping a huge `max_size` gives `ENOMEM`);
 /// - an opened heap's reads, stats and transactions return `Ok` or an `Error`; a committed
 ///   transaction's objects read back as written, in the same handle and after `close` and a
 ///   read-only reopen (which must succeed);
 /// - stats are consistent: used + free <= heap bytes, largest free extent <= free bytes.
-pub fn check(path: &Path, image: &[u8], allow_refused_after_recovery: bool) -> Outcome {
+pub fn check(path: &Path, image: &[u8]) -> Outcome {
     limit_file_size();
     let mut out = Outcome::default();
     write_file(path, image);
@@ -914,19 +910,16 @@ pub fn check(path: &Path, image: &[u8], allow_refused_after_recovery: bool) -> O
             if !file_equals(path, image) && !matches!(e, Error::Io { .. }) {
                 let after = std::fs::read(path).unwrap();
                 let by_recovery = after == recovered(image);
-                if !(by_recovery && allow_refused_after_recovery) {
-                    panic!(
-                        "open failed ({e}) but changed the file ({} -> {} bytes; {})",
-                        image.len(),
-                        after.len(),
-                        if by_recovery {
-                            "exactly as recovery's replay and checkpoint left it"
-                        } else {
-                            "not as recovery alone would leave it"
-                        }
-                    );
-                }
-                out.refused_after_recovery = Some(e.to_string());
+                panic!(
+                    "open failed ({e}) but changed the file ({} -> {} bytes; {})",
+                    image.len(),
+                    after.len(),
+                    if by_recovery {
+                        "exactly as recovery's replay and checkpoint left it"
+                    } else {
+                        "not as recovery alone would leave it"
+                    }
+                );
             }
             return out;
         }

@@ -549,10 +549,10 @@ impl Heap {
 
     /// Open an existing heap for writing, running recovery: committed frames are replayed, a
     /// torn tail is discarded, and the result is durable before this returns. A file that is not
-    /// a txheap file, or whose superblocks or log are damaged, gives an error and is not
-    /// modified. Known gap: if the log held committed frames and the heap metadata behind them
-    /// is damaged, the error comes after the frames were replayed and checkpointed (the file
-    /// then holds the committed state; nothing acknowledged is lost).
+    /// a txheap file, or whose superblocks, log or heap metadata are damaged, gives an error and
+    /// is not modified: the heap header, chunk headers and run bitmaps are checked as replay
+    /// will leave them before replay writes (only an I/O error or a full disk while replaying
+    /// or growing can fail the open after that, and then the file holds the committed state).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -651,7 +651,28 @@ impl Heap {
             let scan = recovery::scan_log(&storage, &sb, &mut apply)?;
             (sb, slot, scan.end_offset, scan.next_txid, map)
         } else {
-            let rec = recovery::recover(&mut storage)?;
+            // Frames to replay: first check the heap as replay will leave it (header, chunk
+            // count, every chunk header and run bitmap), so that a damaged heap is refused
+            // before recovery writes a byte.
+            let rec = recovery::recover_checked(&mut storage, |sb, view| -> Result<()> {
+                let mut hb = [0u8; HEAP_HEADER_LEN as usize];
+                view.read(sb.heap_offset(), &mut hb)?;
+                let header = HeapHeader::decode(&hb, sb.heap_offset())?;
+                Self::needed_len(sb, &header)?;
+                let failed = std::cell::Cell::new(None);
+                let read = |off: u64, buf: &mut [u8]| {
+                    if let Err(e) = view.read(off, buf) {
+                        buf.fill(0);
+                        failed.set(Some(e));
+                    }
+                };
+                let walked =
+                    Allocator::rebuild(Geometry::of(sb).chunk_area, header.chunk_count, &read);
+                match failed.into_inner() {
+                    Some(e) => Err(e.into()),
+                    None => walked.map(|_| ()),
+                }
+            })?;
             phase!(OPEN_REBUILD);
             let sb = rec.superblock;
             let (tail, txid) = if rec.checkpointed {

@@ -72,11 +72,7 @@ fn sealing_reproduces_the_checksums_the_crates_write() {
 fn seeds_pass_the_checks() {
     let dir = scratch();
     for (i, (name, _)) in sealed::SEEDS.iter().enumerate() {
-        let out = sealed::check(
-            &dir.path().join("seed.heap"),
-            &sealed::build(&[i as u8]),
-            false,
-        );
+        let out = sealed::check(&dir.path().join("seed.heap"), &sealed::build(&[i as u8]));
         assert!(
             out.read_only_opened && out.opened && out.committed,
             "{name}: {out:?}"
@@ -84,33 +80,27 @@ fn seeds_pass_the_checks() {
     }
 }
 
-fn replay(sub: &str, allow_refused_after_recovery: bool) -> (usize, usize, usize, usize) {
+fn replay(sub: &str) -> (usize, usize, usize) {
     let dir = scratch();
     let path = dir.path().join("image.heap");
-    let (mut n, mut opened, mut committed, mut refused_after_recovery) = (0, 0, 0, 0);
+    let (mut n, mut opened, mut committed) = (0, 0, 0);
     for (p, data) in inputs(sub) {
         let image = sealed::build(&data);
-        let out =
-            std::panic::catch_unwind(|| sealed::check(&path, &image, allow_refused_after_recovery))
-                .unwrap_or_else(|_| panic!("input {} fails the checks", p.display()));
+        let out = std::panic::catch_unwind(|| sealed::check(&path, &image))
+            .unwrap_or_else(|_| panic!("input {} fails the checks", p.display()));
         n += 1;
         opened += out.opened as usize;
         committed += out.committed as usize;
-        refused_after_recovery += out.refused_after_recovery.is_some() as usize;
     }
-    eprintln!(
-        "{sub}: {n} inputs, {opened} opened writable, {committed} committed, \
-         {refused_after_recovery} refused after recovery rewrote the file"
-    );
-    (n, opened, committed, refused_after_recovery)
+    eprintln!("{sub}: {n} inputs, {opened} opened writable, {committed} committed");
+    (n, opened, committed)
 }
 
-/// The minimized corpus: every input passes the checks. A failed writable open that left the
-/// file exactly as recovery's replay and checkpoint wrote it is tolerated (counted) here: that is
-/// the open bug `refused_open_leaves_the_file_unchanged` shows.
+/// The minimized corpus: every input passes the checks (a refused open leaves the file
+/// unchanged, byte for byte).
 #[test]
 fn replay_sealed_corpus() {
-    let (n, opened, committed, _) = replay("corpus-sealed-min", true);
+    let (n, opened, committed) = replay("corpus-sealed-min");
     assert!(n >= 50, "fuzz/corpus-sealed-min is missing ({n} inputs)");
     assert!(
         opened > 0 && committed > 0 && opened < n,
@@ -118,23 +108,19 @@ fn replay_sealed_corpus() {
     );
 }
 
-/// Crash reproducers of `open_recover_sealed`: no panic, no other violated check.
+/// Reproducers of the bug `open_recover_sealed` found: a writable open replayed the log and
+/// checkpointed (`txheap_recovery::recover`) before it decoded the heap header and walked the
+/// chunk headers, so a damaged heap (or a superblock counter at its limit) behind committed
+/// frames was refused only after the file was rewritten (seq, generation and next_txid bumped,
+/// the log's frames spent). Since `recover_checked`, both are refused with the file unchanged.
 #[test]
-fn replay_sealed_regressions() {
-    let (n, _, _, _) = replay("regressions-sealed", true);
-    assert!(n >= 1, "fuzz/regressions-sealed is missing");
-}
-
-/// The contract of `Heap::open` ("a file that is ... damaged gives an error and is not
-/// modified"), strictly: found by `open_recover_sealed` (crash-tests/README.md section 4). A
-/// writable open replays the log and checkpoints (`txheap_recovery::recover`) before it decodes
-/// the heap header and walks the chunk headers, so a damaged heap behind committed frames is
-/// refused only after the file was rewritten (superblock seq, generation and next_txid bumped,
-/// the log's frames spent). Un-ignore when fixed.
-#[test]
-#[ignore = "open bug: a refused Heap::open has already replayed and checkpointed the file"]
 fn refused_open_leaves_the_file_unchanged() {
-    replay("regressions-sealed", false);
+    let (n, opened, _) = replay("regressions-sealed");
+    assert!(n >= 2, "fuzz/regressions-sealed is missing ({n} inputs)");
+    assert_eq!(
+        opened, 0,
+        "every reproducer is a damaged heap and must be refused"
+    );
 }
 
 /// Write the seeds of `fuzz/seeds-sealed/` (already committed; the fuzz corpus refers to them by

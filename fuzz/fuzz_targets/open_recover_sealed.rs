@@ -4,19 +4,13 @@
 //! past the checks that refuse nearly every input of `open_recover`. See `fuzz/sealed.rs` for the
 //! input format and the checks (no panic; a refused file unchanged; an opened heap usable).
 //! Run: `cargo +nightly fuzz run open_recover_sealed fuzz/corpus-sealed -- -max_len=1025`
-//! (crash-tests/README.md section 4). `TXHEAP_FUZZ_ALLOW_REFUSED_AFTER_RECOVERY=1` tolerates a
-//! failed writable open that left the file exactly as recovery's replay and checkpoint wrote it.
+//! (crash-tests/README.md section 4).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 #[path = "../sealed.rs"]
 mod sealed;
-
-fn allow() -> bool {
-    static ALLOW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ALLOW.get_or_init(|| std::env::var_os("TXHEAP_FUZZ_ALLOW_REFUSED_AFTER_RECOVERY").is_some())
-}
 
 fuzz_target!(|data: &[u8]| {
     let dir =
@@ -25,6 +19,6 @@ fuzz_target!(|data: &[u8]| {
     thread_local!(static IMAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
     IMAGE.with_borrow_mut(|image| {
         sealed::build_into(data, image);
-        sealed::check(&dir.join("image.heap"), image, allow());
+        sealed::check(&dir.join("image.heap"), image);
     });
 });

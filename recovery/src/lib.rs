@@ -997,27 +997,7 @@ pub fn checkpoint<S: Storage + ?Sized>(
             .map_err(io_err("fdatasync before checkpoint", 0))?;
     }
     failpoint!("checkpoint.after_heap_barrier");
-    let bump = |v: u64, name: &str| {
-        v.checked_add(1)
-            .filter(|n| *n <= COUNTER_MAX)
-            .ok_or_else(|| RecoveryError::Corrupt {
-                offset: current_slot.offset(),
-                what: format!("superblock {name} {v} cannot grow past {COUNTER_MAX}"),
-            })
-    };
-    if next_txid > COUNTER_MAX {
-        return Err(RecoveryError::Corrupt {
-            offset: current_slot.offset(),
-            what: format!("next_txid {next_txid} exceeds {COUNTER_MAX}"),
-        });
-    }
-    let next = Superblock {
-        seq: bump(current.seq, "seq")?,
-        generation: bump(current.generation, "generation")?,
-        next_txid,
-        log_len: current.log_len,
-        max_size: current.max_size,
-    };
+    let next = next_superblock(current, current_slot, next_txid)?;
     let slot = current_slot.other();
     storage
         .write_at(slot.offset(), &next.encode())
@@ -1032,6 +1012,36 @@ pub fn checkpoint<S: Storage + ?Sized>(
     }
     failpoint!("checkpoint.after_superblock");
     Ok((next, slot))
+}
+
+/// The superblock a checkpoint of `current` writes: `seq` and `generation` one more, the given
+/// `next_txid`. `Corrupt` (naming the counter) if a counter would pass `COUNTER_MAX`.
+fn next_superblock(
+    current: &Superblock,
+    current_slot: Slot,
+    next_txid: u64,
+) -> Result<Superblock, RecoveryError> {
+    let bump = |v: u64, name: &str| {
+        v.checked_add(1)
+            .filter(|n| *n <= COUNTER_MAX)
+            .ok_or_else(|| RecoveryError::Corrupt {
+                offset: current_slot.offset(),
+                what: format!("superblock {name} {v} cannot grow past {COUNTER_MAX}"),
+            })
+    };
+    if next_txid > COUNTER_MAX {
+        return Err(RecoveryError::Corrupt {
+            offset: current_slot.offset(),
+            what: format!("next_txid {next_txid} exceeds {COUNTER_MAX}"),
+        });
+    }
+    Ok(Superblock {
+        seq: bump(current.seq, "seq")?,
+        generation: bump(current.generation, "generation")?,
+        next_txid,
+        log_len: current.log_len,
+        max_size: current.max_size,
+    })
 }
 
 /// Pages of replayed bytes held in memory at most (64 MiB), whatever the log holds.
@@ -1165,8 +1175,97 @@ pub struct Recovered {
     pub checkpointed: bool,
 }
 
+/// The file as replay will leave it, read without writing it: the file's bytes (zeros past its
+/// end) with every committed range laid over them in log order. [`recover_checked`] hands it to
+/// the caller's check before the first write.
+///
+/// ```
+/// use txheap_recovery::{format, recover_checked, MemStorage, RecoveryError, Storage};
+/// use txheap_recovery::txheap_log::FrameBuilder;
+/// let mut s = MemStorage::new();
+/// let sb = format(&mut s, 65536, 1 << 20).unwrap();
+/// let mut b = FrameBuilder::new();
+/// b.push_range(sb.heap_offset() + 1, b"yz").unwrap();
+/// s.write_at(sb.log_offset(), b.finish(1, 1)).unwrap();
+/// let mut seen = [0u8; 4];
+/// recover_checked(&mut s, |_, view| view.read(sb.heap_offset(), &mut seen)).unwrap();
+/// assert_eq!(&seen, b"\0yz\0");
+/// ```
+pub struct Replayed<'a, S: Storage + ?Sized> {
+    storage: &'a S,
+    file_len: u64,
+    /// `(file offset, arena start, len)` of each committed range, in log order.
+    ranges: &'a [(u64, usize, usize)],
+    arena: &'a [u8],
+    /// `(page, index into ranges)` for every page each range touches, sorted.
+    by_page: Vec<(u64, usize)>,
+}
+
+impl<'a, S: Storage + ?Sized> Replayed<'a, S> {
+    fn new(
+        storage: &'a S,
+        ranges: &'a [(u64, usize, usize)],
+        arena: &'a [u8],
+    ) -> Result<Self, RecoveryError> {
+        let file_len = storage.len().map_err(io_err("stat", 0))?;
+        let mut by_page = Vec::with_capacity(ranges.len());
+        for (i, &(off, _, len)) in ranges.iter().enumerate() {
+            by_page
+                .extend((off / PAGE_SIZE..(off + len as u64).div_ceil(PAGE_SIZE)).map(|p| (p, i)));
+        }
+        by_page.sort_unstable();
+        Ok(Replayed {
+            storage,
+            file_len,
+            ranges,
+            arena,
+            by_page,
+        })
+    }
+
+    /// Fill `buf` with bytes `[off, off + buf.len())` of the replayed file.
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), RecoveryError> {
+        let end = off
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| RecoveryError::Corrupt {
+                offset: off,
+                what: format!(
+                    "read of {} bytes past the end of the address space",
+                    buf.len()
+                ),
+            })?;
+        buf.fill(0);
+        let readable = self.file_len.saturating_sub(off).min(buf.len() as u64) as usize;
+        if readable > 0 {
+            self.storage
+                .read_at(off, &mut buf[..readable])
+                .map_err(io_err("read replayed view", off))?;
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let first = self.by_page.partition_point(|&(p, _)| p < off / PAGE_SIZE);
+        let last = self
+            .by_page
+            .partition_point(|&(p, _)| p < end.div_ceil(PAGE_SIZE));
+        let mut hits: Vec<usize> = self.by_page[first..last].iter().map(|&(_, i)| i).collect();
+        hits.sort_unstable();
+        hits.dedup();
+        for i in hits {
+            let (r_off, start, len) = self.ranges[i];
+            let lo = r_off.max(off);
+            let hi = (r_off + len as u64).min(end);
+            if lo < hi {
+                let src = &self.arena[start + (lo - r_off) as usize..][..(hi - lo) as usize];
+                buf[(lo - off) as usize..(hi - off) as usize].copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Writable open: select; check the length (before any write); replay committed frames with
-/// `write_at`; checkpoint if anything was replayed.
+/// `write_at`; checkpoint if anything was replayed. [`recover_checked`] without a check.
 ///
 /// ```
 /// use txheap_recovery::{format, recover, MemStorage, Storage};
@@ -1183,13 +1282,46 @@ pub struct Recovered {
 /// assert_eq!(recover(&mut s).unwrap().scan.frames, 0);
 /// ```
 pub fn recover<S: Storage + ?Sized>(storage: &mut S) -> Result<Recovered, RecoveryError> {
+    recover_checked(storage, |_, _| Ok(()))
+}
+
+/// [`recover`], with a check of the replayed file before the first write: when the log holds
+/// committed frames, `check` gets the current superblock and a [`Replayed`] view of the file as
+/// replay will leave it, and an error from it (or a superblock counter that a checkpoint could
+/// not bump) refuses the open with the file unchanged. With an empty log nothing is written and
+/// `check` is not called.
+///
+/// ```
+/// use txheap_recovery::{format, recover_checked, MemStorage, RecoveryError, Storage};
+/// use txheap_recovery::txheap_log::FrameBuilder;
+/// let mut s = MemStorage::new();
+/// let sb = format(&mut s, 65536, 1 << 20).unwrap();
+/// let mut b = FrameBuilder::new();
+/// b.push_range(sb.heap_offset(), b"x").unwrap();
+/// s.write_at(sb.log_offset(), b.finish(1, 1)).unwrap();
+/// let before = s.bytes().to_vec();
+/// let refused = recover_checked(&mut s, |_, _| {
+///     Err(RecoveryError::Corrupt { offset: 0, what: "damaged heap".into() })
+/// });
+/// assert!(refused.is_err());
+/// assert_eq!(s.bytes(), &before[..]);
+/// ```
+pub fn recover_checked<S, E>(
+    storage: &mut S,
+    check: impl FnOnce(&Superblock, &Replayed<'_, S>) -> Result<(), E>,
+) -> Result<Recovered, E>
+where
+    S: Storage + ?Sized,
+    E: From<RecoveryError>,
+{
     let (sb, slot) = select_superblock(storage)?;
     let len = storage.len().map_err(io_err("stat", 0))?;
     if len < sb.min_file_len() {
         return Err(RecoveryError::Truncated {
             len,
             needed: sb.min_file_len(),
-        });
+        }
+        .into());
     }
     // Collect every committed range before writing any, so a hostile frame later in the log is
     // refused before a byte of the file changes. (At most the log's size is held.)
@@ -1203,6 +1335,12 @@ pub fn recover<S: Storage + ?Sized>(storage: &mut S) -> Result<Recovered, Recove
         arena.extend_from_slice(bytes);
         Ok(())
     })?;
+    if scan.frames > 0 {
+        // Everything that could refuse the open is decided here, before the first write: the
+        // caller's check of the replayed heap, and the counters the checkpoint will bump.
+        next_superblock(&sb, slot, scan.next_txid)?;
+        check(&sb, &Replayed::new(&*storage, &ranges, &arena)?)?;
+    }
     if !ranges.is_empty() {
         phase!(RECOVERY_REPLAY);
         replay_pages(storage, &ranges, &arena)?;
@@ -1315,6 +1453,38 @@ mod replay_tests {
             prop_assert!(b.len() >= a.len());
             prop_assert_eq!(&b[..a.len()], a);
             prop_assert!(b[a.len()..].iter().all(|&x| x == 0));
+        }
+
+        /// The view recovery's check reads ([`Replayed`]) equals the file that writing each
+        /// range in order leaves, for any window, including bytes past the file's end (zeros).
+        #[test]
+        fn replayed_view_equals_the_replayed_file(
+            file_len in 0u64..40_000,
+            spec in prop::collection::vec((0u64..60_000, 1usize..9_000, any::<u8>()), 0..40),
+            windows in prop::collection::vec((0u64..75_000, 0usize..20_000), 1..20),
+        ) {
+            let mut base = MemStorage::new();
+            let init: Vec<u8> = (0..file_len).map(|i| (i % 251) as u8).collect();
+            base.write_at(0, &init).unwrap();
+            let mut arena = Vec::new();
+            let mut ranges = Vec::new();
+            for (off, len, b) in &spec {
+                ranges.push((*off, arena.len(), *len));
+                arena.extend(std::iter::repeat_n(*b, *len));
+            }
+            let mut naive = base.clone();
+            for &(off, start, len) in &ranges {
+                naive.write_at(off, &arena[start..start + len]).unwrap();
+            }
+            let view = Replayed::new(&base, &ranges, &arena).unwrap();
+            for (off, len) in windows {
+                let mut got = vec![0xEEu8; len];
+                view.read(off, &mut got).unwrap();
+                let want: Vec<u8> = (off..off + len as u64)
+                    .map(|i| naive.bytes().get(i as usize).copied().unwrap_or(0))
+                    .collect();
+                prop_assert_eq!(got, want, "window {}+{}", off, len);
+            }
         }
     }
 }
