@@ -403,32 +403,50 @@ impl Disk {
 
     /// The crash images to check at this instant: every one when there are at most `max`,
     /// else both extremes (nothing since the barriers; everything, as SIGKILL leaves it) and
-    /// distinct random ones up to `max` in all.
+    /// distinct random ones up to `max` in all. Where the image space is at most four times
+    /// `max`, the random ones are a shuffle of the whole space, so exactly `max` come out
+    /// (random draws would keep colliding there); above that, distinct random draws.
     pub fn choices(&self, max: usize, rng: &mut Rng) -> Vec<Choice> {
         let radix: Vec<u64> = self.pending.values().map(|v| v.len() as u64 + 1).collect();
+        let decode = |mut k: u64| -> Choice {
+            radix
+                .iter()
+                .map(|r| {
+                    let c = (k % r) as u16;
+                    k /= r;
+                    c
+                })
+                .collect()
+        };
         let space = self.image_space();
         if space <= max as u64 {
-            return (0..space)
-                .map(|mut k| {
-                    radix
-                        .iter()
-                        .map(|r| {
-                            let c = (k % r) as u16;
-                            k /= r;
-                            c
-                        })
-                        .collect()
-                })
+            return (0..space).map(decode).collect();
+        }
+        let top: Choice = radix.iter().map(|r| (r - 1) as u16).collect();
+        if max <= 2 {
+            return [decode(0), top].into_iter().take(max).collect();
+        }
+        if space <= 4 * max as u64 {
+            // Index 0 and space - 1 are the extremes; shuffle the rest and take max - 2.
+            let mut rest: Vec<u64> = (1..space - 1).collect();
+            let want = max - 2;
+            for i in 0..want {
+                let j = i + rng.below((rest.len() - i) as u64) as usize;
+                rest.swap(i, j);
+            }
+            return [0, space - 1]
+                .into_iter()
+                .chain(rest[..want].iter().copied())
+                .map(decode)
                 .collect();
         }
         let mut seen = std::collections::HashSet::new();
-        let mut out: Vec<Choice> = vec![
-            vec![0; radix.len()],
-            radix.iter().map(|r| (r - 1) as u16).collect(),
-        ];
+        let mut out: Vec<Choice> = vec![decode(0), top];
         seen.extend(out.iter().cloned());
+        // Each draw is new with probability >= 3/4 here; 64 * max draws never run out in
+        // practice, and the test `choices_are_distinct_and_fill_the_budget` checks the count.
         let mut tries = 0;
-        while out.len() < max && tries < max * 4 {
+        while out.len() < max && tries < max * 64 {
             tries += 1;
             let c: Choice = radix.iter().map(|r| rng.below(*r) as u16).collect();
             if seen.insert(c.clone()) {
@@ -883,4 +901,70 @@ pub fn simulate_windows(
         totals.window_images.push((window, window_exhausted));
     }
     totals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A disk with one undecided sector per entry of `writes`, written that many times since
+    /// the last barrier (each write a different byte, so every state differs).
+    fn disk_with(writes: &[usize]) -> Disk {
+        let mut d = Disk::new(&vec![0u8; writes.len() * SECTOR as usize]);
+        for (s, &n) in writes.iter().enumerate() {
+            for k in 0..n {
+                d.apply(&TraceEvent::Write {
+                    offset: s as u64 * SECTOR,
+                    bytes: vec![k as u8 + 1; 8],
+                });
+            }
+        }
+        d
+    }
+
+    /// `choices` gives exactly `min(space, max)` distinct images, both extremes among them,
+    /// including where the space is just above `max` (random draws used to fall short there).
+    #[test]
+    fn choices_are_distinct_and_fill_the_budget() {
+        let mut rng = Rng::seeded(7);
+        let cases: &[(&[usize], usize)] = &[
+            (&[1; 13], 8192),                       // space 8192: exhaustive
+            (&[1; 13], 8000),                       // space just above max: shuffle
+            (&[2, 2, 2, 2, 2, 2, 2, 2, 2], 10_000), // 3^9 = 19,683: shuffle
+            (&[1; 16], 10_000),                     // 65,536: random draws
+            (&[4; 40], 10_000),                     // 5^40 saturates u64: random draws
+            (&[1; 13], 2),
+        ];
+        // Small spaces one short of the budget, many times over (the windows' shortfall came
+        // from instants like these).
+        let small: Vec<(Vec<usize>, usize)> = (0..100)
+            .flat_map(|_| (2..=6).map(|k| (vec![1; k], (1usize << k) - 1)))
+            .chain((0..100).map(|_| (vec![2, 3, 1], 23)))
+            .collect();
+        let cases = cases
+            .iter()
+            .map(|&(w, m)| (w, m))
+            .chain(small.iter().map(|(w, m)| (&w[..], *m)));
+        for (writes, max) in cases {
+            let d = disk_with(writes);
+            let space = d.image_space();
+            let got = d.choices(max, &mut rng);
+            let want = (max as u64).min(space) as usize;
+            assert_eq!(got.len(), want, "{writes:?} max {max}");
+            let distinct: std::collections::HashSet<_> = got.iter().collect();
+            assert_eq!(distinct.len(), got.len(), "{writes:?}: duplicates");
+            let top: Choice = writes.iter().map(|&n| n as u16).collect();
+            assert!(
+                got.contains(&vec![0; writes.len()]),
+                "{writes:?}: no durable extreme"
+            );
+            assert!(
+                got.contains(&top),
+                "{writes:?}: no everything-written extreme"
+            );
+            assert!(got
+                .iter()
+                .all(|c| c.iter().zip(writes).all(|(&k, &n)| k as usize <= n)));
+        }
+    }
 }
