@@ -354,6 +354,17 @@ impl Allocator {
         chunk_count: u64,
         read: &dyn Fn(u64, &mut [u8]),
     ) -> Result<Allocator> {
+        Self::rebuild_visiting(chunk_area, chunk_count, read, &mut |_, _| {})
+    }
+
+    /// [`Allocator::rebuild`], calling `visit(offset, header)` for every extent header the walk
+    /// decodes (including free extents that the index then coalesces with a neighbour).
+    pub(crate) fn rebuild_visiting(
+        chunk_area: u64,
+        chunk_count: u64,
+        read: &dyn Fn(u64, &mut [u8]),
+        visit: &mut dyn FnMut(u64, &ChunkHeader),
+    ) -> Result<Allocator> {
         let mut a = Allocator::empty(chunk_area, chunk_count);
         if chunk_count > u32::MAX as u64 {
             return Err(Error::Corrupt {
@@ -368,6 +379,7 @@ impl Allocator {
             let at = a.chunk_offset(c as u32);
             read(at, &mut hdr);
             let h = ChunkHeader::decode(&hdr, at)?;
+            visit(at, &h);
             let n = h.chunks() as u64;
             if c + n > chunk_count {
                 return Err(Error::Corrupt {
@@ -418,6 +430,43 @@ impl Allocator {
             c += n;
         }
         Ok(a)
+    }
+
+    /// The byte ranges `(offset, len)` of the chunk area that a heap with these chunk headers
+    /// reaches: every extent header the walk decodes, each run's bitmap and allocated blocks,
+    /// each large object's bytes. Not reached: free extents' bodies, free blocks, padding.
+    /// For the crash tests' write-ahead check (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn reachable(
+        chunk_area: u64,
+        chunk_count: u64,
+        read: &dyn Fn(u64, &mut [u8]),
+    ) -> Result<Vec<(u64, u64)>> {
+        let mut headers = Vec::new();
+        Self::rebuild_visiting(chunk_area, chunk_count, read, &mut |at, h| {
+            headers.push((at, *h))
+        })?;
+        let mut out = Vec::new();
+        let mut bitmap = Vec::new();
+        for (at, h) in headers {
+            out.push((at, CHUNK_HEADER_LEN));
+            match h {
+                ChunkHeader::Free { .. } => {}
+                ChunkHeader::Large { size, .. } => out.push((at + LARGE_DATA_OFFSET, size)),
+                ChunkHeader::Run { class } => {
+                    let g = RunGeom::of_class(class);
+                    bitmap.resize((g.bitmap_words() * 8) as usize, 0);
+                    read(at + CHUNK_HEADER_LEN, &mut bitmap);
+                    out.push((at + CHUNK_HEADER_LEN, bitmap.len() as u64));
+                    for b in 0..g.block_count {
+                        if bitmap[(b / 8) as usize] >> (b % 8) & 1 == 1 {
+                            out.push((at + g.data_offset + b * g.block_size, g.block_size));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     // ---- raw index edits (journaled for undo) -------------------------------------------

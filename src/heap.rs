@@ -1364,3 +1364,45 @@ impl<'h> Reader<'h> {
 pub(crate) fn writer_parts(w: &mut Writer) -> (&mut Allocator, &mut FileStorage) {
     (&mut w.alloc, &mut w.storage)
 }
+
+/// The byte ranges `(offset, len)` of a heap file image that its heap reaches as the image
+/// stands (no log replay): the heap header, the root area, every chunk header, each run's
+/// bitmap and allocated blocks, each large object. A write anywhere else in the heap region
+/// changes nothing that an open could see. The crash tests' write-ahead check calls it on the
+/// durable image as recovery would leave it. Feature `test-hooks`.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let p = dir.path().join("r.heap");
+/// let heap = txheap::Heap::create(&p, txheap::Options::new())?;
+/// let obj = heap.transaction(|tx| tx.alloc(7u64))?;
+/// heap.close()?;
+/// let ranges = txheap::reachable_ranges(&std::fs::read(&p).unwrap())?;
+/// assert!(ranges.iter().any(|&(o, l)| o <= obj.offset() && obj.offset() + 8 <= o + l));
+/// # Ok::<(), txheap::Error>(())
+/// ```
+#[cfg(feature = "test-hooks")]
+pub fn reachable_ranges(image: &[u8]) -> Result<Vec<(u64, u64)>> {
+    let storage = txheap_recovery::MemStorage::from_bytes(image.to_vec());
+    let (sb, _) = recovery::select_superblock(&storage)?;
+    let geo = Geometry::of(&sb);
+    let read = |off: u64, buf: &mut [u8]| {
+        buf.fill(0);
+        let start = (off as usize).min(image.len());
+        let end = (off as usize).saturating_add(buf.len()).min(image.len());
+        buf[..end - start].copy_from_slice(&image[start..end]);
+    };
+    let mut hb = [0u8; HEAP_HEADER_LEN as usize];
+    read(geo.heap_offset, &mut hb);
+    let header = HeapHeader::decode(&hb, geo.heap_offset)?;
+    let mut out = vec![
+        (geo.heap_offset, HEAP_HEADER_LEN),
+        (geo.root_offset, ROOT_AREA_LEN),
+    ];
+    out.extend(crate::alloc::Allocator::reachable(
+        geo.chunk_area,
+        header.chunk_count,
+        &read,
+    )?);
+    Ok(out)
+}

@@ -83,6 +83,8 @@ mod tx;
 pub use alloc::ClassStats;
 pub use bytemuck;
 pub use error::{Error, Result};
+#[cfg(feature = "test-hooks")]
+pub use heap::reachable_ranges;
 pub use heap::{Durability, Heap, Options, Reader, Stats, ROOT_AREA_LEN};
 pub use pptr::{PPtr, PSlice};
 pub use storage::IoCounters;

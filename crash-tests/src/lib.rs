@@ -28,6 +28,7 @@
 
 pub mod kill9;
 pub mod ops;
+pub mod write_ahead;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -319,6 +320,11 @@ impl Disk {
     /// The file's length at this instant.
     pub fn len(&self) -> u64 {
         self.durable.len() as u64
+    }
+
+    /// The durable bytes: what every crash at this instant keeps.
+    pub fn durable(&self) -> &[u8] {
+        &self.durable
     }
 
     /// Whether the file is empty.

@@ -150,20 +150,32 @@ fn main() {
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let totals = std::sync::Mutex::new(crash_tests::Totals::default());
+    let wa_totals = std::sync::Mutex::new(crash_tests::write_ahead::WriteAhead::default());
     std::thread::scope(|scope| {
         for job in 0..jobs {
-            let (all, next, totals, dir) = (&all, &next, &totals, dir.path().join(job.to_string()));
+            let (all, next, totals, wa_totals, dir) = (
+                &all,
+                &next,
+                &totals,
+                &wa_totals,
+                dir.path().join(job.to_string()),
+            );
             scope.spawn(move || {
                 std::fs::create_dir_all(&dir).expect("job directory");
                 loop {
                     let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(&(d, seed)) = all.get(k) else { break };
                     let rec = record(&dir.join("live.heap"), seed, d, txns);
+                    let wa = crash_tests::write_ahead::check(&rec);
+                    if let Some(v) = wa.violations.first() {
+                        println!("VIOLATION {d:?} seed {seed} txns {txns}: write-ahead check at event {}: {}", v.at_event, v.what);
+                        std::process::exit(1);
+                    }
                     let t = simulate_windows(&rec, &dir, samples, window_images, seed.wrapping_mul(7919), 10);
                     let (windows, exhausted, wmin, wmed) = t.window_summary();
                     let line = format!(
-                        "{d:?} seed {seed}: {} events, {} instants, {} images (+{} cut inside recovery), {windows} barrier windows ({exhausted} enumerated completely; sampled windows got at least {wmin} images; median {wmed}), in-flight landed {}, acked lost {}, violations {}",
-                        rec.events.len(), t.instants, t.images, t.recovery_images, t.in_flight_landed, t.lost_acked, t.violations.len()
+                        "{d:?} seed {seed}: {} events, {} instants, {} images (+{} cut inside recovery), {windows} barrier windows ({exhausted} enumerated completely; sampled windows got at least {wmin} images; median {wmed}), in-flight landed {}, acked lost {}, violations {}; write-ahead check: {} heap writes, 0 violations",
+                        rec.events.len(), t.instants, t.images, t.recovery_images, t.in_flight_landed, t.lost_acked, t.violations.len(), wa.writes
                     );
                     if let Some(v) = t.violations.first() {
                         println!("VIOLATION {d:?} seed {seed} txns {txns} samples {samples}: crash at event {} image {}: {}", v.at_event, v.image, v.what);
@@ -171,12 +183,18 @@ fn main() {
                     }
                     let mut all_t = totals.lock().unwrap_or_else(|e| e.into_inner());
                     all_t.add(t);
+                    wa_totals.lock().unwrap_or_else(|e| e.into_inner()).add(wa);
                     println!("{line}  [total {} images, {:.0} s]", all_t.images + all_t.recovery_images, start.elapsed().as_secs_f64());
                 }
             });
         }
     });
     let t = totals.into_inner().unwrap_or_else(|e| e.into_inner());
+    let wa = wa_totals.into_inner().unwrap_or_else(|e| e.into_inner());
+    println!(
+        "write-ahead check: {} heap-region writes; {} bytes equal to the durable state, {} bytes in space it does not reach; 0 violations",
+        wa.writes, wa.bytes_durable, wa.bytes_unreachable
+    );
     let (windows, exhausted, wmin, wmed) = t.window_summary();
     println!(
         "done: {} crash images ({} cut inside recovery) over {} crash instants and {windows} barrier windows ({exhausted} enumerated completely; sampled windows got at least {wmin} images; median {wmed}), in-flight commit landed in {}, acked lost (None only) {}, 0 violations, {:.0} s",

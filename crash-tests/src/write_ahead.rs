@@ -1,0 +1,138 @@
+//! The write-ahead check (as SQLite's journal test does it): every write to the heap region
+//! of a recorded run must either leave the bytes it changes equal to the durable state as
+//! recovery would rebuild it at that instant (so a durable log frame already carries them, or
+//! they did not change), or go to space that durable state does not reach (free extents, free
+//! blocks, chunks past the chunk count: `txheap::reachable_ranges`). A write that changes a
+//! reachable byte ahead of its durable frame is a violation even if no sampled crash image
+//! happens to expose it.
+
+use crate::{Disk, Recording, Violation};
+use txheap::TraceEvent;
+use txheap_recovery::{recover, select_superblock, MemStorage};
+
+/// What the write-ahead check saw in one recording.
+#[derive(Debug, Default, Clone)]
+pub struct WriteAhead {
+    /// Writes that touched the heap region.
+    pub writes: u64,
+    /// Heap-region bytes written equal to the durable recovered state (covered by a durable
+    /// frame, or unchanged).
+    pub bytes_durable: u64,
+    /// Heap-region bytes written that differ from it, in space it does not reach.
+    pub bytes_unreachable: u64,
+    /// Writes that changed reachable bytes ahead of the log.
+    pub violations: Vec<Violation>,
+}
+
+impl WriteAhead {
+    /// Add another recording's counts.
+    pub fn add(&mut self, o: WriteAhead) {
+        self.writes += o.writes;
+        self.bytes_durable += o.bytes_durable;
+        self.bytes_unreachable += o.bytes_unreachable;
+        self.violations.extend(o.violations);
+    }
+}
+
+/// The durable state as recovery would rebuild it: the image, its heap offset, and the sorted,
+/// merged byte ranges its heap reaches.
+struct DurableState {
+    image: Vec<u8>,
+    heap_offset: u64,
+    reachable: Vec<(u64, u64)>,
+}
+
+fn durable_state(durable: &[u8]) -> Result<DurableState, String> {
+    let mut s = MemStorage::from_bytes(durable.to_vec());
+    recover(&mut s).map_err(|e| format!("the durable image does not recover: {e}"))?;
+    let image = s.into_bytes();
+    let (sb, _) = select_superblock(&MemStorage::from_bytes(
+        image[..8192.min(image.len())].to_vec(),
+    ))
+    .map_err(|e| format!("the recovered image has no superblock: {e}"))?;
+    let mut ranges = txheap::reachable_ranges(&image)
+        .map_err(|e| format!("the recovered image's heap does not decode: {e}"))?;
+    ranges.sort_unstable();
+    let mut reachable: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (o, l) in ranges {
+        match reachable.last_mut() {
+            Some((lo, ll)) if o <= *lo + *ll => *ll = (*ll).max(o + l - *lo),
+            _ => reachable.push((o, l)),
+        }
+    }
+    Ok(DurableState {
+        image,
+        heap_offset: sb.heap_offset(),
+        reachable,
+    })
+}
+
+/// Run the write-ahead check over `rec`'s events.
+pub fn check(rec: &Recording) -> WriteAhead {
+    let mut out = WriteAhead::default();
+    let mut disk = Disk::new(&rec.base);
+    let mut state: Option<Result<DurableState, String>> = None;
+    for (t, e) in rec.events.iter().enumerate() {
+        if let TraceEvent::Write { offset, bytes } = e {
+            let st = state.get_or_insert_with(|| durable_state(disk.durable()));
+            let st = match st {
+                Ok(st) => st,
+                Err(what) => {
+                    out.violations.push(Violation {
+                        what: format!("write of {} bytes at {offset}: {what}", bytes.len()),
+                        at_event: t,
+                        image: 0,
+                    });
+                    disk.apply(e);
+                    continue;
+                }
+            };
+            if offset + bytes.len() as u64 > st.heap_offset {
+                out.writes += 1;
+                let first = st.heap_offset.saturating_sub(*offset) as usize;
+                // Reachable ranges in order, with a cursor: the bytes come in order too.
+                let mut r = st
+                    .reachable
+                    .partition_point(|&(o, l)| o + l <= offset + first as u64);
+                let mut bad: Option<(u64, u8, u8)> = None;
+                let mut bad_bytes = 0u64;
+                for (i, &v) in bytes.iter().enumerate().skip(first) {
+                    let b = offset + i as u64;
+                    let s = st.image.get(b as usize).copied().unwrap_or(0);
+                    if v == s {
+                        out.bytes_durable += 1;
+                        continue;
+                    }
+                    while r < st.reachable.len() && st.reachable[r].0 + st.reachable[r].1 <= b {
+                        r += 1;
+                    }
+                    if r < st.reachable.len() && st.reachable[r].0 <= b {
+                        bad_bytes += 1;
+                        bad.get_or_insert((b, s, v));
+                    } else {
+                        out.bytes_unreachable += 1;
+                    }
+                }
+                if let Some((b, s, v)) = bad {
+                    out.violations.push(Violation {
+                        what: format!(
+                            "write ahead of the log: a write of {} bytes at {offset} changes \
+                             {bad_bytes} bytes that the durable state reaches (first at {b}: \
+                             durable {s:#04x}, written {v:#04x}) and no durable frame carries",
+                            bytes.len()
+                        ),
+                        at_event: t,
+                        image: 0,
+                    });
+                }
+            }
+        }
+        let barriers = disk.barriers;
+        let len = disk.len();
+        disk.apply(e);
+        if disk.barriers != barriers || disk.len() != len {
+            state = None;
+        }
+    }
+    out
+}
