@@ -792,6 +792,12 @@ impl Heap {
     /// Run `f` as one transaction: if it returns `Ok`, its writes commit atomically (durably under
     /// `Durability::Full`) before this returns; if it returns `Err` or panics, nothing changes.
     ///
+    /// If committing itself fails (`Error::Io` from writing the log frame, its barrier or the
+    /// apply; the handle is then poisoned and every later call gets `Error::Poisoned`), the
+    /// transaction was not acknowledged but its outcome is unknown: the frame may have reached
+    /// the disk, and then the next open replays it. Reopen the file and look, as after a crash;
+    /// the file always holds a prefix of the commits, never a torn one.
+    ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("t.heap"), txheap::Options::new())?;
