@@ -1224,6 +1224,20 @@ impl<'a, S: Storage + ?Sized> Replayed<'a, S> {
     }
 
     /// Fill `buf` with bytes `[off, off + buf.len())` of the replayed file.
+    ///
+    /// ```
+    /// use txheap_recovery::{format, recover_checked, MemStorage, Storage};
+    /// use txheap_recovery::txheap_log::FrameBuilder;
+    /// let mut s = MemStorage::new();
+    /// let sb = format(&mut s, 65536, 1 << 20).unwrap();
+    /// let end = s.bytes().len() as u64;
+    /// let mut b = FrameBuilder::new();
+    /// b.push_range(end + 2, b"past the end").unwrap();
+    /// s.write_at(sb.log_offset(), b.finish(1, 1)).unwrap();
+    /// let mut got = [1u8; 6];
+    /// recover_checked(&mut s, |_, view| view.read(end, &mut got)).unwrap();
+    /// assert_eq!(&got, b"\0\0past"); // zeros past the file's end, then the range
+    /// ```
     pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), RecoveryError> {
         let end = off
             .checked_add(buf.len() as u64)
