@@ -20,6 +20,21 @@
 //! recovery of real frames, and a recovery killed half-way is recovered again by the next child
 //! (itself possibly killed). The parent checks a copy. Both durabilities run, alternating, on
 //! two files.
+//!
+//! ## Example
+//! A campaign binary (it spawns and kills processes, so not run here):
+//!
+//! ```no_run
+//! use crash_tests::kill9::{child_main, run, Config};
+//! // First thing in the campaign binary's `main`: be the child when started as one.
+//! child_main();
+//! let dir = tempfile::tempdir().unwrap();
+//! let exe = std::env::current_exe().unwrap();
+//! let cfg = Config { kills: 1_000, seed: 1, progress_lines: 10 };
+//! let report = run(dir.path(), &cfg, &|| std::process::Command::new(&exe)).unwrap();
+//! print!("{}", report.table());
+//! assert!(report.in_recovery() <= report.kills);
+//! ```
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -36,9 +51,27 @@ use txheap_recovery::phase;
 use crate::{options, step, verify, Rng};
 
 /// The workload's seed (payload sizes derive from it; the parent needs it to verify).
+///
+/// ```
+/// use crash_tests::{kill9::WORKLOAD_SEED, options, step, verify};
+/// let dir = tempfile::tempdir().unwrap();
+/// let opts = options(txheap::Durability::None);
+/// let heap = txheap::Heap::create(dir.path().join("h.heap"), opts).unwrap();
+/// step(&heap, WORKLOAD_SEED, false).unwrap();
+/// assert_eq!(verify(&heap, WORKLOAD_SEED), Ok(1));
+/// assert!(verify(&heap, WORKLOAD_SEED + 1).is_err()); // the parent must know the seed
+/// ```
 pub const WORKLOAD_SEED: u64 = 0x6b69_6c6c;
 
 /// The named crash points (`TXHEAP_FAILPOINT=name:n`) and the phase each lies in.
+///
+/// ```
+/// use crash_tests::kill9::FAILPOINTS;
+/// use txheap_recovery::phase;
+/// assert!(FAILPOINTS.contains(&("commit.mid_apply", phase::APPLY)));
+/// // Every failpoint lies in a named phase.
+/// assert!(FAILPOINTS.iter().all(|&(_, p)| phase::name(p) != "?"));
+/// ```
 pub const FAILPOINTS: [(&str, u32); 9] = [
     ("commit.after_log_write", phase::LOG_WRITE),
     ("commit.after_log_barrier", phase::LOG_BARRIER),
@@ -77,6 +110,12 @@ const ENV_CHILD_DURABILITY: &str = "TXHEAP_KILL9_CHILD_DURABILITY";
 /// The child's side: if the environment names a heap (the parent set it), open it (recovering),
 /// then commit forever, printing `ACK n` after each commit that returned `Ok`. Returns
 /// immediately when the variables are absent, so a test harness can call it unconditionally.
+///
+/// ```
+/// // Not started as a campaign's child (the variable is unset): returns at once.
+/// assert!(std::env::var_os("TXHEAP_KILL9_CHILD").is_none());
+/// crash_tests::kill9::child_main();
+/// ```
 pub fn child_main() {
     let Ok(path) = std::env::var(ENV_CHILD) else {
         return;
@@ -109,6 +148,12 @@ pub fn child_main() {
 }
 
 /// What a campaign saw.
+///
+/// ```
+/// let r = crash_tests::kill9::Report::default();
+/// assert_eq!((r.kills, r.in_recovery(), r.acked), (0, 0, 0));
+/// assert!(r.table().starts_with("kill9: 0 kills in 0.0 s"));
+/// ```
 #[derive(Debug, Default, Clone)]
 pub struct Report {
     /// Children killed (or aborted at a failpoint) and checked.
@@ -135,6 +180,16 @@ pub struct Report {
 
 impl Report {
     /// Kills inside recovery proper (replay and its checkpoint).
+    ///
+    /// ```
+    /// use crash_tests::kill9::Report;
+    /// use txheap_recovery::phase;
+    /// let mut r = Report::default();
+    /// r.by_phase.insert(phase::RECOVERY_REPLAY, [2, 1]);
+    /// r.by_phase.insert(phase::RECOVERY_CHECKPOINT, [0, 4]);
+    /// r.by_phase.insert(phase::APPLY, [5, 5]);
+    /// assert_eq!(r.in_recovery(), 7);
+    /// ```
     pub fn in_recovery(&self) -> u64 {
         [phase::RECOVERY_REPLAY, phase::RECOVERY_CHECKPOINT]
             .iter()
@@ -144,11 +199,33 @@ impl Report {
     }
 
     /// Kills in phase `p`, both durabilities.
+    ///
+    /// ```
+    /// use crash_tests::kill9::Report;
+    /// use txheap_recovery::phase;
+    /// let mut r = Report::default();
+    /// r.by_phase.insert(phase::APPLY, [5, 3]);
+    /// assert_eq!(r.in_phase(phase::APPLY), 8);
+    /// assert_eq!(r.in_phase(phase::GROW), 0);
+    /// ```
     pub fn in_phase(&self, p: u32) -> u64 {
         self.by_phase.get(&p).map_or(0, |c| c[0] + c[1])
     }
 
     /// The histogram and figures, as printed at the end of a campaign.
+    ///
+    /// ```
+    /// use crash_tests::kill9::Report;
+    /// use txheap_recovery::phase;
+    /// let mut r = Report { kills: 4, ..Report::default() };
+    /// r.by_phase.insert(phase::APPLY, [1, 1]);
+    /// r.failpoints.insert("commit.mid_apply", (2, 2));
+    /// let t = r.table();
+    /// assert!(t.starts_with("kill9: 4 kills"));
+    /// assert!(t.contains("apply (after the log barrier)"));
+    /// assert!(t.contains("50.0%")); // 2 of the 4 kills
+    /// assert!(t.contains("commit.mid_apply"));
+    /// ```
     pub fn table(&self) -> String {
         let mut s = String::new();
         let pct = |n: u64| 100.0 * n as f64 / self.kills.max(1) as f64;
@@ -195,6 +272,12 @@ impl Report {
 }
 
 /// How to run a campaign.
+///
+/// ```
+/// let cfg = crash_tests::kill9::Config { kills: 1_000, seed: 7, progress_lines: 10 };
+/// let again = cfg.clone();
+/// assert_eq!((again.kills, again.seed, again.progress_lines), (1_000, 7, 10));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Kills in all (half per durability).
@@ -216,6 +299,16 @@ fn read_phase(f: &std::fs::File) -> u32 {
 /// Run a campaign in `dir`. `child` builds the command that re-executes this program as the
 /// child (the caller's binary must call [`child_main`] when started that way). Returns the
 /// report, or the first violation (with the seed and iteration that reproduce it).
+///
+/// ```no_run
+/// use crash_tests::kill9::{child_main, run, Config};
+/// child_main(); // the re-executed child stops here (it never returns)
+/// let dir = tempfile::tempdir().unwrap();
+/// let exe = std::env::current_exe().unwrap();
+/// let cfg = Config { kills: 100, seed: 42, progress_lines: 0 };
+/// let report = run(dir.path(), &cfg, &|| std::process::Command::new(&exe)).unwrap();
+/// assert_eq!(report.kills, 100);
+/// ```
 pub fn run(dir: &Path, cfg: &Config, child: &dyn Fn() -> Command) -> Result<Report, String> {
     let seed = cfg.seed;
     let mut rng = Rng::seeded(seed);

@@ -25,6 +25,18 @@
 //! with `acked <= c <= acked + 1` under `Durability::Full`, where `acked` is the last
 //! transaction acknowledged before `t`; under `Durability::None`, `c <= acked + 1` (a power cut
 //! may lose acknowledged transactions, never tear one).
+//!
+//! ## Example
+//! Record a one-transaction workload, cut power at every instant of it and check every image:
+//!
+//! ```
+//! use txheap::Durability;
+//! let dir = tempfile::tempdir().unwrap();
+//! let rec = crash_tests::record(&dir.path().join("live.heap"), 1, Durability::None, 1);
+//! let totals = crash_tests::simulate(&rec, dir.path(), 0, 1, 0);
+//! assert!(totals.instants > 0 && totals.images >= totals.instants);
+//! assert!(totals.violations.is_empty(), "{:?}", totals.violations);
+//! ```
 
 pub mod kill9;
 pub mod ops;
@@ -36,12 +48,45 @@ use std::path::Path;
 use txheap::{Durability, Error, Heap, Options, PPtr, PSlice, Trace, TraceEvent};
 
 /// Nodes kept in the workload's list; older ones are freed.
+///
+/// ```
+/// use crash_tests::{options, step, Root, KEEP};
+/// let dir = tempfile::tempdir().unwrap();
+/// let opts = options(txheap::Durability::None);
+/// let heap = txheap::Heap::create(dir.path().join("h.heap"), opts).unwrap();
+/// for _ in 0..KEEP + 2 {
+///     step(&heap, 1, false).unwrap();
+/// }
+/// let root = heap.read(|r| r.get(r.root::<Root>()?).copied()).unwrap();
+/// assert_eq!((root.counter, root.len), (KEEP + 2, KEEP));
+/// ```
 pub const KEEP: u64 = 6;
 const CHECK: u64 = 0x5EED_F00D_CAFE_D00D;
 /// Sector size of the torn-write model.
+///
+/// ```
+/// use crash_tests::{Disk, SECTOR};
+/// use txheap::TraceEvent;
+/// let mut disk = Disk::new(&[0; 4 * SECTOR as usize]);
+/// // One byte at the start of the second sector: only that sector is undecided.
+/// disk.apply(&TraceEvent::Write { offset: SECTOR, bytes: vec![1] });
+/// assert_eq!(disk.pending_sectors(), [(1, 1)]);
+/// ```
 pub const SECTOR: u64 = 512;
 
 /// The workload's root object.
+///
+/// ```
+/// use crash_tests::{options, step, Root};
+/// let dir = tempfile::tempdir().unwrap();
+/// let opts = options(txheap::Durability::None);
+/// let heap = txheap::Heap::create(dir.path().join("h.heap"), opts).unwrap();
+/// step(&heap, 1, false).unwrap();
+/// step(&heap, 1, false).unwrap();
+/// let root = heap.read(|r| r.get(r.root::<Root>()?).copied()).unwrap();
+/// assert_eq!((root.counter, root.len), (2, 2));
+/// assert!(!root.head.is_null());
+/// ```
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct Root {
@@ -54,6 +99,24 @@ pub struct Root {
 }
 
 /// A list node with a payload whose size and bytes derive from its value.
+///
+/// ```
+/// use crash_tests::{options, payload_byte, payload_size, step, Node, Root};
+/// let dir = tempfile::tempdir().unwrap();
+/// let opts = options(txheap::Durability::None);
+/// let heap = txheap::Heap::create(dir.path().join("h.heap"), opts).unwrap();
+/// step(&heap, 9, false).unwrap();
+/// step(&heap, 9, false).unwrap();
+/// heap.read(|r| {
+///     let newest: Node = *r.get(r.get(r.root::<Root>()?)?.head)?;
+///     assert_eq!(newest.value, 2);
+///     assert_eq!(newest.payload.len(), payload_size(9, 2));
+///     assert!(r.slice(newest.payload)?.iter().all(|&b| b == payload_byte(2)));
+///     assert_eq!(r.get(newest.next)?.value, 1);
+///     Ok(())
+/// })
+/// .unwrap();
+/// ```
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct Node {
@@ -68,11 +131,27 @@ pub struct Node {
 }
 
 /// A small deterministic PRNG (xorshift64).
+///
+/// ```
+/// use crash_tests::Rng;
+/// let mut a = Rng::seeded(42);
+/// let mut b = a.clone();
+/// // Deterministic: a clone continues the same stream.
+/// assert_eq!(a.next_u64(), b.next_u64());
+/// assert_ne!(a.0, 0); // xorshift's state never becomes zero
+/// ```
 #[derive(Debug, Clone)]
 pub struct Rng(pub u64);
 
 impl Rng {
     /// A generator seeded from any `seed` (splitmix64, so nearby seeds give unrelated streams).
+    ///
+    /// ```
+    /// use crash_tests::Rng;
+    /// assert_eq!(Rng::seeded(1).0, Rng::seeded(1).0);
+    /// assert_ne!(Rng::seeded(1).0, Rng::seeded(2).0);
+    /// assert_eq!(Rng::seeded(0).0 % 2, 1); // the state is odd, so never zero
+    /// ```
     pub fn seeded(seed: u64) -> Rng {
         let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -81,6 +160,13 @@ impl Rng {
     }
 
     /// Next value.
+    ///
+    /// ```
+    /// use crash_tests::Rng;
+    /// let mut r = Rng(1);
+    /// assert_eq!(r.next_u64(), 1_082_269_761); // xorshift64 (13, 7, 17) from state 1
+    /// assert_eq!(r.0, 1_082_269_761); // the value is the new state
+    /// ```
     pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
@@ -88,6 +174,13 @@ impl Rng {
         self.0
     }
     /// Uniform below `n` (n > 0).
+    ///
+    /// ```
+    /// use crash_tests::Rng;
+    /// let mut r = Rng::seeded(1);
+    /// assert!((0..1000).all(|_| r.below(10) < 10));
+    /// assert_eq!(Rng::seeded(5).below(1), 0);
+    /// ```
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
@@ -95,6 +188,14 @@ impl Rng {
 
 /// Payload size of transaction `value` under `seed`: mostly small, some large objects (which take
 /// the in-place path under `Durability::Full`).
+///
+/// ```
+/// use crash_tests::payload_size;
+/// assert_eq!(payload_size(7, 10), payload_size(7, 10)); // deterministic
+/// assert_eq!(payload_size(7, 1), 40);
+/// assert!((1..1000).all(|v| (1..270_000).contains(&payload_size(7, v))));
+/// assert!((1..=20).any(|v| payload_size(7, v) >= 70_000)); // some large objects
+/// ```
 pub fn payload_size(seed: u64, value: u64) -> u64 {
     let mut r = Rng::seeded(seed ^ value.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     match r.below(8) {
@@ -107,6 +208,22 @@ pub fn payload_size(seed: u64, value: u64) -> u64 {
 /// Print a summary line to the process's stderr *uncaptured*: the test harness captures
 /// `eprintln!` of passing tests, and CI's log must show what a crash test covered (how many
 /// images, where the kills landed), not only that it passed.
+///
+/// ```
+/// use std::io::{Read, Seek};
+/// use std::os::fd::AsRawFd;
+/// // Point fd 2 at a file for a moment: the line goes there, past any capture.
+/// let mut log = tempfile::tempfile().unwrap();
+/// let saved = unsafe { libc::dup(2) };
+/// unsafe { libc::dup2(log.as_raw_fd(), 2) };
+/// crash_tests::report("seed 1: 26 images, 0 violations");
+/// unsafe { libc::dup2(saved, 2) };
+/// unsafe { libc::close(saved) };
+/// let mut text = String::new();
+/// log.rewind().unwrap();
+/// log.read_to_string(&mut text).unwrap();
+/// assert_eq!(text, "seed 1: 26 images, 0 violations\n");
+/// ```
 pub fn report(text: &str) {
     use std::io::Write;
     let mut e = std::io::stderr().lock();
@@ -116,18 +233,43 @@ pub fn report(text: &str) {
 
 /// Whether every byte of `s` is `b` (compared 4 KiB at a time with `memcmp`: a byte-at-a-time
 /// loop over multi-megabyte objects was most of the checker's time).
+///
+/// ```
+/// use crash_tests::all_bytes;
+/// let mut s = vec![7u8; 10_000];
+/// assert!(all_bytes(&s, 7));
+/// s[9_000] = 8; // in the third 4 KiB piece
+/// assert!(!all_bytes(&s, 7));
+/// assert!(all_bytes(&[], 0));
+/// ```
 pub fn all_bytes(s: &[u8], b: u8) -> bool {
     let pattern = [b; 4096];
     s.chunks(pattern.len()).all(|c| c == &pattern[..c.len()])
 }
 
 /// Payload byte of transaction `value`.
+///
+/// ```
+/// use crash_tests::payload_byte;
+/// assert_eq!(payload_byte(1), 2);
+/// assert_eq!(payload_byte(250), 251);
+/// assert_eq!(payload_byte(251), 1);
+/// assert!((0..1000).all(|v| payload_byte(v) != 0)); // never a zeroed allocation's byte
+/// ```
 pub fn payload_byte(value: u64) -> u8 {
     (value % 251) as u8 + 1
 }
 
 /// Options of the workload's heap: a log small enough that checkpoints happen inside short
 /// traces, large enough for the biggest payload under `Durability::None` (which logs it).
+///
+/// ```
+/// use txheap::Durability;
+/// let o = crash_tests::options(Durability::None);
+/// assert_eq!(o.get_durability(), Durability::None);
+/// assert_eq!(o.get_log_size(), 640 << 10);
+/// assert_eq!(o.get_max_size(), 256 << 20);
+/// ```
 pub fn options(durability: Durability) -> Options {
     Options::new()
         .initial_size(1 << 20)
@@ -138,6 +280,17 @@ pub fn options(durability: Durability) -> Options {
 
 /// Run one workload transaction: append node `counter + 1`, trim to `KEEP`, and abort instead
 /// of committing when `abort`. Returns the new counter.
+///
+/// ```
+/// use crash_tests::{options, step, verify};
+/// let dir = tempfile::tempdir().unwrap();
+/// let opts = options(txheap::Durability::None);
+/// let heap = txheap::Heap::create(dir.path().join("h.heap"), opts).unwrap();
+/// assert_eq!(step(&heap, 1, false).unwrap(), 1);
+/// assert!(matches!(step(&heap, 1, true), Err(txheap::Error::NoRoot))); // aborted
+/// assert_eq!(step(&heap, 1, false).unwrap(), 2); // the abort left no trace
+/// assert_eq!(verify(&heap, 1), Ok(2));
+/// ```
 pub fn step(heap: &Heap, seed: u64, abort: bool) -> txheap::Result<u64> {
     heap.transaction(|tx| {
         let root = tx.root::<Root>()?;
@@ -178,6 +331,18 @@ pub fn step(heap: &Heap, seed: u64, abort: bool) -> txheap::Result<u64> {
 }
 
 /// Check a heap against the workload: returns the counter, or what is wrong.
+///
+/// ```
+/// use crash_tests::{options, step, verify};
+/// let dir = tempfile::tempdir().unwrap();
+/// let opts = options(txheap::Durability::None);
+/// let heap = txheap::Heap::create(dir.path().join("h.heap"), opts).unwrap();
+/// assert_eq!(verify(&heap, 3), Ok(0)); // no root yet: nothing committed
+/// step(&heap, 3, false).unwrap();
+/// assert_eq!(verify(&heap, 3), Ok(1));
+/// // Under another seed the payload has another length: refused as torn.
+/// assert!(verify(&heap, 4).unwrap_err().contains("torn"));
+/// ```
 pub fn verify(heap: &Heap, seed: u64) -> Result<u64, String> {
     let (counter, nodes) = heap
         .read(|r| {
@@ -239,6 +404,14 @@ pub fn verify(heap: &Heap, seed: u64) -> Result<u64, String> {
 }
 
 /// A recorded run: the file before it, and every operation after.
+///
+/// ```
+/// use txheap::Durability;
+/// let dir = tempfile::tempdir().unwrap();
+/// let rec = crash_tests::record(&dir.path().join("live.heap"), 5, Durability::None, 3);
+/// assert_eq!((rec.seed, rec.durability), (5, Durability::None));
+/// assert_eq!(rec.base.len(), 1 << 20); // the closed heap, at its initial size
+/// ```
 #[derive(Debug, Clone)]
 pub struct Recording {
     /// The file's bytes when recording began (fully durable: a closed heap).
@@ -253,6 +426,22 @@ pub struct Recording {
 
 /// Create a heap at `path`, close it (the base image), then reopen it with recording and run
 /// `txns` workload transactions (some aborted), recording everything up to and including close.
+///
+/// ```
+/// use txheap::{Durability, TraceEvent};
+/// let dir = tempfile::tempdir().unwrap();
+/// let rec = crash_tests::record(&dir.path().join("live.heap"), 1, Durability::Full, 3);
+/// let marks: Vec<u64> = rec
+///     .events
+///     .iter()
+///     .filter_map(|e| match e {
+///         TraceEvent::Mark(n) => Some(*n),
+///         _ => None,
+///     })
+///     .collect();
+/// assert_eq!(marks, [1, 2, 3]);
+/// assert!(rec.events.iter().any(|e| matches!(e, TraceEvent::Write { .. })));
+/// ```
 pub fn record(path: &Path, seed: u64, durability: Durability, txns: u64) -> Recording {
     let _ = std::fs::remove_file(path);
     Heap::create(path, options(durability))
@@ -286,6 +475,19 @@ pub fn record(path: &Path, seed: u64, durability: Durability, txns: u64) -> Reco
 }
 
 /// The disk as the simulator sees it at one instant of a recording.
+///
+/// ```
+/// use crash_tests::{record, Disk};
+/// let dir = tempfile::tempdir().unwrap();
+/// let rec = record(&dir.path().join("live.heap"), 1, txheap::Durability::Full, 3);
+/// let mut disk = Disk::new(&rec.base);
+/// for e in &rec.events {
+///     disk.apply(e);
+/// }
+/// // After the close: every sector durable, the last transaction acknowledged.
+/// assert_eq!((disk.acked, disk.undecided_sectors(), disk.image_space()), (3, 0, 1));
+/// assert!(disk.barriers > 0);
+/// ```
 #[derive(Debug, Clone)]
 pub struct Disk {
     current: Vec<u8>,
@@ -302,10 +504,29 @@ pub struct Disk {
 
 /// A crash image: for each undecided sector (in sector order), 0 for its durable state or `i`
 /// for its state after the `i`-th write since its last barrier.
+///
+/// ```
+/// use crash_tests::{Choice, Disk};
+/// use txheap::TraceEvent;
+/// let mut disk = Disk::new(&[0; 1024]);
+/// disk.apply(&TraceEvent::Write { offset: 0, bytes: vec![7; 4] });
+/// disk.apply(&TraceEvent::Write { offset: 0, bytes: vec![8; 4] });
+/// let durable: Choice = vec![0];
+/// let after_first: Choice = vec![1];
+/// assert_eq!(disk.image_of(&durable)[0], 0);
+/// assert_eq!(disk.image_of(&after_first)[0], 7);
+/// assert_eq!(disk.image_of(&[2])[0], 8);
+/// ```
 pub type Choice = Vec<u16>;
 
 impl Disk {
     /// The disk holding `base`, all durable.
+    ///
+    /// ```
+    /// let disk = crash_tests::Disk::new(&[5; 1024]);
+    /// assert_eq!(disk.durable(), &[5; 1024][..]);
+    /// assert_eq!((disk.acked, disk.barriers, disk.undecided_sectors()), (0, 0, 0));
+    /// ```
     pub fn new(base: &[u8]) -> Disk {
         Disk {
             current: base.to_vec(),
@@ -318,16 +539,39 @@ impl Disk {
     }
 
     /// The file's length at this instant.
+    ///
+    /// ```
+    /// use txheap::TraceEvent;
+    /// let mut disk = crash_tests::Disk::new(&[0; 1024]);
+    /// assert_eq!(disk.len(), 1024);
+    /// disk.apply(&TraceEvent::Grow { len: 4096 });
+    /// assert_eq!(disk.len(), 4096);
+    /// ```
     pub fn len(&self) -> u64 {
         self.durable.len() as u64
     }
 
     /// The durable bytes: what every crash at this instant keeps.
+    ///
+    /// ```
+    /// use txheap::TraceEvent;
+    /// let mut disk = crash_tests::Disk::new(&[0; 1024]);
+    /// disk.apply(&TraceEvent::Write { offset: 0, bytes: vec![9; 4] });
+    /// assert_eq!(disk.durable()[0], 0); // written, not yet durable
+    /// disk.apply(&TraceEvent::BarrierAll);
+    /// assert_eq!(disk.durable()[..4], [9; 4]);
+    /// ```
     pub fn durable(&self) -> &[u8] {
         &self.durable
     }
 
     /// Whether the file is empty.
+    ///
+    /// ```
+    /// use crash_tests::Disk;
+    /// assert!(Disk::new(&[]).is_empty());
+    /// assert!(!Disk::new(&[0; 512]).is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.durable.is_empty()
     }
@@ -356,6 +600,18 @@ impl Disk {
     }
 
     /// Apply one recorded event.
+    ///
+    /// ```
+    /// use crash_tests::Disk;
+    /// use txheap::TraceEvent;
+    /// let mut disk = Disk::new(&[0; 1024]);
+    /// disk.apply(&TraceEvent::Write { offset: 0, bytes: vec![1; 8] });
+    /// assert_eq!((disk.undecided_sectors(), disk.image_space()), (1, 2));
+    /// disk.apply(&TraceEvent::Barrier { offset: 0, len: 4096 });
+    /// assert_eq!((disk.undecided_sectors(), disk.barriers), (0, 1));
+    /// disk.apply(&TraceEvent::Mark(4));
+    /// assert_eq!(disk.acked, 4);
+    /// ```
     pub fn apply(&mut self, e: &TraceEvent) {
         match e {
             TraceEvent::Write { offset, bytes } => {
@@ -389,16 +645,49 @@ impl Disk {
     }
 
     /// Each undecided sector and how many states it passed through since its last barrier.
+    ///
+    /// ```
+    /// use crash_tests::Disk;
+    /// use txheap::TraceEvent;
+    /// let mut disk = Disk::new(&[0; 2048]);
+    /// disk.apply(&TraceEvent::Write { offset: 0, bytes: vec![1; 8] });
+    /// disk.apply(&TraceEvent::Write { offset: 4, bytes: vec![2; 8] });
+    /// // 1020..1028 straddles sectors 1 and 2: it may land torn.
+    /// disk.apply(&TraceEvent::Write { offset: 1020, bytes: vec![3; 8] });
+    /// assert_eq!(disk.pending_sectors(), [(0, 2), (1, 1), (2, 1)]);
+    /// ```
     pub fn pending_sectors(&self) -> Vec<(u64, usize)> {
         self.pending.iter().map(|(&s, v)| (s, v.len())).collect()
     }
 
     /// Sectors that may be in more than one state after a crash now.
+    ///
+    /// ```
+    /// use crash_tests::Disk;
+    /// use txheap::TraceEvent;
+    /// let mut disk = Disk::new(&[0; 2048]);
+    /// disk.apply(&TraceEvent::Write { offset: 0, bytes: vec![1; 1024] });
+    /// assert_eq!(disk.undecided_sectors(), 2);
+    /// disk.apply(&TraceEvent::BarrierAll);
+    /// assert_eq!(disk.undecided_sectors(), 0);
+    /// ```
     pub fn undecided_sectors(&self) -> usize {
         self.pending.len()
     }
 
     /// How many distinct crash images this instant allows (saturating at `u64::MAX`).
+    ///
+    /// ```
+    /// use crash_tests::Disk;
+    /// use txheap::TraceEvent;
+    /// let mut disk = Disk::new(&[0; 1024]);
+    /// assert_eq!(disk.image_space(), 1);
+    /// disk.apply(&TraceEvent::Write { offset: 0, bytes: vec![1; 8] });
+    /// assert_eq!(disk.image_space(), 2); // sector 0: durable or written
+    /// disk.apply(&TraceEvent::Write { offset: 0, bytes: vec![2; 8] });
+    /// disk.apply(&TraceEvent::Write { offset: 512, bytes: vec![3; 8] });
+    /// assert_eq!(disk.image_space(), 3 * 2);
+    /// ```
     pub fn image_space(&self) -> u64 {
         self.pending
             .values()
@@ -412,6 +701,21 @@ impl Disk {
     /// distinct random ones up to `max` in all. Where the image space is at most four times
     /// `max`, the random ones are a shuffle of the whole space, so exactly `max` come out
     /// (random draws would keep colliding there); above that, distinct random draws.
+    ///
+    /// ```
+    /// use crash_tests::{Disk, Rng};
+    /// use txheap::TraceEvent;
+    /// let mut disk = Disk::new(&[0; 2048]);
+    /// for s in 0..4 {
+    ///     disk.apply(&TraceEvent::Write { offset: s * 512, bytes: vec![1; 8] });
+    /// }
+    /// let mut rng = Rng::seeded(1);
+    /// assert_eq!(disk.choices(100, &mut rng).len(), 16); // all 2^4 images
+    /// let few = disk.choices(5, &mut rng);
+    /// assert_eq!(few.len(), 5);
+    /// assert_eq!(few[0], [0; 4]); // nothing since the barriers
+    /// assert_eq!(few[1], [1; 4]); // everything
+    /// ```
     pub fn choices(&self, max: usize, rng: &mut Rng) -> Vec<Choice> {
         let radix: Vec<u64> = self.pending.values().map(|v| v.len() as u64 + 1).collect();
         let decode = |mut k: u64| -> Choice {
@@ -463,6 +767,16 @@ impl Disk {
     }
 
     /// The whole image for `choice` (see [`Disk::choices`]).
+    ///
+    /// ```
+    /// use crash_tests::Disk;
+    /// use txheap::TraceEvent;
+    /// let mut disk = Disk::new(&[0; 1024]);
+    /// disk.apply(&TraceEvent::Write { offset: 512, bytes: vec![6; 512] });
+    /// assert_eq!(disk.image_of(&[0]), disk.durable());
+    /// let img = disk.image_of(&[1]);
+    /// assert_eq!((img[511], img[512], img[1023]), (0, 6, 6));
+    /// ```
     pub fn image_of(&self, choice: &[u16]) -> Vec<u8> {
         let mut img = self.durable.clone();
         for ((&s, versions), &k) in self.pending.iter().zip(choice) {
@@ -477,6 +791,17 @@ impl Disk {
 
     /// A crash image: `choose(sector, versions)` picks 0 (the durable state) or `i` (the state
     /// after the `i`-th write since the last barrier) for each undecided sector.
+    ///
+    /// ```
+    /// use crash_tests::Disk;
+    /// use txheap::TraceEvent;
+    /// let mut disk = Disk::new(&[0; 1024]);
+    /// disk.apply(&TraceEvent::Write { offset: 0, bytes: vec![1; 1024] });
+    /// disk.apply(&TraceEvent::Write { offset: 0, bytes: vec![2; 1024] });
+    /// // Sector 0 keeps the first write, sector 1 the second: a torn, reordered pair.
+    /// let img = disk.image(|sector, versions| if sector == 0 { 1 } else { versions });
+    /// assert_eq!((img[0], img[512]), (1, 2));
+    /// ```
     pub fn image(&self, mut choose: impl FnMut(u64, usize) -> usize) -> Vec<u8> {
         let choice: Choice = self
             .pending
@@ -494,6 +819,19 @@ const PAGE: u64 = 4096;
 /// last image, and of every write that recovery made to the previous image (taken from its
 /// recorded trace). Every `verify_every`-th image is read back whole and compared with the
 /// image built from scratch, so a page the mirror got wrong cannot go unnoticed.
+///
+/// ```
+/// use crash_tests::{Disk, ImageFile};
+/// use txheap::TraceEvent;
+/// let dir = tempfile::tempdir().unwrap();
+/// let mut disk = Disk::new(&[0; 8192]);
+/// disk.apply(&TraceEvent::Write { offset: 0, bytes: vec![1; 8] });
+/// let mut file = ImageFile::new(&dir.path().join("image.heap"), &disk).unwrap();
+/// file.write(&disk, &[1]).unwrap();
+/// file.write(&disk, &[1]).unwrap(); // the same image again: nothing to rewrite
+/// assert_eq!(file.pages_written, 1); // one 4 KiB page of the two
+/// assert_eq!(std::fs::read(file.path()).unwrap(), disk.image_of(&[1]));
+/// ```
 #[derive(Debug)]
 pub struct ImageFile {
     path: std::path::PathBuf,
@@ -513,6 +851,15 @@ pub struct ImageFile {
 
 impl ImageFile {
     /// A file at `path` holding `disk`'s durable image.
+    ///
+    /// ```
+    /// use crash_tests::{Disk, ImageFile};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let disk = Disk::new(&[3; 4096]);
+    /// let file = ImageFile::new(&dir.path().join("image.heap"), &disk).unwrap();
+    /// assert_eq!(std::fs::read(file.path()).unwrap(), [3; 4096]);
+    /// assert_eq!((file.verify_every, file.pages_written), (64, 0));
+    /// ```
     pub fn new(path: &Path, disk: &Disk) -> std::io::Result<ImageFile> {
         std::fs::write(path, &disk.durable)?;
         let file = std::fs::OpenOptions::new()
@@ -534,11 +881,34 @@ impl ImageFile {
     }
 
     /// Where the file is.
+    ///
+    /// ```
+    /// use crash_tests::{Disk, ImageFile};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let at = dir.path().join("image.heap");
+    /// let file = ImageFile::new(&at, &Disk::new(&[0; 512])).unwrap();
+    /// assert_eq!(file.path(), at);
+    /// ```
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// Make the file hold `disk`'s image for `choice`.
+    ///
+    /// ```
+    /// use crash_tests::{Disk, ImageFile, Rng};
+    /// use txheap::TraceEvent;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let mut disk = Disk::new(&[0; 8192]);
+    /// disk.apply(&TraceEvent::Write { offset: 4096, bytes: vec![1; 8] });
+    /// let mut file = ImageFile::new(&dir.path().join("image.heap"), &disk).unwrap();
+    /// for choice in disk.choices(2, &mut Rng::seeded(1)) {
+    ///     file.write(&disk, &choice).unwrap();
+    ///     assert_eq!(std::fs::read(file.path()).unwrap(), disk.image_of(&choice));
+    /// }
+    /// // The durable image was there already; the other one took its second page.
+    /// assert_eq!(file.pages_written, 1);
+    /// ```
     pub fn write(&mut self, disk: &Disk, choice: &[u16]) -> Result<(), String> {
         use std::os::unix::fs::FileExt;
         let io = |e: std::io::Error| format!("image file: {e}");
@@ -599,6 +969,19 @@ impl ImageFile {
 
     /// Note what happened to the file since [`ImageFile::write`]: `events` recorded while
     /// recovering and checking it. Their pages are rewritten before the next image.
+    ///
+    /// ```
+    /// use crash_tests::{Disk, ImageFile};
+    /// use txheap::TraceEvent;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let disk = Disk::new(&[0; 4096]);
+    /// let mut file = ImageFile::new(&dir.path().join("image.heap"), &disk).unwrap();
+    /// // "Recovery" writes to the file behind the mirror's back, and says so:
+    /// std::fs::write(file.path(), [9; 4096]).unwrap();
+    /// file.touched(&[TraceEvent::Write { offset: 0, bytes: vec![9; 4096] }]).unwrap();
+    /// file.write(&disk, &[]).unwrap();
+    /// assert_eq!(std::fs::read(file.path()).unwrap(), disk.durable());
+    /// ```
     pub fn touched(&mut self, events: &[TraceEvent]) -> Result<(), String> {
         for e in events {
             if let TraceEvent::Write { offset, bytes } = e {
@@ -616,6 +999,18 @@ impl ImageFile {
 }
 
 /// Why an image was refused.
+///
+/// ```
+/// use crash_tests::{record, simulate};
+/// use txheap::{Durability, TraceEvent};
+/// let dir = tempfile::tempdir().unwrap();
+/// let mut rec = record(&dir.path().join("live.heap"), 1, Durability::Full, 1);
+/// // Claim transaction 1 acknowledged before it ran: a crash at its first write loses it.
+/// rec.events.insert(0, TraceEvent::Mark(1));
+/// let v = &simulate(&rec, dir.path(), 0, 1, 0).violations[0];
+/// assert!(v.what.contains("lost a commit"), "{}", v.what);
+/// assert_eq!((v.at_event, v.image), (1, 0)); // nothing since the barriers
+/// ```
 #[derive(Debug, Clone)]
 pub struct Violation {
     /// What went wrong.
@@ -627,6 +1022,19 @@ pub struct Violation {
 }
 
 /// Recover `image` (written to `path`) and check it against the workload. Returns the counter.
+///
+/// ```
+/// use crash_tests::{check_image, record, Disk};
+/// let dir = tempfile::tempdir().unwrap();
+/// let rec = record(&dir.path().join("live.heap"), 1, txheap::Durability::Full, 3);
+/// let mut disk = Disk::new(&rec.base);
+/// rec.events.iter().for_each(|e| disk.apply(e));
+/// let img = dir.path().join("image.heap");
+/// assert_eq!(check_image(&img, disk.durable(), &rec, 3, false), Ok(3));
+/// // The base image when 3 were acknowledged under Full: commits were lost.
+/// let err = check_image(&img, &rec.base, &rec, 3, false).unwrap_err();
+/// assert!(err.contains("lost a commit"), "{err}");
+/// ```
 pub fn check_image(
     path: &Path,
     image: &[u8],
@@ -640,6 +1048,19 @@ pub fn check_image(
 
 /// Recover the crash image that `path` holds and check it against the workload, recording
 /// every write recovery (and the check) makes into `trace`. Returns the counter.
+///
+/// ```
+/// use crash_tests::{check_file, record};
+/// use txheap::{Trace, TraceEvent};
+/// let dir = tempfile::tempdir().unwrap();
+/// let rec = record(&dir.path().join("live.heap"), 1, txheap::Durability::None, 2);
+/// let img = dir.path().join("image.heap");
+/// std::fs::write(&img, &rec.base).unwrap();
+/// let trace = Trace::default();
+/// // Deep: recover, check, commit one more, reopen and check again.
+/// assert_eq!(check_file(&img, &rec, 0, true, &trace), Ok(0));
+/// assert!(trace.lock().unwrap().iter().any(|e| matches!(e, TraceEvent::Write { .. })));
+/// ```
 pub fn check_file(
     path: &Path,
     rec: &Recording,
@@ -690,6 +1111,19 @@ fn check_in(file: &mut ImageFile, rec: &Recording, acked: u64, deep: bool) -> Re
 /// image when there are at most `samples + 2`, else both extremes and `samples` random ones)
 /// and recover again: the result must be exactly the state the uninterrupted recovery gave.
 /// Returns (that counter, images checked).
+///
+/// ```
+/// use crash_tests::{check_recovery_crashes, record, Disk, Rng};
+/// let dir = tempfile::tempdir().unwrap();
+/// let rec = record(&dir.path().join("live.heap"), 1, txheap::Durability::Full, 2);
+/// let mut disk = Disk::new(&rec.base);
+/// rec.events.iter().for_each(|e| disk.apply(e));
+/// let mut rng = Rng::seeded(1);
+/// let (counter, images) =
+///     check_recovery_crashes(dir.path(), disk.durable(), &rec, 2, &mut rng).unwrap();
+/// assert_eq!(counter, 2);
+/// assert!(images > 0);
+/// ```
 pub fn check_recovery_crashes(
     dir: &Path,
     image: &[u8],
@@ -727,9 +1161,24 @@ pub fn check_recovery_crashes(
 
 /// Random images per instant of a recovery cut by power (plus both extremes). Recovery writes
 /// few, large page runs, each covering many sectors: many images per instant.
+///
+/// ```
+/// use crash_tests::{Disk, Rng, RECOVERY_SAMPLES};
+/// use txheap::TraceEvent;
+/// // An instant with 5 undecided sectors allows 32 images; a recovery check takes 26.
+/// let mut disk = Disk::new(&[0; 5 * 512]);
+/// disk.apply(&TraceEvent::Write { offset: 0, bytes: vec![1; 5 * 512] });
+/// assert_eq!(disk.choices(RECOVERY_SAMPLES + 2, &mut Rng::seeded(1)).len(), 26);
+/// ```
 pub const RECOVERY_SAMPLES: usize = 24;
 
 /// Totals of a simulation.
+///
+/// ```
+/// let t = crash_tests::Totals::default();
+/// assert_eq!((t.images, t.instants, t.violations.len()), (0, 0, 0));
+/// assert_eq!(t.window_summary(), (0, 0, 0, 0));
+/// ```
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
     /// Images recovered and checked.
@@ -752,6 +1201,17 @@ pub struct Totals {
 
 impl Totals {
     /// Add another simulation's totals.
+    ///
+    /// ```
+    /// use crash_tests::Totals;
+    /// let mut all = Totals { images: 10, instants: 4, ..Totals::default() };
+    /// all.window_images.push((10, true));
+    /// let mut more = Totals { images: 6, instants: 3, lost_acked: 1, ..Totals::default() };
+    /// more.window_images.push((6, false));
+    /// all.add(more);
+    /// assert_eq!((all.images, all.instants, all.lost_acked), (16, 7, 1));
+    /// assert_eq!(all.window_images, [(10, true), (6, false)]);
+    /// ```
     pub fn add(&mut self, o: Totals) {
         self.images += o.images;
         self.instants += o.instants;
@@ -764,6 +1224,15 @@ impl Totals {
 
     /// Barrier windows: (all, enumerated completely, fewest images in a sampled window, median
     /// images per window).
+    ///
+    /// ```
+    /// let t = crash_tests::Totals {
+    ///     window_images: vec![(4, true), (10, false), (6, false)],
+    ///     ..Default::default()
+    /// };
+    /// // 3 windows, 1 enumerated completely, 6 in the smallest sampled one, median 6.
+    /// assert_eq!(t.window_summary(), (3, 1, 6, 6));
+    /// ```
     pub fn window_summary(&self) -> (usize, usize, u64, u64) {
         let exhausted = self.window_images.iter().filter(|w| w.1).count();
         let sampled_min = self
@@ -783,6 +1252,20 @@ impl Totals {
 /// Simulate power cuts at every event of `rec` with `samples` random images per instant (plus
 /// the two extremes). Images are recovered in `dir`. Every `recovery_every`-th instant (0: never)
 /// the newest image is also recovered with power cuts during its recovery.
+///
+/// ```
+/// use crash_tests::{record, simulate};
+/// use txheap::{Durability, TraceEvent};
+/// let dir = tempfile::tempdir().unwrap();
+/// let rec = record(&dir.path().join("live.heap"), 1, Durability::None, 1);
+/// let t = simulate(&rec, dir.path(), 0, 1, 0);
+/// assert!(t.violations.is_empty(), "{:?}", t.violations);
+/// // A crash instant at every event but the marks, with at least one image each.
+/// let marks = rec.events.iter().filter(|e| matches!(e, TraceEvent::Mark(_))).count();
+/// assert_eq!(t.instants as usize, rec.events.len() - marks);
+/// assert!(t.images >= t.instants);
+/// assert_eq!(t.recovery_images, 0); // recovery_every 0: never
+/// ```
 pub fn simulate(
     rec: &Recording,
     dir: &Path,
@@ -796,6 +1279,17 @@ pub fn simulate(
 /// [`simulate`], with at least `window_target` images per barrier window where the window
 /// allows that many: an instant gets `max(samples + 2, window_target / instants in its
 /// window)` images (all of them when it has fewer).
+///
+/// ```
+/// use crash_tests::{record, simulate_windows};
+/// let dir = tempfile::tempdir().unwrap();
+/// let rec = record(&dir.path().join("live.heap"), 1, txheap::Durability::Full, 1);
+/// let t = simulate_windows(&rec, dir.path(), 0, 8, 1, 0);
+/// assert!(t.violations.is_empty(), "{:?}", t.violations);
+/// // Each barrier window got 8 images, or every image it allows.
+/// assert!(t.window_images.iter().all(|&(n, every)| every || n >= 8));
+/// assert_eq!(t.window_images.iter().map(|w| w.0).sum::<u64>(), t.images);
+/// ```
 pub fn simulate_windows(
     rec: &Recording,
     dir: &Path,

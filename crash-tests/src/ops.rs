@@ -2,6 +2,15 @@
 //! checkpoint) each, recorded and cut at every instant. The model is the list of committed
 //! states (the root's table of live objects after each commit); a recovered image must equal one
 //! of them, no older than the last acknowledged under `Durability::Full`.
+//!
+//! ```
+//! use crash_tests::ops::{check_ops, Op};
+//! let dir = tempfile::tempdir().unwrap();
+//! let ops = [Op::AllocSmall, Op::Free];
+//! let (images, bad) = check_ops(dir.path(), &ops, txheap::Durability::None, 8, 2, 1);
+//! assert!(images > 0);
+//! assert!(bad.is_empty(), "{bad:?}");
+//! ```
 
 use std::path::Path;
 
@@ -10,6 +19,16 @@ use txheap::{Durability, Error, Heap, PSlice, Trace, TraceEvent};
 use crate::{all_bytes, options, Disk, ImageFile, Rng};
 
 /// The kinds of operation a workload step can be.
+///
+/// ```
+/// use crash_tests::ops::{record_ops, Op};
+/// let dir = tempfile::tempdir().unwrap();
+/// let ops = [Op::AllocSmall, Op::Abort];
+/// let (_, _, states) = record_ops(&dir.path().join("o.heap"), &ops, txheap::Durability::None);
+/// // The abort committed nothing: the only new state is the allocation's.
+/// assert_eq!(states.len(), 2);
+/// assert_eq!(states[1].len(), 1);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// Allocate a 100-byte object and fill it.
@@ -29,6 +48,13 @@ pub enum Op {
 }
 
 /// Every operation kind.
+///
+/// ```
+/// use crash_tests::ops::{Op, OPS};
+/// assert_eq!(OPS.len(), 7);
+/// assert!(OPS.contains(&Op::Checkpoint));
+/// assert!((0..OPS.len()).all(|i| !OPS[i + 1..].contains(&OPS[i]))); // each kind once
+/// ```
 pub const OPS: [Op; 7] = [
     Op::AllocSmall,
     Op::AllocLarge,
@@ -42,6 +68,18 @@ pub const OPS: [Op; 7] = [
 const SLOTS: usize = 8;
 
 /// The root: live objects and the byte each is filled with.
+///
+/// ```
+/// use crash_tests::ops::{record_ops, Op, Table};
+/// use txheap::Durability;
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("o.heap");
+/// record_ops(&path, &[Op::AllocSmall], Durability::None);
+/// let heap = txheap::Heap::open(&path, crash_tests::options(Durability::None)).unwrap();
+/// assert!(heap.read(|r| r.root::<Table>()).is_ok()); // the workload's root type
+/// // A count, 8 slices of 16 bytes, 8 fill bytes (as u64).
+/// assert_eq!(std::mem::size_of::<Table>(), 8 + 8 * 16 + 8 * 8);
+/// ```
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct Table {
@@ -51,6 +89,17 @@ pub struct Table {
 }
 
 /// A committed state: (offset, length, fill byte) of each live object.
+///
+/// ```
+/// use crash_tests::ops::{record_ops, Op, State};
+/// let dir = tempfile::tempdir().unwrap();
+/// let ops = [Op::AllocSmall, Op::Rewrite];
+/// let (_, _, states) = record_ops(&dir.path().join("o.heap"), &ops, txheap::Durability::None);
+/// let (offset, len, byte) = states[1][0];
+/// assert_eq!((len, byte), (100, 1)); // operation 0 fills with byte 1
+/// let rewritten: State = vec![(offset, 100, 2)]; // same object, operation 1's byte
+/// assert_eq!(states[2], rewritten);
+/// ```
 pub type State = Vec<(u64, u64, u8)>;
 
 fn read_state(heap: &Heap) -> Result<State, String> {
@@ -132,6 +181,19 @@ fn apply(heap: &Heap, op: Op, byte: u8) -> txheap::Result<bool> {
 
 /// Run `ops` on a fresh heap at `path` (one closed empty transaction first, so the base image
 /// has a root), recording; returns the base image, the events and the committed states.
+///
+/// ```
+/// use crash_tests::ops::{record_ops, Op};
+/// use txheap::{Durability, TraceEvent};
+/// let dir = tempfile::tempdir().unwrap();
+/// let ops = [Op::AllocSmall, Op::Abort, Op::Checkpoint, Op::Free];
+/// let (base, events, states) = record_ops(&dir.path().join("o.heap"), &ops, Durability::None);
+/// assert_eq!(base.len(), 1 << 20);
+/// // The abort and the checkpoint commit no state: empty, one object, empty again.
+/// assert_eq!(states.len(), 3);
+/// assert!(states[0].is_empty() && states[1].len() == 1 && states[2].is_empty());
+/// assert!(events.contains(&TraceEvent::Mark(2)));
+/// ```
 pub fn record_ops(
     path: &Path,
     ops: &[Op],
@@ -163,6 +225,15 @@ pub fn record_ops(
 /// Cut power at every instant of `ops`' recording: every combination of sector states when at
 /// most `exhaustive_sectors` are undecided (capped at 256 images), else both extremes and
 /// `samples` random ones. Returns (images, violations as text).
+///
+/// ```
+/// use crash_tests::ops::{check_ops, Op};
+/// let dir = tempfile::tempdir().unwrap();
+/// let ops = [Op::Rewrite, Op::Checkpoint];
+/// let (images, bad) = check_ops(dir.path(), &ops, txheap::Durability::None, 8, 2, 7);
+/// assert!(images > 0);
+/// assert!(bad.is_empty(), "{bad:?}");
+/// ```
 pub fn check_ops(
     dir: &Path,
     ops: &[Op],

@@ -5,12 +5,32 @@
 //! blocks, chunks past the chunk count: `txheap::reachable_ranges`). A write that changes a
 //! reachable byte ahead of its durable frame is a violation even if no sampled crash image
 //! happens to expose it.
+//!
+//! ## Example
+//!
+//! ```
+//! use crash_tests::{record, write_ahead};
+//! use txheap_recovery::sabotage;
+//! let dir = tempfile::tempdir().unwrap();
+//! // Break the protocol (heap writes before the log barrier): one transaction shows it.
+//! sabotage::set(sabotage::APPLY_BEFORE_LOG);
+//! let rec = record(&dir.path().join("live.heap"), 1, txheap::Durability::Full, 1);
+//! sabotage::set(0);
+//! let wa = write_ahead::check(&rec);
+//! assert!(wa.violations[0].what.starts_with("write ahead of the log"));
+//! ```
 
 use crate::{Disk, Recording, Violation};
 use txheap::TraceEvent;
 use txheap_recovery::{recover, select_superblock, MemStorage};
 
 /// What the write-ahead check saw in one recording.
+///
+/// ```
+/// let wa = crash_tests::write_ahead::WriteAhead::default();
+/// assert_eq!((wa.writes, wa.bytes_durable, wa.bytes_unreachable), (0, 0, 0));
+/// assert!(wa.violations.is_empty());
+/// ```
 #[derive(Debug, Default, Clone)]
 pub struct WriteAhead {
     /// Writes that touched the heap region.
@@ -26,6 +46,14 @@ pub struct WriteAhead {
 
 impl WriteAhead {
     /// Add another recording's counts.
+    ///
+    /// ```
+    /// use crash_tests::write_ahead::WriteAhead;
+    /// let mut total = WriteAhead { writes: 2, bytes_durable: 100, ..Default::default() };
+    /// total.add(WriteAhead { writes: 3, bytes_unreachable: 8, ..Default::default() });
+    /// assert_eq!((total.writes, total.bytes_durable, total.bytes_unreachable), (5, 100, 8));
+    /// assert!(total.violations.is_empty());
+    /// ```
     pub fn add(&mut self, o: WriteAhead) {
         self.writes += o.writes;
         self.bytes_durable += o.bytes_durable;
@@ -68,6 +96,18 @@ fn durable_state(durable: &[u8]) -> Result<DurableState, String> {
 }
 
 /// Run the write-ahead check over `rec`'s events.
+///
+/// ```
+/// use crash_tests::{record, write_ahead};
+/// use txheap::Durability;
+/// let dir = tempfile::tempdir().unwrap();
+/// for durability in [Durability::Full, Durability::None] {
+///     let rec = record(&dir.path().join("live.heap"), 1, durability, 3);
+///     let wa = write_ahead::check(&rec);
+///     assert!(wa.violations.is_empty(), "{:?}", wa.violations);
+///     assert!(wa.writes > 0 && wa.bytes_durable > 0);
+/// }
+/// ```
 pub fn check(rec: &Recording) -> WriteAhead {
     let mut out = WriteAhead::default();
     let mut disk = Disk::new(&rec.base);
