@@ -19,7 +19,8 @@
 //! be exactly what the uninterrupted recovery gave.
 //!
 //! ## The check
-//! The image is written to a file (on tmpfs), opened (recovery runs), and must hold a committed
+//! The image is written to a file (in the caller's directory; the tests and the binary use
+//! tmpfs, `/dev/shm`, where there is one), opened (recovery runs), and must hold a committed
 //! prefix: the workload's counter `c` and list must be intact (every node and payload byte as
 //! the deterministic workload wrote it, the allocator's used bytes equal to what is reachable),
 //! with `acked <= c <= acked + 1` under `Durability::Full`, where `acked` is the last
@@ -814,7 +815,7 @@ impl Disk {
 
 const PAGE: u64 = 4096;
 
-/// A file on tmpfs that holds one crash image after another, rewriting only the pages that
+/// A file (on tmpfs, where the caller puts it) that holds one crash image after another, rewriting only the pages that
 /// differ from what it holds: the pages of undecided sectors, of sectors made durable since the
 /// last image, and of every write that recovery made to the previous image (taken from its
 /// recorded trace). Every `verify_every`-th image is read back whole and compared with the
@@ -998,7 +999,8 @@ impl ImageFile {
     }
 }
 
-/// Why an image was refused.
+/// Why an image was refused (or, from [`write_ahead::check`], why a write broke the
+/// write-ahead rule: `at_event` is then the write's event index and `image` is 0).
 ///
 /// ```
 /// use crash_tests::{record, simulate};
@@ -1015,7 +1017,7 @@ impl ImageFile {
 pub struct Violation {
     /// What went wrong.
     pub what: String,
-    /// Event index of the crash.
+    /// Event index of the crash (or of the offending write).
     pub at_event: usize,
     /// Which image at that instant.
     pub image: usize,
@@ -1193,7 +1195,7 @@ pub struct Totals {
     pub recovery_images: u64,
     /// Images checked in each barrier window (the crash instants between two barriers), and
     /// whether that was every image the window allows (each instant's image space was at most
-    /// the sample count).
+    /// its image budget, so every instant was enumerated completely).
     pub window_images: Vec<(u64, bool)>,
     /// The violations found.
     pub violations: Vec<Violation>,
