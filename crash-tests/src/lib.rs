@@ -1142,6 +1142,24 @@ pub fn check_recovery_crashes(
     heap.close()
         .map_err(|e| format!("close after recovery failed: {e}"))?;
     let events = std::mem::take(&mut *trace.lock().unwrap_or_else(|e| e.into_inner()));
+    // Recovery's own writes obey the write-ahead rule too: the image is all durable when
+    // recovery starts, so every heap byte it changes must be what replaying the durable log
+    // gives (the durable state is computed by recovery itself, so this cannot catch a replay
+    // that is wrong the same way twice; it catches an open that writes the heap by any other
+    // path, such as repairing metadata without a frame).
+    let recovery_run = Recording {
+        base: image.to_vec(),
+        events,
+        seed: rec.seed,
+        durability: rec.durability,
+    };
+    if let Some(v) = write_ahead::check(&recovery_run).violations.first() {
+        return Err(format!(
+            "write-ahead check of recovery's writes, event {}: {}",
+            v.at_event, v.what
+        ));
+    }
+    let events = recovery_run.events;
     let mut disk = Disk::new(image);
     let mut file =
         ImageFile::new(&dir.join("recovered-again.heap"), &disk).map_err(|e| e.to_string())?;
