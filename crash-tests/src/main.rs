@@ -17,7 +17,7 @@ use crash_tests::{kill9, record, simulate_windows};
 use txheap::Durability;
 
 fn usage(msg: &str) -> ! {
-    eprintln!("{msg}\nusage: crash-tests [--seeds A..B] [--samples N] [--txns T] [--durability full|none|both] [--jobs J] [--window-images W] [--exhaustive3]\n       crash-tests kill9 [--kills N] [--seed S]");
+    eprintln!("{msg}\nusage: crash-tests [--seeds A..B] [--samples N] [--txns T] [--durability full|none|both] [--jobs J] [--window-images W] [--stop-after-images N] [--exhaustive3]\n       crash-tests kill9 [--kills N] [--seed S]");
     std::process::exit(2)
 }
 
@@ -75,6 +75,7 @@ fn main() {
     let mut exhaustive3 = false;
     let mut jobs = 2usize;
     let mut window_images = 0usize;
+    let mut stop_after = u64::MAX;
     let mut i = 0;
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
@@ -93,6 +94,7 @@ fn main() {
             "--txns" => txns = num("--txns", &v),
             "--jobs" => jobs = num("--jobs", &v),
             "--window-images" => window_images = num("--window-images", &v),
+            "--stop-after-images" => stop_after = num("--stop-after-images", &v),
             "--durability" => {
                 durabilities = match v.as_str() {
                     "full" => vec![Durability::Full],
@@ -167,6 +169,12 @@ fn main() {
                 loop {
                     let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(&(d, seed)) = all.get(k) else { break };
+                    {
+                        let t = totals.lock().unwrap_or_else(|e| e.into_inner());
+                        if t.images + t.recovery_images >= stop_after {
+                            break; // enough images: start no new seed, finish the running ones
+                        }
+                    }
                     let rec = record(&dir.join("live.heap"), seed, d, txns);
                     let wa = crash_tests::write_ahead::check(&rec);
                     if let Some(v) = wa.violations.first() {
