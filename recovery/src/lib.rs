@@ -1055,32 +1055,52 @@ const REPLAY_RUN_PAGES: usize = 256;
 /// outside the ranges are written back unchanged), with a few large reads and writes instead
 /// of one write per range. A batch holds at most `REPLAY_BATCH_PAGES` pages, so a log of
 /// scattered tiny ranges cannot exhaust memory. A crash part-way leaves the log and superblock
-/// as they were, so the next open replays again (replay is idempotent).
-fn replay_pages<S: Storage + ?Sized>(
-    storage: &mut S,
-    ranges: &[(u64, usize, usize)],
-    arena: &[u8],
-) -> Result<(), RecoveryError> {
-    replay_pages_batched(storage, ranges, arena, REPLAY_BATCH_PAGES)
-}
-
-/// [`replay_pages`] with batches of at most `batch_pages` pages (tests use tiny batches).
+/// as they were, so the next open replays again (replay is idempotent). Starts at range
+/// `start`; batches of at most `batch_pages` pages (`REPLAY_BATCH_PAGES`; tests use tiny ones).
 fn replay_pages_batched<S: Storage + ?Sized>(
     storage: &mut S,
     ranges: &[(u64, usize, usize)],
     arena: &[u8],
+    start: usize,
     batch_pages: usize,
 ) -> Result<(), RecoveryError> {
-    const P: u64 = PAGE_SIZE;
-    let pages_of = |&(off, _, len): &(u64, usize, usize)| off / P..(off + len as u64).div_ceil(P);
-    let mut i = 0;
+    let mut i = start;
     while i < ranges.len() {
-        // The batch: ranges [i, j) and the sorted pages they touch.
+        let batch = PageBatch::build(&*storage, ranges, arena, i, batch_pages)?;
+        batch.write(storage)?;
+        i = batch.end;
+    }
+    Ok(())
+}
+
+/// One batch of a page-at-a-time replay, built in memory: the sorted pages that ranges
+/// `[start, end)` touch, each page's bytes as the file holds them with those ranges applied in
+/// log order, and the runs of consecutive pages to write back.
+struct PageBatch {
+    pages: Vec<u64>,
+    buf: Vec<u8>,
+    runs: Vec<(usize, usize)>,
+    end: usize,
+}
+
+impl PageBatch {
+    /// Build the batch that starts at range `start`: as many ranges as fit `batch_pages` pages
+    /// (at least one). Reads the file; writes nothing.
+    fn build<S: Storage + ?Sized>(
+        storage: &S,
+        ranges: &[(u64, usize, usize)],
+        arena: &[u8],
+        start: usize,
+        batch_pages: usize,
+    ) -> Result<PageBatch, RecoveryError> {
+        const P: u64 = PAGE_SIZE;
+        let pages_of =
+            |&(off, _, len): &(u64, usize, usize)| off / P..(off + len as u64).div_ceil(P);
         let mut pages: Vec<u64> = Vec::new();
-        let mut j = i;
+        let mut j = start;
         while j < ranges.len() {
             let need = pages_of(&ranges[j]);
-            if j > i && pages.len() + (need.end - need.start) as usize > batch_pages {
+            if j > start && pages.len() + (need.end - need.start) as usize > batch_pages {
                 pages.sort_unstable();
                 pages.dedup();
                 if pages.len() + (need.end - need.start) as usize > batch_pages {
@@ -1109,7 +1129,7 @@ fn replay_pages_batched<S: Storage + ?Sized>(
         }
         // Apply the batch's ranges in log order.
         let mut last = (u64::MAX, 0usize);
-        for &(off, start, len) in &ranges[i..j] {
+        for &(off, start, len) in &ranges[start..j] {
             let (mut pos, mut rest) = (off, &arena[start..start + len]);
             while !rest.is_empty() {
                 let page = pos / P;
@@ -1127,16 +1147,26 @@ fn replay_pages_batched<S: Storage + ?Sized>(
                 rest = &rest[n..];
             }
         }
-        for &(k, n) in &runs {
-            let at = pages[k] * P;
+        Ok(PageBatch {
+            pages,
+            buf,
+            runs,
+            end: j,
+        })
+    }
+
+    /// Write the batch's runs back to the file.
+    fn write<S: Storage + ?Sized>(&self, storage: &mut S) -> Result<(), RecoveryError> {
+        const P: u64 = PAGE_SIZE;
+        for &(k, n) in &self.runs {
+            let at = self.pages[k] * P;
             storage
-                .write_at(at, &buf[k * P as usize..(k + n) * P as usize])
+                .write_at(at, &self.buf[k * P as usize..(k + n) * P as usize])
                 .map_err(io_err("replay pages", at))?;
             failpoint!("recovery.mid_replay");
         }
-        i = j;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Runs of consecutive page numbers in sorted `pages`, as (first index, count), each at most
@@ -1194,20 +1224,44 @@ pub struct Recovered {
 pub struct Replayed<'a, S: Storage + ?Sized> {
     storage: &'a S,
     file_len: u64,
-    /// `(file offset, arena start, len)` of each committed range, in log order.
-    ranges: &'a [(u64, usize, usize)],
-    arena: &'a [u8],
-    /// `(page, index into ranges)` for every page each range touches, sorted.
-    by_page: Vec<(u64, usize)>,
+    over: Overlay<'a>,
+}
+
+/// Where [`Replayed`] finds the replayed bytes.
+enum Overlay<'a> {
+    /// The whole replay fits one page batch: its pages, as replay will write them.
+    Pages { pages: &'a [u64], buf: &'a [u8] },
+    /// A larger replay: the ranges themselves, indexed by page.
+    Ranges {
+        /// `(file offset, arena start, len)` of each committed range, in log order.
+        ranges: &'a [(u64, usize, usize)],
+        arena: &'a [u8],
+        /// `(page, index into ranges)` for every page each range touches, sorted.
+        by_page: Vec<(u64, usize)>,
+    },
 }
 
 impl<'a, S: Storage + ?Sized> Replayed<'a, S> {
-    fn new(
+    /// The view of a replay that one batch holds entirely (no index to build: the batch's
+    /// pages are already sorted).
+    fn of_batch(storage: &'a S, batch: &'a PageBatch) -> Result<Self, RecoveryError> {
+        Ok(Replayed {
+            storage,
+            file_len: storage.len().map_err(io_err("stat", 0))?,
+            over: Overlay::Pages {
+                pages: &batch.pages,
+                buf: &batch.buf,
+            },
+        })
+    }
+
+    /// The view of any replay, from its ranges (builds a page index: for logs whose pages do
+    /// not fit one batch).
+    fn of_ranges(
         storage: &'a S,
         ranges: &'a [(u64, usize, usize)],
         arena: &'a [u8],
     ) -> Result<Self, RecoveryError> {
-        let file_len = storage.len().map_err(io_err("stat", 0))?;
         let mut by_page = Vec::with_capacity(ranges.len());
         for (i, &(off, _, len)) in ranges.iter().enumerate() {
             by_page
@@ -1216,10 +1270,12 @@ impl<'a, S: Storage + ?Sized> Replayed<'a, S> {
         by_page.sort_unstable();
         Ok(Replayed {
             storage,
-            file_len,
-            ranges,
-            arena,
-            by_page,
+            file_len: storage.len().map_err(io_err("stat", 0))?,
+            over: Overlay::Ranges {
+                ranges,
+                arena,
+                by_page,
+            },
         })
     }
 
@@ -1239,6 +1295,7 @@ impl<'a, S: Storage + ?Sized> Replayed<'a, S> {
     /// assert_eq!(&got, b"\0\0past"); // zeros past the file's end, then the range
     /// ```
     pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), RecoveryError> {
+        const P: u64 = PAGE_SIZE;
         let end = off
             .checked_add(buf.len() as u64)
             .ok_or_else(|| RecoveryError::Corrupt {
@@ -1258,20 +1315,37 @@ impl<'a, S: Storage + ?Sized> Replayed<'a, S> {
         if buf.is_empty() {
             return Ok(());
         }
-        let first = self.by_page.partition_point(|&(p, _)| p < off / PAGE_SIZE);
-        let last = self
-            .by_page
-            .partition_point(|&(p, _)| p < end.div_ceil(PAGE_SIZE));
-        let mut hits: Vec<usize> = self.by_page[first..last].iter().map(|&(_, i)| i).collect();
-        hits.sort_unstable();
-        hits.dedup();
-        for i in hits {
-            let (r_off, start, len) = self.ranges[i];
-            let lo = r_off.max(off);
-            let hi = (r_off + len as u64).min(end);
-            if lo < hi {
-                let src = &self.arena[start + (lo - r_off) as usize..][..(hi - lo) as usize];
-                buf[(lo - off) as usize..(hi - off) as usize].copy_from_slice(src);
+        match &self.over {
+            Overlay::Pages { pages, buf: bytes } => {
+                for p in off / P..end.div_ceil(P) {
+                    if let Ok(k) = pages.binary_search(&p) {
+                        let lo = (p * P).max(off);
+                        let hi = (p * P + P).min(end);
+                        let src =
+                            &bytes[k * P as usize + (lo - p * P) as usize..][..(hi - lo) as usize];
+                        buf[(lo - off) as usize..(hi - off) as usize].copy_from_slice(src);
+                    }
+                }
+            }
+            Overlay::Ranges {
+                ranges,
+                arena,
+                by_page,
+            } => {
+                let first = by_page.partition_point(|&(p, _)| p < off / P);
+                let last = by_page.partition_point(|&(p, _)| p < end.div_ceil(P));
+                let mut hits: Vec<usize> = by_page[first..last].iter().map(|&(_, i)| i).collect();
+                hits.sort_unstable();
+                hits.dedup();
+                for i in hits {
+                    let (r_off, start, len) = ranges[i];
+                    let lo = r_off.max(off);
+                    let hi = (r_off + len as u64).min(end);
+                    if lo < hi {
+                        let src = &arena[start + (lo - r_off) as usize..][..(hi - lo) as usize];
+                        buf[(lo - off) as usize..(hi - off) as usize].copy_from_slice(src);
+                    }
+                }
             }
         }
         Ok(())
@@ -1349,15 +1423,32 @@ where
         arena.extend_from_slice(bytes);
         Ok(())
     })?;
+    // The first page batch (usually the whole replay) is built in memory before any write.
+    let first = if ranges.is_empty() {
+        None
+    } else {
+        Some(PageBatch::build(
+            &*storage,
+            &ranges,
+            &arena,
+            0,
+            REPLAY_BATCH_PAGES,
+        )?)
+    };
     if scan.frames > 0 {
         // Everything that could refuse the open is decided here, before the first write: the
         // caller's check of the replayed heap, and the counters the checkpoint will bump.
         next_superblock(&sb, slot, scan.next_txid)?;
-        check(&sb, &Replayed::new(&*storage, &ranges, &arena)?)?;
+        let view = match &first {
+            Some(b) if b.end == ranges.len() => Replayed::of_batch(&*storage, b)?,
+            _ => Replayed::of_ranges(&*storage, &ranges, &arena)?,
+        };
+        check(&sb, &view)?;
     }
-    if !ranges.is_empty() {
+    if let Some(first) = first {
         phase!(RECOVERY_REPLAY);
-        replay_pages(storage, &ranges, &arena)?;
+        first.write(storage)?;
+        replay_pages_batched(storage, &ranges, &arena, first.end, REPLAY_BATCH_PAGES)?;
     }
     failpoint!("recovery.after_replay");
     if scan.frames == 0 {
@@ -1460,7 +1551,7 @@ mod replay_tests {
                 naive.write_at(off, &arena[start..start + len]).unwrap();
             }
             let mut paged = base.clone();
-            replay_pages_batched(&mut paged, &ranges, &arena, batch).unwrap();
+            replay_pages_batched(&mut paged, &ranges, &arena, 0, batch).unwrap();
             // Page replay may extend the file to a page boundary with zeros; compare the bytes
             // the naive replay has, and require the rest to be zeros.
             let (a, b) = (naive.bytes(), paged.bytes());
@@ -1490,14 +1581,22 @@ mod replay_tests {
             for &(off, start, len) in &ranges {
                 naive.write_at(off, &arena[start..start + len]).unwrap();
             }
-            let view = Replayed::new(&base, &ranges, &arena).unwrap();
+            // Both views: from the ranges (page index) and from one batch holding them all.
+            let batch = PageBatch::build(&base, &ranges, &arena, 0, usize::MAX).unwrap();
+            prop_assert_eq!(batch.end, ranges.len());
+            let views = [
+                Replayed::of_ranges(&base, &ranges, &arena).unwrap(),
+                Replayed::of_batch(&base, &batch).unwrap(),
+            ];
             for (off, len) in windows {
-                let mut got = vec![0xEEu8; len];
-                view.read(off, &mut got).unwrap();
                 let want: Vec<u8> = (off..off + len as u64)
                     .map(|i| naive.bytes().get(i as usize).copied().unwrap_or(0))
                     .collect();
-                prop_assert_eq!(got, want, "window {}+{}", off, len);
+                for (k, view) in views.iter().enumerate() {
+                    let mut got = vec![0xEEu8; len];
+                    view.read(off, &mut got).unwrap();
+                    prop_assert!(got == want, "view {} window {}+{}", k, off, len);
+                }
             }
         }
     }
