@@ -206,6 +206,23 @@ pub fn payload_size(seed: u64, value: u64) -> u64 {
     }
 }
 
+/// A scratch directory for crash images: on tmpfs (`/dev/shm`) where there is one, so that
+/// writing millions of images does not wear a disk, else in the default temp directory.
+///
+/// ```
+/// let dir = crash_tests::scratch_dir();
+/// assert!(dir.path().is_dir());
+/// ```
+pub fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::tempdir_in(shm) {
+            return d;
+        }
+    }
+    tempfile::tempdir().expect("a temporary directory")
+}
+
 /// Print a summary line to the process's stderr *uncaptured*: the test harness captures
 /// `eprintln!` of passing tests, and CI's log must show what a crash test covered (how many
 /// images, where the kills landed), not only that it passed.
@@ -1147,19 +1164,12 @@ pub fn check_recovery_crashes(
     // gives (the durable state is computed by recovery itself, so this cannot catch a replay
     // that is wrong the same way twice; it catches an open that writes the heap by any other
     // path, such as repairing metadata without a frame).
-    let recovery_run = Recording {
-        base: image.to_vec(),
-        events,
-        seed: rec.seed,
-        durability: rec.durability,
-    };
-    if let Some(v) = write_ahead::check(&recovery_run).violations.first() {
+    if let Some(v) = write_ahead::check(image, &events).violations.first() {
         return Err(format!(
             "write-ahead check of recovery's writes, event {}: {}",
             v.at_event, v.what
         ));
     }
-    let events = recovery_run.events;
     let mut disk = Disk::new(image);
     let mut file =
         ImageFile::new(&dir.join("recovered-again.heap"), &disk).map_err(|e| e.to_string())?;

@@ -106,12 +106,7 @@ fn main() {
         }
         i += 2;
     }
-    let dir = tempfile::tempdir_in(if std::path::Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    })
-    .unwrap();
+    let dir = crash_tests::scratch_dir();
     let start = Instant::now();
     if exhaustive3 {
         // Every workload of 1, 2 and 3 operations over every kind, both durabilities.
@@ -176,7 +171,7 @@ fn main() {
                         }
                     }
                     let rec = record(&dir.join("live.heap"), seed, d, txns);
-                    let wa = crash_tests::write_ahead::check(&rec);
+                    let wa = crash_tests::write_ahead::check(&rec.base, &rec.events);
                     if let Some(v) = wa.violations.first() {
                         println!("VIOLATION {d:?} seed {seed} txns {txns}: write-ahead check at event {}: {}", v.at_event, v.what);
                         std::process::exit(1);

@@ -16,13 +16,13 @@
 //! sabotage::set(sabotage::APPLY_BEFORE_LOG);
 //! let rec = record(&dir.path().join("live.heap"), 1, txheap::Durability::Full, 1);
 //! sabotage::set(0);
-//! let wa = write_ahead::check(&rec);
+//! let wa = write_ahead::check(&rec.base, &rec.events);
 //! assert!(wa.violations[0].what.starts_with("write ahead of the log"));
 //! ```
 
-use crate::{Disk, Recording, Violation};
+use crate::{Disk, Violation};
 use txheap::TraceEvent;
-use txheap_recovery::{recover, select_superblock, MemStorage};
+use txheap_recovery::{recover, MemStorage};
 
 /// What the write-ahead check saw in one recording.
 ///
@@ -72,12 +72,9 @@ struct DurableState {
 
 fn durable_state(durable: &[u8]) -> Result<DurableState, String> {
     let mut s = MemStorage::from_bytes(durable.to_vec());
-    recover(&mut s).map_err(|e| format!("the durable image does not recover: {e}"))?;
+    let recovered =
+        recover(&mut s).map_err(|e| format!("the durable image does not recover: {e}"))?;
     let image = s.into_bytes();
-    let (sb, _) = select_superblock(&MemStorage::from_bytes(
-        image[..8192.min(image.len())].to_vec(),
-    ))
-    .map_err(|e| format!("the recovered image has no superblock: {e}"))?;
     let mut ranges = txheap::reachable_ranges(&image)
         .map_err(|e| format!("the recovered image's heap does not decode: {e}"))?;
     ranges.sort_unstable();
@@ -90,12 +87,57 @@ fn durable_state(durable: &[u8]) -> Result<DurableState, String> {
     }
     Ok(DurableState {
         image,
-        heap_offset: sb.heap_offset(),
+        heap_offset: recovered.superblock.heap_offset(),
         reachable,
     })
 }
 
-/// Run the write-ahead check over `rec`'s events.
+/// Check one write of `bytes` at `offset` against `st`, counting its heap-region bytes into
+/// `out`. Returns what is wrong when it changes bytes that the durable state reaches.
+fn check_write(
+    st: &DurableState,
+    offset: u64,
+    bytes: &[u8],
+    out: &mut WriteAhead,
+) -> Option<String> {
+    if offset + bytes.len() as u64 <= st.heap_offset {
+        return None; // superblocks and log
+    }
+    out.writes += 1;
+    let first = st.heap_offset.saturating_sub(offset) as usize;
+    // Reachable ranges in order, with a cursor: the bytes come in order too.
+    let mut r = st
+        .reachable
+        .partition_point(|&(o, l)| o + l <= offset + first as u64);
+    let mut bad: Option<(u64, u8, u8)> = None;
+    let mut bad_bytes = 0u64;
+    for (i, &v) in bytes.iter().enumerate().skip(first) {
+        let b = offset + i as u64;
+        let s = st.image.get(b as usize).copied().unwrap_or(0);
+        if v == s {
+            out.bytes_durable += 1;
+            continue;
+        }
+        while r < st.reachable.len() && st.reachable[r].0 + st.reachable[r].1 <= b {
+            r += 1;
+        }
+        if r < st.reachable.len() && st.reachable[r].0 <= b {
+            bad_bytes += 1;
+            bad.get_or_insert((b, s, v));
+        } else {
+            out.bytes_unreachable += 1;
+        }
+    }
+    let (b, s, v) = bad?;
+    Some(format!(
+        "write ahead of the log: a write of {} bytes at {offset} changes {bad_bytes} bytes that \
+         the durable state reaches (first at {b}: durable {s:#04x}, written {v:#04x}) and no \
+         durable frame carries",
+        bytes.len()
+    ))
+}
+
+/// Run the write-ahead check over `events`, recorded on a file that held `base` (all durable).
 ///
 /// ```
 /// use crash_tests::{record, write_ahead};
@@ -103,70 +145,33 @@ fn durable_state(durable: &[u8]) -> Result<DurableState, String> {
 /// let dir = tempfile::tempdir().unwrap();
 /// for durability in [Durability::Full, Durability::None] {
 ///     let rec = record(&dir.path().join("live.heap"), 1, durability, 3);
-///     let wa = write_ahead::check(&rec);
+///     let wa = write_ahead::check(&rec.base, &rec.events);
 ///     assert!(wa.violations.is_empty(), "{:?}", wa.violations);
 ///     assert!(wa.writes > 0 && wa.bytes_durable > 0);
 /// }
 /// ```
-pub fn check(rec: &Recording) -> WriteAhead {
+pub fn check(base: &[u8], events: &[TraceEvent]) -> WriteAhead {
     let mut out = WriteAhead::default();
-    let mut disk = Disk::new(&rec.base);
+    let mut disk = Disk::new(base);
     let mut state: Option<Result<DurableState, String>> = None;
-    for (t, e) in rec.events.iter().enumerate() {
+    for (t, e) in events.iter().enumerate() {
         if let TraceEvent::Write { offset, bytes } = e {
-            let st = state.get_or_insert_with(|| durable_state(disk.durable()));
-            let st = match st {
-                Ok(st) => st,
-                Err(what) => {
-                    out.violations.push(Violation {
-                        what: format!("write of {} bytes at {offset}: {what}", bytes.len()),
-                        at_event: t,
-                        image: 0,
-                    });
-                    disk.apply(e);
-                    continue;
-                }
+            let problem = match state.get_or_insert_with(|| durable_state(disk.durable())) {
+                Ok(st) => check_write(st, *offset, bytes, &mut out),
+                Err(what) => Some(format!(
+                    "write of {} bytes at {offset}: {what}",
+                    bytes.len()
+                )),
             };
-            if offset + bytes.len() as u64 > st.heap_offset {
-                out.writes += 1;
-                let first = st.heap_offset.saturating_sub(*offset) as usize;
-                // Reachable ranges in order, with a cursor: the bytes come in order too.
-                let mut r = st
-                    .reachable
-                    .partition_point(|&(o, l)| o + l <= offset + first as u64);
-                let mut bad: Option<(u64, u8, u8)> = None;
-                let mut bad_bytes = 0u64;
-                for (i, &v) in bytes.iter().enumerate().skip(first) {
-                    let b = offset + i as u64;
-                    let s = st.image.get(b as usize).copied().unwrap_or(0);
-                    if v == s {
-                        out.bytes_durable += 1;
-                        continue;
-                    }
-                    while r < st.reachable.len() && st.reachable[r].0 + st.reachable[r].1 <= b {
-                        r += 1;
-                    }
-                    if r < st.reachable.len() && st.reachable[r].0 <= b {
-                        bad_bytes += 1;
-                        bad.get_or_insert((b, s, v));
-                    } else {
-                        out.bytes_unreachable += 1;
-                    }
-                }
-                if let Some((b, s, v)) = bad {
-                    out.violations.push(Violation {
-                        what: format!(
-                            "write ahead of the log: a write of {} bytes at {offset} changes \
-                             {bad_bytes} bytes that the durable state reaches (first at {b}: \
-                             durable {s:#04x}, written {v:#04x}) and no durable frame carries",
-                            bytes.len()
-                        ),
-                        at_event: t,
-                        image: 0,
-                    });
-                }
+            if let Some(what) = problem {
+                out.violations.push(Violation {
+                    what,
+                    at_event: t,
+                    image: 0,
+                });
             }
         }
+        // The durable state changes only at barriers and growth.
         let barriers = disk.barriers;
         let len = disk.len();
         disk.apply(e);

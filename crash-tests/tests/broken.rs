@@ -8,12 +8,7 @@ use txheap_recovery::sabotage;
 
 fn violations(mask: u32, seeds: std::ops::Range<u64>) -> (usize, String) {
     sabotage::set(mask);
-    let dir = tempfile::tempdir_in(if std::path::Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    })
-    .unwrap();
+    let dir = crash_tests::scratch_dir();
     let mut n = 0;
     let mut first = String::new();
     for seed in seeds {

@@ -6,12 +6,7 @@ use txheap::Durability;
 
 #[test]
 fn every_workload_of_up_to_two_operations_and_some_of_three() {
-    let dir = tempfile::tempdir_in(if std::path::Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    })
-    .unwrap();
+    let dir = crash_tests::scratch_dir();
     let mut workloads: Vec<Vec<Op>> = OPS.iter().map(|&a| vec![a]).collect();
     for &a in &OPS {
         for &b in &OPS {

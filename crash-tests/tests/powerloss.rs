@@ -10,12 +10,7 @@ fn run(
     txns: u64,
     samples: usize,
 ) -> (u64, u64) {
-    let dir = tempfile::tempdir_in(if std::path::Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    })
-    .unwrap();
+    let dir = crash_tests::scratch_dir();
     let (mut images, mut instants) = (0, 0);
     for seed in seeds {
         let rec = record(&dir.path().join("live.heap"), seed, durability, txns);

@@ -8,16 +8,11 @@ use txheap_recovery::sabotage;
 
 fn run(mask: u32, durability: Durability, seeds: std::ops::Range<u64>) -> write_ahead::WriteAhead {
     sabotage::set(mask);
-    let dir = tempfile::tempdir_in(if std::path::Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    })
-    .unwrap();
+    let dir = crash_tests::scratch_dir();
     let mut total = write_ahead::WriteAhead::default();
     for seed in seeds {
         let rec = record(&dir.path().join("live.heap"), seed, durability, 30);
-        total.add(write_ahead::check(&rec));
+        total.add(write_ahead::check(&rec.base, &rec.events));
     }
     sabotage::set(0);
     total

@@ -1402,6 +1402,20 @@ where
     S: Storage + ?Sized,
     E: From<RecoveryError>,
 {
+    recover_checked_batched(storage, check, REPLAY_BATCH_PAGES)
+}
+
+/// [`recover_checked`] with replay batches of at most `batch_pages` pages (tests use tiny ones
+/// to reach the multi-batch path, where the check reads through a page index).
+fn recover_checked_batched<S, E>(
+    storage: &mut S,
+    check: impl FnOnce(&Superblock, &Replayed<'_, S>) -> Result<(), E>,
+    batch_pages: usize,
+) -> Result<Recovered, E>
+where
+    S: Storage + ?Sized,
+    E: From<RecoveryError>,
+{
     let (sb, slot) = select_superblock(storage)?;
     let len = storage.len().map_err(io_err("stat", 0))?;
     if len < sb.min_file_len() {
@@ -1432,7 +1446,7 @@ where
             &ranges,
             &arena,
             0,
-            REPLAY_BATCH_PAGES,
+            batch_pages,
         )?)
     };
     if scan.frames > 0 {
@@ -1448,7 +1462,7 @@ where
     if let Some(first) = first {
         phase!(RECOVERY_REPLAY);
         first.write(storage)?;
-        replay_pages_batched(storage, &ranges, &arena, first.end, REPLAY_BATCH_PAGES)?;
+        replay_pages_batched(storage, &ranges, &arena, first.end, batch_pages)?;
     }
     failpoint!("recovery.after_replay");
     if scan.frames == 0 {
@@ -1528,6 +1542,76 @@ mod replay_tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A file of `file_len` patterned bytes, ranges `(offset, len, fill byte)` in log order, and
+    /// the file that writing each range in order leaves (the reference).
+    struct Case {
+        base: MemStorage,
+        ranges: Vec<(u64, usize, usize)>,
+        arena: Vec<u8>,
+        naive: MemStorage,
+    }
+
+    impl Case {
+        fn new(file_len: u64, spec: &[(u64, usize, u8)]) -> Case {
+            let mut base = MemStorage::new();
+            let init: Vec<u8> = (0..file_len).map(|i| (i % 251) as u8).collect();
+            base.write_at(0, &init).unwrap();
+            let (mut arena, mut ranges) = (Vec::new(), Vec::new());
+            for &(off, len, b) in spec {
+                ranges.push((off, arena.len(), len));
+                arena.extend(std::iter::repeat_n(b, len));
+            }
+            let mut naive = base.clone();
+            for &(off, start, len) in &ranges {
+                naive.write_at(off, &arena[start..start + len]).unwrap();
+            }
+            Case {
+                base,
+                ranges,
+                arena,
+                naive,
+            }
+        }
+    }
+
+    /// `recover_checked` picks the view by whether the first batch holds the whole replay:
+    /// with one-page batches (several batches: page index) and with big ones (one batch), the
+    /// check sees exactly the file that recovery then writes.
+    #[test]
+    fn recover_checked_shows_the_file_it_then_writes_whatever_the_batches() {
+        let mut s = MemStorage::new();
+        let sb = format(&mut s, 65536, 1 << 20).unwrap();
+        let h = sb.heap_offset();
+        let mut at = sb.log_offset();
+        for (txid, (off, fill)) in [(h + 10, 1u8), (h + 3 * PAGE_SIZE - 5, 2), (h + 8, 3)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut b = txheap_log::FrameBuilder::new();
+            b.push_range(off, &[fill; 100]).unwrap();
+            let f = b.finish(sb.generation, 1 + txid as u64).to_vec();
+            s.write_at(at, &f).unwrap();
+            at += f.len() as u64;
+        }
+        let window = (h, 4 * PAGE_SIZE as usize);
+        let mut files = Vec::new();
+        for batch_pages in [1, REPLAY_BATCH_PAGES] {
+            let mut t = s.clone();
+            let mut seen = vec![0u8; window.1];
+            recover_checked_batched(&mut t, |_, v| v.read(window.0, &mut seen), batch_pages)
+                .unwrap();
+            let after = &t.bytes()[window.0 as usize..][..window.1];
+            assert_eq!(seen, after, "batch_pages {batch_pages}");
+            // Log order: the third range (3) overwrote the first (1) where they overlap.
+            assert_eq!(
+                (seen[8], seen[107], seen[108], seen[3 * PAGE_SIZE as usize]),
+                (3, 3, 1, 2)
+            );
+            files.push(t.into_bytes());
+        }
+        assert_eq!(files[0], files[1]);
+    }
+
     proptest! {
         /// Page-at-a-time replay, in batches of any size, leaves the file exactly as writing
         /// each range in order would (overlaps, page-crossing ranges, ranges past the end).
@@ -1537,19 +1621,7 @@ mod replay_tests {
             spec in prop::collection::vec((0u64..60_000, 1usize..9_000, any::<u8>()), 1..40),
             batch in 1usize..6,
         ) {
-            let mut base = MemStorage::new();
-            let init: Vec<u8> = (0..file_len).map(|i| (i % 251) as u8).collect();
-            base.write_at(0, &init).unwrap();
-            let mut arena = Vec::new();
-            let mut ranges = Vec::new();
-            for (off, len, b) in &spec {
-                ranges.push((*off, arena.len(), *len));
-                arena.extend(std::iter::repeat_n(*b, *len));
-            }
-            let mut naive = base.clone();
-            for &(off, start, len) in &ranges {
-                naive.write_at(off, &arena[start..start + len]).unwrap();
-            }
+            let Case { base, ranges, arena, naive } = Case::new(file_len, &spec);
             let mut paged = base.clone();
             replay_pages_batched(&mut paged, &ranges, &arena, 0, batch).unwrap();
             // Page replay may extend the file to a page boundary with zeros; compare the bytes
@@ -1568,19 +1640,7 @@ mod replay_tests {
             spec in prop::collection::vec((0u64..60_000, 1usize..9_000, any::<u8>()), 0..40),
             windows in prop::collection::vec((0u64..75_000, 0usize..20_000), 1..20),
         ) {
-            let mut base = MemStorage::new();
-            let init: Vec<u8> = (0..file_len).map(|i| (i % 251) as u8).collect();
-            base.write_at(0, &init).unwrap();
-            let mut arena = Vec::new();
-            let mut ranges = Vec::new();
-            for (off, len, b) in &spec {
-                ranges.push((*off, arena.len(), *len));
-                arena.extend(std::iter::repeat_n(*b, *len));
-            }
-            let mut naive = base.clone();
-            for &(off, start, len) in &ranges {
-                naive.write_at(off, &arena[start..start + len]).unwrap();
-            }
+            let Case { base, ranges, arena, naive } = Case::new(file_len, &spec);
             // Both views: from the ranges (page index) and from one batch holding them all.
             let batch = PageBatch::build(&base, &ranges, &arena, 0, usize::MAX).unwrap();
             prop_assert_eq!(batch.end, ranges.len());
