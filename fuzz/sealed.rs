@@ -887,7 +887,8 @@ static BIG: [u8; 100_000] = [0x3C; 100_000];
 /// - no panic inside the library;
 /// - `open_read_only` never changes the file, whether it succeeds or fails;
 /// - a failed `open` leaves the file unchanged, unless it failed with `Error::Io` (the harness's
-///   `RLIMIT_FSIZE` gives `EFBIG`; mapping a huge `max_size` gives `ENOMEM`);
+///   `RLIMIT_FSIZE` gives `EFBIG`); a `max_size` too large to map is refused before recovery
+///   writes (`Error::AddressSpace`), so it must leave the file unchanged too;
 /// - an opened heap's reads, stats and transactions return `Ok` or an `Error`; a committed
 ///   transaction's objects read back as written, in the same handle and after `close` and a
 ///   read-only reopen (which must succeed);

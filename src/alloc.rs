@@ -743,9 +743,17 @@ impl Allocator {
         self.large.get(&c).map(|&(_, size)| size)
     }
 
-    /// Whether `[off, off+len)` (already inside the chunk area) lies in the data part of a run or
-    /// of a large extent, so that a user write cannot hit chunk headers, bitmaps or free chunks.
-    pub(crate) fn check_writable(&self, off: u64, len: u64) -> Result<()> {
+    /// Whether `[off, off+len)` (already inside the chunk area) lies inside one live allocation:
+    /// one allocated block of a run (its bit set in the bitmap as `read` shows it: the
+    /// transaction's view, so a block freed earlier in the same transaction is refused), or the
+    /// `size` bytes of a live large object. So a user write cannot hit chunk headers, bitmaps,
+    /// free space, a freed block or a neighbouring object.
+    pub(crate) fn check_writable(
+        &self,
+        off: u64,
+        len: u64,
+        read: &dyn Fn(u64, &mut [u8]),
+    ) -> Result<()> {
         let not = Error::NotAllocated { offset: off, len };
         let Some(rel) = off.checked_sub(self.chunk_area) else {
             return Err(not);
@@ -753,12 +761,23 @@ impl Allocator {
         let Ok(c) = u32::try_from(rel / CHUNK) else {
             return Err(not);
         };
-        let end = off + len;
+        let end = off
+            .checked_add(len)
+            .ok_or(Error::NotAllocated { offset: off, len })?;
         if let Some(rs) = self.runs.get(&c) {
             let g = RunGeom::of_class(rs.class);
             let base = self.chunk_offset(c);
-            let data = base + g.data_offset;
-            return if off >= data && end <= data + g.block_count * g.block_size {
+            let Some(rel) = off.checked_sub(base + g.data_offset) else {
+                return Err(not);
+            };
+            let idx = rel / g.block_size;
+            let block_end = base + g.data_offset + (idx + 1) * g.block_size;
+            if idx >= g.block_count || end > block_end {
+                return Err(not);
+            }
+            let mut word = [0u8; 8];
+            read(base + CHUNK_HEADER_LEN + (idx / 64) * 8, &mut word);
+            return if u64::from_le_bytes(word) & (1 << (idx % 64)) != 0 {
                 Ok(())
             } else {
                 Err(not)

@@ -38,6 +38,12 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// There is no file at the path ([`crate::Heap::open`], [`crate::Heap::open_read_only`]);
+    /// [`crate::Heap::create`] or [`crate::Heap::open_or_create`] make one.
+    NotFound {
+        /// The path.
+        path: PathBuf,
+    },
     /// The file exists already (returned by [`crate::Heap::create`]).
     AlreadyExists {
         /// The file.
@@ -69,6 +75,17 @@ pub enum Error {
         /// The newest version this library reads.
         supported: u32,
     },
+    /// The process could not reserve `max_size` bytes of address space for the heap's mapping
+    /// (the address space, or the number of mappings, is used up: for example `max_size` near or
+    /// above the platform's user address space, 128 TiB on x86-64 with 4-level paging, or
+    /// thousands of heaps open at once). Nothing was created or changed; choose a smaller
+    /// `max_size` or close other heaps.
+    AddressSpace {
+        /// The heap's `max_size`: the bytes of address space asked for.
+        max_size: u64,
+        /// The operating system's error.
+        source: io::Error,
+    },
     /// An option is out of its range.
     InvalidOptions {
         /// Which option and why.
@@ -96,6 +113,16 @@ pub enum Error {
         len: u64,
         /// End of the valid area at this moment.
         heap_end: u64,
+    },
+    /// Elements `start..start + count` were asked of a slice of `slice_len` elements
+    /// ([`crate::Tx::write_slice`]).
+    SliceRange {
+        /// The first element index asked for.
+        start: u64,
+        /// How many elements.
+        count: u64,
+        /// The slice's length in elements.
+        slice_len: u64,
     },
     /// A pointer is not aligned for the type read through it.
     Misaligned {
@@ -184,6 +211,11 @@ impl fmt::Display for Error {
                 "{} is locked by another open handle (in this or another process)",
                 path.display()
             ),
+            Error::NotFound { path } => write!(
+                f,
+                "{} does not exist (Heap::create or Heap::open_or_create makes a new heap)",
+                path.display()
+            ),
             Error::AlreadyExists { path } => write!(f, "{} already exists", path.display()),
             Error::NotATxheap { detail } => write!(f, "not a txheap file: {detail}"),
             Error::Truncated { len, needed } => write!(
@@ -194,6 +226,11 @@ impl fmt::Display for Error {
             Error::UnsupportedVersion { found, supported } => write!(
                 f,
                 "file format version {found} is newer than the supported version {supported}"
+            ),
+            Error::AddressSpace { max_size, source } => write!(
+                f,
+                "cannot reserve {max_size} bytes of address space for the heap's max_size ({source}); \
+                 choose a smaller max_size or close other heaps"
             ),
             Error::InvalidOptions { what } => write!(f, "invalid options: {what}"),
             Error::OutOfSpace { requested, max_size } => write!(
@@ -207,6 +244,14 @@ impl fmt::Display for Error {
             Error::OutOfBounds { offset, len, heap_end } => write!(
                 f,
                 "pointer {offset}+{len} is outside the heap (valid area ends at {heap_end})"
+            ),
+            Error::SliceRange {
+                start,
+                count,
+                slice_len,
+            } => write!(
+                f,
+                "elements {start}..{start}+{count} are outside a slice of {slice_len} elements"
             ),
             Error::Misaligned { offset, align } => {
                 write!(f, "pointer {offset} is not aligned to {align} bytes")
@@ -249,7 +294,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io { source, .. } => Some(source),
+            Error::Io { source, .. } | Error::AddressSpace { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -207,6 +207,7 @@ impl Options {
 /// let s = heap.stats().unwrap();
 /// assert_eq!(s.used_bytes, 16);
 /// assert_eq!(s.commits, 1);
+/// println!("on {} (volatile: {})", s.filesystem, s.volatile_storage);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -241,6 +242,13 @@ pub struct Stats {
     pub checkpoints: u64,
     /// System calls issued by this handle's writer.
     pub io: IoCounters,
+    /// The filesystem the file lives on (`"ext4"`, `"xfs"`, `"tmpfs"`, ...; `"unknown (magic
+    /// 0x...)"` for others).
+    pub filesystem: String,
+    /// Whether that filesystem keeps files in memory only (tmpfs, ramfs): then nothing survives
+    /// a power cut or a reboot, whatever the durability. `Durability::Full` still protects
+    /// against a killed process.
+    pub volatile_storage: bool,
 }
 
 /// Fixed offsets of an open heap.
@@ -266,16 +274,38 @@ impl Geometry {
         }
     }
 
+    /// End of the chunk area of `chunk_count` chunks.
+    pub(crate) fn heap_end(&self, chunk_count: u64) -> u64 {
+        self.chunk_area + chunk_count * CHUNK
+    }
+
+    /// Bytes the elements of `s` span; a length whose bytes overflow is
+    /// [`Error::OutOfBounds`] with the real end of the heap.
+    pub(crate) fn slice_bytes<T>(&self, chunk_count: u64, s: PSlice<T>) -> Result<u64> {
+        s.byte_len().ok_or(Error::OutOfBounds {
+            offset: s.offset(),
+            len: u64::MAX,
+            heap_end: self.heap_end(chunk_count),
+        })
+    }
+
     /// Check that `[off, off+len)` lies in the root area or the chunk area of `chunk_count`
-    /// chunks, and that `off` is aligned.
+    /// chunks, that `off` is aligned, and that the alignment is one the heap supports (above
+    /// [`MAX_ALIGN`] the answer would depend on where a staged copy happens to land).
     pub(crate) fn check(&self, chunk_count: u64, off: u64, len: u64, align: u64) -> Result<()> {
         if off == 0 {
             return Err(Error::NullPointer);
         }
+        if align > MAX_ALIGN {
+            return Err(Error::UnsupportedAlignment {
+                align,
+                max: MAX_ALIGN,
+            });
+        }
         if off % align != 0 {
             return Err(Error::Misaligned { offset: off, align });
         }
-        let heap_end = self.chunk_area + chunk_count * CHUNK;
+        let heap_end = self.heap_end(chunk_count);
         let oob = Error::OutOfBounds {
             offset: off,
             len,
@@ -325,7 +355,7 @@ pub(crate) struct Writer {
 pub(crate) struct Inner {
     path: PathBuf,
     /// Keeps the descriptor (and its `flock`) alive: the mapping extends through it.
-    _file: Arc<File>,
+    file: Arc<File>,
     pub map: Mapping,
     pub geo: Geometry,
     read_only: bool,
@@ -426,6 +456,32 @@ fn lock_file(file: &File, path: &Path, exclusive: bool) -> Result<()> {
     }
 }
 
+/// A failed `open(2)` of an existing heap: a missing file is [`Error::NotFound`].
+fn open_error(path: &Path, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::NotFound {
+        Error::NotFound {
+            path: path.to_path_buf(),
+        }
+    } else {
+        Error::io("open", 0, e)
+    }
+}
+
+/// Map the file over `max_size` bytes of address space; a refusal for lack of address space is
+/// [`Error::AddressSpace`], naming the size.
+fn map_file(file: &File, sb: &Superblock, len: u64, writable: bool) -> Result<Mapping> {
+    Mapping::new(file, sb.max_size, len.min(sb.max_size), writable).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOMEM) {
+            Error::AddressSpace {
+                max_size: sb.max_size,
+                source: e,
+            }
+        } else {
+            Error::io("map file", 0, e)
+        }
+    })
+}
+
 /// FNV-1a over the type's name, size and alignment: the root's identity in the file.
 pub(crate) fn fingerprint<T>() -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -472,8 +528,14 @@ pub(crate) fn check_root<T: Pod>(header: &HeapHeader) -> Result<bool> {
 
 impl Heap {
     /// Create a new heap file; fails with [`Error::AlreadyExists`] if `path` exists. The file is
-    /// built under a temporary name and linked into place only when complete and durable, so a
-    /// crash during create never leaves a half-made file at `path`.
+    /// built under a temporary name and linked into place only when complete, durable and
+    /// mapped, so neither a crash nor a failure during create (for example
+    /// [`Error::AddressSpace`] for a `max_size` the process cannot reserve) leaves a file at
+    /// `path`.
+    ///
+    /// While the returned handle is open, nothing else may write, truncate or replace the file
+    /// (see the crate documentation: "The one condition"); other txheap handles are refused
+    /// with [`Error::Locked`].
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -511,10 +573,17 @@ impl Heap {
             .create_new(true)
             .open(&tmp)
             .map_err(|e| Error::io("create temporary file", 0, e))?;
-        let built = (|| -> Result<()> {
+        // Everything that can fail, including the reservation of `max_size` bytes of address
+        // space in `from_file`, happens before the file is linked into place: a create that
+        // fails leaves nothing at `path`.
+        let built = (|| -> Result<Heap> {
             lock_file(&file, path, true)?;
-            let file = Arc::new(file.try_clone().map_err(|e| Error::io("dup", 0, e))?);
-            let mut st = FileStorage::new(file, 0).map_err(|e| Error::io("storage", 0, e))?;
+            let file = file.try_clone().map_err(|e| Error::io("dup", 0, e))?;
+            let mut st = FileStorage::new(
+                Arc::new(file.try_clone().map_err(|e| Error::io("dup", 0, e))?),
+                0,
+            )
+            .map_err(|e| Error::io("storage", 0, e))?;
             let sb = recovery::format(&mut st, options.log_size, options.max_size)?;
             let geo = Geometry::of(&sb);
             let header = HeapHeader::default();
@@ -528,7 +597,10 @@ impl Heap {
                 .map_err(|e| Error::io("preallocate (posix_fallocate)", geo.chunk_area, e))?;
             st.barrier_all()
                 .map_err(|e| Error::io("fdatasync new file", 0, e))?;
+            let heap = Self::from_file(path, file, &options, false)?;
             std::fs::hard_link(&tmp, path).map_err(|e| {
+                // The heap was never visible: closing it would only write to the file we remove.
+                heap.inner.closed.store(true, Ordering::Release);
                 if e.kind() == io::ErrorKind::AlreadyExists {
                     Error::AlreadyExists {
                         path: path.to_path_buf(),
@@ -537,14 +609,14 @@ impl Heap {
                     Error::io("link new file into place", 0, e)
                 }
             })?;
-            Ok(())
+            Ok(heap)
         })();
         let _ = std::fs::remove_file(&tmp);
-        built?;
+        let heap = built?;
         File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| Error::io("fsync directory", 0, e))?;
-        Self::from_file(path, file, &options, false)
+        Ok(heap)
     }
 
     /// Open an existing heap for writing, running recovery: committed frames are replayed, a
@@ -553,6 +625,10 @@ impl Heap {
     /// is not modified: the heap header, chunk headers and run bitmaps are checked as replay
     /// will leave them before replay writes (only an I/O error or a full disk while replaying
     /// or growing can fail the open after that, and then the file holds the committed state).
+    ///
+    /// While the returned handle is open, nothing else may write, truncate or replace the file
+    /// (see the crate documentation: "The one condition"); other txheap handles are refused
+    /// with [`Error::Locked`].
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -567,12 +643,16 @@ impl Heap {
             .read(true)
             .write(true)
             .open(path)
-            .map_err(|e| Error::io("open", 0, e))?;
+            .map_err(|e| open_error(path, e))?;
         lock_file(&file, path, true)?;
         Self::from_file(path, file, &options, false)
     }
 
     /// Open `path` if it exists, else create it.
+    ///
+    /// While the returned handle is open (as for [`Heap::open`]), nothing else may write, truncate or replace the file
+    /// (see the crate documentation: "The one condition"); other txheap handles are refused
+    /// with [`Error::Locked`].
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -592,6 +672,10 @@ impl Heap {
     /// holds committed frames they are replayed into this handle's private view only: the file is
     /// never written.
     ///
+    /// While the returned handle is open, nothing else may write, truncate or replace the file
+    /// (see the crate documentation: "The one condition"); other txheap handles are refused
+    /// with [`Error::Locked`].
+    ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let p = dir.path().join("ro.heap");
@@ -606,7 +690,7 @@ impl Heap {
         let file = OpenOptions::new()
             .read(true)
             .open(path)
-            .map_err(|e| Error::io("open", 0, e))?;
+            .map_err(|e| open_error(path, e))?;
         lock_file(&file, path, false)?;
         Self::from_file(path, file, &Options::new(), true)
     }
@@ -635,11 +719,23 @@ impl Heap {
                     needed: sb.min_file_len(),
                 });
             }
-            let map = Mapping::new(&*file, sb.max_size, len.min(sb.max_size), true)
-                .map_err(|e| Error::io("map file", 0, e))?;
+            let map = map_file(&file, &sb, len, true)?;
             let mut apply =
                 |off: u64, bytes: &[u8]| -> std::result::Result<(), recovery::RecoveryError> {
                     let end = off + bytes.len() as u64;
+                    if end > map.mapped_len() && end <= map.reserved_len() {
+                        // A committed frame writes past the file's end: its growth was lost in a
+                        // crash. A writable open grows the file with zeros and replays; here
+                        // private zero pages stand in for the missing part.
+                        // SAFETY: page-aligned, and no slice into the mapping exists yet.
+                        unsafe { map.zero_tail(len.div_ceil(PAGE_SIZE) * PAGE_SIZE) }.map_err(
+                            |e| recovery::RecoveryError::Io {
+                                op: "map zero pages past the file's end",
+                                offset: len,
+                                source: e,
+                            },
+                        )?;
+                    }
                     if end > map.mapped_len() {
                         return Err(recovery::RecoveryError::Truncated { len, needed: end });
                     }
@@ -651,6 +747,12 @@ impl Heap {
             let scan = recovery::scan_log(&storage, &sb, &mut apply)?;
             (sb, slot, scan.end_offset, scan.next_txid, map)
         } else {
+            // Reserve the address space first: a refusal for lack of it must come before
+            // recovery writes a byte. (The mapping is private and nothing reads it until the heap
+            // is built; recovery's pwrites show through it like any file change.)
+            let (sb0, _) = recovery::select_superblock(&storage)?;
+            let len0 = storage.len().map_err(|e| Error::io("stat", 0, e))?;
+            let map = map_file(&file, &sb0, len0, durability == Durability::None)?;
             // Frames to replay: first check the heap as replay will leave it (header, chunk
             // count, every chunk header and run bitmap), so that a damaged heap is refused
             // before recovery writes a byte.
@@ -709,13 +811,18 @@ impl Heap {
                 .grow(needed)
                 .map_err(|e| Error::io("grow file to its chunk count", needed, e))?;
             let len = storage.len().map_err(|e| Error::io("stat", 0, e))?;
-            let map = Mapping::new(
-                &*file,
-                sb.max_size,
-                len.min(sb.max_size),
-                durability == Durability::None,
-            )
-            .map_err(|e| Error::io("map file", 0, e))?;
+            // A checkpoint keeps the geometry, so the reservation made above still fits.
+            if sb.max_size != sb0.max_size {
+                return Err(Error::Corrupt {
+                    offset: 0,
+                    what: format!(
+                        "the superblock's max_size changed during recovery ({} -> {})",
+                        sb0.max_size, sb.max_size
+                    ),
+                });
+            }
+            map.extend(len.min(sb.max_size))
+                .map_err(|e| Error::io("map grown file", len, e))?;
             (sb, rec.slot, tail, txid, map)
         };
         let geo = Geometry::of(&sb);
@@ -760,7 +867,7 @@ impl Heap {
         Ok(Heap {
             inner: Inner {
                 path: path.to_path_buf(),
-                _file: file,
+                file,
                 map,
                 geo,
                 read_only,
@@ -993,6 +1100,8 @@ impl Heap {
         self.refuse_reentry()?;
         let w = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
         let (used, free, largest, classes) = w.alloc.stats();
+        let (filesystem, volatile_storage) =
+            sys::filesystem(&*self.inner.file).map_err(|e| Error::io("fstatfs", 0, e))?;
         Ok(Stats {
             file_len: w.storage.len().map_err(|e| Error::io("stat", 0, e))?,
             heap_bytes: w.alloc.chunk_count * CHUNK,
@@ -1009,6 +1118,8 @@ impl Heap {
             commits: w.commits,
             checkpoints: w.checkpoints,
             io: w.storage.counters,
+            filesystem,
+            volatile_storage,
         })
     }
 
@@ -1334,16 +1445,9 @@ impl<'h> Reader<'h> {
         if s.is_empty() {
             return Ok(&[]);
         }
-        let len = s.byte_len().ok_or(Error::OutOfBounds {
-            offset: s.offset(),
-            len: u64::MAX,
-            heap_end: 0,
-        })?;
+        let len = self.inner.geo.slice_bytes(self.header.chunk_count, s)?;
         let b = self.bytes(s.offset(), len, std::mem::align_of::<T>() as u64)?;
-        bytemuck::try_cast_slice(b).map_err(|_| Error::Misaligned {
-            offset: s.offset(),
-            align: std::mem::align_of::<T>() as u64,
-        })
+        crate::pptr::cast_slice(b, s)
     }
 
     /// The root object's pointer; [`Error::NoRoot`] before the first `Tx::root`, and

@@ -266,3 +266,45 @@ impl<T> fmt::Debug for PSlice<T> {
 unsafe impl<T> Zeroable for PSlice<T> {}
 // SAFETY: as above, every bit pattern is a valid value; accesses check bounds.
 unsafe impl<T: 'static> Pod for PSlice<T> {}
+
+/// View the checked bytes `b` of the slice `s` as `[T]`. For a zero-sized `T` the bytes are
+/// empty whatever `s.len()` is, and the answer is a slice of `s.len()` elements.
+pub(crate) fn cast_slice<T: Pod>(b: &[u8], s: PSlice<T>) -> crate::Result<&[T]> {
+    if std::mem::size_of::<T>() == 0 {
+        let len = zst_len(s)?;
+        // SAFETY: `T` is zero-sized, so a slice of any length occupies no memory and a dangling,
+        // aligned pointer is valid for it (`len * 0 <= isize::MAX`); a Pod ZST has exactly one
+        // value, so there is nothing to initialise.
+        return Ok(unsafe {
+            std::slice::from_raw_parts(std::ptr::NonNull::<T>::dangling().as_ptr(), len)
+        });
+    }
+    bytemuck::try_cast_slice(b).map_err(|_| misaligned(s))
+}
+
+/// [`cast_slice`] for writing.
+pub(crate) fn cast_slice_mut<T: Pod>(b: &mut [u8], s: PSlice<T>) -> crate::Result<&mut [T]> {
+    if std::mem::size_of::<T>() == 0 {
+        let len = zst_len(s)?;
+        // SAFETY: as in `cast_slice`; a `&mut` to zero-sized elements aliases no memory.
+        return Ok(unsafe {
+            std::slice::from_raw_parts_mut(std::ptr::NonNull::<T>::dangling().as_ptr(), len)
+        });
+    }
+    bytemuck::try_cast_slice_mut(b).map_err(|_| misaligned(s))
+}
+
+fn zst_len<T>(s: PSlice<T>) -> crate::Result<usize> {
+    usize::try_from(s.len()).map_err(|_| crate::Error::OutOfBounds {
+        offset: s.offset(),
+        len: s.len(),
+        heap_end: 0,
+    })
+}
+
+fn misaligned<T>(s: PSlice<T>) -> crate::Error {
+    crate::Error::Misaligned {
+        offset: s.offset(),
+        align: std::mem::align_of::<T>() as u64,
+    }
+}

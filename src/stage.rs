@@ -161,6 +161,24 @@ impl Stage {
         self.inner.get_mut().bytes
     }
 
+    /// Bytes a write of `[off, off+len)` would add to `staged_bytes` (its 64-byte lines not
+    /// staged yet).
+    pub(crate) fn unstaged_bytes(&mut self, off: u64, len: u64) -> u64 {
+        if len == 0 {
+            return 0;
+        }
+        let (a, b) = (align_down(off), align_up(off + len));
+        let mut covered = 0;
+        for (&s, buf) in self.inner.get_mut().ranges.range(..b).rev() {
+            let e = s + buf.len();
+            if e <= a {
+                break;
+            }
+            covered += e.min(b) - s.max(a);
+        }
+        (b - a) - covered
+    }
+
     /// Whether nothing is staged.
     pub(crate) fn is_empty(&mut self) -> bool {
         self.inner.get_mut().ranges.is_empty()
@@ -265,6 +283,10 @@ mod tests {
         let ranges: Vec<_> = st.ranges().map(|(s, r)| (s, r.len())).collect();
         assert_eq!(ranges, vec![(64, 64), (256, 64)]);
         assert_eq!(st.staged_bytes(), 128);
+        // Only lines not staged yet count as new bytes.
+        assert_eq!(st.unstaged_bytes(100, 8), 0);
+        assert_eq!(st.unstaged_bytes(120, 150), (320 - 64) - 64 - 64);
+        assert_eq!(st.unstaged_bytes(1000, 1), 64);
         // A write spanning both merges them (with the committed bytes between).
         st.write(120, 150, &mut committed)[0] = 7;
         let ranges: Vec<_> = st.ranges().map(|(s, r)| (s, r.len())).collect();

@@ -1,4 +1,4 @@
-//! Operating-system calls that need `unsafe`: the address-space reservation and file mapping,
+//! Operating-system calls that need `unsafe`: the file mapping,
 //! `msync`, `madvise`, `flock` and `posix_fallocate`.
 //!
 //! Owns: every raw pointer into mapped memory. Nothing outside this module creates one.
@@ -6,7 +6,7 @@
 //! (see `Mapping::slice`'s contract).
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -38,6 +38,34 @@ pub(crate) fn try_flock(fd: &impl AsRawFd, exclusive: bool) -> io::Result<bool> 
     }
 }
 
+/// The filesystem a file lives on: its name where known (else its magic number in hex), and
+/// whether it keeps files in memory only (tmpfs, ramfs), where nothing survives a power cut or
+/// a reboot whatever barriers are issued.
+pub(crate) fn filesystem(fd: &impl AsRawFd) -> io::Result<(String, bool)> {
+    // SAFETY: `statfs` is plain old data; all-zero bytes are a valid value of it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes at most one `statfs` through the pointer, which points to one.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(last_err());
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's integer type differs between C libraries
+    let magic = st.f_type as u64 & 0xffff_ffff;
+    let (name, volatile) = match magic {
+        0xEF53 => ("ext4", false),
+        0x5846_5342 => ("xfs", false),
+        0x9123_683E => ("btrfs", false),
+        0xF2F5_2010 => ("f2fs", false),
+        0x2FC1_2FC1 => ("zfs", false),
+        0x6969 => ("nfs", false),
+        0x6573_5546 => ("fuse", false),
+        0x794C_7630 => ("overlayfs", false),
+        0x0102_1994 => ("tmpfs", true),
+        0x8584_58F6 => ("ramfs", true),
+        _ => return Ok((format!("unknown (magic {magic:#x})"), false)),
+    };
+    Ok((name.to_string(), volatile))
+}
+
 /// Allocate disk blocks for `[offset, offset+len)`, extending the file if needed, so that a later
 /// store or write there cannot fail for lack of space (ENOSPC comes back here, not as SIGBUS).
 pub(crate) fn fallocate(fd: &impl AsRawFd, offset: u64, len: u64) -> io::Result<()> {
@@ -53,20 +81,26 @@ pub(crate) fn fallocate(fd: &impl AsRawFd, offset: u64, len: u64) -> io::Result<
     }
 }
 
-/// A reservation of `reserved` bytes of address space whose first `mapped` bytes map the file
-/// privately (MAP_PRIVATE): reads see the file's page cache, and `write_private` puts
-/// copy-on-write bytes in front of it that never reach the file.
+/// One private mapping (MAP_PRIVATE) of the file over `reserved` bytes of address space, made
+/// once at open: reads see the file's page cache, and `write_private` puts copy-on-write bytes
+/// in front of it that never reach the file.
 ///
-/// Growing maps more of the reservation in place, so the base never moves and references into
-/// the mapped part stay valid.
+/// The mapping covers the whole reservation from the start, also past the file's current end
+/// (pages there are never touched: every access is bounds-checked against `mapped_len`, which
+/// only rises after the file has grown). Growth therefore never calls `mmap`: the base never
+/// moves, references stay valid, and no step ever unmaps part of the range, so there is no
+/// moment at which another thread's `mmap` could land inside it (the old design re-mapped each
+/// grown range with `MAP_FIXED`, whose failure path could clobber a foreign mapping).
+/// `MAP_NORESERVE`: the kernel's overcommit check does not charge the reservation up front (a
+/// writable private mapping larger than RAM is otherwise refused), only pages actually copied.
 #[derive(Debug)]
 pub(crate) struct Mapping {
     base: NonNull<u8>,
     reserved: usize,
     mapped: AtomicUsize,
-    /// A failed extend could not re-reserve its range: no extend may map over it again.
-    broken: std::sync::atomic::AtomicBool,
-    fd: RawFd,
+    /// A `MAP_FIXED` over part of the range failed: that part may be unmapped and then taken by
+    /// another thread's `mmap`, so `Drop` must not unmap the range (the address space leaks).
+    leak: std::sync::atomic::AtomicBool,
     writable: bool,
 }
 
@@ -74,13 +108,14 @@ pub(crate) struct Mapping {
 // or change which bytes, and when, is decided by the heap's locks (see `slice`), not by the thread
 // that created the mapping.
 unsafe impl Send for Mapping {}
-// SAFETY: as above; `mapped` is atomic and every other field is immutable after construction.
+// SAFETY: as above; `mapped` and `leak` are atomic and every other field is immutable after
+// construction.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Reserve `reserved` bytes of address space and map the first `len` bytes of `fd` there.
-    /// `writable` allows `write_private` (PROT_WRITE on the private mapping); otherwise any store
-    /// into the mapping faults at once.
+    /// Map `reserved` bytes of `fd` privately at an address the kernel chooses; the first `len`
+    /// bytes (the file's length) are accessible. `writable` allows `write_private` (PROT_WRITE on
+    /// the private mapping); otherwise any store into the mapping faults at once.
     pub(crate) fn new(
         fd: &impl AsRawFd,
         reserved: u64,
@@ -100,15 +135,20 @@ impl Mapping {
         if reserved == 0 || reserved % PAGE != 0 || len > reserved as u64 {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
-        // SAFETY: an anonymous PROT_NONE reservation at an address the kernel chooses; it aliases
-        // nothing. MAP_NORESERVE: no swap is committed for address space never made accessible.
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a new private mapping of our own file at an address the kernel chooses (no
+        // MAP_FIXED): it replaces nothing and aliases no Rust reference.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 reserved,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+                fd.as_raw_fd(),
                 0,
             )
         };
@@ -121,84 +161,73 @@ impl Mapping {
             base,
             reserved,
             mapped: AtomicUsize::new(0),
-            broken: std::sync::atomic::AtomicBool::new(false),
-            fd: fd.as_raw_fd(),
+            leak: std::sync::atomic::AtomicBool::new(false),
             writable,
         };
         m.extend(len)?;
         Ok(m)
     }
 
-    fn prot(&self) -> libc::c_int {
-        if self.writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        }
-    }
-
-    /// Bytes of the file currently mapped.
+    /// Bytes of the file currently accessible through the mapping.
     pub(crate) fn mapped_len(&self) -> u64 {
         self.mapped.load(Ordering::Acquire) as u64
     }
 
-    /// Map the file up to `new_len` (rounded up to a page). The caller has made sure the file is at
-    /// least that long (blocks allocated), and holds the writer lock, so extends do not race.
+    /// Bytes of address space the mapping spans.
+    pub(crate) fn reserved_len(&self) -> u64 {
+        self.reserved as u64
+    }
+
+    /// Make the mapping accessible up to `new_len` (rounded up to a page). The caller has made
+    /// sure the file is at least that long (blocks allocated), and holds the writer lock, so
+    /// extends do not race. No system call: the range is mapped already.
     pub(crate) fn extend(&self, new_len: u64) -> io::Result<()> {
-        let old = self.mapped.load(Ordering::Acquire);
         let new_len =
             usize::try_from(new_len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let new_len = new_len.div_ceil(PAGE) * PAGE;
-        if new_len <= old {
-            return Ok(());
-        }
         if new_len > self.reserved {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "mapping beyond the reservation",
             ));
         }
-        if self.broken.load(Ordering::Acquire) {
-            return Err(io::Error::other(
-                "an earlier failed mapping left a hole in the reservation; reopen the heap",
-            ));
+        self.mapped.fetch_max(new_len, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Read-only opens only: back `[from, reserved)` with private zero pages instead of the
+    /// file (whose end is at or before `from`), and make the whole reservation accessible, so
+    /// that replay can lay committed frames over space whose growth a crash lost, exactly as a
+    /// writable open would after growing the file with zeros.
+    ///
+    /// # Safety
+    /// `from` is page-aligned, and no slice into `[from, reserved)` is alive (the heap is not
+    /// built yet).
+    pub(crate) unsafe fn zero_tail(&self, from: u64) -> io::Result<()> {
+        debug_assert!(self.writable && from as usize % PAGE == 0);
+        let from = (from as usize).min(self.reserved);
+        if from == self.reserved {
+            return Ok(());
         }
-        // SAFETY: [old, new_len) lies inside our own reservation and is still PROT_NONE: no
-        // reference into it exists, so replacing it with MAP_FIXED aliases nothing in use.
+        // SAFETY: replaces part of our own mapping, which no reference reaches (precondition),
+        // with anonymous private memory.
         let p = unsafe {
             libc::mmap(
-                self.base.as_ptr().add(old).cast(),
-                new_len - old,
-                self.prot(),
-                libc::MAP_PRIVATE | libc::MAP_FIXED,
-                self.fd,
-                old as libc::off_t,
+                self.base.as_ptr().add(from).cast(),
+                self.reserved - from,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
             )
         };
         if p == libc::MAP_FAILED {
-            let err = last_err();
-            // A failed MAP_FIXED may already have unmapped part of the range: claim it back as
-            // PROT_NONE so the reservation has no hole another allocation could land in (a later
-            // extend maps over the reservation with MAP_FIXED).
-            // SAFETY: the same range of our own reservation as above, still unreferenced.
-            let back = unsafe {
-                libc::mmap(
-                    self.base.as_ptr().add(old).cast(),
-                    new_len - old,
-                    libc::PROT_NONE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                    -1,
-                    0,
-                )
-            };
-            if back == libc::MAP_FAILED {
-                // Without the range reserved, extending over it later could clobber a foreign
-                // mapping: refuse every later extend.
-                self.broken.store(true, Ordering::Release);
-            }
-            return Err(err);
+            // A failed MAP_FIXED may have unmapped part of the range, which another thread may
+            // then map: never unmap the range ourselves.
+            self.leak.store(true, Ordering::Release);
+            return Err(last_err());
         }
-        self.mapped.store(new_len, Ordering::Release);
+        self.mapped.store(self.reserved, Ordering::Release);
         Ok(())
     }
 
@@ -266,7 +295,11 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: the whole reservation is ours; `&mut self` means no slice into it is alive.
+        if *self.leak.get_mut() {
+            return;
+        }
+        // SAFETY: the whole reservation is ours (no failed MAP_FIXED left a hole another mapping
+        // could occupy); `&mut self` means no slice into it is alive.
         unsafe {
             libc::munmap(self.base.as_ptr().cast(), self.reserved);
         }

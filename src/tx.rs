@@ -12,13 +12,16 @@ use crate::error::{Error, Result};
 use crate::heap::{
     check_root, fingerprint, writer_parts, Durability, Inner, Writer, ROOT_AREA_LEN,
 };
-use crate::pptr::{PPtr, PSlice};
+use crate::pptr::{cast_slice, cast_slice_mut, PPtr, PSlice};
 use crate::stage::Stage;
 use crate::storage::FileStorage;
+use txheap_recovery::txheap_log::{FRAME_HEADER_LEN, RANGE_HEADER_LEN};
 use txheap_recovery::Storage;
 
-/// Bytes of frame overhead counted per staged range when checking the log's capacity early.
-const RANGE_OVERHEAD: u64 = 16 + 8;
+/// The least overhead of a frame that holds anything: its header and one range header. The early
+/// size check adds only this, so that it stays a lower bound of the frame and never refuses a
+/// transaction whose frame would fit; the exact check is at commit.
+const FRAME_OVERHEAD_MIN: u64 = (FRAME_HEADER_LEN + RANGE_HEADER_LEN) as u64;
 
 /// A transaction in progress, given to [`crate::Heap::transaction`]'s closure. Reads see the
 /// transaction's own writes; nothing is visible to others until it commits.
@@ -110,9 +113,12 @@ fn fill_from(inner: &Inner) -> impl FnMut(u64, &mut [u8]) + '_ {
 }
 
 /// Fail early if the bytes that will go through the log (staged bytes, less `exempt` bytes that
-/// are written in place instead) plus `more` cannot fit in the log. The exact check is at commit.
-fn stage_limit(inner: &Inner, stage: &mut Stage, exempt: u64, more: u64) -> Result<()> {
-    let bytes = stage.staged_bytes().saturating_sub(exempt) + more + RANGE_OVERHEAD;
+/// are written in place instead) plus what a write of `[off, off+len)` adds (only lines not
+/// staged yet: rewriting staged bytes costs the frame nothing) cannot fit in the log. The exact
+/// check is at commit.
+fn stage_limit(inner: &Inner, stage: &mut Stage, exempt: u64, off: u64, len: u64) -> Result<()> {
+    let more = stage.unstaged_bytes(off, len);
+    let bytes = stage.staged_bytes().saturating_sub(exempt) + more + FRAME_OVERHEAD_MIN;
     if bytes > inner.geo.log_len {
         return Err(Error::TransactionTooLarge {
             bytes,
@@ -122,17 +128,22 @@ fn stage_limit(inner: &Inner, stage: &mut Stage, exempt: u64, more: u64) -> Resu
     Ok(())
 }
 
+/// Copy the transaction's view of `[off, off+buf.len())` (staged bytes over committed ones).
+fn read_staged(inner: &Inner, stage: &Stage, off: u64, buf: &mut [u8]) {
+    let mut fill = fill_from(inner);
+    match stage.read(off, buf.len() as u64, &mut fill) {
+        Some(b) => buf.copy_from_slice(b),
+        None => fill(off, buf),
+    }
+}
+
 impl TxMem for Mem<'_> {
     fn read(&self, off: u64, buf: &mut [u8]) {
-        let mut fill = fill_from(self.inner);
-        match self.stage.read(off, buf.len() as u64, &mut fill) {
-            Some(b) => buf.copy_from_slice(b),
-            None => fill(off, buf),
-        }
+        read_staged(self.inner, self.stage, off, buf)
     }
 
     fn write(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
-        stage_limit(self.inner, self.stage, self.exempt, bytes.len() as u64)?;
+        stage_limit(self.inner, self.stage, self.exempt, off, bytes.len() as u64)?;
         let mut fill = fill_from(self.inner);
         self.stage
             .write(off, bytes.len() as u64, &mut fill)
@@ -190,17 +201,29 @@ impl<'h> Tx<'h> {
         }
     }
 
+    /// Stage `[off, off+len)` for a user write: bounds and alignment checked, and in the chunk
+    /// area the range must lie inside one live allocation in this transaction's view (a freed
+    /// block, a neighbour, a header or free space is [`Error::NotAllocated`]).
     fn view_mut(&mut self, off: u64, len: u64, align: u64) -> Result<&mut [u8]> {
         self.inner
             .geo
             .check(self.header.chunk_count, off, len, align)?;
         if off >= self.inner.geo.chunk_area {
-            self.w.alloc.check_writable(off, len)?;
+            let (inner, stage) = (self.inner, &self.stage);
+            self.w
+                .alloc
+                .check_writable(off, len, &|o, b| read_staged(inner, stage, o, b))?;
         }
+        self.stage_mut(off, len)
+    }
+
+    /// Stage `[off, off+len)` without the checks of `view_mut`: for the allocation this
+    /// transaction just made, which the allocator placed in bounds.
+    fn stage_mut(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
         if inside(&self.fresh, off, len) {
             self.fresh_staged += len;
         } else {
-            stage_limit(self.inner, &mut self.stage, self.fresh_staged, len)?;
+            stage_limit(self.inner, &mut self.stage, self.fresh_staged, off, len)?;
         }
         let mut fill = fill_from(self.inner);
         Ok(self.stage.write(off, len, &mut fill))
@@ -295,16 +318,9 @@ impl<'h> Tx<'h> {
             return Ok(&[]);
         }
         let align = std::mem::align_of::<T>() as u64;
-        let len = s.byte_len().ok_or(Error::OutOfBounds {
-            offset: s.offset(),
-            len: u64::MAX,
-            heap_end: 0,
-        })?;
+        let len = self.inner.geo.slice_bytes(self.header.chunk_count, s)?;
         let b = self.view(s.offset(), len, align)?;
-        bytemuck::try_cast_slice(b).map_err(|_| Error::Misaligned {
-            offset: s.offset(),
-            align,
-        })
+        cast_slice(b, s)
     }
 
     /// Change the elements of `s`. For a large slice where only a part changes, prefer
@@ -321,16 +337,9 @@ impl<'h> Tx<'h> {
             return Ok(&mut []);
         }
         let align = std::mem::align_of::<T>() as u64;
-        let len = s.byte_len().ok_or(Error::OutOfBounds {
-            offset: s.offset(),
-            len: u64::MAX,
-            heap_end: 0,
-        })?;
+        let len = self.inner.geo.slice_bytes(self.header.chunk_count, s)?;
         let b = self.view_mut(s.offset(), len, align)?;
-        bytemuck::try_cast_slice_mut(b).map_err(|_| Error::Misaligned {
-            offset: s.offset(),
-            align,
-        })
+        cast_slice_mut(b, s)
     }
 
     /// Write `values` into `s` starting at element `start`.
@@ -343,10 +352,10 @@ impl<'h> Tx<'h> {
     /// ```
     pub fn write_slice<T: Pod>(&mut self, s: PSlice<T>, start: u64, values: &[T]) -> Result<()> {
         let n = values.len() as u64;
-        let oob = Error::OutOfBounds {
-            offset: s.offset(),
-            len: start.saturating_add(n),
-            heap_end: s.len(),
+        let oob = Error::SliceRange {
+            start,
+            count: n,
+            slice_len: s.len(),
         };
         if start.checked_add(n).is_none_or(|e| e > s.len()) {
             return Err(oob);
@@ -385,12 +394,11 @@ impl<'h> Tx<'h> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn alloc<T: Pod>(&mut self, value: T) -> Result<PPtr<T>> {
-        let p = PPtr::from_offset(self.alloc_raw(
-            std::mem::size_of::<T>() as u64,
-            std::mem::align_of::<T>() as u64,
-        )?);
-        *self.get_mut(p)? = value;
-        Ok(p)
+        let size = std::mem::size_of::<T>() as u64;
+        let off = self.alloc_raw(size, std::mem::align_of::<T>() as u64)?;
+        self.stage_mut(off, size)?
+            .copy_from_slice(bytemuck::bytes_of(&value));
+        Ok(PPtr::from_offset(off))
     }
 
     /// Allocate a zeroed `T`.
@@ -424,9 +432,7 @@ impl<'h> Tx<'h> {
             })?;
         let off = self.alloc_raw(size, std::mem::align_of::<T>() as u64)?;
         let s = PSlice::from_raw_parts(off, len);
-        if size > 0 {
-            self.view_mut(off, size, 1)?.fill(0);
-        }
+        self.stage_mut(off, size)?.fill(0);
         Ok(s)
     }
 
@@ -442,11 +448,11 @@ impl<'h> Tx<'h> {
     pub fn alloc_slice<T: Pod>(&mut self, values: &[T]) -> Result<PSlice<T>> {
         let size = std::mem::size_of_val(values) as u64;
         let off = self.alloc_raw(size, std::mem::align_of::<T>() as u64)?;
-        let s = PSlice::from_raw_parts(off, values.len() as u64);
         if size > 0 {
-            self.slice_mut(s)?.copy_from_slice(values);
+            self.stage_mut(off, size)?
+                .copy_from_slice(bytemuck::cast_slice(values));
         }
-        Ok(s)
+        Ok(PSlice::from_raw_parts(off, values.len() as u64))
     }
 
     /// Free the allocation `p` points to. It is reusable by later transactions once this one
@@ -617,6 +623,17 @@ impl<'h> Tx<'h> {
         // committed; apply it where readers will see it.
         {
             let mut view = inner.view.write().unwrap_or_else(|e| e.into_inner());
+            // A panic from here on would leave the heap half-applied: poison it before the view
+            // lock is released (this guard drops first), so that no reader sees that state.
+            struct PoisonOnUnwind<'a>(&'a Inner);
+            impl Drop for PoisonOnUnwind<'_> {
+                fn drop(&mut self) {
+                    if std::thread::panicking() {
+                        self.0.poison("a commit panicked while applying its frame");
+                    }
+                }
+            }
+            let _unwind = PoisonOnUnwind(inner);
             phase!(APPLY);
             let w = &mut *self.w;
             for (off, bytes) in self.stage.ranges() {

@@ -125,10 +125,10 @@ fn empty_random_and_foreign_files_are_not_txheap_files() {
     let elf = std::fs::read(std::env::current_exe().unwrap()).unwrap();
     let elf = write(d.path(), "elf", &elf);
     expect_refused(&elf, |e| matches!(e, Error::NotATxheap { .. }));
-    // A directory and a missing file give Io errors naming the open.
+    // A missing file is NotFound, naming the path.
     assert!(matches!(
         Heap::open(d.path().join("missing"), opts()),
-        Err(Error::Io { op: "open", .. })
+        Err(Error::NotFound { .. })
     ));
 }
 

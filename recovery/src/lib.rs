@@ -57,9 +57,22 @@ pub mod sabotage {
         MASK.load(Ordering::SeqCst) & bit != 0
     }
 
+    std::thread_local! {
+        static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// Make this thread panic (instead of aborting) whenever it passes the failpoint `name`;
+    /// `None` disarms. Other threads are unaffected, so tests can run side by side.
+    pub fn panic_at(name: Option<&str>) {
+        PANIC_AT.with(|p| *p.borrow_mut() = name.map(str::to_string));
+    }
+
     /// A named crash point: with `TXHEAP_FAILPOINT=name:n` in the environment, the process aborts
     /// (no destructors, no flush: like SIGKILL) the `n`-th time it passes `name`.
     pub fn failpoint(name: &str) {
+        if PANIC_AT.with(|p| p.borrow().as_deref() == Some(name)) {
+            panic!("failpoint {name}: panic armed by sabotage::panic_at");
+        }
         use std::sync::atomic::AtomicU64;
         use std::sync::OnceLock;
         static PLAN: OnceLock<Option<(String, u64)>> = OnceLock::new();

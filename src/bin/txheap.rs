@@ -20,6 +20,15 @@ fn info(path: &str) -> txheap::Result<()> {
         s.file_len, s.max_size
     );
     println!(
+        "filesystem      {}{}",
+        s.filesystem,
+        if s.volatile_storage {
+            " (in memory only: nothing survives a power cut or reboot, whatever the durability)"
+        } else {
+            ""
+        }
+    );
+    println!(
         "superblock      seq {}, log generation {}, next txid {}",
         s.superblock_seq, s.log_generation, s.next_txid
     );
