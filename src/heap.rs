@@ -468,10 +468,12 @@ fn open_error(path: &Path, e: io::Error) -> Error {
 }
 
 /// Map the file over `max_size` bytes of address space; a refusal for lack of address space is
-/// [`Error::AddressSpace`], naming the size.
+/// [`Error::AddressSpace`], naming the size. (ENOMEM from the kernel; EINVAL under some
+/// emulators, such as valgrind, for a length they cannot place: the fd is a regular file, the
+/// offset 0 and the flags fixed, so the size is the only argument that can be refused.)
 fn map_file(file: &File, sb: &Superblock, len: u64, writable: bool) -> Result<Mapping> {
     Mapping::new(file, sb.max_size, len.min(sb.max_size), writable).map_err(|e| {
-        if e.raw_os_error() == Some(libc::ENOMEM) {
+        if matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::EINVAL)) {
             Error::AddressSpace {
                 max_size: sb.max_size,
                 source: e,
