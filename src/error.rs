@@ -102,8 +102,8 @@ pub enum Error {
     TransactionTooLarge {
         /// Bytes the frame needs.
         bytes: u64,
-        /// The log region's capacity.
-        log_capacity: u64,
+        /// Bytes of the log region.
+        log_size: u64,
     },
     /// A pointer or range lies outside the heap's allocated area.
     OutOfBounds {
@@ -237,9 +237,10 @@ impl fmt::Display for Error {
                 f,
                 "out of space: {requested} bytes requested, heap file may not exceed max_size {max_size}"
             ),
-            Error::TransactionTooLarge { bytes, log_capacity } => write!(
+            Error::TransactionTooLarge { bytes, log_size } => write!(
                 f,
-                "transaction needs a {bytes}-byte redo frame; the log region holds {log_capacity} bytes"
+                "transaction needs a {bytes}-byte redo frame; the log region holds {log_size} bytes \
+                 (Options::log_size at create)"
             ),
             Error::OutOfBounds { offset, len, heap_end } => write!(
                 f,

@@ -84,19 +84,29 @@ macro_rules! phase {
 mod alloc;
 mod error;
 mod heap;
+mod layout;
+mod limits;
+mod open;
+mod options;
 mod pptr;
+mod reader;
+mod shared;
 mod stage;
 mod storage;
 mod sys;
 mod tx;
+mod writer;
 
 pub use alloc::ClassStats;
 pub use bytemuck;
 pub use error::{Error, Result};
+pub use heap::Heap;
+pub use limits::ROOT_LEN_MAX;
 #[cfg(feature = "test-hooks")]
-pub use heap::reachable_ranges;
-pub use heap::{Durability, Heap, Options, Reader, Stats, ROOT_AREA_LEN};
+pub use open::reachable_ranges;
+pub use options::{Durability, Options, Stats};
 pub use pptr::{PPtr, PSlice};
+pub use reader::Reader;
 pub use storage::IoCounters;
 #[cfg(feature = "test-hooks")]
 pub use storage::{FaultPlan, Trace, TraceEvent};

@@ -1,20 +1,23 @@
 //! The transaction: the only place that turns user writes into a redo frame.
 //!
-//! Owns: a transaction's staged writes, its view of the heap header, and the commit sequence
-//! (stage -> frame -> log -> barrier -> apply). May not: write the file directly (it goes through
-//! the writer's storage) or change allocator indexes except through the allocator's journaled
-//! operations, which roll back when the transaction is dropped without committing.
+//! Owns: a transaction's staged writes (checked access, allocation, free), its view of the heap
+//! header, and building the commit plan (the frame, which pieces go in place, the new header).
+//! May not: sequence I/O or write the file (`Writer::commit` runs the protocol; growth goes
+//! through the writer's storage), or change allocator indexes except through the allocator's
+//! journaled operations, which roll back when the transaction is dropped without committing.
 
 use bytemuck::Pod;
 
-use crate::alloc::{HeapHeader, TxMem, CHUNK, CHUNK_HEADER_LEN};
+use crate::alloc::{Allocator, HeapHeader, TxMem};
 use crate::error::{Error, Result};
-use crate::heap::{
-    check_root, fingerprint, writer_parts, Durability, Inner, Writer, ROOT_AREA_LEN,
-};
+use crate::layout::{check_root, fingerprint};
+use crate::limits::{CHUNK_SIZE, ROOT_LEN_MAX};
+use crate::options::Durability;
 use crate::pptr::{cast_slice, cast_slice_mut, PPtr, PSlice};
+use crate::shared::Shared;
 use crate::stage::Stage;
 use crate::storage::FileStorage;
+use crate::writer::{inside, CommitPlan, Writer};
 use txheap_recovery::txheap_log::{FRAME_HEADER_LEN, RANGE_HEADER_LEN};
 use txheap_recovery::Storage;
 
@@ -38,7 +41,7 @@ const FRAME_OVERHEAD_MIN: u64 = (FRAME_HEADER_LEN + RANGE_HEADER_LEN) as u64;
 /// # Ok::<(), txheap::Error>(())
 /// ```
 pub struct Tx<'h> {
-    inner: &'h Inner,
+    sh: &'h Shared,
     w: &'h mut Writer,
     stage: Stage,
     header: HeapHeader,
@@ -60,55 +63,19 @@ impl std::fmt::Debug for Tx<'_> {
 
 /// The allocator's window onto the transaction.
 struct Mem<'x> {
-    inner: &'x Inner,
+    sh: &'x Shared,
     stage: &'x mut Stage,
     storage: &'x mut FileStorage,
     exempt: u64,
 }
 
-/// Whether `[off, off+len)` lies inside one of `areas`.
-fn inside(areas: &[(u64, u64)], off: u64, len: u64) -> bool {
-    areas.iter().any(|&(a, b)| a <= off && off + len <= b)
-}
-
-/// Call `f(offset, bytes, in_place)` for the pieces of a staged range. Bytes inside a fresh
-/// extent go in place, except the first 64 bytes of every chunk: free extents are coalesced only
-/// in memory, so on disk an interior chunk of a fresh extent may still start with a `FREE` header
-/// that recovery walks if this transaction does not commit. Those bytes go through the log.
-/// Allocates nothing (it runs for every range of every commit).
-fn for_each_piece(
-    fresh: &[(u64, u64)],
-    chunk_area: u64,
-    off: u64,
-    bytes: &[u8],
-    mut f: impl FnMut(u64, &[u8], bool) -> Result<()>,
-) -> Result<()> {
-    let len = bytes.len() as u64;
-    if !inside(fresh, off, len) {
-        return f(off, bytes, false);
-    }
-    let end = off + len;
-    let mut p = off;
-    while p < end {
-        let rel = p - chunk_area;
-        let (q, in_place) = if rel % CHUNK < CHUNK_HEADER_LEN {
-            ((p - rel % CHUNK + CHUNK_HEADER_LEN).min(end), false)
-        } else {
-            ((p - rel % CHUNK + CHUNK).min(end), true)
-        };
-        f(p, &bytes[(p - off) as usize..(q - off) as usize], in_place)?;
-        p = q;
-    }
-    Ok(())
-}
-
-fn fill_from(inner: &Inner) -> impl FnMut(u64, &mut [u8]) + '_ {
+fn fill_from(sh: &Shared) -> impl FnMut(u64, &mut [u8]) + '_ {
     move |start, buf| {
         // SAFETY: staged ranges lie inside the checked heap area (or its 64-byte aligned
         // surroundings, which stay inside the 4096-aligned root area or chunk area), which is
         // mapped; the writer lock is held by the running transaction and the apply step has not
         // started, so nothing changes the mapping.
-        buf.copy_from_slice(unsafe { inner.map.slice(start, buf.len()) })
+        buf.copy_from_slice(unsafe { sh.map.slice(start, buf.len()) })
     }
 }
 
@@ -116,21 +83,21 @@ fn fill_from(inner: &Inner) -> impl FnMut(u64, &mut [u8]) + '_ {
 /// are written in place instead) plus what a write of `[off, off+len)` adds (only lines not
 /// staged yet: rewriting staged bytes costs the frame nothing) cannot fit in the log. The exact
 /// check is at commit.
-fn stage_limit(inner: &Inner, stage: &mut Stage, exempt: u64, off: u64, len: u64) -> Result<()> {
+fn stage_limit(sh: &Shared, stage: &mut Stage, exempt: u64, off: u64, len: u64) -> Result<()> {
     let more = stage.unstaged_bytes(off, len);
     let bytes = stage.staged_bytes().saturating_sub(exempt) + more + FRAME_OVERHEAD_MIN;
-    if bytes > inner.geo.log_len {
+    if bytes > sh.geo.log_size {
         return Err(Error::TransactionTooLarge {
             bytes,
-            log_capacity: inner.geo.log_len,
+            log_size: sh.geo.log_size,
         });
     }
     Ok(())
 }
 
 /// Copy the transaction's view of `[off, off+buf.len())` (staged bytes over committed ones).
-fn read_staged(inner: &Inner, stage: &Stage, off: u64, buf: &mut [u8]) {
-    let mut fill = fill_from(inner);
+fn read_staged(sh: &Shared, stage: &Stage, off: u64, buf: &mut [u8]) {
+    let mut fill = fill_from(sh);
     match stage.read(off, buf.len() as u64, &mut fill) {
         Some(b) => buf.copy_from_slice(b),
         None => fill(off, buf),
@@ -139,12 +106,12 @@ fn read_staged(inner: &Inner, stage: &Stage, off: u64, buf: &mut [u8]) {
 
 impl TxMem for Mem<'_> {
     fn read(&self, off: u64, buf: &mut [u8]) {
-        read_staged(self.inner, self.stage, off, buf)
+        read_staged(self.sh, self.stage, off, buf)
     }
 
     fn write(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
-        stage_limit(self.inner, self.stage, self.exempt, off, bytes.len() as u64)?;
-        let mut fill = fill_from(self.inner);
+        stage_limit(self.sh, self.stage, self.exempt, off, bytes.len() as u64)?;
+        let mut fill = fill_from(self.sh);
         self.stage
             .write(off, bytes.len() as u64, &mut fill)
             .copy_from_slice(bytes);
@@ -152,14 +119,14 @@ impl TxMem for Mem<'_> {
     }
 
     fn ensure_chunks(&mut self, chunk_count: u64) -> Result<()> {
-        let need = self.inner.geo.chunk_area + chunk_count * CHUNK;
+        let need = self.sh.geo.chunk_area + chunk_count * CHUNK_SIZE;
         phase!(GROW);
         self.storage
             .grow(need)
             .map_err(|e| Error::io("grow file (posix_fallocate)", need, e))?;
         failpoint!("grow.after_fallocate");
         let mapped = self
-            .inner
+            .sh
             .map
             .extend(need)
             .map_err(|e| Error::io("map grown file", need, e));
@@ -168,16 +135,16 @@ impl TxMem for Mem<'_> {
     }
 
     fn max_size(&self) -> u64 {
-        self.inner.geo.max_size
+        self.sh.geo.max_size
     }
 }
 
 impl<'h> Tx<'h> {
-    pub(crate) fn new(inner: &'h Inner, w: &'h mut Writer) -> Tx<'h> {
+    pub(crate) fn new(sh: &'h Shared, w: &'h mut Writer) -> Tx<'h> {
         let header = w.header;
         debug_assert_eq!(header.chunk_count, w.alloc.chunk_count);
         Tx {
-            inner,
+            sh,
             w,
             stage: Stage::default(),
             header,
@@ -190,14 +157,14 @@ impl<'h> Tx<'h> {
     // ---- checked access ----------------------------------------------------------------
 
     fn view(&self, off: u64, len: u64, align: u64) -> Result<&[u8]> {
-        self.inner
+        self.sh
             .geo
             .check(self.header.chunk_count, off, len, align)?;
-        let mut fill = fill_from(self.inner);
+        let mut fill = fill_from(self.sh);
         match self.stage.read(off, len, &mut fill) {
             Some(b) => Ok(b),
             // SAFETY: checked in bounds above; see `fill_from` for why nothing changes it.
-            None => Ok(unsafe { self.inner.map.slice(off, len as usize) }),
+            None => Ok(unsafe { self.sh.map.slice(off, len as usize) }),
         }
     }
 
@@ -205,14 +172,14 @@ impl<'h> Tx<'h> {
     /// area the range must lie inside one live allocation in this transaction's view (a freed
     /// block, a neighbour, a header or free space is [`Error::NotAllocated`]).
     fn view_mut(&mut self, off: u64, len: u64, align: u64) -> Result<&mut [u8]> {
-        self.inner
+        self.sh
             .geo
             .check(self.header.chunk_count, off, len, align)?;
-        if off >= self.inner.geo.chunk_area {
-            let (inner, stage) = (self.inner, &self.stage);
+        if off >= self.sh.geo.chunk_area {
+            let (sh, stage) = (self.sh, &self.stage);
             self.w
                 .alloc
-                .check_writable(off, len, &|o, b| read_staged(inner, stage, o, b))?;
+                .check_writable(off, len, &|o, b| read_staged(sh, stage, o, b))?;
         }
         self.stage_mut(off, len)
     }
@@ -223,19 +190,20 @@ impl<'h> Tx<'h> {
         if inside(&self.fresh, off, len) {
             self.fresh_staged += len;
         } else {
-            stage_limit(self.inner, &mut self.stage, self.fresh_staged, off, len)?;
+            stage_limit(self.sh, &mut self.stage, self.fresh_staged, off, len)?;
         }
-        let mut fill = fill_from(self.inner);
+        let mut fill = fill_from(self.sh);
         Ok(self.stage.write(off, len, &mut fill))
     }
 
     fn mem_op<R>(
         &mut self,
-        f: impl FnOnce(&mut crate::alloc::Allocator, &mut Mem<'_>) -> Result<R>,
+        f: impl FnOnce(&mut Allocator, &mut Mem<'_>) -> Result<R>,
     ) -> Result<R> {
-        let (alloc, storage) = writer_parts(self.w);
+        let w = &mut *self.w;
+        let (alloc, storage) = (&mut w.alloc, &mut w.storage);
         let mut mem = Mem {
-            inner: self.inner,
+            sh: self.sh,
             stage: &mut self.stage,
             storage,
             exempt: self.fresh_staged,
@@ -318,7 +286,7 @@ impl<'h> Tx<'h> {
             return Ok(&[]);
         }
         let align = std::mem::align_of::<T>() as u64;
-        let len = self.inner.geo.slice_bytes(self.header.chunk_count, s)?;
+        let len = self.sh.geo.slice_bytes(self.header.chunk_count, s)?;
         let b = self.view(s.offset(), len, align)?;
         cast_slice(b, s)
     }
@@ -337,7 +305,7 @@ impl<'h> Tx<'h> {
             return Ok(&mut []);
         }
         let align = std::mem::align_of::<T>() as u64;
-        let len = self.inner.geo.slice_bytes(self.header.chunk_count, s)?;
+        let len = self.sh.geo.slice_bytes(self.header.chunk_count, s)?;
         let b = self.view_mut(s.offset(), len, align)?;
         cast_slice_mut(b, s)
     }
@@ -374,9 +342,10 @@ impl<'h> Tx<'h> {
     fn alloc_raw(&mut self, size: u64, align: u64) -> Result<u64> {
         let off = self.mem_op(|a, m| a.alloc(m, size, align))?;
         // A large extent taken from free space is unreachable unless this transaction commits, so
-        // its bytes may be written in place (DESIGN.md section 6). Only under Full, where every
-        // committed free is already durable; see `commit` for the log-empty rule.
-        if self.inner.durability() == Durability::Full {
+        // its bytes may be written in place (docs/ARCHITECTURE.md, section 3, step 5a). Only
+        // under Full, where every committed free is already durable; `Writer::commit` keeps the
+        // log-empty rule.
+        if self.sh.durability == Durability::Full {
             if let Some(area) = self.w.alloc.large_extent(off) {
                 self.fresh.push(area);
             }
@@ -428,7 +397,7 @@ impl<'h> Tx<'h> {
             .checked_mul(len)
             .ok_or(Error::OutOfSpace {
                 requested: u64::MAX,
-                max_size: self.inner.geo.max_size,
+                max_size: self.sh.geo.max_size,
             })?;
         let off = self.alloc_raw(size, std::mem::align_of::<T>() as u64)?;
         let s = PSlice::from_raw_parts(off, len);
@@ -509,10 +478,10 @@ impl<'h> Tx<'h> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn root<T: Pod>(&mut self) -> Result<PPtr<T>> {
-        let p = PPtr::from_offset(self.inner.geo.root_offset);
+        let p = PPtr::from_offset(self.sh.geo.root_offset);
         if !check_root::<T>(&self.header)? {
             let size = std::mem::size_of::<T>() as u64;
-            debug_assert!(size <= ROOT_AREA_LEN);
+            debug_assert!(size <= ROOT_LEN_MAX);
             self.header.root_size = size;
             self.header.root_fingerprint = fingerprint::<T>();
             self.header.root_align = std::mem::align_of::<T>() as u32;
@@ -525,13 +494,14 @@ impl<'h> Tx<'h> {
 
     // ---- commit --------------------------------------------------------------------------
 
-    /// Commit: frame, log, barrier, apply. Consumes the transaction; on error it rolls back.
+    /// Commit: build the plan (the frame of every logged piece, the in-place pieces, the new
+    /// heap header) and hand it to `Writer::commit`. Consumes the transaction; on error it
+    /// rolls back.
     pub(crate) fn commit(mut self) -> Result<()> {
-        let inner = self.inner;
         phase!(COMMIT_ENCODE);
         self.mem_op(|a, m| a.prepare_commit(m))?;
         if self.header != self.w.header {
-            let at = inner.geo.heap_offset;
+            let at = self.sh.geo.heap_offset;
             let enc = self.header.encode();
             self.mem_op(|_, m| m.write(at, &enc))?;
         }
@@ -540,115 +510,36 @@ impl<'h> Tx<'h> {
             self.done = true;
             return Ok(());
         }
-        // The frame: every staged range, user data and allocator metadata alike, except bytes
-        // inside large extents this transaction allocated (`fresh`), which go in place; but the
-        // first 64 bytes of every chunk always go through the log (see `pieces`).
-        let fresh = std::mem::take(&mut self.fresh);
-        let chunk_area = inner.geo.chunk_area;
         let w = &mut *self.w;
+        let mut plan = CommitPlan {
+            stage: &mut self.stage,
+            fresh: std::mem::take(&mut self.fresh),
+            chunk_area: self.sh.geo.chunk_area,
+            header: self.header,
+            in_place: false,
+        };
+        // The frame: every staged range, user data and allocator metadata alike, except the
+        // pieces that go in place.
         w.frame.clear();
-        let mut direct = false;
-        for (off, bytes) in self.stage.ranges() {
-            for_each_piece(&fresh, chunk_area, off, bytes, |at, piece, in_place| {
-                if in_place {
-                    direct = true;
-                    return Ok(());
-                }
-                // A range longer than u32::MAX cannot be staged (the log is smaller), but say so.
-                w.frame
-                    .push_range(at, piece)
-                    .map_err(|_| Error::TransactionTooLarge {
-                        bytes: piece.len() as u64,
-                        log_capacity: inner.geo.log_len,
-                    })
-            })?;
-        }
-        if direct {
-            phase!(IN_PLACE);
-            // In-place bytes must be durable *before* the frame can be: otherwise a power cut
-            // could keep a complete frame (the commit replays) and lose part of the bytes.
-            // The frame must fit the log at all before anything is written (a transaction that
-            // is too large must fail without touching the file).
-            if w.frame.encoded_len() as u64 > inner.geo.log_len {
-                return Err(Error::TransactionTooLarge {
-                    bytes: w.frame.encoded_len() as u64,
-                    log_capacity: inner.geo.log_len,
-                });
+        let log_size = self.sh.geo.log_size;
+        let mut in_place = false;
+        plan.for_each_piece(|at, piece, direct| {
+            if direct {
+                in_place = true;
+                return Ok(());
             }
-            {
-                // The pwrites are visible through the mapping at once (MAP_PRIVATE pages not yet
-                // copied show the page cache), and a reader may hold a slice over this extent
-                // through a stale pointer from before it was freed: hold the view lock for
-                // writing so that no reader's bytes change under it.
-                let _view = inner.view.write().unwrap_or_else(|e| e.into_inner());
-                for (off, bytes) in self.stage.ranges() {
-                    for_each_piece(&fresh, chunk_area, off, bytes, |at, piece, in_place| {
-                        if in_place {
-                            w.write_in_place(inner, at, piece)?;
-                        }
-                        Ok(())
-                    })?;
-                }
-            }
-            failpoint!("commit.after_in_place");
-            if w.log_tail() > 0 {
-                // An older frame in the log may have written into this extent while it was a
-                // live object; replaying it after a crash would overwrite the in-place bytes. So
-                // the log must be empty, and the checkpoint's fdatasync also makes the in-place
-                // bytes durable. (Until its superblock switch, a crash recovers the old state:
-                // the extent is free, the bytes garbage in free space.)
-                w.checkpoint(inner)?;
-            } else {
-                w.barrier_all(inner)?;
-            }
-        }
-        w.ensure_log_room(inner, w.frame.encoded_len() as u64)?;
-        #[cfg(feature = "test-hooks")]
-        if txheap_recovery::sabotage::active(txheap_recovery::sabotage::APPLY_BEFORE_LOG) {
-            // Broken on purpose (crash tests only): heap pages change before the frame exists.
-            for (off, bytes) in self.stage.ranges() {
-                for_each_piece(&fresh, chunk_area, off, bytes, |at, piece, in_place| {
-                    if !in_place {
-                        w.storage
-                            .write_at(at, piece)
-                            .map_err(|e| inner.fail("sabotage apply", at, e))?;
-                    }
-                    Ok(())
-                })?;
-            }
-        }
-        // The commit point: the frame, made durable by msync of its pages.
-        w.append_frame(inner)?;
-        // The frame is in the log (and durable under Full): from here on the transaction is
-        // committed; apply it where readers will see it.
-        {
-            let mut view = inner.view.write().unwrap_or_else(|e| e.into_inner());
-            // A panic from here on would leave the heap half-applied: poison it before the view
-            // lock is released (this guard drops first), so that no reader sees that state.
-            struct PoisonOnUnwind<'a>(&'a Inner);
-            impl Drop for PoisonOnUnwind<'_> {
-                fn drop(&mut self) {
-                    if std::thread::panicking() {
-                        self.0.poison("a commit panicked while applying its frame");
-                    }
-                }
-            }
-            let _unwind = PoisonOnUnwind(inner);
-            phase!(APPLY);
-            let w = &mut *self.w;
-            for (off, bytes) in self.stage.ranges() {
-                for_each_piece(&fresh, chunk_area, off, bytes, |at, piece, in_place| {
-                    if !in_place {
-                        w.apply_range(inner, at, piece)?;
-                        failpoint!("commit.mid_apply");
-                    }
-                    Ok(())
-                })?;
-            }
-            view.header = self.header;
-        }
+            // A range longer than u32::MAX cannot be staged (the log is smaller), but say so.
+            w.frame
+                .push_range(at, piece)
+                .map_err(|_| Error::TransactionTooLarge {
+                    bytes: piece.len() as u64,
+                    log_size,
+                })
+        })?;
+        plan.in_place = in_place;
+        w.commit(self.sh, plan)?;
         self.done = true;
-        self.w.finish_commit(inner, self.header)
+        Ok(())
     }
 }
 

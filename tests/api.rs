@@ -275,7 +275,7 @@ fn transaction_too_large_for_log() {
     // Small objects always go through the log: 2,000 of 64 bytes cannot fit in 64 KiB.
     let r = heap.transaction(|tx| (0..2000).try_for_each(|i| tx.alloc([i as u64; 8]).map(|_| ())));
     match r {
-        Err(Error::TransactionTooLarge { log_capacity, .. }) => assert_eq!(log_capacity, 64 << 10),
+        Err(Error::TransactionTooLarge { log_size, .. }) => assert_eq!(log_size, 64 << 10),
         other => panic!("{other:?}"),
     }
     // Under Durability::None large objects go through the log too.

@@ -34,7 +34,7 @@ fn info(path: &str) -> txheap::Result<()> {
     );
     println!(
         "log             {} of {} bytes hold committed frames not yet checkpointed",
-        s.log_used, s.log_capacity
+        s.log_used, s.log_size
     );
     println!(
         "heap            {} bytes in chunks: {} used, {} free, largest free extent {}",

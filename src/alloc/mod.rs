@@ -1,8 +1,8 @@
 //! The allocator: size-class runs and large extents inside 256 KiB chunks.
 //!
-//! Owns: the on-disk chunk headers, run bitmaps and heap header (formats in `docs/FORMAT.md`),
-//! and the volatile indexes rebuilt from them on open (free extents, runs with free blocks,
-//! live large objects). May not: touch the file or know transactions' callers. It reads and
+//! Owns: the allocation policy and the volatile indexes rebuilt from the chunk headers on open
+//! (free extents, runs with free blocks, live large objects); the on-disk format is in
+//! `format.rs` and the rebuild walk in `walk.rs`. May not: touch the file or know transactions' callers. It reads and
 //! writes only through [`TxMem`], which the transaction implements by staging: so every change
 //! of allocator metadata travels in the transaction's redo frame.
 //!
@@ -13,234 +13,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use txheap_recovery::CHUNK_SIZE;
+mod format;
+mod walk;
+
+use format::{class_for, ChunkHeader, RunGeom, CLASSES, LARGE_DATA_OFFSET, NCLASSES, SMALL_MAX};
+pub(crate) use format::{HeapHeader, CHUNK_HEADER_LEN, HEAP_HEADER_LEN};
 
 use crate::error::{Error, Result};
-
-/// Chunk size in bytes.
-pub(crate) const CHUNK: u64 = CHUNK_SIZE;
-/// Bytes of a chunk header (a run's bitmap follows it).
-pub(crate) const CHUNK_HEADER_LEN: u64 = 64;
-/// Where a large object starts inside its first chunk.
-pub(crate) const LARGE_DATA_OFFSET: u64 = 64;
-/// The largest alignment a stored type may have.
-pub(crate) const MAX_ALIGN: u64 = 64;
-/// Growth step: the heap grows by at least this many chunks (2 MiB) or a quarter of its size.
-const GROW_MIN_CHUNKS: u64 = 8;
-
-const TAG_FREE: [u8; 4] = *b"FREE";
-const TAG_RUN: [u8; 4] = *b"RUN\0";
-const TAG_LARGE: [u8; 4] = *b"LRGE";
-
-/// Number of size classes.
-pub(crate) const NCLASSES: usize = 44;
-
-const fn build_classes() -> [u32; NCLASSES] {
-    let mut c = [0u32; NCLASSES];
-    let mut i = 0;
-    while i < 8 {
-        c[i] = 16 * (i as u32 + 1);
-        i += 1;
-    }
-    let mut base = 128u32;
-    while i < NCLASSES {
-        let step = base / 4;
-        let mut k = 1;
-        while k <= 4 {
-            c[i] = base + step * k;
-            i += 1;
-            k += 1;
-        }
-        base *= 2;
-    }
-    c
-}
-
-/// Block size of each class, ascending: 16..=128 by 16, then four per doubling up to 65536.
-pub(crate) const CLASSES: [u32; NCLASSES] = build_classes();
-/// The largest size served from runs; anything larger takes a large extent.
-pub(crate) const SMALL_MAX: u64 = CLASSES[NCLASSES - 1] as u64;
-
-/// Geometry of a run of one class inside a chunk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RunGeom {
-    pub block_size: u64,
-    pub block_count: u64,
-    pub data_offset: u64,
-}
-
-impl RunGeom {
-    pub(crate) const fn of_class(class: usize) -> RunGeom {
-        let bs = CLASSES[class] as u64;
-        let mut n = (CHUNK - CHUNK_HEADER_LEN) / bs;
-        loop {
-            let bitmap = n.div_ceil(64) * 8;
-            let data = (CHUNK_HEADER_LEN + bitmap).div_ceil(64) * 64;
-            if data + n * bs <= CHUNK {
-                return RunGeom {
-                    block_size: bs,
-                    block_count: n,
-                    data_offset: data,
-                };
-            }
-            n -= 1;
-        }
-    }
-    pub(crate) const fn bitmap_words(&self) -> u64 {
-        self.block_count.div_ceil(64)
-    }
-}
-
-/// The smallest class fitting `size` bytes at `align` (a power of two up to [`MAX_ALIGN`]).
-pub(crate) fn class_for(size: u64, align: u64) -> Option<usize> {
-    let size = size.max(1);
-    CLASSES
-        .iter()
-        .position(|&bs| bs as u64 >= size && bs as u64 % align.max(16) == 0)
-}
-
-fn crc(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes)
-}
-
-/// A decoded chunk header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ChunkHeader {
-    Free { chunks: u32 },
-    Run { class: usize },
-    Large { chunks: u32, size: u64 },
-}
-
-impl ChunkHeader {
-    pub(crate) fn chunks(&self) -> u32 {
-        match *self {
-            ChunkHeader::Free { chunks } | ChunkHeader::Large { chunks, .. } => chunks,
-            ChunkHeader::Run { .. } => 1,
-        }
-    }
-
-    pub(crate) fn encode(&self) -> [u8; CHUNK_HEADER_LEN as usize] {
-        let mut b = [0u8; CHUNK_HEADER_LEN as usize];
-        let (tag, class, geom, data_offset, size) = match *self {
-            ChunkHeader::Free { .. } => (TAG_FREE, 0u32, None, 0u32, 0u64),
-            ChunkHeader::Run { class } => {
-                let g = RunGeom::of_class(class);
-                (TAG_RUN, class as u32, Some(g), g.data_offset as u32, 0)
-            }
-            ChunkHeader::Large { size, .. } => (TAG_LARGE, 0, None, LARGE_DATA_OFFSET as u32, size),
-        };
-        b[0..4].copy_from_slice(&tag);
-        b[4..8].copy_from_slice(&self.chunks().to_le_bytes());
-        b[8..12].copy_from_slice(&class.to_le_bytes());
-        if let Some(g) = geom {
-            b[12..16].copy_from_slice(&(g.block_size as u32).to_le_bytes());
-            b[16..20].copy_from_slice(&(g.block_count as u32).to_le_bytes());
-        }
-        b[20..24].copy_from_slice(&data_offset.to_le_bytes());
-        b[24..32].copy_from_slice(&size.to_le_bytes());
-        let c = crc(&b[0..32]);
-        b[32..36].copy_from_slice(&c.to_le_bytes());
-        b
-    }
-
-    /// Decode and check the header found at file offset `at`.
-    pub(crate) fn decode(b: &[u8], at: u64) -> Result<ChunkHeader> {
-        let corrupt = |what: String| Error::Corrupt { offset: at, what };
-        if b.len() < CHUNK_HEADER_LEN as usize {
-            return Err(corrupt("chunk header cut short".into()));
-        }
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-        let stored = u32_at(32);
-        let computed = crc(&b[0..32]);
-        if stored != computed {
-            return Err(corrupt(format!(
-                "chunk header crc {stored:#010x} != computed {computed:#010x}"
-            )));
-        }
-        if b[36..64].iter().any(|&x| x != 0) {
-            return Err(corrupt("chunk header reserved bytes are not zero".into()));
-        }
-        let tag: [u8; 4] = b[0..4].try_into().expect("4 bytes");
-        let chunks = u32_at(4);
-        let class = u32_at(8) as usize;
-        let size = u64::from_le_bytes(b[24..32].try_into().expect("8 bytes"));
-        let h = match tag {
-            TAG_FREE => ChunkHeader::Free { chunks },
-            TAG_RUN if class < NCLASSES => ChunkHeader::Run { class },
-            TAG_RUN => return Err(corrupt(format!("run of unknown size class {class}"))),
-            TAG_LARGE => ChunkHeader::Large { chunks, size },
-            _ => return Err(corrupt(format!("unknown chunk tag {tag:?}"))),
-        };
-        if chunks == 0 {
-            return Err(corrupt("extent of zero chunks".into()));
-        }
-        // Every field must be exactly what `encode` writes for this header.
-        if h.encode()[..32] != b[..32] {
-            return Err(corrupt(format!(
-                "chunk header fields inconsistent with {h:?}"
-            )));
-        }
-        if let ChunkHeader::Large { chunks, size } = h {
-            if size == 0 || size > chunks as u64 * CHUNK - LARGE_DATA_OFFSET {
-                return Err(corrupt(format!(
-                    "large object of {size} bytes in {chunks} chunks"
-                )));
-            }
-        }
-        Ok(h)
-    }
-}
-
-/// The heap header: the one place the chunk count and the root's identity live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct HeapHeader {
-    pub chunk_count: u64,
-    pub root_size: u64,
-    pub root_fingerprint: u64,
-    pub root_align: u32,
-}
-
-pub(crate) const HEAP_HEADER_LEN: u64 = 64;
-const HEAP_MAGIC: [u8; 8] = *b"TXHEAPHH";
-
-impl HeapHeader {
-    pub(crate) fn encode(&self) -> [u8; HEAP_HEADER_LEN as usize] {
-        let mut b = [0u8; HEAP_HEADER_LEN as usize];
-        b[0..8].copy_from_slice(&HEAP_MAGIC);
-        b[8..16].copy_from_slice(&self.chunk_count.to_le_bytes());
-        b[16..24].copy_from_slice(&self.root_size.to_le_bytes());
-        b[24..32].copy_from_slice(&self.root_fingerprint.to_le_bytes());
-        b[32..36].copy_from_slice(&self.root_align.to_le_bytes());
-        let c = crc(&b[0..60]);
-        b[60..64].copy_from_slice(&c.to_le_bytes());
-        b
-    }
-
-    pub(crate) fn decode(b: &[u8], at: u64) -> Result<HeapHeader> {
-        let corrupt = |what: String| Error::Corrupt { offset: at, what };
-        if b.len() < HEAP_HEADER_LEN as usize || b[0..8] != HEAP_MAGIC {
-            return Err(corrupt("heap header magic missing".into()));
-        }
-        let stored = u32::from_le_bytes(b[60..64].try_into().expect("4 bytes"));
-        let computed = crc(&b[0..60]);
-        if stored != computed {
-            return Err(corrupt(format!(
-                "heap header crc {stored:#010x} != computed {computed:#010x}"
-            )));
-        }
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        let h = HeapHeader {
-            chunk_count: u64_at(8),
-            root_size: u64_at(16),
-            root_fingerprint: u64_at(24),
-            root_align: u32::from_le_bytes(b[32..36].try_into().expect("4 bytes")),
-        };
-        if h.encode() != b[..64] {
-            return Err(corrupt("heap header reserved bytes are not zero".into()));
-        }
-        Ok(h)
-    }
-}
+use crate::limits::{ALIGN_MAX, CHUNK_SIZE, GROW_CHUNKS_MIN};
 
 /// What the allocator needs from the transaction: its view of the file, and growth.
 pub(crate) trait TxMem {
@@ -261,7 +41,7 @@ fn read_u64(mem: &dyn TxMem, off: u64) -> u64 {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct RunState {
+pub(super) struct RunState {
     class: usize,
     /// Free blocks in the transaction's view, not counting blocks it freed (those wait for commit).
     free: u64,
@@ -344,129 +124,7 @@ impl Allocator {
     }
 
     pub(crate) fn chunk_offset(&self, c: u32) -> u64 {
-        self.chunk_area + c as u64 * CHUNK
-    }
-
-    /// Rebuild from the chunk headers: time proportional to the number of extents plus the
-    /// bitmaps of runs, never to the data.
-    pub(crate) fn rebuild(
-        chunk_area: u64,
-        chunk_count: u64,
-        read: &dyn Fn(u64, &mut [u8]),
-    ) -> Result<Allocator> {
-        Self::rebuild_visiting(chunk_area, chunk_count, read, &mut |_, _| {})
-    }
-
-    /// [`Allocator::rebuild`], calling `visit(offset, header)` for every extent header the walk
-    /// decodes (including free extents that the index then coalesces with a neighbour).
-    pub(crate) fn rebuild_visiting(
-        chunk_area: u64,
-        chunk_count: u64,
-        read: &dyn Fn(u64, &mut [u8]),
-        visit: &mut dyn FnMut(u64, &ChunkHeader),
-    ) -> Result<Allocator> {
-        let mut a = Allocator::empty(chunk_area, chunk_count);
-        if chunk_count > u32::MAX as u64 {
-            return Err(Error::Corrupt {
-                offset: chunk_area,
-                what: format!("chunk count {chunk_count} too large"),
-            });
-        }
-        let mut c: u64 = 0;
-        let mut hdr = [0u8; CHUNK_HEADER_LEN as usize];
-        let mut bitmap = Vec::new();
-        while c < chunk_count {
-            let at = a.chunk_offset(c as u32);
-            read(at, &mut hdr);
-            let h = ChunkHeader::decode(&hdr, at)?;
-            visit(at, &h);
-            let n = h.chunks() as u64;
-            if c + n > chunk_count {
-                return Err(Error::Corrupt {
-                    offset: at,
-                    what: format!(
-                        "extent of {n} chunks at chunk {c} runs past the chunk count {chunk_count}"
-                    ),
-                });
-            }
-            match h {
-                ChunkHeader::Free { chunks } => a.insert_coalesced(c as u32, chunks),
-                ChunkHeader::Large { chunks, size } => {
-                    a.large.insert(c as u32, (chunks, size));
-                }
-                ChunkHeader::Run { class } => {
-                    let g = RunGeom::of_class(class);
-                    bitmap.resize((g.bitmap_words() * 8) as usize, 0);
-                    read(at + CHUNK_HEADER_LEN, &mut bitmap);
-                    let mut used = 0u64;
-                    for (w, word) in bitmap.chunks_exact(8).enumerate() {
-                        let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-                        let valid = (g.block_count - w as u64 * 64).min(64);
-                        if valid < 64 && word >> valid != 0 {
-                            return Err(Error::Corrupt {
-                                offset: at + CHUNK_HEADER_LEN + w as u64 * 8,
-                                what: format!(
-                                    "run bitmap marks blocks past the run's {} blocks",
-                                    g.block_count
-                                ),
-                            });
-                        }
-                        used += word.count_ones() as u64;
-                    }
-                    let free = g.block_count - used;
-                    a.runs.insert(
-                        c as u32,
-                        RunState {
-                            class,
-                            free,
-                            hint: 0,
-                        },
-                    );
-                    if free > 0 {
-                        a.partial[class].insert(c as u32);
-                    }
-                }
-            }
-            c += n;
-        }
-        Ok(a)
-    }
-
-    /// The byte ranges `(offset, len)` of the chunk area that a heap with these chunk headers
-    /// reaches: every extent header the walk decodes, each run's bitmap and allocated blocks,
-    /// each large object's bytes. Not reached: free extents' bodies, free blocks, padding.
-    /// For the crash tests' write-ahead check (feature `test-hooks`).
-    #[cfg(feature = "test-hooks")]
-    pub(crate) fn reachable(
-        chunk_area: u64,
-        chunk_count: u64,
-        read: &dyn Fn(u64, &mut [u8]),
-    ) -> Result<Vec<(u64, u64)>> {
-        let mut headers = Vec::new();
-        Self::rebuild_visiting(chunk_area, chunk_count, read, &mut |at, h| {
-            headers.push((at, *h))
-        })?;
-        let mut out = Vec::new();
-        let mut bitmap = Vec::new();
-        for (at, h) in headers {
-            out.push((at, CHUNK_HEADER_LEN));
-            match h {
-                ChunkHeader::Free { .. } => {}
-                ChunkHeader::Large { size, .. } => out.push((at + LARGE_DATA_OFFSET, size)),
-                ChunkHeader::Run { class } => {
-                    let g = RunGeom::of_class(class);
-                    bitmap.resize((g.bitmap_words() * 8) as usize, 0);
-                    read(at + CHUNK_HEADER_LEN, &mut bitmap);
-                    out.push((at + CHUNK_HEADER_LEN, bitmap.len() as u64));
-                    for b in 0..g.block_count {
-                        if bitmap[(b / 8) as usize] >> (b % 8) & 1 == 1 {
-                            out.push((at + g.data_offset + b * g.block_size, g.block_size));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
+        self.chunk_area + c as u64 * CHUNK_SIZE
     }
 
     // ---- raw index edits (journaled for undo) -------------------------------------------
@@ -514,10 +172,10 @@ impl Allocator {
 
     /// Allocate `size` bytes at `align`; returns the object's file offset.
     pub(crate) fn alloc(&mut self, mem: &mut dyn TxMem, size: u64, align: u64) -> Result<u64> {
-        if !align.is_power_of_two() || align > MAX_ALIGN {
+        if !align.is_power_of_two() || align > ALIGN_MAX {
             return Err(Error::UnsupportedAlignment {
                 align,
-                max: MAX_ALIGN,
+                max: ALIGN_MAX,
             });
         }
         match class_for(size, align) {
@@ -601,7 +259,7 @@ impl Allocator {
         let chunks = size
             .checked_add(LARGE_DATA_OFFSET)
             .ok_or_else(too_big)?
-            .div_ceil(CHUNK);
+            .div_ceil(CHUNK_SIZE);
         let chunks = u32::try_from(chunks).map_err(|_| too_big())?;
         let s = self.alloc_extent(mem, chunks)?;
         let at = self.chunk_offset(s);
@@ -644,11 +302,11 @@ impl Allocator {
             .map(|(&s, &l)| (s, l));
         let need = n as u64 - tail.map_or(0, |t| t.1 as u64);
         let max_size = mem.max_size();
-        let max = (max_size.saturating_sub(self.chunk_area) / CHUNK).min(u32::MAX as u64);
-        let new_cc = (cc + need.max(GROW_MIN_CHUNKS).max(cc / 4)).min(max);
+        let max = (max_size.saturating_sub(self.chunk_area) / CHUNK_SIZE).min(u32::MAX as u64);
+        let new_cc = (cc + need.max(GROW_CHUNKS_MIN).max(cc / 4)).min(max);
         if new_cc < cc + need {
             return Err(Error::OutOfSpace {
-                requested: n as u64 * CHUNK,
+                requested: n as u64 * CHUNK_SIZE,
                 max_size,
             });
         }
@@ -680,12 +338,12 @@ impl Allocator {
                 "not inside the chunk area (the root cannot be freed)",
             ));
         }
-        let c64 = (off - self.chunk_area) / CHUNK;
+        let c64 = (off - self.chunk_area) / CHUNK_SIZE;
         if c64 >= self.chunk_count {
             return Err(Error::OutOfBounds {
                 offset: off,
                 len: 0,
-                heap_end: self.chunk_offset(0) + self.chunk_count * CHUNK,
+                heap_end: self.chunk_offset(0) + self.chunk_count * CHUNK_SIZE,
             });
         }
         let c = c64 as u32;
@@ -728,15 +386,15 @@ impl Allocator {
     /// If `off` is the data start of a live large object: its extent's data area
     /// `[off, end of the extent's last chunk)`.
     pub(crate) fn large_extent(&self, off: u64) -> Option<(u64, u64)> {
-        let c = u32::try_from(off.checked_sub(self.chunk_area)? / CHUNK).ok()?;
+        let c = u32::try_from(off.checked_sub(self.chunk_area)? / CHUNK_SIZE).ok()?;
         let &(chunks, _) = self.large.get(&c)?;
         (off == self.chunk_offset(c) + LARGE_DATA_OFFSET)
-            .then(|| (off, self.chunk_offset(c) + chunks as u64 * CHUNK))
+            .then(|| (off, self.chunk_offset(c) + chunks as u64 * CHUNK_SIZE))
     }
 
     /// The usable size of the allocation at `off` (for `realloc`-like helpers and checks).
     pub(crate) fn usable_size(&self, off: u64) -> Option<u64> {
-        let c = u32::try_from(off.checked_sub(self.chunk_area)? / CHUNK).ok()?;
+        let c = u32::try_from(off.checked_sub(self.chunk_area)? / CHUNK_SIZE).ok()?;
         if let Some(rs) = self.runs.get(&c) {
             return Some(CLASSES[rs.class] as u64);
         }
@@ -758,7 +416,7 @@ impl Allocator {
         let Some(rel) = off.checked_sub(self.chunk_area) else {
             return Err(not);
         };
-        let Ok(c) = u32::try_from(rel / CHUNK) else {
+        let Ok(c) = u32::try_from(rel / CHUNK_SIZE) else {
             return Err(not);
         };
         let end = off
@@ -888,8 +546,8 @@ impl Allocator {
         }
         let mut largest = 0;
         for &(n, _) in &self.free_by_len {
-            free += n as u64 * CHUNK;
-            largest = largest.max(n as u64 * CHUNK);
+            free += n as u64 * CHUNK_SIZE;
+            largest = largest.max(n as u64 * CHUNK_SIZE);
         }
         (used, free, largest, classes)
     }
@@ -930,77 +588,5 @@ impl Allocator {
             covered.iter().all(|&x| x == 1),
             "a chunk belongs to nothing"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classes_ascend_and_geometry_fits() {
-        assert_eq!(CLASSES[0], 16);
-        assert_eq!(CLASSES[7], 128);
-        assert_eq!(CLASSES[8], 160);
-        assert_eq!(SMALL_MAX, 65536);
-        for w in CLASSES.windows(2) {
-            assert!(w[0] < w[1]);
-        }
-        for class in 0..NCLASSES {
-            let g = RunGeom::of_class(class);
-            assert!(g.block_count >= 3, "class {class}");
-            assert_eq!(g.data_offset % 64, 0);
-            assert!(g.data_offset >= CHUNK_HEADER_LEN + g.bitmap_words() * 8);
-            assert!(g.data_offset + g.block_count * g.block_size <= CHUNK);
-            // maximal: one more block would not fit
-            let n = g.block_count + 1;
-            let d = (CHUNK_HEADER_LEN + n.div_ceil(64) * 8).div_ceil(64) * 64;
-            assert!(d + n * g.block_size > CHUNK);
-        }
-    }
-
-    #[test]
-    fn class_for_respects_alignment() {
-        assert_eq!(CLASSES[class_for(1, 1).unwrap()], 16);
-        assert_eq!(CLASSES[class_for(17, 8).unwrap()], 32);
-        assert_eq!(CLASSES[class_for(65, 64).unwrap()], 128);
-        assert_eq!(CLASSES[class_for(48, 32).unwrap()], 64);
-        assert!(class_for(65537, 16).is_none());
-    }
-
-    #[test]
-    fn headers_round_trip_and_reject_damage() {
-        for h in [
-            ChunkHeader::Free { chunks: 3 },
-            ChunkHeader::Run { class: 5 },
-            ChunkHeader::Large {
-                chunks: 2,
-                size: 300_000,
-            },
-        ] {
-            let b = h.encode();
-            assert_eq!(ChunkHeader::decode(&b, 0).unwrap(), h);
-            for i in 0..64 {
-                let mut d = b;
-                d[i] ^= 0x10;
-                assert!(
-                    ChunkHeader::decode(&d, 0).is_err(),
-                    "flip at {i} accepted for {h:?}"
-                );
-            }
-        }
-        let hh = HeapHeader {
-            chunk_count: 9,
-            root_size: 16,
-            root_fingerprint: 77,
-            root_align: 8,
-        };
-        assert_eq!(HeapHeader::decode(&hh.encode(), 0).unwrap(), hh);
-        let mut d = hh.encode();
-        d[9] ^= 1;
-        assert!(matches!(
-            HeapHeader::decode(&d, 5),
-            Err(Error::Corrupt { offset: 5, .. })
-        ));
     }
 }

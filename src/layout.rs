@@ -1,0 +1,160 @@
+//! Where things are in an open heap: the fixed offsets from the superblock, the checked access
+//! rule for user pointers, the heap header's one reader, and the root object's identity.
+//!
+//! Owns: `Geometry` (every offset check of a user pointer goes through `Geometry::check`), the
+//! root fingerprint, and reading the heap header from any byte source. May not: touch the
+//! file or the mapping (callers pass a `read` function).
+
+use bytemuck::Pod;
+use txheap_recovery::{Superblock, PAGE_SIZE};
+
+use crate::alloc::{HeapHeader, HEAP_HEADER_LEN};
+use crate::error::{Error, Result};
+use crate::limits::{ALIGN_MAX, CHUNK_SIZE, ROOT_LEN_MAX};
+use crate::pptr::PSlice;
+
+/// Fixed offsets of an open heap.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geometry {
+    pub heap_offset: u64,
+    pub root_offset: u64,
+    pub chunk_area: u64,
+    pub log_offset: u64,
+    pub log_size: u64,
+    pub max_size: u64,
+}
+
+impl Geometry {
+    pub(crate) fn of(sb: &Superblock) -> Geometry {
+        Geometry {
+            heap_offset: sb.heap_offset(),
+            root_offset: sb.heap_offset() + PAGE_SIZE,
+            chunk_area: sb.chunk_area_offset(),
+            log_offset: sb.log_offset(),
+            log_size: sb.log_len,
+            max_size: sb.max_size,
+        }
+    }
+
+    /// End of the chunk area of `chunk_count` chunks.
+    pub(crate) fn heap_end(&self, chunk_count: u64) -> u64 {
+        self.chunk_area + chunk_count * CHUNK_SIZE
+    }
+
+    /// Bytes the elements of `s` span; a length whose bytes overflow is
+    /// [`Error::OutOfBounds`] with the real end of the heap.
+    pub(crate) fn slice_bytes<T>(&self, chunk_count: u64, s: PSlice<T>) -> Result<u64> {
+        s.byte_len().ok_or(Error::OutOfBounds {
+            offset: s.offset(),
+            len: u64::MAX,
+            heap_end: self.heap_end(chunk_count),
+        })
+    }
+
+    /// Check that `[off, off+len)` lies in the root area or the chunk area of `chunk_count`
+    /// chunks, that `off` is aligned, and that the alignment is one the heap supports (above
+    /// [`ALIGN_MAX`] the answer would depend on where a staged copy happens to land).
+    pub(crate) fn check(&self, chunk_count: u64, off: u64, len: u64, align: u64) -> Result<()> {
+        if off == 0 {
+            return Err(Error::NullPointer);
+        }
+        if align > ALIGN_MAX {
+            return Err(Error::UnsupportedAlignment {
+                align,
+                max: ALIGN_MAX,
+            });
+        }
+        if off % align != 0 {
+            return Err(Error::Misaligned { offset: off, align });
+        }
+        let heap_end = self.heap_end(chunk_count);
+        let oob = Error::OutOfBounds {
+            offset: off,
+            len,
+            heap_end,
+        };
+        let end = off.checked_add(len).ok_or(oob)?;
+        let in_root = off >= self.root_offset && end <= self.root_offset + ROOT_LEN_MAX;
+        let in_chunks = off >= self.chunk_area && end <= heap_end;
+        if in_root || in_chunks {
+            Ok(())
+        } else {
+            Err(Error::OutOfBounds {
+                offset: off,
+                len,
+                heap_end,
+            })
+        }
+    }
+}
+
+/// FNV-1a over the type's name, size and alignment: the root's identity in the file.
+pub(crate) fn fingerprint<T>() -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let name = std::any::type_name::<T>().as_bytes();
+    let size = (std::mem::size_of::<T>() as u64).to_le_bytes();
+    let align = (std::mem::align_of::<T>() as u64).to_le_bytes();
+    for &b in name.iter().chain(&size).chain(&align) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Check a root type against what the heap header says.
+pub(crate) fn check_root<T: Pod>(header: &HeapHeader) -> Result<bool> {
+    let size = std::mem::size_of::<T>() as u64;
+    let align = std::mem::align_of::<T>() as u64;
+    if size > ROOT_LEN_MAX {
+        return Err(Error::RootTooLarge {
+            size,
+            max: ROOT_LEN_MAX,
+        });
+    }
+    if align > ALIGN_MAX {
+        return Err(Error::UnsupportedAlignment {
+            align,
+            max: ALIGN_MAX,
+        });
+    }
+    if header.root_size == 0 && header.root_fingerprint == 0 {
+        return Ok(false);
+    }
+    let fp = fingerprint::<T>();
+    if header.root_size != size || header.root_fingerprint != fp {
+        return Err(Error::RootTypeMismatch {
+            stored_size: header.root_size,
+            stored_fingerprint: header.root_fingerprint,
+            requested_size: size,
+            requested_fingerprint: fp,
+        });
+    }
+    Ok(true)
+}
+
+/// Read and check the heap header through `read(offset, buf)`.
+pub(crate) fn read_heap_header(
+    sb: &Superblock,
+    read: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
+) -> Result<HeapHeader> {
+    let mut hb = [0u8; HEAP_HEADER_LEN as usize];
+    read(sb.heap_offset(), &mut hb)?;
+    HeapHeader::decode(&hb, sb.heap_offset())
+}
+
+/// The file length the heap header's chunk count needs; a count past `max_size` is
+/// [`Error::Corrupt`].
+pub(crate) fn needed_len(sb: &Superblock, header: &HeapHeader) -> Result<u64> {
+    let needed = header
+        .chunk_count
+        .checked_mul(CHUNK_SIZE)
+        .and_then(|b| b.checked_add(sb.chunk_area_offset()))
+        .filter(|&n| n <= sb.max_size);
+    needed.ok_or_else(|| Error::Corrupt {
+        offset: sb.heap_offset(),
+        what: format!(
+            "chunk count {} exceeds max_size {}",
+            header.chunk_count, sb.max_size
+        ),
+    })
+}

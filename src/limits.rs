@@ -1,0 +1,26 @@
+//! Every bound the heap enforces, in one place, named with the qualifier last (`ALIGN_MAX`,
+//! `ROOT_LEN_MAX`). docs/ARCHITECTURE.md's limits table lists them with the error each gives.
+//!
+//! Owns: the numbers. May not: depend on any other module of the crate.
+
+/// Bytes of a chunk: the allocator's unit of space (runs and large extents are whole chunks).
+pub(crate) use txheap_recovery::CHUNK_SIZE;
+
+/// The largest root object, in bytes: the size of the root area.
+///
+/// ```
+/// assert_eq!(txheap::ROOT_LEN_MAX, 4096);
+/// ```
+pub const ROOT_LEN_MAX: u64 = 4096;
+
+/// The largest alignment a stored type may have (`Error::UnsupportedAlignment` above it).
+pub(crate) const ALIGN_MAX: u64 = 64;
+
+/// The largest `max_size` and `log_size` the format addresses: offsets stay far from overflow.
+pub(crate) const FILE_SIZE_MAX: u64 = 1 << 56;
+
+/// Under `Durability::None`, flush private pages to the file once this many are held.
+pub(crate) const PENDING_PAGES_MAX: usize = 16384;
+
+/// Growth step: the heap grows by at least this many chunks (2 MiB), or a quarter of its size.
+pub(crate) const GROW_CHUNKS_MIN: u64 = 8;

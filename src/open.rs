@@ -1,0 +1,429 @@
+//! Creating and opening heap files: locking, mapping, recovery glue and the allocator rebuild.
+//!
+//! Owns: the steps from a path to the parts of an open heap (`Opened`): create (built under a
+//! temporary name, linked into place once complete), writable open (reserve the mapping, check
+//! the heap as replay will leave it, recover, grow the file to its chunk count), read-only open
+//! (replay into private pages only), and the allocator rebuild every open ends with. May not:
+//! encode frames or superblocks (the recovery crate does), or run transactions.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use txheap_recovery::{self as recovery, RecoveryError, Slot, Storage, Superblock, HEAP_META_LEN};
+
+use crate::alloc::{Allocator, HeapHeader, HEAP_HEADER_LEN};
+use crate::error::{Error, Result};
+use crate::layout::{needed_len, read_heap_header, Geometry};
+use crate::options::{Durability, Options};
+use crate::shared::Shared;
+use crate::storage::FileStorage;
+use crate::sys::{self, Mapping};
+use crate::writer::Writer;
+
+/// The parts of an open heap, before the facade wraps them.
+pub(crate) struct Opened {
+    pub shared: Shared,
+    pub writer: Writer,
+}
+
+/// Where the log stands after an open: the superblock in force and its slot, the log tail and
+/// the next transaction id.
+struct LogState {
+    sb: Superblock,
+    slot: Slot,
+    tail: u64,
+    next_txid: u64,
+}
+
+fn lock_file(file: &File, path: &Path, exclusive: bool) -> Result<()> {
+    match sys::try_flock(file, exclusive) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::Locked {
+            path: path.to_path_buf(),
+        }),
+        Err(e) => Err(Error::io("flock", 0, e)),
+    }
+}
+
+/// A failed `open(2)` of an existing heap: a missing file is [`Error::NotFound`].
+fn open_error(path: &Path, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::NotFound {
+        Error::NotFound {
+            path: path.to_path_buf(),
+        }
+    } else {
+        Error::io("open", 0, e)
+    }
+}
+
+/// Map the file over `max_size` bytes of address space; a refusal for lack of address space is
+/// [`Error::AddressSpace`], naming the size. (ENOMEM from the kernel; EINVAL under some
+/// emulators, such as valgrind, for a length they cannot place: the fd is a regular file, the
+/// offset 0 and the flags fixed, so the size is the only argument that can be refused.)
+fn map_file(file: &File, sb: &Superblock, len: u64, writable: bool) -> Result<Mapping> {
+    Mapping::new(file, sb.max_size, len.min(sb.max_size), writable).map_err(|e| {
+        if matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::EINVAL)) {
+            Error::AddressSpace {
+                max_size: sb.max_size,
+                source: e,
+            }
+        } else {
+            Error::io("map file", 0, e)
+        }
+    })
+}
+
+fn stat(storage: &FileStorage) -> Result<u64> {
+    storage.len().map_err(|e| Error::io("stat", 0, e))
+}
+
+/// A new storage handle on `file`; `window` bytes at its start may take range barriers.
+fn new_storage(file: &Arc<File>, options: &Options, window: u64) -> Result<FileStorage> {
+    #[allow(unused_mut)]
+    let mut st = FileStorage::new(file.clone(), window).map_err(|e| Error::io("storage", 0, e))?;
+    #[cfg(feature = "test-hooks")]
+    {
+        st.hooks.trace = options.trace.clone();
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    let _ = options;
+    Ok(st)
+}
+
+/// Create a new heap file at `path` (see `Heap::create`).
+pub(crate) fn create(path: &Path, options: &Options) -> Result<Opened> {
+    options.validate()?;
+    phase!(CREATE);
+    if path.symlink_metadata().is_ok() {
+        return Err(Error::AlreadyExists {
+            path: path.to_path_buf(),
+        });
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().ok_or_else(|| Error::InvalidOptions {
+        what: format!("{} has no file name", path.display()),
+    })?;
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let tmp = dir.join(format!(
+        ".{}.txheap-new-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("create temporary file", 0, e))?;
+    // Everything that can fail, including the reservation of `max_size` bytes of address
+    // space, happens before the file is linked into place: a create that fails leaves nothing
+    // at `path`.
+    let built = build_new(path, &tmp, file, options);
+    let _ = std::fs::remove_file(&tmp);
+    let opened = built?;
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", 0, e))?;
+    Ok(opened)
+}
+
+/// Format `file` (at `tmp`), open it, and link it to `path`.
+fn build_new(path: &Path, tmp: &Path, file: File, options: &Options) -> Result<Opened> {
+    lock_file(&file, path, true)?;
+    let shared_file = Arc::new(file.try_clone().map_err(|e| Error::io("dup", 0, e))?);
+    let mut st = new_storage(&shared_file, &Options::new(), 0)?;
+    let sb = recovery::format(&mut st, options.log_size, options.max_size)?;
+    let geo = Geometry::of(&sb);
+    st.write_at(geo.heap_offset, &HeapHeader::default().encode())
+        .map_err(|e| Error::io("write heap header", geo.heap_offset, e))?;
+    let zeros = vec![0u8; (HEAP_META_LEN - HEAP_HEADER_LEN) as usize];
+    st.write_at(geo.heap_offset + HEAP_HEADER_LEN, &zeros)
+        .map_err(|e| Error::io("write root area", geo.heap_offset, e))?;
+    let len = options.initial_size.max(geo.chunk_area);
+    st.grow(len)
+        .map_err(|e| Error::io("preallocate (posix_fallocate)", geo.chunk_area, e))?;
+    st.barrier_all()
+        .map_err(|e| Error::io("fdatasync new file", 0, e))?;
+    let opened = from_file(path, file, options, false)?;
+    std::fs::hard_link(tmp, path).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            Error::AlreadyExists {
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::io("link new file into place", 0, e)
+        }
+    })?;
+    Ok(opened)
+}
+
+/// Open an existing heap for writing, recovering it (see `Heap::open`).
+pub(crate) fn open(path: &Path, options: &Options) -> Result<Opened> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| open_error(path, e))?;
+    lock_file(&file, path, true)?;
+    from_file(path, file, options, false)
+}
+
+/// Open an existing heap read-only (see `Heap::open_read_only`).
+pub(crate) fn open_read_only(path: &Path) -> Result<Opened> {
+    let file = OpenOptions::new()
+        .read(true)
+        .open(path)
+        .map_err(|e| open_error(path, e))?;
+    lock_file(&file, path, false)?;
+    from_file(path, file, &Options::new(), true)
+}
+
+fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Result<Opened> {
+    phase!(OPEN);
+    let file = Arc::new(file);
+    let mut storage = new_storage(&file, options, 0)?;
+    let (log, map) = if read_only {
+        replay_read_only(&file, &storage)?
+    } else {
+        recover_writable(&file, &mut storage, options.durability)?
+    };
+    let geo = Geometry::of(&log.sb);
+    let (alloc, header) = rebuild(&log.sb, &map)?;
+    let storage = if read_only {
+        storage
+    } else {
+        new_storage(&file, options, geo.heap_offset)?
+    };
+    let writer = Writer::new(
+        storage,
+        (log.sb, log.slot),
+        (log.tail, log.next_txid),
+        alloc,
+        header,
+    );
+    let shared = Shared::new(
+        path.to_path_buf(),
+        file,
+        map,
+        geo,
+        read_only,
+        options.durability,
+        header,
+    );
+    phase!(IDLE);
+    Ok(Opened { shared, writer })
+}
+
+/// Read-only: map the file privately and replay committed frames into the mapping only.
+fn replay_read_only(file: &File, storage: &FileStorage) -> Result<(LogState, Mapping)> {
+    let (sb, slot) = recovery::select_superblock(storage)?;
+    let len = stat(storage)?;
+    if len < sb.min_file_len() {
+        return Err(Error::Truncated {
+            len,
+            needed: sb.min_file_len(),
+        });
+    }
+    let map = map_file(file, &sb, len, true)?;
+    let mut apply = |off: u64, bytes: &[u8]| -> std::result::Result<(), RecoveryError> {
+        let end = off + bytes.len() as u64;
+        if end > map.mapped_len() && end <= map.reserved_len() {
+            // A committed frame writes past the file's end: its growth was lost in a crash. A
+            // writable open grows the file with zeros and replays; here private zero pages stand
+            // in for the missing part.
+            // SAFETY: page-aligned, and no slice into the mapping exists yet.
+            unsafe { map.zero_tail(len.div_ceil(sys::PAGE as u64) * sys::PAGE as u64) }.map_err(
+                |e| RecoveryError::Io {
+                    op: "map zero pages past the file's end",
+                    offset: len,
+                    source: e,
+                },
+            )?;
+        }
+        if end > map.mapped_len() {
+            return Err(RecoveryError::Truncated { len, needed: end });
+        }
+        // SAFETY: in bounds (checked above), the mapping is writable and private, and no slice
+        // into it exists yet (the heap is not built).
+        unsafe { map.write_private(off, bytes) };
+        Ok(())
+    };
+    let scan = recovery::scan_log(storage, &sb, &mut apply)?;
+    let log = LogState {
+        sb,
+        slot,
+        tail: scan.end_offset,
+        next_txid: scan.next_txid,
+    };
+    Ok((log, map))
+}
+
+/// Writable: reserve the mapping, recover (check the heap as replay will leave it, replay,
+/// checkpoint), then grow the file to its chunk count.
+fn recover_writable(
+    file: &File,
+    storage: &mut FileStorage,
+    durability: Durability,
+) -> Result<(LogState, Mapping)> {
+    // Reserve the address space first: a refusal for lack of it must come before recovery
+    // writes a byte. (The mapping is private and nothing reads it until the heap is built;
+    // recovery's pwrites show through it like any file change.)
+    let (sb0, _) = recovery::select_superblock(&*storage)?;
+    let map = map_file(file, &sb0, stat(storage)?, durability == Durability::None)?;
+    // Frames to replay: first check the heap as replay will leave it (header, chunk count, every
+    // chunk header and run bitmap), so that a damaged heap is refused before recovery writes a
+    // byte.
+    let rec = recovery::recover_checked(storage, |sb, view| -> Result<()> {
+        let header = read_heap_header(sb, &mut |off, buf| Ok(view.read(off, buf)?))?;
+        needed_len(sb, &header)?;
+        let failed = std::cell::Cell::new(None);
+        let read = |off: u64, buf: &mut [u8]| {
+            if let Err(e) = view.read(off, buf) {
+                buf.fill(0);
+                failed.set(Some(e));
+            }
+        };
+        let walked = Allocator::rebuild(Geometry::of(sb).chunk_area, header.chunk_count, &read);
+        match failed.into_inner() {
+            Some(e) => Err(e.into()),
+            None => walked.map(|_| ()),
+        }
+    })?;
+    phase!(OPEN_REBUILD);
+    let sb = rec.superblock;
+    // A checkpoint keeps the geometry, so the reservation made above still fits.
+    if sb.max_size != sb0.max_size {
+        return Err(Error::Corrupt {
+            offset: 0,
+            what: format!(
+                "the superblock's max_size changed during recovery ({} -> {})",
+                sb0.max_size, sb.max_size
+            ),
+        });
+    }
+    grow_to_chunk_count(file, storage, &sb)?;
+    let len = stat(storage)?;
+    map.extend(len.min(sb.max_size))
+        .map_err(|e| Error::io("map grown file", len, e))?;
+    let (tail, next_txid) = if rec.checkpointed {
+        (0, sb.next_txid)
+    } else {
+        (rec.scan.end_offset, rec.scan.next_txid)
+    };
+    let log = LogState {
+        sb,
+        slot: rec.slot,
+        tail,
+        next_txid,
+    };
+    Ok((log, map))
+}
+
+/// Committed frames may reference chunks whose growth did not survive a power cut: grow the
+/// file to the chunk count. But first walk the chunk headers as they are (bytes past the end
+/// read as zeros, which no valid header is), so that a damaged heap header is refused before
+/// the file changes, not after it grew.
+fn grow_to_chunk_count(file: &File, storage: &mut FileStorage, sb: &Superblock) -> Result<()> {
+    let read = |off: u64, buf: &mut [u8]| {
+        buf.fill(0);
+        let mut done = 0;
+        while done < buf.len() {
+            match file.read_at(&mut buf[done..], off + done as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => done += n,
+            }
+        }
+    };
+    let header = read_heap_header(sb, &mut |off, buf| {
+        read(off, buf);
+        Ok(())
+    })?;
+    let needed = needed_len(sb, &header)?;
+    if needed > stat(storage)? {
+        Allocator::rebuild(Geometry::of(sb).chunk_area, header.chunk_count, &read)?;
+    }
+    storage
+        .grow(needed)
+        .map_err(|e| Error::io("grow file to its chunk count", needed, e))
+}
+
+/// The allocator and the heap header, rebuilt from the mapping as recovery left it.
+fn rebuild(sb: &Superblock, map: &Mapping) -> Result<(Allocator, HeapHeader)> {
+    let geo = Geometry::of(sb);
+    let read = |off: u64, buf: &mut [u8]| {
+        // SAFETY: the heap is not shared yet, so nothing writes the mapping while we read it;
+        // the header lies below min_file_len and every chunk header below `needed`, both
+        // mapped (checked before each read below).
+        buf.copy_from_slice(unsafe { map.slice(off, buf.len()) })
+    };
+    let header = read_heap_header(sb, &mut |off, buf| {
+        if off + buf.len() as u64 > map.mapped_len() {
+            return Err(Error::Truncated {
+                len: map.mapped_len(),
+                needed: off + buf.len() as u64,
+            });
+        }
+        read(off, buf);
+        Ok(())
+    })?;
+    let needed = needed_len(sb, &header)?;
+    if map.mapped_len() < needed {
+        return Err(Error::Truncated {
+            len: map.mapped_len(),
+            needed,
+        });
+    }
+    let alloc = Allocator::rebuild(geo.chunk_area, header.chunk_count, &read)?;
+    Ok((alloc, header))
+}
+
+/// The byte ranges `(offset, len)` of a heap file image that its heap reaches as the image
+/// stands (no log replay): the heap header, the root area, every chunk header, each run's
+/// bitmap and allocated blocks, each large object. A write anywhere else in the heap region
+/// changes nothing that an open could see. The crash tests' write-ahead check calls it on the
+/// durable image as recovery would leave it. Feature `test-hooks`.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let p = dir.path().join("r.heap");
+/// let heap = txheap::Heap::create(&p, txheap::Options::new())?;
+/// let obj = heap.transaction(|tx| tx.alloc(7u64))?;
+/// heap.close()?;
+/// let ranges = txheap::reachable_ranges(&std::fs::read(&p).unwrap())?;
+/// assert!(ranges.iter().any(|&(o, l)| o <= obj.offset() && obj.offset() + 8 <= o + l));
+/// # Ok::<(), txheap::Error>(())
+/// ```
+#[cfg(feature = "test-hooks")]
+pub fn reachable_ranges(image: &[u8]) -> Result<Vec<(u64, u64)>> {
+    let storage = txheap_recovery::MemStorage::from_bytes(image.to_vec());
+    let (sb, _) = recovery::select_superblock(&storage)?;
+    let geo = Geometry::of(&sb);
+    let read = |off: u64, buf: &mut [u8]| {
+        buf.fill(0);
+        let start = (off as usize).min(image.len());
+        let end = (off as usize).saturating_add(buf.len()).min(image.len());
+        buf[..end - start].copy_from_slice(&image[start..end]);
+    };
+    let header = read_heap_header(&sb, &mut |off, buf| {
+        read(off, buf);
+        Ok(())
+    })?;
+    let mut out = vec![
+        (geo.heap_offset, HEAP_HEADER_LEN),
+        (geo.root_offset, crate::limits::ROOT_LEN_MAX),
+    ];
+    out.extend(Allocator::reachable(
+        geo.chunk_area,
+        header.chunk_count,
+        &read,
+    )?);
+    Ok(out)
+}

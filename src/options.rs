@@ -1,0 +1,209 @@
+//! Options, durability settings and the figures `Heap::stats` reports.
+//!
+//! Owns: the public configuration types and their validation. May not: touch the file; the
+//! open path (`open.rs`) reads these values.
+
+use txheap_recovery::{HEAP_META_LEN, LOG_LEN_MIN, LOG_OFFSET, PAGE_SIZE};
+
+use crate::alloc::ClassStats;
+use crate::error::{Error, Result};
+use crate::limits::{CHUNK_SIZE, FILE_SIZE_MAX};
+use crate::storage::IoCounters;
+
+/// When a commit is durable.
+///
+/// ```
+/// use txheap::{Durability, Options};
+/// let o = Options::new().durability(Durability::None);
+/// assert_eq!(Durability::default(), Durability::Full);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every commit barriers its log frame before `transaction` returns: survives power loss.
+    #[default]
+    Full,
+    /// No barrier in the commit path. Survives SIGKILL; after a power cut the heap is a committed
+    /// prefix (possibly missing the newest acknowledged transactions), never torn.
+    /// [`Heap::flush`] makes everything committed so far durable.
+    None,
+}
+
+/// How to create or open a heap (builder style).
+///
+/// ```
+/// use txheap::Options;
+/// # let dir = tempfile::tempdir().unwrap();
+/// let o = Options::new().initial_size(8 << 20).max_size(1 << 30).log_size(4 << 20);
+/// let heap = txheap::Heap::create(dir.path().join("o.heap"), o)?;
+/// let s = heap.stats()?;
+/// assert_eq!((s.max_size, s.log_size), (1 << 30, 4 << 20));
+/// # Ok::<(), txheap::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) initial_size: u64,
+    pub(crate) max_size: u64,
+    pub(crate) log_size: u64,
+    pub(crate) durability: Durability,
+    #[cfg(feature = "test-hooks")]
+    pub(crate) trace: Option<crate::Trace>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            initial_size: 4 << 20,
+            max_size: 16 << 30,
+            log_size: 16 << 20,
+            durability: Durability::Full,
+            #[cfg(feature = "test-hooks")]
+            trace: None,
+        }
+    }
+}
+
+impl Options {
+    /// Defaults: 4 MiB initial file, 16 GiB maximum, 16 MiB log, `Durability::Full`.
+    ///
+    /// ```
+    /// let o = txheap::Options::new();
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Bytes to preallocate for a new file (at least its metadata). Only used by create.
+    ///
+    /// ```
+    /// let o = txheap::Options::new().initial_size(1 << 20);
+    /// ```
+    pub fn initial_size(mut self, bytes: u64) -> Self {
+        self.initial_size = bytes;
+        self
+    }
+    /// Largest size the file may grow to; this much address space is reserved at open. Only used
+    /// by create (an existing file keeps its own).
+    ///
+    /// ```
+    /// let o = txheap::Options::new().max_size(64 << 30);
+    /// ```
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = bytes;
+        self
+    }
+    /// Bytes of the log region (a multiple of 4096, at least 64 KiB). A transaction's redo frame
+    /// must fit in it. Only used by create.
+    ///
+    /// ```
+    /// let o = txheap::Options::new().log_size(1 << 20);
+    /// ```
+    pub fn log_size(mut self, bytes: u64) -> Self {
+        self.log_size = bytes;
+        self
+    }
+    /// Commit durability for this handle.
+    ///
+    /// ```
+    /// let o = txheap::Options::new().durability(txheap::Durability::Full);
+    /// ```
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    /// Record every write, barrier and growth of the file by the opened handle (feature
+    /// `test-hooks`, for the crash simulator).
+    ///
+    /// ```
+    /// let trace = txheap::Trace::default();
+    /// let o = txheap::Options::new().record(trace.clone());
+    /// ```
+    #[cfg(feature = "test-hooks")]
+    pub fn record(mut self, trace: crate::Trace) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::InvalidOptions { what });
+        if self.log_size % PAGE_SIZE != 0 || !(LOG_LEN_MIN..=FILE_SIZE_MAX).contains(&self.log_size)
+        {
+            return bad(format!(
+                "log_size {} must be a multiple of {PAGE_SIZE}, at least {LOG_LEN_MIN} and at most {FILE_SIZE_MAX}",
+                self.log_size
+            ));
+        }
+        if self.max_size > FILE_SIZE_MAX {
+            return bad(format!(
+                "max_size {} exceeds {FILE_SIZE_MAX}",
+                self.max_size
+            ));
+        }
+        let meta = LOG_OFFSET + self.log_size + HEAP_META_LEN;
+        if self.max_size % PAGE_SIZE != 0 || self.max_size < meta + CHUNK_SIZE {
+            return bad(format!(
+                "max_size {} must be a multiple of {PAGE_SIZE} and at least {} (metadata plus one chunk)",
+                self.max_size,
+                meta + CHUNK_SIZE
+            ));
+        }
+        if self.initial_size > self.max_size {
+            return bad(format!(
+                "initial_size {} exceeds max_size {}",
+                self.initial_size, self.max_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Space and activity figures of a heap.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// let heap = txheap::Heap::create(dir.path().join("s.heap"), txheap::Options::new()).unwrap();
+/// heap.transaction(|tx| tx.alloc(5u64).map(|_| ())).unwrap();
+/// let s = heap.stats().unwrap();
+/// assert_eq!(s.used_bytes, 16);
+/// assert_eq!(s.commits, 1);
+/// println!("on {} (volatile: {})", s.filesystem, s.volatile_storage);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Length of the file.
+    pub file_len: u64,
+    /// Bytes of the chunk area in use (chunks × 256 KiB).
+    pub heap_bytes: u64,
+    /// Bytes in live allocations (block sizes for small objects, requested sizes for large).
+    pub used_bytes: u64,
+    /// Bytes free: free blocks in runs plus free chunks.
+    pub free_bytes: u64,
+    /// The largest contiguous free extent in bytes (the largest large object that fits without growing).
+    pub largest_free_extent: u64,
+    /// Per size class, ascending by block size.
+    pub classes: Vec<ClassStats>,
+    /// Bytes of the log region (`Options::log_size` at create).
+    pub log_size: u64,
+    /// Bytes of the log holding frames since the last checkpoint.
+    pub log_used: u64,
+    /// The file's maximum size (fixed at create).
+    pub max_size: u64,
+    /// The current superblock's sequence number (one more per checkpoint).
+    pub superblock_seq: u64,
+    /// The current log generation.
+    pub log_generation: u64,
+    /// The id the next committed transaction will get.
+    pub next_txid: u64,
+    /// Transactions committed through this handle.
+    pub commits: u64,
+    /// Checkpoints through this handle.
+    pub checkpoints: u64,
+    /// System calls issued by this handle's writer.
+    pub io: IoCounters,
+    /// The filesystem the file lives on (`"ext4"`, `"xfs"`, `"tmpfs"`, ...; `"unknown (magic
+    /// 0x...)"` for others).
+    pub filesystem: String,
+    /// Whether that filesystem keeps files in memory only (tmpfs, ramfs): then nothing survives
+    /// a power cut or a reboot, whatever the durability. `Durability::Full` still protects
+    /// against a killed process.
+    pub volatile_storage: bool,
+}

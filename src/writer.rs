@@ -1,0 +1,413 @@
+//! The writer: the whole commit protocol in one place, plus flush and checkpoint.
+//!
+//! Owns: the durable write path. `Writer::commit` takes a [`CommitPlan`] (built by the
+//! transaction: the staged ranges, which pieces go in place, the frame, the new heap header)
+//! and runs docs/ARCHITECTURE.md section 3's steps in order: in-place bytes, their barrier or a
+//! checkpoint, room in the log, append, barrier, apply, finish. It also owns the log tail, the
+//! transaction ids, the superblock slot, the allocator's committed state and, under
+//! `Durability::None`, the private pages not yet written to the file. May not: know
+//! transactions or user types (it never imports `tx`), or write the file except through
+//! `FileStorage`.
+//!
+//! Assertions (always on, cheap) state the invariants where bytes cross to disk: a frame is
+//! never appended while another commit is in flight, and fits the log; transaction ids advance
+//! by one; applied ranges lie inside the mapped heap; in-place pieces tile their range and
+//! never cover a chunk's first 64 bytes.
+
+use std::collections::BTreeSet;
+
+use txheap_recovery::txheap_log::FrameBuilder;
+use txheap_recovery::{self as recovery, Slot, Storage, Superblock, PAGE_SIZE};
+
+use crate::alloc::{Allocator, HeapHeader, CHUNK_HEADER_LEN};
+use crate::error::{Error, Result};
+use crate::limits::{CHUNK_SIZE, PENDING_PAGES_MAX};
+use crate::options::{Durability, Stats};
+use crate::shared::Shared;
+use crate::stage::Stage;
+use crate::storage::FileStorage;
+use crate::sys;
+
+/// Everything only the writer touches (behind the heap's writer mutex).
+pub(crate) struct Writer {
+    pub storage: FileStorage,
+    sb: Superblock,
+    slot: Slot,
+    log_tail: u64,
+    next_txid: u64,
+    /// Log bytes written since the last barrier (Durability::None), absolute offsets.
+    unsynced: Option<(u64, u64)>,
+    pub alloc: Allocator,
+    /// The committed heap header.
+    pub header: HeapHeader,
+    /// The frame of the commit in progress (reused between commits).
+    pub frame: FrameBuilder,
+    /// Pages holding private copy-on-write bytes not yet written to the file (Durability::None).
+    pending_pages: BTreeSet<u64>,
+    /// Set while a commit is between writing its frame and finishing apply.
+    in_commit: bool,
+    commits: u64,
+    checkpoints: u64,
+}
+
+/// What a transaction asks the writer to commit. The frame itself is in `Writer::frame`.
+pub(crate) struct CommitPlan<'a> {
+    /// Every staged range: user data and allocator metadata.
+    pub stage: &'a mut Stage,
+    /// Data areas of large extents this transaction allocated from free space (under `Full`):
+    /// their bytes go in place instead of through the log.
+    pub fresh: Vec<(u64, u64)>,
+    pub chunk_area: u64,
+    /// The heap header after this transaction.
+    pub header: HeapHeader,
+    /// Whether any staged byte goes in place (set while building the frame).
+    pub in_place: bool,
+}
+
+/// Whether `[off, off+len)` lies inside one of `areas`.
+pub(crate) fn inside(areas: &[(u64, u64)], off: u64, len: u64) -> bool {
+    areas.iter().any(|&(a, b)| a <= off && off + len <= b)
+}
+
+impl CommitPlan<'_> {
+    /// Call `f(offset, bytes, in_place)` for the pieces of every staged range, in offset order.
+    /// Bytes inside a fresh extent go in place, except the first 64 bytes of every chunk: free
+    /// extents are coalesced only in memory, so on disk an interior chunk of a fresh extent may
+    /// still start with a `FREE` header that recovery walks if this transaction does not commit.
+    /// Those bytes go through the log. Allocates nothing (it runs for every range of every
+    /// commit).
+    pub(crate) fn for_each_piece(
+        &mut self,
+        mut f: impl FnMut(u64, &[u8], bool) -> Result<()>,
+    ) -> Result<()> {
+        let (fresh, chunk_area) = (&self.fresh, self.chunk_area);
+        for (off, bytes) in self.stage.ranges() {
+            let len = bytes.len() as u64;
+            if !inside(fresh, off, len) {
+                f(off, bytes, false)?;
+                continue;
+            }
+            let end = off + len;
+            let mut p = off;
+            while p < end {
+                let rel = (p - chunk_area) % CHUNK_SIZE;
+                let (q, in_place) = if rel < CHUNK_HEADER_LEN {
+                    ((p - rel + CHUNK_HEADER_LEN).min(end), false)
+                } else {
+                    ((p - rel + CHUNK_SIZE).min(end), true)
+                };
+                assert!(
+                    !in_place || (p - chunk_area) % CHUNK_SIZE >= CHUNK_HEADER_LEN,
+                    "an in-place piece at {p} covers a chunk header"
+                );
+                f(p, &bytes[(p - off) as usize..(q - off) as usize], in_place)?;
+                p = q;
+            }
+            assert_eq!(p, end, "pieces do not tile the staged range at {off}");
+        }
+        Ok(())
+    }
+}
+
+impl Writer {
+    pub(crate) fn new(
+        storage: FileStorage,
+        (sb, slot): (Superblock, Slot),
+        (log_tail, next_txid): (u64, u64),
+        alloc: Allocator,
+        header: HeapHeader,
+    ) -> Writer {
+        Writer {
+            storage,
+            sb,
+            slot,
+            log_tail,
+            next_txid,
+            unsynced: None,
+            alloc,
+            header,
+            frame: FrameBuilder::new(),
+            pending_pages: BTreeSet::new(),
+            in_commit: false,
+            commits: 0,
+            checkpoints: 0,
+        }
+    }
+
+    /// Whether a commit was interrupted between writing its frame and finishing apply (by a
+    /// panic): the heap must be poisoned.
+    pub(crate) fn interrupted(&self) -> bool {
+        self.in_commit
+    }
+
+    /// Commit `plan`, whose frame is in `self.frame`: the protocol of docs/ARCHITECTURE.md
+    /// section 3, steps 5-7. Returns once the frame is in the log (durable under `Full`) and
+    /// applied where readers see it.
+    pub(crate) fn commit(&mut self, sh: &Shared, mut plan: CommitPlan<'_>) -> Result<()> {
+        if plan.in_place {
+            self.write_in_place(sh, &mut plan)?;
+        }
+        self.ensure_log_room(sh, self.frame.encoded_len() as u64)?;
+        #[cfg(feature = "test-hooks")]
+        if recovery::sabotage::active(recovery::sabotage::APPLY_BEFORE_LOG) {
+            // Broken on purpose (crash tests only): heap pages change before the frame exists.
+            let storage = &mut self.storage;
+            plan.for_each_piece(|at, piece, in_place| {
+                if !in_place {
+                    storage
+                        .write_at(at, piece)
+                        .map_err(|e| sh.fail("sabotage apply", at, e))?;
+                }
+                Ok(())
+            })?;
+        }
+        // The commit point: the frame, made durable (under Full) by msync of its pages.
+        self.append_frame(sh)?;
+        // From here on the transaction is committed: apply it where readers will see it.
+        self.apply(sh, &mut plan)?;
+        self.finish_commit(sh, plan.header)
+    }
+
+    /// Step 5a: write the in-place pieces and make them durable *before* the frame can be:
+    /// otherwise a power cut could keep a complete frame (the commit replays) and lose part of
+    /// the bytes. The frame must fit the log at all before anything is written (a transaction
+    /// that is too large must fail without touching the file).
+    fn write_in_place(&mut self, sh: &Shared, plan: &mut CommitPlan<'_>) -> Result<()> {
+        phase!(IN_PLACE);
+        let len = self.frame.encoded_len() as u64;
+        if len > sh.geo.log_size {
+            return Err(Error::TransactionTooLarge {
+                bytes: len,
+                log_size: sh.geo.log_size,
+            });
+        }
+        {
+            // The pwrites are visible through the mapping at once (MAP_PRIVATE pages not yet
+            // copied show the page cache), and a reader may hold a slice over this extent
+            // through a stale pointer from before it was freed: hold the view lock for writing
+            // so that no reader's bytes change under it.
+            let _view = sh.view.write().unwrap_or_else(|e| e.into_inner());
+            let storage = &mut self.storage;
+            plan.for_each_piece(|at, piece, in_place| {
+                if in_place {
+                    storage
+                        .write_at(at, piece)
+                        .map_err(|e| sh.fail("pwrite in place", at, e))?;
+                }
+                Ok(())
+            })?;
+        }
+        failpoint!("commit.after_in_place");
+        if self.log_tail > 0 {
+            // An older frame in the log may have written into this extent while it was a live
+            // object; replaying it after a crash would overwrite the in-place bytes. So the log
+            // must be empty, and the checkpoint's fdatasync also makes the in-place bytes
+            // durable. (Until its superblock switch, a crash recovers the old state: the extent
+            // is free, the bytes garbage in free space.)
+            self.checkpoint(sh)
+        } else {
+            self.storage
+                .barrier_all()
+                .map_err(|e| sh.fail("fdatasync in-place data", 0, e))
+        }
+    }
+
+    /// Make room for a frame of `len` bytes, checkpointing if the log is too full.
+    fn ensure_log_room(&mut self, sh: &Shared, len: u64) -> Result<()> {
+        if len > sh.geo.log_size {
+            return Err(Error::TransactionTooLarge {
+                bytes: len,
+                log_size: sh.geo.log_size,
+            });
+        }
+        if self.log_tail + len > sh.geo.log_size {
+            self.checkpoint(sh)?;
+        }
+        Ok(())
+    }
+
+    /// Step 5: write the finished frame at the log tail and, under `Full`, barrier it.
+    fn append_frame(&mut self, sh: &Shared) -> Result<()> {
+        let len = self.frame.encoded_len() as u64;
+        assert!(
+            !self.in_commit,
+            "a frame appended while a commit is in flight"
+        );
+        assert!(
+            self.log_tail + len <= sh.geo.log_size,
+            "frame of {len} bytes at log tail {} overruns the {}-byte log",
+            self.log_tail,
+            sh.geo.log_size
+        );
+        let at = sh.geo.log_offset + self.log_tail;
+        let frame = self.frame.finish(self.sb.generation, self.next_txid);
+        self.in_commit = true;
+        phase!(LOG_WRITE);
+        self.storage
+            .write_at(at, frame)
+            .map_err(|e| sh.fail("pwrite log frame", at, e))?;
+        failpoint!("commit.after_log_write");
+        match sh.durability {
+            Durability::Full => {
+                phase!(LOG_BARRIER);
+                self.storage
+                    .barrier(at, len)
+                    .map_err(|e| sh.fail("msync log frame", at, e))?;
+                failpoint!("commit.after_log_barrier");
+            }
+            Durability::None => {
+                let (a, _) = self.unsynced.unwrap_or((at, at));
+                self.unsynced = Some((a, at + len));
+            }
+        }
+        self.log_tail += len;
+        self.next_txid = self
+            .next_txid
+            .checked_add(1)
+            .expect("transaction ids advance by one and never wrap");
+        Ok(())
+    }
+
+    /// Step 6: apply every logged piece where readers see it, under the view lock.
+    fn apply(&mut self, sh: &Shared, plan: &mut CommitPlan<'_>) -> Result<()> {
+        let mut view = sh.view.write().unwrap_or_else(|e| e.into_inner());
+        // A panic from here on would leave the heap half-applied: poison it before the view lock
+        // is released (this guard drops first), so that no reader sees that state.
+        struct PoisonOnUnwind<'a>(&'a Shared);
+        impl Drop for PoisonOnUnwind<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.poison("a commit panicked while applying its frame");
+                }
+            }
+        }
+        let _unwind = PoisonOnUnwind(sh);
+        phase!(APPLY);
+        plan.for_each_piece(|at, piece, in_place| {
+            if !in_place {
+                self.apply_range(sh, at, piece)?;
+                failpoint!("commit.mid_apply");
+            }
+            Ok(())
+        })?;
+        view.header = plan.header;
+        Ok(())
+    }
+
+    /// Apply one committed range to the heap. Under `Full` it goes to the file (no barrier: the
+    /// log holds it); under `None` it goes to the private mapping only, so the file's heap pages
+    /// never hold bytes whose frame is not yet durable.
+    ///
+    /// The caller holds the view lock for writing.
+    fn apply_range(&mut self, sh: &Shared, off: u64, bytes: &[u8]) -> Result<()> {
+        let end = off + bytes.len() as u64;
+        assert!(
+            off >= sh.geo.heap_offset && end <= sh.map.mapped_len(),
+            "applied range {off}..{end} is outside the mapped heap"
+        );
+        match sh.durability {
+            Durability::Full => self
+                .storage
+                .write_at(off, bytes)
+                .map_err(|e| sh.fail("pwrite heap range", off, e)),
+            Durability::None => {
+                // SAFETY: the range is inside the mapping (asserted above); the mapping is
+                // writable under `None`; the caller holds the writer lock and the view write
+                // lock, so no slice into the mapping is alive.
+                unsafe { sh.map.write_private(off, bytes) };
+                self.pending_pages
+                    .extend(off / PAGE_SIZE..end.div_ceil(PAGE_SIZE));
+                Ok(())
+            }
+        }
+    }
+
+    /// Step 7: bookkeeping, and under `None` a flush when too many private pages are held.
+    fn finish_commit(&mut self, sh: &Shared, header: HeapHeader) -> Result<()> {
+        self.header = header;
+        self.alloc.commit();
+        self.in_commit = false;
+        self.commits += 1;
+        if self.pending_pages.len() > PENDING_PAGES_MAX {
+            self.flush(sh)?;
+        }
+        Ok(())
+    }
+
+    /// Barrier the log written since the last barrier, then move private pages to the file.
+    pub(crate) fn flush(&mut self, sh: &Shared) -> Result<()> {
+        phase!(FLUSH);
+        if let Some((a, b)) = self.unsynced.take() {
+            self.storage
+                .barrier(a, b - a)
+                .map_err(|e| sh.fail("msync log", a, e))?;
+        }
+        if self.pending_pages.is_empty() {
+            return Ok(());
+        }
+        let _view = sh.view.write().unwrap_or_else(|e| e.into_inner());
+        let pages = std::mem::take(&mut self.pending_pages);
+        let mut it = pages.into_iter().peekable();
+        while let Some(first) = it.next() {
+            let mut last = first;
+            while it.peek() == Some(&(last + 1)) {
+                last = it.next().expect("peeked");
+            }
+            let (off, len) = (first * PAGE_SIZE, (last - first + 1) * PAGE_SIZE);
+            // SAFETY: pages we wrote privately, inside the mapping; the writer lock and the view
+            // write lock are held, so nothing changes them while pwrite copies them.
+            let bytes = unsafe { sh.map.slice(off, len as usize) };
+            self.storage
+                .write_at(off, bytes)
+                .map_err(|e| sh.fail("pwrite heap pages", off, e))?;
+            // SAFETY: as above; `bytes` is not used after this point.
+            unsafe { sh.map.discard_private(off, len) }.map_err(|e| sh.fail("madvise", off, e))?;
+        }
+        Ok(())
+    }
+
+    /// Flush, then barrier the heap and switch the superblock: the log is empty afterwards.
+    pub(crate) fn checkpoint(&mut self, sh: &Shared) -> Result<()> {
+        self.flush(sh)?;
+        phase!(CHECKPOINT);
+        let (sb, slot) =
+            recovery::checkpoint(&mut self.storage, &self.sb, self.slot, self.next_txid).map_err(
+                |e| {
+                    let e = Error::from(e);
+                    sh.poison(&format!("checkpoint: {e}"));
+                    e
+                },
+            )?;
+        self.sb = sb;
+        self.slot = slot;
+        self.log_tail = 0;
+        self.checkpoints += 1;
+        Ok(())
+    }
+
+    /// The figures of [`crate::Heap::stats`].
+    pub(crate) fn stats(&self, sh: &Shared) -> Result<Stats> {
+        let (used, free, largest, classes) = self.alloc.stats();
+        let (filesystem, volatile_storage) =
+            sys::filesystem(&*sh.file).map_err(|e| Error::io("fstatfs", 0, e))?;
+        Ok(Stats {
+            file_len: self.storage.len().map_err(|e| Error::io("stat", 0, e))?,
+            heap_bytes: self.alloc.chunk_count * CHUNK_SIZE,
+            used_bytes: used,
+            free_bytes: free,
+            largest_free_extent: largest,
+            classes,
+            log_size: sh.geo.log_size,
+            log_used: self.log_tail,
+            max_size: sh.geo.max_size,
+            superblock_seq: self.sb.seq,
+            log_generation: self.sb.generation,
+            next_txid: self.next_txid,
+            commits: self.commits,
+            checkpoints: self.checkpoints,
+            io: self.storage.counters,
+            filesystem,
+            volatile_storage,
+        })
+    }
+}
