@@ -23,7 +23,10 @@ use std::fmt;
 use std::io;
 
 pub use txheap_log;
-use txheap_log::{parse_header, verify_frame, Stop, StopReason, FRAME_HEADER_LEN};
+use txheap_log::{
+    parse_header, verify_frame, Stop, StopReason, CHECK_OFFSET, FRAME_HEADER_LEN,
+    GENERATION_OFFSET, MAGIC_OFFSET, RANGE_COUNT_OFFSET, TXID_OFFSET,
+};
 
 /// Test-only switches that break the protocol on purpose (feature `test-hooks`), so that the
 /// crash tests can show they catch each broken variant. Never enabled in normal builds.
@@ -918,11 +921,13 @@ pub fn scan_log<S: Storage + ?Sized>(
         }
         let mut hb = [0u8; FRAME_HEADER_LEN];
         hb.copy_from_slice(window.get(storage, sb, at, FRAME_HEADER_LEN as u64)?);
-        if sabotaged(REPLAY_OLD_GENERATION) && hb[0..4] == txheap_log::FRAME_MAGIC.to_le_bytes() {
-            txid = u64::from_le_bytes(hb[16..24].try_into().expect("8 bytes"));
+        if sabotaged(REPLAY_OLD_GENERATION)
+            && hb[MAGIC_OFFSET..RANGE_COUNT_OFFSET] == txheap_log::FRAME_MAGIC.to_le_bytes()
+        {
+            txid = u64::from_le_bytes(hb[TXID_OFFSET..][..8].try_into().expect("8 bytes"));
         }
         let generation = if sabotaged(REPLAY_OLD_GENERATION) {
-            u64::from_le_bytes(hb[8..16].try_into().expect("8 bytes"))
+            u64::from_le_bytes(hb[GENERATION_OFFSET..][..8].try_into().expect("8 bytes"))
         } else {
             sb.generation
         };
@@ -938,9 +943,9 @@ pub fn scan_log<S: Storage + ?Sized>(
         )?;
         let mut h = h;
         if sabotaged(SKIP_CHECKSUM) {
-            if let Err(StopReason::BadCrc { computed, .. }) = verify_frame(&hb, &h, payload) {
-                hb[28..32].copy_from_slice(&computed.to_le_bytes());
-                h.crc = computed;
+            if let Err(StopReason::BadChecksum { computed, .. }) = verify_frame(&hb, &h, payload) {
+                hb[CHECK_OFFSET..][..4].copy_from_slice(&computed.to_le_bytes());
+                h.check = computed;
             }
         }
         let frame = match verify_frame(&hb, &h, payload) {
