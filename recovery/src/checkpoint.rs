@@ -32,7 +32,7 @@ pub fn checkpoint<S: Storage + ?Sized>(
             .barrier_all()
             .map_err(io_err("fdatasync before checkpoint", 0))?;
     }
-    failpoint!("checkpoint.after_heap_barrier");
+    crate::failpoint!("checkpoint.after_heap_barrier");
     let next = next_superblock(current, current_slot, next_txid)?;
     let slot = current_slot.other();
     storage
@@ -46,7 +46,7 @@ pub fn checkpoint<S: Storage + ?Sized>(
             .barrier_all()
             .map_err(io_err("fdatasync after checkpoint", 0))?;
     }
-    failpoint!("checkpoint.after_superblock");
+    crate::failpoint!("checkpoint.after_superblock");
     Ok((next, slot))
 }
 

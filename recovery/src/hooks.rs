@@ -159,19 +159,49 @@ pub mod phase {
     }
 }
 
-/// Enter a phase (feature `test-hooks`; a no-op otherwise).
+/// Enter a protocol phase: `phase!(APPLY)` calls `phase::enter(phase::APPLY)`.
+///
+/// The expansion carries `#[cfg(feature = "test-hooks")]`, evaluated in the *calling* crate: it
+/// compiles to nothing unless that crate has a `test-hooks` feature and it is on, and that
+/// feature must enable `txheap-recovery/test-hooks` (as txheap's does), which provides
+/// `txheap_recovery::phase`. A caller without a `test-hooks` feature gets an `unexpected_cfgs`
+/// warning. Use it as a statement.
+///
+/// ```
+/// fn apply_ranges() {
+///     txheap_recovery::phase!(APPLY); // no TXHEAP_PHASE_FILE: records nothing
+/// }
+/// apply_ranges();
+/// ```
+#[macro_export]
 macro_rules! phase {
     ($p:ident) => {
         #[cfg(feature = "test-hooks")]
-        $crate::hooks::phase::enter($crate::hooks::phase::$p);
+        $crate::phase::enter($crate::phase::$p);
     };
 }
 
-/// Pass a named crash point (feature `test-hooks`; a no-op otherwise).
+/// Pass a named crash point: `failpoint!("name")` calls `sabotage::failpoint("name")`, which
+/// aborts the process the n-th time with `TXHEAP_FAILPOINT=name:n` in the environment (or panics
+/// when `sabotage::panic_at` armed `name` on this thread).
+///
+/// The expansion carries `#[cfg(feature = "test-hooks")]`, evaluated in the *calling* crate: it
+/// compiles to nothing unless that crate has a `test-hooks` feature and it is on, and that
+/// feature must enable `txheap-recovery/test-hooks` (as txheap's does), which provides
+/// `txheap_recovery::sabotage`. A caller without a `test-hooks` feature gets an
+/// `unexpected_cfgs` warning. Use it as a statement.
+///
+/// ```
+/// fn commit() {
+///     txheap_recovery::failpoint!("commit.after_log"); // no TXHEAP_FAILPOINT: passes
+/// }
+/// commit();
+/// ```
+#[macro_export]
 macro_rules! failpoint {
     ($name:expr) => {
         #[cfg(feature = "test-hooks")]
-        $crate::hooks::sabotage::failpoint($name);
+        $crate::sabotage::failpoint($name);
     };
 }
 

@@ -19,12 +19,10 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-#[macro_use]
-mod hooks;
-
 mod checkpoint;
 mod create;
 mod error;
+mod hooks;
 mod replay;
 mod scan;
 mod storage;

@@ -131,7 +131,7 @@ impl PageBatch {
             storage
                 .write_at(at, &self.buf[k * P as usize..(k + n) * P as usize])
                 .map_err(io_err("replay pages", at))?;
-            failpoint!("recovery.mid_replay");
+            crate::failpoint!("recovery.mid_replay");
         }
         Ok(())
     }
@@ -428,11 +428,11 @@ where
         check(&sb, &view)?;
     }
     if let Some(first) = first {
-        phase!(RECOVERY_REPLAY);
+        crate::phase!(RECOVERY_REPLAY);
         first.write(storage)?;
         replay_pages_batched(storage, &ranges, &arena, first.end, batch_pages)?;
     }
-    failpoint!("recovery.after_replay");
+    crate::failpoint!("recovery.after_replay");
     if scan.frames == 0 {
         return Ok(Recovered {
             superblock: sb,
@@ -441,7 +441,7 @@ where
             checkpointed: false,
         });
     }
-    phase!(RECOVERY_CHECKPOINT);
+    crate::phase!(RECOVERY_CHECKPOINT);
     let (nsb, nslot) = checkpoint(storage, &sb, slot, scan.next_txid)?;
     Ok(Recovered {
         superblock: nsb,
