@@ -7,8 +7,9 @@
 
 use crate::error::{io_err, RecoveryError};
 use crate::hooks::{sabotaged, SUPERBLOCK_BEFORE_HEAP_BARRIER};
+use crate::limits::COUNTER_MAX;
 use crate::storage::Storage;
-use crate::superblock::{Slot, Superblock, COUNTER_MAX, SUPERBLOCK_ENCODED_LEN};
+use crate::superblock::{Slot, Superblock, SUPERBLOCK_ENCODED_LEN};
 
 /// Checkpoint: `barrier_all`, then write the other slot with `seq + 1`, `generation + 1` and
 /// `next_txid`, then barrier it. The log is empty afterwards.

@@ -5,14 +5,11 @@
 //! an existing file, or write the heap's metadata pages (they start zeroed; txheap fills them).
 
 use crate::error::{io_err, RecoveryError};
+use crate::limits::{LOG_LEN_MAX, LOG_LEN_MIN, ZERO_WRITE_LEN_MAX};
 use crate::storage::Storage;
 use crate::superblock::{
-    Slot, Superblock, LOG_LEN_MIN, LOG_OFFSET, PAGE_SIZE, SUPERBLOCK_ENCODED_LEN,
-    SUPERBLOCK_SLOT_LEN,
+    Slot, Superblock, LOG_OFFSET, PAGE_SIZE, SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_SLOT_LEN,
 };
-
-/// Bytes of zeroes written per call when formatting the log.
-const ZERO_WRITE_LEN: usize = 1 << 20;
 
 /// Write a fresh file's superblocks and zeroed log, extend it to `min_file_len`, then
 /// `barrier_all`.
@@ -29,7 +26,7 @@ pub fn format<S: Storage + ?Sized>(
     max_size: u64,
 ) -> Result<Superblock, RecoveryError> {
     let bad = |what: String| Err(RecoveryError::InvalidGeometry { what });
-    if log_len % PAGE_SIZE != 0 || !(LOG_LEN_MIN..=u64::MAX / 4).contains(&log_len) {
+    if log_len % PAGE_SIZE != 0 || !(LOG_LEN_MIN..=LOG_LEN_MAX).contains(&log_len) {
         return bad(format!(
             "log_len {log_len} must be a multiple of {PAGE_SIZE} and at least {LOG_LEN_MIN}"
         ));
@@ -41,10 +38,10 @@ pub fn format<S: Storage + ?Sized>(
             sb.min_file_len()
         ));
     }
-    let zeros = vec![0u8; ZERO_WRITE_LEN];
+    let zeros = vec![0u8; ZERO_WRITE_LEN_MAX];
     let mut at = LOG_OFFSET;
     while at < sb.heap_offset() {
-        let n = (sb.heap_offset() - at).min(ZERO_WRITE_LEN as u64) as usize;
+        let n = (sb.heap_offset() - at).min(ZERO_WRITE_LEN_MAX as u64) as usize;
         storage
             .write_at(at, &zeros[..n])
             .map_err(io_err("zero log region", at))?;

@@ -23,6 +23,7 @@ mod checkpoint;
 mod create;
 mod error;
 mod hooks;
+mod limits;
 mod replay;
 mod scan;
 mod storage;
@@ -35,11 +36,11 @@ pub use create::format;
 pub use error::RecoveryError;
 #[cfg(feature = "test-hooks")]
 pub use hooks::{phase, sabotage};
+pub use limits::{COUNTER_MAX, LOG_LEN_MIN};
 pub use replay::{recover, recover_checked, Recovered, Replayed};
 pub use scan::{scan_log, ApplyFn, LogScan};
 pub use storage::{MemStorage, Storage};
 pub use superblock::{
-    select_superblock, Slot, SlotError, Superblock, CHUNK_SIZE, COUNTER_MAX, FORMAT_VERSION,
-    HEAP_META_LEN, LOG_LEN_MIN, LOG_OFFSET, PAGE_SIZE, SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_MAGIC,
-    SUPERBLOCK_SLOT_LEN,
+    select_superblock, Slot, SlotError, Superblock, CHUNK_SIZE, FORMAT_VERSION, HEAP_META_LEN,
+    LOG_OFFSET, PAGE_SIZE, SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_MAGIC, SUPERBLOCK_SLOT_LEN,
 };

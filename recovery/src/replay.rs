@@ -8,23 +8,20 @@
 
 use crate::checkpoint::{checkpoint, next_superblock};
 use crate::error::{io_err, RecoveryError};
+use crate::limits::{REPLAY_BATCH_PAGES_MAX, REPLAY_RUN_PAGES_MAX};
 use crate::scan::{scan_log, LogScan};
 use crate::storage::Storage;
 use crate::superblock::{select_superblock, Slot, Superblock, PAGE_SIZE};
-
-/// Pages of replayed bytes held in memory at most (64 MiB), whatever the log holds.
-const REPLAY_BATCH_PAGES: usize = 16384;
-/// Pages one read or write of a replay batch covers at most (1 MiB).
-const REPLAY_RUN_PAGES: usize = 256;
 
 /// Replay committed ranges, in log order, a page at a time: the pages a batch of ranges touches
 /// are read in runs of consecutive pages, every range is applied to the copies in memory, and
 /// the runs are written back. The file ends as if each range had been written in order (bytes
 /// outside the ranges are written back unchanged), with a few large reads and writes instead
-/// of one write per range. A batch holds at most `REPLAY_BATCH_PAGES` pages, so a log of
+/// of one write per range. A batch holds at most `REPLAY_BATCH_PAGES_MAX` pages, so a log of
 /// scattered tiny ranges cannot exhaust memory. A crash part-way leaves the log and superblock
 /// as they were, so the next open replays again (replay is idempotent). Starts at range
-/// `start`; batches of at most `batch_pages` pages (`REPLAY_BATCH_PAGES`; tests use tiny ones).
+/// `start`; batches of at most `batch_pages` pages (`REPLAY_BATCH_PAGES_MAX`; tests use tiny
+/// ones).
 fn replay_pages_batched<S: Storage + ?Sized>(
     storage: &mut S,
     ranges: &[(u64, usize, usize)],
@@ -138,13 +135,14 @@ impl PageBatch {
 }
 
 /// Runs of consecutive page numbers in sorted `pages`, as (first index, count), each at most
-/// `REPLAY_RUN_PAGES` long.
+/// `REPLAY_RUN_PAGES_MAX` long.
 fn page_runs(pages: &[u64]) -> Vec<(usize, usize)> {
     let mut runs = Vec::new();
     let mut k = 0;
     while k < pages.len() {
         let mut n = 1;
-        while k + n < pages.len() && pages[k + n] == pages[k] + n as u64 && n < REPLAY_RUN_PAGES {
+        while k + n < pages.len() && pages[k + n] == pages[k] + n as u64 && n < REPLAY_RUN_PAGES_MAX
+        {
             n += 1;
         }
         runs.push((k, n));
@@ -370,7 +368,7 @@ where
     S: Storage + ?Sized,
     E: From<RecoveryError>,
 {
-    recover_checked_batched(storage, check, REPLAY_BATCH_PAGES)
+    recover_checked_batched(storage, check, REPLAY_BATCH_PAGES_MAX)
 }
 
 /// [`recover_checked`] with replay batches of at most `batch_pages` pages (tests use tiny ones
@@ -511,7 +509,7 @@ mod tests {
         }
         let window = (h, 4 * PAGE_SIZE as usize);
         let mut files = Vec::new();
-        for batch_pages in [1, REPLAY_BATCH_PAGES] {
+        for batch_pages in [1, REPLAY_BATCH_PAGES_MAX] {
             let mut t = s.clone();
             let mut seen = vec![0u8; window.1];
             recover_checked_batched(&mut t, |_, v| v.read(window.0, &mut seen), batch_pages)

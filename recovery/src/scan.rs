@@ -12,6 +12,7 @@ use txheap_log::{
 
 use crate::error::{io_err, RecoveryError};
 use crate::hooks::{sabotaged, REPLAY_OLD_GENERATION, SKIP_CHECKSUM};
+use crate::limits::{LOG_WINDOW_LEN_MAX, LOG_WINDOW_LEN_MIN};
 use crate::storage::Storage;
 use crate::superblock::Superblock;
 
@@ -41,8 +42,9 @@ pub struct LogScan {
 /// What [`scan_log`] calls for each committed range: `(file offset, bytes)`.
 pub type ApplyFn<'a> = dyn FnMut(u64, &[u8]) -> Result<(), RecoveryError> + 'a;
 
-/// The log region read ahead in growing chunks (64 KiB doubling to 8 MiB), so a scan costs a
-/// few large reads instead of two per frame, and an empty log costs one small read.
+/// The log region read ahead in growing chunks (`LOG_WINDOW_LEN_MIN`, 64 KiB, doubling to
+/// `LOG_WINDOW_LEN_MAX`, 8 MiB), so a scan costs a few large reads instead of two per frame,
+/// and an empty log costs one small read.
 #[derive(Default)]
 struct LogWindow {
     /// Log-relative offset of `buf[0]`.
@@ -52,9 +54,6 @@ struct LogWindow {
 }
 
 impl LogWindow {
-    const FIRST: u64 = 64 << 10;
-    const MAX: u64 = 8 << 20;
-
     /// Bytes `[at, at + len)` of the log region (the caller checked they lie inside it).
     fn get<S: Storage + ?Sized>(
         &mut self,
@@ -71,7 +70,7 @@ impl LogWindow {
         }
         let have = at >= self.start && at + len <= self.start + self.buf.len() as u64;
         if !have {
-            self.chunk = (self.chunk * 2).clamp(Self::FIRST, Self::MAX);
+            self.chunk = (self.chunk * 2).clamp(LOG_WINDOW_LEN_MIN, LOG_WINDOW_LEN_MAX);
             let n = len.max(self.chunk).min(sb.log_len - at);
             let abs = sb.log_offset() + at;
             self.start = at;

@@ -1,13 +1,14 @@
 //! The superblock: its byte format, the file's geometry constants and the selection rule.
 //!
 //! Owns: `Slot`, `Superblock` (encode, decode with every rule of `docs/FORMAT.md`),
-//! `SlotError`, `select_superblock` and the format constants (`PAGE_SIZE`, `LOG_OFFSET`,
-//! `COUNTER_MAX`, ...). May not: write the file (selection only reads; the checkpoint and
-//! `format` write slots), or read the log.
+//! `SlotError`, `select_superblock` and the layout constants (`PAGE_SIZE`, `LOG_OFFSET`,
+//! `SUPERBLOCK_MAGIC`, ...; the limits are in `limits`). May not: write the file (selection
+//! only reads; the checkpoint and `format` write slots), or read the log.
 
 use std::fmt;
 
 use crate::error::{io_err, RecoveryError};
+use crate::limits::{COUNTER_MAX, LOG_LEN_MAX, LOG_LEN_MIN};
 use crate::storage::Storage;
 
 /// Unit of every region boundary.
@@ -22,11 +23,6 @@ pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"TXHEAPSB";
 pub const FORMAT_VERSION: u32 = 1;
 /// Where the log region starts.
 pub const LOG_OFFSET: u64 = 8192;
-/// The largest `seq`, `generation` or `next_txid` a superblock may hold (2^62: a billion
-/// checkpoints or transactions a second for over a century).
-pub const COUNTER_MAX: u64 = 1 << 62;
-/// The smallest log region.
-pub const LOG_LEN_MIN: u64 = 65536;
 /// Allocator chunk size (recorded in the superblock).
 pub const CHUNK_SIZE: u64 = 262144;
 /// Heap header page plus root area page, before chunk 0.
@@ -267,7 +263,7 @@ impl Superblock {
         if u64_at(40) != LOG_OFFSET {
             return bad(format!("log_offset {} is not {LOG_OFFSET}", u64_at(40)));
         }
-        if sb.log_len % PAGE_SIZE != 0 || !(LOG_LEN_MIN..=u64::MAX / 4).contains(&sb.log_len) {
+        if sb.log_len % PAGE_SIZE != 0 || !(LOG_LEN_MIN..=LOG_LEN_MAX).contains(&sb.log_len) {
             return bad(format!(
                 "log_len {} is not a multiple of {PAGE_SIZE} of at least {LOG_LEN_MIN}",
                 sb.log_len
