@@ -35,6 +35,11 @@ pub fn checkpoint<S: Storage + ?Sized>(
     }
     crate::failpoint!("checkpoint.after_heap_barrier");
     let next = next_superblock(current, current_slot, next_txid)?;
+    // next_superblock refused (Err) every counter past the limit: decode would reject the slot.
+    assert!(
+        next.seq <= COUNTER_MAX && next.generation <= COUNTER_MAX && next.next_txid <= COUNTER_MAX,
+        "checkpoint: superblock counters past COUNTER_MAX reached the write"
+    );
     let slot = current_slot.other();
     storage
         .write_at(slot.offset(), &next.encode())

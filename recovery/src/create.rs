@@ -51,6 +51,11 @@ pub fn format<S: Storage + ?Sized>(
     storage
         .grow(sb.min_file_len())
         .map_err(io_err("allocate heap metadata", sb.heap_offset()))?;
+    // The geometry checks above are decode's rules: the superblock written must read back.
+    assert!(
+        Superblock::decode(&sb.encode(), Slot::A.offset()) == Ok(sb),
+        "format: the new superblock would not decode"
+    );
     let mut slot_b = vec![0u8; SUPERBLOCK_SLOT_LEN as usize];
     storage
         .write_at(Slot::B.offset(), &slot_b)

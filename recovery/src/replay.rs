@@ -32,6 +32,7 @@ fn replay_pages_batched<S: Storage + ?Sized>(
     let mut i = start;
     while i < ranges.len() {
         let batch = PageBatch::build(&*storage, ranges, arena, i, batch_pages)?;
+        assert!(batch.end > i, "replay: a page batch took no range");
         batch.write(storage)?;
         i = batch.end;
     }
@@ -95,13 +96,23 @@ impl PageBatch {
         // Apply the batch's ranges in log order.
         let mut last = (u64::MAX, 0usize);
         for &(off, start, len) in &ranges[start..j] {
+            if len > 0 {
+                let (first_page, last_page) = (off / P, (off + len as u64 - 1) / P);
+                assert!(
+                    pages.binary_search(&first_page).is_ok()
+                        && pages.binary_search(&last_page).is_ok(),
+                    "replay: range {off}+{len} lies outside its page batch"
+                );
+            }
             let (mut pos, mut rest) = (off, &arena[start..start + len]);
             while !rest.is_empty() {
                 let page = pos / P;
                 let slot = if last.0 == page {
                     last.1
                 } else {
-                    let slot = pages.binary_search(&page).expect("page of the batch");
+                    let slot = pages
+                        .binary_search(&page)
+                        .expect("replay: every page a range touches is in its batch");
                     last = (page, slot);
                     slot
                 };
@@ -124,6 +135,10 @@ impl PageBatch {
     fn write<S: Storage + ?Sized>(&self, storage: &mut S) -> Result<(), RecoveryError> {
         const P: u64 = PAGE_SIZE;
         for &(k, n) in &self.runs {
+            assert!(
+                n > 0 && self.pages[k + n - 1] == self.pages[k] + n as u64 - 1,
+                "replay: a run written back is not consecutive pages of its batch"
+            );
             let at = self.pages[k] * P;
             storage
                 .write_at(at, &self.buf[k * P as usize..(k + n) * P as usize])

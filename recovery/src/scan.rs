@@ -79,6 +79,10 @@ impl LogWindow {
                 .read_at(abs, &mut self.buf)
                 .map_err(io_err("read log", abs))?;
         }
+        assert!(
+            at >= self.start && at + len <= self.start + self.buf.len() as u64,
+            "log window: a refill does not hold the bytes asked for"
+        );
         let i = (at - self.start) as usize;
         Ok(&self.buf[i..i + len as usize])
     }
