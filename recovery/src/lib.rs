@@ -7,6 +7,12 @@
 //! every write and barrier (the crash simulator's hook). `docs/FORMAT.md` is the byte-level
 //! specification; `docs/ARCHITECTURE.md` states the protocols as numbered steps.
 //!
+//! Modules (each says what it owns and what it may not touch): `storage` (the choke point),
+//! `superblock` (format, geometry, selection), `limits` (every bound, in one place), `scan` (the
+//! committed frames), `replay` (the writable open), `checkpoint`, `create` (a new file), `error`
+//! and `hooks` (test-only sabotage, failpoints and phases). Everything public is re-exported
+//! here, so every path is `txheap_recovery::X`.
+//!
 //! ```
 //! use txheap_recovery::{format, recover, MemStorage};
 //! let mut s = MemStorage::new();
