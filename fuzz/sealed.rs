@@ -20,7 +20,7 @@
 //!   the magic, with a length not a multiple of 8 or running past the log region): first the heap
 //!   and chunk headers carried whole inside their ranges (as above, at their file offsets), then
 //!   the frame check (XXH3-64 low 32 bits over header bytes 0..28 and the payload). The check is
-//!   computed by the log crate itself: `verify_frame` reports the computed value in `BadCrc`.
+//!   computed by the log crate itself: `verify_frame` reports the computed value in `BadChecksum`.
 //!
 //! `heap_offset` comes from the newest slot with the magic and a plausible `log_len` (else the
 //! seed's). An op may also leave a checksum broken on purpose (a post-seal byte flip).
@@ -189,18 +189,18 @@ fn layout(img: &[u8], default_log_len: usize) -> Layout {
     let mut frames = Vec::new();
     let mut at = LOG_OFF;
     while at + FRAME_HDR <= log_end && get(img, at, 4) == txheap_log::FRAME_MAGIC as u64 {
-        let pl = get(img, at + 24, 4) as usize;
+        let pl = get(img, at + txheap_log::PAYLOAD_LEN_OFFSET, 4) as usize;
         if pl % 8 != 0 || at + FRAME_HDR + pl > log_end {
             break;
         }
         let end = at + FRAME_HDR + pl;
         let mut ranges = Vec::new();
         let mut r = at + FRAME_HDR;
-        for _ in 0..get(img, at + 4, 4) {
+        for _ in 0..get(img, at + txheap_log::RANGE_COUNT_OFFSET, 4) {
             if end - r < RANGE_HDR {
                 break;
             }
-            let rl = get(img, r + 8, 4) as usize;
+            let rl = get(img, r + txheap_log::RANGE_LEN_OFFSET, 4) as usize;
             if end - r - RANGE_HDR < rl.div_ceil(8) * 8 {
                 break;
             }
@@ -208,15 +208,15 @@ fn layout(img: &[u8], default_log_len: usize) -> Layout {
                 hdr: r,
                 data: r + RANGE_HDR,
                 len: rl,
-                target: get(img, r, 8),
+                target: get(img, r + txheap_log::RANGE_OFFSET_OFFSET, 8),
             });
             r += RANGE_HDR + rl.div_ceil(8) * 8;
         }
         frames.push(FrameLoc {
             off: at,
             len: end - at,
-            generation: get(img, at + 8, 8),
-            txid: get(img, at + 16, 8),
+            generation: get(img, at + txheap_log::GENERATION_OFFSET, 8),
+            txid: get(img, at + txheap_log::TXID_OFFSET, 8),
             ranges,
         });
         at = end;
@@ -268,15 +268,15 @@ fn seal_chunk_header(b: &mut [u8]) {
 /// past the check (to `Ok` or `Malformed`) only when they are equal.
 pub fn frame_check(header: &[u8; FRAME_HDR], payload: &[u8]) -> u32 {
     let h = txheap_log::FrameHeader {
-        range_count: get(header, 4, 4) as u32,
-        generation: get(header, 8, 8),
-        txid: get(header, 16, 8),
+        range_count: get(header, txheap_log::RANGE_COUNT_OFFSET, 4) as u32,
+        generation: get(header, txheap_log::GENERATION_OFFSET, 8),
+        txid: get(header, txheap_log::TXID_OFFSET, 8),
         payload_len: payload.len() as u32,
-        crc: get(header, 28, 4) as u32,
+        check: get(header, txheap_log::CHECK_OFFSET, 4) as u32,
     };
     match txheap_log::verify_frame(header, &h, payload) {
-        Err(txheap_log::StopReason::BadCrc { computed, .. }) => computed,
-        Ok(_) | Err(txheap_log::StopReason::Malformed { .. }) => h.crc,
+        Err(txheap_log::StopReason::BadChecksum { computed, .. }) => computed,
+        Ok(_) | Err(txheap_log::StopReason::Malformed { .. }) => h.check,
         Err(other) => panic!("verify_frame did not reach the checksum: {other:?}"),
     }
 }

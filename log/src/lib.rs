@@ -10,7 +10,7 @@
 //! ```
 //! All integers little-endian. `magic` is `0x52465854` ("TXFR"). `payload_len` is a multiple of
 //! 8. `check`, the low 32 bits of XXH3-64, covers header bytes 0..28 followed by the payload (not
-//! CRC32: see `frame_crc` for why). The payload is
+//! CRC32: see `frame_check` for why). The payload is
 //! `range_count` ranges back to back, each `offset: u64, len: u32, reserved: u32 = 0`, then
 //! `len` bytes, then zero padding to a multiple of 8.
 //!
@@ -18,7 +18,7 @@
 //! Frames sit back to back from the start of the log region. Starting with the superblock's
 //! generation and `next_txid`, a frame is *committed* iff its magic matches, its generation
 //! equals the current one, its txid equals the expected one (which then advances by one), its
-//! whole length fits in the rest of the region, its crc matches, and its ranges consume the
+//! whole length fits in the rest of the region, its check matches, and its ranges consume the
 //! payload exactly with zero reserved fields and zero padding. Replay applies committed frames
 //! in order and stops at the first frame that is not committed; nothing after it counts.
 //!
@@ -51,6 +51,30 @@ pub const FRAME_ALIGN: usize = 8;
 pub const RANGE_LEN_MAX: usize = u32::MAX as usize;
 /// The longest payload (its length is a u32).
 pub const PAYLOAD_LEN_MAX: usize = (u32::MAX as usize) & !(FRAME_ALIGN - 1);
+
+// Frame header layout: each field starts where the previous one ends.
+/// Where the header's `magic` (u32) starts.
+pub const MAGIC_OFFSET: usize = 0;
+/// Where the header's `range_count` (u32) starts.
+pub const RANGE_COUNT_OFFSET: usize = MAGIC_OFFSET + 4;
+/// Where the header's `generation` (u64) starts.
+pub const GENERATION_OFFSET: usize = RANGE_COUNT_OFFSET + 4;
+/// Where the header's `txid` (u64) starts.
+pub const TXID_OFFSET: usize = GENERATION_OFFSET + 8;
+/// Where the header's `payload_len` (u32) starts.
+pub const PAYLOAD_LEN_OFFSET: usize = TXID_OFFSET + 8;
+/// Where the header's `check` (u32) starts; the check covers the header bytes before it.
+pub const CHECK_OFFSET: usize = PAYLOAD_LEN_OFFSET + 4;
+const _: () = assert!(CHECK_OFFSET + 4 == FRAME_HEADER_LEN);
+
+// Range header layout, relative to the range header's start.
+/// Where a range header's `offset` (u64: the file offset it writes) starts.
+pub const RANGE_OFFSET_OFFSET: usize = 0;
+/// Where a range header's `len` (u32) starts.
+pub const RANGE_LEN_OFFSET: usize = RANGE_OFFSET_OFFSET + 8;
+/// Where a range header's `reserved` (u32, zero) starts.
+pub const RANGE_RESERVED_OFFSET: usize = RANGE_LEN_OFFSET + 4;
+const _: () = assert!(RANGE_RESERVED_OFFSET + 4 == RANGE_HEADER_LEN);
 
 fn pad(n: usize) -> usize {
     n.div_ceil(FRAME_ALIGN) * FRAME_ALIGN
@@ -188,9 +212,12 @@ impl FrameBuilder {
                 max: PAYLOAD_LEN_MAX,
             });
         }
-        self.buf.extend_from_slice(&offset.to_le_bytes());
-        self.buf.extend_from_slice(&(len as u32).to_le_bytes());
-        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        let header = self.buf.len();
+        self.buf.resize(header + RANGE_HEADER_LEN, 0);
+        let range = &mut self.buf[header..];
+        range[RANGE_OFFSET_OFFSET..RANGE_LEN_OFFSET].copy_from_slice(&offset.to_le_bytes());
+        range[RANGE_LEN_OFFSET..RANGE_RESERVED_OFFSET].copy_from_slice(&(len as u32).to_le_bytes());
+        range[RANGE_RESERVED_OFFSET..RANGE_HEADER_LEN].copy_from_slice(&0u32.to_le_bytes());
         let start = self.buf.len();
         self.buf.resize(start + pad(len), 0);
         self.count += 1;
@@ -224,7 +251,7 @@ impl FrameBuilder {
         self.buf.len()
     }
 
-    /// Write the header (with the crc) and return the whole frame.
+    /// Write the header (with the check) and return the whole frame.
     ///
     /// ```
     /// let mut b = txheap_log::FrameBuilder::new();
@@ -234,26 +261,28 @@ impl FrameBuilder {
     pub fn finish(&mut self, generation: u64, txid: u64) -> &[u8] {
         let payload_len = (self.buf.len() - FRAME_HEADER_LEN) as u32;
         debug_assert_eq!(payload_len as usize % FRAME_ALIGN, 0);
-        self.buf[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
-        self.buf[4..8].copy_from_slice(&self.count.to_le_bytes());
-        self.buf[8..16].copy_from_slice(&generation.to_le_bytes());
-        self.buf[16..24].copy_from_slice(&txid.to_le_bytes());
-        self.buf[24..28].copy_from_slice(&payload_len.to_le_bytes());
-        let crc = frame_crc(&self.buf[..28], &self.buf[FRAME_HEADER_LEN..]);
-        self.buf[28..32].copy_from_slice(&crc.to_le_bytes());
+        let h = &mut self.buf[..FRAME_HEADER_LEN];
+        h[MAGIC_OFFSET..RANGE_COUNT_OFFSET].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+        h[RANGE_COUNT_OFFSET..GENERATION_OFFSET].copy_from_slice(&self.count.to_le_bytes());
+        h[GENERATION_OFFSET..TXID_OFFSET].copy_from_slice(&generation.to_le_bytes());
+        h[TXID_OFFSET..PAYLOAD_LEN_OFFSET].copy_from_slice(&txid.to_le_bytes());
+        h[PAYLOAD_LEN_OFFSET..CHECK_OFFSET].copy_from_slice(&payload_len.to_le_bytes());
+        let check = frame_check(&self.buf[..CHECK_OFFSET], &self.buf[FRAME_HEADER_LEN..]);
+        self.buf[CHECK_OFFSET..FRAME_HEADER_LEN].copy_from_slice(&check.to_le_bytes());
         &self.buf
     }
 }
 
-/// The frame checksum: the low 32 bits of XXH3-64 over header bytes 0..28 and the payload.
+/// The frame check: the low 32 bits of XXH3-64 over header bytes `0..CHECK_OFFSET` (0..28) and
+/// the payload.
 ///
 /// Not CRC32: CRC is linear, and a record followed by its own CRC32 leaves a fixed residue, so an
 /// outer CRC32 cannot tell one valid CRC32-protected record from another at the same place. A
 /// torn frame whose stale sector held an older, valid chunk header (they carry CRC32s) passed a
 /// CRC32 frame check in the power-loss simulator. User data that embeds CRC32s would do the same.
-fn frame_crc(header28: &[u8], payload: &[u8]) -> u32 {
+fn frame_check(header_before_check: &[u8], payload: &[u8]) -> u32 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(header28);
+    h.update(header_before_check);
     h.update(payload);
     h.digest() as u32
 }
@@ -276,15 +305,15 @@ pub struct FrameHeader {
     pub txid: u64,
     /// Payload bytes after the header.
     pub payload_len: u32,
-    /// Stored crc.
-    pub crc: u32,
+    /// Stored check (see [`verify_frame`]).
+    pub check: u32,
 }
 
 impl FrameHeader {
     /// Header plus payload bytes.
     ///
     /// ```
-    /// let h = txheap_log::FrameHeader { range_count: 0, generation: 1, txid: 1, payload_len: 8, crc: 0 };
+    /// let h = txheap_log::FrameHeader { range_count: 0, generation: 1, txid: 1, payload_len: 8, check: 0 };
     /// assert_eq!(h.frame_len(), 40);
     /// ```
     pub fn frame_len(&self) -> u64 {
@@ -332,14 +361,14 @@ pub enum StopReason {
         /// Bytes available.
         available: u64,
     },
-    /// Checksum mismatch (torn or damaged).
-    BadCrc {
+    /// Checksum mismatch (torn or damaged): the frame check (XXH3), not a CRC.
+    BadChecksum {
         /// Stored.
         stored: u32,
         /// Computed.
         computed: u32,
     },
-    /// The crc matched but the ranges are broken: not a torn write but a hostile or buggy frame.
+    /// The check matched but the ranges are broken: not a torn write but a hostile or buggy frame.
     Malformed {
         /// What is wrong.
         what: &'static str,
@@ -387,7 +416,7 @@ fn u64_at(b: &[u8], i: usize) -> u64 {
 }
 
 /// Check a header's magic, generation, txid, length and fit (`remaining`: bytes of the region
-/// from this frame's start). The crc is checked by [`verify_frame`].
+/// from this frame's start). The check is verified by [`verify_frame`].
 ///
 /// ```
 /// let h = [0u8; 32];
@@ -399,16 +428,16 @@ pub fn parse_header(
     expected_txid: u64,
     remaining: u64,
 ) -> Result<FrameHeader, StopReason> {
-    let magic = u32_at(bytes, 0);
+    let magic = u32_at(bytes, MAGIC_OFFSET);
     if magic != FRAME_MAGIC {
         return Err(StopReason::BadMagic { found: magic });
     }
     let h = FrameHeader {
-        range_count: u32_at(bytes, 4),
-        generation: u64_at(bytes, 8),
-        txid: u64_at(bytes, 16),
-        payload_len: u32_at(bytes, 24),
-        crc: u32_at(bytes, 28),
+        range_count: u32_at(bytes, RANGE_COUNT_OFFSET),
+        generation: u64_at(bytes, GENERATION_OFFSET),
+        txid: u64_at(bytes, TXID_OFFSET),
+        payload_len: u32_at(bytes, PAYLOAD_LEN_OFFSET),
+        check: u32_at(bytes, CHECK_OFFSET),
     };
     if h.generation != generation {
         return Err(StopReason::OtherGeneration {
@@ -435,7 +464,7 @@ pub fn parse_header(
     Ok(h)
 }
 
-/// Check the crc, then that the ranges consume the payload exactly.
+/// Verify the check, then that the ranges consume the payload exactly.
 ///
 /// ```
 /// let mut b = txheap_log::FrameBuilder::new();
@@ -457,10 +486,10 @@ pub fn verify_frame<'a>(
             available: payload.len() as u64,
         });
     }
-    let computed = frame_crc(&header_bytes[..28], payload);
-    if computed != header.crc {
-        return Err(StopReason::BadCrc {
-            stored: header.crc,
+    let computed = frame_check(&header_bytes[..CHECK_OFFSET], payload);
+    if computed != header.check {
+        return Err(StopReason::BadChecksum {
+            stored: header.check,
             computed,
         });
     }
@@ -471,8 +500,8 @@ pub fn verify_frame<'a>(
                 what: "range header runs past the payload",
             });
         }
-        let len = u32_at(payload, at + 8) as usize;
-        if u32_at(payload, at + 12) != 0 {
+        let len = u32_at(payload, at + RANGE_LEN_OFFSET) as usize;
+        if u32_at(payload, at + RANGE_RESERVED_OFFSET) != 0 {
             return Err(StopReason::Malformed {
                 what: "range reserved field is not zero",
             });
@@ -587,8 +616,8 @@ impl<'a> Iterator for Ranges<'a> {
             self.payload.len() - self.at >= RANGE_HEADER_LEN,
             "verified frame"
         );
-        let offset = u64_at(self.payload, self.at);
-        let len = u32_at(self.payload, self.at + 8) as usize;
+        let offset = u64_at(self.payload, self.at + RANGE_OFFSET_OFFSET);
+        let len = u32_at(self.payload, self.at + RANGE_LEN_OFFSET) as usize;
         let start = self.at + RANGE_HEADER_LEN;
         self.at = start + pad(len);
         self.left -= 1;
@@ -777,34 +806,38 @@ mod tests {
         s.by_ref().count();
         assert!(matches!(
             s.stop().unwrap().reason,
-            StopReason::BadCrc { .. }
+            StopReason::BadChecksum { .. }
         ));
         let mut odd = region.clone();
-        odd[24] = 3;
+        odd[PAYLOAD_LEN_OFFSET] = 3;
         let mut s = scan(&odd, 5, 10);
         s.by_ref().count();
         assert_eq!(
             s.stop().unwrap().reason,
             StopReason::BadLength {
-                payload_len: 3 + (odd[25] as u32) * 256
+                payload_len: 3 + (odd[PAYLOAD_LEN_OFFSET + 1] as u32) * 256
             }
         );
     }
 
+    /// Recompute the check of the frame at the region's start that ends at `end`.
+    fn reseal(region: &mut [u8], end: usize) {
+        let check = frame_check(&region[..CHECK_OFFSET], &region[FRAME_HEADER_LEN..end]);
+        region[CHECK_OFFSET..FRAME_HEADER_LEN].copy_from_slice(&check.to_le_bytes());
+    }
+
     #[test]
-    fn malformed_when_crc_matches_a_broken_structure() {
+    fn malformed_when_check_matches_a_broken_structure() {
         let (mut region, ends) = build(&[vec![(1, b"abc".to_vec())]], 1, 1, 128);
-        region[32 + 12] = 1; // reserved field
-        let crc = frame_crc(&region[..28], &region[32..ends[0]]);
-        region[28..32].copy_from_slice(&crc.to_le_bytes());
+        region[FRAME_HEADER_LEN + RANGE_RESERVED_OFFSET] = 1;
+        reseal(&mut region, ends[0]);
         let mut s = scan(&region, 1, 1);
         assert_eq!(s.by_ref().count(), 0);
         assert!(s.stop().unwrap().reason.is_malformed());
         // A range length that runs past the payload.
         let (mut region, ends) = build(&[vec![(1, b"abc".to_vec())]], 1, 1, 128);
-        region[32 + 8] = 200;
-        let crc = frame_crc(&region[..28], &region[32..ends[0]]);
-        region[28..32].copy_from_slice(&crc.to_le_bytes());
+        region[FRAME_HEADER_LEN + RANGE_LEN_OFFSET] = 200;
+        reseal(&mut region, ends[0]);
         let mut s = scan(&region, 1, 1);
         s.by_ref().count();
         assert!(s.stop().unwrap().reason.is_malformed());

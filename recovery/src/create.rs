@@ -1,0 +1,71 @@
+//! Creating a file: the superblocks and zeroed log of a new txheap file.
+//!
+//! Owns: `format`, which checks the geometry, zeroes the log, writes slot A (and a zeroed slot
+//! B), extends the file to its minimum length and makes it all durable. May not: open or recover
+//! an existing file, or write the heap's metadata pages (they start zeroed; txheap fills them).
+
+use crate::error::{io_err, RecoveryError};
+use crate::limits::{LOG_LEN_MAX, LOG_LEN_MIN, ZERO_WRITE_LEN_MAX};
+use crate::storage::Storage;
+use crate::superblock::{
+    Slot, Superblock, LOG_OFFSET, PAGE_SIZE, SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_SLOT_LEN,
+};
+
+/// Write a fresh file's superblocks and zeroed log, extend it to `min_file_len`, then
+/// `barrier_all`.
+///
+/// ```
+/// let mut s = txheap_recovery::MemStorage::new();
+/// let sb = txheap_recovery::format(&mut s, 65536, 1 << 20).unwrap();
+/// assert_eq!(s.bytes().len() as u64, sb.min_file_len());
+/// assert!(txheap_recovery::format(&mut s, 1000, 1 << 20).is_err());
+/// ```
+pub fn format<S: Storage + ?Sized>(
+    storage: &mut S,
+    log_len: u64,
+    max_size: u64,
+) -> Result<Superblock, RecoveryError> {
+    let bad = |what: String| Err(RecoveryError::InvalidGeometry { what });
+    if log_len % PAGE_SIZE != 0 || !(LOG_LEN_MIN..=LOG_LEN_MAX).contains(&log_len) {
+        return bad(format!(
+            "log_len {log_len} must be a multiple of {PAGE_SIZE} and at least {LOG_LEN_MIN}"
+        ));
+    }
+    let sb = Superblock::new(log_len, max_size);
+    if max_size % PAGE_SIZE != 0 || max_size < sb.min_file_len() {
+        return bad(format!(
+            "max_size {max_size} must be a multiple of {PAGE_SIZE} and at least {}",
+            sb.min_file_len()
+        ));
+    }
+    let zeros = vec![0u8; ZERO_WRITE_LEN_MAX];
+    let mut at = LOG_OFFSET;
+    while at < sb.heap_offset() {
+        let n = (sb.heap_offset() - at).min(ZERO_WRITE_LEN_MAX as u64) as usize;
+        storage
+            .write_at(at, &zeros[..n])
+            .map_err(io_err("zero log region", at))?;
+        at += n as u64;
+    }
+    // The heap metadata pages (heap header, root area) start zeroed; the caller fills them in.
+    storage
+        .grow(sb.min_file_len())
+        .map_err(io_err("allocate heap metadata", sb.heap_offset()))?;
+    // The geometry checks above are decode's rules: the superblock written must read back.
+    assert!(
+        Superblock::decode(&sb.encode(), Slot::A.offset()) == Ok(sb),
+        "format: the new superblock would not decode"
+    );
+    let mut slot_b = vec![0u8; SUPERBLOCK_SLOT_LEN as usize];
+    storage
+        .write_at(Slot::B.offset(), &slot_b)
+        .map_err(io_err("write superblock", Slot::B.offset()))?;
+    slot_b[..SUPERBLOCK_ENCODED_LEN].copy_from_slice(&sb.encode());
+    storage
+        .write_at(Slot::A.offset(), &slot_b)
+        .map_err(io_err("write superblock", 0))?;
+    storage
+        .barrier_all()
+        .map_err(io_err("fdatasync new file", 0))?;
+    Ok(sb)
+}

@@ -1,0 +1,98 @@
+//! Recovery's error type.
+//!
+//! Owns: `RecoveryError`, its messages, and `io_err`, which names the failed storage call and
+//! its offset. May not: decide what is an error (the modules that detect a problem build the
+//! variant); every variant carries the offsets and sizes that make it checkable.
+
+use std::fmt;
+use std::io;
+
+/// What can go wrong in recovery.
+///
+/// ```
+/// let e = txheap_recovery::RecoveryError::Truncated { len: 5, needed: 9 };
+/// assert!(e.to_string().contains("9"));
+/// ```
+#[derive(Debug)]
+pub enum RecoveryError {
+    /// A storage call failed.
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The offset.
+        offset: u64,
+        /// The error.
+        source: io::Error,
+    },
+    /// No superblock magic in either slot.
+    NotATxheap {
+        /// What was found.
+        detail: String,
+    },
+    /// The file is shorter than its superblock requires.
+    Truncated {
+        /// File length.
+        len: u64,
+        /// Required length.
+        needed: u64,
+    },
+    /// Damaged metadata or a hostile frame.
+    Corrupt {
+        /// Where.
+        offset: u64,
+        /// What.
+        what: String,
+    },
+    /// A newer format.
+    UnsupportedVersion {
+        /// The file's version.
+        found: u32,
+        /// Ours.
+        supported: u32,
+    },
+    /// Bad arguments to [`format()`](crate::format()).
+    InvalidGeometry {
+        /// What is wrong.
+        what: String,
+    },
+}
+
+impl fmt::Display for RecoveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecoveryError::Io { op, offset, source } => {
+                write!(f, "{op} at offset {offset} failed: {source}")
+            }
+            RecoveryError::NotATxheap { detail } => write!(f, "not a txheap file: {detail}"),
+            RecoveryError::Truncated { len, needed } => {
+                write!(
+                    f,
+                    "file is truncated: {len} bytes, its superblock requires at least {needed}"
+                )
+            }
+            RecoveryError::Corrupt { offset, what } => {
+                write!(f, "corrupt file at offset {offset}: {what}")
+            }
+            RecoveryError::UnsupportedVersion { found, supported } => {
+                write!(
+                    f,
+                    "format version {found} is newer than the supported {supported}"
+                )
+            }
+            RecoveryError::InvalidGeometry { what } => write!(f, "invalid geometry: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for RecoveryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RecoveryError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn io_err(op: &'static str, offset: u64) -> impl FnOnce(io::Error) -> RecoveryError {
+    move |source| RecoveryError::Io { op, offset, source }
+}

@@ -1,0 +1,227 @@
+//! Test hooks (feature `test-hooks`): sabotage switches, failpoints and protocol phases.
+//!
+//! Owns: the `sabotage` and `phase` modules, the `phase!` and `failpoint!` macros, and the
+//! crate-private `sabotaged` switch the protocol code asks. Without the feature every hook
+//! compiles to nothing (a `sabotaged` that is always false). May not: change what the protocol
+//! does unless a test switched a sabotage bit on, or fail an operation (phase tracing is best
+//! effort).
+
+/// Test-only switches that break the protocol on purpose (feature `test-hooks`), so that the
+/// crash tests can show they catch each broken variant. Never enabled in normal builds.
+///
+/// ```
+/// # #[cfg(feature = "test-hooks")] {
+/// use txheap_recovery::sabotage;
+/// sabotage::set(sabotage::SKIP_CHECKSUM);
+/// assert!(sabotage::active(sabotage::SKIP_CHECKSUM));
+/// sabotage::set(0);
+/// # }
+/// ```
+#[cfg(feature = "test-hooks")]
+pub mod sabotage {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static MASK: AtomicU32 = AtomicU32::new(0);
+    /// txheap applies a commit's ranges to the heap before writing and barriering its frame.
+    pub const APPLY_BEFORE_LOG: u32 = 1;
+    /// Recovery replays frames whose checksum does not match.
+    pub const SKIP_CHECKSUM: u32 = 2;
+    /// Recovery replays frames of any generation and transaction id.
+    pub const REPLAY_OLD_GENERATION: u32 = 4;
+    /// A checkpoint writes and barriers the superblock before the heap barrier.
+    pub const SUPERBLOCK_BEFORE_HEAP_BARRIER: u32 = 8;
+    /// Set the active switches (0: none).
+    pub fn set(mask: u32) {
+        MASK.store(mask, Ordering::SeqCst);
+    }
+    /// Whether `bit` is active.
+    pub fn active(bit: u32) -> bool {
+        MASK.load(Ordering::SeqCst) & bit != 0
+    }
+
+    std::thread_local! {
+        static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// Make this thread panic (instead of aborting) whenever it passes the failpoint `name`;
+    /// `None` disarms. Other threads are unaffected, so tests can run side by side.
+    pub fn panic_at(name: Option<&str>) {
+        PANIC_AT.with(|p| *p.borrow_mut() = name.map(str::to_string));
+    }
+
+    /// A named crash point: with `TXHEAP_FAILPOINT=name:n` in the environment, the process aborts
+    /// (no destructors, no flush: like SIGKILL) the `n`-th time it passes `name`.
+    pub fn failpoint(name: &str) {
+        if PANIC_AT.with(|p| p.borrow().as_deref() == Some(name)) {
+            panic!("failpoint {name}: panic armed by sabotage::panic_at");
+        }
+        use std::sync::atomic::AtomicU64;
+        use std::sync::OnceLock;
+        static PLAN: OnceLock<Option<(String, u64)>> = OnceLock::new();
+        static HITS: AtomicU64 = AtomicU64::new(0);
+        let plan = PLAN.get_or_init(|| {
+            let v = std::env::var("TXHEAP_FAILPOINT").ok()?;
+            let (n, c) = v.split_once(':')?;
+            Some((n.to_string(), c.parse().ok()?))
+        });
+        if let Some((n, count)) = plan {
+            if n == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *count {
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// Where a process is in the protocol, for the kill -9 campaign (feature `test-hooks`).
+///
+/// With `TXHEAP_PHASE_FILE=path` in the environment, every phase change writes the phase's
+/// number (4 bytes, little-endian) at offset 0 of that file with `pwrite`. A parent that
+/// SIGKILLs the process reads the file afterwards and knows where the kill landed; it can also
+/// poll the file and aim a kill at a phase. Without the variable, `enter` does nothing.
+///
+/// ```
+/// use txheap_recovery::phase;
+/// assert_eq!(phase::name(phase::APPLY), "apply (after the log barrier)");
+/// phase::enter(phase::IDLE); // no TXHEAP_PHASE_FILE: nothing happens
+/// ```
+#[cfg(feature = "test-hooks")]
+pub mod phase {
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+    use std::sync::OnceLock;
+
+    /// Between transactions (or in a read).
+    pub const IDLE: u32 = 0;
+    /// Creating a new file.
+    pub const CREATE: u32 = 1;
+    /// Opening: superblock selection and log scan, before any replay write.
+    pub const OPEN: u32 = 2;
+    /// Recovery: replaying committed frames into the heap.
+    pub const RECOVERY_REPLAY: u32 = 3;
+    /// Recovery: the checkpoint that makes the replayed state durable.
+    pub const RECOVERY_CHECKPOINT: u32 = 4;
+    /// Opening, after recovery: growing to the chunk count, mapping, allocator rebuild.
+    pub const OPEN_REBUILD: u32 = 5;
+    /// Inside a transaction's closure: staging only, the file does not change.
+    pub const TX_BODY: u32 = 6;
+    /// Growing the file (`posix_fallocate` and mapping) for a transaction.
+    pub const GROW: u32 = 7;
+    /// Commit: encoding the frame (the file does not change yet).
+    pub const COMMIT_ENCODE: u32 = 8;
+    /// Commit: writing a large object in place and making it durable, before its frame.
+    pub const IN_PLACE: u32 = 9;
+    /// Commit: writing the frame to the log, before its barrier.
+    pub const LOG_WRITE: u32 = 10;
+    /// Commit: inside the log barrier.
+    pub const LOG_BARRIER: u32 = 11;
+    /// Commit: applying the committed ranges to the heap.
+    pub const APPLY: u32 = 12;
+    /// `Durability::None`: barrier of the unsynced log, then private pages to the file.
+    pub const FLUSH: u32 = 13;
+    /// Checkpoint: heap barrier and superblock switch.
+    pub const CHECKPOINT: u32 = 14;
+    /// Number of phases.
+    pub const COUNT: usize = 15;
+
+    const NAMES: [&str; COUNT] = [
+        "idle (between transactions)",
+        "create",
+        "open (before replay)",
+        "recovery: replay",
+        "recovery: checkpoint",
+        "open: map and rebuild",
+        "transaction body",
+        "growth",
+        "commit: encode frame",
+        "commit: in-place object",
+        "commit: log write (before barrier)",
+        "commit: log barrier",
+        "apply (after the log barrier)",
+        "flush (None)",
+        "checkpoint",
+    ];
+
+    /// The phase's name ("?" for an unknown number).
+    pub fn name(phase: u32) -> &'static str {
+        NAMES.get(phase as usize).copied().unwrap_or("?")
+    }
+
+    /// Record that the process enters `phase`.
+    pub fn enter(phase: u32) {
+        static FILE: OnceLock<Option<File>> = OnceLock::new();
+        let file = FILE.get_or_init(|| {
+            let path = std::env::var_os("TXHEAP_PHASE_FILE")?;
+            std::fs::OpenOptions::new().write(true).open(path).ok()
+        });
+        if let Some(f) = file {
+            // Best effort: a test aid, never a reason to fail the operation being traced.
+            let _ = f.write_at(&phase.to_le_bytes(), 0);
+        }
+    }
+}
+
+/// Enter a protocol phase: `phase!(APPLY)` calls `phase::enter(phase::APPLY)`.
+///
+/// The expansion carries `#[cfg(feature = "test-hooks")]`, evaluated in the *calling* crate: it
+/// compiles to nothing unless that crate has a `test-hooks` feature and it is on, and that
+/// feature must enable `txheap-recovery/test-hooks` (as txheap's does), which provides
+/// `txheap_recovery::phase`. A caller without a `test-hooks` feature gets an `unexpected_cfgs`
+/// warning. Use it as a statement.
+///
+/// ```
+/// fn apply_ranges() {
+///     txheap_recovery::phase!(APPLY); // no TXHEAP_PHASE_FILE: records nothing
+/// }
+/// apply_ranges();
+/// ```
+#[macro_export]
+macro_rules! phase {
+    ($p:ident) => {
+        #[cfg(feature = "test-hooks")]
+        $crate::phase::enter($crate::phase::$p);
+    };
+}
+
+/// Pass a named crash point: `failpoint!("name")` calls `sabotage::failpoint("name")`, which
+/// aborts the process the n-th time with `TXHEAP_FAILPOINT=name:n` in the environment (or panics
+/// when `sabotage::panic_at` armed `name` on this thread).
+///
+/// The expansion carries `#[cfg(feature = "test-hooks")]`, evaluated in the *calling* crate: it
+/// compiles to nothing unless that crate has a `test-hooks` feature and it is on, and that
+/// feature must enable `txheap-recovery/test-hooks` (as txheap's does), which provides
+/// `txheap_recovery::sabotage`. A caller without a `test-hooks` feature gets an
+/// `unexpected_cfgs` warning. Use it as a statement.
+///
+/// ```
+/// fn commit() {
+///     txheap_recovery::failpoint!("commit.after_log"); // no TXHEAP_FAILPOINT: passes
+/// }
+/// commit();
+/// ```
+#[macro_export]
+macro_rules! failpoint {
+    ($name:expr) => {
+        #[cfg(feature = "test-hooks")]
+        $crate::sabotage::failpoint($name);
+    };
+}
+
+#[cfg(feature = "test-hooks")]
+pub(crate) fn sabotaged(bit: u32) -> bool {
+    sabotage::active(bit)
+}
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) fn sabotaged(_bit: u32) -> bool {
+    false
+}
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) const REPLAY_OLD_GENERATION: u32 = 0;
+#[cfg(feature = "test-hooks")]
+pub(crate) use sabotage::REPLAY_OLD_GENERATION;
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) const SKIP_CHECKSUM: u32 = 0;
+#[cfg(feature = "test-hooks")]
+pub(crate) use sabotage::SKIP_CHECKSUM;
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) const SUPERBLOCK_BEFORE_HEAP_BARRIER: u32 = 0;
+#[cfg(feature = "test-hooks")]
+pub(crate) use sabotage::SUPERBLOCK_BEFORE_HEAP_BARRIER;

@@ -1,0 +1,198 @@
+//! Scanning the log: the committed frames, read through the storage choke point.
+//!
+//! Owns: `scan_log`, its outcome `LogScan`, and the read-ahead window over the log region. It
+//! refuses a checksum-valid frame that is malformed or writes outside the heap (`Corrupt`), and
+//! stops at the first frame that is not committed. May not: write the file (ranges go to the
+//! caller's `apply`), or decode frames itself (`txheap_log` does).
+
+use txheap_log::{
+    parse_header, verify_frame, Stop, StopReason, CHECK_OFFSET, FRAME_HEADER_LEN,
+    GENERATION_OFFSET, MAGIC_OFFSET, RANGE_COUNT_OFFSET, TXID_OFFSET,
+};
+
+use crate::error::{io_err, RecoveryError};
+use crate::hooks::{sabotaged, REPLAY_OLD_GENERATION, SKIP_CHECKSUM};
+use crate::limits::{LOG_WINDOW_LEN_MAX, LOG_WINDOW_LEN_MIN};
+use crate::storage::Storage;
+use crate::superblock::Superblock;
+
+/// The outcome of a log scan.
+///
+/// ```
+/// use txheap_recovery::{format, recover, MemStorage};
+/// let mut s = MemStorage::new();
+/// format(&mut s, 65536, 1 << 20).unwrap();
+/// let scan = recover(&mut s).unwrap().scan;
+/// assert_eq!((scan.frames, scan.end_offset, scan.next_txid), (0, 0, 1));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogScan {
+    /// Committed frames found.
+    pub frames: u64,
+    /// Bytes of their ranges.
+    pub range_bytes: u64,
+    /// Where the next frame goes (relative to the log's start).
+    pub end_offset: u64,
+    /// The next transaction id.
+    pub next_txid: u64,
+    /// Why the scan stopped.
+    pub stop: Stop,
+}
+
+/// What [`scan_log`] calls for each committed range: `(file offset, bytes)`.
+pub type ApplyFn<'a> = dyn FnMut(u64, &[u8]) -> Result<(), RecoveryError> + 'a;
+
+/// The log region read ahead in growing chunks (`LOG_WINDOW_LEN_MIN`, 64 KiB, doubling to
+/// `LOG_WINDOW_LEN_MAX`, 8 MiB), so a scan costs a few large reads instead of two per frame,
+/// and an empty log costs one small read.
+#[derive(Default)]
+struct LogWindow {
+    /// Log-relative offset of `buf[0]`.
+    start: u64,
+    buf: Vec<u8>,
+    chunk: u64,
+}
+
+impl LogWindow {
+    /// Bytes `[at, at + len)` of the log region (the caller checked they lie inside it).
+    fn get<S: Storage + ?Sized>(
+        &mut self,
+        storage: &S,
+        sb: &Superblock,
+        at: u64,
+        len: u64,
+    ) -> Result<&[u8], RecoveryError> {
+        if at.checked_add(len).is_none_or(|end| end > sb.log_len) {
+            return Err(RecoveryError::Corrupt {
+                offset: sb.log_offset() + at,
+                what: format!("log read of {len} bytes runs past the log region"),
+            });
+        }
+        let have = at >= self.start && at + len <= self.start + self.buf.len() as u64;
+        if !have {
+            self.chunk = (self.chunk * 2).clamp(LOG_WINDOW_LEN_MIN, LOG_WINDOW_LEN_MAX);
+            let n = len.max(self.chunk).min(sb.log_len - at);
+            let abs = sb.log_offset() + at;
+            self.start = at;
+            self.buf.resize(n as usize, 0);
+            storage
+                .read_at(abs, &mut self.buf)
+                .map_err(io_err("read log", abs))?;
+        }
+        assert!(
+            at >= self.start && at + len <= self.start + self.buf.len() as u64,
+            "log window: a refill does not hold the bytes asked for"
+        );
+        let i = (at - self.start) as usize;
+        Ok(&self.buf[i..i + len as usize])
+    }
+}
+
+/// Scan the log and call `apply` for each range of each committed frame, in order. Never
+/// writes by itself. A crc-valid frame that is malformed or writes outside the heap is `Corrupt`.
+///
+/// ```
+/// use txheap_recovery::{format, scan_log, MemStorage, Storage};
+/// use txheap_recovery::txheap_log::FrameBuilder;
+/// let mut s = MemStorage::new();
+/// let sb = format(&mut s, 65536, 1 << 20).unwrap();
+/// let mut b = FrameBuilder::new();
+/// b.push_range(sb.heap_offset() + 100, b"hi").unwrap();
+/// let f = b.finish(sb.generation, sb.next_txid).to_vec();
+/// s.write_at(sb.log_offset(), &f).unwrap();
+/// let mut seen = Vec::new();
+/// let scan = scan_log(&s, &sb, &mut |off, bytes| { seen.push((off, bytes.to_vec())); Ok(()) }).unwrap();
+/// assert_eq!(scan.frames, 1);
+/// assert_eq!(seen, vec![(sb.heap_offset() + 100, b"hi".to_vec())]);
+/// ```
+pub fn scan_log<S: Storage + ?Sized>(
+    storage: &S,
+    sb: &Superblock,
+    apply: &mut ApplyFn<'_>,
+) -> Result<LogScan, RecoveryError> {
+    let mut at = 0u64;
+    let mut txid = sb.next_txid;
+    let mut frames = 0;
+    let mut range_bytes = 0;
+    let mut window = LogWindow::default();
+    let stop = loop {
+        let remaining = sb.log_len - at;
+        let abs = sb.log_offset() + at;
+        if remaining < FRAME_HEADER_LEN as u64 {
+            break Stop {
+                offset: at,
+                reason: StopReason::RegionEnd,
+            };
+        }
+        let mut hb = [0u8; FRAME_HEADER_LEN];
+        hb.copy_from_slice(window.get(storage, sb, at, FRAME_HEADER_LEN as u64)?);
+        if sabotaged(REPLAY_OLD_GENERATION)
+            && hb[MAGIC_OFFSET..RANGE_COUNT_OFFSET] == txheap_log::FRAME_MAGIC.to_le_bytes()
+        {
+            txid = u64::from_le_bytes(hb[TXID_OFFSET..][..8].try_into().expect("8 bytes"));
+        }
+        let generation = if sabotaged(REPLAY_OLD_GENERATION) {
+            u64::from_le_bytes(hb[GENERATION_OFFSET..][..8].try_into().expect("8 bytes"))
+        } else {
+            sb.generation
+        };
+        let h = match parse_header(&hb, generation, txid, remaining) {
+            Ok(h) => h,
+            Err(reason) => break Stop { offset: at, reason },
+        };
+        let payload = window.get(
+            storage,
+            sb,
+            at + FRAME_HEADER_LEN as u64,
+            u64::from(h.payload_len),
+        )?;
+        let mut h = h;
+        if sabotaged(SKIP_CHECKSUM) {
+            if let Err(StopReason::BadChecksum { computed, .. }) = verify_frame(&hb, &h, payload) {
+                hb[CHECK_OFFSET..][..4].copy_from_slice(&computed.to_le_bytes());
+                h.check = computed;
+            }
+        }
+        let frame = match verify_frame(&hb, &h, payload) {
+            Ok(f) => f,
+            Err(reason) if reason.is_malformed() => {
+                return Err(RecoveryError::Corrupt {
+                    offset: abs,
+                    what: format!(
+                        "log frame {txid} has a valid checksum but is malformed: {reason:?}"
+                    ),
+                })
+            }
+            Err(reason) => break Stop { offset: at, reason },
+        };
+        for r in frame.ranges() {
+            let end = r.offset.checked_add(r.bytes.len() as u64);
+            if r.offset < sb.heap_offset() || end.is_none_or(|e| e > sb.max_size) {
+                return Err(RecoveryError::Corrupt {
+                    offset: abs,
+                    what: format!(
+                        "log frame {txid} writes {}+{} outside the heap [{}, {})",
+                        r.offset,
+                        r.bytes.len(),
+                        sb.heap_offset(),
+                        sb.max_size
+                    ),
+                });
+            }
+        }
+        for r in frame.ranges() {
+            apply(r.offset, r.bytes)?;
+            range_bytes += r.bytes.len() as u64;
+        }
+        frames += 1;
+        txid += 1;
+        at += h.frame_len();
+    };
+    Ok(LogScan {
+        frames,
+        range_bytes,
+        end_offset: at,
+        next_txid: txid,
+        stop,
+    })
+}
