@@ -22,6 +22,7 @@ use crate::reader::{thread_token, Reader, ReadingMark};
 use crate::shared::Shared;
 use crate::tx::Tx;
 use crate::writer::Writer;
+use txheap_recovery::phase;
 
 /// A persistent heap in one file. Every change happens in [`Heap::transaction`]; readers use
 /// [`Heap::read`]. `Heap` is `Send + Sync`: share it with `Arc` between threads.

@@ -54,32 +54,16 @@
 //! after truncation), as with every memory-mapped store. `docs/ARCHITECTURE.md` (section 1.1)
 //! explains why the open functions state this condition instead of being `unsafe fn`.
 //!
-//! Layers (each module says what it owns): `sys` (the mapping and syscalls: most `unsafe`),
-//! `storage` (the write/barrier choke point), `stage` (a transaction's staged bytes), `alloc`
-//! (chunks, runs, bitmaps), `tx` (staged writes to a frame), `heap` (lifecycle, commit,
-//! checkpoint, readers). The frame format is in the `txheap-log` crate and superblock selection,
-//! replay and checkpoint in `txheap-recovery`. See `docs/ARCHITECTURE.md` and `docs/FORMAT.md`.
+//! Layers (each module says what it owns): `heap` (the facade), `open` (create, open, recovery
+//! glue), `tx` (checked access and allocation; builds the commit plan), `writer` (the commit
+//! protocol, flush, checkpoint), `reader`, `shared` (state the three share), `alloc` (format,
+//! policy, rebuild walk), `stage` (a transaction's staged bytes), `storage` (the write/barrier
+//! choke point and its test hooks), `sys` (the mapping and syscalls: most `unsafe`), `layout`
+//! and `limits`. The frame format is in the `txheap-log` crate; superblock selection, replay and
+//! checkpoint in `txheap-recovery`. See `docs/ARCHITECTURE.md` and `docs/FORMAT.md`.
 
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
-
-/// Pass a named crash point (feature `test-hooks`: `TXHEAP_FAILPOINT=name:n` aborts the process
-/// the n-th time); compiles to nothing otherwise.
-macro_rules! failpoint {
-    ($name:expr) => {
-        #[cfg(feature = "test-hooks")]
-        txheap_recovery::sabotage::failpoint($name);
-    };
-}
-
-/// Record the protocol phase the process enters (feature `test-hooks`: see
-/// `txheap_recovery::phase`); compiles to nothing otherwise.
-macro_rules! phase {
-    ($p:ident) => {
-        #[cfg(feature = "test-hooks")]
-        txheap_recovery::phase::enter(txheap_recovery::phase::$p);
-    };
-}
 
 mod alloc;
 mod error;

@@ -23,6 +23,7 @@ use crate::shared::Shared;
 use crate::storage::FileStorage;
 use crate::sys::{self, Mapping};
 use crate::writer::Writer;
+use txheap_recovery::phase;
 
 /// The parts of an open heap, before the facade wraps them.
 pub(crate) struct Opened {

@@ -20,6 +20,7 @@ use crate::storage::FileStorage;
 use crate::writer::{inside, CommitPlan, Writer};
 use txheap_recovery::txheap_log::{FRAME_HEADER_LEN, RANGE_HEADER_LEN};
 use txheap_recovery::Storage;
+use txheap_recovery::{failpoint, phase};
 
 /// The least overhead of a frame that holds anything: its header and one range header. The early
 /// size check adds only this, so that it stays a lower bound of the frame and never refuses a

@@ -27,6 +27,7 @@ use crate::shared::Shared;
 use crate::stage::Stage;
 use crate::storage::FileStorage;
 use crate::sys;
+use txheap_recovery::{failpoint, phase};
 
 /// Everything only the writer touches (behind the heap's writer mutex).
 pub(crate) struct Writer {
