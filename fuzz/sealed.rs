@@ -22,8 +22,15 @@
 //!   the frame check (XXH3-64 low 32 bits over header bytes 0..28 and the payload). The check is
 //!   computed by the log crate itself: `verify_frame` reports the computed value in `BadChecksum`.
 //!
-//! `heap_offset` comes from the newest slot with the magic and a plausible `log_len` (else the
+//! `heap_offset` comes from the newest slot with the magic and a plausible `log_size` (else the
 //! seed's). An op may also leave a checksum broken on purpose (a post-seal byte flip).
+//!
+//! **An independent reading of the format, on purpose.** The superblock and log constants come
+//! from the recovery and log crates, but the allocator's format (heap header and chunk header
+//! layouts, tags, the size-class table and run geometry) is declared here again from
+//! `docs/FORMAT.md` rather than imported: txheap keeps it private, and a second reading of the
+//! document catches an encoder and a decoder that agree with each other but not with it. Only
+//! what the fuzzer must know to find and reseal fields is declared.
 
 #![allow(dead_code)]
 
@@ -31,7 +38,7 @@ use std::path::Path;
 
 use txheap::{Error, Heap, Options};
 use txheap_recovery::{
-    Storage, CHUNK_SIZE, COUNTER_MAX, HEAP_META_LEN, LOG_LEN_MIN, LOG_OFFSET, PAGE_SIZE,
+    Storage, CHUNK_SIZE, COUNTER_MAX, HEAP_META_LEN, LOG_OFFSET, LOG_SIZE_MIN, PAGE_SIZE,
     SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_MAGIC, SUPERBLOCK_SLOT_LEN,
 };
 
@@ -108,7 +115,7 @@ struct SbFields {
     seq: u64,
     generation: u64,
     next_txid: u64,
-    log_len: u64,
+    log_size: u64,
     max_size: u64,
 }
 
@@ -155,17 +162,17 @@ fn read_sb(img: &[u8], slot: usize) -> Option<SbFields> {
         seq: get(img, slot + 16, 8),
         generation: get(img, slot + 24, 8),
         next_txid: get(img, slot + 32, 8),
-        log_len: get(img, slot + 48, 8),
+        log_size: get(img, slot + 48, 8),
         max_size: get(img, slot + 64, 8),
     })
 }
 
-fn layout(img: &[u8], default_log_len: usize) -> Layout {
+fn layout(img: &[u8], default_log_size: usize) -> Layout {
     let len = img.len();
     let plausible = |s: &SbFields| {
-        s.log_len % PAGE_SIZE == 0
-            && s.log_len >= LOG_LEN_MIN
-            && s.log_len <= (len as u64).saturating_sub(LOG_OFFSET + HEAP_HDR as u64)
+        s.log_size % PAGE_SIZE == 0
+            && s.log_size >= LOG_SIZE_MIN
+            && s.log_size <= (len as u64).saturating_sub(LOG_OFFSET + HEAP_HDR as u64)
     };
     let slots: Vec<SbFields> = SLOTS
         .iter()
@@ -176,7 +183,7 @@ fn layout(img: &[u8], default_log_len: usize) -> Layout {
         seq: 1,
         generation: 1,
         next_txid: 1,
-        log_len: default_log_len as u64,
+        log_size: default_log_size as u64,
         max_size: 0,
     });
     for s in &slots {
@@ -184,7 +191,7 @@ fn layout(img: &[u8], default_log_len: usize) -> Layout {
             sb = *s;
         }
     }
-    let heap = LOG_OFF + sb.log_len as usize;
+    let heap = LOG_OFF + sb.log_size as usize;
     let log_end = heap.min(len);
     let mut frames = Vec::new();
     let mut at = LOG_OFF;
@@ -282,14 +289,14 @@ pub fn frame_check(header: &[u8; FRAME_HDR], payload: &[u8]) -> u32 {
 }
 
 /// Recompute every checksum of `img` (see the module comment for which and where).
-pub fn seal(img: &mut [u8], default_log_len: usize) {
+pub fn seal(img: &mut [u8], default_log_size: usize) {
     for slot in SLOTS {
         if img.len() >= slot + SB_LEN && img[slot..slot + 8] == SUPERBLOCK_MAGIC {
             let c = crc32fast::hash(&img[slot..slot + 124]);
             img[slot + 124..slot + 128].copy_from_slice(&c.to_le_bytes());
         }
     }
-    let lay = layout(img, default_log_len);
+    let lay = layout(img, default_log_size);
     let (heap, chunk_area) = (lay.heap, lay.heap + META);
     if let Some(b) = img.get_mut(heap..heap + HEAP_HDR) {
         seal_heap_header(b);
@@ -452,7 +459,7 @@ fn context(img: &[u8], lay: &Layout, seed_len: usize) -> Vec<u64> {
         lay.len as u64,
         lay.heap as u64,
         chunk_area,
-        lay.sb.log_len,
+        lay.sb.log_size,
         lay.sb.max_size,
         lay.chunks as u64,
         lay.sb.generation,
@@ -483,7 +490,7 @@ fn field(img: &mut [u8], op: &Op, off: usize, width: usize, other: Option<usize>
 }
 
 fn apply(img: &mut Vec<u8>, op: &Op, seed_len: usize, post: &mut Vec<(usize, u8)>) {
-    let lay = layout(img, SEED_LOG_LEN);
+    let lay = layout(img, SEED_LOG_SIZE);
     let ctx = context(img, &lay, seed_len);
     let chunk_area = lay.heap + META;
     let chunk_at = |i: usize| chunk_area + i * CHUNK;
@@ -771,7 +778,7 @@ fn append_frame(img: &mut [u8], op: &Op, lay: &Layout, ctx: &[u64]) {
 }
 
 /// Every seed has a 64 KiB log; used when no slot gives a plausible one.
-const SEED_LOG_LEN: usize = 65536;
+const SEED_LOG_SIZE: usize = 65536;
 
 /// The image an input describes: its seed, mutated by its ops, sealed, then post-seal flips.
 pub fn build(data: &[u8]) -> Vec<u8> {
@@ -790,7 +797,7 @@ pub fn build_into(data: &[u8], img: &mut Vec<u8>) {
     for op in ops.chunks_exact(OP_LEN).take(MAX_OPS) {
         apply(img, &Op::parse(op), seed.len(), &mut post);
     }
-    seal(img, SEED_LOG_LEN);
+    seal(img, SEED_LOG_SIZE);
     for (off, x) in post {
         if let Some(b) = img.get_mut(off) {
             *b ^= x;

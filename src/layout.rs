@@ -31,7 +31,7 @@ impl Geometry {
             root_offset: sb.heap_offset() + PAGE_SIZE,
             chunk_area: sb.chunk_area_offset(),
             log_offset: sb.log_offset(),
-            log_size: sb.log_len,
+            log_size: sb.log_size,
             max_size: sb.max_size,
         }
     }

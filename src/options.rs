@@ -3,7 +3,7 @@
 //! Owns: the public configuration types and their validation. May not: touch the file; the
 //! open path (`open.rs`) reads these values.
 
-use txheap_recovery::{HEAP_META_LEN, LOG_LEN_MIN, LOG_OFFSET, PAGE_SIZE};
+use txheap_recovery::{HEAP_META_LEN, LOG_OFFSET, LOG_SIZE_MIN, PAGE_SIZE};
 
 use crate::alloc::ClassStats;
 use crate::error::{Error, Result};
@@ -124,10 +124,11 @@ impl Options {
 
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::InvalidOptions { what });
-        if self.log_size % PAGE_SIZE != 0 || !(LOG_LEN_MIN..=FILE_SIZE_MAX).contains(&self.log_size)
+        if self.log_size % PAGE_SIZE != 0
+            || !(LOG_SIZE_MIN..=FILE_SIZE_MAX).contains(&self.log_size)
         {
             return bad(format!(
-                "log_size {} must be a multiple of {PAGE_SIZE}, at least {LOG_LEN_MIN} and at most {FILE_SIZE_MAX}",
+                "log_size {} must be a multiple of {PAGE_SIZE}, at least {LOG_SIZE_MIN} and at most {FILE_SIZE_MAX}",
                 self.log_size
             ));
         }

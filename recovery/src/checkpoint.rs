@@ -81,7 +81,7 @@ pub(crate) fn next_superblock(
         seq: bump(current.seq, "seq")?,
         generation: bump(current.generation, "generation")?,
         next_txid,
-        log_len: current.log_len,
+        log_size: current.log_size,
         max_size: current.max_size,
     })
 }

@@ -5,7 +5,7 @@
 //! an existing file, or write the heap's metadata pages (they start zeroed; txheap fills them).
 
 use crate::error::{io_err, RecoveryError};
-use crate::limits::{LOG_LEN_MAX, LOG_LEN_MIN, ZERO_WRITE_LEN_MAX};
+use crate::limits::{LOG_SIZE_MAX, LOG_SIZE_MIN, ZERO_WRITE_LEN_MAX};
 use crate::storage::Storage;
 use crate::superblock::{
     Slot, Superblock, LOG_OFFSET, PAGE_SIZE, SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_SLOT_LEN,
@@ -22,16 +22,16 @@ use crate::superblock::{
 /// ```
 pub fn format<S: Storage + ?Sized>(
     storage: &mut S,
-    log_len: u64,
+    log_size: u64,
     max_size: u64,
 ) -> Result<Superblock, RecoveryError> {
     let bad = |what: String| Err(RecoveryError::InvalidGeometry { what });
-    if log_len % PAGE_SIZE != 0 || !(LOG_LEN_MIN..=LOG_LEN_MAX).contains(&log_len) {
+    if log_size % PAGE_SIZE != 0 || !(LOG_SIZE_MIN..=LOG_SIZE_MAX).contains(&log_size) {
         return bad(format!(
-            "log_len {log_len} must be a multiple of {PAGE_SIZE} and at least {LOG_LEN_MIN}"
+            "log_size {log_size} must be a multiple of {PAGE_SIZE} and at least {LOG_SIZE_MIN}"
         ));
     }
-    let sb = Superblock::new(log_len, max_size);
+    let sb = Superblock::new(log_size, max_size);
     if max_size % PAGE_SIZE != 0 || max_size < sb.min_file_len() {
         return bad(format!(
             "max_size {max_size} must be a multiple of {PAGE_SIZE} and at least {}",

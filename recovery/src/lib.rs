@@ -42,7 +42,7 @@ pub use create::format;
 pub use error::RecoveryError;
 #[cfg(feature = "test-hooks")]
 pub use hooks::{phase, sabotage};
-pub use limits::{COUNTER_MAX, LOG_LEN_MIN};
+pub use limits::{COUNTER_MAX, LOG_SIZE_MIN};
 pub use replay::{recover, recover_checked, Recovered, Replayed};
 pub use scan::{scan_log, ApplyFn, LogScan};
 pub use storage::{MemStorage, Storage};

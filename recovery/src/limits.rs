@@ -12,10 +12,10 @@ use crate::superblock::PAGE_SIZE;
 /// checkpoints or transactions a second for over a century).
 pub const COUNTER_MAX: u64 = 1 << 62;
 /// The smallest log region.
-pub const LOG_LEN_MIN: u64 = 65536;
+pub const LOG_SIZE_MIN: u64 = 65536;
 /// The largest log region a superblock may describe (so that offsets derived from it, such as
 /// `heap_offset` and `max_size`, cannot overflow).
-pub(crate) const LOG_LEN_MAX: u64 = u64::MAX / 4;
+pub(crate) const LOG_SIZE_MAX: u64 = u64::MAX / 4;
 
 /// Bytes of replayed pages held in memory at most (64 MiB), whatever the log holds.
 pub(crate) const REPLAY_BATCH_LEN_MAX: usize = 64 << 20;

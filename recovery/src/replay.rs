@@ -410,9 +410,9 @@ where
     // refused before a byte of the file changes. (At most the log's size is held.)
     // Capacity for a full log up front (address space only until used): growing by doubling
     // copied the arena over and over.
-    let log_len = usize::try_from(sb.log_len).unwrap_or(usize::MAX);
-    let mut arena: Vec<u8> = Vec::with_capacity(log_len);
-    let mut ranges: Vec<(u64, usize, usize)> = Vec::with_capacity(log_len / 256);
+    let log_size = usize::try_from(sb.log_size).unwrap_or(usize::MAX);
+    let mut arena: Vec<u8> = Vec::with_capacity(log_size);
+    let mut ranges: Vec<(u64, usize, usize)> = Vec::with_capacity(log_size / 256);
     let scan = scan_log(&*storage, &sb, &mut |off, bytes| {
         ranges.push((off, arena.len(), bytes.len()));
         arena.extend_from_slice(bytes);

@@ -62,7 +62,7 @@ impl LogWindow {
         at: u64,
         len: u64,
     ) -> Result<&[u8], RecoveryError> {
-        if at.checked_add(len).is_none_or(|end| end > sb.log_len) {
+        if at.checked_add(len).is_none_or(|end| end > sb.log_size) {
             return Err(RecoveryError::Corrupt {
                 offset: sb.log_offset() + at,
                 what: format!("log read of {len} bytes runs past the log region"),
@@ -71,7 +71,7 @@ impl LogWindow {
         let have = at >= self.start && at + len <= self.start + self.buf.len() as u64;
         if !have {
             self.chunk = (self.chunk * 2).clamp(LOG_WINDOW_LEN_MIN, LOG_WINDOW_LEN_MAX);
-            let n = len.max(self.chunk).min(sb.log_len - at);
+            let n = len.max(self.chunk).min(sb.log_size - at);
             let abs = sb.log_offset() + at;
             self.start = at;
             self.buf.resize(n as usize, 0);
@@ -116,7 +116,7 @@ pub fn scan_log<S: Storage + ?Sized>(
     let mut range_bytes = 0;
     let mut window = LogWindow::default();
     let stop = loop {
-        let remaining = sb.log_len - at;
+        let remaining = sb.log_size - at;
         let abs = sb.log_offset() + at;
         if remaining < FRAME_HEADER_LEN as u64 {
             break Stop {

@@ -8,7 +8,7 @@
 use std::fmt;
 
 use crate::error::{io_err, RecoveryError};
-use crate::limits::{COUNTER_MAX, LOG_LEN_MAX, LOG_LEN_MIN};
+use crate::limits::{COUNTER_MAX, LOG_SIZE_MAX, LOG_SIZE_MIN};
 use crate::storage::Storage;
 
 /// Unit of every region boundary.
@@ -132,7 +132,7 @@ pub struct Superblock {
     /// Transaction id of this generation's first frame.
     pub next_txid: u64,
     /// Bytes of the log region.
-    pub log_len: u64,
+    pub log_size: u64,
     /// Largest file size.
     pub max_size: u64,
 }
@@ -143,12 +143,12 @@ impl Superblock {
     /// ```
     /// assert_eq!(txheap_recovery::Superblock::new(65536, 1 << 20).seq, 1);
     /// ```
-    pub fn new(log_len: u64, max_size: u64) -> Superblock {
+    pub fn new(log_size: u64, max_size: u64) -> Superblock {
         Superblock {
             seq: 1,
             generation: 1,
             next_txid: 1,
-            log_len,
+            log_size,
             max_size,
         }
     }
@@ -166,7 +166,7 @@ impl Superblock {
     /// assert_eq!(txheap_recovery::Superblock::new(65536, 1 << 20).heap_offset(), 73728);
     /// ```
     pub fn heap_offset(&self) -> u64 {
-        LOG_OFFSET + self.log_len
+        LOG_OFFSET + self.log_size
     }
     /// Start of chunk 0.
     ///
@@ -200,7 +200,7 @@ impl Superblock {
         b[24..32].copy_from_slice(&self.generation.to_le_bytes());
         b[32..40].copy_from_slice(&self.next_txid.to_le_bytes());
         b[40..48].copy_from_slice(&LOG_OFFSET.to_le_bytes());
-        b[48..56].copy_from_slice(&self.log_len.to_le_bytes());
+        b[48..56].copy_from_slice(&self.log_size.to_le_bytes());
         b[56..64].copy_from_slice(&self.heap_offset().to_le_bytes());
         b[64..72].copy_from_slice(&self.max_size.to_le_bytes());
         b[72..76].copy_from_slice(&(CHUNK_SIZE as u32).to_le_bytes());
@@ -242,7 +242,7 @@ impl Superblock {
             seq: u64_at(16),
             generation: u64_at(24),
             next_txid: u64_at(32),
-            log_len: u64_at(48),
+            log_size: u64_at(48),
             max_size: u64_at(64),
         };
         let bad = |what: String| Err(SlotError::BadField { what });
@@ -263,15 +263,15 @@ impl Superblock {
         if u64_at(40) != LOG_OFFSET {
             return bad(format!("log_offset {} is not {LOG_OFFSET}", u64_at(40)));
         }
-        if sb.log_len % PAGE_SIZE != 0 || !(LOG_LEN_MIN..=LOG_LEN_MAX).contains(&sb.log_len) {
+        if sb.log_size % PAGE_SIZE != 0 || !(LOG_SIZE_MIN..=LOG_SIZE_MAX).contains(&sb.log_size) {
             return bad(format!(
-                "log_len {} is not a multiple of {PAGE_SIZE} of at least {LOG_LEN_MIN}",
-                sb.log_len
+                "log_size {} is not a multiple of {PAGE_SIZE} of at least {LOG_SIZE_MIN}",
+                sb.log_size
             ));
         }
         if u64_at(56) != sb.heap_offset() {
             return bad(format!(
-                "heap_offset {} is not log_offset + log_len",
+                "heap_offset {} is not log_offset + log_size",
                 u64_at(56)
             ));
         }
