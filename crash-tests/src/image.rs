@@ -10,10 +10,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use txheap::TraceEvent;
+use txheap_recovery::PAGE_SIZE as PAGE;
 
 use crate::{Disk, SECTOR};
-
-const PAGE: u64 = 4096;
 
 /// A scratch directory for crash images: on tmpfs (`/dev/shm`) where there is one, so that
 /// writing millions of images does not wear a disk, else in the default temp directory.
