@@ -12,7 +12,7 @@ use std::path::Path;
 use txheap::{Heap, Trace, TraceEvent};
 
 use crate::check::check_in;
-use crate::{options, verify, write_ahead, Disk, ImageFile, Recording, Rng, Violation};
+use crate::{options, verify, write_ahead, Choice, Disk, ImageFile, Recording, Rng, Violation};
 
 /// Power cuts *during recovery*: recover `image` while recording recovery's own writes and
 /// barriers (and the close that follows), then cut power at every recorded instant (every
@@ -217,48 +217,12 @@ pub fn simulate_windows(
     sample_seed: u64,
     recovery_every: u64,
 ) -> Totals {
-    // Per-instant image budgets: a dry pass finds each instant's image space, then each
-    // barrier window's `window_target` is water-filled over its instants (an instant with a
-    // small space is taken whole, the others share what remains equally).
-    let mut budget: Vec<usize> = Vec::new();
-    {
-        let mut dry = Disk::new(&rec.base);
-        let mut windows: Vec<Vec<u64>> = vec![Vec::new()];
-        for e in &rec.events {
-            let barriers = dry.barriers;
-            dry.apply(e);
-            if dry.barriers != barriers {
-                windows.push(Vec::new());
-            }
-            if !matches!(e, TraceEvent::Mark(_)) {
-                windows
-                    .last_mut()
-                    .expect("one window")
-                    .push(dry.image_space());
-            }
-        }
-        for spaces in windows {
-            let mut order: Vec<usize> = (0..spaces.len()).collect();
-            order.sort_by_key(|&i| spaces[i]);
-            let mut caps = vec![0u64; spaces.len()];
-            let mut left = window_target as u64;
-            for (k, &i) in order.iter().enumerate() {
-                let level = left.div_ceil((spaces.len() - k) as u64);
-                caps[i] = spaces[i].min(level);
-                left = left.saturating_sub(caps[i]);
-            }
-            budget.extend(
-                caps.iter()
-                    .map(|&c| (samples + 2).max(usize::try_from(c).unwrap_or(usize::MAX))),
-            );
-        }
-    }
+    let budget = instant_budgets(rec, samples, window_target);
     let mut disk = Disk::new(&rec.base);
-    let mut totals = Totals::default();
-    let mut rng = Rng::seeded(sample_seed);
-    let mut file = match ImageFile::new(&dir.join("image.heap"), &disk) {
+    let file = match ImageFile::new(&dir.join("image.heap"), &disk) {
         Ok(f) => f,
         Err(e) => {
+            let mut totals = Totals::default();
             totals.violations.push(Violation {
                 what: format!("cannot create the image file: {e}"),
                 at_event: 0,
@@ -267,57 +231,131 @@ pub fn simulate_windows(
             return totals;
         }
     };
+    let mut sim = Sim {
+        rec,
+        dir,
+        recovery_every,
+        file,
+        rng: Rng::seeded(sample_seed),
+        totals: Totals::default(),
+    };
     let (mut window, mut window_exhausted) = (0u64, true);
     for (t, e) in rec.events.iter().enumerate() {
         let barriers = disk.barriers;
         disk.apply(e);
         if disk.barriers != barriers && window > 0 {
-            totals.window_images.push((window, window_exhausted));
+            sim.totals.window_images.push((window, window_exhausted));
             (window, window_exhausted) = (0, true);
         }
         if matches!(e, TraceEvent::Mark(_)) {
             continue; // same disk state as the previous instant
         }
-        let max = budget[totals.instants as usize];
-        totals.instants += 1;
-        let choices = disk.choices(max, &mut rng);
+        let max = budget[sim.totals.instants as usize];
+        sim.totals.instants += 1;
+        let choices = disk.choices(max, &mut sim.rng);
         window += choices.len() as u64;
         window_exhausted &= disk.image_space() == choices.len() as u64;
+        sim.check_instant(&disk, t, &choices);
+    }
+    if window > 0 {
+        sim.totals.window_images.push((window, window_exhausted));
+    }
+    sim.totals
+}
+
+/// The image space of every crash instant of `rec` (every event but the marks), grouped by
+/// barrier window: a dry pass over the recording, recovering nothing.
+fn window_spaces(rec: &Recording) -> Vec<Vec<u64>> {
+    let mut dry = Disk::new(&rec.base);
+    let mut windows: Vec<Vec<u64>> = vec![Vec::new()];
+    for e in &rec.events {
+        let barriers = dry.barriers;
+        dry.apply(e);
+        if dry.barriers != barriers {
+            windows.push(Vec::new());
+        }
+        if !matches!(e, TraceEvent::Mark(_)) {
+            windows
+                .last_mut()
+                .expect("one window")
+                .push(dry.image_space());
+        }
+    }
+    windows
+}
+
+/// Per-instant image budgets, in instant order: each barrier window's `window_target` is
+/// water-filled over its instants (an instant with a small space is taken whole, the others
+/// share what remains equally), and no instant gets fewer than `samples + 2`.
+fn instant_budgets(rec: &Recording, samples: usize, window_target: usize) -> Vec<usize> {
+    let mut budget: Vec<usize> = Vec::new();
+    for spaces in window_spaces(rec) {
+        let mut order: Vec<usize> = (0..spaces.len()).collect();
+        order.sort_by_key(|&i| spaces[i]);
+        let mut caps = vec![0u64; spaces.len()];
+        let mut left = window_target as u64;
+        for (k, &i) in order.iter().enumerate() {
+            let level = left.div_ceil((spaces.len() - k) as u64);
+            caps[i] = spaces[i].min(level);
+            left = left.saturating_sub(caps[i]);
+        }
+        budget.extend(
+            caps.iter()
+                .map(|&c| (samples + 2).max(usize::try_from(c).unwrap_or(usize::MAX))),
+        );
+    }
+    budget
+}
+
+/// A simulation walking a recording: what every instant's check needs, and the totals so far.
+struct Sim<'a> {
+    rec: &'a Recording,
+    dir: &'a Path,
+    recovery_every: u64,
+    file: ImageFile,
+    rng: Rng,
+    totals: Totals,
+}
+
+impl Sim<'_> {
+    /// Check each of `choices`, the images of the crash instant at event `t` (the first two,
+    /// the extremes, deeply); on every `recovery_every`-th instant, also cut power during the
+    /// recovery of the everything-written image.
+    fn check_instant(&mut self, disk: &Disk, t: usize, choices: &[Choice]) {
+        let (rec, acked) = (self.rec, disk.acked);
         for (i, choice) in choices.iter().enumerate() {
-            totals.images += 1;
+            self.totals.images += 1;
+            let file = &mut self.file;
             let checked = file
-                .write(&disk, choice)
-                .and_then(|()| check_in(&mut file, rec, disk.acked, i < 2));
+                .write(disk, choice)
+                .and_then(|()| check_in(file, rec, acked, i < 2));
             match checked {
                 Ok(c) => {
-                    if c == disk.acked + 1 {
-                        totals.in_flight_landed += 1;
+                    if c == acked + 1 {
+                        self.totals.in_flight_landed += 1;
                     }
-                    if c < disk.acked {
-                        totals.lost_acked += 1;
+                    if c < acked {
+                        self.totals.lost_acked += 1;
                     }
                 }
-                Err(what) => totals.violations.push(Violation {
-                    what,
-                    at_event: t,
-                    image: i,
-                }),
+                Err(what) => self.violation(what, t, i),
             }
-            if i == 1 && recovery_every > 0 && totals.instants % recovery_every == 0 {
+            let every = self.recovery_every;
+            if i == 1 && every > 0 && self.totals.instants % every == 0 {
                 let img = disk.image_of(choice);
-                match check_recovery_crashes(dir, &img, rec, RECOVERY_SAMPLES, &mut rng) {
-                    Ok((_, n)) => totals.recovery_images += n,
-                    Err(what) => totals.violations.push(Violation {
-                        what,
-                        at_event: t,
-                        image: i,
-                    }),
+                match check_recovery_crashes(self.dir, &img, rec, RECOVERY_SAMPLES, &mut self.rng) {
+                    Ok((_, n)) => self.totals.recovery_images += n,
+                    Err(what) => self.violation(what, t, i),
                 }
             }
         }
     }
-    if window > 0 {
-        totals.window_images.push((window, window_exhausted));
+
+    fn violation(&mut self, what: String, at_event: usize, image: usize) {
+        self.totals.violations.push(Violation {
+            what,
+            at_event,
+            image,
+        });
     }
-    totals
 }
