@@ -22,17 +22,24 @@
 //! (itself possibly killed). The parent checks a copy. Both durabilities run, alternating, on
 //! two files.
 //!
+//! The child is a separate program that calls [`child_main`]: the crate's binary does, as its
+//! hidden subcommand `crash-tests child` (`src/main.rs`). Both the long campaign
+//! (`crash-tests kill9`) and the CI test (`tests/kill9.rs`) start that.
+//!
 //! ## Example
-//! A campaign binary (it spawns and kills processes, so not run here):
+//! A campaign (it spawns and kills processes, so not run here):
 //!
 //! ```no_run
-//! use crash_tests::kill9::{child_main, run, Config};
-//! // First thing in the campaign binary's `main`: be the child when started as one.
-//! child_main();
+//! use crash_tests::kill9::{run, Config};
+//! // The child: the crash-tests binary's hidden subcommand.
+//! let child = || {
+//!     let mut c = std::process::Command::new("target/release/crash-tests");
+//!     c.arg("child");
+//!     c
+//! };
 //! let dir = tempfile::tempdir().unwrap();
-//! let exe = std::env::current_exe().unwrap();
 //! let cfg = Config { kills: 1_000, seed: 1, progress_lines: 10 };
-//! let report = run(dir.path(), &cfg, &|| std::process::Command::new(&exe)).unwrap();
+//! let report = run(dir.path(), &cfg, &child).unwrap();
 //! print!("{}", report.table());
 //! assert!(report.in_recovery() <= report.kills);
 //! ```
@@ -110,7 +117,7 @@ const ENV_CHILD_DURABILITY: &str = "TXHEAP_KILL9_CHILD_DURABILITY";
 
 /// The child's side: if the environment names a heap (the parent set it), open it (recovering),
 /// then commit forever, printing `ACK n` after each commit that returned `Ok`. Returns
-/// immediately when the variables are absent, so a test harness can call it unconditionally.
+/// immediately when the variables are absent. `crash-tests child` calls it.
 ///
 /// ```
 /// // Not started as a campaign's child (the variable is unset): returns at once.
@@ -298,17 +305,21 @@ fn read_phase(f: &std::fs::File) -> u32 {
     }
 }
 
-/// Run a campaign in `dir`. `child` builds the command that re-executes this program as the
-/// child (the caller's binary must call [`child_main`] when started that way). Returns the
-/// report, or the first violation (with the seed and iteration that reproduce it).
+/// Run a campaign in `dir`. `child` builds the command that starts the child: a program that
+/// calls [`child_main`], such as `crash-tests child`; `run` adds the environment that makes it
+/// one. Returns the report, or the first violation (with the seed and iteration that
+/// reproduce it).
 ///
 /// ```no_run
-/// use crash_tests::kill9::{child_main, run, Config};
-/// child_main(); // the re-executed child stops here (it never returns)
+/// use crash_tests::kill9::{run, Config};
 /// let dir = tempfile::tempdir().unwrap();
-/// let exe = std::env::current_exe().unwrap();
 /// let cfg = Config { kills: 100, seed: 42, progress_lines: 0 };
-/// let report = run(dir.path(), &cfg, &|| std::process::Command::new(&exe)).unwrap();
+/// let child = || {
+///     let mut c = std::process::Command::new("target/release/crash-tests");
+///     c.arg("child");
+///     c
+/// };
+/// let report = run(dir.path(), &cfg, &child).unwrap();
 /// assert_eq!(report.kills, 100);
 /// ```
 pub fn run(dir: &Path, cfg: &Config, child: &dyn Fn() -> Command) -> Result<Report, String> {

@@ -8,8 +8,9 @@
 //! violation, printing the seed, the event and the image index that reproduce it.
 //!
 //! kill -9 campaign: `cargo run --release -p crash-tests -- kill9 [--kills N] [--seed S]`
-//! (the binary re-executes itself as the child). Prints a progress bar, then the histogram of
-//! where the kills landed; exits non-zero on the first violation, with the seed.
+//! (the binary re-executes itself as the child, `crash-tests child`: a hidden subcommand that
+//! only the campaign starts, with its environment). Prints a progress bar, then the histogram
+//! of where the kills landed; exits non-zero on the first violation, with the seed.
 
 use std::time::Instant;
 
@@ -49,7 +50,12 @@ fn kill9_main(args: &[String]) {
         seed,
         progress_lines: 100,
     };
-    match kill9::run(dir.path(), &cfg, &|| std::process::Command::new(&exe)) {
+    let child = || {
+        let mut c = std::process::Command::new(&exe);
+        c.arg("child");
+        c
+    };
+    match kill9::run(dir.path(), &cfg, &child) {
         Ok(rep) => {
             print!("{}", rep.table());
             println!("done: {} kills, 0 violations", rep.kills);
@@ -62,11 +68,14 @@ fn kill9_main(args: &[String]) {
 }
 
 fn main() {
-    kill9::child_main(); // never returns when started as the kill9 campaign's child
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("kill9") {
-        kill9_main(&args[1..]);
-        return;
+    match args.first().map(String::as_str) {
+        Some("kill9") => return kill9_main(&args[1..]),
+        Some("child") => {
+            kill9::child_main(); // never returns when started by the kill9 campaign
+            usage("crash-tests child is the kill9 campaign's child: only the campaign starts it");
+        }
+        _ => {}
     }
     let mut seeds = 1..101u64;
     let mut samples = 20usize;
