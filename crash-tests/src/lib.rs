@@ -27,6 +27,18 @@
 //! transaction acknowledged before `t`; under `Durability::None`, `c <= acked + 1` (a power cut
 //! may lose acknowledged transactions, never tear one).
 //!
+//! ## Where things are
+//! Each concern has one module; their items are re-exported here (`crash_tests::Disk`, ...).
+//! - `workload.rs`: the workload ([`Root`], [`Node`], [`step`], [`record`]) and its model
+//!   check ([`verify`]);
+//! - `disk.rs`: the per-sector disk model ([`Disk`], [`Disk::choices`]);
+//! - `image.rs`: crash images on file ([`ImageFile`], [`scratch_dir`]);
+//! - `check.rs`: recovering one image and checking it ([`check_image`], [`check_file`]);
+//! - `simulate.rs`: the loop over instants and barrier windows ([`simulate`],
+//!   [`simulate_windows`]), power cuts during recovery ([`check_recovery_crashes`]);
+//! - [`ops`]: exhaustive small workloads; [`write_ahead`]: the write-ahead check; [`kill9`]:
+//!   the kill -9 campaign, whose child is the binary's `crash-tests child`.
+//!
 //! ## Example
 //! Record a one-transaction workload, cut power at every instant of it and check every image:
 //!
