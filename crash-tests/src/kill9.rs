@@ -22,17 +22,24 @@
 //! (itself possibly killed). The parent checks a copy. Both durabilities run, alternating, on
 //! two files.
 //!
+//! The child is a separate program that calls [`child_main`]: the crate's binary does, as its
+//! hidden subcommand `crash-tests child` (`src/main.rs`). Both the long campaign
+//! (`crash-tests kill9`) and the CI test (`tests/kill9.rs`) start that.
+//!
 //! ## Example
-//! A campaign binary (it spawns and kills processes, so not run here):
+//! A campaign (it spawns and kills processes, so not run here):
 //!
 //! ```no_run
-//! use crash_tests::kill9::{child_main, run, Config};
-//! // First thing in the campaign binary's `main`: be the child when started as one.
-//! child_main();
+//! use crash_tests::kill9::{run, Config};
+//! // The child: the crash-tests binary's hidden subcommand.
+//! let child = || {
+//!     let mut c = std::process::Command::new("target/release/crash-tests");
+//!     c.arg("child");
+//!     c
+//! };
 //! let dir = tempfile::tempdir().unwrap();
-//! let exe = std::env::current_exe().unwrap();
 //! let cfg = Config { kills: 1_000, seed: 1, progress_lines: 10 };
-//! let report = run(dir.path(), &cfg, &|| std::process::Command::new(&exe)).unwrap();
+//! let report = run(dir.path(), &cfg, &child).unwrap();
 //! print!("{}", report.table());
 //! assert!(report.in_recovery() <= report.kills);
 //! ```
@@ -41,8 +48,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -110,7 +117,7 @@ const ENV_CHILD_DURABILITY: &str = "TXHEAP_KILL9_CHILD_DURABILITY";
 
 /// The child's side: if the environment names a heap (the parent set it), open it (recovering),
 /// then commit forever, printing `ACK n` after each commit that returned `Ok`. Returns
-/// immediately when the variables are absent, so a test harness can call it unconditionally.
+/// immediately when the variables are absent. `crash-tests child` calls it.
 ///
 /// ```
 /// // Not started as a campaign's child (the variable is unset): returns at once.
@@ -298,40 +305,156 @@ fn read_phase(f: &std::fs::File) -> u32 {
     }
 }
 
-/// Run a campaign in `dir`. `child` builds the command that re-executes this program as the
-/// child (the caller's binary must call [`child_main`] when started that way). Returns the
-/// report, or the first violation (with the seed and iteration that reproduce it).
+/// Run a campaign in `dir`. `child` builds the command that starts the child: a program that
+/// calls [`child_main`], such as `crash-tests child`; `run` adds the environment that makes it
+/// one. Returns the report, or the first violation (with the seed and iteration that
+/// reproduce it).
 ///
 /// ```no_run
-/// use crash_tests::kill9::{child_main, run, Config};
-/// child_main(); // the re-executed child stops here (it never returns)
+/// use crash_tests::kill9::{run, Config};
 /// let dir = tempfile::tempdir().unwrap();
-/// let exe = std::env::current_exe().unwrap();
 /// let cfg = Config { kills: 100, seed: 42, progress_lines: 0 };
-/// let report = run(dir.path(), &cfg, &|| std::process::Command::new(&exe)).unwrap();
+/// let child = || {
+///     let mut c = std::process::Command::new("target/release/crash-tests");
+///     c.arg("child");
+///     c
+/// };
+/// let report = run(dir.path(), &cfg, &child).unwrap();
 /// assert_eq!(report.kills, 100);
 /// ```
 pub fn run(dir: &Path, cfg: &Config, child: &dyn Fn() -> Command) -> Result<Report, String> {
-    let seed = cfg.seed;
-    let mut rng = Rng::seeded(seed);
-    let mut rep = Report::default();
-    let mut acks_so_far = [0u64; 2];
-    let mut open_time = [Duration::from_millis(5), Duration::from_millis(5)];
-    let mut last_in_recovery = [false; 2];
-    let started = Instant::now();
-    let phase_path = dir.join("phase");
+    let mut campaign = Campaign {
+        dir,
+        cfg,
+        rng: Rng::seeded(cfg.seed),
+        rep: Report::default(),
+        acks_so_far: [0; 2],
+        open_time: [Duration::from_millis(5), Duration::from_millis(5)],
+        last_in_recovery: [false; 2],
+        started: Instant::now(),
+        phase_path: dir.join("phase"),
+    };
     for i in 0..cfg.kills {
+        campaign.kill_once(i, child)?;
+    }
+    campaign.rep.elapsed = campaign.started.elapsed();
+    Ok(campaign.rep)
+}
+
+/// A campaign between kills: its random stream, its report, and what it knows of each of its
+/// two files (index 0: `full.heap`, 1: `none.heap`).
+struct Campaign<'a> {
+    dir: &'a Path,
+    cfg: &'a Config,
+    rng: Rng,
+    rep: Report,
+    /// The counter last found in each file (every acknowledged transaction so far).
+    acks_so_far: [u64; 2],
+    /// How long opening each file took lately (the timing of kills during open).
+    open_time: [Duration; 2],
+    /// Whether each file's previous kill landed inside recovery.
+    last_in_recovery: [bool; 2],
+    started: Instant,
+    phase_path: PathBuf,
+}
+
+/// How one kill is made, drawn from the campaign's random stream.
+struct Plan {
+    /// 0..30: at a failpoint, 30..55: aimed at a phase, 55..70: during open, 70..100: at a
+    /// random instant after open.
+    how: u64,
+    failpoint: Option<&'static str>,
+    aim: Option<u32>,
+}
+
+/// One kill: which of the two files, and how its failures are named.
+struct Kill {
+    i: u64,
+    k: usize,
+    name: &'static str,
+    path: PathBuf,
+    plan: Plan,
+}
+
+impl Kill {
+    /// "seed S iteration I (full)": what reproduces a failure.
+    fn at(&self, seed: u64) -> String {
+        format!("seed {seed} iteration {} ({})", self.i, self.name)
+    }
+
+    /// [`Kill::at`], with the phase the child died in.
+    fn at_phase(&self, seed: u64, died_in: u32) -> String {
+        format!(
+            "seed {seed} iteration {} ({}, died in {})",
+            self.i,
+            self.name,
+            phase::name(died_in)
+        )
+    }
+}
+
+/// What a killed child left behind.
+struct Death {
+    /// The phase it died in (`NOT_STARTED`: before txheap ran).
+    died_in: u32,
+    /// Its stdout lines, with when they arrived.
+    lines: Vec<(Instant, String)>,
+    spawned: Instant,
+}
+
+impl Campaign<'_> {
+    /// Kill number `i`: start a child on one of the two files, kill it as planned, tally where
+    /// it died, and check a copy of the file it left.
+    fn kill_once(&mut self, i: u64, child: &dyn Fn() -> Command) -> Result<(), String> {
         let (k, name) = if i % 2 == 0 { (0, "full") } else { (1, "none") };
-        let path = dir.join(format!("{name}.heap"));
-        std::fs::write(&phase_path, NOT_STARTED.to_le_bytes()).map_err(|e| e.to_string())?;
-        let phase_file = std::fs::File::open(&phase_path).map_err(|e| e.to_string())?;
+        let path = self.dir.join(format!("{name}.heap"));
+        std::fs::write(&self.phase_path, NOT_STARTED.to_le_bytes()).map_err(|e| e.to_string())?;
+        let phase_file = std::fs::File::open(&self.phase_path).map_err(|e| e.to_string())?;
         let mut cmd = child();
         cmd.env(ENV_CHILD, &path)
-            .env(ENV_CHILD_SEED, rng.next_u64().to_string())
+            .env(ENV_CHILD_SEED, self.rng.next_u64().to_string())
             .env(ENV_CHILD_DURABILITY, name)
-            .env("TXHEAP_PHASE_FILE", &phase_path)
+            .env("TXHEAP_PHASE_FILE", &self.phase_path)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let plan = self.plan(&mut cmd);
+        let kill = Kill {
+            i,
+            k,
+            name,
+            path,
+            plan,
+        };
+        // A file grows only early in its life (the workload's size levels off), and is created
+        // only once: start a fresh file when the kill is meant for growth, and every 50th visit.
+        if kill.plan.failpoint == Some("grow.after_fallocate")
+            || kill.plan.aim == Some(phase::GROW)
+            || (i / 2) % 50 == 49
+        {
+            self.start_fresh(&kill)?;
+        }
+        let death = self.spawn_and_kill(cmd, &kill, &phase_file)?;
+        let last_ack = self.read_lines(&kill, &death)?;
+        self.tally(&kill, death.died_in);
+        self.progress(i);
+        if !kill.path.exists() {
+            // Killed before create finished: create links the file into place only when
+            // complete, so nothing can have been acknowledged.
+            if last_ack.is_some() || self.acks_so_far[k] > 0 {
+                return Err(format!(
+                    "{}: acknowledged commits but no file",
+                    kill.at(self.cfg.seed)
+                ));
+            }
+            return Ok(());
+        }
+        self.check_copy(&kill, death.died_in, last_ack)
+    }
+
+    /// Draw how to kill (about 30% at a failpoint, 25% aimed at a phase, 15% during open, 30%
+    /// at a random instant after open), arming the failpoint in `cmd`'s environment.
+    fn plan(&mut self, cmd: &mut Command) -> Plan {
+        let rng = &mut self.rng;
         let how = rng.below(100);
         let failpoint = (how < 30).then(|| {
             let (fp, _) = FAILPOINTS[rng.below(FAILPOINTS.len() as u64) as usize];
@@ -350,20 +473,33 @@ pub fn run(dir: &Path, cfg: &Config, child: &dyn Fn() -> Command) -> Result<Repo
         let aim = (30..55)
             .contains(&how)
             .then(|| AIMED[rng.below(AIMED.len() as u64) as usize]);
-        // A file grows only early in its life (the workload's size levels off), and is created
-        // only once: start a fresh file when the kill is meant for growth, and every 50th visit.
-        let fresh = failpoint == Some("grow.after_fallocate")
-            || aim == Some(phase::GROW)
-            || (i / 2) % 50 == 49;
-        if fresh {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.to_string()),
-            }
-            acks_so_far[k] = 0;
-            last_in_recovery[k] = false;
+        Plan {
+            how,
+            failpoint,
+            aim,
         }
+    }
+
+    /// Remove the kill's file, so that the child creates it anew.
+    fn start_fresh(&mut self, kill: &Kill) -> Result<(), String> {
+        match std::fs::remove_file(&kill.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        self.acks_so_far[kill.k] = 0;
+        self.last_in_recovery[kill.k] = false;
+        Ok(())
+    }
+
+    /// Start the child, let it run as the plan says, SIGKILL it (unless it died at its
+    /// failpoint first), and collect what it left: the phase and its stdout.
+    fn spawn_and_kill(
+        &mut self,
+        mut cmd: Command,
+        kill: &Kill,
+        phase_file: &std::fs::File,
+    ) -> Result<Death, String> {
         let mut proc = cmd
             .spawn()
             .map_err(|e| format!("spawning the child: {e}"))?;
@@ -378,9 +514,49 @@ pub fn run(dir: &Path, cfg: &Config, child: &dyn Fn() -> Command) -> Result<Repo
             }
         });
         let spawned = Instant::now();
+        let died_by_itself = self.wait_for_the_kill(&mut proc, kill, spawned, phase_file)?;
+        if died_by_itself.is_none() {
+            let _ = proc.kill(); // SIGKILL
+        }
+        let output = proc.wait_with_output().map_err(|e| e.to_string())?;
+        reader.join().map_err(|_| "reader thread panicked")?;
+        let died_in = read_phase(phase_file);
+        let status = output.status;
+        let by_signal = matches!(status.signal(), Some(libc::SIGKILL) | Some(libc::SIGABRT));
+        if !by_signal {
+            return Err(format!(
+                "{}: the child exited on its own ({status}): {}",
+                kill.at(self.cfg.seed),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        if status.signal() == Some(libc::SIGABRT) && kill.plan.failpoint.is_none() {
+            return Err(format!(
+                "{}: the child aborted: {}",
+                kill.at(self.cfg.seed),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(Death {
+            died_in,
+            lines: rx.try_iter().collect(),
+            spawned,
+        })
+    }
+
+    /// Wait until the planned moment of the kill: the child's death at its failpoint (counted
+    /// in the report; returned), its entering the aimed phase, or a time during or after open.
+    fn wait_for_the_kill(
+        &mut self,
+        proc: &mut Child,
+        kill: &Kill,
+        spawned: Instant,
+        phase_file: &std::fs::File,
+    ) -> Result<Option<ExitStatus>, String> {
+        let open_time = self.open_time[kill.k];
         let mut died_by_itself = None;
-        if let Some(fp) = failpoint {
-            let deadline = spawned + open_time[k] + Duration::from_millis(150);
+        if let Some(fp) = kill.plan.failpoint {
+            let deadline = spawned + open_time + Duration::from_millis(150);
             while Instant::now() < deadline {
                 if let Some(st) = proc.try_wait().map_err(|e| e.to_string())? {
                     died_by_itself = Some(st);
@@ -389,70 +565,69 @@ pub fn run(dir: &Path, cfg: &Config, child: &dyn Fn() -> Command) -> Result<Repo
                 std::thread::sleep(Duration::from_micros(300));
             }
             let hit = died_by_itself.and_then(|s| s.signal()) == Some(libc::SIGABRT);
-            let e = rep.failpoints.entry(fp).or_insert((0, 0));
+            let e = self.rep.failpoints.entry(fp).or_insert((0, 0));
             e.0 += 1;
             e.1 += u64::from(hit);
-        } else if let Some(target) = aim {
+        } else if let Some(target) = kill.plan.aim {
             // Poll the phase file and kill the moment the child is in the target phase.
-            let deadline = spawned + open_time[k] + Duration::from_millis(100);
-            while Instant::now() < deadline && read_phase(&phase_file) != target {
+            let deadline = spawned + open_time + Duration::from_millis(100);
+            while Instant::now() < deadline && read_phase(phase_file) != target {
                 std::hint::spin_loop();
             }
-        } else if how < 70 {
+        } else if kill.plan.how < 70 {
             // During open: a fraction of how long open took lately.
-            let t = open_time[k].as_micros() as u64;
-            std::thread::sleep(Duration::from_micros(t / 3 + rng.below(t.max(3))));
+            let t = open_time.as_micros() as u64;
+            std::thread::sleep(Duration::from_micros(t / 3 + self.rng.below(t.max(3))));
         } else {
-            std::thread::sleep(open_time[k] + Duration::from_micros(1_000 + rng.below(40_000)));
+            let after = Duration::from_micros(1_000 + self.rng.below(40_000));
+            std::thread::sleep(open_time + after);
         }
-        if died_by_itself.is_none() {
-            let _ = proc.kill(); // SIGKILL
-        }
-        let output = proc.wait_with_output().map_err(|e| e.to_string())?;
-        reader.join().map_err(|_| "reader thread panicked")?;
-        let died_in = read_phase(&phase_file);
-        let status = output.status;
-        let by_signal = matches!(status.signal(), Some(libc::SIGKILL) | Some(libc::SIGABRT));
-        if !by_signal {
-            return Err(format!(
-                "seed {seed} iteration {i} ({name}): the child exited on its own ({status}): {}",
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        if status.signal() == Some(libc::SIGABRT) && failpoint.is_none() {
-            return Err(format!(
-                "seed {seed} iteration {i} ({name}): the child aborted: {}",
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        let lines: Vec<(Instant, String)> = rx.try_iter().collect();
-        if let Some((t, _)) = lines.iter().find(|(_, l)| l == "OPENED") {
-            open_time[k] = (open_time[k] * 3 + (*t - spawned)) / 4;
+        Ok(died_by_itself)
+    }
+
+    /// Learn from the child's lines how long open took, and return the last transaction it
+    /// acknowledged.
+    fn read_lines(&mut self, kill: &Kill, death: &Death) -> Result<Option<u64>, String> {
+        let open_time = &mut self.open_time[kill.k];
+        if let Some((t, _)) = death.lines.iter().find(|(_, l)| l == "OPENED") {
+            *open_time = (*open_time * 3 + (*t - death.spawned)) / 4;
         }
         let mut last_ack = None;
-        for (_, l) in &lines {
+        for (_, l) in &death.lines {
             if let Some(n) = l.strip_prefix("ACK ") {
                 let n: u64 = n.parse().map_err(|_| format!("bad child line {l:?}"))?;
                 last_ack = Some(n);
             }
         }
+        Ok(last_ack)
+    }
+
+    /// Count the kill in the report: the phase it landed in, whether an aimed kill hit its
+    /// phase, and kills inside recovery of a file whose previous kill was there too.
+    fn tally(&mut self, kill: &Kill, died_in: u32) {
+        let rep = &mut self.rep;
         rep.kills += 1;
         if died_in == NOT_STARTED {
             rep.before_txheap += 1;
         } else {
-            rep.by_phase.entry(died_in).or_insert([0, 0])[k] += 1;
+            rep.by_phase.entry(died_in).or_insert([0, 0])[kill.k] += 1;
         }
-        if let Some(target) = aim {
+        if let Some(target) = kill.plan.aim {
             let e = rep.aimed.entry(target).or_insert((0, 0));
             e.0 += 1;
             e.1 += u64::from(died_in == target);
         }
         let in_recovery =
             died_in == phase::RECOVERY_REPLAY || died_in == phase::RECOVERY_CHECKPOINT;
-        if in_recovery && last_in_recovery[k] {
+        if in_recovery && self.last_in_recovery[kill.k] {
             rep.recovery_after_recovery += 1;
         }
-        last_in_recovery[k] = in_recovery;
+        self.last_in_recovery[kill.k] = in_recovery;
+    }
+
+    /// The progress bar, `cfg.progress_lines` times in a campaign.
+    fn progress(&self, i: u64) {
+        let cfg = self.cfg;
         if cfg.progress_lines > 0 && (i + 1) % (cfg.kills / cfg.progress_lines).max(1) == 0 {
             let done = (i + 1) * 30 / cfg.kills;
             eprintln!(
@@ -461,51 +636,41 @@ pub fn run(dir: &Path, cfg: &Config, child: &dyn Fn() -> Command) -> Result<Repo
                 ".".repeat(30 - done as usize),
                 i + 1,
                 cfg.kills,
-                started.elapsed().as_secs_f64(),
-                100.0 * rep.in_recovery() as f64 / rep.kills as f64
+                self.started.elapsed().as_secs_f64(),
+                100.0 * self.rep.in_recovery() as f64 / self.rep.kills as f64
             );
         }
-        if !path.exists() {
-            // Killed before create finished: create links the file into place only when
-            // complete, so nothing can have been acknowledged.
-            if last_ack.is_some() || acks_so_far[k] > 0 {
-                return Err(format!(
-                    "seed {seed} iteration {i} ({name}): acknowledged commits but no file"
-                ));
-            }
-            continue;
-        }
-        // Check a copy; leave the crashed file for the next child to recover.
-        let copy = dir.join(format!("{name}-check.heap"));
-        std::fs::copy(&path, &copy).map_err(|e| e.to_string())?;
-        let heap = Heap::open(&copy, options(Durability::Full)).map_err(|e| {
-            format!(
-                "seed {seed} iteration {i} ({name}, died in {}): reopen after kill failed: {e}",
-                phase::name(died_in)
-            )
-        })?;
-        let counter = verify(&heap, WORKLOAD_SEED).map_err(|e| {
-            format!(
-                "seed {seed} iteration {i} ({name}, died in {}): {e}",
-                phase::name(died_in)
-            )
-        })?;
+    }
+
+    /// Check a copy of the file the child left against the workload (every acknowledged
+    /// transaction there, at most the in-flight one more); leave the file itself for the next
+    /// child to recover.
+    fn check_copy(
+        &mut self,
+        kill: &Kill,
+        died_in: u32,
+        last_ack: Option<u64>,
+    ) -> Result<(), String> {
+        let at = kill.at_phase(self.cfg.seed, died_in);
+        let copy = self.dir.join(format!("{}-check.heap", kill.name));
+        std::fs::copy(&kill.path, &copy).map_err(|e| e.to_string())?;
+        let heap = Heap::open(&copy, options(Durability::Full))
+            .map_err(|e| format!("{at}: reopen after kill failed: {e}"))?;
+        let counter = verify(&heap, WORKLOAD_SEED).map_err(|e| format!("{at}: {e}"))?;
         // Acknowledged transactions from earlier runs count too: the counter never goes back.
-        let floor = last_ack.unwrap_or(0).max(acks_so_far[k]);
+        let acks_so_far = &mut self.acks_so_far[kill.k];
+        let floor = last_ack.unwrap_or(0).max(*acks_so_far);
         if counter < floor || counter > floor + 1 {
             return Err(format!(
-                "seed {seed} iteration {i} ({name}, died in {}): counter {counter}, last acknowledged {floor}",
-                phase::name(died_in)
+                "{at}: counter {counter}, last acknowledged {floor}"
             ));
         }
         if counter == floor + 1 {
-            rep.in_flight_committed += 1;
+            self.rep.in_flight_committed += 1;
         }
-        rep.acked += counter - acks_so_far[k];
-        acks_so_far[k] = counter;
+        self.rep.acked += counter - *acks_so_far;
+        *acks_so_far = counter;
         heap.close().map_err(|e| e.to_string())?;
-        std::fs::remove_file(&copy).map_err(|e| e.to_string())?;
+        std::fs::remove_file(&copy).map_err(|e| e.to_string())
     }
-    rep.elapsed = started.elapsed();
-    Ok(rep)
 }

@@ -2,6 +2,8 @@
 //! acknowledges, at random instants, at named failpoints, and aimed at protocol phases; every
 //! reopen checked against the acknowledged prefix. Prints where the kills landed.
 //!
+//! The child is the crate's binary, `crash-tests child` (cargo builds it for this test).
+//!
 //! `TXHEAP_KILL9_ITERS` sets the number of kills (default 1000); `TXHEAP_KILL9_SEED` the seed.
 //! The long campaign is `cargo run --release -p crash-tests -- kill9 --kills 100000`.
 
@@ -9,12 +11,6 @@ use std::process::Command;
 
 use crash_tests::kill9::{self, Config, FAILPOINTS};
 use txheap_recovery::phase;
-
-/// The child: inert unless the parent's environment variables are set.
-#[test]
-fn child_worker() {
-    kill9::child_main();
-}
 
 #[test]
 fn kill9_campaign() {
@@ -33,10 +29,9 @@ fn kill9_campaign() {
         });
     eprintln!("kill9: seed {seed} (rerun with TXHEAP_KILL9_SEED={seed}), {kills} kills");
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let child = || {
-        let mut c = Command::new(&exe);
-        c.args(["--exact", "child_worker", "--nocapture", "--test-threads=1"]);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_crash-tests"));
+        c.arg("child");
         c
     };
     let cfg = Config {

@@ -1,0 +1,402 @@
+//! The workload and its model.
+//!
+//! Owns: the deterministic workload (the list of the newest [`KEEP`] nodes, [`Root`], [`Node`],
+//! their payloads), its PRNG ([`Rng`]), the heap's [`options`], one transaction ([`step`]), a
+//! recorded run ([`record`], [`Recording`]), and the model check of a heap ([`verify`]).
+//!
+//! May not: know about sectors, crash images or power cuts: it sees a `Heap` and, for
+//! [`record`], the trace the heap records; the simulator and the checkers build on it.
+
+use std::path::Path;
+
+use txheap::{Durability, Error, Heap, Options, PPtr, PSlice, Trace, TraceEvent};
+
+/// Nodes kept in the workload's list; older ones are freed.
+///
+/// ```
+/// use crash_tests::{options, step, Root, KEEP};
+/// let dir = tempfile::tempdir().unwrap();
+/// let opts = options(txheap::Durability::None);
+/// let heap = txheap::Heap::create(dir.path().join("h.heap"), opts).unwrap();
+/// for _ in 0..KEEP + 2 {
+///     step(&heap, 1, false).unwrap();
+/// }
+/// let root = heap.read(|r| r.get(r.root::<Root>()?).copied()).unwrap();
+/// assert_eq!((root.counter, root.len), (KEEP + 2, KEEP));
+/// ```
+pub const KEEP: u64 = 6;
+const CHECK: u64 = 0x5EED_F00D_CAFE_D00D;
+
+/// The workload's root object.
+///
+/// ```
+/// use crash_tests::{options, step, Root};
+/// let dir = tempfile::tempdir().unwrap();
+/// let opts = options(txheap::Durability::None);
+/// let heap = txheap::Heap::create(dir.path().join("h.heap"), opts).unwrap();
+/// step(&heap, 1, false).unwrap();
+/// step(&heap, 1, false).unwrap();
+/// let root = heap.read(|r| r.get(r.root::<Root>()?).copied()).unwrap();
+/// assert_eq!((root.counter, root.len), (2, 2));
+/// assert!(!root.head.is_null());
+/// ```
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct Root {
+    /// Transactions committed.
+    pub counter: u64,
+    /// Newest node.
+    pub head: PPtr<Node>,
+    /// Nodes in the list.
+    pub len: u64,
+}
+
+/// A list node with a payload whose size and bytes derive from its value.
+///
+/// ```
+/// use crash_tests::{options, payload_byte, payload_size, step, Node, Root};
+/// let dir = tempfile::tempdir().unwrap();
+/// let opts = options(txheap::Durability::None);
+/// let heap = txheap::Heap::create(dir.path().join("h.heap"), opts).unwrap();
+/// step(&heap, 9, false).unwrap();
+/// step(&heap, 9, false).unwrap();
+/// heap.read(|r| {
+///     let newest: Node = *r.get(r.get(r.root::<Root>()?)?.head)?;
+///     assert_eq!(newest.value, 2);
+///     assert_eq!(newest.payload.len(), payload_size(9, 2));
+///     assert!(r.slice(newest.payload)?.iter().all(|&b| b == payload_byte(2)));
+///     assert_eq!(r.get(newest.next)?.value, 1);
+///     Ok(())
+/// })
+/// .unwrap();
+/// ```
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct Node {
+    /// The transaction number that created it.
+    pub value: u64,
+    /// Older node.
+    pub next: PPtr<Node>,
+    /// Its payload.
+    pub payload: PSlice<u8>,
+    /// `value ^ CHECK`.
+    pub check: u64,
+}
+
+/// A small deterministic PRNG (xorshift64).
+///
+/// ```
+/// use crash_tests::Rng;
+/// let mut a = Rng::seeded(42);
+/// let mut b = a.clone();
+/// // Deterministic: a clone continues the same stream.
+/// assert_eq!(a.next_u64(), b.next_u64());
+/// assert_ne!(a.0, 0); // xorshift's state never becomes zero
+/// ```
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A generator seeded from any `seed` (splitmix64, so nearby seeds give unrelated streams).
+    ///
+    /// ```
+    /// use crash_tests::Rng;
+    /// assert_eq!(Rng::seeded(1).0, Rng::seeded(1).0);
+    /// assert_ne!(Rng::seeded(1).0, Rng::seeded(2).0);
+    /// assert_eq!(Rng::seeded(0).0 % 2, 1); // the state is odd, so never zero
+    /// ```
+    pub fn seeded(seed: u64) -> Rng {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    /// Next value.
+    ///
+    /// ```
+    /// use crash_tests::Rng;
+    /// let mut r = Rng(1);
+    /// assert_eq!(r.next_u64(), 1_082_269_761); // xorshift64 (13, 7, 17) from state 1
+    /// assert_eq!(r.0, 1_082_269_761); // the value is the new state
+    /// ```
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform below `n` (n > 0).
+    ///
+    /// ```
+    /// use crash_tests::Rng;
+    /// let mut r = Rng::seeded(1);
+    /// assert!((0..1000).all(|_| r.below(10) < 10));
+    /// assert_eq!(Rng::seeded(5).below(1), 0);
+    /// ```
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Payload size of transaction `value` under `seed`: mostly small, some large objects (which take
+/// the in-place path under `Durability::Full`).
+///
+/// ```
+/// use crash_tests::payload_size;
+/// assert_eq!(payload_size(7, 10), payload_size(7, 10)); // deterministic
+/// assert_eq!(payload_size(7, 1), 40);
+/// assert!((1..1000).all(|v| (1..270_000).contains(&payload_size(7, v))));
+/// assert!((1..=20).any(|v| payload_size(7, v) >= 70_000)); // some large objects
+/// ```
+pub fn payload_size(seed: u64, value: u64) -> u64 {
+    let mut r = Rng::seeded(seed ^ value.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    match r.below(8) {
+        0 => 70_000 + r.below(200_000),
+        1 | 2 => 100 + r.below(5_000),
+        _ => 1 + r.below(100),
+    }
+}
+
+/// Whether every byte of `s` is `b` (compared 4 KiB at a time with `memcmp`: a byte-at-a-time
+/// loop over multi-megabyte objects was most of the checker's time).
+///
+/// ```
+/// use crash_tests::all_bytes;
+/// let mut s = vec![7u8; 10_000];
+/// assert!(all_bytes(&s, 7));
+/// s[9_000] = 8; // in the third 4 KiB piece
+/// assert!(!all_bytes(&s, 7));
+/// assert!(all_bytes(&[], 0));
+/// ```
+pub fn all_bytes(s: &[u8], b: u8) -> bool {
+    let pattern = [b; 4096];
+    s.chunks(pattern.len()).all(|c| c == &pattern[..c.len()])
+}
+
+/// Payload byte of transaction `value`.
+///
+/// ```
+/// use crash_tests::payload_byte;
+/// assert_eq!(payload_byte(1), 2);
+/// assert_eq!(payload_byte(250), 251);
+/// assert_eq!(payload_byte(251), 1);
+/// assert!((0..1000).all(|v| payload_byte(v) != 0)); // never a zeroed allocation's byte
+/// ```
+pub fn payload_byte(value: u64) -> u8 {
+    (value % 251) as u8 + 1
+}
+
+/// Options of the workload's heap: a log small enough that checkpoints happen inside short
+/// traces, large enough for the biggest payload under `Durability::None` (which logs it).
+///
+/// ```
+/// use txheap::Durability;
+/// let o = crash_tests::options(Durability::None);
+/// assert_eq!(o.get_durability(), Durability::None);
+/// assert_eq!(o.get_log_size(), 640 << 10);
+/// assert_eq!(o.get_max_size(), 256 << 20);
+/// ```
+pub fn options(durability: Durability) -> Options {
+    Options::new()
+        .initial_size(1 << 20)
+        .log_size(640 << 10)
+        .max_size(256 << 20)
+        .durability(durability)
+}
+
+/// Run one workload transaction: append node `counter + 1`, trim to `KEEP`, and abort instead
+/// of committing when `abort`. Returns the new counter.
+///
+/// ```
+/// use crash_tests::{options, step, verify};
+/// let dir = tempfile::tempdir().unwrap();
+/// let opts = options(txheap::Durability::None);
+/// let heap = txheap::Heap::create(dir.path().join("h.heap"), opts).unwrap();
+/// assert_eq!(step(&heap, 1, false).unwrap(), 1);
+/// assert!(matches!(step(&heap, 1, true), Err(txheap::Error::NoRoot))); // aborted
+/// assert_eq!(step(&heap, 1, false).unwrap(), 2); // the abort left no trace
+/// assert_eq!(verify(&heap, 1), Ok(2));
+/// ```
+pub fn step(heap: &Heap, seed: u64, abort: bool) -> txheap::Result<u64> {
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let mut rt = *tx.get(root)?;
+        let n = rt.counter + 1;
+        let payload = tx.alloc_slice_zeroed::<u8>(payload_size(seed, n))?;
+        tx.slice_mut(payload)?.fill(payload_byte(n));
+        let node = tx.alloc(Node {
+            value: n,
+            next: rt.head,
+            payload,
+            check: n ^ CHECK,
+        })?;
+        rt.head = node;
+        rt.counter = n;
+        rt.len += 1;
+        if rt.len > KEEP {
+            let mut p = rt.head;
+            for _ in 1..KEEP {
+                p = tx.get(p)?.next;
+            }
+            let mut rest = tx.get(p)?.next;
+            tx.get_mut(p)?.next = PPtr::null();
+            while !rest.is_null() {
+                let dead = *tx.get(rest)?;
+                tx.free_slice(dead.payload)?;
+                tx.free(rest)?;
+                rest = dead.next;
+            }
+            rt.len = KEEP;
+        }
+        *tx.get_mut(root)? = rt;
+        if abort {
+            return Err(Error::NoRoot); // deliberate abort: must leave no trace
+        }
+        Ok(n)
+    })
+}
+
+/// Check a heap against the workload: returns the counter, or what is wrong.
+///
+/// ```
+/// use crash_tests::{options, step, verify};
+/// let dir = tempfile::tempdir().unwrap();
+/// let opts = options(txheap::Durability::None);
+/// let heap = txheap::Heap::create(dir.path().join("h.heap"), opts).unwrap();
+/// assert_eq!(verify(&heap, 3), Ok(0)); // no root yet: nothing committed
+/// step(&heap, 3, false).unwrap();
+/// assert_eq!(verify(&heap, 3), Ok(1));
+/// // Under another seed the payload has another length: refused as torn.
+/// assert!(verify(&heap, 4).unwrap_err().contains("torn"));
+/// ```
+pub fn verify(heap: &Heap, seed: u64) -> Result<u64, String> {
+    let (counter, nodes) = heap
+        .read(|r| {
+            let root = match r.root::<Root>() {
+                Ok(root) => *r.get(root)?,
+                Err(Error::NoRoot) => return Ok((0, Vec::new())),
+                Err(e) => return Err(e),
+            };
+            let mut nodes = Vec::new();
+            let mut p = root.head;
+            while !p.is_null() && nodes.len() <= KEEP as usize {
+                let n = *r.get(p)?;
+                let bytes = r.slice(n.payload)?;
+                let intact = n.check == n.value ^ CHECK
+                    && n.payload.len() == payload_size(seed, n.value)
+                    && all_bytes(bytes, payload_byte(n.value));
+                nodes.push((p, n, intact));
+                p = n.next;
+            }
+            if root.len as usize != nodes.len() {
+                return Err(Error::Corrupt {
+                    offset: 0,
+                    what: format!("root.len {} but {} nodes", root.len, nodes.len()),
+                });
+            }
+            Ok((root.counter, nodes))
+        })
+        .map_err(|e| format!("reading the recovered heap: {e}"))?;
+    let expect: Vec<u64> = (counter.saturating_sub(KEEP) + 1..=counter).rev().collect();
+    let got: Vec<u64> = nodes.iter().map(|(_, n, _)| n.value).collect();
+    if got != expect {
+        return Err(format!("list holds {got:?}, expected {expect:?}"));
+    }
+    if let Some((_, n, _)) = nodes.iter().find(|(_, _, ok)| !ok) {
+        return Err(format!(
+            "node {} is torn (check word, payload length or bytes wrong)",
+            n.value
+        ));
+    }
+    let reachable: u64 = heap
+        .transaction(|tx| {
+            let mut sum = 0;
+            for (p, n, _) in &nodes {
+                sum += tx.usable_size(*p).ok_or(Error::NullPointer)?;
+                sum += tx
+                    .usable_size(n.payload.as_ptr())
+                    .ok_or(Error::NullPointer)?;
+            }
+            Ok(sum)
+        })
+        .map_err(|e| format!("a reachable block is not allocated: {e}"))?;
+    let used = heap.stats().map_err(|e| e.to_string())?.used_bytes;
+    if used != reachable {
+        return Err(format!(
+            "allocator counts {used} bytes used, {reachable} reachable"
+        ));
+    }
+    Ok(counter)
+}
+
+/// A recorded run: the file before it, and every operation after.
+///
+/// ```
+/// use txheap::Durability;
+/// let dir = tempfile::tempdir().unwrap();
+/// let rec = crash_tests::record(&dir.path().join("live.heap"), 5, Durability::None, 3);
+/// assert_eq!((rec.seed, rec.durability), (5, Durability::None));
+/// assert_eq!(rec.base.len(), 1 << 20); // the closed heap, at its initial size
+/// ```
+#[derive(Debug, Clone)]
+pub struct Recording {
+    /// The file's bytes when recording began (fully durable: a closed heap).
+    pub base: Vec<u8>,
+    /// The operations, with `Mark(n)` after transaction `n` was acknowledged.
+    pub events: Vec<TraceEvent>,
+    /// The seed of the workload.
+    pub seed: u64,
+    /// The durability the workload ran under.
+    pub durability: Durability,
+}
+
+/// Create a heap at `path`, close it (the base image), then reopen it with recording and run
+/// `txns` workload transactions (some aborted), recording everything up to and including close.
+///
+/// ```
+/// use txheap::{Durability, TraceEvent};
+/// let dir = tempfile::tempdir().unwrap();
+/// let rec = crash_tests::record(&dir.path().join("live.heap"), 1, Durability::Full, 3);
+/// let marks: Vec<u64> = rec
+///     .events
+///     .iter()
+///     .filter_map(|e| match e {
+///         TraceEvent::Mark(n) => Some(*n),
+///         _ => None,
+///     })
+///     .collect();
+/// assert_eq!(marks, [1, 2, 3]);
+/// assert!(rec.events.iter().any(|e| matches!(e, TraceEvent::Write { .. })));
+/// ```
+pub fn record(path: &Path, seed: u64, durability: Durability, txns: u64) -> Recording {
+    let _ = std::fs::remove_file(path);
+    Heap::create(path, options(durability))
+        .unwrap()
+        .close()
+        .unwrap();
+    let base = std::fs::read(path).unwrap();
+    let trace = Trace::default();
+    let heap = Heap::open(path, options(durability).record(trace.clone())).unwrap();
+    let mut rng = Rng::seeded(seed);
+    let mut done = 0;
+    while done < txns {
+        let abort = rng.below(8) == 0;
+        match step(&heap, seed, abort) {
+            Ok(n) => {
+                done += 1;
+                trace.lock().unwrap().push(TraceEvent::Mark(n));
+            }
+            Err(Error::NoRoot) if abort => {}
+            Err(e) => panic!("workload transaction failed: {e}"),
+        }
+    }
+    heap.close().unwrap();
+    let events = std::mem::take(&mut *trace.lock().unwrap());
+    Recording {
+        base,
+        events,
+        seed,
+        durability,
+    }
+}
