@@ -3,8 +3,9 @@
 
 use std::time::Instant;
 
+use crate::args::ChildArgs;
 use crate::engines::Opener;
-use crate::plan::{ChildArgs, Run};
+use crate::plan::Run;
 use crate::sample::Sample;
 use crate::BoxResult;
 

@@ -20,6 +20,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+mod args;
 mod chart;
 mod child;
 mod engines;
@@ -33,7 +34,8 @@ mod w5;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use plan::{ChildArgs, Workload};
+use args::ChildArgs;
+use plan::Workload;
 
 /// Error type of the harness: any error, shown as text.
 pub type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;

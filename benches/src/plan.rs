@@ -4,104 +4,11 @@
 //! Adding an engine or a workload is adding rows to [`CASES`] (and, for a new workload, a
 //! [`Workload`] variant and its counts).
 
-use std::path::Path;
-
+use crate::args::ChildArgs;
+pub use crate::args::{Metric, Workload};
 use crate::engines::{limits, lmdb, pmdk, redb_engine, sqlite, txheap_engine, Opener};
 use crate::sample::Sample;
 use crate::{w5, BoxResult};
-
-/// A workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workload {
-    /// One durable transaction per 64-byte node (or key-value pair), 1 thread.
-    W1,
-    /// W1 with non-durable commits.
-    W2,
-    /// One transaction of 1,000,000 allocations (or inserts).
-    W3,
-    /// Opening a 1 GiB txheap heap whose log is empty.
-    W5Open,
-    /// Opening a txheap heap whose log holds 64 MiB of committed frames (replay).
-    W5Replay,
-}
-
-/// How a workload's figure is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Metric {
-    /// Operations per second (higher is better).
-    Rate,
-    /// Seconds for the whole operation (lower is better).
-    Time,
-    /// Bytes per second (higher is better).
-    ByteRate,
-}
-
-impl Workload {
-    /// Every workload, in the order they run.
-    pub const ALL: [Workload; 5] = [
-        Workload::W1,
-        Workload::W2,
-        Workload::W3,
-        Workload::W5Open,
-        Workload::W5Replay,
-    ];
-
-    /// Short name, used on the command line and in `RESULT` lines.
-    pub fn name(self) -> &'static str {
-        match self {
-            Workload::W1 => "W1",
-            Workload::W2 => "W2",
-            Workload::W3 => "W3",
-            Workload::W5Open => "W5-open",
-            Workload::W5Replay => "W5-replay",
-        }
-    }
-
-    /// The workload named `s` (case-insensitive).
-    pub fn parse(s: &str) -> Option<Workload> {
-        Workload::ALL
-            .into_iter()
-            .find(|w| w.name().eq_ignore_ascii_case(s))
-    }
-
-    /// One-line description.
-    pub fn title(self) -> &'static str {
-        match self {
-            Workload::W1 => {
-                "durable commits, 1 thread: each transaction allocates a 64-byte node and links it from the root (key-value stores: insert an 8-byte key with a 64-byte value)"
-            }
-            Workload::W2 => "W1 with non-durable commits (each store's fastest setting)",
-            Workload::W3 => {
-                "one transaction of N allocations of 64 bytes, linked (key-value stores: N inserts in one transaction)"
-            }
-            Workload::W5Open => {
-                "Heap::open of a txheap heap holding 64-byte nodes (1 GiB of them in the full run, 256 MiB with --quick) with an empty log, in a fresh process, page cache warm"
-            }
-            Workload::W5Replay => {
-                "open of a txheap heap whose log holds 64 MiB of committed W1-style frames (replay + checkpoint), fresh process"
-            }
-        }
-    }
-
-    /// The figure compared between engines.
-    pub fn metric(self) -> Metric {
-        match self {
-            Workload::W1 | Workload::W2 | Workload::W3 => Metric::Rate,
-            Workload::W5Open => Metric::Time,
-            Workload::W5Replay => Metric::ByteRate,
-        }
-    }
-
-    /// Unit of [`Metric::Rate`] figures.
-    pub fn unit(self) -> &'static str {
-        match self {
-            Workload::W1 | Workload::W2 => "tx/s",
-            Workload::W3 => "allocs/s",
-            Workload::W5Open => "opens/s",
-            Workload::W5Replay => "frames/s",
-        }
-    }
-}
 
 /// What a case is in its workload's comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,19 +30,6 @@ impl Role {
             Role::Limit => "limit",
         }
     }
-}
-
-/// Arguments of a child process.
-#[derive(Debug, Clone)]
-pub struct ChildArgs<'a> {
-    /// Engine name.
-    pub engine: &'a str,
-    /// Workload.
-    pub workload: Workload,
-    /// Operations to time (or, for a set-up child, the amount of data to make).
-    pub ops: u64,
-    /// The child's directory on the benchmark filesystem.
-    pub dir: &'a Path,
 }
 
 /// How a case's child process runs.

@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use txheap::{Durability, Heap, Options};
 
+use crate::args::ChildArgs;
 use crate::engines::txheap_engine::{count, push, FILE};
-use crate::plan::ChildArgs;
 use crate::sample::Sample;
 use crate::BoxResult;
 

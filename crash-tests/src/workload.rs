@@ -192,10 +192,12 @@ pub fn payload_byte(value: u64) -> u8 {
 ///
 /// ```
 /// use txheap::Durability;
+/// let dir = tempfile::tempdir().unwrap();
 /// let o = crash_tests::options(Durability::None);
-/// assert_eq!(o.get_durability(), Durability::None);
-/// assert_eq!(o.get_log_size(), 640 << 10);
-/// assert_eq!(o.get_max_size(), 256 << 20);
+/// let heap = txheap::Heap::create(dir.path().join("o.heap"), o).unwrap();
+/// assert_eq!(heap.durability(), Durability::None);
+/// let s = heap.stats().unwrap();
+/// assert_eq!((s.log_size, s.max_size), (640 << 10, 256 << 20));
 /// ```
 pub fn options(durability: Durability) -> Options {
     Options::new()
