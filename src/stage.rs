@@ -121,6 +121,19 @@ impl Inner {
         base
     }
 
+    /// Bytes of `[a, b)` (line-aligned) no staged range covers yet.
+    fn unstaged(&self, a: u64, b: u64) -> u64 {
+        let mut covered = 0;
+        for (&s, buf) in self.ranges.range(..b).rev() {
+            let e = s + buf.len();
+            if e <= a {
+                break;
+            }
+            covered += e.min(b) - s.max(a);
+        }
+        (b - a) - covered
+    }
+
     /// Replace every range overlapping `[a, b)` by one buffer covering their union and `[a, b)`.
     /// Returns the new range's start. Old buffers go to `retired` when `retire`, else are freed.
     fn merge(&mut self, a: u64, b: u64, fill: &mut dyn FnMut(u64, &mut [u8])) -> u64 {
@@ -157,26 +170,9 @@ impl Inner {
 
 impl Stage {
     /// Bytes currently staged (what the frame's payload data will be).
+    #[cfg(test)]
     pub(crate) fn staged_bytes(&mut self) -> u64 {
         self.inner.get_mut().bytes
-    }
-
-    /// Bytes a write of `[off, off+len)` would add to `staged_bytes` (its 64-byte lines not
-    /// staged yet).
-    pub(crate) fn unstaged_bytes(&mut self, off: u64, len: u64) -> u64 {
-        if len == 0 {
-            return 0;
-        }
-        let (a, b) = (align_down(off), align_up(off + len));
-        let mut covered = 0;
-        for (&s, buf) in self.inner.get_mut().ranges.range(..b).rev() {
-            let e = s + buf.len();
-            if e <= a {
-                break;
-            }
-            covered += e.min(b) - s.max(a);
-        }
-        (b - a) - covered
     }
 
     /// Whether nothing is staged.
@@ -215,29 +211,41 @@ impl Stage {
     }
 
     /// Stage `[off, off+len)` for writing and return it; bytes not written before are copied from
-    /// the committed state by `fill`.
+    /// the committed state by `fill`. If staging it would take `staged_bytes` past `max_bytes`,
+    /// nothing changes and the error carries the total it would have reached (lines already
+    /// staged cost nothing: rewriting them adds no byte to the frame).
     pub(crate) fn write(
         &mut self,
         off: u64,
         len: u64,
+        max_bytes: u64,
         fill: &mut dyn FnMut(u64, &mut [u8]),
-    ) -> &mut [u8] {
+    ) -> Result<&mut [u8], u64> {
         if len == 0 {
-            return &mut [];
+            return Ok(&mut []);
         }
         let inner = self.inner.get_mut();
         inner.retired.clear(); // `&mut self`: no slice from `read` is alive any more.
         let (a, b) = (align_down(off), align_up(off + len));
         let start = match inner.find(a, b) {
             Ok(Some((s, _))) => s,
-            _ => inner.merge(a, b, fill),
+            found => {
+                let new = match found {
+                    Ok(None) => b - a,
+                    _ => inner.unstaged(a, b),
+                };
+                if inner.bytes + new > max_bytes {
+                    return Err(inner.bytes + new);
+                }
+                inner.merge(a, b, fill)
+            }
         };
         let buf = &inner.ranges[&start];
         // SAFETY: in bounds as in `read`; `&mut self` guarantees no other slice of this buffer is
         // alive, and the returned borrow keeps it so.
-        unsafe {
+        Ok(unsafe {
             std::slice::from_raw_parts_mut(buf.base().add((off - start) as usize), len as usize)
-        }
+        })
     }
 
     /// Every staged range in offset order.
@@ -266,8 +274,12 @@ mod tests {
     fn read_your_writes_with_partial_overlaps() {
         let mut st = Stage::default();
         assert!(st.read(100, 8, &mut committed).is_none());
-        st.write(100, 8, &mut committed).copy_from_slice(&[1; 8]);
-        st.write(300, 4, &mut committed).copy_from_slice(&[2; 4]);
+        st.write(100, 8, u64::MAX, &mut committed)
+            .unwrap()
+            .copy_from_slice(&[1; 8]);
+        st.write(300, 4, u64::MAX, &mut committed)
+            .unwrap()
+            .copy_from_slice(&[2; 4]);
         // A read spanning both staged ranges and committed bytes between them merges.
         let v = st.read(96, 212, &mut committed).unwrap().to_vec();
         assert_eq!(&v[4..12], &[1; 8]);
@@ -283,12 +295,13 @@ mod tests {
         let ranges: Vec<_> = st.ranges().map(|(s, r)| (s, r.len())).collect();
         assert_eq!(ranges, vec![(64, 64), (256, 64)]);
         assert_eq!(st.staged_bytes(), 128);
-        // Only lines not staged yet count as new bytes.
-        assert_eq!(st.unstaged_bytes(100, 8), 0);
-        assert_eq!(st.unstaged_bytes(120, 150), (320 - 64) - 64 - 64);
-        assert_eq!(st.unstaged_bytes(1000, 1), 64);
+        // Only lines not staged yet count against the budget; a refused write changes nothing.
+        assert!(st.write(100, 8, 128, &mut committed).is_ok());
+        assert_eq!(st.write(120, 150, 255, &mut committed).err(), Some(256));
+        assert_eq!(st.write(1000, 1, 128, &mut committed).err(), Some(192));
+        assert_eq!(st.staged_bytes(), 128);
         // A write spanning both merges them (with the committed bytes between).
-        st.write(120, 150, &mut committed)[0] = 7;
+        st.write(120, 150, u64::MAX, &mut committed).unwrap()[0] = 7;
         let ranges: Vec<_> = st.ranges().map(|(s, r)| (s, r.len())).collect();
         assert_eq!(ranges, vec![(64, 256)]);
         let v = st.read(64, 256, &mut committed).unwrap();

@@ -80,20 +80,26 @@ fn fill_from(sh: &Shared) -> impl FnMut(u64, &mut [u8]) + '_ {
     }
 }
 
-/// Fail early if the bytes that will go through the log (staged bytes, less `exempt` bytes that
-/// are written in place instead) plus what a write of `[off, off+len)` adds (only lines not
-/// staged yet: rewriting staged bytes costs the frame nothing) cannot fit in the log. The exact
-/// check is at commit.
-fn stage_limit(sh: &Shared, stage: &mut Stage, exempt: u64, off: u64, len: u64) -> Result<()> {
-    let more = stage.unstaged_bytes(off, len);
-    let bytes = stage.staged_bytes().saturating_sub(exempt) + more + FRAME_OVERHEAD_MIN;
-    if bytes > sh.geo.log_size {
-        return Err(Error::TransactionTooLarge {
-            bytes,
-            log_size: sh.geo.log_size,
-        });
-    }
-    Ok(())
+/// Stage `[off, off+len)` unless the bytes that will go through the log (staged bytes, less
+/// `exempt` bytes that are written in place instead, plus the least frame overhead) would then
+/// exceed the log: that is `TransactionTooLarge` at once, with nothing staged. Rewriting staged
+/// lines costs nothing. The exact check is at commit.
+fn stage_within_log<'s>(
+    sh: &Shared,
+    stage: &'s mut Stage,
+    exempt: u64,
+    off: u64,
+    len: u64,
+) -> Result<&'s mut [u8]> {
+    let log_size = sh.geo.log_size;
+    let max_bytes = (log_size + exempt).saturating_sub(FRAME_OVERHEAD_MIN);
+    let mut fill = fill_from(sh);
+    stage
+        .write(off, len, max_bytes, &mut fill)
+        .map_err(|staged| Error::TransactionTooLarge {
+            bytes: staged.saturating_sub(exempt) + FRAME_OVERHEAD_MIN,
+            log_size,
+        })
 }
 
 /// Copy the transaction's view of `[off, off+buf.len())` (staged bytes over committed ones).
@@ -111,10 +117,7 @@ impl TxMem for Mem<'_> {
     }
 
     fn write(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
-        stage_limit(self.sh, self.stage, self.exempt, off, bytes.len() as u64)?;
-        let mut fill = fill_from(self.sh);
-        self.stage
-            .write(off, bytes.len() as u64, &mut fill)
+        stage_within_log(self.sh, self.stage, self.exempt, off, bytes.len() as u64)?
             .copy_from_slice(bytes);
         Ok(())
     }
@@ -189,12 +192,15 @@ impl<'h> Tx<'h> {
     /// transaction just made, which the allocator placed in bounds.
     fn stage_mut(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
         if inside(&self.fresh, off, len) {
+            // Bytes of a fresh large extent go in place: no log budget.
             self.fresh_staged += len;
-        } else {
-            stage_limit(self.sh, &mut self.stage, self.fresh_staged, off, len)?;
+            let mut fill = fill_from(self.sh);
+            return Ok(self
+                .stage
+                .write(off, len, u64::MAX, &mut fill)
+                .expect("an unlimited budget never refuses"));
         }
-        let mut fill = fill_from(self.sh);
-        Ok(self.stage.write(off, len, &mut fill))
+        stage_within_log(self.sh, &mut self.stage, self.fresh_staged, off, len)
     }
 
     fn mem_op<R>(
@@ -354,6 +360,23 @@ impl<'h> Tx<'h> {
         Ok(off)
     }
 
+    /// Allocate `size` bytes and stage their first contents with `fill`. If staging is refused
+    /// (the log's budget), the allocation is freed again, so a failed call leaks nothing.
+    fn alloc_filled(&mut self, size: u64, align: u64, fill: impl FnOnce(&mut [u8])) -> Result<u64> {
+        let off = self.alloc_raw(size, align)?;
+        match self.stage_mut(off, size) {
+            Ok(b) => {
+                fill(b);
+                Ok(off)
+            }
+            Err(e) => {
+                // Its bitmap word or header is staged already, so this free costs no budget.
+                let _ = self.mem_op(|a, m| a.free(m, off));
+                Err(e)
+            }
+        }
+    }
+
     /// Allocate a `T` holding `value`.
     ///
     /// ```
@@ -365,9 +388,9 @@ impl<'h> Tx<'h> {
     /// ```
     pub fn alloc<T: Pod>(&mut self, value: T) -> Result<PPtr<T>> {
         let size = std::mem::size_of::<T>() as u64;
-        let off = self.alloc_raw(size, std::mem::align_of::<T>() as u64)?;
-        self.stage_mut(off, size)?
-            .copy_from_slice(bytemuck::bytes_of(&value));
+        let off = self.alloc_filled(size, std::mem::align_of::<T>() as u64, |b| {
+            b.copy_from_slice(bytemuck::bytes_of(&value))
+        })?;
         Ok(PPtr::from_offset(off))
     }
 
@@ -400,10 +423,8 @@ impl<'h> Tx<'h> {
                 requested: u64::MAX,
                 max_size: self.sh.geo.max_size,
             })?;
-        let off = self.alloc_raw(size, std::mem::align_of::<T>() as u64)?;
-        let s = PSlice::from_raw_parts(off, len);
-        self.stage_mut(off, size)?.fill(0);
-        Ok(s)
+        let off = self.alloc_filled(size, std::mem::align_of::<T>() as u64, |b| b.fill(0))?;
+        Ok(PSlice::from_raw_parts(off, len))
     }
 
     /// Allocate a copy of `values`.
@@ -417,11 +438,11 @@ impl<'h> Tx<'h> {
     /// ```
     pub fn alloc_slice<T: Pod>(&mut self, values: &[T]) -> Result<PSlice<T>> {
         let size = std::mem::size_of_val(values) as u64;
-        let off = self.alloc_raw(size, std::mem::align_of::<T>() as u64)?;
-        if size > 0 {
-            self.stage_mut(off, size)?
-                .copy_from_slice(bytemuck::cast_slice(values));
-        }
+        let off = self.alloc_filled(size, std::mem::align_of::<T>() as u64, |b| {
+            if !b.is_empty() {
+                b.copy_from_slice(bytemuck::cast_slice(values))
+            }
+        })?;
         Ok(PSlice::from_raw_parts(off, values.len() as u64))
     }
 

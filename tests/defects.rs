@@ -163,6 +163,26 @@ fn rewriting_staged_bytes_does_not_count_twice_against_the_log() {
     assert!(heap
         .read(|r| Ok(r.slice(s)?.iter().all(|&b| b == 2)))
         .unwrap());
+    // A write refused as too large stages nothing, and a refused allocation leaks nothing: the
+    // transaction can still commit, holding only the first block.
+    let used = heap.stats().unwrap().used_bytes;
+    let t = heap
+        .transaction(|tx| {
+            let a = tx.alloc_slice_zeroed::<u8>(40_000)?;
+            let r = tx.alloc_slice_zeroed::<u8>(40_000);
+            assert!(matches!(r, Err(Error::TransactionTooLarge { .. })), "{r:?}");
+            tx.slice_mut(a)?.fill(3);
+            Ok(a)
+        })
+        .unwrap();
+    assert!(heap
+        .read(|r| Ok(r.slice(t)?.iter().all(|&b| b == 3)))
+        .unwrap());
+    let block = heap
+        .transaction(|tx| Ok(tx.usable_size(t.as_ptr())))
+        .unwrap()
+        .unwrap();
+    assert_eq!(heap.stats().unwrap().used_bytes, used + block);
     // A transaction really too large is still refused.
     let r = heap.transaction(|tx| {
         tx.alloc_slice_zeroed::<u8>(40_000)?;
