@@ -19,7 +19,7 @@
 //! - log frames, walked from `log_offset` by their `payload_len` (stopping at the first without
 //!   the magic, with a length not a multiple of 8 or running past the log region): first the heap
 //!   and chunk headers carried whole inside their ranges (as above, at their file offsets), then
-//!   the frame check (XXH3-64 low 32 bits over header bytes 0..28 and the payload). The check is
+//!   the frame check (XXH3-64 low 32 bits over header bytes 0..36 and the payload). The check is
 //!   computed by the log crate itself: `verify_frame` reports the computed value in `BadChecksum`.
 //!
 //! `heap_offset` comes from the newest slot with the magic and a plausible `log_size` (else the
@@ -270,7 +270,7 @@ fn seal_chunk_header(b: &mut [u8]) {
     }
 }
 
-/// The frame check of `header[..28]` and `payload`, computed by `txheap_log::verify_frame` (the
+/// The frame check of `header[..CHECK_OFFSET]` and `payload`, computed by `txheap_log::verify_frame` (the
 /// function replay uses): it reports the computed value when the stored one differs, and gets
 /// past the check (to `Ok` or `Malformed`) only when they are equal.
 pub fn frame_check(header: &[u8; FRAME_HDR], payload: &[u8]) -> u32 {
@@ -278,6 +278,7 @@ pub fn frame_check(header: &[u8; FRAME_HDR], payload: &[u8]) -> u32 {
         range_count: get(header, txheap_log::RANGE_COUNT_OFFSET, 4) as u32,
         generation: get(header, txheap_log::GENERATION_OFFSET, 8),
         txid: get(header, txheap_log::TXID_OFFSET, 8),
+        durable_txid: get(header, txheap_log::DURABLE_TXID_OFFSET, 8),
         payload_len: payload.len() as u32,
         check: get(header, txheap_log::CHECK_OFFSET, 4) as u32,
     };
@@ -328,7 +329,7 @@ pub fn seal(img: &mut [u8], default_log_size: usize) {
         }
         let hdr: [u8; FRAME_HDR] = img[f.off..f.off + FRAME_HDR].try_into().unwrap();
         let c = frame_check(&hdr, &img[f.off + FRAME_HDR..f.off + f.len]);
-        put(img, f.off + 28, 4, c as u64);
+        put(img, f.off + txheap_log::CHECK_OFFSET, 4, c as u64);
     }
 }
 
@@ -529,7 +530,19 @@ fn apply(img: &mut Vec<u8>, op: &Op, seed_len: usize, post: &mut Vec<(usize, u8)
         }
         // Frame header field; index len() is the position after the last frame.
         2 | 3 => {
-            const F: [(usize, usize); 6] = [(0, 4), (4, 4), (8, 8), (16, 8), (24, 4), (28, 4)];
+            use txheap_log::{
+                CHECK_OFFSET, DURABLE_TXID_OFFSET, GENERATION_OFFSET, MAGIC_OFFSET,
+                PAYLOAD_LEN_OFFSET, RANGE_COUNT_OFFSET, TXID_OFFSET,
+            };
+            const F: [(usize, usize); 7] = [
+                (MAGIC_OFFSET, 4),
+                (RANGE_COUNT_OFFSET, 4),
+                (GENERATION_OFFSET, 8),
+                (TXID_OFFSET, 8),
+                (DURABLE_TXID_OFFSET, 8),
+                (PAYLOAD_LEN_OFFSET, 4),
+                (CHECK_OFFSET, 4),
+            ];
             let i = op.a as usize % (lay.frames.len() + 1);
             let at = lay
                 .frames

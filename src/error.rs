@@ -68,7 +68,23 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
-    /// The file was written by a newer format version than this library reads.
+    /// A log frame is damaged although a later frame proves it was durable: opening would drop
+    /// acknowledged transactions `txid..=last_txid` without a word. Nothing was changed.
+    /// [`crate::Options::salvage`] (or `txheap recover --salvage`) opens the transactions
+    /// before `txid` and drops those, knowingly.
+    LogDamaged {
+        /// File offset of the damaged frame.
+        offset: u64,
+        /// The transaction it should hold.
+        txid: u64,
+        /// File offset of the later frame that proves it was durable.
+        voucher_offset: u64,
+        /// That frame's transaction id.
+        voucher_txid: u64,
+        /// The highest transaction id of any intact later frame.
+        last_txid: u64,
+    },
+    /// The file was written by another format version than this library reads.
     UnsupportedVersion {
         /// The file's version.
         found: u32,
@@ -223,6 +239,25 @@ impl fmt::Display for Error {
                 "file is truncated: {len} bytes, but its superblock requires at least {needed}"
             ),
             Error::Corrupt { offset, what } => write!(f, "corrupt file at offset {offset}: {what}"),
+            Error::LogDamaged {
+                offset,
+                txid,
+                voucher_offset,
+                voucher_txid,
+                last_txid,
+            } => write!(
+                f,
+                "log frame of transaction {txid} at offset {offset} is damaged, but the frame of \
+                 transaction {voucher_txid} at offset {voucher_offset} proves it was durable: \
+                 opening would drop acknowledged transactions {txid}..={last_txid}. Nothing was \
+                 changed; Options::salvage(true) (txheap recover --salvage) opens the \
+                 transactions before {txid} and drops those"
+            ),
+            Error::UnsupportedVersion { found, supported } if found < supported => write!(
+                f,
+                "file format version {found} is older than the supported version {supported} \
+                 (this pre-1.0 library does not upgrade files)"
+            ),
             Error::UnsupportedVersion { found, supported } => write!(
                 f,
                 "file format version {found} is newer than the supported version {supported}"
@@ -312,6 +347,19 @@ impl From<RecoveryError> for Error {
                 Error::UnsupportedVersion { found, supported }
             }
             RecoveryError::InvalidGeometry { what } => Error::InvalidOptions { what },
+            RecoveryError::LogDamaged {
+                offset,
+                txid,
+                voucher_offset,
+                voucher_txid,
+                last_txid,
+            } => Error::LogDamaged {
+                offset,
+                txid,
+                voucher_offset,
+                voucher_txid,
+                last_txid,
+            },
         }
     }
 }

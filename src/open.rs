@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use txheap_recovery::{self as recovery, RecoveryError, Slot, Storage, Superblock, HEAP_META_LEN};
+use txheap_recovery::{
+    self as recovery, OnDamage, RecoveryError, Slot, Storage, Superblock, HEAP_META_LEN,
+};
 
 use crate::alloc::{Allocator, HeapHeader, HEAP_HEADER_LEN};
 use crate::error::{Error, Result};
@@ -38,6 +40,8 @@ struct LogState {
     slot: Slot,
     tail: u64,
     next_txid: u64,
+    /// Transactions a salvage dropped (first and last txid).
+    salvaged: Option<(u64, u64)>,
 }
 
 fn lock_file(file: &File, path: &Path, exclusive: bool) -> Result<()> {
@@ -194,10 +198,10 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
     let (log, map) = if read_only {
         replay_read_only(&file, &storage)?
     } else {
-        recover_writable(&file, &mut storage, options.durability)?
+        recover_writable(&file, &mut storage, options)?
     };
     let geo = Geometry::of(&log.sb);
-    let (alloc, header) = rebuild(&log.sb, &map)?;
+    let (alloc, header) = rebuild(&log.sb, &map, read_only)?;
     let storage = if read_only {
         storage
     } else {
@@ -210,7 +214,7 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         alloc,
         header,
     );
-    let shared = Shared::new(
+    let mut shared = Shared::new(
         path.to_path_buf(),
         file,
         map,
@@ -219,6 +223,7 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         options.durability,
         header,
     );
+    shared.salvaged = log.salvaged;
     phase!(IDLE);
     Ok(Opened { shared, writer })
 }
@@ -258,11 +263,16 @@ fn replay_read_only(file: &File, storage: &FileStorage) -> Result<(LogState, Map
         Ok(())
     };
     let scan = recovery::scan_log(storage, &sb, &mut apply)?;
+    if let Some(d) = scan.damage {
+        // A read-only open cannot salvage (it writes nothing): refuse, as a writable open does.
+        return Err(d.error().into());
+    }
     let log = LogState {
         sb,
         slot,
         tail: scan.end_offset,
         next_txid: scan.next_txid,
+        salvaged: None,
     };
     Ok((log, map))
 }
@@ -272,8 +282,14 @@ fn replay_read_only(file: &File, storage: &FileStorage) -> Result<(LogState, Map
 fn recover_writable(
     file: &File,
     storage: &mut FileStorage,
-    durability: Durability,
+    options: &Options,
 ) -> Result<(LogState, Mapping)> {
+    let durability = options.durability;
+    let on_damage = if options.salvage {
+        OnDamage::Salvage
+    } else {
+        OnDamage::Refuse
+    };
     // Reserve the address space first: a refusal for lack of it must come before recovery
     // writes a byte. (The mapping is private and nothing reads it until the heap is built;
     // recovery's pwrites show through it like any file change.)
@@ -282,7 +298,7 @@ fn recover_writable(
     // Frames to replay: first check the heap as replay will leave it (header, chunk count, every
     // chunk header and run bitmap), so that a damaged heap is refused before recovery writes a
     // byte.
-    let rec = recovery::recover_checked(storage, |sb, view| -> Result<()> {
+    let rec = recovery::recover_checked_with(storage, on_damage, |sb, view| -> Result<()> {
         let header = read_heap_header(sb, &mut |off, buf| Ok(view.read(off, buf)?))?;
         needed_len(sb, &header)?;
         let failed = std::cell::Cell::new(None);
@@ -324,6 +340,7 @@ fn recover_writable(
         slot: rec.slot,
         tail,
         next_txid,
+        salvaged: rec.scan.damage.map(|d| (d.txid, d.last_txid)),
     };
     Ok((log, map))
 }
@@ -356,8 +373,10 @@ fn grow_to_chunk_count(file: &File, storage: &mut FileStorage, sb: &Superblock) 
         .map_err(|e| Error::io("grow file to its chunk count", needed, e))
 }
 
-/// The allocator and the heap header, rebuilt from the mapping as recovery left it.
-fn rebuild(sb: &Superblock, map: &Mapping) -> Result<(Allocator, HeapHeader)> {
+/// The allocator and the heap header, rebuilt from the mapping as recovery left it. A
+/// read-only open of a file cut short (its chunk count reaches past its end) reads zeros there,
+/// as the writable open does after growing it back: both accept or refuse the same files.
+fn rebuild(sb: &Superblock, map: &Mapping, read_only: bool) -> Result<(Allocator, HeapHeader)> {
     let geo = Geometry::of(sb);
     let read = |off: u64, buf: &mut [u8]| {
         // SAFETY: the heap is not shared yet, so nothing writes the mapping while we read it;
@@ -376,6 +395,11 @@ fn rebuild(sb: &Superblock, map: &Mapping) -> Result<(Allocator, HeapHeader)> {
         Ok(())
     })?;
     let needed = needed_len(sb, &header)?;
+    if map.mapped_len() < needed && read_only {
+        // SAFETY: page-aligned (mapped_len is), and no slice into the mapping exists yet.
+        unsafe { map.zero_tail(map.mapped_len()) }
+            .map_err(|e| Error::io("map zero pages past the file's end", map.mapped_len(), e))?;
+    }
     if map.mapped_len() < needed {
         return Err(Error::Truncated {
             len: map.mapped_len(),

@@ -45,6 +45,7 @@ pub struct Options {
     pub(crate) max_size: u64,
     pub(crate) log_size: u64,
     pub(crate) durability: Durability,
+    pub(crate) salvage: bool,
     #[cfg(feature = "test-hooks")]
     pub(crate) trace: Option<crate::Trace>,
 }
@@ -56,6 +57,7 @@ impl Default for Options {
             max_size: 16 << 30,
             log_size: 16 << 20,
             durability: Durability::Full,
+            salvage: false,
             #[cfg(feature = "test-hooks")]
             trace: None,
         }
@@ -107,6 +109,21 @@ impl Options {
     /// ```
     pub fn durability(mut self, d: Durability) -> Self {
         self.durability = d;
+        self
+    }
+    /// Accept the loss of acknowledged transactions when the log is damaged (default `false`).
+    ///
+    /// When a log frame is damaged but a later frame proves it was durable, `open` refuses with
+    /// [`crate::Error::LogDamaged`] and changes nothing, because replaying only the frames before
+    /// it would silently drop acknowledged transactions. With `salvage(true)`, `open` replays
+    /// those frames, drops the damaged one and everything after it, and checkpoints so they
+    /// never replay; [`crate::Stats::salvaged`] says which transactions were dropped.
+    ///
+    /// ```
+    /// let o = txheap::Options::new().salvage(true);
+    /// ```
+    pub fn salvage(mut self, yes: bool) -> Self {
+        self.salvage = yes;
         self
     }
     /// Record every write, barrier and growth of the file by the opened handle (feature
@@ -203,6 +220,9 @@ pub struct Stats {
     /// The filesystem the file lives on (`"ext4"`, `"xfs"`, `"tmpfs"`, ...; `"unknown (magic
     /// 0x...)"` for others).
     pub filesystem: String,
+    /// The transactions this handle's open dropped on purpose (`Options::salvage`): the first
+    /// and the last txid cut off by a damaged log frame. `None` when nothing was dropped.
+    pub salvaged: Option<(u64, u64)>,
     /// Whether that filesystem keeps files in memory only (tmpfs, ramfs): then nothing survives
     /// a power cut or a reboot, whatever the durability. `Durability::Full` still protects
     /// against a killed process.

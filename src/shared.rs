@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub durability: Durability,
     pub view: RwLock<View>,
     poison: Mutex<Option<String>>,
+    /// Transactions the open dropped on purpose (`Options::salvage`): first and last txid.
+    pub salvaged: Option<(u64, u64)>,
 }
 
 impl Shared {
@@ -56,6 +58,7 @@ impl Shared {
             durability,
             view: RwLock::new(View { header }),
             poison: Mutex::new(None),
+            salvaged: None,
         }
     }
 

@@ -36,6 +36,9 @@ pub(crate) struct Writer {
     slot: Slot,
     log_tail: u64,
     next_txid: u64,
+    /// The highest txid a completed barrier has made durable: the evidence each new frame
+    /// carries (`durable_txid`), which lets recovery tell a damaged durable frame from a torn one.
+    durable_txid: u64,
     /// Log bytes written since the last barrier (Durability::None), absolute offsets.
     unsynced: Option<(u64, u64)>,
     pub alloc: Allocator,
@@ -124,6 +127,9 @@ impl Writer {
             slot,
             log_tail,
             next_txid,
+            // An open ends with everything in the log durable (replayed and checkpointed, or
+            // nothing to replay).
+            durable_txid: next_txid.saturating_sub(1),
             unsynced: None,
             alloc,
             header,
@@ -241,7 +247,9 @@ impl Writer {
             sh.geo.log_size
         );
         let at = sh.geo.log_offset + self.log_tail;
-        let frame = self.frame.finish(self.sb.generation, self.next_txid);
+        let frame =
+            self.frame
+                .finish_vouching(self.sb.generation, self.next_txid, self.durable_txid);
         self.in_commit = true;
         phase!(LOG_WRITE);
         self.storage
@@ -254,6 +262,7 @@ impl Writer {
                 self.storage
                     .barrier(at, len)
                     .map_err(|e| sh.fail("msync log frame", at, e))?;
+                self.durable_txid = self.next_txid;
                 failpoint!("commit.after_log_barrier");
             }
             Durability::None => {
@@ -342,6 +351,7 @@ impl Writer {
             self.storage
                 .barrier(a, b - a)
                 .map_err(|e| sh.fail("msync log", a, e))?;
+            self.durable_txid = self.next_txid.saturating_sub(1);
         }
         if self.pending_pages.is_empty() {
             return Ok(());
@@ -382,6 +392,7 @@ impl Writer {
         self.sb = sb;
         self.slot = slot;
         self.log_tail = 0;
+        self.durable_txid = self.next_txid.saturating_sub(1);
         self.checkpoints += 1;
         Ok(())
     }
@@ -409,6 +420,7 @@ impl Writer {
             io: self.storage.counters,
             filesystem,
             volatile_storage,
+            salvaged: sh.salvaged,
         })
     }
 }

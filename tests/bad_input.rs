@@ -157,13 +157,12 @@ fn truncated_files_are_refused_unchanged() {
             _ => false,
         });
     }
-    // Cut inside the chunk area: the heap header's chunk count needs more bytes.
+    // Cut inside the chunk area: the heap header's chunk count needs more bytes. Both opens
+    // read zeros past the end (the writable one before it would grow the file back) and agree:
+    // a chunk header is cut off, which is Corrupt, and the file is left as it was.
     let cut = heap_offset + 8192 + 1000;
     let p = write(d.path(), "trunc-chunks", &bytes[..cut as usize]);
-    let before = std::fs::read(&p).unwrap();
-    let r = Heap::open_read_only(&p);
-    assert!(matches!(r, Err(Error::Truncated { .. })), "{r:?}");
-    assert_eq!(std::fs::read(&p).unwrap(), before);
+    expect_refused(&p, |e| matches!(e, Error::Corrupt { .. }));
 }
 
 #[test]
@@ -222,19 +221,19 @@ fn both_superblocks_damaged_is_corrupt() {
 fn newer_format_version_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let (_, mut bytes) = clean_heap(d.path(), 3);
-    // Make both slots claim version 2 with valid checksums.
+    // Make both slots claim the next version (3) with valid checksums.
     for slot in [0usize, 4096] {
-        bytes[slot + 8..slot + 12].copy_from_slice(&2u32.to_le_bytes());
+        bytes[slot + 8..slot + 12].copy_from_slice(&3u32.to_le_bytes());
         let crc = crc(&bytes[slot..slot + 124]);
         bytes[slot + 124..slot + 128].copy_from_slice(&crc.to_le_bytes());
     }
-    let p = write(d.path(), "v2", &bytes);
+    let p = write(d.path(), "v3", &bytes);
     expect_refused(&p, |e| {
         matches!(
             e,
             Error::UnsupportedVersion {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             }
         )
     });
@@ -306,45 +305,56 @@ fn crash_image(dir: &Path, n: u64) -> Vec<u8> {
     image
 }
 
+/// The frames in a crash image's log: (start, end) relative to the log region, in order.
+fn frame_spans(log: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(h) = txheap_recovery::txheap_log::verified_frame_at(&log[at..]) {
+        out.push((at, at + h.frame_len() as usize));
+        at += h.frame_len() as usize;
+    }
+    out
+}
+
 #[test]
-fn every_log_byte_flip_recovers_a_committed_prefix() {
+fn every_log_byte_flip_gives_a_committed_prefix_or_names_the_damage() {
     let d = tempfile::tempdir().unwrap();
     let n = 12;
     let bytes = crash_image(d.path(), n);
-    // Where the frames end: the first all-zero 32 bytes after LOG_OFFSET.
-    let log = &bytes[LOG_OFFSET as usize..(LOG_OFFSET + LOG_LEN) as usize];
-    let used = (0..log.len() / 8)
-        .map(|i| i * 8)
-        .find(|&i| log[i..i + 32].iter().all(|&b| b == 0))
-        .unwrap();
-    assert!(used > 0, "the crash image has no frames in its log");
-    let mut shorter = 0;
-    for i in 0..used {
-        let mut b = bytes.clone();
-        b[LOG_OFFSET as usize + i] ^= 1 << (i % 8);
-        let p = write(d.path(), "logflip", &b);
-        let h = Heap::open_read_only(&p).unwrap_or_else(|e| panic!("flip at log byte {i}: {e}"));
-        let v = match values(&h) {
-            Ok(v) => v,
-            Err(Error::NoRoot) => Vec::new(),
-            Err(e) => panic!("flip at log byte {i}: {e}"),
-        };
-        let k = v.len() as u64;
-        assert_eq!(
-            v,
-            (0..k).rev().collect::<Vec<_>>(),
-            "flip at log byte {i} gave a non-prefix"
-        );
-        if k < n {
-            shorter += 1;
-        }
-        drop(h);
-        assert_eq!(std::fs::read(&p).unwrap(), b);
-    }
+    let spans = frame_spans(&bytes[LOG_OFFSET as usize..(LOG_OFFSET + LOG_LEN) as usize]);
     assert_eq!(
-        shorter, used,
-        "every flip inside a frame must cut the log there"
+        spans.len() as u64,
+        n,
+        "the crash image must hold every frame"
     );
+    let (mut damaged, mut shorter) = (0, 0);
+    for (k, &(start, end)) in spans.iter().enumerate() {
+        for i in start..end {
+            let mut b = bytes.clone();
+            b[LOG_OFFSET as usize + i] ^= 1 << (i % 8);
+            let p = write(d.path(), "logflip", &b);
+            let r = Heap::open_read_only(&p);
+            if (k as u64) < n - 1 {
+                // A later frame (written after this one's barrier) proves it was durable.
+                match r {
+                    Err(Error::LogDamaged { txid, .. }) if txid == k as u64 + 1 => damaged += 1,
+                    other => panic!("flip at log byte {i} (frame {}): {other:?}", k + 1),
+                }
+            } else {
+                // The newest frame: nothing vouches for it, so it reads as a torn tail.
+                let h = r.unwrap_or_else(|e| panic!("flip at log byte {i}: {e}"));
+                let v = values(&h).unwrap();
+                assert_eq!(
+                    v,
+                    (0..n - 1).rev().collect::<Vec<_>>(),
+                    "flip at log byte {i}"
+                );
+                shorter += 1;
+            }
+            assert_eq!(std::fs::read(&p).unwrap(), b);
+        }
+    }
+    assert_eq!(damaged + shorter, spans.last().unwrap().1);
 }
 
 #[test]
@@ -352,11 +362,8 @@ fn every_truncation_of_the_log_tail_recovers_a_committed_prefix() {
     let d = tempfile::tempdir().unwrap();
     let n = 12;
     let bytes = crash_image(d.path(), n);
-    let log = &bytes[LOG_OFFSET as usize..(LOG_OFFSET + LOG_LEN) as usize];
-    let used = (0..log.len() / 8)
-        .map(|i| i * 8)
-        .find(|&i| log[i..i + 32].iter().all(|&b| b == 0))
-        .unwrap();
+    let spans = frame_spans(&bytes[LOG_OFFSET as usize..(LOG_OFFSET + LOG_LEN) as usize]);
+    let used = spans.last().unwrap().1;
     let mut last = 0;
     // Zero the log from `cut` on: what a power cut leaves when later sectors never arrived.
     for cut in (0..=used).step_by(8) {

@@ -59,10 +59,11 @@ fn sealing_reproduces_the_checksums_the_crates_write() {
     b.push_range(73728, b"TXHEAPHH and more").unwrap();
     b.push_range(81920, &[9; 64]).unwrap();
     let f = b.finish(3, 17).to_vec();
-    let mut z: [u8; 32] = f[..32].try_into().unwrap();
-    z[28..32].fill(0);
-    let check = sealed::frame_check(&z, &f[32..]);
-    assert_eq!(check.to_le_bytes(), f[28..32]);
+    let (hl, co) = (txheap_log::FRAME_HEADER_LEN, txheap_log::CHECK_OFFSET);
+    let mut z: [u8; txheap_log::FRAME_HEADER_LEN] = f[..hl].try_into().unwrap();
+    z[co..co + 4].fill(0);
+    let check = sealed::frame_check(&z, &f[hl..]);
+    assert_eq!(check.to_le_bytes(), f[co..co + 4]);
     let sb = txheap_recovery::Superblock::new(65536, 1 << 30).encode();
     assert_eq!(crc32fast::hash(&sb[..124]).to_le_bytes(), sb[124..128]);
 }

@@ -5,11 +5,13 @@
 //!
 //! ## Frame
 //! ```text
-//! 0      4            8           16     24           28     32
-//! | magic | range_count | generation | txid | payload_len | check | payload (payload_len bytes)
+//! 0      4             8            16     24             32            36      40
+//! | magic | range_count | generation | txid | durable_txid | payload_len | check | payload
 //! ```
 //! All integers little-endian. `magic` is `0x52465854` ("TXFR"). `payload_len` is a multiple of
-//! 8. `check`, the low 32 bits of XXH3-64, covers header bytes 0..28 followed by the payload (not
+//! 8. `durable_txid` is the writer's evidence: every frame of this generation with a txid up to
+//! it was made durable by a completed barrier before this frame was written (0: no claim).
+//! `check`, the low 32 bits of XXH3-64, covers header bytes 0..36 followed by the payload (not
 //! CRC32: see `frame_check` for why). The payload is
 //! `range_count` ranges back to back, each `offset: u64, len: u32, reserved: u32 = 0`, then
 //! `len` bytes, then zero padding to a multiple of 8.
@@ -20,7 +22,15 @@
 //! equals the current one, its txid equals the expected one (which then advances by one), its
 //! whole length fits in the rest of the region, its check matches, and its ranges consume the
 //! payload exactly with zero reserved fields and zero padding. Replay applies committed frames
-//! in order and stops at the first frame that is not committed; nothing after it counts.
+//! in order and stops at the first frame that is not committed; nothing after it is replayed.
+//!
+//! ## Damage rule
+//! The first frame that is not committed is either the torn end of the log or a damaged durable
+//! frame. It is *damaged* iff a later frame of the same generation verifies (its check matches)
+//! with a txid above the expected one and a `durable_txid` at or above it: that frame's writer
+//! had seen the expected frame made durable. [`find_voucher`] looks for one. A frame that
+//! verifies but is not the expected one (an older generation, or another txid) is a clean end:
+//! its check proves its header is what was written.
 //!
 //! ```
 //! use txheap_log::{scan, FrameBuilder};
@@ -42,7 +52,7 @@ use std::fmt;
 /// Frame magic: the bytes "TXFR" read little-endian.
 pub const FRAME_MAGIC: u32 = 0x5246_5854;
 /// Bytes of a frame header.
-pub const FRAME_HEADER_LEN: usize = 32;
+pub const FRAME_HEADER_LEN: usize = 40;
 /// Bytes of a range header inside the payload.
 pub const RANGE_HEADER_LEN: usize = 16;
 /// Frames and ranges are padded to this alignment.
@@ -61,8 +71,11 @@ pub const RANGE_COUNT_OFFSET: usize = MAGIC_OFFSET + 4;
 pub const GENERATION_OFFSET: usize = RANGE_COUNT_OFFSET + 4;
 /// Where the header's `txid` (u64) starts.
 pub const TXID_OFFSET: usize = GENERATION_OFFSET + 8;
+/// Where the header's `durable_txid` (u64: the highest txid a completed barrier covered when
+/// this frame was written; 0 claims nothing) starts.
+pub const DURABLE_TXID_OFFSET: usize = TXID_OFFSET + 8;
 /// Where the header's `payload_len` (u32) starts.
-pub const PAYLOAD_LEN_OFFSET: usize = TXID_OFFSET + 8;
+pub const PAYLOAD_LEN_OFFSET: usize = DURABLE_TXID_OFFSET + 8;
 /// Where the header's `check` (u32) starts; the check covers the header bytes before it.
 pub const CHECK_OFFSET: usize = PAYLOAD_LEN_OFFSET + 4;
 const _: () = assert!(CHECK_OFFSET + 4 == FRAME_HEADER_LEN);
@@ -133,9 +146,9 @@ impl std::error::Error for FrameError {}
 /// let mut b = txheap_log::FrameBuilder::new();
 /// b.push_range(100, &[1, 2, 3]).unwrap();
 /// assert_eq!(b.range_count(), 1);
-/// assert_eq!(b.encoded_len(), 32 + 16 + 8);
+/// assert_eq!(b.encoded_len(), 40 + 16 + 8);
 /// let frame = b.finish(1, 1);
-/// assert_eq!(frame.len(), 56);
+/// assert_eq!(frame.len(), 64);
 /// ```
 #[derive(Debug, Clone)]
 pub struct FrameBuilder {
@@ -245,13 +258,14 @@ impl FrameBuilder {
     /// Bytes the finished frame occupies (header plus padded payload).
     ///
     /// ```
-    /// assert_eq!(txheap_log::FrameBuilder::new().encoded_len(), 32);
+    /// assert_eq!(txheap_log::FrameBuilder::new().encoded_len(), 40);
     /// ```
     pub fn encoded_len(&self) -> usize {
         self.buf.len()
     }
 
-    /// Write the header (with the check) and return the whole frame.
+    /// Write the header (with the check) and return the whole frame, claiming nothing about
+    /// durability (`durable_txid` 0); see [`FrameBuilder::finish_vouching`].
     ///
     /// ```
     /// let mut b = txheap_log::FrameBuilder::new();
@@ -259,13 +273,29 @@ impl FrameBuilder {
     /// assert_eq!(&f[0..4], b"TXFR");
     /// ```
     pub fn finish(&mut self, generation: u64, txid: u64) -> &[u8] {
+        self.finish_vouching(generation, txid, 0)
+    }
+
+    /// Write the header with the evidence `durable_txid` (every frame of this generation up to
+    /// that txid is durable: a barrier covering it completed before this frame is written) and
+    /// return the whole frame. A claim that is not below `txid` is written as given and never
+    /// counts as evidence ([`find_voucher`] ignores it).
+    ///
+    /// ```
+    /// let mut b = txheap_log::FrameBuilder::new();
+    /// let f = b.finish_vouching(3, 9, 8).to_vec();
+    /// let h = txheap_log::parse_header(f[..40].try_into().unwrap(), 3, 9, 40).unwrap();
+    /// assert_eq!(h.durable_txid, 8);
+    /// ```
+    pub fn finish_vouching(&mut self, generation: u64, txid: u64, durable_txid: u64) -> &[u8] {
         let payload_len = (self.buf.len() - FRAME_HEADER_LEN) as u32;
         debug_assert_eq!(payload_len as usize % FRAME_ALIGN, 0);
         let h = &mut self.buf[..FRAME_HEADER_LEN];
         h[MAGIC_OFFSET..RANGE_COUNT_OFFSET].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
         h[RANGE_COUNT_OFFSET..GENERATION_OFFSET].copy_from_slice(&self.count.to_le_bytes());
         h[GENERATION_OFFSET..TXID_OFFSET].copy_from_slice(&generation.to_le_bytes());
-        h[TXID_OFFSET..PAYLOAD_LEN_OFFSET].copy_from_slice(&txid.to_le_bytes());
+        h[TXID_OFFSET..DURABLE_TXID_OFFSET].copy_from_slice(&txid.to_le_bytes());
+        h[DURABLE_TXID_OFFSET..PAYLOAD_LEN_OFFSET].copy_from_slice(&durable_txid.to_le_bytes());
         h[PAYLOAD_LEN_OFFSET..CHECK_OFFSET].copy_from_slice(&payload_len.to_le_bytes());
         let check = frame_check(&self.buf[..CHECK_OFFSET], &self.buf[FRAME_HEADER_LEN..]);
         self.buf[CHECK_OFFSET..FRAME_HEADER_LEN].copy_from_slice(&check.to_le_bytes());
@@ -273,7 +303,7 @@ impl FrameBuilder {
     }
 }
 
-/// The frame check: the low 32 bits of XXH3-64 over header bytes `0..CHECK_OFFSET` (0..28) and
+/// The frame check: the low 32 bits of XXH3-64 over header bytes `0..CHECK_OFFSET` (0..36) and
 /// the payload.
 ///
 /// Not CRC32: CRC is linear, and a record followed by its own CRC32 leaves a fixed residue, so an
@@ -292,8 +322,8 @@ fn frame_check(header_before_check: &[u8], payload: &[u8]) -> u32 {
 /// ```
 /// let mut b = txheap_log::FrameBuilder::new();
 /// let f = b.finish(1, 5).to_vec();
-/// let h = txheap_log::parse_header(f[..32].try_into().unwrap(), 1, 5, 32).unwrap();
-/// assert_eq!((h.txid, h.frame_len()), (5, 32));
+/// let h = txheap_log::parse_header(f[..40].try_into().unwrap(), 1, 5, 40).unwrap();
+/// assert_eq!((h.txid, h.frame_len()), (5, 40));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -303,6 +333,9 @@ pub struct FrameHeader {
     pub generation: u64,
     /// Transaction id.
     pub txid: u64,
+    /// The writer's evidence: frames of this generation up to this txid were durable when this
+    /// one was written (0: no claim).
+    pub durable_txid: u64,
     /// Payload bytes after the header.
     pub payload_len: u32,
     /// Stored check (see [`verify_frame`]).
@@ -313,8 +346,8 @@ impl FrameHeader {
     /// Header plus payload bytes.
     ///
     /// ```
-    /// let h = txheap_log::FrameHeader { range_count: 0, generation: 1, txid: 1, payload_len: 8, check: 0 };
-    /// assert_eq!(h.frame_len(), 40);
+    /// let h = txheap_log::FrameHeader { range_count: 0, generation: 1, txid: 1, durable_txid: 0, payload_len: 8, check: 0 };
+    /// assert_eq!(h.frame_len(), 48);
     /// ```
     pub fn frame_len(&self) -> u64 {
         FRAME_HEADER_LEN as u64 + self.payload_len as u64
@@ -419,8 +452,8 @@ fn u64_at(b: &[u8], i: usize) -> u64 {
 /// from this frame's start). The check is verified by [`verify_frame`].
 ///
 /// ```
-/// let h = [0u8; 32];
-/// assert!(matches!(txheap_log::parse_header(&h, 1, 1, 32), Err(txheap_log::StopReason::BadMagic { found: 0 })));
+/// let h = [0u8; 40];
+/// assert!(matches!(txheap_log::parse_header(&h, 1, 1, 40), Err(txheap_log::StopReason::BadMagic { found: 0 })));
 /// ```
 pub fn parse_header(
     bytes: &[u8; FRAME_HEADER_LEN],
@@ -432,13 +465,7 @@ pub fn parse_header(
     if magic != FRAME_MAGIC {
         return Err(StopReason::BadMagic { found: magic });
     }
-    let h = FrameHeader {
-        range_count: u32_at(bytes, RANGE_COUNT_OFFSET),
-        generation: u64_at(bytes, GENERATION_OFFSET),
-        txid: u64_at(bytes, TXID_OFFSET),
-        payload_len: u32_at(bytes, PAYLOAD_LEN_OFFSET),
-        check: u32_at(bytes, CHECK_OFFSET),
-    };
+    let h = decode_header(bytes);
     if h.generation != generation {
         return Err(StopReason::OtherGeneration {
             found: h.generation,
@@ -464,15 +491,120 @@ pub fn parse_header(
     Ok(h)
 }
 
+fn decode_header(bytes: &[u8; FRAME_HEADER_LEN]) -> FrameHeader {
+    FrameHeader {
+        range_count: u32_at(bytes, RANGE_COUNT_OFFSET),
+        generation: u64_at(bytes, GENERATION_OFFSET),
+        txid: u64_at(bytes, TXID_OFFSET),
+        durable_txid: u64_at(bytes, DURABLE_TXID_OFFSET),
+        payload_len: u32_at(bytes, PAYLOAD_LEN_OFFSET),
+        check: u32_at(bytes, CHECK_OFFSET),
+    }
+}
+
+/// The frame at the start of `bytes` if it is a whole frame whose check matches, whatever its
+/// generation and txid (`None` otherwise): what was written there, as written.
+///
+/// ```
+/// let mut b = txheap_log::FrameBuilder::new();
+/// b.push_range(8, b"q").unwrap();
+/// let f = b.finish(4, 2).to_vec();
+/// assert_eq!(txheap_log::verified_frame_at(&f).map(|h| (h.generation, h.txid)), Some((4, 2)));
+/// let mut bad = f.clone();
+/// bad[45] ^= 1;
+/// assert!(txheap_log::verified_frame_at(&bad).is_none());
+/// ```
+pub fn verified_frame_at(bytes: &[u8]) -> Option<FrameHeader> {
+    let hb: &[u8; FRAME_HEADER_LEN] = bytes.get(..FRAME_HEADER_LEN)?.try_into().ok()?;
+    if u32_at(hb, MAGIC_OFFSET) != FRAME_MAGIC {
+        return None;
+    }
+    let h = decode_header(hb);
+    if h.payload_len as usize % FRAME_ALIGN != 0 {
+        return None;
+    }
+    let payload = bytes.get(FRAME_HEADER_LEN..usize::try_from(h.frame_len()).ok()?)?;
+    (frame_check(&hb[..CHECK_OFFSET], payload) == h.check).then_some(h)
+}
+
+/// A later frame that proves an earlier one durable (see the crate's damage rule).
+///
+/// ```
+/// let v = txheap_log::Voucher { offset: 96, txid: 4, durable_txid: 3 };
+/// assert!(v.durable_txid < v.txid);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Voucher {
+    /// Where it starts, relative to the region `find_voucher` was given (plus its `base`).
+    pub offset: u64,
+    /// Its txid.
+    pub txid: u64,
+    /// Its evidence: frames up to this txid were durable when it was written.
+    pub durable_txid: u64,
+}
+
+/// What lies after the first frame that is not committed (`expected_txid` of `generation`):
+/// the first frame that vouches for it, if any, and the highest txid of any verifying frame of
+/// the generation above it. `region` is the log from that frame's start to the region's end,
+/// and `base` its offset in the log; frames start at multiples of 8, so every such position is
+/// tried (the damaged frame's own length cannot be trusted). The frame at `region[0]` is
+/// skipped.
+///
+/// ```
+/// use txheap_log::{find_voucher, FrameBuilder};
+/// let mut region = vec![0u8; 256];
+/// let mut b = FrameBuilder::new();
+/// b.push_range(8, b"a").unwrap();
+/// let f1 = b.finish_vouching(1, 1, 0).to_vec();
+/// region[..f1.len()].copy_from_slice(&f1);
+/// let f2 = b.finish_vouching(1, 2, 1).to_vec();
+/// region[f1.len()..f1.len() + f2.len()].copy_from_slice(&f2);
+/// region[45] ^= 1; // damage frame 1
+/// let (v, last) = find_voucher(&region, 0, 1, 1);
+/// assert_eq!((v.unwrap().txid, last), (2, Some(2)));
+/// ```
+pub fn find_voucher(
+    region: &[u8],
+    base: u64,
+    generation: u64,
+    expected_txid: u64,
+) -> (Option<Voucher>, Option<u64>) {
+    let magic = FRAME_MAGIC.to_le_bytes();
+    let mut voucher = None;
+    let mut last = None;
+    let mut at = FRAME_ALIGN;
+    while at + FRAME_HEADER_LEN <= region.len() {
+        if region[at..at + 4] == magic {
+            if let Some(h) = verified_frame_at(&region[at..]) {
+                if h.generation == generation && h.txid > expected_txid {
+                    last = Some(last.map_or(h.txid, |l: u64| l.max(h.txid)));
+                    if voucher.is_none()
+                        && h.durable_txid >= expected_txid
+                        && h.durable_txid < h.txid
+                    {
+                        voucher = Some(Voucher {
+                            offset: base + at as u64,
+                            txid: h.txid,
+                            durable_txid: h.durable_txid,
+                        });
+                    }
+                }
+            }
+        }
+        at += FRAME_ALIGN;
+    }
+    (voucher, last)
+}
+
 /// Verify the check, then that the ranges consume the payload exactly.
 ///
 /// ```
 /// let mut b = txheap_log::FrameBuilder::new();
 /// b.push_range(1, b"z").unwrap();
 /// let f = b.finish(1, 1).to_vec();
-/// let hb: &[u8; 32] = f[..32].try_into().unwrap();
+/// let hb: &[u8; 40] = f[..40].try_into().unwrap();
 /// let h = txheap_log::parse_header(hb, 1, 1, f.len() as u64).unwrap();
-/// let frame = txheap_log::verify_frame(hb, &h, &f[32..]).unwrap();
+/// let frame = txheap_log::verify_frame(hb, &h, &f[40..]).unwrap();
 /// assert_eq!(frame.ranges().count(), 1);
 /// ```
 pub fn verify_frame<'a>(

@@ -1,8 +1,11 @@
 //! Creating a file: the superblocks and zeroed log of a new txheap file.
 //!
-//! Owns: `format`, which checks the geometry, zeroes the log, writes slot A (and a zeroed slot
-//! B), extends the file to its minimum length and makes it all durable. May not: open or recover
+//! Owns: `format`, which checks the geometry, zeroes the log, writes the log's sentinel frame,
+//! writes slot A (and a zeroed slot B), extends the file to its minimum length and makes it all
+//! durable. May not: open or recover
 //! an existing file, or write the heap's metadata pages (they start zeroed; txheap fills them).
+
+use txheap_log::FrameBuilder;
 
 use crate::error::{io_err, RecoveryError};
 use crate::limits::{LOG_SIZE_MAX, LOG_SIZE_MIN, ZERO_WRITE_LEN_MAX};
@@ -47,6 +50,13 @@ pub fn format<S: Storage + ?Sized>(
             .map_err(io_err("zero log region", at))?;
         at += n as u64;
     }
+    // The sentinel: an empty frame of generation 0 (the first superblock's is 1) at the log's
+    // start. It verifies, so the first scan of a new file stops at it as a clean end instead of
+    // at zeros, which look like a damaged frame and cost a search of the whole log.
+    let sentinel = FrameBuilder::new().finish(0, 1).to_vec();
+    storage
+        .write_at(LOG_OFFSET, &sentinel)
+        .map_err(io_err("write log sentinel", LOG_OFFSET))?;
     // The heap metadata pages (heap header, root area) start zeroed; the caller fills them in.
     storage
         .grow(sb.min_file_len())

@@ -43,7 +43,21 @@ pub enum RecoveryError {
         /// What.
         what: String,
     },
-    /// A newer format.
+    /// A log frame is damaged although a later frame proves it was durable: replaying the
+    /// frames before it would silently drop acknowledged transactions. Nothing was written.
+    LogDamaged {
+        /// File offset of the damaged frame.
+        offset: u64,
+        /// The transaction id it should carry.
+        txid: u64,
+        /// File offset of the later frame that vouches for it.
+        voucher_offset: u64,
+        /// That frame's transaction id.
+        voucher_txid: u64,
+        /// The highest transaction id of any intact later frame (what a salvage drops up to).
+        last_txid: u64,
+    },
+    /// Another format version than this crate's.
     UnsupportedVersion {
         /// The file's version.
         found: u32,
@@ -73,6 +87,24 @@ impl fmt::Display for RecoveryError {
             RecoveryError::Corrupt { offset, what } => {
                 write!(f, "corrupt file at offset {offset}: {what}")
             }
+            RecoveryError::LogDamaged {
+                offset,
+                txid,
+                voucher_offset,
+                voucher_txid,
+                last_txid,
+            } => write!(
+                f,
+                "log frame of transaction {txid} at offset {offset} is damaged, but the frame of \
+                 transaction {voucher_txid} at offset {voucher_offset} proves it was durable: \
+                 opening would drop acknowledged transactions {txid}..={last_txid}; nothing was \
+                 changed (a salvage opens the transactions before {txid} and drops those)"
+            ),
+            RecoveryError::UnsupportedVersion { found, supported } if found < supported => write!(
+                f,
+                "format version {found} is older than the supported {supported} \
+                 (this pre-1.0 library does not upgrade files)"
+            ),
             RecoveryError::UnsupportedVersion { found, supported } => {
                 write!(
                     f,

@@ -29,6 +29,9 @@ pub mod sabotage {
     pub const REPLAY_OLD_GENERATION: u32 = 4;
     /// A checkpoint writes and barriers the superblock before the heap barrier.
     pub const SUPERBLOCK_BEFORE_HEAP_BARRIER: u32 = 8;
+    /// Recovery ignores the frames' durability evidence: a damaged durable frame is taken for a
+    /// torn tail, and the acknowledged transactions after it are silently dropped.
+    pub const IGNORE_DURABILITY_EVIDENCE: u32 = 16;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);
@@ -225,3 +228,7 @@ pub(crate) use sabotage::SKIP_CHECKSUM;
 pub(crate) const SUPERBLOCK_BEFORE_HEAP_BARRIER: u32 = 0;
 #[cfg(feature = "test-hooks")]
 pub(crate) use sabotage::SUPERBLOCK_BEFORE_HEAP_BARRIER;
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) const IGNORE_DURABILITY_EVIDENCE: u32 = 0;
+#[cfg(feature = "test-hooks")]
+pub(crate) use sabotage::IGNORE_DURABILITY_EVIDENCE;

@@ -43,8 +43,8 @@ pub use error::RecoveryError;
 #[cfg(feature = "test-hooks")]
 pub use hooks::{phase, sabotage};
 pub use limits::{COUNTER_MAX, LOG_SIZE_MIN};
-pub use replay::{recover, recover_checked, Recovered, Replayed};
-pub use scan::{scan_log, ApplyFn, LogScan};
+pub use replay::{recover, recover_checked, recover_checked_with, OnDamage, Recovered, Replayed};
+pub use scan::{find_damage, scan_log, ApplyFn, LogDamage, LogScan};
 pub use storage::{MemStorage, Storage};
 pub use superblock::{
     select_superblock, Slot, SlotError, Superblock, CHUNK_SIZE, FORMAT_VERSION, HEAP_META_LEN,

@@ -383,13 +383,61 @@ where
     S: Storage + ?Sized,
     E: From<RecoveryError>,
 {
-    recover_checked_batched(storage, check, REPLAY_BATCH_PAGES_MAX)
+    recover_checked_with(storage, OnDamage::Refuse, check)
+}
+
+/// What recovery does when the log holds a damaged frame that a later frame proves durable
+/// ([`LogScan::damage`](crate::LogScan::damage)).
+///
+/// ```
+/// assert_ne!(txheap_recovery::OnDamage::Refuse, txheap_recovery::OnDamage::Salvage);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDamage {
+    /// Refuse with [`RecoveryError::LogDamaged`] before writing anything (the default).
+    #[default]
+    Refuse,
+    /// Replay the committed frames before the damaged one, drop it and everything after it,
+    /// and checkpoint so that they never replay: the user accepted the loss.
+    Salvage,
+}
+
+/// [`recover_checked`] with a choice of what to do with a damaged durable frame.
+///
+/// ```
+/// use txheap_recovery::{format, recover_checked_with, MemStorage, OnDamage, RecoveryError, Storage};
+/// use txheap_recovery::txheap_log::FrameBuilder;
+/// let mut s = MemStorage::new();
+/// let sb = format(&mut s, 65536, 1 << 20).unwrap();
+/// let mut b = FrameBuilder::new();
+/// b.push_range(sb.heap_offset(), b"x").unwrap();
+/// let f1 = b.finish_vouching(1, 1, 0).to_vec();
+/// let f2 = b.finish_vouching(1, 2, 1).to_vec();
+/// s.write_at(sb.log_offset(), &f1).unwrap();
+/// s.write_at(sb.log_offset() + f1.len() as u64, &f2).unwrap();
+/// s.write_at(sb.log_offset() + 50, &[0xff]).unwrap(); // damage frame 1's payload
+/// let refused = recover_checked_with(&mut s, OnDamage::Refuse, |_, _| Ok::<(), RecoveryError>(()));
+/// assert!(matches!(refused, Err(RecoveryError::LogDamaged { txid: 1, voucher_txid: 2, .. })));
+/// let salvaged = recover_checked_with(&mut s, OnDamage::Salvage, |_, _| Ok::<(), RecoveryError>(())).unwrap();
+/// assert_eq!((salvaged.scan.frames, salvaged.checkpointed), (0, true));
+/// ```
+pub fn recover_checked_with<S, E>(
+    storage: &mut S,
+    on_damage: OnDamage,
+    check: impl FnOnce(&Superblock, &Replayed<'_, S>) -> Result<(), E>,
+) -> Result<Recovered, E>
+where
+    S: Storage + ?Sized,
+    E: From<RecoveryError>,
+{
+    recover_checked_batched(storage, on_damage, check, REPLAY_BATCH_PAGES_MAX)
 }
 
 /// [`recover_checked`] with replay batches of at most `batch_pages` pages (tests use tiny ones
 /// to reach the multi-batch path, where the check reads through a page index).
 fn recover_checked_batched<S, E>(
     storage: &mut S,
+    on_damage: OnDamage,
     check: impl FnOnce(&Superblock, &Replayed<'_, S>) -> Result<(), E>,
     batch_pages: usize,
 ) -> Result<Recovered, E>
@@ -418,6 +466,11 @@ where
         arena.extend_from_slice(bytes);
         Ok(())
     })?;
+    if let (Some(d), OnDamage::Refuse) = (scan.damage, on_damage) {
+        return Err(d.error().into());
+    }
+    // A salvage checkpoints even with nothing to replay, so the dropped frames never replay.
+    let checkpoint_needed = scan.frames > 0 || scan.damage.is_some();
     // The first page batch (usually the whole replay) is built in memory before any write.
     let first = if ranges.is_empty() {
         None
@@ -430,7 +483,7 @@ where
             batch_pages,
         )?)
     };
-    if scan.frames > 0 {
+    if checkpoint_needed {
         // Everything that could refuse the open is decided here, before the first write: the
         // caller's check of the replayed heap, and the counters the checkpoint will bump.
         next_superblock(&sb, slot, scan.next_txid)?;
@@ -446,7 +499,7 @@ where
         replay_pages_batched(storage, &ranges, &arena, first.end, batch_pages)?;
     }
     crate::failpoint!("recovery.after_replay");
-    if scan.frames == 0 {
+    if !checkpoint_needed {
         return Ok(Recovered {
             superblock: sb,
             slot,
@@ -527,8 +580,13 @@ mod tests {
         for batch_pages in [1, REPLAY_BATCH_PAGES_MAX] {
             let mut t = s.clone();
             let mut seen = vec![0u8; window.1];
-            recover_checked_batched(&mut t, |_, v| v.read(window.0, &mut seen), batch_pages)
-                .unwrap();
+            recover_checked_batched(
+                &mut t,
+                OnDamage::Refuse,
+                |_, v| v.read(window.0, &mut seen),
+                batch_pages,
+            )
+            .unwrap();
             let after = &t.bytes()[window.0 as usize..][..window.1];
             assert_eq!(seen, after, "batch_pages {batch_pages}");
             // Log order: the third range (3) overwrote the first (1) where they overlap.

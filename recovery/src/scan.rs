@@ -6,12 +6,12 @@
 //! caller's `apply`), or decode frames itself (`txheap_log` does).
 
 use txheap_log::{
-    parse_header, verify_frame, Stop, StopReason, CHECK_OFFSET, FRAME_HEADER_LEN,
-    GENERATION_OFFSET, MAGIC_OFFSET, RANGE_COUNT_OFFSET, TXID_OFFSET,
+    find_voucher, parse_header, verified_frame_at, verify_frame, Stop, StopReason, CHECK_OFFSET,
+    FRAME_HEADER_LEN, GENERATION_OFFSET, MAGIC_OFFSET, RANGE_COUNT_OFFSET, TXID_OFFSET,
 };
 
 use crate::error::{io_err, RecoveryError};
-use crate::hooks::{sabotaged, REPLAY_OLD_GENERATION, SKIP_CHECKSUM};
+use crate::hooks::{sabotaged, IGNORE_DURABILITY_EVIDENCE, REPLAY_OLD_GENERATION, SKIP_CHECKSUM};
 use crate::limits::{LOG_WINDOW_LEN_MAX, LOG_WINDOW_LEN_MIN};
 use crate::storage::Storage;
 use crate::superblock::Superblock;
@@ -37,6 +37,86 @@ pub struct LogScan {
     pub next_txid: u64,
     /// Why the scan stopped.
     pub stop: Stop,
+    /// Set when the frame the scan stopped at is damaged and a later frame proves it was
+    /// durable (see [`find_damage`]): the frames after it hold acknowledged transactions.
+    pub damage: Option<LogDamage>,
+}
+
+/// A damaged durable frame: where it is, and the later frame that proves it was durable.
+///
+/// ```
+/// let d = txheap_recovery::LogDamage { offset: 8192, txid: 3, voucher_offset: 8300, voucher_txid: 4, last_txid: 9 };
+/// assert!(d.last_txid >= d.voucher_txid);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogDamage {
+    /// File offset of the damaged frame.
+    pub offset: u64,
+    /// The transaction id it should carry.
+    pub txid: u64,
+    /// File offset of the later frame that vouches for it.
+    pub voucher_offset: u64,
+    /// That frame's transaction id.
+    pub voucher_txid: u64,
+    /// The highest transaction id of any intact later frame of the generation.
+    pub last_txid: u64,
+}
+
+impl LogDamage {
+    /// The error that refuses an open because of this damage.
+    ///
+    /// ```
+    /// let d = txheap_recovery::LogDamage { offset: 8192, txid: 3, voucher_offset: 8300, voucher_txid: 4, last_txid: 9 };
+    /// assert!(d.error().to_string().contains("transaction 3"));
+    /// ```
+    pub fn error(&self) -> RecoveryError {
+        RecoveryError::LogDamaged {
+            offset: self.offset,
+            txid: self.txid,
+            voucher_offset: self.voucher_offset,
+            voucher_txid: self.voucher_txid,
+            last_txid: self.last_txid,
+        }
+    }
+}
+
+/// Decide what the first frame that is not committed is: the log's clean end, or a damaged
+/// durable frame (docs/ARCHITECTURE.md, recovery step 2). `stop` is where the scan stopped and
+/// `txid` the transaction id a frame there would carry.
+///
+/// - Fewer bytes than a header remain, or the frame there verifies (its check matches: it is a
+///   frame of an older generation, or a stale one of this generation, exactly as written): a
+///   clean end. No search.
+/// - Otherwise the frame is torn or damaged. It is damaged iff a later frame of this generation
+///   verifies with a higher txid and evidence (`durable_txid`) at or above `txid`: its writer
+///   saw this frame durable, which a torn write never is. The rest of the log is read and every
+///   8-byte position tried ([`find_voucher`]), since a damaged header's length cannot be trusted.
+pub fn find_damage<S: Storage + ?Sized>(
+    storage: &S,
+    sb: &Superblock,
+    stop: &Stop,
+    txid: u64,
+) -> Result<Option<LogDamage>, RecoveryError> {
+    let at = stop.offset;
+    if matches!(stop.reason, StopReason::RegionEnd) || sabotaged(IGNORE_DURABILITY_EVIDENCE) {
+        return Ok(None);
+    }
+    let abs = sb.log_offset() + at;
+    let mut rest = vec![0u8; (sb.log_size - at) as usize];
+    storage
+        .read_at(abs, &mut rest)
+        .map_err(io_err("read log after its end", abs))?;
+    if verified_frame_at(&rest).is_some() {
+        return Ok(None);
+    }
+    let (voucher, last) = find_voucher(&rest, at, sb.generation, txid);
+    Ok(voucher.map(|v| LogDamage {
+        offset: abs,
+        txid,
+        voucher_offset: sb.log_offset() + v.offset,
+        voucher_txid: v.txid,
+        last_txid: last.unwrap_or(v.txid),
+    }))
 }
 
 /// What [`scan_log`] calls for each committed range: `(file offset, bytes)`.
@@ -89,7 +169,9 @@ impl LogWindow {
 }
 
 /// Scan the log and call `apply` for each range of each committed frame, in order. Never
-/// writes by itself. A crc-valid frame that is malformed or writes outside the heap is `Corrupt`.
+/// writes by itself. A checksum-valid frame that is malformed or writes outside the heap is
+/// `Corrupt`. Where the scan stops, [`find_damage`] decides between the log's end and a damaged
+/// durable frame (`LogScan::damage`); the caller refuses the latter unless it salvages.
 ///
 /// ```
 /// use txheap_recovery::{format, scan_log, MemStorage, Storage};
@@ -188,11 +270,13 @@ pub fn scan_log<S: Storage + ?Sized>(
         txid += 1;
         at += h.frame_len();
     };
+    let damage = find_damage(storage, sb, &stop, txid)?;
     Ok(LogScan {
         frames,
         range_bytes,
         end_offset: at,
         next_txid: txid,
         stop,
+        damage,
     })
 }

@@ -19,8 +19,9 @@ pub const SUPERBLOCK_SLOT_LEN: u64 = 4096;
 pub const SUPERBLOCK_ENCODED_LEN: usize = 128;
 /// Superblock magic.
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"TXHEAPSB";
-/// The format version this crate reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this crate reads and writes. Version 2: log frames carry the writer's
+/// durability evidence (`durable_txid`), and a new log starts with a sentinel frame.
+pub const FORMAT_VERSION: u32 = 2;
 /// Where the log region starts.
 pub const LOG_OFFSET: u64 = 8192;
 /// Allocator chunk size (recorded in the superblock).

@@ -182,20 +182,27 @@ fn selection_errors_name_the_problem() {
         select_superblock(&short),
         Err(RecoveryError::NotATxheap { .. })
     ));
-    // A valid-crc slot of version 2 and nothing else usable.
+    // A valid-crc slot of the next version and nothing else usable.
     let (mut s, sb) = fresh();
     let mut enc = sb.encode();
-    enc[8..12].copy_from_slice(&2u32.to_le_bytes());
+    enc[8..12].copy_from_slice(&3u32.to_le_bytes());
     let crc = crc32fast::hash(&enc[..124]);
     enc[124..128].copy_from_slice(&crc.to_le_bytes());
     s.write_at(0, &enc).unwrap();
     assert!(matches!(
         select_superblock(&s),
         Err(RecoveryError::UnsupportedVersion {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         })
     ));
+    // A slot of the older version 1 is refused with a message that says so.
+    enc[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32fast::hash(&enc[..124]);
+    enc[124..128].copy_from_slice(&crc.to_le_bytes());
+    s.write_at(0, &enc).unwrap();
+    let e = select_superblock(&s).unwrap_err();
+    assert!(e.to_string().contains("older"), "{e}");
 }
 
 #[test]

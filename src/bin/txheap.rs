@@ -3,6 +3,9 @@
 //! ```text
 //! txheap info FILE      read-only: superblock, log, allocator figures (replays the log in memory only)
 //! txheap recover FILE   open for writing (replays committed frames, checkpoints), then close
+//! txheap recover --salvage FILE
+//!                       the same, accepting the loss of the transactions after a damaged log
+//!                       frame (which plain `recover` refuses, naming the damage)
 //! ```
 //! Exit status: 0 on success, 1 when the file is refused (the error names the problem), 2 on
 //! usage errors.
@@ -53,14 +56,20 @@ fn info(path: &str) -> txheap::Result<()> {
     Ok(())
 }
 
-fn recover(path: &str) -> txheap::Result<()> {
-    let heap = Heap::open(path, Options::new())?;
+fn recover(path: &str, salvage: bool) -> txheap::Result<()> {
+    let heap = Heap::open(path, Options::new().salvage(salvage))?;
     let s = heap.stats()?;
     heap.close()?;
     println!(
         "{path}: recovered; superblock seq {}, next txid {}",
         s.superblock_seq, s.next_txid
     );
+    if let Some((first, last)) = s.salvaged {
+        println!(
+            "{path}: salvaged: a damaged log frame cut off transactions {first}..={last} ({} dropped)",
+            last - first + 1
+        );
+    }
     Ok(())
 }
 
@@ -73,16 +82,17 @@ fn main() -> ExitCode {
         .as_slice()
     {
         ["info", path] => info(path),
-        ["recover", path] => recover(path),
+        ["recover", path] => recover(path, false),
+        ["recover", "--salvage", path] => recover(path, true),
         _ => {
-            eprintln!("usage: txheap info FILE | txheap recover FILE");
+            eprintln!("usage: txheap info FILE | txheap recover [--salvage] FILE");
             return ExitCode::from(2);
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("txheap: {}: {e}", args[1]);
+            eprintln!("txheap: {}: {e}", args[args.len() - 1]);
             ExitCode::from(1)
         }
     }
