@@ -55,6 +55,7 @@ mod check;
 mod disk;
 mod image;
 pub mod kill9;
+pub mod media;
 pub mod ops;
 mod simulate;
 mod workload;
@@ -66,5 +67,5 @@ pub use image::{scratch_dir, ImageFile};
 pub use simulate::{check_recovery_crashes, simulate, simulate_windows, Totals, RECOVERY_SAMPLES};
 pub use workload::{
     all_bytes, options, payload_byte, payload_size, record, step, verify, Node, Recording, Rng,
-    Root, KEEP,
+    Root, FLUSH_EVERY, KEEP,
 };

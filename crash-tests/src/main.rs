@@ -5,7 +5,9 @@
 //! (`--window-images W`: at least W images per barrier window where the window allows that many;
 //! smaller windows are enumerated completely)
 //! or `-- --exhaustive3`. Prints one line per seed and the totals; exits non-zero on the first
-//! violation, printing the seed, the event and the image index that reproduce it.
+//! violation, printing the seed, the event and the image index that reproduce it. `--media`
+//! also checks every image again with a bit flipped in a log frame that a later frame vouches
+//! for (`crash_tests::media`): it must be refused as damaged, never opened as a shorter prefix.
 //!
 //! kill -9 campaign: `cargo run --release -p crash-tests -- kill9 [--kills N] [--seed S]`
 //! (the binary re-executes itself as the child, `crash-tests child`: a hidden subcommand that
@@ -24,7 +26,7 @@ use crash_tests::{kill9, record, simulate_windows, Totals};
 use txheap::Durability;
 
 fn usage(msg: &str) -> ! {
-    eprintln!("{msg}\nusage: crash-tests [--seeds A..B] [--samples N] [--txns T] [--durability full|none|both] [--jobs J] [--window-images W] [--stop-after-images N] [--exhaustive3]\n       crash-tests kill9 [--kills N] [--seed S]");
+    eprintln!("{msg}\nusage: crash-tests [--seeds A..B] [--samples N] [--txns T] [--durability full|none|both] [--jobs J] [--window-images W] [--stop-after-images N] [--media] [--exhaustive3]\n       crash-tests kill9 [--kills N] [--seed S]");
     std::process::exit(2)
 }
 
@@ -132,6 +134,10 @@ impl Sim {
                     sim.exhaustive3 = true;
                     i -= 1;
                 }
+                "--media" => {
+                    crash_tests::media::enable(true);
+                    i -= 1;
+                }
                 "--txns" => sim.txns = num("--txns", &v),
                 "--jobs" => sim.jobs = num("--jobs", &v),
                 "--window-images" => sim.window_images = num("--window-images", &v),
@@ -230,8 +236,8 @@ fn simulate_seeds(sim: &Sim, dir: &Path, start: Instant) {
     );
     let (windows, exhausted, wmin, wmed) = t.window_summary();
     println!(
-        "done: {} crash images ({} cut inside recovery) over {} crash instants and {windows} barrier windows ({exhausted} enumerated completely; sampled windows got at least {wmin} images; median {wmed}), in-flight commit landed in {}, acked lost (None only) {}, 0 violations, {:.0} s",
-        t.images + t.recovery_images, t.recovery_images, t.instants, t.in_flight_landed, t.lost_acked, start.elapsed().as_secs_f64()
+        "done: {} crash images ({} cut inside recovery) over {} crash instants and {windows} barrier windows ({exhausted} enumerated completely; sampled windows got at least {wmin} images; median {wmed}), in-flight commit landed in {}, acked lost (None only) {}, {} images with a durable frame damaged (refused as damaged), 0 violations, {:.0} s",
+        t.images + t.recovery_images, t.recovery_images, t.instants, t.in_flight_landed, t.lost_acked, t.media_images, start.elapsed().as_secs_f64()
     );
 }
 
@@ -259,8 +265,8 @@ fn simulate_seed(sim: &Sim, dir: &Path, d: Durability, seed: u64) -> (Totals, Wr
     );
     let (windows, exhausted, wmin, wmed) = t.window_summary();
     let line = format!(
-        "{d:?} seed {seed}: {} events, {} instants, {} images (+{} cut inside recovery), {windows} barrier windows ({exhausted} enumerated completely; sampled windows got at least {wmin} images; median {wmed}), in-flight landed {}, acked lost {}, violations {}; write-ahead check: {} heap writes, 0 violations",
-        rec.events.len(), t.instants, t.images, t.recovery_images, t.in_flight_landed, t.lost_acked, t.violations.len(), wa.writes
+        "{d:?} seed {seed}: {} events, {} instants, {} images (+{} cut inside recovery), {windows} barrier windows ({exhausted} enumerated completely; sampled windows got at least {wmin} images; median {wmed}), in-flight landed {}, acked lost {}, media {}, violations {}; write-ahead check: {} heap writes, 0 violations",
+        rec.events.len(), t.instants, t.images, t.recovery_images, t.in_flight_landed, t.lost_acked, t.media_images, t.violations.len(), wa.writes
     );
     if let Some(v) = t.violations.first() {
         println!("VIOLATION {d:?} seed {seed} txns {txns} samples {samples}: crash at event {} image {}: {}", v.at_event, v.image, v.what);

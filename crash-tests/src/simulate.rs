@@ -110,6 +110,9 @@ pub struct Totals {
     pub lost_acked: u64,
     /// Images cut during the recovery of another image.
     pub recovery_images: u64,
+    /// Images checked again with a bit flipped in a durable log frame ([`crate::media`]; only
+    /// when it is enabled and the image has a frame a later one vouches for).
+    pub media_images: u64,
     /// Images checked in each barrier window (the crash instants between two barriers), and
     /// whether that was every image the window allows (each instant's image space was at most
     /// its image budget, so every instant was enumerated completely).
@@ -137,6 +140,7 @@ impl Totals {
         self.in_flight_landed += o.in_flight_landed;
         self.lost_acked += o.lost_acked;
         self.recovery_images += o.recovery_images;
+        self.media_images += o.media_images;
         self.window_images.extend(o.window_images);
         self.violations.extend(o.violations);
     }
@@ -339,6 +343,21 @@ impl Sim<'_> {
                     }
                 }
                 Err(what) => self.violation(what, t, i),
+            }
+            if crate::media::enabled() {
+                let img = disk.image_of(choice);
+                let path = self.dir.join("media.heap");
+                match crate::media::check_flipped(
+                    &path,
+                    &img,
+                    rec.durability,
+                    &mut self.rng,
+                    i % 2 == 1,
+                ) {
+                    Ok(true) => self.totals.media_images += 1,
+                    Ok(false) => {}
+                    Err(what) => self.violation(what, t, i),
+                }
             }
             let every = self.recovery_every;
             if i == 1 && every > 0 && self.totals.instants % every == 0 {

@@ -353,6 +353,13 @@ pub struct Recording {
     pub durability: Durability,
 }
 
+/// Under `Durability::None`, [`record`] flushes after every this many transactions.
+///
+/// ```
+/// assert!(crash_tests::FLUSH_EVERY > 1);
+/// ```
+pub const FLUSH_EVERY: u64 = 5;
+
 /// Create a heap at `path`, close it (the base image), then reopen it with recording and run
 /// `txns` workload transactions (some aborted), recording everything up to and including close.
 ///
@@ -388,6 +395,11 @@ pub fn record(path: &Path, seed: u64, durability: Durability, txns: u64) -> Reco
             Ok(n) => {
                 done += 1;
                 trace.lock().unwrap().push(TraceEvent::Mark(n));
+                // Under None, a flush now and then: its barrier makes the frames before it
+                // durable, so later frames vouch for them (and power cuts land in flushes).
+                if durability == Durability::None && done % FLUSH_EVERY == 0 {
+                    heap.flush().unwrap();
+                }
             }
             Err(Error::NoRoot) if abort => {}
             Err(e) => panic!("workload transaction failed: {e}"),

@@ -54,6 +54,7 @@ fn power_loss_none() {
     crash_tests::report(&format!(
         "power loss, None: {images} images over {instants} crash instants, 0 violations"
     ));
-    // About 9,000 distinct images (with those cut inside recovery).
-    assert!(images >= 8_000, "only {images} images");
+    // About 14,900 distinct images (with those cut inside recovery; the workload flushes
+    // every 5 transactions under None).
+    assert!(images >= 12_000, "only {images} images");
 }
