@@ -195,6 +195,9 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
     phase!(OPEN);
     let file = Arc::new(file);
     let mut storage = new_storage(&file, options, 0)?;
+    // Before recovery, whose checkpoint rewrites the older slot: a damaged slot is reported
+    // (Stats::superblock_damage), even where the fallback to the other one loses nothing.
+    let damaged = recovery::damaged_slots(&storage)?;
     let (log, map) = if read_only {
         replay_read_only(&file, &storage)?
     } else {
@@ -224,6 +227,13 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         header,
     );
     shared.salvaged = log.salvaged;
+    shared.superblock_damage = (!damaged.is_empty()).then(|| {
+        damaged
+            .iter()
+            .map(|(slot, what)| format!("slot {slot:?} at offset {}: {what}", slot.offset()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
     phase!(IDLE);
     Ok(Opened { shared, writer })
 }

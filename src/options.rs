@@ -223,6 +223,10 @@ pub struct Stats {
     /// The transactions this handle's open dropped on purpose (`Options::salvage`): the first
     /// and the last txid cut off by a damaged log frame. `None` when nothing was dropped.
     pub salvaged: Option<(u64, u64)>,
+    /// A superblock slot this handle's open found damaged (the open used the other slot,
+    /// which the format proves lost nothing; the next checkpoint rewrites the damaged one). A
+    /// sign that the disk changes bytes it had written: `None` when both slots were sound.
+    pub superblock_damage: Option<String>,
     /// Whether that filesystem keeps files in memory only (tmpfs, ramfs): then nothing survives
     /// a power cut or a reboot, whatever the durability. `Durability::Full` still protects
     /// against a killed process.

@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     poison: Mutex<Option<String>>,
     /// Transactions the open dropped on purpose (`Options::salvage`): first and last txid.
     pub salvaged: Option<(u64, u64)>,
+    /// Superblock slots the open found damaged (it used the other one).
+    pub superblock_damage: Option<String>,
 }
 
 impl Shared {
@@ -59,6 +61,7 @@ impl Shared {
             view: RwLock::new(View { header }),
             poison: Mutex::new(None),
             salvaged: None,
+            superblock_damage: None,
         }
     }
 

@@ -421,6 +421,7 @@ impl Writer {
             filesystem,
             volatile_storage,
             salvaged: sh.salvaged,
+            superblock_damage: sh.superblock_damage.clone(),
         })
     }
 }

@@ -51,3 +51,40 @@ fn info_recover_and_refusal() {
     assert_eq!(std::fs::read(&foreign).unwrap(), b"hello");
     assert_eq!(txheap(&["bogus"]).0, 2);
 }
+
+#[test]
+fn a_damaged_log_is_refused_by_name_and_salvaged_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.heap");
+    let heap = txheap::Heap::create(&path, txheap::Options::new()).unwrap();
+    for i in 0..3u64 {
+        heap.transaction(|tx| tx.alloc([i; 8]).map(|_| ())).unwrap();
+    }
+    // A power cut keeps the three durable frames in the log; then the disk flips a bit in the
+    // first one's payload (frames start at 8192; its header is 40 bytes).
+    let crashed = dir.path().join("crashed.heap");
+    std::fs::copy(&path, &crashed).unwrap();
+    drop(heap);
+    let mut img = std::fs::read(&crashed).unwrap();
+    img[8192 + 60] ^= 1;
+    std::fs::write(&crashed, &img).unwrap();
+    let c = crashed.to_str().unwrap();
+    let (code, _, err) = txheap(&["info", c]);
+    assert_eq!(code, 1);
+    assert!(err.contains("damaged") && err.contains("salvage"), "{err}");
+    let (code, _, err) = txheap(&["recover", c]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        std::fs::read(&crashed).unwrap(),
+        img,
+        "a refused recover changed the file"
+    );
+    let (code, out, err) = txheap(&["recover", "--salvage", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("salvaged") && out.contains("3 dropped"),
+        "{out}"
+    );
+    let (code, out, _) = txheap(&["info", c]);
+    assert_eq!(code, 0, "{out}");
+}

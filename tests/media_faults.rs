@@ -270,3 +270,32 @@ fn v1_files_are_refused_as_older() {
     );
     assert!(e.to_string().contains("older"), "{e}");
 }
+
+#[test]
+fn a_damaged_superblock_slot_is_reported_though_the_open_succeeds() {
+    let dir = scratch();
+    let path = dir.path().join("sb.heap");
+    let heap = Heap::create(&path, opts(Durability::Full)).unwrap();
+    heap.transaction(|tx| tx.root::<Root>().map(|_| ()))
+        .unwrap();
+    heap.close().unwrap(); // the checkpoint writes slot B: both slots are valid now
+    let heap = Heap::open_read_only(&path).unwrap();
+    assert_eq!(heap.stats().unwrap().superblock_damage, None);
+    drop(heap);
+    let mut img = std::fs::read(&path).unwrap();
+    img[20] ^= 4; // slot A, the older one, in its seq field
+    std::fs::write(&path, &img).unwrap();
+    for read_only in [true, false] {
+        let heap = if read_only {
+            Heap::open_read_only(&path).unwrap()
+        } else {
+            Heap::open(&path, opts(Durability::Full)).unwrap()
+        };
+        let d = heap.stats().unwrap().superblock_damage;
+        assert!(
+            d.as_deref().is_some_and(|d| d.contains("offset 0")),
+            "{d:?}"
+        );
+        assert_eq!(count(&heap), 0);
+    }
+}

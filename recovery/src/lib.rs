@@ -47,6 +47,7 @@ pub use replay::{recover, recover_checked, recover_checked_with, OnDamage, Recov
 pub use scan::{find_damage, scan_log, ApplyFn, LogDamage, LogScan};
 pub use storage::{MemStorage, Storage};
 pub use superblock::{
-    select_superblock, Slot, SlotError, Superblock, CHUNK_SIZE, FORMAT_VERSION, HEAP_META_LEN,
-    LOG_OFFSET, PAGE_SIZE, SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_MAGIC, SUPERBLOCK_SLOT_LEN,
+    damaged_slots, select_superblock, Slot, SlotError, Superblock, CHUNK_SIZE, FORMAT_VERSION,
+    HEAP_META_LEN, LOG_OFFSET, PAGE_SIZE, SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_MAGIC,
+    SUPERBLOCK_SLOT_LEN,
 };

@@ -319,6 +319,41 @@ fn read_slot<S: Storage + ?Sized>(
     Ok(Superblock::decode(&b, slot.offset()))
 }
 
+/// The superblock slots that are damaged (neither all zero, as a new file's slot B is, nor
+/// valid), with what is wrong: recovery falls back to the other slot silently when the format
+/// proves nothing was lost, but a damaged slot means the disk changed bytes it had written, which
+/// an operator should learn. Never writes.
+///
+/// ```
+/// use txheap_recovery::{damaged_slots, format, MemStorage, Slot, Storage};
+/// let mut s = MemStorage::new();
+/// format(&mut s, 65536, 1 << 20).unwrap();
+/// assert!(damaged_slots(&s).unwrap().is_empty()); // slot B is all zero: never written
+/// s.write_at(4096 + 20, &[1]).unwrap();
+/// let d = damaged_slots(&s).unwrap();
+/// assert_eq!(d[0].0, Slot::B);
+/// ```
+pub fn damaged_slots<S: Storage + ?Sized>(
+    storage: &S,
+) -> Result<Vec<(Slot, String)>, RecoveryError> {
+    let len = storage.len().map_err(io_err("stat", 0))?;
+    let mut out = Vec::new();
+    for slot in [Slot::A, Slot::B] {
+        let mut b = [0u8; SUPERBLOCK_ENCODED_LEN];
+        let avail = len.saturating_sub(slot.offset()).min(b.len() as u64) as usize;
+        storage
+            .read_at(slot.offset(), &mut b[..avail])
+            .map_err(io_err("read superblock", slot.offset()))?;
+        if b.iter().all(|&x| x == 0) {
+            continue;
+        }
+        if let Err(e) = Superblock::decode(&b, slot.offset()) {
+            out.push((slot, e.to_string()));
+        }
+    }
+    Ok(out)
+}
+
 /// Read both slots and pick the current superblock. Never writes.
 ///
 /// ```

@@ -31,6 +31,9 @@ fn info(path: &str) -> txheap::Result<()> {
             ""
         }
     );
+    if let Some(damage) = &s.superblock_damage {
+        println!("WARNING         damaged superblock ({damage}); the other slot was used");
+    }
     println!(
         "superblock      seq {}, log generation {}, next txid {}",
         s.superblock_seq, s.log_generation, s.next_txid
