@@ -24,7 +24,7 @@ pub enum Durability {
     Full,
     /// No barrier in the commit path. Survives SIGKILL; after a power cut the heap is a committed
     /// prefix (possibly missing the newest acknowledged transactions), never torn.
-    /// [`Heap::flush`] makes everything committed so far durable.
+    /// [`Heap::flush`](crate::Heap::flush) makes everything committed so far durable.
     None,
 }
 

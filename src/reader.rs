@@ -14,7 +14,7 @@ use crate::layout::check_root;
 use crate::pptr::{PPtr, PSlice};
 use crate::shared::{Shared, View};
 
-/// A view of the committed state, given to [`Heap::read`]'s closure.
+/// A view of the committed state, given to [`Heap::read`](crate::Heap::read)'s closure.
 ///
 /// ```
 /// # let dir = tempfile::tempdir().unwrap();
