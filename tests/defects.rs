@@ -389,3 +389,45 @@ fn stats_say_what_the_file_lives_on() {
         assert!(s.volatile_storage);
     }
 }
+
+// ---- messages that give the real numbers (issue 11) --------------------------------------------
+
+#[test]
+fn slice_errors_name_elements_and_the_real_heap_end() {
+    let (_d, path) = tmp("msg.heap");
+    let heap = Heap::create(&path, small()).unwrap();
+    let s = heap
+        .transaction(|tx| tx.alloc_slice_zeroed::<u64>(1000))
+        .unwrap();
+    let e = heap
+        .transaction(|tx| tx.write_slice(s, 999, &[1, 2, 3]))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::SliceRange {
+                start: 999,
+                count: 3,
+                slice_len: 1000
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "elements 999..999+3 are outside a slice of 1000 elements"
+    );
+    // A length whose byte size overflows names where the heap really ends, not 0.
+    let huge = PSlice::<u64>::from_raw_parts(s.offset(), u64::MAX / 4);
+    let e = heap.read(|r| r.slice(huge).map(|_| ())).unwrap_err();
+    match e {
+        Error::OutOfBounds { heap_end, .. } => assert!(heap_end > s.offset(), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!e_string_says_zero(&heap, huge));
+}
+
+fn e_string_says_zero(heap: &Heap, s: PSlice<u64>) -> bool {
+    let e = heap.transaction(|tx| tx.slice(s).map(|_| ())).unwrap_err();
+    e.to_string().ends_with("ends at 0)")
+}
