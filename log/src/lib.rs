@@ -343,6 +343,29 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
+    /// Whether this is a frame of `generation` written after the one `expected_txid` names.
+    ///
+    /// ```
+    /// let h = txheap_log::FrameHeader { range_count: 0, generation: 1, txid: 5, durable_txid: 4, payload_len: 0, check: 0 };
+    /// assert!(h.follows(1, 3) && !h.follows(2, 3) && !h.follows(1, 5));
+    /// ```
+    pub fn follows(&self, generation: u64, expected_txid: u64) -> bool {
+        self.generation == generation && self.txid > expected_txid
+    }
+
+    /// Whether this frame (if it verifies) proves the frame `expected_txid` of `generation`
+    /// durable: it follows it and its evidence reaches it (the damage rule).
+    ///
+    /// ```
+    /// let h = txheap_log::FrameHeader { range_count: 0, generation: 1, txid: 5, durable_txid: 4, payload_len: 0, check: 0 };
+    /// assert!(h.vouches_for(1, 4) && h.vouches_for(1, 2) && !h.vouches_for(1, 5));
+    /// ```
+    pub fn vouches_for(&self, generation: u64, expected_txid: u64) -> bool {
+        self.follows(generation, expected_txid)
+            && self.durable_txid >= expected_txid
+            && self.durable_txid < self.txid
+    }
+
     /// Header plus payload bytes.
     ///
     /// ```
@@ -515,16 +538,26 @@ fn decode_header(bytes: &[u8; FRAME_HEADER_LEN]) -> FrameHeader {
 /// assert!(txheap_log::verified_frame_at(&bad).is_none());
 /// ```
 pub fn verified_frame_at(bytes: &[u8]) -> Option<FrameHeader> {
+    let h = header_at(bytes)?;
+    let payload = bytes.get(FRAME_HEADER_LEN..usize::try_from(h.frame_len()).ok()?)?;
+    (frame_check(&bytes[..CHECK_OFFSET], payload) == h.check).then_some(h)
+}
+
+/// The header at the start of `bytes` if it has the magic and an aligned payload length,
+/// without checking anything else (a cheap filter before reading a whole frame).
+///
+/// ```
+/// let f = txheap_log::FrameBuilder::new().finish(2, 7).to_vec();
+/// assert_eq!(txheap_log::header_at(&f).map(|h| h.txid), Some(7));
+/// assert!(txheap_log::header_at(&[0u8; 40]).is_none());
+/// ```
+pub fn header_at(bytes: &[u8]) -> Option<FrameHeader> {
     let hb: &[u8; FRAME_HEADER_LEN] = bytes.get(..FRAME_HEADER_LEN)?.try_into().ok()?;
     if u32_at(hb, MAGIC_OFFSET) != FRAME_MAGIC {
         return None;
     }
     let h = decode_header(hb);
-    if h.payload_len as usize % FRAME_ALIGN != 0 {
-        return None;
-    }
-    let payload = bytes.get(FRAME_HEADER_LEN..usize::try_from(h.frame_len()).ok()?)?;
-    (frame_check(&hb[..CHECK_OFFSET], payload) == h.check).then_some(h)
+    (h.payload_len as usize % FRAME_ALIGN == 0).then_some(h)
 }
 
 /// A later frame that proves an earlier one durable (see the crate's damage rule).
@@ -576,12 +609,9 @@ pub fn find_voucher(
     while at + FRAME_HEADER_LEN <= region.len() {
         if region[at..at + 4] == magic {
             if let Some(h) = verified_frame_at(&region[at..]) {
-                if h.generation == generation && h.txid > expected_txid {
+                if h.follows(generation, expected_txid) {
                     last = Some(last.map_or(h.txid, |l: u64| l.max(h.txid)));
-                    if voucher.is_none()
-                        && h.durable_txid >= expected_txid
-                        && h.durable_txid < h.txid
-                    {
+                    if voucher.is_none() && h.vouches_for(generation, expected_txid) {
                         voucher = Some(Voucher {
                             offset: base + at as u64,
                             txid: h.txid,

@@ -6,8 +6,9 @@
 //! caller's `apply`), or decode frames itself (`txheap_log` does).
 
 use txheap_log::{
-    find_voucher, parse_header, verified_frame_at, verify_frame, Stop, StopReason, CHECK_OFFSET,
-    FRAME_HEADER_LEN, GENERATION_OFFSET, MAGIC_OFFSET, RANGE_COUNT_OFFSET, TXID_OFFSET,
+    header_at, parse_header, verified_frame_at, verify_frame, Stop, StopReason, Voucher,
+    CHECK_OFFSET, FRAME_ALIGN, FRAME_HEADER_LEN, GENERATION_OFFSET, MAGIC_OFFSET,
+    RANGE_COUNT_OFFSET, TXID_OFFSET,
 };
 
 use crate::error::{io_err, RecoveryError};
@@ -89,8 +90,9 @@ impl LogDamage {
 ///   clean end. No search.
 /// - Otherwise the frame is torn or damaged. It is damaged iff a later frame of this generation
 ///   verifies with a higher txid and evidence (`durable_txid`) at or above `txid`: its writer
-///   saw this frame durable, which a torn write never is. The rest of the log is read and every
-///   8-byte position tried ([`find_voucher`]), since a damaged header's length cannot be trusted.
+///   saw this frame durable, which a torn write never is. Every 8-byte position of the rest of
+///   the log is tried (the rule of `txheap_log::find_voucher`, read through a window), since a
+///   damaged header's length cannot be trusted.
 pub fn find_damage<S: Storage + ?Sized>(
     storage: &S,
     sb: &Superblock,
@@ -102,14 +104,30 @@ pub fn find_damage<S: Storage + ?Sized>(
         return Ok(None);
     }
     let abs = sb.log_offset() + at;
-    let mut rest = vec![0u8; (sb.log_size - at) as usize];
-    storage
-        .read_at(abs, &mut rest)
-        .map_err(io_err("read log after its end", abs))?;
-    if verified_frame_at(&rest).is_some() {
+    if frame_verifies_at(storage, sb, at)? {
         return Ok(None);
     }
-    let (voucher, last) = find_voucher(&rest, at, sb.generation, txid);
+    // Every 8-byte position after it, through a read window (memory stays bounded by the
+    // window and the one candidate frame being verified, whatever the log's size).
+    let (mut voucher, mut last) = (None, None::<u64>);
+    let mut window = LogWindow::default();
+    let mut p = at + FRAME_ALIGN as u64;
+    while p + FRAME_HEADER_LEN as u64 <= sb.log_size {
+        let hb = window.get(storage, sb, p, FRAME_HEADER_LEN as u64)?;
+        if let Some(h) = header_at(hb) {
+            if h.follows(sb.generation, txid) && frame_verifies_at(storage, sb, p)? {
+                last = Some(last.map_or(h.txid, |l| l.max(h.txid)));
+                if voucher.is_none() && h.vouches_for(sb.generation, txid) {
+                    voucher = Some(Voucher {
+                        offset: p,
+                        txid: h.txid,
+                        durable_txid: h.durable_txid,
+                    });
+                }
+            }
+        }
+        p += FRAME_ALIGN as u64;
+    }
     Ok(voucher.map(|v| LogDamage {
         offset: abs,
         txid,
@@ -166,6 +184,31 @@ impl LogWindow {
         let i = (at - self.start) as usize;
         Ok(&self.buf[i..i + len as usize])
     }
+}
+
+/// Whether a whole frame that verifies starts at log-relative offset `at` (read on its own,
+/// so that a search's read window is not disturbed).
+fn frame_verifies_at<S: Storage + ?Sized>(
+    storage: &S,
+    sb: &Superblock,
+    at: u64,
+) -> Result<bool, RecoveryError> {
+    let abs = sb.log_offset() + at;
+    let mut hb = [0u8; FRAME_HEADER_LEN];
+    storage
+        .read_at(abs, &mut hb)
+        .map_err(io_err("read log frame", abs))?;
+    let Some(h) = header_at(&hb) else {
+        return Ok(false);
+    };
+    if h.frame_len() > sb.log_size - at {
+        return Ok(false);
+    }
+    let mut frame = vec![0u8; h.frame_len() as usize];
+    storage
+        .read_at(abs, &mut frame)
+        .map_err(io_err("read log frame", abs))?;
+    Ok(verified_frame_at(&frame).is_some())
 }
 
 /// Scan the log and call `apply` for each range of each committed frame, in order. Never
