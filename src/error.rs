@@ -114,6 +114,14 @@ pub enum Error {
         /// The heap's maximum file size.
         max_size: u64,
     },
+    /// One allocation larger than the largest object the heap holds
+    /// ([`OBJECT_SIZE_MAX`](crate::OBJECT_SIZE_MAX): a zone of chunks less its table).
+    ObjectTooLarge {
+        /// Bytes requested.
+        requested: u64,
+        /// The largest object, in bytes.
+        max: u64,
+    },
     /// The transaction's redo frame does not fit in the log region.
     TransactionTooLarge {
         /// Bytes the frame needs.
@@ -271,6 +279,11 @@ impl fmt::Display for Error {
             Error::OutOfSpace { requested, max_size } => write!(
                 f,
                 "out of space: {requested} bytes requested, heap file may not exceed max_size {max_size}"
+            ),
+            Error::ObjectTooLarge { requested, max } => write!(
+                f,
+                "object too large: {requested} bytes requested, the largest object is {max} bytes \
+                 (split it, for example into a slice of slices)"
             ),
             Error::TransactionTooLarge { bytes, log_size } => write!(
                 f,

@@ -95,7 +95,7 @@ impl Heap {
     /// Open an existing heap for writing, running recovery: committed frames are replayed, a
     /// torn tail is discarded, and the result is durable before this returns. A file that is not
     /// a txheap file, or whose superblocks, log or heap metadata are damaged, gives an error and
-    /// is not modified: the heap header, chunk headers and run bitmaps are checked as replay
+    /// is not modified: the heap header and the chunk tables are checked as replay
     /// will leave them before replay writes (only an I/O error or a full disk while replaying
     /// or growing can fail the open after that, and then the file holds the committed state).
     ///

@@ -81,14 +81,14 @@ mod sys;
 mod tx;
 mod writer;
 
-pub use alloc::ClassStats;
+pub use alloc::{ClassStats, OBJECT_SIZE_MAX};
 pub use bytemuck;
 pub use error::{Error, Result};
 pub use heap::Heap;
 pub use limits::ROOT_LEN_MAX;
 #[cfg(feature = "test-hooks")]
 pub use open::reachable_ranges;
-pub use options::{Durability, Options, Stats};
+pub use options::{Access, Durability, Options, Stats};
 pub use pptr::{PPtr, PSlice};
 pub use reader::Reader;
 pub use storage::IoCounters;

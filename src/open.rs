@@ -204,6 +204,11 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         recover_writable(&file, &mut storage, options)?
     };
     let geo = Geometry::of(&log.sb);
+    // The body's faults read what the user's access pattern needs (not the kernel's default
+    // readahead of up to several MiB per cold fault, which made a cold open read the whole
+    // file); the walk below prefetches the tables it reads.
+    map.advise(geo.heap_offset, u64::MAX, options.access.madvise())
+        .map_err(|e| Error::io("madvise the heap's mapping", geo.heap_offset, e))?;
     let (alloc, header) = rebuild(&log.sb, &map, read_only)?;
     let storage = if read_only {
         storage
@@ -305,8 +310,8 @@ fn recover_writable(
     // recovery's pwrites show through it like any file change.)
     let (sb0, _) = recovery::select_superblock(&*storage)?;
     let map = map_file(file, &sb0, stat(storage)?, durability == Durability::None)?;
-    // Frames to replay: first check the heap as replay will leave it (header, chunk count, every
-    // chunk header and run bitmap), so that a damaged heap is refused before recovery writes a
+    // Frames to replay: first check the heap as replay will leave it (header, chunk count, the
+    // chunk tables), so that a damaged heap is refused before recovery writes a
     // byte.
     let rec = recovery::recover_checked_with(storage, on_damage, |sb, view| -> Result<()> {
         let header = read_heap_header(sb, &mut |off, buf| Ok(view.read(off, buf)?))?;
@@ -356,8 +361,8 @@ fn recover_writable(
 }
 
 /// Committed frames may reference chunks whose growth did not survive a power cut: grow the
-/// file to the chunk count. But first walk the chunk headers as they are (bytes past the end
-/// read as zeros, which no valid header is), so that a damaged heap header is refused before
+/// file to the chunk count. But first walk the chunk tables as they are (bytes past the end
+/// read as zeros, which no valid entry is), so that a damaged heap header is refused before
 /// the file changes, not after it grew.
 fn grow_to_chunk_count(file: &File, storage: &mut FileStorage, sb: &Superblock) -> Result<()> {
     let read = |off: u64, buf: &mut [u8]| {
@@ -390,7 +395,7 @@ fn rebuild(sb: &Superblock, map: &Mapping, read_only: bool) -> Result<(Allocator
     let geo = Geometry::of(sb);
     let read = |off: u64, buf: &mut [u8]| {
         // SAFETY: the heap is not shared yet, so nothing writes the mapping while we read it;
-        // the header lies below min_file_len and every chunk header below `needed`, both
+        // the header lies below min_file_len and every chunk table below `needed`, both
         // mapped (checked before each read below).
         buf.copy_from_slice(unsafe { map.slice(off, buf.len()) })
     };
@@ -416,12 +421,18 @@ fn rebuild(sb: &Superblock, map: &Mapping, read_only: bool) -> Result<(Allocator
             needed,
         });
     }
+    // One readahead per zone table instead of a fault per page of it.
+    for (off, len) in Allocator::table_ranges(geo.chunk_area, header.chunk_count) {
+        map.advise(off, len, libc::MADV_WILLNEED)
+            .map_err(|e| Error::io("madvise (prefetch the chunk tables)", off, e))?;
+    }
     let alloc = Allocator::rebuild(geo.chunk_area, header.chunk_count, &read)?;
     Ok((alloc, header))
 }
 
 /// The byte ranges `(offset, len)` of a heap file image that its heap reaches as the image
-/// stands (no log replay): the heap header, the root area, every chunk header, each run's
+/// stands (no log replay): the heap header, the root area, every chunk-table entry the walk
+/// reads, each run's
 /// bitmap and allocated blocks, each large object. A write anywhere else in the heap region
 /// changes nothing that an open could see. The crash tests' write-ahead check calls it on the
 /// durable image as recovery would leave it. Feature `test-hooks`.

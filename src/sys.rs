@@ -268,6 +268,34 @@ impl Mapping {
         }
     }
 
+    /// Tell the kernel how `[off, off+len)` will be read (rounded out to whole pages and cut to
+    /// the reservation): `MADV_RANDOM` (no readahead on a fault), `MADV_SEQUENTIAL`,
+    /// `MADV_NORMAL`, or `MADV_WILLNEED` (start reading it now). Advice only: it changes no
+    /// byte of the mapping.
+    pub(crate) fn advise(&self, off: u64, len: u64, advice: libc::c_int) -> io::Result<()> {
+        let start = (off as usize / PAGE * PAGE).min(self.reserved);
+        let end = (off.saturating_add(len) as usize)
+            .div_ceil(PAGE)
+            .saturating_mul(PAGE)
+            .min(self.reserved);
+        if start >= end {
+            return Ok(());
+        }
+        // SAFETY: a page-aligned range inside our own mapping; these advice values only steer
+        // readahead and never change the mapping's contents (unlike MADV_DONTNEED).
+        debug_assert!(matches!(
+            advice,
+            libc::MADV_RANDOM | libc::MADV_SEQUENTIAL | libc::MADV_NORMAL | libc::MADV_WILLNEED
+        ));
+        let rc =
+            unsafe { libc::madvise(self.base.as_ptr().add(start).cast(), end - start, advice) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(last_err())
+        }
+    }
+
     /// Drop private copy-on-write copies of the pages in `[off, off+len)`, so that they show the
     /// file's page cache again. `off` and `len` are page-aligned.
     ///

@@ -536,7 +536,6 @@ impl<'h> Tx<'h> {
         let mut plan = CommitPlan {
             stage: &mut self.stage,
             fresh: std::mem::take(&mut self.fresh),
-            chunk_area: self.sh.geo.chunk_area,
             header: self.header,
             in_place: false,
         };

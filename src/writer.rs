@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use txheap_recovery::txheap_log::FrameBuilder;
 use txheap_recovery::{self as recovery, Slot, Storage, Superblock, PAGE_SIZE};
 
-use crate::alloc::{Allocator, HeapHeader, CHUNK_HEADER_LEN};
+use crate::alloc::{Allocator, HeapHeader};
 use crate::error::{Error, Result};
 use crate::limits::{CHUNK_SIZE, PENDING_PAGES_MAX};
 use crate::options::{Durability, Stats};
@@ -61,7 +61,6 @@ pub(crate) struct CommitPlan<'a> {
     /// Data areas of large extents this transaction allocated from free space (under `Full`):
     /// their bytes go in place instead of through the log.
     pub fresh: Vec<(u64, u64)>,
-    pub chunk_area: u64,
     /// The heap header after this transaction.
     pub header: HeapHeader,
     /// Whether any staged byte goes in place (set while building the frame).
@@ -74,40 +73,16 @@ pub(crate) fn inside(areas: &[(u64, u64)], off: u64, len: u64) -> bool {
 }
 
 impl CommitPlan<'_> {
-    /// Call `f(offset, bytes, in_place)` for the pieces of every staged range, in offset order.
-    /// Bytes inside a fresh extent go in place, except the first 64 bytes of every chunk: free
-    /// extents are coalesced only in memory, so on disk an interior chunk of a fresh extent may
-    /// still start with a `FREE` header that recovery walks if this transaction does not commit.
-    /// Those bytes go through the log. Allocates nothing (it runs for every range of every
-    /// commit).
+    /// Call `f(offset, bytes, in_place)` for every staged range, in offset order: in place
+    /// when it lies inside a fresh extent (allocator metadata lives in the zones' table chunks,
+    /// never inside an extent, so a fresh extent holds only its object's bytes). Allocates
+    /// nothing (it runs for every range of every commit).
     pub(crate) fn for_each_piece(
         &mut self,
         mut f: impl FnMut(u64, &[u8], bool) -> Result<()>,
     ) -> Result<()> {
-        let (fresh, chunk_area) = (&self.fresh, self.chunk_area);
         for (off, bytes) in self.stage.ranges() {
-            let len = bytes.len() as u64;
-            if !inside(fresh, off, len) {
-                f(off, bytes, false)?;
-                continue;
-            }
-            let end = off + len;
-            let mut p = off;
-            while p < end {
-                let rel = (p - chunk_area) % CHUNK_SIZE;
-                let (q, in_place) = if rel < CHUNK_HEADER_LEN {
-                    ((p - rel + CHUNK_HEADER_LEN).min(end), false)
-                } else {
-                    ((p - rel + CHUNK_SIZE).min(end), true)
-                };
-                assert!(
-                    !in_place || (p - chunk_area) % CHUNK_SIZE >= CHUNK_HEADER_LEN,
-                    "an in-place piece at {p} covers a chunk header"
-                );
-                f(p, &bytes[(p - off) as usize..(q - off) as usize], in_place)?;
-                p = q;
-            }
-            assert_eq!(p, end, "pieces do not tile the staged range at {off}");
+            f(off, bytes, inside(&self.fresh, off, bytes.len() as u64))?;
         }
         Ok(())
     }
@@ -399,7 +374,11 @@ impl Writer {
 
     /// The figures of [`crate::Heap::stats`].
     pub(crate) fn stats(&self, sh: &Shared) -> Result<Stats> {
-        let (used, free, largest, classes) = self.alloc.stats();
+        let (used, free, largest, classes) = self.alloc.stats(&|off, buf| {
+            // SAFETY: run bitmaps lie inside the chunk area, which is mapped; the writer lock
+            // is held, so no commit changes them while we read.
+            buf.copy_from_slice(unsafe { sh.map.slice(off, buf.len()) })
+        })?;
         let (filesystem, volatile_storage) =
             sys::filesystem(&*sh.file).map_err(|e| Error::io("fstatfs", 0, e))?;
         Ok(Stats {

@@ -157,12 +157,16 @@ fn truncated_files_are_refused_unchanged() {
             _ => false,
         });
     }
-    // Cut inside the chunk area: the heap header's chunk count needs more bytes. Both opens
-    // read zeros past the end (the writable one before it would grow the file back) and agree:
-    // a chunk header is cut off, which is Corrupt, and the file is left as it was.
+    // Cut inside the chunk area, below the length the last checkpoint recorded (the file never
+    // shrinks): both opens refuse it as Truncated, naming that length, and leave it as it was.
+    // (Before format 3, a cut header made this Corrupt; a cut run bitmap or object would have
+    // read as zeros.)
     let cut = heap_offset + 8192 + 1000;
     let p = write(d.path(), "trunc-chunks", &bytes[..cut as usize]);
-    expect_refused(&p, |e| matches!(e, Error::Corrupt { .. }));
+    expect_refused(
+        &p,
+        |e| matches!(e, Error::Truncated { len, needed } if *len == cut && *needed == bytes.len() as u64),
+    );
 }
 
 #[test]
@@ -221,19 +225,19 @@ fn both_superblocks_damaged_is_corrupt() {
 fn newer_format_version_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let (_, mut bytes) = clean_heap(d.path(), 3);
-    // Make both slots claim the next version (3) with valid checksums.
+    // Make both slots claim the next version (4) with valid checksums.
     for slot in [0usize, 4096] {
-        bytes[slot + 8..slot + 12].copy_from_slice(&3u32.to_le_bytes());
+        bytes[slot + 8..slot + 12].copy_from_slice(&4u32.to_le_bytes());
         let crc = crc(&bytes[slot..slot + 124]);
         bytes[slot + 124..slot + 128].copy_from_slice(&crc.to_le_bytes());
     }
-    let p = write(d.path(), "v3", &bytes);
+    let p = write(d.path(), "v4", &bytes);
     expect_refused(&p, |e| {
         matches!(
             e,
             Error::UnsupportedVersion {
-                found: 3,
-                supported: 2
+                found: 4,
+                supported: 3
             }
         )
     });

@@ -106,13 +106,13 @@ fn a_newer_version_superblock_is_refused_not_overwritten() {
     Heap::create(&p, opts()).unwrap().close().unwrap();
     let mut a = read(&p, 0, 128);
     let seq = u64::from_le_bytes(a[16..24].try_into().unwrap());
-    a[8..12].copy_from_slice(&3u32.to_le_bytes()); // a newer format version...
+    a[8..12].copy_from_slice(&4u32.to_le_bytes()); // a newer format version...
     a[16..24].copy_from_slice(&(seq + 1).to_le_bytes()); // ...written after slot A
     seal_superblock(&mut a);
     patch(&p, 4096, &a);
     let before = std::fs::read(&p).unwrap();
     match Heap::open(&p, opts()) {
-        Err(Error::UnsupportedVersion { found: 3, .. }) => {}
+        Err(Error::UnsupportedVersion { found: 4, .. }) => {}
         other => panic!("expected UnsupportedVersion, got {:?}", other.map(|_| ())),
     }
     assert_eq!(std::fs::read(&p).unwrap(), before, "the file changed");

@@ -263,7 +263,7 @@ fn v1_files_are_refused_as_older() {
             e,
             Error::UnsupportedVersion {
                 found: 1,
-                supported: 2
+                supported: 3
             }
         ),
         "{e:?}"

@@ -37,6 +37,9 @@ fn every_workload_of_up_to_two_operations_and_some_of_three() {
     crash_tests::report(&format!(
         "exhaustive: {n} workloads, {images} crash images, 0 violations"
     ));
-    // About 39,000 distinct images: a drop means lost coverage.
-    assert!(images >= 35_000, "only {images} images");
+    // About 22,500 distinct images: a drop means lost coverage. (Format 2 gave about 39,000:
+    // every chunk of an in-place large extent then sent its first 64 bytes through the log,
+    // and each of those small writes was enumerated over all its sector states. Format 3 keeps
+    // allocator metadata in the zone tables, so an in-place extent is one write, sampled.)
+    assert!(images >= 20_000, "only {images} images");
 }

@@ -34,7 +34,13 @@ pub fn checkpoint<S: Storage + ?Sized>(
             .map_err(io_err("fdatasync before checkpoint", 0))?;
     }
     crate::failpoint!("checkpoint.after_heap_barrier");
-    let next = next_superblock(current, current_slot, next_txid)?;
+    let mut next = next_superblock(current, current_slot, next_txid)?;
+    // The heap barrier made this length durable; the file never shrinks.
+    next.file_len = storage
+        .len()
+        .map_err(io_err("stat before checkpoint", 0))?
+        .min(current.max_size)
+        .max(current.file_len);
     // next_superblock refused (Err) every counter past the limit: decode would reject the slot.
     assert!(
         next.seq <= COUNTER_MAX && next.generation <= COUNTER_MAX && next.next_txid <= COUNTER_MAX,
@@ -83,5 +89,6 @@ pub(crate) fn next_superblock(
         next_txid,
         log_size: current.log_size,
         max_size: current.max_size,
+        file_len: current.file_len,
     })
 }

@@ -20,8 +20,10 @@ pub const SUPERBLOCK_ENCODED_LEN: usize = 128;
 /// Superblock magic.
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"TXHEAPSB";
 /// The format version this crate reads and writes. Version 2: log frames carry the writer's
-/// durability evidence (`durable_txid`), and a new log starts with a sentinel frame.
-pub const FORMAT_VERSION: u32 = 2;
+/// durability evidence (`durable_txid`), and a new log starts with a sentinel frame. Version 3:
+/// the allocator's metadata moved from headers inside each extent to a chunk table per 4 GiB
+/// zone (docs/FORMAT.md).
+pub const FORMAT_VERSION: u32 = 3;
 /// Where the log region starts.
 pub const LOG_OFFSET: u64 = 8192;
 /// Allocator chunk size (recorded in the superblock).
@@ -136,6 +138,10 @@ pub struct Superblock {
     pub log_size: u64,
     /// Largest file size.
     pub max_size: u64,
+    /// The file's length when this superblock was written, after the barrier that made the
+    /// heap durable: the file never shrinks, so a shorter file lost bytes and is refused
+    /// (`Truncated`). 0 claims nothing (a new file's first superblock).
+    pub file_len: u64,
 }
 
 impl Superblock {
@@ -151,6 +157,7 @@ impl Superblock {
             next_txid: 1,
             log_size,
             max_size,
+            file_len: 0,
         }
     }
     /// Start of the log region.
@@ -177,14 +184,17 @@ impl Superblock {
     pub fn chunk_area_offset(&self) -> u64 {
         self.heap_offset() + HEAP_META_LEN
     }
-    /// The shortest valid file.
+    /// The shortest valid file: the heap's metadata, and at least the length the file had at
+    /// the checkpoint that wrote this superblock.
     ///
     /// ```
-    /// let sb = txheap_recovery::Superblock::new(65536, 1 << 20);
+    /// let mut sb = txheap_recovery::Superblock::new(65536, 1 << 20);
     /// assert_eq!(sb.min_file_len(), sb.chunk_area_offset());
+    /// sb.file_len = 1 << 19;
+    /// assert_eq!(sb.min_file_len(), 1 << 19);
     /// ```
     pub fn min_file_len(&self) -> u64 {
-        self.chunk_area_offset()
+        self.chunk_area_offset().max(self.file_len)
     }
 
     /// Encode with magic, version, constants and crc.
@@ -206,6 +216,7 @@ impl Superblock {
         b[64..72].copy_from_slice(&self.max_size.to_le_bytes());
         b[72..76].copy_from_slice(&(CHUNK_SIZE as u32).to_le_bytes());
         b[76..80].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+        b[80..88].copy_from_slice(&self.file_len.to_le_bytes());
         let crc = crc32fast::hash(&b[..124]);
         b[124..128].copy_from_slice(&crc.to_le_bytes());
         b
@@ -245,6 +256,7 @@ impl Superblock {
             next_txid: u64_at(32),
             log_size: u64_at(48),
             max_size: u64_at(64),
+            file_len: u64_at(80),
         };
         let bad = |what: String| Err(SlotError::BadField { what });
         // Counters only ever grow by one per checkpoint or transaction; a value this large
@@ -290,7 +302,13 @@ impl Superblock {
                 u32_at(76)
             ));
         }
-        if bytes[80..124].iter().any(|&b| b != 0) {
+        if sb.file_len > sb.max_size {
+            return bad(format!(
+                "file_len {} exceeds max_size {}",
+                sb.file_len, sb.max_size
+            ));
+        }
+        if bytes[88..124].iter().any(|&b| b != 0) {
             return bad("reserved bytes are not zero".into());
         }
         Ok(sb)

@@ -185,15 +185,15 @@ fn selection_errors_name_the_problem() {
     // A valid-crc slot of the next version and nothing else usable.
     let (mut s, sb) = fresh();
     let mut enc = sb.encode();
-    enc[8..12].copy_from_slice(&3u32.to_le_bytes());
+    enc[8..12].copy_from_slice(&4u32.to_le_bytes());
     let crc = crc32fast::hash(&enc[..124]);
     enc[124..128].copy_from_slice(&crc.to_le_bytes());
     s.write_at(0, &enc).unwrap();
     assert!(matches!(
         select_superblock(&s),
         Err(RecoveryError::UnsupportedVersion {
-            found: 3,
-            supported: 2
+            found: 4,
+            supported: 3
         })
     ));
     // A slot of the older version 1 is refused with a message that says so.

@@ -1,5 +1,5 @@
-//! The allocator's on-disk format: the heap header, chunk headers, size classes and run
-//! geometry (byte layouts in docs/FORMAT.md; field offsets named here, each from the one
+//! The allocator's on-disk format: the heap header, the zones' chunk tables, size classes and
+//! run geometry (byte layouts in docs/FORMAT.md; field offsets named here, each from the one
 //! before).
 //!
 //! Owns: encoding and checking these structures, and the size-class table. May not: hold
@@ -8,27 +8,26 @@
 use crate::error::{Error, Result};
 use crate::limits::CHUNK_SIZE;
 
-/// Bytes of a chunk header (a run's bitmap follows it).
-pub(crate) const CHUNK_HEADER_LEN: u64 = 64;
-/// Where a large object starts inside its first chunk.
-pub(crate) const LARGE_DATA_OFFSET: u64 = 64;
+/// Chunks per zone: chunk `z * ZONE_CHUNKS` holds zone `z`'s chunk table, and no extent
+/// crosses a zone boundary. 16384 chunks of 256 KiB: 4 GiB zones.
+pub(crate) const ZONE_CHUNKS: u64 = 16384;
+/// Bytes of one chunk-table entry; a zone's table fills exactly its first chunk.
+pub(crate) const ENTRY_LEN: u64 = 16;
+const _: () = assert!(ZONE_CHUNKS * ENTRY_LEN == CHUNK_SIZE);
+/// The most chunks one extent may take: a zone less its table chunk.
+pub(crate) const EXTENT_CHUNKS_MAX: u64 = ZONE_CHUNKS - 1;
 
-// Chunk header fields (docs/FORMAT.md), each offset following the previous field.
-const CH_TAG: usize = 0;
-const CH_CHUNKS: usize = CH_TAG + 4;
-const CH_CLASS: usize = CH_CHUNKS + 4;
-const CH_BLOCK_SIZE: usize = CH_CLASS + 4;
-const CH_BLOCK_COUNT: usize = CH_BLOCK_SIZE + 4;
-const CH_DATA_OFFSET: usize = CH_BLOCK_COUNT + 4;
-const CH_SIZE: usize = CH_DATA_OFFSET + 4;
-/// End of the fields the check covers.
-const CH_CHECKED: usize = CH_SIZE + 8;
-const CH_CRC: usize = CH_CHECKED;
-const CH_RESERVED: usize = CH_CRC + 4;
+// Entry fields (docs/FORMAT.md), each offset following the previous field.
+const E_KIND: usize = 0;
+const E_CLASS: usize = E_KIND + 1;
+const E_CHECK: usize = E_CLASS + 1;
+const E_CHUNKS: usize = E_CHECK + 2;
+const E_SIZE: usize = E_CHUNKS + 4;
 
-const TAG_FREE: [u8; 4] = *b"FREE";
-const TAG_RUN: [u8; 4] = *b"RUN\0";
-const TAG_LARGE: [u8; 4] = *b"LRGE";
+const KIND_FREE: u8 = 1;
+const KIND_RUN: u8 = 2;
+const KIND_LARGE: u8 = 3;
+const KIND_TABLE: u8 = 4;
 
 /// Number of size classes.
 pub(crate) const NCLASSES: usize = 44;
@@ -70,10 +69,10 @@ pub(crate) struct RunGeom {
 impl RunGeom {
     pub(crate) const fn of_class(class: usize) -> RunGeom {
         let bs = CLASSES[class] as u64;
-        let mut n = (CHUNK_SIZE - CHUNK_HEADER_LEN) / bs;
+        let mut n = CHUNK_SIZE / bs;
         loop {
             let bitmap = n.div_ceil(64) * 8;
-            let data = (CHUNK_HEADER_LEN + bitmap).div_ceil(64) * 64;
+            let data = bitmap.div_ceil(64) * 64;
             if data + n * bs <= CHUNK_SIZE {
                 return RunGeom {
                     block_size: bs,
@@ -101,95 +100,99 @@ fn crc(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
 }
 
-/// A decoded chunk header.
+/// A decoded chunk-table entry: what the extent starting at that chunk is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ChunkHeader {
-    Free { chunks: u32 },
-    Run { class: usize },
-    Large { chunks: u32, size: u64 },
+pub(crate) enum Entry {
+    Free {
+        chunks: u32,
+    },
+    Run {
+        class: usize,
+    },
+    Large {
+        chunks: u32,
+        size: u64,
+    },
+    /// The zone's own table chunk (entry 0 of every zone).
+    Table,
 }
 
-impl ChunkHeader {
+/// The entry check: the low 16 bits of CRC32 over the entry with its check bytes zeroed.
+fn entry_check(b: &[u8; ENTRY_LEN as usize]) -> u16 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&b[..E_CHECK]);
+    h.update(&[0, 0]);
+    h.update(&b[E_CHUNKS..]);
+    h.finalize() as u16
+}
+
+impl Entry {
     pub(crate) fn chunks(&self) -> u32 {
         match *self {
-            ChunkHeader::Free { chunks } | ChunkHeader::Large { chunks, .. } => chunks,
-            ChunkHeader::Run { .. } => 1,
+            Entry::Free { chunks } | Entry::Large { chunks, .. } => chunks,
+            Entry::Run { .. } | Entry::Table => 1,
         }
     }
 
-    pub(crate) fn encode(&self) -> [u8; CHUNK_HEADER_LEN as usize] {
-        let mut b = [0u8; CHUNK_HEADER_LEN as usize];
-        let (tag, class, geom, data_offset, size) = match *self {
-            ChunkHeader::Free { .. } => (TAG_FREE, 0u32, None, 0u32, 0u64),
-            ChunkHeader::Run { class } => {
-                let g = RunGeom::of_class(class);
-                (TAG_RUN, class as u32, Some(g), g.data_offset as u32, 0)
-            }
-            ChunkHeader::Large { size, .. } => (TAG_LARGE, 0, None, LARGE_DATA_OFFSET as u32, size),
+    pub(crate) fn encode(&self) -> [u8; ENTRY_LEN as usize] {
+        let mut b = [0u8; ENTRY_LEN as usize];
+        let (kind, class, size) = match *self {
+            Entry::Free { .. } => (KIND_FREE, 0u8, 0u64),
+            Entry::Run { class } => (KIND_RUN, class as u8, 0),
+            Entry::Large { size, .. } => (KIND_LARGE, 0, size),
+            Entry::Table => (KIND_TABLE, 0, 0),
         };
-        b[CH_TAG..CH_CHUNKS].copy_from_slice(&tag);
-        b[CH_CHUNKS..CH_CLASS].copy_from_slice(&self.chunks().to_le_bytes());
-        b[CH_CLASS..CH_BLOCK_SIZE].copy_from_slice(&class.to_le_bytes());
-        if let Some(g) = geom {
-            b[CH_BLOCK_SIZE..CH_BLOCK_COUNT].copy_from_slice(&(g.block_size as u32).to_le_bytes());
-            b[CH_BLOCK_COUNT..CH_DATA_OFFSET]
-                .copy_from_slice(&(g.block_count as u32).to_le_bytes());
-        }
-        b[CH_DATA_OFFSET..CH_SIZE].copy_from_slice(&data_offset.to_le_bytes());
-        b[CH_SIZE..CH_CHECKED].copy_from_slice(&size.to_le_bytes());
-        let c = crc(&b[..CH_CHECKED]);
-        b[CH_CRC..CH_RESERVED].copy_from_slice(&c.to_le_bytes());
+        b[E_KIND] = kind;
+        b[E_CLASS] = class;
+        b[E_CHUNKS..E_SIZE].copy_from_slice(&self.chunks().to_le_bytes());
+        b[E_SIZE..].copy_from_slice(&size.to_le_bytes());
+        let c = entry_check(&b);
+        b[E_CHECK..E_CHUNKS].copy_from_slice(&c.to_le_bytes());
         b
     }
 
-    /// Decode and check the header found at file offset `at`.
-    pub(crate) fn decode(b: &[u8], at: u64) -> Result<ChunkHeader> {
+    /// Decode and check the entry found at file offset `at`.
+    pub(crate) fn decode(b: &[u8], at: u64) -> Result<Entry> {
         let corrupt = |what: String| Error::Corrupt { offset: at, what };
-        if b.len() < CHUNK_HEADER_LEN as usize {
-            return Err(corrupt("chunk header cut short".into()));
-        }
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-        let stored = u32_at(CH_CRC);
-        let computed = crc(&b[..CH_CHECKED]);
+        let b: &[u8; ENTRY_LEN as usize] = b
+            .get(..ENTRY_LEN as usize)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| corrupt("chunk-table entry cut short".into()))?;
+        let stored = u16::from_le_bytes([b[E_CHECK], b[E_CHECK + 1]]);
+        let computed = entry_check(b);
         if stored != computed {
             return Err(corrupt(format!(
-                "chunk header crc {stored:#010x} != computed {computed:#010x}"
+                "chunk-table entry check {stored:#06x} != computed {computed:#06x}"
             )));
         }
-        if b[CH_RESERVED..CHUNK_HEADER_LEN as usize]
-            .iter()
-            .any(|&x| x != 0)
-        {
-            return Err(corrupt("chunk header reserved bytes are not zero".into()));
-        }
-        let tag: [u8; 4] = b[CH_TAG..CH_CHUNKS].try_into().expect("4 bytes");
-        let chunks = u32_at(CH_CHUNKS);
-        let class = u32_at(CH_CLASS) as usize;
-        let size = u64::from_le_bytes(b[CH_SIZE..CH_CHECKED].try_into().expect("8 bytes"));
-        let h = match tag {
-            TAG_FREE => ChunkHeader::Free { chunks },
-            TAG_RUN if class < NCLASSES => ChunkHeader::Run { class },
-            TAG_RUN => return Err(corrupt(format!("run of unknown size class {class}"))),
-            TAG_LARGE => ChunkHeader::Large { chunks, size },
-            _ => return Err(corrupt(format!("unknown chunk tag {tag:?}"))),
+        let chunks = u32::from_le_bytes(b[E_CHUNKS..E_SIZE].try_into().expect("4 bytes"));
+        let size = u64::from_le_bytes(b[E_SIZE..].try_into().expect("8 bytes"));
+        let class = b[E_CLASS] as usize;
+        let e = match b[E_KIND] {
+            KIND_FREE => Entry::Free { chunks },
+            KIND_RUN if class < NCLASSES => Entry::Run { class },
+            KIND_RUN => return Err(corrupt(format!("run of unknown size class {class}"))),
+            KIND_LARGE => Entry::Large { chunks, size },
+            KIND_TABLE => Entry::Table,
+            k => return Err(corrupt(format!("unknown chunk-table entry kind {k}"))),
         };
-        if chunks == 0 {
-            return Err(corrupt("extent of zero chunks".into()));
+        if chunks == 0 || chunks as u64 > EXTENT_CHUNKS_MAX {
+            return Err(corrupt(format!("extent of {chunks} chunks")));
         }
-        // Every field must be exactly what `encode` writes for this header.
-        if h.encode()[..CH_CHECKED] != b[..CH_CHECKED] {
+        // Every field must be exactly what `encode` writes for this entry.
+        if &e.encode() != b {
             return Err(corrupt(format!(
-                "chunk header fields inconsistent with {h:?}"
+                "chunk-table entry fields inconsistent with {e:?}"
             )));
         }
-        if let ChunkHeader::Large { chunks, size } = h {
-            if size == 0 || size > chunks as u64 * CHUNK_SIZE - LARGE_DATA_OFFSET {
+        if let Entry::Large { chunks, size } = e {
+            if size == 0 || size > chunks as u64 * CHUNK_SIZE {
                 return Err(corrupt(format!(
                     "large object of {size} bytes in {chunks} chunks"
                 )));
             }
         }
-        Ok(h)
+        Ok(e)
     }
 }
 
@@ -271,11 +274,11 @@ mod tests {
             let g = RunGeom::of_class(class);
             assert!(g.block_count >= 3, "class {class}");
             assert_eq!(g.data_offset % 64, 0);
-            assert!(g.data_offset >= CHUNK_HEADER_LEN + g.bitmap_words() * 8);
+            assert!(g.data_offset >= g.bitmap_words() * 8);
             assert!(g.data_offset + g.block_count * g.block_size <= CHUNK_SIZE);
             // maximal: one more block would not fit
             let n = g.block_count + 1;
-            let d = (CHUNK_HEADER_LEN + n.div_ceil(64) * 8).div_ceil(64) * 64;
+            let d = (n.div_ceil(64) * 8).div_ceil(64) * 64;
             assert!(d + n * g.block_size > CHUNK_SIZE);
         }
     }
@@ -290,26 +293,28 @@ mod tests {
     }
 
     #[test]
-    fn headers_round_trip_and_reject_damage() {
-        for h in [
-            ChunkHeader::Free { chunks: 3 },
-            ChunkHeader::Run { class: 5 },
-            ChunkHeader::Large {
+    fn entries_round_trip_and_reject_damage() {
+        for e in [
+            Entry::Free { chunks: 3 },
+            Entry::Run { class: 5 },
+            Entry::Large {
                 chunks: 2,
                 size: 300_000,
             },
+            Entry::Table,
         ] {
-            let b = h.encode();
-            assert_eq!(ChunkHeader::decode(&b, 0).unwrap(), h);
-            for i in 0..64 {
+            let b = e.encode();
+            assert_eq!(Entry::decode(&b, 0).unwrap(), e);
+            for i in 0..ENTRY_LEN as usize * 8 {
                 let mut d = b;
-                d[i] ^= 0x10;
+                d[i / 8] ^= 1 << (i % 8);
                 assert!(
-                    ChunkHeader::decode(&d, 0).is_err(),
-                    "flip at {i} accepted for {h:?}"
+                    Entry::decode(&d, 0).is_err(),
+                    "flip of bit {i} accepted for {e:?}"
                 );
             }
         }
+        assert!(Entry::decode(&[0; 16], 0).is_err(), "zeros are no entry");
         let hh = HeapHeader {
             chunk_count: 9,
             root_size: 16,

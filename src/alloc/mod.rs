@@ -1,8 +1,8 @@
 //! The allocator: size-class runs and large extents inside 256 KiB chunks.
 //!
 //! Owns: the allocation policy and the volatile indexes rebuilt from the chunk headers on open
-//! (free extents, runs with free blocks, live large objects); the on-disk format is in
-//! `format.rs` and the rebuild walk in `walk.rs`. May not: touch the file or know transactions' callers. It reads and
+//! (free extents, runs with free blocks, live large objects); the on-disk format (chunk tables,
+//! one per 4 GiB zone) is in `format.rs` and the rebuild walk in `walk.rs`. May not: touch the file or know transactions' callers. It reads and
 //! writes only through [`TxMem`], which the transaction implements by staging: so every change
 //! of allocator metadata travels in the transaction's redo frame.
 //!
@@ -16,11 +16,22 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 mod format;
 mod walk;
 
-use format::{class_for, ChunkHeader, RunGeom, CLASSES, LARGE_DATA_OFFSET, NCLASSES, SMALL_MAX};
-pub(crate) use format::{HeapHeader, CHUNK_HEADER_LEN, HEAP_HEADER_LEN};
+use format::{
+    class_for, Entry, RunGeom, CLASSES, ENTRY_LEN, EXTENT_CHUNKS_MAX, NCLASSES, SMALL_MAX,
+    ZONE_CHUNKS,
+};
+pub(crate) use format::{HeapHeader, HEAP_HEADER_LEN};
 
 use crate::error::{Error, Result};
 use crate::limits::{ALIGN_MAX, CHUNK_SIZE, GROW_CHUNKS_MIN};
+
+/// The largest object one allocation may hold: the chunks of a zone less its table
+/// (4 GiB - 256 KiB). Larger requests get [`Error::ObjectTooLarge`].
+///
+/// ```
+/// assert_eq!(txheap::OBJECT_SIZE_MAX, (4 << 30) - (256 << 10));
+/// ```
+pub const OBJECT_SIZE_MAX: u64 = EXTENT_CHUNKS_MAX * CHUNK_SIZE;
 
 /// What the allocator needs from the transaction: its view of the file, and growth.
 pub(crate) trait TxMem {
@@ -47,6 +58,42 @@ pub(super) struct RunState {
     free: u64,
     /// Bitmap word where the last allocation was found.
     hint: u64,
+    /// Whether `free` was counted from the bitmap: an open reads no bitmap, so a run's first
+    /// use counts it ([`Allocator::scan_run`]).
+    scanned: bool,
+}
+
+impl RunState {
+    /// A run found by the rebuild walk, its bitmap not read yet.
+    pub(super) fn unscanned(class: usize) -> RunState {
+        RunState {
+            class,
+            free: RunGeom::of_class(class).block_count,
+            hint: 0,
+            scanned: false,
+        }
+    }
+}
+
+/// Count the allocated blocks of a run's bitmap (`bitmap`, read at `at`), refusing bits past
+/// the run's blocks.
+fn count_used(g: &RunGeom, bitmap: &[u8], at: u64) -> Result<u64> {
+    let mut used = 0u64;
+    for (w, word) in bitmap.chunks_exact(8).enumerate() {
+        let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let valid = (g.block_count - w as u64 * 64).min(64);
+        if valid < 64 && word >> valid != 0 {
+            return Err(Error::Corrupt {
+                offset: at + w as u64 * 8,
+                what: format!(
+                    "run bitmap marks blocks past the run's {} blocks",
+                    g.block_count
+                ),
+            });
+        }
+        used += word.count_ones() as u64;
+    }
+    Ok(used)
 }
 
 #[derive(Debug)]
@@ -127,6 +174,38 @@ impl Allocator {
         self.chunk_area + c as u64 * CHUNK_SIZE
     }
 
+    /// File offset of chunk `c`'s entry in its zone's table.
+    pub(crate) fn entry_offset(&self, c: u32) -> u64 {
+        let c = c as u64;
+        self.chunk_area + (c - c % ZONE_CHUNKS) * CHUNK_SIZE + (c % ZONE_CHUNKS) * ENTRY_LEN
+    }
+
+    fn write_entry(&self, mem: &mut dyn TxMem, c: u32, e: Entry) -> Result<()> {
+        mem.write(self.entry_offset(c), &e.encode())
+    }
+
+    /// Count a run's free blocks from its bitmap if no one has yet (its first use since the
+    /// open). The count is of committed state: every path that stages a bitmap change scans
+    /// first. A run found full leaves the class's partial set.
+    fn scan_run(&mut self, read: &dyn Fn(u64, &mut [u8]), c: u32) -> Result<()> {
+        let rs = self.runs[&c];
+        if rs.scanned {
+            return Ok(());
+        }
+        let g = RunGeom::of_class(rs.class);
+        let at = self.chunk_offset(c);
+        let mut bitmap = vec![0u8; (g.bitmap_words() * 8) as usize];
+        read(at, &mut bitmap);
+        let used = count_used(&g, &bitmap, at)?;
+        let rs = self.runs.get_mut(&c).expect("live run");
+        rs.free = g.block_count - used;
+        rs.scanned = true;
+        if rs.free == 0 {
+            self.partial[rs.class].remove(&c);
+        }
+        Ok(())
+    }
+
     // ---- raw index edits (journaled for undo) -------------------------------------------
 
     fn remove_extent(&mut self, s: u32, n: u32) {
@@ -185,9 +264,12 @@ impl Allocator {
     }
 
     fn alloc_small(&mut self, mem: &mut dyn TxMem, class: usize) -> Result<u64> {
-        let c = match self.partial[class].first() {
-            Some(&c) => c,
-            None => self.new_run(mem, class)?,
+        let c = loop {
+            match self.partial[class].first() {
+                Some(&c) if self.runs[&c].scanned => break c,
+                Some(&c) => self.scan_run(&|o, b| mem.read(o, b), c)?,
+                None => break self.new_run(mem, class)?,
+            }
         };
         let g = RunGeom::of_class(class);
         let base = self.chunk_offset(c);
@@ -195,7 +277,7 @@ impl Allocator {
         let hint = self.runs[&c].hint;
         for i in 0..words {
             let w = (hint + i) % words;
-            let word_off = base + CHUNK_HEADER_LEN + w * 8;
+            let word_off = base + w * 8;
             let word = read_u64(mem, word_off);
             let valid = (g.block_count - w * 64).min(64);
             let mut avail = !word
@@ -231,18 +313,16 @@ impl Allocator {
     fn new_run(&mut self, mem: &mut dyn TxMem, class: usize) -> Result<u32> {
         let c = self.alloc_extent(mem, 1)?;
         let g = RunGeom::of_class(class);
-        let at = self.chunk_offset(c);
-        mem.write(at, &ChunkHeader::Run { class }.encode())?;
+        self.write_entry(mem, c, Entry::Run { class })?;
         mem.write(
-            at + CHUNK_HEADER_LEN,
+            self.chunk_offset(c),
             &vec![0u8; (g.bitmap_words() * 8) as usize],
         )?;
         self.runs.insert(
             c,
             RunState {
-                class,
-                free: g.block_count,
-                hint: 0,
+                scanned: true,
+                ..RunState::unscanned(class)
             },
         );
         self.partial[class].insert(c);
@@ -251,22 +331,19 @@ impl Allocator {
     }
 
     fn alloc_large(&mut self, mem: &mut dyn TxMem, size: u64) -> Result<u64> {
-        let max_size = mem.max_size();
-        let too_big = || Error::OutOfSpace {
-            requested: size,
-            max_size,
-        };
-        let chunks = size
-            .checked_add(LARGE_DATA_OFFSET)
-            .ok_or_else(too_big)?
-            .div_ceil(CHUNK_SIZE);
-        let chunks = u32::try_from(chunks).map_err(|_| too_big())?;
+        let chunks = size.div_ceil(CHUNK_SIZE);
+        if chunks > EXTENT_CHUNKS_MAX {
+            return Err(Error::ObjectTooLarge {
+                requested: size,
+                max: OBJECT_SIZE_MAX,
+            });
+        }
+        let chunks = chunks as u32;
         let s = self.alloc_extent(mem, chunks)?;
-        let at = self.chunk_offset(s);
-        mem.write(at, &ChunkHeader::Large { chunks, size }.encode())?;
+        self.write_entry(mem, s, Entry::Large { chunks, size })?;
         self.large.insert(s, (chunks, size));
         self.undo.push(Undo::LargeAdded(s));
-        Ok(at + LARGE_DATA_OFFSET)
+        Ok(self.chunk_offset(s))
     }
 
     /// Take `n` chunks, best fit, growing the heap if nothing fits.
@@ -284,50 +361,60 @@ impl Allocator {
         if len > n {
             self.insert_extent(s + n, len - n);
             self.undo.push(Undo::ExtentInserted(s + n, len - n));
-            mem.write(
-                self.chunk_offset(s + n),
-                &ChunkHeader::Free { chunks: len - n }.encode(),
-            )?;
+            self.write_entry(mem, s + n, Entry::Free { chunks: len - n })?;
         }
         Ok(s)
     }
 
+    /// Grow the chunk count until a free extent of `n` chunks exists (`n` at most
+    /// [`EXTENT_CHUNKS_MAX`]). Each step stays inside one zone: a step that reaches a zone's
+    /// start gives it its table chunk first; a tail extent that cannot reach `n` chunks before
+    /// the zone ends is extended to the zone's end (free space for later, smaller requests).
     fn grow(&mut self, mem: &mut dyn TxMem, n: u32) -> Result<()> {
-        let cc = self.chunk_count;
-        let tail = self
-            .free_by_start
-            .range(..cc as u32)
-            .next_back()
-            .filter(|(&s, &l)| s as u64 + l as u64 == cc)
-            .map(|(&s, &l)| (s, l));
-        let need = n as u64 - tail.map_or(0, |t| t.1 as u64);
         let max_size = mem.max_size();
         let max = (max_size.saturating_sub(self.chunk_area) / CHUNK_SIZE).min(u32::MAX as u64);
-        let new_cc = (cc + need.max(GROW_CHUNKS_MIN).max(cc / 4)).min(max);
-        if new_cc < cc + need {
-            return Err(Error::OutOfSpace {
-                requested: n as u64 * CHUNK_SIZE,
-                max_size,
-            });
-        }
-        mem.ensure_chunks(new_cc)?;
-        self.undo.push(Undo::ChunkCount(cc));
-        self.chunk_count = new_cc;
-        let start = match tail {
-            Some((s, l)) => {
+        let out_of_space = Error::OutOfSpace {
+            requested: n as u64 * CHUNK_SIZE,
+            max_size,
+        };
+        while self.free_by_len.range((n, 0)..).next().is_none() {
+            let cc = self.chunk_count;
+            if cc >= max {
+                return Err(out_of_space);
+            }
+            if cc % ZONE_CHUNKS == 0 {
+                mem.ensure_chunks(cc + 1)?;
+                self.undo.push(Undo::ChunkCount(cc));
+                self.chunk_count = cc + 1;
+                self.write_entry(mem, cc as u32, Entry::Table)?;
+                continue;
+            }
+            let zone_end = (cc / ZONE_CHUNKS + 1) * ZONE_CHUNKS;
+            let tail = self
+                .free_by_start
+                .range(..cc as u32)
+                .next_back()
+                .filter(|(&s, &l)| s as u64 + l as u64 == cc)
+                .map(|(&s, &l)| (s, l));
+            let start = tail.map_or(cc, |t| t.0 as u64);
+            let step = (cc + GROW_CHUNKS_MIN.max(cc / 4)).max(start + n as u64);
+            let new_cc = step.min(zone_end).min(max);
+            if new_cc < start + n as u64 && new_cc < zone_end {
+                return Err(out_of_space);
+            }
+            mem.ensure_chunks(new_cc)?;
+            self.undo.push(Undo::ChunkCount(cc));
+            self.chunk_count = new_cc;
+            if let Some((s, l)) = tail {
                 self.remove_extent(s, l);
                 self.undo.push(Undo::ExtentRemoved(s, l));
-                s
             }
-            None => cc as u32,
-        };
-        let len = (new_cc - start as u64) as u32;
-        self.insert_extent(start, len);
-        self.undo.push(Undo::ExtentInserted(start, len));
-        mem.write(
-            self.chunk_offset(start),
-            &ChunkHeader::Free { chunks: len }.encode(),
-        )
+            let len = (new_cc - start) as u32;
+            self.insert_extent(start as u32, len);
+            self.undo.push(Undo::ExtentInserted(start as u32, len));
+            self.write_entry(mem, start as u32, Entry::Free { chunks: len })?;
+        }
+        Ok(())
     }
 
     /// Free the allocation starting at `off`. The space is reusable after commit.
@@ -348,19 +435,20 @@ impl Allocator {
         }
         let c = c64 as u32;
         let base = self.chunk_offset(c);
-        if let Some(rs) = self.runs.get(&c) {
+        if let Some(&rs) = self.runs.get(&c) {
             let g = RunGeom::of_class(rs.class);
             let rel = off
                 .checked_sub(base + g.data_offset)
-                .ok_or_else(|| invalid("points into a run header"))?;
+                .ok_or_else(|| invalid("points into a run's bitmap"))?;
             if rel % g.block_size != 0 || rel / g.block_size >= g.block_count {
                 return Err(invalid("not the start of a block"));
             }
             if self.freed_blocks.contains(&off) {
                 return Err(invalid("already freed in this transaction"));
             }
+            self.scan_run(&|o, b| mem.read(o, b), c)?;
             let idx = rel / g.block_size;
-            let word_off = base + CHUNK_HEADER_LEN + (idx / 64) * 8;
+            let word_off = base + (idx / 64) * 8;
             let word = read_u64(mem, word_off);
             if word & (1 << (idx % 64)) == 0 {
                 return Err(invalid("block is not allocated (double free?)"));
@@ -372,8 +460,8 @@ impl Allocator {
             return Ok(());
         }
         match self.large.get(&c) {
-            Some(&(chunks, size)) if off == base + LARGE_DATA_OFFSET => {
-                mem.write(base, &ChunkHeader::Free { chunks }.encode())?;
+            Some(&(chunks, size)) if off == base => {
+                self.write_entry(mem, c, Entry::Free { chunks })?;
                 self.large.remove(&c);
                 self.undo.push(Undo::LargeRemoved(c, (chunks, size)));
                 self.deferred.push(Deferred::ExtentFreed(c, chunks));
@@ -388,7 +476,7 @@ impl Allocator {
     pub(crate) fn large_extent(&self, off: u64) -> Option<(u64, u64)> {
         let c = u32::try_from(off.checked_sub(self.chunk_area)? / CHUNK_SIZE).ok()?;
         let &(chunks, _) = self.large.get(&c)?;
-        (off == self.chunk_offset(c) + LARGE_DATA_OFFSET)
+        (off == self.chunk_offset(c))
             .then(|| (off, self.chunk_offset(c) + chunks as u64 * CHUNK_SIZE))
     }
 
@@ -404,7 +492,7 @@ impl Allocator {
     /// Whether `[off, off+len)` (already inside the chunk area) lies inside one live allocation:
     /// one allocated block of a run (its bit set in the bitmap as `read` shows it: the
     /// transaction's view, so a block freed earlier in the same transaction is refused), or the
-    /// `size` bytes of a live large object. So a user write cannot hit chunk headers, bitmaps,
+    /// `size` bytes of a live large object. So a user write cannot hit chunk tables, bitmaps,
     /// free space, a freed block or a neighbouring object.
     pub(crate) fn check_writable(
         &self,
@@ -434,7 +522,7 @@ impl Allocator {
                 return Err(not);
             }
             let mut word = [0u8; 8];
-            read(base + CHUNK_HEADER_LEN + (idx / 64) * 8, &mut word);
+            read(base + (idx / 64) * 8, &mut word);
             return if u64::from_le_bytes(word) & (1 << (idx % 64)) != 0 {
                 Ok(())
             } else {
@@ -443,8 +531,7 @@ impl Allocator {
         }
         match self.large.range(..=c).next_back() {
             Some((&s, &(_, size)))
-                if off >= self.chunk_offset(s) + LARGE_DATA_OFFSET
-                    && end <= self.chunk_offset(s) + LARGE_DATA_OFFSET + size =>
+                if off >= self.chunk_offset(s) && end <= self.chunk_offset(s) + size =>
             {
                 Ok(())
             }
@@ -468,10 +555,7 @@ impl Allocator {
         for c in emptied {
             let class = self.runs[&c].class;
             if self.partial[class].iter().any(|&o| o != c) {
-                mem.write(
-                    self.chunk_offset(c),
-                    &ChunkHeader::Free { chunks: 1 }.encode(),
-                )?;
+                self.write_entry(mem, c, Entry::Free { chunks: 1 })?;
                 self.deferred.push(Deferred::RunReleased(c));
             }
         }
@@ -522,7 +606,11 @@ impl Allocator {
     }
 
     /// Numbers for [`crate::Stats`]: (used bytes, free bytes, largest free extent, per class).
-    pub(crate) fn stats(&self) -> (u64, u64, u64, Vec<ClassStats>) {
+    /// Runs not used since the open are counted from their bitmaps through `read`.
+    pub(crate) fn stats(
+        &self,
+        read: &dyn Fn(u64, &mut [u8]),
+    ) -> Result<(u64, u64, u64, Vec<ClassStats>)> {
         let mut classes: Vec<ClassStats> = CLASSES
             .iter()
             .map(|&bs| ClassStats {
@@ -532,8 +620,15 @@ impl Allocator {
             .collect();
         let mut used = 0;
         let mut free = 0;
-        for rs in self.runs.values() {
+        for (&c, rs) in &self.runs {
             let g = RunGeom::of_class(rs.class);
+            let mut rs = *rs;
+            if !rs.scanned {
+                let at = self.chunk_offset(c);
+                let mut bitmap = vec![0u8; (g.bitmap_words() * 8) as usize];
+                read(at, &mut bitmap);
+                rs.free = g.block_count - count_used(&g, &bitmap, at)?;
+            }
             let cs = &mut classes[rs.class];
             cs.runs += 1;
             cs.used_blocks += g.block_count - rs.free;
@@ -549,7 +644,7 @@ impl Allocator {
             free += n as u64 * CHUNK_SIZE;
             largest = largest.max(n as u64 * CHUNK_SIZE);
         }
-        (used, free, largest, classes)
+        Ok((used, free, largest, classes))
     }
 
     /// Check the indexes against each other (tests and debug builds).
@@ -574,6 +669,9 @@ impl Allocator {
         for &c in self.runs.keys() {
             mark(c, 1, "run");
         }
+        for z in (0..self.chunk_count).step_by(ZONE_CHUNKS as usize) {
+            mark(z as u32, 1, "table");
+        }
         for (&s, &(n, _)) in &self.large {
             mark(s, n, "large");
         }
@@ -581,7 +679,7 @@ impl Allocator {
             for c in set {
                 let rs = &self.runs[c];
                 assert_eq!(rs.class, class);
-                assert!(rs.free > 0);
+                assert!(rs.free > 0 || !rs.scanned);
             }
         }
         assert!(
