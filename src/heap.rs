@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::open::{self, Opened};
-use crate::options::{Durability, Options, Stats};
+use crate::options::{Access, Durability, Options, Stats};
 use crate::reader::{thread_token, Reader, ReadingMark};
 use crate::shared::Shared;
 use crate::tx::Tx;
@@ -265,6 +265,25 @@ impl Heap {
             return Err(Error::NestedTransaction);
         }
         Ok(())
+    }
+
+    /// Change how the heap's pages will be read from now on (see [`Access`]): for example
+    /// `Access::Sequential` before a pass over large objects in address order, and
+    /// `Access::Random` (the default) after it. Advice only: no byte of the heap changes.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let heap = txheap::Heap::create(dir.path().join("adv.heap"), txheap::Options::new())?;
+    /// heap.advise(txheap::Access::Sequential)?;
+    /// heap.advise(txheap::Access::Random)?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn advise(&self, access: Access) -> Result<()> {
+        let from = self.shared.geo.heap_offset;
+        self.shared
+            .map
+            .advise(from, u64::MAX, access.madvise())
+            .map_err(|e| Error::io("madvise the heap's mapping", from, e))
     }
 
     /// Make every committed transaction durable (a no-op cost under `Durability::Full`, one
