@@ -22,5 +22,10 @@ pub(crate) const FILE_SIZE_MAX: u64 = 1 << 56;
 /// Under `Durability::None`, flush private pages to the file once this many are held.
 pub(crate) const PENDING_PAGES_MAX: usize = 16384;
 
-/// Growth step: the heap grows by at least this many chunks (2 MiB), or a quarter of its size.
+/// Growth step: the heap grows by at least this many chunks (2 MiB), or a quarter of its size
+/// up to [`GROW_CHUNKS_MAX`].
 pub(crate) const GROW_CHUNKS_MIN: u64 = 8;
+
+/// Growth step cap: 1024 chunks (256 MiB), so a large heap's file runs at most that far ahead
+/// of its data (a quarter of a 28 GiB heap would be 7 GiB of unused file).
+pub(crate) const GROW_CHUNKS_MAX: u64 = 1024;

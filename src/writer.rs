@@ -35,6 +35,10 @@ pub(crate) struct Writer {
     sb: Superblock,
     slot: Slot,
     log_tail: u64,
+    /// The end of the highest heap range any frame now in the log writes (0 when the log is
+    /// empty): a fresh extent starting at or above it is written by no frame that could replay
+    /// over it, so its in-place bytes need a barrier but no checkpoint.
+    log_high: u64,
     next_txid: u64,
     /// The highest txid a completed barrier has made durable: the evidence each new frame
     /// carries (`durable_txid`), which lets recovery tell a damaged durable frame from a torn one.
@@ -101,6 +105,8 @@ impl Writer {
             sb,
             slot,
             log_tail,
+            // Frames left in the log at open (not checkpointed): their ranges are not known.
+            log_high: if log_tail > 0 { u64::MAX } else { 0 },
             next_txid,
             // An open ends with everything in the log durable (replayed and checkpointed, or
             // nothing to replay).
@@ -180,12 +186,21 @@ impl Writer {
             })?;
         }
         failpoint!("commit.after_in_place");
-        if self.log_tail > 0 {
+        let lowest = plan.fresh.iter().map(|&(a, _)| a).min().unwrap_or(u64::MAX);
+        #[cfg(feature = "test-hooks")]
+        let lowest = if recovery::sabotage::active(recovery::sabotage::IN_PLACE_OVER_LOGGED_RANGE) {
+            u64::MAX // broken on purpose (crash tests only): never checkpoint here
+        } else {
+            lowest
+        };
+        if self.log_tail > 0 && lowest < self.log_high {
             // An older frame in the log may have written into this extent while it was a live
             // object; replaying it after a crash would overwrite the in-place bytes. So the log
             // must be empty, and the checkpoint's fdatasync also makes the in-place bytes
             // durable. (Until its superblock switch, a crash recovers the old state: the extent
-            // is free, the bytes garbage in free space.)
+            // is free, the bytes garbage in free space.) When every frame in the log wrote only
+            // below the extent (as when a heap grows by appending objects), none can replay over
+            // it, and the barrier below is enough.
             self.checkpoint(sh)
         } else {
             self.storage
@@ -270,6 +285,7 @@ impl Writer {
         phase!(APPLY);
         plan.for_each_piece(|at, piece, in_place| {
             if !in_place {
+                self.log_high = self.log_high.max(at + piece.len() as u64);
                 self.apply_range(sh, at, piece)?;
                 failpoint!("commit.mid_apply");
             }
@@ -367,6 +383,7 @@ impl Writer {
         self.sb = sb;
         self.slot = slot;
         self.log_tail = 0;
+        self.log_high = 0;
         self.durable_txid = self.next_txid.saturating_sub(1);
         self.checkpoints += 1;
         Ok(())

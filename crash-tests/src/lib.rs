@@ -67,5 +67,5 @@ pub use image::{scratch_dir, ImageFile};
 pub use simulate::{check_recovery_crashes, simulate, simulate_windows, Totals, RECOVERY_SAMPLES};
 pub use workload::{
     all_bytes, options, payload_byte, payload_size, record, step, verify, Node, Recording, Rng,
-    Root, FLUSH_EVERY, KEEP,
+    Root, CHECKPOINT_EVERY, FLUSH_EVERY, KEEP,
 };

@@ -32,6 +32,10 @@ pub mod sabotage {
     /// Recovery ignores the frames' durability evidence: a damaged durable frame is taken for a
     /// torn tail, and the acknowledged transactions after it are silently dropped.
     pub const IGNORE_DURABILITY_EVIDENCE: u32 = 16;
+    /// txheap writes a fresh large extent in place without the checkpoint its rule requires
+    /// when a frame still in the log wrote at or above the extent (replaying that frame after a
+    /// crash would overwrite the new bytes).
+    pub const IN_PLACE_OVER_LOGGED_RANGE: u32 = 32;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);

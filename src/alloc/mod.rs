@@ -23,7 +23,7 @@ use format::{
 pub(crate) use format::{HeapHeader, HEAP_HEADER_LEN};
 
 use crate::error::{Error, Result};
-use crate::limits::{ALIGN_MAX, CHUNK_SIZE, GROW_CHUNKS_MIN};
+use crate::limits::{ALIGN_MAX, CHUNK_SIZE, GROW_CHUNKS_MAX, GROW_CHUNKS_MIN};
 
 /// The largest object one allocation may hold: the chunks of a zone less its table
 /// (4 GiB - 256 KiB). Larger requests get [`Error::ObjectTooLarge`].
@@ -397,7 +397,8 @@ impl Allocator {
                 .filter(|(&s, &l)| s as u64 + l as u64 == cc)
                 .map(|(&s, &l)| (s, l));
             let start = tail.map_or(cc, |t| t.0 as u64);
-            let step = (cc + GROW_CHUNKS_MIN.max(cc / 4)).max(start + n as u64);
+            let step =
+                (cc + (cc / 4).clamp(GROW_CHUNKS_MIN, GROW_CHUNKS_MAX)).max(start + n as u64);
             let new_cc = step.min(zone_end).min(max);
             if new_cc < start + n as u64 && new_cc < zone_end {
                 return Err(out_of_space);
