@@ -23,8 +23,10 @@ pub struct Config {
     pub svg: Option<PathBuf>,
     /// Directory on the filesystem to measure (a temporary directory is made inside).
     pub dir: Option<PathBuf>,
-    /// Only these workloads (all when empty).
+    /// Only these workloads (all when empty and W7 is not asked for).
     pub only: Vec<Workload>,
+    /// W7's settings, when `--only` names W7 (it never runs otherwise).
+    pub w7: Option<crate::w7::Config>,
 }
 
 /// Fewest rounds allowed.
@@ -229,9 +231,11 @@ pub fn run(cfg: &Config) -> BoxResult<()> {
     } else {
         Counts::FULL
     };
+    // `--only W7` alone runs no other workload.
+    let all = cfg.only.is_empty() && cfg.w7.is_none();
     let workloads: Vec<Workload> = Workload::ALL
         .into_iter()
-        .filter(|w| cfg.only.is_empty() || cfg.only.contains(w))
+        .filter(|w| all || cfg.only.contains(w))
         .collect();
     let cases: Vec<&'static Case> = CASES
         .iter()
@@ -252,6 +256,9 @@ pub fn run(cfg: &Config) -> BoxResult<()> {
             base.display()
         )
         .into());
+    }
+    if let Some(w7) = &cfg.w7 {
+        crate::w7::preflight(w7, &base)?;
     }
     let work = tempfile::Builder::new()
         .prefix("txheap-bench-")
@@ -289,21 +296,31 @@ pub fn run(cfg: &Config) -> BoxResult<()> {
         "- filesystem: {fs} (mounted at {mount}), files in {}",
         work.path().display()
     );
-    println!(
-        "- command: `{}` ({} run, {} rounds, each case a separate process, cases alternated within each round)",
-        command.join(" "),
-        if cfg.quick { "quick" } else { "full" },
-        cfg.rounds
-    );
-    println!(
-        "- counts per child: W1 {} commits, W2 {} commits, W3 {} allocations, W5-open heap {} nodes, W5-replay log {} MiB, memcpy {} × 64 MiB",
-        fmt_num(counts.w1 as f64),
-        fmt_num(counts.w2 as f64),
-        fmt_num(counts.w3 as f64),
-        fmt_num(counts.open_nodes as f64),
-        counts.replay_log_bytes >> 20,
-        counts.memcpy
-    );
+    if workloads.is_empty() {
+        println!(
+            "- command: `{}` (W7 only: one round, each phase a separate process)",
+            command.join(" ")
+        );
+    } else {
+        println!(
+            "- command: `{}` ({} run, {} rounds, each case a separate process, cases alternated within each round)",
+            command.join(" "),
+            if cfg.quick { "quick" } else { "full" },
+            cfg.rounds
+        );
+        println!(
+            "- counts per child: W1 {} commits, W2 {} commits, W3 {} allocations, W5-open heap {} nodes, W5-replay log {} MiB, memcpy {} × 64 MiB",
+            fmt_num(counts.w1 as f64),
+            fmt_num(counts.w2 as f64),
+            fmt_num(counts.w3 as f64),
+            fmt_num(counts.open_nodes as f64),
+            counts.replay_log_bytes >> 20,
+            counts.memcpy
+        );
+    }
+    if let Some(w7) = &cfg.w7 {
+        println!("- {}", crate::w7::describe(w7)?);
+    }
     println!();
 
     let started = Instant::now();
@@ -365,13 +382,26 @@ pub fn run(cfg: &Config) -> BoxResult<()> {
         rows.extend(wrows);
     }
 
-    let bars = print_goals(&workloads, &rows);
-    println!(
-        "\nTotal time {:.0} s. Ratios are txheap's median ÷ the row's median (higher is better for txheap); \
-         median/min/max are over rounds; p50/p99 are per-operation latencies inside each child, median over rounds.",
-        started.elapsed().as_secs_f64()
-    );
-    if let Some(path) = &cfg.svg {
+    let bars = if workloads.is_empty() {
+        Vec::new()
+    } else {
+        print_goals(&workloads, &rows)
+    };
+    if let Some(w7) = &cfg.w7 {
+        crate::w7::run(w7, &exe, work.path())?;
+    }
+    if workloads.is_empty() {
+        println!("\nTotal time {:.0} s.", started.elapsed().as_secs_f64());
+    } else {
+        println!(
+            "\nTotal time {:.0} s. Ratios are txheap's median ÷ the row's median (higher is better for txheap); \
+             median/min/max are over rounds; p50/p99 are per-operation latencies inside each child, median over rounds.",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if cfg.svg.is_some() && bars.is_empty() {
+        println!("No chart written: only W7 ran, and W7 has no chart.");
+    } else if let Some(path) = &cfg.svg {
         let title = format!(
             "txheap ÷ peer or limit ({} run, {}, {cpus} CPUs, {fs})",
             if cfg.quick { "quick" } else { "full" },

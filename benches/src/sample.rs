@@ -21,6 +21,16 @@ pub struct Sample {
     pub p99_us: Option<f64>,
     /// Bytes processed in the timed region (copied, replayed), 0 when not meaningful.
     pub bytes: u64,
+    /// Bytes the child read from the block device in the timed region (`read_bytes` of
+    /// `/proc/self/io`), when measured (W7).
+    pub disk_read: Option<u64>,
+    /// Bytes the child caused to be written to the block device in the timed region
+    /// (`write_bytes` of `/proc/self/io`), when measured (W7).
+    pub disk_write: Option<u64>,
+    /// Length of the store's file after the timed region, when reported (W7).
+    pub file_len: Option<u64>,
+    /// Bytes allocated to the store's file on disk (`st_blocks` × 512), when reported (W7).
+    pub file_alloc: Option<u64>,
 }
 
 impl Sample {
@@ -52,6 +62,10 @@ impl Sample {
             p50_us,
             p99_us,
             bytes: 0,
+            disk_read: None,
+            disk_write: None,
+            file_len: None,
+            file_alloc: None,
         }
     }
 
@@ -66,7 +80,8 @@ impl Sample {
     }
 
     /// Parse a line printed by [`fmt::Display`]: `RESULT engine=.. workload=.. ops=.. secs=..
-    /// p50_us=.. p99_us=.. bytes=..` (latencies may be `-`). Returns `None` for any other line.
+    /// p50_us=.. p99_us=.. bytes=..` (latencies may be `-`), optionally followed by `disk_read=..
+    /// disk_write=.. file_len=.. file_alloc=..`. Returns `None` for any other line.
     pub fn parse(line: &str) -> Option<Sample> {
         let rest = line.trim().strip_prefix("RESULT ")?;
         let mut s = Sample {
@@ -77,6 +92,10 @@ impl Sample {
             p50_us: None,
             p99_us: None,
             bytes: 0,
+            disk_read: None,
+            disk_write: None,
+            file_len: None,
+            file_alloc: None,
         };
         let opt = |v: &str| -> Option<Option<f64>> {
             if v == "-" {
@@ -95,6 +114,10 @@ impl Sample {
                 "p50_us" => s.p50_us = opt(v)?,
                 "p99_us" => s.p99_us = opt(v)?,
                 "bytes" => s.bytes = v.parse().ok()?,
+                "disk_read" => s.disk_read = Some(v.parse().ok()?),
+                "disk_write" => s.disk_write = Some(v.parse().ok()?),
+                "file_len" => s.file_len = Some(v.parse().ok()?),
+                "file_alloc" => s.file_alloc = Some(v.parse().ok()?),
                 _ => return None,
             }
         }
@@ -120,7 +143,19 @@ impl fmt::Display for Sample {
             opt(self.p50_us),
             opt(self.p99_us),
             self.bytes
-        )
+        )?;
+        let extra = [
+            ("disk_read", self.disk_read),
+            ("disk_write", self.disk_write),
+            ("file_len", self.file_len),
+            ("file_alloc", self.file_alloc),
+        ];
+        for (k, v) in extra {
+            if let Some(v) = v {
+                write!(f, " {k}={v}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -214,6 +249,21 @@ mod tests {
         let back = Sample::parse(&none.to_string()).expect("parses");
         assert_eq!(back.p50_us, None);
         assert_eq!(back.p99_us, None);
+        assert_eq!(back.disk_read, None);
+        assert!(!none.to_string().contains("disk_read"));
+    }
+
+    #[test]
+    fn result_line_round_trip_with_disk_fields() {
+        let mut s = Sample::new("txheap", "W7-open", 1, Duration::from_millis(5), None);
+        s.disk_read = Some(4096);
+        s.file_len = Some(1 << 30);
+        let back = Sample::parse(&s.to_string()).expect("parses");
+        assert_eq!(back.disk_read, Some(4096));
+        assert_eq!(back.disk_write, None);
+        assert_eq!(back.file_len, Some(1 << 30));
+        assert_eq!(back.file_alloc, None);
+        assert!(Sample::parse("RESULT engine=x workload=W7 ops=1 secs=1 disk_read=x").is_none());
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! - [`lmdb_env`]: opening an LMDB environment through heed, whose open and flag setters are
 //!   `unsafe` because of LMDB's own rules about mappings;
 //! - [`Pmem`], [`PmemPool`], [`PmemTx`]: PMDK's libpmemobj, loaded at run time with
-//!   `dlopen("libpmemobj.so.1")` so that building the workspace never needs PMDK installed.
+//!   `dlopen("libpmemobj.so.1")` so that building the workspace never needs PMDK installed;
+//! - [`fadvise_dontneed`] and [`free_bytes`]: `posix_fadvise(POSIX_FADV_DONTNEED)` and
+//!   `statvfs`, for W7's cold page cache and its free-space check.
 //!
 //! The rest of the crate is `#![deny(unsafe_code)]`.
 
@@ -134,6 +136,37 @@ fn free_list(mut p: *mut u64) {
             p = next;
         }
     }
+}
+
+/// `posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`: drop the clean page-cache pages of the whole
+/// file (dirty pages stay; sync the file first).
+pub fn fadvise_dontneed(file: &File) -> BoxResult<()> {
+    // SAFETY: a file descriptor valid for the call; posix_fadvise only advises the kernel and
+    // touches no memory of this process.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(format!("posix_fadvise: {}", std::io::Error::from_raw_os_error(rc)).into());
+    }
+    Ok(())
+}
+
+/// Bytes available to an unprivileged user on the filesystem holding `path` (`statvfs`:
+/// `f_bavail × f_frsize`).
+pub fn free_bytes(path: &Path) -> BoxResult<u64> {
+    let cpath = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: statvfs is plain old data; all-zero is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a pointer to a live, writable statvfs.
+    let rc = unsafe { libc::statvfs(cpath.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(format!(
+            "statvfs {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        )
+        .into());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Open (creating if needed) an LMDB environment in `dir` with `map_size` bytes and `flags`.
