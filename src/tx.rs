@@ -192,9 +192,12 @@ impl<'h> Tx<'h> {
     /// transaction just made, which the allocator placed in bounds.
     fn stage_mut(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
         if inside(&self.fresh, off, len) {
-            // Bytes of a fresh large extent go in place: no log budget.
+            // Bytes of a fresh large extent go in place: no log budget. What the extent held
+            // is free space, which nothing reads: the staged bytes around the caller's start as
+            // zeros instead of copies of the mapping (reading it faulted in every page of the
+            // fallocated file: 27% of a 1 MiB-object fill's time, W7).
             self.fresh_staged += len;
-            let mut fill = fill_from(self.sh);
+            let mut fill = |_: u64, b: &mut [u8]| b.fill(0);
             return Ok(self
                 .stage
                 .write(off, len, u64::MAX, &mut fill)

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, U64};
 use heed::{CommitOrAbort, Database, EnvFlags};
-use txheap::{Durability, Heap, Options, PSlice, Tx};
+use txheap::{Access, Durability, Heap, Options, PSlice, Tx};
 
 use crate::parent::{fmt_count, fmt_num};
 use crate::plan::Role;
@@ -146,11 +146,11 @@ struct Root {
     objects: u64,
 }
 
-/// txheap's `max_size` for `bytes` of objects: the objects with room for the allocator's
-/// layout of a 1 MiB object today (its header makes it take five 256 KiB chunks, 1.25x), the
-/// index, the log and growth steps, plus 1 GiB.
+/// txheap's `max_size` for `bytes` of objects: the objects (a 1 MiB object takes exactly four
+/// 256 KiB chunks since format 3), 5% for the zone tables, the index, the log and a growth
+/// step, plus 1 GiB.
 pub fn heap_max_size(bytes: u64) -> u64 {
-    (bytes / 10 * 13 + GIB).next_multiple_of(4096)
+    (bytes / 20 * 21 + GIB).next_multiple_of(4096)
 }
 
 /// LMDB's map size (address space only; the file grows as pages are written).
@@ -543,24 +543,34 @@ fn open_none(dir: &Path, _ops: u64) -> BoxResult<Sample> {
 /// Open the filled heap (not timed) and return it with its index. The open may read much of
 /// the file (the open rows say how much): the file's pages that this process does not map are
 /// dropped again, so the phase that follows starts cold.
-fn open_filled(dir: &Path) -> BoxResult<(Heap, PSlice<PSlice<u8>>, u64)> {
+fn open_filled(dir: &Path, access: Access) -> BoxResult<(Heap, PSlice<PSlice<u8>>, u64)> {
     let objects = read_info(dir)?;
     let path = dir.join(HEAP_FILE);
-    let heap = Heap::open(&path, Options::new())?;
+    let heap = Heap::open(&path, Options::new().access(access))?;
     let index = filled_root(&heap, objects)?.index;
     evict(&path)?;
     Ok((heap, index, objects))
 }
 
 fn txheap_reads(dir: &Path, ops: u64) -> BoxResult<Sample> {
-    let (heap, index, objects) = open_filled(dir)?;
+    txheap_reads_with(dir, ops, Access::Random)
+}
+
+/// The same reads with the kernel's default readahead: what `Access::Random` is measured
+/// against.
+fn txheap_reads_readahead(dir: &Path, ops: u64) -> BoxResult<Sample> {
+    txheap_reads_with(dir, ops, Access::Normal)
+}
+
+fn txheap_reads_with(dir: &Path, ops: u64, access: Access) -> BoxResult<Sample> {
+    let (heap, index, objects) = open_filled(dir, access)?;
     let s = random_reads(objects, ops, |i, off| heap_read64(&heap, index, i, off))?;
     heap.close()?;
     Ok(s)
 }
 
 fn txheap_txs(dir: &Path, ops: u64) -> BoxResult<Sample> {
-    let (heap, index, objects) = open_filled(dir)?;
+    let (heap, index, objects) = open_filled(dir, Access::Random)?;
     let write = |i: u64, off: u64, bytes: &[u8; READ_LEN]| -> BoxResult<()> {
         let entry = index.get(i).ok_or("object number past the index")?;
         heap.transaction(|tx| {
@@ -749,6 +759,12 @@ pub static PHASES: &[Phase] = &[
         "cold heap.read of 64 bytes of a random object (after an untimed open, unmapped pages dropped again)",
         "txheap",
         txheap_reads,
+    ),
+    phase(
+        ("W7-read", "txheap-readahead", Peer, Read),
+        "as txheap, but Options::access(Access::Normal): the kernel's default readahead",
+        "txheap",
+        txheap_reads_readahead,
     ),
     phase(
         ("W7-tx", "txheap", Subject, Kind::Tx),
