@@ -7,36 +7,54 @@
 //!
 //! An input is `[seed selector][op; OP_LEN]...`. The selector picks one of [`SEEDS`] (valid
 //! images, embedded); each 16-byte op mutates one field of one structure of the image, found by
-//! parsing its current state (superblock slots, log frames and their ranges, heap header, chunk
-//! headers, run bitmaps), or appends a frame built with `txheap_log::FrameBuilder`, or changes the
-//! file's length. Then [`seal`] recomputes every checksum, so the image gets past the checksum
-//! checks that refuse nearly every blind mutation (layouts: `docs/FORMAT.md`):
+//! parsing its current state (superblock slots, log frames and their ranges, heap header, zone
+//! chunk-table entries, run bitmaps), or appends a frame built with `txheap_log::FrameBuilder`,
+//! or changes the file's length. Then [`seal`] recomputes every checksum, so the image gets past
+//! the checksum checks that refuse nearly every blind mutation (format version 3):
 //!
 //! - each superblock slot with the magic: CRC32 of bytes 0..124 at 124..128 (any version);
 //! - the heap header at `heap_offset` if it has its magic: CRC32 of 0..60 at 60..64;
-//! - every chunk position `heap_offset + 8192 + i * 262144` in the file whose tag is `FREE`,
-//!   `RUN\0` or `LRGE`: CRC32 of 0..32 at 32..36;
+//! - every chunk-table entry inside the file whose kind byte is 1..=4: the tables are at chunk
+//!   `z * 16384` of every zone `z` (file offset `heap_offset + 8192 + z * 16384 * 262144`),
+//!   16384 entries of 16 bytes each; the entry check (bytes 2..4) is the low 16 bits of CRC32
+//!   over the 16 bytes with the check zeroed. Entries of any other kind byte (0 for an unused
+//!   entry) are left as they are;
 //! - log frames, walked from `log_offset` by their `payload_len` (stopping at the first without
-//!   the magic, with a length not a multiple of 8 or running past the log region): first the heap
-//!   and chunk headers carried whole inside their ranges (as above, at their file offsets), then
-//!   the frame check (XXH3-64 low 32 bits over header bytes 0..36 and the payload). The check is
-//!   computed by the log crate itself: `verify_frame` reports the computed value in `BadChecksum`.
+//!   the magic, with a length not a multiple of 8 or running past the log region): first the
+//!   heap header and the table entries carried whole inside their ranges (as above, at their
+//!   file offsets), then the frame check (XXH3-64 low 32 bits over header bytes 0..36 and the
+//!   payload). The check is computed by the log crate itself: `verify_frame` reports the
+//!   computed value in `BadChecksum`.
 //!
 //! `heap_offset` comes from the newest slot with the magic and a plausible `log_size` (else the
 //! seed's). An op may also leave a checksum broken on purpose (a post-seal byte flip).
 //!
 //! **An independent reading of the format, on purpose.** The superblock and log constants come
-//! from the recovery and log crates, but the allocator's format (heap header and chunk header
-//! layouts, tags, the size-class table and run geometry) is declared here again from
-//! `docs/FORMAT.md` rather than imported: txheap keeps it private, and a second reading of the
-//! document catches an encoder and a decoder that agree with each other but not with it. Only
-//! what the fuzzer must know to find and reseal fields is declared.
+//! from the recovery and log crates, but the allocator's format (heap header layout, zones and
+//! their chunk-table entries, the size-class table and run geometry) is declared here again from
+//! the format's description rather than imported: txheap keeps it private, and a second reading
+//! catches an encoder and a decoder that agree with each other but not with the description.
+//! Only what the fuzzer must know to find and reseal fields, and to check an opened file's
+//! tables ([`format_violation`]), is declared. Format 3 in short:
+//!
+//! - zone `z` = chunks `z * 16384 ..`; chunk `z * 16384` is its table, entry `i` describing
+//!   chunk `z * 16384 + i` when an extent starts there; entry 0 is `TABLE`, no other is;
+//!   extents never cross a zone; the walk goes from entry 0 by extent lengths up to the heap
+//!   header's `chunk_count` and reads only the entries where extents start;
+//! - entry: byte 0 kind (1 `FREE`, 2 `RUN`, 3 `LARGE`, 4 `TABLE`), byte 1 size class (run) else
+//!   0, bytes 2..4 check, bytes 4..8 extent chunks (1 for `RUN` and `TABLE`, at most 16383),
+//!   bytes 8..16 large object size (at least 1, at most its chunks' bytes) else 0;
+//! - a run has no header: its bitmap is at chunk offset 0, its blocks from `data_offset`; a
+//!   large object starts at chunk offset 0;
+//! - superblock `file_len` (u64 at 80..88, at most `max_size`; 88..124 reserved zero): a file
+//!   shorter than it is refused as truncated. An open reads no run bitmap: bitmap damage shows
+//!   at a run's first use (allocation, free, stats) as `Error::Corrupt`.
 
 #![allow(dead_code)]
 
 use std::path::Path;
 
-use txheap::{Error, Heap, Options};
+use txheap::{Error, Heap, Options, PPtr, PSlice};
 use txheap_recovery::{
     Storage, CHUNK_SIZE, COUNTER_MAX, HEAP_META_LEN, LOG_OFFSET, LOG_SIZE_MIN, PAGE_SIZE,
     SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_MAGIC, SUPERBLOCK_SLOT_LEN,
@@ -51,8 +69,8 @@ pub const MAX_OPS: usize = 64;
 pub const FILE_SIZE_LIMIT: u64 = 128 << 20;
 
 /// The seed images: the five of `fuzz/seeds/` (no chunks yet) and three of
-/// `fuzz/seeds-sealed/` (runs, large objects, free extents, generation 2 in slot B; frames in the
-/// log), written by `tests/fuzz_sealed_corpus.rs` (`write_sealed_seeds`).
+/// `fuzz/seeds-sealed/` (zone 0's table, runs, large objects, free extents, generation 2 in slot
+/// B; frames in the log), written by `tests/fuzz_sealed_corpus.rs` (`write_sealed_seeds`).
 pub static SEEDS: [(&str, &[u8]); 8] = [
     ("fresh", include_bytes!("seeds/fresh.img")),
     ("frames-0", include_bytes!("seeds/frames-0.img")),
@@ -76,8 +94,25 @@ const FRAME_HDR: usize = txheap_log::FRAME_HEADER_LEN;
 const RANGE_HDR: usize = txheap_log::RANGE_HEADER_LEN;
 const HEAP_MAGIC: &[u8; 8] = b"TXHEAPHH";
 const HEAP_HDR: usize = 64;
-const CHUNK_HDR: usize = 64;
-const TAGS: [&[u8; 4]; 3] = [b"FREE", b"RUN\0", b"LRGE"];
+/// Superblock `file_len` (u64) and the reserved bytes after it.
+const SB_FILE_LEN: usize = 80;
+const SB_RESERVED: usize = 88;
+/// Chunks per zone; chunk `z * ZONE_CHUNKS` holds zone `z`'s table.
+const ZONE_CHUNKS: usize = 16384;
+/// Bytes of one chunk-table entry (the table fills its chunk exactly).
+const ENTRY: usize = 16;
+/// The most chunks one extent may take (a zone less its table).
+const EXTENT_CHUNKS_MAX: u64 = ZONE_CHUNKS as u64 - 1;
+const KIND_FREE: u8 = 1;
+const KIND_RUN: u8 = 2;
+const KIND_LARGE: u8 = 3;
+const KIND_TABLE: u8 = 4;
+// Entry fields.
+const E_KIND: usize = 0;
+const E_CLASS: usize = 1;
+const E_CHECK: usize = 2;
+const E_CHUNKS: usize = 4;
+const E_SIZE: usize = 8;
 const NCLASSES: usize = 44;
 const ROOT_AREA: usize = 4096;
 /// An image never grows past its seed's length plus this (keeps executions fast).
@@ -117,6 +152,7 @@ struct SbFields {
     next_txid: u64,
     log_size: u64,
     max_size: u64,
+    file_len: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -145,13 +181,65 @@ struct Layout {
     len: usize,
     sb: SbFields,
     heap: usize,
+    /// `heap + 8192`: chunk 0, zone 0's table.
+    chunk_area: usize,
     log_end: usize,
     frames: Vec<FrameLoc>,
     /// End of the committed frames (what replay would accept) and the next txid there.
     tail: usize,
     expected_txid: u64,
-    /// Chunk positions whose header lies inside the file.
+    /// The heap header's chunk count as stored.
+    chunk_count: u64,
+    /// Chunk positions that start inside the file.
     chunks: usize,
+    /// The extents a walk of the tables finds as they stand, `(chunk, kind)`: from each zone's
+    /// entry 0 by extent lengths, up to the chunk count and the file's end, stopping at an entry
+    /// that is none (its checks are not looked at: the image is being mutated).
+    extents: Vec<(usize, u8)>,
+}
+
+/// File offset of chunk `c`'s table entry (in its zone's table).
+fn entry_at(chunk_area: usize, c: usize) -> usize {
+    let zone_first = c - c % ZONE_CHUNKS;
+    chunk_area + zone_first * CHUNK + (c % ZONE_CHUNKS) * ENTRY
+}
+
+/// File offset of chunk `c`.
+fn chunk_at(chunk_area: usize, c: usize) -> usize {
+    chunk_area + c * CHUNK
+}
+
+/// The chunks an extent starting with `entry` takes, as a walk reads them (0: no entry).
+fn extent_chunks(entry: &[u8]) -> u64 {
+    match entry[E_KIND] {
+        KIND_RUN | KIND_TABLE => 1,
+        KIND_FREE | KIND_LARGE => get(entry, E_CHUNKS, 4),
+        _ => 0,
+    }
+}
+
+fn walk_tables(img: &[u8], chunk_area: usize, chunk_count: u64, chunks: usize) -> Vec<(usize, u8)> {
+    let count = (chunk_count.min(chunks as u64)) as usize;
+    let mut out = Vec::new();
+    let mut first = 0;
+    while first < count {
+        let used = (count - first).min(ZONE_CHUNKS);
+        let mut i = 0;
+        while i < used {
+            let at = entry_at(chunk_area, first + i);
+            let Some(e) = img.get(at..at + ENTRY) else {
+                break;
+            };
+            let n = extent_chunks(e);
+            if n == 0 {
+                break;
+            }
+            out.push((first + i, e[E_KIND]));
+            i = i.saturating_add(n as usize);
+        }
+        first += ZONE_CHUNKS;
+    }
+    out
 }
 
 fn read_sb(img: &[u8], slot: usize) -> Option<SbFields> {
@@ -164,6 +252,7 @@ fn read_sb(img: &[u8], slot: usize) -> Option<SbFields> {
         next_txid: get(img, slot + 32, 8),
         log_size: get(img, slot + 48, 8),
         max_size: get(img, slot + 64, 8),
+        file_len: get(img, slot + SB_FILE_LEN, 8),
     })
 }
 
@@ -185,6 +274,7 @@ fn layout(img: &[u8], default_log_size: usize) -> Layout {
         next_txid: 1,
         log_size: default_log_size as u64,
         max_size: 0,
+        file_len: 0,
     });
     for s in &slots {
         if s.seq > sb.seq {
@@ -237,20 +327,46 @@ fn layout(img: &[u8], default_log_size: usize) -> Layout {
         expected_txid = expected_txid.wrapping_add(1);
     }
     let chunk_area = heap + META;
-    let chunks = if len >= chunk_area + CHUNK_HDR {
-        (len - chunk_area - CHUNK_HDR) / CHUNK + 1
-    } else {
-        0
-    };
+    let chunks = len.saturating_sub(chunk_area).div_ceil(CHUNK);
+    let chunk_count = get(img, heap + 8, 8);
+    let extents = walk_tables(img, chunk_area, chunk_count, chunks);
     Layout {
         len,
         sb,
         heap,
+        chunk_area,
         log_end,
         frames,
         tail,
         expected_txid,
+        chunk_count,
         chunks,
+        extents,
+    }
+}
+
+impl Layout {
+    /// A chunk for an op: the `idx`-th (modulo) of the extents the walk finds (of `kind` if
+    /// given) when `walked` and there are any, else the `idx`-th chunk position in the file.
+    fn target_chunk(&self, idx: usize, walked: bool, kind: Option<u8>) -> usize {
+        if walked {
+            let starts: Vec<usize> = self
+                .extents
+                .iter()
+                .filter(|&&(_, k)| kind.is_none_or(|want| want == k))
+                .map(|&(c, _)| c)
+                .collect();
+            if !starts.is_empty() {
+                return starts[idx % starts.len()];
+            }
+        }
+        idx % self.chunks.max(1)
+    }
+    fn entry_at(&self, c: usize) -> usize {
+        entry_at(self.chunk_area, c)
+    }
+    fn chunk_at(&self, c: usize) -> usize {
+        chunk_at(self.chunk_area, c)
     }
 }
 
@@ -263,10 +379,47 @@ fn seal_heap_header(b: &mut [u8]) {
     }
 }
 
-fn seal_chunk_header(b: &mut [u8]) {
-    if b.len() >= CHUNK_HDR && TAGS.iter().any(|t| &b[..4] == *t) {
-        let c = crc32fast::hash(&b[..32]);
-        b[32..36].copy_from_slice(&c.to_le_bytes());
+/// The entry check: the low 16 bits of CRC32 over the 16 bytes with the check bytes zeroed.
+fn entry_check(e: &[u8]) -> u16 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&e[..E_CHECK]);
+    h.update(&[0, 0]);
+    h.update(&e[E_CHUNKS..ENTRY]);
+    h.finalize() as u16
+}
+
+/// Reseal one chunk-table entry if its kind byte names an entry.
+fn seal_entry(e: &mut [u8]) {
+    if e.len() >= ENTRY && (KIND_FREE..=KIND_TABLE).contains(&e[E_KIND]) {
+        let c = entry_check(e);
+        e[E_CHECK..E_CHUNKS].copy_from_slice(&c.to_le_bytes());
+    }
+}
+
+/// Bytes of one zone (its table chunk and the rest).
+const ZONE_BYTES: u128 = ZONE_CHUNKS as u128 * CHUNK as u128;
+
+/// The file offsets of the table entries lying whole inside `[start, end)`, for the chunk area
+/// at `chunk_area`, in order; `f(offset)` for each.
+fn entries_within(chunk_area: usize, start: u128, end: u128, mut f: impl FnMut(u128)) {
+    let ca = chunk_area as u128;
+    let mut z = start.saturating_sub(ca) / ZONE_BYTES;
+    loop {
+        let table = ca + z * ZONE_BYTES;
+        if table >= end {
+            return;
+        }
+        let first = if start <= table {
+            0
+        } else {
+            (start - table).div_ceil(ENTRY as u128)
+        };
+        let mut k = first;
+        while k < ZONE_CHUNKS as u128 && table + (k + 1) * ENTRY as u128 <= end {
+            f(table + k * ENTRY as u128);
+            k += 1;
+        }
+        z += 1;
     }
 }
 
@@ -298,34 +451,28 @@ pub fn seal(img: &mut [u8], default_log_size: usize) {
         }
     }
     let lay = layout(img, default_log_size);
-    let (heap, chunk_area) = (lay.heap, lay.heap + META);
+    let heap = lay.heap;
     if let Some(b) = img.get_mut(heap..heap + HEAP_HDR) {
         seal_heap_header(b);
     }
-    for i in 0..lay.chunks {
-        let at = chunk_area + i * CHUNK;
-        seal_chunk_header(&mut img[at..at + CHUNK_HDR]);
-    }
+    // Every zone table inside the file, entry by entry.
+    let len = img.len() as u128;
+    entries_within(lay.chunk_area, lay.chunk_area as u128, len, |at| {
+        let at = at as usize;
+        seal_entry(&mut img[at..at + ENTRY]);
+    });
     for f in &lay.frames {
         for r in &f.ranges {
             let (t, end) = (r.target as u128, r.target as u128 + r.len as u128);
-            let rel = |file_off: usize| (file_off as u128 - t) as usize;
+            let rel = |file_off: u128| (file_off - t) as usize;
             if t <= heap as u128 && heap as u128 + HEAP_HDR as u128 <= end {
-                let at = r.data + rel(heap);
+                let at = r.data + rel(heap as u128);
                 seal_heap_header(&mut img[at..at + HEAP_HDR]);
             }
-            // Chunk boundaries inside [t, end - 64].
-            let first = if t <= chunk_area as u128 {
-                0
-            } else {
-                (t - chunk_area as u128).div_ceil(CHUNK as u128)
-            };
-            let mut b = chunk_area as u128 + first * CHUNK as u128;
-            while b + CHUNK_HDR as u128 <= end {
-                let at = r.data + rel(b as usize);
-                seal_chunk_header(&mut img[at..at + CHUNK_HDR]);
-                b += CHUNK as u128;
-            }
+            entries_within(lay.chunk_area, t, end, |e| {
+                let at = r.data + rel(e);
+                seal_entry(&mut img[at..at + ENTRY]);
+            });
         }
         let hdr: [u8; FRAME_HDR] = img[f.off..f.off + FRAME_HDR].try_into().unwrap();
         let c = frame_check(&hdr, &img[f.off + FRAME_HDR..f.off + f.len]);
@@ -372,29 +519,28 @@ const INTERESTING: [u64; 40] = [
     u64::MAX - 1,
     u64::MAX,
     0x5246_5854, // frame magic
-    0x4545_5246, // "FREE"
-    0x004e_5552, // "RUN\0"
-    0x4547_524c, // "LRGE"
+    EXTENT_CHUNKS_MAX,
+    ZONE_CHUNKS as u64,
+    EXTENT_CHUNKS_MAX * CHUNK_SIZE, // the largest object
     i64::MAX as u64,
 ];
 
+/// Size classes: 16..=128 by 16, then four per doubling up to 65536.
+fn class_size(class: usize) -> u64 {
+    if class < 8 {
+        return 16 * (class as u64 + 1);
+    }
+    let base = 128u64 << ((class - 8) / 4);
+    base + base / 4 * ((class - 8) % 4 + 1) as u64
+}
+
+/// `(block_size, block_count, data_offset)` of a run of `class` (no header: the bitmap at chunk
+/// offset 0, the blocks from `data_offset`).
 fn run_geom(class: usize) -> (u64, u64, u64) {
-    let mut classes = [0u64; NCLASSES];
-    for (i, c) in classes.iter_mut().enumerate().take(8) {
-        *c = 16 * (i as u64 + 1);
-    }
-    let (mut i, mut base) = (8, 128u64);
-    while i < NCLASSES {
-        for k in 1..=4 {
-            classes[i] = base + base / 4 * k;
-            i += 1;
-        }
-        base *= 2;
-    }
-    let bs = classes[class];
-    let mut n = (CHUNK as u64 - CHUNK_HDR as u64) / bs;
+    let bs = class_size(class);
+    let mut n = CHUNK as u64 / bs;
     loop {
-        let data = (CHUNK_HDR as u64 + n.div_ceil(64) * 8).div_ceil(64) * 64;
+        let data = (n.div_ceil(64) * 8).div_ceil(64) * 64;
         if data + n * bs <= CHUNK as u64 {
             return (bs, n, data);
         }
@@ -453,9 +599,18 @@ impl Op {
     }
 }
 
-fn context(img: &[u8], lay: &Layout, seed_len: usize) -> Vec<u64> {
-    let chunk_area = (lay.heap + META) as u64;
-    let hh_count = get(img, lay.heap + 8, 8);
+/// The op's chunk index: `a` low byte, `q` high byte.
+fn op_index(op: &Op) -> usize {
+    op.a as usize | (op.q as usize) << 8
+}
+
+fn context(lay: &Layout, seed_len: usize) -> Vec<u64> {
+    let chunk_area = lay.chunk_area as u64;
+    let hh_count = lay.chunk_count;
+    // Where the entry of chunk `chunk_count` would be (the first one the walk does not read).
+    let count_entry = chunk_area
+        .wrapping_add((hh_count - hh_count % ZONE_CHUNKS as u64).wrapping_mul(CHUNK_SIZE))
+        .wrapping_add(hh_count % ZONE_CHUNKS as u64 * ENTRY as u64);
     vec![
         lay.len as u64,
         lay.heap as u64,
@@ -475,6 +630,8 @@ fn context(img: &[u8], lay: &Layout, seed_len: usize) -> Vec<u64> {
         seed_len as u64,
         LOG_OFFSET,
         COUNTER_MAX,
+        lay.sb.file_len,
+        count_entry,
     ]
 }
 
@@ -492,10 +649,10 @@ fn field(img: &mut [u8], op: &Op, off: usize, width: usize, other: Option<usize>
 
 fn apply(img: &mut Vec<u8>, op: &Op, seed_len: usize, post: &mut Vec<(usize, u8)>) {
     let lay = layout(img, SEED_LOG_SIZE);
-    let ctx = context(img, &lay, seed_len);
-    let chunk_area = lay.heap + META;
-    let chunk_at = |i: usize| chunk_area + i * CHUNK;
+    let ctx = context(&lay, seed_len);
     let nchunks = lay.chunks.max(1);
+    // Ops on entries, bitmaps and frames aim at an extent the walk finds when `w & 2`.
+    let walked = op.w & 2 != 0;
     match op.region % 16 {
         // Superblock field (slot a & 1), or the whole slot copied from the other one.
         0 | 1 => {
@@ -512,7 +669,7 @@ fn apply(img: &mut Vec<u8>, op: &Op, seed_len: usize, post: &mut Vec<(usize, u8)
                 (64, 8),
                 (72, 4),
                 (76, 4),
-                (80, 4),
+                (SB_FILE_LEN, 8),
             ];
             let (slot, other) = (SLOTS[op.a as usize & 1], SLOTS[(op.a as usize + 1) & 1]);
             let k = op.b as usize % (F.len() + 1);
@@ -522,9 +679,11 @@ fn apply(img: &mut Vec<u8>, op: &Op, seed_len: usize, post: &mut Vec<(usize, u8)
                 }
                 return;
             }
-            let (mut off, width) = F[k];
-            if off == 80 {
-                off += op.p as usize % 40; // reserved bytes 80..124
+            let (mut off, mut width) = F[k];
+            if off == SB_FILE_LEN && op.p & 1 != 0 {
+                // The reserved bytes 88..124 instead of file_len.
+                off = SB_RESERVED + (op.p as usize >> 1) % 33;
+                width = 4;
             }
             field(img, op, slot + off, width, Some(other + off), &ctx);
         }
@@ -571,7 +730,7 @@ fn apply(img: &mut Vec<u8>, op: &Op, seed_len: usize, post: &mut Vec<(usize, u8)
             let prev = j.checked_sub(1).map(|j| f.ranges[j].hdr + off);
             field(img, op, r.hdr + off, width, prev, &ctx);
         }
-        // Range bytes (also the heap and chunk headers a range carries).
+        // Range bytes (also the heap header and table entries a range carries).
         5 => {
             let Some(f) = pick(&lay.frames, op.a) else {
                 return;
@@ -609,83 +768,86 @@ fn apply(img: &mut Vec<u8>, op: &Op, seed_len: usize, post: &mut Vec<(usize, u8)
             let (off, width) = F[op.b as usize % F.len()];
             field(img, op, lay.heap + off, width, None, &ctx);
         }
-        // Chunk header field.
+        // Table entry field; `other` is the same field of chunk `p`'s entry.
         7 | 8 => {
-            const F: [(usize, usize); 12] = [
-                (0, 4),
-                (4, 4),
-                (8, 4),
-                (12, 4),
-                (16, 4),
-                (20, 4),
-                (24, 8),
-                (32, 4),
-                (36, 8),
-                (44, 8),
-                (52, 8),
-                (60, 4),
+            const F: [(usize, usize); 5] = [
+                (E_KIND, 1),
+                (E_CLASS, 1),
+                (E_CHECK, 2),
+                (E_CHUNKS, 4),
+                (E_SIZE, 8),
             ];
-            let i = (op.a as usize | (op.q as usize) << 8) % nchunks;
+            let c = lay.target_chunk(op_index(op), walked, None);
             let (off, width) = F[op.b as usize % F.len()];
-            let other = (i > 0).then(|| chunk_at(0) + off);
-            field(img, op, chunk_at(i) + off, width, other, &ctx);
+            let other = lay.entry_at(op.p as usize % nchunks) + off;
+            field(img, op, lay.entry_at(c) + off, width, Some(other), &ctx);
         }
-        // A whole consistent chunk header: free extent, run, large extent, or a copy.
+        // A whole consistent entry: free extent, run, large extent, or a copy of another.
         9 => {
-            let i = (op.a as usize | (op.q as usize) << 8) % nchunks;
-            let at = chunk_at(i);
-            if at + CHUNK_HDR > img.len() {
+            let c = lay.target_chunk(op_index(op), walked, None);
+            let at = lay.entry_at(c);
+            if at + ENTRY > img.len() {
                 return;
             }
-            let cur_chunks = get(img, at + 4, 4);
-            let mut h = [0u8; CHUNK_HDR];
+            let cur_chunks = get(img, at + E_CHUNKS, 4);
+            let mut e = [0u8; ENTRY];
             match op.b % 4 {
                 0 => {
-                    h[..4].copy_from_slice(b"FREE");
-                    put(&mut h, 4, 4, op.value(cur_chunks, 4, None, &ctx));
+                    e[E_KIND] = KIND_FREE;
+                    put(&mut e, E_CHUNKS, 4, op.value(cur_chunks, 4, None, &ctx));
                 }
                 1 => {
                     let class = op.v[2] as usize % NCLASSES;
-                    let (bs, n, data) = run_geom(class);
-                    h[..4].copy_from_slice(b"RUN\0");
-                    put(&mut h, 4, 4, 1);
-                    put(&mut h, 8, 4, class as u64);
-                    put(&mut h, 12, 4, bs);
-                    put(&mut h, 16, 4, n);
-                    put(&mut h, 20, 4, data);
+                    e[E_KIND] = KIND_RUN;
+                    e[E_CLASS] = class as u8;
+                    put(&mut e, E_CHUNKS, 4, 1);
                     if op.w & 1 != 0 {
-                        let bm = at + CHUNK_HDR;
-                        let end = (bm + n.div_ceil(64) as usize * 8).min(img.len());
-                        img[bm.min(end)..end].fill(0);
+                        // A fresh run's bitmap (at chunk offset 0): all blocks free.
+                        let bm = lay.chunk_at(c).min(img.len());
+                        let end = (bm + run_geom(class).1.div_ceil(64) as usize * 8).min(img.len());
+                        img[bm..end].fill(0);
                     }
                 }
                 2 => {
                     let chunks = op.value(cur_chunks, 4, None, &ctx);
-                    let room = (chunks * CHUNK_SIZE).saturating_sub(64).max(1);
-                    h[..4].copy_from_slice(b"LRGE");
-                    put(&mut h, 4, 4, chunks);
-                    put(&mut h, 20, 4, 64);
-                    put(&mut h, 24, 8, get(&op.v, 4, 4) % room + 1);
+                    let room = (chunks * CHUNK_SIZE).max(1);
+                    e[E_KIND] = KIND_LARGE;
+                    put(&mut e, E_CHUNKS, 4, chunks);
+                    put(&mut e, E_SIZE, 8, get(&op.v, 4, 4) % room + 1);
                 }
                 _ => {
-                    let j = op.p as usize % nchunks;
-                    if chunk_at(j) + CHUNK_HDR <= img.len() {
-                        h.copy_from_slice(&img[chunk_at(j)..chunk_at(j) + CHUNK_HDR]);
+                    let j = lay.entry_at(op.p as usize % nchunks);
+                    if j + ENTRY <= img.len() {
+                        e.copy_from_slice(&img[j..j + ENTRY]);
                     }
                 }
             }
-            img[at..at + CHUNK_HDR].copy_from_slice(&h);
+            img[at..at + ENTRY].copy_from_slice(&e);
         }
-        // A run bitmap word.
+        // A run bitmap word (at chunk offset 0): of the run's bitmap if the chunk's entry is a
+        // run (its last word, where bits past the blocks lie, when `p & 0x8000`), else any of
+        // the chunk's first 512.
         10 => {
-            let i = (op.a as usize | (op.q as usize) << 8) % nchunks;
-            let at = chunk_at(i) + CHUNK_HDR + 8 * (op.p as usize % 512);
-            field(img, op, at, 8, Some(chunk_at(i) + CHUNK_HDR), &ctx);
+            let c = lay.target_chunk(op_index(op), walked, Some(KIND_RUN));
+            let e = lay.entry_at(c);
+            let words = match img.get(e..e + ENTRY) {
+                Some(b) if b[E_KIND] == KIND_RUN && (b[E_CLASS] as usize) < NCLASSES => {
+                    run_geom(b[E_CLASS] as usize).1.div_ceil(64) as usize
+                }
+                _ => 512,
+            };
+            let word = if op.p & 0x8000 != 0 {
+                words - 1
+            } else {
+                op.p as usize % words
+            };
+            let base = lay.chunk_at(c);
+            field(img, op, base + 8 * word, 8, Some(base), &ctx);
         }
         // Append a frame with one range copying part of the heap's current metadata (replayed
         // as it is unless later ops change it), or add that range to the last committed frame.
         11 | 12 => append_frame(img, op, &lay, &ctx),
-        // Raw bytes in the heap area (root area, objects, bitmaps) or anywhere.
+        // Raw bytes in the heap area (root area, tables, bitmaps, objects) or anywhere.
         13 => {
             let base = if op.q & 1 == 0 {
                 lay.heap.min(img.len())
@@ -728,14 +890,16 @@ fn pick<T>(v: &[T], i: u8) -> Option<&T> {
 }
 
 fn append_frame(img: &mut [u8], op: &Op, lay: &Layout, ctx: &[u64]) {
-    let chunk_area = lay.heap + META;
-    let nchunks = lay.chunks.max(1);
-    let ci = chunk_area + (op.a as usize % nchunks) * CHUNK;
+    let c = lay.target_chunk(op.a as usize, op.w & 2 != 0, None);
+    let (ci, ei) = (lay.chunk_at(c), lay.entry_at(c));
     let (target, len) = match op.b % 8 {
         0 => (lay.heap as u64, HEAP_HDR),
-        1 => (ci as u64, CHUNK_HDR),
+        // One table entry, or several in a row.
+        1 => (ei as u64, ENTRY),
+        5 => (ei as u64, ENTRY * (1 + op.v[7] as usize % 8)),
+        // Bitmap words of a run.
         2 => (
-            (ci + CHUNK_HDR + 8 * (op.p as usize % 256)) as u64,
+            (ci + 8 * (op.p as usize % 256)) as u64,
             8 * (1 + op.v[7] as usize % 4),
         ),
         3 => (
@@ -749,7 +913,6 @@ fn append_frame(img: &mut [u8], op: &Op, lay: &Layout, ctx: &[u64]) {
                 1 + op.v[6] as usize % 64,
             )
         }
-        5 => (ci as u64, CHUNK_HDR + 64),
         6 => (op.value(0, 8, None, ctx), 1 + op.v[6] as usize % 16),
         _ => (0, 0),
     };
@@ -897,10 +1060,22 @@ pub struct Outcome {
     pub opened: bool,
     /// The first transaction committed.
     pub committed: bool,
+    /// `open` succeeded but the first transaction failed: the error's variant, for example
+    /// `Corrupt` for a damaged run bitmap (an open reads none: a run's bitmap is read at its
+    /// first use). Not a failed check: a clear error is the right answer there.
+    pub tx_error: Option<String>,
 }
 
 /// The large object each opened heap gets (memcmp'd, not compared byte by byte).
 static BIG: [u8; 100_000] = [0x3C; 100_000];
+
+/// The name of an error's variant (`Corrupt`, `OutOfSpace`, ...).
+fn variant(e: &Error) -> String {
+    format!("{e:?}")
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect()
+}
 
 /// Run the checks on `image` at `path` (a scratch file). Panics on a violated property:
 ///
@@ -909,9 +1084,15 @@ static BIG: [u8; 100_000] = [0x3C; 100_000];
 /// - a failed `open` leaves the file unchanged, unless it failed with `Error::Io` (the harness's
 ///   `RLIMIT_FSIZE` gives `EFBIG`); a `max_size` too large to map is refused before recovery
 ///   writes (`Error::AddressSpace`), so it must leave the file unchanged too;
-/// - an opened heap's reads, stats and transactions return `Ok` or an `Error`; a committed
+/// - a successful `open` leaves a file whose heap header and chunk tables satisfy this file's
+///   reading of the format ([`format_violation`]): an open that accepts a table the format
+///   forbids is caught here, even when txheap's encoder and decoder agree with each other;
+/// - an opened heap's reads, stats and transactions (on its own objects, and on those the file
+///   held: [`use_existing`]) return `Ok` or an `Error`: a transaction may fail on damage the
+///   open does not read, such as a run bitmap ([`Outcome::tx_error`]); a committed
 ///   transaction's objects read back as written, in the same handle and after `close` and a
 ///   read-only reopen (which must succeed);
+/// - a heap closed cleanly leaves a file that satisfies the format, as after the open;
 /// - stats are consistent: used + free <= heap bytes, largest free extent <= free bytes.
 pub fn check(path: &Path, image: &[u8]) -> Outcome {
     limit_file_size();
@@ -946,6 +1127,8 @@ pub fn check(path: &Path, image: &[u8]) -> Outcome {
         }
     };
     out.opened = true;
+    let extents = file_extents(path)
+        .unwrap_or_else(|v| panic!("open succeeded, but the file it left breaks the format: {v}"));
     use_heap(&h);
     let tx = h.transaction(|tx| {
         let a = tx.alloc([0xA5u8; 100])?;
@@ -953,40 +1136,228 @@ pub fn check(path: &Path, image: &[u8]) -> Outcome {
         let big = tx.alloc_slice(&BIG)?;
         Ok((a, b, big))
     });
-    if let Ok((a, b, big)) = tx {
-        out.committed = true;
-        let same = h.read(|r| {
-            Ok(*r.get(a)? == [0xA5u8; 100]
-                && *r.get(b)? == [0x5Au64; 5]
-                && r.slice(big)? == BIG.as_slice())
-        });
-        assert!(
-            matches!(same, Ok(true)),
-            "committed objects do not read back: {same:?}"
-        );
-        let _ = h.transaction(|tx| {
-            let r = tx.root::<[u64; 8]>()?;
-            let x = &mut tx.get_mut(r)?[0];
-            *x = x.wrapping_add(1);
-            Ok(())
-        });
-        let _ = h.transaction(|tx| tx.free(a));
-        let _ = h.transaction(|tx| tx.alloc([1u8; 3000]).map(|_| ()));
-        use_heap(&h);
-        if h.close().is_ok() {
-            let h = Heap::open_read_only(path)
-                .unwrap_or_else(|e| panic!("a heap closed cleanly does not reopen: {e}"));
-            let same = h.read(|r| Ok(*r.get(b)? == [0x5Au64; 5]));
+    match tx {
+        Ok((a, b, big)) => {
+            out.committed = true;
+            let same = h.read(|r| {
+                Ok(*r.get(a)? == [0xA5u8; 100]
+                    && *r.get(b)? == [0x5Au64; 5]
+                    && r.slice(big)? == BIG.as_slice())
+            });
             assert!(
                 matches!(same, Ok(true)),
-                "a committed object is lost after close: {same:?}"
+                "committed objects do not read back: {same:?}"
             );
+            let _ = h.transaction(|tx| {
+                let r = tx.root::<[u64; 8]>()?;
+                let x = &mut tx.get_mut(r)?[0];
+                *x = x.wrapping_add(1);
+                Ok(())
+            });
+            use_existing(&h, &extents, &[a.offset(), b.offset(), big.offset()]);
+            let _ = h.transaction(|tx| tx.free(a));
+            let _ = h.transaction(|tx| tx.alloc([1u8; 3000]).map(|_| ()));
+            use_heap(&h);
+            if h.close().is_ok() {
+                if let Some(v) = format_violation(path) {
+                    panic!("a heap closed cleanly left a file that breaks the format: {v}");
+                }
+                let h = Heap::open_read_only(path)
+                    .unwrap_or_else(|e| panic!("a heap closed cleanly does not reopen: {e}"));
+                let same = h.read(|r| Ok(*r.get(b)? == [0x5Au64; 5]));
+                assert!(
+                    matches!(same, Ok(true)),
+                    "a committed object is lost after close: {same:?}"
+                );
+            }
         }
-    } else {
-        let _ = h.transaction(|tx| tx.alloc([7u8; 16]).map(|_| ()));
-        let _ = h.close();
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            out.tx_error = Some(variant(&e));
+            use_existing(&h, &extents, &[]);
+            let _ = h.transaction(|tx| tx.alloc([7u8; 16]).map(|_| ()));
+            use_heap(&h);
+            if h.close().is_ok() {
+                if let Some(v) = format_violation(path) {
+                    panic!("a heap closed cleanly left a file that breaks the format: {v}");
+                }
+            }
+        }
     }
     out
+}
+
+/// The file at `path`, read piece by piece (for `select_superblock`; never written).
+struct ReadOnlyFile(std::fs::File);
+
+impl Storage for ReadOnlyFile {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, buf, offset)
+    }
+    fn write_at(&mut self, _: u64, _: &[u8]) -> std::io::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    }
+    fn barrier(&mut self, _: u64, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn barrier_all(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn grow(&mut self, _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    }
+}
+
+/// What is wrong with one chunk-table entry read by the walk (`zone_first`: entry 0 of its
+/// zone), by this file's reading of the format; `None` if nothing.
+fn entry_violation(e: &[u8], zone_first: bool) -> Option<String> {
+    let (kind, class) = (e[E_KIND], e[E_CLASS]);
+    let check = get(e, E_CHECK, 2) as u16;
+    let (chunks, size) = (get(e, E_CHUNKS, 4), get(e, E_SIZE, 8));
+    let computed = entry_check(e);
+    if check != computed {
+        return Some(format!("check {check:#06x}, computed {computed:#06x}"));
+    }
+    if !(KIND_FREE..=KIND_TABLE).contains(&kind) {
+        return Some(format!("kind {kind} is no entry"));
+    }
+    if (kind == KIND_TABLE) != zone_first {
+        return Some(format!(
+            "kind {kind} {} a zone's entry 0 (only it is TABLE)",
+            if zone_first { "as" } else { "after" }
+        ));
+    }
+    let class_ok = if kind == KIND_RUN {
+        (class as usize) < NCLASSES
+    } else {
+        class == 0
+    };
+    if !class_ok {
+        return Some(format!("class {class} in an entry of kind {kind}"));
+    }
+    let chunks_ok = match kind {
+        KIND_RUN | KIND_TABLE => chunks == 1,
+        _ => (1..=EXTENT_CHUNKS_MAX).contains(&chunks),
+    };
+    if !chunks_ok {
+        return Some(format!("{chunks} chunks in an entry of kind {kind}"));
+    }
+    let size_ok = if kind == KIND_LARGE {
+        (1..=chunks * CHUNK_SIZE).contains(&size)
+    } else {
+        size == 0
+    };
+    if !size_ok {
+        return Some(format!(
+            "size {size} in an entry of kind {kind} ({chunks} chunks)"
+        ));
+    }
+    None
+}
+
+/// Whether the file at `path` (not open for writing by anyone) breaks this file's reading of
+/// the format where txheap's open checks it: the superblock recovery selects, the file's
+/// length, the heap header, its chunk count, and the walk of every zone's table (entry 0
+/// `TABLE`, each entry whole and consistent, extents inside their zone and the chunk count).
+/// Frames in the log are not replayed: call it on a file an open or a close has left, whose
+/// committed state is in place. `Some(what)` names the first violation.
+pub fn format_violation(path: &Path) -> Option<String> {
+    file_extents(path).err()
+}
+
+/// The extents the walk of the file's tables finds, `(file offset of the chunk, entry)`, or
+/// what breaks the format (see [`format_violation`]).
+fn file_extents(path: &Path) -> Result<Vec<(u64, [u8; ENTRY])>, String> {
+    let s = ReadOnlyFile(std::fs::File::open(path).unwrap());
+    let (sb, _) =
+        txheap_recovery::select_superblock(&s).map_err(|e| format!("no superblock: {e}"))?;
+    let len = s.len().unwrap();
+    if sb.file_len > sb.max_size || len < sb.file_len {
+        return Err(format!(
+            "file_len {} (max_size {}) for a file of {len} bytes",
+            sb.file_len, sb.max_size
+        ));
+    }
+    let heap = sb.heap_offset();
+    let mut hh = [0u8; HEAP_HDR];
+    if s.read_at(heap, &mut hh).is_err() {
+        return Err(format!("no heap header at {heap} in a file of {len} bytes"));
+    }
+    if &hh[..8] != HEAP_MAGIC || get(&hh, 60, 4) != crc32fast::hash(&hh[..60]) as u64 {
+        return Err(format!("heap header at {heap} without its magic or crc"));
+    }
+    let count = get(&hh, 8, 8);
+    let chunk_area = sb.chunk_area_offset();
+    let end = count
+        .checked_mul(CHUNK_SIZE)
+        .and_then(|b| b.checked_add(chunk_area));
+    if !end.is_some_and(|e| e <= sb.max_size && e <= len) {
+        return Err(format!(
+            "chunk count {count}: past max_size {} or the file's {len} bytes",
+            sb.max_size
+        ));
+    }
+    let zone = ZONE_CHUNKS as u64;
+    let mut extents = Vec::new();
+    let mut first = 0u64;
+    while first < count {
+        let used = (count - first).min(zone);
+        let table_off = chunk_area + first * CHUNK_SIZE;
+        let mut table = vec![0u8; used as usize * ENTRY];
+        s.read_at(table_off, &mut table)
+            .map_err(|e| format!("zone table at {table_off} unreadable: {e}"))?;
+        let mut i = 0u64;
+        while i < used {
+            let e: [u8; ENTRY] = table[i as usize * ENTRY..(i as usize + 1) * ENTRY]
+                .try_into()
+                .unwrap();
+            let at = table_off + i * ENTRY as u64;
+            if let Some(why) = entry_violation(&e, i == 0) {
+                return Err(format!("chunk {}: entry at {at}: {why}", first + i));
+            }
+            let n = extent_chunks(&e);
+            if i + n > used {
+                return Err(format!(
+                    "chunk {}: entry at {at}: an extent of {n} chunks runs past its zone or the \
+                     chunk count {count}",
+                    first + i
+                ));
+            }
+            extents.push((chunk_area + (first + i) * CHUNK_SIZE, e));
+            i += n;
+        }
+        first += zone;
+    }
+    Ok(extents)
+}
+
+/// Use what the heap held before the checks' own objects, through the public API with raw
+/// offsets from the walk (`extents`): read, overwrite and free the first and last block of the
+/// first runs and the first large objects, each in its own transaction (`Ok` or an `Error`:
+/// an unallocated block is refused, a run's damaged bitmap is `Corrupt` at its first use).
+/// `keep`: offsets of objects the checks still need.
+fn use_existing(h: &Heap, extents: &[(u64, [u8; ENTRY])], keep: &[u64]) {
+    let mut objects = Vec::new();
+    for &(at, e) in extents {
+        match e[E_KIND] {
+            KIND_RUN => {
+                let (bs, n, data) = run_geom(e[E_CLASS] as usize);
+                objects.push((at + data, bs.min(16)));
+                objects.push((at + data + (n - 1) * bs, bs.min(16)));
+            }
+            KIND_LARGE => objects.push((at, get(&e, E_SIZE, 8))),
+            _ => {}
+        }
+    }
+    for (off, len) in objects.into_iter().filter(|o| !keep.contains(&o.0)).take(6) {
+        let s = PSlice::<u8>::from_raw_parts(off, len);
+        let _ = h.read(|r| r.slice(s).map(|x| x.first().copied()));
+        let _ = h.transaction(|tx| tx.write_slice(s, 0, &[0xE7]));
+        let _ = h.transaction(|tx| tx.free(PPtr::<u8>::from_offset(off)));
+    }
 }
 
 /// Write `image` as the whole file, reusing its pages (tmpfs frees them on truncation).
