@@ -437,13 +437,15 @@ fn invalid_frees_and_pointers_are_errors() {
     assert!(matches!(r, Err(Error::OutOfBounds { .. })), "{r:?}");
     let r = heap.read(|r| r.get(PPtr::<u64>::from_offset(8)).copied()); // inside the superblock
     assert!(matches!(r, Err(Error::OutOfBounds { .. })), "{r:?}");
-    // Writing through a pointer into allocator metadata is refused.
+    // Writing through a pointer into allocator metadata is refused: the run's bitmap at its
+    // chunk's start, and zone 0's chunk table (the chunk area's first chunk).
     let chunk_start = p.offset() & !((256 << 10) - 1);
     let r = heap.transaction(|tx| tx.set(PPtr::<u64>::from_offset(chunk_start), 0));
-    assert!(
-        r.is_err(),
-        "a write into a chunk header was accepted: {r:?}"
-    );
+    assert!(r.is_err(), "a write into a run bitmap was accepted: {r:?}");
+    // superblocks (8 KiB), the log, the heap header page and the root area page, then chunk 0.
+    let table = 8192 + heap.stats().unwrap().log_size + 8192;
+    let r = heap.transaction(|tx| tx.set(PPtr::<u64>::from_offset(table), 0));
+    assert!(r.is_err(), "a write into the chunk table was accepted: {r:?}");
     heap.transaction(|tx| tx.free(p)).unwrap();
     let r = heap.transaction(|tx| tx.free(p));
     assert!(

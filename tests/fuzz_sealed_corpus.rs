@@ -275,7 +275,7 @@ fn replay_sealed_corpus() {
 
 /// Reproducers of the bug `open_recover_sealed` found: a writable open replayed the log and
 /// checkpointed (`txheap_recovery::recover`) before it decoded the heap header and walked the
-/// chunk headers, so a damaged heap (or a superblock counter at its limit) behind committed
+/// chunk headers (format 2; chunk tables since format 3), so a damaged heap (or a superblock counter at its limit) behind committed
 /// frames was refused only after the file was rewritten (seq, generation and next_txid bumped,
 /// the log's frames spent). Since `recover_checked`, both are refused with the file unchanged.
 /// (`refused-after-recovery-damaged-chunk-header` was found on format 2; read by format 3's

@@ -1,6 +1,6 @@
 //! Fuzz open and recovery on *checksum-valid* hostile files: the input picks a valid seed image
-//! and a list of structured mutations (superblock slots, log frames and ranges, heap header, chunk
-//! headers, run bitmaps, file length), after which every checksum is recomputed, so the file gets
+//! and a list of structured mutations (superblock slots, log frames and ranges, heap header,
+//! chunk-table entries, run bitmaps, file length), after which every checksum is recomputed, so the file gets
 //! past the checks that refuse nearly every input of `open_recover`. See `fuzz/sealed.rs` for the
 //! input format and the checks (no panic; a refused file unchanged; an opened heap usable).
 //! Run: `cargo +nightly fuzz run open_recover_sealed fuzz/corpus-sealed -- -max_len=1025`

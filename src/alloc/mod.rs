@@ -1,6 +1,6 @@
 //! The allocator: size-class runs and large extents inside 256 KiB chunks.
 //!
-//! Owns: the allocation policy and the volatile indexes rebuilt from the chunk headers on open
+//! Owns: the allocation policy and the volatile indexes rebuilt from the chunk tables on open
 //! (free extents, runs with free blocks, live large objects); the on-disk format (chunk tables,
 //! one per 4 GiB zone) is in `format.rs` and the rebuild walk in `walk.rs`. May not: touch the file or know transactions' callers. It reads and
 //! writes only through [`TxMem`], which the transaction implements by staging: so every change
@@ -136,7 +136,7 @@ pub struct ClassStats {
     pub free_blocks: u64,
 }
 
-/// The volatile allocator state, rebuilt from chunk headers on open.
+/// The volatile allocator state, rebuilt from the chunk tables on open.
 #[derive(Debug)]
 pub(crate) struct Allocator {
     chunk_area: u64,
