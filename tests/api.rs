@@ -445,7 +445,10 @@ fn invalid_frees_and_pointers_are_errors() {
     // superblocks (8 KiB), the log, the heap header page and the root area page, then chunk 0.
     let table = 8192 + heap.stats().unwrap().log_size + 8192;
     let r = heap.transaction(|tx| tx.set(PPtr::<u64>::from_offset(table), 0));
-    assert!(r.is_err(), "a write into the chunk table was accepted: {r:?}");
+    assert!(
+        r.is_err(),
+        "a write into the chunk table was accepted: {r:?}"
+    );
     heap.transaction(|tx| tx.free(p)).unwrap();
     let r = heap.transaction(|tx| tx.free(p));
     assert!(
