@@ -22,20 +22,29 @@ pub(crate) const LINE: u64 = 64;
 #[derive(Clone, Copy)]
 struct Line([u8; LINE as usize]);
 
-/// An owned, 64-byte aligned, zero-initialised byte buffer held through a raw pointer.
+/// An owned, 64-byte aligned, zero-initialised byte buffer held through a raw pointer. It can
+/// grow at its end ([`Buf::grow`]), keeping spare zeroed capacity so that appends are amortised.
 struct Buf {
     ptr: NonNull<Line>,
+    /// Lines in use.
     lines: usize,
+    /// Lines allocated (all zero past `lines`).
+    cap: usize,
 }
 
 impl Buf {
     fn zeroed(bytes: u64) -> Buf {
         let lines = (bytes / LINE) as usize;
         debug_assert!(lines > 0 && bytes % LINE == 0);
-        let b: Box<[Line]> = vec![Line([0; LINE as usize]); lines].into_boxed_slice();
+        Buf::with_capacity(lines, lines)
+    }
+
+    fn with_capacity(lines: usize, cap: usize) -> Buf {
+        debug_assert!(lines <= cap && cap > 0);
+        let b: Box<[Line]> = vec![Line([0; LINE as usize]); cap].into_boxed_slice();
         // SAFETY: Box::into_raw never returns null.
         let ptr = unsafe { NonNull::new_unchecked(Box::into_raw(b).cast::<Line>()) };
-        Buf { ptr, lines }
+        Buf { ptr, lines, cap }
     }
 
     fn len(&self) -> u64 {
@@ -45,26 +54,62 @@ impl Buf {
     fn base(&self) -> *mut u8 {
         self.ptr.as_ptr().cast()
     }
+
+    /// Grow to `lines` lines (more than now), the new ones zero. Reallocates (doubling) when the
+    /// capacity is short; the caller holds `&mut` to the stage, so no slice into the old
+    /// allocation is alive.
+    fn grow(&mut self, lines: usize) {
+        debug_assert!(lines > self.lines);
+        if lines > self.cap {
+            let bigger = Buf::with_capacity(lines, lines.max(self.cap * 2));
+            // SAFETY: both are live allocations of at least `self.lines` lines, distinct.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), bigger.ptr.as_ptr(), self.lines)
+            };
+            *self = bigger; // drops the old allocation
+        }
+        self.lines = lines;
+    }
 }
 
 impl Drop for Buf {
     fn drop(&mut self) {
-        // SAFETY: ptr/lines came from Box::into_raw of a boxed slice of exactly `lines` Lines, and
+        // SAFETY: ptr/cap came from Box::into_raw of a boxed slice of exactly `cap` Lines, and
         // this is the only owner.
         unsafe {
             drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
                 self.ptr.as_ptr(),
-                self.lines,
+                self.cap,
             )))
         }
     }
 }
 
+/// A recently written staged range: `[start, end)` held in slot `slot`.
+#[derive(Clone, Copy, Default)]
+struct Hint {
+    start: u64,
+    end: u64,
+    slot: usize,
+    valid: bool,
+}
+
+/// How many recently written ranges `write` checks before searching the tree (a transaction
+/// typically alternates between a few: the object, a bitmap word, the pointer to the object).
+const HINTS: usize = 4;
+
 #[derive(Default)]
 struct Inner {
-    ranges: BTreeMap<u64, Buf>,
+    /// Staged ranges by start: the slot in `bufs` holding each.
+    ranges: BTreeMap<u64, usize>,
+    bufs: Vec<Option<Buf>>,
+    free_slots: Vec<usize>,
     retired: Vec<Buf>,
     bytes: u64,
+    /// End of the highest staged range (0 when none): a write starting there extends it.
+    max_end: u64,
+    /// Most recent first. A hint is valid while its range is staged with exactly its bounds.
+    hints: [Hint; HINTS],
 }
 
 /// The staged writes of one transaction.
@@ -81,13 +126,47 @@ fn align_up(x: u64) -> u64 {
 }
 
 impl Inner {
+    fn buf(&self, slot: usize) -> &Buf {
+        self.bufs[slot].as_ref().expect("a live slot")
+    }
+
+    fn put(&mut self, buf: Buf) -> usize {
+        match self.free_slots.pop() {
+            Some(slot) => {
+                self.bufs[slot] = Some(buf);
+                slot
+            }
+            None => {
+                self.bufs.push(Some(buf));
+                self.bufs.len() - 1
+            }
+        }
+    }
+
+    fn take(&mut self, slot: usize) -> Buf {
+        self.free_slots.push(slot);
+        self.bufs[slot].take().expect("a live slot")
+    }
+
+    /// Make `h` the most recent hint.
+    fn remember(&mut self, h: Hint) {
+        let i = self
+            .hints
+            .iter()
+            .position(|x| x.valid && x.slot == h.slot)
+            .or_else(|| self.hints.iter().position(|x| !x.valid))
+            .unwrap_or(HINTS - 1);
+        self.hints.copy_within(0..i, 1);
+        self.hints[0] = Hint { valid: true, ..h };
+    }
+
     /// The staged range covering `[a, b)` entirely, if there is one; `Ok(None)` if nothing staged
     /// overlaps it; `Err(())` if the overlap is partial (a merge is needed).
-    fn find(&self, a: u64, b: u64) -> Result<Option<(u64, &Buf)>, ()> {
+    fn find(&self, a: u64, b: u64) -> Result<Option<(u64, usize)>, ()> {
         match self.ranges.range(..b).next_back() {
-            Some((&s, buf)) if s + buf.len() > a => {
-                if s <= a && s + buf.len() >= b {
-                    Ok(Some((s, buf)))
+            Some((&s, &slot)) if s + self.buf(slot).len() > a => {
+                if s <= a && s + self.buf(slot).len() >= b {
+                    Ok(Some((s, slot)))
                 } else {
                     Err(())
                 }
@@ -105,7 +184,8 @@ impl Inner {
         // SAFETY: `view` is freshly allocated, `b - a` bytes, and nothing else refers to it.
         let dst = unsafe { std::slice::from_raw_parts_mut(view.base(), (b - a) as usize) };
         fill(a, dst);
-        for (&s, buf) in self.ranges.range(..b).rev() {
+        for (&s, &slot) in self.ranges.range(..b).rev() {
+            let buf = self.buf(slot);
             let e = s + buf.len();
             if e <= a {
                 break;
@@ -124,8 +204,8 @@ impl Inner {
     /// Bytes of `[a, b)` (line-aligned) no staged range covers yet.
     fn unstaged(&self, a: u64, b: u64) -> u64 {
         let mut covered = 0;
-        for (&s, buf) in self.ranges.range(..b).rev() {
-            let e = s + buf.len();
+        for (&s, &slot) in self.ranges.range(..b).rev() {
+            let e = s + self.buf(slot).len();
             if e <= a {
                 break;
             }
@@ -135,11 +215,12 @@ impl Inner {
     }
 
     /// Replace every range overlapping `[a, b)` by one buffer covering their union and `[a, b)`.
-    /// Returns the new range's start. Old buffers go to `retired` when `retire`, else are freed.
-    fn merge(&mut self, a: u64, b: u64, fill: &mut dyn FnMut(u64, &mut [u8])) -> u64 {
+    /// Returns the new range's start and slot. The old buffers are freed (the caller holds
+    /// `&mut` to the stage), and the hints naming them are dropped.
+    fn merge(&mut self, a: u64, b: u64, fill: &mut dyn FnMut(u64, &mut [u8])) -> (u64, usize) {
         let mut starts = Vec::new();
-        for (&s, buf) in self.ranges.range(..b).rev() {
-            if s + buf.len() <= a {
+        for (&s, &slot) in self.ranges.range(..b).rev() {
+            if s + self.buf(slot).len() <= a {
                 break;
             }
             starts.push(s);
@@ -148,14 +229,18 @@ impl Inner {
         let mut end = b;
         for &s in &starts {
             start = start.min(s);
-            end = end.max(s + self.ranges[&s].len());
+            end = end.max(s + self.buf(self.ranges[&s]).len());
         }
         let new = Buf::zeroed(end - start);
         // SAFETY: `new` is freshly allocated, `end - start` bytes, and nothing else refers to it.
         let dst = unsafe { std::slice::from_raw_parts_mut(new.base(), (end - start) as usize) };
         fill(start, dst);
         for s in starts {
-            let old = self.ranges.remove(&s).expect("range listed above");
+            let slot = self.ranges.remove(&s).expect("range listed above");
+            for h in self.hints.iter_mut().filter(|h| h.slot == slot) {
+                h.valid = false;
+            }
+            let old = self.take(slot);
             let at = (s - start) as usize;
             // SAFETY: `old` is a live buffer of old.len() bytes; we only read it.
             let src = unsafe { std::slice::from_raw_parts(old.base(), old.len() as usize) };
@@ -163,8 +248,33 @@ impl Inner {
             self.bytes -= old.len();
         }
         self.bytes += new.len();
-        self.ranges.insert(start, new);
-        start
+        self.max_end = self.max_end.max(end);
+        let slot = self.put(new);
+        self.ranges.insert(start, slot);
+        self.remember(Hint {
+            start,
+            end,
+            slot,
+            valid: true,
+        });
+        (start, slot)
+    }
+
+    /// Extend the highest staged range (in slot `h.slot`, ending at `a`) to `b`: the fast path
+    /// of appends. `fill` supplies the committed bytes of the new lines.
+    fn extend_top(&mut self, h: Hint, b: u64, fill: &mut dyn FnMut(u64, &mut [u8])) {
+        let a = h.end;
+        let buf = self.bufs[h.slot].as_mut().expect("a live slot");
+        buf.grow(((b - h.start) / LINE) as usize);
+        // SAFETY: the buffer now spans `[h.start, b)`; `&mut self` means no slice into it is
+        // alive.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(buf.base().add((a - h.start) as usize), (b - a) as usize)
+        };
+        fill(a, dst);
+        self.bytes += b - a;
+        self.max_end = b;
+        self.remember(Hint { end: b, ..h });
     }
 }
 
@@ -197,10 +307,18 @@ impl Stage {
         // allocations, not into `Inner`, and those allocations are neither freed nor written
         // here (merge only reads them and moves their raw pointers to `retired`).
         let inner = unsafe { &mut *self.inner.get() };
-        let (base, start) = match inner.find(a, b) {
-            Ok(None) => return None,
-            Ok(Some((s, buf))) => (buf.base() as *const u8, s),
-            Err(()) => (inner.compose(a, b, fill), a),
+        let hit = inner
+            .hints
+            .iter()
+            .find(|h| h.valid && h.start <= a && b <= h.end)
+            .copied();
+        let (base, start) = match hit {
+            Some(h) => (inner.buf(h.slot).base() as *const u8, h.start),
+            None => match inner.find(a, b) {
+                Ok(None) => return None,
+                Ok(Some((s, slot))) => (inner.buf(slot).base() as *const u8, s),
+                Err(()) => (inner.compose(a, b, fill), a),
+            },
         };
         // SAFETY: [off, off+len) lies inside this buffer (a staged range covering [a, b), or a
         // composed view of exactly [a, b)). The buffer lives until a `&mut self` call (which
@@ -227,20 +345,50 @@ impl Stage {
         let inner = self.inner.get_mut();
         inner.retired.clear(); // `&mut self`: no slice from `read` is alive any more.
         let (a, b) = (align_down(off), align_up(off + len));
-        let start = match inner.find(a, b) {
-            Ok(Some((s, _))) => s,
-            found => {
-                let new = match found {
-                    Ok(None) => b - a,
-                    _ => inner.unstaged(a, b),
-                };
-                if inner.bytes + new > max_bytes {
-                    return Err(inner.bytes + new);
-                }
-                inner.merge(a, b, fill)
+        let (start, slot) = match inner
+            .hints
+            .iter()
+            .position(|h| h.valid && h.start <= a && a <= h.end)
+        {
+            // Inside a recent range: no search.
+            Some(i) if b <= inner.hints[i].end => {
+                let h = inner.hints[i];
+                inner.remember(h);
+                (h.start, h.slot)
             }
+            // Appending to the highest range: extend it in place (nothing staged lies above).
+            Some(i) if a == inner.hints[i].end && a == inner.max_end => {
+                let h = inner.hints[i];
+                if inner.bytes + (b - a) > max_bytes {
+                    return Err(inner.bytes + (b - a));
+                }
+                inner.extend_top(h, b, fill);
+                (h.start, h.slot)
+            }
+            _ => match inner.find(a, b) {
+                Ok(Some((s, slot))) => {
+                    let end = s + inner.buf(slot).len();
+                    inner.remember(Hint {
+                        start: s,
+                        end,
+                        slot,
+                        valid: true,
+                    });
+                    (s, slot)
+                }
+                found => {
+                    let new = match found {
+                        Ok(None) => b - a,
+                        _ => inner.unstaged(a, b),
+                    };
+                    if inner.bytes + new > max_bytes {
+                        return Err(inner.bytes + new);
+                    }
+                    inner.merge(a, b, fill)
+                }
+            },
         };
-        let buf = &inner.ranges[&start];
+        let buf = inner.buf(slot);
         // SAFETY: in bounds as in `read`; `&mut self` guarantees no other slice of this buffer is
         // alive, and the returned borrow keeps it so.
         Ok(unsafe {
@@ -251,7 +399,8 @@ impl Stage {
     /// Every staged range in offset order.
     pub(crate) fn ranges(&mut self) -> impl Iterator<Item = (u64, &[u8])> {
         let inner = self.inner.get_mut();
-        inner.ranges.iter().map(|(&s, buf)| {
+        inner.ranges.iter().map(|(&s, &slot)| {
+            let buf = inner.bufs[slot].as_ref().expect("a live slot");
             // SAFETY: a live buffer of buf.len() bytes; shared for the `&mut self` borrow.
             (s, unsafe {
                 std::slice::from_raw_parts(buf.base() as *const u8, buf.len() as usize)
@@ -306,5 +455,104 @@ mod tests {
         assert_eq!(ranges, vec![(64, 256)]);
         let v = st.read(64, 256, &mut committed).unwrap();
         assert_eq!((v[36], v[56], v[150], v[236]), (1, 7, 214, 2));
+    }
+
+    #[test]
+    fn appends_extend_the_top_range_and_hints_agree_with_the_tree() {
+        let mut st = Stage::default();
+        // 100 appended 64-byte objects: one range, grown in place (with reallocations).
+        for i in 0..100u64 {
+            st.write(4096 + i * 64, 64, u64::MAX, &mut committed)
+                .unwrap()
+                .fill(i as u8);
+            // Interleaved writes elsewhere (a bitmap word, a pointer), as an allocation makes.
+            st.write(64, 8, u64::MAX, &mut committed).unwrap()[0] = i as u8;
+        }
+        let ranges: Vec<_> = st.ranges().map(|(s, r)| (s, r.len())).collect();
+        assert_eq!(ranges, vec![(64, 64), (4096, 6400)]);
+        assert_eq!(st.staged_bytes(), 6464);
+        for i in 0..100u64 {
+            assert_eq!(
+                st.read(4096 + i * 64 + 5, 3, &mut committed).unwrap(),
+                &[i as u8; 3]
+            );
+        }
+        // An append past the budget is refused and changes nothing.
+        assert_eq!(
+            st.write(4096 + 6400, 64, 6464, &mut committed).err(),
+            Some(6528)
+        );
+        assert_eq!(st.staged_bytes(), 6464);
+        // Appending with a gap starts a new range; a write spanning both merges them, with the
+        // committed bytes between.
+        st.write(20_000, 1, u64::MAX, &mut committed).unwrap()[0] = 9;
+        st.write(4000, 20_000, u64::MAX, &mut committed).unwrap();
+        let ranges: Vec<_> = st.ranges().map(|(s, r)| (s, r.len())).collect();
+        assert_eq!(ranges, vec![(64, 64), (3968, 20_032)]);
+        let v = st.read(3968, 20_032, &mut committed).unwrap().to_vec();
+        assert_eq!(v[0], (3968 % 251) as u8);
+        assert_eq!(v[(4096 + 99 * 64 - 3968) as usize], 99);
+        assert_eq!(v[(20_000 - 3968) as usize], 9);
+        assert_eq!(v[(12_000 - 3968) as usize], (12_000 % 251) as u8);
+    }
+
+    /// Random writes and reads against a byte-map model: every read sees the model, the ranges
+    /// stay sorted, disjoint and line-aligned, and `bytes` is their total.
+    #[test]
+    fn random_writes_match_a_byte_model() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..20 {
+            let mut st = Stage::default();
+            let mut model = std::collections::HashMap::new();
+            for step in 0..400u64 {
+                // Mostly near the top (appends), sometimes anywhere in an 8 KiB window.
+                let off = if next(3) == 0 {
+                    next(8192)
+                } else {
+                    4096 + step * 8 + next(64)
+                };
+                let len = 1 + next(150);
+                if next(4) == 0 {
+                    let got = st.read(off, len, &mut committed).map(|b| b.to_vec());
+                    let want: Vec<u8> = (off..off + len)
+                        .map(|o| *model.get(&o).unwrap_or(&((o % 251) as u8)))
+                        .collect();
+                    match got {
+                        Some(g) => assert_eq!(g, want, "read {off}+{len}"),
+                        None => assert!((off..off + len).all(|o| !model.contains_key(&o))),
+                    }
+                } else {
+                    let b = st.write(off, len, u64::MAX, &mut committed).unwrap();
+                    for (i, x) in b.iter_mut().enumerate() {
+                        *x = (step as u8).wrapping_add(i as u8);
+                        model.insert(off + i as u64, *x);
+                    }
+                }
+            }
+            let mut end = 0;
+            let mut total = 0;
+            let ranges: Vec<(u64, Vec<u8>)> = st.ranges().map(|(s, r)| (s, r.to_vec())).collect();
+            for (s, r) in &ranges {
+                assert!(*s >= end && s % LINE == 0 && r.len() as u64 % LINE == 0);
+                end = s + r.len() as u64;
+                total += r.len() as u64;
+                for (i, &x) in r.iter().enumerate() {
+                    let o = s + i as u64;
+                    assert_eq!(x, *model.get(&o).unwrap_or(&((o % 251) as u8)), "byte {o}");
+                }
+            }
+            assert_eq!(st.staged_bytes(), total);
+            for &o in model.keys() {
+                assert!(ranges
+                    .iter()
+                    .any(|(s, r)| *s <= o && o < s + r.len() as u64));
+            }
+        }
     }
 }

@@ -40,11 +40,13 @@ fn run(
 
 #[test]
 fn power_loss_full() {
-    let (images, instants) = run(Durability::Full, 1..7, 25, 6);
+    let (images, instants) = run(Durability::Full, 1..8, 25, 6);
     crash_tests::report(&format!(
         "power loss, Full: {images} images over {instants} crash instants, 0 violations"
     ));
-    // About 39,100 distinct images (with those cut inside recovery): a drop means lost coverage.
+    // About 35,000 distinct images (with those cut inside recovery): a drop means lost coverage.
+    // (Six seeds gave 39,100 with format 2; format 3 and the staging of appends as one range
+    // write fewer, larger pieces, so there are fewer instants: a seventh seed keeps the count.)
     assert!(images >= 30_000, "only {images} images");
 }
 

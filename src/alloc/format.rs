@@ -66,8 +66,29 @@ pub(crate) struct RunGeom {
     pub data_offset: u64,
 }
 
+/// Every class's run geometry, computed at compile time (the search below runs per lookup
+/// otherwise: it was on every allocation's path).
+const RUN_GEOMS: [RunGeom; NCLASSES] = {
+    let mut t = [RunGeom {
+        block_size: 0,
+        block_count: 0,
+        data_offset: 0,
+    }; NCLASSES];
+    let mut c = 0;
+    while c < NCLASSES {
+        t[c] = RunGeom::compute(c);
+        c += 1;
+    }
+    t
+};
+
 impl RunGeom {
-    pub(crate) const fn of_class(class: usize) -> RunGeom {
+    /// The geometry of `class`'s runs.
+    pub(crate) fn of_class(class: usize) -> RunGeom {
+        RUN_GEOMS[class]
+    }
+
+    const fn compute(class: usize) -> RunGeom {
         let bs = CLASSES[class] as u64;
         let mut n = CHUNK_SIZE / bs;
         loop {
