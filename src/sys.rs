@@ -334,30 +334,37 @@ impl Drop for Mapping {
     }
 }
 
-/// A read-only shared mapping of the start of the file (superblocks and log), used only so that
-/// `msync(MS_SYNC)` can make a *range* durable: Linux writes back just that range and then
-/// flushes the device cache, where `fdatasync` would also write every dirty heap page.
+/// A shared, writable mapping of the start of the file (superblocks and log). `msync(MS_SYNC)`
+/// of it makes a *range* durable: Linux writes back just that range and then flushes the device
+/// cache, where `fdatasync` would also write every dirty heap page. And writes into it (log
+/// frames, superblocks: [`SyncWindow::write`]) are stores into the page cache, with no system
+/// call per commit; they reach the same pages a `pwrite` would, and are as safe against a
+/// killed process. Its blocks are allocated when it is made (`posix_fallocate`), so a store
+/// never needs a new block: no `SIGBUS` for a full disk.
 #[derive(Debug)]
 pub(crate) struct SyncWindow {
     base: NonNull<u8>,
     len: usize,
 }
 
-// SAFETY: the window is never read or written through; it only names a range for msync.
+// SAFETY: the window is never read through, and written only by `write`, which takes `&mut`
+// (its owner, the storage, is behind the heap's writer lock); no reference into it exists.
 unsafe impl Send for SyncWindow {}
 // SAFETY: as above.
 unsafe impl Sync for SyncWindow {}
 
 impl SyncWindow {
+    /// Map the first `len` bytes of `fd` (opened for writing), allocating their blocks first.
     pub(crate) fn new(fd: &impl AsRawFd, len: u64) -> io::Result<SyncWindow> {
+        fallocate(fd, 0, len)?;
         let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: a new shared read-only mapping of the first `len` bytes of our file at an address
-        // the kernel picks; it aliases nothing and is never dereferenced.
+        // SAFETY: a new shared mapping of the first `len` bytes of our file at an address the
+        // kernel picks; it aliases nothing, and only `write` stores into it.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ,
+                libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
@@ -373,6 +380,29 @@ impl SyncWindow {
 
     pub(crate) fn len(&self) -> u64 {
         self.len as u64
+    }
+
+    /// Store `bytes` at file offset `off` through the shared mapping: into the page cache, as a
+    /// `pwrite` would. `false` (nothing written) if the range is not inside the window.
+    pub(crate) fn write(&mut self, off: u64, bytes: &[u8]) -> bool {
+        let end = match off.checked_add(bytes.len() as u64) {
+            Some(end) if end <= self.len as u64 => end,
+            _ => return false,
+        };
+        debug_assert!(end <= self.len as u64);
+        // SAFETY: `[off, end)` lies inside our mapping (checked above), which is writable and
+        // shared; no Rust reference points into it (it is never read through), `&mut self`
+        // excludes another store, and `bytes` cannot overlap it (nothing hands out slices of it).
+        // The blocks behind it were allocated in `new` and the file never shrinks (the flock
+        // contract), so the store cannot fault with SIGBUS.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.base.as_ptr().add(off as usize),
+                bytes.len(),
+            )
+        };
+        true
     }
 
     /// `msync(MS_SYNC)` the pages covering `[off, off+len)`.

@@ -1,10 +1,11 @@
 //! The production implementation of the storage choke point: the file itself.
 //!
-//! Owns: every write to the file (`pwrite`), every barrier (`msync` of a range of the log,
-//! `fdatasync` for everything else) and every change of the file's length (`posix_fallocate`).
-//! May not: know frames, allocators or transactions. All of txheap's mutations of the file pass
-//! through [`Storage`]'s methods here; the mapping is read-only or private, so a store that
-//! bypassed this module could not reach the file.
+//! Owns: every write to the file (a store into the shared window over the superblocks and the
+//! log, `pwrite` elsewhere), every barrier (`msync` of a range of the log, `fdatasync` for
+//! everything else) and every change of the file's length (`posix_fallocate`). May not: know
+//! frames, allocators or transactions. All of txheap's mutations of the file pass through
+//! [`Storage`]'s methods here; the heap's mapping is read-only or private, and the window is
+//! private to this module, so a store that bypassed it could not reach the file.
 
 use std::fs::File;
 use std::io;
@@ -35,7 +36,8 @@ pub use hooks::{FaultPlan, Trace, TraceEvent};
 /// ```
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct IoCounters {
-    /// `pwrite` calls.
+    /// `pwrite` calls (writes to the log and superblocks are stores into a shared mapping of
+    /// them, not counted here).
     pub writes: u64,
     /// Bytes written.
     pub bytes_written: u64,
@@ -82,10 +84,14 @@ impl Storage for FileStorage {
     }
 
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        let (file, counters) = (&self.file, &mut self.counters);
+        let (file, window, counters) = (&self.file, &mut self.window, &mut self.counters);
         self.hooks.write(offset, bytes, |b| {
-            counters.writes += 1;
             counters.bytes_written += b.len() as u64;
+            // Log frames and superblocks: a store into the shared window, no system call.
+            if window.as_mut().is_some_and(|w| w.write(offset, b)) {
+                return Ok(());
+            }
+            counters.writes += 1;
             // write_all_at retries short writes and EINTR; any other error comes back.
             file.write_all_at(b, offset)
         })
