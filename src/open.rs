@@ -42,6 +42,9 @@ struct LogState {
     next_txid: u64,
     /// Transactions a salvage dropped (first and last txid).
     salvaged: Option<(u64, u64)>,
+    /// The open kept the log's generation (it replayed nothing, so it did not checkpoint):
+    /// frames of this generation may lie beyond the tail, and must never follow a new frame.
+    kept_generation: bool,
 }
 
 fn lock_file(file: &File, path: &Path, exclusive: bool) -> Result<()> {
@@ -88,8 +91,10 @@ fn stat(storage: &FileStorage) -> Result<u64> {
 
 /// A new storage handle on `file`; `window` bytes at its start may take range barriers.
 fn new_storage(file: &Arc<File>, options: &Options, window: u64) -> Result<FileStorage> {
+    let store = window > 0 && options.durability == Durability::None;
     #[allow(unused_mut)]
-    let mut st = FileStorage::new(file.clone(), window).map_err(|e| Error::io("storage", 0, e))?;
+    let mut st =
+        FileStorage::new(file.clone(), window, store).map_err(|e| Error::io("storage", 0, e))?;
     #[cfg(feature = "test-hooks")]
     {
         st.hooks.trace = options.trace.clone();
@@ -157,7 +162,9 @@ fn build_new(path: &Path, tmp: &Path, file: File, options: &Options) -> Result<O
         .map_err(|e| Error::io("preallocate (posix_fallocate)", geo.chunk_area, e))?;
     st.barrier_all()
         .map_err(|e| Error::io("fdatasync new file", 0, e))?;
-    let opened = from_file(path, file, options, false)?;
+    let mut opened = from_file(path, file, options, false)?;
+    // A new log holds only its sentinel (generation 0) and zeros: nothing could replay later.
+    opened.writer.clear_kept_generation();
     std::fs::hard_link(tmp, path).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
             Error::AlreadyExists {
@@ -221,6 +228,7 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         (log.tail, log.next_txid),
         alloc,
         header,
+        log.kept_generation,
     );
     let mut shared = Shared::new(
         path.to_path_buf(),
@@ -288,6 +296,7 @@ fn replay_read_only(file: &File, storage: &FileStorage) -> Result<(LogState, Map
         tail: scan.end_offset,
         next_txid: scan.next_txid,
         salvaged: None,
+        kept_generation: false,
     };
     Ok((log, map))
 }
@@ -356,6 +365,7 @@ fn recover_writable(
         tail,
         next_txid,
         salvaged: rec.scan.damage.map(|d| (d.txid, d.last_txid)),
+        kept_generation: !rec.checkpointed,
     };
     Ok((log, map))
 }

@@ -345,6 +345,7 @@ impl Drop for Mapping {
 pub(crate) struct SyncWindow {
     base: NonNull<u8>,
     len: usize,
+    writable: bool,
 }
 
 // SAFETY: the window is never read through, and written only by `write`, which takes `&mut`
@@ -354,9 +355,18 @@ unsafe impl Send for SyncWindow {}
 unsafe impl Sync for SyncWindow {}
 
 impl SyncWindow {
-    /// Map the first `len` bytes of `fd` (opened for writing), allocating their blocks first.
-    pub(crate) fn new(fd: &impl AsRawFd, len: u64) -> io::Result<SyncWindow> {
-        fallocate(fd, 0, len)?;
+    /// Map the first `len` bytes of `fd`. `writable` (the file is open for writing): allocate
+    /// their blocks first and allow [`SyncWindow::write`]; otherwise the window only names
+    /// ranges for `msync`.
+    pub(crate) fn new(fd: &impl AsRawFd, len: u64, writable: bool) -> io::Result<SyncWindow> {
+        if writable {
+            fallocate(fd, 0, len)?;
+        }
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: a new shared mapping of the first `len` bytes of our file at an address the
         // kernel picks; it aliases nothing, and only `write` stores into it.
@@ -364,7 +374,7 @@ impl SyncWindow {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                prot,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
@@ -375,7 +385,11 @@ impl SyncWindow {
         }
         let base =
             NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
-        Ok(SyncWindow { base, len })
+        Ok(SyncWindow {
+            base,
+            len,
+            writable,
+        })
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -386,7 +400,7 @@ impl SyncWindow {
     /// `pwrite` would. `false` (nothing written) if the range is not inside the window.
     pub(crate) fn write(&mut self, off: u64, bytes: &[u8]) -> bool {
         let end = match off.checked_add(bytes.len() as u64) {
-            Some(end) if end <= self.len as u64 => end,
+            Some(end) if end <= self.len as u64 && self.writable => end,
             _ => return false,
         };
         debug_assert!(end <= self.len as u64);

@@ -11,8 +11,8 @@
 //!
 //! Assertions (always on, cheap) state the invariants where bytes cross to disk: a frame is
 //! never appended while another commit is in flight, and fits the log; transaction ids advance
-//! by one; applied ranges lie inside the mapped heap; in-place pieces tile their range and
-//! never cover a chunk's first 64 bytes.
+//! by one; applied ranges lie inside the mapped heap; in-place and logged pieces tile their
+//! staged range.
 
 use std::collections::BTreeSet;
 
@@ -54,6 +54,11 @@ pub(crate) struct Writer {
     pending_pages: BTreeSet<u64>,
     /// Set while a commit is between writing its frame and finishing apply.
     in_commit: bool,
+    /// The open kept the log's generation without a checkpoint: frames of this generation that
+    /// recovery did not replay (after a torn or damaged frame) may lie beyond the tail, and a new
+    /// frame of the same length as the one they followed would make them replayable. The first
+    /// commit checkpoints first, so they can never count (cleared by every checkpoint).
+    kept_generation: bool,
     commits: u64,
     checkpoints: u64,
 }
@@ -77,16 +82,39 @@ pub(crate) fn inside(areas: &[(u64, u64)], off: u64, len: u64) -> bool {
 }
 
 impl CommitPlan<'_> {
-    /// Call `f(offset, bytes, in_place)` for every staged range, in offset order: in place
-    /// when it lies inside a fresh extent (allocator metadata lives in the zones' table chunks,
-    /// never inside an extent, so a fresh extent holds only its object's bytes). Allocates
+    /// Call `f(offset, bytes, in_place)` for the pieces of every staged range, in offset order:
+    /// a range is cut at the boundaries of fresh extents, and a piece inside one goes in place
+    /// (allocator metadata lives in the zones' table chunks, never inside an extent, so a fresh
+    /// extent holds only its object's bytes); the rest is logged. A staged range can span a
+    /// fresh extent and its neighbours: appends extend the highest range, so two adjacent new
+    /// objects, or an object and the next chunk's new run, make one range. Fresh extents are
+    /// chunk-aligned and ranges 64-byte aligned, so the cuts fall on line boundaries. Allocates
     /// nothing (it runs for every range of every commit).
     pub(crate) fn for_each_piece(
         &mut self,
         mut f: impl FnMut(u64, &[u8], bool) -> Result<()>,
     ) -> Result<()> {
+        let fresh = &self.fresh;
         for (off, bytes) in self.stage.ranges() {
-            f(off, bytes, inside(&self.fresh, off, bytes.len() as u64))?;
+            let end = off + bytes.len() as u64;
+            let mut p = off;
+            while p < end {
+                let (q, in_place) = match fresh.iter().find(|&&(a, b)| a <= p && p < b) {
+                    Some(&(_, b)) => (b.min(end), true),
+                    None => {
+                        let next = fresh
+                            .iter()
+                            .filter(|&&(a, _)| a > p)
+                            .map(|&(a, _)| a)
+                            .min()
+                            .unwrap_or(end);
+                        (next.min(end), false)
+                    }
+                };
+                f(p, &bytes[(p - off) as usize..(q - off) as usize], in_place)?;
+                p = q;
+            }
+            assert_eq!(p, end, "pieces do not tile the staged range at {off}");
         }
         Ok(())
     }
@@ -99,6 +127,7 @@ impl Writer {
         (log_tail, next_txid): (u64, u64),
         alloc: Allocator,
         header: HeapHeader,
+        kept_generation: bool,
     ) -> Writer {
         Writer {
             storage,
@@ -117,9 +146,15 @@ impl Writer {
             frame: FrameBuilder::new(),
             pending_pages: BTreeSet::new(),
             in_commit: false,
+            kept_generation,
             commits: 0,
             checkpoints: 0,
         }
+    }
+
+    /// A new file: its log holds only the sentinel, so no stale frame can follow a new one.
+    pub(crate) fn clear_kept_generation(&mut self) {
+        self.kept_generation = false;
     }
 
     /// Whether a commit was interrupted between writing its frame and finishing apply (by a
@@ -132,6 +167,10 @@ impl Writer {
     /// section 3, steps 5-7. Returns once the frame is in the log (durable under `Full`) and
     /// applied where readers see it.
     pub(crate) fn commit(&mut self, sh: &Shared, mut plan: CommitPlan<'_>) -> Result<()> {
+        if self.kept_generation {
+            // Before anything of this commit reaches the file (section 5: a new generation).
+            self.checkpoint(sh)?;
+        }
         if plan.in_place {
             self.write_in_place(sh, &mut plan)?;
         }
@@ -384,6 +423,7 @@ impl Writer {
         self.slot = slot;
         self.log_tail = 0;
         self.log_high = 0;
+        self.kept_generation = false;
         self.durable_txid = self.next_txid.saturating_sub(1);
         self.checkpoints += 1;
         Ok(())

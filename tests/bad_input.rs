@@ -283,8 +283,9 @@ fn heap_header_and_chunk_header_damage_is_corrupt() {
     }
 }
 
-/// A power-cut image: every byte as of the last checkpoint (a fresh, closed heap), except the
-/// log region, which holds the frames of `n` later commits. So nothing is visible unless replayed.
+/// A power-cut image: every heap byte as of the last checkpoint (a fresh, closed heap), with the
+/// superblocks and the log region holding the frames of `n` later commits. So nothing is
+/// visible unless replayed.
 fn crash_image(dir: &Path, n: u64) -> Vec<u8> {
     let path = dir.join("live.heap");
     Heap::create(&path, opts().durability(Durability::Full))
@@ -303,8 +304,10 @@ fn crash_image(dir: &Path, n: u64) -> Vec<u8> {
         after.len(),
         "the workload must not grow the file"
     );
+    // The superblocks too: the session's first commit checkpointed (a new generation) before
+    // it wrote its frame, with the heap still as `before` holds it.
     let mut image = before;
-    let log = LOG_OFFSET as usize..(LOG_OFFSET + LOG_LEN) as usize;
+    let log = 0..(LOG_OFFSET + LOG_LEN) as usize;
     image[log.clone()].copy_from_slice(&after[log]);
     image
 }

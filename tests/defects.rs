@@ -330,8 +330,12 @@ fn a_missing_file_is_not_found_not_a_bare_io_error() {
 fn a_read_only_open_recovers_frames_whose_growth_was_lost() {
     let (dir, path) = tmp("grown.heap");
     Heap::create(&path, small()).unwrap().close().unwrap();
-    let before = std::fs::metadata(&path).unwrap().len();
     let heap = Heap::open(&path, small()).unwrap();
+    // The session's first commit checkpoints (a new generation, and the file's length then
+    // recorded durable): the growth that may be lost is a later one.
+    heap.transaction(|tx| tx.root::<PPtr<u64>>().map(|_| ()))
+        .unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
     let p = heap
         .transaction(|tx| {
             let r = tx.root::<PPtr<u64>>()?;
@@ -431,4 +435,138 @@ fn slice_errors_name_elements_and_the_real_heap_end() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// "Crash": leak the handle (no close, no checkpoint) and copy the file as the page cache holds
+/// it (what a kill -9 leaves).
+fn crash_copy_leaked(heap: Heap, from: &Path, to: &Path) {
+    std::mem::forget(heap);
+    std::fs::copy(from, to).unwrap();
+}
+
+// ---- found by review (2026-12-02) ----------------------------------------------------------
+// 11. Appends extend the highest staged range, so a fresh large object could share one staged
+//     range with a neighbour, and the commit then logged the whole range (its in-place path
+//     lost, or TransactionTooLarge). Each failed on 6ea636b; the commit now cuts ranges at
+//     fresh-extent boundaries.
+
+#[test]
+fn two_adjacent_fresh_objects_in_one_transaction() {
+    let (_d, path) = tmp("adj.heap");
+    // A 256 KiB log: each 256 KiB object alone goes in place.
+    let opts = Options::new().log_size(256 << 10).max_size(64 << 20);
+    let heap = Heap::create(&path, opts.clone()).unwrap();
+    let one = vec![1u8; 256 << 10];
+    heap.transaction(|tx| tx.alloc_slice(&one).map(|_| ()))
+        .expect("one object in place");
+    let before = heap.stats().unwrap();
+    let r = heap.transaction(|tx| {
+        let a = tx.alloc_slice(&one)?;
+        let b = tx.alloc_slice(&one)?;
+        println!("a at {} b at {}", a.offset(), b.offset());
+        Ok(())
+    });
+    println!("two adjacent fresh objects in one transaction: {r:?}");
+    let after = heap.stats().unwrap();
+    println!(
+        "log_used {} -> {}, bytes_written {} -> {}",
+        before.log_used, after.log_used, before.io.bytes_written, after.io.bytes_written
+    );
+    assert!(r.is_ok(), "{r:?}");
+}
+
+#[test]
+fn twenty_one_mib_objects_in_one_transaction_default_log() {
+    let (_d, path) = tmp("many.heap");
+    let heap = Heap::create(&path, Options::new().max_size(1 << 30)).unwrap();
+    let one = vec![7u8; 1 << 20];
+    let r = heap.transaction(|tx| {
+        for _ in 0..20 {
+            tx.alloc_slice(&one)?;
+        }
+        Ok(())
+    });
+    println!("20 x 1 MiB in one transaction, 16 MiB log: {r:?}");
+    assert!(r.is_ok(), "{r:?}");
+}
+
+// 12. An open that replayed nothing kept the log's generation; a new frame as long as a torn
+//     one let a frame recovery had discarded replay after it (an acknowledged Full transaction
+//     then lost). Failed on 6ea636b; the first commit after such an open now checkpoints.
+
+#[test]
+fn a_discarded_frame_of_the_same_generation_replays_after_a_new_one() {
+    let (dir, path) = tmp("stale.heap");
+    let none = Options::new()
+        .log_size(1 << 20)
+        .max_size(64 << 20)
+        .durability(Durability::None);
+    Heap::create(&path, none.clone()).unwrap().close().unwrap();
+    // Session 1 (None): A creates the root and writes root[0]; B writes root[1]. No flush.
+    let heap = Heap::open(&path, none.clone()).unwrap();
+    heap.transaction(|tx| {
+        let r = tx.root::<[u64; 4]>()?;
+        tx.get_mut(r)?[0] = 1;
+        Ok(())
+    })
+    .unwrap();
+    let len_a = heap.stats().unwrap().log_used;
+    heap.transaction(|tx| {
+        let r = tx.root::<[u64; 4]>()?;
+        tx.get_mut(r)?[1] = 2;
+        Ok(())
+    })
+    .unwrap();
+    let crash1 = dir.path().join("crash1.heap");
+    crash_copy_leaked(heap, &path, &crash1);
+    // The power cut kept B's sectors but tore A's (one byte of A's payload differs).
+    let mut img = std::fs::read(&crash1).unwrap();
+    img[8192 + 40 + 16] ^= 0xff;
+    std::fs::write(&crash1, &img).unwrap();
+    // Session 2 (Full): A is a torn tail, nothing replays, no checkpoint.
+    let full = Options::new().log_size(1 << 20).max_size(64 << 20);
+    let heap = Heap::open(&crash1, full.clone()).unwrap();
+    let s = heap.stats().unwrap();
+    println!(
+        "after open: log_used {} generation {}",
+        s.log_used, s.log_generation
+    );
+    // A' has A's shape (same frame length), different value.
+    heap.transaction(|tx| {
+        let r = tx.root::<[u64; 4]>()?;
+        tx.get_mut(r)?[0] = 7;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(heap.stats().unwrap().log_used, len_a, "A' has A's length");
+    let crash2 = dir.path().join("crash2.heap");
+    crash_copy_leaked(heap, &crash1, &crash2);
+    let heap = Heap::open(&crash2, full).unwrap();
+    let root = heap
+        .transaction(|tx| {
+            let r = tx.root::<[u64; 4]>()?;
+            Ok(*tx.get(r)?)
+        })
+        .unwrap();
+    println!("root after recovery: {root:?}");
+    assert_eq!(
+        root[1], 0,
+        "B (discarded by the first recovery) was replayed"
+    );
+}
+
+#[test]
+fn a_new_run_right_after_a_fresh_object() {
+    let (_d, path) = tmp("run.heap");
+    let opts = Options::new().log_size(1 << 20).max_size(64 << 20);
+    let heap = Heap::create(&path, opts).unwrap();
+    let big = vec![3u8; 1 << 20];
+    let r = heap.transaction(|tx| {
+        let a = tx.alloc_slice(&big)?;
+        let p = tx.alloc(5u64)?;
+        println!("object at {}, small at {}", a.offset(), p.offset());
+        Ok(())
+    });
+    println!("1 MiB fresh object then a first small object, 1 MiB log: {r:?}");
+    assert!(r.is_ok(), "{r:?}");
 }
