@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, U64};
-use heed::{CommitOrAbort, Database, EnvFlags};
+use heed::{Database, EnvFlags};
 use txheap::{Access, Durability, Heap, Options, PSlice, Tx};
 
 use crate::parent::{fmt_count, fmt_num};
@@ -599,13 +599,7 @@ fn with_lmdb<R>(
 ) -> BoxResult<R> {
     let map = lmdb_map_size(objects * OBJECT);
     let env = crate::sys::lmdb_env(dir, map, EnvFlags::empty())?;
-    let wtxn = env.write_txn()?;
-    let db = env
-        .create_databases_and_commit(wtxn, |opener, wtxn| -> BoxResult<_> {
-            let db = opener.create_database::<U64<BigEndian>, Bytes>(wtxn, None)?;
-            Ok(CommitOrAbort::<_, ()>::Commit(db))
-        })?
-        .unwrap_commit();
+    let db = crate::engines::lmdb::unnamed_db(&env)?;
     f(&env, db)
 }
 

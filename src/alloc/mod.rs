@@ -222,18 +222,23 @@ impl Allocator {
         if rs.scanned {
             return Ok(());
         }
-        let g = RunGeom::of_class(rs.class);
-        let at = self.chunk_offset(c);
-        let mut bitmap = vec![0u8; (g.bitmap_words() * 8) as usize];
-        read(at, &mut bitmap);
-        let used = count_used(&g, &bitmap, at)?;
+        let free = self.free_in_bitmap(read, c, rs.class)?;
         let rs = self.runs.get_mut(&c).expect("live run");
-        rs.free = g.block_count - used;
+        rs.free = free;
         rs.scanned = true;
         if rs.free == 0 {
             self.partial[rs.class].remove(&c);
         }
         Ok(())
+    }
+
+    /// The free blocks run `c` (of `class`) has, counted from its bitmap as `read` shows it.
+    fn free_in_bitmap(&self, read: &dyn Fn(u64, &mut [u8]), c: u32, class: usize) -> Result<u64> {
+        let g = RunGeom::of_class(class);
+        let at = self.chunk_offset(c);
+        let mut bitmap = vec![0u8; (g.bitmap_words() * 8) as usize];
+        read(at, &mut bitmap);
+        Ok(g.block_count - count_used(&g, &bitmap, at)?)
     }
 
     // ---- raw index edits (journaled for undo) -------------------------------------------
@@ -658,10 +663,7 @@ impl Allocator {
             let g = RunGeom::of_class(rs.class);
             let mut rs = *rs;
             if !rs.scanned {
-                let at = self.chunk_offset(c);
-                let mut bitmap = vec![0u8; (g.bitmap_words() * 8) as usize];
-                read(at, &mut bitmap);
-                rs.free = g.block_count - count_used(&g, &bitmap, at)?;
+                rs.free = self.free_in_bitmap(read, c, rs.class)?;
             }
             let cs = &mut classes[rs.class];
             cs.runs += 1;

@@ -36,19 +36,24 @@ impl Engine for Lmdb<'_> {
     }
 }
 
+/// The environment's unnamed database (big-endian `u64` keys, byte values), created if new.
+pub fn unnamed_db(env: &heed::Env) -> BoxResult<Database<'_, U64<BigEndian>, Bytes>> {
+    let wtxn = env.write_txn()?;
+    Ok(env
+        .create_databases_and_commit(wtxn, |opener, wtxn| -> BoxResult<_> {
+            let db = opener.create_database::<U64<BigEndian>, Bytes>(wtxn, None)?;
+            Ok(CommitOrAbort::<_, ()>::Commit(db))
+        })?
+        .unwrap_commit())
+}
+
 fn with(
     dir: &Path,
     flags: EnvFlags,
     body: &mut dyn FnMut(&mut dyn Engine) -> BoxResult<()>,
 ) -> BoxResult<()> {
     let env = crate::sys::lmdb_env(dir, MAP_SIZE, flags)?;
-    let wtxn = env.write_txn()?;
-    let db = env
-        .create_databases_and_commit(wtxn, |opener, wtxn| -> BoxResult<_> {
-            let db = opener.create_database::<U64<BigEndian>, Bytes>(wtxn, None)?;
-            Ok(CommitOrAbort::<_, ()>::Commit(db))
-        })?
-        .unwrap_commit();
+    let db = unnamed_db(&env)?;
     let mut e = Lmdb { env: &env, db };
     body(&mut e)?;
     // Make the fast settings' data durable before the directory is removed (not timed).
