@@ -46,6 +46,10 @@ fn every_broken_variant_is_caught() {
             "superblock before the heap barrier",
             sabotage::SUPERBLOCK_BEFORE_HEAP_BARRIER,
         ),
+        (
+            "log sentinel before the heap barrier",
+            sabotage::SENTINEL_BEFORE_HEAP_BARRIER,
+        ),
     ];
     let (clean, what) = violations(0, 1..3);
     assert_eq!(clean, 0, "the unbroken protocol must pass: {what}");

@@ -50,13 +50,9 @@ pub fn format<S: Storage + ?Sized>(
             .map_err(io_err("zero log region", at))?;
         at += n as u64;
     }
-    // The sentinel: an empty frame of generation 0 (the first superblock's is 1) at the log's
-    // start. It verifies, so the first scan of a new file stops at it as a clean end instead of
-    // at zeros, which look like a damaged frame and cost a search of the whole log.
-    let sentinel = FrameBuilder::new().finish(0, 1).to_vec();
-    storage
-        .write_at(LOG_OFFSET, &sentinel)
-        .map_err(io_err("write log sentinel", LOG_OFFSET))?;
+    // The sentinel: it verifies, so the first scan of a new file stops at it as a clean end
+    // instead of at zeros, which look like a damaged frame and cost a search of the whole log.
+    write_sentinel(storage)?;
     // The heap metadata pages (heap header, root area) start zeroed; the caller fills them in.
     storage
         .grow(sb.min_file_len())
@@ -78,4 +74,16 @@ pub fn format<S: Storage + ?Sized>(
         .barrier_all()
         .map_err(io_err("fdatasync new file", 0))?;
     Ok(sb)
+}
+
+/// Write the log's *sentinel* at the start of the log region: an empty frame (no ranges) of
+/// generation 0, which no superblock's generation matches. A scan that starts there stops at a
+/// frame that verifies after reading 40 bytes: a clean end, with no search and no read of a
+/// long stale frame. `format` writes it into a new log; `checkpoint` writes it again once the
+/// frames it covers are durable in the heap (docs/FORMAT.md, "Sentinel").
+pub(crate) fn write_sentinel<S: Storage + ?Sized>(storage: &mut S) -> Result<(), RecoveryError> {
+    let sentinel = FrameBuilder::new().finish(0, 1).to_vec();
+    storage
+        .write_at(LOG_OFFSET, &sentinel)
+        .map_err(io_err("write log sentinel", LOG_OFFSET))
 }

@@ -36,6 +36,10 @@ pub mod sabotage {
     /// when a frame still in the log wrote at or above the extent (replaying that frame after a
     /// crash would overwrite the new bytes).
     pub const IN_PLACE_OVER_LOGGED_RANGE: u32 = 32;
+    /// A checkpoint writes its log sentinel (the empty old-generation frame that ends the log
+    /// at its start) before the heap barrier: the frames it covers may be gone before the
+    /// heap holds their writes.
+    pub const SENTINEL_BEFORE_HEAP_BARRIER: u32 = 64;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);
@@ -232,6 +236,10 @@ pub(crate) use sabotage::SKIP_CHECKSUM;
 pub(crate) const SUPERBLOCK_BEFORE_HEAP_BARRIER: u32 = 0;
 #[cfg(feature = "test-hooks")]
 pub(crate) use sabotage::SUPERBLOCK_BEFORE_HEAP_BARRIER;
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) const SENTINEL_BEFORE_HEAP_BARRIER: u32 = 0;
+#[cfg(feature = "test-hooks")]
+pub(crate) use sabotage::SENTINEL_BEFORE_HEAP_BARRIER;
 #[cfg(not(feature = "test-hooks"))]
 pub(crate) const IGNORE_DURABILITY_EVIDENCE: u32 = 0;
 #[cfg(feature = "test-hooks")]

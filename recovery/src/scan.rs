@@ -112,7 +112,8 @@ pub fn find_damage<S: Storage + ?Sized>(
     let (mut voucher, mut last) = (None, None::<u64>);
     let mut window = LogWindow::default();
     let mut p = at + FRAME_ALIGN as u64;
-    while p + FRAME_HEADER_LEN as u64 <= sb.log_size {
+    while let Some(found) = window.next_magic(storage, sb, p)? {
+        p = found;
         let hb = window.get(storage, sb, p, FRAME_HEADER_LEN as u64)?;
         if let Some(h) = header_at(hb) {
             if h.follows(sb.generation, txid) && frame_verifies_at(storage, sb, p)? {
@@ -183,6 +184,38 @@ impl LogWindow {
         );
         let i = (at - self.start) as usize;
         Ok(&self.buf[i..i + len as usize])
+    }
+
+    /// The first 8-aligned log offset at or after `from` (itself 8-aligned) where a whole
+    /// header fits in the region and the frame magic starts, or `None`. The damage search's
+    /// filter: a tight loop over the window's bytes instead of a header decode at each of the
+    /// region's 8-byte positions (the rest of a new file's log is zeros: 64 MiB of them cost a
+    /// replay 8 M decodes).
+    fn next_magic<S: Storage + ?Sized>(
+        &mut self,
+        storage: &S,
+        sb: &Superblock,
+        mut from: u64,
+    ) -> Result<Option<u64>, RecoveryError> {
+        let magic = txheap_log::FRAME_MAGIC.to_le_bytes();
+        let header = FRAME_HEADER_LEN as u64;
+        while from + header <= sb.log_size {
+            self.get(storage, sb, from, header)?;
+            // Positions whose header lies whole inside the window.
+            let i = (from - self.start) as usize;
+            let last = self.buf.len() - FRAME_HEADER_LEN;
+            let positions = (last - i) / FRAME_ALIGN + 1;
+            let hit = self.buf[i..]
+                .chunks(FRAME_ALIGN)
+                .take(positions)
+                .position(|c| c[..4] == magic);
+            if let Some(k) = hit {
+                return Ok(Some(from + (k * FRAME_ALIGN) as u64));
+            }
+            // Every aligned position up to `last` was looked at; go on after it.
+            from += (positions * FRAME_ALIGN) as u64;
+        }
+        Ok(None)
     }
 }
 
