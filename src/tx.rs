@@ -52,6 +52,9 @@ pub struct Tx<'h> {
     /// Bytes staged inside `fresh` (approximate; only for the early size check).
     fresh_staged: u64,
     done: bool,
+    /// A transaction stays on the thread that began it (as before its stage became `Send`):
+    /// the re-entry check knows that thread only.
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -147,14 +150,16 @@ impl<'h> Tx<'h> {
     pub(crate) fn new(sh: &'h Shared, w: &'h mut Writer) -> Tx<'h> {
         let header = w.header;
         debug_assert_eq!(header.chunk_count, w.alloc.chunk_count);
+        let stage = std::mem::take(&mut w.spare_stage);
         Tx {
             sh,
             w,
-            stage: Stage::default(),
+            stage,
             header,
             fresh: Vec::new(),
             fresh_staged: 0,
             done: false,
+            _not_send: std::marker::PhantomData,
         }
     }
 
@@ -575,5 +580,7 @@ impl Drop for Tx<'_> {
         }
         #[cfg(debug_assertions)]
         self.w.alloc.check_invariants();
+        self.stage.clear();
+        std::mem::swap(&mut self.w.spare_stage, &mut self.stage);
     }
 }

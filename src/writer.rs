@@ -14,12 +14,12 @@
 //! by one; applied ranges lie inside the mapped heap; in-place and logged pieces tile their
 //! staged range.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 
 use txheap_recovery::txheap_log::FrameBuilder;
 use txheap_recovery::{self as recovery, Slot, Storage, Superblock, PAGE_SIZE};
 
-use crate::alloc::{Allocator, HeapHeader};
+use crate::alloc::{Allocator, HeapHeader, Keyed};
 use crate::error::{Error, Result};
 use crate::limits::{CHUNK_SIZE, PENDING_PAGES_MAX};
 use crate::options::{Durability, Stats};
@@ -50,8 +50,12 @@ pub(crate) struct Writer {
     pub header: HeapHeader,
     /// The frame of the commit in progress (reused between commits).
     pub frame: FrameBuilder,
+    /// The stage a transaction borrows and gives back cleared (its spare buffers reused).
+    pub spare_stage: Stage,
     /// Pages holding private copy-on-write bytes not yet written to the file (Durability::None).
-    pending_pages: BTreeSet<u64>,
+    /// A hash set (sorted at a flush): its B-tree before cost 8% of a small commit's
+    /// instructions (callgrind, W2).
+    pending_pages: HashSet<u64, Keyed>,
     /// Set while a commit is between writing its frame and finishing apply.
     in_commit: bool,
     /// The open kept the log's generation without a checkpoint: frames of this generation that
@@ -144,7 +148,8 @@ impl Writer {
             alloc,
             header,
             frame: FrameBuilder::new(),
-            pending_pages: BTreeSet::new(),
+            spare_stage: Stage::default(),
+            pending_pages: HashSet::default(),
             in_commit: false,
             kept_generation,
             commits: 0,
@@ -387,7 +392,8 @@ impl Writer {
             return Ok(());
         }
         let _view = sh.view.write().unwrap_or_else(|e| e.into_inner());
-        let pages = std::mem::take(&mut self.pending_pages);
+        let mut pages: Vec<u64> = self.pending_pages.drain().collect();
+        pages.sort_unstable();
         let mut it = pages.into_iter().peekable();
         while let Some(first) = it.next() {
             let mut last = first;

@@ -24,7 +24,7 @@ use format::{
 pub(crate) use format::{HeapHeader, HEAP_HEADER_LEN};
 
 use crate::error::{Error, Result};
-use crate::limits::{ALIGN_MAX, CHUNK_SIZE, GROW_CHUNKS_MAX, GROW_CHUNKS_MIN};
+use crate::limits::{ALIGN_MAX, CHUNK_SIZE, GROW_CHUNKS_MAX, GROW_CHUNKS_MIN, GROW_FRACTION};
 
 /// The largest object one allocation may hold: the chunks of a zone less its table
 /// (4 GiB - 256 KiB). Larger requests get [`Error::ObjectTooLarge`].
@@ -50,7 +50,7 @@ pub(crate) trait TxMem {
 /// file offsets). std's default SipHash took a quarter of a small allocation's instructions
 /// (callgrind, W3 child: 456 of about 1,800 per `tx.alloc`).
 #[derive(Default, Clone, Copy)]
-struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -73,7 +73,7 @@ impl Hasher for KeyHasher {
     }
 }
 
-type Keyed = BuildHasherDefault<KeyHasher>;
+pub(crate) type Keyed = BuildHasherDefault<KeyHasher>;
 
 fn read_u64(mem: &dyn TxMem, off: u64) -> u64 {
     let mut b = [0u8; 8];
@@ -435,8 +435,8 @@ impl Allocator {
                 .filter(|(&s, &l)| s as u64 + l as u64 == cc)
                 .map(|(&s, &l)| (s, l));
             let start = tail.map_or(cc, |t| t.0 as u64);
-            let step =
-                (cc + (cc / 4).clamp(GROW_CHUNKS_MIN, GROW_CHUNKS_MAX)).max(start + n as u64);
+            let step = (cc + (cc / GROW_FRACTION).clamp(GROW_CHUNKS_MIN, GROW_CHUNKS_MAX))
+                .max(start + n as u64);
             let new_cc = step.min(zone_end).min(max);
             if new_cc < start + n as u64 && new_cc < zone_end {
                 return Err(out_of_space);
