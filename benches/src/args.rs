@@ -29,6 +29,8 @@ pub enum Workload {
     W5Open,
     /// Opening a txheap heap whose log holds 64 MiB of committed frames (replay).
     W5Replay,
+    /// Heap file bytes per live payload byte of 1,000,000 live 64-byte nodes.
+    Space,
 }
 
 /// How a workload's figure is read.
@@ -40,16 +42,19 @@ pub enum Metric {
     Time,
     /// Bytes per second (higher is better).
     ByteRate,
+    /// File bytes per live payload byte (lower is better).
+    BytesPerByte,
 }
 
 impl Workload {
     /// Every workload, in the order they run.
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
         Workload::W5Open,
         Workload::W5Replay,
+        Workload::Space,
     ];
 
     /// Short name, used on the command line and in `RESULT` lines.
@@ -60,6 +65,7 @@ impl Workload {
             Workload::W3 => "W3",
             Workload::W5Open => "W5-open",
             Workload::W5Replay => "W5-replay",
+            Workload::Space => "space",
         }
     }
 
@@ -86,6 +92,9 @@ impl Workload {
             Workload::W5Replay => {
                 "open of a txheap heap whose log holds 64 MiB of committed W1-style frames (replay + checkpoint), fresh process"
             }
+            Workload::Space => {
+                "heap file bytes per live payload byte: N live 64-byte nodes made in transactions of 1,000 (1,000,000 in the full run), and after freeing every other node and allocating as many again"
+            }
         }
     }
 
@@ -95,6 +104,7 @@ impl Workload {
             Workload::W1 | Workload::W2 | Workload::W3 => Metric::Rate,
             Workload::W5Open => Metric::Time,
             Workload::W5Replay => Metric::ByteRate,
+            Workload::Space => Metric::BytesPerByte,
         }
     }
 
@@ -105,6 +115,7 @@ impl Workload {
             Workload::W3 => "allocs/s",
             Workload::W5Open => "opens/s",
             Workload::W5Replay => "frames/s",
+            Workload::Space => "nodes/s",
         }
     }
 }

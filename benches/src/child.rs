@@ -65,11 +65,26 @@ pub fn one_tx(open: Opener, args: &ChildArgs<'_>) -> BoxResult<Sample> {
     out.ok_or_else(|| "engine never ran the workload".into())
 }
 
-/// Run the measuring child of `run`.
+/// Run the measuring child of `run`; its sample carries the process's peak resident memory.
 pub fn measure(run: Run, args: &ChildArgs<'_>) -> BoxResult<Sample> {
-    match run {
+    let mut s = match run {
         Run::Commits(open) => commits(open, args),
         Run::OneTx(open) => one_tx(open, args),
         Run::Custom(f) => f(args),
-    }
+    }?;
+    s.hwm = Some(peak_resident()?);
+    Ok(s)
+}
+
+/// `VmHWM` of `/proc/self/status` in bytes: the most memory this process had resident at once
+/// (anonymous and file pages, mapped store files included).
+pub fn peak_resident() -> BoxResult<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or("no VmHWM line in /proc/self/status")?;
+    Ok(kib * 1024)
 }

@@ -59,6 +59,7 @@ impl Row {
             Metric::Rate => s.rate(),
             Metric::Time => s.secs,
             Metric::ByteRate => s.byte_rate(),
+            Metric::BytesPerByte => s.file_len.unwrap_or(0) as f64 / s.bytes.max(1) as f64,
         }
     }
 
@@ -168,6 +169,17 @@ fn fmt_figure(workload: Workload, x: f64) -> String {
         Metric::Rate => format!("{} {}", fmt_num(x), workload.unit()),
         Metric::Time => format!("{} ms", fmt_num(x * 1e3)),
         Metric::ByteRate => format!("{} MB/s", fmt_num(x / 1e6)),
+        Metric::BytesPerByte => format!("{x:.3} B/B"),
+    }
+}
+
+/// A figure of `metric` in the unit its table's min – max column uses.
+fn in_table_unit(metric: Metric, x: f64) -> String {
+    match metric {
+        Metric::Time => fmt_num(x * 1e3),
+        Metric::ByteRate => fmt_num(x / 1e6),
+        Metric::Rate => fmt_num(x),
+        Metric::BytesPerByte => format!("{x:.3}"),
     }
 }
 
@@ -430,7 +442,9 @@ fn print_workload(w: Workload, rows: &[Row]) {
         let (lo, hi) = r.range(|s| Row::figure(m, s));
         let v = r.value();
         let ratio = match (r.case.role, subject, m) {
-            (Role::Subject, _, _) | (_, _, Metric::Time) | (_, None, _) => "—".to_string(),
+            (Role::Subject, _, _) | (_, _, Metric::Time | Metric::BytesPerByte) | (_, None, _) => {
+                "—".to_string()
+            }
             (_, Some(sv), _) => format!("{:.2}x", sv / v),
         };
         let goal = match (plan::ratio_goal(w, r.case.engine), subject) {
@@ -446,20 +460,8 @@ fn print_workload(w: Workload, rows: &[Row]) {
             r.case.setting.replace('|', "\\|"),
             r.med(|s| Some(s.ops as f64)).map_or("-".into(), fmt_count),
             fmt_figure(w, v),
-            fmt_num(if m == Metric::Time {
-                lo * 1e3
-            } else if m == Metric::ByteRate {
-                lo / 1e6
-            } else {
-                lo
-            }),
-            fmt_num(if m == Metric::Time {
-                hi * 1e3
-            } else if m == Metric::ByteRate {
-                hi / 1e6
-            } else {
-                hi
-            }),
+            in_table_unit(m, lo),
+            in_table_unit(m, hi),
             r.med(|s| Some(s.secs))
                 .map_or("-".into(), |x| format!("{x:.3}")),
             r.med(|s| s.p50_us).map_or("-".into(), fmt_num),
@@ -486,7 +488,53 @@ fn print_workload(w: Workload, rows: &[Row]) {
             println!("\nHeap file: {:.0} MiB.", bytes / (1 << 20) as f64);
         }
     }
+    if w == Workload::W3 {
+        print_peak_memory(rows);
+    }
+    if w == Workload::Space {
+        println!("\n| engine | live nodes | payload | file length | file allocated | allocated ÷ payload |");
+        println!("|---|---|---|---|---|---|");
+        let mib = |x: f64| format!("{:.1} MiB", x / (1 << 20) as f64);
+        for r in rows {
+            let payload = r.med(|x| Some(x.bytes as f64)).unwrap_or(f64::NAN);
+            let alloc = r
+                .med(|x| x.file_alloc.map(|v| v as f64))
+                .unwrap_or(f64::NAN);
+            println!(
+                "| {} | {} | {} | {} | {} | {:.3} |",
+                r.case.engine,
+                r.med(|x| Some(x.ops as f64)).map_or("-".into(), fmt_count),
+                mib(payload),
+                mib(r.med(|x| x.file_len.map(|v| v as f64)).unwrap_or(f64::NAN)),
+                mib(alloc),
+                alloc / payload
+            );
+        }
+    }
     println!();
+}
+
+/// W3's peak resident memory per live payload byte (N × 64 bytes), every row.
+fn print_peak_memory(rows: &[Row]) {
+    println!("\nPeak resident memory of each child (`VmHWM`: anonymous and file pages, the mapped store included), median over rounds; capped rows did fewer allocations, so their figure per byte is mostly the process itself.\n");
+    println!("| engine | N | VmHWM | per live payload byte |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        let n = r.med(|x| Some(x.ops as f64)).unwrap_or(f64::NAN);
+        let hwm = r.med(|x| x.hwm.map(|v| v as f64)).unwrap_or(f64::NAN);
+        println!(
+            "| {} | {} | {:.1} MiB | {:.2} |",
+            r.case.engine,
+            fmt_count(n),
+            hwm / (1 << 20) as f64,
+            hwm / (n * 64.0)
+        );
+    }
+}
+
+fn row_of<'a>(rows: &'a [Row], w: Workload, engine: &str) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.case.workload == w && r.case.engine == engine)
 }
 
 /// Print the goals table; return the chart's bars (every ratio, with its goal if any).
@@ -513,7 +561,7 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
     }
     // Absolute goals as bars too: goal ÷ measured for times, measured ÷ goal for rates.
     for g in GOALS.iter().filter(|g| workloads.contains(&g.workload)) {
-        let Some(sv) = subject_of(rows, g.workload).map(Row::value) else {
+        let Some(sv) = row_of(rows, g.workload, g.subject).map(Row::value) else {
             continue;
         };
         let (label, ratio) = match g.target {
@@ -525,6 +573,39 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
                 format!("{}: MB/s ÷ {} MB/s", g.workload.name(), fmt_num(x / 1e6)),
                 sv / x,
             ),
+            Target::BytesPerByteAtMost(x) => (
+                format!(
+                    "{} {}: {x:.2} ÷ file bytes per byte",
+                    g.workload.name(),
+                    g.subject
+                ),
+                x / sv,
+            ),
+            Target::RatioAtLeast(r) if g.subject != "txheap" => {
+                let Some(v) = g.versus.and_then(|v| row_of(rows, g.workload, v)) else {
+                    continue;
+                };
+                bars.push(Bar {
+                    label: format!("{} {} vs {}", g.workload.name(), g.subject, v.case.engine),
+                    ratio: sv / v.value(),
+                    goal: Some(r),
+                    limit: v.case.role == Role::Limit,
+                });
+                continue;
+            }
+            Target::PeakMemoryNotAbove => {
+                let Some(v) = g.versus.and_then(|v| row_of(rows, g.workload, v)) else {
+                    continue;
+                };
+                let hwm = |r: &Row| r.med(|x| x.hwm.map(|h| h as f64)).unwrap_or(f64::NAN);
+                let Some(s) = row_of(rows, g.workload, g.subject) else {
+                    continue;
+                };
+                (
+                    format!("{}: {} VmHWM ÷ txheap's", g.workload.name(), v.case.engine),
+                    hwm(v) / hwm(s),
+                )
+            }
             Target::RatioAtLeast(_) => continue,
         };
         bars.push(Bar {
@@ -538,10 +619,11 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
     println!("| workload | goal | measured | status |");
     println!("|---|---|---|---|");
     for g in GOALS.iter().filter(|g| workloads.contains(&g.workload)) {
-        let Some(subject) = subject_of(rows, g.workload) else {
+        let Some(subject) = row_of(rows, g.workload, g.subject) else {
             continue;
         };
         let sv = subject.value();
+        let hwm = |r: &Row| r.med(|x| x.hwm.map(|h| h as f64)).unwrap_or(f64::NAN);
         let (goal, measured, met) = match (g.target, g.versus) {
             (Target::RatioAtLeast(x), Some(v)) => {
                 let Some(other) = rows
@@ -551,10 +633,11 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
                     continue;
                 };
                 let ratio = sv / other.value();
+                let who = g.subject;
                 let goal = if x < 0.5 {
-                    format!("txheap within {:.0}x of {v} (ratio ≥ {x:.2})", 1.0 / x)
+                    format!("{who} within {:.0}x of {v} (ratio ≥ {x:.2})", 1.0 / x)
                 } else {
-                    format!("txheap ≥ {x:.2}x {v}")
+                    format!("{who} ≥ {x:.2}x {v}")
                 };
                 (goal, format!("{ratio:.2}x"), ratio >= x)
             }
@@ -568,7 +651,28 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
                 format!("{} MB/s", fmt_num(sv / 1e6)),
                 sv >= x,
             ),
-            (Target::RatioAtLeast(_), None) => continue,
+            (Target::BytesPerByteAtMost(x), _) => (
+                format!("{}: file bytes per live payload byte ≤ {x:.2}", g.subject),
+                format!("{sv:.3}"),
+                sv <= x,
+            ),
+            (Target::PeakMemoryNotAbove, Some(v)) => {
+                let Some(other) = row_of(rows, g.workload, v) else {
+                    continue;
+                };
+                let (a, b) = (hwm(subject), hwm(other));
+                (
+                    format!("{} peak resident memory (VmHWM) ≤ {v}'s", g.subject),
+                    format!(
+                        "{:.1} MiB vs {:.1} MiB ({:.2}x)",
+                        a / (1 << 20) as f64,
+                        b / (1 << 20) as f64,
+                        a / b
+                    ),
+                    a <= b,
+                )
+            }
+            (Target::RatioAtLeast(_) | Target::PeakMemoryNotAbove, None) => continue,
         };
         println!(
             "| {} | {goal} | {measured} | {} |",

@@ -8,7 +8,7 @@ use crate::args::ChildArgs;
 pub use crate::args::{Metric, Workload};
 use crate::engines::{limits, lmdb, pmdk, redb_engine, sqlite, txheap_engine, Opener};
 use crate::sample::Sample;
-use crate::{w5, BoxResult};
+use crate::{space, w5, BoxResult};
 
 /// What a case is in its workload's comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +107,7 @@ fn memcpy(a: &ChildArgs<'_>) -> BoxResult<Sample> {
 
 use Role::{Limit, Peer, Subject};
 use Run::{Commits, Custom, OneTx};
-use Workload::{W5Open, W5Replay, W1, W2, W3};
+use Workload::{Space, W5Open, W5Replay, W1, W2, W3};
 
 /// Every case, in the order each round runs them (A B C ... A B C ...).
 pub static CASES: &[Case] = &[
@@ -226,6 +226,13 @@ pub static CASES: &[Case] = &[
         "Durability::Full, log_size 256 MiB",
         OneTx(txheap_engine::full_big_log),
     ),
+    case(
+        W3,
+        "txheap-none",
+        Peer,
+        "txheap with Durability::None, log_size 256 MiB",
+        OneTx(txheap_engine::none_big_log),
+    ),
     case(W3, "lmdb", Peer, "default flags", OneTx(lmdb::durable)),
     case(
         W3,
@@ -302,6 +309,21 @@ pub static CASES: &[Case] = &[
         "memcpy of 64 MiB buffers",
         Custom(memcpy),
     ),
+    // Space: file bytes per live payload byte.
+    case(
+        Space,
+        "txheap",
+        Subject,
+        "Durability::Full, default options (16 MiB log), N nodes in transactions of 1,000",
+        Custom(space::fill),
+    ),
+    case(
+        Space,
+        "txheap-churn",
+        Peer,
+        "the same, then every other node freed and as many allocated again (1,000 per transaction)",
+        Custom(space::churn),
+    ),
 ];
 
 /// The case for `engine` in `workload`.
@@ -326,6 +348,8 @@ pub struct Counts {
     pub open_nodes: u64,
     /// Log bytes the W5 replay set-up writes before stopping without a checkpoint.
     pub replay_log_bytes: u64,
+    /// Live 64-byte nodes of the space workload.
+    pub space_nodes: u64,
     /// Operations per child for capped cases: durable PMDK on a regular file issues several
     /// `msync`s per transaction (W1) and about two per `pmemobj_tx_alloc` (W3), so the
     /// workloads' counts would take from minutes to hours.
@@ -341,6 +365,7 @@ impl Counts {
         memcpy: 16,
         open_nodes: 16 << 20,
         replay_log_bytes: 64 << 20,
+        space_nodes: 1_000_000,
         capped: 500,
     };
     /// `--quick`: fewer operations per child and a 256 MiB heap for W5-open; same rounds.
@@ -351,6 +376,7 @@ impl Counts {
         memcpy: 4,
         open_nodes: 4 << 20,
         replay_log_bytes: 64 << 20,
+        space_nodes: 200_000,
         capped: 100,
     };
 
@@ -362,6 +388,7 @@ impl Counts {
             (W2, _) => self.w2,
             (W3, _) => self.w3,
             (W5Open, _) | (W5Replay, _) => 1,
+            (Space, _) => self.space_nodes,
         };
         if case.capped {
             n.min(self.capped)
@@ -389,6 +416,10 @@ pub enum Target {
     SecsAtMost(f64),
     /// txheap's median throughput is at least this many bytes per second.
     BytesPerSecAtLeast(f64),
+    /// The row's median file bytes per live payload byte is at most this.
+    BytesPerByteAtMost(f64),
+    /// The row's median peak resident memory (VmHWM) is at most the other row's (same N).
+    PeakMemoryNotAbove,
 }
 
 /// A goal of the issue (measured against, not tuned to).
@@ -396,6 +427,8 @@ pub enum Target {
 pub struct Goal {
     /// Workload.
     pub workload: Workload,
+    /// The row the goal is about (its workload's subject, `txheap`, or another txheap row).
+    pub subject: &'static str,
     /// The row compared with, for ratio goals.
     pub versus: Option<&'static str>,
     /// The target.
@@ -405,6 +438,7 @@ pub struct Goal {
 const fn ratio(workload: Workload, versus: &'static str, at_least: f64) -> Goal {
     Goal {
         workload,
+        subject: "txheap",
         versus: Some(versus),
         target: Target::RatioAtLeast(at_least),
     }
@@ -426,21 +460,49 @@ pub static GOALS: &[Goal] = &[
     ratio(W3, "pmdk-forced", 2.0),
     ratio(W3, "limit-malloc", 1.0 / 3.0),
     Goal {
+        subject: "txheap-none",
+        ..ratio(W3, "limit-malloc", 0.5)
+    },
+    Goal {
+        workload: W3,
+        subject: "txheap",
+        versus: Some("lmdb"),
+        target: Target::PeakMemoryNotAbove,
+    },
+    Goal {
         workload: W5Open,
+        subject: "txheap",
         versus: None,
         target: Target::SecsAtMost(0.010),
     },
     Goal {
         workload: W5Replay,
+        subject: "txheap",
         versus: None,
         target: Target::BytesPerSecAtLeast(500e6),
+    },
+    Goal {
+        workload: Space,
+        subject: "txheap",
+        versus: None,
+        target: Target::BytesPerByteAtMost(1.10),
+    },
+    Goal {
+        workload: Space,
+        subject: "txheap-churn",
+        versus: None,
+        target: Target::BytesPerByteAtMost(1.10),
     },
 ];
 
 /// The ratio goal of `workload` against `versus`, if any.
 pub fn ratio_goal(workload: Workload, versus: &str) -> Option<f64> {
     GOALS.iter().find_map(|g| match g.target {
-        Target::RatioAtLeast(r) if g.workload == workload && g.versus == Some(versus) => Some(r),
+        Target::RatioAtLeast(r)
+            if g.workload == workload && g.subject == "txheap" && g.versus == Some(versus) =>
+        {
+            Some(r)
+        }
         _ => None,
     })
 }

@@ -29,8 +29,11 @@ pub struct Sample {
     pub disk_write: Option<u64>,
     /// Length of the store's file after the timed region, when reported (W7).
     pub file_len: Option<u64>,
-    /// Bytes allocated to the store's file on disk (`st_blocks` × 512), when reported (W7).
+    /// Bytes allocated to the store's file on disk (`st_blocks` × 512), when reported (W7,
+    /// space).
     pub file_alloc: Option<u64>,
+    /// The child's peak resident memory (`VmHWM` of `/proc/self/status`) in bytes, at its end.
+    pub hwm: Option<u64>,
 }
 
 impl Sample {
@@ -66,6 +69,7 @@ impl Sample {
             disk_write: None,
             file_len: None,
             file_alloc: None,
+            hwm: None,
         }
     }
 
@@ -81,7 +85,7 @@ impl Sample {
 
     /// Parse a line printed by [`fmt::Display`]: `RESULT engine=.. workload=.. ops=.. secs=..
     /// p50_us=.. p99_us=.. bytes=..` (latencies may be `-`), optionally followed by `disk_read=..
-    /// disk_write=.. file_len=.. file_alloc=..`. Returns `None` for any other line.
+    /// disk_write=.. file_len=.. file_alloc=.. hwm=..`. Returns `None` for any other line.
     pub fn parse(line: &str) -> Option<Sample> {
         let rest = line.trim().strip_prefix("RESULT ")?;
         let mut s = Sample {
@@ -96,6 +100,7 @@ impl Sample {
             disk_write: None,
             file_len: None,
             file_alloc: None,
+            hwm: None,
         };
         let opt = |v: &str| -> Option<Option<f64>> {
             if v == "-" {
@@ -118,6 +123,7 @@ impl Sample {
                 "disk_write" => s.disk_write = Some(v.parse().ok()?),
                 "file_len" => s.file_len = Some(v.parse().ok()?),
                 "file_alloc" => s.file_alloc = Some(v.parse().ok()?),
+                "hwm" => s.hwm = Some(v.parse().ok()?),
                 _ => return None,
             }
         }
@@ -149,6 +155,7 @@ impl fmt::Display for Sample {
             ("disk_write", self.disk_write),
             ("file_len", self.file_len),
             ("file_alloc", self.file_alloc),
+            ("hwm", self.hwm),
         ];
         for (k, v) in extra {
             if let Some(v) = v {

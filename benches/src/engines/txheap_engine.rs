@@ -119,3 +119,18 @@ pub fn full_big_log(
         body,
     )
 }
+
+/// `Durability::None` with a 256 MiB log ([`BIG_LOG`]): W3 without the disk.
+pub fn none_big_log(
+    dir: &Path,
+    body: &mut dyn FnMut(&mut dyn Engine) -> BoxResult<()>,
+) -> BoxResult<()> {
+    with(
+        dir,
+        Options::new()
+            .log_size(BIG_LOG)
+            .max_size(8 << 30)
+            .durability(Durability::None),
+        body,
+    )
+}
