@@ -17,7 +17,7 @@ use crate::pptr::{cast_slice, cast_slice_mut, PPtr, PSlice};
 use crate::shared::Shared;
 use crate::stage::Stage;
 use crate::storage::FileStorage;
-use crate::writer::{inside, CommitPlan, Writer};
+use crate::writer::{add_area, inside, CommitPlan, Writer};
 use txheap_recovery::txheap_log::{FRAME_HEADER_LEN, RANGE_HEADER_LEN};
 use txheap_recovery::Storage;
 use txheap_recovery::{failpoint, phase};
@@ -51,6 +51,9 @@ pub struct Tx<'h> {
     fresh: Vec<(u64, u64)>,
     /// Bytes staged inside `fresh` (approximate; only for the early size check).
     fresh_staged: u64,
+    /// Runs this transaction made from free space so far (under `Full`): from the second on,
+    /// their block areas join `fresh`.
+    new_runs: u32,
     done: bool,
     /// A transaction stays on the thread that began it (as before its stage became `Send`):
     /// the re-entry check knows that thread only.
@@ -158,6 +161,7 @@ impl<'h> Tx<'h> {
             header,
             fresh: Vec::new(),
             fresh_staged: 0,
+            new_runs: 0,
             done: false,
             _not_send: std::marker::PhantomData,
         }
@@ -361,8 +365,19 @@ impl<'h> Tx<'h> {
         // under Full, where every committed free is already durable; `Writer::commit` keeps the
         // log-empty rule.
         if self.sh.durability == Durability::Full {
-            if let Some(area) = self.w.alloc.large_extent(off) {
-                self.fresh.push(area);
+            if let Some(area) = self.w.alloc.take_new_run_area() {
+                // The same holds for the blocks of a run made from free space: small objects in
+                // fresh space go in place too (section 3, step 5a). Not the transaction's first
+                // new run: a transaction that allocates a few objects would pay a second
+                // barrier for them; a bulk one fills a run (or several classes) first.
+                self.new_runs += 1;
+                if self.new_runs >= 2 {
+                    add_area(&mut self.fresh, area);
+                }
+            } else if !Allocator::is_small(size, align) {
+                if let Some(area) = self.w.alloc.large_extent(off) {
+                    add_area(&mut self.fresh, area);
+                }
             }
         }
         Ok(off)

@@ -71,8 +71,9 @@ pub(crate) struct Writer {
 pub(crate) struct CommitPlan<'a> {
     /// Every staged range: user data and allocator metadata.
     pub stage: &'a mut Stage,
-    /// Data areas of large extents this transaction allocated from free space (under `Full`):
-    /// their bytes go in place instead of through the log.
+    /// Data areas of large extents and new runs this transaction allocated from free space
+    /// (under `Full`), disjoint and sorted by start ([`add_area`]): their bytes go in place
+    /// instead of through the log.
     pub fresh: Vec<(u64, u64)>,
     /// The heap header after this transaction.
     pub header: HeapHeader,
@@ -80,9 +81,28 @@ pub(crate) struct CommitPlan<'a> {
     pub in_place: bool,
 }
 
-/// Whether `[off, off+len)` lies inside one of `areas`.
+/// Add `area` to `areas`, which stay sorted by start (the areas are disjoint: each is space
+/// that one transaction took from free space once).
+pub(crate) fn add_area(areas: &mut Vec<(u64, u64)>, area: (u64, u64)) {
+    let i = areas.partition_point(|&(a, _)| a < area.0);
+    areas.insert(i, area);
+}
+
+/// The area of the sorted, disjoint `areas` that contains `p`, if any, else the start of the
+/// next one above `p` (`Err`, `u64::MAX` if none). A binary search: a bulk transaction
+/// collects hundreds of areas, and every write it stages asks (a linear scan made a million
+/// allocations quadratic: 1,046 instructions per allocation at 100,000 and 1,347 at 400,000).
+fn area_at(areas: &[(u64, u64)], p: u64) -> std::result::Result<(u64, u64), u64> {
+    let i = areas.partition_point(|&(a, _)| a <= p);
+    match i.checked_sub(1).map(|j| areas[j]) {
+        Some((a, b)) if p < b => Ok((a, b)),
+        _ => Err(areas.get(i).map_or(u64::MAX, |&(a, _)| a)),
+    }
+}
+
+/// Whether `[off, off+len)` lies inside one of the sorted, disjoint `areas`.
 pub(crate) fn inside(areas: &[(u64, u64)], off: u64, len: u64) -> bool {
-    areas.iter().any(|&(a, b)| a <= off && off + len <= b)
+    matches!(area_at(areas, off), Ok((_, b)) if off + len <= b)
 }
 
 impl CommitPlan<'_> {
@@ -103,17 +123,9 @@ impl CommitPlan<'_> {
             let end = off + bytes.len() as u64;
             let mut p = off;
             while p < end {
-                let (q, in_place) = match fresh.iter().find(|&&(a, b)| a <= p && p < b) {
-                    Some(&(_, b)) => (b.min(end), true),
-                    None => {
-                        let next = fresh
-                            .iter()
-                            .filter(|&&(a, _)| a > p)
-                            .map(|&(a, _)| a)
-                            .min()
-                            .unwrap_or(end);
-                        (next.min(end), false)
-                    }
+                let (q, in_place) = match area_at(fresh, p) {
+                    Ok((_, b)) => (b.min(end), true),
+                    Err(next) => (next.min(end), false),
                 };
                 f(p, &bytes[(p - off) as usize..(q - off) as usize], in_place)?;
                 p = q;
@@ -230,7 +242,7 @@ impl Writer {
             })?;
         }
         failpoint!("commit.after_in_place");
-        let lowest = plan.fresh.iter().map(|&(a, _)| a).min().unwrap_or(u64::MAX);
+        let lowest = plan.fresh.first().map_or(u64::MAX, |&(a, _)| a);
         #[cfg(feature = "test-hooks")]
         let lowest = if recovery::sabotage::active(recovery::sabotage::IN_PLACE_OVER_LOGGED_RANGE) {
             u64::MAX // broken on purpose (crash tests only): never checkpoint here
@@ -247,6 +259,10 @@ impl Writer {
             // it, and the barrier below is enough.
             self.checkpoint(sh)
         } else {
+            #[cfg(feature = "test-hooks")]
+            if recovery::sabotage::active(recovery::sabotage::IN_PLACE_WITHOUT_BARRIER) {
+                return Ok(()); // broken on purpose (crash tests only): the frame may outrun them
+            }
             self.storage
                 .barrier_all()
                 .map_err(|e| sh.fail("fdatasync in-place data", 0, e))
@@ -465,5 +481,35 @@ impl Writer {
             salvaged: sh.salvaged,
             superblock_damage: sh.superblock_damage.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{add_area, area_at, inside};
+
+    #[test]
+    fn areas_stay_sorted_and_answer_like_a_scan() {
+        // Pushed out of order, as a transaction's extents and runs can be.
+        let mut areas = Vec::new();
+        for (a, b) in [(500, 600), (100, 200), (300, 350), (700, 1000)] {
+            add_area(&mut areas, (a, b));
+        }
+        assert!(areas.windows(2).all(|w| w[0].1 <= w[1].0), "{areas:?}");
+        for p in 0..1100u64 {
+            let scan = areas.iter().find(|&&(a, b)| a <= p && p < b).copied();
+            let next = areas
+                .iter()
+                .map(|&(a, _)| a)
+                .filter(|&a| a > p)
+                .min()
+                .unwrap_or(u64::MAX);
+            assert_eq!(area_at(&areas, p), scan.ok_or(next), "at {p}");
+            for len in [1u64, 50, 100] {
+                let want = areas.iter().any(|&(a, b)| a <= p && p + len <= b);
+                assert_eq!(inside(&areas, p, len), want, "[{p}, +{len})");
+            }
+        }
+        assert_eq!(area_at(&[], 7), Err(u64::MAX));
     }
 }

@@ -50,6 +50,10 @@ fn every_broken_variant_is_caught() {
             "log sentinel before the heap barrier",
             sabotage::SENTINEL_BEFORE_HEAP_BARRIER,
         ),
+        (
+            "in-place bytes without their barrier",
+            sabotage::IN_PLACE_WITHOUT_BARRIER,
+        ),
     ];
     let (clean, what) = violations(0, 1..3);
     assert_eq!(clean, 0, "the unbroken protocol must pass: {what}");

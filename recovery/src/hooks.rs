@@ -40,6 +40,10 @@ pub mod sabotage {
     /// at its start) before the heap barrier: the frames it covers may be gone before the
     /// heap holds their writes.
     pub const SENTINEL_BEFORE_HEAP_BARRIER: u32 = 64;
+    /// txheap writes a commit's in-place bytes (fresh large extents and runs) but skips the
+    /// barrier that makes them durable before the frame: a power cut can then keep the
+    /// committed frame and lose the bytes.
+    pub const IN_PLACE_WITHOUT_BARRIER: u32 = 128;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);

@@ -181,6 +181,9 @@ pub(crate) struct Allocator {
     deferred: Vec<Deferred>,
     freed_blocks: HashSet<u64, Keyed>,
     pending_frees: HashMap<u32, u64, Keyed>,
+    /// The run the last allocation created from free space, until the caller takes it
+    /// ([`Allocator::take_new_run_area`]); cleared at commit and rollback.
+    new_run: Option<u32>,
 }
 
 impl Allocator {
@@ -197,6 +200,7 @@ impl Allocator {
             deferred: Vec::new(),
             freed_blocks: HashSet::default(),
             pending_frees: HashMap::default(),
+            new_run: None,
         }
     }
 
@@ -301,6 +305,11 @@ impl Allocator {
         }
     }
 
+    /// Whether an allocation of `size` bytes at `align` comes from a run (else an extent).
+    pub(crate) fn is_small(size: u64, align: u64) -> bool {
+        size <= SMALL_MAX && class_for(size, align).is_some()
+    }
+
     fn alloc_small(&mut self, mem: &mut dyn TxMem, class: usize) -> Result<u64> {
         let c = loop {
             match self.partial[class].first() {
@@ -312,7 +321,7 @@ impl Allocator {
         let g = RunGeom::of_class(class);
         let base = self.chunk_offset(c);
         let words = g.bitmap_words();
-        let hint = self.runs[&c].hint;
+        let hint = self.runs[&c].hint; // (scanned: the loop above just looked it up)
         for i in 0..words {
             let w = (hint + i) % words;
             let word_off = base + w * 8;
@@ -329,13 +338,23 @@ impl Allocator {
                 avail &= avail - 1;
                 let idx = w * 64 + bit;
                 let off = base + g.data_offset + idx * g.block_size;
-                if self.freed_blocks.contains(&off) {
+                if !self.freed_blocks.is_empty() && self.freed_blocks.contains(&off) {
                     continue; // freed by this transaction: not reusable before it commits
                 }
                 mem.write(word_off, &(word | 1 << bit).to_le_bytes())?;
-                self.run_free_delta(c, -1);
-                self.undo.push(Undo::RunFree(c, -1));
-                self.runs.get_mut(&c).expect("live run").hint = w;
+                // `run_free_delta(c, -1)` and the hint, with one lookup of the run.
+                let rs = self.runs.get_mut(&c).expect("live run");
+                rs.free = rs.free.wrapping_sub(1); // (as run_free_delta: a partial run has free > 0)
+                rs.hint = w;
+                if rs.free == 0 {
+                    self.partial[class].remove(&c);
+                }
+                // One journal entry per run and streak, not per allocation (a bulk transaction
+                // made a million): a rollback applies the sum, which ends in the same state.
+                match self.undo.last_mut() {
+                    Some(Undo::RunFree(last, d)) if *last == c => *d -= 1,
+                    _ => self.undo.push(Undo::RunFree(c, -1)),
+                }
                 return Ok(off);
             }
         }
@@ -365,7 +384,18 @@ impl Allocator {
         );
         self.partial[class].insert(c);
         self.undo.push(Undo::RunAdded(c));
+        self.new_run = Some(c);
         Ok(c)
+    }
+
+    /// If the last allocation made a new run from free space: that run's block area
+    /// `[chunk start + data offset, chunk end)`, which nothing reaches unless this transaction
+    /// commits (its bitmap, at the chunk's start, stays outside). Taken once.
+    pub(crate) fn take_new_run_area(&mut self) -> Option<(u64, u64)> {
+        let c = self.new_run.take()?;
+        let g = RunGeom::of_class(self.runs.get(&c)?.class);
+        let base = self.chunk_offset(c);
+        Some((base + g.data_offset, base + CHUNK_SIZE))
     }
 
     fn alloc_large(&mut self, mem: &mut dyn TxMem, size: u64) -> Result<u64> {
@@ -617,6 +647,7 @@ impl Allocator {
         self.undo.clear();
         self.freed_blocks.clear();
         self.pending_frees.clear();
+        self.new_run = None;
     }
 
     /// The transaction aborted: restore the indexes exactly.
@@ -640,6 +671,7 @@ impl Allocator {
             }
         }
         self.deferred.clear();
+        self.new_run = None;
         self.freed_blocks.clear();
         self.pending_frees.clear();
     }
