@@ -240,6 +240,7 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         header,
     );
     shared.salvaged = log.salvaged;
+    shared.in_place_min = options.in_place_min;
     shared.superblock_damage = (!damaged.is_empty()).then(|| {
         damaged
             .iter()

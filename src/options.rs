@@ -64,6 +64,9 @@ impl Access {
     }
 }
 
+/// Default of [`Options::in_place_min`].
+const IN_PLACE_MIN_DEFAULT: u64 = 4 << 20;
+
 /// How to create or open a heap (builder style).
 ///
 /// ```
@@ -83,6 +86,7 @@ pub struct Options {
     pub(crate) durability: Durability,
     pub(crate) salvage: bool,
     pub(crate) access: Access,
+    pub(crate) in_place_min: u64,
     #[cfg(feature = "test-hooks")]
     pub(crate) trace: Option<crate::Trace>,
 }
@@ -96,6 +100,7 @@ impl Default for Options {
             durability: Durability::Full,
             salvage: false,
             access: Access::Random,
+            in_place_min: IN_PLACE_MIN_DEFAULT,
             #[cfg(feature = "test-hooks")]
             trace: None,
         }
@@ -171,6 +176,32 @@ impl Options {
     /// ```
     pub fn access(mut self, access: Access) -> Self {
         self.access = access;
+        self
+    }
+    /// Under [`Durability::None`]: how many bytes of new objects a transaction must write into
+    /// space it took from free space (large objects, and the runs of small ones it made after
+    /// its first) before those bytes skip the log and go straight to the file (default 4 MiB).
+    ///
+    /// Below it, a `None` commit makes no system call and its bytes are copied through the log.
+    /// At or above it (or when they would not fit the log), the commit first flushes (one
+    /// barrier of the log written so far, the private pages written back), then writes the new
+    /// objects in place and makes them durable with a second barrier, and logs only the rest:
+    /// a bulk load writes its bytes once instead of three times, and an object of any size fits
+    /// whatever the log's size. (Under [`Durability::Full`] such bytes always go in place: the
+    /// commit pays a barrier anyway.) `u64::MAX` keeps everything in the log when it fits.
+    ///
+    /// ```
+    /// use txheap::{Durability, Options};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let o = Options::new().durability(Durability::None).log_size(1 << 20).in_place_min(1 << 20);
+    /// let heap = txheap::Heap::create(dir.path().join("ip.heap"), o)?;
+    /// // 8 MiB in one transaction, with a 1 MiB log: the bytes go in place.
+    /// let s = heap.transaction(|tx| tx.alloc_slice_zeroed::<u8>(8 << 20))?;
+    /// assert_eq!(heap.read(|r| Ok(r.slice(s)?.len()))?, 8 << 20);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn in_place_min(mut self, bytes: u64) -> Self {
+        self.in_place_min = bytes;
         self
     }
     /// Record every write, barrier and growth of the file by the opened handle (feature

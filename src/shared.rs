@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub salvaged: Option<(u64, u64)>,
     /// Superblock slots the open found damaged (it used the other one).
     pub superblock_damage: Option<String>,
+    /// [`crate::Options::in_place_min`].
+    pub in_place_min: u64,
 }
 
 impl Shared {
@@ -62,6 +64,7 @@ impl Shared {
             poison: Mutex::new(None),
             salvaged: None,
             superblock_damage: None,
+            in_place_min: u64::MAX,
         }
     }
 

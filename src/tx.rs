@@ -361,10 +361,11 @@ impl<'h> Tx<'h> {
     fn alloc_raw(&mut self, size: u64, align: u64) -> Result<u64> {
         let off = self.mem_op(|a, m| a.alloc(m, size, align))?;
         // A large extent taken from free space is unreachable unless this transaction commits, so
-        // its bytes may be written in place (docs/ARCHITECTURE.md, section 3, step 5a). Only
-        // under Full, where every committed free is already durable; `Writer::commit` keeps the
+        // its bytes may be written in place (docs/ARCHITECTURE.md, section 3, step 5a). Under
+        // `None` only if they are many (`Tx::commit` decides), and `Writer::commit` first
+        // flushes so that every committed free is durable, as under `Full`; it also keeps the
         // log-empty rule.
-        if self.sh.durability == Durability::Full {
+        {
             if let Some(area) = self.w.alloc.take_new_run_area() {
                 // The same holds for the blocks of a run made from free space: small objects in
                 // fresh space go in place too (section 3, step 5a). Not the transaction's first
@@ -556,35 +557,55 @@ impl<'h> Tx<'h> {
             return Ok(());
         }
         let w = &mut *self.w;
+        let log_size = self.sh.geo.log_size;
+        let mut fresh = std::mem::take(&mut self.fresh);
+        // Under `None` a commit makes no system call unless its in-place bytes are many (they
+        // then cost two barriers, section 3 step 5a): a few go through the log, unless the
+        // frame would then not fit.
+        let few = self.sh.durability == Durability::None
+            && !fresh.is_empty()
+            && self.fresh_staged < self.sh.in_place_min;
         let mut plan = CommitPlan {
             stage: &mut self.stage,
-            fresh: std::mem::take(&mut self.fresh),
+            fresh: if few {
+                Vec::new()
+            } else {
+                std::mem::take(&mut fresh)
+            },
             header: self.header,
             in_place: false,
         };
-        // The frame: every staged range, user data and allocator metadata alike, except the
-        // pieces that go in place.
-        w.frame.clear();
-        let log_size = self.sh.geo.log_size;
-        let mut in_place = false;
-        plan.for_each_piece(|at, piece, direct| {
-            if direct {
-                in_place = true;
-                return Ok(());
-            }
-            // A range longer than u32::MAX cannot be staged (the log is smaller), but say so.
-            w.frame
-                .push_range(at, piece)
-                .map_err(|_| Error::TransactionTooLarge {
-                    bytes: piece.len() as u64,
-                    log_size,
-                })
-        })?;
-        plan.in_place = in_place;
+        build_frame(w, &mut plan, log_size)?;
+        if few && w.frame.encoded_len() as u64 > log_size {
+            plan.fresh = std::mem::take(&mut fresh);
+            build_frame(w, &mut plan, log_size)?;
+        }
         w.commit(self.sh, plan)?;
         self.done = true;
         Ok(())
     }
+}
+
+/// The frame of `plan` in `w.frame`: every staged range, user data and allocator metadata
+/// alike, except the pieces that go in place (which set `plan.in_place`).
+fn build_frame(w: &mut Writer, plan: &mut CommitPlan<'_>, log_size: u64) -> Result<()> {
+    w.frame.clear();
+    let mut in_place = false;
+    plan.for_each_piece(|at, piece, direct| {
+        if direct {
+            in_place = true;
+            return Ok(());
+        }
+        // A range longer than u32::MAX cannot be staged (the log is smaller), but say so.
+        w.frame
+            .push_range(at, piece)
+            .map_err(|_| Error::TransactionTooLarge {
+                bytes: piece.len() as u64,
+                log_size,
+            })
+    })?;
+    plan.in_place = in_place;
+    Ok(())
 }
 
 impl Drop for Tx<'_> {

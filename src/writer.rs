@@ -225,6 +225,21 @@ impl Writer {
                 log_size: sh.geo.log_size,
             });
         }
+        if sh.durability == Durability::None {
+            // Under `None` the frees of earlier commits may not be durable yet, and their bytes
+            // may sit in private pages that would hide the in-place bytes from the mapping (and
+            // overwrite them at the next flush). The flush barriers the log written so far (every
+            // committed free is then durable, as under `Full`) and writes and drops the private
+            // pages. It must come before the pwrites: the kernel may write a page back at any
+            // moment after them.
+            #[cfg(feature = "test-hooks")]
+            let skip = recovery::sabotage::active(recovery::sabotage::IN_PLACE_BEFORE_FLUSH);
+            #[cfg(not(feature = "test-hooks"))]
+            let skip = false;
+            if !skip {
+                self.flush(sh)?;
+            }
+        }
         {
             // The pwrites are visible through the mapping at once (MAP_PRIVATE pages not yet
             // copied show the page cache), and a reader may hold a slice over this extent

@@ -204,6 +204,9 @@ pub fn options(durability: Durability) -> Options {
         .initial_size(1 << 20)
         .log_size(640 << 10)
         .max_size(256 << 20)
+        // Under None, objects from 64 KiB up (a payload in eight) go in place, so the
+        // simulator and the kill -9 campaign cover that path too.
+        .in_place_min(64 << 10)
         .durability(durability)
 }
 

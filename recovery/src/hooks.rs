@@ -44,6 +44,10 @@ pub mod sabotage {
     /// barrier that makes them durable before the frame: a power cut can then keep the
     /// committed frame and lose the bytes.
     pub const IN_PLACE_WITHOUT_BARRIER: u32 = 128;
+    /// Under `Durability::None`, txheap writes a commit's in-place bytes without the flush that
+    /// must come first: the free that made their space free may not be durable (a power cut
+    /// can keep the bytes and lose the free), and private pages can hide them.
+    pub const IN_PLACE_BEFORE_FLUSH: u32 = 256;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);
