@@ -63,6 +63,12 @@ impl PageBatch {
         let pages_of =
             |&(off, _, len): &(u64, usize, usize)| off / P..(off + len as u64).div_ceil(P);
         let mut pages: Vec<u64> = Vec::new();
+        // The last few pages pushed: small transactions write the same few pages again and
+        // again (the heap header, the root, a bitmap), and a page seen recently is not pushed
+        // twice. Without it, the list filled with repeats, and sorting it each time it reached
+        // the batch's size was a fifth of a replay of small frames (perf, W5-replay).
+        let mut recent = [u64::MAX; 8];
+        let mut next = 0;
         let mut j = start;
         while j < ranges.len() {
             let need = pages_of(&ranges[j]);
@@ -73,7 +79,13 @@ impl PageBatch {
                     break;
                 }
             }
-            pages.extend(need);
+            for p in need {
+                if !recent.contains(&p) {
+                    pages.push(p);
+                    recent[next] = p;
+                    next = (next + 1) % recent.len();
+                }
+            }
             j += 1;
         }
         pages.sort_unstable();
@@ -93,28 +105,26 @@ impl PageBatch {
                     .map_err(io_err("read pages to replay into", at))?;
             }
         }
-        // Apply the batch's ranges in log order.
-        let mut last = (u64::MAX, 0usize);
+        // Apply the batch's ranges in log order. Every page a range touches is looked up (and
+        // must be in the batch), first among the last few found: small frames alternate
+        // between a few pages, and three binary searches per range (two of them in an
+        // assertion that this lookup already makes) were most of this function's time.
+        let mut found = [(u64::MAX, 0usize); 8];
+        let mut next = 0;
         for &(off, start, len) in &ranges[start..j] {
-            if len > 0 {
-                let (first_page, last_page) = (off / P, (off + len as u64 - 1) / P);
-                assert!(
-                    pages.binary_search(&first_page).is_ok()
-                        && pages.binary_search(&last_page).is_ok(),
-                    "replay: range {off}+{len} lies outside its page batch"
-                );
-            }
             let (mut pos, mut rest) = (off, &arena[start..start + len]);
             while !rest.is_empty() {
                 let page = pos / P;
-                let slot = if last.0 == page {
-                    last.1
-                } else {
-                    let slot = pages
-                        .binary_search(&page)
-                        .expect("replay: every page a range touches is in its batch");
-                    last = (page, slot);
-                    slot
+                let slot = match found.iter().find(|f| f.0 == page) {
+                    Some(&(_, slot)) => slot,
+                    None => {
+                        let slot = pages.binary_search(&page).unwrap_or_else(|_| {
+                            panic!("replay: range {off}+{len} lies outside its page batch")
+                        });
+                        found[next] = (page, slot);
+                        next = (next + 1) % found.len();
+                        slot
+                    }
                 };
                 let in_page = (pos % P) as usize;
                 let n = rest.len().min(P as usize - in_page);
@@ -458,9 +468,16 @@ where
     // refused before a byte of the file changes. (At most the log's size is held.)
     // Capacity for a full log up front (address space only until used): growing by doubling
     // copied the arena over and over.
+    // Capped, so that a log larger than memory plus swap does not fail the reservation itself
+    // (an abort, not an error); past the cap the vectors grow as usual. The ranges' capacity
+    // is one per 64 log bytes (a range txheap writes costs more than that in a frame: its
+    // 16-byte header and at least one 64-byte line), so it is not outgrown below the cap (a
+    // hostile log of tiny ranges only makes it grow): its doubling was a copy of tens of
+    // megabytes of fresh pages (perf, W5-replay).
     let log_size = usize::try_from(sb.log_size).unwrap_or(usize::MAX);
-    let mut arena: Vec<u8> = Vec::with_capacity(log_size);
-    let mut ranges: Vec<(u64, usize, usize)> = Vec::with_capacity(log_size / 256);
+    const RESERVE_MAX: usize = 1 << 30;
+    let mut arena: Vec<u8> = Vec::with_capacity(log_size.min(RESERVE_MAX));
+    let mut ranges: Vec<(u64, usize, usize)> = Vec::with_capacity(log_size.min(RESERVE_MAX) / 64);
     let scan = scan_log(&*storage, &sb, &mut |off, bytes| {
         ranges.push((off, arena.len(), bytes.len()));
         arena.extend_from_slice(bytes);

@@ -205,11 +205,7 @@ impl LogWindow {
             let i = (from - self.start) as usize;
             let last = self.buf.len() - FRAME_HEADER_LEN;
             let positions = (last - i) / FRAME_ALIGN + 1;
-            let hit = self.buf[i..]
-                .chunks(FRAME_ALIGN)
-                .take(positions)
-                .position(|c| c[..4] == magic);
-            if let Some(k) = hit {
+            if let Some(k) = find_magic(&self.buf[i..], positions, magic) {
                 return Ok(Some(from + (k * FRAME_ALIGN) as u64));
             }
             // Every aligned position up to `last` was looked at; go on after it.
@@ -217,6 +213,31 @@ impl LogWindow {
         }
         Ok(None)
     }
+}
+
+/// The first of the `positions` `FRAME_ALIGN`-spaced positions of `buf` where `magic` starts.
+/// Blocks of 64 zero bytes (the rest of a log that never wrapped is all zeros) are passed over
+/// with one vectorised test each instead of eight compares: the damage search reads the whole
+/// region after the log's end on every open that replays (perf, W5-replay).
+fn find_magic(buf: &[u8], positions: usize, magic: [u8; 4]) -> Option<usize> {
+    const BLOCK: usize = 64;
+    const PER_BLOCK: usize = BLOCK / FRAME_ALIGN;
+    let mut k = 0;
+    while k < positions {
+        let at = k * FRAME_ALIGN;
+        if k % PER_BLOCK == 0 && k + PER_BLOCK <= positions && at + BLOCK <= buf.len() {
+            let block = &buf[at..at + BLOCK];
+            if block.iter().fold(0u8, |acc, &b| acc | b) == 0 {
+                k += PER_BLOCK;
+                continue;
+            }
+        }
+        if buf[at..at + 4] == magic {
+            return Some(k);
+        }
+        k += 1;
+    }
+    None
 }
 
 /// Whether a whole frame that verifies starts at log-relative offset `at` (read on its own,
@@ -355,4 +376,45 @@ pub fn scan_log<S: Storage + ?Sized>(
         stop,
         damage,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{find_magic, FRAME_ALIGN};
+
+    /// `find_magic` answers as the plain scan of every position, on buffers of zero blocks with
+    /// a few magics (aligned and not) and stray bytes, at every start and position count.
+    #[test]
+    fn find_magic_matches_a_plain_scan() {
+        let magic = *b"TXFR";
+        let plain = |buf: &[u8], positions: usize| {
+            (0..positions).find(|&k| buf[k * FRAME_ALIGN..][..4] == magic)
+        };
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..300 {
+            let mut buf = vec![0u8; 1024];
+            for _ in 0..(seed % 4) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let at = (seed >> 33) as usize % (buf.len() - 4);
+                if seed & 1 == 0 {
+                    buf[at..at + 4].copy_from_slice(&magic);
+                } else {
+                    buf[at] = (seed >> 8) as u8 | 1;
+                }
+            }
+            for start in [0, 8, 56, 64, 200] {
+                let b = &buf[start..];
+                let max = (b.len() - 4) / FRAME_ALIGN + 1;
+                for positions in [0, 1, 7, 8, 9, max / 2, max] {
+                    assert_eq!(
+                        find_magic(b, positions, magic),
+                        plain(b, positions),
+                        "start {start}, {positions} positions"
+                    );
+                }
+            }
+        }
+    }
 }
