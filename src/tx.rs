@@ -46,13 +46,14 @@ pub struct Tx<'h> {
     w: &'h mut Writer,
     stage: Stage,
     header: HeapHeader,
-    /// Data areas of large extents this transaction allocated (under `Durability::Full`): bytes
-    /// staged inside them are written in place at commit instead of through the log.
+    /// Data areas of large extents and new runs this transaction took from free space, sorted:
+    /// bytes staged inside them are written in place at commit instead of through the log
+    /// (under `None` only past `Options::in_place_min`, see `Tx::commit`).
     fresh: Vec<(u64, u64)>,
     /// Bytes staged inside `fresh` (approximate; only for the early size check).
     fresh_staged: u64,
-    /// Runs this transaction made from free space so far (under `Full`): from the second on,
-    /// their block areas join `fresh`.
+    /// Runs this transaction made from free space so far: from the second on, their block
+    /// areas join `fresh`.
     new_runs: u32,
     done: bool,
     /// A transaction stays on the thread that began it (as before its stage became `Send`):
@@ -365,20 +366,18 @@ impl<'h> Tx<'h> {
         // `None` only if they are many (`Tx::commit` decides), and `Writer::commit` first
         // flushes so that every committed free is durable, as under `Full`; it also keeps the
         // log-empty rule.
-        {
-            if let Some(area) = self.w.alloc.take_new_run_area() {
-                // The same holds for the blocks of a run made from free space: small objects in
-                // fresh space go in place too (section 3, step 5a). Not the transaction's first
-                // new run: a transaction that allocates a few objects would pay a second
-                // barrier for them; a bulk one fills a run (or several classes) first.
-                self.new_runs += 1;
-                if self.new_runs >= 2 {
-                    add_area(&mut self.fresh, area);
-                }
-            } else if !Allocator::is_small(size, align) {
-                if let Some(area) = self.w.alloc.large_extent(off) {
-                    add_area(&mut self.fresh, area);
-                }
+        if let Some(area) = self.w.alloc.take_new_run_area() {
+            // The same holds for the blocks of a run made from free space: small objects in
+            // fresh space go in place too (section 3, step 5a). Not the transaction's first new
+            // run: a transaction that allocates a few objects would pay a second barrier for
+            // them; a bulk one fills a run (or several classes) first.
+            self.new_runs += 1;
+            if self.new_runs >= 2 {
+                add_area(&mut self.fresh, area);
+            }
+        } else if !Allocator::is_small(size, align) {
+            if let Some(area) = self.w.alloc.large_extent(off) {
+                add_area(&mut self.fresh, area);
             }
         }
         Ok(off)

@@ -71,9 +71,9 @@ pub(crate) struct Writer {
 pub(crate) struct CommitPlan<'a> {
     /// Every staged range: user data and allocator metadata.
     pub stage: &'a mut Stage,
-    /// Data areas of large extents and new runs this transaction allocated from free space
-    /// (under `Full`), disjoint and sorted by start ([`add_area`]): their bytes go in place
-    /// instead of through the log.
+    /// Data areas of large extents and new runs this transaction allocated from free space,
+    /// disjoint and sorted by start ([`add_area`]): their bytes go in place instead of through
+    /// the log (under `None` only when `Tx::commit` keeps them, section 3 step 5a).
     pub fresh: Vec<(u64, u64)>,
     /// The heap header after this transaction.
     pub header: HeapHeader,

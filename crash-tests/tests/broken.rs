@@ -87,27 +87,43 @@ fn every_broken_variant_is_caught() {
     }
 }
 
+/// Run `ops` through the exhaustive checker under `durability`, unbroken and then with `mask`:
+/// the unbroken run must pass and the broken one must be caught.
+fn exact_sequence_is_caught(
+    name: &str,
+    ops: &[crash_tests::ops::Op],
+    durability: Durability,
+    mask: u32,
+) {
+    use crash_tests::ops::check_ops;
+    let _mask = MASK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = crash_tests::scratch_dir();
+    let (images, bad) = check_ops(dir.path(), ops, durability, 8, 3, 1);
+    assert!(bad.is_empty(), "unbroken: {}", bad[0]);
+    sabotage::set(mask);
+    let (broken_images, broken) = check_ops(dir.path(), ops, durability, 8, 3, 1);
+    sabotage::set(0);
+    crash_tests::report(&format!(
+        "broken variant \"{name}\": caught ({} violations in {broken_images} images; unbroken: \
+         0 in {images}; first: {})",
+        broken.len(),
+        broken.first().map_or("", |s| s.as_str())
+    ));
+    assert!(!broken.is_empty(), "the simulator did not catch it: {name}");
+}
+
 /// The in-place rule's sabotage needs a frame still in the log that wrote into an extent which
 /// is then freed and taken again by an in-place allocation: the random workload rarely does
 /// that, so this exact sequence runs through the exhaustive checker, with and without it.
 #[test]
 fn in_place_over_a_logged_range_is_caught() {
-    use crash_tests::ops::{check_ops, Op};
-    let _mask = MASK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = crash_tests::scratch_dir();
-    let ops = [Op::AllocLarge, Op::Rewrite, Op::Free, Op::AllocLarge];
-    let (images, bad) = check_ops(dir.path(), &ops, Durability::Full, 8, 3, 1);
-    assert!(bad.is_empty(), "unbroken: {}", bad[0]);
-    sabotage::set(sabotage::IN_PLACE_OVER_LOGGED_RANGE);
-    let (broken_images, broken) = check_ops(dir.path(), &ops, Durability::Full, 8, 3, 1);
-    sabotage::set(0);
-    crash_tests::report(&format!(
-        "broken variant \"in place over a range a logged frame wrote\": caught ({} violations in \
-         {broken_images} images; unbroken: 0 in {images}; first: {})",
-        broken.len(),
-        broken.first().map_or("", |s| s.as_str())
-    ));
-    assert!(!broken.is_empty(), "the simulator did not catch it");
+    use crash_tests::ops::Op;
+    exact_sequence_is_caught(
+        "in place over a range a logged frame wrote",
+        &[Op::AllocLarge, Op::Rewrite, Op::Free, Op::AllocLarge],
+        Durability::Full,
+        sabotage::IN_PLACE_OVER_LOGGED_RANGE,
+    );
 }
 
 /// Under `None`, in-place bytes need a flush first: the free that made their space free must be
@@ -116,20 +132,11 @@ fn in_place_over_a_logged_range_is_caught() {
 /// its free (its frame only in the log, not durable), and a new object in its place.
 #[test]
 fn in_place_before_the_flush_is_caught() {
-    use crash_tests::ops::{check_ops, Op};
-    let _mask = MASK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = crash_tests::scratch_dir();
-    let ops = [Op::AllocLarge, Op::Free, Op::AllocLarge];
-    let (images, bad) = check_ops(dir.path(), &ops, Durability::None, 8, 3, 1);
-    assert!(bad.is_empty(), "unbroken: {}", bad[0]);
-    sabotage::set(sabotage::IN_PLACE_BEFORE_FLUSH);
-    let (broken_images, broken) = check_ops(dir.path(), &ops, Durability::None, 8, 3, 1);
-    sabotage::set(0);
-    crash_tests::report(&format!(
-        "broken variant \"in place under None before the flush\": caught ({} violations in \
-         {broken_images} images; unbroken: 0 in {images}; first: {})",
-        broken.len(),
-        broken.first().map_or("", |s| s.as_str())
-    ));
-    assert!(!broken.is_empty(), "the simulator did not catch it");
+    use crash_tests::ops::Op;
+    exact_sequence_is_caught(
+        "in place under None before the flush",
+        &[Op::AllocLarge, Op::Free, Op::AllocLarge],
+        Durability::None,
+        sabotage::IN_PLACE_BEFORE_FLUSH,
+    );
 }
