@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use txheap::{Durability, Heap, Options, PPtr};
 
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 struct Node {
     value: u64,
@@ -19,7 +19,7 @@ struct Node {
     payload: [u64; 6],
 }
 
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 struct Root {
     head: PPtr<Node>,

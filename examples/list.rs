@@ -8,7 +8,7 @@
 
 use txheap::{Heap, Options, PPtr};
 
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 struct Node {
     value: u64,
@@ -16,7 +16,7 @@ struct Node {
 }
 
 /// The application's root: the list's head and tail, and how many nodes it has.
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 struct Root {
     head: PPtr<Node>,

@@ -189,6 +189,10 @@ pub enum Error {
         requested_size: u64,
         /// Fingerprint of the type asked for.
         requested_fingerprint: u64,
+        /// The stored root's layout, as the file describes it.
+        stored_layout: String,
+        /// The layout of the type asked for ([`crate::describe`]).
+        requested_layout: String,
     },
     /// The root type is larger than the root area.
     RootTooLarge {
@@ -210,6 +214,24 @@ pub enum Error {
     /// `transaction`, `flush`, `checkpoint`, `stats` or `close` was called while this thread
     /// already runs a transaction, or a `read` closure, on this heap (it would deadlock).
     NestedTransaction,
+    /// A collection holds elements of another stored type than the one asked for.
+    TypeMismatch {
+        /// The collection's offset.
+        offset: u64,
+        /// What it holds (`"key"`, `"value"` or `"element"`).
+        role: &'static str,
+        /// The stored [`crate::Stored::ID`] of the elements it holds.
+        stored_id: u64,
+        /// The type asked for ([`crate::describe`]), with its identity.
+        requested: String,
+    },
+    /// An index past the end of a collection.
+    IndexOutOfRange {
+        /// The index given.
+        index: u64,
+        /// The collection's length.
+        len: u64,
+    },
 }
 
 /// Shorthand for `Result<T, txheap::Error>`.
@@ -319,10 +341,12 @@ impl fmt::Display for Error {
                 stored_fingerprint,
                 requested_size,
                 requested_fingerprint,
+                stored_layout,
+                requested_layout,
             } => write!(
                 f,
-                "root type mismatch: file holds a {stored_size}-byte root (fingerprint {stored_fingerprint:#018x}), \
-                 asked for a {requested_size}-byte type (fingerprint {requested_fingerprint:#018x})"
+                "root type mismatch: file holds a {stored_size}-byte root {stored_layout} (identity {stored_fingerprint:#018x}), \
+                 asked for a {requested_size}-byte {requested_layout} (identity {requested_fingerprint:#018x})"
             ),
             Error::RootTooLarge { size, max } => {
                 write!(f, "root type of {size} bytes exceeds the {max}-byte root area")
@@ -333,6 +357,18 @@ impl fmt::Display for Error {
                 "heap is poisoned after an I/O failure ({cause}); reopen it to recover"
             ),
             Error::ReadOnly => write!(f, "heap was opened read-only"),
+            Error::TypeMismatch {
+                offset,
+                role,
+                stored_id,
+                requested,
+            } => write!(
+                f,
+                "collection at {offset} holds {role}s of stored identity {stored_id:#018x}, asked for {requested}"
+            ),
+            Error::IndexOutOfRange { index, len } => {
+                write!(f, "index {index} is out of range for a collection of length {len}")
+            }
             Error::NestedTransaction => {
                 write!(f, "a transaction or read closure is already running on this heap in this thread (transaction, flush, checkpoint, stats and close would deadlock)")
             }

@@ -31,7 +31,7 @@ use txheap_recovery::phase;
 /// use txheap::{Heap, Options, PPtr};
 /// # let dir = tempfile::tempdir().unwrap();
 /// # let path = dir.path().join("doc.heap");
-/// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+/// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 /// #[repr(C)]
 /// struct Root { count: u64, last: PPtr<u64> }
 ///

@@ -5,13 +5,13 @@
 //! root fingerprint, and reading the heap header from any byte source. May not: touch the
 //! file or the mapping (callers pass a `read` function).
 
-use bytemuck::Pod;
 use txheap_recovery::{Superblock, PAGE_SIZE};
 
-use crate::alloc::{HeapHeader, HEAP_HEADER_LEN};
+use crate::alloc::{HeapHeader, HEAP_HEADER_LEN, ROOT_IDENTITY_STORED};
 use crate::error::{Error, Result};
 use crate::limits::{ALIGN_MAX, CHUNK_SIZE, ROOT_LEN_MAX};
 use crate::pptr::PSlice;
+use crate::stored::{describe, Stored};
 
 /// Fixed offsets of an open heap.
 #[derive(Debug, Clone, Copy)]
@@ -88,8 +88,10 @@ impl Geometry {
     }
 }
 
-/// FNV-1a over the type's name, size and alignment: the root's identity in the file.
-pub(crate) fn fingerprint<T>() -> u64 {
+/// FNV-1a over `std::any::type_name`, size and alignment: the root's identity in files written
+/// before [`Stored`] (heap header `root_identity` 0). Still accepted when it matches, so those
+/// files open; the compiler's type names are not stable, so new roots use [`Stored::ID`].
+pub(crate) fn legacy_fingerprint<T>() -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let name = std::any::type_name::<T>().as_bytes();
     let size = (std::mem::size_of::<T>() as u64).to_le_bytes();
@@ -101,8 +103,43 @@ pub(crate) fn fingerprint<T>() -> u64 {
     h
 }
 
-/// Check a root type against what the heap header says.
-pub(crate) fn check_root<T: Pod>(header: &HeapHeader) -> Result<bool> {
+/// Where the root type's description lives: after the heap header, in the rest of its page
+/// (docs/FORMAT.md): a u16 length, then that many bytes of UTF-8.
+pub(crate) const ROOT_DESC_AT: u64 = HEAP_HEADER_LEN;
+/// Longest description kept (longer ones are cut at a character boundary).
+pub(crate) const ROOT_DESC_MAX: usize = 4000;
+
+/// The root description record for `T` (length prefix included).
+pub(crate) fn root_description<T: Stored>() -> Vec<u8> {
+    let d = describe::<T>();
+    let mut end = d.len().min(ROOT_DESC_MAX);
+    while !d.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut rec = (end as u16).to_le_bytes().to_vec();
+    rec.extend_from_slice(&d.as_bytes()[..end]);
+    rec
+}
+
+/// Decode the description record read from the header page (`page` starts at the header).
+pub(crate) fn decode_description(page: &[u8]) -> String {
+    let at = ROOT_DESC_AT as usize;
+    let Some(len) = page.get(at..at + 2) else {
+        return "(no description)".into();
+    };
+    let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+    match page.get(at + 2..at + 2 + len).map(std::str::from_utf8) {
+        Some(Ok(s)) if !s.is_empty() => s.to_string(),
+        _ => "(no readable description)".into(),
+    }
+}
+
+/// Check a root type against what the heap header says: `Ok(false)` if the heap has no root
+/// yet. `page` reads the header page (for the stored description in the error).
+pub(crate) fn check_root<T: Stored>(
+    header: &HeapHeader,
+    page: &dyn Fn() -> Vec<u8>,
+) -> Result<bool> {
     let size = std::mem::size_of::<T>() as u64;
     let align = std::mem::align_of::<T>() as u64;
     if size > ROOT_LEN_MAX {
@@ -120,13 +157,21 @@ pub(crate) fn check_root<T: Pod>(header: &HeapHeader) -> Result<bool> {
     if header.root_size == 0 && header.root_fingerprint == 0 {
         return Ok(false);
     }
-    let fp = fingerprint::<T>();
+    let (fp, stored_layout) = match header.root_identity {
+        ROOT_IDENTITY_STORED => (T::ID, decode_description(&page())),
+        _ => (
+            legacy_fingerprint::<T>(),
+            "(written by txheap before Stored: identity from the compiler's type name)".into(),
+        ),
+    };
     if header.root_size != size || header.root_fingerprint != fp {
         return Err(Error::RootTypeMismatch {
             stored_size: header.root_size,
             stored_fingerprint: header.root_fingerprint,
             requested_size: size,
-            requested_fingerprint: fp,
+            requested_fingerprint: T::ID,
+            stored_layout,
+            requested_layout: describe::<T>(),
         });
     }
     Ok(true)

@@ -10,11 +10,11 @@
 //! ```
 //! use txheap::{Heap, Options, PPtr};
 //!
-//! #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+//! #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 //! #[repr(C)]
 //! struct Node { value: u64, next: PPtr<Node> }
 //!
-//! #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+//! #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 //! #[repr(C)]
 //! struct Root { head: PPtr<Node> }
 //!
@@ -65,7 +65,10 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+extern crate self as txheap;
+
 mod alloc;
+mod collections;
 mod error;
 mod heap;
 mod layout;
@@ -77,12 +80,14 @@ mod reader;
 mod shared;
 mod stage;
 mod storage;
+mod stored;
 mod sys;
 mod tx;
 mod writer;
 
 pub use alloc::{ClassStats, OBJECT_SIZE_MAX};
 pub use bytemuck;
+pub use collections::{Element, PBTreeMap, PBytes, PHashMap, PString, PVec, Range, View};
 pub use error::{Error, Result};
 pub use heap::Heap;
 pub use limits::ROOT_LEN_MAX;
@@ -94,4 +99,5 @@ pub use reader::Reader;
 pub use storage::IoCounters;
 #[cfg(feature = "test-hooks")]
 pub use storage::{FaultPlan, Trace, TraceEvent};
+pub use stored::{describe, Field, Stored};
 pub use tx::Tx;

@@ -10,9 +10,10 @@ use bytemuck::Pod;
 
 use crate::alloc::HeapHeader;
 use crate::error::{Error, Result};
-use crate::layout::check_root;
+use crate::layout::{check_root, ROOT_DESC_AT, ROOT_DESC_MAX};
 use crate::pptr::{PPtr, PSlice};
 use crate::shared::{Shared, View};
+use crate::stored::Stored;
 
 /// A view of the committed state, given to [`Heap::read`](crate::Heap::read)'s closure.
 ///
@@ -102,8 +103,14 @@ impl<'h> Reader<'h> {
     /// assert!(heap.read(|r| r.root::<u64>()).is_ok());
     /// # Ok::<(), txheap::Error>(())
     /// ```
-    pub fn root<T: Pod>(&self) -> Result<PPtr<T>> {
-        if check_root::<T>(&self.header)? {
+    pub fn root<T: Stored>(&self) -> Result<PPtr<T>> {
+        let page = || {
+            let len = ROOT_DESC_AT as usize + 2 + ROOT_DESC_MAX;
+            // SAFETY: the header page lies below the root area, inside the mapped heap; the
+            // view lock held by `self` keeps it unchanged (as in `bytes`).
+            unsafe { self.sh.map.slice(self.sh.geo.heap_offset, len) }.to_vec()
+        };
+        if check_root::<T>(&self.header, &page)? {
             Ok(PPtr::from_offset(self.sh.geo.root_offset))
         } else {
             Err(Error::NoRoot)

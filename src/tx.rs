@@ -8,15 +8,16 @@
 
 use bytemuck::Pod;
 
-use crate::alloc::{Allocator, HeapHeader, TxMem};
+use crate::alloc::{Allocator, HeapHeader, TxMem, ROOT_IDENTITY_STORED};
 use crate::error::{Error, Result};
-use crate::layout::{check_root, fingerprint};
+use crate::layout::{check_root, root_description, ROOT_DESC_AT, ROOT_DESC_MAX};
 use crate::limits::{CHUNK_SIZE, ROOT_LEN_MAX};
 use crate::options::Durability;
 use crate::pptr::{cast_slice, cast_slice_mut, PPtr, PSlice};
 use crate::shared::Shared;
 use crate::stage::Stage;
 use crate::storage::FileStorage;
+use crate::stored::Stored;
 use crate::writer::{add_area, inside, CommitPlan, Writer};
 use txheap_recovery::txheap_log::{FRAME_HEADER_LEN, RANGE_HEADER_LEN};
 use txheap_recovery::Storage;
@@ -499,6 +500,65 @@ impl<'h> Tx<'h> {
         self.free(s.as_ptr())
     }
 
+    /// Resize the allocation `s` to `len` elements, keeping its first `keep` elements (at most
+    /// `s.len()`); the elements from `keep` on are zero. The allocation stays where it is while
+    /// its block holds `len` elements (a block's size class leaves room to grow); otherwise the
+    /// kept elements move to a new allocation and `s` is freed, all in this transaction. An
+    /// empty (null) `s` is a fresh allocation.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("realloc.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let s = tx.alloc_slice(&[1u32, 2, 3])?;
+    ///     let s = tx.realloc_slice(s, 3, 1000)?;
+    ///     assert_eq!(&tx.slice(s)?[..4], &[1, 2, 3, 0]);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn realloc_slice<T: Pod>(
+        &mut self,
+        s: PSlice<T>,
+        keep: u64,
+        len: u64,
+    ) -> Result<PSlice<T>> {
+        if s.offset() == 0 {
+            return self.alloc_slice_zeroed(len);
+        }
+        let keep = keep.min(s.len()).min(len);
+        let size = std::mem::size_of::<T>() as u64;
+        let bytes = size.checked_mul(len).ok_or(Error::OutOfSpace {
+            requested: u64::MAX,
+            max_size: self.sh.geo.max_size,
+        })?;
+        let block = self.usable_size(s.as_ptr()).ok_or(Error::InvalidFree {
+            offset: s.offset(),
+            why: "realloc of a pointer that is not the start of a live allocation",
+        })?;
+        if bytes <= block {
+            let t = PSlice::<T>::from_raw_parts(s.offset(), len);
+            if len > keep {
+                let tail = PSlice::<T>::from_raw_parts(
+                    t.get(keep).expect("keep < len").offset(),
+                    len - keep,
+                );
+                let b = self.slice_mut(tail)?;
+                bytemuck::cast_slice_mut::<T, u8>(b).fill(0);
+            }
+            return Ok(t);
+        }
+        let new = self.alloc_slice_zeroed::<T>(len)?;
+        if keep > 0 {
+            let kept = self
+                .slice(PSlice::<T>::from_raw_parts(s.offset(), keep))?
+                .to_vec();
+            self.write_slice(new, 0, &kept)?;
+        }
+        self.free_slice(s)?;
+        Ok(new)
+    }
+
     /// The usable size in bytes of the allocation starting at `p` (its block size for small
     /// objects), or `None` if `p` is not the start of a live allocation's chunk.
     ///
@@ -512,8 +572,9 @@ impl<'h> Tx<'h> {
         self.w.alloc.usable_size(p.offset())
     }
 
-    /// The root object: created zeroed on first use; afterwards its size and type fingerprint
-    /// must match ([`Error::RootTypeMismatch`] otherwise). At most 4096 bytes.
+    /// The root object: created zeroed on first use, with `T`'s stored identity and layout
+    /// description recorded in the heap header; afterwards `T`'s size and [`Stored::ID`] must
+    /// match ([`Error::RootTypeMismatch`], naming both layouts, otherwise). At most 4096 bytes.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -522,14 +583,24 @@ impl<'h> Tx<'h> {
     /// assert!(matches!(heap.transaction(|tx| tx.root::<u32>()), Err(txheap::Error::RootTypeMismatch { .. })));
     /// # Ok::<(), txheap::Error>(())
     /// ```
-    pub fn root<T: Pod>(&mut self) -> Result<PPtr<T>> {
+    pub fn root<T: Stored>(&mut self) -> Result<PPtr<T>> {
         let p = PPtr::from_offset(self.sh.geo.root_offset);
-        if !check_root::<T>(&self.header)? {
+        let page = || {
+            let mut b = vec![0u8; ROOT_DESC_AT as usize + 2 + ROOT_DESC_MAX];
+            read_staged(self.sh, &self.stage, self.sh.geo.heap_offset, &mut b);
+            b
+        };
+        if !check_root::<T>(&self.header, &page)? {
             let size = std::mem::size_of::<T>() as u64;
             debug_assert!(size <= ROOT_LEN_MAX);
             self.header.root_size = size;
-            self.header.root_fingerprint = fingerprint::<T>();
+            self.header.root_fingerprint = T::ID;
             self.header.root_align = std::mem::align_of::<T>() as u32;
+            self.header.root_identity = ROOT_IDENTITY_STORED;
+            let desc = root_description::<T>();
+            let at = self.sh.geo.heap_offset + ROOT_DESC_AT;
+            self.stage_mut(at, desc.len() as u64)?
+                .copy_from_slice(&desc);
             if size > 0 {
                 self.view_mut(p.offset(), size, 1)?.fill(0);
             }

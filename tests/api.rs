@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use txheap::{Durability, Error, Heap, Options, PPtr, PSlice};
 
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 struct Root {
     head: PPtr<Node>,
     count: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 struct Node {
     value: u64,

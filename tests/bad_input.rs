@@ -5,14 +5,14 @@ use std::path::Path;
 
 use txheap::{Durability, Error, Heap, Options, PPtr};
 
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 struct Root {
     head: PPtr<Node>,
     count: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 struct Node {
     value: u64,

@@ -211,7 +211,7 @@ fn a_zeroed_allocation_then_filled_fits_like_a_copied_one() {
 
 // ---- 5: alignment above the supported maximum -------------------------------------------------
 
-#[derive(Clone, Copy, Debug, bytemuck::Zeroable, bytemuck::Pod)]
+#[derive(Clone, Copy, Debug, bytemuck::Zeroable, bytemuck::Pod, txheap::Stored)]
 #[repr(C, align(128))]
 struct A128([u8; 128]);
 

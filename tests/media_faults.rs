@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use txheap::{Durability, Error, Heap, Options};
 use txheap_recovery::txheap_log::{verified_frame_at, FrameHeader};
 
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 struct Root {
     count: u64,

@@ -31,6 +31,14 @@ pub enum Workload {
     W5Replay,
     /// Heap file bytes per live payload byte of 1,000,000 live 64-byte nodes.
     Space,
+    /// Persistent maps: N random inserts of 8-byte keys and 64-byte values in one transaction.
+    W4Load,
+    /// N random point lookups in a map of N entries, one reader.
+    W4Get,
+    /// An ordered scan of a map of N entries.
+    W4Scan,
+    /// File bytes per payload byte of a map of N entries.
+    W4Space,
 }
 
 /// How a workload's figure is read.
@@ -48,10 +56,14 @@ pub enum Metric {
 
 impl Workload {
     /// Every workload, in the order they run.
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 10] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
+        Workload::W4Load,
+        Workload::W4Get,
+        Workload::W4Scan,
+        Workload::W4Space,
         Workload::W5Open,
         Workload::W5Replay,
         Workload::Space,
@@ -66,6 +78,10 @@ impl Workload {
             Workload::W5Open => "W5-open",
             Workload::W5Replay => "W5-replay",
             Workload::Space => "space",
+            Workload::W4Load => "W4-load",
+            Workload::W4Get => "W4-get",
+            Workload::W4Scan => "W4-scan",
+            Workload::W4Space => "W4-space",
         }
     }
 
@@ -95,13 +111,31 @@ impl Workload {
             Workload::Space => {
                 "heap file bytes per live payload byte: N live 64-byte nodes made in transactions of 1,000 (1,000,000 in the full run), and after freeing every other node and allocating as many again"
             }
+            Workload::W4Load => {
+                "persistent maps: N inserts of 8-byte keys with 64-byte values, in random key order, in one durable transaction (1,000,000 in the full run)"
+            }
+            Workload::W4Get => {
+                "N random point lookups in a map of N entries (8-byte keys, 64-byte values), one reader, page cache warm"
+            }
+            Workload::W4Scan => {
+                "a scan of every entry of a map of N entries, in key order (the hash map: in table order), one reader"
+            }
+            Workload::W4Space => {
+                "the store's file bytes per payload byte (72 per entry) after W4-load's N inserts"
+            }
         }
     }
 
     /// The figure compared between engines.
     pub fn metric(self) -> Metric {
         match self {
-            Workload::W1 | Workload::W2 | Workload::W3 => Metric::Rate,
+            Workload::W1
+            | Workload::W2
+            | Workload::W3
+            | Workload::W4Load
+            | Workload::W4Get
+            | Workload::W4Scan => Metric::Rate,
+            Workload::W4Space => Metric::BytesPerByte,
             Workload::W5Open => Metric::Time,
             Workload::W5Replay => Metric::ByteRate,
             Workload::Space => Metric::BytesPerByte,
@@ -116,6 +150,9 @@ impl Workload {
             Workload::W5Open => "opens/s",
             Workload::W5Replay => "frames/s",
             Workload::Space => "nodes/s",
+            Workload::W4Load => "inserts/s",
+            Workload::W4Get => "lookups/s",
+            Workload::W4Scan | Workload::W4Space => "entries/s",
         }
     }
 }

@@ -31,6 +31,7 @@ mod sample;
 mod space;
 #[allow(unsafe_code)]
 mod sys;
+mod w4;
 mod w5;
 mod w7;
 
@@ -51,7 +52,8 @@ usage: txheap-bench [--quick] [--rounds N] [--svg FILE] [--dir DIR] [--only W1,W
   --rounds N     rounds per workload (default 5, at least 5)
   --svg FILE     write the chart of ratios as SVG
   --dir DIR      directory on the filesystem to measure (default /var/tmp; never tmpfs)
-  --only LIST    only these workloads: W1 W2 W3 W5-open W5-replay space W7
+  --only LIST    only these workloads: W1 W2 W3 W4-load W4-get W4-scan W4-space
+                 W5-open W5-replay space W7
                  (W7, a heap larger than RAM, writes about 1.5x RAM twice: it runs only
                  when named here, never by default or with --quick)
   --w7-bytes N   W7's data size in bytes (default 1.5 x MemTotal, rounded to MiB)

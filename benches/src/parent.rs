@@ -606,6 +606,20 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
                     hwm(v) / hwm(s),
                 )
             }
+            Target::NotAbove => {
+                let Some(v) = g.versus.and_then(|v| row_of(rows, g.workload, v)) else {
+                    continue;
+                };
+                (
+                    format!(
+                        "{} {}: {}'s figure ÷ its",
+                        g.workload.name(),
+                        g.subject,
+                        v.case.engine
+                    ),
+                    v.value() / sv,
+                )
+            }
             Target::RatioAtLeast(_) => continue,
         };
         bars.push(Bar {
@@ -672,7 +686,20 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
                     a <= b,
                 )
             }
-            (Target::RatioAtLeast(_) | Target::PeakMemoryNotAbove, None) => continue,
+            (Target::NotAbove, Some(v)) => {
+                let Some(other) = row_of(rows, g.workload, v) else {
+                    continue;
+                };
+                let ov = other.value();
+                (
+                    format!("{}: file bytes per payload byte ≤ {v}'s", g.subject),
+                    format!("{sv:.3} vs {ov:.3}"),
+                    sv <= ov,
+                )
+            }
+            (Target::RatioAtLeast(_) | Target::PeakMemoryNotAbove | Target::NotAbove, None) => {
+                continue
+            }
         };
         println!(
             "| {} | {goal} | {measured} | {} |",

@@ -8,7 +8,7 @@ use crate::args::ChildArgs;
 pub use crate::args::{Metric, Workload};
 use crate::engines::{limits, lmdb, pmdk, redb_engine, sqlite, txheap_engine, Opener};
 use crate::sample::Sample;
-use crate::{space, w5, BoxResult};
+use crate::{space, w4, w5, BoxResult};
 
 /// What a case is in its workload's comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +107,7 @@ fn memcpy(a: &ChildArgs<'_>) -> BoxResult<Sample> {
 
 use Role::{Limit, Peer, Subject};
 use Run::{Commits, Custom, OneTx};
-use Workload::{Space, W5Open, W5Replay, W1, W2, W3};
+use Workload::{Space, W4Get, W4Load, W4Scan, W4Space, W5Open, W5Replay, W1, W2, W3};
 
 /// Every case, in the order each round runs them (A B C ... A B C ...).
 pub static CASES: &[Case] = &[
@@ -275,6 +275,207 @@ pub static CASES: &[Case] = &[
         "N × malloc(64) + first write, linked",
         Custom(malloc),
     ),
+    // W4: persistent maps.
+    case(
+        W4Load,
+        "txheap",
+        Subject,
+        "PBTreeMap<u64, [u8; 64]>, Durability::Full, log_size 256 MiB",
+        Custom(w4::measure_load),
+    ),
+    case(
+        W4Load,
+        "txheap-hash",
+        Peer,
+        "PHashMap<u64, [u8; 64]>, Durability::Full, log_size 256 MiB",
+        Custom(w4::measure_load),
+    ),
+    case(
+        W4Load,
+        "lmdb",
+        Peer,
+        "heed 0.23, default flags, big-endian u64 keys",
+        Custom(w4::measure_load),
+    ),
+    case(
+        W4Load,
+        "redb",
+        Peer,
+        "redb 4.6, Durability::Immediate, u64 keys",
+        Custom(w4::measure_load),
+    ),
+    case(
+        W4Load,
+        "sqlite",
+        Peer,
+        "rusqlite 0.41 bundled, WAL, synchronous=FULL, INTEGER PRIMARY KEY",
+        Custom(w4::measure_load),
+    ),
+    Case {
+        setup: Some(Setup {
+            run: w4::setup,
+            each_round: false,
+        }),
+        ..case(
+        W4Get,
+        "txheap",
+        Subject,
+        "PBTreeMap<u64, [u8; 64]>, Durability::Full, log_size 256 MiB",
+        Custom(w4::measure_get),
+    )
+    },
+    Case {
+        setup: Some(Setup {
+            run: w4::setup,
+            each_round: false,
+        }),
+        ..case(
+        W4Get,
+        "txheap-hash",
+        Peer,
+        "PHashMap<u64, [u8; 64]>, Durability::Full, log_size 256 MiB",
+        Custom(w4::measure_get),
+    )
+    },
+    Case {
+        setup: Some(Setup {
+            run: w4::setup,
+            each_round: false,
+        }),
+        ..case(
+        W4Get,
+        "lmdb",
+        Peer,
+        "heed 0.23, default flags, big-endian u64 keys",
+        Custom(w4::measure_get),
+    )
+    },
+    Case {
+        setup: Some(Setup {
+            run: w4::setup,
+            each_round: false,
+        }),
+        ..case(
+        W4Get,
+        "redb",
+        Peer,
+        "redb 4.6, Durability::Immediate, u64 keys",
+        Custom(w4::measure_get),
+    )
+    },
+    Case {
+        setup: Some(Setup {
+            run: w4::setup,
+            each_round: false,
+        }),
+        ..case(
+        W4Get,
+        "sqlite",
+        Peer,
+        "rusqlite 0.41 bundled, WAL, synchronous=FULL, INTEGER PRIMARY KEY",
+        Custom(w4::measure_get),
+    )
+    },
+    Case {
+        setup: Some(Setup {
+            run: w4::setup,
+            each_round: false,
+        }),
+        ..case(
+        W4Scan,
+        "txheap",
+        Subject,
+        "PBTreeMap<u64, [u8; 64]>, Durability::Full, log_size 256 MiB",
+        Custom(w4::measure_scan),
+    )
+    },
+    Case {
+        setup: Some(Setup {
+            run: w4::setup,
+            each_round: false,
+        }),
+        ..case(
+        W4Scan,
+        "txheap-hash",
+        Peer,
+        "PHashMap<u64, [u8; 64]>, Durability::Full, log_size 256 MiB",
+        Custom(w4::measure_scan),
+    )
+    },
+    Case {
+        setup: Some(Setup {
+            run: w4::setup,
+            each_round: false,
+        }),
+        ..case(
+        W4Scan,
+        "lmdb",
+        Peer,
+        "heed 0.23, default flags, big-endian u64 keys",
+        Custom(w4::measure_scan),
+    )
+    },
+    Case {
+        setup: Some(Setup {
+            run: w4::setup,
+            each_round: false,
+        }),
+        ..case(
+        W4Scan,
+        "redb",
+        Peer,
+        "redb 4.6, Durability::Immediate, u64 keys",
+        Custom(w4::measure_scan),
+    )
+    },
+    Case {
+        setup: Some(Setup {
+            run: w4::setup,
+            each_round: false,
+        }),
+        ..case(
+        W4Scan,
+        "sqlite",
+        Peer,
+        "rusqlite 0.41 bundled, WAL, synchronous=FULL, INTEGER PRIMARY KEY",
+        Custom(w4::measure_scan),
+    )
+    },
+    case(
+        W4Space,
+        "txheap",
+        Subject,
+        "PBTreeMap<u64, [u8; 64]>, Durability::Full, log_size 256 MiB",
+        Custom(w4::measure_space),
+    ),
+    case(
+        W4Space,
+        "txheap-hash",
+        Peer,
+        "PHashMap<u64, [u8; 64]>, Durability::Full, log_size 256 MiB",
+        Custom(w4::measure_space),
+    ),
+    case(
+        W4Space,
+        "lmdb",
+        Peer,
+        "heed 0.23, default flags, big-endian u64 keys",
+        Custom(w4::measure_space),
+    ),
+    case(
+        W4Space,
+        "redb",
+        Peer,
+        "redb 4.6, Durability::Immediate, u64 keys",
+        Custom(w4::measure_space),
+    ),
+    case(
+        W4Space,
+        "sqlite",
+        Peer,
+        "rusqlite 0.41 bundled, WAL, synchronous=FULL, INTEGER PRIMARY KEY",
+        Custom(w4::measure_space),
+    ),
     // W5: open and recovery.
     Case {
         setup: Some(Setup {
@@ -350,6 +551,8 @@ pub struct Counts {
     pub replay_log_bytes: u64,
     /// Live 64-byte nodes of the space workload.
     pub space_nodes: u64,
+    /// Entries of the W4 maps (inserts, lookups, entries scanned).
+    pub w4: u64,
     /// Operations per child for capped cases: durable PMDK on a regular file issues several
     /// `msync`s per transaction (W1) and about two per `pmemobj_tx_alloc` (W3), so the
     /// workloads' counts would take from minutes to hours.
@@ -366,6 +569,7 @@ impl Counts {
         open_nodes: 16 << 20,
         replay_log_bytes: 64 << 20,
         space_nodes: 1_000_000,
+        w4: 1_000_000,
         capped: 500,
     };
     /// `--quick`: fewer operations per child and a 256 MiB heap for W5-open; same rounds.
@@ -377,6 +581,7 @@ impl Counts {
         open_nodes: 4 << 20,
         replay_log_bytes: 64 << 20,
         space_nodes: 200_000,
+        w4: 200_000,
         capped: 100,
     };
 
@@ -389,6 +594,7 @@ impl Counts {
             (W3, _) => self.w3,
             (W5Open, _) | (W5Replay, _) => 1,
             (Space, _) => self.space_nodes,
+            (W4Load | W4Get | W4Scan | W4Space, _) => self.w4,
         };
         if case.capped {
             n.min(self.capped)
@@ -402,6 +608,7 @@ impl Counts {
         match case.workload {
             W5Open => self.open_nodes,
             W5Replay => self.replay_log_bytes,
+            W4Get | W4Scan => self.w4,
             _ => 0,
         }
     }
@@ -420,6 +627,8 @@ pub enum Target {
     BytesPerByteAtMost(f64),
     /// The row's median peak resident memory (VmHWM) is at most the other row's (same N).
     PeakMemoryNotAbove,
+    /// The row's figure (lower is better: bytes per byte) is at most the other row's.
+    NotAbove,
 }
 
 /// A goal of the issue (measured against, not tuned to).
@@ -480,6 +689,40 @@ pub static GOALS: &[Goal] = &[
         subject: "txheap",
         versus: None,
         target: Target::BytesPerSecAtLeast(500e6),
+    },
+    // W4: persistent maps (issue 15).
+    ratio(W4Get, "lmdb", 1.5),
+    ratio(W4Get, "redb", 1.0),
+    ratio(W4Get, "sqlite", 1.0),
+    Goal {
+        subject: "txheap-hash",
+        ..ratio(W4Get, "lmdb", 3.0)
+    },
+    Goal {
+        subject: "txheap-hash",
+        ..ratio(W4Get, "redb", 1.0)
+    },
+    Goal {
+        subject: "txheap-hash",
+        ..ratio(W4Get, "sqlite", 1.0)
+    },
+    ratio(W4Scan, "lmdb", 1.0),
+    ratio(W4Load, "lmdb", 1.5),
+    Goal {
+        subject: "txheap-hash",
+        ..ratio(W4Load, "lmdb", 1.5)
+    },
+    Goal {
+        workload: W4Space,
+        subject: "txheap",
+        versus: Some("lmdb"),
+        target: Target::NotAbove,
+    },
+    Goal {
+        workload: W4Space,
+        subject: "txheap-hash",
+        versus: Some("lmdb"),
+        target: Target::NotAbove,
     },
     Goal {
         workload: Space,

@@ -138,7 +138,7 @@ impl Rng {
 }
 
 /// The txheap heap's root: the index of the objects and how many are filled.
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 struct Root {
     index: PSlice<PSlice<u8>>,

@@ -80,7 +80,7 @@ const SLOTS: usize = 8;
 /// // A count, 8 slices of 16 bytes, 8 fill bytes (as u64).
 /// assert_eq!(std::mem::size_of::<Table>(), 8 + 8 * 16 + 8 * 8);
 /// ```
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 pub struct Table {
     n: u64,

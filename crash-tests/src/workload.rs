@@ -40,7 +40,7 @@ const CHECK: u64 = 0x5EED_F00D_CAFE_D00D;
 /// assert_eq!((root.counter, root.len), (2, 2));
 /// assert!(!root.head.is_null());
 /// ```
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 pub struct Root {
     /// Transactions committed.
@@ -70,7 +70,7 @@ pub struct Root {
 /// })
 /// .unwrap();
 /// ```
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 pub struct Node {
     /// The transaction number that created it.

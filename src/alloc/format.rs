@@ -224,7 +224,13 @@ pub(crate) struct HeapHeader {
     pub root_size: u64,
     pub root_fingerprint: u64,
     pub root_align: u32,
+    /// How `root_fingerprint` was computed: 0 from the compiler's type name (files written
+    /// before `Stored`), [`ROOT_IDENTITY_STORED`] from `Stored::ID`.
+    pub root_identity: u32,
 }
+
+/// `root_identity` of a root checked by `Stored::ID`, whose description follows the header.
+pub(crate) const ROOT_IDENTITY_STORED: u32 = 1;
 
 pub(crate) const HEAP_HEADER_LEN: u64 = 64;
 const HEAP_MAGIC: [u8; 8] = *b"TXHEAPHH";
@@ -234,7 +240,8 @@ const HH_CHUNK_COUNT: usize = HH_MAGIC + 8;
 const HH_ROOT_SIZE: usize = HH_CHUNK_COUNT + 8;
 const HH_ROOT_FINGERPRINT: usize = HH_ROOT_SIZE + 8;
 const HH_ROOT_ALIGN: usize = HH_ROOT_FINGERPRINT + 8;
-const HH_RESERVED: usize = HH_ROOT_ALIGN + 4;
+const HH_ROOT_IDENTITY: usize = HH_ROOT_ALIGN + 4;
+const HH_RESERVED: usize = HH_ROOT_IDENTITY + 4;
 const HH_CRC: usize = HEAP_HEADER_LEN as usize - 4;
 
 impl HeapHeader {
@@ -244,7 +251,8 @@ impl HeapHeader {
         b[HH_CHUNK_COUNT..HH_ROOT_SIZE].copy_from_slice(&self.chunk_count.to_le_bytes());
         b[HH_ROOT_SIZE..HH_ROOT_FINGERPRINT].copy_from_slice(&self.root_size.to_le_bytes());
         b[HH_ROOT_FINGERPRINT..HH_ROOT_ALIGN].copy_from_slice(&self.root_fingerprint.to_le_bytes());
-        b[HH_ROOT_ALIGN..HH_RESERVED].copy_from_slice(&self.root_align.to_le_bytes());
+        b[HH_ROOT_ALIGN..HH_ROOT_IDENTITY].copy_from_slice(&self.root_align.to_le_bytes());
+        b[HH_ROOT_IDENTITY..HH_RESERVED].copy_from_slice(&self.root_identity.to_le_bytes());
         let c = crc(&b[..HH_CRC]);
         b[HH_CRC..].copy_from_slice(&c.to_le_bytes());
         b
@@ -268,7 +276,14 @@ impl HeapHeader {
             root_size: u64_at(HH_ROOT_SIZE),
             root_fingerprint: u64_at(HH_ROOT_FINGERPRINT),
             root_align: u32::from_le_bytes(
-                b[HH_ROOT_ALIGN..HH_RESERVED].try_into().expect("4 bytes"),
+                b[HH_ROOT_ALIGN..HH_ROOT_IDENTITY]
+                    .try_into()
+                    .expect("4 bytes"),
+            ),
+            root_identity: u32::from_le_bytes(
+                b[HH_ROOT_IDENTITY..HH_RESERVED]
+                    .try_into()
+                    .expect("4 bytes"),
             ),
         };
         if h.encode() != b[..HEAP_HEADER_LEN as usize] {
@@ -341,6 +356,7 @@ mod tests {
             root_size: 16,
             root_fingerprint: 77,
             root_align: 8,
+            root_identity: ROOT_IDENTITY_STORED,
         };
         assert_eq!(HeapHeader::decode(&hh.encode(), 0).unwrap(), hh);
         let mut d = hh.encode();

@@ -9,7 +9,7 @@ use super::{expect_count, Engine};
 use crate::BoxResult;
 
 /// A list node: exactly 64 bytes, like the peers' values.
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 pub struct Node {
     /// The item's key.
@@ -21,7 +21,7 @@ pub struct Node {
 }
 
 /// The heap's root: the list's head and its length.
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
 pub struct Root {
     /// The newest node.

@@ -1,0 +1,1140 @@
+//! `PBTreeMap<K, V>`: an ordered map, a B+ tree of page-sized nodes.
+
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::HashSet;
+use std::marker::PhantomData;
+use std::ops::Bound;
+
+use super::{check_id, corrupt, Element, View};
+use crate::error::{Error, Result};
+use crate::pptr::{PPtr, PSlice};
+use crate::stored::{Field, Stored};
+use crate::tx::Tx;
+
+/// Bytes of a node unless eight entries need more: one page, so that a lookup in a heap larger
+/// than memory faults one page per level, and a leaf of 8-byte keys and 64-byte values holds
+/// 56 entries (a tree of a million such entries is three levels deep). Measured beside 1 KiB
+/// and 16 KiB nodes in benches/README.md (W4).
+const NODE_BYTES: u64 = 4096;
+/// Bytes of a node's header: level (0 for leaves) and entry count.
+const NODE_HEADER: u64 = 16;
+/// Deepest tree accepted (a taller one is damage: 2^64 entries need fewer levels).
+const HEIGHT_MAX: u64 = 64;
+
+/// A node's header.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct NodeHeader {
+    /// 0 for a leaf; an internal node is one above its children.
+    level: u32,
+    /// Entries in a leaf; keys in an internal node (which has one child more).
+    count: u32,
+    _reserved: u64,
+}
+
+const fn align_up(x: u64, a: u64) -> u64 {
+    x.div_ceil(a) * a
+}
+
+/// An ordered map from `K` to `V` in the heap: a B+ tree whose leaves hold the entries in key
+/// order and whose internal nodes hold separator keys. The header (40 bytes) is an empty map
+/// when zero. Keys are plain data compared by `Ord` (integers, arrays, derived structs) or
+/// byte strings ([`crate::PBytes`], [`crate::PString`]) compared lexicographically.
+///
+/// Lookups read nodes in place (no copy, no decoding); `range` iterates in both directions.
+/// Removal frees a node when it empties (nodes are not merged, as in many databases' B-trees:
+/// a tree emptied by removals keeps no empty node, and its height only shrinks when the root
+/// has one child).
+///
+/// ```
+/// use txheap::{PBTreeMap, PPtr};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let heap = txheap::Heap::create(dir.path().join("btree.heap"), txheap::Options::new())?;
+/// let m: PPtr<PBTreeMap<u64, [u8; 4]>> = heap.transaction(|tx| {
+///     let m = PBTreeMap::new(tx)?;
+///     for k in [5u64, 1, 9, 3] { m.insert(tx, &k, b"abcd")?; }
+///     Ok(m)
+/// })?;
+/// heap.read(|r| {
+///     assert_eq!(m.get(r, &3)?, Some(b"abcd"));
+///     let keys: Vec<u64> = m.range(r, 2..)?.map(|e| e.map(|(k, _)| *k)).collect::<Result<_, _>>()?;
+///     assert_eq!(keys, [3, 5, 9]);
+///     assert_eq!(m.last(r)?.map(|(k, _)| *k), Some(9));
+///     m.check(r)
+/// })?;
+/// # Ok::<(), txheap::Error>(())
+/// ```
+#[repr(C)]
+pub struct PBTreeMap<K, V> {
+    root: u64,
+    len: u64,
+    height: u64,
+    key_id: u64,
+    val_id: u64,
+    _kv: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for PBTreeMap<K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K, V> Copy for PBTreeMap<K, V> {}
+// SAFETY: repr(C) of five u64 and a ZST: no padding; all-zero is the empty map.
+unsafe impl<K, V> bytemuck::Zeroable for PBTreeMap<K, V> {}
+// SAFETY: as above; every bit pattern is a value (every operation checks what it reads).
+unsafe impl<K: 'static, V: 'static> bytemuck::Pod for PBTreeMap<K, V> {}
+
+impl<K, V> std::fmt::Debug for PBTreeMap<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PBTreeMap")
+            .field("root", &self.root)
+            .field("len", &self.len)
+            .field("height", &self.height)
+            .finish()
+    }
+}
+
+impl<K: Stored, V: Stored> Stored for PBTreeMap<K, V> {
+    const NAME: &'static str = "PBTreeMap";
+    const FIELDS: &'static [Field] = &[];
+    const ID: u64 = Field::struct_id(
+        "PBTreeMap",
+        40,
+        8,
+        &[Field::element("K", K::ID), Field::element("V", V::ID)],
+    );
+}
+
+impl<K: Stored, V: Stored> Element for PBTreeMap<K, V> {
+    type Input = Self;
+    fn store(_: &mut Tx<'_>, input: &Self) -> Result<Self> {
+        Ok(*input)
+    }
+    fn load<'v, W: View>(this: &'v Self, _: &'v W) -> Result<&'v Self> {
+        Ok(this)
+    }
+    fn release(self, _: &mut Tx<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<K, V> PBTreeMap<K, V> {
+    /// Number of entries (from a header read with `get`).
+    ///
+    /// ```
+    /// assert_eq!(<txheap::PBTreeMap<u64, u64> as txheap::bytemuck::Zeroable>::zeroed().len(), 0);
+    /// ```
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the map is empty.
+    ///
+    /// ```
+    /// assert!(<txheap::PBTreeMap<u64, u64> as txheap::bytemuck::Zeroable>::zeroed().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Node geometry for one key and value type.
+#[derive(Clone, Copy)]
+struct Geo {
+    bytes: u64,
+    /// Entries per leaf, keys per internal node.
+    leaf_cap: u64,
+    inner_cap: u64,
+    vals_at: u64,
+    children_at: u64,
+}
+
+impl Geo {
+    fn of<K, V>() -> Geo {
+        let ks = std::mem::size_of::<K>() as u64;
+        let vs = std::mem::size_of::<V>() as u64;
+        let (ka, va) = (
+            std::mem::align_of::<K>() as u64,
+            std::mem::align_of::<V>() as u64,
+        );
+        let fits = |bytes: u64| {
+            let keys_at = align_up(NODE_HEADER, ka);
+            let mut leaf_cap = (bytes - keys_at) / (ks + vs).max(1);
+            while leaf_cap > 0 && align_up(keys_at + leaf_cap * ks, va) + leaf_cap * vs > bytes {
+                leaf_cap -= 1;
+            }
+            let mut inner_cap = (bytes - keys_at - 8) / (ks + 8);
+            while inner_cap > 0
+                && align_up(keys_at + inner_cap * ks, 8) + (inner_cap + 1) * 8 > bytes
+            {
+                inner_cap -= 1;
+            }
+            (leaf_cap, inner_cap)
+        };
+        let mut bytes = NODE_BYTES;
+        while {
+            let (l, i) = fits(bytes);
+            l < 8 || i < 8
+        } {
+            bytes *= 2;
+        }
+        let (leaf_cap, inner_cap) = fits(bytes);
+        let leaf_cap = leaf_cap.min(u32::MAX as u64);
+        let inner_cap = inner_cap.min(u32::MAX as u64);
+        let keys_at = align_up(NODE_HEADER, ka);
+        debug_assert_eq!(keys_at, NODE_HEADER.max(keys_at));
+        Geo {
+            bytes,
+            leaf_cap,
+            inner_cap,
+            vals_at: align_up(keys_at + leaf_cap * ks, va),
+            children_at: align_up(keys_at + inner_cap * ks, 8),
+        }
+    }
+}
+
+/// A node read in place: its offset and header.
+#[derive(Clone, Copy)]
+struct Node {
+    at: u64,
+    level: u32,
+    count: u64,
+}
+
+/// Outcome of a descent: the internal nodes passed (node, child index taken) and the leaf.
+struct Path {
+    inner: Vec<(Node, u64)>,
+    leaf: Node,
+}
+
+/// A split that the parent must take: the separator (smallest key of the new right node) and
+/// the right node's offset.
+type Split<K> = Option<(K, u64)>;
+
+/// Search `keys` for `q`: `Ok(i)` where `keys[i]` equals it, `Err(i)` where it would go.
+fn search<'v, K: Element, W: View>(
+    keys: &'v [K],
+    q: &K::Input,
+    view: &'v W,
+) -> Result<std::result::Result<usize, usize>>
+where
+    K::Input: Ord,
+{
+    let (mut lo, mut hi) = (0usize, keys.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match K::load(&keys[mid], view)?.cmp(q) {
+            Ordering::Less => lo = mid + 1,
+            Ordering::Greater => hi = mid,
+            Ordering::Equal => return Ok(Ok(mid)),
+        }
+    }
+    Ok(Err(lo))
+}
+
+impl<K, V> PBTreeMap<K, V>
+where
+    K: Element,
+    V: Element,
+    K::Input: Ord + ToOwned,
+    V::Input: ToOwned,
+{
+    /// Allocate an empty map of its own; the pointer can be stored anywhere.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btn.heap"), txheap::Options::new())?;
+    /// let m = heap.transaction(|tx| txheap::PBTreeMap::<u32, u32>::new(tx))?;
+    /// assert_eq!(heap.read(|r| m.len(r))?, 0);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn new(tx: &mut Tx<'_>) -> Result<PPtr<PBTreeMap<K, V>>> {
+        tx.alloc(PBTreeMap {
+            root: 0,
+            len: 0,
+            height: 0,
+            key_id: K::ID,
+            val_id: V::ID,
+            _kv: PhantomData,
+        })
+    }
+}
+
+impl<K, V> PPtr<PBTreeMap<K, V>>
+where
+    K: Element,
+    V: Element,
+    K::Input: Ord + ToOwned,
+    V::Input: ToOwned,
+{
+    fn header<W: View>(self, view: &W) -> Result<PBTreeMap<K, V>> {
+        let h = *view.get(self)?;
+        check_id::<K>(h.key_id, self.offset(), "key")?;
+        check_id::<V>(h.val_id, self.offset(), "value")?;
+        if h.height > HEIGHT_MAX
+            || (h.height == 0) != (h.root == 0)
+            || (h.height == 0 && h.len != 0)
+        {
+            return Err(corrupt(
+                self.offset(),
+                format!(
+                    "PBTreeMap header: root {:#x} height {} length {}",
+                    h.root, h.height, h.len
+                ),
+            ));
+        }
+        Ok(h)
+    }
+
+    fn put_header(self, tx: &mut Tx<'_>, mut h: PBTreeMap<K, V>) -> Result<()> {
+        h.key_id = K::ID;
+        h.val_id = V::ID;
+        tx.set(self, h)
+    }
+
+    /// Read the node at `at`, which must be at `level`.
+    fn node<W: View>(g: &Geo, view: &W, at: u64, level: u64) -> Result<Node> {
+        let nh = *view.get(PPtr::<NodeHeader>::from_offset(at))?;
+        let cap = if level == 0 { g.leaf_cap } else { g.inner_cap };
+        if nh.level as u64 != level || nh.count as u64 > cap {
+            return Err(corrupt(
+                at,
+                format!(
+                    "B-tree node: level {} count {} where level {level} and at most {cap} entries were expected",
+                    nh.level, nh.count
+                ),
+            ));
+        }
+        Ok(Node {
+            at,
+            level: nh.level,
+            count: nh.count as u64,
+        })
+    }
+
+    fn keys<W: View>(n: Node, view: &W) -> Result<&[K]> {
+        view.slice(PSlice::from_raw_parts(
+            n.at + align_up(NODE_HEADER, std::mem::align_of::<K>() as u64),
+            n.count,
+        ))
+    }
+
+    fn vals<'v, W: View>(g: &Geo, n: Node, view: &'v W) -> Result<&'v [V]> {
+        view.slice(PSlice::from_raw_parts(n.at + g.vals_at, n.count))
+    }
+
+    fn children<'v, W: View>(g: &Geo, n: Node, view: &'v W) -> Result<&'v [u64]> {
+        view.slice(PSlice::from_raw_parts(n.at + g.children_at, n.count + 1))
+    }
+
+    fn child<W: View>(g: &Geo, view: &W, n: Node, i: u64) -> Result<Node> {
+        let at = Self::children(g, n, view)?[i as usize];
+        Self::node(g, view, at, n.level as u64 - 1)
+    }
+
+    /// Descend from the root to the leaf where `q` is or would go.
+    fn descend<W: View>(g: &Geo, h: &PBTreeMap<K, V>, view: &W, q: &K::Input) -> Result<Path> {
+        let mut n = Self::node(g, view, h.root, h.height - 1)?;
+        let mut inner = Vec::with_capacity(h.height as usize);
+        while n.level > 0 {
+            let i = match search(Self::keys(n, view)?, q, view)? {
+                Ok(i) => i + 1,
+                Err(i) => i,
+            } as u64;
+            inner.push((n, i));
+            n = Self::child(g, view, n, i)?;
+        }
+        Ok(Path { inner, leaf: n })
+    }
+
+    /// The number of entries.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btl.heap"), txheap::Options::new())?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::new(tx)?; m.insert(tx, &1u8, &2u8)?; Ok(m) })?;
+    /// assert_eq!(heap.read(|r| m.len(r))?, 1);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn len<W: View>(self, view: &W) -> Result<u64> {
+        Ok(self.header(view)?.len)
+    }
+
+    /// The value stored under `key`, read in place.
+    ///
+    /// ```
+    /// use txheap::{PBTreeMap, PBytes};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btg.heap"), txheap::Options::new())?;
+    /// let m = heap.transaction(|tx| {
+    ///     let m = PBTreeMap::<PBytes, PBytes>::new(tx)?;
+    ///     m.insert(tx, b"key", b"value")?;
+    ///     Ok(m)
+    /// })?;
+    /// assert_eq!(heap.read(|r| Ok(m.get(r, b"key")?.map(|v| v.to_vec())))?, Some(b"value".to_vec()));
+    /// assert_eq!(heap.read(|r| Ok(m.get(r, b"nope")?.is_none()))?, true);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn get<'v, W: View>(self, view: &'v W, key: &K::Input) -> Result<Option<&'v V::Input>> {
+        let h = self.header(view)?;
+        if h.height == 0 {
+            return Ok(None);
+        }
+        let g = Geo::of::<K, V>();
+        let path = Self::descend(&g, &h, view, key)?;
+        match search(Self::keys(path.leaf, view)?, key, view)? {
+            Ok(i) => Ok(Some(V::load(&Self::vals(&g, path.leaf, view)?[i], view)?)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Whether `key` is present.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btc.heap"), txheap::Options::new())?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::new(tx)?; m.insert(tx, &1u8, &2u8)?; Ok(m) })?;
+    /// assert!(heap.read(|r| m.contains_key(r, &1))?);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn contains_key<W: View>(self, view: &W, key: &K::Input) -> Result<bool> {
+        Ok(self.get(view, key)?.is_some())
+    }
+
+    fn alloc_node(g: &Geo, tx: &mut Tx<'_>, level: u32) -> Result<u64> {
+        let s = tx.alloc_slice_zeroed::<u64>(g.bytes / 8)?;
+        tx.set(
+            PPtr::<NodeHeader>::from_offset(s.offset()),
+            NodeHeader {
+                level,
+                count: 0,
+                _reserved: 0,
+            },
+        )?;
+        Ok(s.offset())
+    }
+
+    fn free_node(g: &Geo, tx: &mut Tx<'_>, at: u64) -> Result<()> {
+        tx.free_slice(PSlice::<u64>::from_raw_parts(at, g.bytes / 8))
+    }
+
+    fn set_count(tx: &mut Tx<'_>, at: u64, count: u64) -> Result<()> {
+        tx.set(PPtr::<u32>::from_offset(at + 4), count as u32)
+    }
+
+    fn write_keys(tx: &mut Tx<'_>, at: u64, from: u64, keys: &[K]) -> Result<()> {
+        let base = at + align_up(NODE_HEADER, std::mem::align_of::<K>() as u64);
+        let s = PSlice::<K>::from_raw_parts(base, from + keys.len() as u64);
+        tx.write_slice(s, from, keys)
+    }
+
+    fn write_vals(g: &Geo, tx: &mut Tx<'_>, at: u64, from: u64, vals: &[V]) -> Result<()> {
+        let s = PSlice::<V>::from_raw_parts(at + g.vals_at, from + vals.len() as u64);
+        tx.write_slice(s, from, vals)
+    }
+
+    fn write_children(g: &Geo, tx: &mut Tx<'_>, at: u64, from: u64, ch: &[u64]) -> Result<()> {
+        let s = PSlice::<u64>::from_raw_parts(at + g.children_at, from + ch.len() as u64);
+        tx.write_slice(s, from, ch)
+    }
+
+    /// Insert `key` -> `value`. Returns whether the key was present (its old value is then
+    /// released and replaced).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("bti.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let m = txheap::PBTreeMap::new(tx)?;
+    ///     assert!(!m.insert(tx, &1u32, &10u64)?);
+    ///     assert!(m.insert(tx, &1u32, &11u64)?);
+    ///     assert_eq!(m.get(tx, &1)?, Some(&11));
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn insert(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
+        let g = Geo::of::<K, V>();
+        let mut h = self.header(tx)?;
+        if h.height == 0 {
+            h.root = Self::alloc_node(&g, tx, 0)?;
+            h.height = 1;
+        }
+        let path = Self::descend(&g, &h, tx, key)?;
+        let leaf = path.leaf;
+        let pos = search(Self::keys(leaf, tx)?, key, tx)?;
+        let i = match pos {
+            Ok(i) => {
+                let old = Self::vals(&g, leaf, tx)?[i];
+                let v = V::store(tx, value)?;
+                Self::write_vals(&g, tx, leaf.at, i as u64, &[v])?;
+                old.release(tx)?;
+                self.put_header(tx, h)?;
+                return Ok(true);
+            }
+            Err(i) => i,
+        };
+        let k = K::store(tx, key)?;
+        let v = V::store(tx, value)?;
+        let mut split = Self::leaf_insert(&g, tx, leaf, i, k, v)?;
+        for &(n, ci) in path.inner.iter().rev() {
+            let Some((sep, right)) = split else { break };
+            split = Self::inner_insert(&g, tx, n, ci, sep, right)?;
+        }
+        if let Some((sep, right)) = split {
+            if h.height >= HEIGHT_MAX {
+                return Err(corrupt(
+                    self.offset(),
+                    "B-tree would exceed the height limit",
+                ));
+            }
+            let root = Self::alloc_node(&g, tx, h.height as u32)?;
+            Self::write_keys(tx, root, 0, &[sep])?;
+            Self::write_children(&g, tx, root, 0, &[h.root, right])?;
+            Self::set_count(tx, root, 1)?;
+            h.root = root;
+            h.height += 1;
+        }
+        h.len += 1;
+        self.put_header(tx, h)?;
+        Ok(false)
+    }
+
+    fn leaf_insert(g: &Geo, tx: &mut Tx<'_>, leaf: Node, i: usize, k: K, v: V) -> Result<Split<K>> {
+        let mut keys = Self::keys(leaf, tx)?[i..].to_vec();
+        let mut vals = Self::vals(g, leaf, tx)?[i..].to_vec();
+        keys.insert(0, k);
+        vals.insert(0, v);
+        if leaf.count < g.leaf_cap {
+            Self::write_keys(tx, leaf.at, i as u64, &keys)?;
+            Self::write_vals(g, tx, leaf.at, i as u64, &vals)?;
+            Self::set_count(tx, leaf.at, leaf.count + 1)?;
+            return Ok(None);
+        }
+        // Full: the left half stays, the right half moves to a new leaf.
+        let mut all_k = Self::keys(leaf, tx)?[..i].to_vec();
+        let mut all_v = Self::vals(g, leaf, tx)?[..i].to_vec();
+        all_k.extend_from_slice(&keys);
+        all_v.extend_from_slice(&vals);
+        let mid = all_k.len() / 2;
+        let right = Self::alloc_node(g, tx, 0)?;
+        Self::write_keys(tx, right, 0, &all_k[mid..])?;
+        Self::write_vals(g, tx, right, 0, &all_v[mid..])?;
+        Self::set_count(tx, right, (all_k.len() - mid) as u64)?;
+        if i < mid {
+            Self::write_keys(tx, leaf.at, i as u64, &all_k[i..mid])?;
+            Self::write_vals(g, tx, leaf.at, i as u64, &all_v[i..mid])?;
+        }
+        Self::set_count(tx, leaf.at, mid as u64)?;
+        // The separator is a copy the internal node owns.
+        let owned = K::load(&all_k[mid], tx)?.to_owned();
+        let sep = K::store(tx, owned.borrow())?;
+        Ok(Some((sep, right)))
+    }
+
+    fn inner_insert(
+        g: &Geo,
+        tx: &mut Tx<'_>,
+        n: Node,
+        ci: u64,
+        sep: K,
+        right: u64,
+    ) -> Result<Split<K>> {
+        let ci = ci as usize;
+        let mut keys = Self::keys(n, tx)?.to_vec();
+        let mut ch = Self::children(g, n, tx)?.to_vec();
+        keys.insert(ci, sep);
+        ch.insert(ci + 1, right);
+        if n.count < g.inner_cap {
+            Self::write_keys(tx, n.at, ci as u64, &keys[ci..])?;
+            Self::write_children(g, tx, n.at, ci as u64 + 1, &ch[ci + 1..])?;
+            Self::set_count(tx, n.at, n.count + 1)?;
+            return Ok(None);
+        }
+        // Full: keys[mid] moves up; the keys after it and their children go right.
+        let mid = keys.len() / 2;
+        let new = Self::alloc_node(g, tx, n.level)?;
+        Self::write_keys(tx, new, 0, &keys[mid + 1..])?;
+        Self::write_children(g, tx, new, 0, &ch[mid + 1..])?;
+        Self::set_count(tx, new, (keys.len() - mid - 1) as u64)?;
+        Self::write_keys(tx, n.at, 0, &keys[..mid])?;
+        Self::write_children(g, tx, n.at, 0, &ch[..mid + 1])?;
+        Self::set_count(tx, n.at, mid as u64)?;
+        Ok(Some((keys[mid], new)))
+    }
+
+    /// Remove `key`, releasing its key and value. Returns whether it was present.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btr.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let m = txheap::PBTreeMap::new(tx)?;
+    ///     m.insert(tx, &1u8, &1u8)?;
+    ///     assert!(m.remove(tx, &1)?);
+    ///     assert!(!m.remove(tx, &1)?);
+    ///     assert_eq!(m.len(tx)?, 0);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn remove(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
+        let mut h = self.header(tx)?;
+        if h.height == 0 {
+            return Ok(false);
+        }
+        let g = Geo::of::<K, V>();
+        let path = Self::descend(&g, &h, tx, key)?;
+        let leaf = path.leaf;
+        let Ok(i) = search(Self::keys(leaf, tx)?, key, tx)? else {
+            return Ok(false);
+        };
+        let keys = Self::keys(leaf, tx)?[i + 1..].to_vec();
+        let vals = Self::vals(&g, leaf, tx)?[i + 1..].to_vec();
+        let (k, v) = (Self::keys(leaf, tx)?[i], Self::vals(&g, leaf, tx)?[i]);
+        k.release(tx)?;
+        v.release(tx)?;
+        h.len = h
+            .len
+            .checked_sub(1)
+            .ok_or_else(|| corrupt(self.offset(), "B-tree length below its entries"))?;
+        if leaf.count > 1 {
+            Self::write_keys(tx, leaf.at, i as u64, &keys)?;
+            Self::write_vals(&g, tx, leaf.at, i as u64, &vals)?;
+            Self::set_count(tx, leaf.at, leaf.count - 1)?;
+            self.put_header(tx, h)?;
+            return Ok(true);
+        }
+        // The leaf empties: free it and take it out of its parent, up as far as nodes empty.
+        Self::free_node(&g, tx, leaf.at)?;
+        let mut emptied = true;
+        for &(n, ci) in path.inner.iter().rev() {
+            if !emptied {
+                break;
+            }
+            if n.count == 0 {
+                Self::free_node(&g, tx, n.at)?;
+                continue;
+            }
+            let mut keys = Self::keys(n, tx)?.to_vec();
+            let mut ch = Self::children(&g, n, tx)?.to_vec();
+            let drop_key = if ci > 0 { ci as usize - 1 } else { 0 };
+            keys.remove(drop_key).release(tx)?;
+            ch.remove(ci as usize);
+            Self::write_keys(tx, n.at, 0, &keys)?;
+            Self::write_children(&g, tx, n.at, 0, &ch)?;
+            Self::set_count(tx, n.at, n.count - 1)?;
+            emptied = false;
+        }
+        if emptied {
+            h.root = 0;
+            h.height = 0;
+        } else {
+            // A root with one child gives way to it.
+            while h.height > 1 {
+                let r = Self::node(&g, tx, h.root, h.height - 1)?;
+                if r.count > 0 {
+                    break;
+                }
+                let only = Self::children(&g, r, tx)?[0];
+                Self::free_node(&g, tx, r.at)?;
+                h.root = only;
+                h.height -= 1;
+            }
+        }
+        self.put_header(tx, h)?;
+        Ok(true)
+    }
+
+    /// Remove every entry, releasing keys and values and freeing every node.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btcl.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let m = txheap::PBTreeMap::new(tx)?;
+    ///     for k in 0..1000u32 { m.insert(tx, &k, &k)?; }
+    ///     m.clear(tx)?;
+    ///     assert_eq!(m.len(tx)?, 0);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
+        let mut h = self.header(tx)?;
+        if h.height > 0 {
+            let g = Geo::of::<K, V>();
+            let mut stack = vec![(h.root, h.height - 1)];
+            while let Some((at, level)) = stack.pop() {
+                let n = Self::node(&g, tx, at, level)?;
+                let keys = Self::keys(n, tx)?.to_vec();
+                if level == 0 {
+                    let vals = Self::vals(&g, n, tx)?.to_vec();
+                    for (k, v) in keys.into_iter().zip(vals) {
+                        k.release(tx)?;
+                        v.release(tx)?;
+                    }
+                } else {
+                    stack.extend(Self::children(&g, n, tx)?.iter().map(|&c| (c, level - 1)));
+                    for k in keys {
+                        k.release(tx)?;
+                    }
+                }
+                Self::free_node(&g, tx, at)?;
+            }
+        }
+        h.root = 0;
+        h.height = 0;
+        h.len = 0;
+        self.put_header(tx, h)
+    }
+
+    /// [`PPtr::clear`]: frees every block the map owns in one call (the header stays where it
+    /// is; free a header made by [`PBTreeMap::new`] with `tx.free`).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btd.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let m = txheap::PBTreeMap::<u8, u8>::new(tx)?;
+    ///     m.insert(tx, &1, &1)?;
+    ///     m.destroy(tx)?;
+    ///     tx.free(m)
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn destroy(self, tx: &mut Tx<'_>) -> Result<()> {
+        self.clear(tx)
+    }
+
+    /// Entries with keys in `range`, in key order; the iterator runs both ways
+    /// (`.rev()`, `next_back`). Each item is a `Result`: a damaged node ends the walk with an
+    /// error.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btrg.heap"), txheap::Options::new())?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::new(tx)?; for k in 0..100u64 { m.insert(tx, &k, &(k * 2))?; } Ok(m) })?;
+    /// heap.read(|r| {
+    ///     let down: Vec<u64> = m.range(r, 10..13)?.rev().map(|e| e.map(|(k, _)| *k)).collect::<Result<_, _>>()?;
+    ///     assert_eq!(down, [12, 11, 10]);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn range<'v, W: View, R: std::ops::RangeBounds<K::Input>>(
+        self,
+        view: &'v W,
+        range: R,
+    ) -> Result<Range<'v, K, V, W>> {
+        self.range_by(view, range.start_bound(), range.end_bound())
+    }
+
+    /// [`PPtr::range`] with explicit bounds (for unsized keys: `Bound::Included(&b"a"[..])`).
+    ///
+    /// ```
+    /// use std::ops::Bound;
+    /// use txheap::{PBTreeMap, PBytes};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btrb.heap"), txheap::Options::new())?;
+    /// let m = heap.transaction(|tx| {
+    ///     let m = PBTreeMap::<PBytes, u8>::new(tx)?;
+    ///     for k in ["apple", "banana", "cherry"] { m.insert(tx, k.as_bytes(), &0)?; }
+    ///     Ok(m)
+    /// })?;
+    /// let n = heap.read(|r| Ok(m.range_by(r, Bound::Included(&b"b"[..]), Bound::Unbounded)?.count()))?;
+    /// assert_eq!(n, 2);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn range_by<'v, W: View>(
+        self,
+        view: &'v W,
+        lo: Bound<&K::Input>,
+        hi: Bound<&K::Input>,
+    ) -> Result<Range<'v, K, V, W>> {
+        let h = self.header(view)?;
+        let g = Geo::of::<K, V>();
+        let mut r = Range {
+            view,
+            g,
+            front: Vec::new(),
+            back: Vec::new(),
+            done: true,
+            _kv: PhantomData,
+        };
+        if h.height == 0 {
+            return Ok(r);
+        }
+        let front = Self::seek(&g, &h, view, lo, true)?;
+        let back = Self::seek(&g, &h, view, hi, false)?;
+        let (Some(front), Some(back)) = (front, back) else {
+            return Ok(r);
+        };
+        r.front = front;
+        r.back = back;
+        let (fk, bk) = (r.key_at(&r.front)?, r.key_at(&r.back)?);
+        r.done = K::load(fk, view)? > K::load(bk, view)?;
+        Ok(r)
+    }
+
+    /// A cursor (stack of (node, index) from the root) at the first entry inside `b` (a lower
+    /// bound, `forward`) or the last entry inside it (an upper bound); `None` if there is none.
+    fn seek<W: View>(
+        g: &Geo,
+        h: &PBTreeMap<K, V>,
+        view: &W,
+        b: Bound<&K::Input>,
+        forward: bool,
+    ) -> Result<Option<Vec<(Node, u64)>>> {
+        let mut n = Self::node(g, view, h.root, h.height - 1)?;
+        let mut stack = Vec::with_capacity(h.height as usize);
+        loop {
+            let keys = Self::keys(n, view)?;
+            // Index in this node: for an internal node the child, for a leaf the entry
+            // position counted from the left (entries before it are outside the bound).
+            let i = match b {
+                Bound::Unbounded if forward => 0,
+                // Backward: the last child, or past the leaf's last entry.
+                Bound::Unbounded => n.count as usize,
+                Bound::Included(q) | Bound::Excluded(q) => {
+                    let s = search(keys, q, view)?;
+                    let excl = matches!(b, Bound::Excluded(_));
+                    match (n.level > 0, s) {
+                        // Internal: keys equal to q live in the child right of them.
+                        (true, Ok(i)) if !forward && excl => i,
+                        (true, Ok(i)) => i + 1,
+                        (true, Err(i)) => i,
+                        // Leaf, forward: first >= q (Included) or > q (Excluded).
+                        (false, Ok(i)) if forward => i + excl as usize,
+                        // Leaf, backward: entries before this index are <= q (or < q).
+                        (false, Ok(i)) => i + !excl as usize,
+                        (false, Err(i)) => i,
+                    }
+                }
+            };
+            if n.level == 0 {
+                if forward {
+                    stack.push((n, i as u64));
+                    if i as u64 >= n.count {
+                        return Self::step_forward(g, view, stack);
+                    }
+                    return Ok(Some(stack));
+                }
+                if i == 0 {
+                    stack.push((n, 0));
+                    return Self::step_back(g, view, stack);
+                }
+                stack.push((n, i as u64 - 1));
+                return Ok(Some(stack));
+            }
+            stack.push((n, i as u64));
+            n = Self::child(g, view, n, i as u64)?;
+        }
+    }
+
+    /// Move a cursor to the next entry (its leaf index may be past the end already).
+    fn step_forward<W: View>(
+        g: &Geo,
+        view: &W,
+        mut s: Vec<(Node, u64)>,
+    ) -> Result<Option<Vec<(Node, u64)>>> {
+        let (leaf, i) = s.pop().expect("a cursor has a leaf");
+        if i + 1 < leaf.count {
+            s.push((leaf, i + 1));
+            return Ok(Some(s));
+        }
+        loop {
+            let Some((n, ci)) = s.pop() else {
+                return Ok(None);
+            };
+            if ci < n.count {
+                s.push((n, ci + 1));
+                let mut c = Self::child(g, view, n, ci + 1)?;
+                while c.level > 0 {
+                    s.push((c, 0));
+                    c = Self::child(g, view, c, 0)?;
+                }
+                if c.count == 0 {
+                    return Err(corrupt(c.at, "B-tree: empty leaf inside the tree"));
+                }
+                s.push((c, 0));
+                return Ok(Some(s));
+            }
+        }
+    }
+
+    /// Move a cursor to the previous entry (its leaf index is 0 or the entry to leave).
+    fn step_back<W: View>(
+        g: &Geo,
+        view: &W,
+        mut s: Vec<(Node, u64)>,
+    ) -> Result<Option<Vec<(Node, u64)>>> {
+        let (leaf, i) = s.pop().expect("a cursor has a leaf");
+        if i > 0 && i <= leaf.count {
+            s.push((leaf, i - 1));
+            return Ok(Some(s));
+        }
+        loop {
+            let Some((n, ci)) = s.pop() else {
+                return Ok(None);
+            };
+            if ci > 0 {
+                s.push((n, ci - 1));
+                let mut c = Self::child(g, view, n, ci - 1)?;
+                while c.level > 0 {
+                    s.push((c, c.count));
+                    c = Self::child(g, view, c, c.count)?;
+                }
+                if c.count == 0 {
+                    return Err(corrupt(c.at, "B-tree: empty leaf inside the tree"));
+                }
+                s.push((c, c.count - 1));
+                return Ok(Some(s));
+            }
+        }
+    }
+
+    /// The entry with the smallest key.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btf.heap"), txheap::Options::new())?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::new(tx)?; m.insert(tx, &4u8, &0u8)?; m.insert(tx, &2u8, &0u8)?; Ok(m) })?;
+    /// assert_eq!(heap.read(|r| Ok(m.first(r)?.map(|(k, _)| *k)))?, Some(2));
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn first<W: View>(self, view: &W) -> Result<Option<(&K::Input, &V::Input)>> {
+        self.range_by(view, Bound::Unbounded, Bound::Unbounded)?
+            .next()
+            .transpose()
+    }
+
+    /// The entry with the largest key.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btla.heap"), txheap::Options::new())?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::new(tx)?; m.insert(tx, &4u8, &0u8)?; m.insert(tx, &2u8, &0u8)?; Ok(m) })?;
+    /// assert_eq!(heap.read(|r| Ok(m.last(r)?.map(|(k, _)| *k)))?, Some(4));
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn last<W: View>(self, view: &W) -> Result<Option<(&K::Input, &V::Input)>> {
+        self.range_by(view, Bound::Unbounded, Bound::Unbounded)?
+            .next_back()
+            .transpose()
+    }
+
+    /// Verify every invariant: element types, node levels and counts, every leaf at the same
+    /// depth and non-empty, keys strictly ascending, separators bounding their subtrees, no node
+    /// reached twice (no cycle, no sharing), and the entry count. The first violation is
+    /// returned as [`Error::Corrupt`] naming the node.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btck.heap"), txheap::Options::new())?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::new(tx)?; for k in 0..500u16 { m.insert(tx, &k, &k)?; } Ok(m) })?;
+    /// heap.read(|r| m.check(r))?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn check<W: View>(self, view: &W) -> Result<()> {
+        let h = self.header(view)?;
+        if h.height == 0 {
+            return Ok(());
+        }
+        let g = Geo::of::<K, V>();
+        let mut seen = HashSet::new();
+        let mut count = 0u64;
+        // (node, level, lower bound, upper bound) as owned keys.
+        type Bounds<K> = (
+            Option<<<K as Element>::Input as ToOwned>::Owned>,
+            Option<<<K as Element>::Input as ToOwned>::Owned>,
+        );
+        let mut stack: Vec<(u64, u64, Bounds<K>)> = vec![(h.root, h.height - 1, (None, None))];
+        while let Some((at, level, (lo, hi))) = stack.pop() {
+            if !seen.insert(at) {
+                return Err(corrupt(
+                    at,
+                    "B-tree node reached twice (cycle or shared subtree)",
+                ));
+            }
+            let n = Self::node(&g, view, at, level)?;
+            let keys = Self::keys(n, view)?;
+            let mut prev: Option<&K::Input> = None;
+            for k in keys {
+                let k = K::load(k, view)?;
+                if prev.is_some_and(|p| p >= k) {
+                    return Err(corrupt(at, "B-tree node keys not strictly ascending"));
+                }
+                if lo.as_ref().is_some_and(|l| k < l.borrow())
+                    || hi.as_ref().is_some_and(|u| k >= u.borrow())
+                {
+                    return Err(corrupt(
+                        at,
+                        "B-tree key outside the bounds its parent's separators give",
+                    ));
+                }
+                prev = Some(k);
+            }
+            if level == 0 {
+                if n.count == 0 {
+                    return Err(corrupt(at, "B-tree: empty leaf"));
+                }
+                Self::vals(&g, n, view)?;
+                count += n.count;
+                continue;
+            }
+            let ch = Self::children(&g, n, view)?;
+            // Children pushed right to left so that leaves are met in key order.
+            for i in (0..ch.len()).rev() {
+                let clo = if i == 0 {
+                    lo.as_ref().map(|l| l.borrow().to_owned())
+                } else {
+                    Some(K::load(&keys[i - 1], view)?.to_owned())
+                };
+                let chi = if i == keys.len() {
+                    hi.as_ref().map(|u| u.borrow().to_owned())
+                } else {
+                    Some(K::load(&keys[i], view)?.to_owned())
+                };
+                stack.push((ch[i], level - 1, (clo, chi)));
+            }
+        }
+        if count != h.len {
+            return Err(corrupt(
+                self.offset(),
+                format!("B-tree holds {count} entries, its header says {}", h.len),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An iterator over a [`PBTreeMap`]'s entries in key order (both ways), from
+/// [`PPtr::range`]. Items borrow the view: keys and values are read in place.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let heap = txheap::Heap::create(dir.path().join("btit.heap"), txheap::Options::new())?;
+/// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::new(tx)?; for k in 0..10u8 { m.insert(tx, &k, &k)?; } Ok(m) })?;
+/// let total: u64 = heap.read(|r| m.range(r, ..)?.map(|e| e.map(|(_, v)| *v as u64)).sum())?;
+/// assert_eq!(total, 45);
+/// # Ok::<(), txheap::Error>(())
+/// ```
+pub struct Range<'v, K, V, W> {
+    view: &'v W,
+    g: Geo,
+    front: Vec<(Node, u64)>,
+    back: Vec<(Node, u64)>,
+    done: bool,
+    _kv: PhantomData<fn() -> (K, V)>,
+}
+
+impl<'v, K, V, W> Range<'v, K, V, W>
+where
+    K: Element,
+    V: Element,
+    K::Input: Ord + ToOwned,
+    V::Input: ToOwned,
+    W: View,
+{
+    fn key_at(&self, c: &[(Node, u64)]) -> Result<&'v K> {
+        let &(leaf, i) = c.last().expect("a cursor has a leaf");
+        PPtr::<PBTreeMap<K, V>>::keys(leaf, self.view)?
+            .get(i as usize)
+            .ok_or_else(|| corrupt(leaf.at, "B-tree cursor past its leaf"))
+    }
+
+    fn entry(&self, c: &[(Node, u64)]) -> Result<(&'v K::Input, &'v V::Input)> {
+        let &(leaf, i) = c.last().expect("a cursor has a leaf");
+        let k = self.key_at(c)?;
+        let v = &PPtr::<PBTreeMap<K, V>>::vals(&self.g, leaf, self.view)?[i as usize];
+        Ok((K::load(k, self.view)?, V::load(v, self.view)?))
+    }
+
+    fn same(&self) -> bool {
+        let (a, b) = (
+            self.front.last().expect("cursor"),
+            self.back.last().expect("cursor"),
+        );
+        a.0.at == b.0.at && a.1 == b.1
+    }
+
+    fn fail(&mut self, e: Error) -> Option<Result<(&'v K::Input, &'v V::Input)>> {
+        self.done = true;
+        Some(Err(e))
+    }
+}
+
+impl<'v, K, V, W> Iterator for Range<'v, K, V, W>
+where
+    K: Element,
+    V: Element,
+    K::Input: Ord + ToOwned + 'v,
+    V::Input: ToOwned + 'v,
+    W: View,
+{
+    type Item = Result<(&'v K::Input, &'v V::Input)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let e = match self.entry(&self.front) {
+            Ok(e) => e,
+            Err(err) => return self.fail(err),
+        };
+        if self.same() {
+            self.done = true;
+        } else {
+            let f = std::mem::take(&mut self.front);
+            match PPtr::<PBTreeMap<K, V>>::step_forward(&self.g, self.view, f) {
+                Ok(Some(f)) => self.front = f,
+                Ok(None) => {
+                    return self.fail(corrupt(
+                        0,
+                        "B-tree cursor ran off the tree before the range's end",
+                    ))
+                }
+                Err(err) => return self.fail(err),
+            }
+        }
+        Some(Ok(e))
+    }
+}
+
+impl<'v, K, V, W> DoubleEndedIterator for Range<'v, K, V, W>
+where
+    K: Element,
+    V: Element,
+    K::Input: Ord + ToOwned + 'v,
+    V::Input: ToOwned + 'v,
+    W: View,
+{
+    fn next_back(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let e = match self.entry(&self.back) {
+            Ok(e) => e,
+            Err(err) => return self.fail(err),
+        };
+        if self.same() {
+            self.done = true;
+        } else {
+            let b = std::mem::take(&mut self.back);
+            match PPtr::<PBTreeMap<K, V>>::step_back(&self.g, self.view, b) {
+                Ok(Some(b)) => self.back = b,
+                Ok(None) => {
+                    return self.fail(corrupt(
+                        0,
+                        "B-tree cursor ran off the tree before the range's start",
+                    ))
+                }
+                Err(err) => return self.fail(err),
+            }
+        }
+        Some(Ok(e))
+    }
+}

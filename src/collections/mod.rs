@@ -1,0 +1,180 @@
+//! Persistent collections built on the heap's own allocator and transactions.
+//!
+//! Owns: [`PVec`], [`PBytes`], [`PString`], [`PHashMap`] and [`PBTreeMap`], the [`View`] trait
+//! (read access shared by [`Tx`] and [`Reader`]) and the [`Element`] trait (how a value is put
+//! into, read from and released by a collection). May not: touch the file or the stage except
+//! through [`Tx`]'s checked, transactional API; it holds no `unsafe`.
+//!
+//! Every collection is a small fixed-size header whose all-zero bytes are a valid empty
+//! collection, so it can be the root (`tx.root::<PVec<u64>>()`), a field of any stored object,
+//! or an object of its own ([`PVec::new`]). Operations take a pointer to the header and a
+//! transaction (to change it) or any [`View`] (to read it). A collection records the
+//! [`crate::Stored::ID`] of its element types on first use and refuses another type
+//! ([`Error::TypeMismatch`]). Every read checks what it meets (bounds, counts, node kinds,
+//! depth), so a damaged collection gives an [`Error`], never a panic or a hang; `check()`
+//! verifies all invariants. `docs/ARCHITECTURE.md` (section 10) describes the layouts.
+
+mod btree;
+mod bytes;
+mod hash;
+mod siphash;
+mod vec;
+
+pub use btree::{PBTreeMap, Range};
+pub use bytes::{PBytes, PString};
+pub use hash::PHashMap;
+pub use vec::PVec;
+
+use bytemuck::Pod;
+
+use crate::error::{Error, Result};
+use crate::pptr::{PPtr, PSlice};
+use crate::reader::Reader;
+use crate::stored::{describe, Stored};
+use crate::tx::Tx;
+
+/// Checked read access to a heap: implemented by [`Tx`] (which sees its own writes) and
+/// [`Reader`]. Collections' read operations take any `View`.
+///
+/// ```
+/// use txheap::{PPtr, View};
+/// fn first<V: View>(v: &V, p: PPtr<[u32; 4]>) -> txheap::Result<u32> {
+///     Ok(v.get(p)?[0])
+/// }
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let heap = txheap::Heap::create(dir.path().join("view.heap"), txheap::Options::new())?;
+/// let p = heap.transaction(|tx| {
+///     let p = tx.alloc([5u32, 6, 7, 8])?;
+///     assert_eq!(first(tx, p)?, 5);
+///     Ok(p)
+/// })?;
+/// assert_eq!(heap.read(|r| first(r, p))?, 5);
+/// # Ok::<(), txheap::Error>(())
+/// ```
+pub trait View {
+    /// The object `p` points to, bounds- and alignment-checked.
+    fn get<T: Pod>(&self, p: PPtr<T>) -> Result<&T>;
+    /// The elements `s` points to, bounds- and alignment-checked.
+    fn slice<T: Pod>(&self, s: PSlice<T>) -> Result<&[T]>;
+}
+
+impl View for Tx<'_> {
+    fn get<T: Pod>(&self, p: PPtr<T>) -> Result<&T> {
+        Tx::get(self, p)
+    }
+    fn slice<T: Pod>(&self, s: PSlice<T>) -> Result<&[T]> {
+        Tx::slice(self, s)
+    }
+}
+
+impl View for Reader<'_> {
+    fn get<T: Pod>(&self, p: PPtr<T>) -> Result<&T> {
+        Reader::get(self, p)
+    }
+    fn slice<T: Pod>(&self, s: PSlice<T>) -> Result<&[T]> {
+        Reader::slice(self, s)
+    }
+}
+
+/// A value a collection can hold: a fixed-size stored handle, with the borrowed form callers
+/// give and get back (`Input`). For plain data (`u64`, arrays, `#[derive(Stored)]` structs,
+/// which get this trait from the derive) the handle is the value itself. [`PBytes`] and
+/// [`PString`] are handles to a separate allocation: a collection stores the bytes on insert and
+/// frees them when the entry goes.
+///
+/// ```
+/// use txheap::{Element, PBytes};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let heap = txheap::Heap::create(dir.path().join("el.heap"), txheap::Options::new())?;
+/// heap.transaction(|tx| {
+///     let b = PBytes::store(tx, b"abc")?;
+///     assert_eq!(PBytes::load(&b, tx)?, b"abc");
+///     b.release(tx)
+/// })?;
+/// # Ok::<(), txheap::Error>(())
+/// ```
+pub trait Element: Stored {
+    /// The borrowed form: `Self` for plain data, `[u8]` for [`PBytes`], `str` for [`PString`].
+    type Input: ?Sized;
+    /// Make a stored handle holding `input` (allocating if the handle owns storage).
+    fn store(tx: &mut Tx<'_>, input: &Self::Input) -> Result<Self>;
+    /// The borrowed form of a stored handle, read through `view`.
+    fn load<'v, V: View>(this: &'v Self, view: &'v V) -> Result<&'v Self::Input>;
+    /// Free what the handle owns (nothing for plain data).
+    fn release(self, tx: &mut Tx<'_>) -> Result<()>;
+}
+
+macro_rules! plain_element {
+    ($($t:ty),*) => {$(
+        impl Element for $t {
+            type Input = Self;
+            fn store(_: &mut Tx<'_>, input: &Self) -> Result<Self> { Ok(*input) }
+            fn load<'v, V: View>(this: &'v Self, _: &'v V) -> Result<&'v Self> { Ok(this) }
+            fn release(self, _: &mut Tx<'_>) -> Result<()> { Ok(()) }
+        }
+    )*};
+}
+plain_element!(
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    ()
+);
+
+impl<T: Stored, const N: usize> Element for [T; N] {
+    type Input = Self;
+    fn store(_: &mut Tx<'_>, input: &Self) -> Result<Self> {
+        Ok(*input)
+    }
+    fn load<'v, V: View>(this: &'v Self, _: &'v V) -> Result<&'v Self> {
+        Ok(this)
+    }
+    fn release(self, _: &mut Tx<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<T: Stored> Element for PPtr<T> {
+    type Input = Self;
+    fn store(_: &mut Tx<'_>, input: &Self) -> Result<Self> {
+        Ok(*input)
+    }
+    fn load<'v, V: View>(this: &'v Self, _: &'v V) -> Result<&'v Self> {
+        Ok(this)
+    }
+    fn release(self, _: &mut Tx<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Check (or, on a collection not used yet, record) the element identity `slot` holds.
+fn check_id<T: Stored>(slot: u64, at: u64, role: &'static str) -> Result<()> {
+    if slot == T::ID || slot == 0 {
+        Ok(())
+    } else {
+        Err(Error::TypeMismatch {
+            offset: at,
+            role,
+            stored_id: slot,
+            requested: format!("{} (identity {:#018x})", describe::<T>(), T::ID),
+        })
+    }
+}
+
+fn corrupt(offset: u64, what: impl Into<String>) -> Error {
+    Error::Corrupt {
+        offset,
+        what: what.into(),
+    }
+}

@@ -1,0 +1,476 @@
+//! `PVec<T>`: a growable array in the heap.
+
+use std::marker::PhantomData;
+
+use super::{check_id, corrupt, Element, View};
+use crate::error::{Error, Result};
+use crate::pptr::{PPtr, PSlice};
+use crate::stored::{Field, Stored};
+use crate::tx::Tx;
+
+/// A growable array of `T` in the heap: a 32-byte header (buffer, capacity, length, element
+/// identity) whose all-zero bytes are an empty vector, and one buffer allocation. Growth
+/// doubles the capacity and frees the old buffer in the same transaction.
+///
+/// Operations are methods on `PPtr<PVec<T>>`: writes take the transaction, reads any
+/// [`View`]; [`PPtr::as_slice`] reads the elements in place, without a copy.
+///
+/// ```
+/// use txheap::{PPtr, PVec};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let heap = txheap::Heap::create(dir.path().join("pvec.heap"), txheap::Options::new())?;
+/// let v: PPtr<PVec<u64>> = heap.transaction(|tx| {
+///     let v = PVec::new(tx)?;
+///     for i in 0..10 { v.push(tx, i * i)?; }
+///     Ok(v)
+/// })?;
+/// assert_eq!(heap.read(|r| v.get(r, 3))?, Some(9));
+/// assert_eq!(heap.read(|r| Ok(r.get(v)?.len()))?, 10);
+/// assert_eq!(heap.read(|r| Ok(v.as_slice(r)?.iter().sum::<u64>()))?, 285);
+/// # Ok::<(), txheap::Error>(())
+/// ```
+#[repr(C)]
+pub struct PVec<T> {
+    buf: u64,
+    cap: u64,
+    len: u64,
+    elem: u64,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for PVec<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for PVec<T> {}
+// SAFETY: repr(C) of four u64 and a ZST: no padding, all-zero is the empty vector.
+unsafe impl<T> bytemuck::Zeroable for PVec<T> {}
+// SAFETY: as above; every bit pattern is a value (operations check what they read).
+unsafe impl<T: 'static> bytemuck::Pod for PVec<T> {}
+
+impl<T> std::fmt::Debug for PVec<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PVec")
+            .field("buf", &self.buf)
+            .field("cap", &self.cap)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<T: Stored> Stored for PVec<T> {
+    const NAME: &'static str = "PVec";
+    const FIELDS: &'static [Field] = &[];
+    const ID: u64 = Field::struct_id("PVec", 32, 8, &[Field::element("T", T::ID)]);
+}
+
+impl<T: Element> Element for PVec<T> {
+    type Input = Self;
+    fn store(_: &mut Tx<'_>, input: &Self) -> Result<Self> {
+        Ok(*input)
+    }
+    fn load<'v, V: View>(this: &'v Self, _: &'v V) -> Result<&'v Self> {
+        Ok(this)
+    }
+    fn release(self, _: &mut Tx<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<T> PVec<T> {
+    /// Number of elements.
+    ///
+    /// ```
+    /// assert_eq!(<txheap::PVec<u8> as txheap::bytemuck::Zeroable>::zeroed().len(), 0);
+    /// ```
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the vector is empty.
+    ///
+    /// ```
+    /// assert!(<txheap::PVec<u8> as txheap::bytemuck::Zeroable>::zeroed().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Elements the buffer holds without growing.
+    ///
+    /// ```
+    /// assert_eq!(<txheap::PVec<u8> as txheap::bytemuck::Zeroable>::zeroed().capacity(), 0);
+    /// ```
+    pub fn capacity(&self) -> u64 {
+        self.cap
+    }
+}
+
+impl<T: Element> PVec<T> {
+    /// Allocate an empty vector of its own; the pointer can be stored anywhere.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvn.heap"), txheap::Options::new())?;
+    /// let v = heap.transaction(|tx| txheap::PVec::<u32>::new(tx))?;
+    /// assert_eq!(heap.read(|r| Ok(r.get(v)?.len()))?, 0);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn new(tx: &mut Tx<'_>) -> Result<PPtr<PVec<T>>> {
+        tx.alloc(PVec {
+            buf: 0,
+            cap: 0,
+            len: 0,
+            elem: T::ID,
+            _t: PhantomData,
+        })
+    }
+}
+
+impl<T: Element> PPtr<PVec<T>> {
+    /// The header, with its element type and shape checked.
+    fn header<V: View>(self, view: &V) -> Result<PVec<T>> {
+        let h = *view.get(self)?;
+        check_id::<T>(h.elem, self.offset(), "element")?;
+        let size = std::mem::size_of::<T>() as u64;
+        if h.len > h.cap
+            || (h.cap > 0 && h.buf == 0)
+            || (size > 0 && h.cap.checked_mul(size).is_none())
+        {
+            return Err(corrupt(
+                self.offset(),
+                format!(
+                    "PVec header: length {} capacity {} buffer {:#x}",
+                    h.len, h.cap, h.buf
+                ),
+            ));
+        }
+        Ok(h)
+    }
+
+    fn elements(h: &PVec<T>) -> PSlice<T> {
+        PSlice::from_raw_parts(h.buf, h.len)
+    }
+
+    /// The elements in place (no copy), checked.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvs.heap"), txheap::Options::new())?;
+    /// let v = heap.transaction(|tx| { let v = txheap::PVec::new(tx)?; v.extend_from_slice(tx, &[1u8, 2, 3])?; Ok(v) })?;
+    /// assert_eq!(heap.read(|r| Ok(v.as_slice(r)?.to_vec()))?, [1, 2, 3]);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn as_slice<V: View>(self, view: &V) -> Result<&[T]> {
+        let h = self.header(view)?;
+        if h.len == 0 {
+            return Ok(&[]);
+        }
+        view.slice(Self::elements(&h))
+    }
+
+    /// The number of elements.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvl.heap"), txheap::Options::new())?;
+    /// let v = heap.transaction(|tx| { let v = txheap::PVec::new(tx)?; v.push(tx, 1u16)?; Ok(v) })?;
+    /// assert_eq!(heap.read(|r| v.len(r))?, 1);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn len<V: View>(self, view: &V) -> Result<u64> {
+        Ok(self.header(view)?.len)
+    }
+
+    /// Element `i`, or `None` past the end.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvg.heap"), txheap::Options::new())?;
+    /// let v = heap.transaction(|tx| { let v = txheap::PVec::new(tx)?; v.push(tx, 7i32)?; Ok(v) })?;
+    /// assert_eq!(heap.read(|r| v.get(r, 0))?, Some(7));
+    /// assert_eq!(heap.read(|r| v.get(r, 1))?, None);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn get<V: View>(self, view: &V, i: u64) -> Result<Option<T>> {
+        let h = self.header(view)?;
+        match Self::elements(&h).get(i) {
+            Some(p) => Ok(Some(*view.get(p)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Replace element `i`, returning the old one (the caller owns it: release it if it owns
+    /// storage).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvset.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let v = txheap::PVec::new(tx)?;
+    ///     v.push(tx, 1u8)?;
+    ///     assert_eq!(v.set(tx, 0, 5)?, 1);
+    ///     assert!(v.set(tx, 1, 5).is_err());
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn set(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<T> {
+        let h = self.header(tx)?;
+        let p = Self::elements(&h).get(i).ok_or(Error::IndexOutOfRange {
+            index: i,
+            len: h.len,
+        })?;
+        let old = *tx.get(p)?;
+        tx.set(p, value)?;
+        Ok(old)
+    }
+
+    /// Make room for at least `additional` more elements (growing to the next power of two).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvr.heap"), txheap::Options::new())?;
+    /// let v = heap.transaction(|tx| { let v = txheap::PVec::<u64>::new(tx)?; v.reserve(tx, 100)?; Ok(v) })?;
+    /// assert!(heap.read(|r| Ok(r.get(v)?.capacity()))? >= 100);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn reserve(self, tx: &mut Tx<'_>, additional: u64) -> Result<()> {
+        let mut h = self.header(tx)?;
+        let need = h
+            .len
+            .checked_add(additional)
+            .ok_or(Error::IndexOutOfRange {
+                index: u64::MAX,
+                len: h.len,
+            })?;
+        if need <= h.cap {
+            return Ok(());
+        }
+        let cap = need.max(4).checked_next_power_of_two().unwrap_or(need);
+        let old = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+        let new = tx.realloc_slice(old, h.len, cap)?;
+        h.buf = new.offset();
+        h.cap = new.len();
+        h.elem = T::ID;
+        tx.set(self, h)
+    }
+
+    /// Append `value`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvp.heap"), txheap::Options::new())?;
+    /// let v = heap.transaction(|tx| { let v = txheap::PVec::new(tx)?; v.push(tx, [1u8; 3])?; Ok(v) })?;
+    /// assert_eq!(heap.read(|r| v.get(r, 0))?, Some([1; 3]));
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn push(self, tx: &mut Tx<'_>, value: T) -> Result<()> {
+        self.extend_from_slice(tx, std::slice::from_ref(&value))
+    }
+
+    /// Append every element of `values`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pve.heap"), txheap::Options::new())?;
+    /// let v = heap.transaction(|tx| { let v = txheap::PVec::new(tx)?; v.extend_from_slice(tx, &[1u32, 2])?; Ok(v) })?;
+    /// assert_eq!(heap.read(|r| v.len(r))?, 2);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn extend_from_slice(self, tx: &mut Tx<'_>, values: &[T]) -> Result<()> {
+        let mut h = self.header(tx)?;
+        let n = values.len() as u64;
+        if h.len + n > h.cap {
+            self.reserve(tx, n)?;
+            h = self.header(tx)?;
+        }
+        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+        tx.write_slice(buf, h.len, values)?;
+        h.len += n;
+        h.elem = T::ID;
+        tx.set(self, h)
+    }
+
+    /// Remove and return the last element.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvpop.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let v = txheap::PVec::new(tx)?;
+    ///     v.push(tx, 4u8)?;
+    ///     assert_eq!(v.pop(tx)?, Some(4));
+    ///     assert_eq!(v.pop(tx)?, None);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn pop(self, tx: &mut Tx<'_>) -> Result<Option<T>> {
+        let mut h = self.header(tx)?;
+        if h.len == 0 {
+            return Ok(None);
+        }
+        let last = *tx.get(Self::elements(&h).get(h.len - 1).expect("len > 0"))?;
+        h.len -= 1;
+        tx.set(self, h)?;
+        Ok(Some(last))
+    }
+
+    /// Insert `value` at `i`, shifting the later elements up.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvi.heap"), txheap::Options::new())?;
+    /// let v = heap.transaction(|tx| {
+    ///     let v = txheap::PVec::new(tx)?;
+    ///     v.extend_from_slice(tx, &[1u8, 3])?;
+    ///     v.insert(tx, 1, 2)?;
+    ///     Ok(v)
+    /// })?;
+    /// assert_eq!(heap.read(|r| Ok(v.as_slice(r)?.to_vec()))?, [1, 2, 3]);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn insert(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<()> {
+        let h = self.header(tx)?;
+        if i > h.len {
+            return Err(Error::IndexOutOfRange {
+                index: i,
+                len: h.len,
+            });
+        }
+        let tail: Vec<T> = self.as_slice(tx)?[i as usize..].to_vec();
+        self.push(tx, value)?;
+        let h = self.header(tx)?;
+        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+        tx.write_slice(buf, i, std::slice::from_ref(&value))?;
+        tx.write_slice(buf, i + 1, &tail)
+    }
+
+    /// Remove and return element `i`, shifting the later elements down.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvrm.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let v = txheap::PVec::new(tx)?;
+    ///     v.extend_from_slice(tx, &[1u8, 2, 3])?;
+    ///     assert_eq!(v.remove(tx, 0)?, 1);
+    ///     assert_eq!(v.as_slice(tx)?, [2, 3]);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn remove(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
+        let mut h = self.header(tx)?;
+        if i >= h.len {
+            return Err(Error::IndexOutOfRange {
+                index: i,
+                len: h.len,
+            });
+        }
+        let all = self.as_slice(tx)?;
+        let removed = all[i as usize];
+        let tail: Vec<T> = all[i as usize + 1..].to_vec();
+        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+        tx.write_slice(buf, i, &tail)?;
+        h.len -= 1;
+        tx.set(self, h)?;
+        Ok(removed)
+    }
+
+    /// Shorten to `len` elements, releasing the ones dropped (a longer `len` does nothing).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvt.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let v = txheap::PVec::new(tx)?;
+    ///     v.extend_from_slice(tx, &[1u8, 2, 3])?;
+    ///     v.truncate(tx, 1)?;
+    ///     assert_eq!(v.as_slice(tx)?, [1]);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn truncate(self, tx: &mut Tx<'_>, len: u64) -> Result<()> {
+        let mut h = self.header(tx)?;
+        if len >= h.len {
+            return Ok(());
+        }
+        let dropped: Vec<T> = self.as_slice(tx)?[len as usize..].to_vec();
+        for e in dropped {
+            e.release(tx)?;
+        }
+        h.len = len;
+        tx.set(self, h)
+    }
+
+    /// Remove every element (releasing them), keeping the buffer.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvc.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let v = txheap::PVec::new(tx)?;
+    ///     v.push(tx, 1u8)?;
+    ///     v.clear(tx)?;
+    ///     assert_eq!(v.len(tx)?, 0);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
+        self.truncate(tx, 0)
+    }
+
+    /// Release every element, free the buffer and leave an empty vector (the header stays
+    /// where it is: the root or a field; free a header made by [`PVec::new`] with `tx.free`).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvd.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let v = txheap::PVec::new(tx)?;
+    ///     v.push(tx, 1u8)?;
+    ///     v.destroy(tx)?;
+    ///     tx.free(v)
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn destroy(self, tx: &mut Tx<'_>) -> Result<()> {
+        self.clear(tx)?;
+        let h = self.header(tx)?;
+        if h.buf != 0 {
+            tx.free_slice(PSlice::<T>::from_raw_parts(h.buf, h.cap))?;
+        }
+        tx.set(
+            self,
+            PVec {
+                buf: 0,
+                cap: 0,
+                len: 0,
+                elem: T::ID,
+                _t: PhantomData,
+            },
+        )
+    }
+
+    /// Verify the vector: header shape, element type, buffer in bounds.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvck.heap"), txheap::Options::new())?;
+    /// let v = heap.transaction(|tx| { let v = txheap::PVec::new(tx)?; v.push(tx, 1u8)?; Ok(v) })?;
+    /// heap.read(|r| v.check(r))?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn check<V: View>(self, view: &V) -> Result<()> {
+        let h = self.header(view)?;
+        if h.cap > 0 {
+            view.slice(PSlice::<T>::from_raw_parts(h.buf, h.cap))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,570 @@
+//! Model-based tests of the collections against `Vec`, `BTreeMap` and `HashMap`: random
+//! operation sequences in transactions that commit, return `Err` or panic, with reopen in
+//! between and `check()` after every step; and damaged collections giving errors.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use proptest::prelude::*;
+use txheap::{Error, Heap, Options, PBTreeMap, PBytes, PHashMap, PPtr, PString, PVec, Stored, Tx};
+
+/// A 256-byte key: fifteen to a node, so a few hundred entries make a three-level tree.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Debug,
+    bytemuck::Pod,
+    bytemuck::Zeroable,
+    Stored,
+)]
+#[repr(C)]
+struct BigKey([u64; 32]);
+
+fn big(k: u16) -> BigKey {
+    let mut a = [0u64; 32];
+    a[0] = k as u64;
+    a[31] = !(k as u64);
+    BigKey(a)
+}
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Stored)]
+#[repr(C)]
+struct Root {
+    tree: PBTreeMap<BigKey, u64>,
+    hash: PHashMap<u64, [u8; 24]>,
+    vec: PVec<u64>,
+    bytes_tree: PPtr<PBTreeMap<PBytes, PString>>,
+    bytes_hash: PPtr<PHashMap<PBytes, PBytes>>,
+}
+
+/// A pointer to a field of the root (the collections live inside it).
+fn field<T>(root: PPtr<Root>, at: usize) -> PPtr<T> {
+    PPtr::from_offset(root.offset() + at as u64)
+}
+fn tree(root: PPtr<Root>) -> PPtr<PBTreeMap<BigKey, u64>> {
+    field(root, std::mem::offset_of!(Root, tree))
+}
+fn hash(root: PPtr<Root>) -> PPtr<PHashMap<u64, [u8; 24]>> {
+    field(root, std::mem::offset_of!(Root, hash))
+}
+fn vec(root: PPtr<Root>) -> PPtr<PVec<u64>> {
+    field(root, std::mem::offset_of!(Root, vec))
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Insert(u16, u64),
+    Remove(u16),
+    Get(u16),
+    Range(Option<u16>, Option<u16>, bool),
+    Clear,
+    Push(u64),
+    Pop,
+    Set(u16, u64),
+    VInsert(u16, u64),
+    VRemove(u16),
+    Truncate(u16),
+    Extend(Vec<u64>),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum End {
+    Commit,
+    Err,
+    Panic,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0u16..400, any::<u64>()).prop_map(|(k, v)| Op::Insert(k, v)),
+        4 => (0u16..400).prop_map(Op::Remove),
+        2 => (0u16..400).prop_map(Op::Get),
+        2 => (proptest::option::of(0u16..400), proptest::option::of(0u16..400), any::<bool>())
+            .prop_map(|(a, b, r)| Op::Range(a, b, r)),
+        1 => Just(Op::Clear),
+        4 => any::<u64>().prop_map(Op::Push),
+        1 => Just(Op::Pop),
+        1 => (0u16..64, any::<u64>()).prop_map(|(i, v)| Op::Set(i, v)),
+        1 => (0u16..64, any::<u64>()).prop_map(|(i, v)| Op::VInsert(i, v)),
+        1 => (0u16..64).prop_map(Op::VRemove),
+        1 => (0u16..64).prop_map(Op::Truncate),
+        1 => proptest::collection::vec(any::<u64>(), 0..40).prop_map(Op::Extend),
+    ]
+}
+
+fn end() -> impl Strategy<Value = End> {
+    prop_oneof![6 => Just(End::Commit), 1 => Just(End::Err), 1 => Just(End::Panic), 1 => Just(End::Reopen)]
+}
+
+#[derive(Clone, Default)]
+struct Model {
+    tree: BTreeMap<u16, u64>,
+    hash: HashMap<u64, [u8; 24]>,
+    vec: Vec<u64>,
+}
+
+fn val24(v: u64) -> [u8; 24] {
+    let mut a = [0u8; 24];
+    a[..8].copy_from_slice(&v.to_le_bytes());
+    a[16..].copy_from_slice(&(!v).to_le_bytes());
+    a
+}
+
+/// Run `op` on the heap and the model; compare what reads return.
+fn apply(tx: &mut Tx<'_>, root: PPtr<Root>, m: &mut Model, op: &Op) -> txheap::Result<()> {
+    let (t, h, v) = (tree(root), hash(root), vec(root));
+    match *op {
+        Op::Insert(k, x) => {
+            let had = t.insert(tx, &big(k), &x)?;
+            assert_eq!(had, m.tree.insert(k, x).is_some());
+            let had = h.insert(tx, &(k as u64), &val24(x))?;
+            assert_eq!(had, m.hash.insert(k as u64, val24(x)).is_some());
+        }
+        Op::Remove(k) => {
+            assert_eq!(t.remove(tx, &big(k))?, m.tree.remove(&k).is_some());
+            assert_eq!(
+                h.remove(tx, &(k as u64))?,
+                m.hash.remove(&(k as u64)).is_some()
+            );
+        }
+        Op::Get(k) => {
+            assert_eq!(t.get(tx, &big(k))?.copied(), m.tree.get(&k).copied());
+            assert_eq!(
+                h.get(tx, &(k as u64))?.copied(),
+                m.hash.get(&(k as u64)).copied()
+            );
+        }
+        Op::Range(a, b, rev) => {
+            let lo = a.map_or(Bound::Unbounded, Bound::Included);
+            let hi = b.map_or(Bound::Unbounded, Bound::Excluded);
+            if let (Some(a), Some(b)) = (a, b) {
+                if a > b {
+                    return Ok(()); // BTreeMap::range panics on this; ours is empty
+                }
+            }
+            let want: Vec<(u16, u64)> = m.tree.range((lo, hi)).map(|(k, v)| (*k, *v)).collect();
+            let (blo, bhi) = (a.map(big), b.map(big));
+            let bl = blo.as_ref().map_or(Bound::Unbounded, Bound::Included);
+            let bh = bhi.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+            let it = t.range_by(tx, bl, bh)?;
+            let mut got: Vec<(u16, u64)> = if rev {
+                it.rev()
+                    .map(|e| e.map(|(k, v)| (k.0[0] as u16, *v)))
+                    .collect::<txheap::Result<_>>()?
+            } else {
+                it.map(|e| e.map(|(k, v)| (k.0[0] as u16, *v)))
+                    .collect::<txheap::Result<_>>()?
+            };
+            if rev {
+                got.reverse();
+            }
+            assert_eq!(got, want);
+        }
+        Op::Clear => {
+            t.clear(tx)?;
+            h.clear(tx)?;
+            m.tree.clear();
+            m.hash.clear();
+        }
+        Op::Push(x) => {
+            v.push(tx, x)?;
+            m.vec.push(x);
+        }
+        Op::Pop => assert_eq!(v.pop(tx)?, m.vec.pop()),
+        Op::Set(i, x) => {
+            let r = v.set(tx, i as u64, x);
+            match m.vec.get_mut(i as usize) {
+                Some(e) => assert_eq!(r?, std::mem::replace(e, x)),
+                None => assert!(matches!(r, Err(Error::IndexOutOfRange { .. }))),
+            }
+        }
+        Op::VInsert(i, x) => {
+            let r = v.insert(tx, i as u64, x);
+            if i as usize <= m.vec.len() {
+                r?;
+                m.vec.insert(i as usize, x);
+            } else {
+                assert!(matches!(r, Err(Error::IndexOutOfRange { .. })));
+            }
+        }
+        Op::VRemove(i) => {
+            let r = v.remove(tx, i as u64);
+            if (i as usize) < m.vec.len() {
+                assert_eq!(r?, m.vec.remove(i as usize));
+            } else {
+                assert!(matches!(r, Err(Error::IndexOutOfRange { .. })));
+            }
+        }
+        Op::Truncate(n) => {
+            v.truncate(tx, n as u64)?;
+            m.vec.truncate(n as usize);
+        }
+        Op::Extend(ref xs) => {
+            v.extend_from_slice(tx, xs)?;
+            m.vec.extend_from_slice(xs);
+        }
+    }
+    Ok(())
+}
+
+/// Everything the heap holds equals the model, and every `check()` passes.
+fn compare<V: txheap::View>(r: &V, root: PPtr<Root>, m: &Model) -> txheap::Result<()> {
+    let (t, h, v) = (tree(root), hash(root), vec(root));
+    t.check(r)?;
+    h.check(r)?;
+    v.check(r)?;
+    let all: Vec<(u16, u64)> = t
+        .range(r, ..)?
+        .map(|e| e.map(|(k, v)| (k.0[0] as u16, *v)))
+        .collect::<txheap::Result<_>>()?;
+    assert_eq!(
+        all,
+        m.tree.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>()
+    );
+    let mut back: Vec<u16> = t
+        .range(r, ..)?
+        .rev()
+        .map(|e| e.map(|(k, _)| k.0[0] as u16))
+        .collect::<txheap::Result<_>>()?;
+    back.reverse();
+    assert_eq!(back, m.tree.keys().copied().collect::<Vec<_>>());
+    assert_eq!(t.len(r)?, m.tree.len() as u64);
+    assert_eq!(
+        t.first(r)?.map(|(k, _)| k.0[0] as u16),
+        m.tree.keys().next().copied()
+    );
+    assert_eq!(
+        t.last(r)?.map(|(k, _)| k.0[0] as u16),
+        m.tree.keys().next_back().copied()
+    );
+    let mut hm: HashMap<u64, [u8; 24]> = HashMap::new();
+    for e in h.iter(r)? {
+        let (k, v) = e?;
+        assert!(hm.insert(*k, *v).is_none(), "key {k} twice");
+    }
+    assert_eq!(hm, m.hash);
+    assert_eq!(h.len(r)?, m.hash.len() as u64);
+    assert_eq!(v.as_slice(r)?, &m.vec[..]);
+    Ok(())
+}
+
+/// Run the batches; returns the tallest the B-tree grew (its header's height word).
+fn run(batches: &[(Vec<Op>, End)]) -> u64 {
+    let mut tallest = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.heap");
+    let mut heap = Some(Heap::create(&path, Options::new()).unwrap());
+    let root = heap
+        .as_ref()
+        .unwrap()
+        .transaction(|tx| tx.root::<Root>())
+        .unwrap();
+    let mut model = Model::default();
+    for (ops, end) in batches {
+        let h = heap.as_ref().unwrap();
+        let mut next = model.clone();
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            h.transaction(|tx| {
+                for o in ops {
+                    apply(tx, root, &mut next, o)?;
+                }
+                compare(tx, root, &next)?;
+                match end {
+                    End::Err => Err(Error::NoRoot),
+                    End::Panic => panic!("abort by panic"),
+                    _ => Ok(()),
+                }
+            })
+        }));
+        match end {
+            End::Commit | End::Reopen => {
+                r.expect("no panic").expect("commit");
+                model = next;
+            }
+            End::Err => assert!(matches!(r, Ok(Err(Error::NoRoot)))),
+            End::Panic => assert!(r.is_err()),
+        }
+        if let End::Reopen = end {
+            heap.take().unwrap().close().unwrap();
+            heap = Some(Heap::open(&path, Options::new()).unwrap());
+        }
+        heap.as_ref()
+            .unwrap()
+            .read(|r| compare(r, root, &model))
+            .unwrap();
+        let words = heap
+            .as_ref()
+            .unwrap()
+            .read(|r| Ok(*r.get(tree(root).cast::<[u64; 5]>())?))
+            .unwrap();
+        tallest = tallest.max(words[2]);
+    }
+    tallest
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn collections_match_their_models(
+        batches in proptest::collection::vec((proptest::collection::vec(op(), 1..60), end()), 1..14)
+    ) {
+        run(&batches);
+    }
+}
+
+/// Enough inserts for a three-level tree, then removal of all in an order that empties leaves
+/// from both ends and the middle: check() and the model agree at every step.
+#[test]
+fn tree_grows_three_levels_and_shrinks_back() {
+    let mut ins: Vec<(Op, End)> = Vec::new();
+    for k in 0..400u16 {
+        ins.push((Op::Insert((k * 7919) % 400, k as u64), End::Commit));
+    }
+    let mut batches: Vec<(Vec<Op>, End)> = ins
+        .chunks(40)
+        .map(|c| (c.iter().map(|x| x.0.clone()).collect(), End::Commit))
+        .collect();
+    let mut order: Vec<u16> = (0..400).collect();
+    order.sort_by_key(|k| (k % 3, *k));
+    for c in order.chunks(25) {
+        batches.push((c.iter().map(|&k| Op::Remove(k)).collect(), End::Commit));
+    }
+    assert_eq!(run(&batches), 3, "the tree reached three levels");
+}
+
+/// Byte-string keys and values in both maps, with replacement and removal freeing the bytes:
+/// the heap's used bytes return to where they were once the maps are empty again.
+#[test]
+fn byte_string_maps_free_what_they_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("bytes.heap"), Options::new()).unwrap();
+    let (bt, bh) = heap
+        .transaction(|tx| {
+            let r = tx.root::<Root>()?;
+            let bt = PBTreeMap::new(tx)?;
+            let bh = PHashMap::new(tx)?;
+            let mut root = *tx.get(r)?;
+            root.bytes_tree = bt;
+            root.bytes_hash = bh;
+            tx.set(r, root)?;
+            Ok((bt, bh))
+        })
+        .unwrap();
+    let used0 = heap.stats().unwrap().used_bytes;
+    let mut model: BTreeMap<Vec<u8>, String> = BTreeMap::new();
+    for round in 0..3u32 {
+        heap.transaction(|tx| {
+            for i in 0..300u32 {
+                let k = format!(
+                    "key-{:05}-{}",
+                    (i * 37) % 300,
+                    "x".repeat((i % 40) as usize)
+                );
+                let v = format!("value {i} of round {round} ✓");
+                bt.insert(tx, k.as_bytes(), &v)?;
+                bh.insert(tx, k.as_bytes(), v.as_bytes())?;
+                model.insert(k.into_bytes(), v);
+            }
+            Ok(())
+        })
+        .unwrap();
+        heap.read(|r| {
+            bt.check(r)?;
+            bh.check(r)?;
+            let got: Vec<(Vec<u8>, String)> = bt
+                .range(r, ..)?
+                .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_string())))
+                .collect::<txheap::Result<_>>()?;
+            assert_eq!(
+                got,
+                model
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<Vec<_>>()
+            );
+            for (k, v) in &model {
+                assert_eq!(bh.get(r, k)?, Some(v.as_bytes()));
+            }
+            let from: Vec<Vec<u8>> = bt
+                .range_by(
+                    r,
+                    Bound::Excluded(&b"key-00100"[..]),
+                    Bound::Included(&b"key-00103"[..]),
+                )?
+                .map(|e| e.map(|(k, _)| k.to_vec()))
+                .collect::<txheap::Result<_>>()?;
+            assert!(from
+                .iter()
+                .all(|k| k.as_slice() > &b"key-00100"[..] && k.as_slice() <= &b"key-00103"[..]));
+            assert_eq!(from.len(), 3, "{from:?}");
+            Ok(())
+        })
+        .unwrap();
+    }
+    heap.transaction(|tx| {
+        let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
+        for (i, k) in keys.iter().enumerate() {
+            if i % 2 == 0 {
+                assert!(bt.remove(tx, k)?);
+                assert!(bh.remove(tx, k)?);
+            }
+        }
+        bt.clear(tx)?;
+        bh.clear(tx)
+    })
+    .unwrap();
+    assert_eq!(
+        heap.stats().unwrap().used_bytes,
+        used0,
+        "every key, value and node freed"
+    );
+}
+
+/// Damage: a flipped count, a child pointing back at its parent, a pointer out of bounds, keys
+/// out of order, invalid UTF-8, a wrong element type: an `Error` from the operation that meets
+/// it and from check(), never a panic or a hang.
+#[test]
+fn damaged_collections_give_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("damage.heap"), Options::new()).unwrap();
+    let fresh = |heap: &Heap| {
+        heap.transaction(|tx| {
+            let m = PBTreeMap::<u64, [u8; 200]>::new(tx)?;
+            for k in 0..200u64 {
+                m.insert(tx, &k, &[k as u8; 200])?;
+            }
+            Ok(m)
+        })
+        .unwrap()
+    };
+    let words = |heap: &Heap, m: PPtr<PBTreeMap<u64, [u8; 200]>>| {
+        heap.read(|r| Ok(*r.get(m.cast::<[u64; 5]>())?)).unwrap()
+    };
+    let expect_err = |heap: &Heap, m: PPtr<PBTreeMap<u64, [u8; 200]>>, what: &str| {
+        let check = heap.read(|r| m.check(r));
+        assert!(check.is_err(), "{what}: check passed");
+        let scan = heap.read(|r| {
+            r.root::<u64>()
+                .map(|_| ())
+                .or(Ok(()))
+                .and_then(|_| m.range(r, ..)?.try_for_each(|e| e.map(|_| ())))
+        });
+        let gets = heap.read(|r| (0..200u64).try_for_each(|k| m.get(r, &k).map(|_| ())));
+        assert!(
+            scan.is_err() || gets.is_err(),
+            "{what}: no operation met the damage"
+        );
+    };
+
+    // Root internal node: its count made huge.
+    let m = fresh(&heap);
+    let root = words(&heap, m)[0];
+    heap.transaction(|tx| tx.set(PPtr::<u32>::from_offset(root + 4), 60_000))
+        .unwrap();
+    expect_err(&heap, m, "count");
+
+    // A child pointer aimed at the root itself (a cycle).
+    let m = fresh(&heap);
+    let root = words(&heap, m)[0];
+    let children_at = heap
+        .read(|r| {
+            // The first child pointer: scan the node for a value that is a node at level 0.
+            let node = r.slice(txheap::PSlice::<u64>::from_raw_parts(root, 512))?;
+            Ok(node
+                .iter()
+                .position(|&w| {
+                    w != 0
+                        && w != root
+                        && w % 16 == 0
+                        && w > root.saturating_sub(1 << 30)
+                        && r.get(PPtr::<u32>::from_offset(w)).is_ok_and(|l| *l == 0)
+                })
+                .unwrap())
+        })
+        .unwrap();
+    heap.transaction(|tx| {
+        tx.set(
+            PPtr::<u64>::from_offset(root + 8 * children_at as u64),
+            root,
+        )
+    })
+    .unwrap();
+    expect_err(&heap, m, "cycle");
+
+    // A child pointer out of bounds.
+    let m = fresh(&heap);
+    let root = words(&heap, m)[0];
+    heap.transaction(|tx| {
+        tx.set(
+            PPtr::<u64>::from_offset(root + 8 * children_at as u64),
+            1 << 50,
+        )
+    })
+    .unwrap();
+    expect_err(&heap, m, "out of bounds");
+
+    // Two keys of a leaf swapped: only check() can see it (lookups may just miss).
+    let m = fresh(&heap);
+    let leaf = heap
+        .read(|r| {
+            Ok(*r.get(PPtr::<u64>::from_offset(
+                words(&heap, m)[0] + 8 * children_at as u64,
+            ))?)
+        })
+        .unwrap();
+    heap.transaction(|tx| {
+        let a = *tx.get(PPtr::<u64>::from_offset(leaf + 16))?;
+        let b = *tx.get(PPtr::<u64>::from_offset(leaf + 24))?;
+        tx.set(PPtr::<u64>::from_offset(leaf + 16), b)?;
+        tx.set(PPtr::<u64>::from_offset(leaf + 24), a)
+    })
+    .unwrap();
+    let e = heap.read(|r| m.check(r)).unwrap_err();
+    assert!(e.to_string().contains("ascending"), "{e}");
+
+    // A header whose length disagrees with the entries.
+    let m = fresh(&heap);
+    heap.transaction(|tx| tx.set(m.cast::<u64>().cast::<[u64; 2]>(), [words(&heap, m)[0], 7]))
+        .unwrap();
+    let e = heap.read(|r| m.check(r)).unwrap_err();
+    assert!(e.to_string().contains("header says 7"), "{e}");
+
+    // Invalid UTF-8 in a PString.
+    let s = heap.transaction(|tx| PString::new(tx, "fine")).unwrap();
+    heap.transaction(|tx| {
+        let b: PBytes = bytemuck::cast(s);
+        tx.write_slice(b.as_slice(), 1, &[0xff])
+    })
+    .unwrap();
+    let e = heap.read(|r| s.as_str(r).map(|_| ())).unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+
+    // A hash map read as another value type.
+    let h = heap
+        .transaction(|tx| {
+            let h = PHashMap::<u64, u64>::new(tx)?;
+            h.insert(tx, &1, &1)?;
+            Ok(h)
+        })
+        .unwrap();
+    let wrong: PPtr<PHashMap<u64, u32>> = h.cast();
+    let e = heap.read(|r| wrong.get(r, &1).map(|_| ())).unwrap_err();
+    assert!(
+        matches!(e, Error::TypeMismatch { role: "value", .. }),
+        "{e}"
+    );
+
+    // A hash map's table pointer out of bounds, and its length wrong.
+    heap.transaction(|tx| tx.set(h.cast::<u64>(), 1 << 50))
+        .unwrap();
+    assert!(heap.read(|r| h.get(r, &1).map(|_| ())).is_err());
+    assert!(heap.read(|r| h.check(r)).is_err());
+}

@@ -1,0 +1,145 @@
+//! Stored type identity: the root's type check survives a move of the type to another module
+//! and catches a changed layout, naming both layouts; files written before `Stored` still open.
+
+use txheap::{Error, Heap, Options, PPtr, Stored};
+
+mod first {
+    #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, txheap::Stored)]
+    #[repr(C)]
+    pub struct Root {
+        pub count: u64,
+        pub head: txheap::PPtr<u64>,
+    }
+}
+
+mod second {
+    // Byte-identical, declared elsewhere: the same stored identity.
+    #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, txheap::Stored)]
+    #[repr(C)]
+    pub struct Root {
+        pub count: u64,
+        pub head: txheap::PPtr<u64>,
+    }
+}
+
+mod changed {
+    // The same name, size and alignment; two fields swapped.
+    #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, txheap::Stored)]
+    #[repr(C)]
+    pub struct Root {
+        pub head: txheap::PPtr<u64>,
+        pub count: u64,
+    }
+}
+
+#[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, Stored)]
+#[repr(C)]
+#[stored(name = "app.Root")]
+struct Renamed {
+    count: u64,
+    head: PPtr<u64>,
+}
+
+#[test]
+fn identity_is_the_layout_not_the_module_path() {
+    assert_eq!(<first::Root as Stored>::ID, <second::Root as Stored>::ID);
+    assert_ne!(<first::Root as Stored>::ID, <changed::Root as Stored>::ID);
+    assert_ne!(<first::Root as Stored>::ID, <Renamed as Stored>::ID);
+    assert_ne!(<first::Root as Stored>::ID, <[u64; 2] as Stored>::ID);
+    assert_ne!(<[u32; 2] as Stored>::ID, <[u16; 4] as Stored>::ID);
+    assert_ne!(<PPtr<u32> as Stored>::ID, <PPtr<u64> as Stored>::ID);
+    assert_eq!(
+        txheap::describe::<first::Root>(),
+        "Root (size 16, align 8; count: u64 @0, head: txheap::PPtr<u64> @8)"
+    );
+}
+
+#[test]
+fn root_moves_between_modules_and_refuses_a_changed_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stored.heap");
+    let heap = Heap::create(&path, Options::new()).unwrap();
+    heap.transaction(|tx| {
+        let r = tx.root::<first::Root>()?;
+        tx.get_mut(r)?.count = 7;
+        Ok(())
+    })
+    .unwrap();
+    heap.close().unwrap();
+
+    let heap = Heap::open(&path, Options::new()).unwrap();
+    let count = heap
+        .read(|r| Ok(r.get(r.root::<second::Root>()?)?.count))
+        .unwrap();
+    assert_eq!(count, 7);
+    let err = heap.read(|r| r.root::<changed::Root>()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::RootTypeMismatch { .. }), "{err:?}");
+    assert!(
+        text.contains("count: u64 @0, head: txheap::PPtr<u64> @8")
+            && text.contains("head: txheap::PPtr<u64> @0, count: u64 @8"),
+        "{text}"
+    );
+    let err = heap.transaction(|tx| tx.root::<Renamed>()).unwrap_err();
+    assert!(err.to_string().contains("app.Root"), "{err}");
+    // Refused without harm: the root still reads.
+    assert_eq!(
+        heap.read(|r| Ok(r.get(r.root::<first::Root>()?)?.count))
+            .unwrap(),
+        7
+    );
+}
+
+/// FNV-1a of `type_name`, size, alignment: how roots were identified before `Stored`.
+fn legacy<T>() -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let size = (std::mem::size_of::<T>() as u64).to_le_bytes();
+    let align = (std::mem::align_of::<T>() as u64).to_le_bytes();
+    for &b in std::any::type_name::<T>()
+        .as_bytes()
+        .iter()
+        .chain(&size)
+        .chain(&align)
+    {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[test]
+fn a_root_written_before_stored_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("legacy.heap");
+    let heap = Heap::create(&path, Options::new()).unwrap();
+    heap.transaction(|tx| {
+        let r = tx.root::<[u64; 4]>()?;
+        tx.get_mut(r)?[3] = 99;
+        Ok(())
+    })
+    .unwrap();
+    heap.checkpoint().unwrap();
+    heap.close().unwrap();
+
+    // Rewrite the heap header as an older txheap wrote it: identity kind 0, the fingerprint of
+    // the compiler's type name, no description.
+    let mut file = std::fs::read(&path).unwrap();
+    let at = file
+        .windows(8)
+        .rposition(|w| w == b"TXHEAPHH")
+        .expect("heap header");
+    file[at + 24..at + 32].copy_from_slice(&legacy::<[u64; 4]>().to_le_bytes());
+    file[at + 36..at + 40].copy_from_slice(&0u32.to_le_bytes());
+    file[at + 64..at + 4096].fill(0);
+    let crc = crc32fast::hash(&file[at..at + 60]);
+    file[at + 60..at + 64].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &file).unwrap();
+
+    let heap = Heap::open(&path, Options::new()).unwrap();
+    assert_eq!(
+        heap.read(|r| Ok(r.get(r.root::<[u64; 4]>()?)?[3])).unwrap(),
+        99
+    );
+    let err = heap.read(|r| r.root::<[u32; 8]>()).unwrap_err();
+    assert!(err.to_string().contains("before Stored"), "{err}");
+}
