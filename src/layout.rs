@@ -68,12 +68,12 @@ impl Geometry {
             return Err(Error::Misaligned { offset: off, align });
         }
         let heap_end = self.heap_end(chunk_count);
-        let oob = Error::OutOfBounds {
+        let oob = || Error::OutOfBounds {
             offset: off,
             len,
             heap_end,
         };
-        let end = off.checked_add(len).ok_or(oob)?;
+        let end = off.checked_add(len).ok_or_else(oob)?;
         let in_root = off >= self.root_offset && end <= self.root_offset + ROOT_LEN_MAX;
         let in_chunks = off >= self.chunk_area && end <= heap_end;
         if in_root || in_chunks {

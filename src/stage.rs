@@ -172,9 +172,10 @@ struct Hint {
     valid: bool,
 }
 
-/// How many recently written ranges `write` checks before searching the tree (a transaction
-/// typically alternates between a few: the object, a bitmap word, the pointer to the object).
-const HINTS: usize = 4;
+/// How many recently used ranges `write` and `read` check before searching the tree (a
+/// transaction typically alternates between a few: the object, a bitmap word, the pointer to the
+/// object; a B-tree insert: the map's header and the nodes on its path).
+const HINTS: usize = 8;
 
 /// Most one-line buffers a stage keeps for reuse (64 KiB).
 const SPARE_MAX: usize = 1024;
@@ -442,7 +443,16 @@ impl Stage {
             Some(h) => (inner.buf(h.slot).base() as *const u8, h.start),
             None => match inner.find(a, b) {
                 Ok(None) => return None,
-                Ok(Some((s, slot))) => (inner.buf(slot).base() as *const u8, s),
+                Ok(Some((s, slot))) => {
+                    let end = s + inner.buf(slot).len();
+                    inner.remember(Hint {
+                        start: s,
+                        end,
+                        slot,
+                        valid: true,
+                    });
+                    (inner.buf(slot).base() as *const u8, s)
+                }
                 Err(()) => (inner.compose(a, b, fill), a),
             },
         };

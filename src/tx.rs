@@ -341,18 +341,18 @@ impl<'h> Tx<'h> {
     /// ```
     pub fn write_slice<T: Pod>(&mut self, s: PSlice<T>, start: u64, values: &[T]) -> Result<()> {
         let n = values.len() as u64;
-        let oob = Error::SliceRange {
+        let oob = || Error::SliceRange {
             start,
             count: n,
             slice_len: s.len(),
         };
         if start.checked_add(n).is_none_or(|e| e > s.len()) {
-            return Err(oob);
+            return Err(oob());
         }
         if n == 0 {
             return Ok(());
         }
-        let first = s.get(start).ok_or(oob)?;
+        let first = s.get(start).ok_or_else(oob)?;
         let part = PSlice::<T>::from_raw_parts(first.offset(), n);
         self.slice_mut(part)?.copy_from_slice(values);
         Ok(())

@@ -121,7 +121,7 @@ impl Workload {
                 "a scan of every entry of a map of N entries, in key order (the hash map: in table order), one reader"
             }
             Workload::W4Space => {
-                "the store's file bytes per payload byte (72 per entry) after W4-load's N inserts"
+                "the store's file bytes per payload byte (72 per entry) after N random inserts in transactions of 1,000, default options"
             }
         }
     }

@@ -445,14 +445,14 @@ pub static CASES: &[Case] = &[
         W4Space,
         "txheap",
         Subject,
-        "PBTreeMap<u64, [u8; 64]>, Durability::Full, log_size 256 MiB",
+        "PBTreeMap<u64, [u8; 64]>, Durability::Full, default options (16 MiB log)",
         Custom(w4::measure_space),
     ),
     case(
         W4Space,
         "txheap-hash",
         Peer,
-        "PHashMap<u64, [u8; 64]>, Durability::Full, log_size 256 MiB",
+        "PHashMap<u64, [u8; 64]>, Durability::Full, default options (16 MiB log)",
         Custom(w4::measure_space),
     ),
     case(

@@ -147,48 +147,53 @@ struct Geo {
     /// Entries per leaf, keys per internal node.
     leaf_cap: u64,
     inner_cap: u64,
+    keys_at: u64,
     vals_at: u64,
     children_at: u64,
 }
 
+/// Entries per leaf and keys per internal node of `bytes`-byte nodes.
+const fn fits(bytes: u64, ks: u64, vs: u64, ka: u64, va: u64) -> (u64, u64) {
+    let keys_at = align_up(NODE_HEADER, ka);
+    let per = if ks + vs == 0 { 1 } else { ks + vs };
+    let mut leaf_cap = (bytes - keys_at) / per;
+    while leaf_cap > 0 && align_up(keys_at + leaf_cap * ks, va) + leaf_cap * vs > bytes {
+        leaf_cap -= 1;
+    }
+    let mut inner_cap = (bytes - keys_at - 8) / (ks + 8);
+    while inner_cap > 0 && align_up(keys_at + inner_cap * ks, 8) + (inner_cap + 1) * 8 > bytes {
+        inner_cap -= 1;
+    }
+    (leaf_cap, inner_cap)
+}
+
 impl Geo {
-    fn of<K, V>() -> Geo {
+    const fn of<K, V>() -> Geo {
         let ks = std::mem::size_of::<K>() as u64;
         let vs = std::mem::size_of::<V>() as u64;
-        let (ka, va) = (
-            std::mem::align_of::<K>() as u64,
-            std::mem::align_of::<V>() as u64,
-        );
-        let fits = |bytes: u64| {
-            let keys_at = align_up(NODE_HEADER, ka);
-            let mut leaf_cap = (bytes - keys_at) / (ks + vs).max(1);
-            while leaf_cap > 0 && align_up(keys_at + leaf_cap * ks, va) + leaf_cap * vs > bytes {
-                leaf_cap -= 1;
-            }
-            let mut inner_cap = (bytes - keys_at - 8) / (ks + 8);
-            while inner_cap > 0
-                && align_up(keys_at + inner_cap * ks, 8) + (inner_cap + 1) * 8 > bytes
-            {
-                inner_cap -= 1;
-            }
-            (leaf_cap, inner_cap)
-        };
+        let ka = std::mem::align_of::<K>() as u64;
+        let va = std::mem::align_of::<V>() as u64;
         let mut bytes = NODE_BYTES;
-        while {
-            let (l, i) = fits(bytes);
-            l < 8 || i < 8
-        } {
+        loop {
+            let (l, i) = fits(bytes, ks, vs, ka, va);
+            if l >= 8 && i >= 8 {
+                break;
+            }
             bytes *= 2;
         }
-        let (leaf_cap, inner_cap) = fits(bytes);
-        let leaf_cap = leaf_cap.min(u32::MAX as u64);
-        let inner_cap = inner_cap.min(u32::MAX as u64);
+        let (mut leaf_cap, mut inner_cap) = fits(bytes, ks, vs, ka, va);
+        if leaf_cap > u32::MAX as u64 {
+            leaf_cap = u32::MAX as u64;
+        }
+        if inner_cap > u32::MAX as u64 {
+            inner_cap = u32::MAX as u64;
+        }
         let keys_at = align_up(NODE_HEADER, ka);
-        debug_assert_eq!(keys_at, NODE_HEADER.max(keys_at));
         Geo {
             bytes,
             leaf_cap,
             inner_cap,
+            keys_at,
             vals_at: align_up(keys_at + leaf_cap * ks, va),
             children_at: align_up(keys_at + inner_cap * ks, 8),
         }
@@ -207,6 +212,8 @@ struct Node {
 struct Path {
     inner: Vec<(Node, u64)>,
     leaf: Node,
+    /// Where the key is in the leaf (`Ok`) or would go (`Err`).
+    pos: std::result::Result<usize, usize>,
 }
 
 /// A split that the parent must take: the separator (smallest key of the new right node) and
@@ -294,9 +301,11 @@ where
         tx.set(self, h)
     }
 
-    /// Read the node at `at`, which must be at `level`.
-    fn node<W: View>(g: &Geo, view: &W, at: u64, level: u64) -> Result<Node> {
-        let nh = *view.get(PPtr::<NodeHeader>::from_offset(at))?;
+    /// Node geometry of this key and value type (computed at compile time).
+    const GEO: Geo = Geo::of::<K, V>();
+
+    /// Check a node header read at `at` against the level expected there.
+    fn check_header(g: &Geo, at: u64, nh: NodeHeader, level: u64) -> Result<Node> {
         let cap = if level == 0 { g.leaf_cap } else { g.inner_cap };
         if nh.level as u64 != level || nh.count as u64 > cap {
             return Err(corrupt(
@@ -314,11 +323,51 @@ where
         })
     }
 
+    /// Read the node at `at`, which must be at `level`.
+    fn node<W: View>(g: &Geo, view: &W, at: u64, level: u64) -> Result<Node> {
+        let nh = *view.get(PPtr::<NodeHeader>::from_offset(at))?;
+        Self::check_header(g, at, nh, level)
+    }
+
+    /// The node at `at` (which must be at `level`) and all its bytes, in one checked read.
+    fn node_bytes<W: View>(view: &W, at: u64, level: u64) -> Result<(Node, &[u8])> {
+        let g = Self::GEO;
+        let b = view.slice(PSlice::<u8>::from_raw_parts(at, g.bytes))?;
+        let nh: NodeHeader = bytemuck::pod_read_unaligned(&b[..NODE_HEADER as usize]);
+        Ok((Self::check_header(&g, at, nh, level)?, b))
+    }
+
+    /// `count` elements of `T` at byte `from` of node bytes `b` (of the node at `at`).
+    fn part<T: bytemuck::Pod>(b: &[u8], at: u64, from: u64, count: u64) -> Result<&[T]> {
+        let size = std::mem::size_of::<T>() as u64;
+        let bytes = &b[from as usize..(from + count * size) as usize];
+        crate::pptr::cast_slice(bytes, PSlice::<T>::from_raw_parts(at + from, count))
+    }
+
+    /// [`Self::part`] for writing.
+    fn part_mut<T: bytemuck::Pod>(
+        b: &mut [u8],
+        at: u64,
+        from: u64,
+        count: u64,
+    ) -> Result<&mut [T]> {
+        let size = std::mem::size_of::<T>() as u64;
+        let bytes = &mut b[from as usize..(from + count * size) as usize];
+        crate::pptr::cast_slice_mut(bytes, PSlice::<T>::from_raw_parts(at + from, count))
+    }
+
+    /// Stage the whole node at `at` for writing (one staged range per node and transaction,
+    /// so that later reads of it in the transaction find it in one piece).
+    fn node_mut<'t>(tx: &'t mut Tx<'_>, at: u64) -> Result<&'t mut [u8]> {
+        tx.slice_mut(PSlice::<u8>::from_raw_parts(at, Self::GEO.bytes))
+    }
+
+    fn set_count_in(b: &mut [u8], count: u64) {
+        b[4..8].copy_from_slice(&(count as u32).to_ne_bytes());
+    }
+
     fn keys<W: View>(n: Node, view: &W) -> Result<&[K]> {
-        view.slice(PSlice::from_raw_parts(
-            n.at + align_up(NODE_HEADER, std::mem::align_of::<K>() as u64),
-            n.count,
-        ))
+        view.slice(PSlice::from_raw_parts(n.at + Self::GEO.keys_at, n.count))
     }
 
     fn vals<'v, W: View>(g: &Geo, n: Node, view: &'v W) -> Result<&'v [V]> {
@@ -334,19 +383,29 @@ where
         Self::node(g, view, at, n.level as u64 - 1)
     }
 
-    /// Descend from the root to the leaf where `q` is or would go.
+    /// Descend from the root to the leaf where `q` is or would go: one read per level.
     fn descend<W: View>(g: &Geo, h: &PBTreeMap<K, V>, view: &W, q: &K::Input) -> Result<Path> {
-        let mut n = Self::node(g, view, h.root, h.height - 1)?;
         let mut inner = Vec::with_capacity(h.height as usize);
-        while n.level > 0 {
-            let i = match search(Self::keys(n, view)?, q, view)? {
+        let (mut at, mut level) = (h.root, h.height - 1);
+        loop {
+            let (n, b) = Self::node_bytes(view, at, level)?;
+            let keys = Self::part::<K>(b, at, g.keys_at, n.count)?;
+            let pos = search(keys, q, view)?;
+            if level == 0 {
+                return Ok(Path {
+                    inner,
+                    leaf: n,
+                    pos,
+                });
+            }
+            let i = match pos {
                 Ok(i) => i + 1,
                 Err(i) => i,
             } as u64;
             inner.push((n, i));
-            n = Self::child(g, view, n, i)?;
+            at = Self::part::<u64>(b, at, g.children_at, n.count + 1)?[i as usize];
+            level -= 1;
         }
-        Ok(Path { inner, leaf: n })
     }
 
     /// The number of entries.
@@ -354,7 +413,7 @@ where
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("btl.heap"), txheap::Options::new())?;
-    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::new(tx)?; m.insert(tx, &1u8, &2u8)?; Ok(m) })?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::<u8, u8>::new(tx)?; m.insert(tx, &1u8, &2u8)?; Ok(m) })?;
     /// assert_eq!(heap.read(|r| m.len(r))?, 1);
     /// # Ok::<(), txheap::Error>(())
     /// ```
@@ -382,11 +441,26 @@ where
         if h.height == 0 {
             return Ok(None);
         }
-        let g = Geo::of::<K, V>();
-        let path = Self::descend(&g, &h, view, key)?;
-        match search(Self::keys(path.leaf, view)?, key, view)? {
-            Ok(i) => Ok(Some(V::load(&Self::vals(&g, path.leaf, view)?[i], view)?)),
-            Err(_) => Ok(None),
+        let g = Self::GEO;
+        let (mut at, mut level) = (h.root, h.height - 1);
+        loop {
+            let (n, b) = Self::node_bytes(view, at, level)?;
+            let s = search(Self::part::<K>(b, at, g.keys_at, n.count)?, key, view)?;
+            if level == 0 {
+                return match s {
+                    Ok(i) => Ok(Some(V::load(
+                        &Self::part::<V>(b, at, g.vals_at, n.count)?[i],
+                        view,
+                    )?)),
+                    Err(_) => Ok(None),
+                };
+            }
+            let i = match s {
+                Ok(i) => i + 1,
+                Err(i) => i,
+            };
+            at = Self::part::<u64>(b, at, g.children_at, n.count + 1)?[i];
+            level -= 1;
         }
     }
 
@@ -395,7 +469,7 @@ where
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("btc.heap"), txheap::Options::new())?;
-    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::new(tx)?; m.insert(tx, &1u8, &2u8)?; Ok(m) })?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::<u8, u8>::new(tx)?; m.insert(tx, &1u8, &2u8)?; Ok(m) })?;
     /// assert!(heap.read(|r| m.contains_key(r, &1))?);
     /// # Ok::<(), txheap::Error>(())
     /// ```
@@ -405,14 +479,8 @@ where
 
     fn alloc_node(g: &Geo, tx: &mut Tx<'_>, level: u32) -> Result<u64> {
         let s = tx.alloc_slice_zeroed::<u64>(g.bytes / 8)?;
-        tx.set(
-            PPtr::<NodeHeader>::from_offset(s.offset()),
-            NodeHeader {
-                level,
-                count: 0,
-                _reserved: 0,
-            },
-        )?;
+        let b = Self::node_mut(tx, s.offset())?;
+        b[..4].copy_from_slice(&level.to_ne_bytes());
         Ok(s.offset())
     }
 
@@ -420,24 +488,24 @@ where
         tx.free_slice(PSlice::<u64>::from_raw_parts(at, g.bytes / 8))
     }
 
-    fn set_count(tx: &mut Tx<'_>, at: u64, count: u64) -> Result<()> {
-        tx.set(PPtr::<u32>::from_offset(at + 4), count as u32)
+    /// Write a whole leaf: its entries and count.
+    fn fill_leaf(g: &Geo, tx: &mut Tx<'_>, at: u64, keys: &[K], vals: &[V]) -> Result<()> {
+        let n = keys.len() as u64;
+        let b = Self::node_mut(tx, at)?;
+        Self::part_mut::<K>(b, at, g.keys_at, n)?.copy_from_slice(keys);
+        Self::part_mut::<V>(b, at, g.vals_at, n)?.copy_from_slice(vals);
+        Self::set_count_in(b, n);
+        Ok(())
     }
 
-    fn write_keys(tx: &mut Tx<'_>, at: u64, from: u64, keys: &[K]) -> Result<()> {
-        let base = at + align_up(NODE_HEADER, std::mem::align_of::<K>() as u64);
-        let s = PSlice::<K>::from_raw_parts(base, from + keys.len() as u64);
-        tx.write_slice(s, from, keys)
-    }
-
-    fn write_vals(g: &Geo, tx: &mut Tx<'_>, at: u64, from: u64, vals: &[V]) -> Result<()> {
-        let s = PSlice::<V>::from_raw_parts(at + g.vals_at, from + vals.len() as u64);
-        tx.write_slice(s, from, vals)
-    }
-
-    fn write_children(g: &Geo, tx: &mut Tx<'_>, at: u64, from: u64, ch: &[u64]) -> Result<()> {
-        let s = PSlice::<u64>::from_raw_parts(at + g.children_at, from + ch.len() as u64);
-        tx.write_slice(s, from, ch)
+    /// Write a whole internal node: its keys, children (one more) and count.
+    fn fill_inner(g: &Geo, tx: &mut Tx<'_>, at: u64, keys: &[K], ch: &[u64]) -> Result<()> {
+        let n = keys.len() as u64;
+        let b = Self::node_mut(tx, at)?;
+        Self::part_mut::<K>(b, at, g.keys_at, n)?.copy_from_slice(keys);
+        Self::part_mut::<u64>(b, at, g.children_at, n + 1)?.copy_from_slice(ch);
+        Self::set_count_in(b, n);
+        Ok(())
     }
 
     /// Insert `key` -> `value`. Returns whether the key was present (its old value is then
@@ -447,7 +515,7 @@ where
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("bti.heap"), txheap::Options::new())?;
     /// heap.transaction(|tx| {
-    ///     let m = txheap::PBTreeMap::new(tx)?;
+    ///     let m = txheap::PBTreeMap::<u32, u64>::new(tx)?;
     ///     assert!(!m.insert(tx, &1u32, &10u64)?);
     ///     assert!(m.insert(tx, &1u32, &11u64)?);
     ///     assert_eq!(m.get(tx, &1)?, Some(&11));
@@ -456,7 +524,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn insert(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
-        let g = Geo::of::<K, V>();
+        let g = Self::GEO;
         let mut h = self.header(tx)?;
         if h.height == 0 {
             h.root = Self::alloc_node(&g, tx, 0)?;
@@ -464,14 +532,13 @@ where
         }
         let path = Self::descend(&g, &h, tx, key)?;
         let leaf = path.leaf;
-        let pos = search(Self::keys(leaf, tx)?, key, tx)?;
-        let i = match pos {
+        let i = match path.pos {
             Ok(i) => {
                 let old = Self::vals(&g, leaf, tx)?[i];
                 let v = V::store(tx, value)?;
-                Self::write_vals(&g, tx, leaf.at, i as u64, &[v])?;
+                let b = Self::node_mut(tx, leaf.at)?;
+                Self::part_mut::<V>(b, leaf.at, g.vals_at, leaf.count)?[i] = v;
                 old.release(tx)?;
-                self.put_header(tx, h)?;
                 return Ok(true);
             }
             Err(i) => i,
@@ -491,9 +558,7 @@ where
                 ));
             }
             let root = Self::alloc_node(&g, tx, h.height as u32)?;
-            Self::write_keys(tx, root, 0, &[sep])?;
-            Self::write_children(&g, tx, root, 0, &[h.root, right])?;
-            Self::set_count(tx, root, 1)?;
+            Self::fill_inner(&g, tx, root, &[sep], &[h.root, right])?;
             h.root = root;
             h.height += 1;
         }
@@ -503,31 +568,28 @@ where
     }
 
     fn leaf_insert(g: &Geo, tx: &mut Tx<'_>, leaf: Node, i: usize, k: K, v: V) -> Result<Split<K>> {
-        let mut keys = Self::keys(leaf, tx)?[i..].to_vec();
-        let mut vals = Self::vals(g, leaf, tx)?[i..].to_vec();
-        keys.insert(0, k);
-        vals.insert(0, v);
+        let (at, c) = (leaf.at, leaf.count as usize);
         if leaf.count < g.leaf_cap {
-            Self::write_keys(tx, leaf.at, i as u64, &keys)?;
-            Self::write_vals(g, tx, leaf.at, i as u64, &vals)?;
-            Self::set_count(tx, leaf.at, leaf.count + 1)?;
+            // Shift the entries after `i` up by one, in the staged node.
+            let b = Self::node_mut(tx, at)?;
+            let keys = Self::part_mut::<K>(b, at, g.keys_at, leaf.count + 1)?;
+            keys.copy_within(i..c, i + 1);
+            keys[i] = k;
+            let vals = Self::part_mut::<V>(b, at, g.vals_at, leaf.count + 1)?;
+            vals.copy_within(i..c, i + 1);
+            vals[i] = v;
+            Self::set_count_in(b, leaf.count + 1);
             return Ok(None);
         }
         // Full: the left half stays, the right half moves to a new leaf.
-        let mut all_k = Self::keys(leaf, tx)?[..i].to_vec();
-        let mut all_v = Self::vals(g, leaf, tx)?[..i].to_vec();
-        all_k.extend_from_slice(&keys);
-        all_v.extend_from_slice(&vals);
+        let mut all_k = Self::keys(leaf, tx)?.to_vec();
+        let mut all_v = Self::vals(g, leaf, tx)?.to_vec();
+        all_k.insert(i, k);
+        all_v.insert(i, v);
         let mid = all_k.len() / 2;
         let right = Self::alloc_node(g, tx, 0)?;
-        Self::write_keys(tx, right, 0, &all_k[mid..])?;
-        Self::write_vals(g, tx, right, 0, &all_v[mid..])?;
-        Self::set_count(tx, right, (all_k.len() - mid) as u64)?;
-        if i < mid {
-            Self::write_keys(tx, leaf.at, i as u64, &all_k[i..mid])?;
-            Self::write_vals(g, tx, leaf.at, i as u64, &all_v[i..mid])?;
-        }
-        Self::set_count(tx, leaf.at, mid as u64)?;
+        Self::fill_leaf(g, tx, right, &all_k[mid..], &all_v[mid..])?;
+        Self::fill_leaf(g, tx, at, &all_k[..mid], &all_v[..mid])?;
         // The separator is a copy the internal node owns.
         let owned = K::load(&all_k[mid], tx)?.to_owned();
         let sep = K::store(tx, owned.borrow())?;
@@ -542,26 +604,27 @@ where
         sep: K,
         right: u64,
     ) -> Result<Split<K>> {
-        let ci = ci as usize;
+        let (ci, c) = (ci as usize, n.count as usize);
+        if n.count < g.inner_cap {
+            let b = Self::node_mut(tx, n.at)?;
+            let keys = Self::part_mut::<K>(b, n.at, g.keys_at, n.count + 1)?;
+            keys.copy_within(ci..c, ci + 1);
+            keys[ci] = sep;
+            let ch = Self::part_mut::<u64>(b, n.at, g.children_at, n.count + 2)?;
+            ch.copy_within(ci + 1..c + 1, ci + 2);
+            ch[ci + 1] = right;
+            Self::set_count_in(b, n.count + 1);
+            return Ok(None);
+        }
+        // Full: keys[mid] moves up; the keys after it and their children go right.
         let mut keys = Self::keys(n, tx)?.to_vec();
         let mut ch = Self::children(g, n, tx)?.to_vec();
         keys.insert(ci, sep);
         ch.insert(ci + 1, right);
-        if n.count < g.inner_cap {
-            Self::write_keys(tx, n.at, ci as u64, &keys[ci..])?;
-            Self::write_children(g, tx, n.at, ci as u64 + 1, &ch[ci + 1..])?;
-            Self::set_count(tx, n.at, n.count + 1)?;
-            return Ok(None);
-        }
-        // Full: keys[mid] moves up; the keys after it and their children go right.
         let mid = keys.len() / 2;
         let new = Self::alloc_node(g, tx, n.level)?;
-        Self::write_keys(tx, new, 0, &keys[mid + 1..])?;
-        Self::write_children(g, tx, new, 0, &ch[mid + 1..])?;
-        Self::set_count(tx, new, (keys.len() - mid - 1) as u64)?;
-        Self::write_keys(tx, n.at, 0, &keys[..mid])?;
-        Self::write_children(g, tx, n.at, 0, &ch[..mid + 1])?;
-        Self::set_count(tx, n.at, mid as u64)?;
+        Self::fill_inner(g, tx, new, &keys[mid + 1..], &ch[mid + 1..])?;
+        Self::fill_inner(g, tx, n.at, &keys[..mid], &ch[..mid + 1])?;
         Ok(Some((keys[mid], new)))
     }
 
@@ -571,7 +634,7 @@ where
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("btr.heap"), txheap::Options::new())?;
     /// heap.transaction(|tx| {
-    ///     let m = txheap::PBTreeMap::new(tx)?;
+    ///     let m = txheap::PBTreeMap::<u8, u8>::new(tx)?;
     ///     m.insert(tx, &1u8, &1u8)?;
     ///     assert!(m.remove(tx, &1)?);
     ///     assert!(!m.remove(tx, &1)?);
@@ -585,14 +648,12 @@ where
         if h.height == 0 {
             return Ok(false);
         }
-        let g = Geo::of::<K, V>();
+        let g = Self::GEO;
         let path = Self::descend(&g, &h, tx, key)?;
         let leaf = path.leaf;
-        let Ok(i) = search(Self::keys(leaf, tx)?, key, tx)? else {
+        let Ok(i) = path.pos else {
             return Ok(false);
         };
-        let keys = Self::keys(leaf, tx)?[i + 1..].to_vec();
-        let vals = Self::vals(&g, leaf, tx)?[i + 1..].to_vec();
         let (k, v) = (Self::keys(leaf, tx)?[i], Self::vals(&g, leaf, tx)?[i]);
         k.release(tx)?;
         v.release(tx)?;
@@ -601,9 +662,11 @@ where
             .checked_sub(1)
             .ok_or_else(|| corrupt(self.offset(), "B-tree length below its entries"))?;
         if leaf.count > 1 {
-            Self::write_keys(tx, leaf.at, i as u64, &keys)?;
-            Self::write_vals(&g, tx, leaf.at, i as u64, &vals)?;
-            Self::set_count(tx, leaf.at, leaf.count - 1)?;
+            let (at, c) = (leaf.at, leaf.count as usize);
+            let b = Self::node_mut(tx, at)?;
+            Self::part_mut::<K>(b, at, g.keys_at, leaf.count)?.copy_within(i + 1..c, i);
+            Self::part_mut::<V>(b, at, g.vals_at, leaf.count)?.copy_within(i + 1..c, i);
+            Self::set_count_in(b, leaf.count - 1);
             self.put_header(tx, h)?;
             return Ok(true);
         }
@@ -618,14 +681,14 @@ where
                 Self::free_node(&g, tx, n.at)?;
                 continue;
             }
-            let mut keys = Self::keys(n, tx)?.to_vec();
-            let mut ch = Self::children(&g, n, tx)?.to_vec();
             let drop_key = if ci > 0 { ci as usize - 1 } else { 0 };
-            keys.remove(drop_key).release(tx)?;
-            ch.remove(ci as usize);
-            Self::write_keys(tx, n.at, 0, &keys)?;
-            Self::write_children(&g, tx, n.at, 0, &ch)?;
-            Self::set_count(tx, n.at, n.count - 1)?;
+            Self::keys(n, tx)?[drop_key].release(tx)?;
+            let (at, c, ci) = (n.at, n.count as usize, ci as usize);
+            let b = Self::node_mut(tx, at)?;
+            Self::part_mut::<K>(b, at, g.keys_at, n.count)?.copy_within(drop_key + 1..c, drop_key);
+            Self::part_mut::<u64>(b, at, g.children_at, n.count + 1)?
+                .copy_within(ci + 1..c + 1, ci);
+            Self::set_count_in(b, n.count - 1);
             emptied = false;
         }
         if emptied {
@@ -654,7 +717,7 @@ where
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("btcl.heap"), txheap::Options::new())?;
     /// heap.transaction(|tx| {
-    ///     let m = txheap::PBTreeMap::new(tx)?;
+    ///     let m = txheap::PBTreeMap::<u32, u32>::new(tx)?;
     ///     for k in 0..1000u32 { m.insert(tx, &k, &k)?; }
     ///     m.clear(tx)?;
     ///     assert_eq!(m.len(tx)?, 0);
@@ -665,7 +728,7 @@ where
     pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
         let mut h = self.header(tx)?;
         if h.height > 0 {
-            let g = Geo::of::<K, V>();
+            let g = Self::GEO;
             let mut stack = vec![(h.root, h.height - 1)];
             while let Some((at, level)) = stack.pop() {
                 let n = Self::node(&g, tx, at, level)?;
@@ -716,7 +779,7 @@ where
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("btrg.heap"), txheap::Options::new())?;
-    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::new(tx)?; for k in 0..100u64 { m.insert(tx, &k, &(k * 2))?; } Ok(m) })?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::<u64, u64>::new(tx)?; for k in 0..100u64 { m.insert(tx, &k, &(k * 2))?; } Ok(m) })?;
     /// heap.read(|r| {
     ///     let down: Vec<u64> = m.range(r, 10..13)?.rev().map(|e| e.map(|(k, _)| *k)).collect::<Result<_, _>>()?;
     ///     assert_eq!(down, [12, 11, 10]);
@@ -755,7 +818,7 @@ where
         hi: Bound<&K::Input>,
     ) -> Result<Range<'v, K, V, W>> {
         let h = self.header(view)?;
-        let g = Geo::of::<K, V>();
+        let g = Self::GEO;
         let mut r = Range {
             view,
             g,
@@ -901,7 +964,7 @@ where
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("btf.heap"), txheap::Options::new())?;
-    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::new(tx)?; m.insert(tx, &4u8, &0u8)?; m.insert(tx, &2u8, &0u8)?; Ok(m) })?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::<u8, u8>::new(tx)?; m.insert(tx, &4u8, &0u8)?; m.insert(tx, &2u8, &0u8)?; Ok(m) })?;
     /// assert_eq!(heap.read(|r| Ok(m.first(r)?.map(|(k, _)| *k)))?, Some(2));
     /// # Ok::<(), txheap::Error>(())
     /// ```
@@ -916,7 +979,7 @@ where
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("btla.heap"), txheap::Options::new())?;
-    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::new(tx)?; m.insert(tx, &4u8, &0u8)?; m.insert(tx, &2u8, &0u8)?; Ok(m) })?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::<u8, u8>::new(tx)?; m.insert(tx, &4u8, &0u8)?; m.insert(tx, &2u8, &0u8)?; Ok(m) })?;
     /// assert_eq!(heap.read(|r| Ok(m.last(r)?.map(|(k, _)| *k)))?, Some(4));
     /// # Ok::<(), txheap::Error>(())
     /// ```
@@ -934,7 +997,7 @@ where
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("btck.heap"), txheap::Options::new())?;
-    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::new(tx)?; for k in 0..500u16 { m.insert(tx, &k, &k)?; } Ok(m) })?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::<u16, u16>::new(tx)?; for k in 0..500u16 { m.insert(tx, &k, &k)?; } Ok(m) })?;
     /// heap.read(|r| m.check(r))?;
     /// # Ok::<(), txheap::Error>(())
     /// ```
@@ -943,7 +1006,7 @@ where
         if h.height == 0 {
             return Ok(());
         }
-        let g = Geo::of::<K, V>();
+        let g = Self::GEO;
         let mut seen = HashSet::new();
         let mut count = 0u64;
         // (node, level, lower bound, upper bound) as owned keys.
@@ -1017,7 +1080,7 @@ where
 /// ```
 /// # let dir = tempfile::tempdir().unwrap();
 /// # let heap = txheap::Heap::create(dir.path().join("btit.heap"), txheap::Options::new())?;
-/// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::new(tx)?; for k in 0..10u8 { m.insert(tx, &k, &k)?; } Ok(m) })?;
+/// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::<u8, u8>::new(tx)?; for k in 0..10u8 { m.insert(tx, &k, &k)?; } Ok(m) })?;
 /// let total: u64 = heap.read(|r| m.range(r, ..)?.map(|e| e.map(|(_, v)| *v as u64)).sum())?;
 /// assert_eq!(total, 45);
 /// # Ok::<(), txheap::Error>(())

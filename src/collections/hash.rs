@@ -282,7 +282,7 @@ where
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("hml.heap"), txheap::Options::new())?;
-    /// let m = heap.transaction(|tx| { let m = txheap::PHashMap::new(tx)?; m.insert(tx, &1u8, &2u8)?; Ok(m) })?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PHashMap::<u8, u8>::new(tx)?; m.insert(tx, &1u8, &2u8)?; Ok(m) })?;
     /// assert_eq!(heap.read(|r| m.len(r))?, 1);
     /// # Ok::<(), txheap::Error>(())
     /// ```
@@ -295,7 +295,7 @@ where
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("hmg.heap"), txheap::Options::new())?;
-    /// let m = heap.transaction(|tx| { let m = txheap::PHashMap::new(tx)?; m.insert(tx, &7u64, &[1u8; 8])?; Ok(m) })?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PHashMap::<u64, [u8; 8]>::new(tx)?; m.insert(tx, &7u64, &[1u8; 8])?; Ok(m) })?;
     /// assert_eq!(heap.read(|r| Ok(m.get(r, &7)?.copied()))?, Some([1; 8]));
     /// assert_eq!(heap.read(|r| Ok(m.get(r, &8)?.copied()))?, None);
     /// # Ok::<(), txheap::Error>(())
@@ -320,7 +320,7 @@ where
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("hmc.heap"), txheap::Options::new())?;
-    /// let m = heap.transaction(|tx| { let m = txheap::PHashMap::new(tx)?; m.insert(tx, &1u8, &2u8)?; Ok(m) })?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PHashMap::<u8, u8>::new(tx)?; m.insert(tx, &1u8, &2u8)?; Ok(m) })?;
     /// assert!(heap.read(|r| m.contains_key(r, &1))?);
     /// # Ok::<(), txheap::Error>(())
     /// ```
@@ -335,7 +335,7 @@ where
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("hmgm.heap"), txheap::Options::new())?;
     /// heap.transaction(|tx| {
-    ///     let m = txheap::PHashMap::new(tx)?;
+    ///     let m = txheap::PHashMap::<u8, u32>::new(tx)?;
     ///     m.insert(tx, &1u8, &10u32)?;
     ///     let p = m.get_mut(tx, &1)?.expect("present");
     ///     *tx.get_mut(p)? += 5;
@@ -363,7 +363,7 @@ where
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("hmgi.heap"), txheap::Options::new())?;
     /// heap.transaction(|tx| {
-    ///     let m = txheap::PHashMap::new(tx)?;
+    ///     let m = txheap::PHashMap::<txheap::PBytes, u32>::new(tx)?;
     ///     for w in ["a", "b", "a"] {
     ///         let n = m.get_or_insert(tx, w.as_bytes(), &0u32)?;
     ///         *tx.get_mut(n)? += 1;
@@ -393,7 +393,7 @@ where
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("hmi.heap"), txheap::Options::new())?;
     /// heap.transaction(|tx| {
-    ///     let m = txheap::PHashMap::new(tx)?;
+    ///     let m = txheap::PHashMap::<u32, u64>::new(tx)?;
     ///     assert!(!m.insert(tx, &1u32, &10u64)?);
     ///     assert!(m.insert(tx, &1u32, &11u64)?);
     ///     assert_eq!(m.get(tx, &1)?, Some(&11));
@@ -409,39 +409,54 @@ where
             h.seed0 = r.hash_one(0x5eed_u64);
             h.seed1 = r.hash_one(0xf00d_u64);
         }
+        let tag = Self::hash(&h, key);
+        let mut free = None;
         if h.cap > 0 {
-            let tag = Self::hash(&h, key);
-            if let Ok(i) = Self::find(&h, &s, tx, key, tag)? {
-                let vp = Self::slot_ptr::<V>(&h, &s, i, s.val_at);
-                let old = *tx.get(vp)?;
-                let v = V::store(tx, value)?;
-                tx.set(vp, v)?;
-                old.release(tx)?;
-                return Ok(true);
+            match Self::find(&h, &s, tx, key, tag)? {
+                Ok(i) => {
+                    let vp = Self::slot_ptr::<V>(&h, &s, i, s.val_at);
+                    let old = *tx.get(vp)?;
+                    let v = V::store(tx, value)?;
+                    tx.set(vp, v)?;
+                    old.release(tx)?;
+                    return Ok(true);
+                }
+                Err(i) => free = Some(i),
             }
         }
         if (h.len + 1) * LOAD_DEN > h.cap * LOAD_NUM {
             let cap = if h.cap == 0 { FIRST_CAP } else { h.cap * 2 };
             Self::grow(tx, &mut h, &s, cap)?;
+            free = None;
         }
-        let tag = Self::hash(&h, key);
-        let i = match Self::find(&h, &s, tx, key, tag)? {
-            Err(i) if i < h.cap => i,
-            _ => {
-                return Err(corrupt(
-                    self.offset(),
-                    "PHashMap: no free slot where the load factor promises one",
-                ))
-            }
+        let i = match free {
+            Some(i) => i,
+            None => match Self::find(&h, &s, tx, key, tag)? {
+                Err(i) => i,
+                Ok(_) => h.cap,
+            },
         };
+        if i >= h.cap {
+            return Err(corrupt(
+                self.offset(),
+                "PHashMap: no free slot where the load factor promises one",
+            ));
+        }
         let k = K::store(tx, key)?;
         let v = V::store(tx, value)?;
-        tx.set(Self::slot_ptr::<K>(&h, &s, i, s.key_at), k)?;
-        tx.set(Self::slot_ptr::<V>(&h, &s, i, s.val_at), v)?;
-        tx.set(Self::slot_ptr::<u64>(&h, &s, i, 0), tag)?;
+        let slot = PSlice::<u8>::from_raw_parts(h.table + i * s.stride, s.stride);
+        Self::write_slot(tx.slice_mut(slot)?, &s, tag, k, v);
         h.len += 1;
         self.put_header(tx, h)?;
         Ok(false)
+    }
+
+    /// Fill the slot bytes `b` with an entry.
+    fn write_slot(b: &mut [u8], s: &Slots, tag: u64, k: K, v: V) {
+        b[..8].copy_from_slice(&tag.to_ne_bytes());
+        let (ka, va) = (s.key_at as usize, s.val_at as usize);
+        b[ka..ka + std::mem::size_of::<K>()].copy_from_slice(bytemuck::bytes_of(&k));
+        b[va..va + std::mem::size_of::<V>()].copy_from_slice(bytemuck::bytes_of(&v));
     }
 
     fn put_header(self, tx: &mut Tx<'_>, mut h: PHashMap<K, V>) -> Result<()> {
@@ -450,27 +465,29 @@ where
         tx.set(self, h)
     }
 
-    /// Move every entry into a new table of `cap` slots, by its stored tag.
+    /// Move every entry into a new table of `cap` slots, by its stored tag: the old table is
+    /// read once, the new one staged once and filled in memory (a table of more than 64 KiB is
+    /// a large extent from free space, written in place at commit).
     fn grow(tx: &mut Tx<'_>, h: &mut PHashMap<K, V>, s: &Slots, cap: u64) -> Result<()> {
-        let units = cap * s.stride / 16;
-        let new = tx.alloc_slice_zeroed::<Unit>(units)?;
-        let mut n = *h;
-        n.table = new.offset();
-        n.cap = cap;
-        for i in 0..h.cap {
-            let t = Self::tag(h, s, tx, i)?;
+        let stride = s.stride as usize;
+        let new = tx.alloc_slice_zeroed::<Unit>(cap * s.stride / 16)?;
+        let old: Vec<u8> = if h.cap == 0 {
+            Vec::new()
+        } else {
+            tx.slice(PSlice::<u8>::from_raw_parts(h.table, h.cap * s.stride))?
+                .to_vec()
+        };
+        let table = tx.slice_mut(PSlice::<u8>::from_raw_parts(new.offset(), cap * s.stride))?;
+        for slot in old.chunks_exact(stride) {
+            let t = u64::from_ne_bytes(slot[..8].try_into().expect("8 bytes"));
             if t == 0 {
                 continue;
             }
-            let k = *tx.get(Self::slot_ptr::<K>(h, s, i, s.key_at))?;
-            let v = *tx.get(Self::slot_ptr::<V>(h, s, i, s.val_at))?;
-            let mut j = ideal(t, cap);
-            while *tx.get(Self::slot_ptr::<u64>(&n, s, j, 0))? != 0 {
-                j = if j + 1 == cap { 0 } else { j + 1 };
+            let mut j = ideal(t, cap) as usize;
+            while table[j * stride..j * stride + 8] != [0u8; 8] {
+                j = if j + 1 == cap as usize { 0 } else { j + 1 };
             }
-            tx.set(Self::slot_ptr::<u64>(&n, s, j, 0), t)?;
-            tx.set(Self::slot_ptr::<K>(&n, s, j, s.key_at), k)?;
-            tx.set(Self::slot_ptr::<V>(&n, s, j, s.val_at), v)?;
+            table[j * stride..(j + 1) * stride].copy_from_slice(slot);
         }
         if h.table != 0 {
             tx.free_slice(PSlice::<Unit>::from_raw_parts(
@@ -478,7 +495,8 @@ where
                 h.cap * s.stride / 16,
             ))?;
         }
-        *h = n;
+        h.table = new.offset();
+        h.cap = cap;
         Ok(())
     }
 
@@ -488,7 +506,7 @@ where
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("hmr.heap"), txheap::Options::new())?;
     /// heap.transaction(|tx| {
-    ///     let m = txheap::PHashMap::new(tx)?;
+    ///     let m = txheap::PHashMap::<u8, u8>::new(tx)?;
     ///     m.insert(tx, &1u8, &1u8)?;
     ///     assert!(m.remove(tx, &1)?);
     ///     assert!(!m.remove(tx, &1)?);
@@ -546,7 +564,7 @@ where
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("hmcl.heap"), txheap::Options::new())?;
     /// heap.transaction(|tx| {
-    ///     let m = txheap::PHashMap::new(tx)?;
+    ///     let m = txheap::PHashMap::<u32, u32>::new(tx)?;
     ///     for k in 0..100u32 { m.insert(tx, &k, &k)?; }
     ///     m.clear(tx)?;
     ///     assert_eq!(m.len(tx)?, 0);
@@ -600,7 +618,7 @@ where
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("hmit.heap"), txheap::Options::new())?;
-    /// let m = heap.transaction(|tx| { let m = txheap::PHashMap::new(tx)?; for k in 1..=4u64 { m.insert(tx, &k, &k)?; } Ok(m) })?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PHashMap::<u64, u64>::new(tx)?; for k in 1..=4u64 { m.insert(tx, &k, &k)?; } Ok(m) })?;
     /// let sum: u64 = heap.read(|r| m.iter(r)?.map(|e| e.map(|(k, _)| *k)).sum())?;
     /// assert_eq!(sum, 10);
     /// # Ok::<(), txheap::Error>(())
@@ -645,7 +663,7 @@ where
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("hmck.heap"), txheap::Options::new())?;
-    /// let m = heap.transaction(|tx| { let m = txheap::PHashMap::new(tx)?; for k in 0..500u16 { m.insert(tx, &k, &k)?; } Ok(m) })?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PHashMap::<u16, u16>::new(tx)?; for k in 0..500u16 { m.insert(tx, &k, &k)?; } Ok(m) })?;
     /// heap.read(|r| m.check(r))?;
     /// # Ok::<(), txheap::Error>(())
     /// ```
