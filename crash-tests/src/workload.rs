@@ -1,7 +1,9 @@
 //! The workload and its model.
 //!
 //! Owns: the deterministic workload (the list of the newest [`KEEP`] nodes, [`Root`], [`Node`],
-//! their payloads), its PRNG ([`Rng`]), the heap's [`options`], one transaction ([`step`]), a
+//! their payloads, and the two maps in the root: a `PBTreeMap` and a `PHashMap` holding the
+//! entries of the newest [`MAP_WINDOW`] transactions, with node splits, node frees, table growth
+//! and clears inside the transactions that crash), its PRNG ([`Rng`]), the heap's [`options`], one transaction ([`step`]), a
 //! recorded run ([`record`], [`Recording`]), and the model check of a heap ([`verify`]).
 //!
 //! May not: know about sectors, crash images or power cuts: it sees a `Heap` and, for
@@ -9,7 +11,9 @@
 
 use std::path::Path;
 
-use txheap::{Durability, Error, Heap, Options, PPtr, PSlice, Trace, TraceEvent};
+use txheap::{
+    Durability, Error, Heap, Options, PBTreeMap, PHashMap, PPtr, PSlice, Trace, TraceEvent, View,
+};
 
 /// Nodes kept in the workload's list; older ones are freed.
 ///
@@ -49,6 +53,107 @@ pub struct Root {
     pub head: PPtr<Node>,
     /// Nodes in the list.
     pub len: u64,
+    /// The entries ([`map_keys`]) of the newest [`MAP_WINDOW`] transactions, each with
+    /// [`tree_value`]: 500-byte values, so a leaf holds 8 and splits come every few
+    /// transactions.
+    pub tree: PBTreeMap<u64, [u8; 500]>,
+    /// The same keys (of the transactions since the last multiple of [`MAP_CLEAR_EVERY`], a
+    /// clear that frees the table, so it grows again from 16 slots), each with
+    /// `key ^ CHECK`.
+    pub hash: PHashMap<u64, u64>,
+}
+
+/// Transactions whose entries the maps keep: transaction `n` removes those of `n - MAP_WINDOW`.
+pub const MAP_WINDOW: u64 = 24;
+/// Transaction `n` clears the hash map first when `n` is a multiple of this.
+pub const MAP_CLEAR_EVERY: u64 = 50;
+
+/// The keys transaction `s` puts in both maps (1 to 6 of them): the first spread over all of
+/// `u64`, the others ascending with `s` (a queue: the newest leaf splits and the oldest
+/// empties every few transactions).
+///
+/// ```
+/// let k = crash_tests::map_keys(7);
+/// assert_eq!(k.len(), 2);
+/// assert_ne!(k[0], k[1]);
+/// ```
+pub fn map_keys(s: u64) -> Vec<u64> {
+    (0..1 + s % 6)
+        .map(|j| match j {
+            0 => ((s << 3) | j).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 << 63,
+            _ => (s << 3) | j,
+        })
+        .collect()
+}
+
+/// The B-tree's value for `key`.
+///
+/// ```
+/// assert_eq!(crash_tests::tree_value(1)[..8], 1u64.to_le_bytes());
+/// ```
+pub fn tree_value(key: u64) -> [u8; 500] {
+    let mut v = [0u8; 500];
+    for c in v.chunks_mut(8) {
+        c.copy_from_slice(&key.to_le_bytes()[..c.len()]);
+    }
+    v
+}
+
+fn tree_of(root: PPtr<Root>) -> PPtr<PBTreeMap<u64, [u8; 500]>> {
+    PPtr::from_offset(root.offset() + std::mem::offset_of!(Root, tree) as u64)
+}
+
+fn hash_of(root: PPtr<Root>) -> PPtr<PHashMap<u64, u64>> {
+    PPtr::from_offset(root.offset() + std::mem::offset_of!(Root, hash) as u64)
+}
+
+/// The transactions whose keys the maps hold after transaction `counter`: the B-tree's, then
+/// the hash map's.
+fn map_steps(counter: u64) -> (std::ops::RangeInclusive<u64>, std::ops::RangeInclusive<u64>) {
+    let first = counter.saturating_sub(MAP_WINDOW) + 1;
+    let cleared = (counter - counter % MAP_CLEAR_EVERY).max(1);
+    (first..=counter, first.max(cleared)..=counter)
+}
+
+/// Check both maps after transaction `counter`: their invariants (`check`), their lengths, and
+/// every entry; returns the blocks they hold, for the leak check.
+fn verify_maps<V: View>(r: &V, root: PPtr<Root>, counter: u64) -> txheap::Result<Vec<u64>> {
+    let (tree, hash) = (tree_of(root), hash_of(root));
+    let wrong = |what: String| Error::Corrupt { offset: 0, what };
+    tree.check(r)?;
+    hash.check(r)?;
+    let (ts, hs) = map_steps(counter);
+    let tn: u64 = ts.clone().map(|s| map_keys(s).len() as u64).sum();
+    let hn: u64 = hs.clone().map(|s| map_keys(s).len() as u64).sum();
+    if tree.len(r)? != tn || hash.len(r)? != hn {
+        return Err(wrong(format!(
+            "maps hold {} and {} entries after transaction {counter}, expected {tn} and {hn}",
+            tree.len(r)?,
+            hash.len(r)?
+        )));
+    }
+    for s in ts {
+        for k in map_keys(s) {
+            if tree.get(r, &k)? != Some(&tree_value(k)) {
+                return Err(wrong(format!(
+                    "B-tree entry {k:#x} of transaction {s} wrong or missing"
+                )));
+            }
+        }
+    }
+    for s in hs {
+        for k in map_keys(s) {
+            if hash.get(r, &k)? != Some(&(k ^ CHECK)) {
+                return Err(wrong(format!(
+                    "hash entry {k:#x} of transaction {s} wrong or missing"
+                )));
+            }
+        }
+    }
+    let mut blocks = Vec::new();
+    tree.for_each_block(r, |b| blocks.push(b))?;
+    hash.for_each_block(r, |b| blocks.push(b))?;
+    Ok(blocks)
 }
 
 /// A list node with a payload whose size and bytes derive from its value.
@@ -255,6 +360,21 @@ pub fn step(heap: &Heap, seed: u64, abort: bool) -> txheap::Result<u64> {
             rt.len = KEEP;
         }
         *tx.get_mut(root)? = rt;
+        // The maps, after the list (whose root fields were just written whole).
+        let (tree, hash) = (tree_of(root), hash_of(root));
+        if n > MAP_WINDOW {
+            for k in map_keys(n - MAP_WINDOW) {
+                tree.remove(tx, &k)?;
+                hash.remove(tx, &k)?;
+            }
+        }
+        if n % MAP_CLEAR_EVERY == 0 {
+            hash.clear(tx)?;
+        }
+        for k in map_keys(n) {
+            tree.insert(tx, &k, &tree_value(k))?;
+            hash.insert(tx, &k, &(k ^ CHECK))?;
+        }
         if abort {
             return Err(Error::NoRoot); // deliberate abort: must leave no trace
         }
@@ -276,13 +396,14 @@ pub fn step(heap: &Heap, seed: u64, abort: bool) -> txheap::Result<u64> {
 /// assert!(verify(&heap, 4).unwrap_err().contains("torn"));
 /// ```
 pub fn verify(heap: &Heap, seed: u64) -> Result<u64, String> {
-    let (counter, nodes) = heap
+    let (counter, nodes, map_blocks) = heap
         .read(|r| {
-            let root = match r.root::<Root>() {
-                Ok(root) => *r.get(root)?,
-                Err(Error::NoRoot) => return Ok((0, Vec::new())),
+            let root_ptr = match r.root::<Root>() {
+                Ok(p) => p,
+                Err(Error::NoRoot) => return Ok((0, Vec::new(), Vec::new())),
                 Err(e) => return Err(e),
             };
+            let root = *r.get(root_ptr)?;
             let mut nodes = Vec::new();
             let mut p = root.head;
             while !p.is_null() && nodes.len() <= KEEP as usize {
@@ -300,7 +421,8 @@ pub fn verify(heap: &Heap, seed: u64) -> Result<u64, String> {
                     what: format!("root.len {} but {} nodes", root.len, nodes.len()),
                 });
             }
-            Ok((root.counter, nodes))
+            let blocks = verify_maps(r, root_ptr, root.counter)?;
+            Ok((root.counter, nodes, blocks))
         })
         .map_err(|e| format!("reading the recovered heap: {e}"))?;
     let expect: Vec<u64> = (counter.saturating_sub(KEEP) + 1..=counter).rev().collect();
@@ -321,6 +443,11 @@ pub fn verify(heap: &Heap, seed: u64) -> Result<u64, String> {
                 sum += tx.usable_size(*p).ok_or(Error::NullPointer)?;
                 sum += tx
                     .usable_size(n.payload.as_ptr())
+                    .ok_or(Error::NullPointer)?;
+            }
+            for &b in &map_blocks {
+                sum += tx
+                    .usable_size(PPtr::<u8>::from_offset(b))
                     .ok_or(Error::NullPointer)?;
             }
             Ok(sum)
@@ -430,5 +557,56 @@ pub fn record(path: &Path, seed: u64, durability: Durability, txns: u64) -> Reco
         events,
         seed,
         durability,
+    }
+}
+
+#[cfg(test)]
+mod map_tests {
+    use super::*;
+
+    /// The workload's transactions split and free B-tree nodes and grow and clear the hash
+    /// table, so crashes inside their commits cover those changes: counted here over the first
+    /// 300 transactions, and every state verified.
+    #[test]
+    fn transactions_split_nodes_and_grow_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let heap = Heap::create(dir.path().join("maps.heap"), options(Durability::Full)).unwrap();
+        let shape = |heap: &Heap| {
+            heap.read(|r| {
+                let root = r.root::<Root>()?;
+                let mut nodes = std::collections::BTreeSet::new();
+                tree_of(root).for_each_block(r, |b| {
+                    nodes.insert(b);
+                })?;
+                let cap = r.get(hash_of(root))?.capacity();
+                Ok((nodes, cap))
+            })
+            .unwrap()
+        };
+        let (mut grew_tree, mut shrank_tree, mut grew_table, mut cleared) = (0, 0, 0, 0);
+        step(&heap, 11, false).unwrap();
+        let mut last = shape(&heap);
+        for n in 2..=300 {
+            assert_eq!(step(&heap, 11, false).unwrap(), n);
+            let now = shape(&heap);
+            grew_tree += now.0.difference(&last.0).next().is_some() as u32;
+            shrank_tree += last.0.difference(&now.0).next().is_some() as u32;
+            grew_table += (now.1 > last.1 && last.1 > 0) as u32;
+            cleared +=
+                (now.1 < last.1 || (last.1 > 0 && now.1 == 16 && n % MAP_CLEAR_EVERY == 0)) as u32;
+            last = now;
+            assert_eq!(verify(&heap, 11), Ok(n));
+        }
+        assert!(grew_tree >= 20, "node splits in {grew_tree} transactions");
+        assert!(shrank_tree >= 5, "node frees in {shrank_tree} transactions");
+        assert!(
+            grew_table >= 10,
+            "table growth in {grew_table} transactions"
+        );
+        assert!(cleared >= 5, "clears in {cleared} transactions");
+        eprintln!(
+            "of 300 transactions: {grew_tree} split B-tree nodes, {shrank_tree} freed some, \
+             {grew_table} grew the hash table, {cleared} cleared it"
+        );
     }
 }

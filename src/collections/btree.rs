@@ -989,6 +989,47 @@ where
             .transpose()
     }
 
+    /// Call `f` with the start offset of every allocation the map holds: its nodes, and what its
+    /// keys (separator copies included) and values own. With `tx.usable_size` this accounts for
+    /// every byte the map takes (a leak check); the walk checks levels and counts as it goes.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btb.heap"), txheap::Options::new())?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PBTreeMap::<u64, u64>::new(tx)?; for k in 0..1000 { m.insert(tx, &k, &k)?; } Ok(m) })?;
+    /// let mut nodes = 0;
+    /// heap.read(|r| m.for_each_block(r, |_| nodes += 1))?;
+    /// assert!(nodes >= 4); // 1,000 entries of 16 bytes: four leaves and a root at least
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn for_each_block<W: View>(self, view: &W, mut f: impl FnMut(u64)) -> Result<()> {
+        let h = self.header(view)?;
+        if h.height == 0 {
+            return Ok(());
+        }
+        let g = Self::GEO;
+        let mut stack = vec![(h.root, h.height - 1)];
+        while let Some((at, level)) = stack.pop() {
+            let n = Self::node(&g, view, at, level)?;
+            f(at);
+            for k in Self::keys(n, view)? {
+                if let Some(b) = k.owned_block() {
+                    f(b);
+                }
+            }
+            if level == 0 {
+                for v in Self::vals(&g, n, view)? {
+                    if let Some(b) = v.owned_block() {
+                        f(b);
+                    }
+                }
+            } else {
+                stack.extend(Self::children(&g, n, view)?.iter().map(|&c| (c, level - 1)));
+            }
+        }
+        Ok(())
+    }
+
     /// Verify every invariant: element types, node levels and counts, every leaf at the same
     /// depth and non-empty, keys strictly ascending, separators bounding their subtrees, no node
     /// reached twice (no cycle, no sharing), and the entry count. The first violation is

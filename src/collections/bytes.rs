@@ -115,6 +115,9 @@ impl Element for PBytes {
     fn release(self, tx: &mut Tx<'_>) -> Result<()> {
         self.free(tx)
     }
+    fn owned_block(&self) -> Option<u64> {
+        Some(self.slice.offset()).filter(|&o| o != 0)
+    }
 }
 
 /// A UTF-8 string in its own allocation (a [`PBytes`] whose bytes are checked to be UTF-8 on
@@ -215,5 +218,8 @@ impl Element for PString {
     }
     fn release(self, tx: &mut Tx<'_>) -> Result<()> {
         self.free(tx)
+    }
+    fn owned_block(&self) -> Option<u64> {
+        self.bytes.owned_block()
     }
 }

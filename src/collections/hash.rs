@@ -656,6 +656,38 @@ where
         }))
     }
 
+    /// Call `f` with the start offset of every allocation the map holds: its table, and what its
+    /// keys and values own (for leak checks with `tx.usable_size`).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("hmb.heap"), txheap::Options::new())?;
+    /// let m = heap.transaction(|tx| { let m = txheap::PHashMap::<u64, txheap::PBytes>::new(tx)?; m.insert(tx, &1, b"one")?; Ok(m) })?;
+    /// let mut blocks = 0;
+    /// heap.read(|r| m.for_each_block(r, |_| blocks += 1))?;
+    /// assert_eq!(blocks, 2); // the table and the value's bytes
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn for_each_block<W: View>(self, view: &W, mut f: impl FnMut(u64)) -> Result<()> {
+        let h = self.header(view)?;
+        if h.cap == 0 {
+            return Ok(());
+        }
+        f(h.table);
+        let s = Slots::of::<K, V>();
+        for i in 0..h.cap {
+            if Self::tag(&h, &s, view, i)? == 0 {
+                continue;
+            }
+            let k = view.get(Self::slot_ptr::<K>(&h, &s, i, s.key_at))?;
+            let v = view.get(Self::slot_ptr::<V>(&h, &s, i, s.val_at))?;
+            for b in [k.owned_block(), v.owned_block()].into_iter().flatten() {
+                f(b);
+            }
+        }
+        Ok(())
+    }
+
     /// Verify every invariant: element types, the table in bounds, every tag the hash of its
     /// key, every entry reachable from its ideal slot without crossing an empty one, no key
     /// twice, and the entry count. The first violation is [`Error::Corrupt`] naming the slot.

@@ -102,6 +102,11 @@ pub trait Element: Stored {
     fn load<'v, V: View>(this: &'v Self, view: &'v V) -> Result<&'v Self::Input>;
     /// Free what the handle owns (nothing for plain data).
     fn release(self, tx: &mut Tx<'_>) -> Result<()>;
+    /// The allocation the handle owns, if any (its start offset): what `release` frees. For
+    /// walks that account for every block a collection holds (`for_each_block`).
+    fn owned_block(&self) -> Option<u64> {
+        None
+    }
 }
 
 macro_rules! plain_element {

@@ -457,6 +457,31 @@ impl<T: Element> PPtr<PVec<T>> {
         )
     }
 
+    /// Call `f` with the start offset of every allocation the vector holds: its buffer and
+    /// what its elements own.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvb.heap"), txheap::Options::new())?;
+    /// let v = heap.transaction(|tx| { let v = txheap::PVec::new(tx)?; v.push(tx, 1u8)?; Ok(v) })?;
+    /// let mut blocks = Vec::new();
+    /// heap.read(|r| v.for_each_block(r, |b| blocks.push(b)))?;
+    /// assert_eq!(blocks.len(), 1);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn for_each_block<V: View>(self, view: &V, mut f: impl FnMut(u64)) -> Result<()> {
+        let h = self.header(view)?;
+        if h.buf != 0 {
+            f(h.buf);
+        }
+        for e in self.as_slice(view)? {
+            if let Some(b) = e.owned_block() {
+                f(b);
+            }
+        }
+        Ok(())
+    }
+
     /// Verify the vector: header shape, element type, buffer in bounds.
     ///
     /// ```
