@@ -10,7 +10,9 @@ fi
 cargo test -p txheap --no-run --message-format=json 2>/dev/null \
   | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 > /tmp/txheap-test-bins.txt
 status=0
-for bin in $(grep -E '/deps/(txheap|api|bad_input|alloc_prop|hardening|defects)-' /tmp/txheap-test-bins.txt); do
+# The collections' model test runs 4 random cases here (48 in the normal suite).
+export COLLECTIONS_CASES=4
+for bin in $(grep -E '/deps/(txheap|api|bad_input|alloc_prop|hardening|defects|stored|collections)-' /tmp/txheap-test-bins.txt); do
   echo "== valgrind $(basename "$bin")"
   # --fair-sched: reader threads that never make a syscall otherwise starve the writer under
   # valgrind's big lock (the readers-beside-writer test then takes minutes instead of seconds).

@@ -44,7 +44,7 @@ impl Geometry {
     /// Bytes the elements of `s` span; a length whose bytes overflow is
     /// [`Error::OutOfBounds`] with the real end of the heap.
     pub(crate) fn slice_bytes<T>(&self, chunk_count: u64, s: PSlice<T>) -> Result<u64> {
-        s.byte_len().ok_or(Error::OutOfBounds {
+        s.byte_len().ok_or_else(|| Error::OutOfBounds {
             offset: s.offset(),
             len: u64::MAX,
             heap_end: self.heap_end(chunk_count),

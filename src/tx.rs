@@ -532,10 +532,12 @@ impl<'h> Tx<'h> {
             requested: u64::MAX,
             max_size: self.sh.geo.max_size,
         })?;
-        let block = self.usable_size(s.as_ptr()).ok_or(Error::InvalidFree {
-            offset: s.offset(),
-            why: "realloc of a pointer that is not the start of a live allocation",
-        })?;
+        let block = self
+            .usable_size(s.as_ptr())
+            .ok_or_else(|| Error::InvalidFree {
+                offset: s.offset(),
+                why: "realloc of a pointer that is not the start of a live allocation",
+            })?;
         if bytes <= block {
             let t = PSlice::<T>::from_raw_parts(s.offset(), len);
             if len > keep {

@@ -310,7 +310,11 @@ fn run(batches: &[(Vec<Op>, End)]) -> u64 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // COLLECTIONS_CASES lowers the count under valgrind (scripts/valgrind.sh).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("COLLECTIONS_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn collections_match_their_models(
@@ -326,7 +330,10 @@ proptest! {
 fn tree_grows_three_levels_and_shrinks_back() {
     let mut ins: Vec<(Op, End)> = Vec::new();
     for k in 0..400u16 {
-        ins.push((Op::Insert((k * 7919) % 400, k as u64), End::Commit));
+        ins.push((
+            Op::Insert(((k as u32 * 7919) % 400) as u16, k as u64),
+            End::Commit,
+        ));
     }
     let mut batches: Vec<(Vec<Op>, End)> = ins
         .chunks(40)

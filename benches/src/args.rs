@@ -39,6 +39,10 @@ pub enum Workload {
     W4Scan,
     /// File bytes per payload byte of a map of N entries.
     W4Space,
+    /// One insert per durable transaction into a map.
+    W4PutFull,
+    /// One insert per non-durable transaction into a map.
+    W4PutNone,
 }
 
 /// How a workload's figure is read.
@@ -56,7 +60,7 @@ pub enum Metric {
 
 impl Workload {
     /// Every workload, in the order they run.
-    pub const ALL: [Workload; 10] = [
+    pub const ALL: [Workload; 12] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -64,6 +68,8 @@ impl Workload {
         Workload::W4Get,
         Workload::W4Scan,
         Workload::W4Space,
+        Workload::W4PutFull,
+        Workload::W4PutNone,
         Workload::W5Open,
         Workload::W5Replay,
         Workload::Space,
@@ -82,6 +88,8 @@ impl Workload {
             Workload::W4Get => "W4-get",
             Workload::W4Scan => "W4-scan",
             Workload::W4Space => "W4-space",
+            Workload::W4PutFull => "W4-put-full",
+            Workload::W4PutNone => "W4-put-none",
         }
     }
 
@@ -120,6 +128,12 @@ impl Workload {
             Workload::W4Scan => {
                 "a scan of every entry of a map of N entries, in key order (the hash map: in table order), one reader"
             }
+            Workload::W4PutFull => {
+                "one insert (8-byte key, 64-byte value, random keys) per durable transaction into a map of growing size, 1 thread (W1 for maps)"
+            }
+            Workload::W4PutNone => {
+                "W4-put-full with non-durable commits (each store's fastest setting; W2 for maps)"
+            }
             Workload::W4Space => {
                 "the store's file bytes per payload byte (72 per entry) after N random inserts in transactions of 1,000, default options"
             }
@@ -134,7 +148,9 @@ impl Workload {
             | Workload::W3
             | Workload::W4Load
             | Workload::W4Get
-            | Workload::W4Scan => Metric::Rate,
+            | Workload::W4Scan
+            | Workload::W4PutFull
+            | Workload::W4PutNone => Metric::Rate,
             Workload::W4Space => Metric::BytesPerByte,
             Workload::W5Open => Metric::Time,
             Workload::W5Replay => Metric::ByteRate,
@@ -153,6 +169,7 @@ impl Workload {
             Workload::W4Load => "inserts/s",
             Workload::W4Get => "lookups/s",
             Workload::W4Scan | Workload::W4Space => "entries/s",
+            Workload::W4PutFull | Workload::W4PutNone => "tx/s",
         }
     }
 }

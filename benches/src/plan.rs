@@ -6,7 +6,7 @@
 
 use crate::args::ChildArgs;
 pub use crate::args::{Metric, Workload};
-use crate::engines::{limits, lmdb, pmdk, redb_engine, sqlite, txheap_engine, Opener};
+use crate::engines::{limits, lmdb, pmdk, redb_engine, sqlite, txheap_engine, txheap_maps, Opener};
 use crate::sample::Sample;
 use crate::{space, w4, w5, BoxResult};
 
@@ -107,7 +107,9 @@ fn memcpy(a: &ChildArgs<'_>) -> BoxResult<Sample> {
 
 use Role::{Limit, Peer, Subject};
 use Run::{Commits, Custom, OneTx};
-use Workload::{Space, W4Get, W4Load, W4Scan, W4Space, W5Open, W5Replay, W1, W2, W3};
+use Workload::{
+    Space, W4Get, W4Load, W4PutFull, W4PutNone, W4Scan, W4Space, W5Open, W5Replay, W1, W2, W3,
+};
 
 /// Every case, in the order each round runs them (A B C ... A B C ...).
 pub static CASES: &[Case] = &[
@@ -476,6 +478,18 @@ pub static CASES: &[Case] = &[
         "rusqlite 0.41 bundled, WAL, synchronous=FULL, INTEGER PRIMARY KEY",
         Custom(w4::measure_space),
     ),
+    // W4-put: one insert per transaction (W1 and W2 for maps).
+    case(W4PutFull, "txheap", Subject, "PBTreeMap, Durability::Full, default options", Commits(txheap_maps::btree_full)),
+    case(W4PutFull, "txheap-hash", Peer, "PHashMap, Durability::Full, default options", Commits(txheap_maps::hash_full)),
+    case(W4PutFull, "lmdb", Peer, "heed 0.23, default flags (sync at commit)", Commits(lmdb::durable)),
+    case(W4PutFull, "redb", Peer, "redb 4.6, Durability::Immediate", Commits(redb_engine::immediate)),
+    case(W4PutFull, "sqlite", Peer, "WAL, synchronous=FULL", Commits(sqlite::full)),
+    case(W4PutFull, "limit-pwrite", Limit, "4 KiB in-place pwrite + fdatasync, preallocated file", Commits(limits::pwrite)),
+    case(W4PutNone, "txheap", Subject, "PBTreeMap, Durability::None, default options", Commits(txheap_maps::btree_none)),
+    case(W4PutNone, "txheap-hash", Peer, "PHashMap, Durability::None, default options", Commits(txheap_maps::hash_none)),
+    case(W4PutNone, "lmdb-writemap-nosync", Peer, "WRITE_MAP | NO_SYNC", Commits(lmdb::writemap_nosync)),
+    case(W4PutNone, "redb-none", Peer, "Durability::None", Commits(redb_engine::none)),
+    case(W4PutNone, "sqlite-off", Peer, "WAL, synchronous=OFF", Commits(sqlite::off)),
     // W5: open and recovery.
     Case {
         setup: Some(Setup {
@@ -595,6 +609,8 @@ impl Counts {
             (W5Open, _) | (W5Replay, _) => 1,
             (Space, _) => self.space_nodes,
             (W4Load | W4Get | W4Scan | W4Space, _) => self.w4,
+            (W4PutFull, _) => self.w1,
+            (W4PutNone, _) => self.w2,
         };
         if case.capped {
             n.min(self.capped)
@@ -707,6 +723,12 @@ pub static GOALS: &[Goal] = &[
         ..ratio(W4Get, "sqlite", 1.0)
     },
     ratio(W4Scan, "lmdb", 1.0),
+    // W4-put: W1's and W2's ratios to the peers.
+    ratio(W4PutFull, "limit-pwrite", 0.9),
+    ratio(W4PutFull, "sqlite", 1.0),
+    ratio(W4PutFull, "lmdb", 1.5),
+    ratio(W4PutFull, "redb", 1.5),
+    ratio(W4PutNone, "lmdb-writemap-nosync", 2.0),
     ratio(W4Load, "lmdb", 1.5),
     Goal {
         subject: "txheap-hash",

@@ -569,33 +569,31 @@ impl Allocator {
         len: u64,
         read: &dyn Fn(u64, &mut [u8]),
     ) -> Result<()> {
-        let not = Error::NotAllocated { offset: off, len };
+        let not = || Error::NotAllocated { offset: off, len };
         let Some(rel) = off.checked_sub(self.chunk_area) else {
-            return Err(not);
+            return Err(not());
         };
         let Ok(c) = u32::try_from(rel / CHUNK_SIZE) else {
-            return Err(not);
+            return Err(not());
         };
-        let end = off
-            .checked_add(len)
-            .ok_or(Error::NotAllocated { offset: off, len })?;
+        let end = off.checked_add(len).ok_or_else(not)?;
         if let Some(rs) = self.runs.get(&c) {
             let g = RunGeom::of_class(rs.class);
             let base = self.chunk_offset(c);
             let Some(rel) = off.checked_sub(base + g.data_offset) else {
-                return Err(not);
+                return Err(not());
             };
             let idx = rel / g.block_size;
             let block_end = base + g.data_offset + (idx + 1) * g.block_size;
             if idx >= g.block_count || end > block_end {
-                return Err(not);
+                return Err(not());
             }
             let mut word = [0u8; 8];
             read(base + (idx / 64) * 8, &mut word);
             return if u64::from_le_bytes(word) & (1 << (idx % 64)) != 0 {
                 Ok(())
             } else {
-                Err(not)
+                Err(not())
             };
         }
         match self.large.range(..=c).next_back() {
@@ -604,7 +602,7 @@ impl Allocator {
             {
                 Ok(())
             }
-            _ => Err(not),
+            _ => Err(not()),
         }
     }
 

@@ -12,11 +12,15 @@ use crate::pptr::{PPtr, PSlice};
 use crate::stored::{Field, Stored};
 use crate::tx::Tx;
 
-/// Bytes of a node unless eight entries need more: one page, so that a lookup in a heap larger
-/// than memory faults one page per level, and a leaf of 8-byte keys and 64-byte values holds
-/// 56 entries (a tree of a million such entries is three levels deep). Measured beside 1 KiB
-/// and 16 KiB nodes in benches/README.md (W4).
-const NODE_BYTES: u64 = 4096;
+/// Bytes of a node unless eight entries need more. Measured (benches/README.md, "PBTreeMap
+/// node size"): with 8-byte keys and 64-byte values, lookups in a warm map of a million entries
+/// cost the same from 1 KiB to 16 KiB nodes (0.52-0.54 s per million), while a million random
+/// inserts in one transaction took 0.91 s with 1 KiB nodes, 1.02 s with 2 KiB, 1.04 s with
+/// 4 KiB and 1.53 s with 16 KiB (each insert shifts half a node, and each node a transaction
+/// changes is staged whole). A 1 KiB leaf holds 14 such entries and an internal node 62
+/// children: a million entries are four levels (3 with 4 KiB nodes: one page fault fewer per
+/// cold lookup in a heap larger than memory, the trade-off taken for speed in memory).
+const NODE_BYTES: u64 = 1024;
 /// Bytes of a node's header: level (0 for leaves) and entry count.
 const NODE_HEADER: u64 = 16;
 /// Deepest tree accepted (a taller one is damage: 2^64 entries need fewer levels).
@@ -824,6 +828,8 @@ where
             g,
             front: Vec::new(),
             back: Vec::new(),
+            front_leaf: None,
+            back_leaf: None,
             done: true,
             _kv: PhantomData,
         };
@@ -897,6 +903,28 @@ where
         }
     }
 
+    /// A scan that just entered a leaf will want the leaf after it (or before it, going
+    /// back) next: ask the CPU for it now, so that its cache misses overlap this leaf's work
+    /// (leaves are scattered through the heap, and a scan was bound by those misses). Only a
+    /// hint: a sibling that does not read cleanly is skipped here and met by the next step.
+    fn prefetch_sibling<W: View>(g: &Geo, view: &W, s: &[(Node, u64)], forward: bool) {
+        let Some(&(parent, ci)) = s.len().checked_sub(2).and_then(|i| s.get(i)) else {
+            return;
+        };
+        let sibling = match forward {
+            true if ci < parent.count => ci + 1,
+            false if ci > 0 => ci - 1,
+            _ => return,
+        };
+        if let Ok(ch) = Self::children(g, parent, view) {
+            if let Some(&at) = ch.get(sibling as usize) {
+                if let Ok(b) = view.slice(PSlice::<u8>::from_raw_parts(at, g.bytes)) {
+                    crate::sys::prefetch(b);
+                }
+            }
+        }
+    }
+
     /// Move a cursor to the next entry (its leaf index may be past the end already).
     fn step_forward<W: View>(
         g: &Geo,
@@ -923,6 +951,7 @@ where
                     return Err(corrupt(c.at, "B-tree: empty leaf inside the tree"));
                 }
                 s.push((c, 0));
+                Self::prefetch_sibling(g, view, &s, true);
                 return Ok(Some(s));
             }
         }
@@ -954,6 +983,7 @@ where
                     return Err(corrupt(c.at, "B-tree: empty leaf inside the tree"));
                 }
                 s.push((c, c.count - 1));
+                Self::prefetch_sibling(g, view, &s, false);
                 return Ok(Some(s));
             }
         }
@@ -1131,9 +1161,16 @@ pub struct Range<'v, K, V, W> {
     g: Geo,
     front: Vec<(Node, u64)>,
     back: Vec<(Node, u64)>,
+    /// The keys and values of the front and back cursors' leaves (by leaf offset), read once
+    /// per leaf.
+    front_leaf: Leaf<'v, K, V>,
+    back_leaf: Leaf<'v, K, V>,
     done: bool,
     _kv: PhantomData<fn() -> (K, V)>,
 }
+
+/// A leaf's offset with its keys and values, read in place.
+type Leaf<'v, K, V> = Option<(u64, &'v [K], &'v [V])>;
 
 impl<'v, K, V, W> Range<'v, K, V, W>
 where
@@ -1150,11 +1187,28 @@ where
             .ok_or_else(|| corrupt(leaf.at, "B-tree cursor past its leaf"))
     }
 
-    fn entry(&self, c: &[(Node, u64)]) -> Result<(&'v K::Input, &'v V::Input)> {
+    /// The entry under cursor `c`, through the cached leaf `cache` (refreshed when the cursor
+    /// moved to another leaf).
+    fn entry_cached(
+        view: &'v W,
+        g: &Geo,
+        c: &[(Node, u64)],
+        cache: &mut Leaf<'v, K, V>,
+    ) -> Result<(&'v K::Input, &'v V::Input)> {
         let &(leaf, i) = c.last().expect("a cursor has a leaf");
-        let k = self.key_at(c)?;
-        let v = &PPtr::<PBTreeMap<K, V>>::vals(&self.g, leaf, self.view)?[i as usize];
-        Ok((K::load(k, self.view)?, V::load(v, self.view)?))
+        let (ks, vs) = match *cache {
+            Some((at, ks, vs)) if at == leaf.at => (ks, vs),
+            _ => {
+                let ks = PPtr::<PBTreeMap<K, V>>::keys(leaf, view)?;
+                let vs = PPtr::<PBTreeMap<K, V>>::vals(g, leaf, view)?;
+                *cache = Some((leaf.at, ks, vs));
+                (ks, vs)
+            }
+        };
+        let (Some(k), Some(v)) = (ks.get(i as usize), vs.get(i as usize)) else {
+            return Err(corrupt(leaf.at, "B-tree cursor past its leaf"));
+        };
+        Ok((K::load(k, view)?, V::load(v, view)?))
     }
 
     fn same(&self) -> bool {
@@ -1185,12 +1239,14 @@ where
         if self.done {
             return None;
         }
-        let e = match self.entry(&self.front) {
+        let e = match Self::entry_cached(self.view, &self.g, &self.front, &mut self.front_leaf) {
             Ok(e) => e,
             Err(err) => return self.fail(err),
         };
         if self.same() {
             self.done = true;
+        } else if let Some(last) = self.front.last_mut().filter(|(l, i)| i + 1 < l.count) {
+            last.1 += 1; // the next entry of the same leaf
         } else {
             let f = std::mem::take(&mut self.front);
             match PPtr::<PBTreeMap<K, V>>::step_forward(&self.g, self.view, f) {
@@ -1220,12 +1276,18 @@ where
         if self.done {
             return None;
         }
-        let e = match self.entry(&self.back) {
+        let e = match Self::entry_cached(self.view, &self.g, &self.back, &mut self.back_leaf) {
             Ok(e) => e,
             Err(err) => return self.fail(err),
         };
         if self.same() {
             self.done = true;
+        } else if let Some(last) = self
+            .back
+            .last_mut()
+            .filter(|(l, i)| *i > 0 && *i <= l.count)
+        {
+            last.1 -= 1; // the previous entry of the same leaf
         } else {
             let b = std::mem::take(&mut self.back);
             match PPtr::<PBTreeMap<K, V>>::step_back(&self.g, self.view, b) {

@@ -252,6 +252,54 @@ where
 
     /// Probe for `key`: `Ok(i)` where it is, `Err(i)` the empty slot where it would go
     /// (`Err(cap)` if the table is full, which only damage can make).
+    /// Slot `i`'s bytes, in one checked read.
+    fn slot<'v, W: View>(h: &PHashMap<K, V>, s: &Slots, view: &'v W, i: u64) -> Result<&'v [u8]> {
+        view.slice(PSlice::<u8>::from_raw_parts(
+            h.table + i * s.stride,
+            s.stride,
+        ))
+    }
+
+    /// The key or value at byte `at` of slot bytes `b`.
+    fn field<T: bytemuck::Pod>(b: &[u8], at: u64, slot_at: u64) -> Result<&T> {
+        let at = at as usize;
+        bytemuck::try_from_bytes(&b[at..at + std::mem::size_of::<T>()])
+            .map_err(|_| corrupt(slot_at, "PHashMap slot misaligned"))
+    }
+
+    /// Probe for `key`: `Ok((i, slot bytes))` where it is, `Err(i)` the empty slot where it
+    /// would go (`Err(cap)` if the table is full, which only damage can make).
+    fn find_slot<'v, W: View>(
+        h: &PHashMap<K, V>,
+        s: &Slots,
+        view: &'v W,
+        key: &K::Input,
+        tag: u64,
+    ) -> Result<std::result::Result<(u64, &'v [u8]), u64>> {
+        let mut i = ideal(tag, h.cap);
+        for _ in 0..h.cap {
+            let b = Self::slot(h, s, view, i)?;
+            let t = u64::from_ne_bytes(b[..8].try_into().expect("8 bytes"));
+            if t == 0 {
+                return Ok(Err(i));
+            }
+            if t == tag {
+                let at = h.table + i * s.stride;
+                if K::load(Self::field::<K>(b, s.key_at, at)?, view)? == key {
+                    return Ok(Ok((i, b)));
+                }
+            }
+            i += 1;
+            if i == h.cap {
+                i = 0;
+            }
+        }
+        Ok(Err(h.cap))
+    }
+
+    /// [`Self::find_slot`] without the bytes, reading tags and keys one by one: in a transaction
+    /// a slot may straddle a staged line and an unstaged one, which a whole-slot read would
+    /// have to compose.
     fn find<W: View>(
         h: &PHashMap<K, V>,
         s: &Slots,
@@ -306,11 +354,11 @@ where
             return Ok(None);
         }
         let s = Slots::of::<K, V>();
-        match Self::find(&h, &s, view, key, Self::hash(&h, key))? {
-            Ok(i) => Ok(Some(V::load(
-                view.get(Self::slot_ptr::<V>(&h, &s, i, s.val_at))?,
-                view,
-            )?)),
+        match Self::find_slot(&h, &s, view, key, Self::hash(&h, key))? {
+            Ok((i, b)) => {
+                let v = Self::field::<V>(b, s.val_at, h.table + i * s.stride)?;
+                Ok(Some(V::load(v, view)?))
+            }
             Err(_) => Ok(None),
         }
     }

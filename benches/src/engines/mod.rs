@@ -16,6 +16,7 @@ pub mod pmdk;
 pub mod redb_engine;
 pub mod sqlite;
 pub mod txheap_engine;
+pub mod txheap_maps;
 
 /// An opened store, ready for the timed region.
 pub trait Engine {
