@@ -157,14 +157,19 @@ pub(crate) fn check_root<T: Stored>(
     if header.root_size == 0 && header.root_fingerprint == 0 {
         return Ok(false);
     }
-    let (fp, stored_layout) = match header.root_identity {
-        ROOT_IDENTITY_STORED => (T::ID, decode_description(&page())),
-        _ => (
-            legacy_fingerprint::<T>(),
-            "(written by txheap before Stored: identity from the compiler's type name)".into(),
-        ),
+    let stored = header.root_identity == ROOT_IDENTITY_STORED;
+    let fp = if stored {
+        T::ID
+    } else {
+        legacy_fingerprint::<T>()
     };
     if header.root_size != size || header.root_fingerprint != fp {
+        // Only a mismatch reads the stored description (every transaction checks its root).
+        let stored_layout = if stored {
+            decode_description(&page())
+        } else {
+            "(written by txheap before Stored: identity from the compiler's type name)".into()
+        };
         return Err(Error::RootTypeMismatch {
             stored_size: header.root_size,
             stored_fingerprint: header.root_fingerprint,

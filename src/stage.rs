@@ -174,8 +174,9 @@ struct Hint {
 
 /// How many recently used ranges `write` and `read` check before searching the tree (a
 /// transaction typically alternates between a few: the object, a bitmap word, the pointer to the
-/// object; a B-tree insert: the map's header and the nodes on its path).
-const HINTS: usize = 8;
+/// object; a B-tree insert: the map's header and the nodes on its path). Eight were measured
+/// (callgrind): 3.7% fewer instructions per B-tree insert, 3.3% more per allocation; four kept.
+const HINTS: usize = 4;
 
 /// Most one-line buffers a stage keeps for reuse (64 KiB).
 const SPARE_MAX: usize = 1024;
