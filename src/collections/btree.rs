@@ -17,10 +17,14 @@ use crate::tx::Tx;
 /// cost the same from 1 KiB to 16 KiB nodes (0.52-0.54 s per million), while a million random
 /// inserts in one transaction took 0.91 s with 1 KiB nodes, 1.02 s with 2 KiB, 1.04 s with
 /// 4 KiB and 1.53 s with 16 KiB (each insert shifts half a node, and each node a transaction
-/// changes is staged whole). A 1 KiB leaf holds 14 such entries and an internal node 62
-/// children: a million entries are four levels (3 with 4 KiB nodes: one page fault fewer per
-/// cold lookup in a heap larger than memory, the trade-off taken for speed in memory).
+/// changes is staged whole). A 1 KiB leaf holds 14 such entries. Internal nodes are
+/// [`INNER_BYTES`]: with 1 KiB internal nodes too, a million entries were four levels under the
+/// leaves' parent and lookups and loads both took about 10% longer (interleaved medians).
 const NODE_BYTES: u64 = 1024;
+/// Bytes of an internal node unless eight keys need more: 4 KiB, 255 children with 8-byte
+/// keys, so a million entries in 1 KiB leaves are three levels (four with 1 KiB internal
+/// nodes: one cache miss more per lookup; W4-get, benches/README.md).
+const INNER_BYTES: u64 = 4096;
 /// Bytes of a node's header: level (0 for leaves) and entry count.
 const NODE_HEADER: u64 = 16;
 /// Deepest tree accepted (a taller one is damage: 2^64 entries need fewer levels).
@@ -147,7 +151,9 @@ impl<K, V> PBTreeMap<K, V> {
 /// Node geometry for one key and value type.
 #[derive(Clone, Copy)]
 struct Geo {
-    bytes: u64,
+    /// Bytes of a leaf and of an internal node.
+    leaf_bytes: u64,
+    inner_bytes: u64,
     /// Entries per leaf, keys per internal node.
     leaf_cap: u64,
     inner_cap: u64,
@@ -177,15 +183,16 @@ impl Geo {
         let vs = std::mem::size_of::<V>() as u64;
         let ka = std::mem::align_of::<K>() as u64;
         let va = std::mem::align_of::<V>() as u64;
-        let mut bytes = NODE_BYTES;
-        loop {
-            let (l, i) = fits(bytes, ks, vs, ka, va);
-            if l >= 8 && i >= 8 {
-                break;
-            }
-            bytes *= 2;
+        let mut leaf_bytes = NODE_BYTES;
+        while fits(leaf_bytes, ks, vs, ka, va).0 < 8 {
+            leaf_bytes *= 2;
         }
-        let (mut leaf_cap, mut inner_cap) = fits(bytes, ks, vs, ka, va);
+        let mut inner_bytes = INNER_BYTES;
+        while fits(inner_bytes, ks, vs, ka, va).1 < 8 {
+            inner_bytes *= 2;
+        }
+        let mut leaf_cap = fits(leaf_bytes, ks, vs, ka, va).0;
+        let mut inner_cap = fits(inner_bytes, ks, vs, ka, va).1;
         if leaf_cap > u32::MAX as u64 {
             leaf_cap = u32::MAX as u64;
         }
@@ -194,12 +201,22 @@ impl Geo {
         }
         let keys_at = align_up(NODE_HEADER, ka);
         Geo {
-            bytes,
+            leaf_bytes,
+            inner_bytes,
             leaf_cap,
             inner_cap,
             keys_at,
             vals_at: align_up(keys_at + leaf_cap * ks, va),
             children_at: align_up(keys_at + inner_cap * ks, 8),
+        }
+    }
+
+    /// Bytes of a node at `level`.
+    const fn bytes(&self, level: u64) -> u64 {
+        if level == 0 {
+            self.leaf_bytes
+        } else {
+            self.inner_bytes
         }
     }
 }
@@ -336,7 +353,7 @@ where
     /// The node at `at` (which must be at `level`) and all its bytes, in one checked read.
     fn node_bytes<W: View>(view: &W, at: u64, level: u64) -> Result<(Node, &[u8])> {
         let g = Self::GEO;
-        let b = view.slice(PSlice::<u8>::from_raw_parts(at, g.bytes))?;
+        let b = view.slice(PSlice::<u8>::from_raw_parts(at, g.bytes(level)))?;
         let nh: NodeHeader = bytemuck::pod_read_unaligned(&b[..NODE_HEADER as usize]);
         Ok((Self::check_header(&g, at, nh, level)?, b))
     }
@@ -362,8 +379,8 @@ where
 
     /// Stage the whole node at `at` for writing (one staged range per node and transaction,
     /// so that later reads of it in the transaction find it in one piece).
-    fn node_mut<'t>(tx: &'t mut Tx<'_>, at: u64) -> Result<&'t mut [u8]> {
-        tx.slice_mut(PSlice::<u8>::from_raw_parts(at, Self::GEO.bytes))
+    fn node_mut<'t>(tx: &'t mut Tx<'_>, at: u64, level: u64) -> Result<&'t mut [u8]> {
+        tx.slice_mut(PSlice::<u8>::from_raw_parts(at, Self::GEO.bytes(level)))
     }
 
     fn set_count_in(b: &mut [u8], count: u64) {
@@ -482,20 +499,20 @@ where
     }
 
     fn alloc_node(g: &Geo, tx: &mut Tx<'_>, level: u32) -> Result<u64> {
-        let s = tx.alloc_slice_zeroed::<u64>(g.bytes / 8)?;
-        let b = Self::node_mut(tx, s.offset())?;
+        let s = tx.alloc_slice_zeroed::<u64>(g.bytes(level as u64) / 8)?;
+        let b = Self::node_mut(tx, s.offset(), level as u64)?;
         b[..4].copy_from_slice(&level.to_ne_bytes());
         Ok(s.offset())
     }
 
-    fn free_node(g: &Geo, tx: &mut Tx<'_>, at: u64) -> Result<()> {
-        tx.free_slice(PSlice::<u64>::from_raw_parts(at, g.bytes / 8))
+    fn free_node(g: &Geo, tx: &mut Tx<'_>, at: u64, level: u64) -> Result<()> {
+        tx.free_slice(PSlice::<u64>::from_raw_parts(at, g.bytes(level) / 8))
     }
 
     /// Write a whole leaf: its entries and count.
     fn fill_leaf(g: &Geo, tx: &mut Tx<'_>, at: u64, keys: &[K], vals: &[V]) -> Result<()> {
         let n = keys.len() as u64;
-        let b = Self::node_mut(tx, at)?;
+        let b = Self::node_mut(tx, at, 0)?;
         Self::part_mut::<K>(b, at, g.keys_at, n)?.copy_from_slice(keys);
         Self::part_mut::<V>(b, at, g.vals_at, n)?.copy_from_slice(vals);
         Self::set_count_in(b, n);
@@ -505,7 +522,7 @@ where
     /// Write a whole internal node: its keys, children (one more) and count.
     fn fill_inner(g: &Geo, tx: &mut Tx<'_>, at: u64, keys: &[K], ch: &[u64]) -> Result<()> {
         let n = keys.len() as u64;
-        let b = Self::node_mut(tx, at)?;
+        let b = Self::node_mut(tx, at, 1)?;
         Self::part_mut::<K>(b, at, g.keys_at, n)?.copy_from_slice(keys);
         Self::part_mut::<u64>(b, at, g.children_at, n + 1)?.copy_from_slice(ch);
         Self::set_count_in(b, n);
@@ -540,7 +557,7 @@ where
             Ok(i) => {
                 let old = Self::vals(&g, leaf, tx)?[i];
                 let v = V::store(tx, value)?;
-                let b = Self::node_mut(tx, leaf.at)?;
+                let b = Self::node_mut(tx, leaf.at, 0)?;
                 Self::part_mut::<V>(b, leaf.at, g.vals_at, leaf.count)?[i] = v;
                 old.release(tx)?;
                 return Ok(true);
@@ -575,7 +592,7 @@ where
         let (at, c) = (leaf.at, leaf.count as usize);
         if leaf.count < g.leaf_cap {
             // Shift the entries after `i` up by one, in the staged node.
-            let b = Self::node_mut(tx, at)?;
+            let b = Self::node_mut(tx, at, 0)?;
             let keys = Self::part_mut::<K>(b, at, g.keys_at, leaf.count + 1)?;
             keys.copy_within(i..c, i + 1);
             keys[i] = k;
@@ -610,7 +627,7 @@ where
     ) -> Result<Split<K>> {
         let (ci, c) = (ci as usize, n.count as usize);
         if n.count < g.inner_cap {
-            let b = Self::node_mut(tx, n.at)?;
+            let b = Self::node_mut(tx, n.at, n.level as u64)?;
             let keys = Self::part_mut::<K>(b, n.at, g.keys_at, n.count + 1)?;
             keys.copy_within(ci..c, ci + 1);
             keys[ci] = sep;
@@ -667,7 +684,7 @@ where
             .ok_or_else(|| corrupt(self.offset(), "B-tree length below its entries"))?;
         if leaf.count > 1 {
             let (at, c) = (leaf.at, leaf.count as usize);
-            let b = Self::node_mut(tx, at)?;
+            let b = Self::node_mut(tx, at, 0)?;
             Self::part_mut::<K>(b, at, g.keys_at, leaf.count)?.copy_within(i + 1..c, i);
             Self::part_mut::<V>(b, at, g.vals_at, leaf.count)?.copy_within(i + 1..c, i);
             Self::set_count_in(b, leaf.count - 1);
@@ -675,20 +692,20 @@ where
             return Ok(true);
         }
         // The leaf empties: free it and take it out of its parent, up as far as nodes empty.
-        Self::free_node(&g, tx, leaf.at)?;
+        Self::free_node(&g, tx, leaf.at, 0)?;
         let mut emptied = true;
         for &(n, ci) in path.inner.iter().rev() {
             if !emptied {
                 break;
             }
             if n.count == 0 {
-                Self::free_node(&g, tx, n.at)?;
+                Self::free_node(&g, tx, n.at, n.level as u64)?;
                 continue;
             }
             let drop_key = if ci > 0 { ci as usize - 1 } else { 0 };
             Self::keys(n, tx)?[drop_key].release(tx)?;
             let (at, c, ci) = (n.at, n.count as usize, ci as usize);
-            let b = Self::node_mut(tx, at)?;
+            let b = Self::node_mut(tx, at, n.level as u64)?;
             Self::part_mut::<K>(b, at, g.keys_at, n.count)?.copy_within(drop_key + 1..c, drop_key);
             Self::part_mut::<u64>(b, at, g.children_at, n.count + 1)?
                 .copy_within(ci + 1..c + 1, ci);
@@ -706,7 +723,7 @@ where
                     break;
                 }
                 let only = Self::children(&g, r, tx)?[0];
-                Self::free_node(&g, tx, r.at)?;
+                Self::free_node(&g, tx, r.at, r.level as u64)?;
                 h.root = only;
                 h.height -= 1;
             }
@@ -749,7 +766,7 @@ where
                         k.release(tx)?;
                     }
                 }
-                Self::free_node(&g, tx, at)?;
+                Self::free_node(&g, tx, at, level)?;
             }
         }
         h.root = 0;
@@ -918,7 +935,7 @@ where
         };
         if let Ok(ch) = Self::children(g, parent, view) {
             if let Some(&at) = ch.get(sibling as usize) {
-                if let Ok(b) = view.slice(PSlice::<u8>::from_raw_parts(at, g.bytes)) {
+                if let Ok(b) = view.slice(PSlice::<u8>::from_raw_parts(at, g.leaf_bytes)) {
                     crate::sys::prefetch(b);
                 }
             }
