@@ -116,16 +116,7 @@ impl<K: Stored, V: Stored> Stored for PBTreeMap<K, V> {
 }
 
 impl<K: Stored, V: Stored> Element for PBTreeMap<K, V> {
-    type Input = Self;
-    fn store(_: &mut Tx<'_>, input: &Self) -> Result<Self> {
-        Ok(*input)
-    }
-    fn load<'v, W: View>(this: &'v Self, _: &'v W) -> Result<&'v Self> {
-        Ok(this)
-    }
-    fn release(self, _: &mut Tx<'_>) -> Result<()> {
-        Ok(())
-    }
+    plain_element_body!();
 }
 
 impl<K, V> PBTreeMap<K, V> {

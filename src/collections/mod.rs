@@ -14,6 +14,23 @@
 //! depth), so a damaged collection gives an [`Error`], never a panic or a hang; `check()`
 //! verifies all invariants. `docs/ARCHITECTURE.md` (section 10) describes the layouts.
 
+/// The body of `Element` for a handle that is its own value (plain data: stored as given,
+/// loaded in place, owning nothing).
+macro_rules! plain_element_body {
+    () => {
+        type Input = Self;
+        fn store(_: &mut Tx<'_>, input: &Self) -> Result<Self> {
+            Ok(*input)
+        }
+        fn load<'v, Vw: View>(this: &'v Self, _: &'v Vw) -> Result<&'v Self> {
+            Ok(this)
+        }
+        fn release(self, _: &mut Tx<'_>) -> Result<()> {
+            Ok(())
+        }
+    };
+}
+
 mod btree;
 mod bytes;
 mod hash;
@@ -112,10 +129,7 @@ pub trait Element: Stored {
 macro_rules! plain_element {
     ($($t:ty),*) => {$(
         impl Element for $t {
-            type Input = Self;
-            fn store(_: &mut Tx<'_>, input: &Self) -> Result<Self> { Ok(*input) }
-            fn load<'v, V: View>(this: &'v Self, _: &'v V) -> Result<&'v Self> { Ok(this) }
-            fn release(self, _: &mut Tx<'_>) -> Result<()> { Ok(()) }
+            plain_element_body!();
         }
     )*};
 }
@@ -138,29 +152,11 @@ plain_element!(
 );
 
 impl<T: Stored, const N: usize> Element for [T; N] {
-    type Input = Self;
-    fn store(_: &mut Tx<'_>, input: &Self) -> Result<Self> {
-        Ok(*input)
-    }
-    fn load<'v, V: View>(this: &'v Self, _: &'v V) -> Result<&'v Self> {
-        Ok(this)
-    }
-    fn release(self, _: &mut Tx<'_>) -> Result<()> {
-        Ok(())
-    }
+    plain_element_body!();
 }
 
 impl<T: Stored> Element for PPtr<T> {
-    type Input = Self;
-    fn store(_: &mut Tx<'_>, input: &Self) -> Result<Self> {
-        Ok(*input)
-    }
-    fn load<'v, V: View>(this: &'v Self, _: &'v V) -> Result<&'v Self> {
-        Ok(this)
-    }
-    fn release(self, _: &mut Tx<'_>) -> Result<()> {
-        Ok(())
-    }
+    plain_element_body!();
 }
 
 /// Check (or, on a collection not used yet, record) the element identity `slot` holds.

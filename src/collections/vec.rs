@@ -66,16 +66,7 @@ impl<T: Stored> Stored for PVec<T> {
 }
 
 impl<T: Element> Element for PVec<T> {
-    type Input = Self;
-    fn store(_: &mut Tx<'_>, input: &Self) -> Result<Self> {
-        Ok(*input)
-    }
-    fn load<'v, V: View>(this: &'v Self, _: &'v V) -> Result<&'v Self> {
-        Ok(this)
-    }
-    fn release(self, _: &mut Tx<'_>) -> Result<()> {
-        Ok(())
-    }
+    plain_element_body!();
 }
 
 impl<T> PVec<T> {
