@@ -214,6 +214,9 @@ pub enum Error {
     /// `transaction`, `flush`, `checkpoint`, `stats` or `close` was called while this thread
     /// already runs a transaction, or a `read` closure, on this heap (it would deadlock).
     NestedTransaction,
+    /// `Heap::read` was called inside a transaction on the same heap, where it would show the
+    /// committed state instead of the transaction's own writes: read through the `Tx`.
+    ReadInTransaction,
     /// A collection holds elements of another stored type than the one asked for.
     TypeMismatch {
         /// The collection's offset.
@@ -368,6 +371,9 @@ impl fmt::Display for Error {
             ),
             Error::IndexOutOfRange { index, len } => {
                 write!(f, "index {index} is out of range for a collection of length {len}")
+            }
+            Error::ReadInTransaction => {
+                write!(f, "Heap::read inside a transaction on the same heap would not see the transaction's own writes: read through the Tx")
             }
             Error::NestedTransaction => {
                 write!(f, "a transaction or read closure is already running on this heap in this thread (transaction, flush, checkpoint, stats and close would deadlock)")

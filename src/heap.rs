@@ -18,7 +18,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::open::{self, Opened};
 use crate::options::{Access, Durability, Options, Stats};
-use crate::reader::{thread_token, Reader, ReadingMark};
+use crate::reader::{thread_token, Pin, Reader, ReadingMark};
 use crate::shared::Shared;
 use crate::tx::Tx;
 use crate::writer::Writer;
@@ -229,8 +229,12 @@ impl Heap {
         Ok(w)
     }
 
-    /// Run `f` with a reader of the committed state. Readers run beside a transaction in another
-    /// thread; they wait only while a commit applies its writes.
+    /// Run `f` with a reader of the newest committed state. The reader sees that state for as
+    /// long as `f` runs; it never waits for a transaction, and no transaction waits for it
+    /// (except one whose log is full, or that writes fresh space in place, while the reader
+    /// holds on to frames it needs: docs/ARCHITECTURE.md section 11). Called inside a
+    /// transaction on the same heap it is [`Error::ReadInTransaction`]: it would not show the
+    /// transaction's own writes (use the `Tx` there).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -242,18 +246,18 @@ impl Heap {
     pub fn read<R>(&self, f: impl FnOnce(&Reader<'_>) -> Result<R>) -> Result<R> {
         let sh = &self.shared;
         sh.check_poison()?;
-        let addr = sh as *const Shared as usize;
-        if let Some(header) = ReadingMark::header(addr) {
-            // A read inside a read on this thread: the outer one holds the view lock, so the
-            // state cannot change; taking the lock again could deadlock behind a waiting writer.
-            return f(&Reader::new(sh, header, None));
+        if self.writer_thread.load(Ordering::Acquire) == thread_token() {
+            // It would show the committed state, not the transaction's own writes.
+            return Err(Error::ReadInTransaction);
         }
-        let guard = sh.view.read().unwrap_or_else(|e| e.into_inner());
-        // A commit that failed half-way through applying poisoned the heap while we waited.
-        sh.check_poison()?;
-        let header = guard.header;
-        let _mark = ReadingMark::new(addr, header);
-        f(&Reader::new(sh, header, Some(guard)))
+        let addr = sh as *const Shared as usize;
+        if let Some(snap) = ReadingMark::snapshot(addr) {
+            // A read inside a read on this thread sees the same state (the outer one pins it).
+            return f(&Reader::new(sh, snap, None));
+        }
+        let (pin, snap) = Pin::new(&sh.registry);
+        let _mark = ReadingMark::new(addr, snap.clone());
+        f(&Reader::new(sh, snap, Some(pin)))
     }
 
     /// Refuse an operation that needs the writer (or the view lock for writing) while this
@@ -280,10 +284,11 @@ impl Heap {
     /// ```
     pub fn advise(&self, access: Access) -> Result<()> {
         let from = self.shared.geo.heap_offset;
-        self.shared
-            .map
-            .advise(from, u64::MAX, access.madvise())
-            .map_err(|e| Error::io("madvise the heap's mapping", from, e))
+        for map in [&self.shared.map, self.shared.reader_map()] {
+            map.advise(from, u64::MAX, access.madvise())
+                .map_err(|e| Error::io("madvise the heap's mapping", from, e))?;
+        }
+        Ok(())
     }
 
     /// Make every committed transaction durable (a no-op cost under `Durability::Full`, one

@@ -78,6 +78,7 @@ mod options;
 mod pptr;
 mod reader;
 mod shared;
+mod snapshot;
 mod stage;
 mod storage;
 mod stored;

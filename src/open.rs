@@ -230,14 +230,24 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         header,
         log.kept_generation,
     );
+    // A writable handle's readers get a mapping of their own, which only ever shows the file:
+    // the writer's private copies of frames not yet written there stay out of their sight.
+    let rmap = if read_only {
+        None
+    } else {
+        let m = map_file(&file, &log.sb, map.mapped_len(), false)?;
+        m.advise(geo.heap_offset, u64::MAX, options.access.madvise())
+            .map_err(|e| Error::io("madvise the heap's mapping", geo.heap_offset, e))?;
+        Some(m)
+    };
     let mut shared = Shared::new(
         path.to_path_buf(),
         file,
-        map,
+        (map, rmap),
         geo,
         read_only,
         options.durability,
-        header,
+        (log.next_txid.saturating_sub(1), header),
     );
     shared.salvaged = log.salvaged;
     shared.in_place_min = options.in_place_min;
@@ -309,7 +319,6 @@ fn recover_writable(
     storage: &mut FileStorage,
     options: &Options,
 ) -> Result<(LogState, Mapping)> {
-    let durability = options.durability;
     let on_damage = if options.salvage {
         OnDamage::Salvage
     } else {
@@ -319,7 +328,7 @@ fn recover_writable(
     // writes a byte. (The mapping is private and nothing reads it until the heap is built;
     // recovery's pwrites show through it like any file change.)
     let (sb0, _) = recovery::select_superblock(&*storage)?;
-    let map = map_file(file, &sb0, stat(storage)?, durability == Durability::None)?;
+    let map = map_file(file, &sb0, stat(storage)?, true)?;
     // Frames to replay: first check the heap as replay will leave it (header, chunk count, the
     // chunk tables), so that a damaged heap is refused before recovery writes a
     // byte.

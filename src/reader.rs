@@ -1,21 +1,26 @@
 //! Readers of the committed state, and the per-thread marks that make re-entry an error
 //! instead of a deadlock.
 //!
-//! Owns: `Reader` (checked access to committed bytes while the view lock is held for reading)
-//! and the thread-local record of which heaps this thread is reading. May not: change anything.
+//! Owns: `Reader` (checked access to one pinned snapshot: the file through the readers' mapping,
+//! with the snapshot's overlay laid over it), the pin that keeps the writer from changing the
+//! file's bytes under it, and the thread-local record of which heaps this thread is reading. May
+//! not: change anything, or wait for the writer.
 
-use std::sync::RwLockReadGuard;
+use std::cell::RefCell;
+use std::sync::Arc;
 
 use bytemuck::Pod;
 
-use crate::alloc::HeapHeader;
 use crate::error::{Error, Result};
 use crate::layout::{check_root, ROOT_DESC_AT, ROOT_DESC_MAX};
 use crate::pptr::{PPtr, PSlice};
-use crate::shared::{Shared, View};
+use crate::shared::Shared;
+use crate::snapshot::{compose, Registry, Snapshot};
 use crate::stored::Stored;
 
-/// A view of the committed state, given to [`Heap::read`](crate::Heap::read)'s closure.
+/// A view of the committed state, given to [`Heap::read`](crate::Heap::read)'s closure. It shows
+/// the newest state committed when the closure began, for as long as the closure runs, and never
+/// waits for a transaction (nor makes one wait: see docs/ARCHITECTURE.md section 11).
 ///
 /// ```
 /// # let dir = tempfile::tempdir().unwrap();
@@ -27,15 +32,79 @@ use crate::stored::Stored;
 /// ```
 pub struct Reader<'h> {
     sh: &'h Shared,
-    header: HeapHeader,
-    /// `None` for a read nested in another read of the same heap (which holds the lock).
-    _guard: Option<RwLockReadGuard<'h, View>>,
+    snap: Arc<Snapshot>,
+    /// Copies of ranges the overlay covers, kept for the reader's life.
+    arena: Arena,
+    /// `None` for a read nested in another read of the same heap (which holds the pin).
+    _pin: Option<Pin<'h>>,
+}
+
+/// A reader's pin on its snapshot: while it lives, the writer changes no byte of the file that
+/// the snapshot takes from the file.
+pub(crate) struct Pin<'h> {
+    registry: &'h Registry,
+    seq: u64,
+}
+
+impl<'h> Pin<'h> {
+    pub(crate) fn new(registry: &'h Registry) -> (Pin<'h>, Arc<Snapshot>) {
+        let snap = registry.pin();
+        (
+            Pin {
+                registry,
+                seq: snap.seq,
+            },
+            snap,
+        )
+    }
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        self.registry.unpin(self.seq);
+    }
+}
+
+/// 64-byte aligned storage for composed ranges.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// Buffers that live as long as the reader: each is filled once, then only read.
+#[derive(Default)]
+struct Arena(RefCell<Vec<Vec<Line>>>);
+
+impl Arena {
+    /// A buffer of `len` bytes aligned to `align`, filled by `fill`, valid for `&self`'s life.
+    fn keep(&self, len: usize, align: usize, fill: impl FnOnce(&mut [u8])) -> &[u8] {
+        let extra = if align > 64 { align } else { 0 };
+        let mut v = vec![Line([0; 64]); (len + extra).div_ceil(64).max(1)];
+        let bytes: &mut [u8] = bytemuck_lines(&mut v);
+        let skip = bytes.as_ptr().align_offset(align.max(1));
+        fill(&mut bytes[skip..skip + len]);
+        let ptr = bytes[skip..].as_ptr();
+        self.0.borrow_mut().push(v);
+        // SAFETY: `ptr` points `len` initialised bytes into the heap buffer of the `Vec` just
+        // moved into the arena. Moving a `Vec` (and growing the outer `Vec`, which moves the inner
+        // ones) never moves its heap buffer, and the arena never touches, shrinks or frees an
+        // inner buffer before it is dropped, which is after every `&self` borrow ends; nothing
+        // writes the buffer after `fill`, so a shared slice of it for `&self`'s life is sound.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+}
+
+fn bytemuck_lines(v: &mut [Line]) -> &mut [u8] {
+    let n = v.len() * 64;
+    // SAFETY: `Line` is 64 plain bytes with no padding (repr(C) of a byte array), so the
+    // elements are `n` contiguous initialised bytes, borrowed mutably for the same lifetime.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), n) }
 }
 
 impl std::fmt::Debug for Reader<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
-            .field("chunk_count", &self.header.chunk_count)
+            .field("txid", &self.snap.txid)
+            .field("chunk_count", &self.snap.header.chunk_count)
             .finish_non_exhaustive()
     }
 }
@@ -44,12 +113,33 @@ impl<'h> Reader<'h> {
     fn bytes(&self, off: u64, len: u64, align: u64) -> Result<&[u8]> {
         self.sh
             .geo
-            .check(self.header.chunk_count, off, len, align)?;
-        // SAFETY: in bounds of the committed heap, which is mapped; we hold the view lock for
-        // reading for as long as `self` (and so the slice) lives, and every change to the heap's
-        // bytes in the file or the mapping (apply, in-place writes, flush) happens under the
-        // view lock for writing, so nothing changes these bytes.
-        Ok(unsafe { self.sh.map.slice(off, len as usize) })
+            .check(self.snap.header.chunk_count, off, len, align)?;
+        Ok(self.committed(off, len as usize, align as usize))
+    }
+
+    /// The snapshot's bytes at `[off, off+len)`, which the caller has checked lie in the mapped
+    /// heap: straight from the file where no overlay piece lies, else a composed copy.
+    fn committed(&self, off: u64, len: usize, align: usize) -> &[u8] {
+        let map = self.sh.reader_map();
+        let end = off + len as u64;
+        let mut pieces = Vec::new();
+        if !self.snap.overlay.is_empty() {
+            self.snap.overlay.overlapping(off, end, &mut pieces);
+        }
+        if pieces.is_empty() {
+            // SAFETY: in bounds of the mapped heap (checked by the caller). The file's bytes here
+            // do not change while the pin lives: the writer writes a frame's ranges into the file
+            // only once no reader is pinned below it (and this snapshot's own newer frames are in
+            // its overlay, which does not cover this range), and fresh space in place only once
+            // no reader that began before is left (section 11).
+            return unsafe { map.slice(off, len) };
+        }
+        self.arena.keep(len, align, |out| {
+            compose(off, &pieces, out, |at, buf| {
+                // SAFETY: as above, for the parts no overlay piece covers.
+                buf.copy_from_slice(unsafe { map.slice(at, buf.len()) })
+            })
+        })
     }
 
     /// The object `p` points to, bounds- and alignment-checked.
@@ -87,7 +177,7 @@ impl<'h> Reader<'h> {
         if s.is_empty() {
             return Ok(&[]);
         }
-        let len = self.sh.geo.slice_bytes(self.header.chunk_count, s)?;
+        let len = self.sh.geo.slice_bytes(self.snap.header.chunk_count, s)?;
         let b = self.bytes(s.offset(), len, std::mem::align_of::<T>() as u64)?;
         crate::pptr::cast_slice(b, s)
     }
@@ -106,11 +196,10 @@ impl<'h> Reader<'h> {
     pub fn root<T: Stored>(&self) -> Result<PPtr<T>> {
         let page = || {
             let len = ROOT_DESC_AT as usize + 2 + ROOT_DESC_MAX;
-            // SAFETY: the header page lies below the root area, inside the mapped heap; the
-            // view lock held by `self` keeps it unchanged (as in `bytes`).
-            unsafe { self.sh.map.slice(self.sh.geo.heap_offset, len) }.to_vec()
+            // The header page lies below the root area, inside the mapped heap.
+            self.committed(self.sh.geo.heap_offset, len, 1).to_vec()
         };
-        if check_root::<T>(&self.header, &page)? {
+        if check_root::<T>(&self.snap.header, &page)? {
             Ok(PPtr::from_offset(self.sh.geo.root_offset))
         } else {
             Err(Error::NoRoot)
@@ -119,40 +208,41 @@ impl<'h> Reader<'h> {
 }
 
 impl<'h> Reader<'h> {
-    /// A reader of the state with `header`; `guard` is the view lock held for reading, or `None`
-    /// inside another read of the same heap on this thread (which holds it).
-    pub(crate) fn new(
-        sh: &'h Shared,
-        header: HeapHeader,
-        guard: Option<RwLockReadGuard<'h, View>>,
-    ) -> Reader<'h> {
+    /// A reader of `snap`; `pin` keeps it pinned, or is `None` inside another read of the same
+    /// heap on this thread (which holds the pin).
+    pub(crate) fn new(sh: &'h Shared, snap: Arc<Snapshot>, pin: Option<Pin<'h>>) -> Reader<'h> {
         Reader {
             sh,
-            header,
-            _guard: guard,
+            snap,
+            arena: Arena::default(),
+            _pin: pin,
         }
     }
 }
 
 thread_local! {
-    /// Heaps (by address) whose `read` closure is running on this thread: a transaction on one of
-    /// them would wait forever for its own read lock, so it is refused instead.
-    static READING: std::cell::RefCell<Vec<(usize, HeapHeader)>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Heaps (by address) whose `read` closure is running on this thread, with its snapshot: a
+    /// read nested in it sees the same state, and a transaction there is refused.
+    static READING: RefCell<Vec<(usize, Arc<Snapshot>)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// This thread is inside a `read` closure of the heap at `.0` (which holds the view lock and
-/// saw `header`).
+/// This thread is inside a `read` closure of the heap at `.0` (which pins the snapshot).
 pub(crate) struct ReadingMark(usize);
 impl ReadingMark {
-    pub(crate) fn new(addr: usize, header: HeapHeader) -> ReadingMark {
-        READING.with(|r| r.borrow_mut().push((addr, header)));
+    pub(crate) fn new(addr: usize, snap: Arc<Snapshot>) -> ReadingMark {
+        READING.with(|r| r.borrow_mut().push((addr, snap)));
         ReadingMark(addr)
     }
-    pub(crate) fn header(addr: usize) -> Option<HeapHeader> {
-        READING.with(|r| r.borrow().iter().find(|(a, _)| *a == addr).map(|(_, h)| *h))
+    pub(crate) fn snapshot(addr: usize) -> Option<Arc<Snapshot>> {
+        READING.with(|r| {
+            r.borrow()
+                .iter()
+                .find(|(a, _)| *a == addr)
+                .map(|(_, s)| s.clone())
+        })
     }
     pub(crate) fn active(addr: usize) -> bool {
-        Self::header(addr).is_some()
+        READING.with(|r| r.borrow().iter().any(|(a, _)| *a == addr))
     }
 }
 impl Drop for ReadingMark {

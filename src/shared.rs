@@ -1,27 +1,23 @@
-//! The state that transactions, the writer and readers share: the file, its mapping, the fixed
-//! geometry, the view lock, and poisoning.
+//! The state that transactions, the writer and readers share: the file, its mappings, the fixed
+//! geometry, the registry of readers' snapshots, and poisoning.
 //!
-//! Owns: `Shared` and the committed `View` readers see. The view lock is held for reading by
-//! every `read` closure and for writing only while the writer changes bytes readers could see
-//! (apply, in-place writes, a flush of private pages). May not: sequence I/O (the writer does)
-//! or know transactions.
+//! Owns: `Shared`. Two mappings of one file: the writer's (`map`, private: committed frames that
+//! the file may not hold yet are copied into it, so a transaction always reads the newest state)
+//! and the readers' (`rmap`, never written: it shows the file, and readers lay their snapshot's
+//! overlay over it). A read-only handle has one mapping for both. May not: sequence I/O (the
+//! writer does) or know transactions.
 
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use crate::alloc::HeapHeader;
 use crate::error::{Error, Result};
 use crate::layout::Geometry;
 use crate::options::Durability;
+use crate::snapshot::Registry;
 use crate::sys::Mapping;
-
-/// The committed state readers see.
-#[derive(Debug)]
-pub(crate) struct View {
-    pub header: HeapHeader,
-}
 
 /// What every part of an open heap reads; changed only under the locks described above.
 #[derive(Debug)]
@@ -29,11 +25,15 @@ pub(crate) struct Shared {
     pub path: PathBuf,
     /// Keeps the descriptor (and its `flock`) alive for as long as the mapping.
     pub file: Arc<File>,
+    /// The writer's view (private; for a read-only handle, the only mapping).
     pub map: Mapping,
+    /// The readers' view of the file, for a writable handle.
+    pub rmap: Option<Mapping>,
     pub geo: Geometry,
     pub read_only: bool,
     pub durability: Durability,
-    pub view: RwLock<View>,
+    /// The current snapshot and the readers' pins.
+    pub registry: Registry,
     poison: Mutex<Option<String>>,
     /// Transactions the open dropped on purpose (`Options::salvage`): first and last txid.
     pub salvaged: Option<(u64, u64)>,
@@ -47,25 +47,31 @@ impl Shared {
     pub(crate) fn new(
         path: PathBuf,
         file: Arc<File>,
-        map: Mapping,
+        (map, rmap): (Mapping, Option<Mapping>),
         geo: Geometry,
         read_only: bool,
         durability: Durability,
-        header: HeapHeader,
+        (txid, header): (u64, HeapHeader),
     ) -> Shared {
         Shared {
             path,
             file,
             map,
+            rmap,
             geo,
             read_only,
             durability,
-            view: RwLock::new(View { header }),
+            registry: Registry::new(txid, header),
             poison: Mutex::new(None),
             salvaged: None,
             superblock_damage: None,
             in_place_min: u64::MAX,
         }
+    }
+
+    /// The mapping readers read the file through.
+    pub(crate) fn reader_map(&self) -> &Mapping {
+        self.rmap.as_ref().unwrap_or(&self.map)
     }
 
     /// Record the first failure; the handle refuses every later commit and read.

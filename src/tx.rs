@@ -141,6 +141,7 @@ impl TxMem for Mem<'_> {
             .sh
             .map
             .extend(need)
+            .and_then(|()| self.sh.reader_map().extend(need))
             .map_err(|e| Error::io("map grown file", need, e));
         phase!(TX_BODY);
         mapped
@@ -634,9 +635,13 @@ impl<'h> Tx<'h> {
         // Under `None` a commit makes no system call unless its in-place bytes are many (they
         // then cost two barriers, section 3 step 5a): a few go through the log, unless the
         // frame would then not fit.
-        let few = self.sh.durability == Durability::None
-            && !fresh.is_empty()
-            && self.fresh_staged < self.sh.in_place_min;
+        // And while readers run, in-place bytes would have to wait for the readers that began
+        // before (they may hold stale pointers into that space, section 11): they go through the
+        // log too, when they fit in half of it.
+        let few = !fresh.is_empty()
+            && ((self.sh.durability == Durability::None
+                && self.fresh_staged < self.sh.in_place_min)
+                || (self.sh.registry.pinned() && self.fresh_staged <= log_size / 2));
         let mut plan = CommitPlan {
             stage: &mut self.stage,
             fresh: if few {

@@ -14,7 +14,8 @@
 //! by one; applied ranges lie inside the mapped heap; in-place and logged pieces tile their
 //! staged range.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 use txheap_recovery::txheap_log::FrameBuilder;
 use txheap_recovery::{self as recovery, Slot, Storage, Superblock, PAGE_SIZE};
@@ -24,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::limits::{CHUNK_SIZE, PENDING_PAGES_MAX};
 use crate::options::{Durability, Stats};
 use crate::shared::Shared;
+use crate::snapshot::{merge, Overlay, Piece, Src};
 use crate::stage::Stage;
 use crate::storage::FileStorage;
 use crate::sys;
@@ -52,10 +54,22 @@ pub(crate) struct Writer {
     pub frame: FrameBuilder,
     /// The stage a transaction borrows and gives back cleared (its spare buffers reused).
     pub spare_stage: Stage,
-    /// Pages holding private copy-on-write bytes not yet written to the file (Durability::None).
-    /// A hash set (sorted at a flush): its B-tree before cost 8% of a small commit's
-    /// instructions (callgrind, W2).
+    /// Pages of the writer's mapping holding private copy-on-write bytes (frames the file did
+    /// not hold when they were applied: under `None` until a flush, under `Full` while a reader
+    /// pinned an older state). A hash set (sorted when dropped): its B-tree before cost 8% of a
+    /// small commit's instructions (callgrind, W2).
     pending_pages: HashSet<u64, Keyed>,
+    /// A flush is due when `pending_pages` grows past this (it rises while readers hold frames
+    /// back, so that commits do not flush again and again for nothing).
+    flush_pages_at: usize,
+    /// The last transaction whose ranges the file holds.
+    published: u64,
+    /// Committed frames the file does not hold yet, oldest first: (txid, its pieces).
+    unpublished: VecDeque<(u64, Vec<Piece>)>,
+    /// The same frames merged, for the snapshots readers pin.
+    overlay: Overlay,
+    /// Fresh areas being written in place: snapshots published meanwhile show them as zeros.
+    hidden: Vec<Piece>,
     /// Set while a commit is between writing its frame and finishing apply.
     in_commit: bool,
     /// The open kept the log's generation without a checkpoint: frames of this generation that
@@ -162,6 +176,11 @@ impl Writer {
             frame: FrameBuilder::new(),
             spare_stage: Stage::default(),
             pending_pages: HashSet::default(),
+            flush_pages_at: PENDING_PAGES_MAX,
+            published: next_txid.saturating_sub(1),
+            unpublished: VecDeque::new(),
+            overlay: Overlay::default(),
+            hidden: Vec::new(),
             in_commit: false,
             kept_generation,
             commits: 0,
@@ -240,12 +259,8 @@ impl Writer {
                 self.flush(sh)?;
             }
         }
+        self.quiet_for_in_place(sh, &plan.fresh)?;
         {
-            // The pwrites are visible through the mapping at once (MAP_PRIVATE pages not yet
-            // copied show the page cache), and a reader may hold a slice over this extent
-            // through a stale pointer from before it was freed: hold the view lock for writing
-            // so that no reader's bytes change under it.
-            let _view = sh.view.write().unwrap_or_else(|e| e.into_inner());
             let storage = &mut self.storage;
             plan.for_each_piece(|at, piece, in_place| {
                 if in_place {
@@ -343,11 +358,15 @@ impl Writer {
         Ok(())
     }
 
-    /// Step 6: apply every logged piece where readers see it, under the view lock.
+    /// Step 6: apply the frame. Its pieces are copied once (the snapshot's overlay and the file
+    /// write share the copy); the new snapshot is published (readers that begin from now on see
+    /// the transaction, through the overlay where the file does not hold it yet); the file gets
+    /// the pieces of every frame that no reader pinned at an older state can be reading, and
+    /// that is durable (section 11); and the writer's mapping gets this frame, through the file
+    /// or privately.
     fn apply(&mut self, sh: &Shared, plan: &mut CommitPlan<'_>) -> Result<()> {
-        let mut view = sh.view.write().unwrap_or_else(|e| e.into_inner());
-        // A panic from here on would leave the heap half-applied: poison it before the view lock
-        // is released (this guard drops first), so that no reader sees that state.
+        // A panic from here on would leave the heap half-applied: poison it, so that no reader
+        // or transaction starts on that state.
         struct PoisonOnUnwind<'a>(&'a Shared);
         impl Drop for PoisonOnUnwind<'_> {
             fn drop(&mut self) {
@@ -358,71 +377,150 @@ impl Writer {
         }
         let _unwind = PoisonOnUnwind(sh);
         phase!(APPLY);
+        let txid = self.next_txid - 1;
+        let mut data = Vec::with_capacity(self.frame.encoded_len());
+        let mut spans = Vec::new();
         plan.for_each_piece(|at, piece, in_place| {
             if !in_place {
-                self.log_high = self.log_high.max(at + piece.len() as u64);
-                self.apply_range(sh, at, piece)?;
-                failpoint!("commit.mid_apply");
+                let end = at + piece.len() as u64;
+                assert!(
+                    at >= sh.geo.heap_offset && end <= sh.map.mapped_len(),
+                    "applied range {at}..{end} is outside the mapped heap"
+                );
+                spans.push((at, end, data.len()));
+                data.extend_from_slice(piece);
             }
             Ok(())
         })?;
-        view.header = plan.header;
-        Ok(())
-    }
-
-    /// Apply one committed range to the heap. Under `Full` it goes to the file (no barrier: the
-    /// log holds it); under `None` it goes to the private mapping only, so the file's heap pages
-    /// never hold bytes whose frame is not yet durable.
-    ///
-    /// The caller holds the view lock for writing.
-    fn apply_range(&mut self, sh: &Shared, off: u64, bytes: &[u8]) -> Result<()> {
-        let end = off + bytes.len() as u64;
-        assert!(
-            off >= sh.geo.heap_offset && end <= sh.map.mapped_len(),
-            "applied range {off}..{end} is outside the mapped heap"
-        );
-        match sh.durability {
-            Durability::Full => self
-                .storage
-                .write_at(off, bytes)
-                .map_err(|e| sh.fail("pwrite heap range", off, e)),
-            Durability::None => {
-                // SAFETY: the range is inside the mapping (asserted above); the mapping is
-                // writable under `None`; the caller holds the writer lock and the view write
-                // lock, so no slice into the mapping is alive.
-                unsafe { sh.map.write_private(off, bytes) };
-                self.pending_pages
-                    .extend(off / PAGE_SIZE..end.div_ceil(PAGE_SIZE));
-                Ok(())
+        let data: Arc<[u8]> = data.into();
+        let pieces: Vec<Piece> = spans
+            .into_iter()
+            .map(|(start, end, at)| Piece {
+                start,
+                end,
+                src: Src::Bytes(data.clone(), at),
+            })
+            .collect();
+        for p in &pieces {
+            self.log_high = self.log_high.max(p.end);
+        }
+        self.overlay.push(txid, pieces.clone());
+        self.hidden.clear(); // live in this state: read from the file, where they are
+        let (_, oldest) = sh.registry.publish(txid, plan.header, self.shown());
+        self.unpublished.push_back((txid, pieces));
+        let limit = self.publishable(sh, oldest);
+        self.publish_upto(sh, limit, plan.header)?;
+        if self.published < txid {
+            // Held back (a reader pinned below it, or not yet durable under `None`): the writer's
+            // mapping gets it privately. (When the file got it, every older frame went first and
+            // the private pages were dropped, so the file write shows through the mapping.)
+            let pieces = self.unpublished.back().expect("just pushed").1.clone();
+            for p in &pieces {
+                self.write_private(sh, p);
             }
         }
+        Ok(())
     }
 
-    /// Step 7: bookkeeping, and under `None` a flush when too many private pages are held.
-    fn finish_commit(&mut self, sh: &Shared, header: HeapHeader) -> Result<()> {
-        self.header = header;
-        self.alloc.commit();
-        self.in_commit = false;
-        self.commits += 1;
-        if self.pending_pages.len() > PENDING_PAGES_MAX {
-            self.flush(sh)?;
+    /// The highest txid whose frame may go into the file now: durable (under `None`, up to the
+    /// last barrier) and no reader pinned below it (`oldest`: the lowest pinned txid).
+    fn publishable(&self, sh: &Shared, oldest: Option<u64>) -> u64 {
+        let durable = match sh.durability {
+            Durability::Full => u64::MAX,
+            Durability::None => self.durable_txid,
+        };
+        #[cfg(feature = "test-hooks")]
+        if recovery::sabotage::active(recovery::sabotage::APPLY_UNDER_OLDER_READER) {
+            return durable; // broken on purpose (tests only): readers' bytes change under them
+        }
+        durable.min(oldest.unwrap_or(u64::MAX))
+    }
+
+    /// Write the pieces of the unpublished frames up to txid `limit` into the file (merged,
+    /// newest winning; contiguous pieces in one pwrite), publish a snapshot without them (its
+    /// overlay smaller), and once the file holds every frame, drop the writer's private pages
+    /// (they equal the file's).
+    fn publish_upto(&mut self, sh: &Shared, limit: u64, header: HeapHeader) -> Result<()> {
+        let n = self
+            .unpublished
+            .iter()
+            .take_while(|(t, _)| *t <= limit)
+            .count();
+        if n == 0 {
+            return Ok(());
+        }
+        let mut merged: Vec<Piece> = Vec::new();
+        let mut last = self.published;
+        for (t, pieces) in self.unpublished.drain(..n) {
+            merged = if merged.is_empty() {
+                pieces
+            } else {
+                merge(&merged, &pieces)
+            };
+            last = t;
+        }
+        let mut i = 0;
+        while i < merged.len() {
+            let mut j = i + 1;
+            while j < merged.len() && merged[j].start == merged[j - 1].end {
+                j += 1;
+            }
+            let start = merged[i].start;
+            match &merged[i].src {
+                Src::Bytes(d, at) if j == i + 1 => {
+                    let len = (merged[i].end - start) as usize;
+                    self.storage
+                        .write_at(start, &d[*at..*at + len])
+                        .map_err(|e| sh.fail("pwrite heap range", start, e))?;
+                }
+                _ => {
+                    let mut run = vec![0u8; (merged[j - 1].end - start) as usize];
+                    for p in &merged[i..j] {
+                        let (a, b) = ((p.start - start) as usize, (p.end - start) as usize);
+                        p.copy_to(p.start, p.end, &mut run[a..b]);
+                    }
+                    self.storage
+                        .write_at(start, &run)
+                        .map_err(|e| sh.fail("pwrite heap range", start, e))?;
+                }
+            }
+            failpoint!("commit.mid_apply");
+            i = j;
+        }
+        self.published = last;
+        self.overlay.drop_published(last);
+        let txid = self.next_txid.saturating_sub(1);
+        sh.registry.publish(txid, header, self.shown());
+        if self.unpublished.is_empty() {
+            self.discard_private(sh)?;
         }
         Ok(())
     }
 
-    /// Barrier the log written since the last barrier, then move private pages to the file.
-    pub(crate) fn flush(&mut self, sh: &Shared) -> Result<()> {
-        phase!(FLUSH);
-        if let Some((a, b)) = self.unsynced.take() {
-            self.storage
-                .barrier(a, b - a)
-                .map_err(|e| sh.fail("msync log", a, e))?;
-            self.durable_txid = self.next_txid.saturating_sub(1);
-        }
+    /// Copy a piece into the writer's mapping privately.
+    fn write_private(&mut self, sh: &Shared, p: &Piece) {
+        let mut buf = vec![0u8; (p.end - p.start) as usize];
+        let bytes: &[u8] = match &p.src {
+            Src::Bytes(d, at) => &d[*at..*at + buf.len()],
+            Src::Zero => {
+                p.copy_to(p.start, p.end, &mut buf);
+                &buf
+            }
+        };
+        let (off, end) = (p.start, p.end);
+        // SAFETY: inside the mapping (asserted when the frame's pieces were gathered); the
+        // writer's mapping is writable and private; the writer lock is held and no transaction
+        // is running, so no slice into it is alive (readers of a writable heap read `rmap`).
+        unsafe { sh.map.write_private(off, bytes) };
+        self.pending_pages
+            .extend(off / PAGE_SIZE..end.div_ceil(PAGE_SIZE));
+    }
+
+    /// Drop the writer's private pages: the file holds every frame, so they equal it.
+    fn discard_private(&mut self, sh: &Shared) -> Result<()> {
         if self.pending_pages.is_empty() {
             return Ok(());
         }
-        let _view = sh.view.write().unwrap_or_else(|e| e.into_inner());
         let mut pages: Vec<u64> = self.pending_pages.drain().collect();
         pages.sort_unstable();
         let mut it = pages.into_iter().peekable();
@@ -432,21 +530,93 @@ impl Writer {
                 last = it.next().expect("peeked");
             }
             let (off, len) = (first * PAGE_SIZE, (last - first + 1) * PAGE_SIZE);
-            // SAFETY: pages we wrote privately, inside the mapping; the writer lock and the view
-            // write lock are held, so nothing changes them while pwrite copies them.
-            let bytes = unsafe { sh.map.slice(off, len as usize) };
-            self.storage
-                .write_at(off, bytes)
-                .map_err(|e| sh.fail("pwrite heap pages", off, e))?;
-            // SAFETY: as above; `bytes` is not used after this point.
+            // SAFETY: pages of the writer's mapping, page-aligned; the writer lock is held and no
+            // transaction runs, so no slice into them is alive (readers read `rmap`).
             unsafe { sh.map.discard_private(off, len) }.map_err(|e| sh.fail("madvise", off, e))?;
         }
         Ok(())
     }
 
+    /// Before in-place bytes go to the file, no reader may see them change. Snapshots published
+    /// from now on show the fresh areas as zeros (free space, as their state holds it); readers
+    /// that began before may hold stale pointers into that space, so wait for them to end (the
+    /// only wait for readers besides a full log: `Tx::commit` sends a transaction's fresh bytes
+    /// through the log instead while readers run, when they fit). Then the file gets every
+    /// committed frame and the writer's private pages are dropped, so that the pwrites show
+    /// through the writer's mapping.
+    fn quiet_for_in_place(&mut self, sh: &Shared, fresh: &[(u64, u64)]) -> Result<()> {
+        let txid = self.next_txid.saturating_sub(1);
+        self.hidden = fresh
+            .iter()
+            .map(|&(a, b)| Piece {
+                start: a,
+                end: b,
+                src: Src::Zero,
+            })
+            .collect();
+        let (seq, _) = sh.registry.publish(txid, self.header, self.shown());
+        sh.registry.wait_for(seq, 0);
+        let header = self.header;
+        self.publish_upto(sh, self.publishable(sh, None), header)?;
+        #[cfg(feature = "test-hooks")]
+        let skipped = recovery::sabotage::active(recovery::sabotage::IN_PLACE_BEFORE_FLUSH);
+        #[cfg(not(feature = "test-hooks"))]
+        let skipped = false;
+        assert!(
+            skipped || (self.unpublished.is_empty() && self.pending_pages.is_empty()),
+            "in-place bytes while the file lacks committed frames"
+        );
+        Ok(())
+    }
+
+    /// The overlay of the snapshots published now: the frames the file lacks, then the fresh
+    /// areas being written in place, as zeros.
+    fn shown(&self) -> Overlay {
+        let mut o = self.overlay.clone();
+        if !self.hidden.is_empty() {
+            o.push(self.next_txid.saturating_sub(1), self.hidden.clone());
+        }
+        o
+    }
+
+    /// Step 7: bookkeeping, and under `None` a flush when too many private pages are held.
+    fn finish_commit(&mut self, sh: &Shared, header: HeapHeader) -> Result<()> {
+        self.header = header;
+        self.alloc.commit();
+        self.in_commit = false;
+        self.commits += 1;
+        if self.pending_pages.len() > self.flush_pages_at {
+            self.flush(sh)?;
+            self.flush_pages_at = self.pending_pages.len() + PENDING_PAGES_MAX;
+        }
+        Ok(())
+    }
+
+    /// Barrier the log written since the last barrier, then write into the file the frames no
+    /// older reader holds back (dropping the private pages once the file has every frame).
+    pub(crate) fn flush(&mut self, sh: &Shared) -> Result<()> {
+        phase!(FLUSH);
+        if let Some((a, b)) = self.unsynced.take() {
+            self.storage
+                .barrier(a, b - a)
+                .map_err(|e| sh.fail("msync log", a, e))?;
+            self.durable_txid = self.next_txid.saturating_sub(1);
+        }
+        let limit = self.publishable(sh, sh.registry.oldest_pin());
+        let header = self.header;
+        self.publish_upto(sh, limit, header)
+    }
+
     /// Flush, then barrier the heap and switch the superblock: the log is empty afterwards.
     pub(crate) fn checkpoint(&mut self, sh: &Shared) -> Result<()> {
         self.flush(sh)?;
+        if let Some(&(last, _)) = self.unpublished.back() {
+            // The log is about to be emptied, so the file must hold every frame: wait for the
+            // readers pinned below the last one (the one wait for readers a full log causes).
+            sh.registry.wait_for(0, last);
+            let header = self.header;
+            self.publish_upto(sh, self.publishable(sh, None), header)?;
+        }
         phase!(CHECKPOINT);
         let (sb, slot) =
             recovery::checkpoint(&mut self.storage, &self.sb, self.slot, self.next_txid).map_err(

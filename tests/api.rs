@@ -536,8 +536,15 @@ fn nested_transaction_is_an_error() {
     assert!(matches!(r, Err(Error::NestedTransaction)), "{r:?}");
     let r = heap.read(|_r| heap.transaction(|_| Ok(())));
     assert!(matches!(r, Err(Error::NestedTransaction)), "{r:?}");
-    // A read inside a transaction is fine (it sees committed state).
-    heap.transaction(|_tx| heap.read(|_| Ok(()))).unwrap();
+    // A read inside a transaction would show the committed state, not the transaction's own
+    // writes: refused, and the transaction's own error aborts it.
+    let p = heap.transaction(|tx| tx.alloc(1u64)).unwrap();
+    let r = heap.transaction(|tx| {
+        *tx.get_mut(p)? = 2;
+        heap.read(|r| r.get(p).copied())
+    });
+    assert!(matches!(r, Err(Error::ReadInTransaction)), "{r:?}");
+    assert_eq!(heap.read(|r| r.get(p).copied()).unwrap(), 1);
 }
 
 #[test]

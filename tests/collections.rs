@@ -534,7 +534,8 @@ fn damaged_collections_give_errors() {
 
     // A header whose length disagrees with the entries.
     let m = fresh(&heap);
-    heap.transaction(|tx| tx.set(m.cast::<u64>().cast::<[u64; 2]>(), [words(&heap, m)[0], 7]))
+    let root = words(&heap, m)[0];
+    heap.transaction(|tx| tx.set(m.cast::<u64>().cast::<[u64; 2]>(), [root, 7]))
         .unwrap();
     let e = heap.read(|r| m.check(r)).unwrap_err();
     assert!(e.to_string().contains("header says 7"), "{e}");

@@ -48,6 +48,9 @@ pub mod sabotage {
     /// must come first: the free that made their space free may not be durable (a power cut
     /// can keep the bytes and lose the free), and private pages can hide them.
     pub const IN_PLACE_BEFORE_FLUSH: u32 = 256;
+    /// txheap writes a committed frame's ranges into the file while a reader pinned at an older
+    /// state may be reading them there (readers' views change under them).
+    pub const APPLY_UNDER_OLDER_READER: u32 = 512;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);

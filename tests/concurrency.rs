@@ -1,0 +1,279 @@
+//! Readers that never wait and writers on many threads: a reader's view is fixed for as long as
+//! it runs, commits do not wait for it, and new readers do not wait for commits.
+
+mod stress;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use txheap::{Durability, Error, Heap, Options};
+
+fn counter_heap(d: &tempfile::TempDir, durability: Durability) -> (Heap, txheap::PPtr<u64>) {
+    let heap = Heap::create(
+        d.path().join("c.heap"),
+        Options::new().durability(durability),
+    )
+    .unwrap();
+    let p = heap.transaction(|tx| tx.alloc(0u64)).unwrap();
+    (heap, p)
+}
+
+/// A reader holds its view while 200 transactions commit: they finish (the reader waits for
+/// them, with a deadline, so a commit that waited for the reader fails the test instead of
+/// hanging it), a reader begun meanwhile sees the newest state at once, and the long reader's
+/// references never change. (Before readers had snapshots, the first commit's apply waited for
+/// the reader, and the new reader queued behind that commit.)
+#[test]
+fn a_long_reader_delays_neither_commits_nor_new_readers() {
+    for durability in [Durability::Full, Durability::None] {
+        let d = tempfile::tempdir().unwrap();
+        let (heap, p) = counter_heap(&d, durability);
+        let (pinned_tx, pinned) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let (heap, pinned_tx) = (&heap, pinned_tx);
+            let reader = s.spawn(move || {
+                heap.read(|r| {
+                    let v = r.get(p)?;
+                    let before = *v;
+                    pinned_tx.send(()).unwrap();
+                    let finished = done.recv_timeout(Duration::from_secs(60)).is_ok();
+                    Ok((before, *v, finished))
+                })
+            });
+            pinned.recv().unwrap();
+            let t = Instant::now();
+            for _ in 0..200 {
+                heap.transaction(|tx| {
+                    *tx.get_mut(p)? += 1;
+                    Ok(())
+                })
+                .unwrap();
+            }
+            let commits = t.elapsed();
+            let t = Instant::now();
+            let seen = heap.read(|r| r.get(p).copied()).unwrap();
+            let new_reader = t.elapsed();
+            assert_eq!(
+                seen, 200,
+                "{durability:?}: a new reader sees the newest state"
+            );
+            done_tx.send(()).unwrap();
+            let (before, after, finished) = reader.join().unwrap().unwrap();
+            assert!(
+                finished,
+                "{durability:?}: the commits waited for the reader"
+            );
+            assert_eq!(
+                (before, after),
+                (0, 0),
+                "{durability:?}: the reader's view changed"
+            );
+            eprintln!("{durability:?}: 200 commits beside a reader in {commits:?}; a new reader took {new_reader:?}");
+        });
+        // Once the reader is gone, the file catches up (a reopen sees everything).
+        heap.close().unwrap();
+        let heap = Heap::open(d.path().join("c.heap"), Options::new()).unwrap();
+        assert_eq!(heap.read(|r| r.get(p).copied()).unwrap(), 200);
+    }
+}
+
+/// A read closure that waits for a scoped thread's own read, while another thread keeps
+/// committing: it completes. (With a writer-preferring lock it deadlocked: the inner read queued
+/// behind a waiting commit, which waited for the outer read.)
+#[test]
+fn a_read_waiting_on_another_threads_read_completes_while_commits_run() {
+    let d = tempfile::tempdir().unwrap();
+    let (heap, p) = counter_heap(&d, Durability::Full);
+    let (tx_done, done) = mpsc::channel();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                heap.transaction(|tx| {
+                    *tx.get_mut(p)? += 1;
+                    Ok(())
+                })
+                .unwrap();
+                n += 1;
+            }
+            n
+        });
+        s.spawn(|| {
+            for _ in 0..50 {
+                let r = heap.read(|outer| {
+                    let mine = *outer.get(p)?;
+                    std::thread::sleep(Duration::from_millis(2));
+                    let theirs = std::thread::scope(|s2| {
+                        s2.spawn(|| heap.read(|inner| inner.get(p).copied()))
+                            .join()
+                            .unwrap()
+                    })?;
+                    assert!(theirs >= mine, "a later reader saw an older state");
+                    Ok(())
+                });
+                r.unwrap();
+            }
+            tx_done.send(()).unwrap();
+        });
+        let ok = done.recv_timeout(Duration::from_secs(120)).is_ok();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(ok, "nested reads across threads deadlocked beside commits");
+        assert!(writer.join().unwrap() > 0);
+    });
+}
+
+/// A reader's references stay valid and unchanged across commits that free and reuse the very
+/// objects it holds (another thread's transactions: one inside a read on the same thread is
+/// refused, since it could wait for that read).
+#[test]
+fn a_reader_keeps_freed_and_reused_objects() {
+    for durability in [Durability::Full, Durability::None] {
+        let d = tempfile::tempdir().unwrap();
+        let heap = Heap::create(
+            d.path().join("f.heap"),
+            Options::new().durability(durability),
+        )
+        .unwrap();
+        let s0 = heap
+            .transaction(|tx| tx.alloc_slice(&[7u32; 1000]))
+            .unwrap();
+        let (round_tx, round) = mpsc::channel::<u32>();
+        let (seen_tx, seen) = mpsc::channel::<bool>();
+        std::thread::scope(|s| {
+            let heap = &heap;
+            s.spawn(move || {
+                heap.read(|r| {
+                    let held = r.slice(s0)?;
+                    seen_tx.send(held.iter().all(|&v| v == 7)).unwrap(); // pinned
+                    while round.recv().is_ok() {
+                        seen_tx.send(held.iter().all(|&v| v == 7)).unwrap();
+                    }
+                    Ok(())
+                })
+                .unwrap()
+            });
+            assert!(seen.recv().unwrap());
+            let mut cur = s0;
+            let mut reused = 0;
+            for n in 0..20u32 {
+                heap.transaction(|tx| tx.free_slice(cur)).unwrap();
+                cur = heap.transaction(|tx| tx.alloc_slice(&[n; 1000])).unwrap();
+                reused += u32::from(cur.offset() == s0.offset());
+                // A new reader sees the new bytes; the one holding the old block, the old.
+                assert_eq!(heap.read(|r| Ok(r.slice(cur)?[0])).unwrap(), n);
+                round_tx.send(n).unwrap();
+                assert!(seen.recv().unwrap(), "{durability:?}: held bytes changed");
+            }
+            assert!(reused > 0, "the held block was never reused");
+            drop(round_tx);
+        });
+        heap.checkpoint().unwrap();
+        assert_eq!(heap.read(|r| Ok(r.slice(s0)?[999])).unwrap(), 19);
+    }
+}
+
+/// A transaction that writes fresh space in place while a reader runs sends those bytes through
+/// the log instead (when they fit), so the reader delays nothing; a larger one waits for the
+/// readers that began before it.
+#[test]
+fn in_place_bytes_beside_readers() {
+    let d = tempfile::tempdir().unwrap();
+    let heap = Heap::create(
+        d.path().join("i.heap"),
+        Options::new().log_size(1 << 20).max_size(1 << 30),
+    )
+    .unwrap();
+    let p = heap.transaction(|tx| tx.alloc(5u64)).unwrap();
+    for (bytes, waits) in [(256usize << 10, false), (4 << 20, true)] {
+        let (pinned_tx, pinned) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let heap = &heap;
+            let reader = s.spawn(move || {
+                heap.read(|r| {
+                    let v = r.get(p)?;
+                    pinned_tx.send(()).unwrap();
+                    // Hold on until the commit is done, or 400 ms.
+                    let _ = done.recv_timeout(Duration::from_millis(400));
+                    Ok(*v)
+                })
+            });
+            pinned.recv().unwrap();
+            let t = Instant::now();
+            let big = heap
+                .transaction(|tx| tx.alloc_slice(&vec![3u8; bytes]))
+                .unwrap();
+            let took = t.elapsed();
+            done_tx.send(()).ok();
+            assert_eq!(reader.join().unwrap().unwrap(), 5);
+            if waits {
+                assert!(
+                    took >= Duration::from_millis(300),
+                    "{bytes}: did not wait for the older reader ({took:?})"
+                );
+            } else {
+                assert!(
+                    took < Duration::from_millis(300),
+                    "{bytes}: waited for the reader ({took:?})"
+                );
+            }
+            assert_eq!(heap.read(|r| Ok(r.slice(big)?[bytes - 1])).unwrap(), 3);
+        });
+    }
+}
+
+fn stress(durability: Durability, secs: f64) {
+    stress::quiet_planned_panics();
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("s.heap");
+    let heap = Heap::create(&path, stress::options(durability)).unwrap();
+    stress::setup(&heap);
+    let report = stress::run(&heap, 2, 3, Duration::from_secs_f64(secs), 2000);
+    eprintln!("{durability:?}: {report:?}");
+    assert!(
+        report.violations.is_empty(),
+        "{:?}",
+        &report.violations[..report.violations.len().min(5)]
+    );
+    assert!(report.commits > 100 && report.reads > 100, "{report:?}");
+    assert!(report.aborts > 0 && report.panics > 0, "{report:?}");
+    let s = heap.stats().unwrap();
+    assert!(s.checkpoints > 0, "the log never filled: {s:?}");
+    heap.close().unwrap();
+    let heap = Heap::open(&path, stress::options(durability)).unwrap();
+    let report = stress::run(&heap, 0, 1, Duration::from_millis(50), 0);
+    assert!(
+        report.violations.is_empty(),
+        "after reopen: {:?}",
+        report.violations
+    );
+}
+
+fn stress_secs() -> f64 {
+    std::env::var("TXHEAP_STRESS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0)
+}
+
+/// Two writers (with aborts and panics) and three readers under `Full`.
+#[test]
+fn stress_full() {
+    stress(Durability::Full, stress_secs());
+}
+
+/// The same under `None`, where frames reach the file only after a flush.
+#[test]
+fn stress_none() {
+    stress(Durability::None, stress_secs());
+}
+
+#[test]
+fn read_inside_a_transaction_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    let (heap, p) = counter_heap(&d, Durability::Full);
+    let r = heap.transaction(|_| heap.read(|r| r.get(p).copied()));
+    assert!(matches!(r, Err(Error::ReadInTransaction)), "{r:?}");
+}
