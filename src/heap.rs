@@ -255,7 +255,7 @@ impl Heap {
             // A read inside a read on this thread sees the same state (the outer one pins it).
             return f(&Reader::new(sh, snap, None));
         }
-        let (pin, snap) = Pin::new(&sh.registry);
+        let (pin, snap) = Pin::new(sh);
         let _mark = ReadingMark::new(addr, snap.clone());
         f(&Reader::new(sh, snap, Some(pin)))
     }

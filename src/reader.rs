@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::layout::{check_root, ROOT_DESC_AT, ROOT_DESC_MAX};
 use crate::pptr::{PPtr, PSlice};
 use crate::shared::Shared;
-use crate::snapshot::{compose, Registry, Snapshot};
+use crate::snapshot::{compose, decode_frame, Registry, Snapshot};
 use crate::stored::Stored;
 
 /// A view of the committed state, given to [`Heap::read`](crate::Heap::read)'s closure. It shows
@@ -47,8 +47,16 @@ pub(crate) struct Pin<'h> {
 }
 
 impl<'h> Pin<'h> {
-    pub(crate) fn new(registry: &'h Registry) -> (Pin<'h>, Arc<Snapshot>) {
-        let snap = registry.pin();
+    pub(crate) fn new(sh: &'h Shared) -> (Pin<'h>, Arc<Snapshot>) {
+        let registry = &sh.registry;
+        let map = sh.reader_map();
+        let snap = registry.pin(&|at, len| {
+            // SAFETY: a frame in the log region, inside the mapping (the log lies below the
+            // heap); the registry hands out a frame's place only while the log holds it, and
+            // the writer empties the log only after telling the registry that the file holds
+            // every frame in it, under the registry's lock, which `pin` holds while it decodes.
+            decode_frame(unsafe { map.slice(at, len) })
+        });
         (
             Pin {
                 registry,

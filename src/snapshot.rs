@@ -14,7 +14,10 @@
 //! every reader that could see it as free space is gone (newer readers see zeros there).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use txheap_recovery::txheap_log::{header_at, verify_frame, FRAME_HEADER_LEN};
 
 use crate::alloc::HeapHeader;
 
@@ -78,7 +81,7 @@ impl Segment {
 }
 
 /// `newer` laid over `older`: sorted, disjoint, newer bytes winning.
-pub(crate) fn merge(older: &[Piece], newer: &[Piece]) -> Vec<Piece> {
+fn merge(older: &[Piece], newer: &[Piece]) -> Vec<Piece> {
     let mut out = Vec::with_capacity(older.len() + newer.len());
     let mut n = newer.iter().peekable();
     for o in older {
@@ -197,6 +200,89 @@ pub(crate) fn compose(
     }
 }
 
+/// `frames` (oldest first) merged, newest winning: sorted, disjoint pieces. Each piece is cut
+/// around what newer frames already cover, newest frame first, so the work is O(n log n) in the
+/// number of pieces (folding frame after frame into one list was quadratic).
+pub(crate) fn newest_wins<'a>(frames: impl DoubleEndedIterator<Item = &'a [Piece]>) -> Vec<Piece> {
+    let mut covered: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut out = Vec::new();
+    for pieces in frames.rev() {
+        for p in pieces {
+            // The covered intervals that touch [start, end), merged into one as we go.
+            let (mut lo, mut hi) = (p.start, p.end);
+            let mut at = p.start;
+            let touching: Vec<(u64, u64)> = covered
+                .range(..=p.end)
+                .rev()
+                .take_while(|&(_, &e)| e >= p.start)
+                .map(|(&s, &e)| (s, e))
+                .collect();
+            for &(s, e) in touching.iter().rev() {
+                if s > at {
+                    out.push(p.cut(at, s.min(p.end)));
+                }
+                at = at.max(e);
+                lo = lo.min(s);
+                hi = hi.max(e);
+                covered.remove(&s);
+            }
+            if at < p.end {
+                out.push(p.cut(at, p.end));
+            }
+            covered.insert(lo, hi);
+        }
+    }
+    out.sort_unstable_by_key(|p| p.start);
+    out.retain(|p| p.start < p.end);
+    debug_assert!(out.windows(2).all(|w| w[0].end <= w[1].start));
+    out
+}
+
+/// A committed frame the file may lack: its pieces, or (when no reader was about to need them)
+/// where it lies in the log, to be decoded if a reader pins before the file holds it.
+#[derive(Clone, Debug)]
+pub(crate) enum Frame {
+    Pieces(Arc<[Piece]>),
+    InLog { at: u64, len: usize },
+}
+
+/// Turns a frame's place in the log into its pieces.
+pub(crate) type Decode<'a> = &'a dyn Fn(u64, usize) -> Arc<[Piece]>;
+
+/// The pieces of the frame in `bytes`, copied out (one allocation for all their bytes). The
+/// bytes are a frame this process wrote and that the log still holds (the log is emptied only
+/// after the file holds every frame in it), so it verifies.
+pub(crate) fn decode_frame(bytes: &[u8]) -> Arc<[Piece]> {
+    let header = header_at(bytes).expect("a frame this process wrote has its header");
+    let hb: &[u8; FRAME_HEADER_LEN] = bytes[..FRAME_HEADER_LEN].try_into().expect("sized");
+    let frame = verify_frame(
+        hb,
+        &header,
+        &bytes[FRAME_HEADER_LEN..header.frame_len() as usize],
+    )
+    .expect("a frame this process wrote verifies");
+    let total = frame.ranges().map(|r| r.bytes.len()).sum();
+    let mut data: Arc<[u8]> = std::iter::repeat_n(0u8, total).collect();
+    let mut spans = Vec::with_capacity(header.range_count as usize);
+    {
+        let buf = Arc::get_mut(&mut data).expect("a new Arc is unique");
+        let mut n = 0;
+        for r in frame.ranges() {
+            buf[n..n + r.bytes.len()].copy_from_slice(r.bytes);
+            spans.push((r.offset, r.offset + r.bytes.len() as u64, n));
+            n += r.bytes.len();
+        }
+    }
+    spans
+        .into_iter()
+        .map(|(start, end, at)| Piece {
+            start,
+            end,
+            src: Src::Bytes(data.clone(), at),
+        })
+        .collect()
+}
+
 /// A committed state: what a reader sees.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
@@ -210,36 +296,78 @@ pub(crate) struct Snapshot {
 
 #[derive(Debug)]
 struct Inner {
-    current: Arc<Snapshot>,
+    /// The newest committed state: its txid and header, and a `seq` that rises with every
+    /// change of what a new reader would see.
+    txid: u64,
+    header: HeapHeader,
+    seq: u64,
+    /// Frames the file lacks, merged; and newer ones not merged yet (merged when a reader pins,
+    /// or at commit while readers run: without readers, a commit only appends here).
+    overlay: Overlay,
+    pending: Vec<(u64, Frame)>,
+    /// Fresh areas being written in place, shown as zeros.
+    hidden: Vec<Piece>,
+    /// The snapshot of the current state, once a reader asked for it.
+    cached: Option<Arc<Snapshot>>,
     /// Readers by the `seq` of the snapshot they pinned: (its txid, how many).
     pins: BTreeMap<u64, (u64, usize)>,
     /// Threads waiting in `wait_for` (so that `unpin` knows whether to notify).
     waiters: usize,
 }
 
-/// The current snapshot and the pins of running readers. Its mutex is held for a few
-/// instructions only (never across I/O or a user's closure), by readers to pin and unpin and by
-/// the writer to publish.
+impl Inner {
+    fn changed(&mut self) {
+        self.seq += 1;
+        self.cached = None;
+    }
+
+    /// Merge the pending frames into the overlay, decoding those still in the log with
+    /// `decode` (without it, stop at the first such frame).
+    fn merge_pending(&mut self, decode: Option<Decode<'_>>) {
+        let mut n = 0;
+        for (t, frame) in &self.pending {
+            let pieces = match (frame, decode) {
+                (Frame::Pieces(p), _) => p.clone(),
+                (&Frame::InLog { at, len }, Some(d)) => d(at, len),
+                (Frame::InLog { .. }, None) => break,
+            };
+            self.overlay.push(*t, pieces.to_vec());
+            n += 1;
+        }
+        self.pending.drain(..n);
+    }
+
+    fn oldest_pin(&self) -> Option<u64> {
+        self.pins.values().map(|&(t, _)| t).min()
+    }
+}
+
+/// The current state and the pins of running readers. Its mutex is held briefly (never across
+/// I/O or a user's closure), by readers to pin and unpin and by the writer to publish.
 #[derive(Debug)]
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
     gone: Condvar,
+    /// Readers pinned now (also counted in `Inner::pins`; read without the lock).
+    pinned: AtomicUsize,
 }
 
 impl Registry {
     pub(crate) fn new(txid: u64, header: HeapHeader) -> Registry {
         Registry {
             inner: Mutex::new(Inner {
-                current: Arc::new(Snapshot {
-                    txid,
-                    seq: 0,
-                    header,
-                    overlay: Overlay::default(),
-                }),
+                txid,
+                header,
+                seq: 0,
+                overlay: Overlay::default(),
+                pending: Vec::new(),
+                hidden: Vec::new(),
+                cached: None,
                 pins: BTreeMap::new(),
                 waiters: 0,
             }),
             gone: Condvar::new(),
+            pinned: AtomicUsize::new(0),
         }
     }
 
@@ -247,17 +375,37 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Pin the current snapshot (for a reader); `unpin(seq)` when done.
-    pub(crate) fn pin(&self) -> Arc<Snapshot> {
+    /// Pin the current state (for a reader); `unpin(seq)` when done. `decode` reads frames
+    /// still in the log.
+    pub(crate) fn pin(&self, decode: Decode<'_>) -> Arc<Snapshot> {
         let mut g = self.lock();
-        let s = g.current.clone();
+        let s = match &g.cached {
+            Some(s) => s.clone(),
+            None => {
+                g.merge_pending(Some(decode));
+                let mut overlay = g.overlay.clone();
+                if !g.hidden.is_empty() {
+                    overlay.push(g.txid, g.hidden.clone());
+                }
+                let s = Arc::new(Snapshot {
+                    txid: g.txid,
+                    seq: g.seq,
+                    header: g.header,
+                    overlay,
+                });
+                g.cached = Some(s.clone());
+                s
+            }
+        };
         g.pins.entry(s.seq).or_insert((s.txid, 0)).1 += 1;
+        self.pinned.fetch_add(1, Ordering::Relaxed);
         s
     }
 
     pub(crate) fn unpin(&self, seq: u64) {
         let mut g = self.lock();
         if let Some(e) = g.pins.get_mut(&seq) {
+            self.pinned.fetch_sub(1, Ordering::Relaxed);
             e.1 -= 1;
             if e.1 == 0 {
                 g.pins.remove(&seq);
@@ -268,33 +416,52 @@ impl Registry {
         }
     }
 
-    /// Make `txid`/`header`/`overlay` the current snapshot; returns its `seq` and the lowest txid
-    /// a reader is pinned at (`None`: no reader), read in the same critical section.
-    pub(crate) fn publish(
-        &self,
-        txid: u64,
-        header: HeapHeader,
-        overlay: Overlay,
-    ) -> (u64, Option<u64>) {
+    /// Transaction `txid` committed with `header`, writing `frame`, which the file does not
+    /// hold yet (and it stops showing areas hidden for in-place writes: they are live in this
+    /// state, and the file holds them). Returns the lowest txid a reader is pinned at (`None`:
+    /// no reader), read in the same critical section.
+    pub(crate) fn commit(&self, txid: u64, header: HeapHeader, frame: Frame) -> Option<u64> {
         let mut g = self.lock();
-        let seq = g.current.seq + 1;
-        g.current = Arc::new(Snapshot {
-            txid,
-            seq,
-            header,
-            overlay,
-        });
-        (seq, g.pins.values().map(|&(t, _)| t).min())
+        g.txid = txid;
+        g.header = header;
+        g.hidden.clear();
+        if !matches!(&frame, Frame::Pieces(p) if p.is_empty()) {
+            g.pending.push((txid, frame));
+        }
+        if !g.pins.is_empty() {
+            // Readers are about: merge now, so that the next one to pin finds little to do.
+            g.merge_pending(None);
+        }
+        g.changed();
+        g.oldest_pin()
+    }
+
+    /// The file now holds every frame up to `txid`: snapshots made from now on read them there.
+    pub(crate) fn published(&self, txid: u64) {
+        let mut g = self.lock();
+        g.overlay.drop_published(txid);
+        let n = g.pending.partition_point(|(t, _)| *t <= txid);
+        g.pending.drain(..n);
+        g.changed();
+    }
+
+    /// Show `areas` as zeros to readers that pin from now on; returns the `seq` that readers
+    /// who began before have below it.
+    pub(crate) fn hide(&self, areas: Vec<Piece>) -> u64 {
+        let mut g = self.lock();
+        g.hidden = areas;
+        g.changed();
+        g.seq
     }
 
     /// The lowest txid a reader is pinned at, if any.
     pub(crate) fn oldest_pin(&self) -> Option<u64> {
-        self.lock().pins.values().map(|&(t, _)| t).min()
+        self.lock().oldest_pin()
     }
 
-    /// Whether any reader is pinned.
+    /// Whether any reader is pinned (a hint: one may pin a moment later).
     pub(crate) fn pinned(&self) -> bool {
-        !self.lock().pins.is_empty()
+        self.pinned.load(Ordering::Relaxed) > 0
     }
 
     /// Wait until no reader pinned at a snapshot published before `seq` (or, with `txid`, at a
@@ -334,6 +501,7 @@ mod tests {
         };
         let mut model = vec![0u8; 4096];
         let mut ov = Overlay::default();
+        let mut frames: Vec<Vec<Piece>> = Vec::new();
         for txid in 1..300u64 {
             let mut pieces = Vec::new();
             let mut at = next(64);
@@ -345,6 +513,7 @@ mod tests {
                 model[at as usize..end as usize].fill(byte);
                 at = end + next(300);
             }
+            frames.push(pieces.clone());
             ov.push(txid, pieces);
             assert!(ov.segments.len() <= 12, "{} segments", ov.segments.len());
             for _ in 0..20 {
@@ -362,6 +531,13 @@ mod tests {
             }
         }
         let flat = ov.flatten();
+        assert_eq!(
+            newest_wins(frames.iter().map(|f| &f[..]))
+                .iter()
+                .map(|p| (p.start, p.end))
+                .collect::<Vec<_>>(),
+            flat.iter().map(|p| (p.start, p.end)).collect::<Vec<_>>()
+        );
         let mut rebuilt = vec![0u8; 4096];
         for p in &flat {
             p.copy_to(

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::limits::{CHUNK_SIZE, PENDING_PAGES_MAX};
 use crate::options::{Durability, Stats};
 use crate::shared::Shared;
-use crate::snapshot::{merge, Overlay, Piece, Src};
+use crate::snapshot::{decode_frame, newest_wins, Frame, Piece, Src};
 use crate::stage::Stage;
 use crate::storage::FileStorage;
 use crate::sys;
@@ -64,12 +64,11 @@ pub(crate) struct Writer {
     flush_pages_at: usize,
     /// The last transaction whose ranges the file holds.
     published: u64,
-    /// Committed frames the file does not hold yet, oldest first: (txid, its pieces).
-    unpublished: VecDeque<(u64, Vec<Piece>)>,
-    /// The same frames merged, for the snapshots readers pin.
-    overlay: Overlay,
-    /// Fresh areas being written in place: snapshots published meanwhile show them as zeros.
-    hidden: Vec<Piece>,
+    /// Committed frames the file does not hold yet, oldest first: (txid, its pieces). The
+    /// registry holds them too, for the snapshots readers pin.
+    unpublished: VecDeque<(u64, Frame)>,
+    /// Where the last frame went in the log (absolute offset, length).
+    last_frame: (u64, usize),
     /// Set while a commit is between writing its frame and finishing apply.
     in_commit: bool,
     /// The open kept the log's generation without a checkpoint: frames of this generation that
@@ -179,8 +178,7 @@ impl Writer {
             flush_pages_at: PENDING_PAGES_MAX,
             published: next_txid.saturating_sub(1),
             unpublished: VecDeque::new(),
-            overlay: Overlay::default(),
-            hidden: Vec::new(),
+            last_frame: (0, 0),
             in_commit: false,
             kept_generation,
             commits: 0,
@@ -331,6 +329,7 @@ impl Writer {
             self.frame
                 .finish_vouching(self.sb.generation, self.next_txid, self.durable_txid);
         self.in_commit = true;
+        self.last_frame = (at, frame.len());
         phase!(LOG_WRITE);
         self.storage
             .write_at(at, frame)
@@ -378,8 +377,7 @@ impl Writer {
         let _unwind = PoisonOnUnwind(sh);
         phase!(APPLY);
         let txid = self.next_txid - 1;
-        let mut data = Vec::with_capacity(self.frame.encoded_len());
-        let mut spans = Vec::new();
+        let (mut count, mut log_high) = (0usize, self.log_high);
         plan.for_each_piece(|at, piece, in_place| {
             if !in_place {
                 let end = at + piece.len() as u64;
@@ -387,39 +385,52 @@ impl Writer {
                     at >= sh.geo.heap_offset && end <= sh.map.mapped_len(),
                     "applied range {at}..{end} is outside the mapped heap"
                 );
-                spans.push((at, end, data.len()));
-                data.extend_from_slice(piece);
+                log_high = log_high.max(end);
+                count += 1;
             }
             Ok(())
         })?;
-        let data: Arc<[u8]> = data.into();
-        let pieces: Vec<Piece> = spans
-            .into_iter()
-            .map(|(start, end, at)| Piece {
-                start,
-                end,
-                src: Src::Bytes(data.clone(), at),
-            })
-            .collect();
-        for p in &pieces {
-            self.log_high = self.log_high.max(p.end);
-        }
-        self.overlay.push(txid, pieces.clone());
-        self.hidden.clear(); // live in this state: read from the file, where they are
-        let (_, oldest) = sh.registry.publish(txid, plan.header, self.shown());
-        self.unpublished.push_back((txid, pieces));
+        self.log_high = log_high;
+        // While readers run, the registry gets the pieces themselves (a reader pinning next
+        // merges them at once); otherwise only the frame's place in the log, decoded if a
+        // reader does pin before the file holds it (a commit then copies nothing).
+        let frame = if sh.registry.pinned() {
+            Frame::Pieces(pieces_of(plan, count)?)
+        } else {
+            let (at, len) = self.last_frame;
+            Frame::InLog { at, len }
+        };
+        let oldest = sh.registry.commit(txid, plan.header, frame.clone());
+        self.unpublished.push_back((txid, frame));
         let limit = self.publishable(sh, oldest);
-        self.publish_upto(sh, limit, plan.header)?;
-        if self.published < txid {
-            // Held back (a reader pinned below it, or not yet durable under `None`): the writer's
-            // mapping gets it privately. (When the file got it, every older frame went first and
-            // the private pages were dropped, so the file write shows through the mapping.)
-            let pieces = self.unpublished.back().expect("just pushed").1.clone();
-            for p in &pieces {
-                self.write_private(sh, p);
-            }
+        if limit >= txid && self.unpublished.len() == 1 {
+            // The common case under `Full`: no older reader, nothing held back. The pieces go
+            // from the stage into the file, and show through the writer's mapping.
+            let storage = &mut self.storage;
+            plan.for_each_piece(|at, piece, in_place| {
+                if !in_place {
+                    storage
+                        .write_at(at, piece)
+                        .map_err(|e| sh.fail("pwrite heap range", at, e))?;
+                    failpoint!("commit.mid_apply");
+                }
+                Ok(())
+            })?;
+            self.unpublished.clear();
+            self.published = txid;
+            sh.registry.published(txid);
+            return self.discard_private(sh);
         }
-        Ok(())
+        // Otherwise the writer's mapping gets the frame privately first (every frame held back
+        // is in its private pages, which `publish_upto` may write whole), then the file gets
+        // what it may.
+        plan.for_each_piece(|at, piece, in_place| {
+            if !in_place {
+                self.write_private_bytes(sh, at, piece);
+            }
+            Ok(())
+        })?;
+        self.publish_upto(sh, limit)
     }
 
     /// The highest txid whose frame may go into the file now: durable (under `None`, up to the
@@ -440,7 +451,7 @@ impl Writer {
     /// newest winning; contiguous pieces in one pwrite), publish a snapshot without them (its
     /// overlay smaller), and once the file holds every frame, drop the writer's private pages
     /// (they equal the file's).
-    fn publish_upto(&mut self, sh: &Shared, limit: u64, header: HeapHeader) -> Result<()> {
+    fn publish_upto(&mut self, sh: &Shared, limit: u64) -> Result<()> {
         let n = self
             .unpublished
             .iter()
@@ -449,16 +460,35 @@ impl Writer {
         if n == 0 {
             return Ok(());
         }
-        let mut merged: Vec<Piece> = Vec::new();
-        let mut last = self.published;
-        for (t, pieces) in self.unpublished.drain(..n) {
-            merged = if merged.is_empty() {
-                pieces
-            } else {
-                merge(&merged, &pieces)
-            };
-            last = t;
+        let last = self.unpublished[n - 1].0;
+        if n == self.unpublished.len() && sh.registry.oldest_pin().is_none() {
+            // Every frame, and no reader: the writer's private pages hold them all (and equal
+            // the file elsewhere), so write those pages instead of merging the frames' pieces.
+            // A reader that pins meanwhile takes every one of these frames' ranges from its
+            // overlay; the rest of each page is rewritten with the bytes it already holds.
+            self.write_pages(sh)?;
+            self.unpublished.clear();
+            self.published = last;
+            sh.registry.published(last);
+            return self.discard_private(sh);
         }
+        let frames: Vec<Arc<[Piece]>> = self
+            .unpublished
+            .range(..n)
+            .map(|(_, f)| match f {
+                Frame::Pieces(p) => p.clone(),
+                // SAFETY: the frame's place in the log region, inside the writer's mapping,
+                // which shows the file there (it is never written privately); the writer lock
+                // is held, so the log does not change.
+                &Frame::InLog { at, len } => decode_frame(unsafe { sh.map.slice(at, len) }),
+            })
+            .collect();
+        let merged: Vec<Piece> = if n == 1 {
+            frames[0].to_vec()
+        } else {
+            newest_wins(frames.iter().map(|p| &p[..]))
+        };
+        self.unpublished.drain(..n);
         let mut i = 0;
         while i < merged.len() {
             let mut j = i + 1;
@@ -488,26 +518,37 @@ impl Writer {
             i = j;
         }
         self.published = last;
-        self.overlay.drop_published(last);
-        let txid = self.next_txid.saturating_sub(1);
-        sh.registry.publish(txid, header, self.shown());
+        sh.registry.published(last);
         if self.unpublished.is_empty() {
             self.discard_private(sh)?;
         }
         Ok(())
     }
 
-    /// Copy a piece into the writer's mapping privately.
-    fn write_private(&mut self, sh: &Shared, p: &Piece) {
-        let mut buf = vec![0u8; (p.end - p.start) as usize];
-        let bytes: &[u8] = match &p.src {
-            Src::Bytes(d, at) => &d[*at..*at + buf.len()],
-            Src::Zero => {
-                p.copy_to(p.start, p.end, &mut buf);
-                &buf
+    /// Write the writer's private pages into the file (sorted, contiguous pages in one pwrite).
+    fn write_pages(&mut self, sh: &Shared) -> Result<()> {
+        let mut pages: Vec<u64> = self.pending_pages.iter().copied().collect();
+        pages.sort_unstable();
+        let mut it = pages.into_iter().peekable();
+        while let Some(first) = it.next() {
+            let mut last = first;
+            while it.peek() == Some(&(last + 1)) {
+                last = it.next().expect("peeked");
             }
-        };
-        let (off, end) = (p.start, p.end);
+            let (off, len) = (first * PAGE_SIZE, (last - first + 1) * PAGE_SIZE);
+            // SAFETY: pages of the writer's mapping inside the mapped heap; the writer lock is
+            // held and no transaction runs, so nothing changes them while pwrite copies them.
+            let bytes = unsafe { sh.map.slice(off, len as usize) };
+            self.storage
+                .write_at(off, bytes)
+                .map_err(|e| sh.fail("pwrite heap pages", off, e))?;
+        }
+        Ok(())
+    }
+
+    /// Copy a committed range into the writer's mapping privately.
+    fn write_private_bytes(&mut self, sh: &Shared, off: u64, bytes: &[u8]) {
+        let end = off + bytes.len() as u64;
         // SAFETY: inside the mapping (asserted when the frame's pieces were gathered); the
         // writer's mapping is writable and private; the writer lock is held and no transaction
         // is running, so no slice into it is alive (readers of a writable heap read `rmap`).
@@ -545,19 +586,18 @@ impl Writer {
     /// committed frame and the writer's private pages are dropped, so that the pwrites show
     /// through the writer's mapping.
     fn quiet_for_in_place(&mut self, sh: &Shared, fresh: &[(u64, u64)]) -> Result<()> {
-        let txid = self.next_txid.saturating_sub(1);
-        self.hidden = fresh
-            .iter()
-            .map(|&(a, b)| Piece {
-                start: a,
-                end: b,
-                src: Src::Zero,
-            })
-            .collect();
-        let (seq, _) = sh.registry.publish(txid, self.header, self.shown());
+        let seq = sh.registry.hide(
+            fresh
+                .iter()
+                .map(|&(a, b)| Piece {
+                    start: a,
+                    end: b,
+                    src: Src::Zero,
+                })
+                .collect(),
+        );
         sh.registry.wait_for(seq, 0);
-        let header = self.header;
-        self.publish_upto(sh, self.publishable(sh, None), header)?;
+        self.publish_upto(sh, self.publishable(sh, None))?;
         #[cfg(feature = "test-hooks")]
         let skipped = recovery::sabotage::active(recovery::sabotage::IN_PLACE_BEFORE_FLUSH);
         #[cfg(not(feature = "test-hooks"))]
@@ -567,16 +607,6 @@ impl Writer {
             "in-place bytes while the file lacks committed frames"
         );
         Ok(())
-    }
-
-    /// The overlay of the snapshots published now: the frames the file lacks, then the fresh
-    /// areas being written in place, as zeros.
-    fn shown(&self) -> Overlay {
-        let mut o = self.overlay.clone();
-        if !self.hidden.is_empty() {
-            o.push(self.next_txid.saturating_sub(1), self.hidden.clone());
-        }
-        o
     }
 
     /// Step 7: bookkeeping, and under `None` a flush when too many private pages are held.
@@ -603,8 +633,7 @@ impl Writer {
             self.durable_txid = self.next_txid.saturating_sub(1);
         }
         let limit = self.publishable(sh, sh.registry.oldest_pin());
-        let header = self.header;
-        self.publish_upto(sh, limit, header)
+        self.publish_upto(sh, limit)
     }
 
     /// Flush, then barrier the heap and switch the superblock: the log is empty afterwards.
@@ -614,8 +643,7 @@ impl Writer {
             // The log is about to be emptied, so the file must hold every frame: wait for the
             // readers pinned below the last one (the one wait for readers a full log causes).
             sh.registry.wait_for(0, last);
-            let header = self.header;
-            self.publish_upto(sh, self.publishable(sh, None), header)?;
+            self.publish_upto(sh, self.publishable(sh, None))?;
         }
         phase!(CHECKPOINT);
         let (sb, slot) =
@@ -667,6 +695,40 @@ impl Writer {
             superblock_damage: sh.superblock_damage.clone(),
         })
     }
+}
+
+/// The logged pieces of `plan` (`count` of them), copied out: one allocation for the bytes and
+/// one for the pieces.
+fn pieces_of(plan: &mut CommitPlan<'_>, count: usize) -> Result<Arc<[Piece]>> {
+    let mut total = 0usize;
+    plan.for_each_piece(|_, piece, in_place| {
+        if !in_place {
+            total += piece.len();
+        }
+        Ok(())
+    })?;
+    let mut data: Arc<[u8]> = std::iter::repeat_n(0u8, total).collect();
+    let mut spans = Vec::with_capacity(count);
+    {
+        let buf = Arc::get_mut(&mut data).expect("a new Arc is unique");
+        let mut n = 0;
+        plan.for_each_piece(|at, piece, in_place| {
+            if !in_place {
+                buf[n..n + piece.len()].copy_from_slice(piece);
+                spans.push((at, at + piece.len() as u64, n));
+                n += piece.len();
+            }
+            Ok(())
+        })?;
+    }
+    Ok(spans
+        .into_iter()
+        .map(|(start, end, at)| Piece {
+            start,
+            end,
+            src: Src::Bytes(data.clone(), at),
+        })
+        .collect())
 }
 
 #[cfg(test)]
