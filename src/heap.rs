@@ -253,11 +253,15 @@ impl Heap {
         let addr = sh as *const Shared as usize;
         if let Some(snap) = ReadingMark::snapshot(addr) {
             // A read inside a read on this thread sees the same state (the outer one pins it).
-            return f(&Reader::new(sh, snap, None));
+            return f(&Reader::new(sh, snap));
         }
         let (pin, snap) = Pin::new(sh);
-        let _mark = ReadingMark::new(addr, snap.clone());
-        f(&Reader::new(sh, snap, Some(pin)))
+        let r = {
+            let _mark = ReadingMark::new(addr, snap.clone());
+            f(&Reader::new(sh, snap))
+        };
+        drop(pin); // after the reader's and the mark's `Arc`s: then the snapshot is unpinned
+        r
     }
 
     /// Refuse an operation that needs the writer (or the view lock for writing) while this

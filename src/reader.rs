@@ -32,18 +32,17 @@ use crate::stored::Stored;
 /// ```
 pub struct Reader<'h> {
     sh: &'h Shared,
+    /// The snapshot, pinned (by this `Arc`) for as long as the `read` closure runs.
     snap: Arc<Snapshot>,
     /// Copies of ranges the overlay covers, kept for the reader's life.
     arena: Arena,
-    /// `None` for a read nested in another read of the same heap (which holds the pin).
-    _pin: Option<Pin<'h>>,
 }
 
-/// A reader's pin on its snapshot: while it lives, the writer changes no byte of the file that
-/// the snapshot takes from the file.
+/// Taking a snapshot for a `read`: the snapshot's `Arc` is the pin (the registry counts the
+/// references); dropping this, after every `Arc` of the read is gone, wakes a commit that may
+/// be waiting for readers to end.
 pub(crate) struct Pin<'h> {
     registry: &'h Registry,
-    seq: u64,
 }
 
 impl<'h> Pin<'h> {
@@ -57,19 +56,13 @@ impl<'h> Pin<'h> {
             // every frame in it, under the registry's lock, which `pin` holds while it decodes.
             decode_frame(unsafe { map.slice(at, len) })
         });
-        (
-            Pin {
-                registry,
-                seq: snap.seq,
-            },
-            snap,
-        )
+        (Pin { registry }, snap)
     }
 }
 
 impl Drop for Pin<'_> {
     fn drop(&mut self) {
-        self.registry.unpin(self.seq);
+        self.registry.unpinned();
     }
 }
 
@@ -216,14 +209,12 @@ impl<'h> Reader<'h> {
 }
 
 impl<'h> Reader<'h> {
-    /// A reader of `snap`; `pin` keeps it pinned, or is `None` inside another read of the same
-    /// heap on this thread (which holds the pin).
-    pub(crate) fn new(sh: &'h Shared, snap: Arc<Snapshot>, pin: Option<Pin<'h>>) -> Reader<'h> {
+    /// A reader of `snap` (whose `Arc` pins it).
+    pub(crate) fn new(sh: &'h Shared, snap: Arc<Snapshot>) -> Reader<'h> {
         Reader {
             sh,
             snap,
             arena: Arena::default(),
-            _pin: pin,
         }
     }
 }

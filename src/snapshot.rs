@@ -13,9 +13,9 @@
 //! above `k` takes those ranges from its overlay), and writes fresh space in place only once
 //! every reader that could see it as free space is gone (newer readers see zeros there).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use txheap_recovery::txheap_log::{header_at, verify_frame, FRAME_HEADER_LEN};
 
@@ -307,18 +307,25 @@ struct Inner {
     pending: Vec<(u64, Frame)>,
     /// Fresh areas being written in place, shown as zeros.
     hidden: Vec<Piece>,
-    /// The snapshot of the current state, once a reader asked for it.
+    /// The snapshot of the current state, once a reader asked for it: the only one a reader
+    /// can pin.
     cached: Option<Arc<Snapshot>>,
-    /// Readers by the `seq` of the snapshot they pinned: (its txid, how many).
-    pins: BTreeMap<u64, (u64, usize)>,
-    /// Threads waiting in `wait_for` (so that `unpin` knows whether to notify).
-    waiters: usize,
+    /// Every snapshot handed out that readers may still be pinned at, oldest first.
+    handed: VecDeque<Arc<Snapshot>>,
 }
 
 impl Inner {
     fn changed(&mut self) {
         self.seq += 1;
         self.cached = None;
+        // A snapshot no reader holds, which is not the current one, can never be pinned again.
+        while self
+            .handed
+            .front()
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            self.handed.pop_front();
+        }
     }
 
     /// Merge the pending frames into the overlay, decoding those still in the log with
@@ -337,25 +344,42 @@ impl Inner {
         self.pending.drain(..n);
     }
 
+    /// Pinned snapshots, as (seq, txid). A reader's pin is its `Arc` (a nested read on the same
+    /// thread holds one more): a snapshot is pinned while anyone but the registry (`handed`,
+    /// and `cached` for the current one) holds it.
+    fn pins(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.handed
+            .iter()
+            .filter(|s| {
+                let ours = 1 + usize::from(self.cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)));
+                Arc::strong_count(s) > ours
+            })
+            .map(|s| (s.seq, s.txid))
+    }
+
     fn oldest_pin(&self) -> Option<u64> {
-        self.pins.values().map(|&(t, _)| t).min()
+        self.pins().map(|(_, t)| t).min()
     }
 }
 
-/// The current state and the pins of running readers. Its mutex is held briefly (never across
-/// I/O or a user's closure), by readers to pin and unpin and by the writer to publish.
+/// The current state and the pins of running readers. A reader pins the current snapshot by
+/// cloning its `Arc` under the read lock (readers do not queue behind each other); the writer
+/// changes the state under the write lock, held briefly (never across I/O or a user's closure),
+/// and reads the pins (the snapshots' reference counts) there, so that no reader pins between its
+/// look and its change (unpinning meanwhile only makes it see one pin too many).
 #[derive(Debug)]
 pub(crate) struct Registry {
-    inner: Mutex<Inner>,
+    inner: RwLock<Inner>,
+    /// Threads waiting in `wait_for`, and where they wait.
+    waiting: AtomicUsize,
+    wait_lock: Mutex<()>,
     gone: Condvar,
-    /// Readers pinned now (also counted in `Inner::pins`; read without the lock).
-    pinned: AtomicUsize,
 }
 
 impl Registry {
     pub(crate) fn new(txid: u64, header: HeapHeader) -> Registry {
         Registry {
-            inner: Mutex::new(Inner {
+            inner: RwLock::new(Inner {
                 txid,
                 header,
                 seq: 0,
@@ -363,23 +387,35 @@ impl Registry {
                 pending: Vec::new(),
                 hidden: Vec::new(),
                 cached: None,
-                pins: BTreeMap::new(),
-                waiters: 0,
+                handed: VecDeque::new(),
             }),
+            waiting: AtomicUsize::new(0),
+            wait_lock: Mutex::new(()),
             gone: Condvar::new(),
-            pinned: AtomicUsize::new(0),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Pin the current state (for a reader); `unpin(seq)` when done. `decode` reads frames
-    /// still in the log.
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Pin the current state (for a reader); `unpin` it when done. `decode` reads frames still
+    /// in the log (when the current snapshot is made, by the first reader after a change).
     pub(crate) fn pin(&self, decode: Decode<'_>) -> Arc<Snapshot> {
-        let mut g = self.lock();
-        let s = match &g.cached {
+        {
+            let g = self.read();
+            if let Some(s) = &g.cached {
+                // Under the read lock: the writer, which looks at the pins under the write lock,
+                // sees this pin or runs after it.
+                return s.clone();
+            }
+        }
+        let mut g = self.write();
+        match &g.cached {
             Some(s) => s.clone(),
             None => {
                 g.merge_pending(Some(decode));
@@ -394,25 +430,17 @@ impl Registry {
                     overlay,
                 });
                 g.cached = Some(s.clone());
+                g.handed.push_back(s.clone());
                 s
             }
-        };
-        g.pins.entry(s.seq).or_insert((s.txid, 0)).1 += 1;
-        self.pinned.fetch_add(1, Ordering::Relaxed);
-        s
+        }
     }
 
-    pub(crate) fn unpin(&self, seq: u64) {
-        let mut g = self.lock();
-        if let Some(e) = g.pins.get_mut(&seq) {
-            self.pinned.fetch_sub(1, Ordering::Relaxed);
-            e.1 -= 1;
-            if e.1 == 0 {
-                g.pins.remove(&seq);
-                if g.waiters > 0 {
-                    self.gone.notify_all();
-                }
-            }
+    /// A reader dropped its pin (its `Arc`): wake a commit waiting for readers, if any.
+    pub(crate) fn unpinned(&self) {
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            let _g = self.wait_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.gone.notify_all();
         }
     }
 
@@ -421,14 +449,14 @@ impl Registry {
     /// state, and the file holds them). Returns the lowest txid a reader is pinned at (`None`:
     /// no reader), read in the same critical section.
     pub(crate) fn commit(&self, txid: u64, header: HeapHeader, frame: Frame) -> Option<u64> {
-        let mut g = self.lock();
+        let mut g = self.write();
         g.txid = txid;
         g.header = header;
         g.hidden.clear();
         if !matches!(&frame, Frame::Pieces(p) if p.is_empty()) {
             g.pending.push((txid, frame));
         }
-        if !g.pins.is_empty() {
+        if g.pins().next().is_some() {
             // Readers are about: merge now, so that the next one to pin finds little to do.
             g.merge_pending(None);
         }
@@ -438,7 +466,7 @@ impl Registry {
 
     /// The file now holds every frame up to `txid`: snapshots made from now on read them there.
     pub(crate) fn published(&self, txid: u64) {
-        let mut g = self.lock();
+        let mut g = self.write();
         g.overlay.drop_published(txid);
         let n = g.pending.partition_point(|(t, _)| *t <= txid);
         g.pending.drain(..n);
@@ -448,31 +476,40 @@ impl Registry {
     /// Show `areas` as zeros to readers that pin from now on; returns the `seq` that readers
     /// who began before have below it.
     pub(crate) fn hide(&self, areas: Vec<Piece>) -> u64 {
-        let mut g = self.lock();
+        let mut g = self.write();
         g.hidden = areas;
         g.changed();
         g.seq
     }
 
-    /// The lowest txid a reader is pinned at, if any.
+    /// The lowest txid a reader is pinned at, if any. (A reader that pins meanwhile pins the
+    /// current state, which holds every committed frame.)
     pub(crate) fn oldest_pin(&self) -> Option<u64> {
-        self.lock().oldest_pin()
+        self.read().oldest_pin()
     }
 
     /// Whether any reader is pinned (a hint: one may pin a moment later).
     pub(crate) fn pinned(&self) -> bool {
-        self.pinned.load(Ordering::Relaxed) > 0
+        self.read().pins().next().is_some()
     }
 
     /// Wait until no reader pinned at a snapshot published before `seq` (or, with `txid`, at a
     /// txid below it) is left.
     pub(crate) fn wait_for(&self, seq: u64, txid: u64) {
-        let mut g = self.lock();
-        g.waiters += 1;
-        while g.pins.iter().any(|(&s, &(t, _))| s < seq || t < txid) {
-            g = self.gone.wait(g).unwrap_or_else(|e| e.into_inner());
+        let blocked = || self.read().pins().any(|(s, t)| s < seq || t < txid);
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let mut g = self.wait_lock.lock().unwrap_or_else(|e| e.into_inner());
+        while blocked() {
+            // `unpinned` notifies under `wait_lock` after the reader dropped its `Arc`, so a
+            // check made under it cannot miss the last one; the timeout is only a safety net.
+            g = self
+                .gone
+                .wait_timeout(g, std::time::Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        g.waiters -= 1;
+        drop(g);
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

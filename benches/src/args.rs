@@ -43,6 +43,12 @@ pub enum Workload {
     W4PutFull,
     /// One insert per non-durable transaction into a map.
     W4PutNone,
+    /// W1 while one reader holds a read view for the whole run (and without).
+    RCommit,
+    /// New readers' wait to begin while a writer commits.
+    RStart,
+    /// Reads per second of 4 reader threads (and of 1) while a writer commits.
+    RScale,
 }
 
 /// How a workload's figure is read.
@@ -60,7 +66,7 @@ pub enum Metric {
 
 impl Workload {
     /// Every workload, in the order they run.
-    pub const ALL: [Workload; 12] = [
+    pub const ALL: [Workload; 15] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -73,6 +79,9 @@ impl Workload {
         Workload::W5Open,
         Workload::W5Replay,
         Workload::Space,
+        Workload::RCommit,
+        Workload::RStart,
+        Workload::RScale,
     ];
 
     /// Short name, used on the command line and in `RESULT` lines.
@@ -90,6 +99,9 @@ impl Workload {
             Workload::W4Space => "W4-space",
             Workload::W4PutFull => "W4-put-full",
             Workload::W4PutNone => "W4-put-none",
+            Workload::RCommit => "R-commit",
+            Workload::RStart => "R-start",
+            Workload::RScale => "R-scale",
         }
     }
 
@@ -137,6 +149,15 @@ impl Workload {
             Workload::W4Space => {
                 "the store's file bytes per payload byte (72 per entry) after N random inserts in transactions of 1,000, default options"
             }
+            Workload::RCommit => {
+                "W1 (durable commits, 1 thread) while another thread holds one read view from before the first commit to after the last; txheap-no-reader: the same without it"
+            }
+            Workload::RStart => {
+                "N reads (begin, read one word, end), each timed, while another thread commits durable transactions back to back; the figure compared is p99.9 of a read's time"
+            }
+            Workload::RScale => {
+                "read closures summing 64 random entries of an 8 MiB array, for 2 s, by 4 reader threads (txheap) or 1 (txheap-1-reader), while another thread commits durable transactions"
+            }
         }
     }
 
@@ -150,7 +171,10 @@ impl Workload {
             | Workload::W4Get
             | Workload::W4Scan
             | Workload::W4PutFull
-            | Workload::W4PutNone => Metric::Rate,
+            | Workload::W4PutNone
+            | Workload::RCommit
+            | Workload::RStart
+            | Workload::RScale => Metric::Rate,
             Workload::W4Space => Metric::BytesPerByte,
             Workload::W5Open => Metric::Time,
             Workload::W5Replay => Metric::ByteRate,
@@ -170,6 +194,8 @@ impl Workload {
             Workload::W4Get => "lookups/s",
             Workload::W4Scan | Workload::W4Space => "entries/s",
             Workload::W4PutFull | Workload::W4PutNone => "tx/s",
+            Workload::RCommit => "tx/s",
+            Workload::RStart | Workload::RScale => "reads/s",
         }
     }
 }

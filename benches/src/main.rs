@@ -27,6 +27,7 @@ mod child;
 mod engines;
 mod parent;
 mod plan;
+mod readers;
 mod sample;
 mod space;
 #[allow(unsafe_code)]

@@ -620,6 +620,29 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
                     v.value() / sv,
                 )
             }
+            Target::P99AtMostTimes(x) => {
+                let Some(v) = g.versus.and_then(|v| row_of(rows, g.workload, v)) else {
+                    continue;
+                };
+                let p99 = |r: &Row| r.med(|s| s.p99_us).unwrap_or(f64::NAN);
+                let s = row_of(rows, g.workload, g.subject).expect("found above");
+                (
+                    format!(
+                        "{}: {x:.1} × {}'s p99 ÷ txheap's",
+                        g.workload.name(),
+                        v.case.engine
+                    ),
+                    x * p99(v) / p99(s),
+                )
+            }
+            Target::P999AtMostUs(x) => {
+                let s = row_of(rows, g.workload, g.subject).expect("found above");
+                let p = s.med(|s| s.p999_us).unwrap_or(f64::NAN);
+                (
+                    format!("{}: {} µs ÷ p99.9 of a read", g.workload.name(), fmt_num(x)),
+                    x / p,
+                )
+            }
             Target::RatioAtLeast(_) => continue,
         };
         bars.push(Bar {
@@ -697,9 +720,33 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
                     sv <= ov,
                 )
             }
-            (Target::RatioAtLeast(_) | Target::PeakMemoryNotAbove | Target::NotAbove, None) => {
-                continue
+            (Target::P99AtMostTimes(x), Some(v)) => {
+                let Some(other) = row_of(rows, g.workload, v) else {
+                    continue;
+                };
+                let p99 = |r: &Row| r.med(|s| s.p99_us).unwrap_or(f64::NAN);
+                let (a, b) = (p99(subject), p99(other));
+                (
+                    format!("{} p99 ≤ {x:.1}x {v}'s", g.subject),
+                    format!("{} µs vs {} µs ({:.2}x)", fmt_num(a), fmt_num(b), a / b),
+                    a <= x * b,
+                )
             }
+            (Target::P999AtMostUs(x), _) => {
+                let p = subject.med(|s| s.p999_us).unwrap_or(f64::NAN);
+                (
+                    format!("p99.9 of a new reader's read ≤ {} µs", fmt_num(x)),
+                    format!("{} µs", fmt_num(p)),
+                    p <= x,
+                )
+            }
+            (
+                Target::RatioAtLeast(_)
+                | Target::PeakMemoryNotAbove
+                | Target::NotAbove
+                | Target::P99AtMostTimes(_),
+                None,
+            ) => continue,
         };
         println!(
             "| {} | {goal} | {measured} | {} |",

@@ -8,7 +8,7 @@ use crate::args::ChildArgs;
 pub use crate::args::{Metric, Workload};
 use crate::engines::{limits, lmdb, pmdk, redb_engine, sqlite, txheap_engine, txheap_maps, Opener};
 use crate::sample::Sample;
-use crate::{space, w4, w5, BoxResult};
+use crate::{readers, space, w4, w5, BoxResult};
 
 /// What a case is in its workload's comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,8 @@ fn memcpy(a: &ChildArgs<'_>) -> BoxResult<Sample> {
 use Role::{Limit, Peer, Subject};
 use Run::{Commits, Custom, OneTx};
 use Workload::{
-    Space, W4Get, W4Load, W4PutFull, W4PutNone, W4Scan, W4Space, W5Open, W5Replay, W1, W2, W3,
+    RCommit, RScale, RStart, Space, W4Get, W4Load, W4PutFull, W4PutNone, W4Scan, W4Space, W5Open,
+    W5Replay, W1, W2, W3,
 };
 
 /// Every case, in the order each round runs them (A B C ... A B C ...).
@@ -490,6 +491,13 @@ pub static CASES: &[Case] = &[
     case(W4PutNone, "lmdb-writemap-nosync", Peer, "WRITE_MAP | NO_SYNC", Commits(lmdb::writemap_nosync)),
     case(W4PutNone, "redb-none", Peer, "Durability::None", Commits(redb_engine::none)),
     case(W4PutNone, "sqlite-off", Peer, "WAL, synchronous=OFF", Commits(sqlite::off)),
+    // Readers beside a committing writer (issue 16).
+    case(RCommit, "txheap", Subject, "Durability::Full; one reader holds a view throughout", Custom(readers::measure_commit)),
+    case(RCommit, "txheap-no-reader", Peer, "Durability::Full; no reader", Custom(readers::measure_commit)),
+    case(RStart, "txheap", Subject, "Heap::read of one word; a writer commits (Full) meanwhile", Custom(readers::measure_start)),
+    case(RScale, "txheap", Subject, "4 reader threads; a writer commits (Full) meanwhile", Custom(readers::measure_scale)),
+    case(RScale, "txheap-2-readers", Peer, "2 reader threads; a writer commits (Full) meanwhile", Custom(readers::measure_scale)),
+    case(RScale, "txheap-1-reader", Peer, "1 reader thread; a writer commits (Full) meanwhile", Custom(readers::measure_scale)),
     // W5: open and recovery.
     Case {
         setup: Some(Setup {
@@ -611,6 +619,9 @@ impl Counts {
             (W4Load | W4Get | W4Scan | W4Space, _) => self.w4,
             (W4PutFull, _) => self.w1,
             (W4PutNone, _) => self.w2,
+            (RCommit, _) => self.w1,
+            (RStart, _) => self.w2,
+            (RScale, _) => 1,
         };
         if case.capped {
             n.min(self.capped)
@@ -635,6 +646,10 @@ impl Counts {
 pub enum Target {
     /// txheap's figure ÷ the other row's is at least this.
     RatioAtLeast(f64),
+    /// The row's median p99 latency is at most this many times the other row's.
+    P99AtMostTimes(f64),
+    /// The row's median p99.9 latency is at most this many microseconds.
+    P999AtMostUs(f64),
     /// txheap's median time is at most this many seconds.
     SecsAtMost(f64),
     /// txheap's median throughput is at least this many bytes per second.
@@ -758,6 +773,20 @@ pub static GOALS: &[Goal] = &[
         versus: None,
         target: Target::BytesPerByteAtMost(1.10),
     },
+    // Readers (issue 16).
+    Goal {
+        workload: RCommit,
+        subject: "txheap",
+        versus: Some("txheap-no-reader"),
+        target: Target::P99AtMostTimes(1.2),
+    },
+    Goal {
+        workload: RStart,
+        subject: "txheap",
+        versus: None,
+        target: Target::P999AtMostUs(50.0),
+    },
+    ratio(RScale, "txheap-1-reader", 1.8),
 ];
 
 /// The ratio goal of `workload` against `versus`, if any.

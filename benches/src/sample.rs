@@ -19,6 +19,8 @@ pub struct Sample {
     pub p50_us: Option<f64>,
     /// 99th-percentile per-operation latency in microseconds, when timed one by one.
     pub p99_us: Option<f64>,
+    /// 99.9th-percentile per-operation latency in microseconds, when reported (R-start).
+    pub p999_us: Option<f64>,
     /// Bytes processed in the timed region (copied, replayed), 0 when not meaningful.
     pub bytes: u64,
     /// Bytes the child read from the block device in the timed region (`read_bytes` of
@@ -64,6 +66,7 @@ impl Sample {
             secs: elapsed.as_secs_f64(),
             p50_us,
             p99_us,
+            p999_us: None,
             bytes: 0,
             disk_read: None,
             disk_write: None,
@@ -95,6 +98,7 @@ impl Sample {
             secs: f64::NAN,
             p50_us: None,
             p99_us: None,
+            p999_us: None,
             bytes: 0,
             disk_read: None,
             disk_write: None,
@@ -118,6 +122,7 @@ impl Sample {
                 "secs" => s.secs = v.parse().ok()?,
                 "p50_us" => s.p50_us = opt(v)?,
                 "p99_us" => s.p99_us = opt(v)?,
+                "p999_us" => s.p999_us = Some(v.parse().ok()?),
                 "bytes" => s.bytes = v.parse().ok()?,
                 "disk_read" => s.disk_read = Some(v.parse().ok()?),
                 "disk_write" => s.disk_write = Some(v.parse().ok()?),
@@ -160,6 +165,9 @@ impl fmt::Display for Sample {
         for (k, v) in extra {
             if let Some(v) = v {
                 write!(f, " {k}={v}")?;
+            }
+            if let Some(x) = self.p999_us {
+                write!(f, " p999_us={x:.3}")?;
             }
         }
         Ok(())
