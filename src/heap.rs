@@ -251,16 +251,19 @@ impl Heap {
             return Err(Error::ReadInTransaction);
         }
         let addr = sh as *const Shared as usize;
-        if let Some(snap) = ReadingMark::snapshot(addr) {
-            // A read inside a read on this thread sees the same state (the outer one pins it).
-            return f(&Reader::new(sh, snap));
+        let mut f = Some(f);
+        // A read inside a read on this thread sees the same state (the outer one pins it).
+        if let Some(r) = ReadingMark::nested(addr, sh, |r| (f.take().expect("once"))(r)) {
+            return r;
         }
+        let f = f.expect("not taken");
         let (pin, snap) = Pin::new(sh);
         let r = {
-            let _mark = ReadingMark::new(addr, snap.clone());
-            f(&Reader::new(sh, snap))
+            let _mark = ReadingMark::new(addr, &snap);
+            f(&Reader::new(sh, &snap))
         };
-        drop(pin); // after the reader's and the mark's `Arc`s: then the snapshot is unpinned
+        drop(snap);
+        drop(pin); // after the snapshot's `Arc`: then it is unpinned
         r
     }
 

@@ -32,8 +32,9 @@ use crate::stored::Stored;
 /// ```
 pub struct Reader<'h> {
     sh: &'h Shared,
-    /// The snapshot, pinned (by this `Arc`) for as long as the `read` closure runs.
-    snap: Arc<Snapshot>,
+    /// The snapshot, pinned (by an `Arc` that `Heap::read` holds) for as long as the closure
+    /// runs.
+    snap: &'h Snapshot,
     /// Copies of ranges the overlay covers, kept for the reader's life.
     arena: Arena,
 }
@@ -209,8 +210,8 @@ impl<'h> Reader<'h> {
 }
 
 impl<'h> Reader<'h> {
-    /// A reader of `snap` (whose `Arc` pins it).
-    pub(crate) fn new(sh: &'h Shared, snap: Arc<Snapshot>) -> Reader<'h> {
+    /// A reader of `snap` (pinned by an `Arc` the caller holds for longer than the reader).
+    pub(crate) fn new(sh: &'h Shared, snap: &'h Snapshot) -> Reader<'h> {
         Reader {
             sh,
             snap,
@@ -221,24 +222,36 @@ impl<'h> Reader<'h> {
 
 thread_local! {
     /// Heaps (by address) whose `read` closure is running on this thread, with its snapshot: a
-    /// read nested in it sees the same state, and a transaction there is refused.
-    static READING: RefCell<Vec<(usize, Arc<Snapshot>)>> = const { RefCell::new(Vec::new()) };
+    /// read nested in it sees the same state, and a transaction there is refused. (A pointer,
+    /// not an `Arc`: cloning one for every read made readers on different threads contend for
+    /// its count.)
+    static READING: RefCell<Vec<(usize, *const Snapshot)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// This thread is inside a `read` closure of the heap at `.0` (which pins the snapshot).
 pub(crate) struct ReadingMark(usize);
 impl ReadingMark {
-    pub(crate) fn new(addr: usize, snap: Arc<Snapshot>) -> ReadingMark {
-        READING.with(|r| r.borrow_mut().push((addr, snap)));
+    /// Mark this thread as reading `snap` of the heap at `addr`; the caller holds an `Arc` of
+    /// `snap` for longer than the mark lives.
+    pub(crate) fn new(addr: usize, snap: &Arc<Snapshot>) -> ReadingMark {
+        READING.with(|r| r.borrow_mut().push((addr, Arc::as_ptr(snap))));
         ReadingMark(addr)
     }
-    pub(crate) fn snapshot(addr: usize) -> Option<Arc<Snapshot>> {
-        READING.with(|r| {
-            r.borrow()
-                .iter()
-                .find(|(a, _)| *a == addr)
-                .map(|(_, s)| s.clone())
-        })
+
+    /// Inside a read of the heap at `addr` on this thread: run `f` with a reader of the same
+    /// snapshot.
+    pub(crate) fn nested<R>(
+        addr: usize,
+        sh: &Shared,
+        f: impl FnOnce(&Reader<'_>) -> R,
+    ) -> Option<R> {
+        let p = READING.with(|r| r.borrow().iter().find(|(a, _)| *a == addr).map(|&(_, p)| p))?;
+        // SAFETY: a mark for `addr` exists only while the outer `Heap::read` on this thread runs
+        // its closure (it is dropped before that call returns, also on unwinding), and that
+        // call holds an `Arc` of the snapshot from before the mark is made to after it is
+        // dropped; this nested call returns before the outer closure does.
+        let snap: &Snapshot = unsafe { &*p };
+        Some(f(&Reader::new(sh, snap)))
     }
     pub(crate) fn active(addr: usize) -> bool {
         READING.with(|r| r.borrow().iter().any(|(a, _)| *a == addr))
