@@ -12,7 +12,10 @@ cargo test -p txheap --no-run --message-format=json 2>/dev/null \
 status=0
 # The collections' model test runs 4 random cases here (48 in the normal suite).
 export COLLECTIONS_CASES=4
-for bin in $(grep -E '/deps/(txheap|api|bad_input|alloc_prop|hardening|defects|stored|collections)-' /tmp/txheap-test-bins.txt); do
+# The readers-and-writers stress tests run 10 s each here (3 s in the normal suite: valgrind is
+# slower, and they assert that enough commits and reads happened).
+export TXHEAP_STRESS_SECS=10
+for bin in $(grep -E '/deps/(txheap|api|bad_input|alloc_prop|hardening|defects|stored|collections|concurrency)-' /tmp/txheap-test-bins.txt); do
   echo "== valgrind $(basename "$bin")"
   # --fair-sched: reader threads that never make a syscall otherwise starve the writer under
   # valgrind's big lock (the readers-beside-writer test then takes minutes instead of seconds).

@@ -195,8 +195,11 @@ fn in_place_bytes_beside_readers() {
                 heap.read(|r| {
                     let v = r.get(p)?;
                     pinned_tx.send(()).unwrap();
-                    // Hold on until the commit is done, or 400 ms.
-                    let _ = done.recv_timeout(Duration::from_millis(400));
+                    // The logged case: hold on until the commit is done (a commit that waited
+                    // for this reader would finish only after the 60 s). The in-place case:
+                    // hold on for 400 ms, which the commit must wait out.
+                    let hold = if waits { 400 } else { 60_000 };
+                    let _ = done.recv_timeout(Duration::from_millis(hold));
                     Ok(*v)
                 })
             });
@@ -215,7 +218,7 @@ fn in_place_bytes_beside_readers() {
                 );
             } else {
                 assert!(
-                    took < Duration::from_millis(300),
+                    took < Duration::from_secs(30),
                     "{bytes}: waited for the reader ({took:?})"
                 );
             }
@@ -237,7 +240,7 @@ fn stress(durability: Durability, secs: f64) {
         "{:?}",
         &report.violations[..report.violations.len().min(5)]
     );
-    assert!(report.commits > 100 && report.reads > 100, "{report:?}");
+    assert!(report.commits >= 100 && report.reads >= 50, "{report:?}");
     assert!(report.aborts > 0 && report.panics > 0, "{report:?}");
     let s = heap.stats().unwrap();
     assert!(s.checkpoints > 0, "the log never filled: {s:?}");
