@@ -6,10 +6,10 @@
 //! transaction's body to `tx.rs`, the commit protocol to `writer.rs`, readers to `reader.rs`.
 //! May not: sequence I/O or decode the file itself.
 //!
-//! Locks: `writer` (a mutex) is held for a whole transaction; the view lock (in `Shared`) is
-//! held for reading by every `read` closure and for writing only while a commit applies its
-//! ranges or a flush rewrites private pages. Readers therefore run beside a transaction and see
-//! committed state only.
+//! Locks: `writer` (a mutex) is held for a whole transaction. A `read` closure holds no lock: it
+//! pins a snapshot of the committed state (`snapshot.rs`; docs/ARCHITECTURE.md section 11), and
+//! the writer never changes the file's bytes under a pinned reader. Readers therefore run beside
+//! a transaction, never wait for one, and see committed state only.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -267,8 +267,8 @@ impl Heap {
         r
     }
 
-    /// Refuse an operation that needs the writer (or the view lock for writing) while this
-    /// thread runs a transaction or a read on this heap: it would deadlock.
+    /// Refuse an operation that needs the writer while this thread runs a transaction or a read
+    /// on this heap: it would deadlock (inside a read, it could wait for that very read).
     fn refuse_reentry(&self) -> Result<()> {
         if self.writer_thread.load(Ordering::Acquire) == thread_token()
             || ReadingMark::active(&self.shared as *const Shared as usize)

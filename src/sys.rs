@@ -235,9 +235,12 @@ impl Mapping {
     ///
     /// # Safety
     /// `off + len <= mapped_len()`, and for as long as the returned slice lives nobody changes those
-    /// bytes: the caller holds either the view lock for reading, or the writer lock inside a
-    /// transaction's closure (changes happen only under both the writer lock and the view lock
-    /// for writing). Nothing outside this process changes the file (the `flock` contract).
+    /// bytes: in the writer's mapping, the caller holds the writer lock (only the writer changes
+    /// it, and never while a transaction's closure or a slice of its own is alive); in the
+    /// readers' mapping, the caller is a reader whose pinned snapshot keeps the writer from
+    /// changing these bytes of the file (docs/ARCHITECTURE.md section 11), or a frame of the log
+    /// the registry still lists. Nothing outside this process changes the file (the `flock`
+    /// contract).
     pub(crate) unsafe fn slice(&self, off: u64, len: usize) -> &[u8] {
         debug_assert!(
             off + len as u64 <= self.mapped_len(),
@@ -251,8 +254,10 @@ impl Mapping {
     /// Copy `bytes` into the private mapping at `off` (copy-on-write: the file is not changed).
     ///
     /// # Safety
-    /// `off + bytes.len() <= mapped_len()`, the mapping is writable, and the caller holds the writer
-    /// lock and the view lock for writing, so no slice into these bytes is alive.
+    /// `off + bytes.len() <= mapped_len()`, the mapping is writable (the writer's, or a read-only
+    /// handle's while it is built), and the caller holds the writer lock outside any transaction
+    /// (or builds the heap), so no slice into these bytes is alive: readers of a writable handle
+    /// read the other mapping.
     pub(crate) unsafe fn write_private(&self, off: u64, bytes: &[u8]) {
         debug_assert!(self.writable);
         debug_assert!(off + bytes.len() as u64 <= self.mapped_len());

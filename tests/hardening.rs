@@ -175,7 +175,7 @@ fn reentrant_calls_are_errors_not_deadlocks() {
     for r in results.0.unwrap().into_iter().chain(results.1.unwrap()) {
         assert!(matches!(r, Err(Error::NestedTransaction)), "{r:?}");
     }
-    // A read inside a read works, even while a writer waits for the view lock.
+    // A read inside a read works, even while a writer commits (readers never wait for it).
     let h = heap.clone();
     let w = heap.clone();
     let v = within(10, "nested read with a waiting writer", move || {
