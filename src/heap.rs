@@ -251,12 +251,11 @@ impl Heap {
             return Err(Error::ReadInTransaction);
         }
         let addr = sh as *const Shared as usize;
-        let mut f = Some(f);
         // A read inside a read on this thread sees the same state (the outer one pins it).
-        if let Some(r) = ReadingMark::nested(addr, sh, |r| (f.take().expect("once"))(r)) {
-            return r;
-        }
-        let f = f.expect("not taken");
+        let f = match ReadingMark::nested(addr, sh, f) {
+            Ok(r) => return r,
+            Err(f) => f,
+        };
         let (pin, snap) = Pin::new(sh);
         let r = {
             let _mark = ReadingMark::new(addr, &snap);

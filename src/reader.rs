@@ -239,19 +239,22 @@ impl ReadingMark {
     }
 
     /// Inside a read of the heap at `addr` on this thread: run `f` with a reader of the same
-    /// snapshot.
-    pub(crate) fn nested<R>(
+    /// snapshot. Otherwise `f` comes back unrun.
+    pub(crate) fn nested<R, F: FnOnce(&Reader<'_>) -> R>(
         addr: usize,
         sh: &Shared,
-        f: impl FnOnce(&Reader<'_>) -> R,
-    ) -> Option<R> {
-        let p = READING.with(|r| r.borrow().iter().find(|(a, _)| *a == addr).map(|&(_, p)| p))?;
+        f: F,
+    ) -> std::result::Result<R, F> {
+        let found = READING.with(|r| r.borrow().iter().find(|(a, _)| *a == addr).map(|&(_, p)| p));
+        let Some(p) = found else {
+            return Err(f);
+        };
         // SAFETY: a mark for `addr` exists only while the outer `Heap::read` on this thread runs
         // its closure (it is dropped before that call returns, also on unwinding), and that
         // call holds an `Arc` of the snapshot from before the mark is made to after it is
         // dropped; this nested call returns before the outer closure does.
         let snap: &Snapshot = unsafe { &*p };
-        Some(f(&Reader::new(sh, snap)))
+        Ok(f(&Reader::new(sh, snap)))
     }
     pub(crate) fn active(addr: usize) -> bool {
         READING.with(|r| r.borrow().iter().any(|(a, _)| *a == addr))

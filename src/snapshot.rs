@@ -261,26 +261,46 @@ pub(crate) fn decode_frame(bytes: &[u8]) -> Arc<[Piece]> {
         &bytes[FRAME_HEADER_LEN..header.frame_len() as usize],
     )
     .expect("a frame this process wrote verifies");
-    let total = frame.ranges().map(|r| r.bytes.len()).sum();
+    let copied: Result<_, std::convert::Infallible> = copy_pieces(|f| {
+        for r in frame.ranges() {
+            f(r.offset, r.bytes);
+        }
+        Ok(())
+    });
+    match copied {
+        Ok(p) => p,
+    }
+}
+
+/// Pieces holding a copy of the ranges that `visit` hands to its callback, in one allocation
+/// for all their bytes (`visit` runs twice: to size it, then to fill it).
+pub(crate) fn copy_pieces<E>(
+    mut visit: impl FnMut(&mut dyn FnMut(u64, &[u8])) -> Result<(), E>,
+) -> Result<Arc<[Piece]>, E> {
+    let (mut total, mut count) = (0usize, 0usize);
+    visit(&mut |_, b| {
+        total += b.len();
+        count += 1;
+    })?;
     let mut data: Arc<[u8]> = std::iter::repeat_n(0u8, total).collect();
-    let mut spans = Vec::with_capacity(header.range_count as usize);
+    let mut spans = Vec::with_capacity(count);
     {
         let buf = Arc::get_mut(&mut data).expect("a new Arc is unique");
         let mut n = 0;
-        for r in frame.ranges() {
-            buf[n..n + r.bytes.len()].copy_from_slice(r.bytes);
-            spans.push((r.offset, r.offset + r.bytes.len() as u64, n));
-            n += r.bytes.len();
-        }
+        visit(&mut |at, b| {
+            buf[n..n + b.len()].copy_from_slice(b);
+            spans.push((at, at + b.len() as u64, n));
+            n += b.len();
+        })?;
     }
-    spans
+    Ok(spans
         .into_iter()
         .map(|(start, end, at)| Piece {
             start,
             end,
             src: Src::Bytes(data.clone(), at),
         })
-        .collect()
+        .collect())
 }
 
 /// A committed state: what a reader sees.
@@ -345,8 +365,8 @@ impl Inner {
     }
 
     /// Pinned snapshots, as (seq, txid). A reader's pin is its `Arc` (a nested read on the same
-    /// thread holds one more): a snapshot is pinned while anyone but the registry (`handed`,
-    /// and `cached` for the current one) holds it.
+    /// thread borrows the outer one's): a snapshot is pinned while anyone but the registry
+    /// (`handed`, and `cached` for the current one) holds it.
     fn pins(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.handed
             .iter()

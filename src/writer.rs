@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::limits::{CHUNK_SIZE, PENDING_PAGES_MAX};
 use crate::options::{Durability, Stats};
 use crate::shared::Shared;
-use crate::snapshot::{decode_frame, newest_wins, Frame, Piece, Src};
+use crate::snapshot::{copy_pieces, decode_frame, newest_wins, Frame, Piece, Src};
 use crate::stage::Stage;
 use crate::storage::FileStorage;
 use crate::sys;
@@ -62,8 +62,6 @@ pub(crate) struct Writer {
     /// A flush is due when `pending_pages` grows past this (it rises while readers hold frames
     /// back, so that commits do not flush again and again for nothing).
     flush_pages_at: usize,
-    /// The last transaction whose ranges the file holds.
-    published: u64,
     /// Committed frames the file does not hold yet, oldest first: (txid, its pieces). The
     /// registry holds them too, for the snapshots readers pin.
     unpublished: VecDeque<(u64, Frame)>,
@@ -176,7 +174,6 @@ impl Writer {
             spare_stage: Stage::default(),
             pending_pages: HashSet::default(),
             flush_pages_at: PENDING_PAGES_MAX,
-            published: next_txid.saturating_sub(1),
             unpublished: VecDeque::new(),
             last_frame: (0, 0),
             in_commit: false,
@@ -357,9 +354,8 @@ impl Writer {
         Ok(())
     }
 
-    /// Step 6: apply the frame. Its pieces are copied once (the snapshot's overlay and the file
-    /// write share the copy); the new snapshot is published (readers that begin from now on see
-    /// the transaction, through the overlay where the file does not hold it yet); the file gets
+    /// Step 6: apply the frame. The registry hears of it (readers that begin from now on see the
+    /// transaction, through their overlay where the file does not hold it yet); the file gets
     /// the pieces of every frame that no reader pinned at an older state can be reading, and
     /// that is durable (section 11); and the writer's mapping gets this frame, through the file
     /// or privately.
@@ -377,7 +373,7 @@ impl Writer {
         let _unwind = PoisonOnUnwind(sh);
         phase!(APPLY);
         let txid = self.next_txid - 1;
-        let (mut count, mut log_high) = (0usize, self.log_high);
+        let mut log_high = self.log_high;
         plan.for_each_piece(|at, piece, in_place| {
             if !in_place {
                 let end = at + piece.len() as u64;
@@ -386,7 +382,6 @@ impl Writer {
                     "applied range {at}..{end} is outside the mapped heap"
                 );
                 log_high = log_high.max(end);
-                count += 1;
             }
             Ok(())
         })?;
@@ -395,7 +390,14 @@ impl Writer {
         // merges them at once); otherwise only the frame's place in the log, decoded if a
         // reader does pin before the file holds it (a commit then copies nothing).
         let frame = if sh.registry.pinned() {
-            Frame::Pieces(pieces_of(plan, count)?)
+            Frame::Pieces(copy_pieces(|f| {
+                plan.for_each_piece(|at, piece, in_place| {
+                    if !in_place {
+                        f(at, piece);
+                    }
+                    Ok(())
+                })
+            })?)
         } else {
             let (at, len) = self.last_frame;
             Frame::InLog { at, len }
@@ -417,7 +419,6 @@ impl Writer {
                 Ok(())
             })?;
             self.unpublished.clear();
-            self.published = txid;
             sh.registry.published(txid);
             return self.discard_private(sh);
         }
@@ -468,7 +469,6 @@ impl Writer {
             // overlay; the rest of each page is rewritten with the bytes it already holds.
             self.write_pages(sh)?;
             self.unpublished.clear();
-            self.published = last;
             sh.registry.published(last);
             return self.discard_private(sh);
         }
@@ -517,7 +517,6 @@ impl Writer {
             failpoint!("commit.mid_apply");
             i = j;
         }
-        self.published = last;
         sh.registry.published(last);
         if self.unpublished.is_empty() {
             self.discard_private(sh)?;
@@ -527,15 +526,7 @@ impl Writer {
 
     /// Write the writer's private pages into the file (sorted, contiguous pages in one pwrite).
     fn write_pages(&mut self, sh: &Shared) -> Result<()> {
-        let mut pages: Vec<u64> = self.pending_pages.iter().copied().collect();
-        pages.sort_unstable();
-        let mut it = pages.into_iter().peekable();
-        while let Some(first) = it.next() {
-            let mut last = first;
-            while it.peek() == Some(&(last + 1)) {
-                last = it.next().expect("peeked");
-            }
-            let (off, len) = (first * PAGE_SIZE, (last - first + 1) * PAGE_SIZE);
+        for (off, len) in page_runs(self.pending_pages.iter().copied().collect()) {
             // SAFETY: pages of the writer's mapping inside the mapped heap; the writer lock is
             // held and no transaction runs, so nothing changes them while pwrite copies them.
             let bytes = unsafe { sh.map.slice(off, len as usize) };
@@ -562,15 +553,7 @@ impl Writer {
         if self.pending_pages.is_empty() {
             return Ok(());
         }
-        let mut pages: Vec<u64> = self.pending_pages.drain().collect();
-        pages.sort_unstable();
-        let mut it = pages.into_iter().peekable();
-        while let Some(first) = it.next() {
-            let mut last = first;
-            while it.peek() == Some(&(last + 1)) {
-                last = it.next().expect("peeked");
-            }
-            let (off, len) = (first * PAGE_SIZE, (last - first + 1) * PAGE_SIZE);
+        for (off, len) in page_runs(self.pending_pages.drain().collect()) {
             // SAFETY: pages of the writer's mapping, page-aligned; the writer lock is held and no
             // transaction runs, so no slice into them is alive (readers read `rmap`).
             unsafe { sh.map.discard_private(off, len) }.map_err(|e| sh.fail("madvise", off, e))?;
@@ -697,38 +680,18 @@ impl Writer {
     }
 }
 
-/// The logged pieces of `plan` (`count` of them), copied out: one allocation for the bytes and
-/// one for the pieces.
-fn pieces_of(plan: &mut CommitPlan<'_>, count: usize) -> Result<Arc<[Piece]>> {
-    let mut total = 0usize;
-    plan.for_each_piece(|_, piece, in_place| {
-        if !in_place {
-            total += piece.len();
+/// The page numbers `pages` as runs of contiguous pages: (byte offset, byte length), ascending.
+fn page_runs(mut pages: Vec<u64>) -> impl Iterator<Item = (u64, u64)> {
+    pages.sort_unstable();
+    let mut it = pages.into_iter().peekable();
+    std::iter::from_fn(move || {
+        let first = it.next()?;
+        let mut last = first;
+        while it.peek() == Some(&(last + 1)) {
+            last = it.next().expect("peeked");
         }
-        Ok(())
-    })?;
-    let mut data: Arc<[u8]> = std::iter::repeat_n(0u8, total).collect();
-    let mut spans = Vec::with_capacity(count);
-    {
-        let buf = Arc::get_mut(&mut data).expect("a new Arc is unique");
-        let mut n = 0;
-        plan.for_each_piece(|at, piece, in_place| {
-            if !in_place {
-                buf[n..n + piece.len()].copy_from_slice(piece);
-                spans.push((at, at + piece.len() as u64, n));
-                n += piece.len();
-            }
-            Ok(())
-        })?;
-    }
-    Ok(spans
-        .into_iter()
-        .map(|(start, end, at)| Piece {
-            start,
-            end,
-            src: Src::Bytes(data.clone(), at),
-        })
-        .collect())
+        Some((first * PAGE_SIZE, (last - first + 1) * PAGE_SIZE))
+    })
 }
 
 #[cfg(test)]

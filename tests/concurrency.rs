@@ -83,14 +83,20 @@ fn a_long_reader_delays_neither_commits_nor_new_readers() {
 /// behind a waiting commit, which waited for the outer read.)
 #[test]
 fn a_read_waiting_on_another_threads_read_completes_while_commits_run() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // Detached threads (not scoped): if they deadlock, the test fails at its deadline instead
+    // of hanging while a scope waits to join them.
     let d = tempfile::tempdir().unwrap();
     let (heap, p) = counter_heap(&d, Durability::Full);
+    let heap = Arc::new(heap);
+    let stop = Arc::new(AtomicBool::new(false));
     let (tx_done, done) = mpsc::channel();
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let writer = s.spawn(|| {
+    let writer = {
+        let (heap, stop) = (heap.clone(), stop.clone());
+        std::thread::spawn(move || {
             let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 heap.transaction(|tx| {
                     *tx.get_mut(p)? += 1;
                     Ok(())
@@ -99,8 +105,11 @@ fn a_read_waiting_on_another_threads_read_completes_while_commits_run() {
                 n += 1;
             }
             n
-        });
-        s.spawn(|| {
+        })
+    };
+    {
+        let heap = heap.clone();
+        std::thread::spawn(move || {
             for _ in 0..50 {
                 let r = heap.read(|outer| {
                     let mine = *outer.get(p)?;
@@ -110,18 +119,20 @@ fn a_read_waiting_on_another_threads_read_completes_while_commits_run() {
                             .join()
                             .unwrap()
                     })?;
-                    assert!(theirs >= mine, "a later reader saw an older state");
-                    Ok(())
+                    Ok(theirs >= mine)
                 });
-                r.unwrap();
+                tx_done.send(r.unwrap()).unwrap();
             }
-            tx_done.send(()).unwrap();
         });
-        let ok = done.recv_timeout(Duration::from_secs(120)).is_ok();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert!(ok, "nested reads across threads deadlocked beside commits");
-        assert!(writer.join().unwrap() > 0);
-    });
+    }
+    for _ in 0..50 {
+        let later_is_newer = done
+            .recv_timeout(Duration::from_secs(120))
+            .expect("nested reads across threads deadlocked beside commits");
+        assert!(later_is_newer, "a later reader saw an older state");
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(writer.join().unwrap() > 0);
 }
 
 /// A reader's references stay valid and unchanged across commits that free and reuse the very

@@ -59,6 +59,22 @@ fn commit(heap: &Heap, root: PPtr<Root>, i: u64) -> txheap::Result<()> {
     })
 }
 
+/// The writer thread of R-start and R-scale: commits back to back until `stop`, counting them.
+fn commit_until(
+    heap: &Heap,
+    root: PPtr<Root>,
+    stop: &AtomicBool,
+    commits: &AtomicU64,
+) -> txheap::Result<()> {
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        commit(heap, root, i)?;
+        i += 1;
+        commits.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 /// R-commit: `args.ops` durable commits, each timed; the `txheap` row holds one read view in
 /// another thread from before the first commit to after the last (and checks that it never
 /// changed), the `txheap-no-reader` row has no reader.
@@ -119,15 +135,7 @@ pub fn measure_start(args: &ChildArgs<'_>) -> BoxResult<Sample> {
     let commits = AtomicU64::new(0);
     let mut lat = Vec::with_capacity(args.ops as usize);
     let elapsed = std::thread::scope(|s| -> BoxResult<Duration> {
-        let writer = s.spawn(|| -> txheap::Result<()> {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                commit(&heap, root, i)?;
-                i += 1;
-                commits.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(())
-        });
+        let writer = s.spawn(|| commit_until(&heap, root, &stop, &commits));
         while commits.load(Ordering::Relaxed) < 10 {
             std::thread::yield_now();
         }
@@ -176,14 +184,7 @@ pub fn measure_scale(args: &ChildArgs<'_>) -> BoxResult<Sample> {
     let (go, stop) = (AtomicBool::new(false), AtomicBool::new(false));
     let reads = AtomicU64::new(0);
     let elapsed = std::thread::scope(|s| -> BoxResult<Duration> {
-        let writer = s.spawn(|| -> txheap::Result<()> {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                commit(&heap, root, i)?;
-                i += 1;
-            }
-            Ok(())
-        });
+        let writer = s.spawn(|| commit_until(&heap, root, &stop, &AtomicU64::new(0)));
         let mut threads = Vec::new();
         for t in 0..readers {
             let (heap, go, stop, reads) = (&heap, &go, &stop, &reads);
