@@ -203,7 +203,9 @@ impl Heap {
             return Err(Error::ReadOnly.into());
         }
         self.refuse_reentry()?;
+        let queued = self.shared.group.queue();
         let mut w = self.lock_writer()?;
+        drop(queued);
         self.writer_thread.store(thread_token(), Ordering::Release);
         struct Owner<'a>(&'a AtomicUsize);
         impl Drop for Owner<'_> {
@@ -212,11 +214,18 @@ impl Heap {
                 phase!(IDLE);
             }
         }
-        let _owner = Owner(&self.writer_thread);
+        let owner = Owner(&self.writer_thread);
         phase!(TX_BODY);
         let mut tx = Tx::new(&self.shared, &mut w);
         let value = f(&mut tx)?; // on Err or panic, dropping `tx` rolls back
-        tx.commit()?;
+        let wait = tx.commit()?;
+        drop(owner);
+        drop(w);
+        if let Some(txid) = wait {
+            // Group commit (docs/ARCHITECTURE.md section 12): acknowledged once a barrier
+            // covering the frame has completed, waited for without the writer lock.
+            self.shared.group.wait(&self.shared, txid)?;
+        }
         Ok(value)
     }
 
@@ -419,7 +428,7 @@ impl Heap {
             .unwrap_or_else(|e| e.into_inner())
             .storage
             .hooks
-            .faults = plan;
+            .set_faults(plan);
     }
 
     /// Whether an I/O failure has poisoned this handle (see [`Error::Poisoned`]).

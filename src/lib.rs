@@ -71,6 +71,7 @@ extern crate self as txheap;
 mod alloc;
 mod collections;
 mod error;
+mod group;
 mod heap;
 mod layout;
 mod limits;

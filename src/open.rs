@@ -19,6 +19,7 @@ use txheap_recovery::{
 
 use crate::alloc::{Allocator, HeapHeader, HEAP_HEADER_LEN};
 use crate::error::{Error, Result};
+use crate::group::Group;
 use crate::layout::{needed_len, read_heap_header, Geometry};
 use crate::options::{Durability, Options};
 use crate::shared::Shared;
@@ -97,7 +98,7 @@ fn new_storage(file: &Arc<File>, options: &Options, window: u64) -> Result<FileS
         FileStorage::new(file.clone(), window, store).map_err(|e| Error::io("storage", 0, e))?;
     #[cfg(feature = "test-hooks")]
     {
-        st.hooks.trace = options.trace.clone();
+        st.hooks.set_trace(options.trace.clone());
     }
     #[cfg(not(feature = "test-hooks"))]
     let _ = options;
@@ -249,6 +250,9 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         options.durability,
         (log.next_txid.saturating_sub(1), header),
     );
+    if !read_only && options.durability == Durability::Full {
+        shared.group = Group::new(writer.storage.log_syncer(), log.next_txid.saturating_sub(1));
+    }
     shared.salvaged = log.salvaged;
     shared.in_place_min = options.in_place_min;
     shared.superblock_damage = (!damaged.is_empty()).then(|| {

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::alloc::HeapHeader;
 use crate::error::{Error, Result};
+use crate::group::Group;
 use crate::layout::Geometry;
 use crate::options::Durability;
 use crate::snapshot::Registry;
@@ -34,6 +35,8 @@ pub(crate) struct Shared {
     pub durability: Durability,
     /// The current snapshot and the readers' pins.
     pub registry: Registry,
+    /// Group commit's shared barrier (never shares without a log syncer: read-only, `None`).
+    pub group: Group,
     poison: Mutex<Option<String>>,
     /// Transactions the open dropped on purpose (`Options::salvage`): first and last txid.
     pub salvaged: Option<(u64, u64)>,
@@ -62,6 +65,7 @@ impl Shared {
             read_only,
             durability,
             registry: Registry::new(txid, header),
+            group: Group::new(None, txid),
             poison: Mutex::new(None),
             salvaged: None,
             superblock_damage: None,

@@ -353,8 +353,10 @@ pub(crate) struct SyncWindow {
     writable: bool,
 }
 
-// SAFETY: the window is never read through, and written only by `write`, which takes `&mut`
-// (its owner, the storage, is behind the heap's writer lock); no reference into it exists.
+// SAFETY: the window is never read through, and written only by `write`, which only the
+// storage calls, from `FileStorage::write_at` (`&mut`, behind the heap's writer lock: one store
+// at a time); no reference into it exists. `sync` (msync, from any thread) reads no memory
+// through Rust references.
 unsafe impl Send for SyncWindow {}
 // SAFETY: as above.
 unsafe impl Sync for SyncWindow {}
@@ -403,15 +405,19 @@ impl SyncWindow {
 
     /// Store `bytes` at file offset `off` through the shared mapping: into the page cache, as a
     /// `pwrite` would. `false` (nothing written) if the range is not inside the window.
-    pub(crate) fn write(&mut self, off: u64, bytes: &[u8]) -> bool {
+    /// Only `FileStorage::write_at` calls it (one store at a time: it takes `&mut` of the
+    /// storage, which the writer lock guards).
+    pub(crate) fn write(&self, off: u64, bytes: &[u8]) -> bool {
         let end = match off.checked_add(bytes.len() as u64) {
             Some(end) if end <= self.len as u64 && self.writable => end,
             _ => return false,
         };
         debug_assert!(end <= self.len as u64);
         // SAFETY: `[off, end)` lies inside our mapping (checked above), which is writable and
-        // shared; no Rust reference points into it (it is never read through), `&mut self`
-        // excludes another store, and `bytes` cannot overlap it (nothing hands out slices of it).
+        // shared; no Rust reference points into it (it is never read through), its one caller
+        // runs under the writer lock (no other store at the same time; a concurrent msync
+        // reads the pages in the kernel, not through a reference), and `bytes` cannot overlap
+        // it (nothing hands out slices of it).
         // The blocks behind it were allocated in `new` and the file never shrinks (the flock
         // contract), so the store cannot fault with SIGBUS.
         unsafe {

@@ -615,8 +615,10 @@ impl<'h> Tx<'h> {
 
     /// Commit: build the plan (the frame of every logged piece, the in-place pieces, the new
     /// heap header) and hand it to `Writer::commit`. Consumes the transaction; on error it
-    /// rolls back.
-    pub(crate) fn commit(mut self) -> Result<()> {
+    /// rolls back. `Some(txid)`: acknowledge only after `Group::wait(txid)` (section 12), once
+    /// the writer lock is released; a transaction that wrote nothing still waits for the frames
+    /// it could read that are not durable yet.
+    pub(crate) fn commit(mut self) -> Result<Option<u64>> {
         phase!(COMMIT_ENCODE);
         self.mem_op(|a, m| a.prepare_commit(m))?;
         if self.header != self.w.header {
@@ -627,7 +629,7 @@ impl<'h> Tx<'h> {
         if self.stage.is_empty() {
             self.w.alloc.commit();
             self.done = true;
-            return Ok(());
+            return Ok(self.sh.group.pending());
         }
         let w = &mut *self.w;
         let log_size = self.sh.geo.log_size;
@@ -657,9 +659,9 @@ impl<'h> Tx<'h> {
             plan.fresh = std::mem::take(&mut fresh);
             build_frame(w, &mut plan, log_size)?;
         }
-        w.commit(self.sh, plan)?;
+        let wait = w.commit(self.sh, plan)?;
         self.done = true;
-        Ok(())
+        Ok(wait)
     }
 }
 

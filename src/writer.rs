@@ -196,8 +196,10 @@ impl Writer {
 
     /// Commit `plan`, whose frame is in `self.frame`: the protocol of docs/ARCHITECTURE.md
     /// section 3, steps 5-7. Returns once the frame is in the log (durable under `Full`) and
-    /// applied where readers see it.
-    pub(crate) fn commit(&mut self, sh: &Shared, mut plan: CommitPlan<'_>) -> Result<()> {
+    /// applied where readers see it; or, when the commit shares a barrier with others (group
+    /// commit, section 12), once the frame is in the log and in the writer's mapping, with the
+    /// txid to wait for with [`crate::group::Group::wait`] after the writer lock is released.
+    pub(crate) fn commit(&mut self, sh: &Shared, mut plan: CommitPlan<'_>) -> Result<Option<u64>> {
         if self.kept_generation {
             // Before anything of this commit reaches the file (section 5: a new generation).
             self.checkpoint(sh)?;
@@ -219,11 +221,32 @@ impl Writer {
                 Ok(())
             })?;
         }
-        // The commit point: the frame, made durable (under Full) by msync of its pages.
-        self.append_frame(sh)?;
+        // Share a barrier (section 12) when other commits queue behind this one, or frames
+        // already wait for one; not with in-place bytes (they barrier every frame before them).
+        let share = sh.durability == Durability::Full
+            && !plan.in_place
+            && !self.kept_generation
+            && sh.group.should_share();
+        // The commit point: the frame, made durable (under Full) by msync of its pages, or
+        // (shared) by the group's barrier after the writer lock is released.
+        self.append_frame(sh, share)?;
+        if share {
+            self.apply_shared(sh, &mut plan)?;
+            self.finish_commit(sh, plan.header)?;
+            return Ok(Some(self.next_txid - 1));
+        }
         // From here on the transaction is committed: apply it where readers will see it.
         self.apply(sh, &mut plan)?;
-        self.finish_commit(sh, plan.header)
+        self.finish_commit(sh, plan.header)?;
+        Ok(None)
+    }
+
+    /// The highest txid known durable (under `Full`, shared barriers included).
+    fn durable(&mut self, sh: &Shared) -> u64 {
+        if sh.durability == Durability::Full {
+            self.durable_txid = self.durable_txid.max(sh.group.durable());
+        }
+        self.durable_txid
     }
 
     /// Step 5a: write the in-place pieces and make them durable *before* the frame can be:
@@ -239,7 +262,9 @@ impl Writer {
                 log_size: sh.geo.log_size,
             });
         }
-        if sh.durability == Durability::None {
+        if sh.durability == Durability::None || sh.group.pending().is_some() {
+            // (Under `Full`, frames sharing a barrier that has not completed are like `None`'s
+            // unsynced frames here.)
             // Under `None` the frees of earlier commits may not be durable yet, and their bytes
             // may sit in private pages that would hide the in-place bytes from the mapping (and
             // overwrite them at the next flush). The flush barriers the log written so far (every
@@ -308,8 +333,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Step 5: write the finished frame at the log tail and, under `Full`, barrier it.
-    fn append_frame(&mut self, sh: &Shared) -> Result<()> {
+    /// Step 5: write the finished frame at the log tail and, under `Full`, barrier it (unless
+    /// `shared`: the group's barrier will).
+    fn append_frame(&mut self, sh: &Shared, shared: bool) -> Result<()> {
         let len = self.frame.encoded_len() as u64;
         assert!(
             !self.in_commit,
@@ -322,9 +348,10 @@ impl Writer {
             sh.geo.log_size
         );
         let at = sh.geo.log_offset + self.log_tail;
-        let frame =
-            self.frame
-                .finish_vouching(self.sb.generation, self.next_txid, self.durable_txid);
+        let durable = self.durable(sh);
+        let frame = self
+            .frame
+            .finish_vouching(self.sb.generation, self.next_txid, durable);
         self.in_commit = true;
         self.last_frame = (at, frame.len());
         phase!(LOG_WRITE);
@@ -333,6 +360,7 @@ impl Writer {
             .map_err(|e| sh.fail("pwrite log frame", at, e))?;
         failpoint!("commit.after_log_write");
         match sh.durability {
+            Durability::Full if shared => {}
             Durability::Full => {
                 phase!(LOG_BARRIER);
                 self.storage
@@ -373,35 +401,7 @@ impl Writer {
         let _unwind = PoisonOnUnwind(sh);
         phase!(APPLY);
         let txid = self.next_txid - 1;
-        let mut log_high = self.log_high;
-        plan.for_each_piece(|at, piece, in_place| {
-            if !in_place {
-                let end = at + piece.len() as u64;
-                assert!(
-                    at >= sh.geo.heap_offset && end <= sh.map.mapped_len(),
-                    "applied range {at}..{end} is outside the mapped heap"
-                );
-                log_high = log_high.max(end);
-            }
-            Ok(())
-        })?;
-        self.log_high = log_high;
-        // While readers run, the registry gets the pieces themselves (a reader pinning next
-        // merges them at once); otherwise only the frame's place in the log, decoded if a
-        // reader does pin before the file holds it (a commit then copies nothing).
-        let frame = if sh.registry.pinned() {
-            Frame::Pieces(copy_pieces(|f| {
-                plan.for_each_piece(|at, piece, in_place| {
-                    if !in_place {
-                        f(at, piece);
-                    }
-                    Ok(())
-                })
-            })?)
-        } else {
-            let (at, len) = self.last_frame;
-            Frame::InLog { at, len }
-        };
+        let frame = self.frame_for_readers(sh, plan)?;
         let oldest = sh.registry.commit(txid, plan.header, frame.clone());
         self.unpublished.push_back((txid, frame));
         let limit = self.publishable(sh, oldest);
@@ -425,22 +425,85 @@ impl Writer {
         // Otherwise the writer's mapping gets the frame privately first (every frame held back
         // is in its private pages, which `publish_upto` may write whole), then the file gets
         // what it may.
+        self.write_private_frame(sh, plan)?;
+        self.publish_upto(sh, limit)
+    }
+
+    /// Step 6 of a commit that shares a barrier (section 12): its frame is in the log but not
+    /// durable, so neither the file nor readers may see it yet. The writer's mapping gets it
+    /// privately (the next transaction reads it there), the group gets it for readers (shown
+    /// once its barrier completes), and the file gets the frames that are durable by now.
+    fn apply_shared(&mut self, sh: &Shared, plan: &mut CommitPlan<'_>) -> Result<()> {
+        struct PoisonOnUnwind<'a>(&'a Shared);
+        impl Drop for PoisonOnUnwind<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.poison("a commit panicked while applying its frame");
+                }
+            }
+        }
+        let _unwind = PoisonOnUnwind(sh);
+        phase!(APPLY);
+        let txid = self.next_txid - 1;
+        let frame = self.frame_for_readers(sh, plan)?;
+        let (at, len) = self.last_frame;
+        sh.group
+            .appended(txid, (at, at + len as u64), plan.header, frame.clone());
+        self.unpublished.push_back((txid, frame));
+        self.write_private_frame(sh, plan)?;
+        let oldest = sh.registry.oldest_pin();
+        let limit = self.publishable(sh, oldest);
+        self.publish_upto(sh, limit)
+    }
+
+    /// Copy the logged pieces of `plan` into the writer's mapping privately.
+    fn write_private_frame(&mut self, sh: &Shared, plan: &mut CommitPlan<'_>) -> Result<()> {
         plan.for_each_piece(|at, piece, in_place| {
             if !in_place {
                 self.write_private_bytes(sh, at, piece);
             }
             Ok(())
+        })
+    }
+
+    /// Check that the frame's pieces lie in the heap, raise `log_high`, and make the frame's
+    /// entry for readers: while readers run, the pieces themselves (a reader pinning next
+    /// merges them at once); otherwise only the frame's place in the log, decoded if a reader
+    /// does pin before the file holds it (a commit then copies nothing).
+    fn frame_for_readers(&mut self, sh: &Shared, plan: &mut CommitPlan<'_>) -> Result<Frame> {
+        let mut log_high = self.log_high;
+        plan.for_each_piece(|at, piece, in_place| {
+            if !in_place {
+                let end = at + piece.len() as u64;
+                assert!(
+                    at >= sh.geo.heap_offset && end <= sh.map.mapped_len(),
+                    "applied range {at}..{end} is outside the mapped heap"
+                );
+                log_high = log_high.max(end);
+            }
+            Ok(())
         })?;
-        self.publish_upto(sh, limit)
+        self.log_high = log_high;
+        Ok(if sh.registry.pinned() {
+            Frame::Pieces(copy_pieces(|f| {
+                plan.for_each_piece(|at, piece, in_place| {
+                    if !in_place {
+                        f(at, piece);
+                    }
+                    Ok(())
+                })
+            })?)
+        } else {
+            let (at, len) = self.last_frame;
+            Frame::InLog { at, len }
+        })
     }
 
     /// The highest txid whose frame may go into the file now: durable (under `None`, up to the
-    /// last barrier) and no reader pinned below it (`oldest`: the lowest pinned txid).
-    fn publishable(&self, sh: &Shared, oldest: Option<u64>) -> u64 {
-        let durable = match sh.durability {
-            Durability::Full => u64::MAX,
-            Durability::None => self.durable_txid,
-        };
+    /// last barrier; under `Full`, past the shared barriers in flight) and no reader pinned
+    /// below it (`oldest`: the lowest pinned txid).
+    fn publishable(&mut self, sh: &Shared, oldest: Option<u64>) -> u64 {
+        let durable = self.durable(sh);
         #[cfg(feature = "test-hooks")]
         if recovery::sabotage::active(recovery::sabotage::APPLY_UNDER_OLDER_READER) {
             return durable; // broken on purpose (tests only): readers' bytes change under them
@@ -580,7 +643,8 @@ impl Writer {
                 .collect(),
         );
         sh.registry.wait_for(seq, 0);
-        self.publish_upto(sh, self.publishable(sh, None))?;
+        let limit = self.publishable(sh, None);
+        self.publish_upto(sh, limit)?;
         #[cfg(feature = "test-hooks")]
         let skipped = recovery::sabotage::active(recovery::sabotage::IN_PLACE_BEFORE_FLUSH);
         #[cfg(not(feature = "test-hooks"))]
@@ -615,6 +679,19 @@ impl Writer {
                 .map_err(|e| sh.fail("msync log", a, e))?;
             self.durable_txid = self.next_txid.saturating_sub(1);
         }
+        if let Some(a) = sh.group.take_undurable() {
+            // Frames waiting for a shared barrier (section 12): barrier them here (a waiter's
+            // barrier may be in flight over some of them: the bytes are the same).
+            let b = sh.geo.log_offset + self.log_tail;
+            if let Err(e) = self.storage.barrier(a, b - a) {
+                let e = sh.fail("msync log", a, e);
+                sh.group.fail(&e.to_string());
+                return Err(e);
+            }
+            let upto = self.next_txid.saturating_sub(1);
+            sh.group.made_durable(sh, upto);
+            self.durable_txid = upto;
+        }
         let limit = self.publishable(sh, sh.registry.oldest_pin());
         self.publish_upto(sh, limit)
     }
@@ -626,7 +703,8 @@ impl Writer {
             // The log is about to be emptied, so the file must hold every frame: wait for the
             // readers pinned below the last one (the one wait for readers a full log causes).
             sh.registry.wait_for(0, last);
-            self.publish_upto(sh, self.publishable(sh, None))?;
+            let limit = self.publishable(sh, None);
+            self.publish_upto(sh, limit)?;
         }
         phase!(CHECKPOINT);
         let (sb, slot) =
@@ -654,6 +732,8 @@ impl Writer {
             // is held, so no commit changes them while we read.
             buf.copy_from_slice(unsafe { sh.map.slice(off, buf.len()) })
         })?;
+        let mut io = self.storage.counters;
+        io.range_barriers += sh.group.barriers();
         let (filesystem, volatile_storage) =
             sys::filesystem(&*sh.file).map_err(|e| Error::io("fstatfs", 0, e))?;
         Ok(Stats {
@@ -671,7 +751,7 @@ impl Writer {
             next_txid: self.next_txid,
             commits: self.commits,
             checkpoints: self.checkpoints,
-            io: self.storage.counters,
+            io,
             filesystem,
             volatile_storage,
             salvaged: sh.salvaged,

@@ -51,6 +51,9 @@ pub mod sabotage {
     /// txheap writes a committed frame's ranges into the file while a reader pinned at an older
     /// state may be reading them there (readers' views change under them).
     pub const APPLY_UNDER_OLDER_READER: u32 = 512;
+    /// Group commit acknowledges a transaction without waiting for the shared barrier that
+    /// makes its frame durable (a power cut can then lose an acknowledged transaction).
+    pub const ACK_BEFORE_GROUP_BARRIER: u32 = 1024;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);
@@ -141,8 +144,11 @@ pub mod phase {
     pub const FLUSH: u32 = 13;
     /// Checkpoint: heap barrier and superblock switch.
     pub const CHECKPOINT: u32 = 14;
+    /// Group commit: inside the shared log barrier, outside the writer lock (other threads
+    /// may be in any other phase meanwhile).
+    pub const GROUP_BARRIER: u32 = 15;
     /// Number of phases.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     const NAMES: [&str; COUNT] = [
         "idle (between transactions)",
@@ -160,6 +166,7 @@ pub mod phase {
         "apply (after the log barrier)",
         "flush (None)",
         "checkpoint",
+        "group commit: shared log barrier",
     ];
 
     /// The phase's name ("?" for an unknown number).

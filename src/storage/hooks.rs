@@ -7,7 +7,7 @@
 
 use std::io;
 #[cfg(feature = "test-hooks")]
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What a barrier made durable (the range is read only when recording).
 #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
@@ -89,12 +89,26 @@ pub enum TraceEvent {
 #[cfg(feature = "test-hooks")]
 pub type Trace = Arc<std::sync::Mutex<Vec<TraceEvent>>>;
 
-/// The hooks of one `FileStorage`: a fault plan and an optional trace.
+/// The hooks of one `FileStorage`, shared with its log syncer (clones share one state): a
+/// fault plan and an optional trace.
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Hooks(Arc<Mutex<HookState>>);
+
 #[cfg(feature = "test-hooks")]
 #[derive(Debug, Default)]
-pub(crate) struct Hooks {
-    pub faults: FaultPlan,
-    pub trace: Option<Trace>,
+struct HookState {
+    faults: FaultPlan,
+    trace: Option<Trace>,
+}
+
+#[cfg(feature = "test-hooks")]
+impl HookState {
+    fn record(&self, event: impl FnOnce() -> TraceEvent) {
+        if let Some(t) = &self.trace {
+            t.lock().unwrap_or_else(|e| e.into_inner()).push(event());
+        }
+    }
 }
 
 #[cfg(feature = "test-hooks")]
@@ -103,29 +117,41 @@ impl Hooks {
         Hooks::default()
     }
 
-    fn record(&self, event: impl FnOnce() -> TraceEvent) {
-        if let Some(t) = &self.trace {
-            t.lock().unwrap_or_else(|e| e.into_inner()).push(event());
-        }
+    fn state(&self) -> MutexGuard<'_, HookState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replace the fault plan.
+    pub(crate) fn set_faults(&self, plan: FaultPlan) {
+        self.state().faults = plan;
+    }
+
+    /// Record every operation into `trace` from now on (or stop, with `None`).
+    pub(crate) fn set_trace(&self, trace: Option<Trace>) {
+        self.state().trace = trace;
     }
 
     /// A `pwrite` of `bytes` at `offset` done by `op`: may fail (EIO), or be cut short (half the
     /// bytes, then ENOSPC), as the plan says; a write that happened is recorded.
+    ///
+    /// The state stays locked across the operation: a barrier of the log syncer on another
+    /// thread then happens wholly before or after it, so the trace is the order the disk saw.
     pub(crate) fn write(
-        &mut self,
+        &self,
         offset: u64,
         bytes: &[u8],
         op: impl FnOnce(&[u8]) -> io::Result<()>,
     ) -> io::Result<()> {
-        trip(&mut self.faults.fail_write_after)?;
-        let short = trip(&mut self.faults.short_write_after).is_err();
+        let mut st = self.state();
+        trip(&mut st.faults.fail_write_after)?;
+        let short = trip(&mut st.faults.short_write_after).is_err();
         let part = if short {
             &bytes[..bytes.len() / 2]
         } else {
             bytes
         };
         op(part)?;
-        self.record(|| TraceEvent::Write {
+        st.record(|| TraceEvent::Write {
             offset,
             bytes: part.to_vec(),
         });
@@ -136,11 +162,19 @@ impl Hooks {
     }
 
     /// A barrier done by `op`: may fail (EIO) as the plan says; what it made durable is recorded
-    /// (a range barrier covers whole pages).
-    pub(crate) fn barrier(&mut self, op: impl FnOnce() -> io::Result<Synced>) -> io::Result<()> {
-        trip(&mut self.faults.fail_barrier_after)?;
+    /// (a range barrier covers whole pages). While recording, the state stays locked across the
+    /// barrier (writes on another thread wait for it: the recorded order is then exact; a
+    /// write that overlaps an `msync` in a real run is covered by it or not, and either is an
+    /// order the trace can show); otherwise it is not held across the system call.
+    pub(crate) fn barrier(&self, op: impl FnOnce() -> io::Result<Synced>) -> io::Result<()> {
+        let mut st = self.state();
+        trip(&mut st.faults.fail_barrier_after)?;
+        if st.trace.is_none() {
+            drop(st);
+            return op().map(|_| ());
+        }
         let synced = op()?;
-        self.record(|| match synced {
+        st.record(|| match synced {
             Synced::Range(offset, len) => {
                 let page = crate::sys::PAGE as u64;
                 let start = offset / page * page;
@@ -155,13 +189,10 @@ impl Hooks {
     }
 
     /// Growth of the file to `len` done by `op` (which says whether it grew); recorded.
-    pub(crate) fn grow(
-        &mut self,
-        len: u64,
-        op: impl FnOnce() -> io::Result<bool>,
-    ) -> io::Result<()> {
+    pub(crate) fn grow(&self, len: u64, op: impl FnOnce() -> io::Result<bool>) -> io::Result<()> {
+        let st = self.state();
         if op()? {
-            self.record(|| TraceEvent::Grow { len });
+            st.record(|| TraceEvent::Grow { len });
         }
         Ok(())
     }
@@ -169,7 +200,7 @@ impl Hooks {
 
 /// Without the `test-hooks` feature: no state, and each hook only runs the operation.
 #[cfg(not(feature = "test-hooks"))]
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Hooks;
 
 #[cfg(not(feature = "test-hooks"))]
@@ -180,7 +211,7 @@ impl Hooks {
 
     #[inline(always)]
     pub(crate) fn write(
-        &mut self,
+        &self,
         _offset: u64,
         bytes: &[u8],
         op: impl FnOnce(&[u8]) -> io::Result<()>,
@@ -189,16 +220,12 @@ impl Hooks {
     }
 
     #[inline(always)]
-    pub(crate) fn barrier(&mut self, op: impl FnOnce() -> io::Result<Synced>) -> io::Result<()> {
+    pub(crate) fn barrier(&self, op: impl FnOnce() -> io::Result<Synced>) -> io::Result<()> {
         op().map(|_| ())
     }
 
     #[inline(always)]
-    pub(crate) fn grow(
-        &mut self,
-        _len: u64,
-        op: impl FnOnce() -> io::Result<bool>,
-    ) -> io::Result<()> {
+    pub(crate) fn grow(&self, _len: u64, op: impl FnOnce() -> io::Result<bool>) -> io::Result<()> {
         op().map(|_| ())
     }
 }

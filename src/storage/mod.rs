@@ -50,7 +50,7 @@ pub struct IoCounters {
 #[derive(Debug)]
 pub(crate) struct FileStorage {
     file: Arc<File>,
-    window: Option<SyncWindow>,
+    window: Option<Arc<SyncWindow>>,
     pub(crate) counters: IoCounters,
     /// Injected faults and recording (feature `test-hooks`; zero-sized otherwise).
     pub(crate) hooks: Hooks,
@@ -64,7 +64,7 @@ impl FileStorage {
     /// the next store's write fault made commits about 10% slower than a `pwrite`).
     pub(crate) fn new(file: Arc<File>, window_len: u64, store: bool) -> io::Result<FileStorage> {
         let window = if window_len > 0 {
-            Some(SyncWindow::new(&*file, window_len, store)?)
+            Some(Arc::new(SyncWindow::new(&*file, window_len, store)?))
         } else {
             None
         };
@@ -73,6 +73,35 @@ impl FileStorage {
             window,
             counters: IoCounters::default(),
             hooks: Hooks::new(),
+        })
+    }
+
+    /// A handle that makes ranges of the log durable from any thread, without the writer lock
+    /// (group commit's shared barrier), with the same hooks; `None` without a window.
+    pub(crate) fn log_syncer(&self) -> Option<LogSyncer> {
+        Some(LogSyncer {
+            window: self.window.clone()?,
+            hooks: self.hooks.clone(),
+        })
+    }
+}
+
+/// Range barriers of the log window, for a thread that does not hold the writer lock (the
+/// leader of a group commit). It only makes durable what the writer already stored: it never
+/// writes the file.
+#[derive(Debug, Clone)]
+pub(crate) struct LogSyncer {
+    window: Arc<SyncWindow>,
+    hooks: Hooks,
+}
+
+impl LogSyncer {
+    /// `msync` the pages covering `[offset, offset+len)` of the log window.
+    pub(crate) fn barrier(&self, offset: u64, len: u64) -> io::Result<()> {
+        let w = &self.window;
+        self.hooks.barrier(|| {
+            w.sync(offset, len)?;
+            Ok(Synced::Range(offset, len))
         })
     }
 }
@@ -87,11 +116,11 @@ impl Storage for FileStorage {
     }
 
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        let (file, window, counters) = (&self.file, &mut self.window, &mut self.counters);
+        let (file, window, counters) = (&self.file, &self.window, &mut self.counters);
         self.hooks.write(offset, bytes, |b| {
             counters.bytes_written += b.len() as u64;
             // Log frames and superblocks: a store into the shared window, no system call.
-            if window.as_mut().is_some_and(|w| w.write(offset, b)) {
+            if window.as_ref().is_some_and(|w| w.write(offset, b)) {
                 return Ok(());
             }
             counters.writes += 1;
