@@ -203,9 +203,8 @@ impl Heap {
             return Err(Error::ReadOnly.into());
         }
         self.refuse_reentry()?;
-        let queued = self.shared.group.queue();
+        let active = self.shared.group.enter();
         let mut w = self.lock_writer()?;
-        drop(queued);
         self.writer_thread.store(thread_token(), Ordering::Release);
         struct Owner<'a>(&'a AtomicUsize);
         impl Drop for Owner<'_> {
@@ -219,6 +218,7 @@ impl Heap {
         let mut tx = Tx::new(&self.shared, &mut w);
         let value = f(&mut tx)?; // on Err or panic, dropping `tx` rolls back
         let wait = tx.commit()?;
+        drop(active);
         drop(owner);
         drop(w);
         if let Some(txid) = wait {

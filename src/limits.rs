@@ -22,6 +22,12 @@ pub(crate) const FILE_SIZE_MAX: u64 = 1 << 56;
 /// Under `Durability::None`, flush private pages to the file once this many are held.
 pub(crate) const PENDING_PAGES_MAX: usize = 16384;
 
+/// Group commit: the file gets durable frames once this many are held back (merged, newest
+/// winning: a range that every commit rewrites, such as the root, is written once per batch).
+/// Writing them at every commit cost three `pwrite`s per commit on the writer lock, which
+/// every other committer waits for.
+pub(crate) const PUBLISH_BATCH: usize = 32;
+
 /// Growth step: the heap grows by at least this many chunks (2 MiB), or
 /// 1/[`GROW_FRACTION`] of its size up to [`GROW_CHUNKS_MAX`].
 pub(crate) const GROW_CHUNKS_MIN: u64 = 8;

@@ -251,7 +251,11 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         (log.next_txid.saturating_sub(1), header),
     );
     if !read_only && options.durability == Durability::Full {
-        shared.group = Group::new(writer.storage.log_syncer(), log.next_txid.saturating_sub(1));
+        shared.group = Group::new(
+            writer.storage.log_syncer(),
+            log.next_txid.saturating_sub(1),
+            shared.registry.clone(),
+        );
     }
     shared.salvaged = log.salvaged;
     shared.in_place_min = options.in_place_min;

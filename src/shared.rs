@@ -34,7 +34,7 @@ pub(crate) struct Shared {
     pub read_only: bool,
     pub durability: Durability,
     /// The current snapshot and the readers' pins.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// Group commit's shared barrier (never shares without a log syncer: read-only, `None`).
     pub group: Group,
     poison: Mutex<Option<String>>,
@@ -56,6 +56,7 @@ impl Shared {
         durability: Durability,
         (txid, header): (u64, HeapHeader),
     ) -> Shared {
+        let registry = Arc::new(Registry::new(txid, header));
         Shared {
             path,
             file,
@@ -64,8 +65,8 @@ impl Shared {
             geo,
             read_only,
             durability,
-            registry: Registry::new(txid, header),
-            group: Group::new(None, txid),
+            registry: registry.clone(),
+            group: Group::new(None, txid, registry),
             poison: Mutex::new(None),
             salvaged: None,
             superblock_damage: None,

@@ -22,7 +22,7 @@ use txheap_recovery::{self as recovery, Slot, Storage, Superblock, PAGE_SIZE};
 
 use crate::alloc::{Allocator, HeapHeader, Keyed};
 use crate::error::{Error, Result};
-use crate::limits::{CHUNK_SIZE, PENDING_PAGES_MAX};
+use crate::limits::{CHUNK_SIZE, PENDING_PAGES_MAX, PUBLISH_BATCH};
 use crate::options::{Durability, Stats};
 use crate::shared::Shared;
 use crate::snapshot::{copy_pieces, decode_frame, newest_wins, Frame, Piece, Src};
@@ -451,6 +451,9 @@ impl Writer {
             .appended(txid, (at, at + len as u64), plan.header, frame.clone());
         self.unpublished.push_back((txid, frame));
         self.write_private_frame(sh, plan)?;
+        if self.unpublished.len() < PUBLISH_BATCH {
+            return Ok(()); // readers see them through their overlay meanwhile
+        }
         let oldest = sh.registry.oldest_pin();
         let limit = self.publishable(sh, oldest);
         self.publish_upto(sh, limit)
@@ -689,7 +692,7 @@ impl Writer {
                 return Err(e);
             }
             let upto = self.next_txid.saturating_sub(1);
-            sh.group.made_durable(sh, upto);
+            sh.group.made_durable(upto);
             self.durable_txid = upto;
         }
         let limit = self.publishable(sh, sh.registry.oldest_pin());

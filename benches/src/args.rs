@@ -49,6 +49,8 @@ pub enum Workload {
     RStart,
     /// Reads per second of 4 reader threads (and of 1) while a writer commits.
     RScale,
+    /// Durable small transactions committed by several threads at once.
+    W6,
 }
 
 /// How a workload's figure is read.
@@ -66,7 +68,7 @@ pub enum Metric {
 
 impl Workload {
     /// Every workload, in the order they run.
-    pub const ALL: [Workload; 15] = [
+    pub const ALL: [Workload; 16] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -82,6 +84,7 @@ impl Workload {
         Workload::RCommit,
         Workload::RStart,
         Workload::RScale,
+        Workload::W6,
     ];
 
     /// Short name, used on the command line and in `RESULT` lines.
@@ -102,6 +105,7 @@ impl Workload {
             Workload::RCommit => "R-commit",
             Workload::RStart => "R-start",
             Workload::RScale => "R-scale",
+            Workload::W6 => "W6",
         }
     }
 
@@ -155,6 +159,9 @@ impl Workload {
             Workload::RStart => {
                 "N reads (begin, read one word, end), each timed, while another thread commits durable transactions back to back; the figure compared is p99.9 of a read's time"
             }
+            Workload::W6 => {
+                "durable commits from several threads at once (W1's transaction, each thread its own list): txheap with 1, 2, 4, 8 (the subject) and 16 threads on one heap; SQLite WAL FULL with 8 threads, a connection each"
+            }
             Workload::RScale => {
                 "read closures summing 64 random entries of an 8 MiB array, for 2 s, by 4 reader threads (txheap) or 1 (txheap-1-reader), while another thread commits durable transactions"
             }
@@ -174,7 +181,8 @@ impl Workload {
             | Workload::W4PutNone
             | Workload::RCommit
             | Workload::RStart
-            | Workload::RScale => Metric::Rate,
+            | Workload::RScale
+            | Workload::W6 => Metric::Rate,
             Workload::W4Space => Metric::BytesPerByte,
             Workload::W5Open => Metric::Time,
             Workload::W5Replay => Metric::ByteRate,
@@ -194,7 +202,7 @@ impl Workload {
             Workload::W4Get => "lookups/s",
             Workload::W4Scan | Workload::W4Space => "entries/s",
             Workload::W4PutFull | Workload::W4PutNone => "tx/s",
-            Workload::RCommit => "tx/s",
+            Workload::RCommit | Workload::W6 => "tx/s",
             Workload::RStart | Workload::RScale => "reads/s",
         }
     }

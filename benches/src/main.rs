@@ -34,6 +34,7 @@ mod space;
 mod sys;
 mod w4;
 mod w5;
+mod w6;
 mod w7;
 
 use std::path::{Path, PathBuf};

@@ -643,6 +643,14 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
                     x / p,
                 )
             }
+            Target::BarriersPerCommitAtMost(x) => {
+                let s = row_of(rows, g.workload, g.subject).expect("found above");
+                let b = s.med(|s| s.barriers).unwrap_or(f64::NAN);
+                (
+                    format!("{}: {x:.2} ÷ barriers per commit", g.workload.name()),
+                    x / b,
+                )
+            }
             Target::RatioAtLeast(_) => continue,
         };
         bars.push(Bar {
@@ -738,6 +746,14 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
                     format!("p99.9 of a new reader's read ≤ {} µs", fmt_num(x)),
                     format!("{} µs", fmt_num(p)),
                     p <= x,
+                )
+            }
+            (Target::BarriersPerCommitAtMost(x), _) => {
+                let b = subject.med(|s| s.barriers).unwrap_or(f64::NAN);
+                (
+                    format!("{}: barriers per commit ≤ {x:.2}", g.subject),
+                    format!("{b:.3}"),
+                    b <= x,
                 )
             }
             (

@@ -8,7 +8,7 @@ use crate::args::ChildArgs;
 pub use crate::args::{Metric, Workload};
 use crate::engines::{limits, lmdb, pmdk, redb_engine, sqlite, txheap_engine, txheap_maps, Opener};
 use crate::sample::Sample;
-use crate::{readers, space, w4, w5, BoxResult};
+use crate::{readers, space, w4, w5, w6, BoxResult};
 
 /// What a case is in its workload's comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +109,7 @@ use Role::{Limit, Peer, Subject};
 use Run::{Commits, Custom, OneTx};
 use Workload::{
     RCommit, RScale, RStart, Space, W4Get, W4Load, W4PutFull, W4PutNone, W4Scan, W4Space, W5Open,
-    W5Replay, W1, W2, W3,
+    W5Replay, W1, W2, W3, W6,
 };
 
 /// Every case, in the order each round runs them (A B C ... A B C ...).
@@ -498,6 +498,13 @@ pub static CASES: &[Case] = &[
     case(RScale, "txheap", Subject, "4 reader threads; a writer commits (Full) meanwhile", Custom(readers::measure_scale)),
     case(RScale, "txheap-2-readers", Peer, "2 reader threads; a writer commits (Full) meanwhile", Custom(readers::measure_scale)),
     case(RScale, "txheap-1-reader", Peer, "1 reader thread; a writer commits (Full) meanwhile", Custom(readers::measure_scale)),
+    // W6: durable commits from many threads (issue 16: group commit).
+    case(W6, "txheap", Subject, "8 threads, one heap, Durability::Full", Custom(w6::measure)),
+    case(W6, "txheap-1-thread", Peer, "1 thread, Durability::Full", Custom(w6::measure)),
+    case(W6, "txheap-2-threads", Peer, "2 threads, Durability::Full", Custom(w6::measure)),
+    case(W6, "txheap-4-threads", Peer, "4 threads, Durability::Full", Custom(w6::measure)),
+    case(W6, "txheap-16-threads", Peer, "16 threads, Durability::Full", Custom(w6::measure)),
+    case(W6, "sqlite", Peer, "8 threads, a connection each; WAL, synchronous=FULL, BEGIN IMMEDIATE", Custom(w6::measure)),
     // W5: open and recovery.
     Case {
         setup: Some(Setup {
@@ -622,6 +629,7 @@ impl Counts {
             (RCommit, _) => self.w1,
             (RStart, _) => self.w2,
             (RScale, _) => 1,
+            (W6, _) => 4 * self.w1,
         };
         if case.capped {
             n.min(self.capped)
@@ -660,6 +668,8 @@ pub enum Target {
     PeakMemoryNotAbove,
     /// The row's figure (lower is better: bytes per byte) is at most the other row's.
     NotAbove,
+    /// The row's median barriers per commit (its own I/O counters) is at most this.
+    BarriersPerCommitAtMost(f64),
 }
 
 /// A goal of the issue (measured against, not tuned to).
@@ -787,6 +797,19 @@ pub static GOALS: &[Goal] = &[
         target: Target::P999AtMostUs(50.0),
     },
     ratio(RScale, "txheap-1-reader", 1.8),
+    // Group commit (issue 16).
+    ratio(W6, "txheap-1-thread", 4.0),
+    Goal {
+        subject: "txheap-16-threads",
+        ..ratio(W6, "txheap-1-thread", 6.0)
+    },
+    ratio(W6, "sqlite", 3.0),
+    Goal {
+        workload: W6,
+        subject: "txheap",
+        versus: None,
+        target: Target::BarriersPerCommitAtMost(0.25),
+    },
 ];
 
 /// The ratio goal of `workload` against `versus`, if any.

@@ -36,6 +36,8 @@ pub struct Sample {
     pub file_alloc: Option<u64>,
     /// The child's peak resident memory (`VmHWM` of `/proc/self/status`) in bytes, at its end.
     pub hwm: Option<u64>,
+    /// Barriers per commit (msync and fdatasync calls ÷ commits), when reported (W6).
+    pub barriers: Option<f64>,
 }
 
 impl Sample {
@@ -73,6 +75,7 @@ impl Sample {
             file_len: None,
             file_alloc: None,
             hwm: None,
+            barriers: None,
         }
     }
 
@@ -105,6 +108,7 @@ impl Sample {
             file_len: None,
             file_alloc: None,
             hwm: None,
+            barriers: None,
         };
         let opt = |v: &str| -> Option<Option<f64>> {
             if v == "-" {
@@ -129,6 +133,7 @@ impl Sample {
                 "file_len" => s.file_len = Some(v.parse().ok()?),
                 "file_alloc" => s.file_alloc = Some(v.parse().ok()?),
                 "hwm" => s.hwm = Some(v.parse().ok()?),
+                "barriers" => s.barriers = Some(v.parse().ok()?),
                 _ => return None,
             }
         }
@@ -166,9 +171,12 @@ impl fmt::Display for Sample {
             if let Some(v) = v {
                 write!(f, " {k}={v}")?;
             }
-            if let Some(x) = self.p999_us {
-                write!(f, " p999_us={x:.3}")?;
-            }
+        }
+        if let Some(x) = self.p999_us {
+            write!(f, " p999_us={x:.3}")?;
+        }
+        if let Some(x) = self.barriers {
+            write!(f, " barriers={x:.4}")?;
         }
         Ok(())
     }
