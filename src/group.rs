@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::shared::Shared;
 use crate::snapshot::{Frame, Registry};
 use crate::storage::LogSyncer;
-use txheap_recovery::phase;
+use txheap_recovery::{failpoint, phase};
 
 /// The shared barrier of one heap handle.
 #[derive(Debug)]
@@ -129,6 +129,7 @@ impl Inner {
                     drop(g);
                     phase!(GROUP_BARRIER);
                     let r = syncer.barrier(a, b - a);
+                    failpoint!("group.after_barrier");
                     g = self.lock();
                     g.flushing = false;
                     match r {

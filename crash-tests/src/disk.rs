@@ -194,7 +194,9 @@ impl Disk {
                 }
             }
             TraceEvent::Grow { len } => self.ensure_len(*len),
-            TraceEvent::Mark(n) => self.acked = *n,
+            // Threads acknowledge in any order (several committing threads): the highest
+            // counter acknowledged so far is the floor.
+            TraceEvent::Mark(n) => self.acked = self.acked.max(*n),
         }
     }
 

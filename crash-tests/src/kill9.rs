@@ -17,6 +17,12 @@
 //! - at a named failpoint (`TXHEAP_FAILPOINT=name:n`: the child aborts there, which leaves the
 //!   file exactly as SIGKILL would).
 //!
+//! With `Config::threads` above 1 the child commits from that many threads at once (under
+//! `Full` they share barriers: group commit), each acknowledgement printed with its thread;
+//! the workload's counter then orders the commits, so after a kill the file must hold at least
+//! the highest acknowledged counter and at most one more per thread (each thread has at most
+//! one transaction in flight).
+//!
 //! The crashed file is left for the next child, whose open recovers it: kills land inside
 //! recovery of real frames, and a recovery killed half-way is recovered again by the next child
 //! (itself possibly killed). The parent checks a copy. Both durabilities run, alternating, on
@@ -38,7 +44,7 @@
 //!     c
 //! };
 //! let dir = tempfile::tempdir().unwrap();
-//! let cfg = Config { kills: 1_000, seed: 1, progress_lines: 10 };
+//! let cfg = Config { kills: 1_000, seed: 1, progress_lines: 10, threads: 1 };
 //! let report = run(dir.path(), &cfg, &child).unwrap();
 //! print!("{}", report.table());
 //! assert!(report.in_recovery() <= report.kills);
@@ -108,16 +114,25 @@ const AIMED: [u32; 12] = [
     phase::FLUSH,
 ];
 
+/// The flusher's failpoint, armed only when the child commits from several threads.
+///
+/// ```
+/// assert_eq!(crash_tests::kill9::GROUP_FAILPOINT.0, "group.after_barrier");
+/// ```
+pub const GROUP_FAILPOINT: (&str, u32) = ("group.after_barrier", phase::GROUP_BARRIER);
+
 /// The phase file's value before the child has written one.
 const NOT_STARTED: u32 = u32::MAX;
 
 const ENV_CHILD: &str = "TXHEAP_KILL9_CHILD";
 const ENV_CHILD_SEED: &str = "TXHEAP_KILL9_CHILD_SEED";
 const ENV_CHILD_DURABILITY: &str = "TXHEAP_KILL9_CHILD_DURABILITY";
+const ENV_CHILD_THREADS: &str = "TXHEAP_KILL9_CHILD_THREADS";
 
 /// The child's side: if the environment names a heap (the parent set it), open it (recovering),
-/// then commit forever, printing `ACK n` after each commit that returned `Ok`. Returns
-/// immediately when the variables are absent. `crash-tests child` calls it.
+/// then commit forever, from one thread or several, printing `ACK n t` (the workload's counter
+/// and the thread) after each commit that returned `Ok`. Returns immediately when the
+/// variables are absent. `crash-tests child` calls it.
 ///
 /// ```
 /// // Not started as a campaign's child (the variable is unset): returns at once.
@@ -136,23 +151,39 @@ pub fn child_main() {
         Ok("none") => Durability::None,
         _ => Durability::Full,
     };
-    let mut out = std::io::stdout().lock();
+    let threads: u64 = std::env::var(ENV_CHILD_THREADS)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let heap = Heap::open_or_create(&path, options(durability))
         .unwrap_or_else(|e| panic!("kill9 child: open failed: {e}"));
-    writeln!(out, "OPENED").expect("stdout");
-    out.flush().expect("stdout");
-    let mut rng = Rng::seeded(seed);
-    loop {
-        let abort = rng.below(10) == 0;
-        match step(&heap, WORKLOAD_SEED, abort) {
-            Ok(n) => {
-                writeln!(out, "ACK {n}").expect("stdout");
-                out.flush().expect("stdout");
-            }
-            Err(Error::NoRoot) if abort => {}
-            Err(e) => panic!("kill9 child: transaction failed: {e}"),
-        }
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "OPENED").expect("stdout");
+        out.flush().expect("stdout");
     }
+    let commit_forever = |t: u64| -> ! {
+        let mut rng = Rng::seeded(seed ^ t.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        loop {
+            let abort = rng.below(10) == 0;
+            match step(&heap, WORKLOAD_SEED, abort) {
+                Ok(n) => {
+                    // One line per write, under stdout's lock: lines of threads never mix.
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "ACK {n} {t}").expect("stdout");
+                    out.flush().expect("stdout");
+                }
+                Err(Error::NoRoot) if abort => {}
+                Err(e) => panic!("kill9 child: transaction failed: {e}"),
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        for t in 1..threads {
+            s.spawn(move || commit_forever(t));
+        }
+        commit_forever(0)
+    })
 }
 
 /// What a campaign saw.
@@ -283,9 +314,9 @@ impl Report {
 /// How to run a campaign.
 ///
 /// ```
-/// let cfg = crash_tests::kill9::Config { kills: 1_000, seed: 7, progress_lines: 10 };
+/// let cfg = crash_tests::kill9::Config { kills: 1_000, seed: 7, progress_lines: 10, threads: 4 };
 /// let again = cfg.clone();
-/// assert_eq!((again.kills, again.seed, again.progress_lines), (1_000, 7, 10));
+/// assert_eq!((again.kills, again.seed, again.threads), (1_000, 7, 4));
 /// ```
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -295,6 +326,8 @@ pub struct Config {
     pub seed: u64,
     /// Print a progress line this many times (0: never).
     pub progress_lines: u64,
+    /// Threads committing in the child (1: one; more: group commit under `Full`).
+    pub threads: u64,
 }
 
 fn read_phase(f: &std::fs::File) -> u32 {
@@ -313,7 +346,7 @@ fn read_phase(f: &std::fs::File) -> u32 {
 /// ```no_run
 /// use crash_tests::kill9::{run, Config};
 /// let dir = tempfile::tempdir().unwrap();
-/// let cfg = Config { kills: 100, seed: 42, progress_lines: 0 };
+/// let cfg = Config { kills: 100, seed: 42, progress_lines: 0, threads: 1 };
 /// let child = || {
 ///     let mut c = std::process::Command::new("target/release/crash-tests");
 ///     c.arg("child");
@@ -414,6 +447,7 @@ impl Campaign<'_> {
         cmd.env(ENV_CHILD, &path)
             .env(ENV_CHILD_SEED, self.rng.next_u64().to_string())
             .env(ENV_CHILD_DURABILITY, name)
+            .env(ENV_CHILD_THREADS, self.cfg.threads.to_string())
             .env("TXHEAP_PHASE_FILE", &self.phase_path)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -456,23 +490,41 @@ impl Campaign<'_> {
     fn plan(&mut self, cmd: &mut Command) -> Plan {
         let rng = &mut self.rng;
         let how = rng.below(100);
+        let threads = self.cfg.threads;
         let failpoint = (how < 30).then(|| {
-            let (fp, _) = FAILPOINTS[rng.below(FAILPOINTS.len() as u64) as usize];
+            // With several threads, the flusher's failpoint too (after its barrier returned,
+            // before any of its commits is acknowledged).
+            let n = FAILPOINTS.len() + usize::from(threads > 1);
+            let (fp, _) = FAILPOINTS
+                .get(rng.below(n as u64) as usize)
+                .copied()
+                .unwrap_or(GROUP_FAILPOINT);
             // Commit points are passed every transaction; the others only now and then (a
             // growth or a checkpoint every few dozen transactions, recovery once per open).
             let count = 1 + match fp {
-                "commit.after_log_write" | "commit.after_log_barrier" | "commit.mid_apply" => {
-                    rng.below(40)
-                }
+                "commit.after_log_write"
+                | "commit.after_log_barrier"
+                | "commit.mid_apply"
+                | "group.after_barrier" => rng.below(40),
                 "checkpoint.after_heap_barrier" | "checkpoint.after_superblock" => rng.below(3),
                 _ => 0,
             };
             cmd.env("TXHEAP_FAILPOINT", format!("{fp}:{count}"));
             fp
         });
-        let aim = (30..55)
-            .contains(&how)
-            .then(|| AIMED[rng.below(AIMED.len() as u64) as usize]);
+        // With several threads under `Full`, the shared barrier is a phase of its own.
+        let extra: &[u32] = if threads > 1 {
+            &[phase::GROUP_BARRIER]
+        } else {
+            &[]
+        };
+        let aim = (30..55).contains(&how).then(|| {
+            let i = rng.below((AIMED.len() + extra.len()) as u64) as usize;
+            AIMED
+                .get(i)
+                .copied()
+                .unwrap_or_else(|| extra[i - AIMED.len()])
+        });
         Plan {
             how,
             failpoint,
@@ -592,11 +644,16 @@ impl Campaign<'_> {
         if let Some((t, _)) = death.lines.iter().find(|(_, l)| l == "OPENED") {
             *open_time = (*open_time * 3 + (*t - death.spawned)) / 4;
         }
-        let mut last_ack = None;
+        // The highest counter acknowledged, by any thread (threads print in any order).
+        let mut last_ack: Option<u64> = None;
         for (_, l) in &death.lines {
-            if let Some(n) = l.strip_prefix("ACK ") {
-                let n: u64 = n.parse().map_err(|_| format!("bad child line {l:?}"))?;
-                last_ack = Some(n);
+            if let Some(rest) = l.strip_prefix("ACK ") {
+                let n: u64 = rest
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| format!("bad child line {l:?}"))?;
+                last_ack = Some(last_ack.map_or(n, |m| m.max(n)));
             }
         }
         Ok(last_ack)
@@ -643,8 +700,8 @@ impl Campaign<'_> {
     }
 
     /// Check a copy of the file the child left against the workload (every acknowledged
-    /// transaction there, at most the in-flight one more); leave the file itself for the next
-    /// child to recover.
+    /// transaction there, at most the in-flight ones more: one per thread); leave the file
+    /// itself for the next child to recover.
     fn check_copy(
         &mut self,
         kill: &Kill,
@@ -660,12 +717,13 @@ impl Campaign<'_> {
         // Acknowledged transactions from earlier runs count too: the counter never goes back.
         let acks_so_far = &mut self.acks_so_far[kill.k];
         let floor = last_ack.unwrap_or(0).max(*acks_so_far);
-        if counter < floor || counter > floor + 1 {
+        let threads = self.cfg.threads.max(1);
+        if counter < floor || counter > floor + threads {
             return Err(format!(
-                "{at}: counter {counter}, last acknowledged {floor}"
+                "{at}: counter {counter}, last acknowledged {floor} ({threads} threads)"
             ));
         }
-        if counter == floor + 1 {
+        if counter > floor {
             self.rep.in_flight_committed += 1;
         }
         self.rep.acked += counter - *acks_so_far;

@@ -22,11 +22,11 @@ use std::time::Instant;
 
 use crash_tests::ops::{check_ops, Op, OPS};
 use crash_tests::write_ahead::WriteAhead;
-use crash_tests::{kill9, record, simulate_windows, Totals};
+use crash_tests::{kill9, record_threads, simulate_windows, Totals};
 use txheap::Durability;
 
 fn usage(msg: &str) -> ! {
-    eprintln!("{msg}\nusage: crash-tests [--seeds A..B] [--samples N] [--txns T] [--durability full|none|both] [--jobs J] [--window-images W] [--stop-after-images N] [--media] [--exhaustive3]\n       crash-tests kill9 [--kills N] [--seed S]");
+    eprintln!("{msg}\nusage: crash-tests [--seeds A..B] [--samples N] [--txns T] [--durability full|none|both] [--jobs J] [--window-images W] [--stop-after-images N] [--threads T] [--media] [--exhaustive3]\n       crash-tests kill9 [--kills N] [--seed S] [--threads T]");
     std::process::exit(2)
 }
 
@@ -37,6 +37,7 @@ fn num<T: std::str::FromStr>(flag: &str, v: &str) -> T {
 
 fn kill9_main(args: &[String]) {
     let mut kills = 100_000u64;
+    let mut threads = 1u64;
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
@@ -46,17 +47,19 @@ fn kill9_main(args: &[String]) {
         match args[i].as_str() {
             "--kills" => kills = num("--kills", v),
             "--seed" => seed = num("--seed", v),
+            "--threads" => threads = num("--threads", v),
             other => usage(&format!("unknown argument {other}")),
         }
         i += 2;
     }
-    eprintln!("kill9: seed {seed}, {kills} kills (rerun: crash-tests kill9 --kills {kills} --seed {seed})");
+    eprintln!("kill9: seed {seed}, {kills} kills, {threads} committing threads (rerun: crash-tests kill9 --kills {kills} --seed {seed} --threads {threads})");
     let dir = tempfile::tempdir().expect("temporary directory");
     let exe = std::env::current_exe().expect("current_exe");
     let cfg = kill9::Config {
         kills,
         seed,
         progress_lines: 100,
+        threads,
     };
     let child = || {
         let mut c = std::process::Command::new(&exe);
@@ -105,6 +108,7 @@ struct Sim {
     jobs: usize,
     window_images: usize,
     stop_after: u64,
+    threads: u64,
 }
 
 impl Sim {
@@ -118,6 +122,7 @@ impl Sim {
             jobs: 2,
             window_images: 0,
             stop_after: u64::MAX,
+            threads: 1,
         };
         let mut i = 0;
         while i < args.len() {
@@ -140,6 +145,7 @@ impl Sim {
                 }
                 "--txns" => sim.txns = num("--txns", &v),
                 "--jobs" => sim.jobs = num("--jobs", &v),
+                "--threads" => sim.threads = num("--threads", &v),
                 "--window-images" => sim.window_images = num("--window-images", &v),
                 "--stop-after-images" => sim.stop_after = num("--stop-after-images", &v),
                 "--durability" => {
@@ -246,7 +252,7 @@ fn simulate_seeds(sim: &Sim, dir: &Path, start: Instant) {
 /// line.
 fn simulate_seed(sim: &Sim, dir: &Path, d: Durability, seed: u64) -> (Totals, WriteAhead, String) {
     let (txns, samples) = (sim.txns, sim.samples);
-    let rec = record(&dir.join("live.heap"), seed, d, txns);
+    let rec = record_threads(&dir.join("live.heap"), seed, d, txns, sim.threads);
     let wa = crash_tests::write_ahead::check(&rec.base, &rec.events);
     if let Some(v) = wa.violations.first() {
         println!(
@@ -265,7 +271,8 @@ fn simulate_seed(sim: &Sim, dir: &Path, d: Durability, seed: u64) -> (Totals, Wr
     );
     let (windows, exhausted, wmin, wmed) = t.window_summary();
     let line = format!(
-        "{d:?} seed {seed}: {} events, {} instants, {} images (+{} cut inside recovery), {windows} barrier windows ({exhausted} enumerated completely; sampled windows got at least {wmin} images; median {wmed}), in-flight landed {}, acked lost {}, media {}, violations {}; write-ahead check: {} heap writes, 0 violations",
+        "{d:?} seed {seed}{}: {} events, {} instants, {} images (+{} cut inside recovery), {windows} barrier windows ({exhausted} enumerated completely; sampled windows got at least {wmin} images; median {wmed}), in-flight landed {}, acked lost {}, media {}, violations {}; write-ahead check: {} heap writes, 0 violations",
+        if sim.threads > 1 { format!(" ({} threads)", sim.threads) } else { String::new() },
         rec.events.len(), t.instants, t.images, t.recovery_images, t.in_flight_landed, t.lost_acked, t.media_images, t.violations.len(), wa.writes
     );
     if let Some(v) = t.violations.first() {

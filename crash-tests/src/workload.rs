@@ -481,6 +481,8 @@ pub struct Recording {
     pub seed: u64,
     /// The durability the workload ran under.
     pub durability: Durability,
+    /// Threads that committed (each has at most one transaction in flight).
+    pub threads: u64,
 }
 
 /// Under `Durability::None`, [`record`] flushes after every this many transactions.
@@ -517,6 +519,41 @@ pub const CHECKPOINT_EVERY: u64 = 7;
 /// assert!(rec.events.iter().any(|e| matches!(e, TraceEvent::Write { .. })));
 /// ```
 pub fn record(path: &Path, seed: u64, durability: Durability, txns: u64) -> Recording {
+    record_threads(path, seed, durability, txns, 1)
+}
+
+/// [`record`] with `threads` threads committing at once (under `Full` they share barriers:
+/// group commit), until `txns` transactions are committed in all; each thread pushes
+/// `Mark(n)` after its own acknowledgement (so marks can arrive out of order: the disk model
+/// keeps the highest). With one thread the run is the same as [`record`]'s; with more it
+/// depends on the scheduling, so a seed alone does not reproduce it.
+///
+/// ```
+/// use txheap::{Durability, TraceEvent};
+/// let dir = tempfile::tempdir().unwrap();
+/// let rec = crash_tests::record_threads(&dir.path().join("live.heap"), 1, Durability::Full, 12, 3);
+/// let mut marks: Vec<u64> = rec
+///     .events
+///     .iter()
+///     .filter_map(|e| match e {
+///         TraceEvent::Mark(n) => Some(*n),
+///         _ => None,
+///     })
+///     .collect();
+/// marks.sort();
+/// assert_eq!(marks, (1..=12).collect::<Vec<_>>());
+/// assert_eq!(rec.threads, 3);
+/// ```
+pub fn record_threads(
+    path: &Path,
+    seed: u64,
+    durability: Durability,
+    txns: u64,
+    threads: u64,
+) -> Recording {
+    if threads > 1 {
+        return record_many(path, seed, durability, txns, threads);
+    }
     let _ = std::fs::remove_file(path);
     Heap::create(path, options(durability))
         .unwrap()
@@ -557,6 +594,67 @@ pub fn record(path: &Path, seed: u64, durability: Durability, txns: u64) -> Reco
         events,
         seed,
         durability,
+        threads: 1,
+    }
+}
+
+fn record_many(
+    path: &Path,
+    seed: u64,
+    durability: Durability,
+    txns: u64,
+    threads: u64,
+) -> Recording {
+    let _ = std::fs::remove_file(path);
+    Heap::create(path, options(durability))
+        .unwrap()
+        .close()
+        .unwrap();
+    let base = std::fs::read(path).unwrap();
+    let trace = Trace::default();
+    let heap = Heap::open(path, options(durability).record(trace.clone())).unwrap();
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    // Each thread takes a slot before a transaction and commits it (aborting now and then
+    // first), so that exactly `txns` commit.
+    let (slots, done) = (AtomicU64::new(0), AtomicU64::new(0));
+    let start = std::sync::Barrier::new(threads as usize);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (heap, trace, slots, done, start) = (&heap, &trace, &slots, &done, &start);
+            s.spawn(move || {
+                let mut rng = Rng::seeded(seed ^ (t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                start.wait();
+                while slots.fetch_add(1, SeqCst) < txns {
+                    loop {
+                        let abort = rng.below(8) == 0;
+                        match step(heap, seed, abort) {
+                            Ok(n) => {
+                                trace.lock().unwrap().push(TraceEvent::Mark(n));
+                                let d = done.fetch_add(1, SeqCst) + 1;
+                                if durability == Durability::None && d % FLUSH_EVERY == 0 {
+                                    heap.flush().unwrap();
+                                }
+                                if durability == Durability::Full && d % CHECKPOINT_EVERY == 0 {
+                                    heap.checkpoint().unwrap();
+                                }
+                                break;
+                            }
+                            Err(Error::NoRoot) if abort => {}
+                            Err(e) => panic!("workload transaction failed: {e}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    heap.close().unwrap();
+    let events = std::mem::take(&mut *trace.lock().unwrap());
+    Recording {
+        base,
+        events,
+        seed,
+        durability,
+        threads,
     }
 }
 

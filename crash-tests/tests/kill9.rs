@@ -12,13 +12,8 @@ use std::process::Command;
 use crash_tests::kill9::{self, Config, FAILPOINTS};
 use txheap_recovery::phase;
 
-#[test]
-fn kill9_campaign() {
-    let kills: u64 = std::env::var("TXHEAP_KILL9_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
-    let seed: u64 = std::env::var("TXHEAP_KILL9_SEED")
+fn seed() -> u64 {
+    std::env::var("TXHEAP_KILL9_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
@@ -26,8 +21,13 @@ fn kill9_campaign() {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos() as u64
-        });
-    eprintln!("kill9: seed {seed} (rerun with TXHEAP_KILL9_SEED={seed}), {kills} kills");
+        })
+}
+
+fn campaign(kills: u64, seed: u64, threads: u64) -> kill9::Report {
+    eprintln!(
+        "kill9: seed {seed} (rerun with TXHEAP_KILL9_SEED={seed}), {kills} kills, {threads} threads"
+    );
     let dir = tempfile::tempdir().unwrap();
     let child = || {
         let mut c = Command::new(env!("CARGO_BIN_EXE_crash-tests"));
@@ -38,10 +38,25 @@ fn kill9_campaign() {
         kills,
         seed,
         progress_lines: 10,
+        threads,
     };
     let rep = kill9::run(dir.path(), &cfg, &child).unwrap_or_else(|e| panic!("{e}"));
-    crash_tests::report(&format!("seed {seed}\n{}", rep.table()));
+    crash_tests::report(&format!(
+        "seed {seed}, {threads} committing threads\n{}",
+        rep.table()
+    ));
     assert_eq!(rep.kills, kills);
+    rep
+}
+
+#[test]
+fn kill9_campaign() {
+    let kills: u64 = std::env::var("TXHEAP_KILL9_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let seed = seed();
+    let rep = campaign(kills, seed, 1);
     if kills >= 1000 {
         // The dangerous windows were hit, measured by the phase the child died in.
         for p in [
@@ -72,6 +87,29 @@ fn kill9_campaign() {
             "too few failpoint kills: {hit} of {armed}"
         );
         assert!(rep.failpoints.len() == FAILPOINTS.len() || kills < 1000);
+        assert!(rep.acked > kills, "too few transactions acknowledged");
+    }
+}
+
+/// Four committing threads: under `Full` they share barriers (group commit), and kills land
+/// inside the shared barrier (aimed at it, and at random). Every acknowledged transaction,
+/// from whichever thread, is there after the kill.
+#[test]
+fn kill9_campaign_four_threads() {
+    let kills: u64 = std::env::var("TXHEAP_KILL9_THREADS_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400);
+    let seed = seed();
+    let rep = campaign(kills, seed, 4);
+    if kills >= 400 {
+        for p in [phase::GROUP_BARRIER, phase::APPLY, phase::RECOVERY_REPLAY] {
+            assert!(
+                rep.in_phase(p) > 0,
+                "no kill landed in phase {:?} (seed {seed})",
+                phase::name(p)
+            );
+        }
         assert!(rep.acked > kills, "too few transactions acknowledged");
     }
 }

@@ -140,7 +140,8 @@ pub mod phase {
     pub const LOG_BARRIER: u32 = 11;
     /// Commit: applying the committed ranges to the heap.
     pub const APPLY: u32 = 12;
-    /// `Durability::None`: barrier of the unsynced log, then private pages to the file.
+    /// `Durability::None`: barrier of the unsynced log, then private pages to the file (also
+    /// under `Full`, when frames wait for a shared barrier: the writer barriers them itself).
     pub const FLUSH: u32 = 13;
     /// Checkpoint: heap barrier and superblock switch.
     pub const CHECKPOINT: u32 = 14;
@@ -164,7 +165,7 @@ pub mod phase {
         "commit: log write (before barrier)",
         "commit: log barrier",
         "apply (after the log barrier)",
-        "flush (None)",
+        "flush (None; Full: frames awaiting a shared barrier)",
         "checkpoint",
         "group commit: shared log barrier",
     ];
