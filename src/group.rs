@@ -43,8 +43,9 @@ pub(crate) struct Group {
     active: AtomicUsize,
     /// `None` when the log has no window to barrier from another thread: never share.
     syncer: Option<LogSyncer>,
-    /// The flusher thread, once started.
-    flusher: Mutex<Option<JoinHandle<()>>>,
+    /// The flusher thread, once started; `Err` if it could not be started (never tried again:
+    /// commits then barrier their own frames).
+    flusher: Mutex<std::result::Result<Option<JoinHandle<()>>, ()>>,
 }
 
 /// What the flusher shares with the handle.
@@ -57,6 +58,9 @@ struct Inner {
     work: Condvar,
     /// Where durable frames are shown to readers.
     registry: Arc<Registry>,
+    /// The handle's poison cell: a failed barrier poisons the handle at once (before any
+    /// waiter wakes), so that no commit starts on top of it.
+    poison: Arc<Mutex<Option<String>>>,
 }
 
 #[derive(Debug, Default)]
@@ -117,6 +121,17 @@ impl Inner {
     /// or 200 µs for them cut barriers per commit from 0.25 to 0.21 at 8 threads but made each
     /// barrier's round longer by more, and commits per second fell by 5 to 30%.
     fn flush_loop(&self, syncer: &LogSyncer) {
+        // Should the flusher panic (it is not meant to), its waiters must not wait forever
+        // for a barrier that will never come: fail them, as a failed barrier would.
+        struct FailOnUnwind<'a>(&'a Inner);
+        impl Drop for FailOnUnwind<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.failed("the group-commit flusher panicked");
+                }
+            }
+        }
+        let _unwind = FailOnUnwind(self);
         let mut g = self.lock();
         loop {
             if g.stop {
@@ -138,9 +153,11 @@ impl Inner {
                             self.show(&mut g, upto);
                         }
                         Err(e) => {
-                            g.failed = Some(format!(
+                            let cause = format!(
                                 "msync log frames (group commit) at offset {a} failed: {e}"
-                            ));
+                            );
+                            crate::shared::poison_cell(&self.poison, &cause);
+                            g.failed.get_or_insert(cause);
                         }
                     }
                     self.changed.notify_all();
@@ -155,10 +172,28 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Record a failure (the first one counts), poison the handle, stop barriering, and wake
+    /// every waiter.
+    fn failed(&self, cause: &str) {
+        crate::shared::poison_cell(&self.poison, cause);
+        let mut g = self.lock();
+        g.failed.get_or_insert_with(|| cause.to_string());
+        g.flushing = false;
+        drop(g);
+        self.changed.notify_all();
+    }
+}
+
 impl Group {
     /// `durable`: the highest txid already durable (the open's); `registry`: where frames are
-    /// shown once durable.
-    pub(crate) fn new(syncer: Option<LogSyncer>, durable: u64, registry: Arc<Registry>) -> Group {
+    /// shown once durable; `poison`: the handle's poison cell.
+    pub(crate) fn new(
+        syncer: Option<LogSyncer>,
+        durable: u64,
+        registry: Arc<Registry>,
+        poison: Arc<Mutex<Option<String>>>,
+    ) -> Group {
         Group {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
@@ -169,10 +204,11 @@ impl Group {
                 changed: Condvar::new(),
                 work: Condvar::new(),
                 registry,
+                poison,
             }),
             active: AtomicUsize::new(0),
             syncer,
-            flusher: Mutex::new(None),
+            flusher: Mutex::new(Ok(None)),
         }
     }
 
@@ -195,23 +231,24 @@ impl Group {
             return false;
         }
         let mut f = self.flusher.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            let (inner, syncer) = (self.inner.clone(), syncer.clone());
-            match std::thread::Builder::new()
-                .name("txheap-flusher".into())
-                .spawn(move || inner.flush_loop(&syncer))
-            {
-                Ok(h) => *f = Some(h),
-                Err(_) => return false, // each commit barriers its own frame, as before
+        match &*f {
+            Ok(Some(_)) => true,
+            Err(()) => false, // each commit barriers its own frame, as before
+            Ok(None) => {
+                let (inner, syncer) = (self.inner.clone(), syncer.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("txheap-flusher".into())
+                    .spawn(move || inner.flush_loop(&syncer));
+                *f = spawned.map(Some).map_err(|_| ());
+                f.is_ok()
             }
         }
-        true
     }
 
-    /// Whether frames are appended but not durable yet, or a barrier is in flight.
+    /// Whether frames are appended but not durable yet (a barrier that is still in flight
+    /// over frames already shown does not count).
     pub(crate) fn busy(&self) -> bool {
-        let g = self.inner.lock();
-        g.flushing || !g.waiting.is_empty()
+        !self.inner.lock().waiting.is_empty()
     }
 
     /// The highest txid that is durable and shown to readers.
@@ -256,18 +293,35 @@ impl Group {
     /// (Writer lock held.) The log bytes whose frames are not durable yet, from the oldest
     /// such frame (absolute start), if any: the writer barriers them itself, with the log
     /// tail, before a checkpoint, an in-place write or a flush, then calls
-    /// [`Group::made_durable`]. Taking them here keeps the flusher from starting a barrier of
-    /// the same bytes meanwhile.
-    pub(crate) fn take_undurable(&self) -> Option<u64> {
+    /// [`Group::made_durable`]. It first waits for the flusher's barrier in flight to end (two
+    /// `msync`s of the same pages at once could see a write-back error reported to one only),
+    /// then takes the range, so that the flusher cannot start another. `Err` if a shared
+    /// barrier failed: the frames' fate is unknown, and nothing may build on them.
+    pub(crate) fn take_undurable(&self) -> Result<Option<u64>> {
         let mut g = self.inner.lock();
+        while g.flushing {
+            g = self
+                .inner
+                .changed
+                .wait(g)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if let Some(cause) = &g.failed {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+            });
+        }
         g.range = None;
-        g.waiting.front().map(|&(_, at, ..)| at)
+        Ok(g.waiting.front().map(|&(_, at, ..)| at))
     }
 
     /// Every frame up to `txid` is durable: show them to readers (in order) and wake their
     /// threads.
     pub(crate) fn made_durable(&self, txid: u64) {
         let mut g = self.inner.lock();
+        if g.failed.is_some() {
+            return; // (cannot happen: `take_undurable` refused, and no barrier ran since)
+        }
         self.inner.show(&mut g, txid);
         drop(g);
         self.inner.changed.notify_all();
@@ -275,12 +329,7 @@ impl Group {
 
     /// (Writer lock held.) The writer's own barrier failed: fail every waiter.
     pub(crate) fn fail(&self, cause: &str) {
-        let mut g = self.inner.lock();
-        if g.failed.is_none() {
-            g.failed = Some(cause.to_string());
-        }
-        drop(g);
-        self.inner.changed.notify_all();
+        self.inner.failed(cause);
     }
 
     /// (Writer lock released.) Wait until transaction `txid` is durable. `Err`: a barrier
@@ -324,7 +373,9 @@ impl Drop for Group {
             .flusher
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
-            .take();
+            .as_mut()
+            .ok()
+            .and_then(Option::take);
         if let Some(h) = handle {
             self.inner.lock().stop = true;
             self.inner.work.notify_all();

@@ -164,6 +164,12 @@ impl Heap {
     /// the disk, and then the next open replays it. Reopen the file and look, as after a crash;
     /// the file always holds a prefix of the commits, never a torn one.
     ///
+    /// Under `Durability::Full`, threads that commit at the same time share barriers (group
+    /// commit, docs/ARCHITECTURE.md section 12): the closure still runs alone, but the wait for
+    /// the disk happens after the writer lock is released. If a shared barrier fails, every
+    /// transaction waiting on it gets `Error::Poisoned` (naming the failure) and none of them
+    /// is acknowledged.
+    ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("t.heap"), txheap::Options::new())?;
@@ -306,8 +312,10 @@ impl Heap {
         Ok(())
     }
 
-    /// Make every committed transaction durable (a no-op cost under `Durability::Full`, one
-    /// barrier under `Durability::None`).
+    /// Make every committed transaction durable: one barrier under `Durability::None`; under
+    /// `Durability::Full` every acknowledged transaction already is, and this costs a barrier
+    /// only while other threads' commits wait for a shared one (it then makes them durable
+    /// at once).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();

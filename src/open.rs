@@ -255,6 +255,7 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
             writer.storage.log_syncer(),
             log.next_txid.saturating_sub(1),
             shared.registry.clone(),
+            shared.poison_cell(),
         );
     }
     shared.salvaged = log.salvaged;

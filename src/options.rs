@@ -19,7 +19,10 @@ use crate::storage::IoCounters;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// Every commit barriers its log frame before `transaction` returns: survives power loss.
+    /// Every commit's log frame is durable before `transaction` returns: survives power loss.
+    /// A lone thread pays one barrier per commit; threads that commit at once share barriers
+    /// (group commit: one `msync` covers every frame appended meanwhile), and a transaction is
+    /// visible to readers only once its barrier has completed.
     #[default]
     Full,
     /// No barrier in the commit path. Survives SIGKILL; after a power cut the heap is a committed

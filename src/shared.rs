@@ -37,7 +37,8 @@ pub(crate) struct Shared {
     pub registry: Arc<Registry>,
     /// Group commit's shared barrier (never shares without a log syncer: read-only, `None`).
     pub group: Group,
-    poison: Mutex<Option<String>>,
+    /// The first failure (shared with the group-commit flusher, which records its own).
+    poison: Arc<Mutex<Option<String>>>,
     /// Transactions the open dropped on purpose (`Options::salvage`): first and last txid.
     pub salvaged: Option<(u64, u64)>,
     /// Superblock slots the open found damaged (it used the other one).
@@ -57,6 +58,7 @@ impl Shared {
         (txid, header): (u64, HeapHeader),
     ) -> Shared {
         let registry = Arc::new(Registry::new(txid, header));
+        let poison = Arc::new(Mutex::new(None));
         Shared {
             path,
             file,
@@ -66,8 +68,8 @@ impl Shared {
             read_only,
             durability,
             registry: registry.clone(),
-            group: Group::new(None, txid, registry),
-            poison: Mutex::new(None),
+            group: Group::new(None, txid, registry, poison.clone()),
+            poison,
             salvaged: None,
             superblock_damage: None,
             in_place_min: u64::MAX,
@@ -81,10 +83,12 @@ impl Shared {
 
     /// Record the first failure; the handle refuses every later commit and read.
     pub(crate) fn poison(&self, cause: &str) {
-        let mut p = self.poison.lock().unwrap_or_else(|e| e.into_inner());
-        if p.is_none() {
-            *p = Some(cause.to_string());
-        }
+        poison_cell(&self.poison, cause);
+    }
+
+    /// The poison cell, for the group-commit flusher (which has no `Shared`).
+    pub(crate) fn poison_cell(&self) -> Arc<Mutex<Option<String>>> {
+        self.poison.clone()
     }
 
     pub(crate) fn is_poisoned(&self) -> bool {
@@ -107,5 +111,13 @@ impl Shared {
     pub(crate) fn fail(&self, op: &'static str, offset: u64, e: io::Error) -> Error {
         self.poison(&format!("{op} at offset {offset}: {e}"));
         Error::io(op, offset, e)
+    }
+}
+
+/// Record `cause` in `cell` unless a failure is already recorded.
+pub(crate) fn poison_cell(cell: &Mutex<Option<String>>, cause: &str) {
+    let mut p = cell.lock().unwrap_or_else(|e| e.into_inner());
+    if p.is_none() {
+        *p = Some(cause.to_string());
     }
 }

@@ -404,7 +404,9 @@ impl Writer {
         let frame = self.frame_for_readers(sh, plan)?;
         let oldest = sh.registry.commit(txid, plan.header, frame.clone());
         self.unpublished.push_back((txid, frame));
-        let limit = self.publishable(sh, oldest);
+        // (The durable txid cannot pass `txid` meanwhile: this commit's own barrier made it
+        // durable, and no frame waits for a shared one, or it would have shared.)
+        let limit = self.publishable(sh, || oldest);
         if limit >= txid && self.unpublished.len() == 1 {
             // The common case under `Full`: no older reader, nothing held back. The pieces go
             // from the stage into the file, and show through the writer's mapping.
@@ -454,8 +456,7 @@ impl Writer {
         if self.unpublished.len() < PUBLISH_BATCH {
             return Ok(()); // readers see them through their overlay meanwhile
         }
-        let oldest = sh.registry.oldest_pin();
-        let limit = self.publishable(sh, oldest);
+        let limit = self.publishable(sh, || sh.registry.oldest_pin());
         self.publish_upto(sh, limit)
     }
 
@@ -504,14 +505,20 @@ impl Writer {
 
     /// The highest txid whose frame may go into the file now: durable (under `None`, up to the
     /// last barrier; under `Full`, past the shared barriers in flight) and no reader pinned
-    /// below it (`oldest`: the lowest pinned txid).
-    fn publishable(&mut self, sh: &Shared, oldest: Option<u64>) -> u64 {
+    /// below it (`oldest`: the lowest pinned txid, asked for after the durable txid is read).
+    ///
+    /// The order matters while the flusher runs (section 12): it shows frames to the registry
+    /// before it raises the durable txid, so once the durable txid `D` is read, every reader
+    /// that pins afterwards pins at `D` or later, and `oldest` (read next) counts every reader
+    /// below `D`. Read the other way round, a reader could pin at `R < D` between the two
+    /// reads, and the file would get frames above `R` under it.
+    fn publishable(&mut self, sh: &Shared, oldest: impl FnOnce() -> Option<u64>) -> u64 {
         let durable = self.durable(sh);
         #[cfg(feature = "test-hooks")]
         if recovery::sabotage::active(recovery::sabotage::APPLY_UNDER_OLDER_READER) {
             return durable; // broken on purpose (tests only): readers' bytes change under them
         }
-        durable.min(oldest.unwrap_or(u64::MAX))
+        durable.min(oldest().unwrap_or(u64::MAX))
     }
 
     /// Write the pieces of the unpublished frames up to txid `limit` into the file (merged,
@@ -646,7 +653,7 @@ impl Writer {
                 .collect(),
         );
         sh.registry.wait_for(seq, 0);
-        let limit = self.publishable(sh, None);
+        let limit = self.publishable(sh, || None);
         self.publish_upto(sh, limit)?;
         #[cfg(feature = "test-hooks")]
         let skipped = recovery::sabotage::active(recovery::sabotage::IN_PLACE_BEFORE_FLUSH);
@@ -682,9 +689,11 @@ impl Writer {
                 .map_err(|e| sh.fail("msync log", a, e))?;
             self.durable_txid = self.next_txid.saturating_sub(1);
         }
-        if let Some(a) = sh.group.take_undurable() {
-            // Frames waiting for a shared barrier (section 12): barrier them here (a waiter's
-            // barrier may be in flight over some of them: the bytes are the same).
+        if let Some(a) = sh.group.take_undurable()? {
+            // Frames waiting for a shared barrier (section 12): barrier them here. The
+            // flusher's barrier in flight has ended (`take_undurable` waits for it: two msyncs
+            // of the same pages at once could see one error reported to only one of them) and
+            // cannot start another.
             let b = sh.geo.log_offset + self.log_tail;
             if let Err(e) = self.storage.barrier(a, b - a) {
                 let e = sh.fail("msync log", a, e);
@@ -695,7 +704,7 @@ impl Writer {
             sh.group.made_durable(upto);
             self.durable_txid = upto;
         }
-        let limit = self.publishable(sh, sh.registry.oldest_pin());
+        let limit = self.publishable(sh, || sh.registry.oldest_pin());
         self.publish_upto(sh, limit)
     }
 
@@ -706,7 +715,7 @@ impl Writer {
             // The log is about to be emptied, so the file must hold every frame: wait for the
             // readers pinned below the last one (the one wait for readers a full log causes).
             sh.registry.wait_for(0, last);
-            let limit = self.publishable(sh, None);
+            let limit = self.publishable(sh, || None);
             self.publish_upto(sh, limit)?;
         }
         phase!(CHECKPOINT);
