@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use crate::alloc::HeapHeader;
 use crate::error::{Error, Result};
-use crate::shared::Shared;
+use crate::shared::{Poison, Shared};
 use crate::snapshot::{Frame, Registry};
 use crate::storage::LogSyncer;
 use txheap_recovery::{failpoint, phase};
@@ -60,7 +60,7 @@ struct Inner {
     registry: Arc<Registry>,
     /// The handle's poison cell: a failed barrier poisons the handle at once (before any
     /// waiter wakes), so that no commit starts on top of it.
-    poison: Arc<Mutex<Option<String>>>,
+    poison: Arc<Poison>,
 }
 
 #[derive(Debug, Default)]
@@ -156,7 +156,7 @@ impl Inner {
                             let cause = format!(
                                 "msync log frames (group commit) at offset {a} failed: {e}"
                             );
-                            crate::shared::poison_cell(&self.poison, &cause);
+                            self.poison.set(&cause);
                             g.failed.get_or_insert(cause);
                         }
                     }
@@ -176,7 +176,7 @@ impl Inner {
     /// Record a failure (the first one counts), poison the handle, stop barriering, and wake
     /// every waiter.
     fn failed(&self, cause: &str) {
-        crate::shared::poison_cell(&self.poison, cause);
+        self.poison.set(cause);
         let mut g = self.lock();
         g.failed.get_or_insert_with(|| cause.to_string());
         g.flushing = false;
@@ -192,7 +192,7 @@ impl Group {
         syncer: Option<LogSyncer>,
         durable: u64,
         registry: Arc<Registry>,
-        poison: Arc<Mutex<Option<String>>>,
+        poison: Arc<Poison>,
     ) -> Group {
         Group {
             inner: Arc::new(Inner {

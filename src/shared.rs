@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::alloc::HeapHeader;
@@ -38,7 +39,7 @@ pub(crate) struct Shared {
     /// Group commit's shared barrier (never shares without a log syncer: read-only, `None`).
     pub group: Group,
     /// The first failure (shared with the group-commit flusher, which records its own).
-    poison: Arc<Mutex<Option<String>>>,
+    poison: Arc<Poison>,
     /// Transactions the open dropped on purpose (`Options::salvage`): first and last txid.
     pub salvaged: Option<(u64, u64)>,
     /// Superblock slots the open found damaged (it used the other one).
@@ -58,7 +59,7 @@ impl Shared {
         (txid, header): (u64, HeapHeader),
     ) -> Shared {
         let registry = Arc::new(Registry::new(txid, header));
-        let poison = Arc::new(Mutex::new(None));
+        let poison = Arc::new(Poison::default());
         Shared {
             path,
             file,
@@ -83,28 +84,20 @@ impl Shared {
 
     /// Record the first failure; the handle refuses every later commit and read.
     pub(crate) fn poison(&self, cause: &str) {
-        poison_cell(&self.poison, cause);
+        self.poison.set(cause);
     }
 
     /// The poison cell, for the group-commit flusher (which has no `Shared`).
-    pub(crate) fn poison_cell(&self) -> Arc<Mutex<Option<String>>> {
+    pub(crate) fn poison_cell(&self) -> Arc<Poison> {
         self.poison.clone()
     }
 
     pub(crate) fn is_poisoned(&self) -> bool {
-        self.poison
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.poison.is_set()
     }
 
     pub(crate) fn check_poison(&self) -> Result<()> {
-        match &*self.poison.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(cause) => Err(Error::Poisoned {
-                cause: cause.clone(),
-            }),
-            None => Ok(()),
-        }
+        self.poison.check()
     }
 
     /// Turn an I/O failure in the commit or checkpoint path into a poisoned heap and an error.
@@ -114,10 +107,39 @@ impl Shared {
     }
 }
 
-/// Record `cause` in `cell` unless a failure is already recorded.
-pub(crate) fn poison_cell(cell: &Mutex<Option<String>>, cause: &str) {
-    let mut p = cell.lock().unwrap_or_else(|e| e.into_inner());
-    if p.is_none() {
-        *p = Some(cause.to_string());
+/// A handle's first failure. Every read and transaction asks whether there is one: the
+/// answer is one load of a flag (a mutex there made four reader threads take turns at it);
+/// the cause is read only once the flag is set.
+#[derive(Debug, Default)]
+pub(crate) struct Poison {
+    set: AtomicBool,
+    cause: Mutex<Option<String>>,
+}
+
+impl Poison {
+    /// Record `cause` unless a failure is already recorded.
+    pub(crate) fn set(&self, cause: &str) {
+        let mut p = self.cause.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_none() {
+            *p = Some(cause.to_string());
+        }
+        self.set.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// `Err(Poisoned)` naming the first failure, if any.
+    pub(crate) fn check(&self) -> Result<()> {
+        if !self.is_set() {
+            return Ok(());
+        }
+        match &*self.cause.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 }

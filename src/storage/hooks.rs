@@ -34,6 +34,9 @@ pub struct FaultPlan {
     /// Make the write after this many more succeed a *short* write: its first half reaches the
     /// file, then it fails with ENOSPC (what a `pwrite` that runs out of space part-way does).
     pub short_write_after: Option<u64>,
+    /// Make every barrier take this much longer (a slow disk), to widen the windows between
+    /// a frame's write and its durability in concurrency tests.
+    pub barrier_delay: Option<std::time::Duration>,
 }
 
 #[cfg(feature = "test-hooks")]
@@ -170,7 +173,11 @@ impl Hooks {
         let mut st = self.state();
         trip(&mut st.faults.fail_barrier_after)?;
         if st.trace.is_none() {
+            let delay = st.faults.barrier_delay;
             drop(st);
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
             return op().map(|_| ());
         }
         let synced = op()?;
