@@ -18,7 +18,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::open::{self, Opened};
 use crate::options::{Access, Durability, Options, Stats};
-use crate::reader::{thread_token, Pin, Reader, ReadingMark};
+use crate::reader::{thread_token, Reader, ReadingMark};
 use crate::shared::Shared;
 use crate::tx::Tx;
 use crate::writer::Writer;
@@ -271,13 +271,12 @@ impl Heap {
             Ok(r) => return r,
             Err(f) => f,
         };
-        let (pin, snap) = Pin::new(sh);
+        let pin = crate::reader::pin(sh);
         let r = {
-            let _mark = ReadingMark::new(addr, &snap);
-            f(&Reader::new(sh, &snap))
+            let _mark = ReadingMark::new(addr, &pin);
+            f(&Reader::new(sh, &pin))
         };
-        drop(snap);
-        drop(pin); // after the snapshot's `Arc`: then it is unpinned
+        drop(pin); // unpins, then wakes a commit waiting for readers
         r
     }
 

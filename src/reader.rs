@@ -7,7 +7,6 @@
 //! not: change anything, or wait for the writer.
 
 use std::cell::RefCell;
-use std::sync::Arc;
 
 use bytemuck::Pod;
 
@@ -15,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::layout::{check_root, ROOT_DESC_AT, ROOT_DESC_MAX};
 use crate::pptr::{PPtr, PSlice};
 use crate::shared::Shared;
-use crate::snapshot::{compose, decode_frame, Registry, Snapshot};
+use crate::snapshot::{compose, decode_frame, Pinned, Snapshot};
 use crate::stored::Stored;
 
 /// A view of the committed state, given to [`Heap::read`](crate::Heap::read)'s closure. It shows
@@ -39,32 +38,17 @@ pub struct Reader<'h> {
     arena: Arena,
 }
 
-/// Taking a snapshot for a `read`: the snapshot's `Arc` is the pin (the registry counts the
-/// references); dropping this, after every `Arc` of the read is gone, wakes a commit that may
-/// be waiting for readers to end.
-pub(crate) struct Pin<'h> {
-    registry: &'h Registry,
-}
-
-impl<'h> Pin<'h> {
-    pub(crate) fn new(sh: &'h Shared) -> (Pin<'h>, Arc<Snapshot>) {
-        let registry = &sh.registry;
-        let map = sh.reader_map();
-        let snap = registry.pin(&|at, len| {
-            // SAFETY: a frame in the log region, inside the mapping (the log lies below the
-            // heap); the registry hands out a frame's place only while the log holds it, and
-            // the writer empties the log only after telling the registry that the file holds
-            // every frame in it, under the registry's lock, which `pin` holds while it decodes.
-            decode_frame(unsafe { map.slice(at, len) })
-        });
-        (Pin { registry }, snap)
-    }
-}
-
-impl Drop for Pin<'_> {
-    fn drop(&mut self) {
-        self.registry.unpinned();
-    }
+/// Take a snapshot for a `read`: the registry's pin (a reader slot, or an `Arc`); dropping it
+/// unpins and wakes a commit that may be waiting for readers to end.
+pub(crate) fn pin(sh: &Shared) -> Pinned<'_> {
+    let map = sh.reader_map();
+    sh.registry.pin(&|at, len| {
+        // SAFETY: a frame in the log region, inside the mapping (the log lies below the
+        // heap); the registry hands out a frame's place only while the log holds it, and
+        // the writer empties the log only after telling the registry that the file holds
+        // every frame in it, under the registry's lock, which `pin` holds while it decodes.
+        decode_frame(unsafe { map.slice(at, len) })
+    })
 }
 
 /// 64-byte aligned storage for composed ranges.
@@ -231,10 +215,10 @@ thread_local! {
 /// This thread is inside a `read` closure of the heap at `.0` (which pins the snapshot).
 pub(crate) struct ReadingMark(usize);
 impl ReadingMark {
-    /// Mark this thread as reading `snap` of the heap at `addr`; the caller holds an `Arc` of
+    /// Mark this thread as reading `snap` of the heap at `addr`; the caller holds the pin of
     /// `snap` for longer than the mark lives.
-    pub(crate) fn new(addr: usize, snap: &Arc<Snapshot>) -> ReadingMark {
-        READING.with(|r| r.borrow_mut().push((addr, Arc::as_ptr(snap))));
+    pub(crate) fn new(addr: usize, snap: &Snapshot) -> ReadingMark {
+        READING.with(|r| r.borrow_mut().push((addr, snap as *const Snapshot)));
         ReadingMark(addr)
     }
 
@@ -251,8 +235,8 @@ impl ReadingMark {
         };
         // SAFETY: a mark for `addr` exists only while the outer `Heap::read` on this thread runs
         // its closure (it is dropped before that call returns, also on unwinding), and that
-        // call holds an `Arc` of the snapshot from before the mark is made to after it is
-        // dropped; this nested call returns before the outer closure does.
+        // call holds the snapshot's pin from before the mark is made to after it is dropped;
+        // this nested call returns before the outer closure does.
         let snap: &Snapshot = unsafe { &*p };
         Ok(f(&Reader::new(sh, snap)))
     }

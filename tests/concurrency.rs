@@ -8,6 +8,15 @@ use std::time::{Duration, Instant};
 
 use txheap::{Durability, Error, Heap, Options};
 
+/// Read `*v` again from memory. A plain `*v` after an earlier read of it may be compiled as
+/// that earlier value (the compiler may assume a `&u64` does not change), and a check that a
+/// reader's view did not change would then pass whatever the heap did: shown by sabotaging the
+/// reader slots, which this catches and a plain `*v` did not.
+fn again<T: Copy>(v: &T) -> T {
+    // SAFETY: `v` is a valid, aligned reference to a `Copy` value for the whole call.
+    unsafe { std::ptr::read_volatile(v) }
+}
+
 fn counter_heap(d: &tempfile::TempDir, durability: Durability) -> (Heap, txheap::PPtr<u64>) {
     let heap = Heap::create(
         d.path().join("c.heap"),
@@ -38,7 +47,7 @@ fn a_long_reader_delays_neither_commits_nor_new_readers() {
                     let before = *v;
                     pinned_tx.send(()).unwrap();
                     let finished = done.recv_timeout(Duration::from_secs(60)).is_ok();
-                    Ok((before, *v, finished))
+                    Ok((before, again(v), finished))
                 })
             });
             pinned.recv().unwrap();
@@ -81,6 +90,69 @@ fn a_long_reader_delays_neither_commits_nor_new_readers() {
 /// A read closure that waits for a scoped thread's own read, while another thread keeps
 /// committing: it completes. (With a writer-preferring lock it deadlocked: the inner read queued
 /// behind a waiting commit, which waited for the outer read.)
+/// More readers at once than there are reader slots (64; the rest pin by reference count):
+/// each holds its view while commits change the value, at every one of several states, and
+/// finds it unchanged; new readers meanwhile see the newest state.
+#[test]
+fn many_readers_at_once_each_keep_their_view() {
+    use std::sync::Barrier;
+    let d = tempfile::tempdir().unwrap();
+    let (heap, p) = counter_heap(&d, Durability::Full);
+    let readers = 80;
+    let pinned = Barrier::new(readers + 1);
+    let (done_tx, done) = std::sync::mpsc::channel::<()>();
+    let done = std::sync::Mutex::new(done);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..readers)
+            .map(|i| {
+                let (heap, pinned, done) = (&heap, &pinned, &done);
+                s.spawn(move || {
+                    // Readers pin in groups, between commits: they hold different states.
+                    std::thread::sleep(Duration::from_millis(2 * (i as u64 % 8)));
+                    heap.read(|r| {
+                        let v = r.get(p)?;
+                        let before = *v;
+                        pinned.wait();
+                        // Until every commit below is done.
+                        let _ = done.lock().unwrap().recv_timeout(Duration::from_secs(60));
+                        Ok((before, again(v)))
+                    })
+                })
+            })
+            .collect();
+        for _ in 0..8 {
+            heap.transaction(|tx| {
+                *tx.get_mut(p)? += 1;
+                Ok(())
+            })
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        pinned.wait();
+        for _ in 0..50 {
+            heap.transaction(|tx| {
+                *tx.get_mut(p)? += 1;
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(heap.read(|r| r.get(p).copied()).unwrap(), 58);
+        drop(done_tx); // every reader's recv now returns
+        let mut states = std::collections::BTreeSet::new();
+        for h in handles {
+            let (before, after) = h.join().unwrap().unwrap();
+            assert_eq!(before, after, "a reader's view changed under it");
+            assert!(before <= 8);
+            states.insert(before);
+        }
+        assert!(
+            states.len() > 1,
+            "the readers all held one state: {states:?}"
+        );
+    });
+    assert_eq!(heap.read(|r| r.get(p).copied()).unwrap(), 58);
+}
+
 #[test]
 fn a_read_waiting_on_another_threads_read_completes_while_commits_run() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -211,7 +283,7 @@ fn in_place_bytes_beside_readers() {
                     // hold on for 400 ms, which the commit must wait out.
                     let hold = if waits { 400 } else { 60_000 };
                     let _ = done.recv_timeout(Duration::from_millis(hold));
-                    Ok(*v)
+                    Ok(again(v))
                 })
             });
             pinned.recv().unwrap();
