@@ -107,7 +107,8 @@ pub enum Error {
         /// Which option and why.
         what: String,
     },
-    /// The heap cannot grow to hold the allocation within its `max_size`.
+    /// The heap cannot grow to hold the allocation within its `max_size` (which a reopen with a
+    /// larger [`Options::max_size`](crate::Options::max_size) raises).
     OutOfSpace {
         /// Bytes requested.
         requested: u64,
@@ -303,7 +304,8 @@ impl fmt::Display for Error {
             Error::InvalidOptions { what } => write!(f, "invalid options: {what}"),
             Error::OutOfSpace { requested, max_size } => write!(
                 f,
-                "out of space: {requested} bytes requested, heap file may not exceed max_size {max_size}"
+                "out of space: {requested} bytes requested, heap file may not exceed max_size \
+                 {max_size} (reopen with a larger Options::max_size to raise it)"
             ),
             Error::ObjectTooLarge { requested, max } => write!(
                 f,

@@ -337,7 +337,9 @@ fn recover_writable(
     // writes a byte. (The mapping is private and nothing reads it until the heap is built;
     // recovery's pwrites show through it like any file change.)
     let (sb0, _) = recovery::select_superblock(&*storage)?;
-    let map = map_file(file, &sb0, stat(storage)?, true)?;
+    // The sizes given to open: applied below, or refused here, before anything is written.
+    let max_size = options.max_size_for_open(&sb0, stat(storage)?)?;
+    let map = map_file(file, &Superblock { max_size, ..sb0 }, stat(storage)?, true)?;
     // Frames to replay: first check the heap as replay will leave it (header, chunk count, the
     // chunk tables), so that a damaged heap is refused before recovery writes a
     // byte.
@@ -370,21 +372,35 @@ fn recover_writable(
         });
     }
     grow_to_chunk_count(file, storage, &sb)?;
-    let len = stat(storage)?;
-    map.extend(len.min(sb.max_size))
-        .map_err(|e| Error::io("map grown file", len, e))?;
-    let (tail, next_txid) = if rec.checkpointed {
+    let (mut sb, mut slot, mut checkpointed) = (sb, rec.slot, rec.checkpointed);
+    let (mut tail, mut next_txid) = if checkpointed {
         (0, sb.next_txid)
     } else {
         (rec.scan.end_offset, rec.scan.next_txid)
     };
+    if max_size != sb.max_size {
+        // A new max_size: a checkpoint writes it in the next superblock (the log is empty
+        // after it, as after any checkpoint; until its switch, a crash keeps the old one).
+        let next = Superblock { max_size, ..sb };
+        (sb, slot) = recovery::checkpoint(storage, &next, slot, next_txid)?;
+        (tail, next_txid, checkpointed) = (0, sb.next_txid, true);
+    }
+    if options.given.initial_size && options.initial_size > stat(storage)? {
+        // Blocks for the heap to grow into (the chunk count does not change).
+        storage
+            .grow(options.initial_size)
+            .map_err(|e| Error::io("grow file to initial_size", options.initial_size, e))?;
+    }
+    let len = stat(storage)?;
+    map.extend(len.min(sb.max_size))
+        .map_err(|e| Error::io("map grown file", len, e))?;
     let log = LogState {
         sb,
-        slot: rec.slot,
+        slot,
         tail,
         next_txid,
         salvaged: rec.scan.damage.map(|d| (d.txid, d.last_txid)),
-        kept_generation: !rec.checkpointed,
+        kept_generation: !checkpointed,
     };
     Ok((log, map))
 }

@@ -3,7 +3,7 @@
 //! Owns: the public configuration types and their validation. May not: touch the file; the
 //! open path (`open.rs`) reads these values.
 
-use txheap_recovery::{HEAP_META_LEN, LOG_OFFSET, LOG_SIZE_MIN, PAGE_SIZE};
+use txheap_recovery::{Superblock, HEAP_META_LEN, LOG_OFFSET, LOG_SIZE_MIN, PAGE_SIZE};
 
 use crate::alloc::ClassStats;
 use crate::error::{Error, Result};
@@ -90,8 +90,19 @@ pub struct Options {
     pub(crate) salvage: bool,
     pub(crate) access: Access,
     pub(crate) in_place_min: u64,
+    /// Which sizes the caller gave (`open` applies or refuses those, and keeps the file's own
+    /// for the rest).
+    pub(crate) given: Given,
     #[cfg(feature = "test-hooks")]
     pub(crate) trace: Option<crate::Trace>,
+}
+
+/// The sizes an `Options` was given explicitly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Given {
+    pub initial_size: bool,
+    pub max_size: bool,
+    pub log_size: bool,
 }
 
 impl Default for Options {
@@ -104,6 +115,7 @@ impl Default for Options {
             salvage: false,
             access: Access::Random,
             in_place_min: IN_PLACE_MIN_DEFAULT,
+            given: Given::default(),
             #[cfg(feature = "test-hooks")]
             trace: None,
         }
@@ -119,33 +131,48 @@ impl Options {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Bytes to preallocate for a new file (at least its metadata). Only used by create.
+    /// Bytes to preallocate for a new file (at least its metadata). Given to `open`: the file
+    /// is grown to at least this length (its blocks allocated, for the heap to grow into).
     ///
     /// ```
     /// let o = txheap::Options::new().initial_size(1 << 20);
     /// ```
     pub fn initial_size(mut self, bytes: u64) -> Self {
         self.initial_size = bytes;
+        self.given.initial_size = true;
         self
     }
-    /// Largest size the file may grow to; this much address space is reserved at open. Only used
-    /// by create (an existing file keeps its own).
+    /// Largest size the file may grow to; this much address space is reserved at open.
+    /// Given to `open`, it replaces the file's own (raised, or lowered down to the file's
+    /// length; a crash-safe superblock switch): a heap that reached its limit
+    /// ([`crate::Error::OutOfSpace`]) is reopened with a larger one. Not given, an existing
+    /// file keeps its own.
     ///
     /// ```
-    /// let o = txheap::Options::new().max_size(64 << 30);
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("m.heap");
+    /// use txheap::{Heap, Options};
+    /// Heap::create(&path, Options::new().max_size(64 << 20))?.close()?;
+    /// let heap = Heap::open(&path, Options::new().max_size(1 << 30))?; // raised
+    /// assert_eq!(heap.stats()?.max_size, 1 << 30);
+    /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn max_size(mut self, bytes: u64) -> Self {
         self.max_size = bytes;
+        self.given.max_size = true;
         self
     }
     /// Bytes of the log region (a multiple of 4096, at least 64 KiB). A transaction's redo frame
-    /// must fit in it. Only used by create.
+    /// must fit in it. Fixed at create (the heap's objects lie after the log, at offsets that
+    /// pointers hold): given to `open` with another size it is an
+    /// [`crate::Error::InvalidOptions`] that says so.
     ///
     /// ```
     /// let o = txheap::Options::new().log_size(1 << 20);
     /// ```
     pub fn log_size(mut self, bytes: u64) -> Self {
         self.log_size = bytes;
+        self.given.log_size = true;
         self
     }
     /// Commit durability for this handle.
@@ -251,6 +278,50 @@ impl Options {
             ));
         }
         Ok(())
+    }
+
+    /// What a writable `open` does with the sizes it was given, for a heap whose superblock is
+    /// `sb` and whose file is `file_len` bytes long: the `max_size` to use (the given one, or
+    /// the file's own), or an error that names the option that cannot be applied and why.
+    /// Never ignores one: `log_size` must equal the file's; `max_size` may rise, or fall down
+    /// to the file's length; `initial_size` may not exceed the `max_size` used.
+    pub(crate) fn max_size_for_open(&self, sb: &Superblock, file_len: u64) -> Result<u64> {
+        let bad = |what: String| Err(Error::InvalidOptions { what });
+        if self.given.log_size && self.log_size != sb.log_size {
+            return bad(format!(
+                "log_size {} given to open, but this heap's log is {} bytes: the log's size is \
+                 fixed at create (the heap's objects lie after it, at the offsets their \
+                 pointers hold); open without log_size",
+                self.log_size, sb.log_size
+            ));
+        }
+        let max = if self.given.max_size {
+            self.max_size
+        } else {
+            sb.max_size
+        };
+        if self.given.max_size {
+            if max > FILE_SIZE_MAX || max % PAGE_SIZE != 0 {
+                return bad(format!(
+                    "max_size {max} given to open must be a multiple of {PAGE_SIZE} and at most \
+                     {FILE_SIZE_MAX}"
+                ));
+            }
+            let floor = file_len.max(sb.min_file_len());
+            if max < floor {
+                return bad(format!(
+                    "max_size {max} given to open is below the heap file's length {floor} (a \
+                     heap file never shrinks)"
+                ));
+            }
+        }
+        if self.given.initial_size && self.initial_size > max {
+            return bad(format!(
+                "initial_size {} given to open exceeds max_size {max}",
+                self.initial_size
+            ));
+        }
+        Ok(max)
     }
 }
 

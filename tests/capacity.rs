@@ -1,0 +1,177 @@
+//! Sizes given to `open` are applied or refused, never ignored: a heap that reached its
+//! `max_size` is reopened with a larger one and keeps every object; a `log_size` that differs
+//! from the file's, or a `max_size` below the file's length, is an error that says why (and
+//! changes nothing).
+
+use txheap::{Error, Heap, Options, PSlice};
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
+#[repr(C)]
+struct Root {
+    /// Blocks of 256 KiB, each filled with its index.
+    blocks: [PSlice<u8>; 128],
+    count: u64,
+}
+
+const BLOCK: u64 = 256 << 10;
+const SMALL: u64 = 16 << 20;
+
+fn small() -> Options {
+    Options::new()
+        .initial_size(1 << 20)
+        .log_size(1 << 20)
+        .max_size(SMALL)
+}
+
+/// Add blocks until the heap is full; returns how many there are.
+fn fill(heap: &Heap) -> u64 {
+    loop {
+        let r = heap.transaction(|tx| {
+            let root = tx.root::<Root>()?;
+            let n = tx.get(root)?.count;
+            let b = tx.alloc_slice_zeroed::<u8>(BLOCK)?;
+            tx.slice_mut(b)?.fill(n as u8 + 1);
+            let rt = tx.get_mut(root)?;
+            rt.blocks[n as usize] = b;
+            rt.count = n + 1;
+            Ok(())
+        });
+        match r {
+            Ok(()) => {}
+            Err(e @ Error::OutOfSpace { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&SMALL.to_string()) && msg.contains("Options::max_size"),
+                    "{msg}"
+                );
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    heap.read(|r| Ok(r.get(r.root::<Root>()?)?.count)).unwrap()
+}
+
+fn intact(heap: &Heap) -> u64 {
+    heap.read(|r| {
+        let root = *r.get(r.root::<Root>()?)?;
+        for i in 0..root.count {
+            let b = r.slice(root.blocks[i as usize])?;
+            assert!(b.iter().all(|&x| x == i as u8 + 1), "block {i} changed");
+        }
+        Ok(root.count)
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_full_heap_reopened_with_a_larger_max_size_keeps_everything_and_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cap.heap");
+    let heap = Heap::create(&path, small()).unwrap();
+    let full = fill(&heap);
+    assert!(full > 10 && full < 64, "{full} blocks fit in 16 MiB");
+    heap.close().unwrap();
+    // Reopened without max_size: the file keeps its own limit.
+    let heap = Heap::open(&path, Options::new()).unwrap();
+    assert_eq!(heap.stats().unwrap().max_size, SMALL);
+    assert_eq!(fill(&heap), full);
+    heap.close().unwrap();
+    // Reopened with a larger one: every block intact, and more fit.
+    let heap = Heap::open(&path, Options::new().max_size(64 << 20)).unwrap();
+    assert_eq!(heap.stats().unwrap().max_size, 64 << 20);
+    assert_eq!(intact(&heap), full);
+    let more = heap
+        .transaction(|tx| {
+            let root = tx.root::<Root>()?;
+            for _ in 0..8 {
+                let n = tx.get(root)?.count;
+                let b = tx.alloc_slice_zeroed::<u8>(BLOCK)?;
+                tx.slice_mut(b)?.fill(n as u8 + 1);
+                let rt = tx.get_mut(root)?;
+                rt.blocks[n as usize] = b;
+                rt.count = n + 1;
+            }
+            Ok(tx.get(root)?.count)
+        })
+        .unwrap();
+    assert_eq!(more, full + 8);
+    heap.close().unwrap();
+    // The new limit is the file's own from now on.
+    let heap = Heap::open(&path, Options::new()).unwrap();
+    assert_eq!(heap.stats().unwrap().max_size, 64 << 20);
+    assert_eq!(intact(&heap), full + 8);
+}
+
+#[test]
+fn sizes_that_cannot_apply_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("refuse.heap");
+    let heap = Heap::create(&path, small()).unwrap();
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let b = tx.alloc_slice_zeroed::<u8>(BLOCK)?;
+        tx.slice_mut(b)?.fill(1);
+        let rt = tx.get_mut(root)?;
+        rt.blocks[0] = b;
+        rt.count = 1;
+        Ok(())
+    })
+    .unwrap();
+    heap.close().unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let len = before.len() as u64;
+    let refused = |o: Options, words: &[&str]| match Heap::open(&path, o) {
+        Err(Error::InvalidOptions { what }) => {
+            for w in words {
+                assert!(what.contains(w), "{what:?} does not say {w:?}");
+            }
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened with {words:?}"),
+    };
+    refused(
+        Options::new().log_size(4 << 20),
+        &["log_size 4194304", "1048576", "fixed at create"],
+    );
+    refused(
+        Options::new().max_size(len - 4096),
+        &["max_size", &len.to_string(), "never shrinks"],
+    );
+    refused(Options::new().max_size(SMALL + 1), &["multiple of 4096"]);
+    refused(
+        Options::new().initial_size(SMALL * 2),
+        &["initial_size", "exceeds max_size"],
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "a refused open changed the file"
+    );
+    // The same sizes as at create are accepted (open_or_create with one Options).
+    let heap = Heap::open_or_create(&path, small()).unwrap();
+    assert_eq!(intact(&heap), 1);
+    heap.close().unwrap();
+    // A lower max_size down to the file's length is applied.
+    let heap = Heap::open(&path, Options::new().max_size(len.next_multiple_of(4096))).unwrap();
+    assert_eq!(heap.stats().unwrap().max_size, len.next_multiple_of(4096));
+    assert_eq!(intact(&heap), 1);
+    heap.close().unwrap();
+}
+
+#[test]
+fn initial_size_given_to_open_preallocates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pre.heap");
+    Heap::create(&path, small()).unwrap().close().unwrap();
+    let len0 = std::fs::metadata(&path).unwrap().len();
+    let heap = Heap::open(&path, Options::new().initial_size(8 << 20)).unwrap();
+    assert_eq!(heap.stats().unwrap().file_len, 8 << 20);
+    assert!(len0 < 8 << 20);
+    heap.transaction(|tx| tx.root::<Root>().map(|_| ()))
+        .unwrap();
+    heap.close().unwrap();
+    let heap = Heap::open(&path, Options::new()).unwrap();
+    assert!(heap.stats().unwrap().file_len >= 8 << 20);
+    heap.close().unwrap();
+}
