@@ -2,9 +2,9 @@
 //! commit while a barrier is in flight share the next one; every acknowledged transaction is
 //! durable; a failed shared barrier fails every transaction waiting on it and acknowledges none.
 
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::Barrier;
 
-use txheap::{Durability, Error, Heap, Options, PPtr};
+use txheap::{Durability, Heap, Options, PPtr};
 
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
 #[repr(C)]
@@ -75,10 +75,14 @@ fn eight_threads_share_barriers() {
         assert_eq!(a, &(1..=each).collect::<Vec<_>>(), "thread {t}");
     }
     // One barrier per commit without sharing; the goal (benches, W6) is 0.25 at 8 threads.
-    assert!(
-        per_commit <= 0.6,
-        "{used} barriers for {commits} commits: not shared"
-    );
+    // Under valgrind (scripts/valgrind.sh sets TXHEAP_VALGRIND), which runs one thread at a
+    // time, threads rarely overlap: only the correctness checks apply there.
+    if std::env::var_os("TXHEAP_VALGRIND").is_none() {
+        assert!(
+            per_commit <= 0.6,
+            "{used} barriers for {commits} commits: not shared"
+        );
+    }
     drop(heap);
     let heap = Heap::open(&path, options()).unwrap();
     let c = heap
@@ -105,8 +109,11 @@ fn a_lone_thread_pays_one_barrier_per_commit() {
 
 /// A shared barrier that fails: each transaction waiting on it gets an error, the handle is
 /// poisoned, and after reopening, every transaction that was acknowledged is there.
+#[cfg(feature = "test-hooks")]
 #[test]
 fn a_failed_shared_barrier_fails_its_waiters() {
+    use std::sync::{Arc, Mutex};
+    use txheap::Error;
     for fail_after in [3u64, 10, 40] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.heap");
@@ -180,6 +187,7 @@ fn a_failed_shared_barrier_fails_its_waiters() {
 /// A commit that shares a barrier is invisible to readers until the barrier has completed:
 /// with barriers slowed to 300 ms, a reader that runs while the committing thread waits sees
 /// the state before it; once `transaction` has returned, every reader sees it.
+#[cfg(feature = "test-hooks")]
 #[test]
 fn readers_see_a_shared_commit_only_once_it_is_durable() {
     use std::sync::atomic::{AtomicBool, Ordering};

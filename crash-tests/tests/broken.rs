@@ -91,57 +91,59 @@ fn every_broken_variant_is_caught() {
 
 /// Group commit: four threads commit at once under `Full` (sharing barriers); with the switch,
 /// a transaction is acknowledged without waiting for the shared barrier that makes its frame
-/// durable, and a power cut between the acknowledgement and that barrier loses it. The same
-/// recordings unbroken have no violation.
+/// durable, and a power cut between the acknowledgement and that barrier loses it. Unbroken
+/// recordings, until barriers were shared in at least three of them, have no violation.
+/// (Whether threads share depends on the scheduling: each loop runs seeds until it saw what
+/// it needs, within a bound, so a busy machine makes it longer, not wrong.)
 #[test]
 fn acknowledging_before_the_shared_barrier_is_caught() {
     let _mask = MASK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = crash_tests::scratch_dir();
-    let run = |mask: u32, seeds: std::ops::Range<u64>| {
-        sabotage::set(mask);
-        let (mut n, mut first, mut shared) = (0, String::new(), 0);
-        for seed in seeds {
-            let rec = record_threads(&dir.path().join("live.heap"), seed, Durability::Full, 40, 4);
-            // Barriers taken by the flusher have no commit of their own in between: count the
-            // marks that follow a barrier with no write between them (a shared barrier
-            // acknowledging several).
-            shared += rec
-                .events
-                .windows(3)
-                .filter(|w| {
-                    matches!(w[0], txheap::TraceEvent::Barrier { .. })
-                        && matches!(w[1], txheap::TraceEvent::Mark(_))
-                        && matches!(w[2], txheap::TraceEvent::Mark(_))
-                })
-                .count();
-            let t = simulate(&rec, dir.path(), 4, seed, 0);
-            if first.is_empty() {
-                if let Some(v) = t.violations.first() {
-                    first = format!("seed {seed} event {}: {}", v.at_event, v.what);
-                }
-            }
-            n += t.violations.len();
-            if n > 0 && mask != 0 {
-                break;
-            }
-        }
-        sabotage::set(0);
-        (n, first, shared)
+    // One seed: its violations (and the first), and whether a barrier acknowledged two
+    // commits (a barrier followed by two marks with nothing between them).
+    let one = |seed: u64| {
+        let rec = record_threads(&dir.path().join("live.heap"), seed, Durability::Full, 40, 4);
+        let shared = rec.events.windows(3).any(|w| {
+            matches!(w[0], txheap::TraceEvent::Barrier { .. })
+                && matches!(w[1], txheap::TraceEvent::Mark(_))
+                && matches!(w[2], txheap::TraceEvent::Mark(_))
+        });
+        let t = simulate(&rec, dir.path(), 4, seed, 0);
+        let first = t
+            .violations
+            .first()
+            .map(|v| format!("seed {seed} event {}: {}", v.at_event, v.what));
+        (t.violations.len(), first, shared)
     };
-    let (clean, what, shared) = run(0, 1..4);
-    assert_eq!(clean, 0, "unbroken group commit: {what}");
+    let (mut shared_seeds, mut seeds) = (0, 0);
+    for seed in 1..=30 {
+        let (n, first, shared) = one(seed);
+        assert_eq!(n, 0, "unbroken group commit: {}", first.unwrap_or_default());
+        seeds += 1;
+        shared_seeds += usize::from(shared);
+        if shared_seeds >= 3 {
+            break;
+        }
+    }
     assert!(
-        shared > 0,
-        "no barrier acknowledged two commits: nothing was shared"
+        shared_seeds >= 3,
+        "barriers were shared in only {shared_seeds} of {seeds} recordings"
     );
-    let (n, what, _) = run(sabotage::ACK_BEFORE_GROUP_BARRIER, 1..40);
+    sabotage::set(sabotage::ACK_BEFORE_GROUP_BARRIER);
+    let mut caught = None;
+    for seed in 1..=40 {
+        let (n, first, _) = one(seed);
+        if n > 0 {
+            caught = Some((n, first.unwrap_or_default()));
+            break;
+        }
+    }
+    sabotage::set(0);
+    let (n, what) =
+        caught.expect("the simulator did not catch acknowledging before the shared barrier");
     crash_tests::report(&format!(
-        "broken variant \"acknowledge before the shared barrier\" (Full, 4 threads): caught ({n} violations; first: {what}); unbroken: 0 violations, {shared} shared barriers"
+        "broken variant \"acknowledge before the shared barrier\" (Full, 4 threads): caught ({n} violations; first: {what}); unbroken: 0 violations in {seeds} recordings, barriers shared in {shared_seeds}"
     ));
-    assert!(
-        n > 0,
-        "the simulator did not catch acknowledging before the shared barrier"
-    );
 }
 
 /// Run `ops` through the exhaustive checker under `durability`, unbroken and then with `mask`:
