@@ -19,7 +19,6 @@ use txheap_recovery::{
 
 use crate::alloc::{Allocator, HeapHeader, HEAP_HEADER_LEN};
 use crate::error::{Error, Result};
-use crate::group::Group;
 use crate::layout::{needed_len, read_heap_header, Geometry};
 use crate::options::{Durability, Options};
 use crate::shared::Shared;
@@ -243,21 +242,13 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
     };
     let mut shared = Shared::new(
         path.to_path_buf(),
-        file,
+        (file, writer.storage.log_syncer()),
         (map, rmap),
         geo,
         read_only,
         options.durability,
         (log.next_txid.saturating_sub(1), header),
     );
-    if !read_only && options.durability == Durability::Full {
-        shared.group = Group::new(
-            writer.storage.log_syncer(),
-            log.next_txid.saturating_sub(1),
-            shared.registry.clone(),
-            shared.poison_cell(),
-        );
-    }
     shared.salvaged = log.salvaged;
     shared.in_place_min = options.in_place_min;
     shared.superblock_damage = (!damaged.is_empty()).then(|| {
@@ -338,8 +329,9 @@ fn recover_writable(
     // recovery's pwrites show through it like any file change.)
     let (sb0, _) = recovery::select_superblock(&*storage)?;
     // The sizes given to open: applied below, or refused here, before anything is written.
-    let max_size = options.max_size_for_open(&sb0, stat(storage)?)?;
-    let map = map_file(file, &Superblock { max_size, ..sb0 }, stat(storage)?, true)?;
+    let len0 = stat(storage)?;
+    let max_size = options.max_size_for_open(&sb0, len0)?;
+    let map = map_file(file, &Superblock { max_size, ..sb0 }, len0, true)?;
     // Frames to replay: first check the heap as replay will leave it (header, chunk count, the
     // chunk tables), so that a damaged heap is refused before recovery writes a
     // byte.

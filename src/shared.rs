@@ -19,6 +19,7 @@ use crate::group::Group;
 use crate::layout::Geometry;
 use crate::options::Durability;
 use crate::snapshot::Registry;
+use crate::storage::LogSyncer;
 use crate::sys::Mapping;
 
 /// What every part of an open heap reads; changed only under the locks described above.
@@ -49,9 +50,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// `syncer`: barriers of the file's log from any thread (group commit's; used only by a
+    /// writable handle under `Full`).
     pub(crate) fn new(
         path: PathBuf,
-        file: Arc<File>,
+        (file, syncer): (Arc<File>, Option<LogSyncer>),
         (map, rmap): (Mapping, Option<Mapping>),
         geo: Geometry,
         read_only: bool,
@@ -69,7 +72,14 @@ impl Shared {
             read_only,
             durability,
             registry: registry.clone(),
-            group: Group::new(None, txid, registry, poison.clone()),
+            // Group commit only for a writable handle under `Full` (a lone commit's barrier
+            // is shared with nobody under `None`, where commits do not wait for the disk).
+            group: Group::new(
+                syncer.filter(|_| !read_only && durability == Durability::Full),
+                txid,
+                registry,
+                poison.clone(),
+            ),
             poison,
             salvaged: None,
             superblock_damage: None,
@@ -85,11 +95,6 @@ impl Shared {
     /// Record the first failure; the handle refuses every later commit and read.
     pub(crate) fn poison(&self, cause: &str) {
         self.poison.set(cause);
-    }
-
-    /// The poison cell, for the group-commit flusher (which has no `Shared`).
-    pub(crate) fn poison_cell(&self) -> Arc<Poison> {
-        self.poison.clone()
     }
 
     pub(crate) fn is_poisoned(&self) -> bool {

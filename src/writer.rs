@@ -390,14 +390,6 @@ impl Writer {
     fn apply(&mut self, sh: &Shared, plan: &mut CommitPlan<'_>) -> Result<()> {
         // A panic from here on would leave the heap half-applied: poison it, so that no reader
         // or transaction starts on that state.
-        struct PoisonOnUnwind<'a>(&'a Shared);
-        impl Drop for PoisonOnUnwind<'_> {
-            fn drop(&mut self) {
-                if std::thread::panicking() {
-                    self.0.poison("a commit panicked while applying its frame");
-                }
-            }
-        }
         let _unwind = PoisonOnUnwind(sh);
         phase!(APPLY);
         let txid = self.next_txid - 1;
@@ -436,14 +428,6 @@ impl Writer {
     /// privately (the next transaction reads it there), the group gets it for readers (shown
     /// once its barrier completes), and the file gets the frames that are durable by now.
     fn apply_shared(&mut self, sh: &Shared, plan: &mut CommitPlan<'_>) -> Result<()> {
-        struct PoisonOnUnwind<'a>(&'a Shared);
-        impl Drop for PoisonOnUnwind<'_> {
-            fn drop(&mut self) {
-                if std::thread::panicking() {
-                    self.0.poison("a commit panicked while applying its frame");
-                }
-            }
-        }
         let _unwind = PoisonOnUnwind(sh);
         phase!(APPLY);
         let txid = self.next_txid - 1;
@@ -769,6 +753,18 @@ impl Writer {
             salvaged: sh.salvaged,
             superblock_damage: sh.superblock_damage.clone(),
         })
+    }
+}
+
+/// Poisons the heap if dropped while unwinding: a panic while a commit applies its frame
+/// would leave a state no reader or transaction may start on.
+struct PoisonOnUnwind<'a>(&'a Shared);
+
+impl Drop for PoisonOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poison("a commit panicked while applying its frame");
+        }
     }
 }
 

@@ -23,21 +23,23 @@ fn small() -> Options {
         .max_size(SMALL)
 }
 
+/// Add one block (filled with its number, from 1) to the root; returns the new count.
+fn add_block(tx: &mut txheap::Tx<'_>) -> txheap::Result<u64> {
+    let root = tx.root::<Root>()?;
+    let n = tx.get(root)?.count;
+    let b = tx.alloc_slice_zeroed::<u8>(BLOCK)?;
+    tx.slice_mut(b)?.fill(n as u8 + 1);
+    let rt = tx.get_mut(root)?;
+    rt.blocks[n as usize] = b;
+    rt.count = n + 1;
+    Ok(n + 1)
+}
+
 /// Add blocks until the heap is full; returns how many there are.
 fn fill(heap: &Heap) -> u64 {
     loop {
-        let r = heap.transaction(|tx| {
-            let root = tx.root::<Root>()?;
-            let n = tx.get(root)?.count;
-            let b = tx.alloc_slice_zeroed::<u8>(BLOCK)?;
-            tx.slice_mut(b)?.fill(n as u8 + 1);
-            let rt = tx.get_mut(root)?;
-            rt.blocks[n as usize] = b;
-            rt.count = n + 1;
-            Ok(())
-        });
-        match r {
-            Ok(()) => {}
+        match heap.transaction(add_block) {
+            Ok(_) => {}
             Err(e @ Error::OutOfSpace { .. }) => {
                 let msg = e.to_string();
                 assert!(
@@ -83,16 +85,10 @@ fn a_full_heap_reopened_with_a_larger_max_size_keeps_everything_and_grows() {
     assert_eq!(intact(&heap), full);
     let more = heap
         .transaction(|tx| {
-            let root = tx.root::<Root>()?;
-            for _ in 0..8 {
-                let n = tx.get(root)?.count;
-                let b = tx.alloc_slice_zeroed::<u8>(BLOCK)?;
-                tx.slice_mut(b)?.fill(n as u8 + 1);
-                let rt = tx.get_mut(root)?;
-                rt.blocks[n as usize] = b;
-                rt.count = n + 1;
+            for _ in 0..7 {
+                add_block(tx)?;
             }
-            Ok(tx.get(root)?.count)
+            add_block(tx)
         })
         .unwrap();
     assert_eq!(more, full + 8);
@@ -108,16 +104,7 @@ fn sizes_that_cannot_apply_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("refuse.heap");
     let heap = Heap::create(&path, small()).unwrap();
-    heap.transaction(|tx| {
-        let root = tx.root::<Root>()?;
-        let b = tx.alloc_slice_zeroed::<u8>(BLOCK)?;
-        tx.slice_mut(b)?.fill(1);
-        let rt = tx.get_mut(root)?;
-        rt.blocks[0] = b;
-        rt.count = 1;
-        Ok(())
-    })
-    .unwrap();
+    heap.transaction(add_block).unwrap();
     heap.close().unwrap();
     let before = std::fs::read(&path).unwrap();
     let len = before.len() as u64;

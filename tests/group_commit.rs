@@ -19,6 +19,25 @@ fn options() -> Options {
     Options::new().durability(Durability::Full)
 }
 
+/// Thread `t`'s transaction: one more in its slot and in the total; returns its slot.
+fn bump(tx: &mut txheap::Tx<'_>, t: usize) -> txheap::Result<u64> {
+    let root = tx.root::<Counters>()?;
+    let c = tx.get_mut(root)?;
+    c.per_thread[t] += 1;
+    c.total += 1;
+    Ok(c.per_thread[t])
+}
+
+/// The counters of the heap at `path`, reopened (recovered).
+fn reopened(path: &std::path::Path) -> Counters {
+    let heap = Heap::open(path, options()).unwrap();
+    heap.read(|r| {
+        let root: PPtr<Counters> = r.root()?;
+        r.get(root).copied()
+    })
+    .unwrap()
+}
+
 fn barriers(heap: &Heap) -> u64 {
     let io = heap.stats().unwrap().io;
     io.range_barriers + io.full_barriers
@@ -36,15 +55,7 @@ fn hammer(heap: &Heap, threads: usize, per_thread: u64) -> Vec<Vec<u64>> {
                     start.wait();
                     let mut acked = Vec::new();
                     for _ in 0..per_thread {
-                        let v = heap
-                            .transaction(|tx| {
-                                let root = tx.root::<Counters>()?;
-                                let c = tx.get_mut(root)?;
-                                c.per_thread[t] += 1;
-                                c.total += 1;
-                                Ok(c.per_thread[t])
-                            })
-                            .unwrap();
+                        let v = heap.transaction(|tx| bump(tx, t)).unwrap();
                         acked.push(v);
                     }
                     acked
@@ -84,13 +95,7 @@ fn eight_threads_share_barriers() {
         );
     }
     drop(heap);
-    let heap = Heap::open(&path, options()).unwrap();
-    let c = heap
-        .read(|r| {
-            let root: PPtr<Counters> = r.root()?;
-            r.get(root).copied()
-        })
-        .unwrap();
+    let c = reopened(&path);
     assert_eq!(c.total, commits);
     assert!(c.per_thread[..threads].iter().all(|&n| n == each));
 }
@@ -134,13 +139,7 @@ fn a_failed_shared_barrier_fails_its_waiters() {
                 s.spawn(move || {
                     start.wait();
                     loop {
-                        let r = heap.transaction(|tx| {
-                            let root = tx.root::<Counters>()?;
-                            let c = tx.get_mut(root)?;
-                            c.per_thread[t] += 1;
-                            c.total += 1;
-                            Ok(c.per_thread[t])
-                        });
+                        let r = heap.transaction(|tx| bump(tx, t));
                         match r {
                             Ok(v) => acked.lock().unwrap()[t] = v,
                             Err(e) => {
@@ -164,13 +163,7 @@ fn a_failed_shared_barrier_fails_its_waiters() {
         // After the failure nothing is acknowledged: a read is refused too.
         assert!(matches!(heap.read(|_| Ok(())), Err(Error::Poisoned { .. })));
         drop(heap);
-        let heap = Heap::open(&path, options()).unwrap();
-        let c = heap
-            .read(|r| {
-                let root: PPtr<Counters> = r.root()?;
-                r.get(root).copied()
-            })
-            .unwrap();
+        let c = reopened(&path);
         let acked = acked.lock().unwrap();
         for t in 0..threads {
             assert!(

@@ -551,78 +551,30 @@ pub fn record_threads(
     txns: u64,
     threads: u64,
 ) -> Recording {
-    if threads > 1 {
-        return record_many(path, seed, durability, txns, threads);
-    }
-    let _ = std::fs::remove_file(path);
-    Heap::create(path, options(durability))
-        .unwrap()
-        .close()
-        .unwrap();
-    let base = std::fs::read(path).unwrap();
-    let trace = Trace::default();
-    let heap = Heap::open(path, options(durability).record(trace.clone())).unwrap();
-    let mut rng = Rng::seeded(seed);
-    let mut done = 0;
-    while done < txns {
-        let abort = rng.below(8) == 0;
-        match step(&heap, seed, abort) {
-            Ok(n) => {
-                done += 1;
-                trace.lock().unwrap().push(TraceEvent::Mark(n));
-                // Under None, a flush now and then: its barrier makes the frames before it
-                // durable, so later frames vouch for them (and power cuts land in flushes).
-                if durability == Durability::None && done % FLUSH_EVERY == 0 {
-                    heap.flush().unwrap();
-                }
-                // Under Full, a checkpoint now and then: since format 3 the in-place path
-                // checkpoints only when a logged frame reaches the new extent, so without these
-                // a short trace rarely leaves frames of an older generation behind the log's
-                // tail (power cuts then never test that they are ignored).
-                if durability == Durability::Full && done % CHECKPOINT_EVERY == 0 {
-                    heap.checkpoint().unwrap();
-                }
-            }
-            Err(Error::NoRoot) if abort => {}
-            Err(e) => panic!("workload transaction failed: {e}"),
-        }
-    }
-    heap.close().unwrap();
-    let events = std::mem::take(&mut *trace.lock().unwrap());
-    Recording {
-        base,
-        events,
-        seed,
-        durability,
-        threads: 1,
-    }
-}
-
-fn record_many(
-    path: &Path,
-    seed: u64,
-    durability: Durability,
-    txns: u64,
-    threads: u64,
-) -> Recording {
-    let _ = std::fs::remove_file(path);
-    Heap::create(path, options(durability))
-        .unwrap()
-        .close()
-        .unwrap();
-    let base = std::fs::read(path).unwrap();
-    let trace = Trace::default();
-    let heap = Heap::open(path, options(durability).record(trace.clone())).unwrap();
     use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    let _ = std::fs::remove_file(path);
+    Heap::create(path, options(durability))
+        .unwrap()
+        .close()
+        .unwrap();
+    let base = std::fs::read(path).unwrap();
+    let trace = Trace::default();
+    let heap = Heap::open(path, options(durability).record(trace.clone())).unwrap();
     // Each thread takes a slot before a transaction and commits it (aborting now and then
-    // first), so that exactly `txns` commit.
+    // first), so that exactly `txns` commit. One thread draws from `Rng::seeded(seed)`, as the
+    // single-threaded recordings always did.
+    let threads = threads.max(1);
     let (slots, done) = (AtomicU64::new(0), AtomicU64::new(0));
     let start = std::sync::Barrier::new(threads as usize);
     std::thread::scope(|s| {
         for t in 0..threads {
             let (heap, trace, slots, done, start) = (&heap, &trace, &slots, &done, &start);
             s.spawn(move || {
-                let mut rng = Rng::seeded(seed ^ (t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                let mut rng = if threads == 1 {
+                    Rng::seeded(seed)
+                } else {
+                    Rng::seeded(seed ^ (t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                };
                 start.wait();
                 while slots.fetch_add(1, SeqCst) < txns {
                     loop {
@@ -631,9 +583,17 @@ fn record_many(
                             Ok(n) => {
                                 trace.lock().unwrap().push(TraceEvent::Mark(n));
                                 let d = done.fetch_add(1, SeqCst) + 1;
+                                // Under None, a flush now and then: its barrier makes the
+                                // frames before it durable, so later frames vouch for them
+                                // (and power cuts land in flushes).
                                 if durability == Durability::None && d % FLUSH_EVERY == 0 {
                                     heap.flush().unwrap();
                                 }
+                                // Under Full, a checkpoint now and then: since format 3 the
+                                // in-place path checkpoints only when a logged frame reaches
+                                // the new extent, so without these a short trace rarely leaves
+                                // frames of an older generation behind the log's tail (power
+                                // cuts then never test that they are ignored).
                                 if durability == Durability::Full && d % CHECKPOINT_EVERY == 0 {
                                     heap.checkpoint().unwrap();
                                 }

@@ -12,6 +12,25 @@ use std::process::Command;
 use crash_tests::kill9::{self, Config, FAILPOINTS};
 use txheap_recovery::phase;
 
+/// The number in the environment variable `name`, else `default`.
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Some kill landed in each of `phases`.
+fn assert_landed(rep: &kill9::Report, phases: &[u32], seed: u64) {
+    for &p in phases {
+        assert!(
+            rep.in_phase(p) > 0,
+            "no kill landed in phase {:?} (seed {seed})",
+            phase::name(p)
+        );
+    }
+}
+
 fn seed() -> u64 {
     std::env::var("TXHEAP_KILL9_SEED")
         .ok()
@@ -51,15 +70,12 @@ fn campaign(kills: u64, seed: u64, threads: u64) -> kill9::Report {
 
 #[test]
 fn kill9_campaign() {
-    let kills: u64 = std::env::var("TXHEAP_KILL9_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+    let kills = env_or("TXHEAP_KILL9_ITERS", 1000);
     let seed = seed();
     let rep = campaign(kills, seed, 1);
     if kills >= 1000 {
         // The dangerous windows were hit, measured by the phase the child died in.
-        for p in [
+        let dangerous = [
             phase::RECOVERY_REPLAY,
             phase::RECOVERY_CHECKPOINT,
             phase::LOG_WRITE,
@@ -67,13 +83,8 @@ fn kill9_campaign() {
             phase::APPLY,
             phase::CHECKPOINT,
             phase::TX_BODY,
-        ] {
-            assert!(
-                rep.in_phase(p) > 0,
-                "no kill landed in phase {:?} (seed {seed})",
-                phase::name(p)
-            );
-        }
+        ];
+        assert_landed(&rep, &dangerous, seed);
         assert!(
             rep.in_recovery() * 20 >= rep.kills,
             "fewer than 5% of kills landed inside recovery (seed {seed})"
@@ -96,20 +107,12 @@ fn kill9_campaign() {
 /// from whichever thread, is there after the kill.
 #[test]
 fn kill9_campaign_four_threads() {
-    let kills: u64 = std::env::var("TXHEAP_KILL9_THREADS_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(400);
+    let kills = env_or("TXHEAP_KILL9_THREADS_ITERS", 400);
     let seed = seed();
     let rep = campaign(kills, seed, 4);
     if kills >= 400 {
-        for p in [phase::GROUP_BARRIER, phase::APPLY, phase::RECOVERY_REPLAY] {
-            assert!(
-                rep.in_phase(p) > 0,
-                "no kill landed in phase {:?} (seed {seed})",
-                phase::name(p)
-            );
-        }
+        let phases = [phase::GROUP_BARRIER, phase::APPLY, phase::RECOVERY_REPLAY];
+        assert_landed(&rep, &phases, seed);
         assert!(rep.acked > kills, "too few transactions acknowledged");
     }
 }

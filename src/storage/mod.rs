@@ -86,8 +86,8 @@ impl FileStorage {
     }
 }
 
-/// Range barriers of the log window, for a thread that does not hold the writer lock (the
-/// leader of a group commit). It only makes durable what the writer already stored: it never
+/// Range barriers of the log window, for a thread that does not hold the writer lock (group
+/// commit's flusher thread). It only makes durable what the writer already stored: it never
 /// writes the file.
 #[derive(Debug, Clone)]
 pub(crate) struct LogSyncer {
