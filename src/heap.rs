@@ -388,9 +388,14 @@ impl Heap {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn stats(&self) -> Result<Stats> {
+        self.stats_progress(&mut |_, _| {})
+    }
+
+    /// [`Heap::stats`], calling `progress(runs done, runs)` as the walk over run bitmaps goes.
+    pub(crate) fn stats_progress(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<Stats> {
         self.refuse_reentry()?;
         let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        w.stats(&self.shared)
+        w.stats(&self.shared, progress)
     }
 
     /// The file this heap lives in.

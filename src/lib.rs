@@ -73,6 +73,7 @@ mod collections;
 mod error;
 mod group;
 mod heap;
+pub mod inspect;
 mod layout;
 mod limits;
 mod open;

@@ -190,11 +190,23 @@ pub(crate) fn open(path: &Path, options: &Options) -> Result<Opened> {
 
 /// Open an existing heap read-only (see `Heap::open_read_only`).
 pub(crate) fn open_read_only(path: &Path) -> Result<Opened> {
+    let file = open_shared(path)?;
+    from_file(path, file, &Options::new(), true)
+}
+
+/// The file at `path`, opened for reading under a shared lock (what read-only handles and the
+/// inspection tools hold).
+pub(crate) fn open_shared(path: &Path) -> Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .open(path)
         .map_err(|e| open_error(path, e))?;
     lock_file(&file, path, false)?;
+    Ok(file)
+}
+
+/// A read-only heap over `file`, which [`open_shared`] opened.
+pub(crate) fn read_only_from(path: &Path, file: File) -> Result<Opened> {
     from_file(path, file, &Options::new(), true)
 }
 

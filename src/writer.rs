@@ -722,12 +722,13 @@ impl Writer {
     }
 
     /// The figures of [`crate::Heap::stats`].
-    pub(crate) fn stats(&self, sh: &Shared) -> Result<Stats> {
-        let (used, free, largest, classes) = self.alloc.stats(&|off, buf| {
+    pub(crate) fn stats(&self, sh: &Shared, progress: &mut dyn FnMut(u64, u64)) -> Result<Stats> {
+        let read = |off: u64, buf: &mut [u8]| {
             // SAFETY: run bitmaps lie inside the chunk area, which is mapped; the writer lock
             // is held, so no commit changes them while we read.
             buf.copy_from_slice(unsafe { sh.map.slice(off, buf.len()) })
-        })?;
+        };
+        let (used, free, largest, classes) = self.alloc.stats_progress(&read, progress)?;
         let mut io = self.storage.counters;
         io.range_barriers += sh.group.barriers();
         let (filesystem, volatile_storage) =

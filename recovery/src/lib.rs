@@ -44,7 +44,9 @@ pub use error::RecoveryError;
 pub use hooks::{phase, sabotage};
 pub use limits::{COUNTER_MAX, LOG_SIZE_MIN};
 pub use replay::{recover, recover_checked, recover_checked_with, OnDamage, Recovered, Replayed};
-pub use scan::{find_damage, scan_log, ApplyFn, LogDamage, LogScan};
+pub use scan::{
+    find_damage, frame_verifies_at, scan_log, scan_log_visiting, ApplyFn, LogDamage, LogScan,
+};
 pub use storage::{MemStorage, Storage};
 pub use superblock::{
     damaged_slots, select_superblock, Slot, SlotError, Superblock, CHUNK_SIZE, FORMAT_VERSION,

@@ -6,8 +6,8 @@
 //! caller's `apply`), or decode frames itself (`txheap_log` does).
 
 use txheap_log::{
-    header_at, parse_header, verified_frame_at, verify_frame, Stop, StopReason, Voucher,
-    CHECK_OFFSET, FRAME_ALIGN, FRAME_HEADER_LEN, GENERATION_OFFSET, MAGIC_OFFSET,
+    header_at, parse_header, verified_frame_at, verify_frame, FrameHeader, Stop, StopReason,
+    Voucher, CHECK_OFFSET, FRAME_ALIGN, FRAME_HEADER_LEN, GENERATION_OFFSET, MAGIC_OFFSET,
     RANGE_COUNT_OFFSET, TXID_OFFSET,
 };
 
@@ -241,8 +241,18 @@ fn find_magic(buf: &[u8], positions: usize, magic: [u8; 4]) -> Option<usize> {
 }
 
 /// Whether a whole frame that verifies starts at log-relative offset `at` (read on its own,
-/// so that a search's read window is not disturbed).
-fn frame_verifies_at<S: Storage + ?Sized>(
+/// so that a search's read window is not disturbed): where a scan stopped, such a frame is
+/// exactly what was written there (a stale frame, the log's clean end), and any other is torn
+/// or damaged.
+///
+/// ```
+/// use txheap_recovery::{format, frame_verifies_at, MemStorage};
+/// let mut s = MemStorage::new();
+/// let sb = format(&mut s, 65536, 1 << 20).unwrap();
+/// assert!(frame_verifies_at(&s, &sb, 0).unwrap()); // a new log's sentinel frame
+/// assert!(!frame_verifies_at(&s, &sb, 64).unwrap()); // zeros
+/// ```
+pub fn frame_verifies_at<S: Storage + ?Sized>(
     storage: &S,
     sb: &Superblock,
     at: u64,
@@ -288,6 +298,29 @@ pub fn scan_log<S: Storage + ?Sized>(
     storage: &S,
     sb: &Superblock,
     apply: &mut ApplyFn<'_>,
+) -> Result<LogScan, RecoveryError> {
+    scan_log_visiting(storage, sb, apply, &mut |_, _| {})
+}
+
+/// [`scan_log`], calling `visit(log-relative offset, header)` after the ranges of each committed
+/// frame went to `apply` (for tools that list frames: `txheap dump-log`).
+///
+/// ```
+/// use txheap_recovery::{format, scan_log_visiting, MemStorage, Storage};
+/// use txheap_recovery::txheap_log::FrameBuilder;
+/// let mut s = MemStorage::new();
+/// let sb = format(&mut s, 65536, 1 << 20).unwrap();
+/// let f = FrameBuilder::new().finish(sb.generation, sb.next_txid).to_vec();
+/// s.write_at(sb.log_offset(), &f).unwrap();
+/// let mut txids = Vec::new();
+/// scan_log_visiting(&s, &sb, &mut |_, _| Ok(()), &mut |_, h| txids.push(h.txid)).unwrap();
+/// assert_eq!(txids, vec![sb.next_txid]);
+/// ```
+pub fn scan_log_visiting<S: Storage + ?Sized>(
+    storage: &S,
+    sb: &Superblock,
+    apply: &mut ApplyFn<'_>,
+    visit: &mut dyn FnMut(u64, &FrameHeader),
 ) -> Result<LogScan, RecoveryError> {
     let mut at = 0u64;
     let mut txid = sb.next_txid;
@@ -363,6 +396,7 @@ pub fn scan_log<S: Storage + ?Sized>(
             apply(r.offset, r.bytes)?;
             range_bytes += r.bytes.len() as u64;
         }
+        visit(at, &h);
         frames += 1;
         txid += 1;
         at += h.frame_len();

@@ -676,9 +676,19 @@ impl Allocator {
 
     /// Numbers for [`crate::Stats`]: (used bytes, free bytes, largest free extent, per class).
     /// Runs not used since the open are counted from their bitmaps through `read`.
+    #[cfg(test)]
     pub(crate) fn stats(
         &self,
         read: &dyn Fn(u64, &mut [u8]),
+    ) -> Result<(u64, u64, u64, Vec<ClassStats>)> {
+        self.stats_progress(read, &mut |_, _| {})
+    }
+
+    /// [`Allocator::stats`], calling `progress(runs done, runs)` every 1024 runs and at the end.
+    pub(crate) fn stats_progress(
+        &self,
+        read: &dyn Fn(u64, &mut [u8]),
+        progress: &mut dyn FnMut(u64, u64),
     ) -> Result<(u64, u64, u64, Vec<ClassStats>)> {
         let mut classes: Vec<ClassStats> = CLASSES
             .iter()
@@ -689,7 +699,11 @@ impl Allocator {
             .collect();
         let mut used = 0;
         let mut free = 0;
-        for (&c, rs) in &self.runs {
+        let total = self.runs.len() as u64;
+        for (done, (&c, rs)) in self.runs.iter().enumerate() {
+            if done % 1024 == 0 {
+                progress(done as u64, total);
+            }
             let g = RunGeom::of_class(rs.class);
             let mut rs = *rs;
             if !rs.scanned {
@@ -702,6 +716,7 @@ impl Allocator {
             used += (g.block_count - rs.free) * g.block_size;
             free += rs.free * g.block_size;
         }
+        progress(total, total);
         for &(_, size) in self.large.values() {
             used += size;
         }

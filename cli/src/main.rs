@@ -1,0 +1,545 @@
+//! `txheap`: check, inspect, dump, recover and copy txheap heap files.
+//!
+//! Every subcommand is in `txheap --help`; `txheap SUBCOMMAND --help` says what it does. The
+//! read-only ones (`info`, `stats`, `check`, `dump-log`, `recover --dry-run`) never write the
+//! file, take `--json` (the schema is in docs/CLI.md), and share the exit codes of fsck:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success; for `check`, the file is clean |
+//! | 1 | `check`: sound, but a writable open has work to do (`txheap recover` does it) |
+//! | 4 | the file is damaged (`check`'s verdict, or another subcommand refused it as damaged) |
+//! | 8 | operational or usage error: no such file, not a txheap file, locked by a writer, I/O |
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Value};
+use txheap::inspect::{self, CheckReport, LogEnd, LogReport};
+use txheap::{Error, Heap, Options, Stats};
+
+/// The version of the `--json` documents' schema (docs/CLI.md); every document carries it.
+const SCHEMA: u32 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "txheap",
+    version,
+    about = "Check, inspect, dump, recover and copy txheap heap files",
+    after_help = "Exit codes: 0 success (check: clean), 1 check: recoverable by `txheap recover`, \
+                  4 damaged, 8 operational or usage error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Superblock, log and space figures of a heap (read-only; replays the log in memory only)
+    Info {
+        /// The heap file
+        file: PathBuf,
+        /// Print one JSON document (schema in docs/CLI.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Space per size class: runs, blocks used and free, fragmentation; largest free extent;
+    /// log use (read-only)
+    Stats {
+        /// The heap file
+        file: PathBuf,
+        /// Print one JSON document
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify both superblocks, every log frame, the heap header, every chunk-table entry and
+    /// every run bitmap (read-only). Exit 0 clean, 1 recoverable, 4 damaged, 8 not checked
+    Check {
+        /// The heap file
+        file: PathBuf,
+        /// Print one JSON document
+        #[arg(long)]
+        json: bool,
+        /// Never draw a progress bar (it is drawn only on a terminal, for walks longer than a
+        /// moment)
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// List the log's committed frames and their ranges, and where and why the log ends
+    /// (read-only)
+    DumpLog {
+        /// The heap file
+        file: PathBuf,
+        /// Print one JSON document
+        #[arg(long)]
+        json: bool,
+        /// Print every frame's ranges, not only their count and bytes
+        #[arg(long)]
+        ranges: bool,
+    },
+    /// Open for writing (replay committed frames, discard a torn tail, checkpoint), then close
+    Recover {
+        /// The heap file
+        file: PathBuf,
+        /// Say what a recovery would do, and change nothing
+        #[arg(long, conflicts_with = "salvage")]
+        dry_run: bool,
+        /// Accept the loss of the transactions after a damaged durable log frame (which plain
+        /// `recover` refuses, naming the damage)
+        #[arg(long)]
+        salvage: bool,
+        /// Print one JSON document (with --dry-run)
+        #[arg(long, requires = "dry_run")]
+        json: bool,
+    },
+}
+
+/// A subcommand's failure: the exit code and the message (already naming the file).
+struct Failure(u8, String);
+
+/// The exit code for an error that stopped a subcommand: damage 4, anything else 8.
+fn failure(file: &Path, e: Error) -> Failure {
+    let code = match e {
+        Error::Corrupt { .. } | Error::Truncated { .. } | Error::LogDamaged { .. } => 4,
+        _ => 8,
+    };
+    Failure(code, format!("{}: {e}", file.display()))
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("a JSON value always serialises")
+    );
+}
+
+fn stats_json(file: &Path, s: &Stats) -> Value {
+    json!({
+        "schema": SCHEMA,
+        "file": file.display().to_string(),
+        "file_len": s.file_len,
+        "max_size": s.max_size,
+        "filesystem": s.filesystem,
+        "volatile_storage": s.volatile_storage,
+        "superblock": {
+            "seq": s.superblock_seq,
+            "log_generation": s.log_generation,
+            "next_txid": s.next_txid,
+            "damage": s.superblock_damage,
+        },
+        "log": { "size": s.log_size, "used": s.log_used },
+        "heap": {
+            "bytes": s.heap_bytes,
+            "used_bytes": s.used_bytes,
+            "free_bytes": s.free_bytes,
+            "largest_free_extent": s.largest_free_extent,
+        },
+    })
+}
+
+fn classes_json(s: &Stats) -> Value {
+    Value::Array(
+        s.classes
+            .iter()
+            .filter(|c| c.runs > 0)
+            .map(|c| {
+                json!({
+                    "block_size": c.block_size,
+                    "runs": c.runs,
+                    "used_blocks": c.used_blocks,
+                    "free_blocks": c.free_blocks,
+                    "used_bytes": c.used_blocks * c.block_size,
+                    "free_bytes": c.free_blocks * c.block_size,
+                    "fragmentation": fragmentation(c.used_blocks, c.free_blocks),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The share of a class's blocks that are free: space its runs hold but no object uses.
+fn fragmentation(used: u64, free: u64) -> f64 {
+    if used + free == 0 {
+        0.0
+    } else {
+        free as f64 / (used + free) as f64
+    }
+}
+
+fn print_info(file: &Path, s: &Stats) {
+    println!("file            {}", file.display());
+    println!(
+        "file length     {} bytes (max_size {})",
+        s.file_len, s.max_size
+    );
+    println!(
+        "filesystem      {}{}",
+        s.filesystem,
+        if s.volatile_storage {
+            " (in memory only: nothing survives a power cut or reboot, whatever the durability)"
+        } else {
+            ""
+        }
+    );
+    if let Some(damage) = &s.superblock_damage {
+        println!("WARNING         damaged superblock ({damage}); the other slot was used");
+    }
+    println!(
+        "superblock      seq {}, log generation {}, next txid {}",
+        s.superblock_seq, s.log_generation, s.next_txid
+    );
+    println!(
+        "log             {} of {} bytes hold committed frames not yet checkpointed",
+        s.log_used, s.log_size
+    );
+    println!(
+        "heap            {} bytes in chunks: {} used, {} free, largest free extent {}",
+        s.heap_bytes, s.used_bytes, s.free_bytes, s.largest_free_extent
+    );
+}
+
+fn info(file: &Path, json: bool, classes: bool) -> Result<u8, Failure> {
+    let heap = Heap::open_read_only(file).map_err(|e| failure(file, e))?;
+    let s = heap.stats().map_err(|e| failure(file, e))?;
+    if json {
+        let mut v = stats_json(file, &s);
+        if classes {
+            v["classes"] = classes_json(&s);
+        }
+        print_json(&v);
+        return Ok(0);
+    }
+    print_info(file, &s);
+    let list: Vec<_> = s.classes.iter().filter(|c| c.runs > 0).collect();
+    if classes {
+        println!("size classes    block   runs       used       free  fragmentation");
+        for c in list {
+            println!(
+                "                {:>5} {:>6} {:>10} {:>10}  {:>12.1}%",
+                c.block_size,
+                c.runs,
+                c.used_blocks,
+                c.free_blocks,
+                100.0 * fragmentation(c.used_blocks, c.free_blocks)
+            );
+        }
+    } else if !list.is_empty() {
+        println!("size classes    block  runs  used  free");
+        for c in list {
+            println!(
+                "                {:>5} {:>5} {:>5} {:>5}",
+                c.block_size, c.runs, c.used_blocks, c.free_blocks
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn end_json(end: &LogEnd) -> Value {
+    match end {
+        LogEnd::Clean { offset, detail } => {
+            json!({ "kind": "clean", "offset": offset, "detail": detail })
+        }
+        LogEnd::Torn { offset, detail } => {
+            json!({ "kind": "torn", "offset": offset, "detail": detail })
+        }
+        LogEnd::Damaged {
+            offset,
+            txid,
+            voucher_offset,
+            last_txid,
+        } => json!({
+            "kind": "damaged",
+            "offset": offset,
+            "txid": txid,
+            "voucher_offset": voucher_offset,
+            "last_txid": last_txid,
+        }),
+    }
+}
+
+fn end_text(end: &LogEnd) -> String {
+    match end {
+        LogEnd::Clean { offset, detail } => format!("ends cleanly at offset {offset}: {detail}"),
+        LogEnd::Torn { offset, detail } => format!(
+            "ends with a torn frame at offset {offset} ({detail}): a commit cut short by a \
+             crash; recovery discards it"
+        ),
+        LogEnd::Damaged {
+            offset,
+            txid,
+            voucher_offset,
+            last_txid,
+        } => format!(
+            "DAMAGED frame at offset {offset} (transaction {txid}; the frame at offset \
+             {voucher_offset} proves it durable): an open would lose transactions \
+             {txid}..={last_txid}"
+        ),
+    }
+}
+
+fn log_json(file: &Path, log: &LogReport, ranges: bool) -> Value {
+    json!({
+        "schema": SCHEMA,
+        "file": file.display().to_string(),
+        "superblock": { "seq": log.superblock_seq, "offset": log.superblock_offset },
+        "generation": log.generation,
+        "log_offset": log.log_offset,
+        "log_size": log.log_size,
+        "first_txid": log.first_txid,
+        "range_bytes": log.range_bytes(),
+        "frames": log.frames.iter().map(|f| {
+            let mut v = json!({
+                "offset": f.offset,
+                "txid": f.txid,
+                "durable_txid": f.durable_txid,
+                "len": f.len,
+                "range_count": f.ranges.len(),
+                "range_bytes": f.ranges.iter().map(|r| r.1).sum::<u64>(),
+            });
+            if ranges {
+                v["ranges"] = f.ranges.iter().map(|&(o, l)| json!([o, l])).collect();
+            }
+            v
+        }).collect::<Vec<_>>(),
+        "end": end_json(&log.end),
+    })
+}
+
+fn dump_log(file: &Path, json: bool, ranges: bool) -> Result<u8, Failure> {
+    let log = inspect::read_log(file).map_err(|e| failure(file, e))?;
+    if json {
+        print_json(&log_json(file, &log, ranges));
+        return Ok(0);
+    }
+    println!(
+        "superblock seq {} (offset {}), generation {}, log at {} ({} bytes), first txid {}",
+        log.superblock_seq,
+        log.superblock_offset,
+        log.generation,
+        log.log_offset,
+        log.log_size,
+        log.first_txid
+    );
+    for f in &log.frames {
+        println!(
+            "frame txid {} at {}: {} bytes, durable_txid {}, {} ranges ({} bytes)",
+            f.txid,
+            f.offset,
+            f.len,
+            f.durable_txid,
+            f.ranges.len(),
+            f.ranges.iter().map(|r| r.1).sum::<u64>()
+        );
+        if ranges {
+            for (o, l) in &f.ranges {
+                println!("    {o:>14} +{l}");
+            }
+        }
+    }
+    println!(
+        "{} committed frame(s); the log {}",
+        log.frames.len(),
+        end_text(&log.end)
+    );
+    Ok(0)
+}
+
+/// The progress bar for `check`: drawn on a terminal once the walk has taken longer than a
+/// moment, never otherwise.
+struct Progress {
+    bar: ProgressBar,
+    start: Instant,
+    enabled: bool,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(enabled: bool) -> Progress {
+        Progress {
+            bar: ProgressBar::hidden(),
+            start: Instant::now(),
+            enabled: enabled && std::io::stderr().is_terminal(),
+            shown: false,
+        }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        if !self.enabled {
+            return;
+        }
+        if !self.shown && self.start.elapsed() > Duration::from_millis(200) && done < total {
+            self.bar.set_style(
+                ProgressStyle::with_template(
+                    "checking run bitmaps {bar:40} {pos}/{len} runs ({eta} left)",
+                )
+                .expect("a valid template"),
+            );
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+            self.shown = true;
+        }
+        self.bar.set_length(total);
+        self.bar.set_position(done);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if self.shown {
+            self.bar.finish_and_clear();
+        }
+    }
+}
+
+fn check_json(r: &CheckReport) -> Value {
+    json!({
+        "schema": SCHEMA,
+        "file": r.path.display().to_string(),
+        "verdict": r.verdict.name(),
+        "exit_code": r.verdict.exit_code(),
+        "findings": r.findings.iter().map(|f| json!({
+            "verdict": f.verdict.name(),
+            "offset": f.offset,
+            "what": f.what,
+        })).collect::<Vec<_>>(),
+        "log": r.log.as_ref().map(|l| json!({
+            "frames": l.frames.len(),
+            "range_bytes": l.range_bytes(),
+            "end": end_json(&l.end),
+        })),
+        "stats": r.stats.as_ref().map(|s| {
+            let mut v = stats_json(&r.path, s);
+            v["classes"] = classes_json(s);
+            v
+        }),
+    })
+}
+
+fn check(file: &Path, json: bool, progress: bool) -> Result<u8, Failure> {
+    let report = {
+        let mut bar = Progress::new(progress && !json);
+        inspect::check(file, &mut |done, total| bar.update(done, total))
+            .map_err(|e| failure(file, e))?
+    };
+    if json {
+        print_json(&check_json(&report));
+    } else {
+        for f in &report.findings {
+            println!("{}: {f}", file.display());
+        }
+        let what = match (&report.stats, report.verdict) {
+            (Some(s), _) => format!(
+                ", {} bytes in chunks ({} used, {} free), {} runs walked",
+                s.heap_bytes,
+                s.used_bytes,
+                s.free_bytes,
+                s.classes.iter().map(|c| c.runs).sum::<u64>()
+            ),
+            (None, _) => String::new(),
+        };
+        println!("{}: {}{what}", file.display(), report.verdict.name());
+    }
+    Ok(report.verdict.exit_code())
+}
+
+fn recover(file: &Path, salvage: bool) -> Result<u8, Failure> {
+    let heap = Heap::open(file, Options::new().salvage(salvage)).map_err(|e| failure(file, e))?;
+    let s = heap.stats().map_err(|e| failure(file, e))?;
+    heap.close().map_err(|e| failure(file, e))?;
+    println!(
+        "{}: recovered; superblock seq {}, next txid {}",
+        file.display(),
+        s.superblock_seq,
+        s.next_txid
+    );
+    if let Some((first, last)) = s.salvaged {
+        println!(
+            "{}: salvaged: a damaged log frame cut off transactions {first}..={last} ({} dropped)",
+            file.display(),
+            last - first + 1
+        );
+    }
+    Ok(0)
+}
+
+fn recover_dry_run(file: &Path, json: bool) -> Result<u8, Failure> {
+    let log = inspect::read_log(file).map_err(|e| failure(file, e))?;
+    let damaged = matches!(log.end, LogEnd::Damaged { .. });
+    let first = log.frames.first().map(|f| f.txid);
+    let last = log.frames.last().map(|f| f.txid);
+    if json {
+        print_json(&json!({
+            "schema": SCHEMA,
+            "file": file.display().to_string(),
+            "replay": {
+                "frames": log.frames.len(),
+                "first_txid": first,
+                "last_txid": last,
+                "range_bytes": log.range_bytes(),
+            },
+            "discard_torn_tail": matches!(log.end, LogEnd::Torn { .. }),
+            "refused": damaged,
+            "end": end_json(&log.end),
+        }));
+    } else {
+        match (first, last) {
+            (Some(a), Some(b)) => println!(
+                "{}: would replay {} committed frame(s), transactions {a}..={b} ({} bytes of ranges)",
+                file.display(),
+                log.frames.len(),
+                log.range_bytes()
+            ),
+            _ => println!("{}: nothing to replay", file.display()),
+        }
+        println!("{}: the log {}", file.display(), end_text(&log.end));
+        if damaged {
+            println!(
+                "{}: recover would refuse the file (damaged durable frame); `recover --salvage` \
+                 would keep the frames listed above and drop the rest",
+                file.display()
+            );
+        }
+    }
+    Ok(if damaged { 4 } else { 0 })
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print and succeed; a usage error is exit 8, as fsck's.
+            let code = if e.use_stderr() { 8 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Info { file, json } => info(&file, json, false),
+        Command::Stats { file, json } => info(&file, json, true),
+        Command::Check {
+            file,
+            json,
+            no_progress,
+        } => check(&file, json, !no_progress),
+        Command::DumpLog { file, json, ranges } => dump_log(&file, json, ranges),
+        Command::Recover {
+            file,
+            dry_run: true,
+            json,
+            ..
+        } => recover_dry_run(&file, json),
+        Command::Recover { file, salvage, .. } => recover(&file, salvage),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure(code, msg)) => {
+            eprintln!("txheap: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The `txheap` command, run as a binary: info, stats, check (its exit code and the named
+//! inconsistency on a good file and on each kind of damaged file of `tests/bad_input.rs`),
+//! dump-log, recover and recover --dry-run, and `--json` on each read-only subcommand.
+
+use std::process::Command;
+
+fn txheap(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_txheap"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn info_recover_and_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.heap");
+    let p = path.to_str().unwrap();
+    let heap = txheap::Heap::create(&path, txheap::Options::new()).unwrap();
+    heap.transaction(|tx| tx.alloc([1u64; 8]).map(|_| ()))
+        .unwrap();
+    // Leave the frame in the log: copy the file while open, as a crash would.
+    let crashed = dir.path().join("crashed.heap");
+    std::fs::copy(&path, &crashed).unwrap();
+    drop(heap);
+    let (code, out, _) = txheap(&["info", p]);
+    assert_eq!(code, 0);
+    assert!(out.contains("used") && out.contains("   64 "), "{out}");
+    let c = crashed.to_str().unwrap();
+    let (code, out, _) = txheap(&["info", c]);
+    assert_eq!(code, 0);
+    assert!(
+        !out.contains("log             0 of"),
+        "the crashed copy must show frames in its log: {out}"
+    );
+    let (code, out, _) = txheap(&["recover", c]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out, _) = txheap(&["info", c]);
+    assert!(
+        out.contains("log             0 of"),
+        "after recover the log is empty: {out}"
+    );
+    let foreign = dir.path().join("foreign");
+    std::fs::write(&foreign, b"hello").unwrap();
+    let (code, _, err) = txheap(&["info", foreign.to_str().unwrap()]);
+    assert_eq!(code, 8);
+    assert!(err.contains("not a txheap file"), "{err}");
+    assert_eq!(std::fs::read(&foreign).unwrap(), b"hello");
+    assert_eq!(txheap(&["bogus"]).0, 8);
+}
+
+#[test]
+fn a_damaged_log_is_refused_by_name_and_salvaged_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.heap");
+    let heap = txheap::Heap::create(&path, txheap::Options::new()).unwrap();
+    for i in 0..3u64 {
+        heap.transaction(|tx| tx.alloc([i; 8]).map(|_| ())).unwrap();
+    }
+    // A power cut keeps the three durable frames in the log; then the disk flips a bit in the
+    // first one's payload (frames start at 8192; its header is 40 bytes).
+    let crashed = dir.path().join("crashed.heap");
+    std::fs::copy(&path, &crashed).unwrap();
+    drop(heap);
+    let mut img = std::fs::read(&crashed).unwrap();
+    img[8192 + 60] ^= 1;
+    std::fs::write(&crashed, &img).unwrap();
+    let c = crashed.to_str().unwrap();
+    let (code, _, err) = txheap(&["info", c]);
+    assert_eq!(code, 4);
+    assert!(err.contains("damaged") && err.contains("salvage"), "{err}");
+    let (code, _, err) = txheap(&["recover", c]);
+    assert_eq!(code, 4, "{err}");
+    assert_eq!(
+        std::fs::read(&crashed).unwrap(),
+        img,
+        "a refused recover changed the file"
+    );
+    let (code, out, err) = txheap(&["recover", "--salvage", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("salvaged") && out.contains("3 dropped"),
+        "{out}"
+    );
+    let (code, out, _) = txheap(&["info", c]);
+    assert_eq!(code, 0, "{out}");
+}
+
+// ---- check: exit codes and named inconsistencies --------------------------------------------
+
+const LOG_SIZE: u64 = 64 << 10;
+const LOG_OFFSET: u64 = 8192;
+const HEAP_OFFSET: u64 = LOG_OFFSET + LOG_SIZE;
+const CHUNK_AREA: u64 = HEAP_OFFSET + 8192;
+const CHUNK: u64 = 256 << 10;
+
+fn opts() -> txheap::Options {
+    txheap::Options::new()
+        .log_size(LOG_SIZE)
+        .initial_size(4 << 20)
+        .max_size(64 << 20)
+}
+
+/// A heap with `n` committed transactions (a 16-byte and a 48-byte object each), closed
+/// cleanly when `crashed` is false; else the file as a power cut after the last commit leaves
+/// it (its frames in the log, not yet checkpointed). Returns the file's bytes and the offset
+/// of the first 48-byte object.
+fn heap_image(dir: &std::path::Path, n: u64, crashed: bool) -> (Vec<u8>, u64) {
+    let path = dir.join(format!("src-{n}-{crashed}.heap"));
+    let heap = txheap::Heap::create(&path, opts()).unwrap();
+    let mut first48 = 0;
+    for i in 0..n {
+        let p = heap
+            .transaction(|tx| {
+                tx.alloc([i; 2])?;
+                tx.alloc([i; 6])
+            })
+            .unwrap();
+        if i == 0 {
+            first48 = p.offset();
+        }
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    if crashed {
+        drop(heap);
+        return (bytes, first48);
+    }
+    heap.close().unwrap();
+    (std::fs::read(&path).unwrap(), first48)
+}
+
+fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// `txheap check FILE`: the exit code and the output, asserting that the file is unchanged and
+/// that `--json` gives the same verdict.
+fn check(file: &str) -> (i32, String) {
+    let before = std::fs::read(file).unwrap();
+    let (code, out, err) = txheap(&["check", file]);
+    assert_eq!(std::fs::read(file).unwrap(), before, "check changed {file}");
+    let (jcode, json, _) = txheap(&["check", "--json", file]);
+    assert_eq!(jcode, code, "--json gave another exit code: {json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["schema"], 1);
+    assert_eq!(v["exit_code"], code, "{json}");
+    (code, format!("{out}{err}"))
+}
+
+/// The FORMAT.md rule: blocks of a run of `size`-byte blocks.
+fn block_count(size: u64) -> u64 {
+    let data_offset = |n: u64| (8 * n.div_ceil(64)).div_ceil(64) * 64;
+    let mut n = CHUNK / size;
+    while data_offset(n) + n * size > CHUNK {
+        n -= 1;
+    }
+    n
+}
+
+#[test]
+fn check_names_each_kind_of_damage_with_fsck_exit_codes() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (clean, obj48) = heap_image(dir, 3, false);
+
+    let (code, out) = check(&write(dir, "clean", &clean));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(": clean") && out.contains("runs walked"),
+        "{out}"
+    );
+
+    // Recoverable (1): frames waiting in the log; a torn last frame; one damaged slot.
+    let (crashed, _) = heap_image(dir, 3, true);
+    let (code, out) = check(&write(dir, "crashed", &crashed));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("3 committed frame(s)") && out.contains("txheap recover"),
+        "{out}"
+    );
+    let frames = txheap::inspect::read_log(dir.join("crashed"))
+        .unwrap()
+        .frames;
+    let last = frames.last().unwrap();
+    let mut torn = crashed.clone();
+    torn[(last.offset + last.len - 8) as usize] ^= 0x20;
+    let (code, out) = check(&write(dir, "torn", &torn));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("2 committed frame(s)") && out.contains("torn frame"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("offset {}", last.offset)), "{out}");
+    let mut slot = clean.clone();
+    slot[4096 + 20] ^= 0xff;
+    let (code, out) = check(&write(dir, "slot", &slot));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("at offset 4096") && out.contains("slot B"),
+        "{out}"
+    );
+
+    // Damaged (4), each named with where it is.
+    let mut both = clean.clone();
+    both[20] ^= 0xff;
+    both[4096 + 20] ^= 0xff;
+    let (code, out) = check(&write(dir, "both", &both));
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("damaged at offset"), "{out}");
+    let (code, out) = check(&write(dir, "short", &clean[..HEAP_OFFSET as usize + 100]));
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("shorter") || out.contains("runcated"), "{out}");
+    let mut header = clean.clone();
+    header[HEAP_OFFSET as usize + 9] ^= 0x04;
+    let (code, out) = check(&write(dir, "header", &header));
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains(&format!("damaged at offset {HEAP_OFFSET}")),
+        "{out}"
+    );
+    let mut table = clean.clone();
+    table[CHUNK_AREA as usize + 16 + 5] ^= 0x04; // chunk 1's entry
+    let (code, out) = check(&write(dir, "table", &table));
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains(&format!("damaged at offset {}", CHUNK_AREA + 16)),
+        "{out}"
+    );
+    // A run bitmap marking a block past the run's end (the 48-byte class run).
+    let run = CHUNK_AREA + (obj48 - CHUNK_AREA) / CHUNK * CHUNK;
+    let n = block_count(48);
+    assert!(
+        n % 64 != 0,
+        "the test needs bits past the end in the last word"
+    );
+    let word = run + n / 64 * 8;
+    let mut bitmap = clean.clone();
+    bitmap[word as usize + 7] |= 0x80;
+    let (code, out) = check(&write(dir, "bitmap", &bitmap));
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains(&format!("damaged at offset {word}")) && out.contains("past the run"),
+        "{out}"
+    );
+    // A damaged durable log frame: the first frame's payload, vouched for by the second.
+    let mut log = crashed.clone();
+    log[(frames[0].offset + 60) as usize] ^= 1;
+    let (code, out) = check(&write(dir, "log", &log));
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains(&format!("damaged at offset {}", frames[0].offset)) && out.contains("salvage"),
+        "{out}"
+    );
+
+    // Not checked (8): foreign, missing, newer version; and a usage error.
+    let (code, _, err) = txheap(&["check", &write(dir, "foreign", b"hello world")]);
+    assert_eq!(code, 8);
+    assert!(err.contains("not a txheap file"), "{err}");
+    let (code, _, err) = txheap(&["check", dir.join("missing").to_str().unwrap()]);
+    assert_eq!(code, 8);
+    assert!(err.contains("missing"), "{err}");
+    assert_eq!(txheap(&["check"]).0, 8);
+}
+
+#[test]
+fn a_heap_open_for_writing_is_named_locked() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("busy.heap");
+    let heap = txheap::Heap::create(&path, opts()).unwrap();
+    let (code, _, err) = txheap(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 8);
+    assert!(err.contains("lock"), "{err}");
+    drop(heap);
+    assert_eq!(txheap(&["check", path.to_str().unwrap()]).0, 0);
+}
+
+#[test]
+fn dump_log_and_recover_dry_run_list_what_replay_would_do() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (crashed, _) = heap_image(dir, 3, true);
+    let c = write(dir, "crashed", &crashed);
+    let (code, out, _) = txheap(&["dump-log", "--ranges", &c]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches("frame txid").count(), 3, "{out}");
+    assert!(out.contains("3 committed frame(s)"), "{out}");
+    let (code, json, _) = txheap(&["dump-log", "--json", "--ranges", &c]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let frames = v["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), 3);
+    let first = v["first_txid"].as_u64().unwrap();
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(f["txid"].as_u64().unwrap(), first + i as u64);
+        assert_eq!(
+            f["ranges"].as_array().unwrap().len() as u64,
+            f["range_count"].as_u64().unwrap()
+        );
+    }
+    assert_eq!(v["end"]["kind"], "clean", "{json}");
+
+    let (code, out, _) = txheap(&["recover", "--dry-run", &c]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("would replay 3 committed frame(s)"), "{out}");
+    assert_eq!(
+        std::fs::read(&c).unwrap(),
+        crashed,
+        "--dry-run changed the file"
+    );
+    let (_, json, _) = txheap(&["recover", "--dry-run", "--json", &c]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["replay"]["frames"], 3);
+    assert_eq!(v["refused"], false);
+    // After a real recover, nothing is left to replay and check is clean.
+    assert_eq!(txheap(&["recover", &c]).0, 0);
+    let (_, out, _) = txheap(&["recover", "--dry-run", &c]);
+    assert!(out.contains("nothing to replay"), "{out}");
+    assert_eq!(txheap(&["check", &c]).0, 0);
+
+    // A damaged durable frame: dry-run says recover would refuse it (exit 4).
+    let mut log = crashed.clone();
+    log[LOG_OFFSET as usize + 60] ^= 1;
+    let bad = write(dir, "bad", &log);
+    let (code, out, _) = txheap(&["recover", "--dry-run", &bad]);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("would refuse") && out.contains("DAMAGED"),
+        "{out}"
+    );
+    let (code, json, _) = txheap(&["dump-log", "--json", &bad]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["end"]["kind"], "damaged");
+}
+
+#[test]
+fn info_and_stats_json_carry_the_figures() {
+    let d = tempfile::tempdir().unwrap();
+    let (clean, _) = heap_image(d.path(), 5, false);
+    let c = write(d.path(), "clean", &clean);
+    let (code, json, _) = txheap(&["stats", "--json", &c]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let classes = v["classes"].as_array().unwrap();
+    let used: Vec<(u64, u64)> = classes
+        .iter()
+        .map(|c| {
+            (
+                c["block_size"].as_u64().unwrap(),
+                c["used_blocks"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(used.contains(&(16, 5)) && used.contains(&(48, 5)), "{json}");
+    assert_eq!(v["heap"]["used_bytes"], 5 * 16 + 5 * 48);
+    let (code, json, _) = txheap(&["info", "--json", &c]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["classes"].is_null());
+    assert_eq!(v["log"]["size"], LOG_SIZE);
+    let (code, out, _) = txheap(&["stats", &c]);
+    assert_eq!(code, 0);
+    assert!(out.contains("fragmentation"), "{out}");
+}
