@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use crate::backup::BackupReport;
 use crate::error::{Error, Result};
 use crate::open::{self, Opened};
 use crate::options::{Access, Durability, Options, Stats};
@@ -396,6 +397,54 @@ impl Heap {
         self.refuse_reentry()?;
         let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         w.stats(&self.shared, progress)
+    }
+
+    /// Copy the newest committed state to a new heap file at `dst`, while other threads go on
+    /// committing: the copy is taken from one pinned snapshot (as [`Heap::read`] sees it), so it
+    /// equals one committed state, and no commit waits for it (unless the log fills while it
+    /// runs: a checkpoint then waits for the copy, as for any long reader; docs/ARCHITECTURE.md
+    /// section 13). The copy is built under a hidden temporary name beside `dst` and linked to
+    /// `dst` only once complete and durable: a copy cut short (a crash, `kill -9`) leaves no
+    /// `dst`; its temporary file (`.NAME.txheap-copy-PID-N`, to be removed by hand) is refused by
+    /// every open until it is whole.
+    /// `dst` must not exist ([`Error::AlreadyExists`]). The copy has the source's geometry,
+    /// an empty log, and every object at its offset.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("src.heap"), txheap::Options::new())?;
+    /// let p = heap.transaction(|tx| tx.alloc(42u64))?;
+    /// let report = heap.backup_to(dir.path().join("copy.heap"))?;
+    /// let copy = txheap::Heap::open_read_only(dir.path().join("copy.heap"))?;
+    /// assert_eq!(copy.read(|r| r.get(p).copied())?, 42);
+    /// assert_eq!(report.txid, 1);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn backup_to(&self, dst: impl AsRef<Path>) -> Result<BackupReport> {
+        crate::backup::backup(self, &self.shared.geo, dst.as_ref(), false)
+    }
+
+    /// [`Heap::backup_to`], leaving free space out of the copy: whole free chunks and the unused
+    /// pages after each large object become holes (they take no disk blocks), pages of zeros
+    /// too, and a free tail is cut (the copy's chunk count ends at its last used chunk).
+    /// Objects keep their offsets, since pointers are offsets.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("src.heap"), txheap::Options::new())?;
+    /// let big = heap.transaction(|tx| tx.alloc_slice(&vec![9u8; 8 << 20]))?;
+    /// let keep = heap.transaction(|tx| tx.alloc(7u32))?;
+    /// heap.transaction(|tx| tx.free_slice(big))?;
+    /// let full = heap.backup_to(dir.path().join("full.heap"))?;
+    /// let small = heap.compact_to(dir.path().join("small.heap"))?;
+    /// assert!(small.heap_bytes_written < full.heap_bytes_written); // the freed 8 MiB is left out
+    /// assert!(small.file_len < full.file_len); // and the free tail cut
+    /// let copy = txheap::Heap::open_read_only(dir.path().join("small.heap"))?;
+    /// assert_eq!(copy.read(|r| r.get(keep).copied())?, 7);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn compact_to(&self, dst: impl AsRef<Path>) -> Result<BackupReport> {
+        crate::backup::backup(self, &self.shared.geo, dst.as_ref(), true)
     }
 
     /// The file this heap lives in.

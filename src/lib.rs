@@ -69,6 +69,7 @@
 extern crate self as txheap;
 
 mod alloc;
+mod backup;
 mod collections;
 mod error;
 mod group;
@@ -90,6 +91,7 @@ mod tx;
 mod writer;
 
 pub use alloc::{ClassStats, OBJECT_SIZE_MAX};
+pub use backup::BackupReport;
 pub use bytemuck;
 pub use collections::{Element, PBTreeMap, PBytes, PHashMap, PString, PVec, Range, View};
 pub use error::{Error, Result};

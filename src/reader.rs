@@ -202,6 +202,44 @@ impl<'h> Reader<'h> {
             arena: Arena::default(),
         }
     }
+
+    /// The snapshot's transaction id and heap header.
+    pub(crate) fn state(&self) -> (u64, crate::alloc::HeapHeader) {
+        (self.snap.txid, self.snap.header)
+    }
+
+    /// Copy the snapshot's bytes at `[off, off + out.len())` into `out` (for copies of the whole
+    /// heap: no arena, so memory stays bounded by `out`). The range must lie between the heap
+    /// header and the snapshot's chunk area end.
+    pub(crate) fn copy_raw(&self, off: u64, out: &mut [u8]) -> Result<()> {
+        let end = off.checked_add(out.len() as u64);
+        let heap_end = self.sh.geo.heap_end(self.snap.header.chunk_count);
+        if off < self.sh.geo.heap_offset || end.is_none_or(|e| e > heap_end) {
+            return Err(Error::OutOfBounds {
+                offset: off,
+                len: out.len() as u64,
+                heap_end,
+            });
+        }
+        let map = self.sh.reader_map();
+        let mut pieces = Vec::new();
+        if !self.snap.overlay.is_empty() {
+            self.snap
+                .overlay
+                .overlapping(off, off + out.len() as u64, &mut pieces);
+        }
+        // SAFETY (both reads): inside the heap as this snapshot sees it (checked above), which
+        // the readers' mapping covers; the file's bytes there do not change while the pin lives,
+        // for the reasons given in `committed`.
+        if pieces.is_empty() {
+            out.copy_from_slice(unsafe { map.slice(off, out.len()) });
+        } else {
+            compose(off, &pieces, out, |at, buf| {
+                buf.copy_from_slice(unsafe { map.slice(at, buf.len()) })
+            });
+        }
+        Ok(())
+    }
 }
 
 thread_local! {

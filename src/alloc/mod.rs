@@ -21,7 +21,10 @@ use format::{
     class_for, Entry, RunGeom, CLASSES, ENTRY_LEN, EXTENT_CHUNKS_MAX, NCLASSES, SMALL_MAX,
     ZONE_CHUNKS,
 };
-pub(crate) use format::{HeapHeader, HEAP_HEADER_LEN, ROOT_IDENTITY_STORED};
+pub(crate) use format::{
+    Entry as ExtentEntry, HeapHeader, ENTRY_LEN as TABLE_ENTRY_LEN, HEAP_HEADER_LEN,
+    ROOT_IDENTITY_STORED, ZONE_CHUNKS as CHUNKS_PER_ZONE,
+};
 
 use crate::error::{Error, Result};
 use crate::limits::{ALIGN_MAX, CHUNK_SIZE, GROW_CHUNKS_MAX, GROW_CHUNKS_MIN, GROW_FRACTION};

@@ -1,0 +1,234 @@
+//! Consistent copies of a heap while it is in use: [`Heap::backup_to`] and
+//! [`Heap::compact_to`], behind `txheap copy [--compact]`.
+//!
+//! Owns: the copy's file, built under a temporary name beside the destination (heap bytes first,
+//! then a fresh log and superblock, then one `fdatasync`), renamed into place, and the parent
+//! directory synced; and what a compact copy leaves out. Reads the source only through one
+//! pinned snapshot (`Heap::read`), so the copy equals one committed state while other threads
+//! go on committing (docs/ARCHITECTURE.md section 13). May not: write the source.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use txheap_recovery as recovery;
+
+use crate::alloc::{
+    Allocator, ExtentEntry as Entry, CHUNKS_PER_ZONE as ZONE_CHUNKS, TABLE_ENTRY_LEN as ENTRY_LEN,
+};
+use crate::error::{Error, Result};
+use crate::heap::Heap;
+use crate::layout::Geometry;
+use crate::limits::CHUNK_SIZE;
+use crate::reader::Reader;
+use crate::storage::FileStorage;
+use crate::sys;
+
+/// Bytes copied per read of the snapshot and write of the copy.
+const COPY_PIECE: usize = 4 << 20;
+
+/// What a copy holds.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let heap = txheap::Heap::create(dir.path().join("s.heap"), txheap::Options::new())?;
+/// let report = heap.backup_to(dir.path().join("copy.heap"))?;
+/// assert_eq!(report.chunk_count, heap.stats()?.heap_bytes / (256 << 10));
+/// # Ok::<(), txheap::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackupReport {
+    /// The source's transaction whose committed state the copy holds (0: the state before the
+    /// first transaction this handle saw).
+    pub txid: u64,
+    /// Chunks in the copy's heap (a compact copy leaves a free tail out).
+    pub chunk_count: u64,
+    /// The copy's length in bytes (its apparent size; a compact copy has holes).
+    pub file_len: u64,
+    /// Bytes of heap written to the copy (the rest of a compact copy is holes).
+    pub heap_bytes_written: u64,
+}
+
+/// The byte ranges of the snapshot a copy writes, the copy's chunk count, and its heap header
+/// bytes (with the new chunk count when a compact copy cut a free tail).
+struct Plan {
+    ranges: Vec<(u64, u64)>,
+    chunk_count: u64,
+    header: [u8; crate::alloc::HEAP_HEADER_LEN as usize],
+}
+
+fn plan(r: &Reader<'_>, chunk_area: u64, heap_offset: u64, compact: bool) -> Result<Plan> {
+    let (_, mut header) = r.state();
+    let heap_end = chunk_area + header.chunk_count * CHUNK_SIZE;
+    if !compact {
+        return Ok(Plan {
+            ranges: vec![(heap_offset, heap_end - heap_offset)],
+            chunk_count: header.chunk_count,
+            header: header.encode(),
+        });
+    }
+    // The extents as this snapshot's chunk tables give them.
+    let read_err = std::cell::Cell::new(None);
+    let read = |off: u64, buf: &mut [u8]| {
+        if let Err(e) = r.copy_raw(off, buf) {
+            buf.fill(0);
+            read_err.set(Some(e));
+        }
+    };
+    let mut extents: Vec<(u32, Entry)> = Vec::new();
+    Allocator::rebuild_visiting(chunk_area, header.chunk_count, &read, &mut |c, e| {
+        extents.push((c, *e))
+    })?;
+    if let Some(e) = read_err.take() {
+        return Err(e);
+    }
+    extents.sort_by_key(|&(c, _)| c);
+    // Cut the free tail: trailing free extents, and a zone's table with nothing after it.
+    while let Some(&(c, e)) = extents.last() {
+        match e {
+            Entry::Free { .. } => {}
+            Entry::Table if c > 0 => {}
+            _ => break,
+        }
+        extents.pop();
+    }
+    let chunk_count = extents
+        .last()
+        .map_or(1, |&(c, e)| c as u64 + e.chunks() as u64);
+    header.chunk_count = chunk_count;
+    let page = sys::PAGE as u64;
+    let mut ranges = vec![(heap_offset, chunk_area - heap_offset)];
+    for (c, e) in extents {
+        let at = chunk_area + c as u64 * CHUNK_SIZE;
+        let len = match e {
+            Entry::Free { .. } => continue,
+            Entry::Run { .. } => CHUNK_SIZE,
+            Entry::Large { size, .. } => size.div_ceil(page) * page,
+            Entry::Table => {
+                let used = (chunk_count - c as u64).min(ZONE_CHUNKS);
+                (used * ENTRY_LEN).div_ceil(page) * page
+            }
+        };
+        ranges.push((at, len));
+    }
+    Ok(Plan {
+        ranges,
+        chunk_count,
+        header: header.encode(),
+    })
+}
+
+/// Copy `heap`'s newest committed state to a new file at `dst` (see [`Heap::backup_to`]): built
+/// under a hidden temporary name in `dst`'s directory, linked to `dst` once complete and
+/// durable (a link never replaces a file: a `dst` that appeared meanwhile is `AlreadyExists`).
+pub(crate) fn backup(
+    heap: &Heap,
+    geo: &Geometry,
+    dst: &Path,
+    compact: bool,
+) -> Result<BackupReport> {
+    if dst.symlink_metadata().is_ok() {
+        return Err(Error::AlreadyExists {
+            path: dst.to_path_buf(),
+        });
+    }
+    let dir = match dst.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = dst.file_name().ok_or_else(|| Error::InvalidOptions {
+        what: format!("the copy's path {} names no file", dst.display()),
+    })?;
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let tmp = dir.join(format!(
+        ".{}.txheap-copy-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("create the copy's temporary file", 0, e))?;
+    let written = write_copy(heap, geo, &file, compact).and_then(|report| {
+        std::fs::hard_link(&tmp, dst).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::AlreadyExists {
+                    path: dst.to_path_buf(),
+                }
+            } else {
+                Error::io("link the copy into place", 0, e)
+            }
+        })?;
+        Ok(report)
+    });
+    let _ = std::fs::remove_file(&tmp);
+    let report = written?;
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync the copy's directory", 0, e))?;
+    Ok(report)
+}
+
+fn write_copy(heap: &Heap, geo: &Geometry, file: &File, compact: bool) -> Result<BackupReport> {
+    let page = sys::PAGE;
+    let (txid, plan, written) = heap.read(|r| {
+        let (txid, _) = r.state();
+        let plan = plan(r, geo.chunk_area, geo.heap_offset, compact)?;
+        let len = geo.chunk_area + plan.chunk_count * CHUNK_SIZE;
+        file.set_len(len)
+            .map_err(|e| Error::io("size the copy", len, e))?;
+        let mut buf = vec![0u8; COPY_PIECE];
+        let mut written = 0u64;
+        for &(start, len) in &plan.ranges {
+            let mut at = start;
+            while at < start + len {
+                let n = (start + len - at).min(COPY_PIECE as u64) as usize;
+                let b = &mut buf[..n];
+                r.copy_raw(at, b)?;
+                if at == geo.heap_offset {
+                    b[..plan.header.len()].copy_from_slice(&plan.header);
+                }
+                // Pages of zeros stay holes (the copy was sized with zeros).
+                let mut p = 0;
+                while p < n {
+                    let q = (p + page).min(n);
+                    if b[p..q].iter().any(|&x| x != 0) {
+                        let mut e = q;
+                        while e < n && b[e..(e + page).min(n)].iter().any(|&x| x != 0) {
+                            e = (e + page).min(n);
+                        }
+                        file.write_all_at(&b[p..e], at + p as u64)
+                            .map_err(|err| Error::io("write the copy", at + p as u64, err))?;
+                        written += (e - p) as u64;
+                        p = e;
+                    } else {
+                        p = q;
+                    }
+                }
+                at += n as u64;
+            }
+        }
+        Ok((txid, plan, written))
+    })?;
+    // The log and the superblock last: until the rename, nothing names this file, and a file
+    // without a superblock is refused by any open.
+    let mut storage = FileStorage::new(
+        Arc::new(file.try_clone().map_err(|e| Error::io("dup", 0, e))?),
+        0,
+        false,
+    )
+    .map_err(|e| Error::io("storage", 0, e))?;
+    recovery::format(&mut storage, geo.log_size, geo.max_size)?;
+    Ok(BackupReport {
+        txid,
+        chunk_count: plan.chunk_count,
+        file_len: geo.chunk_area + plan.chunk_count * CHUNK_SIZE,
+        heap_bytes_written: written,
+    })
+}

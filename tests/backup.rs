@@ -1,0 +1,166 @@
+//! `Heap::backup_to` and `Heap::compact_to` while another thread commits: every copy opens,
+//! passes `inspect::check`, and equals exactly one committed state of the source (its counter
+//! says which, and every other field must be what that commit left); the writer keeps
+//! committing while copies are taken.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use txheap::inspect::{check, Verdict};
+use txheap::{Durability, Heap, Options, PPtr};
+
+const VALS: usize = 16;
+const RING: usize = 20;
+
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
+#[repr(C)]
+struct Root {
+    counter: u64,
+    vals: [u64; VALS],
+    ring: [PPtr<Node>; RING],
+}
+
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
+#[repr(C)]
+struct Node {
+    words: [u64; 8],
+}
+
+/// Commit number `k` (from 1): `vals[k % VALS] = k`, a new node holding `k` in every word
+/// replaces the one `RING` commits older (freed), and the counter becomes `k`.
+fn commit(heap: &Heap) -> txheap::Result<u64> {
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let k = tx.get(root)?.counter + 1;
+        let old = tx.get(root)?.ring[k as usize % RING];
+        if !old.is_null() {
+            tx.free(old)?;
+        }
+        let node = tx.alloc(Node { words: [k; 8] })?;
+        let r = tx.get_mut(root)?;
+        r.counter = k;
+        r.vals[k as usize % VALS] = k;
+        r.ring[k as usize % RING] = node;
+        Ok(k)
+    })
+}
+
+/// Check that the heap at `path` holds exactly the state commit `counter` left; returns it.
+fn verify_state(path: &std::path::Path) -> u64 {
+    let copy = Heap::open_read_only(path).unwrap();
+    copy.read(|r| {
+        let root = r.get(r.root::<Root>()?)?;
+        let c = root.counter;
+        for (j, &v) in root.vals.iter().enumerate() {
+            // The last commit k <= c with k % VALS == j, or 0.
+            let want = (0..=c)
+                .rev()
+                .find(|k| *k > 0 && *k as usize % VALS == j)
+                .unwrap_or(0);
+            assert_eq!(v, want, "vals[{j}] of a copy at counter {c}");
+        }
+        for k in c.saturating_sub(RING as u64 - 1).max(1)..=c {
+            let node = r.get(root.ring[k as usize % RING])?;
+            assert_eq!(
+                node.words, [k; 8],
+                "node of commit {k} in a copy at counter {c}"
+            );
+        }
+        Ok(c)
+    })
+    .unwrap()
+}
+
+fn copies_under_writer(durability: Durability, copies: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.heap");
+    // A small log: checkpoints happen while copies hold their snapshots.
+    let opts = Options::new()
+        .durability(durability)
+        .log_size(64 << 10)
+        .initial_size(4 << 20);
+    let heap = Heap::create(&src, opts).unwrap();
+    commit(&heap).unwrap();
+    let stop = AtomicBool::new(false);
+    let committed = AtomicU64::new(0);
+    let (mut seen, mut last, mut compacted) = (Vec::new(), 0, 0);
+    /// Stops the writer when the copying side ends, also by a failed assertion (the scope
+    /// would otherwise wait for the writer forever).
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let k = commit(&heap).unwrap();
+                committed.store(k, Ordering::Relaxed);
+            }
+        });
+        let _stop = Stop(&stop);
+        for i in 0..copies {
+            let dst = dir.path().join(format!("copy-{i}.heap"));
+            let compact = i % 4 == 3;
+            let report = if compact {
+                compacted += 1;
+                heap.compact_to(&dst).unwrap()
+            } else {
+                heap.backup_to(&dst).unwrap()
+            };
+            let r = check(&dst, &mut |_, _| {}).unwrap();
+            assert_eq!(r.verdict, Verdict::Clean, "{:?}", r.findings);
+            let c = verify_state(&dst);
+            assert!(c >= last, "copy {i} went back from counter {last} to {c}");
+            assert!(
+                report.txid >= c,
+                "the report names transaction {} for counter {c}",
+                report.txid
+            );
+            last = c;
+            seen.push(c);
+            std::fs::remove_file(&dst).unwrap();
+        }
+    });
+    seen.dedup();
+    let total = committed.load(Ordering::Relaxed);
+    eprintln!(
+        "{durability:?}: {copies} copies ({compacted} compact) saw {} distinct states; the writer \
+         committed {total} transactions meanwhile",
+        seen.len()
+    );
+    // The writer was not stopped by the copies: they saw it move on, many times.
+    assert!(
+        seen.len() > copies / 10,
+        "{copies} copies saw only {} states",
+        seen.len()
+    );
+    // Nothing but the copies' own temporary files was ever left behind.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+}
+
+#[test]
+fn copies_taken_under_a_committing_writer_equal_committed_states() {
+    copies_under_writer(Durability::None, 1000);
+    copies_under_writer(Durability::Full, 200);
+}
+
+#[test]
+fn a_copy_refuses_an_existing_destination_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("s.heap"), Options::new()).unwrap();
+    let dst = dir.path().join("taken");
+    std::fs::write(&dst, b"mine").unwrap();
+    assert!(matches!(
+        heap.backup_to(&dst),
+        Err(txheap::Error::AlreadyExists { .. })
+    ));
+    assert_eq!(std::fs::read(&dst).unwrap(), b"mine");
+    // A copy inside a transaction on the same thread would wait for itself: refused.
+    let r = heap.transaction(|_| heap.backup_to(dir.path().join("x.heap")));
+    assert!(matches!(r, Err(txheap::Error::ReadInTransaction)), "{r:?}");
+}
