@@ -99,7 +99,7 @@ pub use heap::Heap;
 pub use limits::ROOT_LEN_MAX;
 #[cfg(feature = "test-hooks")]
 pub use open::reachable_ranges;
-pub use options::{Access, Durability, Options, Stats};
+pub use options::{Access, CompactReport, Durability, Options, Stats};
 pub use pptr::{PPtr, PSlice};
 pub use reader::Reader;
 pub use storage::IoCounters;

@@ -310,8 +310,8 @@ impl Options {
             let floor = file_len.max(sb.min_file_len());
             if max < floor {
                 return bad(format!(
-                    "max_size {max} given to open is below the heap file's length {floor} (a \
-                     heap file never shrinks)"
+                    "max_size {max} given to open is below the heap file's length {floor} (only \
+                     compaction shrinks a heap file)"
                 ));
             }
         }
@@ -383,4 +383,27 @@ pub struct Stats {
     /// a power cut or a reboot, whatever the durability. `Durability::Full` still protects
     /// against a killed process.
     pub volatile_storage: bool,
+}
+
+/// What [`crate::Heap::compact`] gave back.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let heap = txheap::Heap::create(dir.path().join("r.heap"), txheap::Options::new())?;
+/// let r = heap.compact()?;
+/// assert!(r.file_len_after <= r.file_len_before);
+/// # Ok::<(), txheap::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompactReport {
+    /// Chunks cut from the end of the heap (free tail).
+    pub chunks_cut: u64,
+    /// Bytes of free space whose blocks were given back by punching holes (free space inside
+    /// the file; the cut tail is not counted here).
+    pub punched_bytes: u64,
+    /// The file's length before.
+    pub file_len_before: u64,
+    /// The file's length after.
+    pub file_len_after: u64,
 }

@@ -81,6 +81,41 @@ pub(crate) fn fallocate(fd: &impl AsRawFd, offset: u64, len: u64) -> io::Result<
     }
 }
 
+/// Give the blocks of `[offset, offset+len)` back to the filesystem; the range then reads as
+/// zeros and the file keeps its length (Linux: `fallocate(PUNCH_HOLE | KEEP_SIZE)`). Where the
+/// filesystem cannot punch holes (`EOPNOTSUPP`), zeros are written instead: the bytes read the
+/// same, only the blocks stay allocated. Returns whether blocks were given back.
+pub(crate) fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> io::Result<bool> {
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let l = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: fallocate takes integers only; it reports failure through errno.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            l,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = last_err();
+    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(e);
+    }
+    use std::os::unix::fs::FileExt;
+    let zeros = vec![0u8; (1 << 20).min(len as usize)];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], offset + at)?;
+        at += n as u64;
+    }
+    Ok(false)
+}
+
 /// One private mapping (MAP_PRIVATE) of the file over `reserved` bytes of address space, made
 /// once at open: reads see the file's page cache, and `write_private` puts copy-on-write bytes
 /// in front of it that never reach the file.
@@ -193,6 +228,14 @@ impl Mapping {
         }
         self.mapped.fetch_max(new_len, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Make the mapping accessible only up to `new_len` (rounded up to a page), after the file
+    /// was cut to that length (compaction). The caller holds the writer lock and no reader can
+    /// reach past `new_len` (every access is checked against a chunk count no larger).
+    pub(crate) fn shrink(&self, new_len: u64) {
+        let new_len = (new_len as usize).div_ceil(PAGE) * PAGE;
+        self.mapped.fetch_min(new_len, Ordering::AcqRel);
     }
 
     /// Read-only opens only: back `[from, reserved)` with private zero pages instead of the
@@ -418,7 +461,8 @@ impl SyncWindow {
         // runs under the writer lock (no other store at the same time; a concurrent msync
         // reads the pages in the kernel, not through a reference), and `bytes` cannot overlap
         // it (nothing hands out slices of it).
-        // The blocks behind it were allocated in `new` and the file never shrinks (the flock
+        // The blocks behind it were allocated in `new`, and the file is never cut below the
+        // chunk area (compaction cuts only a free tail; others may not write it: the flock
         // contract), so the store cannot fault with SIGBUS.
         unsafe {
             std::ptr::copy_nonoverlapping(

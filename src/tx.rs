@@ -218,6 +218,11 @@ impl<'h> Tx<'h> {
         stage_within_log(self.sh, &mut self.stage, self.fresh_staged, off, len)
     }
 
+    /// Cut the free tail from the chunk count (compaction); returns the chunks cut.
+    pub(crate) fn release_free_tail(&mut self) -> Result<u64> {
+        self.mem_op(|a, _| Ok(a.release_tail()))
+    }
+
     fn mem_op<R>(
         &mut self,
         f: impl FnOnce(&mut Allocator, &mut Mem<'_>) -> Result<R>,

@@ -694,6 +694,11 @@ impl Writer {
 
     /// Flush, then barrier the heap and switch the superblock: the log is empty afterwards.
     pub(crate) fn checkpoint(&mut self, sh: &Shared) -> Result<()> {
+        self.checkpoint_shrinking(sh, None)
+    }
+
+    /// [`Writer::checkpoint`], the new superblock saying `shrink_to` as the file's length.
+    fn checkpoint_shrinking(&mut self, sh: &Shared, shrink_to: Option<u64>) -> Result<()> {
         self.flush(sh)?;
         if let Some(&(last, _)) = self.unpublished.back() {
             // The log is about to be emptied, so the file must hold every frame: wait for the
@@ -703,14 +708,18 @@ impl Writer {
             self.publish_upto(sh, limit)?;
         }
         phase!(CHECKPOINT);
-        let (sb, slot) =
-            recovery::checkpoint(&mut self.storage, &self.sb, self.slot, self.next_txid).map_err(
-                |e| {
-                    let e = Error::from(e);
-                    sh.poison(&format!("checkpoint: {e}"));
-                    e
-                },
-            )?;
+        let (sb, slot) = recovery::checkpoint_shrinking(
+            &mut self.storage,
+            &self.sb,
+            self.slot,
+            self.next_txid,
+            shrink_to,
+        )
+        .map_err(|e| {
+            let e = Error::from(e);
+            sh.poison(&format!("checkpoint: {e}"));
+            e
+        })?;
         self.sb = sb;
         self.slot = slot;
         self.log_tail = 0;
@@ -719,6 +728,78 @@ impl Writer {
         self.durable_txid = self.next_txid.saturating_sub(1);
         self.checkpoints += 1;
         Ok(())
+    }
+
+    /// Give free space back to the filesystem (docs/ARCHITECTURE.md section 14): checkpoint, so
+    /// that the file holds the committed state durably; hide the free pages and the cut tail
+    /// from new readers and wait for older ones; punch holes in the free pages; then, if the
+    /// file reaches past the chunk count, a checkpoint whose superblock says the shorter length,
+    /// the cut, a barrier, and a second checkpoint (both slots then say it). Returns the bytes
+    /// punched and the file's length before and after.
+    pub(crate) fn compact(&mut self, sh: &Shared) -> Result<(u64, u64, u64)> {
+        #[cfg(feature = "test-hooks")]
+        let (punch_first, shrink_first) = {
+            use recovery::sabotage::{active, PUNCH_BEFORE_CHECKPOINT, SHRINK_BEFORE_SUPERBLOCK};
+            (
+                active(PUNCH_BEFORE_CHECKPOINT),
+                active(SHRINK_BEFORE_SUPERBLOCK),
+            )
+        };
+        #[cfg(not(feature = "test-hooks"))]
+        let (punch_first, shrink_first) = (false, false);
+        if !punch_first {
+            self.checkpoint(sh)?;
+        }
+        phase!(COMPACT);
+        let stat = |e| Error::io("stat", 0, e);
+        let before = self.storage.len().map_err(stat)?;
+        let heap_end = sh.geo.heap_end(self.alloc.chunk_count);
+        let free = self.alloc.free_pages();
+        let mut hidden: Vec<(u64, u64)> = free.iter().map(|&(a, n)| (a, a + n)).collect();
+        if before > heap_end {
+            hidden.push((heap_end, before));
+        }
+        if !punch_first {
+            self.quiet_for_in_place(sh, &hidden)?;
+        }
+        let mut punched = 0;
+        for &(off, len) in &free {
+            punched += self
+                .storage
+                .punch(off, len)
+                .map_err(|e| sh.fail("punch a hole in free space", off, e))?;
+        }
+        if punch_first {
+            self.checkpoint(sh)?;
+        }
+        failpoint!("compact.after_punch");
+        if before > heap_end {
+            if shrink_first {
+                self.storage
+                    .shrink(heap_end)
+                    .map_err(|e| sh.fail("cut the file's free tail", heap_end, e))?;
+            }
+            self.checkpoint_shrinking(sh, Some(heap_end))?;
+            failpoint!("compact.before_cut");
+            if !shrink_first {
+                self.storage
+                    .shrink(heap_end)
+                    .map_err(|e| sh.fail("cut the file's free tail", heap_end, e))?;
+            }
+            self.storage
+                .barrier_all()
+                .map_err(|e| sh.fail("fdatasync after the cut", 0, e))?;
+            sh.map.shrink(heap_end);
+            sh.reader_map().shrink(heap_end);
+            self.checkpoint(sh)?;
+        } else {
+            self.storage
+                .barrier_all()
+                .map_err(|e| sh.fail("fdatasync after punching holes", 0, e))?;
+        }
+        let after = self.storage.len().map_err(stat)?;
+        phase!(IDLE);
+        Ok((punched, before, after))
     }
 
     /// The figures of [`crate::Heap::stats`].

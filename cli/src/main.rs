@@ -94,6 +94,12 @@ enum Command {
         #[arg(long)]
         compact: bool,
     },
+    /// Give free space back to the filesystem in place: punch holes in free chunks and in the
+    /// unused pages after large objects, cut a free tail (crash-safe; needs the file to itself)
+    Compact {
+        /// The heap file
+        file: PathBuf,
+    },
     /// Open for writing (replay committed frames, discard a torn tail, checkpoint), then close
     Recover {
         /// The heap file
@@ -480,6 +486,28 @@ fn copy(src: &Path, dst: &Path, compact: bool) -> Result<u8, Failure> {
     Ok(0)
 }
 
+fn compact(file: &Path) -> Result<u8, Failure> {
+    let blocks = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
+    };
+    let before = blocks(file);
+    let heap = Heap::open(file, Options::new()).map_err(|e| failure(file, e))?;
+    let r = heap.compact().map_err(|e| failure(file, e))?;
+    heap.close().map_err(|e| failure(file, e))?;
+    println!(
+        "{}: {} bytes punched, {} chunks cut; length {} -> {}, disk blocks {} -> {} bytes",
+        file.display(),
+        r.punched_bytes,
+        r.chunks_cut,
+        r.file_len_before,
+        r.file_len_after,
+        before,
+        blocks(file)
+    );
+    Ok(0)
+}
+
 fn recover(file: &Path, salvage: bool) -> Result<u8, Failure> {
     let heap = Heap::open(file, Options::new().salvage(salvage)).map_err(|e| failure(file, e))?;
     let s = heap.stats().map_err(|e| failure(file, e))?;
@@ -561,6 +589,7 @@ fn main() -> ExitCode {
         } => check(&file, json, !no_progress),
         Command::DumpLog { file, json, ranges } => dump_log(&file, json, ranges),
         Command::Copy { src, dst, compact } => copy(&src, &dst, compact),
+        Command::Compact { file } => compact(&file),
         Command::Recover {
             file,
             dry_run: true,

@@ -369,3 +369,35 @@ fn info_and_stats_json_carry_the_figures() {
     assert_eq!(code, 0);
     assert!(out.contains("fragmentation"), "{out}");
 }
+
+#[test]
+fn compact_and_copy_give_space_back() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("c.heap");
+    let heap = txheap::Heap::create(&path, opts()).unwrap();
+    let keep = heap.transaction(|tx| tx.alloc([9u64; 8])).unwrap();
+    let big = heap
+        .transaction(|tx| tx.alloc_slice(&vec![7u8; 8 << 20]))
+        .unwrap();
+    heap.transaction(|tx| tx.free_slice(big)).unwrap();
+    heap.close().unwrap();
+    let p = path.to_str().unwrap();
+    let copy = d.path().join("copy.heap");
+    let (code, out, err) = txheap(&["copy", "--compact", p, copy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("free space left out"), "{out}");
+    assert_eq!(txheap(&["check", copy.to_str().unwrap()]).0, 0);
+    let (code, _, err) = txheap(&["copy", p, copy.to_str().unwrap()]);
+    assert_eq!(code, 8, "an existing destination is refused");
+    assert!(err.contains("exists"), "{err}");
+    let long = std::fs::metadata(&path).unwrap().len();
+    let (code, out, err) = txheap(&["compact", p]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("chunks cut"), "{out}");
+    assert!(std::fs::metadata(&path).unwrap().len() + (8 << 20) <= long);
+    assert_eq!(txheap(&["check", p]).0, 0);
+    for f in [&path, &copy] {
+        let h = txheap::Heap::open_read_only(f).unwrap();
+        assert_eq!(h.read(|r| r.get(keep).copied()).unwrap(), [9u64; 8]);
+    }
+}

@@ -194,6 +194,15 @@ impl Disk {
                 }
             }
             TraceEvent::Grow { len } => self.ensure_len(*len),
+            // A cut is modelled as durable at once: an image before it has the long file, one
+            // after it the short one, and a barrier follows it at once (compaction).
+            TraceEvent::Shrink { len } => {
+                let len = *len as usize;
+                self.current.truncate(len);
+                self.durable.truncate(len);
+                let first = (len as u64).div_ceil(SECTOR);
+                self.pending.retain(|&s, _| s < first);
+            }
             // Threads acknowledge in any order (several committing threads): the highest
             // counter acknowledged so far is the floor.
             TraceEvent::Mark(n) => self.acked = self.acked.max(*n),

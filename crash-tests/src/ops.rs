@@ -45,17 +45,19 @@ pub enum Op {
     Abort,
     /// `Heap::checkpoint`.
     Checkpoint,
+    /// `Heap::compact`: punch holes in free space, cut the free tail.
+    Compact,
 }
 
 /// Every operation kind.
 ///
 /// ```
 /// use crash_tests::ops::{Op, OPS};
-/// assert_eq!(OPS.len(), 7);
+/// assert_eq!(OPS.len(), 8);
 /// assert!(OPS.contains(&Op::Checkpoint));
 /// assert!((0..OPS.len()).all(|i| !OPS[i + 1..].contains(&OPS[i]))); // each kind once
 /// ```
-pub const OPS: [Op; 7] = [
+pub const OPS: [Op; 8] = [
     Op::AllocSmall,
     Op::AllocLarge,
     Op::Grow,
@@ -63,6 +65,7 @@ pub const OPS: [Op; 7] = [
     Op::Rewrite,
     Op::Abort,
     Op::Checkpoint,
+    Op::Compact,
 ];
 
 const SLOTS: usize = 8;
@@ -134,6 +137,7 @@ fn apply(heap: &Heap, op: Op, byte: u8) -> txheap::Result<bool> {
     };
     match op {
         Op::Checkpoint => heap.checkpoint().map(|_| true),
+        Op::Compact => heap.compact().map(|_| true),
         _ => {
             let r = heap.transaction(|tx| {
                 let root = tx.root::<Table>()?;
@@ -209,7 +213,8 @@ pub fn record_ops(
     let heap = Heap::open(path, options(durability).record(trace.clone())).unwrap();
     let mut states = vec![read_state(&heap).unwrap()];
     for (i, &op) in ops.iter().enumerate() {
-        if apply(&heap, op, i as u8 + 1).unwrap() && op != Op::Checkpoint {
+        // A checkpoint or compaction changes no object: no new state.
+        if apply(&heap, op, i as u8 + 1).unwrap() && !matches!(op, Op::Checkpoint | Op::Compact) {
             states.push(read_state(&heap).unwrap());
             trace
                 .lock()

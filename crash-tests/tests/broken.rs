@@ -199,3 +199,38 @@ fn in_place_before_the_flush_is_caught() {
         sabotage::IN_PLACE_BEFORE_FLUSH,
     );
 }
+
+/// Compaction punches holes only in space free in a durable state: under `None`, a free still
+/// only in the log must not let its object's chunks be punched (a power cut can recover the
+/// state before the free, with the object). The sabotage punches before the checkpoint. The
+/// large object freed lies below the 3 MiB one, so it is punched, not cut with the tail.
+#[test]
+fn punching_before_the_checkpoint_is_caught() {
+    use crash_tests::ops::Op;
+    exact_sequence_is_caught(
+        "compaction punches before the checkpoint",
+        &[
+            Op::AllocLarge,
+            Op::Grow,
+            Op::Checkpoint,
+            Op::Free,
+            Op::Compact,
+        ],
+        Durability::None,
+        sabotage::PUNCH_BEFORE_CHECKPOINT,
+    );
+}
+
+/// Compaction cuts the file only after a superblock says the shorter length: the sabotage
+/// cuts first, so a crash before the new superblock leaves one claiming more than the file
+/// holds, which every open refuses.
+#[test]
+fn cutting_before_the_superblock_is_caught() {
+    use crash_tests::ops::Op;
+    exact_sequence_is_caught(
+        "compaction cuts the file before the superblock",
+        &[Op::Grow, Op::Free, Op::Compact],
+        Durability::Full,
+        sabotage::SHRINK_BEFORE_SUPERBLOCK,
+    );
+}

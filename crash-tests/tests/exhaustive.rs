@@ -1,4 +1,4 @@
-//! Every workload of one and two operations (and a sample of three), cut at every instant:
+//! Every workload of one and two operations (and a sample of three to five), cut at every instant:
 //! exhaustively over sector states where that is small, sampled otherwise.
 
 use crash_tests::ops::{check_ops, Op, OPS};
@@ -19,6 +19,17 @@ fn every_workload_of_up_to_two_operations_and_some_of_three() {
             workloads.push(vec![a, b, Op::AllocLarge]);
             workloads.push(vec![a, b, Op::Rewrite]);
         }
+    }
+    // Compaction after frees: holes over a freed large object or a cut tail (with the free
+    // still only in the log under None, or checkpointed first).
+    for w in [
+        vec![Op::AllocLarge, Op::Free, Op::Compact],
+        vec![Op::Grow, Op::Free, Op::Compact],
+        vec![Op::Grow, Op::Checkpoint, Op::Free, Op::Compact],
+        vec![Op::Grow, Op::Free, Op::Compact, Op::AllocLarge],
+        vec![Op::AllocLarge, Op::Grow, Op::Free, Op::Compact, Op::Grow],
+    ] {
+        workloads.push(w);
     }
     let (mut images, mut n) = (0, 0);
     for d in [Durability::Full, Durability::None] {

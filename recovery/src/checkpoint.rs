@@ -39,6 +39,44 @@ pub fn checkpoint<S: Storage + ?Sized>(
     current_slot: Slot,
     next_txid: u64,
 ) -> Result<(Superblock, Slot), RecoveryError> {
+    checkpoint_shrinking(storage, current, current_slot, next_txid, None)
+}
+
+/// [`checkpoint`], with `shrink_to`: the new superblock's `file_len` is that length instead of
+/// the file's (compaction, which cuts the file to it only after this returns: a superblock never
+/// claims more than the file holds). `shrink_to` must lie between the start of the chunk area
+/// and the file's length.
+///
+/// ```
+/// use txheap_recovery::{checkpoint_shrinking, format, MemStorage, Slot, Storage};
+/// let mut s = MemStorage::new();
+/// let sb = format(&mut s, 65536, 1 << 22).unwrap();
+/// s.grow(1 << 21).unwrap();
+/// let (big, _) = checkpoint_shrinking(&mut s, &sb, Slot::A, 1, None).unwrap();
+/// assert_eq!(big.file_len, 1 << 21);
+/// let (small, _) = checkpoint_shrinking(&mut s, &big, Slot::B, 1, Some(1 << 20)).unwrap();
+/// assert_eq!(small.file_len, 1 << 20);
+/// assert!(checkpoint_shrinking(&mut s, &small, Slot::A, 1, Some(1 << 22)).is_err());
+/// ```
+pub fn checkpoint_shrinking<S: Storage + ?Sized>(
+    storage: &mut S,
+    current: &Superblock,
+    current_slot: Slot,
+    next_txid: u64,
+    shrink_to: Option<u64>,
+) -> Result<(Superblock, Slot), RecoveryError> {
+    let len = storage.len().map_err(io_err("stat before checkpoint", 0))?;
+    if let Some(l) = shrink_to {
+        if l > len || l < current.chunk_area_offset() {
+            return Err(RecoveryError::InvalidGeometry {
+                what: format!(
+                    "a checkpoint cannot shrink the file to {l} bytes (it holds {len}, and needs \
+                     at least {})",
+                    current.chunk_area_offset()
+                ),
+            });
+        }
+    }
     if sabotaged(SENTINEL_BEFORE_HEAP_BARRIER) {
         write_sentinel(storage)?;
     }
@@ -49,12 +87,11 @@ pub fn checkpoint<S: Storage + ?Sized>(
     }
     crate::failpoint!("checkpoint.after_heap_barrier");
     let mut next = next_superblock(current, current_slot, next_txid)?;
-    // The heap barrier made this length durable; the file never shrinks.
-    next.file_len = storage
-        .len()
-        .map_err(io_err("stat before checkpoint", 0))?
-        .min(current.max_size)
-        .max(current.file_len);
+    // The heap barrier made this length durable; the file shrinks only by compaction.
+    next.file_len = match shrink_to {
+        Some(l) => l,
+        None => len.min(current.max_size).max(current.file_len),
+    };
     // next_superblock refused (Err) every counter past the limit: decode would reject the slot.
     assert!(
         next.seq <= COUNTER_MAX && next.generation <= COUNTER_MAX && next.next_txid <= COUNTER_MAX,

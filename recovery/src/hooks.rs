@@ -54,6 +54,13 @@ pub mod sabotage {
     /// Group commit acknowledges a transaction without waiting for the shared barrier that
     /// makes its frame durable (a power cut can then lose an acknowledged transaction).
     pub const ACK_BEFORE_GROUP_BARRIER: u32 = 1024;
+    /// Compaction punches holes in the current state's free space before a checkpoint made
+    /// that state durable (a power cut can then recover an older state whose live objects
+    /// lie in the holes).
+    pub const PUNCH_BEFORE_CHECKPOINT: u32 = 2048;
+    /// Compaction cuts the file before a superblock says the shorter length (a crash between
+    /// leaves a superblock claiming more than the file holds: the file is refused).
+    pub const SHRINK_BEFORE_SUPERBLOCK: u32 = 4096;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);
@@ -148,8 +155,10 @@ pub mod phase {
     /// Group commit: inside the shared log barrier, outside the writer lock (other threads
     /// may be in any other phase meanwhile).
     pub const GROUP_BARRIER: u32 = 15;
+    /// Compaction: holes punched in free space, the free tail cut (writer lock held).
+    pub const COMPACT: u32 = 16;
     /// Number of phases.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     const NAMES: [&str; COUNT] = [
         "idle (between transactions)",
@@ -168,6 +177,7 @@ pub mod phase {
         "flush (None; Full: frames awaiting a shared barrier)",
         "checkpoint",
         "group commit: shared log barrier",
+        "compaction",
     ];
 
     /// The phase's name ("?" for an unknown number).

@@ -37,7 +37,7 @@ mod superblock;
 
 pub use txheap_log;
 
-pub use checkpoint::checkpoint;
+pub use checkpoint::{checkpoint, checkpoint_shrinking};
 pub use create::format;
 pub use error::RecoveryError;
 #[cfg(feature = "test-hooks")]

@@ -437,6 +437,53 @@ impl Allocator {
         Ok(s)
     }
 
+    /// Cut the free tail (compaction): the free extent that ends at the chunk count, and a
+    /// zone's table that is left with nothing after it, repeatedly. Entries past the chunk count
+    /// are never read, so nothing is written but the header's count (by the transaction).
+    /// Returns the chunks cut.
+    pub(crate) fn release_tail(&mut self) -> u64 {
+        let before = self.chunk_count;
+        loop {
+            let cc = self.chunk_count;
+            let tail = self
+                .free_by_start
+                .range(..cc as u32)
+                .next_back()
+                .filter(|(&s, &l)| s as u64 + l as u64 == cc)
+                .map(|(&s, &l)| (s, l));
+            let Some((s, l)) = tail else { break };
+            self.remove_extent(s, l);
+            self.undo.push(Undo::ExtentRemoved(s, l));
+            self.undo.push(Undo::ChunkCount(cc));
+            self.chunk_count = s as u64;
+            if self.chunk_count > 1 && (self.chunk_count - 1) % ZONE_CHUNKS == 0 {
+                self.undo.push(Undo::ChunkCount(self.chunk_count));
+                self.chunk_count -= 1;
+            }
+        }
+        before - self.chunk_count
+    }
+
+    /// The free space of the committed state as page ranges `(offset, len)`: every free extent,
+    /// and the pages of each large extent past its object's last byte (compaction punches them).
+    pub(crate) fn free_pages(&self) -> Vec<(u64, u64)> {
+        let page = crate::sys::PAGE as u64;
+        let mut out: Vec<(u64, u64)> = self
+            .free_by_start
+            .iter()
+            .map(|(&s, &n)| (self.chunk_offset(s), n as u64 * CHUNK_SIZE))
+            .collect();
+        for (&s, &(n, size)) in &self.large {
+            let used = size.div_ceil(page) * page;
+            let len = n as u64 * CHUNK_SIZE;
+            if used < len {
+                out.push((self.chunk_offset(s) + used, len - used));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
     /// Grow the chunk count until a free extent of `n` chunks exists (`n` at most
     /// [`EXTENT_CHUNKS_MAX`]). Each step stays inside one zone: a step that reaches a zone's
     /// start gives it its table chunk first; a tail extent that cannot reach `n` chunks before

@@ -84,6 +84,11 @@ pub enum TraceEvent {
         /// New length.
         len: u64,
     },
+    /// The file was cut to `len` bytes (compaction; a barrier follows at once).
+    Shrink {
+        /// New length.
+        len: u64,
+    },
     /// A marker the workload adds (for example: transaction `n` was acknowledged).
     Mark(u64),
 }
@@ -203,6 +208,33 @@ impl Hooks {
         }
         Ok(())
     }
+
+    /// A hole punched at `[offset, offset+len)` by `op`: recorded as a write of zeros, which
+    /// the simulator may tear per sector like any write until a barrier (more freedom than a
+    /// real punch has, which changes whole blocks).
+    pub(crate) fn punch(
+        &self,
+        offset: u64,
+        len: u64,
+        op: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut st = self.state();
+        trip(&mut st.faults.fail_write_after)?;
+        op()?;
+        st.record(|| TraceEvent::Write {
+            offset,
+            bytes: vec![0; len as usize],
+        });
+        Ok(())
+    }
+
+    /// The file cut to `len` by `op`; recorded.
+    pub(crate) fn shrink(&self, len: u64, op: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let st = self.state();
+        op()?;
+        st.record(|| TraceEvent::Shrink { len });
+        Ok(())
+    }
 }
 
 /// Without the `test-hooks` feature: no state, and each hook only runs the operation.
@@ -234,5 +266,18 @@ impl Hooks {
     #[inline(always)]
     pub(crate) fn grow(&self, _len: u64, op: impl FnOnce() -> io::Result<bool>) -> io::Result<()> {
         op().map(|_| ())
+    }
+
+    pub(crate) fn punch(
+        &self,
+        _offset: u64,
+        _len: u64,
+        op: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
+        op()
+    }
+
+    pub(crate) fn shrink(&self, _len: u64, op: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        op()
     }
 }

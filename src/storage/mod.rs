@@ -76,6 +76,29 @@ impl FileStorage {
         })
     }
 
+    /// Give `[offset, offset+len)` back to the filesystem (it reads as zeros afterwards; see
+    /// `sys::punch_hole`). Compaction only: the range is free space no frame or reader needs.
+    /// Returns the bytes whose blocks were given back (0 where the filesystem only took zeros).
+    pub(crate) fn punch(&mut self, offset: u64, len: u64) -> io::Result<u64> {
+        let (file, counters) = (&self.file, &mut self.counters);
+        let mut freed = 0;
+        self.hooks.punch(offset, len, || {
+            counters.writes += 1;
+            if sys::punch_hole(file, offset, len)? {
+                freed = len;
+            }
+            Ok(())
+        })?;
+        Ok(freed)
+    }
+
+    /// Cut the file to `len` bytes (compaction only: past `len` lies only free space, and the
+    /// superblock's `file_len` already says `len`).
+    pub(crate) fn shrink(&mut self, len: u64) -> io::Result<()> {
+        let file = &self.file;
+        self.hooks.shrink(len, || file.set_len(len))
+    }
+
     /// A handle that makes ranges of the log durable from any thread, without the writer lock
     /// (group commit's shared barrier), with the same hooks; `None` without a window.
     pub(crate) fn log_syncer(&self) -> Option<LogSyncer> {
