@@ -566,7 +566,12 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
         };
         let (label, ratio) = match g.target {
             Target::SecsAtMost(x) => (
-                format!("{}: {} ms ÷ open time", g.workload.name(), fmt_num(x * 1e3)),
+                format!(
+                    "{} {}: {} ms ÷ its time",
+                    g.workload.name(),
+                    g.subject,
+                    fmt_num(x * 1e3)
+                ),
                 x / sv,
             ),
             Target::BytesPerSecAtLeast(x) => (
@@ -687,7 +692,7 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
                 (goal, format!("{ratio:.2}x"), ratio >= x)
             }
             (Target::SecsAtMost(x), _) => (
-                format!("open < {} ms", fmt_num(x * 1e3)),
+                format!("{} < {} ms", g.subject, fmt_num(x * 1e3)),
                 format!("{} ms", fmt_num(sv * 1e3)),
                 sv <= x,
             ),

@@ -521,6 +521,19 @@ pub static CASES: &[Case] = &[
     },
     Case {
         setup: Some(Setup {
+            run: w5::setup_open,
+            each_round: false,
+        }),
+        ..case(
+            W5Open,
+            "txheap-check",
+            Peer,
+            "txheap::inspect::check (txheap check) of the same kind of heap",
+            Custom(w5::measure_check),
+        )
+    },
+    Case {
+        setup: Some(Setup {
             run: w5::setup_replay,
             each_round: true,
         }),
@@ -724,6 +737,12 @@ pub static GOALS: &[Goal] = &[
         subject: "txheap",
         versus: None,
         target: Target::SecsAtMost(0.010),
+    },
+    Goal {
+        workload: W5Open,
+        subject: "txheap-check",
+        versus: None,
+        target: Target::SecsAtMost(1.0),
     },
     Goal {
         workload: W5Replay,

@@ -70,6 +70,26 @@ pub fn measure_open(args: &ChildArgs<'_>) -> BoxResult<Sample> {
     Ok(s)
 }
 
+/// Time `txheap::inspect::check` (`txheap check`) of the heap made by [`setup_open`]: both
+/// superblocks, the log, the header, every chunk-table entry and every run bitmap. It must find
+/// the heap clean.
+pub fn measure_check(args: &ChildArgs<'_>) -> BoxResult<Sample> {
+    let path = args.dir.join(FILE);
+    let start = Instant::now();
+    let report = txheap::inspect::check(&path, &mut |_, _| {})?;
+    let elapsed = start.elapsed();
+    if report.verdict != txheap::inspect::Verdict::Clean {
+        return Err(format!("W5-open check: {:?}", report.findings).into());
+    }
+    let stats = report.stats.ok_or("W5-open check: no figures")?;
+    if stats.used_bytes == 0 {
+        return Err("W5-open check: the heap is empty (set-up missing?)".into());
+    }
+    let mut s = Sample::new(args.engine, args.workload.name(), 1, elapsed, None);
+    s.bytes = stats.file_len;
+    Ok(s)
+}
+
 /// Commit one-node transactions under `Durability::None` until the log holds `args.ops` bytes,
 /// record frames and bytes in `replay.info`, and leave without closing.
 pub fn setup_replay(args: &ChildArgs<'_>) -> BoxResult<()> {

@@ -65,10 +65,11 @@ enum Command {
         /// Print one JSON document
         #[arg(long)]
         json: bool,
-        /// Never draw a progress bar (it is drawn only on a terminal, for walks longer than a
-        /// moment)
-        #[arg(long)]
-        no_progress: bool,
+        /// The progress bar on standard error: `auto` draws it on a terminal once the walk has
+        /// taken 200 ms, `always` on a terminal from the start, `never` not at all (it is never
+        /// drawn when standard error is not a terminal)
+        #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+        progress: ProgressMode,
     },
     /// List the log's committed frames and their ranges, and where and why the log ends
     /// (read-only)
@@ -115,6 +116,14 @@ enum Command {
         #[arg(long, requires = "dry_run")]
         json: bool,
     },
+}
+
+/// When `check` draws its progress bar.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProgressMode {
+    Auto,
+    Always,
+    Never,
 }
 
 /// A subcommand's failure: the exit code and the message (already naming the file).
@@ -373,25 +382,32 @@ fn dump_log(file: &Path, json: bool, ranges: bool) -> Result<u8, Failure> {
 struct Progress {
     bar: ProgressBar,
     start: Instant,
-    enabled: bool,
+    /// Draw once the walk has taken this long (`None`: never).
+    after: Option<Duration>,
     shown: bool,
 }
 
 impl Progress {
-    fn new(enabled: bool) -> Progress {
+    fn new(mode: ProgressMode) -> Progress {
+        let after = match mode {
+            _ if !std::io::stderr().is_terminal() => None,
+            ProgressMode::Auto => Some(Duration::from_millis(200)),
+            ProgressMode::Always => Some(Duration::ZERO),
+            ProgressMode::Never => None,
+        };
         Progress {
             bar: ProgressBar::hidden(),
             start: Instant::now(),
-            enabled: enabled && std::io::stderr().is_terminal(),
+            after,
             shown: false,
         }
     }
 
     fn update(&mut self, done: u64, total: u64) {
-        if !self.enabled {
+        let Some(after) = self.after else {
             return;
-        }
-        if !self.shown && self.start.elapsed() > Duration::from_millis(200) && done < total {
+        };
+        if !self.shown && self.start.elapsed() >= after && (done < total || after.is_zero()) {
             self.bar.set_style(
                 ProgressStyle::with_template(
                     "checking run bitmaps {bar:40} {pos}/{len} runs ({eta} left)",
@@ -409,7 +425,14 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         if self.shown {
-            self.bar.finish_and_clear();
+            // The last state stays on the screen: how many runs were walked, and how long.
+            self.bar.set_style(
+                ProgressStyle::with_template(
+                    "checked run bitmaps {bar:40} {pos}/{len} runs in {elapsed_precise}",
+                )
+                .expect("a valid template"),
+            );
+            self.bar.finish();
         }
     }
 }
@@ -438,9 +461,9 @@ fn check_json(r: &CheckReport) -> Value {
     })
 }
 
-fn check(file: &Path, json: bool, progress: bool) -> Result<u8, Failure> {
+fn check(file: &Path, json: bool, progress: ProgressMode) -> Result<u8, Failure> {
     let report = {
-        let mut bar = Progress::new(progress && !json);
+        let mut bar = Progress::new(if json { ProgressMode::Never } else { progress });
         inspect::check(file, &mut |done, total| bar.update(done, total))
             .map_err(|e| failure(file, e))?
     };
@@ -585,8 +608,8 @@ fn main() -> ExitCode {
         Command::Check {
             file,
             json,
-            no_progress,
-        } => check(&file, json, !no_progress),
+            progress,
+        } => check(&file, json, progress),
         Command::DumpLog { file, json, ranges } => dump_log(&file, json, ranges),
         Command::Copy { src, dst, compact } => copy(&src, &dst, compact),
         Command::Compact { file } => compact(&file),

@@ -401,3 +401,16 @@ fn compact_and_copy_give_space_back() {
         assert_eq!(h.read(|r| r.get(keep).copied()).unwrap(), [9u64; 8]);
     }
 }
+
+#[test]
+fn no_progress_bar_when_stderr_is_not_a_terminal() {
+    let d = tempfile::tempdir().unwrap();
+    let (clean, _) = heap_image(d.path(), 3, false);
+    let c = write(d.path(), "clean", &clean);
+    for mode in ["auto", "always", "never"] {
+        let (code, _, err) = txheap(&["check", "--progress", mode, &c]);
+        assert_eq!(code, 0);
+        assert!(err.is_empty(), "--progress {mode} drew on a pipe: {err:?}");
+    }
+    assert_eq!(txheap(&["check", "--progress", "sometimes", &c]).0, 8);
+}
