@@ -79,6 +79,7 @@ mod layout;
 mod limits;
 mod open;
 mod options;
+mod platform;
 mod pptr;
 mod reader;
 mod shared;

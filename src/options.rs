@@ -310,8 +310,8 @@ impl Options {
             let floor = file_len.max(sb.min_file_len());
             if max < floor {
                 return bad(format!(
-                    "max_size {max} given to open is below the heap file's length {floor} (only \
-                     compaction shrinks a heap file)"
+                    "max_size {max} given to open is below the heap file's length {floor} (a heap \
+                     file never shrinks but by `Heap::compact`)"
                 ));
             }
         }

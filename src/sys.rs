@@ -1,5 +1,5 @@
-//! Operating-system calls that need `unsafe`: the file mapping,
-//! `msync`, `madvise`, `flock` and `posix_fallocate`.
+//! Operating-system calls that need `unsafe`: the file mapping, `msync`, `madvise` and `flock`
+//! (the calls that differ between platforms are in `platform.rs`).
 //!
 //! Owns: every raw pointer into mapped memory. Nothing outside this module creates one.
 //! May not: decide *when* memory may be read or changed; callers hold the heap's locks
@@ -38,72 +38,25 @@ pub(crate) fn try_flock(fd: &impl AsRawFd, exclusive: bool) -> io::Result<bool> 
     }
 }
 
-/// The filesystem a file lives on: its name where known (else its magic number in hex), and
-/// whether it keeps files in memory only (tmpfs, ramfs), where nothing survives a power cut or
-/// a reboot whatever barriers are issued.
+/// The filesystem a file lives on (see `platform::filesystem`).
 pub(crate) fn filesystem(fd: &impl AsRawFd) -> io::Result<(String, bool)> {
-    // SAFETY: `statfs` is plain old data; all-zero bytes are a valid value of it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: fstatfs writes at most one `statfs` through the pointer, which points to one.
-    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(last_err());
-    }
-    #[allow(clippy::unnecessary_cast)] // f_type's integer type differs between C libraries
-    let magic = st.f_type as u64 & 0xffff_ffff;
-    let (name, volatile) = match magic {
-        0xEF53 => ("ext4", false),
-        0x5846_5342 => ("xfs", false),
-        0x9123_683E => ("btrfs", false),
-        0xF2F5_2010 => ("f2fs", false),
-        0x2FC1_2FC1 => ("zfs", false),
-        0x6969 => ("nfs", false),
-        0x6573_5546 => ("fuse", false),
-        0x794C_7630 => ("overlayfs", false),
-        0x0102_1994 => ("tmpfs", true),
-        0x8584_58F6 => ("ramfs", true),
-        _ => return Ok((format!("unknown (magic {magic:#x})"), false)),
-    };
-    Ok((name.to_string(), volatile))
+    crate::platform::filesystem(fd)
 }
 
 /// Allocate disk blocks for `[offset, offset+len)`, extending the file if needed, so that a later
-/// store or write there cannot fail for lack of space (ENOSPC comes back here, not as SIGBUS).
-pub(crate) fn fallocate(fd: &impl AsRawFd, offset: u64, len: u64) -> io::Result<()> {
-    let off =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let l = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: posix_fallocate takes integers only; it returns an errno value instead of setting errno.
-    let rc = unsafe { libc::posix_fallocate(fd.as_raw_fd(), off, l) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
-    }
+/// store or write there cannot fail for lack of space where the platform can preallocate
+/// (`platform::preallocate`).
+pub(crate) fn fallocate(file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+    crate::platform::preallocate(file, offset, len)
 }
 
 /// Give the blocks of `[offset, offset+len)` back to the filesystem; the range then reads as
-/// zeros and the file keeps its length (Linux: `fallocate(PUNCH_HOLE | KEEP_SIZE)`). Where the
-/// filesystem cannot punch holes (`EOPNOTSUPP`), zeros are written instead: the bytes read the
-/// same, only the blocks stay allocated. Returns whether blocks were given back.
+/// zeros and the file keeps its length (`platform::punch_hole`). Where that cannot be done,
+/// zeros are written instead: the bytes read the same, only the blocks stay allocated. Returns
+/// whether blocks were given back.
 pub(crate) fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> io::Result<bool> {
-    let off =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let l = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: fallocate takes integers only; it reports failure through errno.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off,
-            l,
-        )
-    };
-    if rc == 0 {
+    if crate::platform::punch_hole(file, offset, len)? {
         return Ok(true);
-    }
-    let e = last_err();
-    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-        return Err(e);
     }
     use std::os::unix::fs::FileExt;
     let zeros = vec![0u8; (1 << 20).min(len as usize)];
@@ -182,7 +135,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 reserved,
                 prot,
-                libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+                libc::MAP_PRIVATE | crate::platform::MAP_NORESERVE,
                 fd.as_raw_fd(),
                 0,
             )
@@ -259,7 +212,10 @@ impl Mapping {
                 self.base.as_ptr().add(from).cast(),
                 self.reserved - from,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | crate::platform::MAP_NORESERVE
+                    | libc::MAP_FIXED,
                 -1,
                 0,
             )
@@ -394,6 +350,8 @@ pub(crate) struct SyncWindow {
     base: NonNull<u8>,
     len: usize,
     writable: bool,
+    /// The file (a duplicate descriptor), for what a platform needs after `msync`.
+    file: std::fs::File,
 }
 
 // SAFETY: the window is never read through, and written only by `write`, which only the
@@ -408,10 +366,11 @@ impl SyncWindow {
     /// Map the first `len` bytes of `fd`. `writable` (the file is open for writing): allocate
     /// their blocks first and allow [`SyncWindow::write`]; otherwise the window only names
     /// ranges for `msync`.
-    pub(crate) fn new(fd: &impl AsRawFd, len: u64, writable: bool) -> io::Result<SyncWindow> {
+    pub(crate) fn new(fd: &std::fs::File, len: u64, writable: bool) -> io::Result<SyncWindow> {
         if writable {
             fallocate(fd, 0, len)?;
         }
+        let file = fd.try_clone()?;
         let prot = if writable {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
@@ -439,6 +398,7 @@ impl SyncWindow {
             base,
             len,
             writable,
+            file,
         })
     }
 
@@ -494,7 +454,7 @@ impl SyncWindow {
             )
         };
         if rc == 0 {
-            Ok(())
+            crate::platform::after_range_barrier(&self.file)
         } else {
             Err(last_err())
         }

@@ -64,7 +64,7 @@ impl FileStorage {
     /// the next store's write fault made commits about 10% slower than a `pwrite`).
     pub(crate) fn new(file: Arc<File>, window_len: u64, store: bool) -> io::Result<FileStorage> {
         let window = if window_len > 0 {
-            Some(Arc::new(SyncWindow::new(&*file, window_len, store)?))
+            Some(Arc::new(SyncWindow::new(&file, window_len, store)?))
         } else {
             None
         };
@@ -184,7 +184,7 @@ impl Storage for FileStorage {
             if new_len <= len {
                 return Ok(false);
             }
-            sys::fallocate(&**file, len, new_len - len)?;
+            sys::fallocate(file, len, new_len - len)?;
             Ok(true)
         })
     }
