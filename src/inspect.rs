@@ -251,6 +251,10 @@ pub struct CheckReport {
     pub log: Option<LogReport>,
     /// The heap's figures as replay would leave it, if the heap could be walked.
     pub stats: Option<Stats>,
+    /// `Some(txid)` when another handle held the file for writing: the check read a copy of
+    /// its metadata as of transaction `txid` (see [`check`]); frames waiting in the log are then
+    /// the running writer's business, not findings.
+    pub live: Option<u64>,
 }
 
 /// A shared-locked storage over the file at `path`.
@@ -277,9 +281,173 @@ fn storage_of(path: &Path) -> Result<(Arc<File>, FileStorage)> {
 /// # Ok::<(), txheap::Error>(())
 /// ```
 pub fn read_log(path: impl AsRef<Path>) -> Result<LogReport> {
-    let (_file, storage) = storage_of(path.as_ref())?;
+    let path = path.as_ref();
+    let copy;
+    let (_file, storage) = match storage_of(path) {
+        Err(Error::Locked { .. }) => {
+            // Live: the log of a copy (see `check`), as of one committed state.
+            copy = LiveCopy::take(path)?;
+            storage_of(&copy.path)?
+        }
+        other => other?,
+    };
     let (sb, slot) = recovery::select_superblock(&storage)?;
     log_of(&storage, &sb, slot.offset())
+}
+
+/// The figures of [`Heap::stats`] for the heap file at `path`, read-only, also while another
+/// handle holds it open for writing (then from a copy of its metadata as of one committed
+/// state, as [`check`] makes it; the second value says which transaction, `None` when not live).
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let p = dir.path().join("s.heap");
+/// let heap = txheap::Heap::create(&p, txheap::Options::new())?;
+/// heap.transaction(|tx| tx.alloc(7u64).map(|_| ()))?;
+/// // The writer still holds the file: the figures come from a live copy.
+/// let (s, live) = txheap::inspect::stats(&p)?;
+/// assert_eq!((s.used_bytes, live), (16, Some(1)));
+/// # Ok::<(), txheap::Error>(())
+/// ```
+pub fn stats(path: impl AsRef<Path>) -> Result<(Stats, Option<u64>)> {
+    let path = path.as_ref();
+    match Heap::open_read_only(path) {
+        Err(Error::Locked { .. }) => {
+            let copy = LiveCopy::take(path)?;
+            let mut s = Heap::open_read_only(&copy.path)?.stats()?;
+            copy.describe(&mut s)?;
+            Ok((s, Some(copy.txid)))
+        }
+        Err(e) => Err(e),
+        Ok(h) => Ok((h.stats()?, None)),
+    }
+}
+
+/// Attempts at a consistent live copy before giving up.
+const LIVE_TRIES: usize = 100;
+/// Bytes copied from the start of each chunk that is not a zone table: a run's bitmap is at most
+/// 2,032 bytes (16-byte blocks), so every run's bitmap lies inside.
+const LIVE_CHUNK_HEAD: u64 = 2048;
+
+/// A copy of the metadata of a heap that a writer holds open, in a sparse temporary file of the
+/// same length (object bytes are holes), as of transaction `txid`; removed when dropped.
+struct LiveCopy {
+    path: PathBuf,
+    txid: u64,
+    /// The live file, for what the copy cannot say about it (its filesystem).
+    source: File,
+}
+
+impl Drop for LiveCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl LiveCopy {
+    /// Copy `path`'s metadata: both superblock slots as read first, the heap header page and
+    /// root area, each zone table chunk, the first [`LIVE_CHUNK_HEAD`] bytes of every other
+    /// chunk, then the log's committed frames (scanned after the rest); kept only if both slots
+    /// read the same afterwards, else tried again.
+    fn take(path: &Path) -> Result<LiveCopy> {
+        use crate::alloc::CHUNKS_PER_ZONE;
+        use crate::limits::CHUNK_SIZE;
+        use std::os::unix::fs::FileExt;
+        let source = std::fs::File::open(path).map_err(|e| Error::io("open", 0, e))?;
+        let storage = FileStorage::new(
+            Arc::new(source.try_clone().map_err(|e| Error::io("dup", 0, e))?),
+            0,
+            false,
+        )
+        .map_err(|e| Error::io("storage", 0, e))?;
+        let read = |off: u64, len: u64| -> Result<Option<Vec<u8>>> {
+            let mut b = vec![0u8; len as usize];
+            match storage.read_at(off, &mut b) {
+                Ok(()) => Ok(Some(b)),
+                // The file was cut meanwhile (compaction): try again.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+                Err(e) => Err(Error::io("read a live heap", off, e)),
+            }
+        };
+        let slots_len = 2 * recovery::SUPERBLOCK_SLOT_LEN;
+        'attempt: for _ in 0..LIVE_TRIES {
+            let Some(slots) = read(0, slots_len)? else {
+                continue;
+            };
+            let (sb, _) = recovery::select_superblock(&storage)?;
+            let len = storage.len().map_err(|e| Error::io("stat", 0, e))?;
+            if len < sb.min_file_len() {
+                return Err(Error::Truncated {
+                    len,
+                    needed: sb.min_file_len(),
+                });
+            }
+            let chunk_area = sb.chunk_area_offset();
+            let mut pieces = vec![(sb.heap_offset(), chunk_area - sb.heap_offset())];
+            for c in 0..(len - chunk_area) / CHUNK_SIZE {
+                let at = chunk_area + c * CHUNK_SIZE;
+                let n = if c % CHUNKS_PER_ZONE == 0 {
+                    CHUNK_SIZE
+                } else {
+                    LIVE_CHUNK_HEAD
+                };
+                pieces.push((at, n));
+            }
+            let mut copied = Vec::with_capacity(pieces.len());
+            for (at, n) in pieces {
+                let Some(b) = read(at, n)? else {
+                    continue 'attempt;
+                };
+                copied.push((at, b));
+            }
+            let scan = recovery::scan_log(&storage, &sb, &mut |_, _| Ok(()))?;
+            if let Some(d) = scan.damage {
+                return Err(d.error().into());
+            }
+            let Some(log) = read(sb.log_offset(), scan.end_offset)? else {
+                continue;
+            };
+            if read(0, slots_len)?.as_deref() != Some(&slots[..]) {
+                continue; // a checkpoint: the log may have been reused under the scan
+            }
+            static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let tmp = std::env::temp_dir().join(format!(
+                ".txheap-live-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            let out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| Error::io("create a live copy", 0, e))?;
+            let copy = LiveCopy {
+                path: tmp,
+                txid: scan.next_txid.saturating_sub(1),
+                source,
+            };
+            let io = |e| Error::io("write a live copy", 0, e);
+            out.set_len(len).map_err(io)?;
+            out.write_all_at(&slots, 0).map_err(io)?;
+            out.write_all_at(&log, sb.log_offset()).map_err(io)?;
+            for (at, b) in &copied {
+                out.write_all_at(b, *at).map_err(io)?;
+            }
+            return Ok(copy);
+        }
+        Err(Error::Locked {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Put what the copy cannot know about the live file into `s`: its filesystem.
+    fn describe(&self, s: &mut Stats) -> Result<()> {
+        let (fs, volatile) =
+            crate::sys::filesystem(&self.source).map_err(|e| Error::io("fstatfs", 0, e))?;
+        s.filesystem = fs;
+        s.volatile_storage = volatile;
+        Ok(())
+    }
 }
 
 fn log_of(storage: &FileStorage, sb: &Superblock, sb_offset: u64) -> Result<LogReport> {
@@ -371,9 +539,20 @@ fn unwritten(storage: &FileStorage, at: u64) -> Result<bool> {
 /// the heap header, every chunk-table entry, and every run's bitmap, as replay would leave
 /// them. `progress(done, total)` hears how the walk over run bitmaps goes.
 ///
+/// A heap that another handle (in this or another process) holds open for writing is checked
+/// live: its metadata (superblocks, the log's committed frames, the heap header, the chunk
+/// tables and the first 2 KiB of every chunk, where run bitmaps live) is copied into a sparse
+/// temporary file, and the copy is kept only if the superblock did not change meanwhile (a
+/// checkpoint reuses the log); the checks then run on that copy, which holds one committed
+/// state ([`CheckReport::live`] says which). This works because the writer changes the heap's
+/// metadata only by applying frames already in the log: whatever part of an apply the copy
+/// caught, replaying the log's frames over it gives the state after the last one. Object bytes
+/// are not copied (no check reads them).
+///
 /// Returns `Err` only when the file cannot be checked at all: it does not exist, cannot be
-/// read, another handle writes it ([`Error::Locked`]), it is not a txheap file, or it is of a
-/// format version this library does not read. Damage is a [`Finding`], never an `Err`.
+/// read, it is not a txheap file, or it is of a format version this library does not read (or,
+/// live, the writer changed the superblock during every one of 100 attempts: `Locked`).
+/// Damage is a [`Finding`], never an `Err`.
 ///
 /// ```
 /// # let dir = tempfile::tempdir().unwrap();
@@ -391,13 +570,38 @@ fn unwritten(storage: &FileStorage, at: u64) -> Result<bool> {
 /// ```
 pub fn check(path: impl AsRef<Path>, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckReport> {
     let path = path.as_ref();
-    let (file, storage) = storage_of(path)?;
+    match storage_of(path) {
+        Err(Error::Locked { .. }) => {
+            let copy = LiveCopy::take(path)?;
+            let (file, storage) = storage_of(&copy.path)?;
+            let mut r = check_file(&copy.path, file, storage, Some(copy.txid), progress)?;
+            r.path = path.to_path_buf();
+            if let Some(s) = &mut r.stats {
+                copy.describe(s)?;
+            }
+            Ok(r)
+        }
+        Err(e) => Err(e),
+        Ok((file, storage)) => check_file(path, file, storage, None, progress),
+    }
+}
+
+/// [`check`] of the file at `path`, which `file` and `storage` read under a shared lock. `live`:
+/// the file is a [`LiveCopy`] of a heap a writer holds open, as of that transaction.
+fn check_file(
+    path: &Path,
+    file: Arc<File>,
+    storage: FileStorage,
+    live: Option<u64>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<CheckReport> {
     let mut report = CheckReport {
         path: path.to_path_buf(),
         verdict: Verdict::Clean,
         findings: Vec::new(),
         log: None,
         stats: None,
+        live,
     };
     let damaged = |report: &mut CheckReport, e: Error| -> Result<()> {
         let (offset, what) = match e {
@@ -444,7 +648,7 @@ pub fn check(path: impl AsRef<Path>, progress: &mut dyn FnMut(u64, u64)) -> Resu
             return Ok(report.done());
         }
     };
-    if let (Some(first), Some(last)) = (log.frames.first(), log.frames.last()) {
+    if let (Some(first), Some(last), None) = (log.frames.first(), log.frames.last(), live) {
         report.push(
             Verdict::Recoverable,
             Some(first.offset),

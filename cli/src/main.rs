@@ -231,10 +231,10 @@ fn print_info(file: &Path, s: &Stats) {
 }
 
 fn info(file: &Path, json: bool, classes: bool) -> Result<u8, Failure> {
-    let heap = Heap::open_read_only(file).map_err(|e| failure(file, e))?;
-    let s = heap.stats().map_err(|e| failure(file, e))?;
+    let (s, live) = inspect::stats(file).map_err(|e| failure(file, e))?;
     if json {
         let mut v = stats_json(file, &s);
+        v["live"] = json!(live);
         if classes {
             v["classes"] = classes_json(&s);
         }
@@ -242,6 +242,9 @@ fn info(file: &Path, json: bool, classes: bool) -> Result<u8, Failure> {
         return Ok(0);
     }
     print_info(file, &s);
+    if let Some(txid) = live {
+        println!("live            a writer holds the file: figures as of transaction {txid}");
+    }
     let list: Vec<_> = s.classes.iter().filter(|c| c.runs > 0).collect();
     if classes {
         println!("size classes    block   runs       used       free  fragmentation");
@@ -443,6 +446,7 @@ fn check_json(r: &CheckReport) -> Value {
         "file": r.path.display().to_string(),
         "verdict": r.verdict.name(),
         "exit_code": r.verdict.exit_code(),
+        "live": r.live,
         "findings": r.findings.iter().map(|f| json!({
             "verdict": f.verdict.name(),
             "offset": f.offset,
@@ -483,6 +487,13 @@ fn check(file: &Path, json: bool, progress: ProgressMode) -> Result<u8, Failure>
             ),
             (None, _) => String::new(),
         };
+        if let Some(txid) = report.live {
+            println!(
+                "{}: live: a writer holds the file; checked a copy of its metadata as of \
+                 transaction {txid}",
+                file.display()
+            );
+        }
         println!("{}: {}{what}", file.display(), report.verdict.name());
     }
     Ok(report.verdict.exit_code())
