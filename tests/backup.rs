@@ -143,10 +143,19 @@ fn copies_under_writer(durability: Durability, copies: usize) {
     assert_eq!(left.len(), 1, "{left:?}");
 }
 
+/// Under valgrind (`scripts/valgrind.sh` sets `TXHEAP_VALGRIND`), a few copies of each kind.
+fn scaled(n: usize) -> usize {
+    if std::env::var_os("TXHEAP_VALGRIND").is_some() {
+        n / 50
+    } else {
+        n
+    }
+}
+
 #[test]
 fn copies_taken_under_a_committing_writer_equal_committed_states() {
-    copies_under_writer(Durability::None, 1000);
-    copies_under_writer(Durability::Full, 200);
+    copies_under_writer(Durability::None, scaled(1000));
+    copies_under_writer(Durability::Full, scaled(200));
 }
 
 #[test]
