@@ -224,7 +224,7 @@ fn write_copy(heap: &Heap, geo: &Geometry, file: &File, compact: bool) -> Result
         false,
     )
     .map_err(|e| Error::io("storage", 0, e))?;
-    recovery::format(&mut storage, geo.log_size, geo.max_size)?;
+    recovery::format(&mut storage, geo.log_size, heap.max_size())?;
     Ok(BackupReport {
         txid,
         chunk_count: plan.chunk_count,

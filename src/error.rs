@@ -305,7 +305,8 @@ impl fmt::Display for Error {
             Error::OutOfSpace { requested, max_size } => write!(
                 f,
                 "out of space: {requested} bytes requested, heap file may not exceed max_size \
-                 {max_size} (reopen with a larger Options::max_size to raise it)"
+                 {max_size} (raise it: Heap::set_max_size while open, or reopen with a larger \
+                 Options::max_size)"
             ),
             Error::ObjectTooLarge { requested, max } => write!(
                 f,

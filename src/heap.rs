@@ -483,6 +483,45 @@ impl Heap {
         })
     }
 
+    /// Raise the largest size the file may grow to, while the heap stays open (an allocation
+    /// that met [`Error::OutOfSpace`] then succeeds), and a checkpoint records the new
+    /// `max_size` in the superblock, so later opens keep it. The heap's mappings must span it:
+    /// up to [`Options::reserve`] (address space set aside at open) they do; past it they are
+    /// extended in place (no reference into the heap moves) where the address space right after
+    /// them is free (Linux only; see `src/platform.rs`), which is rare, since the kernel places
+    /// mappings next to each other. Otherwise it fails with [`Error::InvalidOptions`] saying so,
+    /// and nothing changes: reopen with [`Options::max_size`] instead. `max_size` only rises.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let p = dir.path().join("m.heap");
+    /// let small = txheap::Options::new()
+    ///     .log_size(1 << 16)
+    ///     .initial_size(1 << 20)
+    ///     .max_size(4 << 20)
+    ///     .reserve(1 << 30); // address space for a max_size of up to 1 GiB
+    /// let heap = txheap::Heap::create(&p, small)?;
+    /// let big = |h: &txheap::Heap| h.transaction(|tx| tx.alloc_slice_zeroed::<u8>(8 << 20));
+    /// assert!(matches!(big(&heap), Err(txheap::Error::OutOfSpace { .. })));
+    /// heap.set_max_size(64 << 20)?;
+    /// assert!(big(&heap).is_ok());
+    /// assert_eq!(heap.stats()?.max_size, 64 << 20);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn set_max_size(&self, max_size: u64) -> Result<()> {
+        if self.shared.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.refuse_reentry()?;
+        let mut w = self.lock_writer()?;
+        w.raise_max_size(&self.shared, max_size)
+    }
+
+    /// The largest the file may grow to now.
+    pub(crate) fn max_size(&self) -> u64 {
+        self.shared.max_size()
+    }
+
     /// The file this heap lives in.
     ///
     /// ```

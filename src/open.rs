@@ -68,15 +68,26 @@ fn open_error(path: &Path, e: io::Error) -> Error {
     }
 }
 
-/// Map the file over `max_size` bytes of address space; a refusal for lack of address space is
+/// Map the file over `max_size` bytes of address space, or `reserve` where that is more
+/// (`Options::reserve`: room for `Heap::set_max_size`); a refusal for lack of address space is
 /// [`Error::AddressSpace`], naming the size. (ENOMEM from the kernel; EINVAL under some
 /// emulators, such as valgrind, for a length they cannot place: the fd is a regular file, the
 /// offset 0 and the flags fixed, so the size is the only argument that can be refused.)
-fn map_file(file: &File, sb: &Superblock, len: u64, writable: bool) -> Result<Mapping> {
-    Mapping::new(file, sb.max_size, len.min(sb.max_size), writable).map_err(|e| {
+fn map_file(
+    file: &File,
+    sb: &Superblock,
+    len: u64,
+    writable: bool,
+    reserve: u64,
+) -> Result<Mapping> {
+    let reserved = reserve
+        .div_ceil(txheap_recovery::PAGE_SIZE)
+        .saturating_mul(txheap_recovery::PAGE_SIZE)
+        .max(sb.max_size);
+    Mapping::new(file, reserved, len.min(sb.max_size), writable).map_err(|e| {
         if matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::EINVAL)) {
             Error::AddressSpace {
-                max_size: sb.max_size,
+                max_size: reserved,
                 source: e,
             }
         } else {
@@ -247,7 +258,7 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
     let rmap = if read_only {
         None
     } else {
-        let m = map_file(&file, &log.sb, map.mapped_len(), false)?;
+        let m = map_file(&file, &log.sb, map.mapped_len(), false, options.reserve)?;
         m.advise(geo.heap_offset, u64::MAX, options.access.madvise())
             .map_err(|e| Error::io("madvise the heap's mapping", geo.heap_offset, e))?;
         Some(m)
@@ -284,7 +295,7 @@ fn replay_read_only(file: &File, storage: &FileStorage) -> Result<(LogState, Map
             needed: sb.min_file_len(),
         });
     }
-    let map = map_file(file, &sb, len, true)?;
+    let map = map_file(file, &sb, len, true, 0)?;
     let mut apply = |off: u64, bytes: &[u8]| -> std::result::Result<(), RecoveryError> {
         let end = off + bytes.len() as u64;
         if end > map.mapped_len() && end <= map.reserved_len() {
@@ -343,7 +354,13 @@ fn recover_writable(
     // The sizes given to open: applied below, or refused here, before anything is written.
     let len0 = stat(storage)?;
     let max_size = options.max_size_for_open(&sb0, len0)?;
-    let map = map_file(file, &Superblock { max_size, ..sb0 }, len0, true)?;
+    let map = map_file(
+        file,
+        &Superblock { max_size, ..sb0 },
+        len0,
+        true,
+        options.reserve,
+    )?;
     // Frames to replay: first check the heap as replay will leave it (header, chunk count, the
     // chunk tables), so that a damaged heap is refused before recovery writes a
     // byte.

@@ -90,6 +90,7 @@ pub struct Options {
     pub(crate) salvage: bool,
     pub(crate) access: Access,
     pub(crate) in_place_min: u64,
+    pub(crate) reserve: u64,
     /// Which sizes the caller gave (`open` applies or refuses those, and keeps the file's own
     /// for the rest).
     pub(crate) given: Given,
@@ -115,6 +116,7 @@ impl Default for Options {
             salvage: false,
             access: Access::Random,
             in_place_min: IN_PLACE_MIN_DEFAULT,
+            reserve: 0,
             given: Given::default(),
             #[cfg(feature = "test-hooks")]
             trace: None,
@@ -232,6 +234,19 @@ impl Options {
     /// ```
     pub fn in_place_min(mut self, bytes: u64) -> Self {
         self.in_place_min = bytes;
+        self
+    }
+    /// Bytes of address space to reserve for the heap's mappings, when more than `max_size`
+    /// (default 0: `max_size`). [`crate::Heap::set_max_size`] then raises `max_size` up to this
+    /// while the heap stays open, with no system call; past it, it must find the address space
+    /// right after the mapping free, which is rare. Address space only: no memory or disk is
+    /// taken (two mappings per writable handle; x86-64 gives a process 128 TiB).
+    ///
+    /// ```
+    /// let o = txheap::Options::new().max_size(1 << 30).reserve(64 << 30);
+    /// ```
+    pub fn reserve(mut self, bytes: u64) -> Self {
+        self.reserve = bytes;
         self
     }
     /// Record every write, barrier and growth of the file by the opened handle (feature

@@ -12,6 +12,7 @@
 //! | the mapping's `MAP_NORESERVE` | yes | no (not defined) | yes | NetBSD yes, OpenBSD no |
 //! | a range barrier (`msync`) reaches the medium | yes | yes | no: `F_FULLFSYNC` follows it | yes |
 //! | filesystem name (tmpfs warning) | `fstatfs` magic | "unknown" | "unknown" | "unknown" |
+//! | grow a running heap's `max_size` (its mapping in place) | `mmap(MAP_FIXED_NOREPLACE)` right after it | refused: reopen | refused: reopen | refused: reopen |
 //!
 //! Where blocks are not preallocated, a full disk shows as SIGBUS on a store into the mapping
 //! instead of `Error::Io(ENOSPC)` from the growth (the writes of frames and in-place objects are
@@ -171,5 +172,60 @@ pub(crate) fn filesystem(fd: &impl AsRawFd) -> io::Result<(String, bool)> {
     {
         let _ = fd;
         Ok(("unknown".to_string(), false))
+    }
+}
+
+/// Extend the private mapping of `fd` at `base` from `old` to `new` bytes without moving it:
+/// the file's bytes `[old, new)` are mapped right after it with `prot` (Linux:
+/// `MAP_FIXED_NOREPLACE`, which fails when any of that address space is taken, and never
+/// replaces a mapping). Elsewhere `Unsupported`: a reopen with the larger `max_size` maps anew.
+///
+/// # Safety
+/// `base` is the start of a mapping of `old` bytes that the caller owns.
+pub(crate) unsafe fn grow_mapping_in_place(
+    fd: &impl AsRawFd,
+    base: *mut u8,
+    old: usize,
+    new: usize,
+    prot: libc::c_int,
+) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let want = base.wrapping_add(old).cast::<libc::c_void>();
+        let off =
+            libc::off_t::try_from(old).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: NOREPLACE never unmaps anything: it maps the file's next bytes at `want` only
+        // if that address space is free, else fails (EEXIST).
+        let p = unsafe {
+            libc::mmap(
+                want,
+                new - old,
+                prot,
+                libc::MAP_PRIVATE | MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
+                fd.as_raw_fd(),
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        if p != want {
+            // A kernel older than 4.17 takes the flag as a hint and may map elsewhere: undo it.
+            // SAFETY: the mapping just made, which nothing references.
+            unsafe { libc::munmap(p, new - old) };
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "the address space after the mapping is taken",
+            ));
+        }
+        Ok(())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (fd, base, old, new, prot);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this platform cannot extend a mapping in place",
+        ))
     }
 }

@@ -32,7 +32,10 @@ pub(crate) struct Shared {
     pub map: Mapping,
     /// The readers' view of the file, for a writable handle.
     pub rmap: Option<Mapping>,
+    /// The fixed offsets. Its `max_size` is the one the heap opened with: the current one is
+    /// [`Shared::max_size`] (it rises with `Heap::set_max_size`).
     pub geo: Geometry,
+    max_size: std::sync::atomic::AtomicU64,
     pub read_only: bool,
     pub durability: Durability,
     /// The current snapshot and the readers' pins.
@@ -69,6 +72,7 @@ impl Shared {
             map,
             rmap,
             geo,
+            max_size: std::sync::atomic::AtomicU64::new(geo.max_size),
             read_only,
             durability,
             registry: registry.clone(),
@@ -88,6 +92,17 @@ impl Shared {
     }
 
     /// The mapping readers read the file through.
+    /// The largest the file may grow now.
+    pub(crate) fn max_size(&self) -> u64 {
+        self.max_size.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Raise the largest the file may grow (the writer lock held, the mappings grown first).
+    pub(crate) fn set_max_size(&self, max_size: u64) {
+        self.max_size
+            .store(max_size, std::sync::atomic::Ordering::Release);
+    }
+
     pub(crate) fn reader_map(&self) -> &Mapping {
         self.rmap.as_ref().unwrap_or(&self.map)
     }

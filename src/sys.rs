@@ -84,7 +84,8 @@ pub(crate) fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> io::Res
 #[derive(Debug)]
 pub(crate) struct Mapping {
     base: NonNull<u8>,
-    reserved: usize,
+    /// Bytes of address space spanned; rises only by [`Mapping::grow_in_place`].
+    reserved: AtomicUsize,
     mapped: AtomicUsize,
     /// A `MAP_FIXED` over part of the range failed: that part may be unmapped and then taken by
     /// another thread's `mmap`, so `Drop` must not unmap the range (the address space leaks).
@@ -96,8 +97,8 @@ pub(crate) struct Mapping {
 // or change which bytes, and when, is decided by the heap's locks (see `slice`), not by the thread
 // that created the mapping.
 unsafe impl Send for Mapping {}
-// SAFETY: as above; `mapped` and `leak` are atomic and every other field is immutable after
-// construction.
+// SAFETY: as above; `reserved`, `mapped` and `leak` are atomic and every other field is
+// immutable after construction.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
@@ -147,7 +148,7 @@ impl Mapping {
             NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
         let m = Mapping {
             base,
-            reserved,
+            reserved: AtomicUsize::new(reserved),
             mapped: AtomicUsize::new(0),
             leak: std::sync::atomic::AtomicBool::new(false),
             writable,
@@ -163,7 +164,37 @@ impl Mapping {
 
     /// Bytes of address space the mapping spans.
     pub(crate) fn reserved_len(&self) -> u64 {
-        self.reserved as u64
+        self.reserved() as u64
+    }
+
+    fn reserved(&self) -> usize {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    /// Span `new_reserved` bytes of address space instead, without moving: every reference into
+    /// the mapping stays valid. Only where the platform can extend a mapping in place and the
+    /// address space after it is free (`platform::grow_mapping_in_place`); otherwise an error,
+    /// and nothing changed. The caller holds the writer lock (no concurrent grow or extend).
+    pub(crate) fn grow_in_place(&self, fd: &impl AsRawFd, new_reserved: u64) -> io::Result<()> {
+        let new = usize::try_from(new_reserved)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let old = self.reserved();
+        if new <= old {
+            return Ok(());
+        }
+        if new % PAGE != 0 {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        let prot = if self.writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: our own mapping of `old` bytes at `base`; a successful call maps more after
+        // it and moves nothing, so no reference into it dangles.
+        unsafe { crate::platform::grow_mapping_in_place(fd, self.base.as_ptr(), old, new, prot) }?;
+        self.reserved.store(new, Ordering::Release);
+        Ok(())
     }
 
     /// Make the mapping accessible up to `new_len` (rounded up to a page). The caller has made
@@ -173,7 +204,7 @@ impl Mapping {
         let new_len =
             usize::try_from(new_len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let new_len = new_len.div_ceil(PAGE) * PAGE;
-        if new_len > self.reserved {
+        if new_len > self.reserved() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "mapping beyond the reservation",
@@ -201,8 +232,9 @@ impl Mapping {
     /// built yet).
     pub(crate) unsafe fn zero_tail(&self, from: u64) -> io::Result<()> {
         debug_assert!(self.writable && from as usize % PAGE == 0);
-        let from = (from as usize).min(self.reserved);
-        if from == self.reserved {
+        let reserved = self.reserved();
+        let from = (from as usize).min(reserved);
+        if from == reserved {
             return Ok(());
         }
         // SAFETY: replaces part of our own mapping, which no reference reaches (precondition),
@@ -210,7 +242,7 @@ impl Mapping {
         let p = unsafe {
             libc::mmap(
                 self.base.as_ptr().add(from).cast(),
-                self.reserved - from,
+                reserved - from,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE
                     | libc::MAP_ANONYMOUS
@@ -226,7 +258,7 @@ impl Mapping {
             self.leak.store(true, Ordering::Release);
             return Err(last_err());
         }
-        self.mapped.store(self.reserved, Ordering::Release);
+        self.mapped.store(reserved, Ordering::Release);
         Ok(())
     }
 
@@ -277,11 +309,11 @@ impl Mapping {
     /// `MADV_NORMAL`, or `MADV_WILLNEED` (start reading it now). Advice only: it changes no
     /// byte of the mapping.
     pub(crate) fn advise(&self, off: u64, len: u64, advice: libc::c_int) -> io::Result<()> {
-        let start = (off as usize / PAGE * PAGE).min(self.reserved);
+        let start = (off as usize / PAGE * PAGE).min(self.reserved());
         let end = (off.saturating_add(len) as usize)
             .div_ceil(PAGE)
             .saturating_mul(PAGE)
-            .min(self.reserved);
+            .min(self.reserved());
         if start >= end {
             return Ok(());
         }
@@ -333,7 +365,7 @@ impl Drop for Mapping {
         // SAFETY: the whole reservation is ours (no failed MAP_FIXED left a hole another mapping
         // could occupy); `&mut self` means no slice into it is alive.
         unsafe {
-            libc::munmap(self.base.as_ptr().cast(), self.reserved);
+            libc::munmap(self.base.as_ptr().cast(), self.reserved());
         }
     }
 }

@@ -148,7 +148,7 @@ impl TxMem for Mem<'_> {
     }
 
     fn max_size(&self) -> u64 {
-        self.sh.geo.max_size
+        self.sh.max_size()
     }
 }
 
@@ -451,7 +451,7 @@ impl<'h> Tx<'h> {
             .checked_mul(len)
             .ok_or(Error::OutOfSpace {
                 requested: u64::MAX,
-                max_size: self.sh.geo.max_size,
+                max_size: self.sh.max_size(),
             })?;
         let off = self.alloc_filled(size, std::mem::align_of::<T>() as u64, |b| b.fill(0))?;
         Ok(PSlice::from_raw_parts(off, len))
@@ -536,7 +536,7 @@ impl<'h> Tx<'h> {
         let size = std::mem::size_of::<T>() as u64;
         let bytes = size.checked_mul(len).ok_or(Error::OutOfSpace {
             requested: u64::MAX,
-            max_size: self.sh.geo.max_size,
+            max_size: self.sh.max_size(),
         })?;
         let block = self
             .usable_size(s.as_ptr())

@@ -802,6 +802,47 @@ impl Writer {
         Ok((punched, before, after))
     }
 
+    /// Raise `max_size` while the heap runs: both mappings grow in place (or nothing changes),
+    /// then a checkpoint writes the new `max_size` in the next superblock, then the heap may
+    /// grow to it. A crash before the checkpoint's superblock leaves the old limit, which the
+    /// file still respects.
+    pub(crate) fn raise_max_size(&mut self, sh: &Shared, new: u64) -> Result<()> {
+        let current = sh.max_size();
+        if new == current {
+            return Ok(());
+        }
+        if new < current || new % PAGE_SIZE != 0 || new > crate::limits::FILE_SIZE_MAX {
+            return Err(Error::InvalidOptions {
+                what: format!(
+                    "max_size {new} cannot replace {current}: a running heap's max_size only \
+                     rises, to a multiple of {PAGE_SIZE} of at most {}",
+                    crate::limits::FILE_SIZE_MAX
+                ),
+            });
+        }
+        // Within the reservation (`Options::reserve`) nothing to do; past it, the mappings must
+        // grow where they are.
+        for m in [Some(&sh.map), sh.rmap.as_ref()].into_iter().flatten() {
+            m.grow_in_place(&*sh.file, new)
+                .map_err(|e| Error::InvalidOptions {
+                    what: format!(
+                    "cannot raise max_size to {new} while the heap is open: its mapping cannot \
+                     grow in place ({e}); open it with Options::reserve({new}) to allow it, or \
+                     close it and reopen with Options::max_size({new})"
+                ),
+                })?;
+        }
+        #[cfg(feature = "test-hooks")]
+        if recovery::sabotage::active(recovery::sabotage::RAISE_BEFORE_SUPERBLOCK) {
+            sh.set_max_size(new);
+            return Ok(());
+        }
+        self.sb.max_size = new;
+        self.checkpoint(sh)?;
+        sh.set_max_size(new);
+        Ok(())
+    }
+
     /// The figures of [`crate::Heap::stats`].
     pub(crate) fn stats(&self, sh: &Shared, progress: &mut dyn FnMut(u64, u64)) -> Result<Stats> {
         let read = |off: u64, buf: &mut [u8]| {
@@ -823,7 +864,7 @@ impl Writer {
             classes,
             log_size: sh.geo.log_size,
             log_used: self.log_tail,
-            max_size: sh.geo.max_size,
+            max_size: sh.max_size(),
             superblock_seq: self.sb.seq,
             log_generation: self.sb.generation,
             next_txid: self.next_txid,

@@ -43,7 +43,7 @@ fn fill(heap: &Heap) -> u64 {
             Err(e @ Error::OutOfSpace { .. }) => {
                 let msg = e.to_string();
                 assert!(
-                    msg.contains(&SMALL.to_string()) && msg.contains("Options::max_size"),
+                    msg.contains(&SMALL.to_string()) && msg.contains("set_max_size"),
                     "{msg}"
                 );
                 break;
@@ -161,4 +161,85 @@ fn initial_size_given_to_open_preallocates() {
     let heap = Heap::open(&path, Options::new()).unwrap();
     assert!(heap.stats().unwrap().file_len >= 8 << 20);
     heap.close().unwrap();
+}
+
+#[test]
+fn a_full_heap_raises_max_size_while_open_and_a_reader_keeps_its_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raise.heap");
+    let heap = Heap::create(&path, small().reserve(1 << 30)).unwrap();
+    let full = fill(&heap);
+    // A reader holds a block across the raise: nothing under it moves or changes.
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx2, rx2) = std::sync::mpsc::channel::<()>();
+        let h = &heap;
+        s.spawn(move || {
+            h.read(|r| {
+                let root = *r.get(r.root::<Root>()?)?;
+                let b = r.slice(root.blocks[0])?;
+                tx.send(()).unwrap();
+                rx2.recv().unwrap();
+                assert!(b.iter().all(|&x| x == 1), "a reader's block changed");
+                Ok(())
+            })
+            .unwrap();
+        });
+        rx.recv().unwrap();
+        heap.set_max_size(4 * SMALL).unwrap();
+        tx2.send(()).unwrap();
+    });
+    assert_eq!(heap.stats().unwrap().max_size, 4 * SMALL);
+    let more = heap
+        .transaction(|tx| {
+            for _ in 0..19 {
+                add_block(tx)?;
+            }
+            add_block(tx)
+        })
+        .unwrap();
+    assert_eq!(more, full + 20);
+    assert!(
+        std::fs::metadata(&path).unwrap().len() > SMALL,
+        "grew past the old limit"
+    );
+    // Only up: a lower max_size is refused, and nothing changes.
+    match heap.set_max_size(SMALL) {
+        Err(Error::InvalidOptions { what }) => assert!(what.contains("only"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    heap.close().unwrap();
+    let heap = Heap::open(&path, Options::new()).unwrap();
+    assert_eq!(heap.stats().unwrap().max_size, 4 * SMALL);
+    assert_eq!(intact(&heap), full + 20);
+    drop(heap);
+    let ro = Heap::open_read_only(&path).unwrap();
+    assert!(matches!(ro.set_max_size(8 * SMALL), Err(Error::ReadOnly)));
+}
+
+#[test]
+fn raising_past_the_reservation_either_works_or_says_how_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("noreserve.heap");
+    let heap = Heap::create(&path, small()).unwrap();
+    let full = fill(&heap);
+    match heap.set_max_size(4 * SMALL) {
+        Ok(()) => {
+            // The address space after both mappings was free: the heap grows.
+            heap.transaction(add_block).unwrap();
+        }
+        Err(Error::InvalidOptions { what }) => {
+            assert!(
+                what.contains("Options::reserve") && what.contains("reopen"),
+                "{what}"
+            );
+            assert_eq!(heap.stats().unwrap().max_size, SMALL);
+            assert!(matches!(
+                heap.transaction(add_block),
+                Err(Error::OutOfSpace { .. })
+            ));
+            assert_eq!(intact(&heap), full);
+        }
+        Err(e) => panic!("{e}"),
+    }
 }

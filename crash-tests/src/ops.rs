@@ -47,6 +47,19 @@ pub enum Op {
     Checkpoint,
     /// `Heap::compact`: punch holes in free space, cut the free tail.
     Compact,
+    /// `Heap::set_max_size` to four times the current `max_size` (needs `Options::reserve`:
+    /// not in [`OPS`]; `tests/broken.rs` runs it with [`small_options`]).
+    RaiseMax,
+}
+
+/// Options for workloads that reach `max_size`: [`options`] with a 4 MiB `max_size` and
+/// address space reserved for 64 MiB, so that [`Op::RaiseMax`] can raise it while open.
+///
+/// ```
+/// let o = crash_tests::ops::small_options(txheap::Durability::Full);
+/// ```
+pub fn small_options(durability: Durability) -> txheap::Options {
+    options(durability).max_size(4 << 20).reserve(64 << 20)
 }
 
 /// Every operation kind.
@@ -138,6 +151,10 @@ fn apply(heap: &Heap, op: Op, byte: u8) -> txheap::Result<bool> {
     match op {
         Op::Checkpoint => heap.checkpoint().map(|_| true),
         Op::Compact => heap.compact().map(|_| true),
+        Op::RaiseMax => {
+            let m = heap.stats()?.max_size;
+            heap.set_max_size(4 * m).map(|_| true)
+        }
         _ => {
             let r = heap.transaction(|tx| {
                 let root = tx.root::<Table>()?;
@@ -203,18 +220,38 @@ pub fn record_ops(
     ops: &[Op],
     durability: Durability,
 ) -> (Vec<u8>, Vec<TraceEvent>, Vec<State>) {
+    record_ops_with(path, ops, durability, &options)
+}
+
+/// [`record_ops`] with other options (`opts(durability)`).
+///
+/// ```
+/// use crash_tests::ops::{record_ops_with, small_options, Op};
+/// let dir = tempfile::tempdir().unwrap();
+/// let ops = [Op::RaiseMax, Op::Grow, Op::Grow];
+/// let (_, _, states) = record_ops_with(&dir.path().join("o.heap"), &ops, txheap::Durability::Full, &small_options);
+/// assert_eq!(states.len(), 3); // two 3 MiB objects: past the first max_size of 4 MiB
+/// ```
+pub fn record_ops_with(
+    path: &Path,
+    ops: &[Op],
+    durability: Durability,
+    opts: &dyn Fn(Durability) -> txheap::Options,
+) -> (Vec<u8>, Vec<TraceEvent>, Vec<State>) {
     let _ = std::fs::remove_file(path);
-    let heap = Heap::create(path, options(durability)).unwrap();
+    let heap = Heap::create(path, opts(durability)).unwrap();
     heap.transaction(|tx| tx.root::<Table>().map(|_| ()))
         .unwrap();
     heap.close().unwrap();
     let base = std::fs::read(path).unwrap();
     let trace = Trace::default();
-    let heap = Heap::open(path, options(durability).record(trace.clone())).unwrap();
+    let heap = Heap::open(path, opts(durability).record(trace.clone())).unwrap();
     let mut states = vec![read_state(&heap).unwrap()];
     for (i, &op) in ops.iter().enumerate() {
         // A checkpoint or compaction changes no object: no new state.
-        if apply(&heap, op, i as u8 + 1).unwrap() && !matches!(op, Op::Checkpoint | Op::Compact) {
+        if apply(&heap, op, i as u8 + 1).unwrap()
+            && !matches!(op, Op::Checkpoint | Op::Compact | Op::RaiseMax)
+        {
             states.push(read_state(&heap).unwrap());
             trace
                 .lock()
@@ -247,8 +284,39 @@ pub fn check_ops(
     samples: usize,
     seed: u64,
 ) -> (u64, Vec<String>) {
+    check_ops_with(
+        dir,
+        ops,
+        durability,
+        &options,
+        exhaustive_sectors,
+        samples,
+        seed,
+    )
+}
+
+/// [`check_ops`] of a workload recorded with other options (`opts(durability)`); each image is
+/// opened with the file's own sizes.
+///
+/// ```
+/// use crash_tests::ops::{check_ops_with, small_options, Op};
+/// let dir = tempfile::tempdir().unwrap();
+/// let ops = [Op::RaiseMax, Op::Grow, Op::Grow];
+/// let (images, bad) = check_ops_with(dir.path(), &ops, txheap::Durability::Full, &small_options, 8, 2, 3);
+/// assert!(images > 0);
+/// assert!(bad.is_empty(), "{bad:?}");
+/// ```
+pub fn check_ops_with(
+    dir: &Path,
+    ops: &[Op],
+    durability: Durability,
+    opts: &dyn Fn(Durability) -> txheap::Options,
+    exhaustive_sectors: usize,
+    samples: usize,
+    seed: u64,
+) -> (u64, Vec<String>) {
     let live = dir.join("ops-live.heap");
-    let (base, events, states) = record_ops(&live, ops, durability);
+    let (base, events, states) = record_ops_with(&live, ops, durability, opts);
     let mut disk = Disk::new(&base);
     let mut file = ImageFile::new(&dir.join("ops-image.heap"), &disk).expect("image file");
     let mut rng = Rng::seeded(seed);
@@ -267,7 +335,8 @@ pub fn check_ops(
             images += 1;
             let trace = Trace::default();
             let got = file.write(&disk, &choice).and_then(|()| {
-                Heap::open(file.path(), options(durability).record(trace.clone()))
+                let own_sizes = txheap::Options::new().durability(durability);
+                Heap::open(file.path(), own_sizes.record(trace.clone()))
                     .map_err(|e| format!("recovery failed: {e}"))
                     .and_then(|h| read_state(&h))
             });

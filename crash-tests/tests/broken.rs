@@ -234,3 +234,27 @@ fn cutting_before_the_superblock_is_caught() {
         sabotage::SHRINK_BEFORE_SUPERBLOCK,
     );
 }
+
+/// A running heap's `max_size` rises only once a superblock records it: the sabotage lets the
+/// heap grow past the old limit first, so a power cut leaves frames that write past the
+/// superblock's `max_size`, which recovery refuses.
+#[test]
+fn raising_max_size_before_the_superblock_is_caught() {
+    use crash_tests::ops::{check_ops_with, small_options, Op};
+    let _mask = MASK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = crash_tests::scratch_dir();
+    let ops = [Op::RaiseMax, Op::Grow, Op::Grow];
+    let d = Durability::Full;
+    let (images, bad) = check_ops_with(dir.path(), &ops, d, &small_options, 8, 3, 1);
+    assert!(bad.is_empty(), "unbroken: {}", bad[0]);
+    sabotage::set(sabotage::RAISE_BEFORE_SUPERBLOCK);
+    let (broken_images, broken) = check_ops_with(dir.path(), &ops, d, &small_options, 8, 3, 1);
+    sabotage::set(0);
+    crash_tests::report(&format!(
+        "broken variant \"max_size raised before the superblock\": caught ({} violations in \
+         {broken_images} images; unbroken: 0 in {images}; first: {})",
+        broken.len(),
+        broken.first().map_or("", |s| s.as_str())
+    ));
+    assert!(!broken.is_empty(), "the simulator did not catch it");
+}

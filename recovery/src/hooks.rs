@@ -61,6 +61,10 @@ pub mod sabotage {
     /// Compaction cuts the file before a superblock says the shorter length (a crash between
     /// leaves a superblock claiming more than the file holds: the file is refused).
     pub const SHRINK_BEFORE_SUPERBLOCK: u32 = 4096;
+    /// `Heap::set_max_size` lets the heap grow past the old `max_size` before a superblock
+    /// records the new one (a crash then leaves frames writing past the superblock's limit,
+    /// which recovery refuses as hostile).
+    pub const RAISE_BEFORE_SUPERBLOCK: u32 = 8192;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);
