@@ -7,10 +7,9 @@
 //! pinned snapshot (`Heap::read`), so the copy equals one committed state while other threads
 //! go on committing (docs/ARCHITECTURE.md section 13). May not: write the source.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 
 use txheap_recovery as recovery;
@@ -121,58 +120,16 @@ fn plan(r: &Reader<'_>, chunk_area: u64, heap_offset: u64, compact: bool) -> Res
     })
 }
 
-/// Copy `heap`'s newest committed state to a new file at `dst` (see [`Heap::backup_to`]): built
-/// under a hidden temporary name in `dst`'s directory, linked to `dst` once complete and
-/// durable (a link never replaces a file: a `dst` that appeared meanwhile is `AlreadyExists`).
+/// Copy `heap`'s newest committed state to a new file at `dst` (see [`Heap::backup_to`]), built
+/// under a hidden temporary name and linked into place once complete and durable
+/// (`open::publish_new_file`, as a new heap is).
 pub(crate) fn backup(
     heap: &Heap,
     geo: &Geometry,
     dst: &Path,
     compact: bool,
 ) -> Result<BackupReport> {
-    if dst.symlink_metadata().is_ok() {
-        return Err(Error::AlreadyExists {
-            path: dst.to_path_buf(),
-        });
-    }
-    let dir = match dst.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = dst.file_name().ok_or_else(|| Error::InvalidOptions {
-        what: format!("the copy's path {} names no file", dst.display()),
-    })?;
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let tmp = dir.join(format!(
-        ".{}.txheap-copy-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("create the copy's temporary file", 0, e))?;
-    let written = write_copy(heap, geo, &file, compact).and_then(|report| {
-        std::fs::hard_link(&tmp, dst).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::AlreadyExists {
-                    path: dst.to_path_buf(),
-                }
-            } else {
-                Error::io("link the copy into place", 0, e)
-            }
-        })?;
-        Ok(report)
-    });
-    let _ = std::fs::remove_file(&tmp);
-    let report = written?;
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync the copy's directory", 0, e))?;
-    Ok(report)
+    crate::open::publish_new_file(dst, "copy", |file| write_copy(heap, geo, &file, compact))
 }
 
 fn write_copy(heap: &Heap, geo: &Geometry, file: &File, compact: bool) -> Result<BackupReport> {
@@ -216,7 +173,7 @@ fn write_copy(heap: &Heap, geo: &Geometry, file: &File, compact: bool) -> Result
         }
         Ok((txid, plan, written))
     })?;
-    // The log and the superblock last: until the rename, nothing names this file, and a file
+    // The log and the superblock last: until the link, nothing names this file, and a file
     // without a superblock is refused by any open.
     let mut storage = FileStorage::new(
         Arc::new(file.try_clone().map_err(|e| Error::io("dup", 0, e))?),

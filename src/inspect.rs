@@ -360,20 +360,43 @@ impl LiveCopy {
             false,
         )
         .map_err(|e| Error::io("storage", 0, e))?;
-        let read = |off: u64, len: u64| -> Result<Option<Vec<u8>>> {
-            let mut b = vec![0u8; len as usize];
-            match storage.read_at(off, &mut b) {
-                Ok(()) => Ok(Some(b)),
-                // The file was cut meanwhile (compaction): try again.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-                Err(e) => Err(Error::io("read a live heap", off, e)),
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let tmp = std::env::temp_dir().join(format!(
+            ".txheap-live-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("create a live copy", 0, e))?;
+        // Removed when dropped: also when an attempt fails.
+        let mut copy = LiveCopy {
+            path: tmp,
+            txid: 0,
+            source,
+        };
+        let io = |e| Error::io("write a live copy", 0, e);
+        // Bytes `[off, off+len)` of the live file into the copy; `false` if the file was cut
+        // meanwhile (compaction): the attempt starts again.
+        let mut buf = Vec::new();
+        let mut copy_range = |off: u64, len: u64| -> Result<bool> {
+            buf.resize(len as usize, 0);
+            match storage.read_at(off, &mut buf) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+                Err(e) => return Err(Error::io("read a live heap", off, e)),
             }
+            out.write_all_at(&buf, off).map_err(io)?;
+            Ok(true)
         };
         let slots_len = 2 * recovery::SUPERBLOCK_SLOT_LEN;
+        let mut slots = vec![0u8; slots_len as usize];
         'attempt: for _ in 0..LIVE_TRIES {
-            let Some(slots) = read(0, slots_len)? else {
+            if storage.read_at(0, &mut slots).is_err() {
                 continue;
-            };
+            }
             let (sb, _) = recovery::select_superblock(&storage)?;
             let len = storage.len().map_err(|e| Error::io("stat", 0, e))?;
             if len < sb.min_file_len() {
@@ -382,57 +405,34 @@ impl LiveCopy {
                     needed: sb.min_file_len(),
                 });
             }
+            out.set_len(0).and_then(|()| out.set_len(len)).map_err(io)?;
+            out.write_all_at(&slots, 0).map_err(io)?;
             let chunk_area = sb.chunk_area_offset();
-            let mut pieces = vec![(sb.heap_offset(), chunk_area - sb.heap_offset())];
+            if !copy_range(sb.heap_offset(), chunk_area - sb.heap_offset())? {
+                continue;
+            }
             for c in 0..(len - chunk_area) / CHUNK_SIZE {
-                let at = chunk_area + c * CHUNK_SIZE;
                 let n = if c % CHUNKS_PER_ZONE == 0 {
                     CHUNK_SIZE
                 } else {
                     LIVE_CHUNK_HEAD
                 };
-                pieces.push((at, n));
-            }
-            let mut copied = Vec::with_capacity(pieces.len());
-            for (at, n) in pieces {
-                let Some(b) = read(at, n)? else {
+                if !copy_range(chunk_area + c * CHUNK_SIZE, n)? {
                     continue 'attempt;
-                };
-                copied.push((at, b));
+                }
             }
             let scan = recovery::scan_log(&storage, &sb, &mut |_, _| Ok(()))?;
             if let Some(d) = scan.damage {
                 return Err(d.error().into());
             }
-            let Some(log) = read(sb.log_offset(), scan.end_offset)? else {
+            if !copy_range(sb.log_offset(), scan.end_offset)? {
                 continue;
-            };
-            if read(0, slots_len)?.as_deref() != Some(&slots[..]) {
+            }
+            let mut again = vec![0u8; slots.len()];
+            if storage.read_at(0, &mut again).is_err() || again != slots {
                 continue; // a checkpoint: the log may have been reused under the scan
             }
-            static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let tmp = std::env::temp_dir().join(format!(
-                ".txheap-live-{}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-            let out = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(|e| Error::io("create a live copy", 0, e))?;
-            let copy = LiveCopy {
-                path: tmp,
-                txid: scan.next_txid.saturating_sub(1),
-                source,
-            };
-            let io = |e| Error::io("write a live copy", 0, e);
-            out.set_len(len).map_err(io)?;
-            out.write_all_at(&slots, 0).map_err(io)?;
-            out.write_all_at(&log, sb.log_offset()).map_err(io)?;
-            for (at, b) in &copied {
-                out.write_all_at(b, *at).map_err(io)?;
-            }
+            copy.txid = scan.next_txid.saturating_sub(1);
             return Ok(copy);
         }
         Err(Error::Locked {
@@ -443,7 +443,7 @@ impl LiveCopy {
     /// Put what the copy cannot know about the live file into `s`: its filesystem.
     fn describe(&self, s: &mut Stats) -> Result<()> {
         let (fs, volatile) =
-            crate::sys::filesystem(&self.source).map_err(|e| Error::io("fstatfs", 0, e))?;
+            crate::platform::filesystem(&self.source).map_err(|e| Error::io("fstatfs", 0, e))?;
         s.filesystem = fs;
         s.volatile_storage = volatile;
         Ok(())
@@ -694,10 +694,8 @@ fn check_file(
         }
     }
     drop(storage);
-    let file = Arc::try_unwrap(file).map_err(|_| Error::Corrupt {
-        offset: 0,
-        what: "internal: the check's file is still shared".into(),
-    })?;
+    // A second descriptor of the same open file: it shares the shared lock.
+    let file = file.try_clone().map_err(|e| Error::io("dup", 0, e))?;
     let heap = match open::read_only_from(path, file) {
         Ok(o) => Heap::from(o),
         Err(e) => {

@@ -119,6 +119,22 @@ fn new_storage(file: &Arc<File>, options: &Options, window: u64) -> Result<FileS
 pub(crate) fn create(path: &Path, options: &Options) -> Result<Opened> {
     options.validate()?;
     phase!(CREATE);
+    // Everything that can fail, including the reservation of `max_size` bytes of address
+    // space, happens before the file is linked into place: a create that fails leaves nothing
+    // at `path`.
+    publish_new_file(path, "new", |file| build_new(path, file, options))
+}
+
+/// Build a new file for `path` under a hidden temporary name beside it
+/// (`.NAME.txheap-KIND-PID-N`, created with `O_EXCL`): `build` fills it (and makes it durable),
+/// then it is hard-linked to `path` (a link never replaces a file: one that appeared meanwhile is
+/// `AlreadyExists`), the temporary name removed and the directory synced. If anything fails,
+/// nothing is left at `path`. New heaps (`create`) and copies (`backup.rs`) are made this way.
+pub(crate) fn publish_new_file<T>(
+    path: &Path,
+    kind: &str,
+    build: impl FnOnce(File) -> Result<T>,
+) -> Result<T> {
     if path.symlink_metadata().is_ok() {
         return Err(Error::AlreadyExists {
             path: path.to_path_buf(),
@@ -133,7 +149,7 @@ pub(crate) fn create(path: &Path, options: &Options) -> Result<Opened> {
     })?;
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let tmp = dir.join(format!(
-        ".{}.txheap-new-{}-{}",
+        ".{}.txheap-{kind}-{}-{}",
         name.to_string_lossy(),
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -144,20 +160,28 @@ pub(crate) fn create(path: &Path, options: &Options) -> Result<Opened> {
         .create_new(true)
         .open(&tmp)
         .map_err(|e| Error::io("create temporary file", 0, e))?;
-    // Everything that can fail, including the reservation of `max_size` bytes of address
-    // space, happens before the file is linked into place: a create that fails leaves nothing
-    // at `path`.
-    let built = build_new(path, &tmp, file, options);
+    let built = build(file).and_then(|t| {
+        std::fs::hard_link(&tmp, path).map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                Error::AlreadyExists {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                Error::io("link new file into place", 0, e)
+            }
+        })?;
+        Ok(t)
+    });
     let _ = std::fs::remove_file(&tmp);
-    let opened = built?;
+    let t = built?;
     File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("fsync directory", 0, e))?;
-    Ok(opened)
+    Ok(t)
 }
 
-/// Format `file` (at `tmp`), open it, and link it to `path`.
-fn build_new(path: &Path, tmp: &Path, file: File, options: &Options) -> Result<Opened> {
+/// Format `file` and open it as the heap at `path` (which `publish_new_file` links it to).
+fn build_new(path: &Path, file: File, options: &Options) -> Result<Opened> {
     lock_file(&file, path, true)?;
     let shared_file = Arc::new(file.try_clone().map_err(|e| Error::io("dup", 0, e))?);
     let mut st = new_storage(&shared_file, &Options::new(), 0)?;
@@ -176,15 +200,6 @@ fn build_new(path: &Path, tmp: &Path, file: File, options: &Options) -> Result<O
     let mut opened = from_file(path, file, options, false)?;
     // A new log holds only its sentinel (generation 0) and zeros: nothing could replay later.
     opened.writer.clear_kept_generation();
-    std::fs::hard_link(tmp, path).map_err(|e| {
-        if e.kind() == io::ErrorKind::AlreadyExists {
-            Error::AlreadyExists {
-                path: path.to_path_buf(),
-            }
-        } else {
-            Error::io("link new file into place", 0, e)
-        }
-    })?;
     Ok(opened)
 }
 

@@ -91,7 +91,6 @@ impl Shared {
         }
     }
 
-    /// The mapping readers read the file through.
     /// The largest the file may grow now.
     pub(crate) fn max_size(&self) -> u64 {
         self.max_size.load(std::sync::atomic::Ordering::Acquire)
@@ -103,6 +102,7 @@ impl Shared {
             .store(max_size, std::sync::atomic::Ordering::Release);
     }
 
+    /// The mapping readers read the file through.
     pub(crate) fn reader_map(&self) -> &Mapping {
         self.rmap.as_ref().unwrap_or(&self.map)
     }

@@ -38,18 +38,6 @@ pub(crate) fn try_flock(fd: &impl AsRawFd, exclusive: bool) -> io::Result<bool> 
     }
 }
 
-/// The filesystem a file lives on (see `platform::filesystem`).
-pub(crate) fn filesystem(fd: &impl AsRawFd) -> io::Result<(String, bool)> {
-    crate::platform::filesystem(fd)
-}
-
-/// Allocate disk blocks for `[offset, offset+len)`, extending the file if needed, so that a later
-/// store or write there cannot fail for lack of space where the platform can preallocate
-/// (`platform::preallocate`).
-pub(crate) fn fallocate(file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
-    crate::platform::preallocate(file, offset, len)
-}
-
 /// Give the blocks of `[offset, offset+len)` back to the filesystem; the range then reads as
 /// zeros and the file keeps its length (`platform::punch_hole`). Where that cannot be done,
 /// zeros are written instead: the bytes read the same, only the blocks stay allocated. Returns
@@ -400,7 +388,7 @@ impl SyncWindow {
     /// ranges for `msync`.
     pub(crate) fn new(fd: &std::fs::File, len: u64, writable: bool) -> io::Result<SyncWindow> {
         if writable {
-            fallocate(fd, 0, len)?;
+            crate::platform::preallocate(fd, 0, len)?;
         }
         let file = fd.try_clone()?;
         let prot = if writable {

@@ -28,7 +28,6 @@ use crate::shared::Shared;
 use crate::snapshot::{copy_pieces, decode_frame, newest_wins, Frame, Piece, Src};
 use crate::stage::Stage;
 use crate::storage::FileStorage;
-use crate::sys;
 use txheap_recovery::{failpoint, phase};
 
 /// Everything only the writer touches (behind the heap's writer mutex).
@@ -854,7 +853,7 @@ impl Writer {
         let mut io = self.storage.counters;
         io.range_barriers += sh.group.barriers();
         let (filesystem, volatile_storage) =
-            sys::filesystem(&*sh.file).map_err(|e| Error::io("fstatfs", 0, e))?;
+            crate::platform::filesystem(&*sh.file).map_err(|e| Error::io("fstatfs", 0, e))?;
         Ok(Stats {
             file_len: self.storage.len().map_err(|e| Error::io("stat", 0, e))?,
             heap_bytes: self.alloc.chunk_count * CHUNK_SIZE,

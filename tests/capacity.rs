@@ -35,6 +35,18 @@ fn add_block(tx: &mut txheap::Tx<'_>) -> txheap::Result<u64> {
     Ok(n + 1)
 }
 
+/// Add `n` blocks in one transaction; returns how many there are.
+fn add_blocks(heap: &Heap, n: u64) -> u64 {
+    heap.transaction(|tx| {
+        let mut count = 0;
+        for _ in 0..n {
+            count = add_block(tx)?;
+        }
+        Ok(count)
+    })
+    .unwrap()
+}
+
 /// Add blocks until the heap is full; returns how many there are.
 fn fill(heap: &Heap) -> u64 {
     loop {
@@ -83,15 +95,7 @@ fn a_full_heap_reopened_with_a_larger_max_size_keeps_everything_and_grows() {
     let heap = Heap::open(&path, Options::new().max_size(64 << 20)).unwrap();
     assert_eq!(heap.stats().unwrap().max_size, 64 << 20);
     assert_eq!(intact(&heap), full);
-    let more = heap
-        .transaction(|tx| {
-            for _ in 0..7 {
-                add_block(tx)?;
-            }
-            add_block(tx)
-        })
-        .unwrap();
-    assert_eq!(more, full + 8);
+    assert_eq!(add_blocks(&heap, 8), full + 8);
     heap.close().unwrap();
     // The new limit is the file's own from now on.
     let heap = Heap::open(&path, Options::new()).unwrap();
@@ -190,15 +194,7 @@ fn a_full_heap_raises_max_size_while_open_and_a_reader_keeps_its_view() {
         tx2.send(()).unwrap();
     });
     assert_eq!(heap.stats().unwrap().max_size, 4 * SMALL);
-    let more = heap
-        .transaction(|tx| {
-            for _ in 0..19 {
-                add_block(tx)?;
-            }
-            add_block(tx)
-        })
-        .unwrap();
-    assert_eq!(more, full + 20);
+    assert_eq!(add_blocks(&heap, 20), full + 20);
     assert!(
         std::fs::metadata(&path).unwrap().len() > SMALL,
         "grew past the old limit"

@@ -477,16 +477,15 @@ fn check(file: &Path, json: bool, progress: ProgressMode) -> Result<u8, Failure>
         for f in &report.findings {
             println!("{}: {f}", file.display());
         }
-        let what = match (&report.stats, report.verdict) {
-            (Some(s), _) => format!(
+        let what = report.stats.as_ref().map_or(String::new(), |s| {
+            format!(
                 ", {} bytes in chunks ({} used, {} free), {} runs walked",
                 s.heap_bytes,
                 s.used_bytes,
                 s.free_bytes,
                 s.classes.iter().map(|c| c.runs).sum::<u64>()
-            ),
-            (None, _) => String::new(),
-        };
+            )
+        });
         if let Some(txid) = report.live {
             println!(
                 "{}: live: a writer holds the file; checked a copy of its metadata as of \
@@ -595,8 +594,9 @@ fn recover_dry_run(file: &Path, json: bool) -> Result<u8, Failure> {
         if damaged {
             println!(
                 "{}: recover would refuse the file (damaged durable frame); `recover --salvage` \
-                 would keep the frames listed above and drop the rest",
-                file.display()
+                 would keep the {} committed frame(s) before it and drop the rest",
+                file.display(),
+                log.frames.len()
             );
         }
     }

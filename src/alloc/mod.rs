@@ -437,21 +437,24 @@ impl Allocator {
         Ok(s)
     }
 
+    /// The free extent that ends at the chunk count, if one: `(start, chunks)`.
+    fn free_tail(&self) -> Option<(u32, u32)> {
+        let cc = self.chunk_count;
+        self.free_by_start
+            .range(..cc as u32)
+            .next_back()
+            .filter(|(&s, &l)| s as u64 + l as u64 == cc)
+            .map(|(&s, &l)| (s, l))
+    }
+
     /// Cut the free tail (compaction): the free extent that ends at the chunk count, and a
     /// zone's table that is left with nothing after it, repeatedly. Entries past the chunk count
     /// are never read, so nothing is written but the header's count (by the transaction).
     /// Returns the chunks cut.
     pub(crate) fn release_tail(&mut self) -> u64 {
         let before = self.chunk_count;
-        loop {
+        while let Some((s, l)) = self.free_tail() {
             let cc = self.chunk_count;
-            let tail = self
-                .free_by_start
-                .range(..cc as u32)
-                .next_back()
-                .filter(|(&s, &l)| s as u64 + l as u64 == cc)
-                .map(|(&s, &l)| (s, l));
-            let Some((s, l)) = tail else { break };
             self.remove_extent(s, l);
             self.undo.push(Undo::ExtentRemoved(s, l));
             self.undo.push(Undo::ChunkCount(cc));
@@ -508,12 +511,7 @@ impl Allocator {
                 continue;
             }
             let zone_end = (cc / ZONE_CHUNKS + 1) * ZONE_CHUNKS;
-            let tail = self
-                .free_by_start
-                .range(..cc as u32)
-                .next_back()
-                .filter(|(&s, &l)| s as u64 + l as u64 == cc)
-                .map(|(&s, &l)| (s, l));
+            let tail = self.free_tail();
             let start = tail.map_or(cc, |t| t.0 as u64);
             let step = (cc + (cc / GROW_FRACTION).clamp(GROW_CHUNKS_MIN, GROW_CHUNKS_MAX))
                 .max(start + n as u64);

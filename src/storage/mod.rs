@@ -184,7 +184,7 @@ impl Storage for FileStorage {
             if new_len <= len {
                 return Ok(false);
             }
-            sys::fallocate(file, len, new_len - len)?;
+            crate::platform::preallocate(file, len, new_len - len)?;
             Ok(true)
         })
     }
