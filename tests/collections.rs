@@ -37,7 +37,7 @@ fn big(k: u16) -> BigKey {
 #[repr(C)]
 struct Root {
     tree: PBTreeMap<BigKey, u64>,
-    hash: PHashMap<u64, [u8; 24]>,
+    hash: PHashMap<u64, Val>,
     vec: PVec<u64>,
     bytes_tree: PPtr<PBTreeMap<PBytes, PString>>,
     bytes_hash: PPtr<PHashMap<PBytes, PBytes>>,
@@ -50,7 +50,7 @@ fn field<T>(root: PPtr<Root>, at: usize) -> PPtr<T> {
 fn tree(root: PPtr<Root>) -> PPtr<PBTreeMap<BigKey, u64>> {
     field(root, std::mem::offset_of!(Root, tree))
 }
-fn hash(root: PPtr<Root>) -> PPtr<PHashMap<u64, [u8; 24]>> {
+fn hash(root: PPtr<Root>) -> PPtr<PHashMap<u64, Val>> {
     field(root, std::mem::offset_of!(Root, hash))
 }
 fn vec(root: PPtr<Root>) -> PPtr<PVec<u64>> {
@@ -106,14 +106,18 @@ fn end() -> impl Strategy<Value = End> {
 #[derive(Clone, Default)]
 struct Model {
     tree: BTreeMap<u16, u64>,
-    hash: HashMap<u64, [u8; 24]>,
+    hash: HashMap<u64, Val>,
     vec: Vec<u64>,
 }
 
-fn val24(v: u64) -> [u8; 24] {
-    let mut a = [0u8; 24];
+/// The hash map's values: large enough that a bucket holds its minimum of 8 entries, so a few
+/// dozen keys split buckets and double the directory.
+type Val = [u8; 488];
+
+fn val_of(v: u64) -> Val {
+    let mut a = [0u8; 488];
     a[..8].copy_from_slice(&v.to_le_bytes());
-    a[16..].copy_from_slice(&(!v).to_le_bytes());
+    a[480..].copy_from_slice(&(!v).to_le_bytes());
     a
 }
 
@@ -124,8 +128,8 @@ fn apply(tx: &mut Tx<'_>, root: PPtr<Root>, m: &mut Model, op: &Op) -> txheap::R
         Op::Insert(k, x) => {
             let had = t.insert(tx, &big(k), &x)?;
             assert_eq!(had, m.tree.insert(k, x).is_some());
-            let had = h.insert(tx, &(k as u64), &val24(x))?;
-            assert_eq!(had, m.hash.insert(k as u64, val24(x)).is_some());
+            let had = h.insert(tx, &(k as u64), &val_of(x))?;
+            assert_eq!(had, m.hash.insert(k as u64, val_of(x)).is_some());
         }
         Op::Remove(k) => {
             assert_eq!(t.remove(tx, &big(k))?, m.tree.remove(&k).is_some());
@@ -244,7 +248,7 @@ fn compare<V: txheap::View>(r: &V, root: PPtr<Root>, m: &Model) -> txheap::Resul
         t.last(r)?.map(|(k, _)| k.0[0] as u16),
         m.tree.keys().next_back().copied()
     );
-    let mut hm: HashMap<u64, [u8; 24]> = HashMap::new();
+    let mut hm: HashMap<u64, Val> = HashMap::new();
     for e in h.iter(r)? {
         let (k, v) = e?;
         assert!(hm.insert(*k, *v).is_none(), "key {k} twice");
@@ -570,4 +574,149 @@ fn damaged_collections_give_errors() {
         .unwrap();
     assert!(heap.read(|r| h.get(r, &1).map(|_| ())).is_err());
     assert!(heap.read(|r| h.check(r)).is_err());
+}
+
+/// Extendible hashing: buckets split one at a time and the directory doubles as keys arrive,
+/// every bucket stays at least half full on average, removal and reopen keep the model, and
+/// `clear` gives back every byte the map took.
+#[test]
+fn hash_map_splits_buckets_and_frees_them() {
+    type Big = PHashMap<u64, Val>;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("split.heap");
+    let mut heap = Heap::create(&path, Options::new()).unwrap();
+    let m = heap.transaction(Big::new).unwrap();
+    let used0 = heap.stats().unwrap().used_bytes;
+    let header = |heap: &Heap| heap.read(|r| Ok(*r.get(m)?)).unwrap();
+    let mut model: HashMap<u64, Val> = HashMap::new();
+    let (mut splits, mut last) = (0u64, header(&heap));
+    for round in 0..6u64 {
+        for t in 0..10u64 {
+            heap.transaction(|tx| {
+                for i in 0..30u64 {
+                    let k = (round * 300 + t * 30 + i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    m.insert(tx, &k, &val_of(k))?;
+                    model.insert(k, val_of(k));
+                }
+                m.check(tx)
+            })
+            .unwrap();
+            let now = header(&heap);
+            assert!(now.buckets() >= last.buckets());
+            splits += now.buckets() - last.buckets().max(1);
+            last = now;
+        }
+        heap.read(|r| {
+            m.check(r)?;
+            assert_eq!(m.len(r)?, model.len() as u64);
+            Ok(())
+        })
+        .unwrap();
+    }
+    let h = header(&heap);
+    let fill = h.len() as f64 / h.capacity() as f64;
+    assert!(splits >= 150, "{splits} splits");
+    assert!(fill >= 0.5, "buckets {:.2} full on average", fill);
+    let depth = heap.read(|r| Ok(r.get(m.cast::<[u64; 2]>())?[1])).unwrap();
+    assert!(1 << depth >= h.buckets() && depth >= 8, "depth {depth}");
+    // Remove every other key, reopen, and compare everything.
+    let keys: Vec<u64> = model.keys().copied().collect();
+    heap.transaction(|tx| {
+        for k in keys.iter().step_by(2) {
+            assert!(m.remove(tx, k)?);
+        }
+        m.check(tx)
+    })
+    .unwrap();
+    for k in keys.iter().step_by(2) {
+        model.remove(k);
+    }
+    heap.close().unwrap();
+    heap = Heap::open(&path, Options::new()).unwrap();
+    heap.read(|r| {
+        m.check(r)?;
+        for k in &keys {
+            assert_eq!(m.get(r, k)?, model.get(k));
+        }
+        let n = m.iter(r)?.try_fold(0u64, |n, e| e.map(|_| n + 1))?;
+        assert_eq!(n, model.len() as u64);
+        Ok(())
+    })
+    .unwrap();
+    heap.transaction(|tx| m.clear(tx)).unwrap();
+    assert_eq!(heap.stats().unwrap().used_bytes, used0);
+}
+
+/// A damaged hash map: a directory entry aimed at another bucket, and a full bucket whose tags
+/// were all overwritten with one value (no split can separate them): errors, never a hang.
+#[test]
+fn damaged_hash_maps_give_errors() {
+    type Big = PHashMap<u64, Val>;
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("hdamage.heap"), Options::new()).unwrap();
+    // The directory: after 200 keys, the first entry that names another bucket than entry 0
+    // is aimed at entry 0's bucket.
+    let m = heap
+        .transaction(|tx| {
+            let m = Big::new(tx)?;
+            for k in 0..200u64 {
+                m.insert(tx, &k, &val_of(k))?;
+            }
+            Ok(m)
+        })
+        .unwrap();
+    heap.read(|r| m.check(r)).unwrap();
+    let [dir0, depth] = heap.read(|r| Ok(*r.get(m.cast::<[u64; 2]>())?)).unwrap();
+    let d = txheap::PSlice::<u64>::from_raw_parts(dir0, 1 << depth);
+    let entries = heap.read(|r| Ok(r.slice(d)?.to_vec())).unwrap();
+    let j = entries
+        .iter()
+        .position(|&b| b != entries[0])
+        .expect("two buckets");
+    heap.transaction(|tx| tx.write_slice(d, j as u64, &[entries[0]]))
+        .unwrap();
+    let e = heap.read(|r| m.check(r)).unwrap_err();
+    assert!(e.to_string().contains("PHashMap"), "{e}");
+    let e = heap
+        .read(|r| (0..200u64).try_for_each(|k| m.get(r, &k).map(|_| ())))
+        .unwrap_err();
+    assert!(e.to_string().contains("prefix"), "{e}");
+
+    // One full bucket of 16 entries (bucket geometry of docs/ARCHITECTURE.md section 10: a
+    // 16-byte header, 16 fingerprint bytes, then slots of 496 bytes from byte 32, each the key
+    // and the value). Every key set to 5 and every fingerprint to one that is not key 5's:
+    // inserting key 5 finds no match and a full bucket that no split can divide.
+    let m = heap
+        .transaction(|tx| {
+            let m = Big::new(tx)?;
+            for k in 0..16u64 {
+                m.insert(tx, &k, &val_of(k))?;
+            }
+            Ok(m)
+        })
+        .unwrap();
+    let h = heap.read(|r| Ok(*r.get(m)?)).unwrap();
+    assert_eq!((h.buckets(), h.capacity()), (1, 16));
+    // At depth 0 the header's first word points at the one bucket.
+    let b = heap.read(|r| Ok(*r.get(m.cast::<u64>())?)).unwrap();
+    let key = |i: u64| PPtr::<u64>::from_offset(b + 32 + i * 496);
+    let fps = PPtr::<[u8; 16]>::from_offset(b + 16);
+    heap.transaction(|tx| {
+        let five = (0..16u64)
+            .find(|&i| *tx.get(key(i)).unwrap() == 5)
+            .expect("key 5 is in the bucket");
+        let other = tx.get(fps)?[five as usize] ^ 1;
+        tx.set(fps, [other; 16])?;
+        for i in 0..16u64 {
+            tx.set(key(i), 5)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let e = heap
+        .transaction(|tx| m.insert(tx, &5, &val_of(5)))
+        .unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    let e = heap.read(|r| m.check(r)).unwrap_err();
+    assert!(e.to_string().contains("fingerprint"), "{e}");
 }

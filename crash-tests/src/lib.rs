@@ -66,7 +66,7 @@ pub use disk::{Choice, Disk, SECTOR};
 pub use image::{scratch_dir, ImageFile};
 pub use simulate::{check_recovery_crashes, simulate, simulate_windows, Totals, RECOVERY_SAMPLES};
 pub use workload::{
-    all_bytes, map_keys, options, payload_byte, payload_size, record, record_threads, step,
-    tree_value, verify, Node, Recording, Rng, Root, CHECKPOINT_EVERY, FLUSH_EVERY, KEEP,
+    all_bytes, hash_value, map_keys, options, payload_byte, payload_size, record, record_threads,
+    step, tree_value, verify, Node, Recording, Rng, Root, CHECKPOINT_EVERY, FLUSH_EVERY, KEEP,
     MAP_CLEAR_EVERY, MAP_WINDOW,
 };

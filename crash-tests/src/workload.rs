@@ -58,9 +58,10 @@ pub struct Root {
     /// transactions.
     pub tree: PBTreeMap<u64, [u8; 500]>,
     /// The same keys (of the transactions since the last multiple of [`MAP_CLEAR_EVERY`], a
-    /// clear that frees the table, so it grows again from 16 slots), each with
-    /// `key ^ CHECK`.
-    pub hash: PHashMap<u64, u64>,
+    /// clear that frees every bucket, so the map grows again from one), each with
+    /// [`hash_value`]: 504-byte values, so a bucket holds 16 entries and buckets split (and the
+    /// directory doubles) every few transactions.
+    pub hash: PHashMap<u64, [u64; 63]>,
 }
 
 /// Transactions whose entries the maps keep: transaction `n` removes those of `n - MAP_WINDOW`.
@@ -103,7 +104,16 @@ fn tree_of(root: PPtr<Root>) -> PPtr<PBTreeMap<u64, [u8; 500]>> {
     PPtr::from_offset(root.offset() + std::mem::offset_of!(Root, tree) as u64)
 }
 
-fn hash_of(root: PPtr<Root>) -> PPtr<PHashMap<u64, u64>> {
+/// The hash map's value for `key`.
+///
+/// ```
+/// assert_eq!(crash_tests::hash_value(0)[62], crash_tests::hash_value(0)[0]);
+/// ```
+pub fn hash_value(key: u64) -> [u64; 63] {
+    [key ^ CHECK; 63]
+}
+
+fn hash_of(root: PPtr<Root>) -> PPtr<PHashMap<u64, [u64; 63]>> {
     PPtr::from_offset(root.offset() + std::mem::offset_of!(Root, hash) as u64)
 }
 
@@ -143,7 +153,7 @@ fn verify_maps<V: View>(r: &V, root: PPtr<Root>, counter: u64) -> txheap::Result
     }
     for s in hs {
         for k in map_keys(s) {
-            if hash.get(r, &k)? != Some(&(k ^ CHECK)) {
+            if hash.get(r, &k)? != Some(&hash_value(k)) {
                 return Err(wrong(format!(
                     "hash entry {k:#x} of transaction {s} wrong or missing"
                 )));
@@ -373,7 +383,7 @@ pub fn step(heap: &Heap, seed: u64, abort: bool) -> txheap::Result<u64> {
         }
         for k in map_keys(n) {
             tree.insert(tx, &k, &tree_value(k))?;
-            hash.insert(tx, &k, &(k ^ CHECK))?;
+            hash.insert(tx, &k, &hash_value(k))?;
         }
         if abort {
             return Err(Error::NoRoot); // deliberate abort: must leave no trace
@@ -636,12 +646,14 @@ mod map_tests {
                 tree_of(root).for_each_block(r, |b| {
                     nodes.insert(b);
                 })?;
-                let cap = r.get(hash_of(root))?.capacity();
-                Ok((nodes, cap))
+                let buckets = r.get(hash_of(root))?.buckets();
+                let depth = r.get(hash_of(root).cast::<[u64; 2]>())?[1];
+                Ok((nodes, buckets, depth))
             })
             .unwrap()
         };
         let (mut grew_tree, mut shrank_tree, mut grew_table, mut cleared) = (0, 0, 0, 0);
+        let mut doubled = 0;
         step(&heap, 11, false).unwrap();
         let mut last = shape(&heap);
         for n in 2..=300 {
@@ -649,9 +661,10 @@ mod map_tests {
             let now = shape(&heap);
             grew_tree += now.0.difference(&last.0).next().is_some() as u32;
             shrank_tree += last.0.difference(&now.0).next().is_some() as u32;
+            // Buckets never merge: fewer of them is a clear.
             grew_table += (now.1 > last.1 && last.1 > 0) as u32;
-            cleared +=
-                (now.1 < last.1 || (last.1 > 0 && now.1 == 16 && n % MAP_CLEAR_EVERY == 0)) as u32;
+            doubled += (now.2 > last.2 && last.1 > 0) as u32;
+            cleared += (now.1 < last.1) as u32;
             last = now;
             assert_eq!(verify(&heap, 11), Ok(n));
         }
@@ -661,10 +674,12 @@ mod map_tests {
             grew_table >= 10,
             "table growth in {grew_table} transactions"
         );
+        assert!(doubled >= 10, "directory doubled in {doubled} transactions");
         assert!(cleared >= 5, "clears in {cleared} transactions");
         eprintln!(
             "of 300 transactions: {grew_tree} split B-tree nodes, {shrank_tree} freed some, \
-             {grew_table} grew the hash table, {cleared} cleared it"
+             {grew_table} split hash buckets, {doubled} doubled the directory, {cleared} \
+             cleared the hash map"
         );
     }
 }

@@ -17,9 +17,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 mod format;
 mod walk;
 
+/// The largest block served from runs (collections size their allocations around it).
+pub(crate) use format::SMALL_MAX;
 use format::{
-    class_for, Entry, RunGeom, CLASSES, ENTRY_LEN, EXTENT_CHUNKS_MAX, NCLASSES, SMALL_MAX,
-    ZONE_CHUNKS,
+    class_for, Entry, RunGeom, CLASSES, ENTRY_LEN, EXTENT_CHUNKS_MAX, NCLASSES, ZONE_CHUNKS,
 };
 pub(crate) use format::{
     Entry as ExtentEntry, HeapHeader, ENTRY_LEN as TABLE_ENTRY_LEN, HEAP_HEADER_LEN,

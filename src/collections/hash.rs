@@ -1,42 +1,48 @@
-//! `PHashMap<K, V>`: an unordered map, open addressing with linear probing in one table.
+//! `PHashMap<K, V>`: an unordered map, extendible hashing over page-sized buckets.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::marker::PhantomData;
 
 use super::siphash::SipHasher13;
 use super::{check_id, corrupt, Element, View};
+use crate::alloc::SMALL_MAX;
 use crate::error::{Error, Result};
 use crate::limits::ALIGN_MAX;
 use crate::pptr::{PPtr, PSlice};
 use crate::stored::{Field, Stored};
 use crate::tx::Tx;
 
-/// Slots in the first table.
-const FIRST_CAP: u64 = 16;
-/// The table grows (doubling) before more than 7/8 of its slots are in use... (numerator).
-const LOAD_NUM: u64 = 7;
-/// ... (denominator).
-const LOAD_DEN: u64 = 8;
-/// A slot's tag when it holds an entry: the key's hash with this bit set (0 is an empty slot).
-const OCCUPIED: u64 = 1 << 63;
+/// The bytes a bucket aims at: two pages (a directory of half the size of one-page buckets'
+/// stays in a core's second-level cache longer: measured on W4-get).
+const BUCKET_TARGET: u64 = 8192;
+/// The fewest slots a bucket has (entries larger than a page make larger buckets).
+const MIN_SLOTS: u64 = 8;
+/// A bucket's header: its local depth `l` (u64) and its prefix: the `l` top hash bits that every
+/// key in it starts with, left-aligned in a u64. One fingerprint byte per slot follows.
+const BUCKET_HEADER: u64 = 16;
+/// The deepest a directory or bucket may go: 2^40 directory entries are far past any heap, so a
+/// split that would need more means keys whose hashes agree in 40 bits (damage, not chance).
+const MAX_DEPTH: u64 = 40;
 
-/// The table's allocation unit: 16-byte aligned, so keys and values up to that alignment fit.
+/// The allocation unit of buckets: 16-byte aligned, so keys and values up to that alignment fit.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(16))]
 struct Unit([u64; 2]);
 
-/// An unordered map from `K` to `V` in the heap: one table of slots (a tag, the key, the value)
-/// with linear probing and backward-shift removal, so a lookup reads one or two cache lines and
-/// never meets a tombstone. Keys are hashed with SipHash-1-3 under a 128-bit seed drawn from the
-/// operating system's randomness when the table is first made, and stored in the header: a
-/// hostile key set cannot aim at one slot without it. Keys are plain data (`Hash + Eq`) or byte
-/// strings ([`crate::PBytes`], [`crate::PString`]).
+/// An unordered map from `K` to `V` in the heap, by extendible hashing: a directory of
+/// `2^depth` bucket pointers indexed by the top bits of the key's hash, and buckets of about
+/// 8 KiB (a header, one fingerprint byte per slot, then the slots) with linear probing inside
+/// each and backward-shift removal, so a lookup reads one directory word, a fingerprint and one
+/// slot, and never meets a tombstone. Keys are hashed with SipHash-1-3 under a 128-bit seed
+/// drawn from the operating system's randomness when the first bucket is made, and stored in
+/// the header: a hostile key set cannot aim at one bucket without it. Keys are plain data
+/// (`Hash + Eq`) or byte strings ([`crate::PBytes`], [`crate::PString`]).
 ///
-/// The table doubles inside the transaction whose insert finds it 7/8 full, moving every entry
-/// by its stored hash (keys are not read again). A table larger than 64 KiB is a large extent
-/// written in place at commit (`docs/ARCHITECTURE.md` section 3, step 5a), so a growth adds only
-/// metadata to the log, whatever the map's size. The header (64 bytes) is an empty map when
-/// zero.
+/// A full bucket splits in two inside the transaction whose insert finds it full: its entries
+/// are divided by the next bit of their hash, and the directory doubles when the bucket was as
+/// deep as it. So growth touches one bucket (and now and then the directory), never the whole
+/// map, and the file holds only live buckets, about 69% full on average. A map of one bucket
+/// has no directory. The header (64 bytes) is an empty map when zero.
 ///
 /// ```
 /// use txheap::{PHashMap, PPtr, PString};
@@ -56,14 +62,14 @@ struct Unit([u64; 2]);
 /// ```
 #[repr(C)]
 pub struct PHashMap<K, V> {
-    table: u64,
-    cap: u64,
+    dir: u64,
+    depth: u64,
     len: u64,
     seed0: u64,
     seed1: u64,
     key_id: u64,
     val_id: u64,
-    _reserved: u64,
+    buckets: u64,
     _kv: PhantomData<fn() -> (K, V)>,
 }
 
@@ -81,8 +87,9 @@ unsafe impl<K: 'static, V: 'static> bytemuck::Pod for PHashMap<K, V> {}
 impl<K, V> std::fmt::Debug for PHashMap<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PHashMap")
-            .field("table", &self.table)
-            .field("cap", &self.cap)
+            .field("dir", &self.dir)
+            .field("depth", &self.depth)
+            .field("buckets", &self.buckets)
             .field("len", &self.len)
             .finish()
     }
@@ -91,11 +98,16 @@ impl<K, V> std::fmt::Debug for PHashMap<K, V> {
 impl<K: Stored, V: Stored> Stored for PHashMap<K, V> {
     const NAME: &'static str = "PHashMap";
     const FIELDS: &'static [Field] = &[];
+    // "layout" 2: extendible hashing (1, a single table, is no longer read).
     const ID: u64 = Field::struct_id(
         "PHashMap",
         64,
         8,
-        &[Field::element("K", K::ID), Field::element("V", V::ID)],
+        &[
+            Field::element("K", K::ID),
+            Field::element("V", V::ID),
+            Field::element("layout", 2),
+        ],
     );
 }
 
@@ -122,13 +134,31 @@ impl<K, V> PHashMap<K, V> {
         self.len == 0
     }
 
-    /// Slots in the table.
+    /// Slots in all buckets (entries the map holds before its next split, at the most).
     ///
     /// ```
     /// assert_eq!(<txheap::PHashMap<u64, u64> as txheap::bytemuck::Zeroable>::zeroed().capacity(), 0);
     /// ```
     pub fn capacity(&self) -> u64 {
-        self.cap
+        self.buckets.saturating_mul(Geo::of::<K, V>().slots)
+    }
+
+    /// Number of buckets (each about 8 KiB).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("hbk.heap"), txheap::Options::new())?;
+    /// let m = heap.transaction(|tx| {
+    ///     let m = txheap::PHashMap::<u64, u64>::new(tx)?;
+    ///     for k in 0..1000u64 { m.insert(tx, &k, &k)?; }
+    ///     Ok(m)
+    /// })?;
+    /// let h = heap.read(|r| r.get(m).copied())?;
+    /// assert!(h.buckets() > 1 && h.capacity() >= 1000);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn buckets(&self) -> u64 {
+        self.buckets
     }
 }
 
@@ -136,34 +166,88 @@ const fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
 }
 
-/// Slot geometry: the key and value offsets in a slot and the slot's stride.
+/// Bucket geometry: `[header: 16 bytes][fingerprints: slots bytes][slots × stride]`, each slot
+/// the key then the value at their alignments. A fingerprint is 0 for an empty slot, else
+/// [`fingerprint`] of the key's hash: a probe reads the header line's fingerprints and one slot.
 #[derive(Clone, Copy)]
-struct Slots {
-    key_at: u64,
-    val_at: u64,
+struct Geo {
+    slots: u64,
     stride: u64,
+    val_at: u64,
+    slots_at: u64,
+    bytes: u64,
 }
 
-impl Slots {
-    fn of<K, V>() -> Slots {
+impl Geo {
+    fn of<K, V>() -> Geo {
         let (ka, va) = (
             std::mem::align_of::<K>() as u64,
             std::mem::align_of::<V>() as u64,
         );
-        let key_at = align_up(8, ka);
-        let val_at = align_up(key_at + std::mem::size_of::<K>() as u64, va);
-        let stride = align_up(val_at + std::mem::size_of::<V>() as u64, ka.max(va).max(8));
-        Slots {
-            key_at,
-            val_at,
+        let val_at = align_up(std::mem::size_of::<K>() as u64, va);
+        let stride = align_up(val_at + std::mem::size_of::<V>() as u64, ka.max(va));
+        let slots_at = |n: u64| align_up(BUCKET_HEADER + n, ka.max(va));
+        let mut slots = (BUCKET_TARGET - BUCKET_HEADER) / (stride + 1);
+        while slots > MIN_SLOTS && slots_at(slots) + slots * stride > BUCKET_TARGET {
+            slots -= 1;
+        }
+        let slots = slots.max(MIN_SLOTS);
+        Geo {
+            slots,
             stride,
+            val_at,
+            slots_at: slots_at(slots),
+            bytes: align_up(slots_at(slots) + slots * stride, 16),
+        }
+    }
+
+    fn fp(&self, b: u64, i: u64) -> PPtr<u8> {
+        PPtr::from_offset(b + BUCKET_HEADER + i)
+    }
+
+    /// Byte offset of slot `i` in a bucket.
+    fn at(&self, i: u64) -> u64 {
+        self.slots_at + i * self.stride
+    }
+
+    fn slot(&self, b: u64, i: u64) -> PSlice<u8> {
+        PSlice::from_raw_parts(b + self.at(i), self.stride)
+    }
+
+    /// The slot a hash starts probing from (its low 32 bits; the directory uses the top).
+    fn ideal(&self, hash: u64) -> u64 {
+        ((hash & 0xffff_ffff) * self.slots) >> 32
+    }
+
+    fn next(&self, i: u64) -> u64 {
+        if i + 1 == self.slots {
+            0
+        } else {
+            i + 1
         }
     }
 }
 
-/// The slot a tag belongs at in a table of `cap` slots (multiply-shift: any `cap` works).
-fn ideal(tag: u64, cap: u64) -> u64 {
-    ((tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) as u128 * cap as u128) >> 64) as u64
+/// A slot's fingerprint: seven bits of the hash (neither the directory's top bits nor the low
+/// bits that pick the ideal slot) with the top bit set, so never 0 (an empty slot).
+fn fingerprint(hash: u64) -> u8 {
+    0x80 | ((hash >> 32) as u8 & 0x7f)
+}
+
+/// The directory entry of `hash` in a directory of depth `depth`: its top `depth` bits.
+fn dir_index(hash: u64, depth: u64) -> u64 {
+    if depth == 0 {
+        0
+    } else {
+        hash >> (64 - depth)
+    }
+}
+
+/// What a probe of one bucket found.
+enum Probe {
+    Found(u64),
+    Vacant(u64),
+    Full,
 }
 
 impl<K, V> PHashMap<K, V>
@@ -183,14 +267,14 @@ where
     /// ```
     pub fn new(tx: &mut Tx<'_>) -> Result<PPtr<PHashMap<K, V>>> {
         tx.alloc(PHashMap {
-            table: 0,
-            cap: 0,
+            dir: 0,
+            depth: 0,
             len: 0,
             seed0: 0,
             seed1: 0,
             key_id: K::ID,
             val_id: V::ID,
-            _reserved: 0,
+            buckets: 0,
             _kv: PhantomData,
         })
     }
@@ -213,14 +297,23 @@ where
                 max: 16.min(ALIGN_MAX),
             });
         }
-        let s = Slots::of::<K, V>();
-        if h.len > h.cap || (h.cap == 0) != (h.table == 0) || h.cap.checked_mul(s.stride).is_none()
+        let g = Geo::of::<K, V>();
+        let empty = h.dir == 0;
+        let fits = h
+            .buckets
+            .checked_mul(g.slots)
+            .is_some_and(|slots| h.len <= slots);
+        if h.depth > MAX_DEPTH
+            || !fits
+            || empty != (h.buckets == 0)
+            || (empty && (h.depth != 0 || h.len != 0))
+            || h.buckets > 1 << h.depth
         {
             return Err(corrupt(
                 self.offset(),
                 format!(
-                    "PHashMap header: table {:#x} capacity {} length {}",
-                    h.table, h.cap, h.len
+                    "PHashMap header: directory {:#x} of depth {}, {} buckets, length {}",
+                    h.dir, h.depth, h.buckets, h.len
                 ),
             ));
         }
@@ -230,90 +323,139 @@ where
     fn hash(h: &PHashMap<K, V>, key: &K::Input) -> u64 {
         let mut s = SipHasher13::new(h.seed0, h.seed1);
         key.hash(&mut s);
-        s.finish() | OCCUPIED
+        s.finish()
     }
 
-    fn slot_ptr<T>(h: &PHashMap<K, V>, s: &Slots, i: u64, at: u64) -> PPtr<T> {
-        PPtr::from_offset(h.table + i * s.stride + at)
+    /// The bucket `hash` belongs to, as the directory names it (not yet checked). At depth 0
+    /// the header points at the map's one bucket: a small map has no directory allocation.
+    fn bucket_of<W: View>(h: &PHashMap<K, V>, view: &W, hash: u64) -> Result<u64> {
+        if h.depth == 0 {
+            return Ok(h.dir);
+        }
+        Ok(*view.get(PPtr::<u64>::from_offset(
+            h.dir + dir_index(hash, h.depth) * 8,
+        ))?)
     }
 
-    fn tag<W: View>(h: &PHashMap<K, V>, s: &Slots, view: &W, i: u64) -> Result<u64> {
-        Ok(*view.get(Self::slot_ptr::<u64>(h, s, i, 0))?)
+    /// The bucket `hash` belongs to, and its local depth, checked: a directory entry aimed at
+    /// a bucket whose prefix is not the hash's is an error, not a key silently missing.
+    fn bucket<W: View>(h: &PHashMap<K, V>, view: &W, hash: u64) -> Result<(u64, u64)> {
+        let b = Self::bucket_of(h, view, hash)?;
+        Self::verify_bucket(h, view, b, hash)
     }
 
-    /// Probe for `key`: `Ok(i)` where it is, `Err(i)` the empty slot where it would go
-    /// (`Err(cap)` if the table is full, which only damage can make).
-    /// Slot `i`'s bytes, in one checked read.
-    fn slot<'v, W: View>(h: &PHashMap<K, V>, s: &Slots, view: &'v W, i: u64) -> Result<&'v [u8]> {
-        view.slice(PSlice::<u8>::from_raw_parts(
-            h.table + i * s.stride,
-            s.stride,
+    /// Check that bucket `b`, which the directory names for `hash`, is one `hash` belongs in.
+    fn verify_bucket<W: View>(
+        h: &PHashMap<K, V>,
+        view: &W,
+        b: u64,
+        hash: u64,
+    ) -> Result<(u64, u64)> {
+        let slot = h.dir + dir_index(hash, h.depth) * 8;
+        let (b, l) = Self::bucket_depth(h, view, b, slot)?;
+        let prefix = *view.get(PPtr::<u64>::from_offset(b + 8))?;
+        if l > 0 && (hash ^ prefix) >> (64 - l) != 0 {
+            return Err(corrupt(
+                slot,
+                format!(
+                    "PHashMap directory entry {}: bucket {b:#x} holds prefix {prefix:#x}/{l}, \
+                     not this key's",
+                    dir_index(hash, h.depth)
+                ),
+            ));
+        }
+        Ok((b, l))
+    }
+
+    /// The local depth of bucket `b` (named by the directory word at `slot`), checked.
+    fn bucket_depth<W: View>(
+        h: &PHashMap<K, V>,
+        view: &W,
+        b: u64,
+        slot: u64,
+    ) -> Result<(u64, u64)> {
+        if b == 0 || b % 16 != 0 {
+            return Err(corrupt(
+                slot,
+                format!("PHashMap directory: bucket pointer {b:#x}"),
+            ));
+        }
+        let l = *view.get(PPtr::<u64>::from_offset(b))?;
+        if l > h.depth {
+            return Err(corrupt(
+                b,
+                format!(
+                    "PHashMap bucket of depth {l} under a directory of depth {}",
+                    h.depth
+                ),
+            ));
+        }
+        Ok((b, l))
+    }
+
+    fn fp_at<W: View>(g: &Geo, view: &W, b: u64, i: u64) -> Result<u8> {
+        Ok(*view.get(g.fp(b, i))?)
+    }
+
+    fn key_ptr(g: &Geo, b: u64, i: u64) -> PPtr<K> {
+        PPtr::from_offset(b + g.at(i))
+    }
+
+    fn val_ptr(g: &Geo, b: u64, i: u64) -> PPtr<V> {
+        PPtr::from_offset(b + g.at(i) + g.val_at)
+    }
+
+    /// The hash of the key in slot `i` of bucket `b`.
+    fn hash_at<W: View>(h: &PHashMap<K, V>, g: &Geo, view: &W, b: u64, i: u64) -> Result<u64> {
+        Ok(Self::hash(
+            h,
+            K::load(view.get(Self::key_ptr(g, b, i))?, view)?,
         ))
     }
 
-    /// The key or value at byte `at` of slot bytes `b`.
-    fn field<T: bytemuck::Pod>(b: &[u8], at: u64, slot_at: u64) -> Result<&T> {
-        let at = at as usize;
-        bytemuck::try_from_bytes(&b[at..at + std::mem::size_of::<T>()])
-            .map_err(|_| corrupt(slot_at, "PHashMap slot misaligned"))
-    }
-
-    /// Probe for `key`: `Ok((i, slot bytes))` where it is, `Err(i)` the empty slot where it
-    /// would go (`Err(cap)` if the table is full, which only damage can make).
-    fn find_slot<'v, W: View>(
-        h: &PHashMap<K, V>,
-        s: &Slots,
-        view: &'v W,
-        key: &K::Input,
-        tag: u64,
-    ) -> Result<std::result::Result<(u64, &'v [u8]), u64>> {
-        let mut i = ideal(tag, h.cap);
-        for _ in 0..h.cap {
-            let b = Self::slot(h, s, view, i)?;
-            let t = u64::from_ne_bytes(b[..8].try_into().expect("8 bytes"));
-            if t == 0 {
-                return Ok(Err(i));
+    /// Probe bucket `b` for `key`: where it is, the empty slot where it would go, or full.
+    /// Fingerprints and keys are read one by one: in a transaction a bucket may be partly
+    /// staged.
+    fn find<W: View>(g: &Geo, view: &W, b: u64, key: &K::Input, hash: u64) -> Result<Probe> {
+        let want = fingerprint(hash);
+        let mut i = g.ideal(hash);
+        for _ in 0..g.slots {
+            let f = Self::fp_at(g, view, b, i)?;
+            if f == 0 {
+                return Ok(Probe::Vacant(i));
             }
-            if t == tag {
-                let at = h.table + i * s.stride;
-                if K::load(Self::field::<K>(b, s.key_at, at)?, view)? == key {
-                    return Ok(Ok((i, b)));
-                }
+            if f == want && K::load(view.get(Self::key_ptr(g, b, i))?, view)? == key {
+                return Ok(Probe::Found(i));
             }
-            i += 1;
-            if i == h.cap {
-                i = 0;
-            }
+            i = g.next(i);
         }
-        Ok(Err(h.cap))
+        Ok(Probe::Full)
     }
 
-    /// [`Self::find_slot`] without the bytes, reading tags and keys one by one: in a transaction
-    /// a slot may straddle a staged line and an unstaged one, which a whole-slot read would
-    /// have to compose.
-    fn find<W: View>(
+    /// Where `key` is: its bucket and slot.
+    fn locate<W: View>(
         h: &PHashMap<K, V>,
-        s: &Slots,
+        g: &Geo,
         view: &W,
         key: &K::Input,
-        tag: u64,
-    ) -> Result<std::result::Result<u64, u64>> {
-        let mut i = ideal(tag, h.cap);
-        for _ in 0..h.cap {
-            let t = Self::tag(h, s, view, i)?;
-            if t == 0 {
-                return Ok(Err(i));
-            }
-            if t == tag && K::load(view.get(Self::slot_ptr::<K>(h, s, i, s.key_at))?, view)? == key
-            {
-                return Ok(Ok(i));
-            }
-            i += 1;
-            if i == h.cap {
-                i = 0;
-            }
+    ) -> Result<Option<(u64, u64)>> {
+        if h.dir == 0 {
+            return Ok(None);
         }
-        Ok(Err(h.cap))
+        // A hit proves the directory right for this key (its key is in the bucket), so the
+        // bucket's depth and prefix are read only to confirm a miss: one line less per hit.
+        let hash = Self::hash(h, key);
+        let b = Self::bucket_of(h, view, hash)?;
+        if b == 0 || b % 16 != 0 {
+            Self::verify_bucket(h, view, b, hash)?;
+        }
+        Ok(match Self::find(g, view, b, key, hash)? {
+            Probe::Found(i) => Some((b, i)),
+            _ => {
+                Self::verify_bucket(h, view, b, hash)?;
+                None
+            }
+        })
     }
 
     /// The number of entries.
@@ -341,16 +483,10 @@ where
     /// ```
     pub fn get<'v, W: View>(self, view: &'v W, key: &K::Input) -> Result<Option<&'v V::Input>> {
         let h = self.header(view)?;
-        if h.cap == 0 {
-            return Ok(None);
-        }
-        let s = Slots::of::<K, V>();
-        match Self::find_slot(&h, &s, view, key, Self::hash(&h, key))? {
-            Ok((i, b)) => {
-                let v = Self::field::<V>(b, s.val_at, h.table + i * s.stride)?;
-                Ok(Some(V::load(v, view)?))
-            }
-            Err(_) => Ok(None),
+        let g = Geo::of::<K, V>();
+        match Self::locate(&h, &g, view, key)? {
+            Some((b, i)) => Ok(Some(V::load(view.get(Self::val_ptr(&g, b, i))?, view)?)),
+            None => Ok(None),
         }
     }
 
@@ -369,6 +505,7 @@ where
 
     /// A pointer to the stored value handle of `key`, for changing it in place with
     /// `tx.get_mut` (for plain values; a [`crate::PBytes`] value is replaced with `insert`).
+    /// The pointer is valid until the map's next insert or remove, which may move entries.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -385,14 +522,8 @@ where
     /// ```
     pub fn get_mut(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<Option<PPtr<V>>> {
         let h = self.header(tx)?;
-        if h.cap == 0 {
-            return Ok(None);
-        }
-        let s = Slots::of::<K, V>();
-        Ok(match Self::find(&h, &s, tx, key, Self::hash(&h, key))? {
-            Ok(i) => Some(Self::slot_ptr::<V>(&h, &s, i, s.val_at)),
-            Err(_) => None,
-        })
+        let g = Geo::of::<K, V>();
+        Ok(Self::locate(&h, &g, tx, key)?.map(|(b, i)| Self::val_ptr(&g, b, i)))
     }
 
     /// Entry-style update: the pointer to `key`'s value handle, inserting `value` first if the
@@ -442,60 +573,47 @@ where
     /// ```
     pub fn insert(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
         let mut h = self.header(tx)?;
-        let s = Slots::of::<K, V>();
-        if h.cap == 0 {
+        let g = Geo::of::<K, V>();
+        if h.dir == 0 {
             let r = std::collections::hash_map::RandomState::new();
             h.seed0 = r.hash_one(0x5eed_u64);
             h.seed1 = r.hash_one(0xf00d_u64);
+            h.dir = Self::new_bucket(tx, &g, 0, 0, &[])?;
+            h.depth = 0;
+            h.buckets = 1;
         }
-        let tag = Self::hash(&h, key);
-        let mut free = None;
-        if h.cap > 0 {
-            match Self::find(&h, &s, tx, key, tag)? {
-                Ok(i) => {
-                    let vp = Self::slot_ptr::<V>(&h, &s, i, s.val_at);
+        let hash = Self::hash(&h, key);
+        loop {
+            let (b, l) = Self::bucket(&h, tx, hash)?;
+            match Self::find(&g, tx, b, key, hash)? {
+                Probe::Found(i) => {
+                    let vp = Self::val_ptr(&g, b, i);
                     let old = *tx.get(vp)?;
                     let v = V::store(tx, value)?;
                     tx.set(vp, v)?;
                     old.release(tx)?;
                     return Ok(true);
                 }
-                Err(i) => free = Some(i),
+                Probe::Vacant(i) => {
+                    let k = K::store(tx, key)?;
+                    let v = V::store(tx, value)?;
+                    Self::write_slot(tx.slice_mut(g.slot(b, i))?, &g, &k, &v);
+                    tx.set(g.fp(b, i), fingerprint(hash))?;
+                    h.len += 1;
+                    self.put_header(tx, h)?;
+                    return Ok(false);
+                }
+                Probe::Full => Self::split(tx, &mut h, &g, b, l, hash)?,
             }
         }
-        if (h.len + 1) * LOAD_DEN > h.cap * LOAD_NUM {
-            let cap = if h.cap == 0 { FIRST_CAP } else { h.cap * 2 };
-            Self::grow(tx, &mut h, &s, cap)?;
-            free = None;
-        }
-        let i = match free {
-            Some(i) => i,
-            None => match Self::find(&h, &s, tx, key, tag)? {
-                Err(i) => i,
-                Ok(_) => h.cap,
-            },
-        };
-        if i >= h.cap {
-            return Err(corrupt(
-                self.offset(),
-                "PHashMap: no free slot where the load factor promises one",
-            ));
-        }
-        let k = K::store(tx, key)?;
-        let v = V::store(tx, value)?;
-        let slot = PSlice::<u8>::from_raw_parts(h.table + i * s.stride, s.stride);
-        Self::write_slot(tx.slice_mut(slot)?, &s, tag, k, v);
-        h.len += 1;
-        self.put_header(tx, h)?;
-        Ok(false)
     }
 
-    /// Fill the slot bytes `b` with an entry.
-    fn write_slot(b: &mut [u8], s: &Slots, tag: u64, k: K, v: V) {
-        b[..8].copy_from_slice(&tag.to_ne_bytes());
-        let (ka, va) = (s.key_at as usize, s.val_at as usize);
-        b[ka..ka + std::mem::size_of::<K>()].copy_from_slice(bytemuck::bytes_of(&k));
-        b[va..va + std::mem::size_of::<V>()].copy_from_slice(bytemuck::bytes_of(&v));
+    /// Fill a slot's bytes.
+    fn write_slot(e: &mut [u8], g: &Geo, k: &K, v: &V) {
+        let (ks, vs) = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
+        let va = g.val_at as usize;
+        e[..ks].copy_from_slice(bytemuck::bytes_of(k));
+        e[va..va + vs].copy_from_slice(bytemuck::bytes_of(v));
     }
 
     fn put_header(self, tx: &mut Tx<'_>, mut h: PHashMap<K, V>) -> Result<()> {
@@ -504,38 +622,133 @@ where
         tx.set(self, h)
     }
 
-    /// Move every entry into a new table of `cap` slots, by its stored tag: the old table is
-    /// read once, the new one staged once and filled in memory (a table of more than 64 KiB is
-    /// a large extent from free space, written in place at commit).
-    fn grow(tx: &mut Tx<'_>, h: &mut PHashMap<K, V>, s: &Slots, cap: u64) -> Result<()> {
-        let stride = s.stride as usize;
-        let new = tx.alloc_slice_zeroed::<Unit>(cap * s.stride / 16)?;
-        let old: Vec<u8> = if h.cap == 0 {
-            Vec::new()
+    /// Directory words to allocate for `2^depth` entries (depth at least 1): at least one
+    /// bucket's size (a small directory shares the buckets' runs) and, past that, more than
+    /// the largest block of a run, so a directory is a large extent whose chunks return to free
+    /// space when it doubles, instead of leaving a run of its own size class behind.
+    fn dir_words(g: &Geo, depth: u64) -> u64 {
+        let words = 1u64 << depth;
+        if words * 8 <= g.bytes {
+            g.bytes.div_ceil(8)
         } else {
-            tx.slice(PSlice::<u8>::from_raw_parts(h.table, h.cap * s.stride))?
-                .to_vec()
-        };
-        let table = tx.slice_mut(PSlice::<u8>::from_raw_parts(new.offset(), cap * s.stride))?;
-        for slot in old.chunks_exact(stride) {
-            let t = u64::from_ne_bytes(slot[..8].try_into().expect("8 bytes"));
-            if t == 0 {
-                continue;
-            }
-            let mut j = ideal(t, cap) as usize;
-            while table[j * stride..j * stride + 8] != [0u8; 8] {
-                j = if j + 1 == cap as usize { 0 } else { j + 1 };
-            }
-            table[j * stride..(j + 1) * stride].copy_from_slice(slot);
+            words.max(SMALL_MAX / 8 + 1)
         }
-        if h.table != 0 {
-            tx.free_slice(PSlice::<Unit>::from_raw_parts(
-                h.table,
-                h.cap * s.stride / 16,
+    }
+
+    /// A directory holding `entries` (a power-of-two count, at least 2), padded by
+    /// [`Self::dir_words`].
+    fn alloc_dir(tx: &mut Tx<'_>, g: &Geo, entries: &[u64]) -> Result<u64> {
+        let depth = entries.len().trailing_zeros() as u64;
+        let mut words = entries.to_vec();
+        words.resize(Self::dir_words(g, depth) as usize, 0);
+        Ok(tx.alloc_slice(&words)?.offset())
+    }
+
+    /// A new bucket of local depth `depth` and `prefix` holding `entries` (hash, slot bytes),
+    /// probed into place in memory and written once.
+    fn new_bucket(
+        tx: &mut Tx<'_>,
+        g: &Geo,
+        depth: u64,
+        prefix: u64,
+        entries: &[(u64, &[u8])],
+    ) -> Result<u64> {
+        let units = Self::bucket_units(g, depth, prefix, entries);
+        Ok(tx.alloc_slice(&units)?.offset())
+    }
+
+    /// A bucket's bytes of local depth `depth` holding `entries`.
+    fn bucket_units(g: &Geo, depth: u64, prefix: u64, entries: &[(u64, &[u8])]) -> Vec<Unit> {
+        let mut units = vec![Unit([0; 2]); (g.bytes / 16) as usize];
+        let out: &mut [u8] = bytemuck::cast_slice_mut(&mut units);
+        out[..8].copy_from_slice(&depth.to_ne_bytes());
+        out[8..16].copy_from_slice(&prefix.to_ne_bytes());
+        for &(hash, e) in entries {
+            let mut i = g.ideal(hash);
+            while out[(BUCKET_HEADER + i) as usize] != 0 {
+                i = g.next(i);
+            }
+            out[(BUCKET_HEADER + i) as usize] = fingerprint(hash);
+            let at = g.at(i) as usize;
+            out[at..at + g.stride as usize].copy_from_slice(e);
+        }
+        units
+    }
+
+    /// Split the full bucket `b` (local depth `l`) that `hash` belongs to: its entries are
+    /// divided by hash bit `l` (from the top) between `b`, rewritten, and a new bucket that
+    /// takes the upper half of `b`'s directory entries; the directory doubles first if `b` is
+    /// as deep as it.
+    fn split(
+        tx: &mut Tx<'_>,
+        h: &mut PHashMap<K, V>,
+        g: &Geo,
+        b: u64,
+        l: u64,
+        hash: u64,
+    ) -> Result<()> {
+        let old: Vec<Unit> = tx
+            .slice(PSlice::<Unit>::from_raw_parts(b, g.bytes / 16))?
+            .to_vec();
+        let old: &[u8] = bytemuck::cast_slice(&old);
+        let mut entries = Vec::with_capacity(g.slots as usize);
+        for i in 0..g.slots {
+            if old[(BUCKET_HEADER + i) as usize] != 0 {
+                let at = g.at(i) as usize;
+                let e = &old[at..at + g.stride as usize];
+                let k: &K = bytemuck::try_from_bytes(&e[..std::mem::size_of::<K>()])
+                    .map_err(|_| corrupt(b + at as u64, "PHashMap slot misaligned"))?;
+                entries.push((Self::hash(h, K::load(k, tx)?), e));
+            }
+        }
+        // Keys whose hashes agree in MAX_DEPTH bits cannot be told apart by splitting: only
+        // damage (a bucket of keys that do not hash to it) makes them, and they must not split
+        // without end.
+        let differ = entries.iter().fold(0, |d, &(x, _)| d | (x ^ hash));
+        if l >= MAX_DEPTH || u64::from(differ.leading_zeros()) >= MAX_DEPTH {
+            return Err(corrupt(
+                b,
+                format!(
+                    "PHashMap bucket: {} keys whose hashes agree in their first {MAX_DEPTH} bits",
+                    entries.len() + 1
+                ),
+            ));
+        }
+        if l == h.depth {
+            Self::double(tx, h, g)?;
+        }
+        let bit = 1u64 << (63 - l);
+        let (go, stay): (Vec<_>, Vec<_>) = entries.into_iter().partition(|&(x, _)| x & bit != 0);
+        let prefix = u64::from_ne_bytes(old[8..16].try_into().expect("8 bytes"));
+        let nb = Self::new_bucket(tx, g, l + 1, prefix | bit, &go)?;
+        let kept = Self::bucket_units(g, l + 1, prefix, &stay);
+        tx.slice_mut(PSlice::<Unit>::from_raw_parts(b, g.bytes / 16))?
+            .copy_from_slice(&kept);
+        // `b` owns an aligned block of 2^(depth - l) directory entries; `nb` takes its upper half.
+        let span = 1u64 << (h.depth - l);
+        let first = dir_index(hash, h.depth) & !(span - 1);
+        let half = PSlice::<u64>::from_raw_parts(h.dir + (first + span / 2) * 8, span / 2);
+        tx.slice_mut(half)?.fill(nb);
+        h.buckets += 1;
+        Ok(())
+    }
+
+    /// Double the directory: entry `i` of the old one becomes entries `2i` and `2i + 1` (at
+    /// depth 0 the one entry is the header's bucket pointer).
+    fn double(tx: &mut Tx<'_>, h: &mut PHashMap<K, V>, g: &Geo) -> Result<()> {
+        let twice: Vec<u64> = Self::dir_entries(h, tx)?
+            .iter()
+            .flat_map(|&b| [b, b])
+            .collect();
+        let new = Self::alloc_dir(tx, g, &twice)?;
+        if h.depth > 0 {
+            tx.free_slice(PSlice::<u64>::from_raw_parts(
+                h.dir,
+                Self::dir_words(g, h.depth),
             ))?;
         }
-        h.table = new.offset();
-        h.cap = cap;
+        h.dir = new;
+        h.depth += 1;
         Ok(())
     }
 
@@ -555,40 +768,34 @@ where
     /// ```
     pub fn remove(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
         let mut h = self.header(tx)?;
-        if h.cap == 0 {
-            return Ok(false);
-        }
-        let s = Slots::of::<K, V>();
-        let Ok(mut i) = Self::find(&h, &s, tx, key, Self::hash(&h, key))? else {
+        let g = Geo::of::<K, V>();
+        let Some((b, mut i)) = Self::locate(&h, &g, tx, key)? else {
             return Ok(false);
         };
-        let k = *tx.get(Self::slot_ptr::<K>(&h, &s, i, s.key_at))?;
-        let v = *tx.get(Self::slot_ptr::<V>(&h, &s, i, s.val_at))?;
+        let k = *tx.get(Self::key_ptr(&g, b, i))?;
+        let v = *tx.get(Self::val_ptr(&g, b, i))?;
         k.release(tx)?;
         v.release(tx)?;
         // Backward shift: pull each following entry that is not at its ideal slot back by one.
+        let n = g.slots;
         let mut j = i;
-        for _ in 0..h.cap {
-            j = if j + 1 == h.cap { 0 } else { j + 1 };
-            let t = Self::tag(&h, &s, tx, j)?;
-            if t == 0 {
+        for _ in 0..n {
+            j = g.next(j);
+            let f = Self::fp_at(&g, tx, b, j)?;
+            if f == 0 {
                 break;
             }
-            let home = ideal(t, h.cap);
+            let home = g.ideal(Self::hash_at(&h, &g, tx, b, j)?);
             // Entry j may move to i only if i lies on its probe path: from home to j, cyclically.
-            let dist_j = (j + h.cap - home) % h.cap;
-            let dist_i = (i + h.cap - home) % h.cap;
-            if dist_i > dist_j {
+            if (i + n - home) % n > (j + n - home) % n {
                 continue;
             }
-            let k = *tx.get(Self::slot_ptr::<K>(&h, &s, j, s.key_at))?;
-            let v = *tx.get(Self::slot_ptr::<V>(&h, &s, j, s.val_at))?;
-            tx.set(Self::slot_ptr::<u64>(&h, &s, i, 0), t)?;
-            tx.set(Self::slot_ptr::<K>(&h, &s, i, s.key_at), k)?;
-            tx.set(Self::slot_ptr::<V>(&h, &s, i, s.val_at), v)?;
+            let e = tx.slice(g.slot(b, j))?.to_vec();
+            tx.slice_mut(g.slot(b, i))?.copy_from_slice(&e);
+            tx.set(g.fp(b, i), f)?;
             i = j;
         }
-        tx.set(Self::slot_ptr::<u64>(&h, &s, i, 0), 0)?;
+        tx.set(g.fp(b, i), 0)?;
         h.len = h
             .len
             .checked_sub(1)
@@ -597,7 +804,49 @@ where
         Ok(true)
     }
 
-    /// Remove every entry (releasing keys and values) and free the table.
+    /// The directory's entries (of a map with buckets): at depth 0 the header's pointer to its
+    /// one bucket, else the directory allocation's first `2^depth` words.
+    fn dir_entries<'v, W: View>(
+        h: &PHashMap<K, V>,
+        view: &'v W,
+    ) -> Result<std::borrow::Cow<'v, [u64]>> {
+        Ok(if h.depth == 0 {
+            std::borrow::Cow::Owned(vec![h.dir])
+        } else {
+            std::borrow::Cow::Borrowed(
+                view.slice(PSlice::<u64>::from_raw_parts(h.dir, 1 << h.depth))?,
+            )
+        })
+    }
+
+    /// Every bucket once, in directory order, with its local depth and first directory entry;
+    /// checks that each owns an aligned block of entries.
+    fn buckets<W: View>(h: &PHashMap<K, V>, view: &W) -> Result<Vec<(u64, u64, u64)>> {
+        let mut out = Vec::new();
+        if h.dir == 0 {
+            return Ok(out);
+        }
+        let dir = Self::dir_entries(h, view)?;
+        let mut i = 0u64;
+        while i < dir.len() as u64 {
+            let slot = h.dir + i * 8;
+            let (b, l) = Self::bucket_depth(h, view, dir[i as usize], slot)?;
+            let span = 1u64 << (h.depth - l);
+            if i % span != 0 || out.len() as u64 == h.buckets {
+                return Err(corrupt(
+                    slot,
+                    format!(
+                        "PHashMap directory entry {i}: bucket {b:#x} of depth {l} out of place"
+                    ),
+                ));
+            }
+            out.push((b, l, i));
+            i += span;
+        }
+        Ok(out)
+    }
+
+    /// Remove every entry (releasing keys and values) and free the buckets and directory.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -613,23 +862,27 @@ where
     /// ```
     pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
         let mut h = self.header(tx)?;
-        let s = Slots::of::<K, V>();
-        for i in 0..h.cap {
-            if Self::tag(&h, &s, tx, i)? != 0 {
-                let k = *tx.get(Self::slot_ptr::<K>(&h, &s, i, s.key_at))?;
-                let v = *tx.get(Self::slot_ptr::<V>(&h, &s, i, s.val_at))?;
-                k.release(tx)?;
-                v.release(tx)?;
+        let g = Geo::of::<K, V>();
+        for (b, _, _) in Self::buckets(&h, tx)? {
+            for i in 0..g.slots {
+                if Self::fp_at(&g, tx, b, i)? != 0 {
+                    let k = *tx.get(Self::key_ptr(&g, b, i))?;
+                    let v = *tx.get(Self::val_ptr(&g, b, i))?;
+                    k.release(tx)?;
+                    v.release(tx)?;
+                }
             }
+            tx.free_slice(PSlice::<Unit>::from_raw_parts(b, g.bytes / 16))?;
         }
-        if h.table != 0 {
-            tx.free_slice(PSlice::<Unit>::from_raw_parts(
-                h.table,
-                h.cap * s.stride / 16,
+        if h.depth > 0 {
+            tx.free_slice(PSlice::<u64>::from_raw_parts(
+                h.dir,
+                Self::dir_words(&g, h.depth),
             ))?;
         }
-        h.table = 0;
-        h.cap = 0;
+        h.dir = 0;
+        h.depth = 0;
+        h.buckets = 0;
         h.len = 0;
         self.put_header(tx, h)
     }
@@ -652,7 +905,7 @@ where
         self.clear(tx)
     }
 
-    /// Every entry, in table order (not sorted), read in place.
+    /// Every entry, bucket by bucket (not sorted), read in place.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -671,32 +924,36 @@ where
         V::Input: 'v,
     {
         let h = self.header(view)?;
-        let s = Slots::of::<K, V>();
+        let g = Geo::of::<K, V>();
+        let buckets = Self::buckets(&h, view)?;
         let mut failed = false;
-        Ok((0..h.cap).filter_map(move |i| {
-            if failed {
-                return None;
-            }
-            let r = (|| {
-                if Self::tag(&h, &s, view, i)? == 0 {
-                    return Ok(None);
+        Ok(buckets
+            .into_iter()
+            .flat_map(move |(b, _, _)| (0..g.slots).map(move |i| (b, i)))
+            .filter_map(move |(b, i)| {
+                if failed {
+                    return None;
                 }
-                let k = K::load(view.get(Self::slot_ptr::<K>(&h, &s, i, s.key_at))?, view)?;
-                let v = V::load(view.get(Self::slot_ptr::<V>(&h, &s, i, s.val_at))?, view)?;
-                Ok(Some((k, v)))
-            })();
-            match r {
-                Ok(e) => e.map(Ok),
-                Err(e) => {
-                    failed = true;
-                    Some(Err(e))
+                let r = (|| {
+                    if Self::fp_at(&g, view, b, i)? == 0 {
+                        return Ok(None);
+                    }
+                    let k = K::load(view.get(Self::key_ptr(&g, b, i))?, view)?;
+                    let v = V::load(view.get(Self::val_ptr(&g, b, i))?, view)?;
+                    Ok(Some((k, v)))
+                })();
+                match r {
+                    Ok(e) => e.map(Ok),
+                    Err(e) => {
+                        failed = true;
+                        Some(Err(e))
+                    }
                 }
-            }
-        }))
+            }))
     }
 
-    /// Call `f` with the start offset of every allocation the map holds: its table, and what its
-    /// keys and values own (for leak checks with `tx.usable_size`).
+    /// Call `f` with the start offset of every allocation the map holds: its directory, its
+    /// buckets, and what its keys and values own (for leak checks with `tx.usable_size`).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -704,32 +961,40 @@ where
     /// let m = heap.transaction(|tx| { let m = txheap::PHashMap::<u64, txheap::PBytes>::new(tx)?; m.insert(tx, &1, b"one")?; Ok(m) })?;
     /// let mut blocks = 0;
     /// heap.read(|r| m.for_each_block(r, |_| blocks += 1))?;
-    /// assert_eq!(blocks, 2); // the table and the value's bytes
+    /// assert_eq!(blocks, 2); // one bucket (a one-bucket map has no directory) and the bytes
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn for_each_block<W: View>(self, view: &W, mut f: impl FnMut(u64)) -> Result<()> {
         let h = self.header(view)?;
-        if h.cap == 0 {
+        if h.dir == 0 {
             return Ok(());
         }
-        f(h.table);
-        let s = Slots::of::<K, V>();
-        for i in 0..h.cap {
-            if Self::tag(&h, &s, view, i)? == 0 {
-                continue;
-            }
-            let k = view.get(Self::slot_ptr::<K>(&h, &s, i, s.key_at))?;
-            let v = view.get(Self::slot_ptr::<V>(&h, &s, i, s.val_at))?;
-            for b in [k.owned_block(), v.owned_block()].into_iter().flatten() {
-                f(b);
+        if h.depth > 0 {
+            f(h.dir);
+        }
+        let g = Geo::of::<K, V>();
+        for (b, _, _) in Self::buckets(&h, view)? {
+            f(b);
+            for i in 0..g.slots {
+                if Self::fp_at(&g, view, b, i)? == 0 {
+                    continue;
+                }
+                let k = view.get(Self::key_ptr(&g, b, i))?;
+                let v = view.get(Self::val_ptr(&g, b, i))?;
+                for o in [k.owned_block(), v.owned_block()].into_iter().flatten() {
+                    f(o);
+                }
             }
         }
         Ok(())
     }
 
-    /// Verify every invariant: element types, the table in bounds, every tag the hash of its
-    /// key, every entry reachable from its ideal slot without crossing an empty one, no key
-    /// twice, and the entry count. The first violation is [`Error::Corrupt`] naming the slot.
+    /// Verify every invariant: element types; the directory in bounds; each bucket owning one
+    /// aligned block of directory entries (all pointing to it, none elsewhere), in bounds and
+    /// with the prefix of its place; every fingerprint its key's and every key hashing into its
+    /// bucket; every entry reachable from its
+    /// ideal slot without crossing an empty one; no key twice; the bucket and entry counts. The
+    /// first violation is [`Error::Corrupt`] naming where.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -740,49 +1005,95 @@ where
     /// ```
     pub fn check<W: View>(self, view: &W) -> Result<()> {
         let h = self.header(view)?;
-        if h.cap == 0 {
+        if h.dir == 0 {
             return Ok(());
         }
-        let s = Slots::of::<K, V>();
-        view.slice(PSlice::<Unit>::from_raw_parts(
-            h.table,
-            h.cap * s.stride / 16,
-        ))?;
+        let g = Geo::of::<K, V>();
+        let buckets = Self::buckets(&h, view)?;
+        let dir = Self::dir_entries(&h, view)?;
+        let mut seen = std::collections::HashSet::new();
         let mut count = 0;
-        for j in 0..h.cap {
-            let t = Self::tag(&h, &s, view, j)?;
-            if t == 0 {
-                continue;
-            }
-            count += 1;
-            let at = h.table + j * s.stride;
-            let k = K::load(view.get(Self::slot_ptr::<K>(&h, &s, j, s.key_at))?, view)?;
-            V::load(view.get(Self::slot_ptr::<V>(&h, &s, j, s.val_at))?, view)?;
-            if Self::hash(&h, k) != t {
+        for &(b, l, first) in &buckets {
+            let span = 1u64 << (h.depth - l);
+            if let Some(j) = (first..first + span).find(|&j| dir[j as usize] != b) {
                 return Err(corrupt(
-                    at,
-                    format!("PHashMap slot {j}: tag is not its key's hash"),
+                    h.dir + j * 8,
+                    format!("PHashMap directory entry {j}: not bucket {b:#x}, which owns it"),
                 ));
             }
-            let mut i = ideal(t, h.cap);
-            while i != j {
-                let ti = Self::tag(&h, &s, view, i)?;
-                if ti == 0 {
-                    return Err(corrupt(
-                        at,
-                        format!("PHashMap slot {j}: an empty slot cuts its probe path"),
-                    ));
-                }
-                if ti == t
-                    && K::load(view.get(Self::slot_ptr::<K>(&h, &s, i, s.key_at))?, view)? == k
-                {
-                    return Err(corrupt(
-                        at,
-                        format!("PHashMap slot {j}: its key is also in slot {i}"),
-                    ));
-                }
-                i = if i + 1 == h.cap { 0 } else { i + 1 };
+            if !seen.insert(b) {
+                return Err(corrupt(
+                    b,
+                    format!("PHashMap bucket {b:#x} owns two blocks of the directory"),
+                ));
             }
+            view.slice(PSlice::<Unit>::from_raw_parts(b, g.bytes / 16))?;
+            let prefix = *view.get(PPtr::<u64>::from_offset(b + 8))?;
+            let want = if h.depth == 0 {
+                0
+            } else {
+                first << (64 - h.depth)
+            };
+            if prefix != want {
+                return Err(corrupt(
+                    b + 8,
+                    format!("PHashMap bucket {b:#x}: prefix {prefix:#x}, its place says {want:#x}"),
+                ));
+            }
+            for j in 0..g.slots {
+                let f = Self::fp_at(&g, view, b, j)?;
+                if f == 0 {
+                    continue;
+                }
+                count += 1;
+                let at = b + g.at(j);
+                let k = K::load(view.get(Self::key_ptr(&g, b, j))?, view)?;
+                V::load(view.get(Self::val_ptr(&g, b, j))?, view)?;
+                let t = Self::hash(&h, k);
+                if fingerprint(t) != f {
+                    return Err(corrupt(
+                        b + BUCKET_HEADER + j,
+                        format!("PHashMap bucket {b:#x} slot {j}: fingerprint is not its key's"),
+                    ));
+                }
+                if dir_index(t, h.depth) >> (h.depth - l) != first >> (h.depth - l) {
+                    return Err(corrupt(
+                        at,
+                        format!(
+                            "PHashMap bucket {b:#x} slot {j}: the key belongs to another bucket"
+                        ),
+                    ));
+                }
+                let mut i = g.ideal(t);
+                while i != j {
+                    let fi = Self::fp_at(&g, view, b, i)?;
+                    if fi == 0 {
+                        return Err(corrupt(
+                            at,
+                            format!(
+                                "PHashMap bucket {b:#x} slot {j}: an empty slot cuts its probe path"
+                            ),
+                        ));
+                    }
+                    if fi == f && K::load(view.get(Self::key_ptr(&g, b, i))?, view)? == k {
+                        return Err(corrupt(
+                            at,
+                            format!("PHashMap bucket {b:#x} slot {j}: its key is also in slot {i}"),
+                        ));
+                    }
+                    i = g.next(i);
+                }
+            }
+        }
+        if buckets.len() as u64 != h.buckets {
+            return Err(corrupt(
+                self.offset(),
+                format!(
+                    "PHashMap has {} buckets, its header says {}",
+                    buckets.len(),
+                    h.buckets
+                ),
+            ));
         }
         if count != h.len {
             return Err(corrupt(
