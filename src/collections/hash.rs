@@ -352,8 +352,7 @@ where
         hash: u64,
     ) -> Result<(u64, u64)> {
         let slot = h.dir + dir_index(hash, h.depth) * 8;
-        let (b, l) = Self::bucket_depth(h, view, b, slot)?;
-        let prefix = *view.get(PPtr::<u64>::from_offset(b + 8))?;
+        let (b, l, prefix) = Self::bucket_depth(h, view, b, slot)?;
         if l > 0 && (hash ^ prefix) >> (64 - l) != 0 {
             return Err(corrupt(
                 slot,
@@ -367,20 +366,21 @@ where
         Ok((b, l))
     }
 
-    /// The local depth of bucket `b` (named by the directory word at `slot`), checked.
+    /// The local depth and prefix of bucket `b` (named by the directory word at `slot`); the
+    /// depth checked.
     fn bucket_depth<W: View>(
         h: &PHashMap<K, V>,
         view: &W,
         b: u64,
         slot: u64,
-    ) -> Result<(u64, u64)> {
+    ) -> Result<(u64, u64, u64)> {
         if b == 0 || b % 16 != 0 {
             return Err(corrupt(
                 slot,
                 format!("PHashMap directory: bucket pointer {b:#x}"),
             ));
         }
-        let l = *view.get(PPtr::<u64>::from_offset(b))?;
+        let [l, prefix] = *view.get(PPtr::<[u64; 2]>::from_offset(b))?;
         if l > h.depth {
             return Err(corrupt(
                 b,
@@ -390,7 +390,7 @@ where
                 ),
             ));
         }
-        Ok((b, l))
+        Ok((b, l, prefix))
     }
 
     fn fp_at<W: View>(g: &Geo, view: &W, b: u64, i: u64) -> Result<u8> {
@@ -413,14 +413,15 @@ where
         ))
     }
 
-    /// Probe bucket `b` for `key`: where it is, the empty slot where it would go, or full.
-    /// Fingerprints and keys are read one by one: in a transaction a bucket may be partly
-    /// staged.
+    /// Probe bucket `b` for `key`: where it is, the empty slot where it would go, or full. The
+    /// fingerprints come in one checked read (in a transaction, a bucket whose fingerprints are
+    /// partly staged is composed): one stage lookup per probe sequence instead of one per slot.
     fn find<W: View>(g: &Geo, view: &W, b: u64, key: &K::Input, hash: u64) -> Result<Probe> {
+        let fps = view.slice(PSlice::<u8>::from_raw_parts(b + BUCKET_HEADER, g.slots))?;
         let want = fingerprint(hash);
         let mut i = g.ideal(hash);
         for _ in 0..g.slots {
-            let f = Self::fp_at(g, view, b, i)?;
+            let f = fps[i as usize];
             if f == 0 {
                 return Ok(Probe::Vacant(i));
             }
@@ -830,7 +831,7 @@ where
         let mut i = 0u64;
         while i < dir.len() as u64 {
             let slot = h.dir + i * 8;
-            let (b, l) = Self::bucket_depth(h, view, dir[i as usize], slot)?;
+            let (b, l, _) = Self::bucket_depth(h, view, dir[i as usize], slot)?;
             let span = 1u64 << (h.depth - l);
             if i % span != 0 || out.len() as u64 == h.buckets {
                 return Err(corrupt(
