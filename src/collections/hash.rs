@@ -243,9 +243,9 @@ fn dir_index(hash: u64, depth: u64) -> u64 {
     }
 }
 
-/// What a probe of one bucket found.
-enum Probe {
-    Found(u64),
+/// What a probe of one bucket found (a hit with its slot's bytes, read once).
+enum Probe<'v> {
+    Found(u64, &'v [u8]),
     Vacant(u64),
     Full,
 }
@@ -416,7 +416,13 @@ where
     /// Probe bucket `b` for `key`: where it is, the empty slot where it would go, or full. The
     /// fingerprints come in one checked read (in a transaction, a bucket whose fingerprints are
     /// partly staged is composed): one stage lookup per probe sequence instead of one per slot.
-    fn find<W: View>(g: &Geo, view: &W, b: u64, key: &K::Input, hash: u64) -> Result<Probe> {
+    fn find<'v, W: View>(
+        g: &Geo,
+        view: &'v W,
+        b: u64,
+        key: &K::Input,
+        hash: u64,
+    ) -> Result<Probe<'v>> {
         let fps = view.slice(PSlice::<u8>::from_raw_parts(b + BUCKET_HEADER, g.slots))?;
         let want = fingerprint(hash);
         let mut i = g.ideal(hash);
@@ -425,21 +431,31 @@ where
             if f == 0 {
                 return Ok(Probe::Vacant(i));
             }
-            if f == want && K::load(view.get(Self::key_ptr(g, b, i))?, view)? == key {
-                return Ok(Probe::Found(i));
+            if f == want {
+                let slot = view.slice(g.slot(b, i))?;
+                if K::load(Self::field::<K>(slot, 0, b + g.at(i))?, view)? == key {
+                    return Ok(Probe::Found(i, slot));
+                }
             }
             i = g.next(i);
         }
         Ok(Probe::Full)
     }
 
-    /// Where `key` is: its bucket and slot.
-    fn locate<W: View>(
+    /// The key or value at byte `at` of a slot's bytes (`slot_at` names the slot in errors).
+    fn field<T: bytemuck::Pod>(slot: &[u8], at: u64, slot_at: u64) -> Result<&T> {
+        let at = at as usize;
+        bytemuck::try_from_bytes(&slot[at..at + std::mem::size_of::<T>()])
+            .map_err(|_| corrupt(slot_at, "PHashMap slot misaligned"))
+    }
+
+    /// Where `key` is: its bucket and slot, and the slot's bytes.
+    fn locate<'v, W: View>(
         h: &PHashMap<K, V>,
         g: &Geo,
-        view: &W,
+        view: &'v W,
         key: &K::Input,
-    ) -> Result<Option<(u64, u64)>> {
+    ) -> Result<Option<(u64, u64, &'v [u8])>> {
         if h.dir == 0 {
             return Ok(None);
         }
@@ -451,7 +467,7 @@ where
             Self::verify_bucket(h, view, b, hash)?;
         }
         Ok(match Self::find(g, view, b, key, hash)? {
-            Probe::Found(i) => Some((b, i)),
+            Probe::Found(i, slot) => Some((b, i, slot)),
             _ => {
                 Self::verify_bucket(h, view, b, hash)?;
                 None
@@ -486,7 +502,10 @@ where
         let h = self.header(view)?;
         let g = Geo::of::<K, V>();
         match Self::locate(&h, &g, view, key)? {
-            Some((b, i)) => Ok(Some(V::load(view.get(Self::val_ptr(&g, b, i))?, view)?)),
+            Some((b, i, slot)) => {
+                let v = Self::field::<V>(slot, g.val_at, b + g.at(i))?;
+                Ok(Some(V::load(v, view)?))
+            }
             None => Ok(None),
         }
     }
@@ -524,7 +543,7 @@ where
     pub fn get_mut(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<Option<PPtr<V>>> {
         let h = self.header(tx)?;
         let g = Geo::of::<K, V>();
-        Ok(Self::locate(&h, &g, tx, key)?.map(|(b, i)| Self::val_ptr(&g, b, i)))
+        Ok(Self::locate(&h, &g, tx, key)?.map(|(b, i, _)| Self::val_ptr(&g, b, i)))
     }
 
     /// Entry-style update: the pointer to `key`'s value handle, inserting `value` first if the
@@ -587,7 +606,7 @@ where
         loop {
             let (b, l) = Self::bucket(&h, tx, hash)?;
             match Self::find(&g, tx, b, key, hash)? {
-                Probe::Found(i) => {
+                Probe::Found(i, _) => {
                     let vp = Self::val_ptr(&g, b, i);
                     let old = *tx.get(vp)?;
                     let v = V::store(tx, value)?;
@@ -770,7 +789,7 @@ where
     pub fn remove(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
         let mut h = self.header(tx)?;
         let g = Geo::of::<K, V>();
-        let Some((b, mut i)) = Self::locate(&h, &g, tx, key)? else {
+        let Some((b, mut i, _)) = Self::locate(&h, &g, tx, key)? else {
             return Ok(false);
         };
         let k = *tx.get(Self::key_ptr(&g, b, i))?;
