@@ -647,24 +647,26 @@ fn hash_map_splits_buckets_and_frees_them() {
     assert_eq!(heap.stats().unwrap().used_bytes, used0);
 }
 
-/// A damaged hash map: a directory entry aimed at another bucket, and a full bucket whose tags
-/// were all overwritten with one value (no split can separate them): errors, never a hang.
+/// A damaged hash map: a directory entry aimed at another bucket, and a full bucket of equal
+/// keys whose fingerprints were overwritten (no split can separate them): errors, never a hang.
 #[test]
 fn damaged_hash_maps_give_errors() {
     type Big = PHashMap<u64, Val>;
-    let dir = tempfile::tempdir().unwrap();
-    let heap = Heap::create(dir.path().join("hdamage.heap"), Options::new()).unwrap();
-    // The directory: after 200 keys, the first entry that names another bucket than entry 0
-    // is aimed at entry 0's bucket.
-    let m = heap
-        .transaction(|tx| {
+    let filled = |heap: &Heap, n: u64| {
+        heap.transaction(|tx| {
             let m = Big::new(tx)?;
-            for k in 0..200u64 {
+            for k in 0..n {
                 m.insert(tx, &k, &val_of(k))?;
             }
             Ok(m)
         })
-        .unwrap();
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("hdamage.heap"), Options::new()).unwrap();
+    // The directory: after 200 keys, the first entry that names another bucket than entry 0
+    // is aimed at entry 0's bucket.
+    let m = filled(&heap, 200);
     heap.read(|r| m.check(r)).unwrap();
     let [dir0, depth] = heap.read(|r| Ok(*r.get(m.cast::<[u64; 2]>())?)).unwrap();
     let d = txheap::PSlice::<u64>::from_raw_parts(dir0, 1 << depth);
@@ -686,15 +688,7 @@ fn damaged_hash_maps_give_errors() {
     // 16-byte header, 16 fingerprint bytes, then slots of 496 bytes from byte 32, each the key
     // and the value). Every key set to 5 and every fingerprint to one that is not key 5's:
     // inserting key 5 finds no match and a full bucket that no split can divide.
-    let m = heap
-        .transaction(|tx| {
-            let m = Big::new(tx)?;
-            for k in 0..16u64 {
-                m.insert(tx, &k, &val_of(k))?;
-            }
-            Ok(m)
-        })
-        .unwrap();
+    let m = filled(&heap, 16);
     let h = heap.read(|r| Ok(*r.get(m)?)).unwrap();
     assert_eq!((h.buckets(), h.capacity()), (1, 16));
     // At depth 0 the header's first word points at the one bucket.

@@ -228,8 +228,10 @@ impl Geo {
     }
 }
 
-/// A slot's fingerprint: seven bits of the hash (neither the directory's top bits nor the low
-/// bits that pick the ideal slot) with the top bit set, so never 0 (an empty slot).
+/// A slot's fingerprint: hash bits 32..38 (not the low bits that pick the ideal slot, and not
+/// the directory's top bits while it has at most 2^25 entries: past that, keys of one bucket
+/// share them and fingerprints stop filtering, which costs key comparisons, not correctness)
+/// with the top bit set, so never 0 (an empty slot).
 fn fingerprint(hash: u64) -> u8 {
     0x80 | ((hash >> 32) as u8 & 0x7f)
 }
