@@ -349,7 +349,18 @@ impl LiveCopy {
     /// root area, each zone table chunk, the first [`LIVE_CHUNK_HEAD`] bytes of every other
     /// chunk, then the log's committed frames (scanned after the rest); kept only if both slots
     /// read the same afterwards, else tried again.
+    ///
+    /// A frame the scan finds damaged may be one the writer was still writing when the scan read
+    /// it, vouched for by a frame written after that read: the scan is tried again, and the
+    /// damage is reported only when the same frame is damaged on two attempts in a row (by the
+    /// second, a frame that a durable later frame vouched for has long been complete).
     fn take(path: &Path) -> Result<LiveCopy> {
+        Self::take_with(path, &mut |_| {})
+    }
+
+    /// [`LiveCopy::take`], calling `before_attempt` with each attempt's number first (tests
+    /// change the file there, as a writer would).
+    fn take_with(path: &Path, before_attempt: &mut dyn FnMut(usize)) -> Result<LiveCopy> {
         use crate::alloc::CHUNKS_PER_ZONE;
         use crate::limits::CHUNK_SIZE;
         use std::os::unix::fs::FileExt;
@@ -393,7 +404,9 @@ impl LiveCopy {
         };
         let slots_len = 2 * recovery::SUPERBLOCK_SLOT_LEN;
         let mut slots = vec![0u8; slots_len as usize];
-        'attempt: for _ in 0..LIVE_TRIES {
+        let mut damaged_before = None;
+        'attempt: for attempt in 0..LIVE_TRIES {
+            before_attempt(attempt);
             if storage.read_at(0, &mut slots).is_err() {
                 continue;
             }
@@ -423,8 +436,14 @@ impl LiveCopy {
             }
             let scan = recovery::scan_log(&storage, &sb, &mut |_, _| Ok(()))?;
             if let Some(d) = scan.damage {
-                return Err(d.error().into());
+                let seen = Some((d.offset, d.txid, slots.clone()));
+                if damaged_before == seen || attempt + 1 == LIVE_TRIES {
+                    return Err(d.error().into());
+                }
+                damaged_before = seen;
+                continue; // perhaps a frame being written: read it again
             }
+            damaged_before = None;
             if !copy_range(sb.log_offset(), scan.end_offset)? {
                 continue;
             }
@@ -727,5 +746,67 @@ impl CheckReport {
             .max()
             .unwrap_or(Verdict::Clean);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// A heap held open for writing with three frames in its log, and the offset of a payload
+    /// byte of the first frame (which the second frame vouches for).
+    fn live_heap(dir: &Path) -> (Heap, PathBuf, u64) {
+        let path = dir.join("live.heap");
+        let heap = Heap::create(&path, crate::Options::new()).unwrap();
+        for i in 0..3u64 {
+            heap.transaction(|tx| tx.alloc([i; 6]).map(|_| ())).unwrap();
+        }
+        let log = read_log(&path).unwrap();
+        assert_eq!(log.frames.len(), 3, "the test needs the frames in the log");
+        (heap, path, log.frames[0].offset + 60)
+    }
+
+    fn flip(path: &Path, at: u64) {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 1], at).unwrap();
+    }
+
+    /// The scan read a frame while the writer was still writing it, then the frame after it:
+    /// the next attempt reads it whole, and the copy is taken (this was an error before).
+    #[test]
+    fn a_frame_read_while_being_written_is_read_again() {
+        let d = tempfile::tempdir().unwrap();
+        let (_heap, path, at) = live_heap(d.path());
+        flip(&path, at);
+        let mut attempts = 0;
+        let copy = LiveCopy::take_with(&path, &mut |n| {
+            attempts += 1;
+            if n == 1 {
+                flip(&path, at); // the writer finished the frame
+            }
+        })
+        .unwrap();
+        assert_eq!((copy.txid, attempts), (3, 2));
+    }
+
+    /// Damage that stays is reported at the second attempt, naming the frame.
+    #[test]
+    fn a_frame_damaged_twice_is_damage() {
+        let d = tempfile::tempdir().unwrap();
+        let (_heap, path, at) = live_heap(d.path());
+        flip(&path, at);
+        let mut attempts = 0;
+        let err = LiveCopy::take_with(&path, &mut |_| attempts += 1)
+            .err()
+            .expect("damage is an error");
+        assert_eq!(attempts, 2);
+        assert!(err.to_string().contains("transaction 1 "), "{err}");
     }
 }
