@@ -658,11 +658,12 @@ impl<'h> Tx<'h> {
             },
             header: self.header,
             in_place: false,
+            logged_end: 0,
         };
-        build_frame(w, &mut plan, log_size)?;
+        build_frame(self.sh, w, &mut plan)?;
         if few && w.frame.encoded_len() as u64 > log_size {
             plan.fresh = std::mem::take(&mut fresh);
-            build_frame(w, &mut plan, log_size)?;
+            build_frame(self.sh, w, &mut plan)?;
         }
         let wait = w.commit(self.sh, plan)?;
         self.done = true;
@@ -671,15 +672,26 @@ impl<'h> Tx<'h> {
 }
 
 /// The frame of `plan` in `w.frame`: every staged range, user data and allocator metadata
-/// alike, except the pieces that go in place (which set `plan.in_place`).
-fn build_frame(w: &mut Writer, plan: &mut CommitPlan<'_>, log_size: u64) -> Result<()> {
+/// alike, except the pieces that go in place (which set `plan.in_place`). Asserts that every
+/// logged piece lies inside the mapped heap (the apply writes them into the mapping), and sets
+/// `plan.logged_end`.
+fn build_frame(sh: &Shared, w: &mut Writer, plan: &mut CommitPlan<'_>) -> Result<()> {
+    let log_size = sh.geo.log_size;
     w.frame.clear();
     let mut in_place = false;
+    let mut logged_end = 0;
+    let (low, high) = (sh.geo.heap_offset, sh.map.mapped_len());
     plan.for_each_piece(|at, piece, direct| {
         if direct {
             in_place = true;
             return Ok(());
         }
+        let end = at + piece.len() as u64;
+        assert!(
+            at >= low && end <= high,
+            "applied range {at}..{end} is outside the mapped heap"
+        );
+        logged_end = logged_end.max(end);
         // A range longer than u32::MAX cannot be staged (the log is smaller), but say so.
         w.frame
             .push_range(at, piece)
@@ -689,6 +701,7 @@ fn build_frame(w: &mut Writer, plan: &mut CommitPlan<'_>, log_size: u64) -> Resu
             })
     })?;
     plan.in_place = in_place;
+    plan.logged_end = logged_end;
     Ok(())
 }
 

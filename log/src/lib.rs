@@ -93,6 +93,15 @@ fn pad(n: usize) -> usize {
     n.div_ceil(FRAME_ALIGN) * FRAME_ALIGN
 }
 
+/// The header of a range of `len` bytes (at most [`RANGE_LEN_MAX`]) that writes at `offset`.
+fn range_header(offset: u64, len: usize) -> [u8; RANGE_HEADER_LEN] {
+    let mut h = [0u8; RANGE_HEADER_LEN];
+    h[RANGE_OFFSET_OFFSET..RANGE_LEN_OFFSET].copy_from_slice(&offset.to_le_bytes());
+    h[RANGE_LEN_OFFSET..RANGE_RESERVED_OFFSET].copy_from_slice(&(len as u32).to_le_bytes());
+    // (`reserved` stays zero.)
+    h
+}
+
 /// Why a range could not be added to a frame.
 ///
 /// ```
@@ -196,18 +205,20 @@ impl FrameBuilder {
     /// b.push_range(8192, b"abc").unwrap();
     /// ```
     pub fn push_range(&mut self, offset: u64, bytes: &[u8]) -> Result<(), FrameError> {
-        self.push_range_zeroed(offset, bytes.len())?
-            .copy_from_slice(bytes);
+        // (Not `push_range_zeroed` and a copy: appending the bytes once, without zeroing them
+        // first, is most of a small commit's frame building.)
+        let len = bytes.len();
+        self.room_for(len)?;
+        self.buf.reserve(RANGE_HEADER_LEN + pad(len));
+        self.buf.extend_from_slice(&range_header(offset, len));
+        self.buf.extend_from_slice(bytes);
+        self.buf.resize(self.buf.len() + pad(len) - len, 0);
+        self.count += 1;
         Ok(())
     }
 
-    /// Append a range of `len` zero bytes at `offset` and return it to fill in place.
-    ///
-    /// ```
-    /// let mut b = txheap_log::FrameBuilder::new();
-    /// b.push_range_zeroed(0, 4).unwrap().copy_from_slice(&[9; 4]);
-    /// ```
-    pub fn push_range_zeroed(&mut self, offset: u64, len: usize) -> Result<&mut [u8], FrameError> {
+    /// Whether a range of `len` bytes may be added.
+    fn room_for(&self, len: usize) -> Result<(), FrameError> {
         if len > RANGE_LEN_MAX {
             return Err(FrameError::RangeTooLong {
                 len,
@@ -225,12 +236,18 @@ impl FrameBuilder {
                 max: PAYLOAD_LEN_MAX,
             });
         }
-        let header = self.buf.len();
-        self.buf.resize(header + RANGE_HEADER_LEN, 0);
-        let range = &mut self.buf[header..];
-        range[RANGE_OFFSET_OFFSET..RANGE_LEN_OFFSET].copy_from_slice(&offset.to_le_bytes());
-        range[RANGE_LEN_OFFSET..RANGE_RESERVED_OFFSET].copy_from_slice(&(len as u32).to_le_bytes());
-        range[RANGE_RESERVED_OFFSET..RANGE_HEADER_LEN].copy_from_slice(&0u32.to_le_bytes());
+        Ok(())
+    }
+
+    /// Append a range of `len` zero bytes at `offset` and return it to fill in place.
+    ///
+    /// ```
+    /// let mut b = txheap_log::FrameBuilder::new();
+    /// b.push_range_zeroed(0, 4).unwrap().copy_from_slice(&[9; 4]);
+    /// ```
+    pub fn push_range_zeroed(&mut self, offset: u64, len: usize) -> Result<&mut [u8], FrameError> {
+        self.room_for(len)?;
+        self.buf.extend_from_slice(&range_header(offset, len));
         let start = self.buf.len();
         self.buf.resize(start + pad(len), 0);
         self.count += 1;
