@@ -393,6 +393,33 @@ impl Heap {
         self.stats_progress(&mut |_, _| {})
     }
 
+    /// Which allocated blocks the root (of type `R`) reaches, which it leaks and which of its
+    /// pointers dangle, in the newest committed state: [`Reader::reachability`] in a
+    /// [`Heap::read`], so commits go on meanwhile.
+    ///
+    /// ```
+    /// use txheap::{PHashMap, PPtr, PString, PVec};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("hr.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let root = tx.root::<PHashMap<PString, PVec<u64>>>()?;
+    ///     root.insert(tx, "primes", &txheap::bytemuck::Zeroable::zeroed())?;
+    ///     let v = root.get_mut(tx, "primes")?.expect("just inserted");
+    ///     for p in [2, 3, 5, 7] {
+    ///         v.push(tx, p)?;
+    ///     }
+    ///     tx.alloc(0u64)?; // nothing will point at this one
+    ///     Ok(())
+    /// })?;
+    /// let r = heap.reachability::<PHashMap<PString, PVec<u64>>>()?;
+    /// // The bucket, the key's bytes and the vector's buffer; and one leak.
+    /// assert_eq!((r.reached_blocks, r.leaked.len()), (3, 1));
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn reachability<R: crate::Stored>(&self) -> Result<crate::Reachability> {
+        self.read(|r| r.reachability::<R>())
+    }
+
     /// [`Heap::stats`], calling `progress(runs done, runs)` as the walk over run bitmaps goes.
     pub(crate) fn stats_progress(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<Stats> {
         self.refuse_reentry()?;

@@ -81,6 +81,7 @@ mod open;
 mod options;
 mod platform;
 mod pptr;
+mod reach;
 mod reader;
 mod shared;
 mod snapshot;
@@ -102,6 +103,7 @@ pub use limits::ROOT_LEN_MAX;
 pub use open::reachable_ranges;
 pub use options::{Access, CompactReport, Durability, Options, Stats};
 pub use pptr::{PPtr, PSlice};
+pub use reach::{Dangling, Reachability, Walk};
 pub use reader::Reader;
 pub use storage::IoCounters;
 #[cfg(feature = "test-hooks")]

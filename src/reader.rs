@@ -203,6 +203,11 @@ impl<'h> Reader<'h> {
         }
     }
 
+    /// Where the chunk area starts.
+    pub(crate) fn chunk_area(&self) -> u64 {
+        self.sh.geo.chunk_area
+    }
+
     /// The snapshot's transaction id and heap header.
     pub(crate) fn state(&self) -> (u64, crate::alloc::HeapHeader) {
         (self.snap.txid, self.snap.header)

@@ -1,8 +1,9 @@
 //! Stored type identity: what a heap file records about the types it holds.
 //!
 //! Owns: the [`Stored`] trait, its implementations for the primitive types, arrays, [`PPtr`]
-//! and [`PSlice`], and the identity arithmetic (`Field::struct_id`, [`describe`]). May not:
-//! touch the heap; the root check (`layout`) and the collections use it.
+//! and [`PSlice`], and the identity arithmetic (`Field::struct_id`, [`describe`]); each type's
+//! `refs` (its pointers, for the reachability walk of `reach`). May not: touch the heap; the
+//! root check (`layout`), the collections and `reach` use it.
 //!
 //! A type's identity ([`Stored::ID`]) is a 64-bit FNV-1a hash of its chosen name, size and
 //! alignment and, for a struct, of every field's name, offset and type identity. It goes
@@ -45,6 +46,38 @@ pub trait Stored: Pod {
     const FIELDS: &'static [Field];
     /// The identity: name, size, alignment and, through values, every field.
     const ID: u64;
+    /// Whether a value can hold heap pointers (reachability walks skip the contents of types
+    /// that cannot). True unless said otherwise: the integers, floats and arrays of them say
+    /// false, and the derive says whether any field can.
+    const HOLDS_POINTERS: bool = true;
+
+    /// Report the heap pointers this value holds to `walk` (for [`crate::Heap::reachability`]):
+    /// `walk.pointer(p)` for each `PPtr`, `walk.slice(s)` for each `PSlice`, and the fields'
+    /// own `refs` for nested values. The derive writes it from the fields; `PPtr`, `PSlice`,
+    /// arrays and the collections implement it. The default reports nothing: a type
+    /// implemented by hand that holds pointers should report them, or what they point at will
+    /// look leaked.
+    ///
+    /// ```
+    /// use txheap::{PPtr, Stored};
+    /// #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, Stored)]
+    /// #[repr(C)]
+    /// struct Pair { a: PPtr<u64>, b: PPtr<u64> }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("refs.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let (a, b) = (tx.alloc(1u64)?, tx.alloc(2u64)?);
+    ///     let root = tx.root::<Pair>()?;
+    ///     *tx.get_mut(root)? = Pair { a, b };
+    ///     Ok(())
+    /// })?;
+    /// assert_eq!(heap.reachability::<Pair>()?.reached_blocks, 2);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> crate::Result<()> {
+        let _ = walk;
+        Ok(())
+    }
 }
 
 pub use txheap_derive::Stored;
@@ -143,6 +176,7 @@ macro_rules! primitive {
             const NAME: &'static str = stringify!($t);
             const FIELDS: &'static [Field] = &[];
             const ID: u64 = leaf_id("primitive", stringify!($t), std::mem::size_of::<$t>(), std::mem::align_of::<$t>());
+            const HOLDS_POINTERS: bool = false;
         }
     )*};
 }
@@ -171,6 +205,15 @@ impl<T: Stored, const N: usize> Stored for [T; N] {
         fnv_u64(leaf_id("array", "", std::mem::size_of::<Self>(), 1), T::ID),
         N as u64,
     );
+    const HOLDS_POINTERS: bool = T::HOLDS_POINTERS && N > 0;
+    fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> crate::Result<()> {
+        if T::HOLDS_POINTERS {
+            for e in self {
+                e.refs(walk)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<T: Stored> Stored for PPtr<T> {
@@ -178,12 +221,18 @@ impl<T: Stored> Stored for PPtr<T> {
     const FIELDS: &'static [Field] = &[];
     // Through a pointer only the target's name counts: a recursive type has an identity.
     const ID: u64 = leaf_id("PPtr", T::NAME, 8, 8);
+    fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> crate::Result<()> {
+        walk.pointer(*self)
+    }
 }
 
 impl<T: Stored> Stored for PSlice<T> {
     const NAME: &'static str = "PSlice";
     const FIELDS: &'static [Field] = &[];
     const ID: u64 = leaf_id("PSlice", T::NAME, 16, 8);
+    fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> crate::Result<()> {
+        walk.slice(*self)
+    }
 }
 
 /// A one-line description of `T`'s layout, as the file records it for the root and the

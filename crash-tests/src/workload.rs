@@ -392,7 +392,10 @@ pub fn step(heap: &Heap, seed: u64, abort: bool) -> txheap::Result<u64> {
     })
 }
 
-/// Check a heap against the workload: returns the counter, or what is wrong.
+/// Check a heap against the workload: returns the counter, or what is wrong. Checked: the
+/// list's newest nodes intact and in order, both maps' invariants and entries, the allocator's
+/// used bytes equal to what the list and maps hold, and `Heap::reachability` clean (every
+/// allocated block reached from the root, no dangling pointer) with the same bytes.
 ///
 /// ```
 /// use crash_tests::{options, step, verify};
@@ -468,6 +471,19 @@ pub fn verify(heap: &Heap, seed: u64) -> Result<u64, String> {
         return Err(format!(
             "allocator counts {used} bytes used, {reachable} reachable"
         ));
+    }
+    if counter > 0 {
+        // The library's own walk from the root (`Heap::reachability`) must agree: no leak, no
+        // dangling pointer, and the same bytes as the sums above.
+        let reach = heap
+            .reachability::<Root>()
+            .map_err(|e| format!("reachability walk: {e}"))?;
+        if !reach.is_clean() || reach.reached_bytes != used {
+            return Err(format!(
+                "reachability: {} of {} bytes reached, leaked {:?}, dangling {:?}",
+                reach.reached_bytes, used, reach.leaked, reach.dangling
+            ));
+        }
     }
     Ok(counter)
 }

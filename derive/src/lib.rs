@@ -1,7 +1,8 @@
 //! `#[derive(Stored)]` for [txheap](https://docs.rs/txheap): implements `Stored` and (as plain
 //! data) `Element`; gives a plain-data struct a stored
 //! identity made of a name you choose, its size, its alignment and its fields (name, offset and
-//! each field type's own identity). Use it through `txheap::Stored`, which re-exports it.
+//! each field type's own identity), and a `refs` that reports every field's heap pointers to a
+//! reachability walk. Use it through `txheap::Stored`, which re-exports it.
 //!
 //! ```ignore
 //! #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, txheap::Stored)]
@@ -56,7 +57,15 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             ))
         }
     };
+    // A packed struct's fields may be unaligned: `refs` copies each field out instead of
+    // borrowing it.
+    let packed = input
+        .attrs
+        .iter()
+        .any(|a| a.path().is_ident("repr") && a.to_token_stream().to_string().contains("packed"));
     let mut entries = Vec::new();
+    let mut refs = Vec::new();
+    let mut holds = Vec::new();
     for (i, f) in fields.iter().enumerate() {
         let ty = &f.ty;
         let (fname, member) = match (&f.ident, fields) {
@@ -68,6 +77,21 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             _ => unreachable!("a field without a name is in a tuple struct"),
         };
         let ty_text = normalise(&ty.to_token_stream().to_string());
+        holds.push(quote! { <#ty as ::txheap::Stored>::HOLDS_POINTERS });
+        refs.push(if packed {
+            quote! {
+                if <#ty as ::txheap::Stored>::HOLDS_POINTERS {
+                    let field = self.#member;
+                    ::txheap::Stored::refs(&field, walk)?;
+                }
+            }
+        } else {
+            quote! {
+                if <#ty as ::txheap::Stored>::HOLDS_POINTERS {
+                    ::txheap::Stored::refs(&self.#member, walk)?;
+                }
+            }
+        });
         entries.push(quote! {
             ::txheap::Field {
                 name: #fname,
@@ -92,6 +116,12 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
                 ::core::mem::align_of::<Self>(),
                 Self::FIELDS,
             );
+            const HOLDS_POINTERS: bool = false #(|| #holds)*;
+            fn refs(&self, walk: &mut ::txheap::Walk<'_, '_>) -> ::txheap::Result<()> {
+                let _ = &walk;
+                #(#refs)*
+                ::core::result::Result::Ok(())
+            }
         }
         impl #impl_g ::txheap::Element for #ident #ty_g #where_c {
             type Input = Self;

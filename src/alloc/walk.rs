@@ -116,6 +116,42 @@ impl Allocator {
         Ok(())
     }
 
+    /// Every allocated block `(offset, size)` of a heap with these chunk tables, sorted by
+    /// offset: each large object's extent (its recorded size) and each run's blocks whose
+    /// bitmap bit is set (bits past the run's block count are ignored). For reachability
+    /// (`Reader::reachability`).
+    pub(crate) fn allocations(
+        chunk_area: u64,
+        chunk_count: u64,
+        read: &dyn Fn(u64, &mut [u8]),
+    ) -> Result<Vec<(u64, u64)>> {
+        let mut extents = Vec::new();
+        Self::rebuild_visiting(chunk_area, chunk_count, read, &mut |c, e| {
+            extents.push((c, *e))
+        })?;
+        extents.sort_by_key(|&(c, _)| c);
+        let mut out = Vec::new();
+        let mut bitmap = Vec::new();
+        for (c, e) in extents {
+            let at = chunk_area + c as u64 * crate::limits::CHUNK_SIZE;
+            match e {
+                Entry::Free { .. } | Entry::Table => {}
+                Entry::Large { size, .. } => out.push((at, size)),
+                Entry::Run { class } => {
+                    let g = super::format::RunGeom::of_class(class);
+                    bitmap.resize((g.bitmap_words() * 8) as usize, 0);
+                    read(at, &mut bitmap);
+                    for b in 0..g.block_count {
+                        if bitmap[(b / 8) as usize] >> (b % 8) & 1 == 1 {
+                            out.push((at + g.data_offset + b * g.block_size, g.block_size));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The byte ranges `(offset, len)` of the chunk area that a heap with these chunk tables
     /// reaches: every table entry the walk decodes, each run's bitmap and allocated blocks,
     /// each large object's bytes. Not reached: free extents' bodies, free blocks, padding,

@@ -113,6 +113,52 @@ impl<K: Stored, V: Stored> Stored for PBTreeMap<K, V> {
         8,
         &[Field::element("K", K::ID), Field::element("V", V::ID)],
     );
+
+    /// The nodes, and what each key (separator copies included) and value reach.
+    fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> Result<()> {
+        let h = *self;
+        check_id::<K>(h.key_id, walk.at(), "key")?;
+        check_id::<V>(h.val_id, walk.at(), "value")?;
+        if h.height == 0 {
+            return Ok(());
+        }
+        if h.height > HEIGHT_MAX {
+            return Err(corrupt(
+                walk.at(),
+                format!("PBTreeMap header: height {}", h.height),
+            ));
+        }
+        let r = walk.reader();
+        let g = Geo::of::<K, V>();
+        let mut seen = HashSet::new();
+        let mut stack = vec![(h.root, h.height - 1)];
+        while let Some((at, level)) = stack.pop() {
+            if !seen.insert(at) {
+                return Err(corrupt(at, "B-tree node reached twice"));
+            }
+            if !walk.block(at, g.bytes(level)) {
+                continue;
+            }
+            let nh = *r.get(PPtr::<NodeHeader>::from_offset(at))?;
+            let n = g.check(at, nh, level)?;
+            if K::HOLDS_POINTERS {
+                for k in r.slice(PSlice::<K>::from_raw_parts(at + g.keys_at, n.count))? {
+                    k.refs(walk)?;
+                }
+            }
+            if level == 0 {
+                if V::HOLDS_POINTERS {
+                    for v in r.slice(PSlice::<V>::from_raw_parts(at + g.vals_at, n.count))? {
+                        v.refs(walk)?;
+                    }
+                }
+            } else {
+                let children = PSlice::<u64>::from_raw_parts(at + g.children_at, n.count + 1);
+                stack.extend(r.slice(children)?.iter().map(|&c| (c, level - 1)));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<K: Stored, V: Stored> Element for PBTreeMap<K, V> {
@@ -200,6 +246,29 @@ impl Geo {
             vals_at: align_up(keys_at + leaf_cap * ks, va),
             children_at: align_up(keys_at + inner_cap * ks, 8),
         }
+    }
+
+    /// Check a node header read at `at` against the level expected there.
+    fn check(&self, at: u64, nh: NodeHeader, level: u64) -> Result<Node> {
+        let cap = if level == 0 {
+            self.leaf_cap
+        } else {
+            self.inner_cap
+        };
+        if nh.level as u64 != level || nh.count as u64 > cap {
+            return Err(corrupt(
+                at,
+                format!(
+                    "B-tree node: level {} count {} where level {level} and at most {cap} entries were expected",
+                    nh.level, nh.count
+                ),
+            ));
+        }
+        Ok(Node {
+            at,
+            level: nh.level,
+            count: nh.count as u64,
+        })
     }
 
     /// Bytes of a node at `level`.
@@ -318,21 +387,7 @@ where
 
     /// Check a node header read at `at` against the level expected there.
     fn check_header(g: &Geo, at: u64, nh: NodeHeader, level: u64) -> Result<Node> {
-        let cap = if level == 0 { g.leaf_cap } else { g.inner_cap };
-        if nh.level as u64 != level || nh.count as u64 > cap {
-            return Err(corrupt(
-                at,
-                format!(
-                    "B-tree node: level {} count {} where level {level} and at most {cap} entries were expected",
-                    nh.level, nh.count
-                ),
-            ));
-        }
-        Ok(Node {
-            at,
-            level: nh.level,
-            count: nh.count as u64,
-        })
+        g.check(at, nh, level)
     }
 
     /// Read the node at `at`, which must be at `level`.

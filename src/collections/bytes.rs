@@ -102,6 +102,11 @@ impl Stored for PBytes {
     const NAME: &'static str = "PBytes";
     const FIELDS: &'static [Field] = &[];
     const ID: u64 = Field::struct_id("PBytes", 16, 8, &[]);
+
+    /// The bytes' allocation.
+    fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> Result<()> {
+        walk.slice(self.slice)
+    }
 }
 
 impl Element for PBytes {
@@ -206,6 +211,11 @@ impl Stored for PString {
     const NAME: &'static str = "PString";
     const FIELDS: &'static [Field] = &[];
     const ID: u64 = Field::struct_id("PString", 16, 8, &[]);
+
+    /// The bytes' allocation.
+    fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> Result<()> {
+        self.bytes.refs(walk)
+    }
 }
 
 impl Element for PString {

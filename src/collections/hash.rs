@@ -109,6 +109,52 @@ impl<K: Stored, V: Stored> Stored for PHashMap<K, V> {
             Field::element("layout", 2),
         ],
     );
+
+    /// The directory, the buckets, and what each entry's key and value reach.
+    fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> Result<()> {
+        let h = *self;
+        check_id::<K>(h.key_id, walk.at(), "key")?;
+        check_id::<V>(h.val_id, walk.at(), "value")?;
+        if h.dir == 0 {
+            return Ok(());
+        }
+        if h.depth > MAX_DEPTH {
+            return Err(corrupt(
+                walk.at(),
+                format!("PHashMap header: directory depth {}", h.depth),
+            ));
+        }
+        let r = walk.reader();
+        let g = Geo::of::<K, V>();
+        let dir: std::borrow::Cow<'_, [u64]> = if h.depth == 0 {
+            std::borrow::Cow::Owned(vec![h.dir])
+        } else {
+            if !walk.block(h.dir, 8 << h.depth) {
+                return Ok(());
+            }
+            std::borrow::Cow::Borrowed(r.slice(PSlice::<u64>::from_raw_parts(h.dir, 1 << h.depth))?)
+        };
+        // A bucket owns an aligned run of directory entries: walk each once.
+        let mut last = 0;
+        for &b in dir.iter() {
+            if b == last {
+                continue;
+            }
+            last = b;
+            if !walk.block(b, g.bytes) || !(K::HOLDS_POINTERS || V::HOLDS_POINTERS) {
+                continue;
+            }
+            let fps = r.slice(PSlice::<u8>::from_raw_parts(b + BUCKET_HEADER, g.slots))?;
+            for (i, &fp) in fps.iter().enumerate() {
+                if fp != 0 {
+                    let at = b + g.at(i as u64);
+                    r.get(PPtr::<K>::from_offset(at))?.refs(walk)?;
+                    r.get(PPtr::<V>::from_offset(at + g.val_at))?.refs(walk)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<K: Stored, V: Stored> Element for PHashMap<K, V> {

@@ -63,6 +63,18 @@ impl<T: Stored> Stored for PVec<T> {
     const NAME: &'static str = "PVec";
     const FIELDS: &'static [Field] = &[];
     const ID: u64 = Field::struct_id("PVec", 32, 8, &[Field::element("T", T::ID)]);
+
+    /// The buffer (its whole capacity), and what each element reaches.
+    fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> Result<()> {
+        let h = self.checked(walk.at())?;
+        if h.buf != 0 && !walk.block(h.buf, h.cap * std::mem::size_of::<T>() as u64) {
+            return Ok(());
+        }
+        if h.len > 0 && T::HOLDS_POINTERS {
+            walk.slice(PSlice::<T>::from_raw_parts(h.buf, h.len))?;
+        }
+        Ok(())
+    }
 }
 
 impl<T: Element> Element for PVec<T> {
@@ -119,18 +131,18 @@ impl<T: Element> PVec<T> {
     }
 }
 
-impl<T: Element> PPtr<PVec<T>> {
-    /// The header, with its element type and shape checked.
-    fn header<V: View>(self, view: &V) -> Result<PVec<T>> {
-        let h = *view.get(self)?;
-        check_id::<T>(h.elem, self.offset(), "element")?;
+impl<T: Stored> PVec<T> {
+    /// This header, read at `at`, with its element type and shape checked.
+    fn checked(self, at: u64) -> Result<PVec<T>> {
+        let h = self;
+        check_id::<T>(h.elem, at, "element")?;
         let size = std::mem::size_of::<T>() as u64;
         if h.len > h.cap
             || (h.cap > 0 && h.buf == 0)
             || (size > 0 && h.cap.checked_mul(size).is_none())
         {
             return Err(corrupt(
-                self.offset(),
+                at,
                 format!(
                     "PVec header: length {} capacity {} buffer {:#x}",
                     h.len, h.cap, h.buf
@@ -138,6 +150,13 @@ impl<T: Element> PPtr<PVec<T>> {
             ));
         }
         Ok(h)
+    }
+}
+
+impl<T: Element> PPtr<PVec<T>> {
+    /// The header, with its element type and shape checked.
+    fn header<V: View>(self, view: &V) -> Result<PVec<T>> {
+        view.get(self)?.checked(self.offset())
     }
 
     fn elements(h: &PVec<T>) -> PSlice<T> {

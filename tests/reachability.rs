@@ -1,0 +1,356 @@
+//! Reachability (`Heap::reachability`): every allocated block the root reaches through
+//! pointers, slices and collections, the leaks, and the dangling pointers. Each test checks the
+//! walk against what the test itself allocated and linked, and against `Heap::stats` (the
+//! allocator's own count of used bytes).
+
+use txheap::{
+    bytemuck, Heap, Options, PBTreeMap, PBytes, PHashMap, PPtr, PSlice, PString, PVec, Stored,
+};
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Stored)]
+#[repr(C)]
+struct Node {
+    value: u64,
+    next: PPtr<Node>,
+    pad: [u64; 2],
+}
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Stored)]
+#[repr(C)]
+struct List {
+    head: PPtr<Node>,
+    len: u64,
+}
+
+fn heap(dir: &tempfile::TempDir, name: &str) -> Heap {
+    Heap::create(dir.path().join(name), Options::new()).unwrap()
+}
+
+/// The list's nodes in order.
+fn nodes(heap: &Heap) -> Vec<PPtr<Node>> {
+    heap.read(|r| {
+        let mut out = Vec::new();
+        let mut p = r.get(r.root::<List>()?)?.head;
+        while !p.is_null() {
+            out.push(p);
+            p = r.get(p)?.next;
+        }
+        Ok(out)
+    })
+    .unwrap()
+}
+
+fn push_nodes(heap: &Heap, n: u64) {
+    heap.transaction(|tx| {
+        let root = tx.root::<List>()?;
+        let mut head = tx.get(root)?.head;
+        for value in 0..n {
+            head = tx.alloc(Node {
+                value,
+                next: head,
+                pad: [0; 2],
+            })?;
+        }
+        let r = tx.get_mut(root)?;
+        r.head = head;
+        r.len += n;
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_list_leaks_what_is_unlinked_and_dangles_where_freed() {
+    let d = tempfile::tempdir().unwrap();
+    let heap = heap(&d, "list.heap");
+    push_nodes(&heap, 1000);
+    let r = heap.reachability::<List>().unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!((r.allocated_blocks, r.reached_blocks), (1000, 1000));
+    assert_eq!(r.allocated_bytes, heap.stats().unwrap().used_bytes);
+
+    // Unlink node 500 without freeing it: exactly that block leaks.
+    let list = nodes(&heap);
+    heap.transaction(|tx| {
+        let next = tx.get(list[500])?.next;
+        tx.get_mut(list[499])?.next = next;
+        Ok(())
+    })
+    .unwrap();
+    let r = heap.reachability::<List>().unwrap();
+    assert_eq!(r.leaked, vec![(list[500].offset(), 32)], "{r:?}");
+    assert!(r.dangling.is_empty());
+    assert_eq!(r.leaked_bytes(), 32);
+
+    // Free node 700 while node 699 still points at it: that pointer dangles, and the nodes
+    // after 700 (reached only through it) are leaked.
+    heap.transaction(|tx| tx.free(list[700])).unwrap();
+    let r = heap.reachability::<List>().unwrap();
+    assert_eq!(r.dangling.len(), 1, "{r:?}");
+    assert_eq!(
+        (r.dangling[0].from, r.dangling[0].to),
+        (list[699].offset(), list[700].offset())
+    );
+    let mut want: Vec<(u64, u64)> = list[701..]
+        .iter()
+        .map(|p| (p.offset(), 32))
+        .chain([(list[500].offset(), 32)])
+        .collect();
+    want.sort_unstable();
+    assert_eq!(r.leaked, want);
+    assert_eq!(r.reached_blocks, 699);
+}
+
+#[test]
+fn a_long_list_is_walked_without_deep_recursion() {
+    // 300,000 nodes: a recursive walk would need a frame per node (the test thread's stack is
+    // 2 MiB); the walk keeps a work list instead.
+    let d = tempfile::tempdir().unwrap();
+    let heap = Heap::create(
+        d.path().join("long.heap"),
+        Options::new().log_size(64 << 20),
+    )
+    .unwrap();
+    push_nodes(&heap, 300_000);
+    let r = heap.reachability::<List>().unwrap();
+    assert!(r.is_clean());
+    assert_eq!(r.reached_blocks, 300_000);
+}
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Stored)]
+#[repr(C)]
+struct Item {
+    id: u64,
+    name: PString,
+}
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Stored)]
+#[repr(C)]
+struct Everything {
+    items: PVec<PPtr<Item>>,
+    by_name: PHashMap<PString, PVec<u64>>,
+    ordered: PBTreeMap<PBytes, PPtr<Item>>,
+    big: PPtr<[u8; 100_000]>,
+    some: PSlice<PPtr<Item>>,
+    nested: PPtr<PVec<PBytes>>,
+}
+
+/// Fill every kind of holder: a vector of pointers, a hash map (split into a directory) with
+/// string keys and vector values, a multi-level B-tree with byte-string keys, a large object, a
+/// slice of pointers and a vector of byte strings behind a pointer.
+fn fill(heap: &Heap) {
+    heap.transaction(|tx| {
+        let root = tx.root::<Everything>()?;
+        let items_ptr = field::<PVec<PPtr<Item>>>(root, std::mem::offset_of!(Everything, items));
+        let map =
+            field::<PHashMap<PString, PVec<u64>>>(root, std::mem::offset_of!(Everything, by_name));
+        let tree =
+            field::<PBTreeMap<PBytes, PPtr<Item>>>(root, std::mem::offset_of!(Everything, ordered));
+        let mut some = Vec::new();
+        for id in 0..300u64 {
+            let name = PString::new(tx, &format!("item-{id}"))?;
+            let it = tx.alloc(Item { id, name })?;
+            items_ptr.push(tx, it)?;
+            tree.insert(tx, format!("key-{id:05}").as_bytes(), &it)?;
+            if id % 10 == 0 {
+                some.push(it);
+            }
+        }
+        for k in 0..2000u64 {
+            map.insert(tx, &format!("k{k}"), &bytemuck::Zeroable::zeroed())?;
+            let v = map.get_mut(tx, &format!("k{k}"))?.expect("just inserted");
+            for x in 0..(k % 5) {
+                v.push(tx, x)?;
+            }
+        }
+        for k in 300..3000u64 {
+            let it = tx.alloc(Item {
+                id: k,
+                name: PString::default(),
+            })?;
+            tree.insert(tx, format!("key-{k:05}").as_bytes(), &it)?;
+        }
+        let big = tx.alloc([7u8; 100_000])?;
+        let some = tx.alloc_slice(&some)?;
+        let nested = PVec::<PBytes>::new(tx)?;
+        for i in 0..50u32 {
+            let b = PBytes::new(tx, &i.to_le_bytes())?;
+            nested.push(tx, b)?;
+        }
+        let r = tx.get_mut(root)?;
+        r.big = big;
+        r.some = some;
+        r.nested = nested;
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn collections_reach_every_block_they_hold() {
+    assert_eq!(std::mem::size_of::<Everything>(), 32 + 64 + 40 + 8 + 16 + 8);
+    let d = tempfile::tempdir().unwrap();
+    let heap = Heap::create(d.path().join("all.heap"), Options::new().log_size(64 << 20)).unwrap();
+    fill(&heap);
+    let r = heap.reachability::<Everything>().unwrap();
+    assert!(
+        r.is_clean(),
+        "leaked {:?}, dangling {:?}",
+        r.leaked,
+        r.dangling
+    );
+    assert_eq!(r.reached_blocks, r.allocated_blocks);
+    assert_eq!(r.allocated_bytes, heap.stats().unwrap().used_bytes);
+    // Items, their names, the vector's buffer, map buckets and directory, 2,000 key strings,
+    // 1,600 vectors' buffers, tree nodes, the big object, the slice, the nested vector's
+    // header, buffer and 50 byte strings.
+    assert!(r.allocated_blocks > 300 + 300 + 1 + 2 + 2000 + 1600 + 10 + 1 + 1 + 52);
+
+    // One orphan of each kind is reported, exactly.
+    let (orphan, lost_buf, lost_node) = heap
+        .transaction(|tx| {
+            let root = tx.root::<Everything>()?;
+            let orphan = PBytes::new(tx, b"nobody points here")?.as_slice().offset();
+            // Forget a map value's vector (its buffer stays allocated).
+            let map = field::<PHashMap<PString, PVec<u64>>>(
+                root,
+                std::mem::offset_of!(Everything, by_name),
+            );
+            let v = map.get_mut(tx, "k4")?.expect("present");
+            let buf = tx.get(v)?.capacity();
+            assert!(buf > 0);
+            let lost_buf = buffer_of(tx, v.offset())?;
+            tx.set(v, bytemuck::Zeroable::zeroed())?;
+            // Overwrite one of the nested vector's byte-string handles: its bytes leak.
+            let nested = tx.get(root)?.nested;
+            let b = nested.get(tx, 7)?.expect("present");
+            nested.set(tx, 7, PBytes::default())?;
+            Ok((orphan, lost_buf, b.as_slice().offset()))
+        })
+        .unwrap();
+    let r = heap.reachability::<Everything>().unwrap();
+    let leaked: Vec<u64> = r.leaked.iter().map(|&(o, _)| o).collect();
+    let mut want = vec![orphan, lost_buf, lost_node];
+    want.sort_unstable();
+    assert_eq!(leaked, want, "{r:?}");
+    assert!(r.dangling.is_empty());
+}
+
+/// A pointer to the field at `offset` of the root.
+fn field<T>(root: PPtr<Everything>, offset: usize) -> PPtr<T> {
+    PPtr::from_offset(root.offset() + offset as u64)
+}
+
+/// A `PVec` header's buffer offset (its first field).
+fn buffer_of(tx: &txheap::Tx<'_>, header: u64) -> txheap::Result<u64> {
+    Ok(*tx.get(PPtr::<u64>::from_offset(header))?)
+}
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Stored)]
+#[repr(C)]
+struct Plain {
+    a: u64,
+    b: [u32; 4],
+}
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Stored)]
+#[repr(C)]
+struct Pair(PPtr<u64>, [PPtr<u64>; 2]);
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Stored)]
+#[repr(C, packed)]
+struct Packed {
+    tag: u8,
+    p: PPtr<u64>,
+}
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Stored)]
+#[repr(C)]
+struct Mixed {
+    pair: Pair,
+    packed: Packed,
+    pad: [u8; 7],
+    inner: PPtr<[u64; 8]>,
+    into_inner: PPtr<u64>,
+    to_root: PPtr<Mixed>,
+    wild: PPtr<u64>,
+}
+
+#[test]
+fn derived_structs_report_every_pointer_field() {
+    const {
+        assert!(!Plain::HOLDS_POINTERS && !<[u64; 3]>::HOLDS_POINTERS);
+        assert!(Pair::HOLDS_POINTERS && Packed::HOLDS_POINTERS && Mixed::HOLDS_POINTERS);
+    }
+    let d = tempfile::tempdir().unwrap();
+    let heap = heap(&d, "derive.heap");
+    let (inner, wild) = heap
+        .transaction(|tx| {
+            let root = tx.root::<Mixed>()?;
+            let a = tx.alloc(1u64)?;
+            let b = tx.alloc(2u64)?;
+            let c = tx.alloc(3u64)?;
+            let p = tx.alloc(4u64)?;
+            let inner = tx.alloc([5u64; 8])?;
+            let wild = PPtr::<u64>::from_offset(1 << 40);
+            *tx.get_mut(root)? = Mixed {
+                pair: Pair(a, [b, c]),
+                packed: Packed { tag: 1, p },
+                pad: [0; 7],
+                inner,
+                // A pointer into the middle of a block reaches it.
+                into_inner: PPtr::from_offset(inner.offset() + 24),
+                // A pointer to the root area is no allocation, and does not dangle.
+                to_root: root,
+                wild,
+            };
+            Ok((inner, wild))
+        })
+        .unwrap();
+    let r = heap.reachability::<Mixed>().unwrap();
+    assert_eq!(r.allocated_blocks, 5);
+    assert_eq!(r.reached_blocks, 5, "{r:?}");
+    assert!(r.leaked.is_empty());
+    assert_eq!(r.dangling.len(), 1, "{r:?}");
+    assert_eq!(r.dangling[0].to, wild.offset());
+    assert_eq!(
+        heap.read(|rd| rd.root::<Mixed>()).unwrap().offset(),
+        r.dangling[0].from
+    );
+    let _ = inner;
+}
+
+#[test]
+fn a_damaged_collection_is_an_error_naming_it() {
+    let d = tempfile::tempdir().unwrap();
+    let heap = heap(&d, "damaged.heap");
+    heap.transaction(|tx| {
+        let m = tx.root::<PBTreeMap<u64, PPtr<u64>>>()?;
+        for k in 0..500u64 {
+            let v = tx.alloc(k)?;
+            m.insert(tx, &k, &v)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(heap
+        .reachability::<PBTreeMap<u64, PPtr<u64>>>()
+        .unwrap()
+        .is_clean());
+    // Another element type recorded in the root's map: refused by name.
+    let e = heap.reachability::<PBTreeMap<u64, u64>>().unwrap_err();
+    assert!(e.to_string().contains("root"), "{e}");
+    // A tree whose height says one more level than its nodes have.
+    heap.transaction(|tx| {
+        let m = tx.root::<PBTreeMap<u64, PPtr<u64>>>()?;
+        let h = PPtr::<u64>::from_offset(m.offset() + 16);
+        *tx.get_mut(h)? += 1;
+        Ok(())
+    })
+    .unwrap();
+    let e = heap
+        .reachability::<PBTreeMap<u64, PPtr<u64>>>()
+        .unwrap_err();
+    assert!(matches!(e, txheap::Error::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("level"), "{e}");
+}
