@@ -714,3 +714,29 @@ fn damaged_hash_maps_give_errors() {
     let e = heap.read(|r| m.check(r)).unwrap_err();
     assert!(e.to_string().contains("fingerprint"), "{e}");
 }
+
+/// A key whose `Eq` is never true (a user's bug): `get_or_insert` cannot find the key it just
+/// inserted, and says so with an error instead of panicking (it panicked with "just inserted").
+#[test]
+fn get_or_insert_with_a_key_never_equal_to_itself_is_an_error() {
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored, Hash)]
+    #[repr(C)]
+    struct Never(u64);
+    impl PartialEq for Never {
+        fn eq(&self, _: &Self) -> bool {
+            false
+        }
+    }
+    impl Eq for Never {}
+
+    let d = tempfile::tempdir().unwrap();
+    let heap = txheap::Heap::create(d.path().join("never.heap"), txheap::Options::new()).unwrap();
+    let e = heap
+        .transaction(|tx| {
+            let m = txheap::PHashMap::<Never, u32>::new(tx)?;
+            m.get_or_insert(tx, &Never(1), &0).map(|_| ())
+        })
+        .unwrap_err();
+    assert!(matches!(e, txheap::Error::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("not found again"), "{e}");
+}

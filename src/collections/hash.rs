@@ -621,7 +621,15 @@ where
             return Ok(p);
         }
         self.insert(tx, key, value)?;
-        Ok(self.get_mut(tx, key)?.expect("just inserted"))
+        // Found again unless the key's `Eq` disagrees with itself (a key never equal to
+        // itself) or the map is damaged: an error then, not a panic.
+        self.get_mut(tx, key)?.ok_or_else(|| {
+            corrupt(
+                self.offset(),
+                "PHashMap: a key inserted by get_or_insert is not found again (its Eq is not \
+                 reflexive, or the map is damaged)",
+            )
+        })
     }
 
     /// Insert `key` -> `value`. Returns whether the key was present (its old value is then
