@@ -338,13 +338,22 @@ fn frame_check(header_before_check: &[u8], payload: &[u8]) -> u32 {
     // A small frame is copied into one buffer and hashed in one shot, which costs a fraction of
     // the streaming hasher's set-up and buffering; both give the same value (XXH3 of the
     // concatenation), which `one_shot_check_equals_streaming_check` tests.
-    const SMALL: usize = 1024;
-    if payload.len() <= SMALL {
-        let mut buf = [0u8; CHECK_OFFSET + SMALL];
+    // (Two sizes of buffer: zeroing a 1 KiB one for every small frame was a tenth of a
+    // replay's frame check.)
+    fn one_shot<const N: usize>(header: &[u8], payload: &[u8]) -> u32 {
+        let mut buf = [0u8; N];
         let n = CHECK_OFFSET + payload.len();
-        buf[..CHECK_OFFSET].copy_from_slice(header_before_check);
+        buf[..CHECK_OFFSET].copy_from_slice(header);
         buf[CHECK_OFFSET..n].copy_from_slice(payload);
-        return xxhash_rust::xxh3::xxh3_64(&buf[..n]) as u32;
+        xxhash_rust::xxh3::xxh3_64(&buf[..n]) as u32
+    }
+    const SMALL: usize = 256;
+    const MEDIUM: usize = 1024;
+    if payload.len() <= SMALL {
+        return one_shot::<{ CHECK_OFFSET + SMALL }>(header_before_check, payload);
+    }
+    if payload.len() <= MEDIUM {
+        return one_shot::<{ CHECK_OFFSET + MEDIUM }>(header_before_check, payload);
     }
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(header_before_check);
