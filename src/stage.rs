@@ -200,34 +200,22 @@ struct RangeIndex {
     tree: BTreeMap<u64, usize>,
 }
 
-/// Ranges starting below a bound, highest start first.
-enum Below<'a> {
-    Small(std::iter::Rev<std::slice::Iter<'a, (u64, usize)>>),
-    Tree(std::iter::Rev<std::collections::btree_map::Range<'a, u64, usize>>),
+/// The ranges of either form of the index, as `(start, slot)`.
+enum Either<S, T> {
+    Small(S),
+    Tree(T),
 }
 
-impl Iterator for Below<'_> {
+impl<'a, S, T> Iterator for Either<S, T>
+where
+    S: Iterator<Item = &'a (u64, usize)>,
+    T: Iterator<Item = (&'a u64, &'a usize)>,
+{
     type Item = (u64, usize);
     fn next(&mut self) -> Option<(u64, usize)> {
         match self {
-            Below::Small(it) => it.next().copied(),
-            Below::Tree(it) => it.next().map(|(&s, &slot)| (s, slot)),
-        }
-    }
-}
-
-/// Every range, lowest start first.
-enum Ascending<'a> {
-    Small(std::slice::Iter<'a, (u64, usize)>),
-    Tree(std::collections::btree_map::Iter<'a, u64, usize>),
-}
-
-impl Iterator for Ascending<'_> {
-    type Item = (u64, usize);
-    fn next(&mut self) -> Option<(u64, usize)> {
-        match self {
-            Ascending::Small(it) => it.next().copied(),
-            Ascending::Tree(it) => it.next().map(|(&s, &slot)| (s, slot)),
+            Either::Small(it) => it.next().copied(),
+            Either::Tree(it) => it.next().map(|(&s, &slot)| (s, slot)),
         }
     }
 }
@@ -238,20 +226,21 @@ impl RangeIndex {
     }
 
     /// The ranges starting below `b`, highest start first.
-    fn below(&self, b: u64) -> Below<'_> {
+    fn below(&self, b: u64) -> impl Iterator<Item = (u64, usize)> + '_ {
         if self.is_tree() {
-            Below::Tree(self.tree.range(..b).rev())
+            Either::Tree(self.tree.range(..b).rev())
         } else {
             let i = self.small.partition_point(|&(s, _)| s < b);
-            Below::Small(self.small[..i].iter().rev())
+            Either::Small(self.small[..i].iter().rev())
         }
     }
 
-    fn iter(&self) -> Ascending<'_> {
+    /// Every range, lowest start first.
+    fn iter(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
         if self.is_tree() {
-            Ascending::Tree(self.tree.iter())
+            Either::Tree(self.tree.iter())
         } else {
-            Ascending::Small(self.small.iter())
+            Either::Small(self.small.iter())
         }
     }
 

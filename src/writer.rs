@@ -880,7 +880,6 @@ impl Drop for PoisonOnUnwind<'_> {
     }
 }
 
-/// The page numbers `pages` as runs of contiguous pages: (byte offset, byte length), ascending.
 /// Pages of the writer's mapping that hold private bytes: a hash set (sorted when dropped; its
 /// B-tree before cost 8% of a small commit's instructions, callgrind W2), and the last few
 /// pages added, which a commit that touches the same pages as the one before (the root, the
@@ -937,6 +936,7 @@ impl PendingPages {
     }
 }
 
+/// The page numbers `pages` as runs of contiguous pages: (byte offset, byte length), ascending.
 fn page_runs(mut pages: Vec<u64>) -> impl Iterator<Item = (u64, u64)> {
     pages.sort_unstable();
     let mut it = pages.into_iter().peekable();

@@ -7,9 +7,7 @@
 //! open costs time proportional to the chunk count's tables, never to the data. May not: touch
 //! the file (callers pass `read`).
 
-#[cfg(feature = "test-hooks")]
-use super::format::RunGeom;
-use super::format::{Entry, ENTRY_LEN, ZONE_CHUNKS};
+use super::format::{Entry, RunGeom, ENTRY_LEN, ZONE_CHUNKS};
 use super::{Allocator, RunState};
 use crate::error::{Error, Result};
 
@@ -125,31 +123,7 @@ impl Allocator {
         chunk_count: u64,
         read: &dyn Fn(u64, &mut [u8]),
     ) -> Result<Vec<(u64, u64)>> {
-        let mut extents = Vec::new();
-        Self::rebuild_visiting(chunk_area, chunk_count, read, &mut |c, e| {
-            extents.push((c, *e))
-        })?;
-        extents.sort_by_key(|&(c, _)| c);
-        let mut out = Vec::new();
-        let mut bitmap = Vec::new();
-        for (c, e) in extents {
-            let at = chunk_area + c as u64 * crate::limits::CHUNK_SIZE;
-            match e {
-                Entry::Free { .. } | Entry::Table => {}
-                Entry::Large { size, .. } => out.push((at, size)),
-                Entry::Run { class } => {
-                    let g = super::format::RunGeom::of_class(class);
-                    bitmap.resize((g.bitmap_words() * 8) as usize, 0);
-                    read(at, &mut bitmap);
-                    for b in 0..g.block_count {
-                        if bitmap[(b / 8) as usize] >> (b % 8) & 1 == 1 {
-                            out.push((at + g.data_offset + b * g.block_size, g.block_size));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
+        Self::blocks(chunk_area, chunk_count, read, false)
     }
 
     /// The byte ranges `(offset, len)` of the chunk area that a heap with these chunk tables
@@ -163,14 +137,28 @@ impl Allocator {
         chunk_count: u64,
         read: &dyn Fn(u64, &mut [u8]),
     ) -> Result<Vec<(u64, u64)>> {
+        Self::blocks(chunk_area, chunk_count, read, true)
+    }
+
+    /// The allocated blocks of the extents the walk decodes, in chunk order; with `metadata`,
+    /// also each decoded table entry and each run's bitmap.
+    fn blocks(
+        chunk_area: u64,
+        chunk_count: u64,
+        read: &dyn Fn(u64, &mut [u8]),
+        metadata: bool,
+    ) -> Result<Vec<(u64, u64)>> {
         let mut extents = Vec::new();
         let a = Self::rebuild_visiting(chunk_area, chunk_count, read, &mut |c, e| {
             extents.push((c, *e))
         })?;
+        extents.sort_by_key(|&(c, _)| c);
         let mut out = Vec::new();
         let mut bitmap = Vec::new();
         for (c, e) in extents {
-            out.push((a.entry_offset(c), ENTRY_LEN));
+            if metadata {
+                out.push((a.entry_offset(c), ENTRY_LEN));
+            }
             let at = a.chunk_offset(c);
             match e {
                 Entry::Free { .. } | Entry::Table => {}
@@ -179,7 +167,9 @@ impl Allocator {
                     let g = RunGeom::of_class(class);
                     bitmap.resize((g.bitmap_words() * 8) as usize, 0);
                     read(at, &mut bitmap);
-                    out.push((at, bitmap.len() as u64));
+                    if metadata {
+                        out.push((at, bitmap.len() as u64));
+                    }
                     for b in 0..g.block_count {
                         if bitmap[(b / 8) as usize] >> (b % 8) & 1 == 1 {
                             out.push((at + g.data_offset + b * g.block_size, g.block_size));

@@ -126,14 +126,10 @@ impl<K: Stored, V: Stored> Stored for PHashMap<K, V> {
         }
         let r = walk.reader();
         let g = Geo::of::<K, V>();
-        let dir: std::borrow::Cow<'_, [u64]> = if h.depth == 0 {
-            std::borrow::Cow::Owned(vec![h.dir])
-        } else {
-            if !walk.block(h.dir, 8 << h.depth) {
-                return Ok(());
-            }
-            std::borrow::Cow::Borrowed(r.slice(PSlice::<u64>::from_raw_parts(h.dir, 1 << h.depth))?)
-        };
+        if h.depth > 0 && !walk.block(h.dir, 8 << h.depth) {
+            return Ok(());
+        }
+        let dir = h.dir_entries(r)?;
         // A bucket owns an aligned run of directory entries: walk each once.
         let mut last = 0;
         for &b in dir.iter() {
@@ -162,6 +158,18 @@ impl<K: Stored, V: Stored> Element for PHashMap<K, V> {
 }
 
 impl<K, V> PHashMap<K, V> {
+    /// The directory's entries (of a map with buckets, this header): at depth 0 the header's
+    /// pointer to its one bucket, else the directory allocation's first `2^depth` words.
+    fn dir_entries<'v, W: View>(&self, view: &'v W) -> Result<std::borrow::Cow<'v, [u64]>> {
+        Ok(if self.depth == 0 {
+            std::borrow::Cow::Owned(vec![self.dir])
+        } else {
+            std::borrow::Cow::Borrowed(
+                view.slice(PSlice::<u64>::from_raw_parts(self.dir, 1 << self.depth))?,
+            )
+        })
+    }
+
     /// Number of entries (from a header read with `get`).
     ///
     /// ```
@@ -812,10 +820,7 @@ where
     /// Double the directory: entry `i` of the old one becomes entries `2i` and `2i + 1` (at
     /// depth 0 the one entry is the header's bucket pointer).
     fn double(tx: &mut Tx<'_>, h: &mut PHashMap<K, V>, g: &Geo) -> Result<()> {
-        let twice: Vec<u64> = Self::dir_entries(h, tx)?
-            .iter()
-            .flat_map(|&b| [b, b])
-            .collect();
+        let twice: Vec<u64> = h.dir_entries(tx)?.iter().flat_map(|&b| [b, b]).collect();
         let new = Self::alloc_dir(tx, g, &twice)?;
         if h.depth > 0 {
             tx.free_slice(PSlice::<u64>::from_raw_parts(
@@ -880,21 +885,6 @@ where
         Ok(true)
     }
 
-    /// The directory's entries (of a map with buckets): at depth 0 the header's pointer to its
-    /// one bucket, else the directory allocation's first `2^depth` words.
-    fn dir_entries<'v, W: View>(
-        h: &PHashMap<K, V>,
-        view: &'v W,
-    ) -> Result<std::borrow::Cow<'v, [u64]>> {
-        Ok(if h.depth == 0 {
-            std::borrow::Cow::Owned(vec![h.dir])
-        } else {
-            std::borrow::Cow::Borrowed(
-                view.slice(PSlice::<u64>::from_raw_parts(h.dir, 1 << h.depth))?,
-            )
-        })
-    }
-
     /// Every bucket once, in directory order, with its local depth and first directory entry;
     /// checks that each owns an aligned block of entries.
     fn buckets<W: View>(h: &PHashMap<K, V>, view: &W) -> Result<Vec<(u64, u64, u64)>> {
@@ -902,7 +892,7 @@ where
         if h.dir == 0 {
             return Ok(out);
         }
-        let dir = Self::dir_entries(h, view)?;
+        let dir = h.dir_entries(view)?;
         let mut i = 0u64;
         while i < dir.len() as u64 {
             let slot = h.dir + i * 8;
@@ -1086,7 +1076,7 @@ where
         }
         let g = Geo::of::<K, V>();
         let buckets = Self::buckets(&h, view)?;
-        let dir = Self::dir_entries(&h, view)?;
+        let dir = h.dir_entries(view)?;
         let mut seen = std::collections::HashSet::new();
         let mut count = 0;
         for &(b, l, first) in &buckets {
