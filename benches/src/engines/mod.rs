@@ -20,10 +20,10 @@ pub mod txheap_maps;
 
 /// An opened store, ready for the timed region.
 pub trait Engine {
-    /// Insert the items with keys `first..first + n` as ONE transaction committed with the
-    /// engine's configured durability. For the list engines (txheap, PMDK) an item is a 64-byte
-    /// node linked from the root; for key-value stores an 8-byte big-endian key with a 64-byte
-    /// value ([`value_for`]).
+    /// Insert the items `first..first + n` as ONE transaction committed with the engine's
+    /// configured durability. For the list engines (txheap, PMDK) an item is a 64-byte node
+    /// linked from the root; for key-value stores an 8-byte big-endian key (the item's index
+    /// through the engine's [`Keys`]) with a 64-byte value ([`value_for`]).
     fn insert(&mut self, first: u64, n: u64) -> BoxResult<()>;
 
     /// Check that exactly `count` items are stored (run after the timed region, so a store that
@@ -34,6 +34,16 @@ pub trait Engine {
 /// Opens an engine in a fresh directory (set-up, not timed) and lends it to `body`, which runs
 /// the timed region; tear-down after `body` returns is not timed either.
 pub type Opener = fn(&Path, &mut dyn FnMut(&mut dyn Engine) -> BoxResult<()>) -> BoxResult<()>;
+
+/// How an engine turns the item index `i` into its key: [`in_order`] for W1-W3 (keys
+/// `first..first + n`, each insert appending at the end of an ordered store) or `w4::key` for
+/// W4-put (random keys, every store given the same ones as txheap's maps).
+pub type Keys = fn(u64) -> u64;
+
+/// The key of item `i` is `i`.
+pub fn in_order(i: u64) -> u64 {
+    i
+}
 
 /// The 64-byte value stored for `key` by the key-value engines: the key repeated.
 pub fn value_for(key: u64) -> [u8; 64] {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
-use super::{expect_count, value_for, Engine};
+use super::{expect_count, in_order, value_for, Engine, Keys};
 use crate::BoxResult;
 
 const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("kv");
@@ -13,6 +13,7 @@ const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("kv");
 struct Redb {
     db: Database,
     durability: Durability,
+    keys: Keys,
 }
 
 impl Engine for Redb {
@@ -21,7 +22,8 @@ impl Engine for Redb {
         wtxn.set_durability(self.durability)?;
         {
             let mut table = wtxn.open_table(TABLE)?;
-            for key in first..first + n {
+            for i in first..first + n {
+                let key = (self.keys)(i);
                 table.insert(key, value_for(key).as_slice())?;
             }
         }
@@ -39,6 +41,7 @@ impl Engine for Redb {
 fn with(
     dir: &Path,
     durability: Durability,
+    keys: Keys,
     body: &mut dyn FnMut(&mut dyn Engine) -> BoxResult<()>,
 ) -> BoxResult<()> {
     let db = Database::create(dir.join("bench.redb"))?;
@@ -46,7 +49,11 @@ fn with(
     let wtxn = db.begin_write()?;
     wtxn.open_table(TABLE)?;
     wtxn.commit()?;
-    let mut e = Redb { db, durability };
+    let mut e = Redb {
+        db,
+        durability,
+        keys,
+    };
     body(&mut e)?;
     // A final durable commit so the fast setting's work is persisted (not timed).
     let wtxn = e.db.begin_write()?;
@@ -59,10 +66,26 @@ pub fn immediate(
     dir: &Path,
     body: &mut dyn FnMut(&mut dyn Engine) -> BoxResult<()>,
 ) -> BoxResult<()> {
-    with(dir, Durability::Immediate, body)
+    with(dir, Durability::Immediate, in_order, body)
 }
 
 /// `Durability::None`: not persisted until a later durable commit.
 pub fn none(dir: &Path, body: &mut dyn FnMut(&mut dyn Engine) -> BoxResult<()>) -> BoxResult<()> {
-    with(dir, Durability::None, body)
+    with(dir, Durability::None, in_order, body)
+}
+
+/// [`immediate`] inserting W4's random keys (`w4::key`).
+pub fn immediate_random_keys(
+    dir: &Path,
+    body: &mut dyn FnMut(&mut dyn Engine) -> BoxResult<()>,
+) -> BoxResult<()> {
+    with(dir, Durability::Immediate, crate::w4::key, body)
+}
+
+/// [`none`] inserting W4's random keys (`w4::key`).
+pub fn none_random_keys(
+    dir: &Path,
+    body: &mut dyn FnMut(&mut dyn Engine) -> BoxResult<()>,
+) -> BoxResult<()> {
+    with(dir, Durability::None, crate::w4::key, body)
 }

@@ -6,11 +6,12 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use super::{expect_count, value_for, Engine};
+use super::{expect_count, in_order, value_for, Engine, Keys};
 use crate::BoxResult;
 
 struct Sqlite {
     conn: Connection,
+    keys: Keys,
 }
 
 impl Engine for Sqlite {
@@ -18,7 +19,8 @@ impl Engine for Sqlite {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached("INSERT INTO kv (k, v) VALUES (?1, ?2)")?;
-            for key in first..first + n {
+            for i in first..first + n {
+                let key = (self.keys)(i);
                 stmt.execute((key as i64, value_for(key).as_slice()))?;
             }
         }
@@ -37,6 +39,7 @@ impl Engine for Sqlite {
 fn with(
     dir: &Path,
     synchronous: &str,
+    keys: Keys,
     body: &mut dyn FnMut(&mut dyn Engine) -> BoxResult<()>,
 ) -> BoxResult<()> {
     let conn = Connection::open(dir.join("bench.sqlite"))?;
@@ -46,17 +49,33 @@ fn with(
     }
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.execute_batch("CREATE TABLE kv (k INTEGER PRIMARY KEY, v BLOB NOT NULL)")?;
-    let mut e = Sqlite { conn };
+    let mut e = Sqlite { conn, keys };
     body(&mut e)?;
     Ok(())
 }
 
 /// WAL mode, `synchronous=FULL`: durable at commit.
 pub fn full(dir: &Path, body: &mut dyn FnMut(&mut dyn Engine) -> BoxResult<()>) -> BoxResult<()> {
-    with(dir, "FULL", body)
+    with(dir, "FULL", in_order, body)
 }
 
 /// WAL mode, `synchronous=OFF`.
 pub fn off(dir: &Path, body: &mut dyn FnMut(&mut dyn Engine) -> BoxResult<()>) -> BoxResult<()> {
-    with(dir, "OFF", body)
+    with(dir, "OFF", in_order, body)
+}
+
+/// [`full`] inserting W4's random keys (`w4::key`).
+pub fn full_random_keys(
+    dir: &Path,
+    body: &mut dyn FnMut(&mut dyn Engine) -> BoxResult<()>,
+) -> BoxResult<()> {
+    with(dir, "FULL", crate::w4::key, body)
+}
+
+/// [`off`] inserting W4's random keys (`w4::key`).
+pub fn off_random_keys(
+    dir: &Path,
+    body: &mut dyn FnMut(&mut dyn Engine) -> BoxResult<()>,
+) -> BoxResult<()> {
+    with(dir, "OFF", crate::w4::key, body)
 }
