@@ -162,6 +162,9 @@ impl Storage for FileStorage {
             }
             _ => {
                 counters.full_barriers += 1;
+                if let Some(w) = window {
+                    w.written_back();
+                }
                 file.sync_data()?;
                 Ok(Synced::All)
             }
@@ -169,9 +172,12 @@ impl Storage for FileStorage {
     }
 
     fn barrier_all(&mut self) -> io::Result<()> {
-        let (file, counters) = (&self.file, &mut self.counters);
+        let (file, window, counters) = (&self.file, &self.window, &mut self.counters);
         self.hooks.barrier(|| {
             counters.full_barriers += 1;
+            if let Some(w) = window {
+                w.written_back();
+            }
             file.sync_data()?;
             Ok(Synced::All)
         })
