@@ -181,6 +181,13 @@ const HINTS: usize = 4;
 /// Most one-line buffers a stage keeps for reuse (64 KiB).
 const SPARE_MAX: usize = 1024;
 
+/// Buffers of up to this many lines are kept for reuse, one list per size.
+const SPARE_LINES: usize = 16;
+
+/// Lines a stage keeps in spare buffers of each size from two to [`SPARE_LINES`] lines
+/// (16 KiB per size, 240 KiB at most in all).
+const SPARE_SIZED_LINES: usize = 256;
+
 /// Staged ranges a transaction holds in a sorted vector before they move to a tree.
 ///
 /// A small transaction stages a few ranges (W2's push: the object, its bitmap word, the root),
@@ -297,6 +304,11 @@ struct Inner {
     /// transaction are one line: an object, a bitmap word, a table entry, the root). Their
     /// `posix_memalign` and `free` were 30% of a small commit's instructions (callgrind, W2).
     spare: Vec<Buf>,
+    /// Buffers of 2 to [`SPARE_LINES`] lines no longer in use, `sized[n - 2]` holding those of
+    /// `n` lines: a B-tree insert stages a few such ranges (the shifted keys and values), whose
+    /// allocations were 15% of its instructions. Empty until the first is given back (a stage
+    /// is made and dropped with every transaction).
+    sized: Vec<Vec<Buf>>,
     bytes: u64,
     /// End of the highest staged range (0 when none): a write starting there extends it.
     max_end: u64,
@@ -318,23 +330,51 @@ fn align_up(x: u64) -> u64 {
 }
 
 impl Inner {
-    /// A zeroed buffer of `bytes` (a multiple of [`LINE`]), reusing a spare one-line buffer.
+    /// A zeroed buffer of `bytes` (a multiple of [`LINE`]), reusing a spare one of that size.
     fn new_buf(&mut self, bytes: u64) -> Buf {
-        if bytes == LINE {
+        let lines = (bytes / LINE) as usize;
+        if lines == 1 {
             if let Some(mut b) = self.spare.pop() {
                 // SAFETY: a live allocation of one line that nothing else refers to.
                 unsafe { std::ptr::write_bytes(b.base(), 0, LINE as usize) };
                 b.lines = 1;
                 return b;
             }
+        } else if let Some(mut b) = self.sized.get_mut(lines.wrapping_sub(2)).and_then(Vec::pop) {
+            // SAFETY: a live allocation of `cap == lines` lines that nothing else refers to.
+            unsafe { std::ptr::write_bytes(b.base(), 0, lines * LINE as usize) };
+            b.lines = lines;
+            return b;
         }
         Buf::zeroed(bytes)
     }
 
-    /// Give `b` back: kept if it is a one-line buffer and there is room, freed otherwise.
+    /// Give `b` back: kept if it has at most [`SPARE_LINES`] lines of capacity and its size's
+    /// list has room, freed otherwise.
+    #[inline]
     fn recycle(&mut self, b: Buf) {
-        if b.cap == 1 && self.spare.len() < SPARE_MAX {
-            self.spare.push(b);
+        if b.cap == 1 {
+            if self.spare.len() < SPARE_MAX {
+                self.spare.push(b);
+            }
+        } else {
+            self.recycle_sized(b);
+        }
+    }
+
+    /// [`Self::recycle`] for a buffer of more than one line (kept out of line: a small commit's
+    /// buffers are one line, and its `clear` inlines the check above).
+    #[inline(never)]
+    fn recycle_sized(&mut self, b: Buf) {
+        if b.cap > SPARE_LINES {
+            return;
+        }
+        if self.sized.is_empty() {
+            self.sized.resize_with(SPARE_LINES - 1, Vec::new);
+        }
+        let list = &mut self.sized[b.cap - 2];
+        if list.len() < SPARE_SIZED_LINES / b.cap {
+            list.push(b);
         }
     }
 
@@ -517,6 +557,19 @@ impl Stage {
         inner.bytes = 0;
         inner.max_end = 0;
         inner.hints = [Hint::default(); HINTS];
+    }
+
+    /// Whether any staged range overlaps `[off, off+len)` (widened to whole lines, as staging
+    /// is).
+    pub(crate) fn touches(&self, off: u64, len: u64) -> bool {
+        if len == 0 {
+            return false;
+        }
+        // SAFETY: as in `read`: Stage is !Sync and no method keeps a reference to `Inner` across
+        // calls, so no `&mut Inner` exists now; this shared one ends with the call, which
+        // changes nothing.
+        let inner = unsafe { &*self.inner.get() };
+        !matches!(inner.find(align_down(off), align_up(off + len)), Ok(None))
     }
 
     /// Whether nothing is staged.

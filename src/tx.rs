@@ -218,6 +218,13 @@ impl<'h> Tx<'h> {
         stage_within_log(self.sh, &mut self.stage, self.fresh_staged, off, len)
     }
 
+    /// Whether this transaction has written (staged) any byte of `[off, off+len)`. For the
+    /// collections, which choose between staging a whole node and only the bytes an edit
+    /// changes.
+    pub(crate) fn staged(&self, off: u64, len: u64) -> bool {
+        self.stage.touches(off, len)
+    }
+
     /// Cut the free tail from the chunk count (compaction); returns the chunks cut.
     pub(crate) fn release_free_tail(&mut self) -> Result<u64> {
         self.mem_op(|a, _| Ok(a.release_tail()))
