@@ -6,6 +6,8 @@
 //! through the writer's storage), or change allocator indexes except through the allocator's
 //! journaled operations, which roll back when the transaction is dropped without committing.
 
+use std::mem::ManuallyDrop;
+
 use bytemuck::Pod;
 
 use crate::alloc::{Allocator, HeapHeader, TxMem, ROOT_IDENTITY_STORED};
@@ -45,7 +47,11 @@ const FRAME_OVERHEAD_MIN: u64 = (FRAME_HEADER_LEN + RANGE_HEADER_LEN) as u64;
 pub struct Tx<'h> {
     sh: &'h Shared,
     w: &'h mut Writer,
-    stage: Stage,
+    /// The writer's stage, lent for this transaction and given back (cleared) when it ends.
+    /// `ManuallyDrop` so that giving it back moves it out without building an empty one in its
+    /// place (a `Stage::default()` made and dropped per transaction was about 300 instructions
+    /// of a 5,000-instruction small commit).
+    stage: ManuallyDrop<Stage>,
     header: HeapHeader,
     /// Data areas of large extents and new runs this transaction took from free space, sorted:
     /// bytes staged inside them are written in place at commit instead of through the log
@@ -156,7 +162,7 @@ impl<'h> Tx<'h> {
     pub(crate) fn new(sh: &'h Shared, w: &'h mut Writer) -> Tx<'h> {
         let header = w.header;
         debug_assert_eq!(header.chunk_count, w.alloc.chunk_count);
-        let stage = std::mem::take(&mut w.spare_stage);
+        let stage = ManuallyDrop::new(w.spare_stage.take().unwrap_or_default());
         Tx {
             sh,
             w,
@@ -721,6 +727,9 @@ impl Drop for Tx<'_> {
         #[cfg(debug_assertions)]
         self.w.alloc.check_invariants();
         self.stage.clear();
-        std::mem::swap(&mut self.w.spare_stage, &mut self.stage);
+        // SAFETY: this is `drop`: nothing uses `self.stage` after this line, and it is taken
+        // exactly once (so it is neither dropped twice nor used after the move).
+        let stage = unsafe { ManuallyDrop::take(&mut self.stage) };
+        self.w.spare_stage = Some(stage);
     }
 }

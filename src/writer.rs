@@ -51,8 +51,9 @@ pub(crate) struct Writer {
     pub header: HeapHeader,
     /// The frame of the commit in progress (reused between commits).
     pub frame: FrameBuilder,
-    /// The stage a transaction borrows and gives back cleared (its spare buffers reused).
-    pub spare_stage: Stage,
+    /// The stage a transaction borrows and gives back cleared (its spare buffers reused);
+    /// `None` while a transaction holds it.
+    pub spare_stage: Option<Stage>,
     /// Pages of the writer's mapping holding private copy-on-write bytes (frames the file did
     /// not hold when they were applied: under `None` until a flush, under `Full` while a reader
     /// pinned an older state).
@@ -172,7 +173,7 @@ impl Writer {
             alloc,
             header,
             frame: FrameBuilder::new(),
-            spare_stage: Stage::default(),
+            spare_stage: Some(Stage::default()),
             pending_pages: PendingPages::default(),
             flush_pages_at: PENDING_PAGES_MAX,
             unpublished: VecDeque::new(),
