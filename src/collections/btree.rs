@@ -214,6 +214,45 @@ fn shift_out<T: Copy>(s: &mut [T]) {
     s.copy_within(1..n, 0);
 }
 
+/// One edit of a node (`edit` chooses): the whole node staged, or only the ranges the edit asks
+/// for. Either way the same bytes change.
+enum NodeEdit<'a, 'h> {
+    Whole { at: u64, b: &'a mut [u8] },
+    Parts { at: u64, tx: &'a mut Tx<'h> },
+}
+
+impl NodeEdit<'_, '_> {
+    /// Elements `from..to` of the `T` array at byte `part` of the node, for writing.
+    #[inline]
+    fn part<T: bytemuck::Pod>(&mut self, part: u64, from: usize, to: usize) -> Result<&mut [T]> {
+        let first = part + from as u64 * std::mem::size_of::<T>() as u64;
+        let count = (to - from) as u64;
+        match self {
+            NodeEdit::Whole { at, b } => {
+                let end = first + count * std::mem::size_of::<T>() as u64;
+                let bytes = &mut b[first as usize..end as usize];
+                crate::pptr::cast_slice_mut(bytes, PSlice::<T>::from_raw_parts(*at + first, count))
+            }
+            NodeEdit::Parts { at, tx } => {
+                tx.slice_mut(PSlice::<T>::from_raw_parts(*at + first, count))
+            }
+        }
+    }
+
+    /// Set the node's count.
+    #[inline]
+    fn set_count(&mut self, count: u64) -> Result<()> {
+        let c = (count as u32).to_ne_bytes();
+        match self {
+            NodeEdit::Whole { b, .. } => b[4..8].copy_from_slice(&c),
+            NodeEdit::Parts { at, tx } => tx
+                .slice_mut(PSlice::<u8>::from_raw_parts(*at + 4, 4))?
+                .copy_from_slice(&c),
+        }
+        Ok(())
+    }
+}
+
 /// Entries per leaf and keys per internal node of `bytes`-byte nodes.
 const fn fits(bytes: u64, ks: u64, vs: u64, ka: u64, va: u64) -> (u64, u64) {
     let keys_at = align_up(NODE_HEADER, ka);
@@ -448,34 +487,21 @@ where
         b[4..8].copy_from_slice(&(count as u32).to_ne_bytes());
     }
 
-    /// Whether an edit of the node at `at` stages the whole node (see [`Self::node_mut`]): yes
-    /// once this transaction has staged any byte of it, so that the node stays one staged
-    /// range that later reads in the transaction find in one piece (a bulk load's many inserts
-    /// into one leaf); before that, only the ranges the edit changes are staged (the count and
-    /// the shifted entries: a one-insert transaction then logs about half a leaf instead of a
-    /// whole one, and a fraction of an internal node instead of 4 KiB).
-    fn whole(tx: &Tx<'_>, at: u64, level: u64) -> bool {
-        tx.staged(at, Self::GEO.bytes(level))
-    }
-
-    /// Stage elements `from..to` of the `T` array at byte `part` of the node at `at`, alone.
-    fn stage_part<'t, T: bytemuck::Pod>(
-        tx: &'t mut Tx<'_>,
-        at: u64,
-        part: u64,
-        from: usize,
-        to: usize,
-    ) -> Result<&'t mut [T]> {
-        let size = std::mem::size_of::<T>() as u64;
-        let first = at + part + from as u64 * size;
-        tx.slice_mut(PSlice::<T>::from_raw_parts(first, (to - from) as u64))
-    }
-
-    /// Stage the count of the node at `at`, alone, and set it.
-    fn stage_count(tx: &mut Tx<'_>, at: u64, count: u64) -> Result<()> {
-        let b = tx.slice_mut(PSlice::<u8>::from_raw_parts(at + 4, 4))?;
-        b.copy_from_slice(&(count as u32).to_ne_bytes());
-        Ok(())
+    /// Begin an edit of the node at `at`: the whole node staged (see [`Self::node_mut`]) once
+    /// this transaction has staged any byte of it, so that the node stays one staged range that
+    /// later reads in the transaction find in one piece (a bulk load's many inserts into one
+    /// leaf); before that, only the ranges the edit changes (the count and the shifted entries:
+    /// a one-insert transaction then logs about half a leaf instead of a whole one, and a
+    /// fraction of an internal node instead of 4 KiB).
+    fn edit<'a, 'h>(tx: &'a mut Tx<'h>, at: u64, level: u64) -> Result<NodeEdit<'a, 'h>> {
+        Ok(if tx.staged(at, Self::GEO.bytes(level)) {
+            NodeEdit::Whole {
+                at,
+                b: Self::node_mut(tx, at, level)?,
+            }
+        } else {
+            NodeEdit::Parts { at, tx }
+        })
     }
 
     fn keys<W: View>(n: Node, view: &W) -> Result<&[K]> {
@@ -648,12 +674,7 @@ where
             Ok(i) => {
                 let old = Self::vals(&g, leaf, tx)?[i];
                 let v = V::store(tx, value)?;
-                if Self::whole(tx, leaf.at, 0) {
-                    let b = Self::node_mut(tx, leaf.at, 0)?;
-                    Self::part_mut::<V>(b, leaf.at, g.vals_at, leaf.count)?[i] = v;
-                } else {
-                    Self::stage_part::<V>(tx, leaf.at, g.vals_at, i, i + 1)?[0] = v;
-                }
+                Self::edit(tx, leaf.at, 0)?.part::<V>(g.vals_at, i, i + 1)?[0] = v;
                 old.release(tx)?;
                 return Ok(true);
             }
@@ -687,18 +708,10 @@ where
         let (at, c) = (leaf.at, leaf.count as usize);
         if leaf.count < g.leaf_cap {
             // Shift the entries from `i` up by one.
-            if Self::whole(tx, at, 0) {
-                let b = Self::node_mut(tx, at, 0)?;
-                let keys = Self::part_mut::<K>(b, at, g.keys_at, leaf.count + 1)?;
-                shift_in(&mut keys[i..], k);
-                let vals = Self::part_mut::<V>(b, at, g.vals_at, leaf.count + 1)?;
-                shift_in(&mut vals[i..], v);
-                Self::set_count_in(b, leaf.count + 1);
-            } else {
-                shift_in(Self::stage_part::<K>(tx, at, g.keys_at, i, c + 1)?, k);
-                shift_in(Self::stage_part::<V>(tx, at, g.vals_at, i, c + 1)?, v);
-                Self::stage_count(tx, at, leaf.count + 1)?;
-            }
+            let mut e = Self::edit(tx, at, 0)?;
+            shift_in(e.part::<K>(g.keys_at, i, c + 1)?, k);
+            shift_in(e.part::<V>(g.vals_at, i, c + 1)?, v);
+            e.set_count(leaf.count + 1)?;
             return Ok(None);
         }
         // Full: the left half stays, the right half moves to a new leaf.
@@ -709,15 +722,14 @@ where
         let mid = all_k.len() / 2;
         let right = Self::alloc_node(g, tx, 0)?;
         Self::fill_leaf(g, tx, right, &all_k[mid..], &all_v[mid..])?;
-        if Self::whole(tx, at, 0) {
-            Self::fill_leaf(g, tx, at, &all_k[..mid], &all_v[..mid])?;
-        } else {
-            // The left half keeps its entries before `i`: stage only those from `i` on.
-            let from = i.min(mid);
-            Self::stage_part::<K>(tx, at, g.keys_at, from, mid)?.copy_from_slice(&all_k[from..mid]);
-            Self::stage_part::<V>(tx, at, g.vals_at, from, mid)?.copy_from_slice(&all_v[from..mid]);
-            Self::stage_count(tx, at, mid as u64)?;
-        }
+        // The left half keeps its entries before `i`: write only those from `i` on.
+        let from = i.min(mid);
+        let mut e = Self::edit(tx, at, 0)?;
+        e.part::<K>(g.keys_at, from, mid)?
+            .copy_from_slice(&all_k[from..mid]);
+        e.part::<V>(g.vals_at, from, mid)?
+            .copy_from_slice(&all_v[from..mid]);
+        e.set_count(mid as u64)?;
         // The separator is a copy the internal node owns.
         let owned = K::load(&all_k[mid], tx)?.to_owned();
         let sep = K::store(tx, owned.borrow())?;
@@ -734,20 +746,10 @@ where
     ) -> Result<Split<K>> {
         let (ci, c) = (ci as usize, n.count as usize);
         if n.count < g.inner_cap {
-            let (at, level) = (n.at, n.level as u64);
-            if Self::whole(tx, at, level) {
-                let b = Self::node_mut(tx, at, level)?;
-                let keys = Self::part_mut::<K>(b, at, g.keys_at, n.count + 1)?;
-                shift_in(&mut keys[ci..], sep);
-                let ch = Self::part_mut::<u64>(b, at, g.children_at, n.count + 2)?;
-                shift_in(&mut ch[ci + 1..], right);
-                Self::set_count_in(b, n.count + 1);
-            } else {
-                shift_in(Self::stage_part::<K>(tx, at, g.keys_at, ci, c + 1)?, sep);
-                let ch = Self::stage_part::<u64>(tx, at, g.children_at, ci + 1, c + 2)?;
-                shift_in(ch, right);
-                Self::stage_count(tx, at, n.count + 1)?;
-            }
+            let mut e = Self::edit(tx, n.at, n.level as u64)?;
+            shift_in(e.part::<K>(g.keys_at, ci, c + 1)?, sep);
+            shift_in(e.part::<u64>(g.children_at, ci + 1, c + 2)?, right);
+            e.set_count(n.count + 1)?;
             return Ok(None);
         }
         // Full: keys[mid] moves up; the keys after it and their children go right.
@@ -797,16 +799,10 @@ where
             .ok_or_else(|| corrupt(self.offset(), "B-tree length below its entries"))?;
         if leaf.count > 1 {
             let (at, c) = (leaf.at, leaf.count as usize);
-            if Self::whole(tx, at, 0) {
-                let b = Self::node_mut(tx, at, 0)?;
-                shift_out(&mut Self::part_mut::<K>(b, at, g.keys_at, leaf.count)?[i..]);
-                shift_out(&mut Self::part_mut::<V>(b, at, g.vals_at, leaf.count)?[i..]);
-                Self::set_count_in(b, leaf.count - 1);
-            } else {
-                shift_out(Self::stage_part::<K>(tx, at, g.keys_at, i, c)?);
-                shift_out(Self::stage_part::<V>(tx, at, g.vals_at, i, c)?);
-                Self::stage_count(tx, at, leaf.count - 1)?;
-            }
+            let mut e = Self::edit(tx, at, 0)?;
+            shift_out(e.part::<K>(g.keys_at, i, c)?);
+            shift_out(e.part::<V>(g.vals_at, i, c)?);
+            e.set_count(leaf.count - 1)?;
             self.put_header(tx, h)?;
             return Ok(true);
         }
@@ -823,17 +819,11 @@ where
             }
             let drop_key = if ci > 0 { ci as usize - 1 } else { 0 };
             Self::keys(n, tx)?[drop_key].release(tx)?;
-            let (at, c, ci, level) = (n.at, n.count as usize, ci as usize, n.level as u64);
-            if Self::whole(tx, at, level) {
-                let b = Self::node_mut(tx, at, level)?;
-                shift_out(&mut Self::part_mut::<K>(b, at, g.keys_at, n.count)?[drop_key..]);
-                shift_out(&mut Self::part_mut::<u64>(b, at, g.children_at, n.count + 1)?[ci..]);
-                Self::set_count_in(b, n.count - 1);
-            } else {
-                shift_out(Self::stage_part::<K>(tx, at, g.keys_at, drop_key, c)?);
-                shift_out(Self::stage_part::<u64>(tx, at, g.children_at, ci, c + 1)?);
-                Self::stage_count(tx, at, n.count - 1)?;
-            }
+            let (c, ci) = (n.count as usize, ci as usize);
+            let mut e = Self::edit(tx, n.at, n.level as u64)?;
+            shift_out(e.part::<K>(g.keys_at, drop_key, c)?);
+            shift_out(e.part::<u64>(g.children_at, ci, c + 1)?);
+            e.set_count(n.count - 1)?;
             emptied = false;
         }
         if emptied {
