@@ -37,12 +37,14 @@ impl Geometry {
     }
 
     /// End of the chunk area of `chunk_count` chunks.
+    #[inline]
     pub(crate) fn heap_end(&self, chunk_count: u64) -> u64 {
         self.chunk_area + chunk_count * CHUNK_SIZE
     }
 
     /// Bytes the elements of `s` span; a length whose bytes overflow is
     /// [`Error::OutOfBounds`] with the real end of the heap.
+    #[inline]
     pub(crate) fn slice_bytes<T>(&self, chunk_count: u64, s: PSlice<T>) -> Result<u64> {
         s.byte_len().ok_or_else(|| Error::OutOfBounds {
             offset: s.offset(),
@@ -54,7 +56,45 @@ impl Geometry {
     /// Check that `[off, off+len)` lies in the root area or the chunk area of `chunk_count`
     /// chunks, that `off` is aligned, and that the alignment is one the heap supports (above
     /// [`ALIGN_MAX`] the answer would depend on where a staged copy happens to land).
+    #[inline]
     pub(crate) fn check(&self, chunk_count: u64, off: u64, len: u64, align: u64) -> Result<()> {
+        // The common case in one test, inlined into every checked read and write; any failure
+        // goes to `check_failed`, which names the first problem in the order documented there.
+        // A mask, not `%`: alignments come from `align_of` (powers of two), and a division here
+        // was a tenth of a hash-map lookup's time.
+        let heap_end = self.heap_end(chunk_count);
+        let aligned = align <= ALIGN_MAX && align.is_power_of_two() && off & (align - 1) == 0;
+        match off.checked_add(len) {
+            Some(end)
+                if off != 0
+                    && aligned
+                    && ((off >= self.chunk_area && end <= heap_end)
+                        || (off >= self.root_offset && end <= self.root_offset + ROOT_LEN_MAX)) =>
+            {
+                Ok(())
+            }
+            _ => Err(self.check_failed(chunk_count, off, len, align)),
+        }
+    }
+
+    /// The error [`Self::check`] reports: a null pointer, then an alignment the heap does not
+    /// support, then a misaligned offset, then a range outside the root and chunk areas.
+    #[cold]
+    #[inline(never)]
+    fn check_failed(&self, chunk_count: u64, off: u64, len: u64, align: u64) -> Error {
+        match self.check_slow(chunk_count, off, len, align) {
+            Err(e) => e,
+            // Not reached (`check` calls this only for a range that fails); an error all the
+            // same, never a panic.
+            Ok(()) => Error::OutOfBounds {
+                offset: off,
+                len,
+                heap_end: self.heap_end(chunk_count),
+            },
+        }
+    }
+
+    fn check_slow(&self, chunk_count: u64, off: u64, len: u64, align: u64) -> Result<()> {
         if off == 0 {
             return Err(Error::NullPointer);
         }
@@ -64,8 +104,6 @@ impl Geometry {
                 max: ALIGN_MAX,
             });
         }
-        // A mask, not `%`: this runs on every checked read and write (a division there was a
-        // tenth of a hash-map lookup's time). Alignments come from `align_of`: powers of two.
         if !align.is_power_of_two() || off & (align - 1) != 0 {
             return Err(Error::Misaligned { offset: off, align });
         }

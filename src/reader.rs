@@ -96,6 +96,7 @@ impl std::fmt::Debug for Reader<'_> {
 }
 
 impl<'h> Reader<'h> {
+    #[inline]
     fn bytes(&self, off: u64, len: u64, align: u64) -> Result<&[u8]> {
         self.sh
             .geo
@@ -105,13 +106,25 @@ impl<'h> Reader<'h> {
 
     /// The snapshot's bytes at `[off, off+len)`, which the caller has checked lie in the mapped
     /// heap: straight from the file where no overlay piece lies, else a composed copy.
+    #[inline]
     fn committed(&self, off: u64, len: usize, align: usize) -> &[u8] {
+        if self.snap.overlay.is_empty() {
+            // SAFETY: in bounds of the mapped heap (checked by the caller); the file's bytes
+            // there do not change while the pin lives (see `committed_overlaid`), and with an
+            // empty overlay no newer piece covers them.
+            return unsafe { self.sh.reader_map().slice(off, len) };
+        }
+        self.committed_overlaid(off, len, align)
+    }
+
+    /// [`Self::committed`] where the snapshot has an overlay (kept out of line: readers while
+    /// no frame waits to be applied never come here).
+    #[inline(never)]
+    fn committed_overlaid(&self, off: u64, len: usize, align: usize) -> &[u8] {
         let map = self.sh.reader_map();
         let end = off + len as u64;
         let mut pieces = Vec::new();
-        if !self.snap.overlay.is_empty() {
-            self.snap.overlay.overlapping(off, end, &mut pieces);
-        }
+        self.snap.overlay.overlapping(off, end, &mut pieces);
         if pieces.is_empty() {
             // SAFETY: in bounds of the mapped heap (checked by the caller). The file's bytes here
             // do not change while the pin lives: the writer writes a frame's ranges into the file

@@ -103,6 +103,7 @@ impl Shared {
     }
 
     /// The mapping readers read the file through.
+    #[inline]
     pub(crate) fn reader_map(&self) -> &Mapping {
         self.rmap.as_ref().unwrap_or(&self.map)
     }

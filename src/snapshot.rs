@@ -122,6 +122,7 @@ pub(crate) struct Overlay {
 }
 
 impl Overlay {
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.segments.is_empty()
     }

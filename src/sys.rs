@@ -263,6 +263,7 @@ impl Mapping {
     /// changing these bytes of the file (docs/ARCHITECTURE.md section 11), or a frame of the log
     /// the registry still lists. Nothing outside this process changes the file (the `flock`
     /// contract).
+    #[inline]
     pub(crate) unsafe fn slice(&self, off: u64, len: usize) -> &[u8] {
         debug_assert!(
             off + len as u64 <= self.mapped_len(),
@@ -553,6 +554,7 @@ impl Drop for SyncWindow {
 /// Ask the CPU to bring the cache lines of `bytes` in (a hint: it changes no memory and no
 /// result; without a prefetch instruction for the target it does nothing). For walks that know
 /// the next node before they need it (a B-tree scan's next leaf).
+#[inline]
 pub(crate) fn prefetch(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     for line in bytes.chunks(64) {

@@ -160,16 +160,24 @@ impl<T: Stored> Element for PPtr<T> {
 }
 
 /// Check (or, on a collection not used yet, record) the element identity `slot` holds.
+#[inline]
 fn check_id<T: Stored>(slot: u64, at: u64, role: &'static str) -> Result<()> {
     if slot == T::ID || slot == 0 {
         Ok(())
     } else {
-        Err(Error::TypeMismatch {
-            offset: at,
-            role,
-            stored_id: slot,
-            requested: format!("{} (identity {:#018x})", describe::<T>(), T::ID),
-        })
+        Err(id_mismatch::<T>(slot, at, role))
+    }
+}
+
+/// The error of [`check_id`] (out of line: every lookup checks two identities).
+#[cold]
+#[inline(never)]
+fn id_mismatch<T: Stored>(slot: u64, at: u64, role: &'static str) -> Error {
+    Error::TypeMismatch {
+        offset: at,
+        role,
+        stored_id: slot,
+        requested: format!("{} (identity {:#018x})", describe::<T>(), T::ID),
     }
 }
 
