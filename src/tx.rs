@@ -17,7 +17,7 @@ use crate::limits::{CHUNK_SIZE, ROOT_LEN_MAX};
 use crate::options::Durability;
 use crate::pptr::{cast_slice, cast_slice_mut, PPtr, PSlice};
 use crate::shared::Shared;
-use crate::stage::Stage;
+use crate::stage::{Stage, WordPlace};
 use crate::storage::FileStorage;
 use crate::stored::Stored;
 use crate::writer::{add_area, inside, CommitPlan, Writer};
@@ -155,6 +155,18 @@ impl TxMem for Mem<'_> {
 
     fn max_size(&self) -> u64 {
         self.sh.max_size()
+    }
+
+    fn word_place(&mut self, off: u64) -> Option<WordPlace> {
+        self.stage.word_place(off)
+    }
+
+    fn read_word(&mut self, p: WordPlace) -> Option<u64> {
+        self.stage.read_word(p)
+    }
+
+    fn write_word(&mut self, p: WordPlace, v: u64) -> bool {
+        self.stage.write_word(p, v)
     }
 }
 

@@ -29,6 +29,7 @@ pub(crate) use format::{
 
 use crate::error::{Error, Result};
 use crate::limits::{ALIGN_MAX, CHUNK_SIZE, GROW_CHUNKS_MAX, GROW_CHUNKS_MIN, GROW_FRACTION};
+use crate::stage::WordPlace;
 
 /// The largest object one allocation may hold: the chunks of a zone less its table
 /// (4 GiB - 256 KiB). Larger requests get [`Error::ObjectTooLarge`].
@@ -48,6 +49,19 @@ pub(crate) trait TxMem {
     fn ensure_chunks(&mut self, chunk_count: u64) -> Result<()>;
     /// The heap's `max_size`: the file may not grow past it.
     fn max_size(&self) -> u64;
+    /// Where the staged word at `off` lives, for [`Self::read_word`] and [`Self::write_word`]
+    /// (`None`: not staged, or this memory keeps no places; callers then read and write).
+    fn word_place(&mut self, _off: u64) -> Option<WordPlace> {
+        None
+    }
+    /// The word at `p`, as `read` shows it; `None` if the place is stale.
+    fn read_word(&mut self, _p: WordPlace) -> Option<u64> {
+        None
+    }
+    /// Set the word at `p`, as `write` would; `false` (nothing changed) if the place is stale.
+    fn write_word(&mut self, _p: WordPlace, _v: u64) -> bool {
+        false
+    }
 }
 
 /// The hasher of the allocator's indexes: one multiply per key (its keys are chunk indices and
@@ -188,6 +202,11 @@ pub(crate) struct Allocator {
     /// The run the last allocation created from free space, until the caller takes it
     /// ([`Allocator::take_new_run_area`]); cleared at commit and rollback.
     new_run: Option<u32>,
+    /// Where the bitmap word the last small allocation set is staged: the next allocations
+    /// from the same word read and set it there, without searching the stage. Only a shortcut
+    /// to the same staged bytes (a stale place is refused by the stage and the ordinary path
+    /// taken), so nothing needs it cleared for correctness.
+    word_place: Option<WordPlace>,
 }
 
 impl Allocator {
@@ -205,6 +224,7 @@ impl Allocator {
             freed_blocks: HashSet::default(),
             pending_frees: HashMap::default(),
             new_run: None,
+            word_place: None,
         }
     }
 
@@ -315,21 +335,31 @@ impl Allocator {
     }
 
     fn alloc_small(&mut self, mem: &mut dyn TxMem, class: usize) -> Result<u64> {
-        let c = loop {
+        // The run and its hint with one lookup of the run (each was a hash lookup).
+        let (c, hint) = loop {
             match self.partial[class].first() {
-                Some(&c) if self.runs[&c].scanned => break c,
-                Some(&c) => self.scan_run(&|o, b| mem.read(o, b), c)?,
-                None => break self.new_run(mem, class)?,
+                Some(&c) => match self.runs.get(&c) {
+                    Some(rs) if rs.scanned => break (c, rs.hint),
+                    _ => self.scan_run(&|o, b| mem.read(o, b), c)?,
+                },
+                None => {
+                    let c = self.new_run(mem, class)?;
+                    break (c, self.runs.get(&c).map_or(0, |rs| rs.hint));
+                }
             }
         };
         let g = RunGeom::of_class(class);
         let base = self.chunk_offset(c);
         let words = g.bitmap_words();
-        let hint = self.runs[&c].hint; // (scanned: the loop above just looked it up)
+        let hint = if hint < words { hint } else { 0 };
         for i in 0..words {
-            let w = (hint + i) % words;
+            // (hint + i) mod words, without a division (hint < words).
+            let w = match hint + i {
+                w if w >= words => w - words,
+                w => w,
+            };
             let word_off = base + w * 8;
-            let word = read_u64(mem, word_off);
+            let word = self.read_bitmap_word(mem, word_off);
             let valid = (g.block_count - w * 64).min(64);
             let mut avail = !word
                 & if valid == 64 {
@@ -345,7 +375,7 @@ impl Allocator {
                 if !self.freed_blocks.is_empty() && self.freed_blocks.contains(&off) {
                     continue; // freed by this transaction: not reusable before it commits
                 }
-                mem.write(word_off, &(word | 1 << bit).to_le_bytes())?;
+                self.write_bitmap_word(mem, word_off, word | 1 << bit)?;
                 // `run_free_delta(c, -1)` and the hint, with one lookup of the run.
                 let rs = self.runs.get_mut(&c).expect("live run");
                 rs.free = rs.free.wrapping_sub(1); // (as run_free_delta: a partial run has free > 0)
@@ -369,6 +399,34 @@ impl Allocator {
                 self.runs[&c].free
             ),
         })
+    }
+
+    /// The bitmap word at `off` in the transaction's view: through the place of the last word
+    /// an allocation set (no search of the stage) when that is this one, else by a read.
+    #[inline]
+    fn read_bitmap_word(&mut self, mem: &mut dyn TxMem, off: u64) -> u64 {
+        if let Some(p) = self.word_place.filter(|p| p.offset() == off) {
+            if let Some(v) = mem.read_word(p) {
+                return v;
+            }
+        }
+        read_u64(mem, off)
+    }
+
+    /// Stage bitmap word `off` as `v`: through the remembered place if it is this word and still
+    /// valid, else by an ordinary staged write, after which its place is remembered. Either way
+    /// the staged bytes are the same, so every other reader of the stage (a free, the
+    /// writability check, the frame) sees `v`.
+    #[inline]
+    fn write_bitmap_word(&mut self, mem: &mut dyn TxMem, off: u64, v: u64) -> Result<()> {
+        if let Some(p) = self.word_place.filter(|p| p.offset() == off) {
+            if mem.write_word(p, v) {
+                return Ok(());
+            }
+        }
+        mem.write(off, &v.to_le_bytes())?;
+        self.word_place = mem.word_place(off);
+        Ok(())
     }
 
     fn new_run(&mut self, mem: &mut dyn TxMem, class: usize) -> Result<u32> {
