@@ -672,7 +672,16 @@ impl Stage {
     /// [`Self::write_word`]; `None` if no staged range holds it (stage it first).
     pub(crate) fn word_place(&mut self, off: u64) -> Option<WordPlace> {
         let inner = self.inner.get_mut();
-        let (start, slot) = inner.find(align_down(off), align_up(off + 8)).ok()??;
+        let (a, b) = (align_down(off), align_up(off + 8));
+        // The word was usually just written: a recent range holds it.
+        let (start, slot) = match inner
+            .hints
+            .iter()
+            .find(|h| h.valid && h.start <= a && b <= h.end)
+        {
+            Some(h) => (h.start, h.slot),
+            None => inner.find(a, b).ok()??,
+        };
         if inner.generation == 0 {
             inner.generation = fresh_generation();
         }

@@ -753,10 +753,14 @@ impl Allocator {
         self.freed_blocks.clear();
         self.pending_frees.clear();
         self.new_run = None;
+        // The stage is cleared with the transaction: its places are stale (the stage would
+        // refuse them; forgetting saves the next transaction asking).
+        self.word_place = None;
     }
 
     /// The transaction aborted: restore the indexes exactly.
     pub(crate) fn rollback(&mut self) {
+        self.word_place = None;
         while let Some(u) = self.undo.pop() {
             match u {
                 Undo::ExtentRemoved(s, n) => self.insert_extent(s, n),
