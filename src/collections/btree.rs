@@ -10,7 +10,7 @@ use super::{check_id, corrupt, Element, View};
 use crate::error::{Error, Result};
 use crate::pptr::{PPtr, PSlice};
 use crate::stored::{Field, Stored};
-use crate::tx::Tx;
+use crate::tx::{Tx, Writable};
 
 /// Bytes of a node unless eight entries need more. Measured (benches/README.md, "PBTreeMap
 /// node size"): with 8-byte keys and 64-byte values, lookups in a warm map of a million entries
@@ -226,8 +226,16 @@ fn shift_out<T: Copy>(s: &mut [T]) {
 /// One edit of a node (`edit` chooses): the whole node staged, or only the ranges the edit asks
 /// for. Either way the same bytes change.
 enum NodeEdit<'a, 'h> {
-    Whole { at: u64, b: &'a mut [u8] },
-    Parts { at: u64, tx: &'a mut Tx<'h> },
+    Whole {
+        at: u64,
+        b: &'a mut [u8],
+    },
+    /// `w`: the whole node, checked writable once for the edit's several writes.
+    Parts {
+        at: u64,
+        tx: &'a mut Tx<'h>,
+        w: Writable,
+    },
 }
 
 impl NodeEdit<'_, '_> {
@@ -242,8 +250,8 @@ impl NodeEdit<'_, '_> {
                 let bytes = &mut b[first as usize..end as usize];
                 crate::pptr::cast_slice_mut(bytes, PSlice::<T>::from_raw_parts(*at + first, count))
             }
-            NodeEdit::Parts { at, tx } => {
-                tx.slice_mut(PSlice::<T>::from_raw_parts(*at + first, count))
+            NodeEdit::Parts { at, tx, w } => {
+                tx.slice_mut_in(w, PSlice::<T>::from_raw_parts(*at + first, count))
             }
         }
     }
@@ -254,8 +262,8 @@ impl NodeEdit<'_, '_> {
         let c = (count as u32).to_ne_bytes();
         match self {
             NodeEdit::Whole { b, .. } => b[4..8].copy_from_slice(&c),
-            NodeEdit::Parts { at, tx } => tx
-                .slice_mut(PSlice::<u8>::from_raw_parts(*at + 4, 4))?
+            NodeEdit::Parts { at, tx, w } => tx
+                .slice_mut_in(w, PSlice::<u8>::from_raw_parts(*at + 4, 4))?
                 .copy_from_slice(&c),
         }
         Ok(())
@@ -566,7 +574,8 @@ where
                 b: Self::node_mut(tx, at, level)?,
             }
         } else {
-            NodeEdit::Parts { at, tx }
+            let w = tx.writable(at, Self::GEO.bytes(level), 8)?;
+            NodeEdit::Parts { at, tx, w }
         })
     }
 
