@@ -681,8 +681,12 @@ where
                 Probe::Vacant(i) => {
                     let k = K::store(tx, key)?;
                     let v = V::store(tx, value)?;
-                    Self::write_slot(tx.slice_mut(g.slot(b, i))?, &g, &k, &v);
-                    tx.set(g.fp(b, i), fingerprint(hash))?;
+                    // The slot and its fingerprint byte lie in one bucket: one writability
+                    // check for both (made after the stores, which may allocate).
+                    let w = tx.writable(b, g.bytes, 1)?;
+                    Self::write_slot(tx.slice_mut_in(&w, g.slot(b, i))?, &g, &k, &v);
+                    let fp = PSlice::<u8>::from_raw_parts(g.fp(b, i).offset(), 1);
+                    tx.slice_mut_in(&w, fp)?[0] = fingerprint(hash);
                     h.len += 1;
                     self.put_header(tx, h)?;
                     return Ok(false);
