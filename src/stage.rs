@@ -694,12 +694,23 @@ impl Stage {
     }
 
     /// The staged bytes of `p`'s range (mutable: `&mut self` means no slice from `read` is
-    /// alive), if `p` is still valid for this stage.
+    /// alive), if `p` is still valid for this stage. The range becomes the most recent hint, as
+    /// an ordinary read or write of it would make it: a run's bitmap and the blocks allocated
+    /// after it form one range that grows by appends, and an append finds the range it extends
+    /// among the hints (without this, a bulk B-tree load staged each new node as a range of its
+    /// own: 1.5 s instead of 0.9 s for 1,000,000 inserts).
     fn place_range(&mut self, p: WordPlace) -> Option<&mut [u8]> {
         let inner = self.inner.get_mut();
         if p.generation != inner.generation || p.generation == 0 {
             return None;
         }
+        let len = inner.bufs.get(p.slot)?.as_ref()?.len();
+        inner.remember(Hint {
+            start: p.start,
+            end: p.start + len,
+            slot: p.slot,
+            valid: true,
+        });
         let buf = inner.bufs.get(p.slot)?.as_ref()?;
         // SAFETY: a live buffer of `buf.len()` bytes owned by this stage; `&mut self` means no
         // other slice into it is alive (slices from `read` borrow `&self`), and the returned
@@ -1055,6 +1066,31 @@ mod tests {
         st.clear();
         assert_eq!(st.read_word(q), None);
         assert!(st.read(128, 8, &mut committed).is_none());
+    }
+
+    /// Setting a word through its place keeps its range among the recent ones, as a staged
+    /// write would: a run's bitmap and the blocks allocated after it stay one range that each
+    /// allocation's object extends (a bulk B-tree load regressed by 60% when they did not).
+    #[test]
+    fn a_word_place_keeps_its_range_appendable() {
+        let mut st = Stage::default();
+        let run = 1 << 20;
+        st.write(run, 8, u64::MAX, &mut committed).unwrap();
+        let p = st.word_place(run).unwrap();
+        for i in 1..6u64 {
+            // Other (lower) ranges touched between allocations push the run out of the hints.
+            for k in 0..HINTS as u64 {
+                st.write(4096 * (k + 1), 8, u64::MAX, &mut committed)
+                    .unwrap();
+            }
+            assert!(st.write_word(p, i));
+            st.write(run + 64 * i, 64, u64::MAX, &mut committed)
+                .unwrap()
+                .fill(i as u8);
+        }
+        let ranges: Vec<_> = st.ranges().map(|(s, r)| (s, r.len())).collect();
+        assert_eq!(ranges.len(), HINTS + 1, "{ranges:?}");
+        assert_eq!(ranges[HINTS], (run, 6 * 64));
     }
 
     /// Random writes and reads against a byte-map model: every read sees the model, the ranges
