@@ -704,13 +704,19 @@ impl Stage {
         if p.generation != inner.generation || p.generation == 0 {
             return None;
         }
-        let len = inner.bufs.get(p.slot)?.as_ref()?.len();
-        inner.remember(Hint {
-            start: p.start,
-            end: p.start + len,
-            slot: p.slot,
-            valid: true,
-        });
+        let buf = inner.bufs.get(p.slot)?.as_ref()?;
+        let first = inner.hints[0];
+        if !(first.valid && first.slot == p.slot) {
+            // (Most often it is the most recent already: a bulk allocation's object extended
+            // it just before. A hint's bounds follow its range: `extend_top` updates them.)
+            let end = p.start + buf.len();
+            inner.remember(Hint {
+                start: p.start,
+                end,
+                slot: p.slot,
+                valid: true,
+            });
+        }
         let buf = inner.bufs.get(p.slot)?.as_ref()?;
         // SAFETY: a live buffer of `buf.len()` bytes owned by this stage; `&mut self` means no
         // other slice into it is alive (slices from `read` borrow `&self`), and the returned
