@@ -15,6 +15,8 @@ use std::cell::UnsafeCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ptr::NonNull;
 
+use crate::alloc::Keyed;
+
 /// Granularity and alignment of staged ranges. Objects of alignment up to this are supported.
 pub(crate) const LINE: u64 = 64;
 
@@ -212,41 +214,9 @@ const SMALL_RANGES: usize = 32;
 struct RangeIndex {
     small: Vec<(u64, usize)>,
     tree: BTreeMap<u64, usize>,
-    starts: HashMap<u64, usize, LineHash>,
-}
-
-/// Hashing of range starts (line-aligned offsets) for [`RangeIndex::starts`]: one multiply
-/// (SipHash, the default, costs more than the lookup it serves); the high half folded into the
-/// low bits, which pick the bucket. Range starts are chosen by the heap's own allocator, not by
-/// an adversary.
-#[derive(Clone, Copy, Default)]
-struct LineHash;
-
-impl std::hash::BuildHasher for LineHash {
-    type Hasher = StartHasher;
-    fn build_hasher(&self) -> StartHasher {
-        StartHasher(0)
-    }
-}
-
-/// The hasher [`LineHash`] builds.
-struct StartHasher(u64);
-
-impl std::hash::Hasher for StartHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-    #[inline]
-    fn write_u64(&mut self, x: u64) {
-        let h = (self.0 ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.0 = h ^ (h >> 32);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
+    /// Hashed with the allocator's one-multiply hasher (SipHash would cost more than the
+    /// lookup it serves; range starts come from the heap's own allocator, not an adversary).
+    starts: HashMap<u64, usize, Keyed>,
 }
 
 /// Entries `starts` may keep the table of when cleared; a bigger one (a bulk transaction's) is

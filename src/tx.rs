@@ -219,15 +219,7 @@ impl<'h> Tx<'h> {
     /// area the range must lie inside one live allocation in this transaction's view (a freed
     /// block, a neighbour, a header or free space is [`Error::NotAllocated`]).
     fn view_mut(&mut self, off: u64, len: u64, align: u64) -> Result<&mut [u8]> {
-        self.sh
-            .geo
-            .check(self.header.chunk_count, off, len, align)?;
-        if off >= self.sh.geo.chunk_area {
-            let (sh, stage) = (self.sh, &self.stage);
-            self.w
-                .alloc
-                .check_writable(off, len, &|o, b| read_staged(sh, stage, o, b))?;
-        }
+        self.writable(off, len, align)?;
         self.stage_mut(off, len)
     }
 
