@@ -28,6 +28,10 @@ pub(crate) const PENDING_PAGES_MAX: usize = 16384;
 /// every other committer waits for.
 pub(crate) const PUBLISH_BATCH: usize = 32;
 
+/// Group commit: the longest the flusher waits for threads in transactions, and threads just
+/// acknowledged, to append their frames before it starts a barrier without them.
+pub(crate) const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// Growth step: the heap grows by at least this many chunks (2 MiB), or
 /// 1/[`GROW_FRACTION`] of its size up to [`GROW_CHUNKS_MAX`].
 pub(crate) const GROW_CHUNKS_MIN: u64 = 8;
