@@ -7,6 +7,7 @@
 //! not: change anything, or wait for the writer.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use bytemuck::Pod;
 
@@ -56,27 +57,159 @@ pub(crate) fn pin(sh: &Shared) -> Pinned<'_> {
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
-/// Buffers that live as long as the reader: each is filled once, then only read.
+/// Buffers that live as long as the reader: each is filled once, then only read. They come
+/// from, and go back to, a small per-thread pool, and the last few composed ranges of each
+/// thread are kept with their snapshot's identity: a reader thread that reads the same object
+/// of the same snapshot again (the root, read by every read while commits change it, and some
+/// reader pins an older state, so that the writer holds frames back) takes the bytes it
+/// composed before. Without either, four reader threads beside a committing writer (R-scale)
+/// paid three `malloc`/`free` pairs and a compose per read.
 #[derive(Default)]
-struct Arena(RefCell<Vec<Vec<Line>>>);
+struct Arena(RefCell<Held>);
+
+/// The buffers an arena holds: the first without an allocation (most readers compose one
+/// range, if any).
+#[derive(Default)]
+struct Held {
+    first: Option<Rc<Vec<Line>>>,
+    more: Vec<Rc<Vec<Line>>>,
+}
+
+/// Buffers kept per thread for readers' arenas: at most this many.
+const POOL_BUFFERS: usize = 8;
+/// Buffers larger than this many lines (64 KiB) go back to the allocator, and are not kept as
+/// composed ranges.
+const POOL_LINES_MAX: usize = 1024;
+/// Composed ranges kept per thread.
+const COMPOSED_KEPT: usize = 4;
+
+/// A composed range: (snapshot uid, offset, length, alignment) and where its bytes start in
+/// the buffer.
+struct Composed {
+    key: (u64, u64, usize, usize),
+    buf: Rc<Vec<Line>>,
+    skip: usize,
+}
+
+/// A thread's free buffers, and its last composed ranges (round robin).
+#[derive(Default)]
+struct Pool {
+    free: Vec<Vec<Line>>,
+    composed: Vec<Composed>,
+    next: usize,
+}
+
+std::thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
 
 impl Arena {
-    /// A buffer of `len` bytes aligned to `align`, filled by `fill`, valid for `&self`'s life.
-    fn keep(&self, len: usize, align: usize, fill: impl FnOnce(&mut [u8])) -> &[u8] {
+    /// The bytes of `key`'s range as this thread composed them before, kept for `&self`'s
+    /// life; `None` if it has not.
+    fn kept(&self, key: (u64, u64, usize, usize)) -> Option<&[u8]> {
+        let (buf, skip) = POOL
+            .try_with(|p| {
+                p.borrow()
+                    .composed
+                    .iter()
+                    .find(|c| c.key == key)
+                    .map(|c| (c.buf.clone(), c.skip))
+            })
+            .ok()
+            .flatten()?;
+        Some(self.hold(buf, skip, key.2))
+    }
+
+    /// A buffer of `key.2` bytes aligned to `key.3`, filled by `fill`, valid for `&self`'s
+    /// life, and kept for this thread under `key` (a snapshot's uid and a range: the bytes
+    /// must be that snapshot's view of the range, which never changes).
+    fn compose(&self, key: (u64, u64, usize, usize), fill: impl FnOnce(&mut [u8])) -> &[u8] {
+        let (len, align) = (key.2, key.3);
         let extra = if align > 64 { align } else { 0 };
-        let mut v = vec![Line([0; 64]); (len + extra).div_ceil(64).max(1)];
+        let lines = (len + extra).div_ceil(64).max(1);
+        let mut v = POOL
+            .try_with(|p| {
+                let mut p = p.borrow_mut();
+                match p.free.last() {
+                    Some(b) if b.capacity() >= lines => p.free.pop(),
+                    _ => None,
+                }
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        v.clear();
+        v.resize(lines, Line([0; 64]));
         let bytes: &mut [u8] = bytemuck_lines(&mut v);
         let skip = bytes.as_ptr().align_offset(align.max(1));
         fill(&mut bytes[skip..skip + len]);
-        let ptr = bytes[skip..].as_ptr();
-        self.0.borrow_mut().push(v);
-        // SAFETY: `ptr` points `len` initialised bytes into the heap buffer of the `Vec` just
-        // moved into the arena. Moving a `Vec` (and growing the outer `Vec`, which moves the inner
-        // ones) never moves its heap buffer, and the arena never touches, shrinks or frees an
-        // inner buffer before it is dropped, which is after every `&self` borrow ends; nothing
-        // writes the buffer after `fill`, so a shared slice of it for `&self`'s life is sound.
+        let buf = Rc::new(v);
+        if lines <= POOL_LINES_MAX {
+            let _ = POOL.try_with(|p| {
+                let mut p = p.borrow_mut();
+                let c = Composed {
+                    key,
+                    buf: buf.clone(),
+                    skip,
+                };
+                if p.composed.len() < COMPOSED_KEPT {
+                    p.composed.push(c);
+                } else {
+                    let at = p.next % COMPOSED_KEPT;
+                    p.composed[at] = c;
+                }
+                p.next = p.next.wrapping_add(1);
+            });
+        }
+        self.hold(buf, skip, len)
+    }
+
+    /// Keep `buf` for `&self`'s life and lend `len` bytes of it from `skip`.
+    fn hold(&self, buf: Rc<Vec<Line>>, skip: usize, len: usize) -> &[u8] {
+        let all = bytemuck_lines_ref(&buf);
+        let ptr = all[skip..skip + len].as_ptr();
+        let mut held = self.0.borrow_mut();
+        if held.first.is_none() {
+            held.first = Some(buf);
+        } else {
+            held.more.push(buf);
+        }
+        // SAFETY: `ptr` points `len` initialised bytes into the heap buffer of a `Vec` that the
+        // arena now holds an `Rc` of. Moving the `Rc` (and growing the arena's list) never moves
+        // that buffer; nothing writes a buffer once it is shared (it is filled before its first
+        // `Rc` exists, and reused only when the pool gets it back as the last owner, in
+        // `Arena::drop`), and the arena keeps its `Rc` until it is dropped, after every
+        // `&self` borrow ends; so a shared slice of it for `&self`'s life is sound.
         unsafe { std::slice::from_raw_parts(ptr, len) }
     }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        let held = std::mem::take(self.0.get_mut());
+        let Some(first) = held.first else {
+            return;
+        };
+        // (During thread exit the pool may be gone: the buffers are then simply freed.)
+        let _ = POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            for buf in std::iter::once(first).chain(held.more) {
+                // A buffer still kept as a composed range stays there.
+                if let Ok(v) = Rc::try_unwrap(buf) {
+                    if p.free.len() < POOL_BUFFERS && v.capacity() <= POOL_LINES_MAX {
+                        p.free.push(v);
+                    }
+                }
+            }
+            // Largest last, so that `compose` finds a fitting one with one look.
+            p.free.sort_unstable_by_key(Vec::capacity);
+        });
+    }
+}
+
+fn bytemuck_lines_ref(v: &[Line]) -> &[u8] {
+    // SAFETY: as in `bytemuck_lines`, shared.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * 64) }
 }
 
 fn bytemuck_lines(v: &mut [Line]) -> &mut [u8] {
@@ -123,9 +256,7 @@ impl<'h> Reader<'h> {
     fn committed_overlaid(&self, off: u64, len: usize, align: usize) -> &[u8] {
         let map = self.sh.reader_map();
         let end = off + len as u64;
-        let mut pieces = Vec::new();
-        self.snap.overlay.overlapping(off, end, &mut pieces);
-        if pieces.is_empty() {
+        if !self.snap.overlay.overlaps(off, end) {
             // SAFETY: in bounds of the mapped heap (checked by the caller). The file's bytes here
             // do not change while the pin lives: the writer writes a frame's ranges into the file
             // only once no reader is pinned below it (and this snapshot's own newer frames are in
@@ -133,8 +264,15 @@ impl<'h> Reader<'h> {
             // no reader that began before is left (section 11).
             return unsafe { map.slice(off, len) };
         }
-        self.arena.keep(len, align, |out| {
-            compose(off, &pieces, out, |at, buf| {
+        // This snapshot's view of the range never changes: a range this thread composed for
+        // it before is the same bytes.
+        let key = (self.snap.uid, off, len, align);
+        if let Some(b) = self.arena.kept(key) {
+            return b;
+        }
+        let pieces = self.snap.overlay.pieces(off, end);
+        self.arena.compose(key, |out| {
+            compose(off, pieces, out, |at, buf| {
                 // SAFETY: as above, for the parts no overlay piece covers.
                 buf.copy_from_slice(unsafe { map.slice(at, buf.len()) })
             })
@@ -240,19 +378,14 @@ impl<'h> Reader<'h> {
             });
         }
         let map = self.sh.reader_map();
-        let mut pieces = Vec::new();
-        if !self.snap.overlay.is_empty() {
-            self.snap
-                .overlay
-                .overlapping(off, off + out.len() as u64, &mut pieces);
-        }
+        let end = off + out.len() as u64;
         // SAFETY (both reads): inside the heap as this snapshot sees it (checked above), which
         // the readers' mapping covers; the file's bytes there do not change while the pin lives,
         // for the reasons given in `committed`.
-        if pieces.is_empty() {
+        if !self.snap.overlay.overlaps(off, end) {
             out.copy_from_slice(unsafe { map.slice(off, out.len()) });
         } else {
-            compose(off, &pieces, out, |at, buf| {
+            compose(off, self.snap.overlay.pieces(off, end), out, |at, buf| {
                 buf.copy_from_slice(unsafe { map.slice(at, buf.len()) })
             });
         }

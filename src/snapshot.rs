@@ -14,7 +14,7 @@
 //! every reader that could see it as free space is gone (newer readers see zeros there).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use txheap_recovery::txheap_log::{header_at, verify_frame, FRAME_HEADER_LEN};
@@ -162,31 +162,51 @@ impl Overlay {
         out
     }
 
-    /// The pieces overlapping `[off, end)`, oldest segment first (later ones win), into `out`.
-    pub(crate) fn overlapping<'a>(&'a self, off: u64, end: u64, out: &mut Vec<&'a Piece>) {
-        for s in &self.segments {
-            out.extend(s.overlapping(off, end));
-        }
+    /// Whether any piece overlaps `[off, end)` (no allocation: most reads ask only this).
+    #[inline]
+    pub(crate) fn overlaps(&self, off: u64, end: u64) -> bool {
+        self.segments
+            .iter()
+            .any(|s| !s.overlapping(off, end).is_empty())
+    }
+
+    /// The pieces overlapping `[off, end)`, oldest segment first (later ones win).
+    pub(crate) fn pieces(&self, off: u64, end: u64) -> impl Iterator<Item = &Piece> + Clone + '_ {
+        self.segments
+            .iter()
+            .flat_map(move |s| s.overlapping(off, end).iter())
     }
 }
 
-/// Compose `[off, off+out.len())`: the overlay's pieces (oldest first in `pieces`) over `file`,
-/// which is asked only for the parts no piece covers.
-pub(crate) fn compose(
+/// Spans composed without an allocation (more take a `Vec`).
+const COMPOSE_SPANS_INLINE: usize = 16;
+
+/// Compose `[off, off+out.len())`: the overlay's `pieces` (oldest first) over `file`, which is
+/// asked only for the parts no piece covers.
+pub(crate) fn compose<'a>(
     off: u64,
-    pieces: &[&Piece],
+    pieces: impl Iterator<Item = &'a Piece> + Clone,
     out: &mut [u8],
     mut file: impl FnMut(u64, &mut [u8]),
 ) {
     let end = off + out.len() as u64;
     // The file's bytes where no piece lies: walk the pieces' union in offset order.
-    let mut spans: Vec<(u64, u64)> = pieces
-        .iter()
-        .map(|p| (p.start.max(off), p.end.min(end)))
-        .collect();
+    let clipped = pieces.clone().map(|p| (p.start.max(off), p.end.min(end)));
+    let mut inline = [(0u64, 0u64); COMPOSE_SPANS_INLINE];
+    let mut spilled = Vec::new();
+    let n = pieces.clone().count();
+    let spans: &mut [(u64, u64)] = if n <= COMPOSE_SPANS_INLINE {
+        for (slot, span) in inline.iter_mut().zip(clipped) {
+            *slot = span;
+        }
+        &mut inline[..n]
+    } else {
+        spilled.extend(clipped);
+        &mut spilled
+    };
     spans.sort_unstable();
     let mut at = off;
-    for (a, b) in spans {
+    for &(a, b) in spans.iter() {
         if a > at {
             file(at, &mut out[(at - off) as usize..(a - off) as usize]);
         }
@@ -313,7 +333,13 @@ pub(crate) struct Snapshot {
     pub seq: u64,
     pub header: HeapHeader,
     pub overlay: Overlay,
+    /// Unique among every snapshot of every heap of the process (readers keep ranges they
+    /// composed under it: a snapshot's view never changes).
+    pub uid: u64,
 }
+
+/// The next snapshot's `uid`.
+static SNAPSHOT_UID: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug)]
 struct Inner {
@@ -465,6 +491,7 @@ impl Registry {
                 seq: g.seq,
                 header: g.header,
                 overlay,
+                uid: SNAPSHOT_UID.fetch_add(1, Ordering::Relaxed),
             });
             self.slots
                 .current
@@ -761,10 +788,9 @@ mod tests {
             for _ in 0..20 {
                 let off = next(4000);
                 let len = 1 + next(96);
-                let mut ps = Vec::new();
-                ov.overlapping(off, off + len, &mut ps);
+                let ps: Vec<&Piece> = ov.pieces(off, off + len).collect();
                 let mut out = vec![0xEEu8; len as usize];
-                compose(off, &ps, &mut out, |_, b| b.fill(0));
+                compose(off, ps.iter().copied(), &mut out, |_, b| b.fill(0));
                 assert_eq!(
                     out,
                     model[off as usize..(off + len) as usize],
