@@ -99,6 +99,17 @@ pub fn find_damage<S: Storage + ?Sized>(
     stop: &Stop,
     txid: u64,
 ) -> Result<Option<LogDamage>, RecoveryError> {
+    find_damage_in(storage, sb, stop, txid, None)
+}
+
+/// [`find_damage`], reading the log region through `log` (all of it) when given.
+fn find_damage_in<S: Storage + ?Sized>(
+    storage: &S,
+    sb: &Superblock,
+    stop: &Stop,
+    txid: u64,
+    log: Option<&[u8]>,
+) -> Result<Option<LogDamage>, RecoveryError> {
     let at = stop.offset;
     if matches!(stop.reason, StopReason::RegionEnd) || sabotaged(IGNORE_DURABILITY_EVIDENCE) {
         return Ok(None);
@@ -110,7 +121,7 @@ pub fn find_damage<S: Storage + ?Sized>(
     // Every 8-byte position after it, through a read window (memory stays bounded by the
     // window and the one candidate frame being verified, whatever the log's size).
     let (mut voucher, mut last) = (None, None::<u64>);
-    let mut window = LogWindow::default();
+    let mut window = LogWindow::over(log);
     let mut p = at + FRAME_ALIGN as u64;
     while let Some(found) = window.next_magic(storage, sb, p)? {
         p = found;
@@ -143,16 +154,32 @@ pub type ApplyFn<'a> = dyn FnMut(u64, &[u8]) -> Result<(), RecoveryError> + 'a;
 
 /// The log region read ahead in growing chunks (`LOG_WINDOW_LEN_MIN`, 64 KiB, doubling to
 /// `LOG_WINDOW_LEN_MAX`, 8 MiB), so a scan costs a few large reads instead of two per frame,
-/// and an empty log costs one small read.
+/// and an empty log costs one small read; or, when the storage gives one, a view of the whole
+/// region (a mapping), read in place.
 #[derive(Default)]
-struct LogWindow {
-    /// Log-relative offset of `buf[0]`.
+struct LogWindow<'v> {
+    /// Log-relative offset of `buf[0]` (0 with a view).
     start: u64,
     buf: Vec<u8>,
     chunk: u64,
+    /// The whole log region, when the storage maps it.
+    view: Option<&'v [u8]>,
 }
 
-impl LogWindow {
+impl<'v> LogWindow<'v> {
+    /// A window over `view` (the whole log region) if given, else one that reads.
+    fn over(view: Option<&'v [u8]>) -> LogWindow<'v> {
+        LogWindow {
+            view,
+            ..LogWindow::default()
+        }
+    }
+
+    /// The bytes the window holds, from log offset `start`.
+    fn bytes(&self) -> &[u8] {
+        self.view.unwrap_or(&self.buf)
+    }
+
     /// Bytes `[at, at + len)` of the log region (the caller checked they lie inside it).
     fn get<S: Storage + ?Sized>(
         &mut self,
@@ -167,8 +194,12 @@ impl LogWindow {
                 what: format!("log read of {len} bytes runs past the log region"),
             });
         }
-        let have = at >= self.start && at + len <= self.start + self.buf.len() as u64;
+        let have = at >= self.start && at + len <= self.start + self.bytes().len() as u64;
         if !have {
+            assert!(
+                self.view.is_none(),
+                "log window: a view shorter than the log"
+            );
             self.chunk = (self.chunk * 2).clamp(LOG_WINDOW_LEN_MIN, LOG_WINDOW_LEN_MAX);
             let n = len.max(self.chunk).min(sb.log_size - at);
             let abs = sb.log_offset() + at;
@@ -178,12 +209,13 @@ impl LogWindow {
                 .read_at(abs, &mut self.buf)
                 .map_err(io_err("read log", abs))?;
         }
+        let bytes = self.bytes();
         assert!(
-            at >= self.start && at + len <= self.start + self.buf.len() as u64,
+            at >= self.start && at + len <= self.start + bytes.len() as u64,
             "log window: a refill does not hold the bytes asked for"
         );
         let i = (at - self.start) as usize;
-        Ok(&self.buf[i..i + len as usize])
+        Ok(&bytes[i..i + len as usize])
     }
 
     /// The first 8-aligned log offset at or after `from` (itself 8-aligned) where a whole
@@ -203,9 +235,10 @@ impl LogWindow {
             self.get(storage, sb, from, header)?;
             // Positions whose header lies whole inside the window.
             let i = (from - self.start) as usize;
-            let last = self.buf.len() - FRAME_HEADER_LEN;
+            let bytes = self.bytes();
+            let last = bytes.len() - FRAME_HEADER_LEN;
             let positions = (last - i) / FRAME_ALIGN + 1;
-            if let Some(k) = find_magic(&self.buf[i..], positions, magic) {
+            if let Some(k) = find_magic(&bytes[i..], positions, magic) {
                 return Ok(Some(from + (k * FRAME_ALIGN) as u64));
             }
             // Every aligned position up to `last` was looked at; go on after it.
@@ -337,11 +370,23 @@ pub fn scan_log_visiting<S: Storage + ?Sized>(
     apply: &mut ApplyFn<'_>,
     visit: &mut dyn FnMut(u64, &FrameHeader),
 ) -> Result<LogScan, RecoveryError> {
+    scan_log_in(storage, sb, None, apply, visit)
+}
+
+/// [`scan_log_visiting`], reading the log region through `log` (all of it: a view the storage
+/// gave) when given, so that the bytes `apply` gets lie inside `log`.
+pub(crate) fn scan_log_in<S: Storage + ?Sized>(
+    storage: &S,
+    sb: &Superblock,
+    log: Option<&[u8]>,
+    apply: &mut ApplyFn<'_>,
+    visit: &mut dyn FnMut(u64, &FrameHeader),
+) -> Result<LogScan, RecoveryError> {
     let mut at = 0u64;
     let mut txid = sb.next_txid;
     let mut frames = 0;
     let mut range_bytes = 0;
-    let mut window = LogWindow::default();
+    let mut window = LogWindow::over(log);
     let stop = loop {
         let remaining = sb.log_size - at;
         let abs = sb.log_offset() + at;
@@ -416,7 +461,7 @@ pub fn scan_log_visiting<S: Storage + ?Sized>(
         txid += 1;
         at += h.frame_len();
     };
-    let damage = find_damage(storage, sb, &stop, txid)?;
+    let damage = find_damage_in(storage, sb, &stop, txid, log)?;
     Ok(LogScan {
         frames,
         range_bytes,

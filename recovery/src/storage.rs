@@ -21,6 +21,19 @@ pub trait Storage {
     fn len(&self) -> io::Result<u64>;
     /// Read exactly `buf.len()` bytes at `offset` (`UnexpectedEof` past the end).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// A read-only view of `[offset, offset+len)` (the caller checked that it lies inside the
+    /// file) that does not borrow the storage, such as a mapping, so that a large region can be
+    /// read without copying it; `None` (the default): read it with [`Storage::read_at`]. The
+    /// caller writes nothing inside the region while the view lives.
+    ///
+    /// ```
+    /// use txheap_recovery::{MemStorage, Storage};
+    /// let s = MemStorage::from_bytes(vec![7; 16]);
+    /// assert!(s.view(0, 16).unwrap().is_none()); // memory: read it with read_at
+    /// ```
+    fn view(&self, _offset: u64, _len: u64) -> io::Result<Option<Box<dyn AsRef<[u8]>>>> {
+        Ok(None)
+    }
     /// Write `bytes` at `offset`; may extend the file.
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()>;
     /// Make `[offset, offset+len)` durable.

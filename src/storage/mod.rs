@@ -138,6 +138,10 @@ impl Storage for FileStorage {
         self.file.read_exact_at(buf, offset)
     }
 
+    fn view(&self, offset: u64, len: u64) -> io::Result<Option<Box<dyn AsRef<[u8]>>>> {
+        Ok(Some(Box::new(sys::ReadView::new(&self.file, offset, len)?)))
+    }
+
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
         let (file, window, counters) = (&self.file, &self.window, &mut self.counters);
         self.hooks.write(offset, bytes, |b| {
