@@ -150,6 +150,56 @@ fn a_lone_thread_after_a_crowd_pays_one_barrier_per_commit() {
     assert_eq!(barriers(&heap) - before, 50);
 }
 
+/// The flusher waits for threads in transactions only briefly: a commit that shares a barrier
+/// while another thread runs a long transaction body is acknowledged long before that body
+/// ends (a flusher that waited for every thread inside would hold it for the whole body).
+#[test]
+fn a_long_transaction_body_does_not_hold_back_a_shared_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("b.heap"), options()).unwrap();
+    heap.transaction(|tx| tx.root::<Counters>().map(|_| ()))
+        .unwrap();
+    let before = barriers(&heap);
+    let body = std::time::Duration::from_millis(600);
+    let (in_b, a_queued) = (Barrier::new(2), Barrier::new(2));
+    let acked_after = std::thread::scope(|s| {
+        // A: queued for the writer lock while B commits, then a long body.
+        let a = s.spawn(|| {
+            in_b.wait();
+            a_queued.wait();
+            heap.transaction(|tx| {
+                std::thread::sleep(body);
+                bump(tx, 0)
+            })
+            .unwrap();
+        });
+        // B: commits while A waits for the writer lock (so B shares a barrier), and times its
+        // acknowledgement.
+        let t0 = std::time::Instant::now();
+        heap.transaction(|tx| {
+            in_b.wait();
+            a_queued.wait();
+            // Give A time to enter its transaction and queue for the writer lock.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            bump(tx, 1)
+        })
+        .unwrap();
+        let acked = t0.elapsed();
+        a.join().unwrap();
+        acked
+    });
+    println!("B acknowledged after {acked_after:?}; A's body {body:?}");
+    assert!(barriers(&heap) - before >= 1);
+    if std::env::var_os("TXHEAP_VALGRIND").is_none() {
+        // 100 ms of B's own body, then the barrier: far below the 700 ms it would take if the
+        // flusher waited for A's body to end.
+        assert!(
+            acked_after < std::time::Duration::from_millis(400),
+            "B's shared commit waited {acked_after:?} for A's body"
+        );
+    }
+}
+
 /// A lone thread keeps its own barrier per commit (no waiting for company).
 #[test]
 fn a_lone_thread_pays_one_barrier_per_commit() {
