@@ -217,10 +217,7 @@ impl Inner {
                             );
                             self.poison.set(&cause);
                             g.failed.get_or_insert(cause);
-                            std::mem::take(&mut g.sleepers)
-                                .into_iter()
-                                .map(|(_, th)| th)
-                                .collect()
+                            all_sleepers(&mut g)
                         }
                     };
                     drop(g);
@@ -246,9 +243,9 @@ impl Inner {
         let mut g = self.lock();
         g.failed.get_or_insert_with(|| cause.to_string());
         g.flushing = false;
-        let woken = std::mem::take(&mut g.sleepers);
+        let woken = all_sleepers(&mut g);
         drop(g);
-        wake(woken.into_iter().map(|(_, th)| th).collect());
+        wake(woken);
         self.changed.notify_all();
     }
 }
@@ -440,11 +437,16 @@ impl Group {
                 }
             }
         };
-        if registered && g.sleepers.iter().any(|(t, _)| *t == txid) {
-            g.sleepers.retain(|(t, _)| *t != txid);
+        if registered {
+            g.sleepers.retain(|(t, _)| *t != txid); // (woken by a timeout or a failure)
         }
         r
     }
+}
+
+/// Every waiting committer, taken to be woken (a barrier failed).
+fn all_sleepers(g: &mut State) -> Vec<std::thread::Thread> {
+    g.sleepers.drain(..).map(|(_, th)| th).collect()
 }
 
 /// Wake the committers whose frames a barrier made durable.

@@ -57,13 +57,12 @@ pub(crate) fn pin(sh: &Shared) -> Pinned<'_> {
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
-/// Buffers that live as long as the reader: each is filled once, then only read. They come
-/// from, and go back to, a small per-thread pool, and the last few composed ranges of each
-/// thread are kept with their snapshot's identity: a reader thread that reads the same object
-/// of the same snapshot again (the root, read by every read while commits change it, and some
-/// reader pins an older state, so that the writer holds frames back) takes the bytes it
-/// composed before. Without either, four reader threads beside a committing writer (R-scale)
-/// paid three `malloc`/`free` pairs and a compose per read.
+/// Buffers that live as long as the reader: each is filled once, then only read. The last few
+/// composed ranges of each thread are kept with their snapshot's identity: a reader thread that
+/// reads the same object of the same snapshot again (the root, read by every read while
+/// commits change it, and some reader pins an older state, so that the writer holds frames
+/// back) shares the bytes it composed before. Without that, four reader threads beside a
+/// committing writer (R-scale) paid three `malloc`/`free` pairs and a compose per read.
 #[derive(Default)]
 struct Arena(RefCell<Held>);
 
@@ -75,13 +74,10 @@ struct Held {
     more: Vec<Rc<Vec<Line>>>,
 }
 
-/// Buffers kept per thread for readers' arenas: at most this many.
-const POOL_BUFFERS: usize = 8;
-/// Buffers larger than this many lines (64 KiB) go back to the allocator, and are not kept as
-/// composed ranges.
-const POOL_LINES_MAX: usize = 1024;
 /// Composed ranges kept per thread.
 const COMPOSED_KEPT: usize = 4;
+/// Ranges longer than this many lines (64 KiB) are not kept.
+const COMPOSED_LINES_MAX: usize = 1024;
 
 /// A composed range: (snapshot uid, offset, length, alignment) and where its bytes start in
 /// the buffer.
@@ -91,25 +87,24 @@ struct Composed {
     skip: usize,
 }
 
-/// A thread's free buffers, and its last composed ranges (round robin).
+/// A thread's last composed ranges (replaced round robin).
 #[derive(Default)]
-struct Pool {
-    free: Vec<Vec<Line>>,
+struct Kept {
     composed: Vec<Composed>,
     next: usize,
 }
 
 std::thread_local! {
-    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+    static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
 }
 
 impl Arena {
     /// The bytes of `key`'s range as this thread composed them before, kept for `&self`'s
     /// life; `None` if it has not.
     fn kept(&self, key: (u64, u64, usize, usize)) -> Option<&[u8]> {
-        let (buf, skip) = POOL
-            .try_with(|p| {
-                p.borrow()
+        let (buf, skip) = KEPT
+            .try_with(|k| {
+                k.borrow()
                     .composed
                     .iter()
                     .find(|c| c.key == key)
@@ -127,38 +122,27 @@ impl Arena {
         let (len, align) = (key.2, key.3);
         let extra = if align > 64 { align } else { 0 };
         let lines = (len + extra).div_ceil(64).max(1);
-        let mut v = POOL
-            .try_with(|p| {
-                let mut p = p.borrow_mut();
-                match p.free.last() {
-                    Some(b) if b.capacity() >= lines => p.free.pop(),
-                    _ => None,
-                }
-            })
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        v.clear();
-        v.resize(lines, Line([0; 64]));
+        let mut v = vec![Line([0; 64]); lines];
         let bytes: &mut [u8] = bytemuck_lines(&mut v);
         let skip = bytes.as_ptr().align_offset(align.max(1));
         fill(&mut bytes[skip..skip + len]);
         let buf = Rc::new(v);
-        if lines <= POOL_LINES_MAX {
-            let _ = POOL.try_with(|p| {
-                let mut p = p.borrow_mut();
+        if lines <= COMPOSED_LINES_MAX {
+            // (During thread exit the list may be gone: the range is then not kept.)
+            let _ = KEPT.try_with(|k| {
+                let mut k = k.borrow_mut();
                 let c = Composed {
                     key,
                     buf: buf.clone(),
                     skip,
                 };
-                if p.composed.len() < COMPOSED_KEPT {
-                    p.composed.push(c);
+                if k.composed.len() < COMPOSED_KEPT {
+                    k.composed.push(c);
                 } else {
-                    let at = p.next % COMPOSED_KEPT;
-                    p.composed[at] = c;
+                    let at = k.next % COMPOSED_KEPT;
+                    k.composed[at] = c;
                 }
-                p.next = p.next.wrapping_add(1);
+                k.next = k.next.wrapping_add(1);
             });
         }
         self.hold(buf, skip, len)
@@ -177,33 +161,10 @@ impl Arena {
         // SAFETY: `ptr` points `len` initialised bytes into the heap buffer of a `Vec` that the
         // arena now holds an `Rc` of. Moving the `Rc` (and growing the arena's list) never moves
         // that buffer; nothing writes a buffer once it is shared (it is filled before its first
-        // `Rc` exists, and reused only when the pool gets it back as the last owner, in
-        // `Arena::drop`), and the arena keeps its `Rc` until it is dropped, after every
-        // `&self` borrow ends; so a shared slice of it for `&self`'s life is sound.
+        // `Rc` exists, and no `&mut` to it is made afterwards), and the arena keeps its `Rc`
+        // until it is dropped, after every `&self` borrow ends; so a shared slice of it for
+        // `&self`'s life is sound.
         unsafe { std::slice::from_raw_parts(ptr, len) }
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        let held = std::mem::take(self.0.get_mut());
-        let Some(first) = held.first else {
-            return;
-        };
-        // (During thread exit the pool may be gone: the buffers are then simply freed.)
-        let _ = POOL.try_with(|p| {
-            let mut p = p.borrow_mut();
-            for buf in std::iter::once(first).chain(held.more) {
-                // A buffer still kept as a composed range stays there.
-                if let Ok(v) = Rc::try_unwrap(buf) {
-                    if p.free.len() < POOL_BUFFERS && v.capacity() <= POOL_LINES_MAX {
-                        p.free.push(v);
-                    }
-                }
-            }
-            // Largest last, so that `compose` finds a fitting one with one look.
-            p.free.sort_unstable_by_key(Vec::capacity);
-        });
     }
 }
 

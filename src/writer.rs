@@ -842,7 +842,8 @@ impl Writer {
         };
         let (used, free, largest, classes) = self.alloc.stats_progress(&read, progress)?;
         let mut io = self.storage.counters;
-        io.range_barriers += sh.group.barriers();
+        io.shared_barriers = sh.group.barriers();
+        io.range_barriers += io.shared_barriers;
         let (filesystem, volatile_storage) =
             crate::platform::filesystem(&*sh.file).map_err(|e| Error::io("fstatfs", 0, e))?;
         Ok(Stats {

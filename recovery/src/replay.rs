@@ -477,9 +477,13 @@ where
     // Where the storage maps the log region, the ranges are read in place: each is its offset
     // in the region, and nothing is copied (a replay of 64 MiB of frames spent a third of its
     // time in `pread`s of the log, copies into the arena and freeing it: perf, W5-replay).
-    // Otherwise they are copied into one arena. (A view that cannot be made is not an error:
-    // the log is then read.)
-    let log_view = storage.view(sb.log_offset(), sb.log_size).ok().flatten();
+    // Otherwise they are copied into one arena. (A view that cannot be made, or that is not
+    // the whole region, is not an error: the log is then read.)
+    let log_view = storage
+        .view(sb.log_offset(), sb.log_size)
+        .ok()
+        .flatten()
+        .filter(|v| (**v).as_ref().len() as u64 == sb.log_size);
     let log: Option<&[u8]> = log_view.as_deref().map(|v| v.as_ref());
     let log_size = usize::try_from(sb.log_size).unwrap_or(usize::MAX);
     const RESERVE_MAX: usize = 1 << 30;

@@ -32,6 +32,7 @@ pub use hooks::{FaultPlan, Trace, TraceEvent};
 /// let after = heap.stats()?.io;
 /// assert_eq!(after.range_barriers - before.range_barriers, 1); // one msync per commit
 /// assert_eq!(after.full_barriers, before.full_barriers);
+/// assert_eq!(after.shared_barriers, before.shared_barriers); // a lone thread: its own barrier
 /// # Ok::<(), txheap::Error>(())
 /// ```
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,9 @@ pub struct IoCounters {
     pub bytes_written: u64,
     /// Range barriers (`msync` of part of the log).
     pub range_barriers: u64,
+    /// Of `range_barriers`, those group commit's flusher ran for the frames of several
+    /// threads at once (under `Durability::Full`, when threads commit at the same time).
+    pub shared_barriers: u64,
     /// Whole-file barriers (`fdatasync`).
     pub full_barriers: u64,
 }
