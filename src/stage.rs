@@ -469,6 +469,11 @@ impl Inner {
 
     /// Make `h` the most recent hint.
     fn remember(&mut self, h: Hint) {
+        if self.hints[0].valid && self.hints[0].slot == h.slot {
+            // Already the most recent (an append extending it, a word set in it): new bounds.
+            self.hints[0] = Hint { valid: true, ..h };
+            return;
+        }
         let i = self
             .hints
             .iter()
@@ -638,8 +643,8 @@ impl Stage {
         inner.generation = 0;
     }
 
-    /// Where the staged 8-byte word at `off` lives, for [`Self::read_word`] and
-    /// [`Self::write_word`]; `None` if no staged range holds it (stage it first).
+    /// Where the staged 8-byte word at `off` lives, for [`Self::word_mut`]; `None` if no staged
+    /// range holds it (stage it first).
     pub(crate) fn word_place(&mut self, off: u64) -> Option<WordPlace> {
         let inner = self.inner.get_mut();
         let (a, b) = (align_down(off), align_up(off + 8));
@@ -694,29 +699,24 @@ impl Stage {
         Some(unsafe { std::slice::from_raw_parts_mut(buf.base(), buf.len() as usize) })
     }
 
-    /// The staged word at `p` (the same bytes a `read` of it returns), or `None` if the place
-    /// is stale: the caller then reads it the ordinary way.
-    pub(crate) fn read_word(&mut self, p: WordPlace) -> Option<u64> {
+    /// The staged word at `p` (the same bytes a `read` of it returns; the line is staged
+    /// already, so setting them adds nothing to the frame's size), or `None` if the place is
+    /// stale: the caller then reads or writes it the ordinary way.
+    pub(crate) fn word_mut(&mut self, p: WordPlace) -> Option<&mut [u8; 8]> {
         let at = p.off.checked_sub(p.start)? as usize;
-        let b = self.place_range(p)?.get(at..at + 8)?;
-        Some(u64::from_le_bytes(b.try_into().ok()?))
+        self.place_range(p)?.get_mut(at..at + 8)?.try_into().ok()
     }
 
-    /// Set the staged word at `p` to `v` (as a `write` of it would; the line is staged already,
-    /// so nothing is added to the frame's size). `false` if the place is stale: nothing changed,
-    /// and the caller writes it the ordinary way.
+    /// The staged word at `p`, or `None` if the place is stale.
+    #[cfg(test)]
+    pub(crate) fn read_word(&mut self, p: WordPlace) -> Option<u64> {
+        self.word_mut(p).map(|b| u64::from_le_bytes(*b))
+    }
+
+    /// Set the staged word at `p` to `v`; `false` (nothing changed) if the place is stale.
+    #[cfg(test)]
     pub(crate) fn write_word(&mut self, p: WordPlace, v: u64) -> bool {
-        let Some(at) = p.off.checked_sub(p.start) else {
-            return false;
-        };
-        let at = at as usize;
-        match self.place_range(p).and_then(|r| r.get_mut(at..at + 8)) {
-            Some(b) => {
-                b.copy_from_slice(&v.to_le_bytes());
-                true
-            }
-            None => false,
-        }
+        self.word_mut(p).map(|b| *b = v.to_le_bytes()).is_some()
     }
 
     /// Whether any staged range overlaps `[off, off+len)` (widened to whole lines, as staging

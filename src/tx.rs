@@ -173,12 +173,8 @@ impl TxMem for Mem<'_> {
         self.stage.word_place(off)
     }
 
-    fn read_word(&mut self, p: WordPlace) -> Option<u64> {
-        self.stage.read_word(p)
-    }
-
-    fn write_word(&mut self, p: WordPlace, v: u64) -> bool {
-        self.stage.write_word(p, v)
+    fn word_mut(&mut self, p: WordPlace) -> Option<&mut [u8; 8]> {
+        self.stage.word_mut(p)
     }
 }
 

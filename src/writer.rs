@@ -115,7 +115,11 @@ fn area_at(areas: &[(u64, u64)], p: u64) -> std::result::Result<(u64, u64), u64>
 
 /// Whether `[off, off+len)` lies inside one of the sorted, disjoint `areas`.
 pub(crate) fn inside(areas: &[(u64, u64)], off: u64, len: u64) -> bool {
-    matches!(area_at(areas, off), Ok((_, b)) if off + len <= b)
+    // Bulk allocation fills the highest area: that one answers without a search.
+    match areas.last() {
+        Some(&(a, b)) if off >= a => off < b && off + len <= b,
+        _ => matches!(area_at(areas, off), Ok((_, b)) if off + len <= b),
+    }
 }
 
 impl CommitPlan<'_> {

@@ -110,8 +110,14 @@ impl RunGeom {
 }
 
 /// The smallest class fitting `size` bytes at `align` (a power of two up to [`ALIGN_MAX`](crate::limits::ALIGN_MAX)).
+#[inline]
 pub(crate) fn class_for(size: u64, align: u64) -> Option<usize> {
     let size = size.max(1);
+    if size <= 128 && align <= 16 {
+        // The first eight classes are 16, 32, ..., 128: every multiple of 16 up to 128, each
+        // aligned to 16 (the search below cost 30 instructions per allocation, W3).
+        return Some((size.div_ceil(16) - 1) as usize);
+    }
     CLASSES
         .iter()
         .position(|&bs| bs as u64 >= size && bs as u64 % align.max(16) == 0)
@@ -316,6 +322,23 @@ mod tests {
             let n = g.block_count + 1;
             let d = (n.div_ceil(64) * 8).div_ceil(64) * 64;
             assert!(d + n * g.block_size > CHUNK_SIZE);
+        }
+    }
+
+    #[test]
+    fn class_for_small_sizes_matches_the_search() {
+        assert_eq!(&CLASSES[..8], &[16, 32, 48, 64, 80, 96, 112, 128]);
+        for size in 0..=300u64 {
+            for align in [1u64, 2, 4, 8, 16, 32, 64] {
+                let searched = CLASSES
+                    .iter()
+                    .position(|&bs| bs as u64 >= size.max(1) && bs as u64 % align.max(16) == 0);
+                assert_eq!(
+                    class_for(size, align),
+                    searched,
+                    "size {size} align {align}"
+                );
+            }
         }
     }
 

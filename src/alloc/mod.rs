@@ -49,18 +49,15 @@ pub(crate) trait TxMem {
     fn ensure_chunks(&mut self, chunk_count: u64) -> Result<()>;
     /// The heap's `max_size`: the file may not grow past it.
     fn max_size(&self) -> u64;
-    /// Where the staged word at `off` lives, for [`Self::read_word`] and [`Self::write_word`]
-    /// (`None`: not staged, or this memory keeps no places; callers then read and write).
+    /// Where the staged word at `off` lives, for [`Self::word_mut`] (`None`: not staged, or
+    /// this memory keeps no places; callers then read and write).
     fn word_place(&mut self, _off: u64) -> Option<WordPlace> {
         None
     }
-    /// The word at `p`, as `read` shows it; `None` if the place is stale.
-    fn read_word(&mut self, _p: WordPlace) -> Option<u64> {
+    /// The staged word at `p` (the bytes `read` shows; setting them is a staged `write` of the
+    /// word), or `None` if the place is stale.
+    fn word_mut(&mut self, _p: WordPlace) -> Option<&mut [u8; 8]> {
         None
-    }
-    /// Set the word at `p`, as `write` would; `false` (nothing changed) if the place is stale.
-    fn write_word(&mut self, _p: WordPlace, _v: u64) -> bool {
-        false
     }
 }
 
@@ -359,37 +356,22 @@ impl Allocator {
                 w => w,
             };
             let word_off = base + w * 8;
-            let word = self.read_bitmap_word(mem, word_off);
-            let valid = (g.block_count - w * 64).min(64);
-            let mut avail = !word
-                & if valid == 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << valid) - 1
-                };
-            while avail != 0 {
-                let bit = avail.trailing_zeros() as u64;
-                avail &= avail - 1;
-                let idx = w * 64 + bit;
-                let off = base + g.data_offset + idx * g.block_size;
-                if !self.freed_blocks.is_empty() && self.freed_blocks.contains(&off) {
-                    continue; // freed by this transaction: not reusable before it commits
+            // The word the last allocation set is usually this one, staged: read it, pick a
+            // bit and set it through one access to its place (no search of the stage).
+            if let Some(p) = self.word_place.filter(|p| p.offset() == word_off) {
+                if let Some(staged) = mem.word_mut(p) {
+                    let word = u64::from_le_bytes(*staged);
+                    let Some((bit, off)) = self.pick(&g, base, w, word) else {
+                        continue;
+                    };
+                    *staged = (word | 1 << bit).to_le_bytes();
+                    return Ok(self.took(c, class, w, off));
                 }
+            }
+            let word = read_u64(mem, word_off);
+            if let Some((bit, off)) = self.pick(&g, base, w, word) {
                 self.write_bitmap_word(mem, word_off, word | 1 << bit)?;
-                // `run_free_delta(c, -1)` and the hint, with one lookup of the run.
-                let rs = self.runs.get_mut(&c).expect("live run");
-                rs.free = rs.free.wrapping_sub(1); // (as run_free_delta: a partial run has free > 0)
-                rs.hint = w;
-                if rs.free == 0 {
-                    self.partial[class].remove(&c);
-                }
-                // One journal entry per run and streak, not per allocation (a bulk transaction
-                // made a million): a rollback applies the sum, which ends in the same state.
-                match self.undo.last_mut() {
-                    Some(Undo::RunFree(last, d)) if *last == c => *d -= 1,
-                    _ => self.undo.push(Undo::RunFree(c, -1)),
-                }
-                return Ok(off);
+                return Ok(self.took(c, class, w, off));
             }
         }
         Err(Error::Corrupt {
@@ -401,16 +383,46 @@ impl Allocator {
         })
     }
 
-    /// The bitmap word at `off` in the transaction's view: through the place of the last word
-    /// an allocation set (no search of the stage) when that is this one, else by a read.
+    /// The first block of bitmap word `w` (holding `word`) of the run at `base` that is free and
+    /// was not freed by this transaction: its bit and its offset.
     #[inline]
-    fn read_bitmap_word(&mut self, mem: &mut dyn TxMem, off: u64) -> u64 {
-        if let Some(p) = self.word_place.filter(|p| p.offset() == off) {
-            if let Some(v) = mem.read_word(p) {
-                return v;
+    fn pick(&self, g: &RunGeom, base: u64, w: u64, word: u64) -> Option<(u64, u64)> {
+        let valid = (g.block_count - w * 64).min(64);
+        let mut avail = !word
+            & if valid == 64 {
+                u64::MAX
+            } else {
+                (1u64 << valid) - 1
+            };
+        while avail != 0 {
+            let bit = avail.trailing_zeros() as u64;
+            avail &= avail - 1;
+            let off = base + g.data_offset + (w * 64 + bit) * g.block_size;
+            if !self.freed_blocks.is_empty() && self.freed_blocks.contains(&off) {
+                continue; // freed by this transaction: not reusable before it commits
             }
+            return Some((bit, off));
         }
-        read_u64(mem, off)
+        None
+    }
+
+    /// Account for the block at `off` (bitmap word `w` of run `c`, of `class`) just taken.
+    #[inline]
+    fn took(&mut self, c: u32, class: usize, w: u64, off: u64) -> u64 {
+        // `run_free_delta(c, -1)` and the hint, with one lookup of the run.
+        let rs = self.runs.get_mut(&c).expect("live run");
+        rs.free = rs.free.wrapping_sub(1); // (as run_free_delta: a partial run has free > 0)
+        rs.hint = w;
+        if rs.free == 0 {
+            self.partial[class].remove(&c);
+        }
+        // One journal entry per run and streak, not per allocation (a bulk transaction made a
+        // million): a rollback applies the sum, which ends in the same state.
+        match self.undo.last_mut() {
+            Some(Undo::RunFree(last, d)) if *last == c => *d -= 1,
+            _ => self.undo.push(Undo::RunFree(c, -1)),
+        }
+        off
     }
 
     /// Stage bitmap word `off` as `v`: through the remembered place if it is this word and still
@@ -420,7 +432,8 @@ impl Allocator {
     #[inline]
     fn write_bitmap_word(&mut self, mem: &mut dyn TxMem, off: u64, v: u64) -> Result<()> {
         if let Some(p) = self.word_place.filter(|p| p.offset() == off) {
-            if mem.write_word(p, v) {
+            if let Some(staged) = mem.word_mut(p) {
+                *staged = v.to_le_bytes();
                 return Ok(());
             }
         }
