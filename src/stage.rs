@@ -674,6 +674,7 @@ impl Stage {
     /// after it form one range that grows by appends, and an append finds the range it extends
     /// among the hints (without this, a bulk B-tree load staged each new node as a range of its
     /// own: 1.5 s instead of 0.9 s for 1,000,000 inserts).
+    #[inline]
     fn place_range(&mut self, p: WordPlace) -> Option<&mut [u8]> {
         let inner = self.inner.get_mut();
         if p.generation != inner.generation || p.generation == 0 {
@@ -702,6 +703,7 @@ impl Stage {
     /// The staged word at `p` (the same bytes a `read` of it returns; the line is staged
     /// already, so setting them adds nothing to the frame's size), or `None` if the place is
     /// stale: the caller then reads or writes it the ordinary way.
+    #[inline]
     pub(crate) fn word_mut(&mut self, p: WordPlace) -> Option<&mut [u8; 8]> {
         let at = p.off.checked_sub(p.start)? as usize;
         self.place_range(p)?.get_mut(at..at + 8)?.try_into().ok()
@@ -1004,6 +1006,51 @@ mod tests {
 
     /// A word place reads and writes the staged bytes a `read` shows, and stops matching once
     /// a merge may have moved its range's slot, after a clear, and on another stage.
+    /// `Tx::stage_mut` stages writes into fresh space with a fill that does nothing, relying on
+    /// this: every line a write adds to the stage is zero until the caller writes it, whether
+    /// the range is new, extends the highest one (growing its buffer, or its mapping), merges
+    /// others, or reuses a buffer a cleared stage kept.
+    #[test]
+    fn new_lines_are_zero_without_a_fill() {
+        let mut st = Stage::default();
+        let mut nothing = |_: u64, _: &mut [u8]| {};
+        let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
+        for round in 0..3u64 {
+            let base = 1 << 20;
+            // Dirty buffers first, so that reuse after `clear` is covered.
+            for i in 0..40u64 {
+                let w = st.write(base + i * 640, 64 * (1 + i % 9), u64::MAX, &mut nothing);
+                w.unwrap().fill(0xa5);
+            }
+            st.clear();
+            // A new range, then appends (the highest range grows, past 1 MiB: a mapping).
+            let b = st.write(base, 40, u64::MAX, &mut nothing).unwrap();
+            assert!(zero(b), "round {round}: a new range");
+            b[..8].fill(1);
+            let mut at = base + 64;
+            while at < base + (3 << 20) {
+                let b = st
+                    .write(at, 64 * (1 + at % 5), u64::MAX, &mut nothing)
+                    .unwrap();
+                assert!(zero(b), "round {round}: an append at {at}");
+                b.fill(2);
+                at += b.len() as u64;
+            }
+            // A write joining two ranges with a gap between them: a merge.
+            st.write(1 << 30, 64, u64::MAX, &mut nothing)
+                .unwrap()
+                .fill(3);
+            st.write((1 << 30) + 256, 64, u64::MAX, &mut nothing)
+                .unwrap()
+                .fill(3);
+            let m = st
+                .write((1 << 30) + 64, 192, u64::MAX, &mut nothing)
+                .unwrap();
+            assert!(zero(m), "round {round}: the gap of a merge");
+            st.clear();
+        }
+    }
+
     #[test]
     fn word_places_follow_the_staged_bytes_and_go_stale() {
         let mut st = Stage::default();
