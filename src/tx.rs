@@ -266,6 +266,7 @@ impl<'h> Tx<'h> {
 
     /// Stage `[off, off+len)` without the checks of `view_mut`: for the allocation this
     /// transaction just made, which the allocator placed in bounds.
+    #[inline]
     fn stage_mut(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
         if inside(&self.fresh, off, len) {
             // Bytes of a fresh large extent go in place: no log budget. What the extent held
