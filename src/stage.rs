@@ -37,7 +37,8 @@ struct Buf {
     ptr: NonNull<Line>,
     /// Lines in use.
     lines: usize,
-    /// Lines allocated (all zero past `lines`).
+    /// Lines allocated (all zero past `lines`: `Tx::stage_mut` relies on it, staging writes
+    /// into fresh space with no fill; `tests::new_lines_are_zero_without_a_fill` checks it).
     cap: usize,
 }
 
@@ -1004,8 +1005,6 @@ mod tests {
         );
     }
 
-    /// A word place reads and writes the staged bytes a `read` shows, and stops matching once
-    /// a merge may have moved its range's slot, after a clear, and on another stage.
     /// `Tx::stage_mut` stages writes into fresh space with a fill that does nothing, relying on
     /// this: every line a write adds to the stage is zero until the caller writes it, whether
     /// the range is new, extends the highest one (growing its buffer, or its mapping), merges
@@ -1051,6 +1050,8 @@ mod tests {
         }
     }
 
+    /// A word place reads and writes the staged bytes a `read` shows, and stops matching once
+    /// a merge may have moved its range's slot, after a clear, and on another stage.
     #[test]
     fn word_places_follow_the_staged_bytes_and_go_stale() {
         let mut st = Stage::default();

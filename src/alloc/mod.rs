@@ -122,7 +122,10 @@ impl RunState {
 
 /// The runs by chunk index: a vector indexed by chunk, not a hash map (two lookups per small
 /// allocation were about 40 of its instructions, W3). One slot per chunk up to the highest run
-/// (32 bytes per 256 KiB chunk).
+/// (32 bytes per 256 KiB chunk, up to twice that in capacity as the vector doubles; it never
+/// shrinks while the heap is open). A heap of large objects with one run near its top pays for
+/// every chunk below it, where the map paid per run: bounded by the validated chunk count, so
+/// at most 1/4096 of the heap's bytes.
 #[derive(Debug, Default)]
 struct RunTable {
     slots: Vec<Option<RunState>>,
