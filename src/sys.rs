@@ -20,6 +20,28 @@ fn last_err() -> io::Error {
     io::Error::last_os_error()
 }
 
+/// A new mapping of `len` bytes of `fd` from `offset` (page-aligned), with protection `prot`
+/// and `flags` (`MAP_SHARED` or `MAP_PRIVATE`, never `MAP_FIXED`), at an address the kernel
+/// chooses. The caller owns it (unmaps it exactly once).
+fn map_new(
+    fd: &impl AsRawFd,
+    len: usize,
+    prot: i32,
+    flags: i32,
+    offset: u64,
+) -> io::Result<NonNull<u8>> {
+    debug_assert_eq!(flags & libc::MAP_FIXED, 0);
+    let at =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a new mapping of our own file at an address the kernel chooses (no MAP_FIXED): it
+    // replaces nothing and aliases no Rust reference.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd.as_raw_fd(), at) };
+    if p == libc::MAP_FAILED {
+        return Err(last_err());
+    }
+    NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))
+}
+
 /// Take a `flock` on the file without blocking. Returns `Ok(false)` when another open file
 /// description holds a conflicting lock.
 pub(crate) fn try_flock(fd: &impl AsRawFd, exclusive: bool) -> io::Result<bool> {
@@ -120,23 +142,13 @@ impl Mapping {
         } else {
             libc::PROT_READ
         };
-        // SAFETY: a new private mapping of our own file at an address the kernel chooses (no
-        // MAP_FIXED): it replaces nothing and aliases no Rust reference.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                reserved,
-                prot,
-                libc::MAP_PRIVATE | crate::platform::MAP_NORESERVE,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(last_err());
-        }
-        let base =
-            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
+        let base = map_new(
+            fd,
+            reserved,
+            prot,
+            libc::MAP_PRIVATE | crate::platform::MAP_NORESERVE,
+            0,
+        )?;
         let m = Mapping {
             base,
             reserved: AtomicUsize::new(reserved),
@@ -386,24 +398,7 @@ impl ReadView {
         if len == 0 || fd.metadata()?.len() < offset.saturating_add(len as u64) {
             return Err(invalid());
         }
-        let at = libc::off_t::try_from(start).map_err(|_| invalid())?;
-        // SAFETY: a new read-only shared mapping of our own file at an address the kernel
-        // chooses (no MAP_FIXED): it replaces nothing and aliases no Rust reference.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                at,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(last_err());
-        }
-        let base =
-            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
+        let base = map_new(fd, map_len, libc::PROT_READ, libc::MAP_SHARED, start)?;
         Ok(ReadView {
             base,
             map_len,
@@ -482,23 +477,8 @@ impl SyncWindow {
             libc::PROT_READ
         };
         let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: a new shared mapping of the first `len` bytes of our file at an address the
-        // kernel picks; it aliases nothing, and only `write` stores into it.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(last_err());
-        }
-        let base =
-            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
+        // (Only `write` stores into it.)
+        let base = map_new(fd, len, prot, libc::MAP_SHARED, 0)?;
         Ok(SyncWindow {
             base,
             len,

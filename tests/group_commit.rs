@@ -19,6 +19,17 @@ fn options() -> Options {
     Options::new().durability(Durability::Full)
 }
 
+/// A new heap with its `Counters` root made, in a temporary directory (kept alive by the
+/// returned guard), and the heap file's path.
+fn new_heap() -> (tempfile::TempDir, std::path::PathBuf, Heap) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.heap");
+    let heap = Heap::create(&path, options()).unwrap();
+    heap.transaction(|tx| tx.root::<Counters>().map(|_| ()))
+        .unwrap();
+    (dir, path, heap)
+}
+
 /// Thread `t`'s transaction: one more in its slot and in the total; returns its slot.
 fn bump(tx: &mut txheap::Tx<'_>, t: usize) -> txheap::Result<u64> {
     let root = tx.root::<Counters>()?;
@@ -70,11 +81,7 @@ fn hammer(heap: &Heap, threads: usize, per_thread: u64) -> Vec<Vec<u64>> {
 /// commits acknowledged in order and that the reopened file holds every one, and returns the
 /// barriers used per commit.
 fn barriers_per_commit(threads: usize, each: u64) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("g.heap");
-    let heap = Heap::create(&path, options()).unwrap();
-    heap.transaction(|tx| tx.root::<Counters>().map(|_| ()))
-        .unwrap();
+    let (_dir, path, heap) = new_heap();
     let before = barriers(&heap);
     let acked = hammer(&heap, threads, each);
     let used = barriers(&heap) - before;
@@ -130,19 +137,14 @@ fn two_threads_share_barriers() {
 /// forgotten after one short wait.
 #[test]
 fn a_lone_thread_after_a_crowd_pays_one_barrier_per_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let heap = Heap::create(dir.path().join("c.heap"), options()).unwrap();
-    heap.transaction(|tx| tx.root::<Counters>().map(|_| ()))
-        .unwrap();
+    let (_dir, _, heap) = new_heap();
     hammer(&heap, 4, 50);
-    let before = heap.stats().unwrap().io;
+    let (before, shared_before) = (barriers(&heap), heap.stats().unwrap().io.shared_barriers);
     hammer(&heap, 1, 50);
-    let after = heap.stats().unwrap().io;
-    let total = |io: &txheap::IoCounters| io.range_barriers + io.full_barriers;
-    assert_eq!(total(&after) - total(&before), 50);
+    assert_eq!(barriers(&heap) - before, 50);
     // At most its first commit shares (threads of the crowd are still counted as coming
     // back); if they were never forgotten, every commit would go through the flusher.
-    let shared = after.shared_barriers - before.shared_barriers;
+    let shared = heap.stats().unwrap().io.shared_barriers - shared_before;
     assert!(shared <= 1, "{shared} of 50 lone commits shared a barrier");
 }
 
@@ -151,10 +153,7 @@ fn a_lone_thread_after_a_crowd_pays_one_barrier_per_commit() {
 /// ends (a flusher that waited for every thread inside would hold it for the whole body).
 #[test]
 fn a_long_transaction_body_does_not_hold_back_a_shared_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let heap = Heap::create(dir.path().join("b.heap"), options()).unwrap();
-    heap.transaction(|tx| tx.root::<Counters>().map(|_| ()))
-        .unwrap();
+    let (_dir, _, heap) = new_heap();
     let before = barriers(&heap);
     let body = std::time::Duration::from_millis(600);
     let (in_b, a_queued) = (Barrier::new(2), Barrier::new(2));
@@ -199,10 +198,7 @@ fn a_long_transaction_body_does_not_hold_back_a_shared_commit() {
 /// A lone thread keeps its own barrier per commit (no waiting for company).
 #[test]
 fn a_lone_thread_pays_one_barrier_per_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let heap = Heap::create(dir.path().join("l.heap"), options()).unwrap();
-    heap.transaction(|tx| tx.root::<Counters>().map(|_| ()))
-        .unwrap();
+    let (_dir, _, heap) = new_heap();
     let before = barriers(&heap);
     hammer(&heap, 1, 50);
     assert_eq!(barriers(&heap) - before, 50);
@@ -216,11 +212,7 @@ fn a_failed_shared_barrier_fails_its_waiters() {
     use std::sync::{Arc, Mutex};
     use txheap::Error;
     for fail_after in [3u64, 10, 40] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f.heap");
-        let heap = Heap::create(&path, options()).unwrap();
-        heap.transaction(|tx| tx.root::<Counters>().map(|_| ()))
-            .unwrap();
+        let (_dir, path, heap) = new_heap();
         heap.inject_faults(txheap::FaultPlan {
             fail_barrier_after: Some(fail_after),
             ..Default::default()
