@@ -11,7 +11,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use txheap_recovery::txheap_log::StopReason;
+use txheap_recovery::txheap_log::{self, InPlaceDigest, StopReason};
 use txheap_recovery::{self as recovery, RecoveryError, Storage, Superblock};
 
 use crate::error::{Error, Result};
@@ -338,6 +338,67 @@ struct LiveCopy {
     source: File,
 }
 
+/// Copy bytes `[off, off+len)` of the live file into `out` (through `buf`), feeding `digest`
+/// if given; `false` if the file was cut meanwhile (compaction: the attempt starts again).
+fn copy_live_range(
+    storage: &FileStorage,
+    out: &File,
+    buf: &mut Vec<u8>,
+    off: u64,
+    len: u64,
+    digest: Option<&mut InPlaceDigest>,
+) -> Result<bool> {
+    use std::os::unix::fs::FileExt;
+    buf.resize(len as usize, 0);
+    match storage.read_at(off, buf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(Error::io("read a live heap", off, e)),
+    }
+    out.write_all_at(buf, off)
+        .map_err(|e| Error::io("write a live copy", off, e))?;
+    if let Some(d) = digest {
+        d.update(buf);
+    }
+    Ok(true)
+}
+
+/// Copy into `out` the in-place bytes of every frame of `log` (the copied log, from its start)
+/// that carries an in-place check with no voucher after it in `log`, checking each frame's
+/// digest over the copied bytes: `false` when one does not match (the writer changed them
+/// after the scan read the log) or the file was cut, and the attempt must start again.
+fn copy_in_place_checked(
+    storage: &FileStorage,
+    out: &File,
+    sb: &Superblock,
+    log: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<bool> {
+    let frames: Vec<_> = txheap_log::scan(log, sb.generation, sb.next_txid).collect();
+    for (i, f) in frames.iter().enumerate() {
+        let Some(check) = f.in_place_check() else {
+            continue;
+        };
+        let txid = f.header.txid;
+        if frames[i + 1..]
+            .iter()
+            .any(|g| g.header.vouches_for(sb.generation, txid))
+        {
+            continue; // recovery does not check it
+        }
+        let mut digest = InPlaceDigest::new();
+        for (off, len) in check.pieces() {
+            if !copy_live_range(storage, out, buf, off, len, Some(&mut digest))? {
+                return Ok(false);
+            }
+        }
+        if digest.digest() != check.digest {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 impl Drop for LiveCopy {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -389,19 +450,9 @@ impl LiveCopy {
             source,
         };
         let io = |e| Error::io("write a live copy", 0, e);
-        // Bytes `[off, off+len)` of the live file into the copy; `false` if the file was cut
-        // meanwhile (compaction): the attempt starts again.
         let mut buf = Vec::new();
-        let mut copy_range = |off: u64, len: u64| -> Result<bool> {
-            buf.resize(len as usize, 0);
-            match storage.read_at(off, &mut buf) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-                Err(e) => return Err(Error::io("read a live heap", off, e)),
-            }
-            out.write_all_at(&buf, off).map_err(io)?;
-            Ok(true)
-        };
+        let copy_range =
+            |buf: &mut Vec<u8>, off, len| copy_live_range(&storage, &out, buf, off, len, None);
         let slots_len = 2 * recovery::SUPERBLOCK_SLOT_LEN;
         let mut slots = vec![0u8; slots_len as usize];
         let mut damaged_before = None;
@@ -421,7 +472,7 @@ impl LiveCopy {
             out.set_len(0).and_then(|()| out.set_len(len)).map_err(io)?;
             out.write_all_at(&slots, 0).map_err(io)?;
             let chunk_area = sb.chunk_area_offset();
-            if !copy_range(sb.heap_offset(), chunk_area - sb.heap_offset())? {
+            if !copy_range(&mut buf, sb.heap_offset(), chunk_area - sb.heap_offset())? {
                 continue;
             }
             for c in 0..(len - chunk_area) / CHUNK_SIZE {
@@ -430,7 +481,7 @@ impl LiveCopy {
                 } else {
                     LIVE_CHUNK_HEAD
                 };
-                if !copy_range(chunk_area + c * CHUNK_SIZE, n)? {
+                if !copy_range(&mut buf, chunk_area + c * CHUNK_SIZE, n)? {
                     continue 'attempt;
                 }
             }
@@ -444,7 +495,16 @@ impl LiveCopy {
                 continue; // perhaps a frame being written: read it again
             }
             damaged_before = None;
-            if !copy_range(sb.log_offset(), scan.end_offset)? {
+            if !copy_range(&mut buf, sb.log_offset(), scan.end_offset)? {
+                continue;
+            }
+            // The in-place bytes of frames that carry an in-place check with no voucher after
+            // them in the copied log: the copy's recovery checks them (they are heap data, not
+            // metadata). A flush after the scan may have changed them (it writes its voucher
+            // past the copied log first): then they no longer match, and the attempt starts
+            // again.
+            let log_bytes = std::mem::take(&mut buf);
+            if !copy_in_place_checked(&storage, &out, &sb, &log_bytes, &mut buf)? {
                 continue;
             }
             let mut again = vec![0u8; slots.len()];
@@ -502,6 +562,14 @@ fn log_of(storage: &FileStorage, sb: &Superblock, sb_offset: u64) -> Result<LogR
             StopReason::RegionEnd => LogEnd::Clean {
                 offset,
                 detail: "the end of the log region".into(),
+            },
+            StopReason::InPlaceMismatch { txid } => LogEnd::Torn {
+                offset,
+                detail: format!(
+                    "transaction {txid}: the heap does not hold the in-place bytes its frame \
+                     names (they were not all on disk when the power went), and no later frame \
+                     vouches for them"
+                ),
             },
             reason => {
                 if recovery::frame_verifies_at(storage, sb, scan.stop.offset)? {

@@ -376,7 +376,10 @@ pub struct Stats {
     pub superblock_seq: u64,
     /// The current log generation.
     pub log_generation: u64,
-    /// The id the next committed transaction will get.
+    /// The id the next frame in the log will get. Each committed transaction takes one, and so
+    /// does each voucher frame that a flush writes under `Durability::None` after a commit with
+    /// in-place bytes (docs/ARCHITECTURE.md section 3, step 5a): ids increase, but need not be
+    /// consecutive from one transaction to the next.
     pub next_txid: u64,
     /// Transactions committed through this handle.
     pub commits: u64,

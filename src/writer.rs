@@ -2,8 +2,9 @@
 //!
 //! Owns: the durable write path. `Writer::commit` takes a [`CommitPlan`] (built by the
 //! transaction: the staged ranges, which pieces go in place, the frame, the new heap header)
-//! and runs docs/ARCHITECTURE.md section 3's steps in order: in-place bytes, their barrier or a
-//! checkpoint, room in the log, append, barrier, apply, finish. It also owns the log tail, the
+//! and runs docs/ARCHITECTURE.md section 3's steps in order: in-place bytes, their barrier (or,
+//! under `None`, the frame's in-place check) or a checkpoint, room in the log, append, barrier,
+//! apply, finish. A flush after a checked frame writes its voucher before any heap page. It also owns the log tail, the
 //! transaction ids, the superblock slot, the allocator's committed state and, under
 //! `Durability::None`, the private pages not yet written to the file. May not: know
 //! transactions or user types (it never imports `tx`), or write the file except through
@@ -17,7 +18,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
-use txheap_recovery::txheap_log::FrameBuilder;
+use txheap_recovery::txheap_log::{FrameBuilder, InPlaceDigest, FRAME_HEADER_LEN};
 use txheap_recovery::{self as recovery, Slot, Storage, Superblock, PAGE_SIZE};
 
 use crate::alloc::{Allocator, HeapHeader, Keyed};
@@ -29,6 +30,10 @@ use crate::snapshot::{copy_pieces, decode_frame, newest_wins, Frame, Piece, Src}
 use crate::stage::Stage;
 use crate::storage::FileStorage;
 use txheap_recovery::{failpoint, phase};
+
+/// Bytes of a voucher frame: an empty frame whose evidence covers every frame before it
+/// (`Writer::flush`).
+const VOUCHER_LEN: u64 = FRAME_HEADER_LEN as u64;
 
 /// Everything only the writer touches (behind the heap's writer mutex).
 pub(crate) struct Writer {
@@ -46,6 +51,10 @@ pub(crate) struct Writer {
     durable_txid: u64,
     /// Log bytes written since the last barrier (Durability::None), absolute offsets.
     unsynced: Option<(u64, u64)>,
+    /// A frame in the log carries an in-place check (its in-place bytes had no barrier of their
+    /// own, under `None`) and no voucher frame has followed the barrier that covers them: the
+    /// next flush must write one before the file's heap pages change (section 3, step 5a).
+    check_pending: bool,
     pub alloc: Allocator,
     /// The committed heap header.
     pub header: HeapHeader,
@@ -174,6 +183,7 @@ impl Writer {
             // nothing to replay).
             durable_txid: next_txid.saturating_sub(1),
             unsynced: None,
+            check_pending: false,
             alloc,
             header,
             frame: FrameBuilder::new(),
@@ -210,10 +220,14 @@ impl Writer {
             // Before anything of this commit reaches the file (section 5: a new generation).
             self.checkpoint(sh)?;
         }
-        if plan.in_place {
-            self.write_in_place(sh, &mut plan)?;
-        }
-        self.ensure_log_room(sh, self.frame.encoded_len() as u64)?;
+        let checked = plan.in_place && self.write_in_place(sh, &mut plan)?;
+        // While a frame with an in-place check waits for its voucher, the log keeps room for it.
+        let reserve = if checked || self.check_pending {
+            VOUCHER_LEN
+        } else {
+            0
+        };
+        self.ensure_log_room(sh, self.frame.encoded_len() as u64 + reserve)?;
         #[cfg(feature = "test-hooks")]
         if recovery::sabotage::active(recovery::sabotage::APPLY_BEFORE_LOG) {
             // Broken on purpose (crash tests only): heap pages change before the frame exists.
@@ -236,6 +250,7 @@ impl Writer {
         // The commit point: the frame, made durable (under Full) by msync of its pages, or
         // (shared) by the group's barrier after the writer lock is released.
         self.append_frame(sh, share)?;
+        self.check_pending |= checked;
         if share {
             self.apply_shared(sh, &mut plan)?;
             self.finish_commit(sh, plan.header)?;
@@ -255,13 +270,32 @@ impl Writer {
         self.durable_txid
     }
 
-    /// Step 5a: write the in-place pieces and make them durable *before* the frame can be:
-    /// otherwise a power cut could keep a complete frame (the commit replays) and lose part of
-    /// the bytes. The frame must fit the log at all before anything is written (a transaction
-    /// that is too large must fail without touching the file).
-    fn write_in_place(&mut self, sh: &Shared, plan: &mut CommitPlan<'_>) -> Result<()> {
+    /// Step 5a: write the in-place pieces and make sure they are durable *before* the frame
+    /// can be: otherwise a power cut could keep a complete frame (the commit replays) and lose
+    /// part of the bytes. Under `Full` a barrier (or a checkpoint) does it here; under `None`
+    /// the frame instead carries an in-place check (the pieces and a digest of their bytes),
+    /// which recovery verifies against the heap unless a later frame vouches for it, and the
+    /// bytes share the barrier of the next flush. Returns whether the frame got a check. The
+    /// frame must fit the log at all before anything is written (a transaction that is too
+    /// large must fail without touching the file).
+    fn write_in_place(&mut self, sh: &Shared, plan: &mut CommitPlan<'_>) -> Result<bool> {
         phase!(IN_PLACE);
-        let len = self.frame.encoded_len() as u64;
+        let checked = sh.durability == Durability::None;
+        let mut pieces = Vec::new();
+        if checked {
+            plan.for_each_piece(|at, piece, in_place| {
+                if in_place {
+                    pieces.push((at, piece.len() as u64));
+                }
+                Ok(())
+            })?;
+        }
+        let len = self.frame.encoded_len() as u64
+            + if checked {
+                (FrameBuilder::in_place_check_len(pieces.len()) + VOUCHER_LEN as usize) as u64
+            } else {
+                0
+            };
         if len > sh.geo.log_size {
             return Err(Error::TransactionTooLarge {
                 bytes: len,
@@ -286,6 +320,7 @@ impl Writer {
             }
         }
         self.quiet_for_in_place(sh, &plan.fresh)?;
+        let mut digest = InPlaceDigest::new();
         {
             let storage = &mut self.storage;
             plan.for_each_piece(|at, piece, in_place| {
@@ -293,6 +328,9 @@ impl Writer {
                     storage
                         .write_at(at, piece)
                         .map_err(|e| sh.fail("pwrite in place", at, e))?;
+                    if checked {
+                        digest.update(piece);
+                    }
                 }
                 Ok(())
             })?;
@@ -309,20 +347,31 @@ impl Writer {
             // An older frame in the log may have written into this extent while it was a live
             // object; replaying it after a crash would overwrite the in-place bytes. So the log
             // must be empty, and the checkpoint's fdatasync also makes the in-place bytes
-            // durable. (Until its superblock switch, a crash recovers the old state: the extent
-            // is free, the bytes garbage in free space.) When every frame in the log wrote only
-            // below the extent (as when a heap grows by appending objects), none can replay over
-            // it, and the barrier below is enough.
-            self.checkpoint(sh)
-        } else {
-            #[cfg(feature = "test-hooks")]
-            if recovery::sabotage::active(recovery::sabotage::IN_PLACE_WITHOUT_BARRIER) {
-                return Ok(()); // broken on purpose (crash tests only): the frame may outrun them
-            }
-            self.storage
-                .barrier_all()
-                .map_err(|e| sh.fail("fdatasync in-place data", 0, e))
+            // durable (the frame then needs no check). (Until its superblock switch, a crash
+            // recovers the old state: the extent is free, the bytes garbage in free space.)
+            // When every frame in the log wrote only below the extent (as when a heap grows by
+            // appending objects), none can replay over it, and the barrier or check below is
+            // enough.
+            self.checkpoint(sh)?;
+            return Ok(false);
         }
+        if checked {
+            self.frame
+                .push_in_place_check(digest.digest(), &pieces)
+                .map_err(|_| Error::TransactionTooLarge {
+                    bytes: len,
+                    log_size: sh.geo.log_size,
+                })?;
+            return Ok(true);
+        }
+        #[cfg(feature = "test-hooks")]
+        if recovery::sabotage::active(recovery::sabotage::IN_PLACE_WITHOUT_BARRIER) {
+            return Ok(false); // broken on purpose (crash tests only): the frame may outrun them
+        }
+        self.storage
+            .barrier_all()
+            .map_err(|e| sh.fail("fdatasync in-place data", 0, e))?;
+        Ok(false)
     }
 
     /// Make room for a frame of `len` bytes, checkpointing if the log is too full.
@@ -381,6 +430,33 @@ impl Writer {
             }
         }
         self.log_tail += len;
+        self.next_txid = self
+            .next_txid
+            .checked_add(1)
+            .expect("transaction ids advance by one and never wrap");
+        Ok(())
+    }
+
+    /// Write and barrier a voucher: an empty frame (the next txid, no ranges) whose evidence is
+    /// every frame before it, so that recovery skips their in-place checks. The log kept room
+    /// for it ([`VOUCHER_LEN`] reserved while a check waits).
+    fn append_voucher(&mut self, sh: &Shared) -> Result<()> {
+        assert!(
+            self.log_tail + VOUCHER_LEN <= sh.geo.log_size,
+            "no room kept for a voucher at log tail {}",
+            self.log_tail
+        );
+        let at = sh.geo.log_offset + self.log_tail;
+        let mut b = FrameBuilder::new();
+        let frame = b.finish_vouching(self.sb.generation, self.next_txid, self.durable_txid);
+        self.storage
+            .write_at(at, frame)
+            .map_err(|e| sh.fail("pwrite voucher frame", at, e))?;
+        self.storage
+            .barrier(at, VOUCHER_LEN)
+            .map_err(|e| sh.fail("msync voucher frame", at, e))?;
+        self.durable_txid = self.next_txid;
+        self.log_tail += VOUCHER_LEN;
         self.next_txid = self
             .next_txid
             .checked_add(1)
@@ -661,6 +737,26 @@ impl Writer {
     /// older reader holds back (dropping the private pages once the file has every frame).
     pub(crate) fn flush(&mut self, sh: &Shared) -> Result<()> {
         phase!(FLUSH);
+        if self.check_pending {
+            // A frame in the log carries an in-place check: its bytes had no barrier. One
+            // `fdatasync` covers them and every log page (the window's stores are the file's
+            // page cache); then a voucher frame, barriered, says so before any heap page
+            // changes: once the file holds later frames' bytes over the in-place ones, the
+            // check no longer matches, and recovery must not ask it (section 3, step 5a).
+            self.storage
+                .barrier_all()
+                .map_err(|e| sh.fail("fdatasync in-place data and log", 0, e))?;
+            self.unsynced = None;
+            self.durable_txid = self.next_txid.saturating_sub(1);
+            #[cfg(feature = "test-hooks")]
+            let skip = recovery::sabotage::active(recovery::sabotage::PUBLISH_BEFORE_VOUCHER);
+            #[cfg(not(feature = "test-hooks"))]
+            let skip = false;
+            if !skip {
+                self.append_voucher(sh)?;
+            }
+            self.check_pending = false;
+        }
         if let Some((a, b)) = self.unsynced.take() {
             self.storage
                 .barrier(a, b - a)

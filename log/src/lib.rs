@@ -13,16 +13,23 @@
 //! it was made durable by a completed barrier before this frame was written (0: no claim).
 //! `check`, the low 32 bits of XXH3-64, covers header bytes 0..36 followed by the payload (not
 //! CRC32: see `frame_check` for why). The payload is
-//! `range_count` ranges back to back, each `offset: u64, len: u32, reserved: u32 = 0`, then
-//! `len` bytes, then zero padding to a multiple of 8.
+//! `range_count` ranges back to back, each `offset: u64, len: u32, kind: u32`, then `len`
+//! bytes, then zero padding to a multiple of 8. A range of kind 0 is a redo range: write the
+//! bytes at `offset`. A frame may end with one range of kind 1, the *in-place check*
+//! ([`InPlaceCheck`]): `offset` 0, and its bytes an XXH3-64 digest followed by the `(offset,
+//! len)` pairs of the heap bytes the transaction wrote in place, outside the log, without a
+//! barrier of their own. [`Frame::ranges`] yields redo ranges only.
 //!
 //! ## Replay rule
 //! Frames sit back to back from the start of the log region. Starting with the superblock's
 //! generation and `next_txid`, a frame is *committed* iff its magic matches, its generation
 //! equals the current one, its txid equals the expected one (which then advances by one), its
 //! whole length fits in the rest of the region, its check matches, and its ranges consume the
-//! payload exactly with zero reserved fields and zero padding. Replay applies committed frames
-//! in order and stops at the first frame that is not committed; nothing after it is replayed.
+//! payload exactly with known kinds (at most one in-place check, last) and zero padding. Replay
+//! applies committed frames in order and stops at the first frame that is not committed;
+//! nothing after it is replayed. (A committed frame with an in-place check whose bytes do not
+//! match it, and which no later frame vouches for, also ends the log: the recovery crate
+//! decides that, since it reads the heap.)
 //!
 //! ## Damage rule
 //! The first frame that is not committed is either the torn end of the log or a damaged durable
@@ -85,9 +92,18 @@ const _: () = assert!(CHECK_OFFSET + 4 == FRAME_HEADER_LEN);
 pub const RANGE_OFFSET_OFFSET: usize = 0;
 /// Where a range header's `len` (u32) starts.
 pub const RANGE_LEN_OFFSET: usize = RANGE_OFFSET_OFFSET + 8;
-/// Where a range header's `reserved` (u32, zero) starts.
-pub const RANGE_RESERVED_OFFSET: usize = RANGE_LEN_OFFSET + 4;
-const _: () = assert!(RANGE_RESERVED_OFFSET + 4 == RANGE_HEADER_LEN);
+/// Where a range header's `kind` (u32: [`RANGE_KIND_REDO`] or [`RANGE_KIND_IN_PLACE_CHECK`])
+/// starts.
+pub const RANGE_KIND_OFFSET: usize = RANGE_LEN_OFFSET + 4;
+const _: () = assert!(RANGE_KIND_OFFSET + 4 == RANGE_HEADER_LEN);
+/// A redo range: write its bytes at its offset.
+pub const RANGE_KIND_REDO: u32 = 0;
+/// The in-place check ([`InPlaceCheck`]): at most one per frame, its last range.
+pub const RANGE_KIND_IN_PLACE_CHECK: u32 = 1;
+/// Bytes of an in-place check's digest, before its `(offset, len)` pairs of 8 bytes each.
+pub const IN_PLACE_DIGEST_LEN: usize = 8;
+/// Bytes of one `(offset, len)` pair of an in-place check.
+pub const IN_PLACE_PIECE_LEN: usize = 16;
 
 fn pad(n: usize) -> usize {
     n.div_ceil(FRAME_ALIGN) * FRAME_ALIGN
@@ -97,9 +113,67 @@ fn pad(n: usize) -> usize {
 fn range_header(offset: u64, len: usize) -> [u8; RANGE_HEADER_LEN] {
     let mut h = [0u8; RANGE_HEADER_LEN];
     h[RANGE_OFFSET_OFFSET..RANGE_LEN_OFFSET].copy_from_slice(&offset.to_le_bytes());
-    h[RANGE_LEN_OFFSET..RANGE_RESERVED_OFFSET].copy_from_slice(&(len as u32).to_le_bytes());
-    // (`reserved` stays zero.)
+    h[RANGE_LEN_OFFSET..RANGE_KIND_OFFSET].copy_from_slice(&(len as u32).to_le_bytes());
+    // (`kind` stays zero: a redo range.)
     h
+}
+
+/// The digest an in-place check carries: XXH3-64 (seed 0) of the pieces' bytes, in the order
+/// given, as one stream. Feed it with [`InPlaceDigest::update`] piece by piece.
+///
+/// ```
+/// let mut d = txheap_log::InPlaceDigest::new();
+/// d.update(b"ab");
+/// d.update(b"c");
+/// let mut e = txheap_log::InPlaceDigest::new();
+/// e.update(b"abc");
+/// assert_eq!(d.digest(), e.digest());
+/// ```
+pub struct InPlaceDigest(xxhash_rust::xxh3::Xxh3);
+
+impl Default for InPlaceDigest {
+    fn default() -> Self {
+        InPlaceDigest(xxhash_rust::xxh3::Xxh3::new())
+    }
+}
+
+impl InPlaceDigest {
+    /// An empty digest.
+    ///
+    /// ```
+    /// let _ = txheap_log::InPlaceDigest::new().digest();
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add the next bytes.
+    ///
+    /// ```
+    /// txheap_log::InPlaceDigest::new().update(b"x");
+    /// ```
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The digest of everything added.
+    ///
+    /// ```
+    /// assert_ne!(txheap_log::InPlaceDigest::new().digest(), {
+    ///     let mut d = txheap_log::InPlaceDigest::new();
+    ///     d.update(&[0]);
+    ///     d.digest()
+    /// });
+    /// ```
+    pub fn digest(&self) -> u64 {
+        self.0.digest()
+    }
+}
+
+impl fmt::Debug for InPlaceDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InPlaceDigest({:#x})", self.digest())
+    }
 }
 
 /// Why a range could not be added to a frame.
@@ -252,6 +326,49 @@ impl FrameBuilder {
         self.buf.resize(start + pad(len), 0);
         self.count += 1;
         Ok(&mut self.buf[start..start + len])
+    }
+
+    /// Bytes an in-place check over `pieces` pieces adds to a frame.
+    ///
+    /// ```
+    /// assert_eq!(txheap_log::FrameBuilder::in_place_check_len(2), 16 + 8 + 32);
+    /// ```
+    pub fn in_place_check_len(pieces: usize) -> usize {
+        RANGE_HEADER_LEN + IN_PLACE_DIGEST_LEN + pieces * IN_PLACE_PIECE_LEN
+    }
+
+    /// End the frame's ranges with its in-place check: `digest` ([`InPlaceDigest`] of the
+    /// pieces' bytes, in order) and the `(file offset, len)` of each piece. Call it last, at
+    /// most once.
+    ///
+    /// ```
+    /// let mut b = txheap_log::FrameBuilder::new();
+    /// b.push_range(4096, b"meta").unwrap();
+    /// b.push_in_place_check(7, &[(8192, 64)]).unwrap();
+    /// let f = b.finish(1, 1).to_vec();
+    /// let frame = txheap_log::scan(&f, 1, 1).next().unwrap();
+    /// assert_eq!(frame.ranges().count(), 1); // redo ranges only
+    /// let c = frame.in_place_check().unwrap();
+    /// assert_eq!((c.digest, c.pieces().collect::<Vec<_>>()), (7, vec![(8192, 64)]));
+    /// ```
+    pub fn push_in_place_check(
+        &mut self,
+        digest: u64,
+        pieces: &[(u64, u64)],
+    ) -> Result<(), FrameError> {
+        let len = IN_PLACE_DIGEST_LEN + pieces.len() * IN_PLACE_PIECE_LEN;
+        self.room_for(len)?;
+        let mut h = range_header(0, len);
+        h[RANGE_KIND_OFFSET..].copy_from_slice(&RANGE_KIND_IN_PLACE_CHECK.to_le_bytes());
+        self.buf.reserve(RANGE_HEADER_LEN + len);
+        self.buf.extend_from_slice(&h);
+        self.buf.extend_from_slice(&digest.to_le_bytes());
+        for &(off, n) in pieces {
+            self.buf.extend_from_slice(&off.to_le_bytes());
+            self.buf.extend_from_slice(&n.to_le_bytes());
+        }
+        self.count += 1;
+        Ok(())
     }
 
     /// Ranges so far.
@@ -467,6 +584,14 @@ pub enum StopReason {
         stored: u32,
         /// Computed.
         computed: u32,
+    },
+    /// The frame verifies, but the heap does not hold the bytes its in-place check names, and no
+    /// later frame vouches that a barrier covered them: they did not all reach the disk before
+    /// the crash, so the transaction is the log's torn end (decided by the recovery crate,
+    /// which reads the heap).
+    InPlaceMismatch {
+        /// The frame's transaction id.
+        txid: u64,
     },
     /// The check matched but the ranges are broken: not a torn write but a hostile or buggy frame.
     Malformed {
@@ -700,17 +825,37 @@ pub fn verify_frame<'a>(
         });
     }
     let mut at = 0usize;
-    for _ in 0..header.range_count {
+    let mut check_at = None;
+    for i in 0..header.range_count {
         if payload.len() - at < RANGE_HEADER_LEN {
             return Err(StopReason::Malformed {
                 what: "range header runs past the payload",
             });
         }
         let len = u32_at(payload, at + RANGE_LEN_OFFSET) as usize;
-        if u32_at(payload, at + RANGE_RESERVED_OFFSET) != 0 {
-            return Err(StopReason::Malformed {
-                what: "range reserved field is not zero",
-            });
+        match u32_at(payload, at + RANGE_KIND_OFFSET) {
+            RANGE_KIND_REDO => {}
+            RANGE_KIND_IN_PLACE_CHECK => {
+                if i + 1 != header.range_count {
+                    return Err(StopReason::Malformed {
+                        what: "an in-place check that is not the frame's last range",
+                    });
+                }
+                if u64_at(payload, at + RANGE_OFFSET_OFFSET) != 0
+                    || len < IN_PLACE_DIGEST_LEN
+                    || (len - IN_PLACE_DIGEST_LEN) % IN_PLACE_PIECE_LEN != 0
+                {
+                    return Err(StopReason::Malformed {
+                        what: "an in-place check of the wrong shape",
+                    });
+                }
+                check_at = Some(at);
+            }
+            _ => {
+                return Err(StopReason::Malformed {
+                    what: "a range of unknown kind",
+                })
+            }
         }
         at += RANGE_HEADER_LEN;
         if payload.len() - at < pad(len) {
@@ -733,6 +878,7 @@ pub fn verify_frame<'a>(
     Ok(Frame {
         header: *header,
         payload,
+        check_at,
     })
 }
 
@@ -750,6 +896,8 @@ pub struct Frame<'a> {
     /// Its header.
     pub header: FrameHeader,
     payload: &'a [u8],
+    /// Where its in-place check's range header starts in the payload, if it has one.
+    check_at: Option<usize>,
 }
 
 impl<'a> Frame<'a> {
@@ -770,6 +918,23 @@ impl<'a> Frame<'a> {
         }
     }
 
+    /// The frame's in-place check, if it has one (its last range).
+    ///
+    /// ```
+    /// let mut b = txheap_log::FrameBuilder::new();
+    /// let f = b.finish(1, 1).to_vec();
+    /// assert!(txheap_log::scan(&f, 1, 1).next().unwrap().in_place_check().is_none());
+    /// ```
+    pub fn in_place_check(&self) -> Option<InPlaceCheck<'a>> {
+        let at = self.check_at?;
+        let len = u32_at(self.payload, at + RANGE_LEN_OFFSET) as usize;
+        let start = at + RANGE_HEADER_LEN;
+        Some(InPlaceCheck {
+            digest: u64_at(self.payload, start),
+            pieces: &self.payload[start + IN_PLACE_DIGEST_LEN..start + len],
+        })
+    }
+
     /// The raw payload.
     ///
     /// ```
@@ -779,6 +944,41 @@ impl<'a> Frame<'a> {
     /// ```
     pub fn payload(&self) -> &'a [u8] {
         self.payload
+    }
+}
+
+/// A frame's in-place check: the heap bytes its transaction wrote in place (outside the log,
+/// with no barrier of their own), as `(file offset, len)` pieces, and the [`InPlaceDigest`] of
+/// those bytes as written. Recovery replays the frame only if the heap holds them (or a later
+/// frame vouches that a barrier covered them).
+///
+/// ```
+/// let mut b = txheap_log::FrameBuilder::new();
+/// b.push_in_place_check(5, &[(100, 8), (200, 16)]).unwrap();
+/// let f = b.finish(1, 1).to_vec();
+/// let c = txheap_log::scan(&f, 1, 1).next().unwrap().in_place_check().unwrap();
+/// assert_eq!(c.pieces().map(|(_, n)| n).sum::<u64>(), 24);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InPlaceCheck<'a> {
+    /// XXH3-64 of the pieces' bytes, in order.
+    pub digest: u64,
+    pieces: &'a [u8],
+}
+
+impl InPlaceCheck<'_> {
+    /// The `(file offset, len)` pieces, in the order the digest covers them.
+    ///
+    /// ```
+    /// let mut b = txheap_log::FrameBuilder::new();
+    /// b.push_in_place_check(5, &[]).unwrap();
+    /// let f = b.finish(1, 1).to_vec();
+    /// assert_eq!(txheap_log::scan(&f, 1, 1).next().unwrap().in_place_check().unwrap().pieces().count(), 0);
+    /// ```
+    pub fn pieces(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.pieces
+            .chunks_exact(IN_PLACE_PIECE_LEN)
+            .map(|p| (u64_at(p, 0), u64_at(p, 8)))
     }
 }
 
@@ -816,6 +1016,13 @@ impl<'a> Iterator for Ranges<'a> {
     type Item = Range<'a>;
     fn next(&mut self) -> Option<Range<'a>> {
         if self.left == 0 {
+            return None;
+        }
+        if self.left == 1
+            && u32_at(self.payload, self.at + RANGE_KIND_OFFSET) == RANGE_KIND_IN_PLACE_CHECK
+        {
+            // The in-place check, the last range: not a redo range.
+            self.left = 0;
             return None;
         }
         debug_assert!(
@@ -1035,7 +1242,7 @@ mod tests {
     #[test]
     fn malformed_when_check_matches_a_broken_structure() {
         let (mut region, ends) = build(&[vec![(1, b"abc".to_vec())]], 1, 1, 128);
-        region[FRAME_HEADER_LEN + RANGE_RESERVED_OFFSET] = 1;
+        region[FRAME_HEADER_LEN + RANGE_KIND_OFFSET] = 2; // no such kind
         reseal(&mut region, ends[0]);
         let mut s = scan(&region, 1, 1);
         assert_eq!(s.by_ref().count(), 0);
@@ -1047,6 +1254,57 @@ mod tests {
         let mut s = scan(&region, 1, 1);
         s.by_ref().count();
         assert!(s.stop().unwrap().reason.is_malformed());
+    }
+
+    /// An in-place check is read back as written, is not a redo range, and is refused as
+    /// malformed anywhere but last, at a non-zero offset, or with a length that is not a digest
+    /// and whole pairs.
+    #[test]
+    fn in_place_check_round_trip_and_shape() {
+        let mut b = FrameBuilder::new();
+        b.push_range(4096, b"meta").unwrap();
+        b.push_in_place_check(0xfeed, &[(8192, 64), (1 << 20, 4096)])
+            .unwrap();
+        assert_eq!(
+            b.encoded_len(),
+            FRAME_HEADER_LEN + RANGE_HEADER_LEN + 8 + FrameBuilder::in_place_check_len(2)
+        );
+        let f = b.finish(1, 1).to_vec();
+        let frame = scan(&f, 1, 1).next().expect("a committed frame");
+        assert_eq!(frame.ranges().count(), 1);
+        let c = frame.in_place_check().expect("its check");
+        assert_eq!(c.digest, 0xfeed);
+        assert_eq!(
+            c.pieces().collect::<Vec<_>>(),
+            vec![(8192, 64), (1 << 20, 4096)]
+        );
+        // A frame without one.
+        let (region, _) = build(&[vec![(1, b"abc".to_vec())]], 1, 1, 128);
+        assert!(scan(&region, 1, 1)
+            .next()
+            .unwrap()
+            .in_place_check()
+            .is_none());
+        // Not last: a check, then a redo range.
+        let mut b = FrameBuilder::new();
+        b.push_in_place_check(1, &[(8192, 64)]).unwrap();
+        b.push_range(4096, b"meta").unwrap();
+        let f = b.finish(1, 1).to_vec();
+        let mut s = scan(&f, 1, 1);
+        assert_eq!(s.by_ref().count(), 0);
+        assert!(s.stop().unwrap().reason.is_malformed());
+        // A non-zero offset, and a length of a digest and half a pair.
+        for (at, byte) in [(RANGE_OFFSET_OFFSET, 1u8), (RANGE_LEN_OFFSET, 16)] {
+            let mut b = FrameBuilder::new();
+            b.push_in_place_check(1, &[(8192, 64)]).unwrap();
+            let mut f = b.finish(1, 1).to_vec();
+            f[FRAME_HEADER_LEN + at] = byte;
+            let end = f.len();
+            reseal(&mut f, end);
+            let mut s = scan(&f, 1, 1);
+            assert_eq!(s.by_ref().count(), 0, "field at {at} = {byte}");
+            assert!(s.stop().unwrap().reason.is_malformed());
+        }
     }
 
     /// The check as the format defines it: XXH3-64 of the header's first 36 bytes, then the

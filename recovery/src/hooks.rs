@@ -65,6 +65,15 @@ pub mod sabotage {
     /// records the new one (a crash then leaves frames writing past the superblock's limit,
     /// which recovery refuses as hostile).
     pub const RAISE_BEFORE_SUPERBLOCK: u32 = 8192;
+    /// Recovery replays a frame whose in-place bytes (written under `Durability::None` with no
+    /// barrier of their own) it has not checked against the frame's in-place check: a power cut
+    /// that kept the frame and lost some of the bytes recovers a torn object.
+    pub const SKIP_IN_PLACE_CHECK: u32 = 16384;
+    /// Under `Durability::None`, a flush writes committed frames into the heap after the
+    /// barrier that covers a frame's unbarriered in-place bytes, but without the voucher frame
+    /// that tells recovery so: a later frame's bytes over those in-place bytes then fail the
+    /// check, and recovery cuts the log there while the heap holds later frames' bytes.
+    pub const PUBLISH_BEFORE_VOUCHER: u32 = 32768;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);
@@ -277,3 +286,7 @@ pub(crate) use sabotage::SENTINEL_BEFORE_HEAP_BARRIER;
 pub(crate) const IGNORE_DURABILITY_EVIDENCE: u32 = 0;
 #[cfg(feature = "test-hooks")]
 pub(crate) use sabotage::IGNORE_DURABILITY_EVIDENCE;
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) const SKIP_IN_PLACE_CHECK: u32 = 0;
+#[cfg(feature = "test-hooks")]
+pub(crate) use sabotage::SKIP_IN_PLACE_CHECK;

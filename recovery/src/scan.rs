@@ -6,13 +6,16 @@
 //! caller's `apply`), or decode frames itself (`txheap_log` does).
 
 use txheap_log::{
-    header_at, parse_header, verified_frame_at, verify_frame, FrameHeader, Stop, StopReason,
-    Voucher, CHECK_OFFSET, FRAME_ALIGN, FRAME_HEADER_LEN, GENERATION_OFFSET, MAGIC_OFFSET,
-    RANGE_COUNT_OFFSET, TXID_OFFSET,
+    header_at, parse_header, verified_frame_at, verify_frame, FrameHeader, InPlaceCheck,
+    InPlaceDigest, Stop, StopReason, Voucher, CHECK_OFFSET, FRAME_ALIGN, FRAME_HEADER_LEN,
+    GENERATION_OFFSET, MAGIC_OFFSET, RANGE_COUNT_OFFSET, TXID_OFFSET,
 };
 
 use crate::error::{io_err, RecoveryError};
-use crate::hooks::{sabotaged, IGNORE_DURABILITY_EVIDENCE, REPLAY_OLD_GENERATION, SKIP_CHECKSUM};
+use crate::hooks::{
+    sabotaged, IGNORE_DURABILITY_EVIDENCE, REPLAY_OLD_GENERATION, SKIP_CHECKSUM,
+    SKIP_IN_PLACE_CHECK,
+};
 use crate::limits::{LOG_WINDOW_LEN_MAX, LOG_WINDOW_LEN_MIN};
 use crate::storage::Storage;
 use crate::superblock::Superblock;
@@ -120,9 +123,31 @@ fn find_damage_in<S: Storage + ?Sized>(
     }
     // Every 8-byte position after it, through a read window (memory stays bounded by the
     // window and the one candidate frame being verified, whatever the log's size).
+    let (voucher, last) = search_vouchers(storage, sb, log, at + FRAME_ALIGN as u64, txid, false)?;
+    Ok(voucher.map(|v| LogDamage {
+        offset: abs,
+        txid,
+        voucher_offset: sb.log_offset() + v.offset,
+        voucher_txid: v.txid,
+        last_txid: last.unwrap_or(v.txid),
+    }))
+}
+
+/// Try every 8-aligned log offset from `from` (itself 8-aligned) for a frame that verifies, of
+/// this generation, above `txid`: returns the first that vouches for `txid` (its evidence
+/// reaches it) and the highest txid of any such frame. With `first_only`, stop at the first
+/// voucher (the highest txid is then only what was seen so far).
+fn search_vouchers<S: Storage + ?Sized>(
+    storage: &S,
+    sb: &Superblock,
+    log: Option<&[u8]>,
+    from: u64,
+    txid: u64,
+    first_only: bool,
+) -> Result<(Option<Voucher>, Option<u64>), RecoveryError> {
     let (mut voucher, mut last) = (None, None::<u64>);
     let mut window = LogWindow::over(log);
-    let mut p = at + FRAME_ALIGN as u64;
+    let mut p = from;
     while let Some(found) = window.next_magic(storage, sb, p)? {
         p = found;
         let hb = window.get(storage, sb, p, FRAME_HEADER_LEN as u64)?;
@@ -135,18 +160,43 @@ fn find_damage_in<S: Storage + ?Sized>(
                         txid: h.txid,
                         durable_txid: h.durable_txid,
                     });
+                    if first_only {
+                        break;
+                    }
                 }
             }
         }
         p += FRAME_ALIGN as u64;
     }
-    Ok(voucher.map(|v| LogDamage {
-        offset: abs,
-        txid,
-        voucher_offset: sb.log_offset() + v.offset,
-        voucher_txid: v.txid,
-        last_txid: last.unwrap_or(v.txid),
-    }))
+    Ok((voucher, last))
+}
+
+/// Whether the heap holds the bytes `check` names, as its frame's writer wrote them in place:
+/// the digest of the file's bytes over its pieces (zeros past the file's end) equals the
+/// check's. Read in pieces of at most 1 MiB.
+fn in_place_holds<S: Storage + ?Sized>(
+    storage: &S,
+    check: &InPlaceCheck<'_>,
+) -> Result<bool, RecoveryError> {
+    const STEP: u64 = 1 << 20;
+    let file_len = storage.len().map_err(io_err("stat", 0))?;
+    let mut digest = InPlaceDigest::new();
+    let mut buf = Vec::new();
+    for (off, len) in check.pieces() {
+        let mut p = off;
+        while p < off + len {
+            let n = (off + len - p).min(STEP);
+            buf.clear();
+            buf.resize(n as usize, 0);
+            let have = file_len.saturating_sub(p).min(n) as usize;
+            storage
+                .read_at(p, &mut buf[..have])
+                .map_err(io_err("read in-place bytes", p))?;
+            digest.update(&buf);
+            p += n;
+        }
+    }
+    Ok(digest.digest() == check.digest)
 }
 
 /// What [`scan_log`] calls for each committed range: `(file offset, bytes)`.
@@ -450,6 +500,36 @@ pub(crate) fn scan_log_in<S: Storage + ?Sized>(
                         sb.max_size
                     ),
                 });
+            }
+        }
+        if let Some(check) = frame.in_place_check() {
+            for (off, len) in check.pieces() {
+                let end = off.checked_add(len);
+                if off < sb.heap_offset() || end.is_none_or(|e| e > sb.max_size) {
+                    return Err(RecoveryError::Corrupt {
+                        offset: abs,
+                        what: format!(
+                            "log frame {txid} names in-place bytes {off}+{len} outside the heap [{}, {})",
+                            sb.heap_offset(),
+                            sb.max_size
+                        ),
+                    });
+                }
+            }
+            // The bytes had no barrier of their own (Durability::None): unless a later frame's
+            // evidence says a barrier covered this frame (the writer then barriered the bytes
+            // too, and later frames may since have changed them in the heap), the heap must hold
+            // them exactly, or they did not all reach the disk and the frame is the log's torn
+            // end (docs/ARCHITECTURE.md, recovery step 2).
+            if !sabotaged(SKIP_IN_PLACE_CHECK) {
+                let end = at + h.frame_len();
+                let (vouched, _) = search_vouchers(storage, sb, log, end, txid, true)?;
+                if vouched.is_none() && !in_place_holds(storage, &check)? {
+                    break Stop {
+                        offset: at,
+                        reason: StopReason::InPlaceMismatch { txid },
+                    };
+                }
             }
         }
         for r in frame.ranges() {

@@ -266,3 +266,69 @@ fn checkpoint_alternates_slots_and_survives_a_torn_slot_write() {
     s.write_at(Slot::B.offset(), &enc[..60]).unwrap();
     assert_eq!(select_superblock(&s).unwrap(), (sb3, Slot::A));
 }
+
+/// A frame with an in-place check: replayed when the heap holds the bytes it names; the log's
+/// torn end when it does not (nothing of it or after it replays, nothing is written); replayed
+/// again when a later frame vouches for it (a barrier covered the bytes, and later frames may
+/// have changed them since); refused as corrupt when a piece lies outside the heap.
+#[test]
+fn in_place_checks_decide_where_the_log_ends() {
+    use txheap_recovery::txheap_log::{FrameBuilder, InPlaceDigest, StopReason};
+    let fresh = || {
+        let mut s = MemStorage::new();
+        let sb = format(&mut s, 65536, 1 << 20).unwrap();
+        (s, sb)
+    };
+    let object = vec![0xabu8; 5000];
+    // Frame 1: metadata logged, the object in place at `at`; frame 2 (vouching or not) after it.
+    let write_log = |s: &mut MemStorage, sb: &Superblock, at: u64, vouch: bool| {
+        let mut d = InPlaceDigest::new();
+        d.update(&object);
+        let mut b = FrameBuilder::new();
+        b.push_range(sb.heap_offset() + 8, b"meta-one").unwrap();
+        b.push_in_place_check(d.digest(), &[(at, object.len() as u64)])
+            .unwrap();
+        let f1 = b.finish_vouching(sb.generation, sb.next_txid, 0).to_vec();
+        let mut b = FrameBuilder::new();
+        b.push_range(sb.heap_offset() + 16, b"meta-two").unwrap();
+        let evidence = if vouch { sb.next_txid } else { 0 };
+        let f2 = b
+            .finish_vouching(sb.generation, sb.next_txid + 1, evidence)
+            .to_vec();
+        s.write_at(sb.log_offset(), &f1).unwrap();
+        s.write_at(sb.log_offset() + f1.len() as u64, &f2).unwrap();
+    };
+    // The bytes are there: both frames replay.
+    let (mut s, sb) = fresh();
+    let at = sb.heap_offset() + 4096;
+    write_log(&mut s, &sb, at, false);
+    s.write_at(at, &object).unwrap();
+    assert_eq!(recover(&mut s).unwrap().scan.frames, 2);
+    // One byte of them is not: the log ends at frame 1, and the file is unchanged.
+    let (mut s, sb) = fresh();
+    write_log(&mut s, &sb, at, false);
+    let mut torn = object.clone();
+    torn[4999] = 0;
+    s.write_at(at, &torn).unwrap();
+    let before = s.bytes().to_vec();
+    let r = recover(&mut s).unwrap();
+    assert_eq!(r.scan.frames, 0);
+    assert_eq!(
+        r.scan.stop.reason,
+        StopReason::InPlaceMismatch { txid: sb.next_txid }
+    );
+    assert!(r.scan.damage.is_none());
+    assert_eq!(s.bytes(), &before[..], "recovery wrote to the file");
+    // The same bytes, but frame 2 vouches for frame 1: both replay.
+    let (mut s, sb) = fresh();
+    write_log(&mut s, &sb, at, true);
+    s.write_at(at, &torn).unwrap();
+    assert_eq!(recover(&mut s).unwrap().scan.frames, 2);
+    // A piece outside the heap.
+    let (mut s, sb) = fresh();
+    write_log(&mut s, &sb, 100, false);
+    assert!(matches!(
+        recover(&mut s),
+        Err(RecoveryError::Corrupt { .. })
+    ));
+}
