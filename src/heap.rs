@@ -313,7 +313,10 @@ impl Heap {
         Ok(())
     }
 
-    /// Make every committed transaction durable: one barrier under `Durability::None`; under
+    /// Make every committed transaction durable: one barrier under `Durability::None` (three
+    /// when a transaction since the last flush wrote objects in place: an `fdatasync` for
+    /// them and the log, then one for each of the two small voucher frames that record it);
+    /// under
     /// `Durability::Full` every acknowledged transaction already is, and this costs a barrier
     /// only while other threads' commits wait for a shared one (it then makes them durable
     /// at once).

@@ -217,9 +217,10 @@ impl Options {
     /// Below it, a `None` commit makes no system call and its bytes are copied through the log.
     /// At or above it (or when they would not fit the log), the commit first flushes (one
     /// barrier of the log written so far, the private pages written back), then writes the new
-    /// objects in place and makes them durable with a second barrier, and logs only the rest:
-    /// a bulk load writes its bytes once instead of three times, and an object of any size fits
-    /// whatever the log's size. (Under [`Durability::Full`] such bytes always go in place: the
+    /// objects in place with no barrier of their own, and logs only the rest with a check of
+    /// those bytes (recovery replays the transaction only if they all reached the disk; the
+    /// next flush makes them durable with the log): a bulk load writes its bytes once instead of
+    /// three times, and an object of any size fits whatever the log's size. (Under [`Durability::Full`] such bytes always go in place: the
     /// commit pays a barrier anyway.) `u64::MAX` keeps everything in the log when it fits.
     ///
     /// ```

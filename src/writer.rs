@@ -4,8 +4,8 @@
 //! transaction: the staged ranges, which pieces go in place, the frame, the new heap header)
 //! and runs docs/ARCHITECTURE.md section 3's steps in order: in-place bytes, their barrier (or,
 //! under `None`, the frame's in-place check) or a checkpoint, room in the log, append, barrier,
-//! apply, finish. A flush after a checked frame writes its voucher before any heap page. It also owns the log tail, the
-//! transaction ids, the superblock slot, the allocator's committed state and, under
+//! apply, finish. A flush after a checked frame writes its vouchers before any heap page. It
+//! also owns the log tail, the transaction ids, the superblock slot, the allocator's committed state and, under
 //! `Durability::None`, the private pages not yet written to the file. May not: know
 //! transactions or user types (it never imports `tx`), or write the file except through
 //! `FileStorage`.
@@ -31,9 +31,9 @@ use crate::stage::Stage;
 use crate::storage::FileStorage;
 use txheap_recovery::{failpoint, phase};
 
-/// Bytes of a voucher frame: an empty frame whose evidence covers every frame before it
-/// (`Writer::flush`).
-const VOUCHER_LEN: u64 = FRAME_HEADER_LEN as u64;
+/// Bytes of the two voucher frames a flush writes after a frame with an in-place check: empty
+/// frames whose evidence covers every frame before them (`Writer::append_vouchers`).
+const VOUCHER_LEN: u64 = 2 * FRAME_HEADER_LEN as u64;
 
 /// Everything only the writer touches (behind the heap's writer mutex).
 pub(crate) struct Writer {
@@ -221,13 +221,7 @@ impl Writer {
             self.checkpoint(sh)?;
         }
         let checked = plan.in_place && self.write_in_place(sh, &mut plan)?;
-        // While a frame with an in-place check waits for its voucher, the log keeps room for it.
-        let reserve = if checked || self.check_pending {
-            VOUCHER_LEN
-        } else {
-            0
-        };
-        self.ensure_log_room(sh, self.frame.encoded_len() as u64 + reserve)?;
+        self.ensure_log_room(sh, self.frame.encoded_len() as u64, checked)?;
         #[cfg(feature = "test-hooks")]
         if recovery::sabotage::active(recovery::sabotage::APPLY_BEFORE_LOG) {
             // Broken on purpose (crash tests only): heap pages change before the frame exists.
@@ -280,9 +274,15 @@ impl Writer {
     /// large must fail without touching the file).
     fn write_in_place(&mut self, sh: &Shared, plan: &mut CommitPlan<'_>) -> Result<bool> {
         phase!(IN_PLACE);
-        let checked = sh.durability == Durability::None;
+        let len = self.frame.encoded_len() as u64;
+        if len > sh.geo.log_size {
+            return Err(Error::TransactionTooLarge {
+                bytes: len,
+                log_size: sh.geo.log_size,
+            });
+        }
         let mut pieces = Vec::new();
-        if checked {
+        if sh.durability == Durability::None {
             plan.for_each_piece(|at, piece, in_place| {
                 if in_place {
                     pieces.push((at, piece.len() as u64));
@@ -290,18 +290,11 @@ impl Writer {
                 Ok(())
             })?;
         }
-        let len = self.frame.encoded_len() as u64
-            + if checked {
-                (FrameBuilder::in_place_check_len(pieces.len()) + VOUCHER_LEN as usize) as u64
-            } else {
-                0
-            };
-        if len > sh.geo.log_size {
-            return Err(Error::TransactionTooLarge {
-                bytes: len,
-                log_size: sh.geo.log_size,
-            });
-        }
+        // Under `None`, a check when the frame with it and its vouchers fit the log (else the
+        // bytes get their barrier here, as under `Full`).
+        let checked = sh.durability == Durability::None
+            && len + FrameBuilder::in_place_check_len(pieces.len()) as u64 + VOUCHER_LEN
+                <= sh.geo.log_size;
         if sh.durability == Durability::None || sh.group.pending().is_some() {
             // (Under `Full`, frames sharing a barrier that has not completed are like `None`'s
             // unsynced frames here.)
@@ -359,7 +352,7 @@ impl Writer {
             self.frame
                 .push_in_place_check(digest.digest(), &pieces)
                 .map_err(|_| Error::TransactionTooLarge {
-                    bytes: len,
+                    bytes: len + FrameBuilder::in_place_check_len(pieces.len()) as u64,
                     log_size: sh.geo.log_size,
                 })?;
             return Ok(true);
@@ -374,17 +367,33 @@ impl Writer {
         Ok(false)
     }
 
-    /// Make room for a frame of `len` bytes, checkpointing if the log is too full.
-    fn ensure_log_room(&mut self, sh: &Shared, len: u64) -> Result<()> {
+    /// Make room for a frame of `len` bytes, checkpointing if the log is too full. While a frame
+    /// with an in-place check waits for its vouchers (or this one, `checked`, will), the log
+    /// keeps [`VOUCHER_LEN`] bytes after the frame for them; a checkpoint ends that wait.
+    fn ensure_log_room(&mut self, sh: &Shared, len: u64, checked: bool) -> Result<()> {
         if len > sh.geo.log_size {
             return Err(Error::TransactionTooLarge {
                 bytes: len,
                 log_size: sh.geo.log_size,
             });
         }
-        if self.log_tail + len > sh.geo.log_size {
+        let need = |w: &Writer| {
+            w.log_tail
+                + len
+                + if checked || w.check_pending {
+                    VOUCHER_LEN
+                } else {
+                    0
+                }
+        };
+        if need(self) > sh.geo.log_size {
             self.checkpoint(sh)?;
         }
+        // (`write_in_place` checks a frame with a check only when it fits with its vouchers.)
+        assert!(
+            need(self) <= sh.geo.log_size,
+            "a frame of {len} bytes and its vouchers overrun the log after a checkpoint"
+        );
         Ok(())
     }
 
@@ -437,30 +446,35 @@ impl Writer {
         Ok(())
     }
 
-    /// Write and barrier a voucher: an empty frame (the next txid, no ranges) whose evidence is
-    /// every frame before it, so that recovery skips their in-place checks. The log kept room
-    /// for it ([`VOUCHER_LEN`] reserved while a check waits).
-    fn append_voucher(&mut self, sh: &Shared) -> Result<()> {
+    /// Write and barrier the vouchers: two empty frames (the next txids, no ranges), each
+    /// barriered before the next step, the first vouching for every frame before it and the
+    /// second for the first. Recovery then skips those frames' in-place checks. Two, so that a
+    /// damaged first voucher is reported as damage (the second proves it was durable) instead
+    /// of reading as a torn tail that would let the check be asked of bytes later frames have
+    /// since changed. The log kept room for them ([`VOUCHER_LEN`]).
+    fn append_vouchers(&mut self, sh: &Shared) -> Result<()> {
         assert!(
             self.log_tail + VOUCHER_LEN <= sh.geo.log_size,
-            "no room kept for a voucher at log tail {}",
+            "no room kept for the vouchers at log tail {}",
             self.log_tail
         );
-        let at = sh.geo.log_offset + self.log_tail;
-        let mut b = FrameBuilder::new();
-        let frame = b.finish_vouching(self.sb.generation, self.next_txid, self.durable_txid);
-        self.storage
-            .write_at(at, frame)
-            .map_err(|e| sh.fail("pwrite voucher frame", at, e))?;
-        self.storage
-            .barrier(at, VOUCHER_LEN)
-            .map_err(|e| sh.fail("msync voucher frame", at, e))?;
-        self.durable_txid = self.next_txid;
-        self.log_tail += VOUCHER_LEN;
-        self.next_txid = self
-            .next_txid
-            .checked_add(1)
-            .expect("transaction ids advance by one and never wrap");
+        for _ in 0..2 {
+            let at = sh.geo.log_offset + self.log_tail;
+            let mut b = FrameBuilder::new();
+            let frame = b.finish_vouching(self.sb.generation, self.next_txid, self.durable_txid);
+            self.storage
+                .write_at(at, frame)
+                .map_err(|e| sh.fail("pwrite voucher frame", at, e))?;
+            self.storage
+                .barrier(at, FRAME_HEADER_LEN as u64)
+                .map_err(|e| sh.fail("msync voucher frame", at, e))?;
+            self.durable_txid = self.next_txid;
+            self.log_tail += FRAME_HEADER_LEN as u64;
+            self.next_txid = self
+                .next_txid
+                .checked_add(1)
+                .expect("transaction ids advance by one and never wrap");
+        }
         Ok(())
     }
 
@@ -740,7 +754,7 @@ impl Writer {
         if self.check_pending {
             // A frame in the log carries an in-place check: its bytes had no barrier. One
             // `fdatasync` covers them and every log page (the window's stores are the file's
-            // page cache); then a voucher frame, barriered, says so before any heap page
+            // page cache); then voucher frames, barriered, say so before any heap page
             // changes: once the file holds later frames' bytes over the in-place ones, the
             // check no longer matches, and recovery must not ask it (section 3, step 5a).
             self.storage
@@ -753,7 +767,7 @@ impl Writer {
             #[cfg(not(feature = "test-hooks"))]
             let skip = false;
             if !skip {
-                self.append_voucher(sh)?;
+                self.append_vouchers(sh)?;
             }
             self.check_pending = false;
         }

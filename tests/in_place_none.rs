@@ -1,7 +1,7 @@
 //! Under `Durability::None`, a transaction's in-place bytes (a large object, or the runs of a
 //! bulk allocation, from `Options::in_place_min` up) share the barrier of the next flush instead
 //! of paying their own: the frame carries an in-place check (the pieces and a digest), recovery
-//! replays it only if the heap holds those bytes, and a flush writes a voucher frame before it
+//! replays it only if the heap holds those bytes, and a flush writes voucher frames before it
 //! changes heap pages, so that later frames' bytes over the in-place ones never fail the check
 //! (docs/ARCHITECTURE.md section 3, step 5a).
 //!
@@ -89,7 +89,7 @@ fn image(live: &Path, dir: &Path, zeroed: Option<PSlice<u8>>) -> PathBuf {
 }
 
 #[test]
-fn a_none_commit_with_in_place_bytes_makes_no_barrier_and_a_flush_makes_two() {
+fn a_none_commit_with_in_place_bytes_makes_no_barrier_and_a_flush_makes_three() {
     let _l = lock();
     let dir = tempfile::tempdir().unwrap();
     let heap = Heap::create(dir.path().join("h.heap"), opts()).unwrap();
@@ -101,8 +101,8 @@ fn a_none_commit_with_in_place_bytes_makes_no_barrier_and_a_flush_makes_two() {
     assert_eq!(barriers(&heap), before, "the commit made a barrier");
     heap.flush().unwrap();
     let (full, range) = barriers(&heap);
-    // One `fdatasync` for the bytes and the log, one `msync` of the voucher frame.
-    assert_eq!((full - before.0, range - before.1), (1, 1));
+    // One `fdatasync` for the bytes and the log, one `msync` for each voucher frame.
+    assert_eq!((full - before.0, range - before.1), (1, 2));
     // A second flush has nothing to do.
     heap.flush().unwrap();
     assert_eq!(barriers(&heap), (full, range));
@@ -132,7 +132,7 @@ fn after_a_flush_later_frames_over_the_in_place_bytes_still_replay() {
     assert_eq!(rewrite_flush_and_crash(), (3, true));
 }
 
-/// The same without the voucher frame (sabotage): recovery checks the first frame against bytes
+/// The same without the voucher frames (sabotage): recovery checks the first frame against bytes
 /// the flush has since overwritten, and cuts the log there: both transactions are lost.
 #[cfg(feature = "test-hooks")]
 #[test]
@@ -172,8 +172,121 @@ fn rewrite_flush_and_crash() -> (u64, bool) {
         heap_bytes[at..at + BIG as usize].iter().all(|&b| b == 3),
         "the flush wrote the rewrite into the file"
     );
-    // A crash now: the log still holds both frames; the voucher makes recovery replay both.
+    // A crash now: the log still holds both frames; the vouchers make recovery replay both.
     let got = state(&image(&live, dir.path(), None));
     drop(heap);
     got
+}
+
+/// The root of the tests below: [`Root`] with a second object `x`.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
+#[repr(C)]
+struct Root2 {
+    count: u64,
+    fill: u64,
+    big: PSlice<u8>,
+    x: PSlice<u8>,
+}
+
+/// (count, fill, whether the object holds its fill byte, x's first byte, whether x is uniform)
+/// of the heap at `path`.
+#[cfg(feature = "test-hooks")]
+fn state2(path: &Path) -> (u64, u64, bool, u8, bool) {
+    let heap = Heap::open(path, opts()).unwrap();
+    heap.read(|r| {
+        let root = *r.get(r.root::<Root2>()?)?;
+        let whole = root.big.is_empty() || r.slice(root.big)?.iter().all(|&b| b == root.fill as u8);
+        let x = r.slice(root.x)?;
+        Ok((
+            root.count,
+            root.fill,
+            whole,
+            x[0],
+            x.iter().all(|&b| b == x[0]),
+        ))
+    })
+    .unwrap()
+}
+
+/// Found by review: a recovery replays a checked frame and a later one that rewrites its object,
+/// and is killed after its replay, before its checkpoint; the next recovery must reach the same
+/// state. Without the voucher recovery writes before replay, the second recovery's check failed
+/// (the object held the rewrite), it cut the log there and replayed only the frame before:
+/// `x` was 1 under a root that said 3.
+#[cfg(feature = "test-hooks")]
+#[test]
+fn a_recovery_killed_after_its_replay_recovers_the_same_state() {
+    use txheap_recovery::sabotage;
+    let _l = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("h.heap");
+    let heap = Heap::create(&live, opts()).unwrap();
+    heap.transaction(|tx| {
+        let root = tx.root::<Root2>()?;
+        let mut r = *tx.get(root)?;
+        r.x = tx.alloc_slice(&[0u8; 128])?;
+        tx.set(root, r)
+    })
+    .unwrap();
+    heap.checkpoint().unwrap();
+    // x = 1, then a 1 MiB object in place (a checked frame), then the object and x rewritten.
+    heap.transaction(|tx| {
+        let root = tx.root::<Root2>()?;
+        let r = *tx.get(root)?;
+        tx.write_slice(r.x, 0, &[1u8; 128])
+    })
+    .unwrap();
+    let big = heap
+        .transaction(|tx| {
+            let root = tx.root::<Root2>()?;
+            let mut r = *tx.get(root)?;
+            (r.count, r.fill) = (2, 2);
+            r.big = tx.alloc_slice(&vec![2u8; BIG as usize])?;
+            tx.set(root, r)?;
+            Ok(r.big)
+        })
+        .unwrap();
+    heap.transaction(|tx| {
+        let root = tx.root::<Root2>()?;
+        let mut r = *tx.get(root)?;
+        (r.count, r.fill) = (3, 3);
+        tx.write_slice(big, 0, &vec![3u8; BIG as usize])?;
+        tx.write_slice(r.x, 0, &[3u8; 128])?;
+        tx.set(root, r)
+    })
+    .unwrap();
+    // A kill -9 now: the page cache holds everything.
+    let img = image(&live, dir.path(), None);
+    drop(heap);
+    sabotage::panic_at(Some("recovery.after_replay"));
+    let r = std::panic::catch_unwind(|| Heap::open(&img, opts()).map(|_| ()));
+    sabotage::panic_at(None);
+    assert!(r.is_err(), "the failpoint did not fire");
+    assert_eq!(state2(&img), (3, 3, true, 3, true));
+}
+
+/// Found by review: while a checked frame waited for its vouchers, a frame that fits the log but
+/// not beside the room kept for them was refused (`TransactionTooLarge`); a checkpoint makes the
+/// room instead.
+#[test]
+fn a_frame_that_fits_the_log_commits_while_a_check_waits() {
+    let _l = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts().log_size(1 << 20);
+    let heap = Heap::create(dir.path().join("t.heap"), o).unwrap();
+    let big = heap
+        .transaction(|tx| {
+            let root = tx.root::<Root2>()?;
+            let mut r = *tx.get(root)?;
+            r.big = tx.alloc_slice(&vec![2u8; 2 << 20])?;
+            tx.set(root, r)?;
+            Ok(r.big)
+        })
+        .unwrap();
+    let n = (1usize << 20) - 64;
+    heap.transaction(|tx| tx.write_slice(big, 0, &vec![5u8; n]))
+        .unwrap();
+    assert!(heap
+        .read(|r| Ok(r.slice(big)?[..n].iter().all(|&b| b == 5)))
+        .unwrap());
 }

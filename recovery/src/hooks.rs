@@ -74,6 +74,11 @@ pub mod sabotage {
     /// that tells recovery so: a later frame's bytes over those in-place bytes then fail the
     /// check, and recovery cuts the log there while the heap holds later frames' bytes.
     pub const PUBLISH_BEFORE_VOUCHER: u32 = 32768;
+    /// Recovery replays a frame whose in-place check it asked without first appending the
+    /// voucher: replay can write later frames' bytes over the checked ones, and a crash during
+    /// replay then makes the next recovery's check fail and cut the log under a half-replayed
+    /// heap.
+    pub const RECOVERY_REPLAY_BEFORE_VOUCHER: u32 = 65536;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);
@@ -290,3 +295,7 @@ pub(crate) use sabotage::IGNORE_DURABILITY_EVIDENCE;
 pub(crate) const SKIP_IN_PLACE_CHECK: u32 = 0;
 #[cfg(feature = "test-hooks")]
 pub(crate) use sabotage::SKIP_IN_PLACE_CHECK;
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) const RECOVERY_REPLAY_BEFORE_VOUCHER: u32 = 0;
+#[cfg(feature = "test-hooks")]
+pub(crate) use sabotage::RECOVERY_REPLAY_BEFORE_VOUCHER;

@@ -12,6 +12,7 @@ use crate::limits::{REPLAY_BATCH_PAGES_MAX, REPLAY_RUN_PAGES_MAX};
 use crate::scan::{scan_log_in, LogScan};
 use crate::storage::Storage;
 use crate::superblock::{select_superblock, Slot, Superblock, PAGE_SIZE};
+use txheap_log::{FrameBuilder, FRAME_HEADER_LEN};
 
 /// Replay committed ranges, in log order, a page at a time: the pages a batch of ranges touches
 /// are read in runs of consecutive pages, every range is applied to the copies in memory, and
@@ -36,6 +37,48 @@ fn replay_pages_batched<S: Storage + ?Sized>(
         batch.write(storage)?;
         i = batch.end;
     }
+    Ok(())
+}
+
+/// Replay: the first batch (already built), then the rest of the ranges batch by batch.
+fn replay<S: Storage + ?Sized>(
+    storage: &mut S,
+    first: Option<PageBatch>,
+    ranges: &[(u64, usize, usize)],
+    arena: &[u8],
+    batch_pages: usize,
+) -> Result<(), RecoveryError> {
+    if let Some(first) = first {
+        crate::phase!(RECOVERY_REPLAY);
+        first.write(storage)?;
+        replay_pages_batched(storage, ranges, arena, first.end, batch_pages)?;
+    }
+    Ok(())
+}
+
+/// Make the file durable and append a voucher at the end of the scanned log: an empty frame
+/// (the next txid) whose evidence is every frame before it, barriered. Recovery does this before
+/// replay writes over the pieces of a frame whose in-place check it asked (see
+/// [`LogScan::checked`](crate::LogScan::checked)). The pieces are in the file, but perhaps
+/// only in the page cache (the writer was killed), hence the `fdatasync` first.
+fn write_voucher<S: Storage + ?Sized>(
+    storage: &mut S,
+    sb: &Superblock,
+    scan: &LogScan,
+) -> Result<(), RecoveryError> {
+    storage
+        .barrier_all()
+        .map_err(io_err("fdatasync before the voucher", 0))?;
+    let at = sb.log_offset() + scan.end_offset;
+    let mut b = FrameBuilder::new();
+    let frame = b.finish_vouching(sb.generation, scan.next_txid, scan.next_txid - 1);
+    storage
+        .write_at(at, frame)
+        .map_err(io_err("write the voucher frame", at))?;
+    storage
+        .barrier(at, frame.len() as u64)
+        .map_err(io_err("barrier the voucher frame", at))?;
+    crate::failpoint!("recovery.after_voucher");
     Ok(())
 }
 
@@ -510,7 +553,8 @@ where
         Ok(())
     };
     let scan = scan_log_in(&*storage, &sb, log, apply, &mut |_, _| {})?;
-    let arena: &[u8] = log.unwrap_or(&arena);
+    let owned_arena = arena;
+    let arena: &[u8] = log.unwrap_or(&owned_arena);
     if let (Some(d), OnDamage::Refuse) = (scan.damage, on_damage) {
         return Err(d.error().into());
     }
@@ -522,23 +566,53 @@ where
     } else {
         Some(PageBatch::build(&*storage, &ranges, arena, 0, batch_pages)?)
     };
+    // A voucher first when a replayed frame's in-place check was asked (and held): replay may
+    // write later frames' bytes over its pieces, and a crash during replay would then make the
+    // check fail on the next recovery, which would cut the log under a half-replayed heap.
+    let vouch = scan.checked > 0
+        && !crate::hooks::sabotaged(crate::hooks::RECOVERY_REPLAY_BEFORE_VOUCHER)
+        && !scan.stop.reason.is_malformed()
+        && scan.end_offset + FRAME_HEADER_LEN as u64 <= sb.log_size;
+    let next_txid = scan.next_txid + u64::from(vouch);
     if checkpoint_needed {
         // Everything that could refuse the open is decided here, before the first write: the
         // caller's check of the replayed heap, and the counters the checkpoint will bump.
-        next_superblock(&sb, slot, scan.next_txid)?;
+        next_superblock(&sb, slot, next_txid)?;
         let view = match &first {
             Some(b) if b.end == ranges.len() => Replayed::of_batch(&*storage, b)?,
             _ => Replayed::of_ranges(&*storage, &ranges, arena)?,
         };
         check(&sb, &view)?;
     }
-    if let Some(first) = first {
-        crate::phase!(RECOVERY_REPLAY);
-        first.write(storage)?;
-        replay_pages_batched(storage, &ranges, arena, first.end, batch_pages)?;
+    if vouch {
+        // The voucher goes into the log region, which the view (a `&[u8]` the ranges point
+        // into) shows: drop the view first, and map the region again for the replay (the
+        // ranges are offsets from the region's start).
+        let viewed = log.is_some();
+        drop(log_view);
+        write_voucher(storage, &sb, &scan)?;
+        let log_view = if viewed {
+            let v = storage
+                .view(sb.log_offset(), sb.log_size)
+                .map_err(io_err("map the log again", sb.log_offset()))?
+                .filter(|v| (**v).as_ref().len() as u64 == sb.log_size)
+                .ok_or_else(|| RecoveryError::Io {
+                    op: "map the log again",
+                    offset: sb.log_offset(),
+                    source: std::io::Error::other("the log's view is gone"),
+                })?;
+            Some(v)
+        } else {
+            None
+        };
+        let arena: &[u8] = log_view.as_deref().map_or(&owned_arena[..], |v| v.as_ref());
+        replay(storage, first, &ranges, arena, batch_pages)?;
+        drop(log_view);
+    } else {
+        replay(storage, first, &ranges, arena, batch_pages)?;
+        // The checkpoint writes the log region: the view must be gone first.
+        drop(log_view);
     }
-    // The checkpoint writes the log region: the view must be gone first.
-    drop(log_view);
     crate::failpoint!("recovery.after_replay");
     if !checkpoint_needed {
         return Ok(Recovered {
@@ -549,7 +623,7 @@ where
         });
     }
     crate::phase!(RECOVERY_CHECKPOINT);
-    let (nsb, nslot) = checkpoint(storage, &sb, slot, scan.next_txid)?;
+    let (nsb, nslot) = checkpoint(storage, &sb, slot, next_txid)?;
     Ok(Recovered {
         superblock: nsb,
         slot: nslot,
