@@ -56,29 +56,37 @@ fn replay<S: Storage + ?Sized>(
     Ok(())
 }
 
-/// Make the file durable and append a voucher at the end of the scanned log: an empty frame
-/// (the next txid) whose evidence is every frame before it, barriered. Recovery does this before
-/// replay writes over the pieces of a frame whose in-place check it asked (see
-/// [`LogScan::checked`](crate::LogScan::checked)). The pieces are in the file, but perhaps
-/// only in the page cache (the writer was killed), hence the `fdatasync` first.
-fn write_voucher<S: Storage + ?Sized>(
+/// Voucher frames recovery writes before it replays over the pieces of a frame whose in-place
+/// check it asked: two, as the writer's flush does, so that damage to the first is reported
+/// (the second proves it durable) rather than read as a torn tail.
+const VOUCHERS: u64 = 2;
+
+/// Make the file durable and append [`VOUCHERS`] vouchers at the end of the scanned log: empty
+/// frames (the next txids) whose evidence reaches every frame before them, each barriered.
+/// Recovery does this before replay writes over the pieces of a frame whose in-place check it
+/// asked (see [`LogScan::checked`](crate::LogScan::checked)). The pieces are in the file, but
+/// perhaps only in the page cache (the writer was killed), hence the `fdatasync` first.
+fn write_vouchers<S: Storage + ?Sized>(
     storage: &mut S,
     sb: &Superblock,
     scan: &LogScan,
 ) -> Result<(), RecoveryError> {
     storage
         .barrier_all()
-        .map_err(io_err("fdatasync before the voucher", 0))?;
-    let at = sb.log_offset() + scan.end_offset;
-    let mut b = FrameBuilder::new();
-    let frame = b.finish_vouching(sb.generation, scan.next_txid, scan.next_txid - 1);
-    storage
-        .write_at(at, frame)
-        .map_err(io_err("write the voucher frame", at))?;
-    storage
-        .barrier(at, frame.len() as u64)
-        .map_err(io_err("barrier the voucher frame", at))?;
-    crate::failpoint!("recovery.after_voucher");
+        .map_err(io_err("fdatasync before the vouchers", 0))?;
+    for k in 0..VOUCHERS {
+        let at = sb.log_offset() + scan.end_offset + k * FRAME_HEADER_LEN as u64;
+        let txid = scan.next_txid + k;
+        let mut b = FrameBuilder::new();
+        let frame = b.finish_vouching(sb.generation, txid, txid - 1);
+        storage
+            .write_at(at, frame)
+            .map_err(io_err("write a voucher frame", at))?;
+        storage
+            .barrier(at, frame.len() as u64)
+            .map_err(io_err("barrier a voucher frame", at))?;
+        crate::failpoint!("recovery.after_voucher");
+    }
     Ok(())
 }
 
@@ -569,11 +577,20 @@ where
     // A voucher first when a replayed frame's in-place check was asked (and held): replay may
     // write later frames' bytes over its pieces, and a crash during replay would then make the
     // check fail on the next recovery, which would cut the log under a half-replayed heap.
-    let vouch = scan.checked > 0
-        && !crate::hooks::sabotaged(crate::hooks::RECOVERY_REPLAY_BEFORE_VOUCHER)
-        && !scan.stop.reason.is_malformed()
-        && scan.end_offset + FRAME_HEADER_LEN as u64 <= sb.log_size;
-    let next_txid = scan.next_txid + u64::from(vouch);
+    let vouch =
+        scan.checked > 0 && !crate::hooks::sabotaged(crate::hooks::RECOVERY_REPLAY_BEFORE_VOUCHER);
+    if vouch && scan.end_offset + VOUCHERS * FRAME_HEADER_LEN as u64 > sb.log_size {
+        // The writer keeps room for them after every frame whose check may be asked.
+        return Err(RecoveryError::Corrupt {
+            offset: sb.log_offset() + scan.end_offset,
+            what: format!(
+                "no room after the log's last frame for the {VOUCHERS} voucher frames that \
+                 recovery must write before it replays over in-place bytes"
+            ),
+        }
+        .into());
+    }
+    let next_txid = scan.next_txid + if vouch { VOUCHERS } else { 0 };
     if checkpoint_needed {
         // Everything that could refuse the open is decided here, before the first write: the
         // caller's check of the replayed heap, and the counters the checkpoint will bump.
@@ -590,7 +607,7 @@ where
         // ranges are offsets from the region's start).
         let viewed = log.is_some();
         drop(log_view);
-        write_voucher(storage, &sb, &scan)?;
+        write_vouchers(storage, &sb, &scan)?;
         let log_view = if viewed {
             let v = storage
                 .view(sb.log_offset(), sb.log_size)

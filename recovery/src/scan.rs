@@ -127,7 +127,7 @@ fn find_damage_in<S: Storage + ?Sized>(
     }
     // Every 8-byte position after it, through a read window (memory stays bounded by the
     // window and the one candidate frame being verified, whatever the log's size).
-    let (voucher, last) = search_vouchers(storage, sb, log, at + FRAME_ALIGN as u64, txid, false)?;
+    let (voucher, last) = search_vouchers(storage, sb, log, at + FRAME_ALIGN as u64, txid)?;
     Ok(voucher.map(|v| LogDamage {
         offset: abs,
         txid,
@@ -139,27 +139,29 @@ fn find_damage_in<S: Storage + ?Sized>(
 
 /// Try every 8-aligned log offset from `from` (itself 8-aligned) for a frame that verifies, of
 /// this generation, above `txid`: returns the first that vouches for `txid` (its evidence
-/// reaches it) and the highest txid of any such frame. With `first_only`, stop at the first
-/// voucher (the highest txid is then only what was seen so far).
+/// reaches it) and the highest txid of any such frame. A frame whose txid lies further above
+/// `txid` than the log holds frames (one per 40 bytes) is not one this log's writer wrote after
+/// it, whatever its check: it is ignored (bytes stored inside a frame's payload could
+/// otherwise pose as a voucher for any txid).
 fn search_vouchers<S: Storage + ?Sized>(
     storage: &S,
     sb: &Superblock,
     log: Option<&[u8]>,
     from: u64,
     txid: u64,
-    first_only: bool,
 ) -> Result<(Option<Voucher>, Option<u64>), RecoveryError> {
     let (mut voucher, mut last) = (None, None::<u64>);
     let mut window = LogWindow::over(log);
+    let reach = txid.saturating_add(sb.log_size / FRAME_HEADER_LEN as u64);
     let mut p = from;
     while let Some(found) = window.next_magic(storage, sb, p)? {
         p = found;
         let hb = window.get(storage, sb, p, FRAME_HEADER_LEN as u64)?;
         if let Some(h) = header_at(hb) {
-            // (A search for the first voucher verifies only frames whose header would vouch.)
-            let wanted = h.follows(sb.generation, txid)
-                && (!first_only || h.vouches_for(sb.generation, txid));
-            if wanted && frame_verifies_at(storage, sb, p)? {
+            if h.follows(sb.generation, txid)
+                && h.txid <= reach
+                && frame_verifies_at(storage, sb, p)?
+            {
                 last = Some(last.map_or(h.txid, |l| l.max(h.txid)));
                 if voucher.is_none() && h.vouches_for(sb.generation, txid) {
                     voucher = Some(Voucher {
@@ -167,15 +169,59 @@ fn search_vouchers<S: Storage + ?Sized>(
                         txid: h.txid,
                         durable_txid: h.durable_txid,
                     });
-                    if first_only {
-                        break;
-                    }
                 }
             }
         }
         p += FRAME_ALIGN as u64;
     }
     Ok((voucher, last))
+}
+
+/// Whether a later frame vouches for the frame `txid` that ends at log offset `from` (one with
+/// an in-place check): the committed frames after it are followed one by one, as replay would
+/// take them, and the first whose evidence reaches `txid` vouches. Not any 8-byte position, as
+/// the damage search tries: bytes a user stored (inside a later frame's payload) must never
+/// vouch for a check, since that would replay torn bytes silently. Where the chain breaks before
+/// a voucher, the damage rule decides: if the frame there is damaged (a later frame proves it
+/// durable), it was durable, and so was this one with its bytes (the writer's barriers cover
+/// the in-place bytes before any voucher), so the scan goes on to report that damage.
+fn chain_vouches<S: Storage + ?Sized>(
+    storage: &S,
+    sb: &Superblock,
+    log: Option<&[u8]>,
+    from: u64,
+    txid: u64,
+) -> Result<bool, RecoveryError> {
+    let mut window = LogWindow::over(log);
+    let (mut at, mut expect) = (from, txid + 1);
+    let reason = loop {
+        let remaining = sb.log_size - at;
+        if remaining < FRAME_HEADER_LEN as u64 {
+            return Ok(false);
+        }
+        let mut hb = [0u8; FRAME_HEADER_LEN];
+        hb.copy_from_slice(window.get(storage, sb, at, FRAME_HEADER_LEN as u64)?);
+        let h = match parse_header(&hb, sb.generation, expect, remaining) {
+            Ok(h) => h,
+            Err(reason) => break reason,
+        };
+        let payload = window.get(
+            storage,
+            sb,
+            at + FRAME_HEADER_LEN as u64,
+            u64::from(h.payload_len),
+        )?;
+        if let Err(reason) = verify_frame(&hb, &h, payload) {
+            break reason;
+        }
+        if h.durable_txid >= txid && h.durable_txid < h.txid {
+            return Ok(true);
+        }
+        at += h.frame_len();
+        expect += 1;
+    };
+    let stop = Stop { offset: at, reason };
+    Ok(find_damage_in(storage, sb, &stop, expect, log)?.is_some())
 }
 
 /// Whether the heap holds the bytes `check` names, as its frame's writer wrote them in place:
@@ -531,8 +577,7 @@ pub(crate) fn scan_log_in<S: Storage + ?Sized>(
             // end (docs/ARCHITECTURE.md, recovery step 2).
             if !sabotaged(SKIP_IN_PLACE_CHECK) {
                 let end = at + h.frame_len();
-                let (vouched, _) = search_vouchers(storage, sb, log, end, txid, true)?;
-                if vouched.is_none() {
+                if !chain_vouches(storage, sb, log, end, txid)? {
                     if !in_place_holds(storage, &check)? {
                         break Stop {
                             offset: at,

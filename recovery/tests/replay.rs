@@ -457,3 +457,145 @@ fn crash_during_replay_over_checked_bytes() -> (usize, Vec<String>) {
     }
     (crashed, bad)
 }
+
+/// The image of a checked frame (its object in place) and a later frame that rewrites the
+/// object and writes `meta-two` on a page of its own. Returns (storage, superblock, object
+/// offset, `meta-two` offset, rewrite bytes).
+fn checked_then_rewrite(in_place_written: bool) -> (MemStorage, Superblock, u64, u64, Vec<u8>) {
+    use txheap_recovery::txheap_log::{FrameBuilder, InPlaceDigest};
+    let object = vec![0xabu8; 5000];
+    let rewrite = vec![0xcdu8; 5000];
+    let (mut s, sb) = fresh();
+    let at = sb.heap_offset() + 8192;
+    let two = sb.heap_offset() + 24576;
+    let mut d = InPlaceDigest::new();
+    d.update(&object);
+    let mut b = FrameBuilder::new();
+    b.push_range(sb.heap_offset() + 8, b"meta-one").unwrap();
+    b.push_in_place_check(d.digest(), &[(at, object.len() as u64)])
+        .unwrap();
+    let f1 = b.finish_vouching(sb.generation, sb.next_txid, 0).to_vec();
+    let mut b = FrameBuilder::new();
+    b.push_range(at, &rewrite).unwrap();
+    b.push_range(two, b"meta-two").unwrap();
+    let f2 = b
+        .finish_vouching(sb.generation, sb.next_txid + 1, 0)
+        .to_vec();
+    s.write_at(sb.log_offset(), &f1).unwrap();
+    s.write_at(sb.log_offset() + f1.len() as u64, &f2).unwrap();
+    if in_place_written {
+        s.write_at(at, &object).unwrap();
+    }
+    (s, sb, at, two, rewrite)
+}
+
+/// Found by review: recovery's voucher was one frame, the log's last; after a recovery killed
+/// once its replay had rewritten the object, one flipped bit in that voucher read as a torn
+/// tail, the check was asked of the rewritten bytes, and the log was cut under a half-replayed
+/// heap. With two vouchers, a bit flipped in either gives the whole state or a refusal.
+#[test]
+fn a_flipped_bit_in_a_recovery_voucher_is_never_a_silent_cut() {
+    let _l = MASK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut flipped = 0;
+    for left in 0..8 {
+        for voucher in 0..2u64 {
+            let (s, sb, at, two, rewrite) = checked_then_rewrite(true);
+            let log_end = {
+                let r = txheap_recovery::scan_log(&s, &sb, &mut |_, _| Ok(())).unwrap();
+                sb.log_offset() + r.end_offset
+            };
+            // A recovery that crashes after `left` writes.
+            let mut c = CrashAfter { inner: s, left };
+            if recover(&mut c).is_ok() {
+                continue;
+            }
+            let mut again = c.inner;
+            let v = log_end + voucher * 40;
+            let mut magic = [0u8; 4];
+            again.read_at(v, &mut magic).unwrap();
+            if magic != *b"TXFR" {
+                continue; // no voucher written there
+            }
+            flipped += 1;
+            let flip = v + 20; // inside its durable_txid
+            let mut byte = [0u8];
+            again.read_at(flip, &mut byte).unwrap();
+            again.write_at(flip, &[byte[0] ^ 0x10]).unwrap();
+            let Ok(r) = recover(&mut again) else {
+                continue; // refused (LogDamaged): not silent
+            };
+            let mut meta = [0u8; 8];
+            again.read_at(sb.heap_offset() + 8, &mut meta).unwrap();
+            let mut meta_two = [0u8; 8];
+            again.read_at(two, &mut meta_two).unwrap();
+            let mut got = vec![0u8; rewrite.len()];
+            again.read_at(at, &mut got).unwrap();
+            let none = meta != *b"meta-one" && meta_two != *b"meta-two" && got != rewrite;
+            let all = meta == *b"meta-one" && meta_two == *b"meta-two" && got == rewrite;
+            assert!(
+                (none && r.scan.frames == 0) || all,
+                "crash after {left} writes, voucher {voucher} damaged: not a prefix ({:?})",
+                r.scan
+            );
+        }
+    }
+    assert!(flipped >= 4, "too few damaged vouchers tried: {flipped}");
+}
+
+/// Found by review: the search for a checked frame's voucher tried every 8-byte position after
+/// it, so bytes a user stored (an empty frame of this generation, inside a later frame's
+/// payload) could vouch for the check, and a frame whose in-place bytes never reached the disk
+/// was replayed torn. Now only the committed frames that follow it can vouch; a fake frame can
+/// at most make recovery refuse (the damage rule), never replay torn bytes.
+#[test]
+fn bytes_inside_a_later_frame_never_vouch_for_a_check() {
+    use txheap_recovery::txheap_log::FrameBuilder;
+    for (ahead, evidence) in [(7, 1), (7, 5), (1 << 40, (1 << 40) - 1)] {
+        let (mut s, sb, _, _, _) = checked_then_rewrite(false);
+        // A third frame whose payload holds an empty frame vouching for frames 1 and 2.
+        let fake = FrameBuilder::new()
+            .finish_vouching(
+                sb.generation,
+                sb.next_txid + ahead,
+                sb.next_txid - 1 + evidence,
+            )
+            .to_vec();
+        let mut b = FrameBuilder::new();
+        b.push_range(sb.heap_offset() + 16384, &fake).unwrap();
+        let end = txheap_recovery::scan_log(&s, &sb, &mut |_, _| Ok(()))
+            .unwrap()
+            .end_offset;
+        assert_eq!(
+            end, 0,
+            "the object's bytes are missing: frame 1 ends the log"
+        );
+        let f3 = b
+            .finish_vouching(sb.generation, sb.next_txid + 2, 0)
+            .to_vec();
+        // (Frames 1 and 2 are back to back from the log's start; frame 3 follows them.)
+        let f12 = {
+            let b = s.bytes();
+            let mut at = sb.log_offset() as usize;
+            for _ in 0..2 {
+                let h = txheap_recovery::txheap_log::header_at(b[at..at + 40].try_into().unwrap())
+                    .unwrap();
+                at += h.frame_len() as usize;
+            }
+            at as u64
+        };
+        s.write_at(f12, &f3).unwrap();
+        let before = s.bytes().to_vec();
+        match recover(&mut s) {
+            Err(_) => assert_eq!(s.bytes(), &before[..], "a refusal wrote"),
+            Ok(r) => {
+                let mut meta = [0u8; 8];
+                s.read_at(sb.heap_offset() + 8, &mut meta).unwrap();
+                assert!(
+                    &meta != b"meta-one",
+                    "frame 1 replayed over missing bytes ({ahead}, {evidence}): {:?}",
+                    r.scan
+                );
+            }
+        }
+    }
+}
