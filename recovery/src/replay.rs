@@ -9,7 +9,7 @@
 use crate::checkpoint::{checkpoint, next_superblock};
 use crate::error::{io_err, RecoveryError};
 use crate::limits::{REPLAY_BATCH_PAGES_MAX, REPLAY_RUN_PAGES_MAX};
-use crate::scan::{scan_log_in, LogScan};
+use crate::scan::{scan_log_in, LogScan, RECOVERY_VOUCHERS};
 use crate::storage::Storage;
 use crate::superblock::{select_superblock, Slot, Superblock, PAGE_SIZE};
 use txheap_log::{FrameBuilder, FRAME_HEADER_LEN};
@@ -56,14 +56,9 @@ fn replay<S: Storage + ?Sized>(
     Ok(())
 }
 
-/// Voucher frames recovery writes before it replays over the pieces of a frame whose in-place
-/// check it asked: two, as the writer's flush does, so that damage to the first is reported
-/// (the second proves it durable) rather than read as a torn tail.
-const VOUCHERS: u64 = 2;
-
-/// Make the file durable and append [`VOUCHERS`] vouchers at the end of the scanned log: empty
-/// frames (the next txids) whose evidence reaches every frame before them, each barriered.
-/// Recovery does this before replay writes over the pieces of a frame whose in-place check it
+/// Make the file durable and append [`RECOVERY_VOUCHERS`] vouchers at the end of the scanned
+/// log: empty frames (the next txids) whose evidence reaches every frame before them, each
+/// barriered. Recovery does this before replay writes over the pieces of a frame whose in-place check it
 /// asked (see [`LogScan::checked`](crate::LogScan::checked)). The pieces are in the file, but
 /// perhaps only in the page cache (the writer was killed), hence the `fdatasync` first.
 fn write_vouchers<S: Storage + ?Sized>(
@@ -74,7 +69,7 @@ fn write_vouchers<S: Storage + ?Sized>(
     storage
         .barrier_all()
         .map_err(io_err("fdatasync before the vouchers", 0))?;
-    for k in 0..VOUCHERS {
+    for k in 0..RECOVERY_VOUCHERS {
         let at = sb.log_offset() + scan.end_offset + k * FRAME_HEADER_LEN as u64;
         let txid = scan.next_txid + k;
         let mut b = FrameBuilder::new();
@@ -579,18 +574,8 @@ where
     // check fail on the next recovery, which would cut the log under a half-replayed heap.
     let vouch =
         scan.checked > 0 && !crate::hooks::sabotaged(crate::hooks::RECOVERY_REPLAY_BEFORE_VOUCHER);
-    if vouch && scan.end_offset + VOUCHERS * FRAME_HEADER_LEN as u64 > sb.log_size {
-        // The writer keeps room for them after every frame whose check may be asked.
-        return Err(RecoveryError::Corrupt {
-            offset: sb.log_offset() + scan.end_offset,
-            what: format!(
-                "no room after the log's last frame for the {VOUCHERS} voucher frames that \
-                 recovery must write before it replays over in-place bytes"
-            ),
-        }
-        .into());
-    }
-    let next_txid = scan.next_txid + if vouch { VOUCHERS } else { 0 };
+    // (The scan refused a log without room for them.)
+    let next_txid = scan.next_txid + if vouch { RECOVERY_VOUCHERS } else { 0 };
     if checkpoint_needed {
         // Everything that could refuse the open is decided here, before the first write: the
         // caller's check of the replayed heap, and the counters the checkpoint will bump.

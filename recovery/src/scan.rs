@@ -98,7 +98,8 @@ impl LogDamage {
 /// - Otherwise the frame is torn or damaged. It is damaged iff a later frame of this generation
 ///   verifies with a higher txid and evidence (`durable_txid`) at or above `txid`: its writer
 ///   saw this frame durable, which a torn write never is. Every 8-byte position of the rest of
-///   the log is tried (the rule of `txheap_log::find_voucher`, read through a window), since a
+///   the log is tried (the rule of `txheap_log::find_voucher`, read through a window, and
+///   ignoring frames further ahead than the log could hold frames), since a
 ///   damaged header's length cannot be trusted.
 pub fn find_damage<S: Storage + ?Sized>(
     storage: &S,
@@ -225,25 +226,28 @@ fn chain_vouches<S: Storage + ?Sized>(
 }
 
 /// Whether the heap holds the bytes `check` names, as its frame's writer wrote them in place:
-/// the digest of the file's bytes over its pieces (zeros past the file's end) equals the
-/// check's. Read in pieces of at most 1 MiB.
+/// every piece lies inside the file (a piece past its end was in growth that never became
+/// durable: no barrier covered the frame either) and the digest of the file's bytes over the
+/// pieces equals the check's. Read in pieces of at most 1 MiB; the pieces are disjoint
+/// (checked by the scan), so at most the file's length is read.
 fn in_place_holds<S: Storage + ?Sized>(
     storage: &S,
     check: &InPlaceCheck<'_>,
 ) -> Result<bool, RecoveryError> {
     const STEP: u64 = 1 << 20;
     let file_len = storage.len().map_err(io_err("stat", 0))?;
+    if check.pieces().any(|(off, len)| off + len > file_len) {
+        return Ok(false);
+    }
     let mut digest = InPlaceDigest::new();
     let mut buf = Vec::new();
     for (off, len) in check.pieces() {
         let mut p = off;
         while p < off + len {
             let n = (off + len - p).min(STEP);
-            buf.clear();
             buf.resize(n as usize, 0);
-            let have = file_len.saturating_sub(p).min(n) as usize;
             storage
-                .read_at(p, &mut buf[..have])
+                .read_at(p, &mut buf)
                 .map_err(io_err("read in-place bytes", p))?;
             digest.update(&buf);
             p += n;
@@ -251,6 +255,11 @@ fn in_place_holds<S: Storage + ?Sized>(
     }
     Ok(digest.digest() == check.digest)
 }
+
+/// Voucher frames a writable recovery appends before it replays over the pieces of a frame
+/// whose in-place check it asked: two, as the writer's flush does, so that damage to the first
+/// is reported (the second proves it durable) rather than read as a torn tail.
+pub(crate) const RECOVERY_VOUCHERS: u64 = 2;
 
 /// What [`scan_log`] calls for each committed range: `(file offset, bytes)`.
 pub type ApplyFn<'a> = dyn FnMut(u64, &[u8]) -> Result<(), RecoveryError> + 'a;
@@ -557,8 +566,19 @@ pub(crate) fn scan_log_in<S: Storage + ?Sized>(
             }
         }
         if let Some(check) = frame.in_place_check() {
+            let mut prev_end = sb.heap_offset();
             for (off, len) in check.pieces() {
                 let end = off.checked_add(len);
+                if off < prev_end {
+                    return Err(RecoveryError::Corrupt {
+                        offset: abs,
+                        what: format!(
+                            "log frame {txid} names in-place bytes at {off} that are not after \
+                             the piece before them (a writer names them sorted and disjoint)"
+                        ),
+                    });
+                }
+                prev_end = end.unwrap_or(u64::MAX);
                 if off < sb.heap_offset() || end.is_none_or(|e| e > sb.max_size) {
                     return Err(RecoveryError::Corrupt {
                         offset: abs,
@@ -578,6 +598,19 @@ pub(crate) fn scan_log_in<S: Storage + ?Sized>(
             if !sabotaged(SKIP_IN_PLACE_CHECK) {
                 let end = at + h.frame_len();
                 if !chain_vouches(storage, sb, log, end, txid)? {
+                    if checked > 0 {
+                        // Every in-place commit flushes first, and the flush vouches for the
+                        // check before: a writer never leaves two unvouched. (Refused rather
+                        // than hashed: a hostile log of such frames would cost a read of up
+                        // to the file's length each.)
+                        return Err(RecoveryError::Corrupt {
+                            offset: abs,
+                            what: format!(
+                                "log frame {txid} has an in-place check, and so has an earlier \
+                                 frame with no voucher between them"
+                            ),
+                        });
+                    }
                     if !in_place_holds(storage, &check)? {
                         break Stop {
                             offset: at,
@@ -597,6 +630,17 @@ pub(crate) fn scan_log_in<S: Storage + ?Sized>(
         txid += 1;
         at += h.frame_len();
     };
+    if checked > 0 && at + RECOVERY_VOUCHERS * FRAME_HEADER_LEN as u64 > sb.log_size {
+        // A writable recovery writes vouchers after the last frame before its replay (the
+        // writer always keeps room for them): a read-only open refuses such a log alike.
+        return Err(RecoveryError::Corrupt {
+            offset: sb.log_offset() + at,
+            what: format!(
+                "no room after the log's last frame for the {RECOVERY_VOUCHERS} voucher frames \
+                 that recovery must write before it replays over in-place bytes"
+            ),
+        });
+    }
     let damage = find_damage_in(storage, sb, &stop, txid, log)?;
     Ok(LogScan {
         frames,

@@ -599,3 +599,76 @@ fn bytes_inside_a_later_frame_never_vouch_for_a_check() {
         }
     }
 }
+
+/// Found by review: hostile or odd checked frames. A piece past the file's end is a mismatch
+/// (its growth was never durable), read from no storage; a second checked frame with no
+/// voucher between (no writer leaves that) and pieces out of order are refused, so that a log
+/// of such frames cannot make an open hash the file again and again; a checked frame that
+/// holds with no room after it for recovery's vouchers is refused by both opens alike.
+#[test]
+fn odd_in_place_checks_are_cut_or_refused_alike() {
+    use txheap_recovery::scan_log;
+    use txheap_recovery::txheap_log::{FrameBuilder, InPlaceDigest, StopReason};
+    let digest = |b: &[u8]| {
+        let mut d = InPlaceDigest::new();
+        d.update(b);
+        d.digest()
+    };
+    let frame = |sb: &Superblock, k: u64, pad: usize, pieces: &[(u64, u64)], dig: u64| {
+        let mut b = FrameBuilder::new();
+        b.push_range(sb.heap_offset() + 8, &vec![1u8; pad.max(8)])
+            .unwrap();
+        b.push_in_place_check(dig, pieces).unwrap();
+        b.finish(sb.generation, sb.next_txid + k).to_vec()
+    };
+    let zeros = vec![0u8; 4096];
+    // Zeros past the end of a MemStorage (which refuses reads there): a mismatch, not an error.
+    let (mut s, sb) = fresh();
+    let len = s.len().unwrap();
+    s.write_at(
+        sb.log_offset(),
+        &frame(&sb, 0, 8, &[(len, 4096)], digest(&zeros)),
+    )
+    .unwrap();
+    let r = scan_log(&s, &sb, &mut |_, _| Ok(())).unwrap();
+    assert_eq!(
+        r.stop.reason,
+        StopReason::InPlaceMismatch { txid: sb.next_txid }
+    );
+    // Two checked frames, no voucher between: refused.
+    let (mut s, sb) = fresh();
+    let at = sb.heap_offset() + 8192;
+    let f1 = frame(&sb, 0, 8, &[(at, 4096)], digest(&zeros));
+    let f2 = frame(&sb, 1, 8, &[(at, 4096)], digest(&zeros));
+    s.write_at(sb.log_offset(), &f1).unwrap();
+    s.write_at(sb.log_offset() + f1.len() as u64, &f2).unwrap();
+    assert!(matches!(
+        scan_log(&s, &sb, &mut |_, _| Ok(())),
+        Err(RecoveryError::Corrupt { .. })
+    ));
+    // Pieces out of order: refused.
+    let (mut s, sb) = fresh();
+    let f = frame(&sb, 0, 8, &[(at + 4096, 64), (at, 64)], digest(&[0u8; 128]));
+    s.write_at(sb.log_offset(), &f).unwrap();
+    assert!(matches!(
+        scan_log(&s, &sb, &mut |_, _| Ok(())),
+        Err(RecoveryError::Corrupt { .. })
+    ));
+    // A frame that holds and ends 40 bytes before the log's end: both opens refuse.
+    let (mut s, sb) = fresh();
+    let bare = frame(&sb, 0, 8, &[(at, 4096)], digest(&zeros)).len();
+    let pad = LOG as usize - 40 - bare + 8;
+    let f = frame(&sb, 0, pad, &[(at, 4096)], digest(&zeros));
+    assert_eq!(f.len() as u64, LOG - 40);
+    s.write_at(sb.log_offset(), &f).unwrap();
+    let before = s.bytes().to_vec();
+    assert!(matches!(
+        scan_log(&s, &sb, &mut |_, _| Ok(())),
+        Err(RecoveryError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        recover(&mut s),
+        Err(RecoveryError::Corrupt { .. })
+    ));
+    assert_eq!(s.bytes(), &before[..]);
+}
