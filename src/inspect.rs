@@ -120,6 +120,11 @@ pub struct LogFrame {
     pub len: u64,
     /// Its redo ranges: (file offset, length), in the order replay applies them.
     pub ranges: Vec<(u64, u64)>,
+    /// The pieces its in-place check covers, (file offset, length): bytes its transaction wrote
+    /// straight into the heap under `Durability::None`, with no barrier of their own (empty
+    /// when it has no check). A frame with neither ranges nor pieces is a voucher (or an empty
+    /// transaction).
+    pub in_place: Vec<(u64, u64)>,
 }
 
 /// Where and why the committed part of the log ends.
@@ -546,9 +551,22 @@ fn log_of(storage: &FileStorage, sb: &Superblock, sb_offset: u64) -> Result<LogR
                 durable_txid: h.durable_txid,
                 len: h.frame_len(),
                 ranges: ranges.take(),
+                in_place: Vec::new(),
             })
         },
     )?;
+    for f in &mut frames {
+        // The check is not a redo range: read the committed frame again for it.
+        let mut bytes = vec![0u8; f.len as usize];
+        storage
+            .read_at(f.offset, &mut bytes)
+            .map_err(|e| Error::io("read a log frame", f.offset, e))?;
+        if let Some(frame) = txheap_log::scan(&bytes, sb.generation, f.txid).next() {
+            if let Some(c) = frame.in_place_check() {
+                f.in_place = c.pieces().collect();
+            }
+        }
+    }
     let offset = sb.log_offset() + scan.stop.offset;
     let end = if let Some(d) = scan.damage {
         LogEnd::Damaged {

@@ -370,3 +370,35 @@ fn a_flipped_bit_around_a_checked_frame_is_reported_or_a_torn_tail() {
     }
     assert!(cases >= 50, "{cases}");
 }
+
+/// `inspect::read_log` (and `txheap dump-log`) shows a frame's in-place check, and the flush's
+/// two vouchers as empty frames whose evidence reaches the frame before each.
+#[test]
+fn the_log_shows_the_check_and_the_vouchers() {
+    let _l = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("h.heap");
+    let heap = Heap::create(&live, opts()).unwrap();
+    step(&heap, false);
+    heap.checkpoint().unwrap();
+    let big = step(&heap, true);
+    let log = txheap::inspect::read_log(&live).unwrap();
+    assert_eq!(log.frames.len(), 1);
+    let bytes: u64 = log.frames[0].in_place.iter().map(|p| p.1).sum();
+    assert!(bytes >= BIG, "{:?}", log.frames[0].in_place);
+    assert!(log.frames[0]
+        .in_place
+        .iter()
+        .any(|&(o, l)| o <= big.offset() && big.offset() < o + l));
+    heap.flush().unwrap();
+    let log = txheap::inspect::read_log(&live).unwrap();
+    assert_eq!(log.frames.len(), 3);
+    for (k, f) in log.frames.iter().enumerate().skip(1) {
+        assert!(
+            f.ranges.is_empty() && f.in_place.is_empty(),
+            "frame {k}: {f:?}"
+        );
+        assert_eq!(f.durable_txid, log.frames[k - 1].txid, "frame {k}");
+    }
+    drop(heap);
+}

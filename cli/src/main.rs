@@ -331,6 +331,8 @@ fn log_json(file: &Path, log: &LogReport, ranges: bool) -> Value {
                 "len": f.len,
                 "range_count": f.ranges.len(),
                 "range_bytes": f.ranges.iter().map(|r| r.1).sum::<u64>(),
+                "in_place_pieces": f.in_place.len(),
+                "in_place_bytes": f.in_place.iter().map(|r| r.1).sum::<u64>(),
             });
             if ranges {
                 v["ranges"] = f.ranges.iter().map(|&(o, l)| json!([o, l])).collect();
@@ -357,8 +359,19 @@ fn dump_log(file: &Path, json: bool, ranges: bool) -> Result<u8, Failure> {
         log.first_txid
     );
     for f in &log.frames {
+        let extra = if !f.in_place.is_empty() {
+            format!(
+                "; an in-place check over {} pieces ({} bytes written in place)",
+                f.in_place.len(),
+                f.in_place.iter().map(|r| r.1).sum::<u64>()
+            )
+        } else if f.ranges.is_empty() {
+            "; empty (a voucher)".to_string()
+        } else {
+            String::new()
+        };
         println!(
-            "frame txid {} at {}: {} bytes, durable_txid {}, {} ranges ({} bytes)",
+            "frame txid {} at {}: {} bytes, durable_txid {}, {} ranges ({} bytes){extra}",
             f.txid,
             f.offset,
             f.len,
