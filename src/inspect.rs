@@ -393,8 +393,14 @@ fn copy_in_place_checked(
         }
         let mut digest = InPlaceDigest::new();
         for (off, len) in check.pieces() {
-            if !copy_live_range(storage, out, buf, off, len, Some(&mut digest))? {
-                return Ok(false);
+            // In steps of at most 1 MiB: a piece can be as long as the file.
+            let mut p = off;
+            while p < off + len {
+                let n = (off + len - p).min(1 << 20);
+                if !copy_live_range(storage, out, buf, p, n, Some(&mut digest))? {
+                    return Ok(false);
+                }
+                p += n;
             }
         }
         if digest.digest() != check.digest {

@@ -5,8 +5,8 @@
 //! and runs docs/ARCHITECTURE.md section 3's steps in order: in-place bytes, their barrier (or,
 //! under `None`, the frame's in-place check) or a checkpoint, room in the log, append, barrier,
 //! apply, finish. A flush after a checked frame writes its vouchers before any heap page. It
-//! also owns the log tail, the transaction ids, the superblock slot, the allocator's committed state and, under
-//! `Durability::None`, the private pages not yet written to the file. May not: know
+//! also owns the log tail, the transaction ids, the superblock slot, the allocator's committed
+//! state and, under `Durability::None`, the private pages not yet written to the file. May not: know
 //! transactions or user types (it never imports `tx`), or write the file except through
 //! `FileStorage`.
 //!

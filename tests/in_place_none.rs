@@ -63,6 +63,20 @@ fn step(heap: &Heap, big: bool) -> PSlice<u8> {
     .unwrap()
 }
 
+/// Commit count + 1 and rewrite the whole object `big` with the count's byte (through the log:
+/// it is not fresh space).
+fn rewrite(heap: &Heap, big: PSlice<u8>) {
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let mut r = *tx.get(root)?;
+        r.count += 1;
+        tx.write_slice(big, 0, &vec![r.count as u8; BIG as usize])?;
+        r.fill = r.count;
+        tx.set(root, r)
+    })
+    .unwrap();
+}
+
 /// The count and whether the object holds its fill byte throughout.
 fn state(path: &Path) -> (u64, bool) {
     let heap = Heap::open(path, opts()).unwrap();
@@ -154,17 +168,8 @@ fn rewrite_flush_and_crash() -> (u64, bool) {
     step(&heap, false);
     heap.flush().unwrap();
     let big = step(&heap, true); // count 2: the object in place, its frame checked
-                                 // count 3: rewrite the object in place of its bytes (logged), so the file's bytes stop
-                                 // matching the check once the flush writes them.
-    heap.transaction(|tx| {
-        let root = tx.root::<Root>()?;
-        let mut r = *tx.get(root)?;
-        r.count += 1;
-        tx.write_slice(big, 0, &vec![r.count as u8; BIG as usize])?;
-        r.fill = r.count;
-        tx.set(root, r)
-    })
-    .unwrap();
+                                 // Count 3: the file's bytes stop matching the check once the flush writes the rewrite.
+    rewrite(&heap, big);
     heap.flush().unwrap();
     let heap_bytes = std::fs::read(&live).unwrap();
     let at = big.offset() as usize;
@@ -306,16 +311,7 @@ fn a_flipped_bit_around_a_checked_frame_is_reported_or_a_torn_tail() {
     step(&heap, false); // count 1
     heap.checkpoint().unwrap();
     let big = step(&heap, true); // count 2: in place, checked
-    heap.transaction(|tx| {
-        // count 3: the object rewritten through the log
-        let root = tx.root::<Root>()?;
-        let mut r = *tx.get(root)?;
-        r.count += 1;
-        tx.write_slice(big, 0, &vec![r.count as u8; BIG as usize])?;
-        r.fill = r.count;
-        tx.set(root, r)
-    })
-    .unwrap();
+    rewrite(&heap, big); // count 3
     heap.flush().unwrap(); // vouchers, then the rewrite into the file over the in-place bytes
     step(&heap, false); // count 4: not flushed
     let image = std::fs::read(&live).unwrap();

@@ -58,9 +58,10 @@ fn replay<S: Storage + ?Sized>(
 
 /// Make the file durable and append [`RECOVERY_VOUCHERS`] vouchers at the end of the scanned
 /// log: empty frames (the next txids) whose evidence reaches every frame before them, each
-/// barriered. Recovery does this before replay writes over the pieces of a frame whose in-place check it
-/// asked (see [`LogScan::checked`](crate::LogScan::checked)). The pieces are in the file, but
-/// perhaps only in the page cache (the writer was killed), hence the `fdatasync` first.
+/// barriered. Recovery does this before replay writes over the pieces of a frame whose
+/// in-place check it asked (see [`LogScan::checked`](crate::LogScan::checked)). The pieces are
+/// in the file, but perhaps only in the page cache (the writer was killed), hence the
+/// `fdatasync` first.
 fn write_vouchers<S: Storage + ?Sized>(
     storage: &mut S,
     sb: &Superblock,

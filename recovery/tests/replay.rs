@@ -404,28 +404,7 @@ fn without_the_recovery_voucher_a_crash_during_replay_is_caught() {
 /// recovery after each of its writes in turn; returns the number of crash points and what
 /// the second recovery got wrong at each.
 fn crash_during_replay_over_checked_bytes() -> (usize, Vec<String>) {
-    use txheap_recovery::txheap_log::{FrameBuilder, InPlaceDigest};
-    let object = vec![0xabu8; 5000];
-    let rewrite = vec![0xcdu8; 5000];
-    let (mut s, sb) = fresh();
-    let at = sb.heap_offset() + 8192;
-    let mut d = InPlaceDigest::new();
-    d.update(&object);
-    let mut b = FrameBuilder::new();
-    b.push_range(sb.heap_offset() + 8, b"meta-one").unwrap();
-    b.push_in_place_check(d.digest(), &[(at, object.len() as u64)])
-        .unwrap();
-    let f1 = b.finish_vouching(sb.generation, sb.next_txid, 0).to_vec();
-    let mut b = FrameBuilder::new();
-    b.push_range(at, &rewrite).unwrap();
-    let two = sb.heap_offset() + 24576; // a page of its own, written after the object's
-    b.push_range(two, b"meta-two").unwrap();
-    let f2 = b
-        .finish_vouching(sb.generation, sb.next_txid + 1, 0)
-        .to_vec();
-    s.write_at(sb.log_offset(), &f1).unwrap();
-    s.write_at(sb.log_offset() + f1.len() as u64, &f2).unwrap();
-    s.write_at(at, &object).unwrap();
+    let (s, sb, at, two, rewrite) = checked_then_rewrite(true);
     let image = s.into_bytes();
     let (mut crashed, mut bad) = (0, Vec::new());
     for left in 0.. {
