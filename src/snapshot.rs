@@ -437,7 +437,7 @@ impl Registry {
                 header,
                 seq: 0,
                 overlay: Overlay::default(),
-                pending: Vec::new(),
+                pending: Vec::with_capacity(crate::limits::FRAMES_RESERVED),
                 hidden: Vec::new(),
                 cached: None,
                 handed: VecDeque::new(),

@@ -190,7 +190,7 @@ impl Writer {
             spare_stage: Some(Stage::default()),
             pending_pages: PendingPages::default(),
             flush_pages_at: PENDING_PAGES_MAX,
-            unpublished: VecDeque::new(),
+            unpublished: VecDeque::with_capacity(crate::limits::FRAMES_RESERVED),
             last_frame: (0, 0),
             in_commit: false,
             kept_generation,
@@ -681,12 +681,27 @@ impl Writer {
     /// Copy a committed range into the writer's mapping privately.
     fn write_private_bytes(&mut self, sh: &Shared, off: u64, bytes: &[u8]) {
         let end = off + bytes.len() as u64;
+        let (first, last) = (off / PAGE_SIZE, end.div_ceil(PAGE_SIZE));
+        if let Some((a, b)) = self.pending_pages.ahead_for(first, last) {
+            // Objects appended page after page (a list, a log, new B-tree nodes): take the next
+            // pages' copy-on-write faults in one call instead of one fault each (a fault on a
+            // page that the file holds nowhere else in memory reads it alone under
+            // `MADV_RANDOM`: about 6 µs, 18% of a small `None` commit's time in W2).
+            let b = b.min(sh.map.mapped_len() / PAGE_SIZE);
+            // SAFETY: page-aligned, inside the mapped part (cut above); the writer's mapping is
+            // writable and private, the writer lock is held and no transaction runs (as below).
+            // The copies equal the file; `discard_private` drops them with the other private
+            // pages, and nothing changes the file's bytes under them before that except frames,
+            // which are written into them too (`write_private_frame`).
+            if a < b && unsafe { sh.map.populate_private(a * PAGE_SIZE, (b - a) * PAGE_SIZE) } {
+                self.pending_pages.populated(a, b);
+            }
+        }
         // SAFETY: inside the mapping (asserted when the frame's pieces were gathered); the
         // writer's mapping is writable and private; the writer lock is held and no transaction
         // is running, so no slice into it is alive (readers of a writable heap read `rmap`).
         unsafe { sh.map.write_private(off, bytes) };
-        self.pending_pages
-            .add(off / PAGE_SIZE, end.div_ceil(PAGE_SIZE));
+        self.pending_pages.add(first, last);
     }
 
     /// Drop the writer's private pages: the file holds every frame, so they equal it.
@@ -694,7 +709,9 @@ impl Writer {
         if self.pending_pages.is_empty() {
             return Ok(());
         }
-        for (off, len) in page_runs(self.pending_pages.drain()) {
+        let populated = self.pending_pages.take_populated();
+        let runs = page_runs(self.pending_pages.drain()).chain(populated);
+        for (off, len) in runs {
             // SAFETY: pages of the writer's mapping, page-aligned; the writer lock is held and no
             // transaction runs, so no slice into them is alive (readers read `rmap`).
             unsafe { sh.map.discard_private(off, len) }.map_err(|e| sh.fail("madvise", off, e))?;
@@ -1001,13 +1018,26 @@ impl Drop for PoisonOnUnwind<'_> {
 /// pages added, which a commit that touches the same pages as the one before (the root, the
 /// bitmap word, the page of the next object) finds without hashing them again (the set's
 /// inserts were about 260 of a W2 commit's 5,070 instructions).
+///
+/// Also the pages copied ahead of an append (`ahead_for`, `populated`): private copies equal to
+/// the file, not in `set` (a flush does not write them back: it would turn free space or a
+/// punched hole into written blocks), dropped with the others.
 struct PendingPages {
     set: HashSet<u64, Keyed>,
     /// Pages in `set` added since it was last drained (`u64::MAX`: none).
     recent: [u64; 4],
     /// Where the next page goes in `recent`.
     next: usize,
+    /// The highest page added since the last drain.
+    high: Option<u64>,
+    /// Pages below this were copied ahead since the last drain (0: none).
+    ahead_end: u64,
+    /// Page ranges `[first, end)` copied ahead since the last drain.
+    ahead: Vec<(u64, u64)>,
 }
+
+/// Pages copied ahead at once when writes extend the highest private page by one.
+const AHEAD_PAGES: u64 = 64;
 
 impl Default for PendingPages {
     fn default() -> Self {
@@ -1015,13 +1045,47 @@ impl Default for PendingPages {
             set: HashSet::default(),
             recent: [u64::MAX; 4],
             next: 0,
+            high: None,
+            ahead_end: 0,
+            ahead: Vec::new(),
         }
     }
 }
 
 impl PendingPages {
+    /// Before pages `first..end` are written: the pages to copy ahead, when the write extends
+    /// the highest page written since the last drain by one (an append) past those copied
+    /// ahead already. Only a sequential pattern asks: random writes would copy pages that are
+    /// never written.
+    fn ahead_for(&mut self, first: u64, end: u64) -> Option<(u64, u64)> {
+        let high = self.high?;
+        if end <= high + 1 || first > high + 1 || end <= self.ahead_end {
+            return None;
+        }
+        let from = first.max(self.ahead_end);
+        Some((from, from + AHEAD_PAGES))
+    }
+
+    /// Pages `first..end` were copied ahead.
+    fn populated(&mut self, first: u64, end: u64) {
+        self.ahead.push((first, end));
+        self.ahead_end = end;
+    }
+
+    /// The ranges copied ahead since the last drain, as (byte offset, byte length).
+    fn take_populated(&mut self) -> Vec<(u64, u64)> {
+        self.ahead_end = 0;
+        self.ahead
+            .drain(..)
+            .map(|(a, b)| (a * PAGE_SIZE, (b - a) * PAGE_SIZE))
+            .collect()
+    }
+
     /// Add pages `first..end`.
     fn add(&mut self, first: u64, end: u64) {
+        if end > 0 && self.high.is_none_or(|h| end - 1 > h) {
+            self.high = Some(end - 1);
+        }
         for page in first..end {
             if self.recent.contains(&page) {
                 continue;
@@ -1037,7 +1101,7 @@ impl PendingPages {
     }
 
     fn is_empty(&self) -> bool {
-        self.set.is_empty()
+        self.set.is_empty() && self.ahead.is_empty()
     }
 
     /// The pages, in no order.
@@ -1048,6 +1112,7 @@ impl PendingPages {
     /// Take every page out, in no order.
     fn drain(&mut self) -> Vec<u64> {
         self.recent = [u64::MAX; 4];
+        self.high = None;
         self.set.drain().collect()
     }
 }
