@@ -349,6 +349,9 @@ struct Inner {
     bytes: u64,
     /// End of the highest staged range (0 when none): a write starting there extends it.
     max_end: u64,
+    /// Set by [`Stage::trim_unchanged`] (empty otherwise): for the i-th range in offset order,
+    /// the bytes `[lo, hi)` of it that [`Stage::ranges`] yields.
+    trims: Vec<(u32, u32)>,
     /// Most recent first. A hint is valid while its range is staged with exactly its bounds.
     hints: [Hint; HINTS],
     /// The generation of [`WordPlace`]s handed out: 0 until one is, set to 0 again whenever a
@@ -389,6 +392,23 @@ fn fresh_generation() -> u64 {
 pub(crate) struct Stage {
     inner: UnsafeCell<Inner>,
 }
+
+/// Bit `k` set where the `k`-th 8-byte words of `a` and `b` differ.
+#[inline]
+fn differing_words(a: &[u8; 64], b: &[u8; 64]) -> u8 {
+    let mut m = 0u8;
+    for k in 0..8 {
+        let x = u64::from_ne_bytes(a[k * 8..k * 8 + 8].try_into().expect("8 bytes"));
+        let y = u64::from_ne_bytes(b[k * 8..k * 8 + 8].try_into().expect("8 bytes"));
+        m |= u8::from(x != y) << k;
+    }
+    m
+}
+
+/// The longest staged range that [`Stage::trim_unchanged`] compares with the committed bytes
+/// (longer ones, a bulk write, are logged whole: comparing them would read old bytes that the
+/// commit does not otherwise need).
+pub(crate) const TRIM_MAX: u64 = 4096;
 
 fn align_down(x: u64) -> u64 {
     x & !(LINE - 1)
@@ -640,6 +660,7 @@ impl Stage {
         }
         inner.bytes = 0;
         inner.max_end = 0;
+        inner.trims.clear();
         inner.hints = [Hint::default(); HINTS];
         inner.generation = 0;
     }
@@ -812,6 +833,7 @@ impl Stage {
             return Ok(&mut []);
         }
         let inner = self.inner.get_mut();
+        debug_assert!(inner.trims.is_empty(), "a write after trim_unchanged");
         // `&mut self`: no slice from `read` is alive any more.
         while let Some(b) = inner.retired.pop() {
             inner.recycle(b);
@@ -868,16 +890,81 @@ impl Stage {
         })
     }
 
-    /// Every staged range in offset order.
+    /// Every staged range in offset order; after [`Self::trim_unchanged`], only the part of
+    /// each that differs from the committed bytes (a range that differs nowhere is left out).
     pub(crate) fn ranges(&mut self) -> impl Iterator<Item = (u64, &[u8])> {
         let inner = self.inner.get_mut();
-        inner.ranges.iter().map(|(s, slot)| {
-            let buf = inner.bufs[slot].as_ref().expect("a live slot");
-            // SAFETY: a live buffer of buf.len() bytes; shared for the `&mut self` borrow.
-            (s, unsafe {
-                std::slice::from_raw_parts(buf.base() as *const u8, buf.len() as usize)
+        let (bufs, trims) = (&inner.bufs, &inner.trims);
+        inner
+            .ranges
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, (s, slot))| {
+                let buf = bufs[slot].as_ref().expect("a live slot");
+                // SAFETY: a live buffer of buf.len() bytes; shared for the `&mut self` borrow.
+                let all = unsafe {
+                    std::slice::from_raw_parts(buf.base() as *const u8, buf.len() as usize)
+                };
+                match trims.get(i) {
+                    None => Some((s, all)),
+                    Some(&(lo, hi)) if lo < hi => {
+                        Some((s + lo as u64, &all[lo as usize..hi as usize]))
+                    }
+                    Some(_) => None,
+                }
             })
-        })
+    }
+
+    /// Before the frame is built: cut each staged range of at most [`TRIM_MAX`] bytes to the
+    /// 8-byte words from the first to the last that differ from the committed bytes
+    /// (`committed(start, len)`, the writer's mapping; `None` leaves the range whole), so that [`Self::ranges`] yields only
+    /// those. A small commit stages whole 64-byte lines (a bitmap word's, an object's, the
+    /// root's), most of whose bytes it did not change: W2's frame was 280 bytes for a 64-byte
+    /// object, and every log byte costs its share of the log's write-back and of the write
+    /// faults that follow each barrier, besides the frame's copy and hash. Replay gives the
+    /// same state either way: a byte left out holds, in the file after the frames before it
+    /// are replayed, what the committed state holds (docs/ARCHITECTURE.md section 3, step 4).
+    /// Returns whether any byte is left. No write may follow until [`Self::clear`].
+    pub(crate) fn trim_unchanged<'m>(
+        &mut self,
+        mut committed: impl FnMut(u64, usize) -> Option<&'m [u8]>,
+    ) -> bool {
+        let inner = self.inner.get_mut();
+        inner.trims.clear();
+        let mut any = false;
+        for (start, slot) in inner.ranges.iter() {
+            let buf = inner.bufs[slot].as_ref().expect("a live slot");
+            let n = buf.len() as usize;
+            let old = match n <= TRIM_MAX as usize && n % LINE as usize == 0 {
+                true => committed(start, n),
+                false => None,
+            };
+            let trim = if let Some(old) = old {
+                // SAFETY: a live buffer of n bytes, not written while this borrow lives.
+                let new = unsafe { std::slice::from_raw_parts(buf.base() as *const u8, n) };
+                // The first and the last differing word, a 64-byte line at a time (ranges are
+                // whole lines): one mask of differing words per line, which the compiler makes a
+                // few vector compares.
+                let (mut lo, mut hi) = (n, 0);
+                for (i, (a, b)) in new.chunks_exact(64).zip(old.chunks_exact(64)).enumerate() {
+                    let m = differing_words(
+                        a.try_into().expect("a line"),
+                        b.try_into().expect("a line"),
+                    );
+                    if m != 0 {
+                        lo = lo.min(i * 64 + m.trailing_zeros() as usize * 8);
+                        hi = i * 64 + (8 - m.leading_zeros() as usize) * 8;
+                    }
+                }
+                let lo = lo.min(hi);
+                (lo as u32, hi as u32)
+            } else {
+                (0, n as u32)
+            };
+            any |= trim.0 < trim.1;
+            inner.trims.push(trim);
+        }
+        any
     }
 }
 
@@ -1048,6 +1135,79 @@ mod tests {
             assert!(zero(m), "round {round}: the gap of a merge");
             st.clear();
         }
+    }
+
+    /// `trim_unchanged` keeps, of each range, the words from the first to the last that differ
+    /// from the committed bytes (a byte model decides which), leaves out ranges that differ
+    /// nowhere, keeps ranges longer than `TRIM_MAX` whole, and `clear` forgets the trims.
+    #[test]
+    fn trimmed_ranges_hold_exactly_the_changed_words() {
+        let mut st = Stage::default();
+        let mut fill = |start: u64, buf: &mut [u8]| committed(start, buf);
+        let old = |start: u64, len: usize| {
+            let mut v = vec![0u8; len];
+            committed(start, &mut v);
+            v
+        };
+        let base = 1u64 << 20;
+        // Range 1: one line, bytes 20..22 changed: the word 16..24.
+        st.write(base + 20, 2, u64::MAX, &mut fill).unwrap().fill(0);
+        // Range 2: two lines, words 8 and 100 changed (across the line boundary).
+        let r = st.write(base + 4096 + 8, 96, u64::MAX, &mut fill).unwrap();
+        let keep = r.to_vec();
+        r.copy_from_slice(&keep);
+        r[0] ^= 1;
+        r[95] ^= 0x80;
+        // Range 3: written back unchanged.
+        let at3 = base + 8192;
+        let same = old(at3, 64);
+        st.write(at3, 64, u64::MAX, &mut fill)
+            .unwrap()
+            .copy_from_slice(&same);
+        // Range 4: longer than TRIM_MAX, one byte changed: kept whole.
+        let at4 = base + 65536;
+        st.write(at4 + 100, 1, u64::MAX, &mut fill).unwrap()[0] ^= 1;
+        st.write(at4, TRIM_MAX + 64, u64::MAX, &mut fill).unwrap();
+        let untrimmed: Vec<(u64, usize)> = st.ranges().map(|(s, r)| (s, r.len())).collect();
+        assert_eq!(untrimmed.len(), 4);
+        let olds: Vec<Vec<u8>> = untrimmed.iter().map(|&(s, n)| old(s, n)).collect();
+        let mut i = 0;
+        assert!(st.trim_unchanged(|s, n| {
+            assert_eq!((s, n), untrimmed[i]);
+            i += 1;
+            Some(&olds[i - 1][..])
+        }));
+        let got: Vec<(u64, Vec<u8>)> = st.ranges().map(|(s, r)| (s, r.to_vec())).collect();
+        let starts: Vec<(u64, usize)> = got.iter().map(|(s, r)| (*s, r.len())).collect();
+        assert_eq!(
+            starts,
+            vec![
+                (base + 16, 8),
+                (base + 4096 + 8, 96),
+                (at4, (TRIM_MAX + 64) as usize)
+            ]
+        );
+        // The trimmed bytes are the staged ones, and every byte left out is unchanged.
+        assert_eq!(&got[0].1[4..6], &[0, 0]);
+        assert_eq!(got[1].1[0], old(base + 4096 + 8, 1)[0] ^ 1);
+        st.clear();
+        assert_eq!(st.ranges().count(), 0);
+        // A stage whose every range is unchanged trims to nothing.
+        st.write(at3, 64, u64::MAX, &mut fill)
+            .unwrap()
+            .copy_from_slice(&same);
+        assert!(!st.trim_unchanged(|s, n| Some(Box::leak(old(s, n).into_boxed_slice()))));
+        assert_eq!(st.ranges().count(), 0);
+        // `None` from the committed bytes keeps the range whole.
+        st.clear();
+        st.write(at3, 64, u64::MAX, &mut fill)
+            .unwrap()
+            .copy_from_slice(&same);
+        assert!(st.trim_unchanged(|_, _| None));
+        assert_eq!(
+            st.ranges().map(|(s, r)| (s, r.len())).collect::<Vec<_>>(),
+            vec![(at3, 64)]
+        );
     }
 
     /// A word place reads and writes the staged bytes a `read` shows, and stops matching once

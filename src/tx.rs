@@ -709,7 +709,21 @@ impl<'h> Tx<'h> {
             let enc = self.header.encode();
             self.mem_op(|_, m| m.write(at, &enc))?;
         }
-        if self.stage.is_empty() {
+        // Log only the words each staged range changed, unless some bytes go in place (their
+        // pieces are cut at the fresh areas' bounds, and the in-place rules reason about whole
+        // areas).
+        let sh = self.sh;
+        let unchanged = self.stage.is_empty()
+            || (self.fresh.is_empty()
+                && !self.stage.trim_unchanged(|at, len| {
+                    let inside = at >= sh.geo.heap_offset && at + len as u64 <= sh.map.mapped_len();
+                    // SAFETY: inside the mapped heap (checked); the writer lock is held, so
+                    // nothing writes the mapping while the slice lives (only until the
+                    // comparison returns).
+                    inside.then(|| unsafe { sh.map.slice(at, len) })
+                }));
+        if unchanged {
+            // Nothing to log: the transaction changed no byte (or wrote back what was there).
             self.w.alloc.commit();
             self.done = true;
             return Ok(self.sh.group.pending());

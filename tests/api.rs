@@ -717,3 +717,61 @@ fn heap_is_send_and_sync() {
     check::<PSlice<u8>>();
     check::<Error>();
 }
+
+/// A frame logs only the words a transaction changed (from the first to the last changed word
+/// of each staged line), and a transaction that changed no byte writes no frame.
+#[test]
+fn frames_hold_only_changed_words_and_a_no_op_writes_none() {
+    let (_d, path) = tmp();
+    let heap = Heap::create(&path, small()).unwrap();
+    push(&heap, 1).unwrap();
+    push(&heap, 0x55).unwrap();
+    let log = txheap::inspect::read_log(&path).unwrap();
+    let last = log.frames.last().unwrap();
+    // The bitmap word, the node (value and next: 16 bytes), the root (head and count).
+    assert!(
+        last.ranges.iter().all(|&(_, len)| len <= 16),
+        "ranges of a one-node push: {:?}",
+        last.ranges
+    );
+    let before = heap.stats().unwrap().next_txid;
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let r = *tx.get(root)?;
+        tx.set(root, r)
+    })
+    .unwrap();
+    assert_eq!(
+        heap.stats().unwrap().next_txid,
+        before,
+        "an unchanged root made a frame"
+    );
+    // Changing one word back and forth within one transaction is no change either.
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        tx.get_mut(root)?.count += 1;
+        tx.get_mut(root)?.count -= 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(heap.stats().unwrap().next_txid, before);
+    assert_eq!(
+        heap.read(|r| Ok(r.get(r.root::<Root>()?)?.count)).unwrap(),
+        2
+    );
+    heap.close().unwrap();
+    let heap = Heap::open(&path, Options::new()).unwrap();
+    let values = heap
+        .read(|r| {
+            let mut v = Vec::new();
+            let mut at = r.get(r.root::<Root>()?)?.head;
+            while !at.is_null() {
+                let n = r.get(at)?;
+                v.push(n.value);
+                at = n.next;
+            }
+            Ok(v)
+        })
+        .unwrap();
+    assert_eq!(values, vec![0x55, 1]);
+}
