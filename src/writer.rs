@@ -18,7 +18,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
-use txheap_recovery::txheap_log::{FrameBuilder, InPlaceDigest, FRAME_HEADER_LEN};
+use txheap_recovery::txheap_log::{FrameBuilder, InPlaceDigest};
 use txheap_recovery::{self as recovery, Slot, Storage, Superblock, PAGE_SIZE};
 
 use crate::alloc::{Allocator, HeapHeader, Keyed};
@@ -31,9 +31,10 @@ use crate::stage::Stage;
 use crate::storage::FileStorage;
 use txheap_recovery::{failpoint, phase};
 
-/// Bytes of the two voucher frames a flush writes after a frame with an in-place check: empty
-/// frames whose evidence covers every frame before them (`Writer::append_vouchers`).
-const VOUCHER_LEN: u64 = 2 * FRAME_HEADER_LEN as u64;
+/// Log bytes kept for the two voucher frames a flush writes after a frame with an in-place check:
+/// empty frames whose evidence covers every frame before them, the first padded so that the
+/// second starts in another page (`Writer::append_vouchers`).
+const VOUCHER_LEN: u64 = txheap_recovery::txheap_log::VOUCHERS_LEN_MAX;
 
 /// Everything only the writer touches (behind the heap's writer mutex).
 pub(crate) struct Writer {
@@ -446,35 +447,35 @@ impl Writer {
         Ok(())
     }
 
-    /// Write and barrier the vouchers: two empty frames (the next txids, no ranges), each
-    /// barriered before the next step, the first vouching for every frame before it and the
-    /// second for the first. Recovery then skips those frames' in-place checks. Two, so that a
-    /// damaged first voucher is reported as damage (the second proves it was durable) instead
-    /// of reading as a torn tail that would let the check be asked of bytes later frames have
-    /// since changed. The log kept room for them ([`VOUCHER_LEN`]).
+    /// Write and barrier the vouchers (`recovery::append_vouchers`): two empty frames (the next
+    /// txids), each barriered before the next step, the first vouching for every frame before
+    /// it and the second for the first, in different pages. Recovery then skips those frames'
+    /// in-place checks. Two, so that a damaged first voucher is reported as damage (the second
+    /// proves it was durable) instead of reading as a torn tail that would let the check be
+    /// asked of bytes later frames have since changed; in different pages, so that one lost
+    /// sector cannot take both. The log kept room for them ([`VOUCHER_LEN`]).
     fn append_vouchers(&mut self, sh: &Shared) -> Result<()> {
         assert!(
             self.log_tail + VOUCHER_LEN <= sh.geo.log_size,
             "no room kept for the vouchers at log tail {}",
             self.log_tail
         );
-        for _ in 0..2 {
-            let at = sh.geo.log_offset + self.log_tail;
-            let mut b = FrameBuilder::new();
-            let frame = b.finish_vouching(self.sb.generation, self.next_txid, self.durable_txid);
-            self.storage
-                .write_at(at, frame)
-                .map_err(|e| sh.fail("pwrite voucher frame", at, e))?;
-            self.storage
-                .barrier(at, FRAME_HEADER_LEN as u64)
-                .map_err(|e| sh.fail("msync voucher frame", at, e))?;
-            self.durable_txid = self.next_txid;
-            self.log_tail += FRAME_HEADER_LEN as u64;
-            self.next_txid = self
-                .next_txid
-                .checked_add(1)
-                .expect("transaction ids advance by one and never wrap");
-        }
+        let at = sh.geo.log_offset + self.log_tail;
+        let len = recovery::append_vouchers(
+            &mut self.storage,
+            at,
+            sh.geo.log_offset + sh.geo.log_size,
+            self.sb.generation,
+            (self.next_txid, self.durable_txid),
+            &mut || {},
+        )
+        .map_err(|(op, off, e)| sh.fail(op, off, e))?;
+        self.log_tail += len;
+        self.durable_txid = self.next_txid + 1;
+        self.next_txid = self
+            .next_txid
+            .checked_add(2)
+            .expect("transaction ids advance by one and never wrap");
         Ok(())
     }
 

@@ -410,3 +410,75 @@ fn the_log_shows_the_check_and_the_vouchers() {
     }
     drop(heap);
 }
+
+/// A lost sector (512 bytes of zeros) anywhere from the checked frame to the end of the flush's
+/// vouchers, with no commit after them: the open reports `LogDamaged` or recovers everything
+/// flushed (a lost second voucher), never fewer transactions. The vouchers lie in different
+/// pages of the log, so that one lost sector cannot take both (two adjacent vouchers shared a
+/// sector, and losing it made recovery ask the check of bytes the flush had changed: the log
+/// was cut under the flushed transactions, silently).
+#[test]
+fn a_lost_sector_under_the_vouchers_is_reported_never_a_silent_cut() {
+    use txheap::Error;
+    use txheap_recovery::txheap_log::verified_frame_at;
+    let _l = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("h.heap");
+    let path = dir.path().join("case.heap");
+    let mut cases = 0;
+    // Frames of different lengths before the vouchers put them at different places in a sector.
+    for pad in 0..6u64 {
+        let _ = std::fs::remove_file(&live);
+        let heap = Heap::create(&live, opts()).unwrap();
+        step(&heap, false); // count 1
+        heap.checkpoint().unwrap();
+        for _ in 0..pad {
+            step(&heap, false);
+        }
+        let big = step(&heap, true); // checked
+        rewrite(&heap, big);
+        heap.flush().unwrap(); // vouchers, then the rewrite into the file
+        let count = pad + 3;
+        let image = std::fs::read(&live).unwrap();
+        drop(heap);
+        let log = txheap_recovery::LOG_OFFSET as usize;
+        let mut frames = Vec::new();
+        let mut at = log;
+        while let Some(h) = verified_frame_at(&image[at..]) {
+            if frames.last().is_some_and(|&(_, t, _)| h.txid != t + 1) {
+                break;
+            }
+            frames.push((at, h.txid, h.frame_len() as usize));
+            at += h.frame_len() as usize;
+        }
+        let n = frames.len();
+        assert_eq!(n as u64, pad + 4, "{frames:?}");
+        let (v1, v2) = (frames[n - 2].0, frames[n - 1].0);
+        assert_ne!(
+            v1 / 4096,
+            v2 / 4096,
+            "both vouchers in one page: {frames:?}"
+        );
+        // Every sector of the checked frame, and from the last of the rewrite's (1 MiB)
+        // through the vouchers.
+        let (checked, rewrite_end) = (frames[n - 4], v1);
+        let sectors = (checked.0 / 512..(checked.0 + checked.2).div_ceil(512))
+            .chain((rewrite_end - 1) / 512..at.div_ceil(512));
+        for sector in sectors {
+            let mut img = image.clone();
+            img[sector * 512..(sector + 1) * 512].fill(0);
+            std::fs::write(&path, &img).unwrap();
+            cases += 1;
+            let what = format!("pad {pad}, sector {sector} (vouchers at {v1}, {v2})");
+            match Heap::open(&path, opts()) {
+                Err(Error::LogDamaged { .. }) => {}
+                Err(e) => panic!("{what}: {e}"),
+                Ok(h) => {
+                    drop(h);
+                    assert_eq!(state(&path), (count, true), "{what}: a silent cut");
+                }
+            }
+        }
+    }
+    assert!(cases >= 12, "{cases}");
+}

@@ -18,18 +18,20 @@
 //! bytes at `offset`. A frame may end with one range of kind 1, the *in-place check*
 //! ([`InPlaceCheck`]): `offset` 0, and its bytes an XXH3-64 digest followed by the `(offset,
 //! len)` pairs of the heap bytes the transaction wrote in place, outside the log, without a
-//! barrier of their own. [`Frame::ranges`] yields redo ranges only.
+//! barrier of their own. A range of kind 2 is padding: `offset` 0 and zero bytes, only as the
+//! sole range of a frame (a voucher that makes the next frame start on a new page).
+//! [`Frame::ranges`] yields redo ranges only.
 //!
 //! ## Replay rule
 //! Frames sit back to back from the start of the log region. Starting with the superblock's
 //! generation and `next_txid`, a frame is *committed* iff its magic matches, its generation
 //! equals the current one, its txid equals the expected one (which then advances by one), its
 //! whole length fits in the rest of the region, its check matches, and its ranges consume the
-//! payload exactly with known kinds (at most one in-place check, last) and zero padding. Replay
-//! applies committed frames in order and stops at the first frame that is not committed;
-//! nothing after it is replayed. (A committed frame with an in-place check whose bytes do not
-//! match it, and which no later frame vouches for, also ends the log: the recovery crate
-//! decides that, since it reads the heap.)
+//! payload exactly with known kinds (at most one in-place check, last; padding only alone) and
+//! zero padding. Replay applies committed frames in order and stops at the first frame that is
+//! not committed; nothing after it is replayed. (A committed frame with an in-place check whose
+//! bytes do not match it, and which no later frame vouches for, also ends the log: the recovery
+//! crate decides that, since it reads the heap.)
 //!
 //! ## Damage rule
 //! The first frame that is not committed is either the torn end of the log or a damaged durable
@@ -92,14 +94,49 @@ const _: () = assert!(CHECK_OFFSET + 4 == FRAME_HEADER_LEN);
 pub const RANGE_OFFSET_OFFSET: usize = 0;
 /// Where a range header's `len` (u32) starts.
 pub const RANGE_LEN_OFFSET: usize = RANGE_OFFSET_OFFSET + 8;
-/// Where a range header's `kind` (u32: [`RANGE_KIND_REDO`] or [`RANGE_KIND_IN_PLACE_CHECK`])
-/// starts.
+/// Where a range header's `kind` (u32: [`RANGE_KIND_REDO`], [`RANGE_KIND_IN_PLACE_CHECK`] or
+/// [`RANGE_KIND_PADDING`]) starts.
 pub const RANGE_KIND_OFFSET: usize = RANGE_LEN_OFFSET + 4;
 const _: () = assert!(RANGE_KIND_OFFSET + 4 == RANGE_HEADER_LEN);
 /// A redo range: write its bytes at its offset.
 pub const RANGE_KIND_REDO: u32 = 0;
 /// The in-place check ([`InPlaceCheck`]): at most one per frame, its last range.
 pub const RANGE_KIND_IN_PLACE_CHECK: u32 = 1;
+/// Padding ([`FrameBuilder::push_padding`]): zero bytes that replay skips, only as the sole
+/// range of a frame (a voucher placed so that the next frame starts on a new page).
+pub const RANGE_KIND_PADDING: u32 = 2;
+/// The vouchers of a flush ([`voucher_padding`]) lie in different pages of this size, so that
+/// one lost sector (512 bytes, or 4 KiB on drives with 4 KiB sectors) cannot take both.
+pub const VOUCHER_SPREAD: u64 = 4096;
+/// The most log bytes two vouchers take from any tail offset: the first padded up to the next
+/// page ([`voucher_padding`]) and the second.
+pub const VOUCHERS_LEN_MAX: u64 =
+    (FRAME_HEADER_LEN + RANGE_HEADER_LEN) as u64 + VOUCHER_SPREAD + FRAME_HEADER_LEN as u64;
+
+/// Padding bytes for a voucher frame that starts at file offset `at` (8-aligned), so that the
+/// frame after it starts on a [`VOUCHER_SPREAD`] boundary: `None` when a plain empty frame
+/// already ends on one. The first of two vouchers is padded so; the second is a plain empty
+/// frame in the next page.
+///
+/// ```
+/// use txheap_log::{voucher_padding, FrameBuilder};
+/// assert_eq!(voucher_padding(4096 - 40), None);
+/// let at = 8192 + 1000;
+/// let pad = voucher_padding(at).unwrap();
+/// let mut b = FrameBuilder::new();
+/// b.push_padding(pad).unwrap();
+/// let len = b.finish(1, 1).len() as u64;
+/// assert_eq!((at + len) % 4096, 0);
+/// ```
+pub fn voucher_padding(at: u64) -> Option<usize> {
+    let end = at + FRAME_HEADER_LEN as u64;
+    if end % VOUCHER_SPREAD == 0 {
+        return None;
+    }
+    let padded = (end + RANGE_HEADER_LEN as u64).div_ceil(VOUCHER_SPREAD) * VOUCHER_SPREAD;
+    Some((padded - end) as usize - RANGE_HEADER_LEN)
+}
+
 /// Bytes of an in-place check's digest, before its `(offset, len)` pairs of 8 bytes each.
 pub const IN_PLACE_DIGEST_LEN: usize = 8;
 /// Bytes of one `(offset, len)` pair of an in-place check.
@@ -335,6 +372,32 @@ impl FrameBuilder {
     /// ```
     pub fn in_place_check_len(pieces: usize) -> usize {
         RANGE_HEADER_LEN + IN_PLACE_DIGEST_LEN + pieces * IN_PLACE_PIECE_LEN
+    }
+
+    /// Make this a padding frame: one range of `len` zero bytes (a multiple of 8) that replay
+    /// skips. Only on an empty builder, and nothing may follow (a frame holding padding holds
+    /// nothing else).
+    ///
+    /// ```
+    /// let mut b = txheap_log::FrameBuilder::new();
+    /// b.push_padding(64).unwrap();
+    /// let f = b.finish(1, 1).to_vec();
+    /// assert_eq!(f.len(), 40 + 16 + 64);
+    /// let frame = txheap_log::scan(&f, 1, 1).next().unwrap();
+    /// assert_eq!(frame.ranges().count(), 0);
+    /// ```
+    pub fn push_padding(&mut self, len: usize) -> Result<(), FrameError> {
+        assert!(
+            self.count == 0 && len % FRAME_ALIGN == 0,
+            "padding is the only range of a frame, a multiple of {FRAME_ALIGN} bytes"
+        );
+        self.room_for(len)?;
+        let mut h = range_header(0, len);
+        h[RANGE_KIND_OFFSET..].copy_from_slice(&RANGE_KIND_PADDING.to_le_bytes());
+        self.buf.extend_from_slice(&h);
+        self.buf.resize(self.buf.len() + len, 0);
+        self.count += 1;
+        Ok(())
     }
 
     /// End the frame's ranges with its in-place check: `digest` ([`InPlaceDigest`] of the
@@ -851,6 +914,19 @@ pub fn verify_frame<'a>(
                 }
                 check_at = Some(at);
             }
+            RANGE_KIND_PADDING => {
+                if header.range_count != 1
+                    || u64_at(payload, at + RANGE_OFFSET_OFFSET) != 0
+                    || payload.len() - at - RANGE_HEADER_LEN < len
+                    || payload[at + RANGE_HEADER_LEN..at + RANGE_HEADER_LEN + len]
+                        .iter()
+                        .any(|&b| b != 0)
+                {
+                    return Err(StopReason::Malformed {
+                        what: "padding that is not a frame's only range of zero bytes",
+                    });
+                }
+            }
             _ => {
                 return Err(StopReason::Malformed {
                     what: "a range of unknown kind",
@@ -1019,9 +1095,12 @@ impl<'a> Iterator for Ranges<'a> {
             return None;
         }
         if self.left == 1
-            && u32_at(self.payload, self.at + RANGE_KIND_OFFSET) == RANGE_KIND_IN_PLACE_CHECK
+            && matches!(
+                u32_at(self.payload, self.at + RANGE_KIND_OFFSET),
+                RANGE_KIND_IN_PLACE_CHECK | RANGE_KIND_PADDING
+            )
         {
-            // The in-place check, the last range: not a redo range.
+            // The in-place check, the last range, or padding, the only one: not redo ranges.
             self.left = 0;
             return None;
         }
@@ -1239,10 +1318,49 @@ mod tests {
         region[CHECK_OFFSET..FRAME_HEADER_LEN].copy_from_slice(&check.to_le_bytes());
     }
 
+    /// Padding is accepted only as a frame's sole range of zero bytes at offset 0, and replay
+    /// sees no range in it; `voucher_padding` puts the next frame on a page boundary from
+    /// every 8-aligned start.
+    #[test]
+    fn padding_is_a_sole_range_of_zeros() {
+        let mut b = FrameBuilder::new();
+        b.push_padding(24).unwrap();
+        let good = b.finish(1, 1).to_vec();
+        let f = scan(&good, 1, 1).next().expect("a padding frame verifies");
+        assert_eq!(f.ranges().count(), 0);
+        assert!(f.in_place_check().is_none());
+        // A nonzero byte, a nonzero offset, a second range: malformed (each resealed).
+        for edit in 0..3 {
+            let mut region = good.clone();
+            match edit {
+                0 => region[FRAME_HEADER_LEN + RANGE_HEADER_LEN + 5] = 1,
+                1 => region[FRAME_HEADER_LEN + RANGE_OFFSET_OFFSET] = 8,
+                _ => region[RANGE_COUNT_OFFSET] = 2,
+            }
+            let end = region.len();
+            reseal(&mut region, end);
+            let mut s = scan(&region, 1, 1);
+            assert_eq!(s.by_ref().count(), 0, "edit {edit}");
+            assert!(s.stop().unwrap().reason.is_malformed(), "edit {edit}");
+        }
+        for at in (8192..8192 + 2 * VOUCHER_SPREAD).step_by(8) {
+            let len = match voucher_padding(at) {
+                None => FRAME_HEADER_LEN as u64,
+                Some(pad) => {
+                    let mut b = FrameBuilder::new();
+                    b.push_padding(pad).unwrap();
+                    b.finish(1, 1).len() as u64
+                }
+            };
+            assert_eq!((at + len) % VOUCHER_SPREAD, 0, "at {at}");
+            assert!(len + FRAME_HEADER_LEN as u64 <= VOUCHERS_LEN_MAX, "at {at}");
+        }
+    }
+
     #[test]
     fn malformed_when_check_matches_a_broken_structure() {
         let (mut region, ends) = build(&[vec![(1, b"abc".to_vec())]], 1, 1, 128);
-        region[FRAME_HEADER_LEN + RANGE_KIND_OFFSET] = 2; // no such kind
+        region[FRAME_HEADER_LEN + RANGE_KIND_OFFSET] = 3; // no such kind
         reseal(&mut region, ends[0]);
         let mut s = scan(&region, 1, 1);
         assert_eq!(s.by_ref().count(), 0);

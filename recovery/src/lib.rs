@@ -43,7 +43,9 @@ pub use error::RecoveryError;
 #[cfg(feature = "test-hooks")]
 pub use hooks::{phase, sabotage};
 pub use limits::{COUNTER_MAX, LOG_SIZE_MIN};
-pub use replay::{recover, recover_checked, recover_checked_with, OnDamage, Recovered, Replayed};
+pub use replay::{
+    append_vouchers, recover, recover_checked, recover_checked_with, OnDamage, Recovered, Replayed,
+};
 pub use scan::{
     find_damage, frame_verifies_at, scan_log, scan_log_visiting, ApplyFn, LogDamage, LogScan,
 };

@@ -12,7 +12,7 @@ use crate::limits::{REPLAY_BATCH_PAGES_MAX, REPLAY_RUN_PAGES_MAX};
 use crate::scan::{scan_log_in, LogScan, RECOVERY_VOUCHERS};
 use crate::storage::Storage;
 use crate::superblock::{select_superblock, Slot, Superblock, PAGE_SIZE};
-use txheap_log::{FrameBuilder, FRAME_HEADER_LEN};
+use txheap_log::{FrameBuilder, FRAME_HEADER_LEN, RANGE_HEADER_LEN};
 
 /// Replay committed ranges, in log order, a page at a time: the pages a batch of ranges touches
 /// are read in runs of consecutive pages, every range is applied to the copies in memory, and
@@ -57,11 +57,11 @@ fn replay<S: Storage + ?Sized>(
 }
 
 /// Make the file durable and append [`RECOVERY_VOUCHERS`] vouchers at the end of the scanned
-/// log: empty frames (the next txids) whose evidence reaches every frame before them, each
-/// barriered. Recovery does this before replay writes over the pieces of a frame whose
-/// in-place check it asked (see [`LogScan::checked`](crate::LogScan::checked)). The pieces are
-/// in the file, but perhaps only in the page cache (the writer was killed), hence the
-/// `fdatasync` first.
+/// log ([`append_vouchers`]): empty frames (the next txids) whose evidence reaches every frame
+/// before them, each barriered. Recovery does this before replay writes over the pieces of a
+/// frame whose in-place check it asked (see [`LogScan::checked`](crate::LogScan::checked)).
+/// The pieces are in the file, but perhaps only in the page cache (the writer was killed),
+/// hence the `fdatasync` first.
 fn write_vouchers<S: Storage + ?Sized>(
     storage: &mut S,
     sb: &Superblock,
@@ -70,20 +70,74 @@ fn write_vouchers<S: Storage + ?Sized>(
     storage
         .barrier_all()
         .map_err(io_err("fdatasync before the vouchers", 0))?;
-    for k in 0..RECOVERY_VOUCHERS {
-        let at = sb.log_offset() + scan.end_offset + k * FRAME_HEADER_LEN as u64;
-        let txid = scan.next_txid + k;
-        let mut b = FrameBuilder::new();
-        let frame = b.finish_vouching(sb.generation, txid, txid - 1);
-        storage
-            .write_at(at, frame)
-            .map_err(io_err("write a voucher frame", at))?;
-        storage
-            .barrier(at, frame.len() as u64)
-            .map_err(io_err("barrier a voucher frame", at))?;
-        crate::failpoint!("recovery.after_voucher");
-    }
+    let at = sb.log_offset() + scan.end_offset;
+    append_vouchers(
+        storage,
+        at,
+        sb.log_offset() + sb.log_size,
+        sb.generation,
+        (scan.next_txid, scan.next_txid - 1),
+        &mut || {
+            crate::failpoint!("recovery.after_voucher");
+        },
+    )
+    .map_err(|(op, off, e)| io_err(op, off)(e))?;
     Ok(())
+}
+
+/// Write two voucher frames at file offset `at`, each barriered before the next: empty frames
+/// with txids `txid` and `txid + 1`, the first carrying `durable_txid` as its evidence and the
+/// second the first's txid. The first is padded ([`txheap_log::voucher_padding`]) so that the
+/// second starts in another page, when the log (ending at file offset `log_end`) has room;
+/// otherwise both are plain (at least two frame headers of room are required). Returns the
+/// bytes written. The writer's flush and recovery both write them so (docs/ARCHITECTURE.md
+/// section 3, step 5a): two, so that damage to the first is reported (the second proves it
+/// durable) rather than read as a torn tail; in different pages, so that one lost sector cannot
+/// take both. `after_each` runs after each barrier (a failpoint). An error names the operation
+/// and the offset.
+///
+/// ```
+/// use txheap_recovery::{append_vouchers, MemStorage, Storage};
+/// let mut s = MemStorage::new();
+/// let n = append_vouchers(&mut s, 8192 + 1000, 16384, 1, (5, 4), &mut || {}).unwrap();
+/// assert_eq!((8192 + 1000 + n - 40) % 4096, 0); // the second voucher starts a page
+/// ```
+pub fn append_vouchers<S: Storage + ?Sized>(
+    storage: &mut S,
+    at: u64,
+    log_end: u64,
+    generation: u64,
+    (txid, durable_txid): (u64, u64),
+    after_each: &mut dyn FnMut(),
+) -> Result<u64, (&'static str, u64, std::io::Error)> {
+    let header = FRAME_HEADER_LEN as u64;
+    assert!(
+        at + 2 * header <= log_end,
+        "no room for two vouchers at {at} in a log ending at {log_end}"
+    );
+    let mut p = at;
+    for k in 0..2u64 {
+        let mut b = FrameBuilder::new();
+        if k == 0 {
+            if let Some(pad) = txheap_log::voucher_padding(p) {
+                if p + (header + RANGE_HEADER_LEN as u64 + pad as u64) + header <= log_end {
+                    b.push_padding(pad).expect("a page of padding fits a frame");
+                }
+            }
+        }
+        let evidence = if k == 0 { durable_txid } else { txid };
+        let frame = b.finish_vouching(generation, txid + k, evidence);
+        let len = frame.len() as u64;
+        storage
+            .write_at(p, frame)
+            .map_err(|e| ("write a voucher frame", p, e))?;
+        storage
+            .barrier(p, len)
+            .map_err(|e| ("barrier a voucher frame", p, e))?;
+        after_each();
+        p += len;
+    }
+    Ok(p - at)
 }
 
 /// One batch of a page-at-a-time replay, built in memory: the sorted pages that ranges
