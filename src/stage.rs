@@ -352,6 +352,9 @@ struct Inner {
     /// Set by [`Stage::trim_unchanged`] (empty otherwise): for the i-th range in offset order,
     /// the bytes `[lo, hi)` of it that [`Stage::ranges`] yields.
     trims: Vec<(u32, u32)>,
+    /// Byte ranges `[start, end)` that [`Stage::trim_unchanged`] leaves whole
+    /// ([`Stage::keep_whole`]).
+    whole: Vec<(u64, u64)>,
     /// Most recent first. A hint is valid while its range is staged with exactly its bounds.
     hints: [Hint; HINTS],
     /// The generation of [`WordPlace`]s handed out: 0 until one is, set to 0 again whenever a
@@ -690,6 +693,7 @@ impl Stage {
         inner.bytes = 0;
         inner.max_end = 0;
         inner.trims.clear();
+        inner.whole.clear();
         inner.hints = [Hint::default(); HINTS];
         inner.generation = 0;
     }
@@ -944,6 +948,12 @@ impl Stage {
             })
     }
 
+    /// Have [`Self::trim_unchanged`] leave whole every staged range that overlaps
+    /// `[off, off+len)` (staged already).
+    pub(crate) fn keep_whole(&mut self, off: u64, len: u64) {
+        self.inner.get_mut().whole.push((off, off + len));
+    }
+
     /// Before the frame is built: cut each staged range of at most [`TRIM_MAX`] bytes to the
     /// 8-byte words from the first to the last that differ from the committed bytes
     /// (`committed(start, len)`, the writer's mapping; `None` leaves the range whole), so that [`Self::ranges`] yields only
@@ -964,7 +974,11 @@ impl Stage {
         for (start, slot) in inner.ranges.iter() {
             let buf = inner.bufs[slot].as_ref().expect("a live slot");
             let n = buf.len() as usize;
-            let old = match n <= TRIM_MAX as usize && n % LINE as usize == 0 {
+            let whole = inner
+                .whole
+                .iter()
+                .any(|&(a, b)| a < start + n as u64 && start < b);
+            let old = match n <= TRIM_MAX as usize && n % LINE as usize == 0 && !whole {
                 true => committed(start, n),
                 false => None,
             };

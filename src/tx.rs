@@ -148,6 +148,12 @@ impl TxMem for Mem<'_> {
         Ok(())
     }
 
+    fn write_whole(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
+        self.write(off, bytes)?;
+        self.stage.keep_whole(off, bytes.len() as u64);
+        Ok(())
+    }
+
     fn ensure_chunks(&mut self, chunk_count: u64) -> Result<()> {
         let need = self.sh.geo.chunk_area + chunk_count * CHUNK_SIZE;
         phase!(GROW);

@@ -689,12 +689,17 @@ impl Writer {
             // page that the file holds nowhere else in memory reads it alone under
             // `MADV_RANDOM`: about 6 µs, 18% of a small `None` commit's time in W2).
             let b = b.min(sh.map.mapped_len() / PAGE_SIZE);
-            // SAFETY: page-aligned, inside the mapped part (cut above); the writer's mapping is
-            // writable and private, the writer lock is held and no transaction runs (as below).
-            // The copies equal the file; `discard_private` drops them with the other private
-            // pages, and nothing changes the file's bytes under them before that except frames,
-            // which are written into them too (`write_private_frame`).
-            if a < b && unsafe { sh.map.populate_private(a * PAGE_SIZE, (b - a) * PAGE_SIZE) } {
+            if a < b {
+                // SAFETY: page-aligned, inside the mapped part (cut above); the writer's mapping
+                // is writable and private, the writer lock is held and no transaction runs (as
+                // below). The copies equal the file; `discard_private` drops them with the other
+                // private pages, and nothing changes the file's bytes under them before that
+                // except frames, which are written into them too (`write_private_frame`).
+                let _copied =
+                    unsafe { sh.map.populate_private(a * PAGE_SIZE, (b - a) * PAGE_SIZE) };
+                // Recorded whatever the advice returned: a call that failed part-way (ENOMEM)
+                // may have copied some of the pages, and every copy must be dropped later
+                // (dropping a page that was never copied is harmless).
                 self.pending_pages.populated(a, b);
             }
         }

@@ -45,6 +45,13 @@ pub(crate) trait TxMem {
     fn read(&self, off: u64, buf: &mut [u8]);
     /// Stage a write.
     fn write(&mut self, off: u64, bytes: &[u8]) -> Result<()>;
+    /// Stage a write whose bytes the frame must log whole, never cut to the words that differ
+    /// from the committed bytes: a new run's bitmap, whose chunk may hold bytes no frame wrote
+    /// (an object written in place, then freed; a punched hole), which a live copy of the file
+    /// may have read before they changed (docs/ARCHITECTURE.md section 15).
+    fn write_whole(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
+        self.write(off, bytes)
+    }
     /// Make sure the file and the mapping reach `chunk_count` chunks.
     fn ensure_chunks(&mut self, chunk_count: u64) -> Result<()>;
     /// The heap's `max_size`: the file may not grow past it.
@@ -509,7 +516,7 @@ impl Allocator {
         let c = self.alloc_extent(mem, 1)?;
         let g = RunGeom::of_class(class);
         self.write_entry(mem, c, Entry::Run { class })?;
-        mem.write(
+        mem.write_whole(
             self.chunk_offset(c),
             &vec![0u8; (g.bitmap_words() * 8) as usize],
         )?;
