@@ -71,12 +71,19 @@ fn write_vouchers<S: Storage + ?Sized>(
         .barrier_all()
         .map_err(io_err("fdatasync before the vouchers", 0))?;
     let at = sb.log_offset() + scan.end_offset;
+    // Plain, not padded: recovery writes them over the log's torn tail, where the crashed
+    // writer's later frames of this generation may still lie. Two plain vouchers end 80 bytes
+    // after the last committed frame, where no frame of that writer can start with the txid
+    // after them (two frames of at least 64 bytes come first); a padded pair ends on the page
+    // grid, where one can, and a recovery killed before its checkpoint then let the next one
+    // replay that frame without the two before it (found by review, `tests/recovery_vouchers.rs`).
     append_vouchers(
         storage,
         at,
         sb.log_offset() + sb.log_size,
         sb.generation,
         (scan.next_txid, scan.next_txid - 1),
+        false,
         &mut || {
             crate::failpoint!("recovery.after_voucher");
         },
@@ -87,20 +94,23 @@ fn write_vouchers<S: Storage + ?Sized>(
 
 /// Write two voucher frames at file offset `at`, each barriered before the next: empty frames
 /// with txids `txid` and `txid + 1`, the first carrying `durable_txid` as its evidence and the
-/// second the first's txid. The first is padded ([`txheap_log::voucher_padding`]) so that the
-/// second starts in another page, when the log (ending at file offset `log_end`) has room;
-/// otherwise both are plain (at least two frame headers of room are required). Returns the
-/// bytes written. The writer's flush and recovery both write them so (docs/ARCHITECTURE.md
-/// section 3, step 5a): two, so that damage to the first is reported (the second proves it
-/// durable) rather than read as a torn tail; in different pages, so that one lost sector cannot
-/// take both. `after_each` runs after each barrier (a failpoint). An error names the operation
-/// and the offset.
+/// second the first's txid. With `pad`, the first is padded ([`txheap_log::voucher_padding`])
+/// so that the second starts in another page, when the log (ending at file offset `log_end`)
+/// has room; otherwise both are plain (at least two frame headers of room are required).
+/// Returns the bytes written. The writer's flush (padded) and recovery (plain: nothing of the
+/// current generation may lie beyond a writer's tail, but recovery writes over a torn tail)
+/// both write them so (docs/ARCHITECTURE.md section 3, step 5a): two, so that damage to the
+/// first is reported (the second proves it durable) rather than read as a torn tail; in
+/// different pages, so that one lost sector cannot take both. `after_each` runs after each
+/// barrier (a failpoint). An error names the operation and the offset.
 ///
 /// ```
 /// use txheap_recovery::{append_vouchers, MemStorage, Storage};
 /// let mut s = MemStorage::new();
-/// let n = append_vouchers(&mut s, 8192 + 1000, 16384, 1, (5, 4), &mut || {}).unwrap();
+/// let n = append_vouchers(&mut s, 8192 + 1000, 16384, 1, (5, 4), true, &mut || {}).unwrap();
 /// assert_eq!((8192 + 1000 + n - 40) % 4096, 0); // the second voucher starts a page
+/// let plain = append_vouchers(&mut s, 12288, 16384, 1, (7, 6), false, &mut || {}).unwrap();
+/// assert_eq!(plain, 80);
 /// ```
 pub fn append_vouchers<S: Storage + ?Sized>(
     storage: &mut S,
@@ -108,6 +118,7 @@ pub fn append_vouchers<S: Storage + ?Sized>(
     log_end: u64,
     generation: u64,
     (txid, durable_txid): (u64, u64),
+    pad: bool,
     after_each: &mut dyn FnMut(),
 ) -> Result<u64, (&'static str, u64, std::io::Error)> {
     let header = FRAME_HEADER_LEN as u64;
@@ -118,7 +129,7 @@ pub fn append_vouchers<S: Storage + ?Sized>(
     let mut p = at;
     for k in 0..2u64 {
         let mut b = FrameBuilder::new();
-        if k == 0 {
+        if k == 0 && pad {
             if let Some(pad) = txheap_log::voucher_padding(p) {
                 if p + (header + RANGE_HEADER_LEN as u64 + pad as u64) + header <= log_end {
                     b.push_padding(pad).expect("a page of padding fits a frame");
