@@ -229,6 +229,15 @@ pub enum Error {
         /// The type asked for ([`crate::describe`]), with its identity.
         requested: String,
     },
+    /// An allocator operation (an allocation, a free, growth) of this transaction failed after
+    /// it had changed part of the allocator's state (for example a new run's entries staged,
+    /// then its bitmap refused as `TransactionTooLarge`). The transaction's closure went on and
+    /// returned `Ok`, but it cannot commit that half-done state: it was rolled back, and nothing
+    /// of it was committed. `cause` is the first such error.
+    AllocatorInterrupted {
+        /// The error the allocator operation returned.
+        cause: String,
+    },
     /// An index past the end of a collection.
     IndexOutOfRange {
         /// The index given.
@@ -371,6 +380,12 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "collection at {offset} holds {role}s of stored identity {stored_id:#018x}, asked for {requested}"
+            ),
+            Error::AllocatorInterrupted { cause } => write!(
+                f,
+                "an allocator operation failed part-way in this transaction ({cause}); the \
+                 transaction went on, but it cannot commit a half-done allocation: it was rolled \
+                 back and nothing of it was committed"
             ),
             Error::IndexOutOfRange { index, len } => {
                 write!(f, "index {index} is out of range for a collection of length {len}")

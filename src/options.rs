@@ -377,12 +377,14 @@ pub struct Stats {
     pub superblock_seq: u64,
     /// The current log generation.
     pub log_generation: u64,
-    /// The id the next frame in the log will get. Each committed transaction takes one, and so
-    /// does each voucher frame that a flush writes under `Durability::None` after a commit with
-    /// in-place bytes (docs/ARCHITECTURE.md section 3, step 5a): ids increase, but need not be
+    /// The id the next frame in the log will get. Each committed transaction that changed a
+    /// byte takes one (one that changed none writes no frame and takes none), and so does each
+    /// voucher frame that a flush writes under `Durability::None` after a commit with in-place
+    /// bytes (docs/ARCHITECTURE.md section 3, step 5a): ids increase, but need not be
     /// consecutive from one transaction to the next.
     pub next_txid: u64,
-    /// Transactions committed through this handle.
+    /// Transactions committed through this handle that wrote a frame (a transaction that
+    /// changed no byte is not counted).
     pub commits: u64,
     /// Checkpoints through this handle.
     pub checkpoints: u64,

@@ -65,6 +65,10 @@ pub struct Tx<'h> {
     /// Allocator operations run so far (allocations, frees, growth): a [`Writable`] is good
     /// only while this count is the one it was made at.
     mem_ops: u64,
+    /// The first allocator operation that failed after changing part of the allocator's state
+    /// (staged entries, journaled changes, growth): the transaction may go on, but `commit`
+    /// refuses with `Error::AllocatorInterrupted` and rolls it back.
+    interrupted: Option<String>,
     done: bool,
     /// A transaction stays on the thread that began it (as before its stage became `Send`):
     /// the re-entry check knows that thread only.
@@ -94,6 +98,8 @@ struct Mem<'x> {
     stage: &'x mut Stage,
     storage: &'x mut FileStorage,
     exempt: u64,
+    /// Some write was staged, or the file grown, by this operation.
+    changed: bool,
 }
 
 fn fill_from(sh: &Shared) -> impl FnMut(u64, &mut [u8]) + '_ {
@@ -145,6 +151,7 @@ impl TxMem for Mem<'_> {
     fn write(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
         stage_within_log(self.sh, self.stage, self.exempt, off, bytes.len() as u64)?
             .copy_from_slice(bytes);
+        self.changed = true;
         Ok(())
     }
 
@@ -156,6 +163,7 @@ impl TxMem for Mem<'_> {
 
     fn ensure_chunks(&mut self, chunk_count: u64) -> Result<()> {
         let need = self.sh.geo.chunk_area + chunk_count * CHUNK_SIZE;
+        self.changed = true;
         phase!(GROW);
         self.storage
             .grow(need)
@@ -198,6 +206,7 @@ impl<'h> Tx<'h> {
             fresh_staged: 0,
             new_runs: 0,
             mem_ops: 0,
+            interrupted: None,
             done: false,
             _not_send: std::marker::PhantomData,
         }
@@ -313,14 +322,25 @@ impl<'h> Tx<'h> {
         self.mem_ops += 1;
         let w = &mut *self.w;
         let (alloc, storage) = (&mut w.alloc, &mut w.storage);
+        let journal = alloc.journal_len();
         let mut mem = Mem {
             sh: self.sh,
             stage: &mut self.stage,
             storage,
             exempt: self.fresh_staged,
+            changed: false,
         };
         let r = f(alloc, &mut mem);
+        let changed = mem.changed || self.w.alloc.journal_len() != journal;
         self.header.chunk_count = self.w.alloc.chunk_count;
+        if let Err(e) = &r {
+            // A refusal before anything changed leaves the transaction as it was (it may go on
+            // and commit); one part-way through (a new run's entries staged, then its bitmap
+            // refused) cannot be undone piece by piece: the transaction can no longer commit.
+            if changed && self.interrupted.is_none() {
+                self.interrupted = Some(e.to_string());
+            }
+        }
         r
     }
 
@@ -708,6 +728,10 @@ impl<'h> Tx<'h> {
     /// the writer lock is released; a transaction that wrote nothing still waits for the frames
     /// it could read that are not durable yet.
     pub(crate) fn commit(mut self) -> Result<Option<u64>> {
+        if let Some(cause) = self.interrupted.take() {
+            // Dropped without `done`: the journal restores the allocator, the stage is cleared.
+            return Err(Error::AllocatorInterrupted { cause });
+        }
         phase!(COMMIT_ENCODE);
         self.mem_op(|a, m| a.prepare_commit(m))?;
         if self.header != self.w.header {
