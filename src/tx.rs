@@ -331,17 +331,25 @@ impl<'h> Tx<'h> {
             changed: false,
         };
         let r = f(alloc, &mut mem);
-        let changed = mem.changed || self.w.alloc.journal_len() != journal;
+        let changed = mem.changed;
         self.header.chunk_count = self.w.alloc.chunk_count;
         if let Err(e) = &r {
-            // A refusal before anything changed leaves the transaction as it was (it may go on
-            // and commit); one part-way through (a new run's entries staged, then its bitmap
-            // refused) cannot be undone piece by piece: the transaction can no longer commit.
-            if changed && self.interrupted.is_none() {
-                self.interrupted = Some(e.to_string());
-            }
+            self.note_failure(e, changed, journal);
         }
         r
+    }
+
+    /// An allocator operation failed. A refusal before anything changed leaves the transaction
+    /// as it was (it may go on and commit); one part-way through (a new run's entries staged,
+    /// then its bitmap refused) cannot be undone piece by piece: the transaction can no longer
+    /// commit. (Out of line: the hot path of every allocation stays small.)
+    #[cold]
+    #[inline(never)]
+    fn note_failure(&mut self, e: &Error, staged: bool, journal: usize) {
+        let changed = staged || self.w.alloc.journal_len() != journal;
+        if changed && self.interrupted.is_none() {
+            self.interrupted = Some(e.to_string());
+        }
     }
 
     /// Read the object `p` points to (bounds- and alignment-checked; sees this transaction's
