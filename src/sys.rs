@@ -311,20 +311,21 @@ impl Mapping {
     /// Take the copy-on-write faults of the pages `[off, off+len)` now, in one call
     /// (`MADV_POPULATE_WRITE` on the private mapping, after `MADV_WILLNEED` so that the file's
     /// pages are read in one batch even under `MADV_RANDOM`): each page becomes a private copy
-    /// holding exactly what the file holds. Returns whether the kernel did it; refused (an old
-    /// kernel) or failed, nothing changed that a reader of the mapping could see, and the pages
-    /// fault one by one as before. `off` and `len` are page-aligned and inside the mapped part.
+    /// holding exactly what the file holds. Advice only: refused (an old kernel) or failed
+    /// part-way, nothing changed that a reader of the mapping could see, and the pages not
+    /// copied fault one by one as before. `off` and `len` are page-aligned and inside the
+    /// mapped part.
     ///
     /// # Safety
     /// As for `write_private`: the mapping is writable and no slice into these pages is alive
     /// (the copies hold the same bytes, but the caller must also drop them, with
     /// `discard_private`, before the file's bytes there change other than through them).
-    pub(crate) unsafe fn populate_private(&self, off: u64, len: u64) -> bool {
+    pub(crate) unsafe fn populate_private(&self, off: u64, len: u64) {
         debug_assert!(self.writable);
         debug_assert!(off as usize % PAGE == 0 && len as usize % PAGE == 0);
         debug_assert!(off + len <= self.mapped_len());
         let Some(advice) = crate::platform::POPULATE_WRITE else {
-            return false;
+            return;
         };
         // SAFETY: a page-aligned range inside the mapped part of our own writable private
         // mapping (preconditions). WILLNEED only starts reading the file; POPULATE_WRITE takes
@@ -333,7 +334,7 @@ impl Mapping {
         unsafe {
             let p = self.base.as_ptr().add(off as usize).cast();
             libc::madvise(p, len as usize, libc::MADV_WILLNEED);
-            libc::madvise(p, len as usize, advice) == 0
+            libc::madvise(p, len as usize, advice);
         }
     }
 

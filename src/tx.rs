@@ -98,7 +98,8 @@ struct Mem<'x> {
     stage: &'x mut Stage,
     storage: &'x mut FileStorage,
     exempt: u64,
-    /// Some write was staged, or the file grown, by this operation.
+    /// Some write was staged (or a staged word handed out), or the file grown, by this
+    /// operation.
     changed: bool,
 }
 
@@ -163,11 +164,11 @@ impl TxMem for Mem<'_> {
 
     fn ensure_chunks(&mut self, chunk_count: u64) -> Result<()> {
         let need = self.sh.geo.chunk_area + chunk_count * CHUNK_SIZE;
-        self.changed = true;
         phase!(GROW);
         self.storage
             .grow(need)
             .map_err(|e| Error::io("grow file (posix_fallocate)", need, e))?;
+        self.changed = true;
         failpoint!("grow.after_fallocate");
         let mapped = self
             .sh
@@ -188,7 +189,10 @@ impl TxMem for Mem<'_> {
     }
 
     fn word_mut(&mut self, p: WordPlace) -> Option<&mut [u8; 8]> {
-        self.stage.word_mut(p)
+        let word = self.stage.word_mut(p);
+        // A staged word handed out for writing counts as a staged write.
+        self.changed |= word.is_some();
+        word
     }
 }
 

@@ -696,9 +696,8 @@ impl Writer {
                 // below). The copies equal the file; `discard_private` drops them with the other
                 // private pages, and nothing changes the file's bytes under them before that
                 // except frames, which are written into them too (`write_private_frame`).
-                let _copied =
-                    unsafe { sh.map.populate_private(a * PAGE_SIZE, (b - a) * PAGE_SIZE) };
-                // Recorded whatever the advice returned: a call that failed part-way (ENOMEM)
+                unsafe { sh.map.populate_private(a * PAGE_SIZE, (b - a) * PAGE_SIZE) };
+                // Recorded whatever the advice did: a call that failed part-way (ENOMEM)
                 // may have copied some of the pages, and every copy must be dropped later
                 // (dropping a page that was never copied is harmless).
                 self.pending_pages.populated(a, b);
@@ -1064,7 +1063,7 @@ impl PendingPages {
     /// the highest page written since the last drain by one (an append) past those copied
     /// ahead already. Only a sequential pattern asks: random writes would copy pages that are
     /// never written.
-    fn ahead_for(&mut self, first: u64, end: u64) -> Option<(u64, u64)> {
+    fn ahead_for(&self, first: u64, end: u64) -> Option<(u64, u64)> {
         let high = self.high?;
         if end <= high + 1 || first > high + 1 || end <= self.ahead_end {
             return None;

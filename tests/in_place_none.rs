@@ -92,6 +92,22 @@ fn try_state(path: &Path) -> txheap::Result<(u64, bool)> {
     })
 }
 
+/// The log's frames in `image` (a heap file's bytes) from the log's start, while their txids
+/// follow one another: (file offset, txid, length).
+fn log_frames(image: &[u8]) -> Vec<(usize, u64, usize)> {
+    use txheap_recovery::txheap_log::verified_frame_at;
+    let mut frames: Vec<(usize, u64, usize)> = Vec::new();
+    let mut at = txheap_recovery::LOG_OFFSET as usize;
+    while let Some(h) = verified_frame_at(&image[at..]) {
+        if frames.last().is_some_and(|&(_, t, _)| h.txid != t + 1) {
+            break;
+        }
+        frames.push((at, h.txid, h.frame_len() as usize));
+        at += h.frame_len() as usize;
+    }
+    frames
+}
+
 /// A copy of the live file (the page cache's bytes: what a kill -9 leaves), with `zeroed`
 /// bytes cleared (pages a power cut lost).
 fn image(live: &Path, dir: &Path, zeroed: Option<PSlice<u8>>) -> PathBuf {
@@ -315,7 +331,6 @@ fn a_frame_that_fits_the_log_commits_while_a_check_waits() {
 #[test]
 fn a_flipped_bit_around_a_checked_frame_is_reported_or_a_torn_tail() {
     use txheap::Error;
-    use txheap_recovery::txheap_log::verified_frame_at;
     let _l = lock();
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("h.heap");
@@ -329,16 +344,7 @@ fn a_flipped_bit_around_a_checked_frame_is_reported_or_a_torn_tail() {
     let image = std::fs::read(&live).unwrap();
     drop(heap);
     // The log's frames: count 2, count 3, two vouchers, count 4.
-    let log = txheap_recovery::LOG_OFFSET as usize;
-    let mut frames = Vec::new();
-    let mut at = log;
-    while let Some(h) = verified_frame_at(&image[at..]) {
-        if frames.last().is_some_and(|&(_, t, _)| h.txid != t + 1) {
-            break;
-        }
-        frames.push((at, h.txid, h.frame_len() as usize));
-        at += h.frame_len() as usize;
-    }
+    let frames = log_frames(&image);
     assert_eq!(frames.len(), 5, "{frames:?}");
     let path = dir.path().join("case.heap");
     let mut cases = 0;
@@ -420,7 +426,6 @@ fn the_log_shows_the_check_and_the_vouchers() {
 #[test]
 fn a_lost_sector_under_the_vouchers_is_reported_never_a_silent_cut() {
     use txheap::Error;
-    use txheap_recovery::txheap_log::verified_frame_at;
     let _l = lock();
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("h.heap");
@@ -441,16 +446,8 @@ fn a_lost_sector_under_the_vouchers_is_reported_never_a_silent_cut() {
         let count = pad + 3;
         let image = std::fs::read(&live).unwrap();
         drop(heap);
-        let log = txheap_recovery::LOG_OFFSET as usize;
-        let mut frames = Vec::new();
-        let mut at = log;
-        while let Some(h) = verified_frame_at(&image[at..]) {
-            if frames.last().is_some_and(|&(_, t, _)| h.txid != t + 1) {
-                break;
-            }
-            frames.push((at, h.txid, h.frame_len() as usize));
-            at += h.frame_len() as usize;
-        }
+        let frames = log_frames(&image);
+        let at = frames.last().map_or(0, |&(a, _, len)| a + len);
         let n = frames.len();
         assert_eq!(n as u64, pad + 4, "{frames:?}");
         let (v1, v2) = (frames[n - 2].0, frames[n - 1].0);

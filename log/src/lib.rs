@@ -108,10 +108,12 @@ pub const RANGE_KIND_PADDING: u32 = 2;
 /// The vouchers of a flush ([`voucher_padding`]) lie in different pages of this size, so that
 /// one lost sector (512 bytes, or 4 KiB on drives with 4 KiB sectors) cannot take both.
 pub const VOUCHER_SPREAD: u64 = 4096;
-/// The most log bytes two vouchers take from any tail offset: the first padded up to the next
-/// page ([`voucher_padding`]) and the second.
-pub const VOUCHERS_LEN_MAX: u64 =
-    (FRAME_HEADER_LEN + RANGE_HEADER_LEN) as u64 + VOUCHER_SPREAD + FRAME_HEADER_LEN as u64;
+/// The most log bytes two vouchers take from any 8-aligned tail offset: the first padded up to
+/// the next page ([`voucher_padding`]: at most `VOUCHER_SPREAD - 8` bytes of padding) and the
+/// second.
+pub const VOUCHERS_LEN_MAX: u64 = (FRAME_HEADER_LEN + RANGE_HEADER_LEN) as u64 + VOUCHER_SPREAD
+    - FRAME_ALIGN as u64
+    + FRAME_HEADER_LEN as u64;
 
 /// Padding bytes for a voucher frame that starts at file offset `at` (8-aligned), so that the
 /// frame after it starts on a [`VOUCHER_SPREAD`] boundary: `None` when a plain empty frame
@@ -1343,6 +1345,7 @@ mod tests {
             assert_eq!(s.by_ref().count(), 0, "edit {edit}");
             assert!(s.stop().unwrap().reason.is_malformed(), "edit {edit}");
         }
+        let mut longest = 0;
         for at in (8192..8192 + 2 * VOUCHER_SPREAD).step_by(8) {
             let len = match voucher_padding(at) {
                 None => FRAME_HEADER_LEN as u64,
@@ -1354,7 +1357,9 @@ mod tests {
             };
             assert_eq!((at + len) % VOUCHER_SPREAD, 0, "at {at}");
             assert!(len + FRAME_HEADER_LEN as u64 <= VOUCHERS_LEN_MAX, "at {at}");
+            longest = longest.max(len + FRAME_HEADER_LEN as u64);
         }
+        assert_eq!(longest, VOUCHERS_LEN_MAX, "the bound is reached");
     }
 
     #[test]
