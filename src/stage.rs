@@ -442,6 +442,13 @@ fn differing_words(a: &[u8; 64], b: &[u8; 64]) -> u64 {
 /// commit does not otherwise need).
 pub(crate) const TRIM_MAX: u64 = 4096;
 
+/// The unit [`Stage::trim_unchanged`] keeps whole: 16 bytes, the size and alignment of the
+/// allocator's chunk table entries (each covered by its own check). A salvage replays only a
+/// prefix of the frames over heap pages that may hold later, dropped transactions' bytes; a
+/// kept frame that logged one word of an entry would leave that entry half old, half new, and
+/// failing its check (docs/ARCHITECTURE.md section 3, step 4).
+pub(crate) const TRIM_UNIT: usize = 16;
+
 fn align_down(x: u64) -> u64 {
     x & !(LINE - 1)
 }
@@ -955,9 +962,9 @@ impl Stage {
     }
 
     /// Before the frame is built: cut each staged range of at most [`TRIM_MAX`] bytes to the
-    /// 8-byte words from the first to the last that differ from the committed bytes
-    /// (`committed(start, len)`, the writer's mapping; `None` leaves the range whole), so that [`Self::ranges`] yields only
-    /// those. A small commit stages whole 64-byte lines (a bitmap word's, an object's, the
+    /// [`TRIM_UNIT`]-byte units from the first to the last that differ from the committed
+    /// bytes (`committed(start, len)`, the writer's mapping; `None` leaves the range whole), so
+    /// that [`Self::ranges`] yields only those. A small commit stages whole 64-byte lines (a bitmap word's, an object's, the
     /// root's), most of whose bytes it did not change: W2's frame was 280 bytes for a 64-byte
     /// object, and every log byte costs its share of the log's write-back and of the write
     /// faults that follow each barrier, besides the frame's copy and hash. Replay gives the
@@ -985,7 +992,7 @@ impl Stage {
             let trim = if let Some(old) = old {
                 // SAFETY: a live buffer of n bytes, not written while this borrow lives.
                 let new = unsafe { std::slice::from_raw_parts(buf.base() as *const u8, n) };
-                // The first and the last differing word, a 64-byte line at a time (ranges are
+                // The first and the last differing unit, a 64-byte line at a time (ranges are
                 // whole lines): one mask of differing words per line, which the compiler makes a
                 // few vector compares.
                 let (mut lo, mut hi) = (n, 0);
@@ -995,9 +1002,11 @@ impl Stage {
                         b.try_into().expect("a line"),
                     );
                     if m != 0 {
-                        // Whole words: those of the first and the last differing byte.
-                        lo = lo.min(i * 64 + (m.trailing_zeros() as usize & !7));
-                        hi = i * 64 + ((64 - m.leading_zeros() as usize + 7) & !7);
+                        // Whole units: those of the first and the last differing byte.
+                        let first = m.trailing_zeros() as usize & !(TRIM_UNIT - 1);
+                        let end = 64 - m.leading_zeros() as usize;
+                        lo = lo.min(i * 64 + first);
+                        hi = i * 64 + ((end + TRIM_UNIT - 1) & !(TRIM_UNIT - 1));
                     }
                 }
                 let lo = lo.min(hi);
@@ -1181,11 +1190,11 @@ mod tests {
         }
     }
 
-    /// `trim_unchanged` keeps, of each range, the words from the first to the last that differ
+    /// `trim_unchanged` keeps, of each range, the 16-byte units from the first to the last that differ
     /// from the committed bytes (a byte model decides which), leaves out ranges that differ
     /// nowhere, keeps ranges longer than `TRIM_MAX` whole, and `clear` forgets the trims.
     #[test]
-    fn trimmed_ranges_hold_exactly_the_changed_words() {
+    fn trimmed_ranges_hold_exactly_the_changed_units() {
         let mut st = Stage::default();
         let mut fill = |start: u64, buf: &mut [u8]| committed(start, buf);
         let old = |start: u64, len: usize| {
@@ -1194,9 +1203,10 @@ mod tests {
             v
         };
         let base = 1u64 << 20;
-        // Range 1: one line, bytes 20..22 changed: the word 16..24.
+        // Range 1: one line, bytes 20..22 changed: the unit 16..32.
         st.write(base + 20, 2, u64::MAX, &mut fill).unwrap().fill(0);
-        // Range 2: two lines, words 8 and 100 changed (across the line boundary).
+        // Range 2: two lines, bytes 8 and 103 changed (across the line boundary): the units
+        // 0..112.
         let r = st.write(base + 4096 + 8, 96, u64::MAX, &mut fill).unwrap();
         let keep = r.to_vec();
         r.copy_from_slice(&keep);
@@ -1226,14 +1236,16 @@ mod tests {
         assert_eq!(
             starts,
             vec![
-                (base + 16, 8),
-                (base + 4096 + 8, 96),
+                (base + 16, 16),
+                (base + 4096, 112),
                 (at4, (TRIM_MAX + 64) as usize)
             ]
         );
         // The trimmed bytes are the staged ones, and every byte left out is unchanged.
         assert_eq!(&got[0].1[4..6], &[0, 0]);
-        assert_eq!(got[1].1[0], old(base + 4096 + 8, 1)[0] ^ 1);
+        assert_eq!(&got[0].1[..4], &old(base + 16, 4)[..]);
+        assert_eq!(&got[1].1[..8], &old(base + 4096, 8)[..]);
+        assert_eq!(got[1].1[8], old(base + 4096 + 8, 1)[0] ^ 1);
         st.clear();
         assert_eq!(st.ranges().count(), 0);
         // A stage whose every range is unchanged trims to nothing.

@@ -748,8 +748,11 @@ impl<'h> Tx<'h> {
         self.mem_op(|a, m| a.prepare_commit(m))?;
         if self.header != self.w.header {
             let at = self.sh.geo.heap_offset;
+            // Whole, never trimmed: a salvage replays a prefix of the frames over a header
+            // that may hold a dropped transaction's chunk count, and the header's one check
+            // covers every field (docs/ARCHITECTURE.md section 3, step 4).
             let enc = self.header.encode();
-            self.mem_op(|_, m| m.write(at, &enc))?;
+            self.mem_op(|_, m| m.write_whole(at, &enc))?;
         }
         // Log only the words each staged range changed, unless some bytes go in place (their
         // pieces are cut at the fresh areas' bounds, and the in-place rules reason about whole

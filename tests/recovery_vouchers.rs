@@ -79,6 +79,10 @@ fn a_recovery_killed_after_its_vouchers_never_revives_a_discarded_frame() {
     })
     .unwrap();
     heap.checkpoint().unwrap();
+    // P: a small frame first (frames log 16-byte units, so a frame without in-place bytes is
+    // 8 bytes past a multiple of 16 long: this one puts the frames after it where the sizes
+    // below can reach the target).
+    write_x(&heap, 2048, &[9u8; 16]);
     // F: a 1 MiB object in place, its frame checked (no barrier: Durability::None).
     heap.transaction(|tx| {
         let root = tx.root::<Root>()?;
@@ -89,8 +93,8 @@ fn a_recovery_killed_after_its_vouchers_never_revives_a_discarded_frame() {
     .unwrap();
     let img_f = std::fs::read(&live).unwrap();
     let fr = frames(&img_f);
-    assert_eq!(fr.len(), 1, "{fr:?}");
-    let end_f = fr[0].0 + fr[0].2;
+    assert_eq!(fr.len(), 2, "{fr:?}");
+    let end_f = fr[1].0 + fr[1].2;
     // Where recovery's vouchers put the next frame: the padded first voucher ends on the next
     // 4096-byte boundary B (room for its 56-byte header), the second ends at B + 40.
     assert_ne!((end_f + 40) % 4096, 0, "layout: no padding here");
@@ -100,18 +104,18 @@ fn a_recovery_killed_after_its_vouchers_never_revives_a_discarded_frame() {
     write_x(&heap, 0, &[1u8; 1024]);
     let img_t = std::fs::read(&live).unwrap();
     let fr = frames(&img_t);
-    let end_t = fr[1].0 + fr[1].2;
+    let end_t = fr[2].0 + fr[2].2;
     // T+1: x[4096..4096+n) = 2, sized so that T+2 starts at `target`.
     let n = target - end_t - 56;
-    assert!(n % 8 == 0 && (8..=4088).contains(&n), "layout: n = {n}");
+    assert!(n % 16 == 0 && (16..=4080).contains(&n), "layout: n = {n}");
     write_x(&heap, 4096, &vec![2u8; n]);
     // T+2: x[8184..8192) = 3.
     write_x(&heap, 8184, &[3u8; 8]);
     let image = std::fs::read(&live).unwrap();
     let fr = frames(&image);
-    assert_eq!(fr.len(), 4, "{fr:?}");
-    assert_eq!(fr[3].0, target, "layout: T+2 not at B + 40: {fr:?}");
-    let t = fr[1].1;
+    assert_eq!(fr.len(), 5, "{fr:?}");
+    assert_eq!(fr[4].0, target, "layout: T+2 not at B + 40: {fr:?}");
+    let t = fr[2].1;
     drop(heap);
 
     // A power cut: every page reached the disk (F, its in-place bytes, T+1, T+2) except one
@@ -126,7 +130,7 @@ fn a_recovery_killed_after_its_vouchers_never_revives_a_discarded_frame() {
         .unwrap()
         .write_all_at(&img_f[sector..sector + 512], sector as u64)
         .unwrap();
-    // Control: a recovery that runs to its end keeps F only (T is the torn tail).
+    // Control: a recovery that runs to its end keeps P and F only (T is the torn tail).
     let ctl = dir.path().join("control.heap");
     std::fs::copy(&img, &ctl).unwrap();
     assert_eq!(marks(&ctl), (0, 0, 0), "control");
