@@ -467,7 +467,7 @@ impl Writer {
             sh.geo.log_offset + sh.geo.log_size,
             self.sb.generation,
             (self.next_txid, self.durable_txid),
-            true,
+            recovery::Vouchers::Padded,
             &mut || {},
         )
         .map_err(|(op, off, e)| sh.fail(op, off, e))?;

@@ -1,12 +1,17 @@
-//! Recovery's own vouchers are plain (80 bytes after the last committed frame), unlike a
-//! flush's, whose first is padded to the next 4096-byte boundary (docs/ARCHITECTURE.md section 3
-//! step 5a, rule 4). Recovery writes them over the log's torn tail, where the crashed writer's
-//! later frames of the same generation may still lie. Padded, the position after them (`B + 40`)
-//! depended only on the page grid, and a stale frame that starts exactly there with the txid
-//! after the two vouchers was taken as committed by the next recovery when the first was killed
-//! between its vouchers and its checkpoint: a transaction replayed without the two before it
-//! (found by an independent review of the padding). Plain vouchers end at `end + 80`, which no
-//! pair of commit frames (at least 64 bytes each) can reach.
+//! Recovery's own vouchers (docs/ARCHITECTURE.md section 3 step 5a, rule 4, and section 5).
+//! Recovery writes them over the log's torn tail, where the crashed writer's later frames of the
+//! same generation may still lie, before it replays over a checked frame's in-place bytes.
+//!
+//! - Padded like a flush's (the first to the next 4096-byte boundary), the position after them
+//!   (`B + 40`) depends only on the page grid, and a stale frame that starts exactly there with
+//!   the txid after the two vouchers was taken as committed by the next recovery when the first
+//!   was killed between its vouchers and its checkpoint: a transaction replayed without the two
+//!   before it (found by an independent review of the padding). Recovery now zeroes that place
+//!   first (the guard); with the guard sabotaged the revival comes back.
+//! - Plain (80 bytes after the last committed frame, as they were for a while) they shared a
+//!   sector: a recovery killed after them, whose voucher sector was then lost, let the next
+//!   recovery ask the check of bytes the first one's replay had changed, and cut the log there
+//!   silently. Padded, one lost sector takes at most one voucher.
 
 #![cfg(feature = "test-hooks")]
 
@@ -65,8 +70,41 @@ fn marks(path: &std::path::Path) -> (u8, u8, u8) {
     .unwrap()
 }
 
+/// The sabotage mask and the failpoints are process-wide: every test here takes this lock.
+static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn a_recovery_killed_after_its_vouchers_never_revives_a_discarded_frame() {
+    let _l = lock();
+    let (got, t) = revival_case();
+    assert!(
+        got.2 != 3 || (got.0 == 1 && got.1 == 2),
+        "recovered {got:?}: transaction {} replayed without {} and {} (the torn tail the first \
+         recovery discarded)",
+        t + 2,
+        t,
+        t + 1
+    );
+    assert_eq!(got, (0, 0, 0), "the first recovery's state");
+    // The check can fail: without the guard, the stale frame follows the vouchers.
+    txheap_recovery::sabotage::set(txheap_recovery::sabotage::RECOVERY_VOUCHERS_UNGUARDED);
+    let (got, _) = revival_case();
+    txheap_recovery::sabotage::set(0);
+    assert_eq!(
+        got,
+        (0, 0, 3),
+        "the unguarded vouchers did not revive the stale frame"
+    );
+}
+
+/// The writer's frames F (checked), T (torn by a lost sector), T+1, T+2 (T+2 where recovery's
+/// vouchers will end); recovery 1 killed after its vouchers and replay; recovery 2's marks and
+/// T's txid.
+fn revival_case() -> ((u8, u8, u8), u64) {
     use txheap_recovery::sabotage;
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("h.heap");
@@ -147,14 +185,119 @@ fn a_recovery_killed_after_its_vouchers_never_revives_a_discarded_frame() {
 
     // Recovery 2: the vouchers end at B + 40, where the writer's T+2 lies, with the txid that
     // follows them. Any prefix of the transactions with x[8184] = 3 has x[0] = 1 and x[4096] = 2.
-    let got = marks(&img);
-    assert!(
-        got.2 != 3 || (got.0 == 1 && got.1 == 2),
-        "recovered {got:?}: transaction {} replayed without {} and {} (the torn tail the first \
-         recovery discarded)",
-        t + 2,
-        t,
-        t + 1
-    );
-    assert_eq!(got, (0, 0, 0), "the first recovery's state");
+    (marks(&img), t)
+}
+
+/// One transaction under `None`: count + 1 in x[16..24] (the root's `x`), and, when `big`, a
+/// new 1 MiB object in place (a checked frame).
+fn count_step(heap: &Heap, big: bool) {
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let mut r = *tx.get(root)?;
+        let c = u64::from_le_bytes(tx.slice(r.x)?[16..24].try_into().unwrap()) + 1;
+        tx.write_slice(r.x, 16, &c.to_le_bytes())?;
+        if big {
+            r.big = tx.alloc_slice(&vec![c as u8; 1 << 20])?;
+            tx.set(root, r)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// (count, whether the object holds one byte value throughout) after an open of `path`, or the
+/// open's error.
+fn count_state(path: &std::path::Path) -> txheap::Result<(u64, bool)> {
+    let heap = Heap::open(path, opts())?;
+    heap.read(|r| {
+        let root = *r.get(r.root::<Root>()?)?;
+        let c = u64::from_le_bytes(r.slice(root.x)?[16..24].try_into().unwrap());
+        let big = r.slice(root.big)?;
+        Ok((c, big.iter().all(|&b| b == big[0])))
+    })
+}
+
+/// A recovery that asks a checked frame's check writes its vouchers, replays a later frame
+/// that rewrites the checked bytes, and is killed before its checkpoint; then one sector of the
+/// log is lost (it reads as it was before that recovery wrote it). The next open must report
+/// the damage or recover every transaction the first recovery vouched for, never fewer.
+#[test]
+fn a_lost_sector_under_recovery_vouchers_is_reported_never_a_silent_cut() {
+    use txheap_recovery::sabotage;
+    let _l = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("h.heap");
+    let case = dir.path().join("case.heap");
+    let mut cases = 0;
+    // Frames of different lengths before the vouchers put them at different places in a sector.
+    for pad in 0..6u64 {
+        let _ = std::fs::remove_file(&live);
+        let heap = Heap::create(&live, opts()).unwrap();
+        heap.transaction(|tx| {
+            let root = tx.root::<Root>()?;
+            let mut r = *tx.get(root)?;
+            r.x = tx.alloc_slice(&[0u8; 8192])?;
+            tx.set(root, r)
+        })
+        .unwrap();
+        heap.checkpoint().unwrap();
+        for _ in 0..pad {
+            count_step(&heap, false);
+        }
+        count_step(&heap, true); // checked, in place
+                                 // Rewrite the object through the log (count + 1 and the object's new byte).
+        heap.transaction(|tx| {
+            let root = tx.root::<Root>()?;
+            let r = *tx.get(root)?;
+            let c = u64::from_le_bytes(tx.slice(r.x)?[16..24].try_into().unwrap()) + 1;
+            tx.write_slice(r.x, 16, &c.to_le_bytes())?;
+            tx.write_slice(r.big, 0, &vec![c as u8; 1 << 20])
+        })
+        .unwrap();
+        let count = pad + 2;
+        // A kill -9: the file as the page cache holds it.
+        let crashed = std::fs::read(&live).unwrap();
+        drop(heap);
+        // Recovery 1: asks the check (it holds), writes its vouchers, replays, is killed.
+        std::fs::write(&case, &crashed).unwrap();
+        sabotage::panic_at(Some("recovery.after_replay"));
+        let r = std::panic::catch_unwind(|| Heap::open(&case, opts()).map(|_| ()));
+        sabotage::panic_at(None);
+        assert!(r.is_err(), "the failpoint did not fire");
+        let after = std::fs::read(&case).unwrap();
+        let before = frames(&crashed);
+        let fr = frames(&after);
+        assert_eq!(fr.len(), before.len() + 2, "the two vouchers: {fr:?}");
+        let (v1, v2) = (fr[fr.len() - 2], fr[fr.len() - 1]);
+        assert_ne!(
+            v1.0 / 4096,
+            v2.0 / 4096,
+            "both vouchers in one page: {fr:?}"
+        );
+        // Control: nothing lost, every transaction.
+        assert_eq!(
+            count_state(&case).unwrap(),
+            (count, true),
+            "pad {pad}: control"
+        );
+        // Each sector from the rewrite's last through the vouchers, lost.
+        let from = v1.0 - 1;
+        for sector in from / 512..(v2.0 + v2.2).div_ceil(512) {
+            let mut img = after.clone();
+            let r = sector * 512..(sector + 1) * 512;
+            img[r.clone()].copy_from_slice(&crashed[r]);
+            std::fs::write(&case, &img).unwrap();
+            cases += 1;
+            let what = format!(
+                "pad {pad}, sector {sector} (vouchers at {}, {})",
+                v1.0, v2.0
+            );
+            match count_state(&case) {
+                Err(txheap::Error::LogDamaged { .. }) => {}
+                Err(e) => panic!("{what}: {e}"),
+                Ok(got) => assert_eq!(got, (count, true), "{what}: a silent cut"),
+            }
+        }
+    }
+    assert!(cases >= 12, "{cases}");
 }

@@ -79,6 +79,11 @@ pub mod sabotage {
     /// replay then makes the next recovery's check fail and cut the log under a half-replayed
     /// heap.
     pub const RECOVERY_REPLAY_BEFORE_VOUCHER: u32 = 65536;
+    /// Recovery pads its vouchers without first zeroing the place where they end: a crashed
+    /// writer's frame left there with the next txid then follows them in the log, and a
+    /// recovery killed before its checkpoint lets the next one replay it without the torn
+    /// frames before it.
+    pub const RECOVERY_VOUCHERS_UNGUARDED: u32 = 131072;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);

@@ -71,19 +71,21 @@ fn write_vouchers<S: Storage + ?Sized>(
         .barrier_all()
         .map_err(io_err("fdatasync before the vouchers", 0))?;
     let at = sb.log_offset() + scan.end_offset;
-    // Plain, not padded: recovery writes them over the log's torn tail, where the crashed
-    // writer's later frames of this generation may still lie. Two plain vouchers end 80 bytes
-    // after the last committed frame, where no frame of that writer can start with the txid
-    // after them (two frames of at least 64 bytes come first); a padded pair ends on the page
-    // grid, where one can, and a recovery killed before its checkpoint then let the next one
-    // replay that frame without the two before it (found by review, `tests/recovery_vouchers.rs`).
+    // Guarded: recovery writes them over the log's torn tail, where the crashed writer's later
+    // frames of this generation may still lie. A padded pair ends on the page grid, where one
+    // of them can start with the txid after the vouchers, and a recovery killed before its
+    // checkpoint then let the next one replay that frame without the two before it (found by
+    // review, `tests/recovery_vouchers.rs`): the guard zeroes that place first. Padded, so
+    // that one lost sector cannot take both vouchers (plain ones shared a sector, and losing
+    // it after a killed recovery let the next one ask the check of bytes the replay had
+    // changed: a silent cut).
     append_vouchers(
         storage,
         at,
         sb.log_offset() + sb.log_size,
         sb.generation,
         (scan.next_txid, scan.next_txid - 1),
-        false,
+        Vouchers::Guarded,
         &mut || {
             crate::failpoint!("recovery.after_voucher");
         },
@@ -92,24 +94,40 @@ fn write_vouchers<S: Storage + ?Sized>(
     Ok(())
 }
 
+/// Where [`append_vouchers`] puts its two frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vouchers {
+    /// Both plain, one after the other (80 bytes).
+    Plain,
+    /// The first padded ([`txheap_log::voucher_padding`]) so that the second starts in another
+    /// page, when the log has room (else plain): one lost sector cannot take both. The writer's
+    /// flush: nothing of the current generation lies beyond a writer's own tail.
+    Padded,
+    /// [`Vouchers::Padded`], with a guard made durable first: the frame header's bytes where
+    /// the second voucher will end are zeroed, so that no frame left there can follow the
+    /// vouchers in the log. Recovery: it writes over a crashed writer's torn tail, where that
+    /// writer's later frames may lie, and a padded pair ends on the page grid, where one of
+    /// them can start with the txid after the vouchers (docs/ARCHITECTURE.md section 5).
+    Guarded,
+}
+
 /// Write two voucher frames at file offset `at`, each barriered before the next: empty frames
 /// with txids `txid` and `txid + 1`, the first carrying `durable_txid` as its evidence and the
-/// second the first's txid. With `pad`, the first is padded ([`txheap_log::voucher_padding`])
-/// so that the second starts in another page, when the log (ending at file offset `log_end`)
-/// has room; otherwise both are plain (at least two frame headers of room are required).
-/// Returns the bytes written. The writer's flush (padded) and recovery (plain: nothing of the
-/// current generation may lie beyond a writer's tail, but recovery writes over a torn tail)
-/// both write them so (docs/ARCHITECTURE.md section 3, step 5a): two, so that damage to the
-/// first is reported (the second proves it durable) rather than read as a torn tail; in
-/// different pages, so that one lost sector cannot take both. `after_each` runs after each
-/// barrier (a failpoint). An error names the operation and the offset.
+/// second the first's txid, laid out as `layout` says ([`Vouchers`]), in a log ending at file
+/// offset `log_end` (at least two frame headers of room are required). Returns the bytes
+/// written (the guard's are not counted: they lie after the vouchers). The writer's flush
+/// ([`Vouchers::Padded`]) and recovery ([`Vouchers::Guarded`]) both write them so
+/// (docs/ARCHITECTURE.md section 3, step 5a): two, so that damage to the first is reported (the
+/// second proves it durable) rather than read as a torn tail; in different pages, so that one
+/// lost sector cannot take both. `after_each` runs after each barrier (a failpoint). An error
+/// names the operation and the offset.
 ///
 /// ```
-/// use txheap_recovery::{append_vouchers, MemStorage, Storage};
+/// use txheap_recovery::{append_vouchers, MemStorage, Storage, Vouchers};
 /// let mut s = MemStorage::new();
-/// let n = append_vouchers(&mut s, 8192 + 1000, 16384, 1, (5, 4), true, &mut || {}).unwrap();
+/// let n = append_vouchers(&mut s, 8192 + 1000, 16384, 1, (5, 4), Vouchers::Padded, &mut || {}).unwrap();
 /// assert_eq!((8192 + 1000 + n - 40) % 4096, 0); // the second voucher starts a page
-/// let plain = append_vouchers(&mut s, 12288, 16384, 1, (7, 6), false, &mut || {}).unwrap();
+/// let plain = append_vouchers(&mut s, 12288, 16384, 1, (7, 6), Vouchers::Plain, &mut || {}).unwrap();
 /// assert_eq!(plain, 80);
 /// ```
 pub fn append_vouchers<S: Storage + ?Sized>(
@@ -118,7 +136,7 @@ pub fn append_vouchers<S: Storage + ?Sized>(
     log_end: u64,
     generation: u64,
     (txid, durable_txid): (u64, u64),
-    pad: bool,
+    layout: Vouchers,
     after_each: &mut dyn FnMut(),
 ) -> Result<u64, (&'static str, u64, std::io::Error)> {
     let header = FRAME_HEADER_LEN as u64;
@@ -126,15 +144,35 @@ pub fn append_vouchers<S: Storage + ?Sized>(
         at + 2 * header <= log_end,
         "no room for two vouchers at {at} in a log ending at {log_end}"
     );
+    // The first voucher's padding, if padded and the pair still fits.
+    let padding = match layout {
+        Vouchers::Plain => None,
+        Vouchers::Padded | Vouchers::Guarded => txheap_log::voucher_padding(at).filter(|&pad| {
+            at + (header + RANGE_HEADER_LEN as u64 + pad as u64) + header <= log_end
+        }),
+    };
+    let first_len = header + padding.map_or(0, |pad| RANGE_HEADER_LEN as u64 + pad as u64);
+    let end = at + first_len + header;
+    #[cfg(feature = "test-hooks")]
+    let layout = if crate::sabotage::active(crate::sabotage::RECOVERY_VOUCHERS_UNGUARDED) {
+        Vouchers::Padded // broken on purpose (crash tests only): no guard
+    } else {
+        layout
+    };
+    if layout == Vouchers::Guarded && end + header <= log_end {
+        // Durable before the vouchers: once the second is, the log reads on at `end`.
+        storage
+            .write_at(end, &[0u8; FRAME_HEADER_LEN])
+            .map_err(|e| ("write the vouchers' guard", end, e))?;
+        storage
+            .barrier(end, header)
+            .map_err(|e| ("barrier the vouchers' guard", end, e))?;
+    }
     let mut p = at;
     for k in 0..2u64 {
         let mut b = FrameBuilder::new();
-        if k == 0 && pad {
-            if let Some(pad) = txheap_log::voucher_padding(p) {
-                if p + (header + RANGE_HEADER_LEN as u64 + pad as u64) + header <= log_end {
-                    b.push_padding(pad).expect("a page of padding fits a frame");
-                }
-            }
+        if let (0, Some(pad)) = (k, padding) {
+            b.push_padding(pad).expect("a page of padding fits a frame");
         }
         let evidence = if k == 0 { durable_txid } else { txid };
         let frame = b.finish_vouching(generation, txid + k, evidence);
@@ -148,6 +186,7 @@ pub fn append_vouchers<S: Storage + ?Sized>(
         after_each();
         p += len;
     }
+    debug_assert_eq!(p, end);
     Ok(p - at)
 }
 
