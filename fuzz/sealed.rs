@@ -5,7 +5,8 @@
 //! exactly this code), each with `#[path]`; it uses only crates both have: `txheap`,
 //! `txheap_log`, `txheap_recovery`, `crc32fast` and `libc`.
 //!
-//! An input is `[seed selector][op; OP_LEN]...`. The selector picks one of [`SEEDS`] (valid
+//! An input is `[seed selector][op; OP_LEN]...`. The selector picks one of [`SEEDS`] or
+//! [`EXTRA_SEEDS`] ([`seed_for`]; valid
 //! images, embedded); each 16-byte op mutates one field of one structure of the image, found by
 //! parsing its current state (superblock slots, log frames and their ranges, heap header, zone
 //! chunk-table entries, run bitmaps), or appends a frame built with `txheap_log::FrameBuilder`,
@@ -84,6 +85,31 @@ pub static SEEDS: [(&str, &[u8]); 8] = [
     ),
     ("gen2-live", include_bytes!("seeds-sealed/gen2-live.img")),
 ];
+
+/// Seeds added after the corpus was minimized, chosen by selectors that no committed input
+/// uses (`EXTRA_SELECTORS`), so that every committed input keeps its seed: a `Durability::None`
+/// heap whose log holds a frame with an in-place check (an extent written straight into the
+/// heap), the flush's two vouchers (the first with a padding range up to the next 4096-byte
+/// boundary) and frames after them, written by `tests/fuzz_sealed_corpus.rs`
+/// (`write_checked_seed`).
+pub static EXTRA_SEEDS: [(&str, &[u8]); 1] = [(
+    "checked-live",
+    include_bytes!("seeds-sealed/checked-live.img"),
+)];
+
+/// The selectors of [`EXTRA_SEEDS`] (in turn); every other selector `s` picks
+/// `SEEDS[s % SEEDS.len()]`, as before they were added.
+pub const EXTRA_SELECTORS: std::ops::RangeInclusive<u8> = 248..=250;
+
+/// The seed image selector `sel` picks.
+pub fn seed_for(sel: u8) -> &'static [u8] {
+    if EXTRA_SELECTORS.contains(&sel) {
+        let i = (sel - EXTRA_SELECTORS.start()) as usize;
+        EXTRA_SEEDS[i % EXTRA_SEEDS.len()].1
+    } else {
+        SEEDS[sel as usize % SEEDS.len()].1
+    }
+}
 
 const SB_LEN: usize = SUPERBLOCK_ENCODED_LEN;
 const SLOTS: [usize; 2] = [0, SUPERBLOCK_SLOT_LEN as usize];
@@ -966,7 +992,7 @@ pub fn build(data: &[u8]) -> Vec<u8> {
 /// [`build`] into a reused buffer (the fuzz target's: no 2 MiB allocation per execution).
 pub fn build_into(data: &[u8], img: &mut Vec<u8>) {
     let (sel, ops) = data.split_first().map_or((0, &[][..]), |(s, o)| (*s, o));
-    let seed = SEEDS[sel as usize % SEEDS.len()].1;
+    let seed = seed_for(sel);
     img.clear();
     img.extend_from_slice(seed);
     let mut post = Vec::new();

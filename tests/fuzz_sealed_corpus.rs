@@ -235,6 +235,71 @@ fn seeds_pass_the_checks() {
             "{name}: {out:?}"
         );
     }
+    for (k, sel) in sealed::EXTRA_SELECTORS.enumerate() {
+        let (name, bytes) = sealed::EXTRA_SEEDS[k % sealed::EXTRA_SEEDS.len()];
+        let img = sealed::build(&[sel]);
+        assert!(img == bytes, "sealing changed seed {name}");
+        let out = sealed::check(&dir.path().join("seed.heap"), &img);
+        assert!(
+            out.read_only_opened && out.opened && out.committed,
+            "{name}: {out:?}"
+        );
+    }
+}
+
+/// No committed input uses the extra seeds' selectors (they would change its seed).
+#[test]
+fn committed_inputs_keep_their_seeds() {
+    for sub in ["corpus-sealed-min", "regressions-sealed"] {
+        for (p, data) in inputs(sub) {
+            let sel = data.first().copied().unwrap_or(0);
+            assert!(
+                !sealed::EXTRA_SELECTORS.contains(&sel),
+                "{} uses selector {sel}",
+                p.display()
+            );
+        }
+    }
+}
+
+/// The extra seed (a `None` log with an in-place check and padded vouchers) under 600 inputs of
+/// one to six ops each, drawn from a fixed generator, as the fuzz target would mutate it: each
+/// must pass the checks. Both outcomes must occur (some open, some are refused), so the inputs
+/// reach past the checksums.
+#[test]
+fn checked_seed_under_generated_ops() {
+    let dir = scratch();
+    let path = dir.path().join("image.heap");
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut n, mut opened, mut refused) = (0, 0, 0);
+    for _ in 0..600 {
+        let ops = 1 + next() % 6;
+        let mut data = vec![*sealed::EXTRA_SELECTORS.start()];
+        for _ in 0..ops {
+            data.extend_from_slice(&next().to_le_bytes());
+            data.extend_from_slice(&next().to_le_bytes());
+        }
+        let image = sealed::build(&data);
+        let out = std::panic::catch_unwind(|| sealed::check(&path, &image))
+            .unwrap_or_else(|_| panic!("generated input {data:02x?} fails the checks"));
+        n += 1;
+        if out.opened {
+            opened += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    eprintln!("checked seed: {n} generated inputs, {opened} opened writable, {refused} refused");
+    assert!(
+        opened > 0 && refused > 0,
+        "{opened} opened, {refused} refused"
+    );
 }
 
 fn replay(sub: &str) -> (usize, usize, usize) {
@@ -288,6 +353,74 @@ fn refused_open_leaves_the_file_unchanged() {
     assert_eq!(
         opened, 0,
         "every reproducer is a damaged heap and must be refused"
+    );
+}
+
+/// Write `fuzz/seeds-sealed/checked-live.img` (already committed: [`sealed::EXTRA_SEEDS`]):
+/// `cargo test --release --test fuzz_sealed_corpus -- --ignored write_checked_seed`. A live copy
+/// of a `Durability::None` heap (64 KiB log, 64 MiB max_size) whose log holds a frame with an
+/// in-place check, the flush's padded vouchers, and two frames after them (checked below).
+#[test]
+#[ignore]
+fn write_checked_seed() {
+    let out = fuzz_dir().join("seeds-sealed");
+    std::fs::create_dir_all(&out).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("checked.heap");
+    let opts = Options::new()
+        .initial_size(0)
+        .log_size(64 << 10)
+        .max_size(64 << 20)
+        .in_place_min(64 << 10)
+        .durability(txheap::Durability::None);
+    let heap = Heap::create(&p, opts).unwrap();
+    heap.transaction(|tx| {
+        let r = tx.root::<[u64; 8]>()?;
+        tx.get_mut(r)?[0] = 1;
+        tx.alloc([1u8; 100]).map(|_| ())
+    })
+    .unwrap();
+    // In place, with no barrier of its own: its frame carries the check.
+    heap.transaction(|tx| tx.alloc_slice(&[7u8; 70_000]).map(|_| ()))
+        .unwrap();
+    heap.flush().unwrap(); // the two vouchers, the first padded
+    heap.transaction(|tx| {
+        let r = tx.root::<[u64; 8]>()?;
+        tx.get_mut(r)?[1] = 2;
+        Ok(())
+    })
+    .unwrap();
+    heap.transaction(|tx| tx.alloc([3u8; 24]).map(|_| ()))
+        .unwrap();
+    let img = out.join("checked-live.img");
+    std::fs::copy(&p, &img).unwrap();
+    drop(heap);
+    let log = txheap::inspect::read_log(&img).unwrap();
+    let kinds: Vec<(usize, usize, u64)> = log
+        .frames
+        .iter()
+        .map(|f| (f.ranges.len(), f.in_place.len(), f.len))
+        .collect();
+    assert!(
+        kinds.iter().any(|k| k.1 > 0),
+        "no in-place check: {kinds:?}"
+    );
+    let vouchers: Vec<u64> = log
+        .frames
+        .iter()
+        .filter(|f| f.ranges.is_empty() && f.in_place.is_empty())
+        .map(|f| f.offset)
+        .collect();
+    assert_eq!(vouchers.len(), 2, "{kinds:?}");
+    assert_eq!(
+        vouchers[1] % 4096,
+        0,
+        "the second voucher not on a page: {vouchers:?}"
+    );
+    println!(
+        "{} {} {kinds:?}",
+        img.display(),
+        std::fs::metadata(&img).unwrap().len()
     );
 }
 
