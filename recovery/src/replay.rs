@@ -145,20 +145,33 @@ pub fn append_vouchers<S: Storage + ?Sized>(
         "no room for two vouchers at {at} in a log ending at {log_end}"
     );
     // The first voucher's padding, if padded and the pair still fits.
-    let padding = match layout {
+    let fits =
+        |pad: usize| at + (header + RANGE_HEADER_LEN as u64 + pad as u64) + header <= log_end;
+    let mut padding = match layout {
         Vouchers::Plain => None,
-        Vouchers::Padded | Vouchers::Guarded => txheap_log::voucher_padding(at).filter(|&pad| {
-            at + (header + RANGE_HEADER_LEN as u64 + pad as u64) + header <= log_end
-        }),
+        Vouchers::Padded | Vouchers::Guarded => {
+            txheap_log::voucher_padding(at).filter(|&p| fits(p))
+        }
     };
-    let first_len = header + padding.map_or(0, |pad| RANGE_HEADER_LEN as u64 + pad as u64);
-    let end = at + first_len + header;
     #[cfg(feature = "test-hooks")]
     let layout = if crate::sabotage::active(crate::sabotage::RECOVERY_VOUCHERS_UNGUARDED) {
         Vouchers::Padded // broken on purpose (crash tests only): no guard
     } else {
         layout
     };
+    if let (Vouchers::Guarded, Some(pad)) = (layout, padding) {
+        // A crashed writer's frame with the second voucher's txid may start where the second
+        // voucher would (its torn predecessor ended on that page boundary): a lost sector there
+        // would bring it back right after the first voucher. The next page then, or, without
+        // room, plain (no frame a writer made can start 40 bytes after a torn one's start).
+        let second = at + header + RANGE_HEADER_LEN as u64 + pad as u64;
+        if frame_header_at(storage, second, log_end, generation, txid + 1) {
+            let further = pad + txheap_log::VOUCHER_SPREAD as usize;
+            padding = fits(further).then_some(further);
+        }
+    }
+    let first_len = header + padding.map_or(0, |pad| RANGE_HEADER_LEN as u64 + pad as u64);
+    let end = at + first_len + header;
     if layout == Vouchers::Guarded && end + header <= log_end {
         // Durable before the vouchers: once the second is, the log reads on at `end`.
         storage
@@ -188,6 +201,25 @@ pub fn append_vouchers<S: Storage + ?Sized>(
     }
     debug_assert_eq!(p, end);
     Ok(p - at)
+}
+
+/// Whether a frame header of `generation` with `txid` starts at file offset `at` (inside the log,
+/// which ends at `log_end`; an unreadable place counts as one, so that it is avoided).
+fn frame_header_at<S: Storage + ?Sized>(
+    storage: &S,
+    at: u64,
+    log_end: u64,
+    generation: u64,
+    txid: u64,
+) -> bool {
+    let mut b = [0u8; FRAME_HEADER_LEN];
+    if at + FRAME_HEADER_LEN as u64 > log_end {
+        return false;
+    }
+    if storage.read_at(at, &mut b).is_err() {
+        return true;
+    }
+    txheap_log::header_at(&b).is_some_and(|h| h.generation == generation && h.txid == txid)
 }
 
 /// One batch of a page-at-a-time replay, built in memory: the sorted pages that ranges
