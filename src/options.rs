@@ -192,7 +192,11 @@ impl Options {
     /// [`crate::Error::LogDamaged`] and changes nothing, because replaying only the frames before
     /// it would silently drop acknowledged transactions. With `salvage(true)`, `open` replays
     /// those frames, drops the damaged one and everything after it, and checkpoints so they
-    /// never replay; [`crate::Stats::salvaged`] says which transactions were dropped.
+    /// never replay; [`crate::Stats::salvaged`] says which transactions were dropped. The heap
+    /// pages may already hold some of the dropped transactions' bytes, so a salvaged heap is a
+    /// knowing loss, not a clean prefix (check it with [`crate::Heap::reachability`]); and
+    /// when a dropped transaction grew the heap, the salvage may be refused with
+    /// [`crate::Error::Corrupt`], leaving the file unchanged (docs/ARCHITECTURE.md section 9).
     ///
     /// ```
     /// let o = txheap::Options::new().salvage(true);

@@ -115,7 +115,10 @@ fn crash_image() -> (tempfile::TempDir, std::path::PathBuf, usize) {
         .unwrap()
         .write_all_at(&img_f[sector..sector + 512], sector as u64)
         .unwrap();
-    assert!(verified_frame_at(&std::fs::read(&img).unwrap()[end_f..]).is_none(), "T torn");
+    assert!(
+        verified_frame_at(&std::fs::read(&img).unwrap()[end_f..]).is_none(),
+        "T torn"
+    );
     (dir, img, b)
 }
 
@@ -141,7 +144,10 @@ fn a_recovery_killed_between_its_vouchers_never_revives_a_discarded_frame() {
     sabotage::panic_at(None);
     assert!(r.is_err(), "the failpoint did not fire");
     let after = std::fs::read(&img).unwrap();
-    eprintln!("log after the killed recovery: {:?} (B = {b})", frames(&after));
+    eprintln!(
+        "log after the killed recovery: {:?} (B = {b})",
+        frames(&after)
+    );
     let got = marks(&img);
     eprintln!("recovery 2: {got:?}");
     let got = got.unwrap();
