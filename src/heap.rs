@@ -157,6 +157,36 @@ impl Heap {
         Ok(Heap::from(open::open_read_only(path.as_ref())?))
     }
 
+    /// Open read-only to copy data out of a heap whose log is damaged, when a writable
+    /// [`Options::salvage`] open is refused. Like [`Heap::open_read_only`], it writes nothing;
+    /// unlike it, it replays the committed frames before a damaged one (as a salvage would) and
+    /// drops the rest ([`crate::Stats::salvaged`] names them), and it opens even when the chunk
+    /// tables, as those frames leave them, fail their walk (a salvage can leave them so:
+    /// docs/ARCHITECTURE.md section 9): reads need only the heap header. The heap pages may hold
+    /// some of the dropped transactions' bytes, so what it shows is a knowing loss, not a clean
+    /// prefix; when the tables failed, the allocator knows no chunk (`stats` reports no heap
+    /// bytes, `check` reports the tables). On a heap with no damage it is `open_read_only`.
+    ///
+    /// While the returned handle is open, nothing else may write, truncate or replace the file
+    /// (see the crate documentation: "The one condition"); other txheap handles are refused
+    /// with [`Error::Locked`], as for `open_read_only`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let p = dir.path().join("s.heap");
+    /// txheap::Heap::create(&p, txheap::Options::new())?.transaction(|tx| {
+    ///     let r = tx.root::<u64>()?;
+    ///     tx.set(r, 7)
+    /// })?;
+    /// let h = txheap::Heap::salvage_read_only(&p)?;
+    /// assert_eq!(h.read(|r| r.get(r.root::<u64>()?).copied())?, 7);
+    /// assert_eq!(h.stats()?.salvaged, None); // nothing was damaged
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn salvage_read_only(path: impl AsRef<Path>) -> Result<Heap> {
+        Ok(Heap::from(open::salvage_read_only(path.as_ref())?))
+    }
+
     /// Run `f` as one transaction: if it returns `Ok`, its writes commit atomically (durably under
     /// `Durability::Full`) before this returns; if it returns `Err` or panics, nothing changes.
     ///

@@ -220,6 +220,14 @@ pub(crate) fn open_read_only(path: &Path) -> Result<Opened> {
     from_file(path, file, &Options::new(), true)
 }
 
+/// A read-only heap that salvages: the frames before a damaged one are replayed (into the
+/// private mapping only), and a chunk table that its walk refuses is tolerated (reads need only
+/// the header's chunk count; the allocator then knows no chunk).
+pub(crate) fn salvage_read_only(path: &Path) -> Result<Opened> {
+    let file = open_shared(path)?;
+    from_file(path, file, &Options::new().salvage(true), true)
+}
+
 /// The file at `path`, opened for reading under a shared lock (what read-only handles and the
 /// inspection tools hold).
 pub(crate) fn open_shared(path: &Path) -> Result<File> {
@@ -244,7 +252,7 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
     // (Stats::superblock_damage), even where the fallback to the other one loses nothing.
     let damaged = recovery::damaged_slots(&storage)?;
     let (log, map) = if read_only {
-        replay_read_only(&file, &storage)?
+        replay_read_only(&file, &storage, options.salvage)?
     } else {
         recover_writable(&file, &mut storage, options)?
     };
@@ -254,7 +262,7 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
     // file); the walk below prefetches the tables it reads.
     map.advise(geo.heap_offset, u64::MAX, options.access.madvise())
         .map_err(|e| Error::io("madvise the heap's mapping", geo.heap_offset, e))?;
-    let (alloc, header) = rebuild(&log.sb, &map, read_only)?;
+    let (alloc, header) = rebuild(&log.sb, &map, read_only, read_only && options.salvage)?;
     let storage = if read_only {
         storage
     } else {
@@ -301,7 +309,11 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
 }
 
 /// Read-only: map the file privately and replay committed frames into the mapping only.
-fn replay_read_only(file: &File, storage: &FileStorage) -> Result<(LogState, Mapping)> {
+fn replay_read_only(
+    file: &File,
+    storage: &FileStorage,
+    salvage: bool,
+) -> Result<(LogState, Mapping)> {
     let (sb, slot) = recovery::select_superblock(storage)?;
     let len = stat(storage)?;
     if len < sb.min_file_len() {
@@ -335,16 +347,18 @@ fn replay_read_only(file: &File, storage: &FileStorage) -> Result<(LogState, Map
         Ok(())
     };
     let scan = recovery::scan_log(storage, &sb, &mut apply)?;
-    if let Some(d) = scan.damage {
-        // A read-only open cannot salvage (it writes nothing): refuse, as a writable open does.
-        return Err(d.error().into());
+    match scan.damage {
+        // Refused, as a writable open does, unless salvaging: the frames before the damaged one
+        // are replayed already (into the private mapping; nothing is written).
+        Some(d) if !salvage => return Err(d.error().into()),
+        _ => {}
     }
     let log = LogState {
         sb,
         slot,
         tail: scan.end_offset,
         next_txid: scan.next_txid,
-        salvaged: None,
+        salvaged: scan.damage.map(|d| (d.txid, d.last_txid)),
         kept_generation: false,
     };
     Ok((log, map))
@@ -472,7 +486,12 @@ fn grow_to_chunk_count(file: &File, storage: &mut FileStorage, sb: &Superblock) 
 /// The allocator and the heap header, rebuilt from the mapping as recovery left it. A
 /// read-only open of a file cut short (its chunk count reaches past its end) reads zeros there,
 /// as the writable open does after growing it back: both accept or refuse the same files.
-fn rebuild(sb: &Superblock, map: &Mapping, read_only: bool) -> Result<(Allocator, HeapHeader)> {
+fn rebuild(
+    sb: &Superblock,
+    map: &Mapping,
+    read_only: bool,
+    tolerate_tables: bool,
+) -> Result<(Allocator, HeapHeader)> {
     let geo = Geometry::of(sb);
     let read = |off: u64, buf: &mut [u8]| {
         // SAFETY: the heap is not shared yet, so nothing writes the mapping while we read it;
@@ -507,8 +526,14 @@ fn rebuild(sb: &Superblock, map: &Mapping, read_only: bool) -> Result<(Allocator
         map.advise(off, len, libc::MADV_WILLNEED)
             .map_err(|e| Error::io("madvise (prefetch the chunk tables)", off, e))?;
     }
-    let alloc = Allocator::rebuild(geo.chunk_area, header.chunk_count, &read)?;
-    Ok((alloc, header))
+    match Allocator::rebuild(geo.chunk_area, header.chunk_count, &read) {
+        Ok(alloc) => Ok((alloc, header)),
+        // A read-only salvage: the tables a salvage left inconsistent are not needed to read.
+        Err(Error::Corrupt { .. }) if tolerate_tables => {
+            Ok((Allocator::rebuild(geo.chunk_area, 0, &read)?, header))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The byte ranges `(offset, len)` of a heap file image that its heap reaches as the image

@@ -196,7 +196,8 @@ impl Options {
     /// pages may already hold some of the dropped transactions' bytes, so a salvaged heap is a
     /// knowing loss, not a clean prefix (check it with [`crate::Heap::reachability`]); and
     /// when a dropped transaction grew the heap, the salvage may be refused with
-    /// [`crate::Error::Corrupt`], leaving the file unchanged (docs/ARCHITECTURE.md section 9).
+    /// [`crate::Error::Corrupt`], leaving the file unchanged (docs/ARCHITECTURE.md section 9);
+    /// [`crate::Heap::salvage_read_only`] then still opens it for reading.
     ///
     /// ```
     /// let o = txheap::Options::new().salvage(true);

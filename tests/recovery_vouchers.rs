@@ -12,6 +12,13 @@
 //!   sector: a recovery killed after them, whose voucher sector was then lost, let the next
 //!   recovery ask the check of bytes the first one's replay had changed, and cut the log there
 //!   silently. Padded, one lost sector takes at most one voucher.
+//! - The second voucher's own place (found by an independent review, eighth session): the
+//!   first voucher is padded to a page boundary B, and a frame of the crashed writer with the
+//!   txid after the first voucher can start exactly at B when its torn predecessor ended there.
+//!   If the second voucher's sector is lost after a killed recovery (it reads as it was before
+//!   that recovery wrote it), the stale frame follows the first voucher and the next recovery
+//!   replays it, and the ones after it, without the torn frame before them. Recovery now looks
+//!   for such a frame and pads one page further.
 
 #![cfg(feature = "test-hooks")]
 
@@ -59,15 +66,19 @@ fn write_x(heap: &Heap, at: usize, bytes: &[u8]) {
     .unwrap();
 }
 
-/// (x[0], x[4096], x[8184]) after an open of `path`.
-fn marks(path: &std::path::Path) -> (u8, u8, u8) {
-    let heap = Heap::open(path, opts()).unwrap();
+/// (x[0], x[4096], x[8184]) after an open of `path`, or the open's error.
+fn try_marks(path: &std::path::Path) -> txheap::Result<(u8, u8, u8)> {
+    let heap = Heap::open(path, opts())?;
     heap.read(|r| {
         let root = *r.get(r.root::<Root>()?)?;
         let x = r.slice(root.x)?;
         Ok((x[0], x[4096], x[8184]))
     })
-    .unwrap()
+}
+
+/// [`try_marks`], which must open.
+fn marks(path: &std::path::Path) -> (u8, u8, u8) {
+    try_marks(path).unwrap()
 }
 
 /// The sabotage mask and the failpoints are process-wide: every test here takes this lock.
@@ -300,4 +311,154 @@ fn a_lost_sector_under_recovery_vouchers_is_reported_never_a_silent_cut() {
         }
     }
     assert!(cases >= 12, "{cases}");
+}
+
+// ---- the second voucher's place ----------------------------------------------------------
+
+/// Builds the crash image: P, F (checked, in place), T (torn; ends exactly at B), T+1 (at B),
+/// T+2. Returns (dir, image path, frames' image before T, offset B).
+fn crash_image() -> (tempfile::TempDir, std::path::PathBuf, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("h.heap");
+    let heap = Heap::create(&live, opts()).unwrap();
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let mut r = *tx.get(root)?;
+        r.x = tx.alloc_slice(&[0u8; 8192])?;
+        tx.set(root, r)
+    })
+    .unwrap();
+    heap.checkpoint().unwrap();
+    write_x(&heap, 2048, &[9u8; 16]); // P (as in tests/recovery_vouchers.rs)
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let mut r = *tx.get(root)?;
+        r.big = tx.alloc_slice(&vec![7u8; 1 << 20])?;
+        tx.set(root, r)
+    })
+    .unwrap(); // F
+    let img_f = std::fs::read(&live).unwrap();
+    let fr = frames(&img_f);
+    assert_eq!(fr.len(), 2, "{fr:?}");
+    let end_f = fr[1].0 + fr[1].2;
+    assert_ne!((end_f + 40) % 4096, 0, "layout: no padding here");
+    // Recovery's first voucher (at end_f) is padded up to B; the second starts at B.
+    let b = (end_f + 40 + 16).div_ceil(4096) * 4096;
+    // T: sized to end exactly at B, so that T+1 starts at B.
+    let n = b - end_f - 56;
+    assert!(n % 16 == 0 && (16..=4080).contains(&n), "layout: n = {n}");
+    write_x(&heap, 0, &vec![1u8; n]); // T
+    write_x(&heap, 4096, &[2u8; 16]); // T+1
+    write_x(&heap, 8184, &[3u8; 8]); // T+2
+    let image = std::fs::read(&live).unwrap();
+    let fr = frames(&image);
+    assert_eq!(fr.len(), 5, "{fr:?}");
+    assert_eq!(fr[3].0, b, "layout: T+1 not at B: {fr:?}");
+    drop(heap);
+    // Power cut: T's first data sector still holds what it held before T (T torn); the rest
+    // (F's in-place bytes, T+1, T+2) reached the disk.
+    let img = dir.path().join("image.heap");
+    std::fs::write(&img, &image).unwrap();
+    let sector = (end_f + 56) / 512 * 512;
+    assert!(sector + 512 <= b);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .write_all_at(&img_f[sector..sector + 512], sector as u64)
+        .unwrap();
+    assert!(
+        verified_frame_at(&std::fs::read(&img).unwrap()[end_f..]).is_none(),
+        "T torn"
+    );
+    (dir, img, b)
+}
+
+/// Control: a recovery that runs to its end keeps P and F only.
+#[test]
+fn control_full_recovery_keeps_the_prefix() {
+    let _l = lock();
+    let (_d, img, _) = crash_image();
+    assert_eq!(try_marks(&img).unwrap(), (0, 0, 0));
+    // And a second open agrees.
+    assert_eq!(try_marks(&img).unwrap(), (0, 0, 0));
+}
+
+/// Recovery 1 killed right after its first voucher's barrier: recovery 2 must not replay T+1
+/// and T+2 without T.
+#[test]
+fn a_recovery_killed_between_its_vouchers_never_revives_a_discarded_frame() {
+    use txheap_recovery::sabotage;
+    let _l = lock();
+    let (_d, img, b) = crash_image();
+    sabotage::panic_at(Some("recovery.after_voucher"));
+    let r = std::panic::catch_unwind(|| Heap::open(&img, opts()).map(|_| ()));
+    sabotage::panic_at(None);
+    assert!(r.is_err(), "the failpoint did not fire");
+    let after = std::fs::read(&img).unwrap();
+    eprintln!(
+        "log after the killed recovery: {:?} (B = {b})",
+        frames(&after)
+    );
+    let got = try_marks(&img);
+    eprintln!("recovery 2: {got:?}");
+    let got = got.unwrap();
+    assert!(
+        got == (0, 0, 0) || got.0 == 1,
+        "recovered {got:?}: T+1/T+2 replayed without T (the torn frame recovery 1 discarded)"
+    );
+}
+
+/// Recovery 1 writes both vouchers and replays, killed before its checkpoint; then one sector
+/// is lost (reads as it was before recovery 1 wrote it): each sector from B (where the stale
+/// T+1 lies) through the second voucher, in turn. Recovery 2 must report damage or recover P
+/// and F, never T+1/T+2 without T. (The second voucher was at B before the fix: losing B's
+/// sector gave (0, 2, 3).) With sabotage switch `RECOVERY_VOUCHERS_UNGUARDED` (no guard, no
+/// look for the stale frame) the revival comes back.
+#[test]
+fn a_lost_second_voucher_sector_never_revives_a_discarded_frame() {
+    use txheap_recovery::sabotage;
+    let _l = lock();
+    let (v2, b, cases, silent) = lost_sector_cases();
+    assert_ne!(v2, b, "the second voucher at B, where T+1 lies");
+    assert_eq!(v2 % 4096, 0, "the second voucher not on a page boundary");
+    assert!(cases >= 9, "{cases}");
+    assert!(silent.is_empty(), "{silent:#?}");
+    sabotage::set(sabotage::RECOVERY_VOUCHERS_UNGUARDED);
+    let (v2, b, _, silent) = lost_sector_cases();
+    sabotage::set(0);
+    assert_eq!(v2, b, "sabotaged: the second voucher at B");
+    assert!(!silent.is_empty(), "sabotaged: no lost sector revived T+1");
+}
+
+/// The case above: (second voucher's offset, B, cases, the silent revivals found).
+fn lost_sector_cases() -> (usize, usize, usize, Vec<String>) {
+    use txheap_recovery::sabotage;
+    let (_d, img, b) = crash_image();
+    let before = std::fs::read(&img).unwrap();
+    sabotage::panic_at(Some("recovery.after_replay"));
+    let r = std::panic::catch_unwind(|| Heap::open(&img, opts()).map(|_| ()));
+    sabotage::panic_at(None);
+    assert!(r.is_err(), "the failpoint did not fire");
+    let after = std::fs::read(&img).unwrap();
+    let fr = frames(&after);
+    eprintln!("log after the killed recovery: {fr:?} (B = {b})");
+    let (v2, v2_len) = (fr.last().unwrap().0, fr.last().unwrap().2);
+    let (mut cases, mut silent) = (0, Vec::new());
+    for sector in b / 512..(v2 + v2_len).div_ceil(512) {
+        let mut img_s = after.clone();
+        let r = sector * 512..(sector + 1) * 512;
+        img_s[r.clone()].copy_from_slice(&before[r]);
+        std::fs::write(&img, &img_s).unwrap();
+        cases += 1;
+        match try_marks(&img) {
+            Err(txheap::Error::LogDamaged { .. }) => {}
+            Err(e) => panic!("sector {sector}: {e}"),
+            Ok(got) if got == (0, 0, 0) || got.0 == 1 => {}
+            Ok(got) => silent.push(format!(
+                "sector {sector}: recovered {got:?}: T+1/T+2 replayed without T"
+            )),
+        }
+    }
+    (v2, b, cases, silent)
 }

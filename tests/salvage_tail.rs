@@ -8,9 +8,9 @@
 //! leaves it out), or the count stays the dropped one while a kept frame rewrote the tail (a new
 //! run split it). The salvage is then refused as `Corrupt`. What these tests hold it to: the
 //! salvage opens with exactly the kept transactions, or it is refused with `Corrupt` and the
-//! file is left byte for byte as it was (so that nothing more is lost, and another tool or a
-//! later version can still repair it); never a panic, never another count. Each case prints
-//! which, so a repair (the design in section 9) shows here as an open.
+//! file is left byte for byte as it was (so that nothing more is lost), and then
+//! `Heap::salvage_read_only` opens it, shows exactly the kept transactions and writes nothing,
+//! so the data can be copied out; never a panic, never another count. Each case prints which.
 
 use txheap::{Durability, Error, Heap, Options};
 use txheap_recovery::txheap_log::{verified_frame_at, FrameHeader};
@@ -84,20 +84,33 @@ fn salvage_at(
                 "a refused salvage changed the file"
             );
             eprintln!("salvage refused (file unchanged): corrupt at {offset}: {what}");
-            Err(REFUSED.into())
+            // The data can still be copied out: the read-only salvage shows the kept
+            // transactions, names the dropped ones, and writes nothing.
+            let ro = Heap::salvage_read_only(&path).expect("the read-only salvage opens");
+            let count = ro.read(|r| Ok(r.get(r.root::<R>()?)?.count)).unwrap();
+            assert_eq!(ro.stats().unwrap().salvaged.map(|s| s.0), Some(h.txid));
+            assert!(matches!(ro.transaction(|_| Ok(())), Err(Error::ReadOnly)));
+            drop(ro);
+            assert!(
+                std::fs::read(&path).unwrap() == img,
+                "the read-only salvage changed the file"
+            );
+            Err(format!("{REFUSED}; read-only salvage count {count}"))
         }
         Err(e) => Err(format!("salvage refused: {e}")),
     }
 }
 
-/// What [`salvage_at`] returns for a salvage refused as `Corrupt` with the file unchanged.
+/// What [`salvage_at`] returns (before the read-only salvage's count) for a salvage refused
+/// as `Corrupt` with the file unchanged.
 const REFUSED: &str = "refused as Corrupt, file unchanged";
 
-/// The salvage opened with `kept` transactions, or was refused cleanly.
+/// The salvage opened with `kept` transactions, or was refused cleanly and the read-only
+/// salvage shows `kept` transactions.
 fn opened_or_refused(got: Result<u64, String>, kept: u64) {
     match got {
         Ok(c) => assert_eq!(c, kept, "the salvage opened with the wrong transactions"),
-        Err(e) => assert_eq!(e, REFUSED),
+        Err(e) => assert_eq!(e, format!("{REFUSED}; read-only salvage count {kept}")),
     }
 }
 
