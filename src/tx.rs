@@ -51,7 +51,7 @@ pub struct Tx<'h> {
     /// `ManuallyDrop` so that giving it back moves it out without building an empty one in its
     /// place (a `Stage::default()` made and dropped per transaction was about 300 instructions
     /// of a 5,000-instruction small commit).
-    stage: ManuallyDrop<Stage>,
+    stage: ManuallyDrop<Box<Stage>>,
     header: HeapHeader,
     /// Data areas of large extents and new runs this transaction took from free space, sorted:
     /// bytes staged inside them are written in place at commit instead of through the log

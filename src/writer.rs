@@ -62,8 +62,9 @@ pub(crate) struct Writer {
     /// The frame of the commit in progress (reused between commits).
     pub frame: FrameBuilder,
     /// The stage a transaction borrows and gives back cleared (its spare buffers reused);
-    /// `None` while a transaction holds it.
-    pub spare_stage: Option<Stage>,
+    /// `None` while a transaction holds it. Boxed: moving the stage itself (several hundred
+    /// bytes of indexes and hints) into and out of each transaction was two `memcpy`s a commit.
+    pub spare_stage: Option<Box<Stage>>,
     /// Pages of the writer's mapping holding private copy-on-write bytes (frames the file did
     /// not hold when they were applied: under `None` until a flush, under `Full` while a reader
     /// pinned an older state).
@@ -188,7 +189,7 @@ impl Writer {
             alloc,
             header,
             frame: FrameBuilder::new(),
-            spare_stage: Some(Stage::default()),
+            spare_stage: Some(Box::default()),
             pending_pages: PendingPages::default(),
             flush_pages_at: PENDING_PAGES_MAX,
             unpublished: VecDeque::with_capacity(crate::limits::FRAMES_RESERVED),
