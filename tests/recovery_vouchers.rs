@@ -462,3 +462,173 @@ fn lost_sector_cases() -> (usize, usize, usize, Vec<String>) {
     }
     (v2, b, cases, silent)
 }
+
+// ---- a lost write of the first voucher over an older generation's frame ---------------------
+
+/// Found by an independent review (eighth session). After a checkpoint the log starts again from
+/// its beginning, so past a crashed writer's tail E there are usually frames of the previous
+/// generation; when one starts exactly at E and lies wholly inside E's sector, recovery 1's scan
+/// stops there as a clean end. Recovery 1 asks F's in-place check (it holds), writes its
+/// vouchers at E, replays (G rewrites F's in-place bytes) and is killed; then V1's header sector
+/// reads as it was before recovery 1 wrote it: the old frame, which verifies. The damage rule
+/// took a verifying frame at the stop as a clean end without a search, so the second voucher,
+/// which proves the first durable, was never seen: F's check failed on the replayed bytes and
+/// the log was cut at F, leaving (where recovery 1 was killed part-way through its replay, a
+/// kill between the page runs it writes in order, emulated by leaving the later runs' pages as
+/// they were) half of a transaction: (203, 1048576, 238, 201). Now only a verifying frame at the
+/// log's start (the checkpoint's sentinel) ends the log without a search.
+#[test]
+fn a_lost_first_voucher_sector_over_an_old_generation_frame_is_never_a_silent_cut() {
+    use txheap_recovery::sabotage;
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("h.heap");
+    let case = dir.path().join("case.heap");
+    let heap = Heap::create(&live, opts()).unwrap();
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let mut r = *tx.get(root)?;
+        r.x = tx.alloc_slice(&[0u8; 8192])?;
+        tx.set(root, r)
+    })
+    .unwrap();
+    heap.checkpoint().unwrap();
+    // Generation g: many small frames of one length (72 bytes).
+    for _ in 0..200 {
+        count_step(&heap, false);
+    }
+    let old = frames(&std::fs::read(&live).unwrap());
+    assert!(old.len() >= 200, "{}", old.len());
+    heap.checkpoint().unwrap();
+    // Generation g+1: F (checked, in place), G (rewrites F's first bytes through the log).
+    count_step(&heap, true); // F: count 201
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let r = *tx.get(root)?;
+        let c = u64::from_le_bytes(tx.slice(r.x)?[16..24].try_into().unwrap()) + 1;
+        tx.write_slice(r.x, 16, &c.to_le_bytes())?;
+        tx.write_slice(r.big, 0, &[0xEEu8; 64])
+    })
+    .unwrap(); // G: count 202
+    let fr = frames(&std::fs::read(&live).unwrap());
+    let e0 = fr.last().unwrap().0 + fr.last().unwrap().2;
+    // A filler frame (the object's last 16k bytes written) sized so that the tail E lands on a generation-g frame
+    // start b that lies wholly inside its 512-byte sector.
+    let (b, k) = old
+        .iter()
+        .filter_map(|&(b, _, len)| {
+            let d = b.checked_sub(e0 + 88)?;
+            (d % 16 == 0 && (1..=255).contains(&(d / 16)) && b % 512 + len <= 512)
+                .then_some((b, d / 16))
+        })
+        .next()
+        .expect("layout: no generation-g frame start reachable");
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let r = *tx.get(root)?;
+        // count 203, and the object's last bytes (a page replay writes after the one G rewrites).
+        tx.write_slice(r.x, 16, &203u64.to_le_bytes())?;
+        tx.write_slice(r.big, (1 << 20) - 16 * k as u64, &vec![0x55u8; 16 * k])
+    })
+    .unwrap();
+    let crashed = std::fs::read(&live).unwrap(); // a kill -9: the page cache
+    drop(heap);
+    let fr = frames(&crashed);
+    let e = fr.last().unwrap().0 + fr.last().unwrap().2;
+    assert_eq!(e, b, "layout: tail not at the old frame: {fr:?}");
+    let stale = verified_frame_at(&crashed[e..]).expect("an old frame verifies at the tail");
+    eprintln!(
+        "tail E = {e}: generation-g frame txid {} ({} bytes)",
+        stale.txid,
+        stale.frame_len()
+    );
+
+    // Control: nothing lost.
+    std::fs::write(&case, &crashed).unwrap();
+    assert_eq!(
+        abcd_state(&case).unwrap(),
+        (203, 1 << 20, 0xEE, 0x55),
+        "control"
+    );
+
+    // Recovery 1: asks F's check (holds), writes V1 at E and V2 at P, replays G over F's bytes,
+    // killed before its checkpoint.
+    std::fs::write(&case, &crashed).unwrap();
+    sabotage::panic_at(Some("recovery.after_replay"));
+    let r = std::panic::catch_unwind(|| Heap::open(&case, opts()).map(|_| ()));
+    sabotage::panic_at(None);
+    assert!(r.is_err(), "the failpoint did not fire");
+    let after = std::fs::read(&case).unwrap();
+    let fr2 = frames(&after);
+    eprintln!("log after the killed recovery: {:?}", &fr2[fr2.len() - 3..]);
+    assert_eq!(fr2.len(), fr.len() + 2, "the two vouchers");
+
+    // Heap pages recovery 1's replay wrote, as the runs of consecutive pages it writes in
+    // order (one batch here). A kill -9 after the first `k` runs leaves the rest as before.
+    let page = 4096usize;
+    let heap_from = 8192 + (4 << 20);
+    let mut pages: Vec<usize> = (heap_from..after.len())
+        .filter(|&i| after[i] != crashed[i])
+        .map(|i| i / page)
+        .collect();
+    pages.dedup();
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    for p in pages {
+        match runs.last_mut() {
+            Some(r) if *r.last().unwrap() + 1 == p => r.push(p),
+            _ => runs.push(vec![p]),
+        }
+    }
+    eprintln!("replay's page runs: {runs:?}");
+    let mut silent = Vec::new();
+    for k in 0..=runs.len() {
+        let mut img = after.clone();
+        for r in &runs[k..] {
+            for &p in r {
+                img[p * page..(p + 1) * page].copy_from_slice(&crashed[p * page..(p + 1) * page]);
+            }
+        }
+        // Control: no sector lost, recovery 1 killed after `k` runs of its replay.
+        std::fs::write(&case, &img).unwrap();
+        assert_eq!(
+            abcd_state(&case).unwrap(),
+            (203, 1 << 20, 0xEE, 0x55),
+            "control, {k} runs"
+        );
+        // The sector holding V1's header is lost (reads as before recovery 1 wrote it: the
+        // old generation's frame, which verifies).
+        let s = e / 512 * 512;
+        img[s..s + 512].copy_from_slice(&crashed[s..s + 512]);
+        std::fs::write(&case, &img).unwrap();
+        let got = abcd_state(&case);
+        eprintln!(
+            "killed after {k} of {} replay runs, V1's sector lost: {got:?}",
+            runs.len()
+        );
+        match got {
+            Err(txheap::Error::LogDamaged { .. }) => {}
+            Err(e) => silent.push(format!("{k} runs: error {e}")),
+            Ok(got) if got == (203, 1 << 20, 0xEE, 0x55) => {}
+            Ok(got) => silent.push(format!(
+                "{k} runs: recovered {got:?}, want (203, 1048576, 238, 85) (transaction 204, \
+                 which recovery 1 vouched for): the log was cut at F over a half-replayed heap"
+            )),
+        }
+    }
+    assert!(silent.is_empty(), "silent cuts: {silent:#?}");
+}
+
+/// (count, the object's length, its first byte, its last byte) after an open.
+fn abcd_state(path: &std::path::Path) -> txheap::Result<(u64, usize, u8, u8)> {
+    let heap = Heap::open(path, opts())?;
+    heap.read(|r| {
+        let root = *r.get(r.root::<Root>()?)?;
+        let c = u64::from_le_bytes(r.slice(root.x)?[16..24].try_into().unwrap());
+        let big = r.slice(root.big)?;
+        Ok((
+            c,
+            big.len(),
+            big.first().copied().unwrap_or(0),
+            big.last().copied().unwrap_or(0),
+        ))
+    })
+}

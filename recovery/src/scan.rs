@@ -92,10 +92,11 @@ impl LogDamage {
 /// durable frame (docs/ARCHITECTURE.md, recovery step 2). `stop` is where the scan stopped and
 /// `txid` the transaction id a frame there would carry.
 ///
-/// - Fewer bytes than a header remain, or the frame there verifies (its check matches: it is a
-///   frame of an older generation, or a stale one of this generation, exactly as written): a
-///   clean end. No search.
-/// - Otherwise the frame is torn or damaged. It is damaged iff a later frame of this generation
+/// - Fewer bytes than a header remain, or the scan stopped at the log's start on a frame that
+///   verifies (the checkpoint's sentinel): a clean end. No search.
+/// - Otherwise the frame is torn or damaged, or it is a verifying frame of an older generation
+///   (or a stale one of this one) that may be a lost write's leftover where a durable frame
+///   was. It is damaged iff a later frame of this generation
 ///   verifies with a higher txid and evidence (`durable_txid`) at or above `txid`: its writer
 ///   saw this frame durable, which a torn write never is. Every 8-byte position of the rest of
 ///   the log is tried (the rule of `txheap_log::find_voucher`, read through a window, and
@@ -123,7 +124,12 @@ fn find_damage_in<S: Storage + ?Sized>(
         return Ok(None);
     }
     let abs = sb.log_offset() + at;
-    if frame_verifies_at(storage, sb, at)? {
+    // A frame that verifies at the log's start is the checkpoint's sentinel (or a new file's):
+    // a clean end, without a search (a clean open reads 40 bytes of log). Anywhere else the
+    // search runs even when the frame there verifies: a lost write can show an older frame
+    // where a durable frame of this generation was (a voucher whose sector reads as before it
+    // was written), and only the frames after it can tell.
+    if at == 0 && frame_verifies_at(storage, sb, at)? {
         return Ok(None);
     }
     // Every 8-byte position after it, through a read window (memory stays bounded by the
