@@ -57,6 +57,32 @@ fn frames(image: &[u8]) -> Vec<(usize, u64, usize)> {
     out
 }
 
+/// A new heap at `path` whose root's `x` is an 8 KiB object, checkpointed (its log empty).
+fn heap_with_x(path: &std::path::Path) -> Heap {
+    let heap = Heap::create(path, opts()).unwrap();
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let mut r = *tx.get(root)?;
+        r.x = tx.alloc_slice(&[0u8; 8192])?;
+        tx.set(root, r)
+    })
+    .unwrap();
+    heap.checkpoint().unwrap();
+    heap
+}
+
+/// F: a 1 MiB object of 7s in place, linked as the root's `big` (under `None` its frame
+/// carries an in-place check).
+fn alloc_big(heap: &Heap) {
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let mut r = *tx.get(root)?;
+        r.big = tx.alloc_slice(&vec![7u8; 1 << 20])?;
+        tx.set(root, r)
+    })
+    .unwrap();
+}
+
 fn write_x(heap: &Heap, at: usize, bytes: &[u8]) {
     heap.transaction(|tx| {
         let root = tx.root::<Root>()?;
@@ -119,27 +145,13 @@ fn revival_case() -> ((u8, u8, u8), u64) {
     use txheap_recovery::sabotage;
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("h.heap");
-    let heap = Heap::create(&live, opts()).unwrap();
-    heap.transaction(|tx| {
-        let root = tx.root::<Root>()?;
-        let mut r = *tx.get(root)?;
-        r.x = tx.alloc_slice(&[0u8; 8192])?;
-        tx.set(root, r)
-    })
-    .unwrap();
-    heap.checkpoint().unwrap();
+    let heap = heap_with_x(&live);
     // P: a small frame first (frames log 16-byte units, so a frame without in-place bytes is
     // 8 bytes past a multiple of 16 long: this one puts the frames after it where the sizes
     // below can reach the target).
     write_x(&heap, 2048, &[9u8; 16]);
     // F: a 1 MiB object in place, its frame checked (no barrier: Durability::None).
-    heap.transaction(|tx| {
-        let root = tx.root::<Root>()?;
-        let mut r = *tx.get(root)?;
-        r.big = tx.alloc_slice(&vec![7u8; 1 << 20])?;
-        tx.set(root, r)
-    })
-    .unwrap();
+    alloc_big(&heap);
     let img_f = std::fs::read(&live).unwrap();
     let fr = frames(&img_f);
     assert_eq!(fr.len(), 2, "{fr:?}");
@@ -243,15 +255,7 @@ fn a_lost_sector_under_recovery_vouchers_is_reported_never_a_silent_cut() {
     // Frames of different lengths before the vouchers put them at different places in a sector.
     for pad in 0..6u64 {
         let _ = std::fs::remove_file(&live);
-        let heap = Heap::create(&live, opts()).unwrap();
-        heap.transaction(|tx| {
-            let root = tx.root::<Root>()?;
-            let mut r = *tx.get(root)?;
-            r.x = tx.alloc_slice(&[0u8; 8192])?;
-            tx.set(root, r)
-        })
-        .unwrap();
-        heap.checkpoint().unwrap();
+        let heap = heap_with_x(&live);
         for _ in 0..pad {
             count_step(&heap, false);
         }
@@ -320,23 +324,9 @@ fn a_lost_sector_under_recovery_vouchers_is_reported_never_a_silent_cut() {
 fn crash_image() -> (tempfile::TempDir, std::path::PathBuf, usize) {
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("h.heap");
-    let heap = Heap::create(&live, opts()).unwrap();
-    heap.transaction(|tx| {
-        let root = tx.root::<Root>()?;
-        let mut r = *tx.get(root)?;
-        r.x = tx.alloc_slice(&[0u8; 8192])?;
-        tx.set(root, r)
-    })
-    .unwrap();
-    heap.checkpoint().unwrap();
-    write_x(&heap, 2048, &[9u8; 16]); // P (as in tests/recovery_vouchers.rs)
-    heap.transaction(|tx| {
-        let root = tx.root::<Root>()?;
-        let mut r = *tx.get(root)?;
-        r.big = tx.alloc_slice(&vec![7u8; 1 << 20])?;
-        tx.set(root, r)
-    })
-    .unwrap(); // F
+    let heap = heap_with_x(&live);
+    write_x(&heap, 2048, &[9u8; 16]); // P (as in `revival_case`)
+    alloc_big(&heap); // F
     let img_f = std::fs::read(&live).unwrap();
     let fr = frames(&img_f);
     assert_eq!(fr.len(), 2, "{fr:?}");
@@ -483,15 +473,7 @@ fn a_lost_first_voucher_sector_over_an_old_generation_frame_is_never_a_silent_cu
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("h.heap");
     let case = dir.path().join("case.heap");
-    let heap = Heap::create(&live, opts()).unwrap();
-    heap.transaction(|tx| {
-        let root = tx.root::<Root>()?;
-        let mut r = *tx.get(root)?;
-        r.x = tx.alloc_slice(&[0u8; 8192])?;
-        tx.set(root, r)
-    })
-    .unwrap();
-    heap.checkpoint().unwrap();
+    let heap = heap_with_x(&live);
     // Generation g: many small frames of one length (72 bytes).
     for _ in 0..200 {
         count_step(&heap, false);

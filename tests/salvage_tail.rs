@@ -49,6 +49,16 @@ fn frames(image: &[u8]) -> Vec<(usize, FrameHeader)> {
     out
 }
 
+/// One transaction that sets the root's count to `n` (and changes nothing else).
+fn set_count(heap: &Heap, n: u64) {
+    heap.transaction(|tx| {
+        let root = tx.root::<R>()?;
+        tx.get_mut(root)?.count = n;
+        Ok(())
+    })
+    .unwrap();
+}
+
 /// Damage the log's frame `k` (0-based, of the frames after the last checkpoint) of the
 /// power-cut image of `heap` (under Full every frame is applied to the file already), check that
 /// a plain open reports it, and salvage: returns the salvage's count or its error.
@@ -129,12 +139,7 @@ fn salvage_after_the_first_root_then_a_dropped_growth() {
         .unwrap();
     heap.checkpoint().unwrap();
     // Kept: the root, first set (the header changes: logged whole, chunk count unchanged).
-    heap.transaction(|tx| {
-        let root = tx.root::<R>()?;
-        tx.get_mut(root)?.count = 1;
-        Ok(())
-    })
-    .unwrap();
+    set_count(&heap, 1);
     // Damaged: an extent larger than the free tail (growth rewrites the tail's entry).
     heap.transaction(|tx| {
         let root = tx.root::<R>()?;
@@ -146,12 +151,7 @@ fn salvage_after_the_first_root_then_a_dropped_growth() {
     })
     .unwrap();
     // Vouches for the damaged one.
-    heap.transaction(|tx| {
-        let root = tx.root::<R>()?;
-        tx.get_mut(root)?.count = 3;
-        Ok(())
-    })
-    .unwrap();
+    set_count(&heap, 3);
     let got = salvage_at(dir.path(), &src, heap, 1);
     opened_or_refused(got, 1);
 }
@@ -209,12 +209,7 @@ fn salvage_after_a_regrowth_whose_tail_entry_was_trimmed() {
         Ok(())
     })
     .unwrap();
-    heap.transaction(|tx| {
-        let root = tx.root::<R>()?;
-        tx.get_mut(root)?.count = 5;
-        Ok(())
-    })
-    .unwrap();
+    set_count(&heap, 5);
     let got = salvage_at(dir.path(), &src, heap, 1);
     opened_or_refused(got, 3);
 }
@@ -256,12 +251,7 @@ fn salvage_after_a_kept_split_of_the_tail_then_a_dropped_growth() {
         Ok(())
     })
     .unwrap();
-    heap.transaction(|tx| {
-        let root = tx.root::<R>()?;
-        tx.get_mut(root)?.count = 4;
-        Ok(())
-    })
-    .unwrap();
+    set_count(&heap, 4);
     let got = salvage_at(dir.path(), &src, heap, 1);
     opened_or_refused(got, 2);
 }

@@ -844,13 +844,13 @@ impl Allocator {
         self.word_place = None;
     }
 
-    /// The transaction aborted: restore the indexes exactly.
     /// Entries in the transaction's undo journal: a failed operation that added some changed
     /// the allocator's state part-way.
     pub(crate) fn journal_len(&self) -> usize {
         self.undo.len()
     }
 
+    /// The transaction aborted: restore the indexes exactly.
     pub(crate) fn rollback(&mut self) {
         self.word_place = None;
         while let Some(u) = self.undo.pop() {
