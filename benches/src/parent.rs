@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::chart::{self, Bar};
-use crate::plan::{self, Case, Counts, Metric, Role, Target, Workload, CASES, GOALS};
+use crate::plan::{self, Case, Counts, Goal, Metric, Role, Target, Workload, CASES, GOALS};
 use crate::sample::{median, Sample};
 use crate::BoxResult;
 
@@ -537,6 +537,14 @@ fn row_of<'a>(rows: &'a [Row], w: Workload, engine: &str) -> Option<&'a Row> {
         .find(|r| r.case.workload == w && r.case.engine == engine)
 }
 
+/// A scaling goal's two figures: the subject's row ÷ its `versus` row, and `limit` ÷
+/// `limit_base` (None when a row is missing).
+fn scalings(rows: &[Row], g: &Goal, limit: &str, limit_base: &str) -> Option<(f64, f64)> {
+    let value = |engine: &str| row_of(rows, g.workload, engine).map(Row::value);
+    let own = value(g.subject)? / value(g.versus?)?;
+    Some((own, value(limit)? / value(limit_base)?))
+}
+
 /// Print the goals table; return the chart's bars (every ratio, with its goal if any).
 fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
     let mut bars = Vec::new();
@@ -656,6 +664,22 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
                     x / b,
                 )
             }
+            Target::ScalingOfLimitAtLeast {
+                fraction,
+                limit,
+                limit_base,
+            } => {
+                let Some(scaling) = scalings(rows, g, limit, limit_base) else {
+                    continue;
+                };
+                (
+                    format!(
+                        "{} scaling ÷ {fraction:.1} × {limit} ÷ {limit_base}",
+                        g.workload.name()
+                    ),
+                    scaling.0 / (fraction * scaling.1),
+                )
+            }
             Target::RatioAtLeast(_) => continue,
         };
         bars.push(Bar {
@@ -762,7 +786,28 @@ fn print_goals(workloads: &[Workload], rows: &[Row]) -> Vec<Bar> {
                 )
             }
             (
+                Target::ScalingOfLimitAtLeast {
+                    fraction,
+                    limit,
+                    limit_base,
+                },
+                Some(v),
+            ) => {
+                let Some((own, machine)) = scalings(rows, g, limit, limit_base) else {
+                    continue;
+                };
+                (
+                    format!(
+                        "{} ÷ {v} ≥ {fraction:.2} × the machine's {limit} ÷ {limit_base}",
+                        g.subject
+                    ),
+                    format!("{own:.2}x vs {machine:.2}x ({:.2} of it)", own / machine),
+                    own >= fraction * machine,
+                )
+            }
+            (
                 Target::RatioAtLeast(_)
+                | Target::ScalingOfLimitAtLeast { .. }
                 | Target::PeakMemoryNotAbove
                 | Target::NotAbove
                 | Target::P99AtMostTimes(_),

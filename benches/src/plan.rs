@@ -498,6 +498,8 @@ pub static CASES: &[Case] = &[
     case(RScale, "txheap", Subject, "4 reader threads; a writer commits (Full) meanwhile", Custom(readers::measure_scale)),
     case(RScale, "txheap-2-readers", Peer, "2 reader threads; a writer commits (Full) meanwhile", Custom(readers::measure_scale)),
     case(RScale, "txheap-1-reader", Peer, "1 reader thread; a writer commits (Full) meanwhile", Custom(readers::measure_scale)),
+    case(RScale, "limit-4-readers", Limit, "4 threads read a plain Vec; a thread pwrites 4 KiB + fdatasync meanwhile", Custom(readers::measure_scale)),
+    case(RScale, "limit-1-reader", Limit, "1 thread reads a plain Vec; a thread pwrites 4 KiB + fdatasync meanwhile", Custom(readers::measure_scale)),
     // W6: durable commits from many threads (issue 16: group commit).
     case(W6, "txheap", Subject, "8 threads, one heap, Durability::Full", Custom(w6::measure)),
     case(W6, "txheap-1-thread", Peer, "1 thread, Durability::Full", Custom(w6::measure)),
@@ -683,6 +685,16 @@ pub enum Target {
     NotAbove,
     /// The row's median barriers per commit (its own I/O counters) is at most this.
     BarriersPerCommitAtMost(f64),
+    /// The subject's figure ÷ the other row's (a scaling: many threads ÷ one) is at least this
+    /// fraction of the machine's own scaling, `limit` ÷ `limit_base` (two limit rows).
+    ScalingOfLimitAtLeast {
+        /// The fraction of the limit's scaling asked.
+        fraction: f64,
+        /// The limit row doing what the subject does.
+        limit: &'static str,
+        /// The limit row doing what the other row does.
+        limit_base: &'static str,
+    },
 }
 
 /// A goal of the issue (measured against, not tuned to).
@@ -816,6 +828,18 @@ pub static GOALS: &[Goal] = &[
         target: Target::P999AtMostUs(50.0),
     },
     ratio(RScale, "txheap-1-reader", 1.8),
+    // The same 4 ÷ 1 for plain reads of a Vec beside a syncing writer: this machine's ceiling
+    // (two cores, one of them partly taken by the writer's barriers).
+    Goal {
+        workload: RScale,
+        subject: "txheap",
+        versus: Some("txheap-1-reader"),
+        target: Target::ScalingOfLimitAtLeast {
+            fraction: 0.9,
+            limit: "limit-4-readers",
+            limit_base: "limit-1-reader",
+        },
+    },
     // Group commit (issue 16).
     ratio(W6, "txheap-1-thread", 4.0),
     Goal {
@@ -868,6 +892,15 @@ mod tests {
         for g in GOALS {
             if let Some(v) = g.versus {
                 assert!(find(g.workload, v).is_some(), "{} {v}", g.workload.name());
+            }
+            if let Target::ScalingOfLimitAtLeast {
+                limit, limit_base, ..
+            } = g.target
+            {
+                for l in [limit, limit_base] {
+                    let c = find(g.workload, l).unwrap_or_else(|| panic!("{l}"));
+                    assert_eq!(c.role, Role::Limit, "{l}");
+                }
             }
         }
         for w in Workload::ALL {

@@ -32,7 +32,7 @@ fn block_for(key: u64) -> [u8; BLOCK] {
 }
 
 /// Create `path` with `len` bytes written in 4 KiB `pwrite`s and synced.
-fn written_file(path: &Path, len: usize) -> BoxResult<File> {
+pub(crate) fn written_file(path: &Path, len: usize) -> BoxResult<File> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
