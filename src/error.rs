@@ -77,7 +77,8 @@ pub enum Error {
         offset: u64,
         /// The transaction it should hold.
         txid: u64,
-        /// File offset of the later frame that proves it was durable.
+        /// File offset of the later frame that proves it was durable, or of the log-start
+        /// witness (in a superblock slot, before the log) when that is the proof.
         voucher_offset: u64,
         /// That frame's transaction id.
         voucher_txid: u64,
@@ -290,11 +291,11 @@ impl fmt::Display for Error {
                 last_txid,
             } => write!(
                 f,
-                "log frame of transaction {txid} at offset {offset} is damaged, but the frame of \
-                 transaction {voucher_txid} at offset {voucher_offset} proves it was durable: \
-                 opening would drop acknowledged transactions {txid}..={last_txid}. Nothing was \
+                "log frame of transaction {txid} at offset {offset} is damaged, but {} proves it \
+                 was durable: opening would drop acknowledged transactions {txid}..={last_txid}. Nothing was \
                  changed; Options::salvage(true) (txheap recover --salvage) opens the \
-                 transactions before {txid} and drops those"
+                 transactions before {txid} and drops those",
+                txheap_recovery::proof_name(*voucher_offset, *voucher_txid)
             ),
             Error::UnsupportedVersion { found, supported } if found < supported => write!(
                 f,

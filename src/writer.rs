@@ -84,6 +84,9 @@ pub(crate) struct Writer {
     /// frame of the same length as the one they followed would make them replayable. The first
     /// commit checkpoints first, so they can never count (cleared by every checkpoint).
     kept_generation: bool,
+    /// The log-start witness of this generation is written (`recovery::Witness`): its first
+    /// frame was durable, and a lost write of it can no longer pass for the sentinel.
+    witnessed: bool,
     commits: u64,
     checkpoints: u64,
 }
@@ -196,6 +199,7 @@ impl Writer {
             last_frame: (0, 0),
             in_commit: false,
             kept_generation,
+            witnessed: false,
             commits: 0,
             checkpoints: 0,
         }
@@ -415,6 +419,12 @@ impl Writer {
         );
         let at = sh.geo.log_offset + self.log_tail;
         let durable = self.durable(sh);
+        // Where this frame's barrier starts: at the log-start witness when it is written now
+        // (one barrier makes both durable), else at the frame.
+        let mut barrier_from = at;
+        if !self.witnessed && self.witness_due(durable) {
+            barrier_from = self.write_witness(sh, shared)?;
+        }
         let frame = self
             .frame
             .finish_vouching(self.sb.generation, self.next_txid, durable);
@@ -430,14 +440,14 @@ impl Writer {
             Durability::Full => {
                 phase!(LOG_BARRIER);
                 self.storage
-                    .barrier(at, len)
+                    .barrier(barrier_from, at + len - barrier_from)
                     .map_err(|e| sh.fail("msync log frame", at, e))?;
                 self.durable_txid = self.next_txid;
                 failpoint!("commit.after_log_barrier");
             }
             Durability::None => {
                 let (a, _) = self.unsynced.unwrap_or((at, at));
-                self.unsynced = Some((a, at + len));
+                self.unsynced = Some((a.min(barrier_from), at + len));
             }
         }
         self.log_tail += len;
@@ -446,6 +456,48 @@ impl Writer {
             .checked_add(1)
             .expect("transaction ids advance by one and never wrap");
         Ok(())
+    }
+
+    /// Whether the log-start witness is due before the next frame: the generation's first frame
+    /// (at the log's start, transaction `sb.next_txid`) is in the log and durable (`durable`,
+    /// the highest durable txid). Before it is durable a witness would be a lie: a crash before
+    /// its barrier leaves the sentinel there with good reason, and recovery would refuse the
+    /// file as damaged.
+    fn witness_due(&self, durable: u64) -> bool {
+        let first = self.sb.next_txid;
+        #[cfg(feature = "test-hooks")]
+        if recovery::sabotage::active(recovery::sabotage::WITNESS_BEFORE_DURABLE) {
+            return true; // broken on purpose (tests only): witnessed before it is durable
+        }
+        self.next_txid > first && durable >= first
+    }
+
+    /// Write the log-start witness (docs/ARCHITECTURE.md section 3, step 5b) in the last
+    /// sector of the slot the next checkpoint writes (and, writing that slot whole, erases it),
+    /// just before the first frame that vouches for the generation's first frame. Returns its
+    /// offset: the frame's own barrier then starts there and makes both durable (under `None`,
+    /// the next flush's). A frame that shares the group's barrier is covered from its own start
+    /// only, so the witness gets its barrier here (`own_barrier`): once per generation.
+    fn write_witness(&mut self, sh: &Shared, own_barrier: bool) -> Result<u64> {
+        let at = recovery::Witness::offset(self.slot.other());
+        let witness = recovery::Witness {
+            generation: self.sb.generation,
+            txid: self.sb.next_txid,
+        };
+        self.storage
+            .write_at(at, &witness.encode())
+            .map_err(|e| sh.fail("pwrite log-start witness", at, e))?;
+        #[cfg(feature = "test-hooks")]
+        let own_barrier = own_barrier
+            || recovery::sabotage::active(recovery::sabotage::WITNESS_BEFORE_DURABLE);
+        if own_barrier {
+            self.storage
+                .barrier(at, recovery::WITNESS_LEN as u64)
+                .map_err(|e| sh.fail("msync log-start witness", at, e))?;
+        }
+        failpoint!("commit.after_witness");
+        self.witnessed = true;
+        Ok(at)
     }
 
     /// Write and barrier the vouchers (`recovery::append_vouchers`): two empty frames (the next
@@ -853,6 +905,7 @@ impl Writer {
         self.log_tail = 0;
         self.log_high = 0;
         self.kept_generation = false;
+        self.witnessed = false;
         self.durable_txid = self.next_txid.saturating_sub(1);
         self.checkpoints += 1;
         Ok(())

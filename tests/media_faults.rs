@@ -468,3 +468,124 @@ fn salvage_keeps_chunk_table_entries_whole() {
     });
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// The log-start witness in `image`, if either superblock slot holds one: (generation, txid).
+fn witness_in(image: &[u8]) -> Option<(u64, u64)> {
+    [txheap_recovery::Slot::A, txheap_recovery::Slot::B]
+        .into_iter()
+        .find_map(|slot| {
+            let at = txheap_recovery::Witness::offset(slot) as usize;
+            let bytes = image[at..at + txheap_recovery::WITNESS_LEN]
+                .try_into()
+                .unwrap();
+            txheap_recovery::Witness::decode(bytes).map(|w| (w.generation, w.txid))
+        })
+}
+
+/// A lost write of the first frame after a checkpoint (or of a new file's first frame): its
+/// sector reads as it did before, which is the checkpoint's sentinel, a verifying frame at
+/// the log's start and so a clean end. Before the log-start witness, such a file opened as an
+/// empty log: every acknowledged transaction of the generation gone, without a word. Now the
+/// witness, written once a later frame vouches for the first, makes it `LogDamaged`, from
+/// both opens, with the file unchanged; a salvage opens it knowingly.
+#[test]
+fn a_lost_write_of_the_first_frame_is_reported_never_an_empty_log() {
+    let log = txheap_recovery::LOG_OFFSET as usize;
+    for d in [Durability::Full, Durability::None] {
+        let dir = scratch();
+        let path = dir.path().join(format!("src-{d:?}.heap"));
+        let heap = Heap::create(&path, opts(d)).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let commit = |i: u64| {
+            heap.transaction(|tx| {
+                let root = tx.root::<Root>()?;
+                let obj = tx.alloc([i as u8; 100])?;
+                let r = tx.get_mut(root)?;
+                r.count = i;
+                r.last = obj;
+                Ok(())
+            })
+            .unwrap()
+        };
+        commit(1);
+        if d == Durability::None {
+            heap.flush().unwrap();
+        }
+        // The first frame alone: no later frame vouches for it, so no witness yet (one written
+        // before the frame is durable would outlive a crash that the frame did not).
+        assert_eq!(witness_in(&std::fs::read(&path).unwrap()), None, "{d:?}");
+        commit(2);
+        commit(3);
+        if d == Durability::None {
+            heap.flush().unwrap();
+        }
+        let image = std::fs::read(&path).unwrap();
+        std::mem::forget(heap); // no close: the log keeps its frames, as after a power cut
+        assert_eq!(witness_in(&image), Some((1, 1)), "{d:?}");
+
+        // Undamaged, the three transactions open.
+        let good = dir.path().join("good.heap");
+        std::fs::write(&good, &image).unwrap();
+        assert_eq!(count(&Heap::open(&good, opts(d)).unwrap()), 3, "{d:?}");
+
+        // The log's first sector lost: it reads as before the first commit (the sentinel).
+        // The heap's pages as before any commit too (none was written back before the cut),
+        // so that an open that misses the frames shows the loss.
+        // (Bytes the file grew by since are zeros: the growth did not reach the disk either.)
+        let heap_at = log + (64 << 10);
+        let mut img = image.clone();
+        img[log..log + 512].copy_from_slice(&before[log..log + 512]);
+        img[heap_at..before.len()].copy_from_slice(&before[heap_at..]);
+        img[before.len()..].fill(0);
+        let lost = dir.path().join("lost.heap");
+        std::fs::write(&lost, &img).unwrap();
+        for e in [
+            Heap::open(&lost, opts(d)).unwrap_err(),
+            Heap::open_read_only(&lost).unwrap_err(),
+        ] {
+            assert!(
+                matches!(
+                    e,
+                    Error::LogDamaged {
+                        txid: 1,
+                        last_txid: 3,
+                        ..
+                    }
+                ),
+                "{d:?}: {e}"
+            );
+        }
+        assert!(
+            std::fs::read(&lost).unwrap() == img,
+            "{d:?}: a refused open wrote"
+        );
+        let heap = Heap::open(&lost, opts(d).salvage(true)).unwrap();
+        assert_eq!(heap.stats().unwrap().salvaged, Some((1, 3)), "{d:?}");
+        assert_eq!(count_or_zero(&heap), 0, "{d:?}");
+        heap.close().unwrap();
+
+        // Without the witness (a file written before it existed) the same loss reads as an
+        // empty log: the gap the witness closes.
+        let slot_len = txheap_recovery::SUPERBLOCK_SLOT_LEN as usize;
+        for slot in [0, slot_len] {
+            let at = slot + txheap_recovery::WITNESS_SLOT_OFFSET as usize;
+            img[at..at + txheap_recovery::WITNESS_LEN].fill(0);
+        }
+        std::fs::write(&lost, &img).unwrap();
+        assert_eq!(
+            count_or_zero(&Heap::open(&lost, opts(d)).unwrap()),
+            0,
+            "{d:?}"
+        );
+    }
+}
+
+/// The root's count, 0 when no transaction ever made the root.
+fn count_or_zero(heap: &Heap) -> u64 {
+    heap.read(|r| match r.root::<Root>() {
+        Ok(root) => Ok(r.get(root)?.count),
+        Err(Error::NoRoot) => Ok(0),
+        Err(e) => Err(e),
+    })
+    .unwrap()
+}

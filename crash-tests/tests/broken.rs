@@ -72,6 +72,16 @@ fn every_broken_variant_is_caught() {
             sabotage::SKIP_IN_PLACE_CHECK,
             Durability::None,
         ),
+        (
+            "log-start witness before the first frame is durable",
+            sabotage::WITNESS_BEFORE_DURABLE,
+            Durability::Full,
+        ),
+        (
+            "log-start witness before the first frame is durable",
+            sabotage::WITNESS_BEFORE_DURABLE,
+            Durability::None,
+        ),
     ];
     for durability in [Durability::Full, Durability::None] {
         let (clean, what) = violations(0, 1..3, durability);

@@ -10,7 +10,7 @@ use crate::error::{io_err, RecoveryError};
 use crate::hooks::{sabotaged, SENTINEL_BEFORE_HEAP_BARRIER, SUPERBLOCK_BEFORE_HEAP_BARRIER};
 use crate::limits::COUNTER_MAX;
 use crate::storage::Storage;
-use crate::superblock::{Slot, Superblock, SUPERBLOCK_ENCODED_LEN};
+use crate::superblock::{Slot, Superblock, SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_SLOT_LEN};
 
 /// Checkpoint: `barrier_all`, then write the other slot with `seq + 1`, `generation + 1` and
 /// `next_txid`, then barrier it, then write the log's sentinel at the log's start (no barrier
@@ -98,11 +98,18 @@ pub fn checkpoint_shrinking<S: Storage + ?Sized>(
         "checkpoint: superblock counters past COUNTER_MAX reached the write"
     );
     let slot = current_slot.other();
+    // The whole slot: the superblock, and zeros over the log-start witness the writer left in
+    // this slot's last sector for the generation now ending (docs/FORMAT.md). A witness must
+    // not outlive its generation's superblock: if this one were damaged later, the open would
+    // fall back to the older slot, whose generation the witness names, and take the new
+    // generation's sentinel at the log's start for a lost frame.
+    let mut bytes = vec![0u8; SUPERBLOCK_SLOT_LEN as usize];
+    bytes[..SUPERBLOCK_ENCODED_LEN].copy_from_slice(&next.encode());
     storage
-        .write_at(slot.offset(), &next.encode())
+        .write_at(slot.offset(), &bytes)
         .map_err(io_err("write superblock", slot.offset()))?;
     storage
-        .barrier(slot.offset(), SUPERBLOCK_ENCODED_LEN as u64)
+        .barrier(slot.offset(), SUPERBLOCK_SLOT_LEN)
         .map_err(io_err("barrier superblock", slot.offset()))?;
     if sabotaged(SUPERBLOCK_BEFORE_HEAP_BARRIER) {
         storage

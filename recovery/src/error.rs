@@ -50,7 +50,8 @@ pub enum RecoveryError {
         offset: u64,
         /// The transaction id it should carry.
         txid: u64,
-        /// File offset of the later frame that vouches for it.
+        /// File offset of the later frame that vouches for it, or of the log-start witness (in a
+        /// superblock slot, before the log) when that is the proof.
         voucher_offset: u64,
         /// That frame's transaction id.
         voucher_txid: u64,
@@ -95,10 +96,11 @@ impl fmt::Display for RecoveryError {
                 last_txid,
             } => write!(
                 f,
-                "log frame of transaction {txid} at offset {offset} is damaged, but the frame of \
-                 transaction {voucher_txid} at offset {voucher_offset} proves it was durable: \
-                 opening would drop acknowledged transactions {txid}..={last_txid}; nothing was \
-                 changed (a salvage opens the transactions before {txid} and drops those)"
+                "log frame of transaction {txid} at offset {offset} is damaged, but {} proves it \
+                 was durable: opening would drop acknowledged transactions {txid}..={last_txid}; \
+                 nothing was changed (a salvage opens the transactions before {txid} and drops \
+                 those)",
+                proof_name(*voucher_offset, *voucher_txid)
             ),
             RecoveryError::UnsupportedVersion { found, supported } if found < supported => write!(
                 f,
@@ -127,4 +129,21 @@ impl std::error::Error for RecoveryError {
 
 pub(crate) fn io_err(op: &'static str, offset: u64) -> impl FnOnce(io::Error) -> RecoveryError {
     move |source| RecoveryError::Io { op, offset, source }
+}
+
+/// What proves a damaged frame durable, for messages: the later frame at `voucher_offset`
+/// (transaction `voucher_txid`), or the log-start witness when that offset lies in the
+/// superblock slots, before the log.
+///
+/// ```
+/// use txheap_recovery::proof_name;
+/// assert_eq!(proof_name(9000, 4), "the frame of transaction 4 at offset 9000");
+/// assert!(proof_name(7680, 1).starts_with("the log-start witness at offset 7680"));
+/// ```
+pub fn proof_name(voucher_offset: u64, voucher_txid: u64) -> String {
+    if voucher_offset < crate::LOG_OFFSET {
+        format!("the log-start witness at offset {voucher_offset} (beside the superblocks)")
+    } else {
+        format!("the frame of transaction {voucher_txid} at offset {voucher_offset}")
+    }
 }

@@ -84,6 +84,11 @@ pub mod sabotage {
     /// recovery killed before its checkpoint lets the next one replay it without the torn
     /// frames before it.
     pub const RECOVERY_VOUCHERS_UNGUARDED: u32 = 131072;
+    /// The writer writes (and barriers) the log-start witness before the generation's first
+    /// frame is durable, at that frame's own commit: a crash before the frame's barrier then
+    /// leaves a witness for a frame that never was durable, and recovery refuses an ordinary
+    /// crash as damage.
+    pub const WITNESS_BEFORE_DURABLE: u32 = 262144;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);

@@ -34,12 +34,13 @@ mod replay;
 mod scan;
 mod storage;
 mod superblock;
+mod witness;
 
 pub use txheap_log;
 
 pub use checkpoint::{checkpoint, checkpoint_shrinking};
 pub use create::format;
-pub use error::RecoveryError;
+pub use error::{proof_name, RecoveryError};
 #[cfg(feature = "test-hooks")]
 pub use hooks::{phase, sabotage};
 pub use limits::{COUNTER_MAX, LOG_SIZE_MIN};
@@ -56,3 +57,4 @@ pub use superblock::{
     HEAP_META_LEN, LOG_OFFSET, PAGE_SIZE, SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_MAGIC,
     SUPERBLOCK_SLOT_LEN,
 };
+pub use witness::{witness_for, Witness, WITNESS_LEN, WITNESS_MAGIC, WITNESS_SLOT_OFFSET};

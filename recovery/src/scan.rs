@@ -19,6 +19,7 @@ use crate::hooks::{
 use crate::limits::{LOG_WINDOW_LEN_MAX, LOG_WINDOW_LEN_MIN};
 use crate::storage::Storage;
 use crate::superblock::Superblock;
+use crate::witness::witness_for;
 
 /// The outcome of a log scan.
 ///
@@ -62,7 +63,8 @@ pub struct LogDamage {
     pub offset: u64,
     /// The transaction id it should carry.
     pub txid: u64,
-    /// File offset of the later frame that vouches for it.
+    /// File offset of the later frame that vouches for it, or of the log-start witness (in a
+    /// superblock slot, before the log) when that is the proof.
     pub voucher_offset: u64,
     /// That frame's transaction id.
     pub voucher_txid: u64,
@@ -129,8 +131,26 @@ fn find_damage_in<S: Storage + ?Sized>(
     // search runs even when the frame there verifies: a lost write can show an older frame
     // where a durable frame of this generation was (a voucher whose sector reads as before it
     // was written), and only the frames after it can tell.
+    //
+    // Unless the log-start witness says the generation's first frame was durable: then that
+    // frame's write was lost (its sector shows the sentinel again), and the frames after it
+    // are searched as for any damaged frame; when none verifies, the witness is the proof.
     if at == 0 && frame_verifies_at(storage, sb, at)? {
-        return Ok(None);
+        let Some(witness) = witness_for(storage, sb, txid)? else {
+            return Ok(None);
+        };
+        let (voucher, last) = search_vouchers(storage, sb, log, FRAME_ALIGN as u64, txid)?;
+        let (voucher_offset, voucher_txid) = match voucher {
+            Some(v) => (sb.log_offset() + v.offset, v.txid),
+            None => (witness, txid),
+        };
+        return Ok(Some(LogDamage {
+            offset: abs,
+            txid,
+            voucher_offset,
+            voucher_txid,
+            last_txid: last.unwrap_or(voucher_txid).max(txid),
+        }));
     }
     // Every 8-byte position after it, through a read window (memory stays bounded by the
     // window and the one candidate frame being verified, whatever the log's size).
