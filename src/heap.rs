@@ -365,7 +365,7 @@ impl Heap {
         }
         self.refuse_reentry()?;
         let mut w = self.lock_writer()?;
-        w.flush(&self.shared)
+        w.flush_acknowledged(&self.shared)
     }
 
     /// Write every applied change to the heap pages durably and empty the log (also done when the

@@ -488,8 +488,8 @@ impl Writer {
             .write_at(at, &witness.encode())
             .map_err(|e| sh.fail("pwrite log-start witness", at, e))?;
         #[cfg(feature = "test-hooks")]
-        let own_barrier = own_barrier
-            || recovery::sabotage::active(recovery::sabotage::WITNESS_BEFORE_DURABLE);
+        let own_barrier =
+            own_barrier || recovery::sabotage::active(recovery::sabotage::WITNESS_BEFORE_DURABLE);
         if own_barrier {
             self.storage
                 .barrier(at, recovery::WITNESS_LEN as u64)
@@ -819,6 +819,20 @@ impl Writer {
         if self.pending_pages.len() > self.flush_pages_at {
             self.flush(sh)?;
             self.flush_pages_at = self.pending_pages.len() + PENDING_PAGES_MAX;
+        }
+        Ok(())
+    }
+
+    /// `Heap::flush`: [`Writer::flush`], then the log-start witness if that made the
+    /// generation's first frame durable and none is written yet, with a barrier of its own (the
+    /// flush acknowledges every transaction before it, so from its return a lost first frame
+    /// must read as damage, not as an empty log, even if no frame follows). The flushes a
+    /// commit or a checkpoint runs inside leave it to the next frame (`append_frame`).
+    pub(crate) fn flush_acknowledged(&mut self, sh: &Shared) -> Result<()> {
+        self.flush(sh)?;
+        let durable = self.durable(sh);
+        if !self.witnessed && self.witness_due(durable) {
+            self.write_witness(sh, true)?;
         }
         Ok(())
     }

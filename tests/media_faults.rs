@@ -487,7 +487,9 @@ fn witness_in(image: &[u8]) -> Option<(u64, u64)> {
 /// the log's start and so a clean end. Before the log-start witness, such a file opened as an
 /// empty log: every acknowledged transaction of the generation gone, without a word. Now the
 /// witness, written once a later frame vouches for the first, makes it `LogDamaged`, from
-/// both opens, with the file unchanged; a salvage opens it knowingly.
+/// both opens, with the file unchanged; a salvage opens it knowingly. Under `Full` the
+/// witness comes with the second frame (the first that vouches for the first one); under `None`
+/// with the flush that acknowledges the first frame.
 #[test]
 fn a_lost_write_of_the_first_frame_is_reported_never_an_empty_log() {
     let log = txheap_recovery::LOG_OFFSET as usize;
@@ -508,12 +510,27 @@ fn a_lost_write_of_the_first_frame_is_reported_never_an_empty_log() {
             .unwrap()
         };
         commit(1);
-        if d == Durability::None {
-            heap.flush().unwrap();
-        }
-        // The first frame alone: no later frame vouches for it, so no witness yet (one written
-        // before the frame is durable would outlive a crash that the frame did not).
+        // The first frame alone, not known durable: no witness yet (one written before the
+        // frame is durable would outlive a crash that the frame did not).
         assert_eq!(witness_in(&std::fs::read(&path).unwrap()), None, "{d:?}");
+        if d == Durability::None {
+            // The flush acknowledges it: the witness is written before the flush returns, so
+            // a lost first frame is damage even with no frame after it.
+            heap.flush().unwrap();
+            let image = std::fs::read(&path).unwrap();
+            assert_eq!(witness_in(&image), Some((1, 1)));
+            let mut img = image.clone();
+            img[log..log + 512].copy_from_slice(&before[log..log + 512]);
+            let lost = dir.path().join("lost-alone.heap");
+            std::fs::write(&lost, &img).unwrap();
+            let e = Heap::open(&lost, opts(d)).unwrap_err();
+            assert!(
+                matches!(e, Error::LogDamaged { txid: 1, last_txid: 1, voucher_offset, .. }
+                    if voucher_offset < log as u64),
+                "{e}"
+            );
+            assert!(e.to_string().contains("log-start witness"), "{e}");
+        }
         commit(2);
         commit(3);
         if d == Durability::None {
