@@ -606,3 +606,81 @@ fn count_or_zero(heap: &Heap) -> u64 {
     })
     .unwrap()
 }
+
+/// A damaged *current* superblock slot (one bit) whose generation already has frames in the
+/// log. The open falls back to the older slot, whose scan used to take the newer generation's
+/// first frame at the log's start for the sentinel, a clean end: with the heap pages as the
+/// checkpoint left them (applied pages are not durable until the next one), three acknowledged
+/// transactions were gone without a word. A verifying frame at the log's start of a newer
+/// generation than the superblock's now refuses both opens (`LogDamaged`, naming the damaged
+/// slot), with the file unchanged; a salvage opens the older state knowingly, and its
+/// checkpoint steps past the lost generation, so no later crash replays its stale frames.
+#[test]
+fn a_damaged_current_superblock_over_its_frames_is_reported_never_a_silent_fallback() {
+    let log = txheap_recovery::LOG_OFFSET as usize;
+    let heap_at = log + (64 << 10);
+    for d in [Durability::Full, Durability::None] {
+        let dir = scratch();
+        let path = dir.path().join(format!("src-{d:?}.heap"));
+        let heap = Heap::create(&path, opts(d)).unwrap();
+        let commit = |heap: &Heap, i: u64| {
+            heap.transaction(|tx| {
+                let root = tx.root::<Root>()?;
+                tx.get_mut(root)?.count = i;
+                Ok(())
+            })
+            .unwrap()
+        };
+        commit(&heap, 1);
+        heap.checkpoint().unwrap();
+        let checkpointed = std::fs::read(&path).unwrap();
+        for i in 2..=4 {
+            commit(&heap, i);
+        }
+        heap.flush().unwrap();
+        let image = std::fs::read(&path).unwrap();
+        std::mem::forget(heap); // a power cut: the log's frames are durable
+        let current = txheap_recovery::select_superblock(&txheap_recovery::MemStorage::from_bytes(
+            image[..log].to_vec(),
+        ))
+        .unwrap()
+        .1;
+
+        // The current slot loses one bit; the heap pages are as the checkpoint left them.
+        let mut img = image.clone();
+        img[current.offset() as usize + 20] ^= 1;
+        img[heap_at..checkpointed.len()].copy_from_slice(&checkpointed[heap_at..]);
+        img[checkpointed.len()..].fill(0);
+        let p = dir.path().join("flipped.heap");
+        std::fs::write(&p, &img).unwrap();
+        for e in [
+            Heap::open(&p, opts(d)).unwrap_err(),
+            Heap::open_read_only(&p).unwrap_err(),
+        ] {
+            assert!(
+                matches!(e, Error::LogDamaged { txid: 2, last_txid: 4, voucher_offset, .. }
+                    if voucher_offset == current.offset()),
+                "{d:?}: {e}"
+            );
+            assert!(e.to_string().contains("damaged superblock slot"), "{e}");
+        }
+        assert!(
+            std::fs::read(&p).unwrap() == img,
+            "{d:?}: a refused open wrote"
+        );
+
+        // A salvage opens the checkpointed state, knowingly.
+        let heap = Heap::open(&p, opts(d).salvage(true)).unwrap();
+        assert_eq!(heap.stats().unwrap().salvaged, Some((2, 4)), "{d:?}");
+        assert_eq!(count(&heap), 1, "{d:?}");
+        // Two commits on it, then a power cut: they, not the lost generation's frames, replay.
+        commit(&heap, 5);
+        commit(&heap, 6);
+        heap.flush().unwrap();
+        let after = std::fs::read(&p).unwrap();
+        std::mem::forget(heap);
+        let q = dir.path().join("after.heap");
+        std::fs::write(&q, &after).unwrap();
+        assert_eq!(count(&Heap::open(&q, opts(d)).unwrap()), 6, "{d:?}");
+    }
+}

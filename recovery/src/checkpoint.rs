@@ -11,8 +11,10 @@ use crate::hooks::{sabotaged, SENTINEL_BEFORE_HEAP_BARRIER, SUPERBLOCK_BEFORE_HE
 use crate::limits::COUNTER_MAX;
 use crate::storage::Storage;
 use crate::superblock::{Slot, Superblock, SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_SLOT_LEN};
+use crate::txheap_log::{header_at, FRAME_HEADER_LEN};
 
-/// Checkpoint: `barrier_all`, then write the other slot with `seq + 1`, `generation + 1` and
+/// Checkpoint: `barrier_all`, then write the other slot (whole) with `seq` and `generation` one
+/// more (two over a damaged slot, or past a newer generation at the log's start) and
 /// `next_txid`, then barrier it, then write the log's sentinel at the log's start (no barrier
 /// of its own). The log is empty afterwards.
 ///
@@ -86,7 +88,8 @@ pub fn checkpoint_shrinking<S: Storage + ?Sized>(
             .map_err(io_err("fdatasync before checkpoint", 0))?;
     }
     crate::failpoint!("checkpoint.after_heap_barrier");
-    let mut next = next_superblock(current, current_slot, next_txid)?;
+    let step = checkpoint_step(storage, current, current_slot)?;
+    let mut next = next_superblock(current, current_slot, next_txid, step)?;
     // The heap barrier made this length durable; the file shrinks only by compaction.
     next.file_len = match shrink_to {
         Some(l) => l,
@@ -131,15 +134,52 @@ pub fn checkpoint_shrinking<S: Storage + ?Sized>(
     Ok((next, slot))
 }
 
-/// The superblock a checkpoint of `current` writes: `seq` and `generation` one more, the given
-/// `next_txid`. `Corrupt` (naming the counter) if a counter would pass `COUNTER_MAX`.
+/// How far a checkpoint of the superblock in `current_slot` moves `seq` and `generation`: 1,
+/// or 2 when the slot it is about to overwrite is damaged (not all zero, not valid). The open
+/// fell back from that slot, which may have held the newer superblock, one generation ahead:
+/// its log may hold frames of that generation (and its slot the log-start witness of the
+/// generation before). Taking that number again would make such frames replayable after a
+/// crash (a transaction overwritten by a stale one: found by review, ninth session) and an
+/// erased generation's witness valid again; one more step names a generation no writer of this
+/// file has used.
+///
+/// Likewise past the generation of the frame at the log's start when it is newer than
+/// `current`'s (at most two ahead: anything further is not a header this file's writers
+/// wrote): a salvage that drops such frames (a superblock lost to a media fault named their
+/// generation) must not reuse that number either.
+pub(crate) fn checkpoint_step<S: Storage + ?Sized>(
+    storage: &S,
+    current: &Superblock,
+    current_slot: Slot,
+) -> Result<u64, RecoveryError> {
+    let other = current_slot.other();
+    let damaged = crate::superblock::damaged_slots(storage)?
+        .iter()
+        .any(|(slot, _)| *slot == other);
+    let mut step = if damaged { 2 } else { 1 };
+    let mut hb = [0u8; FRAME_HEADER_LEN];
+    storage
+        .read_at(current.log_offset(), &mut hb)
+        .map_err(io_err("read log frame", current.log_offset()))?;
+    if let Some(h) = header_at(&hb) {
+        if h.generation > current.generation && h.generation - current.generation <= 2 {
+            step = step.max(h.generation - current.generation + 1);
+        }
+    }
+    Ok(step)
+}
+
+/// The superblock a checkpoint of `current` writes: `seq` and `generation` `step` more (see
+/// [`checkpoint_step`]), the given `next_txid`. `Corrupt` (naming the counter) if a counter
+/// would pass `COUNTER_MAX`.
 pub(crate) fn next_superblock(
     current: &Superblock,
     current_slot: Slot,
     next_txid: u64,
+    step: u64,
 ) -> Result<Superblock, RecoveryError> {
     let bump = |v: u64, name: &str| {
-        v.checked_add(1)
+        v.checked_add(step)
             .filter(|n| *n <= COUNTER_MAX)
             .ok_or_else(|| RecoveryError::Corrupt {
                 offset: current_slot.offset(),

@@ -132,18 +132,26 @@ pub(crate) fn io_err(op: &'static str, offset: u64) -> impl FnOnce(io::Error) ->
 }
 
 /// What proves a damaged frame durable, for messages: the later frame at `voucher_offset`
-/// (transaction `voucher_txid`), or the log-start witness when that offset lies in the
-/// superblock slots, before the log.
+/// (transaction `voucher_txid`); when that offset lies before the log, the log-start witness
+/// there, or, at a superblock slot's start, the log's first frame (transaction
+/// `voucher_txid`) of a newer generation than the superblock in force, which that slot named.
 ///
 /// ```
 /// use txheap_recovery::proof_name;
 /// assert_eq!(proof_name(9000, 4), "the frame of transaction 4 at offset 9000");
 /// assert!(proof_name(7680, 1).starts_with("the log-start witness at offset 7680"));
+/// assert!(proof_name(4096, 3).contains("superblock slot at offset 4096"));
 /// ```
 pub fn proof_name(voucher_offset: u64, voucher_txid: u64) -> String {
-    if voucher_offset < crate::LOG_OFFSET {
-        format!("the log-start witness at offset {voucher_offset} (beside the superblocks)")
-    } else {
+    if voucher_offset >= crate::LOG_OFFSET {
         format!("the frame of transaction {voucher_txid} at offset {voucher_offset}")
+    } else if voucher_offset % crate::SUPERBLOCK_SLOT_LEN == 0 {
+        format!(
+            "the log's first frame (transaction {voucher_txid}), of a newer generation than the \
+             superblock in force, which the damaged superblock slot at offset {voucher_offset} \
+             named,"
+        )
+    } else {
+        format!("the log-start witness at offset {voucher_offset} (beside the superblocks)")
     }
 }

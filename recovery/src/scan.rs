@@ -135,7 +135,28 @@ fn find_damage_in<S: Storage + ?Sized>(
     // Unless the log-start witness says the generation's first frame was durable: then that
     // frame's write was lost (its sector shows the sentinel again), and the frames after it
     // are searched as for any damaged frame; when none verifies, the witness is the proof.
-    if at == 0 && frame_verifies_at(storage, sb, at)? {
+    //
+    // A verifying frame there of a *newer* generation than the superblock's is no sentinel:
+    // only a checkpoint names a generation, so a superblock naming that one existed, durable
+    // before its frames were written, and is now damaged (the open fell back from its slot to
+    // the older one) or its write was lost. Its frames hold acknowledged transactions: refused,
+    // the slot that named them given as the proof (a salvage drops them knowingly).
+    let first = if at == 0 {
+        verified_header_at(storage, sb, at)?
+    } else {
+        None
+    };
+    if let Some(h) = first.filter(|h| h.generation > sb.generation) {
+        let (_, current) = crate::superblock::select_superblock(storage)?;
+        return Ok(Some(LogDamage {
+            offset: abs,
+            txid: h.txid.max(txid),
+            voucher_offset: current.other().offset(),
+            voucher_txid: h.txid,
+            last_txid: chain_end(storage, sb, &h)?.max(txid),
+        }));
+    }
+    if first.is_some() {
         let Some(witness) = witness_for(storage, sb, txid)? else {
             return Ok(None);
         };
@@ -443,22 +464,52 @@ pub fn frame_verifies_at<S: Storage + ?Sized>(
     sb: &Superblock,
     at: u64,
 ) -> Result<bool, RecoveryError> {
+    Ok(verified_header_at(storage, sb, at)?.is_some())
+}
+
+/// The header of the whole frame that verifies at log-relative offset `at`, if one does
+/// ([`frame_verifies_at`]).
+fn verified_header_at<S: Storage + ?Sized>(
+    storage: &S,
+    sb: &Superblock,
+    at: u64,
+) -> Result<Option<FrameHeader>, RecoveryError> {
     let abs = sb.log_offset() + at;
     let mut hb = [0u8; FRAME_HEADER_LEN];
     storage
         .read_at(abs, &mut hb)
         .map_err(io_err("read log frame", abs))?;
     let Some(h) = header_at(&hb) else {
-        return Ok(false);
+        return Ok(None);
     };
     if h.frame_len() > sb.log_size - at {
-        return Ok(false);
+        return Ok(None);
     }
     let mut frame = vec![0u8; h.frame_len() as usize];
     storage
         .read_at(abs, &mut frame)
         .map_err(io_err("read log frame", abs))?;
-    Ok(verified_frame_at(&frame).is_some())
+    Ok(verified_frame_at(&frame).map(|_| h))
+}
+
+/// The last transaction id of the chain of verifying frames of `first`'s generation that starts
+/// at the log's start with `first` (txids following one another).
+fn chain_end<S: Storage + ?Sized>(
+    storage: &S,
+    sb: &Superblock,
+    first: &FrameHeader,
+) -> Result<u64, RecoveryError> {
+    let (mut at, mut last) = (first.frame_len(), first.txid);
+    while at + FRAME_HEADER_LEN as u64 <= sb.log_size {
+        match verified_header_at(storage, sb, at)? {
+            Some(h) if h.generation == first.generation && Some(h.txid) == last.checked_add(1) => {
+                last = h.txid;
+                at += h.frame_len();
+            }
+            _ => break,
+        }
+    }
+    Ok(last)
 }
 
 /// Scan the log and call `apply` for each range of each committed frame, in order. Never
