@@ -14,6 +14,11 @@ use std::sync::Arc;
 use txheap_recovery::txheap_log::{self, InPlaceDigest, StopReason};
 use txheap_recovery::{self as recovery, RecoveryError, Storage, Superblock};
 
+/// What proves a damaged frame durable, in words, from [`LogEnd::Damaged`]'s `voucher_offset`
+/// and `voucher_txid`: a later frame, the log-start witness, or a damaged superblock slot that
+/// named a newer generation found at the log's start.
+pub use txheap_recovery::proof_name;
+
 use crate::error::{Error, Result};
 use crate::heap::Heap;
 use crate::open;
@@ -158,8 +163,12 @@ pub enum LogEnd {
         offset: u64,
         /// The transaction it should hold.
         txid: u64,
-        /// The later frame that vouches for it.
+        /// The later frame that vouches for it; or, before the log, the log-start witness, or
+        /// the damaged superblock slot that named a newer generation found at the log's start
+        /// (`txheap_recovery::proof_name` says which).
         voucher_offset: u64,
+        /// That frame's transaction id (for the witness: the damaged frame's).
+        voucher_txid: u64,
         /// The highest transaction id of an intact later frame: `txid..=last_txid` would be lost.
         last_txid: u64,
     },
@@ -496,7 +505,15 @@ impl LiveCopy {
                     continue 'attempt;
                 }
             }
-            let scan = recovery::scan_log(&storage, &sb, &mut |_, _| Ok(()))?;
+            let scan = match recovery::scan_log(&storage, &sb, &mut |_, _| Ok(())) {
+                Ok(scan) => scan,
+                // A read past the end: the writer cut the file meanwhile (compaction; the scan
+                // reads the in-place bytes of a checked frame, which may lie in the cut tail).
+                // The next attempt sees the new superblock. (Found by review, ninth session: 3
+                // of 467 live checks beside compaction under `None` failed with this error.)
+                Err(RecoveryError::Io { .. }) if attempt + 1 < LIVE_TRIES => continue,
+                Err(e) => return Err(e.into()),
+            };
             if let Some(d) = scan.damage {
                 let seen = Some((d.offset, d.txid, slots.clone()));
                 if damaged_before == seen || attempt + 1 == LIVE_TRIES {
@@ -588,6 +605,7 @@ fn log_of(storage: &FileStorage, sb: &Superblock, sb_offset: u64) -> Result<LogR
             offset: d.offset,
             txid: d.txid,
             voucher_offset: d.voucher_offset,
+            voucher_txid: d.voucher_txid,
             last_txid: d.last_txid,
         }
     } else {
@@ -738,7 +756,8 @@ fn check_file(
             Some(slot.offset()),
             format!(
                 "superblock slot {slot:?} is damaged ({what}); the other slot is in force, and \
-                 the next checkpoint (`txheap recover`) rewrites this one"
+                 the next checkpoint rewrites this one (`txheap recover`, or `txheap recover \
+                 --salvage` when the log is damaged too)"
             ),
         );
     }
@@ -798,16 +817,18 @@ fn check_file(
             offset,
             txid,
             voucher_offset,
+            voucher_txid,
             last_txid,
         } => {
             report.push(
                 Verdict::Damaged,
                 Some(offset),
                 format!(
-                    "log frame of transaction {txid} is damaged, but the frame at offset \
-                     {voucher_offset} proves it was durable: an open would lose transactions \
-                     {txid}..={last_txid}, so it is refused (`txheap recover --salvage` keeps \
-                     the transactions before {txid} and drops those)"
+                    "log frame of transaction {txid} is damaged, but {} proves it was durable: \
+                     an open would lose transactions {txid}..={last_txid}, so it is refused \
+                     (`txheap recover --salvage` keeps the transactions before {txid} and drops \
+                     those)",
+                    recovery::proof_name(voucher_offset, voucher_txid)
                 ),
             );
             return Ok(report.done());

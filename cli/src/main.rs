@@ -282,12 +282,15 @@ fn end_json(end: &LogEnd) -> Value {
             offset,
             txid,
             voucher_offset,
+            voucher_txid,
             last_txid,
         } => json!({
             "kind": "damaged",
             "offset": offset,
             "txid": txid,
             "voucher_offset": voucher_offset,
+            "voucher_txid": voucher_txid,
+            "proof": txheap::inspect::proof_name(*voucher_offset, *voucher_txid),
             "last_txid": last_txid,
         }),
     }
@@ -304,11 +307,12 @@ fn end_text(end: &LogEnd) -> String {
             offset,
             txid,
             voucher_offset,
+            voucher_txid,
             last_txid,
         } => format!(
-            "DAMAGED frame at offset {offset} (transaction {txid}; the frame at offset \
-             {voucher_offset} proves it durable): an open would lose transactions \
-             {txid}..={last_txid}"
+            "DAMAGED frame at offset {offset} (transaction {txid}; {} proves it durable): an \
+             open would lose transactions {txid}..={last_txid}",
+            txheap::inspect::proof_name(*voucher_offset, *voucher_txid)
         ),
     }
 }

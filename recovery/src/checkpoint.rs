@@ -7,8 +7,10 @@
 
 use crate::create::write_sentinel;
 use crate::error::{io_err, RecoveryError};
-use crate::hooks::{sabotaged, SENTINEL_BEFORE_HEAP_BARRIER, SUPERBLOCK_BEFORE_HEAP_BARRIER};
-use crate::limits::COUNTER_MAX;
+use crate::hooks::{
+    sabotaged, SCRUB_IN_ONE_STEP, SENTINEL_BEFORE_HEAP_BARRIER, SUPERBLOCK_BEFORE_HEAP_BARRIER,
+};
+use crate::limits::{COUNTER_MAX, ZERO_WRITE_LEN_MAX};
 use crate::storage::Storage;
 use crate::superblock::{Slot, Superblock, SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_SLOT_LEN};
 use crate::txheap_log::{header_at, FRAME_HEADER_LEN};
@@ -88,8 +90,11 @@ pub fn checkpoint_shrinking<S: Storage + ?Sized>(
             .map_err(io_err("fdatasync before checkpoint", 0))?;
     }
     crate::failpoint!("checkpoint.after_heap_barrier");
-    let step = checkpoint_step(storage, current, current_slot)?;
+    let (step, scrub) = checkpoint_step(storage, current, current_slot)?;
     let mut next = next_superblock(current, current_slot, next_txid, step)?;
+    if scrub {
+        scrub_log(storage, current)?;
+    }
     // The heap barrier made this length durable; the file shrinks only by compaction.
     next.file_len = match shrink_to {
         Some(l) => l,
@@ -134,39 +139,92 @@ pub fn checkpoint_shrinking<S: Storage + ?Sized>(
     Ok((next, slot))
 }
 
-/// How far a checkpoint of the superblock in `current_slot` moves `seq` and `generation`: 1,
-/// or 2 when the slot it is about to overwrite is damaged (not all zero, not valid). The open
-/// fell back from that slot, which may have held the newer superblock, one generation ahead:
-/// its log may hold frames of that generation (and its slot the log-start witness of the
-/// generation before). Taking that number again would make such frames replayable after a
-/// crash (a transaction overwritten by a stale one: found by review, ninth session) and an
-/// erased generation's witness valid again; one more step names a generation no writer of this
-/// file has used.
+/// How far a checkpoint of the superblock in `current_slot` moves `seq` and `generation`, and
+/// whether it must first clear the log region (`scrub_log`).
 ///
+/// 1, or 2 when the slot it is about to overwrite is damaged (not all zero, not valid): the open
+/// fell back from that slot, which may have held the newer superblock, one generation ahead.
 /// Likewise past the generation of the frame at the log's start when it is newer than
-/// `current`'s (at most two ahead: anything further is not a header this file's writers
-/// wrote): a salvage that drops such frames (a superblock lost to a media fault named their
-/// generation) must not reuse that number either.
+/// `current`'s and verifies (a salvage dropping frames that a lost or damaged superblock named).
+/// Taking such a number again made stale frames of it replayable after a crash (a transaction
+/// overwritten by a stale one) and an erased generation's witness valid again (found by review,
+/// ninth session). The steps alone do not suffice: after several slot faults the numbers used
+/// may be further ahead than either slot or the log's first frame still shows (a second review
+/// built one with three faults). So in both cases the log is cleared as well, and no frame or
+/// witness of any earlier life survives whatever number comes next. A verified frame so far
+/// ahead that the step passes `COUNTER_MAX` makes the checkpoint `Corrupt` (a hostile file); an
+/// unverified header (a flipped bit) counts for nothing.
 pub(crate) fn checkpoint_step<S: Storage + ?Sized>(
     storage: &S,
     current: &Superblock,
     current_slot: Slot,
-) -> Result<u64, RecoveryError> {
+) -> Result<(u64, bool), RecoveryError> {
     let other = current_slot.other();
     let damaged = crate::superblock::damaged_slots(storage)?
         .iter()
         .any(|(slot, _)| *slot == other);
     let mut step = if damaged { 2 } else { 1 };
+    let mut newer = false;
     let mut hb = [0u8; FRAME_HEADER_LEN];
     storage
         .read_at(current.log_offset(), &mut hb)
         .map_err(io_err("read log frame", current.log_offset()))?;
-    if let Some(h) = header_at(&hb) {
-        if h.generation > current.generation && h.generation - current.generation <= 2 {
-            step = step.max(h.generation - current.generation + 1);
+    // The header first: the usual frame there (this generation's, or the sentinel) is not
+    // newer, and is never read whole here.
+    if header_at(&hb).is_some_and(|h| h.generation > current.generation) {
+        if let Some(h) = crate::scan::verified_header_at(storage, current, 0)? {
+            if h.generation > current.generation {
+                newer = true;
+                step = step.max((h.generation - current.generation).saturating_add(1));
+            }
         }
     }
-    Ok(step)
+    Ok((step, damaged || newer))
+}
+
+/// Clear the log region and both slots' log-start witnesses, durably, before a checkpoint that
+/// follows a superblock fault writes its superblock ([`checkpoint_step`]). The heap barrier came
+/// first, so every frame this removes is durable in the heap; what must hold is that a crash at
+/// any moment leaves, under the old superblock, a log that reads as a clean end, never as
+/// damage. Hence three steps, each made durable before the next: (1) the witnesses (with one
+/// left, step 2's sentinel would read as a lost first frame); (2) the sentinel at the log's
+/// start (from then on the old generation's scan ends there, whatever lies after it); (3) zeros
+/// over the rest of the log. Zeroing the whole region in one go was found by a review's
+/// power-loss model to leave a first sector of zeros beside stale frames that vouch for it: a
+/// false `LogDamaged` after an ordinary crash.
+fn scrub_log<S: Storage + ?Sized>(
+    storage: &mut S,
+    current: &Superblock,
+) -> Result<(), RecoveryError> {
+    let zeros = vec![0u8; ZERO_WRITE_LEN_MAX];
+    let one_step = sabotaged(SCRUB_IN_ONE_STEP);
+    for slot in [Slot::A, Slot::B] {
+        let w = crate::witness::Witness::offset(slot);
+        storage
+            .write_at(w, &zeros[..crate::witness::WITNESS_LEN])
+            .map_err(io_err("clear log-start witness", w))?;
+    }
+    if !one_step {
+        storage
+            .barrier_all()
+            .map_err(io_err("fdatasync cleared witnesses", 0))?;
+        write_sentinel(storage)?;
+        storage
+            .barrier_all()
+            .map_err(io_err("fdatasync log sentinel", current.log_offset()))?;
+    }
+    let end = current.log_offset() + current.log_size;
+    let mut at = current.log_offset() + if one_step { 0 } else { FRAME_HEADER_LEN as u64 };
+    while at < end {
+        let n = (end - at).min(ZERO_WRITE_LEN_MAX as u64) as usize;
+        storage
+            .write_at(at, &zeros[..n])
+            .map_err(io_err("clear log region", at))?;
+        at += n as u64;
+    }
+    storage
+        .barrier_all()
+        .map_err(io_err("fdatasync cleared log", current.log_offset()))
 }
 
 /// The superblock a checkpoint of `current` writes: `seq` and `generation` `step` more (see

@@ -89,6 +89,11 @@ pub mod sabotage {
     /// leaves a witness for a frame that never was durable, and recovery refuses an ordinary
     /// crash as damage.
     pub const WITNESS_BEFORE_DURABLE: u32 = 262144;
+    /// A checkpoint after a superblock fault clears the log region and the witnesses in one
+    /// step (one barrier) instead of three: a crash in between can leave a first sector of
+    /// zeros beside stale frames that vouch for the frame it held, which the old superblock's
+    /// recovery then refuses as damage.
+    pub const SCRUB_IN_ONE_STEP: u32 = 524288;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);
@@ -297,6 +302,10 @@ pub(crate) use sabotage::SUPERBLOCK_BEFORE_HEAP_BARRIER;
 pub(crate) const SENTINEL_BEFORE_HEAP_BARRIER: u32 = 0;
 #[cfg(feature = "test-hooks")]
 pub(crate) use sabotage::SENTINEL_BEFORE_HEAP_BARRIER;
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) const SCRUB_IN_ONE_STEP: u32 = 0;
+#[cfg(feature = "test-hooks")]
+pub(crate) use sabotage::SCRUB_IN_ONE_STEP;
 #[cfg(not(feature = "test-hooks"))]
 pub(crate) const IGNORE_DURABILITY_EVIDENCE: u32 = 0;
 #[cfg(feature = "test-hooks")]

@@ -716,7 +716,12 @@ where
     if checkpoint_needed {
         // Everything that could refuse the open is decided here, before the first write: the
         // caller's check of the replayed heap, and the counters the checkpoint will bump.
-        next_superblock(&sb, slot, next_txid, checkpoint_step(&*storage, &sb, slot)?)?;
+        next_superblock(
+            &sb,
+            slot,
+            next_txid,
+            checkpoint_step(&*storage, &sb, slot)?.0,
+        )?;
         let view = match &first {
             Some(b) if b.end == ranges.len() => Replayed::of_batch(&*storage, b)?,
             _ => Replayed::of_ranges(&*storage, &ranges, arena)?,

@@ -469,7 +469,7 @@ pub fn frame_verifies_at<S: Storage + ?Sized>(
 
 /// The header of the whole frame that verifies at log-relative offset `at`, if one does
 /// ([`frame_verifies_at`]).
-fn verified_header_at<S: Storage + ?Sized>(
+pub(crate) fn verified_header_at<S: Storage + ?Sized>(
     storage: &S,
     sb: &Superblock,
     at: u64,
