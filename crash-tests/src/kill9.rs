@@ -86,8 +86,11 @@ pub const WORKLOAD_SEED: u64 = 0x6b69_6c6c;
 /// // Every failpoint lies in a named phase.
 /// assert!(FAILPOINTS.iter().all(|&(_, p)| phase::name(p) != "?"));
 /// ```
-pub const FAILPOINTS: [(&str, u32); 11] = [
+pub const FAILPOINTS: [(&str, u32); 12] = [
     ("commit.after_log_write", phase::LOG_WRITE),
+    // After the log-start witness, before the frame that vouches for the generation's first
+    // one is written (once per generation: the first time it is passed).
+    ("commit.after_witness", phase::LOG_WRITE),
     ("commit.after_log_barrier", phase::LOG_BARRIER),
     ("commit.mid_apply", phase::APPLY),
     ("commit.after_in_place", phase::IN_PLACE),
