@@ -43,15 +43,7 @@ fn crashed_image(dir: &Path, d: Durability) -> Vec<u8> {
     let path = dir.join(format!("src-{d:?}.heap"));
     let heap = Heap::create(&path, opts(d)).unwrap();
     for i in 1..=TXNS {
-        heap.transaction(|tx| {
-            let root = tx.root::<Root>()?;
-            let obj = tx.alloc([i as u8; 100])?;
-            let r = tx.get_mut(root)?;
-            r.count = i;
-            r.last = obj;
-            Ok(())
-        })
-        .unwrap();
+        commit(&heap, i);
         if d == Durability::None && i == FLUSHED {
             heap.flush().unwrap();
         }
@@ -498,18 +490,7 @@ fn a_lost_write_of_the_first_frame_is_reported_never_an_empty_log() {
         let path = dir.path().join(format!("src-{d:?}.heap"));
         let heap = Heap::create(&path, opts(d)).unwrap();
         let before = std::fs::read(&path).unwrap();
-        let commit = |i: u64| {
-            heap.transaction(|tx| {
-                let root = tx.root::<Root>()?;
-                let obj = tx.alloc([i as u8; 100])?;
-                let r = tx.get_mut(root)?;
-                r.count = i;
-                r.last = obj;
-                Ok(())
-            })
-            .unwrap()
-        };
-        commit(1);
+        commit(&heap, 1);
         // The first frame alone, not known durable: no witness yet (one written before the
         // frame is durable would outlive a crash that the frame did not).
         assert_eq!(witness_in(&std::fs::read(&path).unwrap()), None, "{d:?}");
@@ -531,8 +512,8 @@ fn a_lost_write_of_the_first_frame_is_reported_never_an_empty_log() {
             );
             assert!(e.to_string().contains("log-start witness"), "{e}");
         }
-        commit(2);
-        commit(3);
+        commit(&heap, 2);
+        commit(&heap, 3);
         if d == Durability::None {
             heap.flush().unwrap();
         }
@@ -549,11 +530,9 @@ fn a_lost_write_of_the_first_frame_is_reported_never_an_empty_log() {
         // The heap's pages as before any commit too (none was written back before the cut),
         // so that an open that misses the frames shows the loss.
         // (Bytes the file grew by since are zeros: the growth did not reach the disk either.)
-        let heap_at = log + (64 << 10);
         let mut img = image.clone();
         img[log..log + 512].copy_from_slice(&before[log..log + 512]);
-        img[heap_at..before.len()].copy_from_slice(&before[heap_at..]);
-        img[before.len()..].fill(0);
+        heap_pages_as(&mut img, &before);
         let lost = dir.path().join("lost.heap");
         std::fs::write(&lost, &img).unwrap();
         for e in [
@@ -618,19 +597,10 @@ fn count_or_zero(heap: &Heap) -> u64 {
 #[test]
 fn a_damaged_current_superblock_over_its_frames_is_reported_never_a_silent_fallback() {
     let log = txheap_recovery::LOG_OFFSET as usize;
-    let heap_at = log + (64 << 10);
     for d in [Durability::Full, Durability::None] {
         let dir = scratch();
         let path = dir.path().join(format!("src-{d:?}.heap"));
         let heap = Heap::create(&path, opts(d)).unwrap();
-        let commit = |heap: &Heap, i: u64| {
-            heap.transaction(|tx| {
-                let root = tx.root::<Root>()?;
-                tx.get_mut(root)?.count = i;
-                Ok(())
-            })
-            .unwrap()
-        };
         commit(&heap, 1);
         heap.checkpoint().unwrap();
         let checkpointed = std::fs::read(&path).unwrap();
@@ -649,8 +619,7 @@ fn a_damaged_current_superblock_over_its_frames_is_reported_never_a_silent_fallb
         // The current slot loses one bit; the heap pages are as the checkpoint left them.
         let mut img = image.clone();
         img[current.offset() as usize + 20] ^= 1;
-        img[heap_at..checkpointed.len()].copy_from_slice(&checkpointed[heap_at..]);
-        img[checkpointed.len()..].fill(0);
+        heap_pages_as(&mut img, &checkpointed);
         let p = dir.path().join("flipped.heap");
         std::fs::write(&p, &img).unwrap();
         for e in [
@@ -683,4 +652,26 @@ fn a_damaged_current_superblock_over_its_frames_is_reported_never_a_silent_fallb
         std::fs::write(&q, &after).unwrap();
         assert_eq!(count(&Heap::open(&q, opts(d)).unwrap()), 6, "{d:?}");
     }
+}
+
+/// A frame: a 100-byte object of `i`s, linked from the root, whose count becomes `i`.
+fn commit(heap: &Heap, i: u64) {
+    heap.transaction(|tx| {
+        let root = tx.root::<Root>()?;
+        let obj = tx.alloc([i as u8; 100])?;
+        let r = tx.get_mut(root)?;
+        r.count = i;
+        r.last = obj;
+        Ok(())
+    })
+    .unwrap()
+}
+
+/// `img`'s heap pages (from the heap header on, with `opts`' 64 KiB log) as they were in the
+/// earlier image `earlier`, and zeros where the file grew since: a power cut before any page
+/// written back since then reached the disk.
+fn heap_pages_as(img: &mut [u8], earlier: &[u8]) {
+    let heap_at = txheap_recovery::LOG_OFFSET as usize + (64 << 10);
+    img[heap_at..earlier.len()].copy_from_slice(&earlier[heap_at..]);
+    img[earlier.len()..].fill(0);
 }

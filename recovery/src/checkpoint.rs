@@ -5,12 +5,12 @@
 //! one would pass `COUNTER_MAX`). May not: touch the heap's bytes, or the log beyond its first
 //! 40 bytes; emptying the log is the new generation, not a write.
 
-use crate::create::write_sentinel;
+use crate::create::{write_sentinel, write_zeros};
 use crate::error::{io_err, RecoveryError};
 use crate::hooks::{
     sabotaged, SCRUB_IN_ONE_STEP, SENTINEL_BEFORE_HEAP_BARRIER, SUPERBLOCK_BEFORE_HEAP_BARRIER,
 };
-use crate::limits::{COUNTER_MAX, ZERO_WRITE_LEN_MAX};
+use crate::limits::COUNTER_MAX;
 use crate::storage::Storage;
 use crate::superblock::{Slot, Superblock, SUPERBLOCK_ENCODED_LEN, SUPERBLOCK_SLOT_LEN};
 use crate::txheap_log::{header_at, FRAME_HEADER_LEN};
@@ -172,11 +172,10 @@ pub(crate) fn checkpoint_step<S: Storage + ?Sized>(
     // The header first: the usual frame there (this generation's, or the sentinel) is not
     // newer, and is never read whole here.
     if header_at(&hb).is_some_and(|h| h.generation > current.generation) {
+        // (The same header, now with its whole frame verified.)
         if let Some(h) = crate::scan::verified_header_at(storage, current, 0)? {
-            if h.generation > current.generation {
-                newer = true;
-                step = step.max((h.generation - current.generation).saturating_add(1));
-            }
+            newer = true;
+            step = step.max((h.generation - current.generation).saturating_add(1));
         }
     }
     Ok((step, damaged || newer))
@@ -196,13 +195,15 @@ fn scrub_log<S: Storage + ?Sized>(
     storage: &mut S,
     current: &Superblock,
 ) -> Result<(), RecoveryError> {
-    let zeros = vec![0u8; ZERO_WRITE_LEN_MAX];
     let one_step = sabotaged(SCRUB_IN_ONE_STEP);
     for slot in [Slot::A, Slot::B] {
         let w = crate::witness::Witness::offset(slot);
-        storage
-            .write_at(w, &zeros[..crate::witness::WITNESS_LEN])
-            .map_err(io_err("clear log-start witness", w))?;
+        write_zeros(
+            storage,
+            w,
+            w + crate::witness::WITNESS_LEN as u64,
+            "clear log-start witness",
+        )?;
     }
     if !one_step {
         storage
@@ -213,15 +214,13 @@ fn scrub_log<S: Storage + ?Sized>(
             .barrier_all()
             .map_err(io_err("fdatasync log sentinel", current.log_offset()))?;
     }
-    let end = current.log_offset() + current.log_size;
-    let mut at = current.log_offset() + if one_step { 0 } else { FRAME_HEADER_LEN as u64 };
-    while at < end {
-        let n = (end - at).min(ZERO_WRITE_LEN_MAX as u64) as usize;
-        storage
-            .write_at(at, &zeros[..n])
-            .map_err(io_err("clear log region", at))?;
-        at += n as u64;
-    }
+    let from = current.log_offset() + if one_step { 0 } else { FRAME_HEADER_LEN as u64 };
+    write_zeros(
+        storage,
+        from,
+        current.log_offset() + current.log_size,
+        "clear log region",
+    )?;
     storage
         .barrier_all()
         .map_err(io_err("fdatasync cleared log", current.log_offset()))

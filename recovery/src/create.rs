@@ -41,15 +41,7 @@ pub fn format<S: Storage + ?Sized>(
             sb.min_file_len()
         ));
     }
-    let zeros = vec![0u8; ZERO_WRITE_LEN_MAX];
-    let mut at = LOG_OFFSET;
-    while at < sb.heap_offset() {
-        let n = (sb.heap_offset() - at).min(ZERO_WRITE_LEN_MAX as u64) as usize;
-        storage
-            .write_at(at, &zeros[..n])
-            .map_err(io_err("zero log region", at))?;
-        at += n as u64;
-    }
+    write_zeros(storage, LOG_OFFSET, sb.heap_offset(), "zero log region")?;
     // The sentinel: it verifies, so the first scan of a new file stops at it as a clean end
     // instead of at zeros, which look like a damaged frame and cost a search of the whole log.
     write_sentinel(storage)?;
@@ -74,6 +66,24 @@ pub fn format<S: Storage + ?Sized>(
         .barrier_all()
         .map_err(io_err("fdatasync new file", 0))?;
     Ok(sb)
+}
+
+/// Write zeros over `[start, end)` in pieces of at most `ZERO_WRITE_LEN_MAX` bytes (no
+/// barrier); `op` names the write in an error.
+pub(crate) fn write_zeros<S: Storage + ?Sized>(
+    storage: &mut S,
+    start: u64,
+    end: u64,
+    op: &'static str,
+) -> Result<(), RecoveryError> {
+    let zeros = vec![0u8; ZERO_WRITE_LEN_MAX.min(end.saturating_sub(start) as usize)];
+    let mut at = start;
+    while at < end {
+        let n = (end - at).min(zeros.len() as u64) as usize;
+        storage.write_at(at, &zeros[..n]).map_err(io_err(op, at))?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Write the log's *sentinel* at the start of the log region: an empty frame (no ranges) of
