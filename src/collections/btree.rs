@@ -51,9 +51,9 @@ const fn align_up(x: u64, a: u64) -> u64 {
 /// byte strings ([`crate::PBytes`], [`crate::PString`]) compared lexicographically.
 ///
 /// Lookups read nodes in place (no copy, no decoding); `range` iterates in both directions.
-/// Removal frees a node when it empties (nodes are not merged, as in many databases' B-trees:
-/// a tree emptied by removals keeps no empty node, and its height only shrinks when the root
-/// has one child).
+/// Removal frees a node when it empties and merges a node left with fewer than a quarter of
+/// its capacity into a sibling when the two fit in three quarters of one, so a map that loses
+/// most of its keys gives its nodes back; the height shrinks when the root has one child.
 ///
 /// ```
 /// use txheap::{PBTreeMap, PPtr};
@@ -424,6 +424,31 @@ struct Path {
 /// A split that the parent must take: the separator (smallest key of the new right node) and
 /// the right node's offset.
 type Split<K> = Option<(K, u64)>;
+
+/// What a removal leaves for the parent of the node it changed.
+enum Mend {
+    /// Nothing: the node holds at least a quarter of its capacity, or cannot be merged.
+    Done,
+    /// The node emptied and was freed: the parent drops its child pointer and a key.
+    Emptied,
+    /// The node (with its new count) holds fewer entries than a quarter of its capacity.
+    Under(Node),
+}
+
+impl Mend {
+    fn below_min(g: &Geo, n: Node) -> Mend {
+        let cap = if n.level == 0 {
+            g.leaf_cap
+        } else {
+            g.inner_cap
+        };
+        if n.count < cap / 4 {
+            Mend::Under(n)
+        } else {
+            Mend::Done
+        }
+    }
+}
 
 /// Search `keys` for `q`: `Ok(i)` where `keys[i]` equals it, `Err(i)` where it would go.
 ///
@@ -881,36 +906,43 @@ where
             .len
             .checked_sub(1)
             .ok_or_else(|| corrupt(self.offset(), "B-tree length below its entries"))?;
-        if leaf.count > 1 {
+        // Take the entry out of its leaf (or free the leaf it empties), then mend upward: an
+        // emptied node leaves its parent, and an underfull one merges with a sibling when
+        // the two fit comfortably in one node; each merge takes a key out of the parent,
+        // which may leave it underfull in turn.
+        let mut up = if leaf.count > 1 {
             let (at, c) = (leaf.at, leaf.count as usize);
             let mut e = Self::edit(tx, at, 0)?;
             shift_out(e.part::<K>(g.keys_at, i, c)?);
             shift_out(e.part::<V>(g.vals_at, i, c)?);
             e.set_count(leaf.count - 1)?;
-            self.put_header(tx, h)?;
-            return Ok(true);
-        }
-        // The leaf empties: free it and take it out of its parent, up as far as nodes empty.
-        Self::free_node(&g, tx, leaf.at, 0)?;
-        let mut emptied = true;
+            Mend::below_min(
+                &g,
+                Node {
+                    count: leaf.count - 1,
+                    ..leaf
+                },
+            )
+        } else {
+            Self::free_node(&g, tx, leaf.at, 0)?;
+            Mend::Emptied
+        };
         for &(n, ci) in path.inner.upward() {
-            if !emptied {
-                break;
-            }
-            if n.count == 0 {
-                Self::free_node(&g, tx, n.at, n.level as u64)?;
-                continue;
-            }
-            let drop_key = if ci > 0 { ci as usize - 1 } else { 0 };
-            Self::keys(n, tx)?[drop_key].release(tx)?;
-            let (c, ci) = (n.count as usize, ci as usize);
-            let mut e = Self::edit(tx, n.at, n.level as u64)?;
-            shift_out(e.part::<K>(g.keys_at, drop_key, c)?);
-            shift_out(e.part::<u64>(g.children_at, ci, c + 1)?);
-            e.set_count(n.count - 1)?;
-            emptied = false;
+            up = match up {
+                Mend::Done => break,
+                Mend::Emptied if n.count == 0 => {
+                    Self::free_node(&g, tx, n.at, n.level as u64)?;
+                    Mend::Emptied
+                }
+                Mend::Emptied => {
+                    let drop_key = if ci > 0 { ci as usize - 1 } else { 0 };
+                    Self::keys(n, tx)?[drop_key].release(tx)?;
+                    Self::take_out(&g, tx, n, drop_key, ci as usize)?
+                }
+                Mend::Under(child) => Self::merge(&g, tx, n, ci, child)?,
+            };
         }
-        if emptied {
+        if matches!(up, Mend::Emptied) {
             h.root = 0;
             h.height = 0;
         } else {
@@ -928,6 +960,75 @@ where
         }
         self.put_header(tx, h)?;
         Ok(true)
+    }
+
+    /// Take key `k` and child `j` (`k` or `k + 1`) out of internal node `n` (the caller has
+    /// released the key or moved it elsewhere); what the parent must then mend.
+    fn take_out(g: &Geo, tx: &mut Tx<'_>, n: Node, k: usize, j: usize) -> Result<Mend> {
+        let c = n.count as usize;
+        let mut e = Self::edit(tx, n.at, n.level as u64)?;
+        shift_out(e.part::<K>(g.keys_at, k, c)?);
+        shift_out(e.part::<u64>(g.children_at, j, c + 1)?);
+        e.set_count(n.count - 1)?;
+        Ok(Mend::below_min(
+            g,
+            Node {
+                count: n.count - 1,
+                ..n
+            },
+        ))
+    }
+
+    /// `child` (child `ci` of `parent`, already changed) holds fewer entries than a quarter of a
+    /// node: merge it with its right sibling (its left one for the last child) when the two
+    /// fit in three quarters of a node, so that neither the merged node nor the next inserts
+    /// into it split again at once. The right node of the pair is freed and its separator
+    /// taken out of the parent (released for leaves, whose separators are copies; moved down
+    /// into the merged node for internal nodes). Otherwise the child stays as it is.
+    fn merge(g: &Geo, tx: &mut Tx<'_>, parent: Node, ci: u64, child: Node) -> Result<Mend> {
+        if parent.count == 0 {
+            // An only child: nothing to merge with (its parent gives way if it is the root).
+            return Ok(Mend::Done);
+        }
+        let (l, r) = if ci < parent.count {
+            (ci, ci + 1)
+        } else {
+            (ci - 1, ci)
+        };
+        let (left, right) = if l == ci {
+            (child, Self::child(g, tx, parent, r)?)
+        } else {
+            (Self::child(g, tx, parent, l)?, child)
+        };
+        let level = child.level as u64;
+        let cap = if level == 0 { g.leaf_cap } else { g.inner_cap };
+        let merged = left.count + right.count + u64::from(level > 0);
+        if merged > cap - cap / 4 {
+            return Ok(Mend::Done);
+        }
+        let sep = Self::keys(parent, tx)?[l as usize];
+        let (lc, rc) = (left.count as usize, right.count as usize);
+        if level == 0 {
+            let rk = Self::keys(right, tx)?.to_vec();
+            let rv = Self::vals(g, right, tx)?.to_vec();
+            let mut e = Self::edit(tx, left.at, 0)?;
+            e.part::<K>(g.keys_at, lc, lc + rc)?.copy_from_slice(&rk);
+            e.part::<V>(g.vals_at, lc, lc + rc)?.copy_from_slice(&rv);
+            e.set_count(merged)?;
+            sep.release(tx)?;
+        } else {
+            let rk = Self::keys(right, tx)?.to_vec();
+            let rch = Self::children(g, right, tx)?.to_vec();
+            let mut e = Self::edit(tx, left.at, level)?;
+            let keys = e.part::<K>(g.keys_at, lc, lc + 1 + rc)?;
+            keys[0] = sep;
+            keys[1..].copy_from_slice(&rk);
+            e.part::<u64>(g.children_at, lc + 1, lc + 2 + rc)?
+                .copy_from_slice(&rch);
+            e.set_count(merged)?;
+        }
+        Self::free_node(g, tx, right.at, level)?;
+        Self::take_out(g, tx, parent, l as usize, r as usize)
     }
 
     /// Remove every entry, releasing keys and values and freeing every node.
