@@ -409,7 +409,7 @@ impl Heap {
             return Ok(());
         }
         let mut w = self.lock_writer()?;
-        w.checkpoint(&self.shared)
+        w.close(&self.shared).map(|_| ())
     }
 
     /// Space and activity figures.

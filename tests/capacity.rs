@@ -239,3 +239,73 @@ fn raising_past_the_reservation_either_works_or_says_how_and_changes_nothing() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// Bytes of disk the file at `path` takes (its allocated blocks), and its length.
+fn on_disk(path: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.blocks() * 512, m.len())
+}
+
+/// A clean close gives the log's blocks back (all but its first page, which holds the
+/// sentinel), under both durabilities: a closed heap takes on disk its heap, not its log. A
+/// reopen takes them again and the heap works as before: every block intact, commits that
+/// wrap the log, and the next close gives them back again.
+#[test]
+fn a_closed_heap_gives_its_log_blocks_back() {
+    const LOG: u64 = 1 << 20;
+    for durability in [txheap::Durability::Full, txheap::Durability::None] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.heap");
+        let options = || {
+            Options::new()
+                .initial_size(1 << 20)
+                .log_size(LOG)
+                .max_size(1 << 30)
+                .durability(durability)
+        };
+        let heap = Heap::create(&path, options()).unwrap();
+        assert_eq!(add_blocks(&heap, 8), 8);
+        let (open_disk, len) = on_disk(&path);
+        assert!(
+            open_disk >= LOG,
+            "{durability:?}: the open heap holds its log: {open_disk}"
+        );
+        heap.close().unwrap();
+        let (closed_disk, closed_len) = on_disk(&path);
+        assert_eq!(closed_len, len, "the file keeps its length");
+        // Where the filesystem punches holes (ext4, xfs, btrfs, tmpfs), the log's blocks go.
+        assert!(
+            closed_disk + LOG - (64 << 10) <= open_disk,
+            "{durability:?}: {open_disk} bytes on disk open, {closed_disk} closed"
+        );
+        for round in 0..2u64 {
+            let heap = Heap::open(&path, options()).unwrap();
+            assert!(
+                on_disk(&path).0 >= closed_disk + LOG - 4096,
+                "the log is allocated again"
+            );
+            assert_eq!(intact(&heap), 8 + 4 * round);
+            // Enough small commits to wrap the log (each frame is about a hundred bytes): each
+            // allocates a word or frees the one allocated before.
+            let mut word = None;
+            for _ in 0..(LOG / 64) {
+                word = heap
+                    .transaction(|tx| match word {
+                        Some(w) => tx.free(w).map(|_| None),
+                        None => tx.alloc(7u64).map(Some),
+                    })
+                    .unwrap();
+            }
+            assert!(heap.stats().unwrap().checkpoints > 0, "the log wrapped");
+            assert_eq!(add_blocks(&heap, 4), 12 + 4 * round);
+            let (open_disk, _) = on_disk(&path);
+            heap.close().unwrap();
+            let (disk, _) = on_disk(&path);
+            assert!(
+                disk + LOG - (64 << 10) <= open_disk,
+                "{durability:?}: {open_disk} bytes on disk open, {disk} after close {round}"
+            );
+        }
+    }
+}

@@ -96,6 +96,22 @@ impl FileStorage {
         Ok(freed)
     }
 
+    /// Give the blocks of `[offset, offset+len)` back where the filesystem can punch holes,
+    /// and do nothing where it cannot (unlike [`Self::punch`], no zeros are written: the range
+    /// holds nothing anyone reads, only the space is at stake). Returns the bytes given back.
+    pub(crate) fn release(&mut self, offset: u64, len: u64) -> io::Result<u64> {
+        let (file, counters) = (&self.file, &mut self.counters);
+        let mut freed = 0;
+        self.hooks.punch(offset, len, || {
+            counters.writes += 1;
+            if crate::platform::punch_hole(file, offset, len)? {
+                freed = len;
+            }
+            Ok(())
+        })?;
+        Ok(freed)
+    }
+
     /// Cut the file to `len` bytes (compaction only: past `len` lies only free space, and the
     /// superblock's `file_len` already says `len`).
     pub(crate) fn shrink(&mut self, len: u64) -> io::Result<()> {
