@@ -41,8 +41,11 @@ struct Unit([u64; 2]);
 /// A full bucket splits in two inside the transaction whose insert finds it full: its entries
 /// are divided by the next bit of their hash, and the directory doubles when the bucket was as
 /// deep as it. So growth touches one bucket (and now and then the directory), never the whole
-/// map, and the file holds only live buckets, about 69% full on average. A map of one bucket
-/// has no directory. The header (64 bytes) is an empty map when zero.
+/// map, and the file holds only live buckets, about 69% full on average. Removal is the
+/// reverse: a bucket left less than a quarter full merges with its buddy when the two fit in
+/// three quarters of one, and the directory halves when no bucket is as deep as it, so a map
+/// that loses most of its keys gives its space back. A map of one bucket has no directory.
+/// The header (64 bytes) is an empty map when zero.
 ///
 /// ```
 /// use txheap::{PHashMap, PPtr, PString};
@@ -885,8 +888,101 @@ where
             .len
             .checked_sub(1)
             .ok_or_else(|| corrupt(self.offset(), "PHashMap length below its entries"))?;
+        Self::merge(tx, &mut h, &g, b)?;
         self.put_header(tx, h)?;
         Ok(true)
+    }
+
+    /// Entries in use in bucket `b` (its non-zero fingerprints).
+    fn occupied<W: View>(g: &Geo, view: &W, b: u64) -> Result<u64> {
+        let fps = view.slice(PSlice::<u8>::from_raw_parts(b + BUCKET_HEADER, g.slots))?;
+        Ok(fps.iter().filter(|&&f| f != 0).count() as u64)
+    }
+
+    /// Bucket `b`'s entries: each key's hash and its slot's bytes.
+    fn entries_of(h: &PHashMap<K, V>, g: &Geo, tx: &Tx<'_>, b: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for i in 0..g.slots {
+            if Self::fp_at(g, tx, b, i)? != 0 {
+                let e = tx.slice(g.slot(b, i))?.to_vec();
+                out.push((Self::hash_at(h, g, tx, b, i)?, e));
+            }
+        }
+        Ok(out)
+    }
+
+    /// After a removal from bucket `b`: while `b` holds fewer entries than a quarter of its
+    /// slots and its buddy (the bucket of the same local depth `l` whose prefix differs in
+    /// bit `l`) is of that depth too, and the two fit in three quarters of a bucket, merge
+    /// them: the one whose prefix has the bit clear takes every entry at depth `l - 1`, the
+    /// other is freed, and their directory entries all name the survivor. Then, if no bucket
+    /// is as deep as the directory any more, the directory halves (to the header's one
+    /// pointer at depth 0). The reverse of [`Self::split`], so a map that loses most of its
+    /// keys gives its buckets and directory back.
+    fn merge(tx: &mut Tx<'_>, h: &mut PHashMap<K, V>, g: &Geo, mut b: u64) -> Result<()> {
+        while h.depth > 0 {
+            let [l, prefix] = *tx.get(PPtr::<[u64; 2]>::from_offset(b))?;
+            let n = Self::occupied(g, tx, b)?;
+            if l == 0 || l > h.depth || n >= g.slots / 4 {
+                return Ok(());
+            }
+            let bit = 1u64 << (64 - l);
+            let buddy_prefix = prefix ^ bit;
+            let slot = h.dir + dir_index(buddy_prefix, h.depth) * 8;
+            let named = Self::bucket_of(h, tx, buddy_prefix)?;
+            let (buddy, bl, bp) = Self::bucket_depth(h, tx, named, slot)?;
+            if bl != l || bp != buddy_prefix || buddy == b {
+                // The buddy split further (or the directory is damaged: `check` says where).
+                return Ok(());
+            }
+            if n + Self::occupied(g, tx, buddy)? > g.slots - g.slots / 4 {
+                return Ok(());
+            }
+            let (low, high) = if prefix & bit == 0 {
+                (b, buddy)
+            } else {
+                (buddy, b)
+            };
+            let mut all = Self::entries_of(h, g, tx, low)?;
+            all.extend(Self::entries_of(h, g, tx, high)?);
+            let entries: Vec<(u64, &[u8])> = all.iter().map(|(x, e)| (*x, e.as_slice())).collect();
+            let merged = prefix & !bit;
+            let units = Self::bucket_units(g, l - 1, merged, &entries);
+            tx.slice_mut(PSlice::<Unit>::from_raw_parts(low, g.bytes / 16))?
+                .copy_from_slice(&units);
+            tx.free_slice(PSlice::<Unit>::from_raw_parts(high, g.bytes / 16))?;
+            let span = 1u64 << (h.depth - (l - 1));
+            let first = dir_index(merged, h.depth);
+            tx.slice_mut(PSlice::<u64>::from_raw_parts(h.dir + first * 8, span))?
+                .fill(low);
+            h.buckets -= 1;
+            if l == h.depth {
+                Self::halve(tx, h, g)?;
+            }
+            b = low;
+        }
+        Ok(())
+    }
+
+    /// Halve the directory while every pair of entries `2i`, `2i + 1` names one bucket (no
+    /// bucket is as deep as it); at depth 0 the header points at the one bucket.
+    fn halve(tx: &mut Tx<'_>, h: &mut PHashMap<K, V>, g: &Geo) -> Result<()> {
+        while h.depth > 0 {
+            let dir = h.dir_entries(tx)?.into_owned();
+            if dir.chunks_exact(2).any(|p| p[0] != p[1]) {
+                return Ok(());
+            }
+            let half: Vec<u64> = dir.iter().step_by(2).copied().collect();
+            let old = PSlice::<u64>::from_raw_parts(h.dir, Self::dir_words(g, h.depth));
+            h.dir = if h.depth == 1 {
+                half[0]
+            } else {
+                Self::alloc_dir(tx, g, &half)?
+            };
+            tx.free_slice(old)?;
+            h.depth -= 1;
+        }
+        Ok(())
     }
 
     /// Every bucket once, in directory order, with its local depth and first directory entry;
