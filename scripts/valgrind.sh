@@ -18,7 +18,7 @@ export TXHEAP_STRESS_SECS=10
 # Valgrind runs one thread at a time: tests that measure how threads overlap (group commit's
 # barriers per commit) skip that figure and keep their correctness checks.
 export TXHEAP_VALGRIND=1
-for bin in $(grep -E '/deps/(txheap|api|bad_input|alloc_prop|hardening|defects|stored|collections|concurrency|group_commit|capacity|backup|compact|live|reachability|in_place_none|private_pages)-' /tmp/txheap-test-bins.txt); do
+for bin in $(grep -E '/deps/(txheap|api|bad_input|alloc_prop|hardening|defects|stored|collections|concurrency|group_commit|capacity|backup|compact|live|reachability|in_place_none|private_pages|realloc)-' /tmp/txheap-test-bins.txt); do
   echo "== valgrind $(basename "$bin")"
   # --fair-sched: reader threads that never make a syscall otherwise starve the writer under
   # valgrind's big lock (the readers-beside-writer test then takes minutes instead of seconds).

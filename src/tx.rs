@@ -626,9 +626,11 @@ impl<'h> Tx<'h> {
 
     /// Resize the allocation `s` to `len` elements, keeping its first `keep` elements (at most
     /// `s.len()`); the elements from `keep` on are zero. The allocation stays where it is while
-    /// its block holds `len` elements (a block's size class leaves room to grow); otherwise the
-    /// kept elements move to a new allocation and `s` is freed, all in this transaction. An
-    /// empty (null) `s` is a fresh allocation.
+    /// its block holds `len` elements (a block's size class leaves room to grow), and a large
+    /// object (over 64 KiB) also grows where it is into its last chunk's unused bytes and over
+    /// free chunks right after it (growing the heap when it ends the heap); otherwise the kept
+    /// elements move to a new allocation and `s` is freed, all in this transaction. An empty
+    /// (null) `s` is a fresh allocation.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -662,7 +664,18 @@ impl<'h> Tx<'h> {
                 offset: s.offset(),
                 why: "realloc of a pointer that is not the start of a live allocation",
             })?;
-        if bytes <= block {
+        let mut stays = bytes <= block;
+        if !stays && !Allocator::is_small(block, std::mem::align_of::<T>() as u64) {
+            // A large object grows where it is when the chunks after it are free.
+            let off = s.offset();
+            if let Some((a, b)) = self.mem_op(|al, m| al.grow_in_place(m, off, bytes))? {
+                if a < b {
+                    add_area(&mut self.fresh, (a, b));
+                }
+                stays = true;
+            }
+        }
+        if stays {
             let t = PSlice::<T>::from_raw_parts(s.offset(), len);
             if len > keep {
                 let tail = PSlice::<T>::from_raw_parts(

@@ -746,6 +746,16 @@ fn get_or_insert_with_a_key_never_equal_to_itself_is_an_error() {
     assert!(e.to_string().contains("not found again"), "{e}");
 }
 
+/// Under valgrind (scripts/valgrind.sh sets `TXHEAP_VALGRIND`), the merge tests below run a
+/// tenth of their entries: a minute or more each otherwise.
+fn valgrind_scale() -> u64 {
+    if std::env::var_os("TXHEAP_VALGRIND").is_some() {
+        10
+    } else {
+        1
+    }
+}
+
 /// Removing most keys in random order gives the nodes back: a leaf left with fewer than a
 /// quarter of its entries merges into a sibling (and internal nodes likewise), so the map's
 /// blocks shrink with its entries; byte-string separators dropped by merges are freed (no
@@ -769,8 +779,8 @@ fn removal_merges_underfull_nodes() {
         PPtr::from_offset(root.offset() + std::mem::offset_of!(Maps, strings) as u64);
     let key = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
     let skey = |i: u64| format!("key {:016x} {}", key(i), "y".repeat((i % 50) as usize));
-    const N: u64 = 20_000;
-    for part in 0..N / 1000 {
+    let n = 20_000 / valgrind_scale();
+    for part in 0..n / 1000 {
         heap.transaction(|tx| {
             for i in part * 1000..(part + 1) * 1000 {
                 fixed.insert(tx, &key(i), &[i as u8; 64])?;
@@ -792,7 +802,7 @@ fn removal_merges_underfull_nodes() {
     };
     let (full_fixed, full_strings) = blocks();
     // Remove 19 of every 20 keys, in an order unrelated to the key order.
-    let mut gone: Vec<u64> = (0..N).filter(|i| i % 20 != 7).collect();
+    let mut gone: Vec<u64> = (0..n).filter(|i| i % 20 != 7).collect();
     gone.sort_by_key(|&i| key(i ^ 0x5555));
     for part in gone.chunks(997) {
         heap.transaction(|tx| {
@@ -809,7 +819,7 @@ fn removal_merges_underfull_nodes() {
         })
         .unwrap();
     }
-    let left: Vec<u64> = (0..N).filter(|i| i % 20 == 7).collect();
+    let left: Vec<u64> = (0..n).filter(|i| i % 20 == 7).collect();
     heap.read(|r| {
         assert_eq!(fixed.len(r)?, left.len() as u64);
         for &i in &left {
@@ -872,8 +882,8 @@ fn hash_map_merges_buckets_and_halves_its_directory() {
         PPtr::from_offset(root.offset() + std::mem::offset_of!(Maps, strings) as u64);
     let key = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
     let skey = |i: u64| format!("key {:016x} {}", key(i), "z".repeat((i % 50) as usize));
-    const N: u64 = 30_000;
-    for part in 0..N / 1000 {
+    let n = 30_000 / valgrind_scale();
+    for part in 0..n / 1000 {
         heap.transaction(|tx| {
             for i in part * 1000..(part + 1) * 1000 {
                 fixed.insert(tx, &key(i), &[i as u8; 64])?;
@@ -903,9 +913,9 @@ fn hash_map_merges_buckets_and_halves_its_directory() {
         .unwrap()
     };
     // Remove 24 of every 25 keys in an order unrelated to the hash, then the rest.
-    let mut gone: Vec<u64> = (0..N).filter(|i| i % 25 != 3).collect();
+    let mut gone: Vec<u64> = (0..n).filter(|i| i % 25 != 3).collect();
     gone.sort_by_key(|&i| (i ^ 0x3333).wrapping_mul(0xD6E8_FEB8_6659_FD93));
-    let left: Vec<u64> = (0..N).filter(|i| i % 25 == 3).collect();
+    let left: Vec<u64> = (0..n).filter(|i| i % 25 == 3).collect();
     for part in gone.chunks(1499) {
         heap.transaction(|tx| {
             for &i in part {

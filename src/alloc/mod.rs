@@ -220,6 +220,7 @@ enum Undo {
     RunAdded(u32),
     LargeAdded(u32),
     LargeRemoved(u32, (u32, u64)),
+    LargeResized(u32, (u32, u64)),
 }
 
 #[derive(Debug)]
@@ -733,6 +734,102 @@ impl Allocator {
         }
     }
 
+    /// Grow the large object at `off` to `size` bytes where it is: inside its extent's last
+    /// chunk, or over the free chunks right after its extent (committed free space, at most
+    /// to the end of its zone), growing the heap when the extent ends where the heap ends.
+    /// Returns `None` when it cannot (the object then moves), else the new chunks' bytes
+    /// `[start, end)` (empty when none were added): space taken from free space, which the
+    /// transaction may write in place, like a new extent's.
+    pub(crate) fn grow_in_place(
+        &mut self,
+        mem: &mut dyn TxMem,
+        off: u64,
+        size: u64,
+    ) -> Result<Option<(u64, u64)>> {
+        let Some(c) = off
+            .checked_sub(self.chunk_area)
+            .and_then(|r| u32::try_from(r / CHUNK_SIZE).ok())
+        else {
+            return Ok(None);
+        };
+        let Some(&(chunks, old)) = self.large.get(&c) else {
+            return Ok(None);
+        };
+        let need = size.div_ceil(CHUNK_SIZE);
+        if off != self.chunk_offset(c) || size <= old || need > EXTENT_CHUNKS_MAX {
+            return Ok(None);
+        }
+        let need = need as u32;
+        let next = c + chunks;
+        let added = need.saturating_sub(chunks);
+        if added > 0 {
+            // The chunks after the extent: in the same zone, and free (committed free space;
+            // the heap grows first when the extent, or a free extent after it, ends the heap).
+            let zone_end = (c as u64 / ZONE_CHUNKS + 1) * ZONE_CHUNKS;
+            if (c + need) as u64 > zone_end {
+                return Ok(None);
+            }
+            let after = self.free_by_start.get(&next).copied().unwrap_or(0);
+            if after < added {
+                let ends_heap = next as u64 + after as u64 == self.chunk_count;
+                if !ends_heap || !self.grow_tail_to(mem, (c + need) as u64, zone_end)? {
+                    return Ok(None);
+                }
+            }
+            let len = self.free_by_start[&next];
+            self.remove_extent(next, len);
+            self.undo.push(Undo::ExtentRemoved(next, len));
+            if len > added {
+                self.insert_extent(next + added, len - added);
+                self.undo
+                    .push(Undo::ExtentInserted(next + added, len - added));
+                self.write_entry(
+                    mem,
+                    next + added,
+                    Entry::Free {
+                        chunks: len - added,
+                    },
+                )?;
+            }
+        }
+        let chunks = chunks.max(need);
+        self.write_entry(mem, c, Entry::Large { chunks, size })?;
+        self.large.insert(c, (chunks, size));
+        self.undo.push(Undo::LargeResized(c, (chunks - added, old)));
+        Ok(Some((
+            self.chunk_offset(next),
+            self.chunk_offset(next + added),
+        )))
+    }
+
+    /// Grow the chunk count (by at least the usual step, inside the zone that ends at
+    /// `zone_end` and under `max_size`) so that the free extent at the heap's end reaches chunk
+    /// `end`. Returns whether it could.
+    fn grow_tail_to(&mut self, mem: &mut dyn TxMem, end: u64, zone_end: u64) -> Result<bool> {
+        let cc = self.chunk_count;
+        let max =
+            (mem.max_size().saturating_sub(self.chunk_area) / CHUNK_SIZE).min(u32::MAX as u64);
+        if end > max || end > zone_end || cc % ZONE_CHUNKS == 0 {
+            return Ok(false);
+        }
+        let step = (cc + (cc / GROW_FRACTION).clamp(GROW_CHUNKS_MIN, GROW_CHUNKS_MAX)).max(end);
+        let new_cc = step.min(zone_end).min(max);
+        mem.ensure_chunks(new_cc)?;
+        let tail = self.free_tail();
+        let start = tail.map_or(cc, |t| t.0 as u64);
+        self.undo.push(Undo::ChunkCount(cc));
+        self.chunk_count = new_cc;
+        if let Some((s, l)) = tail {
+            self.remove_extent(s, l);
+            self.undo.push(Undo::ExtentRemoved(s, l));
+        }
+        let len = (new_cc - start) as u32;
+        self.insert_extent(start as u32, len);
+        self.undo.push(Undo::ExtentInserted(start as u32, len));
+        self.write_entry(mem, start as u32, Entry::Free { chunks: len })?;
+        Ok(true)
+    }
+
     /// If `off` is the data start of a live large object: its extent's data area
     /// `[off, end of the extent's last chunk)`.
     pub(crate) fn large_extent(&self, off: u64) -> Option<(u64, u64)> {
@@ -866,7 +963,7 @@ impl Allocator {
                 Undo::LargeAdded(s) => {
                     self.large.remove(&s);
                 }
-                Undo::LargeRemoved(s, v) => {
+                Undo::LargeRemoved(s, v) | Undo::LargeResized(s, v) => {
                     self.large.insert(s, v);
                 }
             }
