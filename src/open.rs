@@ -303,6 +303,7 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
     );
     shared.salvaged = log.salvaged;
     shared.in_place_min = options.in_place_min;
+    shared.keep_log_blocks = options.keep_log_blocks;
     shared.superblock_damage = (!damaged.is_empty()).then(|| {
         damaged
             .iter()

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub superblock_damage: Option<String>,
     /// [`crate::Options::in_place_min`].
     pub in_place_min: u64,
+    /// [`crate::Options::keep_log_blocks`].
+    pub keep_log_blocks: bool,
 }
 
 impl Shared {
@@ -88,6 +90,7 @@ impl Shared {
             salvaged: None,
             superblock_damage: None,
             in_place_min: u64::MAX,
+            keep_log_blocks: false,
         }
     }
 

@@ -925,20 +925,41 @@ impl Writer {
         Ok(())
     }
 
-    /// The last act of a writable handle: a checkpoint, then the log's blocks past its first
-    /// page given back to the filesystem (docs/ARCHITECTURE.md section 4, "At close"). After
+    /// The last act of a writable handle: a checkpoint, then (unless
+    /// [`crate::Options::keep_log_blocks`]) the log's blocks past its first page given back to
+    /// the filesystem (docs/ARCHITECTURE.md section 4, "At close"). After
     /// the checkpoint the log holds only the sentinel in its first page and the ended
     /// generation's frames after it, which no open reads; zeros read the same to recovery,
     /// and a closed heap then takes on disk its heap and metadata only (a 16 MiB log was a
     /// quarter of the file of a million 64-byte objects, and nearly all of a small heap's).
     /// Returns the bytes given back (0 where the filesystem cannot punch holes).
     pub(crate) fn close(&mut self, sh: &Shared) -> Result<u64> {
-        self.checkpoint(sh)?;
+        // (Sabotage: before the checkpoint, so that `tests/broken.rs` shows the order matters.)
+        #[cfg(feature = "test-hooks")]
+        let early = recovery::sabotage::active(recovery::sabotage::LOG_RELEASE_BEFORE_CHECKPOINT);
+        #[cfg(not(feature = "test-hooks"))]
+        let early = false;
         let first = self.sb.log_offset() + PAGE_SIZE;
         let rest = self.sb.log_size - PAGE_SIZE;
+        let release = |w: &mut Writer| {
+            w.storage
+                .release(first, rest)
+                .map_err(|e| Error::io("give back the log's blocks (fallocate)", first, e))
+        };
+        if early && !sh.keep_log_blocks {
+            release(self)?;
+        }
+        self.checkpoint(sh)?;
+        if sh.keep_log_blocks || early {
+            return Ok(0);
+        }
+        let freed = release(self)?;
+        // Durable, like the rest of the close: a crash after it finds the holes (and the
+        // sentinel the checkpoint wrote after its own barriers) on disk.
         self.storage
-            .release(first, rest)
-            .map_err(|e| Error::io("give back the log's blocks (fallocate)", first, e))
+            .barrier_all()
+            .map_err(|e| Error::io("fdatasync after giving back the log", first, e))?;
+        Ok(freed)
     }
 
     /// Give free space back to the filesystem (docs/ARCHITECTURE.md section 14): checkpoint, so

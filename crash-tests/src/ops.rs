@@ -335,7 +335,9 @@ pub fn check_ops_with(
             images += 1;
             let trace = Trace::default();
             let got = file.write(&disk, &choice).and_then(|()| {
-                let own_sizes = txheap::Options::new().durability(durability);
+                let own_sizes = txheap::Options::new()
+                    .durability(durability)
+                    .keep_log_blocks(true);
                 Heap::open(file.path(), own_sizes.record(trace.clone()))
                     .map_err(|e| format!("recovery failed: {e}"))
                     .and_then(|h| read_state(&h))

@@ -42,8 +42,13 @@ pub fn check_recovery_crashes(
     let path = dir.join("recovering.heap");
     std::fs::write(&path, image).map_err(|e| e.to_string())?;
     let trace = Trace::default();
-    let heap = Heap::open(&path, options(rec.durability).record(trace.clone()))
-        .map_err(|e| format!("recovery failed: {e}"))?;
+    let heap = Heap::open(
+        &path,
+        options(rec.durability)
+            .keep_log_blocks(true)
+            .record(trace.clone()),
+    )
+    .map_err(|e| format!("recovery failed: {e}"))?;
     let c0 = verify(&heap, rec.seed)?;
     heap.close()
         .map_err(|e| format!("close after recovery failed: {e}"))?;

@@ -64,6 +64,10 @@ pub struct Root {
     pub hash: PHashMap<u64, [u64; 63]>,
 }
 
+/// A large payload of an odd transaction is first allocated with this many bytes (a large
+/// object too) and then grown to its size with `realloc_slice`.
+const GROW_FROM: u64 = 66_000;
+
 /// Transactions whose entries the maps keep: transaction `n` removes those of `n - MAP_WINDOW`.
 pub const MAP_WINDOW: u64 = 24;
 /// Transaction `n` clears the hash map first when `n` is a multiple of this.
@@ -343,8 +347,20 @@ pub fn step(heap: &Heap, seed: u64, abort: bool) -> txheap::Result<u64> {
         let root = tx.root::<Root>()?;
         let mut rt = *tx.get(root)?;
         let n = rt.counter + 1;
-        let payload = tx.alloc_slice_zeroed::<u8>(payload_size(seed, n))?;
-        tx.slice_mut(payload)?.fill(payload_byte(n));
+        let size = payload_size(seed, n);
+        let payload = if size > GROW_FROM && n % 2 == 1 {
+            // Half the large payloads start smaller and grow by `realloc_slice`: in place
+            // inside their chunk, over the free chunks after it, or past the heap's end.
+            let first = tx.alloc_slice_zeroed::<u8>(GROW_FROM)?;
+            tx.slice_mut(first)?.fill(payload_byte(n));
+            let grown = tx.realloc_slice(first, GROW_FROM, size)?;
+            tx.slice_mut(grown)?[GROW_FROM as usize..].fill(payload_byte(n));
+            grown
+        } else {
+            let p = tx.alloc_slice_zeroed::<u8>(size)?;
+            tx.slice_mut(p)?.fill(payload_byte(n));
+            p
+        };
         let node = tx.alloc(Node {
             value: n,
             next: rt.head,

@@ -82,6 +82,11 @@ fn every_broken_variant_is_caught() {
             sabotage::WITNESS_BEFORE_DURABLE,
             Durability::None,
         ),
+        (
+            "log blocks given back before the close's checkpoint",
+            sabotage::LOG_RELEASE_BEFORE_CHECKPOINT,
+            Durability::Full,
+        ),
     ];
     for durability in [Durability::Full, Durability::None] {
         let (clean, what) = violations(0, 1..3, durability);

@@ -94,6 +94,10 @@ pub mod sabotage {
     /// zeros beside stale frames that vouch for the frame it held, which the old superblock's
     /// recovery then refuses as damage.
     pub const SCRUB_IN_ONE_STEP: u32 = 524288;
+    /// A close gives the log's blocks back before its checkpoint instead of after it: frames
+    /// whose heap bytes are not durable yet read as zeros after a crash in between, and
+    /// acknowledged transactions are lost.
+    pub const LOG_RELEASE_BEFORE_CHECKPOINT: u32 = 1048576;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);
