@@ -665,12 +665,16 @@ impl<'h> Tx<'h> {
                 why: "realloc of a pointer that is not the start of a live allocation",
             })?;
         let mut stays = bytes <= block;
+        // Where the chunks a large object grew over begin: bytes from there on are fresh
+        // space, written in place, never counted against the log.
+        let mut fresh_from = u64::MAX;
         if !stays && !Allocator::is_small(block, std::mem::align_of::<T>() as u64) {
             // A large object grows where it is when the chunks after it are free.
             let off = s.offset();
             if let Some((a, b)) = self.mem_op(|al, m| al.grow_in_place(m, off, bytes))? {
                 if a < b {
                     add_area(&mut self.fresh, (a, b));
+                    fresh_from = a;
                 }
                 stays = true;
             }
@@ -678,12 +682,18 @@ impl<'h> Tx<'h> {
         if stays {
             let t = PSlice::<T>::from_raw_parts(s.offset(), len);
             if len > keep {
-                let tail = PSlice::<T>::from_raw_parts(
-                    t.get(keep).expect("keep < len").offset(),
-                    len - keep,
-                );
-                let b = self.slice_mut(tail)?;
-                bytemuck::cast_slice_mut::<T, u8>(b).fill(0);
+                // Zero the elements from `keep` on: the part in the old extent through the
+                // log, the part in the new chunks (one staged range inside the fresh area,
+                // which goes in place) apart, so a large growth is not limited by the log.
+                let start = s.offset() + keep * std::mem::size_of::<T>() as u64;
+                let end = s.offset() + bytes;
+                let cut = fresh_from.clamp(start, end);
+                for (a, b) in [(start, cut), (cut, end)] {
+                    if a < b {
+                        self.slice_mut(PSlice::<u8>::from_raw_parts(a, b - a))?
+                            .fill(0);
+                    }
+                }
             }
             return Ok(t);
         }
