@@ -665,19 +665,28 @@ impl Allocator {
             if new_cc < start + n as u64 && new_cc < zone_end {
                 return Err(out_of_space);
             }
-            mem.ensure_chunks(new_cc)?;
-            self.undo.push(Undo::ChunkCount(cc));
-            self.chunk_count = new_cc;
-            if let Some((s, l)) = tail {
-                self.remove_extent(s, l);
-                self.undo.push(Undo::ExtentRemoved(s, l));
-            }
-            let len = (new_cc - start) as u32;
-            self.insert_extent(start as u32, len);
-            self.undo.push(Undo::ExtentInserted(start as u32, len));
-            self.write_entry(mem, start as u32, Entry::Free { chunks: len })?;
+            self.extend_free_tail(mem, new_cc)?;
         }
         Ok(())
+    }
+
+    /// Raise the chunk count to `new_cc` (inside the current zone), the new chunks joining
+    /// the free extent at the heap's end (or forming it).
+    fn extend_free_tail(&mut self, mem: &mut dyn TxMem, new_cc: u64) -> Result<()> {
+        let cc = self.chunk_count;
+        let tail = self.free_tail();
+        let start = tail.map_or(cc, |t| t.0 as u64);
+        mem.ensure_chunks(new_cc)?;
+        self.undo.push(Undo::ChunkCount(cc));
+        self.chunk_count = new_cc;
+        if let Some((s, l)) = tail {
+            self.remove_extent(s, l);
+            self.undo.push(Undo::ExtentRemoved(s, l));
+        }
+        let len = (new_cc - start) as u32;
+        self.insert_extent(start as u32, len);
+        self.undo.push(Undo::ExtentInserted(start as u32, len));
+        self.write_entry(mem, start as u32, Entry::Free { chunks: len })
     }
 
     /// Free the allocation starting at `off`. The space is reusable after commit.
@@ -813,20 +822,7 @@ impl Allocator {
             return Ok(false);
         }
         let step = (cc + (cc / GROW_FRACTION).clamp(GROW_CHUNKS_MIN, GROW_CHUNKS_MAX)).max(end);
-        let new_cc = step.min(zone_end).min(max);
-        mem.ensure_chunks(new_cc)?;
-        let tail = self.free_tail();
-        let start = tail.map_or(cc, |t| t.0 as u64);
-        self.undo.push(Undo::ChunkCount(cc));
-        self.chunk_count = new_cc;
-        if let Some((s, l)) = tail {
-            self.remove_extent(s, l);
-            self.undo.push(Undo::ExtentRemoved(s, l));
-        }
-        let len = (new_cc - start) as u32;
-        self.insert_extent(start as u32, len);
-        self.undo.push(Undo::ExtentInserted(start as u32, len));
-        self.write_entry(mem, start as u32, Entry::Free { chunks: len })?;
+        self.extend_free_tail(mem, step.min(zone_end).min(max))?;
         Ok(true)
     }
 
