@@ -29,6 +29,13 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Under valgrind (scripts/valgrind.sh sets `TXHEAP_VALGRIND`) the two damage tests whose every
+/// case opens a copy of the heap take a sample of their cases: a case took about a second there,
+/// and the two tests 106 s of the CI run. The normal suite runs every case.
+fn under_valgrind() -> bool {
+    std::env::var_os("TXHEAP_VALGRIND").is_some()
+}
+
 /// A 1 MiB object: in place (from 64 KiB up).
 const BIG: u64 = 1 << 20;
 
@@ -346,7 +353,11 @@ fn a_flipped_bit_around_a_checked_frame_is_reported_or_a_torn_tail() {
     let path = dir.path().join("case.heap");
     let mut cases = 0;
     for (k, &(at, txid, len)) in frames.iter().enumerate() {
-        let positions = [1, 17, 25, 38, 40 + 3, len - 1];
+        let positions = if under_valgrind() {
+            vec![17, len - 1]
+        } else {
+            vec![1, 17, 25, 38, 40 + 3, len - 1]
+        };
         for pos in positions.into_iter().filter(|&p| p < len) {
             let mut img = image.clone();
             img[at + pos] ^= 0x10;
@@ -379,7 +390,7 @@ fn a_flipped_bit_around_a_checked_frame_is_reported_or_a_torn_tail() {
             }
         }
     }
-    assert!(cases >= 50, "{cases}");
+    assert!(cases >= if under_valgrind() { 20 } else { 50 }, "{cases}");
 }
 
 /// `inspect::read_log` (and `txheap dump-log`) shows a frame's in-place check, and the flush's
@@ -429,7 +440,7 @@ fn a_lost_sector_under_the_vouchers_is_reported_never_a_silent_cut() {
     let path = dir.path().join("case.heap");
     let mut cases = 0;
     // Frames of different lengths before the vouchers put them at different places in a sector.
-    for pad in 0..6u64 {
+    for pad in 0..if under_valgrind() { 2 } else { 6u64 } {
         let _ = std::fs::remove_file(&live);
         let heap = Heap::create(&live, opts()).unwrap();
         step(&heap, false); // count 1
