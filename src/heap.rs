@@ -409,7 +409,7 @@ impl Heap {
             return Ok(());
         }
         let mut w = self.lock_writer()?;
-        w.close(&self.shared).map(|_| ())
+        w.close(&self.shared)
     }
 
     /// Space and activity figures.

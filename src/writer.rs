@@ -932,8 +932,7 @@ impl Writer {
     /// generation's frames after it, which no open reads; zeros read the same to recovery,
     /// and a closed heap then takes on disk its heap and metadata only (a 16 MiB log was a
     /// quarter of the file of a million 64-byte objects, and nearly all of a small heap's).
-    /// Returns the bytes given back (0 where the filesystem cannot punch holes).
-    pub(crate) fn close(&mut self, sh: &Shared) -> Result<u64> {
+    pub(crate) fn close(&mut self, sh: &Shared) -> Result<()> {
         // (Sabotage: before the checkpoint, so that `tests/broken.rs` shows the order matters.)
         #[cfg(feature = "test-hooks")]
         let early = recovery::sabotage::active(recovery::sabotage::LOG_RELEASE_BEFORE_CHECKPOINT);
@@ -950,16 +949,14 @@ impl Writer {
             release(self)?;
         }
         self.checkpoint(sh)?;
-        if sh.keep_log_blocks || early {
-            return Ok(0);
+        if sh.keep_log_blocks || early || release(self)? == 0 {
+            return Ok(());
         }
-        let freed = release(self)?;
         // Durable, like the rest of the close: a crash after it finds the holes (and the
         // sentinel the checkpoint wrote after its own barriers) on disk.
         self.storage
             .barrier_all()
-            .map_err(|e| Error::io("fdatasync after giving back the log", first, e))?;
-        Ok(freed)
+            .map_err(|e| Error::io("fdatasync after giving back the log", first, e))
     }
 
     /// Give free space back to the filesystem (docs/ARCHITECTURE.md section 14): checkpoint, so

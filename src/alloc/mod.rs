@@ -785,7 +785,9 @@ impl Allocator {
                     return Ok(None);
                 }
             }
-            let len = self.free_by_start[&next];
+            let Some(&len) = self.free_by_start.get(&next) else {
+                return Ok(None);
+            };
             self.remove_extent(next, len);
             self.undo.push(Undo::ExtentRemoved(next, len));
             if len > added {

@@ -955,7 +955,10 @@ where
             let first = dir_index(merged, h.depth);
             tx.slice_mut(PSlice::<u64>::from_raw_parts(h.dir + first * 8, span))?
                 .fill(low);
-            h.buckets -= 1;
+            h.buckets = h
+                .buckets
+                .checked_sub(1)
+                .ok_or_else(|| corrupt(b, "PHashMap bucket count below its buckets"))?;
             if l == h.depth {
                 Self::halve(tx, h, g)?;
             }

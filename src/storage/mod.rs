@@ -84,27 +84,29 @@ impl FileStorage {
     /// `sys::punch_hole`). Compaction only: the range is free space no frame or reader needs.
     /// Returns the bytes whose blocks were given back (0 where the filesystem only took zeros).
     pub(crate) fn punch(&mut self, offset: u64, len: u64) -> io::Result<u64> {
-        let (file, counters) = (&self.file, &mut self.counters);
-        let mut freed = 0;
-        self.hooks.punch(offset, len, || {
-            counters.writes += 1;
-            if sys::punch_hole(file, offset, len)? {
-                freed = len;
-            }
-            Ok(())
-        })?;
-        Ok(freed)
+        self.punch_or(offset, len, true)
     }
 
     /// Give the blocks of `[offset, offset+len)` back where the filesystem can punch holes,
     /// and do nothing where it cannot (unlike [`Self::punch`], no zeros are written: the range
     /// holds nothing anyone reads, only the space is at stake). Returns the bytes given back.
     pub(crate) fn release(&mut self, offset: u64, len: u64) -> io::Result<u64> {
+        self.punch_or(offset, len, false)
+    }
+
+    /// A hole at `[offset, offset+len)`; where the filesystem cannot punch, zeros written if
+    /// `zeros`, else nothing. Returns the bytes whose blocks were given back.
+    fn punch_or(&mut self, offset: u64, len: u64, zeros: bool) -> io::Result<u64> {
         let (file, counters) = (&self.file, &mut self.counters);
         let mut freed = 0;
         self.hooks.punch(offset, len, || {
             counters.writes += 1;
-            if crate::platform::punch_hole(file, offset, len)? {
+            let punched = if zeros {
+                sys::punch_hole(file, offset, len)?
+            } else {
+                crate::platform::punch_hole(file, offset, len)?
+            };
+            if punched {
                 freed = len;
             }
             Ok(())
