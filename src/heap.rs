@@ -303,7 +303,19 @@ impl Heap {
             Ok(r) => return r,
             Err(f) => f,
         };
-        let pin = crate::reader::pin(sh);
+        // Beside a writer in another process: bring the registry up to the writer's log, and
+        // hold the pinned state's lock until the read ends (docs/ARCHITECTURE.md section 17).
+        let (pin, _held) = match &sh.live {
+            None => (crate::reader::pin(sh), None),
+            Some(live) => {
+                let mut entry = live.enter()?;
+                crate::foreign::apply(entry.refresh()?, &sh.registry, &sh.map, &sh.file)?;
+                let pin = crate::reader::pin(sh);
+                let txid = pin.txid;
+                entry.pin(txid)?;
+                (pin, Some(crate::foreign::Held(live, txid)))
+            }
+        };
         let r = {
             let _mark = ReadingMark::new(addr, &pin);
             f(&Reader::new(sh, &pin))
@@ -456,6 +468,11 @@ impl Heap {
     /// [`Heap::stats`], calling `progress(runs done, runs)` as the walk over run bitmaps goes.
     pub(crate) fn stats_progress(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<Stats> {
         self.refuse_reentry()?;
+        if self.shared.live.is_some() {
+            // Beside a writer: its figures, read live from the file (docs/ARCHITECTURE.md
+            // section 15), as `txheap stats` does.
+            return crate::inspect::stats(&self.shared.path).map(|(s, _)| s);
+        }
         let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         w.stats(&self.shared, progress)
     }

@@ -325,7 +325,8 @@ pub fn read_log(path: impl AsRef<Path>) -> Result<LogReport> {
 /// ```
 pub fn stats(path: impl AsRef<Path>) -> Result<(Stats, Option<u64>)> {
     let path = path.as_ref();
-    match Heap::open_read_only(path) {
+    // (Not `Heap::open_read_only`, which would follow the writer and ask for these figures.)
+    match open::open_read_only_here(path).map(Heap::from) {
         Err(Error::Locked { .. }) => {
             let copy = LiveCopy::take(path)?;
             let mut s = Heap::open_read_only(&copy.path)?.stats()?;

@@ -72,6 +72,7 @@ mod alloc;
 mod backup;
 mod collections;
 mod error;
+mod foreign;
 mod group;
 mod heap;
 pub mod inspect;

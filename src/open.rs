@@ -214,8 +214,77 @@ pub(crate) fn open(path: &Path, options: &Options) -> Result<Opened> {
     from_file(path, file, options, false)
 }
 
-/// Open an existing heap read-only (see `Heap::open_read_only`).
+/// Open an existing heap read-only (see `Heap::open_read_only`): under a shared `flock`,
+/// replaying the log privately; or, if a writer holds the file, beside it, following its log
+/// (docs/ARCHITECTURE.md section 17).
 pub(crate) fn open_read_only(path: &Path) -> Result<Opened> {
+    let file = OpenOptions::new()
+        .read(true)
+        .open(path)
+        .map_err(|e| open_error(path, e))?;
+    match sys::try_flock(&file, false) {
+        Ok(true) => from_file(path, file, &Options::new(), true),
+        Ok(false) => open_live(path, file),
+        Err(e) => Err(Error::io("flock", 0, e)),
+    }
+}
+
+/// A read-only heap beside the writer that holds `file`'s `flock`: no lock of its own (the
+/// writer may close and another open meanwhile), and its state built from the file and the
+/// writer's log at every `read` (`foreign::Live`). Where the platform lacks the byte-range
+/// locks it needs, `Locked`, as before.
+fn open_live(path: &Path, file: File) -> Result<Opened> {
+    phase!(OPEN);
+    let file = Arc::new(file);
+    if crate::foreign::Foreign::probe(&file).is_none() {
+        return Err(Error::Locked {
+            path: path.to_path_buf(),
+        });
+    }
+    let live = crate::foreign::Live::new(file.clone())?;
+    let update = live.enter()?.refresh()?;
+    let sb = update.sb;
+    let storage = new_storage(&file, &Options::new(), 0)?;
+    let len = stat(&storage)?;
+    if len < sb.min_file_len() {
+        return Err(Error::Truncated {
+            len,
+            needed: sb.min_file_len(),
+        });
+    }
+    let map = map_file(&file, &sb, len, false, 0)?;
+    let geo = Geometry::of(&sb);
+    map.advise(geo.heap_offset, u64::MAX, Options::new().access.madvise())
+        .map_err(|e| Error::io("madvise the heap's mapping", geo.heap_offset, e))?;
+    let (txid, header) = update
+        .reset
+        .expect("a first entry reads the superblock anew");
+    let writer = Writer::new(
+        storage,
+        (sb, update.slot),
+        (0, sb.next_txid),
+        Allocator::empty(geo.chunk_area, 0),
+        header,
+        false,
+    );
+    let mut shared = Shared::new(
+        path.to_path_buf(),
+        (file.clone(), None),
+        (map, None),
+        geo,
+        true,
+        Durability::Full,
+        (txid, header),
+    );
+    crate::foreign::apply(update, &shared.registry, &shared.map, &file)?;
+    shared.live = Some(live);
+    phase!(IDLE);
+    Ok(Opened { shared, writer })
+}
+
+/// Open an existing heap read-only under a shared `flock` only (`Locked` while a writer holds
+/// it): for the inspection functions, which read a writer's heap their own way.
+pub(crate) fn open_read_only_here(path: &Path) -> Result<Opened> {
     let file = open_shared(path)?;
     from_file(path, file, &Options::new(), true)
 }
@@ -251,9 +320,21 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
     // Before recovery, whose checkpoint rewrites the older slot: a damaged slot is reported
     // (Stats::superblock_damage), even where the fallback to the other one loses nothing.
     let damaged = recovery::damaged_slots(&storage)?;
+    // A writable handle shuts readers in other processes out while it recovers (a reader
+    // left from an earlier writer may be reading; replay and the checkpoint change what it
+    // reads), then answers them for as long as it is open (docs/ARCHITECTURE.md section 17).
+    let foreign = if read_only {
+        None
+    } else {
+        crate::foreign::Foreign::probe(&file)
+    };
     let (log, map) = if read_only {
         replay_read_only(&file, &storage, options.salvage)?
     } else {
+        let _excluded = match &foreign {
+            Some(f) => Some(f.exclude()?),
+            None => None,
+        };
         recover_writable(&file, &mut storage, options)?
     };
     let geo = Geometry::of(&log.sb);
@@ -304,6 +385,7 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         (log.next_txid.saturating_sub(1), header),
     );
     shared.salvaged = log.salvaged;
+    shared.foreign = foreign;
     shared.in_place_min = options.in_place_min;
     shared.keep_log_blocks = options.keep_log_blocks;
     shared.superblock_damage = (!damaged.is_empty()).then(|| {

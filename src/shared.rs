@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::alloc::HeapHeader;
 use crate::error::{Error, Result};
+use crate::foreign::{Excluded, Foreign, Live};
 use crate::group::Group;
 use crate::layout::Geometry;
 use crate::options::Durability;
@@ -52,6 +53,11 @@ pub(crate) struct Shared {
     pub in_place_min: u64,
     /// [`crate::Options::keep_log_blocks`].
     pub keep_log_blocks: bool,
+    /// A writable handle's side of readers in other processes (docs/ARCHITECTURE.md section
+    /// 17), where the platform has the locks it needs.
+    pub foreign: Option<Foreign>,
+    /// A read-only handle opened beside a writer: it follows the writer's log.
+    pub live: Option<Live>,
 }
 
 impl Shared {
@@ -91,6 +97,26 @@ impl Shared {
             superblock_damage: None,
             in_place_min: u64::MAX,
             keep_log_blocks: false,
+            foreign: None,
+            live: None,
+        }
+    }
+
+    /// The lowest txid a reader is pinned at, here or in another process (`None`: no reader).
+    pub(crate) fn oldest_pin(&self) -> Option<u64> {
+        min_pin(self.registry.oldest_pin(), self.foreign_oldest())
+    }
+
+    /// The lowest txid a reader in another process holds (see [`Foreign::oldest`]).
+    pub(crate) fn foreign_oldest(&self) -> Option<u64> {
+        self.foreign.as_ref().and_then(Foreign::oldest)
+    }
+
+    /// Shut readers in other processes out while the guard lives (see [`Foreign::exclude`]).
+    pub(crate) fn exclude_foreign(&self) -> Result<Excluded<'_>> {
+        match &self.foreign {
+            Some(f) => f.exclude(),
+            None => Ok(Excluded::none()),
         }
     }
 
@@ -128,6 +154,14 @@ impl Shared {
     pub(crate) fn fail(&self, op: &'static str, offset: u64, e: io::Error) -> Error {
         self.poison(&format!("{op} at offset {offset}: {e}"));
         Error::io(op, offset, e)
+    }
+}
+
+/// The lower of two pins (`None`: no reader).
+pub(crate) fn min_pin(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

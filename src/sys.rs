@@ -1,5 +1,5 @@
-//! Operating-system calls that need `unsafe`: the file mapping, `msync`, `madvise` and `flock`
-//! (the calls that differ between platforms are in `platform.rs`).
+//! Operating-system calls that need `unsafe`: the file mapping, `msync`, `madvise`, `flock` and
+//! byte-range locks (the calls that differ between platforms are in `platform.rs`).
 //!
 //! Owns: every raw pointer into mapped memory. Nothing outside this module creates one.
 //! May not: decide *when* memory may be read or changed; callers hold the heap's locks
@@ -60,6 +60,115 @@ pub(crate) fn try_flock(fd: &impl AsRawFd, exclusive: bool) -> io::Result<bool> 
         Ok(false)
     } else {
         Err(e)
+    }
+}
+
+/// A byte-range lock of [`range_lock`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RangeLock {
+    /// A read lock: others may hold read locks on the same bytes.
+    Shared,
+    /// A write lock: nobody else holds any lock on the bytes.
+    Exclusive,
+    /// Release what this open file description holds on the bytes.
+    Unlock,
+}
+
+/// The `struct flock` for `[start, start+len)` (`len` 0: to the end of every possible file).
+#[cfg(target_os = "linux")]
+fn flock_range(kind: RangeLock, start: u64, len: u64) -> io::Result<libc::flock> {
+    let start =
+        libc::off_t::try_from(start).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let len =
+        libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `flock` is a plain C struct of integers, for which all zeros is a valid value
+    // (`l_pid` must be 0 for the OFD commands).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = match kind {
+        RangeLock::Shared => libc::F_RDLCK,
+        RangeLock::Exclusive => libc::F_WRLCK,
+        RangeLock::Unlock => libc::F_UNLCK,
+    } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start;
+    fl.l_len = len;
+    Ok(fl)
+}
+
+/// Take (or release) a byte-range lock on `[start, start+len)` of the file (`len` 0: to the
+/// end of every possible file) that belongs to this open file description, as `flock`'s does,
+/// not to the process (Linux `F_OFD_SETLK`): two descriptions in one process conflict like two
+/// processes, and the kernel drops the locks when the description is closed (a killed process
+/// leaves none behind). The bytes need not exist. `wait`: block until the lock is granted;
+/// otherwise `Ok(false)` if another description holds a conflicting one. Elsewhere than Linux:
+/// `Unsupported`.
+pub(crate) fn range_lock(
+    file: &std::fs::File,
+    kind: RangeLock,
+    (start, len): (u64, u64),
+    wait: bool,
+) -> io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        let fl = flock_range(kind, start, len)?;
+        let cmd = if wait {
+            libc::F_OFD_SETLKW
+        } else {
+            libc::F_OFD_SETLK
+        };
+        loop {
+            // SAFETY: fcntl reads the `flock` we pass (a valid, initialised struct that lives
+            // across the call) and changes no memory of ours for the SET commands.
+            let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl as *const libc::flock) };
+            if rc == 0 {
+                return Ok(true);
+            }
+            let e = last_err();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN | libc::EACCES) if !wait => return Ok(false),
+                _ => return Err(e),
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, kind, start, len, wait);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+/// The first lock another open file description holds that a write lock on
+/// `[start, start+len)` would conflict with, as `(start, len)` (`len` 0: to the end), or
+/// `None` (Linux `F_OFD_GETLK`; elsewhere `Unsupported`).
+pub(crate) fn range_lock_conflict(
+    file: &std::fs::File,
+    (start, len): (u64, u64),
+) -> io::Result<Option<(u64, u64)>> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut fl = flock_range(RangeLock::Exclusive, start, len)?;
+        // SAFETY: fcntl reads and then overwrites the `flock` we pass, a valid struct that we
+        // own exclusively for the call.
+        let rc = unsafe {
+            libc::fcntl(
+                file.as_raw_fd(),
+                libc::F_OFD_GETLK,
+                &mut fl as *mut libc::flock,
+            )
+        };
+        if rc != 0 {
+            return Err(last_err());
+        }
+        if fl.l_type == libc::F_UNLCK as libc::c_short {
+            return Ok(None);
+        }
+        Ok(Some((fl.l_start.max(0) as u64, fl.l_len.max(0) as u64)))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, start, len);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 }
 

@@ -23,6 +23,7 @@ use txheap_recovery::{self as recovery, Slot, Storage, Superblock, PAGE_SIZE};
 
 use crate::alloc::{Allocator, HeapHeader, Keyed};
 use crate::error::{Error, Result};
+use crate::foreign::Excluded;
 use crate::limits::{CHUNK_SIZE, PENDING_PAGES_MAX, PUBLISH_BATCH};
 use crate::options::{Durability, Stats};
 use crate::shared::Shared;
@@ -318,7 +319,7 @@ impl Writer {
                 self.flush(sh)?;
             }
         }
-        self.quiet_for_in_place(sh, &plan.fresh)?;
+        let _excluded = self.quiet_for_in_place(sh, &plan.fresh)?;
         let mut digest = InPlaceDigest::new();
         {
             let storage = &mut self.storage;
@@ -546,6 +547,9 @@ impl Writer {
         let txid = self.next_txid - 1;
         let frame = self.frame_for_readers(sh, plan)?;
         let oldest = sh.registry.commit(txid, plan.header, frame.clone());
+        // (Readers in other processes are asked after the frame is in the log: one that enters
+        // later finds it there, section 17.)
+        let oldest = crate::shared::min_pin(oldest, sh.foreign_oldest());
         self.unpublished.push_back((txid, frame));
         // (The durable txid cannot pass `txid` meanwhile: this commit's own barrier made it
         // durable, and no frame waits for a shared one, or it would have shared.)
@@ -591,7 +595,7 @@ impl Writer {
         if self.unpublished.len() < PUBLISH_BATCH {
             return Ok(()); // readers see them through their overlay meanwhile
         }
-        let limit = self.publishable(sh, || sh.registry.oldest_pin());
+        let limit = self.publishable(sh, || sh.oldest_pin());
         self.publish_upto(sh, limit)
     }
 
@@ -785,7 +789,14 @@ impl Writer {
     /// through the log instead while readers run, when they fit). Then the file gets every
     /// committed frame and the writer's private pages are dropped, so that the pwrites show
     /// through the writer's mapping.
-    fn quiet_for_in_place(&mut self, sh: &Shared, fresh: &[(u64, u64)]) -> Result<()> {
+    fn quiet_for_in_place<'s>(
+        &mut self,
+        sh: &'s Shared,
+        fresh: &[(u64, u64)],
+    ) -> Result<Excluded<'s>> {
+        // Readers in other processes see no hidden areas: they are shut out (waited for, and
+        // kept out) until the caller's in-place writes are done (section 17).
+        let excluded = sh.exclude_foreign()?;
         let seq = sh.registry.hide(
             fresh
                 .iter()
@@ -807,7 +818,7 @@ impl Writer {
             skipped || (self.unpublished.is_empty() && self.pending_pages.is_empty()),
             "in-place bytes while the file lacks committed frames"
         );
-        Ok(())
+        Ok(excluded)
     }
 
     /// Step 7: bookkeeping, and under `None` a flush when too many private pages are held.
@@ -882,7 +893,7 @@ impl Writer {
             sh.group.made_durable(upto);
             self.durable_txid = upto;
         }
-        let limit = self.publishable(sh, || sh.registry.oldest_pin());
+        let limit = self.publishable(sh, || sh.oldest_pin());
         self.publish_upto(sh, limit)
     }
 
@@ -893,6 +904,9 @@ impl Writer {
 
     /// [`Writer::checkpoint`], the new superblock saying `shrink_to` as the file's length.
     fn checkpoint_shrinking(&mut self, sh: &Shared, shrink_to: Option<u64>) -> Result<()> {
+        // Readers in other processes read the log and hold frames back: wait for them, and keep
+        // new ones out until the new superblock and the sentinel are written (section 17).
+        let _excluded = sh.exclude_foreign()?;
         self.flush(sh)?;
         if let Some(&(last, _)) = self.unpublished.back() {
             // The log is about to be emptied, so the file must hold every frame: wait for the
@@ -988,9 +1002,11 @@ impl Writer {
         if before > heap_end {
             hidden.push((heap_end, before));
         }
-        if !punch_first {
-            self.quiet_for_in_place(sh, &hidden)?;
-        }
+        let _excluded = if punch_first {
+            sh.exclude_foreign()?
+        } else {
+            self.quiet_for_in_place(sh, &hidden)?
+        };
         let mut punched = 0;
         for &(off, len) in &free {
             punched += self

@@ -98,6 +98,9 @@ pub mod sabotage {
     /// whose heap bytes are not durable yet read as zeros after a crash in between, and
     /// acknowledged transactions are lost.
     pub const LOG_RELEASE_BEFORE_CHECKPOINT: u32 = 1048576;
+    /// The writer ignores readers in other processes: it puts frames into the file while one
+    /// is pinned at an older state or is still reading the log, and empties the log under it.
+    pub const FOREIGN_READERS_IGNORED: u32 = 2097152;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);

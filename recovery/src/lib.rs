@@ -49,7 +49,8 @@ pub use replay::{
     Vouchers,
 };
 pub use scan::{
-    find_damage, frame_verifies_at, scan_log, scan_log_visiting, ApplyFn, LogDamage, LogScan,
+    find_damage, frame_verifies_at, scan_log, scan_log_from, scan_log_visiting, ApplyFn, LogDamage,
+    LogScan,
 };
 pub use storage::{MemStorage, Storage};
 pub use superblock::{

@@ -692,7 +692,14 @@ where
         }
         Ok(())
     };
-    let scan = scan_log_in(&*storage, &sb, log, apply, &mut |_, _| {})?;
+    let scan = scan_log_in(
+        &*storage,
+        &sb,
+        log,
+        (0, sb.next_txid),
+        apply,
+        &mut |_, _| {},
+    )?;
     let owned_arena = arena;
     let arena: &[u8] = log.unwrap_or(&owned_arena);
     if let (Some(d), OnDamage::Refuse) = (scan.damage, on_damage) {

@@ -559,7 +559,42 @@ pub fn scan_log_visiting<S: Storage + ?Sized>(
     apply: &mut ApplyFn<'_>,
     visit: &mut dyn FnMut(u64, &FrameHeader),
 ) -> Result<LogScan, RecoveryError> {
-    scan_log_in(storage, sb, None, apply, visit)
+    scan_log_in(storage, sb, None, (0, sb.next_txid), apply, visit)
+}
+
+/// [`scan_log_visiting`] from the frame at log-relative offset `at` with transaction id
+/// `txid`, where an earlier scan of the same generation ended (its `end_offset` and
+/// `next_txid`): for a reader that follows a log another process appends to, and reads each
+/// frame once. Within a generation the log only grows at its end, so the frames before `at`
+/// are the ones the earlier scan found.
+///
+/// ```
+/// use txheap_recovery::{format, scan_log, scan_log_from, MemStorage, Storage};
+/// use txheap_recovery::txheap_log::FrameBuilder;
+/// let mut s = MemStorage::new();
+/// let sb = format(&mut s, 65536, 1 << 20).unwrap();
+/// let first = scan_log(&s, &sb, &mut |_, _| Ok(())).unwrap();
+/// assert_eq!(first.frames, 0);
+/// let mut b = FrameBuilder::new();
+/// b.push_range(sb.heap_offset() + 8, b"new").unwrap();
+/// let f = b.finish(sb.generation, first.next_txid).to_vec();
+/// s.write_at(sb.log_offset() + first.end_offset, &f).unwrap();
+/// let mut seen = Vec::new();
+/// let more = scan_log_from(&s, &sb, (first.end_offset, first.next_txid), &mut |off, bytes| {
+///     seen.push((off, bytes.to_vec()));
+///     Ok(())
+/// }, &mut |_, _| {}).unwrap();
+/// assert_eq!((more.frames, more.next_txid), (1, first.next_txid + 1));
+/// assert_eq!(seen, vec![(sb.heap_offset() + 8, b"new".to_vec())]);
+/// ```
+pub fn scan_log_from<S: Storage + ?Sized>(
+    storage: &S,
+    sb: &Superblock,
+    (at, txid): (u64, u64),
+    apply: &mut ApplyFn<'_>,
+    visit: &mut dyn FnMut(u64, &FrameHeader),
+) -> Result<LogScan, RecoveryError> {
+    scan_log_in(storage, sb, None, (at.min(sb.log_size), txid), apply, visit)
 }
 
 /// [`scan_log_visiting`], reading the log region through `log` (all of it: a view the storage
@@ -568,11 +603,10 @@ pub(crate) fn scan_log_in<S: Storage + ?Sized>(
     storage: &S,
     sb: &Superblock,
     log: Option<&[u8]>,
+    (mut at, mut txid): (u64, u64),
     apply: &mut ApplyFn<'_>,
     visit: &mut dyn FnMut(u64, &FrameHeader),
 ) -> Result<LogScan, RecoveryError> {
-    let mut at = 0u64;
-    let mut txid = sb.next_txid;
     let mut frames = 0;
     let mut range_bytes = 0;
     let mut checked = 0;

@@ -278,7 +278,7 @@ pub(crate) struct Allocator {
 }
 
 impl Allocator {
-    fn empty(chunk_area: u64, chunk_count: u64) -> Allocator {
+    pub(crate) fn empty(chunk_area: u64, chunk_count: u64) -> Allocator {
         Allocator {
             chunk_area,
             chunk_count,

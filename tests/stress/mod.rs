@@ -176,8 +176,33 @@ pub fn quiet_planned_panics() {
     }));
 }
 
+/// How long a stress run lasts: `TXHEAP_STRESS_SECS`, else `default` seconds.
+#[allow(dead_code)]
+pub fn secs(default: f64) -> Duration {
+    Duration::from_secs_f64(
+        std::env::var("TXHEAP_STRESS_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
 /// Run `writers` writer threads and `readers` reader threads on `heap` for `time`.
+#[allow(dead_code)]
 pub fn run(heap: &Heap, writers: u32, readers: u32, time: Duration, hold: u32) -> Report {
+    run_beside(heap, heap, writers, readers, time, hold)
+}
+
+/// [`run`] with the readers on `beside`, another handle of the same file (a read-only open
+/// beside the writer: docs/ARCHITECTURE.md section 17).
+pub fn run_beside(
+    heap: &Heap,
+    beside: &Heap,
+    writers: u32,
+    readers: u32,
+    time: Duration,
+    hold: u32,
+) -> Report {
     let stop = AtomicBool::new(false);
     let (commits, aborts, panics, reads) = (
         AtomicU64::new(0),
@@ -208,7 +233,7 @@ pub fn run(heap: &Heap, writers: u32, readers: u32, time: Duration, hold: u32) -
             let (stop, reads, violations) = (&stop, &reads, &violations);
             s.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    match check(heap, hold) {
+                    match check(beside, hold) {
                         Ok(None) => {}
                         Ok(Some(v)) => violations.lock().unwrap().push(v),
                         Err(e) => violations.lock().unwrap().push(format!("read failed: {e}")),

@@ -1,0 +1,419 @@
+//! Readers in other processes (docs/ARCHITECTURE.md section 17): a read-only handle opened
+//! while a writer holds the file follows the writer's log, and the writer leaves alone what
+//! such a reader may be looking at.
+//!
+//! Owns: the byte-range locks that carry the protocol (docs/FORMAT.md, "Reader locks"), the
+//! writer's side (`Foreign`: the lowest state a reader elsewhere holds, and shutting readers
+//! out while the log is emptied or bytes are written in place) and the reader's (`Live`:
+//! entering, following the log into the registry, pins). May not: write the file (a live
+//! reader never does) or decide when the writer publishes (the writer asks `Foreign`).
+//!
+//! The locks are open-file-description locks (Linux `F_OFD_*`) on bytes far past any file's
+//! end (offsets from [`LOCK_BASE`]), so they never touch data and vanish with the process
+//! that held them:
+//! - the *entry* byte `LOCK_BASE`: a reader holds it shared while it reads the superblock and
+//!   the log and builds its state; the writer publishes nothing while it is held;
+//! - the *pin* byte `LOCK_BASE + 1 + txid`: a reader holds it shared while it reads state
+//!   `txid`; the writer puts no frame after `txid` into the file meanwhile;
+//! - the writer takes everything from `LOCK_BASE` on exclusively (waiting for the readers in
+//!   it) to empty the log, to write in place, to compact, and to recover.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use txheap_recovery::{self as recovery, Slot, Storage, Superblock};
+
+use crate::alloc::{HeapHeader, HEAP_HEADER_LEN};
+use crate::error::{Error, Result};
+use crate::layout::{needed_len, Geometry};
+use crate::snapshot::{newest_wins, Frame, Piece, Registry, Src};
+use crate::storage::FileStorage;
+use crate::sys::{self, Mapping, RangeLock};
+
+/// The first byte of the reader locks: past the largest file the format addresses
+/// (`FILE_SIZE_MAX`, 2^56), and low enough that every pin (`txid` at most 2^62) fits an
+/// `off_t`.
+pub(crate) const LOCK_BASE: u64 = 1 << 61;
+
+/// The entry byte.
+const ENTRY: (u64, u64) = (LOCK_BASE, 1);
+
+/// Every reader lock (length 0: to the end).
+const EVERY_LOCK: (u64, u64) = (LOCK_BASE, 0);
+
+/// The pin byte of state `txid`.
+fn pin_byte(txid: u64) -> (u64, u64) {
+    (LOCK_BASE + 1 + txid, 1)
+}
+
+/// Whether the sabotage switch `FOREIGN_READERS_IGNORED` is on (crash and stress tests only).
+fn ignored() -> bool {
+    #[cfg(feature = "test-hooks")]
+    {
+        recovery::sabotage::active(recovery::sabotage::FOREIGN_READERS_IGNORED)
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    false
+}
+
+/// The writer's side: asks which states readers elsewhere hold, and shuts them out.
+#[derive(Debug)]
+pub(crate) struct Foreign {
+    file: Arc<File>,
+    /// Nested exclusions (a checkpoint inside a compaction): the lock is taken by the first
+    /// and released by the last.
+    depth: Mutex<usize>,
+}
+
+impl Foreign {
+    /// The writer's side on `file` (the writer's own description), if the platform and the
+    /// filesystem take open-file-description locks (asked once, here); otherwise no reader
+    /// can follow from elsewhere either (its open is refused with `Locked`, as before).
+    pub(crate) fn probe(file: &Arc<File>) -> Option<Foreign> {
+        sys::range_lock_conflict(file, EVERY_LOCK)
+            .ok()
+            .map(|_| Foreign {
+                file: file.clone(),
+                depth: Mutex::new(0),
+            })
+    }
+
+    /// The lowest state a reader in another process holds, `Some(0)` while one is entering
+    /// (it may be reading the log: hold every frame back), `None` for none. One `fcntl` when
+    /// no reader is about, one more per distinct lower pin found. If the question itself
+    /// fails, `Some(0)`: the frames stay out of the file, and the next exclusion (a
+    /// checkpoint's) reports the failure.
+    pub(crate) fn oldest(&self) -> Option<u64> {
+        if ignored() {
+            return None;
+        }
+        let mut found: Option<u64> = None;
+        loop {
+            let range = match found {
+                None => EVERY_LOCK,
+                Some(LOCK_BASE) => break,
+                Some(s) => (LOCK_BASE, s - LOCK_BASE),
+            };
+            match sys::range_lock_conflict(&self.file, range) {
+                Ok(None) => break,
+                Ok(Some((s, _))) => {
+                    let s = s.max(LOCK_BASE);
+                    if found.is_some_and(|f| s >= f) {
+                        break;
+                    }
+                    found = Some(s);
+                }
+                Err(_) => return Some(0),
+            }
+        }
+        found.map(|s| s.saturating_sub(LOCK_BASE + 1))
+    }
+
+    /// Wait until no reader elsewhere is entering or pinned, and keep new ones out (they wait
+    /// at their entry) until the guard is dropped.
+    pub(crate) fn exclude(&self) -> Result<Excluded<'_>> {
+        let mut depth = self.depth.lock().unwrap_or_else(|e| e.into_inner());
+        if *depth == 0 && !ignored() {
+            sys::range_lock(&self.file, RangeLock::Exclusive, EVERY_LOCK, true).map_err(|e| {
+                Error::io(
+                    "shut out readers in other processes (fcntl F_OFD_SETLKW)",
+                    LOCK_BASE,
+                    e,
+                )
+            })?;
+        }
+        *depth += 1;
+        Ok(Excluded(Some(self)))
+    }
+}
+
+/// Readers in other processes are shut out while this lives (see [`Foreign::exclude`]).
+#[must_use]
+pub(crate) struct Excluded<'a>(Option<&'a Foreign>);
+
+impl Excluded<'_> {
+    /// A guard that shuts nobody out (no writer side: a read-only handle, or no locks here).
+    pub(crate) fn none() -> Excluded<'static> {
+        Excluded(None)
+    }
+}
+
+impl Drop for Excluded<'_> {
+    fn drop(&mut self) {
+        let Some(f) = self.0 else { return };
+        let mut depth = f.depth.lock().unwrap_or_else(|e| e.into_inner());
+        *depth -= 1;
+        if *depth == 0 {
+            // (An unlock of our own lock cannot fail but for a closed descriptor, which the
+            // `Arc` rules out; and closing the description would release it anyway.)
+            let _ = sys::range_lock(&f.file, RangeLock::Unlock, EVERY_LOCK, false);
+        }
+    }
+}
+
+/// A read-only handle's side, when it was opened beside a writer: it follows the log.
+#[derive(Debug)]
+pub(crate) struct Live {
+    file: Arc<File>,
+    state: Mutex<LiveState>,
+}
+
+#[derive(Debug)]
+struct LiveState {
+    storage: FileStorage,
+    /// The superblock whose log is followed (`None` before the first entry).
+    sb: Option<Superblock>,
+    /// Where the next frame of its generation is expected (log-relative) and its txid.
+    at: u64,
+    next_txid: u64,
+    /// The heap header as the frames read so far leave it.
+    header: [u8; HEAP_HEADER_LEN as usize],
+    /// How many reads of this process hold each pin byte (one lock per byte: a description
+    /// holds a byte or not).
+    pins: BTreeMap<u64, usize>,
+}
+
+/// What an entry found: the state the file held at the superblock's checkpoint, if the
+/// superblock changed (every frame of the old generation is in the file then), and the new
+/// frames' state, merged.
+pub(crate) struct Update {
+    pub reset: Option<(u64, HeapHeader)>,
+    pub frames: Option<(u64, HeapHeader, Arc<[Piece]>)>,
+    pub sb: Superblock,
+    pub slot: Slot,
+}
+
+impl Live {
+    pub(crate) fn new(file: Arc<File>) -> Result<Live> {
+        let storage =
+            FileStorage::new(file.clone(), 0, false).map_err(|e| Error::io("storage", 0, e))?;
+        Ok(Live {
+            file,
+            state: Mutex::new(LiveState {
+                storage,
+                sb: None,
+                at: 0,
+                next_txid: 0,
+                header: [0; HEAP_HEADER_LEN as usize],
+                pins: BTreeMap::new(),
+            }),
+        })
+    }
+
+    /// Enter: one entry at a time in this process, holding the entry byte (waiting while the
+    /// writer shuts readers out). The guard releases it.
+    pub(crate) fn enter(&self) -> Result<Entry<'_>> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        sys::range_lock(&self.file, RangeLock::Shared, ENTRY, true).map_err(|e| {
+            Error::io(
+                "enter as a reader beside the writer (fcntl F_OFD_SETLKW)",
+                LOCK_BASE,
+                e,
+            )
+        })?;
+        Ok(Entry { live: self, st })
+    }
+
+    /// A read of state `txid` ended.
+    pub(crate) fn unpin(&self, txid: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = st.pins.get_mut(&txid) {
+            *n -= 1;
+            if *n == 0 {
+                st.pins.remove(&txid);
+                let _ = sys::range_lock(&self.file, RangeLock::Unlock, pin_byte(txid), false);
+            }
+        }
+    }
+}
+
+/// A read of a state (`.1`) in progress: dropping it unpins (after the read's own pin in the
+/// registry is gone, since it is declared after it).
+pub(crate) struct Held<'a>(pub &'a Live, pub u64);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.unpin(self.1);
+    }
+}
+
+/// An entry in progress: the entry byte is held, and no other entry of this process runs.
+pub(crate) struct Entry<'a> {
+    live: &'a Live,
+    st: MutexGuard<'a, LiveState>,
+}
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        let _ = sys::range_lock(&self.live.file, RangeLock::Unlock, ENTRY, false);
+    }
+}
+
+/// Scans of a log that the writer appends to may meet a frame half written and, a moment
+/// later, the next one vouching for it (docs/ARCHITECTURE.md section 15): a damaged durable
+/// frame, to a scan of a file at rest. The scan starts again; damage at the same frame on
+/// this many scans in a row is reported.
+const DAMAGE_RETRIES: u32 = 3;
+
+impl Entry<'_> {
+    /// Read the superblock and the frames committed since the last entry (all of the log's,
+    /// after a checkpoint or at the first entry).
+    pub(crate) fn refresh(&mut self) -> Result<Update> {
+        let st = &mut *self.st;
+        let (sb, slot) = recovery::select_superblock(&st.storage)?;
+        let mut reset = None;
+        let same = st
+            .sb
+            .is_some_and(|old| old.seq == sb.seq && old.generation == sb.generation);
+        if !same {
+            if let Some(old) = st.sb {
+                if old.heap_offset() != sb.heap_offset() || old.log_size != sb.log_size {
+                    return Err(Error::Corrupt {
+                        offset: 0,
+                        what: format!(
+                            "the heap's geometry changed under a reader (log {} bytes, heap at {}; \
+                             now {} and {}): the file was replaced",
+                            old.log_size,
+                            old.heap_offset(),
+                            sb.log_size,
+                            sb.heap_offset()
+                        ),
+                    });
+                }
+            }
+            // The file holds every frame before the new generation (the writer checkpoints
+            // only with readers shut out, after putting every frame into the file).
+            st.storage
+                .read_at(sb.heap_offset(), &mut st.header)
+                .map_err(|e| Error::io("read the heap header", sb.heap_offset(), e))?;
+            let header = HeapHeader::decode(&st.header, sb.heap_offset())?;
+            needed_len(&sb, &header)?;
+            reset = Some((sb.next_txid.saturating_sub(1), header));
+            st.sb = Some(sb);
+            st.at = 0;
+            st.next_txid = sb.next_txid;
+        }
+        let heap_offset = sb.heap_offset();
+        let mut last_damage = None;
+        let mut tries = 0;
+        let (scan, frames) = loop {
+            let mut data: Vec<u8> = Vec::new();
+            let mut spans: Vec<(u64, u64, usize)> = Vec::new();
+            let mut bounds: Vec<usize> = Vec::new();
+            let count = std::cell::Cell::new(0usize);
+            let mut header = st.header;
+            let scan = recovery::scan_log_from(
+                &st.storage,
+                &sb,
+                (st.at, st.next_txid),
+                &mut |off, bytes| {
+                    spans.push((off, off + bytes.len() as u64, data.len()));
+                    data.extend_from_slice(bytes);
+                    count.set(count.get() + 1);
+                    Ok(())
+                },
+                &mut |_, _| bounds.push(count.get()),
+            )?;
+            if let Some(d) = scan.damage {
+                tries += 1;
+                let here = (d.offset, d.txid);
+                if last_damage == Some(here) && tries >= DAMAGE_RETRIES {
+                    return Err(d.error().into());
+                }
+                last_damage = Some(here);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                continue;
+            }
+            // The header as these frames leave it (they log only the words they change).
+            for &(a, b, at) in &spans {
+                let (lo, hi) = (a.max(heap_offset), b.min(heap_offset + HEAP_HEADER_LEN));
+                if lo < hi {
+                    let src = at + (lo - a) as usize;
+                    header[(lo - heap_offset) as usize..(hi - heap_offset) as usize]
+                        .copy_from_slice(&data[src..src + (hi - lo) as usize]);
+                }
+            }
+            let data: Arc<[u8]> = data.into();
+            let pieces: Vec<Piece> = spans
+                .iter()
+                .map(|&(start, end, at)| Piece {
+                    start,
+                    end,
+                    src: Src::Bytes(data.clone(), at),
+                })
+                .collect();
+            let mut frames = Vec::with_capacity(bounds.len());
+            let mut from = 0;
+            for &b in &bounds {
+                frames.push(&pieces[from..b]);
+                from = b;
+            }
+            let merged = newest_wins(frames.into_iter());
+            break (scan, (header, merged));
+        };
+        let mut update = Update {
+            reset,
+            frames: None,
+            sb,
+            slot,
+        };
+        if scan.frames > 0 {
+            let (bytes, merged) = frames;
+            let header = HeapHeader::decode(&bytes, heap_offset)?;
+            needed_len(&sb, &header)?;
+            st.header = bytes;
+            st.at = scan.end_offset;
+            st.next_txid = scan.next_txid;
+            update.frames = Some((scan.next_txid - 1, header, merged.into()));
+        }
+        Ok(update)
+    }
+
+    /// Hold state `txid` for a read: the writer puts no later frame into the file until
+    /// [`Live::unpin`].
+    pub(crate) fn pin(&mut self, txid: u64) -> Result<()> {
+        let n = self.st.pins.entry(txid).or_insert(0);
+        if *n == 0 {
+            // Granted at once: only the writer's exclusion conflicts, and it waits for the
+            // entry byte this entry holds.
+            sys::range_lock(&self.live.file, RangeLock::Shared, pin_byte(txid), true)
+                .map_err(|e| Error::io("pin a state (fcntl F_OFD_SETLKW)", pin_byte(txid).0, e))?;
+        }
+        *n += 1;
+        Ok(())
+    }
+}
+
+/// Lay an entry's update into the registry, and make the mapping reach the heap's end.
+pub(crate) fn apply(update: Update, registry: &Registry, map: &Mapping, file: &File) -> Result<()> {
+    let geo = Geometry::of(&update.sb);
+    let mut chunks = None;
+    if let Some((txid, header)) = update.reset {
+        // Every frame up to `txid` is in the file: snapshots from now on read it there.
+        registry.published(u64::MAX);
+        registry.commit(txid, header, Frame::Pieces(Arc::new([])));
+        chunks = Some(header.chunk_count);
+    }
+    if let Some((txid, header, pieces)) = update.frames {
+        registry.commit(txid, header, Frame::Pieces(pieces));
+        chunks = Some(header.chunk_count);
+    }
+    if let Some(count) = chunks {
+        let end = geo.heap_end(count);
+        if end > map.mapped_len() {
+            // The writer grew the file before committing frames that use the new chunks.
+            let len = file.metadata().map_err(|e| Error::io("stat", 0, e))?.len();
+            if len < end {
+                return Err(Error::Truncated { len, needed: end });
+            }
+            if end > map.reserved_len() {
+                map.grow_in_place(file, end.div_ceil(sys::PAGE as u64) * sys::PAGE as u64)
+                    .map_err(|e| Error::io("grow the mapping to the heap's new end", end, e))?;
+            }
+            map.extend(end)
+                .map_err(|e| Error::io("map the heap's new end", end, e))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Readers beside a writer that holds the file (docs/ARCHITECTURE.md section 17): a read-only
+//! open of a heap that another handle has open for writing follows the writer's log. In this
+//! process (a second open of the file is a separate description: its locks conflict with the
+//! writer's as another process's would) and in child processes.
+
+mod stress;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use txheap::{Durability, Error, Heap, Options, PPtr};
+
+fn small(durability: Durability) -> Options {
+    Options::new()
+        .durability(durability)
+        .log_size(128 << 10)
+        .initial_size(2 << 20)
+        .max_size(64 << 20)
+}
+
+#[test]
+fn a_reader_beside_a_writer_sees_every_commit() {
+    for durability in [Durability::Full, Durability::None] {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("w.heap");
+        let w = Heap::create(&p, small(durability)).unwrap();
+        w.transaction(|tx| {
+            let r = tx.root::<u64>()?;
+            tx.set(r, 1)
+        })
+        .unwrap();
+        let r = Heap::open_read_only(&p).unwrap();
+        let root = |h: &Heap| h.read(|rd| rd.get(rd.root::<u64>()?).copied()).unwrap();
+        assert_eq!(root(&r), 1, "{durability:?}");
+        assert!(matches!(r.transaction(|_| Ok(())), Err(Error::ReadOnly)));
+        // Through checkpoints (a 128 KiB log), growth of the file, and large objects written
+        // in place: every read sees the newest commit.
+        let mut big = Vec::new();
+        for i in 2..2000u64 {
+            w.transaction(|tx| {
+                let rp = tx.root::<u64>()?;
+                tx.set(rp, i)?;
+                if i % 50 == 0 {
+                    let s = tx.alloc_slice(&vec![i as u8; 300 << 10])?;
+                    big.push((s, i as u8));
+                }
+                Ok(())
+            })
+            .unwrap();
+            if i % 300 == 0 {
+                w.checkpoint().unwrap();
+            }
+            assert_eq!(root(&r), i, "{durability:?}");
+        }
+        let cps = w.stats().unwrap().checkpoints;
+        assert!(cps >= 6, "{durability:?}: {cps} checkpoints");
+        r.read(|rd| {
+            for &(s, v) in &big {
+                let b = rd.slice(s)?;
+                assert!(b.len() == 300 << 10 && b.iter().all(|&x| x == v));
+            }
+            Ok(())
+        })
+        .unwrap();
+        // Its figures are the writer's, read live.
+        assert_eq!(
+            r.stats().unwrap().heap_bytes,
+            w.stats().unwrap().heap_bytes,
+            "{durability:?}"
+        );
+        // The writer closes; the reader goes on with the closed heap, and a new writer opens
+        // beside it.
+        w.close().unwrap();
+        assert_eq!(root(&r), 1999);
+        let w2 = Heap::open(&p, small(durability)).unwrap();
+        w2.transaction(|tx| {
+            let rp = tx.root::<u64>()?;
+            tx.set(rp, 1000)
+        })
+        .unwrap();
+        assert_eq!(root(&r), 1000, "{durability:?}");
+    }
+}
+
+#[test]
+fn a_long_reader_beside_a_writer_keeps_its_state() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("l.heap");
+    let w = Heap::create(&p, small(Durability::Full)).unwrap();
+    let node = w
+        .transaction(|tx| {
+            let r = tx.root::<PPtr<[u64; 16]>>()?;
+            let n = tx.alloc([7u64; 16])?;
+            tx.set(r, n)?;
+            Ok(n)
+        })
+        .unwrap();
+    let r = Heap::open_read_only(&p).unwrap();
+    let r = &r;
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = s.spawn(move || {
+            r.read(|rd| {
+                let held = rd.get(node)?;
+                tx.send(()).unwrap();
+                // While this read runs, the writer commits over the node: what it holds must
+                // not change.
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_millis(300) {
+                    let now = unsafe { std::ptr::read_volatile(held) };
+                    assert_eq!(now, [7u64; 16], "a held node changed under a reader");
+                    std::thread::yield_now();
+                }
+                Ok(())
+            })
+            .unwrap()
+        });
+        rx.recv().unwrap();
+        let t = Instant::now();
+        let mut commits = 0;
+        while t.elapsed() < Duration::from_millis(200) {
+            w.transaction(|tx| {
+                let n = tx.get_mut(node)?;
+                n[commits % 16] += 1;
+                Ok(())
+            })
+            .unwrap();
+            commits += 1;
+        }
+        assert!(commits > 100, "commits waited for the reader: {commits}");
+        reader.join().unwrap();
+    });
+    // A new read sees them all.
+    let sum: u64 = r.read(|rd| Ok(rd.get(node)?.iter().sum())).unwrap();
+    assert!(sum > 16 * 7 + 100);
+}
+
+#[test]
+fn readers_beside_writers_see_only_committed_states() {
+    stress::quiet_planned_panics();
+    for durability in [Durability::Full, Durability::None] {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.heap");
+        let heap = Heap::create(&p, stress::options(durability)).unwrap();
+        stress::setup(&heap);
+        let beside = Heap::open_read_only(&p).unwrap();
+        let report = stress::run_beside(&heap, &beside, 2, 3, stress::secs(2.0), 20_000);
+        eprintln!("{durability:?}: {report:?}");
+        assert!(
+            report.violations.is_empty(),
+            "{durability:?}: {:?}",
+            report.violations
+        );
+        assert!(
+            report.commits > 100 && report.reads > 100 && report.aborts + report.panics > 0,
+            "{durability:?}: {report:?}"
+        );
+        assert!(heap.stats().unwrap().checkpoints > 0, "{durability:?}");
+    }
+}
+
+/// Run as a child process by the tests below (it does nothing in a normal run): open the heap
+/// named by `TXHEAP_FOREIGN_CHILD` read-only beside its writer and print the root after each
+/// line read from stdin; with `TXHEAP_FOREIGN_HOLD`, print once and then hold that read
+/// forever.
+#[test]
+fn child_reader_process() {
+    let Ok(path) = std::env::var("TXHEAP_FOREIGN_CHILD") else {
+        return;
+    };
+    let r = Heap::open_read_only(&path).unwrap();
+    let hold = std::env::var("TXHEAP_FOREIGN_HOLD").is_ok();
+    let mut line = String::new();
+    while std::io::stdin().read_line(&mut line).unwrap() > 0 {
+        r.read(|rd| {
+            println!("root {}", rd.get(rd.root::<u64>()?)?);
+            if hold {
+                use std::io::Write;
+                std::io::stdout().flush().unwrap();
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        line.clear();
+    }
+}
+
+fn child(path: &std::path::Path, hold: bool) -> std::process::Child {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "child_reader_process",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("TXHEAP_FOREIGN_CHILD", path)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    if hold {
+        c.env("TXHEAP_FOREIGN_HOLD", "1");
+    }
+    c.spawn().unwrap()
+}
+
+/// The child's next root.
+fn ask(c: &mut std::process::Child) -> u64 {
+    use std::io::{BufRead, Write};
+    writeln!(c.stdin.as_mut().unwrap()).unwrap();
+    let mut out = std::io::BufReader::new(c.stdout.as_mut().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the child ended");
+        // (The harness prints "test child_reader_process ... " before the test's first line.)
+        if let Some((_, v)) = line.trim().split_once("root ") {
+            return v.parse().unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_reader_in_another_process_follows_the_writer() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("x.heap");
+    let w = Heap::create(&p, small(Durability::Full)).unwrap();
+    let set = |v: u64| {
+        w.transaction(|tx| {
+            let r = tx.root::<u64>()?;
+            tx.set(r, v)
+        })
+        .unwrap()
+    };
+    set(5);
+    let mut c = child(&p, false);
+    assert_eq!(ask(&mut c), 5);
+    for v in 6..200 {
+        set(v);
+        if v % 37 == 0 {
+            assert_eq!(ask(&mut c), v);
+        }
+    }
+    assert_eq!(ask(&mut c), 199);
+    drop(c.stdin.take());
+    assert!(c.wait().unwrap().success());
+}
+
+#[test]
+fn a_killed_reader_process_does_not_hold_the_writer() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("k.heap");
+    let w = Heap::create(&p, small(Durability::Full)).unwrap();
+    let set = |v: u64| {
+        w.transaction(|tx| {
+            let r = tx.root::<u64>()?;
+            tx.set(r, v)
+        })
+        .unwrap()
+    };
+    set(1);
+    // The child holds a read of state 1 until it is killed: the writer commits meanwhile (the
+    // frames stay out of the file) until its log is full, and its checkpoint then waits for
+    // the reader; the kill ends the wait.
+    let mut c = child(&p, true);
+    assert_eq!(ask(&mut c), 1);
+    let before = w.stats().unwrap().checkpoints;
+    std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            c.kill().unwrap();
+            c.wait().unwrap();
+            Instant::now()
+        });
+        let mut v = 2;
+        while w.stats().unwrap().checkpoints == before {
+            set(v);
+            v += 1;
+        }
+        let killed = killer.join().unwrap();
+        // The checkpoint could only end after the kill.
+        assert!(Instant::now() >= killed);
+    });
+    let r = Heap::open_read_only(&p).unwrap();
+    let last = w.read(|rd| rd.get(rd.root::<u64>()?).copied()).unwrap();
+    assert_eq!(
+        r.read(|rd| rd.get(rd.root::<u64>()?).copied()).unwrap(),
+        last
+    );
+}
