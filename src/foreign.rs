@@ -62,8 +62,8 @@ fn ignored() -> bool {
 pub(crate) struct Foreign {
     file: Arc<File>,
     /// Nested exclusions (a checkpoint inside a compaction): the lock is taken by the first
-    /// and released by the last.
-    depth: Mutex<usize>,
+    /// and released by the last, over the range the first took.
+    depth: Mutex<(usize, Option<(u64, u64)>)>,
 }
 
 impl Foreign {
@@ -75,7 +75,7 @@ impl Foreign {
             .ok()
             .map(|_| Foreign {
                 file: file.clone(),
-                depth: Mutex::new(0),
+                depth: Mutex::new((0, None)),
             })
     }
 
@@ -111,19 +111,25 @@ impl Foreign {
     }
 
     /// Wait until no reader elsewhere is entering or pinned, and keep new ones out (they wait
-    /// at their entry) until the guard is dropped.
-    pub(crate) fn exclude(&self) -> Result<Excluded<'_>> {
+    /// at their entry) until the guard is dropped. With `below`, only the readers pinned below
+    /// that txid are waited for (and new ones kept out): those pinned at it or later go on.
+    pub(crate) fn exclude(&self, below: Option<u64>) -> Result<Excluded<'_>> {
         let mut depth = self.depth.lock().unwrap_or_else(|e| e.into_inner());
-        if *depth == 0 && !ignored() {
-            sys::range_lock(&self.file, RangeLock::Exclusive, EVERY_LOCK, true).map_err(|e| {
+        if depth.0 == 0 && !ignored() {
+            let range = match below {
+                None => EVERY_LOCK,
+                Some(t) => (LOCK_BASE, 1 + t),
+            };
+            sys::range_lock(&self.file, RangeLock::Exclusive, range, true).map_err(|e| {
                 Error::io(
                     "shut out readers in other processes (fcntl F_OFD_SETLKW)",
                     LOCK_BASE,
                     e,
                 )
             })?;
+            depth.1 = Some(range);
         }
-        *depth += 1;
+        depth.0 += 1;
         Ok(Excluded(Some(self)))
     }
 }
@@ -143,11 +149,13 @@ impl Drop for Excluded<'_> {
     fn drop(&mut self) {
         let Some(f) = self.0 else { return };
         let mut depth = f.depth.lock().unwrap_or_else(|e| e.into_inner());
-        *depth -= 1;
-        if *depth == 0 {
-            // (An unlock of our own lock cannot fail but for a closed descriptor, which the
-            // `Arc` rules out; and closing the description would release it anyway.)
-            let _ = sys::range_lock(&f.file, RangeLock::Unlock, EVERY_LOCK, false);
+        depth.0 -= 1;
+        if depth.0 == 0 {
+            if let Some(range) = depth.1.take() {
+                // (An unlock of our own lock cannot fail but for a closed descriptor, which
+                // the `Arc` rules out; and closing the description would release it anyway.)
+                let _ = sys::range_lock(&f.file, RangeLock::Unlock, range, false);
+            }
         }
     }
 }

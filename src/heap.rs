@@ -136,13 +136,21 @@ impl Heap {
         }
     }
 
-    /// Open an existing heap read-only, sharing the file with other read-only handles. If the log
-    /// holds committed frames they are replayed into this handle's private view only: the file is
-    /// never written.
+    /// Open an existing heap read-only. The file is never written.
     ///
-    /// While the returned handle is open, nothing else may write, truncate or replace the file
-    /// (see the crate documentation: "The one condition"); other txheap handles are refused
-    /// with [`Error::Locked`].
+    /// If no writer holds the file, the handle shares it with other read-only handles (a
+    /// writer's open is then refused with [`Error::Locked`]); if the log holds committed
+    /// frames, they are replayed into this handle's private view only.
+    ///
+    /// If a writer holds the file (another process, or another handle in this one), the
+    /// handle opens *beside* it (Linux; elsewhere [`Error::Locked`]): each [`Heap::read`]
+    /// sees the newest state the writer committed, the writer neither waits for the read nor
+    /// changes what it holds, and the writer may close and another open meanwhile
+    /// (docs/ARCHITECTURE.md section 17). Its [`Heap::stats`] are those of
+    /// [`crate::inspect::stats`], read live.
+    ///
+    /// While the returned handle is open, nothing but a txheap writer may write, truncate or
+    /// replace the file (see the crate documentation: "The one condition").
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -151,6 +159,18 @@ impl Heap {
     /// let a = txheap::Heap::open_read_only(&p)?;
     /// let b = txheap::Heap::open_read_only(&p)?;
     /// assert!(matches!(a.transaction(|_| Ok(())), Err(txheap::Error::ReadOnly)));
+    /// drop((a, b));
+    ///
+    /// // Beside a writer (Linux): every read sees its newest commit.
+    /// # #[cfg(target_os = "linux")] {
+    /// let w = txheap::Heap::open(&p, txheap::Options::new())?;
+    /// let r = txheap::Heap::open_read_only(&p)?;
+    /// w.transaction(|tx| {
+    ///     let root = tx.root::<u64>()?;
+    ///     tx.set(root, 42)
+    /// })?;
+    /// assert_eq!(r.read(|rd| rd.get(rd.root::<u64>()?).copied())?, 42);
+    /// # }
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Heap> {

@@ -48,8 +48,10 @@
 //!
 //! [`Reader::get`] and [`Tx::get`] return references into the file's mapping. While any handle
 //! on a heap file is open, nothing but that handle may write, truncate or replace the file: not
-//! another program, and not a plain `std::fs` write in the same process. Every other txheap
-//! handle is refused ([`Error::Locked`]), but the lock is advisory and cannot stop code that
+//! another program, and not a plain `std::fs` write in the same process. Every other writable
+//! txheap handle is refused ([`Error::Locked`]; a read-only one opens beside the writer and
+//! follows its log, writing nothing: docs/ARCHITECTURE.md section 17), but the lock is
+//! advisory and cannot stop code that
 //! ignores it; such a write is undefined behaviour (values that change under a `&T`, `SIGBUS`
 //! after truncation), as with every memory-mapped store. `docs/ARCHITECTURE.md` (section 1.1)
 //! explains why the open functions state this condition instead of being `unsafe fn`.

@@ -332,7 +332,7 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         replay_read_only(&file, &storage, options.salvage)?
     } else {
         let _excluded = match &foreign {
-            Some(f) => Some(f.exclude()?),
+            Some(f) => Some(f.exclude(None)?),
             None => None,
         };
         recover_writable(&file, &mut storage, options)?

@@ -112,10 +112,11 @@ impl Shared {
         self.foreign.as_ref().and_then(Foreign::oldest)
     }
 
-    /// Shut readers in other processes out while the guard lives (see [`Foreign::exclude`]).
-    pub(crate) fn exclude_foreign(&self) -> Result<Excluded<'_>> {
+    /// Shut readers in other processes out while the guard lives (see [`Foreign::exclude`]);
+    /// with `below`, only those pinned below that txid.
+    pub(crate) fn exclude_foreign(&self, below: Option<u64>) -> Result<Excluded<'_>> {
         match &self.foreign {
-            Some(f) => f.exclude(),
+            Some(f) => f.exclude(below),
             None => Ok(Excluded::none()),
         }
     }

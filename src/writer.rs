@@ -796,7 +796,7 @@ impl Writer {
     ) -> Result<Excluded<'s>> {
         // Readers in other processes see no hidden areas: they are shut out (waited for, and
         // kept out) until the caller's in-place writes are done (section 17).
-        let excluded = sh.exclude_foreign()?;
+        let excluded = sh.exclude_foreign(None)?;
         let seq = sh.registry.hide(
             fresh
                 .iter()
@@ -904,9 +904,11 @@ impl Writer {
 
     /// [`Writer::checkpoint`], the new superblock saying `shrink_to` as the file's length.
     fn checkpoint_shrinking(&mut self, sh: &Shared, shrink_to: Option<u64>) -> Result<()> {
-        // Readers in other processes read the log and hold frames back: wait for them, and keep
+        // Readers in other processes read the log when they enter, and hold back the frames
+        // after their pin: wait for those entering or pinned below the last frame, and keep
         // new ones out until the new superblock and the sentinel are written (section 17).
-        let _excluded = sh.exclude_foreign()?;
+        // Readers pinned at the last frame or later go on: they need nothing from the log.
+        let _excluded = sh.exclude_foreign(Some(self.next_txid.saturating_sub(1)))?;
         self.flush(sh)?;
         if let Some(&(last, _)) = self.unpublished.back() {
             // The log is about to be emptied, so the file must hold every frame: wait for the
@@ -1003,7 +1005,7 @@ impl Writer {
             hidden.push((heap_end, before));
         }
         let _excluded = if punch_first {
-            sh.exclude_foreign()?
+            sh.exclude_foreign(None)?
         } else {
             self.quiet_for_in_place(sh, &hidden)?
         };

@@ -159,6 +159,58 @@ fn readers_beside_writers_see_only_committed_states() {
     }
 }
 
+#[test]
+fn a_reader_beside_a_writer_backs_it_up() {
+    use txheap::PSlice;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("b.heap");
+    let w = Heap::create(&p, small(Durability::None)).unwrap();
+    let acc: PSlice<u64> = w
+        .transaction(|tx| {
+            let r = tx.root::<PSlice<u64>>()?;
+            let s = tx.alloc_slice(&[100u64; 64])?;
+            tx.set(r, s)?;
+            Ok(s)
+        })
+        .unwrap();
+    let r = Heap::open_read_only(&p).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                w.transaction(|tx| {
+                    let a = tx.slice_mut(acc)?;
+                    let (x, y) = ((i * 7) % 64, (i * 13) % 64);
+                    let m = a[x as usize] / 2;
+                    a[x as usize] -= m;
+                    a[y as usize] += m;
+                    tx.alloc([i; 8]).map(|_| ())
+                })
+                .unwrap();
+            }
+        });
+        let mut txids = Vec::new();
+        for k in 0..5 {
+            let dst = d.path().join(format!("copy{k}.heap"));
+            let rep = r.backup_to(&dst).unwrap();
+            txids.push(rep.txid);
+            let c = Heap::open(&dst, Options::new()).unwrap();
+            let sum: u64 = c
+                .read(|rd| {
+                    let s = rd.get(rd.root::<PSlice<u64>>()?)?;
+                    Ok(rd.slice(*s)?.iter().sum())
+                })
+                .unwrap();
+            assert_eq!(sum, 6400, "copy {k} (transaction {})", rep.txid);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        txids.dedup();
+        assert!(txids.len() > 1, "every copy had the same state: {txids:?}");
+    });
+}
+
 /// Run as a child process by the tests below (it does nothing in a normal run): open the heap
 /// named by `TXHEAP_FOREIGN_CHILD` read-only beside its writer and print the root after each
 /// line read from stdin; with `TXHEAP_FOREIGN_HOLD`, print once and then hold that read

@@ -270,7 +270,8 @@ fn check_names_each_kind_of_damage_with_fsck_exit_codes() {
 }
 
 /// Another process (this test) holds the heap open and commits all the while: `check`, `info`,
-/// `stats --json` and `dump-log` still work, on a copy of one committed state.
+/// `stats --json` and `dump-log` still work, on a copy of one committed state, and `copy`
+/// makes one beside the writer.
 #[test]
 fn a_heap_open_for_writing_is_read_live() {
     let d = tempfile::tempdir().unwrap();
@@ -297,7 +298,14 @@ fn a_heap_open_for_writing_is_read_live() {
         let (code, out, _) = txheap(&["info", p]);
         let (jcode, json, _) = txheap(&["stats", "--json", p]);
         let (lcode, log, _) = txheap(&["dump-log", p]);
+        // A copy beside the writer (a read-only open follows it): one committed state.
+        let copy = d.path().join("copy.heap");
+        let (ccode, cout, cerr) = txheap(&["copy", p, copy.to_str().unwrap()]);
         done();
+        assert_eq!(ccode, 0, "{cout} {cerr}");
+        let (kcode, kout, _) = txheap(&["check", copy.to_str().unwrap()]);
+        assert_eq!(kcode, 0, "{kout}");
+        assert!(kout.contains("clean"), "{kout}");
         assert_eq!(code, 0);
         assert!(out.contains("figures as of transaction"), "{out}");
         assert_eq!(jcode, 0);
