@@ -547,13 +547,12 @@ impl Writer {
         let txid = self.next_txid - 1;
         let frame = self.frame_for_readers(sh, plan)?;
         let oldest = sh.registry.commit(txid, plan.header, frame.clone());
-        // (Readers in other processes are asked after the frame is in the log: one that enters
-        // later finds it there, section 17.)
-        let oldest = crate::shared::min_pin(oldest, sh.foreign_oldest());
         self.unpublished.push_back((txid, frame));
         // (The durable txid cannot pass `txid` meanwhile: this commit's own barrier made it
-        // durable, and no frame waits for a shared one, or it would have shared.)
-        let limit = self.publishable(sh, || oldest);
+        // durable, and no frame waits for a shared one, or it would have shared.) Readers in
+        // other processes are asked after the frame is in the log: one that enters later finds
+        // it there (section 17).
+        let limit = self.publishable(sh, || crate::shared::min_pin(oldest, sh.foreign_oldest()));
         if limit >= txid && self.unpublished.len() == 1 {
             // The common case under `Full`: no older reader, nothing held back. The pieces go
             // from the stage into the file, and show through the writer's mapping.
@@ -644,6 +643,11 @@ impl Writer {
         #[cfg(feature = "test-hooks")]
         if recovery::sabotage::active(recovery::sabotage::APPLY_UNDER_OLDER_READER) {
             return durable; // broken on purpose (tests only): readers' bytes change under them
+        }
+        if self.unpublished.front().is_none_or(|&(t, _)| durable < t) {
+            // Nothing could go into the file (under `None`, until the next barrier): no need to
+            // ask for pins (for readers in other processes, a system call).
+            return durable;
         }
         durable.min(oldest().unwrap_or(u64::MAX))
     }
