@@ -258,12 +258,6 @@ impl Drop for Entry<'_> {
     }
 }
 
-/// Scans of a log that the writer appends to may meet a frame half written and, a moment
-/// later, the next one vouching for it (docs/ARCHITECTURE.md section 15): a damaged durable
-/// frame, to a scan of a file at rest. The scan starts again; damage at the same frame on
-/// this many scans in a row is reported.
-const DAMAGE_RETRIES: u32 = 3;
-
 impl Entry<'_> {
     /// Read the superblock and the frames committed since the last entry (all of the log's,
     /// after a checkpoint or at the first entry).
@@ -303,63 +297,51 @@ impl Entry<'_> {
             st.next_txid = sb.next_txid;
         }
         let heap_offset = sb.heap_offset();
-        let mut last_damage = None;
-        let mut tries = 0;
-        let (scan, frames) = loop {
-            let mut data: Vec<u8> = Vec::new();
-            let mut spans: Vec<(u64, u64, usize)> = Vec::new();
-            let mut bounds: Vec<usize> = Vec::new();
-            let count = std::cell::Cell::new(0usize);
-            let mut header = st.header;
-            let scan = recovery::scan_log_from(
-                &st.storage,
-                &sb,
-                (st.at, st.next_txid),
-                &mut |off, bytes| {
-                    spans.push((off, off + bytes.len() as u64, data.len()));
-                    data.extend_from_slice(bytes);
-                    count.set(count.get() + 1);
-                    Ok(())
-                },
-                &mut |_, _| bounds.push(count.get()),
-            )?;
-            if let Some(d) = scan.damage {
-                tries += 1;
-                let here = (d.offset, d.txid);
-                if last_damage == Some(here) && tries >= DAMAGE_RETRIES {
-                    return Err(d.error().into());
-                }
-                last_damage = Some(here);
-                std::thread::sleep(std::time::Duration::from_millis(1));
-                continue;
+        let mut data: Vec<u8> = Vec::new();
+        let mut spans: Vec<(u64, u64, usize)> = Vec::new();
+        let mut bounds: Vec<usize> = Vec::new();
+        let count = std::cell::Cell::new(0usize);
+        let mut header = st.header;
+        // (The scan ends at the first frame that does not verify: the end of a log being
+        // written is a frame half written. It does not search past it for damage, as the
+        // writer's recovery does: that reads the rest of the region.)
+        let scan = recovery::scan_log_from(
+            &st.storage,
+            &sb,
+            (st.at, st.next_txid),
+            &mut |off, bytes| {
+                spans.push((off, off + bytes.len() as u64, data.len()));
+                data.extend_from_slice(bytes);
+                count.set(count.get() + 1);
+                Ok(())
+            },
+            &mut |_, _| bounds.push(count.get()),
+        )?;
+        // The header as these frames leave it (they log only the words they change).
+        for &(a, b, at) in &spans {
+            let (lo, hi) = (a.max(heap_offset), b.min(heap_offset + HEAP_HEADER_LEN));
+            if lo < hi {
+                let src = at + (lo - a) as usize;
+                header[(lo - heap_offset) as usize..(hi - heap_offset) as usize]
+                    .copy_from_slice(&data[src..src + (hi - lo) as usize]);
             }
-            // The header as these frames leave it (they log only the words they change).
-            for &(a, b, at) in &spans {
-                let (lo, hi) = (a.max(heap_offset), b.min(heap_offset + HEAP_HEADER_LEN));
-                if lo < hi {
-                    let src = at + (lo - a) as usize;
-                    header[(lo - heap_offset) as usize..(hi - heap_offset) as usize]
-                        .copy_from_slice(&data[src..src + (hi - lo) as usize]);
-                }
-            }
-            let data: Arc<[u8]> = data.into();
-            let pieces: Vec<Piece> = spans
-                .iter()
-                .map(|&(start, end, at)| Piece {
-                    start,
-                    end,
-                    src: Src::Bytes(data.clone(), at),
-                })
-                .collect();
-            let mut frames = Vec::with_capacity(bounds.len());
-            let mut from = 0;
-            for &b in &bounds {
-                frames.push(&pieces[from..b]);
-                from = b;
-            }
-            let merged = newest_wins(frames.into_iter());
-            break (scan, (header, merged));
-        };
+        }
+        let data: Arc<[u8]> = data.into();
+        let pieces: Vec<Piece> = spans
+            .iter()
+            .map(|&(start, end, at)| Piece {
+                start,
+                end,
+                src: Src::Bytes(data.clone(), at),
+            })
+            .collect();
+        let mut frames = Vec::with_capacity(bounds.len());
+        let mut from = 0;
+        for &b in &bounds {
+            frames.push(&pieces[from..b]);
+            from = b;
+        }
+        let merged = newest_wins(frames.into_iter());
         let mut update = Update {
             reset,
             frames: None,
@@ -367,7 +349,7 @@ impl Entry<'_> {
             slot,
         };
         if scan.frames > 0 {
-            let (bytes, merged) = frames;
+            let bytes = header;
             let header = HeapHeader::decode(&bytes, heap_offset)?;
             needed_len(&sb, &header)?;
             st.header = bytes;

@@ -494,7 +494,9 @@ pub static CASES: &[Case] = &[
     // Readers beside a committing writer (issue 16).
     case(RCommit, "txheap", Subject, "Durability::Full; one reader holds a view throughout", Custom(readers::measure_commit)),
     case(RCommit, "txheap-no-reader", Peer, "Durability::Full; no reader", Custom(readers::measure_commit)),
+    case(RCommit, "txheap-beside", Peer, "Durability::Full; a read-only handle beside the writer (another open of the file, as another process) holds a view throughout", Custom(readers::measure_commit)),
     case(RStart, "txheap", Subject, "Heap::read of one word; a writer commits (Full) meanwhile", Custom(readers::measure_start)),
+    case(RStart, "txheap-beside", Peer, "the same read on a read-only handle beside the writer (another open of the file, as another process)", Custom(readers::measure_start)),
     case(RScale, "txheap", Subject, "4 reader threads; a writer commits (Full) meanwhile", Custom(readers::measure_scale)),
     case(RScale, "txheap-2-readers", Peer, "2 reader threads; a writer commits (Full) meanwhile", Custom(readers::measure_scale)),
     case(RScale, "txheap-1-reader", Peer, "1 reader thread; a writer commits (Full) meanwhile", Custom(readers::measure_scale)),

@@ -79,8 +79,12 @@ fn commit_until(
 /// another thread from before the first commit to after the last (and checks that it never
 /// changed), the `txheap-no-reader` row has no reader.
 pub fn measure_commit(args: &ChildArgs<'_>) -> BoxResult<Sample> {
-    let (heap, root) = heap(args)?;
-    let held = args.engine == "txheap";
+    let (writer, root) = heap(args)?;
+    let held = args.engine != "txheap-no-reader";
+    // `txheap-beside`: the view is held by a read-only handle beside the writer (section 17 of
+    // docs/ARCHITECTURE.md), as a reader in another process would hold it.
+    let beside = beside(args)?;
+    let heap = beside.as_ref().unwrap_or(&writer);
     let (pinned_tx, pinned) = mpsc::channel();
     let stop = AtomicBool::new(false);
     let mut lat = Vec::with_capacity(args.ops as usize);
@@ -104,7 +108,7 @@ pub fn measure_commit(args: &ChildArgs<'_>) -> BoxResult<Sample> {
         let start = Instant::now();
         for i in 0..args.ops {
             let t = Instant::now();
-            commit(&heap, root, i)?;
+            commit(&writer, root, i)?;
             lat.push(t.elapsed());
         }
         let elapsed = start.elapsed();
@@ -116,7 +120,8 @@ pub fn measure_commit(args: &ChildArgs<'_>) -> BoxResult<Sample> {
         }
         Ok(elapsed)
     })?;
-    heap.close()?;
+    drop(beside);
+    writer.close()?;
     Ok(Sample::new(
         args.engine,
         args.workload.name(),
@@ -126,11 +131,22 @@ pub fn measure_commit(args: &ChildArgs<'_>) -> BoxResult<Sample> {
     ))
 }
 
+/// For the `txheap-beside` rows: a read-only handle beside the writer.
+fn beside(args: &ChildArgs<'_>) -> BoxResult<Option<Heap>> {
+    Ok(if args.engine == "txheap-beside" {
+        Some(Heap::open_read_only(args.dir.join("readers.heap"))?)
+    } else {
+        None
+    })
+}
+
 /// R-start: reads (begin, read one word, end), each timed, while another thread commits
 /// durable transactions back to back: at least `args.ops` of them, and for as long as 200
 /// commits take. The figure compared is p99.9 of a read's time.
 pub fn measure_start(args: &ChildArgs<'_>) -> BoxResult<Sample> {
     let (heap, root) = heap(args)?;
+    let beside = beside(args)?;
+    let reader = beside.as_ref().unwrap_or(&heap);
     let stop = AtomicBool::new(false);
     let commits = AtomicU64::new(0);
     let mut lat = Vec::with_capacity(args.ops as usize);
@@ -146,7 +162,7 @@ pub fn measure_start(args: &ChildArgs<'_>) -> BoxResult<Sample> {
         let first = commits.load(Ordering::Relaxed);
         while (lat.len() as u64) < args.ops || commits.load(Ordering::Relaxed) < first + 200 {
             let t = Instant::now();
-            let c = heap.read(|r| Ok(r.get(root)?.count))?;
+            let c = reader.read(|r| Ok(r.get(root)?.count))?;
             lat.push(t.elapsed());
             if c < seen {
                 return Err("R-start: a later reader saw an older state".into());
@@ -158,6 +174,7 @@ pub fn measure_start(args: &ChildArgs<'_>) -> BoxResult<Sample> {
         writer.join().map_err(|_| "writer panicked")??;
         Ok(elapsed)
     })?;
+    drop(beside);
     heap.close()?;
     let n = lat.len() as u64;
     let mut sample = Sample::new(

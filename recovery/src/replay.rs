@@ -696,7 +696,7 @@ where
         &*storage,
         &sb,
         log,
-        (0, sb.next_txid),
+        (0, sb.next_txid, true),
         apply,
         &mut |_, _| {},
     )?;

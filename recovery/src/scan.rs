@@ -559,14 +559,17 @@ pub fn scan_log_visiting<S: Storage + ?Sized>(
     apply: &mut ApplyFn<'_>,
     visit: &mut dyn FnMut(u64, &FrameHeader),
 ) -> Result<LogScan, RecoveryError> {
-    scan_log_in(storage, sb, None, (0, sb.next_txid), apply, visit)
+    scan_log_in(storage, sb, None, (0, sb.next_txid, true), apply, visit)
 }
 
 /// [`scan_log_visiting`] from the frame at log-relative offset `at` with transaction id
 /// `txid`, where an earlier scan of the same generation ended (its `end_offset` and
 /// `next_txid`): for a reader that follows a log another process appends to, and reads each
 /// frame once. Within a generation the log only grows at its end, so the frames before `at`
-/// are the ones the earlier scan found.
+/// are the ones the earlier scan found. The scan ends at the first frame that does not
+/// verify, without [`find_damage`]'s search of the rest of the log (the end of a log being
+/// written is a frame half written, and the search reads the whole region): `damage` is
+/// always `None`.
 ///
 /// ```
 /// use txheap_recovery::{format, scan_log, scan_log_from, MemStorage, Storage};
@@ -594,7 +597,14 @@ pub fn scan_log_from<S: Storage + ?Sized>(
     apply: &mut ApplyFn<'_>,
     visit: &mut dyn FnMut(u64, &FrameHeader),
 ) -> Result<LogScan, RecoveryError> {
-    scan_log_in(storage, sb, None, (at.min(sb.log_size), txid), apply, visit)
+    scan_log_in(
+        storage,
+        sb,
+        None,
+        (at.min(sb.log_size), txid, false),
+        apply,
+        visit,
+    )
 }
 
 /// [`scan_log_visiting`], reading the log region through `log` (all of it: a view the storage
@@ -603,7 +613,7 @@ pub(crate) fn scan_log_in<S: Storage + ?Sized>(
     storage: &S,
     sb: &Superblock,
     log: Option<&[u8]>,
-    (mut at, mut txid): (u64, u64),
+    (mut at, mut txid, search): (u64, u64, bool),
     apply: &mut ApplyFn<'_>,
     visit: &mut dyn FnMut(u64, &FrameHeader),
 ) -> Result<LogScan, RecoveryError> {
@@ -752,7 +762,11 @@ pub(crate) fn scan_log_in<S: Storage + ?Sized>(
             ),
         });
     }
-    let damage = find_damage_in(storage, sb, &stop, txid, log)?;
+    let damage = if search {
+        find_damage_in(storage, sb, &stop, txid, log)?
+    } else {
+        None
+    };
     Ok(LogScan {
         frames,
         range_bytes,
