@@ -39,6 +39,11 @@ pub(crate) const LOCK_BASE: u64 = 1 << 61;
 /// The entry byte.
 const ENTRY: (u64, u64) = (LOCK_BASE, 1);
 
+/// The byte a writer that answers readers beside it holds shared for as long as it is open (a
+/// writer of an older txheap, which ignores them, does not): a live open beside a writer that
+/// does not hold it is refused.
+const ANSWERS: (u64, u64) = (LOCK_BASE - 1, 1);
+
 /// Every reader lock (length 0: to the end).
 const EVERY_LOCK: (u64, u64) = (LOCK_BASE, 0);
 
@@ -71,12 +76,22 @@ impl Foreign {
     /// filesystem take open-file-description locks (asked once, here); otherwise no reader
     /// can follow from elsewhere either (its open is refused with `Locked`, as before).
     pub(crate) fn probe(file: &Arc<File>) -> Option<Foreign> {
-        sys::range_lock_conflict(file, EVERY_LOCK)
+        sys::range_lock_conflict(file, EVERY_LOCK).ok()?;
+        // Said for as long as the description is open (closing it drops the lock).
+        sys::range_lock(file, RangeLock::Shared, ANSWERS, false).ok()?;
+        Some(Foreign {
+            file: file.clone(),
+            depth: Mutex::new((0, None)),
+        })
+    }
+
+    /// Whether the writer holding `file` (another description) answers readers beside it:
+    /// `Some(false)` when no writer says so (one of an older txheap, or none any more),
+    /// `None` when the platform has no such locks.
+    pub(crate) fn writer_answers(file: &File) -> Option<bool> {
+        sys::range_lock_conflict(file, ANSWERS)
             .ok()
-            .map(|_| Foreign {
-                file: file.clone(),
-                depth: Mutex::new((0, None)),
-            })
+            .map(|c| c.is_some())
     }
 
     /// The lowest state a reader in another process holds, `Some(0)` while one is entering

@@ -218,29 +218,38 @@ pub(crate) fn open(path: &Path, options: &Options) -> Result<Opened> {
 /// replaying the log privately; or, if a writer holds the file, beside it, following its log
 /// (docs/ARCHITECTURE.md section 17).
 pub(crate) fn open_read_only(path: &Path) -> Result<Opened> {
-    let file = OpenOptions::new()
-        .read(true)
-        .open(path)
-        .map_err(|e| open_error(path, e))?;
-    match sys::try_flock(&file, false) {
-        Ok(true) => from_file(path, file, &Options::new(), true),
-        Ok(false) => open_live(path, file),
-        Err(e) => Err(Error::io("flock", 0, e)),
+    // (Again when the writer closed between the two questions below.)
+    for _ in 0..100 {
+        let file = OpenOptions::new()
+            .read(true)
+            .open(path)
+            .map_err(|e| open_error(path, e))?;
+        match sys::try_flock(&file, false) {
+            Ok(true) => return from_file(path, file, &Options::new(), true),
+            Ok(false) => {}
+            Err(e) => return Err(Error::io("flock", 0, e)),
+        }
+        match crate::foreign::Foreign::writer_answers(&file) {
+            Some(true) => return open_live(path, file),
+            Some(false) if sys::try_flock(&file, false).ok() == Some(false) => {
+                // A writer that does not answer readers beside it (an older txheap).
+                break;
+            }
+            Some(false) => continue,
+            None => break,
+        }
     }
+    Err(Error::Locked {
+        path: path.to_path_buf(),
+    })
 }
 
-/// A read-only heap beside the writer that holds `file`'s `flock`: no lock of its own (the
-/// writer may close and another open meanwhile), and its state built from the file and the
-/// writer's log at every `read` (`foreign::Live`). Where the platform lacks the byte-range
-/// locks it needs, `Locked`, as before.
+/// A read-only heap beside the writer that holds `file`'s `flock` and answers readers beside
+/// it: no lock of its own (the writer may close and another open meanwhile), and its state
+/// built from the file and the writer's log at every `read` (`foreign::Live`).
 fn open_live(path: &Path, file: File) -> Result<Opened> {
     phase!(OPEN);
     let file = Arc::new(file);
-    if crate::foreign::Foreign::probe(&file).is_none() {
-        return Err(Error::Locked {
-            path: path.to_path_buf(),
-        });
-    }
     let live = crate::foreign::Live::new(file.clone())?;
     let update = live.enter()?.refresh()?;
     let sb = update.sb;

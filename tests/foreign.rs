@@ -341,3 +341,37 @@ fn a_killed_reader_process_does_not_hold_the_writer() {
         last
     );
 }
+
+#[test]
+fn a_writer_that_does_not_answer_readers_beside_it_is_refused() {
+    use std::os::fd::AsRawFd;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("old.heap");
+    Heap::create(&p, small(Durability::Full))
+        .unwrap()
+        .close()
+        .unwrap();
+    // A writer of an older txheap holds the flock and no reader lock: a read-only open cannot
+    // follow it safely, and is refused as before.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    assert!(matches!(
+        Heap::open_read_only(&p),
+        Err(Error::Locked { .. })
+    ));
+    drop(f);
+    // A writer of this one answers them.
+    let w = Heap::open(&p, small(Durability::Full)).unwrap();
+    let r = Heap::open_read_only(&p).unwrap();
+    w.transaction(|tx| {
+        let root = tx.root::<u64>()?;
+        tx.set(root, 3)
+    })
+    .unwrap();
+    assert_eq!(r.read(|rd| rd.get(rd.root::<u64>()?).copied()).unwrap(), 3);
+}
