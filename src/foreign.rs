@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use txheap_recovery::{self as recovery, Slot, Storage, Superblock};
+use txheap_recovery::{self as recovery, Storage, Superblock};
 
 use crate::alloc::{HeapHeader, HEAP_HEADER_LEN};
 use crate::error::{Error, Result};
@@ -43,6 +43,13 @@ const ENTRY: (u64, u64) = (LOCK_BASE, 1);
 /// writer of an older txheap, which ignores them, does not): a live open beside a writer that
 /// does not hold it is refused.
 const ANSWERS: (u64, u64) = (LOCK_BASE - 1, 1);
+
+/// The byte a writer holds exclusively from before it waits to shut readers out until it is
+/// done: a reader that finds it held waits before entering. Without it, readers that keep
+/// entering and pinning (each overlapping the next) starve the writer's exclusive request,
+/// which the kernel grants only once no one holds any byte of it (a review measured an
+/// in-place commit waiting over 10 s beside six reading handles).
+const WAITING: (u64, u64) = (LOCK_BASE - 2, 1);
 
 /// Every reader lock (length 0: to the end).
 const EVERY_LOCK: (u64, u64) = (LOCK_BASE, 0);
@@ -135,13 +142,20 @@ impl Foreign {
                 None => EVERY_LOCK,
                 Some(t) => (LOCK_BASE, 1 + t),
             };
-            sys::range_lock(&self.file, RangeLock::Exclusive, range, true).map_err(|e| {
+            let io = |e| {
                 Error::io(
                     "shut out readers in other processes (fcntl F_OFD_SETLKW)",
                     LOCK_BASE,
                     e,
                 )
-            })?;
+            };
+            // First the waiting byte (readers hold it only for an instant, after finding it
+            // held): readers that have not entered yet wait; then those in the range.
+            sys::range_lock(&self.file, RangeLock::Exclusive, WAITING, true).map_err(io)?;
+            if let Err(e) = sys::range_lock(&self.file, RangeLock::Exclusive, range, true) {
+                let _ = sys::range_lock(&self.file, RangeLock::Unlock, WAITING, false);
+                return Err(io(e));
+            }
             depth.1 = Some(range);
         }
         depth.0 += 1;
@@ -170,6 +184,7 @@ impl Drop for Excluded<'_> {
                 // (An unlock of our own lock cannot fail but for a closed descriptor, which
                 // the `Arc` rules out; and closing the description would release it anyway.)
                 let _ = sys::range_lock(&f.file, RangeLock::Unlock, range, false);
+                let _ = sys::range_lock(&f.file, RangeLock::Unlock, WAITING, false);
             }
         }
     }
@@ -179,48 +194,54 @@ impl Drop for Excluded<'_> {
 #[derive(Debug)]
 pub(crate) struct Live {
     file: Arc<File>,
+    /// The heap's offset and the log's size, as mapped: a superblock that says otherwise is a
+    /// different file.
+    geometry: (u64, u64),
+    /// Held by an entry (one at a time in this process).
     state: Mutex<LiveState>,
+    /// How many reads of this process hold each pin byte (one lock per byte: a description
+    /// holds a byte or not). A mutex of its own: a read that ends must not wait for an entry,
+    /// which may itself wait for a writer that waits for that read's pin.
+    pins: Mutex<BTreeMap<u64, usize>>,
 }
 
 #[derive(Debug)]
 struct LiveState {
     storage: FileStorage,
-    /// The superblock whose log is followed (`None` before the first entry).
-    sb: Option<Superblock>,
-    /// Where the next frame of its generation is expected (log-relative) and its txid.
+    /// `None` before the first entry.
+    at: Option<Position>,
+}
+
+/// Where a live handle stands in the writer's log: the superblock whose log it follows,
+/// where the next frame of that generation is expected (log-relative) and its txid, and the
+/// heap header as the frames read so far leave it.
+#[derive(Clone, Copy, Debug)]
+struct Position {
+    sb: Superblock,
     at: u64,
     next_txid: u64,
-    /// The heap header as the frames read so far leave it.
     header: [u8; HEAP_HEADER_LEN as usize],
-    /// How many reads of this process hold each pin byte (one lock per byte: a description
-    /// holds a byte or not).
-    pins: BTreeMap<u64, usize>,
 }
 
 /// What an entry found: the state the file held at the superblock's checkpoint, if the
-/// superblock changed (every frame of the old generation is in the file then), and the new
-/// frames' state, merged.
+/// superblock changed (every frame of the old generation is in the file then), the new frames'
+/// state, merged, and the position after them (stored only once the update is applied, so
+/// that a failed entry is tried again whole).
 pub(crate) struct Update {
-    pub reset: Option<(u64, HeapHeader)>,
-    pub frames: Option<(u64, HeapHeader, Arc<[Piece]>)>,
-    pub sb: Superblock,
-    pub slot: Slot,
+    reset: Option<(u64, HeapHeader)>,
+    frames: Option<(u64, HeapHeader, Arc<[Piece]>)>,
+    next: Position,
 }
 
 impl Live {
-    pub(crate) fn new(file: Arc<File>) -> Result<Live> {
+    pub(crate) fn new(file: Arc<File>, sb: &Superblock) -> Result<Live> {
         let storage =
             FileStorage::new(file.clone(), 0, false).map_err(|e| Error::io("storage", 0, e))?;
         Ok(Live {
             file,
-            state: Mutex::new(LiveState {
-                storage,
-                sb: None,
-                at: 0,
-                next_txid: 0,
-                header: [0; HEAP_HEADER_LEN as usize],
-                pins: BTreeMap::new(),
-            }),
+            geometry: (sb.heap_offset(), sb.log_size),
+            state: Mutex::new(LiveState { storage, at: None }),
+            pins: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -228,6 +249,16 @@ impl Live {
     /// writer shuts readers out). The guard releases it.
     pub(crate) fn enter(&self) -> Result<Entry<'_>> {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let io = |e| Error::io("enter as a reader beside the writer (fcntl)", LOCK_BASE, e);
+        // A writer waiting to shut readers out goes first (see `WAITING`): wait until it is
+        // done, then enter.
+        while sys::range_lock_conflict(&self.file, WAITING)
+            .map_err(io)?
+            .is_some()
+        {
+            sys::range_lock(&self.file, RangeLock::Shared, WAITING, true).map_err(io)?;
+            sys::range_lock(&self.file, RangeLock::Unlock, WAITING, false).map_err(io)?;
+        }
         sys::range_lock(&self.file, RangeLock::Shared, ENTRY, true).map_err(|e| {
             Error::io(
                 "enter as a reader beside the writer (fcntl F_OFD_SETLKW)",
@@ -240,11 +271,11 @@ impl Live {
 
     /// A read of state `txid` ended.
     pub(crate) fn unpin(&self, txid: u64) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = st.pins.get_mut(&txid) {
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = pins.get_mut(&txid) {
             *n -= 1;
             if *n == 0 {
-                st.pins.remove(&txid);
+                pins.remove(&txid);
                 let _ = sys::range_lock(&self.file, RangeLock::Unlock, pin_byte(txid), false);
             }
         }
@@ -275,55 +306,57 @@ impl Drop for Entry<'_> {
 
 impl Entry<'_> {
     /// Read the superblock and the frames committed since the last entry (all of the log's,
-    /// after a checkpoint or at the first entry).
-    pub(crate) fn refresh(&mut self) -> Result<Update> {
-        let st = &mut *self.st;
-        let (sb, slot) = recovery::select_superblock(&st.storage)?;
+    /// after a checkpoint or at the first entry). Changes nothing: [`Entry::apply`] does.
+    pub(crate) fn refresh(&self) -> Result<Update> {
+        let st = &*self.st;
+        let (sb, _) = recovery::select_superblock(&st.storage)?;
+        let (heap_offset, log_size) = self.live.geometry;
+        if (sb.heap_offset(), sb.log_size) != (heap_offset, log_size) {
+            return Err(Error::Corrupt {
+                offset: 0,
+                what: format!(
+                    "the heap's geometry changed under a reader (log {log_size} bytes, heap at \
+                     {heap_offset}; now {} and {}): the file was replaced",
+                    sb.log_size,
+                    sb.heap_offset()
+                ),
+            });
+        }
         let mut reset = None;
-        let same = st
-            .sb
-            .is_some_and(|old| old.seq == sb.seq && old.generation == sb.generation);
-        if !same {
-            if let Some(old) = st.sb {
-                if old.heap_offset() != sb.heap_offset() || old.log_size != sb.log_size {
-                    return Err(Error::Corrupt {
-                        offset: 0,
-                        what: format!(
-                            "the heap's geometry changed under a reader (log {} bytes, heap at {}; \
-                             now {} and {}): the file was replaced",
-                            old.log_size,
-                            old.heap_offset(),
-                            sb.log_size,
-                            sb.heap_offset()
-                        ),
-                    });
+        let pos = match st.at {
+            Some(p) if p.sb.seq == sb.seq && p.sb.generation == sb.generation => p,
+            _ => {
+                // The file holds every frame before the new generation (the writer
+                // checkpoints only with readers shut out, after putting every frame into the
+                // file).
+                let mut header = [0u8; HEAP_HEADER_LEN as usize];
+                st.storage
+                    .read_at(sb.heap_offset(), &mut header)
+                    .map_err(|e| Error::io("read the heap header", sb.heap_offset(), e))?;
+                let h = HeapHeader::decode(&header, sb.heap_offset())?;
+                needed_len(&sb, &h)?;
+                reset = Some((sb.next_txid.saturating_sub(1), h));
+                Position {
+                    sb,
+                    at: 0,
+                    next_txid: sb.next_txid,
+                    header,
                 }
             }
-            // The file holds every frame before the new generation (the writer checkpoints
-            // only with readers shut out, after putting every frame into the file).
-            st.storage
-                .read_at(sb.heap_offset(), &mut st.header)
-                .map_err(|e| Error::io("read the heap header", sb.heap_offset(), e))?;
-            let header = HeapHeader::decode(&st.header, sb.heap_offset())?;
-            needed_len(&sb, &header)?;
-            reset = Some((sb.next_txid.saturating_sub(1), header));
-            st.sb = Some(sb);
-            st.at = 0;
-            st.next_txid = sb.next_txid;
-        }
+        };
         let heap_offset = sb.heap_offset();
         let mut data: Vec<u8> = Vec::new();
         let mut spans: Vec<(u64, u64, usize)> = Vec::new();
         let mut bounds: Vec<usize> = Vec::new();
         let count = std::cell::Cell::new(0usize);
-        let mut header = st.header;
+        let mut header = pos.header;
         // (The scan ends at the first frame that does not verify: the end of a log being
         // written is a frame half written. It does not search past it for damage, as the
         // writer's recovery does: that reads the rest of the region.)
         let scan = recovery::scan_log_from(
             &st.storage,
             &sb,
-            (st.at, st.next_txid),
+            (pos.at, pos.next_txid),
             &mut |off, bytes| {
                 spans.push((off, off + bytes.len() as u64, data.len()));
                 data.extend_from_slice(bytes);
@@ -332,6 +365,13 @@ impl Entry<'_> {
             },
             &mut |_, _| bounds.push(count.get()),
         )?;
+        if scan.frames == 0 {
+            return Ok(Update {
+                reset,
+                frames: None,
+                next: pos,
+            });
+        }
         // The header as these frames leave it (they log only the words they change).
         for &(a, b, at) in &spans {
             let (lo, hi) = (a.max(heap_offset), b.min(heap_offset + HEAP_HEADER_LEN));
@@ -341,6 +381,8 @@ impl Entry<'_> {
                     .copy_from_slice(&data[src..src + (hi - lo) as usize]);
             }
         }
+        let h = HeapHeader::decode(&header, heap_offset)?;
+        needed_len(&sb, &h)?;
         let data: Arc<[u8]> = data.into();
         let pieces: Vec<Piece> = spans
             .iter()
@@ -357,28 +399,73 @@ impl Entry<'_> {
             from = b;
         }
         let merged = newest_wins(frames.into_iter());
-        let mut update = Update {
+        Ok(Update {
             reset,
-            frames: None,
-            sb,
-            slot,
-        };
-        if scan.frames > 0 {
-            let bytes = header;
-            let header = HeapHeader::decode(&bytes, heap_offset)?;
-            needed_len(&sb, &header)?;
-            st.header = bytes;
-            st.at = scan.end_offset;
-            st.next_txid = scan.next_txid;
-            update.frames = Some((scan.next_txid - 1, header, merged.into()));
+            frames: Some((scan.next_txid - 1, h, merged.into())),
+            next: Position {
+                sb,
+                at: scan.end_offset,
+                next_txid: scan.next_txid,
+                header,
+            },
+        })
+    }
+
+    /// Lay `update` into `registry`: first make `map` reach the new heap end (a failure
+    /// changes nothing, and the next entry tries again), then the registry, then this
+    /// handle's position.
+    pub(crate) fn apply(
+        &mut self,
+        update: Update,
+        registry: &Registry,
+        map: &Mapping,
+        file: &File,
+    ) -> Result<()> {
+        let chunks = update
+            .frames
+            .as_ref()
+            .map(|f| f.1.chunk_count)
+            .or(update.reset.map(|r| r.1.chunk_count));
+        if let Some(count) = chunks {
+            let end = Geometry::of(&update.next.sb).heap_end(count);
+            if end > map.mapped_len() {
+                // The writer grew the file before committing frames that use the new chunks.
+                let len = file.metadata().map_err(|e| Error::io("stat", 0, e))?.len();
+                if len < end {
+                    return Err(Error::Truncated { len, needed: end });
+                }
+                if end > map.reserved_len() {
+                    map.grow_in_place(file, end.div_ceil(sys::PAGE as u64) * sys::PAGE as u64)
+                        .map_err(|e| {
+                            Error::io(
+                                "grow the mapping to the heap's new end (the writer raised \
+                                 max_size; reopen the read-only handle)",
+                                end,
+                                e,
+                            )
+                        })?;
+                }
+                map.extend(end)
+                    .map_err(|e| Error::io("map the heap's new end", end, e))?;
+            }
         }
-        Ok(update)
+        if let Some((txid, header)) = update.reset {
+            // Every frame up to `txid` is in the file: snapshots from now on read it there.
+            registry.published(u64::MAX);
+            registry.commit(txid, header, Frame::Pieces(Arc::new([])));
+        }
+        if let Some((txid, header, pieces)) = update.frames {
+            registry.commit(txid, header, Frame::Pieces(pieces));
+        }
+        self.st.at = Some(update.next);
+        Ok(())
     }
 
     /// Hold state `txid` for a read: the writer puts no later frame into the file until
     /// [`Live::unpin`].
     pub(crate) fn pin(&mut self, txid: u64) -> Result<()> {
-        let n = self.st.pins.entry(txid).or_insert(0);
+        let mut pins = self.live.pins.lock().unwrap_or_else(|e| e.into_inner());
+        let n = pins.entry(txid).or_insert(0);
         if *n == 0 {
             // Granted at once: only the writer's exclusion conflicts, and it waits for the
             // entry byte this entry holds.
@@ -388,37 +475,4 @@ impl Entry<'_> {
         *n += 1;
         Ok(())
     }
-}
-
-/// Lay an entry's update into the registry, and make the mapping reach the heap's end.
-pub(crate) fn apply(update: Update, registry: &Registry, map: &Mapping, file: &File) -> Result<()> {
-    let geo = Geometry::of(&update.sb);
-    let mut chunks = None;
-    if let Some((txid, header)) = update.reset {
-        // Every frame up to `txid` is in the file: snapshots from now on read it there.
-        registry.published(u64::MAX);
-        registry.commit(txid, header, Frame::Pieces(Arc::new([])));
-        chunks = Some(header.chunk_count);
-    }
-    if let Some((txid, header, pieces)) = update.frames {
-        registry.commit(txid, header, Frame::Pieces(pieces));
-        chunks = Some(header.chunk_count);
-    }
-    if let Some(count) = chunks {
-        let end = geo.heap_end(count);
-        if end > map.mapped_len() {
-            // The writer grew the file before committing frames that use the new chunks.
-            let len = file.metadata().map_err(|e| Error::io("stat", 0, e))?.len();
-            if len < end {
-                return Err(Error::Truncated { len, needed: end });
-            }
-            if end > map.reserved_len() {
-                map.grow_in_place(file, end.div_ceil(sys::PAGE as u64) * sys::PAGE as u64)
-                    .map_err(|e| Error::io("grow the mapping to the heap's new end", end, e))?;
-            }
-            map.extend(end)
-                .map_err(|e| Error::io("map the heap's new end", end, e))?;
-        }
-    }
-    Ok(())
 }

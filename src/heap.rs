@@ -329,7 +329,8 @@ impl Heap {
             None => (crate::reader::pin(sh), None),
             Some(live) => {
                 let mut entry = live.enter()?;
-                crate::foreign::apply(entry.refresh()?, &sh.registry, &sh.map, &sh.file)?;
+                let update = entry.refresh()?;
+                entry.apply(update, &sh.registry, &sh.map, &sh.file)?;
                 let pin = crate::reader::pin(sh);
                 let txid = pin.txid;
                 entry.pin(txid)?;

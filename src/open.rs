@@ -250,10 +250,10 @@ pub(crate) fn open_read_only(path: &Path) -> Result<Opened> {
 fn open_live(path: &Path, file: File) -> Result<Opened> {
     phase!(OPEN);
     let file = Arc::new(file);
-    let live = crate::foreign::Live::new(file.clone())?;
-    let update = live.enter()?.refresh()?;
-    let sb = update.sb;
     let storage = new_storage(&file, &Options::new(), 0)?;
+    // The geometry, to map the file (it never changes; the first entry below checks it): the
+    // state itself comes from that entry, under its lock.
+    let (sb, slot) = recovery::select_superblock(&storage)?;
     let len = stat(&storage)?;
     if len < sb.min_file_len() {
         return Err(Error::Truncated {
@@ -265,15 +265,12 @@ fn open_live(path: &Path, file: File) -> Result<Opened> {
     let geo = Geometry::of(&sb);
     map.advise(geo.heap_offset, u64::MAX, Options::new().access.madvise())
         .map_err(|e| Error::io("madvise the heap's mapping", geo.heap_offset, e))?;
-    let (txid, header) = update
-        .reset
-        .expect("a first entry reads the superblock anew");
     let writer = Writer::new(
         storage,
-        (sb, update.slot),
+        (sb, slot),
         (0, sb.next_txid),
         Allocator::empty(geo.chunk_area, 0),
-        header,
+        HeapHeader::default(),
         false,
     );
     let mut shared = Shared::new(
@@ -283,9 +280,15 @@ fn open_live(path: &Path, file: File) -> Result<Opened> {
         geo,
         true,
         Durability::Full,
-        (txid, header),
+        (0, HeapHeader::default()),
     );
-    crate::foreign::apply(update, &shared.registry, &shared.map, &file)?;
+    let live = crate::foreign::Live::new(file.clone(), &sb)?;
+    {
+        // The first entry's update always resets the registry to the file's state.
+        let mut entry = live.enter()?;
+        let update = entry.refresh()?;
+        entry.apply(update, &shared.registry, &shared.map, &file)?;
+    }
     shared.live = Some(live);
     phase!(IDLE);
     Ok(Opened { shared, writer })
