@@ -59,7 +59,8 @@
 //! Layers (each module says what it owns): `heap` (the facade), `open` (create, open, recovery
 //! glue), `tx` (checked access and allocation; builds the commit plan), `writer` (the commit
 //! protocol, flush, checkpoint), `reader` and `snapshot` (pinned snapshots, section 11 of the
-//! architecture), `shared` (state the three share), `alloc` (format,
+//! architecture), `foreign` (readers in other processes, section 17), `shared` (state the
+//! three share), `alloc` (format,
 //! policy, rebuild walk), `stage` (a transaction's staged bytes), `storage` (the write/barrier
 //! choke point and its test hooks), `sys` (the mapping and syscalls: most `unsafe`), `layout`
 //! and `limits`. The frame format is in the `txheap-log` crate; superblock selection, replay and

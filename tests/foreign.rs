@@ -11,6 +11,15 @@ use std::time::{Duration, Instant};
 
 use txheap::{Durability, Error, Heap, Options, PPtr};
 
+/// Commit `v` as the heap's root (a `u64`).
+fn set_root(w: &Heap, v: u64) {
+    w.transaction(|tx| {
+        let r = tx.root::<u64>()?;
+        tx.set(r, v)
+    })
+    .unwrap()
+}
+
 fn small(durability: Durability) -> Options {
     Options::new()
         .durability(durability)
@@ -25,11 +34,7 @@ fn a_reader_beside_a_writer_sees_every_commit() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("w.heap");
         let w = Heap::create(&p, small(durability)).unwrap();
-        w.transaction(|tx| {
-            let r = tx.root::<u64>()?;
-            tx.set(r, 1)
-        })
-        .unwrap();
+        set_root(&w, 1);
         let r = Heap::open_read_only(&p).unwrap();
         let root = |h: &Heap| h.read(|rd| rd.get(rd.root::<u64>()?).copied()).unwrap();
         assert_eq!(root(&r), 1, "{durability:?}");
@@ -74,11 +79,7 @@ fn a_reader_beside_a_writer_sees_every_commit() {
         w.close().unwrap();
         assert_eq!(root(&r), 1999);
         let w2 = Heap::open(&p, small(durability)).unwrap();
-        w2.transaction(|tx| {
-            let rp = tx.root::<u64>()?;
-            tx.set(rp, 1000)
-        })
-        .unwrap();
+        set_root(&w2, 1000);
         assert_eq!(root(&r), 1000, "{durability:?}");
     }
 }
@@ -279,13 +280,7 @@ fn a_reader_in_another_process_follows_the_writer() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("x.heap");
     let w = Heap::create(&p, small(Durability::Full)).unwrap();
-    let set = |v: u64| {
-        w.transaction(|tx| {
-            let r = tx.root::<u64>()?;
-            tx.set(r, v)
-        })
-        .unwrap()
-    };
+    let set = |v: u64| set_root(&w, v);
     set(5);
     let mut c = child(&p, false);
     assert_eq!(ask(&mut c), 5);
@@ -305,13 +300,7 @@ fn a_killed_reader_process_does_not_hold_the_writer() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("k.heap");
     let w = Heap::create(&p, small(Durability::Full)).unwrap();
-    let set = |v: u64| {
-        w.transaction(|tx| {
-            let r = tx.root::<u64>()?;
-            tx.set(r, v)
-        })
-        .unwrap()
-    };
+    let set = |v: u64| set_root(&w, v);
     set(1);
     // The child holds a read of state 1 until it is killed: the writer commits meanwhile (the
     // frames stay out of the file) until its log is full, and its checkpoint then waits for
@@ -369,11 +358,7 @@ fn a_writer_that_does_not_answer_readers_beside_it_is_refused() {
     // A writer of this one answers them.
     let w = Heap::open(&p, small(Durability::Full)).unwrap();
     let r = Heap::open_read_only(&p).unwrap();
-    w.transaction(|tx| {
-        let root = tx.root::<u64>()?;
-        tx.set(root, 3)
-    })
-    .unwrap();
+    set_root(&w, 3);
     assert_eq!(r.read(|rd| rd.get(rd.root::<u64>()?).copied()).unwrap(), 3);
 }
 
@@ -542,11 +527,7 @@ fn readers_beside_the_writer_do_not_starve_it() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("v.heap");
     let w = Heap::create(&p, small(Durability::Full)).unwrap();
-    w.transaction(|tx| {
-        let r = tx.root::<u64>()?;
-        tx.set(r, 1)
-    })
-    .unwrap();
+    set_root(&w, 1);
     let readers: Vec<Heap> = (0..6).map(|_| Heap::open_read_only(&p).unwrap()).collect();
     let took = beside_busy_readers(&readers, Duration::from_millis(2), || {
         w.transaction(|tx| tx.alloc_slice(&vec![7u8; 1 << 20]).map(|_| ()))
