@@ -231,11 +231,13 @@ pub(crate) fn open_read_only(path: &Path) -> Result<Opened> {
         }
         match crate::foreign::Foreign::writer_answers(&file) {
             Some(true) => return open_live(path, file),
-            Some(false) if sys::try_flock(&file, false).ok() == Some(false) => {
-                // A writer that does not answer readers beside it (an older txheap).
-                break;
-            }
-            Some(false) => continue,
+            // A writer that does not answer readers beside it (an older txheap), if it still
+            // holds the file; else the writer closed meanwhile: start again.
+            Some(false) => match sys::try_flock(&file, false) {
+                Ok(false) => break,
+                Ok(true) => continue,
+                Err(e) => return Err(Error::io("flock", 0, e)),
+            },
             None => break,
         }
     }

@@ -6,7 +6,7 @@
 
 mod stress;
 
-use txheap::{Durability, Heap};
+use txheap::Durability;
 use txheap_recovery::sabotage;
 
 #[test]
@@ -14,26 +14,10 @@ fn ignoring_readers_beside_the_writer_is_caught() {
     stress::quiet_planned_panics();
     for durability in [Durability::Full, Durability::None] {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("s.heap");
-        let heap = Heap::create(&p, stress::options(durability)).unwrap();
-        stress::setup(&heap);
-        let beside = Heap::open_read_only(&p).unwrap();
+        let (heap, beside) = stress::heap_beside(d.path(), durability);
         sabotage::set(sabotage::FOREIGN_READERS_IGNORED);
         let broken = stress::run_beside(&heap, &beside, 2, 3, stress::secs(3.0), 20_000);
         sabotage::set(0);
-        eprintln!(
-            "{durability:?}: broken variant \"ignore readers beside the writer\": {} violations in {} reads (first: {:?})",
-            broken.violations.len(),
-            broken.reads,
-            broken.violations.first()
-        );
-        assert!(
-            broken.commits > 0 && broken.aborts + broken.panics > 0,
-            "{broken:?}"
-        );
-        assert!(
-            !broken.violations.is_empty(),
-            "{durability:?}: the readers did not notice their views changing"
-        );
+        stress::assert_caught("ignore readers beside the writer", durability, &broken);
     }
 }

@@ -27,19 +27,6 @@ fn applying_under_an_older_reader_is_caught() {
         sabotage::set(sabotage::APPLY_UNDER_OLDER_READER);
         let broken = stress::run(&heap, 2, 3, Duration::from_secs(3), 20_000);
         sabotage::set(0);
-        eprintln!(
-            "{durability:?}: broken variant \"apply under an older reader\": {} violations in {} reads (first: {:?})",
-            broken.violations.len(),
-            broken.reads,
-            broken.violations.first()
-        );
-        assert!(
-            broken.commits > 0 && broken.aborts + broken.panics > 0,
-            "{broken:?}"
-        );
-        assert!(
-            !broken.violations.is_empty(),
-            "{durability:?}: the readers did not notice their views changing"
-        );
+        stress::assert_caught("apply under an older reader", durability, &broken);
     }
 }

@@ -26,6 +26,11 @@ pub(crate) const REPLAY_RUN_PAGES_MAX: usize = 256;
 
 /// The log read window's first read (64 KiB): an empty log costs one small read.
 pub(crate) const LOG_WINDOW_LEN_MIN: u64 = 64 << 10;
+
+/// The first read of a scan that follows a log another process appends to
+/// (`scan_log_from`): it usually finds nothing new, or a few frames, so it reads 4 KiB, not
+/// 64 (a 64 KiB read was most of a live read's time), and grows as the general window does.
+pub(crate) const FOLLOW_WINDOW_LEN_MIN: u64 = 4 << 10;
 /// The log read window's largest read (8 MiB); each refill doubles up to it.
 pub(crate) const LOG_WINDOW_LEN_MAX: u64 = 8 << 20;
 

@@ -16,7 +16,7 @@ use crate::hooks::{
     sabotaged, IGNORE_DURABILITY_EVIDENCE, REPLAY_OLD_GENERATION, SKIP_CHECKSUM,
     SKIP_IN_PLACE_CHECK,
 };
-use crate::limits::{LOG_WINDOW_LEN_MAX, LOG_WINDOW_LEN_MIN};
+use crate::limits::{FOLLOW_WINDOW_LEN_MIN, LOG_WINDOW_LEN_MAX, LOG_WINDOW_LEN_MIN};
 use crate::storage::Storage;
 use crate::superblock::Superblock;
 use crate::witness::witness_for;
@@ -321,6 +321,8 @@ struct LogWindow<'v> {
     start: u64,
     buf: Vec<u8>,
     chunk: u64,
+    /// The first read's length (the chunk doubles from it).
+    first: u64,
     /// The whole log region, when the storage maps it.
     view: Option<&'v [u8]>,
 }
@@ -328,8 +330,14 @@ struct LogWindow<'v> {
 impl<'v> LogWindow<'v> {
     /// A window over `view` (the whole log region) if given, else one that reads.
     fn over(view: Option<&'v [u8]>) -> LogWindow<'v> {
+        LogWindow::reading(view, LOG_WINDOW_LEN_MIN)
+    }
+
+    /// [`LogWindow::over`], whose first read (without a view) is `first` bytes.
+    fn reading(view: Option<&'v [u8]>, first: u64) -> LogWindow<'v> {
         LogWindow {
             view,
+            first,
             ..LogWindow::default()
         }
     }
@@ -359,7 +367,7 @@ impl<'v> LogWindow<'v> {
                 self.view.is_none(),
                 "log window: a view shorter than the log"
             );
-            self.chunk = (self.chunk * 2).clamp(LOG_WINDOW_LEN_MIN, LOG_WINDOW_LEN_MAX);
+            self.chunk = (self.chunk * 2).clamp(self.first, LOG_WINDOW_LEN_MAX);
             let n = len.max(self.chunk).min(sb.log_size - at);
             let abs = sb.log_offset() + at;
             self.start = at;
@@ -620,7 +628,11 @@ pub(crate) fn scan_log_in<S: Storage + ?Sized>(
     let mut frames = 0;
     let mut range_bytes = 0;
     let mut checked = 0;
-    let mut window = LogWindow::over(log);
+    let mut window = if search {
+        LogWindow::over(log)
+    } else {
+        LogWindow::reading(log, FOLLOW_WINDOW_LEN_MIN)
+    };
     let stop = loop {
         let remaining = sb.log_size - at;
         let abs = sb.log_offset() + at;

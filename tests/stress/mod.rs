@@ -65,6 +65,37 @@ pub fn setup(heap: &Heap) {
     .unwrap();
 }
 
+/// A stress heap at `dir/s.heap` (set up), and a read-only handle beside it
+/// (docs/ARCHITECTURE.md section 17).
+#[allow(dead_code)]
+pub fn heap_beside(dir: &std::path::Path, durability: Durability) -> (Heap, Heap) {
+    let p = dir.join("s.heap");
+    let heap = Heap::create(&p, options(durability)).unwrap();
+    setup(&heap);
+    let beside = Heap::open_read_only(&p).unwrap();
+    (heap, beside)
+}
+
+/// A run under a sabotage switch (`variant` names it) must have committed, aborted or
+/// panicked, and its readers must have seen violations.
+#[allow(dead_code)]
+pub fn assert_caught(variant: &str, durability: Durability, broken: &Report) {
+    eprintln!(
+        "{durability:?}: broken variant \"{variant}\": {} violations in {} reads (first: {:?})",
+        broken.violations.len(),
+        broken.reads,
+        broken.violations.first()
+    );
+    assert!(
+        broken.commits > 0 && broken.aborts + broken.panics > 0,
+        "{broken:?}"
+    );
+    assert!(
+        !broken.violations.is_empty(),
+        "{durability:?}: the readers did not notice their views changing"
+    );
+}
+
 /// Read `*v` again from memory: a plain `*v` after an earlier read may be compiled as the value
 /// read before (the compiler may assume a shared reference's target does not change), and the
 /// checks below would then pass whatever the heap did.
