@@ -526,15 +526,47 @@ fn damaged_collections_give_errors() {
             ))?)
         })
         .unwrap();
+    // A leaf of 8-byte keys and 200-byte values is 2 KiB: a 16-byte header, a slot table of
+    // nine u16, then the keys at 40 (docs/ARCHITECTURE.md section 10).
+    let keys_at = leaf + 40;
     heap.transaction(|tx| {
-        let a = *tx.get(PPtr::<u64>::from_offset(leaf + 16))?;
-        let b = *tx.get(PPtr::<u64>::from_offset(leaf + 24))?;
-        tx.set(PPtr::<u64>::from_offset(leaf + 16), b)?;
-        tx.set(PPtr::<u64>::from_offset(leaf + 24), a)
+        let a = *tx.get(PPtr::<u64>::from_offset(keys_at))?;
+        let b = *tx.get(PPtr::<u64>::from_offset(keys_at + 8))?;
+        tx.set(PPtr::<u64>::from_offset(keys_at), b)?;
+        tx.set(PPtr::<u64>::from_offset(keys_at + 8), a)
     })
     .unwrap();
     let e = heap.read(|r| m.check(r)).unwrap_err();
     assert!(e.to_string().contains("ascending"), "{e}");
+
+    // The first leaf of a map made by `fresh`.
+    let leaf_of = |tx: &Tx<'_>, m: PPtr<PBTreeMap<u64, [u8; 200]>>| -> Result<u64, Error> {
+        let root = *tx.get(m.cast::<u64>())?;
+        Ok(*tx.get(PPtr::<u64>::from_offset(root + 8 * children_at as u64))?)
+    };
+    // Two entries of a leaf naming one slot: check() sees it.
+    let m = fresh(&heap);
+    heap.transaction(|tx| {
+        let a = *tx.get(PPtr::<u16>::from_offset(leaf_of(tx, m)? + 16))?;
+        tx.set(PPtr::<u16>::from_offset(leaf_of(tx, m)? + 18), a)
+    })
+    .unwrap();
+    let e = heap.read(|r| m.check(r)).unwrap_err();
+    assert!(e.to_string().contains("named twice"), "{e}");
+
+    // A slot number past the leaf's entries: every read that meets it is an error.
+    let m = fresh(&heap);
+    heap.transaction(|tx| tx.set(PPtr::<u16>::from_offset(leaf_of(tx, m)? + 16), 9))
+        .unwrap();
+    expect_err(&heap, m, "slot past the entries");
+
+    // A leaf without the layout tag (as leaves before the slot table were): refused by name.
+    let m = fresh(&heap);
+    heap.transaction(|tx| tx.set(PPtr::<u32>::from_offset(leaf_of(tx, m)? + 8), 0))
+        .unwrap();
+    let e = heap.read(|r| m.check(r)).unwrap_err();
+    assert!(e.to_string().contains("without its slot table"), "{e}");
+    expect_err(&heap, m, "old leaf layout");
 
     // A header whose length disagrees with the entries.
     let m = fresh(&heap);

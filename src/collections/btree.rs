@@ -16,8 +16,9 @@ use crate::tx::{Tx, Writable};
 /// node size"): with 8-byte keys and 64-byte values, lookups in a warm map of a million entries
 /// cost the same from 1 KiB to 16 KiB nodes (0.52-0.54 s per million), while a million random
 /// inserts in one transaction took 0.91 s with 1 KiB nodes, 1.02 s with 2 KiB, 1.04 s with
-/// 4 KiB and 1.53 s with 16 KiB (each insert shifts half a node, and each node a transaction
-/// changes is staged whole). A 1 KiB leaf holds 14 such entries. Internal nodes are
+/// 4 KiB and 1.53 s with 16 KiB (each insert then shifted half a node, and each node a
+/// transaction changes is staged whole). A 1 KiB leaf holds 13 such entries (14 before leaves
+/// had a slot table, which spares an insert shifting values). Internal nodes are
 /// [`INNER_BYTES`]: with 1 KiB internal nodes too, a million entries were four levels under the
 /// leaves' parent and lookups and loads both took about 10% longer (interleaved medians).
 const NODE_BYTES: u64 = 1024;
@@ -25,8 +26,12 @@ const NODE_BYTES: u64 = 1024;
 /// keys, so a million entries in 1 KiB leaves are three levels (four with 1 KiB internal
 /// nodes: one cache miss more per lookup; W4-get, benches/README.md).
 const INNER_BYTES: u64 = 4096;
-/// Bytes of a node's header: level (0 for leaves) and entry count.
+/// Bytes of a node's header: level (0 for leaves), entry count and, in a leaf, its layout.
 const NODE_HEADER: u64 = 16;
+/// The layout tag every leaf carries (`NodeHeader::layout`): 2, leaves with a slot table
+/// (values stay where they were put; a table of `u16` slot numbers in key order finds them).
+/// Leaves before it (tag 0) kept their values in key order and are refused, never misread.
+const LEAF_LAYOUT: u32 = 2;
 /// Deepest tree accepted (a taller one is damage: 2^64 entries need fewer levels).
 const HEIGHT_MAX: u64 = 64;
 
@@ -38,7 +43,9 @@ struct NodeHeader {
     level: u32,
     /// Entries in a leaf; keys in an internal node (which has one child more).
     count: u32,
-    _reserved: u64,
+    /// [`LEAF_LAYOUT`] in a leaf, 0 in an internal node.
+    layout: u32,
+    _reserved: u32,
 }
 
 const fn align_up(x: u64, a: u64) -> u64 {
@@ -142,7 +149,7 @@ impl<K: Stored, V: Stored> Stored for PBTreeMap<K, V> {
             let nh = *r.get(PPtr::<NodeHeader>::from_offset(at))?;
             let n = g.check(at, nh, level)?;
             if K::HOLDS_POINTERS {
-                for k in r.slice(PSlice::<K>::from_raw_parts(at + g.keys_at, n.count))? {
+                for k in r.slice(PSlice::<K>::from_raw_parts(at + g.keys_at(level), n.count))? {
                     k.refs(walk)?;
                 }
             }
@@ -194,8 +201,12 @@ struct Geo {
     /// Entries per leaf, keys per internal node.
     leaf_cap: u64,
     inner_cap: u64,
-    keys_at: u64,
+    /// A leaf's slot table (`u16` per entry, in key order), keys and values.
+    slots_at: u64,
+    leaf_keys_at: u64,
     vals_at: u64,
+    /// An internal node's keys and children.
+    inner_keys_at: u64,
     children_at: u64,
 }
 
@@ -270,14 +281,23 @@ impl NodeEdit<'_, '_> {
     }
 }
 
+/// Where a leaf of `cap` entries keeps its keys: after the header and the slot table.
+const fn leaf_keys_at(cap: u64, ka: u64) -> u64 {
+    align_up(NODE_HEADER + cap * SLOT, ka)
+}
+
+/// Bytes of a slot number.
+const SLOT: u64 = 2;
+
 /// Entries per leaf and keys per internal node of `bytes`-byte nodes.
 const fn fits(bytes: u64, ks: u64, vs: u64, ka: u64, va: u64) -> (u64, u64) {
-    let keys_at = align_up(NODE_HEADER, ka);
-    let per = if ks + vs == 0 { 1 } else { ks + vs };
-    let mut leaf_cap = (bytes - keys_at) / per;
-    while leaf_cap > 0 && align_up(keys_at + leaf_cap * ks, va) + leaf_cap * vs > bytes {
+    let mut leaf_cap = (bytes - NODE_HEADER) / (ks + vs + SLOT);
+    while leaf_cap > 0
+        && align_up(leaf_keys_at(leaf_cap, ka) + leaf_cap * ks, va) + leaf_cap * vs > bytes
+    {
         leaf_cap -= 1;
     }
+    let keys_at = align_up(NODE_HEADER, ka);
     let mut inner_cap = (bytes - keys_at - 8) / (ks + 8);
     while inner_cap > 0 && align_up(keys_at + inner_cap * ks, 8) + (inner_cap + 1) * 8 > bytes {
         inner_cap -= 1;
@@ -301,20 +321,29 @@ impl Geo {
         }
         let mut leaf_cap = fits(leaf_bytes, ks, vs, ka, va).0;
         let mut inner_cap = fits(inner_bytes, ks, vs, ka, va).1;
-        if leaf_cap > u32::MAX as u64 {
-            leaf_cap = u32::MAX as u64;
+        if leaf_cap > u16::MAX as u64 {
+            leaf_cap = u16::MAX as u64;
         }
         if inner_cap > u32::MAX as u64 {
             inner_cap = u32::MAX as u64;
         }
         let keys_at = align_up(NODE_HEADER, ka);
+        let leaf_keys = leaf_keys_at(leaf_cap, ka);
+        // Values start on a cache line when that costs no entry (8-byte keys with 64-byte
+        // values: each value is then one line to read and to stage, not two).
+        let mut vals_at = align_up(leaf_keys + leaf_cap * ks, va);
+        if align_up(vals_at, 64) + leaf_cap * vs <= leaf_bytes {
+            vals_at = align_up(vals_at, 64);
+        }
         Geo {
             leaf_bytes,
             inner_bytes,
             leaf_cap,
             inner_cap,
-            keys_at,
-            vals_at: align_up(keys_at + leaf_cap * ks, va),
+            slots_at: NODE_HEADER,
+            leaf_keys_at: leaf_keys,
+            vals_at,
+            inner_keys_at: keys_at,
             children_at: align_up(keys_at + inner_cap * ks, 8),
         }
     }
@@ -327,7 +356,8 @@ impl Geo {
         } else {
             self.inner_cap
         };
-        if nh.level as u64 != level || nh.count as u64 > cap {
+        let layout = if level == 0 { LEAF_LAYOUT } else { 0 };
+        if nh.level as u64 != level || nh.count as u64 > cap || nh.layout != layout {
             return Err(bad_node(at, nh, level, cap));
         }
         Ok(Node {
@@ -335,6 +365,16 @@ impl Geo {
             level: nh.level,
             count: nh.count as u64,
         })
+    }
+
+    /// Where a node at `level` keeps its keys.
+    #[inline]
+    const fn keys_at(&self, level: u64) -> u64 {
+        if level == 0 {
+            self.leaf_keys_at
+        } else {
+            self.inner_keys_at
+        }
     }
 
     /// Bytes of a node at `level`.
@@ -351,11 +391,18 @@ impl Geo {
 #[cold]
 #[inline(never)]
 fn bad_node(at: u64, nh: NodeHeader, level: u64, cap: u64) -> Error {
+    if nh.level == 0 && level == 0 && nh.layout == 0 {
+        return corrupt(
+            at,
+            "B-tree leaf without its slot table (layout tag 0, where this version writes and \
+             reads 2): written by a txheap before leaves had one (values in key order), or damaged",
+        );
+    }
     corrupt(
         at,
         format!(
-            "B-tree node: level {} count {} where level {level} and at most {cap} entries were expected",
-            nh.level, nh.count
+            "B-tree node: level {} count {} layout {} where level {level} and at most {cap} entries were expected",
+            nh.level, nh.count, nh.layout
         ),
     )
 }
@@ -590,7 +637,7 @@ where
     /// this transaction has staged any byte of it, so that the node stays one staged range that
     /// later reads in the transaction find in one piece (a bulk load's many inserts into one
     /// leaf); before that, only the ranges the edit changes (the count and the shifted entries:
-    /// a one-insert transaction then logs about half a leaf instead of a whole one, and a
+    /// a one-insert transaction then logs a part of a leaf instead of a whole one, and a
     /// fraction of an internal node instead of 4 KiB).
     fn edit<'a, 'h>(tx: &'a mut Tx<'h>, at: u64, level: u64) -> Result<NodeEdit<'a, 'h>> {
         Ok(if tx.staged(at, Self::GEO.bytes(level)) {
@@ -605,11 +652,36 @@ where
     }
 
     fn keys<W: View>(n: Node, view: &W) -> Result<&[K]> {
-        view.slice(PSlice::from_raw_parts(n.at + Self::GEO.keys_at, n.count))
+        let at = n.at + Self::GEO.keys_at(n.level as u64);
+        view.slice(PSlice::from_raw_parts(at, n.count))
     }
 
+    /// A leaf's values in slot order (not key order: [`Self::slots`] maps the one to the
+    /// other).
     fn vals<'v, W: View>(g: &Geo, n: Node, view: &'v W) -> Result<&'v [V]> {
         view.slice(PSlice::from_raw_parts(n.at + g.vals_at, n.count))
+    }
+
+    /// A leaf's slot table: the slot of each entry's value, in key order.
+    fn slots<'v, W: View>(g: &Geo, n: Node, view: &'v W) -> Result<&'v [u16]> {
+        view.slice(PSlice::from_raw_parts(n.at + g.slots_at, n.count))
+    }
+
+    /// The value in `slot` of the leaf at `at` whose values (slot order) are `vals`: a slot
+    /// number past them is damage.
+    #[inline]
+    fn slot_val(at: u64, vals: &[V], slot: u16) -> Result<&V> {
+        vals.get(slot as usize)
+            .ok_or_else(|| corrupt(at, format!("B-tree leaf: slot {slot} past its entries")))
+    }
+
+    /// A leaf's values in key order (a copy).
+    fn vals_in_order<W: View>(g: &Geo, n: Node, view: &W) -> Result<Vec<V>> {
+        let vals = Self::vals(g, n, view)?;
+        Self::slots(g, n, view)?
+            .iter()
+            .map(|&s| Self::slot_val(n.at, vals, s).copied())
+            .collect()
     }
 
     fn children<'v, W: View>(g: &Geo, n: Node, view: &'v W) -> Result<&'v [u64]> {
@@ -627,7 +699,7 @@ where
         let (mut at, mut level) = (h.root, h.height - 1);
         loop {
             let (n, b) = Self::node_bytes(view, at, level)?;
-            let keys = Self::part::<K>(b, at, g.keys_at, n.count)?;
+            let keys = Self::part::<K>(b, at, g.keys_at(level), n.count)?;
             if level > 0 {
                 // As in `get`: the internal node's key lines in parallel.
                 crate::sys::prefetch(bytemuck::cast_slice(keys));
@@ -687,7 +759,7 @@ where
         let (mut at, mut level) = (h.root, h.height - 1);
         loop {
             let (n, b) = Self::node_bytes(view, at, level)?;
-            let keys = Self::part::<K>(b, at, g.keys_at, n.count)?;
+            let keys = Self::part::<K>(b, at, g.keys_at(level), n.count)?;
             if level > 0 {
                 // An internal node's keys span up to 32 lines, and a binary search visits
                 // about six of them one after another; asking for all at once turns six
@@ -697,10 +769,11 @@ where
             let s = search(keys, key, view)?;
             if level == 0 {
                 return match s {
-                    Ok(i) => Ok(Some(V::load(
-                        &Self::part::<V>(b, at, g.vals_at, n.count)?[i],
-                        view,
-                    )?)),
+                    Ok(i) => {
+                        let slot = Self::part::<u16>(b, at, g.slots_at, n.count)?[i];
+                        let vals = Self::part::<V>(b, at, g.vals_at, n.count)?;
+                        Ok(Some(V::load(Self::slot_val(at, vals, slot)?, view)?))
+                    }
                     Err(_) => Ok(None),
                 };
             }
@@ -730,6 +803,9 @@ where
         let s = tx.alloc_slice_zeroed::<u64>(g.bytes(level as u64) / 8)?;
         let b = Self::node_mut(tx, s.offset(), level as u64)?;
         b[..4].copy_from_slice(&level.to_ne_bytes());
+        if level == 0 {
+            b[8..12].copy_from_slice(&LEAF_LAYOUT.to_ne_bytes());
+        }
         Ok(s.offset())
     }
 
@@ -737,12 +813,19 @@ where
         tx.free_slice(PSlice::<u64>::from_raw_parts(at, g.bytes(level) / 8))
     }
 
-    /// Write a whole leaf: its entries and count.
+    /// Write a whole leaf: its entries (values in key order, each in the slot of its
+    /// position) and count.
     fn fill_leaf(g: &Geo, tx: &mut Tx<'_>, at: u64, keys: &[K], vals: &[V]) -> Result<()> {
         let n = keys.len() as u64;
         let b = Self::node_mut(tx, at, 0)?;
-        Self::part_mut::<K>(b, at, g.keys_at, n)?.copy_from_slice(keys);
+        Self::part_mut::<K>(b, at, g.leaf_keys_at, n)?.copy_from_slice(keys);
         Self::part_mut::<V>(b, at, g.vals_at, n)?.copy_from_slice(vals);
+        for (i, s) in Self::part_mut::<u16>(b, at, g.slots_at, n)?
+            .iter_mut()
+            .enumerate()
+        {
+            *s = i as u16;
+        }
         Self::set_count_in(b, n);
         Ok(())
     }
@@ -751,7 +834,7 @@ where
     fn fill_inner(g: &Geo, tx: &mut Tx<'_>, at: u64, keys: &[K], ch: &[u64]) -> Result<()> {
         let n = keys.len() as u64;
         let b = Self::node_mut(tx, at, 1)?;
-        Self::part_mut::<K>(b, at, g.keys_at, n)?.copy_from_slice(keys);
+        Self::part_mut::<K>(b, at, g.inner_keys_at, n)?.copy_from_slice(keys);
         Self::part_mut::<u64>(b, at, g.children_at, n + 1)?.copy_from_slice(ch);
         Self::set_count_in(b, n);
         Ok(())
@@ -783,9 +866,11 @@ where
         let leaf = path.leaf;
         let i = match path.pos {
             Ok(i) => {
-                let old = Self::vals(&g, leaf, tx)?[i];
+                let slot = Self::slots(&g, leaf, tx)?[i];
+                let old = *Self::slot_val(leaf.at, Self::vals(&g, leaf, tx)?, slot)?;
                 let v = V::store(tx, value)?;
-                Self::edit(tx, leaf.at, 0)?.part::<V>(g.vals_at, i, i + 1)?[0] = v;
+                let s = slot as usize;
+                Self::edit(tx, leaf.at, 0)?.part::<V>(g.vals_at, s, s + 1)?[0] = v;
                 old.release(tx)?;
                 return Ok(true);
             }
@@ -818,28 +903,59 @@ where
     fn leaf_insert(g: &Geo, tx: &mut Tx<'_>, leaf: Node, i: usize, k: K, v: V) -> Result<Split<K>> {
         let (at, c) = (leaf.at, leaf.count as usize);
         if leaf.count < g.leaf_cap {
-            // Shift the entries from `i` up by one.
+            // Shift the keys and slot numbers from `i` up by one; the value goes to the first
+            // free slot, `c` (slots `0..c` hold the others), and no other value moves.
             let mut e = Self::edit(tx, at, 0)?;
-            shift_in(e.part::<K>(g.keys_at, i, c + 1)?, k);
-            shift_in(e.part::<V>(g.vals_at, i, c + 1)?, v);
+            shift_in(e.part::<K>(g.leaf_keys_at, i, c + 1)?, k);
+            shift_in(e.part::<u16>(g.slots_at, i, c + 1)?, c as u16);
+            e.part::<V>(g.vals_at, c, c + 1)?[0] = v;
             e.set_count(leaf.count + 1)?;
             return Ok(None);
         }
         // Full: the left half stays, the right half moves to a new leaf.
         // (With room for the new entry from the start: `to_vec` then `insert` reallocated
         // both, about 1,200 instructions per split.)
+        let old_slots = Self::slots(g, leaf, tx)?.to_vec();
         let all_k = with_inserted(Self::keys(leaf, tx)?, i, k);
-        let all_v = with_inserted(Self::vals(g, leaf, tx)?, i, v);
+        let all_v = with_inserted(&Self::vals_in_order(g, leaf, tx)?, i, v);
         let mid = all_k.len() / 2;
         let right = Self::alloc_node(g, tx, 0)?;
         Self::fill_leaf(g, tx, right, &all_k[mid..], &all_v[mid..])?;
-        // The left half keeps its entries before `i`: write only those from `i` on.
+        // The left half keeps its keys before `i` (only those from `i` on are written) and
+        // every value already in a slot below `mid`; the others (the new one among them) take
+        // the slots below `mid` that are left free.
+        let mut slots = vec![u16::MAX; mid];
+        let mut taken = vec![false; mid];
+        for (p, s) in slots.iter_mut().enumerate() {
+            let old = match p.cmp(&i) {
+                Ordering::Less => old_slots[p],
+                Ordering::Equal => continue,
+                Ordering::Greater => old_slots[p - 1],
+            };
+            if (old as usize) < mid && !taken[old as usize] {
+                taken[old as usize] = true;
+                *s = old;
+            }
+        }
+        let mut free = (0..mid).filter(|&s| !taken[s]);
         let from = i.min(mid);
         let mut e = Self::edit(tx, at, 0)?;
-        e.part::<K>(g.keys_at, from, mid)?
+        for (p, s) in slots.iter_mut().enumerate() {
+            if *s == u16::MAX {
+                let f = free.next().expect("as many free slots as values to place");
+                e.part::<V>(g.vals_at, f, f + 1)?[0] = all_v[p];
+                *s = f as u16;
+            }
+        }
+        let first = old_slots[..mid]
+            .iter()
+            .zip(&slots)
+            .position(|(a, b)| a != b)
+            .unwrap_or(mid);
+        e.part::<u16>(g.slots_at, first, mid)?
+            .copy_from_slice(&slots[first..]);
+        e.part::<K>(g.leaf_keys_at, from, mid)?
             .copy_from_slice(&all_k[from..mid]);
-        e.part::<V>(g.vals_at, from, mid)?
-            .copy_from_slice(&all_v[from..mid]);
         e.set_count(mid as u64)?;
         // The separator is a copy the internal node owns.
         let owned = K::load(&all_k[mid], tx)?.to_owned();
@@ -858,7 +974,7 @@ where
         let (ci, c) = (ci as usize, n.count as usize);
         if n.count < g.inner_cap {
             let mut e = Self::edit(tx, n.at, n.level as u64)?;
-            shift_in(e.part::<K>(g.keys_at, ci, c + 1)?, sep);
+            shift_in(e.part::<K>(g.inner_keys_at, ci, c + 1)?, sep);
             shift_in(e.part::<u64>(g.children_at, ci + 1, c + 2)?, right);
             e.set_count(n.count + 1)?;
             return Ok(None);
@@ -899,7 +1015,16 @@ where
         let Ok(i) = path.pos else {
             return Ok(false);
         };
-        let (k, v) = (Self::keys(leaf, tx)?[i], Self::vals(&g, leaf, tx)?[i]);
+        let slots = Self::slots(&g, leaf, tx)?;
+        let (slot, last) = (slots[i], leaf.count as u16 - 1);
+        // The entry whose value is in the last slot, which moves into the freed one.
+        let mover = slots.iter().position(|&s| s == last);
+        let vals = Self::vals(&g, leaf, tx)?;
+        let (k, v, lastv) = (
+            Self::keys(leaf, tx)?[i],
+            *Self::slot_val(leaf.at, vals, slot)?,
+            vals[last as usize],
+        );
         k.release(tx)?;
         v.release(tx)?;
         h.len = h
@@ -912,9 +1037,20 @@ where
         // which may leave it underfull in turn.
         let mut up = if leaf.count > 1 {
             let (at, c) = (leaf.at, leaf.count as usize);
+            // Slots stay `0..count`: the value in the last slot moves into the freed one.
+            let mover = match mover {
+                Some(j) if slot != last => Some(if j > i { j - 1 } else { j }),
+                Some(_) => None,
+                None => return Err(corrupt(at, "B-tree leaf: slot table misses a slot")),
+            };
             let mut e = Self::edit(tx, at, 0)?;
-            shift_out(e.part::<K>(g.keys_at, i, c)?);
-            shift_out(e.part::<V>(g.vals_at, i, c)?);
+            shift_out(e.part::<K>(g.leaf_keys_at, i, c)?);
+            shift_out(e.part::<u16>(g.slots_at, i, c)?);
+            if let Some(j) = mover {
+                let s = slot as usize;
+                e.part::<V>(g.vals_at, s, s + 1)?[0] = lastv;
+                e.part::<u16>(g.slots_at, j, j + 1)?[0] = slot;
+            }
             e.set_count(leaf.count - 1)?;
             Mend::below_min(
                 &g,
@@ -967,7 +1103,7 @@ where
     fn take_out(g: &Geo, tx: &mut Tx<'_>, n: Node, k: usize, j: usize) -> Result<Mend> {
         let c = n.count as usize;
         let mut e = Self::edit(tx, n.at, n.level as u64)?;
-        shift_out(e.part::<K>(g.keys_at, k, c)?);
+        shift_out(e.part::<K>(g.inner_keys_at, k, c)?);
         shift_out(e.part::<u64>(g.children_at, j, c + 1)?);
         e.set_count(n.count - 1)?;
         Ok(Mend::below_min(
@@ -1009,18 +1145,28 @@ where
         let sep = Self::keys(parent, tx)?[l as usize];
         let (lc, rc) = (left.count as usize, right.count as usize);
         if level == 0 {
+            // The right leaf's entries follow the left's, its values in slots `lc..` in key
+            // order.
             let rk = Self::keys(right, tx)?.to_vec();
-            let rv = Self::vals(g, right, tx)?.to_vec();
+            let rv = Self::vals_in_order(g, right, tx)?;
             let mut e = Self::edit(tx, left.at, 0)?;
-            e.part::<K>(g.keys_at, lc, lc + rc)?.copy_from_slice(&rk);
+            e.part::<K>(g.leaf_keys_at, lc, lc + rc)?
+                .copy_from_slice(&rk);
             e.part::<V>(g.vals_at, lc, lc + rc)?.copy_from_slice(&rv);
+            for (j, s) in e
+                .part::<u16>(g.slots_at, lc, lc + rc)?
+                .iter_mut()
+                .enumerate()
+            {
+                *s = (lc + j) as u16;
+            }
             e.set_count(merged)?;
             sep.release(tx)?;
         } else {
             let rk = Self::keys(right, tx)?.to_vec();
             let rch = Self::children(g, right, tx)?.to_vec();
             let mut e = Self::edit(tx, left.at, level)?;
-            let keys = e.part::<K>(g.keys_at, lc, lc + 1 + rc)?;
+            let keys = e.part::<K>(g.inner_keys_at, lc, lc + 1 + rc)?;
             keys[0] = sep;
             keys[1..].copy_from_slice(&rk);
             e.part::<u64>(g.children_at, lc + 1, lc + 2 + rc)?
@@ -1432,6 +1578,19 @@ where
                     return Err(corrupt(at, "B-tree: empty leaf"));
                 }
                 Self::vals(&g, n, view)?;
+                // The slot table names each of the slots `0..count` once.
+                let mut named = vec![false; n.count as usize];
+                for &s in Self::slots(&g, n, view)? {
+                    match named.get_mut(s as usize) {
+                        Some(b) if !*b => *b = true,
+                        _ => {
+                            return Err(corrupt(
+                                at,
+                                format!("B-tree leaf: slot {s} named twice or past its entries"),
+                            ))
+                        }
+                    }
+                }
                 count += n.count;
                 continue;
             }
@@ -1485,8 +1644,8 @@ pub struct Range<'v, K, V, W> {
     _kv: PhantomData<fn() -> (K, V)>,
 }
 
-/// A leaf's offset with its keys and values, read in place.
-type Leaf<'v, K, V> = Option<(u64, &'v [K], &'v [V])>;
+/// A leaf's offset with its keys, slot table and values, read in place.
+type Leaf<'v, K, V> = Option<(u64, &'v [K], &'v [u16], &'v [V])>;
 
 impl<'v, K, V, W> Range<'v, K, V, W>
 where
@@ -1512,18 +1671,20 @@ where
         cache: &mut Leaf<'v, K, V>,
     ) -> Result<(&'v K::Input, &'v V::Input)> {
         let &(leaf, i) = c.last().expect("a cursor has a leaf");
-        let (ks, vs) = match *cache {
-            Some((at, ks, vs)) if at == leaf.at => (ks, vs),
+        let (ks, ss, vs) = match *cache {
+            Some((at, ks, ss, vs)) if at == leaf.at => (ks, ss, vs),
             _ => {
                 let ks = PPtr::<PBTreeMap<K, V>>::keys(leaf, view)?;
+                let ss = PPtr::<PBTreeMap<K, V>>::slots(g, leaf, view)?;
                 let vs = PPtr::<PBTreeMap<K, V>>::vals(g, leaf, view)?;
-                *cache = Some((leaf.at, ks, vs));
-                (ks, vs)
+                *cache = Some((leaf.at, ks, ss, vs));
+                (ks, ss, vs)
             }
         };
-        let (Some(k), Some(v)) = (ks.get(i as usize), vs.get(i as usize)) else {
+        let (Some(k), Some(&s)) = (ks.get(i as usize), ss.get(i as usize)) else {
             return Err(corrupt(leaf.at, "B-tree cursor past its leaf"));
         };
+        let v = PPtr::<PBTreeMap<K, V>>::slot_val(leaf.at, vs, s)?;
         Ok((K::load(k, view)?, V::load(v, view)?))
     }
 
