@@ -631,8 +631,9 @@ where
 
     /// Bytes of a leaf of `count` entries from its start to the end of its keys: the header,
     /// slot table and keys, which an insert or a removal changes together. (One staged write
-    /// of them instead of three, in the lines they share: the same bytes staged and logged,
-    /// about 800 fewer instructions per insert.)
+    /// of them instead of three, in the lines they share: 9,800 -> 8,830 instructions per
+    /// one-insert `None` commit, callgrind; it also stages the lines between the count and
+    /// the first shifted key that three writes skipped, 527 -> 549 log bytes per frame.)
     fn leaf_head(g: &Geo, count: u64) -> usize {
         (g.leaf_keys_at + count * std::mem::size_of::<K>() as u64) as usize
     }
