@@ -7,7 +7,11 @@ if ! command -v valgrind >/dev/null 2>&1; then
   echo "valgrind not found: installing it (Debian package)"
   (apt-get update -qq && apt-get install -y -qq valgrind) >/dev/null
 fi
-cargo test -p txheap --no-run --message-format=json 2>/dev/null \
+# The release test binaries of the README's test command: CI has just built them, so this
+# compiles nothing, and memcheck runs optimised code about seven times faster than a dev build
+# (measured on the CI machine: 133 s against 893 s for the same tests). These are the binaries
+# the suite itself runs, sabotage features included.
+cargo test --workspace --release --all-features --no-run --message-format=json 2>/dev/null \
   | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 > /tmp/txheap-test-bins.txt
 status=0
 # The collections' model test runs 4 random cases here (48 in the normal suite).
