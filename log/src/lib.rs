@@ -696,13 +696,15 @@ impl fmt::Display for Stop {
     }
 }
 
+// One bounds check and one load each: indexing the four bytes one by one checked each of them
+// (callgrind of a replay: that line was 254 instructions per frame, an eighth of the scan).
+#[inline]
 fn u32_at(b: &[u8], i: usize) -> u32 {
-    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+    u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"))
 }
+#[inline]
 fn u64_at(b: &[u8], i: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[i..i + 8]);
-    u64::from_le_bytes(a)
+    u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"))
 }
 
 /// Check a header's magic, generation, txid, length and fit (`remaining`: bytes of the region
