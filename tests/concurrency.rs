@@ -87,9 +87,6 @@ fn a_long_reader_delays_neither_commits_nor_new_readers() {
     }
 }
 
-/// A read closure that waits for a scoped thread's own read, while another thread keeps
-/// committing: it completes. (With a writer-preferring lock it deadlocked: the inner read queued
-/// behind a waiting commit, which waited for the outer read.)
 /// More readers at once than there are reader slots (64; the rest pin by reference count):
 /// each holds its view while commits change the value, at every one of several states, and
 /// finds it unchanged; new readers meanwhile see the newest state.
@@ -98,37 +95,38 @@ fn many_readers_at_once_each_keep_their_view() {
     use std::sync::Barrier;
     let d = tempfile::tempdir().unwrap();
     let (heap, p) = counter_heap(&d, Durability::Full);
-    let readers = 80;
-    let pinned = Barrier::new(readers + 1);
+    // Eight groups of ten readers; group `k` pins after the `k`-th commit (each group's
+    // barrier says when all ten have), so the readers hold eight different states. (Groups
+    // that slept different times to pin between commits all pinned before the first one
+    // under valgrind, which starts threads slowly.)
+    let (groups, per_group) = (8usize, 10usize);
+    let pinned: Vec<Barrier> = (0..groups).map(|_| Barrier::new(per_group + 1)).collect();
     let (done_tx, done) = std::sync::mpsc::channel::<()>();
     let done = std::sync::Mutex::new(done);
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..readers)
-            .map(|i| {
-                let (heap, pinned, done) = (&heap, &pinned, &done);
-                s.spawn(move || {
-                    // Readers pin in groups, between commits: they hold different states.
-                    std::thread::sleep(Duration::from_millis(2 * (i as u64 % 8)));
+        let mut handles = Vec::new();
+        for (k, group) in pinned.iter().enumerate() {
+            for _ in 0..per_group {
+                let (heap, done) = (&heap, &done);
+                handles.push(s.spawn(move || {
                     heap.read(|r| {
                         let v = r.get(p)?;
                         let before = *v;
-                        pinned.wait();
+                        group.wait();
                         // Until every commit below is done.
                         let _ = done.lock().unwrap().recv_timeout(Duration::from_secs(60));
-                        Ok((before, again(v)))
+                        Ok((k as u64, before, again(v)))
                     })
-                })
-            })
-            .collect();
-        for _ in 0..8 {
+                }));
+            }
+            group.wait(); // all ten of group `k` hold the state of `k` commits
             heap.transaction(|tx| {
                 *tx.get_mut(p)? += 1;
                 Ok(())
             })
             .unwrap();
-            std::thread::sleep(Duration::from_millis(2));
         }
-        pinned.wait();
+        // 80 readers hold views now (more than the 64 reader slots), while 50 more commits run.
         for _ in 0..50 {
             heap.transaction(|tx| {
                 *tx.get_mut(p)? += 1;
@@ -140,19 +138,22 @@ fn many_readers_at_once_each_keep_their_view() {
         drop(done_tx); // every reader's recv now returns
         let mut states = std::collections::BTreeSet::new();
         for h in handles {
-            let (before, after) = h.join().unwrap().unwrap();
+            let (k, before, after) = h.join().unwrap().unwrap();
             assert_eq!(before, after, "a reader's view changed under it");
-            assert!(before <= 8);
+            assert_eq!(
+                before, k,
+                "a reader of group {k} pinned the state of {before} commits"
+            );
             states.insert(before);
         }
-        assert!(
-            states.len() > 1,
-            "the readers all held one state: {states:?}"
-        );
+        assert_eq!(states.len(), groups, "the readers held {states:?}");
     });
     assert_eq!(heap.read(|r| r.get(p).copied()).unwrap(), 58);
 }
 
+/// A read closure that waits for a another thread's own read, while another thread keeps
+/// committing: it completes. (With a writer-preferring lock it deadlocked: the inner read queued
+/// behind a waiting commit, which waited for the outer read.)
 #[test]
 fn a_read_waiting_on_another_threads_read_completes_while_commits_run() {
     use std::sync::atomic::{AtomicBool, Ordering};
