@@ -268,7 +268,8 @@ impl fmt::Display for Error {
             Error::Io { op, offset, source } => write!(f, "{op} at offset {offset} failed: {source}"),
             Error::Locked { path } => write!(
                 f,
-                "{} is locked by another open handle (in this or another process)",
+                "{} is locked by another open handle (in this or another process; a read-only \
+                 one, such as a txheap command reading the file, also keeps a writer out)",
                 path.display()
             ),
             Error::NotFound { path } => write!(

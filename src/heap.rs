@@ -103,7 +103,9 @@ impl Heap {
     ///
     /// While the returned handle is open, nothing else may write, truncate or replace the file
     /// (see the crate documentation: "The one condition"); other txheap handles are refused
-    /// with [`Error::Locked`].
+    /// with [`Error::Locked`]. The other way round, a writable open is refused with `Locked`
+    /// while any other handle holds the file, a read-only one included (another process's
+    /// [`Heap::open_read_only`] of a closed heap, or a `txheap` command reading it).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -221,6 +223,11 @@ impl Heap {
     /// the disk happens after the writer lock is released. If a shared barrier fails, every
     /// transaction waiting on it gets `Error::Poisoned` (naming the failure) and none of them
     /// is acknowledged.
+    ///
+    /// `f` holds the heap's writer lock: on this thread, calling `transaction`, `flush`,
+    /// `checkpoint`, `stats`, `close` or `read` on the same heap inside `f` is an error, but if
+    /// `f` waits for *another* thread (a join, a channel) that makes one of those calls on this
+    /// heap, the two wait for each other forever (docs/ARCHITECTURE.md section 6).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();

@@ -757,6 +757,75 @@ impl<'h> Tx<'h> {
         Ok(p)
     }
 
+    /// Change the root's type: read the root, which must be stored as `Old`
+    /// ([`Error::RootTypeMismatch`] otherwise; [`Error::NoRoot`] if there is none), make a `New`
+    /// from it with `f`, and store that as the root, with `New`'s identity and layout
+    /// description, all in this transaction (an error or a panic later in it leaves the root as
+    /// it was). This is how a program adds a field to its root type, or renames one, without
+    /// losing its file: every later [`Tx::root`] and [`crate::Reader::root`] asks for `New`.
+    /// Bytes of the old root past `New`'s size are zeroed. `New` is at most 4096 bytes, like
+    /// any root.
+    ///
+    /// ```
+    /// use txheap::{Error, Heap, Options};
+    /// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
+    /// #[repr(C)]
+    /// struct RootV1 { count: u64 }
+    /// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]
+    /// #[repr(C)]
+    /// struct RootV2 { count: u64, limit: u64 }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("migrate.heap");
+    /// let heap = Heap::create(&path, Options::new())?;
+    /// heap.transaction(|tx| { let r = tx.root::<RootV1>()?; tx.get_mut(r)?.count = 3; Ok(()) })?;
+    /// // The new program's type is refused until the root is migrated.
+    /// assert!(matches!(heap.transaction(|tx| tx.root::<RootV2>()), Err(Error::RootTypeMismatch { .. })));
+    /// heap.transaction(|tx| tx.migrate_root(|old: &RootV1| RootV2 { count: old.count, limit: 10 }))?;
+    /// let v2 = heap.read(|r| Ok(*r.get(r.root::<RootV2>()?)?))?;
+    /// assert_eq!((v2.count, v2.limit), (3, 10));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn migrate_root<Old: Stored, New: Stored>(
+        &mut self,
+        f: impl FnOnce(&Old) -> New,
+    ) -> Result<PPtr<New>> {
+        let page = || {
+            let mut b = vec![0u8; ROOT_DESC_AT as usize + 2 + ROOT_DESC_MAX];
+            read_staged(self.sh, &self.stage, self.sh.geo.heap_offset, &mut b);
+            b
+        };
+        if !check_root::<Old>(&self.header, &page)? {
+            return Err(Error::NoRoot);
+        }
+        // The new type's own limits (size, alignment), before any byte is staged.
+        let fresh = HeapHeader {
+            root_size: 0,
+            root_fingerprint: 0,
+            ..self.header
+        };
+        check_root::<New>(&fresh, &page)?;
+        let at = self.sh.geo.root_offset;
+        let new = f(self.get(PPtr::<Old>::from_offset(at))?);
+        let (old_size, size) = (
+            std::mem::size_of::<Old>() as u64,
+            std::mem::size_of::<New>() as u64,
+        );
+        let len = old_size.max(size);
+        if len > 0 {
+            let b = self.view_mut(at, len, 1)?;
+            b.fill(0);
+            b[..size as usize].copy_from_slice(bytemuck::bytes_of(&new));
+        }
+        self.header.root_size = size;
+        self.header.root_fingerprint = New::ID;
+        self.header.root_align = std::mem::align_of::<New>() as u32;
+        self.header.root_identity = ROOT_IDENTITY_STORED;
+        let desc = root_description::<New>();
+        let d = self.sh.geo.heap_offset + ROOT_DESC_AT;
+        self.stage_mut(d, desc.len() as u64)?.copy_from_slice(&desc);
+        Ok(PPtr::from_offset(at))
+    }
+
     // ---- commit --------------------------------------------------------------------------
 
     /// Commit: build the plan (the frame of every logged piece, the in-place pieces, the new

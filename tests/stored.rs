@@ -143,3 +143,117 @@ fn a_root_written_before_stored_still_opens() {
     let err = heap.read(|r| r.root::<[u32; 8]>()).unwrap_err();
     assert!(err.to_string().contains("before Stored"), "{err}");
 }
+
+mod grown {
+    // `first::Root` with a field added: what a new version of a program declares.
+    #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, txheap::Stored)]
+    #[repr(C)]
+    pub struct Root {
+        pub count: u64,
+        pub head: txheap::PPtr<u64>,
+        pub limit: u64,
+    }
+}
+
+/// `Tx::migrate_root` changes the root's type in a transaction: the old type is then refused and
+/// the new one accepted, across a reopen, with the old fields carried over; an aborted migration
+/// changes nothing; a migration from the wrong type, or with no root, or to a type too large, is
+/// refused by name with nothing changed.
+#[test]
+fn migrate_root_changes_the_type_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("migrate.heap");
+    let heap = Heap::create(&path, Options::new()).unwrap();
+    // No root yet: nothing to migrate.
+    let e = heap
+        .transaction(|tx| {
+            tx.migrate_root(|o: &first::Root| grown::Root {
+                count: o.count,
+                head: o.head,
+                limit: 0,
+            })
+        })
+        .unwrap_err();
+    assert!(matches!(e, Error::NoRoot), "{e}");
+    let head = heap
+        .transaction(|tx| {
+            let r = tx.root::<first::Root>()?;
+            let head = tx.alloc(41u64)?;
+            *tx.get_mut(r)? = first::Root { count: 7, head };
+            Ok(head)
+        })
+        .unwrap();
+    // The wrong old type: refused, naming the stored layout.
+    let e = heap
+        .transaction(|tx| {
+            tx.migrate_root(|o: &[u64; 2]| grown::Root {
+                count: o[0],
+                head,
+                limit: 0,
+            })
+        })
+        .unwrap_err();
+    assert!(matches!(e, Error::RootTypeMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("count: u64 @0"), "{e}");
+    // A new type larger than a root may be: refused before anything is staged.
+    let e = heap
+        .transaction(|tx| tx.migrate_root(|_: &first::Root| [0u64; 513]))
+        .unwrap_err();
+    assert!(matches!(e, Error::RootTooLarge { .. }), "{e}");
+    // An aborted migration leaves the old type in place.
+    let e = heap
+        .transaction(|tx| {
+            tx.migrate_root(|o: &first::Root| grown::Root {
+                count: o.count,
+                head: o.head,
+                limit: 9,
+            })?;
+            Err::<(), _>(Error::NoRoot) // any error aborts
+        })
+        .unwrap_err();
+    assert!(matches!(e, Error::NoRoot), "{e}");
+    assert_eq!(
+        heap.read(|r| Ok(r.get(r.root::<first::Root>()?)?.count))
+            .unwrap(),
+        7
+    );
+    // The migration itself.
+    heap.transaction(|tx| {
+        let r = tx.migrate_root(|o: &first::Root| grown::Root {
+            count: o.count + 1,
+            head: o.head,
+            limit: 9,
+        })?;
+        assert_eq!(tx.get(r)?.limit, 9); // its own write, read back in the transaction
+        Ok(())
+    })
+    .unwrap();
+    heap.close().unwrap();
+    let heap = Heap::open(&path, Options::new()).unwrap();
+    let v = heap
+        .read(|r| Ok(*r.get(r.root::<grown::Root>()?)?))
+        .unwrap();
+    assert_eq!((v.count, v.head, v.limit), (8, head, 9));
+    assert_eq!(heap.read(|r| Ok(*r.get(v.head)?)).unwrap(), 41);
+    let e = heap
+        .transaction(|tx| tx.root::<first::Root>().map(|_| ()))
+        .unwrap_err();
+    assert!(matches!(e, Error::RootTypeMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("limit: u64 @16"), "{e}");
+    // Back to the smaller type: the bytes past it (where `limit` was) are zeroed.
+    heap.transaction(|tx| {
+        tx.migrate_root(|o: &grown::Root| first::Root {
+            count: o.count,
+            head: o.head,
+        })
+    })
+    .unwrap();
+    let (count, past) = heap
+        .read(|r| {
+            let root = r.root::<first::Root>()?;
+            let past = *r.get(PPtr::<u64>::from_offset(root.offset() + 16))?;
+            Ok((r.get(root)?.count, past))
+        })
+        .unwrap();
+    assert_eq!((count, past), (8, 0));
+}
