@@ -109,6 +109,9 @@ fn new_storage(file: &Arc<File>, options: &Options, window: u64) -> Result<FileS
     #[cfg(feature = "test-hooks")]
     {
         st.hooks.set_trace(options.trace.clone());
+        if let Some(plan) = options.faults {
+            st.hooks.set_faults(plan);
+        }
     }
     #[cfg(not(feature = "test-hooks"))]
     let _ = options;

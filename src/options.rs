@@ -97,6 +97,8 @@ pub struct Options {
     pub(crate) given: Given,
     #[cfg(feature = "test-hooks")]
     pub(crate) trace: Option<crate::Trace>,
+    #[cfg(feature = "test-hooks")]
+    pub(crate) faults: Option<crate::FaultPlan>,
 }
 
 /// The sizes an `Options` was given explicitly.
@@ -122,6 +124,8 @@ impl Default for Options {
             given: Given::default(),
             #[cfg(feature = "test-hooks")]
             trace: None,
+            #[cfg(feature = "test-hooks")]
+            faults: None,
         }
     }
 }
@@ -288,6 +292,34 @@ impl Options {
     #[cfg(feature = "test-hooks")]
     pub fn record(mut self, trace: crate::Trace) -> Self {
         self.trace = Some(trace);
+        self
+    }
+
+    /// Make the opened handle's I/O fail as `plan` says from its first call on, recovery and
+    /// the open's checkpoint included (feature `test-hooks`, for tests; on an open handle,
+    /// `Heap::inject_faults`).
+    ///
+    /// ```
+    /// use txheap::{FaultPlan, Heap, Options};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let p = dir.path().join("of.heap");
+    /// let heap = Heap::create(&p, Options::new())?;
+    /// heap.transaction(|tx| { let r = tx.root::<u64>()?; tx.set(r, 7) })?;
+    /// std::mem::forget(heap); // as a crash leaves it: the next open replays the log
+    /// let copy = dir.path().join("copy.heap"); // (the forgotten handle still holds `p`)
+    /// std::fs::copy(&p, &copy).unwrap();
+    /// let plan = FaultPlan { fail_barrier_after: Some(0), ..Default::default() };
+    /// // The replay's checkpoint cannot make the heap durable: the open fails...
+    /// let e = Heap::open(&copy, Options::new().faults(plan)).err().unwrap();
+    /// assert!(matches!(e, txheap::Error::Io { .. }), "{e}");
+    /// // ...and the next one, without faults, has the transaction.
+    /// let heap = Heap::open(&copy, Options::new())?;
+    /// assert_eq!(heap.read(|r| r.get(r.root::<u64>()?).copied())?, 7);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    #[cfg(feature = "test-hooks")]
+    pub fn faults(mut self, plan: crate::FaultPlan) -> Self {
+        self.faults = Some(plan);
         self
     }
 
