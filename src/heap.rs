@@ -77,7 +77,8 @@ impl Heap {
     /// built under a temporary name and linked into place only when complete, durable and
     /// mapped, so neither a crash nor a failure during create (for example
     /// [`Error::AddressSpace`] for a `max_size` the process cannot reserve) leaves a file at
-    /// `path`.
+    /// `path`. (A crash can leave the hidden temporary file, `.NAME.txheap-new-PID-N`, beside
+    /// it: never read, safe to remove.)
     ///
     /// While the returned handle is open, nothing else may write, truncate or replace the file
     /// (see the crate documentation: "The one condition"); other txheap handles are refused

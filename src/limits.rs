@@ -50,3 +50,7 @@ pub(crate) const GROW_FRACTION: u64 = 16;
 /// Growth step cap: 1024 chunks (256 MiB), so a large heap's file runs at most that far ahead
 /// of its data.
 pub(crate) const GROW_CHUNKS_MAX: u64 = 1024;
+
+/// Temporary names a new file's build (`open::publish_new_file`) tries past those that exist
+/// already (left by crashed processes whose ids this one reuses).
+pub(crate) const TEMP_NAME_TRIES: usize = 10_000;

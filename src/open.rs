@@ -20,6 +20,7 @@ use txheap_recovery::{
 use crate::alloc::{Allocator, HeapHeader, HEAP_HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::layout::{needed_len, read_heap_header, Geometry};
+use crate::limits::TEMP_NAME_TRIES;
 use crate::options::{Durability, Options};
 use crate::shared::Shared;
 use crate::storage::FileStorage;
@@ -133,6 +134,8 @@ pub(crate) fn create(path: &Path, options: &Options) -> Result<Opened> {
 /// then it is hard-linked to `path` (a link never replaces a file: one that appeared meanwhile is
 /// `AlreadyExists`), the temporary name removed and the directory synced. If anything fails,
 /// nothing is left at `path`. New heaps (`create`) and copies (`backup.rs`) are made this way.
+/// A process killed meanwhile leaves its temporary file (never read; it may be removed); a name
+/// that exists already is skipped, never reused.
 pub(crate) fn publish_new_file<T>(
     path: &Path,
     kind: &str,
@@ -151,18 +154,33 @@ pub(crate) fn publish_new_file<T>(
         what: format!("{} has no file name", path.display()),
     })?;
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let tmp = dir.join(format!(
-        ".{}.txheap-{kind}-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("create temporary file", 0, e))?;
+    // A name that exists already is another's: left by a process that crashed while it
+    // created or copied a heap here, whose process id this one now has (ids are reused: the
+    // kill -9 campaign met it after 14,245 children), or a live process of another pid
+    // namespace. Neither may be touched; the next number is tried instead.
+    let (tmp, file) = {
+        let mut attempt = 0;
+        loop {
+            let tmp = dir.join(format!(
+                ".{}.txheap-{kind}-{}-{}",
+                name.to_string_lossy(),
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+            {
+                Ok(file) => break (tmp, file),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < TEMP_NAME_TRIES => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(Error::io("create temporary file", 0, e)),
+            }
+        }
+    };
     let built = build(file).and_then(|t| {
         std::fs::hard_link(&tmp, path).map_err(|e| {
             if e.kind() == io::ErrorKind::AlreadyExists {
