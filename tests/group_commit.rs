@@ -282,6 +282,7 @@ fn readers_see_a_shared_commit_only_once_it_is_durable() {
     });
     let total = |heap: &Heap| heap.read(|r| Ok(r.get(root)?.total)).unwrap();
     let (a_in_body, a_done) = (AtomicBool::new(false), AtomicBool::new(false));
+    let a_body_end = std::sync::Mutex::new(None::<std::time::Instant>);
     std::thread::scope(|s| {
         // A: commits total = 1 while B waits for the writer lock, so A shares a barrier.
         s.spawn(|| {
@@ -289,6 +290,7 @@ fn readers_see_a_shared_commit_only_once_it_is_durable() {
                 a_in_body.store(true, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(100)); // B queues meanwhile
                 tx.get_mut(root)?.total = 1;
+                *a_body_end.lock().unwrap() = Some(std::time::Instant::now());
                 Ok(())
             })
             .unwrap();
@@ -308,11 +310,19 @@ fn readers_see_a_shared_commit_only_once_it_is_durable() {
         std::thread::sleep(Duration::from_millis(150)); // A has appended and waits
         let mut seen_before = 0;
         while !a_done.load(Ordering::SeqCst) {
-            let t = total(&heap);
-            if a_done.load(Ordering::SeqCst) {
-                break; // (acknowledged meanwhile: either value is allowed)
+            if total(&heap) != 0 {
+                // Visible, so a barrier covering A's frame has completed: it began after A's
+                // body ended and took at least `barrier_delay`. (A's own thread may not have
+                // woken yet to say it is done: under valgrind it wakes slowly, and comparing
+                // with `a_done` alone failed there.)
+                let ended = a_body_end.lock().unwrap().expect("A's body ended before");
+                assert!(
+                    ended.elapsed() >= Duration::from_millis(300),
+                    "a reader saw a commit that was not durable yet ({:?} after A's body)",
+                    ended.elapsed()
+                );
+                break;
             }
-            assert_eq!(t, 0, "a reader saw a commit that was not durable yet");
             seen_before += 1;
             std::thread::sleep(Duration::from_millis(5));
         }
