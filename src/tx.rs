@@ -734,22 +734,11 @@ impl<'h> Tx<'h> {
     /// ```
     pub fn root<T: Stored>(&mut self) -> Result<PPtr<T>> {
         let p = PPtr::from_offset(self.sh.geo.root_offset);
-        let page = || {
-            let mut b = vec![0u8; ROOT_DESC_AT as usize + 2 + ROOT_DESC_MAX];
-            read_staged(self.sh, &self.stage, self.sh.geo.heap_offset, &mut b);
-            b
-        };
+        let page = || self.root_page();
         if !check_root::<T>(&self.header, &page)? {
             let size = std::mem::size_of::<T>() as u64;
             debug_assert!(size <= ROOT_LEN_MAX);
-            self.header.root_size = size;
-            self.header.root_fingerprint = T::ID;
-            self.header.root_align = std::mem::align_of::<T>() as u32;
-            self.header.root_identity = ROOT_IDENTITY_STORED;
-            let desc = root_description::<T>();
-            let at = self.sh.geo.heap_offset + ROOT_DESC_AT;
-            self.stage_mut(at, desc.len() as u64)?
-                .copy_from_slice(&desc);
+            self.set_root_type::<T>()?;
             if size > 0 {
                 self.view_mut(p.offset(), size, 1)?.fill(0);
             }
@@ -789,11 +778,7 @@ impl<'h> Tx<'h> {
         &mut self,
         f: impl FnOnce(&Old) -> New,
     ) -> Result<PPtr<New>> {
-        let page = || {
-            let mut b = vec![0u8; ROOT_DESC_AT as usize + 2 + ROOT_DESC_MAX];
-            read_staged(self.sh, &self.stage, self.sh.geo.heap_offset, &mut b);
-            b
-        };
+        let page = || self.root_page();
         if !check_root::<Old>(&self.header, &page)? {
             return Err(Error::NoRoot);
         }
@@ -816,14 +801,30 @@ impl<'h> Tx<'h> {
             b.fill(0);
             b[..size as usize].copy_from_slice(bytemuck::bytes_of(&new));
         }
-        self.header.root_size = size;
-        self.header.root_fingerprint = New::ID;
-        self.header.root_align = std::mem::align_of::<New>() as u32;
-        self.header.root_identity = ROOT_IDENTITY_STORED;
-        let desc = root_description::<New>();
-        let d = self.sh.geo.heap_offset + ROOT_DESC_AT;
-        self.stage_mut(d, desc.len() as u64)?.copy_from_slice(&desc);
+        self.set_root_type::<New>()?;
         Ok(PPtr::from_offset(at))
+    }
+
+    /// The heap header's page as this transaction sees it, up to the end of the root's layout
+    /// description (read only when a root check fails, to name the stored layout).
+    fn root_page(&self) -> Vec<u8> {
+        let mut b = vec![0u8; ROOT_DESC_AT as usize + 2 + ROOT_DESC_MAX];
+        read_staged(self.sh, &self.stage, self.sh.geo.heap_offset, &mut b);
+        b
+    }
+
+    /// Record `T` as the root's type: its size, identity and alignment in the heap header, its
+    /// layout description in the header's page (staged).
+    fn set_root_type<T: Stored>(&mut self) -> Result<()> {
+        self.header.root_size = std::mem::size_of::<T>() as u64;
+        self.header.root_fingerprint = T::ID;
+        self.header.root_align = std::mem::align_of::<T>() as u32;
+        self.header.root_identity = ROOT_IDENTITY_STORED;
+        let desc = root_description::<T>();
+        let at = self.sh.geo.heap_offset + ROOT_DESC_AT;
+        self.stage_mut(at, desc.len() as u64)?
+            .copy_from_slice(&desc);
+        Ok(())
     }
 
     // ---- commit --------------------------------------------------------------------------
