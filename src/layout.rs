@@ -174,12 +174,9 @@ pub(crate) fn decode_description(page: &[u8]) -> String {
     }
 }
 
-/// Check a root type against what the heap header says: `Ok(false)` if the heap has no root
-/// yet. `page` reads the header page (for the stored description in the error).
-pub(crate) fn check_root<T: Stored>(
-    header: &HeapHeader,
-    page: &dyn Fn() -> Vec<u8>,
-) -> Result<bool> {
+/// Whether `T` may be a root at all: at most the root area's size, and an alignment the heap
+/// supports.
+pub(crate) fn root_fits<T: Stored>() -> Result<()> {
     let size = std::mem::size_of::<T>() as u64;
     let align = std::mem::align_of::<T>() as u64;
     if size > ROOT_LEN_MAX {
@@ -194,6 +191,17 @@ pub(crate) fn check_root<T: Stored>(
             max: ALIGN_MAX,
         });
     }
+    Ok(())
+}
+
+/// Check a root type against what the heap header says: `Ok(false)` if the heap has no root
+/// yet. `page` reads the header page (for the stored description in the error).
+pub(crate) fn check_root<T: Stored>(
+    header: &HeapHeader,
+    page: &dyn Fn() -> Vec<u8>,
+) -> Result<bool> {
+    root_fits::<T>()?;
+    let size = std::mem::size_of::<T>() as u64;
     if header.root_size == 0 && header.root_fingerprint == 0 {
         return Ok(false);
     }

@@ -12,7 +12,7 @@ use bytemuck::Pod;
 
 use crate::alloc::{Allocator, HeapHeader, TxMem, ROOT_IDENTITY_STORED};
 use crate::error::{Error, Result};
-use crate::layout::{check_root, root_description, ROOT_DESC_AT, ROOT_DESC_MAX};
+use crate::layout::{check_root, root_description, root_fits, ROOT_DESC_AT, ROOT_DESC_MAX};
 use crate::limits::{CHUNK_SIZE, ROOT_LEN_MAX};
 use crate::options::Durability;
 use crate::pptr::{cast_slice, cast_slice_mut, PPtr, PSlice};
@@ -783,12 +783,7 @@ impl<'h> Tx<'h> {
             return Err(Error::NoRoot);
         }
         // The new type's own limits (size, alignment), before any byte is staged.
-        let fresh = HeapHeader {
-            root_size: 0,
-            root_fingerprint: 0,
-            ..self.header
-        };
-        check_root::<New>(&fresh, &page)?;
+        root_fits::<New>()?;
         let at = self.sh.geo.root_offset;
         let new = f(self.get(PPtr::<Old>::from_offset(at))?);
         let (old_size, size) = (
