@@ -490,8 +490,9 @@ fn replay_read_only(
     Ok((log, map))
 }
 
-/// Writable: reserve the mapping, recover (check the heap as replay will leave it, replay,
-/// checkpoint), then grow the file to its chunk count.
+/// Writable: reserve the mapping, recover (check the heap as replay will leave it, barrier the
+/// log, replay; the frames stay in the log, docs/ARCHITECTURE.md section 5 step 3), then grow
+/// the file to its chunk count.
 fn recover_writable(
     file: &File,
     storage: &mut FileStorage,
@@ -519,22 +520,26 @@ fn recover_writable(
     // Frames to replay: first check the heap as replay will leave it (header, chunk count, the
     // chunk tables), so that a damaged heap is refused before recovery writes a
     // byte.
-    let rec = recovery::recover_checked_with(storage, on_damage, |sb, view| -> Result<()> {
-        let header = read_heap_header(sb, &mut |off, buf| Ok(view.read(off, buf)?))?;
-        needed_len(sb, &header)?;
-        let failed = std::cell::Cell::new(None);
-        let read = |off: u64, buf: &mut [u8]| {
-            if let Err(e) = view.read(off, buf) {
-                buf.fill(0);
-                failed.set(Some(e));
+    // Replayed frames stay in the log (no checkpoint: its heap barrier was a third of the open
+    // of a 64 MiB log, W5-replay); the first commit checkpoints before its frame (the
+    // generation is kept: section 5), and so does the close.
+    let rec =
+        recovery::recover_checked_keeping_log(storage, on_damage, |sb, view| -> Result<()> {
+            let header = read_heap_header(sb, &mut |off, buf| Ok(view.read(off, buf)?))?;
+            needed_len(sb, &header)?;
+            let failed = std::cell::Cell::new(None);
+            let read = |off: u64, buf: &mut [u8]| {
+                if let Err(e) = view.read(off, buf) {
+                    buf.fill(0);
+                    failed.set(Some(e));
+                }
+            };
+            let walked = Allocator::rebuild(Geometry::of(sb).chunk_area, header.chunk_count, &read);
+            match failed.into_inner() {
+                Some(e) => Err(e.into()),
+                None => walked.map(|_| ()),
             }
-        };
-        let walked = Allocator::rebuild(Geometry::of(sb).chunk_area, header.chunk_count, &read);
-        match failed.into_inner() {
-            Some(e) => Err(e.into()),
-            None => walked.map(|_| ()),
-        }
-    })?;
+        })?;
     phase!(OPEN_REBUILD);
     let sb = rec.superblock;
     // A checkpoint keeps the geometry, so the reservation made above still fits.

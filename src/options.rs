@@ -295,8 +295,8 @@ impl Options {
         self
     }
 
-    /// Make the opened handle's I/O fail as `plan` says from its first call on, recovery and
-    /// the open's checkpoint included (feature `test-hooks`, for tests; on an open handle,
+    /// Make the opened handle's I/O fail as `plan` says from its first call on, recovery's
+    /// writes and barriers included (feature `test-hooks`, for tests; on an open handle,
     /// `Heap::inject_faults`).
     ///
     /// ```
@@ -309,7 +309,7 @@ impl Options {
     /// let copy = dir.path().join("copy.heap"); // (the forgotten handle still holds `p`)
     /// std::fs::copy(&p, &copy).unwrap();
     /// let plan = FaultPlan { fail_barrier_after: Some(0), ..Default::default() };
-    /// // The replay's checkpoint cannot make the heap durable: the open fails...
+    /// // Recovery cannot make the log durable before it replays: the open fails...
     /// let e = Heap::open(&copy, Options::new().faults(plan)).err().unwrap();
     /// assert!(matches!(e, txheap::Error::Io { .. }), "{e}");
     /// // ...and the next one, without faults, has the transaction.

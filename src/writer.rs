@@ -80,10 +80,11 @@ pub(crate) struct Writer {
     last_frame: (u64, usize),
     /// Set while a commit is between writing its frame and finishing apply.
     in_commit: bool,
-    /// The open kept the log's generation without a checkpoint: frames of this generation that
-    /// recovery did not replay (after a torn or damaged frame) may lie beyond the tail, and a new
-    /// frame of the same length as the one they followed would make them replayable. The first
-    /// commit checkpoints first, so they can never count (cleared by every checkpoint).
+    /// The open kept the log's generation without a checkpoint (it replayed frames and left
+    /// them in the log, or found none): frames of this generation that recovery did not replay
+    /// (after a torn or damaged frame) may lie beyond the tail, and a new frame of the same
+    /// length as the one they followed would make them replayable. The first commit
+    /// checkpoints first, so they can never count (cleared by every checkpoint).
     kept_generation: bool,
     /// The log-start witness of this generation is written (`recovery::Witness`): its first
     /// frame was durable, and a lost write of it can no longer pass for the sentinel.
@@ -182,13 +183,21 @@ impl Writer {
             sb,
             slot,
             log_tail,
-            // Frames left in the log at open (not checkpointed): their ranges are not known.
+            // Frames left in the log at open (replayed, not checkpointed): their ranges are not
+            // known.
             log_high: if log_tail > 0 { u64::MAX } else { 0 },
             next_txid,
             // An open ends with everything in the log durable (replayed and checkpointed, or
-            // nothing to replay).
-            durable_txid: next_txid.saturating_sub(1),
-            unsynced: None,
+            // nothing to replay), except frames it replayed and left in the log: a killed
+            // writer's frames may be only in the page cache, so none of this generation is
+            // known durable until a barrier covers the log up to the tail (a flush).
+            durable_txid: if kept_generation && log_tail > 0 {
+                sb.next_txid.saturating_sub(1)
+            } else {
+                next_txid.saturating_sub(1)
+            },
+            unsynced: (kept_generation && log_tail > 0)
+                .then(|| (sb.log_offset(), sb.log_offset() + log_tail)),
             check_pending: false,
             alloc,
             header,
@@ -223,7 +232,11 @@ impl Writer {
     /// commit, section 12), once the frame is in the log and in the writer's mapping, with the
     /// txid to wait for with [`crate::group::Group::wait`] after the writer lock is released.
     pub(crate) fn commit(&mut self, sh: &Shared, mut plan: CommitPlan<'_>) -> Result<Option<u64>> {
-        if self.kept_generation {
+        #[cfg(feature = "test-hooks")]
+        let skip = recovery::sabotage::active(recovery::sabotage::KEPT_GENERATION_APPEND);
+        #[cfg(not(feature = "test-hooks"))]
+        let skip = false;
+        if self.kept_generation && !skip {
             // Before anything of this commit reaches the file (section 5: a new generation).
             self.checkpoint(sh)?;
         }

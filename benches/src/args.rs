@@ -130,7 +130,7 @@ impl Workload {
                 "Heap::open of a txheap heap holding 64-byte nodes (1 GiB of them in the full run, 256 MiB with --quick) with an empty log, in a fresh process, page cache warm"
             }
             Workload::W5Replay => {
-                "open of a txheap heap whose log holds 64 MiB of committed W1-style frames (replay + checkpoint), fresh process"
+                "open of a txheap heap whose log holds 64 MiB of committed W1-style frames (scan, log barrier, replay; the checkpoint is left to the first commit or the close), fresh process"
             }
             Workload::Space => {
                 "heap file bytes per live payload byte: N live 64-byte nodes made in transactions of 1,000 (1,000,000 in the full run), and after freeing every other node and allocating as many again"

@@ -327,3 +327,46 @@ fn raising_max_size_before_the_superblock_is_caught() {
     ));
     assert!(!broken.is_empty(), "the simulator did not catch it");
 }
+
+/// A writer killed, then a power cut during the next open: recovery replays frames that may
+/// be only in the page cache, and must make them durable before it writes a heap page. The
+/// recovery cuts keep the killed writer's unbarriered writes undecided until recovery's own
+/// barrier; with `RECOVERY_REPLAY_BEFORE_LOG_BARRIER` a cut can keep replayed heap pages and
+/// lose the frames they came from. Unbroken, the same recordings pass.
+#[test]
+fn replaying_before_the_log_barrier_is_caught() {
+    let _mask = MASK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = crash_tests::scratch_dir();
+    for durability in [Durability::Full, Durability::None] {
+        let run = |mask: u32, seeds: std::ops::Range<u64>| {
+            sabotage::set(mask);
+            let mut found = (0, String::new(), 0);
+            for seed in seeds {
+                let rec = record(&dir.path().join("live.heap"), seed, durability, 8);
+                let t = simulate(&rec, dir.path(), 2, seed, 2);
+                found.2 += t.recovery_images;
+                if let Some(v) = t.violations.first() {
+                    found = (
+                        t.violations.len(),
+                        format!("seed {seed} event {}: {}", v.at_event, v.what),
+                        found.2,
+                    );
+                    break;
+                }
+            }
+            sabotage::set(0);
+            found
+        };
+        let (clean, what, images) = run(0, 1..2);
+        assert_eq!(clean, 0, "unbroken ({durability:?}): {what}");
+        let (n, what, broken_images) = run(sabotage::RECOVERY_REPLAY_BEFORE_LOG_BARRIER, 1..20);
+        crash_tests::report(&format!(
+            "broken variant \"replay before the log barrier\" ({durability:?}): {n} violations \
+             after {broken_images} recovery images (first: {what}); unbroken: 0 in {images}"
+        ));
+        assert!(
+            n > 0,
+            "the simulator did not catch replay before the log barrier ({durability:?})"
+        );
+    }
+}

@@ -101,6 +101,15 @@ pub mod sabotage {
     /// The writer ignores readers in other processes: it puts frames into the file while one
     /// is pinned at an older state or is still reading the log, and empties the log under it.
     pub const FOREIGN_READERS_IGNORED: u32 = 2097152;
+    /// After an open that kept the log's generation (it replayed frames without a checkpoint,
+    /// or found none), the first commit appends its frame after them in that generation
+    /// instead of checkpointing first: a stale frame of the crashed session that lies past
+    /// the torn tail can then follow the new frame and replay as if it were committed.
+    pub const KEPT_GENERATION_APPEND: u32 = 4194304;
+    /// Recovery replays into the heap without first making the log's frames durable: a killed
+    /// writer's last frames may be only in the page cache, and a power cut during or after
+    /// the replay can keep the heap pages it wrote and lose those frames (a torn state).
+    pub const RECOVERY_REPLAY_BEFORE_LOG_BARRIER: u32 = 8388608;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);
@@ -325,3 +334,7 @@ pub(crate) use sabotage::SKIP_IN_PLACE_CHECK;
 pub(crate) const RECOVERY_REPLAY_BEFORE_VOUCHER: u32 = 0;
 #[cfg(feature = "test-hooks")]
 pub(crate) use sabotage::RECOVERY_REPLAY_BEFORE_VOUCHER;
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) const RECOVERY_REPLAY_BEFORE_LOG_BARRIER: u32 = 0;
+#[cfg(feature = "test-hooks")]
+pub(crate) use sabotage::RECOVERY_REPLAY_BEFORE_LOG_BARRIER;

@@ -45,8 +45,8 @@ pub use error::{proof_name, RecoveryError};
 pub use hooks::{phase, sabotage};
 pub use limits::{COUNTER_MAX, LOG_SIZE_MIN};
 pub use replay::{
-    append_vouchers, recover, recover_checked, recover_checked_with, OnDamage, Recovered, Replayed,
-    Vouchers,
+    append_vouchers, recover, recover_checked, recover_checked_keeping_log, recover_checked_with,
+    OnDamage, Recovered, Replayed, Vouchers,
 };
 pub use scan::{
     find_damage, frame_verifies_at, scan_log, scan_log_from, scan_log_visiting, ApplyFn, LogDamage,

@@ -1,10 +1,12 @@
 //! Replay: the writable open that applies committed frames to the heap, a page batch at a time.
 //!
 //! Owns: `recover` and `recover_checked` (select, check the length, scan, let the caller check
-//! the replayed file, replay, checkpoint), the page batches that replay writes, and the
-//! `Replayed` view of the file as replay will leave it. May not: write before every refusal is
-//! decided (a hostile frame, the caller's check, a counter a checkpoint could not bump), or
-//! write anything but the pages that committed ranges touch.
+//! the replayed file, barrier the log, replay, checkpoint; or leave the frames in the log,
+//! `recover_checked_keeping_log`), the page batches that replay writes, and the `Replayed` view
+//! of the file as replay will leave it. May not: write before every refusal is decided (a
+//! hostile frame, the caller's check, a counter a checkpoint could not bump), write a heap page
+//! before the frames it replays are durable, or write anything but the pages that committed
+//! ranges touch.
 
 use crate::checkpoint::{checkpoint, checkpoint_step, next_superblock};
 use crate::error::{io_err, RecoveryError};
@@ -375,7 +377,8 @@ pub struct Recovered {
     pub slot: Slot,
     /// The scan.
     pub scan: LogScan,
-    /// Whether a checkpoint was written (frames were replayed).
+    /// Whether a checkpoint was written: frames were replayed, or a salvage dropped some
+    /// ([`recover_checked_keeping_log`] leaves replayed frames in the log when it can).
     pub checkpointed: bool,
 }
 
@@ -526,8 +529,8 @@ impl<'a, S: Storage + ?Sized> Replayed<'a, S> {
     }
 }
 
-/// Writable open: select; check the length (before any write); replay committed frames with
-/// `write_at`; checkpoint if anything was replayed. [`recover_checked`] without a check.
+/// Writable open: select; check the length (before any write); barrier the log and replay
+/// committed frames with `write_at`; checkpoint if anything was replayed. [`recover_checked`] without a check.
 ///
 /// ```
 /// use txheap_recovery::{format, recover, MemStorage, Storage};
@@ -623,16 +626,54 @@ where
     S: Storage + ?Sized,
     E: From<RecoveryError>,
 {
-    recover_checked_batched(storage, on_damage, check, REPLAY_BATCH_PAGES_MAX)
+    recover_checked_batched(storage, on_damage, check, REPLAY_BATCH_PAGES_MAX, false)
+}
+
+/// [`recover_checked_with`], but when it can, it leaves the replayed frames in the log instead
+/// of checkpointing: the heap's pages hold them (written, not yet made durable), and the log
+/// still holds them, so a crash before the caller's own checkpoint replays them again. It
+/// checkpoints anyway when a checkpoint is what makes the result safe: a salvage (the dropped
+/// frames must never replay) and a replay that wrote vouchers (`Recovered::checkpointed` says
+/// which happened). Without a checkpoint the log's generation is kept, and stale frames of it
+/// may lie past the torn tail: the caller must checkpoint before it writes a frame of its own
+/// (docs/ARCHITECTURE.md section 5), and must barrier the log before it calls the replayed
+/// transactions durable (a killed writer's frames may be only in the page cache).
+///
+/// ```
+/// use txheap_recovery::{format, recover, recover_checked_keeping_log, MemStorage, OnDamage, RecoveryError, Storage};
+/// use txheap_recovery::txheap_log::FrameBuilder;
+/// let mut s = MemStorage::new();
+/// let sb = format(&mut s, 65536, 1 << 20).unwrap();
+/// let mut b = FrameBuilder::new();
+/// b.push_range(sb.heap_offset(), b"x").unwrap();
+/// s.write_at(sb.log_offset(), b.finish(1, 1)).unwrap();
+/// let r = recover_checked_keeping_log(&mut s, OnDamage::Refuse, |_, _| Ok::<(), RecoveryError>(())).unwrap();
+/// assert_eq!((r.scan.frames, r.checkpointed), (1, false));
+/// assert_eq!(s.bytes()[sb.heap_offset() as usize], b'x');
+/// // The frame is still in the log: the next recovery replays it again, and checkpoints.
+/// assert_eq!(recover(&mut s).unwrap().scan.frames, 1);
+/// ```
+pub fn recover_checked_keeping_log<S, E>(
+    storage: &mut S,
+    on_damage: OnDamage,
+    check: impl FnOnce(&Superblock, &Replayed<'_, S>) -> Result<(), E>,
+) -> Result<Recovered, E>
+where
+    S: Storage + ?Sized,
+    E: From<RecoveryError>,
+{
+    recover_checked_batched(storage, on_damage, check, REPLAY_BATCH_PAGES_MAX, true)
 }
 
 /// [`recover_checked`] with replay batches of at most `batch_pages` pages (tests use tiny ones
-/// to reach the multi-batch path, where the check reads through a page index).
+/// to reach the multi-batch path, where the check reads through a page index); `keep_log`:
+/// [`recover_checked_keeping_log`].
 fn recover_checked_batched<S, E>(
     storage: &mut S,
     on_damage: OnDamage,
     check: impl FnOnce(&Superblock, &Replayed<'_, S>) -> Result<(), E>,
     batch_pages: usize,
+    keep_log: bool,
 ) -> Result<Recovered, E>
 where
     S: Storage + ?Sized,
@@ -735,6 +776,18 @@ where
         };
         check(&sb, &view)?;
     }
+    if !ranges.is_empty()
+        && !vouch
+        && !crate::hooks::sabotaged(crate::hooks::RECOVERY_REPLAY_BEFORE_LOG_BARRIER)
+    {
+        // The frames may be only in the page cache (a killed writer's, never barriered): make
+        // them durable before the heap changes, or a power cut could keep replayed heap pages
+        // and lose their frames, a state no prefix of the transactions made. (Usually the log
+        // is on disk already and this costs little; the vouchers' path syncs first anyway.)
+        storage
+            .barrier(sb.log_offset(), scan.end_offset)
+            .map_err(io_err("fdatasync the log before replay", sb.log_offset()))?;
+    }
     if vouch {
         // The voucher goes into the log region, which the view (a `&[u8]` the ranges point
         // into) shows: drop the view first, and map the region again for the replay (the
@@ -765,7 +818,9 @@ where
         drop(log_view);
     }
     crate::failpoint!("recovery.after_replay");
-    if !checkpoint_needed {
+    // Kept: the log still holds every replayed frame (no voucher was written after them, and
+    // no frame was dropped), as it did before the replay.
+    if !checkpoint_needed || (keep_log && !vouch && scan.damage.is_none()) {
         return Ok(Recovered {
             superblock: sb,
             slot,
@@ -851,6 +906,7 @@ mod tests {
                 OnDamage::Refuse,
                 |_, v| v.read(window.0, &mut seen),
                 batch_pages,
+                false,
             )
             .unwrap();
             let after = &t.bytes()[window.0 as usize..][..window.1];
@@ -939,8 +995,8 @@ mod tests {
             let mode = if salvage { OnDamage::Salvage } else { OnDamage::Refuse };
             let mut read = s.clone();
             let mut viewed = Viewed(s);
-            let a = recover_checked_batched(&mut read, mode, |_, _| Ok::<(), RecoveryError>(()), 4);
-            let b = recover_checked_batched(&mut viewed, mode, |_, _| Ok::<(), RecoveryError>(()), 4);
+            let a = recover_checked_batched(&mut read, mode, |_, _| Ok::<(), RecoveryError>(()), 4, false);
+            let b = recover_checked_batched(&mut viewed, mode, |_, _| Ok::<(), RecoveryError>(()), 4, false);
             prop_assert_eq!(format!("{a:?}"), format!("{b:?}"));
             prop_assert!(read.bytes() == viewed.0.bytes(), "the files differ");
         }

@@ -683,10 +683,10 @@ pub(crate) fn scan_log_in<S: Storage + ?Sized>(
             }
             Err(reason) => break Stop { offset: at, reason },
         };
-        for r in frame.ranges() {
+        let outside = |r: &txheap_log::Range<'_>| {
             let end = r.offset.checked_add(r.bytes.len() as u64);
-            if r.offset < sb.heap_offset() || end.is_none_or(|e| e > sb.max_size) {
-                return Err(RecoveryError::Corrupt {
+            (r.offset < sb.heap_offset() || end.is_none_or(|e| e > sb.max_size)).then(|| {
+                RecoveryError::Corrupt {
                     offset: abs,
                     what: format!(
                         "log frame {txid} writes {}+{} outside the heap [{}, {})",
@@ -695,10 +695,18 @@ pub(crate) fn scan_log_in<S: Storage + ?Sized>(
                         sb.heap_offset(),
                         sb.max_size
                     ),
-                });
+                }
+            })
+        };
+        let check = frame.in_place_check();
+        if check.is_some() {
+            // Refused before the in-place check reads the heap (a frame without one has its
+            // ranges checked as they are applied, below: one walk fewer per frame).
+            if let Some(e) = frame.ranges().find_map(|r| outside(&r)) {
+                return Err(e);
             }
         }
-        if let Some(check) = frame.in_place_check() {
+        if let Some(check) = check {
             let mut prev_end = sb.heap_offset();
             for (off, len) in check.pieces() {
                 let end = off.checked_add(len);
@@ -755,6 +763,10 @@ pub(crate) fn scan_log_in<S: Storage + ?Sized>(
             }
         }
         for r in frame.ranges() {
+            // Each range is checked before it is applied: `apply` writes only in bounds.
+            if let Some(e) = outside(&r) {
+                return Err(e);
+            }
             apply(r.offset, r.bytes)?;
             range_bytes += r.bytes.len() as u64;
         }
