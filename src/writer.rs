@@ -958,7 +958,8 @@ impl Writer {
         Ok(())
     }
 
-    /// The last act of a writable handle: a checkpoint, then (unless
+    /// The last act of a writable handle: a checkpoint (none when the handle is idle: nothing
+    /// in the log, nothing waiting), then (unless
     /// [`crate::Options::keep_log_blocks`]) the log's blocks past its first page given back to
     /// the filesystem (docs/ARCHITECTURE.md section 4, "At close"). After
     /// the checkpoint the log holds only the sentinel in its first page and the ended
@@ -981,7 +982,19 @@ impl Writer {
         if early && !sh.keep_log_blocks {
             release(self)?;
         }
-        self.checkpoint(sh)?;
+        // Nothing in the log and nothing waiting for a barrier or a write: every committed
+        // transaction is in the file and durable already (the last checkpoint, this session's
+        // or an earlier one's, made it so), and a checkpoint would only bump the superblock's
+        // counters with two barriers. A session that committed nothing then closes without
+        // writing the superblock (the log's blocks are still given back: past its first page
+        // the log holds only frames of ended generations, or zeros).
+        let idle = self.log_tail == 0
+            && self.unsynced.is_none()
+            && !self.check_pending
+            && self.unpublished.is_empty();
+        if !idle {
+            self.checkpoint(sh)?;
+        }
         if sh.keep_log_blocks || early || release(self)? == 0 {
             return Ok(());
         }

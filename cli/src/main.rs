@@ -560,6 +560,9 @@ fn compact(file: &Path) -> Result<u8, Failure> {
 
 fn recover(file: &Path, salvage: bool) -> Result<u8, Failure> {
     let heap = Heap::open(file, Options::new().salvage(salvage)).map_err(|e| failure(file, e))?;
+    // The open leaves replayed frames in the log (the first commit or the close checkpoints):
+    // checkpoint here, so that the superblock reported is the one the file keeps.
+    heap.checkpoint().map_err(|e| failure(file, e))?;
     let s = heap.stats().map_err(|e| failure(file, e))?;
     heap.close().map_err(|e| failure(file, e))?;
     println!(
