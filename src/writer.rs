@@ -188,9 +188,12 @@ impl Writer {
             log_high: if log_tail > 0 { u64::MAX } else { 0 },
             next_txid,
             // An open ends with everything in the log durable (replayed and checkpointed, or
-            // nothing to replay), except frames it replayed and left in the log: a killed
-            // writer's frames may be only in the page cache, so none of this generation is
-            // known durable until a barrier covers the log up to the tail (a flush).
+            // nothing to replay). Frames it replayed and left in the log were barriered by
+            // recovery before its replay, unless none of them had a range to replay (then no
+            // barrier ran: a killed writer's frames may be only in the page cache). The writer
+            // does not rely on which: none of this generation counts as durable until its own
+            // barrier covers the log up to the tail (a flush; a no-op's cost when recovery's
+            // did it already).
             durable_txid: if kept_generation && log_tail > 0 {
                 sb.next_txid.saturating_sub(1)
             } else {
