@@ -43,9 +43,13 @@ struct LogState {
     next_txid: u64,
     /// Transactions a salvage dropped (first and last txid).
     salvaged: Option<(u64, u64)>,
-    /// The open kept the log's generation (it replayed nothing, so it did not checkpoint):
-    /// frames of this generation may lie beyond the tail, and must never follow a new frame.
+    /// The open kept the log's generation (it did not checkpoint: it replayed nothing, or left
+    /// the frames it replayed in the log): frames of this generation may lie beyond the tail,
+    /// and must never follow a new frame.
     kept_generation: bool,
+    /// The log held nothing but a checkpoint's sentinel at its start (a clean end, no frame
+    /// and no torn one): a close that commits nothing need not checkpoint.
+    clean: bool,
 }
 
 fn lock_file(file: &File, path: &Path, exclusive: bool) -> Result<()> {
@@ -104,6 +108,17 @@ fn stat(storage: &FileStorage) -> Result<u64> {
 /// A new storage handle on `file`; `window` bytes at its start may take range barriers.
 fn new_storage(file: &Arc<File>, options: &Options, window: u64) -> Result<FileStorage> {
     let store = window > 0 && options.durability == Durability::None;
+    storage_with(file, options, window, store)
+}
+
+/// [`new_storage`], saying whether writes inside the window go through it (`store`: the
+/// writer under `None`) or only its range barriers do.
+fn storage_with(
+    file: &Arc<File>,
+    options: &Options,
+    window: u64,
+    store: bool,
+) -> Result<FileStorage> {
     #[allow(unused_mut)]
     let mut st =
         FileStorage::new(file.clone(), window, store).map_err(|e| Error::io("storage", 0, e))?;
@@ -392,7 +407,7 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         }
         new_storage(&file, options, geo.heap_offset)?
     };
-    let writer = Writer::new(
+    let mut writer = Writer::new(
         storage,
         (log.sb, log.slot),
         (log.tail, log.next_txid),
@@ -400,6 +415,12 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         header,
         log.kept_generation,
     );
+    if !log.clean || !damaged.is_empty() {
+        // A torn frame at the log's start or past its frames, or a damaged superblock slot:
+        // the close checkpoints even if nothing is committed (a new generation and sentinel,
+        // both slots sound again), so that later opens find a clean log.
+        writer.tidy_at_close();
+    }
     // A writable handle's readers get a mapping of their own, which only ever shows the file:
     // the writer's private copies of frames not yet written there stay out of their sight.
     let rmap = if read_only {
@@ -430,6 +451,13 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
             .collect::<Vec<_>>()
             .join("; ")
     });
+    if !read_only && log.kept_generation && log.tail > 0 {
+        // Frames replayed and kept in the log: the open's result stays durable only as long as
+        // they do. Barrier them (recovery's barrier did, unless no frame had a range) and write
+        // the log-start witness (section 3, step 5b), so that a lost write of the first frame
+        // cannot read as an empty log over a replayed heap until the first checkpoint.
+        writer.flush_acknowledged(&shared)?;
+    }
     phase!(IDLE);
     Ok(Opened { shared, writer })
 }
@@ -486,6 +514,7 @@ fn replay_read_only(
         next_txid: scan.next_txid,
         salvaged: scan.damage.map(|d| (d.txid, d.last_txid)),
         kept_generation: false,
+        clean: true,
     };
     Ok((log, map))
 }
@@ -494,7 +523,7 @@ fn replay_read_only(
 /// log, replay; the frames stay in the log, docs/ARCHITECTURE.md section 5 step 3), then grow
 /// the file to its chunk count.
 fn recover_writable(
-    file: &File,
+    file: &Arc<File>,
     storage: &mut FileStorage,
     options: &Options,
 ) -> Result<(LogState, Mapping)> {
@@ -507,6 +536,12 @@ fn recover_writable(
     // writes a byte. (The mapping is private and nothing reads it until the heap is built;
     // recovery's pwrites show through it like any file change.)
     let (sb0, _) = recovery::select_superblock(&*storage)?;
+    // Recovery's barrier before replay covers the log's frames only: a window over the
+    // superblocks and the log takes range barriers (`msync`; nothing is stored through it, and
+    // making it writes nothing). Without it that barrier was an `fdatasync` of the whole file,
+    // which also wrote back a killed writer's dirty heap pages, pages that replay dirties again
+    // and the next checkpoint writes a second time.
+    *storage = storage_with(file, options, sb0.heap_offset(), false)?;
     // The sizes given to open: applied below, or refused here, before anything is written.
     let len0 = stat(storage)?;
     let max_size = options.max_size_for_open(&sb0, len0)?;
@@ -575,6 +610,14 @@ fn recover_writable(
     let len = stat(storage)?;
     map.extend(len.min(sb.max_size))
         .map_err(|e| Error::io("map grown file", len, e))?;
+    // The sentinel at the log's start: the scan stopped at offset 0 on a frame of generation 0.
+    let clean = checkpointed
+        || (rec.scan.frames == 0
+            && rec.scan.stop.offset == 0
+            && matches!(
+                rec.scan.stop.reason,
+                recovery::txheap_log::StopReason::OtherGeneration { found: 0 }
+            ));
     let log = LogState {
         sb,
         slot,
@@ -582,6 +625,7 @@ fn recover_writable(
         next_txid,
         salvaged: rec.scan.damage.map(|d| (d.txid, d.last_txid)),
         kept_generation: !checkpointed,
+        clean,
     };
     Ok((log, map))
 }

@@ -89,6 +89,9 @@ pub(crate) struct Writer {
     /// The log-start witness of this generation is written (`recovery::Witness`): its first
     /// frame was durable, and a lost write of it can no longer pass for the sentinel.
     witnessed: bool,
+    /// The close must checkpoint even when the handle is idle: the open found a torn frame or
+    /// a damaged superblock slot, which a checkpoint clears (cleared by every checkpoint).
+    untidy: bool,
     commits: u64,
     checkpoints: u64,
 }
@@ -213,9 +216,16 @@ impl Writer {
             in_commit: false,
             kept_generation,
             witnessed: false,
+            untidy: false,
             commits: 0,
             checkpoints: 0,
         }
+    }
+
+    /// The open found a torn frame or a damaged superblock slot: the close checkpoints even if
+    /// nothing is committed.
+    pub(crate) fn tidy_at_close(&mut self) {
+        self.untidy = true;
     }
 
     /// A new file: its log holds only the sentinel, so no stale frame can follow a new one.
@@ -956,6 +966,7 @@ impl Writer {
         self.log_high = 0;
         self.kept_generation = false;
         self.witnessed = false;
+        self.untidy = false;
         self.durable_txid = self.next_txid.saturating_sub(1);
         self.checkpoints += 1;
         Ok(())
@@ -990,8 +1001,10 @@ impl Writer {
         // or an earlier one's, made it so), and a checkpoint would only bump the superblock's
         // counters with two barriers. A session that committed nothing then closes without
         // writing the superblock (the log's blocks are still given back: past its first page
-        // the log holds only frames of ended generations, or zeros).
-        let idle = self.log_tail == 0
+        // the log holds only frames of ended generations, or zeros). Not when the open found
+        // a torn frame or a damaged superblock slot (`untidy`): the checkpoint clears them.
+        let idle = !self.untidy
+            && self.log_tail == 0
             && self.unsynced.is_none()
             && !self.check_pending
             && self.unpublished.is_empty();

@@ -12,19 +12,23 @@ use std::path::Path;
 use txheap::{Heap, Trace, TraceEvent};
 
 use crate::check::check_in;
-use crate::{options, verify, write_ahead, Choice, Disk, ImageFile, Recording, Rng, Violation};
+use crate::{
+    options, step, verify, write_ahead, Choice, Disk, ImageFile, Recording, Rng, Violation,
+};
 
 /// Power cuts *during recovery* of a writer killed at the instant `before` shows: recover the
 /// file the killed writer left (every write it made, as the page cache holds them) while
-/// recording recovery's own writes and barriers (and the close that follows), then cut power at
-/// every recorded instant (every image when there are at most `samples + 2`, else both extremes
-/// and `samples` random ones) and recover again. The killed writer's writes that no barrier
-/// covered stay undecided until one of recovery's barriers covers them: a kill -9 followed by a
-/// power cut during (or after) the next open. Each image must hold a committed prefix with
-/// every acknowledged transaction, as a crash image must; and once recovery has issued its
-/// first barrier, exactly the state the uninterrupted recovery gave (recovery must make the
-/// frames it replays durable before it writes a heap page). Returns (that counter, images
-/// checked).
+/// recording recovery's own writes and barriers, one more workload transaction (the first
+/// commit after the open, with the checkpoint it owes when the open kept the generation) and
+/// the close; then cut power at every recorded instant (every image when there are at most
+/// `samples + 2`, else both extremes and `samples` random ones) and recover again. The killed
+/// writer's writes that no barrier covered stay undecided until one of recovery's barriers
+/// covers them: a kill -9 followed by a power cut during (or after) the next open. Each image
+/// must hold a committed prefix with every acknowledged transaction, as a crash image must;
+/// once recovery has issued its first barrier, exactly the state the uninterrupted recovery
+/// gave or that state and the one commit (recovery must make the frames it replays durable
+/// before it writes a heap page); under `Full` the commit once it returned; and after the close
+/// the commit. Returns (the uninterrupted recovery's counter, images checked).
 ///
 /// ```
 /// use crash_tests::{check_recovery_crashes, record, Disk, Rng};
@@ -56,6 +60,17 @@ pub fn check_recovery_crashes(
     )
     .map_err(|e| format!("recovery failed: {e}"))?;
     let c0 = verify(&heap, rec.seed)?;
+    // One more transaction in the recovered heap, recorded too: the first commit after an open
+    // (which checkpoints first when the open kept the generation, as it does when it left the
+    // replayed frames in the log), then the close. Under `Full` its return is an
+    // acknowledgement (a mark: every image after it must hold it).
+    step(&heap, rec.seed, false).map_err(|e| format!("commit after recovery failed: {e}"))?;
+    if rec.durability == txheap::Durability::Full {
+        trace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(TraceEvent::Mark(c0 + 1));
+    }
     heap.close()
         .map_err(|e| format!("close after recovery failed: {e}"))?;
     let events = std::mem::take(&mut *trace.lock().unwrap_or_else(|e| e.into_inner()));
@@ -77,16 +92,33 @@ pub fn check_recovery_crashes(
     for (t, e) in events.iter().enumerate() {
         disk.apply(e);
         barriered |= matches!(e, TraceEvent::Barrier { .. } | TraceEvent::BarrierAll);
+        // (The mark pushed above raises `disk.acked` to `c0 + 1` once the commit returned.)
+        let floor = if barriered {
+            c0.max(disk.acked)
+        } else {
+            disk.acked
+        };
         for (i, choice) in disk.choices(samples + 2, rng).iter().enumerate() {
             images += 1;
             file.write(&disk, choice)?;
-            let c = check_in(&mut file, rec, before.acked, false)
+            let c = check_in(&mut file, rec, floor, false)
                 .map_err(|e| format!("power cut at recovery event {t} (image {i}): {e}"))?;
-            if barriered && c != c0 {
-                return Err(format!("power cut at recovery event {t} (image {i}), after recovery's first barrier: recovered {c}, the uninterrupted recovery gave {c0}"));
+            if barriered && c != c0 && c != c0 + 1 {
+                return Err(format!("power cut at recovery event {t} (image {i}), after recovery's first barrier: recovered {c}, the uninterrupted recovery gave {c0} (and one commit after it)"));
             }
         }
     }
+    // After the close, only the durable image is left: it holds the commit.
+    let last = disk.choices(1, rng).remove(0);
+    file.write(&disk, &last)?;
+    let c = check_in(&mut file, rec, c0 + 1, false)
+        .map_err(|e| format!("after the close that followed recovery: {e}"))?;
+    if c != c0 + 1 {
+        return Err(format!(
+            "after recovery to {c0}, one commit and the close, the durable image shows {c}"
+        ));
+    }
+    images += 1;
     Ok((c0, images))
 }
 

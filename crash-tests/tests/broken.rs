@@ -343,7 +343,7 @@ fn replaying_before_the_log_barrier_is_caught() {
             let mut found = (0, String::new(), 0);
             for seed in seeds {
                 let rec = record(&dir.path().join("live.heap"), seed, durability, 8);
-                let t = simulate(&rec, dir.path(), 2, seed, 2);
+                let t = simulate(&rec, dir.path(), 2, seed, 3);
                 found.2 += t.recovery_images;
                 if let Some(v) = t.violations.first() {
                     found = (
