@@ -230,6 +230,13 @@ fn spawn(exe: &Path, mode: &str, case: &Case, ops: u64, dir: &Path) -> BoxResult
     if sample.engine != case.engine || sample.workload != case.workload.name() {
         return Err(fail("printed a RESULT line for another case"));
     }
+    // A measuring child's own notes, lines that start with its workload's name and a colon
+    // (W5-replay's open and close times), go into the run's log, indented; the rest of its
+    // stderr (libraries' chatter) stays out.
+    let tag = format!("{}: ", case.workload.name());
+    for line in stderr.lines().filter(|l| l.starts_with(&tag)) {
+        eprintln!("    {line}");
+    }
     Ok(Some(sample))
 }
 
