@@ -32,7 +32,9 @@ struct Line([u8; LINE as usize]);
 /// is used, and (on Linux) it grows with `mremap`, which moves page tables instead of copying
 /// bytes. A bulk transaction stages one range of tens of megabytes: a heap buffer that doubles
 /// held the old copy, the new one and its zero fill at once (W3 child: 139 MB peak resident
-/// for a 64 MB stage).
+/// for a 64 MB stage). On Linux the mapping asks for transparent huge pages (`MADV_HUGEPAGE`):
+/// a stage of 64 MB then takes 32 page faults instead of 16,384 (W3 `None` child, alternated
+/// runs: 88 -> 69 ms).
 struct Buf {
     ptr: NonNull<Line>,
     /// Lines in use.
@@ -118,6 +120,12 @@ fn map_zeroed(bytes: usize) -> NonNull<Line> {
     };
     if p == libc::MAP_FAILED {
         out_of_memory(bytes);
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: advice on the mapping just made; it changes no byte of it. A refusal (a kernel
+    // without transparent huge pages) leaves it with small pages, which is not an error.
+    unsafe {
+        libc::madvise(p, bytes, libc::MADV_HUGEPAGE);
     }
     NonNull::new(p.cast::<Line>()).unwrap_or_else(|| out_of_memory(bytes))
 }
