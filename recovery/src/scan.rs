@@ -348,7 +348,29 @@ impl<'v> LogWindow<'v> {
     }
 
     /// Bytes `[at, at + len)` of the log region (the caller checked they lie inside it).
+    #[inline]
     fn get<S: Storage + ?Sized>(
+        &mut self,
+        storage: &S,
+        sb: &Superblock,
+        at: u64,
+        len: u64,
+    ) -> Result<&[u8], RecoveryError> {
+        if let Some(v) = self.view {
+            // The whole region, read in place (the usual case: one slice, no copy).
+            if let Some(b) = usize::try_from(at)
+                .ok()
+                .zip(usize::try_from(len).ok())
+                .and_then(|(a, n)| v.get(a..)?.get(..n))
+            {
+                return Ok(b);
+            }
+        }
+        self.read(storage, sb, at, len)
+    }
+
+    /// [`LogWindow::get`] past the view's fast path: a read into the window, or the error.
+    fn read<S: Storage + ?Sized>(
         &mut self,
         storage: &S,
         sb: &Superblock,
