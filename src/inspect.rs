@@ -626,9 +626,9 @@ fn log_of(storage: &FileStorage, sb: &Superblock, sb_offset: u64) -> Result<LogR
             reason => {
                 if recovery::frame_verifies_at(storage, sb, scan.stop.offset)? {
                     let detail = match reason {
-                        StopReason::OtherGeneration { found: 0 } => {
-                            "the sentinel frame a checkpoint leaves".to_string()
-                        }
+                        StopReason::OtherGeneration {
+                            found: recovery::txheap_log::SENTINEL_GENERATION,
+                        } => "the sentinel frame a checkpoint leaves".to_string(),
                         StopReason::OtherGeneration { found } => {
                             format!("an intact stale frame of generation {found}")
                         }

@@ -536,6 +536,17 @@ fn recover_writable(
     // writes a byte. (The mapping is private and nothing reads it until the heap is built;
     // recovery's pwrites show through it like any file change.)
     let (sb0, _) = recovery::select_superblock(&*storage)?;
+    // A file shorter than the heap its superblock describes is refused as such here, before a
+    // window over a log that is not there is asked for (a hostile log size of 2^50 bytes failed
+    // that mapping, an I/O error that named neither length).
+    let len = stat(storage)?;
+    if len < sb0.min_file_len() {
+        return Err(recovery::RecoveryError::Truncated {
+            len,
+            needed: sb0.min_file_len(),
+        }
+        .into());
+    }
     // Recovery's barrier before replay covers the log's frames only: a window over the
     // superblocks and the log takes range barriers (`msync`; nothing is stored through it, and
     // making it writes nothing). Without it that barrier was an `fdatasync` of the whole file,
@@ -616,7 +627,9 @@ fn recover_writable(
             && rec.scan.stop.offset == 0
             && matches!(
                 rec.scan.stop.reason,
-                recovery::txheap_log::StopReason::OtherGeneration { found: 0 }
+                recovery::txheap_log::StopReason::OtherGeneration {
+                    found: recovery::txheap_log::SENTINEL_GENERATION
+                }
             ));
     let log = LogState {
         sb,

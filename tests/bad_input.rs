@@ -243,6 +243,53 @@ fn newer_format_version_is_refused() {
     });
 }
 
+#[test]
+fn a_superblock_claiming_a_huge_log_is_truncated_not_an_io_error() {
+    // Both slots claim a log of 1 TiB (fields consistent, checksums valid): the file is far
+    // shorter than such a heap, which must be the error, named with both lengths, rather than
+    // the failure to map a window over a log that is not there.
+    // (1 TiB maps; 2^50 and 2^60 bytes are more address space than the machine has.)
+    for log_size in [1u64 << 40, 1 << 50, 1 << 60] {
+        huge_log_is_truncated(log_size);
+    }
+}
+
+fn huge_log_is_truncated(log_size: u64) {
+    let d = tempfile::tempdir().unwrap();
+    let (_, mut bytes) = clean_heap(d.path(), 3);
+    let heap_offset = LOG_OFFSET + log_size;
+    let max_size = heap_offset + (1 << 30);
+    for slot in [0usize, 4096] {
+        bytes[slot + 48..slot + 56].copy_from_slice(&log_size.to_le_bytes());
+        bytes[slot + 56..slot + 64].copy_from_slice(&heap_offset.to_le_bytes());
+        bytes[slot + 64..slot + 72].copy_from_slice(&max_size.to_le_bytes());
+        let crc = crc(&bytes[slot..slot + 124]);
+        bytes[slot + 124..slot + 128].copy_from_slice(&crc.to_le_bytes());
+    }
+    let len = bytes.len() as u64;
+    let p = write(d.path(), "huge-log", &bytes);
+    // (Without a log size: the one `opts` gives would be refused first, as not this heap's.)
+    for writable in [true, false] {
+        let r = if writable {
+            Heap::open(&p, Options::new())
+        } else {
+            Heap::open_read_only(&p)
+        };
+        match r {
+            Err(Error::Truncated { len: l, needed }) => {
+                assert!(l == len && needed > heap_offset, "{l} {needed}")
+            }
+            Err(e) => panic!("log {log_size}, writable {writable}: unexpected error {e}"),
+            Ok(_) => panic!("log {log_size}, writable {writable}: accepted"),
+        }
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            bytes,
+            "the refused file changed"
+        );
+    }
+}
+
 fn crc(b: &[u8]) -> u32 {
     // CRC-32/ISO-HDLC, bitwise, to check the format independently of the implementation.
     let mut c = 0xffff_ffffu32;

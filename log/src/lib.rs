@@ -70,6 +70,15 @@ pub const FRAME_ALIGN: usize = 8;
 pub const RANGE_LEN_MAX: usize = u32::MAX as usize;
 /// The longest payload (its length is a u32).
 pub const PAYLOAD_LEN_MAX: usize = (u32::MAX as usize) & !(FRAME_ALIGN - 1);
+/// The generation of the log's *sentinel*, the empty frame a checkpoint (and a new file) leaves
+/// at the log's start: no superblock has it, so a scan stops there, at a frame that verifies.
+///
+/// ```
+/// let sentinel = txheap_log::FrameBuilder::new().finish(txheap_log::SENTINEL_GENERATION, 1).to_vec();
+/// assert!(txheap_log::scan(&sentinel, txheap_log::SENTINEL_GENERATION, 1).next().is_some());
+/// assert!(txheap_log::scan(&sentinel, 1, 1).next().is_none());
+/// ```
+pub const SENTINEL_GENERATION: u64 = 0;
 
 // Frame header layout: each field starts where the previous one ends.
 /// Where the header's `magic` (u32) starts.

@@ -92,7 +92,9 @@ pub(crate) fn write_zeros<S: Storage + ?Sized>(
 /// long stale frame. `format` writes it into a new log; `checkpoint` writes it again once the
 /// frames it covers are durable in the heap (docs/FORMAT.md, "Sentinel").
 pub(crate) fn write_sentinel<S: Storage + ?Sized>(storage: &mut S) -> Result<(), RecoveryError> {
-    let sentinel = FrameBuilder::new().finish(0, 1).to_vec();
+    let sentinel = FrameBuilder::new()
+        .finish(txheap_log::SENTINEL_GENERATION, 1)
+        .to_vec();
     storage
         .write_at(LOG_OFFSET, &sentinel)
         .map_err(io_err("write log sentinel", LOG_OFFSET))

@@ -786,7 +786,7 @@ where
         // is on disk already and this costs little; the vouchers' path syncs first anyway.)
         storage
             .barrier(sb.log_offset(), scan.end_offset)
-            .map_err(io_err("fdatasync the log before replay", sb.log_offset()))?;
+            .map_err(io_err("barrier the log before replay", sb.log_offset()))?;
     }
     if vouch {
         // The voucher goes into the log region, which the view (a `&[u8]` the ranges point

@@ -270,6 +270,13 @@ impl Superblock {
                 return bad(format!("{name} {v} exceeds {COUNTER_MAX}"));
             }
         }
+        if sb.generation == txheap_log::SENTINEL_GENERATION {
+            // The sentinel's frame would then read as this generation's first.
+            return bad(format!(
+                "generation {} is the log sentinel's",
+                txheap_log::SENTINEL_GENERATION
+            ));
+        }
         if u32_at(12) != 0 {
             return bad(format!("flags {:#x} are not zero", u32_at(12)));
         }
@@ -430,6 +437,22 @@ pub fn select_superblock<S: Storage + ?Sized>(
                     what: format!("no valid superblock: {e}"),
                 })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sentinel_generation_is_refused() {
+        let mut sb = Superblock::new(65536, 1 << 20);
+        assert_eq!(Superblock::decode(&sb.encode(), 0).unwrap(), sb);
+        sb.generation = txheap_log::SENTINEL_GENERATION;
+        match Superblock::decode(&sb.encode(), 0) {
+            Err(SlotError::BadField { what }) => assert!(what.contains("sentinel"), "{what}"),
+            other => panic!("generation 0 decoded as {other:?}"),
         }
     }
 }
