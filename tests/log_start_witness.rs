@@ -18,6 +18,8 @@
 //! - `a_lost_first_frame_is_reported_after_every_way_a_generation_starts` and
 //!   `live_checks_beside_a_writer_that_checkpoints_find_no_damage`: lost first frames after
 //!   every checkpoint path, and live checks beside checkpoints (no false damage).
+//! - `a_lost_first_frame_of_a_kept_generation_is_reported` (fifteenth session): the witness
+//!   that an open which replays and keeps the frames writes; fails if the open does not flush.
 //! - `witness_protocol_invariants_hold_in_every_path`: recorded traces of Full (alone, with
 //!   checkpoints, compaction, set_max_size, reopen), Full with group commit, and None (flushes,
 //!   in-place frames): every witness names a first frame that a barrier had made durable,
@@ -802,4 +804,75 @@ fn live_checks_beside_a_writer_that_checkpoints_find_no_damage() {
         assert!(bad.is_empty(), "{d:?}: {bad:#?}");
         assert!(checks > 10);
     }
+}
+
+/// An open that replays a crashed session's frames keeps them in the log (no checkpoint until
+/// the first commit or the close: docs/ARCHITECTURE.md section 5, step 3) and ends with a flush
+/// that writes the witness of their first frame. The image after a power cut right after such
+/// an open: what the open barriered (the log, the superblocks and their witness slots) as it
+/// left them, the heap as the crashed session left it (replay's pages had no barrier yet).
+/// Lose the first frame's write too (its first sector reads as the sentinel): the next open
+/// must report it (`LogDamaged`, naming the frame), not open a heap without the transactions
+/// the first open showed. Under `None` without a flush the crashed session wrote no witness,
+/// so the open's is the only one: without the open's flush this opened with a count of 0
+/// (checked by removing it), under `Full` the session's own witness covers it too.
+#[test]
+fn a_lost_first_frame_of_a_kept_generation_is_reported() {
+    let mut failures = Vec::new();
+    for d in [Durability::Full, Durability::None] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.heap");
+        let o = opts(d).reserve(256 << 20);
+        let h = Heap::create(&path, o.clone()).unwrap();
+        for i in 1..=3 {
+            commit(&h, i);
+        }
+        let crashed = std::fs::read(&path).unwrap();
+        std::mem::forget(h);
+        replace(&path, &crashed);
+        let log = LOG_OFFSET as usize;
+        let heap_at = log + (1 << 20); // opts' log size
+        let first = verified_frame_at(&crashed[log..]).map(|h| (h.generation, h.txid));
+        // The open replays and keeps the frames, showing all three; then the power goes.
+        let h = Heap::open(&path, o.clone()).unwrap();
+        let (s, seen) = (h.stats().unwrap(), count_or_zero(&h));
+        let opened = std::fs::read(&path).unwrap();
+        std::mem::forget(h);
+        let kept = verified_frame_at(&opened[log..]).map(|h| (h.generation, h.txid));
+        if seen != 3
+            || first.is_none()
+            || kept != first
+            || Some(s.log_generation) != first.map(|f| f.0)
+        {
+            failures.push(format!(
+                "{d:?}: the open did not keep the frames (count {seen}, before {first:?}, \
+                 after {kept:?}, generation {})",
+                s.log_generation
+            ));
+            continue;
+        }
+        let mut image = crashed.clone();
+        image[..heap_at].copy_from_slice(&opened[..heap_at]);
+        let txid_first = first.unwrap().1;
+        let mut img = image.clone();
+        img[log..log + 40].copy_from_slice(&sentinel());
+        let p = dir.path().join("lost.heap");
+        std::fs::write(&p, &img).unwrap();
+        let r = Heap::open(&p, o.clone()).map(|h| count_or_zero(&h));
+        let ro = Heap::open_read_only(&p).map(|h| count_or_zero(&h));
+        let ok = |r: &txheap::Result<u64>| matches!(r, Err(Error::LogDamaged { txid, .. }) if *txid == txid_first);
+        if !ok(&r) || !ok(&ro) {
+            failures.push(format!(
+                "{d:?}: first frame {txid_first} lost: open {r:?}, read-only {ro:?}"
+            ));
+        }
+        // Undamaged, it opens with the count the first open showed.
+        let p = dir.path().join("good.heap");
+        std::fs::write(&p, &image).unwrap();
+        let g = Heap::open(&p, o).map(|h| count_or_zero(&h));
+        if !matches!(g, Ok(3)) {
+            failures.push(format!("{d:?}: the undamaged image opens as {g:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
