@@ -665,6 +665,63 @@ where
     recover_checked_batched(storage, on_damage, check, REPLAY_BATCH_PAGES_MAX, true)
 }
 
+/// A committed range to replay: (file offset, start in the log's view or the arena, length).
+type ReplayRange = (u64, usize, usize);
+
+/// Scan the log and collect every committed range before any is written, so that a hostile frame
+/// later in the log is refused before a byte of the file changes (at most the log's size is
+/// held). Where the storage maps the log region (`log`, a view of all of it), each range is its
+/// offset in the region and nothing is copied (a replay of 64 MiB of frames spent a third of its
+/// time in `pread`s of the log, copies into the arena and freeing it: perf, W5-replay);
+/// otherwise the ranges are copied into one arena, returned. A range is `(file offset, start in
+/// the view or arena, length)`.
+fn collect_ranges<S: Storage + ?Sized>(
+    storage: &S,
+    sb: &Superblock,
+    log: Option<&[u8]>,
+) -> Result<(LogScan, Vec<ReplayRange>, Vec<u8>), RecoveryError> {
+    // Capacity for a full log up front (address space only until used): growing by doubling
+    // copied the arena over and over. Capped, so that a log larger than memory plus swap does
+    // not fail the reservation itself (an abort, not an error); past the cap the vectors grow
+    // as usual. The ranges' capacity is one per 64 log bytes (a range txheap writes costs more
+    // than that in a frame: its 16-byte header and at least one 64-byte line), so it is not
+    // outgrown below the cap (a hostile log of tiny ranges only makes it grow): its doubling
+    // was a copy of tens of megabytes of fresh pages (perf, W5-replay).
+    let log_size = usize::try_from(sb.log_size).unwrap_or(usize::MAX);
+    const RESERVE_MAX: usize = 1 << 30;
+    let mut arena: Vec<u8> = match log {
+        Some(_) => Vec::new(),
+        None => Vec::with_capacity(log_size.min(RESERVE_MAX)),
+    };
+    let mut ranges: Vec<ReplayRange> = Vec::with_capacity(log_size.min(RESERVE_MAX) / 64);
+    let apply = &mut |off, bytes: &[u8]| {
+        match log {
+            Some(l) => {
+                let at = (bytes.as_ptr() as usize).wrapping_sub(l.as_ptr() as usize);
+                assert!(
+                    at <= l.len() && bytes.len() <= l.len() - at,
+                    "replay: a range read through the log's view lies outside it"
+                );
+                ranges.push((off, at, bytes.len()));
+            }
+            None => {
+                ranges.push((off, arena.len(), bytes.len()));
+                arena.extend_from_slice(bytes);
+            }
+        }
+        Ok(())
+    };
+    let scan = scan_log_in(
+        storage,
+        sb,
+        log,
+        (0, sb.next_txid, true),
+        apply,
+        &mut |_, _| {},
+    )?;
+    Ok((scan, ranges, arena))
+}
+
 /// [`recover_checked`] with replay batches of at most `batch_pages` pages (tests use tiny ones
 /// to reach the multi-batch path, where the check reads through a page index); `keep_log`:
 /// [`recover_checked_keeping_log`].
@@ -688,60 +745,15 @@ where
         }
         .into());
     }
-    // Collect every committed range before writing any, so a hostile frame later in the log is
-    // refused before a byte of the file changes. (At most the log's size is held.)
-    // Capacity for a full log up front (address space only until used): growing by doubling
-    // copied the arena over and over.
-    // Capped, so that a log larger than memory plus swap does not fail the reservation itself
-    // (an abort, not an error); past the cap the vectors grow as usual. The ranges' capacity
-    // is one per 64 log bytes (a range txheap writes costs more than that in a frame: its
-    // 16-byte header and at least one 64-byte line), so it is not outgrown below the cap (a
-    // hostile log of tiny ranges only makes it grow): its doubling was a copy of tens of
-    // megabytes of fresh pages (perf, W5-replay).
-    // Where the storage maps the log region, the ranges are read in place: each is its offset
-    // in the region, and nothing is copied (a replay of 64 MiB of frames spent a third of its
-    // time in `pread`s of the log, copies into the arena and freeing it: perf, W5-replay).
-    // Otherwise they are copied into one arena. (A view that cannot be made, or that is not
-    // the whole region, is not an error: the log is then read.)
+    // The log read in place where the storage maps it. (A view that cannot be made, or that is
+    // not the whole region, is not an error: the log is then read.)
     let log_view = storage
         .view(sb.log_offset(), sb.log_size)
         .ok()
         .flatten()
         .filter(|v| (**v).as_ref().len() as u64 == sb.log_size);
     let log: Option<&[u8]> = log_view.as_deref().map(|v| v.as_ref());
-    let log_size = usize::try_from(sb.log_size).unwrap_or(usize::MAX);
-    const RESERVE_MAX: usize = 1 << 30;
-    let mut arena: Vec<u8> = match log {
-        Some(_) => Vec::new(),
-        None => Vec::with_capacity(log_size.min(RESERVE_MAX)),
-    };
-    let mut ranges: Vec<(u64, usize, usize)> = Vec::with_capacity(log_size.min(RESERVE_MAX) / 64);
-    let apply = &mut |off, bytes: &[u8]| {
-        match log {
-            Some(l) => {
-                let at = (bytes.as_ptr() as usize).wrapping_sub(l.as_ptr() as usize);
-                assert!(
-                    at <= l.len() && bytes.len() <= l.len() - at,
-                    "replay: a range read through the log's view lies outside it"
-                );
-                ranges.push((off, at, bytes.len()));
-            }
-            None => {
-                ranges.push((off, arena.len(), bytes.len()));
-                arena.extend_from_slice(bytes);
-            }
-        }
-        Ok(())
-    };
-    let scan = scan_log_in(
-        &*storage,
-        &sb,
-        log,
-        (0, sb.next_txid, true),
-        apply,
-        &mut |_, _| {},
-    )?;
-    let owned_arena = arena;
+    let (scan, ranges, owned_arena) = collect_ranges(&*storage, &sb, log)?;
     let arena: &[u8] = log.unwrap_or(&owned_arena);
     if let (Some(d), OnDamage::Refuse) = (scan.damage, on_damage) {
         return Err(d.error().into());
