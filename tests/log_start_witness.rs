@@ -580,19 +580,13 @@ fn lost_first_after(
     }
     let log = LOG_OFFSET as usize;
     let h = verified_frame_at(&image[log..]).map(|h| (h.generation, h.txid));
-    let mut img = image.clone();
-    img[log..log + 40].copy_from_slice(&sentinel());
-    let p = dir.path().join("lost.heap");
-    std::fs::write(&p, &img).unwrap();
-    let r = Heap::open(&p, o.clone()).map(|h| count_or_zero(&h));
-    let ro = Heap::open_read_only(&p).map(|h| count_or_zero(&h));
-    let ok = |r: &txheap::Result<u64>| matches!(r, Err(Error::LogDamaged { txid, .. }) if *txid == first);
+    let (r, ro, ok) = open_with_first_frame_lost(dir.path(), &image, &o, first);
     eprintln!(
         "{d:?} {what}: generation {}, first txid {first}, log start {h:?}, witnesses {:?}: open {r:?}, read-only {ro:?}",
         s.log_generation,
         slots(&image).iter().map(|s| s.2).collect::<Vec<_>>()
     );
-    if !ok(&r) || !ok(&ro) {
+    if !ok {
         failures.push(format!("{d:?} {what}: open {r:?}, read-only {ro:?}"));
     }
     // Undamaged, it opens with F3's count.
@@ -602,6 +596,27 @@ fn lost_first_after(
     if !matches!(g, Ok(1002)) {
         failures.push(format!("{d:?} {what}: the undamaged image opens as {g:?}"));
     }
+}
+
+/// `image` with the log's first 40 bytes made the sentinel again (a lost write of the first
+/// frame's first sector), opened writable and read-only (each giving the count), and whether
+/// both refused it as `LogDamaged` naming transaction `first`.
+fn open_with_first_frame_lost(
+    dir: &Path,
+    image: &[u8],
+    o: &Options,
+    first: u64,
+) -> (txheap::Result<u64>, txheap::Result<u64>, bool) {
+    let log = LOG_OFFSET as usize;
+    let mut img = image.to_vec();
+    img[log..log + 40].copy_from_slice(&sentinel());
+    let p = dir.join("lost.heap");
+    std::fs::write(&p, &img).unwrap();
+    let r = Heap::open(&p, o.clone()).map(|h| count_or_zero(&h));
+    let ro = Heap::open_read_only(&p).map(|h| count_or_zero(&h));
+    let damaged = |r: &txheap::Result<u64>| matches!(r, Err(Error::LogDamaged { txid, .. }) if *txid == first);
+    let ok = damaged(&r) && damaged(&ro);
+    (r, ro, ok)
 }
 
 /// Put `bytes` at `p` as a new file (the forgotten handle keeps its lock on the old one).
@@ -854,14 +869,8 @@ fn a_lost_first_frame_of_a_kept_generation_is_reported() {
         let mut image = crashed.clone();
         image[..heap_at].copy_from_slice(&opened[..heap_at]);
         let txid_first = first.unwrap().1;
-        let mut img = image.clone();
-        img[log..log + 40].copy_from_slice(&sentinel());
-        let p = dir.path().join("lost.heap");
-        std::fs::write(&p, &img).unwrap();
-        let r = Heap::open(&p, o.clone()).map(|h| count_or_zero(&h));
-        let ro = Heap::open_read_only(&p).map(|h| count_or_zero(&h));
-        let ok = |r: &txheap::Result<u64>| matches!(r, Err(Error::LogDamaged { txid, .. }) if *txid == txid_first);
-        if !ok(&r) || !ok(&ro) {
+        let (r, ro, ok) = open_with_first_frame_lost(dir.path(), &image, &o, txid_first);
+        if !ok {
             failures.push(format!(
                 "{d:?}: first frame {txid_first} lost: open {r:?}, read-only {ro:?}"
             ));
