@@ -291,14 +291,7 @@ fn open_live(path: &Path, file: File) -> Result<Opened> {
     let storage = new_storage(&file, &Options::new(), 0)?;
     // The geometry, to map the file (it never changes; the first entry below checks it): the
     // state itself comes from that entry, under its lock.
-    let (sb, slot) = recovery::select_superblock(&storage)?;
-    let len = stat(&storage)?;
-    if len < sb.min_file_len() {
-        return Err(Error::Truncated {
-            len,
-            needed: sb.min_file_len(),
-        });
-    }
+    let (sb, slot, len) = superblock_of(&storage)?;
     let map = map_file(&file, &sb, len, false, 0)?;
     let geo = Geometry::of(&sb);
     map.advise(geo.heap_offset, u64::MAX, Options::new().access.madvise())
@@ -462,12 +455,10 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
     Ok(Opened { shared, writer })
 }
 
-/// Read-only: map the file privately and replay committed frames into the mapping only.
-fn replay_read_only(
-    file: &File,
-    storage: &FileStorage,
-    salvage: bool,
-) -> Result<(LogState, Mapping)> {
+/// The current superblock and its slot, and the file's length, refusing a file shorter than
+/// the heap that superblock describes (`Truncated`, naming both lengths) before anything is
+/// mapped or read by its geometry.
+fn superblock_of(storage: &FileStorage) -> Result<(Superblock, Slot, u64)> {
     let (sb, slot) = recovery::select_superblock(storage)?;
     let len = stat(storage)?;
     if len < sb.min_file_len() {
@@ -476,6 +467,16 @@ fn replay_read_only(
             needed: sb.min_file_len(),
         });
     }
+    Ok((sb, slot, len))
+}
+
+/// Read-only: map the file privately and replay committed frames into the mapping only.
+fn replay_read_only(
+    file: &File,
+    storage: &FileStorage,
+    salvage: bool,
+) -> Result<(LogState, Mapping)> {
+    let (sb, slot, len) = superblock_of(storage)?;
     let map = map_file(file, &sb, len, true, 0)?;
     let mut apply = |off: u64, bytes: &[u8]| -> std::result::Result<(), RecoveryError> {
         let end = off + bytes.len() as u64;
@@ -535,18 +536,10 @@ fn recover_writable(
     // Reserve the address space first: a refusal for lack of it must come before recovery
     // writes a byte. (The mapping is private and nothing reads it until the heap is built;
     // recovery's pwrites show through it like any file change.)
-    let (sb0, _) = recovery::select_superblock(&*storage)?;
-    // A file shorter than the heap its superblock describes is refused as such here, before a
-    // window over a log that is not there is asked for (a hostile log size of 2^50 bytes failed
-    // that mapping, an I/O error that named neither length).
-    let len = stat(storage)?;
-    if len < sb0.min_file_len() {
-        return Err(recovery::RecoveryError::Truncated {
-            len,
-            needed: sb0.min_file_len(),
-        }
-        .into());
-    }
+    // A file shorter than the heap its superblock describes is refused here, before a window
+    // over a log that is not there is asked for (a hostile log size of 2^50 bytes failed that
+    // mapping, an I/O error that named neither length).
+    let (sb0, _, _) = superblock_of(storage)?;
     // Recovery's barrier before replay covers the log's frames only: a window over the
     // superblocks and the log takes range barriers (`msync`; nothing is stored through it, and
     // making it writes nothing). Without it that barrier was an `fdatasync` of the whole file,

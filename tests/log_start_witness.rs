@@ -846,7 +846,6 @@ fn a_lost_first_frame_of_a_kept_generation_is_reported() {
         std::mem::forget(h);
         replace(&path, &crashed);
         let log = LOG_OFFSET as usize;
-        let heap_at = log + (1 << 20); // opts' log size
         let first = verified_frame_at(&crashed[log..]).map(|h| (h.generation, h.txid));
         // The open replays and keeps the frames, showing all three; then the power goes.
         let h = Heap::open(&path, o.clone()).unwrap();
@@ -866,6 +865,10 @@ fn a_lost_first_frame_of_a_kept_generation_is_reported() {
             ));
             continue;
         }
+        let heap_at = select_superblock(&MemStorage::from_bytes(opened.clone()))
+            .unwrap()
+            .0
+            .heap_offset() as usize;
         let mut image = crashed.clone();
         image[..heap_at].copy_from_slice(&opened[..heap_at]);
         let txid_first = first.unwrap().1;

@@ -531,7 +531,7 @@ fn frame_check(header_before_check: &[u8], payload: &[u8]) -> u32 {
     // concatenation), which `one_shot_check_equals_streaming_check` tests.
     // (Two sizes of buffer: zeroing a 1 KiB one for every small frame was a tenth of a
     // replay's frame check.)
-    fn one_shot<const N: usize>(header: &[u8; CHECK_OFFSET], payload: &[u8]) -> u32 {
+    fn one_shot<const N: usize>(header: &[u8], payload: &[u8]) -> u32 {
         let mut buf = [0u8; N];
         let n = CHECK_OFFSET + payload.len();
         buf[..CHECK_OFFSET].copy_from_slice(header);
@@ -540,10 +540,6 @@ fn frame_check(header_before_check: &[u8], payload: &[u8]) -> u32 {
     }
     const SMALL: usize = 256;
     const MEDIUM: usize = 1024;
-    // (A header of known length is copied with a few moves, not a call.)
-    let header_before_check: &[u8; CHECK_OFFSET] = header_before_check
-        .try_into()
-        .expect("the header's bytes before its check");
     if payload.len() <= SMALL {
         return one_shot::<{ CHECK_OFFSET + SMALL }>(header_before_check, payload);
     }
