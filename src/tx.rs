@@ -288,9 +288,15 @@ impl<'h> Tx<'h> {
 
     /// Stage `[off, off+len)` without the checks of `view_mut`: for the allocation this
     /// transaction just made, which the allocator placed in bounds.
-    #[inline]
+    #[inline(always)]
     fn stage_mut(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
-        if inside(&self.fresh, off, len) {
+        let fresh = match self.fresh.last() {
+            // Bulk allocation fills the highest fresh area: that one answers at once.
+            Some(&(a, b)) if off >= a => off < b && off + len <= b,
+            None => false,
+            Some(_) => self.fresh_below_top(off, len),
+        };
+        if fresh {
             // Bytes of a fresh large extent go in place: no log budget. What the extent held
             // is free space, which nothing reads: the staged bytes around the caller's start as
             // zeros instead of copies of the mapping (reading it faulted in every page of the
@@ -308,6 +314,16 @@ impl<'h> Tx<'h> {
                 .expect("an unlimited budget never refuses"));
         }
         stage_within_log(self.sh, &mut self.stage, self.fresh_staged, off, len)
+    }
+
+    /// [`Self::stage_mut`]'s question below the highest fresh area: whether `[off, off+len)`
+    /// lies in a fresh area, by a binary search over the areas (hundreds in a bulk load:
+    /// 130-220 instructions per insert, W4-load), unless its lines were staged lately: a rewrite
+    /// adds no byte, so neither the budget nor the fill of new lines matters, and `false` does.
+    /// (Out of line: inlined, it made a bulk allocation's path 26 instructions longer, W3.)
+    #[inline(never)]
+    fn fresh_below_top(&mut self, off: u64, len: u64) -> bool {
+        !self.stage.holds_recent(off, len) && inside(&self.fresh, off, len)
     }
 
     /// Whether this transaction has written (staged) any byte of `[off, off+len)`. For the
