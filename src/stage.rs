@@ -357,9 +357,10 @@ const FEW_LINES: usize = 16;
 /// word's, the object's, the root's; a one-insert B-tree commit: the map's header, the leaf's
 /// first lines, a value), and the general tier spent about 350 instructions on each new one
 /// (hints, a search, a buffer of its own taken from the spares and zeroed, a slot, the index;
-/// callgrind, W2). The first write that does not fit (one more range or line, a write across
-/// two ranges or a range's end when another range was staged after it) moves every range to
-/// the general tier ([`Inner::spill`]), which then serves the transaction to its end.
+/// callgrind, W2). A write just past a range extends it only when its lines end the buffer;
+/// otherwise it is a range of its own. The first write that does not fit (one more range or
+/// line, or a write that overlaps staged bytes without lying inside one range) moves every
+/// range to the general tier ([`Inner::spill`]), which then serves the transaction to its end.
 ///
 /// Lines of `arena` past `used` are zero, as a general buffer's spare lines are
 /// (`Tx::stage_mut` stages fresh space without a fill).
@@ -455,33 +456,42 @@ impl Few {
         if self.used + k > FEW_LINES {
             return None;
         }
-        let i = match pos.checked_sub(1) {
+        let extend = match pos.checked_sub(1) {
             Some(j)
                 if self.range(j).1 == a
                     && self.range(j).2 + self.idx[j].2 as usize == self.used =>
             {
-                self.idx[j].2 += k as u32;
-                j
+                Some(j)
             }
-            _ if self.n < FEW_RANGES => {
-                self.idx.copy_within(pos..self.n, pos + 1);
-                self.idx[pos] = (a, self.used as u32, k as u32);
-                self.n += 1;
-                pos
-            }
+            _ if self.n < FEW_RANGES => None,
             _ => return None,
         };
-        // SAFETY: lines `used..used + k` lie inside the arena (checked above); `&mut self`
-        // means no slice into the arena is alive.
+        let at = self.used;
+        // The lines count as used before `fill` writes them, and the index names them only
+        // after: should `fill` panic, the lines are zeroed by the next clear, and no range
+        // holds them.
+        self.used += k;
+        // SAFETY: lines `at..at + k` lie inside the arena (checked above); `&mut self` means
+        // no slice into the arena is alive.
         let dst = unsafe {
             std::slice::from_raw_parts_mut(
-                self.arena.base().add(self.used * LINE as usize),
+                self.arena.base().add(at * LINE as usize),
                 k * LINE as usize,
             )
         };
         fill(a, dst);
-        self.used += k;
-        Some(i)
+        Some(match extend {
+            Some(j) => {
+                self.idx[j].2 += k as u32;
+                j
+            }
+            None => {
+                self.idx.copy_within(pos..self.n, pos + 1);
+                self.idx[pos] = (a, at as u32, k as u32);
+                self.n += 1;
+                pos
+            }
+        })
     }
 
     /// Forget every range, zeroing the lines they used.
@@ -1164,7 +1174,9 @@ impl Stage {
     }
 
     /// The transaction's view of `[off, off+len)`, or `None` if no staged range overlaps it (the
-    /// caller then reads the committed bytes). `fill(start, buf)` copies committed bytes.
+    /// caller then reads the committed bytes). `fill(start, buf)` copies committed bytes; it
+    /// must not call this stage (it runs while the stage's state is borrowed: the crate's only
+    /// `fill` copies from the mapping).
     pub(crate) fn read(
         &self,
         off: u64,
@@ -1176,9 +1188,11 @@ impl Stage {
         }
         let (a, b) = (align_down(off), align_up(off + len));
         // SAFETY: Stage is !Sync and no method keeps a reference to `Inner` across calls, so this
-        // is the only reference to `Inner` now. Slices handed out earlier point into `Buf`
-        // allocations, not into `Inner`, and those allocations are neither freed nor written
-        // here (merge only reads them and moves their raw pointers to `retired`).
+        // is the only reference to `Inner` now (`fill` is the crate's own copy from the mapping,
+        // which never calls back into the stage: see `read`'s contract). Slices handed out
+        // earlier point into `Buf` allocations (the first tier's arena is one), not into
+        // `Inner`, and those allocations are neither freed nor written here (a composed view is
+        // a new buffer, retired until the next `&mut self` call).
         let inner = unsafe { &mut *self.inner.get() };
         if !inner.spilled {
             let (base, start) = match inner.few.locate(a, b) {
@@ -1748,6 +1762,95 @@ mod tests {
         let ranges: Vec<_> = st.ranges().map(|(s, r)| (s, r.len())).collect();
         assert_eq!(ranges.len(), HINTS + 1 + FEW_RANGES + 1, "{ranges:?}");
         assert_eq!(ranges[HINTS + FEW_RANGES + 1], (run, 6 * 64));
+    }
+
+    /// The first tier on its own: a refused write changes nothing, `touches`, `holds_recent`
+    /// and word places (on any line of a range) answer from it, trims cut its ranges, a range
+    /// that was not staged last grows by a range of its own beside it, and the move to the
+    /// general tier joins touching ranges and makes word places stale.
+    #[test]
+    fn the_first_tier_answers_alone_and_moves_whole() {
+        let mut st = Stage::default();
+        let base = 1u64 << 20;
+        assert!(st.is_empty());
+        // Two ranges: three lines at `base`, one line at `base + 4096`.
+        st.write(base + 10, 150, u64::MAX, &mut committed)
+            .unwrap()
+            .fill(1);
+        st.write(base + 4096, 8, u64::MAX, &mut committed)
+            .unwrap()
+            .fill(2);
+        assert!(!st.is_empty() && st.staged_bytes() == 256);
+        // A write past the budget is refused with the total it would reach, and changes nothing.
+        assert_eq!(
+            st.write(base + 8192, 64, 300, &mut committed).err(),
+            Some(320)
+        );
+        assert_eq!(st.staged_bytes(), 256);
+        assert!(st.touches(base + 100, 1) && !st.touches(base + 192, 64));
+        assert!(st.holds_recent(base, 192) && !st.holds_recent(base + 128, 128));
+        // A word on the range's third line, set through its place.
+        let p = st.word_place(base + 136).unwrap();
+        assert!(st.write_word(p, 0x0102_0304_0506_0708));
+        assert_eq!(st.read_word(p), Some(0x0102_0304_0506_0708));
+        assert_eq!(
+            st.read(base + 136, 8, &mut committed).unwrap(),
+            &0x0102_0304_0506_0708u64.to_le_bytes()
+        );
+        // The range at `base` is not the last staged: a write just past its end is a range of
+        // its own (the first tier keeps its lines where they are).
+        st.write(base + 192, 64, u64::MAX, &mut committed)
+            .unwrap()
+            .fill(3);
+        {
+            let inner = st.inner.get_mut();
+            assert!(!inner.spilled);
+            assert_eq!(inner.few.n, 3);
+        }
+        let ranges: Vec<_> = st.ranges().map(|(s, r)| (s, r.len())).collect();
+        assert_eq!(
+            ranges,
+            vec![(base, 192), (base + 192, 64), (base + 4096, 64)]
+        );
+        // The move to the general tier (a write across two ranges) joins the touching ones and
+        // makes the word place stale; the bytes stay.
+        st.write(base + 180, 40, u64::MAX, &mut committed).unwrap();
+        assert!(st.inner.get_mut().spilled);
+        assert_eq!(st.read_word(p), None);
+        let ranges: Vec<_> = st.ranges().map(|(s, r)| (s, r.len())).collect();
+        assert_eq!(ranges, vec![(base, 256), (base + 4096, 64)]);
+        assert_eq!(
+            st.read(base + 136, 8, &mut committed).unwrap(),
+            &0x0102_0304_0506_0708u64.to_le_bytes()
+        );
+        assert_eq!(st.read(base + 250, 1, &mut committed).unwrap(), &[3]);
+
+        // Trims over first-tier ranges, one of them kept whole.
+        st.clear();
+        let mut fill = |start: u64, buf: &mut [u8]| committed(start, buf);
+        st.write(base + 20, 2, u64::MAX, &mut fill).unwrap().fill(0);
+        st.write(base + 4096 + 70, 1, u64::MAX, &mut fill).unwrap()[0] ^= 1;
+        st.write(base + 8192, 1, u64::MAX, &mut fill).unwrap()[0] ^= 1;
+        st.keep_whole(base + 8192, 1);
+        assert!(!st.inner.get_mut().spilled);
+        let olds: Vec<Vec<u8>> = st
+            .ranges()
+            .map(|(s, r)| {
+                let mut v = vec![0u8; r.len()];
+                committed(s, &mut v);
+                v
+            })
+            .collect();
+        let mut i = 0;
+        assert!(st.trim_unchanged(|_, _| {
+            i += 1;
+            Some(&olds[i - 1][..])
+        }));
+        let got: Vec<_> = st.ranges().map(|(s, r)| (s, r.len())).collect();
+        assert_eq!(
+            got,
+            vec![(base + 16, 16), (base + 4096 + 64, 16), (base + 8192, 64)]
+        );
     }
 
     /// Random writes and reads against a byte-map model: every read sees the model, the ranges
