@@ -85,9 +85,15 @@ fn kill9_campaign() {
             phase::TX_BODY,
         ];
         assert_landed(&rep, &dangerous, seed);
+        // At least 3% inside recovery. The long campaigns land 6.1-6.2% there (1,221, 1,237
+        // and 1,223 of 20,000, crash-tests/README.md); over 1,000 kills that rate spreads by
+        // about 0.76% (one standard deviation), and a machine loaded by other jobs moved it to
+        // 4.6% in a clean-clone CI run, which the earlier floor of 5% (1.5 deviations below
+        // the mean) refused. 3% still asks for 30 kills inside recovery and is 4 deviations
+        // below the mean.
         assert!(
-            rep.in_recovery() * 20 >= rep.kills,
-            "fewer than 5% of kills landed inside recovery (seed {seed})"
+            rep.in_recovery() * 100 >= rep.kills * 3,
+            "fewer than 3% of kills landed inside recovery (seed {seed})"
         );
         let (armed, hit) = rep
             .failpoints
