@@ -456,13 +456,13 @@ impl Few {
         if self.used + k > FEW_LINES {
             return None;
         }
+        // The range ending at `a` grows in place only if its lines end the arena.
+        let extends = |j: usize| {
+            let (s, at, lines) = self.idx[j];
+            s + lines as u64 * LINE == a && (at + lines) as usize == self.used
+        };
         let extend = match pos.checked_sub(1) {
-            Some(j)
-                if self.range(j).1 == a
-                    && self.range(j).2 + self.idx[j].2 as usize == self.used =>
-            {
-                Some(j)
-            }
+            Some(j) if extends(j) => Some(j),
             _ if self.n < FEW_RANGES => None,
             _ => return None,
         };
@@ -894,7 +894,13 @@ impl Inner {
         }
         self.bytes += new.len();
         self.max_end = self.max_end.max(end);
-        let slot = self.put(new);
+        (start, self.add_range(start, end, new))
+    }
+
+    /// Index `buf`, holding `[start, end)`, as a staged range and make it the most recent
+    /// hint; its slot. (Counts no bytes: the caller knows whether they are new.)
+    fn add_range(&mut self, start: u64, end: u64, buf: Buf) -> usize {
+        let slot = self.put(buf);
         self.ranges.insert(start, slot);
         self.remember(Hint {
             start,
@@ -902,7 +908,7 @@ impl Inner {
             slot,
             valid: true,
         });
-        (start, slot)
+        slot
     }
 
     /// Extend the highest staged range (in slot `h.slot`, ending at `a`) to `b`: the fast path
@@ -963,14 +969,7 @@ impl Inner {
                     )
                 };
             }
-            let slot = self.put(buf);
-            self.ranges.insert(start, slot);
-            self.remember(Hint {
-                start,
-                end,
-                slot,
-                valid: true,
-            });
+            self.add_range(start, end, buf);
             i = j;
         }
         self.few.clear();
@@ -1149,8 +1148,9 @@ impl Stage {
         !matches!(inner.find(a, b), Ok(None))
     }
 
-    /// Whether one of the recently used staged ranges holds all of `[off, off+len)` (widened
-    /// to whole lines): a [`Self::write`] of it then stages no new byte.
+    /// Whether one of the recently used staged ranges (in the first tier, any of its ranges)
+    /// holds all of `[off, off+len)` (widened to whole lines): a [`Self::write`] of it then
+    /// stages no new byte.
     #[inline]
     pub(crate) fn holds_recent(&mut self, off: u64, len: u64) -> bool {
         let (a, b) = (align_down(off), align_up(off + len));
