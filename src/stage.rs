@@ -6,7 +6,10 @@
 //!
 //! Two tiers: a transaction's first few ranges live in one small buffer ([`Few`]); the first
 //! write that does not fit there moves them to the general tier (a buffer per range, indexed
-//! by start, with recent-range hints), which serves the rest of the transaction.
+//! by start, with recent-range hints), which serves the rest of the transaction. Beside them,
+//! the block areas of runs the transaction made from free space can be staged whole
+//! ([`Stage::add_area`]): one arena, a table by chunk, and the written lines of each area one
+//! range.
 //!
 //! Why `unsafe` here: a shared read (`&self`) that overlaps staged ranges only partly must
 //! compose its view (committed bytes with the staged ones laid over) in a new buffer while
@@ -510,6 +513,13 @@ struct Each<'a> {
     inner: &'a Inner,
     few: std::ops::Range<usize>,
     general: Option<IndexIter<'a>>,
+    /// Whether areas may be left to merge with the general tier's ranges (there are areas
+    /// only once the first tier has moved to the general one: `Stage::add_area`).
+    merging: bool,
+    /// The next area to yield, in `inner.areas.table`.
+    j: usize,
+    /// A general range taken while merging, not yielded yet.
+    next: Option<(u64, &'a [u8])>,
 }
 
 impl<'a> Iterator for Each<'a> {
@@ -517,6 +527,9 @@ impl<'a> Iterator for Each<'a> {
 
     #[inline(always)]
     fn next(&mut self) -> Option<(u64, &'a [u8])> {
+        if self.merging {
+            return self.merged();
+        }
         if let Some(general) = &mut self.general {
             let (s, slot) = general.next()?;
             let buf = self.inner.buf(slot);
@@ -528,6 +541,47 @@ impl<'a> Iterator for Each<'a> {
         }
         let i = self.few.next()?;
         Some((self.inner.few.range(i).0, self.inner.few.bytes(i)))
+    }
+}
+
+impl<'a> Each<'a> {
+    /// The next general range, as [`Iterator::next`] yields it without areas.
+    #[inline(always)]
+    fn general_next(&mut self) -> Option<(u64, &'a [u8])> {
+        let (s, slot) = self.general.as_mut()?.next()?;
+        let buf = self.inner.buf(slot);
+        // SAFETY: a live buffer of buf.len() bytes, only read while the borrow of the stage
+        // this iterator holds lives.
+        Some((s, unsafe {
+            std::slice::from_raw_parts(buf.base() as *const u8, buf.len() as usize)
+        }))
+    }
+
+    /// [`Iterator::next`] while areas may be left: the lower of the next area's written lines
+    /// and the next general range (they never overlap).
+    #[inline(never)]
+    fn merged(&mut self) -> Option<(u64, &'a [u8])> {
+        let areas: &'a Areas = &self.inner.areas;
+        let x = loop {
+            match areas.table.get(self.j) {
+                None => {
+                    self.merging = false;
+                    return self.next.take().or_else(|| self.general_next());
+                }
+                Some(x) if x.lo < x.hi => break x,
+                Some(_) => self.j += 1,
+            }
+        };
+        if self.next.is_none() {
+            self.next = self.general_next();
+        }
+        match self.next {
+            Some((s, _)) if s < x.lo => self.next.take(),
+            _ => {
+                self.j += 1;
+                Some((x.lo, areas.written(x)))
+            }
+        }
     }
 }
 
@@ -558,6 +612,210 @@ impl<'a> Iterator for Trimmed<'a> {
     }
 }
 
+/// A block area of a run this transaction made from free space, staged in one piece of
+/// [`Areas::arena`] ([`Stage::add_area`]). `[lo, hi)` are the lines written so far (`lo == hi`:
+/// none); the rest of the area is zero in the arena and not staged.
+#[derive(Clone, Copy, Debug)]
+struct Area {
+    start: u64,
+    end: u64,
+    /// Where `start` lies in the arena, in bytes.
+    at: usize,
+    lo: u64,
+    hi: u64,
+}
+
+/// Where `[a, b)` lies among the areas.
+enum AreaHit {
+    /// Inside the area of this index.
+    Inside(usize),
+    /// Overlapping no area.
+    Clear,
+    /// Overlapping an area without lying inside it.
+    Partial,
+}
+
+/// The areas tier: fresh block areas, each staged whole in one arena, so that the objects a
+/// bulk transaction puts there (B-tree nodes, list nodes) are found by an index into a table
+/// of chunks instead of a search over tens of thousands of ranges, and take no buffer of their
+/// own. An area lies inside one chunk (a run's block area), and a chunk holds at most one.
+#[derive(Default)]
+struct Areas {
+    /// The area of each chunk from chunk `base` on (empty: `start == end`), so sorted by start.
+    /// A binary search over the areas' starts missed the cache at every step (the hottest
+    /// instructions of a bulk B-tree load), and a hash of windows took 9% of its samples.
+    table: Vec<Area>,
+    /// The chunk area's offset: chunk `c` begins at `origin + c * CHUNK`.
+    origin: u64,
+    base: u64,
+    /// Every area's bytes (an anonymous mapping from its first megabyte on, growing by
+    /// `mremap`). Its lines past the written ones are zero.
+    arena: Option<Buf>,
+    /// Lines of the arena given to areas.
+    used: usize,
+    /// Bytes written (`hi - lo` summed over the areas).
+    bytes: u64,
+    /// Bytes moved out of areas into the general tier (a write that overlapped an area without
+    /// lying inside it): they are fresh, so they do not count against the log's budget.
+    evicted: u64,
+}
+
+/// What [`Stage::write`] and [`Stage::read`] call for committed bytes.
+type Fill<'f> = dyn FnMut(u64, &mut [u8]) + 'f;
+
+/// An empty slot of [`Areas::table`].
+const NO_AREA: Area = Area {
+    start: 0,
+    end: 0,
+    at: 0,
+    lo: 0,
+    hi: 0,
+};
+
+/// `log2` of the heap's chunk size, the areas' table step.
+const CHUNK_SHIFT: u32 = 18;
+const _: () = assert!(1 << CHUNK_SHIFT == crate::limits::CHUNK_SIZE);
+
+/// The most chunks [`Areas::table`] spans (16,384: 640 KiB of table for 4 GiB of heap): an area
+/// further from the others is staged as any other bytes.
+const AREA_SPAN_MAX: u64 = 1 << 14;
+
+/// The smallest arena: areas are the block areas of runs (a chunk, 256 KiB, less the bitmap),
+/// and a transaction with one of them has made two runs already.
+const ARENA_MIN_LINES: usize = (1 << 20) / LINE as usize;
+
+impl Areas {
+    /// The table slots of the chunks that `[a, b)` (not empty) meets.
+    #[inline]
+    fn slots(&self, a: u64, b: u64) -> std::ops::Range<usize> {
+        let chunk = |x: u64| (x.max(self.origin) - self.origin) >> CHUNK_SHIFT;
+        let len = self.table.len() as u64;
+        let lo = chunk(a).saturating_sub(self.base).min(len);
+        let hi = (chunk(b - 1) + 1).saturating_sub(self.base).min(len);
+        lo as usize..hi as usize
+    }
+
+    /// Where `[a, b)` (line-aligned, not empty) lies among the areas.
+    #[inline]
+    fn locate(&self, a: u64, b: u64) -> AreaHit {
+        let mut hit = AreaHit::Clear;
+        for i in self.slots(a, b) {
+            let x = &self.table[i];
+            if x.start <= a && b <= x.end {
+                return AreaHit::Inside(i);
+            }
+            if x.start < b && a < x.end {
+                hit = AreaHit::Partial;
+            }
+        }
+        hit
+    }
+
+    /// Put the area `[start, end)` in the table, with no bytes of the arena yet; its slot, or
+    /// `None` (nothing changed) if it does not lie in one chunk, its chunk has one, or the
+    /// table would span more than [`AREA_SPAN_MAX`] chunks.
+    fn insert(&mut self, start: u64, end: u64, origin: u64) -> Option<usize> {
+        if self.table.is_empty() {
+            self.origin = origin;
+        }
+        if self.origin != origin || start < origin {
+            return None;
+        }
+        let c = (start - origin) >> CHUNK_SHIFT;
+        if (end - 1 - origin) >> CHUNK_SHIFT != c {
+            return None;
+        }
+        let (lo, hi) = match self.table.is_empty() {
+            true => (c, c),
+            false => (
+                c.min(self.base),
+                c.max(self.base + self.table.len() as u64 - 1),
+            ),
+        };
+        if hi - lo >= AREA_SPAN_MAX {
+            return None;
+        }
+        if !self.table.is_empty() && lo < self.base {
+            let shift = (self.base - lo) as usize;
+            self.table.splice(0..0, std::iter::repeat_n(NO_AREA, shift));
+        }
+        self.base = lo;
+        self.table.resize((hi - lo + 1) as usize, NO_AREA);
+        let i = (c - lo) as usize;
+        if self.table[i].start < self.table[i].end {
+            return None;
+        }
+        self.table[i] = Area {
+            start,
+            end,
+            at: 0,
+            lo: start,
+            hi: start,
+        };
+        Some(i)
+    }
+
+    /// The arena's byte address of offset `p` of area `x`.
+    fn ptr(&self, x: &Area, p: u64) -> *mut u8 {
+        let arena = self.arena.as_ref().expect("an area has an arena");
+        // SAFETY: `p` lies in `[x.start, x.end]`, and the arena holds the area's bytes at
+        // `x.at` (`add_area` grew it first), so the address is inside the arena (or one past
+        // its area's end).
+        unsafe { arena.base().add(x.at + (p - x.start) as usize) }
+    }
+
+    /// Stage the lines `[a, b)` of area `i` (inside it) and return the address of `a`. Lines
+    /// between the written ones and `[a, b)` join them, given their committed bytes by `fill`
+    /// (`None`: they stay zero, as fresh space is staged).
+    fn write(
+        &mut self,
+        i: usize,
+        a: u64,
+        b: u64,
+        fill: Option<&mut Fill<'_>>,
+    ) -> *mut u8 {
+        let x = self.table[i];
+        let (lo, hi) = match x.lo == x.hi {
+            true => (a, b),
+            false => (x.lo.min(a), x.hi.max(b)),
+        };
+        if let Some(fill) = fill {
+            let new = match x.lo == x.hi {
+                true => [(a, b), (b, b)],
+                false => [(lo, x.lo), (x.hi, hi)],
+            };
+            for (s, e) in new {
+                if s < e {
+                    // SAFETY: `[s, e)` lies inside the area, whose bytes the arena holds; the
+                    // caller holds the stage exclusively, so no slice of them is alive.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(self.ptr(&x, s), (e - s) as usize)
+                    };
+                    fill(s, dst);
+                }
+            }
+        }
+        self.bytes += (hi - lo) - (x.hi - x.lo);
+        self.table[i].lo = lo;
+        self.table[i].hi = hi;
+        self.ptr(&x, a)
+    }
+
+    /// The written bytes of area `x`.
+    fn written(&self, x: &Area) -> &[u8] {
+        // SAFETY: `[x.lo, x.hi)` lies inside the area's part of the arena; the slice borrows
+        // `self`, so the arena can neither move nor be written while it lives.
+        unsafe { std::slice::from_raw_parts(self.ptr(x, x.lo), (x.hi - x.lo) as usize) }
+    }
+
+    /// The areas whose written lines overlap `[a, b)` (`a < b`), lowest first.
+    fn overlapping(&self, a: u64, b: u64) -> impl Iterator<Item = &Area> + '_ {
+        self.table[self.slots(a, b)]
+            .iter()
+            .filter(move |x| x.lo < b && a < x.hi)
+    }
+}
+
 /// A [`WordPlace`]'s `slot` for a word in the first tier: this bit, and the arena line.
 const FEW_SLOT: usize = 1 << (usize::BITS - 1);
 
@@ -570,6 +828,9 @@ struct Inner {
     spilled: bool,
     /// General tier: staged ranges by start: the slot in `bufs` holding each.
     ranges: RangeIndex,
+    /// Fresh block areas staged whole ([`Stage::add_area`]); no range of the other tiers
+    /// overlaps one.
+    areas: Areas,
     bufs: Vec<Option<Buf>>,
     free_slots: Vec<usize>,
     retired: Vec<Buf>,
@@ -834,6 +1095,9 @@ impl Inner {
                 lay(s, src);
             }
         }
+        for x in self.areas.overlapping(a, b) {
+            lay(x.lo, self.areas.written(x));
+        }
         let base = view.base() as *const u8;
         self.retired.push(view);
         base
@@ -930,12 +1194,45 @@ impl Inner {
 }
 
 impl Inner {
+    /// Move every area overlapping `[a, b)` out of the areas tier: its written lines become a
+    /// range of the general tier (a write that overlaps an area without lying inside it, which
+    /// no object write does: objects lie inside one run's block area).
+    #[cold]
+    #[inline(never)]
+    fn evict_areas(&mut self, a: u64, b: u64) {
+        if !self.spilled {
+            self.spill();
+        }
+        for i in self.areas.slots(a, b) {
+            let x = self.areas.table[i];
+            if !(x.start < b && a < x.end) {
+                continue;
+            }
+            self.areas.table[i] = NO_AREA;
+            if x.lo == x.hi {
+                continue;
+            }
+            let bytes = self.areas.written(&x).to_vec();
+            self.areas.bytes -= x.hi - x.lo;
+            self.areas.evicted += x.hi - x.lo;
+            // No range of the other tiers overlaps an area: the merge makes one new range.
+            let mut copy = |s: u64, dst: &mut [u8]| {
+                let at = (s - x.lo) as usize;
+                dst.copy_from_slice(&bytes[at..at + dst.len()]);
+            };
+            self.merge(x.lo, x.hi, &mut copy);
+        }
+    }
+
     /// Every staged range in offset order, as `(start, bytes)`, from whichever tier holds them.
     fn each(&self) -> Each<'_> {
         Each {
             inner: self,
             few: 0..if self.spilled { 0 } else { self.few.n },
             general: self.spilled.then(|| self.ranges.iter()),
+            merging: !self.areas.table.is_empty(),
+            j: 0,
+            next: None,
         }
     }
 
@@ -1005,6 +1302,9 @@ impl Stage {
         }
         while let Some(b) = inner.retired.pop() {
             inner.recycle(b);
+        }
+        if inner.areas.arena.is_some() {
+            inner.areas = Areas::default();
         }
         inner.bytes = 0;
         inner.max_end = 0;
@@ -1133,6 +1433,9 @@ impl Stage {
         // changes nothing.
         let inner = unsafe { &*self.inner.get() };
         let (a, b) = (align_down(off), align_up(off + len));
+        if !inner.areas.table.is_empty() && inner.areas.overlapping(a, b).next().is_some() {
+            return true;
+        }
         if !inner.spilled {
             return !matches!(inner.few.locate(a, b), Located::Clear(_));
         }
@@ -1164,13 +1467,82 @@ impl Stage {
             .any(|h| h.valid && h.start <= a && b <= h.end)
     }
 
+    /// Stage the fresh block area `[start, end)` whole, in the areas tier: every later write
+    /// or read inside it is found by a search over the areas, and its written lines are one
+    /// range of [`Self::ranges`]. `origin` is where the heap's chunks begin. Refused (`false`:
+    /// it is then staged as any other bytes) if it is not line-aligned, overlaps a staged range,
+    /// does not lie in one chunk, or is too far from the other areas (`Areas::insert`).
+    pub(crate) fn add_area(&mut self, start: u64, end: u64, origin: u64) -> bool {
+        if start % LINE != 0 || end % LINE != 0 || start >= end || self.touches(start, end - start)
+        {
+            return false;
+        }
+        let inner = self.inner.get_mut();
+        let Some(i) = inner.areas.insert(start, end, origin) else {
+            return false;
+        };
+        // The ranges' iterator merges areas with the general tier only.
+        if !inner.spilled {
+            inner.spill();
+        }
+        let areas = &mut inner.areas;
+        let lines = ((end - start) / LINE) as usize;
+        let at = areas.used;
+        match &mut areas.arena {
+            Some(arena) => arena.grow(at + lines),
+            None => areas.arena = Some(Buf::with_capacity(lines, lines.max(ARENA_MIN_LINES))),
+        }
+        areas.used = at + lines;
+        areas.table[i].at = at * LINE as usize;
+        true
+    }
+
+    /// The area holding all of `[off, off+len)`, if there is one, for [`Self::area_mut`].
+    #[inline(always)]
+    pub(crate) fn area_index(&mut self, off: u64, len: u64) -> Option<usize> {
+        let areas = &mut self.inner.get_mut().areas;
+        if areas.table.is_empty() || len == 0 {
+            return None;
+        }
+        match areas.locate(align_down(off), align_up(off + len)) {
+            AreaHit::Inside(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Stage `[off, off+len)` inside area `i` ([`Self::area_index`]) as fresh bytes: lines not
+    /// written before are zero, not copies of the committed bytes.
+    pub(crate) fn area_mut(&mut self, i: usize, off: u64, len: u64) -> &mut [u8] {
+        let inner = self.inner.get_mut();
+        debug_assert!(inner.trims.is_empty(), "a write after trim_unchanged");
+        while let Some(b) = inner.retired.pop() {
+            inner.recycle(b);
+        }
+        let a = align_down(off);
+        let x = inner.areas.table[i];
+        assert!(x.start <= a && off + len <= x.end, "inside area {i}");
+        let p = inner.areas.write(i, a, align_up(off + len), None);
+        // SAFETY: `[off, off+len)` lies inside the area's lines just staged, in the arena;
+        // `&mut self` guarantees no other slice of it is alive, and the returned borrow keeps
+        // it so.
+        unsafe { std::slice::from_raw_parts_mut(p.add((off - a) as usize), len as usize) }
+    }
+
+    /// Bytes staged in areas ([`Self::add_area`]): fresh bytes that [`Self::write`]'s budget
+    /// does not count.
+    pub(crate) fn area_bytes(&mut self) -> u64 {
+        let areas = &self.inner.get_mut().areas;
+        areas.bytes + areas.evicted
+    }
+
     /// Whether nothing is staged.
     pub(crate) fn is_empty(&mut self) -> bool {
         let inner = self.inner.get_mut();
-        match inner.spilled {
-            false => inner.few.n == 0,
-            true => inner.ranges.is_empty(),
-        }
+        inner.areas.bytes == 0
+            && match inner.spilled {
+                false => inner.few.n == 0,
+                true => inner.ranges.is_empty(),
+            }
     }
 
     /// The transaction's view of `[off, off+len)`, or `None` if no staged range overlaps it (the
@@ -1194,6 +1566,34 @@ impl Stage {
         // `Inner`, and those allocations are neither freed nor written here (a composed view is
         // a new buffer, retired until the next `&mut self` call).
         let inner = unsafe { &mut *self.inner.get() };
+        if !inner.areas.table.is_empty() {
+            match inner.areas.locate(a, b) {
+                AreaHit::Inside(i) => {
+                    let x = inner.areas.table[i];
+                    if b <= x.lo || x.hi <= a {
+                        return None;
+                    }
+                    let base = match x.lo <= a && b <= x.hi {
+                        true => inner.areas.ptr(&x, off) as *const u8,
+                        // SAFETY: the composed view of `[a, b)`, which holds `[off, off+len)`.
+                        false => unsafe { inner.compose(a, b, fill).add((off - a) as usize) },
+                    };
+                    // SAFETY: `[off, off+len)` lies inside the area's written lines in the
+                    // arena (or the composed view); the arena is only moved or written through
+                    // `&mut self`, which cannot happen while the returned borrow lives.
+                    return Some(unsafe { std::slice::from_raw_parts(base, len as usize) });
+                }
+                AreaHit::Partial => {
+                    let base = inner.compose(a, b, fill);
+                    // SAFETY: as above: the composed view of `[a, b)`, retired until the next
+                    // `&mut self` call.
+                    return Some(unsafe {
+                        std::slice::from_raw_parts(base.add((off - a) as usize), len as usize)
+                    });
+                }
+                AreaHit::Clear => {}
+            }
+        }
         if !inner.spilled {
             let (base, start) = match inner.few.locate(a, b) {
                 Located::Clear(_) => return None,
@@ -1257,6 +1657,22 @@ impl Stage {
             inner.recycle(b);
         }
         let (a, b) = (align_down(off), align_up(off + len));
+        if !inner.areas.table.is_empty() {
+            match inner.areas.locate(a, b) {
+                AreaHit::Inside(i) => {
+                    let p = inner.areas.write(i, a, b, Some(fill));
+                    // SAFETY: `[off, off+len)` lies inside the area's lines just staged, in the
+                    // arena; `&mut self` guarantees no other slice of it is alive, and the
+                    // returned borrow keeps it so.
+                    return Ok(unsafe {
+                        std::slice::from_raw_parts_mut(p.add((off - a) as usize), len as usize)
+                    });
+                }
+                AreaHit::Partial => inner.evict_areas(a, b),
+                AreaHit::Clear => {}
+            }
+        }
+        let max_bytes = max_bytes.saturating_add(inner.areas.evicted);
         if !inner.spilled {
             let staged = match inner.few.locate(a, b) {
                 Located::Inside(i) => Some(i),
@@ -1962,5 +2378,138 @@ mod tests {
             unspilled >= 3,
             "rounds that ended in the first tier: {unspilled}"
         );
+    }
+
+    /// Areas against a byte model: writes and reads inside areas, across their bounds (which
+    /// moves an area to the general tier) and outside them, areas added before and after other
+    /// writes (refused where staged bytes lie), and the ranges of every tier in order.
+    #[test]
+    fn areas_match_a_byte_model() {
+        const CH: u64 = 1 << CHUNK_SHIFT;
+        let origin = 12288u64;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut st = Stage::default();
+        let (mut inside, mut across, mut refused) = (0, 0, 0);
+        for round in 0..30 {
+            st.clear();
+            assert!(st.is_empty() && st.inner.get_mut().areas.arena.is_none());
+            let mut model = std::collections::HashMap::new();
+            let mut areas: Vec<(u64, u64)> = Vec::new();
+            let steps = 300 + round * 10;
+            for step in 0..steps {
+                if step % 100 == 0 {
+                    for _ in 0..1 + next(2) {
+                        let c = next(6);
+                        let (a, b) = (origin + c * CH + 64 * (1 + next(64)), origin + (c + 1) * CH);
+                        let touched = st.touches(a, b - a)
+                            || areas.iter().any(|&(x, _)| (x - origin) / CH == c);
+                        let added = st.add_area(a, b, origin);
+                        assert_eq!(added, !touched, "area {a}..{b}");
+                        if added {
+                            areas.push((a, b));
+                        } else {
+                            refused += 1;
+                        }
+                    }
+                }
+                // Mostly inside an area, sometimes across its start or anywhere.
+                let (off, len) =
+                    match (next(5), areas.get(next(areas.len().max(1) as u64) as usize)) {
+                        (0, _) | (_, None) => (next(origin + 6 * CH), 1 + next(300)),
+                        (1, Some(&(a, _))) => (a - 1 - next(100), 2 + next(200)),
+                        (_, Some(&(a, b))) => {
+                            let len = 1 + next(200);
+                            (a + next(b - a - len), len)
+                        }
+                    };
+                if areas.iter().any(|&(a, b)| a <= off && off + len <= b) {
+                    inside += 1;
+                } else if areas.iter().any(|&(a, b)| off < b && a < off + len) {
+                    across += 1;
+                }
+                if next(3) == 0 {
+                    let got = st.read(off, len, &mut committed).map(|b| b.to_vec());
+                    let want: Vec<u8> = (off..off + len)
+                        .map(|o| *model.get(&o).unwrap_or(&((o % 251) as u8)))
+                        .collect();
+                    match got {
+                        Some(g) => assert_eq!(g, want, "read {off}+{len}"),
+                        None => assert!((off..off + len).all(|o| !model.contains_key(&o))),
+                    }
+                    let touched = (off..off + len).any(|o| model.contains_key(&o));
+                    assert!(!touched || st.touches(off, len), "touches {off}+{len}");
+                } else {
+                    let b = st.write(off, len, u64::MAX, &mut committed).unwrap();
+                    for (i, x) in b.iter_mut().enumerate() {
+                        *x = (step as u8).wrapping_mul(7).wrapping_add(i as u8);
+                        model.insert(off + i as u64, *x);
+                    }
+                }
+            }
+            let mut end = 0;
+            let mut total = 0;
+            for (s, r) in st.ranges() {
+                assert!(
+                    s >= end && s % LINE == 0 && r.len() as u64 % LINE == 0,
+                    "range at {s}"
+                );
+                end = s + r.len() as u64;
+                total += r.len() as u64;
+                for (i, &x) in r.iter().enumerate() {
+                    let o = s + i as u64;
+                    assert_eq!(x, *model.get(&o).unwrap_or(&((o % 251) as u8)), "byte {o}");
+                }
+            }
+            for &o in model.keys() {
+                assert!(st.touches(o, 1), "a written byte {o} is staged");
+            }
+            let (tiers, in_areas) = (st.staged_bytes(), st.inner.get_mut().areas.bytes);
+            assert_eq!(total, tiers + in_areas);
+            assert!(!st.is_empty());
+        }
+        assert!(
+            inside > 3000 && across > 300 && refused > 3,
+            "{inside} {across} {refused}"
+        );
+    }
+
+    /// Fresh writes into an area (`area_mut`) see zeros where nothing was written, including
+    /// the lines between two writes, and the written lines are one range.
+    #[test]
+    fn an_area_is_staged_as_one_range_of_fresh_lines() {
+        let mut st = Stage::default();
+        let origin = 4096;
+        let (a, b) = (origin + 128, origin + (1 << CHUNK_SHIFT));
+        st.write(64, 8, u64::MAX, &mut committed).unwrap().fill(1);
+        assert!(st.add_area(a, b, origin));
+        assert!(!st.add_area(a, b, origin), "its chunk has an area already");
+        assert!(!st.add_area(60, 200, origin), "not line-aligned");
+        let i = st.area_index(a + 10, 20).unwrap();
+        st.area_mut(i, a + 10, 20).fill(2);
+        let i = st.area_index(a + 300, 10).unwrap();
+        st.area_mut(i, a + 300, 10).fill(3);
+        assert_eq!(st.area_index(a - 64, 100), None, "across the area's start");
+        let v = st.read(a, 384, &mut committed).unwrap();
+        assert_eq!(
+            (v[9], v[10], v[29], v[30], v[100], v[300]),
+            (0, 2, 2, 0, 0, 3)
+        );
+        // Outside the written lines, the committed bytes.
+        assert!(st.read(a + 4096, 8, &mut committed).is_none());
+        assert!(st.read(a + 320, 128, &mut committed).is_none());
+        let v = st.read(a + 256, 128, &mut committed).unwrap();
+        assert_eq!((v[0], v[44], v[63]), (0, 3, 0));
+        assert_eq!(v[64], ((a + 320) % 251) as u8);
+        let got: Vec<(u64, usize)> = st.ranges().map(|(s, r)| (s, r.len())).collect();
+        assert_eq!(got, vec![(64, 64), (a, 320)]);
+        assert_eq!(st.area_bytes(), 320);
+        st.clear();
+        assert!(st.is_empty() && st.ranges().next().is_none() && st.area_bytes() == 0);
     }
 }

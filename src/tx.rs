@@ -290,6 +290,10 @@ impl<'h> Tx<'h> {
     /// transaction just made, which the allocator placed in bounds.
     #[inline(always)]
     fn stage_mut(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
+        // Inside a fresh run's block area staged whole: fresh bytes, no log budget, no fill.
+        if let Some(i) = self.stage.area_index(off, len) {
+            return Ok(self.stage.area_mut(i, off, len));
+        }
         let fresh = match self.fresh.last() {
             // Bulk allocation fills the highest fresh area: that one answers at once.
             Some(&(a, b)) if off >= a => off < b && off + len <= b,
@@ -526,6 +530,8 @@ impl<'h> Tx<'h> {
             self.new_runs += 1;
             if self.new_runs >= 2 {
                 add_area(&mut self.fresh, area);
+                // Its bytes are staged whole, in one piece: see `Stage::add_area`.
+                self.stage.add_area(area.0, area.1, self.sh.geo.chunk_area);
             }
         } else if !Allocator::is_small(size, align) {
             if let Some(area) = self.w.alloc.large_extent(off) {
@@ -902,10 +908,10 @@ impl<'h> Tx<'h> {
         // And while readers run, in-place bytes would have to wait for the readers that began
         // before (they may hold stale pointers into that space, section 11): they go through the
         // log too, when they fit in half of it.
+        let fresh_bytes = self.fresh_staged + self.stage.area_bytes();
         let few = !fresh.is_empty()
-            && ((self.sh.durability == Durability::None
-                && self.fresh_staged < self.sh.in_place_min)
-                || (self.sh.registry.pinned() && self.fresh_staged <= log_size / 2));
+            && ((self.sh.durability == Durability::None && fresh_bytes < self.sh.in_place_min)
+                || (self.sh.registry.pinned() && fresh_bytes <= log_size / 2));
         let mut plan = CommitPlan {
             stage: &mut self.stage,
             fresh: if few {
