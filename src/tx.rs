@@ -252,9 +252,13 @@ impl<'h> Tx<'h> {
             .check(self.w.alloc.chunk_count, off, len, align)?;
         if off >= self.sh.geo.chunk_area {
             let (sh, stage) = (self.sh, &self.stage);
-            self.w
-                .alloc
-                .check_writable(off, len, &|o, b| read_staged(sh, stage, o, b))?;
+            self.w.alloc.check_writable(off, len, &|near, o, b| {
+                let mut fill = fill_from(sh);
+                match stage.read_near(o, b.len() as u64, near, &mut fill) {
+                    Some(s) => b.copy_from_slice(s),
+                    None => fill(o, b),
+                }
+            })?;
         }
         Ok(Writable {
             off,

@@ -847,15 +847,16 @@ impl Allocator {
     }
 
     /// Whether `[off, off+len)` (already inside the chunk area) lies inside one live allocation:
-    /// one allocated block of a run (its bit set in the bitmap as `read` shows it: the
-    /// transaction's view, so a block freed earlier in the same transaction is refused), or the
+    /// one allocated block of a run (its bit set in the bitmap as `read(near, at, buf)` shows
+    /// it: the transaction's view, so a block freed earlier in the same transaction is
+    /// refused; `near` is where the run's bitmap begins, where it is usually staged), or the
     /// `size` bytes of a live large object. So a user write cannot hit chunk tables, bitmaps,
     /// free space, a freed block or a neighbouring object.
     pub(crate) fn check_writable(
         &self,
         off: u64,
         len: u64,
-        read: &dyn Fn(u64, &mut [u8]),
+        read: &dyn Fn(u64, u64, &mut [u8]),
     ) -> Result<()> {
         let not = || Error::NotAllocated { offset: off, len };
         let Some(rel) = off.checked_sub(self.chunk_area) else {
@@ -877,7 +878,7 @@ impl Allocator {
                 return Err(not());
             }
             let mut word = [0u8; 8];
-            read(base + (idx / 64) * 8, &mut word);
+            read(base, base + (idx / 64) * 8, &mut word);
             return if u64::from_le_bytes(word) & (1 << (idx % 64)) != 0 {
                 Ok(())
             } else {
