@@ -614,7 +614,9 @@ impl<'a> Iterator for Trimmed<'a> {
 
 /// A block area of a run this transaction made from free space, staged in one piece of
 /// [`Areas::arena`] ([`Stage::add_area`]). `[lo, hi)` are the lines written so far (`lo == hi`:
-/// none); the rest of the area is zero in the arena and not staged.
+/// none); the rest of the area is zero in the arena and not staged. Lines between written ones
+/// are zero when the write that joined them came through `Stage::area_mut` (the transaction's
+/// path), committed bytes when it came through `Stage::write`'s fill.
 #[derive(Clone, Copy, Debug)]
 struct Area {
     start: u64,
@@ -1559,8 +1561,9 @@ impl Stage {
             }
     }
 
-    /// The transaction's view of `[off, off+len)`, or `None` if no staged range overlaps it (the
-    /// caller then reads the committed bytes). `fill(start, buf)` copies committed bytes; it
+    /// The transaction's view of `[off, off+len)`, or `None` if no staged byte lies in it (the
+    /// caller then reads the committed bytes; a read that overlaps an area without lying inside
+    /// it may also get `Some` of a composed view that holds only committed bytes). `fill(start, buf)` copies committed bytes; it
     /// must not call this stage (it runs while the stage's state is borrowed: the crate's only
     /// `fill` copies from the mapping).
     pub(crate) fn read(
