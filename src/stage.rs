@@ -530,14 +530,8 @@ impl<'a> Iterator for Each<'a> {
         if self.merging {
             return self.merged();
         }
-        if let Some(general) = &mut self.general {
-            let (s, slot) = general.next()?;
-            let buf = self.inner.buf(slot);
-            // SAFETY: a live buffer of buf.len() bytes, only read while the borrow of the
-            // stage this iterator holds lives.
-            return Some((s, unsafe {
-                std::slice::from_raw_parts(buf.base() as *const u8, buf.len() as usize)
-            }));
+        if self.general.is_some() {
+            return self.general_next();
         }
         let i = self.few.next()?;
         Some((self.inner.few.range(i).0, self.inner.few.bytes(i)))
@@ -545,7 +539,7 @@ impl<'a> Iterator for Each<'a> {
 }
 
 impl<'a> Each<'a> {
-    /// The next general range, as [`Iterator::next`] yields it without areas.
+    /// The next range of the general tier.
     #[inline(always)]
     fn general_next(&mut self) -> Option<(u64, &'a [u8])> {
         let (s, slot) = self.general.as_mut()?.next()?;
