@@ -309,7 +309,11 @@ impl Heap {
     /// (except one whose log is full, or that writes fresh space in place, while the reader
     /// holds on to frames it needs: docs/ARCHITECTURE.md section 11). Called inside a
     /// transaction on the same heap it is [`Error::ReadInTransaction`]: it would not show the
-    /// transaction's own writes (use the `Tx` there).
+    /// transaction's own writes (use the `Tx` there). Under `Durability::None`, after
+    /// thousands of commits that no flush made durable, a read that finds no transaction
+    /// running first runs [`Heap::flush`]'s barrier (about a millisecond), so that it and later
+    /// reads find those commits in the file rather than decode and compose them from the log;
+    /// its error, if the barrier fails, is this read's.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -331,6 +335,7 @@ impl Heap {
             Ok(r) => return r,
             Err(f) => f,
         };
+        self.flush_for_readers()?;
         // Beside a writer in another process: bring the registry up to the writer's log, and
         // hold the pinned state's lock until the read ends (docs/ARCHITECTURE.md section 17).
         let (pin, _held) = match &sh.live {
@@ -351,6 +356,28 @@ impl Heap {
         };
         drop(pin); // unpins, then wakes a commit waiting for readers
         r
+    }
+
+    /// Under `Durability::None`, with many committed frames not yet durable (so the file may
+    /// not hold them, and a reader would take each from its overlay): flush first, if the
+    /// writer lock is free (docs/ARCHITECTURE.md section 11, step 8). Never waits for it.
+    fn flush_for_readers(&self) -> Result<()> {
+        let sh = &self.shared;
+        if sh.durability != Durability::None
+            || sh.read_only
+            || sh.undurable.load(Ordering::Relaxed) < crate::limits::READER_FLUSH_FRAMES
+        {
+            return Ok(());
+        }
+        let mut w = match self.writer.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+        };
+        if w.interrupted() {
+            return Ok(()); // (the next transaction reports it; the read goes on as before)
+        }
+        w.flush_for_readers(sh)
     }
 
     /// Refuse an operation that needs the writer while this thread runs a transaction or a read

@@ -58,6 +58,10 @@ pub(crate) struct Shared {
     pub foreign: Option<Foreign>,
     /// A read-only handle opened beside a writer: it follows the writer's log.
     pub live: Option<Live>,
+    /// Under `Durability::None`: committed transactions whose frames no barrier has made
+    /// durable yet (the writer sets it after each commit and flush; a hint that lets a reader
+    /// skip the writer lock when a flush would not help it, `Heap::read`).
+    pub undurable: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -99,6 +103,7 @@ impl Shared {
             keep_log_blocks: false,
             foreign: None,
             live: None,
+            undurable: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

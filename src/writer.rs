@@ -16,6 +16,7 @@
 //! staged range.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use txheap_recovery::txheap_log::{FrameBuilder, InPlaceDigest};
@@ -24,7 +25,7 @@ use txheap_recovery::{self as recovery, Slot, Storage, Superblock, PAGE_SIZE};
 use crate::alloc::{Allocator, HeapHeader, Keyed};
 use crate::error::{Error, Result};
 use crate::foreign::Excluded;
-use crate::limits::{CHUNK_SIZE, PENDING_PAGES_MAX, PUBLISH_BATCH};
+use crate::limits::{CHUNK_SIZE, PENDING_PAGES_MAX, PUBLISH_BATCH, READER_FLUSH_FRAMES};
 use crate::options::{Durability, Stats};
 use crate::shared::Shared;
 use crate::snapshot::{copy_pieces, decode_frame, newest_wins, Frame, Piece, Src};
@@ -861,7 +862,34 @@ impl Writer {
             self.flush(sh)?;
             self.flush_pages_at = self.pending_pages.len() + PENDING_PAGES_MAX;
         }
+        if sh.durability == Durability::None {
+            sh.undurable.store(self.undurable(), Ordering::Relaxed);
+        }
         Ok(())
+    }
+
+    /// Committed transactions whose frames no barrier has made durable yet.
+    fn undurable(&self) -> u64 {
+        self.next_txid.saturating_sub(1) - self.durable_txid
+    }
+
+    /// `Heap::read` found the writer lock free with at least [`READER_FLUSH_FRAMES`] frames not
+    /// durable (under `None`): flush, so that the file can take them and the reader reads them
+    /// from the mapping instead of its overlay (section 11, step 8). Not when no such frame
+    /// waits for the file (frames that are durable but held back wait for older readers, which
+    /// a flush does not change), nor while a frame carries an in-place check: that flush
+    /// appends voucher frames, and a full log would make it checkpoint, which waits for
+    /// readers.
+    pub(crate) fn flush_for_readers(&mut self, sh: &Shared) -> Result<()> {
+        let helps = self.undurable() >= READER_FLUSH_FRAMES
+            && self
+                .unpublished
+                .back()
+                .is_some_and(|&(t, _)| t > self.durable_txid);
+        if sh.durability != Durability::None || self.check_pending || !helps {
+            return Ok(());
+        }
+        self.flush(sh)
     }
 
     /// `Heap::flush`: [`Writer::flush`], then the log-start witness if that made the
@@ -922,6 +950,9 @@ impl Writer {
             let upto = self.next_txid.saturating_sub(1);
             sh.group.made_durable(upto);
             self.durable_txid = upto;
+        }
+        if sh.durability == Durability::None {
+            sh.undurable.store(self.undurable(), Ordering::Relaxed);
         }
         let limit = self.publishable(sh, || sh.oldest_pin());
         self.publish_upto(sh, limit)

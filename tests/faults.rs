@@ -328,3 +328,30 @@ fn failed_io_during_an_open_that_replays_loses_nothing() {
         }
     }
 }
+
+/// Under `Durability::None`, a read after thousands of commits runs the flush's barrier first
+/// (docs/ARCHITECTURE.md section 11, step 8): if that barrier fails, the read gets the error,
+/// naming it, and the handle is poisoned as after any failed barrier; the file still opens
+/// with a prefix of the commits.
+#[test]
+fn a_failed_barrier_of_a_read_fails_the_read_and_poisons() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.heap");
+    let heap = Heap::create(&path, Options::new().durability(txheap::Durability::None)).unwrap();
+    let commits = 4096;
+    for _ in 0..commits {
+        bump(&heap).unwrap();
+    }
+    heap.inject_faults(FaultPlan {
+        fail_barrier_after: Some(0),
+        ..FaultPlan::default()
+    });
+    let e = heap.read(|r| r.get(r.root::<u64>()?).copied()).unwrap_err();
+    assert!(e.to_string().contains("msync log"), "{e}");
+    assert!(heap.is_poisoned());
+    assert!(matches!(heap.read(|_| Ok(())), Err(Error::Poisoned { .. })));
+    assert!(matches!(bump(&heap), Err(Error::Poisoned { .. })));
+    drop(heap);
+    let heap = Heap::open(&path, Options::new()).unwrap();
+    assert!(counter(&heap) <= commits);
+}
