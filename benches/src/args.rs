@@ -43,6 +43,8 @@ pub enum Workload {
     W4PutFull,
     /// One insert per non-durable transaction into a map.
     W4PutNone,
+    /// One pass reading back every item right after W2's non-durable commits.
+    RNone,
     /// W1 while one reader holds a read view for the whole run (and without).
     RCommit,
     /// New readers' wait to begin while a writer commits.
@@ -68,7 +70,7 @@ pub enum Metric {
 
 impl Workload {
     /// Every workload, in the order they run.
-    pub const ALL: [Workload; 16] = [
+    pub const ALL: [Workload; 17] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -81,6 +83,7 @@ impl Workload {
         Workload::W5Open,
         Workload::W5Replay,
         Workload::Space,
+        Workload::RNone,
         Workload::RCommit,
         Workload::RStart,
         Workload::RScale,
@@ -102,6 +105,7 @@ impl Workload {
             Workload::W4Space => "W4-space",
             Workload::W4PutFull => "W4-put-full",
             Workload::W4PutNone => "W4-put-none",
+            Workload::RNone => "R-none",
             Workload::RCommit => "R-commit",
             Workload::RStart => "R-start",
             Workload::RScale => "R-scale",
@@ -153,6 +157,9 @@ impl Workload {
             Workload::W4Space => {
                 "the store's file bytes per payload byte (72 per entry) after N random inserts in transactions of 1,000, default options"
             }
+            Workload::RNone => {
+                "reading back right after non-durable commits: N transactions of one 64-byte item each (W2, untimed, in the measuring process), then one pass reading every item (txheap: one read walking the list; LMDB: one read transaction's cursor; limit: a list of Box nodes)"
+            }
             Workload::RCommit => {
                 "W1 (durable commits, 1 thread) while another thread holds one read view from before the first commit to after the last; txheap-no-reader: the same without it"
             }
@@ -179,6 +186,7 @@ impl Workload {
             | Workload::W4Scan
             | Workload::W4PutFull
             | Workload::W4PutNone
+            | Workload::RNone
             | Workload::RCommit
             | Workload::RStart
             | Workload::RScale
@@ -204,6 +212,7 @@ impl Workload {
             Workload::W4PutFull | Workload::W4PutNone => "tx/s",
             Workload::RCommit | Workload::W6 => "tx/s",
             Workload::RStart | Workload::RScale => "reads/s",
+            Workload::RNone => "items/s",
         }
     }
 }

@@ -28,6 +28,7 @@ mod engines;
 mod parent;
 mod plan;
 mod readers;
+mod rnone;
 mod sample;
 mod space;
 #[allow(unsafe_code)]

@@ -8,7 +8,7 @@ use crate::args::ChildArgs;
 pub use crate::args::{Metric, Workload};
 use crate::engines::{limits, lmdb, pmdk, redb_engine, sqlite, txheap_engine, txheap_maps, Opener};
 use crate::sample::Sample;
-use crate::{readers, space, w4, w5, w6, BoxResult};
+use crate::{readers, rnone, space, w4, w5, w6, BoxResult};
 
 /// What a case is in its workload's comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +108,8 @@ fn memcpy(a: &ChildArgs<'_>) -> BoxResult<Sample> {
 use Role::{Limit, Peer, Subject};
 use Run::{Commits, Custom, OneTx};
 use Workload::{
-    RCommit, RScale, RStart, Space, W4Get, W4Load, W4PutFull, W4PutNone, W4Scan, W4Space, W5Open,
-    W5Replay, W1, W2, W3, W6,
+    RCommit, RNone, RScale, RStart, Space, W4Get, W4Load, W4PutFull, W4PutNone, W4Scan, W4Space,
+    W5Open, W5Replay, W1, W2, W3, W6,
 };
 
 /// Every case, in the order each round runs them (A B C ... A B C ...).
@@ -571,6 +571,35 @@ pub static CASES: &[Case] = &[
         "the same, then every other node freed and as many allocated again (1,000 per transaction)",
         Custom(space::churn),
     ),
+    // R-none: one read pass right after W2's non-durable commits.
+    case(
+        RNone,
+        "txheap",
+        Subject,
+        "Durability::None: N commits, then one heap.read walking the list",
+        Custom(rnone::txheap),
+    ),
+    case(
+        RNone,
+        "txheap-flushed",
+        Peer,
+        "the same, with Heap::flush (untimed) before the read",
+        Custom(rnone::txheap_flushed),
+    ),
+    case(
+        RNone,
+        "lmdb-writemap-nosync",
+        Peer,
+        "WRITE_MAP | NO_SYNC: N puts, then one read transaction's cursor over every entry",
+        Custom(rnone::lmdb_writemap_nosync),
+    ),
+    case(
+        RNone,
+        "limit-list",
+        Limit,
+        "a walk of N Box-allocated 64-byte nodes linked in memory",
+        Custom(rnone::limit),
+    ),
 ];
 
 /// The case for `engine` in `workload`.
@@ -643,6 +672,7 @@ impl Counts {
             (W4Load | W4Get | W4Scan | W4Space, _) => self.w4,
             (W4PutFull, _) => self.w1,
             (W4PutNone, _) => self.w2,
+            (RNone, _) => self.w2,
             (RCommit, _) => self.w1,
             (RStart, _) => self.w2,
             (RScale, _) => 1,
