@@ -79,6 +79,22 @@ pub fn heap_beside(dir: &std::path::Path, durability: Durability) -> (Heap, Heap
 /// A run under a sabotage switch (`variant` names it) must have committed, aborted or
 /// panicked, and its readers must have seen violations.
 #[allow(dead_code)]
+/// Run a broken variant up to `attempts` times, until its readers see a violation: how soon a
+/// reader overlaps the writer's sabotaged step depends on the scheduler, and on a loaded
+/// machine one run of a few seconds sometimes had none (the unbroken runs are not retried).
+/// Returns the first run with a violation, or the last one.
+#[allow(dead_code)] // (each test binary uses part of this module)
+pub fn until_caught(attempts: u32, mut run: impl FnMut() -> Report) -> Report {
+    let mut report = run();
+    for _ in 1..attempts {
+        if !report.violations.is_empty() {
+            break;
+        }
+        report = run();
+    }
+    report
+}
+
 pub fn assert_caught(variant: &str, durability: Durability, broken: &Report) {
     eprintln!(
         "{durability:?}: broken variant \"{variant}\": {} violations in {} reads (first: {:?})",
