@@ -76,9 +76,6 @@ pub fn heap_beside(dir: &std::path::Path, durability: Durability) -> (Heap, Heap
     (heap, beside)
 }
 
-/// A run under a sabotage switch (`variant` names it) must have committed, aborted or
-/// panicked, and its readers must have seen violations.
-#[allow(dead_code)]
 /// Run a broken variant up to `attempts` times, until its readers see a violation: how soon a
 /// reader overlaps the writer's sabotaged step depends on the scheduler, and on a loaded
 /// machine one run of a few seconds sometimes had none (the unbroken runs are not retried).
@@ -95,6 +92,9 @@ pub fn until_caught(attempts: u32, mut run: impl FnMut() -> Report) -> Report {
     report
 }
 
+/// A run under a sabotage switch (`variant` names it) must have committed, aborted or
+/// panicked, and its readers must have seen violations.
+#[allow(dead_code)]
 pub fn assert_caught(variant: &str, durability: Durability, broken: &Report) {
     eprintln!(
         "{durability:?}: broken variant \"{variant}\": {} violations in {} reads (first: {:?})",
