@@ -28,14 +28,19 @@ pub(crate) const FRAMES_RESERVED: usize = 1 << 16;
 /// Under `Durability::None`, flush private pages to the file once this many are held.
 pub(crate) const PENDING_PAGES_MAX: usize = 16384;
 
-/// Under `Durability::None`, committed frames not yet made durable beyond which a flush is run
-/// by a reader that finds the writer lock free (docs/ARCHITECTURE.md section 11, step 8).
-/// Until a flush, the file may not hold these frames, and a reader takes them from its overlay:
+/// Under `Durability::None`, committed frames the file does not hold beyond which a flush is
+/// run by a reader that finds the writer lock free (docs/ARCHITECTURE.md section 11, step 8).
+/// Until a flush, the file may not take these frames, and a reader takes them from its overlay:
 /// after 100,000 small commits the first read decoded them all (74 ms), and every read of an
 /// object they wrote composed a copy (1.9 µs against 7 ns from the mapping). A flush's cost is
 /// the log bytes since the last one (one `msync`, about 1.3 ms per MiB on the benches' disk)
 /// plus a fixed 0.3 ms; 4,096 frames of W2's size (136 bytes) are about half a MiB.
 pub(crate) const READER_FLUSH_FRAMES: u64 = 4096;
+
+/// When a flush for readers leaves [`READER_FLUSH_FRAMES`] frames held back (by older readers,
+/// or an in-place check pending), readers do not try the writer lock again for this long: a
+/// retry per read would make every reader thread write the writer lock's cache line.
+pub(crate) const READER_FLUSH_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Group commit: the file gets durable frames once this many are held back (merged, newest
 /// winning: a range that every commit rewrites, such as the root, is written once per batch).

@@ -58,10 +58,14 @@ pub(crate) struct Shared {
     pub foreign: Option<Foreign>,
     /// A read-only handle opened beside a writer: it follows the writer's log.
     pub live: Option<Live>,
-    /// Under `Durability::None`: committed transactions whose frames no barrier has made
-    /// durable yet (the writer sets it after each commit and flush; a hint that lets a reader
-    /// skip the writer lock when a flush would not help it, `Heap::read`).
-    pub undurable: std::sync::atomic::AtomicU64,
+    /// Under `Durability::None`: committed frames the file does not hold yet (the writer sets
+    /// it after each commit, flush and checkpoint; a hint that lets `Heap::read` skip the
+    /// writer lock when there are few: docs/ARCHITECTURE.md section 11, step 8).
+    pub unpublished: std::sync::atomic::AtomicU64,
+    /// Nanoseconds after `epoch` before which `Heap::read` does not try the writer lock to
+    /// flush (set when a flush left many frames held back by older readers).
+    reader_flush_at: std::sync::atomic::AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl Shared {
@@ -103,8 +107,26 @@ impl Shared {
             keep_log_blocks: false,
             foreign: None,
             live: None,
-            undurable: std::sync::atomic::AtomicU64::new(0),
+            unpublished: std::sync::atomic::AtomicU64::new(0),
+            reader_flush_at: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         }
+    }
+
+    /// Whether `Heap::read` should try the writer lock to flush for readers (under
+    /// `Durability::None`, with at least `READER_FLUSH_FRAMES` frames the file does not hold,
+    /// and not deferred by [`Shared::defer_reader_flush`]).
+    pub(crate) fn reader_flush_due(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.unpublished.load(Relaxed) >= crate::limits::READER_FLUSH_FRAMES
+            && self.epoch.elapsed().as_nanos() as u64 >= self.reader_flush_at.load(Relaxed)
+    }
+
+    /// Readers do not try to flush again for `pause`.
+    pub(crate) fn defer_reader_flush(&self, pause: std::time::Duration) {
+        let at = (self.epoch.elapsed() + pause).as_nanos() as u64;
+        self.reader_flush_at
+            .store(at, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The lowest txid a reader is pinned at, here or in another process (`None`: no reader).

@@ -25,7 +25,9 @@ use txheap_recovery::{self as recovery, Slot, Storage, Superblock, PAGE_SIZE};
 use crate::alloc::{Allocator, HeapHeader, Keyed};
 use crate::error::{Error, Result};
 use crate::foreign::Excluded;
-use crate::limits::{CHUNK_SIZE, PENDING_PAGES_MAX, PUBLISH_BATCH, READER_FLUSH_FRAMES};
+use crate::limits::{
+    CHUNK_SIZE, PENDING_PAGES_MAX, PUBLISH_BATCH, READER_FLUSH_FRAMES, READER_FLUSH_RETRY,
+};
 use crate::options::{Durability, Stats};
 use crate::shared::Shared;
 use crate::snapshot::{copy_pieces, decode_frame, newest_wins, Frame, Piece, Src};
@@ -862,34 +864,40 @@ impl Writer {
             self.flush(sh)?;
             self.flush_pages_at = self.pending_pages.len() + PENDING_PAGES_MAX;
         }
-        if sh.durability == Durability::None {
-            sh.undurable.store(self.undurable(), Ordering::Relaxed);
-        }
+        self.tell_readers(sh);
         Ok(())
     }
 
-    /// Committed transactions whose frames no barrier has made durable yet.
-    fn undurable(&self) -> u64 {
-        self.next_txid.saturating_sub(1) - self.durable_txid
+    /// Under `None`: publish how many committed frames the file does not hold yet (a hint for
+    /// `Heap::read`, section 11 step 8).
+    fn tell_readers(&self, sh: &Shared) {
+        if sh.durability == Durability::None {
+            sh.unpublished
+                .store(self.unpublished.len() as u64, Ordering::Relaxed);
+        }
     }
 
-    /// `Heap::read` found the writer lock free with at least [`READER_FLUSH_FRAMES`] frames not
-    /// durable (under `None`): flush, so that the file can take them and the reader reads them
-    /// from the mapping instead of its overlay (section 11, step 8). Not when no such frame
-    /// waits for the file (frames that are durable but held back wait for older readers, which
-    /// a flush does not change), nor while a frame carries an in-place check: that flush
-    /// appends voucher frames, and a full log would make it checkpoint, which waits for
-    /// readers.
+    /// `Heap::read` found the writer lock free with at least [`READER_FLUSH_FRAMES`] frames
+    /// the file does not hold (under `None`): flush (a barrier of the log written since the
+    /// last one, if any), so that the file takes every frame no older reader holds back, and
+    /// the reader reads them from the mapping instead of its overlay (section 11, step 8). Not
+    /// while a frame carries an in-place check: that flush appends voucher frames, and a full
+    /// log would make it checkpoint, which waits for readers. If that many frames are still
+    /// held back after it (older readers, or that check), readers do not try again for
+    /// [`READER_FLUSH_RETRY`].
     pub(crate) fn flush_for_readers(&mut self, sh: &Shared) -> Result<()> {
-        let helps = self.undurable() >= READER_FLUSH_FRAMES
-            && self
-                .unpublished
-                .back()
-                .is_some_and(|&(t, _)| t > self.durable_txid);
-        if sh.durability != Durability::None || self.check_pending || !helps {
+        if sh.durability != Durability::None
+            || (self.unpublished.len() as u64) < READER_FLUSH_FRAMES
+        {
             return Ok(());
         }
-        self.flush(sh)
+        if !self.check_pending {
+            self.flush(sh)?;
+        }
+        if (self.unpublished.len() as u64) >= READER_FLUSH_FRAMES {
+            sh.defer_reader_flush(READER_FLUSH_RETRY);
+        }
+        Ok(())
     }
 
     /// `Heap::flush`: [`Writer::flush`], then the log-start witness if that made the
@@ -951,11 +959,10 @@ impl Writer {
             sh.group.made_durable(upto);
             self.durable_txid = upto;
         }
-        if sh.durability == Durability::None {
-            sh.undurable.store(self.undurable(), Ordering::Relaxed);
-        }
         let limit = self.publishable(sh, || sh.oldest_pin());
-        self.publish_upto(sh, limit)
+        self.publish_upto(sh, limit)?;
+        self.tell_readers(sh);
+        Ok(())
     }
 
     /// Flush, then barrier the heap and switch the superblock: the log is empty afterwards.
@@ -1000,6 +1007,7 @@ impl Writer {
         self.untidy = false;
         self.durable_txid = self.next_txid.saturating_sub(1);
         self.checkpoints += 1;
+        self.tell_readers(sh);
         Ok(())
     }
 

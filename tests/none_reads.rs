@@ -183,5 +183,17 @@ fn a_reader_pinned_during_the_flush_keeps_its_view() {
         assert_eq!(seen, (10 + THRESHOLD, sum(10 + THRESHOLD)));
         assert!(flushed, "no flush");
     });
+    // The old reader held every frame after its state out of the file, so the flush wrote
+    // none. Now that it has ended, a read (after the retry pause) puts them there: with no
+    // commit since, nothing else would, and every read would take them from its overlay.
+    std::thread::sleep(Duration::from_millis(5));
+    let written = heap.stats().unwrap().io.bytes_written;
     assert_eq!(walk(heap), (10 + THRESHOLD, sum(10 + THRESHOLD)));
+    let after = heap.stats().unwrap().io.bytes_written;
+    assert!(
+        after > written,
+        "the held-back frames never reached the file"
+    );
+    assert_eq!(walk(heap), (10 + THRESHOLD, sum(10 + THRESHOLD)));
+    assert_eq!(heap.stats().unwrap().io.bytes_written, after);
 }
