@@ -54,13 +54,7 @@ fn txheap_read(args: &ChildArgs<'_>, flush: bool) -> BoxResult<Sample> {
         .into());
     }
     heap.close()?;
-    Ok(Sample::new(
-        args.engine,
-        args.workload.name(),
-        args.ops,
-        elapsed,
-        None,
-    ))
+    Ok(sample(args, elapsed))
 }
 
 /// LMDB `WRITE_MAP | NO_SYNC`: N puts (one per write transaction), then one read
@@ -91,13 +85,7 @@ pub fn lmdb_writemap_nosync(args: &ChildArgs<'_>) -> BoxResult<Sample> {
         return Err(format!("{} entries expected, {n} read (sum {sum})", args.ops).into());
     }
     env.force_sync()?;
-    Ok(Sample::new(
-        args.engine,
-        args.workload.name(),
-        args.ops,
-        elapsed,
-        None,
-    ))
+    Ok(sample(args, elapsed))
 }
 
 /// A node of the limit's list: 64 bytes, like the others' items.
@@ -135,11 +123,10 @@ pub fn limit(args: &ChildArgs<'_>) -> BoxResult<Sample> {
     while let Some(mut node) = p {
         p = node.next.take();
     }
-    Ok(Sample::new(
-        args.engine,
-        args.workload.name(),
-        args.ops,
-        elapsed,
-        None,
-    ))
+    Ok(sample(args, elapsed))
+}
+
+/// The timed pass's sample: `args.ops` items read in `elapsed`.
+fn sample(args: &ChildArgs<'_>, elapsed: std::time::Duration) -> Sample {
+    Sample::new(args.engine, args.workload.name(), args.ops, elapsed, None)
 }
