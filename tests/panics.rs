@@ -1,0 +1,117 @@
+//! A panic inside the writer's own work (a checkpoint, a flush, a close) must poison the handle,
+//! as a panic while a commit applies does (`tests/defects.rs`, 7): the writer's view of the file
+//! (its superblock slot, generation and log tail; what the file holds of its frames) is then
+//! unknown, and no transaction may be acknowledged on it. Panics are armed at named failpoints
+//! (feature `test-hooks`): in a sound build nothing panics there; the tests show that a bug which
+//! did would fail safe.
+#![cfg(feature = "test-hooks")]
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+
+use txheap::{Durability, Error, Heap, Options, PPtr};
+use txheap_recovery::sabotage;
+
+fn tmp(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    (dir, path)
+}
+
+fn small(durability: Durability) -> Options {
+    Options::new()
+        .initial_size(1 << 20)
+        .log_size(1 << 20)
+        .max_size(256 << 20)
+        .durability(durability)
+}
+
+/// Run `f` with a panic armed at failpoint `at` (this thread only); true if it panicked.
+fn panics_at<R>(at: &str, f: impl FnOnce() -> R) -> bool {
+    sabotage::panic_at(Some(at));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    sabotage::panic_at(None);
+    r.is_err()
+}
+
+/// What a crash right now would leave: the file's bytes as the page cache holds them, copied,
+/// then opened (recovery runs on the copy).
+fn value_after_crash(path: &std::path::Path, p: PPtr<u64>, o: Options) -> u64 {
+    let copy = path.with_extension("crash");
+    std::fs::copy(path, &copy).unwrap();
+    let h = Heap::open(&copy, o).unwrap();
+    let v = h.read(|r| Ok(*r.get(p)?)).unwrap();
+    h.close().unwrap();
+    v
+}
+
+#[test]
+fn a_panic_inside_a_checkpoint_poisons_so_no_later_commit_is_lost() {
+    for durability in [Durability::None, Durability::Full] {
+        let (_d, path) = tmp("checkpoint.heap");
+        let o = small(durability);
+        let heap = Heap::create(&path, o.clone()).unwrap();
+        let p = heap.transaction(|tx| tx.alloc(1u64)).unwrap();
+        // After the new superblock is durable, before the writer takes its numbers: the writer
+        // still holds the old generation.
+        assert!(
+            panics_at("checkpoint.after_superblock", || heap.checkpoint()),
+            "the failpoint did not panic"
+        );
+        let r = heap.transaction(|tx| tx.set(p, 2));
+        if r.is_ok() {
+            // Under `None` the commit is only in the log (SIGKILL-safe from its return), of a
+            // generation the durable superblock no longer names; under `Full` it is also in the
+            // heap pages, which a power cut can lose the same way.
+            panic!(
+                "{durability:?}: a commit after the panic was acknowledged; a crash now reads {} \
+                 where 2 was acknowledged",
+                value_after_crash(&path, p, o.clone())
+            );
+        }
+        assert!(matches!(r, Err(Error::Poisoned { .. })), "{r:?}");
+        assert!(heap.is_poisoned());
+        drop(heap);
+        let heap = Heap::open(&path, o).unwrap();
+        assert_eq!(heap.read(|r| Ok(*r.get(p)?)).unwrap(), 1);
+        heap.close().unwrap();
+    }
+}
+
+#[test]
+fn a_panic_inside_a_flush_poisons() {
+    let (_d, path) = tmp("flush.heap");
+    let o = small(Durability::None);
+    let heap = Heap::create(&path, o.clone()).unwrap();
+    let p = heap.transaction(|tx| tx.alloc(1u64)).unwrap();
+    let (pinned_tx, pinned_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let done_rx = std::sync::Mutex::new(done_rx);
+    let h = &heap;
+    std::thread::scope(|s| {
+        // A reader pinned at the first commit holds the second one's frame back, so the flush
+        // merges frames piece by piece and passes the failpoint between them.
+        let reader = s.spawn(move || {
+            h.read(|r| {
+                let v = *r.get(p)?;
+                pinned_tx.send(()).unwrap();
+                let _ = done_rx.lock().unwrap().recv();
+                Ok(v)
+            })
+        });
+        pinned_rx.recv().unwrap();
+        heap.transaction(|tx| tx.set(p, 2)).unwrap();
+        let panicked = panics_at("commit.mid_apply", || heap.flush());
+        done_tx.send(()).unwrap();
+        assert_eq!(reader.join().unwrap().unwrap(), 1, "the reader's view changed");
+        assert!(panicked, "the failpoint did not panic");
+    });
+    assert!(heap.is_poisoned(), "a flush that panicked left the handle usable");
+    let r = heap.transaction(|tx| tx.set(p, 3));
+    assert!(matches!(r, Err(Error::Poisoned { .. })), "{r:?}");
+    drop(heap);
+    // Both commits were acknowledged (SIGKILL-safe under `None`); the reopen has them.
+    let heap = Heap::open(&path, o).unwrap();
+    assert_eq!(heap.read(|r| Ok(*r.get(p)?)).unwrap(), 2);
+    heap.close().unwrap();
+}
