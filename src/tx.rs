@@ -666,8 +666,11 @@ impl<'h> Tx<'h> {
     /// its block holds `len` elements (a block's size class leaves room to grow), and a large
     /// object (over 64 KiB) also grows where it is into its last chunk's unused bytes and over
     /// free chunks right after it (growing the heap when it ends the heap); otherwise the kept
-    /// elements move to a new allocation and `s` is freed, all in this transaction. An empty
-    /// (null) `s` is a fresh allocation.
+    /// elements move to a new allocation and `s` is freed, all in this transaction. A large
+    /// object made smaller shrinks where it is: the 256 KiB chunks it no longer needs are freed
+    /// (reusable once the transaction commits); made small enough for a size class (64 KiB or
+    /// less), it moves to a block and all its chunks are freed. An empty (null) `s` is a fresh
+    /// allocation.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -701,11 +704,25 @@ impl<'h> Tx<'h> {
                 offset: s.offset(),
                 why: "realloc of a pointer that is not the start of a live allocation",
             })?;
+        let align = std::mem::align_of::<T>() as u64;
+        let large = !Allocator::is_small(block, align);
         let mut stays = bytes <= block;
+        if stays && large && bytes > 0 && bytes < block {
+            if Allocator::is_small(bytes, align) {
+                // Small enough for a size class: it moves to a block (below), and all of its
+                // chunks are freed.
+                stays = false;
+            } else {
+                // Its entry gets the new size, and the chunks past it are freed (reusable once
+                // this transaction commits).
+                let off = s.offset();
+                self.mem_op(|al, m| al.shrink_in_place(m, off, bytes))?;
+            }
+        }
         // Where the chunks a large object grew over begin: bytes from there on are fresh
         // space, written in place, never counted against the log.
         let mut fresh_from = u64::MAX;
-        if !stays && !Allocator::is_small(block, std::mem::align_of::<T>() as u64) {
+        if !stays && large && bytes > block {
             // A large object grows where it is when the chunks after it are free.
             let off = s.offset();
             if let Some((a, b)) = self.mem_op(|al, m| al.grow_in_place(m, off, bytes))? {

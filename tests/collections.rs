@@ -71,6 +71,7 @@ enum Op {
     VRemove(u16),
     Truncate(u16),
     Extend(Vec<u64>),
+    ShrinkToFit,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +97,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u16..64).prop_map(Op::VRemove),
         1 => (0u16..64).prop_map(Op::Truncate),
         1 => proptest::collection::vec(any::<u64>(), 0..40).prop_map(Op::Extend),
+        1 => Just(Op::ShrinkToFit),
     ]
 }
 
@@ -213,6 +215,10 @@ fn apply(tx: &mut Tx<'_>, root: PPtr<Root>, m: &mut Model, op: &Op) -> txheap::R
         Op::Extend(ref xs) => {
             v.extend_from_slice(tx, xs)?;
             m.vec.extend_from_slice(xs);
+        }
+        Op::ShrinkToFit => {
+            v.shrink_to_fit(tx)?;
+            assert_eq!(tx.get(v)?.capacity(), m.vec.len() as u64);
         }
     }
     Ok(())

@@ -103,10 +103,17 @@ fn a_panic_inside_a_flush_poisons() {
         heap.transaction(|tx| tx.set(p, 2)).unwrap();
         let panicked = panics_at("commit.mid_apply", || heap.flush());
         done_tx.send(()).unwrap();
-        assert_eq!(reader.join().unwrap().unwrap(), 1, "the reader's view changed");
+        assert_eq!(
+            reader.join().unwrap().unwrap(),
+            1,
+            "the reader's view changed"
+        );
         assert!(panicked, "the failpoint did not panic");
     });
-    assert!(heap.is_poisoned(), "a flush that panicked left the handle usable");
+    assert!(
+        heap.is_poisoned(),
+        "a flush that panicked left the handle usable"
+    );
     let r = heap.transaction(|tx| tx.set(p, 3));
     assert!(matches!(r, Err(Error::Poisoned { .. })), "{r:?}");
     drop(heap);

@@ -1,6 +1,7 @@
 //! `Tx::realloc_slice` of large objects: growth where the object is (inside its last chunk,
 //! over free chunks after it, or by growing the heap when it ends the heap), moves where it
-//! cannot, and every path keeping the kept bytes, zeroing the rest, rolling back whole with an
+//! cannot, shrinking that frees the chunks no longer needed (or moves to a small block), and
+//! every path keeping the kept bytes, zeroing the rest, rolling back whole with an
 //! aborted transaction and leaving a file `inspect::check` finds clean after reopen.
 
 use txheap::{inspect, Error, Heap, Options, PSlice};
@@ -148,4 +149,154 @@ fn large_objects_grow_in_place_where_the_space_after_them_is_free() {
     })
     .unwrap();
     assert_eq!(heap.stats().unwrap().used_bytes, 0);
+}
+
+/// The stats that say where space is: used, free, the heap's size, the largest free extent.
+fn space(heap: &Heap) -> (u64, u64, u64, u64) {
+    let s = heap.stats().unwrap();
+    (
+        s.used_bytes,
+        s.free_bytes,
+        s.heap_bytes,
+        s.largest_free_extent,
+    )
+}
+
+#[test]
+fn large_objects_shrink_in_place_and_give_their_chunks_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shrink.heap");
+    let heap = Heap::create(&path, Options::new()).unwrap();
+    let a = make(&heap, 4 << 20); // 16 chunks
+    let b = make(&heap, 300 * KIB); // after it, so `a`'s freed tail is not the heap's end
+    let (used, free, heap_bytes, _) = space(&heap);
+    assert!(
+        free < 13 << 18,
+        "the heap has {free} bytes free before the shrink"
+    );
+    // An aborted shrink leaves no trace.
+    let before = space(&heap);
+    let r: txheap::Result<()> = heap.transaction(|tx| {
+        let s = tx.realloc_slice(a, a.len(), 600 * KIB)?;
+        assert_eq!(s.offset(), a.offset());
+        Err(Error::NoRoot)
+    });
+    assert!(matches!(r, Err(Error::NoRoot)));
+    assert_eq!(space(&heap), before);
+    holds(&heap, a, 4 << 20);
+    // 16 chunks to 3: it stays, and 13 chunks are free once the transaction commits, not
+    // before (a large allocation in the same transaction does not get them).
+    let (a2, c) = heap
+        .transaction(|tx| {
+            let s = tx.realloc_slice(a, 600 * KIB, 600 * KIB)?;
+            assert_eq!(tx.usable_size(s.as_ptr()), Some(600 * KIB));
+            let c = tx.alloc_slice_zeroed::<u8>(1 << 20)?;
+            tx.slice_mut(c)?.fill(0xCC);
+            Ok((s, c))
+        })
+        .unwrap();
+    assert_eq!(a2.offset(), a.offset(), "a shrink stays where it is");
+    let (c_at, a_tail) = (c.offset(), a.offset() + 3 * 256 * KIB);
+    assert!(
+        c_at + c.len() <= a.offset() || c_at >= a.offset() + (4 << 20),
+        "an allocation in the shrinking transaction took the freed chunks: {c_at:#x}"
+    );
+    holds(&heap, a2, 600 * KIB);
+    let (used2, free2, _, largest2) = space(&heap);
+    assert_eq!(
+        used2,
+        used - (4 << 20) + 600 * KIB + (1 << 20),
+        "used: {used}"
+    );
+    assert!(free2 >= 13 << 18, "free {free} -> {free2}");
+    assert!(largest2 >= 13 << 18, "the freed tail is one free extent");
+    // The next transaction reuses them: an object of 13 chunks fits exactly there.
+    let d = make(&heap, 13 << 18);
+    assert_eq!(d.offset(), a_tail, "the freed tail is reused");
+    // Shrunk to a size class: it moves to a small block, and all of its chunks are freed.
+    let (used3, free3, _, _) = space(&heap);
+    let a3 = heap
+        .transaction(|tx| tx.realloc_slice(a2, 1000, 1000))
+        .unwrap();
+    assert_ne!(a3.offset(), a2.offset(), "a small size moves to a block");
+    holds(&heap, a3, 1000);
+    let (used4, free4, _, _) = space(&heap);
+    let block = heap
+        .transaction(|tx| Ok(tx.usable_size(a3.as_ptr())))
+        .unwrap()
+        .unwrap();
+    assert_eq!(used4, used3 - 600 * KIB + block, "used: {used3} -> {used4}");
+    // Its 3 chunks are free; at most one went to a new run for the block's class.
+    assert!(free4 >= free3 + (2 << 18), "free: {free3} -> {free4}");
+    // Reopened: the chunk tables say the same, and the file checks clean.
+    heap.close().unwrap();
+    let report = inspect::check(&path, &mut |_, _| {}).unwrap();
+    assert_eq!(
+        report.verdict,
+        inspect::Verdict::Clean,
+        "{:?}",
+        report.findings
+    );
+    let heap = Heap::open(&path, Options::new()).unwrap();
+    holds(&heap, a3, 1000);
+    holds(&heap, b, 300 * KIB);
+    holds(&heap, d, 13 << 18);
+    heap.read(|r| {
+        assert!(r.slice(c)?.iter().all(|&x| x == 0xCC));
+        Ok(())
+    })
+    .unwrap();
+    heap.transaction(|tx| {
+        for s in [a3, b, c, d] {
+            tx.free_slice(s)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(heap.stats().unwrap().used_bytes, 0);
+    assert!(heap_bytes <= space(&heap).2);
+}
+
+#[test]
+fn a_vector_shrunk_to_fit_gives_its_chunks_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("pvec.heap"), Options::new()).unwrap();
+    let v = heap
+        .transaction(|tx| {
+            let v = txheap::PVec::<u64>::new(tx)?;
+            v.extend_from_slice(tx, &(0..1_000_000).collect::<Vec<u64>>())?;
+            Ok(v)
+        })
+        .unwrap();
+    let full = heap.stats().unwrap().used_bytes;
+    assert!(full >= 8_000_000, "{full}");
+    // Truncated, it keeps its buffer; shrunk to fit, it gives the chunks back.
+    heap.transaction(|tx| v.truncate(tx, 100_000)).unwrap();
+    assert_eq!(heap.stats().unwrap().used_bytes, full);
+    heap.transaction(|tx| v.shrink_to_fit(tx)).unwrap();
+    let shrunk = heap.stats().unwrap().used_bytes;
+    assert!(shrunk < 800_000 + 4 * KIB, "{full} -> {shrunk}");
+    heap.transaction(|tx| {
+        v.truncate(tx, 10)?;
+        v.shrink_to_fit(tx)
+    })
+    .unwrap();
+    let small = heap.stats().unwrap().used_bytes;
+    assert!(small < 4 * KIB, "{shrunk} -> {small}");
+    heap.read(|r| {
+        assert_eq!(v.as_slice(r)?, (0..10).collect::<Vec<u64>>());
+        assert_eq!(r.get(v)?.capacity(), 10);
+        v.check(r)
+    })
+    .unwrap();
+    heap.transaction(|tx| {
+        v.clear(tx)?;
+        v.shrink_to_fit(tx)
+    })
+    .unwrap();
+    assert_eq!(heap.read(|r| Ok(r.get(v)?.capacity())).unwrap(), 0);
+    assert!(
+        heap.stats().unwrap().used_bytes < 64,
+        "only the header is left"
+    );
 }

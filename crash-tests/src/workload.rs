@@ -68,6 +68,10 @@ pub struct Root {
 /// object too) and then grown to its size with `realloc_slice`.
 const GROW_FROM: u64 = 66_000;
 
+/// A large payload of an even transaction is first allocated with this many bytes more than
+/// its size and then shrunk with `realloc_slice`, which frees the chunks it no longer needs.
+const SHRINK_BY: u64 = 600_000;
+
 /// Transactions whose entries the maps keep: transaction `n` removes those of `n - MAP_WINDOW`.
 pub const MAP_WINDOW: u64 = 24;
 /// Transaction `n` clears the hash map first when `n` is a multiple of this.
@@ -357,6 +361,12 @@ pub fn step(heap: &Heap, seed: u64, abort: bool) -> txheap::Result<u64> {
             let grown = tx.realloc_slice(first, GROW_FROM, size)?;
             tx.slice_mut(grown)?[GROW_FROM as usize..].fill(payload_byte(n));
             grown
+        } else if size > GROW_FROM {
+            // The other half start [`SHRINK_BY`] bytes larger and shrink where they are: the
+            // chunks past the new size are freed (reusable from the next transaction).
+            let first = tx.alloc_slice_zeroed::<u8>(size + SHRINK_BY)?;
+            tx.slice_mut(first)?.fill(payload_byte(n));
+            tx.realloc_slice(first, size, size)?
         } else {
             let p = tx.alloc_slice_zeroed::<u8>(size)?;
             tx.slice_mut(p)?.fill(payload_byte(n));
@@ -686,7 +696,7 @@ mod map_tests {
             .unwrap()
         };
         let (mut grew_tree, mut shrank_tree, mut grew_table, mut cleared) = (0, 0, 0, 0);
-        let mut doubled = 0;
+        let (mut doubled, mut shrunk) = (0, 0);
         step(&heap, 11, false).unwrap();
         let mut last = shape(&heap);
         for n in 2..=300 {
@@ -700,7 +710,22 @@ mod map_tests {
             cleared += (now.1 < last.1) as u32;
             last = now;
             assert_eq!(verify(&heap, 11), Ok(n));
+            if n % 2 == 0 && payload_size(11, n) > GROW_FROM {
+                // Shrunk where it was: its entry holds the payload's size, not the size first
+                // allocated.
+                let size = heap
+                    .transaction(|tx| {
+                        let root = tx.root::<Root>()?;
+                        let head = tx.get(root)?.head;
+                        let p = tx.get(head)?.payload;
+                        Ok(tx.usable_size(p.as_ptr()))
+                    })
+                    .unwrap();
+                assert_eq!(size, Some(payload_size(11, n)));
+                shrunk += 1;
+            }
         }
+        assert!(shrunk >= 10, "shrinks in {shrunk} transactions");
         assert!(grew_tree >= 20, "node splits in {grew_tree} transactions");
         assert!(shrank_tree >= 5, "node frees in {shrank_tree} transactions");
         assert!(
@@ -712,7 +737,7 @@ mod map_tests {
         eprintln!(
             "of 300 transactions: {grew_tree} split B-tree nodes, {shrank_tree} freed some, \
              {grew_table} split hash buckets, {doubled} doubled the directory, {cleared} \
-             cleared the hash map"
+             cleared the hash map, {shrunk} shrank a large payload"
         );
     }
 }

@@ -813,6 +813,43 @@ impl Allocator {
         )))
     }
 
+    /// Shrink the large object at `off` to `size` bytes (`0 < size <` its size) where it is:
+    /// its chunk-table entry gets the new size and the chunks `size` no longer needs, and
+    /// those chunks become a free extent of their own, reusable once the transaction commits
+    /// (deferred, as a free's: never by this transaction, so a later allocation in it cannot
+    /// write them in place while the durable state still has them in the object). Returns
+    /// whether it shrank: `false` for anything but the start of a live large object.
+    pub(crate) fn shrink_in_place(
+        &mut self,
+        mem: &mut dyn TxMem,
+        off: u64,
+        size: u64,
+    ) -> Result<bool> {
+        let Some(c) = off
+            .checked_sub(self.chunk_area)
+            .and_then(|r| u32::try_from(r / CHUNK_SIZE).ok())
+        else {
+            return Ok(false);
+        };
+        let Some(&(chunks, old)) = self.large.get(&c) else {
+            return Ok(false);
+        };
+        if off != self.chunk_offset(c) || size == 0 || size >= old {
+            return Ok(false);
+        }
+        // (`size < old <= chunks * CHUNK_SIZE`, so `need <= chunks` fits a u32.)
+        let need = size.div_ceil(CHUNK_SIZE) as u32;
+        self.write_entry(mem, c, Entry::Large { chunks: need, size })?;
+        self.large.insert(c, (need, size));
+        self.undo.push(Undo::LargeResized(c, (chunks, old)));
+        if need < chunks {
+            let (tail, n) = (c + need, chunks - need);
+            self.write_entry(mem, tail, Entry::Free { chunks: n })?;
+            self.deferred.push(Deferred::ExtentFreed(tail, n));
+        }
+        Ok(true)
+    }
+
     /// Grow the chunk count (by at least the usual step, inside the zone that ends at
     /// `zone_end` and under `max_size`) so that the free extent at the heap's end reaches chunk
     /// `end`. Returns whether it could.

@@ -267,6 +267,40 @@ impl<T: Element> PPtr<PVec<T>> {
         tx.set(self, h)
     }
 
+    /// Shrink the buffer to the length: a large buffer gives back the 256 KiB chunks it no
+    /// longer needs, or moves to a small block (as [`Tx::realloc_slice`]); an empty vector frees
+    /// its buffer. The capacity is then the length.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvsf.heap"), txheap::Options::new())?;
+    /// let v = heap.transaction(|tx| {
+    ///     let v = txheap::PVec::<u64>::new(tx)?;
+    ///     v.extend_from_slice(tx, &vec![7; 100_000])?;
+    ///     v.truncate(tx, 10)?;
+    ///     v.shrink_to_fit(tx)?;
+    ///     Ok(v)
+    /// })?;
+    /// assert_eq!(heap.read(|r| Ok(r.get(v)?.capacity()))?, 10);
+    /// assert_eq!(heap.read(|r| Ok(v.as_slice(r)?.to_vec()))?, vec![7; 10]);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn shrink_to_fit(self, tx: &mut Tx<'_>) -> Result<()> {
+        let mut h = self.header(tx)?;
+        if h.cap == h.len {
+            return Ok(());
+        }
+        let old = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+        if h.len == 0 {
+            tx.free_slice(old)?;
+            h.buf = 0;
+        } else {
+            h.buf = tx.realloc_slice(old, h.len, h.len)?.offset();
+        }
+        h.cap = h.len;
+        tx.set(self, h)
+    }
+
     /// Append `value`.
     ///
     /// ```
