@@ -669,7 +669,8 @@ impl<'h> Tx<'h> {
     /// elements move to a new allocation and `s` is freed, all in this transaction. A large
     /// object made smaller shrinks where it is: the 256 KiB chunks it no longer needs are freed
     /// (reusable once the transaction commits); made small enough for a size class (64 KiB or
-    /// less), it moves to a block and all its chunks are freed. An empty (null) `s` is a fresh
+    /// less), it moves to a block and all its chunks are freed. A length of 0 keeps the
+    /// allocation as it is (free it with [`Tx::free_slice`]). An empty (null) `s` is a fresh
     /// allocation.
     ///
     /// ```

@@ -571,7 +571,7 @@ impl Writer {
     fn apply(&mut self, sh: &Shared, plan: &mut CommitPlan<'_>) -> Result<()> {
         // A panic from here on would leave the heap half-applied: poison it, so that no reader
         // or transaction starts on that state.
-        let _unwind = PoisonOnUnwind(sh, "a commit panicked while applying its frame");
+        let _unwind = PoisonOnUnwind::new(sh, "a commit panicked while applying its frame");
         phase!(APPLY);
         let txid = self.next_txid - 1;
         let frame = self.frame_for_readers(sh, plan)?;
@@ -611,7 +611,7 @@ impl Writer {
     /// privately (the next transaction reads it there), the group gets it for readers (shown
     /// once its barrier completes), and the file gets the frames that are durable by now.
     fn apply_shared(&mut self, sh: &Shared, plan: &mut CommitPlan<'_>) -> Result<()> {
-        let _unwind = PoisonOnUnwind(sh, "a commit panicked while applying its frame");
+        let _unwind = PoisonOnUnwind::new(sh, "a commit panicked while applying its frame");
         phase!(APPLY);
         let txid = self.next_txid - 1;
         let frame = self.frame_for_readers(sh, plan)?;
@@ -686,6 +686,9 @@ impl Writer {
     /// overlay smaller), and once the file holds every frame, drop the writer's private pages
     /// (they equal the file's).
     fn publish_upto(&mut self, sh: &Shared, limit: u64) -> Result<()> {
+        // (Also reached outside the guarded callers: a commit with in-place bytes publishes
+        // the held-back frames first, before its own frame, `quiet_for_in_place`.)
+        let _unwind = PoisonOnUnwind::new(sh, "writing committed frames into the file panicked");
         let n = self
             .unpublished
             .iter()
@@ -917,7 +920,7 @@ impl Writer {
     /// Barrier the log written since the last barrier, then write into the file the frames no
     /// older reader holds back (dropping the private pages once the file has every frame).
     pub(crate) fn flush(&mut self, sh: &Shared) -> Result<()> {
-        let _unwind = PoisonOnUnwind(sh, "a flush panicked");
+        let _unwind = PoisonOnUnwind::new(sh, "a flush panicked");
         phase!(FLUSH);
         if self.check_pending {
             // A frame in the log carries an in-place check: its bytes had no barrier. One
@@ -973,7 +976,7 @@ impl Writer {
 
     /// [`Writer::checkpoint`], the new superblock saying `shrink_to` as the file's length.
     fn checkpoint_shrinking(&mut self, sh: &Shared, shrink_to: Option<u64>) -> Result<()> {
-        let _unwind = PoisonOnUnwind(sh, "a checkpoint panicked");
+        let _unwind = PoisonOnUnwind::new(sh, "a checkpoint panicked");
         // Readers in other processes read the log when they enter, and hold back the frames
         // after their pin: wait for those entering or pinned below the last frame, and keep
         // new ones out until the new superblock and the sentinel are written (section 17).
@@ -1022,7 +1025,7 @@ impl Writer {
     /// and a closed heap then takes on disk its heap and metadata only (a 16 MiB log was a
     /// quarter of the file of a million 64-byte objects, and nearly all of a small heap's).
     pub(crate) fn close(&mut self, sh: &Shared) -> Result<()> {
-        let _unwind = PoisonOnUnwind(sh, "a close panicked");
+        let _unwind = PoisonOnUnwind::new(sh, "a close panicked");
         // (Sabotage: before the checkpoint, so that `tests/broken.rs` shows the order matters.)
         #[cfg(feature = "test-hooks")]
         let early = recovery::sabotage::active(recovery::sabotage::LOG_RELEASE_BEFORE_CHECKPOINT);
@@ -1070,7 +1073,7 @@ impl Writer {
     /// the cut, a barrier, and a second checkpoint (both slots then say it). Returns the bytes
     /// punched and the file's length before and after.
     pub(crate) fn compact(&mut self, sh: &Shared) -> Result<(u64, u64, u64)> {
-        let _unwind = PoisonOnUnwind(sh, "a compaction panicked");
+        let _unwind = PoisonOnUnwind::new(sh, "a compaction panicked");
         #[cfg(feature = "test-hooks")]
         let (punch_first, shrink_first) = {
             use recovery::sabotage::{active, PUNCH_BEFORE_CHECKPOINT, SHRINK_BEFORE_SUPERBLOCK};
@@ -1216,18 +1219,35 @@ impl Writer {
     }
 }
 
-/// Poisons the heap if dropped while unwinding: a panic while a commit applies its frame would
-/// leave a state no reader or transaction may start on; one inside a flush, a checkpoint, a
-/// close or a compaction, a writer whose view of the file (the current superblock slot and
-/// generation, the log tail, what the file holds of each frame) may be wrong, so that a later
-/// commit could be acknowledged into a generation the durable superblock no longer names
-/// (`tests/panics.rs`). The `&str` names the work that panicked.
-struct PoisonOnUnwind<'a>(&'a Shared, &'static str);
+/// Poisons the heap if dropped while unwinding from a panic that began after it was made
+/// ([`PoisonOnUnwind::new`]): a panic while a commit applies its frame would leave a state no
+/// reader or transaction may start on; one inside a flush, a checkpoint, a close or a
+/// compaction, a writer whose view of the file (the current superblock slot and generation,
+/// the log tail, what the file holds of each frame) may be wrong, so that a later commit could
+/// be acknowledged into a generation the durable superblock no longer names
+/// (`tests/panics.rs`). The `&str` names the work that panicked. Work that runs while another
+/// panic is already unwinding (a `flush` from a user's `Drop`) and finishes is not poisoned:
+/// the guard then records that it began during a panic, as std's mutexes do.
+struct PoisonOnUnwind<'a> {
+    sh: &'a Shared,
+    what: &'static str,
+    began_panicking: bool,
+}
+
+impl<'a> PoisonOnUnwind<'a> {
+    fn new(sh: &'a Shared, what: &'static str) -> Self {
+        PoisonOnUnwind {
+            sh,
+            what,
+            began_panicking: std::thread::panicking(),
+        }
+    }
+}
 
 impl Drop for PoisonOnUnwind<'_> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.poison(self.1);
+        if !self.began_panicking && std::thread::panicking() {
+            self.sh.poison(self.what);
         }
     }
 }

@@ -122,3 +122,95 @@ fn a_panic_inside_a_flush_poisons() {
     assert_eq!(heap.read(|r| Ok(*r.get(p)?)).unwrap(), 2);
     heap.close().unwrap();
 }
+
+/// A commit with in-place bytes first writes the frames readers held back into the file
+/// (`quiet_for_in_place`), before its own frame: a panic there must poison too. A reader
+/// thread pinning in a loop makes that write take the piece-by-piece path with the failpoint
+/// some of the time, so the test runs until it has seen panics (each one must poison).
+#[test]
+fn a_panic_while_an_in_place_commit_writes_held_back_frames_poisons() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (mut runs, mut panics) = (0, 0);
+    while panics < 10 && runs < 60 {
+        runs += 1;
+        let (_d, path) = tmp("in_place.heap");
+        let heap = Heap::create(&path, small(Durability::Full)).unwrap();
+        let p = heap.transaction(|tx| tx.alloc(1u64)).unwrap();
+        let (h, stop) = (&heap, AtomicBool::new(false));
+        std::thread::scope(|s| {
+            let (pinned_tx, pinned_rx) = std::sync::mpsc::channel();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let go_rx = std::sync::Mutex::new(go_rx);
+            let first = s.spawn(move || {
+                h.read(|r| {
+                    let v = *r.get(p)?;
+                    pinned_tx.send(()).unwrap();
+                    let _ = go_rx.lock().unwrap().recv();
+                    Ok(v)
+                })
+            });
+            pinned_rx.recv().unwrap();
+            heap.transaction(|tx| tx.set(p, 2)).unwrap(); // held back by `first`
+            go_tx.send(()).unwrap();
+            assert_eq!(first.join().unwrap().unwrap(), 1);
+            let stop = &stop;
+            let spin = s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = h.read(|r| {
+                        std::hint::black_box(*r.get(p)?);
+                        std::thread::yield_now();
+                        Ok(())
+                    });
+                }
+            });
+            let panicked = panics_at("commit.mid_apply", || {
+                heap.transaction(|tx| {
+                    let c = tx.alloc_slice_zeroed::<u8>(2 << 20)?;
+                    tx.slice_mut(c)?.fill(7);
+                    Ok(c)
+                })
+            });
+            stop.store(true, Ordering::Relaxed);
+            spin.join().unwrap();
+            if panicked {
+                panics += 1;
+                let r = heap.transaction(|tx| tx.set(p, 3));
+                assert!(
+                    heap.is_poisoned() && matches!(r, Err(Error::Poisoned { .. })),
+                    "run {runs}: a panic left the handle usable; the next commit: {r:?}"
+                );
+            }
+        });
+    }
+    eprintln!("{panics} panics in {runs} runs, each poisoned the handle");
+    assert!(panics > 0, "the failpoint never panicked in {runs} runs");
+}
+
+/// The guard poisons only for a panic that began inside the work it guards: a flush or a
+/// checkpoint from a `Drop` while an unrelated panic unwinds finishes and leaves the handle
+/// usable (as std's mutexes poison only for a panic while they are held).
+#[test]
+fn work_done_while_another_panic_unwinds_does_not_poison() {
+    let (_d, path) = tmp("unwinding.heap");
+    let heap = Heap::create(&path, small(Durability::None)).unwrap();
+    let p = heap.transaction(|tx| tx.alloc(1u64)).unwrap();
+    struct OnDrop<'a>(&'a Heap, PPtr<u64>);
+    impl Drop for OnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.transaction(|tx| tx.set(self.1, 2)).unwrap();
+            self.0.flush().unwrap();
+            self.0.checkpoint().unwrap();
+        }
+    }
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let _g = OnDrop(&heap, p);
+        panic!("unrelated");
+    }));
+    assert!(r.is_err());
+    assert!(!heap.is_poisoned(), "{:?}", heap.transaction(|_| Ok(())));
+    heap.transaction(|tx| tx.set(p, 3)).unwrap();
+    heap.close().unwrap();
+    let heap = Heap::open(&path, small(Durability::None)).unwrap();
+    assert_eq!(heap.read(|r| Ok(*r.get(p)?)).unwrap(), 3);
+    heap.close().unwrap();
+}

@@ -185,12 +185,13 @@ fn large_objects_shrink_in_place_and_give_their_chunks_back() {
     assert_eq!(space(&heap), before);
     holds(&heap, a, 4 << 20);
     // 16 chunks to 3: it stays, and 13 chunks are free once the transaction commits, not
-    // before (a large allocation in the same transaction does not get them).
+    // before: an allocation of exactly 13 chunks in the same transaction, which best fit
+    // would put there, goes elsewhere.
     let (a2, c) = heap
         .transaction(|tx| {
             let s = tx.realloc_slice(a, 600 * KIB, 600 * KIB)?;
             assert_eq!(tx.usable_size(s.as_ptr()), Some(600 * KIB));
-            let c = tx.alloc_slice_zeroed::<u8>(1 << 20)?;
+            let c = tx.alloc_slice_zeroed::<u8>(13 << 18)?;
             tx.slice_mut(c)?.fill(0xCC);
             Ok((s, c))
         })
@@ -205,12 +206,12 @@ fn large_objects_shrink_in_place_and_give_their_chunks_back() {
     let (used2, free2, _, largest2) = space(&heap);
     assert_eq!(
         used2,
-        used - (4 << 20) + 600 * KIB + (1 << 20),
+        used - (4 << 20) + 600 * KIB + (13 << 18),
         "used: {used}"
     );
     assert!(free2 >= 13 << 18, "free {free} -> {free2}");
     assert!(largest2 >= 13 << 18, "the freed tail is one free extent");
-    // The next transaction reuses them: an object of 13 chunks fits exactly there.
+    // The next transaction reuses them: an object of 13 chunks fits exactly there (best fit).
     let d = make(&heap, 13 << 18);
     assert_eq!(d.offset(), a_tail, "the freed tail is reused");
     // Shrunk to a size class: it moves to a small block, and all of its chunks are freed.
@@ -273,9 +274,16 @@ fn a_vector_shrunk_to_fit_gives_its_chunks_back() {
     // Truncated, it keeps its buffer; shrunk to fit, it gives the chunks back.
     heap.transaction(|tx| v.truncate(tx, 100_000)).unwrap();
     assert_eq!(heap.stats().unwrap().used_bytes, full);
+    let free_before = heap.stats().unwrap().free_bytes;
     heap.transaction(|tx| v.shrink_to_fit(tx)).unwrap();
     let shrunk = heap.stats().unwrap().used_bytes;
     assert!(shrunk < 800_000 + 4 * KIB, "{full} -> {shrunk}");
+    // The chunks past 800,000 bytes (28 of the 32) are free space now.
+    let free_after = heap.stats().unwrap().free_bytes;
+    assert!(
+        free_after >= free_before + (28 << 18),
+        "free: {free_before} -> {free_after}"
+    );
     heap.transaction(|tx| {
         v.truncate(tx, 10)?;
         v.shrink_to_fit(tx)

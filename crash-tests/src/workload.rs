@@ -68,9 +68,30 @@ pub struct Root {
 /// object too) and then grown to its size with `realloc_slice`.
 const GROW_FROM: u64 = 66_000;
 
-/// A large payload of an even transaction is first allocated with this many bytes more than
-/// its size and then shrunk with `realloc_slice`, which frees the chunks it no longer needs.
+/// A large payload of an even transaction is committed with this many bytes more than its
+/// size, and the next transaction shrinks it with `realloc_slice`, which frees the chunks it no
+/// longer needs.
 const SHRINK_BY: u64 = 600_000;
+
+/// The bytes of the scratch object a shrinking transaction writes in place and frees (two
+/// chunks: about what a shrink by [`SHRINK_BY`] frees).
+const SCRATCH: u64 = 300_000;
+
+/// Whether transaction `n` commits its payload [`SHRINK_BY`] bytes larger, for transaction
+/// `n + 1` to shrink.
+fn shrinks_later(seed: u64, n: u64) -> bool {
+    n > 0 && n % 2 == 0 && payload_size(seed, n) > GROW_FROM
+}
+
+/// The length of transaction `n`'s payload when `head` is the newest transaction.
+fn payload_len(seed: u64, n: u64, head: u64) -> u64 {
+    payload_size(seed, n)
+        + if n == head && shrinks_later(seed, n) {
+            SHRINK_BY
+        } else {
+            0
+        }
+}
 
 /// Transactions whose entries the maps keep: transaction `n` removes those of `n - MAP_WINDOW`.
 pub const MAP_WINDOW: u64 = 24;
@@ -353,6 +374,23 @@ pub fn step(heap: &Heap, seed: u64, abort: bool) -> txheap::Result<u64> {
         let mut rt = *tx.get(root)?;
         let n = rt.counter + 1;
         let size = payload_size(seed, n);
+        if shrinks_later(seed, n - 1) {
+            // The payload the transaction before committed larger: shrunk where it is, so the
+            // chunks past its size are freed while the durable state (until this commit is
+            // durable) still has them inside it. Later transactions allocate large payloads
+            // over them, in place: a crash must never find this payload torn.
+            let prev = rt.head;
+            let mut node = *tx.get(prev)?;
+            let final_size = payload_size(seed, n - 1);
+            node.payload = tx.realloc_slice(node.payload, final_size, final_size)?;
+            *tx.get_mut(prev)? = node;
+            // A large object of about the freed tail's size, written in place and freed again:
+            // an allocator that handed out the tail at once (before this commit is durable)
+            // would put it there, over bytes the durable state still has in that payload.
+            let scratch = tx.alloc_slice_zeroed::<u8>(SCRATCH)?;
+            tx.slice_mut(scratch)?.fill(0x5A);
+            tx.free_slice(scratch)?;
+        }
         let payload = if size > GROW_FROM && n % 2 == 1 {
             // Half the large payloads start smaller and grow by `realloc_slice`: in place
             // inside their chunk, over the free chunks after it, or past the heap's end.
@@ -362,11 +400,11 @@ pub fn step(heap: &Heap, seed: u64, abort: bool) -> txheap::Result<u64> {
             tx.slice_mut(grown)?[GROW_FROM as usize..].fill(payload_byte(n));
             grown
         } else if size > GROW_FROM {
-            // The other half start [`SHRINK_BY`] bytes larger and shrink where they are: the
-            // chunks past the new size are freed (reusable from the next transaction).
+            // The other half are committed [`SHRINK_BY`] bytes larger, and the next transaction
+            // shrinks them where they are (below).
             let first = tx.alloc_slice_zeroed::<u8>(size + SHRINK_BY)?;
             tx.slice_mut(first)?.fill(payload_byte(n));
-            tx.realloc_slice(first, size, size)?
+            first
         } else {
             let p = tx.alloc_slice_zeroed::<u8>(size)?;
             tx.slice_mut(p)?.fill(payload_byte(n));
@@ -450,7 +488,7 @@ pub fn verify(heap: &Heap, seed: u64) -> Result<u64, String> {
                 let n = *r.get(p)?;
                 let bytes = r.slice(n.payload)?;
                 let intact = n.check == n.value ^ CHECK
-                    && n.payload.len() == payload_size(seed, n.value)
+                    && n.payload.len() == payload_len(seed, n.value, root.counter)
                     && all_bytes(bytes, payload_byte(n.value));
                 nodes.push((p, n, intact));
                 p = n.next;
@@ -710,20 +748,25 @@ mod map_tests {
             cleared += (now.1 < last.1) as u32;
             last = now;
             assert_eq!(verify(&heap, 11), Ok(n));
-            if n % 2 == 0 && payload_size(11, n) > GROW_FROM {
-                // Shrunk where it was: its entry holds the payload's size, not the size first
-                // allocated.
-                let size = heap
-                    .transaction(|tx| {
-                        let root = tx.root::<Root>()?;
-                        let head = tx.get(root)?.head;
-                        let p = tx.get(head)?.payload;
-                        Ok(tx.usable_size(p.as_ptr()))
-                    })
-                    .unwrap();
-                assert_eq!(size, Some(payload_size(11, n)));
-                shrunk += 1;
+            // The head's payload, and the one before it: committed larger, then shrunk by
+            // this transaction where it was (its entry holds the payload's size, not the size
+            // first allocated).
+            let sizes = heap
+                .transaction(|tx| {
+                    let root = tx.root::<Root>()?;
+                    let head = *tx.get(tx.get(root)?.head)?;
+                    let before = *tx.get(head.next)?;
+                    Ok([head, before].map(|n| tx.usable_size(n.payload.as_ptr())))
+                })
+                .unwrap();
+            // (A large object's usable size is its size; a small one's, its block's.)
+            if payload_size(11, n) > GROW_FROM {
+                assert_eq!(sizes[0], Some(payload_len(11, n, n)));
             }
+            if payload_size(11, n - 1) > GROW_FROM {
+                assert_eq!(sizes[1], Some(payload_size(11, n - 1)));
+            }
+            shrunk += shrinks_later(11, n - 1) as u32;
         }
         assert!(shrunk >= 10, "shrinks in {shrunk} transactions");
         assert!(grew_tree >= 20, "node splits in {grew_tree} transactions");
