@@ -42,6 +42,19 @@ fn holds(heap: &Heap, s: PSlice<u8>, kept: u64) {
     .unwrap();
 }
 
+/// Close `heap`, check the file clean (`inspect::check`), and open it again.
+fn reopen_checked(heap: Heap, path: &std::path::Path) -> Heap {
+    heap.close().unwrap();
+    let report = inspect::check(path, &mut |_, _| {}).unwrap();
+    assert_eq!(
+        report.verdict,
+        inspect::Verdict::Clean,
+        "{:?}",
+        report.findings
+    );
+    Heap::open(path, Options::new()).unwrap()
+}
+
 #[test]
 fn large_objects_grow_in_place_where_the_space_after_them_is_free() {
     let dir = tempfile::tempdir().unwrap();
@@ -130,15 +143,7 @@ fn large_objects_grow_in_place_where_the_space_after_them_is_free() {
         Ok(())
     })
     .unwrap();
-    heap.close().unwrap();
-    let report = inspect::check(&path, &mut |_, _| {}).unwrap();
-    assert_eq!(
-        report.verdict,
-        inspect::Verdict::Clean,
-        "{:?}",
-        report.findings
-    );
-    let heap = Heap::open(&path, Options::new()).unwrap();
+    let heap = reopen_checked(heap, &path);
     holds(&heap, a4, 100 * KIB);
     holds(&heap, e, 600 * KIB);
     // The grown objects free whole.
@@ -230,15 +235,7 @@ fn large_objects_shrink_in_place_and_give_their_chunks_back() {
     // Its 3 chunks are free; at most one went to a new run for the block's class.
     assert!(free4 >= free3 + (2 << 18), "free: {free3} -> {free4}");
     // Reopened: the chunk tables say the same, and the file checks clean.
-    heap.close().unwrap();
-    let report = inspect::check(&path, &mut |_, _| {}).unwrap();
-    assert_eq!(
-        report.verdict,
-        inspect::Verdict::Clean,
-        "{:?}",
-        report.findings
-    );
-    let heap = Heap::open(&path, Options::new()).unwrap();
+    let heap = reopen_checked(heap, &path);
     holds(&heap, a3, 1000);
     holds(&heap, b, 300 * KIB);
     holds(&heap, d, 13 << 18);
