@@ -45,6 +45,31 @@ fn value_after_crash(path: &std::path::Path, p: PPtr<u64>, o: Options) -> u64 {
     v
 }
 
+/// Start a reader on `s` that reads `p`, and return once it is pinned: it holds its view until
+/// the returned sender sends (or is dropped), and its handle gives the value it read.
+fn pinned_reader<'s, 'h>(
+    s: &'s std::thread::Scope<'s, 'h>,
+    heap: &'h Heap,
+    p: PPtr<u64>,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    std::thread::ScopedJoinHandle<'s, txheap::Result<u64>>,
+) {
+    let (pinned_tx, pinned_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let done_rx = std::sync::Mutex::new(done_rx);
+    let reader = s.spawn(move || {
+        heap.read(|r| {
+            let v = *r.get(p)?;
+            pinned_tx.send(()).unwrap();
+            let _ = done_rx.lock().unwrap().recv();
+            Ok(v)
+        })
+    });
+    pinned_rx.recv().unwrap();
+    (done_tx, reader)
+}
+
 #[test]
 fn a_panic_inside_a_checkpoint_poisons_so_no_later_commit_is_lost() {
     for durability in [Durability::None, Durability::Full] {
@@ -84,22 +109,10 @@ fn a_panic_inside_a_flush_poisons() {
     let o = small(Durability::None);
     let heap = Heap::create(&path, o.clone()).unwrap();
     let p = heap.transaction(|tx| tx.alloc(1u64)).unwrap();
-    let (pinned_tx, pinned_rx) = std::sync::mpsc::channel();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let done_rx = std::sync::Mutex::new(done_rx);
-    let h = &heap;
     std::thread::scope(|s| {
         // A reader pinned at the first commit holds the second one's frame back, so the flush
         // merges frames piece by piece and passes the failpoint between them.
-        let reader = s.spawn(move || {
-            h.read(|r| {
-                let v = *r.get(p)?;
-                pinned_tx.send(()).unwrap();
-                let _ = done_rx.lock().unwrap().recv();
-                Ok(v)
-            })
-        });
-        pinned_rx.recv().unwrap();
+        let (done_tx, reader) = pinned_reader(s, &heap, p);
         heap.transaction(|tx| tx.set(p, 2)).unwrap();
         let panicked = panics_at("commit.mid_apply", || heap.flush());
         done_tx.send(()).unwrap();
@@ -138,18 +151,7 @@ fn a_panic_while_an_in_place_commit_writes_held_back_frames_poisons() {
         let p = heap.transaction(|tx| tx.alloc(1u64)).unwrap();
         let (h, stop) = (&heap, AtomicBool::new(false));
         std::thread::scope(|s| {
-            let (pinned_tx, pinned_rx) = std::sync::mpsc::channel();
-            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-            let go_rx = std::sync::Mutex::new(go_rx);
-            let first = s.spawn(move || {
-                h.read(|r| {
-                    let v = *r.get(p)?;
-                    pinned_tx.send(()).unwrap();
-                    let _ = go_rx.lock().unwrap().recv();
-                    Ok(v)
-                })
-            });
-            pinned_rx.recv().unwrap();
+            let (go_tx, first) = pinned_reader(s, h, p);
             heap.transaction(|tx| tx.set(p, 2)).unwrap(); // held back by `first`
             go_tx.send(()).unwrap();
             assert_eq!(first.join().unwrap().unwrap(), 1);
