@@ -685,10 +685,10 @@ impl Writer {
     /// newest winning; contiguous pieces in one pwrite), publish a snapshot without them (its
     /// overlay smaller), and once the file holds every frame, drop the writer's private pages
     /// (they equal the file's).
+    ///
+    /// Every caller holds a [`PoisonOnUnwind`]: a panic here leaves the file holding part of
+    /// what the writer believes it holds.
     fn publish_upto(&mut self, sh: &Shared, limit: u64) -> Result<()> {
-        // (Also reached outside the guarded callers: a commit with in-place bytes publishes
-        // the held-back frames first, before its own frame, `quiet_for_in_place`.)
-        let _unwind = PoisonOnUnwind::new(sh, "writing committed frames into the file panicked");
         let n = self
             .unpublished
             .iter()
@@ -845,7 +845,13 @@ impl Writer {
         );
         sh.registry.wait_for(seq, 0);
         let limit = self.publishable(sh, || None);
-        self.publish_upto(sh, limit)?;
+        {
+            // (The one caller of `publish_upto` outside a commit's apply, a flush, a
+            // checkpoint, a close or a compaction, each of which holds its own guard.)
+            let _unwind =
+                PoisonOnUnwind::new(sh, "writing committed frames into the file panicked");
+            self.publish_upto(sh, limit)?;
+        }
         #[cfg(feature = "test-hooks")]
         let skipped = recovery::sabotage::active(recovery::sabotage::IN_PLACE_BEFORE_FLUSH);
         #[cfg(not(feature = "test-hooks"))]

@@ -755,17 +755,11 @@ impl Allocator {
         off: u64,
         size: u64,
     ) -> Result<Option<(u64, u64)>> {
-        let Some(c) = off
-            .checked_sub(self.chunk_area)
-            .and_then(|r| u32::try_from(r / CHUNK_SIZE).ok())
-        else {
-            return Ok(None);
-        };
-        let Some(&(chunks, old)) = self.large.get(&c) else {
+        let Some((c, chunks, old)) = self.large_at(off) else {
             return Ok(None);
         };
         let need = size.div_ceil(CHUNK_SIZE);
-        if off != self.chunk_offset(c) || size <= old || need > EXTENT_CHUNKS_MAX {
+        if size <= old || need > EXTENT_CHUNKS_MAX {
             return Ok(None);
         }
         let need = need as u32;
@@ -825,16 +819,10 @@ impl Allocator {
         off: u64,
         size: u64,
     ) -> Result<bool> {
-        let Some(c) = off
-            .checked_sub(self.chunk_area)
-            .and_then(|r| u32::try_from(r / CHUNK_SIZE).ok())
-        else {
+        let Some((c, chunks, old)) = self.large_at(off) else {
             return Ok(false);
         };
-        let Some(&(chunks, old)) = self.large.get(&c) else {
-            return Ok(false);
-        };
-        if off != self.chunk_offset(c) || size == 0 || size >= old {
+        if size == 0 || size >= old {
             return Ok(false);
         }
         // (`size < old <= chunks * CHUNK_SIZE`, so `need <= chunks` fits a u32.)
@@ -868,10 +856,16 @@ impl Allocator {
     /// If `off` is the data start of a live large object: its extent's data area
     /// `[off, end of the extent's last chunk)`.
     pub(crate) fn large_extent(&self, off: u64) -> Option<(u64, u64)> {
+        let (c, chunks, _) = self.large_at(off)?;
+        Some((off, self.chunk_offset(c) + chunks as u64 * CHUNK_SIZE))
+    }
+
+    /// If `off` is the data start of a live large object: its first chunk, its chunk count
+    /// and its size in bytes.
+    fn large_at(&self, off: u64) -> Option<(u32, u32, u64)> {
         let c = u32::try_from(off.checked_sub(self.chunk_area)? / CHUNK_SIZE).ok()?;
-        let &(chunks, _) = self.large.get(&c)?;
-        (off == self.chunk_offset(c))
-            .then(|| (off, self.chunk_offset(c) + chunks as u64 * CHUNK_SIZE))
+        let &(chunks, size) = self.large.get(&c)?;
+        (off == self.chunk_offset(c)).then_some((c, chunks, size))
     }
 
     /// The usable size of the allocation at `off` (for `realloc`-like helpers and checks).
