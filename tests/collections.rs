@@ -71,6 +71,11 @@ enum Op {
     VRemove(u16),
     Truncate(u16),
     Extend(Vec<u64>),
+    /// Extend by 9,000 to 20,999 elements (derived from the seed): a buffer past the largest
+    /// size class (64 KiB), so `Halve` and `ShrinkToFit` reach large objects.
+    Bulk(u16, u64),
+    /// Truncate to half the length.
+    Halve,
     ShrinkToFit,
 }
 
@@ -97,7 +102,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u16..64).prop_map(Op::VRemove),
         1 => (0u16..64).prop_map(Op::Truncate),
         1 => proptest::collection::vec(any::<u64>(), 0..40).prop_map(Op::Extend),
-        1 => Just(Op::ShrinkToFit),
+        1 => (0u16..12_000, any::<u64>()).prop_map(|(n, x)| Op::Bulk(n, x)),
+        1 => Just(Op::Halve),
+        2 => Just(Op::ShrinkToFit),
     ]
 }
 
@@ -216,6 +223,18 @@ fn apply(tx: &mut Tx<'_>, root: PPtr<Root>, m: &mut Model, op: &Op) -> txheap::R
             v.extend_from_slice(tx, xs)?;
             m.vec.extend_from_slice(xs);
         }
+        Op::Bulk(n, x) => {
+            let xs: Vec<u64> = (0..9_000 + n as u64)
+                .map(|i| x.wrapping_add(i.wrapping_mul(0x9E37_79B9)))
+                .collect();
+            v.extend_from_slice(tx, &xs)?;
+            m.vec.extend_from_slice(&xs);
+        }
+        Op::Halve => {
+            let n = m.vec.len() / 2;
+            v.truncate(tx, n as u64)?;
+            m.vec.truncate(n);
+        }
         Op::ShrinkToFit => {
             v.shrink_to_fit(tx)?;
             assert_eq!(tx.get(v)?.capacity(), m.vec.len() as u64);
@@ -303,6 +322,14 @@ fn run(batches: &[(Vec<Op>, End)]) -> u64 {
         }
         if let End::Reopen = end {
             heap.take().unwrap().close().unwrap();
+            // The closed file passes the offline checker too (allocator tables included).
+            let report = txheap::inspect::check(&path, &mut |_, _| {}).unwrap();
+            assert_eq!(
+                report.verdict,
+                txheap::inspect::Verdict::Clean,
+                "{:?}",
+                report.findings
+            );
             heap = Some(Heap::open(&path, Options::new()).unwrap());
         }
         heap.as_ref()
@@ -332,6 +359,36 @@ proptest! {
     ) {
         run(&batches);
     }
+}
+
+/// The vector's buffer made large (several 256 KiB chunks), then shrunk to fit in steps: in
+/// place while it stays large, giving chunks back (with an aborted and a panicking shrink, and
+/// a reopen with the offline check, in between), then moved to a block once small (at most
+/// 64 KiB), then freed when empty.
+#[test]
+fn vector_buffers_shrink_from_large_to_small() {
+    let shrink = |n: usize| {
+        let mut ops = vec![Op::Halve; n];
+        ops.push(Op::ShrinkToFit);
+        ops
+    };
+    // 21,000 elements each.
+    let bulk = |x| Op::Bulk(11_999, x);
+    // Sizes after each batch: 672,000 bytes; 336,000 (two chunks); the same after the abort
+    // and the panic; 168,000 (one chunk); 84,000 (one chunk, a smaller size); 21,000 (a
+    // block); empty; 84,000 again.
+    let batches = vec![
+        (vec![bulk(1), bulk(2), bulk(3), bulk(4)], End::Commit),
+        (shrink(1), End::Reopen),
+        (shrink(1), End::Err),
+        (shrink(1), End::Panic),
+        (shrink(1), End::Reopen),
+        (shrink(1), End::Reopen),
+        (shrink(2), End::Reopen),
+        (shrink(15), End::Reopen),
+        (vec![bulk(5), Op::Halve, Op::ShrinkToFit], End::Reopen),
+    ];
+    run(&batches);
 }
 
 /// Enough inserts for a three-level tree, then removal of all in an order that empties leaves
