@@ -35,7 +35,9 @@ fn violations(mask: u32, seeds: std::ops::Range<u64>, durability: Durability) ->
 #[test]
 fn every_broken_variant_is_caught() {
     let _mask = MASK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    // (IN_PLACE_BEFORE_FLUSH, under None, has its own exact sequence below.)
+    // (IN_PLACE_BEFORE_FLUSH and SKIP_IN_PLACE_CHECK, under None, have their own exact
+    // sequences below. The random workload catches SKIP_IN_PLACE_CHECK too, but first at seed
+    // 27: about 30 s of CI for what the exact sequence shows in a second.)
     let variants = [
         (
             "apply before the log barrier",
@@ -66,11 +68,6 @@ fn every_broken_variant_is_caught() {
             "in-place bytes without their barrier",
             sabotage::IN_PLACE_WITHOUT_BARRIER,
             Durability::Full,
-        ),
-        (
-            "replay a frame without checking its in-place bytes",
-            sabotage::SKIP_IN_PLACE_CHECK,
-            Durability::None,
         ),
         (
             "log-start witness before the first frame is durable",
@@ -237,9 +234,9 @@ fn in_place_before_the_flush_is_caught() {
 
 /// Under `None`, an in-place object's frame carries a check of its bytes, which had no barrier:
 /// recovery that replays the frame without checking them recovers a torn object when the frame
-/// reached the disk and some of the bytes did not. (The random workload above catches it too,
-/// on a rarer seed.) The object's 300 KB are hundreds of undecided sectors, so the images are
-/// drawn: 20 per instant (with 3, the one seed drew none with the frame and without all the
+/// reached the disk and some of the bytes did not. (The random workload catches it too, first
+/// at seed 27, too slowly for CI.) The object's 300 KB are hundreds of undecided sectors, so
+/// the images are drawn: 20 per instant (with 3, the one seed drew none with the frame and without all the
 /// bytes; with 20, 12 of 178 images were violations, measured once).
 #[test]
 fn replaying_without_the_in_place_check_is_caught() {

@@ -48,10 +48,8 @@ fn every_workload_of_up_to_two_operations_and_some_of_three() {
     crash_tests::report(&format!(
         "exhaustive: {n} workloads, {images} crash images, 0 violations"
     ));
-    // About 22,200 distinct images: a drop means lost coverage. (Format 2 gave about 39,000
-    // with 3 samples per large instant: every chunk of an in-place large extent then sent its
-    // first 64 bytes through the log, and each of those small writes was enumerated over all
-    // its sector states. Format 3 keeps allocator metadata in the zone tables, so an in-place
-    // extent is one write, and staging appends one range; large instants now get 16 samples.)
-    assert!(images >= 20_000, "only {images} images");
+    // About 205,000 images on 250 workloads (measured 204,834): a drop means lost coverage.
+    // (22,200 when the floor was first set, on fewer kinds of operation and with recovery
+    // writing smaller pieces.)
+    assert!(images >= 180_000, "only {images} images");
 }
