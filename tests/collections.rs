@@ -286,7 +286,12 @@ fn compare<V: txheap::View>(r: &V, root: PPtr<Root>, m: &Model) -> txheap::Resul
 
 /// Run the batches; returns the tallest the B-tree grew (its header's height word).
 fn run(batches: &[(Vec<Op>, End)]) -> u64 {
-    let mut tallest = 0;
+    run_measured(batches).0
+}
+
+/// [`run`], also returning the heap's free bytes after each batch.
+fn run_measured(batches: &[(Vec<Op>, End)]) -> (u64, Vec<u64>) {
+    let (mut tallest, mut free) = (0, Vec::new());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.heap");
     let mut heap = Some(Heap::create(&path, Options::new()).unwrap());
@@ -342,8 +347,9 @@ fn run(batches: &[(Vec<Op>, End)]) -> u64 {
             .read(|r| Ok(*r.get(tree(root).cast::<[u64; 5]>())?))
             .unwrap();
         tallest = tallest.max(words[2]);
+        free.push(heap.as_ref().unwrap().stats().unwrap().free_bytes);
     }
-    tallest
+    (tallest, free)
 }
 
 proptest! {
@@ -364,19 +370,20 @@ proptest! {
 /// The vector's buffer made large (several 256 KiB chunks), then shrunk to fit in steps: in
 /// place while it stays large, giving chunks back (with an aborted and a panicking shrink, and
 /// a reopen with the offline check, in between), then moved to a block once small (at most
-/// 64 KiB), then freed when empty.
+/// 64 KiB), then freed when empty. The heap's free bytes show each step's chunks come back.
 #[test]
 fn vector_buffers_shrink_from_large_to_small() {
+    const CHUNK: u64 = 256 << 10;
     let shrink = |n: usize| {
         let mut ops = vec![Op::Halve; n];
         ops.push(Op::ShrinkToFit);
         ops
     };
-    // 21,000 elements each.
+    // 20,999 elements each.
     let bulk = |x| Op::Bulk(11_999, x);
-    // Sizes after each batch: 672,000 bytes; 336,000 (two chunks); the same after the abort
-    // and the panic; 168,000 (one chunk); 84,000 (one chunk, a smaller size); 21,000 (a
-    // block); empty; 84,000 again.
+    // Lengths after each batch: 83,996 (capacity 131,072: 1 MiB, four chunks); 41,998
+    // (335,984 bytes: two chunks), the same after the abort and the panic; 20,999 (one
+    // chunk); 10,499 (one chunk); 2,624 (a block); 0; 10,499 again.
     let batches = vec![
         (vec![bulk(1), bulk(2), bulk(3), bulk(4)], End::Commit),
         (shrink(1), End::Reopen),
@@ -388,7 +395,22 @@ fn vector_buffers_shrink_from_large_to_small() {
         (shrink(15), End::Reopen),
         (vec![bulk(5), Op::Halve, Op::ShrinkToFit], End::Reopen),
     ];
-    run(&batches);
+    let (_, free) = run_measured(&batches);
+    let gained = |a: usize, b: usize| free[b] as i64 - free[a] as i64;
+    let chunk = CHUNK as i64;
+    assert!(gained(0, 1) >= 2 * chunk, "four chunks to two: {free:?}");
+    assert_eq!(
+        (free[2], free[3]),
+        (free[1], free[1]),
+        "aborted shrinks: {free:?}"
+    );
+    assert!(gained(3, 4) >= chunk, "two chunks to one: {free:?}");
+    // Into a block: the chunk comes back, less a run of the block's class if one was made.
+    assert!(
+        gained(5, 6) >= chunk - (64 << 10),
+        "one chunk to a block: {free:?}"
+    );
+    assert!(gained(6, 7) > 0, "a block to nothing: {free:?}");
 }
 
 /// Enough inserts for a three-level tree, then removal of all in an order that empties leaves

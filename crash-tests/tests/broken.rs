@@ -236,8 +236,8 @@ fn in_place_before_the_flush_is_caught() {
 /// recovery that replays the frame without checking them recovers a torn object when the frame
 /// reached the disk and some of the bytes did not. (The random workload catches it too, first
 /// at seed 27, too slowly for CI.) The object's 300 KB are hundreds of undecided sectors, so
-/// the images are drawn: 20 per instant (with 3, the one seed drew none with the frame and without all the
-/// bytes; with 20, 12 of 178 images were violations, measured once).
+/// the images are drawn: 20 per instant (with 3, the one seed drew none with the frame and
+/// without all the bytes; with 20, 12 of 178 images were violations, measured once).
 #[test]
 fn replaying_without_the_in_place_check_is_caught() {
     use crash_tests::ops::Op;
