@@ -99,7 +99,9 @@ mod writer;
 pub use alloc::{ClassStats, OBJECT_SIZE_MAX};
 pub use backup::BackupReport;
 pub use bytemuck;
-pub use collections::{Element, PBTreeMap, PBytes, PHashMap, PString, PVec, Range, View};
+pub use collections::{
+    BTreeStats, Element, PBTreeMap, PBytes, PHashMap, PString, PVec, Range, View,
+};
 pub use error::{Error, Result};
 pub use heap::Heap;
 pub use limits::ROOT_LEN_MAX;

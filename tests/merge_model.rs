@@ -46,6 +46,16 @@ fn bval(n: u64, g: u64) -> [u8; 300] {
     v
 }
 
+/// Every B-tree node but the root holds at least a quarter of a node: removal merges an
+/// underfull node with a sibling, or takes entries from a sibling it cannot merge with.
+fn assert_filled(s: txheap::BTreeStats, step: u64) {
+    assert!(
+        s.fewest_in_leaf.is_none_or(|f| f >= s.leaf_capacity / 4)
+            && s.fewest_in_inner.is_none_or(|f| f >= s.inner_capacity / 4),
+        "step {step}: {s:?}"
+    );
+}
+
 #[test]
 fn random_merges_with_aborts() {
     let dir = tempfile::tempdir().unwrap();
@@ -129,6 +139,8 @@ fn random_merges_with_aborts() {
             bt_big.check(r)?;
             h_b.check(r)?;
             h_big.check(r)?;
+            assert_filled(bt_b.stats(r)?, step);
+            assert_filled(bt_big.stats(r)?, step);
             assert_eq!(bt_b.len(r)?, model.len() as u64, "step {step}");
             assert_eq!(bt_big.len(r)?, model.len() as u64);
             assert_eq!(h_b.len(r)?, model.len() as u64);

@@ -59,8 +59,10 @@ const fn align_up(x: u64, a: u64) -> u64 {
 ///
 /// Lookups read nodes in place (no copy, no decoding); `range` iterates in both directions.
 /// Removal frees a node when it empties and merges a node left with fewer than a quarter of
-/// its capacity into a sibling when the two fit in three quarters of one, so a map that loses
-/// most of its keys gives its nodes back; the height shrinks when the root has one child.
+/// its capacity into a sibling when the two fit in three quarters of one, or else shares the
+/// pair's entries evenly between them, so every node but the root stays at least a quarter
+/// full and a map that loses most of its keys gives its nodes back; the height shrinks when
+/// the root has one child. [`PPtr::stats`] shows the tree's shape and fill.
 ///
 /// ```
 /// use txheap::{PBTreeMap, PPtr};
@@ -474,7 +476,8 @@ type Split<K> = Option<(K, u64)>;
 
 /// What a removal leaves for the parent of the node it changed.
 enum Mend {
-    /// Nothing: the node holds at least a quarter of its capacity, or cannot be merged.
+    /// Nothing: the node holds at least a quarter of its capacity, or was mended (merged or
+    /// given entries) without changing its parent's count.
     Done,
     /// The node emptied and was freed: the parent drops its child pointer and a key.
     Emptied,
@@ -1146,7 +1149,8 @@ where
     /// fit in three quarters of a node, so that neither the merged node nor the next inserts
     /// into it split again at once. The right node of the pair is freed and its separator
     /// taken out of the parent (released for leaves, whose separators are copies; moved down
-    /// into the merged node for internal nodes). Otherwise the child stays as it is.
+    /// into the merged node for internal nodes). Otherwise the pair shares its entries
+    /// ([`Self::redistribute`]).
     fn merge(g: &Geo, tx: &mut Tx<'_>, parent: Node, ci: u64, child: Node) -> Result<Mend> {
         if parent.count == 0 {
             // An only child: nothing to merge with (its parent gives way if it is the root).
@@ -1166,7 +1170,7 @@ where
         let cap = if level == 0 { g.leaf_cap } else { g.inner_cap };
         let merged = left.count + right.count + u64::from(level > 0);
         if merged > cap - cap / 4 {
-            return Ok(Mend::Done);
+            return Self::redistribute(g, tx, parent, l, left, right);
         }
         let sep = Self::keys(parent, tx)?[l as usize];
         let (lc, rc) = (left.count as usize, right.count as usize);
@@ -1201,6 +1205,51 @@ where
         }
         Self::free_node(g, tx, right.at, level)?;
         Self::take_out(g, tx, parent, l as usize, r as usize)
+    }
+
+    /// `left` and `right` (children `l` and `l + 1` of `parent`), one of them underfull, do not
+    /// fit in three quarters of one node: share their entries evenly instead (a leaf pair's
+    /// entries, or an internal pair's keys with the separator between them and their
+    /// children), so that each holds at least three eighths of a node. Both nodes are
+    /// rewritten whole and the parent's separator replaced: for leaves by a copy of the right
+    /// node's new first key (the old copy released), for internal nodes by the middle key,
+    /// which moves up as the old separator moves down. The parent's count does not change.
+    fn redistribute(
+        g: &Geo,
+        tx: &mut Tx<'_>,
+        parent: Node,
+        l: u64,
+        left: Node,
+        right: Node,
+    ) -> Result<Mend> {
+        let sep = Self::keys(parent, tx)?[l as usize];
+        let new_sep = if left.level == 0 {
+            let mut keys = Self::keys(left, tx)?.to_vec();
+            keys.extend_from_slice(Self::keys(right, tx)?);
+            let mut vals = Self::vals_in_order(g, left, tx)?;
+            vals.extend(Self::vals_in_order(g, right, tx)?);
+            let mid = keys.len() / 2;
+            Self::fill_leaf(g, tx, left.at, &keys[..mid], &vals[..mid])?;
+            Self::fill_leaf(g, tx, right.at, &keys[mid..], &vals[mid..])?;
+            let owned = K::load(&keys[mid], tx)?.to_owned();
+            let copy = K::store(tx, owned.borrow())?;
+            sep.release(tx)?;
+            copy
+        } else {
+            let mut keys = Self::keys(left, tx)?.to_vec();
+            keys.push(sep);
+            keys.extend_from_slice(Self::keys(right, tx)?);
+            let mut ch = Self::children(g, left, tx)?.to_vec();
+            ch.extend_from_slice(Self::children(g, right, tx)?);
+            let mid = keys.len() / 2;
+            Self::fill_inner(g, tx, left.at, &keys[..mid], &ch[..mid + 1])?;
+            Self::fill_inner(g, tx, right.at, &keys[mid + 1..], &ch[mid + 1..])?;
+            keys[mid]
+        };
+        let l = l as usize;
+        Self::edit(tx, parent.at, parent.level as u64)?.part::<K>(g.inner_keys_at, l, l + 1)?[0] =
+            new_sep;
+        Ok(Mend::Done)
     }
 
     /// Remove every entry, releasing keys and values and freeing every node.
@@ -1644,6 +1693,105 @@ where
         }
         Ok(())
     }
+
+    /// The tree's shape and how full its nodes are: levels, entries, leaves, internal nodes,
+    /// their bytes and capacities, and the fewest entries of any leaf and any internal node
+    /// below the root (removal keeps those at a quarter of a node or more: an underfull node
+    /// merges with a sibling, or takes entries from it). Reads every node once: a node
+    /// reached twice (a shared subtree or a cycle, which only damage makes) gives
+    /// [`Error::Corrupt`], as does any node [`check`](Self::check) would refuse by its header.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btst.heap"), txheap::Options::new())?;
+    /// let m = heap.transaction(|tx| {
+    ///     let m = txheap::PBTreeMap::<u64, u64>::new(tx)?;
+    ///     for k in 0..10_000u64 { m.insert(tx, &k, &k)?; }
+    ///     for k in 0..9_000u64 { m.remove(tx, &k)?; }
+    ///     Ok(m)
+    /// })?;
+    /// let s = heap.read(|r| m.stats(r))?;
+    /// assert_eq!((s.len, s.height), (1_000, 2));
+    /// assert!(s.fewest_in_leaf.unwrap() >= s.leaf_capacity / 4);
+    /// assert!(s.len <= s.leaves * s.leaf_capacity);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn stats<W: View>(self, view: &W) -> Result<BTreeStats> {
+        let h = self.header(view)?;
+        let g = Self::GEO;
+        let mut s = BTreeStats {
+            height: h.height,
+            len: h.len,
+            leaf_capacity: g.leaf_cap,
+            inner_capacity: g.inner_cap,
+            ..BTreeStats::default()
+        };
+        if h.height == 0 {
+            return Ok(s);
+        }
+        let mut seen = HashSet::new();
+        let mut stack = vec![(h.root, h.height - 1)];
+        while let Some((at, level)) = stack.pop() {
+            if !seen.insert(at) {
+                return Err(corrupt(
+                    at,
+                    "B-tree node reached twice (a shared subtree or a cycle)",
+                ));
+            }
+            let n = Self::node(&g, view, at, level)?;
+            let root = at == h.root;
+            s.node_bytes += g.bytes(level);
+            if level == 0 {
+                if n.count == 0 {
+                    return Err(corrupt(at, "B-tree: empty leaf"));
+                }
+                s.leaves += 1;
+                if !root {
+                    s.fewest_in_leaf = Some(s.fewest_in_leaf.map_or(n.count, |f| f.min(n.count)));
+                }
+            } else {
+                s.inner_nodes += 1;
+                if !root {
+                    s.fewest_in_inner = Some(s.fewest_in_inner.map_or(n.count, |f| f.min(n.count)));
+                }
+                stack.extend(Self::children(&g, n, view)?.iter().map(|&c| (c, level - 1)));
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// The shape of a [`PBTreeMap`] and how full its nodes are, from [`PPtr::stats`] (as LMDB's
+/// `mdb_stat` or redb's table statistics give theirs).
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let heap = txheap::Heap::create(dir.path().join("btsts.heap"), txheap::Options::new())?;
+/// let m = heap.transaction(|tx| txheap::PBTreeMap::<u32, u32>::new(tx))?;
+/// let s = heap.read(|r| m.stats(r))?;
+/// assert_eq!((s.height, s.len, s.leaves, s.fewest_in_leaf), (0, 0, 0, None));
+/// # Ok::<(), txheap::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BTreeStats {
+    /// Levels of nodes: 0 for an empty map, 1 when the root is a leaf.
+    pub height: u64,
+    /// Entries (the header's count).
+    pub len: u64,
+    /// Leaf nodes.
+    pub leaves: u64,
+    /// Internal nodes.
+    pub inner_nodes: u64,
+    /// Bytes of all nodes (byte-string keys and values have blocks of their own, not counted).
+    pub node_bytes: u64,
+    /// Entries a leaf holds at most.
+    pub leaf_capacity: u64,
+    /// Keys an internal node holds at most (it has one child more).
+    pub inner_capacity: u64,
+    /// The fewest entries in any leaf but the root; `None` when the root is the only leaf.
+    pub fewest_in_leaf: Option<u64>,
+    /// The fewest keys in any internal node but the root; `None` when there is none.
+    pub fewest_in_inner: Option<u64>,
 }
 
 /// An iterator over a [`PBTreeMap`]'s entries in key order (both ways), from

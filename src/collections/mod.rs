@@ -37,7 +37,7 @@ mod hash;
 mod siphash;
 mod vec;
 
-pub use btree::{PBTreeMap, Range};
+pub use btree::{BTreeStats, PBTreeMap, Range};
 pub use bytes::{PBytes, PString};
 pub use hash::PHashMap;
 pub use vec::PVec;
