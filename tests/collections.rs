@@ -62,6 +62,10 @@ enum Op {
     Insert(u16, u64),
     Remove(u16),
     Get(u16),
+    /// Add to the value of a key through `get_or_insert` (inserting 0 first when absent).
+    Bump(u16, u64),
+    PopFirst,
+    PopLast,
     Range(Option<u16>, Option<u16>, bool),
     Clear,
     Push(u64),
@@ -92,6 +96,9 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (0u16..400, any::<u64>()).prop_map(|(k, v)| Op::Insert(k, v)),
         4 => (0u16..400).prop_map(Op::Remove),
         2 => (0u16..400).prop_map(Op::Get),
+        2 => (0u16..400, any::<u64>()).prop_map(|(k, x)| Op::Bump(k, x)),
+        1 => Just(Op::PopFirst),
+        1 => Just(Op::PopLast),
         2 => (proptest::option::of(0u16..400), proptest::option::of(0u16..400), any::<bool>())
             .prop_map(|(a, b, r)| Op::Range(a, b, r)),
         1 => Just(Op::Clear),
@@ -153,6 +160,22 @@ fn apply(tx: &mut Tx<'_>, root: PPtr<Root>, m: &mut Model, op: &Op) -> txheap::R
                 h.get(tx, &(k as u64))?.copied(),
                 m.hash.get(&(k as u64)).copied()
             );
+        }
+        Op::Bump(k, x) => {
+            let p = t.get_or_insert(tx, &big(k), &0)?;
+            let now = tx.get_mut(p)?;
+            *now = now.wrapping_add(x);
+            let want = m.tree.entry(k).or_insert(0);
+            *want = want.wrapping_add(x);
+            assert_eq!(t.get(tx, &big(k))?, Some(&*want));
+        }
+        Op::PopFirst => {
+            let got = t.pop_first(tx)?.map(|(k, v)| (k.0[0] as u16, v));
+            assert_eq!(got, m.tree.pop_first());
+        }
+        Op::PopLast => {
+            let got = t.pop_last(tx)?.map(|(k, v)| (k.0[0] as u16, v));
+            assert_eq!(got, m.tree.pop_last());
         }
         Op::Range(a, b, rev) => {
             let lo = a.map_or(Bound::Unbounded, Bound::Included);

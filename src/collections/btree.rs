@@ -816,6 +816,151 @@ where
         Ok(self.get(view, key)?.is_some())
     }
 
+    /// A pointer to the stored value handle of `key`, for changing it in place with
+    /// `tx.get_mut` (for plain values; a [`crate::PBytes`] value is replaced with `insert`).
+    /// The pointer is valid until the map's next insert or remove, which may move entries.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btgm.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let m = txheap::PBTreeMap::<u8, u32>::new(tx)?;
+    ///     m.insert(tx, &1u8, &10u32)?;
+    ///     let p = m.get_mut(tx, &1)?.expect("present");
+    ///     *tx.get_mut(p)? += 5;
+    ///     assert_eq!(m.get(tx, &1)?, Some(&15));
+    ///     assert!(m.get_mut(tx, &2)?.is_none());
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn get_mut(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<Option<PPtr<V>>> {
+        let h = self.header(tx)?;
+        if h.height == 0 {
+            return Ok(None);
+        }
+        let g = Self::GEO;
+        let path = Self::descend(&g, &h, tx, key)?;
+        let Ok(i) = path.pos else {
+            return Ok(None);
+        };
+        let leaf = path.leaf;
+        let slot = Self::slots(&g, leaf, tx)?[i];
+        // (A slot past the entries is damage: refused as `get` refuses it.)
+        Self::slot_val(leaf.at, Self::vals(&g, leaf, tx)?, slot)?;
+        let size = std::mem::size_of::<V>() as u64;
+        Ok(Some(PPtr::from_offset(
+            leaf.at + g.vals_at + u64::from(slot) * size,
+        )))
+    }
+
+    /// Entry-style update: the pointer to `key`'s value handle, inserting `value` first if the
+    /// key is absent.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btgi.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let m = txheap::PBTreeMap::<txheap::PBytes, u32>::new(tx)?;
+    ///     for w in ["b", "a", "b"] {
+    ///         let n = m.get_or_insert(tx, w.as_bytes(), &0u32)?;
+    ///         *tx.get_mut(n)? += 1;
+    ///     }
+    ///     assert_eq!(m.get(tx, b"b")?, Some(&2));
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn get_or_insert(
+        self,
+        tx: &mut Tx<'_>,
+        key: &K::Input,
+        value: &V::Input,
+    ) -> Result<PPtr<V>> {
+        if let Some(p) = self.get_mut(tx, key)? {
+            return Ok(p);
+        }
+        self.insert(tx, key, value)?;
+        // Found again unless the key's `Ord` disagrees with itself or the map is damaged: an
+        // error then, not a panic.
+        self.get_mut(tx, key)?.ok_or_else(|| {
+            corrupt(
+                self.offset(),
+                "PBTreeMap: a key inserted by get_or_insert is not found again (its Ord is not \
+                 consistent, or the map is damaged)",
+            )
+        })
+    }
+
+    /// Remove the entry with the smallest key and return it (owned copies: a byte-string key
+    /// or value comes back as a `Vec<u8>`, its blocks freed).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btpf.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let m = txheap::PBTreeMap::<u32, txheap::PBytes>::new(tx)?;
+    ///     m.insert(tx, &7u32, b"seven")?;
+    ///     m.insert(tx, &3u32, b"three")?;
+    ///     assert_eq!(m.pop_first(tx)?, Some((3, b"three".to_vec())));
+    ///     assert_eq!(m.pop_last(tx)?, Some((7, b"seven".to_vec())));
+    ///     assert_eq!(m.pop_first(tx)?, None);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn pop_first(
+        self,
+        tx: &mut Tx<'_>,
+    ) -> Result<Option<(<K::Input as ToOwned>::Owned, <V::Input as ToOwned>::Owned)>> {
+        let first = self.first(tx)?.map(|(k, v)| (k.to_owned(), v.to_owned()));
+        self.pop(tx, first)
+    }
+
+    /// Remove the entry with the largest key and return it (as [`Self::pop_first`]).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btpl.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let m = txheap::PBTreeMap::<u8, u8>::new(tx)?;
+    ///     for k in 0..10u8 { m.insert(tx, &k, &(k * 2))?; }
+    ///     assert_eq!(m.pop_last(tx)?, Some((9, 18)));
+    ///     assert_eq!(m.len(tx)?, 9);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn pop_last(
+        self,
+        tx: &mut Tx<'_>,
+    ) -> Result<Option<(<K::Input as ToOwned>::Owned, <V::Input as ToOwned>::Owned)>> {
+        let last = self.last(tx)?.map(|(k, v)| (k.to_owned(), v.to_owned()));
+        self.pop(tx, last)
+    }
+
+    /// Remove `entry`'s key (found by `first` or `last`) and return the entry.
+    #[allow(clippy::type_complexity)]
+    fn pop(
+        self,
+        tx: &mut Tx<'_>,
+        entry: Option<(<K::Input as ToOwned>::Owned, <V::Input as ToOwned>::Owned)>,
+    ) -> Result<Option<(<K::Input as ToOwned>::Owned, <V::Input as ToOwned>::Owned)>> {
+        let Some((k, v)) = entry else {
+            return Ok(None);
+        };
+        if !self.remove(tx, k.borrow())? {
+            return Err(corrupt(
+                self.offset(),
+                "PBTreeMap: the key at the end of the map is not found again (its Ord is not \
+                 consistent, or the map is damaged)",
+            ));
+        }
+        Ok(Some((k, v)))
+    }
+
     fn alloc_node(g: &Geo, tx: &mut Tx<'_>, level: u32) -> Result<u64> {
         let s = tx.alloc_slice_zeroed::<u64>(g.bytes(level as u64) / 8)?;
         let b = Self::node_mut(tx, s.offset(), level as u64)?;
