@@ -106,7 +106,8 @@ impl Heap {
     /// (see the crate documentation: "The one condition"); other txheap handles are refused
     /// with [`Error::Locked`]. The other way round, a writable open is refused with `Locked`
     /// while any other handle holds the file, a read-only one included (another process's
-    /// [`Heap::open_read_only`] of a closed heap, or a `txheap` command reading it).
+    /// [`Heap::open_read_only`] of a closed heap, or a `txheap` command reading it): at once,
+    /// or after waiting up to [`Options::lock_wait`] for the holders to close.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();

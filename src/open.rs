@@ -12,6 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use txheap_recovery::{
     self as recovery, OnDamage, RecoveryError, Slot, Storage, Superblock, HEAP_META_LEN,
@@ -53,12 +54,30 @@ struct LogState {
 }
 
 fn lock_file(file: &File, path: &Path, exclusive: bool) -> Result<()> {
-    match sys::try_flock(file, exclusive) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(Error::Locked {
-            path: path.to_path_buf(),
-        }),
-        Err(e) => Err(Error::io("flock", 0, e)),
+    lock_file_waiting(file, path, exclusive, Duration::ZERO)
+}
+
+/// [`lock_file`], trying again for up to `wait` ([`Options::lock_wait`]) while another handle
+/// holds the lock: pauses of 1 ms doubling to 50 ms (a non-blocking `flock` polled, since a
+/// blocking one cannot time out without a signal).
+fn lock_file_waiting(file: &File, path: &Path, exclusive: bool, wait: Duration) -> Result<()> {
+    let deadline = Instant::now().checked_add(wait);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match sys::try_flock(file, exclusive) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return Err(Error::io("flock", 0, e)),
+        }
+        // (A wait too long to add to now is a wait without end.)
+        let left = deadline.map_or(pause, |d| d.saturating_duration_since(Instant::now()));
+        if left.is_zero() {
+            return Err(Error::Locked {
+                path: path.to_path_buf(),
+            });
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
@@ -246,7 +265,7 @@ pub(crate) fn open(path: &Path, options: &Options) -> Result<Opened> {
         .write(true)
         .open(path)
         .map_err(|e| open_error(path, e))?;
-    lock_file(&file, path, true)?;
+    lock_file_waiting(&file, path, true, options.lock_wait)?;
     from_file(path, file, options, false)
 }
 

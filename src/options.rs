@@ -92,6 +92,7 @@ pub struct Options {
     pub(crate) in_place_min: u64,
     pub(crate) keep_log_blocks: bool,
     pub(crate) reserve: u64,
+    pub(crate) lock_wait: std::time::Duration,
     /// Which sizes the caller gave (`open` applies or refuses those, and keeps the file's own
     /// for the rest).
     pub(crate) given: Given,
@@ -121,6 +122,7 @@ impl Default for Options {
             in_place_min: IN_PLACE_MIN_DEFAULT,
             keep_log_blocks: false,
             reserve: 0,
+            lock_wait: std::time::Duration::ZERO,
             given: Given::default(),
             #[cfg(feature = "test-hooks")]
             trace: None,
@@ -280,6 +282,31 @@ impl Options {
     /// ```
     pub fn reserve(mut self, bytes: u64) -> Self {
         self.reserve = bytes;
+        self
+    }
+    /// How long a writable open ([`crate::Heap::open`], [`crate::Heap::open_or_create`]) waits
+    /// for the file's lock while another handle holds it (a writer, or read-only handles that
+    /// opened when no writer held it), before it gives up with [`crate::Error::Locked`]
+    /// (default: no wait). It tries again with growing pauses (1 ms doubling to 50 ms), so a
+    /// process that takes turns with others on one heap opens within about 50 ms of the
+    /// holder's close. Whoever tries first is not served first: under constant contention an
+    /// open can wait the whole time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use txheap::{Heap, Options};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("wait.heap");
+    /// let first = Heap::create(&path, Options::new())?;
+    /// let p = path.clone();
+    /// let second = std::thread::spawn(move || Heap::open(&p, Options::new().lock_wait(Duration::from_secs(10))));
+    /// std::thread::sleep(Duration::from_millis(100));
+    /// first.close()?; // the waiting open now gets the file
+    /// second.join().unwrap()?.close()?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lock_wait = wait;
         self
     }
     /// Record every write, barrier and growth of the file by the opened handle (feature

@@ -500,6 +500,53 @@ fn root_type_is_checked_on_reopen() {
     assert_eq!(values(&heap), vec![1]);
 }
 
+/// `Options::lock_wait`: a writable open gives up with `Locked` only after the wait, and one
+/// that waits through the holder's close opens the file then, with the holder's commits; a
+/// read-only handle keeps a waiting writer out until it closes too.
+#[test]
+fn a_writable_open_waits_for_the_lock_when_asked() {
+    use std::time::{Duration, Instant};
+    let (_d, path) = tmp();
+    let heap = Heap::create(&path, small()).unwrap();
+    push(&heap, 1).unwrap();
+    let t = Instant::now();
+    let r = Heap::open(&path, small().lock_wait(Duration::from_millis(300)));
+    assert!(matches!(r, Err(Error::Locked { .. })), "{r:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    // A waiting writable open: when it got the file, and what it found there.
+    let wait_for = |path: std::path::PathBuf| {
+        std::thread::spawn(move || {
+            let h = Heap::open(&path, small().lock_wait(Duration::from_secs(60)))?;
+            let opened = Instant::now();
+            let v = values(&h);
+            h.close()?;
+            Ok::<_, Error>((opened, v))
+        })
+    };
+    // Through the writer's close.
+    let waiter = wait_for(path.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    push(&heap, 2).unwrap();
+    let closing = Instant::now();
+    heap.close().unwrap();
+    let (opened, v) = waiter.join().unwrap().unwrap();
+    assert!(opened >= closing, "opened before the writer closed");
+    assert_eq!(v, vec![2, 1]);
+    // Through a read-only handle's close.
+    let reader = Heap::open_read_only(&path).unwrap();
+    let waiter = wait_for(path.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(values(&reader), vec![2, 1]);
+    let closing = Instant::now();
+    reader.close().unwrap();
+    let (opened, _) = waiter.join().unwrap().unwrap();
+    assert!(opened >= closing, "opened before the reader closed");
+}
+
 #[test]
 fn second_open_is_locked_and_read_only_opens_share() {
     let (_d, path) = tmp();
