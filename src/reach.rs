@@ -316,6 +316,41 @@ impl Reachability {
 }
 
 impl Reader<'_> {
+    /// Every allocated block in this reader's snapshot, as `(offset, size)` sorted by offset,
+    /// read from the allocator's own tables (no pointer is followed, no type is needed): a
+    /// small object's block has its size class's size (at least what was asked for), a large
+    /// object its recorded size. The root area is not a block. What `PMDK`'s `POBJ_FIRST` /
+    /// `POBJ_NEXT` walk gives: a way back to objects that nothing reaches any more, or to data
+    /// whose types the program no longer knows. A damaged chunk table is
+    /// [`crate::Error::Corrupt`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("al.heap"), txheap::Options::new())?;
+    /// let (a, b) = heap.transaction(|tx| Ok((tx.alloc(7u64)?, tx.alloc_slice_zeroed::<u8>(1 << 20)?)))?;
+    /// let blocks = heap.read(|r| r.allocations())?;
+    /// assert_eq!(blocks.len(), 2);
+    /// assert!(blocks.iter().any(|&(at, size)| at == a.offset() && size >= 8));
+    /// assert!(blocks.contains(&(b.offset(), 1 << 20)));
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn allocations(&self) -> Result<Vec<(u64, u64)>> {
+        let (_, header) = self.state();
+        let read_err = std::cell::Cell::new(None);
+        let read = |off: u64, buf: &mut [u8]| {
+            if let Err(e) = self.copy_raw(off, buf) {
+                buf.fill(0);
+                read_err.set(Some(e));
+            }
+        };
+        let blocks =
+            crate::alloc::Allocator::allocations(self.chunk_area(), header.chunk_count, &read)?;
+        if let Some(e) = read_err.take() {
+            return Err(e);
+        }
+        Ok(blocks)
+    }
+
     /// Walk everything the root of type `R` reaches in this reader's snapshot: every allocated
     /// block that no pointer, slice or collection reaches is reported as leaked, and every
     /// pointer that lands inside no allocated block as dangling (and not followed). The walk
@@ -351,19 +386,8 @@ impl Reader<'_> {
     /// ```
     pub fn reachability<R: Stored>(&self) -> Result<Reachability> {
         let root = self.root::<R>()?;
-        let (txid, header) = self.state();
-        let read_err = std::cell::Cell::new(None);
-        let read = |off: u64, buf: &mut [u8]| {
-            if let Err(e) = self.copy_raw(off, buf) {
-                buf.fill(0);
-                read_err.set(Some(e));
-            }
-        };
-        let blocks =
-            crate::alloc::Allocator::allocations(self.chunk_area(), header.chunk_count, &read)?;
-        if let Some(e) = read_err.take() {
-            return Err(e);
-        }
+        let (txid, _) = self.state();
+        let blocks = self.allocations()?;
         let mut w = Walk {
             reader: self,
             reached: vec![false; blocks.len()],
