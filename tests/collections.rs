@@ -66,6 +66,8 @@ enum Op {
     Bump(u16, u64),
     PopFirst,
     PopLast,
+    /// Keep the entries whose value, xor the seed, is not a multiple of 3 (both maps).
+    Retain(u64),
     Range(Option<u16>, Option<u16>, bool),
     Clear,
     Push(u64),
@@ -99,6 +101,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u16..400, any::<u64>()).prop_map(|(k, x)| Op::Bump(k, x)),
         1 => Just(Op::PopFirst),
         1 => Just(Op::PopLast),
+        1 => any::<u64>().prop_map(Op::Retain),
         2 => (proptest::option::of(0u16..400), proptest::option::of(0u16..400), any::<bool>())
             .prop_map(|(a, b, r)| Op::Range(a, b, r)),
         1 => Just(Op::Clear),
@@ -172,6 +175,19 @@ fn apply(tx: &mut Tx<'_>, root: PPtr<Root>, m: &mut Model, op: &Op) -> txheap::R
         Op::PopFirst => {
             let got = t.pop_first(tx)?.map(|(k, v)| (k.0[0] as u16, v));
             assert_eq!(got, m.tree.pop_first());
+        }
+        Op::Retain(seed) => {
+            let keep = |x: u64| (x ^ seed) % 3 != 0;
+            let before = m.tree.len() as u64;
+            m.tree.retain(|_, x| keep(*x));
+            assert_eq!(t.retain(tx, |_, x| keep(*x))?, before - m.tree.len() as u64);
+            let value = |v: &Val| u64::from_le_bytes(v[..8].try_into().unwrap());
+            let before = m.hash.len() as u64;
+            m.hash.retain(|_, v| keep(value(v)));
+            assert_eq!(
+                h.retain(tx, |_, v| keep(value(v)))?,
+                before - m.hash.len() as u64
+            );
         }
         Op::PopLast => {
             let got = t.pop_last(tx)?.map(|(k, v)| (k.0[0] as u16, v));

@@ -892,6 +892,47 @@ where
         })
     }
 
+    /// Keep only the entries for which `keep(key, value)` is true, removing the others (their
+    /// keys and values released, nodes merged as by [`Self::remove`]); returns how many went.
+    /// The map is read once in key order, then the doomed keys are removed one by one.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("btre.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let m = txheap::PBTreeMap::<u32, u32>::new(tx)?;
+    ///     for k in 0..100u32 { m.insert(tx, &k, &(k % 7))?; }
+    ///     assert_eq!(m.retain(tx, |_, v| *v != 0)?, 15);
+    ///     assert_eq!(m.len(tx)?, 85);
+    ///     assert_eq!(m.get(tx, &14)?, None);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn retain(
+        self,
+        tx: &mut Tx<'_>,
+        mut keep: impl FnMut(&K::Input, &V::Input) -> bool,
+    ) -> Result<u64> {
+        let mut doomed = Vec::new();
+        for e in self.range_by(tx, Bound::Unbounded, Bound::Unbounded)? {
+            let (k, v) = e?;
+            if !keep(k, v) {
+                doomed.push(k.to_owned());
+            }
+        }
+        for k in &doomed {
+            if !self.remove(tx, k.borrow())? {
+                return Err(corrupt(
+                    self.offset(),
+                    "PBTreeMap: a key met by retain's scan is not found again (its Ord is not \
+                     consistent, or the map is damaged)",
+                ));
+            }
+        }
+        Ok(doomed.len() as u64)
+    }
+
     /// Remove the entry with the smallest key and return it (owned copies: a byte-string key
     /// or value comes back as a `Vec<u8>`, its blocks freed).
     ///

@@ -1074,6 +1074,50 @@ where
         self.clear(tx)
     }
 
+    /// Keep only the entries for which `keep(key, value)` is true, removing the others (their
+    /// keys and values released, buckets merged as by [`Self::remove`]); returns how many
+    /// went. The map is read once, then the doomed keys are removed one by one.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("hmre.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let m = txheap::PHashMap::<txheap::PBytes, u32>::new(tx)?;
+    ///     for (w, n) in [("a", 1u32), ("b", 0), ("c", 3)] { m.insert(tx, w.as_bytes(), &n)?; }
+    ///     assert_eq!(m.retain(tx, |_, n| *n > 0)?, 1);
+    ///     assert_eq!(m.get(tx, b"b")?, None);
+    ///     assert_eq!(m.len(tx)?, 2);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn retain(
+        self,
+        tx: &mut Tx<'_>,
+        mut keep: impl FnMut(&K::Input, &V::Input) -> bool,
+    ) -> Result<u64>
+    where
+        K::Input: ToOwned,
+    {
+        let mut doomed = Vec::new();
+        for e in self.iter(tx)? {
+            let (k, v) = e?;
+            if !keep(k, v) {
+                doomed.push(k.to_owned());
+            }
+        }
+        for k in &doomed {
+            if !self.remove(tx, std::borrow::Borrow::borrow(k))? {
+                return Err(corrupt(
+                    self.offset(),
+                    "PHashMap: a key met by retain's scan is not found again (its Eq or Hash is \
+                     not consistent, or the map is damaged)",
+                ));
+            }
+        }
+        Ok(doomed.len() as u64)
+    }
+
     /// Every entry, bucket by bucket (not sorted), read in place.
     ///
     /// ```
