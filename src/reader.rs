@@ -321,6 +321,22 @@ impl<'h> Reader<'h> {
     }
 
     /// The snapshot's transaction id and heap header.
+    /// The id of the last transaction in the committed state this reader sees. Ids grow with
+    /// every commit that changed something (recovery may skip some), so of two readers of one
+    /// handle, a larger id means a later state and equal ids the same state.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("txid.heap"), txheap::Options::new())?;
+    /// let before = heap.read(|r| Ok(r.txid()))?;
+    /// heap.transaction(|tx| tx.alloc(1u64).map(|_| ()))?;
+    /// assert!(heap.read(|r| Ok(r.txid()))? > before);
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn txid(&self) -> u64 {
+        self.snap.txid
+    }
+
     pub(crate) fn state(&self) -> (u64, crate::alloc::HeapHeader) {
         (self.snap.txid, self.snap.header)
     }

@@ -71,6 +71,16 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
         progress: ProgressMode,
     },
+    /// List every allocated block (file offset and size) of one committed state, from the
+    /// allocator's tables: a way back to objects whatever their type (read-only; beside a
+    /// writer that holds the file, on Linux)
+    Blocks {
+        /// The heap file
+        file: PathBuf,
+        /// Print one JSON document
+        #[arg(long)]
+        json: bool,
+    },
     /// List the log's committed frames and their ranges, and where and why the log ends
     /// (read-only)
     DumpLog {
@@ -266,6 +276,36 @@ fn info(file: &Path, json: bool, classes: bool) -> Result<u8, Failure> {
                 c.block_size, c.runs, c.used_blocks, c.free_blocks
             );
         }
+    }
+    Ok(0)
+}
+
+fn blocks(file: &Path, json: bool) -> Result<u8, Failure> {
+    let heap = Heap::open_read_only(file).map_err(|e| failure(file, e))?;
+    let (blocks, txid) = heap
+        .read(|r| Ok((r.allocations()?, r.txid())))
+        .map_err(|e| failure(file, e))?;
+    heap.close().map_err(|e| failure(file, e))?;
+    let bytes: u64 = blocks.iter().map(|&(_, n)| n).sum();
+    if json {
+        print_json(&json!({
+            "schema": SCHEMA,
+            "file": file.display().to_string(),
+            "txid": txid,
+            "count": blocks.len(),
+            "bytes": bytes,
+            "blocks": blocks,
+        }));
+        return Ok(0);
+    }
+    println!(
+        "{}: {} allocated blocks, {bytes} bytes, as of transaction {txid}",
+        file.display(),
+        blocks.len()
+    );
+    println!("          offset        size");
+    for (at, n) in blocks {
+        println!("{at:>16} {n:>11}");
     }
     Ok(0)
 }
@@ -624,6 +664,14 @@ fn recover_dry_run(file: &Path, json: bool) -> Result<u8, Failure> {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so a write to a closed pipe (`txheap blocks FILE | head`) is an
+    // EPIPE error, which `println!` turns into a panic. Restore the default that C programs
+    // and other Unix tools have: the process ends quietly.
+    // SAFETY: the first thing main does, before any other thread exists; setting a signal's
+    // action to SIG_DFL installs no handler and touches no memory of this program.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -641,6 +689,7 @@ fn main() -> ExitCode {
             json,
             progress,
         } => check(&file, json, progress),
+        Command::Blocks { file, json } => blocks(&file, json),
         Command::DumpLog { file, json, ranges } => dump_log(&file, json, ranges),
         Command::Copy { src, dst, compact } => copy(&src, &dst, compact),
         Command::Compact { file } => compact(&file),

@@ -453,3 +453,87 @@ fn no_progress_bar_when_stderr_is_not_a_terminal() {
     }
     assert_eq!(txheap(&["check", "--progress", "sometimes", &c]).0, 8);
 }
+
+/// `blocks` lists every allocated block: the offsets and sizes the library's own
+/// `Reader::allocations` gives, as text and as JSON, from a closed heap and beside a writer.
+#[test]
+fn blocks_lists_every_allocated_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.heap");
+    let p = path.to_str().unwrap();
+    let heap = txheap::Heap::create(&path, txheap::Options::new()).unwrap();
+    let made = heap
+        .transaction(|tx| {
+            let a = tx.alloc([7u64; 3])?.offset();
+            let b = tx.alloc_slice_zeroed::<u8>(300_000)?.offset();
+            Ok((a, b))
+        })
+        .unwrap();
+    let want = heap.read(|r| r.allocations()).unwrap();
+    assert_eq!(want.len(), 2);
+    assert_eq!(want[0].0, made.0);
+    assert_eq!(want[1], (made.1, 300_000));
+    let json_of = |p: &str| {
+        let (code, out, err) = txheap(&["blocks", "--json", p]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let blocks: Vec<(u64, u64)> = v["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| (b[0].as_u64().unwrap(), b[1].as_u64().unwrap()))
+            .collect();
+        assert_eq!(v["count"], blocks.len());
+        assert_eq!(
+            v["bytes"].as_u64().unwrap(),
+            blocks.iter().map(|b| b.1).sum::<u64>()
+        );
+        blocks
+    };
+    // Beside the writer (Linux: a read-only open follows it).
+    if cfg!(target_os = "linux") {
+        assert_eq!(json_of(p), want);
+    }
+    heap.close().unwrap();
+    assert_eq!(json_of(p), want);
+    let (code, out, _) = txheap(&["blocks", p]);
+    assert_eq!(code, 0);
+    assert!(out.contains("2 allocated blocks"), "{out}");
+    assert!(
+        out.contains(&format!("{:>16} {:>11}", made.1, 300_000)),
+        "{out}"
+    );
+    let (code, _, err) = txheap(&["blocks", dir.path().join("none").to_str().unwrap()]);
+    assert_eq!(code, 8, "{err}");
+}
+
+/// Output into a pipe whose reader has gone (`txheap blocks FILE | head`) ends the command
+/// quietly: no panic message on standard error.
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.heap");
+    let heap = txheap::Heap::create(&path, txheap::Options::new()).unwrap();
+    heap.transaction(|tx| {
+        for i in 0..2000u64 {
+            tx.alloc(i)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    heap.close().unwrap();
+    for args in [&["blocks"][..], &["blocks", "--json"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_txheap"))
+            .args(args)
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader goes before the command writes
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
