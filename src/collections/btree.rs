@@ -877,19 +877,14 @@ where
         key: &K::Input,
         value: &V::Input,
     ) -> Result<PPtr<V>> {
-        if let Some(p) = self.get_mut(tx, key)? {
-            return Ok(p);
-        }
-        self.insert(tx, key, value)?;
-        // Found again unless the key's `Ord` disagrees with itself or the map is damaged: an
-        // error then, not a panic.
-        self.get_mut(tx, key)?.ok_or_else(|| {
-            corrupt(
-                self.offset(),
-                "PBTreeMap: a key inserted by get_or_insert is not found again (its Ord is not \
-                 consistent, or the map is damaged)",
-            )
-        })
+        super::get_or_insert(
+            tx,
+            |tx| self.get_mut(tx, key),
+            |tx| self.insert(tx, key, value),
+            self.offset(),
+            "PBTreeMap: a key inserted by get_or_insert is not found again (its Ord is not \
+             consistent, or the map is damaged)",
+        )
     }
 
     /// Keep only the entries for which `keep(key, value)` is true, removing the others (their
@@ -921,16 +916,14 @@ where
                 doomed.push(k.to_owned());
             }
         }
-        for k in &doomed {
-            if !self.remove(tx, k.borrow())? {
-                return Err(corrupt(
-                    self.offset(),
-                    "PBTreeMap: a key met by retain's scan is not found again (its Ord is not \
-                     consistent, or the map is damaged)",
-                ));
-            }
-        }
-        Ok(doomed.len() as u64)
+        super::remove_each(
+            tx,
+            &doomed,
+            |tx, k| self.remove(tx, k.borrow()),
+            self.offset(),
+            "PBTreeMap: a key met by retain's scan is not found again (its Ord is not \
+             consistent, or the map is damaged)",
+        )
     }
 
     /// Remove the entry with the smallest key and return it (owned copies: a byte-string key

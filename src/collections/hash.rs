@@ -628,19 +628,14 @@ where
         key: &K::Input,
         value: &V::Input,
     ) -> Result<PPtr<V>> {
-        if let Some(p) = self.get_mut(tx, key)? {
-            return Ok(p);
-        }
-        self.insert(tx, key, value)?;
-        // Found again unless the key's `Eq` disagrees with itself (a key never equal to
-        // itself) or the map is damaged: an error then, not a panic.
-        self.get_mut(tx, key)?.ok_or_else(|| {
-            corrupt(
-                self.offset(),
-                "PHashMap: a key inserted by get_or_insert is not found again (its Eq is not \
-                 reflexive, or the map is damaged)",
-            )
-        })
+        super::get_or_insert(
+            tx,
+            |tx| self.get_mut(tx, key),
+            |tx| self.insert(tx, key, value),
+            self.offset(),
+            "PHashMap: a key inserted by get_or_insert is not found again (its Eq is not \
+             reflexive, or the map is damaged)",
+        )
     }
 
     /// Insert `key` -> `value`. Returns whether the key was present (its old value is then
@@ -1106,16 +1101,14 @@ where
                 doomed.push(k.to_owned());
             }
         }
-        for k in &doomed {
-            if !self.remove(tx, std::borrow::Borrow::borrow(k))? {
-                return Err(corrupt(
-                    self.offset(),
-                    "PHashMap: a key met by retain's scan is not found again (its Eq or Hash is \
-                     not consistent, or the map is damaged)",
-                ));
-            }
-        }
-        Ok(doomed.len() as u64)
+        super::remove_each(
+            tx,
+            &doomed,
+            |tx, k| self.remove(tx, std::borrow::Borrow::borrow(k)),
+            self.offset(),
+            "PHashMap: a key met by retain's scan is not found again (its Eq or Hash is not \
+             consistent, or the map is damaged)",
+        )
     }
 
     /// Every entry, bucket by bucket (not sorted), read in place.

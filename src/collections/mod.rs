@@ -187,3 +187,37 @@ fn corrupt(offset: u64, what: impl Into<String>) -> Error {
         what: what.into(),
     }
 }
+
+/// The maps' entry-style update: `get_mut`, else `insert` and `get_mut` again. A key the second
+/// lookup does not find (an `Ord`, `Eq` or `Hash` that disagrees with itself, or damage) is
+/// [`Error::Corrupt`] at `at`, saying `lost`.
+fn get_or_insert<P>(
+    tx: &mut Tx<'_>,
+    mut get_mut: impl FnMut(&mut Tx<'_>) -> Result<Option<P>>,
+    insert: impl FnOnce(&mut Tx<'_>) -> Result<bool>,
+    at: u64,
+    lost: &str,
+) -> Result<P> {
+    if let Some(p) = get_mut(tx)? {
+        return Ok(p);
+    }
+    insert(tx)?;
+    get_mut(tx)?.ok_or_else(|| corrupt(at, lost))
+}
+
+/// The second half of the maps' `retain`: remove each of `doomed` (keys the scan met, in its
+/// order); how many. A key not found again is [`Error::Corrupt`] at `at`, saying `lost`.
+fn remove_each<O>(
+    tx: &mut Tx<'_>,
+    doomed: &[O],
+    mut remove: impl FnMut(&mut Tx<'_>, &O) -> Result<bool>,
+    at: u64,
+    lost: &str,
+) -> Result<u64> {
+    for k in doomed {
+        if !remove(tx, k)? {
+            return Err(corrupt(at, lost));
+        }
+    }
+    Ok(doomed.len() as u64)
+}
