@@ -110,6 +110,10 @@ enum Command {
     Compact {
         /// The heap file
         file: PathBuf,
+        /// Wait up to this many seconds for another handle (a running program, another
+        /// command) to close the file, instead of failing at once as locked
+        #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_wait)]
+        wait: Duration,
     },
     /// Open for writing (replay committed frames, discard a torn tail, checkpoint), then close
     Recover {
@@ -125,7 +129,20 @@ enum Command {
         /// Print one JSON document (with --dry-run)
         #[arg(long, requires = "dry_run")]
         json: bool,
+        /// Wait up to this many seconds for another handle to close the file, instead of
+        /// failing at once as locked (not with --dry-run, which reads beside a writer)
+        #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_wait, conflicts_with = "dry_run")]
+        wait: Duration,
     },
+}
+
+/// `--wait SECS`: a non-negative number of seconds (fractions allowed).
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?}: the wait must be a finite number of seconds, 0 or more"))
 }
 
 /// When `check` draws its progress bar.
@@ -576,13 +593,13 @@ fn copy(src: &Path, dst: &Path, compact: bool) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn compact(file: &Path) -> Result<u8, Failure> {
+fn compact(file: &Path, wait: Duration) -> Result<u8, Failure> {
     let blocks = |p: &Path| {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
     };
     let before = blocks(file);
-    let heap = Heap::open(file, Options::new()).map_err(|e| failure(file, e))?;
+    let heap = Heap::open(file, Options::new().lock_wait(wait)).map_err(|e| failure(file, e))?;
     let r = heap.compact().map_err(|e| failure(file, e))?;
     heap.close().map_err(|e| failure(file, e))?;
     println!(
@@ -598,8 +615,9 @@ fn compact(file: &Path) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn recover(file: &Path, salvage: bool) -> Result<u8, Failure> {
-    let heap = Heap::open(file, Options::new().salvage(salvage)).map_err(|e| failure(file, e))?;
+fn recover(file: &Path, salvage: bool, wait: Duration) -> Result<u8, Failure> {
+    let heap = Heap::open(file, Options::new().salvage(salvage).lock_wait(wait))
+        .map_err(|e| failure(file, e))?;
     // The open leaves replayed frames in the log (the first commit or the close checkpoints):
     // checkpoint here, so that the superblock reported is the one the file keeps.
     heap.checkpoint().map_err(|e| failure(file, e))?;
@@ -692,14 +710,19 @@ fn main() -> ExitCode {
         Command::Blocks { file, json } => blocks(&file, json),
         Command::DumpLog { file, json, ranges } => dump_log(&file, json, ranges),
         Command::Copy { src, dst, compact } => copy(&src, &dst, compact),
-        Command::Compact { file } => compact(&file),
+        Command::Compact { file, wait } => compact(&file, wait),
         Command::Recover {
             file,
             dry_run: true,
             json,
             ..
         } => recover_dry_run(&file, json),
-        Command::Recover { file, salvage, .. } => recover(&file, salvage),
+        Command::Recover {
+            file,
+            salvage,
+            wait,
+            ..
+        } => recover(&file, salvage, wait),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -537,3 +537,42 @@ fn a_closed_pipe_ends_the_output_quietly() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// `compact --wait` and `recover --wait`: locked after the wait, or done once the holder
+/// closes; a bad wait is a usage error (exit 8).
+#[test]
+fn writable_commands_wait_for_the_lock_when_asked() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.heap");
+    let p = path.to_str().unwrap().to_string();
+    let heap = txheap::Heap::create(&path, txheap::Options::new()).unwrap();
+    let t = Instant::now();
+    let (code, _, err) = txheap(&["compact", "--wait", "0.3", &p]);
+    assert_eq!(code, 8, "{err}");
+    assert!(err.contains("locked"), "{err}");
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    let (code, _, err) = txheap(&["recover", &p]);
+    assert_eq!(code, 8, "{err}");
+    let mut first = Some(heap);
+    for cmd in ["compact", "recover"] {
+        let holder = first
+            .take()
+            .unwrap_or_else(|| txheap::Heap::open(&path, txheap::Options::new()).unwrap());
+        let q = p.clone();
+        let waiter = std::thread::spawn(move || {
+            let r = txheap(&[cmd, "--wait", "60", &q]);
+            (Instant::now(), r)
+        });
+        std::thread::sleep(Duration::from_millis(400));
+        let closing = Instant::now();
+        holder.close().unwrap();
+        let (done, (code, out, err)) = waiter.join().unwrap();
+        assert_eq!(code, 0, "{cmd}: {out} {err}");
+        assert!(done >= closing, "{cmd} finished before the holder closed");
+    }
+    for bad in ["-1", "soon", "inf"] {
+        let (code, _, err) = txheap(&["compact", "--wait", bad, &p]);
+        assert_eq!(code, 8, "{bad}: {err}");
+    }
+}
