@@ -75,6 +75,11 @@ enum Op {
     Set(u16, u64),
     VInsert(u16, u64),
     VRemove(u16),
+    VSwapRemove(u16),
+    /// Keep the elements that, xor the seed, are not a multiple of 3.
+    VRetain(u64),
+    /// Sort in place (`as_mut_slice`), descending when true.
+    VSort(bool),
     Truncate(u16),
     Extend(Vec<u64>),
     /// Extend by 9,000 to 20,999 elements (derived from the seed): a buffer past the largest
@@ -110,6 +115,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u16..64, any::<u64>()).prop_map(|(i, v)| Op::Set(i, v)),
         1 => (0u16..64, any::<u64>()).prop_map(|(i, v)| Op::VInsert(i, v)),
         1 => (0u16..64).prop_map(Op::VRemove),
+        1 => (0u16..64).prop_map(Op::VSwapRemove),
+        1 => any::<u64>().prop_map(Op::VRetain),
+        1 => any::<bool>().prop_map(Op::VSort),
         1 => (0u16..64).prop_map(Op::Truncate),
         1 => proptest::collection::vec(any::<u64>(), 0..40).prop_map(Op::Extend),
         1 => (0u16..12_000, any::<u64>()).prop_map(|(n, x)| Op::Bulk(n, x)),
@@ -252,6 +260,32 @@ fn apply(tx: &mut Tx<'_>, root: PPtr<Root>, m: &mut Model, op: &Op) -> txheap::R
                 assert_eq!(r?, m.vec.remove(i as usize));
             } else {
                 assert!(matches!(r, Err(Error::IndexOutOfRange { .. })));
+            }
+        }
+        Op::VSwapRemove(i) => {
+            let r = v.swap_remove(tx, i as u64);
+            if (i as usize) < m.vec.len() {
+                assert_eq!(r?, m.vec.swap_remove(i as usize));
+            } else {
+                assert!(matches!(r, Err(Error::IndexOutOfRange { .. })));
+            }
+        }
+        Op::VRetain(seed) => {
+            let before = m.vec.len() as u64;
+            m.vec.retain(|x| (x ^ seed) % 3 != 0);
+            assert_eq!(
+                v.retain(tx, |x| (x ^ seed) % 3 != 0)?,
+                before - m.vec.len() as u64
+            );
+        }
+        Op::VSort(desc) => {
+            let s = v.as_mut_slice(tx)?;
+            if desc {
+                s.sort_unstable_by(|a, b| b.cmp(a));
+                m.vec.sort_unstable_by(|a, b| b.cmp(a));
+            } else {
+                s.sort_unstable();
+                m.vec.sort_unstable();
             }
         }
         Op::Truncate(n) => {

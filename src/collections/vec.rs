@@ -424,6 +424,109 @@ impl<T: Element> PPtr<PVec<T>> {
         Ok(removed)
     }
 
+    /// Remove and return element `i`, moving the last element into its place (no shift: one
+    /// element written, not the tail).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvsr.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let v = txheap::PVec::new(tx)?;
+    ///     v.extend_from_slice(tx, &[1u8, 2, 3, 4])?;
+    ///     assert_eq!(v.swap_remove(tx, 0)?, 1);
+    ///     assert_eq!(v.as_slice(tx)?, [4, 2, 3]);
+    ///     assert!(v.swap_remove(tx, 3).is_err());
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn swap_remove(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
+        let mut h = self.header(tx)?;
+        if i >= h.len {
+            return Err(Error::IndexOutOfRange {
+                index: i,
+                len: h.len,
+            });
+        }
+        let all = self.as_slice(tx)?;
+        let (removed, last) = (all[i as usize], all[h.len as usize - 1]);
+        if i + 1 < h.len {
+            tx.set(Self::elements(&h).get(i).expect("i < len"), last)?;
+        }
+        h.len -= 1;
+        tx.set(self, h)?;
+        Ok(removed)
+    }
+
+    /// Keep only the elements for which `keep` is true (given each element's borrowed form:
+    /// the value itself for plain data, the bytes of a [`crate::PBytes`]), in order, releasing
+    /// the others; returns how many went. The elements after the first removed one are written
+    /// once, shifted down.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvre.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let v = txheap::PVec::new(tx)?;
+    ///     v.extend_from_slice(tx, &[1u32, 2, 3, 4, 5, 6])?;
+    ///     assert_eq!(v.retain(tx, |x| x % 2 == 0)?, 3);
+    ///     assert_eq!(v.as_slice(tx)?, [2, 4, 6]);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn retain(self, tx: &mut Tx<'_>, mut keep: impl FnMut(&T::Input) -> bool) -> Result<u64> {
+        let mut h = self.header(tx)?;
+        let mut kept = Vec::new();
+        let mut gone = Vec::new();
+        let mut first = None;
+        for (i, e) in self.as_slice(tx)?.iter().enumerate() {
+            if keep(T::load(e, tx)?) {
+                if first.is_some() {
+                    kept.push(*e);
+                }
+            } else {
+                first.get_or_insert(i);
+                gone.push(*e);
+            }
+        }
+        let Some(first) = first else {
+            return Ok(0);
+        };
+        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+        tx.write_slice(buf, first as u64, &kept)?;
+        for e in &gone {
+            e.release(tx)?;
+        }
+        h.len = first as u64 + kept.len() as u64;
+        tx.set(self, h)?;
+        Ok(gone.len() as u64)
+    }
+
+    /// The elements in place for changing them together (sort, reverse, fill): the elements
+    /// in use are staged as one write. Meant for plain data: in a vector of
+    /// [`crate::PBytes`] handles, a handle overwritten here leaks the block it owned (which
+    /// [`crate::Heap::reachability`] reports) and a handle copied here shares its block with
+    /// another (reads stay sound; releasing both frees it once, and the second free is refused
+    /// as a double free).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvms.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let v = txheap::PVec::new(tx)?;
+    ///     v.extend_from_slice(tx, &[3u64, 1, 2])?;
+    ///     v.as_mut_slice(tx)?.sort_unstable();
+    ///     assert_eq!(v.as_slice(tx)?, [1, 2, 3]);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn as_mut_slice<'t>(self, tx: &'t mut Tx<'_>) -> Result<&'t mut [T]> {
+        let h = self.header(tx)?;
+        tx.slice_mut(Self::elements(&h))
+    }
+
     /// Shorten to `len` elements, releasing the ones dropped (a longer `len` does nothing).
     ///
     /// ```
