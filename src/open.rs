@@ -260,13 +260,32 @@ fn build_new(path: &Path, file: File, options: &Options) -> Result<Opened> {
 
 /// Open an existing heap for writing, recovering it (see `Heap::open`).
 pub(crate) fn open(path: &Path, options: &Options) -> Result<Opened> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| open_error(path, e))?;
-    lock_file_waiting(&file, path, true, options.lock_wait)?;
-    from_file(path, file, options, false)
+    let deadline = Instant::now().checked_add(options.lock_wait);
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| open_error(path, e))?;
+        let left = deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        lock_file_waiting(&file, path, true, left)?;
+        // After a wait, the path may name another file than the one locked (a backup restored
+        // over it by a rename while the holder had it): recovering the old, unlinked one
+        // would put this handle's commits where nobody finds them. Open the path again.
+        if options.lock_wait.is_zero() || same_file(&file, path)? {
+            return from_file(path, file, options, false);
+        }
+    }
+}
+
+/// Whether `path` still names the open `file` (same device and inode).
+fn same_file(file: &File, path: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let held = file.metadata().map_err(|e| Error::io("fstat", 0, e))?;
+    let named = std::fs::metadata(path).map_err(|e| open_error(path, e))?;
+    Ok(held.dev() == named.dev() && held.ino() == named.ino())
 }
 
 /// Open an existing heap read-only (see `Heap::open_read_only`): under a shared `flock`,

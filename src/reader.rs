@@ -320,7 +320,6 @@ impl<'h> Reader<'h> {
         self.sh.geo.chunk_area
     }
 
-    /// The snapshot's transaction id and heap header.
     /// The id of the last transaction in the committed state this reader sees. Ids grow with
     /// every commit that changed something (recovery may skip some), so of two readers of one
     /// handle, a larger id means a later state and equal ids the same state.
@@ -337,6 +336,7 @@ impl<'h> Reader<'h> {
         self.snap.txid
     }
 
+    /// The snapshot's transaction id and heap header.
     pub(crate) fn state(&self) -> (u64, crate::alloc::HeapHeader) {
         (self.snap.txid, self.snap.header)
     }

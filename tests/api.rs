@@ -502,7 +502,8 @@ fn root_type_is_checked_on_reopen() {
 
 /// `Options::lock_wait`: a writable open gives up with `Locked` only after the wait, and one
 /// that waits through the holder's close opens the file then, with the holder's commits; a
-/// read-only handle keeps a waiting writer out until it closes too.
+/// read-only handle keeps a waiting writer out until it closes too; a file renamed over the
+/// path meanwhile is the one the waiting open gets.
 #[test]
 fn a_writable_open_waits_for_the_lock_when_asked() {
     use std::time::{Duration, Instant};
@@ -545,6 +546,23 @@ fn a_writable_open_waits_for_the_lock_when_asked() {
     reader.close().unwrap();
     let (opened, _) = waiter.join().unwrap().unwrap();
     assert!(opened >= closing, "opened before the reader closed");
+    // Another heap renamed over the path while the open waits (a backup restored): the
+    // waiting open gets the file the path now names, not the one it first opened.
+    let holder = Heap::open(&path, small()).unwrap();
+    let waiter = wait_for(path.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let other = path.with_extension("restored");
+    let restored = Heap::create(&other, small()).unwrap();
+    push(&restored, 9).unwrap();
+    restored.close().unwrap();
+    std::fs::rename(&other, &path).unwrap();
+    holder.close().unwrap();
+    let (_, v) = waiter.join().unwrap().unwrap();
+    assert_eq!(
+        v,
+        vec![9],
+        "the waiting open recovered the file renamed away"
+    );
 }
 
 #[test]

@@ -1068,10 +1068,6 @@ fn removal_merges_underfull_nodes() {
     // from a sibling it could not merge with), the byte-string map's nodes (its blocks less a
     // key and a value per entry) to 168 (1,368 before merging, 178 before taking entries).
     let string_nodes_now = now_strings - 2 * left.len() as u64;
-    eprintln!(
-        "nodes after removals: {now_fixed} fixed, {string_nodes_now} byte-string ({full_fixed} \
-         and {full_strings} blocks when full)"
-    );
     assert!(
         now_fixed * 4 <= left.len() as u64 && string_nodes_now * 4 <= left.len() as u64,
         "{now_fixed} and {string_nodes_now} nodes for {} entries ({full_fixed} and {full_strings} blocks when full)",

@@ -1,7 +1,7 @@
 //! `txheap`: check, inspect, dump, recover and copy txheap heap files.
 //!
 //! Every subcommand is in `txheap --help`; `txheap SUBCOMMAND --help` says what it does. The
-//! read-only ones (`info`, `stats`, `check`, `dump-log`, `recover --dry-run`) never write the
+//! read-only ones (`info`, `stats`, `check`, `blocks`, `dump-log`, `recover --dry-run`) never write the
 //! file, take `--json` (the schema is in docs/CLI.md), and share the exit codes of fsck:
 //!
 //! | code | meaning |
@@ -11,7 +11,7 @@
 //! | 4 | the file is damaged (`check`'s verdict, or another subcommand refused it as damaged) |
 //! | 8 | operational or usage error: no such file, not a txheap file, locked by a writer, I/O |
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -315,15 +315,22 @@ fn blocks(file: &Path, json: bool) -> Result<u8, Failure> {
         }));
         return Ok(0);
     }
-    println!(
-        "{}: {} allocated blocks, {bytes} bytes, as of transaction {txid}",
-        file.display(),
-        blocks.len()
-    );
-    println!("          offset        size");
-    for (at, n) in blocks {
-        println!("{at:>16} {n:>11}");
-    }
+    // One buffered writer for what may be millions of lines (a write per line otherwise).
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = (|| {
+        writeln!(
+            out,
+            "{}: {} allocated blocks, {bytes} bytes, as of transaction {txid}",
+            file.display(),
+            blocks.len()
+        )?;
+        writeln!(out, "          offset        size")?;
+        for (at, n) in blocks {
+            writeln!(out, "{at:>16} {n:>11}")?;
+        }
+        out.flush()
+    })();
+    written.map_err(|e| Failure(8, format!("{}: writing the list: {e}", file.display())))?;
     Ok(0)
 }
 
@@ -598,8 +605,9 @@ fn compact(file: &Path, wait: Duration) -> Result<u8, Failure> {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
     };
-    let before = blocks(file);
     let heap = Heap::open(file, Options::new().lock_wait(wait)).map_err(|e| failure(file, e))?;
+    // (Measured once the file is this command's: a holder waited for may have written meanwhile.)
+    let before = blocks(file);
     let r = heap.compact().map_err(|e| failure(file, e))?;
     heap.close().map_err(|e| failure(file, e))?;
     println!(

@@ -61,8 +61,9 @@ const fn align_up(x: u64, a: u64) -> u64 {
 /// Removal frees a node when it empties and merges a node left with fewer than a quarter of
 /// its capacity into a sibling when the two fit in three quarters of one, or else shares the
 /// pair's entries evenly between them, so every node but the root stays at least a quarter
-/// full and a map that loses most of its keys gives its nodes back; the height shrinks when
-/// the root has one child. [`PPtr::stats`] shows the tree's shape and fill.
+/// full (a node that a txheap before this rule left underfull stays so until a removal
+/// reaches it) and a map that loses most of its keys gives its nodes back; the height shrinks
+/// when the root has one child. [`PPtr::stats`] shows the tree's shape and fill.
 ///
 /// ```
 /// use txheap::{PBTreeMap, PPtr};
@@ -476,8 +477,9 @@ type Split<K> = Option<(K, u64)>;
 
 /// What a removal leaves for the parent of the node it changed.
 enum Mend {
-    /// Nothing: the node holds at least a quarter of its capacity, or was mended (merged or
-    /// given entries) without changing its parent's count.
+    /// Nothing: the node holds at least a quarter of its capacity, or was mended (its pair
+    /// shared entries) without changing its parent's count, or is an only child (of a root
+    /// about to give way to it).
     Done,
     /// The node emptied and was freed: the parent drops its child pointer and a key.
     Emptied,
@@ -817,7 +819,9 @@ where
     }
 
     /// A pointer to the stored value handle of `key`, for changing it in place with
-    /// `tx.get_mut` (for plain values; a [`crate::PBytes`] value is replaced with `insert`).
+    /// `tx.get_mut`. Only for plain values (integers, arrays, structs, `PPtr`, a nested collection
+    /// header): a [`crate::PBytes`] or [`crate::PString`] value owns a block that an overwrite
+    /// would leak, so it is replaced with `insert` (the bound refuses it at compile time).
     /// The pointer is valid until the map's next insert or remove, which may move entries.
     ///
     /// ```
@@ -834,7 +838,10 @@ where
     /// })?;
     /// # Ok::<(), txheap::Error>(())
     /// ```
-    pub fn get_mut(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<Option<PPtr<V>>> {
+    pub fn get_mut(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<Option<PPtr<V>>>
+    where
+        V: Element<Input = V>,
+    {
         let h = self.header(tx)?;
         if h.height == 0 {
             return Ok(None);
@@ -871,12 +878,10 @@ where
     /// })?;
     /// # Ok::<(), txheap::Error>(())
     /// ```
-    pub fn get_or_insert(
-        self,
-        tx: &mut Tx<'_>,
-        key: &K::Input,
-        value: &V::Input,
-    ) -> Result<PPtr<V>> {
+    pub fn get_or_insert(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<PPtr<V>>
+    where
+        V: Element<Input = V>,
+    {
         super::get_or_insert(
             tx,
             |tx| self.get_mut(tx, key),
@@ -1237,8 +1242,8 @@ where
             .ok_or_else(|| corrupt(self.offset(), "B-tree length below its entries"))?;
         // Take the entry out of its leaf (or free the leaf it empties), then mend upward: an
         // emptied node leaves its parent, and an underfull one merges with a sibling when
-        // the two fit comfortably in one node; each merge takes a key out of the parent,
-        // which may leave it underfull in turn.
+        // the two fit comfortably in one node, or else takes entries from it; each merge
+        // takes a key out of the parent, which may leave it underfull in turn.
         let mut up = if leaf.count > 1 {
             let at = leaf.at;
             // Slots stay `0..count`: the value in the last slot moves into the freed one.
@@ -1389,7 +1394,8 @@ where
     /// `left` and `right` (children `l` and `l + 1` of `parent`), one of them underfull, do not
     /// fit in three quarters of one node: share their entries evenly instead (a leaf pair's
     /// entries, or an internal pair's keys with the separator between them and their
-    /// children), so that each holds at least three eighths of a node. Both nodes are
+    /// children), so that each holds about three eighths of a node (at least a quarter: an
+    /// internal pair's middle key moves up, so the right one may have one fewer). Both nodes are
     /// rewritten whole and the parent's separator replaced: for leaves by a copy of the right
     /// node's new first key (the old copy released), for internal nodes by the middle key,
     /// which moves up as the old separator moves down. The parent's count does not change.

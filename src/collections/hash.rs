@@ -583,7 +583,9 @@ where
     }
 
     /// A pointer to the stored value handle of `key`, for changing it in place with
-    /// `tx.get_mut` (for plain values; a [`crate::PBytes`] value is replaced with `insert`).
+    /// `tx.get_mut`. Only for plain values (integers, arrays, structs, `PPtr`, a nested collection
+    /// header): a [`crate::PBytes`] or [`crate::PString`] value owns a block that an overwrite
+    /// would leak, so it is replaced with `insert` (the bound refuses it at compile time).
     /// The pointer is valid until the map's next insert or remove, which may move entries.
     ///
     /// ```
@@ -599,7 +601,23 @@ where
     /// })?;
     /// # Ok::<(), txheap::Error>(())
     /// ```
-    pub fn get_mut(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<Option<PPtr<V>>> {
+    ///
+    /// A byte-string value has none (it would not compile):
+    ///
+    /// ```compile_fail
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("hmgmb.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let m = txheap::PHashMap::<u8, txheap::PBytes>::new(tx)?;
+    ///     m.get_mut(tx, &1)?;
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn get_mut(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<Option<PPtr<V>>>
+    where
+        V: Element<Input = V>,
+    {
         let h = self.header(tx)?;
         let g = Geo::of::<K, V>();
         Ok(Self::locate(&h, &g, tx, key)?.map(|(b, i, _)| Self::val_ptr(&g, b, i)))
@@ -622,12 +640,10 @@ where
     /// })?;
     /// # Ok::<(), txheap::Error>(())
     /// ```
-    pub fn get_or_insert(
-        self,
-        tx: &mut Tx<'_>,
-        key: &K::Input,
-        value: &V::Input,
-    ) -> Result<PPtr<V>> {
+    pub fn get_or_insert(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<PPtr<V>>
+    where
+        V: Element<Input = V>,
+    {
         super::get_or_insert(
             tx,
             |tx| self.get_mut(tx, key),
