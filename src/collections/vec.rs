@@ -504,11 +504,10 @@ impl<T: Element> PPtr<PVec<T>> {
     }
 
     /// The elements in place for changing them together (sort, reverse, fill): the elements
-    /// in use are staged as one write. Meant for plain data: in a vector of
-    /// [`crate::PBytes`] handles, a handle overwritten here leaks the block it owned (which
-    /// [`crate::Heap::reachability`] reports) and a handle copied here shares its block with
-    /// another (reads stay sound; releasing both frees it once, and the second free is refused
-    /// as a double free).
+    /// in use are staged as one write. Only for plain elements (integers, arrays, structs,
+    /// `PPtr`, nested collection headers): a [`crate::PBytes`] or [`crate::PString`] handle
+    /// owns a block that an overwrite here would leak, or a copy share (the bound refuses
+    /// them at compile time; `set`, `swap_remove` and `retain` move them whole).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -522,7 +521,23 @@ impl<T: Element> PPtr<PVec<T>> {
     /// })?;
     /// # Ok::<(), txheap::Error>(())
     /// ```
-    pub fn as_mut_slice<'t>(self, tx: &'t mut Tx<'_>) -> Result<&'t mut [T]> {
+    ///
+    /// A vector of byte strings has none (it would not compile):
+    ///
+    /// ```compile_fail
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("pvmsb.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| {
+    ///     let v = txheap::PVec::<txheap::PBytes>::new(tx)?;
+    ///     v.as_mut_slice(tx)?;
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn as_mut_slice<'t>(self, tx: &'t mut Tx<'_>) -> Result<&'t mut [T]>
+    where
+        T: Element<Input = T>,
+    {
         let h = self.header(tx)?;
         tx.slice_mut(Self::elements(&h))
     }
