@@ -597,6 +597,21 @@ fn byte_string_maps_free_what_they_store() {
     );
 }
 
+/// Count the items of a walk, the first error ending it.
+trait CountOk {
+    fn count_ok(self) -> txheap::Result<usize>;
+}
+impl<T, I: Iterator<Item = txheap::Result<T>>> CountOk for I {
+    fn count_ok(self) -> txheap::Result<usize> {
+        let mut n = 0;
+        for e in self {
+            e?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
 /// Damage: a flipped count, a child pointing back at its parent, a pointer out of bounds, keys
 /// out of order, invalid UTF-8, a wrong element type: an `Error` from the operation that meets
 /// it and from check(), never a panic or a hang.
@@ -695,6 +710,50 @@ fn damaged_collections_give_errors() {
     let e = heap.read(|r| m.check(r)).unwrap_err();
     assert!(e.to_string().contains("reached twice"), "{e}");
     let e = heap.read(|r| m.stats(r)).unwrap_err();
+    assert!(e.to_string().contains("reached twice"), "{e}");
+
+    // Most child pointers naming the first leaf (a crafted tree: with more levels such sharing
+    // multiplies the paths exponentially): a scan stops with an error once it has walked more
+    // entries than the header counts, and every block walk refuses the shared node.
+    let m = fresh(&heap);
+    // (Fewer entries in the other leaves than in the first, so that its repeats outnumber the
+    // header's count.)
+    heap.transaction(|tx| {
+        for k in (5..150u64).filter(|k| k % 2 == 1) {
+            m.remove(tx, &k)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let root = words(&heap, m)[0];
+    let (first, last, children) = heap
+        .read(|r| {
+            let children = u64::from(*r.get(PPtr::<u32>::from_offset(root + 4))?) + 1;
+            let ch = r.slice(txheap::PSlice::<u64>::from_raw_parts(
+                root + 8 * children_at as u64,
+                children,
+            ))?;
+            Ok((ch[0], ch[children as usize - 1], children))
+        })
+        .unwrap();
+    heap.transaction(|tx| {
+        for i in 1..children - 1 {
+            tx.set(
+                PPtr::<u64>::from_offset(root + 8 * (children_at as u64 + i)),
+                first,
+            )?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_ne!(first, last);
+    let scan = heap.read(|r| m.range(r, ..)?.count_ok());
+    let e = scan.unwrap_err();
+    assert!(
+        e.to_string().contains("more entries than its header"),
+        "{e}"
+    );
+    let e = heap.read(|r| m.for_each_block(r, |_| ())).unwrap_err();
     assert!(e.to_string().contains("reached twice"), "{e}");
 
     // Two keys of a leaf swapped: only check() can see it (lookups may just miss).

@@ -1500,7 +1500,7 @@ where
 
     /// Entries with keys in `range`, in key order; the iterator runs both ways
     /// (`.rev()`, `next_back`). Each item is a `Result`: a damaged node ends the walk with an
-    /// error.
+    /// error, as does a walk past the header's count of entries (a shared subtree).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -1553,6 +1553,8 @@ where
             front_leaf: None,
             back_leaf: None,
             done: true,
+            left: h.len,
+            map: self.offset(),
             _kv: PhantomData,
         };
         if h.height == 0 {
@@ -1743,7 +1745,8 @@ where
 
     /// Call `f` with the start offset of every allocation the map holds: its nodes, and what its
     /// keys (separator copies included) and values own. With `tx.usable_size` this accounts for
-    /// every byte the map takes (a leak check); the walk checks levels and counts as it goes.
+    /// every byte the map takes (a leak check); the walk checks levels and counts as it goes, and
+    /// a node reached twice (a shared subtree: damage) is [`Error::Corrupt`].
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -1760,8 +1763,15 @@ where
             return Ok(());
         }
         let g = Self::GEO;
+        let mut seen = HashSet::new();
         let mut stack = vec![(h.root, h.height - 1)];
         while let Some((at, level)) = stack.pop() {
+            if !seen.insert(at) {
+                return Err(corrupt(
+                    at,
+                    "B-tree node reached twice (a shared subtree or a cycle)",
+                ));
+            }
             let n = Self::node(&g, view, at, level)?;
             f(at);
             for k in Self::keys(n, view)? {
@@ -2000,6 +2010,11 @@ pub struct Range<'v, K, V, W> {
     front_leaf: Leaf<'v, K, V>,
     back_leaf: Leaf<'v, K, V>,
     done: bool,
+    /// Entries the header counts that the range has not yielded yet: a walk that would yield
+    /// more met a shared subtree (damage), whose paths could multiply without end.
+    left: u64,
+    /// The map's offset (for the error).
+    map: u64,
     _kv: PhantomData<fn() -> (K, V)>,
 }
 
@@ -2059,6 +2074,19 @@ where
         self.done = true;
         Some(Err(e))
     }
+
+    /// Count one entry about to be yielded; `Err` (the error to yield) past the header's count.
+    fn count_one(&mut self) -> Result<()> {
+        if self.left == 0 {
+            return Err(corrupt(
+                self.map,
+                "B-tree range walked more entries than its header counts (a shared subtree, \
+                 or damage)",
+            ));
+        }
+        self.left -= 1;
+        Ok(())
+    }
 }
 
 impl<'v, K, V, W> Iterator for Range<'v, K, V, W>
@@ -2074,6 +2102,9 @@ where
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
             return None;
+        }
+        if let Err(err) = self.count_one() {
+            return self.fail(err);
         }
         let e = match Self::entry_cached(self.view, &self.g, &self.front, &mut self.front_leaf) {
             Ok(e) => e,
@@ -2111,6 +2142,9 @@ where
     fn next_back(&mut self) -> Option<Self::Item> {
         if self.done {
             return None;
+        }
+        if let Err(err) = self.count_one() {
+            return self.fail(err);
         }
         let e = match Self::entry_cached(self.view, &self.g, &self.back, &mut self.back_leaf) {
             Ok(e) => e,
