@@ -38,6 +38,16 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// A copy of a live heap's metadata ([`crate::inspect::check`], [`crate::inspect::stats`],
+    /// [`crate::inspect::read_log`], beside the writer that holds it) found the file changed
+    /// under each of its attempts: the writer checkpoints faster than the copy can be read.
+    /// Nothing is wrong with the file; try again, or when the writer is idle.
+    Busy {
+        /// The file.
+        path: PathBuf,
+        /// The attempts made.
+        attempts: u32,
+    },
     /// There is no file at the path ([`crate::Heap::open`], [`crate::Heap::open_read_only`]);
     /// [`crate::Heap::create`] or [`crate::Heap::open_or_create`] make one.
     NotFound {
@@ -270,6 +280,13 @@ impl fmt::Display for Error {
                 f,
                 "{} is locked by another open handle (in this or another process; a read-only \
                  one, such as a txheap command reading the file, also keeps a writer out)",
+                path.display()
+            ),
+            Error::Busy { path, attempts } => write!(
+                f,
+                "{} changed under each of {attempts} attempts to copy its metadata beside the \
+                 writer that holds it (the writer checkpoints faster than a copy can be read); \
+                 nothing is known to be wrong with it: try again, or when the writer is idle",
                 path.display()
             ),
             Error::NotFound { path } => write!(

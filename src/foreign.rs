@@ -27,9 +27,10 @@ use txheap_recovery::{self as recovery, Storage, Superblock};
 use crate::alloc::{HeapHeader, HEAP_HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::layout::{needed_len, Geometry};
-use crate::snapshot::{newest_wins, Frame, Piece, Registry, Src};
+use crate::shared::Shared;
+use crate::snapshot::{newest_wins, Frame, Piece, Src};
 use crate::storage::FileStorage;
-use crate::sys::{self, Mapping, RangeLock};
+use crate::sys::{self, RangeLock};
 
 /// The first byte of the reader locks: past the largest file the format addresses
 /// (`FILE_SIZE_MAX`, 2^56), and low enough that every pin (`txid` at most 2^62) fits an
@@ -411,16 +412,12 @@ impl Entry<'_> {
         })
     }
 
-    /// Lay `update` into `registry`: first make `map` reach the new heap end (a failure
-    /// changes nothing, and the next entry tries again), then the registry, then this
-    /// handle's position.
-    pub(crate) fn apply(
-        &mut self,
-        update: Update,
-        registry: &Registry,
-        map: &Mapping,
-        file: &File,
-    ) -> Result<()> {
+    /// Lay `update` into the handle's registry: first make its mapping reach the new heap end
+    /// (a failure changes nothing, and the next entry tries again), then the registry, the
+    /// handle's `max_size` (the writer may have raised it: a backup from this handle formats
+    /// its copy with it), then this handle's position.
+    pub(crate) fn apply(&mut self, update: Update, sh: &Shared, file: &File) -> Result<()> {
+        let (registry, map) = (&sh.registry, &sh.map);
         let chunks = update
             .frames
             .as_ref()
@@ -456,6 +453,11 @@ impl Entry<'_> {
         }
         if let Some((txid, header, pieces)) = update.frames {
             registry.commit(txid, header, Frame::Pieces(pieces));
+        }
+        // (A review found a backup from such a handle, after the writer raised `max_size` and
+        // grew past the old one, formatted with the old one: the copy refused to open.)
+        if update.next.sb.max_size > sh.max_size() {
+            sh.set_max_size(update.next.sb.max_size);
         }
         self.st.at = Some(update.next);
         Ok(())

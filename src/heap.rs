@@ -345,7 +345,7 @@ impl Heap {
             Some(live) => {
                 let mut entry = live.enter()?;
                 let update = entry.refresh()?;
-                entry.apply(update, &sh.registry, &sh.map, &sh.file)?;
+                entry.apply(update, sh, &sh.file)?;
                 let pin = crate::reader::pin(sh);
                 let txid = pin.txid;
                 entry.pin(txid)?;
@@ -526,7 +526,7 @@ impl Heap {
         if self.shared.live.is_some() {
             // Beside a writer: its figures, read live from the file (docs/ARCHITECTURE.md
             // section 15), as `txheap stats` does.
-            return crate::inspect::stats(&self.shared.path).map(|(s, _)| s);
+            return crate::inspect::live_stats(&self.shared.path, &self.shared.file);
         }
         let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         w.stats(&self.shared, progress)

@@ -309,6 +309,17 @@ pub fn read_log(path: impl AsRef<Path>) -> Result<LogReport> {
     log_of(&storage, &sb, slot.offset())
 }
 
+/// The figures of the heap in `file`, which a read-only handle opened at `path` beside the writer
+/// that holds it: from a live copy of that file (as [`stats`] makes one), not of whatever `path`
+/// names now (a review found a handle's `stats` describing a copy renamed over its path).
+pub(crate) fn live_stats(path: &Path, file: &File) -> Result<Stats> {
+    let source = file.try_clone().map_err(|e| Error::io("dup", 0, e))?;
+    let copy = LiveCopy::take_of(path, source)?;
+    let mut s = Heap::open_read_only(&copy.path)?.stats()?;
+    copy.describe(&mut s)?;
+    Ok(s)
+}
+
 /// The figures of [`Heap::stats`] for the heap file at `path`, read-only, also while another
 /// handle holds it open for writing (then from a copy of its metadata as of one committed
 /// state, as [`check`] makes it; the second value says which transaction, `None` when not live).
@@ -448,30 +459,65 @@ impl LiveCopy {
         Self::take_with(path, &mut |_| {})
     }
 
+    /// [`LiveCopy::take`] of the file `source` (named `path` in errors): the file a handle has
+    /// open, whatever its path names now.
+    fn take_of(path: &Path, source: File) -> Result<LiveCopy> {
+        Self::take_from(path, source, &mut |_| {}, &mut |_| {})
+    }
+
     /// [`LiveCopy::take`], calling `before_attempt` with each attempt's number first (tests
     /// change the file there, as a writer would).
     fn take_with(path: &Path, before_attempt: &mut dyn FnMut(usize)) -> Result<LiveCopy> {
+        let source = std::fs::File::open(path).map_err(|e| Error::io("open", 0, e))?;
+        Self::take_from(path, source, before_attempt, &mut |_| {})
+    }
+
+    /// [`LiveCopy::take_with`] of the open file `source`, also calling `before_scan` with the
+    /// attempt's number between the superblock's selection and the log's scan (tests).
+    fn take_from(
+        path: &Path,
+        source: File,
+        before_attempt: &mut dyn FnMut(usize),
+        before_scan: &mut dyn FnMut(usize),
+    ) -> Result<LiveCopy> {
         use crate::alloc::CHUNKS_PER_ZONE;
         use crate::limits::CHUNK_SIZE;
-        use std::os::unix::fs::FileExt;
-        let source = std::fs::File::open(path).map_err(|e| Error::io("open", 0, e))?;
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
         let storage = FileStorage::new(
             Arc::new(source.try_clone().map_err(|e| Error::io("dup", 0, e))?),
             0,
             false,
         )
         .map_err(|e| Error::io("storage", 0, e))?;
+        // The copy holds the heap's metadata and log, user data among them: readable by its
+        // owner only, and under a name another user cannot guess and take first (a review
+        // found it created 0644 under a predictable name).
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let tmp = std::env::temp_dir().join(format!(
-            ".txheap-live-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io("create a live copy", 0, e))?;
+        let (tmp, out) = {
+            let mut tries = 0;
+            loop {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                let tmp = std::env::temp_dir().join(format!(
+                    ".txheap-live-{}-{}-{nanos:08x}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                ));
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                {
+                    Ok(out) => break (tmp, out),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => {
+                        tries += 1
+                    }
+                    Err(e) => return Err(Error::io("create a live copy", 0, e)),
+                }
+            }
+        };
         // Removed when dropped: also when an attempt fails.
         let mut copy = LiveCopy {
             path: tmp,
@@ -537,6 +583,7 @@ impl LiveCopy {
                     continue 'attempt;
                 }
             }
+            before_scan(attempt);
             let scan = match recovery::scan_log(&storage, &sb, &mut |_, _| Ok(())) {
                 Ok(scan) => scan,
                 // A read past the end: the writer cut the file meanwhile (compaction; the scan
@@ -547,8 +594,19 @@ impl LiveCopy {
                 Err(e) => return Err(e.into()),
             };
             if let Some(d) = scan.damage {
+                // Believed only if the superblock did not move under the scan: a checkpoint and
+                // a first commit meanwhile leave a newer generation's frame at the log's start,
+                // which vouches for the old log's frames as if a superblock were damaged (a
+                // review's live check beside a checkpointing writer reported a healthy heap
+                // damaged and advised a salvage). And only if the same frame was damaged on the
+                // attempt before: it may be one the writer was still writing.
+                let mut again = vec![0u8; slots.len()];
+                if storage.read_at(0, &mut again).is_err() || again != slots {
+                    damaged_before = None;
+                    continue;
+                }
                 let seen = Some((d.offset, d.txid, slots.clone()));
-                if damaged_before == seen || attempt + 1 == LIVE_TRIES {
+                if damaged_before == seen {
                     return Err(d.error().into());
                 }
                 damaged_before = seen;
@@ -574,8 +632,9 @@ impl LiveCopy {
             copy.txid = scan.next_txid.saturating_sub(1);
             return Ok(copy);
         }
-        Err(Error::Locked {
+        Err(Error::Busy {
             path: path.to_path_buf(),
+            attempts: LIVE_TRIES as u32,
         })
     }
 
@@ -742,7 +801,34 @@ pub fn check(path: impl AsRef<Path>, progress: &mut dyn FnMut(u64, u64)) -> Resu
     let path = path.as_ref();
     match storage_of(path) {
         Err(Error::Locked { .. }) => {
-            let copy = LiveCopy::take(path)?;
+            let copy = match LiveCopy::take(path) {
+                Ok(copy) => copy,
+                // Damage the copy met is a finding, as at rest (a review found it returned as
+                // `Err`: no report, and no JSON from `txheap check --json`).
+                Err(e @ (Error::Corrupt { .. } | Error::LogDamaged { .. })) => {
+                    let live = match e {
+                        Error::LogDamaged { txid, .. } => txid.saturating_sub(1),
+                        _ => 0,
+                    };
+                    let mut r = CheckReport {
+                        path: path.to_path_buf(),
+                        verdict: Verdict::Clean,
+                        findings: Vec::new(),
+                        log: None,
+                        stats: None,
+                        live: Some(live),
+                    };
+                    let offset = match &e {
+                        Error::Corrupt { offset, .. } | Error::LogDamaged { offset, .. } => {
+                            Some(*offset)
+                        }
+                        _ => None,
+                    };
+                    r.push(Verdict::Damaged, offset, e.to_string());
+                    return Ok(r.done());
+                }
+                Err(e) => return Err(e),
+            };
             let (file, storage) = storage_of(&copy.path)?;
             let mut r = check_file(&copy.path, file, storage, Some(copy.txid), progress)?;
             r.path = path.to_path_buf();
@@ -948,6 +1034,31 @@ mod tests {
         })
         .unwrap();
         assert_eq!((copy.txid, attempts), (3, 2));
+    }
+
+    /// A writer that checkpoints, and commits again, between every attempt's choice of a
+    /// superblock and its scan of the log (a review's live check beside such a writer, timed
+    /// by luck, reported a sound heap damaged and advised a salvage): the scan meets a newer
+    /// generation's frame at the log's start, which is not damage. The copy gives up with
+    /// `Busy`, never `LogDamaged`.
+    #[test]
+    fn a_checkpoint_under_every_scan_is_not_damage() {
+        let d = tempfile::tempdir().unwrap();
+        let (heap, path, _) = live_heap(d.path());
+        let source = std::fs::File::open(&path).unwrap();
+        let mut scans = 0;
+        let r = LiveCopy::take_from(&path, source, &mut |_| {}, &mut |_| {
+            scans += 1;
+            heap.transaction(|tx| tx.alloc(1u64).map(|_| ())).unwrap();
+            heap.checkpoint().unwrap();
+            heap.transaction(|tx| tx.alloc(2u64).map(|_| ())).unwrap();
+        });
+        assert!(
+            matches!(r, Err(Error::Busy { .. })),
+            "{:?}",
+            r.map(|c| c.txid)
+        );
+        assert_eq!(scans, LIVE_TRIES);
     }
 
     /// A heap held open for writing whose two superblock slots are both sound (it was closed

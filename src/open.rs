@@ -356,7 +356,7 @@ fn open_live(path: &Path, file: File) -> Result<Opened> {
         // The first entry's update always resets the registry to the file's state.
         let mut entry = live.enter()?;
         let update = entry.refresh()?;
-        entry.apply(update, &shared.registry, &shared.map, &file)?;
+        entry.apply(update, &shared, &file)?;
     }
     shared.live = Some(live);
     phase!(IDLE);
