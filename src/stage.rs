@@ -1,7 +1,8 @@
 //! Transaction staging: the volatile copy of every range a transaction wrote.
 //!
 //! Owns: staged byte ranges, kept 64-byte aligned and non-overlapping, so a transaction reads its
-//! own writes at any offset, any overlap, any type. May not: touch the file or the mapping; the
+//! own writes at any offset, any overlap, any type; and [`Nest`], the copies that open nested
+//! scopes saved of what their writes replaced. May not: touch the file or the mapping; the
 //! caller passes a `fill` function that copies committed bytes.
 //!
 //! Two tiers: a transaction's first few ranges live in one small buffer ([`Few`]); the first
@@ -1869,6 +1870,46 @@ impl Stage {
         }
         inner.trims = trims;
         any
+    }
+}
+
+/// Bytes of saved copies a writer keeps allocated between transactions.
+const NEST_KEEP_MAX: usize = 1 << 20;
+
+/// What the open nested scopes of a transaction (`Tx::nested`) saved: while one is open, every
+/// staged write (the user's, and the allocator's bitmaps, chunk entries and header) first saves
+/// the bytes of the transaction's view it replaces, so that a rollback can write them back,
+/// newest first. Empty between transactions.
+#[derive(Default)]
+pub(crate) struct Nest {
+    /// `(offset, length, start in bytes)` of each saved range, oldest first.
+    pub(crate) saved: Vec<(u64, usize, usize)>,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl Nest {
+    /// Save the transaction's view of `[off, off+len)` before a write replaces it. (Out of
+    /// line and cold: the write paths of a transaction without scopes stay as they were.)
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn save(&mut self, off: u64, len: usize, read: impl FnOnce(&mut [u8])) {
+        let at = self.bytes.len();
+        self.bytes.resize(at + len, 0);
+        read(&mut self.bytes[at..]);
+        self.saved.push((off, len, at));
+    }
+
+    /// Forget everything saved (and give back a large buffer: a scope that rewrote a large
+    /// object would otherwise keep its copy's memory for the handle's life).
+    pub(crate) fn clear(&mut self) {
+        self.saved.clear();
+        self.bytes.clear();
+        if self.bytes.capacity() > NEST_KEEP_MAX {
+            self.bytes = Vec::new();
+        }
+        if self.saved.capacity() > NEST_KEEP_MAX / 16 {
+            self.saved = Vec::new();
+        }
     }
 }
 

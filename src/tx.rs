@@ -10,14 +10,14 @@ use std::mem::ManuallyDrop;
 
 use bytemuck::Pod;
 
-use crate::alloc::{Allocator, HeapHeader, TxMem, ROOT_IDENTITY_STORED};
+use crate::alloc::{Allocator, HeapHeader, Mark, TxMem, ROOT_IDENTITY_STORED};
 use crate::error::{Error, Result};
 use crate::layout::{check_root, root_description, root_fits, ROOT_DESC_AT, ROOT_DESC_MAX};
 use crate::limits::{CHUNK_SIZE, ROOT_LEN_MAX};
 use crate::options::Durability;
 use crate::pptr::{cast_slice, cast_slice_mut, PPtr, PSlice};
 use crate::shared::Shared;
-use crate::stage::{Stage, WordPlace, LINE};
+use crate::stage::{Nest, Stage, WordPlace, LINE};
 use crate::storage::FileStorage;
 use crate::stored::Stored;
 use crate::writer::{add_area, inside, CommitPlan, Writer};
@@ -69,6 +69,10 @@ pub struct Tx<'h> {
     /// (staged entries, journaled changes, growth): the transaction may go on, but `commit`
     /// refuses with `Error::AllocatorInterrupted` and rolls it back.
     interrupted: Option<String>,
+    /// Nested scopes open ([`Tx::nested`]); the bytes their writes replaced are kept in the
+    /// writer's [`Nest`] (reused, as the stage is, so that a transaction without scopes
+    /// builds and drops nothing for them).
+    depth: u32,
     done: bool,
     /// A transaction stays on the thread that began it (as before its stage became `Send`):
     /// the re-entry check knows that thread only.
@@ -92,11 +96,24 @@ impl std::fmt::Debug for Tx<'_> {
     }
 }
 
+/// What [`Tx::nested`] restores when its scope is rolled back.
+struct Scope {
+    saved: usize,
+    bytes: usize,
+    alloc: Mark,
+    header: HeapHeader,
+    fresh_staged: u64,
+    new_runs: u32,
+    interrupted: Option<String>,
+}
+
 /// The allocator's window onto the transaction.
 struct Mem<'x> {
     sh: &'x Shared,
     stage: &'x mut Stage,
     storage: &'x mut FileStorage,
+    /// While a nested scope is open: where writes save what they replace.
+    nest: Option<&'x mut Nest>,
     exempt: u64,
     /// Some write was staged (or a staged word handed out), or the file grown, by this
     /// operation.
@@ -150,6 +167,10 @@ impl TxMem for Mem<'_> {
     }
 
     fn write(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
+        if let Some(nest) = &mut self.nest {
+            let (sh, stage) = (self.sh, &*self.stage);
+            nest.save(off, bytes.len(), |b| read_staged(sh, stage, off, b));
+        }
         stage_within_log(self.sh, self.stage, self.exempt, off, bytes.len() as u64)?
             .copy_from_slice(bytes);
         self.changed = true;
@@ -192,6 +213,10 @@ impl TxMem for Mem<'_> {
     // per `tx.alloc`, callgrind).
     #[inline(always)]
     fn word_mut(&mut self, p: WordPlace) -> Option<&mut [u8; 8]> {
+        if let Some(nest) = &mut self.nest {
+            let (sh, stage, off) = (self.sh, &*self.stage, p.offset());
+            nest.save(off, 8, |b| read_staged(sh, stage, off, b));
+        }
         let word = self.stage.word_mut(p);
         // A staged word handed out for writing counts as a staged write.
         self.changed |= word.is_some();
@@ -214,6 +239,7 @@ impl<'h> Tx<'h> {
             new_runs: 0,
             mem_ops: 0,
             interrupted: None,
+            depth: 0,
             done: false,
             _not_send: std::marker::PhantomData,
         }
@@ -291,9 +317,23 @@ impl<'h> Tx<'h> {
     }
 
     /// Stage `[off, off+len)` without the checks of `view_mut`: for the allocation this
-    /// transaction just made, which the allocator placed in bounds.
+    /// transaction just made, which the allocator placed in bounds. Inside a nested scope the
+    /// bytes it replaces are saved first (if staging is then refused, the saved copy equals
+    /// the view, and writing it back on a rollback changes nothing).
     #[inline(always)]
     fn stage_mut(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
+        if self.depth > 0 {
+            let (sh, stage) = (self.sh, &self.stage);
+            self.w
+                .nest
+                .save(off, len as usize, |b| read_staged(sh, stage, off, b));
+        }
+        self.stage_unsaved(off, len)
+    }
+
+    /// [`Self::stage_mut`] without saving the bytes it replaces.
+    #[inline(always)]
+    fn stage_unsaved(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
         // Inside a fresh run's block area staged whole: fresh bytes, no log budget, no fill.
         if let Some(i) = self.stage.area_index(off, len) {
             return Ok(self.stage.area_mut(i, off, len));
@@ -352,6 +392,123 @@ impl<'h> Tx<'h> {
         self.stage.touches(off, len)
     }
 
+    /// Run `f` as a nested transaction inside this one: if it returns `Err` (or panics), every
+    /// change it made (writes, allocations, frees, the root's type) is undone, the rest of the
+    /// transaction stays as it was before the call, and the error is returned (the panic
+    /// resumes); if it returns `Ok`, its changes join this transaction, to commit or roll back
+    /// with it. Scopes nest. As LMDB's nested write transactions: a step that may fail part-way
+    /// (inserting into several structures, say) can be undone without giving up the work before
+    /// it.
+    ///
+    /// While a scope is open, each write first saves the bytes it replaces (the transaction's
+    /// view), so a scope costs about one extra copy of what it writes, held until the outermost
+    /// scope ends. Space a rolled-back scope had allocated is free again for the rest of the
+    /// transaction;
+    /// pointers it returned must not be used afterwards (reads still give bytes, writes are
+    /// refused as [`Error::NotAllocated`], as after a free). Bytes a rolled-back scope staged
+    /// still count toward the early size check ([`Error::TransactionTooLarge`] before commit),
+    /// though they add nothing to the frame. A scope that rolls back also clears an
+    /// allocator failure that happened inside it ([`Error::AllocatorInterrupted`] at commit):
+    /// its partial changes are undone with the rest.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("nested.heap"), txheap::Options::new())?;
+    /// let kept = heap.transaction(|tx| {
+    ///     let kept = tx.alloc(1u64)?;
+    ///     let undone: Result<(), txheap::Error> = tx.nested(|tx| {
+    ///         *tx.get_mut(kept)? = 2;
+    ///         tx.alloc(3u64)?;
+    ///         Err(txheap::Error::NullPointer) // any error: the scope rolls back
+    ///     });
+    ///     assert!(undone.is_err());
+    ///     assert_eq!(*tx.get(kept)?, 1); // as before the scope
+    ///     tx.nested(|tx| tx.set(kept, 4))?; // Ok: kept
+    ///     Ok(kept)
+    /// })?;
+    /// assert_eq!(heap.read(|r| r.get(kept).copied())?, 4);
+    /// assert_eq!(heap.read(|r| r.allocations())?.len(), 1); // the undone allocation is free
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    pub fn nested<R, E>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> std::result::Result<R, E>,
+    ) -> std::result::Result<R, E> {
+        let scope = self.open_scope();
+        // The scope is rolled back before a panic goes on, so that a caller that catches it
+        // finds the transaction as it was before the call.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        match r {
+            Ok(Ok(v)) => {
+                self.close_scope(scope, true);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                self.close_scope(scope, false);
+                Err(e)
+            }
+            Err(panic) => {
+                self.close_scope(scope, false);
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
+    /// Open a nested scope: from now on every staged write saves what it replaces.
+    fn open_scope(&mut self) -> Scope {
+        self.depth += 1;
+        Scope {
+            saved: self.w.nest.saved.len(),
+            bytes: self.w.nest.bytes.len(),
+            alloc: self.w.alloc.mark(),
+            header: self.header,
+            fresh_staged: self.fresh_staged,
+            new_runs: self.new_runs,
+            interrupted: self.interrupted.clone(),
+        }
+    }
+
+    /// Close the innermost scope: keep its changes, or roll them back (the saved bytes written
+    /// back newest first, so each range ends as it was when the scope opened; the allocator's
+    /// indexes back to its mark; the header and counters as they were).
+    fn close_scope(&mut self, sc: Scope, keep: bool) {
+        self.depth -= 1;
+        if keep {
+            self.w.alloc.keep(sc.alloc);
+            if self.depth == 0 {
+                // No enclosing scope can roll back any more.
+                self.w.nest.clear();
+            }
+            return;
+        }
+        let (sh, stage, nest) = (self.sh, &mut self.stage, &mut self.w.nest);
+        while nest.saved.len() > sc.saved {
+            let Some((off, len, at)) = nest.saved.pop() else {
+                break;
+            };
+            let old = &nest.bytes[at..at + len];
+            // Every saved range was staged by the write that saved it (or that write was
+            // refused, and the bytes are the view's anyway): no budget applies.
+            let dst = match stage.area_index(off, len as u64) {
+                Some(i) => stage.area_mut(i, off, len as u64),
+                None => stage
+                    .write(off, len as u64, u64::MAX, &mut fill_from(sh))
+                    .expect("an unlimited budget never refuses"),
+            };
+            dst.copy_from_slice(old);
+        }
+        nest.bytes.truncate(sc.bytes);
+        self.w.alloc.rollback_to(sc.alloc);
+        self.header = sc.header;
+        self.fresh_staged = sc.fresh_staged;
+        self.new_runs = sc.new_runs;
+        self.interrupted = sc.interrupted;
+        // A `Writable` made inside the scope may name space that is free again.
+        self.mem_ops += 1;
+        #[cfg(debug_assertions)]
+        self.w.alloc.check_invariants();
+    }
+
     /// Cut the free tail from the chunk count (compaction); returns the chunks cut.
     pub(crate) fn release_free_tail(&mut self) -> Result<u64> {
         self.mem_op(|a, _| Ok(a.release_tail()))
@@ -363,12 +520,13 @@ impl<'h> Tx<'h> {
     ) -> Result<R> {
         self.mem_ops += 1;
         let w = &mut *self.w;
-        let (alloc, storage) = (&mut w.alloc, &mut w.storage);
+        let (alloc, storage, nest) = (&mut w.alloc, &mut w.storage, &mut w.nest);
         let journal = alloc.journal_len();
         let mut mem = Mem {
             sh: self.sh,
             stage: &mut self.stage,
             storage,
+            nest: (self.depth > 0).then_some(nest),
             exempt: self.fresh_staged,
             changed: false,
         };
@@ -999,6 +1157,11 @@ impl Drop for Tx<'_> {
         #[cfg(debug_assertions)]
         self.w.alloc.check_invariants();
         self.stage.clear();
+        if self.depth > 0 {
+            // Only if a scope's own rollback failed part-way (a panic): nothing must carry
+            // over to the next transaction.
+            self.w.nest.clear();
+        }
         // SAFETY: this is `drop`: nothing uses `self.stage` after this line, and it is taken
         // exactly once (so it is neither dropped twice nor used after the move).
         let stage = unsafe { ManuallyDrop::take(&mut self.stage) };

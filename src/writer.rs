@@ -69,6 +69,9 @@ pub(crate) struct Writer {
     /// `None` while a transaction holds it. Boxed: moving the stage itself (several hundred
     /// bytes of indexes and hints) into and out of each transaction was two `memcpy`s a commit.
     pub spare_stage: Option<Box<Stage>>,
+    /// The bytes a transaction's nested scopes saved (`Tx::nested`); empty between
+    /// transactions.
+    pub nest: crate::stage::Nest,
     /// Pages of the writer's mapping holding private copy-on-write bytes (frames the file did
     /// not hold when they were applied: under `None` until a flush, under `Full` while a reader
     /// pinned an older state).
@@ -212,6 +215,7 @@ impl Writer {
             header,
             frame: FrameBuilder::new(),
             spare_stage: Some(Box::default()),
+            nest: Default::default(),
             pending_pages: PendingPages::default(),
             flush_pages_at: PENDING_PAGES_MAX,
             unpublished: VecDeque::with_capacity(crate::limits::FRAMES_RESERVED),

@@ -450,6 +450,35 @@ pub fn step(heap: &Heap, seed: u64, abort: bool) -> txheap::Result<u64> {
             tree.insert(tx, &k, &tree_value(k))?;
             hash.insert(tx, &k, &hash_value(k))?;
         }
+        // A nested scope that changes all it reaches and fails: the commit must hold none of
+        // it (`verify` counts every allocated byte and walks every pointer). In every 8th
+        // transaction its object is a large one: fresh space, which the commit writes in place
+        // although the scope is undone (not in every one: a commit with bytes in place takes a
+        // barrier of its own, and threads would then share no group barrier).
+        let undone = tx.nested(|tx| {
+            let junk_len = if n % 8 == 0 { SCRATCH } else { 100 };
+            let junk = tx.alloc_slice_zeroed::<u8>(junk_len)?;
+            tx.slice_mut(junk)?.fill(0xEE);
+            tx.alloc(Node {
+                value: u64::MAX,
+                next: rt.head,
+                payload: junk,
+                check: 0,
+            })?;
+            let head = *tx.get(rt.head)?;
+            tx.free_slice(head.payload)?;
+            tx.get_mut(root)?.counter = u64::MAX;
+            tree.insert(tx, &u64::MAX, &tree_value(0))?;
+            if let Some(&k) = map_keys(n).first() {
+                hash.remove(tx, &k)?;
+            }
+            Err::<(), _>(Error::NoRoot)
+        });
+        match undone {
+            Err(Error::NoRoot) => {}
+            Err(e) => return Err(e),
+            Ok(()) => unreachable!("the scope always fails"),
+        }
         if abort {
             return Err(Error::NoRoot); // deliberate abort: must leave no trace
         }

@@ -221,11 +221,15 @@ enum Undo {
     LargeAdded(u32),
     LargeRemoved(u32, (u32, u64)),
     LargeResized(u32, (u32, u64)),
+    /// Where a nested scope began ([`Allocator::mark`]): undoes nothing, and keeps a later
+    /// change from merging into the entry before it (which the scope's rollback must keep).
+    Scope,
 }
 
 #[derive(Debug)]
 enum Deferred {
-    BlockFreed(u32),
+    /// A block of run `c` at offset `off` was freed.
+    BlockFreed(u32, u64),
     ExtentFreed(u32, u32),
     RunReleased(u32),
 }
@@ -275,6 +279,14 @@ pub(crate) struct Allocator {
     /// to the same staged bytes (a stale place is refused by the stage and the ordinary path
     /// taken), so nothing needs it cleared for correctness.
     word_place: Option<WordPlace>,
+}
+
+/// Where a nested scope of a transaction began ([`Allocator::mark`]): what
+/// [`Allocator::rollback_to`] restores.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    undo: usize,
+    deferred: usize,
 }
 
 impl Allocator {
@@ -492,6 +504,7 @@ impl Allocator {
         }
         // One journal entry per run and streak, not per allocation (a bulk transaction made a
         // million): a rollback applies the sum, which ends in the same state.
+        // (Never into an entry from before a nested scope: `Undo::Scope` stands between.)
         match self.undo.last_mut() {
             Some(Undo::RunFree(last, d)) if *last == c => *d -= 1,
             _ => self.undo.push(Undo::RunFree(c, -1)),
@@ -728,7 +741,7 @@ impl Allocator {
             mem.write(word_off, &(word & !(1 << (idx % 64))).to_le_bytes())?;
             self.freed_blocks.insert(off);
             *self.pending_frees.entry(c).or_insert(0) += 1;
-            self.deferred.push(Deferred::BlockFreed(c));
+            self.deferred.push(Deferred::BlockFreed(c, off));
             return Ok(());
         }
         match self.large.get(&c) {
@@ -953,7 +966,7 @@ impl Allocator {
     pub(crate) fn commit(&mut self) {
         for d in std::mem::take(&mut self.deferred) {
             match d {
-                Deferred::BlockFreed(c) => self.run_free_delta(c, 1),
+                Deferred::BlockFreed(c, _) => self.run_free_delta(c, 1),
                 Deferred::ExtentFreed(s, n) => self.insert_coalesced(s, n),
                 Deferred::RunReleased(c) => {
                     let rs = self.runs.remove(&c).expect("released run was live");
@@ -979,8 +992,62 @@ impl Allocator {
 
     /// The transaction aborted: restore the indexes exactly.
     pub(crate) fn rollback(&mut self) {
+        self.undo_to(0);
+        self.deferred.clear();
+        self.new_run = None;
+        self.freed_blocks.clear();
+        self.pending_frees.clear();
+    }
+
+    /// Begin a nested scope of the transaction (`Tx::nested`): what its rollback returns to.
+    /// Every journal entry from here on is the scope's own (an `Undo::Scope` entry keeps a
+    /// later change from merging into an older one), so popping the journal back to this
+    /// length undoes exactly the scope's changes to the indexes, as [`Allocator::rollback`]
+    /// undoes a whole transaction's. (A scope that keeps its changes leaves its entry: a
+    /// journal entry that undoes nothing.)
+    pub(crate) fn mark(&mut self) -> Mark {
+        let m = Mark {
+            undo: self.undo.len(),
+            deferred: self.deferred.len(),
+        };
+        self.undo.push(Undo::Scope);
+        m
+    }
+
+    /// The nested scope begun at `m` keeps its changes: its entries join the enclosing scope's
+    /// (or the transaction's), and its `Undo::Scope` entry goes (a shift of the scope's own
+    /// entries only), so that a transaction of many kept scopes does not grow its journal by
+    /// one entry each.
+    pub(crate) fn keep(&mut self, m: Mark) {
+        if matches!(self.undo.get(m.undo), Some(Undo::Scope)) {
+            self.undo.remove(m.undo);
+        }
+    }
+
+    /// The nested scope begun at `m` is rolled back: the indexes as they were at `m` (its
+    /// journal entries undone, newest first; its frees forgotten). The staged bytes it wrote
+    /// (bitmaps, chunk entries) are the caller's to restore.
+    pub(crate) fn rollback_to(&mut self, m: Mark) {
+        self.undo_to(m.undo);
+        while self.deferred.len() > m.deferred {
+            if let Some(Deferred::BlockFreed(c, off)) = self.deferred.pop() {
+                self.freed_blocks.remove(&off);
+                if let Some(k) = self.pending_frees.get_mut(&c) {
+                    *k -= 1;
+                    if *k == 0 {
+                        self.pending_frees.remove(&c);
+                    }
+                }
+            }
+        }
+        self.new_run = None;
+    }
+
+    /// Undo journal entries, newest first, until `len` remain.
+    fn undo_to(&mut self, len: usize) {
         self.word_place = None;
-        while let Some(u) = self.undo.pop() {
+        while self.undo.len() > len {
+            let Some(u) = self.undo.pop() else { break };
             match u {
                 Undo::ExtentRemoved(s, n) => self.insert_extent(s, n),
                 Undo::ExtentInserted(s, n) => self.remove_extent(s, n),
@@ -996,12 +1063,9 @@ impl Allocator {
                 Undo::LargeRemoved(s, v) | Undo::LargeResized(s, v) => {
                     self.large.insert(s, v);
                 }
+                Undo::Scope => {}
             }
         }
-        self.deferred.clear();
-        self.new_run = None;
-        self.freed_blocks.clear();
-        self.pending_frees.clear();
     }
 
     /// Numbers for [`crate::Stats`]: (used bytes, free bytes, largest free extent, per class).
@@ -1085,6 +1149,13 @@ impl Allocator {
         }
         for (&s, &(n, _)) in &self.large {
             mark(s, n, "large");
+        }
+        // Extents this transaction freed belong to nothing until it commits (inside a
+        // transaction: a nested scope's rollback checks too).
+        for d in &self.deferred {
+            if let Deferred::ExtentFreed(s, n) = *d {
+                mark(s, n, "freed in this transaction");
+            }
         }
         for (c, rs) in self.runs.iter() {
             assert!(
