@@ -50,6 +50,11 @@ pub enum Op {
     /// `Heap::set_max_size` to four times the current `max_size` (needs `Options::reserve`:
     /// not in [`OPS`]; `tests/broken.rs` runs it with [`small_options`]).
     RaiseMax,
+    /// In one transaction: a nested scope (`Tx::nested`) allocates a 300 KB object, fills it
+    /// and fails; then a 300 KB object is allocated (over the chunks the scope gave back, which
+    /// stay fresh space: written in place) and kept. Not in [`OPS`]; `tests/exhaustive.rs`
+    /// runs it in a few sequences.
+    ScopedLarge,
 }
 
 /// Options for workloads that reach `max_size`: [`options`] with a 4 MiB `max_size` and
@@ -144,7 +149,7 @@ fn read_state(heap: &Heap) -> Result<State, String> {
 
 fn apply(heap: &Heap, op: Op, byte: u8) -> txheap::Result<bool> {
     let size = match op {
-        Op::AllocLarge => 300_000,
+        Op::AllocLarge | Op::ScopedLarge => 300_000,
         Op::Grow => 3 << 20,
         _ => 100,
     };
@@ -178,6 +183,16 @@ fn apply(heap: &Heap, op: Op, byte: u8) -> txheap::Result<bool> {
                     }
                     _ if t.n as usize == SLOTS => {}
                     _ => {
+                        if op == Op::ScopedLarge {
+                            let undone = tx.nested(|tx| {
+                                let s = tx.alloc_slice_zeroed::<u8>(size)?;
+                                tx.slice_mut(s)?.fill(byte ^ 0xFF);
+                                Err::<(), _>(Error::NoRoot)
+                            });
+                            if !matches!(undone, Err(Error::NoRoot)) {
+                                return undone.map(|()| true);
+                            }
+                        }
                         let s = tx.alloc_slice_zeroed::<u8>(size)?;
                         tx.slice_mut(s)?.fill(byte);
                         t.items[t.n as usize] = s;

@@ -28,6 +28,12 @@ fn every_workload_of_up_to_two_operations_and_some_of_three() {
         vec![Op::Grow, Op::Checkpoint, Op::Free, Op::Compact],
         vec![Op::Grow, Op::Free, Op::Compact, Op::AllocLarge],
         vec![Op::AllocLarge, Op::Grow, Op::Free, Op::Compact, Op::Grow],
+        // A nested scope's large object, rolled back, its chunks then taken again in place.
+        vec![Op::ScopedLarge],
+        vec![Op::AllocLarge, Op::ScopedLarge],
+        vec![Op::ScopedLarge, Op::Free],
+        vec![Op::Grow, Op::Free, Op::ScopedLarge],
+        vec![Op::ScopedLarge, Op::Checkpoint, Op::Rewrite],
     ] {
         workloads.push(w);
     }
