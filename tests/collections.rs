@@ -88,6 +88,9 @@ enum Op {
     /// Truncate to half the length.
     Halve,
     ShrinkToFit,
+    /// The ops in a nested scope (`Tx::nested`) that fails when true (its changes undone: the
+    /// model drops its copy) or keeps them.
+    Scope(Vec<Op>, bool),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +126,14 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u16..12_000, any::<u64>()).prop_map(|(n, x)| Op::Bulk(n, x)),
         1 => Just(Op::Halve),
         2 => Just(Op::ShrinkToFit),
+    ]
+}
+
+/// An op, or now and then a nested scope of a few.
+fn op_or_scope() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => op(),
+        1 => (proptest::collection::vec(op(), 1..12), any::<bool>()).prop_map(|(o, f)| Op::Scope(o, f)),
     ]
 }
 
@@ -312,6 +323,27 @@ fn apply(tx: &mut Tx<'_>, root: PPtr<Root>, m: &mut Model, op: &Op) -> txheap::R
             v.shrink_to_fit(tx)?;
             assert_eq!(tx.get(v)?.capacity(), m.vec.len() as u64);
         }
+        Op::Scope(ref inner, fail) => {
+            let mut copy = m.clone();
+            let r = tx.nested(|tx| {
+                for o in inner {
+                    apply(tx, root, &mut copy, o)?;
+                }
+                compare(tx, root, &copy)?;
+                if fail {
+                    Err(Error::NoRoot)
+                } else {
+                    Ok(())
+                }
+            });
+            match r {
+                Ok(()) => *m = copy,
+                Err(Error::NoRoot) => assert!(fail),
+                Err(e) => return Err(e),
+            }
+            // Kept or undone, the collections are exactly the model's.
+            compare(tx, root, m)?;
+        }
     }
     Ok(())
 }
@@ -434,7 +466,7 @@ proptest! {
 
     #[test]
     fn collections_match_their_models(
-        batches in proptest::collection::vec((proptest::collection::vec(op(), 1..60), end()), 1..14)
+        batches in proptest::collection::vec((proptest::collection::vec(op_or_scope(), 1..60), end()), 1..14)
     ) {
         run(&batches);
     }
