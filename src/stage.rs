@@ -1878,25 +1878,110 @@ const NEST_KEEP_MAX: usize = 1 << 20;
 
 /// What the open nested scopes of a transaction (`Tx::nested`) saved: while one is open, every
 /// staged write (the user's, and the allocator's bitmaps, chunk entries and header) first saves
-/// the bytes of the transaction's view it replaces, so that a rollback can write them back,
-/// newest first. Empty between transactions.
+/// the whole lines of the transaction's view it replaces, once per scope, so that a rollback can
+/// write them back, newest first. Empty between transactions.
 #[derive(Default)]
 pub(crate) struct Nest {
-    /// `(offset, length, start in bytes)` of each saved range, oldest first.
+    /// `(offset, length, start in bytes)` of each saved range (whole lines), oldest first.
     pub(crate) saved: Vec<(u64, usize, usize)>,
     pub(crate) bytes: Vec<u8>,
+    /// For each open scope, innermost last: the lines it needs to save no more, as disjoint
+    /// `start -> end` intervals (lines it saved, and whole lines of space it allocated, which
+    /// its rollback frees: their bytes need no restoring).
+    covered: Vec<BTreeMap<u64, u64>>,
 }
 
 impl Nest {
-    /// Save the transaction's view of `[off, off+len)` before a write replaces it. (Out of
-    /// line and cold: the write paths of a transaction without scopes stay as they were.)
+    /// A scope opens.
+    pub(crate) fn open(&mut self) {
+        self.covered.push(BTreeMap::new());
+    }
+
+    /// The innermost scope closes; `keep`: its lines count as covered for the enclosing
+    /// scope too (what it saved holds the bytes as they were before it, which the enclosing
+    /// scope had not changed, or had saved first). Returns whether no scope is open any more.
+    pub(crate) fn close(&mut self, keep: bool) -> bool {
+        let inner = self.covered.pop().unwrap_or_default();
+        if keep {
+            if let Some(outer) = self.covered.last_mut() {
+                for (a, b) in inner {
+                    cover(outer, a, b);
+                }
+            }
+        }
+        self.covered.is_empty()
+    }
+
+    /// Save the transaction's view of the lines of `[off, off+len)` that the innermost scope
+    /// has not saved (or allocated) yet, before a write replaces them: each line is saved once
+    /// per scope, so a scope that writes the same node a million times keeps one copy of it.
+    /// `read(start, buf)` copies the view. Returns the number of entries saved. (Out of line
+    /// and cold: the write paths of a transaction without scopes stay as they were.)
     #[cold]
     #[inline(never)]
-    pub(crate) fn save(&mut self, off: u64, len: usize, read: impl FnOnce(&mut [u8])) {
-        let at = self.bytes.len();
-        self.bytes.resize(at + len, 0);
-        read(&mut self.bytes[at..]);
-        self.saved.push((off, len, at));
+    pub(crate) fn save(
+        &mut self,
+        off: u64,
+        len: u64,
+        read: &mut dyn FnMut(u64, &mut [u8]),
+    ) -> usize {
+        let Some(covered) = self.covered.last_mut() else {
+            return 0;
+        };
+        let (a, b) = (align_down(off), align_up(off + len));
+        let mut gaps = Vec::new();
+        let mut p = a;
+        if let Some((_, &e)) = covered.range(..=p).next_back() {
+            p = p.max(e);
+        }
+        if p < b {
+            for (&s, &e) in covered.range(p..b) {
+                if s > p {
+                    gaps.push((p, s));
+                }
+                p = p.max(e);
+            }
+            if p < b {
+                gaps.push((p, b));
+            }
+        }
+        for &(x, y) in &gaps {
+            let at = self.bytes.len();
+            let n = (y - x) as usize;
+            self.bytes.resize(at + n, 0);
+            read(x, &mut self.bytes[at..]);
+            self.saved.push((x, n, at));
+        }
+        if !gaps.is_empty() {
+            cover(covered, a, b);
+        }
+        gaps.len()
+    }
+
+    /// Forget the last `n` entries saved, and the lines they covered: the write they were saved
+    /// for was refused and staged nothing, and writing them back on a rollback would stage
+    /// lines past the log's budget (a review found such a rollback left a transaction that
+    /// could no longer commit).
+    pub(crate) fn unsave(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some((x, len, at)) = self.saved.pop() else {
+                return;
+            };
+            self.bytes.truncate(at);
+            if let Some(covered) = self.covered.last_mut() {
+                uncover(covered, x, x + len as u64);
+            }
+        }
+    }
+
+    /// The whole lines of `[off, off+len)`, space the innermost scope allocated: its rollback
+    /// frees them, so writes there need not save what they replace. (Lines shared with a
+    /// neighbour block are not covered: its bytes may need restoring.)
+    pub(crate) fn allocated(&mut self, off: u64, len: u64) {
+        let (a, b) = (align_up(off), align_down(off + len));
+        if let (Some(covered), true) = (self.covered.last_mut(), a < b) {
+            cover(covered, a, b);
+        }
     }
 
     /// Forget everything saved (and give back a large buffer: a scope that rewrote a large
@@ -1904,6 +1989,7 @@ impl Nest {
     pub(crate) fn clear(&mut self) {
         self.saved.clear();
         self.bytes.clear();
+        self.covered.clear();
         if self.bytes.capacity() > NEST_KEEP_MAX {
             self.bytes = Vec::new();
         }
@@ -1913,9 +1999,91 @@ impl Nest {
     }
 }
 
+/// Add `[a, b)` to the disjoint intervals `set`, merging what it overlaps or touches.
+fn cover(set: &mut BTreeMap<u64, u64>, mut a: u64, mut b: u64) {
+    if let Some((&s, &e)) = set.range(..=a).next_back() {
+        if e >= a {
+            a = s;
+            b = b.max(e);
+        }
+    }
+    let inside: Vec<(u64, u64)> = set.range(a..=b).map(|(&s, &e)| (s, e)).collect();
+    for (s, e) in inside {
+        set.remove(&s);
+        b = b.max(e);
+    }
+    set.insert(a, b);
+}
+
+/// Take `[a, b)` out of the disjoint intervals `set`.
+fn uncover(set: &mut BTreeMap<u64, u64>, a: u64, b: u64) {
+    let mut hit: Vec<(u64, u64)> = set.range(a..b).map(|(&s, &e)| (s, e)).collect();
+    if let Some((&s, &e)) = set.range(..a).next_back() {
+        if e > a {
+            hit.push((s, e));
+        }
+    }
+    for (s, e) in hit {
+        set.remove(&s);
+        if s < a {
+            set.insert(s, a);
+        }
+        if e > b {
+            set.insert(b, e);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scope saves each line once, not the whole lines of space it allocated (but a line
+    /// shared with a neighbour, yes), saves again what a refused write forgot, and an inner
+    /// scope saves for itself; kept, its lines count for the outer scope.
+    #[test]
+    fn a_scope_saves_each_line_once() {
+        let mut n = Nest::default();
+        let mut read = |x: u64, b: &mut [u8]| committed(x, b);
+        assert_eq!(n.save(100, 8, &mut read), 0, "no scope open: nothing saved");
+        n.open();
+        assert_eq!(n.save(100, 8, &mut read), 1); // line [64, 128)
+        assert_eq!(n.save(100, 8, &mut read), 0);
+        assert_eq!(n.save(60, 80, &mut read), 2); // [0, 64) and [128, 192)
+        assert_eq!(
+            n.saved.iter().map(|&(x, l, _)| (x, l)).collect::<Vec<_>>(),
+            [(64, 64), (0, 64), (128, 64)]
+        );
+        let mut b = [0u8; 64];
+        committed(0, &mut b);
+        assert_eq!(&n.bytes[64..128], &b[..], "the view's bytes, whole lines");
+        n.allocated(200, 300); // whole lines [256, 448) only
+        assert_eq!(n.save(256, 192, &mut read), 0);
+        assert_eq!(
+            n.save(192, 8, &mut read),
+            1,
+            "a line shared with a neighbour block"
+        );
+        n.unsave(1);
+        assert_eq!(n.saved.len(), 3);
+        assert_eq!(n.save(192, 8, &mut read), 1, "forgotten, saved again");
+        n.open();
+        assert_eq!(
+            n.save(100, 8, &mut read),
+            1,
+            "an inner scope saves for itself"
+        );
+        assert_eq!(n.save(600, 8, &mut read), 1);
+        assert!(!n.close(true));
+        assert_eq!(
+            n.save(600, 8, &mut read),
+            0,
+            "kept: the outer scope covers its lines"
+        );
+        assert!(n.close(false));
+        n.clear();
+        assert!(n.saved.is_empty() && n.bytes.is_empty());
+    }
 
     fn committed(start: u64, buf: &mut [u8]) {
         for (i, b) in buf.iter_mut().enumerate() {

@@ -102,7 +102,6 @@ struct Scope {
     bytes: usize,
     alloc: Mark,
     header: HeapHeader,
-    fresh_staged: u64,
     new_runs: u32,
     interrupted: Option<String>,
 }
@@ -167,12 +166,22 @@ impl TxMem for Mem<'_> {
     }
 
     fn write(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
+        let mut saved = 0;
         if let Some(nest) = &mut self.nest {
             let (sh, stage) = (self.sh, &*self.stage);
-            nest.save(off, bytes.len(), |b| read_staged(sh, stage, off, b));
+            saved = nest.save(off, bytes.len() as u64, &mut |x, b| {
+                read_staged(sh, stage, x, b)
+            });
         }
-        stage_within_log(self.sh, self.stage, self.exempt, off, bytes.len() as u64)?
-            .copy_from_slice(bytes);
+        match stage_within_log(self.sh, self.stage, self.exempt, off, bytes.len() as u64) {
+            Ok(b) => b.copy_from_slice(bytes),
+            Err(e) => {
+                if let Some(nest) = &mut self.nest {
+                    nest.unsave(saved);
+                }
+                return Err(e);
+            }
+        }
         self.changed = true;
         Ok(())
     }
@@ -214,8 +223,8 @@ impl TxMem for Mem<'_> {
     #[inline(always)]
     fn word_mut(&mut self, p: WordPlace) -> Option<&mut [u8; 8]> {
         if let Some(nest) = &mut self.nest {
-            let (sh, stage, off) = (self.sh, &*self.stage, p.offset());
-            nest.save(off, 8, |b| read_staged(sh, stage, off, b));
+            let (sh, stage) = (self.sh, &*self.stage);
+            nest.save(p.offset(), 8, &mut |x, b| read_staged(sh, stage, x, b));
         }
         let word = self.stage.word_mut(p);
         // A staged word handed out for writing counts as a staged write.
@@ -323,12 +332,34 @@ impl<'h> Tx<'h> {
     #[inline(always)]
     fn stage_mut(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
         if self.depth > 0 {
-            let (sh, stage) = (self.sh, &self.stage);
-            self.w
-                .nest
-                .save(off, len as usize, |b| read_staged(sh, stage, off, b));
+            return self.stage_saving(off, len);
         }
         self.stage_unsaved(off, len)
+    }
+
+    /// [`Self::stage_mut`] inside a scope: save what the write replaces, stage it, and if
+    /// staging is refused forget the saved copy again (nothing was staged; written back on a
+    /// rollback it would stage lines past the log's budget). (Staged first, then the slice is
+    /// taken from the stage again: its lines are staged, so no budget or fill applies.)
+    #[cold]
+    #[inline(never)]
+    fn stage_saving(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
+        let (sh, stage) = (self.sh, &self.stage);
+        let saved = self
+            .w
+            .nest
+            .save(off, len, &mut |x, b| read_staged(sh, stage, x, b));
+        if let Err(e) = self.stage_unsaved(off, len) {
+            self.w.nest.unsave(saved);
+            return Err(e);
+        }
+        Ok(match self.stage.area_index(off, len) {
+            Some(i) => self.stage.area_mut(i, off, len),
+            None => self
+                .stage
+                .write(off, len, u64::MAX, &mut fill_from(sh))
+                .expect("an unlimited budget never refuses"),
+        })
     }
 
     /// [`Self::stage_mut`] without saving the bytes it replaces.
@@ -400,14 +431,15 @@ impl<'h> Tx<'h> {
     /// (inserting into several structures, say) can be undone without giving up the work before
     /// it.
     ///
-    /// While a scope is open, each write first saves the bytes it replaces (the transaction's
-    /// view), so a scope costs about one extra copy of what it writes, held until the outermost
-    /// scope ends. Space a rolled-back scope had allocated is free again for the rest of the
-    /// transaction;
+    /// While a scope is open, each write first saves the lines it replaces (the transaction's
+    /// view), each line once per scope and not in space the scope allocated, so a scope costs a
+    /// copy of each line it overwrites, held until the outermost scope ends. Space a rolled-back
+    /// scope had allocated is free again for the rest of the transaction;
     /// pointers it returned must not be used afterwards (reads still give bytes, writes are
-    /// refused as [`Error::NotAllocated`], as after a free). Bytes a rolled-back scope staged
-    /// still count toward the early size check ([`Error::TransactionTooLarge`] before commit),
-    /// though they add nothing to the frame. A scope that rolls back also clears an
+    /// refused as [`Error::NotAllocated`], as after a free). Bytes a rolled-back scope staged stay
+    /// staged, as they were before it: they count toward the early size check
+    /// ([`Error::TransactionTooLarge`] before commit), and a commit that writes bytes in place, or
+    /// stages ranges over 4 KiB, logs them unchanged. A scope that rolls back also clears an
     /// allocator failure that happened inside it ([`Error::AllocatorInterrupted`] at commit):
     /// its partial changes are undone with the rest.
     ///
@@ -457,12 +489,12 @@ impl<'h> Tx<'h> {
     /// Open a nested scope: from now on every staged write saves what it replaces.
     fn open_scope(&mut self) -> Scope {
         self.depth += 1;
+        self.w.nest.open();
         Scope {
             saved: self.w.nest.saved.len(),
             bytes: self.w.nest.bytes.len(),
             alloc: self.w.alloc.mark(),
             header: self.header,
-            fresh_staged: self.fresh_staged,
             new_runs: self.new_runs,
             interrupted: self.interrupted.clone(),
         }
@@ -475,7 +507,7 @@ impl<'h> Tx<'h> {
         self.depth -= 1;
         if keep {
             self.w.alloc.keep(sc.alloc);
-            if self.depth == 0 {
+            if self.w.nest.close(true) {
                 // No enclosing scope can roll back any more.
                 self.w.nest.clear();
             }
@@ -487,8 +519,8 @@ impl<'h> Tx<'h> {
                 break;
             };
             let old = &nest.bytes[at..at + len];
-            // Every saved range was staged by the write that saved it (or that write was
-            // refused, and the bytes are the view's anyway): no budget applies.
+            // Every saved range was staged by the write that saved it (a refused write's copy
+            // was forgotten): no budget applies, and no line is added.
             let dst = match stage.area_index(off, len as u64) {
                 Some(i) => stage.area_mut(i, off, len as u64),
                 None => stage
@@ -498,9 +530,14 @@ impl<'h> Tx<'h> {
             dst.copy_from_slice(old);
         }
         nest.bytes.truncate(sc.bytes);
+        if nest.close(false) {
+            // (A review found a rolled-back outermost scope kept its copies' memory.)
+            nest.clear();
+        }
         self.w.alloc.rollback_to(sc.alloc);
         self.header = sc.header;
-        self.fresh_staged = sc.fresh_staged;
+        // (`fresh_staged` stays: the scope's fresh lines stay staged and fresh, written in
+        // place at commit, so they stay exempt from the log's budget.)
         self.new_runs = sc.new_runs;
         self.interrupted = sc.interrupted;
         // A `Writable` made inside the scope may name space that is free again.
@@ -679,6 +716,10 @@ impl<'h> Tx<'h> {
 
     fn alloc_raw(&mut self, size: u64, align: u64) -> Result<u64> {
         let off = self.mem_op(|a, m| a.alloc(m, size, align))?;
+        if self.depth > 0 {
+            // The scope's rollback frees it: writes there need not save what they replace.
+            self.w.nest.allocated(off, size);
+        }
         // A large extent taken from free space is unreachable unless this transaction commits, so
         // its bytes may be written in place (docs/ARCHITECTURE.md, section 3, step 5a). Under
         // `None` only if they are many (`Tx::commit` decides), and `Writer::commit` first

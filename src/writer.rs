@@ -119,11 +119,21 @@ pub(crate) struct CommitPlan<'a> {
     pub logged_end: u64,
 }
 
-/// Add `area` to `areas`, which stay sorted by start (the areas are disjoint: each is space
-/// that one transaction took from free space once).
+/// Add `area` to `areas`, which stay sorted by start and disjoint: an area that overlaps others
+/// is merged with them. (Each is space the transaction took from free space; two overlap only
+/// when a nested scope's space, given back by its rollback, is taken again: a review found the
+/// list then held the same start twice, and a write inside the larger area judged not fresh.)
 pub(crate) fn add_area(areas: &mut Vec<(u64, u64)>, area: (u64, u64)) {
-    let i = areas.partition_point(|&(a, _)| a < area.0);
-    areas.insert(i, area);
+    let (mut a, mut b) = area;
+    // The first area that ends after `a`: the sorted, disjoint areas' ends are sorted too.
+    let lo = areas.partition_point(|&(_, e)| e <= a);
+    let mut hi = lo;
+    while hi < areas.len() && areas[hi].0 < b {
+        a = a.min(areas[hi].0);
+        b = b.max(areas[hi].1);
+        hi += 1;
+    }
+    areas.splice(lo..hi, [(a, b)]);
 }
 
 /// The area of the sorted, disjoint `areas` that contains `p`, if any, else the start of the
