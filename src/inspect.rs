@@ -805,7 +805,7 @@ pub fn check(path: impl AsRef<Path>, progress: &mut dyn FnMut(u64, u64)) -> Resu
                 Ok(copy) => copy,
                 // Damage the copy met is a finding, as at rest (a review found it returned as
                 // `Err`: no report, and no JSON from `txheap check --json`).
-                Err(e @ (Error::Corrupt { .. } | Error::LogDamaged { .. })) => {
+                Err(e) => {
                     let live = match e {
                         Error::LogDamaged { txid, .. } => txid.saturating_sub(1),
                         _ => 0,
@@ -818,16 +818,9 @@ pub fn check(path: impl AsRef<Path>, progress: &mut dyn FnMut(u64, u64)) -> Resu
                         stats: None,
                         live: Some(live),
                     };
-                    let offset = match &e {
-                        Error::Corrupt { offset, .. } | Error::LogDamaged { offset, .. } => {
-                            Some(*offset)
-                        }
-                        _ => None,
-                    };
-                    r.push(Verdict::Damaged, offset, e.to_string());
+                    r.push_damage(e)?;
                     return Ok(r.done());
                 }
-                Err(e) => return Err(e),
             };
             let (file, storage) = storage_of(&copy.path)?;
             let mut r = check_file(&copy.path, file, storage, Some(copy.txid), progress)?;
@@ -859,15 +852,7 @@ fn check_file(
         stats: None,
         live,
     };
-    let damaged = |report: &mut CheckReport, e: Error| -> Result<()> {
-        let (offset, what) = match e {
-            Error::Corrupt { offset, what } => (Some(offset), what),
-            Error::Truncated { .. } | Error::LogDamaged { .. } => (None, e.to_string()),
-            other => return Err(other),
-        };
-        report.push(Verdict::Damaged, offset, what);
-        Ok(())
-    };
+    let damaged = |report: &mut CheckReport, e: Error| report.push_damage(e);
     for (slot, what) in recovery::damaged_slots(&storage)? {
         report.push(
             Verdict::Recoverable,
@@ -970,6 +955,18 @@ fn check_file(
 }
 
 impl CheckReport {
+    /// Record `e` as a `Damaged` finding if it is damage (a corrupt, truncated or damaged-log
+    /// file); any other error is returned.
+    fn push_damage(&mut self, e: Error) -> Result<()> {
+        let (offset, what) = match e {
+            Error::Corrupt { offset, what } => (Some(offset), what),
+            Error::Truncated { .. } | Error::LogDamaged { .. } => (None, e.to_string()),
+            other => return Err(other),
+        };
+        self.push(Verdict::Damaged, offset, what);
+        Ok(())
+    }
+
     fn push(&mut self, verdict: Verdict, offset: Option<u64>, what: String) {
         self.findings.push(Finding {
             verdict,
