@@ -99,42 +99,50 @@ fn a_long_reader_beside_a_writer_keeps_its_state() {
         .unwrap();
     let r = Heap::open_read_only(&p).unwrap();
     let r = &r;
+    const COMMITS: usize = 100;
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let reader = s.spawn(move || {
             r.read(|rd| {
                 let held = rd.get(node)?;
                 tx.send(()).unwrap();
                 // While this read runs, the writer commits over the node: what it holds must
-                // not change.
+                // not change. It holds on until the writer has made all its commits, or gives
+                // up after 30 s: commits that waited for this reader never get there.
                 let t = Instant::now();
-                while t.elapsed() < Duration::from_millis(300) {
+                loop {
                     let now = unsafe { std::ptr::read_volatile(held) };
                     assert_eq!(now, [7u64; 16], "a held node changed under a reader");
+                    if done_rx.try_recv().is_ok() {
+                        return Ok(true);
+                    }
+                    if t.elapsed() > Duration::from_secs(30) {
+                        return Ok(false);
+                    }
                     std::thread::yield_now();
                 }
-                Ok(())
             })
             .unwrap()
         });
         rx.recv().unwrap();
-        let t = Instant::now();
-        let mut commits = 0;
-        while t.elapsed() < Duration::from_millis(200) {
+        for commits in 0..COMMITS {
             w.transaction(|tx| {
                 let n = tx.get_mut(node)?;
                 n[commits % 16] += 1;
                 Ok(())
             })
             .unwrap();
-            commits += 1;
         }
-        assert!(commits > 100, "commits waited for the reader: {commits}");
-        reader.join().unwrap();
+        done_tx.send(()).unwrap();
+        assert!(
+            reader.join().unwrap(),
+            "the commits waited for the reader to end"
+        );
     });
     // A new read sees them all.
     let sum: u64 = r.read(|rd| Ok(rd.get(node)?.iter().sum())).unwrap();
-    assert!(sum > 16 * 7 + 100);
+    assert_eq!(sum, 16 * 7 + COMMITS as u64);
 }
 
 #[test]
