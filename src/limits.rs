@@ -28,6 +28,11 @@ pub(crate) const FRAMES_RESERVED: usize = 1 << 16;
 /// Under `Durability::None`, flush private pages to the file once this many are held.
 pub(crate) const PENDING_PAGES_MAX: usize = 16384;
 
+/// Under `Durability::None`, private pages kept after a flush wrote them to the file (they
+/// equal it: the next commits to those pages take no copy-on-write fault); past this many, a
+/// flush drops them all (docs/ARCHITECTURE.md section 3, step 6).
+pub(crate) const KEPT_PAGES_MAX: usize = 16384;
+
 /// Under `Durability::None`, committed frames the file does not hold beyond which a flush is
 /// run by a reader that finds the writer lock free (docs/ARCHITECTURE.md section 11, step 8).
 /// Until a flush, the file may not take these frames, and a reader takes them from its overlay:

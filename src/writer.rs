@@ -26,7 +26,8 @@ use crate::alloc::{Allocator, HeapHeader, Keyed};
 use crate::error::{Error, Result};
 use crate::foreign::Excluded;
 use crate::limits::{
-    CHUNK_SIZE, PENDING_PAGES_MAX, PUBLISH_BATCH, READER_FLUSH_FRAMES, READER_FLUSH_RETRY,
+    CHUNK_SIZE, KEPT_PAGES_MAX, PENDING_PAGES_MAX, PUBLISH_BATCH, READER_FLUSH_FRAMES,
+    READER_FLUSH_RETRY,
 };
 use crate::options::{Durability, Stats};
 use crate::shared::Shared;
@@ -720,7 +721,7 @@ impl Writer {
             self.write_pages(sh)?;
             self.unpublished.clear();
             sh.registry.published(last);
-            return self.discard_private(sh);
+            return self.settle_private(sh);
         }
         let frames: Vec<Arc<[Piece]>> = self
             .unpublished
@@ -769,7 +770,7 @@ impl Writer {
         }
         sh.registry.published(last);
         if self.unpublished.is_empty() {
-            self.discard_private(sh)?;
+            self.settle_private(sh)?;
         }
         Ok(())
     }
@@ -817,13 +818,37 @@ impl Writer {
         self.pending_pages.add(first, last);
     }
 
-    /// Drop the writer's private pages: the file holds every frame, so they equal it.
+    /// The file holds every frame, so the writer's private pages equal it. Under `None`, keep
+    /// them (up to [`KEPT_PAGES_MAX`]): the next commits that write the same pages (a B-tree's
+    /// hot nodes, the root, the allocator's words) then find their private copies instead of
+    /// taking a copy-on-write fault each after every flush (W4-put-none: 10% of its time). Under
+    /// `Full` they are dropped, as is everything past the limit (a private copy is memory the
+    /// page cache already holds once).
+    fn settle_private(&mut self, sh: &Shared) -> Result<()> {
+        let max = if sh.durability == Durability::None {
+            KEPT_PAGES_MAX
+        } else {
+            0
+        };
+        if self.pending_pages.keep(max) {
+            return Ok(());
+        }
+        self.discard_private(sh)
+    }
+
+    /// Drop the writer's private pages, so that its mapping shows the file: before the file's
+    /// bytes under them change other than through them, or when the file holds every frame and
+    /// they are not kept.
     fn discard_private(&mut self, sh: &Shared) -> Result<()> {
         if self.pending_pages.is_empty() {
             return Ok(());
         }
+        #[cfg(feature = "test-hooks")]
+        if recovery::sabotage::active(recovery::sabotage::KEPT_PAGES_NOT_DROPPED) {
+            self.pending_pages.kept.clear(); // broken on purpose (tests only): left in place
+        }
         let populated = self.pending_pages.take_populated();
-        let runs = page_runs(self.pending_pages.drain()).chain(populated);
+        let runs = page_runs(self.pending_pages.drain_with_kept()).chain(populated);
         for (off, len) in runs {
             // SAFETY: pages of the writer's mapping, page-aligned; the writer lock is held and no
             // transaction runs, so no slice into them is alive (readers read `rmap`).
@@ -865,6 +890,8 @@ impl Writer {
             let _unwind =
                 PoisonOnUnwind::new(sh, "writing committed frames into the file panicked");
             self.publish_upto(sh, limit)?;
+            // Private copies the flush kept would hide the bytes about to go into the file.
+            self.discard_private(sh)?;
         }
         #[cfg(feature = "test-hooks")]
         let skipped = recovery::sabotage::active(recovery::sabotage::IN_PLACE_BEFORE_FLUSH);
@@ -1293,6 +1320,9 @@ struct PendingPages {
     ahead_end: u64,
     /// Page ranges `[first, end)` copied ahead since the last drain.
     ahead: Vec<(u64, u64)>,
+    /// Private pages that equal the file, kept after a flush wrote them (`Writer::settle_private`);
+    /// a page written again is in `set` as well.
+    kept: HashSet<u64, Keyed>,
 }
 
 /// Pages copied ahead at once when writes extend the highest private page by one.
@@ -1307,6 +1337,7 @@ impl Default for PendingPages {
             high: None,
             ahead_end: 0,
             ahead: Vec::new(),
+            kept: HashSet::default(),
         }
     }
 }
@@ -1359,8 +1390,27 @@ impl PendingPages {
         self.set.len()
     }
 
+    /// No private page at all (written, copied ahead or kept).
     fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.ahead.is_empty()
+        self.set.is_empty() && self.ahead.is_empty() && self.kept.is_empty()
+    }
+
+    /// The file now holds every page in `set` (a flush wrote them): keep them, and the pages
+    /// copied ahead, as private pages that equal the file, unless that makes more than `max`
+    /// kept pages. Returns whether they were kept (else nothing changed).
+    fn keep(&mut self, max: usize) -> bool {
+        let ahead: u64 = self.ahead.iter().map(|&(a, b)| b - a).sum();
+        if self.kept.len() + self.set.len() + ahead as usize > max {
+            return false;
+        }
+        self.recent = [u64::MAX; 4];
+        self.high = None;
+        self.ahead_end = 0;
+        self.kept.extend(self.set.drain());
+        for (a, b) in self.ahead.drain(..) {
+            self.kept.extend(a..b);
+        }
+        true
     }
 
     /// The pages, in no order.
@@ -1369,10 +1419,22 @@ impl PendingPages {
     }
 
     /// Take every page out, in no order.
+    #[cfg(test)]
     fn drain(&mut self) -> Vec<u64> {
         self.recent = [u64::MAX; 4];
         self.high = None;
         self.set.drain().collect()
+    }
+
+    /// Take every written and kept page out (not those copied ahead: `take_populated`),
+    /// ascending, each once.
+    fn drain_with_kept(&mut self) -> Vec<u64> {
+        self.recent = [u64::MAX; 4];
+        self.high = None;
+        let mut pages: Vec<u64> = self.set.drain().chain(self.kept.drain()).collect();
+        pages.sort_unstable();
+        pages.dedup();
+        pages
     }
 }
 

@@ -110,6 +110,12 @@ pub mod sabotage {
     /// writer's last frames may be only in the page cache, and a power cut during or after
     /// the replay can keep the heap pages it wrote and lose those frames (a torn state).
     pub const RECOVERY_REPLAY_BEFORE_LOG_BARRIER: u32 = 8388608;
+    /// Under `None`, private pages kept after a flush (they equal the file) are forgotten
+    /// instead of dropped when the file's bytes under them are about to change (in-place
+    /// bytes, compaction): the writer's mapping then hides the new bytes from the writer's
+    /// transactions, and a commit that writes such a page again has the stale rest of it
+    /// written back over them.
+    pub const KEPT_PAGES_NOT_DROPPED: u32 = 16777216;
     /// Set the active switches (0: none).
     pub fn set(mask: u32) {
         MASK.store(mask, Ordering::SeqCst);
