@@ -902,7 +902,8 @@ impl<'h> Tx<'h> {
             .usable_size(s.as_ptr())
             .ok_or_else(|| Error::InvalidFree {
                 offset: s.offset(),
-                why: "realloc of a pointer that is not the start of a live allocation",
+                why: "realloc of a pointer that is not the start of a live allocation \
+                      (freed, or inside an object)",
             })?;
         let align = std::mem::align_of::<T>() as u64;
         let large = !Allocator::is_small(block, align);
@@ -963,16 +964,33 @@ impl<'h> Tx<'h> {
     }
 
     /// The usable size in bytes of the allocation starting at `p` (its block size for small
-    /// objects), or `None` if `p` is not the start of a live allocation's chunk.
+    /// objects), or `None` if `p` is not the start of an allocation that is live as this
+    /// transaction sees it (a freed block, a pointer inside an object, or outside the heap's
+    /// objects).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let heap = txheap::Heap::create(dir.path().join("us.heap"), txheap::Options::new())?;
-    /// heap.transaction(|tx| { let p = tx.alloc([0u8; 20])?; assert_eq!(tx.usable_size(p), Some(32)); Ok(()) })?;
+    /// heap.transaction(|tx| {
+    ///     let p = tx.alloc([0u8; 20])?;
+    ///     assert_eq!(tx.usable_size(p), Some(32));
+    ///     let inside = txheap::PPtr::<u8>::from_offset(p.offset() + 8);
+    ///     assert_eq!(tx.usable_size(inside), None);
+    ///     tx.free(p)?;
+    ///     assert_eq!(tx.usable_size(p), None);
+    ///     Ok(())
+    /// })?;
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn usable_size<T>(&self, p: PPtr<T>) -> Option<u64> {
-        self.w.alloc.usable_size(p.offset())
+        let (sh, stage) = (self.sh, &self.stage);
+        self.w.alloc.live_size(p.offset(), &|near, o, b| {
+            let mut fill = fill_from(sh);
+            match stage.read_near(o, b.len() as u64, near, &mut fill) {
+                Some(s) => b.copy_from_slice(s),
+                None => fill(o, b),
+            }
+        })
     }
 
     /// The root object: created zeroed on first use, with `T`'s stored identity and layout

@@ -305,3 +305,65 @@ fn a_vector_shrunk_to_fit_gives_its_chunks_back() {
         "only the header is left"
     );
 }
+
+/// `realloc_slice` takes only the start of a live allocation, as `free` does: a freed block
+/// (committed, or freed earlier in the same transaction), a pointer inside a small or a large
+/// object, and a pointer into a run's bitmap are refused with `InvalidFree`, and no live
+/// object changes (before, a pointer inside an object was "reallocated" where it was and the
+/// commit zeroed the object's bytes past it; a freed block came back as live space that
+/// another allocation could take too).
+#[test]
+fn realloc_refuses_what_is_not_a_live_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("r.heap"), Options::new()).unwrap();
+    let (a, b) = heap
+        .transaction(|tx| Ok((tx.alloc_slice(&[1u64; 8])?, tx.alloc_slice(&[2u64; 8])?)))
+        .unwrap();
+    let large = make(&heap, 600 * KIB);
+    heap.transaction(|tx| tx.free_slice(a)).unwrap();
+    let refused = |r: Result<PSlice<u64>, Error>, what: &str| {
+        assert!(matches!(r, Err(Error::InvalidFree { .. })), "{what}: {r:?}");
+    };
+    refused(heap.transaction(|tx| tx.realloc_slice(a, 8, 8)), "freed");
+    refused(
+        heap.transaction(|tx| tx.realloc_slice(a, 8, 2)),
+        "freed, shrunk",
+    );
+    let inner = PSlice::<u64>::from_raw_parts(b.offset() + 16, 2);
+    refused(
+        heap.transaction(|tx| tx.realloc_slice(inner, 2, 4)),
+        "inside",
+    );
+    refused(
+        heap.transaction(|tx| tx.realloc_slice(inner, 2, 40)),
+        "inside, grown",
+    );
+    let in_large = PSlice::<u64>::from_raw_parts(large.offset() + 4096, 16);
+    refused(
+        heap.transaction(|tx| tx.realloc_slice(in_large, 16, 32)),
+        "inside a large object",
+    );
+    refused(
+        heap.transaction(|tx| tx.realloc_slice(in_large, 16, 4)),
+        "inside a large object, shrunk",
+    );
+    refused(
+        heap.transaction(|tx| {
+            let c = tx.alloc_slice(&[3u64; 4])?;
+            tx.free_slice(c)?;
+            tx.realloc_slice(c, 4, 8)
+        }),
+        "freed in the same transaction",
+    );
+    assert_eq!(
+        heap.read(|r| Ok(r.slice(b)?.to_vec())).unwrap(),
+        vec![2u64; 8]
+    );
+    holds(&heap, large, 600 * KIB);
+    // The start of a live object still works.
+    let b2 = heap.transaction(|tx| tx.realloc_slice(b, 8, 12)).unwrap();
+    assert_eq!(
+        heap.read(|r| Ok(r.slice(b2)?.to_vec())).unwrap(),
+        [[2u64; 8].as_slice(), &[0u64; 4]].concat()
+    );
+}

@@ -881,13 +881,31 @@ impl Allocator {
         (off == self.chunk_offset(c)).then_some((c, chunks, size))
     }
 
-    /// The usable size of the allocation at `off` (for `realloc`-like helpers and checks).
-    pub(crate) fn usable_size(&self, off: u64) -> Option<u64> {
+    /// The usable size of the allocation starting at `off`, if `off` is the start of a live
+    /// allocation as the transaction sees it: a block of a run whose bit is set (`read` as in
+    /// [`Self::check_writable`]: the transaction's view, so a block freed earlier in the same
+    /// transaction is not live), or the data start of a live large object. Anything else (a
+    /// freed block, a pointer inside an object, a run's bitmap) gives `None`: `free` refuses
+    /// exactly those, and `realloc` must as well.
+    pub(crate) fn live_size(&self, off: u64, read: &dyn Fn(u64, u64, &mut [u8])) -> Option<u64> {
         let c = u32::try_from(off.checked_sub(self.chunk_area)? / CHUNK_SIZE).ok()?;
         if let Some(rs) = self.runs.get(&c) {
-            return Some(CLASSES[rs.class] as u64);
+            let g = RunGeom::of_class(rs.class);
+            let base = self.chunk_offset(c);
+            let rel = off.checked_sub(base + g.data_offset)?;
+            if rel % g.block_size != 0 || rel / g.block_size >= g.block_count {
+                return None;
+            }
+            if self.freed_blocks.contains(&off) {
+                return None;
+            }
+            let idx = rel / g.block_size;
+            let mut word = [0u8; 8];
+            read(base, base + (idx / 64) * 8, &mut word);
+            return (u64::from_le_bytes(word) & (1 << (idx % 64)) != 0)
+                .then_some(CLASSES[rs.class] as u64);
         }
-        self.large.get(&c).map(|&(_, size)| size)
+        self.large_at(off).map(|(_, _, size)| size)
     }
 
     /// Whether `[off, off+len)` (already inside the chunk area) lies inside one live allocation:
