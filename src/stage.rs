@@ -1287,8 +1287,7 @@ impl Inner {
 }
 
 impl Stage {
-    /// Bytes currently staged (what the frame's payload data will be).
-    #[cfg(test)]
+    /// Bytes currently staged outside block areas (what the early size check counts).
     pub(crate) fn staged_bytes(&mut self) -> u64 {
         self.inner.get_mut().bytes
     }
@@ -1814,7 +1813,8 @@ impl Stage {
         self.inner.get_mut().whole.push((off, off + len));
     }
 
-    /// Before the frame is built: cut each staged range of at most [`TRIM_MAX`] bytes to the
+    /// Before the frame is built: cut each staged range of at most `max` bytes ([`TRIM_MAX`],
+    /// unless a nested scope was rolled back: then every range, see `Tx::commit`) to the
     /// [`TRIM_UNIT`]-byte units from the first to the last that differ from the committed
     /// bytes (`committed(start, len)`, the writer's mapping; `None` leaves the range whole), so
     /// that [`Self::ranges`] yields only those. A small commit stages whole 64-byte lines (a bitmap word's, an object's, the
@@ -1826,6 +1826,7 @@ impl Stage {
     /// Returns whether any byte is left. No write may follow until [`Self::clear`].
     pub(crate) fn trim_unchanged<'m>(
         &mut self,
+        max: u64,
         mut committed: impl FnMut(u64, usize) -> Option<&'m [u8]>,
     ) -> bool {
         let inner = self.inner.get_mut();
@@ -1838,7 +1839,7 @@ impl Stage {
                 .whole
                 .iter()
                 .any(|&(a, b)| a < start + n as u64 && start < b);
-            let old = match n <= TRIM_MAX as usize && n % LINE as usize == 0 && !whole {
+            let old = match n as u64 <= max && n % LINE as usize == 0 && !whole {
                 true => committed(start, n),
                 false => None,
             };
@@ -1889,6 +1890,10 @@ pub(crate) struct Nest {
     /// `start -> end` intervals (lines it saved, and whole lines of space it allocated, which
     /// its rollback frees: their bytes need no restoring).
     covered: Vec<BTreeMap<u64, u64>>,
+    /// The whole lines of space the open scopes allocated, `[start, end)`, oldest first: a
+    /// rollback writes the committed bytes back over those the stage holds, so that the
+    /// commit can leave them out (`Tx::close_scope`).
+    pub(crate) allocs: Vec<(u64, u64)>,
 }
 
 impl Nest {
@@ -1981,6 +1986,7 @@ impl Nest {
         let (a, b) = (align_up(off), align_down(off + len));
         if let (Some(covered), true) = (self.covered.last_mut(), a < b) {
             cover(covered, a, b);
+            self.allocs.push((a, b));
         }
     }
 
@@ -1990,6 +1996,7 @@ impl Nest {
         self.saved.clear();
         self.bytes.clear();
         self.covered.clear();
+        self.allocs.clear();
         if self.bytes.capacity() > NEST_KEEP_MAX {
             self.bytes = Vec::new();
         }
@@ -2286,7 +2293,7 @@ mod tests {
         assert_eq!(untrimmed.len(), 4);
         let olds: Vec<Vec<u8>> = untrimmed.iter().map(|&(s, n)| old(s, n)).collect();
         let mut i = 0;
-        assert!(st.trim_unchanged(|s, n| {
+        assert!(st.trim_unchanged(TRIM_MAX, |s, n| {
             assert_eq!((s, n), untrimmed[i]);
             i += 1;
             Some(&olds[i - 1][..])
@@ -2312,14 +2319,16 @@ mod tests {
         st.write(at3, 64, u64::MAX, &mut fill)
             .unwrap()
             .copy_from_slice(&same);
-        assert!(!st.trim_unchanged(|s, n| Some(Box::leak(old(s, n).into_boxed_slice()))));
+        assert!(!st.trim_unchanged(TRIM_MAX, |s, n| Some(Box::leak(
+            old(s, n).into_boxed_slice()
+        ))));
         assert_eq!(st.ranges().count(), 0);
         // `None` from the committed bytes keeps the range whole.
         st.clear();
         st.write(at3, 64, u64::MAX, &mut fill)
             .unwrap()
             .copy_from_slice(&same);
-        assert!(st.trim_unchanged(|_, _| None));
+        assert!(st.trim_unchanged(TRIM_MAX, |_, _| None));
         assert_eq!(
             st.ranges().map(|(s, r)| (s, r.len())).collect::<Vec<_>>(),
             vec![(at3, 64)]
@@ -2507,7 +2516,7 @@ mod tests {
             })
             .collect();
         let mut i = 0;
-        assert!(st.trim_unchanged(|_, _| {
+        assert!(st.trim_unchanged(TRIM_MAX, |_, _| {
             i += 1;
             Some(&olds[i - 1][..])
         }));

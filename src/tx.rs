@@ -17,7 +17,7 @@ use crate::limits::{CHUNK_SIZE, ROOT_LEN_MAX};
 use crate::options::Durability;
 use crate::pptr::{cast_slice, cast_slice_mut, PPtr, PSlice};
 use crate::shared::Shared;
-use crate::stage::{Nest, Stage, WordPlace, LINE};
+use crate::stage::{Nest, Stage, WordPlace, LINE, TRIM_MAX};
 use crate::storage::FileStorage;
 use crate::stored::Stored;
 use crate::writer::{add_area, inside, CommitPlan, Writer};
@@ -73,6 +73,12 @@ pub struct Tx<'h> {
     /// writer's [`Nest`] (reused, as the stage is, so that a transaction without scopes
     /// builds and drops nothing for them).
     depth: u32,
+    /// Bytes that rolled-back scopes left staged outside fresh space (lines written back as
+    /// they were before the scope, and lines of space it allocated, written back as committed):
+    /// exempt from the early size check, as the scope's changes are gone, and left out of the
+    /// frame by the commit's trim, which compares every range with the committed bytes when
+    /// this is not zero.
+    rolled_back: u64,
     done: bool,
     /// A transaction stays on the thread that began it (as before its stage became `Send`):
     /// the re-entry check knows that thread only.
@@ -100,6 +106,9 @@ impl std::fmt::Debug for Tx<'_> {
 struct Scope {
     saved: usize,
     bytes: usize,
+    allocs: usize,
+    staged: u64,
+    fresh_staged: u64,
     alloc: Mark,
     header: HeapHeader,
     new_runs: u32,
@@ -149,6 +158,12 @@ fn stage_within_log<'s>(
             bytes: staged.saturating_sub(exempt) + FRAME_OVERHEAD_MIN,
             log_size,
         })
+}
+
+/// Whether `[a, b)` overlaps one of `areas` (sorted, disjoint `[start, end)`).
+fn overlaps(areas: &[(u64, u64)], a: u64, b: u64) -> bool {
+    let i = areas.partition_point(|&(s, _)| s < b);
+    i > 0 && areas[i - 1].1 > a
 }
 
 /// Copy the transaction's view of `[off, off+buf.len())` (staged bytes over committed ones).
@@ -245,6 +260,7 @@ impl<'h> Tx<'h> {
             header,
             fresh: Vec::new(),
             fresh_staged: 0,
+            rolled_back: 0,
             new_runs: 0,
             mem_ops: 0,
             interrupted: None,
@@ -392,7 +408,8 @@ impl<'h> Tx<'h> {
                 .write(off, len, u64::MAX, &mut fill)
                 .expect("an unlimited budget never refuses"));
         }
-        stage_within_log(self.sh, &mut self.stage, self.fresh_staged, off, len)
+        let exempt = self.fresh_staged + self.rolled_back;
+        stage_within_log(self.sh, &mut self.stage, exempt, off, len)
     }
 
     /// [`Self::stage_mut`]'s question below the highest fresh area: whether `[off, off+len)`
@@ -435,11 +452,12 @@ impl<'h> Tx<'h> {
     /// view), each line once per scope and not in space the scope allocated, so a scope costs a
     /// copy of each line it overwrites, held until the outermost scope ends. Space a rolled-back
     /// scope had allocated is free again for the rest of the transaction;
-    /// pointers it returned must not be used afterwards (reads still give bytes, writes are
-    /// refused as [`Error::NotAllocated`], as after a free). Bytes a rolled-back scope staged stay
-    /// staged, as they were before it: they count toward the early size check
-    /// ([`Error::TransactionTooLarge`] before commit), and a commit that writes bytes in place, or
-    /// stages ranges over 4 KiB, logs them unchanged. A scope that rolls back also clears an
+    /// pointers it returned must not be used afterwards (writes are refused as
+    /// [`Error::NotAllocated`], as after a free, or as [`Error::OutOfBounds`] when the scope had
+    /// grown the heap to make that space; reads give whatever bytes are there, or
+    /// `OutOfBounds`). A rolled-back scope costs the rest of the transaction no log budget: what it
+    /// staged is exempt from the early size check, and the commit leaves its lines out of the
+    /// frame (they hold the bytes from before the scope again). A scope that rolls back also clears an
     /// allocator failure that happened inside it ([`Error::AllocatorInterrupted`] at commit):
     /// its partial changes are undone with the rest.
     ///
@@ -493,6 +511,9 @@ impl<'h> Tx<'h> {
         Scope {
             saved: self.w.nest.saved.len(),
             bytes: self.w.nest.bytes.len(),
+            allocs: self.w.nest.allocs.len(),
+            staged: self.stage.staged_bytes(),
+            fresh_staged: self.fresh_staged,
             alloc: self.w.alloc.mark(),
             header: self.header,
             new_runs: self.new_runs,
@@ -530,6 +551,32 @@ impl<'h> Tx<'h> {
             dst.copy_from_slice(old);
         }
         nest.bytes.truncate(sc.bytes);
+        // Lines of space the scope allocated hold its bytes: free space again, which nothing
+        // reads, but staged, and the commit would log them. Outside fresh space (written in
+        // place, exempt from the log) they get the committed bytes back, which is what the
+        // transaction saw there before the scope (free space it could not write), so that the
+        // commit's trim leaves them out.
+        for &(a, b) in &nest.allocs[sc.allocs..] {
+            if overlaps(&self.fresh, a, b) {
+                continue;
+            }
+            let mut line = a;
+            while line < b {
+                if stage.touches(line, LINE) {
+                    let dst = stage
+                        .write(line, LINE, u64::MAX, &mut fill_from(sh))
+                        .expect("an unlimited budget never refuses");
+                    fill_from(sh)(line, dst);
+                }
+                line += LINE;
+            }
+        }
+        nest.allocs.truncate(sc.allocs);
+        // What the scope added to the stage outside fresh space no longer counts against the
+        // log: the transaction's budget is what it was before the scope.
+        let added = stage.staged_bytes().saturating_sub(sc.staged);
+        let fresh_added = self.fresh_staged.saturating_sub(sc.fresh_staged);
+        self.rolled_back += added.saturating_sub(fresh_added);
         if nest.close(false) {
             // (A review found a rolled-back outermost scope kept its copies' memory.)
             nest.clear();
@@ -564,7 +611,7 @@ impl<'h> Tx<'h> {
             stage: &mut self.stage,
             storage,
             nest: (self.depth > 0).then_some(nest),
-            exempt: self.fresh_staged,
+            exempt: self.fresh_staged + self.rolled_back,
             changed: false,
         };
         let r = f(alloc, &mut mem);
@@ -1122,15 +1169,25 @@ impl<'h> Tx<'h> {
         // Log only the words each staged range changed, unless some bytes go in place (their
         // pieces are cut at the fresh areas' bounds, and the in-place rules reason about whole
         // areas).
+        // After a rolled-back scope, every range is compared, whatever its length, and even
+        // beside fresh space (whose ranges stay whole): the lines the scope left staged hold
+        // the committed bytes again and drop out (a review found a scope refused as too large
+        // left a transaction that could not commit, its restored lines logged unchanged).
         let sh = self.sh;
+        let (max, fresh) = match self.rolled_back {
+            0 if !self.fresh.is_empty() => (0, &self.fresh[..]),
+            0 => (TRIM_MAX, &self.fresh[..]),
+            _ => (u64::MAX, &self.fresh[..]),
+        };
         let unchanged = self.stage.is_empty()
-            || (self.fresh.is_empty()
-                && !self.stage.trim_unchanged(|at, len| {
+            || (max > 0
+                && !self.stage.trim_unchanged(max, |at, len| {
                     let inside = at >= sh.geo.heap_offset && at + len as u64 <= sh.map.mapped_len();
+                    let whole = overlaps(fresh, at, at + len as u64);
                     // SAFETY: inside the mapped heap (checked); the writer lock is held, so
                     // nothing writes the mapping while the slice lives (only until the
                     // comparison returns).
-                    inside.then(|| unsafe { sh.map.slice(at, len) })
+                    (inside && !whole).then(|| unsafe { sh.map.slice(at, len) })
                 }));
         if unchanged {
             // Nothing to log: the transaction changed no byte (or wrote back what was there).

@@ -399,3 +399,96 @@ fn fresh_space_a_scope_gave_back_stays_out_of_the_log() {
     })
     .unwrap();
 }
+
+/// A scope refused as too large after many writes that each succeeded leaves a transaction
+/// that commits (the scope's writes are undone, so they must not fill the log either): the
+/// rolled-back lines drop out of the frame, whatever the length of their ranges (a review
+/// found the commit refused with `TransactionTooLarge`, under `Full` and `None`, for a
+/// transaction whose only change was in the refused scope). And the rest of the transaction
+/// has the budget it had before the scope: a write as large as the log's free room still fits.
+#[test]
+fn a_scope_refused_as_too_large_leaves_the_transaction_committable() {
+    for d in [txheap::Durability::Full, txheap::Durability::None] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.heap");
+        let opts = Options::new().durability(d).log_size(256 << 10);
+        let heap = Heap::create(&path, opts.clone()).unwrap();
+        let big = heap
+            .transaction(|tx| tx.alloc_slice_zeroed::<u8>(1 << 20))
+            .unwrap();
+        heap.transaction(|tx| {
+            let e = tx.nested(|tx| {
+                // Ranges of 4,160 bytes (past the trim's 4 KiB), 8 KiB apart, until refused.
+                for i in 0..(1u64 << 20) / 8192 {
+                    tx.write_slice(big, i * 8192, &[1u8; 4160])?;
+                }
+                Ok::<(), Error>(())
+            });
+            assert!(matches!(e, Err(Error::TransactionTooLarge { .. })), "{e:?}");
+            assert!(tx.slice(big)?.iter().all(|&b| b == 0));
+            // The budget is the one from before the scope: 150 KB more fits.
+            tx.write_slice(big, 1 << 19, &[2u8; 150_000])
+        })
+        .unwrap_or_else(|e| panic!("{d:?}: {e}"));
+        heap.close().unwrap();
+        let heap = Heap::open(&path, opts).unwrap();
+        let s = heap.read(|r| Ok(r.slice(big)?.to_vec())).unwrap();
+        let twos = s.iter().filter(|&&b| b == 2).count();
+        let zeros = s.iter().filter(|&&b| b == 0).count();
+        assert_eq!((twos, zeros), (150_000, (1 << 20) - 150_000), "{d:?}");
+    }
+}
+
+/// The same through an inner scope that rewrites an existing object and then allocates until
+/// refused, inside an outer scope that catches the refusal and keeps its own change: the
+/// allocated space's lines and the rewritten ones drop out of the frame, and the outer scope's
+/// change commits.
+#[test]
+fn an_inner_scope_refused_as_too_large_leaves_the_outer_one_committable() {
+    for d in [txheap::Durability::Full, txheap::Durability::None] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.heap");
+        let opts = Options::new().durability(d).log_size(256 << 10);
+        let heap = Heap::create(&path, opts.clone()).unwrap();
+        let big = heap
+            .transaction(|tx| tx.alloc_slice_zeroed::<u8>(1 << 20))
+            .unwrap();
+        let k = heap
+            .transaction(|tx| {
+                let k = tx.alloc(5u64)?;
+                tx.nested(|tx| {
+                    tx.set(k, 6)?;
+                    let e: Result<(), Error> = tx.nested(|tx| {
+                        tx.write_slice(big, 0, &vec![1u8; 200_000])?;
+                        let mut n = 0u64;
+                        loop {
+                            // Small objects of many classes: new runs, bitmaps, entries.
+                            tx.alloc_slice_zeroed::<u8>(16 + (n % 40) * 100)?;
+                            n += 1;
+                        }
+                    });
+                    assert!(matches!(e, Err(Error::TransactionTooLarge { .. })), "{e:?}");
+                    Ok::<(), Error>(())
+                })?;
+                assert_eq!(*tx.get(k)?, 6);
+                assert!(tx.slice(big)?.iter().all(|&b| b == 0));
+                Ok(k)
+            })
+            .unwrap_or_else(|e| panic!("{d:?}: {e}"));
+        assert_eq!(heap.read(|r| r.allocations()).unwrap().len(), 2);
+        heap.close().unwrap();
+        let report = txheap::inspect::check(&path, &mut |_, _| {}).unwrap();
+        assert_eq!(
+            report.verdict,
+            txheap::inspect::Verdict::Clean,
+            "{:?}",
+            report.findings
+        );
+        let heap = Heap::open(&path, opts).unwrap();
+        assert_eq!(heap.read(|r| r.get(k).copied()).unwrap(), 6);
+        assert!(heap
+            .read(|r| Ok(r.slice(big)?.iter().all(|&b| b == 0)))
+            .unwrap());
+        assert_eq!(heap.read(|r| r.allocations()).unwrap().len(), 2);
+    }
+}
