@@ -109,6 +109,7 @@ struct Scope {
     allocs: usize,
     staged: u64,
     fresh_staged: u64,
+    rolled_back: u64,
     alloc: Mark,
     header: HeapHeader,
     new_runs: u32,
@@ -514,6 +515,7 @@ impl<'h> Tx<'h> {
             allocs: self.w.nest.allocs.len(),
             staged: self.stage.staged_bytes(),
             fresh_staged: self.fresh_staged,
+            rolled_back: self.rolled_back,
             alloc: self.w.alloc.mark(),
             header: self.header,
             new_runs: self.new_runs,
@@ -573,10 +575,12 @@ impl<'h> Tx<'h> {
         }
         nest.allocs.truncate(sc.allocs);
         // What the scope added to the stage outside fresh space no longer counts against the
-        // log: the transaction's budget is what it was before the scope.
+        // log: the transaction's budget is what it was before the scope. (Set, not added to:
+        // what inner scopes that rolled back were exempted for is part of what this one added;
+        // a review found a write rolled back through 30 scopes exempted 30 times.)
         let added = stage.staged_bytes().saturating_sub(sc.staged);
         let fresh_added = self.fresh_staged.saturating_sub(sc.fresh_staged);
-        self.rolled_back += added.saturating_sub(fresh_added);
+        self.rolled_back = sc.rolled_back + added.saturating_sub(fresh_added);
         if nest.close(false) {
             // (A review found a rolled-back outermost scope kept its copies' memory.)
             nest.clear();
