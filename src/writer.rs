@@ -352,9 +352,9 @@ impl Writer {
             // Under `None` the frees of earlier commits may not be durable yet, and their bytes
             // may sit in private pages that would hide the in-place bytes from the mapping (and
             // overwrite them at the next flush). The flush barriers the log written so far (every
-            // committed free is then durable, as under `Full`) and writes and drops the private
-            // pages. It must come before the pwrites: the kernel may write a page back at any
-            // moment after them.
+            // committed free is then durable, as under `Full`) and writes the private pages back
+            // (`quiet_for_in_place` then drops them). It must come before the pwrites: the
+            // kernel may write a page back at any moment after them.
             #[cfg(feature = "test-hooks")]
             let skip = recovery::sabotage::active(recovery::sabotage::IN_PLACE_BEFORE_FLUSH);
             #[cfg(not(feature = "test-hooks"))]
@@ -698,8 +698,8 @@ impl Writer {
 
     /// Write the pieces of the unpublished frames up to txid `limit` into the file (merged,
     /// newest winning; contiguous pieces in one pwrite), publish a snapshot without them (its
-    /// overlay smaller), and once the file holds every frame, drop the writer's private pages
-    /// (they equal the file's).
+    /// overlay smaller), and once the file holds every frame, settle the writer's private pages
+    /// (they equal the file's: kept under `None`, dropped otherwise, `settle_private`).
     ///
     /// Every caller holds a [`PoisonOnUnwind`]: a panic here leaves the file holding part of
     /// what the writer believes it holds.
@@ -965,7 +965,7 @@ impl Writer {
     }
 
     /// Barrier the log written since the last barrier, then write into the file the frames no
-    /// older reader holds back (dropping the private pages once the file has every frame).
+    /// older reader holds back (settling the private pages once the file has every frame).
     pub(crate) fn flush(&mut self, sh: &Shared) -> Result<()> {
         let _unwind = PoisonOnUnwind::new(sh, "a flush panicked");
         phase!(FLUSH);
