@@ -321,32 +321,21 @@ fn realloc_refuses_what_is_not_a_live_allocation() {
         .unwrap();
     let large = make(&heap, 600 * KIB);
     heap.transaction(|tx| tx.free_slice(a)).unwrap();
+    let inner = PSlice::<u64>::from_raw_parts(b.offset() + 16, 2);
+    let in_large = PSlice::<u64>::from_raw_parts(large.offset() + 4096, 16);
     let refused = |r: Result<PSlice<u64>, Error>, what: &str| {
         assert!(matches!(r, Err(Error::InvalidFree { .. })), "{what}: {r:?}");
     };
-    refused(heap.transaction(|tx| tx.realloc_slice(a, 8, 8)), "freed");
-    refused(
-        heap.transaction(|tx| tx.realloc_slice(a, 8, 2)),
-        "freed, shrunk",
-    );
-    let inner = PSlice::<u64>::from_raw_parts(b.offset() + 16, 2);
-    refused(
-        heap.transaction(|tx| tx.realloc_slice(inner, 2, 4)),
-        "inside",
-    );
-    refused(
-        heap.transaction(|tx| tx.realloc_slice(inner, 2, 40)),
-        "inside, grown",
-    );
-    let in_large = PSlice::<u64>::from_raw_parts(large.offset() + 4096, 16);
-    refused(
-        heap.transaction(|tx| tx.realloc_slice(in_large, 16, 32)),
-        "inside a large object",
-    );
-    refused(
-        heap.transaction(|tx| tx.realloc_slice(in_large, 16, 4)),
-        "inside a large object, shrunk",
-    );
+    for (s, keep, len, what) in [
+        (a, 8, 8, "freed"),
+        (a, 8, 2, "freed, shrunk"),
+        (inner, 2, 4, "inside"),
+        (inner, 2, 40, "inside, grown"),
+        (in_large, 16, 32, "inside a large object"),
+        (in_large, 16, 4, "inside a large object, shrunk"),
+    ] {
+        refused(heap.transaction(|tx| tx.realloc_slice(s, keep, len)), what);
+    }
     refused(
         heap.transaction(|tx| {
             let c = tx.alloc_slice(&[3u64; 4])?;
