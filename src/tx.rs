@@ -139,6 +139,17 @@ fn fill_from(sh: &Shared) -> impl FnMut(u64, &mut [u8]) + '_ {
     }
 }
 
+/// The staged slice `[off, off+len)` of lines already staged (or of lines staged again as the
+/// file holds them): no budget applies, so it cannot be refused.
+fn restaged<'s>(sh: &Shared, stage: &'s mut Stage, off: u64, len: u64) -> &'s mut [u8] {
+    match stage.area_index(off, len) {
+        Some(i) => stage.area_mut(i, off, len),
+        None => stage
+            .write(off, len, u64::MAX, &mut fill_from(sh))
+            .expect("an unlimited budget never refuses"),
+    }
+}
+
 /// Stage `[off, off+len)` unless the bytes that will go through the log (staged bytes, less
 /// `exempt` bytes that are written in place instead, plus the least frame overhead) would then
 /// exceed the log: that is `TransactionTooLarge` at once, with nothing staged. Rewriting staged
@@ -370,13 +381,7 @@ impl<'h> Tx<'h> {
             self.w.nest.unsave(saved);
             return Err(e);
         }
-        Ok(match self.stage.area_index(off, len) {
-            Some(i) => self.stage.area_mut(i, off, len),
-            None => self
-                .stage
-                .write(off, len, u64::MAX, &mut fill_from(sh))
-                .expect("an unlimited budget never refuses"),
-        })
+        Ok(restaged(sh, &mut self.stage, off, len))
     }
 
     /// [`Self::stage_mut`] without saving the bytes it replaces.
@@ -544,13 +549,7 @@ impl<'h> Tx<'h> {
             let old = &nest.bytes[at..at + len];
             // Every saved range was staged by the write that saved it (a refused write's copy
             // was forgotten): no budget applies, and no line is added.
-            let dst = match stage.area_index(off, len as u64) {
-                Some(i) => stage.area_mut(i, off, len as u64),
-                None => stage
-                    .write(off, len as u64, u64::MAX, &mut fill_from(sh))
-                    .expect("an unlimited budget never refuses"),
-            };
-            dst.copy_from_slice(old);
+            restaged(sh, stage, off, len as u64).copy_from_slice(old);
         }
         nest.bytes.truncate(sc.bytes);
         // Lines of space the scope allocated hold its bytes: free space again, which nothing
@@ -1178,11 +1177,12 @@ impl<'h> Tx<'h> {
         // the committed bytes again and drop out (a review found a scope refused as too large
         // left a transaction that could not commit, its restored lines logged unchanged).
         let sh = self.sh;
-        let (max, fresh) = match self.rolled_back {
-            0 if !self.fresh.is_empty() => (0, &self.fresh[..]),
-            0 => (TRIM_MAX, &self.fresh[..]),
-            _ => (u64::MAX, &self.fresh[..]),
+        let max = match self.rolled_back {
+            0 if !self.fresh.is_empty() => 0,
+            0 => TRIM_MAX,
+            _ => u64::MAX,
         };
+        let fresh = &self.fresh[..];
         let unchanged = self.stage.is_empty()
             || (max > 0
                 && !self.stage.trim_unchanged(max, |at, len| {

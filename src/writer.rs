@@ -1426,21 +1426,20 @@ impl PendingPages {
         self.set.drain().collect()
     }
 
-    /// Take every written and kept page out (not those copied ahead: `take_populated`),
-    /// ascending, each once.
+    /// Take every written and kept page out (not those copied ahead: `take_populated`), in no
+    /// order; a page kept and then written again is there twice.
     fn drain_with_kept(&mut self) -> Vec<u64> {
         self.recent = [u64::MAX; 4];
         self.high = None;
-        let mut pages: Vec<u64> = self.set.drain().chain(self.kept.drain()).collect();
-        pages.sort_unstable();
-        pages.dedup();
-        pages
+        self.set.drain().chain(self.kept.drain()).collect()
     }
 }
 
-/// The page numbers `pages` as runs of contiguous pages: (byte offset, byte length), ascending.
+/// The page numbers `pages` (in any order, repeats allowed) as runs of contiguous pages: (byte
+/// offset, byte length), ascending, each page in one run.
 fn page_runs(mut pages: Vec<u64>) -> impl Iterator<Item = (u64, u64)> {
     pages.sort_unstable();
+    pages.dedup();
     let mut it = pages.into_iter().peekable();
     std::iter::from_fn(move || {
         let first = it.next()?;
@@ -1454,7 +1453,17 @@ fn page_runs(mut pages: Vec<u64>) -> impl Iterator<Item = (u64, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{add_area, area_at, inside, PendingPages};
+    use super::{add_area, area_at, inside, page_runs, PendingPages, PAGE_SIZE};
+
+    /// Runs of pages given out of order and with repeats (a kept page written again): each
+    /// page in exactly one run.
+    #[test]
+    fn page_runs_take_each_page_once() {
+        let p = PAGE_SIZE;
+        let runs: Vec<(u64, u64)> = page_runs(vec![5, 3, 4, 4, 9, 3]).collect();
+        assert_eq!(runs, [(3 * p, 3 * p), (9 * p, p)]);
+        assert_eq!(page_runs(Vec::new()).count(), 0);
+    }
 
     /// The pages added since the last drain are exactly the set's, whatever the recent-page
     /// memory skipped; a drain forgets the recent pages, so they are added again after it.
