@@ -94,9 +94,11 @@ fn plan(r: &Reader<'_>, chunk_area: u64, heap_offset: u64, compact: bool) -> Res
         }
         extents.pop();
     }
+    // (No extent: the source has no chunk, and neither has the copy. A review found `1` here:
+    // a header claiming a chunk whose table entry no one wrote, refused on every open.)
     let chunk_count = extents
         .last()
-        .map_or(1, |&(c, e)| c as u64 + e.chunks() as u64);
+        .map_or(0, |&(c, e)| c as u64 + e.chunks() as u64);
     header.chunk_count = chunk_count;
     let page = sys::PAGE as u64;
     let mut ranges = vec![(heap_offset, chunk_area - heap_offset)];
