@@ -603,7 +603,7 @@ fn recover_writable(
     let rec =
         recovery::recover_checked_keeping_log(storage, on_damage, |sb, view| -> Result<()> {
             let header = read_heap_header(sb, &mut |off, buf| Ok(view.read(off, buf)?))?;
-            needed_len(sb, &header)?;
+            fits_max_size(needed_len(sb, &header)?, max_size, &header)?;
             let failed = std::cell::Cell::new(None);
             let read = |off: u64, buf: &mut [u8]| {
                 if let Err(e) = view.read(off, buf) {
@@ -629,7 +629,7 @@ fn recover_writable(
             ),
         });
     }
-    grow_to_chunk_count(file, storage, &sb)?;
+    grow_to_chunk_count(file, storage, &sb, max_size)?;
     let (mut sb, mut slot, mut checkpointed) = (sb, rec.slot, rec.checkpointed);
     let (mut tail, mut next_txid) = if checkpointed {
         (0, sb.next_txid)
@@ -677,8 +677,14 @@ fn recover_writable(
 /// Committed frames may reference chunks whose growth did not survive a power cut: grow the
 /// file to the chunk count. But first walk the chunk tables as they are (bytes past the end
 /// read as zeros, which no valid entry is), so that a damaged heap header is refused before
-/// the file changes, not after it grew.
-fn grow_to_chunk_count(file: &File, storage: &mut FileStorage, sb: &Superblock) -> Result<()> {
+/// the file changes, not after it grew. A `max_size` given to open below the heap's extent is
+/// refused here too, before the growth and before the checkpoint that would record it.
+fn grow_to_chunk_count(
+    file: &File,
+    storage: &mut FileStorage,
+    sb: &Superblock,
+    max_size: u64,
+) -> Result<()> {
     let read = |off: u64, buf: &mut [u8]| {
         buf.fill(0);
         let mut done = 0;
@@ -694,12 +700,30 @@ fn grow_to_chunk_count(file: &File, storage: &mut FileStorage, sb: &Superblock) 
         Ok(())
     })?;
     let needed = needed_len(sb, &header)?;
+    fits_max_size(needed, max_size, &header)?;
     if needed > stat(storage)? {
         Allocator::rebuild(Geometry::of(sb).chunk_area, header.chunk_count, &read)?;
     }
     storage
         .grow(needed)
         .map_err(|e| Error::io("grow file to its chunk count", needed, e))
+}
+
+/// Refuse a `max_size` given to open below the `needed` bytes of the heap as recovered (its
+/// chunk count): checked against the file's length only, it let a file whose last growth was
+/// lost in a crash (shorter than its committed chunk count) be opened with such a `max_size`,
+/// and the checkpoint that recorded it left a heap that every later open refused as `Corrupt`
+/// (found by review).
+fn fits_max_size(needed: u64, max_size: u64, header: &HeapHeader) -> Result<()> {
+    if needed <= max_size {
+        return Ok(());
+    }
+    Err(Error::InvalidOptions {
+        what: format!(
+            "max_size {max_size} given to open is below the {needed} bytes this heap's {} chunks              need (the file is shorter: its last growth was lost in a crash, and recovery grows              it back); open with a max_size of at least {needed}, or without max_size",
+            header.chunk_count
+        ),
+    })
 }
 
 /// The allocator and the heap header, rebuilt from the mapping as recovery left it. A
