@@ -644,6 +644,31 @@ impl<T, I: Iterator<Item = txheap::Result<T>>> CountOk for I {
     }
 }
 
+/// A B-tree whose header's length is the largest count: an insert of a new key is `Corrupt`,
+/// not an overflow (a panic with overflow checks, a silent wrap to 0 without: found by review),
+/// and check() names the damage.
+#[test]
+fn a_btree_length_at_its_limit_is_corrupt_on_insert() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("len.heap"), Options::new()).unwrap();
+    let m = heap
+        .transaction(|tx| {
+            let m = PBTreeMap::<u64, u64>::new(tx)?;
+            m.insert(tx, &1, &10)?;
+            Ok(m)
+        })
+        .unwrap();
+    // The header's second word is its length.
+    heap.transaction(|tx| tx.set(PPtr::<u64>::from_offset(m.offset() + 8), u64::MAX))
+        .unwrap();
+    let r = heap.transaction(|tx| m.insert(tx, &2, &20));
+    assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
+    assert!(heap.read(|r| m.check(r)).is_err());
+    // An existing key's value is replaced without counting: that still works.
+    heap.transaction(|tx| m.insert(tx, &1, &11)).unwrap();
+    assert_eq!(heap.read(|r| Ok(m.get(r, &1)?.copied())).unwrap(), Some(11));
+}
+
 /// Damage: a flipped count, a child pointing back at its parent, a pointer out of bounds, keys
 /// out of order, invalid UTF-8, a wrong element type: an `Error` from the operation that meets
 /// it and from check(), never a panic or a hang.

@@ -1096,7 +1096,16 @@ where
             h.root = root;
             h.height += 1;
         }
-        h.len += 1;
+        // (A damaged header's length may be the largest count: a review found the overflow.)
+        h.len = h.len.checked_add(1).ok_or_else(|| {
+            corrupt(
+                self.offset(),
+                format!(
+                    "PBTreeMap header: length {} cannot count one more entry",
+                    h.len
+                ),
+            )
+        })?;
         self.put_header(tx, h)?;
         Ok(false)
     }
