@@ -7,6 +7,7 @@
 //! not: change anything, or wait for the writer.
 
 use std::cell::RefCell;
+use std::mem::ManuallyDrop;
 use std::rc::Rc;
 
 use bytemuck::Pod;
@@ -375,7 +376,29 @@ thread_local! {
     /// read nested in it sees the same state, and a transaction there is refused. (A pointer,
     /// not an `Arc`: cloning one for every read made readers on different threads contend for
     /// its count.)
-    static READING: RefCell<Vec<(usize, *const Snapshot)>> = const { RefCell::new(Vec::new()) };
+    ///
+    /// Without a destructor (`ManuallyDrop`), so that it is there for as long as the thread
+    /// runs code: a review found a `Heap` kept in another thread-local aborting the process at
+    /// thread exit ("thread local panicked on drop"), its `Drop` asking this one after it had
+    /// been destroyed. [`FREE_READING`]'s destructor frees its buffer instead.
+    static READING: ManuallyDrop<RefCell<Vec<(usize, *const Snapshot)>>> =
+        const { ManuallyDrop::new(RefCell::new(Vec::new())) };
+    /// Touched by every read, so that its destructor frees [`READING`]'s buffer at thread exit.
+    static FREE_READING: FreeReading = const { FreeReading };
+}
+
+/// See [`FREE_READING`].
+struct FreeReading;
+impl Drop for FreeReading {
+    fn drop(&mut self) {
+        // (`READING` has no destructor: it is still there. A read running in a later
+        // thread-local destructor may allocate it again; that little is left to the exit.)
+        READING.with(|r| {
+            if let Ok(mut v) = r.try_borrow_mut() {
+                *v = Vec::new();
+            }
+        });
+    }
 }
 
 /// This thread is inside a `read` closure of the heap at `.0` (which pins the snapshot).
@@ -384,6 +407,9 @@ impl ReadingMark {
     /// Mark this thread as reading `snap` of the heap at `addr`; the caller holds the pin of
     /// `snap` for longer than the mark lives.
     pub(crate) fn new(addr: usize, snap: &Snapshot) -> ReadingMark {
+        // (Gone only in the thread-local destructors that run after it: then the buffer is
+        // left to the thread's exit.)
+        let _ = FREE_READING.try_with(|_| ());
         READING.with(|r| r.borrow_mut().push((addr, snap as *const Snapshot)));
         ReadingMark(addr)
     }
