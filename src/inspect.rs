@@ -468,7 +468,7 @@ impl LiveCopy {
     /// [`LiveCopy::take`], calling `before_attempt` with each attempt's number first (tests
     /// change the file there, as a writer would).
     fn take_with(path: &Path, before_attempt: &mut dyn FnMut(usize)) -> Result<LiveCopy> {
-        let source = std::fs::File::open(path).map_err(|e| Error::io("open", 0, e))?;
+        let source = crate::open::open_existing(path, false)?;
         Self::take_from(path, source, before_attempt, &mut |_| {})
     }
 

@@ -92,6 +92,44 @@ fn open_error(path: &Path, e: io::Error) -> Error {
     }
 }
 
+/// Open the existing file at `path` for reading (and writing): refused as `NotATxheap` unless
+/// it is a regular file, and without blocking on the way (a review found `txheap check` of a
+/// FIFO waiting forever in the open: opened with `O_NONBLOCK`, cleared once it is known to be a
+/// regular file).
+pub(crate) fn open_existing(path: &Path, write: bool) -> Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| open_error(path, e))?;
+    let kind = file
+        .metadata()
+        .map_err(|e| Error::io("fstat", 0, e))?
+        .file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else {
+            "not a regular file"
+        };
+        return Err(Error::NotATxheap {
+            detail: format!("{} is {what}: a heap is a regular file", path.display()),
+        });
+    }
+    sys::clear_nonblock(&file).map_err(|e| Error::io("fcntl (clear O_NONBLOCK)", 0, e))?;
+    Ok(file)
+}
+
 /// Map the file over `max_size` bytes of address space, or `reserve` where that is more
 /// (`Options::reserve`: room for `Heap::set_max_size`); a refusal for lack of address space is
 /// [`Error::AddressSpace`], naming the size. (ENOMEM from the kernel; EINVAL under some
@@ -262,11 +300,7 @@ fn build_new(path: &Path, file: File, options: &Options) -> Result<Opened> {
 pub(crate) fn open(path: &Path, options: &Options) -> Result<Opened> {
     let deadline = Instant::now().checked_add(options.lock_wait);
     loop {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| open_error(path, e))?;
+        let file = open_existing(path, true)?;
         let left = deadline.map_or(Duration::MAX, |d| {
             d.saturating_duration_since(Instant::now())
         });
@@ -294,10 +328,7 @@ fn same_file(file: &File, path: &Path) -> Result<bool> {
 pub(crate) fn open_read_only(path: &Path) -> Result<Opened> {
     // (Again when the writer closed between the two questions below.)
     for _ in 0..100 {
-        let file = OpenOptions::new()
-            .read(true)
-            .open(path)
-            .map_err(|e| open_error(path, e))?;
+        let file = open_existing(path, false)?;
         match sys::try_flock(&file, false) {
             Ok(true) => return from_file(path, file, &Options::new(), true),
             Ok(false) => {}
@@ -381,10 +412,7 @@ pub(crate) fn salvage_read_only(path: &Path) -> Result<Opened> {
 /// The file at `path`, opened for reading under a shared lock (what read-only handles and the
 /// inspection tools hold).
 pub(crate) fn open_shared(path: &Path) -> Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .open(path)
-        .map_err(|e| open_error(path, e))?;
+    let file = open_existing(path, false)?;
     lock_file(&file, path, false)?;
     Ok(file)
 }

@@ -42,6 +42,22 @@ fn map_new(
     NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))
 }
 
+/// Clear `O_NONBLOCK` from an open file's status flags (it was opened with it so that the open
+/// itself could not block on a FIFO).
+pub(crate) fn clear_nonblock(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: fcntl with F_GETFL/F_SETFL reads and sets integer flags of the descriptor; an
+    // invalid fd yields EBADF, not UB.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
 /// Take a `flock` on the file without blocking. Returns `Ok(false)` when another open file
 /// description holds a conflicting lock.
 pub(crate) fn try_flock(fd: &impl AsRawFd, exclusive: bool) -> io::Result<bool> {

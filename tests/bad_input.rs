@@ -464,3 +464,63 @@ fn every_truncation_of_the_log_tail_recovers_a_committed_prefix() {
     }
     assert_eq!(last, n);
 }
+
+/// A FIFO and a directory where a heap file should be: every way to open or inspect one is
+/// refused as `NotATxheap` naming what it is, at once (a review found `txheap check` of a FIFO,
+/// and every read-only open, waiting forever in `open(2)` for a writer of the pipe).
+#[test]
+fn a_fifo_or_a_directory_is_refused_without_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    for (path, what) in [(fifo, "a FIFO"), (sub, "a directory")] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let errs: Vec<(&str, Error)> = vec![
+                (
+                    "open",
+                    Heap::open(&p, Options::new()).map(|_| ()).unwrap_err(),
+                ),
+                (
+                    "open_read_only",
+                    Heap::open_read_only(&p).map(|_| ()).unwrap_err(),
+                ),
+                (
+                    "check",
+                    txheap::inspect::check(&p, &mut |_, _| {})
+                        .map(|_| ())
+                        .unwrap_err(),
+                ),
+                ("stats", txheap::inspect::stats(&p).map(|_| ()).unwrap_err()),
+                (
+                    "read_log",
+                    txheap::inspect::read_log(&p).map(|_| ()).unwrap_err(),
+                ),
+            ];
+            tx.send(errs).unwrap();
+        });
+        let errs = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{what}: an open waited"));
+        for (op, e) in errs {
+            // (A directory opened for writing is refused by open(2) itself: EISDIR, named.)
+            let named = match &e {
+                Error::NotATxheap { detail } => detail.contains(what),
+                Error::Io { source, .. } => {
+                    what == "a directory" && op == "open" && {
+                        source.raw_os_error() == Some(21) // EISDIR
+                    }
+                }
+                _ => false,
+            };
+            assert!(named, "{what}, {op}: {e}");
+        }
+    }
+}
