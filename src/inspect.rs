@@ -306,6 +306,15 @@ pub fn read_log(path: impl AsRef<Path>) -> Result<LogReport> {
         other => other?,
     };
     let (sb, slot) = recovery::select_superblock(&storage)?;
+    // A file cut inside its log is `Truncated`, named as such (a review found an I/O error
+    // "failed to fill whole buffer"); one cut after its log still shows the log.
+    let len = storage.len().map_err(|e| Error::io("stat", 0, e))?;
+    if len < sb.log_offset() + sb.log_size {
+        return Err(Error::Truncated {
+            len,
+            needed: sb.min_file_len(),
+        });
+    }
     log_of(&storage, &sb, slot.offset())
 }
 

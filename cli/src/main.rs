@@ -648,45 +648,68 @@ fn recover(file: &Path, salvage: bool, wait: Duration) -> Result<u8, Failure> {
 }
 
 fn recover_dry_run(file: &Path, json: bool) -> Result<u8, Failure> {
-    let log = inspect::read_log(file).map_err(|e| failure(file, e))?;
-    let damaged = matches!(log.end, LogEnd::Damaged { .. });
-    let first = log.frames.first().map(|f| f.txid);
-    let last = log.frames.last().map(|f| f.txid);
+    // What `recover` would do, from the check `txheap check` runs: the log's frames, and whether
+    // the open would refuse the file (a damaged durable frame, a damaged heap header or chunk
+    // table as replay would leave them, a file shorter than its heap). (A review found the log
+    // read alone: "nothing to replay", exit 0, for files that `recover` refused.)
+    let report = inspect::check(file, &mut |_, _| {}).map_err(|e| failure(file, e))?;
+    let refusal = report
+        .findings
+        .iter()
+        .find(|f| f.verdict == inspect::Verdict::Damaged);
+    let empty = Vec::new();
+    let frames = report.log.as_ref().map_or(&empty, |l| &l.frames);
+    let end = report.log.as_ref().map(|l| &l.end);
+    let log_damaged = matches!(end, Some(LogEnd::Damaged { .. }));
+    let first = frames.first().map(|f| f.txid);
+    let last = frames.last().map(|f| f.txid);
+    let range_bytes = report.log.as_ref().map_or(0, LogReport::range_bytes);
     if json {
         print_json(&json!({
             "schema": SCHEMA,
             "file": file.display().to_string(),
             "replay": {
-                "frames": log.frames.len(),
+                "frames": frames.len(),
                 "first_txid": first,
                 "last_txid": last,
-                "range_bytes": log.range_bytes(),
+                "range_bytes": range_bytes,
             },
-            "discard_torn_tail": matches!(log.end, LogEnd::Torn { .. }),
-            "refused": damaged,
-            "end": end_json(&log.end),
+            "discard_torn_tail": matches!(end, Some(LogEnd::Torn { .. })),
+            "refused": refusal.is_some(),
+            "refusal": refusal.map(|f| json!({ "offset": f.offset, "what": f.what })),
+            "end": end.map(end_json),
         }));
     } else {
         match (first, last) {
             (Some(a), Some(b)) => println!(
-                "{}: would replay {} committed frame(s), transactions {a}..={b} ({} bytes of ranges)",
+                "{}: would replay {} committed frame(s), transactions {a}..={b} ({range_bytes} \
+                 bytes of ranges)",
                 file.display(),
-                log.frames.len(),
-                log.range_bytes()
+                frames.len(),
             ),
             _ => println!("{}: nothing to replay", file.display()),
         }
-        println!("{}: the log {}", file.display(), end_text(&log.end));
-        if damaged {
-            println!(
+        if let Some(end) = end {
+            println!("{}: the log {}", file.display(), end_text(end));
+        }
+        match refusal {
+            Some(_) if log_damaged => println!(
                 "{}: recover would refuse the file (damaged durable frame); `recover --salvage` \
                  would keep the {} committed frame(s) before it and drop the rest",
                 file.display(),
-                log.frames.len()
-            );
+                frames.len()
+            ),
+            Some(f) => println!(
+                "{}: recover would refuse the file: {}{}",
+                file.display(),
+                f.what,
+                f.offset
+                    .map_or(String::new(), |o| format!(" (at offset {o})"))
+            ),
+            None => {}
         }
     }
-    Ok(if damaged { 4 } else { 0 })
+    Ok(if refusal.is_some() { 4 } else { 0 })
 }
 
 fn main() -> ExitCode {

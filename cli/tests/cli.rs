@@ -379,6 +379,51 @@ fn dump_log_and_recover_dry_run_list_what_replay_would_do() {
     assert_eq!(v["end"]["kind"], "damaged");
 }
 
+/// `recover --dry-run` refuses (exit 4, naming why) every file `recover` refuses, not only a
+/// damaged log: a damaged heap header, a file cut after its log, a file cut inside it; and
+/// `dump-log` of the last names the truncation. (A review found "nothing to replay", exit 0,
+/// for the first two, and an I/O error, exit 8, for the third.)
+#[test]
+fn recover_dry_run_refuses_what_recover_refuses() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (clean, _) = heap_image(dir, 3, false);
+    let mut header = clean.clone();
+    header[HEAP_OFFSET as usize + 8] ^= 1;
+    let cases = [
+        ("header", header, "would refuse the file: "),
+        (
+            "cut-after-log",
+            clean[..HEAP_OFFSET as usize].to_vec(),
+            "truncated",
+        ),
+        (
+            "cut-in-log",
+            clean[..LOG_OFFSET as usize + 1].to_vec(),
+            "truncated",
+        ),
+    ];
+    for (name, bytes, says) in cases {
+        let f = write(dir, name, &bytes);
+        let (code, out, err) = txheap(&["recover", "--dry-run", &f]);
+        assert_eq!(code, 4, "{name}: {out}{err}");
+        assert!(
+            out.contains(says) || err.contains(says),
+            "{name}: {out}{err}"
+        );
+        assert_eq!(
+            std::fs::read(&f).unwrap(),
+            bytes,
+            "{name}: --dry-run changed it"
+        );
+        let (code, out, err) = txheap(&["recover", &f]);
+        assert_eq!(code, 4, "{name}: recover: {out}{err}");
+    }
+    let (code, _, err) = txheap(&["dump-log", &write(dir, "cut", &clean[..8193])]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("truncated"), "{err}");
+}
+
 #[test]
 fn info_and_stats_json_carry_the_figures() {
     let d = tempfile::tempdir().unwrap();
