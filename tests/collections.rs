@@ -644,6 +644,32 @@ impl<T, I: Iterator<Item = txheap::Result<T>>> CountOk for I {
     }
 }
 
+/// Maps of zero-sized keys and values: an insert of a key already there replaces its (empty)
+/// value and says so, in every combination. (A review found `PHashMap<(), ()>` refusing it with
+/// `NotAllocated`: the empty value's place is one past the bucket's end.)
+#[test]
+fn maps_of_zero_sized_types_take_a_key_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("zst.heap"), Options::new()).unwrap();
+    heap.transaction(|tx| {
+        let h = PHashMap::<(), ()>::new(tx)?;
+        assert!(!h.insert(tx, &(), &())?);
+        assert!(h.insert(tx, &(), &())?);
+        let hk = PHashMap::<u64, ()>::new(tx)?;
+        for k in 0..1000u64 {
+            assert!(!hk.insert(tx, &k, &())?);
+        }
+        for k in 0..1000u64 {
+            assert!(hk.insert(tx, &k, &())?, "{k}");
+        }
+        let b = PBTreeMap::<(), ()>::new(tx)?;
+        assert!(!b.insert(tx, &(), &())?);
+        assert!(b.insert(tx, &(), &())?);
+        Ok(())
+    })
+    .unwrap();
+}
+
 /// A B-tree whose header's length is the largest count: an insert of a new key is `Corrupt`,
 /// not an overflow (a panic with overflow checks, a silent wrap to 0 without: found by review),
 /// and check() names the damage.
