@@ -644,6 +644,55 @@ impl<T, I: Iterator<Item = txheap::Result<T>>> CountOk for I {
     }
 }
 
+/// A handle kept after its collection was destroyed and freed: an operation that allocates is
+/// refused (`NotAllocated`) before it allocates. (A review found `PVec::push` through such a
+/// handle returning `Ok`, its new buffer taking the freed header's block, so that the header
+/// pointed at itself; and inserts with byte-string keys likewise.)
+#[test]
+fn a_freed_collection_handle_is_refused_before_it_allocates() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("stale.heap"), Options::new()).unwrap();
+    let v = heap
+        .transaction(|tx| {
+            let v = PVec::<u64>::new(tx)?;
+            v.push(tx, 1)?;
+            Ok(v)
+        })
+        .unwrap();
+    heap.transaction(|tx| {
+        v.destroy(tx)?;
+        tx.free(v)
+    })
+    .unwrap();
+    let r = heap.transaction(|tx| v.push(tx, 7));
+    assert!(matches!(r, Err(Error::NotAllocated { .. })), "{r:?}");
+    let h = heap
+        .transaction(|tx| PHashMap::<PBytes, u64>::new(tx))
+        .unwrap();
+    heap.transaction(|tx| {
+        h.destroy(tx)?;
+        tx.free(h)
+    })
+    .unwrap();
+    let r = heap.transaction(|tx| h.insert(tx, &[7u8; 64][..], &1));
+    assert!(matches!(r, Err(Error::NotAllocated { .. })), "{r:?}");
+    let b = heap
+        .transaction(|tx| PBTreeMap::<PBytes, u64>::new(tx))
+        .unwrap();
+    heap.transaction(|tx| {
+        b.destroy(tx)?;
+        tx.free(b)
+    })
+    .unwrap();
+    for len in [33, 40, 48] {
+        let r = heap.transaction(|tx| b.insert(tx, &vec![1u8; len][..], &1));
+        assert!(matches!(r, Err(Error::NotAllocated { .. })), "{len}: {r:?}");
+    }
+    // Nothing was committed: the heap holds no live block.
+    let live = heap.read(|r| Ok(r.allocations()?.len())).unwrap();
+    assert_eq!(live, 0);
+}
+
 /// Maps of zero-sized keys and values: an insert of a key already there replaces its (empty)
 /// value and says so, in every combination. (A review found `PHashMap<(), ()>` refusing it with
 /// `NotAllocated`: the empty value's place is one past the bucket's end.)

@@ -562,6 +562,19 @@ where
     K::Input: Ord + ToOwned,
     V::Input: ToOwned,
 {
+    /// The header, for an operation that will write it: first checked to be a live
+    /// allocation, before the operation allocates anything. (A review found a handle kept
+    /// after its collection was freed accepted: the operation's first allocation took the
+    /// freed header's block, and the header written last pointed at itself.)
+    fn header_mut(self, tx: &mut Tx<'_>) -> Result<PBTreeMap<K, V>> {
+        tx.writable(
+            self.offset(),
+            std::mem::size_of::<PBTreeMap<K, V>>() as u64,
+            8,
+        )?;
+        self.header(tx)
+    }
+
     fn header<W: View>(self, view: &W) -> Result<PBTreeMap<K, V>> {
         let h = *view.get(self)?;
         check_id::<K>(h.key_id, self.offset(), "key")?;
@@ -1058,7 +1071,7 @@ where
     /// ```
     pub fn insert(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
         let g = Self::GEO;
-        let mut h = self.header(tx)?;
+        let mut h = self.header_mut(tx)?;
         if h.height == 0 {
             h.root = Self::alloc_node(&g, tx, 0)?;
             h.height = 1;
@@ -1223,7 +1236,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn remove(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
-        let mut h = self.header(tx)?;
+        let mut h = self.header_mut(tx)?;
         if h.height == 0 {
             return Ok(false);
         }
@@ -1461,7 +1474,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
-        let mut h = self.header(tx)?;
+        let mut h = self.header_mut(tx)?;
         if h.height > 0 {
             let g = Self::GEO;
             let mut stack = vec![(h.root, h.height - 1)];

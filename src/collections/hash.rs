@@ -345,6 +345,19 @@ where
     V: Element,
     K::Input: Hash + Eq,
 {
+    /// The header, for an operation that will write it: first checked to be a live
+    /// allocation, before the operation allocates anything. (A review found a handle kept
+    /// after its collection was freed accepted: the operation's first allocation took the
+    /// freed header's block, and the header written last pointed at itself.)
+    fn header_mut(self, tx: &mut Tx<'_>) -> Result<PHashMap<K, V>> {
+        tx.writable(
+            self.offset(),
+            std::mem::size_of::<PHashMap<K, V>>() as u64,
+            8,
+        )?;
+        self.header(tx)
+    }
+
     fn header<W: View>(self, view: &W) -> Result<PHashMap<K, V>> {
         let h = *view.get(self)?;
         check_id::<K>(h.key_id, self.offset(), "key")?;
@@ -670,7 +683,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn insert(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
-        let mut h = self.header(tx)?;
+        let mut h = self.header_mut(tx)?;
         let g = Geo::of::<K, V>();
         if h.dir == 0 {
             let r = std::collections::hash_map::RandomState::new();
@@ -871,7 +884,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn remove(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
-        let mut h = self.header(tx)?;
+        let mut h = self.header_mut(tx)?;
         let g = Geo::of::<K, V>();
         let Some((b, mut i, _)) = Self::locate(&h, &g, tx, key)? else {
             return Ok(false);
@@ -1046,7 +1059,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
-        let mut h = self.header(tx)?;
+        let mut h = self.header_mut(tx)?;
         let g = Geo::of::<K, V>();
         for (b, _, _) in Self::buckets(&h, tx)? {
             for i in 0..g.slots {

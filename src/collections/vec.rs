@@ -155,6 +155,15 @@ impl<T: Stored> PVec<T> {
 
 impl<T: Element> PPtr<PVec<T>> {
     /// The header, with its element type and shape checked.
+    /// The header, for an operation that will write it: first checked to be a live
+    /// allocation, before the operation allocates anything. (A review found a handle kept
+    /// after its collection was freed accepted: the operation's first allocation took the
+    /// freed header's block, and the header written last pointed at itself.)
+    fn header_mut(self, tx: &mut Tx<'_>) -> Result<PVec<T>> {
+        tx.writable(self.offset(), std::mem::size_of::<PVec<T>>() as u64, 8)?;
+        self.header(tx)
+    }
+
     fn header<V: View>(self, view: &V) -> Result<PVec<T>> {
         view.get(self)?.checked(self.offset())
     }
@@ -247,7 +256,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn reserve(self, tx: &mut Tx<'_>, additional: u64) -> Result<()> {
-        let mut h = self.header(tx)?;
+        let mut h = self.header_mut(tx)?;
         let need = h
             .len
             .checked_add(additional)
@@ -286,7 +295,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn shrink_to_fit(self, tx: &mut Tx<'_>) -> Result<()> {
-        let mut h = self.header(tx)?;
+        let mut h = self.header_mut(tx)?;
         if h.cap == h.len {
             return Ok(());
         }
@@ -324,7 +333,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn extend_from_slice(self, tx: &mut Tx<'_>, values: &[T]) -> Result<()> {
-        let mut h = self.header(tx)?;
+        let mut h = self.header_mut(tx)?;
         let n = values.len() as u64;
         if h.len + n > h.cap {
             self.reserve(tx, n)?;
@@ -352,7 +361,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn pop(self, tx: &mut Tx<'_>) -> Result<Option<T>> {
-        let mut h = self.header(tx)?;
+        let mut h = self.header_mut(tx)?;
         if h.len == 0 {
             return Ok(None);
         }
@@ -407,7 +416,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn remove(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
-        let mut h = self.header(tx)?;
+        let mut h = self.header_mut(tx)?;
         if i >= h.len {
             return Err(Error::IndexOutOfRange {
                 index: i,
@@ -441,7 +450,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn swap_remove(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
-        let mut h = self.header(tx)?;
+        let mut h = self.header_mut(tx)?;
         if i >= h.len {
             return Err(Error::IndexOutOfRange {
                 index: i,
@@ -476,7 +485,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn retain(self, tx: &mut Tx<'_>, mut keep: impl FnMut(&T::Input) -> bool) -> Result<u64> {
-        let mut h = self.header(tx)?;
+        let mut h = self.header_mut(tx)?;
         let mut kept = Vec::new();
         let mut gone = Vec::new();
         let mut first = None;
@@ -557,7 +566,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn truncate(self, tx: &mut Tx<'_>, len: u64) -> Result<()> {
-        let mut h = self.header(tx)?;
+        let mut h = self.header_mut(tx)?;
         if len >= h.len {
             return Ok(());
         }
