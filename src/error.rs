@@ -249,6 +249,17 @@ pub enum Error {
         /// The error the allocator operation returned.
         cause: String,
     },
+    /// A collection's operation failed part-way in this transaction (for example a
+    /// `PBTreeMap::insert` that split a node, then had the parent's write refused as
+    /// `TransactionTooLarge`). The transaction's closure went on and returned `Ok`, but it
+    /// cannot commit a half-done collection: it was rolled back, and nothing of it was
+    /// committed. Run the operation inside `Tx::nested` to undo only it and go on.
+    CollectionInterrupted {
+        /// The operation, as `"PBTreeMap::insert"`.
+        operation: &'static str,
+        /// The error it returned.
+        cause: String,
+    },
     /// An index past the end of a collection.
     IndexOutOfRange {
         /// The index given.
@@ -405,6 +416,12 @@ impl fmt::Display for Error {
                 "an allocator operation failed part-way in this transaction ({cause}); the \
                  transaction went on, but it cannot commit a half-done allocation: it was rolled \
                  back and nothing of it was committed"
+            ),
+            Error::CollectionInterrupted { operation, cause } => write!(
+                f,
+                "{operation} failed part-way in this transaction ({cause}); the transaction went \
+                 on, but it cannot commit a half-done collection: it was rolled back and nothing \
+                 of it was committed (Tx::nested around the call undoes only it)"
             ),
             Error::IndexOutOfRange { index, len } => {
                 write!(f, "index {index} is out of range for a collection of length {len}")

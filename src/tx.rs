@@ -65,10 +65,14 @@ pub struct Tx<'h> {
     /// Allocator operations run so far (allocations, frees, growth): a [`Writable`] is good
     /// only while this count is the one it was made at.
     mem_ops: u64,
-    /// The first allocator operation that failed after changing part of the allocator's state
-    /// (staged entries, journaled changes, growth): the transaction may go on, but `commit`
-    /// refuses with `Error::AllocatorInterrupted` and rolls it back.
-    interrupted: Option<String>,
+    /// The first operation that failed after changing part of what it changes: an allocator
+    /// operation (staged entries, journaled changes, growth), or a collection's operation
+    /// ([`Tx::all_or_none`]). The transaction may go on, but `commit` refuses with
+    /// `Error::AllocatorInterrupted` or `Error::CollectionInterrupted` and rolls it back.
+    interrupted: Option<Interruption>,
+    /// Changes made so far: staged writes and allocator operations that changed something
+    /// ([`Tx::all_or_none`] compares it before and after an operation that failed).
+    changes: u64,
     /// Nested scopes open ([`Tx::nested`]); the bytes their writes replaced are kept in the
     /// writer's [`Nest`] (reused, as the stage is, so that a transaction without scopes
     /// builds and drops nothing for them).
@@ -113,7 +117,16 @@ struct Scope {
     alloc: Mark,
     header: HeapHeader,
     new_runs: u32,
-    interrupted: Option<String>,
+    interrupted: Option<Interruption>,
+}
+
+/// Why a transaction can no longer commit (see `Tx::interrupted`).
+#[derive(Clone, Debug)]
+enum Interruption {
+    /// An allocator operation: its error.
+    Allocator(String),
+    /// A collection's operation (`"PBTreeMap::insert"`) and its error.
+    Collection(&'static str, String),
 }
 
 /// The allocator's window onto the transaction.
@@ -276,6 +289,7 @@ impl<'h> Tx<'h> {
             new_runs: 0,
             mem_ops: 0,
             interrupted: None,
+            changes: 0,
             depth: 0,
             done: false,
             _not_send: std::marker::PhantomData,
@@ -359,6 +373,7 @@ impl<'h> Tx<'h> {
     /// the view, and writing it back on a rollback changes nothing).
     #[inline(always)]
     fn stage_mut(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
+        self.changes += 1;
         if self.depth > 0 {
             return self.stage_saving(off, len);
         }
@@ -510,6 +525,34 @@ impl<'h> Tx<'h> {
         }
     }
 
+    /// Run a collection's `operation` as one step: if it fails after it changed something (a
+    /// node split, then its parent's write refused as `TransactionTooLarge`), the transaction
+    /// can no longer commit (`Error::CollectionInterrupted` at commit, and it rolls back), as
+    /// after an allocator operation that failed part-way; one that fails before changing
+    /// anything leaves the transaction as it was. (A review found a map's half-done `insert`
+    /// or `remove`, its error ignored, committed: keys lost, blocks leaked, `check` failing.)
+    /// [`Tx::nested`] around the call undoes the part instead, and the transaction goes on.
+    pub(crate) fn all_or_none<R>(
+        &mut self,
+        operation: &'static str,
+        f: impl FnOnce(&mut Self) -> Result<R>,
+    ) -> Result<R> {
+        let before = self.changes;
+        let r = f(self);
+        if let Err(e) = &r {
+            self.note_interrupted(operation, e, before);
+        }
+        r
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn note_interrupted(&mut self, operation: &'static str, e: &Error, before: u64) {
+        if self.changes != before && self.interrupted.is_none() {
+            self.interrupted = Some(Interruption::Collection(operation, e.to_string()));
+        }
+    }
+
     /// Open a nested scope: from now on every staged write saves what it replaces.
     fn open_scope(&mut self) -> Scope {
         self.depth += 1;
@@ -619,6 +662,7 @@ impl<'h> Tx<'h> {
         };
         let r = f(alloc, &mut mem);
         let changed = mem.changed;
+        self.changes += u64::from(changed);
         if let Err(e) = &r {
             self.note_failure(e, changed, journal);
         }
@@ -634,7 +678,7 @@ impl<'h> Tx<'h> {
     fn note_failure(&mut self, e: &Error, staged: bool, journal: usize) {
         let changed = staged || self.w.alloc.journal_len() != journal;
         if changed && self.interrupted.is_none() {
-            self.interrupted = Some(e.to_string());
+            self.interrupted = Some(Interruption::Allocator(e.to_string()));
         }
     }
 
@@ -1154,7 +1198,12 @@ impl<'h> Tx<'h> {
     pub(crate) fn commit(mut self) -> Result<Option<u64>> {
         if let Some(cause) = self.interrupted.take() {
             // Dropped without `done`: the journal restores the allocator, the stage is cleared.
-            return Err(Error::AllocatorInterrupted { cause });
+            return Err(match cause {
+                Interruption::Allocator(cause) => Error::AllocatorInterrupted { cause },
+                Interruption::Collection(operation, cause) => {
+                    Error::CollectionInterrupted { operation, cause }
+                }
+            });
         }
         phase!(COMMIT_ENCODE);
         self.mem_op(|a, m| a.prepare_commit(m))?;

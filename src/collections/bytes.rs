@@ -35,11 +35,13 @@ impl PBytes {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn new(tx: &mut Tx<'_>, bytes: &[u8]) -> Result<PBytes> {
-        if bytes.is_empty() {
-            return Ok(PBytes::default());
-        }
-        Ok(PBytes {
-            slice: tx.alloc_slice(bytes)?,
+        tx.all_or_none("PBytes::new", |tx| {
+            if bytes.is_empty() {
+                return Ok(PBytes::default());
+            }
+            Ok(PBytes {
+                slice: tx.alloc_slice(bytes)?,
+            })
         })
     }
 

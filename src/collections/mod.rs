@@ -13,6 +13,12 @@
 //! ([`Error::TypeMismatch`]). Every read checks what it meets (bounds, counts, node kinds,
 //! depth), so a damaged collection gives an [`Error`], never a panic or a hang; `check()`
 //! verifies all invariants. `docs/ARCHITECTURE.md` (section 10) describes the layouts.
+//!
+//! An operation that changes a collection is all or none: one that fails after it changed part
+//! of the collection (the log filled between a node's split and its parent's update) leaves the
+//! transaction uncommittable ([`Error::CollectionInterrupted`] at commit; nothing of it is
+//! committed), so a half-done map is never committed. To go on after such an error, run the
+//! operation inside [`Tx::nested`], which undoes just that part.
 
 /// The body of `Element` for a handle that is its own value (plain data: stored as given,
 /// loaded in place, owning nothing).

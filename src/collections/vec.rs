@@ -236,14 +236,16 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn set(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<T> {
-        let h = self.header(tx)?;
-        let p = Self::elements(&h).get(i).ok_or(Error::IndexOutOfRange {
-            index: i,
-            len: h.len,
-        })?;
-        let old = *tx.get(p)?;
-        tx.set(p, value)?;
-        Ok(old)
+        tx.all_or_none("PVec::set", |tx| {
+            let h = self.header(tx)?;
+            let p = Self::elements(&h).get(i).ok_or(Error::IndexOutOfRange {
+                index: i,
+                len: h.len,
+            })?;
+            let old = *tx.get(p)?;
+            tx.set(p, value)?;
+            Ok(old)
+        })
     }
 
     /// Make room for at least `additional` more elements (growing to the next power of two).
@@ -256,24 +258,26 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn reserve(self, tx: &mut Tx<'_>, additional: u64) -> Result<()> {
-        let mut h = self.header_mut(tx)?;
-        let need = h
-            .len
-            .checked_add(additional)
-            .ok_or(Error::IndexOutOfRange {
-                index: u64::MAX,
-                len: h.len,
-            })?;
-        if need <= h.cap {
-            return Ok(());
-        }
-        let cap = need.max(4).checked_next_power_of_two().unwrap_or(need);
-        let old = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-        let new = tx.realloc_slice(old, h.len, cap)?;
-        h.buf = new.offset();
-        h.cap = new.len();
-        h.elem = T::ID;
-        tx.set(self, h)
+        tx.all_or_none("PVec::reserve", |tx| {
+            let mut h = self.header_mut(tx)?;
+            let need = h
+                .len
+                .checked_add(additional)
+                .ok_or(Error::IndexOutOfRange {
+                    index: u64::MAX,
+                    len: h.len,
+                })?;
+            if need <= h.cap {
+                return Ok(());
+            }
+            let cap = need.max(4).checked_next_power_of_two().unwrap_or(need);
+            let old = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+            let new = tx.realloc_slice(old, h.len, cap)?;
+            h.buf = new.offset();
+            h.cap = new.len();
+            h.elem = T::ID;
+            tx.set(self, h)
+        })
     }
 
     /// Shrink the buffer to the length: a large buffer gives back the 256 KiB chunks it no
@@ -295,19 +299,21 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn shrink_to_fit(self, tx: &mut Tx<'_>) -> Result<()> {
-        let mut h = self.header_mut(tx)?;
-        if h.cap == h.len {
-            return Ok(());
-        }
-        let old = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-        if h.len == 0 {
-            tx.free_slice(old)?;
-            h.buf = 0;
-        } else {
-            h.buf = tx.realloc_slice(old, h.len, h.len)?.offset();
-        }
-        h.cap = h.len;
-        tx.set(self, h)
+        tx.all_or_none("PVec::shrink_to_fit", |tx| {
+            let mut h = self.header_mut(tx)?;
+            if h.cap == h.len {
+                return Ok(());
+            }
+            let old = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+            if h.len == 0 {
+                tx.free_slice(old)?;
+                h.buf = 0;
+            } else {
+                h.buf = tx.realloc_slice(old, h.len, h.len)?.offset();
+            }
+            h.cap = h.len;
+            tx.set(self, h)
+        })
     }
 
     /// Append `value`.
@@ -320,7 +326,9 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn push(self, tx: &mut Tx<'_>, value: T) -> Result<()> {
-        self.extend_from_slice(tx, std::slice::from_ref(&value))
+        tx.all_or_none("PVec::push", |tx| {
+            self.extend_from_slice(tx, std::slice::from_ref(&value))
+        })
     }
 
     /// Append every element of `values`.
@@ -333,17 +341,19 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn extend_from_slice(self, tx: &mut Tx<'_>, values: &[T]) -> Result<()> {
-        let mut h = self.header_mut(tx)?;
-        let n = values.len() as u64;
-        if h.len + n > h.cap {
-            self.reserve(tx, n)?;
-            h = self.header(tx)?;
-        }
-        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-        tx.write_slice(buf, h.len, values)?;
-        h.len += n;
-        h.elem = T::ID;
-        tx.set(self, h)
+        tx.all_or_none("PVec::extend_from_slice", |tx| {
+            let mut h = self.header_mut(tx)?;
+            let n = values.len() as u64;
+            if h.len + n > h.cap {
+                self.reserve(tx, n)?;
+                h = self.header(tx)?;
+            }
+            let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+            tx.write_slice(buf, h.len, values)?;
+            h.len += n;
+            h.elem = T::ID;
+            tx.set(self, h)
+        })
     }
 
     /// Remove and return the last element.
@@ -361,14 +371,16 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn pop(self, tx: &mut Tx<'_>) -> Result<Option<T>> {
-        let mut h = self.header_mut(tx)?;
-        if h.len == 0 {
-            return Ok(None);
-        }
-        let last = *tx.get(Self::elements(&h).get(h.len - 1).expect("len > 0"))?;
-        h.len -= 1;
-        tx.set(self, h)?;
-        Ok(Some(last))
+        tx.all_or_none("PVec::pop", |tx| {
+            let mut h = self.header_mut(tx)?;
+            if h.len == 0 {
+                return Ok(None);
+            }
+            let last = *tx.get(Self::elements(&h).get(h.len - 1).expect("len > 0"))?;
+            h.len -= 1;
+            tx.set(self, h)?;
+            Ok(Some(last))
+        })
     }
 
     /// Insert `value` at `i`, shifting the later elements up.
@@ -386,19 +398,21 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn insert(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<()> {
-        let h = self.header(tx)?;
-        if i > h.len {
-            return Err(Error::IndexOutOfRange {
-                index: i,
-                len: h.len,
-            });
-        }
-        let tail: Vec<T> = self.as_slice(tx)?[i as usize..].to_vec();
-        self.push(tx, value)?;
-        let h = self.header(tx)?;
-        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-        tx.write_slice(buf, i, std::slice::from_ref(&value))?;
-        tx.write_slice(buf, i + 1, &tail)
+        tx.all_or_none("PVec::insert", |tx| {
+            let h = self.header(tx)?;
+            if i > h.len {
+                return Err(Error::IndexOutOfRange {
+                    index: i,
+                    len: h.len,
+                });
+            }
+            let tail: Vec<T> = self.as_slice(tx)?[i as usize..].to_vec();
+            self.push(tx, value)?;
+            let h = self.header(tx)?;
+            let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+            tx.write_slice(buf, i, std::slice::from_ref(&value))?;
+            tx.write_slice(buf, i + 1, &tail)
+        })
     }
 
     /// Remove and return element `i`, shifting the later elements down.
@@ -416,21 +430,23 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn remove(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
-        let mut h = self.header_mut(tx)?;
-        if i >= h.len {
-            return Err(Error::IndexOutOfRange {
-                index: i,
-                len: h.len,
-            });
-        }
-        let all = self.as_slice(tx)?;
-        let removed = all[i as usize];
-        let tail: Vec<T> = all[i as usize + 1..].to_vec();
-        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-        tx.write_slice(buf, i, &tail)?;
-        h.len -= 1;
-        tx.set(self, h)?;
-        Ok(removed)
+        tx.all_or_none("PVec::remove", |tx| {
+            let mut h = self.header_mut(tx)?;
+            if i >= h.len {
+                return Err(Error::IndexOutOfRange {
+                    index: i,
+                    len: h.len,
+                });
+            }
+            let all = self.as_slice(tx)?;
+            let removed = all[i as usize];
+            let tail: Vec<T> = all[i as usize + 1..].to_vec();
+            let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+            tx.write_slice(buf, i, &tail)?;
+            h.len -= 1;
+            tx.set(self, h)?;
+            Ok(removed)
+        })
     }
 
     /// Remove and return element `i`, moving the last element into its place (no shift: one
@@ -450,21 +466,23 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn swap_remove(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
-        let mut h = self.header_mut(tx)?;
-        if i >= h.len {
-            return Err(Error::IndexOutOfRange {
-                index: i,
-                len: h.len,
-            });
-        }
-        let all = self.as_slice(tx)?;
-        let (removed, last) = (all[i as usize], all[h.len as usize - 1]);
-        if i + 1 < h.len {
-            tx.set(Self::elements(&h).get(i).expect("i < len"), last)?;
-        }
-        h.len -= 1;
-        tx.set(self, h)?;
-        Ok(removed)
+        tx.all_or_none("PVec::swap_remove", |tx| {
+            let mut h = self.header_mut(tx)?;
+            if i >= h.len {
+                return Err(Error::IndexOutOfRange {
+                    index: i,
+                    len: h.len,
+                });
+            }
+            let all = self.as_slice(tx)?;
+            let (removed, last) = (all[i as usize], all[h.len as usize - 1]);
+            if i + 1 < h.len {
+                tx.set(Self::elements(&h).get(i).expect("i < len"), last)?;
+            }
+            h.len -= 1;
+            tx.set(self, h)?;
+            Ok(removed)
+        })
     }
 
     /// Keep only the elements for which `keep` is true (given each element's borrowed form:
@@ -485,31 +503,33 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn retain(self, tx: &mut Tx<'_>, mut keep: impl FnMut(&T::Input) -> bool) -> Result<u64> {
-        let mut h = self.header_mut(tx)?;
-        let mut kept = Vec::new();
-        let mut gone = Vec::new();
-        let mut first = None;
-        for (i, e) in self.as_slice(tx)?.iter().enumerate() {
-            if keep(T::load(e, tx)?) {
-                if first.is_some() {
-                    kept.push(*e);
+        tx.all_or_none("PVec::retain", |tx| {
+            let mut h = self.header_mut(tx)?;
+            let mut kept = Vec::new();
+            let mut gone = Vec::new();
+            let mut first = None;
+            for (i, e) in self.as_slice(tx)?.iter().enumerate() {
+                if keep(T::load(e, tx)?) {
+                    if first.is_some() {
+                        kept.push(*e);
+                    }
+                } else {
+                    first.get_or_insert(i);
+                    gone.push(*e);
                 }
-            } else {
-                first.get_or_insert(i);
-                gone.push(*e);
             }
-        }
-        let Some(first) = first else {
-            return Ok(0);
-        };
-        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-        tx.write_slice(buf, first as u64, &kept)?;
-        for e in &gone {
-            e.release(tx)?;
-        }
-        h.len = first as u64 + kept.len() as u64;
-        tx.set(self, h)?;
-        Ok(gone.len() as u64)
+            let Some(first) = first else {
+                return Ok(0);
+            };
+            let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+            tx.write_slice(buf, first as u64, &kept)?;
+            for e in &gone {
+                e.release(tx)?;
+            }
+            h.len = first as u64 + kept.len() as u64;
+            tx.set(self, h)?;
+            Ok(gone.len() as u64)
+        })
     }
 
     /// The elements in place for changing them together (sort, reverse, fill): the elements
@@ -566,16 +586,18 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn truncate(self, tx: &mut Tx<'_>, len: u64) -> Result<()> {
-        let mut h = self.header_mut(tx)?;
-        if len >= h.len {
-            return Ok(());
-        }
-        let dropped: Vec<T> = self.as_slice(tx)?[len as usize..].to_vec();
-        for e in dropped {
-            e.release(tx)?;
-        }
-        h.len = len;
-        tx.set(self, h)
+        tx.all_or_none("PVec::truncate", |tx| {
+            let mut h = self.header_mut(tx)?;
+            if len >= h.len {
+                return Ok(());
+            }
+            let dropped: Vec<T> = self.as_slice(tx)?[len as usize..].to_vec();
+            for e in dropped {
+                e.release(tx)?;
+            }
+            h.len = len;
+            tx.set(self, h)
+        })
     }
 
     /// Remove every element (releasing them), keeping the buffer.
@@ -593,7 +615,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
-        self.truncate(tx, 0)
+        tx.all_or_none("PVec::clear", |tx| self.truncate(tx, 0))
     }
 
     /// Release every element, free the buffer and leave an empty vector (the header stays
@@ -611,21 +633,23 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn destroy(self, tx: &mut Tx<'_>) -> Result<()> {
-        self.clear(tx)?;
-        let h = self.header(tx)?;
-        if h.buf != 0 {
-            tx.free_slice(PSlice::<T>::from_raw_parts(h.buf, h.cap))?;
-        }
-        tx.set(
-            self,
-            PVec {
-                buf: 0,
-                cap: 0,
-                len: 0,
-                elem: T::ID,
-                _t: PhantomData,
-            },
-        )
+        tx.all_or_none("PVec::destroy", |tx| {
+            self.clear(tx)?;
+            let h = self.header(tx)?;
+            if h.buf != 0 {
+                tx.free_slice(PSlice::<T>::from_raw_parts(h.buf, h.cap))?;
+            }
+            tx.set(
+                self,
+                PVec {
+                    buf: 0,
+                    cap: 0,
+                    len: 0,
+                    elem: T::ID,
+                    _t: PhantomData,
+                },
+            )
+        })
     }
 
     /// Call `f` with the start offset of every allocation the vector holds: its buffer and
