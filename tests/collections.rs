@@ -1516,3 +1516,47 @@ fn a_map_operation_refused_part_way_never_commits_half_done() {
         .unwrap();
     assert_eq!(live, 0, "leaked blocks");
 }
+
+/// Refusals that change nothing (an index past the end, a reserve past `u64::MAX`, a key of the
+/// wrong type of map) leave the transaction committable: only a failure after a change makes
+/// it `CollectionInterrupted`.
+#[test]
+fn refusals_before_any_change_leave_the_transaction_committable() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("args.heap"), Options::new()).unwrap();
+    heap.transaction(|tx| {
+        let v = tx.root::<PVec<u64>>()?;
+        v.extend_from_slice(tx, &[1, 2, 3])?;
+        Ok(())
+    })
+    .unwrap();
+    heap.transaction(|tx| {
+        let v = tx.root::<PVec<u64>>()?;
+        assert!(matches!(
+            v.remove(tx, 3),
+            Err(Error::IndexOutOfRange { .. })
+        ));
+        assert!(matches!(
+            v.swap_remove(tx, 9),
+            Err(Error::IndexOutOfRange { .. })
+        ));
+        assert!(matches!(
+            v.set(tx, 3, 0),
+            Err(Error::IndexOutOfRange { .. })
+        ));
+        assert!(matches!(
+            v.insert(tx, 5, 0),
+            Err(Error::IndexOutOfRange { .. })
+        ));
+        assert!(matches!(
+            v.reserve(tx, u64::MAX),
+            Err(Error::ObjectTooLarge { .. })
+        ));
+        v.push(tx, 4)
+    })
+    .unwrap();
+    let got = heap
+        .read(|r| Ok(r.root::<PVec<u64>>()?.as_slice(r)?.to_vec()))
+        .unwrap();
+    assert_eq!(got, [1, 2, 3, 4]);
+}

@@ -249,6 +249,8 @@ impl<T: Element> PPtr<PVec<T>> {
     }
 
     /// Make room for at least `additional` more elements (growing to the next power of two).
+    /// A length that would pass `u64::MAX` is [`Error::ObjectTooLarge`]; one past what the heap
+    /// can hold, [`Error::ObjectTooLarge`] or [`Error::OutOfSpace`].
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -260,13 +262,10 @@ impl<T: Element> PPtr<PVec<T>> {
     pub fn reserve(self, tx: &mut Tx<'_>, additional: u64) -> Result<()> {
         tx.all_or_none("PVec::reserve", |tx| {
             let mut h = self.header_mut(tx)?;
-            let need = h
-                .len
-                .checked_add(additional)
-                .ok_or(Error::IndexOutOfRange {
-                    index: u64::MAX,
-                    len: h.len,
-                })?;
+            let need = h.len.checked_add(additional).ok_or(Error::ObjectTooLarge {
+                requested: u64::MAX,
+                max: crate::alloc::OBJECT_SIZE_MAX,
+            })?;
             if need <= h.cap {
                 return Ok(());
             }
@@ -415,7 +414,8 @@ impl<T: Element> PPtr<PVec<T>> {
         })
     }
 
-    /// Remove and return element `i`, shifting the later elements down.
+    /// Remove and return element `i`, shifting the later elements down; `i` at or past the
+    /// length is [`Error::IndexOutOfRange`] (where `Vec::remove` panics), and nothing changes.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -450,7 +450,8 @@ impl<T: Element> PPtr<PVec<T>> {
     }
 
     /// Remove and return element `i`, moving the last element into its place (no shift: one
-    /// element written, not the tail).
+    /// element written, not the tail); `i` at or past the length is
+    /// [`Error::IndexOutOfRange`], and nothing changes.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
