@@ -748,7 +748,9 @@ fn fits_max_size(needed: u64, max_size: u64, header: &HeapHeader) -> Result<()> 
     }
     Err(Error::InvalidOptions {
         what: format!(
-            "max_size {max_size} given to open is below the {needed} bytes this heap's {} chunks              need (the file is shorter: its last growth was lost in a crash, and recovery grows              it back); open with a max_size of at least {needed}, or without max_size",
+            "max_size {max_size} given to open is below the {needed} bytes this heap's {} chunks \
+             need (the file is shorter: its last growth was lost in a crash, and recovery grows \
+             it back); open with a max_size of at least {needed}, or without max_size",
             header.chunk_count
         ),
     })

@@ -67,12 +67,16 @@ pub struct Tx<'h> {
     mem_ops: u64,
     /// The first operation that failed after changing part of what it changes: an allocator
     /// operation (staged entries, journaled changes, growth), or a collection's operation
-    /// ([`Tx::all_or_none`]). The transaction may go on, but `commit` refuses with
+    /// ([`Tx::op_begin`]). The transaction may go on, but `commit` refuses with
     /// `Error::AllocatorInterrupted` or `Error::CollectionInterrupted` and rolls it back.
     interrupted: Option<Interruption>,
     /// Changes made so far: staged writes and allocator operations that changed something
-    /// ([`Tx::all_or_none`] compares it before and after an operation that failed).
+    /// ([`Tx::op_end`] compares it before and after an operation that failed).
     changes: u64,
+    /// The outermost collection operation begun and not ended ([`Tx::op_begin`]), with the
+    /// count of changes when it began: still there at commit, it panicked part-way (the panic
+    /// caught inside the transaction).
+    running: Option<(&'static str, u64)>,
     /// Nested scopes open ([`Tx::nested`]); the bytes their writes replaced are kept in the
     /// writer's [`Nest`] (reused, as the stage is, so that a transaction without scopes
     /// builds and drops nothing for them).
@@ -118,6 +122,14 @@ struct Scope {
     header: HeapHeader,
     new_runs: u32,
     interrupted: Option<Interruption>,
+    running: Option<(&'static str, u64)>,
+}
+
+/// A collection operation in progress ([`Tx::op_begin`]).
+pub(crate) struct OpMark {
+    operation: &'static str,
+    before: u64,
+    outer: bool,
 }
 
 /// Why a transaction can no longer commit (see `Tx::interrupted`).
@@ -290,6 +302,7 @@ impl<'h> Tx<'h> {
             mem_ops: 0,
             interrupted: None,
             changes: 0,
+            running: None,
             depth: 0,
             done: false,
             _not_send: std::marker::PhantomData,
@@ -373,7 +386,6 @@ impl<'h> Tx<'h> {
     /// the view, and writing it back on a rollback changes nothing).
     #[inline(always)]
     fn stage_mut(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
-        self.changes += 1;
         if self.depth > 0 {
             return self.stage_saving(off, len);
         }
@@ -403,7 +415,9 @@ impl<'h> Tx<'h> {
     #[inline(always)]
     fn stage_unsaved(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
         // Inside a fresh run's block area staged whole: fresh bytes, no log budget, no fill.
+        // (Every way here counts one change, a refusal none: `Tx::op_end`.)
         if let Some(i) = self.stage.area_index(off, len) {
+            self.changes += 1;
             return Ok(self.stage.area_mut(i, off, len));
         }
         let fresh = match self.fresh.last() {
@@ -421,6 +435,7 @@ impl<'h> Tx<'h> {
             // to fill (clearing each new line again was about 30 instructions of a small
             // allocation, W3): `stage::tests::new_lines_are_zero_without_a_fill` checks it.
             self.fresh_staged += len;
+            self.changes += 1;
             let mut fill = |_: u64, b: &mut [u8]| {
                 debug_assert!(b.iter().all(|&x| x == 0), "a stage's new lines are zero");
             };
@@ -430,7 +445,9 @@ impl<'h> Tx<'h> {
                 .expect("an unlimited budget never refuses"));
         }
         let exempt = self.fresh_staged + self.rolled_back;
-        stage_within_log(self.sh, &mut self.stage, exempt, off, len)
+        let staged = stage_within_log(self.sh, &mut self.stage, exempt, off, len);
+        self.changes += u64::from(staged.is_ok());
+        staged
     }
 
     /// [`Self::stage_mut`]'s question below the highest fresh area: whether `[off, off+len)`
@@ -525,31 +542,44 @@ impl<'h> Tx<'h> {
         }
     }
 
-    /// Run a collection's `operation` as one step: if it fails after it changed something (a
-    /// node split, then its parent's write refused as `TransactionTooLarge`), the transaction
-    /// can no longer commit (`Error::CollectionInterrupted` at commit, and it rolls back), as
-    /// after an allocator operation that failed part-way; one that fails before changing
-    /// anything leaves the transaction as it was. (A review found a map's half-done `insert`
-    /// or `remove`, its error ignored, committed: keys lost, blocks leaked, `check` failing.)
-    /// [`Tx::nested`] around the call undoes the part instead, and the transaction goes on.
-    pub(crate) fn all_or_none<R>(
-        &mut self,
-        operation: &'static str,
-        f: impl FnOnce(&mut Self) -> Result<R>,
-    ) -> Result<R> {
-        let before = self.changes;
-        let r = f(self);
-        if let Err(e) = &r {
-            self.note_interrupted(operation, e, before);
+    /// Begin a collection's `operation` (`"PBTreeMap::insert"`), to end with [`Tx::op_end`]:
+    /// together they make it one step. If it fails after it changed something (a node split,
+    /// then its parent's write refused as `TransactionTooLarge`), or panics after a change and
+    /// the panic is caught inside the transaction, the transaction can no longer commit
+    /// (`Error::CollectionInterrupted` at commit, and it rolls back), as after an allocator
+    /// operation that failed part-way; one that fails before changing anything leaves the
+    /// transaction as it was. (A review found a map's half-done `insert` or `remove`, its error
+    /// ignored, committed: keys lost, blocks leaked, `check` failing.) [`Tx::nested`] around the
+    /// call undoes the part instead, and the transaction goes on.
+    #[inline(always)]
+    pub(crate) fn op_begin(&mut self, operation: &'static str) -> OpMark {
+        let outer = self.running.is_none();
+        if outer {
+            self.running = Some((operation, self.changes));
         }
-        r
+        OpMark {
+            operation,
+            before: self.changes,
+            outer,
+        }
+    }
+
+    /// End the operation `m` began, with its result `r`.
+    #[inline(always)]
+    pub(crate) fn op_end<R>(&mut self, m: OpMark, r: &Result<R>) {
+        if m.outer {
+            self.running = None;
+        }
+        if let Err(e) = r {
+            self.note_interrupted(m.operation, &e.to_string(), m.before);
+        }
     }
 
     #[cold]
     #[inline(never)]
-    fn note_interrupted(&mut self, operation: &'static str, e: &Error, before: u64) {
+    fn note_interrupted(&mut self, operation: &'static str, cause: &str, before: u64) {
         if self.changes != before && self.interrupted.is_none() {
-            self.interrupted = Some(Interruption::Collection(operation, e.to_string()));
+            self.interrupted = Some(Interruption::Collection(operation, cause.to_string()));
         }
     }
 
@@ -568,6 +598,7 @@ impl<'h> Tx<'h> {
             header: self.header,
             new_runs: self.new_runs,
             interrupted: self.interrupted.clone(),
+            running: self.running,
         }
     }
 
@@ -633,6 +664,8 @@ impl<'h> Tx<'h> {
         // place at commit, so they stay exempt from the log's budget.)
         self.new_runs = sc.new_runs;
         self.interrupted = sc.interrupted;
+        // (An operation begun inside the scope and cut short by a panic is undone with it.)
+        self.running = sc.running;
         // A `Writable` made inside the scope may name space that is free again.
         self.mem_ops += 1;
         #[cfg(debug_assertions)]
@@ -841,6 +874,7 @@ impl<'h> Tx<'h> {
     /// Allocate `size` bytes and stage their first contents with `fill`. If staging is refused
     /// (the log's budget), the allocation is freed again, so a failed call leaks nothing.
     fn alloc_filled(&mut self, size: u64, align: u64, fill: impl FnOnce(&mut [u8])) -> Result<u64> {
+        let before = self.changes;
         let off = self.alloc_raw(size, align)?;
         match self.stage_mut(off, size) {
             Ok(b) => {
@@ -849,7 +883,11 @@ impl<'h> Tx<'h> {
             }
             Err(e) => {
                 // Its bitmap word or header is staged already, so this free costs no budget.
-                let _ = self.mem_op(|a, m| a.free(m, off));
+                if self.mem_op(|a, m| a.free(m, off)).is_ok() {
+                    // Nothing of the call is left: no change (`Tx::op_end`; a review found a
+                    // `PBytes::new` refused at once marking its transaction).
+                    self.changes = before;
+                }
                 Err(e)
             }
         }
@@ -1196,6 +1234,10 @@ impl<'h> Tx<'h> {
     /// the writer lock is released; a transaction that wrote nothing still waits for the frames
     /// it could read that are not durable yet.
     pub(crate) fn commit(mut self) -> Result<Option<u64>> {
+        if let Some((operation, before)) = self.running.take() {
+            // An operation that panicked, the panic caught inside the transaction.
+            self.note_interrupted(operation, "it panicked part-way", before);
+        }
         if let Some(cause) = self.interrupted.take() {
             // Dropped without `done`: the journal restores the allocator, the stage is cleared.
             return Err(match cause {

@@ -1448,18 +1448,50 @@ fn a_map_operation_refused_part_way_never_commits_half_done() {
         .unwrap()
     };
     assert_eq!(len(&heap), 40_000);
-    let (met, r) = until_refused(&heap, |tx, n| {
-        let m = tx.root::<PHashMap<u64, u64>>()?;
-        m.remove(tx, &(n * 13 % 40_000)).map(|_| ())
-    });
-    assert!(matches!(met, Error::TransactionTooLarge { .. }), "{met}");
-    match r {
-        Err(Error::CollectionInterrupted { operation, .. }) => {
-            assert_eq!(operation, "PHashMap::remove")
+    // Where the refusal lands depends on the map's seed and on what the transaction staged
+    // before: a scratch vector's lines staged first (one more each attempt) move it, until a
+    // remove is refused after it changed something. Every attempt must end whole: committed
+    // with exactly the removes that returned (a refusal before any change), or refused as
+    // `CollectionInterrupted` with the map as it was.
+    let scratch = heap
+        .transaction(|tx| {
+            let v = PVec::<u64>::new(tx)?;
+            v.extend_from_slice(tx, &[0; 8 * 64])?;
+            Ok(v)
+        })
+        .unwrap();
+    let mut expect = 40_000u64;
+    let mut part_way = 0;
+    for pad in 0..40u64 {
+        let mut removed = 0;
+        let (met, r) = until_refused(&heap, |tx, n| {
+            if n == 0 {
+                for line in 0..pad {
+                    scratch.set(tx, line * 8, pad)?;
+                }
+            }
+            let m = tx.root::<PHashMap<u64, u64>>()?;
+            removed += u64::from(m.remove(tx, &(n * 13 % 40_000))?);
+            Ok(())
+        });
+        assert!(matches!(met, Error::TransactionTooLarge { .. }), "{met}");
+        match r {
+            Ok(()) => expect -= removed,
+            Err(Error::CollectionInterrupted { operation, .. }) => {
+                assert_eq!(operation, "PHashMap::remove");
+                part_way += 1;
+            }
+            Err(e) => panic!("pad {pad}: {e}"),
         }
-        other => panic!("a half-done remove: {other:?}"),
+        assert_eq!(len(&heap), expect, "pad {pad}");
+        if part_way >= 2 || expect < 8_000 {
+            break;
+        }
     }
-    assert_eq!(len(&heap), 40_000);
+    assert!(
+        part_way > 0,
+        "no remove was refused part-way: the check met nothing"
+    );
     // The same inside Tx::nested: only the refused remove is undone.
     let (met, r) = until_refused(&heap, |tx, n| {
         tx.nested(|tx| {
@@ -1559,4 +1591,120 @@ fn refusals_before_any_change_leave_the_transaction_committable() {
         .read(|r| Ok(r.root::<PVec<u64>>()?.as_slice(r)?.to_vec()))
         .unwrap();
     assert_eq!(got, [1, 2, 3, 4]);
+}
+
+/// Writes and allocations refused at once (the log full before the write is staged) change
+/// nothing: the transaction commits what came before, through a collection as through `Tx`.
+/// (A review found `PVec::set` and `PBytes::new` refused at once marking their transaction
+/// `CollectionInterrupted`, which then lost every earlier write.)
+#[test]
+fn writes_refused_at_once_leave_the_transaction_committable() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = small_log_heap(dir.path());
+    let v = heap
+        .transaction(|tx| {
+            let v = PVec::<u64>::new(tx)?;
+            v.extend_from_slice(tx, &vec![0u64; 200_000])?;
+            Ok(v)
+        })
+        .unwrap();
+    let mut done = 0;
+    let (met, r) = until_refused(&heap, |tx, n| {
+        v.set(tx, n * 8 + 1, 7)?;
+        done = n + 1;
+        Ok(())
+    });
+    assert!(matches!(met, Error::TransactionTooLarge { .. }), "{met}");
+    r.unwrap();
+    let sevens = heap
+        .read(|r| Ok(v.as_slice(r)?.iter().filter(|&&x| x == 7).count() as u64))
+        .unwrap();
+    assert!(done > 1000 && sevens == done, "{sevens} of {done}");
+    let before = heap.read(|r| Ok(r.allocations()?.len())).unwrap();
+    let mut made = 0;
+    let (met, r) = until_refused(&heap, |tx, _| {
+        PBytes::new(tx, &[7u8; 3000])?;
+        made += 1;
+        Ok(())
+    });
+    assert!(matches!(met, Error::TransactionTooLarge { .. }), "{met}");
+    r.unwrap();
+    let after = heap.read(|r| Ok(r.allocations()?.len())).unwrap();
+    assert!(
+        made > 10 && after == before + made,
+        "{before} + {made} != {after}"
+    );
+}
+
+static HASHES_LEFT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// A key whose `Hash` panics once a budget of hashes is spent.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, bytemuck::Pod, bytemuck::Zeroable, Stored)]
+#[repr(C)]
+struct Touchy(u64);
+
+impl std::hash::Hash for Touchy {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        use std::sync::atomic::Ordering;
+        if HASHES_LEFT.fetch_sub(1, Ordering::SeqCst) == 0 {
+            panic!("the hash budget is spent");
+        }
+        self.0.hash(h)
+    }
+}
+
+/// A map operation that panics part-way (a key's `Hash` during a removal's backward shift),
+/// the panic caught inside the transaction, which then returns `Ok`: the commit is refused as
+/// `CollectionInterrupted` and the map stays whole. (A review found it committed with a key in
+/// two slots.)
+#[test]
+fn a_map_operation_that_panics_part_way_never_commits_half_done() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("touchy.heap"), Options::new()).unwrap();
+    heap.transaction(|tx| {
+        let m = tx.root::<PHashMap<Touchy, u64>>()?;
+        for k in 0..2000 {
+            m.insert(tx, &Touchy(k), &k)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let whole = |heap: &Heap| {
+        heap.read(|r| {
+            let m = r.root::<PHashMap<Touchy, u64>>()?;
+            m.check(r)?;
+            m.len(r)
+        })
+        .unwrap()
+    };
+    let mut expect = 2000;
+    let mut part_way = 0;
+    for k in 0..2000u64 {
+        let mut gone = false;
+        let r = heap.transaction(|tx| {
+            let m = tx.root::<PHashMap<Touchy, u64>>()?;
+            HASHES_LEFT.store(2, Ordering::SeqCst);
+            let caught = catch_unwind(AssertUnwindSafe(|| m.remove(tx, &Touchy(k))));
+            HASHES_LEFT.store(u64::MAX, Ordering::SeqCst);
+            gone = matches!(caught, Ok(Ok(true)));
+            Ok(())
+        });
+        match r {
+            Ok(()) => expect -= u64::from(gone),
+            Err(Error::CollectionInterrupted { operation, cause }) => {
+                assert_eq!(operation, "PHashMap::remove", "{cause}");
+                part_way += 1;
+            }
+            Err(e) => panic!("key {k}: {e}"),
+        }
+        assert_eq!(whole(&heap), expect, "key {k}");
+        if part_way >= 3 {
+            break;
+        }
+    }
+    assert!(
+        part_way > 0,
+        "no removal panicked part-way: the check met nothing"
+    );
 }

@@ -566,6 +566,7 @@ where
     /// allocation, before the operation allocates anything. (A review found a handle kept
     /// after its collection was freed accepted: the operation's first allocation took the
     /// freed header's block, and the header written last pointed at itself.)
+    #[inline]
     fn header_mut(self, tx: &mut Tx<'_>) -> Result<PBTreeMap<K, V>> {
         tx.writable(
             self.offset(),
@@ -925,25 +926,34 @@ where
     pub fn retain(
         self,
         tx: &mut Tx<'_>,
+        keep: impl FnMut(&K::Input, &V::Input) -> bool,
+    ) -> Result<u64> {
+        let op = tx.op_begin("PBTreeMap::retain");
+        let r = self.retain_body(tx, keep);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn retain_body(
+        self,
+        tx: &mut Tx<'_>,
         mut keep: impl FnMut(&K::Input, &V::Input) -> bool,
     ) -> Result<u64> {
-        tx.all_or_none("PBTreeMap::retain", |tx| {
-            let mut doomed = Vec::new();
-            for e in self.range_by(tx, Bound::Unbounded, Bound::Unbounded)? {
-                let (k, v) = e?;
-                if !keep(k, v) {
-                    doomed.push(k.to_owned());
-                }
+        let mut doomed = Vec::new();
+        for e in self.range_by(tx, Bound::Unbounded, Bound::Unbounded)? {
+            let (k, v) = e?;
+            if !keep(k, v) {
+                doomed.push(k.to_owned());
             }
-            super::remove_each(
-                tx,
-                &doomed,
-                |tx, k| self.remove(tx, k.borrow()),
-                self.offset(),
-                "PBTreeMap: a key met by retain's scan is not found again (its Ord is not \
-                 consistent, or the map is damaged)",
-            )
-        })
+        }
+        super::remove_each(
+            tx,
+            &doomed,
+            |tx, k| self.remove(tx, k.borrow()),
+            self.offset(),
+            "PBTreeMap: a key met by retain's scan is not found again (its Ord is not \
+             consistent, or the map is damaged)",
+        )
     }
 
     /// Remove the entry with the smallest key and return it (owned copies: a byte-string key
@@ -968,10 +978,19 @@ where
         self,
         tx: &mut Tx<'_>,
     ) -> Result<Option<(<K::Input as ToOwned>::Owned, <V::Input as ToOwned>::Owned)>> {
-        tx.all_or_none("PBTreeMap::pop_first", |tx| {
-            let first = self.first(tx)?.map(|(k, v)| (k.to_owned(), v.to_owned()));
-            self.pop(tx, first)
-        })
+        let op = tx.op_begin("PBTreeMap::pop_first");
+        let r = self.pop_first_body(tx);
+        tx.op_end(op, &r);
+        r
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn pop_first_body(
+        self,
+        tx: &mut Tx<'_>,
+    ) -> Result<Option<(<K::Input as ToOwned>::Owned, <V::Input as ToOwned>::Owned)>> {
+        let first = self.first(tx)?.map(|(k, v)| (k.to_owned(), v.to_owned()));
+        self.pop(tx, first)
     }
 
     /// Remove the entry with the largest key and return it (as [`Self::pop_first`]).
@@ -993,10 +1012,19 @@ where
         self,
         tx: &mut Tx<'_>,
     ) -> Result<Option<(<K::Input as ToOwned>::Owned, <V::Input as ToOwned>::Owned)>> {
-        tx.all_or_none("PBTreeMap::pop_last", |tx| {
-            let last = self.last(tx)?.map(|(k, v)| (k.to_owned(), v.to_owned()));
-            self.pop(tx, last)
-        })
+        let op = tx.op_begin("PBTreeMap::pop_last");
+        let r = self.pop_last_body(tx);
+        tx.op_end(op, &r);
+        r
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn pop_last_body(
+        self,
+        tx: &mut Tx<'_>,
+    ) -> Result<Option<(<K::Input as ToOwned>::Owned, <V::Input as ToOwned>::Owned)>> {
+        let last = self.last(tx)?.map(|(k, v)| (k.to_owned(), v.to_owned()));
+        self.pop(tx, last)
     }
 
     /// Remove `entry`'s key (found by `first` or `last`) and return the entry.
@@ -1076,59 +1104,64 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn insert(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
-        tx.all_or_none("PBTreeMap::insert", |tx| {
-            let g = Self::GEO;
-            let mut h = self.header_mut(tx)?;
-            if h.height == 0 {
-                h.root = Self::alloc_node(&g, tx, 0)?;
-                h.height = 1;
+        let op = tx.op_begin("PBTreeMap::insert");
+        let r = self.insert_body(tx, key, value);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn insert_body(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
+        let g = Self::GEO;
+        let mut h = self.header_mut(tx)?;
+        if h.height == 0 {
+            h.root = Self::alloc_node(&g, tx, 0)?;
+            h.height = 1;
+        }
+        let path = Self::descend(&g, &h, tx, key)?;
+        let leaf = path.leaf;
+        let i = match path.pos {
+            Ok(i) => {
+                let slot = Self::slots(&g, leaf, tx)?[i];
+                let old = *Self::slot_val(leaf.at, Self::vals(&g, leaf, tx)?, slot)?;
+                let v = V::store(tx, value)?;
+                let s = slot as usize;
+                Self::edit(tx, leaf.at, 0)?.part::<V>(g.vals_at, s, s + 1)?[0] = v;
+                old.release(tx)?;
+                return Ok(true);
             }
-            let path = Self::descend(&g, &h, tx, key)?;
-            let leaf = path.leaf;
-            let i = match path.pos {
-                Ok(i) => {
-                    let slot = Self::slots(&g, leaf, tx)?[i];
-                    let old = *Self::slot_val(leaf.at, Self::vals(&g, leaf, tx)?, slot)?;
-                    let v = V::store(tx, value)?;
-                    let s = slot as usize;
-                    Self::edit(tx, leaf.at, 0)?.part::<V>(g.vals_at, s, s + 1)?[0] = v;
-                    old.release(tx)?;
-                    return Ok(true);
-                }
-                Err(i) => i,
-            };
-            let k = K::store(tx, key)?;
-            let v = V::store(tx, value)?;
-            let mut split = Self::leaf_insert(&g, tx, leaf, i, k, v)?;
-            for &(n, ci) in path.inner.upward() {
-                let Some((sep, right)) = split else { break };
-                split = Self::inner_insert(&g, tx, n, ci, sep, right)?;
-            }
-            if let Some((sep, right)) = split {
-                if h.height >= HEIGHT_MAX {
-                    return Err(corrupt(
-                        self.offset(),
-                        "B-tree would exceed the height limit",
-                    ));
-                }
-                let root = Self::alloc_node(&g, tx, h.height as u32)?;
-                Self::fill_inner(&g, tx, root, &[sep], &[h.root, right])?;
-                h.root = root;
-                h.height += 1;
-            }
-            // (A damaged header's length may be the largest count: a review found the overflow.)
-            h.len = h.len.checked_add(1).ok_or_else(|| {
-                corrupt(
+            Err(i) => i,
+        };
+        let k = K::store(tx, key)?;
+        let v = V::store(tx, value)?;
+        let mut split = Self::leaf_insert(&g, tx, leaf, i, k, v)?;
+        for &(n, ci) in path.inner.upward() {
+            let Some((sep, right)) = split else { break };
+            split = Self::inner_insert(&g, tx, n, ci, sep, right)?;
+        }
+        if let Some((sep, right)) = split {
+            if h.height >= HEIGHT_MAX {
+                return Err(corrupt(
                     self.offset(),
-                    format!(
-                        "PBTreeMap header: length {} cannot count one more entry",
-                        h.len
-                    ),
-                )
-            })?;
-            self.put_header(tx, h)?;
-            Ok(false)
-        })
+                    "B-tree would exceed the height limit",
+                ));
+            }
+            let root = Self::alloc_node(&g, tx, h.height as u32)?;
+            Self::fill_inner(&g, tx, root, &[sep], &[h.root, right])?;
+            h.root = root;
+            h.height += 1;
+        }
+        // (A damaged header's length may be the largest count: a review found the overflow.)
+        h.len = h.len.checked_add(1).ok_or_else(|| {
+            corrupt(
+                self.offset(),
+                format!(
+                    "PBTreeMap header: length {} cannot count one more entry",
+                    h.len
+                ),
+            )
+        })?;
+        self.put_header(tx, h)?;
+        Ok(false)
     }
 
     fn leaf_insert(g: &Geo, tx: &mut Tx<'_>, leaf: Node, i: usize, k: K, v: V) -> Result<Split<K>> {
@@ -1244,103 +1277,108 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn remove(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
-        tx.all_or_none("PBTreeMap::remove", |tx| {
-            let mut h = self.header_mut(tx)?;
-            if h.height == 0 {
-                return Ok(false);
-            }
-            let g = Self::GEO;
-            let path = Self::descend(&g, &h, tx, key)?;
-            let leaf = path.leaf;
-            let Ok(i) = path.pos else {
-                return Ok(false);
+        let op = tx.op_begin("PBTreeMap::remove");
+        let r = self.remove_body(tx, key);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn remove_body(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
+        let mut h = self.header_mut(tx)?;
+        if h.height == 0 {
+            return Ok(false);
+        }
+        let g = Self::GEO;
+        let path = Self::descend(&g, &h, tx, key)?;
+        let leaf = path.leaf;
+        let Ok(i) = path.pos else {
+            return Ok(false);
+        };
+        let slots = Self::slots(&g, leaf, tx)?;
+        let (slot, last) = (slots[i], leaf.count as u16 - 1);
+        // The entry whose value is in the last slot, which moves into the freed one.
+        let mover = slots.iter().position(|&s| s == last);
+        let vals = Self::vals(&g, leaf, tx)?;
+        let (k, v, lastv) = (
+            Self::keys(leaf, tx)?[i],
+            *Self::slot_val(leaf.at, vals, slot)?,
+            vals[last as usize],
+        );
+        k.release(tx)?;
+        v.release(tx)?;
+        h.len = h
+            .len
+            .checked_sub(1)
+            .ok_or_else(|| corrupt(self.offset(), "B-tree length below its entries"))?;
+        // Take the entry out of its leaf (or free the leaf it empties), then mend upward: an
+        // emptied node leaves its parent, and an underfull one merges with a sibling when
+        // the two fit comfortably in one node, or else takes entries from it; each merge
+        // takes a key out of the parent, which may leave it underfull in turn.
+        let mut up = if leaf.count > 1 {
+            let at = leaf.at;
+            // Slots stay `0..count`: the value in the last slot moves into the freed one.
+            let mover = match mover {
+                Some(j) if slot != last => Some(if j > i { j - 1 } else { j }),
+                Some(_) => None,
+                None => return Err(corrupt(at, "B-tree leaf: slot table misses a slot")),
             };
-            let slots = Self::slots(&g, leaf, tx)?;
-            let (slot, last) = (slots[i], leaf.count as u16 - 1);
-            // The entry whose value is in the last slot, which moves into the freed one.
-            let mover = slots.iter().position(|&s| s == last);
-            let vals = Self::vals(&g, leaf, tx)?;
-            let (k, v, lastv) = (
-                Self::keys(leaf, tx)?[i],
-                *Self::slot_val(leaf.at, vals, slot)?,
-                vals[last as usize],
-            );
-            k.release(tx)?;
-            v.release(tx)?;
-            h.len = h
-                .len
-                .checked_sub(1)
-                .ok_or_else(|| corrupt(self.offset(), "B-tree length below its entries"))?;
-            // Take the entry out of its leaf (or free the leaf it empties), then mend upward: an
-            // emptied node leaves its parent, and an underfull one merges with a sibling when
-            // the two fit comfortably in one node, or else takes entries from it; each merge
-            // takes a key out of the parent, which may leave it underfull in turn.
-            let mut up = if leaf.count > 1 {
-                let at = leaf.at;
-                // Slots stay `0..count`: the value in the last slot moves into the freed one.
-                let mover = match mover {
-                    Some(j) if slot != last => Some(if j > i { j - 1 } else { j }),
-                    Some(_) => None,
-                    None => return Err(corrupt(at, "B-tree leaf: slot table misses a slot")),
-                };
-                let mut e = Self::edit(tx, at, 0)?;
-                if mover.is_some() {
-                    let s = slot as usize;
-                    e.part::<V>(g.vals_at, s, s + 1)?[0] = lastv;
+            let mut e = Self::edit(tx, at, 0)?;
+            if mover.is_some() {
+                let s = slot as usize;
+                e.part::<V>(g.vals_at, s, s + 1)?[0] = lastv;
+            }
+            let b = e.part::<u8>(0, 0, Self::leaf_head(&g, leaf.count))?;
+            shift_out(&mut Self::part_mut::<K>(b, at, g.leaf_keys_at, leaf.count)?[i..]);
+            let slots = Self::part_mut::<u16>(b, at, g.slots_at, leaf.count)?;
+            shift_out(&mut slots[i..]);
+            if let Some(j) = mover {
+                slots[j] = slot;
+            }
+            Self::set_count_in(b, leaf.count - 1);
+            Mend::below_min(
+                &g,
+                Node {
+                    count: leaf.count - 1,
+                    ..leaf
+                },
+            )
+        } else {
+            Self::free_node(&g, tx, leaf.at, 0)?;
+            Mend::Emptied
+        };
+        for &(n, ci) in path.inner.upward() {
+            up = match up {
+                Mend::Done => break,
+                Mend::Emptied if n.count == 0 => {
+                    Self::free_node(&g, tx, n.at, n.level as u64)?;
+                    Mend::Emptied
                 }
-                let b = e.part::<u8>(0, 0, Self::leaf_head(&g, leaf.count))?;
-                shift_out(&mut Self::part_mut::<K>(b, at, g.leaf_keys_at, leaf.count)?[i..]);
-                let slots = Self::part_mut::<u16>(b, at, g.slots_at, leaf.count)?;
-                shift_out(&mut slots[i..]);
-                if let Some(j) = mover {
-                    slots[j] = slot;
+                Mend::Emptied => {
+                    let drop_key = if ci > 0 { ci as usize - 1 } else { 0 };
+                    Self::keys(n, tx)?[drop_key].release(tx)?;
+                    Self::take_out(&g, tx, n, drop_key, ci as usize)?
                 }
-                Self::set_count_in(b, leaf.count - 1);
-                Mend::below_min(
-                    &g,
-                    Node {
-                        count: leaf.count - 1,
-                        ..leaf
-                    },
-                )
-            } else {
-                Self::free_node(&g, tx, leaf.at, 0)?;
-                Mend::Emptied
+                Mend::Under(child) => Self::merge(&g, tx, n, ci, child)?,
             };
-            for &(n, ci) in path.inner.upward() {
-                up = match up {
-                    Mend::Done => break,
-                    Mend::Emptied if n.count == 0 => {
-                        Self::free_node(&g, tx, n.at, n.level as u64)?;
-                        Mend::Emptied
-                    }
-                    Mend::Emptied => {
-                        let drop_key = if ci > 0 { ci as usize - 1 } else { 0 };
-                        Self::keys(n, tx)?[drop_key].release(tx)?;
-                        Self::take_out(&g, tx, n, drop_key, ci as usize)?
-                    }
-                    Mend::Under(child) => Self::merge(&g, tx, n, ci, child)?,
-                };
-            }
-            if matches!(up, Mend::Emptied) {
-                h.root = 0;
-                h.height = 0;
-            } else {
-                // A root with one child gives way to it.
-                while h.height > 1 {
-                    let r = Self::node(&g, tx, h.root, h.height - 1)?;
-                    if r.count > 0 {
-                        break;
-                    }
-                    let only = Self::children(&g, r, tx)?[0];
-                    Self::free_node(&g, tx, r.at, r.level as u64)?;
-                    h.root = only;
-                    h.height -= 1;
+        }
+        if matches!(up, Mend::Emptied) {
+            h.root = 0;
+            h.height = 0;
+        } else {
+            // A root with one child gives way to it.
+            while h.height > 1 {
+                let r = Self::node(&g, tx, h.root, h.height - 1)?;
+                if r.count > 0 {
+                    break;
                 }
+                let only = Self::children(&g, r, tx)?[0];
+                Self::free_node(&g, tx, r.at, r.level as u64)?;
+                h.root = only;
+                h.height -= 1;
             }
-            self.put_header(tx, h)?;
-            Ok(true)
-        })
+        }
+        self.put_header(tx, h)?;
+        Ok(true)
     }
 
     /// Take key `k` and child `j` (`k` or `k + 1`) out of internal node `n` (the caller has
@@ -1484,34 +1522,39 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
-        tx.all_or_none("PBTreeMap::clear", |tx| {
-            let mut h = self.header_mut(tx)?;
-            if h.height > 0 {
-                let g = Self::GEO;
-                let mut stack = vec![(h.root, h.height - 1)];
-                while let Some((at, level)) = stack.pop() {
-                    let n = Self::node(&g, tx, at, level)?;
-                    let keys = Self::keys(n, tx)?.to_vec();
-                    if level == 0 {
-                        let vals = Self::vals(&g, n, tx)?.to_vec();
-                        for (k, v) in keys.into_iter().zip(vals) {
-                            k.release(tx)?;
-                            v.release(tx)?;
-                        }
-                    } else {
-                        stack.extend(Self::children(&g, n, tx)?.iter().map(|&c| (c, level - 1)));
-                        for k in keys {
-                            k.release(tx)?;
-                        }
+        let op = tx.op_begin("PBTreeMap::clear");
+        let r = self.clear_body(tx);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn clear_body(self, tx: &mut Tx<'_>) -> Result<()> {
+        let mut h = self.header_mut(tx)?;
+        if h.height > 0 {
+            let g = Self::GEO;
+            let mut stack = vec![(h.root, h.height - 1)];
+            while let Some((at, level)) = stack.pop() {
+                let n = Self::node(&g, tx, at, level)?;
+                let keys = Self::keys(n, tx)?.to_vec();
+                if level == 0 {
+                    let vals = Self::vals(&g, n, tx)?.to_vec();
+                    for (k, v) in keys.into_iter().zip(vals) {
+                        k.release(tx)?;
+                        v.release(tx)?;
                     }
-                    Self::free_node(&g, tx, at, level)?;
+                } else {
+                    stack.extend(Self::children(&g, n, tx)?.iter().map(|&c| (c, level - 1)));
+                    for k in keys {
+                        k.release(tx)?;
+                    }
                 }
+                Self::free_node(&g, tx, at, level)?;
             }
-            h.root = 0;
-            h.height = 0;
-            h.len = 0;
-            self.put_header(tx, h)
-        })
+        }
+        h.root = 0;
+        h.height = 0;
+        h.len = 0;
+        self.put_header(tx, h)
     }
 
     /// [`PPtr::clear`]: frees every block the map owns in one call (the header stays where it
@@ -1529,7 +1572,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn destroy(self, tx: &mut Tx<'_>) -> Result<()> {
-        tx.all_or_none("PBTreeMap::destroy", |tx| self.clear(tx))
+        self.clear(tx)
     }
 
     /// Entries with keys in `range`, in key order; the iterator runs both ways

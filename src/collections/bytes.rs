@@ -35,13 +35,18 @@ impl PBytes {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn new(tx: &mut Tx<'_>, bytes: &[u8]) -> Result<PBytes> {
-        tx.all_or_none("PBytes::new", |tx| {
-            if bytes.is_empty() {
-                return Ok(PBytes::default());
-            }
-            Ok(PBytes {
-                slice: tx.alloc_slice(bytes)?,
-            })
+        let op = tx.op_begin("PBytes::new");
+        let r = Self::new_body(tx, bytes);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn new_body(tx: &mut Tx<'_>, bytes: &[u8]) -> Result<PBytes> {
+        if bytes.is_empty() {
+            return Ok(PBytes::default());
+        }
+        Ok(PBytes {
+            slice: tx.alloc_slice(bytes)?,
         })
     }
 

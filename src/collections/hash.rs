@@ -349,6 +349,7 @@ where
     /// allocation, before the operation allocates anything. (A review found a handle kept
     /// after its collection was freed accepted: the operation's first allocation took the
     /// freed header's block, and the header written last pointed at itself.)
+    #[inline]
     fn header_mut(self, tx: &mut Tx<'_>) -> Result<PHashMap<K, V>> {
         tx.writable(
             self.offset(),
@@ -683,51 +684,56 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn insert(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
-        tx.all_or_none("PHashMap::insert", |tx| {
-            let mut h = self.header_mut(tx)?;
-            let g = Geo::of::<K, V>();
-            if h.dir == 0 {
-                let r = std::collections::hash_map::RandomState::new();
-                h.seed0 = r.hash_one(0x5eed_u64);
-                h.seed1 = r.hash_one(0xf00d_u64);
-                h.dir = Self::new_bucket(tx, &g, 0, 0, &[])?;
-                h.depth = 0;
-                h.buckets = 1;
-            }
-            let hash = Self::hash(&h, key);
-            loop {
-                let (b, l) = Self::bucket(&h, tx, hash)?;
-                match Self::find(&g, tx, b, key, hash)? {
-                    Probe::Found(i, _) => {
-                        let vp = Self::val_ptr(&g, b, i);
-                        let old = *tx.get(vp)?;
-                        let v = V::store(tx, value)?;
-                        // (A zero-sized value's place is one past its slot, at the bucket's end for
-                        // the last one: nothing to write, and writing it was refused as outside the
-                        // bucket: found by review.)
-                        if std::mem::size_of_val(&v) != 0 {
-                            tx.set(vp, v)?;
-                        }
-                        old.release(tx)?;
-                        return Ok(true);
+        let op = tx.op_begin("PHashMap::insert");
+        let r = self.insert_body(tx, key, value);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn insert_body(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
+        let mut h = self.header_mut(tx)?;
+        let g = Geo::of::<K, V>();
+        if h.dir == 0 {
+            let r = std::collections::hash_map::RandomState::new();
+            h.seed0 = r.hash_one(0x5eed_u64);
+            h.seed1 = r.hash_one(0xf00d_u64);
+            h.dir = Self::new_bucket(tx, &g, 0, 0, &[])?;
+            h.depth = 0;
+            h.buckets = 1;
+        }
+        let hash = Self::hash(&h, key);
+        loop {
+            let (b, l) = Self::bucket(&h, tx, hash)?;
+            match Self::find(&g, tx, b, key, hash)? {
+                Probe::Found(i, _) => {
+                    let vp = Self::val_ptr(&g, b, i);
+                    let old = *tx.get(vp)?;
+                    let v = V::store(tx, value)?;
+                    // (A zero-sized value's place is one past its slot, at the bucket's end for
+                    // the last one: nothing to write, and writing it was refused as outside the
+                    // bucket: found by review.)
+                    if std::mem::size_of_val(&v) != 0 {
+                        tx.set(vp, v)?;
                     }
-                    Probe::Vacant(i) => {
-                        let k = K::store(tx, key)?;
-                        let v = V::store(tx, value)?;
-                        // The slot and its fingerprint byte lie in one bucket: one writability
-                        // check for both (made after the stores, which may allocate).
-                        let w = tx.writable(b, g.bytes, 1)?;
-                        Self::write_slot(tx.slice_mut_in(&w, g.slot(b, i))?, &g, &k, &v);
-                        let fp = PSlice::<u8>::from_raw_parts(g.fp(b, i).offset(), 1);
-                        tx.slice_mut_in(&w, fp)?[0] = fingerprint(hash);
-                        h.len += 1;
-                        self.put_header(tx, h)?;
-                        return Ok(false);
-                    }
-                    Probe::Full => Self::split(tx, &mut h, &g, b, l, hash)?,
+                    old.release(tx)?;
+                    return Ok(true);
                 }
+                Probe::Vacant(i) => {
+                    let k = K::store(tx, key)?;
+                    let v = V::store(tx, value)?;
+                    // The slot and its fingerprint byte lie in one bucket: one writability
+                    // check for both (made after the stores, which may allocate).
+                    let w = tx.writable(b, g.bytes, 1)?;
+                    Self::write_slot(tx.slice_mut_in(&w, g.slot(b, i))?, &g, &k, &v);
+                    let fp = PSlice::<u8>::from_raw_parts(g.fp(b, i).offset(), 1);
+                    tx.slice_mut_in(&w, fp)?[0] = fingerprint(hash);
+                    h.len += 1;
+                    self.put_header(tx, h)?;
+                    return Ok(false);
+                }
+                Probe::Full => Self::split(tx, &mut h, &g, b, l, hash)?,
             }
-        })
+        }
     }
 
     /// Fill a slot's bytes.
@@ -886,44 +892,49 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn remove(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
-        tx.all_or_none("PHashMap::remove", |tx| {
-            let mut h = self.header_mut(tx)?;
-            let g = Geo::of::<K, V>();
-            let Some((b, mut i, _)) = Self::locate(&h, &g, tx, key)? else {
-                return Ok(false);
-            };
-            let k = *tx.get(Self::key_ptr(&g, b, i))?;
-            let v = *tx.get(Self::val_ptr(&g, b, i))?;
-            k.release(tx)?;
-            v.release(tx)?;
-            // Backward shift: pull each following entry that is not at its ideal slot back by one.
-            let n = g.slots;
-            let mut j = i;
-            for _ in 0..n {
-                j = g.next(j);
-                let f = Self::fp_at(&g, tx, b, j)?;
-                if f == 0 {
-                    break;
-                }
-                let home = g.ideal(Self::hash_at(&h, &g, tx, b, j)?);
-                // Entry j may move to i only if i lies on its probe path: from home to j, cyclically.
-                if (i + n - home) % n > (j + n - home) % n {
-                    continue;
-                }
-                let e = tx.slice(g.slot(b, j))?.to_vec();
-                tx.slice_mut(g.slot(b, i))?.copy_from_slice(&e);
-                tx.set(g.fp(b, i), f)?;
-                i = j;
+        let op = tx.op_begin("PHashMap::remove");
+        let r = self.remove_body(tx, key);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn remove_body(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
+        let mut h = self.header_mut(tx)?;
+        let g = Geo::of::<K, V>();
+        let Some((b, mut i, _)) = Self::locate(&h, &g, tx, key)? else {
+            return Ok(false);
+        };
+        let k = *tx.get(Self::key_ptr(&g, b, i))?;
+        let v = *tx.get(Self::val_ptr(&g, b, i))?;
+        k.release(tx)?;
+        v.release(tx)?;
+        // Backward shift: pull each following entry that is not at its ideal slot back by one.
+        let n = g.slots;
+        let mut j = i;
+        for _ in 0..n {
+            j = g.next(j);
+            let f = Self::fp_at(&g, tx, b, j)?;
+            if f == 0 {
+                break;
             }
-            tx.set(g.fp(b, i), 0)?;
-            h.len = h
-                .len
-                .checked_sub(1)
-                .ok_or_else(|| corrupt(self.offset(), "PHashMap length below its entries"))?;
-            Self::merge(tx, &mut h, &g, b)?;
-            self.put_header(tx, h)?;
-            Ok(true)
-        })
+            let home = g.ideal(Self::hash_at(&h, &g, tx, b, j)?);
+            // Entry j may move to i only if i lies on its probe path: from home to j, cyclically.
+            if (i + n - home) % n > (j + n - home) % n {
+                continue;
+            }
+            let e = tx.slice(g.slot(b, j))?.to_vec();
+            tx.slice_mut(g.slot(b, i))?.copy_from_slice(&e);
+            tx.set(g.fp(b, i), f)?;
+            i = j;
+        }
+        tx.set(g.fp(b, i), 0)?;
+        h.len = h
+            .len
+            .checked_sub(1)
+            .ok_or_else(|| corrupt(self.offset(), "PHashMap length below its entries"))?;
+        Self::merge(tx, &mut h, &g, b)?;
+        self.put_header(tx, h)?;
+        Ok(true)
     }
 
     /// Entries in use in bucket `b` (its non-zero fingerprints).
@@ -1063,32 +1074,37 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
-        tx.all_or_none("PHashMap::clear", |tx| {
-            let mut h = self.header_mut(tx)?;
-            let g = Geo::of::<K, V>();
-            for (b, _, _) in Self::buckets(&h, tx)? {
-                for i in 0..g.slots {
-                    if Self::fp_at(&g, tx, b, i)? != 0 {
-                        let k = *tx.get(Self::key_ptr(&g, b, i))?;
-                        let v = *tx.get(Self::val_ptr(&g, b, i))?;
-                        k.release(tx)?;
-                        v.release(tx)?;
-                    }
+        let op = tx.op_begin("PHashMap::clear");
+        let r = self.clear_body(tx);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn clear_body(self, tx: &mut Tx<'_>) -> Result<()> {
+        let mut h = self.header_mut(tx)?;
+        let g = Geo::of::<K, V>();
+        for (b, _, _) in Self::buckets(&h, tx)? {
+            for i in 0..g.slots {
+                if Self::fp_at(&g, tx, b, i)? != 0 {
+                    let k = *tx.get(Self::key_ptr(&g, b, i))?;
+                    let v = *tx.get(Self::val_ptr(&g, b, i))?;
+                    k.release(tx)?;
+                    v.release(tx)?;
                 }
-                tx.free_slice(PSlice::<Unit>::from_raw_parts(b, g.bytes / 16))?;
             }
-            if h.depth > 0 {
-                tx.free_slice(PSlice::<u64>::from_raw_parts(
-                    h.dir,
-                    Self::dir_words(&g, h.depth),
-                ))?;
-            }
-            h.dir = 0;
-            h.depth = 0;
-            h.buckets = 0;
-            h.len = 0;
-            self.put_header(tx, h)
-        })
+            tx.free_slice(PSlice::<Unit>::from_raw_parts(b, g.bytes / 16))?;
+        }
+        if h.depth > 0 {
+            tx.free_slice(PSlice::<u64>::from_raw_parts(
+                h.dir,
+                Self::dir_words(&g, h.depth),
+            ))?;
+        }
+        h.dir = 0;
+        h.depth = 0;
+        h.buckets = 0;
+        h.len = 0;
+        self.put_header(tx, h)
     }
 
     /// [`PPtr::clear`]: frees every block the map owns in one call (the header stays; free a
@@ -1106,7 +1122,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn destroy(self, tx: &mut Tx<'_>) -> Result<()> {
-        tx.all_or_none("PHashMap::destroy", |tx| self.clear(tx))
+        self.clear(tx)
     }
 
     /// Keep only the entries for which `keep(key, value)` is true, removing the others (their
@@ -1129,28 +1145,40 @@ where
     pub fn retain(
         self,
         tx: &mut Tx<'_>,
+        keep: impl FnMut(&K::Input, &V::Input) -> bool,
+    ) -> Result<u64>
+    where
+        K::Input: ToOwned,
+    {
+        let op = tx.op_begin("PHashMap::retain");
+        let r = self.retain_body(tx, keep);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn retain_body(
+        self,
+        tx: &mut Tx<'_>,
         mut keep: impl FnMut(&K::Input, &V::Input) -> bool,
     ) -> Result<u64>
     where
         K::Input: ToOwned,
     {
-        tx.all_or_none("PHashMap::retain", |tx| {
-            let mut doomed = Vec::new();
-            for e in self.iter(tx)? {
-                let (k, v) = e?;
-                if !keep(k, v) {
-                    doomed.push(k.to_owned());
-                }
+        let mut doomed = Vec::new();
+        for e in self.iter(tx)? {
+            let (k, v) = e?;
+            if !keep(k, v) {
+                doomed.push(k.to_owned());
             }
-            super::remove_each(
-                tx,
-                &doomed,
-                |tx, k| self.remove(tx, std::borrow::Borrow::borrow(k)),
-                self.offset(),
-                "PHashMap: a key met by retain's scan is not found again (its Eq or Hash is not \
-                 consistent, or the map is damaged)",
-            )
-        })
+        }
+        super::remove_each(
+            tx,
+            &doomed,
+            |tx, k| self.remove(tx, std::borrow::Borrow::borrow(k)),
+            self.offset(),
+            "PHashMap: a key met by retain's scan is not found again (its Eq or Hash is not \
+             consistent, or the map is damaged)",
+        )
     }
 
     /// Every entry, bucket by bucket (not sorted), read in place.

@@ -159,6 +159,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// allocation, before the operation allocates anything. (A review found a handle kept
     /// after its collection was freed accepted: the operation's first allocation took the
     /// freed header's block, and the header written last pointed at itself.)
+    #[inline]
     fn header_mut(self, tx: &mut Tx<'_>) -> Result<PVec<T>> {
         tx.writable(self.offset(), std::mem::size_of::<PVec<T>>() as u64, 8)?;
         self.header(tx)
@@ -236,16 +237,21 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn set(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<T> {
-        tx.all_or_none("PVec::set", |tx| {
-            let h = self.header(tx)?;
-            let p = Self::elements(&h).get(i).ok_or(Error::IndexOutOfRange {
-                index: i,
-                len: h.len,
-            })?;
-            let old = *tx.get(p)?;
-            tx.set(p, value)?;
-            Ok(old)
-        })
+        let op = tx.op_begin("PVec::set");
+        let r = self.set_body(tx, i, value);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn set_body(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<T> {
+        let h = self.header(tx)?;
+        let p = Self::elements(&h).get(i).ok_or(Error::IndexOutOfRange {
+            index: i,
+            len: h.len,
+        })?;
+        let old = *tx.get(p)?;
+        tx.set(p, value)?;
+        Ok(old)
     }
 
     /// Make room for at least `additional` more elements (growing to the next power of two).
@@ -260,23 +266,28 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn reserve(self, tx: &mut Tx<'_>, additional: u64) -> Result<()> {
-        tx.all_or_none("PVec::reserve", |tx| {
-            let mut h = self.header_mut(tx)?;
-            let need = h.len.checked_add(additional).ok_or(Error::ObjectTooLarge {
-                requested: u64::MAX,
-                max: crate::alloc::OBJECT_SIZE_MAX,
-            })?;
-            if need <= h.cap {
-                return Ok(());
-            }
-            let cap = need.max(4).checked_next_power_of_two().unwrap_or(need);
-            let old = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-            let new = tx.realloc_slice(old, h.len, cap)?;
-            h.buf = new.offset();
-            h.cap = new.len();
-            h.elem = T::ID;
-            tx.set(self, h)
-        })
+        let op = tx.op_begin("PVec::reserve");
+        let r = self.reserve_body(tx, additional);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn reserve_body(self, tx: &mut Tx<'_>, additional: u64) -> Result<()> {
+        let mut h = self.header_mut(tx)?;
+        let need = h.len.checked_add(additional).ok_or(Error::ObjectTooLarge {
+            requested: u64::MAX,
+            max: crate::alloc::OBJECT_SIZE_MAX,
+        })?;
+        if need <= h.cap {
+            return Ok(());
+        }
+        let cap = need.max(4).checked_next_power_of_two().unwrap_or(need);
+        let old = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+        let new = tx.realloc_slice(old, h.len, cap)?;
+        h.buf = new.offset();
+        h.cap = new.len();
+        h.elem = T::ID;
+        tx.set(self, h)
     }
 
     /// Shrink the buffer to the length: a large buffer gives back the 256 KiB chunks it no
@@ -298,21 +309,26 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn shrink_to_fit(self, tx: &mut Tx<'_>) -> Result<()> {
-        tx.all_or_none("PVec::shrink_to_fit", |tx| {
-            let mut h = self.header_mut(tx)?;
-            if h.cap == h.len {
-                return Ok(());
-            }
-            let old = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-            if h.len == 0 {
-                tx.free_slice(old)?;
-                h.buf = 0;
-            } else {
-                h.buf = tx.realloc_slice(old, h.len, h.len)?.offset();
-            }
-            h.cap = h.len;
-            tx.set(self, h)
-        })
+        let op = tx.op_begin("PVec::shrink_to_fit");
+        let r = self.shrink_to_fit_body(tx);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn shrink_to_fit_body(self, tx: &mut Tx<'_>) -> Result<()> {
+        let mut h = self.header_mut(tx)?;
+        if h.cap == h.len {
+            return Ok(());
+        }
+        let old = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+        if h.len == 0 {
+            tx.free_slice(old)?;
+            h.buf = 0;
+        } else {
+            h.buf = tx.realloc_slice(old, h.len, h.len)?.offset();
+        }
+        h.cap = h.len;
+        tx.set(self, h)
     }
 
     /// Append `value`.
@@ -325,9 +341,14 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn push(self, tx: &mut Tx<'_>, value: T) -> Result<()> {
-        tx.all_or_none("PVec::push", |tx| {
-            self.extend_from_slice(tx, std::slice::from_ref(&value))
-        })
+        let op = tx.op_begin("PVec::push");
+        let r = self.push_body(tx, value);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn push_body(self, tx: &mut Tx<'_>, value: T) -> Result<()> {
+        self.extend_from_slice(tx, std::slice::from_ref(&value))
     }
 
     /// Append every element of `values`.
@@ -340,19 +361,24 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn extend_from_slice(self, tx: &mut Tx<'_>, values: &[T]) -> Result<()> {
-        tx.all_or_none("PVec::extend_from_slice", |tx| {
-            let mut h = self.header_mut(tx)?;
-            let n = values.len() as u64;
-            if h.len + n > h.cap {
-                self.reserve(tx, n)?;
-                h = self.header(tx)?;
-            }
-            let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-            tx.write_slice(buf, h.len, values)?;
-            h.len += n;
-            h.elem = T::ID;
-            tx.set(self, h)
-        })
+        let op = tx.op_begin("PVec::extend_from_slice");
+        let r = self.extend_from_slice_body(tx, values);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn extend_from_slice_body(self, tx: &mut Tx<'_>, values: &[T]) -> Result<()> {
+        let mut h = self.header_mut(tx)?;
+        let n = values.len() as u64;
+        if h.len + n > h.cap {
+            self.reserve(tx, n)?;
+            h = self.header(tx)?;
+        }
+        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+        tx.write_slice(buf, h.len, values)?;
+        h.len += n;
+        h.elem = T::ID;
+        tx.set(self, h)
     }
 
     /// Remove and return the last element.
@@ -370,16 +396,21 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn pop(self, tx: &mut Tx<'_>) -> Result<Option<T>> {
-        tx.all_or_none("PVec::pop", |tx| {
-            let mut h = self.header_mut(tx)?;
-            if h.len == 0 {
-                return Ok(None);
-            }
-            let last = *tx.get(Self::elements(&h).get(h.len - 1).expect("len > 0"))?;
-            h.len -= 1;
-            tx.set(self, h)?;
-            Ok(Some(last))
-        })
+        let op = tx.op_begin("PVec::pop");
+        let r = self.pop_body(tx);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn pop_body(self, tx: &mut Tx<'_>) -> Result<Option<T>> {
+        let mut h = self.header_mut(tx)?;
+        if h.len == 0 {
+            return Ok(None);
+        }
+        let last = *tx.get(Self::elements(&h).get(h.len - 1).expect("len > 0"))?;
+        h.len -= 1;
+        tx.set(self, h)?;
+        Ok(Some(last))
     }
 
     /// Insert `value` at `i`, shifting the later elements up.
@@ -397,21 +428,26 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn insert(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<()> {
-        tx.all_or_none("PVec::insert", |tx| {
-            let h = self.header(tx)?;
-            if i > h.len {
-                return Err(Error::IndexOutOfRange {
-                    index: i,
-                    len: h.len,
-                });
-            }
-            let tail: Vec<T> = self.as_slice(tx)?[i as usize..].to_vec();
-            self.push(tx, value)?;
-            let h = self.header(tx)?;
-            let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-            tx.write_slice(buf, i, std::slice::from_ref(&value))?;
-            tx.write_slice(buf, i + 1, &tail)
-        })
+        let op = tx.op_begin("PVec::insert");
+        let r = self.insert_body(tx, i, value);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn insert_body(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<()> {
+        let h = self.header(tx)?;
+        if i > h.len {
+            return Err(Error::IndexOutOfRange {
+                index: i,
+                len: h.len,
+            });
+        }
+        let tail: Vec<T> = self.as_slice(tx)?[i as usize..].to_vec();
+        self.push(tx, value)?;
+        let h = self.header(tx)?;
+        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+        tx.write_slice(buf, i, std::slice::from_ref(&value))?;
+        tx.write_slice(buf, i + 1, &tail)
     }
 
     /// Remove and return element `i`, shifting the later elements down; `i` at or past the
@@ -430,23 +466,28 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn remove(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
-        tx.all_or_none("PVec::remove", |tx| {
-            let mut h = self.header_mut(tx)?;
-            if i >= h.len {
-                return Err(Error::IndexOutOfRange {
-                    index: i,
-                    len: h.len,
-                });
-            }
-            let all = self.as_slice(tx)?;
-            let removed = all[i as usize];
-            let tail: Vec<T> = all[i as usize + 1..].to_vec();
-            let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-            tx.write_slice(buf, i, &tail)?;
-            h.len -= 1;
-            tx.set(self, h)?;
-            Ok(removed)
-        })
+        let op = tx.op_begin("PVec::remove");
+        let r = self.remove_body(tx, i);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn remove_body(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
+        let mut h = self.header_mut(tx)?;
+        if i >= h.len {
+            return Err(Error::IndexOutOfRange {
+                index: i,
+                len: h.len,
+            });
+        }
+        let all = self.as_slice(tx)?;
+        let removed = all[i as usize];
+        let tail: Vec<T> = all[i as usize + 1..].to_vec();
+        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+        tx.write_slice(buf, i, &tail)?;
+        h.len -= 1;
+        tx.set(self, h)?;
+        Ok(removed)
     }
 
     /// Remove and return element `i`, moving the last element into its place (no shift: one
@@ -467,23 +508,28 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn swap_remove(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
-        tx.all_or_none("PVec::swap_remove", |tx| {
-            let mut h = self.header_mut(tx)?;
-            if i >= h.len {
-                return Err(Error::IndexOutOfRange {
-                    index: i,
-                    len: h.len,
-                });
-            }
-            let all = self.as_slice(tx)?;
-            let (removed, last) = (all[i as usize], all[h.len as usize - 1]);
-            if i + 1 < h.len {
-                tx.set(Self::elements(&h).get(i).expect("i < len"), last)?;
-            }
-            h.len -= 1;
-            tx.set(self, h)?;
-            Ok(removed)
-        })
+        let op = tx.op_begin("PVec::swap_remove");
+        let r = self.swap_remove_body(tx, i);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn swap_remove_body(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
+        let mut h = self.header_mut(tx)?;
+        if i >= h.len {
+            return Err(Error::IndexOutOfRange {
+                index: i,
+                len: h.len,
+            });
+        }
+        let all = self.as_slice(tx)?;
+        let (removed, last) = (all[i as usize], all[h.len as usize - 1]);
+        if i + 1 < h.len {
+            tx.set(Self::elements(&h).get(i).expect("i < len"), last)?;
+        }
+        h.len -= 1;
+        tx.set(self, h)?;
+        Ok(removed)
     }
 
     /// Keep only the elements for which `keep` is true (given each element's borrowed form:
@@ -503,34 +549,39 @@ impl<T: Element> PPtr<PVec<T>> {
     /// })?;
     /// # Ok::<(), txheap::Error>(())
     /// ```
-    pub fn retain(self, tx: &mut Tx<'_>, mut keep: impl FnMut(&T::Input) -> bool) -> Result<u64> {
-        tx.all_or_none("PVec::retain", |tx| {
-            let mut h = self.header_mut(tx)?;
-            let mut kept = Vec::new();
-            let mut gone = Vec::new();
-            let mut first = None;
-            for (i, e) in self.as_slice(tx)?.iter().enumerate() {
-                if keep(T::load(e, tx)?) {
-                    if first.is_some() {
-                        kept.push(*e);
-                    }
-                } else {
-                    first.get_or_insert(i);
-                    gone.push(*e);
+    pub fn retain(self, tx: &mut Tx<'_>, keep: impl FnMut(&T::Input) -> bool) -> Result<u64> {
+        let op = tx.op_begin("PVec::retain");
+        let r = self.retain_body(tx, keep);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn retain_body(self, tx: &mut Tx<'_>, mut keep: impl FnMut(&T::Input) -> bool) -> Result<u64> {
+        let mut h = self.header_mut(tx)?;
+        let mut kept = Vec::new();
+        let mut gone = Vec::new();
+        let mut first = None;
+        for (i, e) in self.as_slice(tx)?.iter().enumerate() {
+            if keep(T::load(e, tx)?) {
+                if first.is_some() {
+                    kept.push(*e);
                 }
+            } else {
+                first.get_or_insert(i);
+                gone.push(*e);
             }
-            let Some(first) = first else {
-                return Ok(0);
-            };
-            let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-            tx.write_slice(buf, first as u64, &kept)?;
-            for e in &gone {
-                e.release(tx)?;
-            }
-            h.len = first as u64 + kept.len() as u64;
-            tx.set(self, h)?;
-            Ok(gone.len() as u64)
-        })
+        }
+        let Some(first) = first else {
+            return Ok(0);
+        };
+        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
+        tx.write_slice(buf, first as u64, &kept)?;
+        for e in &gone {
+            e.release(tx)?;
+        }
+        h.len = first as u64 + kept.len() as u64;
+        tx.set(self, h)?;
+        Ok(gone.len() as u64)
     }
 
     /// The elements in place for changing them together (sort, reverse, fill): the elements
@@ -587,18 +638,23 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn truncate(self, tx: &mut Tx<'_>, len: u64) -> Result<()> {
-        tx.all_or_none("PVec::truncate", |tx| {
-            let mut h = self.header_mut(tx)?;
-            if len >= h.len {
-                return Ok(());
-            }
-            let dropped: Vec<T> = self.as_slice(tx)?[len as usize..].to_vec();
-            for e in dropped {
-                e.release(tx)?;
-            }
-            h.len = len;
-            tx.set(self, h)
-        })
+        let op = tx.op_begin("PVec::truncate");
+        let r = self.truncate_body(tx, len);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn truncate_body(self, tx: &mut Tx<'_>, len: u64) -> Result<()> {
+        let mut h = self.header_mut(tx)?;
+        if len >= h.len {
+            return Ok(());
+        }
+        let dropped: Vec<T> = self.as_slice(tx)?[len as usize..].to_vec();
+        for e in dropped {
+            e.release(tx)?;
+        }
+        h.len = len;
+        tx.set(self, h)
     }
 
     /// Remove every element (releasing them), keeping the buffer.
@@ -616,7 +672,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
-        tx.all_or_none("PVec::clear", |tx| self.truncate(tx, 0))
+        self.truncate(tx, 0)
     }
 
     /// Release every element, free the buffer and leave an empty vector (the header stays
@@ -634,23 +690,28 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn destroy(self, tx: &mut Tx<'_>) -> Result<()> {
-        tx.all_or_none("PVec::destroy", |tx| {
-            self.clear(tx)?;
-            let h = self.header(tx)?;
-            if h.buf != 0 {
-                tx.free_slice(PSlice::<T>::from_raw_parts(h.buf, h.cap))?;
-            }
-            tx.set(
-                self,
-                PVec {
-                    buf: 0,
-                    cap: 0,
-                    len: 0,
-                    elem: T::ID,
-                    _t: PhantomData,
-                },
-            )
-        })
+        let op = tx.op_begin("PVec::destroy");
+        let r = self.destroy_body(tx);
+        tx.op_end(op, &r);
+        r
+    }
+
+    fn destroy_body(self, tx: &mut Tx<'_>) -> Result<()> {
+        self.clear(tx)?;
+        let h = self.header(tx)?;
+        if h.buf != 0 {
+            tx.free_slice(PSlice::<T>::from_raw_parts(h.buf, h.cap))?;
+        }
+        tx.set(
+            self,
+            PVec {
+                buf: 0,
+                cap: 0,
+                len: 0,
+                elem: T::ID,
+                _t: PhantomData,
+            },
+        )
     }
 
     /// Call `f` with the start offset of every allocation the vector holds: its buffer and
