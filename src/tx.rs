@@ -67,16 +67,12 @@ pub struct Tx<'h> {
     mem_ops: u64,
     /// The first operation that failed after changing part of what it changes: an allocator
     /// operation (staged entries, journaled changes, growth), or a collection's operation
-    /// ([`Tx::op_begin`]). The transaction may go on, but `commit` refuses with
+    /// ([`Tx::op`]). The transaction may go on, but `commit` refuses with
     /// `Error::AllocatorInterrupted` or `Error::CollectionInterrupted` and rolls it back.
     interrupted: Option<Interruption>,
     /// Changes made so far: staged writes and allocator operations that changed something
-    /// ([`Tx::op_end`] compares it before and after an operation that failed).
+    /// ([`Tx::op`] compares it before and after an operation that failed).
     changes: u64,
-    /// The outermost collection operation begun and not ended ([`Tx::op_begin`]), with the
-    /// count of changes when it began: still there at commit, it panicked part-way (the panic
-    /// caught inside the transaction).
-    running: Option<(&'static str, u64)>,
     /// Nested scopes open ([`Tx::nested`]); the bytes their writes replaced are kept in the
     /// writer's [`Nest`] (reused, as the stage is, so that a transaction without scopes
     /// builds and drops nothing for them).
@@ -122,14 +118,6 @@ struct Scope {
     header: HeapHeader,
     new_runs: u32,
     interrupted: Option<Interruption>,
-    running: Option<(&'static str, u64)>,
-}
-
-/// A collection operation in progress ([`Tx::op_begin`]).
-pub(crate) struct OpMark {
-    operation: &'static str,
-    before: u64,
-    outer: bool,
 }
 
 /// Why a transaction can no longer commit (see `Tx::interrupted`).
@@ -302,7 +290,6 @@ impl<'h> Tx<'h> {
             mem_ops: 0,
             interrupted: None,
             changes: 0,
-            running: None,
             depth: 0,
             done: false,
             _not_send: std::marker::PhantomData,
@@ -415,7 +402,7 @@ impl<'h> Tx<'h> {
     #[inline(always)]
     fn stage_unsaved(&mut self, off: u64, len: u64) -> Result<&mut [u8]> {
         // Inside a fresh run's block area staged whole: fresh bytes, no log budget, no fill.
-        // (Every way here counts one change, a refusal none: `Tx::op_end`.)
+        // (Every way here counts one change, a refusal none: `Tx::op`.)
         if let Some(i) = self.stage.area_index(off, len) {
             self.changes += 1;
             return Ok(self.stage.area_mut(i, off, len));
@@ -542,36 +529,35 @@ impl<'h> Tx<'h> {
         }
     }
 
-    /// Begin a collection's `operation` (`"PBTreeMap::insert"`), to end with [`Tx::op_end`]:
-    /// together they make it one step. If it fails after it changed something (a node split,
-    /// then its parent's write refused as `TransactionTooLarge`), or panics after a change and
-    /// the panic is caught inside the transaction, the transaction can no longer commit
-    /// (`Error::CollectionInterrupted` at commit, and it rolls back), as after an allocator
-    /// operation that failed part-way; one that fails before changing anything leaves the
-    /// transaction as it was. (A review found a map's half-done `insert` or `remove`, its error
-    /// ignored, committed: keys lost, blocks leaked, `check` failing.) [`Tx::nested`] around the
-    /// call undoes the part instead, and the transaction goes on.
+    /// Run a collection's `operation` (`"PBTreeMap::insert"`, its body `f`) as one step. If it
+    /// fails after it changed something (a node split, then its parent's write refused as
+    /// `TransactionTooLarge`), or panics after a change (the panic caught inside the
+    /// transaction), the transaction can no longer commit (`Error::CollectionInterrupted` at
+    /// commit, and it rolls back), as after an allocator operation that failed part-way; one
+    /// that fails or panics before changing anything leaves the transaction as it was. (A
+    /// review found a map's half-done `insert` or `remove`, its error ignored, committed: keys
+    /// lost, blocks leaked, `check` failing.) [`Tx::nested`] around the call undoes the part
+    /// instead, and the transaction goes on.
     #[inline(always)]
-    pub(crate) fn op_begin(&mut self, operation: &'static str) -> OpMark {
-        let outer = self.running.is_none();
-        if outer {
-            self.running = Some((operation, self.changes));
-        }
-        OpMark {
-            operation,
-            before: self.changes,
-            outer,
-        }
-    }
-
-    /// End the operation `m` began, with its result `r`.
-    #[inline(always)]
-    pub(crate) fn op_end<R>(&mut self, m: OpMark, r: &Result<R>) {
-        if m.outer {
-            self.running = None;
-        }
-        if let Err(e) = r {
-            self.note_interrupted(m.operation, &e.to_string(), m.before);
+    pub(crate) fn op<R>(
+        &mut self,
+        operation: &'static str,
+        f: impl FnOnce(&mut Self) -> Result<R>,
+    ) -> Result<R> {
+        let before = self.changes;
+        // (The mark is set where the panic passes, not at commit: a later change would else
+        // count as this operation's, found by review.)
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+            Ok(r) => {
+                if let Err(e) = &r {
+                    self.note_interrupted(operation, &e.to_string(), before);
+                }
+                r
+            }
+            Err(panic) => {
+                self.note_interrupted(operation, "it panicked part-way", before);
+                std::panic::resume_unwind(panic)
+            }
         }
     }
 
@@ -598,7 +584,6 @@ impl<'h> Tx<'h> {
             header: self.header,
             new_runs: self.new_runs,
             interrupted: self.interrupted.clone(),
-            running: self.running,
         }
     }
 
@@ -664,8 +649,6 @@ impl<'h> Tx<'h> {
         // place at commit, so they stay exempt from the log's budget.)
         self.new_runs = sc.new_runs;
         self.interrupted = sc.interrupted;
-        // (An operation begun inside the scope and cut short by a panic is undone with it.)
-        self.running = sc.running;
         // A `Writable` made inside the scope may name space that is free again.
         self.mem_ops += 1;
         #[cfg(debug_assertions)]
@@ -884,7 +867,7 @@ impl<'h> Tx<'h> {
             Err(e) => {
                 // Its bitmap word or header is staged already, so this free costs no budget.
                 if self.mem_op(|a, m| a.free(m, off)).is_ok() {
-                    // Nothing of the call is left: no change (`Tx::op_end`; a review found a
+                    // Nothing of the call is left: no change (`Tx::op`; a review found a
                     // `PBytes::new` refused at once marking its transaction).
                     self.changes = before;
                 }
@@ -1234,10 +1217,6 @@ impl<'h> Tx<'h> {
     /// the writer lock is released; a transaction that wrote nothing still waits for the frames
     /// it could read that are not durable yet.
     pub(crate) fn commit(mut self) -> Result<Option<u64>> {
-        if let Some((operation, before)) = self.running.take() {
-            // An operation that panicked, the panic caught inside the transaction.
-            self.note_interrupted(operation, "it panicked part-way", before);
-        }
         if let Some(cause) = self.interrupted.take() {
             // Dropped without `done`: the journal restores the allocator, the stage is cleared.
             return Err(match cause {

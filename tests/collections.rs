@@ -1708,3 +1708,107 @@ fn a_map_operation_that_panics_part_way_never_commits_half_done() {
         "no removal panicked part-way: the check met nothing"
     );
 }
+
+/// Panics that change nothing (a `retain` predicate's before the first removal, a key's `Hash`
+/// at a removal's first hash), caught inside the transaction: later writes still commit,
+/// inside or outside `Tx::nested`. (A review found the first version marking such a
+/// transaction at commit, counting the later writes as the panicked operation's.)
+#[test]
+fn panics_that_change_nothing_leave_the_transaction_committable() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("calm.heap"), Options::new()).unwrap();
+    let (v, m) = heap
+        .transaction(|tx| {
+            let v = PVec::<u64>::new(tx)?;
+            v.extend_from_slice(tx, &[1, 2, 3])?;
+            let m = PHashMap::<Touchy, u64>::new(tx)?;
+            m.insert(tx, &Touchy(1), &1)?;
+            Ok((v, m))
+        })
+        .unwrap();
+    heap.transaction(|tx| {
+        let c = catch_unwind(AssertUnwindSafe(|| v.retain(tx, |_| panic!("the predicate"))));
+        assert!(c.is_err());
+        HASHES_LEFT.store(0, Ordering::SeqCst);
+        let c = catch_unwind(AssertUnwindSafe(|| m.remove(tx, &Touchy(1))));
+        HASHES_LEFT.store(u64::MAX, Ordering::SeqCst);
+        assert!(c.is_err());
+        v.push(tx, 4)?;
+        tx.nested(|tx| v.push(tx, 5))?;
+        let undone = tx.nested(|tx| {
+            v.push(tx, 6)?;
+            Err::<(), _>(Error::NullPointer)
+        });
+        assert!(undone.is_err());
+        Ok(())
+    })
+    .unwrap();
+    let got = heap.read(|r| Ok(v.as_slice(r)?.to_vec())).unwrap();
+    assert_eq!(got, [1, 2, 3, 4, 5]);
+}
+
+/// `get_or_insert` is one step: a panic in its lookup after its insert (the key's third hash)
+/// fails the commit, and the insert is not committed. (A review found the insert committed.)
+#[test]
+fn get_or_insert_is_one_step() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("goi.heap"), Options::new()).unwrap();
+    let m = heap
+        .transaction(|tx| {
+            let m = PHashMap::<Touchy, u64>::new(tx)?;
+            m.insert(tx, &Touchy(100), &1)?;
+            Ok(m)
+        })
+        .unwrap();
+    let r = heap.transaction(|tx| {
+        HASHES_LEFT.store(2, Ordering::SeqCst);
+        let c = catch_unwind(AssertUnwindSafe(|| m.get_or_insert(tx, &Touchy(5), &9)));
+        HASHES_LEFT.store(u64::MAX, Ordering::SeqCst);
+        assert!(c.is_err());
+        Ok(())
+    });
+    match r {
+        Err(Error::CollectionInterrupted { operation, .. }) => {
+            assert_eq!(operation, "PHashMap::get_or_insert")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(heap.read(|r| m.len(r)).unwrap(), 1);
+}
+
+/// A value the heap cannot hold, refused at once (`OutOfSpace`), changes nothing, whether the
+/// map is empty or not and whatever its key: the transaction commits the rest. (A review found
+/// the first insert into an empty map, and inserts with byte-string keys, marked.)
+#[test]
+fn a_value_too_large_for_the_heap_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::new().initial_size(1 << 20).max_size(20 << 20);
+    let heap = Heap::create(dir.path().join("big.heap"), opts).unwrap();
+    let (a, b, c) = heap
+        .transaction(|tx| {
+            let a = PBTreeMap::<u64, PBytes>::new(tx)?;
+            let b = PHashMap::<u64, PBytes>::new(tx)?;
+            let c = PHashMap::<PBytes, PBytes>::new(tx)?;
+            c.insert(tx, b"k", b"v")?;
+            Ok((a, b, c))
+        })
+        .unwrap();
+    let big = vec![7u8; 40 << 20];
+    heap.transaction(|tx| {
+        assert!(matches!(a.insert(tx, &1, &big), Err(Error::OutOfSpace { .. })));
+        assert!(matches!(b.insert(tx, &1, &big), Err(Error::OutOfSpace { .. })));
+        assert!(matches!(c.insert(tx, b"new", &big), Err(Error::OutOfSpace { .. })));
+        a.insert(tx, &2, b"small")?;
+        Ok(())
+    })
+    .unwrap();
+    heap.read(|r| {
+        assert_eq!((a.len(r)?, b.len(r)?, c.len(r)?), (1, 0, 1));
+        a.check(r)?;
+        b.check(r)?;
+        c.check(r)
+    })
+    .unwrap();
+}

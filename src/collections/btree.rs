@@ -896,14 +896,17 @@ where
     where
         V: Element<Input = V>,
     {
-        super::get_or_insert(
-            tx,
-            |tx| self.get_mut(tx, key),
-            |tx| self.insert(tx, key, value),
-            self.offset(),
-            "PBTreeMap: a key inserted by get_or_insert is not found again (its Ord is not \
-             consistent, or the map is damaged)",
-        )
+        // (One step: its insert is one, and the lookup after it fails it too: found by review.)
+        tx.op("PBTreeMap::get_or_insert", |tx| {
+            super::get_or_insert(
+                tx,
+                |tx| self.get_mut(tx, key),
+                |tx| self.insert(tx, key, value),
+                self.offset(),
+                "PBTreeMap: a key inserted by get_or_insert is not found again (its Ord is not \
+                 consistent, or the map is damaged)",
+            )
+        })
     }
 
     /// Keep only the entries for which `keep(key, value)` is true, removing the others (their
@@ -928,10 +931,7 @@ where
         tx: &mut Tx<'_>,
         keep: impl FnMut(&K::Input, &V::Input) -> bool,
     ) -> Result<u64> {
-        let op = tx.op_begin("PBTreeMap::retain");
-        let r = self.retain_body(tx, keep);
-        tx.op_end(op, &r);
-        r
+        tx.op("PBTreeMap::retain", |tx| self.retain_body(tx, keep))
     }
 
     fn retain_body(
@@ -978,10 +978,7 @@ where
         self,
         tx: &mut Tx<'_>,
     ) -> Result<Option<(<K::Input as ToOwned>::Owned, <V::Input as ToOwned>::Owned)>> {
-        let op = tx.op_begin("PBTreeMap::pop_first");
-        let r = self.pop_first_body(tx);
-        tx.op_end(op, &r);
-        r
+        tx.op("PBTreeMap::pop_first", |tx| self.pop_first_body(tx))
     }
 
     #[allow(clippy::type_complexity)]
@@ -1012,10 +1009,7 @@ where
         self,
         tx: &mut Tx<'_>,
     ) -> Result<Option<(<K::Input as ToOwned>::Owned, <V::Input as ToOwned>::Owned)>> {
-        let op = tx.op_begin("PBTreeMap::pop_last");
-        let r = self.pop_last_body(tx);
-        tx.op_end(op, &r);
-        r
+        tx.op("PBTreeMap::pop_last", |tx| self.pop_last_body(tx))
     }
 
     #[allow(clippy::type_complexity)]
@@ -1104,15 +1098,16 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn insert(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
-        let op = tx.op_begin("PBTreeMap::insert");
-        let r = self.insert_body(tx, key, value);
-        tx.op_end(op, &r);
-        r
+        tx.op("PBTreeMap::insert", |tx| self.insert_body(tx, key, value))
     }
 
     fn insert_body(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
         let g = Self::GEO;
         let mut h = self.header_mut(tx)?;
+        // The value first, before the first node: a value the heap cannot hold is refused
+        // before the insert changed anything (`Tx::op`; a review found the first insert into an
+        // empty map, refused so, marking its transaction).
+        let v = V::store(tx, value)?;
         if h.height == 0 {
             h.root = Self::alloc_node(&g, tx, 0)?;
             h.height = 1;
@@ -1123,7 +1118,6 @@ where
             Ok(i) => {
                 let slot = Self::slots(&g, leaf, tx)?[i];
                 let old = *Self::slot_val(leaf.at, Self::vals(&g, leaf, tx)?, slot)?;
-                let v = V::store(tx, value)?;
                 let s = slot as usize;
                 Self::edit(tx, leaf.at, 0)?.part::<V>(g.vals_at, s, s + 1)?[0] = v;
                 old.release(tx)?;
@@ -1132,7 +1126,6 @@ where
             Err(i) => i,
         };
         let k = K::store(tx, key)?;
-        let v = V::store(tx, value)?;
         let mut split = Self::leaf_insert(&g, tx, leaf, i, k, v)?;
         for &(n, ci) in path.inner.upward() {
             let Some((sep, right)) = split else { break };
@@ -1277,10 +1270,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn remove(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
-        let op = tx.op_begin("PBTreeMap::remove");
-        let r = self.remove_body(tx, key);
-        tx.op_end(op, &r);
-        r
+        tx.op("PBTreeMap::remove", |tx| self.remove_body(tx, key))
     }
 
     fn remove_body(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
@@ -1522,10 +1512,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
-        let op = tx.op_begin("PBTreeMap::clear");
-        let r = self.clear_body(tx);
-        tx.op_end(op, &r);
-        r
+        tx.op("PBTreeMap::clear", |tx| self.clear_body(tx))
     }
 
     fn clear_body(self, tx: &mut Tx<'_>) -> Result<()> {

@@ -35,10 +35,7 @@ impl PBytes {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn new(tx: &mut Tx<'_>, bytes: &[u8]) -> Result<PBytes> {
-        let op = tx.op_begin("PBytes::new");
-        let r = Self::new_body(tx, bytes);
-        tx.op_end(op, &r);
-        r
+        tx.op("PBytes::new", |tx| Self::new_body(tx, bytes))
     }
 
     fn new_body(tx: &mut Tx<'_>, bytes: &[u8]) -> Result<PBytes> {

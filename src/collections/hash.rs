@@ -658,14 +658,17 @@ where
     where
         V: Element<Input = V>,
     {
-        super::get_or_insert(
-            tx,
-            |tx| self.get_mut(tx, key),
-            |tx| self.insert(tx, key, value),
-            self.offset(),
-            "PHashMap: a key inserted by get_or_insert is not found again (its Eq is not \
-             reflexive, or the map is damaged)",
-        )
+        // (One step: its insert is one, and the lookup after it fails it too: found by review.)
+        tx.op("PHashMap::get_or_insert", |tx| {
+            super::get_or_insert(
+                tx,
+                |tx| self.get_mut(tx, key),
+                |tx| self.insert(tx, key, value),
+                self.offset(),
+                "PHashMap: a key inserted by get_or_insert is not found again (its Eq is not \
+                 reflexive, or the map is damaged)",
+            )
+        })
     }
 
     /// Insert `key` -> `value`. Returns whether the key was present (its old value is then
@@ -684,15 +687,15 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn insert(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
-        let op = tx.op_begin("PHashMap::insert");
-        let r = self.insert_body(tx, key, value);
-        tx.op_end(op, &r);
-        r
+        tx.op("PHashMap::insert", |tx| self.insert_body(tx, key, value))
     }
 
     fn insert_body(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
         let mut h = self.header_mut(tx)?;
         let g = Geo::of::<K, V>();
+        // The value first, before the first bucket: a value the heap cannot hold is refused
+        // before the insert changed anything (`Tx::op`; found by review).
+        let v = V::store(tx, value)?;
         if h.dir == 0 {
             let r = std::collections::hash_map::RandomState::new();
             h.seed0 = r.hash_one(0x5eed_u64);
@@ -708,7 +711,6 @@ where
                 Probe::Found(i, _) => {
                     let vp = Self::val_ptr(&g, b, i);
                     let old = *tx.get(vp)?;
-                    let v = V::store(tx, value)?;
                     // (A zero-sized value's place is one past its slot, at the bucket's end for
                     // the last one: nothing to write, and writing it was refused as outside the
                     // bucket: found by review.)
@@ -720,7 +722,6 @@ where
                 }
                 Probe::Vacant(i) => {
                     let k = K::store(tx, key)?;
-                    let v = V::store(tx, value)?;
                     // The slot and its fingerprint byte lie in one bucket: one writability
                     // check for both (made after the stores, which may allocate).
                     let w = tx.writable(b, g.bytes, 1)?;
@@ -892,10 +893,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn remove(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
-        let op = tx.op_begin("PHashMap::remove");
-        let r = self.remove_body(tx, key);
-        tx.op_end(op, &r);
-        r
+        tx.op("PHashMap::remove", |tx| self.remove_body(tx, key))
     }
 
     fn remove_body(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
@@ -1074,10 +1072,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
-        let op = tx.op_begin("PHashMap::clear");
-        let r = self.clear_body(tx);
-        tx.op_end(op, &r);
-        r
+        tx.op("PHashMap::clear", |tx| self.clear_body(tx))
     }
 
     fn clear_body(self, tx: &mut Tx<'_>) -> Result<()> {
@@ -1150,10 +1145,7 @@ where
     where
         K::Input: ToOwned,
     {
-        let op = tx.op_begin("PHashMap::retain");
-        let r = self.retain_body(tx, keep);
-        tx.op_end(op, &r);
-        r
+        tx.op("PHashMap::retain", |tx| self.retain_body(tx, keep))
     }
 
     fn retain_body(

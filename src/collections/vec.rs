@@ -237,10 +237,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn set(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<T> {
-        let op = tx.op_begin("PVec::set");
-        let r = self.set_body(tx, i, value);
-        tx.op_end(op, &r);
-        r
+        tx.op("PVec::set", |tx| self.set_body(tx, i, value))
     }
 
     fn set_body(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<T> {
@@ -266,10 +263,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn reserve(self, tx: &mut Tx<'_>, additional: u64) -> Result<()> {
-        let op = tx.op_begin("PVec::reserve");
-        let r = self.reserve_body(tx, additional);
-        tx.op_end(op, &r);
-        r
+        tx.op("PVec::reserve", |tx| self.reserve_body(tx, additional))
     }
 
     fn reserve_body(self, tx: &mut Tx<'_>, additional: u64) -> Result<()> {
@@ -309,10 +303,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn shrink_to_fit(self, tx: &mut Tx<'_>) -> Result<()> {
-        let op = tx.op_begin("PVec::shrink_to_fit");
-        let r = self.shrink_to_fit_body(tx);
-        tx.op_end(op, &r);
-        r
+        tx.op("PVec::shrink_to_fit", |tx| self.shrink_to_fit_body(tx))
     }
 
     fn shrink_to_fit_body(self, tx: &mut Tx<'_>) -> Result<()> {
@@ -341,10 +332,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn push(self, tx: &mut Tx<'_>, value: T) -> Result<()> {
-        let op = tx.op_begin("PVec::push");
-        let r = self.push_body(tx, value);
-        tx.op_end(op, &r);
-        r
+        tx.op("PVec::push", |tx| self.push_body(tx, value))
     }
 
     fn push_body(self, tx: &mut Tx<'_>, value: T) -> Result<()> {
@@ -361,10 +349,9 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn extend_from_slice(self, tx: &mut Tx<'_>, values: &[T]) -> Result<()> {
-        let op = tx.op_begin("PVec::extend_from_slice");
-        let r = self.extend_from_slice_body(tx, values);
-        tx.op_end(op, &r);
-        r
+        tx.op("PVec::extend_from_slice", |tx| {
+            self.extend_from_slice_body(tx, values)
+        })
     }
 
     fn extend_from_slice_body(self, tx: &mut Tx<'_>, values: &[T]) -> Result<()> {
@@ -396,10 +383,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn pop(self, tx: &mut Tx<'_>) -> Result<Option<T>> {
-        let op = tx.op_begin("PVec::pop");
-        let r = self.pop_body(tx);
-        tx.op_end(op, &r);
-        r
+        tx.op("PVec::pop", |tx| self.pop_body(tx))
     }
 
     fn pop_body(self, tx: &mut Tx<'_>) -> Result<Option<T>> {
@@ -428,10 +412,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn insert(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<()> {
-        let op = tx.op_begin("PVec::insert");
-        let r = self.insert_body(tx, i, value);
-        tx.op_end(op, &r);
-        r
+        tx.op("PVec::insert", |tx| self.insert_body(tx, i, value))
     }
 
     fn insert_body(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<()> {
@@ -466,10 +447,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn remove(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
-        let op = tx.op_begin("PVec::remove");
-        let r = self.remove_body(tx, i);
-        tx.op_end(op, &r);
-        r
+        tx.op("PVec::remove", |tx| self.remove_body(tx, i))
     }
 
     fn remove_body(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
@@ -508,10 +486,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn swap_remove(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
-        let op = tx.op_begin("PVec::swap_remove");
-        let r = self.swap_remove_body(tx, i);
-        tx.op_end(op, &r);
-        r
+        tx.op("PVec::swap_remove", |tx| self.swap_remove_body(tx, i))
     }
 
     fn swap_remove_body(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
@@ -550,10 +525,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn retain(self, tx: &mut Tx<'_>, keep: impl FnMut(&T::Input) -> bool) -> Result<u64> {
-        let op = tx.op_begin("PVec::retain");
-        let r = self.retain_body(tx, keep);
-        tx.op_end(op, &r);
-        r
+        tx.op("PVec::retain", |tx| self.retain_body(tx, keep))
     }
 
     fn retain_body(self, tx: &mut Tx<'_>, mut keep: impl FnMut(&T::Input) -> bool) -> Result<u64> {
@@ -638,10 +610,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn truncate(self, tx: &mut Tx<'_>, len: u64) -> Result<()> {
-        let op = tx.op_begin("PVec::truncate");
-        let r = self.truncate_body(tx, len);
-        tx.op_end(op, &r);
-        r
+        tx.op("PVec::truncate", |tx| self.truncate_body(tx, len))
     }
 
     fn truncate_body(self, tx: &mut Tx<'_>, len: u64) -> Result<()> {
@@ -690,10 +659,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn destroy(self, tx: &mut Tx<'_>) -> Result<()> {
-        let op = tx.op_begin("PVec::destroy");
-        let r = self.destroy_body(tx);
-        tx.op_end(op, &r);
-        r
+        tx.op("PVec::destroy", |tx| self.destroy_body(tx))
     }
 
     fn destroy_body(self, tx: &mut Tx<'_>) -> Result<()> {
