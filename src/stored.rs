@@ -44,8 +44,24 @@ pub trait Stored: Pod {
     const NAME: &'static str;
     /// The fields of a struct, in declaration order; empty for other types.
     const FIELDS: &'static [Field];
-    /// The identity: name, size, alignment and, through values, every field.
+    /// The identity: name, size, alignment and, through values, every field; through a
+    /// pointer ([`PPtr`], [`PSlice`]), the target's [`Stored::SHAPE`].
     const ID: u64;
+    /// The identity with pointers counted by their target's name only: what a pointer to this
+    /// type contributes to its holder's identity (so that a recursive type has one: a
+    /// `Node { next: PPtr<Node> }` needs only `PPtr<Node>`'s shape, which needs only `Node`'s
+    /// name). It is also what files written before txheap 0.1's pointer identities recorded as
+    /// `ID`, still accepted when it matches. The default, the identity, is right for types
+    /// without pointers; the derive and the pointer and collection types define it.
+    ///
+    /// ```
+    /// use txheap::{PPtr, Stored};
+    /// assert_eq!(<u64 as Stored>::SHAPE, <u64 as Stored>::ID);
+    /// // A pointer's identity follows its target's layout, its shape only the target's name.
+    /// assert_ne!(<PPtr<[u8; 4]> as Stored>::ID, <PPtr<[u64; 4]> as Stored>::ID);
+    /// assert_eq!(<PPtr<[u8; 4]> as Stored>::SHAPE, <PPtr<[u64; 4]> as Stored>::SHAPE);
+    /// ```
+    const SHAPE: u64 = Self::ID;
     /// Whether a value can hold heap pointers (reachability walks skip the contents of types
     /// that cannot). True unless said otherwise: the integers, floats and arrays of them say
     /// false, and the derive says whether any field can.
@@ -205,6 +221,13 @@ impl<T: Stored, const N: usize> Stored for [T; N] {
         fnv_u64(leaf_id("array", "", std::mem::size_of::<Self>(), 1), T::ID),
         N as u64,
     );
+    const SHAPE: u64 = fnv_u64(
+        fnv_u64(
+            leaf_id("array", "", std::mem::size_of::<Self>(), 1),
+            T::SHAPE,
+        ),
+        N as u64,
+    );
     const HOLDS_POINTERS: bool = T::HOLDS_POINTERS && N > 0;
     fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> crate::Result<()> {
         if T::HOLDS_POINTERS {
@@ -219,8 +242,12 @@ impl<T: Stored, const N: usize> Stored for [T; N] {
 impl<T: Stored> Stored for PPtr<T> {
     const NAME: &'static str = "PPtr";
     const FIELDS: &'static [Field] = &[];
-    // Through a pointer only the target's name counts: a recursive type has an identity.
-    const ID: u64 = leaf_id("PPtr", T::NAME, 8, 8);
+    // Through a pointer the target's shape counts (its layout, pointers in it by name only):
+    // a recursive type has an identity, and a target whose layout changed changes it. (Its
+    // name alone, as before, let a `PPtr<[u32; 4]>` root field open as a `PPtr<[u64; 4]>`,
+    // and a pointed-at struct with its fields reordered: found by review.)
+    const ID: u64 = fnv_u64(leaf_id("PPtr->", "", 8, 8), T::SHAPE);
+    const SHAPE: u64 = leaf_id("PPtr", T::NAME, 8, 8);
     fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> crate::Result<()> {
         walk.pointer(*self)
     }
@@ -229,7 +256,8 @@ impl<T: Stored> Stored for PPtr<T> {
 impl<T: Stored> Stored for PSlice<T> {
     const NAME: &'static str = "PSlice";
     const FIELDS: &'static [Field] = &[];
-    const ID: u64 = leaf_id("PSlice", T::NAME, 16, 8);
+    const ID: u64 = fnv_u64(leaf_id("PSlice->", "", 16, 8), T::SHAPE);
+    const SHAPE: u64 = leaf_id("PSlice", T::NAME, 16, 8);
     fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> crate::Result<()> {
         walk.slice(*self)
     }

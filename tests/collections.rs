@@ -1728,7 +1728,9 @@ fn panics_that_change_nothing_leave_the_transaction_committable() {
         })
         .unwrap();
     heap.transaction(|tx| {
-        let c = catch_unwind(AssertUnwindSafe(|| v.retain(tx, |_| panic!("the predicate"))));
+        let c = catch_unwind(AssertUnwindSafe(|| {
+            v.retain(tx, |_| panic!("the predicate"))
+        }));
         assert!(c.is_err());
         HASHES_LEFT.store(0, Ordering::SeqCst);
         let c = catch_unwind(AssertUnwindSafe(|| m.remove(tx, &Touchy(1))));
@@ -1797,9 +1799,18 @@ fn a_value_too_large_for_the_heap_changes_nothing() {
         .unwrap();
     let big = vec![7u8; 40 << 20];
     heap.transaction(|tx| {
-        assert!(matches!(a.insert(tx, &1, &big), Err(Error::OutOfSpace { .. })));
-        assert!(matches!(b.insert(tx, &1, &big), Err(Error::OutOfSpace { .. })));
-        assert!(matches!(c.insert(tx, b"new", &big), Err(Error::OutOfSpace { .. })));
+        assert!(matches!(
+            a.insert(tx, &1, &big),
+            Err(Error::OutOfSpace { .. })
+        ));
+        assert!(matches!(
+            b.insert(tx, &1, &big),
+            Err(Error::OutOfSpace { .. })
+        ));
+        assert!(matches!(
+            c.insert(tx, b"new", &big),
+            Err(Error::OutOfSpace { .. })
+        ));
         a.insert(tx, &2, b"small")?;
         Ok(())
     })

@@ -257,3 +257,148 @@ fn migrate_root_changes_the_type_in_one_transaction() {
         .unwrap();
     assert_eq!((count, past), (8, 0));
 }
+
+mod pointee_v1 {
+    #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, txheap::Stored)]
+    #[repr(C)]
+    pub struct Node {
+        pub a: u32,
+        pub b: u32,
+    }
+    #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, txheap::Stored)]
+    #[repr(C)]
+    pub struct Holder {
+        pub node: txheap::PPtr<Node>,
+        pub items: txheap::PPtr<[u32; 4]>,
+    }
+}
+
+mod pointee_v2 {
+    // The pointed-at struct's fields reordered.
+    #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, txheap::Stored)]
+    #[repr(C)]
+    pub struct Node {
+        pub b: u32,
+        pub a: u32,
+    }
+    #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, txheap::Stored)]
+    #[repr(C)]
+    pub struct Holder {
+        pub node: txheap::PPtr<Node>,
+        pub items: txheap::PPtr<[u32; 4]>,
+    }
+}
+
+mod pointee_v3 {
+    // The pointed-at array's element type changed.
+    pub use super::pointee_v1::Node;
+    #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, txheap::Stored)]
+    #[repr(C)]
+    pub struct Holder {
+        pub node: txheap::PPtr<Node>,
+        pub items: txheap::PPtr<[u64; 4]>,
+    }
+}
+
+#[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, Stored)]
+#[repr(transparent)]
+struct Wrap<T>(T);
+
+/// A pointer's identity follows the layout of what it points at (its shape: pointers inside by
+/// name only), not only its name: arrays, generic types, pointers to pointers and collections
+/// of pointers differ with their target. (A review found `PPtr<[u8; 1]>` and
+/// `PPtr<[u64; 512]>` one identity, and a root whose pointed-at struct had its fields reordered
+/// opened silently, its values swapped.)
+#[test]
+fn a_pointer_identity_follows_its_target_layout() {
+    use txheap::{PSlice, PVec};
+    assert_ne!(<PPtr<[u8; 1]>>::ID, <PPtr<[u64; 512]>>::ID);
+    assert_ne!(<PSlice<[u8; 2]>>::ID, <PSlice<[f64; 9]>>::ID);
+    assert_ne!(<PPtr<PPtr<u8>>>::ID, <PPtr<PPtr<u64>>>::ID);
+    assert_ne!(<PPtr<Wrap<u8>>>::ID, <PPtr<Wrap<u64>>>::ID);
+    assert_ne!(<PVec<PPtr<[u8; 4]>>>::ID, <PVec<PPtr<[u64; 64]>>>::ID);
+    assert_ne!(pointee_v1::Holder::ID, pointee_v2::Holder::ID);
+    assert_ne!(pointee_v1::Holder::ID, pointee_v3::Holder::ID);
+    // (A recursive type still has one.)
+    #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, Stored)]
+    #[repr(C)]
+    struct List {
+        next: PPtr<List>,
+        items: PVec<PPtr<List>>,
+    }
+    assert_ne!(List::ID, 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pointee.heap");
+    let heap = Heap::create(&path, Options::new()).unwrap();
+    heap.transaction(|tx| {
+        let node = tx.alloc(pointee_v1::Node { a: 1, b: 2 })?;
+        let items = tx.alloc([1u32, 2, 3, 4])?;
+        let r = tx.root::<pointee_v1::Holder>()?;
+        *tx.get_mut(r)? = pointee_v1::Holder { node, items };
+        Ok(())
+    })
+    .unwrap();
+    heap.close().unwrap();
+    let heap = Heap::open(&path, Options::new()).unwrap();
+    for r in [
+        heap.read(|r| r.root::<pointee_v2::Holder>().map(|_| ())),
+        heap.read(|r| r.root::<pointee_v3::Holder>().map(|_| ())),
+    ] {
+        assert!(matches!(r, Err(Error::RootTypeMismatch { .. })), "{r:?}");
+    }
+    let (a, b) = heap
+        .read(|r| {
+            let n = *r.get(r.get(r.root::<pointee_v1::Holder>()?)?.node)?;
+            Ok((n.a, n.b))
+        })
+        .unwrap();
+    assert_eq!((a, b), (1, 2));
+}
+
+/// A file written before pointer identities recorded the root's shape (a pointer by its
+/// target's name) as its identity: it still opens with the same type, and the open leaves the
+/// record as it was (so that the txheap that wrote it still reads it).
+#[test]
+fn a_root_recorded_before_pointer_identities_still_opens() {
+    const LOG: u64 = 64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.heap");
+    let heap = Heap::create(&path, Options::new().log_size(LOG)).unwrap();
+    heap.transaction(|tx| {
+        let node = tx.alloc(pointee_v1::Node { a: 5, b: 6 })?;
+        let r = tx.root::<pointee_v1::Holder>()?;
+        tx.get_mut(r)?.node = node;
+        Ok(())
+    })
+    .unwrap();
+    heap.close().unwrap();
+    // Write the shape where the identity is, as the txheap before this change did.
+    let at = (8192 + LOG) as usize;
+    let mut bytes = std::fs::read(&path).unwrap();
+    let shape = pointee_v1::Holder::SHAPE;
+    assert_ne!(shape, pointee_v1::Holder::ID);
+    bytes[at + 24..at + 32].copy_from_slice(&shape.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[at..at + 60]);
+    bytes[at + 60..at + 64].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let heap = Heap::open(&path, Options::new()).unwrap();
+    heap.transaction(|tx| {
+        let r = tx.root::<pointee_v1::Holder>()?;
+        let n = tx.get(r)?.node;
+        assert_eq!(tx.get(n)?.a, 5);
+        tx.get_mut(n)?.a = 7;
+        Ok(())
+    })
+    .unwrap();
+    heap.close().unwrap();
+    let after = std::fs::read(&path).unwrap();
+    assert_eq!(after[at + 24..at + 32], shape.to_le_bytes());
+    let r = txheap::inspect::check(&path, &mut |_, _| {}).unwrap();
+    assert_eq!(
+        r.verdict,
+        txheap::inspect::Verdict::Clean,
+        "{:?}",
+        r.findings
+    );
+}

@@ -64,6 +64,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         .iter()
         .any(|a| a.path().is_ident("repr") && a.to_token_stream().to_string().contains("packed"));
     let mut entries = Vec::new();
+    let mut shapes = Vec::new();
     let mut refs = Vec::new();
     let mut holds = Vec::new();
     for (i, f) in fields.iter().enumerate() {
@@ -100,6 +101,14 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
                 id: <#ty as ::txheap::Stored>::ID,
             }
         });
+        shapes.push(quote! {
+            ::txheap::Field {
+                name: #fname,
+                offset: ::core::mem::offset_of!(Self, #member) as u64,
+                ty: #ty_text,
+                id: <#ty as ::txheap::Stored>::SHAPE,
+            }
+        });
     }
     let mut generics = input.generics.clone();
     for p in generics.type_params_mut() {
@@ -115,6 +124,12 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
                 ::core::mem::size_of::<Self>(),
                 ::core::mem::align_of::<Self>(),
                 Self::FIELDS,
+            );
+            const SHAPE: u64 = ::txheap::Field::struct_id(
+                #name,
+                ::core::mem::size_of::<Self>(),
+                ::core::mem::align_of::<Self>(),
+                &[#(#shapes),*],
             );
             const HOLDS_POINTERS: bool = false #(|| #holds)*;
             fn refs(&self, walk: &mut ::txheap::Walk<'_, '_>) -> ::txheap::Result<()> {

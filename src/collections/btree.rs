@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::marker::PhantomData;
 use std::ops::Bound;
 
-use super::{check_id, corrupt, Element, View};
+use super::{check_id, corrupt, stored_id, Element, View};
 use crate::error::{Error, Result};
 use crate::pptr::{PPtr, PSlice};
 use crate::stored::{Field, Stored};
@@ -122,6 +122,12 @@ impl<K: Stored, V: Stored> Stored for PBTreeMap<K, V> {
         40,
         8,
         &[Field::element("K", K::ID), Field::element("V", V::ID)],
+    );
+    const SHAPE: u64 = Field::struct_id(
+        "PBTreeMap",
+        40,
+        8,
+        &[Field::element("K", K::SHAPE), Field::element("V", V::SHAPE)],
     );
 
     /// The nodes, and what each key (separator copies included) and value reach.
@@ -596,8 +602,8 @@ where
     }
 
     fn put_header(self, tx: &mut Tx<'_>, mut h: PBTreeMap<K, V>) -> Result<()> {
-        h.key_id = K::ID;
-        h.val_id = V::ID;
+        h.key_id = stored_id::<K>(h.key_id);
+        h.val_id = stored_id::<V>(h.val_id);
         tx.set(self, h)
     }
 

@@ -4,7 +4,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::marker::PhantomData;
 
 use super::siphash::SipHasher13;
-use super::{check_id, corrupt, Element, View};
+use super::{check_id, corrupt, stored_id, Element, View};
 use crate::alloc::SMALL_MAX;
 use crate::error::{Error, Result};
 use crate::limits::ALIGN_MAX;
@@ -109,6 +109,16 @@ impl<K: Stored, V: Stored> Stored for PHashMap<K, V> {
         &[
             Field::element("K", K::ID),
             Field::element("V", V::ID),
+            Field::element("layout", 2),
+        ],
+    );
+    const SHAPE: u64 = Field::struct_id(
+        "PHashMap",
+        64,
+        8,
+        &[
+            Field::element("K", K::SHAPE),
+            Field::element("V", V::SHAPE),
             Field::element("layout", 2),
         ],
     );
@@ -746,8 +756,8 @@ where
     }
 
     fn put_header(self, tx: &mut Tx<'_>, mut h: PHashMap<K, V>) -> Result<()> {
-        h.key_id = K::ID;
-        h.val_id = V::ID;
+        h.key_id = stored_id::<K>(h.key_id);
+        h.val_id = stored_id::<V>(h.val_id);
         tx.set(self, h)
     }
 

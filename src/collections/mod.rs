@@ -168,10 +168,22 @@ impl<T: Stored> Element for PPtr<T> {
 /// Check (or, on a collection not used yet, record) the element identity `slot` holds.
 #[inline]
 fn check_id<T: Stored>(slot: u64, at: u64, role: &'static str) -> Result<()> {
-    if slot == T::ID || slot == 0 {
+    // (`SHAPE`: what a collection written before pointer identities recorded.)
+    if slot == T::ID || slot == 0 || slot == T::SHAPE {
         Ok(())
     } else {
         Err(id_mismatch::<T>(slot, at, role))
+    }
+}
+
+/// The identity to record for `T` where `slot` holds one: the one there if it is `T`'s shape
+/// (a collection written before pointer identities keeps its record, so that the txheap that
+/// wrote it still reads it), else `T::ID`.
+fn stored_id<T: Stored>(slot: u64) -> u64 {
+    if slot != 0 && slot == T::SHAPE {
+        slot
+    } else {
+        T::ID
     }
 }
 

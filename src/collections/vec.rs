@@ -2,7 +2,7 @@
 
 use std::marker::PhantomData;
 
-use super::{check_id, corrupt, Element, View};
+use super::{check_id, corrupt, stored_id, Element, View};
 use crate::error::{Error, Result};
 use crate::pptr::{PPtr, PSlice};
 use crate::stored::{Field, Stored};
@@ -63,6 +63,7 @@ impl<T: Stored> Stored for PVec<T> {
     const NAME: &'static str = "PVec";
     const FIELDS: &'static [Field] = &[];
     const ID: u64 = Field::struct_id("PVec", 32, 8, &[Field::element("T", T::ID)]);
+    const SHAPE: u64 = Field::struct_id("PVec", 32, 8, &[Field::element("T", T::SHAPE)]);
 
     /// The buffer (its whole capacity), and what each element reaches.
     fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> Result<()> {
@@ -280,7 +281,7 @@ impl<T: Element> PPtr<PVec<T>> {
         let new = tx.realloc_slice(old, h.len, cap)?;
         h.buf = new.offset();
         h.cap = new.len();
-        h.elem = T::ID;
+        h.elem = stored_id::<T>(h.elem);
         tx.set(self, h)
     }
 
@@ -364,7 +365,7 @@ impl<T: Element> PPtr<PVec<T>> {
         let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
         tx.write_slice(buf, h.len, values)?;
         h.len += n;
-        h.elem = T::ID;
+        h.elem = stored_id::<T>(h.elem);
         tx.set(self, h)
     }
 
