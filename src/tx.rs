@@ -1004,6 +1004,26 @@ impl<'h> Tx<'h> {
         keep: u64,
         len: u64,
     ) -> Result<PSlice<T>> {
+        // One step, as an allocator operation is: refused after it changed something (a shrink
+        // done, then its zeros refused by the log), the transaction cannot commit (a review
+        // found such a refusal committed the shrink, and the freed tail then allocated again
+        // under the caller's slice).
+        let before = self.changes;
+        let r = self.realloc_slice_body(s, keep, len);
+        if let Err(e) = &r {
+            if self.changes != before && self.interrupted.is_none() {
+                self.interrupted = Some(Interruption::Allocator(format!("realloc_slice: {e}")));
+            }
+        }
+        r
+    }
+
+    fn realloc_slice_body<T: Pod>(
+        &mut self,
+        s: PSlice<T>,
+        keep: u64,
+        len: u64,
+    ) -> Result<PSlice<T>> {
         if s.offset() == 0 {
             return self.alloc_slice_zeroed(len);
         }
@@ -1023,6 +1043,10 @@ impl<'h> Tx<'h> {
         let align = std::mem::align_of::<T>() as u64;
         let large = !Allocator::is_small(block, align);
         let mut stays = bytes <= block;
+        // Zeros from `keep` on: staged before a shrink (still inside the object), so that a log
+        // that cannot take them refuses before anything changed.
+        let zero_from = s.offset() + keep * size;
+        let mut zeroed = false;
         if stays && large && bytes > 0 && bytes < block {
             if Allocator::is_small(bytes, align) {
                 // Small enough for a size class: it moves to a block (below), and all of its
@@ -1032,6 +1056,14 @@ impl<'h> Tx<'h> {
                 // Its entry gets the new size, and the chunks past it are freed (reusable once
                 // this transaction commits).
                 let off = s.offset();
+                if len > keep {
+                    self.slice_mut(PSlice::<u8>::from_raw_parts(
+                        zero_from,
+                        off + bytes - zero_from,
+                    ))?
+                    .fill(0);
+                    zeroed = true;
+                }
                 self.mem_op(|al, m| al.shrink_in_place(m, off, bytes))?;
             }
         }
@@ -1051,11 +1083,11 @@ impl<'h> Tx<'h> {
         }
         if stays {
             let t = PSlice::<T>::from_raw_parts(s.offset(), len);
-            if len > keep {
+            if len > keep && !zeroed {
                 // Zero the elements from `keep` on: the part in the old extent through the
                 // log, the part in the new chunks (one staged range inside the fresh area,
                 // which goes in place) apart, so a large growth is not limited by the log.
-                let start = s.offset() + keep * std::mem::size_of::<T>() as u64;
+                let start = zero_from;
                 let end = s.offset() + bytes;
                 let cut = fresh_from.clamp(start, end);
                 for (a, b) in [(start, cut), (cut, end)] {

@@ -356,3 +356,66 @@ fn realloc_refuses_what_is_not_a_live_allocation() {
         [[2u64; 8].as_slice(), &[0u64; 4]].concat()
     );
 }
+
+/// A resize the log cannot take: a shrink whose zeros do not fit is refused before it changes
+/// anything (the object stays whole, and the transaction commits the rest); a growth whose
+/// zeros do not fit after it took the chunks behind the object makes the transaction
+/// uncommittable (`AllocatorInterrupted`), and nothing of it is committed. (A review found the
+/// refused shrink committed: the freed tail was then allocated again under the caller's slice,
+/// and a write through it landed in the other object.)
+#[test]
+fn a_resize_refused_by_the_log_never_commits_half_done() {
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(
+        dir.path().join("r.heap"),
+        Options::new().log_size(MIB).max_size(1 << 30),
+    )
+    .unwrap();
+    let s = heap
+        .transaction(|tx| {
+            let s = tx.alloc_slice_zeroed::<u8>(8 * MIB)?;
+            tx.slice_mut(s)?.fill(0xAB);
+            Ok(s)
+        })
+        .unwrap();
+    let blocks = |heap: &Heap| heap.read(|r| r.allocations()).unwrap();
+    // A shrink keeping nothing: 4 MiB of zeros through a 1 MiB log.
+    heap.transaction(|tx| {
+        let e = tx.realloc_slice(s, 0, 4 * MIB);
+        assert!(matches!(e, Err(Error::TransactionTooLarge { .. })), "{e:?}");
+        tx.alloc(1u64).map(|_| ())
+    })
+    .unwrap();
+    assert!(
+        blocks(&heap).contains(&(s.offset(), 8 * MIB)),
+        "{:?}",
+        blocks(&heap)
+    );
+    let t = heap
+        .transaction(|tx| tx.alloc_slice_zeroed::<u8>(4 * MIB))
+        .unwrap();
+    assert!(
+        t.offset() >= s.offset() + s.len() || t.offset() + t.len() <= s.offset(),
+        "a new object inside the old one"
+    );
+    // A growth keeping nothing: the chunks after it are taken, then 8 MiB of zeros refused.
+    let g = heap
+        .transaction(|tx| tx.alloc_slice_zeroed::<u8>(8 * MIB))
+        .unwrap();
+    let before = blocks(&heap);
+    let r = heap.transaction(|tx| {
+        let e = tx.realloc_slice(g, 0, 12 * MIB);
+        assert!(matches!(e, Err(Error::TransactionTooLarge { .. })), "{e:?}");
+        Ok(())
+    });
+    assert!(
+        matches!(r, Err(Error::AllocatorInterrupted { .. })),
+        "{r:?}"
+    );
+    assert_eq!(blocks(&heap), before);
+    let all = heap
+        .read(|r| Ok(r.slice(s)?.iter().all(|&b| b == 0xAB)))
+        .unwrap();
+    assert!(all, "the first object changed");
+}

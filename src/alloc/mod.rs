@@ -657,6 +657,24 @@ impl Allocator {
             requested: n as u64 * CHUNK_SIZE,
             max_size,
         };
+        if self.free_by_len.range((n, 0)..).next().is_none() {
+            // Refuse before any change what cannot fit: in the free tail of this zone, or
+            // else in the next zone after its table chunk. (Refused part-way, the zone's tail
+            // extended and the next zone's table added first, the transaction could no
+            // longer commit: found by review.)
+            let cc = self.chunk_count;
+            let n = n as u64;
+            let fits = if cc % ZONE_CHUNKS == 0 {
+                cc + 1 + n <= max
+            } else {
+                let zone_end = (cc / ZONE_CHUNKS + 1) * ZONE_CHUNKS;
+                let start = self.free_tail().map_or(cc, |t| t.0 as u64);
+                start + n <= zone_end.min(max) || zone_end + 1 + n <= max
+            };
+            if !fits {
+                return Err(out_of_space);
+            }
+        }
         while self.free_by_len.range((n, 0)..).next().is_none() {
             let cc = self.chunk_count;
             if cc >= max {
@@ -1253,6 +1271,32 @@ mod tests {
     }
 
     const AREA: u64 = 1 << 20;
+
+    /// A request past `max_size` at a zone's end is refused before the allocator changes: the
+    /// zone's tail is not extended, and the next zone gets no table. (A review found both done
+    /// first, so that a caller handling the refusal met `AllocatorInterrupted` at commit.)
+    #[test]
+    fn a_refusal_at_a_zone_end_changes_nothing() {
+        let max = AREA + (ZONE_CHUNKS + 100) * CHUNK_SIZE;
+        let mut mem = SparseMem {
+            pages: RefCell::new(HashMap::new()),
+            max_size: max,
+            len: AREA,
+        };
+        let mut a = Allocator::empty(AREA, 0);
+        a.alloc(&mut mem, (ZONE_CHUNKS - 11) * CHUNK_SIZE, 8)
+            .unwrap();
+        a.prepare_commit(&mut mem).unwrap();
+        a.commit();
+        let (journal, chunks) = (a.journal_len(), a.chunk_count);
+        let r = a.alloc(&mut mem, 200 * CHUNK_SIZE, 8);
+        assert!(matches!(r, Err(Error::OutOfSpace { .. })), "{r:?}");
+        assert_eq!((a.journal_len(), a.chunk_count), (journal, chunks));
+        // What fits in the next zone is still given.
+        a.alloc(&mut mem, 90 * CHUNK_SIZE, 8).unwrap();
+        assert!(a.chunk_count > ZONE_CHUNKS);
+        a.check_invariants();
+    }
 
     #[test]
     fn objects_across_zones_rebuild_to_the_same_state() {
