@@ -653,6 +653,16 @@ fn recover_dry_run(file: &Path, json: bool) -> Result<u8, Failure> {
     // table as replay would leave them, a file shorter than its heap). (A review found the log
     // read alone: "nothing to replay", exit 0, for files that `recover` refused.)
     let report = inspect::check(file, &mut |_, _| {}).map_err(|e| failure(file, e))?;
+    if report.live.is_some() {
+        // Held for writing: `recover` would be refused as `recover` is, and the frames in the
+        // log are the running writer's (a review found "would replay", exit 0, here).
+        return Err(failure(
+            file,
+            Error::Locked {
+                path: file.to_path_buf(),
+            },
+        ));
+    }
     let refusal = report
         .findings
         .iter()

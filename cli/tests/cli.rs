@@ -298,6 +298,10 @@ fn a_heap_open_for_writing_is_read_live() {
         let (code, out, _) = txheap(&["info", p]);
         let (jcode, json, _) = txheap(&["stats", "--json", p]);
         let (lcode, log, _) = txheap(&["dump-log", p]);
+        // What recover would do to a file a writer holds: refused, as recover is (a review
+        // found "would replay", exit 0).
+        let (dcode, dout, derr) = txheap(&["recover", "--dry-run", p]);
+        let (rcode, _, rerr) = txheap(&["recover", p]);
         // A copy beside the writer (a read-only open follows it): one committed state.
         let copy = d.path().join("copy.heap");
         let (ccode, cout, cerr) = txheap(&["copy", p, copy.to_str().unwrap()]);
@@ -313,6 +317,11 @@ fn a_heap_open_for_writing_is_read_live() {
         assert!(v["live"].as_u64().unwrap() >= 1, "{json}");
         assert_eq!(lcode, 0);
         assert!(log.contains("committed frame(s)"), "{log}");
+        assert_eq!((dcode, rcode), (8, 8), "{dout} {derr} / {rerr}");
+        assert!(
+            derr.contains("lock") && rerr.contains("lock"),
+            "{derr} / {rerr}"
+        );
     });
     drop(heap);
     let (code, out, _) = txheap(&["check", p]);
