@@ -550,12 +550,16 @@ impl<'h> Tx<'h> {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
             Ok(r) => {
                 if let Err(e) = &r {
-                    self.note_interrupted(operation, &e.to_string(), before);
+                    self.note_interrupted(before, || {
+                        Interruption::Collection(operation, e.to_string())
+                    });
                 }
                 r
             }
             Err(panic) => {
-                self.note_interrupted(operation, "it panicked part-way", before);
+                self.note_interrupted(before, || {
+                    Interruption::Collection(operation, "it panicked part-way".into())
+                });
                 std::panic::resume_unwind(panic)
             }
         }
@@ -563,9 +567,12 @@ impl<'h> Tx<'h> {
 
     #[cold]
     #[inline(never)]
-    fn note_interrupted(&mut self, operation: &'static str, cause: &str, before: u64) {
+    /// An operation that began when the count of changes was `before` failed: if it changed
+    /// something, the transaction can no longer commit (the first such failure, `why`, is
+    /// what `commit` reports).
+    fn note_interrupted(&mut self, before: u64, why: impl FnOnce() -> Interruption) {
         if self.changes != before && self.interrupted.is_none() {
-            self.interrupted = Some(Interruption::Collection(operation, cause.to_string()));
+            self.interrupted = Some(why());
         }
     }
 
@@ -1011,9 +1018,9 @@ impl<'h> Tx<'h> {
         let before = self.changes;
         let r = self.realloc_slice_body(s, keep, len);
         if let Err(e) = &r {
-            if self.changes != before && self.interrupted.is_none() {
-                self.interrupted = Some(Interruption::Allocator(format!("realloc_slice: {e}")));
-            }
+            self.note_interrupted(before, || {
+                Interruption::Allocator(format!("realloc_slice: {e}"))
+            });
         }
         r
     }
