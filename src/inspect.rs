@@ -220,6 +220,10 @@ pub struct LogReport {
     pub frames: Vec<LogFrame>,
     /// Where they end, and why.
     pub end: LogEnd,
+    /// `Some(txid)` when another handle held the file for writing: the log was read from a
+    /// copy of the file's metadata as of transaction `txid` (see [`check`]), and its frames
+    /// are the running writer's, which that writer has not yet checkpointed.
+    pub live: Option<u64>,
 }
 
 impl LogReport {
@@ -281,8 +285,12 @@ fn storage_of(path: &Path) -> Result<(Arc<File>, FileStorage)> {
 
 /// Read the log of the heap file at `path` as recovery would, without changing anything.
 ///
-/// Errors: those of [`Heap::open_read_only`] before the log (no file, another handle writing
-/// it, not a txheap file, both superblocks damaged), and [`Error::Corrupt`] for a frame whose
+/// A file another handle holds for writing is read live, from a copy of its metadata as of
+/// one committed state, as [`check`] reads it; [`LogReport::live`] then names that state.
+///
+/// Errors: those of [`Heap::open_read_only`] before the log (no file, not a txheap file, both
+/// superblocks damaged), [`Error::Truncated`] for a file cut inside its log, and
+/// [`Error::Corrupt`] for a frame whose
 /// checksum holds but whose ranges are malformed or leave the heap. A damaged durable frame is
 /// not an error here: it is [`LogEnd::Damaged`].
 ///
@@ -297,10 +305,12 @@ fn storage_of(path: &Path) -> Result<(Arc<File>, FileStorage)> {
 pub fn read_log(path: impl AsRef<Path>) -> Result<LogReport> {
     let path = path.as_ref();
     let copy;
+    let mut live = None;
     let (_file, storage) = match storage_of(path) {
         Err(Error::Locked { .. }) => {
             // Live: the log of a copy (see `check`), as of one committed state.
             copy = LiveCopy::take(path)?;
+            live = Some(copy.txid);
             storage_of(&copy.path)?
         }
         other => other?,
@@ -315,7 +325,10 @@ pub fn read_log(path: impl AsRef<Path>) -> Result<LogReport> {
             needed: sb.min_file_len(),
         });
     }
-    log_of(&storage, &sb, slot.offset())
+    Ok(LogReport {
+        live,
+        ..log_of(&storage, &sb, slot.offset())?
+    })
 }
 
 /// The figures of the heap in `file`, which a read-only handle opened at `path` beside the writer
@@ -760,6 +773,7 @@ fn log_of(storage: &FileStorage, sb: &Superblock, sb_offset: u64) -> Result<LogR
         first_txid: sb.next_txid,
         frames,
         end,
+        live: None,
     })
 }
 
@@ -893,7 +907,7 @@ fn check_file(
         return Ok(report.done());
     }
     let log = match log_of(&storage, &sb, slot.offset()) {
-        Ok(log) => log,
+        Ok(log) => LogReport { live, ..log },
         Err(e) => {
             damaged(&mut report, e)?;
             return Ok(report.done());

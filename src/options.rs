@@ -458,7 +458,8 @@ pub struct Stats {
     pub log_size: u64,
     /// Bytes of the log holding frames since the last checkpoint.
     pub log_used: u64,
-    /// The file's maximum size (fixed at create).
+    /// The file's maximum size now: set at create, and changed by an open given
+    /// [`Options::max_size`] or by [`Heap::set_max_size`](crate::Heap::set_max_size).
     pub max_size: u64,
     /// The current superblock's sequence number (one more per checkpoint).
     pub superblock_seq: u64,

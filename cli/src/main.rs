@@ -94,8 +94,9 @@ enum Command {
         ranges: bool,
     },
     /// Copy a heap to a new file: one committed state, built under a hidden temporary name
-    /// and linked to DST only once complete and durable (reads SRC under a shared lock; a heap
-    /// held open by a writer in another process is refused as locked: use Heap::backup_to there)
+    /// and linked to DST only once complete and durable (reads SRC as Heap::open_read_only
+    /// does: beside a writer in another process on Linux, the state its one read sees; where
+    /// that is refused as locked, a running program copies its own heap with Heap::backup_to)
     Copy {
         /// The heap file to copy (never written)
         src: PathBuf,
@@ -408,6 +409,7 @@ fn log_json(file: &Path, log: &LogReport, ranges: bool) -> Value {
             v
         }).collect::<Vec<_>>(),
         "end": end_json(&log.end),
+        "live": log.live,
     })
 }
 
@@ -426,6 +428,12 @@ fn dump_log(file: &Path, json: bool, ranges: bool) -> Result<u8, Failure> {
         log.log_size,
         log.first_txid
     );
+    if let Some(txid) = log.live {
+        println!(
+            "live: a writer holds the file; its log as of transaction {txid}, read from a copy \
+             of its metadata (these frames are the writer's, not yet checkpointed)"
+        );
+    }
     for f in &log.frames {
         let extra = if !f.in_place.is_empty() {
             format!(

@@ -298,6 +298,8 @@ fn a_heap_open_for_writing_is_read_live() {
         let (code, out, _) = txheap(&["info", p]);
         let (jcode, json, _) = txheap(&["stats", "--json", p]);
         let (lcode, log, _) = txheap(&["dump-log", p]);
+        // dump-log says it read live, as info, stats and check do (a review found it silent).
+        let (ljcode, ljson, _) = txheap(&["dump-log", "--json", p]);
         // What recover would do to a file a writer holds: refused, as recover is (a review
         // found "would replay", exit 0).
         let (dcode, dout, derr) = txheap(&["recover", "--dry-run", p]);
@@ -317,6 +319,10 @@ fn a_heap_open_for_writing_is_read_live() {
         assert!(v["live"].as_u64().unwrap() >= 1, "{json}");
         assert_eq!(lcode, 0);
         assert!(log.contains("committed frame(s)"), "{log}");
+        assert!(log.contains("live: a writer holds the file"), "{log}");
+        assert_eq!(ljcode, 0);
+        let v: serde_json::Value = serde_json::from_str(&ljson).unwrap();
+        assert!(v["live"].as_u64().unwrap() >= 1, "{ljson}");
         assert_eq!((dcode, rcode), (8, 8), "{dout} {derr} / {rerr}");
         assert!(
             derr.contains("lock") && rerr.contains("lock"),
@@ -327,6 +333,10 @@ fn a_heap_open_for_writing_is_read_live() {
     let (code, out, _) = txheap(&["check", p]);
     assert_eq!(code, 0);
     assert!(!out.contains("live"), "{out}");
+    let (code, json, _) = txheap(&["dump-log", "--json", p]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["live"].is_null(), "{json}");
 }
 
 #[test]
