@@ -142,6 +142,14 @@ fn write_copy(heap: &Heap, geo: &Geometry, file: &File, compact: bool) -> Result
         let len = geo.chunk_area + plan.chunk_count * CHUNK_SIZE;
         file.set_len(len)
             .map_err(|e| Error::io("size the copy", len, e))?;
+        // Blocks for everything the copy holds, zero pages too: only free space and the log
+        // stay holes. A hole under a live object or a run would take its blocks when written
+        // later, at a commit's apply, where a full disk can no longer be the operation's
+        // error (free space gets its blocks when an allocation takes it: `TxMem::claim`).
+        for &(start, len) in &plan.ranges {
+            crate::platform::preallocate(file, start, len)
+                .map_err(|e| Error::io("allocate the copy's blocks", start, e))?;
+        }
         let mut buf = vec![0u8; COPY_PIECE];
         let mut written = 0u64;
         for &(start, len) in &plan.ranges {
@@ -183,7 +191,9 @@ fn write_copy(heap: &Heap, geo: &Geometry, file: &File, compact: bool) -> Result
         false,
     )
     .map_err(|e| Error::io("storage", 0, e))?;
-    recovery::format(&mut storage, geo.log_size, heap.max_size())?;
+    // The log stays a hole, as a clean close leaves it (a review found a compact copy of a
+    // small heap taking the whole log's 16 MiB of blocks); a writable open allocates it.
+    recovery::format_over_zeros(&mut storage, geo.log_size, heap.max_size())?;
     Ok(BackupReport {
         txid,
         chunk_count: plan.chunk_count,

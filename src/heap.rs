@@ -558,8 +558,9 @@ impl Heap {
     }
 
     /// [`Heap::backup_to`], leaving free space out of the copy: whole free chunks and the unused
-    /// pages after each large object become holes (they take no disk blocks), pages of zeros
-    /// too, and a free tail is cut (the copy's chunk count ends at its last used chunk).
+    /// pages after each large object become holes (they take no disk blocks), and a free tail
+    /// is cut (the copy's chunk count ends at its last used chunk). What the copy holds has
+    /// its blocks (pages of zeros too, unwritten), and its log is a hole until a writable open.
     /// Objects keep their offsets, since pointers are offsets.
     ///
     /// ```

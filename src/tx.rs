@@ -250,6 +250,20 @@ impl TxMem for Mem<'_> {
         mapped
     }
 
+    fn claim(&mut self, off: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(()); // (posix_fallocate refuses an empty range)
+        }
+        // Not a change: blocks under free space change nothing anyone reads.
+        self.storage.allocate(off, len).map_err(|e| {
+            Error::io(
+                "allocate blocks for reused free space (posix_fallocate)",
+                off,
+                e,
+            )
+        })
+    }
+
     fn max_size(&self) -> u64 {
         self.sh.max_size()
     }

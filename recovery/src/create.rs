@@ -28,6 +28,35 @@ pub fn format<S: Storage + ?Sized>(
     log_size: u64,
     max_size: u64,
 ) -> Result<Superblock, RecoveryError> {
+    format_with(storage, log_size, max_size, true)
+}
+
+/// [`format`] for a new file that already reads as zeros over its log region (a file sized by
+/// `set_len`, whose unwritten bytes are a hole), such as a copy of a heap: the log is not
+/// written but its sentinel, so it stays a hole, as a clean close leaves it; the first
+/// writable open gives it blocks.
+///
+/// ```
+/// use txheap_recovery::Storage;
+/// let mut s = txheap_recovery::MemStorage::new();
+/// s.grow(1 << 20).unwrap(); // zeros
+/// let sb = txheap_recovery::format_over_zeros(&mut s, 65536, 1 << 20).unwrap();
+/// assert_eq!(sb.log_size, 65536);
+/// ```
+pub fn format_over_zeros<S: Storage + ?Sized>(
+    storage: &mut S,
+    log_size: u64,
+    max_size: u64,
+) -> Result<Superblock, RecoveryError> {
+    format_with(storage, log_size, max_size, false)
+}
+
+fn format_with<S: Storage + ?Sized>(
+    storage: &mut S,
+    log_size: u64,
+    max_size: u64,
+    zero_log: bool,
+) -> Result<Superblock, RecoveryError> {
     let bad = |what: String| Err(RecoveryError::InvalidGeometry { what });
     if log_size % PAGE_SIZE != 0 || !(LOG_SIZE_MIN..=LOG_SIZE_MAX).contains(&log_size) {
         return bad(format!(
@@ -41,7 +70,9 @@ pub fn format<S: Storage + ?Sized>(
             sb.min_file_len()
         ));
     }
-    write_zeros(storage, LOG_OFFSET, sb.heap_offset(), "zero log region")?;
+    if zero_log {
+        write_zeros(storage, LOG_OFFSET, sb.heap_offset(), "zero log region")?;
+    }
     // The sentinel: it verifies, so the first scan of a new file stops at it as a clean end
     // instead of at zeros, which look like a damaged frame and cost a search of the whole log.
     write_sentinel(storage)?;

@@ -39,7 +39,7 @@ mod witness;
 pub use txheap_log;
 
 pub use checkpoint::{checkpoint, checkpoint_shrinking};
-pub use create::format;
+pub use create::{format, format_over_zeros};
 pub use error::{proof_name, RecoveryError};
 #[cfg(feature = "test-hooks")]
 pub use hooks::{phase, sabotage};

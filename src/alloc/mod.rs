@@ -54,6 +54,14 @@ pub(crate) trait TxMem {
     }
     /// Make sure the file and the mapping reach `chunk_count` chunks.
     fn ensure_chunks(&mut self, chunk_count: u64) -> Result<()>;
+    /// Free space at `[off, off + len)` is about to be used: make sure the file has disk
+    /// blocks there. Free space may be a hole (compaction punched it, or a compact copy left
+    /// it out), and a hole written later, at the commit's apply or through the mapping, meets
+    /// a full disk where nothing can be taken back (a review found the handle poisoned, and
+    /// SIGBUS on tmpfs); here it is the operation's error, before anything changed.
+    fn claim(&mut self, _off: u64, _len: u64) -> Result<()> {
+        Ok(())
+    }
     /// The heap's `max_size`: the file may not grow past it.
     fn max_size(&self) -> u64;
     /// Where the staged word at `off` lives, for [`Self::word_mut`] (`None`: not staged, or
@@ -67,6 +75,9 @@ pub(crate) trait TxMem {
         None
     }
 }
+
+/// The page: compaction punches whole pages.
+const PAGE: u64 = crate::sys::PAGE as u64;
 
 /// The hasher of the allocator's indexes: one multiply per key (its keys are chunk indices and
 /// file offsets). std's default SipHash took a quarter of a small allocation's instructions
@@ -576,10 +587,19 @@ impl Allocator {
         Ok(self.chunk_offset(s))
     }
 
-    /// Take `n` chunks, best fit, growing the heap if nothing fits.
+    /// Take `n` chunks, best fit, growing the heap if nothing fits. The chunks taken from
+    /// existing free space get their disk blocks first (`TxMem::claim`), before any change:
+    /// those of the best fit, or else those of the free tail that the growth extends (the
+    /// growth's own chunks get theirs from `ensure_chunks`).
     fn alloc_extent(&mut self, mem: &mut dyn TxMem, n: u32) -> Result<u32> {
-        if self.free_by_len.range((n, 0)..).next().is_none() {
-            self.grow(mem, n)?;
+        match self.free_by_len.range((n, 0)..).next() {
+            Some(&(_, s)) => mem.claim(self.chunk_offset(s), n as u64 * CHUNK_SIZE)?,
+            None => {
+                if let Some((s, l)) = self.free_tail() {
+                    mem.claim(self.chunk_offset(s), l.min(n) as u64 * CHUNK_SIZE)?;
+                }
+                self.grow(mem, n)?;
+            }
         }
         let &(len, s) = self
             .free_by_len
@@ -796,6 +816,15 @@ impl Allocator {
         let need = need as u32;
         let next = c + chunks;
         let added = need.saturating_sub(chunks);
+        if added == 0 {
+            // Inside the extent: its pages past the object may be holes (compaction punches
+            // them); blocks first (`TxMem::claim`).
+            let base = self.chunk_offset(c);
+            let (from, to) = (old.div_ceil(PAGE) * PAGE, size.div_ceil(PAGE) * PAGE);
+            if to > from {
+                mem.claim(base + from, to - from)?;
+            }
+        }
         if added > 0 {
             // The chunks after the extent: in the same zone, and free (committed free space;
             // the heap grows first when the extent, or a free extent after it, ends the heap).
@@ -804,6 +833,10 @@ impl Allocator {
                 return Ok(None);
             }
             let after = self.free_by_start.get(&next).copied().unwrap_or(0);
+            // Blocks first, before any change (`TxMem::claim`): the extent's own pages past
+            // the object (compaction punches them) and the free chunks after it.
+            let from = self.chunk_offset(c) + old.div_ceil(PAGE) * PAGE;
+            mem.claim(from, self.chunk_offset(next + after.min(added)) - from)?;
             if after < added {
                 let ends_heap = next as u64 + after as u64 == self.chunk_count;
                 if !ends_heap || !self.grow_tail_to(mem, (c + need) as u64, zone_end)? {

@@ -114,6 +114,13 @@ impl FileStorage {
         Ok(freed)
     }
 
+    /// Disk blocks for `[offset, offset+len)`, inside the file, where it may be a hole (free
+    /// space about to be used: `TxMem::claim`). Changes no byte anyone reads, so no hook
+    /// records it.
+    pub(crate) fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        crate::platform::preallocate(&self.file, offset, len)
+    }
+
     /// Cut the file to `len` bytes (compaction only: past `len` lies only free space, and the
     /// superblock's `file_len` already says `len`).
     pub(crate) fn shrink(&mut self, len: u64) -> io::Result<()> {

@@ -1,0 +1,270 @@
+//! Free space may be a hole (compaction punches it; a compact copy leaves it out), and a hole
+//! written later meets a full disk where nothing can be taken back: at the commit's apply (the
+//! handle poisoned, an `Err` for a committed transaction) or through the mapping (SIGBUS on
+//! tmpfs). Space taken from free space gets its disk blocks when it is taken, so that a full
+//! disk is the allocating operation's error, before anything changed (a review found all of
+//! the above).
+//!
+//! The first test runs anywhere; the full-disk ones mount a small tmpfs (root only: they say
+//! so and pass where the mount is refused).
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use txheap::{Durability, Error, Heap, Options, PSlice};
+
+fn opts(d: Durability) -> Options {
+    Options::new()
+        .initial_size(1 << 20)
+        .log_size(1 << 20)
+        .max_size(64 << 20)
+        .durability(d)
+}
+
+fn disk_bytes(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+/// A heap with 16 free, punched 256 KiB extents behind a kept object; returns the kept one.
+fn punched(heap: &Heap) -> PSlice<u8> {
+    let mut big = Vec::new();
+    for i in 0..16u8 {
+        big.push(
+            heap.transaction(|tx| {
+                let s = tx.alloc_slice_zeroed::<u8>(256 << 10)?;
+                tx.slice_mut(s)?.fill(i + 1);
+                Ok(s)
+            })
+            .unwrap(),
+        );
+    }
+    let keep = heap
+        .transaction(|tx| {
+            let s = tx.alloc_slice_zeroed::<u8>(256 << 10)?;
+            tx.slice_mut(s)?.fill(0x77);
+            Ok(s)
+        })
+        .unwrap();
+    for s in &big {
+        heap.transaction(|tx| tx.free_slice(*s)).unwrap();
+    }
+    let rep = heap.compact().unwrap();
+    assert!(rep.punched_bytes >= 2 << 20, "{rep:?}");
+    keep
+}
+
+#[test]
+fn space_taken_from_punched_free_space_has_blocks_at_once() {
+    for d in [Durability::Full, Durability::None] {
+        for size in [256u64 << 10, 64] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("h.heap");
+            let heap = Heap::create(&path, opts(d)).unwrap();
+            punched(&heap);
+            let before = disk_bytes(&path);
+            let during = heap
+                .transaction(|tx| {
+                    for _ in 0..4 {
+                        tx.alloc_slice_zeroed::<u8>(size)?;
+                    }
+                    // Inside the body: the space taken already has its blocks.
+                    Ok(disk_bytes(&path))
+                })
+                .unwrap();
+            // Four extents of a chunk each, or one new run's chunk.
+            let want = if size == 64 { 256 << 10 } else { 4 * size };
+            assert!(
+                during >= before + want,
+                "{d:?} size {size}: {before} bytes of blocks before, {during} inside the body \
+                 after taking {want} bytes of punched free space"
+            );
+            heap.close().unwrap();
+        }
+    }
+}
+
+/// A large object grown in place over its extent's punched pages and the punched free chunks
+/// after it: the same, through `realloc_slice`.
+#[test]
+fn a_large_object_grown_over_punched_pages_has_blocks_at_once() {
+    for (to, what) in [
+        (500u64 << 10, "its own tail"),
+        (1 << 20, "the chunks after it"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.heap");
+        let heap = Heap::create(&path, opts(Durability::Full)).unwrap();
+        // 300 KiB in a 512 KiB extent, then a 1 MiB extent freed behind it, and an object
+        // after that (so the freed one is not the heap's tail).
+        let s = heap
+            .transaction(|tx| tx.alloc_slice(&vec![3u8; 300 << 10]))
+            .unwrap();
+        let gap = heap
+            .transaction(|tx| tx.alloc_slice_zeroed::<u8>(1 << 20))
+            .unwrap();
+        heap.transaction(|tx| tx.alloc(1u64)).unwrap();
+        heap.transaction(|tx| tx.free_slice(gap)).unwrap();
+        let rep = heap.compact().unwrap();
+        assert!(rep.punched_bytes >= (1 << 20) + (200 << 10), "{rep:?}");
+        let before = disk_bytes(&path);
+        let during = heap
+            .transaction(|tx| {
+                let t = tx.realloc_slice(s, 300 << 10, to)?;
+                assert_eq!(t.offset(), s.offset(), "grown in place");
+                Ok(disk_bytes(&path))
+            })
+            .unwrap();
+        let want = to - (300 << 10);
+        assert!(
+            during >= before + want - 4096,
+            "over {what}: {before} bytes of blocks before, {during} inside the body"
+        );
+        heap.close().unwrap();
+    }
+}
+
+/// A small tmpfs, unmounted on drop.
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    fn new(mib: u64) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("mount of a small tmpfs refused (not root?): full-disk case skipped");
+        }
+        ok.then_some(SmallFs(dir))
+    }
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// Fill the filesystem holding `dir`; returns the filler (remove it to free the space).
+fn fill(dir: &Path) -> PathBuf {
+    let p = dir.join("filler");
+    let mut f = std::fs::File::create(&p).unwrap();
+    let buf = vec![0xAAu8; 4096];
+    loop {
+        match f.write(&buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                break;
+            }
+        }
+    }
+    p
+}
+
+fn is_enospc(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+}
+
+/// After `compact`, on a full disk, a transaction taking the punched space fails with ENOSPC,
+/// does not poison the handle (the heap goes on), and every acknowledged transaction stays.
+#[test]
+fn a_full_disk_under_punched_free_space_is_the_allocation_s_error() {
+    for d in [Durability::Full, Durability::None] {
+        for size in [256u64 << 10, 64] {
+            let Some(fs) = SmallFs::new(24) else {
+                return;
+            };
+            let path = fs.path().join("h.heap");
+            let heap = Heap::create(&path, opts(d)).unwrap();
+            let keep = punched(&heap);
+            let filler = fill(fs.path());
+            let r = heap.transaction(|tx| {
+                for _ in 0..8 {
+                    let s = tx.alloc_slice_zeroed::<u8>(size)?;
+                    tx.slice_mut(s)?.fill(0x55);
+                }
+                Ok(())
+            });
+            let e = r.expect_err("allocated into holes on a full disk");
+            assert!(is_enospc(&e), "{d:?} size {size}: {e}");
+            assert!(!heap.is_poisoned(), "{d:?} size {size}: {e}");
+            // The heap goes on: a write into existing space commits.
+            heap.transaction(|tx| tx.slice_mut(keep).map(|b| b[0] = 0x78))
+                .unwrap();
+            std::fs::remove_file(&filler).unwrap();
+            let s = heap
+                .transaction(|tx| {
+                    let s = tx.alloc_slice_zeroed::<u8>(size)?;
+                    tx.slice_mut(s)?.fill(0x55);
+                    Ok(s)
+                })
+                .unwrap();
+            heap.close().unwrap();
+            let heap = Heap::open(&path, opts(d)).unwrap();
+            heap.read(|r| {
+                let k = r.slice(keep)?;
+                assert!(k[0] == 0x78 && k[1..].iter().all(|&b| b == 0x77));
+                assert!(r.slice(s)?.iter().all(|&b| b == 0x55));
+                Ok(())
+            })
+            .unwrap();
+            heap.close().unwrap();
+        }
+    }
+}
+
+#[test]
+fn full_tmpfs_child() {
+    let Ok(dir) = std::env::var("TXHEAP_FULL_TMPFS_CHILD") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let heap = Heap::create(dir.join("h.heap"), opts(Durability::Full)).unwrap();
+    punched(&heap);
+    let filler = fill(&dir);
+    let r = heap.transaction(|tx| {
+        for _ in 0..8 {
+            tx.alloc_slice_zeroed::<u8>(64)?;
+        }
+        Ok(())
+    });
+    std::fs::remove_file(filler).unwrap();
+    println!("CHILD-DONE {}", r.as_ref().err().is_some_and(is_enospc));
+}
+
+/// tmpfs gives a page on any fault of the mapping, even a read: a new run's bitmap staged
+/// from a punched page, on a full tmpfs, was SIGBUS.
+#[test]
+fn a_full_tmpfs_under_punched_free_space_is_not_sigbus() {
+    let Some(fs) = SmallFs::new(24) else {
+        return;
+    };
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "full_tmpfs_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TXHEAP_FULL_TMPFS_CHILD", fs.path())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.signal(),
+        None,
+        "the child died of a signal\n{stdout}"
+    );
+    assert!(stdout.contains("CHILD-DONE true"), "{stdout}");
+}
