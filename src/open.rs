@@ -458,12 +458,11 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
     } else {
         // A clean close gave the log's blocks back (`Writer::close`): take them again now, so
         // that a full disk shows here, named, and not as a failing commit later. (Under `None`
-        // the window allocates them when it is made, below: its stores could not report it.)
-        if options.durability != Durability::None {
-            let log = log.sb.log_offset();
-            crate::platform::preallocate(&file, log, geo.heap_offset - log)
-                .map_err(|e| Error::io("allocate the log's blocks (posix_fallocate)", log, e))?;
-        }
+        // the window would allocate them when it is made, below, but its error could name
+        // only "storage": a review found that.)
+        let log = log.sb.log_offset();
+        crate::platform::preallocate(&file, log, geo.heap_offset - log)
+            .map_err(|e| Error::io("allocate the log's blocks (posix_fallocate)", log, e))?;
         new_storage(&file, options, geo.heap_offset)?
     };
     let mut writer = Writer::new(

@@ -125,8 +125,12 @@ fn a_large_object_grown_over_punched_pages_has_blocks_at_once() {
     }
 }
 
-/// A small tmpfs, unmounted on drop.
-struct SmallFs(tempfile::TempDir);
+/// A small filesystem (tmpfs, or ext4 in a loop-mounted image), unmounted on drop.
+struct SmallFs {
+    dir: tempfile::TempDir,
+    /// The ext4 image's directory, removed after the unmount.
+    _img: Option<tempfile::TempDir>,
+}
 
 impl SmallFs {
     fn new(mib: u64) -> Option<SmallFs> {
@@ -140,16 +144,49 @@ impl SmallFs {
         if !ok {
             eprintln!("mount of a small tmpfs refused (not root?): full-disk case skipped");
         }
-        ok.then_some(SmallFs(dir))
+        ok.then_some(SmallFs { dir, _img: None })
+    }
+
+    /// ext4 keeps the blocks a failed `posix_fallocate` got (tmpfs gives them back).
+    fn ext4(mib: u64) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().unwrap();
+        let img_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let img = img_dir.path().join("fs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        let quiet = || std::process::Stdio::null();
+        let ok = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img)
+            .stdout(quiet())
+            .stderr(quiet())
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&img)
+                .arg(dir.path())
+                .stderr(quiet())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("mkfs.ext4 or a loop mount refused (not root?): full-disk case skipped");
+        }
+        ok.then_some(SmallFs {
+            dir,
+            _img: Some(img_dir),
+        })
     }
     fn path(&self) -> &Path {
-        self.0.path()
+        self.dir.path()
     }
 }
 
 impl Drop for SmallFs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
+        let _ = Command::new("umount").arg(self.dir.path()).status();
     }
 }
 
@@ -267,4 +304,81 @@ fn a_full_tmpfs_under_punched_free_space_is_not_sigbus() {
         "the child died of a signal\n{stdout}"
     );
     assert!(stdout.contains("CHILD-DONE true"), "{stdout}");
+}
+
+/// A growth that fails on a full ext4 leaves the file as it was: a failed `posix_fallocate`
+/// there keeps the blocks it got and the length over them, which a review found kept (the
+/// next checkpoint recorded the length), so that the closed heap's reopen on the same disk was
+/// refused: the log's blocks had gone to that tail.
+#[test]
+fn a_failed_growth_leaves_the_file_as_it_was() {
+    let Some(fs) = SmallFs::ext4(24) else {
+        return;
+    };
+    let path = fs.path().join("h.heap");
+    let o = || opts(Durability::Full).max_size(1 << 30);
+    let heap = Heap::create(&path, o()).unwrap();
+    let mut kept: Vec<PSlice<u8>> = Vec::new();
+    let (len_before, err) = loop {
+        let len = std::fs::metadata(&path).unwrap().len();
+        match heap.transaction(|tx| {
+            let s = tx.alloc_slice_zeroed::<u8>(300 << 10)?;
+            tx.slice_mut(s)?.fill(kept.len() as u8 + 1);
+            Ok(s)
+        }) {
+            Ok(s) => kept.push(s),
+            Err(e) => break (len, e),
+        }
+        assert!(kept.len() < 200, "the disk never filled");
+    };
+    assert!(is_enospc(&err), "{err:?}");
+    assert!(!heap.is_poisoned());
+    let len_after = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(
+        len_after, len_before,
+        "the failed growth changed the file's length"
+    );
+    heap.close().unwrap();
+    let heap = Heap::open(&path, o()).expect("reopen on the same disk");
+    heap.read(|r| {
+        for (i, s) in kept.iter().enumerate() {
+            assert!(r.slice(*s)?.iter().all(|&b| b == i as u8 + 1));
+        }
+        Ok(())
+    })
+    .unwrap();
+    heap.close().unwrap();
+}
+
+/// A writable open of a closed heap on a full disk names the log's blocks under both
+/// durabilities (a review found `None`'s error naming only "storage at offset 0"); the file is
+/// unchanged, and the open works once space is freed.
+#[test]
+fn a_writable_open_on_a_full_disk_names_the_log() {
+    for d in [Durability::Full, Durability::None] {
+        let Some(fs) = SmallFs::new(24) else {
+            return;
+        };
+        let path = fs.path().join("h.heap");
+        let o = || opts(d).log_size(4 << 20);
+        let heap = Heap::create(&path, o()).unwrap();
+        let s = heap.transaction(|tx| tx.alloc_slice(&[9u8; 1000])).unwrap();
+        heap.close().unwrap();
+        let filler = fill(fs.path());
+        let before = std::fs::read(&path).unwrap();
+        let e = Heap::open(&path, o()).err().expect("opened on a full disk");
+        assert!(is_enospc(&e), "{d:?}: {e:?}");
+        assert!(e.to_string().contains("log's blocks"), "{d:?}: {e}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "{d:?}: the file changed"
+        );
+        std::fs::remove_file(&filler).unwrap();
+        let heap = Heap::open(&path, o()).unwrap();
+        assert!(heap
+            .read(|r| Ok(r.slice(s)?.iter().all(|&b| b == 9)))
+            .unwrap());
+        heap.close().unwrap();
+    }
 }

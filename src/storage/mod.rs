@@ -223,7 +223,17 @@ impl Storage for FileStorage {
             if new_len <= len {
                 return Ok(false);
             }
-            crate::platform::preallocate(file, len, new_len - len)?;
+            if let Err(e) = crate::platform::preallocate(file, len, new_len - len) {
+                // A failed posix_fallocate may keep the blocks it got and the length over
+                // them (ext4 on a full disk): cut back, so that the failed growth leaves the
+                // file as it was (a review found the tail kept, recorded by the next
+                // checkpoint, and a reopen on the same disk refused for the log's blocks).
+                // Nothing refers to the new length: the growing transaction fails.
+                if file.metadata().is_ok_and(|m| m.len() > len) {
+                    let _ = file.set_len(len);
+                }
+                return Err(e);
+            }
             Ok(true)
         })
     }
