@@ -73,3 +73,7 @@ pub(crate) const GROW_CHUNKS_MAX: u64 = 1024;
 /// Temporary names a new file's build (`open::publish_new_file`) tries past those that exist
 /// already (left by crashed processes whose ids this one reuses).
 pub(crate) const TEMP_NAME_TRIES: usize = 10_000;
+
+/// Bytes of the destination's name kept in a temporary file's name
+/// (`.NAME.txheap-KIND-PID-N`): room for the rest under the usual `NAME_MAX` of 255.
+pub(crate) const TEMP_STEM_MAX: usize = 100;

@@ -21,7 +21,7 @@ use txheap_recovery::{
 use crate::alloc::{Allocator, HeapHeader, HEAP_HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::layout::{needed_len, read_heap_header, Geometry};
-use crate::limits::TEMP_NAME_TRIES;
+use crate::limits::{TEMP_NAME_TRIES, TEMP_STEM_MAX};
 use crate::options::{Durability, Options};
 use crate::shared::Shared;
 use crate::storage::FileStorage;
@@ -225,6 +225,17 @@ pub(crate) fn publish_new_file<T>(
     let name = path.file_name().ok_or_else(|| Error::InvalidOptions {
         what: format!("{} has no file name", path.display()),
     })?;
+    /// The destination's name in the temporary one, cut to `TEMP_STEM_MAX` bytes (at a
+    /// character boundary): a legal name near `NAME_MAX` (255) would otherwise make the
+    /// temporary name too long (a review found `File name too long` for a 250-byte name).
+    /// The process id and counter make it unique; the stem only tells a person whose it is.
+    fn temp_stem(name: &str) -> &str {
+        let mut end = name.len().min(TEMP_STEM_MAX);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        &name[..end]
+    }
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     // A name that exists already is another's: left by a process that crashed while it
     // created or copied a heap here, whose process id this one now has (ids are reused: the
@@ -235,7 +246,7 @@ pub(crate) fn publish_new_file<T>(
         loop {
             let tmp = dir.join(format!(
                 ".{}.txheap-{kind}-{}-{}",
-                name.to_string_lossy(),
+                temp_stem(&name.to_string_lossy()),
                 std::process::id(),
                 COUNTER.fetch_add(1, Ordering::Relaxed)
             ));

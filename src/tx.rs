@@ -142,6 +142,15 @@ struct Mem<'x> {
     changed: bool,
 }
 
+/// A slice whose byte count overflows a `u64`: larger than any object (not `OutOfSpace`,
+/// which a larger `max_size` could cure: a review found it so named).
+fn too_large() -> Error {
+    Error::ObjectTooLarge {
+        requested: u64::MAX,
+        max: crate::alloc::OBJECT_SIZE_MAX,
+    }
+}
+
 fn fill_from(sh: &Shared) -> impl FnMut(u64, &mut [u8]) + '_ {
     move |start, buf| {
         // SAFETY: staged ranges lie inside the checked heap area (or its 64-byte aligned
@@ -939,10 +948,7 @@ impl<'h> Tx<'h> {
     pub fn alloc_slice_zeroed<T: Pod>(&mut self, len: u64) -> Result<PSlice<T>> {
         let size = (std::mem::size_of::<T>() as u64)
             .checked_mul(len)
-            .ok_or(Error::OutOfSpace {
-                requested: u64::MAX,
-                max_size: self.sh.max_size(),
-            })?;
+            .ok_or(too_large())?;
         let off = self.alloc_filled(size, std::mem::align_of::<T>() as u64, |b| b.fill(0))?;
         Ok(PSlice::from_raw_parts(off, len))
     }
@@ -1050,10 +1056,7 @@ impl<'h> Tx<'h> {
         }
         let keep = keep.min(s.len()).min(len);
         let size = std::mem::size_of::<T>() as u64;
-        let bytes = size.checked_mul(len).ok_or(Error::OutOfSpace {
-            requested: u64::MAX,
-            max_size: self.sh.max_size(),
-        })?;
+        let bytes = size.checked_mul(len).ok_or(too_large())?;
         let block = self
             .usable_size(s.as_ptr())
             .ok_or_else(|| Error::InvalidFree {

@@ -366,7 +366,7 @@ fn a_writable_open_on_a_full_disk_names_the_log() {
         heap.close().unwrap();
         let filler = fill(fs.path());
         let before = std::fs::read(&path).unwrap();
-        let e = Heap::open(&path, o()).err().expect("opened on a full disk");
+        let e = Heap::open(&path, o()).expect_err("opened on a full disk");
         assert!(is_enospc(&e), "{d:?}: {e:?}");
         assert!(e.to_string().contains("log's blocks"), "{d:?}: {e}");
         assert_eq!(

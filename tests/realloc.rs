@@ -419,3 +419,27 @@ fn a_resize_refused_by_the_log_never_commits_half_done() {
         .unwrap();
     assert!(all, "the first object changed");
 }
+
+/// A slice whose byte count overflows a `u64` is larger than any object: `ObjectTooLarge`, as a
+/// slightly smaller one is (a review found `OutOfSpace`, which says a larger `max_size` helps).
+#[test]
+fn an_overflowing_slice_length_is_object_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("o.heap"), Options::new()).unwrap();
+    let bytes = heap.transaction(|tx| tx.alloc_slice_zeroed::<u8>(1 << 62).map(|_| ()));
+    assert!(
+        matches!(bytes, Err(Error::ObjectTooLarge { .. })),
+        "{bytes:?}"
+    );
+    let words = heap.transaction(|tx| tx.alloc_slice_zeroed::<u64>(1 << 62).map(|_| ()));
+    assert!(
+        matches!(words, Err(Error::ObjectTooLarge { .. })),
+        "{words:?}"
+    );
+    let s = heap
+        .transaction(|tx| tx.alloc_slice_zeroed::<u64>(4))
+        .unwrap();
+    let re = heap.transaction(|tx| tx.realloc_slice(s, 4, 1 << 62).map(|_| ()));
+    assert!(matches!(re, Err(Error::ObjectTooLarge { .. })), "{re:?}");
+    assert!(!heap.is_poisoned());
+}

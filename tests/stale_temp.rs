@@ -39,3 +39,26 @@ fn stale_temporary_files_of_a_dead_process_with_this_pid_are_skipped() {
         assert_eq!(std::fs::read(&stale).unwrap(), b"left by a crashed process");
     }
 }
+
+/// A legal destination name near `NAME_MAX` (255 bytes): the temporary name keeps only a
+/// prefix of it, so create and copies work (a review found `File name too long` from the
+/// temporary file's create for a 250-byte name, under `backup_to`, `compact_to` and
+/// `Heap::create` alike).
+#[test]
+fn a_long_legal_name_is_created_and_copied_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = |c: char| format!("{}.heap", c.to_string().repeat(245));
+    let probe = dir.path().join(name('p'));
+    std::fs::write(&probe, b"x").expect("a 250-byte name is legal here");
+    std::fs::remove_file(&probe).unwrap();
+    let heap = txheap::Heap::create(dir.path().join(name('a')), txheap::Options::new()).unwrap();
+    let p = heap.transaction(|tx| tx.alloc(5u64)).unwrap();
+    heap.backup_to(dir.path().join(name('b'))).unwrap();
+    heap.compact_to(dir.path().join(name('c'))).unwrap();
+    for c in ['b', 'c'] {
+        let copy = txheap::Heap::open_read_only(dir.path().join(name(c))).unwrap();
+        assert_eq!(copy.read(|r| r.get(p).copied()).unwrap(), 5);
+    }
+    // Nothing else is left in the directory: no temporary file.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+}

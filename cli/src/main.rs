@@ -613,9 +613,11 @@ fn compact(file: &Path, wait: Duration) -> Result<u8, Failure> {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
     };
-    let heap = Heap::open(file, Options::new().lock_wait(wait)).map_err(|e| failure(file, e))?;
-    // (Measured once the file is this command's: a holder waited for may have written meanwhile.)
+    // The file as the command found it: measured before the open, which takes the log's blocks
+    // again that a clean close gave back (a review found every run claiming them as given
+    // back). With `--wait`, as found when the command started.
     let before = blocks(file);
+    let heap = Heap::open(file, Options::new().lock_wait(wait)).map_err(|e| failure(file, e))?;
     let r = heap.compact().map_err(|e| failure(file, e))?;
     heap.close().map_err(|e| failure(file, e))?;
     println!(

@@ -97,17 +97,22 @@ impl FileStorage {
     /// A hole at `[offset, offset+len)`; where the filesystem cannot punch, zeros written if
     /// `zeros`, else nothing. Returns the bytes whose blocks were given back.
     fn punch_or(&mut self, offset: u64, len: u64, zeros: bool) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
         let (file, counters) = (&self.file, &mut self.counters);
         let mut freed = 0;
         self.hooks.punch(offset, len, || {
             counters.writes += 1;
+            // What the file's blocks say, not the range's length: a range that was a hole
+            // already gives nothing back (a review found a second compaction reporting the
+            // first one's bytes again).
+            let before = file.metadata()?.blocks();
             let punched = if zeros {
                 sys::punch_hole(file, offset, len)?
             } else {
                 crate::platform::punch_hole(file, offset, len)?
             };
             if punched {
-                freed = len;
+                freed = before.saturating_sub(file.metadata()?.blocks()) * 512;
             }
             Ok(())
         })?;
