@@ -20,7 +20,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use txheap_recovery::{self as recovery, Storage, Superblock};
 
@@ -137,6 +139,22 @@ impl Foreign {
     /// at their entry) until the guard is dropped. With `below`, only the readers pinned below
     /// that txid are waited for (and new ones kept out): those pinned at it or later go on.
     pub(crate) fn exclude(&self, below: Option<u64>) -> Result<Excluded<'_>> {
+        self.exclude_with(below, None)
+    }
+
+    /// [`Foreign::exclude`] of every reader, waiting at most `wait` for those in a read
+    /// (`Locked`, naming `path`, past it): the writable open's (`Options::lock_wait`), which
+    /// a reader paused in its read would otherwise hold for ever (a review found
+    /// `Heap::open` with no wait still waiting after 5 s).
+    pub(crate) fn exclude_within(&self, wait: Duration, path: &Path) -> Result<Excluded<'_>> {
+        self.exclude_with(None, Some((wait, path)))
+    }
+
+    fn exclude_with(
+        &self,
+        below: Option<u64>,
+        within: Option<(Duration, &Path)>,
+    ) -> Result<Excluded<'_>> {
         let mut depth = self.depth.lock().unwrap_or_else(|e| e.into_inner());
         if depth.0 == 0 && !ignored() {
             let range = match below {
@@ -151,11 +169,32 @@ impl Foreign {
                 )
             };
             // First the waiting byte (readers hold it only for an instant, after finding it
-            // held): readers that have not entered yet wait; then those in the range.
+            // held): readers that have not entered yet wait. Then those in the range, whose
+            // reads end by themselves; once the waiting byte is held no new one enters, so the
+            // writer goes first (a review found readers overlapping each other starving a
+            // writer that polled).
             sys::range_lock(&self.file, RangeLock::Exclusive, WAITING, true).map_err(io)?;
-            if let Err(e) = sys::range_lock(&self.file, RangeLock::Exclusive, range, true) {
-                let _ = sys::range_lock(&self.file, RangeLock::Unlock, WAITING, false);
-                return Err(io(e));
+            let block = within.is_none();
+            // (A wait too long to add to now is a wait without end.)
+            let deadline = within.and_then(|(w, _)| Instant::now().checked_add(w));
+            let mut pause = Duration::from_millis(1);
+            loop {
+                match sys::range_lock(&self.file, RangeLock::Exclusive, range, block) {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => {
+                        let _ = sys::range_lock(&self.file, RangeLock::Unlock, WAITING, false);
+                        return Err(io(e));
+                    }
+                }
+                let left = deadline.map_or(pause, |d| d.saturating_duration_since(Instant::now()));
+                if left.is_zero() {
+                    let _ = sys::range_lock(&self.file, RangeLock::Unlock, WAITING, false);
+                    let path = within.map(|(_, p)| p.to_path_buf()).unwrap_or_default();
+                    return Err(Error::Locked { path });
+                }
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(Duration::from_millis(50));
             }
             depth.1 = Some(range);
         }

@@ -107,7 +107,11 @@ impl Heap {
     /// with [`Error::Locked`]. The other way round, a writable open is refused with `Locked`
     /// while any other handle holds the file, a read-only one included (another process's
     /// [`Heap::open_read_only`] of a closed heap, or a `txheap` command reading it): at once,
-    /// or after waiting up to [`Options::lock_wait`] for the holders to close.
+    /// or after waiting up to [`Options::lock_wait`] for the holders to close. Read-only
+    /// handles that opened beside an earlier writer (Linux) do not hold the file, but their
+    /// reads keep recovery out: the open waits for reads in progress to end, up to
+    /// `lock_wait` and at least a second, then gives up with `Locked` (a reader paused in a
+    /// read holds it that long).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -148,10 +152,15 @@ impl Heap {
     ///
     /// If a writer holds the file (another process, or another handle in this one), the
     /// handle opens *beside* it (Linux; elsewhere [`Error::Locked`]): each [`Heap::read`]
-    /// sees the newest state the writer committed, the writer neither waits for the read nor
-    /// changes what it holds, and the writer may close and another open meanwhile
-    /// (docs/ARCHITECTURE.md section 17). Its [`Heap::stats`] are those of
-    /// [`crate::inspect::stats`], read live.
+    /// sees the newest state the writer committed, the writer never changes what a read holds,
+    /// and the writer may close and another open meanwhile (docs/ARCHITECTURE.md section 17).
+    /// Commits do not wait for such a read, except where the writer must bring the file up to
+    /// date under it: a checkpoint (a full log, [`Heap::checkpoint`], [`Heap::close`]), a
+    /// commit that writes large objects in place, [`Heap::compact`], [`Heap::set_max_size`],
+    /// and a later writer's open (which waits at least a second, then is `Locked`). Its
+    /// [`Heap::stats`] are those of [`crate::inspect::stats`], read live. A writer that holds
+    /// the file but never says it answers such readers (an older txheap) makes this open
+    /// `Locked` after a second (a writer that is opening says so within that).
     ///
     /// While the returned handle is open, nothing but a txheap writer may write, truncate or
     /// replace the file (see the crate documentation: "The one condition").

@@ -290,7 +290,9 @@ impl Options {
     /// (default: no wait). It tries again with growing pauses (1 ms doubling to 50 ms), so a
     /// process that takes turns with others on one heap opens within about 50 ms of the
     /// holder's close. Whoever tries first is not served first: under constant contention an
-    /// open can wait the whole time.
+    /// open can wait the whole time. Reads in progress in other processes, by handles that
+    /// opened beside an earlier writer, are waited for up to this long and at least a second
+    /// (see [`crate::Heap::open`]).
     ///
     /// ```
     /// use std::time::Duration;
