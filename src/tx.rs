@@ -359,6 +359,11 @@ impl<'h> Tx<'h> {
                     None => fill(o, b),
                 }
             })?;
+        } else if off + len > self.sh.geo.root_offset + self.header.root_size {
+            // The root area past the root (all of it while there is none) is no allocation: a
+            // wild pointer there is refused as anywhere else (a review found such writes
+            // committed). (`check` passed: `off + len` does not overflow.)
+            return Err(Error::NotAllocated { offset: off, len });
         }
         Ok(Writable {
             off,
@@ -1235,7 +1240,9 @@ impl<'h> Tx<'h> {
         );
         let len = old_size.max(size);
         if len > 0 {
-            let b = self.view_mut(at, len, 1)?;
+            // (Not `view_mut`: the root may grow here, past the size the header records until
+            // `set_root_type` below; both sizes are within the root area, `root_fits`.)
+            let b = self.stage_mut(at, len)?;
             b.fill(0);
             b[..size as usize].copy_from_slice(bytemuck::bytes_of(&new));
         }

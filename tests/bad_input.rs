@@ -524,3 +524,52 @@ fn a_fifo_or_a_directory_is_refused_without_waiting() {
         }
     }
 }
+
+/// The root area past the root (all of it while there is none) is no allocation: a write
+/// there is `NotAllocated`, as a wild pointer anywhere else (a review found such writes
+/// committed). Reads of the root, the root's own writes, and a root that grows by
+/// `migrate_root` still work.
+#[test]
+fn writes_into_the_root_area_outside_the_root_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("root.heap"), Options::new()).unwrap();
+    let area = 8192 + heap.stats().unwrap().log_size + 4096;
+    let no_root = heap.transaction(|tx| tx.set(PPtr::<u64>::from_offset(area + 8), 77));
+    assert!(
+        matches!(no_root, Err(Error::NotAllocated { .. })),
+        "no root: {no_root:?}"
+    );
+    let past = heap.transaction(|tx| {
+        let r = tx.root::<u64>()?;
+        tx.set(r, 5)?;
+        tx.set(PPtr::<u64>::from_offset(r.offset() + 16), 99)
+    });
+    assert!(
+        matches!(past, Err(Error::NotAllocated { .. })),
+        "past the root: {past:?}"
+    );
+    let straddling = heap.transaction(|tx| {
+        let r = tx.root::<u64>()?;
+        tx.set(PPtr::<[u64; 2]>::from_offset(r.offset()), [1, 2])
+    });
+    assert!(
+        matches!(straddling, Err(Error::NotAllocated { .. })),
+        "{straddling:?}"
+    );
+    heap.transaction(|tx| {
+        let r = tx.root::<u64>()?;
+        tx.set(r, 6)
+    })
+    .unwrap();
+    heap.transaction(|tx| tx.migrate_root(|old: &u64| [*old, 7u64]).map(|_| ()))
+        .unwrap();
+    let v = heap
+        .read(|r| r.get(r.root::<[u64; 2]>()?).copied())
+        .unwrap();
+    assert_eq!(v, [6, 7]);
+    heap.transaction(|tx| {
+        let r = tx.root::<[u64; 2]>()?;
+        tx.set(r, [8, 9])
+    })
+    .unwrap();
+}
