@@ -227,7 +227,9 @@ enum Undo {
     ExtentRemoved(u32, u32),
     ExtentInserted(u32, u32),
     ChunkCount(u64),
-    RunFree(u32, i64),
+    /// A streak of allocations from run `c`: the change to its free count, and its hint
+    /// before the streak.
+    RunFree(u32, i64, u64),
     RunAdded(u32),
     LargeAdded(u32),
     LargeRemoved(u32, (u32, u64)),
@@ -509,16 +511,18 @@ impl Allocator {
         // `run_free_delta(c, -1)` and the hint, with one lookup of the run.
         let rs = self.runs.get_mut(&c).expect("live run");
         rs.free = rs.free.wrapping_sub(1); // (as run_free_delta: a partial run has free > 0)
-        rs.hint = w;
+        let hint = std::mem::replace(&mut rs.hint, w);
         if rs.free == 0 {
             self.partial[class].remove(&c);
         }
         // One journal entry per run and streak, not per allocation (a bulk transaction made a
-        // million): a rollback applies the sum, which ends in the same state.
+        // million): a rollback applies the sum, which ends in the same state, and puts back
+        // the hint from before the streak (a review found the next allocation after a
+        // rollback placed past the blocks it gave back).
         // (Never into an entry from before a nested scope: `Undo::Scope` stands between.)
         match self.undo.last_mut() {
-            Some(Undo::RunFree(last, d)) if *last == c => *d -= 1,
-            _ => self.undo.push(Undo::RunFree(c, -1)),
+            Some(Undo::RunFree(last, d, _)) if *last == c => *d -= 1,
+            _ => self.undo.push(Undo::RunFree(c, -1, hint)),
         }
         off
     }
@@ -1092,12 +1096,13 @@ impl Allocator {
             self.undo.remove(m.undo);
             // The two entries the marker stood between merge as consecutive allocations from
             // one run do (a review found a million kept scopes left a million entries).
-            if let (Some(&Undo::RunFree(c, d)), Some(&Undo::RunFree(c2, d2))) = (
+            if let (Some(&Undo::RunFree(c, d, hint)), Some(&Undo::RunFree(c2, d2, _))) = (
                 m.undo.checked_sub(1).and_then(|i| self.undo.get(i)),
                 self.undo.get(m.undo),
             ) {
                 if c == c2 {
-                    self.undo[m.undo - 1] = Undo::RunFree(c, d + d2);
+                    // (The older entry's hint: from before both.)
+                    self.undo[m.undo - 1] = Undo::RunFree(c, d + d2, hint);
                     self.undo.remove(m.undo);
                 }
             }
@@ -1132,7 +1137,12 @@ impl Allocator {
                 Undo::ExtentRemoved(s, n) => self.insert_extent(s, n),
                 Undo::ExtentInserted(s, n) => self.remove_extent(s, n),
                 Undo::ChunkCount(cc) => self.chunk_count = cc,
-                Undo::RunFree(c, d) => self.run_free_delta(c, -d),
+                Undo::RunFree(c, d, hint) => {
+                    self.run_free_delta(c, -d);
+                    if let Some(rs) = self.runs.get_mut(&c) {
+                        rs.hint = hint;
+                    }
+                }
                 Undo::RunAdded(c) => {
                     let rs = self.runs.remove(&c).expect("added run");
                     self.partial[rs.class].remove(&c);
