@@ -1407,6 +1407,7 @@ impl Drop for Tx<'_> {
             self.w.alloc.rollback();
             debug_assert_eq!(self.w.alloc.chunk_count, self.w.header.chunk_count);
         }
+        self.w.end_growth(self.sh, self.done);
         #[cfg(debug_assertions)]
         self.w.alloc.check_invariants();
         self.stage.clear();

@@ -1113,6 +1113,32 @@ impl Writer {
             .map_err(|e| Error::io("fdatasync after giving back the log", first, e))
     }
 
+    /// A transaction ended: if it committed (`kept`), its growth stays; if it rolled back,
+    /// the file is cut back to its length before the growth (README: an abort changes
+    /// nothing, the file included; a review found an aborted 200 MiB allocation leaving the
+    /// file 200 MiB longer, its blocks allocated, until a compaction). Never below what the
+    /// current superblock says (`file_len`: a checkpoint inside a failed commit may have
+    /// recorded the longer file) nor below the heap the writer's chunk count needs (frames
+    /// appended, durable or waiting); not on a poisoned handle, whose state is uncertain. The
+    /// mappings first: nothing reaches past the cut (every access is checked against a chunk
+    /// count no larger). A failed cut only leaves the longer file, as before.
+    pub(crate) fn end_growth(&mut self, sh: &Shared, kept: bool) {
+        let Some(from) = self.storage.take_grown_from() else {
+            return;
+        };
+        if kept || sh.is_poisoned() {
+            return;
+        }
+        let keep = from
+            .max(self.sb.file_len)
+            .max(sh.geo.heap_end(self.alloc.chunk_count));
+        if self.storage.len().is_ok_and(|len| len > keep) {
+            sh.map.shrink(keep);
+            sh.reader_map().shrink(keep);
+            let _ = self.storage.shrink(keep);
+        }
+    }
+
     /// Give free space back to the filesystem (docs/ARCHITECTURE.md section 14): checkpoint, so
     /// that the file holds the committed state durably; hide the free pages and the cut tail
     /// from new readers and wait for older ones; punch holes in the free pages; then, if the

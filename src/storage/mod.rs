@@ -58,6 +58,9 @@ pub(crate) struct FileStorage {
     pub(crate) counters: IoCounters,
     /// Injected faults and recording (feature `test-hooks`; zero-sized otherwise).
     pub(crate) hooks: Hooks,
+    /// The file's length before the first growth since [`Self::take_grown_from`] was last
+    /// called: what an aborted transaction's growth is cut back to.
+    grown_from: Option<u64>,
 }
 
 impl FileStorage {
@@ -77,7 +80,13 @@ impl FileStorage {
             window,
             counters: IoCounters::default(),
             hooks: Hooks::new(),
+            grown_from: None,
         })
+    }
+
+    /// The file's length before the growths since the last call, if any grew it.
+    pub(crate) fn take_grown_from(&mut self) -> Option<u64> {
+        self.grown_from.take()
     }
 
     /// Give `[offset, offset+len)` back to the filesystem (it reads as zeros afterwards; see
@@ -224,6 +233,9 @@ impl Storage for FileStorage {
     fn grow(&mut self, new_len: u64) -> io::Result<()> {
         let len = self.len()?;
         let file = &self.file;
+        if new_len > len {
+            self.grown_from.get_or_insert(len);
+        }
         self.hooks.grow(new_len, || {
             if new_len <= len {
                 return Ok(false);
