@@ -241,9 +241,16 @@ impl TxMem for Mem<'_> {
         Ok(())
     }
 
-    fn ensure_chunks(&mut self, chunk_count: u64) -> Result<()> {
+    fn ensure_chunks(&mut self, from: u64, chunk_count: u64) -> Result<()> {
         let need = self.sh.geo.chunk_area + chunk_count * CHUNK_SIZE;
         phase!(GROW);
+        // The file may reach past the heap already (a compaction cut short before its cut):
+        // that part may hold holes, which the growth below leaves alone. Blocks first.
+        let old = self.sh.geo.chunk_area + from * CHUNK_SIZE;
+        let len = self.storage.len().map_err(|e| Error::io("stat", 0, e))?;
+        if len > old {
+            self.claim(old, len.min(need) - old)?;
+        }
         self.storage
             .grow(need)
             .map_err(|e| Error::io("grow file (posix_fallocate)", need, e))?;

@@ -382,3 +382,53 @@ fn a_writable_open_on_a_full_disk_names_the_log() {
         heap.close().unwrap();
     }
 }
+
+/// A compaction cut short between its shrinking checkpoint and the file's cut (as by a crash)
+/// leaves the file longer than the heap, and that tail may hold holes an earlier compaction
+/// punched (free space in the middle then). The reopened heap's growth into it claims it:
+/// the space has its blocks inside the transaction body (a review found a new run's bitmap
+/// applied into such a hole, the handle poisoned on a full disk after the commit point).
+#[cfg(feature = "test-hooks")]
+#[test]
+fn growth_into_a_tail_left_by_a_compaction_cut_short_has_blocks_at_once() {
+    use txheap_recovery::sabotage;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.heap");
+    let heap = Heap::create(&path, opts(Durability::Full)).unwrap();
+    heap.transaction(|tx| tx.alloc(7u64)).unwrap();
+    // F (16 chunks), then G (1 chunk); F freed and punched by a first compaction.
+    let f = heap
+        .transaction(|tx| tx.alloc_slice_zeroed::<u8>(16 << 18))
+        .unwrap();
+    let g = heap
+        .transaction(|tx| tx.alloc_slice(&vec![1u8; 256 << 10]))
+        .unwrap();
+    heap.transaction(|tx| tx.free_slice(f)).unwrap();
+    heap.compact().unwrap();
+    // G freed: the second compaction cuts F and G from the heap, and stops before the cut.
+    heap.transaction(|tx| tx.free_slice(g)).unwrap();
+    sabotage::panic_at(Some("compact.before_cut"));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| heap.compact()));
+    sabotage::panic_at(None);
+    assert!(r.is_err(), "the failpoint did not fire");
+    drop(heap);
+    let heap = Heap::open(&path, opts(Durability::Full)).unwrap();
+    let st = heap.stats().unwrap();
+    assert!(
+        st.file_len > 8192 + st.log_size + 8192 + st.heap_bytes + (4 << 20),
+        "{st:?}"
+    );
+    let before = disk_bytes(&path);
+    let during = heap
+        .transaction(|tx| {
+            // A new run, of a size class not used yet: the heap grows over the old F.
+            tx.alloc([5u64; 100])?;
+            Ok(disk_bytes(&path))
+        })
+        .unwrap();
+    assert!(
+        during >= before + (256 << 10),
+        "{before} bytes of blocks before, {during} inside the body"
+    );
+    heap.close().unwrap();
+}

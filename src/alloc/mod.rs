@@ -23,8 +23,8 @@ use format::{
     class_for, Entry, RunGeom, CLASSES, ENTRY_LEN, EXTENT_CHUNKS_MAX, NCLASSES, ZONE_CHUNKS,
 };
 pub(crate) use format::{
-    Entry as ExtentEntry, HeapHeader, ENTRY_LEN as TABLE_ENTRY_LEN, HEAP_HEADER_LEN,
-    ROOT_IDENTITY_STORED, ZONE_CHUNKS as CHUNKS_PER_ZONE,
+    Entry as ExtentEntry, HeapHeader, HEAP_HEADER_LEN, ROOT_IDENTITY_STORED,
+    ZONE_CHUNKS as CHUNKS_PER_ZONE,
 };
 
 use crate::error::{Error, Result};
@@ -52,8 +52,11 @@ pub(crate) trait TxMem {
     fn write_whole(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
         self.write(off, bytes)
     }
-    /// Make sure the file and the mapping reach `chunk_count` chunks.
-    fn ensure_chunks(&mut self, chunk_count: u64) -> Result<()>;
+    /// Make sure the file and the mapping reach `chunk_count` chunks, from `from` (the
+    /// current chunk count), with disk blocks for the chunks between: where the file reaches
+    /// past the heap already (a compaction cut short before its cut, whose tail may hold holes
+    /// an earlier compaction punched), that part is claimed too (found by review).
+    fn ensure_chunks(&mut self, from: u64, chunk_count: u64) -> Result<()>;
     /// Free space at `[off, off + len)` is about to be used: make sure the file has disk
     /// blocks there. Free space may be a hole (compaction punched it, or a compact copy left
     /// it out), and a hole written later, at the commit's apply or through the mapping, meets
@@ -705,7 +708,7 @@ impl Allocator {
                 return Err(out_of_space);
             }
             if cc % ZONE_CHUNKS == 0 {
-                mem.ensure_chunks(cc + 1)?;
+                mem.ensure_chunks(cc, cc + 1)?;
                 self.undo.push(Undo::ChunkCount(cc));
                 self.chunk_count = cc + 1;
                 self.write_entry(mem, cc as u32, Entry::Table)?;
@@ -731,7 +734,7 @@ impl Allocator {
         let cc = self.chunk_count;
         let tail = self.free_tail();
         let start = tail.map_or(cc, |t| t.0 as u64);
-        mem.ensure_chunks(new_cc)?;
+        mem.ensure_chunks(cc, new_cc)?;
         self.undo.push(Undo::ChunkCount(cc));
         self.chunk_count = new_cc;
         if let Some((s, l)) = tail {
@@ -1304,7 +1307,7 @@ mod tests {
             }
             Ok(())
         }
-        fn ensure_chunks(&mut self, chunk_count: u64) -> Result<()> {
+        fn ensure_chunks(&mut self, _from: u64, chunk_count: u64) -> Result<()> {
             self.len = self.len.max(AREA + chunk_count * CHUNK_SIZE);
             Ok(())
         }
