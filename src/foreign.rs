@@ -168,28 +168,38 @@ impl Foreign {
                     e,
                 )
             };
-            // First the waiting byte (readers hold it only for an instant, after finding it
-            // held): readers that have not entered yet wait. Then those in the range, whose
+            // First the waiting byte (readers hold it only for an instant, while a writer holds
+            // it): readers that have not entered yet wait. Then those in the range, whose
             // reads end by themselves; once the waiting byte is held no new one enters, so the
             // writer goes first (a review found readers overlapping each other starving a
-            // writer that polled).
-            sys::range_lock(&self.file, RangeLock::Exclusive, WAITING, true).map_err(io)?;
+            // writer that polled the range alone). Within a deadline, both are asked without
+            // blocking (a review found a reader stopped in its instant on the waiting byte
+            // holding a blocking take, and so the open, for ever).
             let block = within.is_none();
             // (A wait too long to add to now is a wait without end.)
             let deadline = within.and_then(|(w, _)| Instant::now().checked_add(w));
             let mut pause = Duration::from_millis(1);
+            let mut waiting = false;
             loop {
-                match sys::range_lock(&self.file, RangeLock::Exclusive, range, block) {
-                    Ok(true) => break,
-                    Ok(false) => {}
-                    Err(e) => {
-                        let _ = sys::range_lock(&self.file, RangeLock::Unlock, WAITING, false);
-                        return Err(io(e));
+                if !waiting {
+                    waiting = sys::range_lock(&self.file, RangeLock::Exclusive, WAITING, block)
+                        .map_err(io)?;
+                }
+                if waiting {
+                    match sys::range_lock(&self.file, RangeLock::Exclusive, range, block) {
+                        Ok(true) => break,
+                        Ok(false) => {}
+                        Err(e) => {
+                            let _ = sys::range_lock(&self.file, RangeLock::Unlock, WAITING, false);
+                            return Err(io(e));
+                        }
                     }
                 }
                 let left = deadline.map_or(pause, |d| d.saturating_duration_since(Instant::now()));
                 if left.is_zero() {
-                    let _ = sys::range_lock(&self.file, RangeLock::Unlock, WAITING, false);
+                    if waiting {
+                        let _ = sys::range_lock(&self.file, RangeLock::Unlock, WAITING, false);
+                    }
                     let path = within.map(|(_, p)| p.to_path_buf()).unwrap_or_default();
                     return Err(Error::Locked { path });
                 }
@@ -291,11 +301,11 @@ impl Live {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let io = |e| Error::io("enter as a reader beside the writer (fcntl)", LOCK_BASE, e);
         // A writer waiting to shut readers out goes first (see `WAITING`): wait until it is
-        // done, then enter.
-        while sys::range_lock_conflict(&self.file, WAITING)
-            .map_err(io)?
-            .is_some()
-        {
+        // done, then enter. Asked with a shared probe, which sees only a writer's exclusive
+        // hold: other readers' instant shared holds of the byte (here) are no writer (a review
+        // found readers taking each other's for one, spinning for ever beside a reader stopped
+        // in that instant, and starving the writer's next exclusive take of the byte).
+        while sys::range_locked_exclusive(&self.file, WAITING).map_err(io)? {
             sys::range_lock(&self.file, RangeLock::Shared, WAITING, true).map_err(io)?;
             sys::range_lock(&self.file, RangeLock::Unlock, WAITING, false).map_err(io)?;
         }

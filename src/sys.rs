@@ -159,11 +159,26 @@ pub(crate) fn range_lock(
 /// `None` (Linux `F_OFD_GETLK`; elsewhere `Unsupported`).
 pub(crate) fn range_lock_conflict(
     file: &std::fs::File,
+    range: (u64, u64),
+) -> io::Result<Option<(u64, u64)>> {
+    lock_conflict(file, RangeLock::Exclusive, range)
+}
+
+/// Whether another open file description holds an exclusive lock on a byte of `range` (shared
+/// holders are not reported: a shared probe conflicts only with exclusive locks).
+pub(crate) fn range_locked_exclusive(file: &std::fs::File, range: (u64, u64)) -> io::Result<bool> {
+    Ok(lock_conflict(file, RangeLock::Shared, range)?.is_some())
+}
+
+/// The first lock of another description on `range` that a `kind` lock would conflict with.
+fn lock_conflict(
+    file: &std::fs::File,
+    kind: RangeLock,
     (start, len): (u64, u64),
 ) -> io::Result<Option<(u64, u64)>> {
     #[cfg(target_os = "linux")]
     {
-        let mut fl = flock_range(RangeLock::Exclusive, start, len)?;
+        let mut fl = flock_range(kind, start, len)?;
         // SAFETY: fcntl reads and then overwrites the `flock` we pass, a valid struct that we
         // own exclusively for the call.
         let rc = unsafe {
@@ -183,7 +198,7 @@ pub(crate) fn range_lock_conflict(
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = (file, start, len);
+        let _ = (file, kind, start, len);
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 }

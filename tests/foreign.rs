@@ -693,3 +693,71 @@ fn readers_beside_the_writer_do_not_starve_it() {
         "a writer's open took {took:?}"
     );
 }
+
+/// Hold a lock of `kind` (`libc::F_RDLCK`, `F_WRLCK`) on byte `at` of `path` from a new open
+/// file description (as another process's reader or writer would), until the file is dropped.
+fn hold_byte(path: &std::path::Path, at: i64, kind: libc::c_int) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: a zeroed `flock` is valid (all integers); fcntl reads it for the call only.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = at;
+    fl.l_len = 1;
+    // SAFETY: as above; the descriptor is open.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl as *const libc::flock) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    f
+}
+
+/// The waiting byte (docs/FORMAT.md, "Reader locks").
+const WAITING_BYTE: i64 = (1 << 61) - 2;
+
+/// A reader stopped (SIGSTOP, a debugger) in the instant its entry holds the waiting byte
+/// shared: a writable open still answers within its bound (`Locked`), and a live read elsewhere
+/// still reads. A review caught a reader process stopped there after about 90 ms of tries and
+/// found the open blocked until the reader was resumed, and every other live reader spinning
+/// at full CPU, even with no writer (it took the other reader's shared hold for a writer's).
+#[test]
+fn a_reader_stopped_on_the_waiting_byte_holds_neither_opens_nor_other_readers() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("s.heap");
+    let w = Heap::create(&p, small(Durability::Full)).unwrap();
+    set_root(&w, 3);
+    let live = Heap::open_read_only(&p).unwrap(); // beside the writer
+    w.close().unwrap();
+    let mut stopped = Some(hold_byte(&p, WAITING_BYTE, libc::F_RDLCK));
+    // A live read: no writer holds the byte exclusively, so it reads at once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = tx.send(live.read(|r| r.get(r.root::<u64>()?).copied()));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(5));
+        if got.is_err() {
+            stopped.take(); // (lets the spinning read end, so the scope can)
+            panic!("a live read still waiting after 5 s beside a reader's shared hold");
+        }
+        assert_eq!(got.unwrap().unwrap(), 3);
+    });
+    // A writable open: `Locked` after its bound, not a wait for ever.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p2 = p.clone();
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = Heap::open(&p2, small(Durability::Full)).map(|h| h.close());
+        let _ = tx.send((t.elapsed(), r));
+    });
+    let got = rx.recv_timeout(Duration::from_secs(5));
+    stopped.take();
+    let (took, r) = got.expect("Heap::open still waiting after 5 s on a reader's shared hold");
+    assert!(matches!(r, Err(Error::Locked { .. })), "{r:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // The reader goes on: the open succeeds.
+    Heap::open(&p, small(Durability::Full))
+        .unwrap()
+        .close()
+        .unwrap();
+    assert_eq!(live.read(|r| r.get(r.root::<u64>()?).copied()).unwrap(), 3);
+}
