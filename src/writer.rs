@@ -1121,12 +1121,18 @@ impl Writer {
     /// recorded the longer file) nor below the heap the writer's chunk count needs (frames
     /// appended, durable or waiting); not on a poisoned handle, whose state is uncertain. The
     /// mappings first: nothing reaches past the cut (every access is checked against a chunk
-    /// count no larger). A failed cut only leaves the longer file, as before.
+    /// count no larger). Nor after a commit interrupted once its frame reached the log (a
+    /// panic: the handle is poisoned at the next lock). A failed cut only leaves the longer
+    /// file, as before.
     pub(crate) fn end_growth(&mut self, sh: &Shared, kept: bool) {
         let Some(from) = self.storage.take_grown_from() else {
             return;
         };
-        if kept || sh.is_poisoned() {
+        // (`in_commit`: a commit interrupted by a panic after its frame reached the log. The
+        // handle is poisoned at the next lock, not yet, and its frame may be durable and
+        // need the growth, bytes written in place there included: a review found such a
+        // frame replayed over a cut file, its in-place object zeros.)
+        if kept || self.in_commit || sh.is_poisoned() {
             return;
         }
         let keep = from

@@ -425,3 +425,40 @@ fn an_aborted_growth_leaves_the_file_as_it_was() {
     })
     .unwrap();
 }
+
+/// A commit that panics after its frame reached the log (the failpoints after the log's write
+/// and after its barrier) keeps its growth: its frame may be durable and replay, and the
+/// object it wrote in place lies in that growth. A review found the file cut back by the
+/// rollback's `end_growth` (the handle is poisoned only at its next lock) and the replayed
+/// commit's 8 MiB reading as zeros.
+#[cfg(feature = "test-hooks")]
+#[test]
+fn a_commit_interrupted_after_its_frame_keeps_its_growth() {
+    for fp in ["commit.after_log_barrier", "commit.after_log_write"] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.heap");
+        let heap =
+            Heap::create(&p, Options::new().initial_size(1 << 20).log_size(1 << 20)).unwrap();
+        let made = std::cell::Cell::new(None);
+        txheap_recovery::sabotage::panic_at(Some(fp));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            heap.transaction(|tx| {
+                made.set(Some(tx.alloc_slice(&vec![7u8; 8 << 20])?)); // grows, in place
+                Ok(())
+            })
+        }));
+        txheap_recovery::sabotage::panic_at(None);
+        assert!(r.is_err(), "{fp}: the failpoint did not fire");
+        let s: PSlice<u8> = made.get().unwrap();
+        drop(heap);
+        let heap = Heap::open(&p, Options::new()).unwrap();
+        // Absent, or present whole.
+        if let Ok(v) = heap.read(|r| Ok(r.slice(s)?.to_vec())) {
+            let sevens = v.iter().filter(|&&b| b == 7).count();
+            assert_eq!(sevens, v.len(), "{fp}: the replayed commit's object");
+        }
+        heap.close().unwrap();
+        let report = txheap::inspect::check(&p, &mut |_, _| {}).unwrap();
+        assert_eq!(report.verdict, txheap::inspect::Verdict::Clean, "{fp}");
+    }
+}
