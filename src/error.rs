@@ -168,7 +168,7 @@ pub enum Error {
         align: u64,
     },
     /// A write through a pointer that does not lie inside a live allocation (it would hit
-    /// allocator metadata or free space).
+    /// allocator metadata, free space, or the root area past the root).
     NotAllocated {
         /// The pointer's offset.
         offset: u64,
@@ -374,7 +374,8 @@ impl fmt::Display for Error {
             }
             Error::NotAllocated { offset, len } => write!(
                 f,
-                "write to {offset}+{len} is not inside a live allocation (allocator metadata or free space)"
+                "write to {offset}+{len} is not inside a live allocation (allocator metadata, free \
+                 space, or the root area past the root)"
             ),
             Error::NullPointer => write!(f, "null pointer"),
             Error::UnsupportedAlignment { align, max } => {

@@ -781,6 +781,12 @@ impl<'h> Tx<'h> {
             std::mem::align_of::<T>() as u64,
         );
         let b = self.view_mut(p.offset(), size, align)?;
+        if size == 0 {
+            // No bytes: any aligned reference is the object. (The stage's empty slice is only
+            // 1-aligned, which bytemuck refused as `Misaligned`: found by review.) A box of a
+            // zero-sized value allocates nothing, so leaking it leaks nothing.
+            return Ok(Box::leak(Box::new(T::zeroed())));
+        }
         bytemuck::try_from_bytes_mut(b).map_err(|_| Error::Misaligned {
             offset: p.offset(),
             align,
