@@ -321,8 +321,8 @@ impl Reader<'_> {
     /// small object's block has its size class's size (at least what was asked for), a large
     /// object its recorded size. The root area is not a block. What `PMDK`'s `POBJ_FIRST` /
     /// `POBJ_NEXT` walk gives: a way back to objects that nothing reaches any more, or to data
-    /// whose types the program no longer knows. A damaged chunk table is
-    /// [`crate::Error::Corrupt`].
+    /// whose types the program no longer knows. A damaged chunk table, or a run bitmap that
+    /// marks blocks past its run's, is [`crate::Error::Corrupt`].
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();

@@ -439,3 +439,120 @@ fn allocations_list_every_live_block_and_nothing_else() {
     let ro = Heap::open_read_only(&path).unwrap();
     assert_eq!(listed(&ro), want);
 }
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Stored)]
+#[repr(C)]
+struct Maps {
+    h: PPtr<txheap::PHashMap<u64, u64>>,
+    b: PPtr<txheap::PBTreeMap<u64, u64>>,
+}
+
+fn is_corrupt<T: std::fmt::Debug>(r: &txheap::Result<T>) -> bool {
+    matches!(r, Err(txheap::Error::Corrupt { .. }))
+}
+
+/// A node or bucket pointer of 0 inside a map is damage, named `Corrupt` by the map's
+/// `check`, its operations and reachability alike. A review found a B-tree's null child
+/// reported as `NullPointer` (by `check`, `get`, `insert`) and as a dangling pointer to 0 by
+/// reachability, and a hash map whose first directory entry is 0 passed by reachability.
+#[test]
+fn null_node_and_bucket_pointers_are_corrupt_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("n.heap"), Options::new()).unwrap();
+    let (h, b) = heap
+        .transaction(|tx| {
+            let h = txheap::PHashMap::<u64, u64>::new(tx)?;
+            let b = txheap::PBTreeMap::<u64, u64>::new(tx)?;
+            for k in 0..3000u64 {
+                h.insert(tx, &k, &k)?;
+                b.insert(tx, &k, &k)?;
+            }
+            let r = tx.root::<Maps>()?;
+            *tx.get_mut(r)? = Maps { h, b };
+            Ok((h, b))
+        })
+        .unwrap();
+    assert!(heap.reachability::<Maps>().unwrap().is_clean());
+    // The B-tree's root's first child pointer: the first word of the root node that is the
+    // start of an allocation.
+    let root_node: u64 = heap
+        .read(|r| Ok(bytemuck::cast_ref::<_, [u64; 5]>(r.get(b)?)[0]))
+        .unwrap();
+    let starts: std::collections::HashSet<u64> = heap
+        .read(|r| r.allocations())
+        .unwrap()
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
+    let words: Vec<u64> = heap
+        .read(|r| {
+            Ok(r.slice(PSlice::<u64>::from_raw_parts(root_node, 1024))?
+                .to_vec())
+        })
+        .unwrap();
+    let i = words.iter().position(|w| starts.contains(w)).unwrap();
+    let child = PPtr::<u64>::from_offset(root_node + 8 * i as u64);
+    heap.transaction(|tx| tx.set(child, 0u64)).unwrap();
+    let check = heap.read(|r| b.check(r));
+    let get = heap.read(|r| b.get(r, &0).map(|v| v.copied()));
+    let insert = heap.transaction(|tx| b.insert(tx, &0, &5).map(|_| ()));
+    let reach = heap.reachability::<Maps>();
+    assert!(is_corrupt(&check), "check: {check:?}");
+    assert!(is_corrupt(&get), "get: {get:?}");
+    assert!(is_corrupt(&insert), "insert: {insert:?}");
+    assert!(is_corrupt(&reach), "reachability: {reach:?}");
+    heap.transaction(|tx| tx.set(child, words[i])).unwrap();
+    assert!(heap.reachability::<Maps>().unwrap().is_clean());
+    // The hash map's first directory entry.
+    let dir_at: u64 = heap
+        .read(|r| Ok(bytemuck::cast_ref::<_, [u64; 8]>(r.get(h)?)[0]))
+        .unwrap();
+    heap.transaction(|tx| tx.set(PPtr::<u64>::from_offset(dir_at), 0u64))
+        .unwrap();
+    let check = heap.read(|r| h.check(r));
+    assert!(is_corrupt(&check), "hash check: {check:?}");
+    let reach = heap.reachability::<Maps>();
+    assert!(is_corrupt(&reach), "hash reachability: {reach:?}");
+}
+
+/// A run bitmap bit past the run's blocks is damage for reachability and the allocation walk
+/// too, as it is for `inspect::check`, `stats` and the allocator (a review found them calling
+/// such a heap clean).
+#[test]
+fn bitmap_bits_past_the_run_are_corrupt_for_the_walks() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bp.heap");
+    let heap = Heap::create(&p, Options::new()).unwrap();
+    let obj = heap
+        .transaction(|tx| {
+            let o = tx.alloc([7u64; 6])?; // the 48-byte class: 5,446 blocks, 86 bitmap words
+            let r = tx.root::<PPtr<[u64; 6]>>()?;
+            tx.set(r, o)?;
+            Ok(o)
+        })
+        .unwrap();
+    // Chunks start 4096 bytes past the root area's start.
+    let chunk_area = heap
+        .read(|r| Ok(r.root::<PPtr<[u64; 6]>>()?.offset()))
+        .unwrap()
+        + 4096;
+    let run = chunk_area + (obj.offset() - chunk_area) / (256 << 10) * (256 << 10);
+    drop(heap);
+    {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        let at = run + 85 * 8 + 7; // bit 63 of word 85: past block 5,445
+        let mut b = [0u8];
+        f.read_at(&mut b, at).unwrap();
+        f.write_at(&[b[0] | 0x80], at).unwrap();
+    }
+    let heap = Heap::open_read_only(&p).unwrap();
+    let reach = heap.reachability::<PPtr<[u64; 6]>>();
+    assert!(is_corrupt(&reach), "reachability: {reach:?}");
+    let all = heap.read(|r| r.allocations());
+    assert!(is_corrupt(&all), "allocations: {all:?}");
+}

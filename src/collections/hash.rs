@@ -143,13 +143,21 @@ impl<K: Stored, V: Stored> Stored for PHashMap<K, V> {
             return Ok(());
         }
         let dir = h.dir_entries(r)?;
-        // A bucket owns an aligned run of directory entries: walk each once.
-        let mut last = 0;
-        for &b in dir.iter() {
-            if b == last {
+        // A bucket owns an aligned run of directory entries: walk each once. (`None` before
+        // the first: a bucket pointer of 0 in the first entry was taken for "the same bucket
+        // again" and skipped, found by review.)
+        let mut last = None;
+        for (i, &b) in dir.iter().enumerate() {
+            if Some(b) == last {
                 continue;
             }
-            last = b;
+            last = Some(b);
+            if b == 0 || b % 16 != 0 {
+                return Err(corrupt(
+                    h.dir + 8 * i as u64,
+                    format!("PHashMap directory: bucket pointer {b:#x}"),
+                ));
+            }
             if !walk.block(b, g.bytes) || !(K::HOLDS_POINTERS || V::HOLDS_POINTERS) {
                 continue;
             }

@@ -706,7 +706,10 @@ impl<T: Element> PPtr<PVec<T>> {
         Ok(())
     }
 
-    /// Verify the vector: header shape, element type, buffer in bounds.
+    /// Verify the vector: header shape, element type, and a buffer of its capacity inside the
+    /// heap's bounds. That the buffer is one live allocation of at least that size is not
+    /// checked here (no allocator lookup): [`crate::Heap::reachability`] reports a capacity
+    /// past its block as a dangling range.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
