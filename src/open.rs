@@ -142,10 +142,16 @@ fn map_file(
     writable: bool,
     reserve: u64,
 ) -> Result<Mapping> {
-    let reserved = reserve
-        .div_ceil(txheap_recovery::PAGE_SIZE)
-        .saturating_mul(txheap_recovery::PAGE_SIZE)
-        .max(sb.max_size);
+    // A reserve that rounds past u64 (above 2^64 - 4096) is no size any address space has
+    // (a review found it reported as an I/O error, "map file ... invalid input").
+    let page = txheap_recovery::PAGE_SIZE;
+    let Some(reserved) = reserve.div_ceil(page).checked_mul(page) else {
+        return Err(Error::AddressSpace {
+            max_size: reserve,
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        });
+    };
+    let reserved = reserved.max(sb.max_size);
     Mapping::new(file, reserved, len.min(sb.max_size), writable).map_err(|e| {
         if matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::EINVAL)) {
             Error::AddressSpace {

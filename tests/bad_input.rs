@@ -594,3 +594,30 @@ fn zero_sized_objects_are_written_without_misaligned() {
     heap.read(|r| r.get(r.root::<[u64; 0]>()?).map(|_| ()))
         .unwrap();
 }
+
+/// A reserve that rounds past `u64` (above 2^64 - 4096) is `AddressSpace`, as any reserve no
+/// address space can give, not an I/O error (a review found "map file ... invalid input");
+/// a refused create leaves nothing behind.
+#[test]
+fn a_reserve_past_every_address_space_is_address_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r.heap");
+    let e = Heap::create(&p, Options::new().max_size(64 << 20).reserve(u64::MAX))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(e, Error::AddressSpace { .. }), "{e:?}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    Heap::create(&p, Options::new().max_size(64 << 20))
+        .unwrap()
+        .close()
+        .unwrap();
+    for r in [u64::MAX - 1, u64::MAX - 4095, u64::MAX] {
+        let e = Heap::open(&p, Options::new().reserve(r))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::AddressSpace { .. }),
+            "reserve {r}: {e:?}"
+        );
+    }
+}

@@ -142,8 +142,15 @@ fn parse_wait(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("{s:?}: the wait must be a finite number of seconds, 0 or more"))
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!(
+            "{s:?}: the wait must be a finite number of seconds, 0 or more"
+        ));
+    }
+    // A finite wait too long for a Duration (about 1.8e19 s) is a wait without end, as
+    // `Options::lock_wait` takes one too long to add to now (a review found it refused with
+    // the message above).
+    Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
 }
 
 /// When `check` draws its progress bar.
