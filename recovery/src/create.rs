@@ -31,7 +31,7 @@ pub fn format<S: Storage + ?Sized>(
     format_with(storage, log_size, max_size, true)
 }
 
-/// [`format`] for a new file that already reads as zeros over its log region (a file sized by
+/// [`format()`] for a new file that already reads as zeros over its log region (a file sized by
 /// `set_len`, whose unwritten bytes are a hole), such as a copy of a heap: the log is not
 /// written but its sentinel, so it stays a hole, as a clean close leaves it; the first
 /// writable open gives it blocks.
