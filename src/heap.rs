@@ -324,7 +324,10 @@ impl Heap {
     /// running first runs [`Heap::flush`] (a barrier of the log written since the last one: 7 ms
     /// for 13.6 MB of log on the benches' disk; a transaction that starts meanwhile waits for
     /// it), so that it and later reads find those commits in the file rather than decode
-    /// and compose them from the log; its error, if the barrier fails, is this read's.
+    /// and compose them from the log; its error, if the barrier fails, is this read's. Not
+    /// while a commit's in-place bytes (a large new object, `Options::in_place_min`) await
+    /// the check a later frame carries: reads then compose from the log until an explicit
+    /// flush, a full log, or the next such commit (docs/ARCHITECTURE.md section 11).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
