@@ -220,10 +220,12 @@ impl<'h> Reader<'h> {
         let end = off + len as u64;
         if !self.snap.overlay.overlaps(off, end) {
             // SAFETY: in bounds of the mapped heap (checked by the caller). The file's bytes here
-            // do not change while the pin lives: the writer writes a frame's ranges into the file
-            // only once no reader is pinned below it (and this snapshot's own newer frames are in
-            // its overlay, which does not cover this range), and fresh space in place only once
-            // no reader that began before is left (section 11).
+            // do not change in value while the pin lives: the writer writes a frame's ranges into
+            // the file only once no reader is pinned below it (and this snapshot's own newer
+            // frames are in its overlay, which does not cover this range), and fresh space in
+            // place only once no reader that began before is left (section 11). (Publishing
+            // whole private pages, `Writer::write_pages`, stores the bytes around a frame's
+            // ranges again with the values they hold: stored, not changed.)
             return unsafe { map.slice(off, len) };
         }
         // This snapshot's view of the range never changes: a range this thread composed for

@@ -227,8 +227,10 @@ pub(crate) fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> io::Res
 /// in front of it that never reach the file.
 ///
 /// The mapping covers the whole reservation from the start, also past the file's current end
-/// (pages there are never touched: every access is bounds-checked against `mapped_len`, which
-/// only rises after the file has grown). Growth therefore never calls `mmap`: the base never
+/// (pages there are never touched: every access is checked against a chunk count whose heap
+/// ends within `mapped_len` (`Geometry::check`; `slice` only asserts it in debug builds), and
+/// `mapped_len` rises only after the file has grown and drops only after nothing may reach
+/// past the new end: an aborted growth's cut, or compaction's). Growth therefore never calls `mmap`: the base never
 /// moves, references stay valid, and no step ever unmaps part of the range, so there is no
 /// moment at which another thread's `mmap` could land inside it (the old design re-mapped each
 /// grown range with `MAP_FIXED`, whose failure path could clobber a foreign mapping).
@@ -317,7 +319,8 @@ impl Mapping {
     /// Span `new_reserved` bytes of address space instead, without moving: every reference into
     /// the mapping stays valid. Only where the platform can extend a mapping in place and the
     /// address space after it is free (`platform::grow_mapping_in_place`); otherwise an error,
-    /// and nothing changed. The caller holds the writer lock (no concurrent grow or extend).
+    /// and nothing changed. The caller holds the writer lock, or a read-only handle's entry
+    /// lock (one entry at a time per handle): no concurrent grow or extend.
     pub(crate) fn grow_in_place(&self, fd: &impl AsRawFd, new_reserved: u64) -> io::Result<()> {
         let new = usize::try_from(new_reserved)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -341,7 +344,8 @@ impl Mapping {
     }
 
     /// Make the mapping accessible up to `new_len` (rounded up to a page). The caller has made
-    /// sure the file is at least that long (blocks allocated), and holds the writer lock, so
+    /// sure the file is at least that long (blocks allocated), and holds the writer lock (or a
+    /// read-only handle's entry lock), so
     /// extends do not race. No system call: the range is mapped already.
     pub(crate) fn extend(&self, new_len: u64) -> io::Result<()> {
         let new_len =
