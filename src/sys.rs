@@ -230,10 +230,11 @@ pub(crate) fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> io::Res
 /// (pages there are never touched: every access is checked against a chunk count whose heap
 /// ends within `mapped_len` (`Geometry::check`; `slice` only asserts it in debug builds), and
 /// `mapped_len` rises only after the file has grown and drops only after nothing may reach
-/// past the new end: an aborted growth's cut, or compaction's). Growth therefore never calls `mmap`: the base never
-/// moves, references stay valid, and no step ever unmaps part of the range, so there is no
-/// moment at which another thread's `mmap` could land inside it (the old design re-mapped each
-/// grown range with `MAP_FIXED`, whose failure path could clobber a foreign mapping).
+/// past the new end: an aborted growth's cut, or compaction's). Growth therefore never calls
+/// `mmap`: the base never moves, references stay valid, and no step ever unmaps part of the
+/// range, so there is no moment at which another thread's `mmap` could land inside it (the
+/// old design re-mapped each grown range with `MAP_FIXED`, whose failure path could clobber a
+/// foreign mapping).
 /// `MAP_NORESERVE`: the kernel's overcommit check does not charge the reservation up front (a
 /// writable private mapping larger than RAM is otherwise refused), only pages actually copied.
 #[derive(Debug)]
