@@ -111,7 +111,9 @@ impl Heap {
     /// handles that opened beside an earlier writer (Linux) do not hold the file, but their
     /// reads keep recovery out: the open waits for reads in progress to end, up to
     /// `lock_wait` and at least a second, then gives up with `Locked` (a reader paused in a
-    /// read holds it that long).
+    /// read holds it that long). A child process forked while a handle was open shares its
+    /// open file description, and so its lock, until the child execs or exits: a program that
+    /// spawns processes while it closes and reopens a heap gives `lock_wait` a little time.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();

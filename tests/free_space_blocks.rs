@@ -21,6 +21,11 @@ fn opts(d: Durability) -> Options {
         .log_size(1 << 20)
         .max_size(64 << 20)
         .durability(d)
+        // Other tests of this binary spawn processes (mount, mkfs, a child): a child forked
+        // while this test's handle was open holds its file description, and so its `flock`,
+        // until it execs, so a reopen right after a close can find the file held for an
+        // instant (CI met `Locked` here once).
+        .lock_wait(std::time::Duration::from_secs(10))
 }
 
 fn disk_bytes(p: &Path) -> u64 {
