@@ -612,9 +612,10 @@ fn a_reserve_past_every_address_space_is_address_space() {
         .close()
         .unwrap();
     for r in [u64::MAX - 1, u64::MAX - 4095, u64::MAX] {
-        let e = Heap::open(&p, Options::new().reserve(r))
-            .map(|_| ())
-            .unwrap_err();
+        // (A lock wait: another test of this binary spawns a process, whose fork may hold
+        // this file's lock for an instant.)
+        let o = Options::new().lock_wait(std::time::Duration::from_secs(10));
+        let e = Heap::open(&p, o.reserve(r)).map(|_| ()).unwrap_err();
         assert!(
             matches!(e, Error::AddressSpace { .. }),
             "reserve {r}: {e:?}"
