@@ -823,16 +823,13 @@ impl Allocator {
         let need = need as u32;
         let next = c + chunks;
         let added = need.saturating_sub(chunks);
+        // Blocks first, before any change (`TxMem::claim`): the extent's own pages past the
+        // object may be holes (compaction punches them), and so may the free chunks after it.
+        let from = self.chunk_offset(c) + old.div_ceil(PAGE) * PAGE;
         if added == 0 {
-            // Inside the extent: its pages past the object may be holes (compaction punches
-            // them); blocks first (`TxMem::claim`).
-            let base = self.chunk_offset(c);
-            let (from, to) = (old.div_ceil(PAGE) * PAGE, size.div_ceil(PAGE) * PAGE);
-            if to > from {
-                mem.claim(base + from, to - from)?;
-            }
-        }
-        if added > 0 {
+            let to = self.chunk_offset(c) + size.div_ceil(PAGE) * PAGE;
+            mem.claim(from, to.saturating_sub(from))?;
+        } else {
             // The chunks after the extent: in the same zone, and free (committed free space;
             // the heap grows first when the extent, or a free extent after it, ends the heap).
             let zone_end = (c as u64 / ZONE_CHUNKS + 1) * ZONE_CHUNKS;
@@ -840,9 +837,6 @@ impl Allocator {
                 return Ok(None);
             }
             let after = self.free_by_start.get(&next).copied().unwrap_or(0);
-            // Blocks first, before any change (`TxMem::claim`): the extent's own pages past
-            // the object (compaction punches them) and the free chunks after it.
-            let from = self.chunk_offset(c) + old.div_ceil(PAGE) * PAGE;
             mem.claim(from, self.chunk_offset(next + after.min(added)) - from)?;
             if after < added {
                 let ends_heap = next as u64 + after as u64 == self.chunk_count;
