@@ -49,10 +49,12 @@ pub struct BackupReport {
     pub heap_bytes_written: u64,
 }
 
-/// The byte ranges of the snapshot a copy writes, the copy's chunk count, and its heap header
-/// bytes (with the new chunk count when a compact copy cut a free tail).
+/// The byte ranges of the snapshot a copy reads and writes, the ranges that get disk blocks, the
+/// copy's chunk count, and its heap header bytes (with the new chunk count when a compact copy
+/// cut a free tail).
 struct Plan {
     ranges: Vec<(u64, u64)>,
+    blocks: Vec<(u64, u64)>,
     chunk_count: u64,
     header: [u8; crate::alloc::HEAP_HEADER_LEN as usize],
 }
@@ -60,13 +62,7 @@ struct Plan {
 fn plan(r: &Reader<'_>, chunk_area: u64, heap_offset: u64, compact: bool) -> Result<Plan> {
     let (_, mut header) = r.state();
     let heap_end = chunk_area + header.chunk_count * CHUNK_SIZE;
-    if !compact {
-        return Ok(Plan {
-            ranges: vec![(heap_offset, heap_end - heap_offset)],
-            chunk_count: header.chunk_count,
-            header: header.encode(),
-        });
-    }
+    let whole = vec![(heap_offset, heap_end - heap_offset)];
     // The extents as this snapshot's chunk tables give them.
     let read_err = std::cell::Cell::new(None);
     let read = |off: u64, buf: &mut [u8]| {
@@ -76,29 +72,49 @@ fn plan(r: &Reader<'_>, chunk_area: u64, heap_offset: u64, compact: bool) -> Res
         }
     };
     let mut extents: Vec<(u32, Entry)> = Vec::new();
-    Allocator::rebuild_visiting(chunk_area, header.chunk_count, &read, &mut |c, e| {
+    let walked = Allocator::rebuild_visiting(chunk_area, header.chunk_count, &read, &mut |c, e| {
         extents.push((c, *e))
-    })?;
-    if let Some(e) = read_err.take() {
-        return Err(e);
+    })
+    .and_then(|_| read_err.take().map_or(Ok(()), Err));
+    if let Err(e) = walked {
+        if compact {
+            return Err(e);
+        }
+        // A full copy of a heap whose tables fail their walk (a `salvage_read_only` handle's
+        // can): every byte, as the snapshot holds it.
+        return Ok(Plan {
+            ranges: whole.clone(),
+            blocks: whole,
+            chunk_count: header.chunk_count,
+            header: header.encode(),
+        });
     }
     extents.sort_by_key(|&(c, _)| c);
-    // Cut the free tail: trailing free extents, and a zone's table with nothing after it.
-    while let Some(&(c, e)) = extents.last() {
-        match e {
-            Entry::Free { .. } => {}
-            Entry::Table if c > 0 => {}
-            _ => break,
+    // A compact copy cuts the free tail: trailing free extents, and a zone's table with
+    // nothing after it.
+    while compact
+        && match extents.last() {
+            Some(&(_, Entry::Free { .. })) => true,
+            Some(&(c, Entry::Table)) => c > 0,
+            _ => false,
         }
+    {
         extents.pop();
     }
     // (No extent: the source has no chunk, and neither has the copy. A review found `1` here:
     // a header claiming a chunk whose table entry no one wrote, refused on every open.)
-    let chunk_count = extents
-        .last()
-        .map_or(0, |&(c, e)| c as u64 + e.chunks() as u64);
+    let chunk_count = match compact {
+        true => extents
+            .last()
+            .map_or(0, |&(c, e)| c as u64 + e.chunks() as u64),
+        false => header.chunk_count,
+    };
     header.chunk_count = chunk_count;
     let page = sys::PAGE as u64;
+    // What the copy reads: never free space, nor the pages after a large object. Compaction
+    // may have punched them, and on tmpfs even a read of a hole through the mapping takes a
+    // page: a review found a full copy of a compacted heap giving the source those blocks
+    // back, and, on a full tmpfs, dying of SIGBUS. The copy holds zeros there (free bytes).
     let mut ranges = vec![(heap_offset, chunk_area - heap_offset)];
     for (c, e) in extents {
         let at = chunk_area + c as u64 * CHUNK_SIZE;
@@ -112,8 +128,15 @@ fn plan(r: &Reader<'_>, chunk_area: u64, heap_offset: u64, compact: bool) -> Res
         };
         ranges.push((at, len));
     }
+    // A full copy has blocks for its whole heap, as a heap that never compacted has; a
+    // compact one only for what it holds.
+    let blocks = match compact {
+        true => ranges.clone(),
+        false => whole,
+    };
     Ok(Plan {
         ranges,
+        blocks,
         chunk_count,
         header: header.encode(),
     })
@@ -143,7 +166,7 @@ fn write_copy(heap: &Heap, geo: &Geometry, file: &File, compact: bool) -> Result
         // stay holes. A hole under a live object or a run would take its blocks when written
         // later, at a commit's apply, where a full disk can no longer be the operation's
         // error (free space gets its blocks when an allocation takes it: `TxMem::claim`).
-        for &(start, len) in &plan.ranges {
+        for &(start, len) in &plan.blocks {
             crate::platform::preallocate(file, start, len)
                 .map_err(|e| Error::io("allocate the copy's blocks", start, e))?;
         }
