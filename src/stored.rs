@@ -8,7 +8,8 @@
 //! A type's identity ([`Stored::ID`]) is a 64-bit FNV-1a hash of its chosen name, size and
 //! alignment and, for a struct, of every field's name, offset and type identity. It goes
 //! through values, not through pointers: a `PPtr<T>` contributes only the name of `T`, so a
-//! recursive type (a list node holding a pointer to the next node) has an identity. Nothing in it
+//! recursive type (a list node holding a pointer to the next node) has an identity. (Through a
+//! collection held by value it has none: see [`Stored`].) Nothing in it
 //! comes from the compiler's type names or the module path, so the identity survives a move of
 //! the type to another module or binary, and a compiler upgrade.
 
@@ -38,6 +39,21 @@ use crate::pptr::{PPtr, PSlice};
 /// assert_eq!(Node::FIELDS[1].offset, 8);
 /// assert_eq!(Node::FIELDS[1].ty, "PPtr<Node>");
 /// assert_ne!(Node::ID, <[u64; 2] as Stored>::ID); // same size and alignment, another type
+/// ```
+///
+/// A type that holds a collection of itself by value (`Tree { children: PVec<Tree> }`) has no
+/// identity: a collection's identity includes its element type's, and the compiler reports
+/// the cycle (`E0391`). Hold the collection through a pointer instead, which counts only its
+/// target's shape:
+///
+/// ```
+/// use txheap::{PPtr, PVec, Stored};
+///
+/// #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, Stored)]
+/// #[repr(C)]
+/// struct Tree { value: u64, children: PPtr<PVec<Tree>> }
+///
+/// assert_ne!(Tree::ID, 0);
 /// ```
 pub trait Stored: Pod {
     /// The stored name (chosen, not the compiler's type name).

@@ -140,6 +140,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         }
         impl #impl_g ::txheap::Element for #ident #ty_g #where_c {
             type Input = Self;
+            const OWNS_STORAGE: bool = false;
             fn store(_: &mut ::txheap::Tx<'_>, input: &Self) -> ::txheap::Result<Self> {
                 ::core::result::Result::Ok(*input)
             }

@@ -25,6 +25,7 @@
 macro_rules! plain_element_body {
     () => {
         type Input = Self;
+        const OWNS_STORAGE: bool = false;
         fn store(_: &mut Tx<'_>, input: &Self) -> Result<Self> {
             Ok(*input)
         }
@@ -130,6 +131,17 @@ pub trait Element: Stored {
     fn owned_block(&self) -> Option<u64> {
         None
     }
+    /// Whether a handle may own storage (`release` may free something, `owned_block` may be
+    /// `Some`). `false` for plain data: the collections then skip releasing and visiting their
+    /// elements one by one (a review found `PVec<()>::clear` of a damaged length of 2^64 - 1
+    /// never ending). The default, `true`, is right for any handle.
+    ///
+    /// ```
+    /// use txheap::{Element, PBytes};
+    /// assert!(!<u64 as Element>::OWNS_STORAGE);
+    /// assert!(<PBytes as Element>::OWNS_STORAGE);
+    /// ```
+    const OWNS_STORAGE: bool = true;
 }
 
 macro_rules! plain_element {

@@ -358,7 +358,10 @@ impl<T: Element> PPtr<PVec<T>> {
     fn extend_from_slice_body(self, tx: &mut Tx<'_>, values: &[T]) -> Result<()> {
         let mut h = self.header_mut(tx)?;
         let n = values.len() as u64;
-        if h.len + n > h.cap {
+        // (Checked: a damaged header's length near 2^64 passes `checked` for elements of one
+        // byte or none, and a review found the sum overflowing, a panic in a debug build;
+        // `reserve` then refuses it as too large.)
+        if h.len.checked_add(n).is_none_or(|end| end > h.cap) {
             self.reserve(tx, n)?;
             h = self.header(tx)?;
         }
@@ -619,9 +622,11 @@ impl<T: Element> PPtr<PVec<T>> {
         if len >= h.len {
             return Ok(());
         }
-        let dropped: Vec<T> = self.as_slice(tx)?[len as usize..].to_vec();
-        for e in dropped {
-            e.release(tx)?;
+        if T::OWNS_STORAGE {
+            let dropped: Vec<T> = self.as_slice(tx)?[len as usize..].to_vec();
+            for e in dropped {
+                e.release(tx)?;
+            }
         }
         h.len = len;
         tx.set(self, h)
@@ -698,9 +703,11 @@ impl<T: Element> PPtr<PVec<T>> {
         if h.buf != 0 {
             f(h.buf);
         }
-        for e in self.as_slice(view)? {
-            if let Some(b) = e.owned_block() {
-                f(b);
+        if T::OWNS_STORAGE {
+            for e in self.as_slice(view)? {
+                if let Some(b) = e.owned_block() {
+                    f(b);
+                }
             }
         }
         Ok(())
