@@ -19,7 +19,10 @@ use crate::pptr::{PPtr, PSlice};
 
 /// A plain-data type with a stable stored identity: a chosen name, its size and alignment, and
 /// its fields. [`crate::Tx::root`] and the collections record the identity in the file and
-/// refuse another type ([`crate::Error::TypeMismatch`]), naming both layouts.
+/// refuse another type: the root with [`crate::Error::RootTypeMismatch`], naming both layouts
+/// (the file keeps a description of the root's); a collection with
+/// [`crate::Error::TypeMismatch`], naming the stored identity and the layout asked for (a
+/// collection records only the identity).
 ///
 /// Derive it (`#[derive(txheap::Stored)]`, with an optional `#[stored(name = "...")]`; the
 /// default name is the struct's identifier) on a `#[repr(C)]` struct that is also
