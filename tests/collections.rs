@@ -1197,6 +1197,82 @@ fn damaged_hash_maps_give_errors() {
 
 /// A key whose `Eq` is never true (a user's bug): `get_or_insert` cannot find the key it just
 /// inserted, and says so with an error instead of panicking (it panicked with "just inserted").
+/// Run `f` on a thread: it must return within 20 s without panicking.
+fn guarded<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (send, recv) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let r = catch_unwind(AssertUnwindSafe(f));
+        let _ = send.send(());
+        r
+    });
+    match recv.recv_timeout(std::time::Duration::from_secs(20)) {
+        Ok(()) => match t.join().unwrap() {
+            Ok(r) => r,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                panic!("{what}: panicked: {msg}")
+            }
+        },
+        Err(_) => panic!("{what}: still running after 20 s"),
+    }
+}
+
+/// A hash map's bucket or directory offset near 2^64 (aligned, not null): offsets inside them
+/// were computed before any checked read, and overflowed (a panic in a debug build, found by
+/// review; a release build wrapped to 0 and was refused as out of bounds). The header, or the
+/// bucket pointer, is `Corrupt` now, in either build.
+#[test]
+fn hash_map_offsets_near_the_top_of_the_address_space_are_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap =
+        std::sync::Arc::new(Heap::create(dir.path().join("top.heap"), Options::new()).unwrap());
+    let fresh = |heap: &Heap| {
+        heap.transaction(|tx| {
+            let m = PHashMap::<u64, u64>::new(tx)?;
+            m.insert(tx, &1, &1)?;
+            Ok(m)
+        })
+        .unwrap()
+    };
+    let corrupt = |what: &str, r: &txheap::Result<()>| {
+        assert!(matches!(r, Err(Error::Corrupt { .. })), "{what}: {r:?}");
+    };
+    // Depth 0: the header's first word is the one bucket.
+    let m = fresh(&heap);
+    heap.transaction(|tx| tx.set(m.cast::<u64>(), 0xFFFF_FFFF_FFFF_FFF0u64))
+        .unwrap();
+    let h = heap.clone();
+    let r = guarded("get, depth 0", move || h.read(|r| m.get(r, &1).map(|_| ())));
+    corrupt("get, depth 0", &r);
+    let h = heap.clone();
+    let r = guarded("remove, depth 0", move || {
+        h.transaction(|tx| m.remove(tx, &1).map(|_| ()))
+    });
+    corrupt("remove, depth 0", &r);
+    // Depth 1: the first word is the directory's offset (words: dir, depth, ...).
+    let m = fresh(&heap);
+    heap.transaction(|tx| {
+        tx.set(m.cast::<u64>(), 0xFFFF_FFFF_FFFF_FFF8u64)?;
+        tx.set(PPtr::<u64>::from_offset(m.offset() + 8), 1)
+    })
+    .unwrap();
+    for k in 0..64u64 {
+        let h = heap.clone();
+        let r = guarded("get, depth 1", move || h.read(|r| m.get(r, &k).map(|_| ())));
+        corrupt("get, depth 1", &r);
+        let h = heap.clone();
+        let r = guarded("insert, depth 1", move || {
+            h.transaction(|tx| m.insert(tx, &k, &k).map(|_| ()))
+        });
+        corrupt("insert, depth 1", &r);
+    }
+    assert!(heap.read(|r| m.check(r)).is_err());
+}
+
 #[test]
 fn get_or_insert_with_a_key_never_equal_to_itself_is_an_error() {
     #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, txheap::Stored)]

@@ -152,7 +152,7 @@ impl<K: Stored, V: Stored> Stored for PHashMap<K, V> {
                 continue;
             }
             last = Some(b);
-            if b == 0 || b % 16 != 0 {
+            if bad_bucket(b, &g) {
                 return Err(corrupt(
                     h.dir + 8 * i as u64,
                     format!("PHashMap directory: bucket pointer {b:#x}"),
@@ -239,6 +239,13 @@ impl<K, V> PHashMap<K, V> {
 
 const fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
+}
+
+/// Whether `b` cannot be a bucket: null, misaligned, or ending past 2^64 (offsets inside a
+/// bucket are computed before its checked read: a review found `b + 16` overflowing, a panic
+/// in a debug build).
+fn bad_bucket(b: u64, g: &Geo) -> bool {
+    b == 0 || b & 15 != 0 || b > u64::MAX - g.bytes
 }
 
 /// Bucket geometry: `[header: 16 bytes][fingerprints: slots bytes][slots × stride]`, each slot
@@ -394,11 +401,20 @@ where
             .buckets
             .checked_mul(g.slots)
             .is_some_and(|slots| h.len <= slots);
+        // The directory (or, at depth 0, the one bucket) must be aligned and end below 2^64:
+        // offsets inside it are computed before any checked read (a review found a damaged
+        // offset near 2^64 overflowing `dir + index * 8`, a panic in a debug build).
+        // (Masks and compares only: this runs on every lookup.)
+        let dir_ok = |h: &PHashMap<K, V>| match h.depth {
+            0 => h.dir & 15 == 0 && h.dir <= u64::MAX - g.bytes,
+            d => h.dir & 7 == 0 && h.dir <= u64::MAX - (8 << d),
+        };
         if h.depth > MAX_DEPTH
             || !fits
             || empty != (h.buckets == 0)
             || (empty && (h.depth != 0 || h.len != 0))
             || h.buckets > 1 << h.depth
+            || (!empty && !dir_ok(&h))
         {
             return Err(corrupt(
                 self.offset(),
@@ -465,7 +481,7 @@ where
         b: u64,
         slot: u64,
     ) -> Result<(u64, u64, u64)> {
-        if b == 0 || b % 16 != 0 {
+        if bad_bucket(b, &Geo::of::<K, V>()) {
             return Err(corrupt(
                 slot,
                 format!("PHashMap directory: bucket pointer {b:#x}"),
@@ -554,7 +570,7 @@ where
         // bucket's depth and prefix are read only to confirm a miss: one line less per hit.
         let hash = Self::hash(h, key);
         let b = Self::bucket_of(h, view, hash)?;
-        if b == 0 || b % 16 != 0 {
+        if bad_bucket(b, g) {
             Self::verify_bucket(h, view, b, hash)?;
         }
         Ok(match Self::find(g, view, b, key, hash)? {
