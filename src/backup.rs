@@ -59,10 +59,31 @@ struct Plan {
     header: [u8; crate::alloc::HEAP_HEADER_LEN as usize],
 }
 
-fn plan(r: &Reader<'_>, chunk_area: u64, heap_offset: u64, compact: bool) -> Result<Plan> {
+/// `every_byte`: a full copy of a salvaged heap, which reads the whole heap region (see
+/// below).
+fn plan(
+    r: &Reader<'_>,
+    chunk_area: u64,
+    heap_offset: u64,
+    compact: bool,
+    every_byte: bool,
+) -> Result<Plan> {
     let (_, mut header) = r.state();
     let heap_end = chunk_area + header.chunk_count * CHUNK_SIZE;
     let whole = vec![(heap_offset, heap_end - heap_offset)];
+    let whole_plan = |header: crate::alloc::HeapHeader| Plan {
+        ranges: whole.clone(),
+        blocks: whole.clone(),
+        chunk_count: header.chunk_count,
+        header: header.encode(),
+    };
+    // A salvaged heap's objects may lie where its tables say free space is (a frame that
+    // freed one dropped, its table entry already changed in place), and the handle shows
+    // them: a full copy of it takes every byte, as the handle holds them (a review found such
+    // an object copied as zeros). Such a copy is the way to take data out of a damaged heap.
+    if every_byte && !compact {
+        return Ok(whole_plan(header));
+    }
     // The extents as this snapshot's chunk tables give them.
     let read_err = std::cell::Cell::new(None);
     let read = |off: u64, buf: &mut [u8]| {
@@ -82,12 +103,7 @@ fn plan(r: &Reader<'_>, chunk_area: u64, heap_offset: u64, compact: bool) -> Res
         }
         // A full copy of a heap whose tables fail their walk (a `salvage_read_only` handle's
         // can): every byte, as the snapshot holds it.
-        return Ok(Plan {
-            ranges: whole.clone(),
-            blocks: whole,
-            chunk_count: header.chunk_count,
-            header: header.encode(),
-        });
+        return Ok(whole_plan(header));
     }
     extents.sort_by_key(|&(c, _)| c);
     // A compact copy cuts the free tail: trailing free extents, and a zone's table with
@@ -150,15 +166,26 @@ pub(crate) fn backup(
     geo: &Geometry,
     dst: &Path,
     compact: bool,
+    salvaged: bool,
 ) -> Result<BackupReport> {
-    crate::open::publish_new_file(dst, "copy", |file| write_copy(heap, geo, &file, compact))
+    crate::open::publish_new_file(dst, "copy", |file| {
+        write_copy(heap, geo, &file, compact, salvaged)
+    })
 }
 
-fn write_copy(heap: &Heap, geo: &Geometry, file: &File, compact: bool) -> Result<BackupReport> {
+/// `salvaged`: the handle's open dropped transactions on purpose (a full copy then reads every
+/// byte).
+fn write_copy(
+    heap: &Heap,
+    geo: &Geometry,
+    file: &File,
+    compact: bool,
+    salvaged: bool,
+) -> Result<BackupReport> {
     let page = sys::PAGE;
     let (txid, plan, written) = heap.read(|r| {
         let (txid, _) = r.state();
-        let plan = plan(r, geo.chunk_area, geo.heap_offset, compact)?;
+        let plan = plan(r, geo.chunk_area, geo.heap_offset, compact, salvaged)?;
         let len = geo.chunk_area + plan.chunk_count * CHUNK_SIZE;
         file.set_len(len)
             .map_err(|e| Error::io("size the copy", len, e))?;
