@@ -237,6 +237,9 @@ pub enum Error {
         role: &'static str,
         /// The stored [`crate::Stored::ID`] of the elements it holds.
         stored_id: u64,
+        /// Their layout, as the heap's type catalogue describes it (recorded when the
+        /// collection was made; a collection older than the catalogue has none).
+        stored: String,
         /// The type asked for ([`crate::describe`]), with its identity.
         requested: String,
     },
@@ -407,10 +410,11 @@ impl fmt::Display for Error {
                 offset,
                 role,
                 stored_id,
+                stored,
                 requested,
             } => write!(
                 f,
-                "collection at {offset} holds {role}s of stored identity {stored_id:#018x}, asked for {requested}"
+                "collection at {offset} holds {role}s of {stored} (identity {stored_id:#018x}), asked for {requested}"
             ),
             Error::AllocatorInterrupted { cause } => write!(
                 f,

@@ -174,6 +174,100 @@ pub(crate) fn decode_description(page: &[u8]) -> String {
     }
 }
 
+/// The heap header's page: the header, the root description, then the type catalogue.
+pub(crate) const HEADER_PAGE: usize = 4096;
+/// The catalogue's first bytes (docs/FORMAT.md, "Type catalogue").
+pub(crate) const CATALOGUE_MAGIC: [u8; 4] = *b"TXTC";
+/// A catalogue record's fixed part: identity (8), length (2), CRC-32 (4).
+const RECORD_HEAD: usize = 14;
+/// Longest description a catalogue record keeps (longer ones are cut at a character boundary).
+const RECORD_DESC_MAX: usize = 1024;
+
+/// Where the type catalogue starts in the header page (`page` starts at the header): right
+/// after the root description record (its u16 length and its bytes).
+fn catalogue_at(page: &[u8]) -> usize {
+    let at = ROOT_DESC_AT as usize;
+    let len = page
+        .get(at..at + 2)
+        .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    at + 2 + len.min(ROOT_DESC_MAX)
+}
+
+/// The type catalogue in the header page: where it starts, where its records end, and each
+/// record's identity and description. A page without the magic there has none; records are
+/// read up to the first whose CRC fails (bytes left by an older, longer root description are
+/// never taken for one).
+pub(crate) fn catalogue(page: &[u8]) -> (usize, usize, Vec<(u64, String)>) {
+    let start = catalogue_at(page);
+    let mut out = Vec::new();
+    if page.get(start..start + 4) != Some(&CATALOGUE_MAGIC[..]) {
+        return (start, start, out);
+    }
+    let mut at = start + 4;
+    while let Some(head) = page.get(at..at + RECORD_HEAD) {
+        let id = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+        let len = u16::from_le_bytes([head[8], head[9]]) as usize;
+        let crc = u32::from_le_bytes(head[10..14].try_into().expect("4 bytes"));
+        let Some(text) = page.get(at + RECORD_HEAD..at + RECORD_HEAD + len) else {
+            break;
+        };
+        let mut h = crc32fast::Hasher::new();
+        h.update(&head[..10]);
+        h.update(text);
+        let Ok(text) = std::str::from_utf8(text) else {
+            break;
+        };
+        if id == 0 || h.finalize() != crc {
+            break;
+        }
+        out.push((id, text.to_string()));
+        at += RECORD_HEAD + len;
+    }
+    (start, at, out)
+}
+
+/// A catalogue record: `id`, then `desc` (cut to [`RECORD_DESC_MAX`] bytes).
+pub(crate) fn catalogue_record(id: u64, desc: &str) -> Vec<u8> {
+    let mut end = desc.len().min(RECORD_DESC_MAX);
+    while !desc.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = &desc.as_bytes()[..end];
+    let mut rec = id.to_le_bytes().to_vec();
+    rec.extend_from_slice(&(end as u16).to_le_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&rec);
+    h.update(text);
+    rec.extend_from_slice(&h.finalize().to_le_bytes());
+    rec.extend_from_slice(text);
+    rec
+}
+
+/// The catalogue's bytes for `records` (magic first), as many whole records as fit in `room`
+/// bytes; empty when none is given or none fits.
+pub(crate) fn catalogue_bytes(records: &[(u64, String)], room: usize) -> Vec<u8> {
+    let mut out = CATALOGUE_MAGIC.to_vec();
+    for (id, desc) in records {
+        let rec = catalogue_record(*id, desc);
+        if out.len() + rec.len() > room {
+            break;
+        }
+        out.extend_from_slice(&rec);
+    }
+    if out.len() == CATALOGUE_MAGIC.len() {
+        out.clear();
+    }
+    out
+}
+
+/// The stored description of identity `id` in the header page's catalogue, if recorded.
+pub(crate) fn described(page: &[u8], id: u64) -> Option<String> {
+    catalogue(page)
+        .2
+        .into_iter()
+        .find_map(|(i, d)| (i == id).then_some(d))
+}
+
 /// Whether `T` may be a root at all: at most the root area's size, and an alignment the heap
 /// supports.
 pub(crate) fn root_fits<T: Stored>() -> Result<()> {

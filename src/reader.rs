@@ -339,6 +339,14 @@ impl<'h> Reader<'h> {
         self.snap.txid
     }
 
+    /// The layout description the heap's type catalogue holds for stored identity `id`, as
+    /// this snapshot sees it.
+    pub(crate) fn stored_description(&self, id: u64) -> Option<String> {
+        let mut page = vec![0u8; crate::layout::HEADER_PAGE];
+        self.copy_raw(self.sh.geo.heap_offset, &mut page).ok()?;
+        crate::layout::described(&page, id)
+    }
+
     /// The snapshot's transaction id and heap header.
     pub(crate) fn state(&self) -> (u64, crate::alloc::HeapHeader) {
         (self.snap.txid, self.snap.header)

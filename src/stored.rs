@@ -19,10 +19,9 @@ use crate::pptr::{PPtr, PSlice};
 
 /// A plain-data type with a stable stored identity: a chosen name, its size and alignment, and
 /// its fields. [`crate::Tx::root`] and the collections record the identity in the file and
-/// refuse another type: the root with [`crate::Error::RootTypeMismatch`], naming both layouts
-/// (the file keeps a description of the root's); a collection with
-/// [`crate::Error::TypeMismatch`], naming the stored identity and the layout asked for (a
-/// collection records only the identity).
+/// refuse another type, naming both layouts: the root with [`crate::Error::RootTypeMismatch`],
+/// a collection with [`crate::Error::TypeMismatch`] (the file keeps a description of the root's
+/// layout, and of each type a collection was made for, in its type catalogue).
 ///
 /// Derive it (`#[derive(txheap::Stored)]`, with an optional `#[stored(name = "...")]`; the
 /// default name is the struct's identifier) on a `#[repr(C)]` struct that is also

@@ -12,7 +12,10 @@ use bytemuck::Pod;
 
 use crate::alloc::{Allocator, HeapHeader, Mark, TxMem, ROOT_IDENTITY_STORED};
 use crate::error::{Error, Result};
-use crate::layout::{check_root, root_description, root_fits, ROOT_DESC_AT, ROOT_DESC_MAX};
+use crate::layout::{
+    catalogue, catalogue_bytes, catalogue_record, check_root, root_description, root_fits,
+    CATALOGUE_MAGIC, HEADER_PAGE, ROOT_DESC_AT,
+};
 use crate::limits::{CHUNK_SIZE, ROOT_LEN_MAX};
 use crate::options::Durability;
 use crate::pptr::{cast_slice, cast_slice_mut, PPtr, PSlice};
@@ -83,6 +86,9 @@ pub struct Tx<'h> {
     /// frame by the commit's trim, which compares every range with the committed bytes when
     /// this is not zero.
     rolled_back: u64,
+    /// Stored identities this transaction found in the heap's type catalogue or recorded
+    /// there ([`Tx::record_type`]), so that it reads the catalogue once per type.
+    recorded: Vec<u64>,
     done: bool,
     /// A transaction stays on the thread that began it (as before its stage became `Send`):
     /// the re-entry check knows that thread only.
@@ -321,6 +327,7 @@ impl<'h> Tx<'h> {
             interrupted: None,
             changes: 0,
             depth: 0,
+            recorded: Vec::new(),
             done: false,
             _not_send: std::marker::PhantomData,
         }
@@ -691,6 +698,8 @@ impl<'h> Tx<'h> {
         // place at commit, so they stay exempt from the log's budget.)
         self.new_runs = sc.new_runs;
         self.interrupted = sc.interrupted;
+        // A catalogue record the scope wrote is gone with it.
+        self.recorded.clear();
         // A `Writable` made inside the scope may name space that is free again.
         self.mem_ops += 1;
         #[cfg(debug_assertions)]
@@ -1263,26 +1272,68 @@ impl<'h> Tx<'h> {
         Ok(PPtr::from_offset(at))
     }
 
-    /// The heap header's page as this transaction sees it, up to the end of the root's layout
-    /// description (read only when a root check fails, to name the stored layout).
+    /// The heap header's page as this transaction sees it: the header, the root's layout
+    /// description and the type catalogue (read when a type check fails, to name the stored
+    /// layout, and to record a type).
     fn root_page(&self) -> Vec<u8> {
-        let mut b = vec![0u8; ROOT_DESC_AT as usize + 2 + ROOT_DESC_MAX];
+        let mut b = vec![0u8; HEADER_PAGE];
         read_staged(self.sh, &self.stage, self.sh.geo.heap_offset, &mut b);
         b
     }
 
     /// Record `T` as the root's type: its size, identity and alignment in the heap header, its
-    /// layout description in the header's page (staged).
+    /// layout description in the header's page (staged), and the type catalogue after it
+    /// moved to follow the new description (as many records as still fit).
     fn set_root_type<T: Stored>(&mut self) -> Result<()> {
         self.header.root_size = std::mem::size_of::<T>() as u64;
         self.header.root_fingerprint = T::ID;
         self.header.root_align = std::mem::align_of::<T>() as u32;
         self.header.root_identity = ROOT_IDENTITY_STORED;
-        let desc = root_description::<T>();
+        let (_, old_end, records) = catalogue(&self.root_page());
+        let mut bytes = root_description::<T>();
+        let room = HEADER_PAGE - ROOT_DESC_AT as usize - bytes.len();
+        bytes.extend_from_slice(&catalogue_bytes(&records, room));
+        // Zeros over what the old description and catalogue held past the new ones.
+        let end = (ROOT_DESC_AT as usize + bytes.len()).max(old_end);
+        bytes.resize(end - ROOT_DESC_AT as usize, 0);
         let at = self.sh.geo.heap_offset + ROOT_DESC_AT;
-        self.stage_mut(at, desc.len() as u64)?
-            .copy_from_slice(&desc);
+        self.stage_mut(at, bytes.len() as u64)?
+            .copy_from_slice(&bytes);
+        self.recorded.clear();
         Ok(())
+    }
+
+    /// Record `T`'s layout description in the heap's type catalogue (the header page, after
+    /// the root's description: docs/FORMAT.md), unless it is there: a collection that holds
+    /// `T` records only its identity, and a mismatch then names the stored layout from here.
+    /// Informational only; when the page is full, `T` is not recorded.
+    pub(crate) fn record_type<T: Stored>(&mut self) -> Result<()> {
+        if self.recorded.contains(&T::ID) {
+            return Ok(());
+        }
+        let page = self.root_page();
+        let (start, end, records) = catalogue(&page);
+        if !records.iter().any(|&(id, _)| id == T::ID) {
+            // (No catalogue yet: the magic comes with the first record.)
+            let mut bytes = match start == end {
+                true => CATALOGUE_MAGIC.to_vec(),
+                false => Vec::new(),
+            };
+            bytes.extend_from_slice(&catalogue_record(T::ID, &crate::stored::describe::<T>()));
+            if end + bytes.len() <= HEADER_PAGE {
+                let at = self.sh.geo.heap_offset + end as u64;
+                self.stage_mut(at, bytes.len() as u64)?
+                    .copy_from_slice(&bytes);
+            }
+        }
+        self.recorded.push(T::ID);
+        Ok(())
+    }
+
+    /// The layout description the heap's type catalogue holds for identity `id`, as this
+    /// transaction sees it.
+    pub(crate) fn stored_description(&self, id: u64) -> Option<String> {
+        crate::layout::described(&self.root_page(), id)
     }
 
     // ---- commit --------------------------------------------------------------------------

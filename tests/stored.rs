@@ -402,3 +402,224 @@ fn a_root_recorded_before_pointer_identities_still_opens() {
         r.findings
     );
 }
+
+mod item_a {
+    #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, txheap::Stored)]
+    #[repr(C)]
+    pub struct Item {
+        pub x: u32,
+        pub y: u32,
+    }
+}
+
+mod item_b {
+    // The same name and size; its fields swapped.
+    #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, txheap::Stored)]
+    #[repr(C)]
+    pub struct Item {
+        pub y: u32,
+        pub x: u32,
+    }
+}
+
+mod item_a2 {
+    // Item declared again elsewhere, byte for byte: accepted.
+    #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, txheap::Stored)]
+    #[repr(C)]
+    pub struct Item {
+        pub x: u32,
+        pub y: u32,
+    }
+}
+
+const A_LAYOUT: &str = "Item (size 8, align 4; x: u32 @0, y: u32 @4)";
+const B_LAYOUT: &str = "Item (size 8, align 4; y: u32 @0, x: u32 @4)";
+
+/// A collection's element type refused names both layouts: the stored one comes from the
+/// heap's type catalogue, recorded when the collection was made (a review found the message
+/// naming only the stored identity, where the docs promised both layouts).
+#[test]
+fn a_collection_s_type_mismatch_names_both_layouts() {
+    use txheap::{PBTreeMap, PHashMap, PVec};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tm.heap");
+    let heap = Heap::create(&path, Options::new()).unwrap();
+    let (v, h, b) = heap
+        .transaction(|tx| {
+            let v = PVec::<item_a::Item>::new(tx)?;
+            v.push(tx, item_a::Item { x: 1, y: 2 })?;
+            let h = PHashMap::<u64, item_a::Item>::new(tx)?;
+            h.insert(tx, &1, &item_a::Item { x: 3, y: 4 })?;
+            let b = PBTreeMap::<u64, item_a::Item>::new(tx)?;
+            b.insert(tx, &5, &item_a::Item { x: 5, y: 6 })?;
+            Ok((v, h, b))
+        })
+        .unwrap();
+    let both = |e: Error, role: &str| {
+        assert!(matches!(e, Error::TypeMismatch { .. }), "{e:?}");
+        let t = e.to_string();
+        assert!(t.contains(A_LAYOUT) && t.contains(B_LAYOUT), "{t}");
+        assert!(t.contains(&format!("holds {role}s of {A_LAYOUT}")), "{t}");
+    };
+    // The same layout from another module: accepted.
+    let got = heap
+        .read(|r| v.cast::<PVec<item_a2::Item>>().get(r, 0))
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.x, got.y), (1, 2));
+    // Through a read, and through a transaction.
+    let e = heap
+        .read(|r| v.cast::<PVec<item_b::Item>>().get(r, 0).map(|_| ()))
+        .unwrap_err();
+    both(e, "element");
+    let e = heap
+        .transaction(|tx| {
+            v.cast::<PVec<item_b::Item>>()
+                .push(tx, item_b::Item { x: 0, y: 0 })
+        })
+        .unwrap_err();
+    both(e, "element");
+    let e = heap
+        .read(|r| {
+            h.cast::<PHashMap<u64, item_b::Item>>()
+                .get(r, &1)
+                .map(|_| ())
+        })
+        .unwrap_err();
+    both(e, "value");
+    let e = heap
+        .read(|r| b.cast::<PBTreeMap<u64, item_b::Item>>().len(r).map(|_| ()))
+        .unwrap_err();
+    both(e, "value");
+    // The catalogue is in the file: after a reopen, read-only, it still names both.
+    heap.close().unwrap();
+    let ro = Heap::open_read_only(&path).unwrap();
+    let e = ro
+        .read(|r| v.cast::<PVec<item_b::Item>>().get(r, 0).map(|_| ()))
+        .unwrap_err();
+    both(e, "element");
+}
+
+/// The catalogue follows the root's description in the header page: recorded before the root
+/// was set, then moved by `root` and by `migrate_root` (to a longer and to a shorter
+/// description), it still names the stored layout, and the root's own description too.
+#[test]
+fn the_type_catalogue_moves_with_the_root_description() {
+    use txheap::PVec;
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("cat.heap"), Options::new()).unwrap();
+    let v = heap
+        .transaction(|tx| {
+            let v = PVec::<item_a::Item>::new(tx)?;
+            v.push(tx, item_a::Item { x: 1, y: 2 })?;
+            Ok(v)
+        })
+        .unwrap();
+    let named = |heap: &Heap| {
+        let e = heap
+            .read(|r| v.cast::<PVec<item_b::Item>>().get(r, 0).map(|_| ()))
+            .unwrap_err();
+        assert!(e.to_string().contains(A_LAYOUT), "{e}");
+    };
+    named(&heap);
+    heap.transaction(|tx| tx.root::<first::Root>().map(|_| ()))
+        .unwrap();
+    named(&heap);
+    // Longer, then shorter, than `first::Root`'s description.
+    heap.transaction(|tx| {
+        tx.migrate_root(|o: &first::Root| grown::Root {
+            count: o.count,
+            head: o.head,
+            limit: 0,
+        })
+        .map(|_| ())
+    })
+    .unwrap();
+    named(&heap);
+    heap.transaction(|tx| tx.migrate_root(|o: &grown::Root| o.count).map(|_| ()))
+        .unwrap();
+    named(&heap);
+    // The root's description is whole, and a mismatch of the root names it.
+    let e = heap
+        .transaction(|tx| tx.root::<u32>().map(|_| ()))
+        .unwrap_err();
+    assert!(e.to_string().contains("u64 (size 8, align 8)"), "{e}");
+}
+
+/// A scope that made a collection and rolled back takes its catalogue record with it; the
+/// transaction records the type again when it makes another (its cache of recorded types is
+/// forgotten with the scope), and an aborted transaction records nothing.
+#[test]
+fn a_rolled_back_scope_or_an_aborted_transaction_records_no_type() {
+    use txheap::PVec;
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("scope.heap"), Options::new()).unwrap();
+    let stored = |heap: &Heap| {
+        heap.read(|r| Ok(txheap::View::stored_description(r, item_a::Item::ID)))
+            .unwrap()
+    };
+    let r: txheap::Result<()> = heap.transaction(|tx| {
+        PVec::<item_a::Item>::new(tx)?;
+        Err(Error::NoRoot)
+    });
+    assert!(r.is_err());
+    assert_eq!(stored(&heap), None);
+    heap.transaction(|tx| {
+        let r: Result<(), Error> = tx.nested(|tx| {
+            PVec::<item_a::Item>::new(tx)?;
+            assert!(txheap::View::stored_description(tx, item_a::Item::ID).is_some());
+            Err(Error::NoRoot)
+        });
+        assert!(r.is_err());
+        assert_eq!(txheap::View::stored_description(tx, item_a::Item::ID), None);
+        PVec::<item_a::Item>::new(tx).map(|_| ())
+    })
+    .unwrap();
+    assert_eq!(stored(&heap).as_deref(), Some(A_LAYOUT));
+}
+
+/// A full catalogue (the header page holds about a hundred short records) records no more,
+/// and a mismatch there says the layout was not recorded; nothing else in the page changes.
+#[test]
+fn a_full_type_catalogue_records_no_more() {
+    use txheap::PVec;
+    fn make<const N: usize>(tx: &mut txheap::Tx<'_>) -> txheap::Result<PPtr<PVec<[u8; N]>>> {
+        PVec::<[u8; N]>::new(tx)
+    }
+    macro_rules! many {
+        ($tx:expr, $($n:literal)*) => {{
+            Ok(vec![$( make::<$n>($tx)?.offset() ),*])
+        }};
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("full.heap"), Options::new()).unwrap();
+    heap.transaction(|tx| tx.root::<first::Root>().map(|_| ()))
+        .unwrap();
+    let made: Vec<u64> = heap
+        .transaction(|tx| {
+            many!(tx,
+                1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30
+                31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57
+                58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84
+                85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108
+                109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127 128
+                129 130 131 132 133 134 135 136 137 138 139 140 141 142 143 144 145 146 147 148
+                149 150)
+        })
+        .unwrap();
+    let first_vec = PPtr::<PVec<[u8; 1]>>::from_offset(made[0]);
+    let last_vec = PPtr::<PVec<[u8; 150]>>::from_offset(made[149]);
+    heap.read(|r| {
+        let e = first_vec.cast::<PVec<[u16; 1]>>().len(r).unwrap_err();
+        assert!(e.to_string().contains("array (size 1, align 1)"), "{e}");
+        let e = last_vec.cast::<PVec<[u16; 75]>>().len(r).unwrap_err();
+        assert!(e.to_string().contains("layout not recorded"), "{e}");
+        Ok(())
+    })
+    .unwrap();
+    // The root's description is intact.
+    let e = heap
+        .transaction(|tx| tx.root::<u32>().map(|_| ()))
+        .unwrap_err();
+    assert!(e.to_string().contains("count: u64 @0"), "{e}");
+}

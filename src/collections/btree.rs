@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::marker::PhantomData;
 use std::ops::Bound;
 
-use super::{check_id, corrupt, stored_id, Element, View};
+use super::{check_id, corrupt, record_id, Element, View};
 use crate::error::{Error, Result};
 use crate::pptr::{PPtr, PSlice};
 use crate::stored::{Field, Stored};
@@ -147,8 +147,8 @@ impl<K: Stored, V: Stored> Stored for PBTreeMap<K, V> {
     /// The nodes, and what each key (separator copies included) and value reach.
     fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> Result<()> {
         let h = *self;
-        check_id::<K>(h.key_id, walk.at(), "key")?;
-        check_id::<V>(h.val_id, walk.at(), "value")?;
+        check_id::<K, _>(walk.reader(), h.key_id, walk.at(), "key")?;
+        check_id::<V, _>(walk.reader(), h.val_id, walk.at(), "value")?;
         if h.height == 0 {
             return Ok(());
         }
@@ -565,6 +565,8 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn new(tx: &mut Tx<'_>) -> Result<PPtr<PBTreeMap<K, V>>> {
+        tx.record_type::<K>()?;
+        tx.record_type::<V>()?;
         tx.alloc(PBTreeMap {
             root: 0,
             len: 0,
@@ -599,8 +601,8 @@ where
 
     fn header<W: View>(self, view: &W) -> Result<PBTreeMap<K, V>> {
         let h = *view.get(self)?;
-        check_id::<K>(h.key_id, self.offset(), "key")?;
-        check_id::<V>(h.val_id, self.offset(), "value")?;
+        check_id::<K, _>(view, h.key_id, self.offset(), "key")?;
+        check_id::<V, _>(view, h.val_id, self.offset(), "value")?;
         if h.height > HEIGHT_MAX
             || (h.height == 0) != (h.root == 0)
             || (h.height == 0 && h.len != 0)
@@ -617,8 +619,8 @@ where
     }
 
     fn put_header(self, tx: &mut Tx<'_>, mut h: PBTreeMap<K, V>) -> Result<()> {
-        h.key_id = stored_id::<K>(h.key_id);
-        h.val_id = stored_id::<V>(h.val_id);
+        h.key_id = record_id::<K>(tx, h.key_id)?;
+        h.val_id = record_id::<V>(tx, h.val_id)?;
         tx.set(self, h)
     }
 

@@ -4,7 +4,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::marker::PhantomData;
 
 use super::siphash::SipHasher13;
-use super::{check_id, corrupt, stored_id, Element, View};
+use super::{check_id, corrupt, record_id, Element, View};
 use crate::alloc::SMALL_MAX;
 use crate::error::{Error, Result};
 use crate::limits::ALIGN_MAX;
@@ -126,8 +126,8 @@ impl<K: Stored, V: Stored> Stored for PHashMap<K, V> {
     /// The directory, the buckets, and what each entry's key and value reach.
     fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> Result<()> {
         let h = *self;
-        check_id::<K>(h.key_id, walk.at(), "key")?;
-        check_id::<V>(h.val_id, walk.at(), "value")?;
+        check_id::<K, _>(walk.reader(), h.key_id, walk.at(), "key")?;
+        check_id::<V, _>(walk.reader(), h.val_id, walk.at(), "value")?;
         if h.dir == 0 {
             return Ok(());
         }
@@ -350,6 +350,8 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn new(tx: &mut Tx<'_>) -> Result<PPtr<PHashMap<K, V>>> {
+        tx.record_type::<K>()?;
+        tx.record_type::<V>()?;
         tx.alloc(PHashMap {
             dir: 0,
             depth: 0,
@@ -386,8 +388,8 @@ where
 
     fn header<W: View>(self, view: &W) -> Result<PHashMap<K, V>> {
         let h = *view.get(self)?;
-        check_id::<K>(h.key_id, self.offset(), "key")?;
-        check_id::<V>(h.val_id, self.offset(), "value")?;
+        check_id::<K, _>(view, h.key_id, self.offset(), "key")?;
+        check_id::<V, _>(view, h.val_id, self.offset(), "value")?;
         let align = std::mem::align_of::<K>().max(std::mem::align_of::<V>()) as u64;
         if align > 16 {
             return Err(Error::UnsupportedAlignment {
@@ -780,8 +782,8 @@ where
     }
 
     fn put_header(self, tx: &mut Tx<'_>, mut h: PHashMap<K, V>) -> Result<()> {
-        h.key_id = stored_id::<K>(h.key_id);
-        h.val_id = stored_id::<V>(h.val_id);
+        h.key_id = record_id::<K>(tx, h.key_id)?;
+        h.val_id = record_id::<V>(tx, h.val_id)?;
         tx.set(self, h)
     }
 

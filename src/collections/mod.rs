@@ -80,6 +80,28 @@ pub trait View {
     fn get<T: Pod>(&self, p: PPtr<T>) -> Result<&T>;
     /// The elements `s` points to, bounds- and alignment-checked.
     fn slice<T: Pod>(&self, s: PSlice<T>) -> Result<&[T]>;
+    /// The layout description the heap's type catalogue holds for stored identity `id`
+    /// (docs/FORMAT.md), if any: what a collection's [`Error::TypeMismatch`] names as the
+    /// stored layout. The default knows none.
+    ///
+    /// ```
+    /// use txheap::{PVec, Stored, View};
+    ///
+    /// #[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, Stored)]
+    /// #[repr(C)]
+    /// struct Point { x: u32, y: u32 }
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let heap = txheap::Heap::create(dir.path().join("vd.heap"), txheap::Options::new())?;
+    /// heap.transaction(|tx| PVec::<Point>::new(tx))?;
+    /// let d = heap.read(|r| Ok(r.stored_description(Point::ID)))?;
+    /// assert_eq!(d.as_deref(), Some("Point (size 8, align 4; x: u32 @0, y: u32 @4)"));
+    /// # Ok::<(), txheap::Error>(())
+    /// ```
+    fn stored_description(&self, id: u64) -> Option<String> {
+        let _ = id;
+        None
+    }
 }
 
 impl View for Tx<'_> {
@@ -89,6 +111,9 @@ impl View for Tx<'_> {
     fn slice<T: Pod>(&self, s: PSlice<T>) -> Result<&[T]> {
         Tx::slice(self, s)
     }
+    fn stored_description(&self, id: u64) -> Option<String> {
+        Tx::stored_description(self, id)
+    }
 }
 
 impl View for Reader<'_> {
@@ -97,6 +122,9 @@ impl View for Reader<'_> {
     }
     fn slice<T: Pod>(&self, s: PSlice<T>) -> Result<&[T]> {
         Reader::slice(self, s)
+    }
+    fn stored_description(&self, id: u64) -> Option<String> {
+        Reader::stored_description(self, id)
     }
 }
 
@@ -177,15 +205,36 @@ impl<T: Stored> Element for PPtr<T> {
     plain_element_body!();
 }
 
-/// Check (or, on a collection not used yet, record) the element identity `slot` holds.
+/// Check the element identity `slot` holds (0: a collection not used yet, which takes any);
+/// a mismatch names the stored layout from `view`'s type catalogue.
 #[inline]
-fn check_id<T: Stored>(slot: u64, at: u64, role: &'static str) -> Result<()> {
+fn check_id<T: Stored, V: View + ?Sized>(
+    view: &V,
+    slot: u64,
+    at: u64,
+    role: &'static str,
+) -> Result<()> {
     // (`SHAPE`: what a collection written before pointer identities recorded.)
     if slot == T::ID || slot == 0 || slot == T::SHAPE {
         Ok(())
     } else {
-        Err(id_mismatch::<T>(slot, at, role))
+        Err(id_mismatch::<T>(
+            view.stored_description(slot),
+            slot,
+            at,
+            role,
+        ))
     }
+}
+
+/// The identity to record for `T` where `slot` holds one ([`stored_id`]), and, where it holds
+/// none yet (a zeroed handle's first write), `T`'s description recorded in the heap's type
+/// catalogue, as [`PVec::new`] and the maps' `new` record theirs.
+fn record_id<T: Stored>(tx: &mut Tx<'_>, slot: u64) -> Result<u64> {
+    if slot == 0 {
+        tx.record_type::<T>()?;
+    }
+    Ok(stored_id::<T>(slot))
 }
 
 /// The identity to record for `T` where `slot` holds one: the one there if it is `T`'s shape
@@ -202,11 +251,16 @@ fn stored_id<T: Stored>(slot: u64) -> u64 {
 /// The error of [`check_id`] (out of line: every lookup checks two identities).
 #[cold]
 #[inline(never)]
-fn id_mismatch<T: Stored>(slot: u64, at: u64, role: &'static str) -> Error {
+fn id_mismatch<T: Stored>(stored: Option<String>, slot: u64, at: u64, role: &'static str) -> Error {
     Error::TypeMismatch {
         offset: at,
         role,
         stored_id: slot,
+        stored: stored.unwrap_or_else(|| {
+            "(layout not recorded: the collection is older than the heap's type catalogue, \
+             or the catalogue was full)"
+                .into()
+        }),
         requested: format!("{} (identity {:#018x})", describe::<T>(), T::ID),
     }
 }

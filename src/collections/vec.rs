@@ -2,7 +2,7 @@
 
 use std::marker::PhantomData;
 
-use super::{check_id, corrupt, stored_id, Element, View};
+use super::{check_id, corrupt, record_id, Element, View};
 use crate::error::{Error, Result};
 use crate::pptr::{PPtr, PSlice};
 use crate::stored::{Field, Stored};
@@ -67,7 +67,7 @@ impl<T: Stored> Stored for PVec<T> {
 
     /// The buffer (its whole capacity), and what each element reaches.
     fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> Result<()> {
-        let h = self.checked(walk.at())?;
+        let h = self.checked(walk.reader(), walk.at())?;
         if h.buf != 0 && !walk.block(h.buf, h.cap * std::mem::size_of::<T>() as u64) {
             return Ok(());
         }
@@ -122,6 +122,7 @@ impl<T: Element> PVec<T> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn new(tx: &mut Tx<'_>) -> Result<PPtr<PVec<T>>> {
+        tx.record_type::<T>()?;
         tx.alloc(PVec {
             buf: 0,
             cap: 0,
@@ -134,9 +135,9 @@ impl<T: Element> PVec<T> {
 
 impl<T: Stored> PVec<T> {
     /// This header, read at `at`, with its element type and shape checked.
-    fn checked(self, at: u64) -> Result<PVec<T>> {
+    fn checked<V: View + ?Sized>(self, view: &V, at: u64) -> Result<PVec<T>> {
         let h = self;
-        check_id::<T>(h.elem, at, "element")?;
+        check_id::<T, V>(view, h.elem, at, "element")?;
         let size = std::mem::size_of::<T>() as u64;
         if h.len > h.cap
             || (h.cap > 0 && h.buf == 0)
@@ -167,7 +168,7 @@ impl<T: Element> PPtr<PVec<T>> {
     }
 
     fn header<V: View>(self, view: &V) -> Result<PVec<T>> {
-        view.get(self)?.checked(self.offset())
+        view.get(self)?.checked(view, self.offset())
     }
 
     fn elements(h: &PVec<T>) -> PSlice<T> {
@@ -281,7 +282,7 @@ impl<T: Element> PPtr<PVec<T>> {
         let new = tx.realloc_slice(old, h.len, cap)?;
         h.buf = new.offset();
         h.cap = new.len();
-        h.elem = stored_id::<T>(h.elem);
+        h.elem = record_id::<T>(tx, h.elem)?;
         tx.set(self, h)
     }
 
@@ -368,7 +369,7 @@ impl<T: Element> PPtr<PVec<T>> {
         let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
         tx.write_slice(buf, h.len, values)?;
         h.len += n;
-        h.elem = stored_id::<T>(h.elem);
+        h.elem = record_id::<T>(tx, h.elem)?;
         tx.set(self, h)
     }
 
