@@ -105,8 +105,10 @@ pub enum Error {
     /// The process could not reserve `max_size` bytes of address space for the heap's mapping
     /// (the address space, or the number of mappings, is used up: for example `max_size` near or
     /// above the platform's user address space, 128 TiB on x86-64 with 4-level paging, or
-    /// thousands of heaps open at once). Nothing was created or changed; choose a smaller
-    /// `max_size` or close other heaps.
+    /// thousands of heaps open at once; a writable handle reserves it twice, for its readers'
+    /// mapping; on Linux the private mapping also counts against the data size limit,
+    /// `RLIMIT_DATA`, which the source error then names). Nothing was created or changed;
+    /// choose a smaller `max_size` or close other heaps.
     AddressSpace {
         /// The heap's `max_size`: the bytes of address space asked for.
         max_size: u64,

@@ -154,9 +154,23 @@ fn map_file(
     let reserved = reserved.max(sb.max_size);
     Mapping::new(file, reserved, len.min(sb.max_size), writable).map_err(|e| {
         if matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::EINVAL)) {
+            // The heap's mappings are private and writable (a read-only open's too, for
+            // replay), which Linux counts in full against the data size limit: name it when
+            // it is what the reservation passes (a review found a 4 GiB heap refused under a
+            // 2 GiB `ulimit -d`, the message blaming only the address space).
+            let source = match crate::sys::data_limit() {
+                Some(limit) if reserved > limit => io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e}; the mapping counts against the data size limit RLIMIT_DATA of \
+                         {limit} bytes (`ulimit -d`): raise it"
+                    ),
+                ),
+                _ => e,
+            };
             Error::AddressSpace {
                 max_size: reserved,
-                source: e,
+                source,
             }
         } else {
             Error::io("map file", 0, e)
@@ -475,14 +489,16 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
     } else {
         crate::foreign::Foreign::probe(&file)
     };
-    let (log, map) = if read_only {
-        replay_read_only(&file, &storage, options.salvage)?
+    let (log, map, rmap) = if read_only {
+        let (log, map) = replay_read_only(&file, &storage, options.salvage)?;
+        (log, map, None)
     } else {
         let _excluded = match &foreign {
             Some(f) => Some(f.exclude_within(options.lock_wait.max(READ_GRACE), path)?),
             None => None,
         };
-        recover_writable(&file, &mut storage, options)?
+        let (log, map, rmap) = recover_writable(&file, &mut storage, options)?;
+        (log, map, Some(rmap))
     };
     let geo = Geometry::of(&log.sb);
     // The body's faults read what the user's access pattern needs (not the kernel's default
@@ -517,16 +533,10 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         // both slots sound again), so that later opens find a clean log.
         writer.tidy_at_close();
     }
-    // A writable handle's readers get a mapping of their own, which only ever shows the file:
-    // the writer's private copies of frames not yet written there stay out of their sight.
-    let rmap = if read_only {
-        None
-    } else {
-        let m = map_file(&file, &log.sb, map.mapped_len(), false, options.reserve)?;
+    if let Some(m) = &rmap {
         m.advise(geo.heap_offset, u64::MAX, options.access.madvise())
             .map_err(|e| Error::io("madvise the heap's mapping", geo.heap_offset, e))?;
-        Some(m)
-    };
+    }
     let mut shared = Shared::new(
         path.to_path_buf(),
         (file, writer.storage.log_syncer()),
@@ -623,14 +633,14 @@ fn replay_read_only(
     Ok((log, map))
 }
 
-/// Writable: reserve the mapping, recover (check the heap as replay will leave it, barrier the
-/// log, replay; the frames stay in the log, docs/ARCHITECTURE.md section 5 step 3), then grow
-/// the file to its chunk count.
+/// Writable: reserve the mappings (the writer's, private, and its readers', shared), recover
+/// (check the heap as replay will leave it, barrier the log, replay; the frames stay in the
+/// log, docs/ARCHITECTURE.md section 5 step 3), then grow the file to its chunk count.
 fn recover_writable(
     file: &Arc<File>,
     storage: &mut FileStorage,
     options: &Options,
-) -> Result<(LogState, Mapping)> {
+) -> Result<(LogState, Mapping, Mapping)> {
     let on_damage = if options.salvage {
         OnDamage::Salvage
     } else {
@@ -657,6 +667,18 @@ fn recover_writable(
         &Superblock { max_size, ..sb0 },
         len0,
         true,
+        options.reserve,
+    )?;
+    // The readers' mapping too, which only ever shows the file (the writer's private copies of
+    // frames not yet written there stay out of their sight): a review found it made after
+    // recovery, so that an open refused for the address space of the second mapping had
+    // already written its new max_size and grown the file, and the next plain open was
+    // refused.
+    let rmap = map_file(
+        file,
+        &Superblock { max_size, ..sb0 },
+        len0,
+        false,
         options.reserve,
     )?;
     // Frames to replay: first check the heap as replay will leave it (header, chunk count, the
@@ -717,6 +739,8 @@ fn recover_writable(
     let len = stat(storage)?;
     map.extend(len.min(sb.max_size))
         .map_err(|e| Error::io("map grown file", len, e))?;
+    rmap.extend(len.min(sb.max_size))
+        .map_err(|e| Error::io("map grown file", len, e))?;
     // The sentinel at the log's start: the scan stopped at offset 0 on a frame of generation 0.
     let clean = checkpointed
         || (rec.scan.frames == 0
@@ -736,7 +760,7 @@ fn recover_writable(
         kept_generation: !checkpointed,
         clean,
     };
-    Ok((log, map))
+    Ok((log, map, rmap))
 }
 
 /// Committed frames may reference chunks whose growth did not survive a power cut: grow the

@@ -275,7 +275,10 @@ impl Options {
     /// (default 0: `max_size`). [`crate::Heap::set_max_size`] then raises `max_size` up to this
     /// while the heap stays open, with no system call; past it, it must find the address space
     /// right after the mapping free, which is rare. Address space only: no memory or disk is
-    /// taken (two mappings per writable handle; x86-64 gives a process 128 TiB).
+    /// taken (two mappings per writable handle; x86-64 gives a process 128 TiB). On Linux the
+    /// heap's private, writable mapping (a read-only handle's too) counts in full against the
+    /// data size limit, `RLIMIT_DATA` (`ulimit -d`), where one is set, whatever it holds: the
+    /// refusal, [`crate::Error::AddressSpace`], then names that limit.
     ///
     /// ```
     /// let o = txheap::Options::new().max_size(1 << 30).reserve(64 << 30);

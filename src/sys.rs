@@ -42,6 +42,23 @@ fn map_new(
     NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))
 }
 
+/// The process's data size limit (`RLIMIT_DATA`, soft), if it has one: Linux counts every
+/// private writable mapping against it in full, the heap's reservation included.
+pub(crate) fn data_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the limits of a valid resource into the struct it is given,
+    // which lives on this stack frame.
+    if unsafe { libc::getrlimit(libc::RLIMIT_DATA, &mut r) } != 0
+        || r.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    Some(r.rlim_cur)
+}
+
 /// Clear `O_NONBLOCK` from an open file's status flags (it was opened with it so that the open
 /// itself could not block on a FIFO).
 pub(crate) fn clear_nonblock(fd: &impl AsRawFd) -> io::Result<()> {
