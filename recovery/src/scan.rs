@@ -185,6 +185,11 @@ fn find_damage_in<S: Storage + ?Sized>(
     }))
 }
 
+/// How many log sizes of frames the damage search may verify ([`search_vouchers`]).
+const SEARCH_BUDGET_LOGS: u64 = 8;
+/// ... and at least this many bytes.
+const SEARCH_BUDGET_MIN: u64 = 64 << 20;
+
 /// Try every 8-aligned log offset from `from` (itself 8-aligned) for a frame that verifies, of
 /// this generation, above `txid`: returns the first that vouches for `txid` (its evidence
 /// reaches it) and the highest txid of any such frame. A frame whose txid lies further above
@@ -201,11 +206,34 @@ fn search_vouchers<S: Storage + ?Sized>(
     let (mut voucher, mut last) = (None, None::<u64>);
     let mut window = LogWindow::over(log);
     let reach = txid.saturating_add(sb.log_size / FRAME_HEADER_LEN as u64);
+    // Bytes the search may hash: a writer's frames after a tear are disjoint, so a log holds at
+    // most its own size of them, and a few payload bytes posing as headers cost a few log
+    // sizes more. Headers that each claim the rest of the log (a review made one every 40
+    // bytes) would cost its size squared, hours for 16 MiB: past this budget the log is
+    // refused, named, rather than searched on.
+    let budget = sb
+        .log_size
+        .saturating_mul(SEARCH_BUDGET_LOGS)
+        .max(SEARCH_BUDGET_MIN);
+    let mut hashed = 0u64;
     let mut p = from;
     while let Some(found) = window.next_magic(storage, sb, p)? {
         p = found;
         let hb = window.get(storage, sb, p, FRAME_HEADER_LEN as u64)?;
         if let Some(h) = header_at(hb) {
+            if h.follows(sb.generation, txid) && h.txid <= reach {
+                hashed = hashed.saturating_add(h.frame_len());
+                if hashed > budget {
+                    return Err(RecoveryError::Corrupt {
+                        offset: sb.log_offset() + p,
+                        what: format!(
+                            "the log's frame headers after a damaged or torn frame (transaction \
+                             {txid}) claim more than {budget} bytes to verify, {SEARCH_BUDGET_LOGS} \
+                             times the log: not a log a writer left"
+                        ),
+                    });
+                }
+            }
             if h.follows(sb.generation, txid)
                 && h.txid <= reach
                 && frame_verifies_at(storage, sb, p)?
@@ -233,15 +261,29 @@ fn search_vouchers<S: Storage + ?Sized>(
 /// a voucher, the damage rule decides: if the frame there is damaged (a later frame proves it
 /// durable), it was durable, and so was this one with its bytes (the writer's barriers cover
 /// the in-place bytes before any voucher), so the scan goes on to report that damage.
+///
+/// `memo` carries what the previous walk on the same chain found, so that each frame of the
+/// chain is verified once however many checked frames it holds (a review found a log of checked
+/// frames vouched only at its end walked once per checked frame: quadratic, hours for 1 MiB).
+/// The frames such a walk passed before its end vouch for no later checked frame either: each
+/// had evidence below the earlier frame's txid, or at or above its own.
 fn chain_vouches<S: Storage + ?Sized>(
     storage: &S,
     sb: &Superblock,
     log: Option<&[u8]>,
     from: u64,
     txid: u64,
+    memo: &mut ChainMemo,
 ) -> Result<bool, RecoveryError> {
     let mut window = LogWindow::over(log);
     let (mut at, mut expect) = (from, txid + 1);
+    if memo.walked && from <= memo.end {
+        match memo.ended {
+            ChainEnd::Broke(vouched) => return Ok(vouched),
+            ChainEnd::Voucher(durable) if durable >= txid => return Ok(true),
+            ChainEnd::Voucher(_) => (at, expect) = (memo.end, memo.expect),
+        }
+    }
     let reason = loop {
         let remaining = sb.log_size - at;
         if remaining < FRAME_HEADER_LEN as u64 {
@@ -262,14 +304,51 @@ fn chain_vouches<S: Storage + ?Sized>(
         if let Err(reason) = verify_frame(&hb, &h, payload) {
             break reason;
         }
-        if h.durable_txid >= txid && h.durable_txid < h.txid {
-            return Ok(true);
-        }
         at += h.frame_len();
         expect += 1;
+        if h.durable_txid >= txid && h.durable_txid < h.txid {
+            *memo = ChainMemo {
+                walked: true,
+                end: at,
+                expect,
+                ended: ChainEnd::Voucher(h.durable_txid),
+            };
+            return Ok(true);
+        }
     };
     let stop = Stop { offset: at, reason };
-    Ok(find_damage_in(storage, sb, &stop, expect, log)?.is_some())
+    let vouched = find_damage_in(storage, sb, &stop, expect, log)?.is_some();
+    *memo = ChainMemo {
+        walked: true,
+        end: at,
+        expect,
+        ended: ChainEnd::Broke(vouched),
+    };
+    Ok(vouched)
+}
+
+/// What [`chain_vouches`]'s last walk found: where it ended (log offset, the txid expected
+/// there) and how.
+#[derive(Clone, Copy, Default)]
+struct ChainMemo {
+    walked: bool,
+    end: u64,
+    expect: u64,
+    ended: ChainEnd,
+}
+
+#[derive(Clone, Copy)]
+enum ChainEnd {
+    /// At the end of a frame that vouched, with this evidence.
+    Voucher(u64),
+    /// At a break in the chain, whose damage search said this.
+    Broke(bool),
+}
+
+impl Default for ChainEnd {
+    fn default() -> Self {
+        ChainEnd::Broke(false)
+    }
 }
 
 /// Whether the heap holds the bytes `check` names, as its frame's writer wrote them in place:
@@ -661,6 +740,7 @@ where
     let mut frames = 0;
     let mut range_bytes = 0;
     let mut checked = 0;
+    let mut chain_memo = ChainMemo::default();
     let mut window = if search {
         LogWindow::over(log)
     } else {
@@ -771,7 +851,7 @@ where
             // end (docs/ARCHITECTURE.md, recovery step 2).
             if !sabotaged(SKIP_IN_PLACE_CHECK) {
                 let end = at + h.frame_len();
-                if !chain_vouches(storage, sb, log, end, txid)? {
+                if !chain_vouches(storage, sb, log, end, txid, &mut chain_memo)? {
                     if checked > 0 {
                         // Every in-place commit flushes first, and the flush vouches for the
                         // check before: a writer never leaves two unvouched. (Refused rather
