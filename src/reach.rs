@@ -16,7 +16,7 @@
 //! object holding it and not followed.
 
 use std::any::TypeId;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::error::Result;
 use crate::pptr::{PPtr, PSlice};
@@ -61,8 +61,14 @@ pub struct Walk<'a, 'h> {
     /// Allocated blocks `(offset, size)`, sorted by offset.
     blocks: Vec<(u64, u64)>,
     reached: Vec<bool>,
-    /// Objects queued once: `(offset, element count, type)`.
-    walked: HashSet<(u64, u64, TypeId)>,
+    /// Element ranges queued so far, per type and element phase (`offset % size`): disjoint
+    /// `start -> end` byte ranges, so that every element is walked once as each type, however
+    /// many pointers and slices reach it (a review found slices that overlap, node `i`'s
+    /// children the nodes `i..n` of one block, walked element by element each: quadratic).
+    spans: HashMap<(TypeId, u64), BTreeMap<u64, u64>>,
+    /// Structures a value walks itself (a collection's tree or directory), by where they start
+    /// and their type: walked once, however many handles reach them.
+    structures: HashSet<(u64, TypeId)>,
     work: Vec<Item>,
     /// The object being walked (the root, or the start of a queued object).
     at: u64,
@@ -78,11 +84,6 @@ struct Item {
     offset: u64,
     count: u64,
     walk: WalkFn,
-}
-
-fn walk_one<T: Stored>(w: &mut Walk<'_, '_>, offset: u64, _: u64) -> Result<()> {
-    let r = w.reader;
-    r.get(PPtr::<T>::from_offset(offset))?.refs(w)
 }
 
 fn walk_slice<T: Stored>(w: &mut Walk<'_, '_>, offset: u64, count: u64) -> Result<()> {
@@ -188,15 +189,8 @@ impl<'a, 'h> Walk<'a, 'h> {
             return Ok(());
         }
         let size = std::mem::size_of::<T>() as u64;
-        if self.mark(p.offset(), size)
-            && T::HOLDS_POINTERS
-            && self.walked.insert((p.offset(), 1, TypeId::of::<T>()))
-        {
-            self.work.push(Item {
-                offset: p.offset(),
-                count: 1,
-                walk: walk_one::<T>,
-            });
+        if self.mark(p.offset(), size) && T::HOLDS_POINTERS {
+            self.queue::<T>(p.offset(), 1);
         }
         Ok(())
     }
@@ -223,17 +217,67 @@ impl<'a, 'h> Walk<'a, 'h> {
             });
             return Ok(());
         };
-        if self.mark(s.offset(), bytes)
-            && T::HOLDS_POINTERS
-            && self.walked.insert((s.offset(), s.len(), TypeId::of::<T>()))
-        {
+        if self.mark(s.offset(), bytes) && T::HOLDS_POINTERS {
+            self.queue::<T>(s.offset(), s.len());
+        }
+        Ok(())
+    }
+
+    /// Queue the elements of the `count` `T`s at `offset` (inside one block: `mark` said so)
+    /// that no pointer or slice queued as `T` before, as runs of whole elements.
+    fn queue<T: Stored>(&mut self, offset: u64, count: u64) {
+        let size = (std::mem::size_of::<T>() as u64).max(1);
+        let end = offset + count * size; // (inside a block: no overflow)
+        let set = self
+            .spans
+            .entry((TypeId::of::<T>(), offset % size))
+            .or_default();
+        // The parts of [offset, end) no range covers (element-aligned: every range of this
+        // key starts and ends on the same phase).
+        let mut gaps = Vec::new();
+        let mut p = offset;
+        if let Some((_, &e)) = set.range(..=offset).next_back() {
+            p = p.max(e);
+        }
+        for (&s, &e) in set.range(offset..end) {
+            if s > p {
+                gaps.push((p, s));
+            }
+            p = p.max(e);
+        }
+        if p < end {
+            gaps.push((p, end));
+        }
+        if gaps.is_empty() {
+            return;
+        }
+        // Merge [offset, end) with every range it touches.
+        let (mut lo, mut hi) = (offset, end);
+        if let Some((&s, &e)) = set.range(..offset).next_back() {
+            if e >= offset {
+                lo = s;
+                hi = hi.max(e);
+            }
+        }
+        let touched: Vec<u64> = set.range(lo..=end).map(|(&s, _)| s).collect();
+        for s in touched {
+            hi = hi.max(set.remove(&s).unwrap_or(s));
+        }
+        set.insert(lo, hi);
+        for (a, b) in gaps {
             self.work.push(Item {
-                offset: s.offset(),
-                count: s.len(),
+                offset: a,
+                count: (b - a) / size,
                 walk: walk_slice::<T>,
             });
         }
-        Ok(())
+    }
+
+    /// Whether the structure starting at `offset` (a collection's tree or directory, walked by
+    /// the value that holds it, of type `T`) is met for the first time: a structure reached
+    /// through several handles (copies of one map's handle) is walked once.
+    pub(crate) fn first_structure<T: 'static>(&mut self, offset: u64) -> bool {
+        self.structures.insert((offset, TypeId::of::<T>()))
     }
 }
 
@@ -392,7 +436,8 @@ impl Reader<'_> {
             reader: self,
             reached: vec![false; blocks.len()],
             blocks,
-            walked: HashSet::new(),
+            spans: HashMap::new(),
+            structures: HashSet::new(),
             work: Vec::new(),
             at: root.offset(),
             root_area: (root.offset(), root.offset() + crate::ROOT_LEN_MAX),

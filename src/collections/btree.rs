@@ -158,6 +158,11 @@ impl<K: Stored, V: Stored> Stored for PBTreeMap<K, V> {
                 format!("PBTreeMap header: height {}", h.height),
             ));
         }
+        // A tree reached through several copies of its handle is walked once (a review found
+        // each copy walking it again: handles times nodes).
+        if !walk.first_structure::<Self>(h.root) {
+            return Ok(());
+        }
         let r = walk.reader();
         let g = Geo::of::<K, V>();
         let mut seen = HashSet::new();
@@ -166,6 +171,11 @@ impl<K: Stored, V: Stored> Stored for PBTreeMap<K, V> {
             null_node(at, level)?;
             if !seen.insert(at) {
                 return Err(corrupt(at, "B-tree node reached twice"));
+            }
+            // (A node another tree walked already, which only a damaged heap shares, is not
+            // walked again.)
+            if at != h.root && !walk.first_structure::<Self>(at) {
+                continue;
             }
             if !walk.block(at, g.bytes(level)) {
                 continue;

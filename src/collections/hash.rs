@@ -137,6 +137,11 @@ impl<K: Stored, V: Stored> Stored for PHashMap<K, V> {
                 format!("PHashMap header: directory depth {}", h.depth),
             ));
         }
+        // A map reached through several copies of its handle is walked once (a review found
+        // each copy of a B-tree's handle walking the tree again).
+        if !walk.first_structure::<Self>(h.dir) {
+            return Ok(());
+        }
         let r = walk.reader();
         let g = Geo::of::<K, V>();
         if h.depth > 0 && !walk.block(h.dir, 8 << h.depth) {
@@ -158,7 +163,10 @@ impl<K: Stored, V: Stored> Stored for PHashMap<K, V> {
                     format!("PHashMap directory: bucket pointer {b:#x}"),
                 ));
             }
-            if !walk.block(b, g.bytes) || !(K::HOLDS_POINTERS || V::HOLDS_POINTERS) {
+            if !walk.block(b, g.bytes)
+                || !(K::HOLDS_POINTERS || V::HOLDS_POINTERS)
+                || (h.depth > 0 && !walk.first_structure::<Self>(b))
+            {
                 continue;
             }
             let fps = r.slice(PSlice::<u8>::from_raw_parts(b + BUCKET_HEADER, g.slots))?;
