@@ -30,12 +30,18 @@ fn a_live_copy_is_not_readable_by_other_users() {
         if !seen.is_empty() {
             return;
         }
-        for e in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+        // The copy has no name once made (Linux): found through this process's descriptors,
+        // whose links still show the name it had (" (deleted)").
+        for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            let named = target
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix));
+            if named {
+                let mode = std::fs::metadata(e.path()).unwrap().permissions().mode() & 0o777;
                 let bytes = std::fs::read(e.path()).unwrap_or_default();
                 let has = bytes.windows(SECRET.len()).any(|w| w == SECRET);
-                seen.push((e.path(), mode, has));
+                seen.push((target, mode, has));
             }
         }
     })

@@ -668,3 +668,119 @@ fn writable_commands_wait_for_the_lock_when_asked() {
         assert_eq!(code, 0, "{long}: {err}");
     }
 }
+
+/// CRC-32 (ISO-HDLC) of a superblock slot's first 124 bytes, into its last 4.
+fn fix_slot_crc(b: &mut [u8], slot: usize) {
+    let crc = crc32fast::hash(&b[slot..slot + 124]);
+    b[slot + 124..slot + 128].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A heap whose run bitmap marks blocks past the run's end (damage an open does not read, and
+/// `check` reports): `copy` published a copy of it and `compact` changed it in place, both with
+/// exit 0 (found by review). Both refuse it now (exit 4), the file unchanged, no copy made.
+#[test]
+fn copy_and_compact_refuse_a_heap_check_calls_damaged() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut b, first48) = heap_image(d.path(), 3, false);
+    // The 48-byte run's chunk: every bitmap bit set, past its blocks too.
+    let run = (first48 - CHUNK_AREA) / CHUNK * CHUNK + CHUNK_AREA;
+    for x in &mut b[run as usize..run as usize + 4096] {
+        *x = 0xff;
+    }
+    let p = write(d.path(), "badbitmap", &b);
+    let (code, out) = check(&p);
+    assert_eq!(code, 4, "{out}");
+    let dst = d.path().join("dst");
+    let (ccode, cout, cerr) = txheap(&["copy", &p, dst.to_str().unwrap()]);
+    assert_eq!(ccode, 4, "{cout}{cerr}");
+    assert!(cerr.contains("run bitmap"), "{cerr}");
+    assert!(!dst.exists());
+    let (kcode, kout, kerr) = txheap(&["compact", &p]);
+    assert_eq!(kcode, 4, "{kout}{kerr}");
+    assert!(
+        std::fs::read(&p).unwrap() == b,
+        "compact changed the damaged file"
+    );
+}
+
+/// A superblock whose `seq` is at its limit (a checksum-valid crafted slot): `recover` refuses
+/// it (no checkpoint can follow), and `check` and `recover --dry-run` called it clean, exit 0
+/// (found by review). All three agree now.
+#[test]
+fn check_refuses_a_superblock_at_its_counter_limit() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut b, _) = heap_image(d.path(), 3, false);
+    // The slot in force: the one with the higher seq (bytes 16..24).
+    let seq = |b: &[u8], s: usize| u64::from_le_bytes(b[s + 16..s + 24].try_into().unwrap());
+    let slot = if seq(&b, 4096) > seq(&b, 0) { 4096 } else { 0 };
+    b[slot + 16..slot + 24].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    fix_slot_crc(&mut b, slot);
+    let p = write(d.path(), "seqmax", &b);
+    let (code, out) = check(&p);
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("cannot grow past"), "{out}");
+    let (dcode, dout, derr) = txheap(&["recover", "--dry-run", &p]);
+    let (rcode, rout, rerr) = txheap(&["recover", &p]);
+    assert_eq!(dcode, rcode, "dry-run: {dout}{derr}\nrecover: {rout}{rerr}");
+}
+
+/// Both superblock slots damaged: `check` said of each that "the other slot is in force" and
+/// that `txheap recover` rewrites it, where no slot is valid and `recover` refuses (found by
+/// review).
+#[test]
+fn both_slots_damaged_are_not_called_recoverable() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut b, _) = heap_image(d.path(), 3, false);
+    b[20] ^= 1;
+    b[4096 + 20] ^= 1;
+    let p = write(d.path(), "both", &b);
+    let (code, out) = check(&p);
+    assert_eq!(code, 4, "{out}");
+    assert!(!out.contains("the other slot is in force"), "{out}");
+    let (rcode, _, rerr) = txheap(&["recover", &p]);
+    assert_eq!(rcode, 4, "{rerr}");
+}
+
+/// A live read (a writer holds the file) copies its metadata and log into a temporary file; a
+/// `txheap check` killed during it left that file behind (36 MB each, found by review). The
+/// copy has no name once made now: killed at any moment, the command leaves nothing.
+#[test]
+fn a_killed_live_read_leaves_no_temporary_copy() {
+    let d = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = d.path().join("live.heap");
+    let heap = txheap::Heap::create(
+        &path,
+        txheap::Options::new()
+            .durability(txheap::Durability::None)
+            .log_size(16 << 20)
+            .max_size(256 << 20),
+    )
+    .unwrap();
+    // Frames in most of the log, and some thousands of objects: a live read copies them all.
+    for i in 0..20_000u64 {
+        heap.transaction(|tx| tx.alloc([i; 8]).map(|_| ())).unwrap();
+    }
+    let mut killed_during = 0;
+    for round in 0..12u64 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_txheap"))
+            .args(["check", path.to_str().unwrap()])
+            .env("TMPDIR", tmp.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5 + round * 7));
+        let still = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        killed_during += still as u32;
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "round {round}: {left:?}");
+    }
+    assert!(killed_during > 0, "no run was killed before it ended");
+    drop(heap);
+}
