@@ -186,9 +186,9 @@ fn find_damage_in<S: Storage + ?Sized>(
 }
 
 /// How many log sizes of frames the damage search may verify ([`search_vouchers`]).
-const SEARCH_BUDGET_LOGS: u64 = 8;
+const SEARCH_BUDGET_LOGS: u64 = 64;
 /// ... and at least this many bytes.
-const SEARCH_BUDGET_MIN: u64 = 64 << 20;
+const SEARCH_BUDGET_MIN: u64 = 1 << 30;
 
 /// Try every 8-aligned log offset from `from` (itself 8-aligned) for a frame that verifies, of
 /// this generation, above `txid`: returns the first that vouches for `txid` (its evidence
@@ -207,10 +207,13 @@ fn search_vouchers<S: Storage + ?Sized>(
     let mut window = LogWindow::over(log);
     let reach = txid.saturating_add(sb.log_size / FRAME_HEADER_LEN as u64);
     // Bytes the search may hash: a writer's frames after a tear are disjoint, so a log holds at
-    // most its own size of them, and a few payload bytes posing as headers cost a few log
-    // sizes more. Headers that each claim the rest of the log (a review made one every 40
-    // bytes) would cost its size squared, hours for 16 MiB: past this budget the log is
-    // refused, named, rather than searched on.
+    // most its own size of them, and payload bytes posing as headers (a heap that stores
+    // copies of frame headers) cost a log size each at most. Headers that each claim the rest
+    // of the log (a review made one every 40 bytes) would cost its size squared, hours for
+    // 16 MiB: past this budget the log is refused, named, rather than searched on. Only claims
+    // that fit the log count: one that does not is refused unhashed (a review of the first
+    // budget found a single flipped length bit, or one header-like record of user data
+    // claiming gigabytes, exhausting it).
     let budget = sb
         .log_size
         .saturating_mul(SEARCH_BUDGET_LOGS)
@@ -221,15 +224,17 @@ fn search_vouchers<S: Storage + ?Sized>(
         p = found;
         let hb = window.get(storage, sb, p, FRAME_HEADER_LEN as u64)?;
         if let Some(h) = header_at(hb) {
-            if h.follows(sb.generation, txid) && h.txid <= reach {
+            if h.follows(sb.generation, txid) && h.txid <= reach && h.frame_len() <= sb.log_size - p
+            {
                 hashed = hashed.saturating_add(h.frame_len());
                 if hashed > budget {
                     return Err(RecoveryError::Corrupt {
                         offset: sb.log_offset() + p,
                         what: format!(
                             "the log's frame headers after a damaged or torn frame (transaction \
-                             {txid}) claim more than {budget} bytes to verify, {SEARCH_BUDGET_LOGS} \
-                             times the log: not a log a writer left"
+                             {txid}) claim more than {budget} bytes to verify, at least \
+                             {SEARCH_BUDGET_LOGS} times the log: headers overlapping one \
+                             another as no writer's frames do"
                         ),
                     });
                 }
