@@ -28,6 +28,10 @@ use txheap_recovery::txheap_log::{FRAME_HEADER_LEN, RANGE_HEADER_LEN};
 use txheap_recovery::Storage;
 use txheap_recovery::{failpoint, phase};
 
+/// Room the type catalogue leaves in a transaction's log budget beyond its worst count
+/// ([`Tx::catalogue_room`]): the frame's header, vouchers' and in-place checks' bytes.
+const CATALOGUE_SLACK: u64 = 4096;
+
 /// The least overhead of a frame that holds anything: its header and one range header. The early
 /// size check adds only this, so that it stays a lower bound of the frame and never refuses a
 /// transaction whose frame would fit; the exact check is at commit.
@@ -1290,23 +1294,32 @@ impl<'h> Tx<'h> {
         self.header.root_align = std::mem::align_of::<T>() as u32;
         self.header.root_identity = ROOT_IDENTITY_STORED;
         let (_, old_end, records) = catalogue(&self.root_page());
-        let mut bytes = root_description::<T>();
+        let desc = root_description::<T>();
+        let mut bytes = desc.clone();
         let room = HEADER_PAGE - ROOT_DESC_AT as usize - bytes.len();
         bytes.extend_from_slice(&catalogue_bytes(&records, room));
         // Zeros over what the old description and catalogue held past the new ones.
         let end = (ROOT_DESC_AT as usize + bytes.len()).max(old_end);
         bytes.resize(end - ROOT_DESC_AT as usize, 0);
         let at = self.sh.geo.heap_offset + ROOT_DESC_AT;
+        self.recorded.clear();
+        // The catalogue is informational: when moving it could pass this transaction's log,
+        // the description alone is written, as before the catalogue existed, and the records
+        // are lost (a review found the catalogue's own bytes refusing work).
+        let bytes = match self.catalogue_room(bytes.len() - desc.len()) {
+            true => bytes,
+            false => desc,
+        };
         self.stage_mut(at, bytes.len() as u64)?
             .copy_from_slice(&bytes);
-        self.recorded.clear();
         Ok(())
     }
 
     /// Record `T`'s layout description in the heap's type catalogue (the header page, after
     /// the root's description: docs/FORMAT.md), unless it is there: a collection that holds
     /// `T` records only its identity, and a mismatch then names the stored layout from here.
-    /// Informational only; when the page is full, `T` is not recorded.
+    /// Informational only; when the page is full, or the transaction near the log's size, `T`
+    /// is not recorded.
     pub(crate) fn record_type<T: Stored>(&mut self) -> Result<()> {
         if self.recorded.contains(&T::ID) {
             return Ok(());
@@ -1320,14 +1333,31 @@ impl<'h> Tx<'h> {
                 false => Vec::new(),
             };
             bytes.extend_from_slice(&catalogue_record(T::ID, &crate::stored::describe::<T>()));
-            if end + bytes.len() <= HEADER_PAGE {
-                let at = self.sh.geo.heap_offset + end as u64;
-                self.stage_mut(at, bytes.len() as u64)?
-                    .copy_from_slice(&bytes);
+            // Informational: a record that could make this transaction too large for the log is
+            // not written, as one that does not fit the page (a review found a collection's
+            // `new` refused as too large for its type's record alone). The next transaction
+            // that makes such a collection records it.
+            if end + bytes.len() > HEADER_PAGE || !self.catalogue_room(bytes.len()) {
+                return Ok(());
             }
+            let at = self.sh.geo.heap_offset + end as u64;
+            self.stage_mut(at, bytes.len() as u64)?
+                .copy_from_slice(&bytes);
         }
         self.recorded.push(T::ID);
         Ok(())
+    }
+
+    /// Whether `extra` more bytes of the type catalogue leave this transaction's frame within the
+    /// log whatever the rest of it becomes: the stage's count is approximate (the commit's
+    /// exact check counts each range's 16-byte header too, at most a quarter more over 64-byte
+    /// lines, and an in-place check's pieces), so the catalogue is written only with room to
+    /// spare: its bytes never make a transaction too large.
+    fn catalogue_room(&mut self, extra: usize) -> bool {
+        let exempt = self.fresh_staged + self.rolled_back;
+        let logged = self.stage.staged_bytes().saturating_sub(exempt);
+        let worst = (logged + extra as u64 + 2 * LINE).saturating_mul(5) / 4;
+        worst + CATALOGUE_SLACK <= self.sh.geo.log_size
     }
 
     /// The layout description the heap's type catalogue holds for identity `id`, as this

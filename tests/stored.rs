@@ -623,3 +623,45 @@ fn a_full_type_catalogue_records_no_more() {
         .unwrap_err();
     assert!(e.to_string().contains("count: u64 @0"), "{e}");
 }
+
+/// The catalogue is informational: a transaction that fits the log with a collection of a type
+/// already recorded fits it with one of a type not recorded yet (a review found the record's
+/// own bytes refusing `new` as `TransactionTooLarge`, 65,592 bytes for a 65,536-byte log).
+#[test]
+fn a_catalogue_record_never_makes_a_transaction_too_large() {
+    use txheap::PVec;
+    let dir = tempfile::tempdir().unwrap();
+    let log = 64 << 10;
+    let heap = Heap::create(dir.path().join("tl.heap"), Options::new().log_size(log)).unwrap();
+    let buf = heap
+        .transaction(|tx| {
+            PVec::<u64>::new(tx)?;
+            tx.alloc_slice_zeroed::<u8>(256 << 10)
+        })
+        .unwrap();
+    let mut fill = 0u8;
+    let mut run = |n: usize, fresh: bool| -> txheap::Result<()> {
+        fill = fill.wrapping_add(1).max(1);
+        let data = vec![fill; n];
+        heap.transaction(|tx| {
+            tx.write_slice(buf, 0, &data)?;
+            match fresh {
+                true => PVec::<item_a::Item>::new(tx).map(|_| ()),
+                false => PVec::<u64>::new(tx).map(|_| ()),
+            }
+        })
+    };
+    // The largest rewrite that fits beside a `new` of a recorded type.
+    let mut n = log as usize;
+    while n > 0 {
+        match run(n, false) {
+            Ok(()) => break,
+            Err(Error::TransactionTooLarge { .. }) => n -= 64,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(n > 0);
+    let fresh = run(n, true);
+    assert!(fresh.is_ok(), "{fresh:?}");
+    assert!(run(n, false).is_ok());
+}
