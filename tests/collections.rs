@@ -740,30 +740,32 @@ fn a_btree_length_at_its_limit_is_corrupt_on_insert() {
     assert_eq!(heap.read(|r| Ok(m.get(r, &1)?.copied())).unwrap(), Some(11));
 }
 
+/// A vector of one element whose header then says length = capacity = 2^64 - 1.
+fn damaged<T: txheap::Element + Default>(heap: &Heap) -> PPtr<PVec<T>> {
+    let v = heap
+        .transaction(|tx| {
+            let v = PVec::<T>::new(tx)?;
+            v.push(tx, T::default())?;
+            Ok(v)
+        })
+        .unwrap();
+    // Header words: buffer, capacity, length, element identity.
+    heap.transaction(|tx| {
+        let raw: PPtr<[u64; 4]> = v.cast();
+        let mut h = *tx.get(raw)?;
+        h[1] = u64::MAX;
+        h[2] = u64::MAX;
+        tx.set(raw, h)
+    })
+    .unwrap();
+    v
+}
+
 /// A vector header whose length and capacity are 2^64 - 1 passes the header check for elements
 /// of one byte or none; a push then overflowed the length (a panic in a debug build, found by
 /// review; a release build refused it as a slice range). It is too large, and nothing changes.
 #[test]
 fn a_vector_length_at_its_limit_is_too_large_on_push() {
-    fn damaged<T: txheap::Element + Default>(heap: &Heap) -> PPtr<PVec<T>> {
-        let v = heap
-            .transaction(|tx| {
-                let v = PVec::<T>::new(tx)?;
-                v.push(tx, T::default())?;
-                Ok(v)
-            })
-            .unwrap();
-        // Header words: buffer, capacity, length, element identity.
-        heap.transaction(|tx| {
-            let raw: PPtr<[u64; 4]> = v.cast();
-            let mut h = *tx.get(raw)?;
-            h[1] = u64::MAX;
-            h[2] = u64::MAX;
-            tx.set(raw, h)
-        })
-        .unwrap();
-        v
-    }
     let dir = tempfile::tempdir().unwrap();
     let heap = Heap::create(dir.path().join("vlen.heap"), Options::new()).unwrap();
     let bytes = damaged::<u8>(&heap);
@@ -786,21 +788,7 @@ fn clearing_a_vector_of_units_with_a_huge_length_ends() {
     let dir = tempfile::tempdir().unwrap();
     let heap =
         std::sync::Arc::new(Heap::create(dir.path().join("zclr.heap"), Options::new()).unwrap());
-    let v = heap
-        .transaction(|tx| {
-            let v = PVec::<()>::new(tx)?;
-            v.push(tx, ())?;
-            Ok(v)
-        })
-        .unwrap();
-    heap.transaction(|tx| {
-        let raw: PPtr<[u64; 4]> = v.cast();
-        let mut h = *tx.get(raw)?;
-        h[1] = u64::MAX;
-        h[2] = u64::MAX;
-        tx.set(raw, h)
-    })
-    .unwrap();
+    let v = damaged::<()>(&heap);
     let (send, recv) = std::sync::mpsc::channel();
     let h2 = heap.clone();
     std::thread::spawn(move || {
