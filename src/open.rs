@@ -159,11 +159,12 @@ fn map_file(
             // it is what the reservation passes (a review found a 4 GiB heap refused under a
             // 2 GiB `ulimit -d`, the message blaming only the address space).
             let source = match crate::sys::data_limit() {
-                Some(limit) if reserved > limit => io::Error::new(
+                Some(limit) if reserved.saturating_add(data_in_use()) > limit => io::Error::new(
                     e.kind(),
                     format!(
-                        "{e}; the mapping counts against the data size limit RLIMIT_DATA of \
-                         {limit} bytes (`ulimit -d`): raise it"
+                        "{e}; the mapping counts, with the process's other private memory, \
+                         against the data size limit RLIMIT_DATA of {limit} bytes (`ulimit -d`): \
+                         raise it"
                     ),
                 ),
                 _ => e,
@@ -176,6 +177,20 @@ fn map_file(
             Error::io("map file", 0, e)
         }
     })
+}
+
+/// The process's private writable memory (`VmData` of `/proc/self/status`, in bytes), which the
+/// data size limit counts with a new mapping (a review found a second heap refused by the limit
+/// without it named: each heap fitted the limit alone); 0 where unknown.
+fn data_in_use() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmData:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
 }
 
 fn stat(storage: &FileStorage) -> Result<u64> {
@@ -633,7 +648,7 @@ fn replay_read_only(
     Ok((log, map))
 }
 
-/// Writable: reserve the mappings (the writer's, private, and its readers', shared), recover
+/// Writable: reserve the mappings (the writer's, writable, and its readers', read-only), recover
 /// (check the heap as replay will leave it, barrier the log, replay; the frames stay in the
 /// log, docs/ARCHITECTURE.md section 5 step 3), then grow the file to its chunk count.
 fn recover_writable(

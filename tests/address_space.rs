@@ -73,6 +73,15 @@ fn child_entry() {
             show("OPEN", Heap::open(&path, Options::new()));
             show("OPEN_READ_ONLY", Heap::open_read_only(&path));
         }
+        "two_heaps" => {
+            // Each fits the limit alone; both do not.
+            set_limit(libc::RLIMIT_DATA, 2 * GIB);
+            let dir = path.parent().unwrap();
+            let a = Heap::open(dir.join("a.heap"), Options::new());
+            println!("A: {:?}", a.as_ref().map(|_| ()));
+            show("B", Heap::open(dir.join("b.heap"), Options::new()));
+            drop(a);
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -147,4 +156,33 @@ fn a_refusal_by_the_data_size_limit_names_it() {
             "{line}\n{text}"
         );
     }
+}
+
+/// Two 1.5 GiB heaps under a 2 GiB data size limit: each fits alone, the second does not
+/// beside the first. The refusal named only the address space (a review of the docs found it:
+/// the limit was named only when one heap passed it alone); the process's other private
+/// memory counts now.
+#[test]
+fn a_second_heap_refused_by_the_data_size_limit_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in ["a.heap", "b.heap"] {
+        Heap::create(dir.path().join(n), Options::new().max_size(3 * GIB / 2))
+            .unwrap()
+            .close()
+            .unwrap();
+    }
+    let text = child("two_heaps", dir.path());
+    let line = |what: &str| {
+        text.lines()
+            .find(|l| l.contains(&format!("{what}: ")))
+            .unwrap_or_else(|| panic!("{text}"))
+            .to_string()
+    };
+    assert!(
+        line("A").contains("A: Err AddressSpace") || line("A").contains("A: Ok"),
+        "{text}"
+    );
+    let b = line("B");
+    assert!(b.contains("B: Err AddressSpace"), "{text}");
+    assert!(b.contains("RLIMIT_DATA of 2147483648 bytes"), "{text}");
 }
