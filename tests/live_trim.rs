@@ -51,17 +51,22 @@ fn a_live_check_of_a_healthy_heap_stays_clean_over_freed_objects() {
     rounds(true);
 }
 
-/// Wait until this process's live copy (`.txheap-live-PID-N` in the temporary directory) holds
-/// at least `bytes` of data blocks: the copy writes the heap header area, the zone table and
-/// then 2 KiB per chunk in chunk order.
+/// Wait until this process's live copy (`.txheap-live-PID-N`, made in the temporary directory
+/// and unlinked at once: found through this process's descriptors, whose links keep its name)
+/// holds at least `bytes` of data blocks: the copy writes the heap header area, the zone table
+/// and then 2 KiB per chunk in chunk order.
 fn wait_until_copied(bytes: u64) {
     use std::os::unix::fs::MetadataExt;
     let prefix = format!(".txheap-live-{}-", std::process::id());
     let t = std::time::Instant::now();
     while t.elapsed() < std::time::Duration::from_secs(10) {
-        for e in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                if let Ok(m) = e.metadata() {
+        for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            let named = target
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix));
+            if named {
+                if let Ok(m) = std::fs::metadata(e.path()) {
                     if m.blocks() * 512 >= bytes {
                         return;
                     }
@@ -73,7 +78,7 @@ fn wait_until_copied(bytes: u64) {
     panic!("no live copy grew to {bytes} bytes");
 }
 
-/// The tests here look for this process's live copy in the temporary directory: one at a time.
+/// The tests here look for this process's live copy among its descriptors: one at a time.
 static ONE: Mutex<()> = Mutex::new(());
 
 fn rounds(stale_ones: bool) {
