@@ -918,23 +918,17 @@ fn check_file(
             ),
         );
     }
-    // A writable open checkpoints, which steps `seq` and `generation`: at their limit it is
-    // refused, and so the check says (a review found `check` calling such a file clean, and
-    // `recover --dry-run` promising success, where `recover` refused it).
-    for (name, v) in [("seq", sb.seq), ("generation", sb.generation)] {
-        if v >= recovery::COUNTER_MAX {
-            damaged(
-                &mut report,
-                Error::Corrupt {
-                    offset: slot.offset(),
-                    what: format!(
-                        "superblock {name} {v} cannot grow past {}: no checkpoint can follow",
-                        recovery::COUNTER_MAX
-                    ),
-                },
-            )?;
+    // A writable open checkpoints, which steps `seq` and `generation`: where that would pass
+    // their limit it is refused, and so the check says, by the same rule (a review found `check`
+    // calling such a file clean, and `recover --dry-run` promising success, where `recover`
+    // refused it).
+    match recovery::checkpoint_possible(&storage, &sb, slot, sb.next_txid) {
+        Ok(()) => {}
+        Err(e @ RecoveryError::Corrupt { .. }) => {
+            damaged(&mut report, e.into())?;
             return Ok(report.done());
         }
+        Err(e) => return Err(e.into()),
     }
     let len = storage.len().map_err(|e| Error::io("stat", 0, e))?;
     if len < sb.min_file_len() {

@@ -226,6 +226,28 @@ fn scrub_log<S: Storage + ?Sized>(
         .map_err(io_err("fdatasync cleared log", current.log_offset()))
 }
 
+/// Whether a checkpoint of `current` (in force in `current_slot`) can be written with
+/// `next_txid`: its counters, stepped by 1 (2 after a superblock fault), stay within `COUNTER_MAX`.
+/// `Corrupt`, naming the counter, if not: what a writable open decides before its first write,
+/// and what `inspect::check` reports.
+///
+/// ```
+/// use txheap_recovery::{checkpoint_possible, format, select_superblock, MemStorage};
+/// let mut s = MemStorage::new();
+/// format(&mut s, 65536, 1 << 20).unwrap();
+/// let (sb, slot) = select_superblock(&s).unwrap();
+/// assert!(checkpoint_possible(&s, &sb, slot, sb.next_txid).is_ok());
+/// ```
+pub fn checkpoint_possible<S: Storage + ?Sized>(
+    storage: &S,
+    current: &Superblock,
+    current_slot: Slot,
+    next_txid: u64,
+) -> Result<(), RecoveryError> {
+    let (step, _) = checkpoint_step(storage, current, current_slot)?;
+    next_superblock(current, current_slot, next_txid, step).map(|_| ())
+}
+
 /// The superblock a checkpoint of `current` writes: `seq` and `generation` `step` more (see
 /// [`checkpoint_step`]), the given `next_txid`. `Corrupt` (naming the counter) if a counter
 /// would pass `COUNTER_MAX`.

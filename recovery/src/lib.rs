@@ -38,7 +38,7 @@ mod witness;
 
 pub use txheap_log;
 
-pub use checkpoint::{checkpoint, checkpoint_shrinking};
+pub use checkpoint::{checkpoint, checkpoint_possible, checkpoint_shrinking};
 pub use create::{format, format_over_zeros};
 pub use error::{proof_name, RecoveryError};
 #[cfg(feature = "test-hooks")]

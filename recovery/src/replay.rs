@@ -8,7 +8,7 @@
 //! before the frames it replays are durable, or write anything but the pages that committed
 //! ranges touch.
 
-use crate::checkpoint::{checkpoint, checkpoint_step, next_superblock};
+use crate::checkpoint::{checkpoint, checkpoint_possible};
 use crate::error::{io_err, RecoveryError};
 use crate::limits::{REPLAY_BATCH_PAGES_MAX, REPLAY_RUN_PAGES_MAX};
 use crate::scan::{scan_log_in, LogScan, RECOVERY_VOUCHERS};
@@ -776,12 +776,7 @@ where
     if checkpoint_needed {
         // Everything that could refuse the open is decided here, before the first write: the
         // caller's check of the replayed heap, and the counters the checkpoint will bump.
-        next_superblock(
-            &sb,
-            slot,
-            next_txid,
-            checkpoint_step(&*storage, &sb, slot)?.0,
-        )?;
+        checkpoint_possible(&*storage, &sb, slot, next_txid)?;
         let view = match &first {
             Some(b) if b.end == ranges.len() => Replayed::of_batch(&*storage, b)?,
             _ => Replayed::of_ranges(&*storage, &ranges, arena)?,
