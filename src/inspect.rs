@@ -918,18 +918,6 @@ fn check_file(
             ),
         );
     }
-    // A writable open checkpoints, which steps `seq` and `generation`: where that would pass
-    // their limit it is refused, and so the check says, by the same rule (a review found `check`
-    // calling such a file clean, and `recover --dry-run` promising success, where `recover`
-    // refused it).
-    match recovery::checkpoint_possible(&storage, &sb, slot, sb.next_txid) {
-        Ok(()) => {}
-        Err(e @ RecoveryError::Corrupt { .. }) => {
-            damaged(&mut report, e.into())?;
-            return Ok(report.done());
-        }
-        Err(e) => return Err(e.into()),
-    }
     let len = storage.len().map_err(|e| Error::io("stat", 0, e))?;
     if len < sb.min_file_len() {
         damaged(
@@ -940,6 +928,18 @@ fn check_file(
             },
         )?;
         return Ok(report.done());
+    }
+    // (After the length: the rule reads the log's first frame.) A writable open checkpoints, which steps `seq` and `generation`: where that would pass
+    // their limit it is refused, and so the check says, by the same rule (a review found `check`
+    // calling such a file clean, and `recover --dry-run` promising success, where `recover`
+    // refused it).
+    match recovery::checkpoint_possible(&storage, &sb, slot, sb.next_txid) {
+        Ok(()) => {}
+        Err(e @ RecoveryError::Corrupt { .. }) => {
+            damaged(&mut report, e.into())?;
+            return Ok(report.done());
+        }
+        Err(e) => return Err(e.into()),
     }
     let log = match log_of(&storage, &sb, slot.offset()) {
         Ok(log) => LogReport { live, ..log },
