@@ -218,7 +218,14 @@ impl<'a, 'h> Walk<'a, 'h> {
             return Ok(());
         };
         if self.mark(s.offset(), bytes) && T::HOLDS_POINTERS {
-            self.queue::<T>(s.offset(), s.len());
+            // Every value of a zero-sized type is the same value: one element says all there
+            // is (a review found a slice of 2^64-1 of them overflowing the queue's arithmetic,
+            // and one of 2^40 walked for longer than anyone waits).
+            let count = match std::mem::size_of::<T>() {
+                0 => 1,
+                _ => s.len(),
+            };
+            self.queue::<T>(s.offset(), count);
         }
         Ok(())
     }

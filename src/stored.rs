@@ -7,8 +7,9 @@
 //!
 //! A type's identity ([`Stored::ID`]) is a 64-bit FNV-1a hash of its chosen name, size and
 //! alignment and, for a struct, of every field's name, offset and type identity. It goes
-//! through values, not through pointers: a `PPtr<T>` contributes only the name of `T`, so a
-//! recursive type (a list node holding a pointer to the next node) has an identity. (Through a
+//! through values, and through a pointer only as far as its target's shape: a `PPtr<T>`
+//! contributes `T`'s layout with the pointers inside it counted by name, so a recursive type (a
+//! list node holding a pointer to the next node) has an identity. (Through a
 //! collection held by value it has none: see [`Stored`].) Nothing in it
 //! comes from the compiler's type names or the module path, so the identity survives a move of
 //! the type to another module or binary, and a compiler upgrade.
@@ -84,6 +85,22 @@ pub trait Stored: Pod {
     /// that cannot). True unless said otherwise: the integers, floats and arrays of them say
     /// false, and the derive says whether any field can.
     const HOLDS_POINTERS: bool = true;
+
+    /// The name with its type parameters, as errors and the file's layout descriptions show
+    /// it ([`describe`]): `PVec<u32>`, `[u8; 32]`, `PPtr<Node>`. Not part of the identity. The
+    /// default is [`Stored::NAME`], right for types without parameters; arrays, pointers and
+    /// the collections name their parameters (a review found a `PVec<u32>` root and a
+    /// `PVec<u64>` described alike in the error that refused one for the other).
+    ///
+    /// ```
+    /// use txheap::{PPtr, PVec, Stored};
+    /// assert_eq!(<[u8; 32]>::display_name(), "[u8; 32]");
+    /// assert_eq!(<PPtr<PVec<u32>>>::display_name(), "PPtr<PVec<u32>>");
+    /// assert_eq!(u64::display_name(), u64::NAME);
+    /// ```
+    fn display_name() -> String {
+        Self::NAME.to_string()
+    }
 
     /// Report the heap pointers this value holds to `walk` (for [`crate::Heap::reachability`]):
     /// `walk.pointer(p)` for each `PPtr`, `walk.slice(s)` for each `PSlice`, and the fields'
@@ -247,6 +264,9 @@ impl<T: Stored, const N: usize> Stored for [T; N] {
         N as u64,
     );
     const HOLDS_POINTERS: bool = T::HOLDS_POINTERS && N > 0;
+    fn display_name() -> String {
+        format!("[{}; {N}]", T::display_name())
+    }
     fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> crate::Result<()> {
         if T::HOLDS_POINTERS {
             for e in self {
@@ -266,6 +286,9 @@ impl<T: Stored> Stored for PPtr<T> {
     // and a pointed-at struct with its fields reordered: found by review.)
     const ID: u64 = fnv_u64(leaf_id("PPtr->", "", 8, 8), T::SHAPE);
     const SHAPE: u64 = leaf_id("PPtr", T::NAME, 8, 8);
+    fn display_name() -> String {
+        format!("PPtr<{}>", T::display_name())
+    }
     fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> crate::Result<()> {
         walk.pointer(*self)
     }
@@ -276,6 +299,9 @@ impl<T: Stored> Stored for PSlice<T> {
     const FIELDS: &'static [Field] = &[];
     const ID: u64 = fnv_u64(leaf_id("PSlice->", "", 16, 8), T::SHAPE);
     const SHAPE: u64 = leaf_id("PSlice", T::NAME, 16, 8);
+    fn display_name() -> String {
+        format!("PSlice<{}>", T::display_name())
+    }
     fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> crate::Result<()> {
         walk.slice(*self)
     }
@@ -290,7 +316,7 @@ impl<T: Stored> Stored for PSlice<T> {
 pub fn describe<T: Stored>() -> String {
     let mut s = format!(
         "{} (size {}, align {}",
-        T::NAME,
+        T::display_name(),
         std::mem::size_of::<T>(),
         std::mem::align_of::<T>()
     );

@@ -611,7 +611,7 @@ fn a_full_type_catalogue_records_no_more() {
     let last_vec = PPtr::<PVec<[u8; 150]>>::from_offset(made[149]);
     heap.read(|r| {
         let e = first_vec.cast::<PVec<[u16; 1]>>().len(r).unwrap_err();
-        assert!(e.to_string().contains("array (size 1, align 1)"), "{e}");
+        assert!(e.to_string().contains("[u8; 1] (size 1, align 1)"), "{e}");
         let e = last_vec.cast::<PVec<[u16; 75]>>().len(r).unwrap_err();
         assert!(e.to_string().contains("layout not recorded"), "{e}");
         Ok(())
@@ -664,4 +664,93 @@ fn a_catalogue_record_never_makes_a_transaction_too_large() {
     let fresh = run(n, true);
     assert!(fresh.is_ok(), "{fresh:?}");
     assert!(run(n, false).is_ok());
+}
+
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Debug,
+    txheap::bytemuck::Pod,
+    txheap::bytemuck::Zeroable,
+    Stored,
+)]
+#[repr(C, align(128))]
+struct Wide {
+    v: [u64; 16],
+}
+
+/// Above `ALIGN_MAX` (64) a map's key or value type is refused by `new` and by every
+/// operation on a zeroed handle, before anything is committed. (A review found a
+/// `PBTreeMap<Wide, u64>` made, an entry inserted and committed, and every later lookup
+/// failing with `Misaligned`; the hash map refused only on the first operation.)
+#[test]
+fn maps_of_types_aligned_above_the_limit_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("wide.heap"), Options::new()).unwrap();
+    let wide = Wide { v: [7; 16] };
+    let refused =
+        |r: &Result<(), Error>| matches!(r, Err(Error::UnsupportedAlignment { align: 128, .. }));
+    let r = heap.transaction(|tx| txheap::PBTreeMap::<Wide, u64>::new(tx).map(|_| ()));
+    assert!(refused(&r), "B-tree key: {r:?}");
+    let r = heap.transaction(|tx| txheap::PBTreeMap::<u64, Wide>::new(tx).map(|_| ()));
+    assert!(refused(&r), "B-tree value: {r:?}");
+    let r = heap.transaction(|tx| txheap::PHashMap::<u64, Wide>::new(tx).map(|_| ()));
+    assert!(refused(&r), "hash map value: {r:?}");
+    // A zeroed handle (the root) is an empty map: its first insert is refused, nothing commits.
+    let r = heap.transaction(|tx| {
+        let m = tx.root::<txheap::PBTreeMap<Wide, u64>>()?;
+        m.insert(tx, &wide, &1).map(|_| ())
+    });
+    assert!(refused(&r), "B-tree insert: {r:?}");
+    let r = heap.read(|r| {
+        let m = r.root::<txheap::PBTreeMap<Wide, u64>>()?;
+        m.get(r, &wide).map(|_| ())
+    });
+    assert!(
+        matches!(
+            r,
+            Err(Error::NoRoot) | Err(Error::UnsupportedAlignment { .. })
+        ),
+        "{r:?}"
+    );
+}
+
+/// A root that is a collection, an array or a pointer is described with its type parameters,
+/// so the two layouts a mismatch names differ where the types do. (A review found
+/// `PVec<u32>` against `PVec<u64>` described as "PVec (size 32, align 8)" twice, and
+/// `[u8; 32]` against `[i8; 32]` as "array (size 32, align 1)" twice.)
+#[test]
+fn a_root_mismatch_of_generic_types_names_their_parameters() {
+    use txheap::PVec;
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("gen.heap"), Options::new()).unwrap();
+    heap.transaction(|tx| tx.root::<PVec<u32>>().map(|_| ()))
+        .unwrap();
+    let e = heap
+        .transaction(|tx| tx.root::<PVec<u64>>())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("PVec<u32> (size 32") && e.contains("PVec<u64> (size 32"),
+        "{e}"
+    );
+    heap.transaction(|tx| tx.migrate_root(|_: &PVec<u32>| [0u8; 32]).map(|_| ()))
+        .unwrap();
+    let e = heap
+        .transaction(|tx| tx.root::<[i8; 32]>())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("[u8; 32] (size 32") && e.contains("[i8; 32] (size 32"),
+        "{e}"
+    );
+    let e = heap
+        .transaction(|tx| tx.root::<[PPtr<u16>; 4]>())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[PPtr<u16>; 4] (size 32"), "{e}");
 }

@@ -8,6 +8,7 @@ use std::ops::Bound;
 
 use super::{check_id, corrupt, record_id, Element, View};
 use crate::error::{Error, Result};
+use crate::limits::ALIGN_MAX;
 use crate::pptr::{PPtr, PSlice};
 use crate::stored::{Field, Stored};
 use crate::tx::{Tx, Writable};
@@ -143,6 +144,9 @@ impl<K: Stored, V: Stored> Stored for PBTreeMap<K, V> {
         8,
         &[Field::element("K", K::SHAPE), Field::element("V", V::SHAPE)],
     );
+    fn display_name() -> String {
+        format!("PBTreeMap<{}, {}>", K::display_name(), V::display_name())
+    }
 
     /// The nodes, and what each key (separator copies included) and value reach.
     fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> Result<()> {
@@ -566,6 +570,8 @@ where
     V::Input: ToOwned,
 {
     /// Allocate an empty map of its own; the pointer can be stored anywhere.
+    /// `Error::UnsupportedAlignment` if `K` or `V` is aligned above 64 bytes (the heap's limit), here and from
+    /// every operation on a zeroed handle.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -575,6 +581,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn new(tx: &mut Tx<'_>) -> Result<PPtr<PBTreeMap<K, V>>> {
+        Self::aligned()?;
         tx.record_type::<K>()?;
         tx.record_type::<V>()?;
         tx.alloc(PBTreeMap {
@@ -585,6 +592,20 @@ where
             val_id: V::ID,
             _kv: PhantomData,
         })
+    }
+
+    /// Nodes are placed at the allocator's alignment, [`ALIGN_MAX`] at most: a key or value
+    /// type aligned above it is refused by `new` and every operation (a review found such a map
+    /// made, an entry committed and then never readable: `Misaligned` on every lookup).
+    fn aligned() -> Result<()> {
+        let align = std::mem::align_of::<K>().max(std::mem::align_of::<V>()) as u64;
+        if align > ALIGN_MAX {
+            return Err(Error::UnsupportedAlignment {
+                align,
+                max: ALIGN_MAX,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -613,6 +634,7 @@ where
         let h = *view.get(self)?;
         check_id::<K, _>(view, h.key_id, self.offset(), "key")?;
         check_id::<V, _>(view, h.val_id, self.offset(), "value")?;
+        PBTreeMap::<K, V>::aligned()?;
         if h.height > HEIGHT_MAX
             || (h.height == 0) != (h.root == 0)
             || (h.height == 0 && h.len != 0)

@@ -122,6 +122,9 @@ impl<K: Stored, V: Stored> Stored for PHashMap<K, V> {
             Field::element("layout", 2),
         ],
     );
+    fn display_name() -> String {
+        format!("PHashMap<{}, {}>", K::display_name(), V::display_name())
+    }
 
     /// The directory, the buckets, and what each entry's key and value reach.
     fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> Result<()> {
@@ -349,6 +352,8 @@ where
     K::Input: Hash + Eq,
 {
     /// Allocate an empty map of its own; the pointer can be stored anywhere.
+    /// `Error::UnsupportedAlignment` if `K` or `V` is aligned above 16 bytes (a bucket's), here and from
+    /// every operation on a zeroed handle.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -358,6 +363,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn new(tx: &mut Tx<'_>) -> Result<PPtr<PHashMap<K, V>>> {
+        Self::aligned()?;
         tx.record_type::<K>()?;
         tx.record_type::<V>()?;
         tx.alloc(PHashMap {
@@ -371,6 +377,19 @@ where
             buckets: 0,
             _kv: PhantomData,
         })
+    }
+
+    /// Buckets are placed at 16 bytes: a key or value type aligned above that is refused by
+    /// `new` and every operation.
+    fn aligned() -> Result<()> {
+        let align = std::mem::align_of::<K>().max(std::mem::align_of::<V>()) as u64;
+        if align > 16 {
+            return Err(Error::UnsupportedAlignment {
+                align,
+                max: 16.min(ALIGN_MAX),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -398,13 +417,7 @@ where
         let h = *view.get(self)?;
         check_id::<K, _>(view, h.key_id, self.offset(), "key")?;
         check_id::<V, _>(view, h.val_id, self.offset(), "value")?;
-        let align = std::mem::align_of::<K>().max(std::mem::align_of::<V>()) as u64;
-        if align > 16 {
-            return Err(Error::UnsupportedAlignment {
-                align,
-                max: 16.min(ALIGN_MAX),
-            });
-        }
+        PHashMap::<K, V>::aligned()?;
         let g = Geo::of::<K, V>();
         let empty = h.dir == 0;
         let fits = h

@@ -64,6 +64,9 @@ impl<T: Stored> Stored for PVec<T> {
     const FIELDS: &'static [Field] = &[];
     const ID: u64 = Field::struct_id("PVec", 32, 8, &[Field::element("T", T::ID)]);
     const SHAPE: u64 = Field::struct_id("PVec", 32, 8, &[Field::element("T", T::SHAPE)]);
+    fn display_name() -> String {
+        format!("PVec<{}>", T::display_name())
+    }
 
     /// The buffer (its whole capacity), and what each element reaches.
     fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> Result<()> {
