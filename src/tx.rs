@@ -365,19 +365,34 @@ impl<'h> Tx<'h> {
     /// arrays, and the allocation check of each (a bitmap word read through the stage) was
     /// about 1,000 of a one-insert transaction's 9,000 instructions.
     pub(crate) fn writable(&mut self, off: u64, len: u64, align: u64) -> Result<Writable> {
+        self.writable_at(off, len, align, false)
+    }
+
+    /// [`Self::writable`], and `off` is where its allocation begins (a block's start, a large
+    /// object's data start), at no extra cost: for a collection writing a node of its own,
+    /// which a damaged pointer could otherwise aim inside another object.
+    pub(crate) fn writable_block(&mut self, off: u64, len: u64, align: u64) -> Result<Writable> {
+        self.writable_at(off, len, align, true)
+    }
+
+    fn writable_at(&mut self, off: u64, len: u64, align: u64, start: bool) -> Result<Writable> {
         self.sh
             .geo
             .check(self.w.alloc.chunk_count, off, len, align)?;
         if off >= self.sh.geo.chunk_area {
             let (sh, stage) = (self.sh, &self.stage);
-            self.w.alloc.check_writable(off, len, &|near, o, b| {
-                let mut fill = fill_from(sh);
-                match stage.read_near(o, b.len() as u64, near, &mut fill) {
-                    Some(s) => b.copy_from_slice(s),
-                    None => fill(o, b),
-                }
-            })?;
-        } else if off + len > self.sh.geo.root_offset + self.header.root_size {
+            self.w
+                .alloc
+                .check_writable(off, len, start, &|near, o, b| {
+                    let mut fill = fill_from(sh);
+                    match stage.read_near(o, b.len() as u64, near, &mut fill) {
+                        Some(s) => b.copy_from_slice(s),
+                        None => fill(o, b),
+                    }
+                })?;
+        } else if off + len > self.sh.geo.root_offset + self.header.root_size
+            || (start && off != self.sh.geo.root_offset)
+        {
             // The root area past the root (all of it while there is none) is no allocation: a
             // wild pointer there is refused as anywhere else (a review found such writes
             // committed). (`check` passed: `off + len` does not overflow.)

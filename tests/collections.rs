@@ -761,9 +761,11 @@ fn damaged<T: txheap::Element + Default>(heap: &Heap) -> PPtr<PVec<T>> {
     v
 }
 
-/// A vector header whose length and capacity are 2^64 - 1 passes the header check for elements
+/// A vector header whose length and capacity are 2^64 - 1 passed the header check for elements
 /// of one byte or none; a push then overflowed the length (a panic in a debug build, found by
-/// review; a release build refused it as a slice range). It is too large, and nothing changes.
+/// review; a release build refused it as a slice range). For bytes the header is damage now
+/// (its buffer would end past 2^64, a later review); for a zero-sized type it is too large.
+/// Nothing changes either way.
 #[test]
 fn a_vector_length_at_its_limit_is_too_large_on_push() {
     let dir = tempfile::tempdir().unwrap();
@@ -773,10 +775,14 @@ fn a_vector_length_at_its_limit_is_too_large_on_push() {
     let too_large = |r: txheap::Result<()>| {
         assert!(matches!(r, Err(Error::ObjectTooLarge { .. })), "{r:?}");
     };
-    too_large(heap.transaction(|tx| bytes.push(tx, 2)));
-    too_large(heap.transaction(|tx| bytes.extend_from_slice(tx, &[1, 2])));
+    let damaged = |r: txheap::Result<()>| {
+        assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
+    };
+    damaged(heap.transaction(|tx| bytes.push(tx, 2)));
+    damaged(heap.transaction(|tx| bytes.extend_from_slice(tx, &[1, 2])));
     too_large(heap.transaction(|tx| units.push(tx, ())));
-    assert_eq!(heap.read(|r| bytes.len(r)).unwrap(), u64::MAX);
+    assert_eq!(heap.read(|r| units.len(r)).unwrap(), u64::MAX);
+    damaged(heap.read(|r| bytes.len(r).map(|_| ())));
 }
 
 /// `clear` and `truncate` of a vector of zero-sized elements whose length is 2^64 - 1 (a
@@ -945,10 +951,7 @@ fn damaged_collections_give_errors() {
     assert_ne!(first, last);
     let scan = heap.read(|r| m.range(r, ..)?.count_ok());
     let e = scan.unwrap_err();
-    assert!(
-        e.to_string().contains("more entries than its header"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("key out of order"), "{e}");
     let e = heap.read(|r| m.for_each_block(r, |_| ())).unwrap_err();
     assert!(e.to_string().contains("reached twice"), "{e}");
 

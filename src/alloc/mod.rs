@@ -966,10 +966,15 @@ impl Allocator {
     /// refused; `near` is where the run's bitmap begins, where it is usually staged), or the
     /// `size` bytes of a live large object. So a user write cannot hit chunk tables, bitmaps,
     /// free space, a freed block or a neighbouring object.
+    ///
+    /// `start`: `off` must also be where the allocation begins (a block's start, a large
+    /// object's data start): a collection writing a node of its own checks with it that a
+    /// damaged pointer did not aim inside another object.
     pub(crate) fn check_writable(
         &self,
         off: u64,
         len: u64,
+        start: bool,
         read: &dyn Fn(u64, u64, &mut [u8]),
     ) -> Result<()> {
         let not = || Error::NotAllocated { offset: off, len };
@@ -988,7 +993,7 @@ impl Allocator {
             };
             let idx = rel / g.block_size;
             let block_end = base + g.data_offset + (idx + 1) * g.block_size;
-            if idx >= g.block_count || end > block_end {
+            if idx >= g.block_count || end > block_end || (start && rel % g.block_size != 0) {
                 return Err(not());
             }
             let mut word = [0u8; 8];
@@ -1001,7 +1006,9 @@ impl Allocator {
         }
         match self.large.range(..=c).next_back() {
             Some((&s, &(_, size)))
-                if off >= self.chunk_offset(s) && end <= self.chunk_offset(s) + size =>
+                if off >= self.chunk_offset(s)
+                    && end <= self.chunk_offset(s) + size
+                    && (!start || off == self.chunk_offset(s)) =>
             {
                 Ok(())
             }

@@ -1677,6 +1677,8 @@ where
             back_leaf: None,
             done: true,
             left: h.len,
+            last_front: None,
+            last_back: None,
             map: self.offset(),
             _kv: PhantomData,
         };
@@ -1934,6 +1936,17 @@ where
         }
         let g = Self::GEO;
         let mut seen = HashSet::new();
+        // The blocks keys and values own: each by one handle only (a review found two
+        // entries damaged into naming one byte string passing `check`, and a removal of one
+        // then freeing what the other still named).
+        let mut owned = HashSet::new();
+        let mut own = |at: u64, b: Option<u64>| match b {
+            Some(b) if !owned.insert(b) => Err(corrupt(
+                at,
+                format!("B-tree: block {b:#x} owned by two keys or values"),
+            )),
+            _ => Ok(()),
+        };
         let mut count = 0u64;
         // (node, level, lower bound, upper bound) as owned keys.
         type Bounds<K> = (
@@ -1952,6 +1965,9 @@ where
             let keys = Self::keys(n, view)?;
             let mut prev: Option<&K::Input> = None;
             for k in keys {
+                if K::OWNS_STORAGE {
+                    own(at, k.owned_block())?;
+                }
                 let k = K::load(k, view)?;
                 if prev.is_some_and(|p| p >= k) {
                     return Err(corrupt(at, "B-tree node keys not strictly ascending"));
@@ -1970,7 +1986,13 @@ where
                 if n.count == 0 {
                     return Err(corrupt(at, "B-tree: empty leaf"));
                 }
-                Self::vals(&g, n, view)?;
+                let vals = Self::vals(&g, n, view)?;
+                if V::OWNS_STORAGE {
+                    for v in vals {
+                        own(at, v.owned_block())?;
+                        V::load(v, view)?;
+                    }
+                }
                 // The slot table names each of the slots `0..count` once.
                 let mut named = vec![false; n.count as usize];
                 for &s in Self::slots(&g, n, view)? {
@@ -2123,7 +2145,7 @@ pub struct BTreeStats {
 /// assert_eq!(total, 45);
 /// # Ok::<(), txheap::Error>(())
 /// ```
-pub struct Range<'v, K, V, W> {
+pub struct Range<'v, K: Element, V, W> {
     view: &'v W,
     g: Geo,
     front: Vec<(Node, u64)>,
@@ -2136,6 +2158,12 @@ pub struct Range<'v, K, V, W> {
     /// Entries the header counts that the range has not yielded yet: a walk that would yield
     /// more met a shared subtree (damage), whose paths could multiply without end.
     left: u64,
+    /// The keys each end yielded last: every key must follow the one before it (precede, from
+    /// the back). `left` alone trusts the header's count, and a review found a tree damaged
+    /// into shared subtrees with a count of 2^64-1 walking the shared leaf 254^3 times; keys
+    /// in strict order can repeat no entry, so the walk ends whatever the count says.
+    last_front: Option<&'v K::Input>,
+    last_back: Option<&'v K::Input>,
     /// The map's offset (for the error).
     map: u64,
     _kv: PhantomData<fn() -> (K, V)>,
@@ -2198,6 +2226,14 @@ where
         Some(Err(e))
     }
 
+    /// A key that does not follow the one before it, in the walk's direction.
+    fn out_of_order(map: u64) -> Error {
+        corrupt(
+            map,
+            "B-tree range met a key out of order (a shared subtree, or damage)",
+        )
+    }
+
     /// Count one entry about to be yielded; `Err` (the error to yield) past the header's count.
     fn count_one(&mut self) -> Result<()> {
         if self.left == 0 {
@@ -2233,6 +2269,10 @@ where
             Ok(e) => e,
             Err(err) => return self.fail(err),
         };
+        if self.last_front.is_some_and(|p| *e.0 <= *p) {
+            return self.fail(Self::out_of_order(self.map));
+        }
+        self.last_front = Some(e.0);
         if self.same() {
             self.done = true;
         } else if let Some(last) = self.front.last_mut().filter(|(l, i)| i + 1 < l.count) {
@@ -2273,6 +2313,10 @@ where
             Ok(e) => e,
             Err(err) => return self.fail(err),
         };
+        if self.last_back.is_some_and(|p| *e.0 >= *p) {
+            return self.fail(Self::out_of_order(self.map));
+        }
+        self.last_back = Some(e.0);
         if self.same() {
             self.done = true;
         } else if let Some(last) = self

@@ -523,6 +523,23 @@ where
         Ok((b, l, prefix))
     }
 
+    /// (Write paths.) Bucket `b` is an allocation of its own, as large as a bucket: a
+    /// damaged directory word aimed inside another object would otherwise have the map's
+    /// writes change that object (found by review: zeroed bytes read as an empty bucket of
+    /// depth 0, and an insert stored its key there and committed).
+    fn own_bucket(tx: &Tx<'_>, g: &Geo, b: u64) -> Result<()> {
+        match tx.usable_size(PPtr::<u8>::from_offset(b)) {
+            Some(u) if u >= g.bytes => Ok(()),
+            _ => Err(corrupt(
+                b,
+                format!(
+                    "PHashMap bucket {b:#x} is not an allocation of its own ({} bytes)",
+                    g.bytes
+                ),
+            )),
+        }
+    }
+
     fn fp_at<W: View>(g: &Geo, view: &W, b: u64, i: u64) -> Result<u8> {
         Ok(*view.get(g.fp(b, i))?)
     }
@@ -691,7 +708,13 @@ where
     {
         let h = self.header(tx)?;
         let g = Geo::of::<K, V>();
-        Ok(Self::locate(&h, &g, tx, key)?.map(|(b, i, _)| Self::val_ptr(&g, b, i)))
+        match Self::locate(&h, &g, tx, key)? {
+            Some((b, i, _)) => {
+                Self::own_bucket(tx, &g, b)?;
+                Ok(Some(Self::val_ptr(&g, b, i)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Entry-style update: the pointer to `key`'s value handle, inserting `value` first if the
@@ -772,7 +795,10 @@ where
                     // the last one: nothing to write, and writing it was refused as outside the
                     // bucket: found by review.)
                     if std::mem::size_of_val(&v) != 0 {
-                        tx.set(vp, v)?;
+                        // The bucket must be an allocation of its own (see `own_bucket`),
+                        // checked with the write's own allocation check.
+                        let w = tx.writable_block(b, g.bytes, 1)?;
+                        tx.slice_mut_in(&w, PSlice::<V>::from_raw_parts(vp.offset(), 1))?[0] = v;
                     }
                     old.release(tx)?;
                     return Ok(true);
@@ -780,8 +806,9 @@ where
                 Probe::Vacant(i) => {
                     let k = K::store(tx, key)?;
                     // The slot and its fingerprint byte lie in one bucket: one writability
-                    // check for both (made after the stores, which may allocate).
-                    let w = tx.writable(b, g.bytes, 1)?;
+                    // check for both (made after the stores, which may allocate), which also
+                    // makes sure the bucket is an allocation of its own (see `own_bucket`).
+                    let w = tx.writable_block(b, g.bytes, 1)?;
                     Self::write_slot(tx.slice_mut_in(&w, g.slot(b, i))?, &g, &k, &v);
                     let fp = PSlice::<u8>::from_raw_parts(g.fp(b, i).offset(), 1);
                     tx.slice_mut_in(&w, fp)?[0] = fingerprint(hash);
@@ -908,7 +935,9 @@ where
         let prefix = u64::from_ne_bytes(old[8..16].try_into().expect("8 bytes"));
         let nb = Self::new_bucket(tx, g, l + 1, prefix | bit, &go)?;
         let kept = Self::bucket_units(g, l + 1, prefix, &stay);
-        tx.slice_mut(PSlice::<Unit>::from_raw_parts(b, g.bytes / 16))?
+        // (The bucket must be an allocation of its own: see `own_bucket`.)
+        let w = tx.writable_block(b, g.bytes, 16)?;
+        tx.slice_mut_in(&w, PSlice::<Unit>::from_raw_parts(b, g.bytes / 16))?
             .copy_from_slice(&kept);
         // `b` owns an aligned block of 2^(depth - l) directory entries; `nb` takes its upper half.
         let span = 1u64 << (h.depth - l);
@@ -959,6 +988,7 @@ where
         let Some((b, mut i, _)) = Self::locate(&h, &g, tx, key)? else {
             return Ok(false);
         };
+        Self::own_bucket(tx, &g, b)?;
         let k = *tx.get(Self::key_ptr(&g, b, i))?;
         let v = *tx.get(Self::val_ptr(&g, b, i))?;
         k.release(tx)?;
@@ -1047,7 +1077,10 @@ where
             let entries: Vec<(u64, &[u8])> = all.iter().map(|(x, e)| (*x, e.as_slice())).collect();
             let merged = prefix & !bit;
             let units = Self::bucket_units(g, l - 1, merged, &entries);
-            tx.slice_mut(PSlice::<Unit>::from_raw_parts(low, g.bytes / 16))?
+            // (Both buckets must be allocations of their own, see `own_bucket`: `free_slice`
+            // below refuses a `high` that is not.)
+            let w = tx.writable_block(low, g.bytes, 16)?;
+            tx.slice_mut_in(&w, PSlice::<Unit>::from_raw_parts(low, g.bytes / 16))?
                 .copy_from_slice(&units);
             tx.free_slice(PSlice::<Unit>::from_raw_parts(high, g.bytes / 16))?;
             let span = 1u64 << (h.depth - (l - 1));
@@ -1337,6 +1370,7 @@ where
         let buckets = Self::buckets(&h, view)?;
         let dir = h.dir_entries(view)?;
         let mut seen = std::collections::HashSet::new();
+        let mut owned = std::collections::HashSet::new();
         let mut count = 0;
         for &(b, l, first) in &buckets {
             let span = 1u64 << (h.depth - l);
@@ -1372,8 +1406,24 @@ where
                 }
                 count += 1;
                 let at = b + g.at(j);
-                let k = K::load(view.get(Self::key_ptr(&g, b, j))?, view)?;
-                V::load(view.get(Self::val_ptr(&g, b, j))?, view)?;
+                let (kh, vh) = (
+                    view.get(Self::key_ptr(&g, b, j))?,
+                    view.get(Self::val_ptr(&g, b, j))?,
+                );
+                // Each block a key or value owns is owned by that handle only (a review found
+                // two values damaged into naming one byte string passing `check`).
+                if K::OWNS_STORAGE || V::OWNS_STORAGE {
+                    for o in [kh.owned_block(), vh.owned_block()].into_iter().flatten() {
+                        if !owned.insert(o) {
+                            return Err(corrupt(
+                                at,
+                                format!("PHashMap: block {o:#x} owned by two keys or values"),
+                            ));
+                        }
+                    }
+                }
+                let k = K::load(kh, view)?;
+                V::load(vh, view)?;
                 let t = Self::hash(&h, k);
                 if fingerprint(t) != f {
                     return Err(corrupt(

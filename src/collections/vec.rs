@@ -142,9 +142,16 @@ impl<T: Stored> PVec<T> {
         let h = self;
         check_id::<T, V>(view, h.elem, at, "element")?;
         let size = std::mem::size_of::<T>() as u64;
+        // The buffer must end below 2^64: element offsets are computed before any checked
+        // read (a review found a buffer near 2^64 panicking `pop` and answering `get` of an
+        // index inside the length with `None`).
         if h.len > h.cap
             || (h.cap > 0 && h.buf == 0)
-            || (size > 0 && h.cap.checked_mul(size).is_none())
+            || (size > 0
+                && h.cap
+                    .checked_mul(size)
+                    .and_then(|b| h.buf.checked_add(b))
+                    .is_none())
         {
             return Err(corrupt(
                 at,
@@ -167,7 +174,25 @@ impl<T: Element> PPtr<PVec<T>> {
     #[inline]
     fn header_mut(self, tx: &mut Tx<'_>) -> Result<PVec<T>> {
         tx.writable(self.offset(), std::mem::size_of::<PVec<T>>() as u64, 8)?;
-        self.header(tx)
+        let h = self.header(tx)?;
+        // A write goes only to a buffer that is an allocation of its own, as large as the
+        // capacity: a damaged buffer offset inside another object would otherwise have the
+        // vector's writes change that object (found by review: one flipped bit did it).
+        let bytes = h.cap * std::mem::size_of::<T>() as u64; // (`checked`: no overflow)
+        if bytes > 0
+            && tx
+                .usable_size(PPtr::<u8>::from_offset(h.buf))
+                .is_none_or(|u| u < bytes)
+        {
+            return Err(corrupt(
+                self.offset(),
+                format!(
+                    "PVec buffer {:#x} of capacity {} is not an allocation of its own",
+                    h.buf, h.cap
+                ),
+            ));
+        }
+        Ok(h)
     }
 
     fn header<V: View>(self, view: &V) -> Result<PVec<T>> {
@@ -246,7 +271,7 @@ impl<T: Element> PPtr<PVec<T>> {
     }
 
     fn set_body(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<T> {
-        let h = self.header(tx)?;
+        let h = self.header_mut(tx)?;
         let p = Self::elements(&h).get(i).ok_or(Error::IndexOutOfRange {
             index: i,
             len: h.len,
@@ -424,7 +449,7 @@ impl<T: Element> PPtr<PVec<T>> {
     }
 
     fn insert_body(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<()> {
-        let h = self.header(tx)?;
+        let h = self.header_mut(tx)?;
         if i > h.len {
             return Err(Error::IndexOutOfRange {
                 index: i,
@@ -599,7 +624,7 @@ impl<T: Element> PPtr<PVec<T>> {
     where
         T: Element<Input = T>,
     {
-        let h = self.header(tx)?;
+        let h = self.header_mut(tx)?;
         tx.slice_mut(Self::elements(&h))
     }
 
@@ -717,8 +742,9 @@ impl<T: Element> PPtr<PVec<T>> {
         Ok(())
     }
 
-    /// Verify the vector: header shape, element type, and a buffer of its capacity inside the
-    /// heap's bounds. That the buffer is one live allocation of at least that size is not
+    /// Verify the vector: header shape, element type, a buffer of its capacity inside the
+    /// heap's bounds, and elements that own storage (byte strings) each readable and owning
+    /// its block alone. That the buffer is one live allocation of at least that size is not
     /// checked here (no allocator lookup): [`crate::Heap::reachability`] reports a capacity
     /// past its block as a dangling range.
     ///
@@ -733,6 +759,22 @@ impl<T: Element> PPtr<PVec<T>> {
         let h = self.header(view)?;
         if h.cap > 0 {
             view.slice(PSlice::<T>::from_raw_parts(h.buf, h.cap))?;
+        }
+        // Elements that own storage: each loads, and owns its block alone (a review found a
+        // byte string out of bounds, and two elements naming one block, passing `check`).
+        if T::OWNS_STORAGE {
+            let mut owned = std::collections::HashSet::new();
+            for (i, e) in self.as_slice(view)?.iter().enumerate() {
+                if let Some(b) = e.owned_block() {
+                    if !owned.insert(b) {
+                        return Err(corrupt(
+                            self.offset(),
+                            format!("PVec elements: block {b:#x} owned by two (the second: {i})"),
+                        ));
+                    }
+                }
+                T::load(e, view)?;
+            }
         }
         Ok(())
     }
