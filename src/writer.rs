@@ -869,9 +869,6 @@ impl Writer {
         sh: &'s Shared,
         fresh: &[(u64, u64)],
     ) -> Result<Excluded<'s>> {
-        // Readers in other processes see no hidden areas: they are shut out (waited for, and
-        // kept out) until the caller's in-place writes are done (section 17).
-        let excluded = sh.exclude_foreign(None)?;
         let seq = sh.registry.hide(
             fresh
                 .iter()
@@ -883,6 +880,13 @@ impl Writer {
                 .collect(),
         );
         sh.registry.wait_for(seq, 0);
+        // Readers in other processes see no hidden areas: they are shut out (waited for, and
+        // kept out) until the caller's in-place writes are done (section 17). After the wait
+        // for this process's readers, not before: a reader of this handle may read through a
+        // read-only handle of the same file inside its `read`, which waits while they are
+        // shut out, and the writer would wait for it for ever (found by review). Nothing is
+        // written before both waits, so their order changes nothing else.
+        let excluded = sh.exclude_foreign(None)?;
         let limit = self.publishable(sh, || None);
         {
             // (The one caller of `publish_upto` outside a commit's apply, a flush, a
@@ -1028,12 +1032,18 @@ impl Writer {
         // after their pin: wait for those entering or pinned below the last frame, and keep
         // new ones out until the new superblock and the sentinel are written (section 17).
         // Readers pinned at the last frame or later go on: they need nothing from the log.
-        let _excluded = sh.exclude_foreign(Some(self.next_txid.saturating_sub(1)))?;
+        // (This process's readers are waited for first, as in `quiet_for_in_place`: one of
+        // them may read through a read-only handle of the same file, which waits while they
+        // are shut out. No new reader of this process pins below the last frame.)
         self.flush(sh)?;
-        if let Some(&(last, _)) = self.unpublished.back() {
+        let last = self.unpublished.back().map(|&(last, _)| last);
+        if let Some(last) = last {
             // The log is about to be emptied, so the file must hold every frame: wait for the
             // readers pinned below the last one (the one wait for readers a full log causes).
             sh.registry.wait_for(0, last);
+        }
+        let _excluded = sh.exclude_foreign(Some(self.next_txid.saturating_sub(1)))?;
+        if last.is_some() {
             let limit = self.publishable(sh, || None);
             self.publish_upto(sh, limit)?;
         }
