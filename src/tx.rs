@@ -364,6 +364,7 @@ impl<'h> Tx<'h> {
     /// [`Self::slice_mut_in`]: a B-tree edit of one node writes its count and two shifted
     /// arrays, and the allocation check of each (a bitmap word read through the stage) was
     /// about 1,000 of a one-insert transaction's 9,000 instructions.
+    #[inline]
     pub(crate) fn writable(&mut self, off: u64, len: u64, align: u64) -> Result<Writable> {
         self.writable_at(off, len, align, false)
     }
@@ -371,10 +372,12 @@ impl<'h> Tx<'h> {
     /// [`Self::writable`], and `off` is where its allocation begins (a block's start, a large
     /// object's data start), at no extra cost: for a collection writing a node of its own,
     /// which a damaged pointer could otherwise aim inside another object.
+    #[inline]
     pub(crate) fn writable_block(&mut self, off: u64, len: u64, align: u64) -> Result<Writable> {
         self.writable_at(off, len, align, true)
     }
 
+    #[inline]
     fn writable_at(&mut self, off: u64, len: u64, align: u64, start: bool) -> Result<Writable> {
         self.sh
             .geo

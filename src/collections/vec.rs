@@ -6,7 +6,7 @@ use super::{check_id, corrupt, record_id, Element, View};
 use crate::error::{Error, Result};
 use crate::pptr::{PPtr, PSlice};
 use crate::stored::{Field, Stored};
-use crate::tx::Tx;
+use crate::tx::{Tx, Writable};
 
 /// A growable array of `T` in the heap: a 32-byte header (buffer, capacity, length, element
 /// identity) whose all-zero bytes are an empty vector, and one buffer allocation. Growth
@@ -175,24 +175,58 @@ impl<T: Element> PPtr<PVec<T>> {
     fn header_mut(self, tx: &mut Tx<'_>) -> Result<PVec<T>> {
         tx.writable(self.offset(), std::mem::size_of::<PVec<T>>() as u64, 8)?;
         let h = self.header(tx)?;
-        // A write goes only to a buffer that is an allocation of its own, as large as the
-        // capacity: a damaged buffer offset inside another object would otherwise have the
-        // vector's writes change that object (found by review: one flipped bit did it).
+        // Elements that own storage are released from the buffer (truncate, clear, pop,
+        // remove): it must be an allocation of its own, as large as the capacity, or a
+        // damaged buffer offset inside another object would have them free what that object's
+        // bytes happen to name. (Plain elements are only written: `write_elems` checks.)
         let bytes = h.cap * std::mem::size_of::<T>() as u64; // (`checked`: no overflow)
-        if bytes > 0
+        if T::OWNS_STORAGE
+            && bytes > 0
             && tx
                 .usable_size(PPtr::<u8>::from_offset(h.buf))
                 .is_none_or(|u| u < bytes)
         {
-            return Err(corrupt(
-                self.offset(),
-                format!(
-                    "PVec buffer {:#x} of capacity {} is not an allocation of its own",
-                    h.buf, h.cap
-                ),
-            ));
+            return Err(Self::not_own(self.offset(), &h));
         }
         Ok(h)
+    }
+
+    fn not_own(at: u64, h: &PVec<T>) -> Error {
+        corrupt(
+            at,
+            format!(
+                "PVec buffer {:#x} of capacity {} is not an allocation of its own",
+                h.buf, h.cap
+            ),
+        )
+    }
+
+    /// Write `values` at element `at` of the buffer (inside the capacity). The buffer must be
+    /// an allocation of its own, as large as the capacity: a damaged buffer offset inside
+    /// another object would otherwise have the vector's writes change that object (found by
+    /// review: one flipped bit did it). Checked in the write's own allocation check
+    /// (`Tx::writable_block`), at no extra cost.
+    fn write_elems(self, tx: &mut Tx<'_>, h: &PVec<T>, at: u64, values: &[T]) -> Result<()> {
+        let size = std::mem::size_of::<T>() as u64;
+        let n = values.len() as u64;
+        if size == 0 || n == 0 || at.checked_add(n).is_none_or(|e| e > h.cap) {
+            // (Nothing to write, or a range past the capacity: `write_slice` says which.)
+            return tx.write_slice(PSlice::<T>::from_raw_parts(h.buf, h.cap), at, values);
+        }
+        let w = self.buffer_writable(tx, h)?;
+        let part = PSlice::<T>::from_raw_parts(h.buf + at * size, n);
+        tx.slice_mut_in(&w, part)?.copy_from_slice(values);
+        Ok(())
+    }
+
+    /// The buffer (non-empty, of a sized type) checked writable as an allocation of its own.
+    fn buffer_writable(self, tx: &mut Tx<'_>, h: &PVec<T>) -> Result<Writable> {
+        let size = std::mem::size_of::<T>() as u64;
+        tx.writable_block(h.buf, h.cap * size, std::mem::align_of::<T>() as u64)
+            .map_err(|e| match e {
+                Error::NotAllocated { .. } => Self::not_own(self.offset(), h),
+                e => e,
+            })
     }
 
     fn header<V: View>(self, view: &V) -> Result<PVec<T>> {
@@ -271,13 +305,14 @@ impl<T: Element> PPtr<PVec<T>> {
     }
 
     fn set_body(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<T> {
-        let h = self.header_mut(tx)?;
+        // (The header is not written: read it. `write_elems` checks the buffer.)
+        let h = self.header(tx)?;
         let p = Self::elements(&h).get(i).ok_or(Error::IndexOutOfRange {
             index: i,
             len: h.len,
         })?;
         let old = *tx.get(p)?;
-        tx.set(p, value)?;
+        self.write_elems(tx, &h, i, &[value])?;
         Ok(old)
     }
 
@@ -394,8 +429,7 @@ impl<T: Element> PPtr<PVec<T>> {
             self.reserve(tx, n)?;
             h = self.header(tx)?;
         }
-        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-        tx.write_slice(buf, h.len, values)?;
+        self.write_elems(tx, &h, h.len, values)?;
         h.len += n;
         h.elem = record_id::<T>(tx, h.elem)?;
         tx.set(self, h)
@@ -449,7 +483,7 @@ impl<T: Element> PPtr<PVec<T>> {
     }
 
     fn insert_body(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<()> {
-        let h = self.header_mut(tx)?;
+        let h = self.header(tx)?;
         if i > h.len {
             return Err(Error::IndexOutOfRange {
                 index: i,
@@ -459,9 +493,8 @@ impl<T: Element> PPtr<PVec<T>> {
         let tail: Vec<T> = self.as_slice(tx)?[i as usize..].to_vec();
         self.push(tx, value)?;
         let h = self.header(tx)?;
-        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-        tx.write_slice(buf, i, std::slice::from_ref(&value))?;
-        tx.write_slice(buf, i + 1, &tail)
+        self.write_elems(tx, &h, i, std::slice::from_ref(&value))?;
+        self.write_elems(tx, &h, i + 1, &tail)
     }
 
     /// Remove and return element `i`, shifting the later elements down; `i` at or past the
@@ -494,8 +527,7 @@ impl<T: Element> PPtr<PVec<T>> {
         let all = self.as_slice(tx)?;
         let removed = all[i as usize];
         let tail: Vec<T> = all[i as usize + 1..].to_vec();
-        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-        tx.write_slice(buf, i, &tail)?;
+        self.write_elems(tx, &h, i, &tail)?;
         h.len -= 1;
         tx.set(self, h)?;
         Ok(removed)
@@ -533,7 +565,7 @@ impl<T: Element> PPtr<PVec<T>> {
         let all = self.as_slice(tx)?;
         let (removed, last) = (all[i as usize], all[h.len as usize - 1]);
         if i + 1 < h.len {
-            tx.set(Self::elements(&h).get(i).expect("i < len"), last)?;
+            self.write_elems(tx, &h, i, &[last])?;
         }
         h.len -= 1;
         tx.set(self, h)?;
@@ -579,8 +611,7 @@ impl<T: Element> PPtr<PVec<T>> {
         let Some(first) = first else {
             return Ok(0);
         };
-        let buf = PSlice::<T>::from_raw_parts(h.buf, h.cap);
-        tx.write_slice(buf, first as u64, &kept)?;
+        self.write_elems(tx, &h, first as u64, &kept)?;
         for e in &gone {
             e.release(tx)?;
         }
@@ -624,8 +655,12 @@ impl<T: Element> PPtr<PVec<T>> {
     where
         T: Element<Input = T>,
     {
-        let h = self.header_mut(tx)?;
-        tx.slice_mut(Self::elements(&h))
+        let h = self.header(tx)?;
+        if h.len == 0 || std::mem::size_of::<T>() == 0 {
+            return tx.slice_mut(Self::elements(&h));
+        }
+        let w = self.buffer_writable(tx, &h)?;
+        tx.slice_mut_in(&w, Self::elements(&h))
     }
 
     /// Shorten to `len` elements, releasing the ones dropped (a longer `len` does nothing).
