@@ -1391,6 +1391,19 @@ mod tests {
         let mut s = scan(&region, 1, 1);
         s.by_ref().count();
         assert!(s.stop().unwrap().reason.is_malformed());
+        // A range's padding (after its 3 bytes, up to 8) not zero. (A mutation that stopped
+        // checking it went through every other test: hand mutation testing.)
+        let (mut region, ends) = build(&[vec![(1, b"abc".to_vec())]], 1, 1, 128);
+        region[FRAME_HEADER_LEN + RANGE_HEADER_LEN + 3] = 1;
+        reseal(&mut region, ends[0]);
+        let mut s = scan(&region, 1, 1);
+        assert_eq!(s.by_ref().count(), 0);
+        assert_eq!(
+            s.stop().unwrap().reason,
+            StopReason::Malformed {
+                what: "range padding is not zero"
+            }
+        );
     }
 
     /// An in-place check is read back as written, is not a redo range, and is refused as
