@@ -701,8 +701,13 @@ where
 
     /// Stage the whole node at `at` for writing (one staged range per node and transaction,
     /// so that later reads of it in the transaction find it in one piece).
+    /// The node must be an allocation of its own (`Tx::writable_block`, in the write's own
+    /// allocation check): a damaged pointer aimed inside another object would otherwise have
+    /// the map's writes change that object (found by review).
     fn node_mut<'t>(tx: &'t mut Tx<'_>, at: u64, level: u64) -> Result<&'t mut [u8]> {
-        tx.slice_mut(PSlice::<u8>::from_raw_parts(at, Self::GEO.bytes(level)))
+        let s = PSlice::<u8>::from_raw_parts(at, Self::GEO.bytes(level));
+        let w = tx.writable_block(at, s.len(), 8)?;
+        tx.slice_mut_in(&w, s)
     }
 
     /// Bytes of a leaf of `count` entries from its start to the end of its keys: the header,
@@ -731,7 +736,8 @@ where
                 b: Self::node_mut(tx, at, level)?,
             }
         } else {
-            let w = tx.writable(at, Self::GEO.bytes(level), 8)?;
+            // (An allocation of its own: see `node_mut`.)
+            let w = tx.writable_block(at, Self::GEO.bytes(level), 8)?;
             NodeEdit::Parts { at, tx, w }
         })
     }

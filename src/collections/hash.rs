@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::limits::ALIGN_MAX;
 use crate::pptr::{PPtr, PSlice};
 use crate::stored::{Field, Stored};
-use crate::tx::Tx;
+use crate::tx::{Tx, Writable};
 
 /// The bytes a bucket aims at: two pages (a directory of half the size of one-page buckets'
 /// stays in a core's second-level cache longer: measured on W4-get).
@@ -540,6 +540,24 @@ where
         }
     }
 
+    /// (Writes of directory words, at depth > 0.) The directory is an allocation of its own,
+    /// as large as its words: a damaged directory pointer inside another object would
+    /// otherwise have a split or merge write bucket pointers into that object (found by
+    /// review).
+    fn dir_writable(tx: &mut Tx<'_>, h: &PHashMap<K, V>, g: &Geo) -> Result<Writable> {
+        tx.writable_block(h.dir, Self::dir_words(g, h.depth) * 8, 8)
+            .map_err(|e| match e {
+                Error::NotAllocated { .. } => corrupt(
+                    h.dir,
+                    format!(
+                        "PHashMap directory {:#x} is not an allocation of its own",
+                        h.dir
+                    ),
+                ),
+                e => e,
+            })
+    }
+
     fn fp_at<W: View>(g: &Geo, view: &W, b: u64, i: u64) -> Result<u8> {
         Ok(*view.get(g.fp(b, i))?)
     }
@@ -943,7 +961,8 @@ where
         let span = 1u64 << (h.depth - l);
         let first = dir_index(hash, h.depth) & !(span - 1);
         let half = PSlice::<u64>::from_raw_parts(h.dir + (first + span / 2) * 8, span / 2);
-        tx.slice_mut(half)?.fill(nb);
+        let w = Self::dir_writable(tx, h, g)?;
+        tx.slice_mut_in(&w, half)?.fill(nb);
         h.buckets += 1;
         Ok(())
     }
@@ -1085,7 +1104,8 @@ where
             tx.free_slice(PSlice::<Unit>::from_raw_parts(high, g.bytes / 16))?;
             let span = 1u64 << (h.depth - (l - 1));
             let first = dir_index(merged, h.depth);
-            tx.slice_mut(PSlice::<u64>::from_raw_parts(h.dir + first * 8, span))?
+            let w = Self::dir_writable(tx, h, g)?;
+            tx.slice_mut_in(&w, PSlice::<u64>::from_raw_parts(h.dir + first * 8, span))?
                 .fill(low);
             h.buckets = h
                 .buckets
