@@ -1039,7 +1039,9 @@ impl<'h> Tx<'h> {
         self.mem_op(|a, m| a.free(m, p.offset()))
     }
 
-    /// Free the allocation `s` points to.
+    /// Free the allocation `s` points to. A slice longer than its allocation is refused
+    /// ([`Error::InvalidFree`]): it was not made by that allocation (a collection's damaged
+    /// pointer naming the start of a smaller object, found by review, freed that object).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -1048,6 +1050,17 @@ impl<'h> Tx<'h> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn free_slice<T>(&mut self, s: PSlice<T>) -> Result<()> {
+        if s.offset() != 0 {
+            if let Some(block) = self.usable_size(s.as_ptr()) {
+                let bytes = s.len().checked_mul(std::mem::size_of::<T>() as u64);
+                if bytes.is_none_or(|b| b > block) {
+                    return Err(Error::InvalidFree {
+                        offset: s.offset(),
+                        why: "a slice longer than its allocation",
+                    });
+                }
+            }
+        }
         self.free(s.as_ptr())
     }
 
@@ -1113,6 +1126,15 @@ impl<'h> Tx<'h> {
                 why: "realloc of a pointer that is not the start of a live allocation \
                       (freed, or inside an object)",
             })?;
+        // A slice longer than its allocation was not made by it (a collection's damaged
+        // pointer naming a smaller object: the old bytes copied would be another object's,
+        // and the free would free that object; found by review).
+        if s.len().checked_mul(size).is_none_or(|b| b > block) {
+            return Err(Error::InvalidFree {
+                offset: s.offset(),
+                why: "realloc of a slice longer than its allocation",
+            });
+        }
         let align = std::mem::align_of::<T>() as u64;
         let large = !Allocator::is_small(block, align);
         let mut stays = bytes <= block;

@@ -444,3 +444,197 @@ fn hash_split_through_a_directory_pointer_inside_another_object_is_refused() {
         "20,000 inserts through a damaged directory: {last:?}"
     );
 }
+
+// A review of the fixes above (65d4b9a, 6421650): free and write paths through a pointer naming
+// the start of a smaller object, or inside another object.
+
+/// A B-tree root pointer aimed 64 bytes inside another object (a byte string holding a copy
+/// of the leaf), as in tests/damaged_collections.rs: `insert` is refused now, but `get_mut`
+/// (and `get_or_insert` of a present key) hand out a pointer into the other object, and the
+/// write through it commits. (The hash map's `get_mut` checks its bucket: `own_bucket`.)
+#[test]
+fn btree_get_mut_through_a_root_inside_another_object_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("b.heap"), Options::new()).unwrap();
+    let m = heap
+        .transaction(|tx| {
+            let m = PBTreeMap::<u64, u64>::new(tx)?;
+            for k in 0..5u64 {
+                m.insert(tx, &k, &(k * 10))?;
+            }
+            Ok(m)
+        })
+        .unwrap();
+    let leaf_len = heap.read(|r| m.stats(r)).unwrap().node_bytes;
+    let root = heap.read(|r| Ok(*r.get(m.cast::<u64>())?)).unwrap();
+    let leaf: Vec<u8> = heap
+        .read(|r| {
+            Ok(r.slice(PSlice::<u8>::from_raw_parts(root, leaf_len))?
+                .to_vec())
+        })
+        .unwrap();
+    let mut content = vec![0xAAu8; 64];
+    content.extend_from_slice(&leaf);
+    let other = heap.transaction(|tx| PBytes::new(tx, &content)).unwrap();
+    let other_at = other.as_slice().offset();
+    heap.transaction(|tx| tx.set(m.cast::<u64>(), other_at + 64))
+        .unwrap();
+    let before = heap.read(|r| Ok(other.bytes(r)?.to_vec())).unwrap();
+    let r = heap.transaction(|tx| {
+        let p = m.get_mut(tx, &3)?;
+        if let Some(p) = p {
+            *tx.get_mut(p)? = 999;
+        }
+        Ok(p)
+    });
+    let r2 = heap.transaction(|tx| {
+        let p = m.get_or_insert(tx, &2, &0)?;
+        *tx.get_mut(p)? = 777;
+        Ok(p)
+    });
+    let after = heap.read(|r| Ok(other.bytes(r)?.to_vec())).unwrap();
+    assert!(
+        before == after,
+        "get_mut ({r:?}) / get_or_insert ({r2:?}) through the damaged map changed another \
+         object's bytes"
+    );
+}
+
+/// A vector's buffer offset damaged to name the start of another, smaller live object
+/// (16 bytes; the vector's capacity is 4 u64 = 32 bytes). Since 65d4b9a a plain-element
+/// vector no longer looks its buffer up in `header_mut`, so `push` (a realloc that frees the
+/// old buffer) and `destroy` free the other object and commit. 6784d74 refused both
+/// (`usable_size < cap * size`).
+#[test]
+fn pvec_push_with_a_buffer_naming_a_smaller_object_does_not_free_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("v.heap"), Options::new()).unwrap();
+    let (v, other) = heap
+        .transaction(|tx| {
+            let v = PVec::<u64>::new(tx)?;
+            v.extend_from_slice(tx, &[1, 2, 3, 4])?;
+            let other = tx.alloc(7u64)?;
+            Ok((v, other))
+        })
+        .unwrap();
+    assert_eq!(heap.read(|r| Ok(r.get(v)?.capacity())).unwrap(), 4);
+    heap.transaction(|tx| tx.set(v.cast::<u64>(), other.offset()))
+        .unwrap();
+    let push = heap.transaction(|tx| v.push(tx, 5));
+    let live = heap.transaction(|tx| Ok(tx.usable_size(other))).unwrap();
+    eprintln!("push: {push:?}; other's usable size after: {live:?}");
+    assert_eq!(live, Some(16), "push ({push:?}) freed another live object");
+}
+
+#[test]
+fn pvec_destroy_with_a_buffer_naming_a_smaller_object_does_not_free_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("v.heap"), Options::new()).unwrap();
+    let (v, other) = heap
+        .transaction(|tx| {
+            let v = PVec::<u64>::new(tx)?;
+            v.extend_from_slice(tx, &[1, 2, 3, 4])?;
+            let other = tx.alloc(7u64)?;
+            Ok((v, other))
+        })
+        .unwrap();
+    heap.transaction(|tx| tx.set(v.cast::<u64>(), other.offset()))
+        .unwrap();
+    let d = heap.transaction(|tx| v.destroy(tx));
+    let live = heap.transaction(|tx| Ok(tx.usable_size(other))).unwrap();
+    eprintln!("destroy: {d:?}; other's usable size after: {live:?}");
+    assert_eq!(live, Some(16), "destroy ({d:?}) freed another live object");
+}
+
+/// A hash map's directory pointer (depth 1) damaged to name the start of another, smaller live
+/// object: a 16-byte byte string holding a copy of the directory's two words (the map's own
+/// directory is padded to a bucket's size, 8 KiB). The next split doubles the directory, and
+/// `double` frees the old one without checking it is an allocation of the directory's size:
+/// the insert commits and the byte string is freed.
+#[test]
+fn hash_double_through_a_directory_naming_a_smaller_object_does_not_free_it() {
+    use txheap::PHashMap;
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("h.heap"), Options::new()).unwrap();
+    let m = heap.transaction(PHashMap::<u64, u64>::new).unwrap();
+    let words = |heap: &Heap| {
+        heap.read(|r| {
+            let w = r.slice(PSlice::<u64>::from_raw_parts(m.offset(), 2))?;
+            Ok((w[0], w[1]))
+        })
+        .unwrap()
+    };
+    let mut k = 0u64;
+    while words(&heap).1 != 1 {
+        heap.transaction(|tx| m.insert(tx, &k, &k)).unwrap();
+        k += 1;
+    }
+    let (d, _) = words(&heap);
+    let copy: Vec<u8> = heap
+        .read(|r| Ok(r.slice(PSlice::<u8>::from_raw_parts(d, 16))?.to_vec()))
+        .unwrap();
+    let other = heap.transaction(|tx| PBytes::new(tx, &copy)).unwrap();
+    let other_at = other.as_slice().offset();
+    assert_eq!(
+        heap.transaction(|tx| Ok(tx.usable_size(PPtr::<u8>::from_offset(other_at))))
+            .unwrap(),
+        Some(16)
+    );
+    heap.transaction(|tx| tx.set(m.cast::<u64>(), other_at))
+        .unwrap();
+    let mut last = Ok(false);
+    for k in k..k + 20_000 {
+        last = heap.transaction(|tx| m.insert(tx, &k, &k));
+        let live = heap
+            .transaction(|tx| Ok(tx.usable_size(PPtr::<u8>::from_offset(other_at))))
+            .unwrap();
+        assert_eq!(
+            live,
+            Some(16),
+            "insert of {k} ({last:?}) freed another live object (directory depth now {})",
+            words(&heap).1
+        );
+        if last.is_err() {
+            break;
+        }
+    }
+    eprintln!("last insert: {last:?}");
+}
+
+/// A B-tree root pointer (height 1) damaged to name the start of another, smaller live object:
+/// a byte string holding a copy of the first bytes of the one-entry leaf (its header, slot
+/// table and key; 1 KiB leaves). Removing the entry empties the leaf, and `free_node` frees
+/// what the pointer names without checking it is a node-sized allocation: the removal commits
+/// and the byte string is freed.
+#[test]
+fn btree_remove_of_the_last_entry_through_a_root_naming_a_smaller_object_does_not_free_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("b.heap"), Options::new()).unwrap();
+    let m = heap
+        .transaction(|tx| {
+            let m = PBTreeMap::<u64, u64>::new(tx)?;
+            m.insert(tx, &7, &70)?;
+            Ok(m)
+        })
+        .unwrap();
+    let leaf_len = heap.read(|r| m.stats(r)).unwrap().node_bytes;
+    assert_eq!(leaf_len, 1024);
+    let root = heap.read(|r| Ok(*r.get(m.cast::<u64>())?)).unwrap();
+    let prefix: Vec<u8> = heap
+        .read(|r| Ok(r.slice(PSlice::<u8>::from_raw_parts(root, 192))?.to_vec()))
+        .unwrap();
+    let other = heap.transaction(|tx| PBytes::new(tx, &prefix)).unwrap();
+    let other_at = other.as_slice().offset();
+    let size = |heap: &Heap| {
+        heap.transaction(|tx| Ok(tx.usable_size(PPtr::<u8>::from_offset(other_at))))
+            .unwrap()
+    };
+    let before = size(&heap);
+    assert!(before.is_some_and(|s| s < 1024), "{before:?}");
+    heap.transaction(|tx| tx.set(m.cast::<u64>(), other_at))
+        .unwrap();
+    let r = heap.transaction(|tx| m.remove(tx, &7));
+    let after = size(&heap);
+    eprintln!("remove: {r:?}; other's usable size {before:?} -> {after:?}");
+    assert_eq!(after, before, "remove ({r:?}) freed another live object");
+}

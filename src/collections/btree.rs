@@ -847,6 +847,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn get<'v, W: View>(self, view: &'v W, key: &K::Input) -> Result<Option<&'v V::Input>> {
+        super::own(self, self.get_raw(view, key))
+    }
+
+    fn get_raw<'v, W: View>(self, view: &'v W, key: &K::Input) -> Result<Option<&'v V::Input>> {
         let h = self.header(view)?;
         if h.height == 0 {
             return Ok(None);
@@ -892,6 +896,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn contains_key<W: View>(self, view: &W, key: &K::Input) -> Result<bool> {
+        super::own(self, self.contains_key_raw(view, key))
+    }
+
+    fn contains_key_raw<W: View>(self, view: &W, key: &K::Input) -> Result<bool> {
         Ok(self.get(view, key)?.is_some())
     }
 
@@ -919,6 +927,13 @@ where
     where
         V: Element<Input = V>,
     {
+        super::own(self, self.get_mut_raw(tx, key))
+    }
+
+    fn get_mut_raw(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<Option<PPtr<V>>>
+    where
+        V: Element<Input = V>,
+    {
         let h = self.header(tx)?;
         if h.height == 0 {
             return Ok(None);
@@ -932,6 +947,17 @@ where
         let slot = Self::slots(&g, leaf, tx)?[i];
         // (A slot past the entries is damage: refused as `get` refuses it.)
         Self::slot_val(leaf.at, Self::vals(&g, leaf, tx)?, slot)?;
+        // The caller writes through the pointer: the leaf must be an allocation of its own (a
+        // damaged pointer aimed inside another object handed out a pointer into it: review).
+        if tx
+            .usable_size(PPtr::<u8>::from_offset(leaf.at))
+            .is_none_or(|u| u < g.bytes(0))
+        {
+            return Err(corrupt(
+                leaf.at,
+                "B-tree leaf is not an allocation of its own",
+            ));
+        }
         let size = std::mem::size_of::<V>() as u64;
         Ok(Some(PPtr::from_offset(
             leaf.at + g.vals_at + u64::from(slot) * size,
@@ -960,8 +986,10 @@ where
         V: Element<Input = V>,
     {
         // (One step: its insert is one, and the lookup after it fails it too: found by review.)
-        tx.op("PBTreeMap::get_or_insert", |tx| {
-            super::get_or_insert(
+        super::own(
+            self,
+            tx.op("PBTreeMap::get_or_insert", |tx| {
+                super::get_or_insert(
                 tx,
                 |tx| self.get_mut(tx, key),
                 |tx| self.insert(tx, key, value),
@@ -969,7 +997,8 @@ where
                 "PBTreeMap: a key inserted by get_or_insert is not found again (its Ord is not \
                  consistent, or the map is damaged)",
             )
-        })
+            }),
+        )
     }
 
     /// Keep only the entries for which `keep(key, value)` is true, removing the others (their
@@ -994,7 +1023,10 @@ where
         tx: &mut Tx<'_>,
         keep: impl FnMut(&K::Input, &V::Input) -> bool,
     ) -> Result<u64> {
-        tx.op("PBTreeMap::retain", |tx| self.retain_body(tx, keep))
+        super::own(
+            self,
+            tx.op("PBTreeMap::retain", |tx| self.retain_body(tx, keep)),
+        )
     }
 
     fn retain_body(
@@ -1041,7 +1073,10 @@ where
         self,
         tx: &mut Tx<'_>,
     ) -> Result<Option<(<K::Input as ToOwned>::Owned, <V::Input as ToOwned>::Owned)>> {
-        tx.op("PBTreeMap::pop_first", |tx| self.pop_first_body(tx))
+        super::own(
+            self,
+            tx.op("PBTreeMap::pop_first", |tx| self.pop_first_body(tx)),
+        )
     }
 
     #[allow(clippy::type_complexity)]
@@ -1072,7 +1107,10 @@ where
         self,
         tx: &mut Tx<'_>,
     ) -> Result<Option<(<K::Input as ToOwned>::Owned, <V::Input as ToOwned>::Owned)>> {
-        tx.op("PBTreeMap::pop_last", |tx| self.pop_last_body(tx))
+        super::own(
+            self,
+            tx.op("PBTreeMap::pop_last", |tx| self.pop_last_body(tx)),
+        )
     }
 
     #[allow(clippy::type_complexity)]
@@ -1161,7 +1199,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn insert(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
-        tx.op("PBTreeMap::insert", |tx| self.insert_body(tx, key, value))
+        super::own(
+            self,
+            tx.op("PBTreeMap::insert", |tx| self.insert_body(tx, key, value)),
+        )
     }
 
     fn insert_body(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
@@ -1333,7 +1374,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn remove(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
-        tx.op("PBTreeMap::remove", |tx| self.remove_body(tx, key))
+        super::own(
+            self,
+            tx.op("PBTreeMap::remove", |tx| self.remove_body(tx, key)),
+        )
     }
 
     fn remove_body(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
@@ -1575,7 +1619,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
-        tx.op("PBTreeMap::clear", |tx| self.clear_body(tx))
+        super::own(self, tx.op("PBTreeMap::clear", |tx| self.clear_body(tx)))
     }
 
     fn clear_body(self, tx: &mut Tx<'_>) -> Result<()> {
@@ -1622,6 +1666,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn destroy(self, tx: &mut Tx<'_>) -> Result<()> {
+        super::own(self, self.destroy_raw(tx))
+    }
+
+    fn destroy_raw(self, tx: &mut Tx<'_>) -> Result<()> {
         self.clear(tx)
     }
 
@@ -1647,6 +1695,14 @@ where
         view: &'v W,
         range: R,
     ) -> Result<Range<'v, K, V, W>> {
+        super::own(self, self.range_raw(view, range))
+    }
+
+    fn range_raw<'v, W: View, R: std::ops::RangeBounds<K::Input>>(
+        self,
+        view: &'v W,
+        range: R,
+    ) -> Result<Range<'v, K, V, W>> {
         self.range_by(view, range.start_bound(), range.end_bound())
     }
 
@@ -1667,6 +1723,15 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn range_by<'v, W: View>(
+        self,
+        view: &'v W,
+        lo: Bound<&K::Input>,
+        hi: Bound<&K::Input>,
+    ) -> Result<Range<'v, K, V, W>> {
+        super::own(self, self.range_by_raw(view, lo, hi))
+    }
+
+    fn range_by_raw<'v, W: View>(
         self,
         view: &'v W,
         lo: Bound<&K::Input>,
@@ -1854,6 +1919,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn first<W: View>(self, view: &W) -> Result<Option<(&K::Input, &V::Input)>> {
+        super::own(self, self.first_raw(view))
+    }
+
+    fn first_raw<W: View>(self, view: &W) -> Result<Option<(&K::Input, &V::Input)>> {
         self.range_by(view, Bound::Unbounded, Bound::Unbounded)?
             .next()
             .transpose()
@@ -1869,6 +1938,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn last<W: View>(self, view: &W) -> Result<Option<(&K::Input, &V::Input)>> {
+        super::own(self, self.last_raw(view))
+    }
+
+    fn last_raw<W: View>(self, view: &W) -> Result<Option<(&K::Input, &V::Input)>> {
         self.range_by(view, Bound::Unbounded, Bound::Unbounded)?
             .next_back()
             .transpose()
@@ -1888,7 +1961,11 @@ where
     /// assert!(nodes >= 4); // 1,000 entries of 16 bytes: four leaves and a root at least
     /// # Ok::<(), txheap::Error>(())
     /// ```
-    pub fn for_each_block<W: View>(self, view: &W, mut f: impl FnMut(u64)) -> Result<()> {
+    pub fn for_each_block<W: View>(self, view: &W, f: impl FnMut(u64)) -> Result<()> {
+        super::own(self, self.for_each_block_raw(view, f))
+    }
+
+    fn for_each_block_raw<W: View>(self, view: &W, mut f: impl FnMut(u64)) -> Result<()> {
         let h = self.header(view)?;
         if h.height == 0 {
             return Ok(());
@@ -1936,6 +2013,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn check<W: View>(self, view: &W) -> Result<()> {
+        super::own(self, self.check_raw(view))
+    }
+
+    fn check_raw<W: View>(self, view: &W) -> Result<()> {
         let h = self.header(view)?;
         if h.height == 0 {
             return Ok(());
@@ -2063,6 +2144,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn stats<W: View>(self, view: &W) -> Result<BTreeStats> {
+        super::own(self, self.stats_raw(view))
+    }
+
+    fn stats_raw<W: View>(self, view: &W) -> Result<BTreeStats> {
         let h = self.header(view)?;
         let g = Self::GEO;
         let mut s = BTreeStats {
@@ -2229,7 +2314,8 @@ where
 
     fn fail(&mut self, e: Error) -> Option<Result<(&'v K::Input, &'v V::Input)>> {
         self.done = true;
-        Some(Err(e))
+        let map = PPtr::<PBTreeMap<K, V>>::from_offset(self.map);
+        Some(Err(super::own_error(map, e)))
     }
 
     /// A key that does not follow the one before it, in the walk's direction.

@@ -664,6 +664,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn get<'v, W: View>(self, view: &'v W, key: &K::Input) -> Result<Option<&'v V::Input>> {
+        super::own(self, self.get_raw(view, key))
+    }
+
+    fn get_raw<'v, W: View>(self, view: &'v W, key: &K::Input) -> Result<Option<&'v V::Input>> {
         let h = self.header(view)?;
         let g = Geo::of::<K, V>();
         match Self::locate(&h, &g, view, key)? {
@@ -685,6 +689,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn contains_key<W: View>(self, view: &W, key: &K::Input) -> Result<bool> {
+        super::own(self, self.contains_key_raw(view, key))
+    }
+
+    fn contains_key_raw<W: View>(self, view: &W, key: &K::Input) -> Result<bool> {
         Ok(self.get(view, key)?.is_some())
     }
 
@@ -724,6 +732,13 @@ where
     where
         V: Element<Input = V>,
     {
+        super::own(self, self.get_mut_raw(tx, key))
+    }
+
+    fn get_mut_raw(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<Option<PPtr<V>>>
+    where
+        V: Element<Input = V>,
+    {
         let h = self.header(tx)?;
         let g = Geo::of::<K, V>();
         match Self::locate(&h, &g, tx, key)? {
@@ -757,16 +772,19 @@ where
         V: Element<Input = V>,
     {
         // (One step: its insert is one, and the lookup after it fails it too: found by review.)
-        tx.op("PHashMap::get_or_insert", |tx| {
-            super::get_or_insert(
-                tx,
-                |tx| self.get_mut(tx, key),
-                |tx| self.insert(tx, key, value),
-                self.offset(),
-                "PHashMap: a key inserted by get_or_insert is not found again (its Eq is not \
+        super::own(
+            self,
+            tx.op("PHashMap::get_or_insert", |tx| {
+                super::get_or_insert(
+                    tx,
+                    |tx| self.get_mut(tx, key),
+                    |tx| self.insert(tx, key, value),
+                    self.offset(),
+                    "PHashMap: a key inserted by get_or_insert is not found again (its Eq is not \
                  reflexive, or the map is damaged)",
-            )
-        })
+                )
+            }),
+        )
     }
 
     /// Insert `key` -> `value`. Returns whether the key was present (its old value is then
@@ -785,7 +803,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn insert(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
-        tx.op("PHashMap::insert", |tx| self.insert_body(tx, key, value))
+        super::own(
+            self,
+            tx.op("PHashMap::insert", |tx| self.insert_body(tx, key, value)),
+        )
     }
 
     fn insert_body(self, tx: &mut Tx<'_>, key: &K::Input, value: &V::Input) -> Result<bool> {
@@ -998,7 +1019,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn remove(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
-        tx.op("PHashMap::remove", |tx| self.remove_body(tx, key))
+        super::own(
+            self,
+            tx.op("PHashMap::remove", |tx| self.remove_body(tx, key)),
+        )
     }
 
     fn remove_body(self, tx: &mut Tx<'_>, key: &K::Input) -> Result<bool> {
@@ -1182,7 +1206,7 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
-        tx.op("PHashMap::clear", |tx| self.clear_body(tx))
+        super::own(self, tx.op("PHashMap::clear", |tx| self.clear_body(tx)))
     }
 
     fn clear_body(self, tx: &mut Tx<'_>) -> Result<()> {
@@ -1227,6 +1251,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn destroy(self, tx: &mut Tx<'_>) -> Result<()> {
+        super::own(self, self.destroy_raw(tx))
+    }
+
+    fn destroy_raw(self, tx: &mut Tx<'_>) -> Result<()> {
         self.clear(tx)
     }
 
@@ -1255,7 +1283,10 @@ where
     where
         K::Input: ToOwned,
     {
-        tx.op("PHashMap::retain", |tx| self.retain_body(tx, keep))
+        super::own(
+            self,
+            tx.op("PHashMap::retain", |tx| self.retain_body(tx, keep)),
+        )
     }
 
     fn retain_body(
@@ -1301,6 +1332,17 @@ where
         K::Input: 'v,
         V::Input: 'v,
     {
+        super::own(self, self.iter_raw(view))
+    }
+
+    fn iter_raw<'v, W: View>(
+        self,
+        view: &'v W,
+    ) -> Result<impl Iterator<Item = Result<(&'v K::Input, &'v V::Input)>> + 'v>
+    where
+        K::Input: 'v,
+        V::Input: 'v,
+    {
         let h = self.header(view)?;
         let g = Geo::of::<K, V>();
         let buckets = Self::buckets(&h, view)?;
@@ -1324,7 +1366,7 @@ where
                     Ok(e) => e.map(Ok),
                     Err(e) => {
                         failed = true;
-                        Some(Err(e))
+                        Some(Err(super::own_error(self, e)))
                     }
                 }
             }))
@@ -1342,7 +1384,11 @@ where
     /// assert_eq!(blocks, 2); // one bucket (a one-bucket map has no directory) and the bytes
     /// # Ok::<(), txheap::Error>(())
     /// ```
-    pub fn for_each_block<W: View>(self, view: &W, mut f: impl FnMut(u64)) -> Result<()> {
+    pub fn for_each_block<W: View>(self, view: &W, f: impl FnMut(u64)) -> Result<()> {
+        super::own(self, self.for_each_block_raw(view, f))
+    }
+
+    fn for_each_block_raw<W: View>(self, view: &W, mut f: impl FnMut(u64)) -> Result<()> {
         let h = self.header(view)?;
         if h.dir == 0 {
             return Ok(());
@@ -1382,6 +1428,10 @@ where
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn check<W: View>(self, view: &W) -> Result<()> {
+        super::own(self, self.check_raw(view))
+    }
+
+    fn check_raw<W: View>(self, view: &W) -> Result<()> {
         let h = self.header(view)?;
         if h.dir == 0 {
             return Ok(());

@@ -265,6 +265,43 @@ fn id_mismatch<T: Stored>(stored: Option<String>, slot: u64, at: u64, role: &'st
     }
 }
 
+/// The result of an operation on the collection whose header `h` names, with every error it
+/// met while following the collection's own pointers (nodes, buckets, a directory, a buffer,
+/// stored byte strings) reported as damage: a pointer error (`OutOfBounds`, `Misaligned`,
+/// `NotAllocated`, `InvalidFree`) at an offset outside the header is not the caller's, who
+/// named only the header (a review found ten such cases, from a flipped bit in a buffer offset
+/// read as `Misaligned` to a node whose bitmap bit was cleared refused as a double free). An
+/// error at the header itself (a wild, misaligned or freed handle) stays the caller's.
+fn own<H, R>(h: PPtr<H>, r: Result<R>) -> Result<R> {
+    r.map_err(|e| own_error(h, e))
+}
+
+/// [`own`] for one error.
+fn own_error<H>(h: PPtr<H>, e: Error) -> Error {
+    {
+        let (start, end) = (h.offset(), h.offset() + std::mem::size_of::<H>() as u64);
+        let offset = match &e {
+            // (Offset 0 names nothing: a null pointer met inside the collection. Name the
+            // collection instead.)
+            Error::Corrupt { offset: 0, what } => {
+                return corrupt(start, format!("the collection at {start:#x}: {what}"))
+            }
+            Error::OutOfBounds { offset, .. }
+            | Error::Misaligned { offset, .. }
+            | Error::NotAllocated { offset, .. }
+            | Error::InvalidFree { offset, .. } => *offset,
+            _ => return e,
+        };
+        if (start..end).contains(&offset) {
+            return e;
+        }
+        corrupt(
+            offset,
+            format!("the collection at {start:#x} is damaged: following its own pointers met: {e}"),
+        )
+    }
+}
+
 fn corrupt(offset: u64, what: impl Into<String>) -> Error {
     Error::Corrupt {
         offset,

@@ -247,6 +247,10 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn as_slice<V: View>(self, view: &V) -> Result<&[T]> {
+        super::own(self, self.as_slice_raw(view))
+    }
+
+    fn as_slice_raw<V: View>(self, view: &V) -> Result<&[T]> {
         let h = self.header(view)?;
         if h.len == 0 {
             return Ok(&[]);
@@ -278,6 +282,10 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn get<V: View>(self, view: &V, i: u64) -> Result<Option<T>> {
+        super::own(self, self.get_raw(view, i))
+    }
+
+    fn get_raw<V: View>(self, view: &V, i: u64) -> Result<Option<T>> {
         let h = self.header(view)?;
         match Self::elements(&h).get(i) {
             Some(p) => Ok(Some(*view.get(p)?)),
@@ -301,7 +309,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn set(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<T> {
-        tx.op("PVec::set", |tx| self.set_body(tx, i, value))
+        super::own(self, tx.op("PVec::set", |tx| self.set_body(tx, i, value)))
     }
 
     fn set_body(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<T> {
@@ -328,7 +336,10 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn reserve(self, tx: &mut Tx<'_>, additional: u64) -> Result<()> {
-        tx.op("PVec::reserve", |tx| self.reserve_body(tx, additional))
+        super::own(
+            self,
+            tx.op("PVec::reserve", |tx| self.reserve_body(tx, additional)),
+        )
     }
 
     fn reserve_body(self, tx: &mut Tx<'_>, additional: u64) -> Result<()> {
@@ -368,7 +379,10 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn shrink_to_fit(self, tx: &mut Tx<'_>) -> Result<()> {
-        tx.op("PVec::shrink_to_fit", |tx| self.shrink_to_fit_body(tx))
+        super::own(
+            self,
+            tx.op("PVec::shrink_to_fit", |tx| self.shrink_to_fit_body(tx)),
+        )
     }
 
     fn shrink_to_fit_body(self, tx: &mut Tx<'_>) -> Result<()> {
@@ -397,7 +411,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn push(self, tx: &mut Tx<'_>, value: T) -> Result<()> {
-        tx.op("PVec::push", |tx| self.push_body(tx, value))
+        super::own(self, tx.op("PVec::push", |tx| self.push_body(tx, value)))
     }
 
     fn push_body(self, tx: &mut Tx<'_>, value: T) -> Result<()> {
@@ -414,9 +428,12 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn extend_from_slice(self, tx: &mut Tx<'_>, values: &[T]) -> Result<()> {
-        tx.op("PVec::extend_from_slice", |tx| {
-            self.extend_from_slice_body(tx, values)
-        })
+        super::own(
+            self,
+            tx.op("PVec::extend_from_slice", |tx| {
+                self.extend_from_slice_body(tx, values)
+            }),
+        )
     }
 
     fn extend_from_slice_body(self, tx: &mut Tx<'_>, values: &[T]) -> Result<()> {
@@ -450,7 +467,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn pop(self, tx: &mut Tx<'_>) -> Result<Option<T>> {
-        tx.op("PVec::pop", |tx| self.pop_body(tx))
+        super::own(self, tx.op("PVec::pop", |tx| self.pop_body(tx)))
     }
 
     fn pop_body(self, tx: &mut Tx<'_>) -> Result<Option<T>> {
@@ -479,7 +496,10 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn insert(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<()> {
-        tx.op("PVec::insert", |tx| self.insert_body(tx, i, value))
+        super::own(
+            self,
+            tx.op("PVec::insert", |tx| self.insert_body(tx, i, value)),
+        )
     }
 
     fn insert_body(self, tx: &mut Tx<'_>, i: u64, value: T) -> Result<()> {
@@ -513,7 +533,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn remove(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
-        tx.op("PVec::remove", |tx| self.remove_body(tx, i))
+        super::own(self, tx.op("PVec::remove", |tx| self.remove_body(tx, i)))
     }
 
     fn remove_body(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
@@ -551,7 +571,10 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn swap_remove(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
-        tx.op("PVec::swap_remove", |tx| self.swap_remove_body(tx, i))
+        super::own(
+            self,
+            tx.op("PVec::swap_remove", |tx| self.swap_remove_body(tx, i)),
+        )
     }
 
     fn swap_remove_body(self, tx: &mut Tx<'_>, i: u64) -> Result<T> {
@@ -590,7 +613,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn retain(self, tx: &mut Tx<'_>, keep: impl FnMut(&T::Input) -> bool) -> Result<u64> {
-        tx.op("PVec::retain", |tx| self.retain_body(tx, keep))
+        super::own(self, tx.op("PVec::retain", |tx| self.retain_body(tx, keep)))
     }
 
     fn retain_body(self, tx: &mut Tx<'_>, mut keep: impl FnMut(&T::Input) -> bool) -> Result<u64> {
@@ -655,6 +678,13 @@ impl<T: Element> PPtr<PVec<T>> {
     where
         T: Element<Input = T>,
     {
+        super::own(self, self.as_mut_slice_raw(tx))
+    }
+
+    fn as_mut_slice_raw<'t>(self, tx: &'t mut Tx<'_>) -> Result<&'t mut [T]>
+    where
+        T: Element<Input = T>,
+    {
         let h = self.header(tx)?;
         if h.len == 0 || std::mem::size_of::<T>() == 0 {
             return tx.slice_mut(Self::elements(&h));
@@ -678,7 +708,10 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn truncate(self, tx: &mut Tx<'_>, len: u64) -> Result<()> {
-        tx.op("PVec::truncate", |tx| self.truncate_body(tx, len))
+        super::own(
+            self,
+            tx.op("PVec::truncate", |tx| self.truncate_body(tx, len)),
+        )
     }
 
     fn truncate_body(self, tx: &mut Tx<'_>, len: u64) -> Result<()> {
@@ -711,6 +744,10 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn clear(self, tx: &mut Tx<'_>) -> Result<()> {
+        super::own(self, self.clear_raw(tx))
+    }
+
+    fn clear_raw(self, tx: &mut Tx<'_>) -> Result<()> {
         self.truncate(tx, 0)
     }
 
@@ -729,7 +766,7 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn destroy(self, tx: &mut Tx<'_>) -> Result<()> {
-        tx.op("PVec::destroy", |tx| self.destroy_body(tx))
+        super::own(self, tx.op("PVec::destroy", |tx| self.destroy_body(tx)))
     }
 
     fn destroy_body(self, tx: &mut Tx<'_>) -> Result<()> {
@@ -762,7 +799,11 @@ impl<T: Element> PPtr<PVec<T>> {
     /// assert_eq!(blocks.len(), 1);
     /// # Ok::<(), txheap::Error>(())
     /// ```
-    pub fn for_each_block<V: View>(self, view: &V, mut f: impl FnMut(u64)) -> Result<()> {
+    pub fn for_each_block<V: View>(self, view: &V, f: impl FnMut(u64)) -> Result<()> {
+        super::own(self, self.for_each_block_raw(view, f))
+    }
+
+    fn for_each_block_raw<V: View>(self, view: &V, mut f: impl FnMut(u64)) -> Result<()> {
         let h = self.header(view)?;
         if h.buf != 0 {
             f(h.buf);
@@ -791,6 +832,10 @@ impl<T: Element> PPtr<PVec<T>> {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn check<V: View>(self, view: &V) -> Result<()> {
+        super::own(self, self.check_raw(view))
+    }
+
+    fn check_raw<V: View>(self, view: &V) -> Result<()> {
         let h = self.header(view)?;
         if h.cap > 0 {
             view.slice(PSlice::<T>::from_raw_parts(h.buf, h.cap))?;
