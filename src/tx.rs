@@ -1074,7 +1074,8 @@ impl<'h> Tx<'h> {
     /// (reusable once the transaction commits); made small enough for a size class (64 KiB or
     /// less), it moves to a block and all its chunks are freed. A length of 0 keeps the
     /// allocation as it is (free it with [`Tx::free_slice`]). An empty (null) `s` is a fresh
-    /// allocation.
+    /// allocation. An `s` that is not the start of a live allocation, or longer than its
+    /// allocation, is [`Error::InvalidFree`], and nothing changes.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();

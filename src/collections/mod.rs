@@ -267,39 +267,43 @@ fn id_mismatch<T: Stored>(stored: Option<String>, slot: u64, at: u64, role: &'st
 
 /// The result of an operation on the collection whose header `h` names, with every error it
 /// met while following the collection's own pointers (nodes, buckets, a directory, a buffer,
-/// stored byte strings) reported as damage: a pointer error (`OutOfBounds`, `Misaligned`,
-/// `NotAllocated`, `InvalidFree`) at an offset outside the header is not the caller's, who
+/// stored byte strings) reported as damage of that collection: `Error::Corrupt` at its header
+/// (the word that led astray is the header's or one the header leads to), the offset the error
+/// met and the error itself in the message. A pointer error (`OutOfBounds`, `Misaligned`,
+/// `NotAllocated`, `InvalidFree`, `NullPointer`) outside the header is not the caller's, who
 /// named only the header (a review found ten such cases, from a flipped bit in a buffer offset
-/// read as `Misaligned` to a node whose bitmap bit was cleared refused as a double free). An
-/// error at the header itself (a wild, misaligned or freed handle) stays the caller's.
+/// read as `Misaligned` to a node whose bitmap bit was cleared refused as a double free; a
+/// review of the first version found the offset it named an intact object, or past the file's
+/// end). An error at the header itself (a null, wild, misaligned or freed handle) stays the
+/// caller's.
 fn own<H, R>(h: PPtr<H>, r: Result<R>) -> Result<R> {
     r.map_err(|e| own_error(h, e))
 }
 
 /// [`own`] for one error.
 fn own_error<H>(h: PPtr<H>, e: Error) -> Error {
-    {
-        let (start, end) = (h.offset(), h.offset() + std::mem::size_of::<H>() as u64);
-        let offset = match &e {
-            // (Offset 0 names nothing: a null pointer met inside the collection. Name the
-            // collection instead.)
-            Error::Corrupt { offset: 0, what } => {
-                return corrupt(start, format!("the collection at {start:#x}: {what}"))
-            }
-            Error::OutOfBounds { offset, .. }
-            | Error::Misaligned { offset, .. }
-            | Error::NotAllocated { offset, .. }
-            | Error::InvalidFree { offset, .. } => *offset,
-            _ => return e,
-        };
-        if (start..end).contains(&offset) {
-            return e;
+    let start = h.offset();
+    // (Saturating: a wild handle near 2^64 overflowed here, found by review.)
+    let end = start.saturating_add(std::mem::size_of::<H>() as u64);
+    let met = match &e {
+        // Offset 0 names nothing: a null pointer met inside the collection.
+        Error::Corrupt { offset: 0, .. } => None,
+        Error::NullPointer if start != 0 => None,
+        Error::OutOfBounds { offset, .. }
+        | Error::Misaligned { offset, .. }
+        | Error::NotAllocated { offset, .. }
+        | Error::InvalidFree { offset, .. }
+            if !(start..end).contains(offset) =>
+        {
+            Some(*offset)
         }
-        corrupt(
-            offset,
-            format!("the collection at {start:#x} is damaged: following its own pointers met: {e}"),
-        )
-    }
+        _ => return e,
+    };
+    let at = met.map_or(String::new(), |o| format!(" at {o:#x}"));
+    corrupt(
+        start,
+        format!("the collection at {start:#x} is damaged: following its own pointers met{at}: {e}"),
+    )
 }
 
 fn corrupt(offset: u64, what: impl Into<String>) -> Error {
