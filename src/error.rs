@@ -186,7 +186,8 @@ pub enum Error {
         /// The largest supported.
         max: u64,
     },
-    /// `free` was given a pointer that is not the start of a live allocation.
+    /// `free`, `free_slice` or `realloc_slice` was given a pointer that is not the start of a
+    /// live allocation (or past the heap's chunks), or a slice longer than its allocation.
     InvalidFree {
         /// The pointer's offset.
         offset: u64,

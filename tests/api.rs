@@ -434,8 +434,19 @@ fn invalid_frees_and_pointers_are_errors() {
     assert!(matches!(r, Err(Error::InvalidFree { .. })), "{r:?}");
     let r = heap.transaction(|tx| tx.free(PPtr::<u64>::null()));
     assert!(matches!(r, Err(Error::NullPointer)), "{r:?}");
+    // (`InvalidFree`, as `Tx::free` documents for anything but the start of a live allocation;
+    // it said `OutOfBounds` before a review held it to its rustdoc.)
     let r = heap.transaction(|tx| tx.free(PPtr::<u64>::from_offset(1 << 40)));
-    assert!(matches!(r, Err(Error::OutOfBounds { .. })), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(Error::InvalidFree {
+                why: "past the heap's chunks",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
     let r = heap.read(|r| r.get(PPtr::<u64>::from_offset(p.offset() + 4)).copied());
     assert!(
         matches!(r, Err(Error::Misaligned { align: 8, .. })),

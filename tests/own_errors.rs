@@ -227,3 +227,88 @@ fn null_byte_string_handle_inside_a_collection_is_corrupt_not_null_pointer() {
         assert!(r.starts_with("Err(Corrupt"), "{name}: {r}");
     }
 }
+
+// A review of the second version (4737c09).
+
+fn heap_in(d: &tempfile::TempDir) -> Heap {
+    Heap::create(d.path().join("r.heap"), Options::new()).unwrap()
+}
+
+/// A wild handle at exactly u64::MAX is misaligned: "an error at the header itself (a null,
+/// wild, misaligned or freed handle) stays the caller's" (ARCHITECTURE.md section 10). The
+/// header's end saturates at u64::MAX, so `start..end` is empty and the caller's Misaligned
+/// at the header comes back as Corrupt ("the collection at 0xffffffffffffffff is damaged").
+#[test]
+fn handle_at_u64_max_is_misaligned_not_corrupt() {
+    let d = tempfile::tempdir().unwrap();
+    let h = heap_in(&d);
+    let at = u64::MAX;
+    let v = PPtr::<PVec<u64>>::from_offset(at);
+    let m = PPtr::<PHashMap<u64, u64>>::from_offset(at);
+    let b = PPtr::<PBTreeMap<u64, u64>>::from_offset(at);
+    let rs = [
+        ("PVec::get", h.read(|r| v.get(r, 0).map(|_| ()))),
+        ("PVec::push", h.transaction(|tx| v.push(tx, 1))),
+        ("PHashMap::get", h.read(|r| m.get(r, &1).map(|_| ()))),
+        (
+            "PHashMap::insert",
+            h.transaction(|tx| m.insert(tx, &1, &1).map(|_| ())),
+        ),
+        ("PBTreeMap::get", h.read(|r| b.get(r, &1).map(|_| ()))),
+        (
+            "PBTreeMap::insert",
+            h.transaction(|tx| b.insert(tx, &1, &1).map(|_| ())),
+        ),
+    ];
+    for (name, r) in rs {
+        eprintln!("{name}: {r:?}");
+        assert!(
+            matches!(r, Err(Error::Misaligned { offset, .. }) if offset == at),
+            "{name} of a handle at u64::MAX: {r:?}"
+        );
+    }
+}
+
+/// `Tx::free`'s rustdoc: "Freeing anything but the start of a live allocation is an
+/// [`Error::InvalidFree`]". A damaged PBytes handle (in the user's own object) whose offset lies
+/// past the heap's chunks is freed with `OutOfBounds` instead, through `PBytes::free`,
+/// `Tx::free_slice` and `Tx::free` alike (while `Tx::realloc_slice` of the same slice says
+/// InvalidFree, as its rustdoc says).
+#[test]
+fn free_past_the_heap_is_invalid_free() {
+    let d = tempfile::tempdir().unwrap();
+    let h = heap_in(&d);
+    let holder = h
+        .transaction(|tx| {
+            let b = PBytes::new(tx, b"hello")?;
+            tx.alloc(b)
+        })
+        .unwrap();
+    for off in [1u64 << 40, u64::MAX - 7] {
+        h.transaction(|tx| tx.set(PPtr::<[u64; 2]>::from_offset(holder.offset()), [off, 5]))
+            .unwrap();
+        let b = h.read(|r| r.get(holder).copied()).unwrap();
+        let rs = [
+            ("PBytes::free", h.transaction(|tx| b.free(tx))),
+            (
+                "Tx::free_slice",
+                h.transaction(|tx| tx.free_slice(b.as_slice())),
+            ),
+            (
+                "Tx::free",
+                h.transaction(|tx| tx.free(PPtr::<u8>::from_offset(off))),
+            ),
+            (
+                "Tx::realloc_slice",
+                h.transaction(|tx| tx.realloc_slice(b.as_slice(), 5, 10).map(|_| ())),
+            ),
+        ];
+        for (name, r) in rs {
+            eprintln!("{off:#x} {name}: {r:?}");
+            assert!(
+                matches!(r, Err(Error::InvalidFree { .. })),
+                "{name} of {off:#x}: {r:?}"
+            );
+        }
+    }
+}

@@ -757,11 +757,9 @@ impl Allocator {
         }
         let c64 = (off - self.chunk_area) / CHUNK_SIZE;
         if c64 >= self.chunk_count {
-            return Err(Error::OutOfBounds {
-                offset: off,
-                len: 0,
-                heap_end: self.chunk_offset(0) + self.chunk_count * CHUNK_SIZE,
-            });
+            // (`InvalidFree`, as `Tx::free` documents for anything but the start of a live
+            // allocation: a review found `OutOfBounds` here.)
+            return Err(invalid("past the heap's chunks"));
         }
         let c = c64 as u32;
         let base = self.chunk_offset(c);

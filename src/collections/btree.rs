@@ -1675,7 +1675,8 @@ where
 
     /// Entries with keys in `range`, in key order; the iterator runs both ways
     /// (`.rev()`, `next_back`). Each item is a `Result`: a damaged node ends the walk with an
-    /// error, as does a walk past the header's count of entries (a shared subtree). A range
+    /// error, as does a walk past the header's count of entries or a key out of order (a
+    /// shared subtree). A range
     /// whose start lies after its end (or equal bounds, both excluded) yields nothing, where
     /// `BTreeMap::range` panics.
     ///

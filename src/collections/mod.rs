@@ -283,8 +283,10 @@ fn own<H, R>(h: PPtr<H>, r: Result<R>) -> Result<R> {
 /// [`own`] for one error.
 fn own_error<H>(h: PPtr<H>, e: Error) -> Error {
     let start = h.offset();
-    // (Saturating: a wild handle near 2^64 overflowed here, found by review.)
-    let end = start.saturating_add(std::mem::size_of::<H>() as u64);
+    // Inside the header: measured from its start, with no end computed (a wild handle near
+    // 2^64 overflowed an end, and a saturated one left a handle at 2^64-1 outside its own
+    // header: both found by review).
+    let header = |o: u64| o.wrapping_sub(start) < std::mem::size_of::<H>() as u64;
     let met = match &e {
         // Offset 0 names nothing: a null pointer met inside the collection.
         Error::Corrupt { offset: 0, .. } => None,
@@ -293,7 +295,7 @@ fn own_error<H>(h: PPtr<H>, e: Error) -> Error {
         | Error::Misaligned { offset, .. }
         | Error::NotAllocated { offset, .. }
         | Error::InvalidFree { offset, .. }
-            if !(start..end).contains(offset) =>
+            if !header(*offset) =>
         {
             Some(*offset)
         }
