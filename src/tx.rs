@@ -394,7 +394,10 @@ impl<'h> Tx<'h> {
                     }
                 })?;
         } else if off + len > self.sh.geo.root_offset + self.header.root_size
-            || (start && off != self.sh.geo.root_offset)
+            // (A block of its own is never in the root area: a collection's node, bucket,
+            // directory or buffer aimed at the root's start wrote over its other fields,
+            // found by review.)
+            || start
         {
             // The root area past the root (all of it while there is none) is no allocation: a
             // wild pointer there is refused as anywhere else (a review found such writes

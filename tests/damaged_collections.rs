@@ -638,3 +638,43 @@ fn btree_remove_of_the_last_entry_through_a_root_naming_a_smaller_object_does_no
     eprintln!("remove: {r:?}; other's usable size {before:?} -> {after:?}");
     assert_eq!(after, before, "remove ({r:?}) freed another live object");
 }
+
+#[derive(Clone, Copy, txheap::bytemuck::Pod, txheap::bytemuck::Zeroable, txheap::Stored)]
+#[repr(C)]
+struct TaggedRoot {
+    tag: [u64; 4],
+    v: PVec<u64>,
+}
+
+/// A vector held in the root whose damaged buffer offset names the root's start: its push
+/// wrote over the root's other fields and committed (the "starts its block" check took the
+/// root's start for a block of its own: found by a review of this session's changes). A
+/// collection's own block is never in the root area.
+#[test]
+fn a_buffer_naming_the_root_start_does_not_overwrite_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("r.heap"), Options::new()).unwrap();
+    heap.transaction(|tx| {
+        let r = tx.root::<TaggedRoot>()?;
+        tx.get_mut(r)?.tag = [11, 22, 33, 44];
+        let v = PPtr::<PVec<u64>>::from_offset(r.offset() + 32);
+        v.push(tx, 1)?;
+        // Damage: buffer = the root's start, capacity 4, length 0.
+        let root_off = r.offset();
+        let words: &mut [u64; 8] = txheap::bytemuck::cast_mut(tx.get_mut(r)?);
+        words[4] = root_off;
+        words[5] = 4;
+        words[6] = 0;
+        Ok(())
+    })
+    .unwrap();
+    let res = heap.transaction(|tx| {
+        let r = tx.root::<TaggedRoot>()?;
+        PPtr::<PVec<u64>>::from_offset(r.offset() + 32).push(tx, 0xdead)
+    });
+    let tag = heap
+        .read(|rd| Ok(rd.get(rd.root::<TaggedRoot>()?)?.tag))
+        .unwrap();
+    assert_eq!(tag, [11, 22, 33, 44], "push returned {res:?}");
+    assert!(matches!(res, Err(Error::Corrupt { .. })), "{res:?}");
+}
