@@ -398,7 +398,11 @@ fn btree_insert_through_a_root_pointer_inside_another_object_is_refused() {
 #[test]
 fn hash_split_through_a_directory_pointer_inside_another_object_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let heap = Heap::create(dir.path().join("h.heap"), Options::new()).unwrap();
+    let heap = Heap::create(
+        dir.path().join("h.heap"),
+        Options::new().durability(txheap::Durability::None),
+    )
+    .unwrap();
     let m = heap.transaction(PHashMap::<u64, u64>::new).unwrap();
     let words = |heap: &Heap| {
         heap.read(|r| {
@@ -555,7 +559,11 @@ fn pvec_destroy_with_a_buffer_naming_a_smaller_object_does_not_free_it() {
 fn hash_double_through_a_directory_naming_a_smaller_object_does_not_free_it() {
     use txheap::PHashMap;
     let dir = tempfile::tempdir().unwrap();
-    let heap = Heap::create(dir.path().join("h.heap"), Options::new()).unwrap();
+    let heap = Heap::create(
+        dir.path().join("h.heap"),
+        Options::new().durability(txheap::Durability::None),
+    )
+    .unwrap();
     let m = heap.transaction(PHashMap::<u64, u64>::new).unwrap();
     let words = |heap: &Heap| {
         heap.read(|r| {

@@ -42,7 +42,13 @@ fn both_finish(
                     assert!(m.contains("Ok("), "{m}");
                 }
                 Err(_) => {
-                    eprintln!("deadlock: the reader and the writer still waiting after 10 s");
+                    // (Not `eprintln!`: the test harness captures it, and `exit` drops it.)
+                    use std::io::Write;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "{}: deadlock: the reader and the writer still waiting after 10 s",
+                        std::thread::current().name().unwrap_or("?")
+                    );
                     std::process::exit(101);
                 }
             }
