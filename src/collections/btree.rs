@@ -598,14 +598,7 @@ where
     /// type aligned above it is refused by `new` and every operation (a review found such a map
     /// made, an entry committed and then never readable: `Misaligned` on every lookup).
     fn aligned() -> Result<()> {
-        let align = std::mem::align_of::<K>().max(std::mem::align_of::<V>()) as u64;
-        if align > ALIGN_MAX {
-            return Err(Error::UnsupportedAlignment {
-                align,
-                max: ALIGN_MAX,
-            });
-        }
-        Ok(())
+        super::aligned_at_most::<K, V>(ALIGN_MAX)
     }
 }
 

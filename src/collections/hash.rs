@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use super::siphash::SipHasher13;
 use super::{check_id, corrupt, record_id, Element, View};
 use crate::alloc::SMALL_MAX;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::limits::ALIGN_MAX;
 use crate::pptr::{PPtr, PSlice};
 use crate::stored::{Field, Stored};
@@ -382,14 +382,7 @@ where
     /// Buckets are placed at 16 bytes: a key or value type aligned above that is refused by
     /// `new` and every operation.
     fn aligned() -> Result<()> {
-        let align = std::mem::align_of::<K>().max(std::mem::align_of::<V>()) as u64;
-        if align > 16 {
-            return Err(Error::UnsupportedAlignment {
-                align,
-                max: 16.min(ALIGN_MAX),
-            });
-        }
-        Ok(())
+        super::aligned_at_most::<K, V>(16.min(ALIGN_MAX))
     }
 }
 
@@ -545,17 +538,8 @@ where
     /// otherwise have a split or merge write bucket pointers into that object (found by
     /// review).
     fn dir_writable(tx: &mut Tx<'_>, h: &PHashMap<K, V>, g: &Geo) -> Result<Writable> {
-        tx.writable_block(h.dir, Self::dir_words(g, h.depth) * 8, 8)
-            .map_err(|e| match e {
-                Error::NotAllocated { .. } => corrupt(
-                    h.dir,
-                    format!(
-                        "PHashMap directory {:#x} is not an allocation of its own",
-                        h.dir
-                    ),
-                ),
-                e => e,
-            })
+        let len = Self::dir_words(g, h.depth) * 8;
+        super::own_block_writable(tx, (h.dir, len, 8), h.dir, || "PHashMap directory".into())
     }
 
     fn fp_at<W: View>(g: &Geo, view: &W, b: u64, i: u64) -> Result<u8> {

@@ -308,6 +308,34 @@ fn own_error<H>(h: PPtr<H>, e: Error) -> Error {
     )
 }
 
+/// `Tx::writable_block` for a collection's own block (a buffer, a directory): `[at, at + len)`
+/// must be an allocation of its own; a `NotAllocated` refusal is damage, `Corrupt` at `name_at`
+/// (the header or the block that names it) saying `what`.
+fn own_block_writable(
+    tx: &mut Tx<'_>,
+    (at, len, align): (u64, u64, u64),
+    name_at: u64,
+    what: impl FnOnce() -> String,
+) -> Result<crate::tx::Writable> {
+    tx.writable_block(at, len, align).map_err(|e| match e {
+        Error::NotAllocated { .. } => corrupt(
+            name_at,
+            format!("{} {at:#x} is not an allocation of its own", what()),
+        ),
+        e => e,
+    })
+}
+
+/// A map's key and value types aligned at most `max` (where its nodes or buckets place them),
+/// else `UnsupportedAlignment`.
+fn aligned_at_most<K, V>(max: u64) -> Result<()> {
+    let align = std::mem::align_of::<K>().max(std::mem::align_of::<V>()) as u64;
+    if align > max {
+        return Err(Error::UnsupportedAlignment { align, max });
+    }
+    Ok(())
+}
+
 fn corrupt(offset: u64, what: impl Into<String>) -> Error {
     Error::Corrupt {
         offset,

@@ -222,11 +222,10 @@ impl<T: Element> PPtr<PVec<T>> {
     /// The buffer (non-empty, of a sized type) checked writable as an allocation of its own.
     fn buffer_writable(self, tx: &mut Tx<'_>, h: &PVec<T>) -> Result<Writable> {
         let size = std::mem::size_of::<T>() as u64;
-        tx.writable_block(h.buf, h.cap * size, std::mem::align_of::<T>() as u64)
-            .map_err(|e| match e {
-                Error::NotAllocated { .. } => Self::not_own(self.offset(), h),
-                e => e,
-            })
+        let block = (h.buf, h.cap * size, std::mem::align_of::<T>() as u64);
+        super::own_block_writable(tx, block, self.offset(), || {
+            format!("PVec buffer of capacity {}", h.cap)
+        })
     }
 
     fn header<V: View>(self, view: &V) -> Result<PVec<T>> {
