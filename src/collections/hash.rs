@@ -1402,7 +1402,7 @@ where
     /// with the prefix of its place; every fingerprint its key's and every key hashing into its
     /// bucket; every entry reachable from its
     /// ideal slot without crossing an empty one; no key twice; the bucket and entry counts. The
-    /// first violation is [`Error::Corrupt`] naming where.
+    /// first violation is [`Error::Corrupt`](crate::Error::Corrupt) naming where.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
