@@ -137,34 +137,53 @@ fn a_panic_inside_a_flush_poisons() {
 }
 
 /// A commit with in-place bytes first writes the frames readers held back into the file
-/// (`quiet_for_in_place`), before its own frame: a panic there must poison too. A reader
-/// thread pinning in a loop makes that write take the piece-by-piece path with the failpoint
-/// some of the time, so the test runs until it has seen panics (each one must poison).
+/// (`quiet_for_in_place`), before its own frame: a panic there must poison too. The write takes
+/// the piece-by-piece path (with the failpoint) when a reader is pinned as it starts, so two
+/// reader threads pin in relay: each lets go of its pin only once the other has pinned again
+/// after it, so that from their start to `stop` one of them is always pinned. (An earlier
+/// version had one thread pin and unpin in a loop and counted on timing: it saw the failpoint
+/// in every run here and in none of 60 on a CI machine.)
 #[test]
 fn a_panic_while_an_in_place_commit_writes_held_back_frames_poisons() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let (mut runs, mut panics) = (0, 0);
-    while panics < 10 && runs < 60 {
-        runs += 1;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    for run in 0..5 {
         let (_d, path) = tmp("in_place.heap");
         let heap = Heap::create(&path, small(Durability::Full)).unwrap();
         let p = heap.transaction(|tx| tx.alloc(1u64)).unwrap();
-        let (h, stop) = (&heap, AtomicBool::new(false));
+        let (h, stop, pins) = (&heap, AtomicBool::new(false), AtomicU64::new(0));
         std::thread::scope(|s| {
             let (go_tx, first) = pinned_reader(s, h, p);
             heap.transaction(|tx| tx.set(p, 2)).unwrap(); // held back by `first`
             go_tx.send(()).unwrap();
             assert_eq!(first.join().unwrap().unwrap(), 1);
-            let stop = &stop;
-            let spin = s.spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = h.read(|r| {
-                        std::hint::black_box(*r.get(p)?);
-                        std::thread::yield_now();
-                        Ok(())
-                    });
-                }
-            });
+            let (stop, pins) = (&stop, &pins);
+            let relay: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(move || {
+                        while !stop.load(Ordering::SeqCst) {
+                            let r = h.read(|r| {
+                                std::hint::black_box(*r.get(p)?);
+                                let mine = pins.fetch_add(1, Ordering::SeqCst) + 1;
+                                while pins.load(Ordering::SeqCst) == mine
+                                    && !stop.load(Ordering::SeqCst)
+                                {
+                                    std::thread::yield_now();
+                                }
+                                Ok(())
+                            });
+                            match r {
+                                Ok(()) => {}
+                                // (Once the commit panicked: no reader starts on that state.)
+                                Err(Error::Poisoned { .. }) => break,
+                                Err(e) => panic!("a reader failed: {e}"),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            while pins.load(Ordering::SeqCst) < 2 {
+                std::thread::yield_now(); // both readers have pinned once
+            }
             let panicked = panics_at("commit.mid_apply", || {
                 heap.transaction(|tx| {
                     let c = tx.alloc_slice_zeroed::<u8>(2 << 20)?;
@@ -172,20 +191,18 @@ fn a_panic_while_an_in_place_commit_writes_held_back_frames_poisons() {
                     Ok(c)
                 })
             });
-            stop.store(true, Ordering::Relaxed);
-            spin.join().unwrap();
-            if panicked {
-                panics += 1;
-                let r = heap.transaction(|tx| tx.set(p, 3));
-                assert!(
-                    heap.is_poisoned() && matches!(r, Err(Error::Poisoned { .. })),
-                    "run {runs}: a panic left the handle usable; the next commit: {r:?}"
-                );
+            stop.store(true, Ordering::SeqCst);
+            for r in relay {
+                r.join().unwrap();
             }
+            assert!(panicked, "run {run}: the failpoint did not panic");
+            let r = heap.transaction(|tx| tx.set(p, 3));
+            assert!(
+                heap.is_poisoned() && matches!(r, Err(Error::Poisoned { .. })),
+                "run {run}: a panic left the handle usable; the next commit: {r:?}"
+            );
         });
     }
-    eprintln!("{panics} panics in {runs} runs, each poisoned the handle");
-    assert!(panics > 0, "the failpoint never panicked in {runs} runs");
 }
 
 /// The guard poisons only for a panic that began inside the work it guards: a flush or a
