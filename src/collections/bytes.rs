@@ -1,7 +1,7 @@
 //! `PBytes` and `PString`: variable-length byte and UTF-8 values in their own allocation.
 
 use super::{corrupt, Element, View};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pptr::PSlice;
 use crate::stored::{Field, Stored};
 use crate::tx::Tx;
@@ -47,7 +47,9 @@ impl PBytes {
         })
     }
 
-    /// The bytes, read through any [`View`] (no copy).
+    /// The bytes, read through any [`View`] (no copy). A handle that names bytes outside the
+    /// heap, or at offset 0 with a length (only a damaged file, or a handle of another heap,
+    /// holds one: `new` makes every handle) is [`crate::Error::Corrupt`], naming it.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -56,7 +58,20 @@ impl PBytes {
     /// # Ok::<(), txheap::Error>(())
     /// ```
     pub fn bytes<V: View>(self, view: &V) -> Result<&[u8]> {
-        view.slice(self.slice)
+        // (A `PBytes` element handed out by `PVec::get` is read here by the caller: its
+        // damaged length read as a caller's `OutOfBounds`, found by the damage sweep.)
+        view.slice(self.slice).map_err(|e| match e {
+            Error::OutOfBounds { .. } | Error::SliceRange { .. } | Error::NullPointer => corrupt(
+                self.slice.offset(),
+                format!(
+                    "a byte string's handle (offset {:#x}, length {}) names no bytes of the \
+                     heap: {e}",
+                    self.slice.offset(),
+                    self.slice.len()
+                ),
+            ),
+            e => e,
+        })
     }
 
     /// Length in bytes.

@@ -145,13 +145,16 @@ impl<T: Stored> PVec<T> {
         // The buffer must end below 2^64: element offsets are computed before any checked
         // read (a review found a buffer near 2^64 panicking `pop` and answering `get` of an
         // index inside the length with `None`).
+        let end = h.cap.checked_mul(size).and_then(|b| h.buf.checked_add(b));
+        // Nor overlap the header itself (a buffer offset damaged to name the header's own
+        // words was realloc'd and freed as a caller's `InvalidFree`: the damage sweep).
+        let header_end = at.saturating_add(std::mem::size_of::<Self>() as u64);
         if h.len > h.cap
             || (h.cap > 0 && h.buf == 0)
-            || (size > 0
-                && h.cap
-                    .checked_mul(size)
-                    .and_then(|b| h.buf.checked_add(b))
-                    .is_none())
+            || (size > 0 && end.is_none())
+            || (h.cap > 0
+                && h.buf < header_end
+                && at < end.unwrap_or(u64::MAX).max(h.buf.saturating_add(1)))
         {
             return Err(corrupt(
                 at,

@@ -412,3 +412,72 @@ fn collection_pointer_into_another_object_is_corrupt_not_not_allocated() {
     assert!(is_corrupt(&ins), "hash insert: {ins:?}");
     assert!(is_corrupt(&bins), "btree insert: {bins:?}");
 }
+
+/// Case 11 (the damage sweep, `random_damage.rs`): a PVec's buffer offset damaged to name the
+/// header's own words (its start, or 8 past it): `extend_from_slice`, `shrink_to_fit`, `push`
+/// and `destroy` reallocated or freed the header's block as the buffer and answered a caller's
+/// `InvalidFree` ("realloc of a pointer that is not the start of a live allocation").
+#[test]
+fn pvec_buffer_naming_its_own_header_is_corrupt_not_invalid_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("h.heap"), opts()).unwrap();
+    let v = vec_of(&heap, 300);
+    let buf = word(&heap, v.offset());
+    for plus in [0, 8] {
+        poke(&heap, v.offset(), v.offset() + plus);
+        let e = heap.transaction(|tx| v.extend_from_slice(tx, &[1; 700]));
+        let s = heap.transaction(|tx| v.shrink_to_fit(tx));
+        let p = heap.transaction(|tx| v.push(tx, 1));
+        let d = heap.transaction(|tx| v.destroy(tx));
+        let g = heap.read(|r| v.get(r, 0));
+        eprintln!("+{plus}: extend {e:?}\nshrink {s:?}\npush {p:?}\ndestroy {d:?}\nget {g:?}");
+        for (what, r) in [
+            ("extend", &e),
+            ("shrink_to_fit", &s),
+            ("push", &p),
+            ("destroy", &d),
+        ] {
+            assert!(is_corrupt(r), "+{plus}: {what}: {r:?}");
+        }
+        assert!(is_corrupt(&g), "+{plus}: get: {g:?}");
+    }
+    poke(&heap, v.offset(), buf);
+    heap.read(|r| v.check(r)).unwrap();
+}
+
+/// Case 12 (the damage sweep): a `PBytes` element of a `PVec` whose length or offset is
+/// damaged: `get` hands out the handle, and reading its bytes answered `OutOfBounds`
+/// ("pointer ... is outside the heap") or `NullPointer`, a caller's mistake; it is damage.
+#[test]
+fn pbytes_handle_with_a_damaged_length_is_corrupt_not_out_of_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("b.heap"), opts()).unwrap();
+    let v = heap
+        .transaction(|tx| {
+            let v = PVec::<PBytes>::new(tx)?;
+            let b = PBytes::new(tx, b"element")?;
+            v.push(tx, b)?;
+            Ok(v)
+        })
+        .unwrap();
+    let buf = word(&heap, v.offset());
+    let at = word(&heap, buf);
+    // The handle is (offset, length): a damaged length, then a zeroed offset.
+    for (off, len) in [(at, u64::MAX), (at, 1 << 40), (0, 7)] {
+        poke(&heap, buf, off);
+        poke(&heap, buf + 8, len);
+        let r = heap.read(|r| Ok(v.get(r, 0)?.unwrap().bytes(r)?.len()));
+        eprintln!("offset {off:#x} length {len:#x}: {r:?}");
+        assert!(is_corrupt(&r), "offset {off:#x} length {len:#x}: {r:?}");
+    }
+    poke(&heap, buf, at);
+    poke(&heap, buf + 8, 7);
+    assert_eq!(
+        heap.read(|r| Ok(v.get(r, 0)?.unwrap().bytes(r)?.to_vec()))
+            .unwrap(),
+        b"element"
+    );
+    // An empty byte string is the handle (0, 0), and reads as empty.
+    let e = heap.transaction(|tx| PBytes::new(tx, b"")).unwrap();
+    assert_eq!(heap.read(|r| Ok(e.bytes(r)?.len())).unwrap(), 0);
+}

@@ -5,3 +5,4 @@ mod check_catches;
 mod damage_is_corrupt;
 mod damaged_collections;
 mod own_errors;
+mod random_damage;
