@@ -25,6 +25,39 @@ use txheap::{Error, Heap, Options, Stats};
 /// The version of the `--json` documents' schema (docs/CLI.md); every document carries it.
 const SCHEMA: u32 = 1;
 
+/// The first error writing standard output (a full disk, `> /dev/full`), kept so that the
+/// command ends with exit 8 and says so. `println!` panics on such an error (exit 101, which is
+/// none of the documented codes, and for `check` hid its verdict: found by review).
+static OUTPUT_ERROR: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mutex::new(None);
+
+/// `println!` that records a write error instead of panicking (see [`OUTPUT_ERROR`]); once
+/// one write failed, the rest are skipped.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_line(format_args!($($arg)*))
+    };
+}
+
+fn write_line(args: std::fmt::Arguments<'_>) {
+    let mut failed = OUTPUT_ERROR.lock().unwrap_or_else(|p| p.into_inner());
+    if failed.is_none() {
+        if let Err(e) = writeln!(std::io::stdout().lock(), "{args}") {
+            *failed = Some(e);
+        }
+    }
+}
+
+/// Flush standard output; the first write error of the run, if any.
+fn output_error() -> Option<std::io::Error> {
+    let mut failed = OUTPUT_ERROR.lock().unwrap_or_else(|p| p.into_inner());
+    if failed.is_none() {
+        if let Err(e) = std::io::stdout().flush() {
+            *failed = Some(e);
+        }
+    }
+    failed.take()
+}
+
 #[derive(Parser)]
 #[command(
     name = "txheap",
@@ -174,7 +207,7 @@ fn failure(file: &Path, e: Error) -> Failure {
 }
 
 fn print_json(v: &Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(v).expect("a JSON value always serialises")
     );
@@ -234,12 +267,13 @@ fn fragmentation(used: u64, free: u64) -> f64 {
 }
 
 fn print_info(file: &Path, s: &Stats) {
-    println!("file            {}", file.display());
-    println!(
+    outln!("file            {}", file.display());
+    outln!(
         "file length     {} bytes (max_size {})",
-        s.file_len, s.max_size
+        s.file_len,
+        s.max_size
     );
-    println!(
+    outln!(
         "filesystem      {}{}",
         s.filesystem,
         if s.volatile_storage {
@@ -249,19 +283,25 @@ fn print_info(file: &Path, s: &Stats) {
         }
     );
     if let Some(damage) = &s.superblock_damage {
-        println!("WARNING         damaged superblock ({damage}); the other slot was used");
+        outln!("WARNING         damaged superblock ({damage}); the other slot was used");
     }
-    println!(
+    outln!(
         "superblock      seq {}, log generation {}, next txid {}",
-        s.superblock_seq, s.log_generation, s.next_txid
+        s.superblock_seq,
+        s.log_generation,
+        s.next_txid
     );
-    println!(
+    outln!(
         "log             {} of {} bytes hold committed frames not yet checkpointed",
-        s.log_used, s.log_size
+        s.log_used,
+        s.log_size
     );
-    println!(
+    outln!(
         "heap            {} bytes in chunks: {} used, {} free, largest free extent {}",
-        s.heap_bytes, s.used_bytes, s.free_bytes, s.largest_free_extent
+        s.heap_bytes,
+        s.used_bytes,
+        s.free_bytes,
+        s.largest_free_extent
     );
 }
 
@@ -278,13 +318,13 @@ fn info(file: &Path, json: bool, classes: bool) -> Result<u8, Failure> {
     }
     print_info(file, &s);
     if let Some(txid) = live {
-        println!("live            a writer holds the file: figures as of transaction {txid}");
+        outln!("live            a writer holds the file: figures as of transaction {txid}");
     }
     let list: Vec<_> = s.classes.iter().filter(|c| c.runs > 0).collect();
     if classes {
-        println!("size classes    block   runs       used       free  fragmentation");
+        outln!("size classes    block   runs       used       free  fragmentation");
         for c in list {
-            println!(
+            outln!(
                 "                {:>5} {:>6} {:>10} {:>10}  {:>12.1}%",
                 c.block_size,
                 c.runs,
@@ -294,11 +334,14 @@ fn info(file: &Path, json: bool, classes: bool) -> Result<u8, Failure> {
             );
         }
     } else if !list.is_empty() {
-        println!("size classes    block  runs  used  free");
+        outln!("size classes    block  runs  used  free");
         for c in list {
-            println!(
+            outln!(
                 "                {:>5} {:>5} {:>5} {:>5}",
-                c.block_size, c.runs, c.used_blocks, c.free_blocks
+                c.block_size,
+                c.runs,
+                c.used_blocks,
+                c.free_blocks
             );
         }
     }
@@ -426,7 +469,7 @@ fn dump_log(file: &Path, json: bool, ranges: bool) -> Result<u8, Failure> {
         print_json(&log_json(file, &log, ranges));
         return Ok(0);
     }
-    println!(
+    outln!(
         "superblock seq {} (offset {}), generation {}, log at {} ({} bytes), first txid {}",
         log.superblock_seq,
         log.superblock_offset,
@@ -436,7 +479,7 @@ fn dump_log(file: &Path, json: bool, ranges: bool) -> Result<u8, Failure> {
         log.first_txid
     );
     if let Some(txid) = log.live {
-        println!(
+        outln!(
             "live: a writer holds the file; its log as of transaction {txid}, read from a copy \
              of its metadata (these frames are the writer's, not yet checkpointed)"
         );
@@ -453,7 +496,7 @@ fn dump_log(file: &Path, json: bool, ranges: bool) -> Result<u8, Failure> {
         } else {
             String::new()
         };
-        println!(
+        outln!(
             "frame txid {} at {}: {} bytes, durable_txid {}, {} ranges ({} bytes){extra}",
             f.txid,
             f.offset,
@@ -464,11 +507,11 @@ fn dump_log(file: &Path, json: bool, ranges: bool) -> Result<u8, Failure> {
         );
         if ranges {
             for (o, l) in &f.ranges {
-                println!("    {o:>14} +{l}");
+                outln!("    {o:>14} +{l}");
             }
         }
     }
-    println!(
+    outln!(
         "{} committed frame(s); the log {}",
         log.frames.len(),
         end_text(&log.end)
@@ -571,7 +614,7 @@ fn check(file: &Path, json: bool, progress: ProgressMode) -> Result<u8, Failure>
         print_json(&check_json(&report));
     } else {
         for f in &report.findings {
-            println!("{}: {f}", file.display());
+            outln!("{}: {f}", file.display());
         }
         let what = report.stats.as_ref().map_or(String::new(), |s| {
             format!(
@@ -583,13 +626,13 @@ fn check(file: &Path, json: bool, progress: ProgressMode) -> Result<u8, Failure>
             )
         });
         if let Some(txid) = report.live {
-            println!(
+            outln!(
                 "{}: live: a writer holds the file; checked a copy of its metadata as of \
                  transaction {txid}",
                 file.display()
             );
         }
-        println!("{}: {}{what}", file.display(), report.verdict.name());
+        outln!("{}: {}{what}", file.display(), report.verdict.name());
     }
     Ok(report.verdict.exit_code())
 }
@@ -605,7 +648,7 @@ fn copy(src: &Path, dst: &Path, compact: bool) -> Result<u8, Failure> {
         heap.backup_to(dst)
     }
     .map_err(|e| failure(dst, e))?;
-    println!(
+    outln!(
         "{} -> {}: transaction {}, {} chunks, {} bytes ({} bytes of heap written{})",
         src.display(),
         dst.display(),
@@ -633,7 +676,7 @@ fn compact(file: &Path, wait: Duration) -> Result<u8, Failure> {
     heap.stats().map_err(|e| failure(file, e))?;
     let r = heap.compact().map_err(|e| failure(file, e))?;
     heap.close().map_err(|e| failure(file, e))?;
-    println!(
+    outln!(
         "{}: {} bytes punched, {} chunks cut; length {} -> {}, disk blocks {} -> {} bytes",
         file.display(),
         r.punched_bytes,
@@ -654,14 +697,14 @@ fn recover(file: &Path, salvage: bool, wait: Duration) -> Result<u8, Failure> {
     heap.checkpoint().map_err(|e| failure(file, e))?;
     let s = heap.stats().map_err(|e| failure(file, e))?;
     heap.close().map_err(|e| failure(file, e))?;
-    println!(
+    outln!(
         "{}: recovered; superblock seq {}, next txid {}",
         file.display(),
         s.superblock_seq,
         s.next_txid
     );
     if let Some((first, last)) = s.salvaged {
-        println!(
+        outln!(
             "{}: salvaged: a damaged log frame cut off transactions {first}..={last} ({} dropped)",
             file.display(),
             last - first + 1
@@ -714,25 +757,25 @@ fn recover_dry_run(file: &Path, json: bool) -> Result<u8, Failure> {
         }));
     } else {
         match (first, last) {
-            (Some(a), Some(b)) => println!(
+            (Some(a), Some(b)) => outln!(
                 "{}: would replay {} committed frame(s), transactions {a}..={b} ({range_bytes} \
                  bytes of ranges)",
                 file.display(),
                 frames.len(),
             ),
-            _ => println!("{}: nothing to replay", file.display()),
+            _ => outln!("{}: nothing to replay", file.display()),
         }
         if let Some(end) = end {
-            println!("{}: the log {}", file.display(), end_text(end));
+            outln!("{}: the log {}", file.display(), end_text(end));
         }
         match refusal {
-            Some(_) if log_damaged => println!(
+            Some(_) if log_damaged => outln!(
                 "{}: recover would refuse the file (damaged durable frame); `recover --salvage` \
                  would keep the {} committed frame(s) before it and drop the rest",
                 file.display(),
                 frames.len()
             ),
-            Some(f) => println!(
+            Some(f) => outln!(
                 "{}: recover would refuse the file: {}{}",
                 file.display(),
                 f.what,
@@ -763,6 +806,23 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // What a failed write of the report says: the file it was about, and for a command that
+    // changed a file, that the change itself is done.
+    let (about, done) = match &cli.command {
+        Command::Info { file, .. }
+        | Command::Stats { file, .. }
+        | Command::Check { file, .. }
+        | Command::Blocks { file, .. }
+        | Command::DumpLog { file, .. }
+        | Command::Recover {
+            file,
+            dry_run: true,
+            ..
+        } => (file.clone(), ""),
+        Command::Copy { dst, .. } => (dst.clone(), " (the copy itself is complete)"),
+        Command::Compact { file, .. } => (file.clone(), " (the compaction itself is complete)"),
+        Command::Recover { file, .. } => (file.clone(), " (the recovery itself is complete)"),
+    };
     let result = match cli.command {
         Command::Info { file, json } => info(&file, json, false),
         Command::Stats { file, json } => info(&file, json, true),
@@ -787,6 +847,13 @@ fn main() -> ExitCode {
             wait,
             ..
         } => recover(&file, salvage, wait),
+    };
+    let result = match (result, output_error()) {
+        (Ok(_), Some(e)) => Err(Failure(
+            8,
+            format!("{}: writing the output: {e}{done}", about.display()),
+        )),
+        (result, _) => result,
     };
     match result {
         Ok(code) => ExitCode::from(code),
