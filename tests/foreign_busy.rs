@@ -77,8 +77,10 @@ fn sixteen_live_readers_do_not_starve_the_writer() {
             .unwrap();
         (commit_max, read_max)
     });
+    // (5 s: the starvation took 7.7 s and more; 2 s, the bound before, was a few loaded-disk
+    // barriers away from a false failure, a review judged.)
     assert!(
-        commit_max < Duration::from_secs(2) && read_max < Duration::from_secs(2),
+        commit_max < Duration::from_secs(5) && read_max < Duration::from_secs(5),
         "an in-place commit took {commit_max:?}, a live read {read_max:?}"
     );
 }

@@ -150,49 +150,56 @@ fn a_lone_thread_after_a_crowd_pays_one_barrier_per_commit() {
 
 /// The flusher waits for threads in transactions only briefly: a commit that shares a barrier
 /// while another thread runs a long transaction body is acknowledged long before that body
-/// ends (a flusher that waited for every thread inside would hold it for the whole body).
+/// ends (a flusher that waited for every thread inside would hold it for the whole body). A's
+/// body waits for B's acknowledgement (up to 30 s): an order, not a time. (The test asserted
+/// B's acknowledgement under 400 ms, 100 ms of its body and a barrier: about 2x a barrier
+/// under a loaded disk, a review found.)
 #[test]
 fn a_long_transaction_body_does_not_hold_back_a_shared_commit() {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let (_dir, _, heap) = new_heap();
     let before = barriers(&heap);
-    let body = std::time::Duration::from_millis(600);
     let (in_b, a_queued) = (Barrier::new(2), Barrier::new(2));
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel::<()>();
+    let acked_rx = std::sync::Mutex::new(acked_rx);
+    let seen_in_body = AtomicBool::new(false);
     let acked_after = std::thread::scope(|s| {
-        // A: queued for the writer lock while B commits, then a long body.
+        // A: queued for the writer lock while B commits, then a body that ends once B is
+        // acknowledged (or after 30 s).
         let a = s.spawn(|| {
             in_b.wait();
             a_queued.wait();
             heap.transaction(|tx| {
-                std::thread::sleep(body);
+                let rx = acked_rx.lock().unwrap();
+                let acked = rx.recv_timeout(std::time::Duration::from_secs(30)).is_ok();
+                seen_in_body.store(acked, Ordering::SeqCst);
                 bump(tx, 0)
             })
             .unwrap();
         });
-        // B: commits while A waits for the writer lock (so B shares a barrier), and times its
-        // acknowledgement.
+        // B: commits while A waits for the writer lock (so B shares a barrier).
         let t0 = std::time::Instant::now();
         heap.transaction(|tx| {
             in_b.wait();
             a_queued.wait();
-            // Give A time to enter its transaction and queue for the writer lock.
+            // Give A time to enter its transaction and queue for the writer lock (the
+            // sharing's coverage, not the check's correctness).
             std::thread::sleep(std::time::Duration::from_millis(100));
             bump(tx, 1)
         })
         .unwrap();
         let acked = t0.elapsed();
+        acked_tx.send(()).unwrap();
         a.join().unwrap();
         acked
     });
-    println!("B acknowledged after {acked_after:?}; A's body {body:?}");
+    println!("B acknowledged after {acked_after:?}");
     assert!(barriers(&heap) - before >= 1);
-    if timing_checks() {
-        // 100 ms of B's own body, then the barrier: far below the 700 ms it would take if the
-        // flusher waited for A's body to end.
-        assert!(
-            acked_after < std::time::Duration::from_millis(400),
-            "B's shared commit waited {acked_after:?} for A's body"
-        );
-    }
+    assert!(
+        seen_in_body.load(Ordering::SeqCst),
+        "B's shared commit was acknowledged only after A's body had given up waiting for it \
+         ({acked_after:?})"
+    );
 }
 
 /// A lone thread keeps its own barrier per commit (no waiting for company).
