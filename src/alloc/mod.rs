@@ -680,7 +680,7 @@ impl Allocator {
     fn grow(&mut self, mem: &mut dyn TxMem, n: u32) -> Result<()> {
         let max_size = mem.max_size();
         let max = (max_size.saturating_sub(self.chunk_area) / CHUNK_SIZE).min(u32::MAX as u64);
-        let out_of_space = Error::OutOfSpace {
+        let out_of_space = || Error::OutOfSpace {
             requested: n as u64 * CHUNK_SIZE,
             max_size,
         };
@@ -699,13 +699,20 @@ impl Allocator {
                 start + n <= zone_end.min(max) || zone_end + 1 + n <= max
             };
             if !fits {
-                return Err(out_of_space);
+                return Err(out_of_space());
+            }
+            // And get the disk's blocks for the whole growth before any change: a full disk
+            // met by a later step (the next zone's table chunk, after this zone's tail was
+            // extended) left a transaction that could no longer commit (found by review).
+            let end = self.grow_end(n, max).ok_or_else(out_of_space)?;
+            if end > cc {
+                mem.ensure_chunks(cc, end)?;
             }
         }
         while self.free_by_len.range((n, 0)..).next().is_none() {
             let cc = self.chunk_count;
             if cc >= max {
-                return Err(out_of_space);
+                return Err(out_of_space());
             }
             if cc % ZONE_CHUNKS == 0 {
                 mem.ensure_chunks(cc, cc + 1)?;
@@ -721,11 +728,40 @@ impl Allocator {
                 .max(start + n as u64);
             let new_cc = step.min(zone_end).min(max);
             if new_cc < start + n as u64 && new_cc < zone_end {
-                return Err(out_of_space);
+                return Err(out_of_space());
             }
             self.extend_free_tail(mem, new_cc)?;
         }
         Ok(())
+    }
+
+    /// The chunk count that [`Self::grow`]'s steps reach for a free extent of `n` chunks at the
+    /// heap's end (no free extent of `n` chunks exists), or `None` where they fail: the same
+    /// steps, on the chunk count and the free tail's start alone.
+    fn grow_end(&self, n: u64, max: u64) -> Option<u64> {
+        let mut cc = self.chunk_count;
+        let mut start = self.free_tail().map_or(cc, |t| t.0 as u64);
+        loop {
+            if cc >= max {
+                return None;
+            }
+            if cc % ZONE_CHUNKS == 0 {
+                cc += 1; // the zone's table chunk
+                start = cc;
+                continue;
+            }
+            let zone_end = (cc / ZONE_CHUNKS + 1) * ZONE_CHUNKS;
+            let step =
+                (cc + (cc / GROW_FRACTION).clamp(GROW_CHUNKS_MIN, GROW_CHUNKS_MAX)).max(start + n);
+            let new_cc = step.min(zone_end).min(max);
+            if new_cc < start + n && new_cc < zone_end {
+                return None;
+            }
+            cc = new_cc;
+            if cc - start >= n {
+                return Some(cc);
+            }
+        }
     }
 
     /// Raise the chunk count to `new_cc` (inside the current zone), the new chunks joining
@@ -1280,6 +1316,8 @@ mod tests {
         pages: RefCell<HashMap<u64, Box<[u8; 4096]>>>,
         max_size: u64,
         len: u64,
+        /// A full disk: the file cannot get blocks past this length (ENOSPC).
+        disk: u64,
     }
 
     impl SparseMem {
@@ -1307,7 +1345,12 @@ mod tests {
             Ok(())
         }
         fn ensure_chunks(&mut self, _from: u64, chunk_count: u64) -> Result<()> {
-            self.len = self.len.max(AREA + chunk_count * CHUNK_SIZE);
+            let need = AREA + chunk_count * CHUNK_SIZE;
+            if need > self.disk {
+                let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+                return Err(Error::io("grow file (posix_fallocate)", need, full));
+            }
+            self.len = self.len.max(need);
             Ok(())
         }
         fn max_size(&self) -> u64 {
@@ -1327,6 +1370,7 @@ mod tests {
             pages: RefCell::new(HashMap::new()),
             max_size: max,
             len: AREA,
+            disk: u64::MAX,
         };
         let mut a = Allocator::empty(AREA, 0);
         a.alloc(&mut mem, (ZONE_CHUNKS - 11) * CHUNK_SIZE, 8)
@@ -1343,6 +1387,43 @@ mod tests {
         a.check_invariants();
     }
 
+    /// A full disk met by a growth that crosses into the next zone (this zone's tail, then
+    /// the next zone's table chunk, then its first extent) is refused before the allocator
+    /// changes: the disk's blocks for the whole growth are taken first. (A review, on a full
+    /// ext4, found the tail extended and the table added before the new zone's extent met
+    /// ENOSPC: the transaction could no longer commit.)
+    #[test]
+    fn a_full_disk_at_a_zone_crossing_changes_nothing() {
+        let mut mem = SparseMem {
+            pages: RefCell::new(HashMap::new()),
+            max_size: AREA + (ZONE_CHUNKS + 1000) * CHUNK_SIZE,
+            len: AREA,
+            // Room for this zone's tail and the next zone's table chunk, not for 200 chunks.
+            disk: AREA + (ZONE_CHUNKS + 10) * CHUNK_SIZE,
+        };
+        let mut a = Allocator::empty(AREA, 0);
+        a.alloc(&mut mem, (ZONE_CHUNKS - 11) * CHUNK_SIZE, 8)
+            .unwrap();
+        a.prepare_commit(&mut mem).unwrap();
+        a.commit();
+        let (journal, chunks) = (a.journal_len(), a.chunk_count);
+        let r = a.alloc(&mut mem, 200 * CHUNK_SIZE, 8);
+        assert!(
+            matches!(&r, Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC)),
+            "{r:?}"
+        );
+        assert_eq!(
+            (a.journal_len(), a.chunk_count),
+            (journal, chunks),
+            "the allocator changed before the full disk refused the growth"
+        );
+        // What the disk holds is still given.
+        mem.disk = u64::MAX;
+        a.alloc(&mut mem, 200 * CHUNK_SIZE, 8).unwrap();
+        assert!(a.chunk_count > ZONE_CHUNKS);
+        a.check_invariants();
+    }
+
     #[test]
     fn objects_across_zones_rebuild_to_the_same_state() {
         // 40 GiB of address space, sparse: zones of 4 GiB each get their table chunk.
@@ -1350,6 +1431,7 @@ mod tests {
             pages: RefCell::new(HashMap::new()),
             max_size: AREA + (40 << 30),
             len: AREA,
+            disk: u64::MAX,
         };
         let mut a = Allocator::empty(AREA, 0);
         let mut objs = Vec::new();
