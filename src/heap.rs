@@ -140,8 +140,15 @@ impl Heap {
     /// ```
     pub fn open_or_create(path: impl AsRef<Path>, options: Options) -> Result<Heap> {
         let path = path.as_ref();
-        match Self::create(path, options.clone()) {
-            Err(Error::AlreadyExists { .. }) => Self::open(path, options),
+        // Open first: an existing heap is opened under `open`'s rules for the options, not
+        // refused by `create`'s (a review found a `max_size` that `open` accepts refused as
+        // too small for a new heap's default log). A file made meanwhile by another process
+        // is opened after all.
+        match Self::open(path, options.clone()) {
+            Err(Error::NotFound { .. }) => match Self::create(path, options.clone()) {
+                Err(Error::AlreadyExists { .. }) => Self::open(path, options),
+                other => other,
+            },
             other => other,
         }
     }

@@ -203,6 +203,28 @@ fn new_storage(file: &Arc<File>, options: &Options, window: u64) -> Result<FileS
     storage_with(file, options, window, store)
 }
 
+/// A storage handle that replaces `old` for the rest of an open (recovery's, then the
+/// writer's): under `test-hooks` it shares `old`'s hooks, so that `Options::faults` counts
+/// every call of the handle from its first on, as documented (a plan given fresh to each
+/// storage restarted its count after recovery's barrier: found by review).
+fn replacing(
+    old: &FileStorage,
+    file: &Arc<File>,
+    options: &Options,
+    window: u64,
+    store: bool,
+) -> Result<FileStorage> {
+    #[allow(unused_mut)]
+    let mut st = storage_with(file, options, window, store)?;
+    #[cfg(feature = "test-hooks")]
+    {
+        st.hooks = old.hooks.clone();
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    let _ = old;
+    Ok(st)
+}
+
 /// [`new_storage`], saying whether writes inside the window go through it (`store`: the
 /// writer under `None`) or only its range barriers do.
 fn storage_with(
@@ -331,7 +353,10 @@ fn build_new(path: &Path, file: File, options: &Options) -> Result<Opened> {
     let zeros = vec![0u8; (HEAP_META_LEN - HEAP_HEADER_LEN) as usize];
     st.write_at(geo.heap_offset + HEAP_HEADER_LEN, &zeros)
         .map_err(|e| Error::io("write root area", geo.heap_offset, e))?;
-    let len = options.initial_size.max(geo.chunk_area);
+    let len = options
+        .initial_size
+        .min(options.max_size)
+        .max(geo.chunk_area);
     st.grow(len)
         .map_err(|e| Error::io("preallocate (posix_fallocate)", geo.chunk_area, e))?;
     st.barrier_all()
@@ -532,7 +557,8 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         let log = log.sb.log_offset();
         crate::platform::preallocate(&file, log, geo.heap_offset - log)
             .map_err(|e| Error::io("allocate the log's blocks (posix_fallocate)", log, e))?;
-        new_storage(&file, options, geo.heap_offset)?
+        let store = options.durability == Durability::None;
+        replacing(&storage, &file, options, geo.heap_offset, store)?
     };
     let mut writer = Writer::new(
         storage,
@@ -673,7 +699,7 @@ fn recover_writable(
     // making it writes nothing). Without it that barrier was an `fdatasync` of the whole file,
     // which also wrote back a killed writer's dirty heap pages, pages that replay dirties again
     // and the next checkpoint writes a second time.
-    *storage = storage_with(file, options, sb0.heap_offset(), false)?;
+    *storage = replacing(storage, file, options, sb0.heap_offset(), false)?;
     // The sizes given to open: applied below, or refused here, before anything is written.
     let len0 = stat(storage)?;
     let max_size = options.max_size_for_open(&sb0, len0)?;

@@ -141,8 +141,9 @@ impl Options {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Bytes to preallocate for a new file (at least its metadata). Given to `open`: the file
-    /// is grown to at least this length (its blocks allocated, for the heap to grow into).
+    /// Bytes to preallocate for a new file (at least its metadata; 4 MiB if not given, or
+    /// `max_size` if that is smaller). Given to `open`: the file is grown to at least this
+    /// length (its blocks allocated, for the heap to grow into).
     ///
     /// ```
     /// let o = txheap::Options::new().initial_size(1 << 20);
@@ -371,15 +372,20 @@ impl Options {
                 self.max_size
             ));
         }
+        // The metadata, the first zone's table chunk, and one chunk for objects (one chunk
+        // past the metadata, the floor before, held the table and no object: review).
         let meta = LOG_OFFSET + self.log_size + HEAP_META_LEN;
-        if self.max_size % PAGE_SIZE != 0 || self.max_size < meta + CHUNK_SIZE {
+        if self.max_size % PAGE_SIZE != 0 || self.max_size < meta + 2 * CHUNK_SIZE {
             return bad(format!(
-                "max_size {} must be a multiple of {PAGE_SIZE} and at least {} (metadata plus one chunk)",
+                "max_size {} must be a multiple of {PAGE_SIZE} and at least {} (metadata, the \
+                 chunk table's chunk and one chunk for objects)",
                 self.max_size,
-                meta + CHUNK_SIZE
+                meta + 2 * CHUNK_SIZE
             ));
         }
-        if self.initial_size > self.max_size {
+        // (A default initial size larger than a small `max_size` is cut to it: only one the
+        // caller gave is refused; review.)
+        if self.given.initial_size && self.initial_size > self.max_size {
             return bad(format!(
                 "initial_size {} exceeds max_size {}",
                 self.initial_size, self.max_size

@@ -1006,3 +1006,73 @@ fn bulk_transactions_over_fresh_runs_read_and_keep_their_objects() {
         assert_eq!(heap.stats().unwrap().used_bytes, stats.used_bytes);
     }
 }
+
+/// `open_or_create` of an existing heap opens it under `open`'s rules for the options: a
+/// `max_size` that `open` accepts was refused by `create`'s check (too small for a new heap
+/// with the default log), which ran before the file was found to exist (review).
+#[test]
+fn open_or_create_of_an_existing_heap_applies_opens_rules() {
+    let (_d, p) = tmp();
+    let o = Options::new()
+        .log_size(64 << 10)
+        .initial_size(1 << 20)
+        .max_size(64 << 20);
+    let h = Heap::create(&p, o).unwrap();
+    let v = h.transaction(|tx| tx.alloc(77u64)).unwrap();
+    h.close().unwrap();
+    let o = Options::new().max_size(8 << 20);
+    Heap::open(&p, o.clone()).unwrap().close().unwrap();
+    let h = Heap::open_or_create(&p, o).expect("open_or_create of an existing heap");
+    assert_eq!(h.read(|r| r.get(v).copied()).unwrap(), 77);
+}
+
+/// A `max_size` below the default initial size (4 MiB), with no `initial_size` given, creates a
+/// heap of that size (the default is cut to it); one given above `max_size` is refused. The
+/// smallest `max_size` accepted holds an object (metadata plus one chunk held only the chunk
+/// table, and every allocation was `OutOfSpace`; review).
+#[test]
+fn small_max_sizes_create_usable_heaps_or_are_refused() {
+    let (_d, p) = tmp();
+    let log = 64 << 10;
+    let h = Heap::create(&p, Options::new().log_size(log).max_size(2 << 20))
+        .expect("max_size 2 MiB with the default initial size");
+    h.transaction(|tx| tx.alloc(1u64)).unwrap();
+    h.close().unwrap();
+    std::fs::remove_file(&p).unwrap();
+    let r = Heap::create(
+        &p,
+        Options::new()
+            .log_size(log)
+            .max_size(2 << 20)
+            .initial_size(3 << 20),
+    );
+    assert!(
+        matches!(r, Err(Error::InvalidOptions { .. })),
+        "{:?}",
+        r.err()
+    );
+    // Metadata (superblocks 8 KiB, the log, the heap's header and root area 8 KiB) plus one
+    // chunk of 256 KiB: refused; plus two: accepted, and an object fits.
+    let meta = 8192 + log + 8192;
+    let r = Heap::create(
+        &p,
+        Options::new()
+            .log_size(log)
+            .initial_size(0)
+            .max_size(meta + (256 << 10)),
+    );
+    assert!(
+        matches!(r, Err(Error::InvalidOptions { .. })),
+        "{:?}",
+        r.err()
+    );
+    let h = Heap::create(
+        &p,
+        Options::new()
+            .log_size(log)
+            .initial_size(0)
+            .max_size(meta + (512 << 10)),
+    )
+    .unwrap();
+    h.transaction(|tx| tx.alloc(1u64)).unwrap();
+}

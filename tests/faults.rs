@@ -355,3 +355,55 @@ fn a_failed_barrier_of_a_read_fails_the_read_and_poisons() {
     let heap = Heap::open(&path, Options::new()).unwrap();
     assert!(counter(&heap) <= commits);
 }
+
+/// `Options::faults` counts every call of the handle from its first on, recovery's included:
+/// with `fail_barrier_after: Some(k)`, exactly `k` barriers succeed (counted by
+/// `Options::record` on the same handle) before one fails, in the open or in a commit after
+/// it. The plan was given fresh to each storage a writable open makes, so the count restarted
+/// after recovery's barrier and `k + 1` succeeded (found by review).
+#[test]
+fn a_fault_plan_counts_every_barrier_of_the_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.heap");
+    let o = Options::new()
+        .log_size(64 << 10)
+        .initial_size(1 << 20)
+        .max_size(64 << 20);
+    let heap = Heap::create(&path, o).unwrap();
+    bump(&heap).unwrap();
+    std::mem::forget(heap); // a crash: the open replays
+    let mut wrong = Vec::new();
+    for k in 0..8u64 {
+        let copy = dir.path().join(format!("c{k}.heap"));
+        std::fs::copy(&path, &copy).unwrap();
+        let trace = txheap::Trace::default();
+        let plan = FaultPlan {
+            fail_barrier_after: Some(k),
+            ..Default::default()
+        };
+        let opts = Options::new().record(trace.clone()).faults(plan);
+        let failed_in = match Heap::open(&copy, opts) {
+            Err(_) => "the open".to_string(),
+            Ok(h) => (1..=20)
+                .find(|_| bump(&h).is_err())
+                .map_or("no commit".into(), |i| format!("commit {i}")),
+        };
+        let barriers = trace
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    txheap::TraceEvent::Barrier { .. } | txheap::TraceEvent::BarrierAll
+                )
+            })
+            .count() as u64;
+        if barriers != k {
+            wrong.push(format!(
+                "plan {k}: {barriers} barriers succeeded, then {failed_in}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
