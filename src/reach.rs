@@ -123,6 +123,17 @@ impl<'a, 'h> Walk<'a, 'h> {
         self.at
     }
 
+    /// Run `f` with [`Self::at`] naming `holder`, the block whose values `f` walks in place
+    /// (a map's bucket or node), then name the object before it again: a dangling pointer met
+    /// there names the block that holds it, not the object holding the map's header (found by
+    /// review).
+    pub(crate) fn inside<R>(&mut self, holder: u64, f: impl FnOnce(&mut Self) -> R) -> R {
+        let before = std::mem::replace(&mut self.at, holder);
+        let r = f(self);
+        self.at = before;
+        r
+    }
+
     /// The allocated block holding `[offset, offset + len)` (at least one byte), if any.
     fn block_of(&self, offset: u64, len: u64) -> Option<usize> {
         let i = self.blocks.partition_point(|&(s, _)| s <= offset);

@@ -700,3 +700,54 @@ fn slices_of_a_zero_sized_type_are_walked_once() {
         assert!(r.is_clean() && r.reached_blocks == 1, "{len}: {r:?}");
     }
 }
+
+/// A dangling pointer stored in a map's value names the block that holds it (the hash map's
+/// bucket, the B-tree's leaf), as `Dangling::from` documents; it named the object holding the
+/// map's header (here the root), which is no heap block (found by review).
+#[test]
+fn a_dangling_pointer_inside_a_map_names_the_block_holding_it() {
+    let d = tempfile::tempdir().unwrap();
+    let in_block = |h: &Heap, from: u64| {
+        h.read(|r| r.allocations())
+            .unwrap()
+            .iter()
+            .any(|&(at, size)| from >= at && from < at + size)
+    };
+    let h = heap(&d, "hash.heap");
+    let (root, gone) = h
+        .transaction(|tx| {
+            let root = tx.root::<PHashMap<u64, PPtr<Node>>>()?;
+            let gone = tx.alloc(<Node as bytemuck::Zeroable>::zeroed())?;
+            root.insert(tx, &1, &gone)?;
+            Ok((root, gone))
+        })
+        .unwrap();
+    h.transaction(|tx| tx.free(gone)).unwrap();
+    let r = h.reachability::<PHashMap<u64, PPtr<Node>>>().unwrap();
+    assert_eq!(r.dangling.len(), 1, "{r:?}");
+    assert_eq!(r.dangling[0].to, gone.offset());
+    assert!(
+        in_block(&h, r.dangling[0].from),
+        "hash map: from {} (the root is at {})",
+        r.dangling[0].from,
+        root.offset()
+    );
+    let h = heap(&d, "tree.heap");
+    let (root, gone) = h
+        .transaction(|tx| {
+            let root = tx.root::<PBTreeMap<u64, PPtr<Node>>>()?;
+            let gone = tx.alloc(<Node as bytemuck::Zeroable>::zeroed())?;
+            root.insert(tx, &1, &gone)?;
+            Ok((root, gone))
+        })
+        .unwrap();
+    h.transaction(|tx| tx.free(gone)).unwrap();
+    let r = h.reachability::<PBTreeMap<u64, PPtr<Node>>>().unwrap();
+    assert_eq!(r.dangling.len(), 1, "{r:?}");
+    assert!(
+        in_block(&h, r.dangling[0].from),
+        "B-tree: from {} (the root is at {})",
+        r.dangling[0].from,
+        root.offset()
+    );
+}

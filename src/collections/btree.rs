@@ -186,18 +186,21 @@ impl<K: Stored, V: Stored> Stored for PBTreeMap<K, V> {
             }
             let nh = *r.get(PPtr::<NodeHeader>::from_offset(at))?;
             let n = g.check(at, nh, level)?;
-            if K::HOLDS_POINTERS {
-                for k in r.slice(PSlice::<K>::from_raw_parts(at + g.keys_at(level), n.count))? {
-                    k.refs(walk)?;
+            walk.inside(at, |walk| {
+                if K::HOLDS_POINTERS {
+                    let keys = PSlice::<K>::from_raw_parts(at + g.keys_at(level), n.count);
+                    for k in r.slice(keys)? {
+                        k.refs(walk)?;
+                    }
                 }
-            }
-            if level == 0 {
-                if V::HOLDS_POINTERS {
+                if level == 0 && V::HOLDS_POINTERS {
                     for v in r.slice(PSlice::<V>::from_raw_parts(at + g.vals_at, n.count))? {
                         v.refs(walk)?;
                     }
                 }
-            } else {
+                Ok::<(), crate::Error>(())
+            })?;
+            if level != 0 {
                 let children = PSlice::<u64>::from_raw_parts(at + g.children_at, n.count + 1);
                 stack.extend(r.slice(children)?.iter().map(|&c| (c, level - 1)));
             }

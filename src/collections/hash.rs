@@ -173,13 +173,16 @@ impl<K: Stored, V: Stored> Stored for PHashMap<K, V> {
                 continue;
             }
             let fps = r.slice(PSlice::<u8>::from_raw_parts(b + BUCKET_HEADER, g.slots))?;
-            for (i, &fp) in fps.iter().enumerate() {
-                if fp != 0 {
-                    let at = b + g.at(i as u64);
-                    r.get(PPtr::<K>::from_offset(at))?.refs(walk)?;
-                    r.get(PPtr::<V>::from_offset(at + g.val_at))?.refs(walk)?;
+            walk.inside(b, |walk| {
+                for (i, &fp) in fps.iter().enumerate() {
+                    if fp != 0 {
+                        let at = b + g.at(i as u64);
+                        r.get(PPtr::<K>::from_offset(at))?.refs(walk)?;
+                        r.get(PPtr::<V>::from_offset(at + g.val_at))?.refs(walk)?;
+                    }
                 }
-            }
+                Ok::<(), crate::Error>(())
+            })?;
         }
         Ok(())
     }
