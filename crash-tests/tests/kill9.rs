@@ -20,15 +20,33 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Some kill landed in each of `phases`.
-fn assert_landed(rep: &kill9::Report, phases: &[u32], seed: u64) {
-    for &p in phases {
-        assert!(
-            rep.in_phase(p) > 0,
-            "no kill landed in phase {:?} (seed {seed})",
-            phase::name(p)
-        );
+/// Some kill landed in each of `phases`: in `rep`, or else in up to three more campaigns of
+/// 200 kills (seeds after `seed`), each checked as the first. Where a kill lands is timing: a
+/// loaded machine reaches a phase after the aimed kill's deadline, and a review saw a campaign
+/// of 400 kills with four threads, beside other jobs, land none in the shared barrier. The
+/// check is that the windows get covered, not that the first 400 kills cover them.
+fn assert_landed(rep: &kill9::Report, phases: &[u32], seed: u64, threads: u64) {
+    let missing = |r: &kill9::Report, left: &[u32]| -> Vec<u32> {
+        left.iter()
+            .copied()
+            .filter(|&p| r.in_phase(p) == 0)
+            .collect()
+    };
+    let mut left = missing(rep, phases);
+    for extra in 1..=3 {
+        if left.is_empty() {
+            return;
+        }
+        let names: Vec<_> = left.iter().map(|&p| phase::name(p)).collect();
+        eprintln!("kill9: no kill landed in {names:?}: 200 more kills");
+        let more = campaign(200, seed.wrapping_add(extra), threads);
+        left = missing(&more, &left);
     }
+    assert!(
+        left.is_empty(),
+        "no kill landed in phases {:?} (seed {seed}, and 600 more kills)",
+        left.iter().map(|&p| phase::name(p)).collect::<Vec<_>>()
+    );
 }
 
 fn seed() -> u64 {
@@ -84,7 +102,7 @@ fn kill9_campaign() {
             phase::CHECKPOINT,
             phase::TX_BODY,
         ];
-        assert_landed(&rep, &dangerous, seed);
+        assert_landed(&rep, &dangerous, seed, 1);
         // At least 3% inside recovery. The long campaigns land 6.1-6.2% there (1,221, 1,237
         // and 1,223 of 20,000, crash-tests/README.md); over 1,000 kills that rate spreads by
         // about 0.76% (one standard deviation), and a machine loaded by other jobs moved it to
@@ -118,7 +136,7 @@ fn kill9_campaign_four_threads() {
     let rep = campaign(kills, seed, 4);
     if kills >= 400 {
         let phases = [phase::GROUP_BARRIER, phase::APPLY, phase::RECOVERY_REPLAY];
-        assert_landed(&rep, &phases, seed);
+        assert_landed(&rep, &phases, seed, 4);
         assert!(rep.acked > kills, "too few transactions acknowledged");
     }
 }
