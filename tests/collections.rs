@@ -952,6 +952,11 @@ fn damaged_collections_give_errors() {
     let scan = heap.read(|r| m.range(r, ..)?.count_ok());
     let e = scan.unwrap_err();
     assert!(e.to_string().contains("key out of order"), "{e}");
+    // Named at the leaf where the key out of order lies (the shared one), not at the header.
+    assert!(
+        matches!(e, Error::Corrupt { offset, .. } if offset == first),
+        "{e:?} (the shared leaf is at {first:#x})"
+    );
     let e = heap.read(|r| m.for_each_block(r, |_| ())).unwrap_err();
     assert!(e.to_string().contains("reached twice"), "{e}");
 

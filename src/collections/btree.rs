@@ -2316,10 +2316,16 @@ where
     }
 
     /// A key that does not follow the one before it, in the walk's direction.
-    fn out_of_order(map: u64) -> Error {
+    /// The error of a key out of order, met in the leaf at the end of `path`: named at that
+    /// leaf (the map's header before, which said nothing of where the damage lies).
+    fn out_of_order(map: u64, path: &[(Node, u64)]) -> Error {
+        let leaf = path.last().map_or(map, |(n, _)| n.at);
         corrupt(
-            map,
-            "B-tree range met a key out of order (a shared subtree, or damage)",
+            leaf,
+            format!(
+                "B-tree range of the map at {map:#x} met a key out of order in the leaf at \
+                 {leaf:#x} (a shared subtree, or damage)"
+            ),
         )
     }
 
@@ -2359,7 +2365,7 @@ where
             Err(err) => return self.fail(err),
         };
         if self.last_front.is_some_and(|p| *e.0 <= *p) {
-            return self.fail(Self::out_of_order(self.map));
+            return self.fail(Self::out_of_order(self.map, &self.front));
         }
         self.last_front = Some(e.0);
         if self.same() {
@@ -2403,7 +2409,7 @@ where
             Err(err) => return self.fail(err),
         };
         if self.last_back.is_some_and(|p| *e.0 >= *p) {
-            return self.fail(Self::out_of_order(self.map));
+            return self.fail(Self::out_of_order(self.map, &self.back));
         }
         self.last_back = Some(e.0);
         if self.same() {
