@@ -751,3 +751,45 @@ fn a_dangling_pointer_inside_a_map_names_the_block_holding_it() {
         root.offset()
     );
 }
+
+/// A `PVec` walked from a hand-written `refs` (reading the header through `Walk::reader`, as
+/// its docs invite): `Walk::at` names the object holding the handle, not the vector's header,
+/// and the header check took `[at, at + 32)` for the header, so a healthy buffer right after
+/// that object was refused as overlapping it (a review, after the check was added).
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct RawVecLink {
+    target: u64,
+}
+
+impl Stored for RawVecLink {
+    const NAME: &'static str = "reachability.RawVecLink";
+    const FIELDS: &'static [txheap::Field] = &[];
+    const ID: u64 = txheap::Field::struct_id("reachability.RawVecLink", 8, 8, &[]);
+    fn refs(&self, walk: &mut txheap::Walk<'_, '_>) -> txheap::Result<()> {
+        if walk.block(self.target, 32) {
+            let h = *walk
+                .reader()
+                .get(PPtr::<PVec<u8>>::from_offset(self.target))?;
+            h.refs(walk)?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_healthy_vector_walked_from_a_hand_written_refs_is_clean() {
+    let d = tempfile::tempdir().unwrap();
+    let h = heap(&d, "raw.heap");
+    h.transaction(|tx| {
+        let root = tx.root::<PPtr<RawVecLink>>()?;
+        let v = PVec::<u8>::new(tx)?;
+        let link = tx.alloc(RawVecLink { target: v.offset() })?;
+        v.push(tx, 1)?; // its buffer: a small block right after `link`
+        *tx.get_mut(root)? = link;
+        Ok(())
+    })
+    .unwrap();
+    let r = h.reachability::<PPtr<RawVecLink>>();
+    assert!(matches!(&r, Ok(r) if r.is_clean()), "a healthy heap: {r:?}");
+}

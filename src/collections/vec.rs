@@ -70,7 +70,11 @@ impl<T: Stored> Stored for PVec<T> {
 
     /// The buffer (its whole capacity), and what each element reaches.
     fn refs(&self, walk: &mut crate::reach::Walk<'_, '_>) -> Result<()> {
-        let h = self.checked(walk.reader(), walk.at())?;
+        // (The header's own offset is not known here: `at` names the object holding it, or
+        // the map bucket or node. So the shape only; the overlap with the header is checked
+        // where the header is read by its offset: a review found a healthy buffer right after
+        // a holder refused as overlapping "the header".)
+        let h = self.checked_shape(walk.reader(), walk.at())?;
         if h.buf != 0 && !walk.block(h.buf, h.cap * std::mem::size_of::<T>() as u64) {
             return Ok(());
         }
@@ -138,7 +142,30 @@ impl<T: Element> PVec<T> {
 
 impl<T: Stored> PVec<T> {
     /// This header, read at `at`, with its element type and shape checked.
-    fn checked<V: View + ?Sized>(self, view: &V, at: u64) -> Result<PVec<T>> {
+    /// The header read from its own offset `at`: its shape ([`Self::checked_shape`]), and a
+    /// buffer that does not overlap the header itself (a buffer offset damaged to name the
+    /// header's own words was realloc'd and freed as a caller's `InvalidFree`: the damage
+    /// sweep).
+    fn checked_at<V: View + ?Sized>(self, view: &V, at: u64) -> Result<PVec<T>> {
+        let h = self.checked_shape(view, at)?;
+        let size = std::mem::size_of::<T>() as u64;
+        let end = h.buf.saturating_add(h.cap.saturating_mul(size));
+        let header_end = at.saturating_add(std::mem::size_of::<Self>() as u64);
+        if h.cap > 0 && h.buf < header_end && at < end.max(h.buf.saturating_add(1)) {
+            return Err(corrupt(
+                at,
+                format!(
+                    "PVec header: its buffer {:#x} (capacity {}) overlaps the header",
+                    h.buf, h.cap
+                ),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// The header's shape: its element identity, a length within the capacity, a buffer for
+    /// a capacity, ending below 2^64. `at` names the damage in an error.
+    fn checked_shape<V: View + ?Sized>(self, view: &V, at: u64) -> Result<PVec<T>> {
         let h = self;
         check_id::<T, V>(view, h.elem, at, "element")?;
         let size = std::mem::size_of::<T>() as u64;
@@ -146,16 +173,7 @@ impl<T: Stored> PVec<T> {
         // read (a review found a buffer near 2^64 panicking `pop` and answering `get` of an
         // index inside the length with `None`).
         let end = h.cap.checked_mul(size).and_then(|b| h.buf.checked_add(b));
-        // Nor overlap the header itself (a buffer offset damaged to name the header's own
-        // words was realloc'd and freed as a caller's `InvalidFree`: the damage sweep).
-        let header_end = at.saturating_add(std::mem::size_of::<Self>() as u64);
-        if h.len > h.cap
-            || (h.cap > 0 && h.buf == 0)
-            || (size > 0 && end.is_none())
-            || (h.cap > 0
-                && h.buf < header_end
-                && at < end.unwrap_or(u64::MAX).max(h.buf.saturating_add(1)))
-        {
+        if h.len > h.cap || (h.cap > 0 && h.buf == 0) || (size > 0 && end.is_none()) {
             return Err(corrupt(
                 at,
                 format!(
@@ -232,7 +250,7 @@ impl<T: Element> PPtr<PVec<T>> {
     }
 
     fn header<V: View>(self, view: &V) -> Result<PVec<T>> {
-        view.get(self)?.checked(view, self.offset())
+        view.get(self)?.checked_at(view, self.offset())
     }
 
     fn elements(h: &PVec<T>) -> PSlice<T> {

@@ -222,7 +222,7 @@ fn damaged(rng: &mut Rng, old: u64, blocks: &[(u64, u64)]) -> (String, u64) {
         2 => ("all ones".into(), u64::MAX),
         3 => {
             let (at, _) = blocks[rng.below(blocks.len() as u64) as usize];
-            let plus = 8 * rng.below(3);
+            let plus = 8 * rng.below(4);
             (format!("another block's offset {at}+{plus}"), at + plus)
         }
         4 => {
@@ -268,8 +268,12 @@ fn vec_ops(heap: &Heap, v: PPtr<U64Vec>, seen: &mut Seen, case: &str) {
     let checked = seen.op(case, "PVec::check", &checked);
     let len = heap.read(|r| v.len(r));
     let slice = heap.read(|r| {
-        v.as_slice(r)
-            .map(|s| (s.len() as u64, s.iter().sum::<u64>()))
+        v.as_slice(r).map(|s| {
+            (
+                s.len() as u64,
+                s.iter().fold(0u64, |a, &x| a.wrapping_add(x)),
+            )
+        })
     });
     let first = heap.read(|r| v.get(r, 0));
     let last = heap.read(|r| v.get(r, v.len(r)?.saturating_sub(1)));
