@@ -858,7 +858,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(Failure(code, msg)) => {
-            eprintln!("txheap: {msg}");
+            // (Not `eprintln!`, which panics when standard error cannot be written: exit 101
+            // instead of the documented code; found by review.)
+            let _ = writeln!(std::io::stderr(), "txheap: {msg}");
             ExitCode::from(code)
         }
     }

@@ -851,3 +851,50 @@ fn a_full_stdout_is_exit_8_not_a_panic() {
     }
     assert!(bad.is_empty(), "\n{}", bad.join("\n"));
 }
+
+/// A write error on standard error (`2>/dev/full`) keeps the documented exit code: the failure
+/// message was printed with `eprintln!`, which panicked (exit 101; found by review).
+#[test]
+fn a_full_stderr_keeps_the_documented_exit_code() {
+    let full = || {
+        std::process::Stdio::from(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        )
+    };
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("h.heap");
+    let heap = txheap::Heap::create(&path, opts()).unwrap();
+    heap.transaction(|tx| tx.alloc([1u64; 6]).map(|_| ()))
+        .unwrap();
+    heap.close().unwrap();
+    let missing = d.path().join("missing.heap");
+    let (p, m) = (path.to_str().unwrap(), missing.to_str().unwrap());
+    let mut bad = Vec::new();
+    for (args, stdout_full, want) in [
+        (vec!["info", m], false, 8),
+        (vec!["check", m], false, 8),
+        (vec!["check", p], true, 8),
+        (vec!["check", "--progress", "always", p], false, 0),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_txheap"))
+            .args(&args)
+            .stdout(if stdout_full {
+                full()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stderr(full())
+            .output()
+            .unwrap();
+        let code = out.status.code().unwrap_or(-1);
+        if code != want {
+            bad.push(format!(
+                "{args:?} (stdout full: {stdout_full}): exit {code}, want {want}"
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "\n{}", bad.join("\n"));
+}
