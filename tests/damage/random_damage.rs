@@ -125,6 +125,8 @@ type U64Hash = PHashMap<u64, u64>;
 type BytesHash = PHashMap<PBytes, PBytes>;
 type U64Tree = PBTreeMap<u64, u64>;
 type BytesTree = PBTreeMap<PBytes, PBytes>;
+/// A collection inside another's values, reached from the root (so that reachability walks it).
+type Nested = PHashMap<u64, PVec<u64>>;
 
 fn bytes_of(i: u64) -> Vec<u8> {
     // 1 to 40 bytes, so that values land in several size classes.
@@ -139,6 +141,9 @@ struct All {
     hb: PPtr<BytesHash>,
     b: PPtr<U64Tree>,
     bb: PPtr<BytesTree>,
+    n: PPtr<Nested>,
+    /// The vectors inside `n`'s values (their headers lie in its buckets).
+    inner: Vec<PPtr<PVec<u64>>>,
 }
 
 fn build(heap: &Heap) -> All {
@@ -168,6 +173,17 @@ fn build(heap: &Heap) -> All {
         for i in 0..200 {
             bb.insert(tx, &bytes_of(i + 5000), &bytes_of(i))?;
         }
+        let n = Nested::new(tx)?;
+        let root = tx.root::<PPtr<Nested>>()?;
+        tx.set(root, n)?;
+        let mut inner = Vec::new();
+        for k in 0..40u64 {
+            let slot = n.get_or_insert(tx, &k, &bytemuck_zeroed())?;
+            for j in 0..k % 9 {
+                slot.push(tx, j)?;
+            }
+            inner.push(slot);
+        }
         Ok(All {
             v,
             vb,
@@ -175,6 +191,8 @@ fn build(heap: &Heap) -> All {
             hb,
             b,
             bb,
+            n,
+            inner,
         })
     })
     .unwrap()
@@ -260,6 +278,63 @@ fn rolled_back<T>(
     if let Some(r) = out {
         seen.op(case, what, &r);
     }
+}
+
+fn bytemuck_zeroed() -> PVec<u64> {
+    txheap::bytemuck::Zeroable::zeroed()
+}
+
+/// The operations of vectors held in a map's values, and a reachability walk over them all.
+fn nested_ops(
+    heap: &Heap,
+    n: PPtr<Nested>,
+    inner: &[PPtr<PVec<u64>>],
+    seen: &mut Seen,
+    case: &str,
+) {
+    let checked = heap.read(|r| {
+        n.check(r)?;
+        for v in inner {
+            v.check(r)?;
+        }
+        Ok(())
+    });
+    let checked = seen.op(case, "nested::check", &checked);
+    let reads = heap.read(|r| {
+        let mut total = 0u64;
+        for (k, v) in inner.iter().enumerate() {
+            n.get(r, &(k as u64))?;
+            total = total.wrapping_add(v.as_slice(r)?.iter().fold(0, |a, &x| a.wrapping_add(x)));
+        }
+        Ok(total)
+    });
+    if !seen.op(case, "nested::get+as_slice", &reads) && checked {
+        seen.fail(format!(
+            "{case}: nested check passed, then reading failed: {reads:?}"
+        ));
+    }
+    // (A reachability walk may report a dangling buffer where `check` passed: `PVec::check`
+    // does not look the buffer up in the allocator's tables, as its rustdoc says, and a
+    // damaged capacity or a buffer offset moved inside its block passes it.)
+    let reach = heap.reachability::<PPtr<Nested>>();
+    if !seen.op(case, "nested::reachability", &reach) && checked {
+        seen.fail(format!(
+            "{case}: nested check passed, reachability failed: {reach:?}"
+        ));
+    }
+    let v = inner[inner.len() / 2];
+    rolled_back(heap, seen, case, "nested PVec::push", |tx| v.push(tx, 9));
+    rolled_back(heap, seen, case, "nested PVec::extend", |tx| {
+        v.extend_from_slice(tx, &[3; 100])
+    });
+    rolled_back(heap, seen, case, "nested PVec::pop", |tx| v.pop(tx));
+    rolled_back(heap, seen, case, "nested PVec::clear", |tx| v.clear(tx));
+    rolled_back(heap, seen, case, "nested PHashMap::insert", |tx| {
+        for k in 100..200 {
+            n.insert(tx, &k, &bytemuck_zeroed())?;
+        }
+        Ok(())
+    });
 }
 
 /// Every operation of a `PVec<u64>`.
@@ -599,6 +674,7 @@ fn random_damage_to_any_collection_gives_corrupt_and_check_agrees() {
     type Blocks<'a> = Box<dyn Fn(&txheap::Reader<'_>, &mut dyn FnMut(u64)) -> Result<()> + 'a>;
     // (Each kind's blocks: its header, then what `for_each_block` names.)
     let (v, vb, h, hb, b, bb) = (all.v, all.vb, all.h, all.hb, all.b, all.bb);
+    let (nm, inner) = (all.n, &all.inner);
     let kinds: Vec<(&str, Blocks, Ops)> = vec![
         (
             "PVec<u64>",
@@ -648,6 +724,18 @@ fn random_damage_to_any_collection_gives_corrupt_and_check_agrees() {
             }),
             Box::new(move |hp, s, c| bytes_tree_ops(hp, bb, s, c)),
         ),
+        (
+            "PVec<u64> in PHashMap values",
+            Box::new(move |r, f| {
+                f(nm.offset());
+                nm.for_each_block(r, &mut *f)?;
+                for v in inner {
+                    v.for_each_block(r, &mut *f)?;
+                }
+                Ok(())
+            }),
+            Box::new(move |hp, s, c| nested_ops(hp, nm, inner, s, c)),
+        ),
     ];
 
     let mut seen = Seen::default();
@@ -685,7 +773,9 @@ fn random_damage_to_any_collection_gives_corrupt_and_check_agrees() {
             h.check(r)?;
             hb.check(r)?;
             b.check(r)?;
-            bb.check(r)
+            bb.check(r)?;
+            nm.check(r)?;
+            inner.iter().try_for_each(|v| v.check(r))
         })
         .unwrap_or_else(|e| panic!("after the {name} cases the heap is not as built: {e}"));
     }
