@@ -5,6 +5,7 @@
 //! `InvalidFree`, `NotAllocated`). docs/ARCHITECTURE.md section 10: "the collections check
 //! what they read ... so a damaged file gives `Error::Corrupt`".
 
+use super::{poke, word};
 use txheap::{Error, Heap, Options, PBTreeMap, PBytes, PHashMap, PPtr, PString, PVec};
 
 const LOG: u64 = 65536;
@@ -13,18 +14,6 @@ const CHUNK: u64 = 262144;
 
 fn opts() -> Options {
     Options::new().log_size(LOG)
-}
-
-fn word(heap: &Heap, at: u64) -> u64 {
-    heap.read(|r| r.get(PPtr::<u64>::from_offset(at)).copied())
-        .unwrap()
-}
-
-/// Damage one word (through a transaction: the word lies inside a live allocation, so this is
-/// what a flipped bit on disk reads as after the next open).
-fn poke(heap: &Heap, at: u64, value: u64) {
-    heap.transaction(|tx| tx.set(PPtr::<u64>::from_offset(at), value))
-        .unwrap();
 }
 
 fn is_corrupt<T: std::fmt::Debug>(r: &Result<T, Error>) -> bool {

@@ -3,17 +3,8 @@
 
 #![allow(clippy::type_complexity)] // (the block-collecting closure's type, in one test)
 
+use super::{poke, word};
 use txheap::{Error, Heap, Options, PBTreeMap, PBytes, PHashMap, PPtr, PSlice, PVec};
-
-fn word(heap: &Heap, at: u64) -> u64 {
-    heap.read(|r| r.get(PPtr::<u64>::from_offset(at)).copied())
-        .unwrap()
-}
-
-fn poke(heap: &Heap, at: u64, value: u64) {
-    heap.transaction(|tx| tx.set(PPtr::<u64>::from_offset(at), value))
-        .unwrap();
-}
 
 fn corrupt_at<T: std::fmt::Debug>(r: &Result<T, Error>) -> Option<u64> {
     match r {

@@ -16,6 +16,7 @@
 //!
 //! Deterministic (fixed seeds), so a failure reproduces; the message names the case.
 
+use super::{poke, word};
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -217,16 +218,6 @@ fn blocks(
             .collect())
     })
     .unwrap()
-}
-
-fn word(heap: &Heap, at: u64) -> u64 {
-    heap.read(|r| r.get(PPtr::<u64>::from_offset(at)).copied())
-        .unwrap()
-}
-
-fn poke(heap: &Heap, at: u64, value: u64) {
-    heap.transaction(|tx| tx.set(PPtr::<u64>::from_offset(at), value))
-        .unwrap();
 }
 
 /// The damaged value for a word holding `old`.
