@@ -218,6 +218,15 @@ impl<'a, 'h> Walk<'a, 'h> {
     /// ```
     pub fn slice<T: Stored>(&mut self, s: PSlice<T>) -> Result<()> {
         if s.is_empty() {
+            // An empty slice at a real offset (`Tx::alloc_slice` of no elements, or
+            // `realloc_slice` to 0) owns a block: reached, not leaked (found by review). At an
+            // offset that is no block it reaches nothing, and does not dangle (nothing can be
+            // read through it).
+            if s.offset() != 0 {
+                if let Some(i) = self.block_of(s.offset(), 1) {
+                    self.reached[i] = true;
+                }
+            }
             return Ok(());
         }
         let Some(bytes) = s.len().checked_mul(std::mem::size_of::<T>() as u64) else {

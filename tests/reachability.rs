@@ -793,3 +793,25 @@ fn a_healthy_vector_walked_from_a_hand_written_refs_is_clean() {
     let r = h.reachability::<PPtr<RawVecLink>>();
     assert!(matches!(&r, Ok(r) if r.is_clean()), "a healthy heap: {r:?}");
 }
+
+/// An empty slice from `Tx::alloc_slice` (or `realloc_slice` to no elements) owns a block: a
+/// root holding one is clean, not a leak (the walk skipped every empty slice; review).
+#[test]
+fn an_empty_allocated_slice_in_the_root_is_reached() {
+    let d = tempfile::tempdir().unwrap();
+    let h = heap(&d, "empty.heap");
+    h.transaction(|tx| {
+        let s = tx.alloc_slice::<u8>(&[])?;
+        assert!(
+            tx.usable_size(s.as_ptr()).is_some(),
+            "the empty slice owns a block"
+        );
+        let r = tx.root::<PSlice<u8>>()?;
+        tx.set(r, s)
+    })
+    .unwrap();
+    assert_eq!(h.read(|r| r.allocations()).unwrap().len(), 1);
+    let reach = h.reachability::<PSlice<u8>>().unwrap();
+    assert!(reach.is_clean(), "{reach:?}");
+    assert_eq!(reach.reached_blocks, 1);
+}
