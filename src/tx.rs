@@ -549,7 +549,12 @@ impl<'h> Tx<'h> {
     /// grown the heap to make that space; reads give whatever bytes are there, or
     /// `OutOfBounds`). A rolled-back scope costs the rest of the transaction no log budget: what it
     /// staged is exempt from the early size check, and the commit leaves its lines out of the
-    /// frame (they hold the bytes from before the scope again). A scope that rolls back also clears an
+    /// frame (they hold the bytes from before the scope again), except the bytes it wrote into
+    /// space it took from free space: those stay staged as fresh space, written in place at
+    /// commit where the commit writes fresh space in place, and otherwise logged (under
+    /// [`crate::Durability::None`] below [`crate::Options::in_place_min`], or with readers
+    /// pinned), dead bytes of free space that cost log room but change nothing a commit
+    /// makes reachable. A scope that rolls back also clears an
     /// allocator failure that happened inside it ([`Error::AllocatorInterrupted`] at commit):
     /// its partial changes are undone with the rest.
     ///
