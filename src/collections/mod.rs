@@ -283,10 +283,13 @@ fn own<H, R>(h: PPtr<H>, r: Result<R>) -> Result<R> {
 /// [`own`] for one error.
 fn own_error<H>(h: PPtr<H>, e: Error) -> Error {
     let start = h.offset();
-    // Inside the header: measured from its start, with no end computed (a wild handle near
-    // 2^64 overflowed an end, and a saturated one left a handle at 2^64-1 outside its own
-    // header: both found by review).
-    let header = |o: u64| o.wrapping_sub(start) < std::mem::size_of::<H>() as u64;
+    // The handle's own error is met at its start: every check of the header (its bounds,
+    // alignment, allocation) names the handle's offset. An error met past the start, even
+    // inside the header's bytes, was met following a pointer the collection holds: a damaged
+    // one that names a word of the header (the damage sweep found a byte string's handle
+    // naming the map's header + 8 freed as a caller's `InvalidFree`). (No end is computed: a
+    // wild handle near 2^64 overflowed one, a review found.)
+    let header = |o: u64| o == start;
     let met = match &e {
         // Offset 0 names nothing: a null pointer met inside the collection.
         Error::Corrupt { offset: 0, .. } => None,

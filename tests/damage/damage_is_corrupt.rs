@@ -470,3 +470,37 @@ fn pbytes_handle_with_a_damaged_length_is_corrupt_not_out_of_bounds() {
     let e = heap.transaction(|tx| PBytes::new(tx, b"")).unwrap();
     assert_eq!(heap.read(|r| Ok(e.bytes(r)?.len())).unwrap(), 0);
 }
+
+/// Case 13 (the damage sweep, with another seed): a byte string's handle in a hash map's
+/// bucket damaged to name a word inside the map's own header (its start + 8): `remove`,
+/// `clear` and `destroy` freed it and answered `InvalidFree` ("not the start of a block"), a
+/// caller's mistake, because any offset inside the header counted as the handle's own.
+#[test]
+fn a_handle_naming_the_maps_own_header_words_is_corrupt_not_invalid_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let heap = Heap::create(dir.path().join("hh.heap"), opts()).unwrap();
+    let hm = heap
+        .transaction(|tx| {
+            let hm = PHashMap::<u64, PBytes>::new(tx)?;
+            hm.insert(tx, &1, b"value")?;
+            Ok(hm)
+        })
+        .unwrap();
+    let bucket = word(&heap, hm.offset());
+    let mut blocks = Vec::new();
+    heap.read(|r| hm.for_each_block(r, |b| blocks.push(b)))
+        .unwrap();
+    let value = *blocks.iter().find(|&&b| b != bucket).unwrap();
+    let at = (0..8192 / 8)
+        .map(|i| bucket + 8 * i)
+        .find(|&a| word(&heap, a) == value)
+        .unwrap();
+    poke(&heap, at, hm.offset() + 8);
+    let rm = heap.transaction(|tx| hm.remove(tx, &1));
+    let cl = heap.transaction(|tx| hm.clear(tx));
+    let de = heap.transaction(|tx| hm.destroy(tx));
+    eprintln!("remove {rm:?}\nclear {cl:?}\ndestroy {de:?}");
+    assert!(is_corrupt(&rm), "remove: {rm:?}");
+    assert!(is_corrupt(&cl), "clear: {cl:?}");
+    assert!(is_corrupt(&de), "destroy: {de:?}");
+}
