@@ -1091,7 +1091,9 @@ fn hash_map_splits_buckets_and_frees_them() {
     }
     let h = header(&heap);
     let fill = h.len() as f64 / h.capacity() as f64;
-    assert!(splits >= 150, "{splits} splits");
+    // (The count depends on the map's random SipHash seed: 149 was seen once in 1,000 runs
+    // against a bound of 150. 120 still says the map split as it grew.)
+    assert!(splits >= 120, "{splits} splits");
     assert!(fill >= 0.5, "buckets {:.2} full on average", fill);
     let depth = heap.read(|r| Ok(r.get(m.cast::<[u64; 2]>())?[1])).unwrap();
     assert!(1 << depth >= h.buckets() && depth >= 8, "depth {depth}");
