@@ -203,26 +203,17 @@ fn new_storage(file: &Arc<File>, options: &Options, window: u64) -> Result<FileS
     storage_with(file, options, window, store)
 }
 
-/// A storage handle that replaces `old` for the rest of an open (recovery's, then the
-/// writer's): under `test-hooks` it shares `old`'s hooks, so that `Options::faults` counts
-/// every call of the handle from its first on, as documented (a plan given fresh to each
-/// storage restarted its count after recovery's barrier: found by review).
-fn replacing(
-    old: &FileStorage,
-    file: &Arc<File>,
-    options: &Options,
-    window: u64,
-    store: bool,
-) -> Result<FileStorage> {
-    #[allow(unused_mut)]
-    let mut st = storage_with(file, options, window, store)?;
+/// `new`, which replaces `old` for the rest of an open (recovery's storage, then the
+/// writer's), sharing `old`'s test hooks: `Options::faults` counts every call of the handle
+/// from its first on, as documented (a plan given fresh to each storage restarted its count
+/// after recovery's barrier: found by review).
+#[cfg_attr(not(feature = "test-hooks"), allow(unused_mut, unused_variables))]
+fn sharing_hooks(old: &FileStorage, mut new: FileStorage) -> FileStorage {
     #[cfg(feature = "test-hooks")]
     {
-        st.hooks = old.hooks.clone();
+        new.hooks = old.hooks.clone();
     }
-    #[cfg(not(feature = "test-hooks"))]
-    let _ = old;
-    Ok(st)
+    new
 }
 
 /// [`new_storage`], saying whether writes inside the window go through it (`store`: the
@@ -557,8 +548,7 @@ fn from_file(path: &Path, file: File, options: &Options, read_only: bool) -> Res
         let log = log.sb.log_offset();
         crate::platform::preallocate(&file, log, geo.heap_offset - log)
             .map_err(|e| Error::io("allocate the log's blocks (posix_fallocate)", log, e))?;
-        let store = options.durability == Durability::None;
-        replacing(&storage, &file, options, geo.heap_offset, store)?
+        sharing_hooks(&storage, new_storage(&file, options, geo.heap_offset)?)
     };
     let mut writer = Writer::new(
         storage,
@@ -699,7 +689,10 @@ fn recover_writable(
     // making it writes nothing). Without it that barrier was an `fdatasync` of the whole file,
     // which also wrote back a killed writer's dirty heap pages, pages that replay dirties again
     // and the next checkpoint writes a second time.
-    *storage = replacing(storage, file, options, sb0.heap_offset(), false)?;
+    *storage = sharing_hooks(
+        storage,
+        storage_with(file, options, sb0.heap_offset(), false)?,
+    );
     // The sizes given to open: applied below, or refused here, before anything is written.
     let len0 = stat(storage)?;
     let max_size = options.max_size_for_open(&sb0, len0)?;

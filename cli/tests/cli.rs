@@ -785,6 +785,25 @@ fn a_killed_live_read_leaves_no_temporary_copy() {
     drop(heap);
 }
 
+/// `/dev/full`, opened for writing: every write to it fails as a full disk does.
+fn dev_full() -> std::process::Stdio {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    std::process::Stdio::from(f)
+}
+
+/// A small heap with one committed object, closed, at `dir/h.heap`.
+fn one_object_heap(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("h.heap");
+    let heap = txheap::Heap::create(&path, opts()).unwrap();
+    heap.transaction(|tx| tx.alloc([1u64; 6]).map(|_| ()))
+        .unwrap();
+    heap.close().unwrap();
+    path
+}
+
 /// A write error on standard output (here `/dev/full`: a full disk) ends every subcommand with
 /// exit 8 and a message naming it, as documented for an I/O error. Each one but `blocks` (text)
 /// panicked instead (exit 101, none of the documented codes; for `check` it hid the verdict),
@@ -793,11 +812,7 @@ fn a_killed_live_read_leaves_no_temporary_copy() {
 #[test]
 fn a_full_stdout_is_exit_8_not_a_panic() {
     let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("h.heap");
-    let heap = txheap::Heap::create(&path, opts()).unwrap();
-    heap.transaction(|tx| tx.alloc([1u64; 6]).map(|_| ()))
-        .unwrap();
-    heap.close().unwrap();
+    let path = one_object_heap(d.path());
     let p = path.to_str().unwrap();
     let mut bad = Vec::new();
     for (i, args) in [
@@ -828,13 +843,9 @@ fn a_full_stdout_is_exit_8_not_a_panic() {
                 a => a.to_string(),
             })
             .collect();
-        let full = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_txheap"))
             .args(&args)
-            .stdout(std::process::Stdio::from(full))
+            .stdout(dev_full())
             .output()
             .unwrap();
         let code = out.status.code().unwrap_or(-1);
@@ -856,20 +867,8 @@ fn a_full_stdout_is_exit_8_not_a_panic() {
 /// message was printed with `eprintln!`, which panicked (exit 101; found by review).
 #[test]
 fn a_full_stderr_keeps_the_documented_exit_code() {
-    let full = || {
-        std::process::Stdio::from(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open("/dev/full")
-                .unwrap(),
-        )
-    };
     let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("h.heap");
-    let heap = txheap::Heap::create(&path, opts()).unwrap();
-    heap.transaction(|tx| tx.alloc([1u64; 6]).map(|_| ()))
-        .unwrap();
-    heap.close().unwrap();
+    let path = one_object_heap(d.path());
     let missing = d.path().join("missing.heap");
     let (p, m) = (path.to_str().unwrap(), missing.to_str().unwrap());
     let mut bad = Vec::new();
@@ -882,11 +881,11 @@ fn a_full_stderr_keeps_the_documented_exit_code() {
         let out = Command::new(env!("CARGO_BIN_EXE_txheap"))
             .args(&args)
             .stdout(if stdout_full {
-                full()
+                dev_full()
             } else {
                 std::process::Stdio::null()
             })
-            .stderr(full())
+            .stderr(dev_full())
             .output()
             .unwrap();
         let code = out.status.code().unwrap_or(-1);

@@ -685,26 +685,13 @@ impl Allocator {
             max_size,
         };
         if self.free_by_len.range((n, 0)..).next().is_none() {
-            // Refuse before any change what cannot fit: in the free tail of this zone, or
-            // else in the next zone after its table chunk. (Refused part-way, the zone's tail
-            // extended and the next zone's table added first, the transaction could no
-            // longer commit: found by review.)
+            // Before any change: refuse what the steps below cannot fit (in this zone's free
+            // tail, or in the next zone after its table chunk), and take the disk's blocks for
+            // all of them. Refused part-way, past `max_size` or by a full disk, with this
+            // zone's tail extended and the next zone's table added first, the transaction
+            // could no longer commit (found by two reviews).
             let cc = self.chunk_count;
-            let n = n as u64;
-            let fits = if cc % ZONE_CHUNKS == 0 {
-                cc + 1 + n <= max
-            } else {
-                let zone_end = (cc / ZONE_CHUNKS + 1) * ZONE_CHUNKS;
-                let start = self.free_tail().map_or(cc, |t| t.0 as u64);
-                start + n <= zone_end.min(max) || zone_end + 1 + n <= max
-            };
-            if !fits {
-                return Err(out_of_space());
-            }
-            // And get the disk's blocks for the whole growth before any change: a full disk
-            // met by a later step (the next zone's table chunk, after this zone's tail was
-            // extended) left a transaction that could no longer commit (found by review).
-            let end = self.grow_end(n, max).ok_or_else(out_of_space)?;
+            let end = self.grow_end(n as u64, max).ok_or_else(out_of_space)?;
             if end > cc {
                 mem.ensure_chunks(cc, end)?;
             }

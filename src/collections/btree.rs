@@ -2315,9 +2315,9 @@ where
         Some(Err(super::own_error(map, e)))
     }
 
-    /// A key that does not follow the one before it, in the walk's direction.
-    /// The error of a key out of order, met in the leaf at the end of `path`: named at that
-    /// leaf (the map's header before, which said nothing of where the damage lies).
+    /// A key that does not follow the one before it, in the walk's direction, met in the leaf
+    /// at the end of `path`: named at that leaf (the map's header before, which said nothing
+    /// of where the damage lies).
     fn out_of_order(map: u64, path: &[(Node, u64)]) -> Error {
         let leaf = path.last().map_or(map, |(n, _)| n.at);
         corrupt(

@@ -289,7 +289,7 @@ fn own_error<H>(h: PPtr<H>, e: Error) -> Error {
     // one that names a word of the header (the damage sweep found a byte string's handle
     // naming the map's header + 8 freed as a caller's `InvalidFree`). (No end is computed: a
     // wild handle near 2^64 overflowed one, a review found.)
-    let header = |o: u64| o == start;
+    let own = |o: u64| o == start;
     let met = match &e {
         // Offset 0 names nothing: a null pointer met inside the collection.
         Error::Corrupt { offset: 0, .. } => None,
@@ -298,7 +298,7 @@ fn own_error<H>(h: PPtr<H>, e: Error) -> Error {
         | Error::Misaligned { offset, .. }
         | Error::NotAllocated { offset, .. }
         | Error::InvalidFree { offset, .. }
-            if !header(*offset) =>
+            if !own(*offset) =>
         {
             Some(*offset)
         }

@@ -141,7 +141,6 @@ impl<T: Element> PVec<T> {
 }
 
 impl<T: Stored> PVec<T> {
-    /// This header, read at `at`, with its element type and shape checked.
     /// The header read from its own offset `at`: its shape ([`Self::checked_shape`]), and a
     /// buffer that does not overlap the header itself (a buffer offset damaged to name the
     /// header's own words was realloc'd and freed as a caller's `InvalidFree`: the damage
